@@ -1,0 +1,347 @@
+"""
+The upstream side of the HTTP router: keep-alive connections to one endpoint
+(L{Pool}) and the protocol that reads responses with httptools
+(L{UpstreamProtocol}).
+
+httptools cannot be told that a response answers a HEAD request, so
+meshproxy frames those itself: the response ends with its header block, and
+the connection gets a fresh parser for the next response.
+"""
+
+import httptools
+from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.logger import Logger
+
+_log = Logger()
+
+
+class UpstreamProtocol(Protocol):
+    """
+    One connection to an upstream endpoint, carrying one exchange at a time.
+
+    @ivar pool: the L{Pool} that owns this connection.
+    @ivar exchange: the exchange being served, or L{None} while idle.
+    @ivar reused: whether this connection already served a response (a
+        failure before any response byte is then probably a keep-alive race,
+        safe to retry).
+    """
+
+    def __init__(self, pool, exchange):
+        self.pool = pool
+        self.exchange = exchange
+        self.parser = httptools.HttpResponseParser(self)
+        self.reused = False
+        self.idleSince = 0.0
+        self.connected = False
+        self._gotBytes = False
+        self._headers = None
+        self._trailers = None
+        self._reason = b""
+        self._inBody = False
+        self._complete = False
+        self._headDone = False
+        self._tunnel = None
+        self._informational = False
+
+    def connectionMade(self):
+        self.connected = True
+        try:
+            self.transport.setTcpNoDelay(True)
+        except Exception:
+            pass
+        exchange = self.exchange
+        if exchange is None:
+            self.pool.release(self)
+        else:
+            exchange.connected(self)
+
+    def write(self, data):
+        """
+        Send request bytes.
+        """
+        self.transport.write(data)
+
+    # -- input ------------------------------------------------------------
+
+    def dataReceived(self, data):
+        if self._tunnel is not None:
+            self._tunnel.write(data)
+            return
+        exchange = self.exchange
+        if exchange is None:
+            # Nothing was asked: an idle connection that talks is broken.
+            self.transport.abortConnection()
+            return
+        self._gotBytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self._switch(data[e.args[0]:])
+        except httptools.HttpParserCallbackError:
+            _log.failure("error while relaying a response", failure=None)
+            if self.exchange is not None:
+                self.exchange.upstreamError("internal error")
+            else:
+                self.transport.abortConnection()
+        except httptools.HttpParserError as e:
+            current = self.exchange
+            if current is not None:
+                current.upstreamError(str(e) or e.__class__.__name__)
+            else:
+                self.transport.abortConnection()
+        if self._headDone:
+            self._headDone = False
+            self.parser = httptools.HttpResponseParser(self)
+        exchange.server.flush()
+
+    def on_message_begin(self):
+        self._headers = []
+        self._trailers = None
+        self._reason = b""
+        self._inBody = False
+
+    def on_status(self, reason):
+        self._reason += reason
+
+    def on_header(self, name, value):
+        if self._inBody:
+            if self._trailers is None:
+                self._trailers = []
+            self._trailers.append((name, value))
+        else:
+            self._headers.append((name, value))
+
+    def on_headers_complete(self):
+        exchange = self.exchange
+        status = self.parser.get_status_code()
+        if status < 200 and status != 101:
+            # Interim responses: 100 was already answered by meshproxy
+            # itself; others (103) are passed on to HTTP/1.1 clients.
+            self._informational = True
+            if exchange is not None and status != 100 and exchange.request.version == "1.1":
+                exchange.server.write(
+                    b"HTTP/1.1 %d %s\r\n%s\r\n"
+                    % (
+                        status,
+                        self._reason,
+                        b"".join(b"%s: %s\r\n" % h for h in self._headers),
+                    )
+                )
+            return
+        self._informational = False
+        self._inBody = True
+        contentLength = None
+        chunked = False
+        for name, value in self._headers:
+            n = name.lower()
+            if n == b"content-length":
+                contentLength = value
+            elif n == b"transfer-encoding":
+                chunked = True
+        if exchange is None:
+            return
+        exchange.responseHead(status, self._reason, self._headers, contentLength, chunked)
+        if exchange.request.method == b"HEAD" and status != 101:
+            # httptools would wait for Content-Length bytes that never come.
+            self._headDone = True
+            self._complete = True
+            self.reused = True
+            exchange.responseComplete(None, self.parser.should_keep_alive())
+
+    def on_body(self, data):
+        if self._headDone:
+            # Body bytes after a HEAD response: the upstream is broken.
+            self._headDone = False
+            self.pool.discard(self)
+            self.transport.abortConnection()
+            return
+        exchange = self.exchange
+        if exchange is not None and data:
+            exchange.responseBody(data)
+
+    def on_message_complete(self):
+        if self._informational:
+            self._informational = False
+            return
+        if self._headDone:
+            return
+        exchange = self.exchange
+        self.reused = True
+        if exchange is not None:
+            exchange.responseComplete(self._trailers, self.parser.should_keep_alive())
+
+    def on_chunk_header(self):
+        pass
+
+    def on_chunk_complete(self):
+        pass
+
+    # -- hand-back and teardown -------------------------------------------
+
+    def responseDone(self, reusable):
+        """
+        The exchange has what it needs: return to the pool or close.
+        """
+        self.exchange = None
+        if self._headDone:
+            # Reused only after this feed ends and a fresh parser is in place.
+            pass
+        if reusable:
+            self.pool.release(self)
+        else:
+            self.pool.discard(self)
+            self.transport.loseConnection()
+
+    def _switch(self, rest):
+        exchange = self.exchange
+        if exchange is None or self.parser.get_status_code() != 101:
+            self.transport.abortConnection()
+            return
+        exchange.upgraded(self, rest)
+
+    def startTunnel(self, server):
+        """
+        After a 101, relay raw bytes to the client connection.
+        """
+        self._tunnel = server.transport
+        self.pool.discard(self)
+
+    def connectionLost(self, reason):
+        self.connected = False
+        self.pool.discard(self)
+        if self._tunnel is not None:
+            tunnel, self._tunnel = self._tunnel, None
+            tunnel.loseConnection()
+            return
+        exchange, self.exchange = self.exchange, None
+        if exchange is None:
+            return
+        if self._inBody and not self.parser.should_keep_alive():
+            # A response without a length ends when the connection does.
+            self._inBody = False
+            exchange.upstream = self
+            exchange.responseComplete(None, False)
+            exchange.server.flush()
+            return
+        why = reason.getErrorMessage()
+        retryable = not self._gotBytes and self.reused
+        exchange.upstreamLost(why, retryable)
+        exchange.server.flush()
+
+
+class _ConnectFactory(ClientFactory):
+    """
+    Makes one L{UpstreamProtocol} for one exchange, and tells the exchange
+    when the connection attempt fails.
+    """
+
+    protocol = UpstreamProtocol
+    noisy = False
+
+    def __init__(self, pool, exchange):
+        self.pool = pool
+        self.exchange = exchange
+
+    def buildProtocol(self, addr):
+        exchange, self.exchange = self.exchange, None
+        p = UpstreamProtocol(self.pool, exchange)
+        p.factory = self
+        self.pool.opened(p)
+        return p
+
+    def clientConnectionFailed(self, connector, reason):
+        self.pool.connecting -= 1
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            exchange.connectFailed(reason.getErrorMessage(), True)
+            exchange.server.flush()
+
+    def clientConnectionLost(self, connector, reason):
+        pass
+
+
+class Pool:
+    """
+    Keep-alive connections to one endpoint.
+
+    @ivar endpoint: the L{Endpoint<meshproxy.discovery.endpoints.Endpoint>}.
+    @ivar idle: idle connections, most recently used last.
+    """
+
+    def __init__(self, endpoint, *, reactor, maxIdle=64, idleTimeout=60.0, connectTimeout=2.0):
+        self.endpoint = endpoint
+        self.reactor = reactor
+        self.maxIdle = maxIdle
+        self.idleTimeout = idleTimeout
+        self.connectTimeout = connectTimeout
+        self.idle = []
+        self.all = set()
+        self.connecting = 0
+        self.closed = False
+
+    def acquire(self, exchange):
+        """
+        Give C{exchange} a connection: an idle one, or a new one.
+        """
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if conn.connected:
+                conn.exchange = exchange
+                exchange.connected(conn)
+                return
+        self.connecting += 1
+        self.reactor.connectTCP(
+            self.endpoint.host,
+            self.endpoint.port,
+            _ConnectFactory(self, exchange),
+            timeout=self.connectTimeout,
+        )
+
+    def opened(self, conn):
+        """
+        A new connection was made.
+        """
+        self.connecting -= 1
+        self.all.add(conn)
+
+    def release(self, conn):
+        """
+        C{conn} finished a response and can serve another.
+        """
+        if self.closed or len(self.idle) >= self.maxIdle or not conn.connected:
+            self.discard(conn)
+            conn.transport.loseConnection()
+            return
+        conn.idleSince = self.reactor.seconds()
+        self.idle.append(conn)
+
+    def discard(self, conn):
+        """
+        Forget C{conn} (it is closing).
+        """
+        self.all.discard(conn)
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    def expire(self, now):
+        """
+        Close idle connections unused for longer than the idle timeout.
+        """
+        limit = now - self.idleTimeout
+        stale = [c for c in self.idle if c.idleSince <= limit]
+        for conn in stale:
+            self.discard(conn)
+            conn.transport.loseConnection()
+
+    def close(self):
+        """
+        The endpoint left the set: close idle connections now, busy ones
+        when their exchange ends.
+        """
+        self.closed = True
+        for conn in list(self.idle):
+            self.discard(conn)
+            conn.transport.loseConnection()

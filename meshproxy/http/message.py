@@ -1,0 +1,171 @@
+"""
+HTTP/1.1 message pieces shared by the server and upstream sides: the request
+record, header hygiene, framing helpers and the answers meshproxy makes itself.
+
+Everything here runs per request, so it favours plain loops over bytes and
+small allocations over abstraction.
+"""
+
+from http import HTTPStatus
+
+__all__ = [
+    "Request",
+    "HOP_BY_HOP",
+    "ProxyError",
+    "errorResponse",
+    "encodeChunk",
+    "LAST_CHUNK",
+    "reasonPhrase",
+]
+
+#: Headers that describe one connection and never cross the proxy
+#: (RFC 9110 7.6.1), plus the framing headers meshproxy writes itself.
+HOP_BY_HOP = frozenset(
+    [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"content-length",
+    ]
+)
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+_REASONS = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
+
+
+def reasonPhrase(code):
+    """
+    The standard reason phrase for a status code.
+
+    @param code: an HTTP status code.
+    @type code: L{int}
+    @return: the phrase, or C{b"Unknown"}.
+    @rtype: L{bytes}
+    """
+    return _REASONS.get(code, b"Unknown")
+
+
+def encodeChunk(data):
+    """
+    Frame C{data} as one chunk of a chunked body.
+
+    @param data: non-empty body bytes.
+    @type data: L{bytes}
+    @rtype: L{bytes}
+    """
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+class Request:
+    """
+    One parsed request head, as received from a client.
+
+    @ivar method: the method token, e.g. C{b"GET"}.
+    @ivar target: the request-target exactly as received.
+    @ivar version: C{"1.1"} or C{"1.0"}.
+    @ivar headers: a list of C{[name, value]} pairs, byte-exact, in order.
+    @ivar keepAlive: whether the client's connection may be kept after this
+        exchange.
+    @ivar chunked: whether the body uses chunked framing.
+    @ivar contentLength: the declared body length, or L{None}.
+    @ivar upgrade: whether the client asked to switch protocols.
+    @ivar expectContinue: whether the client sent C{Expect: 100-continue}.
+    """
+
+    __slots__ = (
+        "method",
+        "target",
+        "version",
+        "headers",
+        "keepAlive",
+        "chunked",
+        "contentLength",
+        "upgrade",
+        "expectContinue",
+        "connectionTokens",
+        "host",
+    )
+
+    def __init__(self, method, target, version, headers):
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self.keepAlive = True
+        self.chunked = False
+        self.contentLength = None
+        self.upgrade = False
+        self.expectContinue = False
+        self.connectionTokens = ()
+        self.host = None
+
+    @property
+    def hasBody(self):
+        """
+        Whether a body follows the head.
+        """
+        return self.chunked or bool(self.contentLength)
+
+    def header(self, name):
+        """
+        The value of the first header called C{name}.
+
+        @param name: a lowercase header name.
+        @type name: L{bytes}
+        @return: the value, or L{None} when absent.
+        """
+        if name == b"host":
+            return self.host
+        for n, v in self.headers:
+            if n.lower() == name:
+                return v
+        return None
+
+
+class ProxyError(Exception):
+    """
+    A failure meshproxy answers itself, with a C{mesh-err} header naming the
+    reason.
+
+    @ivar status: the HTTP status code to answer with.
+    @ivar reason: the short machine-readable reason, sent as C{mesh-err}.
+    @ivar detail: a human-readable sentence for the body.
+    """
+
+    def __init__(self, status, reason, detail=""):
+        Exception.__init__(self, status, reason, detail)
+        self.status = status
+        self.reason = reason
+        self.detail = detail
+
+
+def errorResponse(status, reason, detail, close=False, head=False):
+    """
+    Render an answer made by meshproxy itself.
+
+    @param status: the status code.
+    @param reason: the C{mesh-err} value, a short token.
+    @param detail: a sentence for humans, sent as the text body.
+    @param close: whether to announce C{Connection: close}.
+    @param head: whether the request was HEAD (headers only).
+    @rtype: L{bytes}
+    """
+    body = ("%s\n" % (detail or reason,)).encode("utf-8", "replace")
+    lines = [
+        b"HTTP/1.1 %d %s\r\n" % (status, reasonPhrase(status)),
+        b"mesh-err: %s\r\n" % (reason.encode("ascii"),),
+        b"Content-Type: text/plain; charset=utf-8\r\n",
+        b"Content-Length: %d\r\n" % (len(body),),
+    ]
+    if close:
+        lines.append(b"Connection: close\r\n")
+    lines.append(b"\r\n")
+    if not head:
+        lines.append(body)
+    return b"".join(lines)

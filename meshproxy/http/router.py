@@ -1,0 +1,397 @@
+"""
+The HTTP router: from a parsed request to the client of one bound name.
+
+A router owns its rules (an immutable L{Dtab} swapped whole), a cache of
+delegation results for the current rules, and one L{BoundClient} per bound
+name it has used: the live endpoint set from the namer, a balancer over it,
+and a connection pool per endpoint.
+"""
+
+import random as _random
+
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from meshproxy.discovery.endpoints import Addr, Endpoint, Observable
+from meshproxy.http.client import Pool
+from meshproxy.http.message import HOP_BY_HOP, ProxyError
+from meshproxy.routing.delegate import DelegationError, delegate
+from meshproxy.routing.dtab import Dtab
+from meshproxy.routing.identifiers import IdentificationError
+from meshproxy.routing.nametree import Leaf, evaluate
+from meshproxy.routing.path import Path
+
+_log = Logger()
+
+_INET = Path.read("/$/inet")
+
+#: Bound on the per-router cache of delegation results.
+MAX_CACHED_NAMES = 10000
+
+
+def _inetObservable(service):
+    """
+    The fixed endpoint set of a C{/$/inet/host/port} name.
+    """
+    host, _, port = service.rpartition(":")
+    try:
+        endpoint = Endpoint(host.strip("[]"), int(port))
+    except (ValueError, TypeError):
+        return Observable(Addr.neg())
+    return Observable(Addr.bound(frozenset([endpoint])))
+
+
+class BoundClient:
+    """
+    Everything the router keeps for one bound name.
+
+    @ivar name: the bound name as text, e.g. C{"/#/fs/users"}.
+    @ivar balancer: the L{IBalancer<meshproxy.balancing.interfaces.IBalancer>}
+        over the name's endpoints.
+    @ivar stats: the name's L{RouteStats<meshproxy.telemetry.metrics.RouteStats>}.
+    @ivar addr: the namer's latest answer.
+    """
+
+    def __init__(self, router, boundName, observable):
+        self.router = router
+        self.boundName = boundName
+        self.name = str(boundName.id)
+        self.stats = router.metrics.route(router.name, self.name)
+        self.balancer = router.makeBalancer(
+            onAdd=self._nodeAdded, onRemove=self._nodeRemoved
+        )
+        self.addr = Addr.pending()
+        self._cancel = observable.subscribe(self._update)
+        self._update(observable.current)
+
+    def _nodeAdded(self, node):
+        router = self.router
+        node.payload = Pool(
+            node.endpoint,
+            reactor=router.reactor,
+            maxIdle=router.clientSettings.maxIdlePerEndpoint,
+            idleTimeout=router.clientSettings.idleTimeout,
+            connectTimeout=router.connectTimeout,
+        )
+
+    def _nodeRemoved(self, node):
+        if node.payload is not None:
+            node.payload.close()
+
+    def _update(self, addr):
+        if addr.kind == "bound":
+            self.addr = addr
+            self.balancer.update(addr.endpoints)
+        elif addr.kind == "neg":
+            self.addr = addr
+            self.balancer.update(frozenset())
+        elif addr.kind == "failed" and self.addr.kind == "pending":
+            self.addr = addr
+        # "pending", or "failed" after a good answer: keep the last good set.
+
+    def isEmpty(self):
+        """
+        Whether no endpoint can take a request (for C{|} fall-through).
+        """
+        return self.balancer.pick() is None
+
+    def close(self):
+        """
+        Stop following the namer and close every pool.
+        """
+        self._cancel()
+        self.balancer.update(frozenset())
+
+    def state(self):
+        """
+        A JSON-ready view for C{GET /admin/state}.
+        """
+        endpoints = []
+        for node in self.balancer.nodes():
+            total = node.successes + node.failures
+            pool = node.payload
+            endpoints.append(
+                {
+                    "address": "%s:%d" % (node.endpoint.host, node.endpoint.port)
+                    if ":" not in node.endpoint.host
+                    else "[%s]:%d" % (node.endpoint.host, node.endpoint.port),
+                    "weight": node.endpoint.weight,
+                    "state": node.state,
+                    "ewmaMs": round(node.cost, 3),
+                    "pending": node.pending,
+                    "requests": node.requests,
+                    "successes": node.successes,
+                    "failures": node.failures,
+                    "successRate": (node.successes / total) if total else None,
+                    "consecutiveFailures": node.consecutiveFailures,
+                    "connections": {
+                        "open": len(pool.all) if pool is not None else 0,
+                        "idle": len(pool.idle) if pool is not None else 0,
+                    },
+                }
+            )
+        return {
+            "namer": self.addr.kind,
+            "requests": self.stats.requests,
+            "endpoints": endpoints,
+        }
+
+
+class HttpRouter:
+    """
+    One HTTP router of the config: rules, bound names, balancers, pools.
+
+    @ivar name: the router's name.
+    @ivar dtab: the current rules, an immutable L{Dtab}.
+    """
+
+    def __init__(self, config, namers, *, reactor, metrics, balancerFactory, random=None):
+        """
+        @param config: the router's L{RouterConfig<meshproxy.config.RouterConfig>}.
+        @param namers: the namers by prefix (L{Path} → L{INamer}).
+        @param reactor: provides L{IReactorTCP} and L{IReactorTime}.
+        @param metrics: the process's L{MeshMetrics}.
+        @param balancerFactory: makes a balancer, given C{onAdd} and
+            C{onRemove} keyword arguments.
+        @param random: a callable returning floats in [0, 1), for weighted
+            routes.
+        """
+        self.config = config
+        self.name = config.name
+        self.reactor = reactor
+        self.clock = reactor
+        self.metrics = metrics
+        self.makeBalancer = balancerFactory
+        self.random = random or _random.random
+        self.namers = dict(namers)
+        self._prefixes = tuple(self.namers) + (_INET,)
+        self.serverSettings = config.server
+        self.clientSettings = config.client
+        self.totalTimeout = config.timeouts.total
+        self.connectTimeout = config.timeouts.connect
+        self.forwarded = config.forwarded
+        self.identifier = _makeIdentifier(config.identifier)
+        self.dtab = Dtab.read(config.rules)
+        self._trees = {}
+        self._clients = {}
+        self._errors = {}
+        self.connStats = metrics.connections(self.name)
+        self._expiry = None
+
+    # -- lifecycle --------------------------------------------------------
+
+    def start(self):
+        """
+        Start the periodic expiry of idle upstream connections.
+        """
+        interval = max(1.0, min(30.0, self.clientSettings.idleTimeout / 2.0))
+        self._expiry = LoopingCall(self._expireIdle)
+        self._expiry.clock = self.reactor
+        self._expiry.start(interval, now=False)
+
+    def stop(self):
+        """
+        Stop timers and close upstream connections.
+        """
+        if self._expiry is not None and self._expiry.running:
+            self._expiry.stop()
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+
+    def _expireIdle(self):
+        now = self.reactor.seconds()
+        for client in self._clients.values():
+            for node in client.balancer.nodes():
+                if node.payload is not None:
+                    node.payload.expire(now)
+
+    # -- rules --------------------------------------------------------------
+
+    def setDtab(self, dtab):
+        """
+        Replace the rules whole; requests already routed keep their
+        destination, new ones see only the new table.
+        """
+        self.dtab = dtab
+        self._trees = {}
+
+    # -- routing ------------------------------------------------------------
+
+    def route(self, request):
+        """
+        Choose the bound name for C{request}.
+
+        @return: the L{BoundClient} to send it to.
+        @raise ProxyError: when no destination can be found.
+        """
+        try:
+            path = self.identifier.identify(request)
+        except IdentificationError as e:
+            raise ProxyError(400, "no-identity", "Cannot identify the request: %s." % (e,))
+        tree = self._trees.get(path)
+        if tree is None:
+            try:
+                tree = delegate(self.dtab, path, self._prefixes)
+            except DelegationError as e:
+                raise ProxyError(502, "delegation-failed", str(e))
+            if len(self._trees) >= MAX_CACHED_NAMES:
+                self._trees.clear()
+            self._trees[path] = tree
+        if type(tree) is Leaf:
+            bound = tree.value
+        else:
+            try:
+                bound = evaluate(tree, self._isEmpty, self.random)
+            except Exception as e:
+                raise ProxyError(503, "route-failed", "Route for %s failed: %s" % (path, e))
+        if bound is None:
+            raise ProxyError(503, "no-route", "No route for %s." % (path,))
+        client = self._clients.get(bound.id)
+        if client is None:
+            client = self._bind(bound)
+        return client
+
+    def _isEmpty(self, bound):
+        client = self._clients.get(bound.id)
+        if client is None:
+            client = self._bind(bound)
+        return client.isEmpty()
+
+    def _bind(self, bound):
+        if bound.prefix == _INET:
+            observable = _inetObservable(bound.service)
+        else:
+            observable = self.namers[bound.prefix].bind(bound.service)
+        client = BoundClient(self, bound, observable)
+        self._clients[bound.id] = client
+        return client
+
+    # -- the request sent upstream ------------------------------------------
+
+    def requestHead(self, request, server):
+        """
+        The request line and header block sent upstream for C{request}.
+
+        Hop-by-hop headers (and those the client named in C{Connection}) are
+        dropped; the C{X-Forwarded-*}, C{Forwarded} and C{Via} headers are
+        added to or appended to; framing is written by meshproxy.
+        """
+        target = request.target
+        if target[0] != 0x2F and target != b"*":
+            # absolute-form: send origin-form upstream.
+            rest = target.split(b"://", 1)[1]
+            slash = rest.find(b"/")
+            target = rest[slash:] if slash >= 0 else b"/"
+        lines = [b"%s %s HTTP/1.1\r\n" % (request.method, target)]
+        append = lines.append
+        tokens = request.connectionTokens
+        forwarded = self.forwarded
+        peer = server.forwardedFor
+        seenXff = seenFwd = seenVia = seenProto = False
+        for name, value in request.headers:
+            n = name.lower()
+            if n in HOP_BY_HOP or (tokens and n in tokens):
+                continue
+            if forwarded:
+                if n == b"x-forwarded-for":
+                    value = value + b", " + peer
+                    seenXff = True
+                elif n == b"forwarded":
+                    value = value + b", " + _forwardedElement(peer, server.scheme)
+                    seenFwd = True
+                elif n == b"x-forwarded-proto":
+                    seenProto = True
+            if n == b"via":
+                value = value + b", 1.1 meshproxy"
+                seenVia = True
+            elif n == b"expect":
+                # meshproxy answers 100-continue itself.
+                continue
+            append(b"%s: %s\r\n" % (name, value))
+        if forwarded:
+            if not seenXff:
+                append(b"X-Forwarded-For: %s\r\n" % (peer,))
+            if not seenProto:
+                append(b"X-Forwarded-Proto: %s\r\n" % (server.scheme,))
+            if not seenFwd:
+                append(b"Forwarded: %s\r\n" % (_forwardedElement(peer, server.scheme),))
+        if not seenVia:
+            append(b"Via: 1.1 meshproxy\r\n")
+        if request.upgrade:
+            append(b"Connection: Upgrade\r\n")
+            upgrade = _headerValue(request.headers, b"upgrade")
+            if upgrade is not None:
+                append(b"Upgrade: %s\r\n" % (upgrade,))
+        if request.chunked:
+            append(b"Transfer-Encoding: chunked\r\n")
+        elif request.contentLength is not None:
+            append(b"Content-Length: %d\r\n" % (request.contentLength,))
+        append(b"\r\n")
+        return b"".join(lines)
+
+    # -- accounting -----------------------------------------------------------
+
+    def record(self, client, status, seconds):
+        """
+        Count one finished request of C{client}.
+        """
+        client.stats.record(status, seconds)
+
+    def countError(self, reason):
+        """
+        Count an error answered (or a connection refused) by meshproxy.
+        """
+        self.metrics.error(self.name, reason)
+
+    def nodes(self):
+        """
+        Every (bound name, node) pair, for metrics at scrape time.
+        """
+        for client in list(self._clients.values()):
+            for node in client.balancer.nodes():
+                yield client.name, node
+
+    def state(self):
+        """
+        A JSON-ready view of the router for C{GET /admin/state}.
+        """
+        return {
+            "protocol": "http",
+            "listen": self.config.listen,
+            "rules": self.dtab.show(),
+            "connections": {
+                "opened": self.connStats.opened,
+                "closed": self.connStats.closed,
+            },
+            "boundNames": {
+                name: client.state()
+                for name, client in sorted(
+                    ((c.name, c) for c in self._clients.values())
+                )
+            },
+        }
+
+
+def _forwardedElement(peer, scheme):
+    if b":" in peer:
+        peer = b'"[' + peer + b']"'
+    return b"for=%s;proto=%s" % (peer, scheme)
+
+
+def _headerValue(headers, lname):
+    for n, v in headers:
+        if n.lower() == lname:
+            return v
+    return None
+
+
+def _makeIdentifier(config):
+    from meshproxy.routing import identifiers
+
+    prefix = Path.read(config.prefix)
+    if config.kind == "host":
+        return identifiers.HostIdentifier(prefix)
+    if config.kind == "path":
+        return identifiers.PathIdentifier(prefix, config.segments)
+    return identifiers.HeaderIdentifier(prefix, config.name.encode("ascii"))

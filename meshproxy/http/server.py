@@ -1,0 +1,616 @@
+"""
+The client-facing side of the HTTP router: one L{ServerProtocol} per
+accepted connection.
+
+It parses requests with httptools (llhttp), adds the checks RFC 9112 asks of
+a proxy that llhttp leaves out, answers pipelined requests in order, enforces
+the header, idle and body-progress timeouts, and hands each request to an
+L{Exchange<meshproxy.http.exchange.Exchange>} that forwards it upstream.
+"""
+
+from collections import deque
+
+import httptools
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from meshproxy.http.exchange import Exchange
+from meshproxy.http.message import ProxyError, Request, errorResponse
+
+_log = Logger()
+
+_HEAD, _BODY, _IDLE = range(3)
+
+# Characters allowed in a request-target (RFC 3986 plus '%' escapes); llhttp
+# lets some others through.
+_TARGET_OK = frozenset(
+    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    b"-._~:/?#[]@!$&'()*+,;=%"
+)
+_HOST_OK = frozenset(
+    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~:[]"
+    b"!$&'()*+,;=%"
+)
+
+
+@implementer(IPushProducer)
+class _PauseGate:
+    """
+    Pauses a transport's reading for several independent reasons at once
+    (pipelining, upstream back-pressure, a full pre-connect buffer) and
+    resumes it only when none is left.
+
+    An instance, bound to one reason, is also the L{IPushProducer} registered
+    on the upstream transport while a request body streams to it.
+    """
+
+    __slots__ = ("_transport", "_reasons")
+
+    def __init__(self, transport):
+        self._transport = transport
+        self._reasons = set()
+
+    def pause(self, reason):
+        """
+        Stop reading for C{reason}.
+        """
+        if not self._reasons:
+            self._transport.pauseProducing()
+        self._reasons.add(reason)
+
+    def resume(self, reason):
+        """
+        Withdraw C{reason}; read again if no other reason remains.
+        """
+        if reason in self._reasons:
+            self._reasons.discard(reason)
+            if not self._reasons:
+                self._transport.resumeProducing()
+
+    # IPushProducer, for upstream back-pressure on the request body.
+    def pauseProducing(self):
+        self.pause("upstream")
+
+    def resumeProducing(self):
+        self.resume("upstream")
+
+    def stopProducing(self):
+        self.resume("upstream")
+
+
+class ServerProtocol(Protocol):
+    """
+    One client connection to an HTTP router.
+
+    @ivar router: the L{HttpRouter<meshproxy.http.router.HttpRouter>}.
+    @ivar settings: the router's C{server} settings (limits, timeouts).
+    """
+
+    def __init__(self, router, settings, clock, connStats=None, scheme=b"http"):
+        self.router = router
+        self.settings = settings
+        self.clock = clock
+        self.connStats = connStats
+        self.scheme = scheme
+        self.active = None
+        self.queue = deque()
+        self.closing = False
+        self._out = []
+        self._state = _IDLE
+        self._headRaw = 0
+        self._headSize = 0
+        self._url = b""
+        self._headers = None
+        self._trailers = None
+        self._current = None  # the Exchange whose request bytes are arriving
+        self._deadline = None
+        self._timer = None
+        self._tunnel = None
+        self._broken = False
+        self.forwardedFor = b""
+        self.parser = None
+        self.gate = None
+
+    # -- connection lifecycle -------------------------------------------
+
+    def connectionMade(self):
+        transport = self.transport
+        try:
+            transport.setTcpNoDelay(True)
+        except Exception:
+            pass
+        peer = transport.getPeer()
+        host = getattr(peer, "host", None)
+        self.peerHost = host
+        if host is None:
+            self.forwardedFor = b"unknown"
+        else:
+            self.forwardedFor = host.encode("ascii")
+        self.parser = httptools.HttpRequestParser(self)
+        self.gate = _PauseGate(transport)
+        if self.connStats is not None:
+            self.connStats.opened += 1
+        self._setDeadline(self.clock.seconds() + self.settings.idleTimeout)
+
+    def connectionLost(self, reason):
+        self.closing = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self.connStats is not None:
+            self.connStats.closed += 1
+        if self._tunnel is not None:
+            tunnel, self._tunnel = self._tunnel, None
+            tunnel.loseConnection()
+        active, self.active = self.active, None
+        if active is not None:
+            active.clientLost()
+        for queued in self.queue:
+            if isinstance(queued, Exchange):
+                queued.clientLost()
+        self.queue.clear()
+
+    # -- input ----------------------------------------------------------
+
+    def dataReceived(self, data):
+        if self._tunnel is not None:
+            self._tunnel.write(data)
+            return
+        if self.closing or self._broken:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self._upgraded(data[e.args[0]:])
+        except httptools.HttpParserCallbackError as e:
+            error = e.__context__
+            if isinstance(error, ProxyError):
+                self._framingError(error)
+            else:
+                _log.failure(
+                    "unexpected error handling a request",
+                    failure=None,
+                )
+                self._framingError(
+                    ProxyError(400, "bad-request", "The request could not be handled.")
+                )
+        except httptools.HttpParserError as e:
+            self._framingError(_parserError(e))
+        else:
+            if self._state == _HEAD:
+                self._headRaw += len(data)
+                if self._headRaw > self.settings.maxHeaderBytes:
+                    self._framingError(
+                        ProxyError(431, "header-too-large", "Request header too large.")
+                    )
+                elif self._headRaw == len(data):
+                    # The head arrived in pieces: bound the wait for the rest.
+                    self._setDeadline(self.clock.seconds() + self.settings.headerTimeout)
+            elif self._current is not None and self._state == _BODY:
+                self._setDeadline(self.clock.seconds() + self.settings.bodyTimeout)
+        self.flush()
+
+    # httptools callbacks --------------------------------------------------
+
+    def on_message_begin(self):
+        self._state = _HEAD
+        self._headRaw = 0
+        self._headSize = 0
+        self._url = b""
+        self._headers = []
+        self._trailers = None
+
+    def on_url(self, url):
+        self._url += url
+        if len(self._url) > self.settings.maxUriLength:
+            raise ProxyError(414, "uri-too-long", "Request-target too long.")
+
+    def on_header(self, name, value):
+        if self._state == _HEAD:
+            headers = self._headers
+            headers.append((name, value))
+            self._headSize += len(name) + len(value) + 4
+            if len(headers) > self.settings.maxHeaders:
+                raise ProxyError(431, "too-many-headers", "Too many request headers.")
+            if self._headSize > self.settings.maxHeaderBytes:
+                raise ProxyError(431, "header-too-large", "Request header too large.")
+        else:
+            if self._trailers is None:
+                self._trailers = []
+            self._trailers.append((name, value))
+            if len(self._trailers) > self.settings.maxHeaders:
+                raise ProxyError(431, "too-many-headers", "Too many trailer fields.")
+
+    def on_headers_complete(self):
+        parser = self.parser
+        request = Request(
+            parser.get_method(), self._url, parser.get_http_version(), self._headers
+        )
+        self._headers = None
+        request.keepAlive = parser.should_keep_alive()
+        _checkRequest(request, self.settings)
+        exchange = Exchange(self, request, self.router)
+        self._current = exchange
+        self._state = _BODY
+        if self.active is None:
+            self.active = exchange
+            exchange.start()
+        else:
+            self.queue.append(exchange)
+            self.gate.pause("pipeline")
+
+    def on_body(self, data):
+        current = self._current
+        if current is not None:
+            current.bodyReceived(data)
+
+    def on_message_complete(self):
+        current, self._current = self._current, None
+        self._state = _IDLE
+        if current is not None:
+            trailers, self._trailers = self._trailers, None
+            current.bodyComplete(trailers)
+        if not self.closing and self.active is None and self._deadline is None:
+            self._setDeadline(self.clock.seconds() + self.settings.idleTimeout)
+
+    def on_chunk_header(self):
+        pass
+
+    def on_chunk_complete(self):
+        pass
+
+    # -- upgrade (WebSocket and friends) --------------------------------
+
+    def _upgraded(self, rest):
+        """
+        The parser saw a complete upgrade request; bytes after it belong to
+        the new protocol and wait until the upstream agrees to switch.
+        """
+        exchange = self.active
+        self.gate.pause("upgrade")
+        if exchange is not None and exchange.request.upgrade:
+            exchange.upgradeRest = rest
+        else:
+            self._framingError(ProxyError(400, "bad-request", "Unexpected upgrade."))
+
+    def startTunnel(self, upstreamTransport, rest):
+        """
+        Turn this connection into a byte tunnel to C{upstreamTransport}.
+
+        @param rest: client bytes already read past the upgrade request.
+        """
+        self._tunnel = upstreamTransport
+        self.active = None
+        self.flush()
+        self.transport.registerProducer(upstreamTransport, True)
+        upstreamTransport.registerProducer(self.transport, True)
+        if rest:
+            upstreamTransport.write(rest)
+        self.gate.resume("upgrade")
+        self._clearDeadline()
+
+    def tunnelClosed(self):
+        """
+        The upstream side of a tunnel went away.
+        """
+        self._tunnel = None
+        self.transport.loseConnection()
+
+    # -- output ---------------------------------------------------------
+
+    def write(self, data):
+        """
+        Queue bytes for the client; L{flush} sends them in one write.
+        """
+        self._out.append(data)
+
+    def flush(self):
+        """
+        Send everything queued by L{write}.
+        """
+        out = self._out
+        if out:
+            if len(out) == 1:
+                data = out[0]
+            else:
+                data = b"".join(out)
+            out.clear()
+            self.transport.write(data)
+
+    def exchangeDone(self, exchange, keepAlive):
+        """
+        The response to the active request has been written.
+
+        @param keepAlive: whether the connection can carry another request.
+        """
+        if exchange is not self.active:
+            return
+        self.active = None
+        if self.closing:
+            return
+        if not keepAlive or (exchange is self._current and exchange.request.hasBody):
+            # A request whose body we have not read to the end cannot be
+            # followed by another on this connection.
+            self.closing = True
+            self.flush()
+            self.transport.loseConnection()
+            return
+        if self.queue:
+            nxt = self.queue.popleft()
+            self.active = nxt
+            if not self.queue:
+                self.gate.resume("pipeline")
+            nxt.start()
+        else:
+            if self._state == _IDLE:
+                self._setDeadline(self.clock.seconds() + self.settings.idleTimeout)
+
+    def sendError(self, error, close=False):
+        """
+        Answer with an error made by meshproxy (for the active request).
+        """
+        head = self.active is not None and self.active.request.method == b"HEAD"
+        self.write(
+            errorResponse(error.status, error.reason, error.detail, close=close, head=head)
+        )
+
+    def _framingError(self, error):
+        """
+        The request stream is broken: answer (after any request still being
+        answered) and close the connection.
+        """
+        self._current = None
+        self._state = _IDLE
+        self.router.countError(error.reason)
+        if self.closing or self._broken:
+            return
+        self._broken = True
+        self.gate.pause("broken")
+        if self.active is None:
+            self.closing = True
+            self.write(
+                errorResponse(error.status, error.reason, error.detail, close=True)
+            )
+            self.flush()
+            self.transport.loseConnection()
+        else:
+            # Answered in turn, once the active exchange finishes.
+            self.queue.append(_ErrorAnswer(self, error))
+
+    # -- timeouts -------------------------------------------------------
+
+    def _setDeadline(self, when):
+        self._deadline = when
+        timer = self._timer
+        if timer is None:
+            self._timer = self.clock.callLater(
+                max(0, when - self.clock.seconds()), self._checkDeadline
+            )
+        elif timer.getTime() > when:
+            timer.reset(max(0, when - self.clock.seconds()))
+
+    def _clearDeadline(self):
+        self._deadline = None
+
+    def _checkDeadline(self):
+        self._timer = None
+        deadline = self._deadline
+        if deadline is None or self.closing:
+            return
+        now = self.clock.seconds()
+        if now < deadline:
+            self._timer = self.clock.callLater(deadline - now, self._checkDeadline)
+            return
+        if self._state == _HEAD:
+            self._timedOut("Timed out reading the request header.")
+        elif self._state == _BODY and self._current is not None:
+            if self._current is self.active and self._current.responseStarted:
+                self.closing = True
+                self.transport.abortConnection()
+            else:
+                self._timedOut("Timed out reading the request body.")
+        elif self.active is None and not self.queue:
+            # Idle keep-alive connection.
+            self.closing = True
+            self.transport.loseConnection()
+        else:
+            self._deadline = None
+
+    def _timedOut(self, detail):
+        self.router.countError("client-timeout")
+        self.closing = True
+        active, self.active = self.active, None
+        if active is not None:
+            active.clientLost()
+        self.write(errorResponse(408, "client-timeout", detail, close=True))
+        self.flush()
+        self.transport.loseConnection()
+
+
+class _ErrorAnswer:
+    """
+    A queued answer to a broken pipelined request: sent in turn, then the
+    connection closes.
+    """
+
+    def __init__(self, server, error):
+        self.server = server
+        self.error = error
+
+    def start(self):
+        server = self.server
+        server.write(
+            errorResponse(
+                self.error.status, self.error.reason, self.error.detail, close=True
+            )
+        )
+        server.flush()
+        server.active = None
+        server.closing = True
+        server.transport.loseConnection()
+
+    def clientLost(self):
+        pass
+
+
+def _parserError(e):
+    """
+    Map an httptools parse error to the answer meshproxy gives.
+    """
+    message = str(e) or e.__class__.__name__
+    if isinstance(e, httptools.HttpParserInvalidMethodError):
+        return ProxyError(400, "bad-request", "Invalid method.")
+    if isinstance(e, httptools.HttpParserInvalidURLError):
+        return ProxyError(400, "bad-request", "Invalid request-target.")
+    return ProxyError(400, "bad-request", "Malformed request: %s." % (message,))
+
+
+def _checkRequest(request, settings):
+    """
+    The checks RFC 9112 asks of a proxy that llhttp does not make.
+
+    Sets the framing fields of C{request}; raises L{ProxyError} for a
+    request that must be refused.
+    """
+    method = request.method
+    if method == b"CONNECT":
+        raise ProxyError(405, "method-not-allowed", "CONNECT is not supported.")
+    target = request.target
+    if not target:
+        raise ProxyError(400, "bad-request", "Empty request-target.")
+    first = target[0]
+    if first == 0x2F:  # "/"
+        pass
+    elif target == b"*":
+        if method != b"OPTIONS":
+            raise ProxyError(400, "bad-request", "Asterisk-form is only for OPTIONS.")
+    elif target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
+        pass
+    else:
+        raise ProxyError(400, "bad-request", "Invalid request-target.")
+    for c in target:
+        if c not in _TARGET_OK:
+            raise ProxyError(400, "bad-request", "Invalid character in request-target.")
+
+    host = None
+    hostCount = 0
+    contentLength = None
+    transferEncoding = None
+    connection = None
+    upgrade = None
+    for name, value in request.headers:
+        n = name.lower()
+        if n == b"host":
+            hostCount += 1
+            host = value
+        elif n == b"content-length":
+            if contentLength is not None and contentLength != value:
+                raise ProxyError(400, "bad-framing", "Conflicting Content-Length.")
+            contentLength = value
+        elif n == b"transfer-encoding":
+            if transferEncoding is not None:
+                transferEncoding += b"," + value
+            else:
+                transferEncoding = value
+        elif n == b"connection":
+            connection = value if connection is None else connection + b"," + value
+        elif n == b"upgrade":
+            upgrade = value
+        elif n == b"expect":
+            if value.strip().lower() == b"100-continue":
+                request.expectContinue = True
+            else:
+                raise ProxyError(417, "expectation-failed", "Unsupported expectation.")
+        if b"\r" in value or b"\n" in value or b"\x00" in value:
+            raise ProxyError(400, "bad-header", "Invalid character in a header value.")
+
+    if request.version == "1.1":
+        if hostCount != 1:
+            raise ProxyError(
+                400, "bad-host", "HTTP/1.1 needs exactly one Host header."
+            )
+    elif hostCount > 1:
+        raise ProxyError(400, "bad-host", "More than one Host header.")
+    if host is not None:
+        if not host:
+            raise ProxyError(400, "bad-host", "Empty Host header.")
+        for c in host:
+            if c not in _HOST_OK:
+                raise ProxyError(400, "bad-host", "Invalid Host header.")
+    request.host = host
+
+    if transferEncoding is not None:
+        if contentLength is not None:
+            raise ProxyError(
+                400, "bad-framing", "Both Content-Length and Transfer-Encoding."
+            )
+        if request.version != "1.1":
+            raise ProxyError(
+                400, "bad-framing", "Transfer-Encoding in an HTTP/1.0 request."
+            )
+        codings = [c.strip().lower() for c in transferEncoding.split(b",")]
+        if codings != [b"chunked"]:
+            if codings[-1] != b"chunked":
+                raise ProxyError(400, "bad-framing", "Body length cannot be determined.")
+            raise ProxyError(
+                501, "unsupported-transfer-coding", "Only chunked transfer coding is supported."
+            )
+        request.chunked = True
+    elif contentLength is not None:
+        # llhttp has checked the digits; this only turns them into a number.
+        length = int(contentLength)
+        request.contentLength = length
+        if settings.maxBodyBytes is not None and length > settings.maxBodyBytes:
+            raise ProxyError(413, "body-too-large", "Request body too large.")
+
+    if connection is not None:
+        tokens = tuple(
+            t.strip().lower() for t in connection.split(b",") if t.strip()
+        )
+        request.connectionTokens = tokens
+        if upgrade is not None and b"upgrade" in tokens:
+            request.upgrade = True
+    elif upgrade is not None:
+        # Upgrade without "Connection: upgrade" is not an upgrade request.
+        request.upgrade = False
+
+
+class ServerFactory(Factory):
+    """
+    Builds a L{ServerProtocol} per accepted connection of one router.
+    """
+
+    def __init__(self, router, settings, clock, connStats=None, scheme=b"http"):
+        self.router = router
+        self.settings = settings
+        self.clock = clock
+        self.connStats = connStats
+        self.scheme = scheme
+        self.connections = set()
+
+    def buildProtocol(self, addr):
+        limit = self.settings.maxConnections
+        if limit is not None and len(self.connections) >= limit:
+            self.router.countError("too-many-connections")
+            return None
+        p = _TrackedServerProtocol(
+            self.router, self.settings, self.clock, self.connStats, self.scheme
+        )
+        p.factory = self
+        return p
+
+
+class _TrackedServerProtocol(ServerProtocol):
+    """
+    A L{ServerProtocol} its factory can count and close at shutdown.
+    """
+
+    def connectionMade(self):
+        self.factory.connections.add(self)
+        ServerProtocol.connectionMade(self)
+
+    def connectionLost(self, reason):
+        self.factory.connections.discard(self)
+        ServerProtocol.connectionLost(self, reason)

@@ -1,0 +1,311 @@
+"""
+The twistd plugin's options and service: C{twistd -n meshproxy --config FILE}.
+
+L{Options} validates the config before anything binds (a bad config exits
+non-zero with every error named by its key path); L{makeService} builds a
+L{MultiService} of namers, routers and the admin API, each listener a
+L{StreamServerEndpointService} built from a Twisted endpoint string, so
+privileged ports bind before privileges drop and systemd socket activation
+works.
+"""
+
+import sys
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService, Service
+from twisted.logger import Logger
+from twisted.python import usage
+
+from meshproxy.config import ConfigError, loadConfig, parseConfig
+
+_log = Logger()
+
+
+class Options(usage.Options):
+    """
+    Command-line options of C{twistd meshproxy}.
+    """
+
+    synopsis = "[--config FILE] [--check]"
+    longdesc = (
+        "Run the meshproxy service-mesh proxy. Without --config, runs the "
+        "embedded demo: the sample config, the file namer over the demo's "
+        "endpoint files, and demo upstreams on 127.0.0.1:8081-8083, with the "
+        "proxy on 127.0.0.1:4140 (try: curl -H 'Host: hello' "
+        "http://127.0.0.1:4140/) and the admin API on 127.0.0.1:9990."
+    )
+    optParameters = [
+        ["config", "c", None, "The YAML config file (default: the embedded demo)."],
+    ]
+    optFlags = [
+        ["check", None, "Validate the config, print the result and exit (0 when valid)."],
+    ]
+
+    def postOptions(self):
+        """
+        Load and validate the config now, before twistd binds anything.
+
+        @raise usage.UsageError: with every config error, one per line.
+        """
+        path = self["config"]
+        try:
+            if path is None:
+                from meshproxy.demo import demoConfigText
+
+                self.demo = True
+                self.meshConfig = parseConfig(demoConfigText(), "<embedded demo>")
+            else:
+                self.demo = False
+                self.meshConfig = loadConfig(path)
+            _checkSupported(self.meshConfig)
+        except ConfigError as e:
+            if self["check"]:
+                sys.stderr.write("%s: invalid\n%s\n" % (path or "<embedded demo>", e))
+                sys.stderr.flush()
+                raise SystemExit(1)
+            raise usage.UsageError("invalid config %s\n%s" % (path or "<embedded demo>", e))
+        if self["check"]:
+            sys.stdout.write("%s: ok\n" % (path or "<embedded demo>",))
+            sys.stdout.flush()
+            raise SystemExit(0)
+
+
+def _checkSupported(config):
+    """
+    Refuse the parts of the config schema this version does not run yet.
+    """
+    errors = []
+    for i, router in enumerate(config.routers):
+        if router.protocol != "http":
+            errors.append(
+                "routers[%d].protocol: %r routers are not implemented yet "
+                "(only \"http\")" % (i, router.protocol)
+            )
+    if errors:
+        raise ConfigError(errors)
+
+
+class _ListenerService(StreamServerEndpointService):
+    """
+    A listener that fails the start of the process when it cannot bind, and
+    says when it is bound (for C{/ready}).
+    """
+
+    _raiseSynchronously = True
+
+    def __init__(self, endpoint, factory, description):
+        StreamServerEndpointService.__init__(self, endpoint, factory)
+        self.description = description
+        self.bound = False
+
+    def privilegedStartService(self):
+        StreamServerEndpointService.privilegedStartService(self)
+        self._waitingForPort.addCallback(self._bound)
+
+    def _bound(self, port):
+        self.bound = True
+        return port
+
+
+class _RouterService(Service):
+    """
+    Starts and stops one router's timers and upstream connections.
+    """
+
+    def __init__(self, router):
+        self.router = router
+
+    def startService(self):
+        Service.startService(self)
+        self.router.start()
+
+    def stopService(self):
+        Service.stopService(self)
+        self.router.stop()
+
+
+class Runtime:
+    """
+    What the admin API sees of the running process.
+
+    @ivar routers: the routers by name, in config order.
+    """
+
+    def __init__(self):
+        self.routers = {}
+        self.listeners = []
+
+    def isReady(self):
+        """
+        Whether every listener is bound.
+        """
+        return not self.waitingFor()
+
+    def waitingFor(self):
+        """
+        What readiness still waits for, as human-readable strings.
+        """
+        return [
+            "listener %s" % (listener.description,)
+            for listener in self.listeners
+            if not listener.bound
+        ]
+
+    def nodes(self):
+        """
+        Every (router, bound name, node), for metrics at scrape time.
+        """
+        for name, router in list(self.routers.items()):
+            for boundName, node in router.nodes():
+                yield name, boundName, node
+
+
+def makeService(options, reactor=None):
+    """
+    Build the process's services from validated options.
+
+    @param options: parsed L{Options} (their C{meshConfig}).
+    @param reactor: the reactor; the global one when L{None}.
+    @rtype: L{MultiService}
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    config = options.meshConfig
+    top = MultiService()
+    runtime, services = buildServices(config, reactor=reactor)
+    for service in services:
+        service.setServiceParent(top)
+    if getattr(options, "demo", False):
+        from meshproxy.demo import demoUpstreamServices
+
+        for service in demoUpstreamServices(reactor):
+            service.setServiceParent(top)
+    top.runtime = runtime
+    return top
+
+
+def buildServices(config, *, reactor):
+    """
+    Build the runtime and the services of a validated config.
+
+    @param config: a L{MeshConfig<meshproxy.config.MeshConfig>}.
+    @param reactor: the reactor to listen and connect with.
+    @return: C{(runtime, services)}.
+    """
+    # Imported here: klein installs the global reactor when imported.
+    from prometheus_client import CollectorRegistry
+    from twisted.internet.endpoints import serverFromString
+    from twisted.web.server import Site
+
+    from meshproxy.admin.api import AdminAPI
+    from meshproxy.http.router import HttpRouter
+    from meshproxy.http.server import ServerFactory
+    from meshproxy.routing.path import Path
+    from meshproxy.telemetry.metrics import MeshMetrics
+
+    runtime = Runtime()
+    registry = CollectorRegistry()
+    metrics = MeshMetrics(registry, runtime.nodes, costScale=0.001)
+    services = []
+
+    namers = {}
+    for namerConfig in config.namers:
+        namer = makeNamer(namerConfig, reactor=reactor)
+        namers[Path.read(namerConfig.prefix)] = namer
+        services.append(namer)
+
+    for routerConfig in config.routers:
+        router = HttpRouter(
+            routerConfig,
+            namers,
+            reactor=reactor,
+            metrics=metrics,
+            balancerFactory=balancerFactory(routerConfig.loadBalancer, reactor),
+        )
+        runtime.routers[router.name] = router
+        services.append(_RouterService(router))
+        factory = ServerFactory(
+            router, routerConfig.server, reactor, router.connStats, scheme=_scheme(routerConfig.listen)
+        )
+        listener = _ListenerService(
+            serverFromString(reactor, _endpointString(routerConfig.listen)),
+            factory,
+            "%s (%s)" % (router.name, routerConfig.listen),
+        )
+        runtime.listeners.append(listener)
+        services.append(listener)
+
+    admin = AdminAPI(
+        runtime,
+        registry,
+        token=config.admin.token,
+        protectReads=config.admin.protectReads,
+    )
+    site = Site(admin.app.resource())
+    site.noisy = False
+    site.log = lambda request: None
+    services.append(
+        _ListenerService(
+            serverFromString(reactor, _endpointString(config.admin.listen)),
+            site,
+            "admin (%s)" % (config.admin.listen,),
+        )
+    )
+    return runtime, services
+
+
+def _endpointString(description):
+    # "tls:" is the name users expect for a TLS listener; Twisted's server
+    # parser calls it "ssl:".
+    if description.startswith("tls:"):
+        return "ssl:" + description[4:]
+    return description
+
+
+def _scheme(description):
+    return b"https" if description.startswith(("ssl:", "tls:")) else b"http"
+
+
+def makeNamer(config, *, reactor):
+    """
+    Build the namer a namer config describes.
+    """
+    from meshproxy.discovery.endpoints import Endpoint
+    from meshproxy.routing.path import Path
+
+    if config.kind == "file":
+        from meshproxy.discovery.file import FileNamer
+
+        return FileNamer(
+            Path.read(config.prefix), config.root, reactor=reactor, interval=config.interval
+        )
+    from meshproxy.discovery.static import StaticNamer
+
+    services = {
+        name: [Endpoint(host, port, weight) for host, port, weight in endpoints]
+        for name, endpoints in config.services
+    }
+    return StaticNamer(Path.read(config.prefix), services)
+
+
+def balancerFactory(config, reactor):
+    """
+    A function making balancers of the configured kind.
+    """
+    if config.kind == "roundRobin":
+        from meshproxy.balancing.roundrobin import RoundRobin as cls
+
+        kwargs = {}
+    elif config.kind == "leastLoaded":
+        from meshproxy.balancing.leastloaded import LeastLoaded as cls
+
+        kwargs = {}
+    else:
+        from meshproxy.balancing.p2c import P2CPeakEwma as cls
+
+        kwargs = {"decay": config.decay}
+
+    def make(onAdd=None, onRemove=None):
+        return cls(clock=reactor, onAdd=onAdd, onRemove=onRemove, **kwargs)
+
+    return make
