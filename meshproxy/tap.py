@@ -97,6 +97,8 @@ class _ListenerService(StreamServerEndpointService):
         StreamServerEndpointService.__init__(self, endpoint, factory)
         self.description = description
         self.bound = False
+        self.port = None
+        self._boundWaiters = []
 
     def privilegedStartService(self):
         StreamServerEndpointService.privilegedStartService(self)
@@ -104,7 +106,23 @@ class _ListenerService(StreamServerEndpointService):
 
     def _bound(self, port):
         self.bound = True
+        self.port = port
+        waiters, self._boundWaiters = self._boundWaiters, []
+        for d in waiters:
+            d.callback(port)
         return port
+
+    def whenBound(self):
+        """
+        A Deferred firing with the listening port once it is bound.
+        """
+        from twisted.internet.defer import Deferred, succeed
+
+        if self.port is not None:
+            return succeed(self.port)
+        d = Deferred()
+        self._boundWaiters.append(d)
+        return d
 
 
 class _RouterService(Service):

@@ -267,8 +267,12 @@ class _Stop(Exception):
 
 
 def _feedStoppable(self, data):
+    if getattr(self, "upgraded", False):
+        return
     try:
         self._parser.feed_data(data)
+    except httptools.HttpParserUpgrade:
+        self.upgraded = True
     except httptools.HttpParserCallbackError as e:
         if not isinstance(e.__context__, _Stop):
             raise
@@ -312,7 +316,7 @@ def exchange(testCase, port, data, count=1, heads=()):
 
 
 PROXY_CONFIG = """\
-admin: {listen: "tcp:0:interface=127.0.0.1"}
+admin: {listen: "tcp:port=0:interface=127.0.0.1"}
 namers:
   - {kind: static, prefix: /#/static, services: {%(services)s}}
 routers:
@@ -364,7 +368,7 @@ def startProxy(testCase, services, total="5s", server="", config=None):
     testCase.addCleanup(stop)
     ports = []
     for s in services:
-        if hasattr(s, "_waitingForPort") and s._waitingForPort is not None:
-            port = yield s._waitingForPort
+        if hasattr(s, "whenBound"):
+            port = yield s.whenBound()
             ports.append(port.getHost().port)
     return ports[0], ports[-1], runtime

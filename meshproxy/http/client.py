@@ -165,6 +165,9 @@ class UpstreamProtocol(Protocol):
             return
         if self._headDone:
             return
+        if self.parser.get_status_code() == 101:
+            # httptools raises HttpParserUpgrade next; the tunnel starts there.
+            return
         exchange = self.exchange
         self.reused = True
         if exchange is not None:

@@ -361,13 +361,32 @@ class ServerProtocol(Protocol):
         The request stream is broken: answer (after any request still being
         answered) and close the connection.
         """
-        self._current = None
+        broken, self._current = self._current, None
         self._state = _IDLE
         self.router.countError(error.reason)
         if self.closing or self._broken:
             return
         self._broken = True
         self.gate.pause("broken")
+        if broken is not None:
+            # The error is in the body of a request already under way: that
+            # request is abandoned (its upstream connection is dropped).
+            if broken is self.active:
+                if broken.responseStarted:
+                    broken.clientLost()
+                    self.active = None
+                    self.closing = True
+                    self.flush()
+                    self.transport.abortConnection()
+                    return
+                broken.clientLost()
+                self.active = None
+            else:
+                try:
+                    self.queue.remove(broken)
+                except ValueError:
+                    pass
+                broken.clientLost()
         if self.active is None:
             self.closing = True
             self.write(

@@ -1,0 +1,153 @@
+"""
+What every balancer shares: the nodes, the eligible list, and the per-request
+bookkeeping (pending count, counters, peak EWMA latency).
+"""
+
+from __future__ import annotations
+
+import random as _random
+from collections.abc import Callable
+from math import exp
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from meshproxy.balancing.interfaces import IBalancer
+from meshproxy.balancing.node import EligibleStates, Node
+from meshproxy.discovery.endpoints import Endpoint
+
+__all__ = ["Balancer"]
+
+_log = Logger()
+
+
+@implementer(IBalancer)
+class Balancer:
+    """
+    The base of the balancers: everything but L{pick}.
+
+    Every balancer keeps the peak EWMA latency of its nodes (the admin API
+    shows it), whether or not it balances on it. The cost follows Finagle's
+    PeakEwma: a latency above the current cost replaces it at once (peak);
+    otherwise it is averaged in with a weight that depends on the time since
+    the last update, so that the cost forgets in about C{decay} seconds.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: IReactorTime,
+        random: _random.Random | None = None,
+        onAdd: Callable[[Node], object] | None = None,
+        onRemove: Callable[[Node], object] | None = None,
+        decay: float = 10.0,
+    ) -> None:
+        """
+        @param clock: gives the time (C{seconds()}), usually the reactor.
+        @param random: the source of randomness (C{random()} and
+            C{randrange()}); a new C{random.Random()} if not given.
+        @param onAdd: called with each new node, after the balancer is
+            updated (so that the owner can attach a connection pool).
+        @param onRemove: called with each dropped node, after the balancer is
+            updated.
+        @param decay: the time, in seconds, over which the latency cost
+            forgets a peak.
+        @raise ValueError: if C{decay} is not positive.
+        """
+        if not decay > 0:
+            raise ValueError(f"decay must be positive, got {decay!r}")
+        self._clock = clock
+        self._random = _random.Random() if random is None else random
+        self._onAdd = onAdd
+        self._onRemove = onRemove
+        self.decay = decay
+        self._byAddress: dict[tuple[str, int], Node] = {}
+        self._nodes: tuple[Node, ...] = ()
+        self._eligible: tuple[Node, ...] = ()
+
+    def update(self, endpoints: frozenset[Endpoint]) -> None:
+        """
+        See L{IBalancer.update}. When the set holds one address twice (with
+        two weights), one of them is used.
+        """
+        now = self._clock.seconds()
+        old = self._byAddress
+        new: dict[tuple[str, int], Node] = {}
+        added = []
+        for endpoint in endpoints:
+            address = endpoint.address
+            node = old.get(address)
+            if node is None:
+                node = new.get(address)
+            if node is None:
+                node = Node(endpoint, now)
+                added.append(node)
+            else:
+                node.endpoint = endpoint
+                node.weight = endpoint.weight
+            new[address] = node
+        removed = [node for address, node in old.items() if address not in new]
+        self._byAddress = new
+        self._nodes = tuple(new.values())
+        self.refresh()
+        for callback, nodes in ((self._onRemove, removed), (self._onAdd, added)):
+            if callback is None:
+                continue
+            for node in nodes:
+                try:
+                    callback(node)
+                except Exception:
+                    _log.failure("balancer callback {callback!r} failed on {node!r}", callback=callback, node=node)
+
+    def nodes(self) -> tuple[Node, ...]:
+        """
+        See L{IBalancer.nodes}.
+        """
+        return self._nodes
+
+    def refresh(self) -> None:
+        """
+        See L{IBalancer.refresh}.
+        """
+        self._eligible = tuple(node for node in self._nodes if node.state in EligibleStates)
+
+    def pick(self) -> Node | None:
+        """
+        See L{IBalancer.pick}; subclasses implement it.
+        """
+        raise NotImplementedError()
+
+    def start(self, node: Node) -> float:
+        """
+        See L{IBalancer.start}.
+        """
+        node.pending += 1
+        node.requests += 1
+        return self._clock.seconds()
+
+    def finish(self, node: Node, startTime: float, success: bool) -> None:
+        """
+        See L{IBalancer.finish}.
+        """
+        now = self._clock.seconds()
+        node.pending -= 1
+        if success:
+            node.successes += 1
+            node.consecutiveFailures = 0
+        else:
+            node.failures += 1
+            node.consecutiveFailures += 1
+        rtt = (now - startTime) * 1000.0
+        cost = node.cost
+        if rtt > cost:
+            node.cost = rtt
+        else:
+            elapsed = now - node.stamp
+            # A clock that went backwards must not amplify the cost.
+            w = exp(-elapsed / self.decay) if elapsed > 0.0 else 1.0
+            node.cost = cost * w + rtt * (1.0 - w)
+        node.stamp = now
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} nodes={len(self._nodes)} eligible={len(self._eligible)}>"

@@ -1,0 +1,79 @@
+"""
+The interface between the router and a load balancer.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Interface
+
+__all__ = ["IBalancer"]
+
+
+class IBalancer(Interface):
+    """
+    Chooses, request by request, which endpoint of one service gets the
+    request, and keeps the statistics the choice is based on.
+
+    The router calls, around each request::
+
+        node = balancer.pick()          # None: no eligible endpoint (503)
+        started = balancer.start(node)
+        ...                             # send, receive, classify
+        balancer.finish(node, started, success)
+
+    L{pick}, L{start} and L{finish} run on every request: implementations
+    keep them to a few attribute updates.
+    """
+
+    def update(endpoints: frozenset) -> None:
+        """
+        Replace the set of endpoints (the namer's latest
+        L{meshproxy.discovery.endpoints.Addr}).
+
+        Endpoints whose address remains keep their
+        L{meshproxy.balancing.node.Node} and its statistics (a new weight is
+        applied to it); new addresses get a new node, passed to the
+        constructor's C{onAdd} callback; nodes of vanished addresses are
+        dropped and passed to C{onRemove}. Requests in flight on a removed
+        node may still be finished.
+
+        @param endpoints: a frozenset of
+            L{meshproxy.discovery.endpoints.Endpoint}.
+        """
+
+    def pick() -> "meshproxy.balancing.node.Node | None":  # noqa: F821
+        """
+        Choose the node for one request among the eligible ones (state
+        C{"live"} or C{"probing"}).
+
+        @return: the node, or C{None} if no node is eligible.
+        """
+
+    def nodes() -> tuple:
+        """
+        @return: every node, eligible or not, as a tuple.
+        """
+
+    def refresh() -> None:
+        """
+        Recompute which nodes are eligible: the owner calls it after changing
+        the C{state} of a node.
+        """
+
+    def start(node: "meshproxy.balancing.node.Node") -> float:  # noqa: F821
+        """
+        Record that a request was sent to C{node}.
+
+        @return: the start time, from the balancer's clock, to give back to
+            L{finish}.
+        """
+
+    def finish(node: "meshproxy.balancing.node.Node", startTime: float, success: bool) -> None:  # noqa: F821
+        """
+        Record that a request started with L{start} ended, and how long it
+        took.
+
+        @param startTime: what L{start} returned.
+        @param success: whether the request succeeded, as the classifier
+            says; it updates the success and failure counters.
+        """
