@@ -1,0 +1,1033 @@
+"""
+Tests for L{meshproxy.config}.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+import types
+
+import attrs
+import twisted.test
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from meshproxy.config import (
+    AdminConfig,
+    BudgetConfig,
+    ClientConfig,
+    ConfigError,
+    FailureAccrualConfig,
+    FileNamerConfig,
+    IdentifierConfig,
+    LoadBalancerConfig,
+    MeshConfig,
+    RetriesConfig,
+    RouterConfig,
+    ServerConfig,
+    StaticNamerConfig,
+    TimeoutsConfig,
+    loadConfig,
+    parseConfig,
+    parseDuration,
+)
+
+# A key and certificate that Twisted ships for its own tests.
+SERVER_PEM = os.path.join(os.path.dirname(twisted.test.__file__), "server.pem")
+
+MINIMAL = """
+routers:
+  - name: web
+    listen: "tcp:4140"
+"""
+
+
+def yamlText(text: str) -> str:
+    return textwrap.dedent(text).lstrip("\n")
+
+
+class ErrorAssertions:
+    """
+    Helpers for tests that expect a L{ConfigError}.
+    """
+
+    def errorsOf(self, text: str) -> list[str]:
+        """
+        Parse C{text}, which must be invalid, and return the error list.
+        """
+        with self.assertRaises(ConfigError) as caught:
+            parseConfig(yamlText(text))
+        return caught.exception.errors
+
+    def assertErrors(self, text: str, *expected: str) -> None:
+        self.assertEqual(self.errorsOf(text), list(expected))
+
+    def routerErrors(self, body: str, protocol: str = "http") -> list[str]:
+        """
+        The errors of a config whose only router is C{web} on C{tcp:4140}
+        with the extra YAML C{body} (indented as router keys).
+        """
+        extra = textwrap.indent(yamlText(body), "    ")
+        text = (
+            "namers:\n"
+            "  - {kind: static, services: {pg: [\"127.0.0.1:5432\"]}}\n"
+            "routers:\n"
+            "  - name: web\n"
+            f"    protocol: {protocol}\n"
+            '    listen: "tcp:4140"\n'
+        ) + extra
+        with self.assertRaises(ConfigError) as caught:
+            parseConfig(text)
+        return caught.exception.errors
+
+
+class ParseDurationTests(SynchronousTestCase):
+    """
+    Tests for L{parseDuration}.
+    """
+
+    def test_units(self) -> None:
+        """
+        Milliseconds, seconds, minutes and hours become float seconds.
+        """
+        self.assertEqual(parseDuration("250ms"), 0.25)
+        self.assertEqual(parseDuration("10s"), 10.0)
+        self.assertEqual(parseDuration("1.5s"), 1.5)
+        self.assertEqual(parseDuration("5m"), 300.0)
+        self.assertEqual(parseDuration("1h"), 3600.0)
+        self.assertEqual(parseDuration("0s"), 0.0)
+        self.assertIsInstance(parseDuration("10s"), float)
+
+    def test_message(self) -> None:
+        """
+        The message shows what a duration looks like and what was given.
+        """
+        with self.assertRaises(ValueError) as caught:
+            parseDuration("fast")
+        self.assertEqual(str(caught.exception), 'expected a duration like "2s", got "fast"')
+
+    def test_bareNumberHintsAtUnit(self) -> None:
+        """
+        A number without a unit is rejected with a hint to add one.
+        """
+        for value in (10, "10", 1.5):
+            with self.assertRaises(ValueError) as caught:
+                parseDuration(value)
+            self.assertIn(f'(add a unit: "{value}s")', str(caught.exception))
+
+    def test_rejects(self) -> None:
+        """
+        Negative numbers, unknown or misspelt units, spaces, compound
+        durations and non-strings are all errors.
+        """
+        for bad in [
+            "-1s", "5d", "1S", "1 s", " 1s", "1s ", "1m30s", "1.s", ".5s",
+            "1e3s", "s", "", "nans", "１s", None, True, [], -1,
+        ]:
+            self.assertRaises(ValueError, parseDuration, bad)
+
+
+class DefaultsTests(SynchronousTestCase):
+    """
+    A minimal config gets the documented defaults.
+    """
+
+    def test_minimalConfig(self) -> None:
+        """
+        A config with only one router's name and listener equals one built
+        from the classes' defaults.
+        """
+        config = parseConfig(MINIMAL, source="mesh.yaml")
+        self.assertEqual(
+            config,
+            MeshConfig(
+                routers=(RouterConfig(name="web", listen="tcp:4140"),),
+                source="mesh.yaml",
+            ),
+        )
+
+    def test_documentedDefaults(self) -> None:
+        """
+        The defaults are those the configuration contract documents.
+        """
+        router = parseConfig(MINIMAL).router("web")
+        self.assertEqual(router.protocol, "http")
+        self.assertEqual(router.identifier, IdentifierConfig(kind="host", prefix="/svc", segments=1, name=None))
+        self.assertEqual(router.rules, "")
+        self.assertEqual(router.loadBalancer, LoadBalancerConfig(kind="ewma", decay=10.0))
+        self.assertEqual(
+            router.failureAccrual,
+            FailureAccrualConfig(kind="consecutiveFailures", failures=5, backoffMin=5.0, backoffMax=300.0),
+        )
+        self.assertEqual(
+            router.retries,
+            RetriesConfig(budget=BudgetConfig(percent=20.0, minPerSecond=10.0, ttl=10.0), backoffMin=0.0, backoffMax=0.0),
+        )
+        self.assertEqual(router.timeouts, TimeoutsConfig(total=10.0, perTry=None, connect=2.0))
+        self.assertEqual(
+            router.server,
+            ServerConfig(
+                maxHeaderBytes=65536, maxHeaders=100, maxUriLength=8192, maxBodyBytes=None,
+                headerTimeout=10.0, idleTimeout=60.0, bodyTimeout=30.0, maxConnections=None,
+            ),
+        )
+        self.assertEqual(router.client, ClientConfig(maxIdlePerEndpoint=64, idleTimeout=60.0))
+        self.assertTrue(router.forwarded)
+        self.assertIsNone(router.destination)
+        admin = parseConfig(MINIMAL).admin
+        self.assertEqual(admin, AdminConfig(listen="tcp:9990:interface=127.0.0.1", token=None, protectReads=False))
+        self.assertEqual(StaticNamerConfig().prefix, "/#/static")
+        self.assertEqual(FileNamerConfig(root="/x"), FileNamerConfig(prefix="/#/fs", root="/x", interval=1.0))
+
+    def test_emptySectionsReadAsDefaults(self) -> None:
+        """
+        A section key with an empty value (everything under it commented
+        out) means the defaults, not an error.
+        """
+        config = parseConfig(
+            yamlText(
+                """
+                admin:
+                namers:
+                routers:
+                  - name: web
+                    listen: "tcp:4140"
+                    timeouts:
+                    retries: {budget: }
+                """
+            )
+        )
+        self.assertEqual(config, parseConfig(MINIMAL))
+
+    def test_valuesAreFrozen(self) -> None:
+        """
+        Config values cannot be changed in place.
+        """
+        config = parseConfig(MINIMAL)
+        self.assertRaises(attrs.exceptions.FrozenInstanceError, setattr, config, "routers", ())
+        self.assertRaises(
+            attrs.exceptions.FrozenInstanceError, setattr, config.routers[0].timeouts, "total", 1.0
+        )
+        self.assertEqual(hash(config), hash(parseConfig(MINIMAL)))
+
+
+class FullConfigTests(SynchronousTestCase):
+    """
+    Every key, given a value other than its default, ends up in the values.
+    """
+
+    def test_everyKey(self) -> None:
+        text = yamlText(
+            f"""
+            admin:
+              listen: "tcp:9991:interface=127.0.0.1"
+              token: s3cret
+              protectReads: true
+            namers:
+              - {{kind: file, prefix: /#/disk, root: /srv/endpoints, interval: 250ms}}
+              - kind: static
+                prefix: /#/static
+                services:
+                  users: ["127.0.0.1:8081", "users.internal:8082 2.5", "[::1]:8083 0.5"]
+                  empty: []
+            routers:
+              - name: web
+                protocol: http
+                listen: "tcp:4140:interface=127.0.0.1"
+                identifier: {{kind: header, prefix: /host, name: X-Service}}
+                rules: |
+                  /svc => /#/disk;
+                loadBalancer: {{kind: ewma, decay: 5s}}
+                failureAccrual: {{kind: consecutiveFailures, failures: 3, backoffMin: 1s, backoffMax: 1m}}
+                retries:
+                  budget: {{percent: 12.5, minPerSecond: 2, ttl: 30s}}
+                  backoffMin: 10ms
+                  backoffMax: 1s
+                timeouts: {{total: 1m, perTry: 2s, connect: 500ms}}
+                server:
+                  maxHeaderBytes: 8192
+                  maxHeaders: 50
+                  maxUriLength: 2048
+                  maxBodyBytes: 1000000
+                  headerTimeout: 5s
+                  idleTimeout: 2m
+                  bodyTimeout: 15s
+                  maxConnections: 1000
+                client: {{maxIdlePerEndpoint: 8, idleTimeout: 30s}}
+                forwarded: false
+              - name: by-path
+                listen: "ssl:4443:privateKey={SERVER_PEM}"
+                identifier: {{kind: path, segments: 2}}
+                loadBalancer: {{kind: roundRobin}}
+                failureAccrual: {{kind: none}}
+              - name: db
+                protocol: tcp
+                listen: "unix:/tmp/meshproxy-db.sock"
+                destination: /#/disk/postgres
+            """
+        )
+        config = parseConfig(text, source="full.yaml")
+        expected = MeshConfig(
+            admin=AdminConfig(listen="tcp:9991:interface=127.0.0.1", token="s3cret", protectReads=True),
+            namers=(
+                FileNamerConfig(prefix="/#/disk", root="/srv/endpoints", interval=0.25),
+                StaticNamerConfig(
+                    prefix="/#/static",
+                    services=(
+                        (
+                            "users",
+                            (
+                                ("127.0.0.1", 8081, 1.0),
+                                ("users.internal", 8082, 2.5),
+                                ("::1", 8083, 0.5),
+                            ),
+                        ),
+                        ("empty", ()),
+                    ),
+                ),
+            ),
+            routers=(
+                RouterConfig(
+                    name="web",
+                    protocol="http",
+                    listen="tcp:4140:interface=127.0.0.1",
+                    identifier=IdentifierConfig(kind="header", prefix="/host", name="x-service"),
+                    rules="/svc => /#/disk;\n",
+                    loadBalancer=LoadBalancerConfig(kind="ewma", decay=5.0),
+                    failureAccrual=FailureAccrualConfig(
+                        kind="consecutiveFailures", failures=3, backoffMin=1.0, backoffMax=60.0
+                    ),
+                    retries=RetriesConfig(
+                        budget=BudgetConfig(percent=12.5, minPerSecond=2.0, ttl=30.0),
+                        backoffMin=0.01,
+                        backoffMax=1.0,
+                    ),
+                    timeouts=TimeoutsConfig(total=60.0, perTry=2.0, connect=0.5),
+                    server=ServerConfig(
+                        maxHeaderBytes=8192, maxHeaders=50, maxUriLength=2048,
+                        maxBodyBytes=1000000, headerTimeout=5.0, idleTimeout=120.0,
+                        bodyTimeout=15.0, maxConnections=1000,
+                    ),
+                    client=ClientConfig(maxIdlePerEndpoint=8, idleTimeout=30.0),
+                    forwarded=False,
+                ),
+                RouterConfig(
+                    name="by-path",
+                    listen=f"ssl:4443:privateKey={SERVER_PEM}",
+                    identifier=IdentifierConfig(kind="path", segments=2),
+                    loadBalancer=LoadBalancerConfig(kind="roundRobin"),
+                    failureAccrual=FailureAccrualConfig(kind="none"),
+                ),
+                RouterConfig(
+                    name="db",
+                    protocol="tcp",
+                    listen="unix:/tmp/meshproxy-db.sock",
+                    destination="/#/disk/postgres",
+                ),
+            ),
+            source="full.yaml",
+        )
+        self.assertEqual(config, expected)
+        self.assertIsInstance(config.routers[0].retries.budget.percent, float)
+        self.assertEqual(dict(config.namers[1].services)["empty"], ())
+
+    def test_designSample(self) -> None:
+        """
+        The sample in the design's configuration contract is valid, and its
+        relative file namer root is made absolute against the working
+        directory.
+        """
+        config = parseConfig(
+            yamlText(
+                """
+                admin:
+                  listen: "tcp:9990:interface=127.0.0.1"
+                  token: null
+                namers:
+                  - {kind: file, prefix: /#/fs, root: etc/endpoints}
+                  - {kind: static, prefix: /#/static, services: {users: ["127.0.0.1:8081", "127.0.0.1:8082"]}}
+                routers:
+                  - name: web
+                    protocol: http
+                    listen: "tcp:4140:interface=127.0.0.1"
+                    identifier: {kind: host}
+                    rules: |
+                      /svc => /#/fs;
+                    loadBalancer: {kind: ewma}
+                    failureAccrual: {kind: consecutiveFailures, failures: 5}
+                    retries: {budget: {percent: 20, minPerSecond: 10, ttl: 10s}}
+                    timeouts: {total: 10s, perTry: 2s}
+                  - name: db
+                    protocol: tcp
+                    listen: "tcp:5433:interface=127.0.0.1"
+                    destination: /#/fs/postgres
+                """
+            )
+        )
+        self.assertEqual(config.namers[0].root, os.path.join(os.getcwd(), "etc", "endpoints"))
+        self.assertEqual([r.name for r in config.routers], ["web", "db"])
+        self.assertEqual(config.router("web").timeouts.perTry, 2.0)
+
+    def test_routerByName(self) -> None:
+        """
+        L{MeshConfig.router} finds a router by name or raises L{KeyError}.
+        """
+        config = parseConfig(MINIMAL)
+        self.assertIs(config.router("web"), config.routers[0])
+        self.assertRaises(KeyError, config.router, "nope")
+
+    def test_endpointKinds(self) -> None:
+        """
+        Endpoint descriptions for TCP, IPv6, UNIX sockets, TLS (C{ssl:} and
+        C{tls:} spellings) and systemd socket activation are accepted.
+        """
+        for listen in [
+            "tcp:0",
+            r"tcp6:4140:interface=\:\:1",
+            "unix:/tmp/meshproxy.sock",
+            f"ssl:4443:privateKey={SERVER_PEM}",
+            f"tls:4443:privateKey={SERVER_PEM}",
+            "systemd:domain=INET:index=0",
+            "systemd:domain=INET6:name=web",
+        ]:
+            config = parseConfig(f"routers: [{{name: web, listen: '{listen}'}}]")
+            self.assertEqual(config.routers[0].listen, listen)
+
+
+class ErrorFormTests(SynchronousTestCase, ErrorAssertions):
+    """
+    Each kind of mistake gives one message naming the key path.
+    """
+
+    def test_badDuration(self) -> None:
+        self.assertEqual(
+            self.routerErrors("timeouts: {total: fast}"),
+            ['routers[0].timeouts.total: expected a duration like "2s", got "fast"'],
+        )
+
+    def test_unknownKeySuggestsClosest(self) -> None:
+        self.assertEqual(
+            self.routerErrors("timeots: {total: 1s}"),
+            ['routers[0].timeots: unknown key (did you mean "timeouts"?)'],
+        )
+
+    def test_unknownKeyWithoutSuggestion(self) -> None:
+        self.assertEqual(
+            self.routerErrors("zzz: 1"), ["routers[0].zzz: unknown key"]
+        )
+
+    def test_unknownKeyCaseSlip(self) -> None:
+        self.assertEqual(
+            self.routerErrors("server: {maxuri: 10, MAXHEADERS: 5}"),
+            [
+                'routers[0].server.maxuri: unknown key (did you mean "maxUriLength"?)',
+                'routers[0].server.MAXHEADERS: unknown key (did you mean "maxHeaders"?)',
+            ],
+        )
+
+    def test_unknownTopLevelKey(self) -> None:
+        self.assertErrors(
+            MINIMAL + "namer: []\n", 'namer: unknown key (did you mean "namers"?)'
+        )
+
+    def test_missingRequired(self) -> None:
+        self.assertErrors("routers: [{name: web}]", "routers[0].listen: required")
+        self.assertErrors("routers: [{listen: 'tcp:1'}]", "routers[0].name: required")
+        self.assertErrors("admin: {}", "routers: required")
+        self.assertErrors(
+            MINIMAL + "namers: [{kind: file}]", "namers[0].root: required"
+        )
+        self.assertErrors(MINIMAL + "namers: [{root: /x}]", "namers[0].kind: required")
+        self.assertEqual(
+            self.routerErrors("", protocol="tcp"), ["routers[0].destination: required"]
+        )
+        self.assertEqual(
+            self.routerErrors("identifier: {kind: header}"),
+            ["routers[0].identifier.name: required"],
+        )
+
+    def test_noRouters(self) -> None:
+        self.assertErrors("routers: []", "routers: at least one router is required")
+
+    def test_wrongTypes(self) -> None:
+        self.assertErrors(MINIMAL + "admin: [1]", "admin: expected a mapping, got a list")
+        self.assertErrors("routers: {web: {}}", "routers: expected a list, got a mapping")
+        self.assertErrors("routers: [web]", 'routers[0]: expected a mapping, got "web"')
+        self.assertEqual(
+            self.routerErrors("forwarded: 'yes'\nrules: [1]\ntimeouts: 10s"),
+            [
+                'routers[0].rules: expected a string, got a list',
+                'routers[0].timeouts: expected a mapping, got "10s"',
+                'routers[0].forwarded: expected true or false, got "yes"',
+            ],
+        )
+
+    def test_integersRejectBooleans(self) -> None:
+        """
+        YAML's C{true} is a Python int, but not a count.
+        """
+        self.assertEqual(
+            self.routerErrors(
+                "server: {maxHeaders: true, maxBodyBytes: 1.5}\n"
+                "retries: {budget: {percent: false}}"
+            ),
+            [
+                "routers[0].retries.budget.percent: expected a number, got false",
+                "routers[0].server.maxHeaders: expected an integer, got true",
+                "routers[0].server.maxBodyBytes: expected an integer, got 1.5",
+            ],
+        )
+
+    def test_ranges(self) -> None:
+        self.assertEqual(
+            self.routerErrors(
+                "server: {maxHeaders: 0}\n"
+                "retries: {budget: {percent: 1001, ttl: 0s}}\n"
+                "identifier: {kind: path, segments: 0}\n"
+                "failureAccrual: {failures: 0}\n"
+                "timeouts: {connect: 0s}"
+            ),
+            [
+                "routers[0].identifier.segments: must be at least 1, got 0",
+                "routers[0].failureAccrual.failures: must be at least 1, got 0",
+                "routers[0].retries.budget.percent: must be between 0 and 1000, got 1001",
+                'routers[0].retries.budget.ttl: must be longer than 0s, got "0s"',
+                'routers[0].timeouts.connect: must be longer than 0s, got "0s"',
+                "routers[0].server.maxHeaders: must be at least 1, got 0",
+            ],
+        )
+
+    def test_choices(self) -> None:
+        self.assertEqual(
+            self.routerErrors("loadBalancer: {kind: roundrobin}"),
+            [
+                'routers[0].loadBalancer.kind: expected one of "ewma", "roundRobin",'
+                ' "leastLoaded", got "roundrobin" (did you mean "roundRobin"?)'
+            ],
+        )
+        self.assertErrors(
+            "routers: [{name: web, protocol: udp, listen: 'tcp:1'}]",
+            'routers[0].protocol: expected one of "http", "tcp", got "udp"',
+        )
+        self.assertErrors(
+            MINIMAL + "namers: [{kind: dns, prefix: /#/dns}]",
+            'namers[0].kind: expected one of "file", "static", got "dns"',
+        )
+
+    def test_keysOfAnotherKind(self) -> None:
+        """
+        A key meant for another kind or protocol is named as such.
+        """
+        self.assertEqual(
+            self.routerErrors("rules: '/a => /b;'\nretries: {}", protocol="tcp")[:2],
+            [
+                'routers[0].rules: only for protocol "http"',
+                'routers[0].retries: only for protocol "http"',
+            ],
+        )
+        self.assertEqual(
+            self.routerErrors("destination: /#/static/pg"),
+            ['routers[0].destination: only for protocol "tcp"'],
+        )
+        self.assertEqual(
+            self.routerErrors(
+                "loadBalancer: {kind: roundRobin, decay: 1s}\n"
+                "identifier: {kind: host, segments: 2}"
+            ),
+            [
+                'routers[0].identifier.segments: only for kind "path"',
+                'routers[0].loadBalancer.decay: only for kind "ewma"',
+            ],
+        )
+        self.assertErrors(
+            MINIMAL + "namers: [{kind: static, root: /x}]",
+            'namers[0].root: only for kind "file"',
+        )
+
+    def test_crossKeyOrder(self) -> None:
+        self.assertEqual(
+            self.routerErrors("timeouts: {total: 1s, perTry: 2s}"),
+            ['routers[0].timeouts.perTry: must not be longer than total (1s), got "2s"'],
+        )
+        self.assertEqual(
+            self.routerErrors("timeouts: {perTry: 11s}"),
+            ['routers[0].timeouts.perTry: must not be longer than total (10s), got "11s"'],
+        )
+        self.assertEqual(
+            self.routerErrors("retries: {backoffMin: 1s}"),
+            ["routers[0].retries.backoffMin: must not be longer than backoffMax (0s, the default)"],
+        )
+        self.assertEqual(
+            self.routerErrors("failureAccrual: {backoffMin: 1m, backoffMax: 1s}"),
+            ["routers[0].failureAccrual.backoffMax: must not be shorter than backoffMin (60s)"],
+        )
+
+    def test_crossKeyCheckSkippedAfterError(self) -> None:
+        """
+        A bad value is reported once, not again by a check that uses it.
+        """
+        self.assertEqual(
+            self.routerErrors("timeouts: {total: soon, perTry: 20s}"),
+            ['routers[0].timeouts.total: expected a duration like "2s", got "soon"'],
+        )
+
+    def test_duplicateRouterNames(self) -> None:
+        self.assertErrors(
+            """
+            routers:
+              - {name: web, listen: "tcp:1"}
+              - {name: api, listen: "tcp:2"}
+              - {name: web, listen: "tcp:bad"}
+            """,
+            "routers[2].listen: not a valid endpoint description"
+            " (invalid literal for int() with base 10: 'bad')",
+            'routers[2].name: "web" is already used by routers[0]',
+        )
+
+    def test_duplicateListeners(self) -> None:
+        self.assertErrors(
+            """
+            admin: {listen: "tcp:3"}
+            routers:
+              - {name: web, listen: "tcp:1"}
+              - {name: api, listen: "tcp:1"}
+              - {name: db, protocol: tcp, listen: "tcp:3", destination: /#/fs/pg}
+            namers: [{kind: file, root: /x}]
+            """,
+            'routers[1].listen: "tcp:1" is already used by routers[0].listen',
+            'routers[2].listen: "tcp:3" is already used by admin.listen',
+        )
+
+    def test_routerNames(self) -> None:
+        self.assertErrors(
+            "routers: [{name: 'web 1', listen: 'tcp:1'}]",
+            'routers[0].name: may only hold letters, digits, _ and -, got "web 1"',
+        )
+
+    def test_badEndpoints(self) -> None:
+        for listen, reason in [
+            ("tcp:abc", "invalid literal for int() with base 10: 'abc'"),
+            ("bogus:1", "Unknown endpoint type: 'bogus'"),
+            ("tcp:70000", "port must be between 0 and 65535, got 70000"),
+            ("ssl:443:privateKey=/nonexistent/key.pem", "No such file or directory: /nonexistent/key.pem"),
+            ("tls:443:privateKey=/nonexistent/key.pem", "No such file or directory: /nonexistent/key.pem"),
+            # "tls:" means "ssl:" to meshproxy.tap, not Twisted's PEM-directory parser.
+            ("tls:/etc/certs:port=443", "_parseSSL() got multiple values for argument 'port'"),
+            ("systemd:domain=INET", "systemd: give exactly one of index= and name="),
+            ("systemd:domain=INET:index=x", 'systemd: index must be a non-negative integer, got "x"'),
+            ("systemd:domain=IPX:index=0", 'systemd: domain must be "INET", "INET6" or "UNIX", got "IPX"'),
+        ]:
+            self.assertErrors(
+                f"routers: [{{name: web, listen: '{listen}'}}]",
+                f"routers[0].listen: not a valid endpoint description ({reason})",
+            )
+        self.assertErrors(
+            MINIMAL + "admin: {listen: 'tcp:x'}",
+            "admin.listen: not a valid endpoint description"
+            " (invalid literal for int() with base 10: 'x')",
+        )
+        self.assertErrors(
+            "routers: [{name: web, listen: ''}]", "routers[0].listen: must not be empty"
+        )
+
+    def test_admin(self) -> None:
+        self.assertErrors(
+            MINIMAL + "admin: {protectReads: true, token: ''}",
+            "admin.token: must not be empty",
+        )
+        self.assertErrors(
+            MINIMAL + "admin: {protectReads: true}", "admin.protectReads: needs a token"
+        )
+
+    def test_headerIdentifierNameLowercased(self) -> None:
+        config = parseConfig(MINIMAL + "    identifier: {kind: header, name: X-Svc}\n")
+        self.assertEqual(config.routers[0].identifier.name, "x-svc")
+        self.assertEqual(
+            self.routerErrors("identifier: {kind: header, name: 'x svc'}"),
+            ['routers[0].identifier.name: not a valid HTTP header name: "x svc"'],
+        )
+
+    def test_paths(self) -> None:
+        self.assertEqual(
+            self.routerErrors("identifier: {prefix: svc}"),
+            ['routers[0].identifier.prefix: expected a path starting with "/", got "svc"'],
+        )
+        self.assertEqual(
+            self.routerErrors("destination: /#/static/a b", protocol="tcp"),
+            [
+                'routers[0].destination: path segment "a b" in "/#/static/a b" may only'
+                " hold letters, digits and _ . : -"
+            ],
+        )
+        self.assertEqual(
+            self.routerErrors("destination: /svc/pg", protocol="tcp"),
+            [
+                'routers[0].destination: expected a name bound by a namer, like'
+                ' "/#/fs/postgres", got "/svc/pg"'
+            ],
+        )
+
+    def test_tcpDestinationNeedsANamer(self) -> None:
+        self.assertEqual(
+            self.routerErrors("destination: /#/fs/pg", protocol="tcp"),
+            ['routers[0].destination: no namer owns "/#/fs/pg" (namer prefixes: "/#/static")'],
+        )
+        self.assertEqual(
+            self.routerErrors("destination: /#/static", protocol="tcp"),
+            ['routers[0].destination: names no service under namer "/#/static"'],
+        )
+
+
+class NamerTests(SynchronousTestCase, ErrorAssertions):
+    """
+    Validation of the namers section.
+    """
+
+    def test_prefixes(self) -> None:
+        self.assertErrors(
+            MINIMAL
+            + yamlText(
+                """
+                namers:
+                  - {kind: file, root: /a}
+                  - {kind: file, prefix: /#/fs, root: /b}
+                  - {kind: static, prefix: /static}
+                  - {kind: static, prefix: "/#/a//b"}
+                  - {kind: static, prefix: "/#/"}
+                  - {kind: static, prefix: "/#/a b"}
+                """
+            ),
+            'namers[1].prefix: "/#/fs" is already used by namers[0]',
+            'namers[2].prefix: must start with "/#/", got "/static"',
+            'namers[3].prefix: empty path segment in "/#/a//b"',
+            'namers[4].prefix: empty path segment in "/#/"',
+            'namers[5].prefix: path segment "a b" in "/#/a b" may only hold letters, digits and _ . : -',
+        )
+
+    def test_fileRootResolvedAgainstWorkingDirectory(self) -> None:
+        config = parseConfig(MINIMAL + "namers: [{kind: file, root: endpoints, interval: 2s}]")
+        self.assertEqual(
+            config.namers[0],
+            FileNamerConfig(root=os.path.join(os.getcwd(), "endpoints"), interval=2.0),
+        )
+        self.assertErrors(
+            MINIMAL + "namers: [{kind: file, root: /x, interval: 0s}]",
+            'namers[0].interval: must be longer than 0s, got "0s"',
+        )
+
+    def test_staticAddresses(self) -> None:
+        config = parseConfig(
+            MINIMAL
+            + yamlText(
+                """
+                namers:
+                  - kind: static
+                    services:
+                      a: ["10.0.0.1:80", "[2001:db8::1]:443 3", "db-1.example.com.:5432 .5", "my_host:1"]
+                """
+            )
+        )
+        self.assertEqual(
+            config.namers[0].services,
+            (
+                (
+                    "a",
+                    (
+                        ("10.0.0.1", 80, 1.0),
+                        ("2001:db8::1", 443, 3.0),
+                        ("db-1.example.com.", 5432, 0.5),
+                        ("my_host", 1, 1.0),
+                    ),
+                ),
+            ),
+        )
+
+    def test_badStaticAddresses(self) -> None:
+        errors = self.errorsOf(
+            MINIMAL
+            + yamlText(
+                """
+                namers:
+                  - kind: static
+                    services:
+                      a:
+                        - "10.0.0.1"
+                        - "10.0.0.1:0"
+                        - "10.0.0.1:65536"
+                        - "10.0.0.1:http"
+                        - "::1:80"
+                        - "[::g]:80"
+                        - "[::1]80"
+                        - "10.1:80"
+                        - "-bad-.example:80"
+                        - "10.0.0.1:80 0"
+                        - "10.0.0.1:80 -1"
+                        - "10.0.0.1:80 heavy"
+                        - "10.0.0.1:80 1 2"
+                        - 8080
+                      b: "10.0.0.1:80"
+                      "c d": []
+                """
+            )
+        )
+        self.assertEqual(
+            errors,
+            [
+                'namers[0].services.a[0]: expected "host:port" or "host:port weight", got "10.0.0.1" (no port)',
+                'namers[0].services.a[1]: port must be between 1 and 65535, got "0"',
+                'namers[0].services.a[2]: port must be between 1 and 65535, got "65536"',
+                'namers[0].services.a[3]: port must be between 1 and 65535, got "http"',
+                'namers[0].services.a[4]: an IPv6 address goes in brackets, like "[::1]:80", got "::1:80"',
+                'namers[0].services.a[5]: not an IPv6 address: "::g"',
+                'namers[0].services.a[6]: expected "[IPv6 address]:port", got "[::1]80"',
+                'namers[0].services.a[7]: not an IPv4 address: "10.1"',
+                'namers[0].services.a[8]: not a valid host name: "-bad-.example"',
+                'namers[0].services.a[9]: weight must be a positive number, got "0"',
+                'namers[0].services.a[10]: weight must be a positive number, got "-1"',
+                'namers[0].services.a[11]: weight must be a positive number, got "heavy"',
+                'namers[0].services.a[12]: expected "host:port" or "host:port weight", got "10.0.0.1:80 1 2"',
+                'namers[0].services.a[13]: expected "host:port" or "host:port weight", got 8080',
+                'namers[0].services.b: expected a list, got "10.0.0.1:80"',
+                'namers[0].services: a service name may only hold letters, digits and _ . : -, got "c d"',
+            ],
+        )
+
+
+class RulesTests(SynchronousTestCase, ErrorAssertions):
+    """
+    Router rules are checked with the dtab parser.
+    """
+
+    def installFakeDtab(self, error: Exception | None) -> list[str]:
+        """
+        Stand in for L{meshproxy.routing.dtab} with a parser that raises
+        C{error}, and return the texts it is asked to read.
+        """
+
+        class DtabSyntaxError(ValueError):
+            def __init__(self, message: str, line: int, column: int) -> None:
+                super().__init__(message, line, column)
+                self.message = message
+                self.line = line
+                self.column = column
+
+            def __str__(self) -> str:
+                return f"{self.message} at line {self.line}, column {self.column}"
+
+        read: list[str] = []
+
+        class Dtab:
+            @staticmethod
+            def read(text: str) -> "Dtab":
+                read.append(text)
+                if "bad" in text:
+                    raise DtabSyntaxError("expected a path", 2, 5)
+                return Dtab()
+
+        module = types.ModuleType("meshproxy.routing.dtab")
+        module.Dtab = Dtab
+        module.DtabSyntaxError = DtabSyntaxError
+        name = "meshproxy.routing.dtab"
+        saved = sys.modules.get(name)
+        sys.modules[name] = module
+
+        def restore() -> None:
+            if saved is None:
+                del sys.modules[name]
+            else:
+                sys.modules[name] = saved
+
+        self.addCleanup(restore)
+        return read
+
+    def test_syntaxErrorWithLineAndColumn(self) -> None:
+        """
+        A dtab syntax error is reported with its line and column, once.
+        """
+        read = self.installFakeDtab(None)
+        self.assertEqual(
+            self.routerErrors("rules: |\n  /svc => /#/fs;\n  bad\n"),
+            ["routers[0].rules: line 2, column 5: expected a path"],
+        )
+        self.assertEqual(read, ["/svc => /#/fs;\nbad\n"])
+
+    def test_goodRulesKept(self) -> None:
+        self.installFakeDtab(None)
+        config = parseConfig(MINIMAL + "    rules: '/svc => /#/fs;'\n")
+        self.assertEqual(config.routers[0].rules, "/svc => /#/fs;")
+
+    def test_realDtabParser(self) -> None:
+        """
+        With the real dtab parser, a bad rule is reported at the position
+        the parser gives.
+        """
+        try:
+            from meshproxy.routing.dtab import Dtab, DtabSyntaxError
+        except ImportError:
+            raise SkipTest("meshproxy.routing.dtab is not written yet")
+        text = "/svc => /#/fs;\n/svc =>> ;\n"
+        with self.assertRaises(DtabSyntaxError) as caught:
+            Dtab.read(text)
+        e = caught.exception
+        self.assertEqual(
+            self.errorsOf(
+                "routers: [{name: web, listen: 'tcp:1', rules: " + repr(text).replace("'", '"') + "}]"
+            ),
+            [f"routers[0].rules: line {e.line}, column {e.column}: {e.message}"],
+        )
+        Dtab.read("/svc => /#/fs;\n")
+        parseConfig(MINIMAL + "    rules: '/svc => /#/fs;'\n")
+
+
+class CollectedErrorsTests(SynchronousTestCase, ErrorAssertions):
+    """
+    Every problem is reported at once.
+    """
+
+    def test_allErrorsInOneConfigError(self) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            parseConfig(
+                yamlText(
+                    """
+                    admin: {listen: "tcp:nope"}
+                    namers: [{kind: file}]
+                    routers:
+                      - name: web
+                        listen: "tcp:4140"
+                        timeouts: {total: fast}
+                        loadBalancr: {}
+                      - {name: api}
+                    """
+                ),
+                source="mesh.yaml",
+            )
+        error = caught.exception
+        expected = [
+            "admin.listen: not a valid endpoint description"
+            " (invalid literal for int() with base 10: 'nope')",
+            "namers[0].root: required",
+            'routers[0].loadBalancr: unknown key (did you mean "loadBalancer"?)',
+            'routers[0].timeouts.total: expected a duration like "2s", got "fast"',
+            "routers[1].listen: required",
+        ]
+        self.assertEqual(error.errors, expected)
+        self.assertEqual(str(error), "\n".join(expected))
+        self.assertEqual(error.source, "mesh.yaml")
+
+
+class YAMLTests(SynchronousTestCase, ErrorAssertions):
+    """
+    Problems with the text itself name the source, line and column.
+    """
+
+    def test_syntaxError(self) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            parseConfig("routers:\n  - name: web\n   listen: x\n", source="mesh.yaml")
+        [message] = caught.exception.errors
+        self.assertEqual(
+            message,
+            "mesh.yaml: line 3, column 4: expected <block end>, but found"
+            " '<block mapping start>' (while parsing a block collection at line 2, column 3)",
+        )
+
+    def test_duplicateKey(self) -> None:
+        self.assertErrors(
+            "routers: []\nadmin: {}\nrouters: []\n",
+            '<config>: line 3, column 1: duplicate key "routers"'
+            " (while constructing a mapping at line 1, column 1)",
+        )
+
+    def test_mergeKeysMayBeOverridden(self) -> None:
+        """
+        Keys brought in with C{<<} are not duplicates of keys written out.
+        """
+        config = parseConfig(
+            yamlText(
+                """
+                routers:
+                  - &web {name: web, listen: "tcp:1"}
+                  - {<<: *web, name: api, listen: "tcp:2"}
+                """
+            )
+        )
+        self.assertEqual([r.name for r in config.routers], ["web", "api"])
+
+    def test_unsafeTagsRejected(self) -> None:
+        [message] = self.errorsOf("routers: !!python/object/apply:os.getcwd []")
+        self.assertIn("line 1, column 10: could not determine a constructor", message)
+
+    def test_empty(self) -> None:
+        for text in ["", "\n", "# nothing yet\n", "---\n"]:
+            self.assertErrors(
+                text,
+                '<config>: the config is empty (expected a mapping with a "routers" list)',
+            )
+
+    def test_notAMapping(self) -> None:
+        self.assertErrors("- routers\n", "<config>: expected a mapping, got a list")
+        self.assertErrors("routers\n", '<config>: expected a mapping, got "routers"')
+
+    def test_nonStringKeys(self) -> None:
+        self.assertErrors(MINIMAL + "1: 2\n", "<config>: keys must be strings, got 1")
+        self.assertEqual(
+            self.routerErrors("server: {null: 1}"),
+            ["routers[0].server: keys must be strings, got null"],
+        )
+
+
+class LoadConfigTests(SynchronousTestCase):
+    """
+    Tests for L{loadConfig}.
+    """
+
+    def write(self, content: bytes) -> str:
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(content)
+        return path
+
+    def test_loads(self) -> None:
+        path = self.write(MINIMAL.encode())
+        self.assertEqual(loadConfig(path), parseConfig(MINIMAL, source=path))
+        self.assertEqual(loadConfig(path).source, path)
+
+    def test_missingFile(self) -> None:
+        path = self.mktemp()
+        with self.assertRaises(ConfigError) as caught:
+            loadConfig(path)
+        self.assertEqual(
+            caught.exception.errors, [f"{path}: cannot read the file: No such file or directory"]
+        )
+        self.assertEqual(caught.exception.source, path)
+
+    def test_directory(self) -> None:
+        path = self.mktemp()
+        os.mkdir(path)
+        with self.assertRaises(ConfigError) as caught:
+            loadConfig(path)
+        self.assertEqual(caught.exception.errors, [f"{path}: cannot read the file: Is a directory"])
+
+    def test_emptyFile(self) -> None:
+        path = self.write(b"")
+        with self.assertRaises(ConfigError) as caught:
+            loadConfig(path)
+        self.assertEqual(
+            caught.exception.errors,
+            [f'{path}: the config is empty (expected a mapping with a "routers" list)'],
+        )
+
+    def test_syntaxErrorNamesFile(self) -> None:
+        path = self.write(b"routers: [\n")
+        with self.assertRaises(ConfigError) as caught:
+            loadConfig(path)
+        [message] = caught.exception.errors
+        self.assertTrue(message.startswith(f"{path}: line 2, column 1: "), message)
+
+    def test_notUTF8(self) -> None:
+        path = self.write(b"routers: \xff\n")
+        with self.assertRaises(ConfigError) as caught:
+            loadConfig(path)
+        self.assertEqual(
+            caught.exception.errors, [f"{path}: not UTF-8 text (invalid start byte at byte 9)"]
+        )
