@@ -42,6 +42,8 @@ class UpstreamProtocol(Protocol):
         self._headDone = False
         self._tunnel = None
         self._informational = False
+        self._producing = False
+        self._untilClose = False
 
     def connectionMade(self):
         self.connected = True
@@ -92,6 +94,11 @@ class UpstreamProtocol(Protocol):
         if self._headDone:
             self._headDone = False
             self.parser = httptools.HttpResponseParser(self)
+        elif self.exchange is not None and self._inBody and not self._producing:
+            # The response continues past this read: from now on a client
+            # that reads slowly pauses this upstream connection.
+            self._producing = True
+            exchange.server.transport.registerProducer(self.transport, True)
         exchange.server.flush()
 
     def on_message_begin(self):
@@ -138,12 +145,14 @@ class UpstreamProtocol(Protocol):
                 contentLength = value
             elif n == b"transfer-encoding":
                 chunked = True
+        self._untilClose = contentLength is None and not chunked
         if exchange is None:
             return
         exchange.responseHead(status, self._reason, self._headers, contentLength, chunked)
         if exchange.request.method == b"HEAD" and status != 101:
             # httptools would wait for Content-Length bytes that never come.
             self._headDone = True
+            self._inBody = False
             self._complete = True
             self.reused = True
             exchange.responseComplete(None, self.parser.should_keep_alive())
@@ -168,6 +177,7 @@ class UpstreamProtocol(Protocol):
         if self.parser.get_status_code() == 101:
             # httptools raises HttpParserUpgrade next; the tunnel starts there.
             return
+        self._inBody = False
         exchange = self.exchange
         self.reused = True
         if exchange is not None:
@@ -181,14 +191,28 @@ class UpstreamProtocol(Protocol):
 
     # -- hand-back and teardown -------------------------------------------
 
+    def attach(self, exchange):
+        """
+        Serve C{exchange} next (a pooled connection being reused).
+        """
+        self.exchange = exchange
+        self._gotBytes = False
+
+    def stopStreaming(self, server):
+        """
+        Stop being the producer of C{server}'s transport.
+        """
+        if self._producing:
+            self._producing = False
+            server.transport.unregisterProducer()
+            # It may have been paused by a slow client: read again.
+            self.transport.resumeProducing()
+
     def responseDone(self, reusable):
         """
         The exchange has what it needs: return to the pool or close.
         """
         self.exchange = None
-        if self._headDone:
-            # Reused only after this feed ends and a fresh parser is in place.
-            pass
         if reusable:
             self.pool.release(self)
         else:
@@ -219,7 +243,7 @@ class UpstreamProtocol(Protocol):
         exchange, self.exchange = self.exchange, None
         if exchange is None:
             return
-        if self._inBody and not self.parser.should_keep_alive():
+        if self._inBody and self._untilClose:
             # A response without a length ends when the connection does.
             self._inBody = False
             exchange.upstream = self
@@ -290,7 +314,7 @@ class Pool:
         while idle:
             conn = idle.pop()
             if conn.connected:
-                conn.exchange = exchange
+                conn.attach(exchange)
                 exchange.connected(conn)
                 return
         self.connecting += 1

@@ -332,6 +332,7 @@ class Exchange:
         self.upstream = None
         if upstream is not None:
             upstream.exchange = None
+            upstream.stopStreaming(server)
             if not self.bodySentAll and self.request.hasBody:
                 # The upstream answered before reading the whole body: the
                 # connection is out of step, never reuse it.
