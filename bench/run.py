@@ -1,0 +1,990 @@
+#!/usr/bin/env python3
+"""
+Throughput and latency benchmark of meshproxy against HAProxy and direct nginx.
+
+One invocation starts, all on 127.0.0.1 and on free ports:
+
+  - nginx (C{nginx-light}, one worker) answering C{200 "hello\\n"}: the backend;
+  - HAProxy 2.x in http mode (C{nbthread 1}, C{http-reuse always}) in front of it;
+  - meshproxy under twistd, routing C{Host: hello} to it through a static namer;
+
+then drives each target with wrk, interleaving the targets inside every run
+(run 1: direct, haproxy, meshproxy; run 2: ...) so that machine noise is shared
+out, and reports medians and the ratios meshproxy/direct and meshproxy/haproxy
+measured in this one invocation. Absolute figures depend on the machine; the
+ratios are what to quote (see bench/README.md).
+
+With two or more CPUs the proxy under test runs on CPU 1 and nginx and wrk on
+CPU 0 (C{taskset}), so that "one proxy core" is compared with "one proxy core".
+
+This is a benchmark, not a test: it never fails on a figure. It exits 0 when
+the measurements ran (runs with HTTP or socket errors are flagged, not fatal),
+1 when a server fails to start or to answer the sanity request, 2 on bad
+usage or missing tools, 130 when interrupted. Every process it starts is
+stopped on the way out, also on Ctrl-C or SIGTERM.
+
+Stand-alone on purpose: standard library only, no meshproxy imports, so it
+can benchmark any checkout (and any interpreter, see C{--python}).
+
+Usage::
+
+    python bench/run.py                       # 3 runs x 10 s, c=50, pinned
+    python bench/run.py --only direct,haproxy --runs 1 --duration 3
+    python bench/run.py --json bench/results/today.json
+"""
+
+import argparse
+import datetime
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import string
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+#: Every socket this harness opens or asks a server to open is on this address.
+LOOPBACK = "127.0.0.1"
+
+#: Targets in the order they are measured within a run.
+TARGETS = ("direct", "haproxy", "meshproxy")
+PROXIES = ("haproxy", "meshproxy")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+APT_HINT = "apt-get install -y wrk haproxy nginx-light"
+HOST_HEADER = "hello"
+EXPECTED_BODY = b"hello\n"
+
+# CPU layout when pinned: the proxy alone on one core, everything else on the other.
+PROXY_CPU = "1"
+LOAD_CPU = "0"
+
+# `python -m twisted.scripts.twistd` imports the module and exits 0 without
+# doing anything (the module has no __main__ block), so call its run() instead.
+TWISTD_BOOT = (
+    "import sys; sys.argv[0] = 'twistd'; "
+    "from twisted.scripts.twistd import run; run()"
+)
+
+NGINX_CONF = string.Template(
+    """\
+worker_processes 1;
+daemon off;
+error_log $tmp/nginx-error.log warn;
+pid $tmp/nginx.pid;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+$temp_paths
+    server {
+        listen $listen;
+        location / { return 200 "hello\\n"; }
+    }
+}
+"""
+)
+
+# As in /work/shared/MEASURED.md, with the two addresses filled in.
+HAPROXY_CONF = string.Template(
+    """\
+global
+    nbthread 1
+    maxconn 4000
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend fe
+    bind $listen
+    default_backend be
+backend be
+    server s1 $backend maxconn 1000
+"""
+)
+
+# $-placeholders, so that YAML's own braces need no escaping. --meshproxy-config
+# replaces this with a file using the same placeholders.
+MESHPROXY_CONF = """\
+admin: {listen: "tcp:$adminport:interface=$loopback"}
+namers:
+  - {kind: static, prefix: /#/static, services: {hello: ["$loopback:$nginxport"]}}
+routers:
+  - name: bench
+    protocol: http
+    listen: "tcp:$port:interface=$loopback"
+    identifier: {kind: host}
+    rules: "/svc => /#/static;"
+"""
+
+
+class HarnessError(Exception):
+    """
+    The benchmark cannot go on: a server did not start, answered wrongly or
+    died, or wrk failed.
+
+    @ivar procs: the L{Proc}s whose logs explain the failure.
+    """
+
+    def __init__(self, message, procs=()):
+        super().__init__(message)
+        self.procs = list(procs)
+
+
+def say(message=""):
+    """Print progress to stderr, keeping stdout for the results."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def tail(path, lines=30):
+    """
+    Return the last C{lines} lines of a text file, or C{""} if it is missing.
+
+    @param path: a L{Path}.
+    """
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class Proc:
+    """
+    A child process in its own session (so that a Ctrl-C meant for the
+    harness does not reach it before the harness has stopped it in order),
+    with stdout and stderr in files.
+
+    @ivar name: short name used in file names and messages.
+    @ivar pid: the process id; with C{taskset} this is the pinned program
+        itself, since taskset execs it.
+    @ivar logs: the files worth showing when something goes wrong.
+    """
+
+    def __init__(self, name, argv, tmp, *, cwd=None, env=None, extra_logs=()):
+        """
+        @param name: short name.
+        @param argv: the command line, program first.
+        @param tmp: the L{Path} of the directory for its output files.
+        @param cwd: working directory, or L{None} for the harness's.
+        @param env: environment, or L{None} to inherit.
+        @param extra_logs: further L{Path}s (log files the program writes).
+        """
+        self.name = name
+        self.argv = list(argv)
+        out = tmp / f"{name}.stdout"
+        err = tmp / f"{name}.stderr"
+        self.logs = [out, err, *extra_logs]
+        with open(out, "wb") as stdout, open(err, "wb") as stderr:
+            self.popen = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+            )
+        self.pid = self.popen.pid
+
+    def alive(self):
+        """Return whether the process is still running."""
+        return self.popen.poll() is None
+
+    def describe_exit(self):
+        """Return a phrase describing how the process ended, if it did."""
+        rc = self.popen.poll()
+        if rc is None:
+            return "is still running"
+        if rc < 0:
+            return f"was killed by signal {-rc}"
+        return f"exited with status {rc}"
+
+    def stop(self, grace=5.0):
+        """
+        Stop the process and its children (its process group, which is its
+        own since it was started in a new session): SIGTERM, then SIGKILL
+        after C{grace} seconds. Does nothing if it has already exited, so a
+        reused pid is never signalled.
+        """
+        if self.popen.poll() is not None:
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.popen.wait(grace)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def log_tails(self, lines=30):
+        """Return the tails of this process's log files, labelled."""
+        parts = []
+        for path in self.logs:
+            text = tail(path, lines)
+            if text:
+                parts.append(f"--- {self.name}: {path.name} (last {lines} lines) ---\n{text}")
+        if not parts:
+            parts.append(f"--- {self.name}: no output ---")
+        return "\n".join(parts)
+
+
+# --- /proc readers --------------------------------------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    """
+    Return user+system CPU seconds used so far by all threads of C{pid}
+    (fields 14 and 15 of /proc/pid/stat).
+    """
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    # The command name (field 2) may contain spaces and parentheses.
+    fields = stat.rpartition(")")[2].split()
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / CLOCK_TICKS
+
+
+def proc_status(pid):
+    """Return /proc/pid/status as a dict of strings."""
+    result = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            result[key] = value.strip()
+    return result
+
+
+def memory_kib(pid):
+    """Return C{{"rss_kib": VmRSS, "peak_rss_kib": VmHWM}} of C{pid}."""
+    status = proc_status(pid)
+    return {
+        "rss_kib": int(status["VmRSS"].split()[0]),
+        "peak_rss_kib": int(status["VmHWM"].split()[0]),
+    }
+
+
+def allowed_cpus(pid):
+    """Return the CPU affinity list of C{pid} as the kernel reports it."""
+    return proc_status(pid).get("Cpus_allowed_list", "?")
+
+
+# --- networking -----------------------------------------------------------
+
+
+def free_ports(n):
+    """
+    Return C{n} distinct free TCP ports on the loopback address.
+
+    The sockets are all bound before any is closed, so the ports differ; some
+    other program could still take one before the server does, in which case
+    that server fails to start with a clear message.
+    """
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(s)
+            s.bind((LOOPBACK, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def http_get(port, path="/", host=HOST_HEADER, timeout=2.0):
+    """
+    Send one GET to C{127.0.0.1:port} and return C{(status, body)}.
+
+    @raise OSError: or L{http.client.HTTPException} if no answer came.
+    """
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Host": host})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def wait_ready(proc, port, path, timeout, what):
+    """
+    Poll C{GET path} on C{port} every 0.1 s until it answers 200.
+
+    @param proc: the L{Proc} serving it; if it exits, waiting stops at once.
+    @param timeout: seconds to wait in all (each try is bounded too).
+    @param what: name used in the error message.
+    @raise HarnessError: if it exits or does not answer 200 in time.
+    """
+    deadline = time.monotonic() + timeout
+    last = "no attempt made"
+    while True:
+        if not proc.alive():
+            raise HarnessError(f"{what} {proc.describe_exit()} before it was ready", [proc])
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise HarnessError(
+                f"{what} not ready after {timeout:g} s: GET http://{LOOPBACK}:{port}{path}"
+                f" -> {last}",
+                [proc],
+            )
+        try:
+            status, _ = http_get(port, path, timeout=min(1.0, max(remaining, 0.05)))
+        except (OSError, http.client.HTTPException) as e:
+            last = f"{type(e).__name__}: {e}"
+        else:
+            if status == 200:
+                return
+            last = f"HTTP {status}"
+        time.sleep(0.1)
+
+
+# --- wrk ------------------------------------------------------------------
+
+_TIME_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_TIME = r"[0-9.]+(?:us|ms|s|m|h)"
+
+
+def parse_duration(text):
+    """Convert one of wrk's times (C{"870.00us"}, C{"1.33ms"}, C{"2.00s"}) to seconds."""
+    m = re.fullmatch(r"([0-9.]+)(us|ms|s|m|h)", text)
+    if m is None:
+        raise ValueError(f"not a wrk time: {text!r}")
+    return float(m.group(1)) * _TIME_UNITS[m.group(2)]
+
+
+def parse_wrk(output):
+    """
+    Parse C{wrk --latency} output.
+
+    @return: a dict with C{rps}, C{requests}, C{elapsed_s}, C{p50_ms},
+        C{p75_ms}, C{p90_ms}, C{p99_ms} (L{None} if absent), C{errors}
+        (C{non_2xx_3xx}, C{connect}, C{read}, C{write}, C{timeout}) and
+        C{error_total}.
+    @raise ValueError: if the requests/sec line is missing.
+    """
+    rps = re.search(r"^Requests/sec:\s+([0-9.]+)", output, re.M)
+    if rps is None:
+        raise ValueError("no 'Requests/sec:' line in wrk output")
+    result = {"rps": float(rps.group(1)), "requests": None, "elapsed_s": None}
+    done = re.search(rf"^\s*(\d+) requests in ({_TIME})", output, re.M)
+    if done:
+        result["requests"] = int(done.group(1))
+        result["elapsed_s"] = parse_duration(done.group(2))
+    for pct in ("50", "75", "90", "99"):
+        m = re.search(rf"^\s*{pct}%\s+({_TIME})\s*$", output, re.M)
+        result[f"p{pct}_ms"] = parse_duration(m.group(1)) * 1e3 if m else None
+    errors = {"non_2xx_3xx": 0, "connect": 0, "read": 0, "write": 0, "timeout": 0}
+    sock = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    if sock:
+        for key, value in zip(("connect", "read", "write", "timeout"), sock.groups()):
+            errors[key] = int(value)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if non2xx:
+        errors["non_2xx_3xx"] = int(non2xx.group(1))
+    result["errors"] = errors
+    result["error_total"] = sum(errors.values())
+    return result
+
+
+# --- the benchmark --------------------------------------------------------
+
+
+def median(values):
+    """Median of the values that are not None, or None if there are none."""
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def ratio(a, b):
+    """C{a / b}, or None when either is missing or b is zero."""
+    if a is None or not b:
+        return None
+    return a / b
+
+
+class Bench:
+    """
+    One invocation: the servers it started, the results so far.
+
+    @ivar procs: every L{Proc} started, stopped in reverse order by L{stop}.
+    @ivar results: everything measured, as written by C{--json}.
+    """
+
+    def __init__(self, args, tools, tmp):
+        self.args = args
+        self.tools = tools
+        self.tmp = tmp
+        self.procs = []
+        self.ports = {}
+        self.pids = {}
+        self.results = {
+            "meta": {},
+            "targets": {name: {"runs": [], "c1_runs": []} for name in args.only},
+            "summary": {},
+            "c1_summary": {},
+            "ratios": {},
+            "c1_added_p50_us": {},
+            "meshproxy_memory": {},
+        }
+
+    # -- processes
+
+    def pinned(self, cpu, argv):
+        """Prefix C{argv} with C{taskset -c cpu} when pinning."""
+        if self.args.pin:
+            return [self.tools["taskset"], "-c", cpu, *argv]
+        return list(argv)
+
+    def spawn(self, name, argv, **kwargs):
+        proc = Proc(name, argv, self.tmp, **kwargs)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self):
+        """Stop every process started, newest first."""
+        for proc in reversed(self.procs):
+            proc.stop()
+
+    def start_nginx(self, port):
+        nginx = self.tools["nginx"]
+        built = subprocess.run([nginx, "-V"], capture_output=True, text=True).stderr
+        temp_paths = [f"    client_body_temp_path {self.tmp}/nginx-body;",
+                      f"    proxy_temp_path {self.tmp}/nginx-proxy;"]
+        # Without these, nginx creates the compiled-in /var/lib/nginx/* at start.
+        for module in ("fastcgi", "uwsgi", "scgi"):
+            if f"--without-http_{module}_module" not in built:
+                temp_paths.append(f"    {module}_temp_path {self.tmp}/nginx-{module};")
+        conf = self.tmp / "nginx.conf"
+        conf.write_text(NGINX_CONF.substitute(
+            tmp=self.tmp, listen=f"{LOOPBACK}:{port}", temp_paths="\n".join(temp_paths)))
+        proc = self.spawn(
+            "nginx",
+            # -e: the error log to use before the config is read (else stderr/var/log).
+            self.pinned(LOAD_CPU, [nginx, "-p", str(self.tmp), "-e",
+                                   str(self.tmp / "nginx-error.log"), "-c", str(conf)]),
+            extra_logs=[self.tmp / "nginx-error.log"],
+        )
+        wait_ready(proc, port, "/", self.args.ready_timeout, "nginx")
+        return proc
+
+    def start_haproxy(self, port, backend_port):
+        conf = self.tmp / "haproxy.cfg"
+        conf.write_text(HAPROXY_CONF.substitute(
+            listen=f"{LOOPBACK}:{port}", backend=f"{LOOPBACK}:{backend_port}"))
+        proc = self.spawn(
+            "haproxy",
+            self.pinned(PROXY_CPU, [self.tools["haproxy"], "-db", "-f", str(conf)]),
+        )
+        wait_ready(proc, port, "/", self.args.ready_timeout, "haproxy")
+        return proc
+
+    def start_meshproxy(self, port, admin_port, backend_port):
+        template = MESHPROXY_CONF
+        if self.args.meshproxy_config:
+            template = Path(self.args.meshproxy_config).read_text()
+        try:
+            text = string.Template(template).substitute(
+                port=port, adminport=admin_port, nginxport=backend_port, loopback=LOOPBACK)
+        except (KeyError, ValueError) as e:
+            raise HarnessError(f"bad meshproxy config template: {e!r}")
+        conf = self.tmp / "meshproxy.yaml"
+        conf.write_text(text)
+        log = self.tmp / "meshproxy.log"
+        env = dict(os.environ)
+        # Benchmark this checkout, whether or not (and however) it is installed.
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+        env["PYTHONUNBUFFERED"] = "1"
+        argv = [self.args.python, "-c", TWISTD_BOOT, "-n", "--pidfile=",
+                f"--logfile={log}", "meshproxy", "--config", str(conf)]
+        proc = self.spawn("meshproxy", self.pinned(PROXY_CPU, argv),
+                          cwd=REPO_ROOT, env=env, extra_logs=[log])
+        wait_ready(proc, admin_port, "/ready", self.args.ready_timeout,
+                   "meshproxy (admin /ready)")
+        return proc
+
+    def check_alive(self):
+        for proc in self.procs:
+            if not proc.alive():
+                raise HarnessError(f"{proc.name} {proc.describe_exit()} during the benchmark",
+                                   [proc])
+
+    def sanity_check(self, target):
+        port = self.ports[target]
+        try:
+            status, body = http_get(port, timeout=5.0)
+        except (OSError, http.client.HTTPException) as e:
+            raise HarnessError(f"sanity request to {target} failed: {type(e).__name__}: {e}",
+                               self.procs)
+        if status != 200 or body != EXPECTED_BODY:
+            raise HarnessError(
+                f"sanity request to {target} (GET / with Host: {HOST_HEADER}) got HTTP "
+                f"{status} {body[:200]!r}, expected 200 {EXPECTED_BODY!r}", self.procs)
+
+    # -- measuring
+
+    def wrk(self, target, threads, connections, duration):
+        """
+        Run wrk once against C{target}, measuring the proxy's CPU time around it.
+
+        @return: the parsed result (see L{parse_wrk}) plus CPU figures.
+        """
+        url = f"http://{LOOPBACK}:{self.ports[target]}/"
+        assert url.startswith(f"http://{LOOPBACK}:"), url  # never off loopback
+        argv = self.pinned(LOAD_CPU, [
+            self.tools["wrk"], f"-t{threads}", f"-c{connections}", f"-d{duration}s",
+            "--latency", "-H", f"Host: {HOST_HEADER}", url])
+        pid = self.pids.get(target)
+        cpu_before = cpu_seconds(pid) if pid else None
+        wall_before = time.monotonic()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=duration + 30)
+        except BaseException:
+            # Timeout or Ctrl-C: wrk is in its own session, so stop it here.
+            proc.kill()
+            proc.wait()
+            raise
+        wall = time.monotonic() - wall_before
+        cpu_after = cpu_seconds(pid) if pid else None
+        if proc.returncode != 0:
+            raise HarnessError(f"wrk against {target} exited with status {proc.returncode}:"
+                               f"\n{out}{err}")
+        try:
+            result = parse_wrk(out)
+        except ValueError as e:
+            raise HarnessError(f"cannot parse wrk output for {target}: {e}\n{out}{err}")
+        result["wrk_argv"] = argv
+        if pid:
+            cpu = cpu_after - cpu_before
+            result["proxy_cpu_s"] = round(cpu, 3)
+            result["proxy_cpu_util"] = round(cpu / wall, 3)
+            result["cpu_us_per_req"] = (
+                cpu * 1e6 / result["requests"] if result["requests"] else None)
+        else:
+            result["proxy_cpu_s"] = result["proxy_cpu_util"] = result["cpu_us_per_req"] = None
+        result["flagged"] = result["error_total"] > 0 or not result["requests"]
+        return result
+
+    def measure(self, target, threads, connections, label):
+        """Warm up, then measure; print a progress line."""
+        if self.args.warmup > 0:
+            self.wrk(target, threads, connections, self.args.warmup)
+        result = self.wrk(target, threads, connections, self.args.duration)
+        self.check_alive()
+        cpu = result["cpu_us_per_req"]
+        say(f"  {label} {target:<9} {result['rps']:>10,.0f} rps  p50 {fmt_ms(result['p50_ms'])} ms"
+            f"  p99 {fmt_ms(result['p99_ms'])} ms"
+            + (f"  {cpu:.1f} CPU us/req" if cpu is not None else "")
+            + (f"  ERRORS {result['errors']}" if result["flagged"] else ""))
+        return result
+
+    def run(self):
+        args = self.args
+        self.results["meta"] = self.meta()
+        names = ["nginx", "haproxy", "meshproxy", "admin"]
+        self.ports = dict(zip(names, free_ports(len(names))))
+        self.ports["direct"] = self.ports["nginx"]
+        meta = self.results["meta"]
+        meta["ports"] = dict(self.ports)
+
+        say(f"starting servers in {self.tmp} ...")
+        nginx = self.start_nginx(self.ports["nginx"])
+        meta["affinity"] = {"nginx": allowed_cpus(nginx.pid)}
+        if "haproxy" in args.only:
+            proc = self.start_haproxy(self.ports["haproxy"], self.ports["nginx"])
+            self.pids["haproxy"] = proc.pid
+            meta["affinity"]["haproxy"] = allowed_cpus(proc.pid)
+        if "meshproxy" in args.only:
+            proc = self.start_meshproxy(self.ports["meshproxy"], self.ports["admin"],
+                                        self.ports["nginx"])
+            self.pids["meshproxy"] = proc.pid
+            meta["affinity"]["meshproxy"] = allowed_cpus(proc.pid)
+        for target in args.only:
+            self.sanity_check(target)
+        say("servers up, sanity requests answered 200 'hello\\n'; CPU affinity: "
+            + ", ".join(f"{k} {v}" for k, v in meta["affinity"].items()))
+
+        memory = self.results["meshproxy_memory"]
+        if "meshproxy" in self.pids:
+            memory["before"] = memory_kib(self.pids["meshproxy"])
+
+        for run in range(1, args.runs + 1):
+            say(f"run {run}/{args.runs}: wrk -t{args.threads} -c{args.connections} "
+                f"-d{args.duration}s (after a {args.warmup} s warm-up)")
+            for target in args.only:
+                result = self.measure(target, args.threads, args.connections, f"[{run}]")
+                result["run"] = run
+                self.results["targets"][target]["runs"].append(result)
+
+        if "meshproxy" in self.pids:
+            memory["after_load"] = memory_kib(self.pids["meshproxy"])
+
+        for run in range(1, args.c1_runs + 1):
+            say(f"concurrency 1, run {run}/{args.c1_runs}: wrk -t1 -c1 -d{args.duration}s")
+            for target in args.only:
+                result = self.measure(target, 1, 1, f"[c1 {run}]")
+                result["run"] = run
+                self.results["targets"][target]["c1_runs"].append(result)
+
+        if "meshproxy" in self.pids:
+            memory["end"] = memory_kib(self.pids["meshproxy"])
+        self.summarize()
+
+    def meta(self):
+        args = self.args
+        meta = {
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "host": platform.node(),
+            "kernel": platform.release(),
+            "cpus": os.cpu_count(),
+            "loadavg_at_start": os.getloadavg(),
+            "pinned": args.pin,
+            "layout": (f"proxy on CPU {PROXY_CPU}; nginx and wrk on CPU {LOAD_CPU}"
+                       if args.pin else "unpinned"),
+            "args": {k: v for k, v in vars(args).items()},
+            "versions": self.versions(),
+            "git": git_describe(),
+        }
+        return meta
+
+    def versions(self):
+        def first_line(argv):
+            try:
+                p = subprocess.run(argv, capture_output=True, text=True, timeout=10,
+                                   cwd=REPO_ROOT)
+            except (OSError, subprocess.TimeoutExpired) as e:
+                return f"? ({e})"
+            lines = (p.stdout + p.stderr).strip().splitlines()
+            return lines[0].strip() if lines else "?"
+        versions = {
+            "nginx": first_line([self.tools["nginx"], "-v"]),
+            "haproxy": first_line([self.tools["haproxy"], "-v"]),
+            "wrk": first_line([self.tools["wrk"], "-v"]),
+            "harness_python": sys.version.split()[0],
+        }
+        if "meshproxy" in self.args.only:
+            versions["meshproxy_python"] = first_line([
+                self.args.python, "-c",
+                "import sys, platform, twisted; print(platform.python_implementation(),"
+                " sys.version.split()[0], 'Twisted', twisted.__version__)"])
+        return versions
+
+    def summarize(self):
+        res = self.results
+        for target in self.args.only:
+            for kind, key in (("runs", "summary"), ("c1_runs", "c1_summary")):
+                runs = res["targets"][target][kind]
+                if not runs:
+                    continue
+                res[key][target] = {
+                    "rps": median(r["rps"] for r in runs),
+                    "p50_ms": median(r["p50_ms"] for r in runs),
+                    "p99_ms": median(r["p99_ms"] for r in runs),
+                    "cpu_us_per_req": median(r["cpu_us_per_req"] for r in runs),
+                    "rps_spread": (
+                        (max(r["rps"] for r in runs) - min(r["rps"] for r in runs))
+                        / median(r["rps"] for r in runs)
+                        if median(r["rps"] for r in runs) else None),
+                    "errors": sum(r["error_total"] for r in runs),
+                    "flagged_runs": sum(1 for r in runs if r["flagged"]),
+                    "runs": len(runs),
+                }
+        summary = res["summary"]
+        for a, b in (("meshproxy", "direct"), ("meshproxy", "haproxy"), ("haproxy", "direct")):
+            if a in summary and b in summary:
+                res["ratios"][f"{a}/{b}"] = {
+                    key: ratio(summary[a][key], summary[b][key])
+                    for key in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req")
+                }
+        c1 = res["c1_summary"]
+        for a, b in (("meshproxy", "direct"), ("meshproxy", "haproxy"), ("haproxy", "direct")):
+            if a in c1 and b in c1 and c1[a]["p50_ms"] is not None and c1[b]["p50_ms"] is not None:
+                res["c1_added_p50_us"][f"{a} over {b}"] = (c1[a]["p50_ms"] - c1[b]["p50_ms"]) * 1e3
+
+
+def git_describe():
+    """Return the checkout's commit and whether it has local changes (read-only)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=REPO_ROOT, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return {"commit": head or None, "dirty": bool(dirty)}
+
+
+# --- output ---------------------------------------------------------------
+
+
+def fmt_ms(value):
+    return "–" if value is None else f"{value:.2f}"
+
+
+def fmt_num(value, spec):
+    return "–" if value is None else format(value, spec)
+
+
+def fmt_ratio(value):
+    if value is None:
+        return "–"
+    return f"{value:.2f}x" if value >= 0.1 else f"{value:.3f}x"
+
+
+def print_report(results, args, out=sys.stdout):
+    """Print the human-readable report of L{Bench.results}."""
+    def p(line=""):
+        print(line, file=out)
+
+    meta = results["meta"]
+    p()
+    p(f"meshproxy bench: {args.runs} run(s) x {args.duration} s, wrk -t{args.threads} "
+      f"-c{args.connections} --latency, {args.warmup} s warm-up; {meta['layout']}; "
+      f"{meta['cpus']} CPUs, load average at start {meta['loadavg_at_start'][0]:.2f}")
+    p("medians over runs; only ratios from the same invocation are comparable across machines")
+    p()
+    header = (f"{'target':<10} {'median rps':>11} {'p50 ms':>8} {'p99 ms':>8} "
+              f"{'CPU µs/req':>11} {'errors':>8}")
+    p(header)
+    p("-" * len(header))
+    for target in args.only:
+        s = results["summary"].get(target)
+        if not s:
+            continue
+        errors = str(s["errors"]) + (f" ({s['flagged_runs']} run(s) flagged)"
+                                     if s["flagged_runs"] else "")
+        p(f"{target:<10} {fmt_num(s['rps'], ',.0f'):>11} {fmt_ms(s['p50_ms']):>8} "
+          f"{fmt_ms(s['p99_ms']):>8} {fmt_num(s['cpu_us_per_req'], '.1f'):>11} {errors:>8}")
+
+    for target in args.only:
+        s = results["summary"].get(target)
+        if s and s["runs"] > 1 and s["rps_spread"] is not None and s["rps_spread"] > 0.10:
+            rps = [r["rps"] for r in results["targets"][target]["runs"]]
+            p(f"note: {target} rps varied by {s['rps_spread']:.0%} of the median across runs "
+              f"({min(rps):,.0f}-{max(rps):,.0f}): the machine was busy; consider rerunning")
+
+    if results["ratios"]:
+        p()
+        p(f"{'ratio of medians':<20} {'rps':>7} {'p50':>7} {'p99':>7} {'CPU/req':>8}")
+        for name, r in results["ratios"].items():
+            p(f"{name:<20} {fmt_ratio(r['rps']):>7} {fmt_ratio(r['p50_ms']):>7} "
+              f"{fmt_ratio(r['p99_ms']):>7} {fmt_ratio(r['cpu_us_per_req']):>8}")
+        p("(rps below 1x = fewer requests/s than the baseline; latency and CPU above 1x = worse)")
+
+    if results["c1_summary"]:
+        p()
+        p(f"concurrency 1 (wrk -t1 -c1 -d{args.duration}s, median of {args.c1_runs}):")
+        for target in args.only:
+            s = results["c1_summary"].get(target)
+            if s:
+                flag = f"  errors {s['errors']}" if s["errors"] else ""
+                p(f"  {target:<10} p50 {fmt_num(s['p50_ms'] and s['p50_ms'] * 1e3, '.0f'):>6} µs"
+                  f"  p99 {fmt_num(s['p99_ms'] and s['p99_ms'] * 1e3, '.0f'):>6} µs"
+                  f"  {fmt_num(s['rps'], ',.0f'):>8} rps{flag}")
+        for name, added in results["c1_added_p50_us"].items():
+            p(f"  p50 added by {name}: {added:+.0f} µs")
+
+    memory = results["meshproxy_memory"]
+    if memory:
+        def mib(kib):
+            return f"{kib / 1024:.1f} MiB"
+        parts = [f"before load {mib(memory['before']['rss_kib'])}"]
+        if "after_load" in memory:
+            parts.append(f"after load {mib(memory['after_load']['rss_kib'])}")
+        if "end" in memory:
+            parts.append(f"at end {mib(memory['end']['rss_kib'])}"
+                         f" (peak {mib(memory['end']['peak_rss_kib'])})")
+        p()
+        p("meshproxy RSS: " + ", ".join(parts))
+
+    p()
+    p("individual runs:")
+    header = (f"{'run':<6} {'target':<10} {'rps':>9} {'p50 ms':>7} {'p99 ms':>7} "
+              f"{'requests':>10} {'proxy CPU':>9} {'µs/req':>7}  errors")
+    p(header)
+    for kind, label in (("runs", ""), ("c1_runs", "c1 ")):
+        for target in args.only:
+            for r in results["targets"][target][kind]:
+                util = ("–" if r["proxy_cpu_util"] is None
+                        else f"{r['proxy_cpu_util'] * 100:.0f}%")
+                errors = ("0" if not r["error_total"] else
+                          "! " + ", ".join(f"{k} {v}" for k, v in r["errors"].items() if v))
+                if not r["requests"]:
+                    errors = "! no requests completed"
+                p(f"{label + str(r['run']):<6} {target:<10} {r['rps']:>9,.0f} "
+                  f"{fmt_ms(r['p50_ms']):>7} {fmt_ms(r['p99_ms']):>7} "
+                  f"{fmt_num(r['requests'], ','):>10} {util:>9} "
+                  f"{fmt_num(r['cpu_us_per_req'], '.1f'):>7}  {errors}")
+    p("(proxy CPU = the proxy process's CPU time / wall time during the run; "
+      "~100% pinned means the proxy core was saturated)")
+
+
+# --- command line ---------------------------------------------------------
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="bench/run.py",
+        description="Benchmark meshproxy against HAProxy and direct nginx on loopback "
+                    "(see bench/README.md).")
+    parser.add_argument("--runs", type=int, default=3, help="load runs per target (default 3)")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per run (default 10)")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="seconds of warm-up before each run, 0 for none (default 2)")
+    parser.add_argument("--connections", type=int, default=50, help="wrk -c (default 50)")
+    parser.add_argument("--threads", type=int, default=2, help="wrk -t (default 2)")
+    parser.add_argument("--c1-runs", type=int, default=1,
+                        help="concurrency-1 runs per target, 0 for none (default 1)")
+    parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=None,
+                        help=f"proxy on CPU {PROXY_CPU}, nginx and wrk on CPU {LOAD_CPU} "
+                             "(default: on with 2 or more CPUs)")
+    parser.add_argument("--only", default=",".join(TARGETS),
+                        help="comma-separated subset of " + ",".join(TARGETS))
+    parser.add_argument("--json", metavar="FILE", help="also write all results as JSON")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temporary directory (configs, logs)")
+    parser.add_argument("--python", default=sys.executable,
+                        help="interpreter that runs meshproxy under twistd "
+                             "(default: this one, %(default)s)")
+    parser.add_argument("--meshproxy-config", metavar="TEMPLATE",
+                        help="meshproxy config template with $port, $adminport, $nginxport "
+                             "and $loopback placeholders (default: built in)")
+    parser.add_argument("--ready-timeout", type=float, default=10.0,
+                        help="seconds to wait for each server to answer (default 10)")
+    args = parser.parse_args(argv)
+
+    only = [t.strip() for t in args.only.split(",") if t.strip()]
+    unknown = sorted(set(only) - set(TARGETS))
+    if unknown or not only:
+        parser.error(f"--only takes a comma-separated subset of {','.join(TARGETS)}"
+                     + (f"; unknown: {','.join(unknown)}" if unknown else ""))
+    args.only = [t for t in TARGETS if t in only]
+    for name in ("runs", "duration", "connections", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if args.warmup < 0 or args.c1_runs < 0:
+        parser.error("--warmup and --c1-runs cannot be negative")
+    if args.connections < args.threads:
+        parser.error("wrk needs --connections >= --threads")
+    if args.meshproxy_config and not Path(args.meshproxy_config).is_file():
+        parser.error(f"--meshproxy-config: no such file: {args.meshproxy_config}")
+    return args
+
+
+def find_tools(args):
+    """
+    Return the paths of the programs needed, or print what to install and
+    return None.
+    """
+    tools = {name: shutil.which(name) for name in ("wrk", "haproxy", "nginx")}
+    # Debian puts haproxy and nginx in /usr/sbin, which may not be on a user's PATH.
+    missing = [name for name, path in tools.items() if path is None]
+    if missing:
+        print(f"bench/run.py: not found on PATH: {', '.join(missing)}\n"
+              f"install them with:\n\n    {APT_HINT}\n\n"
+              "(haproxy and nginx live in /usr/sbin: add it to PATH if they are installed)",
+              file=sys.stderr)
+        return None
+    if args.pin:
+        tools["taskset"] = shutil.which("taskset")
+        if tools["taskset"] is None:
+            print("bench/run.py: taskset not found (package util-linux); "
+                  "install it or pass --no-pin", file=sys.stderr)
+            return None
+    return tools
+
+
+def decide_pinning(args):
+    """Resolve --pin/--no-pin/auto; return False if an explicit --pin is impossible."""
+    try:
+        usable = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        usable = set(range(os.cpu_count() or 1))
+    possible = {int(PROXY_CPU), int(LOAD_CPU)} <= usable
+    if args.pin is None:
+        args.pin = possible
+        if not possible:
+            say(f"note: CPUs {LOAD_CPU} and {PROXY_CPU} not both available; running unpinned")
+    elif args.pin and not possible:
+        print(f"bench/run.py: --pin needs CPUs {LOAD_CPU} and {PROXY_CPU}; this process may use "
+              f"{sorted(usable)}. Pass --no-pin.", file=sys.stderr)
+        return False
+    return True
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not decide_pinning(args):
+        return 2
+    tools = find_tools(args)
+    if tools is None:
+        return 2
+
+    # SIGTERM and SIGHUP take the same way out as Ctrl-C, through the finally below.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGHUP, _raise_interrupt)
+    tmp = Path(tempfile.mkdtemp(prefix="meshproxy-bench-"))
+    bench = Bench(args, tools, tmp)
+    rc = 0
+    try:
+        bench.run()
+        print_report(bench.results, args)
+    except HarnessError as e:
+        print(f"\nbench/run.py: {e}", file=sys.stderr)
+        for proc in e.procs:
+            print(proc.log_tails(), file=sys.stderr)
+        if not args.keep:
+            print("(pass --keep to keep the configs and logs)", file=sys.stderr)
+        bench.results["error"] = str(e)
+        rc = 1
+    except KeyboardInterrupt:
+        print("\nbench/run.py: interrupted, stopping servers", file=sys.stderr)
+        bench.results["error"] = "interrupted"
+        rc = 130
+    finally:
+        # A second Ctrl-C must not leave servers behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        bench.stop()
+        if args.keep:
+            print(f"kept {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if args.json:
+        path = Path(args.json)
+        if path.parent != Path(""):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(bench.results, indent=2, default=str) + "\n")
+        print(f"wrote {path}", file=sys.stderr)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
