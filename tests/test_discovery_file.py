@@ -106,7 +106,7 @@ class FileNamerTests(SynchronousTestCase):
         """
         @return: a file namer over C{self.root}, started unless told not to.
         """
-        namer = FileNamer("/#/fs", self.root, reactor=self.clock, interval=interval)
+        namer = _FollowedFileNamer("/#/fs", self.root, reactor=self.clock, interval=interval)
         if start:
             namer.startService()
             self.addCleanup(lambda: namer.running and namer.stopService())
@@ -365,6 +365,24 @@ class FileNamerTests(SynchronousTestCase):
         self.write("users", "10.0.0.1:80\n")
         self.clock.advance(1)
         self.assertEqual(observable.current, bound("10.0.0.1:80"))
+
+    def test_unfollowedUnknownNamesForgotten(self):
+        """
+        A name with no file that nobody subscribes to is forgotten at the
+        next poll (names come from requests and must not pile up); a
+        followed one is kept and picks up its file when it appears.
+        """
+        namer = FileNamer("/#/fs", self.root, reactor=self.clock)
+        namer.startService()
+        self.addCleanup(namer.stopService)
+        namer.bind("ghost")
+        followed = namer.bind("later")
+        followed.subscribe(lambda addr: None)
+        self.clock.advance(1)
+        self.assertNotIn("ghost", namer._watches)
+        self.write("later", "10.0.0.1:80\n")
+        self.clock.advance(1)
+        self.assertEqual(followed.current, bound("10.0.0.1:80"))
 
     def test_fileCreatedAfterBind(self):
         """
@@ -649,3 +667,15 @@ class FileNamerTests(SynchronousTestCase):
         self.clock.advance(1)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 2)
         self.assertEqual((a.current, b.current), (bound("10.0.0.2:80"),) * 2)
+
+
+class _FollowedFileNamer(FileNamer):
+    """
+    A file namer whose every bound name has a subscriber, as the router's
+    are (an unfollowed unknown name is forgotten).
+    """
+
+    def bind(self, service):
+        observable = FileNamer.bind(self, service)
+        observable.subscribe(lambda addr: None)
+        return observable

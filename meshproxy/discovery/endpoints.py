@@ -232,6 +232,14 @@ class Observable:
 
         return cancel
 
+    @property
+    def subscribed(self) -> bool:
+        """
+        Whether anyone follows this value (a namer may forget an observable
+        nobody follows).
+        """
+        return bool(self._subscribers)
+
     def set(self, addr: Addr) -> None:
         """
         Replace the current value and notify the subscribers, unless C{addr}

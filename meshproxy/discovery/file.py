@@ -255,6 +255,11 @@ class FileNamer(Service):
         try:
             if self._checkRoot():
                 for watch in list(self._watches.values()):
+                    if watch.observable.current.kind == "neg" and not watch.observable.subscribed:
+                        # Names come from requests (Host headers): forget
+                        # unknown ones nobody follows, so they cannot pile up.
+                        del self._watches[watch.name]
+                        continue
                     self._check(watch)
         except Exception:
             # An exception would stop the LoopingCall, and with it discovery.

@@ -28,6 +28,11 @@ _INET = Path.read("/$/inet")
 #: Bound on the per-router cache of delegation results.
 MAX_CACHED_NAMES = 10000
 
+#: Bound on the bound names a router keeps clients for. Names come from
+#: requests, so unknown ones (negative, without endpoints) are dropped first
+#: when the bound is reached.
+MAX_BOUND_NAMES = 1000
+
 
 def _inetObservable(service):
     """
@@ -56,7 +61,9 @@ class BoundClient:
         self.router = router
         self.boundName = boundName
         self.name = str(boundName.id)
-        self.stats = router.metrics.route(router.name, self.name)
+        # Created on the first request answered while the namer knows the
+        # name: unknown names (from arbitrary Host headers) make no series.
+        self.stats = None
         self.balancer = router.makeBalancer(
             onAdd=self._nodeAdded, onRemove=self._nodeRemoved
         )
@@ -132,7 +139,7 @@ class BoundClient:
             )
         return {
             "namer": self.addr.kind,
-            "requests": self.stats.requests,
+            "requests": self.stats.requests if self.stats is not None else 0,
             "endpoints": endpoints,
         }
 
@@ -263,9 +270,23 @@ class HttpRouter:
             observable = _inetObservable(bound.service)
         else:
             observable = self.namers[bound.prefix].bind(bound.service)
+        if len(self._clients) >= MAX_BOUND_NAMES:
+            self._evictUnknown()
         client = BoundClient(self, bound, observable)
         self._clients[bound.id] = client
         return client
+
+    def _evictUnknown(self):
+        """
+        Drop the clients of names their namer does not know, which have no
+        endpoints and so nothing in flight.
+        """
+        for key, client in list(self._clients.items()):
+            if client.addr.kind in ("neg", "pending", "failed") and not client.balancer.nodes():
+                client.close()
+                del self._clients[key]
+        if self._trees:
+            self._trees = {}
 
     # -- the request sent upstream ------------------------------------------
 
@@ -336,7 +357,12 @@ class HttpRouter:
         """
         Count one finished request of C{client}.
         """
-        client.stats.record(status, seconds)
+        stats = client.stats
+        if stats is None:
+            if client.addr.kind != "bound":
+                return
+            stats = client.stats = self.metrics.route(self.name, client.name)
+        stats.record(status, seconds)
 
     def countError(self, reason):
         """
