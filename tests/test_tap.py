@@ -1,0 +1,141 @@
+"""
+The twistd plugin: options, config checking before anything binds, and the
+service tree.
+"""
+
+import io
+import sys
+
+from twisted.application.service import IServiceMaker
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import getPlugins
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from meshproxy import cli
+from meshproxy.tap import Options, buildServices, makeService
+
+GOOD = """\
+admin: {listen: "tcp:9991:interface=127.0.0.1"}
+namers:
+  - {kind: static, prefix: /#/static, services: {hello: ["127.0.0.1:9001"]}}
+routers:
+  - name: web
+    listen: "tcp:4141:interface=127.0.0.1"
+    rules: "/svc => /#/static;"
+"""
+
+BAD = """\
+routers:
+  - name: web
+    listen: "tcp:4141"
+    timeouts: {total: fast}
+    timeots: {}
+"""
+
+
+class PluginTests(SynchronousTestCase):
+    def test_pluginFound(self):
+        """
+        twistd finds the meshproxy service maker, pointing at this module.
+        """
+        makers = {p.tapname: p for p in getPlugins(IServiceMaker)}
+        self.assertIn("meshproxy", makers)
+        self.assertEqual(makers["meshproxy"].module, "meshproxy.tap")
+        self.assertIs(makers["meshproxy"].options, __import__("meshproxy.tap").tap.Options)
+
+
+class OptionsTests(SynchronousTestCase):
+    def write(self, text):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_badConfigIsUsageErrorWithEveryKeyPath(self):
+        """
+        A bad config stops twistd before any service exists, naming each bad
+        key.
+        """
+        options = Options()
+        e = self.assertRaises(usage.UsageError, options.parseOptions, ["--config", self.write(BAD)])
+        self.assertIn('routers[0].timeouts.total: expected a duration like "2s", got "fast"', str(e))
+        self.assertIn('routers[0].timeots: unknown key (did you mean "timeouts"?)', str(e))
+
+    def test_checkGoodConfigExitsZero(self):
+        """
+        --check on a valid config prints "ok" and exits 0.
+        """
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        e = self.assertRaises(
+            SystemExit, Options().parseOptions, ["--config", self.write(GOOD), "--check"]
+        )
+        self.assertEqual(e.code, 0)
+        self.assertIn(": ok", out.getvalue())
+
+    def test_checkBadConfigExitsNonZero(self):
+        """
+        --check on a bad config prints the errors and exits 1.
+        """
+        err = io.StringIO()
+        self.patch(sys, "stderr", err)
+        e = self.assertRaises(
+            SystemExit, Options().parseOptions, ["--config", self.write(BAD), "--check"]
+        )
+        self.assertEqual(e.code, 1)
+        self.assertIn("routers[0].timeouts.total", err.getvalue())
+
+    def test_missingFile(self):
+        """
+        A config file that does not exist is a usage error naming it.
+        """
+        e = self.assertRaises(
+            usage.UsageError, Options().parseOptions, ["--config", "/nonexistent/mesh.yaml"]
+        )
+        self.assertIn("/nonexistent/mesh.yaml", str(e))
+
+    def test_defaultIsEmbeddedDemo(self):
+        """
+        Without --config the embedded demo config is used, with its upstreams.
+        """
+        options = Options()
+        options.parseOptions([])
+        self.assertTrue(options.demo)
+        self.assertEqual([r.name for r in options.meshConfig.routers], ["web"])
+        service = makeService(options, reactor=MemoryReactorClock())
+        names = [type(s).__name__ for s in service]
+        # The admin listener, the router listener and the demo upstreams.
+        self.assertGreaterEqual(names.count("StreamServerEndpointService"), 3)
+
+    def test_sampleConfigValid(self):
+        """
+        etc/meshproxy.yaml, the documented sample, is valid.
+        """
+        import os
+
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        self.assertEqual(cli.main(["check", os.path.join(here, "etc", "meshproxy.yaml")]), 0)
+
+
+class ServiceTests(SynchronousTestCase):
+    def test_listenersBindOnStartAndReadiness(self):
+        """
+        Every router and the admin API get a listener; the runtime is ready
+        only when they are bound.
+        """
+        from meshproxy.config import parseConfig
+
+        reactor = MemoryReactorClock()
+        runtime, services = buildServices(parseConfig(GOOD), reactor=reactor)
+        self.assertFalse(runtime.isReady())
+        self.assertEqual(len(runtime.waitingFor()), 1)
+        for s in services:
+            s.privilegedStartService()
+        for s in services:
+            s.startService()
+        ports = sorted(port for port, factory, backlog, interface in reactor.tcpServers)
+        self.assertEqual(ports, [4141, 9991])
+        self.assertTrue(runtime.isReady())
+        for s in services:
+            s.stopService()
