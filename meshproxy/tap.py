@@ -74,13 +74,26 @@ def _checkSupported(config):
     """
     Refuse the parts of the config schema this version does not run yet.
     """
+    from meshproxy.http.router import RulesError, checkRules
+    from meshproxy.routing.dtab import DtabSyntaxError
+    from meshproxy.routing.path import Path
+
     errors = []
+    prefixes = [Path.read(n.prefix) for n in config.namers] + [Path.read("/$/inet")]
     for i, router in enumerate(config.routers):
         if router.protocol != "http":
             errors.append(
                 "routers[%d].protocol: %r routers are not implemented yet "
                 "(only \"http\")" % (i, router.protocol)
             )
+            continue
+        try:
+            checkRules(router.rules, prefixes)
+        except RulesError as e:
+            where = "" if e.line is None else "line %d, column %d: " % (e.line, e.column)
+            errors.append("routers[%d].rules: %s%s" % (i, where, e.message))
+        except DtabSyntaxError:
+            pass  # reported by the config loader already
     if errors:
         raise ConfigError(errors)
 
@@ -130,16 +143,24 @@ class _RouterService(Service):
     Starts and stops one router's timers and upstream connections.
     """
 
-    def __init__(self, router):
+    def __init__(self, router, factory, grace):
         self.router = router
+        self.factory = factory
+        self.grace = grace
 
     def startService(self):
         Service.startService(self)
         self.router.start()
 
     def stopService(self):
+        """
+        Let requests in flight finish (up to the grace period), then close
+        upstream connections.
+        """
         Service.stopService(self)
-        self.router.stop()
+        d = self.factory.drain(self.grace)
+        d.addBoth(lambda _: self.router.stop())
+        return d
 
 
 class Runtime:
@@ -149,9 +170,23 @@ class Runtime:
     @ivar routers: the routers by name, in config order.
     """
 
-    def __init__(self):
+    def __init__(self, *, reactor=None, shutdownGrace=10.0):
         self.routers = {}
         self.listeners = []
+        self.reactor = reactor
+        self.shutdownGrace = shutdownGrace
+
+    def shutdown(self):
+        """
+        Stop the process gracefully: listeners close, requests in flight
+        finish within the grace period, then the process exits 0.
+
+        @return: a Deferred that fires once the stop is under way.
+        """
+        from twisted.internet.defer import succeed
+
+        self.reactor.callLater(0, self.reactor.stop)
+        return succeed(None)
 
     def isReady(self):
         """
@@ -221,7 +256,9 @@ def buildServices(config, *, reactor):
     from meshproxy.routing.path import Path
     from meshproxy.telemetry.metrics import MeshMetrics
 
-    runtime = Runtime()
+    runtime = Runtime(
+        reactor=reactor, shutdownGrace=getattr(config.admin, "shutdownGrace", 10.0)
+    )
     registry = CollectorRegistry()
     metrics = MeshMetrics(registry, runtime.nodes, costScale=0.001)
     services = []
@@ -241,10 +278,10 @@ def buildServices(config, *, reactor):
             balancerFactory=balancerFactory(routerConfig.loadBalancer, reactor),
         )
         runtime.routers[router.name] = router
-        services.append(_RouterService(router))
         factory = ServerFactory(
             router, routerConfig.server, reactor, router.connStats, scheme=_scheme(routerConfig.listen)
         )
+        services.append(_RouterService(router, factory, runtime.shutdownGrace))
         listener = _ListenerService(
             serverFromString(reactor, _endpointString(routerConfig.listen)),
             factory,

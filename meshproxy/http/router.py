@@ -15,10 +15,10 @@ from twisted.logger import Logger
 from meshproxy.discovery.endpoints import Addr, Endpoint, Observable
 from meshproxy.http.client import Pool
 from meshproxy.http.message import HOP_BY_HOP, ProxyError
-from meshproxy.routing.delegate import DelegationError, delegate
-from meshproxy.routing.dtab import Dtab
+from meshproxy.routing.delegate import DelegationError, delegate, explain, showBound
+from meshproxy.routing.dtab import Dtab, DtabSyntaxError
 from meshproxy.routing.identifiers import IdentificationError
-from meshproxy.routing.nametree import Leaf, evaluate
+from meshproxy.routing.nametree import Leaf, evaluate, leaves, mapTree
 from meshproxy.routing.path import Path
 
 _log = Logger()
@@ -32,6 +32,43 @@ MAX_CACHED_NAMES = 10000
 #: requests, so unknown ones (negative, without endpoints) are dropped first
 #: when the bound is reached.
 MAX_BOUND_NAMES = 1000
+
+
+class RulesError(ValueError):
+    """
+    Rules that parse but cannot be used by this router (for example a
+    namer prefix no namer owns).
+
+    @ivar line: the 1-based line of the problem, or L{None}.
+    @ivar column: the 1-based column, or L{None}.
+    """
+
+    def __init__(self, message, line=None, column=None):
+        ValueError.__init__(self, message)
+        self.message = message
+        self.line = line
+        self.column = column
+
+    def __str__(self):
+        if self.line is None:
+            return self.message
+        return "%s at line %d, column %d" % (self.message, self.line, self.column)
+
+
+class _FakeRequest:
+    """
+    Just enough of a request for an identifier (used by explain).
+    """
+
+    def __init__(self, target, host):
+        self.method = b"GET"
+        self.target = target
+        self.host = host
+
+    def header(self, name):
+        if name == b"host":
+            return self.host
+        return None
 
 
 def _inetObservable(service):
@@ -119,9 +156,7 @@ class BoundClient:
             pool = node.payload
             endpoints.append(
                 {
-                    "address": "%s:%d" % (node.endpoint.host, node.endpoint.port)
-                    if ":" not in node.endpoint.host
-                    else "[%s]:%d" % (node.endpoint.host, node.endpoint.port),
+                    "address": _address(node.endpoint),
                     "weight": node.endpoint.weight,
                     "state": node.state,
                     "ewmaMs": round(node.cost, 3),
@@ -178,8 +213,10 @@ class HttpRouter:
         self.connectTimeout = config.timeouts.connect
         self.forwarded = config.forwarded
         self.identifier = _makeIdentifier(config.identifier)
-        self.dtab = Dtab.read(config.rules)
+        self.dtab = checkRules(config.rules, self._prefixes)
+        self.rulesText = config.rules
         self._trees = {}
+        self._recent = {}
         self._clients = {}
         self._errors = {}
         self.connStats = metrics.connections(self.name)
@@ -220,8 +257,152 @@ class HttpRouter:
         Replace the rules whole; requests already routed keep their
         destination, new ones see only the new table.
         """
+        self.setRules(dtab, dtab.show())
+
+    def setRules(self, dtab, text):
+        """
+        Replace the rules whole, remembering the text they came from.
+
+        The swap is one assignment of an immutable value (and of a fresh
+        cache): a request routes with either the old table or the new one.
+
+        @param dtab: the parsed rules (see L{validateRules}).
+        @param text: the rules as written.
+        """
+        recent = dict(self._recent)
+        recent.update(dict.fromkeys(self._trees))
+        while len(recent) > 200:
+            del recent[next(iter(recent))]
+        self._recent = recent
         self.dtab = dtab
+        self.rulesText = text
         self._trees = {}
+
+    def validateRules(self, text):
+        """
+        Parse rules and check that this router can use them.
+
+        @param text: dtab text.
+        @return: the parsed L{Dtab}.
+        @raise DtabSyntaxError: on a syntax error (with line and column).
+        @raise RulesError: when a rule names a C{/#/} prefix no namer owns.
+        """
+        return checkRules(text, self._prefixes)
+
+    def recentNames(self):
+        """
+        Logical names routed recently, most recent first (at most 100).
+        """
+        names = list(dict.fromkeys(list(self._recent) + list(self._trees)))
+        names.reverse()
+        return [str(p) for p in names[:100]]
+
+    def describe(self, dtab, name):
+        """
+        Where a logical name goes under C{dtab}, as text.
+
+        @param dtab: rules (not necessarily this router's current ones).
+        @param name: a logical name such as C{"/svc/users"}.
+        @return: e.g. C{"/#/fs/users"}, C{"~"} (nowhere), or C{"error: ..."}.
+        """
+        try:
+            return showBound(delegate(dtab, Path.read(name), self._prefixes))
+        except (DelegationError, ValueError) as e:
+            return "error: %s" % (e,)
+
+    def explain(self, *, name=None, host=None, path=None):
+        """
+        How a request would be routed, step by step, with the endpoints it
+        ends at and their scores.
+
+        @param name: a logical name (C{/svc/x}); or
+        @param host: a Host header to run the identifier on; or
+        @param path: a request path to run the identifier on.
+        @return: a JSON-ready dict.
+        @raise ValueError: on missing or bad input.
+        """
+        given = [x for x in (name, host, path) if x is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of name, host or path")
+        if name is not None:
+            try:
+                logical = Path.read(name)
+            except ValueError as e:
+                raise ValueError("bad name %r: %s" % (name, e))
+        else:
+            target = (path if path is not None else "/").encode("utf-8", "replace")
+            hostHeader = host.encode("utf-8", "replace") if host is not None else None
+            try:
+                logical = self.identifier.identify(_FakeRequest(target, hostHeader))
+            except IdentificationError as e:
+                raise ValueError("cannot identify: %s" % (e,))
+        steps = explain(self.dtab, logical, self._prefixes)
+        result = {
+            "router": self.name,
+            "name": str(logical),
+            "rules": self.rulesText,
+            "delegation": steps,
+        }
+        try:
+            tree = delegate(self.dtab, logical, self._prefixes)
+        except DelegationError as e:
+            result["error"] = str(e)
+            result["destination"] = None
+            result["boundNames"] = []
+            return result
+        result["destination"] = showBound(tree)
+        bound = []
+        now = self.reactor.seconds()
+        seen = set()
+        for leaf in leaves(tree):
+            if leaf.id in seen:
+                continue
+            seen.add(leaf.id)
+            client = self._clients.get(leaf.id)
+            if client is None:
+                client = self._bind(leaf)
+            entry = client.state()
+            entry["name"] = client.name
+            load = getattr(client.balancer, "load", None)
+            for node, ep in zip(client.balancer.nodes(), entry["endpoints"]):
+                ep["score"] = round(load(node, now), 3) if load is not None else node.pending
+            bound.append(entry)
+        result["boundNames"] = bound
+        return result
+
+    def drain(self, boundName, address):
+        """
+        Stop new requests to one endpoint; those in flight finish.
+
+        @raise KeyError: for an unknown bound name or address.
+        """
+        node = self._node(boundName, address)
+        node.state = "draining"
+        self._clients[Path.read(boundName)].balancer.refresh()
+
+    def undrain(self, boundName, address):
+        """
+        Give a drained endpoint traffic again.
+
+        @raise KeyError: for an unknown bound name or address.
+        """
+        node = self._node(boundName, address)
+        if node.state == "draining":
+            node.state = "live"
+        self._clients[Path.read(boundName)].balancer.refresh()
+
+    def _node(self, boundName, address):
+        try:
+            key = Path.read(boundName)
+        except ValueError:
+            raise KeyError("bad bound name %r" % (boundName,))
+        client = self._clients.get(key)
+        if client is None:
+            raise KeyError("no bound name %s in router %s" % (boundName, self.name))
+        for node in client.balancer.nodes():
+            if _address(node.endpoint) == address:
+                return node
+        raise KeyError("no endpoint %s in %s" % (address, boundName))
 
     # -- routing ------------------------------------------------------------
 
@@ -397,6 +578,55 @@ class HttpRouter:
                 )
             },
         }
+
+
+def checkRules(text, prefixes):
+    """
+    Parse rules and check that every C{/#/} name they lead to belongs to
+    one of C{prefixes}.
+
+    @param text: dtab text.
+    @param prefixes: the namer prefixes (L{Path}s) the rules may use.
+    @return: the parsed L{Dtab}.
+    @raise DtabSyntaxError: on a syntax error.
+    @raise RulesError: on an unknown namer prefix.
+    """
+    dtab = Dtab.read(text)
+    known = tuple(prefixes)
+    for dentry in dtab.dentries:
+        for path in leaves(dentry.dst):
+            if len(path) >= 2 and path.segments[0] == "#":
+                if not any(path.startswith(p) for p in known):
+                    line, column = _locate(text, str(path))
+                    raise RulesError(
+                        "unknown namer prefix %s (namers: %s)"
+                        % (
+                            str(path.take(2)),
+                            ", ".join(sorted(str(p) for p in known if str(p).startswith("/#")))
+                            or "none",
+                        ),
+                        line,
+                        column,
+                    )
+    return dtab
+
+
+def _address(endpoint):
+    if ":" in endpoint.host:
+        return "[%s]:%d" % (endpoint.host, endpoint.port)
+    return "%s:%d" % (endpoint.host, endpoint.port)
+
+
+def _locate(text, needle):
+    """
+    The 1-based line and column of C{needle} in C{text}, or (None, None).
+    """
+    index = text.find(needle)
+    if index < 0:
+        return None, None
+    line = text.count("\n", 0, index) + 1
+    column = index - (text.rfind("\n", 0, index) + 1) + 1
+    return line, column
 
 
 def _forwardedElement(peer, scheme):

@@ -109,6 +109,7 @@ class ServerProtocol(Protocol):
         self._timer = None
         self._tunnel = None
         self._broken = False
+        self.draining = False
         self.forwardedFor = b""
         self.parser = None
         self.gate = None
@@ -234,6 +235,8 @@ class ServerProtocol(Protocol):
         exchange = Exchange(self, request, self.router)
         self._current = exchange
         self._state = _BODY
+        if self.draining:
+            exchange.keepAlive = False
         if self.active is None:
             self.active = exchange
             exchange.start()
@@ -346,6 +349,18 @@ class ServerProtocol(Protocol):
         else:
             if self._state == _IDLE:
                 self._setDeadline(self.clock.seconds() + self.settings.idleTimeout)
+
+    def drain(self):
+        """
+        The process is shutting down: close now if idle, otherwise after
+        the response being written.
+        """
+        self.draining = True
+        if self.active is None and not self.queue and self._state == _IDLE:
+            self.closing = True
+            self.transport.loseConnection()
+        elif self.active is not None and not self.active.responseStarted:
+            self.active.keepAlive = False
 
     def sendError(self, error, close=False):
         """
@@ -608,8 +623,46 @@ class ServerFactory(Factory):
         self.connStats = connStats
         self.scheme = scheme
         self.connections = set()
+        self.draining = False
+        self._drained = None
+
+    def drain(self, grace):
+        """
+        Close idle connections now, the others after their current
+        response, and abort whatever is left after C{grace} seconds.
+
+        @return: a Deferred that fires when no connection is left.
+        """
+        from twisted.internet.defer import Deferred, succeed
+
+        self.draining = True
+        for conn in list(self.connections):
+            conn.drain()
+        if not self.connections:
+            return succeed(None)
+        self._drained = Deferred()
+        timer = self.clock.callLater(grace, self._abortAll)
+
+        def done(result):
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return self._drained.addBoth(done)
+
+    def _abortAll(self):
+        for conn in list(self.connections):
+            conn.transport.abortConnection()
+
+    def _lost(self, conn):
+        self.connections.discard(conn)
+        if self._drained is not None and not self.connections:
+            d, self._drained = self._drained, None
+            d.callback(None)
 
     def buildProtocol(self, addr):
+        if self.draining:
+            return None
         limit = self.settings.maxConnections
         if limit is not None and len(self.connections) >= limit:
             self.router.countError("too-many-connections")
@@ -631,5 +684,5 @@ class _TrackedServerProtocol(ServerProtocol):
         ServerProtocol.connectionMade(self)
 
     def connectionLost(self, reason):
-        self.factory.connections.discard(self)
         ServerProtocol.connectionLost(self, reason)
+        self.factory._lost(self)
