@@ -79,7 +79,7 @@ def _checkSupported(config):
     from meshproxy.routing.path import Path
 
     errors = []
-    prefixes = [Path.read(n.prefix) for n in config.namers] + [Path.read("/$/inet")]
+    prefixes = [Path.read(n.prefix) for n in config.namers]
     for i, router in enumerate(config.routers):
         if router.protocol != "http":
             errors.append(

@@ -431,3 +431,90 @@ class LimitTests(ProxyTestCase):
         )
         self.assertEqual(client.responses[0].status, 413)
         self.assertEqual(self.backend.requests, [])
+
+
+class MoreRoutingTests(ProxyTestCase):
+    @defer.inlineCallbacks
+    def test_inetPathRoutesToFixedAddress(self):
+        """
+        A rule to /$/inet/<host>/<port> sends requests to that address.
+        """
+        backend = BackendFactory(okHandler(b"inet"))
+        bport = yield listenBackend(self, backend)
+        config = (
+            'admin: {listen: "tcp:port=0:interface=127.0.0.1"}\n'
+            "namers: []\n"
+            "routers:\n"
+            "  - name: web\n"
+            '    listen: "tcp:0:interface=127.0.0.1"\n'
+            '    rules: "/svc/direct => /$/inet/127.0.0.1/%d;"\n' % (bport,)
+        )
+        port, _, _ = yield startProxy(self, None, config=config)
+        client = yield exchange(self, port, b"GET /x HTTP/1.1\r\nHost: direct\r\n\r\n")
+        self.assertEqual(client.responses[0].body, b"inet /x")
+
+    @defer.inlineCallbacks
+    def test_unknownNameIsNoRoute(self):
+        """
+        A name its namer does not know answers 503 no-route.
+        """
+        port = yield self.proxy()
+        client = yield exchange(self, port, b"GET / HTTP/1.1\r\nHost: nosuch\r\n\r\n")
+        self.assertEqual(client.responses[0].header(b"mesh-err"), b"no-route")
+
+    @defer.inlineCallbacks
+    def test_chunkedBodyOverLimitIs413(self):
+        """
+        The body size limit holds for chunked bodies too, and the upstream
+        never sees a complete request.
+        """
+        port = yield self.proxy(server="maxBodyBytes: 10")
+        client = yield exchange(
+            self,
+            port,
+            b"POST / HTTP/1.1\r\nHost: hello\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"8\r\n12345678\r\n8\r\n12345678\r\n0\r\n\r\n",
+        )
+        self.assertEqual(client.responses[0].status, 413)
+        self.assertEqual(self.backend.requests, [])
+
+    @defer.inlineCallbacks
+    def test_connectionsOverLimitGet503(self):
+        """
+        A connection over maxConnections is answered 503 and closed; the
+        ones within the limit keep working.
+        """
+        port = yield self.proxy(server="maxConnections: 1")
+        first = yield connectClient(self, port)
+        second = yield exchange(self, port, b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
+        yield second.closed
+        self.assertEqual(second.responses[0].status, 503)
+        self.assertEqual(second.responses[0].header(b"mesh-err"), b"overloaded")
+        first.transport.write(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
+        yield first.waitFor(1)
+        self.assertEqual(first.responses[0].status, 200)
+
+
+class DrainTests(ProxyTestCase):
+    @defer.inlineCallbacks
+    def test_shutdownLetsInFlightRequestFinish(self):
+        """
+        Stopping the services stops new connections at once, while a request
+        in flight still gets its whole answer (with Connection: close).
+        """
+        held = []
+        port = yield self.proxy(lambda proto, request: held.append(proto))
+        client = yield connectClient(self, port)
+        client.transport.write(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
+        for _ in range(200):
+            if held:
+                break
+            yield _tick()
+        [factory] = [l.factory for l in self.runtime.listeners if hasattr(l.factory, "drain")]
+        drained = factory.drain(5.0)
+        self.assertNoResult(drained)
+        held[0].transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone")
+        yield client.waitFor(1)
+        yield drained
+        self.assertEqual(client.responses[0].body, b"done")
+        self.assertEqual(client.responses[0].header(b"connection"), b"close")

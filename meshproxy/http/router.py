@@ -206,7 +206,8 @@ class HttpRouter:
         self.makeBalancer = balancerFactory
         self.random = random or _random.random
         self.namers = dict(namers)
-        self._prefixes = tuple(self.namers) + (_INET,)
+        # /$/inet/<host>/<port> is bound by delegation itself.
+        self._prefixes = tuple(self.namers)
         self.serverSettings = config.server
         self.clientSettings = config.client
         self.totalTimeout = config.timeouts.total
@@ -438,6 +439,10 @@ class HttpRouter:
         client = self._clients.get(bound.id)
         if client is None:
             client = self._bind(bound)
+        if client.addr.kind == "neg":
+            raise ProxyError(
+                503, "no-route", "No route for %s: %s is unknown to its namer." % (path, client.name)
+            )
         return client
 
     def _isEmpty(self, bound):

@@ -109,6 +109,7 @@ class ServerProtocol(Protocol):
         self._timer = None
         self._tunnel = None
         self._broken = False
+        self._bodySize = 0
         self.draining = False
         self.forwardedFor = b""
         self.parser = None
@@ -197,6 +198,7 @@ class ServerProtocol(Protocol):
 
     def on_message_begin(self):
         self._state = _HEAD
+        self._bodySize = 0
         self._headRaw = 0
         self._headSize = 0
         self._url = b""
@@ -247,6 +249,11 @@ class ServerProtocol(Protocol):
     def on_body(self, data):
         current = self._current
         if current is not None:
+            limit = self.settings.maxBodyBytes
+            if limit is not None:
+                self._bodySize += len(data)
+                if self._bodySize > limit:
+                    raise ProxyError(413, "body-too-large", "Request body too large.")
             current.bodyReceived(data)
 
     def on_message_complete(self):
@@ -463,6 +470,19 @@ class ServerProtocol(Protocol):
         self.transport.loseConnection()
 
 
+class _Refuse(Protocol):
+    """
+    Answers one canned response and closes: for connections over the limit.
+    """
+
+    def __init__(self, answer):
+        self.answer = answer
+
+    def connectionMade(self):
+        self.transport.write(self.answer)
+        self.transport.loseConnection()
+
+
 class _ErrorAnswer:
     """
     A queued answer to a broken pipelined request: sent in turn, then the
@@ -666,7 +686,9 @@ class ServerFactory(Factory):
         limit = self.settings.maxConnections
         if limit is not None and len(self.connections) >= limit:
             self.router.countError("too-many-connections")
-            return None
+            return _Refuse(
+                errorResponse(503, "overloaded", "Too many connections.", close=True)
+            )
         p = _TrackedServerProtocol(
             self.router, self.settings, self.clock, self.connStats, self.scheme
         )
