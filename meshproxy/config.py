@@ -25,16 +25,20 @@ import re
 from typing import Any, Callable, Collection, Iterable, Mapping, Optional
 
 import yaml
-from attrs import field, frozen
+from attrs import Factory, field, frozen
 
 __all__ = [
     "AdminConfig",
+    "BoundNameConfig",
     "BudgetConfig",
+    "ClassifierConfig",
     "ClientConfig",
     "ConfigError",
     "FailureAccrualConfig",
     "FileNamerConfig",
     "IdentifierConfig",
+    "LatencyEjectionConfig",
+    "LimitsConfig",
     "LoadBalancerConfig",
     "MeshConfig",
     "NamerConfig",
@@ -43,6 +47,7 @@ __all__ = [
     "ServerConfig",
     "StaticNamerConfig",
     "TimeoutsConfig",
+    "TrustConfig",
     "loadConfig",
     "parseConfig",
     "parseDuration",
@@ -84,11 +89,20 @@ class AdminConfig:
     @ivar listen: a Twisted server endpoint description.
     @ivar token: when set, mutating calls need C{Authorization: Bearer <token>}.
     @ivar protectReads: when true, reads need the token too (needs a token).
+    @ivar shutdownGrace: seconds a graceful shutdown lets in-flight requests
+        finish before the process exits.
+    @ivar stateDir: the absolute path of the directory where state changed
+        at run time (rules replaced through the admin API) is persisted, or
+        L{None} to keep such changes in memory only. A relative path in the
+        YAML is resolved against the working directory at load time; the
+        directory is not checked or created here.
     """
 
     listen: str = "tcp:9990:interface=127.0.0.1"
     token: Optional[str] = None
     protectReads: bool = False
+    shutdownGrace: float = 10.0
+    stateDir: Optional[str] = None
 
 
 @frozen(kw_only=True)
@@ -164,20 +178,68 @@ class LoadBalancerConfig:
 
 
 @frozen(kw_only=True)
+class LatencyEjectionConfig:
+    """
+    Ejection of an endpoint that is much slower than its peers.
+
+    @ivar factor: an endpoint whose latency is above this many times the
+        median latency of its service's endpoints is slow; more than 1.
+    @ivar duration: seconds an endpoint must stay slow before it is ejected.
+        The YAML key is C{for}, a Python keyword, hence the attribute's
+        other name.
+    """
+
+    factor: float = 5.0
+    duration: float = 30.0
+
+
+def _defaultRequests(config: FailureAccrualConfig) -> Optional[int]:
+    # A success rate needs some window: without a time window, the last 100
+    # requests. Other kinds have no window at all.
+    if config.kind == "successRate" and config.window is None:
+        return 100
+    return None
+
+
+@frozen(kw_only=True)
 class FailureAccrualConfig:
     """
     When an endpoint is ejected from balancing.
 
-    @ivar kind: C{"consecutiveFailures"} or C{"none"}.
-    @ivar failures: consecutive failures that eject an endpoint.
+    @ivar kind: C{"consecutiveFailures"}, C{"successRate"} or C{"none"}.
+    @ivar failures: for C{"consecutiveFailures"}: consecutive failures that
+        eject an endpoint.
     @ivar backoffMin: seconds of the first ejection.
     @ivar backoffMax: ceiling, in seconds, of the doubling ejection time.
+    @ivar successRate: for C{"successRate"}: an endpoint whose success rate
+        falls below this fraction (more than 0, at most 1) is ejected.
+    @ivar window: for C{"successRate"}: the success rate is measured over
+        this many seconds, or L{None} when it is measured over C{requests}.
+        Declared before C{requests}, whose default depends on it.
+    @ivar requests: for C{"successRate"}: the success rate is measured over
+        the last this many requests, or L{None} when it is measured over
+        C{window}. Never both; when neither is given, 100 (the effective
+        value is stored). L{None} for the other kinds.
+    @ivar minRequests: for C{"successRate"} with a C{window}: requests the
+        window must hold before the rate is judged.
+    @ivar panicShare: the panic floor, a share (0 to 1) of a service's
+        endpoints: when fewer than that would be eligible, the balancer uses
+        them all, so that ejection never leaves a service too few instances;
+        0 turns panic off.
+    @ivar latency: the L{LatencyEjectionConfig}, or L{None} for no ejection
+        on latency.
     """
 
     kind: str = "consecutiveFailures"
     failures: int = 5
     backoffMin: float = 5.0
     backoffMax: float = 300.0
+    successRate: float = 0.8
+    window: Optional[float] = None
+    requests: Optional[int] = field(default=Factory(_defaultRequests, takes_self=True))
+    minRequests: int = 10
+    panicShare: float = 0.5
+    latency: Optional[LatencyEjectionConfig] = None
 
 
 @frozen(kw_only=True)
@@ -203,11 +265,17 @@ class RetriesConfig:
     @ivar budget: the L{BudgetConfig}.
     @ivar backoffMin: seconds of the smallest (jittered) wait before a retry.
     @ivar backoffMax: seconds of the largest wait before a retry.
+    @ivar bufferBytes: request bodies up to this many bytes are kept so that
+        the request can be replayed; a larger body is not retried once sent.
+    @ivar maxRetries: retries of one request at most, whatever the budget
+        allows.
     """
 
     budget: BudgetConfig = BudgetConfig()
     backoffMin: float = 0.0
     backoffMax: float = 0.0
+    bufferBytes: int = 65536
+    maxRetries: int = 3
 
 
 @frozen(kw_only=True)
@@ -265,6 +333,79 @@ class ClientConfig:
 
 
 @frozen(kw_only=True)
+class ClassifierConfig:
+    """
+    How an HTTP router judges each attempt: success, retryable failure or
+    non-retryable failure.
+
+    @ivar kind: C{"nonRetryable5XX"} (5XX responses are failures, never
+        retried), C{"retryableRead5XX"} (5XX responses are failures,
+        retryable for GET, HEAD, OPTIONS and TRACE),
+        C{"retryableIdempotent5XX"} (the same for every idempotent method:
+        those and PUT and DELETE) or C{"allSuccessful"} (every response is a
+        success).
+    @ivar retryableStatusCodes: response statuses (100 to 599, each once),
+        in the order written, that are failures whatever C{kind} says,
+        retryable when the request is idempotent.
+    @ivar idempotencyKey: whether a POST with an C{Idempotency-Key} header
+        counts as idempotent.
+    """
+
+    kind: str = "nonRetryable5XX"
+    retryableStatusCodes: tuple[int, ...] = ()
+    idempotencyKey: bool = False
+
+
+@frozen(kw_only=True)
+class LimitsConfig:
+    """
+    Limits on the requests an HTTP router sends to one bound name; each
+    bound name has its own count.
+
+    @ivar maxConcurrent: requests in flight at once, or L{None} for no
+        limit.
+    @ivar maxPending: requests waiting for one of the C{maxConcurrent}
+        places, or L{None} for no limit; beyond it requests are refused.
+    """
+
+    maxConcurrent: Optional[int] = None
+    maxPending: Optional[int] = None
+
+
+@frozen(kw_only=True)
+class TrustConfig:
+    """
+    What an HTTP router takes from its callers.
+
+    @ivar callers: the networks whose requests may override the rules with
+        a C{mesh-dtab} header, as normalised strings (C{"127.0.0.0/8"}, a
+        single address as C{"10.0.0.1/32"}), in the order written; empty
+        trusts nobody.
+    @ivar dtabPrefixes: the paths (C{/svc}) a trusted override may rewrite;
+        empty allows any.
+    @ivar deadline: whether the remaining deadline a caller sends in
+        C{mesh-ctx-deadline} is honoured.
+    """
+
+    callers: tuple[str, ...] = ()
+    dtabPrefixes: tuple[str, ...] = ()
+    deadline: bool = True
+
+
+@frozen(kw_only=True)
+class BoundNameConfig:
+    """
+    Settings of an HTTP router for one bound name, overriding the router's.
+
+    @ivar classifier: the L{ClassifierConfig}, or L{None} for the router's.
+    @ivar limits: the L{LimitsConfig}, or L{None} for the router's.
+    """
+
+    classifier: Optional[ClassifierConfig] = None
+    limits: Optional[LimitsConfig] = None
+
+
+@frozen(kw_only=True)
 class RouterConfig:
     """
     One listener and how it routes.
@@ -285,6 +426,13 @@ class RouterConfig:
     @ivar client: (HTTP) the L{ClientConfig}.
     @ivar forwarded: (HTTP) whether to add C{X-Forwarded-For},
         C{X-Forwarded-Proto}, C{Forwarded} and C{Via} to requests.
+    @ivar classifier: (HTTP) the L{ClassifierConfig}.
+    @ivar limits: (HTTP) the L{LimitsConfig}, applied to each bound name.
+    @ivar trust: (HTTP) the L{TrustConfig}.
+    @ivar boundNames: (HTTP) C{(boundName, BoundNameConfig)} pairs in the
+        order written, where C{boundName} is a namer prefix and one service
+        name (C{/#/fs/users}) or C{/$/inet/<host>/<port>}.
+        C{dict(boundNames)} gives a mapping.
     @ivar destination: (TCP) the bound name connections go to, such as
         C{/#/fs/postgres}.
     """
@@ -301,6 +449,10 @@ class RouterConfig:
     server: ServerConfig = ServerConfig()
     client: ClientConfig = ClientConfig()
     forwarded: bool = True
+    classifier: ClassifierConfig = ClassifierConfig()
+    limits: LimitsConfig = LimitsConfig()
+    trust: TrustConfig = TrustConfig()
+    boundNames: tuple[tuple[str, BoundNameConfig], ...] = ()
     destination: Optional[str] = None
 
 
@@ -731,9 +883,18 @@ def _optional(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 
 def _checkRange(
-    value: float, shown: str, minimum: float | None, maximum: float | None
+    value: float,
+    shown: str,
+    minimum: float | None,
+    maximum: float | None,
+    exclusiveMinimum: bool = False,
 ) -> None:
-    if minimum is not None and maximum is not None:
+    if exclusiveMinimum:
+        assert minimum is not None
+        if value <= minimum or (maximum is not None and value > maximum):
+            upTo = "" if maximum is None else f" and at most {maximum:g}"
+            raise _Invalid(f"must be more than {minimum:g}{upTo}, got {shown}")
+    elif minimum is not None and maximum is not None:
         if not minimum <= value <= maximum:
             raise _Invalid(f"must be between {minimum:g} and {maximum:g}, got {shown}")
     elif minimum is not None and value < minimum:
@@ -756,14 +917,20 @@ def _integer(
 
 
 def _number(
-    minimum: float | None = None, maximum: float | None = None
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusiveMinimum: bool = False,
 ) -> Callable[[Any], float]:
+    """
+    @param exclusiveMinimum: whether C{minimum} itself is too small.
+    """
+
     def number(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _Invalid(f"expected a number, got {_show(value)}")
         if not math.isfinite(value):
             raise _Invalid(f"expected a finite number, got {_show(value)}")
-        _checkRange(value, _show(value), minimum, maximum)
+        _checkRange(value, _show(value), minimum, maximum, exclusiveMinimum)
         return float(value)
 
     return number
@@ -830,6 +997,32 @@ def _boundName(value: Any) -> str:
     return text
 
 
+_INET_FORM = '"/$/inet/<host>/<port>"'
+
+
+def _configuredBoundName(value: str) -> str:
+    """
+    A bound name given settings of its own: under a namer (C{/#/fs/users};
+    which namer is checked across sections) or a fixed address
+    (C{/$/inet/127.0.0.1/8080}).
+    """
+    if value.startswith("/#/"):
+        _checkSegments(value, value.split("/")[2:])
+        return value
+    if value.startswith("/$/"):
+        segments = value.split("/")[2:]
+        if len(segments) != 3 or segments[0] != "inet":
+            raise _Invalid(f"expected {_INET_FORM}, got {_show(value)}")
+        _checkSegments(value, segments)
+        port = segments[2]
+        if not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
+            raise _Invalid(f"port must be between 1 and 65535, got {_show(port)}")
+        return value
+    raise _Invalid(
+        f'expected a bound name like "/#/fs/users" or {_INET_FORM}, got {_show(value)}'
+    )
+
+
 def _checkSegments(text: str, segments: list[str] | None) -> None:
     if segments is None:
         raise _Invalid(f'expected a path starting with "/", got {_show(text)}')
@@ -867,6 +1060,33 @@ def _headerName(value: Any) -> str:
 
 def _directory(value: Any) -> str:
     return os.path.abspath(_nonEmptyString(value))
+
+
+_NETWORK_FORM = 'expected an IP address or a network like "10.0.0.0/8"'
+
+
+def _network(value: Any) -> str:
+    """
+    An IP address or network (host bits may be set), normalised:
+    C{"10.1.2.3/8"} is C{"10.0.0.0/8"}, C{"::1"} is C{"::1/128"}.
+    """
+    if not isinstance(value, str):
+        raise _Invalid(f"{_NETWORK_FORM}, got {_show(value)}")
+    address, _, length = value.partition("/")
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise _Invalid(f"{_NETWORK_FORM}, got {_show(value)}")
+    if "%" in address:
+        # A scope ("fe80::1%eth0") names an interface, not callers.
+        raise _Invalid(f"an address with a scope cannot name callers, got {_show(value)}")
+    try:
+        network = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise _Invalid(
+            f"not a valid prefix length or netmask: {_show(length)} in {_show(value)}"
+        )
+    return str(network)
 
 
 def _token(value: Any) -> str | None:
@@ -1049,10 +1269,15 @@ def _checkHost(host: str) -> None:
 
 
 def _parseAdmin(at: _At, value: Any) -> AdminConfig:
-    section = _Section(at, value, ("listen", "token", "protectReads"))
-    config = AdminConfig(
-        **section.read({"listen": _endpoint, "token": _token, "protectReads": _boolean})
-    )
+    converters = {
+        "listen": _endpoint,
+        "token": _token,
+        "protectReads": _boolean,
+        "shutdownGrace": _duration(positive=False),
+        "stateDir": _optional(_directory),
+    }
+    section = _Section(at, value, converters)
+    config = AdminConfig(**section.read(converters))
     if config.protectReads and config.token is None and section.ok("token"):
         at.key("protectReads").error("needs a token")
     return config
@@ -1068,6 +1293,44 @@ def _list(at: _At, value: Any) -> list:
         at.error(f"expected a list, got {_show(value)}")
         return []
     return value
+
+
+def _listOf(convert: Callable[[Any], Any], unique: bool = False) -> _Nested:
+    """
+    A list whose items are each converted by C{convert}, read as a tuple of
+    the valid items in the order written; each bad item is reported at its
+    index.
+
+    @param unique: whether an item equal to an earlier one is an error.
+    """
+
+    def parse(at: _At, value: Any) -> tuple:
+        items: list = []
+        seen: dict[Any, int] = {}
+        for i, item in enumerate(_list(at, value)):
+            try:
+                converted = convert(item)
+            except _Invalid as e:
+                at.index(i).error(str(e))
+                continue
+            if unique and converted in seen:
+                at.index(i).error(
+                    f"{_show(converted)} is already listed at {at.index(seen[converted]).path}"
+                )
+                continue
+            seen.setdefault(converted, i)
+            items.append(converted)
+        return tuple(items)
+
+    return _Nested(parse)
+
+
+def _orNone(parse: Callable[[_At, Any], Any]) -> _Nested:
+    """
+    A section whose C{null} (or empty YAML value) means L{None}; anything
+    else is read by C{parse}, so C{{}} means the section's defaults.
+    """
+    return _Nested(lambda at, value: None if value is None else parse(at, value))
 
 
 _NAMER_KINDS = {"file": ("root", "interval"), "static": ("services",)}
@@ -1162,8 +1425,19 @@ def _parseLoadBalancer(at: _At, value: Any) -> LoadBalancerConfig:
     return LoadBalancerConfig(kind=kind, **section.read({"decay": _duration()}))
 
 
+def _parseLatencyEjection(at: _At, value: Any) -> LatencyEjectionConfig:
+    converters = {"factor": _number(1, exclusiveMinimum=True), "for": _duration()}
+    values = _Section(at, value, converters).read(converters)
+    if "for" in values:
+        # "for" is a Python keyword; the attribute is "duration".
+        values["duration"] = values.pop("for")
+    return LatencyEjectionConfig(**values)
+
+
+_EJECTING = ("backoffMin", "backoffMax", "panicShare", "latency")
 _ACCRUAL_KINDS = {
-    "consecutiveFailures": ("failures", "backoffMin", "backoffMax"),
+    "consecutiveFailures": ("failures", *_EJECTING),
+    "successRate": ("successRate", "requests", "window", "minRequests", *_EJECTING),
     "none": (),
 }
 
@@ -1179,8 +1453,24 @@ def _parseFailureAccrual(at: _At, value: Any) -> FailureAccrualConfig:
             "failures": _integer(1),
             "backoffMin": _duration(positive=False),
             "backoffMax": _duration(positive=False),
+            "successRate": _number(0, 1, exclusiveMinimum=True),
+            "requests": _optional(_integer(1)),
+            "window": _optional(_duration()),
+            "minRequests": _integer(1),
+            "panicShare": _number(0, 1),
+            "latency": _orNone(_parseLatencyEjection),
         }
     )
+    # A null requests or window is as good as an absent one: the attrs
+    # default then stores the effective window (100 requests without a
+    # time window).
+    given = {key for key in ("requests", "window") if section.data.get(key) is not None}
+    if values.get("requests") is None:
+        values.pop("requests", None)
+    if given == {"requests", "window"}:
+        at.key("window").error("give either requests or window, not both")
+    if "minRequests" in section.data and "window" not in given:
+        at.key("minRequests").error("only with window")
     config = FailureAccrualConfig(kind=kind, **values)
     _checkOrder(at, section, config, "backoffMin", "backoffMax")
     return config
@@ -1218,6 +1508,8 @@ def _parseRetries(at: _At, value: Any) -> RetriesConfig:
         "budget": _Nested(_parseBudget),
         "backoffMin": _duration(positive=False),
         "backoffMax": _duration(positive=False),
+        "bufferBytes": _integer(0),
+        "maxRetries": _integer(0),
     }
     section = _Section(at, value, converters)
     config = RetriesConfig(**section.read(converters))
@@ -1264,6 +1556,77 @@ def _parseClient(at: _At, value: Any) -> ClientConfig:
     return ClientConfig(**_Section(at, value, converters).read(converters))
 
 
+_CLASSIFIER_KINDS = {
+    "nonRetryable5XX": (),
+    "retryableRead5XX": (),
+    "retryableIdempotent5XX": (),
+    "allSuccessful": (),
+}
+_CLASSIFIER_COMMON = {
+    "retryableStatusCodes": _listOf(_integer(100, 599), unique=True),
+    "idempotencyKey": _boolean,
+}
+
+
+def _parseClassifier(at: _At, value: Any) -> ClassifierConfig:
+    section, kind = _openKinded(
+        at, value, "kind", _CLASSIFIER_KINDS, _CLASSIFIER_COMMON, "nonRetryable5XX"
+    )
+    if kind is None:
+        return ClassifierConfig()
+    return ClassifierConfig(kind=kind, **section.read(_CLASSIFIER_COMMON))
+
+
+def _parseLimits(at: _At, value: Any) -> LimitsConfig:
+    converters = {
+        "maxConcurrent": _optional(_integer(1)),
+        "maxPending": _optional(_integer(0)),
+    }
+    return LimitsConfig(**_Section(at, value, converters).read(converters))
+
+
+def _parseTrust(at: _At, value: Any) -> TrustConfig:
+    converters = {
+        "callers": _listOf(_network),
+        "dtabPrefixes": _listOf(_path(allowRoot=True)),
+        "deadline": _boolean,
+    }
+    return TrustConfig(**_Section(at, value, converters).read(converters))
+
+
+def _parseBoundName(at: _At, value: Any) -> BoundNameConfig:
+    converters = {
+        "classifier": _orNone(_parseClassifier),
+        "limits": _orNone(_parseLimits),
+    }
+    return BoundNameConfig(**_Section(at, value, converters).read(converters))
+
+
+def _parseBoundNames(at: _At, value: Any) -> tuple[tuple[str, BoundNameConfig], ...]:
+    """
+    @return: the bound names whose names are valid (their settings may have
+        had errors, reported), in the order written. Whether a namer owns
+        each is checked once the namers are known, by L{_checkBoundNames}.
+    """
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        at.error(f"expected a mapping of bound name to settings, got {_show(value)}")
+        return ()
+    boundNames = []
+    for name, settings in value.items():
+        if not isinstance(name, str):
+            at.error(f"keys must be strings, got {_show(name)}")
+            continue
+        try:
+            _configuredBoundName(name)
+        except _Invalid as e:
+            at.key(name).error(str(e))
+            continue
+        boundNames.append((name, _parseBoundName(at.key(name), settings)))
+    return tuple(boundNames)
+
+
 _ROUTER_COMMON: dict[str, _Converter] = {"name": _routerName, "listen": _endpoint}
 _ROUTER_PROTOCOLS: dict[str, dict[str, _Converter]] = {
     "http": {
@@ -1276,6 +1639,10 @@ _ROUTER_PROTOCOLS: dict[str, dict[str, _Converter]] = {
         "server": _Nested(_parseServer),
         "client": _Nested(_parseClient),
         "forwarded": _boolean,
+        "classifier": _Nested(_parseClassifier),
+        "limits": _Nested(_parseLimits),
+        "trust": _Nested(_parseTrust),
+        "boundNames": _Nested(_parseBoundNames),
     },
     "tcp": {"destination": _boundName},
 }
@@ -1351,6 +1718,7 @@ def _parseMesh(at: _At, document: Mapping, source: str) -> MeshConfig | None:
     _checkListeners(at, admin.listen if adminListenTrusted else None, indexed)
     if section.ok("namers"):
         _checkDestinations(at, namers, indexed)
+        _checkBoundNames(at, namers, indexed)
     if "routers" not in values:
         return None
     return MeshConfig(
@@ -1395,8 +1763,50 @@ def _checkDestinations(
         if any(destination.startswith(prefix + "/") for prefix in prefixes):
             continue
         where = at.key("routers").index(i).key("destination")
-        if destination in prefixes:
-            where.error(f"names no service under namer {_show(destination)}")
-        else:
-            known = ", ".join(_show(p) for p in prefixes) or "none"
-            where.error(f"no namer owns {_show(destination)} (namer prefixes: {known})")
+        _reportUnowned(where, destination, prefixes)
+
+
+def _reportUnowned(where: _At, name: str, prefixes: list[str]) -> None:
+    if name in prefixes:
+        where.error(f"names no service under namer {_show(name)}")
+    else:
+        known = ", ".join(_show(p) for p in prefixes) or "none"
+        where.error(f"no namer owns {_show(name)} (namer prefixes: {known})")
+
+
+def _checkBoundNames(
+    at: _At,
+    namers: Iterable[NamerConfig],
+    routers: Iterable[tuple[int, RouterConfig]],
+) -> None:
+    """
+    Report bound names in C{boundNames} that delegation can never produce,
+    so that their settings would silently apply to nothing: names no namer
+    owns, and paths below a bound name. As in
+    L{meshproxy.routing.delegate}, the longest matching namer prefix owns a
+    name, and the bound name is that prefix and one more segment.
+    """
+    prefixes = [namer.prefix for namer in namers]
+    bySegments = sorted(
+        ((prefix.split("/")[1:], prefix) for prefix in prefixes),
+        key=lambda item: len(item[0]),
+        reverse=True,
+    )
+    for i, router in routers:
+        for name, _ in router.boundNames:
+            if name.startswith("/$/"):
+                continue
+            where = at.key("routers").index(i).key("boundNames").key(name)
+            segments = name.split("/")[1:]
+            for prefixSegments, prefix in bySegments:
+                n = len(prefixSegments)
+                if len(segments) > n and segments[:n] == prefixSegments:
+                    if len(segments) > n + 1:
+                        bound = "/" + "/".join(segments[: n + 1])
+                        where.error(
+                            f"names a path below the bound name {_show(bound)}"
+                            f" (namer {_show(prefix)} and one service name)"
+                        )
+                    break
+            else:
+                _reportUnowned(where, name, prefixes)

@@ -15,12 +15,16 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from meshproxy.config import (
     AdminConfig,
+    BoundNameConfig,
     BudgetConfig,
+    ClassifierConfig,
     ClientConfig,
     ConfigError,
     FailureAccrualConfig,
     FileNamerConfig,
     IdentifierConfig,
+    LatencyEjectionConfig,
+    LimitsConfig,
     LoadBalancerConfig,
     MeshConfig,
     RetriesConfig,
@@ -28,6 +32,7 @@ from meshproxy.config import (
     ServerConfig,
     StaticNamerConfig,
     TimeoutsConfig,
+    TrustConfig,
     loadConfig,
     parseConfig,
     parseDuration,
@@ -158,12 +163,28 @@ class DefaultsTests(SynchronousTestCase):
         self.assertEqual(router.loadBalancer, LoadBalancerConfig(kind="ewma", decay=10.0))
         self.assertEqual(
             router.failureAccrual,
-            FailureAccrualConfig(kind="consecutiveFailures", failures=5, backoffMin=5.0, backoffMax=300.0),
+            FailureAccrualConfig(
+                kind="consecutiveFailures", failures=5, backoffMin=5.0, backoffMax=300.0,
+                successRate=0.8, window=None, requests=None, minRequests=10, panicShare=0.5,
+                latency=None,
+            ),
         )
         self.assertEqual(
             router.retries,
-            RetriesConfig(budget=BudgetConfig(percent=20.0, minPerSecond=10.0, ttl=10.0), backoffMin=0.0, backoffMax=0.0),
+            RetriesConfig(
+                budget=BudgetConfig(percent=20.0, minPerSecond=10.0, ttl=10.0), backoffMin=0.0,
+                backoffMax=0.0, bufferBytes=65536, maxRetries=3,
+            ),
         )
+        self.assertEqual(
+            router.classifier,
+            ClassifierConfig(kind="nonRetryable5XX", retryableStatusCodes=(), idempotencyKey=False),
+        )
+        self.assertEqual(router.limits, LimitsConfig(maxConcurrent=None, maxPending=None))
+        self.assertEqual(router.trust, TrustConfig(callers=(), dtabPrefixes=(), deadline=True))
+        self.assertEqual(router.boundNames, ())
+        self.assertEqual(BoundNameConfig(), BoundNameConfig(classifier=None, limits=None))
+        self.assertEqual(LatencyEjectionConfig(), LatencyEjectionConfig(factor=5.0, duration=30.0))
         self.assertEqual(router.timeouts, TimeoutsConfig(total=10.0, perTry=None, connect=2.0))
         self.assertEqual(
             router.server,
@@ -176,7 +197,13 @@ class DefaultsTests(SynchronousTestCase):
         self.assertTrue(router.forwarded)
         self.assertIsNone(router.destination)
         admin = parseConfig(MINIMAL).admin
-        self.assertEqual(admin, AdminConfig(listen="tcp:9990:interface=127.0.0.1", token=None, protectReads=False))
+        self.assertEqual(
+            admin,
+            AdminConfig(
+                listen="tcp:9990:interface=127.0.0.1", token=None, protectReads=False,
+                shutdownGrace=10.0, stateDir=None,
+            ),
+        )
         self.assertEqual(StaticNamerConfig().prefix, "/#/static")
         self.assertEqual(FileNamerConfig(root="/x"), FileNamerConfig(prefix="/#/fs", root="/x", interval=1.0))
 
@@ -195,6 +222,10 @@ class DefaultsTests(SynchronousTestCase):
                     listen: "tcp:4140"
                     timeouts:
                     retries: {budget: }
+                    classifier:
+                    limits:
+                    trust:
+                    boundNames:
                 """
             )
         )
@@ -224,6 +255,8 @@ class FullConfigTests(SynchronousTestCase):
               listen: "tcp:9991:interface=127.0.0.1"
               token: s3cret
               protectReads: true
+              shutdownGrace: 30s
+              stateDir: /var/lib/meshproxy
             namers:
               - {{kind: file, prefix: /#/disk, root: /srv/endpoints, interval: 250ms}}
               - kind: static
@@ -239,11 +272,19 @@ class FullConfigTests(SynchronousTestCase):
                 rules: |
                   /svc => /#/disk;
                 loadBalancer: {{kind: ewma, decay: 5s}}
-                failureAccrual: {{kind: consecutiveFailures, failures: 3, backoffMin: 1s, backoffMax: 1m}}
+                failureAccrual:
+                  kind: consecutiveFailures
+                  failures: 3
+                  backoffMin: 1s
+                  backoffMax: 1m
+                  panicShare: 0.25
+                  latency: {{factor: 3, for: 1m}}
                 retries:
                   budget: {{percent: 12.5, minPerSecond: 2, ttl: 30s}}
                   backoffMin: 10ms
                   backoffMax: 1s
+                  bufferBytes: 1024
+                  maxRetries: 5
                 timeouts: {{total: 1m, perTry: 2s, connect: 500ms}}
                 server:
                   maxHeaderBytes: 8192
@@ -256,11 +297,34 @@ class FullConfigTests(SynchronousTestCase):
                   maxConnections: 1000
                 client: {{maxIdlePerEndpoint: 8, idleTimeout: 30s}}
                 forwarded: false
+                classifier: {{kind: retryableIdempotent5XX, retryableStatusCodes: [429, 503], idempotencyKey: true}}
+                limits: {{maxConcurrent: 100, maxPending: 0}}
+                trust:
+                  callers: ["127.0.0.1/8", "10.1.2.3", "2001:db8::/32"]
+                  dtabPrefixes: [/svc, /host]
+                  deadline: false
+                boundNames:
+                  /#/disk/users:
+                    classifier: {{kind: allSuccessful}}
+                    limits: {{maxConcurrent: 5}}
+                  /$/inet/127.0.0.1/8080: {{limits: {{maxPending: 10}}}}
+                  /#/static/users:
               - name: by-path
                 listen: "ssl:4443:privateKey={SERVER_PEM}"
                 identifier: {{kind: path, segments: 2}}
                 loadBalancer: {{kind: roundRobin}}
                 failureAccrual: {{kind: none}}
+              - name: by-rate
+                listen: "tcp:4141"
+                failureAccrual:
+                  kind: successRate
+                  successRate: 0.95
+                  window: 1m
+                  minRequests: 20
+                  backoffMin: 10s
+                  backoffMax: 10s
+                  panicShare: 1
+                  latency: {{}}
               - name: db
                 protocol: tcp
                 listen: "unix:/tmp/meshproxy-db.sock"
@@ -269,7 +333,10 @@ class FullConfigTests(SynchronousTestCase):
         )
         config = parseConfig(text, source="full.yaml")
         expected = MeshConfig(
-            admin=AdminConfig(listen="tcp:9991:interface=127.0.0.1", token="s3cret", protectReads=True),
+            admin=AdminConfig(
+                listen="tcp:9991:interface=127.0.0.1", token="s3cret", protectReads=True,
+                shutdownGrace=30.0, stateDir="/var/lib/meshproxy",
+            ),
             namers=(
                 FileNamerConfig(prefix="/#/disk", root="/srv/endpoints", interval=0.25),
                 StaticNamerConfig(
@@ -296,12 +363,15 @@ class FullConfigTests(SynchronousTestCase):
                     rules="/svc => /#/disk;\n",
                     loadBalancer=LoadBalancerConfig(kind="ewma", decay=5.0),
                     failureAccrual=FailureAccrualConfig(
-                        kind="consecutiveFailures", failures=3, backoffMin=1.0, backoffMax=60.0
+                        kind="consecutiveFailures", failures=3, backoffMin=1.0, backoffMax=60.0,
+                        panicShare=0.25, latency=LatencyEjectionConfig(factor=3.0, duration=60.0),
                     ),
                     retries=RetriesConfig(
                         budget=BudgetConfig(percent=12.5, minPerSecond=2.0, ttl=30.0),
                         backoffMin=0.01,
                         backoffMax=1.0,
+                        bufferBytes=1024,
+                        maxRetries=5,
                     ),
                     timeouts=TimeoutsConfig(total=60.0, perTry=2.0, connect=0.5),
                     server=ServerConfig(
@@ -311,6 +381,27 @@ class FullConfigTests(SynchronousTestCase):
                     ),
                     client=ClientConfig(maxIdlePerEndpoint=8, idleTimeout=30.0),
                     forwarded=False,
+                    classifier=ClassifierConfig(
+                        kind="retryableIdempotent5XX", retryableStatusCodes=(429, 503),
+                        idempotencyKey=True,
+                    ),
+                    limits=LimitsConfig(maxConcurrent=100, maxPending=0),
+                    trust=TrustConfig(
+                        callers=("127.0.0.0/8", "10.1.2.3/32", "2001:db8::/32"),
+                        dtabPrefixes=("/svc", "/host"),
+                        deadline=False,
+                    ),
+                    boundNames=(
+                        (
+                            "/#/disk/users",
+                            BoundNameConfig(
+                                classifier=ClassifierConfig(kind="allSuccessful"),
+                                limits=LimitsConfig(maxConcurrent=5),
+                            ),
+                        ),
+                        ("/$/inet/127.0.0.1/8080", BoundNameConfig(limits=LimitsConfig(maxPending=10))),
+                        ("/#/static/users", BoundNameConfig()),
+                    ),
                 ),
                 RouterConfig(
                     name="by-path",
@@ -318,6 +409,15 @@ class FullConfigTests(SynchronousTestCase):
                     identifier=IdentifierConfig(kind="path", segments=2),
                     loadBalancer=LoadBalancerConfig(kind="roundRobin"),
                     failureAccrual=FailureAccrualConfig(kind="none"),
+                ),
+                RouterConfig(
+                    name="by-rate",
+                    listen="tcp:4141",
+                    failureAccrual=FailureAccrualConfig(
+                        kind="successRate", successRate=0.95, window=60.0, requests=None,
+                        minRequests=20, backoffMin=10.0, backoffMax=10.0, panicShare=1.0,
+                        latency=LatencyEjectionConfig(),
+                    ),
                 ),
                 RouterConfig(
                     name="db",
@@ -330,6 +430,11 @@ class FullConfigTests(SynchronousTestCase):
         )
         self.assertEqual(config, expected)
         self.assertIsInstance(config.routers[0].retries.budget.percent, float)
+        self.assertIsInstance(config.routers[0].failureAccrual.latency.factor, float)
+        self.assertIsInstance(config.routers[2].failureAccrual.panicShare, float)
+        self.assertEqual(
+            dict(config.routers[0].boundNames)["/#/disk/users"].limits, LimitsConfig(maxConcurrent=5)
+        )
         self.assertEqual(dict(config.namers[1].services)["empty"], ())
 
     def test_designSample(self) -> None:
@@ -676,6 +781,577 @@ class ErrorFormTests(SynchronousTestCase, ErrorAssertions):
         self.assertEqual(
             self.routerErrors("destination: /#/static", protocol="tcp"),
             ['routers[0].destination: names no service under namer "/#/static"'],
+        )
+
+
+class ClassifierTests(SynchronousTestCase, ErrorAssertions):
+    """
+    Validation of C{routers[].classifier}.
+    """
+
+    def test_kinds(self) -> None:
+        for kind in ["nonRetryable5XX", "retryableRead5XX", "retryableIdempotent5XX", "allSuccessful"]:
+            config = parseConfig(MINIMAL + f"    classifier: {{kind: {kind}}}\n")
+            self.assertEqual(config.routers[0].classifier, ClassifierConfig(kind=kind))
+
+    def test_badKind(self) -> None:
+        self.assertEqual(
+            self.routerErrors("classifier: {kind: retryableread5xx}"),
+            [
+                'routers[0].classifier.kind: expected one of "nonRetryable5XX",'
+                ' "retryableRead5XX", "retryableIdempotent5XX", "allSuccessful",'
+                ' got "retryableread5xx" (did you mean "retryableRead5XX"?)'
+            ],
+        )
+
+    def test_retryableStatusCodesKeepOrder(self) -> None:
+        config = parseConfig(
+            MINIMAL + "    classifier: {retryableStatusCodes: [503, 100, 599, 429], idempotencyKey: true}\n"
+        )
+        self.assertEqual(
+            config.routers[0].classifier,
+            ClassifierConfig(retryableStatusCodes=(503, 100, 599, 429), idempotencyKey=True),
+        )
+
+    def test_badRetryableStatusCodes(self) -> None:
+        """
+        Each bad status code is named by its index: out of range, a boolean,
+        a string, or a repeat of an earlier one.
+        """
+        self.assertEqual(
+            self.routerErrors(
+                "classifier: {retryableStatusCodes: [503, 99, 600, true, '502', 502.0, 503]}"
+            ),
+            [
+                "routers[0].classifier.retryableStatusCodes[1]: must be between 100 and 599, got 99",
+                "routers[0].classifier.retryableStatusCodes[2]: must be between 100 and 599, got 600",
+                "routers[0].classifier.retryableStatusCodes[3]: expected an integer, got true",
+                'routers[0].classifier.retryableStatusCodes[4]: expected an integer, got "502"',
+                "routers[0].classifier.retryableStatusCodes[5]: expected an integer, got 502.0",
+                "routers[0].classifier.retryableStatusCodes[6]: 503 is already listed at"
+                " routers[0].classifier.retryableStatusCodes[0]",
+            ],
+        )
+        self.assertEqual(
+            self.routerErrors("classifier: {retryableStatusCodes: 503, idempotencyKey: 1}"),
+            [
+                "routers[0].classifier.retryableStatusCodes: expected a list, got 503",
+                "routers[0].classifier.idempotencyKey: expected true or false, got 1",
+            ],
+        )
+
+    def test_unknownKey(self) -> None:
+        self.assertEqual(
+            self.routerErrors("classifier: {retryableCodes: [503]}"),
+            ['routers[0].classifier.retryableCodes: unknown key (did you mean "retryableStatusCodes"?)'],
+        )
+
+    def test_httpOnly(self) -> None:
+        self.assertEqual(
+            self.routerErrors(
+                "destination: /#/static/pg\nclassifier: {}\nlimits: {}\ntrust: {}\nboundNames: {}",
+                protocol="tcp",
+            ),
+            [
+                'routers[0].classifier: only for protocol "http"',
+                'routers[0].limits: only for protocol "http"',
+                'routers[0].trust: only for protocol "http"',
+                'routers[0].boundNames: only for protocol "http"',
+            ],
+        )
+
+
+class SuccessRateAccrualTests(SynchronousTestCase, ErrorAssertions):
+    """
+    Validation of the C{successRate} kind of C{routers[].failureAccrual} and
+    of the keys it shares with C{consecutiveFailures}.
+    """
+
+    def accrual(self, body: str) -> FailureAccrualConfig:
+        return parseConfig(MINIMAL + f"    failureAccrual: {body}\n").routers[0].failureAccrual
+
+    def test_defaultsToAWindowOf100Requests(self) -> None:
+        """
+        Without C{requests} or C{window}, the effective window of the last
+        100 requests is stored; the class default agrees.
+        """
+        expected = FailureAccrualConfig(
+            kind="successRate", failures=5, backoffMin=5.0, backoffMax=300.0, successRate=0.8,
+            window=None, requests=100, minRequests=10, panicShare=0.5, latency=None,
+        )
+        self.assertEqual(self.accrual("{kind: successRate}"), expected)
+        self.assertEqual(self.accrual("{kind: successRate, requests: null}"), expected)
+        self.assertEqual(FailureAccrualConfig(kind="successRate"), expected)
+        self.assertIsNone(FailureAccrualConfig(kind="successRate", window=10.0).requests)
+        self.assertIsNone(FailureAccrualConfig().requests)
+
+    def test_requests(self) -> None:
+        config = self.accrual("{kind: successRate, successRate: 1, requests: 1}")
+        self.assertEqual((config.successRate, config.requests, config.window), (1.0, 1, None))
+        self.assertIsInstance(config.successRate, float)
+
+    def test_window(self) -> None:
+        config = self.accrual("{kind: successRate, successRate: 0.5, window: 30s, minRequests: 1}")
+        self.assertEqual(
+            (config.successRate, config.requests, config.window, config.minRequests),
+            (0.5, None, 30.0, 1),
+        )
+
+    def test_sharedKeys(self) -> None:
+        """
+        C{panicShare} and C{latency} are read for both ejecting kinds;
+        C{latency}'s C{for} key is the C{duration} attribute.
+        """
+        for kind in ["consecutiveFailures", "successRate"]:
+            config = self.accrual(
+                f"{{kind: {kind}, panicShare: 0, latency: {{factor: 1.5, for: 250ms}}}}"
+            )
+            self.assertEqual(config.panicShare, 0.0)
+            self.assertEqual(config.latency, LatencyEjectionConfig(factor=1.5, duration=0.25))
+            self.assertIsNone(self.accrual(f"{{kind: {kind}, latency: null}}").latency)
+            self.assertEqual(self.accrual(f"{{kind: {kind}, latency: {{}}}}").latency, LatencyEjectionConfig())
+
+    def test_ranges(self) -> None:
+        self.assertEqual(
+            self.routerErrors(
+                "failureAccrual:\n"
+                "  kind: successRate\n"
+                "  successRate: 0\n"
+                "  window: 0s\n"
+                "  minRequests: 0\n"
+                "  panicShare: -0.1\n"
+                "  latency: {factor: 1, for: 0s}\n"
+            ),
+            [
+                "routers[0].failureAccrual.successRate: must be more than 0 and at most 1, got 0",
+                'routers[0].failureAccrual.window: must be longer than 0s, got "0s"',
+                "routers[0].failureAccrual.minRequests: must be at least 1, got 0",
+                "routers[0].failureAccrual.panicShare: must be between 0 and 1, got -0.1",
+                "routers[0].failureAccrual.latency.factor: must be more than 1, got 1",
+                'routers[0].failureAccrual.latency.for: must be longer than 0s, got "0s"',
+            ],
+        )
+        self.assertEqual(
+            self.routerErrors(
+                "failureAccrual: {kind: successRate, successRate: 1.01, requests: 0,"
+                " panicShare: 1.5, latency: {factor: 0.5}}"
+            ),
+            [
+                "routers[0].failureAccrual.successRate: must be more than 0 and at most 1, got 1.01",
+                "routers[0].failureAccrual.requests: must be at least 1, got 0",
+                "routers[0].failureAccrual.panicShare: must be between 0 and 1, got 1.5",
+                "routers[0].failureAccrual.latency.factor: must be more than 1, got 0.5",
+            ],
+        )
+
+    def test_types(self) -> None:
+        self.assertEqual(
+            self.routerErrors(
+                "failureAccrual: {kind: successRate, successRate: '80%', requests: true,"
+                " panicShare: .nan, latency: 5}"
+            ),
+            [
+                'routers[0].failureAccrual.successRate: expected a number, got "80%"',
+                "routers[0].failureAccrual.requests: expected an integer, got true",
+                "routers[0].failureAccrual.panicShare: expected a finite number, got nan",
+                "routers[0].failureAccrual.latency: expected a mapping, got 5",
+            ],
+        )
+        self.assertEqual(
+            self.routerErrors("failureAccrual: {latency: {factor: 2, for: 30, after: 1s}}"),
+            [
+                'routers[0].failureAccrual.latency.after: unknown key',
+                'routers[0].failureAccrual.latency.for: expected a duration like "2s", got 30'
+                ' (add a unit: "30s")',
+            ],
+        )
+
+    def test_requestsAndWindowAreExclusive(self) -> None:
+        self.assertEqual(
+            self.routerErrors("failureAccrual: {kind: successRate, requests: 50, window: 30s}"),
+            ["routers[0].failureAccrual.window: give either requests or window, not both"],
+        )
+        # A bad value is still a value given.
+        self.assertEqual(
+            self.routerErrors("failureAccrual: {kind: successRate, requests: 0, window: 30s}"),
+            [
+                "routers[0].failureAccrual.requests: must be at least 1, got 0",
+                "routers[0].failureAccrual.window: give either requests or window, not both",
+            ],
+        )
+        self.assertEqual(
+            self.accrual("{kind: successRate, requests: null, window: 30s}").window, 30.0
+        )
+
+    def test_minRequestsOnlyWithWindow(self) -> None:
+        for body in ["{minRequests: 5}", "{requests: 50, minRequests: 5}"]:
+            self.assertEqual(
+                self.routerErrors(f"failureAccrual: {{kind: successRate, {body[1:]}"),
+                ["routers[0].failureAccrual.minRequests: only with window"],
+            )
+
+    def test_keysOfAnotherKind(self) -> None:
+        self.assertEqual(
+            self.routerErrors(
+                "failureAccrual: {kind: consecutiveFailures, successRate: 0.9, requests: 5,"
+                " window: 1s, minRequests: 2}"
+            ),
+            [
+                'routers[0].failureAccrual.successRate: only for kind "successRate"',
+                'routers[0].failureAccrual.requests: only for kind "successRate"',
+                'routers[0].failureAccrual.window: only for kind "successRate"',
+                'routers[0].failureAccrual.minRequests: only for kind "successRate"',
+            ],
+        )
+        self.assertEqual(
+            self.routerErrors("failureAccrual: {kind: successRate, failures: 3}"),
+            ['routers[0].failureAccrual.failures: only for kind "consecutiveFailures"'],
+        )
+        self.assertEqual(
+            self.routerErrors(
+                "failureAccrual: {kind: none, backoffMin: 1s, panicShare: 0.5, latency: {}, window: 1s}"
+            ),
+            [
+                'routers[0].failureAccrual.backoffMin: only for kind "consecutiveFailures" or kind "successRate"',
+                'routers[0].failureAccrual.panicShare: only for kind "consecutiveFailures" or kind "successRate"',
+                'routers[0].failureAccrual.latency: only for kind "consecutiveFailures" or kind "successRate"',
+                'routers[0].failureAccrual.window: only for kind "successRate"',
+            ],
+        )
+        self.assertEqual(
+            self.routerErrors("failureAccrual: {kind: successRat}"),
+            [
+                'routers[0].failureAccrual.kind: expected one of "consecutiveFailures",'
+                ' "successRate", "none", got "successRat" (did you mean "successRate"?)'
+            ],
+        )
+
+    def test_backoffOrder(self) -> None:
+        self.assertEqual(
+            self.routerErrors("failureAccrual: {kind: successRate, backoffMin: 10m}"),
+            ["routers[0].failureAccrual.backoffMin: must not be longer than backoffMax (300s, the default)"],
+        )
+
+
+class RetriesTests(SynchronousTestCase, ErrorAssertions):
+    """
+    Validation of the replay buffer and retry bound of C{routers[].retries}.
+    """
+
+    def test_goodValues(self) -> None:
+        retries = parseConfig(MINIMAL + "    retries: {bufferBytes: 0, maxRetries: 0}\n").routers[0].retries
+        self.assertEqual(retries, RetriesConfig(bufferBytes=0, maxRetries=0))
+
+    def test_badValues(self) -> None:
+        self.assertEqual(
+            self.routerErrors("retries: {bufferBytes: -1, maxRetries: -1}"),
+            [
+                "routers[0].retries.bufferBytes: must be at least 0, got -1",
+                "routers[0].retries.maxRetries: must be at least 0, got -1",
+            ],
+        )
+        self.assertEqual(
+            self.routerErrors("retries: {bufferBytes: 64k, maxRetries: 1.5}"),
+            [
+                'routers[0].retries.bufferBytes: expected an integer, got "64k"',
+                "routers[0].retries.maxRetries: expected an integer, got 1.5",
+            ],
+        )
+
+
+class LimitsTests(SynchronousTestCase, ErrorAssertions):
+    """
+    Validation of C{routers[].limits}.
+    """
+
+    def test_goodValues(self) -> None:
+        config = parseConfig(MINIMAL + "    limits: {maxConcurrent: 1, maxPending: 0}\n")
+        self.assertEqual(config.routers[0].limits, LimitsConfig(maxConcurrent=1, maxPending=0))
+        config = parseConfig(MINIMAL + "    limits: {maxConcurrent: null, maxPending: null}\n")
+        self.assertEqual(config.routers[0].limits, LimitsConfig())
+
+    def test_badValues(self) -> None:
+        self.assertEqual(
+            self.routerErrors("limits: {maxConcurrent: 0, maxPending: -1}"),
+            [
+                "routers[0].limits.maxConcurrent: must be at least 1, got 0",
+                "routers[0].limits.maxPending: must be at least 0, got -1",
+            ],
+        )
+        self.assertEqual(
+            self.routerErrors("limits: {maxConcurrent: true, maxPendng: 1}"),
+            [
+                'routers[0].limits.maxPendng: unknown key (did you mean "maxPending"?)',
+                "routers[0].limits.maxConcurrent: expected an integer, got true",
+            ],
+        )
+        self.assertEqual(
+            self.routerErrors("limits: 10"), ["routers[0].limits: expected a mapping, got 10"]
+        )
+
+
+class TrustTests(SynchronousTestCase, ErrorAssertions):
+    """
+    Validation of C{routers[].trust}.
+    """
+
+    def test_normalisedCallers(self) -> None:
+        """
+        Addresses and networks are stored in normal form: host bits cleared,
+        a single address as a one-address network, a netmask as a length.
+        """
+        config = parseConfig(
+            MINIMAL
+            + "    trust: {callers: ['127.0.0.1/8', '10.0.0.1', '192.168.0.0/255.255.0.0',"
+            " '::1', '2001:DB8::1/32']}\n"
+        )
+        self.assertEqual(
+            config.routers[0].trust,
+            TrustConfig(
+                callers=("127.0.0.0/8", "10.0.0.1/32", "192.168.0.0/16", "::1/128", "2001:db8::/32")
+            ),
+        )
+
+    def test_dtabPrefixesAndDeadline(self) -> None:
+        config = parseConfig(MINIMAL + "    trust: {dtabPrefixes: [/svc, /svc/users, /], deadline: false}\n")
+        self.assertEqual(
+            config.routers[0].trust,
+            TrustConfig(dtabPrefixes=("/svc", "/svc/users", "/"), deadline=False),
+        )
+
+    def test_badCallers(self) -> None:
+        self.assertEqual(
+            self.routerErrors(
+                "trust:\n"
+                "  callers:\n"
+                "    - 10.0.0.0/33\n"
+                "    - 10.0.0.0/\n"
+                "    - 10.0.0.0/0.255.0.0\n"
+                "    - 10.1/8\n"
+                "    - localhost\n"
+                "    - 167772161\n"
+                "    - fe80::1%eth0\n"
+                "    - ' 10.0.0.1'\n"
+            ),
+            [
+                'routers[0].trust.callers[0]: not a valid prefix length or netmask: "33" in "10.0.0.0/33"',
+                'routers[0].trust.callers[1]: not a valid prefix length or netmask: "" in "10.0.0.0/"',
+                'routers[0].trust.callers[2]: not a valid prefix length or netmask: "0.255.0.0"'
+                ' in "10.0.0.0/0.255.0.0"',
+                'routers[0].trust.callers[3]: expected an IP address or a network like "10.0.0.0/8",'
+                ' got "10.1/8"',
+                'routers[0].trust.callers[4]: expected an IP address or a network like "10.0.0.0/8",'
+                ' got "localhost"',
+                'routers[0].trust.callers[5]: expected an IP address or a network like "10.0.0.0/8",'
+                " got 167772161",
+                'routers[0].trust.callers[6]: an address with a scope cannot name callers, got "fe80::1%eth0"',
+                'routers[0].trust.callers[7]: expected an IP address or a network like "10.0.0.0/8",'
+                ' got " 10.0.0.1"',
+            ],
+        )
+        self.assertEqual(
+            self.routerErrors("trust: {callers: 127.0.0.1}"),
+            ['routers[0].trust.callers: expected a list, got "127.0.0.1"'],
+        )
+
+    def test_badDtabPrefixesAndDeadline(self) -> None:
+        self.assertEqual(
+            self.routerErrors("trust: {dtabPrefixes: [svc, '/a//b', '/a b', 1], deadline: 'yes'}"),
+            [
+                'routers[0].trust.dtabPrefixes[0]: expected a path starting with "/", got "svc"',
+                'routers[0].trust.dtabPrefixes[1]: empty path segment in "/a//b"',
+                'routers[0].trust.dtabPrefixes[2]: path segment "a b" in "/a b" may only hold'
+                " letters, digits and _ . : -",
+                "routers[0].trust.dtabPrefixes[3]: expected a string, got 1",
+                'routers[0].trust.deadline: expected true or false, got "yes"',
+            ],
+        )
+
+
+BOUND_NAMES_CONFIG = """
+namers:
+  - {kind: file, prefix: /#/fs, root: /srv/endpoints}
+  - {kind: static, prefix: /#/fs/eu, services: {users: ["127.0.0.1:8081"]}}
+routers:
+  - name: web
+    listen: "tcp:4140"
+    boundNames:
+"""
+
+
+class BoundNamesTests(SynchronousTestCase, ErrorAssertions):
+    """
+    Validation of C{routers[].boundNames}.
+    """
+
+    def boundNames(self, body: str) -> tuple:
+        text = BOUND_NAMES_CONFIG + textwrap.indent(yamlText(body), "      ")
+        return parseConfig(text).routers[0].boundNames
+
+    def boundNameErrors(self, body: str) -> list[str]:
+        return self.errorsOf(BOUND_NAMES_CONFIG + textwrap.indent(yamlText(body), "      "))
+
+    def test_goodNamesInOrder(self) -> None:
+        """
+        Names under a namer and fixed addresses are kept in the order
+        written, an empty value or C{null} settings meaning the router's.
+        """
+        self.assertEqual(
+            self.boundNames(
+                """
+                /#/fs/users:
+                  classifier: {kind: retryableRead5XX, retryableStatusCodes: [503]}
+                  limits: {maxConcurrent: 10, maxPending: 5}
+                /#/fs/eu/users: {classifier: null, limits: {}}
+                "/$/inet/127.0.0.1/8080":
+                "/$/inet/::1/80": {classifier: {}}
+                """
+            ),
+            (
+                (
+                    "/#/fs/users",
+                    BoundNameConfig(
+                        classifier=ClassifierConfig(kind="retryableRead5XX", retryableStatusCodes=(503,)),
+                        limits=LimitsConfig(maxConcurrent=10, maxPending=5),
+                    ),
+                ),
+                ("/#/fs/eu/users", BoundNameConfig(limits=LimitsConfig())),
+                ("/$/inet/127.0.0.1/8080", BoundNameConfig()),
+                ("/$/inet/::1/80", BoundNameConfig(classifier=ClassifierConfig())),
+            ),
+        )
+
+    def test_errorsNamedByBoundName(self) -> None:
+        self.assertEqual(
+            self.boundNameErrors(
+                """
+                /#/fs/users:
+                  limits: {maxConcurrent: 0, maxPending: -1}
+                  classifier: {retryableStatusCodes: [600]}
+                  limit: {}
+                /#/fs/api: 5
+                """
+            ),
+            [
+                'routers[0].boundNames["/#/fs/users"].limit: unknown key (did you mean "limits"?)',
+                'routers[0].boundNames["/#/fs/users"].classifier.retryableStatusCodes[0]:'
+                " must be between 100 and 599, got 600",
+                'routers[0].boundNames["/#/fs/users"].limits.maxConcurrent: must be at least 1, got 0',
+                'routers[0].boundNames["/#/fs/users"].limits.maxPending: must be at least 0, got -1',
+                'routers[0].boundNames["/#/fs/api"]: expected a mapping, got 5',
+            ],
+        )
+
+    def test_badNames(self) -> None:
+        self.assertEqual(
+            self.boundNameErrors(
+                """
+                /svc/users: {}
+                users: {}
+                /#/fs/a b: {}
+                /#/fs//users: {}
+                /$/inet/127.0.0.1: {}
+                /$/inet/127.0.0.1/0: {}
+                /$/inet/127.0.0.1/http: {}
+                /$/inet/127.0.0.1/80/x: {}
+                /$/dns/example.com/80: {}
+                1: {}
+                """
+            ),
+            [
+                'routers[0].boundNames["/svc/users"]: expected a bound name like "/#/fs/users"'
+                ' or "/$/inet/<host>/<port>", got "/svc/users"',
+                'routers[0].boundNames.users: expected a bound name like "/#/fs/users"'
+                ' or "/$/inet/<host>/<port>", got "users"',
+                'routers[0].boundNames["/#/fs/a b"]: path segment "a b" in "/#/fs/a b" may only'
+                " hold letters, digits and _ . : -",
+                'routers[0].boundNames["/#/fs//users"]: empty path segment in "/#/fs//users"',
+                'routers[0].boundNames["/$/inet/127.0.0.1"]: expected "/$/inet/<host>/<port>",'
+                ' got "/$/inet/127.0.0.1"',
+                'routers[0].boundNames["/$/inet/127.0.0.1/0"]: port must be between 1 and 65535, got "0"',
+                'routers[0].boundNames["/$/inet/127.0.0.1/http"]: port must be between 1 and 65535,'
+                ' got "http"',
+                'routers[0].boundNames["/$/inet/127.0.0.1/80/x"]: expected "/$/inet/<host>/<port>",'
+                ' got "/$/inet/127.0.0.1/80/x"',
+                'routers[0].boundNames["/$/dns/example.com/80"]: expected "/$/inet/<host>/<port>",'
+                ' got "/$/dns/example.com/80"',
+                "routers[0].boundNames: keys must be strings, got 1",
+            ],
+        )
+        self.assertEqual(
+            self.routerErrors("boundNames: [/#/static/pg]"),
+            ["routers[0].boundNames: expected a mapping of bound name to settings, got a list"],
+        )
+
+    def test_namesANamerOwns(self) -> None:
+        """
+        A name must be one that delegation can bind: a configured namer's
+        prefix (the longest that matches) and one service name.
+        """
+        self.assertEqual(
+            self.boundNameErrors(
+                """
+                /#/k8s/users: {}
+                /#/fs: {}
+                /#/fs/users/v2: {}
+                /#/fs/eu/users/v2: {}
+                """
+            ),
+            [
+                'routers[0].boundNames["/#/k8s/users"]: no namer owns "/#/k8s/users"'
+                ' (namer prefixes: "/#/fs", "/#/fs/eu")',
+                'routers[0].boundNames["/#/fs"]: names no service under namer "/#/fs"',
+                'routers[0].boundNames["/#/fs/users/v2"]: names a path below the bound name'
+                ' "/#/fs/users" (namer "/#/fs" and one service name)',
+                'routers[0].boundNames["/#/fs/eu/users/v2"]: names a path below the bound name'
+                ' "/#/fs/eu/users" (namer "/#/fs/eu" and one service name)',
+            ],
+        )
+        self.assertErrors(
+            MINIMAL + "    boundNames: {/#/fs/users: {}}\n",
+            'routers[0].boundNames["/#/fs/users"]: no namer owns "/#/fs/users" (namer prefixes: none)',
+        )
+
+    def test_ownershipNotCheckedAgainstBadNamers(self) -> None:
+        """
+        With an error in the namers, a bound name is not also reported as
+        owned by no namer.
+        """
+        self.assertErrors(
+            MINIMAL + "    boundNames: {/#/fs/users: {}}\nnamers: [{kind: file}]\n",
+            "namers[0].root: required",
+        )
+
+
+class AdminSettingsTests(SynchronousTestCase, ErrorAssertions):
+    """
+    Validation of C{admin.shutdownGrace} and C{admin.stateDir}.
+    """
+
+    def test_goodValues(self) -> None:
+        admin = parseConfig(MINIMAL + "admin: {shutdownGrace: 0s, stateDir: var/state}\n").admin
+        self.assertEqual(admin.shutdownGrace, 0.0)
+        self.assertEqual(admin.stateDir, os.path.join(os.getcwd(), "var", "state"))
+        admin = parseConfig(MINIMAL + "admin: {shutdownGrace: 1m, stateDir: null}\n").admin
+        self.assertEqual((admin.shutdownGrace, admin.stateDir), (60.0, None))
+
+    def test_stateDirNotCheckedForExistence(self) -> None:
+        missing = os.path.abspath(self.mktemp())
+        admin = parseConfig(MINIMAL + f"admin: {{stateDir: '{missing}'}}\n").admin
+        self.assertEqual(admin.stateDir, missing)
+        self.assertFalse(os.path.exists(missing))
+
+    def test_badValues(self) -> None:
+        self.assertErrors(
+            MINIMAL + "admin: {shutdownGrace: -1s, stateDir: ''}",
+            'admin.shutdownGrace: expected a duration like "2s", got "-1s"',
+            "admin.stateDir: must not be empty",
+        )
+        self.assertErrors(
+            MINIMAL + "admin: {shutdownGrace: 10, stateDir: [a], stateDirectory: x}",
+            'admin.stateDirectory: unknown key (did you mean "stateDir"?)',
+            'admin.shutdownGrace: expected a duration like "2s", got 10 (add a unit: "10s")',
+            "admin.stateDir: expected a string, got a list",
         )
 
 
