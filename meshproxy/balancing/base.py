@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random as _random
 from collections.abc import Callable
-from math import exp
+from math import ceil, exp
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -32,6 +32,20 @@ class Balancer:
     PeakEwma: a latency above the current cost replaces it at once (peak);
     otherwise it is averaged in with a weight that depends on the time since
     the last update, so that the cost forgets in about C{decay} seconds.
+
+    The eligible nodes are those C{"live"}, and those C{"probing"} whose one
+    probe is not in flight yet (L{Node.probeInFlight}). With a panic floor
+    (C{panicShare} above 0), when fewer than C{ceil(panicShare * n)} of the
+    C{n} nodes that are not draining would be eligible, the balancer
+    "panics" and uses all C{n}: ejection must not leave a service with too
+    few instances to take its traffic (Finagle and Envoy do the same).
+
+    @ivar panicShare: the panic floor, a share of the non-draining nodes
+        between 0 and 1; 0.0 turns panic off. Whoever changes it calls
+        L{refresh}.
+    @ivar panicking: whether the last L{refresh} found the balancer in
+        panic.
+    @ivar panics: how many times the balancer entered panic.
     """
 
     def __init__(
@@ -42,6 +56,7 @@ class Balancer:
         onAdd: Callable[[Node], object] | None = None,
         onRemove: Callable[[Node], object] | None = None,
         decay: float = 10.0,
+        panicShare: float = 0.0,
     ) -> None:
         """
         @param clock: gives the time (C{seconds()}), usually the reactor.
@@ -53,10 +68,15 @@ class Balancer:
             updated.
         @param decay: the time, in seconds, over which the latency cost
             forgets a peak.
-        @raise ValueError: if C{decay} is not positive.
+        @param panicShare: the panic floor (see L{Balancer}); 0.0, the
+            default, for none.
+        @raise ValueError: if C{decay} is not positive or C{panicShare} is
+            not between 0 and 1.
         """
         if not decay > 0:
             raise ValueError(f"decay must be positive, got {decay!r}")
+        if not 0.0 <= panicShare <= 1.0:
+            raise ValueError(f"panicShare must be between 0 and 1, got {panicShare!r}")
         self._clock = clock
         self._random = _random.Random() if random is None else random
         self._onAdd = onAdd
@@ -65,6 +85,9 @@ class Balancer:
         self._byAddress: dict[tuple[str, int], Node] = {}
         self._nodes: tuple[Node, ...] = ()
         self._eligible: tuple[Node, ...] = ()
+        self.panicShare = panicShare
+        self.panicking = False
+        self.panics = 0
 
     def update(self, endpoints: frozenset[Endpoint]) -> None:
         """
@@ -108,9 +131,38 @@ class Balancer:
 
     def refresh(self) -> None:
         """
-        See L{IBalancer.refresh}.
+        See L{IBalancer.refresh}; also enters or leaves panic (see
+        L{Balancer}).
         """
-        self._eligible = tuple(node for node in self._nodes if node.state in EligibleStates)
+        nodes = self._nodes
+        eligible = tuple(
+            node for node in nodes if node.state in EligibleStates and not node.probeInFlight
+        )
+        share = self.panicShare
+        if share > 0.0:
+            candidates = tuple(node for node in nodes if node.state != "draining")
+            floor = ceil(share * len(candidates))
+            if len(eligible) < floor:
+                if not self.panicking:
+                    self.panicking = True
+                    self.panics += 1
+                    _log.warn(
+                        "balancer panics: {eligible} of {total} endpoints eligible, "
+                        "below the floor of {floor}; using all {total}",
+                        eligible=len(eligible),
+                        total=len(candidates),
+                        floor=floor,
+                    )
+                self._eligible = candidates
+                return
+        if self.panicking:
+            self.panicking = False
+            _log.info(
+                "balancer leaves panic: {eligible} of {total} endpoints eligible",
+                eligible=len(eligible),
+                total=len(nodes),
+            )
+        self._eligible = eligible
 
     def pick(self) -> Node | None:
         """

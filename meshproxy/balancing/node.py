@@ -12,8 +12,9 @@ __all__ = ["Node", "EligibleStates"]
 
 # States in which a node may be picked. "ejected" (failure accrual took it
 # out) and "draining" (an operator asked it to finish in-flight requests
-# and take no more) are not; "probing" is, the ejection logic deciding how
-# much traffic a probing node gets.
+# and take no more) are not; "probing" is, unless its one probe request is
+# already in flight (Node.probeInFlight): the ejection logic
+# (meshproxy.resilience.accrual) sets that flag when the probe is picked.
 EligibleStates = frozenset({"live", "probing"})
 
 
@@ -39,6 +40,17 @@ class Node:
     @ivar consecutiveFailures: failures since the last success.
     @ivar state: C{"live"}, C{"ejected"}, C{"probing"} or C{"draining"}.
     @ivar payload: free for the owner; C{None} until it sets it.
+    @ivar ejectedUntil: while C{"ejected"}, the clock time at which the node
+        is to be probed; otherwise C{None}.
+    @ivar backoffStep: ejections since the node was last revived; the next
+        ejection lasts about C{backoffMin * 2 ** backoffStep} seconds.
+    @ivar probeInFlight: whether the one probe request of a C{"probing"}
+        node was sent and has not been judged yet; such a node is not
+        eligible (unless the balancer panics).
+    @ivar accrual: the failure accrual policy's own data for this node (a
+        counter, a ring of outcomes...), C{None} until it records something.
+    @ivar latencySince: for latency ejection, the clock time since which the
+        node's cost has been seen above the threshold, or C{None}.
     """
 
     __slots__ = (
@@ -53,6 +65,11 @@ class Node:
         "consecutiveFailures",
         "state",
         "payload",
+        "ejectedUntil",
+        "backoffStep",
+        "probeInFlight",
+        "accrual",
+        "latencySince",
     )
 
     def __init__(self, endpoint: Endpoint, stamp: float = 0.0) -> None:
@@ -71,6 +88,11 @@ class Node:
         self.consecutiveFailures = 0
         self.state = "live"
         self.payload: Any = None
+        self.ejectedUntil: float | None = None
+        self.backoffStep = 0
+        self.probeInFlight = False
+        self.accrual: Any = None
+        self.latencySince: float | None = None
 
     def __repr__(self) -> str:
         return (

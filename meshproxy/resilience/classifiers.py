@@ -1,0 +1,141 @@
+"""
+Response classifiers: is a try a success, a failure that may be retried, or
+a failure that may not?
+
+Every kind follows the same rules but for 5xx answers:
+
+ - a status in C{retryableStatusCodes} (say 503 or 429) is a failure, which
+   is retryable when the request is idempotent (GET HEAD OPTIONS TRACE PUT
+   DELETE, and POST with an C{Idempotency-Key} when C{idempotencyKey} is
+   on), whatever the kind;
+ - an upstream answering C{mesh-retryable: true} makes any failure
+   retryable, whatever the method (the upstream says it did nothing);
+ - anything else below 500 is a success.
+
+The kinds decide 5xx answers: C{"nonRetryable5XX"} fails them,
+C{"retryableRead5XX"} makes them retryable for GET HEAD OPTIONS TRACE,
+C{"retryableIdempotent5XX"} for every idempotent request, and
+C{"allSuccessful"} counts them as successes.
+
+Errors without a response (connection refused or reset, timeouts) are not
+classified here: the exchange decides those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from zope.interface import implementer
+
+from meshproxy.resilience.interfaces import IClassifier
+
+__all__ = [
+    "SUCCESS",
+    "RETRYABLE",
+    "FAILURE",
+    "Classifier",
+    "Kinds",
+    "ReadMethods",
+    "IdempotentMethods",
+]
+
+SUCCESS = 0
+RETRYABLE = 1
+FAILURE = 2
+
+ReadMethods = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
+IdempotentMethods = ReadMethods | {b"PUT", b"DELETE"}
+
+Kinds = ("nonRetryable5XX", "retryableRead5XX", "retryableIdempotent5XX", "allSuccessful")
+
+
+@implementer(IClassifier)
+class Classifier:
+    """
+    A response classifier of one of the L{Kinds} (see the module docstring).
+
+    @ivar kind: the kind.
+    @ivar retryableStatusCodes: a frozenset of the status codes that are
+        retryable failures for idempotent requests.
+    @ivar idempotencyKey: whether a POST with an C{Idempotency-Key} counts as
+        idempotent.
+    """
+
+    __slots__ = (
+        "kind",
+        "retryableStatusCodes",
+        "idempotencyKey",
+        "_idempotent",
+        "_fail5xx",
+        "_retry5xx",
+        "_retry5xxPost",
+    )
+
+    def __init__(
+        self, kind: str, retryableStatusCodes: Iterable[int] = (), idempotencyKey: bool = False
+    ) -> None:
+        """
+        @param kind: one of L{Kinds}.
+        @param retryableStatusCodes: status codes (100 to 599) that are
+            retryable failures for idempotent requests.
+        @param idempotencyKey: whether a POST with an C{Idempotency-Key}
+            header counts as idempotent.
+        @raise ValueError: on an unknown kind or a status code that is not an
+            integer between 100 and 599.
+        """
+        if kind not in Kinds:
+            raise ValueError(f"unknown classifier kind {kind!r}: expected one of {', '.join(Kinds)}")
+        codes = frozenset(retryableStatusCodes)
+        for code in codes:
+            if type(code) is not int or not 100 <= code <= 599:
+                raise ValueError(f"retryable status codes are integers from 100 to 599, got {code!r}")
+        self.kind = kind
+        self.retryableStatusCodes = codes
+        self.idempotencyKey = bool(idempotencyKey)
+        self._idempotent = IdempotentMethods
+        self._fail5xx = kind != "allSuccessful"
+        if kind == "retryableRead5XX":
+            self._retry5xx = ReadMethods
+        elif kind == "retryableIdempotent5XX":
+            self._retry5xx = IdempotentMethods
+        else:
+            self._retry5xx = frozenset()
+        self._retry5xxPost = self.idempotencyKey and kind == "retryableIdempotent5XX"
+
+    def classify(
+        self, method: bytes, status: int, retryableHeader: bool = False, hasIdempotencyKey: bool = False
+    ) -> int:
+        """
+        See L{IClassifier.classify}.
+        """
+        if status in self.retryableStatusCodes:
+            if (
+                method in self._idempotent
+                or retryableHeader
+                or (hasIdempotencyKey and self.idempotencyKey and method == b"POST")
+            ):
+                return RETRYABLE
+            return FAILURE
+        if 500 <= status <= 599 and self._fail5xx:
+            if (
+                method in self._retry5xx
+                or retryableHeader
+                or (hasIdempotencyKey and self._retry5xxPost and method == b"POST")
+            ):
+                return RETRYABLE
+            return FAILURE
+        return SUCCESS
+
+    def isIdempotent(self, method: bytes, hasIdempotencyKey: bool = False) -> bool:
+        """
+        See L{IClassifier.isIdempotent}.
+        """
+        return method in self._idempotent or (
+            hasIdempotencyKey and self.idempotencyKey and method == b"POST"
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"Classifier({self.kind!r}, retryableStatusCodes={sorted(self.retryableStatusCodes)!r}, "
+            f"idempotencyKey={self.idempotencyKey!r})"
+        )
