@@ -1,16 +1,43 @@
 """
-The C{meshproxy} command: C{meshproxy check CONFIG} validates a config file
-the way C{twistd meshproxy} would, without binding anything.
+The C{meshproxy} command:
+
+ - C{meshproxy check CONFIG} validates a config file the way C{twistd
+   meshproxy} would, without binding anything;
+ - C{meshproxy explain ROUTER --name /svc/x} (or C{--host}, C{--path}) asks
+   a running proxy's admin API how it routes a name, and prints the
+   delegation steps and the endpoints they end at.
 
 Running the proxy itself is C{twistd -n meshproxy --config CONFIG}.
+
+This module imports only the standard library at the top (C{explain} talks
+to the admin API with L{urllib.request}), so the command starts fast and
+never installs a reactor.
 """
 
+import argparse
+import json
+import os
 import sys
+import urllib.error
+import urllib.parse
+import urllib.request
 
 USAGE = """\
 usage: meshproxy check CONFIG     validate a config file (exit 0 when valid)
+       meshproxy explain [--admin URL] [--token T] ROUTER (--name /svc/x | --host H | --path /p)
+                                  show how a running proxy routes a name
 run the proxy with: twistd -n meshproxy [--config CONFIG]
 """
+
+DEFAULT_ADMIN = "http://127.0.0.1:9990"
+"""The admin API C{explain} asks when given no C{--admin}."""
+
+TOKEN_ENVIRONMENT = "MESHPROXY_ADMIN_TOKEN"
+"""The environment variable C{explain} reads the token from by default (a
+token on the command line shows in C{ps})."""
+
+TIMEOUT = 10.0
+"""Seconds C{explain} waits for the admin API."""
 
 
 def main(argv=None):
@@ -20,14 +47,25 @@ def main(argv=None):
     @param argv: the arguments after the program name.
     @return: the exit status.
     """
-    from meshproxy.config import ConfigError, loadConfig
-    from meshproxy.tap import _checkSupported
-
     args = sys.argv[1:] if argv is None else argv
+    if args and args[0] == "explain":
+        return explainMain(args[1:])
     if len(args) != 2 or args[0] != "check":
         sys.stderr.write(USAGE)
         return 2
-    path = args[1]
+    return check(args[1])
+
+
+def check(path):
+    """
+    C{meshproxy check CONFIG}.
+
+    @param path: the config file.
+    @return: the exit status: 0 when valid, 1 otherwise.
+    """
+    from meshproxy.config import ConfigError, loadConfig
+    from meshproxy.tap import _checkSupported
+
     try:
         _checkSupported(loadConfig(path))
     except ConfigError as e:
@@ -35,6 +73,291 @@ def main(argv=None):
         return 1
     sys.stdout.write("%s: ok\n" % (path,))
     return 0
+
+
+class ExplainError(Exception):
+    """
+    C{explain} could not get an explanation; the message says why.
+    """
+
+
+def _explainParser():
+    parser = argparse.ArgumentParser(
+        prog="meshproxy explain",
+        description="Show how a running meshproxy routes a logical name, a "
+        "Host or a path: the delegation steps and the endpoints.",
+    )
+    parser.add_argument(
+        "--admin", default=DEFAULT_ADMIN, metavar="URL",
+        help="the admin API (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--token", default=None, metavar="T",
+        help="the admin token, if the API protects reads "
+        "(default: $%s)" % (TOKEN_ENVIRONMENT,),
+    )
+    parser.add_argument("router", metavar="ROUTER", help="the router's name")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--name", help="a logical name, e.g. /svc/users")
+    what.add_argument("--host", help="a Host header value, identified as the router does")
+    what.add_argument("--path", help="a request path, identified as the router does")
+    return parser
+
+
+def explainMain(argv, out=None, err=None, environ=None):
+    """
+    C{meshproxy explain ...}.
+
+    @param argv: the arguments after C{explain}.
+    @param out: where the explanation goes (default: standard output).
+    @param err: where errors go (default: standard error).
+    @param environ: the environment (default: L{os.environ}), for the token.
+    @return: the exit status: 0 on success, 1 when the admin API could not
+        explain, 2 on bad arguments.
+    """
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    environ = os.environ if environ is None else environ
+    parser = _explainParser()
+    try:
+        options = parser.parse_args(argv)
+    except SystemExit as e:
+        # argparse has printed the usage or the help.
+        return 0 if e.code == 0 else 2
+    token = options.token if options.token is not None else environ.get(TOKEN_ENVIRONMENT)
+    if options.name is not None:
+        query = ("name", options.name)
+    elif options.host is not None:
+        query = ("host", options.host)
+    else:
+        query = ("path", options.path)
+    try:
+        answer = fetchExplain(options.admin, options.router, query, token=token)
+    except ExplainError as e:
+        err.write("meshproxy explain: %s\n" % (e,))
+        return 1
+    out.write(formatExplain(options.router, answer))
+    return 0
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    # The admin API never redirects; following one could carry the token
+    # to another host.
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+def fetchExplain(admin, router, query, *, token=None, timeout=TIMEOUT):
+    """
+    Ask the admin API for an explanation.
+
+    @param admin: the admin API's base URL (C{http://127.0.0.1:9990}).
+    @param router: the router's name.
+    @param query: C{(kind, value)}, C{kind} one of C{"name"}, C{"host"},
+        C{"path"}.
+    @param token: the bearer token, or L{None}.
+    @param timeout: seconds to wait for the answer.
+    @return: the decoded JSON answer.
+    @raise ExplainError: with a readable reason when the API cannot be
+        reached or answers with an error.
+    """
+    base = urllib.parse.urlsplit(admin)
+    if base.scheme not in ("http", "https") or not base.netloc:
+        raise ExplainError("--admin must be an http:// or https:// URL, got %r" % (admin,))
+    url = "%s/admin/routers/%s/explain?%s" % (
+        admin.rstrip("/"),
+        urllib.parse.quote(router, safe=""),
+        urllib.parse.urlencode([query]),
+    )
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    if token:
+        request.add_header("Authorization", "Bearer " + token)
+    # No proxies: the admin API is usually on loopback, and an
+    # http_proxy from the environment must not see the token.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects)
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            body = response.read()
+    except urllib.error.HTTPError as e:
+        raise ExplainError(_httpError(e)) from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise ExplainError("cannot reach the admin API at %s: %s" % (admin, reason)) from None
+    try:
+        answer = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ExplainError("the admin API at %s did not answer JSON" % (admin,)) from None
+    if not isinstance(answer, dict):
+        raise ExplainError("the admin API at %s answered an unexpected %s"
+                           % (admin, type(answer).__name__))
+    return answer
+
+
+def _httpError(error):
+    """
+    A readable reason for an error answer of the admin API.
+    """
+    try:
+        with error:
+            detail = json.loads(error.read(65536).decode("utf-8")).get("error")
+    except Exception:
+        detail = None
+    reason = "admin API answered %d" % (error.code,)
+    if error.code == 401:
+        detail = (detail or "unauthorized") + " (give --token or set $%s)" % (TOKEN_ENVIRONMENT,)
+    return "%s: %s" % (reason, detail) if detail else "%s %s" % (reason, error.reason)
+
+
+# -- formatting ---------------------------------------------------------------
+
+_TREE_KEYS = ("delegation", "tree", "explain", "steps")
+_NODE_KEYS = ("path", "dentry", "result", "children", "neg", "fail", "empty", "error", "repeated")
+
+
+def formatExplain(router, answer):
+    """
+    Format an explanation for a terminal.
+
+    Understands the delegation tree of L{meshproxy.routing.delegate.explain}
+    (nodes with C{path}, C{dentry}, C{result}, C{children}, C{bound},
+    C{neg}/C{fail}/C{empty}/C{error}, C{repeated}), found at the top level
+    or under C{delegation} (or C{tree}, C{explain}, C{steps}), and the
+    endpoints under C{endpoints} (a list, or a mapping of bound name to a
+    list or to C{{"endpoints": [...]}}) or C{bound} (a list of C{{"id",
+    "endpoints"}}), each endpoint with C{address}, C{state}, C{ewmaMs},
+    C{pending}, C{score} where known. Any other top-level text or number is
+    shown as C{key: value}.
+
+    @param router: the router's name.
+    @param answer: the decoded answer of the explain route.
+    @return: the text, ending in a newline.
+    """
+    lines = []
+    logical = answer.get("name")
+    lines.append("router %s%s" % (router, ": %s" % (logical,) if isinstance(logical, str) else ""))
+    root = _findTree(answer)
+    shown = {"name", "router", "endpoints", "bound"}
+    shown.update(_TREE_KEYS)
+    if root is answer:
+        shown.update(_NODE_KEYS)
+    for key in sorted(answer):
+        value = answer[key]
+        if key in shown or isinstance(value, (dict, list)) or value is None:
+            continue
+        if key == "dtab" or (isinstance(value, str) and "\n" in value):
+            lines.append("%s:" % (key,))
+            lines.extend("  " + line for line in str(value).splitlines())
+        else:
+            lines.append("%s: %s" % (key, _scalar(value)))
+    if root is not None:
+        lines.append("delegation:")
+        _formatNode(root, 1, lines)
+    elif isinstance(answer.get("steps"), list):
+        lines.append("steps:")
+        for step in answer["steps"]:
+            lines.append("  " + (_formatStep(step) if isinstance(step, dict) else str(step)))
+    groups = _endpointGroups(answer)
+    if groups:
+        lines.append("endpoints:")
+        for bound, endpoints in groups:
+            if bound:
+                lines.append("  %s" % (bound,))
+            if not endpoints:
+                lines.append("    (none)")
+            for endpoint in endpoints:
+                lines.append("    " + _formatEndpoint(endpoint))
+    elif root is None:
+        lines.append(json.dumps(answer, indent=2, sort_keys=True))
+    return "\n".join(lines) + "\n"
+
+
+def _scalar(value):
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return "%g" % (value,)
+    return str(value)
+
+
+def _findTree(answer):
+    if isinstance(answer.get("children"), list):
+        return answer
+    for key in _TREE_KEYS:
+        value = answer.get(key)
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+def _formatNode(node, depth, lines):
+    indent = "  " * depth
+    if not isinstance(node, dict):
+        lines.append(indent + str(node))
+        return
+    path = node.get("path")
+    text = str(path) if path is not None else ""
+    dentry = node.get("dentry")
+    result = node.get("result")
+    if dentry:
+        text += "  (by %s)" % (dentry,)
+    if result is not None and result != path:
+        text += "  -> %s" % (result,)
+    bound = node.get("bound")
+    if isinstance(bound, dict):
+        text += "  [bound: %s]" % (bound.get("id", "?"),)
+    for key in ("neg", "fail", "empty", "error"):
+        if node.get(key):
+            text += "  [%s: %s]" % (key, node[key])
+    if node.get("repeated"):
+        text += "  (repeated, see above)"
+    lines.append(indent + text.strip())
+    for child in node.get("children") or ():
+        _formatNode(child, depth + 1, lines)
+
+
+def _formatStep(step):
+    return ", ".join("%s=%s" % (key, _scalar(step[key])) for key in sorted(step))
+
+
+def _endpointGroups(answer):
+    groups = []
+    endpoints = answer.get("endpoints")
+    if isinstance(endpoints, list):
+        groups.append(("", endpoints))
+    elif isinstance(endpoints, dict):
+        for bound in sorted(endpoints):
+            value = endpoints[bound]
+            if isinstance(value, dict):
+                value = value.get("endpoints")
+            groups.append((bound, value if isinstance(value, list) else []))
+    bound = answer.get("bound")
+    if isinstance(bound, list):
+        for entry in bound:
+            if isinstance(entry, dict):
+                listed = entry.get("endpoints")
+                groups.append((entry.get("id") or entry.get("name") or "",
+                               listed if isinstance(listed, list) else []))
+    return groups
+
+
+def _formatEndpoint(endpoint):
+    if not isinstance(endpoint, dict):
+        return str(endpoint)
+    parts = [str(endpoint.get("address", "?"))]
+    if endpoint.get("state"):
+        parts.append(str(endpoint["state"]))
+    for key, label, unit in (
+        ("ewmaMs", "ewma", " ms"),
+        ("pending", "pending", ""),
+        ("score", "score", ""),
+        ("weight", "weight", ""),
+    ):
+        value = endpoint.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, float):
+                value = round(value, 3)
+            parts.append("%s %s%s" % (label, _scalar(value), unit))
+    return "  ".join(parts)
 
 
 if __name__ == "__main__":

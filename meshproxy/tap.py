@@ -225,7 +225,7 @@ def makeService(options, reactor=None):
         from twisted.internet import reactor
     config = options.meshConfig
     top = MultiService()
-    runtime, services = buildServices(config, reactor=reactor)
+    runtime, services = buildServices(config, reactor=reactor, configPath=options["config"])
     for service in services:
         service.setServiceParent(top)
     if getattr(options, "demo", False):
@@ -237,14 +237,18 @@ def makeService(options, reactor=None):
     return top
 
 
-def buildServices(config, *, reactor):
+def buildServices(config, *, reactor, configPath=None):
     """
     Build the runtime and the services of a validated config.
 
     @param config: a L{MeshConfig<meshproxy.config.MeshConfig>}.
     @param reactor: the reactor to listen and connect with.
+    @param configPath: the config file, whose directory keeps the rules
+        changed through the admin API when C{admin.stateDir} is not set;
+        L{None} (the embedded demo) keeps them in memory only.
     @return: C{(runtime, services)}.
     """
+    import os
     # Imported here: klein installs the global reactor when imported.
     from prometheus_client import CollectorRegistry
     from twisted.internet.endpoints import serverFromString
@@ -290,11 +294,24 @@ def buildServices(config, *, reactor):
         runtime.listeners.append(listener)
         services.append(listener)
 
+    from meshproxy.admin.rules import RulesStore
+
+    stateDir = config.admin.stateDir
+    if stateDir is None and configPath is not None:
+        stateDir = os.path.dirname(os.path.abspath(configPath))
+    stores = {}
+    for name, router in runtime.routers.items():
+        store = stores[name] = RulesStore(router, stateDir=stateDir, clock=reactor)
+        # Rules accepted through the admin API survive a restart.
+        store.load()
+    runtime.rulesStores = stores
     admin = AdminAPI(
         runtime,
         registry,
         token=config.admin.token,
         protectReads=config.admin.protectReads,
+        rulesStores=stores,
+        clock=reactor,
     )
     site = Site(admin.app.resource())
     site.noisy = False

@@ -12,10 +12,15 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from treq.testing import StubTreq
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from meshproxy.admin.api import AdminAPI, _requireToken
+from meshproxy.admin import api as apiModule
+from meshproxy.admin.api import JSON_LIMIT, RULES_LIMIT, AdminAPI, _requireToken
+from meshproxy.admin.rules import RulesStore, rulesVersion
 from meshproxy.telemetry.metrics import MeshMetrics
+from tests.test_admin_rules import CONFIG_RULES, USERS_V2, FakeRulesRouter
 
 TOKEN = "s3cret-t0ken"
 BASE = "http://admin.invalid"
@@ -41,7 +46,14 @@ class FakeRuntime:
     def __init__(self) -> None:
         self.ready = True
         self.waiting: list[str] = []
-        self.routers: dict[str, FakeRouter] = {}
+        self.routers: dict[str, Any] = {}
+        self.shutdownGrace = 30.0
+        self.shutdowns: list[Deferred] = []
+
+    def shutdown(self) -> Deferred:
+        d: Deferred = Deferred()
+        self.shutdowns.append(d)
+        return d
 
     def isReady(self) -> bool:
         return self.ready
@@ -63,10 +75,18 @@ class _APITestMixin:
         self.runtime = FakeRuntime()
         self.registry = CollectorRegistry()
         self.metrics = MeshMetrics(self.registry)
+        self.clock = Clock()
         self.api = AdminAPI(
-            self.runtime, self.registry, token=self.token, protectReads=self.protectReads
+            self.runtime, self.registry, token=self.token, protectReads=self.protectReads,
+            rulesStores=self.makeStores(), clock=self.clock,
         )
         self.client = StubTreq(self.api.app.resource())
+
+    def makeStores(self) -> dict[str, RulesStore] | None:
+        """
+        The rules stores given to the API; none by default.
+        """
+        return None
 
     def request(self, method: str, path: str, **kwargs: Any) -> tuple[Any, bytes]:
         """
@@ -463,3 +483,513 @@ class RequireTokenTests(SynchronousTestCase):
         self.assertEqual(request.responseCode, 401)
         request = self.makeRequest(b"POST", b"Bearer " + "jeton-é".encode("utf-8"))
         self.assertEqual(handler(api, request), b"done")
+
+
+AUTH = {"Authorization": "Bearer " + TOKEN}
+CONFIG_VERSION = rulesVersion(CONFIG_RULES)
+V2_VERSION = rulesVersion(USERS_V2)
+
+
+def quoted(version: str) -> str:
+    return '"' + version + '"'
+
+
+class _RulesMixin(_APITestMixin):
+    """
+    An API over one rules-capable router, C{web}, and one plain one, C{db}.
+    """
+
+    def setUp(self) -> None:
+        self.web = FakeRulesRouter()
+        super().setUp()
+        self.runtime.routers = {"web": self.web, "db": FakeRouter({"protocol": "tcp"})}
+
+    def put(self, text: str | bytes, ifMatch: str | None = quoted(CONFIG_VERSION),
+            headers: dict[str, str] | None = None, router: str = "web") -> tuple[Any, bytes]:
+        headers = dict(headers or {})
+        if ifMatch is not None:
+            headers["If-Match"] = ifMatch
+        data = text.encode("utf-8") if isinstance(text, str) else text
+        return self.request(
+            "PUT", f"/admin/routers/{router}/rules", data=data, headers=headers
+        )
+
+    def postJSON(self, path: str, body: Any, headers: dict[str, str] | None = None
+                 ) -> tuple[Any, bytes]:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode("utf-8")
+        return self.request("POST", path, data=data, headers=headers or {})
+
+
+class GetRulesTests(_RulesMixin, SynchronousTestCase):
+    """
+    C{GET /admin/routers/{name}/rules}.
+    """
+
+    def test_rulesAsTextWithQuotedETag(self) -> None:
+        response, body = self.request("GET", "/admin/routers/web/rules")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(body, CONFIG_RULES.encode("utf-8"))
+        self.assertEqual(self.header(response, "content-type"), "text/plain; charset=utf-8")
+        self.assertEqual(self.header(response, "etag"), quoted(CONFIG_VERSION))
+        self.assertEqual(self.header(response, "cache-control"), "no-store")
+
+    def test_unknownRouterIs404JSON(self) -> None:
+        for path in ("/admin/routers/nope/rules", "/admin/routers/nope/rules/history",
+                     "/admin/routers/nope/explain?name=/svc/x"):
+            response, body = self.request("GET", path)
+            self.assertJSON(response, body, 404, {"error": "unknown router 'nope'"})
+
+    def test_routerWithoutRulesIs404(self) -> None:
+        response, body = self.request("GET", "/admin/routers/db/rules")
+        self.assertEqual(response.code, 404)
+        self.assertIn("db", json.loads(body)["error"])
+
+    def test_getChangesNothing(self) -> None:
+        self.request("GET", "/admin/routers/web/rules")
+        self.request("HEAD", "/admin/routers/web/rules")
+        self.assertEqual(self.web.setCalls, [])
+
+    def test_deleteIs405(self) -> None:
+        response, _ = self.request("DELETE", "/admin/routers/web/rules")
+        self.assertEqual(response.code, 405)
+        self.assertEqual(self.header(response, "allow"), "GET, HEAD, POST, PUT")
+
+
+class PutRulesTests(_RulesMixin, SynchronousTestCase):
+    """
+    C{PUT /admin/routers/{name}/rules}.
+    """
+
+    def test_replaceWithTheCurrentVersion(self) -> None:
+        response, body = self.put(USERS_V2)
+        self.assertJSON(response, body, 200, {"version": V2_VERSION, "previous": CONFIG_VERSION})
+        self.assertEqual(self.header(response, "etag"), quoted(V2_VERSION))
+        self.assertEqual(self.web.setCalls, [USERS_V2])
+        response, body = self.request("GET", "/admin/routers/web/rules")
+        self.assertEqual(body, USERS_V2.encode("utf-8"))
+        self.assertEqual(self.header(response, "etag"), quoted(V2_VERSION))
+
+    def test_withoutIfMatchIs428(self) -> None:
+        for ifMatch in (None, "", "  "):
+            response, body = self.put(USERS_V2, ifMatch=ifMatch)
+            self.assertEqual(response.code, 428, ifMatch)
+            self.assertIn("If-Match", json.loads(body)["error"])
+        self.assertEqual(self.web.setCalls, [])
+
+    def test_staleVersionIs412WithTheCurrentETag(self) -> None:
+        response, body = self.put(USERS_V2, ifMatch=quoted("0123456789abcdef"))
+        self.assertEqual(response.code, 412)
+        self.assertEqual(json.loads(body)["current"], CONFIG_VERSION)
+        self.assertEqual(self.header(response, "etag"), quoted(CONFIG_VERSION))
+        self.assertEqual(self.web.setCalls, [])
+
+    def test_twoPutsWithTheSameIfMatchOneWins(self) -> None:
+        first, _ = self.put(USERS_V2)
+        second, body = self.put("/svc => /#/static;\n")
+        self.assertEqual((first.code, second.code), (200, 412))
+        self.assertEqual(json.loads(body)["current"], V2_VERSION)
+        self.assertEqual(self.web.rulesText, USERS_V2)
+
+    def test_ifMatchForms(self) -> None:
+        """
+        Weak tags never match; C{*}, lists and unquoted versions do.
+        """
+        response, _ = self.put(USERS_V2, ifMatch="W/" + quoted(CONFIG_VERSION))
+        self.assertEqual(response.code, 412)
+        response, _ = self.put(USERS_V2, ifMatch=CONFIG_VERSION)
+        self.assertEqual(response.code, 200)
+        response, _ = self.put(CONFIG_RULES, ifMatch='"aaaa", ' + quoted(V2_VERSION))
+        self.assertEqual(response.code, 200)
+        response, _ = self.put(USERS_V2, ifMatch="*")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(self.web.setCalls, [USERS_V2, CONFIG_RULES, USERS_V2])
+
+    def test_syntaxErrorIs400WithLineAndColumn(self) -> None:
+        response, body = self.put("/svc => /#/fs;\n/svc/x =>> /#/fs/x;\n")
+        self.assertEqual(response.code, 400)
+        answer = json.loads(body)
+        self.assertEqual(sorted(answer), ["column", "error", "line"])
+        self.assertEqual((answer["line"], answer["column"]), (2, 10))
+        self.assertEqual(self.web.setCalls, [])
+
+    def test_unknownNamerIs400(self) -> None:
+        response, body = self.put("/svc => /#/nope;\n")
+        self.assertJSON(response, body, 400, {
+            "error": "unknown namer prefix in /#/nope", "line": None, "column": None,
+        })
+        self.assertEqual(self.web.setCalls, [])
+
+    def test_emptyBodyRefused(self) -> None:
+        for text in ("", " \n\t"):
+            response, body = self.put(text)
+            self.assertEqual(response.code, 400)
+            self.assertIn("empty", json.loads(body)["error"])
+        self.assertEqual(self.web.setCalls, [])
+
+    def test_commentOnlyRulesAccepted(self) -> None:
+        response, _ = self.put("# nothing routed during the migration\n")
+        self.assertEqual(response.code, 200)
+
+    def test_tooLargeIs413(self) -> None:
+        text = "# " + "x" * RULES_LIMIT + "\n/svc => /#/fs;\n"
+        response, body = self.put(text)
+        self.assertEqual(response.code, 413)
+        self.assertEqual(self.header(response, "content-type"), "application/json")
+        self.assertEqual(self.web.setCalls, [])
+
+    def test_largestAccepted(self) -> None:
+        text = "/svc => /#/fs;\n#"
+        text += "x" * (RULES_LIMIT - len(text))
+        response, _ = self.put(text)
+        self.assertEqual(response.code, 200)
+
+    def test_notUTF8Is400(self) -> None:
+        response, body = self.put(b"/svc => /#/fs; # \xff\n")
+        self.assertEqual(response.code, 400)
+        self.assertIn("UTF-8", json.loads(body)["error"])
+
+    def test_whoIsThePeerWithoutToken(self) -> None:
+        self.put(USERS_V2)
+        _, body = self.request("GET", "/admin/routers/web/rules/history")
+        self.assertEqual(json.loads(body)[0]["who"], "127.0.0.1")
+
+    def test_failedWriteIs500AndChangesNothing(self) -> None:
+        def replace(text: str, ifMatch: Any, who: str) -> None:
+            from meshproxy.admin.rules import PersistError
+            raise PersistError("cannot save the rules to /x: disk full")
+
+        self.api._store("web").replace = replace
+        response, body = self.put(USERS_V2)
+        self.assertJSON(response, body, 500, {"error": "cannot save the rules to /x: disk full"})
+        self.assertEqual(self.web.setCalls, [])
+
+
+class PersistedStoresTests(_RulesMixin, SynchronousTestCase):
+    """
+    The stores given to the API are the ones it uses: changes made through
+    it are saved and come back after a restart.
+    """
+
+    def makeStores(self) -> dict[str, RulesStore]:
+        self.stateDir = self.mktemp()
+        return {"web": RulesStore(self.web, stateDir=self.stateDir, clock=self.clock)}
+
+    def test_changeSurvivesARestart(self) -> None:
+        self.put(USERS_V2)
+        router = FakeRulesRouter()
+        store = RulesStore(router, stateDir=self.stateDir, clock=self.clock)
+        self.assertTrue(store.load())
+        self.assertEqual(router.rulesText, USERS_V2)
+
+
+class TokenRulesTests(_RulesMixin, SynchronousTestCase):
+    """
+    With a token, every change needs it; reads do not.
+    """
+
+    token = TOKEN
+
+    def test_mutationsNeedTheToken(self) -> None:
+        calls = [
+            lambda h: self.put(USERS_V2, headers=h),
+            lambda h: self.request("POST", "/admin/routers/web/rules?dryRun=1",
+                                   data=USERS_V2.encode(), headers=h),
+            lambda h: self.postJSON("/admin/routers/web/rules/rollback",
+                                    {"version": CONFIG_VERSION},
+                                    {**h, "If-Match": quoted(CONFIG_VERSION)}),
+            lambda h: self.postJSON("/admin/endpoints/drain", {
+                "router": "web", "name": "/#/fs/users", "address": "127.0.0.1:8081"}, h),
+            lambda h: self.postJSON("/admin/endpoints/undrain", {
+                "router": "web", "name": "/#/fs/users", "address": "127.0.0.1:8081"}, h),
+            lambda h: self.request("POST", "/admin/shutdown", headers=h),
+        ]
+        for call in calls:
+            for headers in ({}, {"Authorization": "Bearer wrong"}):
+                response, body = call(headers)
+                self.assertJSON(response, body, 401, {"error": "unauthorized"})
+        self.assertEqual(self.web.setCalls, [])
+        self.assertEqual(self.web.drained, set())
+        self.clock.advance(1)
+        self.assertEqual(self.runtime.shutdowns, [])
+
+    def test_withTheTokenWhoIsToken(self) -> None:
+        response, _ = self.put(USERS_V2, headers=AUTH)
+        self.assertEqual(response.code, 200)
+        _, body = self.request("GET", "/admin/routers/web/rules/history")
+        self.assertEqual(json.loads(body)[0]["who"], "token")
+
+    def test_readsNeedNoToken(self) -> None:
+        for path in ("/admin/routers/web/rules", "/admin/routers/web/rules/history",
+                     "/admin/routers/web/explain?name=/svc/users"):
+            response, _ = self.request("GET", path)
+            self.assertEqual(response.code, 200, path)
+
+
+class ProtectedRulesReadsTests(_RulesMixin, SynchronousTestCase):
+    """
+    With C{protectReads}, the rules, their history and explain need the
+    token too.
+    """
+
+    token = TOKEN
+    protectReads = True
+
+    def test_readsNeedTheToken(self) -> None:
+        for path in ("/admin/routers/web/rules", "/admin/routers/web/rules/history",
+                     "/admin/routers/web/explain?name=/svc/users"):
+            response, body = self.request("GET", path)
+            self.assertJSON(response, body, 401, {"error": "unauthorized"})
+            response, _ = self.request("GET", path, headers=AUTH)
+            self.assertEqual(response.code, 200, path)
+
+    def test_unknownRouterNotRevealedWithoutToken(self) -> None:
+        response, _ = self.request("GET", "/admin/routers/nope/rules")
+        self.assertEqual(response.code, 401)
+
+
+class DryRunTests(_RulesMixin, SynchronousTestCase):
+    """
+    C{POST /admin/routers/{name}/rules?dryRun=1}.
+    """
+
+    def dryRun(self, text: str | bytes, query: str = "?dryRun=1") -> tuple[Any, bytes]:
+        data = text.encode("utf-8") if isinstance(text, str) else text
+        return self.request("POST", "/admin/routers/web/rules" + query, data=data)
+
+    def test_showsChangesForRecentNamesWithoutApplying(self) -> None:
+        response, body = self.dryRun(USERS_V2)
+        self.assertJSON(response, body, 200, {
+            "valid": True,
+            "checked": 2,
+            "changes": [{
+                "name": "/svc/users",
+                "old": "/#/fs/users",
+                "new": "/#/fs/users-v2 | /#/fs/users",
+            }],
+        })
+        self.assertEqual(self.web.setCalls, [])
+        _, history = self.request("GET", "/admin/routers/web/rules/history")
+        self.assertEqual(len(json.loads(history)), 1)
+
+    def test_needsNoIfMatch(self) -> None:
+        response, _ = self.dryRun(USERS_V2, "?dryRun=true")
+        self.assertEqual(response.code, 200)
+
+    def test_invalidRulesAre400(self) -> None:
+        response, body = self.dryRun("/svc =>\n  /#/fs/x |;")
+        self.assertEqual(response.code, 400)
+        answer = json.loads(body)
+        self.assertIs(answer["valid"], False)
+        self.assertEqual(answer["line"], 2)
+        self.assertIsInstance(answer["column"], int)
+        self.assertIn("error", answer)
+
+    def test_postWithoutDryRunIs400(self) -> None:
+        for query in ("", "?dryRun=0", "?dryRun=no", "?dryRun=1&dryRun=1"):
+            response, body = self.dryRun(USERS_V2, query)
+            self.assertEqual(response.code, 400, query)
+            self.assertIn("PUT", json.loads(body)["error"])
+        self.assertEqual(self.web.setCalls, [])
+
+    def test_tooLargeIs413(self) -> None:
+        response, _ = self.dryRun("#" * (RULES_LIMIT + 1))
+        self.assertEqual(response.code, 413)
+
+
+class HistoryAndRollbackTests(_RulesMixin, SynchronousTestCase):
+    """
+    C{GET .../rules/history} and C{POST .../rules/rollback}.
+    """
+
+    def rollback(self, body: Any, ifMatch: str | None) -> tuple[Any, bytes]:
+        headers = {} if ifMatch is None else {"If-Match": ifMatch}
+        return self.postJSON("/admin/routers/web/rules/rollback", body, headers)
+
+    def test_historyNewestFirst(self) -> None:
+        # A store the API makes itself dates the rules in force from its
+        # first use.
+        self.request("GET", "/admin/routers/web/rules")
+        self.clock.advance(90)
+        self.put(USERS_V2)
+        response, body = self.request("GET", "/admin/routers/web/rules/history")
+        self.assertJSON(response, body, 200, [
+            {"version": V2_VERSION, "time": "1970-01-01T00:01:30.000Z",
+             "who": "127.0.0.1", "text": USERS_V2},
+            {"version": CONFIG_VERSION, "time": "1970-01-01T00:00:00.000Z",
+             "who": "config", "text": CONFIG_RULES},
+        ])
+
+    def test_rollbackReappliesAsANewChange(self) -> None:
+        self.put(USERS_V2)
+        response, body = self.rollback({"version": CONFIG_VERSION}, quoted(V2_VERSION))
+        self.assertJSON(response, body, 200, {"version": CONFIG_VERSION, "previous": V2_VERSION})
+        self.assertEqual(self.header(response, "etag"), quoted(CONFIG_VERSION))
+        self.assertEqual(self.web.rulesText, CONFIG_RULES)
+        _, history = self.request("GET", "/admin/routers/web/rules/history")
+        self.assertEqual(len(json.loads(history)), 3)
+
+    def test_rollbackNeedsIfMatch(self) -> None:
+        self.put(USERS_V2)
+        response, _ = self.rollback({"version": CONFIG_VERSION}, None)
+        self.assertEqual(response.code, 428)
+        response, body = self.rollback({"version": CONFIG_VERSION}, quoted(CONFIG_VERSION))
+        self.assertEqual(response.code, 412)
+        self.assertEqual(json.loads(body)["current"], V2_VERSION)
+        self.assertEqual(self.web.rulesText, USERS_V2)
+
+    def test_unknownVersionIs404(self) -> None:
+        response, body = self.rollback({"version": "feedfeedfeedfeed"}, "*")
+        self.assertEqual(response.code, 404)
+        self.assertIn("feedfeedfeedfeed", json.loads(body)["error"])
+
+    def test_badBodiesAre400(self) -> None:
+        for body in (b"{", b"[]", b"\xff", {}, {"version": 3}, {"version": ""}):
+            response, answer = self.rollback(body, "*")
+            self.assertEqual(response.code, 400, body)
+            self.assertIn("error", json.loads(answer))
+        self.assertEqual(self.web.setCalls, [])
+
+
+class ExplainTests(_RulesMixin, SynchronousTestCase):
+    """
+    C{GET /admin/routers/{name}/explain}.
+    """
+
+    def test_eachKindIsPassedOn(self) -> None:
+        self.web.explanation = {"name": "/svc/users", "delegation": {"path": "/svc/users"}}
+        for query, expected in (
+            ("name=/svc/users", {"name": "/svc/users", "host": None, "path": None}),
+            ("host=users.example", {"name": None, "host": "users.example", "path": None}),
+            ("path=/users/42%3Fx", {"name": None, "host": None, "path": "/users/42?x"}),
+        ):
+            response, body = self.request("GET", "/admin/routers/web/explain?" + query)
+            self.assertJSON(response, body, 200, self.web.explanation)
+            self.assertEqual(self.web.explained[-1], expected)
+
+    def test_badParametersAre400WithAReason(self) -> None:
+        for query in ("", "?name=/a&host=b", "?name=", "?name=/a&name=/b",
+                      "?other=1", "?name=%ff"):
+            response, body = self.request("GET", "/admin/routers/web/explain" + query)
+            self.assertEqual(response.code, 400, query)
+            self.assertTrue(json.loads(body)["error"], query)
+        self.assertEqual(self.web.explained, [])
+
+    def test_routersRefusalIs400WithItsReason(self) -> None:
+        response, body = self.request("GET", "/admin/routers/web/explain?name=svc")
+        self.assertJSON(response, body, 400, {"error": "a name starts with /, got 'svc'"})
+
+    def test_routerWithoutExplainIs404(self) -> None:
+        response, _ = self.request("GET", "/admin/routers/db/explain?name=/svc/x")
+        self.assertEqual(response.code, 404)
+
+
+class DrainTests(_RulesMixin, SynchronousTestCase):
+    """
+    C{POST /admin/endpoints/drain} and C{/undrain}.
+    """
+
+    ENDPOINT = {"router": "web", "name": "/#/fs/users", "address": "127.0.0.1:8081"}
+
+    def test_drainThenUndrain(self) -> None:
+        response, body = self.postJSON("/admin/endpoints/drain", self.ENDPOINT)
+        self.assertJSON(response, body, 200, {"draining": True})
+        self.assertEqual(self.web.drained, {("/#/fs/users", "127.0.0.1:8081")})
+        response, body = self.postJSON("/admin/endpoints/undrain", self.ENDPOINT)
+        self.assertJSON(response, body, 200, {"draining": False})
+        self.assertEqual(self.web.drained, set())
+
+    def test_drainIsAudited(self) -> None:
+        events: list[dict] = []
+        from twisted.logger import Logger
+
+        self.patch(apiModule, "_audit", Logger(namespace="meshproxy.admin.audit",
+                                               observer=events.append))
+        self.postJSON("/admin/endpoints/drain", self.ENDPOINT)
+        [event] = events
+        self.assertEqual(
+            (event["router"], event["name"], event["address"], event["action"], event["who"]),
+            ("web", "/#/fs/users", "127.0.0.1:8081", "drained", "127.0.0.1"),
+        )
+
+    def test_unknownRouterNameOrAddressIs404(self) -> None:
+        for path in ("/admin/endpoints/drain", "/admin/endpoints/undrain"):
+            for change, message in (
+                ({"router": "nope"}, "unknown router 'nope'"),
+                ({"name": "/#/fs/other"}, "no endpoint 127.0.0.1:8081 in /#/fs/other"),
+                ({"address": "127.0.0.1:9"}, "no endpoint 127.0.0.1:9 in /#/fs/users"),
+            ):
+                response, body = self.postJSON(path, {**self.ENDPOINT, **change})
+                self.assertJSON(response, body, 404, {"error": message})
+        self.assertEqual(self.web.drained, set())
+
+    def test_badBodiesAre400(self) -> None:
+        for body in (
+            b"", b"not json", b'"a string"', b"\xff\xfe",
+            {"router": "web", "name": "/#/fs/users"},
+            {**self.ENDPOINT, "address": 8081},
+            {**self.ENDPOINT, "router": ""},
+        ):
+            response, answer = self.postJSON("/admin/endpoints/drain", body)
+            self.assertEqual(response.code, 400, body)
+            self.assertEqual(self.header(response, "content-type"), "application/json")
+            self.assertIn("error", json.loads(answer))
+        self.assertEqual(self.web.drained, set())
+
+    def test_tooLargeIs413(self) -> None:
+        body = json.dumps({**self.ENDPOINT, "padding": "x" * JSON_LIMIT}).encode()
+        response, _ = self.postJSON("/admin/endpoints/drain", body)
+        self.assertEqual(response.code, 413)
+        self.assertEqual(self.web.drained, set())
+
+    def test_getIs405(self) -> None:
+        response, _ = self.request("GET", "/admin/endpoints/drain")
+        self.assertEqual(response.code, 405)
+
+
+class ShutdownTests(_RulesMixin, SynchronousTestCase):
+    """
+    C{POST /admin/shutdown}.
+    """
+
+    def test_answers202ThenShutsDown(self) -> None:
+        response, body = self.request("POST", "/admin/shutdown")
+        self.assertJSON(response, body, 202, {"shuttingDown": True, "grace": 30.0})
+        # Not before the answer is written.
+        self.assertEqual(self.runtime.shutdowns, [])
+        self.clock.advance(0)
+        self.assertEqual(len(self.runtime.shutdowns), 1)
+
+    def test_askingTwiceShutsDownOnce(self) -> None:
+        self.request("POST", "/admin/shutdown")
+        response, _ = self.request("POST", "/admin/shutdown")
+        self.assertEqual(response.code, 202)
+        self.clock.advance(0)
+        self.assertEqual(len(self.runtime.shutdowns), 1)
+
+    def test_failedShutdownIsLogged(self) -> None:
+        self.runtime.shutdown = lambda: fail(RuntimeError("stuck"))
+        self.request("POST", "/admin/shutdown")
+        self.clock.advance(0)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_getIs405(self) -> None:
+        response, _ = self.request("GET", "/admin/shutdown")
+        self.assertEqual(response.code, 405)
+        self.clock.advance(0)
+        self.assertEqual(self.runtime.shutdowns, [])
+
+
+class DashboardExplainTests(_APITestMixin, SynchronousTestCase):
+    """
+    The dashboard's explain form.
+    """
+
+    def test_pageHasTheExplainForm(self) -> None:
+        _, body = self.request("GET", "/")
+        page = body.decode("utf-8")
+        for fragment in ('id="explain-router"', 'id="explain-name"', 'id="explain-go"',
+                         '"admin/routers/"', '"/explain?name="', "encodeURIComponent(name)",
+                         "encodeURIComponent(router)"):
+            self.assertIn(fragment, page)
+        # No <form>: the CSP forbids form submission (form-action 'none').
+        self.assertNotIn("<form", page)

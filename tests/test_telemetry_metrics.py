@@ -208,6 +208,8 @@ class MeshMetricsTests(SynchronousTestCase):
                 "meshproxy_endpoint_up": "gauge",
                 "meshproxy_endpoint_requests": "counter",
                 "meshproxy_endpoint_failures": "counter",
+                "meshproxy_retries": "counter",
+                "meshproxy_endpoint_events": "counter",
             },
         )
 

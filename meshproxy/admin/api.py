@@ -22,6 +22,17 @@ What the API needs from its collaborators:
              "pending": 0, "requests": 1200, "successRate": 0.998,
              "consecutiveFailures": 0}]}}}
 
+For the rules, explain, drain and shutdown routes (see L{AdminAPI}), a
+router also offers what L{meshproxy.admin.rules.RulesStore} needs
+(C{rulesText}, C{validateRules}, C{setRules}, C{recentNames},
+C{describe}) and::
+
+    router.explain(*, name=None, host=None, path=None) -> dict  # ValueError(reason)
+    router.drain(boundName, address) -> None      # KeyError(reason) if unknown
+    router.undrain(boundName, address) -> None    # KeyError(reason) if unknown
+
+and the runtime C{shutdown() -> Deferred} and C{shutdownGrace} (seconds).
+
 Every JSON answer has C{Content-Type: application/json} and ends in a
 newline, errors included (C{{"error": "not found"}}).
 """
@@ -36,12 +47,30 @@ from typing import Any, Callable
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
+from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from meshproxy.admin.rules import (
+    InvalidRules,
+    PersistError,
+    RulesStore,
+    StaleVersion,
+    UnknownVersion,
+)
+
 _log = Logger()
+_audit = Logger(namespace="meshproxy.admin.audit")
+
+RULES_LIMIT = 256 * 1024
+"""The largest rules text C{PUT} or a dry run accepts, in bytes."""
+
+JSON_LIMIT = 64 * 1024
+"""The largest JSON request body the API accepts, in bytes."""
+
+_TRUE = frozenset({b"1", b"true", b"yes"})
 
 # Methods that only read. With a token configured, everything else needs it;
 # these need it only when protectReads is set.
@@ -61,6 +90,136 @@ def _json(request: IRequest, body: Any, code: int = 200) -> bytes:
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"cache-control", b"no-store")
     return json.dumps(body).encode("utf-8") + b"\n"
+
+
+class _Refusal(Exception):
+    """
+    Raised inside a handler to answer with a JSON error right away.
+
+    @ivar code: the HTTP status.
+    @ivar body: the JSON-serialisable answer.
+    @ivar headers: extra C{(name, value)} byte-string headers.
+    """
+
+    def __init__(
+        self, code: int, body: dict[str, Any], headers: tuple[tuple[bytes, bytes], ...] = ()
+    ) -> None:
+        super().__init__(code, body)
+        self.code = code
+        self.body = body
+        self.headers = headers
+
+
+def _etag(version: str) -> bytes:
+    """
+    The C{ETag} header value of a rules version: the version in quotes.
+    """
+    return b'"' + version.encode("ascii") + b'"'
+
+
+def _readBody(request: IRequest, limit: int) -> bytes:
+    """
+    The request body, refused with 413 if longer than C{limit} bytes.
+    """
+    length = request.getHeader(b"content-length")
+    if length is not None and length.strip().isdigit() and int(length) > limit:
+        raise _Refusal(413, {"error": f"body too large (at most {limit} bytes)"})
+    content = request.content
+    body = b"" if content is None else content.read(limit + 1)
+    if len(body) > limit:
+        raise _Refusal(413, {"error": f"body too large (at most {limit} bytes)"})
+    return body
+
+
+def _readText(request: IRequest) -> str:
+    """
+    A rules text from the request body: UTF-8, at most L{RULES_LIMIT} bytes.
+    """
+    try:
+        return _readBody(request, RULES_LIMIT).decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Refusal(400, {"error": "the rules must be UTF-8 text"}) from None
+
+
+def _readJSON(request: IRequest, *fields: str) -> dict[str, str]:
+    """
+    A JSON object from the request body (at most L{JSON_LIMIT} bytes) whose
+    C{fields} are all non-empty strings.
+
+    @return: the object.
+    @raise _Refusal: 413 when too large, 400 when not such an object.
+    """
+    body = _readBody(request, JSON_LIMIT)
+    try:
+        value = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise _Refusal(400, {"error": f"the body is not JSON: {e}"}) from None
+    if not isinstance(value, dict):
+        raise _Refusal(400, {"error": "the body must be a JSON object"})
+    for field in fields:
+        if field not in value:
+            raise _Refusal(400, {"error": f"missing field {field!r}"})
+        if not isinstance(value[field], str) or not value[field]:
+            raise _Refusal(400, {"error": f"field {field!r} must be a non-empty string"})
+    return value
+
+
+def _ifMatch(request: IRequest) -> str | frozenset[str]:
+    """
+    The versions an C{If-Match} header accepts: C{"*"} or a set of versions.
+
+    Weak tags (C{W/"..."}) never match (RFC 9110, section 13.1.1); an
+    unquoted version is taken as if it were quoted, for hand-made calls.
+
+    @raise _Refusal: 428 without the header.
+    """
+    raw = request.getHeader(b"if-match")
+    if raw is None or not raw.strip():
+        raise _Refusal(428, {
+            "error": "If-Match required: send the ETag of the rules your change "
+                     "is based on (GET the rules to read it)",
+        })
+    try:
+        value = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise _Refusal(400, {"error": "If-Match must be ASCII"}) from None
+    if value == "*":
+        return "*"
+    versions = set()
+    for tag in value.split(","):
+        tag = tag.strip()
+        if not tag or tag.startswith("W/"):
+            continue
+        if len(tag) >= 2 and tag[0] == tag[-1] == '"':
+            tag = tag[1:-1]
+        versions.add(tag)
+    return frozenset(versions)
+
+
+def _queryValue(request: IRequest, key: str) -> str | None:
+    """
+    A query parameter given at most once, as text.
+
+    @raise _Refusal: 400 if repeated or not UTF-8.
+    """
+    values = request.args.get(key.encode("ascii"))
+    if not values:
+        return None
+    if len(values) > 1:
+        raise _Refusal(400, {"error": f"give {key}= only once"})
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Refusal(400, {"error": f"{key}= must be UTF-8"}) from None
+
+
+def _reason(error: BaseException) -> str:
+    """
+    The message of an exception, without the quotes C{str(KeyError)} adds.
+    """
+    if error.args and isinstance(error.args[0], str):
+        return error.args[0]
+    return str(error)
 
 
 def _requireToken(handler: Callable[..., Any]) -> Callable[..., Any]:
@@ -101,9 +260,10 @@ class AdminAPI:
     Health probes (C{/live}, C{/ready}) and the dashboard page (C{/}) are
     never guarded by the token: probes from kubelet or systemd carry none,
     and the page holds no data (its script asks for the token when
-    C{/admin/state} answers 401). C{/metrics} and C{/admin/state} are
-    guarded when C{protectReads} is set; future mutating routes use
-    L{_requireToken} and are guarded whenever a token is set.
+    C{/admin/state} answers 401). C{/metrics}, C{/admin/state} and the
+    other reads (rules, history, explain) are guarded when C{protectReads}
+    is set; every mutating route (PUT, POST) uses L{_requireToken} and is
+    guarded whenever a token is set, dry runs included.
 
     @param runtime: the running proxy; see the module docstring for what it
         must provide.
@@ -111,8 +271,41 @@ class AdminAPI:
     @param token: the bearer token mutating calls need, or L{None} for no
         check. Must not be empty.
     @param protectReads: also require the token on reads of data.
+    @param rulesStores: the L{RulesStore} of each router by name (built and
+        loaded by the caller, with persistence); a router without one gets
+        a store without persistence on first use.
+    @param clock: the C{IReactorTime} for the rules history and for
+        scheduling the shutdown; the global reactor when L{None}.
     @raise ValueError: C{token} is empty, or C{protectReads} is set without
         a token.
+
+    Routes added for routing rules and operations (JSON unless said):
+
+     - C{GET /admin/routers/{name}/rules}: the rules as C{text/plain}, with
+       their version as a quoted C{ETag}.
+     - C{PUT /admin/routers/{name}/rules}: replace them (body: the rules,
+       at most L{RULES_LIMIT} bytes, else 413). Needs C{If-Match} (428
+       without, 412 C{{"error", "current"}} with the current C{ETag} when
+       stale); 400 C{{"error", "line", "column"}} on rules the router
+       refuses. Then 200 C{{"version", "previous"}}.
+     - C{POST /admin/routers/{name}/rules?dryRun=1}: validate and show
+       C{{"valid": true, "checked", "changes": [{"name", "old", "new"}]}}
+       for recently seen names; nothing is applied.
+     - C{GET /admin/routers/{name}/rules/history}: a list of C{{"version",
+       "time", "who", "text"}}, newest first.
+     - C{POST /admin/routers/{name}/rules/rollback} C{{"version"}}: apply a
+       version of the history again, as a new change (C{If-Match} as for
+       PUT; 404 for a version not in the history).
+     - C{GET /admin/routers/{name}/explain?name=} (or C{host=}, C{path=}):
+       the router's explanation; 400 with the reason on a bad parameter.
+     - C{POST /admin/endpoints/drain} and C{/undrain} C{{"router", "name",
+       "address"}}: 200 C{{"draining": bool}}; 404 for an unknown router,
+       bound name or address.
+     - C{POST /admin/shutdown}: 202 C{{"shuttingDown": true, "grace"}},
+       then C{runtime.shutdown()} once the answer is out.
+
+    An unknown router is a 404. JSON bodies are limited to L{JSON_LIMIT}
+    bytes (413).
     """
 
     app = Klein()
@@ -124,6 +317,8 @@ class AdminAPI:
         *,
         token: str | None = None,
         protectReads: bool = False,
+        rulesStores: dict[str, RulesStore] | None = None,
+        clock: Any = None,
     ) -> None:
         if token is not None and not token:
             raise ValueError("admin token must not be empty (use None for no token)")
@@ -133,6 +328,56 @@ class AdminAPI:
         self._registry = registry
         self._token = None if token is None else token.encode("utf-8")
         self._protectReads = protectReads
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self._clock = clock
+        self._stores: dict[str, RulesStore] = dict(rulesStores or {})
+        self._shuttingDown = False
+
+    def _router(self, name: str, capability: str | None = None) -> Any:
+        """
+        The router called C{name}.
+
+        @param capability: a method the router must have for this call.
+        @raise _Refusal: 404 if there is no such router (or it lacks
+            C{capability}).
+        """
+        router = self._runtime.routers.get(name)
+        if router is None:
+            raise _Refusal(404, {"error": f"unknown router {name!r}"})
+        if capability is not None and not callable(getattr(router, capability, None)):
+            raise _Refusal(404, {"error": f"router {name!r} does not support {capability}"})
+        return router
+
+    def _store(self, name: str) -> RulesStore:
+        """
+        The rules store of router C{name}, made on first use if the caller
+        gave none.
+        """
+        router = self._router(name, "validateRules")
+        store = self._stores.get(name)
+        if store is None:
+            store = self._stores[name] = RulesStore(router, stateDir=None, clock=self._clock)
+        return store
+
+    def _who(self, request: IRequest) -> str:
+        """
+        Who makes a change, for the history and the audit log: C{"token"}
+        when the API has a token (the guard let the request through, so it
+        carried it), else the peer's address.
+        """
+        if self._token is not None:
+            return "token"
+        address = request.getClientAddress()
+        host = getattr(address, "host", None)
+        if host is not None:
+            return str(host)
+        name = getattr(address, "name", None)
+        if name is not None:
+            if isinstance(name, bytes):
+                name = name.decode("utf-8", "replace")
+            return "unix:" + str(name)
+        return "unknown"
 
     def _authorized(self, request: IRequest) -> bool:
         """
@@ -191,6 +436,179 @@ class AdminAPI:
         }
         return _json(request, {"routers": routers})
 
+    @app.route("/admin/routers/<name>/rules", methods=["GET"])
+    @_requireToken
+    def getRules(self, request: IRequest, name: str) -> bytes:
+        """
+        The rules in force, as text, with their version in C{ETag}.
+        """
+        text, version = self._store(name).current()
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"etag", _etag(version))
+        return text.encode("utf-8")
+
+    @app.route("/admin/routers/<name>/rules", methods=["PUT"])
+    @_requireToken
+    def putRules(self, request: IRequest, name: str) -> bytes:
+        """
+        Replace the rules (see the class docstring).
+        """
+        store = self._store(name)
+        ifMatch = _ifMatch(request)
+        text = _readText(request)
+        if not text.strip():
+            # Most likely a forgotten body, and it would route nothing.
+            raise _Refusal(400, {
+                "error": "empty rules: send the rules as the body (to route "
+                         "nothing on purpose, send a comment)",
+                "line": None, "column": None,
+            })
+        return self._change(request, name, store.replace, text, ifMatch, self._who(request))
+
+    @app.route("/admin/routers/<name>/rules", methods=["POST"])
+    @_requireToken
+    def dryRunRules(self, request: IRequest, name: str) -> bytes:
+        """
+        Validate rules and show what they would change, without applying.
+        """
+        store = self._store(name)
+        flag = request.args.get(b"dryRun", [])
+        if len(flag) != 1 or flag[0].lower() not in _TRUE:
+            raise _Refusal(400, {
+                "error": "POST on the rules is a dry run: add ?dryRun=1 "
+                         "(PUT replaces the rules)",
+            })
+        text = _readText(request)
+        try:
+            result = store.dryRun(text)
+        except InvalidRules as e:
+            return _json(request, {
+                "valid": False, "error": e.message, "line": e.line, "column": e.column,
+            }, 400)
+        return _json(request, result)
+
+    @app.route("/admin/routers/<name>/rules/history", methods=["GET"])
+    @_requireToken
+    def rulesHistory(self, request: IRequest, name: str) -> bytes:
+        """
+        The accepted versions of the rules, newest first.
+        """
+        return _json(request, self._store(name).history())
+
+    @app.route("/admin/routers/<name>/rules/rollback", methods=["POST"])
+    @_requireToken
+    def rollbackRules(self, request: IRequest, name: str) -> bytes:
+        """
+        Apply a version from the history again, as a new change.
+        """
+        store = self._store(name)
+        ifMatch = _ifMatch(request)
+        version = _readJSON(request, "version")["version"]
+        try:
+            return self._change(
+                request, name, store.rollback, version, ifMatch, self._who(request)
+            )
+        except UnknownVersion as e:
+            raise _Refusal(404, {"error": str(e)}) from None
+
+    def _change(
+        self, request: IRequest, name: str, change: Callable[..., Any], *args: Any
+    ) -> bytes:
+        """
+        Run a change of the rules and answer with its outcome.
+        """
+        try:
+            previous, version = change(*args)
+        except StaleVersion as e:
+            request.setHeader(b"etag", _etag(e.current))
+            return _json(request, {
+                "error": "stale version: the rules changed since you read them",
+                "current": e.current,
+            }, 412)
+        except InvalidRules as e:
+            return _json(request, {"error": e.message, "line": e.line, "column": e.column}, 400)
+        except PersistError as e:
+            _log.error("rules of router {router} not changed: {error}", router=name, error=str(e))
+            return _json(request, {"error": str(e)}, 500)
+        request.setHeader(b"etag", _etag(version))
+        return _json(request, {"version": version, "previous": previous})
+
+    @app.route("/admin/routers/<name>/explain", methods=["GET"])
+    @_requireToken
+    def explain(self, request: IRequest, name: str) -> bytes:
+        """
+        How the router routes a logical name, a host or a path.
+        """
+        router = self._router(name, "explain")
+        given = {}
+        for key in ("name", "host", "path"):
+            value = _queryValue(request, key)
+            if value is not None:
+                given[key] = value
+        if len(given) != 1:
+            raise _Refusal(400, {"error": "give exactly one of name=, host= or path="})
+        [(key, value)] = given.items()
+        if not value:
+            raise _Refusal(400, {"error": f"{key}= is empty"})
+        try:
+            result = router.explain(**given)
+        except ValueError as e:
+            raise _Refusal(400, {"error": _reason(e)}) from None
+        return _json(request, result)
+
+    @app.route("/admin/endpoints/drain", methods=["POST"])
+    @_requireToken
+    def drain(self, request: IRequest) -> bytes:
+        """
+        Stop sending new requests to one endpoint; those in flight finish.
+        """
+        return self._drain(request, True)
+
+    @app.route("/admin/endpoints/undrain", methods=["POST"])
+    @_requireToken
+    def undrain(self, request: IRequest) -> bytes:
+        """
+        Send requests to a drained endpoint again.
+        """
+        return self._drain(request, False)
+
+    def _drain(self, request: IRequest, draining: bool) -> bytes:
+        body = _readJSON(request, "router", "name", "address")
+        routerName, boundName, address = body["router"], body["name"], body["address"]
+        capability = "drain" if draining else "undrain"
+        router = self._router(routerName, capability)
+        try:
+            getattr(router, capability)(boundName, address)
+        except KeyError as e:
+            raise _Refusal(404, {"error": _reason(e)}) from None
+        _audit.info(
+            "endpoint {address} of {name} on router {router} {action} by {who}",
+            address=address, name=boundName, router=routerName,
+            action="drained" if draining else "undrained", who=self._who(request),
+        )
+        return _json(request, {"draining": draining})
+
+    @app.route("/admin/shutdown", methods=["POST"])
+    @_requireToken
+    def shutdown(self, request: IRequest) -> bytes:
+        """
+        Drain gracefully and exit: 202 now, C{runtime.shutdown()} once the
+        answer is written. Asking again while shutting down changes nothing.
+        """
+        grace = self._runtime.shutdownGrace
+        if not self._shuttingDown:
+            self._shuttingDown = True
+            _audit.info("shutdown asked by {who}", who=self._who(request))
+            # Later, so that this answer goes out before listeners close.
+            self._clock.callLater(0, self._shutdown)
+        return _json(request, {"shuttingDown": True, "grace": grace}, 202)
+
+    def _shutdown(self) -> None:
+        d = maybeDeferred(self._runtime.shutdown)
+        d.addErrback(lambda f: _log.failure("shutdown failed", f))
+
     @app.route("/", methods=["GET"])
     def dashboard(self, request: IRequest) -> bytes:
         """
@@ -218,6 +636,13 @@ class AdminAPI:
         allowed = sorted(failure.value.valid_methods or ())
         request.setHeader(b"allow", ", ".join(allowed).encode("ascii"))
         return _json(request, {"error": "method not allowed", "allowed": allowed}, 405)
+
+    @app.handle_errors(_Refusal)
+    def _refused(self, request: IRequest, failure: Failure) -> bytes:
+        refusal = failure.value
+        for header, value in refusal.headers:
+            request.setHeader(header, value)
+        return _json(request, refusal.body, refusal.code)
 
     @app.handle_errors(Exception)
     def _internalError(self, request: IRequest, failure: Failure) -> bytes:
@@ -249,6 +674,12 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .live { color: #080; } .ejected { color: #b00; }
 .probing, .draining { color: #a60; }
 #auth { display: none; margin: 1em 0; }
+#explain label { margin-right: 1em; }
+#explain-status.bad, .bad { color: #b00; }
+#explain-tree ul { list-style: none; padding-left: 1.2em; margin: 0; }
+#explain-tree > ul { padding-left: 0; }
+.rule { color: #666; }
+pre { background: #f4f4f4; padding: .5em; overflow: auto; }
 </style>
 </head>
 <body>
@@ -257,6 +688,16 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 <div id="auth"><label>Admin token <input id="token" type="password"></label>
 <button id="save">Use</button></div>
 <div id="routers"></div>
+<section id="explain">
+<h2>Explain</h2>
+<label>Router <select id="explain-router"></select></label>
+<label>Name <input id="explain-name" size="32" placeholder="/svc/users"></label>
+<button id="explain-go" type="button">Explain</button>
+<div id="explain-status"></div>
+<div id="explain-tree"></div>
+<div id="explain-endpoints"></div>
+<details><summary>raw answer</summary><pre id="explain-raw"></pre></details>
+</section>
 <script>
 "use strict";
 const COLUMNS = ["bound name", "endpoint", "state", "EWMA ms", "pending",
@@ -306,10 +747,131 @@ function show(text, bad) {
   s.className = bad ? "bad" : "";
 }
 
-async function refresh() {
+function authHeaders() {
   const headers = {};
   const token = sessionStorage.getItem("meshproxy-token");
   if (token) headers["Authorization"] = "Bearer " + token;
+  return headers;
+}
+
+function routerChoices(names) {
+  const select = document.getElementById("explain-router");
+  const current = Array.from(select.options).map(o => o.value);
+  if (JSON.stringify(current) === JSON.stringify(names)) return;
+  const chosen = select.value;
+  select.replaceChildren(...names.map(n => {
+    const o = el("option", n);
+    o.value = n;
+    return o;
+  }));
+  if (names.includes(chosen)) select.value = chosen;
+}
+
+function stepItem(node) {
+  const li = el("li");
+  const path = node.path === null || node.path === undefined ? "" : String(node.path);
+  li.appendChild(el("code", path));
+  if (node.dentry) li.appendChild(el("span", "  by " + node.dentry, "rule"));
+  if (node.result !== null && node.result !== undefined && node.result !== node.path) {
+    li.appendChild(el("span", "  \u2192 " + node.result));
+  }
+  if (node.bound && typeof node.bound === "object") {
+    li.appendChild(el("span", "  bound: " + (node.bound.id || ""), "live"));
+  }
+  ["neg", "fail", "empty", "error"].forEach(k => {
+    if (node[k]) li.appendChild(el("span", "  " + k + ": " + node[k], "bad"));
+  });
+  if (node.repeated) li.appendChild(el("span", "  (repeated, see above)", "rule"));
+  if (Array.isArray(node.children) && node.children.length) {
+    const ul = el("ul");
+    node.children.forEach(c => ul.appendChild(stepItem(c)));
+    li.appendChild(ul);
+  }
+  return li;
+}
+
+function explainTree(answer) {
+  if (answer && Array.isArray(answer.children)) return answer;
+  for (const key of ["delegation", "tree", "explain", "steps"]) {
+    const v = answer && answer[key];
+    if (v && typeof v === "object" && !Array.isArray(v)) return v;
+  }
+  return null;
+}
+
+function explainEndpoints(answer) {
+  const groups = [];
+  const add = (bound, eps) => { if (Array.isArray(eps)) groups.push([bound, eps]); };
+  const eps = answer && answer.endpoints;
+  if (Array.isArray(eps)) add(answer.boundName || answer.bound || "", eps);
+  else if (eps && typeof eps === "object") {
+    Object.keys(eps).sort().forEach(b =>
+      add(b, Array.isArray(eps[b]) ? eps[b] : (eps[b] || {}).endpoints));
+  }
+  const bound = answer && answer.bound;
+  if (Array.isArray(bound)) bound.forEach(b => b && add(b.id || b.name || "", b.endpoints));
+  return groups;
+}
+
+function endpointTable(groups) {
+  const table = el("table"), head = el("tr");
+  ["bound name", "endpoint", "state", "EWMA ms", "pending", "score"]
+    .forEach(c => head.appendChild(el("th", c)));
+  table.appendChild(head);
+  groups.forEach(([bound, eps]) => eps.forEach(ep => {
+    const tr = el("tr");
+    tr.appendChild(el("td", String(ep.boundName || bound)));
+    tr.appendChild(el("td", ep.address || ""));
+    tr.appendChild(el("td", ep.state || "", ep.state));
+    tr.appendChild(el("td", num(ep.ewmaMs, 1), "num"));
+    tr.appendChild(el("td", num(ep.pending, 0), "num"));
+    tr.appendChild(el("td", num(ep.score, 3), "num"));
+    table.appendChild(tr);
+  }));
+  return table;
+}
+
+async function explain() {
+  const router = document.getElementById("explain-router").value;
+  const name = document.getElementById("explain-name").value.trim();
+  const status = document.getElementById("explain-status");
+  const tree = document.getElementById("explain-tree");
+  const endpoints = document.getElementById("explain-endpoints");
+  const raw = document.getElementById("explain-raw");
+  [tree, endpoints, raw].forEach(e => e.replaceChildren());
+  status.className = "";
+  if (!router || !name) { status.textContent = "choose a router and a name"; return; }
+  status.textContent = "asking\u2026";
+  try {
+    const r = await fetch("admin/routers/" + encodeURIComponent(router) +
+                          "/explain?name=" + encodeURIComponent(name),
+                          {headers: authHeaders(), cache: "no-store"});
+    const answer = await r.json().catch(() => null);
+    if (!r.ok) {
+      status.textContent = "explain answered " + r.status +
+        (answer && answer.error ? ": " + answer.error : "");
+      status.className = "bad";
+      if (r.status === 401) document.getElementById("auth").style.display = "block";
+      return;
+    }
+    status.textContent = router + ": " + name;
+    raw.textContent = JSON.stringify(answer, null, 2);
+    const root = explainTree(answer);
+    if (root) {
+      const ul = el("ul");
+      ul.appendChild(stepItem(root));
+      tree.appendChild(ul);
+    }
+    const groups = explainEndpoints(answer);
+    if (groups.length) endpoints.appendChild(endpointTable(groups));
+  } catch (e) {
+    status.textContent = "cannot reach the admin API: " + e;
+    status.className = "bad";
+  }
+}
+
+async function refresh() {
+  const headers = authHeaders();
   try {
     const r = await fetch("admin/state", {headers: headers, cache: "no-store"});
     if (r.status === 401) {
@@ -320,8 +882,9 @@ async function refresh() {
     if (!r.ok) { show("admin/state answered " + r.status, true); return; }
     const state = await r.json();
     const box = document.getElementById("routers");
-    box.replaceChildren(...Object.keys(state.routers || {}).sort()
-      .map(n => routerTable(n, state.routers[n])));
+    const names = Object.keys(state.routers || {}).sort();
+    box.replaceChildren(...names.map(n => routerTable(n, state.routers[n])));
+    routerChoices(names);
     show("updated " + new Date().toLocaleTimeString());
   } catch (e) {
     show("cannot reach the admin API: " + e, true);
@@ -332,6 +895,10 @@ document.getElementById("save").addEventListener("click", () => {
   sessionStorage.setItem("meshproxy-token", document.getElementById("token").value);
   document.getElementById("auth").style.display = "none";
   refresh();
+});
+document.getElementById("explain-go").addEventListener("click", explain);
+document.getElementById("explain-name").addEventListener("keydown", e => {
+  if (e.key === "Enter") explain();
 });
 refresh();
 setInterval(refresh, 2000);

@@ -148,7 +148,9 @@ class UpstreamProtocol(Protocol):
         self._untilClose = contentLength is None and not chunked
         if exchange is None:
             return
-        exchange.responseHead(status, self._reason, self._headers, contentLength, chunked)
+        if not exchange.responseHead(status, self._reason, self._headers, contentLength, chunked):
+            # Dropped for a retry; this connection is being aborted.
+            return
         if exchange.request.method == b"HEAD" and status != 101:
             # httptools would wait for Content-Length bytes that never come.
             self._headDone = True

@@ -1,9 +1,28 @@
 """
 One request/response exchange through the HTTP router: it joins the client
 connection (L{ServerProtocol<meshproxy.http.server.ServerProtocol>}) to one
-upstream connection (L{UpstreamProtocol<meshproxy.http.client.UpstreamProtocol>})
-and carries the body both ways with back-pressure.
+upstream connection at a time
+(L{UpstreamProtocol<meshproxy.http.client.UpstreamProtocol>}), carries the
+body both ways with back-pressure, and decides, try by try, whether a
+failure is answered or retried on another endpoint.
+
+A try ends in one of these ways:
+  - a response head arrives: it is classified (success, retryable failure,
+    failure); a retryable one is dropped and retried if the request can be
+    replayed, the retry budget allows it and time remains; anything else
+    streams to the client, after which nothing is retried;
+  - the connection cannot be made (refused, connect timeout): retried for
+    any method, under the connection budget, since the request never left;
+  - the connection fails after the request was written but before any
+    response byte (reset, or a pooled connection the upstream had closed):
+    retried only for idempotent requests, since the upstream may have acted
+    on it;
+  - the per-try timeout passes before the response head: retried when the
+    method is idempotent;
+  - the total timeout passes: answered 504, never retried.
 """
+
+import time
 
 from twisted.logger import Logger
 
@@ -13,6 +32,7 @@ from meshproxy.http.message import (
     ProxyError,
     encodeChunk,
 )
+from meshproxy.resilience.classifiers import RETRYABLE, SUCCESS
 
 _log = Logger()
 
@@ -20,9 +40,9 @@ _log = Logger()
 #: this the client is paused.
 PRECONNECT_BUFFER = 64 * 1024
 
-#: How many times a request is sent again after a failure that proves the
-#: upstream never saw it (connection refused, stale pooled connection).
-MAX_CONNECT_TRIES = 3
+#: Tries on pooled connections that turn out to be closed (a keep-alive
+#: race, not a failure of the endpoint) before giving up.
+MAX_STALE_TRIES = 3
 
 _BODYLESS_STATUS = frozenset([204, 304])
 
@@ -56,14 +76,24 @@ class Exchange:
         "status",
         "done",
         "tries",
+        "retries",
+        "stale",
         "chunkedOut",
         "closeDelimited",
         "keepAlive",
         "timer",
+        "tryTimer",
+        "retryTimer",
+        "deadline",
         "upgradeRest",
         "bodyless",
         "triedNodes",
         "sentBody",
+        "replay",
+        "replaySize",
+        "classification",
+        "limited",
+        "override",
     )
 
     def __init__(self, server, request, router):
@@ -84,14 +114,25 @@ class Exchange:
         self.status = 0
         self.done = False
         self.tries = 0
+        self.retries = 0
+        self.stale = 0
         self.chunkedOut = False
         self.closeDelimited = False
         self.keepAlive = request.keepAlive
         self.timer = None
+        self.tryTimer = None
+        self.retryTimer = None
+        self.deadline = 0.0
         self.upgradeRest = b""
         self.bodyless = request.method == b"HEAD"
         self.triedNodes = None
         self.sentBody = False
+        # The request body kept for a replay, while it fits.
+        self.replay = [] if request.hasBody and router.bufferBytes else None
+        self.replaySize = 0
+        self.classification = SUCCESS
+        self.limited = False
+        self.override = None
 
     # -- start and routing -----------------------------------------------
 
@@ -100,31 +141,62 @@ class Exchange:
         Route the request and send it to the chosen endpoint.
         """
         router = self.router
-        self.startTime = router.clock.seconds()
+        now = self.startTime = router.clock.seconds()
         try:
-            self.client = router.route(self.request)
+            self.client = router.route(self.request, self)
         except ProxyError as e:
             self.fail(e)
             return
-        timeout = router.totalTimeout
-        if timeout:
-            self.timer = router.clock.callLater(timeout, self._timedOut)
+        limiter = self.client.limiter
+        if limiter is not None:
+            if not limiter.tryAcquire():
+                self.fail(
+                    ProxyError(503, "overloaded", "Too many requests in flight to %s." % (self.client.name,))
+                )
+                return
+            self.limited = True
+        total = router.totalTimeout
+        if self.server.trusted and router.trustDeadline:
+            remaining = router.incomingDeadline(self.request)
+            if remaining is not None:
+                if remaining <= 0:
+                    self.fail(ProxyError(504, "deadline-expired", "The caller's deadline has passed."))
+                    return
+                total = min(total, remaining)
+        self.deadline = now + total
+        self.timer = router.clock.callLater(total, self._timedOut)
+        router.budget.deposit()
         self._attempt()
 
     def _attempt(self):
+        self.retryTimer = None
+        if self.done:
+            return
         client = self.client
-        node = client.balancer.pick()
-        if node is not None and self.triedNodes is not None and node in self.triedNodes:
+        balancer = client.balancer
+        node = balancer.pick()
+        tried = self.triedNodes
+        if node is not None and tried is not None and node in tried:
             # Prefer an endpoint that has not failed this request already.
-            other = client.balancer.pick()
-            if other is not None:
-                node = other
+            for _ in range(2):
+                other = balancer.pick()
+                if other is not None and other not in tried:
+                    node = other
+                    break
         if node is None:
             self.fail(ProxyError(503, "no-endpoint", "No live endpoint for %s." % (client.name,)))
             return
         self.node = node
         self.tries += 1
-        self.tryStart = client.balancer.start(node)
+        accrual = client.accrual
+        if accrual is not None:
+            accrual.picked(node)
+        self.tryStart = balancer.start(node)
+        perTry = self.router.perTryTimeout
+        if perTry:
+            remaining = self.deadline - self.router.clock.seconds()
+            if perTry < remaining:
+                self.tryTimer = self.router.clock.callLater(perTry, self._tryTimedOut)
         node.payload.acquire(self)
 
     # -- request body from the client --------------------------------------
@@ -133,6 +205,13 @@ class Exchange:
         """
         A piece of the request body arrived from the client.
         """
+        replay = self.replay
+        if replay is not None:
+            self.replaySize += len(data)
+            if self.replaySize > self.router.bufferBytes:
+                self.replay = None
+            else:
+                replay.append(data)
         upstream = self.upstream
         if upstream is not None and self.pending is None:
             if self.request.chunked:
@@ -182,12 +261,13 @@ class Exchange:
         The pool has a connection for this exchange: send the request.
         """
         if self.done:
+            upstream.exchange = None
             upstream.pool.release(upstream)
             return
         self.upstream = upstream
         upstream.exchange = self
         request = self.request
-        head = self.router.requestHead(request, self.server)
+        head = self.router.requestHead(request, self)
         pending, self.pending = self.pending, None
         if request.hasBody:
             self.sentBody = True
@@ -202,13 +282,115 @@ class Exchange:
                     self.server.gate.resume("preconnect")
             else:
                 upstream.write(head)
-            if request.expectContinue and not self.bodyDone and not pending:
+            if request.expectContinue and not self.bodyDone and not pending and self.tries == 1:
                 self.server.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 self.server.flush()
             if self.bodyDone:
                 self._finishRequestBody(upstream)
         else:
             upstream.write(head)
+
+    def _replayable(self):
+        """
+        Whether the request can be sent again: it has no body, or none of it
+        went upstream yet, or all of it is kept.
+        """
+        if not self.request.hasBody or not self.sentBody:
+            return True
+        return self.replay is not None and self.bodyDone
+
+    def _rewind(self):
+        """
+        Prepare the kept body to be sent again from the start.
+        """
+        if self.request.hasBody and self.sentBody:
+            self.pending = list(self.replay)
+            self.pendingSize = self.replaySize
+            self.sentBody = False
+            self.bodySentAll = False
+        self.upstream = None
+
+    def _tryFailed(self, reason, anyMethod, budgetKind):
+        """
+        The current try failed before any response byte reached the client:
+        retry it or answer.
+
+        @param reason: the retry reason for metrics (C{"connect"},
+            C{"status"}, C{"timeout"}, C{"reset"}).
+        @param anyMethod: whether the failure proves the upstream never
+            processed the request (so any method may be retried).
+        @param budgetKind: C{"connect"} or C{"request"}: which budget pays.
+        @return: whether a retry was scheduled.
+        """
+        router = self.router
+        if self.done or self.responseStarted:
+            return False
+        if not anyMethod and not self.client.classifier.isIdempotent(
+            self.request.method, self._hasIdempotencyKey()
+        ):
+            return False
+        if self.retries >= router.maxRetries or not self._replayable():
+            return False
+        now = router.clock.seconds()
+        delay = router.backoff.delay(self.retries + 1)
+        if now + delay >= self.deadline:
+            return False
+        budget = router.connectBudget if budgetKind == "connect" else router.budget
+        if not budget.tryWithdraw():
+            router.countRetry("budget-exhausted")
+            return False
+        if self.triedNodes is None:
+            self.triedNodes = set()
+        self.triedNodes.add(self.node)
+        self.retries += 1
+        router.countRetry(reason)
+        self._rewind()
+        if delay > 0:
+            self.retryTimer = router.clock.callLater(delay, self._attempt)
+        else:
+            self._attempt()
+        return True
+
+    def _hasIdempotencyKey(self):
+        return self.request.header(b"idempotency-key") is not None
+
+    def _endTry(self, success):
+        """
+        Account the end of the current try on its node.
+        """
+        node = self.node
+        if node is None:
+            return
+        timer = self.tryTimer
+        if timer is not None:
+            self.tryTimer = None
+            timer.cancel()
+        client = self.client
+        client.balancer.finish(node, self.tryStart, success)
+        accrual = client.accrual
+        if accrual is not None:
+            if success:
+                accrual.success(node)
+            else:
+                accrual.failure(node)
+        self.node = None
+
+    def _abandonTry(self):
+        """
+        The current try ends without a verdict on its node.
+        """
+        node = self.node
+        if node is None:
+            return
+        timer = self.tryTimer
+        if timer is not None:
+            self.tryTimer = None
+            timer.cancel()
+        client = self.client
+        client.balancer.finish(node, self.tryStart, True)
+        if client.accrual is not None:
+            client.accrual.abandon(node)
+        self.node = None
 
     def connectFailed(self, reason, retryable):
         """
@@ -218,23 +400,42 @@ class Exchange:
         @param retryable: whether sending it again is safe (no byte of it
             was processed).
         """
-        node = self.node
         self.upstream = None
-        self.client.balancer.finish(node, self.tryStart, False)
         if self.done:
+            self._abandonTry()
             return
-        if retryable and self.tries < MAX_CONNECT_TRIES and self._replayable():
-            if self.triedNodes is None:
-                self.triedNodes = set()
-            self.triedNodes.add(node)
-            self._attempt()
+        address = _address(self.node)
+        self._endTry(False)
+        if retryable and self._tryFailed("connect", True, "connect"):
             return
-        self.fail(ProxyError(502, "upstream-connect", "Upstream %s: %s." % (node.endpoint.host + ":" + str(node.endpoint.port), reason)))
+        self.fail(ProxyError(502, "upstream-connect", "Upstream %s: %s." % (address, reason)))
 
-    def _replayable(self):
-        # Once body bytes went to an upstream they are gone: only requests
-        # whose body is still whole in the pre-connect buffer can be resent.
-        return not self.request.hasBody or not self.sentBody
+    def staleConnection(self, reason):
+        """
+        A pooled connection was closed by the upstream before it answered:
+        a keep-alive race, not a failure of the endpoint. Send again on a
+        fresh connection.
+        """
+        self.upstream = None
+        node = self.node
+        if self.done:
+            self._abandonTry()
+            return
+        if (
+            self.stale < MAX_STALE_TRIES
+            and self._replayable()
+            and self.client.classifier.isIdempotent(self.request.method, self._hasIdempotencyKey())
+        ):
+            # Only idempotent requests: the upstream may have read this one
+            # before it closed.
+            self.stale += 1
+            self._rewind()
+            if self.tryTimer is None or self.tryTimer.active():
+                node.payload.acquire(self)
+                return
+        address = _address(node)
+        self._abandonTry()
+        self.fail(ProxyError(502, "upstream-reset", "Upstream %s closed the connection: %s." % (address, reason)))
 
     # -- response from upstream -------------------------------------------
 
@@ -248,14 +449,48 @@ class Exchange:
         @param contentLength: the declared length (bytes, as received) or
             L{None}.
         @param chunked: whether the upstream body is chunked.
+        @return: C{False} when the response is dropped for a retry (the
+            upstream connection is then closed), C{True} otherwise.
         """
         if self.done:
-            return
+            return True
+        timer = self.tryTimer
+        if timer is not None:
+            # The per-try timeout bounds the wait for the head, not the
+            # streaming of the body.
+            self.tryTimer = None
+            timer.cancel()
+        request = self.request
+        retryableHeader = False
+        if status >= 400:
+            value = _find(headers, b"mesh-retryable")
+            retryableHeader = value is not None and value.strip().lower() == b"true"
+        classification = self.client.classifier.classify(
+            request.method,
+            status,
+            retryableHeader,
+            status >= 400 and self._hasIdempotencyKey(),
+        )
+        self.classification = classification
+        if classification == RETRYABLE and status != 101:
+            upstream = self.upstream
+            node = self.node
+            self._endTry(False)
+            if self._tryFailed("status", retryableHeader, "request"):
+                if upstream is not None:
+                    upstream.exchange = None
+                    upstream.transport.abortConnection()
+                return False
+            self.node = node
+            # Not retried: the failure is the answer.
+            self.node = None
         self.status = status
         self.responseStarted = True
         server = self.server
-        request = self.request
-        if status == 101:
+        if status == 101 or not self.bodyDone:
+            # After a 101 the connection is a tunnel; an answer that comes
+            # before the whole request body leaves the connection out of
+            # step: either way no further request follows on it.
             self.keepAlive = False
         bodyless = self.bodyless or status in _BODYLESS_STATUS or status < 200
         self.bodyless = bodyless
@@ -296,6 +531,7 @@ class Exchange:
             append(b"Connection: keep-alive\r\n")
         append(b"\r\n")
         server.write(b"".join(lines))
+        return True
 
     def responseBody(self, data):
         """
@@ -339,7 +575,8 @@ class Exchange:
                 reusable = False
                 upstream.transport.unregisterProducer()
             upstream.responseDone(reusable)
-        self._finish(self.status < 500)
+        self._endTry(self.classification == SUCCESS)
+        self._end()
         server.flush()
         server.exchangeDone(self, self.keepAlive)
 
@@ -347,10 +584,8 @@ class Exchange:
         """
         The upstream switched protocols (101): splice the two connections.
         """
-        self.done = True
-        self._cancelTimer()
-        self.router.record(self.client, self.status, self.router.clock.seconds() - self.startTime)
-        self.client.balancer.finish(self.node, self.tryStart, True)
+        self._endTry(True)
+        self._end()
         self.upstream = None
         upstream.exchange = None
         upstream.startTunnel(self.server)
@@ -358,33 +593,32 @@ class Exchange:
             self.server.write(rest)
         self.server.startTunnel(upstream.transport, self.upgradeRest)
 
-    def upstreamLost(self, reason, retryable):
+    def upstreamLost(self, reason, stale):
         """
         The upstream connection failed while this exchange used it.
 
-        @param retryable: whether the request can be sent again (no
-            response byte arrived and the connection was reused, so it was
-            likely closed by the upstream while idle).
+        @param stale: whether it was a pooled connection that closed before
+            sending any byte (likely closed by the upstream while idle).
         """
         if self.done:
             return
         self.upstream = None
         if not self.responseStarted:
-            if retryable:
-                self.connectFailed(reason, True)
+            if stale:
+                self.staleConnection(reason)
                 return
-            self.client.balancer.finish(self.node, self.tryStart, False)
-            self.fail(ProxyError(502, "upstream-reset", "Upstream failed: %s." % (reason,)))
+            address = _address(self.node)
+            self._endTry(False)
+            # The request was written: the upstream may have acted on it, so
+            # only an idempotent one is sent again.
+            if self._tryFailed("reset", False, "connect"):
+                return
+            self.fail(ProxyError(502, "upstream-reset", "Upstream %s failed: %s." % (address, reason)))
             return
         # Mid-response: the client cannot be told anything more than that
         # the message is cut short.
-        self.client.balancer.finish(self.node, self.tryStart, False)
-        self._finishStats(False)
-        self.done = True
-        self._cancelTimer()
-        self.server.flush()
-        self.server.closing = True
-        self.server.transport.abortConnection()
+        self._endTry(False)
+        self._abortClient()
 
     def upstreamError(self, reason):
         """
@@ -397,31 +631,49 @@ class Exchange:
             upstream.exchange = None
             upstream.transport.abortConnection()
         if not self.responseStarted:
-            self.client.balancer.finish(self.node, self.tryStart, False)
+            self._endTry(False)
             self.fail(ProxyError(502, "upstream-protocol", "Upstream sent an invalid response: %s." % (reason,)))
         else:
-            self.upstreamLost(reason, False)
+            self._endTry(False)
+            self._abortClient()
 
     # -- ends --------------------------------------------------------------
+
+    def _dropUpstream(self):
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            upstream.exchange = None
+            upstream.transport.abortConnection()
+
+    def _tryTimedOut(self):
+        self.tryTimer = None
+        if self.done or self.responseStarted:
+            return
+        self._dropUpstream()
+        self.router.countError("try-timeout")
+        self._endTry(False)
+        if self._tryFailed("timeout", False, "request"):
+            return
+        self.fail(ProxyError(504, "timeout", "Timed out after %gs." % (self.router.perTryTimeout,)))
 
     def _timedOut(self):
         self.timer = None
         if self.done:
             return
-        upstream, self.upstream = self.upstream, None
-        if upstream is not None:
-            upstream.exchange = None
-            upstream.transport.abortConnection()
+        self._dropUpstream()
         if self.node is not None:
-            self.client.balancer.finish(self.node, self.tryStart, False)
+            self._endTry(False)
         if self.responseStarted:
-            self.done = True
-            self._finishStats(False)
-            self.server.closing = True
-            self.server.flush()
-            self.server.transport.abortConnection()
+            self._abortClient()
             return
-        self.fail(ProxyError(504, "timeout", "Timed out after %gs." % (self.router.totalTimeout,)))
+        self.fail(ProxyError(504, "timeout", "Timed out after %gs." % (self.deadline - self.startTime,)))
+
+    def _abortClient(self):
+        self._end()
+        server = self.server
+        server.closing = True
+        server.flush()
+        server.transport.abortConnection()
 
     def fail(self, error):
         """
@@ -429,13 +681,12 @@ class Exchange:
         """
         if self.done:
             return
-        self.done = True
-        self._cancelTimer()
+        self._dropUpstream()
+        self._abandonTry()
         self.status = error.status
         router = self.router
         router.countError(error.reason)
-        if self.client is not None:
-            router.record(self.client, error.status, router.clock.seconds() - self.startTime)
+        self._end()
         server = self.server
         if self.pending is not None and self.pendingSize > PRECONNECT_BUFFER:
             server.gate.resume("preconnect")
@@ -451,32 +702,46 @@ class Exchange:
         """
         if self.done:
             return
-        self.done = True
-        self._cancelTimer()
-        upstream, self.upstream = self.upstream, None
-        if upstream is not None:
-            upstream.exchange = None
-            upstream.transport.abortConnection()
-        if self.node is not None:
-            self.client.balancer.finish(self.node, self.tryStart, False)
+        self._dropUpstream()
+        self._abandonTry()
         if self.client is not None:
             self.router.countError("client-gone")
+        self._end()
 
-    def _finish(self, success):
+    def _end(self):
+        """
+        The exchange is over: timers, limits and statistics.
+        """
         self.done = True
-        self._cancelTimer()
-        self.client.balancer.finish(self.node, self.tryStart, success)
-        self._finishStats(success)
+        for name in ("timer", "tryTimer", "retryTimer"):
+            timer = getattr(self, name)
+            if timer is not None:
+                setattr(self, name, None)
+                if timer.active():
+                    timer.cancel()
+        if self.limited:
+            self.limited = False
+            self.client.limiter.release()
+        client = self.client
+        if client is not None:
+            router = self.router
+            router.record(client, self.status or 502, router.clock.seconds() - self.startTime)
 
-    def _finishStats(self, success):
-        router = self.router
-        router.record(self.client, self.status or 502, router.clock.seconds() - self.startTime)
+    def deadlineHeader(self):
+        """
+        The remaining deadline as C{mesh-ctx-deadline} (epoch milliseconds).
+        """
+        remaining = self.deadline - self.router.clock.seconds()
+        return b"%d" % (int((time.time() + max(0.0, remaining)) * 1000),)
 
-    def _cancelTimer(self):
-        timer = self.timer
-        if timer is not None:
-            self.timer = None
-            timer.cancel()
+
+def _address(node):
+    if node is None:
+        return "?"
+    endpoint = node.endpoint
+    if ":" in endpoint.host:
+        return "[%s]:%d" % (endpoint.host, endpoint.port)
+    return "%s:%d" % (endpoint.host, endpoint.port)
 
 
 def _find(headers, lname):

@@ -90,6 +90,7 @@ class Request:
         "expectContinue",
         "connectionTokens",
         "host",
+        "meshHeaders",
     )
 
     def __init__(self, method, target, version, headers):
@@ -104,6 +105,7 @@ class Request:
         self.expectContinue = False
         self.connectionTokens = ()
         self.host = None
+        self.meshHeaders = False
 
     @property
     def hasBody(self):

@@ -7,7 +7,9 @@ name it has used: the live endpoint set from the namer, a balancer over it,
 and a connection pool per endpoint.
 """
 
+import ipaddress
 import random as _random
+import time
 
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -20,6 +22,17 @@ from meshproxy.routing.dtab import Dtab, DtabSyntaxError
 from meshproxy.routing.identifiers import IdentificationError
 from meshproxy.routing.nametree import Leaf, evaluate, leaves, mapTree
 from meshproxy.routing.path import Path
+from meshproxy.resilience.accrual import (
+    ConsecutiveFailures,
+    FailureAccrual,
+    SuccessRateRequests,
+    SuccessRateWindow,
+)
+from meshproxy.resilience.backoff import Backoff
+from meshproxy.resilience.budget import RetryBudget
+from meshproxy.resilience.classifiers import Classifier
+from meshproxy.resilience.deadline import parseDeadline
+from meshproxy.resilience.limits import Limiter
 
 _log = Logger()
 
@@ -104,6 +117,8 @@ class BoundClient:
         self.balancer = router.makeBalancer(
             onAdd=self._nodeAdded, onRemove=self._nodeRemoved
         )
+        self.classifier, self.limiter = router.policyFor(self.name)
+        self.accrual = router.makeAccrual(self.balancer)
         self.addr = Addr.pending()
         self._cancel = observable.subscribe(self._update)
         self._update(observable.current)
@@ -119,6 +134,8 @@ class BoundClient:
         )
 
     def _nodeRemoved(self, node):
+        if self.accrual is not None:
+            self.accrual.forget(node)
         if node.payload is not None:
             node.payload.close()
 
@@ -145,6 +162,8 @@ class BoundClient:
         """
         self._cancel()
         self.balancer.update(frozenset())
+        if self.accrual is not None:
+            self.accrual.cancel()
 
     def state(self):
         """
@@ -166,14 +185,21 @@ class BoundClient:
                     "failures": node.failures,
                     "successRate": (node.successes / total) if total else None,
                     "consecutiveFailures": node.consecutiveFailures,
+                    "ejectedUntil": node.ejectedUntil,
+                    "backoffStep": node.backoffStep,
                     "connections": {
                         "open": len(pool.all) if pool is not None else 0,
                         "idle": len(pool.idle) if pool is not None else 0,
                     },
                 }
             )
+        limiter = self.limiter
         return {
             "namer": self.addr.kind,
+            "panicking": bool(getattr(self.balancer, "panicking", False)),
+            "limits": None
+            if limiter is None
+            else {"active": limiter.active, "pending": limiter.pending, "rejected": limiter.rejected},
             "requests": self.stats.requests if self.stats is not None else 0,
             "endpoints": endpoints,
         }
@@ -222,6 +248,28 @@ class HttpRouter:
         self._errors = {}
         self.connStats = metrics.connections(self.name)
         self._expiry = None
+        # Resilience: retries, timeouts, classification, accrual, limits.
+        retries = config.retries
+        budget = retries.budget
+        self.budget = RetryBudget(budget.percent, budget.minPerSecond, budget.ttl, clock=reactor)
+        # Connection failures never reached the application: their own
+        # budget, so that they do not eat the budget of status retries.
+        self.connectBudget = RetryBudget(
+            budget.percent, budget.minPerSecond, budget.ttl, clock=reactor
+        )
+        self._rng = _random.Random()
+        self.backoff = Backoff(retries.backoffMin, retries.backoffMax, random=self._rng)
+        self.maxRetries = retries.maxRetries
+        self.bufferBytes = retries.bufferBytes
+        self.perTryTimeout = config.timeouts.perTry
+        self._classifier = _makeClassifier(config.classifier)
+        self._limits = config.limits
+        self._perName = dict(config.boundNames)
+        trust = config.trust
+        self._trusted = tuple(ipaddress.ip_network(c, strict=False) for c in trust.callers)
+        self.trustDeadline = trust.deadline
+        self._dtabPrefixes = tuple(Path.read(p) for p in trust.dtabPrefixes)
+        self._overrides = {}
 
     # -- lifecycle --------------------------------------------------------
 
@@ -369,6 +417,7 @@ class HttpRouter:
                 ep["score"] = round(load(node, now), 3) if load is not None else node.pending
             bound.append(entry)
         result["boundNames"] = bound
+        result["endpoints"] = {entry["name"]: entry["endpoints"] for entry in bound}
         return result
 
     def drain(self, boundName, address):
@@ -407,10 +456,12 @@ class HttpRouter:
 
     # -- routing ------------------------------------------------------------
 
-    def route(self, request):
+    def route(self, request, exchange=None):
         """
         Choose the bound name for C{request}.
 
+        @param exchange: the exchange, which learns the effective per-request
+            rules override (if any) to pass on to the next hop.
         @return: the L{BoundClient} to send it to.
         @raise ProxyError: when no destination can be found.
         """
@@ -418,6 +469,14 @@ class HttpRouter:
             path = self.identifier.identify(request)
         except IdentificationError as e:
             raise ProxyError(400, "no-identity", "Cannot identify the request: %s." % (e,))
+        if request.meshHeaders:
+            override = self._override(request, exchange)
+            if override is not None:
+                try:
+                    tree = delegate(self.dtab + override, path, self._prefixes)
+                except DelegationError as e:
+                    raise ProxyError(502, "delegation-failed", str(e))
+                return self._choose(tree, path)
         tree = self._trees.get(path)
         if tree is None:
             try:
@@ -427,6 +486,9 @@ class HttpRouter:
             if len(self._trees) >= MAX_CACHED_NAMES:
                 self._trees.clear()
             self._trees[path] = tree
+        return self._choose(tree, path)
+
+    def _choose(self, tree, path):
         if type(tree) is Leaf:
             bound = tree.value
         else:
@@ -444,6 +506,127 @@ class HttpRouter:
                 503, "no-route", "No route for %s: %s is unknown to its namer." % (path, client.name)
             )
         return client
+
+    def _override(self, request, exchange):
+        """
+        The per-request rules (C{mesh-ctx-dtab} then C{mesh-dtab}) of a
+        trusted caller, or L{None}. Overrides from callers the router does
+        not trust are ignored (and stripped before forwarding).
+
+        @raise ProxyError: a trusted caller sent rules that do not parse or
+            touch prefixes the router does not allow.
+        """
+        texts = [
+            v.decode("latin-1")
+            for n, v in request.headers
+            if n.lower() in (b"mesh-ctx-dtab", b"mesh-dtab")
+        ]
+        if not texts:
+            return None
+        if exchange is None or not exchange.server.trusted:
+            self.countError("dtab-override-untrusted")
+            return None
+        text = ";".join(t for t in texts if t.strip())
+        dtab = self._overrides.get(text)
+        if dtab is None:
+            try:
+                dtab = checkRules(text, self._prefixes)
+            except ValueError as e:
+                raise ProxyError(400, "bad-dtab", "Bad mesh-dtab override: %s." % (e,))
+            if self._dtabPrefixes:
+                for dentry in dtab.dentries:
+                    if not any(dentry.prefix.startswith(p) for p in self._dtabPrefixes):
+                        raise ProxyError(
+                            400,
+                            "bad-dtab",
+                            "Override of %s is not allowed (allowed: %s)."
+                            % (dentry.prefix, ", ".join(str(p) for p in self._dtabPrefixes)),
+                        )
+            if len(self._overrides) > 1000:
+                self._overrides.clear()
+            self._overrides[text] = dtab
+        exchange.override = dtab.show().encode("latin-1")
+        return dtab
+
+    def isTrusted(self, host):
+        """
+        Whether a caller at C{host} may send rules overrides and deadlines.
+        """
+        if not self._trusted or host is None:
+            return False
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self._trusted)
+
+    def incomingDeadline(self, request):
+        """
+        Seconds left before the caller's C{mesh-ctx-deadline}, or L{None}.
+        """
+        if not request.meshHeaders:
+            return None
+        value = request.header(b"mesh-ctx-deadline")
+        if value is None:
+            return None
+        deadline = parseDeadline(value)
+        if deadline is None:
+            return None
+        return deadline - time.time()
+
+    def policyFor(self, name):
+        """
+        The classifier and limiter of one bound name (its own settings
+        under C{boundNames}, else the router's).
+        """
+        classifier = self._classifier
+        limits = self._limits
+        own = self._perName.get(name)
+        if own is not None:
+            if own.classifier is not None:
+                classifier = _makeClassifier(own.classifier)
+            if own.limits is not None:
+                limits = own.limits
+        limiter = None
+        if limits.maxConcurrent is not None or limits.maxPending is not None:
+            limiter = Limiter(limits.maxConcurrent, limits.maxPending)
+        return classifier, limiter
+
+    def makeAccrual(self, balancer):
+        """
+        The failure accrual for one bound name's balancer, or L{None}.
+        """
+        config = self.config.failureAccrual
+        if config.kind == "none":
+            return None
+        if config.kind == "consecutiveFailures":
+            policy = ConsecutiveFailures(config.failures)
+        elif config.window is not None:
+            policy = SuccessRateWindow(config.successRate, config.window, config.minRequests)
+        else:
+            policy = SuccessRateRequests(config.successRate, config.requests)
+        latency = None
+        if config.latency is not None:
+            latency = (config.latency.factor, config.latency.duration)
+        name = self.name
+        metrics = self.metrics
+        return FailureAccrual(
+            policy,
+            balancer,
+            clock=self.reactor,
+            random=self._rng,
+            backoffMin=config.backoffMin,
+            backoffMax=config.backoffMax,
+            panicShare=config.panicShare,
+            latency=latency,
+            onEvent=lambda kind, node: metrics.event(name, kind),
+        )
+
+    def countRetry(self, reason):
+        """
+        Count a retry (or a retry the budget refused).
+        """
+        self.metrics.retry(self.name, reason)
 
     def _isEmpty(self, bound):
         client = self._clients.get(bound.id)
@@ -476,7 +659,7 @@ class HttpRouter:
 
     # -- the request sent upstream ------------------------------------------
 
-    def requestHead(self, request, server):
+    def requestHead(self, request, exchange):
         """
         The request line and header block sent upstream for C{request}.
 
@@ -490,15 +673,20 @@ class HttpRouter:
             rest = target.split(b"://", 1)[1]
             slash = rest.find(b"/")
             target = rest[slash:] if slash >= 0 else b"/"
+        server = exchange.server
         lines = [b"%s %s HTTP/1.1\r\n" % (request.method, target)]
         append = lines.append
         tokens = request.connectionTokens
+        mesh = request.meshHeaders
         forwarded = self.forwarded
         peer = server.forwardedFor
         seenXff = seenFwd = seenVia = seenProto = False
         for name, value in request.headers:
             n = name.lower()
             if n in HOP_BY_HOP or (tokens and n in tokens):
+                continue
+            if mesh and n in _MESH_CONTEXT:
+                # Replaced below by this hop's own context.
                 continue
             if forwarded:
                 if n == b"x-forwarded-for":
@@ -525,6 +713,9 @@ class HttpRouter:
                 append(b"Forwarded: %s\r\n" % (_forwardedElement(peer, server.scheme),))
         if not seenVia:
             append(b"Via: 1.1 meshproxy\r\n")
+        append(b"mesh-ctx-deadline: %s\r\n" % (exchange.deadlineHeader(),))
+        if exchange.override is not None:
+            append(b"mesh-ctx-dtab: %s\r\n" % (exchange.override,))
         if request.upgrade:
             append(b"Connection: Upgrade\r\n")
             upgrade = _headerValue(request.headers, b"upgrade")
@@ -632,6 +823,18 @@ def _locate(text, needle):
     line = text.count("\n", 0, index) + 1
     column = index - (text.rfind("\n", 0, index) + 1) + 1
     return line, column
+
+
+#: Context headers a hop replaces with its own (never forwarded as received).
+_MESH_CONTEXT = frozenset([b"mesh-ctx-deadline", b"mesh-ctx-dtab", b"mesh-dtab"])
+
+
+def _makeClassifier(config):
+    return Classifier(
+        config.kind,
+        retryableStatusCodes=config.retryableStatusCodes,
+        idempotencyKey=config.idempotencyKey,
+    )
 
 
 def _forwardedElement(peer, scheme):

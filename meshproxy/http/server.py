@@ -109,6 +109,7 @@ class ServerProtocol(Protocol):
         self._timer = None
         self._tunnel = None
         self._broken = False
+        self.trusted = False
         self._bodySize = 0
         self.draining = False
         self.forwardedFor = b""
@@ -130,6 +131,7 @@ class ServerProtocol(Protocol):
             self.forwardedFor = b"unknown"
         else:
             self.forwardedFor = host.encode("ascii")
+        self.trusted = self.router.isTrusted(host)
         self.parser = httptools.HttpRequestParser(self)
         self.gate = _PauseGate(transport)
         if self.connStats is not None:
@@ -446,6 +448,12 @@ class ServerProtocol(Protocol):
             return
         if self._state == _HEAD:
             self._timedOut("Timed out reading the request header.")
+        elif self._state == _BODY and self._current is not None and self.gate._reasons:
+            # Reading is paused by meshproxy itself (upstream back-pressure,
+            # pipelining): no progress is not the client's fault. The
+            # exchange's total timeout still bounds a stuck upstream.
+            self._timer = self.clock.callLater(self.settings.bodyTimeout, self._checkDeadline)
+            self._deadline = now + self.settings.bodyTimeout
         elif self._state == _BODY and self._current is not None:
             if self._current is self.active and self._current.responseStarted:
                 self.closing = True
@@ -577,6 +585,8 @@ def _checkRequest(request, settings):
                 request.expectContinue = True
             else:
                 raise ProxyError(417, "expectation-failed", "Unsupported expectation.")
+        elif n[:5] == b"mesh-":
+            request.meshHeaders = True
         if b"\r" in value or b"\n" in value or b"\x00" in value:
             raise ProxyError(400, "bad-header", "Invalid character in a header value.")
 

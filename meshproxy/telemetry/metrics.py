@@ -176,6 +176,8 @@ class MeshMetrics:
         self._costScale = costScale
         self._routes: dict[tuple[str, str], RouteStats] = {}
         self._errors: dict[tuple[str, str], int] = {}
+        self._retries: dict[tuple[str, str], int] = {}
+        self._events: dict[tuple[str, str], int] = {}
         self._connections: dict[str, ConnectionStats] = {}
         registry.register(_MeshCollector(self))
 
@@ -207,6 +209,26 @@ class MeshMetrics:
         """
         key = (router, reason)
         self._errors[key] = self._errors.get(key, 0) + 1
+
+    def retry(self, router: str, reason: str) -> None:
+        """
+        Count one retry (or one retry refused, with reason
+        C{"budget-exhausted"}).
+
+        @param router: the router's name.
+        @param reason: why the try failed: C{"connect"}, C{"reset"},
+            C{"status"}, C{"timeout"}, or C{"budget-exhausted"}.
+        """
+        key = (router, reason)
+        self._retries[key] = self._retries.get(key, 0) + 1
+
+    def event(self, router: str, kind: str) -> None:
+        """
+        Count one failure-accrual event (C{"ejected"}, C{"revived"},
+        C{"probe-failed"}, C{"panic"}).
+        """
+        key = (router, kind)
+        self._events[key] = self._events.get(key, 0) + 1
 
     def connections(self, router: str) -> ConnectionStats:
         """
@@ -274,6 +296,23 @@ class _MeshCollector(Collector):
             opened.add_metric([router], conns.opened)
             closed.add_metric([router], conns.closed)
         yield from families
+
+        retries = CounterMetricFamily(
+            "meshproxy_retries_total",
+            "Retries per router and reason (budget-exhausted: a retry refused by the budget).",
+            labels=["router", "reason"],
+        )
+        for (router, reason), count in metrics._retries.items():
+            retries.add_metric([router, reason], count)
+        yield retries
+        events = CounterMetricFamily(
+            "meshproxy_endpoint_events_total",
+            "Failure accrual events per router: ejected, revived, probe-failed, panic.",
+            labels=["router", "event"],
+        )
+        for (router, kind), count in metrics._events.items():
+            events.add_metric([router, kind], count)
+        yield events
 
         families = self._endpointFamilies()
         pending, ewma, up, epRequests, epFailures = families
