@@ -35,13 +35,13 @@ class Harness:
     A router on a memory reactor, with helpers to play client and upstream.
     """
 
-    def __init__(self, config=CONFIG):
+    def __init__(self, config=CONFIG, ports=(9001,)):
         self.reactor = MemoryReactorClock()
         mesh = parseConfig(config)
         routerConfig = mesh.routers[0]
         namers = {
             Path.read("/#/static"): StaticNamer(
-                Path.read("/#/static"), {"hello": [Endpoint("127.0.0.1", 9001)]}
+                Path.read("/#/static"), {"hello": [Endpoint("127.0.0.1", p) for p in ports]}
             )
         }
         self.metrics = MeshMetrics(CollectorRegistry())
@@ -238,3 +238,72 @@ class UpstreamTests(SynchronousTestCase):
 
         up.connectionLost(Failure(ConnectionLost()))
         self.assertTrue(transport.disconnecting or transport.disconnected)
+
+
+RETRY_CONFIG = CONFIG.replace(
+    "    timeouts: {total: 60s}\n",
+    "    timeouts: {total: 60s, perTry: 1s}\n    classifier: {kind: retryableRead5XX}\n",
+)
+
+
+class RetryTests(SynchronousTestCase):
+    def test_retryableStatusRetriedOnOtherEndpoint(self):
+        """
+        A GET answered 503 under retryableRead5XX is sent again, to the
+        other endpoint, and the client sees only the second answer.
+        """
+        h = Harness(RETRY_CONFIG, ports=(9001, 9002))
+        proto, transport = h.client()
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
+        first, firstTransport = h.upstream(0)
+        first.dataReceived(b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbusy")
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(len(h.reactor.tcpClients), 2)
+        ports = [c[1] for c in h.reactor.tcpClients]
+        self.assertEqual(sorted(ports), [9001, 9002])
+        second, secondTransport = h.upstream(1)
+        second.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK"))
+        self.assertTrue(transport.value().endswith(b"\r\n\r\nok"))
+
+    def test_postNotRetried(self):
+        """
+        A POST answered 503 is not retried: the 503 is the answer.
+        """
+        h = Harness(RETRY_CONFIG, ports=(9001, 9002))
+        proto, transport = h.client()
+        proto.dataReceived(b"POST / HTTP/1.1\r\nHost: hello\r\nContent-Length: 1\r\n\r\nx")
+        first, firstTransport = h.upstream(0)
+        first.dataReceived(b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbusy")
+        self.assertEqual(len(h.reactor.tcpClients), 1)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 503 Busy"))
+
+    def test_perTryTimeoutRetriesIdempotent(self):
+        """
+        A GET whose first try does not answer within perTry is sent to the
+        other endpoint; the slow connection is dropped.
+        """
+        h = Harness(RETRY_CONFIG, ports=(9001, 9002))
+        proto, transport = h.client()
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
+        first, firstTransport = h.upstream(0)
+        h.reactor.advance(1.1)
+        self.assertTrue(firstTransport.disconnecting or firstTransport.disconnected)
+        self.assertEqual(len(h.reactor.tcpClients), 2)
+        second, secondTransport = h.upstream(1)
+        second.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertTrue(transport.value().endswith(b"\r\n\r\nok"))
+
+    def test_totalTimeoutIs504WithoutRetry(self):
+        """
+        When the total timeout passes, the answer is 504 and nothing more
+        is tried.
+        """
+        h = Harness(CONFIG.replace("timeouts: {total: 60s}", "timeouts: {total: 2s}"), ports=(9001, 9002))
+        proto, transport = h.client()
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
+        h.upstream(0)
+        h.reactor.advance(2.01)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 504 "))
+        self.assertIn(b"mesh-err: timeout", transport.value())
+        self.assertEqual(len(h.reactor.tcpClients), 1)

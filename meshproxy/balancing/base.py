@@ -129,6 +129,12 @@ class Balancer:
         """
         return self._nodes
 
+    def eligible(self) -> tuple[Node, ...]:
+        """
+        The nodes L{pick} chooses among now.
+        """
+        return self._eligible
+
     def refresh(self) -> None:
         """
         See L{IBalancer.refresh}; also enters or leaves panic (see

@@ -93,6 +93,7 @@ class Exchange:
         "replaySize",
         "classification",
         "limited",
+        "waiting",
         "override",
     )
 
@@ -132,6 +133,7 @@ class Exchange:
         self.replaySize = 0
         self.classification = SUCCESS
         self.limited = False
+        self.waiting = False
         self.override = None
 
     # -- start and routing -----------------------------------------------
@@ -178,11 +180,9 @@ class Exchange:
         tried = self.triedNodes
         if node is not None and tried is not None and node in tried:
             # Prefer an endpoint that has not failed this request already.
-            for _ in range(2):
-                other = balancer.pick()
-                if other is not None and other not in tried:
-                    node = other
-                    break
+            others = [n for n in balancer.eligible() if n not in tried]
+            if others:
+                node = others[int(self.router.random() * len(others))]
         if node is None:
             self.fail(ProxyError(503, "no-endpoint", "No live endpoint for %s." % (client.name,)))
             return
@@ -197,7 +197,23 @@ class Exchange:
             remaining = self.deadline - self.router.clock.seconds()
             if perTry < remaining:
                 self.tryTimer = self.router.clock.callLater(perTry, self._tryTimedOut)
-        node.payload.acquire(self)
+        pool = node.payload
+        limiter = client.limiter
+        if limiter is not None and limiter.maxPending is not None and not pool.idle:
+            # This request will wait for a new connection.
+            if not limiter.pendingAcquire():
+                self._abandonTry()
+                self.fail(
+                    ProxyError(503, "overloaded", "Too many requests waiting for %s." % (client.name,))
+                )
+                return
+            self.waiting = True
+        pool.acquire(self)
+
+    def _stopWaiting(self):
+        if self.waiting:
+            self.waiting = False
+            self.client.limiter.pendingRelease()
 
     # -- request body from the client --------------------------------------
 
@@ -260,6 +276,7 @@ class Exchange:
         """
         The pool has a connection for this exchange: send the request.
         """
+        self._stopWaiting()
         if self.done:
             upstream.exchange = None
             upstream.pool.release(upstream)
@@ -339,9 +356,6 @@ class Exchange:
         if not budget.tryWithdraw():
             router.countRetry("budget-exhausted")
             return False
-        if self.triedNodes is None:
-            self.triedNodes = set()
-        self.triedNodes.add(self.node)
         self.retries += 1
         router.countRetry(reason)
         self._rewind()
@@ -373,6 +387,11 @@ class Exchange:
                 accrual.success(node)
             else:
                 accrual.failure(node)
+        if not success:
+            # A retry goes elsewhere when it can.
+            if self.triedNodes is None:
+                self.triedNodes = set()
+            self.triedNodes.add(node)
         self.node = None
 
     def _abandonTry(self):
@@ -401,6 +420,7 @@ class Exchange:
             was processed).
         """
         self.upstream = None
+        self._stopWaiting()
         if self.done:
             self._abandonTry()
             return
@@ -474,16 +494,15 @@ class Exchange:
         self.classification = classification
         if classification == RETRYABLE and status != 101:
             upstream = self.upstream
-            node = self.node
             self._endTry(False)
             if self._tryFailed("status", retryableHeader, "request"):
+                # The rest of this response is not wanted: drop the
+                # connection rather than read a body nobody will see.
                 if upstream is not None:
                     upstream.exchange = None
                     upstream.transport.abortConnection()
                 return False
-            self.node = node
-            # Not retried: the failure is the answer.
-            self.node = None
+            # Not retried: the failure itself is the answer.
         self.status = status
         self.responseStarted = True
         server = self.server
@@ -722,6 +741,7 @@ class Exchange:
         if self.limited:
             self.limited = False
             self.client.limiter.release()
+        self._stopWaiting()
         client = self.client
         if client is not None:
             router = self.router
