@@ -123,7 +123,7 @@ namers:
 routers:
   - name: bench
     protocol: http
-    listen: "tcp:$port:interface=$loopback"
+    listen: "tcp:$port:interface=$loopback:backlog=1024"
     identifier: {kind: host}
     rules: "/svc => /#/static;"
 """
@@ -649,6 +649,12 @@ class Bench:
 
         if "meshproxy" in self.pids:
             memory["end"] = memory_kib(self.pids["meshproxy"])
+            if args.churn:
+                say(f"connection churn: {args.churn} connections opened, used once and closed")
+                churn = memory["churn"] = {"connections": args.churn}
+                churn["before"] = memory_kib(self.pids["meshproxy"])
+                churn["failed"] = connection_churn(self.ports["meshproxy"], args.churn)
+                churn["after"] = memory_kib(self.pids["meshproxy"])
         self.summarize()
 
     def meta(self):
@@ -818,6 +824,12 @@ def print_report(results, args, out=sys.stdout):
                          f" (peak {mib(memory['end']['peak_rss_kib'])})")
         p()
         p("meshproxy RSS: " + ", ".join(parts))
+        churn = memory.get("churn")
+        if churn:
+            before = churn["before"]["rss_kib"]
+            after = churn["after"]["rss_kib"]
+            p(f"connection churn: {churn['connections']} connections, {churn['failed']} failed; "
+              f"RSS {mib(before)} before, {mib(after)} after ({(after - before) / before * 100:+.1f}%)")
 
     p()
     p("individual runs:")
@@ -863,6 +875,9 @@ def parse_args(argv):
     parser.add_argument("--only", default=",".join(TARGETS),
                         help="comma-separated subset of " + ",".join(TARGETS))
     parser.add_argument("--json", metavar="FILE", help="also write all results as JSON")
+    parser.add_argument("--churn", type=int, default=10000, metavar="N",
+                        help="after the load runs, open and close N connections to meshproxy "
+                             "(one GET each) and report its RSS before and after (default 10000; 0 skips)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary directory (configs, logs)")
     parser.add_argument("--python", default=sys.executable,
@@ -936,6 +951,40 @@ def decide_pinning(args):
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def connection_churn(port, count, batch=100):
+    """
+    Open C{count} connections to the proxy, C{batch} at a time, each sending
+    one GET and closing after the answer; return how many failed.
+    """
+    import socket
+
+    request = b"GET / HTTP/1.1\r\nHost: hello\r\nConnection: close\r\n\r\n"
+    failed = 0
+    done = 0
+    while done < count:
+        n = min(batch, count - done)
+        socks = []
+        for _ in range(n):
+            s = socket.create_connection((LOOPBACK, port), timeout=10)
+            s.sendall(request)
+            socks.append(s)
+        for s in socks:
+            data = b""
+            try:
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+            except OSError:
+                pass
+            if not data.startswith(b"HTTP/1.1 200"):
+                failed += 1
+            s.close()
+        done += n
+    return failed
 
 
 def main(argv=None):
