@@ -12,6 +12,8 @@ import httptools
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.logger import Logger
 
+from meshproxy.http.fastwrite import writerFor
+
 _log = Logger()
 
 
@@ -51,6 +53,7 @@ class UpstreamProtocol(Protocol):
             self.transport.setTcpNoDelay(True)
         except Exception:
             pass
+        self.write = writerFor(self.transport)
         exchange = self.exchange
         if exchange is None:
             self.pool.release(self)

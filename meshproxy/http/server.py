@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from meshproxy.http.exchange import Exchange
+from meshproxy.http.fastwrite import writerFor
 from meshproxy.http.message import ProxyError, Request, errorResponse
 
 _log = Logger()
@@ -132,6 +133,7 @@ class ServerProtocol(Protocol):
         else:
             self.forwardedFor = host.encode("ascii")
         self.trusted = self.router.isTrusted(host)
+        self._send = writerFor(transport)
         self.parser = httptools.HttpRequestParser(self)
         self.gate = _PauseGate(transport)
         if self.connStats is not None:
@@ -329,7 +331,7 @@ class ServerProtocol(Protocol):
             else:
                 data = b"".join(out)
             out.clear()
-            self.transport.write(data)
+            self._send(data)
 
     def exchangeDone(self, exchange, keepAlive):
         """

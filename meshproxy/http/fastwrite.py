@@ -1,0 +1,55 @@
+"""
+Writing to a plain TCP transport without a round trip through the reactor.
+
+Twisted's L{FileDescriptor.write} always buffers and registers the socket for
+writing (an C{epoll_ctl} call), then sends on the next reactor iteration and
+unregisters it again (another C{epoll_ctl}). For a proxy that writes one
+small message per event, that is most of the cost of a write. When nothing
+is buffered, L{writerFor} sends at once with C{socket.send}, and hands only
+what the kernel did not take to the transport, which then buffers it, applies
+back-pressure to its producer, and reports errors as usual.
+
+Transports that are not plain TCP connections (TLS, UNIX sockets in tests,
+L{StringTransport}) get their ordinary C{write}.
+"""
+
+from twisted.internet import tcp
+
+__all__ = ["writerFor"]
+
+
+def writerFor(transport):
+    """
+    A function writing bytes to C{transport}, as fast as it safely can.
+
+    @param transport: a connected transport.
+    @return: a one-argument callable with the meaning of
+        C{transport.write}.
+    """
+    if type(transport) not in (tcp.Server, tcp.Client) or getattr(transport, "TLS", False):
+        return transport.write
+    send = transport.socket.send
+    slowWrite = transport.write
+
+    def write(data):
+        if (
+            transport._tempDataBuffer
+            or transport.offset < len(transport.dataBuffer)
+            or not transport.connected
+            or transport.disconnecting
+            or transport._writeDisconnected
+        ):
+            slowWrite(data)
+            return
+        try:
+            sent = send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            # Let the transport meet the error itself and report it.
+            slowWrite(data)
+            return
+        if sent < len(data):
+            slowWrite(data[sent:])
+
+    return write
