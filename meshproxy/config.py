@@ -93,7 +93,8 @@ class AdminConfig:
         finish before the process exits.
     @ivar stateDir: the absolute path of the directory where state changed
         at run time (rules replaced through the admin API) is persisted, or
-        L{None} to keep such changes in memory only. A relative path in the
+        L{None} for the directory of the config file (the embedded demo,
+        which has none, keeps such changes in memory only). A relative path in the
         YAML is resolved against the working directory at load time; the
         directory is not checked or created here.
     """

@@ -20,6 +20,7 @@ class RunningProxy:
     @ivar runtime: the L{meshproxy.tap.Runtime}.
     @ivar proxyPort: the port of the first router.
     @ivar adminPort: the port of the admin API.
+    @ivar serviceStops: once stopping, each service's C{stopService} result.
     """
 
     def __init__(self, runtime, services):
@@ -28,27 +29,37 @@ class RunningProxy:
         self.proxyPort = None
         self.adminPort = None
         self._stopped = None
+        self.serviceStops = {}
 
-    def stop(self):
+    def stop(self, graceful=False):
         """
-        Stop every service (client connections aborted first), once.
+        Stop every service, once.
 
+        @param graceful: stop the services as twistd does when the reactor
+            stops, letting requests in flight finish within the grace
+            period; otherwise client connections are aborted first.
         @return: a Deferred firing when every service has stopped.
         """
         if self._stopped is None:
-            self._stopped = defer.ensureDeferred(self._stop())
+            self._stopped = defer.ensureDeferred(self._stop(abort=not graceful))
             return self._stopped
         # Stopped already (or stopping): wait for it, without the result.
         d = defer.Deferred()
         self._stopped.addBoth(lambda result: (d.callback(None), result)[1])
         return d
 
-    async def _stop(self):
-        for listener in self.runtime.listeners:
-            for conn in list(getattr(listener.factory, "connections", ())):
-                conn.transport.abortConnection()
+    async def _stop(self, abort):
+        if abort:
+            for listener in self.runtime.listeners:
+                for conn in list(getattr(listener.factory, "connections", ())):
+                    conn.transport.abortConnection()
+        # As MultiService does: every service is asked to stop at once, the
+        # last started first.
+        stops = {}
         for service in reversed(self.services):
-            await defer.maybeDeferred(service.stopService)
+            stops[service] = defer.maybeDeferred(service.stopService)
+        self.serviceStops = stops
+        await defer.gatherResults(list(stops.values()), consumeErrors=True)
 
 
 @defer.inlineCallbacks

@@ -226,6 +226,29 @@ class ConsecutiveFailuresTests(AccrualTestsMixin, SynchronousTestCase):
         self.assertEqual(node.state, "ejected")
         self.assertTrue(self.clock.seconds() + 5.0 <= node.ejectedUntil <= self.clock.seconds() + 6.0)
 
+    def test_restoreAfterDrainKeepsEjection(self):
+        """
+        A node drained while ejected and then restored is ejected until its
+        ejection ends (even if the probe time passed while it was drained),
+        then probed; a node drained while live comes back live.
+        """
+        accrual = self.accrual()
+        node = self.byEndpoint[A]
+        self.eject(accrual, node)
+        until = node.ejectedUntil
+        node.state = "draining"
+        self.balancer.refresh()
+        accrual.restore(node)
+        self.assertEqual(node.state, "ejected")
+        self.assertNotIn(node, self.picks(50))
+        self.clock.advance(until - self.clock.seconds() + 0.01)
+        self.assertEqual(node.state, "probing")
+        other = self.byEndpoint[B]
+        other.state = "draining"
+        self.balancer.refresh()
+        accrual.restore(other)
+        self.assertEqual(other.state, "live")
+
     def test_probeFailureReejectsLonger(self):
         """
         A failed probe ejects the node again for a longer backoff, doubling

@@ -86,7 +86,7 @@ def _json(request: IRequest, body: Any, code: int = 200) -> bytes:
     @param code: the HTTP status.
     @return: the UTF-8 JSON text followed by a newline.
     """
-    request.setResponseCode(code)
+    request.setResponseCode(code, _PHRASES.get(code))
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"cache-control", b"no-store")
     return json.dumps(body).encode("utf-8") + b"\n"
@@ -251,6 +251,10 @@ def _requireToken(handler: Callable[..., Any]) -> Callable[..., Any]:
         return handler(self, request, *args, **kwargs)
 
     return guarded
+
+
+# Phrases twisted.web does not know (it would say "Unknown Status").
+_PHRASES = {428: b"Precondition Required"}
 
 
 class AdminAPI:

@@ -168,6 +168,7 @@ class Exchange:
         self.deadline = now + total
         self.timer = router.clock.callLater(total, self._timedOut)
         router.budget.deposit()
+        router.connectBudget.deposit()
         self._attempt()
 
     def _attempt(self):
@@ -406,7 +407,8 @@ class Exchange:
             self.tryTimer = None
             timer.cancel()
         client = self.client
-        client.balancer.finish(node, self.tryStart, True)
+        # No verdict: neither a success nor a failure of the endpoint.
+        node.pending -= 1
         if client.accrual is not None:
             client.accrual.abandon(node)
         self.node = None

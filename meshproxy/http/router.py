@@ -340,11 +340,14 @@ class HttpRouter:
 
     def recentNames(self):
         """
-        Logical names routed recently, most recent first (at most 100).
+        The logical names routed under the current rules and just before
+        the last change (at most L{MAX_CACHED_NAMES} plus 200), those first
+        routed most recently first. Every one is listed, so a dry run sees
+        all the traffic the cache has seen, not a sample.
         """
         names = list(dict.fromkeys(list(self._recent) + list(self._trees)))
         names.reverse()
-        return [str(p) for p in names[:100]]
+        return [str(p) for p in names]
 
     def describe(self, dtab, name):
         """
@@ -437,9 +440,15 @@ class HttpRouter:
         @raise KeyError: for an unknown bound name or address.
         """
         node = self._node(boundName, address)
+        client = self._clients[Path.read(boundName)]
         if node.state == "draining":
-            node.state = "live"
-        self._clients[Path.read(boundName)].balancer.refresh()
+            if client.accrual is not None:
+                # An endpoint ejected when drained stays ejected until its
+                # ejection is over, then comes back through one probe.
+                client.accrual.restore(node)
+            else:
+                node.state = "live"
+        client.balancer.refresh()
 
     def _node(self, boundName, address):
         try:
@@ -516,11 +525,16 @@ class HttpRouter:
         @raise ProxyError: a trusted caller sent rules that do not parse or
             touch prefixes the router does not allow.
         """
-        texts = [
-            v.decode("latin-1")
-            for n, v in request.headers
-            if n.lower() in (b"mesh-ctx-dtab", b"mesh-dtab")
-        ]
+        context = []
+        own = []
+        for n, v in request.headers:
+            n = n.lower()
+            if n == b"mesh-ctx-dtab":
+                context.append(v.decode("latin-1"))
+            elif n == b"mesh-dtab":
+                own.append(v.decode("latin-1"))
+        # The context from earlier hops first: the caller's own rules win.
+        texts = context + own
         if not texts:
             return None
         if exchange is None or not exchange.server.trusted:

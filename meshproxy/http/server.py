@@ -697,7 +697,7 @@ class ServerFactory(Factory):
             return None
         limit = self.settings.maxConnections
         if limit is not None and len(self.connections) >= limit:
-            self.router.countError("too-many-connections")
+            self.router.countError("overloaded")
             return _Refuse(
                 errorResponse(503, "overloaded", "Too many connections.", close=True)
             )

@@ -446,6 +446,28 @@ class FailureAccrual:
 
     # Transitions.
 
+    def restore(self, node: Node) -> None:
+        """
+        Take back a node the operator had drained: one that was ejected
+        stays ejected until its ejection is over (then is probed), any other
+        is live again.
+
+        @param node: a node of this accrual's balancer.
+        """
+        if node.ejectedUntil is not None:
+            now = self._clock.seconds()
+            node.state = "ejected"
+            node.probeInFlight = False
+            old = self._timers.pop(node, None)
+            if old is not None and old.active():
+                old.cancel()
+            self._timers[node] = self._clock.callLater(
+                max(0.0, node.ejectedUntil - now), self._probe, node
+            )
+        else:
+            node.state = "live"
+        self._refresh()
+
     def _eject(self, node: Node, now: float, kind: str, reason: str) -> None:
         step = node.backoffStep
         delay = self.backoff.delay(step)
