@@ -9,6 +9,7 @@ the connection gets a fresh parser for the next response.
 """
 
 import httptools
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.logger import Logger
 
@@ -248,7 +249,7 @@ class UpstreamProtocol(Protocol):
         exchange, self.exchange = self.exchange, None
         if exchange is None:
             return
-        if self._inBody and self._untilClose:
+        if self._inBody and self._untilClose and reason.check(ConnectionDone):
             # A response without a length ends when the connection does.
             self._inBody = False
             exchange.upstream = self
@@ -273,9 +274,22 @@ class _ConnectFactory(ClientFactory):
     def __init__(self, pool, exchange):
         self.pool = pool
         self.exchange = exchange
+        self.connector = None
+
+    def abandon(self):
+        """
+        The exchange gave up on this connection attempt (its try timed out or
+        it ended): stop connecting, and never call it back.
+        """
+        self.exchange = None
+        connector = self.connector
+        if connector is not None and connector.state == "connecting":
+            connector.stopConnecting()
 
     def buildProtocol(self, addr):
         exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            exchange.connecting = None
         p = UpstreamProtocol(self.pool, exchange)
         p.factory = self
         self.pool.opened(p)
@@ -285,6 +299,7 @@ class _ConnectFactory(ClientFactory):
         self.pool.connecting -= 1
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
+            exchange.connecting = None
             exchange.connectFailed(reason.getErrorMessage(), True)
             exchange.server.flush()
 
@@ -323,10 +338,12 @@ class Pool:
                 exchange.connected(conn)
                 return
         self.connecting += 1
-        self.reactor.connectTCP(
+        factory = _ConnectFactory(self, exchange)
+        exchange.connecting = factory
+        factory.connector = self.reactor.connectTCP(
             self.endpoint.host,
             self.endpoint.port,
-            _ConnectFactory(self, exchange),
+            factory,
             timeout=self.connectTimeout,
         )
 

@@ -94,6 +94,7 @@ class Exchange:
         "classification",
         "limited",
         "waiting",
+        "connecting",
         "override",
     )
 
@@ -134,6 +135,7 @@ class Exchange:
         self.classification = SUCCESS
         self.limited = False
         self.waiting = False
+        self.connecting = None
         self.override = None
 
     # -- start and routing -----------------------------------------------
@@ -376,6 +378,7 @@ class Exchange:
         node = self.node
         if node is None:
             return
+        self._stopWaiting()
         timer = self.tryTimer
         if timer is not None:
             self.tryTimer = None
@@ -402,6 +405,7 @@ class Exchange:
         node = self.node
         if node is None:
             return
+        self._stopWaiting()
         timer = self.tryTimer
         if timer is not None:
             self.tryTimer = None
@@ -661,6 +665,14 @@ class Exchange:
     # -- ends --------------------------------------------------------------
 
     def _dropUpstream(self):
+        """
+        Let go of the current try's connection, or of its connection
+        attempt.
+        """
+        self._stopWaiting()
+        connecting, self.connecting = self.connecting, None
+        if connecting is not None:
+            connecting.abandon()
         upstream, self.upstream = self.upstream, None
         if upstream is not None:
             upstream.exchange = None
