@@ -252,7 +252,6 @@ def buildServices(config, *, reactor, configPath=None):
     # Imported here: klein installs the global reactor when imported.
     from prometheus_client import CollectorRegistry
     from twisted.internet.endpoints import serverFromString
-    from twisted.web.server import Site
 
     from meshproxy.admin.api import AdminAPI
     from meshproxy.http.router import HttpRouter
@@ -313,9 +312,9 @@ def buildServices(config, *, reactor, configPath=None):
         rulesStores=stores,
         clock=reactor,
     )
-    site = Site(admin.app.resource())
-    site.noisy = False
-    site.log = lambda request: None
+    from meshproxy.admin.site import AdminSite
+
+    site = AdminSite(admin.app.resource())
     services.append(
         _ListenerService(
             serverFromString(reactor, _endpointString(config.admin.listen)),
