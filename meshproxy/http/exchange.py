@@ -371,18 +371,29 @@ class Exchange:
     def _hasIdempotencyKey(self):
         return self.request.header(b"idempotency-key") is not None
 
-    def _endTry(self, success):
+    def _closeTry(self):
         """
-        Account the end of the current try on its node.
+        Stop the current try's timer and waiting; return its node (or
+        L{None} when no try is under way), which is no longer current.
         """
         node = self.node
         if node is None:
-            return
+            return None
+        self.node = None
         self._stopWaiting()
         timer = self.tryTimer
         if timer is not None:
             self.tryTimer = None
             timer.cancel()
+        return node
+
+    def _endTry(self, success):
+        """
+        Account the end of the current try on its node.
+        """
+        node = self._closeTry()
+        if node is None:
+            return
         client = self.client
         client.balancer.finish(node, self.tryStart, success)
         accrual = client.accrual
@@ -396,26 +407,18 @@ class Exchange:
             if self.triedNodes is None:
                 self.triedNodes = set()
             self.triedNodes.add(node)
-        self.node = None
 
     def _abandonTry(self):
         """
         The current try ends without a verdict on its node.
         """
-        node = self.node
+        node = self._closeTry()
         if node is None:
             return
-        self._stopWaiting()
-        timer = self.tryTimer
-        if timer is not None:
-            self.tryTimer = None
-            timer.cancel()
-        client = self.client
         # No verdict: neither a success nor a failure of the endpoint.
         node.pending -= 1
-        if client.accrual is not None:
-            client.accrual.abandon(node)
-        self.node = None
+        if self.client.accrual is not None:
+            self.client.accrual.abandon(node)
 
     def connectFailed(self, reason, retryable):
         """

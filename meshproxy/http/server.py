@@ -180,7 +180,7 @@ class ServerProtocol(Protocol):
                     failure=None,
                 )
                 self._framingError(
-                    ProxyError(400, "bad-request", "The request could not be handled.")
+                    ProxyError(500, "internal-error", "meshproxy failed handling this request.")
                 )
         except httptools.HttpParserError as e:
             self._framingError(_parserError(e))
