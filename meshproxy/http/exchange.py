@@ -286,6 +286,10 @@ class Exchange:
             return
         self.upstream = upstream
         upstream.exchange = self
+        # Latency is measured from here: the time to open a connection is
+        # not the endpoint's answer time, and must not make a fresh endpoint
+        # look slow to the balancer.
+        self.tryStart = self.router.clock.seconds()
         request = self.request
         head = self.router.requestHead(request, self)
         pending, self.pending = self.pending, None
