@@ -11,7 +11,7 @@ L{Exchange<meshproxy.http.exchange.Exchange>} that forwards it upstream.
 from collections import deque
 
 import httptools
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IProtocolNegotiationFactory, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -643,10 +643,21 @@ def _checkRequest(request, settings):
         request.upgrade = False
 
 
+@implementer(IProtocolNegotiationFactory)
 class ServerFactory(Factory):
     """
     Builds a L{ServerProtocol} per accepted connection of one router.
+
+    Behind a TLS listener it offers C{http/1.1} by ALPN: without an ALPN
+    answer, pyOpenSSL aborts the handshake of every client that offers
+    protocols (curl, browsers) with an "internal error" alert.
     """
+
+    def acceptableProtocols(self):
+        """
+        The protocols offered by ALPN on TLS listeners.
+        """
+        return [b"http/1.1"]
 
     def __init__(self, router, settings, clock, connStats=None, scheme=b"http"):
         self.router = router
