@@ -411,18 +411,19 @@ class RouterConfig:
     """
     One listener and how it routes.
 
-    The HTTP-only attributes keep their defaults on a TCP router and
-    C{destination} is L{None} on an HTTP router.
+    The HTTP-only attributes keep their defaults on a TCP router, and the
+    TCP-only ones (C{destination}, C{connectRetries}, C{idleTimeout},
+    C{maxConnections}) keep theirs on an HTTP router.
 
     @ivar name: unique among routers, C{[A-Za-z0-9_-]+}.
     @ivar protocol: C{"http"} or C{"tcp"}.
     @ivar listen: a Twisted server endpoint description.
     @ivar identifier: (HTTP) the L{IdentifierConfig}.
     @ivar rules: (HTTP) the dtab text.
-    @ivar loadBalancer: (HTTP) the L{LoadBalancerConfig}.
-    @ivar failureAccrual: (HTTP) the L{FailureAccrualConfig}.
+    @ivar loadBalancer: the L{LoadBalancerConfig}.
+    @ivar failureAccrual: the L{FailureAccrualConfig}.
     @ivar retries: (HTTP) the L{RetriesConfig}.
-    @ivar timeouts: (HTTP) the L{TimeoutsConfig}.
+    @ivar timeouts: the L{TimeoutsConfig} (TCP: C{connect} only).
     @ivar server: (HTTP) the L{ServerConfig}.
     @ivar client: (HTTP) the L{ClientConfig}.
     @ivar forwarded: (HTTP) whether to add C{X-Forwarded-For},
@@ -436,6 +437,18 @@ class RouterConfig:
         C{dict(boundNames)} gives a mapping.
     @ivar destination: (TCP) the bound name connections go to, such as
         C{/#/fs/postgres}.
+    @ivar connectRetries: (TCP) after a failed connection attempt, how many
+        more attempts (on other endpoints when there are any) a client
+        connection gets before it is closed.
+    @ivar idleTimeout: (TCP) seconds without a byte in either direction
+        after which both sides of a spliced connection are closed, or
+        L{None} for no limit.
+    @ivar maxConnections: (TCP) open client connections, or L{None} for no
+        limit; extra connections are closed at once.
+
+    C{loadBalancer}, C{failureAccrual} and C{timeouts.connect} apply to TCP
+    routers too (their C{timeouts.total} and C{timeouts.perTry} keep their
+    defaults, unused).
     """
 
     name: str
@@ -455,6 +468,9 @@ class RouterConfig:
     trust: TrustConfig = TrustConfig()
     boundNames: tuple[tuple[str, BoundNameConfig], ...] = ()
     destination: Optional[str] = None
+    connectRetries: int = 2
+    idleTimeout: Optional[float] = None
+    maxConnections: Optional[int] = None
 
 
 @frozen(kw_only=True)
@@ -1538,6 +1554,17 @@ def _parseTimeouts(at: _At, value: Any) -> TimeoutsConfig:
     return config
 
 
+def _parseTcpTimeouts(at: _At, value: Any) -> TimeoutsConfig:
+    """
+    The timeouts of a TCP router: only C{connect}; C{total} and C{perTry}
+    are about requests, which a TCP router does not see.
+    """
+    converters = {"connect": _duration()}
+    httpOnly = 'only for protocol "http"'
+    section = _Section(at, value, converters, {"total": httpOnly, "perTry": httpOnly})
+    return TimeoutsConfig(**section.read(converters))
+
+
 def _parseServer(at: _At, value: Any) -> ServerConfig:
     converters = {
         "maxHeaderBytes": _integer(1),
@@ -1645,7 +1672,15 @@ _ROUTER_PROTOCOLS: dict[str, dict[str, _Converter]] = {
         "trust": _Nested(_parseTrust),
         "boundNames": _Nested(_parseBoundNames),
     },
-    "tcp": {"destination": _boundName},
+    "tcp": {
+        "destination": _boundName,
+        "loadBalancer": _Nested(_parseLoadBalancer),
+        "failureAccrual": _Nested(_parseFailureAccrual),
+        "timeouts": _Nested(_parseTcpTimeouts),
+        "connectRetries": _integer(0),
+        "idleTimeout": _optional(_duration()),
+        "maxConnections": _optional(_integer(1)),
+    },
 }
 _ROUTER_REQUIRED = {"http": ("name", "listen"), "tcp": ("name", "listen", "destination")}
 

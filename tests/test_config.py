@@ -784,6 +784,136 @@ class ErrorFormTests(SynchronousTestCase, ErrorAssertions):
         )
 
 
+class TcpRouterTests(SynchronousTestCase, ErrorAssertions):
+    """
+    Validation of the keys of C{protocol: tcp} routers.
+    """
+
+    def tcpRouter(self, body: str) -> RouterConfig:
+        text = (
+            "namers: [{kind: static, services: {pg: [\"127.0.0.1:5432\"]}}]\n"
+            "routers:\n"
+            "  - name: db\n"
+            "    protocol: tcp\n"
+            '    listen: "tcp:5433"\n'
+            "    destination: /#/static/pg\n"
+        ) + textwrap.indent(yamlText(body), "    ")
+        return parseConfig(text).routers[0]
+
+    def test_defaults(self) -> None:
+        """
+        Two more connection attempts after a failure, no idle timeout, no
+        connection limit, the HTTP router's balancer, accrual and connect
+        timeout.
+        """
+        router = self.tcpRouter("")
+        self.assertEqual(
+            (router.connectRetries, router.idleTimeout, router.maxConnections), (2, None, None)
+        )
+        self.assertEqual(router.loadBalancer, LoadBalancerConfig())
+        self.assertEqual(router.failureAccrual, FailureAccrualConfig())
+        self.assertEqual(router.timeouts.connect, 2.0)
+
+    def test_everyKey(self) -> None:
+        router = self.tcpRouter(
+            """
+            loadBalancer: {kind: leastLoaded}
+            failureAccrual: {kind: successRate, successRate: 0.5, window: 30s}
+            timeouts: {connect: 500ms}
+            connectRetries: 0
+            idleTimeout: 5m
+            maxConnections: 100
+            """
+        )
+        self.assertEqual(router.loadBalancer, LoadBalancerConfig(kind="leastLoaded"))
+        self.assertEqual(
+            router.failureAccrual,
+            FailureAccrualConfig(kind="successRate", successRate=0.5, window=30.0),
+        )
+        self.assertEqual(router.timeouts, TimeoutsConfig(connect=0.5))
+        self.assertEqual(
+            (router.connectRetries, router.idleTimeout, router.maxConnections), (0, 300.0, 100)
+        )
+
+    def test_nullMeansNoLimit(self) -> None:
+        router = self.tcpRouter("idleTimeout: null\nmaxConnections: null")
+        self.assertEqual((router.idleTimeout, router.maxConnections), (None, None))
+
+    def test_badValues(self) -> None:
+        self.assertEqual(
+            self.routerErrors(
+                "destination: /#/static/pg\n"
+                "connectRetries: -1\n"
+                "idleTimeout: 0s\n"
+                "maxConnections: 0\n"
+                "loadBalancer: {kind: random}\n"
+                "timeouts: {connect: fast}",
+                protocol="tcp",
+            ),
+            [
+                'routers[0].loadBalancer.kind: expected one of "ewma", "roundRobin",'
+                ' "leastLoaded", got "random"',
+                'routers[0].timeouts.connect: expected a duration like "2s", got "fast"',
+                "routers[0].connectRetries: must be at least 0, got -1",
+                'routers[0].idleTimeout: must be longer than 0s, got "0s"',
+                "routers[0].maxConnections: must be at least 1, got 0",
+            ],
+        )
+        self.assertEqual(
+            self.routerErrors(
+                "destination: /#/static/pg\nconnectRetries: true\nidleTimeout: 30\n"
+                "maxConnections: 1.5",
+                protocol="tcp",
+            ),
+            [
+                "routers[0].connectRetries: expected an integer, got true",
+                'routers[0].idleTimeout: expected a duration like "2s", got 30 (add a unit: "30s")',
+                "routers[0].maxConnections: expected an integer, got 1.5",
+            ],
+        )
+
+    def test_requestTimeoutsAreHttpOnly(self) -> None:
+        """
+        A TCP router sees no requests: of the timeouts, only C{connect}.
+        """
+        self.assertEqual(
+            self.routerErrors(
+                "destination: /#/static/pg\ntimeouts: {total: 1s, perTry: 1s, conect: 1s}",
+                protocol="tcp",
+            ),
+            [
+                'routers[0].timeouts.total: only for protocol "http"',
+                'routers[0].timeouts.perTry: only for protocol "http"',
+                'routers[0].timeouts.conect: unknown key (did you mean "connect"?)',
+            ],
+        )
+
+    def test_tcpKeysOnHttp(self) -> None:
+        self.assertEqual(
+            self.routerErrors("connectRetries: 1\nidleTimeout: 1s\nmaxConnections: 1"),
+            [
+                'routers[0].connectRetries: only for protocol "tcp"',
+                'routers[0].idleTimeout: only for protocol "tcp"',
+                'routers[0].maxConnections: only for protocol "tcp"',
+            ],
+        )
+
+    def test_httpKeysStillRefused(self) -> None:
+        self.assertEqual(
+            self.routerErrors(
+                "destination: /#/static/pg\nidentifier: {}\nserver: {}\nclient: {}\n"
+                "forwarded: true",
+                protocol="tcp",
+            ),
+            [
+                'routers[0].identifier: only for protocol "http"',
+                'routers[0].server: only for protocol "http"',
+                'routers[0].client: only for protocol "http"',
+                'routers[0].forwarded: only for protocol "http"',
+            ],
+        )
+
+
 class ClassifierTests(SynchronousTestCase, ErrorAssertions):
     """
     Validation of C{routers[].classifier}.

@@ -139,3 +139,149 @@ class ServiceTests(SynchronousTestCase):
         self.assertTrue(runtime.isReady())
         for s in services:
             s.stopService()
+
+
+TCP = """\
+admin: {listen: "tcp:9991:interface=127.0.0.1"}
+namers:
+  - {kind: static, prefix: /#/static, services: {hello: ["127.0.0.1:9001"], pg: ["127.0.0.1:5432"]}}
+routers:
+  - name: web
+    listen: "tcp:4141:interface=127.0.0.1"
+    rules: "/svc => /#/static;"
+  - name: db
+    protocol: tcp
+    listen: "tcp:5433:interface=127.0.0.1"
+    destination: /#/static/pg
+    loadBalancer: {kind: roundRobin}
+    timeouts: {connect: 1s}
+    connectRetries: 1
+    idleTimeout: 10m
+"""
+
+
+class TcpRouterServiceTests(SynchronousTestCase):
+    """
+    TCP routers from config text: accepted by the checks, built with their
+    listener, shown by the admin API, drained at stop.
+    """
+
+    def write(self, text):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def build(self):
+        from meshproxy.config import parseConfig
+
+        reactor = MemoryReactorClock()
+        runtime, services = buildServices(parseConfig(TCP), reactor=reactor)
+        for s in services:
+            s.privilegedStartService()
+        for s in services:
+            s.startService()
+        return reactor, runtime, services
+
+    def test_checkAcceptsTcpRouters(self):
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        e = self.assertRaises(
+            SystemExit, Options().parseOptions, ["--config", self.write(TCP), "--check"]
+        )
+        self.assertEqual(e.code, 0)
+
+    def test_builtWithListener(self):
+        """
+        The TCP router listens on its own port, is in the runtime's routers,
+        and gets no rules store.
+        """
+        from meshproxy.tcp.router import TcpRouter, TcpServerFactory
+
+        reactor, runtime, services = self.build()
+        ports = sorted(port for port, factory, backlog, interface in reactor.tcpServers)
+        self.assertEqual(ports, [4141, 5433, 9991])
+        [factory] = [f for port, f, _, _ in reactor.tcpServers if port == 5433]
+        self.assertIsInstance(factory, TcpServerFactory)
+        router = runtime.routers["db"]
+        self.assertIsInstance(router, TcpRouter)
+        self.assertIs(factory.router, router)
+        self.assertEqual(
+            (router.connectTimeout, router.connectRetries, router.idleTimeout), (1.0, 1, 600.0)
+        )
+        self.assertEqual(sorted(runtime.rulesStores), ["web"])
+        self.assertTrue(runtime.isReady())
+        state = router.state()
+        self.assertEqual(state["protocol"], "tcp")
+        [endpoint] = state["boundNames"]["/#/static/pg"]["endpoints"]
+        self.assertEqual(endpoint["address"], "127.0.0.1:5432")
+        self.assertEqual(
+            [(r, n, node.endpoint.port) for r, n, node in runtime.nodes()],
+            [("db", "/#/static/pg", 5432)],
+        )
+
+    def test_adminApi(self):
+        """
+        The admin API shows the TCP router's state, drains its endpoints,
+        and answers 404 for the rules it does not have.
+        """
+        import json
+
+        from treq.testing import StubTreq
+
+        reactor, runtime, services = self.build()
+        [admin] = [s for s in services if getattr(s, "description", "").startswith("admin")]
+        client = StubTreq(admin.factory.resource)
+        base = "http://127.0.0.1:9991"
+
+        def request(method, path, **kwargs):
+            response = self.successResultOf(client.request(method, base + path, **kwargs))
+            return response.code, json.loads(self.successResultOf(client.content(response)))
+
+        code, body = request("GET", "/admin/state")
+        self.assertEqual(code, 200)
+        self.assertEqual(body["routers"]["db"]["destination"], "/#/static/pg")
+        code, body = request("GET", "/admin/routers/db/rules")
+        self.assertEqual(code, 404)
+        self.assertIn("does not support", body["error"])
+        code, body = request(
+            "POST",
+            "/admin/endpoints/drain",
+            data=json.dumps(
+                {"router": "db", "name": "/#/static/pg", "address": "127.0.0.1:5432"}
+            ).encode(),
+        )
+        self.assertEqual((code, body), (200, {"draining": True}))
+        [endpoint] = runtime.routers["db"].state()["boundNames"]["/#/static/pg"]["endpoints"]
+        self.assertEqual(endpoint["state"], "draining")
+
+    def test_stopDrainsThenUnbinds(self):
+        """
+        Stopping the service stops accepting, waits for open connections up
+        to the grace period (then aborts them) and stops the router.
+        """
+        from twisted.internet.error import ConnectionAborted
+        from twisted.internet.testing import StringTransport
+        from twisted.python.failure import Failure
+
+        reactor, runtime, services = self.build()
+        [factory] = [f for port, f, _, _ in reactor.tcpServers if port == 5433]
+        conn = factory.buildProtocol(None)
+        transport = StringTransport()
+        aborted = []
+        transport.abortConnection = lambda: (
+            aborted.append(True),
+            conn.connectionLost(Failure(ConnectionAborted())),
+        )
+        conn.makeConnection(transport)
+        self.assertEqual(len(factory.connections), 1)
+        [routerService] = [
+            s for s in services if getattr(s, "factory", None) is factory and hasattr(s, "grace")
+        ]
+        d = routerService.stopService()
+        self.assertNoResult(d)
+        self.assertIsNone(factory.buildProtocol(None))
+        reactor.advance(routerService.grace)
+        self.successResultOf(d)
+        self.assertEqual(aborted, [True])
+        self.assertEqual(runtime.routers["db"].state()["boundNames"], {})

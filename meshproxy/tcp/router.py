@@ -1,0 +1,850 @@
+"""
+The TCP router: layer 4 proxying to one fixed destination.
+
+For each accepted connection the router stops reading the client, picks an
+endpoint of its destination (a bound name such as C{/#/fs/postgres}, whose
+endpoints a namer keeps up to date), connects to it, trying other endpoints
+after a connect failure, and then splices the two connections: bytes go
+both ways, each side is the other's streaming producer (so a slow reader
+slows the writer down instead of filling memory), and a half-close on one
+side is passed on to the other.
+
+    client ──► TcpServerFactory ──► _Splice ──► balancer.pick() ──► connectTCP
+                                       │         (retry another endpoint on
+                                       │          a connect failure)
+               _Downstream ◄── bytes, back-pressure, half-close ──► _Upstream
+
+Per endpoint, the balancer's C{pending} counts the connections open (or
+being opened) to it: L{start<meshproxy.balancing.interfaces.IBalancer.start>}
+at the connection attempt, L{finish<meshproxy.balancing.interfaces.IBalancer.finish>}
+when it fails or, once connected, when the spliced pair closes. The latency
+a balancer measures is the time to connect: the lifetime of a connection
+says more about its client than about the endpoint.
+"""
+
+import random as _random
+
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from meshproxy.discovery.endpoints import Addr, Endpoint, Observable
+from meshproxy.http.fastwrite import writerFor
+from meshproxy.resilience.accrual import (
+    ConsecutiveFailures,
+    FailureAccrual,
+    SuccessRateRequests,
+    SuccessRateWindow,
+)
+from meshproxy.routing.delegate import INET_PREFIX, delegate
+from meshproxy.routing.dtab import Dtab
+from meshproxy.routing.nametree import Leaf
+from meshproxy.routing.path import Path
+
+__all__ = ["TcpRouter", "TcpServerFactory"]
+
+_log = Logger()
+
+
+class _Connections:
+    """
+    What a destination keeps per endpoint (in its node's C{payload}).
+
+    @ivar connecting: connection attempts in progress.
+    @ivar open: spliced pairs open.
+    """
+
+    __slots__ = ("connecting", "open")
+
+    def __init__(self):
+        self.connecting = 0
+        self.open = 0
+
+
+class _Destination:
+    """
+    The router's destination: the namer's live endpoint set, a balancer
+    over it and the failure accrual of its endpoints.
+
+    @ivar name: the bound name as text, e.g. C{"/#/fs/postgres"}.
+    @ivar balancer: the L{IBalancer<meshproxy.balancing.interfaces.IBalancer>}.
+    @ivar accrual: the L{FailureAccrual}, or L{None}.
+    @ivar addr: the namer's latest answer.
+    """
+
+    def __init__(self, router, boundName, observable):
+        """
+        @param router: the L{TcpRouter}.
+        @param boundName: the L{BoundName<meshproxy.routing.delegate.BoundName>}.
+        @param observable: the namer's L{Observable} for it.
+        """
+        self.boundName = boundName
+        self.name = str(boundName.id)
+        self.balancer = router.makeBalancer(onAdd=self._nodeAdded, onRemove=self._nodeRemoved)
+        self.accrual = router.makeAccrual(self.balancer)
+        self.addr = Addr.pending()
+        self._cancel = observable.subscribe(self._update)
+        self._update(observable.current)
+
+    def _nodeAdded(self, node):
+        node.payload = _Connections()
+
+    def _nodeRemoved(self, node):
+        # Connections open to a removed endpoint are left to finish.
+        if self.accrual is not None:
+            self.accrual.forget(node)
+
+    def _update(self, addr):
+        if addr.kind == "bound":
+            self.addr = addr
+            self.balancer.update(addr.endpoints)
+        elif addr.kind == "neg":
+            self.addr = addr
+            self.balancer.update(frozenset())
+        elif addr.kind == "failed" and self.addr.kind == "pending":
+            self.addr = addr
+        # "pending", or "failed" after a good answer: keep the last good set.
+
+    def close(self):
+        """
+        Stop following the namer and cancel the accrual's timers.
+        """
+        self._cancel()
+        self.balancer.update(frozenset())
+        if self.accrual is not None:
+            self.accrual.cancel()
+
+    def state(self):
+        """
+        A JSON-ready view for C{GET /admin/state}, with the same endpoint
+        fields as the HTTP router's (C{connections} counts the connections
+        being opened and the spliced pairs open).
+        """
+        endpoints = []
+        for node in self.balancer.nodes():
+            total = node.successes + node.failures
+            conns = node.payload
+            endpoints.append(
+                {
+                    "address": _address(node.endpoint),
+                    "weight": node.endpoint.weight,
+                    "state": node.state,
+                    "ewmaMs": round(node.cost, 3),
+                    "pending": node.pending,
+                    "requests": node.requests,
+                    "successes": node.successes,
+                    "failures": node.failures,
+                    "successRate": (node.successes / total) if total else None,
+                    "consecutiveFailures": node.consecutiveFailures,
+                    "ejectedUntil": node.ejectedUntil,
+                    "backoffStep": node.backoffStep,
+                    "connections": {
+                        "open": conns.open if conns is not None else 0,
+                        "connecting": conns.connecting if conns is not None else 0,
+                    },
+                }
+            )
+        return {
+            "namer": self.addr.kind,
+            "panicking": bool(getattr(self.balancer, "panicking", False)),
+            "endpoints": endpoints,
+        }
+
+
+class TcpRouter:
+    """
+    One TCP router of the config: its destination, balancer and accrual,
+    counters, and the connection attempts of its spliced pairs.
+
+    @ivar name: the router's name.
+    @ivar destination: the destination as configured.
+    @ivar boundName: the L{BoundName<meshproxy.routing.delegate.BoundName>}
+        the destination binds to.
+    @ivar connStats: the router's L{ConnectionStats<meshproxy.telemetry.metrics.ConnectionStats>}.
+    """
+
+    def __init__(self, config, namers, *, reactor, metrics, balancerFactory, random=None):
+        """
+        @param config: the router's L{RouterConfig<meshproxy.config.RouterConfig>}
+            (C{protocol: tcp}).
+        @param namers: the namers by prefix (L{Path} → L{INamer}).
+        @param reactor: provides L{IReactorTCP} and L{IReactorTime}.
+        @param metrics: the process's L{MeshMetrics}.
+        @param balancerFactory: makes a balancer, given C{onAdd} and
+            C{onRemove} keyword arguments.
+        @param random: a callable returning floats in [0, 1), to choose
+            among the endpoints not tried yet.
+        @raise ValueError: if no namer owns the destination (the config
+            loader refuses such a config already).
+        """
+        self.config = config
+        self.name = config.name
+        self.reactor = reactor
+        self.metrics = metrics
+        self.makeBalancer = balancerFactory
+        self.random = random or _random.random
+        self._rng = _random.Random()
+        self.namers = dict(namers)
+        self.destination = config.destination
+        self.connectTimeout = config.timeouts.connect
+        self.connectRetries = config.connectRetries
+        self.idleTimeout = config.idleTimeout
+        self.maxConnections = config.maxConnections
+        self.connStats = metrics.connections(self.name)
+        tree = delegate(Dtab(()), Path.read(config.destination), tuple(self.namers))
+        if type(tree) is not Leaf:
+            raise ValueError(
+                "router %s: no namer binds the destination %s" % (self.name, config.destination)
+            )
+        self.boundName = tree.value
+        self._client = None
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def start(self):
+        """
+        Bind the destination, so that its endpoints show from the start.
+        """
+        self.destinationClient()
+
+    def stop(self):
+        """
+        Stop following the namer. Connections still open are not touched
+        (the server factory's L{drain<TcpServerFactory.drain>} ends them).
+        """
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    def destinationClient(self):
+        """
+        The destination's L{_Destination}, bound on first use.
+        """
+        client = self._client
+        if client is None:
+            bound = self.boundName
+            if bound.prefix == INET_PREFIX:
+                observable = _inetObservable(bound.service)
+            else:
+                observable = self.namers[bound.prefix].bind(bound.service)
+            client = self._client = _Destination(self, bound, observable)
+        return client
+
+    # -- what the splices use -----------------------------------------------
+
+    def connect(self, endpoint, factory):
+        """
+        Start connecting to C{endpoint} with the connect timeout.
+
+        @return: the L{IConnector}.
+        """
+        return self.reactor.connectTCP(
+            endpoint.host, endpoint.port, factory, timeout=self.connectTimeout
+        )
+
+    def makeAccrual(self, balancer):
+        """
+        The failure accrual for the destination's balancer, or L{None}.
+        """
+        config = self.config.failureAccrual
+        if config.kind == "none":
+            return None
+        if config.kind == "consecutiveFailures":
+            policy = ConsecutiveFailures(config.failures)
+        elif config.window is not None:
+            policy = SuccessRateWindow(config.successRate, config.window, config.minRequests)
+        else:
+            policy = SuccessRateRequests(config.successRate, config.requests)
+        latency = None
+        if config.latency is not None:
+            latency = (config.latency.factor, config.latency.duration)
+        name = self.name
+        metrics = self.metrics
+        return FailureAccrual(
+            policy,
+            balancer,
+            clock=self.reactor,
+            random=self._rng,
+            backoffMin=config.backoffMin,
+            backoffMax=config.backoffMax,
+            panicShare=config.panicShare,
+            latency=latency,
+            onEvent=lambda kind, node: metrics.event(name, kind),
+        )
+
+    def countError(self, reason):
+        """
+        Count a connection meshproxy closed itself, by reason.
+        """
+        self.metrics.error(self.name, reason)
+
+    def countRetry(self, reason):
+        """
+        Count a connection attempt made again on another endpoint.
+        """
+        self.metrics.retry(self.name, reason)
+
+    # -- admin ----------------------------------------------------------------
+
+    def nodes(self):
+        """
+        Every (bound name, node) pair, for metrics at scrape time.
+        """
+        client = self._client
+        if client is None:
+            return
+        for node in client.balancer.nodes():
+            yield client.name, node
+
+    def state(self):
+        """
+        A JSON-ready view of the router for C{GET /admin/state}.
+        """
+        client = self._client
+        return {
+            "protocol": "tcp",
+            "listen": self.config.listen,
+            "destination": self.destination,
+            "connections": {
+                "opened": self.connStats.opened,
+                "closed": self.connStats.closed,
+            },
+            "boundNames": {} if client is None else {client.name: client.state()},
+        }
+
+    def drain(self, boundName, address):
+        """
+        Send no new connections to one endpoint; open ones carry on.
+
+        @raise KeyError: for an unknown bound name or address.
+        """
+        client, node = self._node(boundName, address)
+        node.state = "draining"
+        client.balancer.refresh()
+
+    def undrain(self, boundName, address):
+        """
+        Send new connections to a drained endpoint again.
+
+        @raise KeyError: for an unknown bound name or address.
+        """
+        client, node = self._node(boundName, address)
+        if node.state == "draining":
+            if client.accrual is not None:
+                # An endpoint ejected when drained stays ejected until its
+                # ejection is over, then comes back through one probe.
+                client.accrual.restore(node)
+            else:
+                node.state = "live"
+        client.balancer.refresh()
+
+    def _node(self, boundName, address):
+        try:
+            key = Path.read(boundName)
+        except ValueError:
+            raise KeyError("bad bound name %r" % (boundName,))
+        client = self._client
+        if client is None or key != client.boundName.id:
+            raise KeyError("no bound name %s in router %s" % (boundName, self.name))
+        for node in client.balancer.nodes():
+            if _address(node.endpoint) == address:
+                return client, node
+        raise KeyError("no endpoint %s in %s" % (address, boundName))
+
+
+# -- the connections ------------------------------------------------------------
+
+
+@implementer(IPushProducer)
+class _ReadGate:
+    """
+    Pauses a transport's reading for several reasons at once (waiting for
+    the upstream connection, back-pressure from the other side) and resumes
+    it when none is left; never again once the peer ended its writing.
+
+    It is the producer registered on the other side's transport.
+    """
+
+    __slots__ = ("transport", "reasons", "ended")
+
+    def __init__(self, transport):
+        self.transport = transport
+        self.reasons = set()
+        self.ended = False
+
+    def pause(self, reason):
+        """
+        Stop reading for C{reason}.
+        """
+        if not self.reasons:
+            self.transport.pauseProducing()
+        self.reasons.add(reason)
+
+    def resume(self, reason):
+        """
+        Withdraw C{reason}; read again if no other reason remains.
+        """
+        reasons = self.reasons
+        if reason in reasons:
+            reasons.discard(reason)
+            if not reasons and not self.ended:
+                # Twisted would read the end of file again (and report it
+                # again) if a half-closed transport were resumed.
+                self.transport.resumeProducing()
+
+    def pauseProducing(self):
+        self.pause("peer")
+
+    def resumeProducing(self):
+        self.resume("peer")
+
+    def stopProducing(self):
+        # The transport calls this when it is lost; the splice closes the
+        # other side itself, cleanly or not depending on why.
+        pass
+
+
+@implementer(IHalfCloseableProtocol)
+class _End(Protocol):
+    """
+    One side of a spliced pair.
+
+    @ivar splice: the L{_Splice}.
+    @ivar gate: the L{_ReadGate} of this side's transport.
+    @ivar forward: writes the bytes this side receives to the other side.
+    @ivar ended: whether this side's peer ended its writing.
+    @ivar lost: whether this side's connection is lost.
+    """
+
+    def __init__(self, splice):
+        self.splice = splice
+        self.gate = None
+        self.forward = None
+        self.ended = False
+        self.lost = False
+
+    def dataReceived(self, data):
+        splice = self.splice
+        splice.lastActivity = splice.seconds()
+        self.forward(data)
+
+    def readConnectionLost(self):
+        self.splice.ended(self)
+
+    def writeConnectionLost(self):
+        pass
+
+    def connectionLost(self, reason):
+        self.lost = True
+        self.splice.lost(self, reason)
+
+
+class _Downstream(_End):
+    """
+    The accepted client connection.
+    """
+
+    def __init__(self, factory):
+        _End.__init__(self, None)
+        self.factory = factory
+
+    def connectionMade(self):
+        factory = self.factory
+        factory.connections.add(self)
+        factory.router.connStats.opened += 1
+        self.splice = _Splice(factory.router, self)
+        self.splice.begin()
+
+    def connectionLost(self, reason):
+        factory = self.factory
+        factory.router.connStats.closed += 1
+        try:
+            _End.connectionLost(self, reason)
+        finally:
+            factory._lost(self)
+
+
+class _Upstream(_End):
+    """
+    The connection to the endpoint.
+    """
+
+    def connectionMade(self):
+        self.splice.connected(self)
+
+
+class _ConnectFactory(ClientFactory):
+    """
+    Reports one connection attempt to its splice.
+    """
+
+    noisy = False
+
+    def __init__(self, splice):
+        self.splice = splice
+
+    def buildProtocol(self, addr):
+        return _Upstream(self.splice)
+
+    def clientConnectionFailed(self, connector, reason):
+        self.splice.connectFailed(reason)
+
+
+class _Splice:
+    """
+    One client connection and its upstream connection: endpoint choice,
+    connection attempts, then splicing until both sides are closed.
+
+    @ivar client: the L{_Downstream}.
+    @ivar upstream: the L{_Upstream} once connected, else L{None}.
+    @ivar node: the balancer node this splice holds a C{pending} place on
+        (connecting or connected), else L{None}.
+    @ivar lastActivity: the clock time of the last bytes received from
+        either side.
+    """
+
+    __slots__ = (
+        "router",
+        "client",
+        "upstream",
+        "destination",
+        "node",
+        "started",
+        "connectSeconds",
+        "tried",
+        "tries",
+        "connector",
+        "early",
+        "closing",
+        "finished",
+        "timer",
+        "idleClosed",
+        "lastActivity",
+        "seconds",
+    )
+
+    def __init__(self, router, client):
+        self.router = router
+        self.client = client
+        self.upstream = None
+        self.destination = router.destinationClient()
+        self.node = None
+        self.started = 0.0
+        self.connectSeconds = 0.0
+        self.tried = None
+        self.tries = 0
+        self.connector = None
+        self.early = []
+        self.closing = False
+        self.finished = False
+        self.timer = None
+        self.idleClosed = False
+        self.seconds = router.reactor.seconds
+        self.lastActivity = 0.0
+
+    # -- connecting -------------------------------------------------------
+
+    def begin(self):
+        """
+        Stop reading the client until the upstream connection is made, and
+        make the first attempt.
+        """
+        client = self.client
+        client.gate = _ReadGate(client.transport)
+        client.gate.pause("connect")
+        # Reading is paused, so at most what was already read (such as what
+        # a TLS layer decrypted with its handshake) is kept here.
+        client.forward = self.early.append
+        self._attempt()
+
+    def _attempt(self):
+        destination = self.destination
+        balancer = destination.balancer
+        node = balancer.pick()
+        tried = self.tried
+        if node is not None and tried is not None and node in tried:
+            # Prefer an endpoint this connection has not failed on already.
+            others = [n for n in balancer.eligible() if n not in tried]
+            if others:
+                node = others[int(self.router.random() * len(others))]
+        if node is None:
+            self.router.countError("upstream-connect" if self.tries else "no-endpoint")
+            self._giveUp()
+            return
+        self.tries += 1
+        self.node = node
+        if destination.accrual is not None:
+            destination.accrual.picked(node)
+        self.started = balancer.start(node)
+        node.payload.connecting += 1
+        self.connector = self.router.connect(node.endpoint, _ConnectFactory(self))
+
+    def connectFailed(self, reason):
+        """
+        The attempt on C{self.node} failed (refused, timed out, or stopped
+        because the client went away).
+        """
+        if self.closing:
+            # Called off (and accounted for) when the client went away.
+            return
+        node, self.node = self.node, None
+        self.connector = None
+        node.payload.connecting -= 1
+        destination = self.destination
+        accrual = destination.accrual
+        destination.balancer.finish(node, self.started, False)
+        if accrual is not None:
+            accrual.failure(node)
+        if self.tried is None:
+            self.tried = set()
+        self.tried.add(node)
+        if self.tries <= self.router.connectRetries:
+            self.router.countRetry("connect")
+            self._attempt()
+        else:
+            self.router.countError("upstream-connect")
+            self._giveUp()
+
+    def _giveUp(self):
+        self.closing = True
+        self.early = None
+        self.client.transport.loseConnection()
+
+    def connected(self, upstream):
+        """
+        The upstream connection is made: splice it to the client.
+        """
+        if self.closing:
+            upstream.transport.abortConnection()
+            return
+        self.connector = None
+        node = self.node
+        conns = node.payload
+        conns.connecting -= 1
+        conns.open += 1
+        now = self.seconds()
+        self.connectSeconds = now - self.started
+        accrual = self.destination.accrual
+        if accrual is not None:
+            accrual.success(node)
+        self.upstream = upstream
+        client = self.client
+        up = upstream.transport
+        down = client.transport
+        upstream.gate = _ReadGate(up)
+        upstream.forward = writerFor(down)
+        # Each side's transport pauses the other side's reading when its
+        # write buffer is full, and resumes it when the buffer drains.
+        down.registerProducer(upstream.gate, True)
+        up.registerProducer(client.gate, True)
+        early, self.early = self.early, None
+        for data in early:
+            up.write(data)
+        client.forward = writerFor(up)
+        self.lastActivity = now
+        idle = self.router.idleTimeout
+        if idle is not None:
+            self.timer = self.router.reactor.callLater(idle, self._checkIdle)
+        if client.ended:
+            _halfClose(up)
+        else:
+            client.gate.resume("connect")
+
+    # -- splicing -------------------------------------------------------------
+
+    def ended(self, end):
+        """
+        C{end}'s peer ended its writing: end ours on the other side, and
+        close both once both directions are over.
+        """
+        end.ended = True
+        if end.gate is not None:
+            end.gate.ended = True
+        other = self.upstream if end is self.client else self.client
+        if other is None:
+            # Before the upstream connection: passed on once connected.
+            return
+        if other.lost:
+            return
+        if other.ended:
+            # Both directions are over. loseConnection sends what is still
+            # buffered first.
+            end.transport.loseConnection()
+            other.transport.loseConnection()
+        else:
+            _halfClose(other.transport)
+
+    def lost(self, end, reason):
+        """
+        C{end}'s connection is lost: close the other side, cleanly after a
+        clean close, at once (with a reset) otherwise.
+        """
+        client = self.client
+        upstream = self.upstream
+        if end is client:
+            connector, self.connector = self.connector, None
+            if connector is not None:
+                self._callOff(connector)
+            other = upstream
+        else:
+            other = client
+        if other is not None and not other.lost:
+            if reason.check(ConnectionDone):
+                other.transport.loseConnection()
+            else:
+                other.transport.abortConnection()
+        self._finishIfClosed()
+
+    def _callOff(self, connector):
+        """
+        Stop the connection attempt in progress; it says nothing of the
+        endpoint.
+        """
+        self.closing = True
+        node, self.node = self.node, None
+        node.payload.connecting -= 1
+        node.pending -= 1
+        accrual = self.destination.accrual
+        if accrual is not None:
+            accrual.abandon(node)
+        try:
+            connector.stopConnecting()
+        except RuntimeError:
+            # Not connecting any more: what it reports is ignored.
+            pass
+
+    def _finishIfClosed(self):
+        upstream = self.upstream
+        if self.client.lost and self.connector is None and (upstream is None or upstream.lost):
+            self._finish()
+
+    def _finish(self):
+        if self.finished:
+            return
+        self.finished = True
+        timer, self.timer = self.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        node, self.node = self.node, None
+        if node is not None:
+            node.payload.open -= 1
+            # The latency the balancer learns is the time it took to
+            # connect, not how long the client kept the connection.
+            self.destination.balancer.finish(node, self.seconds() - self.connectSeconds, True)
+
+    def _checkIdle(self):
+        self.timer = None
+        if self.finished:
+            return
+        idle = self.router.idleTimeout
+        now = self.seconds()
+        quiet = now - self.lastActivity
+        if quiet < idle:
+            self.timer = self.router.reactor.callLater(idle - quiet, self._checkIdle)
+            return
+        ends = [end for end in (self.client, self.upstream) if end is not None and not end.lost]
+        if not self.idleClosed:
+            # Close cleanly; if what is buffered cannot be sent within
+            # another idle period either, abort.
+            self.idleClosed = True
+            self.router.countError("idle-timeout")
+            self.lastActivity = now
+            self.timer = self.router.reactor.callLater(idle, self._checkIdle)
+            for end in ends:
+                end.transport.loseConnection()
+        else:
+            for end in ends:
+                end.transport.abortConnection()
+
+
+def _halfClose(transport):
+    """
+    End our writing on C{transport} once what is buffered is sent; close it
+    whole if it cannot be half-closed (TLS).
+    """
+    # Looked up on the class: a TLS transport passes unknown attributes on
+    # to the TCP connection beneath it, whose half-close would skip TLS.
+    if getattr(type(transport), "loseWriteConnection", None) is not None:
+        transport.loseWriteConnection()
+    else:
+        transport.loseConnection()
+
+
+class TcpServerFactory(Factory):
+    """
+    Accepts the client connections of one TCP router.
+
+    @ivar router: the L{TcpRouter}.
+    @ivar connections: the client connections open (L{_Downstream}s).
+    @ivar draining: whether new connections are refused (at shutdown).
+    """
+
+    noisy = False
+
+    def __init__(self, router):
+        self.router = router
+        self.connections = set()
+        self.draining = False
+        self._drained = None
+
+    def buildProtocol(self, addr):
+        if self.draining:
+            return None
+        limit = self.router.maxConnections
+        if limit is not None and len(self.connections) >= limit:
+            self.router.countError("overloaded")
+            return None
+        return _Downstream(self)
+
+    def drain(self, grace):
+        """
+        Refuse new connections, let the open ones end by themselves, and
+        abort whatever is left (both sides) after C{grace} seconds.
+
+        @return: a Deferred that fires when no connection is left.
+        """
+        from twisted.internet.defer import Deferred, succeed
+
+        self.draining = True
+        if not self.connections:
+            return succeed(None)
+        if self._drained is None:
+            self._drained = Deferred()
+        timer = self.router.reactor.callLater(grace, self._abortAll)
+
+        def done(result):
+            if timer.active():
+                timer.cancel()
+            return result
+
+        return self._drained.addBoth(done)
+
+    def _abortAll(self):
+        for conn in list(self.connections):
+            conn.transport.abortConnection()
+
+    def _lost(self, conn):
+        self.connections.discard(conn)
+        if self._drained is not None and not self.connections:
+            d, self._drained = self._drained, None
+            d.callback(None)
+
+
+def _inetObservable(service):
+    """
+    The fixed endpoint set of a C{/$/inet/host/port} name.
+    """
+    host, _, port = service.rpartition(":")
+    try:
+        endpoint = Endpoint(host.strip("[]"), int(port))
+    except (ValueError, TypeError):
+        return Observable(Addr.neg())
+    return Observable(Addr.bound(frozenset([endpoint])))
+
+
+def _address(endpoint):
+    if ":" in endpoint.host:
+        return "[%s]:%d" % (endpoint.host, endpoint.port)
+    return "%s:%d" % (endpoint.host, endpoint.port)
