@@ -1003,17 +1003,6 @@ def _namerPrefix(value: Any) -> str:
     return text
 
 
-def _boundName(value: Any) -> str:
-    """
-    A name owned by a namer, such as C{/#/fs/postgres}.
-    """
-    text = _string(value)
-    if not text.startswith("/#/"):
-        raise _Invalid(f'expected a name bound by a namer, like "/#/fs/postgres", got {_show(text)}')
-    _checkSegments(text, text.split("/")[2:])
-    return text
-
-
 _INET_FORM = '"/$/inet/<host>/<port>"'
 
 
@@ -1673,7 +1662,7 @@ _ROUTER_PROTOCOLS: dict[str, dict[str, _Converter]] = {
         "boundNames": _Nested(_parseBoundNames),
     },
     "tcp": {
-        "destination": _boundName,
+        "destination": lambda value: _configuredBoundName(_string(value)),
         "loadBalancer": _Nested(_parseLoadBalancer),
         "failureAccrual": _Nested(_parseFailureAccrual),
         "timeouts": _Nested(_parseTcpTimeouts),
@@ -1794,7 +1783,7 @@ def _checkDestinations(
     prefixes = [namer.prefix for namer in namers]
     for i, router in routers:
         destination = router.destination
-        if destination is None:
+        if destination is None or destination.startswith("/$/"):
             continue
         if any(destination.startswith(prefix + "/") for prefix in prefixes):
             continue

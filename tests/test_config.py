@@ -768,8 +768,8 @@ class ErrorFormTests(SynchronousTestCase, ErrorAssertions):
         self.assertEqual(
             self.routerErrors("destination: /svc/pg", protocol="tcp"),
             [
-                'routers[0].destination: expected a name bound by a namer, like'
-                ' "/#/fs/postgres", got "/svc/pg"'
+                'routers[0].destination: expected a bound name like "/#/fs/users"'
+                ' or "/$/inet/<host>/<port>", got "/svc/pg"'
             ],
         )
 

@@ -24,7 +24,7 @@ from meshproxy.telemetry.metrics import MeshMetrics
 MiB = 1024 * 1024
 
 
-def routerConfig(services, extra=""):
+def routerConfig(services, extra="", destination="/#/static/svc"):
     """
     A parsed config with one static namer and one TCP router C{db} to
     C{/#/static/svc}.
@@ -41,7 +41,7 @@ def routerConfig(services, extra=""):
         "  - name: db\n"
         "    protocol: tcp\n"
         '    listen: "tcp:0:interface=127.0.0.1"\n'
-        "    destination: /#/static/svc\n" % (services,)
+        "    destination: %s\n" % (services, destination)
     ) + extra
     return parseConfig(text)
 
@@ -302,6 +302,31 @@ class LoopbackTestCase(TestCase):
 
 
 class SpliceTests(LoopbackTestCase):
+    @defer.inlineCallbacks
+    def test_inetDestination(self):
+        """
+        A destination C{/$/inet/<host>/<port>} splices to that address
+        without a namer.
+        """
+        backendPort, backend = self.backend(Echo)
+        config = routerConfig("[]", destination="/$/inet/127.0.0.1/%d" % (backendPort,))
+        router, registry = buildRouter(config, self.reactor)
+        router.start()
+        factory = TcpServerFactory(router)
+        port = self.reactor.listenTCP(0, factory, interface="127.0.0.1")
+
+        @defer.inlineCallbacks
+        def cleanup():
+            yield port.stopListening()
+            yield factory.drain(0)
+            router.stop()
+
+        self.addCleanup(cleanup)
+        client = yield self.connect(port.getHost().port)
+        client.transport.write(b"ping")
+        yield client.waitFor(4)
+        self.assertEqual(client.received, b"ping")
+
     @defer.inlineCallbacks
     def test_bytesFlowBothWays(self):
         """
