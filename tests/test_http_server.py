@@ -307,3 +307,39 @@ class RetryTests(SynchronousTestCase):
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 504 "))
         self.assertIn(b"mesh-err: timeout", transport.value())
         self.assertEqual(len(h.reactor.tcpClients), 1)
+
+
+class StreamingTimeoutTests(SynchronousTestCase):
+    CONFIG = CONFIG.replace("timeouts: {total: 60s}", "timeouts: {total: 2s}")
+
+    def test_longBodyWithProgressIsNotCut(self):
+        """
+        A response that streams for longer than the total timeout, with
+        bytes arriving regularly, completes.
+        """
+        h = Harness(self.CONFIG)
+        proto, transport = h.client()
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
+        up, upTransport = h.upstream()
+        up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+        for i in range(10):
+            h.reactor.advance(1.5)
+            up.dataReceived(b"x")
+        self.assertFalse(transport.disconnecting)
+        self.assertTrue(transport.value().endswith(b"\r\n\r\n" + b"x" * 10))
+
+    def test_stalledBodyIsCut(self):
+        """
+        A response body with no byte for a whole total timeout is cut: the
+        client connection is aborted (the message cannot be completed).
+        """
+        h = Harness(self.CONFIG)
+        proto, transport = h.client()
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
+        up, upTransport = h.upstream()
+        up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        h.reactor.advance(1.9)
+        self.assertFalse(transport.disconnecting or transport.disconnected)
+        h.reactor.advance(2.2)
+        self.assertTrue(transport.disconnecting or transport.disconnected)
+        self.assertTrue(upTransport.disconnecting or upTransport.disconnected)

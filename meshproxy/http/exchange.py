@@ -19,7 +19,10 @@ A try ends in one of these ways:
     on it;
   - the per-try timeout passes before the response head: retried when the
     method is idempotent;
-  - the total timeout passes: answered 504, never retried.
+  - the total timeout passes before the response head: answered 504, never
+    retried. Once the head is sent on, the body streams for as long as it
+    makes progress: it is cut only when no byte came for a whole C{total}
+    (and the client was not the one holding it back).
 """
 
 import time
@@ -96,6 +99,7 @@ class Exchange:
         "waiting",
         "connecting",
         "override",
+        "progress",
     )
 
     def __init__(self, server, request, router):
@@ -137,6 +141,7 @@ class Exchange:
         self.waiting = False
         self.connecting = None
         self.override = None
+        self.progress = 0.0
 
     # -- start and routing -----------------------------------------------
 
@@ -518,6 +523,7 @@ class Exchange:
             # Not retried: the failure itself is the answer.
         self.status = status
         self.responseStarted = True
+        self.progress = self.router.clock.seconds()
         server = self.server
         if status == 101 or not self.bodyDone:
             # After a 101 the connection is a tunnel; an answer that comes
@@ -571,6 +577,7 @@ class Exchange:
         """
         if self.done or self.bodyless:
             return
+        self.progress = self.router.clock.seconds()
         if self.chunkedOut:
             self.server.write(encodeChunk(data))
         else:
@@ -700,6 +707,18 @@ class Exchange:
         self.timer = None
         if self.done:
             return
+        if self.responseStarted:
+            # The total timeout bounds the wait for the response head; a
+            # body then streams as long as it makes progress (a slow client
+            # pausing it counts as progress: that is back-pressure).
+            clock = self.router.clock
+            now = clock.seconds()
+            idle = now - self.progress
+            limit = self.router.totalTimeout
+            if idle < limit or getattr(self.server.transport, "producerPaused", False):
+                self.timer = clock.callLater(max(limit - idle, 0.001) if idle < limit else limit, self._timedOut)
+                return
+            self.router.countError("body-stalled")
         self._dropUpstream()
         if self.node is not None:
             self._endTry(False)
