@@ -100,6 +100,7 @@ class Exchange:
         "connecting",
         "override",
         "progress",
+        "continued",
     )
 
     def __init__(self, server, request, router):
@@ -142,6 +143,7 @@ class Exchange:
         self.connecting = None
         self.override = None
         self.progress = 0.0
+        self.continued = False
 
     # -- start and routing -----------------------------------------------
 
@@ -311,7 +313,10 @@ class Exchange:
                     self.server.gate.resume("preconnect")
             else:
                 upstream.write(head)
-            if request.expectContinue and not self.bodyDone and not pending and self.tries == 1:
+            if request.expectContinue and not self.bodyDone and not pending and not self.continued:
+                # Once, on the first connection actually made (a refused
+                # first try must not leave the client waiting).
+                self.continued = True
                 self.server.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 self.server.flush()
             if self.bodyDone:
