@@ -156,6 +156,31 @@ class UpstreamTests(SynchronousTestCase):
         up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         self.assertTrue(transport.value().endswith(b"\r\n\r\nok"))
 
+    def test_unsolicitedResponseNeverAnswersNextRequest(self):
+        """
+        Bytes after the end of a response, in the same read, are not taken
+        as the answer to the next (pipelined) request: the connection is
+        dropped and the next request goes out on a fresh one.
+        """
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(
+            b"GET /1 HTTP/1.1\r\nHost: hello\r\n\r\nGET /2 HTTP/1.1\r\nHost: hello\r\n\r\n"
+        )
+        up, upTransport = h.upstream()
+        up.dataReceived(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL"
+        )
+        self.assertTrue(upTransport.disconnecting or upTransport.disconnected)
+        self.assertNotIn(b"EVIL", transport.value())
+        self.assertEqual(len(h.reactor.tcpClients), 2)
+        up2, upTransport2 = h.upstream(1)
+        self.assertTrue(upTransport2.value().startswith(b"GET /2 "))
+        up2.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood")
+        self.assertTrue(transport.value().endswith(b"good"))
+        self.assertNotIn(b"EVIL", transport.value())
+
     def test_bodyAfterHeadResponseDropsConnection(self):
         """
         An upstream that sends a body after a HEAD response is not reused.

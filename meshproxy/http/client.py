@@ -47,6 +47,12 @@ class UpstreamProtocol(Protocol):
         self._informational = False
         self._producing = False
         self._untilClose = False
+        # Set while httptools parses a read: a connection whose response
+        # ended in this read returns to the pool only once the whole read
+        # is parsed and found to hold nothing more.
+        self._feeding = False
+        self._releaseAfterFeed = False
+        self._unsolicited = False
 
     def connectionMade(self):
         self.connected = True
@@ -79,6 +85,7 @@ class UpstreamProtocol(Protocol):
             self.transport.abortConnection()
             return
         self._gotBytes = True
+        self._feeding = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -95,9 +102,20 @@ class UpstreamProtocol(Protocol):
                 current.upstreamError(str(e) or e.__class__.__name__)
             else:
                 self.transport.abortConnection()
+        self._feeding = False
         if self._headDone:
             self._headDone = False
             self.parser = httptools.HttpResponseParser(self)
+        if self._releaseAfterFeed:
+            self._releaseAfterFeed = False
+            if self._unsolicited:
+                # Bytes after the end of the response that nobody asked
+                # for: never let them answer the next request.
+                self._unsolicited = False
+                self.pool.discard(self)
+                self.transport.abortConnection()
+            else:
+                self.pool.release(self)
         elif self.exchange is not None and self._inBody and not self._producing:
             # The response continues past this read: from now on a client
             # that reads slowly pauses this upstream connection.
@@ -106,6 +124,8 @@ class UpstreamProtocol(Protocol):
         exchange.server.flush()
 
     def on_message_begin(self):
+        if self.exchange is None:
+            self._unsolicited = True
         self._headers = []
         self._trailers = None
         self._reason = b""
@@ -166,9 +186,7 @@ class UpstreamProtocol(Protocol):
     def on_body(self, data):
         if self._headDone:
             # Body bytes after a HEAD response: the upstream is broken.
-            self._headDone = False
-            self.pool.discard(self)
-            self.transport.abortConnection()
+            self._unsolicited = True
             return
         exchange = self.exchange
         if exchange is not None and data:
@@ -203,6 +221,7 @@ class UpstreamProtocol(Protocol):
         """
         self.exchange = exchange
         self._gotBytes = False
+        self._unsolicited = False
 
     def stopStreaming(self, server):
         """
@@ -220,7 +239,10 @@ class UpstreamProtocol(Protocol):
         """
         self.exchange = None
         if reusable:
-            self.pool.release(self)
+            if self._feeding:
+                self._releaseAfterFeed = True
+            else:
+                self.pool.release(self)
         else:
             self.pool.discard(self)
             self.transport.loseConnection()
