@@ -262,3 +262,29 @@ class Observable:
 
     def __repr__(self) -> str:
         return f"<Observable {self.current!r} subscribers={len(self._subscribers)}>"
+
+
+def formatAddress(endpoint: Endpoint) -> str:
+    """
+    An endpoint's address as C{host:port}, IPv6 in brackets (no weight).
+    """
+    if ":" in endpoint.host:
+        return f"[{endpoint.host}]:{endpoint.port}"
+    return f"{endpoint.host}:{endpoint.port}"
+
+
+def inetObservable(service: str) -> Observable:
+    """
+    The fixed endpoint set of a C{/$/inet/<host>/<port>} name.
+
+    @param service: C{"host:port"} as delegation gives it (an IPv6 host
+        unbracketed: C{"::1:8080"}).
+    @return: an L{Observable} bound to that one endpoint, or negative when
+        the address is not valid.
+    """
+    host, _, port = service.rpartition(":")
+    try:
+        endpoint = Endpoint(host.strip("[]"), int(port))
+    except (ValueError, TypeError):
+        return Observable(Addr.neg())
+    return Observable(Addr.bound(frozenset([endpoint])))

@@ -14,20 +14,15 @@ import time
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from meshproxy.discovery.endpoints import Addr, Endpoint, Observable
+from meshproxy.discovery.endpoints import Addr, formatAddress, inetObservable
 from meshproxy.http.client import Pool
 from meshproxy.http.message import HOP_BY_HOP, ProxyError
 from meshproxy.routing.delegate import DelegationError, delegate, explain, showBound
-from meshproxy.routing.dtab import Dtab, DtabSyntaxError
+from meshproxy.routing.dtab import Dtab
 from meshproxy.routing.identifiers import IdentificationError
-from meshproxy.routing.nametree import Leaf, evaluate, leaves, mapTree
+from meshproxy.routing.nametree import Leaf, evaluate, leaves
 from meshproxy.routing.path import Path
-from meshproxy.resilience.accrual import (
-    ConsecutiveFailures,
-    FailureAccrual,
-    SuccessRateRequests,
-    SuccessRateWindow,
-)
+from meshproxy.resilience.accrual import accrualFromConfig
 from meshproxy.resilience.backoff import Backoff
 from meshproxy.resilience.budget import RetryBudget
 from meshproxy.resilience.classifiers import Classifier
@@ -82,18 +77,6 @@ class _FakeRequest:
         if name == b"host":
             return self.host
         return None
-
-
-def _inetObservable(service):
-    """
-    The fixed endpoint set of a C{/$/inet/host/port} name.
-    """
-    host, _, port = service.rpartition(":")
-    try:
-        endpoint = Endpoint(host.strip("[]"), int(port))
-    except (ValueError, TypeError):
-        return Observable(Addr.neg())
-    return Observable(Addr.bound(frozenset([endpoint])))
 
 
 class BoundClient:
@@ -175,7 +158,7 @@ class BoundClient:
             pool = node.payload
             endpoints.append(
                 {
-                    "address": _address(node.endpoint),
+                    "address": formatAddress(node.endpoint),
                     "weight": node.endpoint.weight,
                     "state": node.state,
                     "ewmaMs": round(node.cost, 3),
@@ -459,7 +442,7 @@ class HttpRouter:
         if client is None:
             raise KeyError("no bound name %s in router %s" % (boundName, self.name))
         for node in client.balancer.nodes():
-            if _address(node.endpoint) == address:
+            if formatAddress(node.endpoint) == address:
                 return node
         raise KeyError("no endpoint %s in %s" % (address, boundName))
 
@@ -610,29 +593,13 @@ class HttpRouter:
         """
         The failure accrual for one bound name's balancer, or L{None}.
         """
-        config = self.config.failureAccrual
-        if config.kind == "none":
-            return None
-        if config.kind == "consecutiveFailures":
-            policy = ConsecutiveFailures(config.failures)
-        elif config.window is not None:
-            policy = SuccessRateWindow(config.successRate, config.window, config.minRequests)
-        else:
-            policy = SuccessRateRequests(config.successRate, config.requests)
-        latency = None
-        if config.latency is not None:
-            latency = (config.latency.factor, config.latency.duration)
         name = self.name
         metrics = self.metrics
-        return FailureAccrual(
-            policy,
+        return accrualFromConfig(
+            self.config.failureAccrual,
             balancer,
             clock=self.reactor,
             random=self._rng,
-            backoffMin=config.backoffMin,
-            backoffMax=config.backoffMax,
-            panicShare=config.panicShare,
-            latency=latency,
             onEvent=lambda kind, node: metrics.event(name, kind),
         )
 
@@ -650,7 +617,7 @@ class HttpRouter:
 
     def _bind(self, bound):
         if bound.prefix == _INET:
-            observable = _inetObservable(bound.service)
+            observable = inetObservable(bound.service)
         else:
             observable = self.namers[bound.prefix].bind(bound.service)
         if len(self._clients) >= MAX_BOUND_NAMES:
@@ -819,12 +786,6 @@ def checkRules(text, prefixes):
                         column,
                     )
     return dtab
-
-
-def _address(endpoint):
-    if ":" in endpoint.host:
-        return "[%s]:%d" % (endpoint.host, endpoint.port)
-    return "%s:%d" % (endpoint.host, endpoint.port)
 
 
 def _locate(text, needle):

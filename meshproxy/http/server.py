@@ -19,6 +19,7 @@ from zope.interface import implementer
 from meshproxy.http.exchange import Exchange
 from meshproxy.http.fastwrite import writerFor
 from meshproxy.http.message import ProxyError, Request, errorResponse
+from meshproxy.lifecycle import DrainingFactoryMixin
 
 _log = Logger()
 
@@ -644,7 +645,7 @@ def _checkRequest(request, settings):
 
 
 @implementer(IProtocolNegotiationFactory)
-class ServerFactory(Factory):
+class ServerFactory(DrainingFactoryMixin, Factory):
     """
     Builds a L{ServerProtocol} per accepted connection of one router.
 
@@ -676,32 +677,7 @@ class ServerFactory(Factory):
 
         @return: a Deferred that fires when no connection is left.
         """
-        from twisted.internet.defer import Deferred, succeed
-
-        self.draining = True
-        for conn in list(self.connections):
-            conn.drain()
-        if not self.connections:
-            return succeed(None)
-        self._drained = Deferred()
-        timer = self.clock.callLater(grace, self._abortAll)
-
-        def done(result):
-            if timer.active():
-                timer.cancel()
-            return result
-
-        return self._drained.addBoth(done)
-
-    def _abortAll(self):
-        for conn in list(self.connections):
-            conn.transport.abortConnection()
-
-    def _lost(self, conn):
-        self.connections.discard(conn)
-        if self._drained is not None and not self.connections:
-            d, self._drained = self._drained, None
-            d.callback(None)
+        return DrainingFactoryMixin.drain(self, grace, self.clock)
 
     def buildProtocol(self, addr):
         if self.draining:

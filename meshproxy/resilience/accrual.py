@@ -40,6 +40,7 @@ from meshproxy.resilience.interfaces import IAccrualPolicy
 from meshproxy.resilience.window import SlidingCounts
 
 __all__ = [
+    "accrualFromConfig",
     "ConsecutiveFailures",
     "SuccessRateRequests",
     "SuccessRateWindow",
@@ -573,3 +574,38 @@ class FailureAccrual:
 
     def __repr__(self) -> str:
         return f"<FailureAccrual {self.policy.description} on {self.balancer!r}>"
+
+
+def accrualFromConfig(config, balancer, *, clock, random, onEvent=None):
+    """
+    The failure accrual a router's C{failureAccrual} config asks for.
+
+    @param config: a L{FailureAccrualConfig<meshproxy.config.FailureAccrualConfig>}.
+    @param balancer: the balancer whose nodes it judges.
+    @param clock: the reactor's time.
+    @param random: the source of jitter.
+    @param onEvent: called with C{(kind, node)} for each event.
+    @return: a L{FailureAccrual}, or L{None} for C{kind: none}.
+    """
+    if config.kind == "none":
+        return None
+    if config.kind == "consecutiveFailures":
+        policy = ConsecutiveFailures(config.failures)
+    elif config.window is not None:
+        policy = SuccessRateWindow(config.successRate, config.window, config.minRequests)
+    else:
+        policy = SuccessRateRequests(config.successRate, config.requests)
+    latency = None
+    if config.latency is not None:
+        latency = (config.latency.factor, config.latency.duration)
+    return FailureAccrual(
+        policy,
+        balancer,
+        clock=clock,
+        random=random,
+        backoffMin=config.backoffMin,
+        backoffMax=config.backoffMax,
+        panicShare=config.panicShare,
+        latency=latency,
+        onEvent=onEvent,
+    )

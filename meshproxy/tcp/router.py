@@ -30,14 +30,10 @@ from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from meshproxy.discovery.endpoints import Addr, Endpoint, Observable
+from meshproxy.discovery.endpoints import Addr, formatAddress, inetObservable
 from meshproxy.http.fastwrite import writerFor
-from meshproxy.resilience.accrual import (
-    ConsecutiveFailures,
-    FailureAccrual,
-    SuccessRateRequests,
-    SuccessRateWindow,
-)
+from meshproxy.lifecycle import DrainingFactoryMixin
+from meshproxy.resilience.accrual import accrualFromConfig
 from meshproxy.routing.delegate import INET_PREFIX, delegate
 from meshproxy.routing.dtab import Dtab
 from meshproxy.routing.nametree import Leaf
@@ -128,7 +124,7 @@ class _Destination:
             conns = node.payload
             endpoints.append(
                 {
-                    "address": _address(node.endpoint),
+                    "address": formatAddress(node.endpoint),
                     "weight": node.endpoint.weight,
                     "state": node.state,
                     "ewmaMs": round(node.cost, 3),
@@ -226,7 +222,7 @@ class TcpRouter:
         if client is None:
             bound = self.boundName
             if bound.prefix == INET_PREFIX:
-                observable = _inetObservable(bound.service)
+                observable = inetObservable(bound.service)
             else:
                 observable = self.namers[bound.prefix].bind(bound.service)
             client = self._client = _Destination(self, bound, observable)
@@ -248,29 +244,13 @@ class TcpRouter:
         """
         The failure accrual for the destination's balancer, or L{None}.
         """
-        config = self.config.failureAccrual
-        if config.kind == "none":
-            return None
-        if config.kind == "consecutiveFailures":
-            policy = ConsecutiveFailures(config.failures)
-        elif config.window is not None:
-            policy = SuccessRateWindow(config.successRate, config.window, config.minRequests)
-        else:
-            policy = SuccessRateRequests(config.successRate, config.requests)
-        latency = None
-        if config.latency is not None:
-            latency = (config.latency.factor, config.latency.duration)
         name = self.name
         metrics = self.metrics
-        return FailureAccrual(
-            policy,
+        return accrualFromConfig(
+            self.config.failureAccrual,
             balancer,
             clock=self.reactor,
             random=self._rng,
-            backoffMin=config.backoffMin,
-            backoffMax=config.backoffMax,
-            panicShare=config.panicShare,
-            latency=latency,
             onEvent=lambda kind, node: metrics.event(name, kind),
         )
 
@@ -349,7 +329,7 @@ class TcpRouter:
         if client is None or key != client.boundName.id:
             raise KeyError("no bound name %s in router %s" % (boundName, self.name))
         for node in client.balancer.nodes():
-            if _address(node.endpoint) == address:
+            if formatAddress(node.endpoint) == address:
                 return client, node
         raise KeyError("no endpoint %s in %s" % (address, boundName))
 
@@ -445,6 +425,12 @@ class _Downstream(_End):
     """
     The accepted client connection.
     """
+
+    def drain(self):
+        """
+        At shutdown a spliced connection ends by itself (or is aborted when
+        the grace period is over): nothing to do now.
+        """
 
     def __init__(self, factory):
         _End.__init__(self, None)
@@ -772,7 +758,7 @@ def _halfClose(transport):
         transport.loseConnection()
 
 
-class TcpServerFactory(Factory):
+class TcpServerFactory(DrainingFactoryMixin, Factory):
     """
     Accepts the client connections of one TCP router.
 
@@ -805,46 +791,4 @@ class TcpServerFactory(Factory):
 
         @return: a Deferred that fires when no connection is left.
         """
-        from twisted.internet.defer import Deferred, succeed
-
-        self.draining = True
-        if not self.connections:
-            return succeed(None)
-        if self._drained is None:
-            self._drained = Deferred()
-        timer = self.router.reactor.callLater(grace, self._abortAll)
-
-        def done(result):
-            if timer.active():
-                timer.cancel()
-            return result
-
-        return self._drained.addBoth(done)
-
-    def _abortAll(self):
-        for conn in list(self.connections):
-            conn.transport.abortConnection()
-
-    def _lost(self, conn):
-        self.connections.discard(conn)
-        if self._drained is not None and not self.connections:
-            d, self._drained = self._drained, None
-            d.callback(None)
-
-
-def _inetObservable(service):
-    """
-    The fixed endpoint set of a C{/$/inet/host/port} name.
-    """
-    host, _, port = service.rpartition(":")
-    try:
-        endpoint = Endpoint(host.strip("[]"), int(port))
-    except (ValueError, TypeError):
-        return Observable(Addr.neg())
-    return Observable(Addr.bound(frozenset([endpoint])))
-
-
-def _address(endpoint):
-    if ":" in endpoint.host:
-        return "[%s]:%d" % (endpoint.host, endpoint.port)
-    return "%s:%d" % (endpoint.host, endpoint.port)
+        return DrainingFactoryMixin.drain(self, grace, self.router.reactor)
