@@ -14,7 +14,8 @@ import time
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from meshproxy.discovery.endpoints import Addr, formatAddress, inetObservable
+from meshproxy.balancing.bound import BoundEndpoints
+from meshproxy.discovery.endpoints import formatAddress, inetObservable
 from meshproxy.http.client import Pool
 from meshproxy.http.message import HOP_BY_HOP, ProxyError
 from meshproxy.routing.delegate import DelegationError, delegate, explain, showBound
@@ -79,36 +80,26 @@ class _FakeRequest:
         return None
 
 
-class BoundClient:
+class BoundClient(BoundEndpoints):
     """
-    Everything the router keeps for one bound name.
+    Everything the HTTP router keeps for one bound name: its endpoints (see
+    L{BoundEndpoints}), each with a connection pool, and its own
+    classifier, limiter and statistics.
 
-    @ivar name: the bound name as text, e.g. C{"/#/fs/users"}.
-    @ivar balancer: the L{IBalancer<meshproxy.balancing.interfaces.IBalancer>}
-        over the name's endpoints.
     @ivar stats: the name's L{RouteStats<meshproxy.telemetry.metrics.RouteStats>}.
-    @ivar addr: the namer's latest answer.
     """
 
     def __init__(self, router, boundName, observable):
         self.router = router
-        self.boundName = boundName
-        self.name = str(boundName.id)
         # Created on the first request answered while the namer knows the
         # name: unknown names (from arbitrary Host headers) make no series.
         self.stats = None
-        self.balancer = router.makeBalancer(
-            onAdd=self._nodeAdded, onRemove=self._nodeRemoved
-        )
-        self.classifier, self.limiter = router.policyFor(self.name)
-        self.accrual = router.makeAccrual(self.balancer)
-        self.addr = Addr.pending()
-        self._cancel = observable.subscribe(self._update)
-        self._update(observable.current)
+        self.classifier, self.limiter = router.policyFor(str(boundName.id))
+        BoundEndpoints.__init__(self, router, boundName, observable)
 
-    def _nodeAdded(self, node):
+    def newPayload(self, node):
         router = self.router
-        node.payload = Pool(
+        return Pool(
             node.endpoint,
             reactor=router.reactor,
             maxIdle=router.clientSettings.maxIdlePerEndpoint,
@@ -116,22 +107,13 @@ class BoundClient:
             connectTimeout=router.connectTimeout,
         )
 
-    def _nodeRemoved(self, node):
-        if self.accrual is not None:
-            self.accrual.forget(node)
-        if node.payload is not None:
-            node.payload.close()
+    def closePayload(self, pool):
+        pool.close()
 
-    def _update(self, addr):
-        if addr.kind == "bound":
-            self.addr = addr
-            self.balancer.update(addr.endpoints)
-        elif addr.kind == "neg":
-            self.addr = addr
-            self.balancer.update(frozenset())
-        elif addr.kind == "failed" and self.addr.kind == "pending":
-            self.addr = addr
-        # "pending", or "failed" after a good answer: keep the last good set.
+    def connectionCounts(self, pool):
+        if pool is None:
+            return {"open": 0, "idle": 0}
+        return {"open": len(pool.all), "idle": len(pool.idle)}
 
     def isEmpty(self):
         """
@@ -139,43 +121,10 @@ class BoundClient:
         """
         return self.balancer.pick() is None
 
-    def close(self):
-        """
-        Stop following the namer and close every pool.
-        """
-        self._cancel()
-        self.balancer.update(frozenset())
-        if self.accrual is not None:
-            self.accrual.cancel()
-
     def state(self):
         """
         A JSON-ready view for C{GET /admin/state}.
         """
-        endpoints = []
-        for node in self.balancer.nodes():
-            total = node.successes + node.failures
-            pool = node.payload
-            endpoints.append(
-                {
-                    "address": formatAddress(node.endpoint),
-                    "weight": node.endpoint.weight,
-                    "state": node.state,
-                    "ewmaMs": round(node.cost, 3),
-                    "pending": node.pending,
-                    "requests": node.requests,
-                    "successes": node.successes,
-                    "failures": node.failures,
-                    "successRate": (node.successes / total) if total else None,
-                    "consecutiveFailures": node.consecutiveFailures,
-                    "ejectedUntil": node.ejectedUntil,
-                    "backoffStep": node.backoffStep,
-                    "connections": {
-                        "open": len(pool.all) if pool is not None else 0,
-                        "idle": len(pool.idle) if pool is not None else 0,
-                    },
-                }
-            )
         limiter = self.limiter
         return {
             "namer": self.addr.kind,
@@ -184,7 +133,7 @@ class BoundClient:
             if limiter is None
             else {"active": limiter.active, "pending": limiter.pending, "rejected": limiter.rejected},
             "requests": self.stats.requests if self.stats is not None else 0,
-            "endpoints": endpoints,
+            "endpoints": self.endpointStates(),
         }
 
 

@@ -30,7 +30,8 @@ from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from meshproxy.discovery.endpoints import Addr, formatAddress, inetObservable
+from meshproxy.balancing.bound import BoundEndpoints
+from meshproxy.discovery.endpoints import formatAddress, inetObservable
 from meshproxy.http.fastwrite import writerFor
 from meshproxy.lifecycle import DrainingFactoryMixin
 from meshproxy.resilience.accrual import accrualFromConfig
@@ -59,58 +60,22 @@ class _Connections:
         self.open = 0
 
 
-class _Destination:
+class _Destination(BoundEndpoints):
     """
-    The router's destination: the namer's live endpoint set, a balancer
-    over it and the failure accrual of its endpoints.
-
-    @ivar name: the bound name as text, e.g. C{"/#/fs/postgres"}.
-    @ivar balancer: the L{IBalancer<meshproxy.balancing.interfaces.IBalancer>}.
-    @ivar accrual: the L{FailureAccrual}, or L{None}.
-    @ivar addr: the namer's latest answer.
+    The router's destination: its endpoints (see L{BoundEndpoints}), each
+    carrying the counts of its connections.
     """
 
-    def __init__(self, router, boundName, observable):
-        """
-        @param router: the L{TcpRouter}.
-        @param boundName: the L{BoundName<meshproxy.routing.delegate.BoundName>}.
-        @param observable: the namer's L{Observable} for it.
-        """
-        self.boundName = boundName
-        self.name = str(boundName.id)
-        self.balancer = router.makeBalancer(onAdd=self._nodeAdded, onRemove=self._nodeRemoved)
-        self.accrual = router.makeAccrual(self.balancer)
-        self.addr = Addr.pending()
-        self._cancel = observable.subscribe(self._update)
-        self._update(observable.current)
+    def newPayload(self, node):
+        return _Connections()
 
-    def _nodeAdded(self, node):
-        node.payload = _Connections()
+    # Connections open to a removed endpoint are left to finish: no
+    # closePayload.
 
-    def _nodeRemoved(self, node):
-        # Connections open to a removed endpoint are left to finish.
-        if self.accrual is not None:
-            self.accrual.forget(node)
-
-    def _update(self, addr):
-        if addr.kind == "bound":
-            self.addr = addr
-            self.balancer.update(addr.endpoints)
-        elif addr.kind == "neg":
-            self.addr = addr
-            self.balancer.update(frozenset())
-        elif addr.kind == "failed" and self.addr.kind == "pending":
-            self.addr = addr
-        # "pending", or "failed" after a good answer: keep the last good set.
-
-    def close(self):
-        """
-        Stop following the namer and cancel the accrual's timers.
-        """
-        self._cancel()
-        self.balancer.update(frozenset())
-        if self.accrual is not None:
-            self.accrual.cancel()
+    def connectionCounts(self, conns):
+        if conns is None:
+            return {"open": 0, "connecting": 0}
+        return {"open": conns.open, "connecting": conns.connecting}
 
     def state(self):
         """
@@ -118,34 +83,10 @@ class _Destination:
         fields as the HTTP router's (C{connections} counts the connections
         being opened and the spliced pairs open).
         """
-        endpoints = []
-        for node in self.balancer.nodes():
-            total = node.successes + node.failures
-            conns = node.payload
-            endpoints.append(
-                {
-                    "address": formatAddress(node.endpoint),
-                    "weight": node.endpoint.weight,
-                    "state": node.state,
-                    "ewmaMs": round(node.cost, 3),
-                    "pending": node.pending,
-                    "requests": node.requests,
-                    "successes": node.successes,
-                    "failures": node.failures,
-                    "successRate": (node.successes / total) if total else None,
-                    "consecutiveFailures": node.consecutiveFailures,
-                    "ejectedUntil": node.ejectedUntil,
-                    "backoffStep": node.backoffStep,
-                    "connections": {
-                        "open": conns.open if conns is not None else 0,
-                        "connecting": conns.connecting if conns is not None else 0,
-                    },
-                }
-            )
         return {
             "namer": self.addr.kind,
             "panicking": bool(getattr(self.balancer, "panicking", False)),
-            "endpoints": endpoints,
+            "endpoints": self.endpointStates(),
         }
 
 

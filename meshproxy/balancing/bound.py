@@ -1,0 +1,116 @@
+"""
+What a router keeps for one bound name, whatever its protocol: the namer's
+live endpoint set, a balancer over it, the failure accrual of its
+endpoints, and a per-endpoint payload the protocol owns (HTTP: a connection
+pool; TCP: counts of its spliced connections).
+"""
+
+from meshproxy.discovery.endpoints import Addr, formatAddress
+
+__all__ = ["BoundEndpoints"]
+
+
+class BoundEndpoints:
+    """
+    The endpoints of one bound name, followed from its namer.
+
+    A subclass says what each endpoint carries (L{newPayload},
+    L{closePayload}) and how its connections are shown
+    (L{connectionCounts}).
+
+    @ivar name: the bound name as text, e.g. C{"/#/fs/users"}.
+    @ivar balancer: the L{IBalancer<meshproxy.balancing.interfaces.IBalancer>}
+        over the endpoints.
+    @ivar accrual: the L{FailureAccrual<meshproxy.resilience.accrual.FailureAccrual>},
+        or L{None}.
+    @ivar addr: the namer's latest usable answer: a namer that fails after
+        a good answer keeps the last good set.
+    """
+
+    def __init__(self, router, boundName, observable):
+        """
+        @param router: gives C{makeBalancer(onAdd=, onRemove=)} and
+            C{makeAccrual(balancer)}.
+        @param boundName: the L{BoundName<meshproxy.routing.delegate.BoundName>}.
+        @param observable: the namer's L{Observable} for it.
+        """
+        self.boundName = boundName
+        self.name = str(boundName.id)
+        self.balancer = router.makeBalancer(onAdd=self._nodeAdded, onRemove=self._nodeRemoved)
+        self.accrual = router.makeAccrual(self.balancer)
+        self.addr = Addr.pending()
+        self._cancel = observable.subscribe(self._update)
+        self._update(observable.current)
+
+    def newPayload(self, node):
+        """
+        What a new endpoint carries (its C{payload}).
+        """
+        return None
+
+    def closePayload(self, payload):
+        """
+        An endpoint left the set: release what it carries.
+        """
+
+    def connectionCounts(self, payload):
+        """
+        The C{connections} field of an endpoint in L{endpointStates}.
+        """
+        return {}
+
+    def _nodeAdded(self, node):
+        node.payload = self.newPayload(node)
+
+    def _nodeRemoved(self, node):
+        if self.accrual is not None:
+            self.accrual.forget(node)
+        if node.payload is not None:
+            self.closePayload(node.payload)
+
+    def _update(self, addr):
+        if addr.kind == "bound":
+            self.addr = addr
+            self.balancer.update(addr.endpoints)
+        elif addr.kind == "neg":
+            self.addr = addr
+            self.balancer.update(frozenset())
+        elif addr.kind == "failed" and self.addr.kind == "pending":
+            self.addr = addr
+        # "pending", or "failed" after a good answer: keep the last good set.
+
+    def close(self):
+        """
+        Stop following the namer, drop every endpoint and cancel the
+        accrual's timers.
+        """
+        self._cancel()
+        self.balancer.update(frozenset())
+        if self.accrual is not None:
+            self.accrual.cancel()
+
+    def endpointStates(self):
+        """
+        A JSON-ready view of each endpoint, for C{GET /admin/state}.
+        """
+        endpoints = []
+        for node in self.balancer.nodes():
+            total = node.successes + node.failures
+            endpoints.append(
+                {
+                    "address": formatAddress(node.endpoint),
+                    "weight": node.endpoint.weight,
+                    "state": node.state,
+                    "ewmaMs": round(node.cost, 3),
+                    "pending": node.pending,
+                    "requests": node.requests,
+                    "successes": node.successes,
+                    "failures": node.failures,
+                    "successRate": (node.successes / total) if total else None,
+                    "consecutiveFailures": node.consecutiveFailures,
+                    "ejectedUntil": node.ejectedUntil,
+                    "backoffStep": node.backoffStep,
+                    "connections": self.connectionCounts(node.payload),
+                }
+            )
+        return endpoints
