@@ -13,9 +13,11 @@ import gc
 
 import httptools
 from twisted.internet import defer, protocol
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
+
+from tests.support import listenBackend
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -402,7 +404,6 @@ class CountingBackend(protocol.Factory):
         self.readPaused = defer.Deferred()
 
 
-@defer.inlineCallbacks
 def listenBackendWide(testCase, factory, backlog=1024):
     """
     L{tests.support.listenBackend} with a deep listen backlog, for an
@@ -411,19 +412,7 @@ def listenBackendWide(testCase, factory, backlog=1024):
 
     @return: a Deferred firing with the port number.
     """
-    from twisted.internet import reactor
-
-    port = yield TCP4ServerEndpoint(
-        reactor, 0, backlog=backlog, interface="127.0.0.1"
-    ).listen(factory)
-
-    def cleanup():
-        for c in list(factory.connections):
-            c.transport.abortConnection()
-        return port.stopListening()
-
-    testCase.addCleanup(cleanup)
-    return port.getHost().port
+    return listenBackend(testCase, factory, backlog=backlog)
 
 
 # -- clients ------------------------------------------------------------------

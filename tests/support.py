@@ -9,7 +9,23 @@ from twisted.internet import defer, protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 
 
-class Received:
+class _Headers:
+    """
+    Header lookups shared by L{Received} and L{Response}.
+    """
+
+    def header(self, name):
+        name = name.lower()
+        for n, v in self.headers:
+            if n.lower() == name:
+                return v
+        return None
+
+    def headerNames(self):
+        return [n.lower() for n, v in self.headers]
+
+
+class Received(_Headers):
     """
     One request as an upstream saw it.
     """
@@ -22,16 +38,6 @@ class Received:
         self.body = b""
         self.trailers = []
         self.complete = False
-
-    def header(self, name):
-        name = name.lower()
-        for n, v in self.headers:
-            if n.lower() == name:
-                return v
-        return None
-
-    def headerNames(self):
-        return [n.lower() for n, v in self.headers]
 
 
 class _BackendProtocol(protocol.Protocol):
@@ -127,15 +133,18 @@ class BackendFactory(protocol.Factory):
 
 
 @defer.inlineCallbacks
-def listenBackend(testCase, factory):
+def listenBackend(testCase, factory, backlog=50):
     """
     Listen on a free loopback port, closed at the end of the test.
 
+    @param backlog: the listen backlog (Twisted's default is 50).
     @return: a Deferred firing with the port number.
     """
     from twisted.internet import reactor
 
-    port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(factory)
+    port = yield TCP4ServerEndpoint(
+        reactor, 0, backlog=backlog, interface="127.0.0.1"
+    ).listen(factory)
 
     def cleanup():
         for c in list(factory.connections):
@@ -146,7 +155,7 @@ def listenBackend(testCase, factory):
     return port.getHost().port
 
 
-class Response:
+class Response(_Headers):
     """
     One response as the client saw it.
     """
@@ -158,16 +167,6 @@ class Response:
         self.body = b""
         self.trailers = []
         self.complete = False
-
-    def header(self, name):
-        name = name.lower()
-        for n, v in self.headers:
-            if n.lower() == name:
-                return v
-        return None
-
-    def headerNames(self):
-        return [n.lower() for n, v in self.headers]
 
 
 class RawClient(protocol.Protocol):
