@@ -129,11 +129,20 @@ class Balancer:
         """
         return self._nodes
 
-    def eligible(self) -> tuple[Node, ...]:
+    def pickAvoiding(self, avoid: set[Node] | None) -> Node | None:
         """
-        The nodes L{pick} chooses among now.
+        L{pick}, but for a node not in C{avoid} when one is eligible (a
+        retry after failures on those nodes), chosen at random.
+
+        @param avoid: the nodes to keep away from, or L{None}.
+        @return: a node, or L{None} when none is eligible.
         """
-        return self._eligible
+        node = self.pick()
+        if node is not None and avoid and node in avoid:
+            others = [n for n in self._eligible if n not in avoid]
+            if others:
+                node = others[int(self._random.random() * len(others))]
+        return node
 
     def refresh(self) -> None:
         """

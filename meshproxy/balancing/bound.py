@@ -89,6 +89,43 @@ class BoundEndpoints:
         if self.accrual is not None:
             self.accrual.cancel()
 
+    def endpoint(self, address):
+        """
+        The node of one endpoint.
+
+        @param address: C{host:port} as L{endpointStates} shows it.
+        @raise KeyError: when no endpoint has that address.
+        """
+        for node in self.balancer.nodes():
+            if formatAddress(node.endpoint) == address:
+                return node
+        raise KeyError("no endpoint %s in %s" % (address, self.name))
+
+    def drain(self, address):
+        """
+        Send nothing new to one endpoint; what it carries now finishes.
+
+        @raise KeyError: for an unknown address.
+        """
+        self.endpoint(address).state = "draining"
+        self.balancer.refresh()
+
+    def undrain(self, address):
+        """
+        Give a drained endpoint traffic again. One that was ejected when
+        drained stays ejected until its ejection is over, then comes back
+        through one probe.
+
+        @raise KeyError: for an unknown address.
+        """
+        node = self.endpoint(address)
+        if node.state == "draining":
+            if self.accrual is not None:
+                self.accrual.restore(node)
+            else:
+                node.state = "live"
+        self.balancer.refresh()
+
     def endpointStates(self):
         """
         A JSON-ready view of each endpoint, for C{GET /admin/state}.

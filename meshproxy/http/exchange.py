@@ -186,13 +186,8 @@ class Exchange:
             return
         client = self.client
         balancer = client.balancer
-        node = balancer.pick()
-        tried = self.triedNodes
-        if node is not None and tried is not None and node in tried:
-            # Prefer an endpoint that has not failed this request already.
-            others = [n for n in balancer.eligible() if n not in tried]
-            if others:
-                node = others[int(self.router.random() * len(others))]
+        # Prefer an endpoint that has not failed this request already.
+        node = balancer.pickAvoiding(self.triedNodes)
         if node is None:
             self.fail(ProxyError(503, "no-endpoint", "No live endpoint for %s." % (client.name,)))
             return

@@ -15,7 +15,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from meshproxy.balancing.bound import BoundEndpoints
-from meshproxy.discovery.endpoints import formatAddress, inetObservable
+from meshproxy.discovery.endpoints import inetObservable
 from meshproxy.http.client import Pool
 from meshproxy.http.message import HOP_BY_HOP, ProxyError
 from meshproxy.routing.delegate import DelegationError, delegate, explain, showBound
@@ -361,28 +361,17 @@ class HttpRouter:
 
         @raise KeyError: for an unknown bound name or address.
         """
-        node = self._node(boundName, address)
-        node.state = "draining"
-        self._clients[Path.read(boundName)].balancer.refresh()
+        self._bound(boundName).drain(address)
 
     def undrain(self, boundName, address):
         """
-        Give a drained endpoint traffic again.
+        Give a drained endpoint traffic again (see L{BoundEndpoints.undrain}).
 
         @raise KeyError: for an unknown bound name or address.
         """
-        node = self._node(boundName, address)
-        client = self._clients[Path.read(boundName)]
-        if node.state == "draining":
-            if client.accrual is not None:
-                # An endpoint ejected when drained stays ejected until its
-                # ejection is over, then comes back through one probe.
-                client.accrual.restore(node)
-            else:
-                node.state = "live"
-        client.balancer.refresh()
+        self._bound(boundName).undrain(address)
 
-    def _node(self, boundName, address):
+    def _bound(self, boundName):
         try:
             key = Path.read(boundName)
         except ValueError:
@@ -390,10 +379,7 @@ class HttpRouter:
         client = self._clients.get(key)
         if client is None:
             raise KeyError("no bound name %s in router %s" % (boundName, self.name))
-        for node in client.balancer.nodes():
-            if formatAddress(node.endpoint) == address:
-                return node
-        raise KeyError("no endpoint %s in %s" % (address, boundName))
+        return client
 
     # -- routing ------------------------------------------------------------
 

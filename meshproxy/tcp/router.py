@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from meshproxy.balancing.bound import BoundEndpoints
-from meshproxy.discovery.endpoints import formatAddress, inetObservable
+from meshproxy.discovery.endpoints import inetObservable
 from meshproxy.http.fastwrite import writerFor
 from meshproxy.lifecycle import DrainingFactoryMixin
 from meshproxy.resilience.accrual import accrualFromConfig
@@ -102,7 +102,7 @@ class TcpRouter:
     @ivar connStats: the router's L{ConnectionStats<meshproxy.telemetry.metrics.ConnectionStats>}.
     """
 
-    def __init__(self, config, namers, *, reactor, metrics, balancerFactory, random=None):
+    def __init__(self, config, namers, *, reactor, metrics, balancerFactory):
         """
         @param config: the router's L{RouterConfig<meshproxy.config.RouterConfig>}
             (C{protocol: tcp}).
@@ -111,8 +111,6 @@ class TcpRouter:
         @param metrics: the process's L{MeshMetrics}.
         @param balancerFactory: makes a balancer, given C{onAdd} and
             C{onRemove} keyword arguments.
-        @param random: a callable returning floats in [0, 1), to choose
-            among the endpoints not tried yet.
         @raise ValueError: if no namer owns the destination (the config
             loader refuses such a config already).
         """
@@ -121,7 +119,6 @@ class TcpRouter:
         self.reactor = reactor
         self.metrics = metrics
         self.makeBalancer = balancerFactory
-        self.random = random or _random.random
         self._rng = _random.Random()
         self.namers = dict(namers)
         self.destination = config.destination
@@ -241,27 +238,18 @@ class TcpRouter:
 
         @raise KeyError: for an unknown bound name or address.
         """
-        client, node = self._node(boundName, address)
-        node.state = "draining"
-        client.balancer.refresh()
+        self._bound(boundName).drain(address)
 
     def undrain(self, boundName, address):
         """
-        Send new connections to a drained endpoint again.
+        Send new connections to a drained endpoint again (see
+        L{BoundEndpoints.undrain}).
 
         @raise KeyError: for an unknown bound name or address.
         """
-        client, node = self._node(boundName, address)
-        if node.state == "draining":
-            if client.accrual is not None:
-                # An endpoint ejected when drained stays ejected until its
-                # ejection is over, then comes back through one probe.
-                client.accrual.restore(node)
-            else:
-                node.state = "live"
-        client.balancer.refresh()
+        self._bound(boundName).undrain(address)
 
-    def _node(self, boundName, address):
+    def _bound(self, boundName):
         try:
             key = Path.read(boundName)
         except ValueError:
@@ -269,10 +257,7 @@ class TcpRouter:
         client = self._client
         if client is None or key != client.boundName.id:
             raise KeyError("no bound name %s in router %s" % (boundName, self.name))
-        for node in client.balancer.nodes():
-            if formatAddress(node.endpoint) == address:
-                return client, node
-        raise KeyError("no endpoint %s in %s" % (address, boundName))
+        return client
 
 
 # -- the connections ------------------------------------------------------------
@@ -489,13 +474,8 @@ class _Splice:
     def _attempt(self):
         destination = self.destination
         balancer = destination.balancer
-        node = balancer.pick()
-        tried = self.tried
-        if node is not None and tried is not None and node in tried:
-            # Prefer an endpoint this connection has not failed on already.
-            others = [n for n in balancer.eligible() if n not in tried]
-            if others:
-                node = others[int(self.router.random() * len(others))]
+        # Prefer an endpoint this connection has not failed on already.
+        node = balancer.pickAvoiding(self.tried)
         if node is None:
             self.router.countError("upstream-connect" if self.tries else "no-endpoint")
             self._giveUp()
