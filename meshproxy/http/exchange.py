@@ -34,6 +34,7 @@ from meshproxy.http.message import (
     LAST_CHUNK,
     ProxyError,
     encodeChunk,
+    findHeader,
 )
 from meshproxy.resilience.classifiers import RETRYABLE, SUCCESS
 
@@ -501,7 +502,7 @@ class Exchange:
         request = self.request
         retryableHeader = False
         if status >= 400:
-            value = _find(headers, b"mesh-retryable")
+            value = findHeader(headers, b"mesh-retryable")
             retryableHeader = value is not None and value.strip().lower() == b"true"
         classification = self.client.classifier.classify(
             request.method,
@@ -550,7 +551,7 @@ class Exchange:
             append = lines.append
         append(b"Via: 1.1 meshproxy\r\n")
         if status == 101:
-            upgrade = _find(headers, b"upgrade")
+            upgrade = findHeader(headers, b"upgrade")
             append(b"Connection: Upgrade\r\n")
             if upgrade is not None:
                 append(b"Upgrade: %s\r\n" % (upgrade,))
@@ -802,13 +803,6 @@ def _address(node):
     if ":" in endpoint.host:
         return "[%s]:%d" % (endpoint.host, endpoint.port)
     return "%s:%d" % (endpoint.host, endpoint.port)
-
-
-def _find(headers, lname):
-    for n, v in headers:
-        if n.lower() == lname:
-            return v
-    return None
 
 
 def _dropNamed(lines, connectionValue):

@@ -14,6 +14,7 @@ __all__ = [
     "ProxyError",
     "errorResponse",
     "encodeChunk",
+    "findHeader",
     "LAST_CHUNK",
     "reasonPhrase",
 ]
@@ -49,6 +50,20 @@ def reasonPhrase(code):
     @rtype: L{bytes}
     """
     return _REASONS.get(code, b"Unknown")
+
+
+def findHeader(headers, name):
+    """
+    The value of the first header called C{name} in C{headers}.
+
+    @param headers: C{(name, value)} pairs, as received.
+    @param name: a lowercase header name.
+    @return: the value, or L{None} when absent.
+    """
+    for n, v in headers:
+        if n.lower() == name:
+            return v
+    return None
 
 
 def encodeChunk(data):
@@ -124,10 +139,7 @@ class Request:
         """
         if name == b"host":
             return self.host
-        for n, v in self.headers:
-            if n.lower() == name:
-                return v
-        return None
+        return findHeader(self.headers, name)
 
 
 class ProxyError(Exception):

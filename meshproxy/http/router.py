@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from meshproxy.balancing.bound import BoundEndpoints
 from meshproxy.discovery.endpoints import inetObservable
 from meshproxy.http.client import Pool
-from meshproxy.http.message import HOP_BY_HOP, ProxyError
+from meshproxy.http.message import HOP_BY_HOP, ProxyError, findHeader
 from meshproxy.routing.delegate import DelegationError, delegate, explain, showBound
 from meshproxy.routing.dtab import Dtab
 from meshproxy.routing.identifiers import IdentificationError
@@ -634,7 +634,7 @@ class HttpRouter:
             append(b"mesh-ctx-dtab: %s\r\n" % (exchange.override,))
         if request.upgrade:
             append(b"Connection: Upgrade\r\n")
-            upgrade = _headerValue(request.headers, b"upgrade")
+            upgrade = findHeader(request.headers, b"upgrade")
             if upgrade is not None:
                 append(b"Upgrade: %s\r\n" % (upgrade,))
         if request.chunked:
@@ -751,13 +751,6 @@ def _forwardedElement(peer, scheme):
     if b":" in peer:
         peer = b'"[' + peer + b']"'
     return b"for=%s;proto=%s" % (peer, scheme)
-
-
-def _headerValue(headers, lname):
-    for n, v in headers:
-        if n.lower() == lname:
-            return v
-    return None
 
 
 def _makeIdentifier(config):

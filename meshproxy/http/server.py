@@ -54,6 +54,13 @@ class _PauseGate:
         self._transport = transport
         self._reasons = set()
 
+    @property
+    def paused(self):
+        """
+        Whether reading is paused, for any reason.
+        """
+        return bool(self._reasons)
+
     def pause(self, reason):
         """
         Stop reading for C{reason}.
@@ -451,7 +458,7 @@ class ServerProtocol(Protocol):
             return
         if self._state == _HEAD:
             self._timedOut("Timed out reading the request header.")
-        elif self._state == _BODY and self._current is not None and self.gate._reasons:
+        elif self._state == _BODY and self._current is not None and self.gate.paused:
             # Reading is paused by meshproxy itself (upstream back-pressure,
             # pipelining): no progress is not the client's fault. The
             # exchange's total timeout still bounds a stuck upstream.
