@@ -31,10 +31,10 @@ from twisted.logger import Logger
 
 from meshproxy.http.message import (
     HOP_BY_HOP,
-    LAST_CHUNK,
     ProxyError,
     encodeChunk,
     findHeader,
+    lastChunk,
 )
 from meshproxy.resilience.classifiers import RETRYABLE, SUCCESS
 
@@ -265,14 +265,7 @@ class Exchange:
             return
         self.bodySentAll = True
         if self.request.chunked:
-            if self.trailers:
-                upstream.write(
-                    b"0\r\n"
-                    + b"".join(b"%s: %s\r\n" % (n, v) for n, v in self.trailers)
-                    + b"\r\n"
-                )
-            else:
-                upstream.write(LAST_CHUNK)
+            upstream.write(lastChunk(self.trailers))
         if self.request.hasBody:
             upstream.transport.unregisterProducer()
 
@@ -596,14 +589,7 @@ class Exchange:
             return
         server = self.server
         if self.chunkedOut:
-            if trailers:
-                server.write(
-                    b"0\r\n"
-                    + b"".join(b"%s: %s\r\n" % (n, v) for n, v in trailers)
-                    + b"\r\n"
-                )
-            else:
-                server.write(LAST_CHUNK)
+            server.write(lastChunk(trailers))
         upstream = self.upstream
         self.upstream = None
         if upstream is not None:

@@ -15,6 +15,7 @@ __all__ = [
     "errorResponse",
     "encodeChunk",
     "findHeader",
+    "lastChunk",
     "LAST_CHUNK",
     "reasonPhrase",
 ]
@@ -64,6 +65,18 @@ def findHeader(headers, name):
         if n.lower() == name:
             return v
     return None
+
+
+def lastChunk(trailers):
+    """
+    The end of a chunked body: the last chunk and the trailer fields.
+
+    @param trailers: C{(name, value)} pairs, or L{None}.
+    @rtype: L{bytes}
+    """
+    if not trailers:
+        return LAST_CHUNK
+    return b"0\r\n" + b"".join(b"%s: %s\r\n" % (n, v) for n, v in trailers) + b"\r\n"
 
 
 def encodeChunk(data):
