@@ -91,6 +91,11 @@ class AdminConfig:
     @ivar protectReads: when true, reads need the token too (needs a token).
     @ivar shutdownGrace: seconds a graceful shutdown lets in-flight requests
         finish before the process exits.
+    @ivar allowedHosts: the host names (lowercase, without port) the admin
+        API answers to besides IP literals and C{localhost}; C{("*",)} turns
+        the C{Host} check off. Other names get 421 (DNS rebinding).
+    @ivar rulesAllowInet: whether rules changed through the admin API may
+        lead to C{/$/inet} addresses (the operator writes them).
     @ivar stateDir: the absolute path of the directory where state changed
         at run time (rules replaced through the admin API) is persisted, or
         L{None} for the directory of the config file (the embedded demo,
@@ -104,6 +109,8 @@ class AdminConfig:
     protectReads: bool = False
     shutdownGrace: float = 10.0
     stateDir: Optional[str] = None
+    allowedHosts: tuple[str, ...] = ()
+    rulesAllowInet: bool = True
 
 
 @frozen(kw_only=True)
@@ -327,10 +334,18 @@ class ClientConfig:
 
     @ivar maxIdlePerEndpoint: idle kept-alive connections kept per endpoint.
     @ivar idleTimeout: seconds before an idle upstream connection is closed.
+    @ivar maxHeaderBytes: size of an upstream response's status line and
+        headers together (and of its trailers).
+    @ivar maxHeaders: number of header fields of an upstream response (and,
+        separately, of its trailer fields).
+    @ivar maxInformational: interim (1xx) responses accepted per request.
     """
 
     maxIdlePerEndpoint: int = 64
     idleTimeout: float = 60.0
+    maxHeaderBytes: int = 65536
+    maxHeaders: int = 100
+    maxInformational: int = 10
 
 
 @frozen(kw_only=True)
@@ -386,11 +401,15 @@ class TrustConfig:
         empty allows any.
     @ivar deadline: whether the remaining deadline a caller sends in
         C{mesh-ctx-deadline} is honoured.
+    @ivar allowInet: whether an override may lead to C{/$/inet} addresses
+        (or any other C{/$/} name) rather than only to names owned by
+        configured namers.
     """
 
     callers: tuple[str, ...] = ()
     dtabPrefixes: tuple[str, ...] = ()
     deadline: bool = True
+    allowInet: bool = False
 
 
 @frozen(kw_only=True)
@@ -1095,6 +1114,29 @@ def _network(value: Any) -> str:
     return str(network)
 
 
+def _allowedHost(value: Any) -> str:
+    """
+    A host name the admin API answers to: C{"*"}, or a DNS name (no port,
+    no scheme), lowercased.
+    """
+    if not isinstance(value, str):
+        raise _Invalid(f"expected a host name, got {_show(value)}")
+    if value == "*":
+        return value
+    name = value.lower().rstrip(".")
+    labels = name.split(".")
+    if not name or any(
+        not label or len(label) > 63 or not all(c.isalnum() or c == "-" for c in label)
+        or not label.isascii()
+        for label in labels
+    ):
+        raise _Invalid(
+            f'expected a host name such as "mesh.example" (no port, no scheme) or "*", '
+            f"got {_show(value)}"
+        )
+    return name
+
+
 def _token(value: Any) -> str | None:
     if value is None:
         return None
@@ -1281,6 +1323,8 @@ def _parseAdmin(at: _At, value: Any) -> AdminConfig:
         "protectReads": _boolean,
         "shutdownGrace": _duration(positive=False),
         "stateDir": _optional(_directory),
+        "allowedHosts": _listOf(_allowedHost, unique=True),
+        "rulesAllowInet": _boolean,
     }
     section = _Section(at, value, converters)
     config = AdminConfig(**section.read(converters))
@@ -1569,7 +1613,13 @@ def _parseServer(at: _At, value: Any) -> ServerConfig:
 
 
 def _parseClient(at: _At, value: Any) -> ClientConfig:
-    converters = {"maxIdlePerEndpoint": _integer(0), "idleTimeout": _duration()}
+    converters = {
+        "maxIdlePerEndpoint": _integer(0),
+        "idleTimeout": _duration(),
+        "maxHeaderBytes": _integer(256),
+        "maxHeaders": _integer(1),
+        "maxInformational": _integer(0),
+    }
     return ClientConfig(**_Section(at, value, converters).read(converters))
 
 
@@ -1607,6 +1657,7 @@ def _parseTrust(at: _At, value: Any) -> TrustConfig:
         "callers": _listOf(_network),
         "dtabPrefixes": _listOf(_path(allowRoot=True)),
         "deadline": _boolean,
+        "allowInet": _boolean,
     }
     return TrustConfig(**_Section(at, value, converters).read(converters))
 

@@ -745,6 +745,64 @@ class ErrorFormTests(SynchronousTestCase, ErrorAssertions):
             MINIMAL + "admin: {protectReads: true}", "admin.protectReads: needs a token"
         )
 
+    def test_adminHardening(self) -> None:
+        config = parseConfig(
+            MINIMAL + "admin: {allowedHosts: [Mesh.Example., admin-1.internal], rulesAllowInet: false}"
+        )
+        self.assertEqual(config.admin.allowedHosts, ("mesh.example", "admin-1.internal"))
+        self.assertFalse(config.admin.rulesAllowInet)
+        self.assertEqual(parseConfig(MINIMAL + "admin: {allowedHosts: ['*']}").admin.allowedHosts, ("*",))
+        defaults = parseConfig(MINIMAL).admin
+        self.assertEqual((defaults.allowedHosts, defaults.rulesAllowInet), ((), True))
+
+    def test_badAllowedHosts(self) -> None:
+        self.assertErrors(
+            MINIMAL + "admin: {allowedHosts: ['mesh.example:9990', 'http://x', '', 3, a.b, A.B]}",
+            'admin.allowedHosts[0]: expected a host name such as "mesh.example" (no port,'
+            ' no scheme) or "*", got "mesh.example:9990"',
+            'admin.allowedHosts[1]: expected a host name such as "mesh.example" (no port,'
+            ' no scheme) or "*", got "http://x"',
+            'admin.allowedHosts[2]: expected a host name such as "mesh.example" (no port,'
+            ' no scheme) or "*", got ""',
+            "admin.allowedHosts[3]: expected a host name, got 3",
+            'admin.allowedHosts[5]: "a.b" is already listed at admin.allowedHosts[4]',
+        )
+        self.assertErrors(
+            MINIMAL + "admin: {rulesAllowInet: 1}",
+            "admin.rulesAllowInet: expected true or false, got 1",
+        )
+
+    def test_clientHeadLimits(self) -> None:
+        config = parseConfig(
+            MINIMAL + "    client: {maxHeaderBytes: 8192, maxHeaders: 20, maxInformational: 0}\n"
+        )
+        client = config.routers[0].client
+        self.assertEqual(
+            (client.maxHeaderBytes, client.maxHeaders, client.maxInformational), (8192, 20, 0)
+        )
+        defaults = parseConfig(MINIMAL).routers[0].client
+        self.assertEqual(
+            (defaults.maxHeaderBytes, defaults.maxHeaders, defaults.maxInformational),
+            (65536, 100, 10),
+        )
+        self.assertEqual(
+            self.routerErrors("client: {maxHeaderBytes: 10, maxHeaders: 0, maxInformational: -1}"),
+            [
+                "routers[0].client.maxHeaderBytes: must be at least 256, got 10",
+                "routers[0].client.maxHeaders: must be at least 1, got 0",
+                "routers[0].client.maxInformational: must be at least 0, got -1",
+            ],
+        )
+
+    def test_trustAllowInet(self) -> None:
+        self.assertFalse(parseConfig(MINIMAL).routers[0].trust.allowInet)
+        config = parseConfig(MINIMAL + "    trust: {callers: [127.0.0.1], allowInet: true}\n")
+        self.assertTrue(config.routers[0].trust.allowInet)
+        self.assertEqual(
+            self.routerErrors("trust: {allowInet: maybe}"),
+            ['routers[0].trust.allowInet: expected true or false, got "maybe"'],
+        )
+
     def test_headerIdentifierNameLowercased(self) -> None:
         config = parseConfig(MINIMAL + "    identifier: {kind: header, name: X-Svc}\n")
         self.assertEqual(config.routers[0].identifier.name, "x-svc")
