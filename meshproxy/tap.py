@@ -340,11 +340,28 @@ def buildServices(config, *, reactor, configPath=None):
     return runtime, services
 
 
+#: The listen backlog of meshproxy's listeners unless their endpoint string
+#: sets one: Twisted's default of 50 drops bursts of new connections (they
+#: wait for SYN retries, a second or more).
+DEFAULT_BACKLOG = 1024
+
+#: The endpoint kinds whose Twisted parser takes a C{backlog} argument.
+_BACKLOG_KINDS = frozenset(["tcp", "tcp6", "ssl", "unix"])
+
+
 def _endpointString(description):
-    # "tls:" is the name users expect for a TLS listener; Twisted's server
-    # parser calls it "ssl:".
+    """
+    The Twisted server endpoint string for a C{listen} value: C{tls:} is the
+    name users expect for a TLS listener (Twisted's parser says C{ssl:}),
+    and the backlog defaults to L{DEFAULT_BACKLOG}.
+    """
+    from twisted.internet.endpoints import _parse
+
     if description.startswith("tls:"):
-        return "ssl:" + description[4:]
+        description = "ssl:" + description[4:]
+    args, kwargs = _parse(description)
+    if args and args[0] in _BACKLOG_KINDS and "backlog" not in kwargs:
+        description += ":backlog=%d" % (DEFAULT_BACKLOG,)
     return description
 
 

@@ -136,6 +136,8 @@ class ServiceTests(SynchronousTestCase):
             s.startService()
         ports = sorted(port for port, factory, backlog, interface in reactor.tcpServers)
         self.assertEqual(ports, [4141, 9991])
+        # Twisted's default backlog of 50 drops bursts: meshproxy's is 1024.
+        self.assertEqual({backlog for _, _, backlog, _ in reactor.tcpServers}, {1024})
         self.assertTrue(runtime.isReady())
         for s in services:
             s.stopService()
@@ -158,6 +160,37 @@ routers:
     connectRetries: 1
     idleTimeout: 10m
 """
+
+
+class EndpointStringTests(SynchronousTestCase):
+    """
+    The listen values become Twisted endpoint strings with meshproxy's
+    defaults.
+    """
+
+    def test_backlogDefault(self):
+        from meshproxy.tap import _endpointString
+
+        self.assertEqual(
+            _endpointString("tcp:4140:interface=127.0.0.1"),
+            "tcp:4140:interface=127.0.0.1:backlog=1024",
+        )
+        self.assertEqual(_endpointString("tcp6:4140"), "tcp6:4140:backlog=1024")
+        self.assertEqual(_endpointString("unix:/run/m.sock"), "unix:/run/m.sock:backlog=1024")
+        self.assertEqual(
+            _endpointString("tls:4143:privateKey=a\\:b.pem"),
+            "ssl:4143:privateKey=a\\:b.pem:backlog=1024",
+        )
+
+    def test_backlogKept(self):
+        from meshproxy.tap import _endpointString
+
+        self.assertEqual(
+            _endpointString("tcp:4140:backlog=7:interface=127.0.0.1"),
+            "tcp:4140:backlog=7:interface=127.0.0.1",
+        )
+        # systemd sockets are bound by systemd: no backlog argument there.
+        self.assertEqual(_endpointString("systemd:domain=INET:index=0"), "systemd:domain=INET:index=0")
 
 
 class TcpRouterServiceTests(SynchronousTestCase):
