@@ -291,6 +291,7 @@ def buildServices(config, *, reactor, configPath=None):
                 reactor=reactor,
                 metrics=metrics,
                 balancerFactory=balancerFactory(routerConfig.loadBalancer, reactor),
+                rulesAllowInet=config.admin.rulesAllowInet,
             )
             factory = ServerFactory(
                 router, routerConfig.server, reactor, router.connStats, scheme=_scheme(routerConfig.listen)

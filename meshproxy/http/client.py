@@ -14,8 +14,16 @@ from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.logger import Logger
 
 from meshproxy.http.fastwrite import writerFor
+from meshproxy.http.message import FieldBudget, forbiddenTrailer
 
 _log = Logger()
+
+
+class _ResponseRefused(Exception):
+    """
+    A response that breaks the client limits (head size, header count,
+    interim responses): the try fails as C{upstream-protocol}.
+    """
 
 
 class UpstreamProtocol(Protocol):
@@ -41,6 +49,15 @@ class UpstreamProtocol(Protocol):
         self._trailers = None
         self._reason = b""
         self._inBody = False
+        # The bounds of the response head (then trailers) being read, raw
+        # bytes of an unfinished head, bytes since the last body piece
+        # (chunk framing and trailers) and interim responses so far.
+        self._fields = None
+        self._inHead = False
+        self._headRaw = 0
+        self._sinceBody = 0
+        self._bodyProgress = False
+        self._interim = 0
         self._complete = False
         self._headDone = False
         self._tunnel = None
@@ -86,22 +103,21 @@ class UpstreamProtocol(Protocol):
             return
         self._gotBytes = True
         self._feeding = True
+        self._bodyProgress = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
             self._switch(data[e.args[0]:])
-        except httptools.HttpParserCallbackError:
-            _log.failure("error while relaying a response", failure=None)
-            if self.exchange is not None:
-                self.exchange.upstreamError("internal error")
+        except httptools.HttpParserCallbackError as e:
+            if isinstance(e.__context__, _ResponseRefused):
+                self._refuse(str(e.__context__))
             else:
-                self.transport.abortConnection()
+                _log.failure("error while relaying a response", failure=None)
+                self._refuse("internal error")
         except httptools.HttpParserError as e:
-            current = self.exchange
-            if current is not None:
-                current.upstreamError(str(e) or e.__class__.__name__)
-            else:
-                self.transport.abortConnection()
+            self._refuse(str(e) or e.__class__.__name__)
+        else:
+            self._bound(data)
         self._feeding = False
         if self._headDone:
             self._headDone = False
@@ -123,31 +139,84 @@ class UpstreamProtocol(Protocol):
             exchange.server.transport.registerProducer(self.transport, True)
         exchange.server.flush()
 
+    def _refuse(self, reason):
+        """
+        The upstream sent something that is not an acceptable response: the
+        try fails (or, with nobody waiting, the connection is dropped).
+        """
+        current = self.exchange
+        if current is not None:
+            current.upstreamError(reason)
+        else:
+            self.transport.abortConnection()
+
+    def _bound(self, data):
+        """
+        After a read: bound what the parser holds unfinished, an incomplete
+        head or the chunk framing and trailers since the last body piece.
+        """
+        limit = self.pool.limits.maxHeaderBytes
+        if self._inHead:
+            self._headRaw += len(data)
+            if self._headRaw > limit:
+                self._refuse("response head larger than %d bytes" % (limit,))
+        elif self._inBody:
+            if self._bodyProgress:
+                self._sinceBody = 0
+            else:
+                self._sinceBody += len(data)
+                if self._sinceBody > limit:
+                    self._refuse("response trailers larger than %d bytes" % (limit,))
+
     def on_message_begin(self):
         if self.exchange is None:
             self._unsolicited = True
+        limits = self.pool.limits
         self._headers = []
         self._trailers = None
         self._reason = b""
         self._inBody = False
+        self._inHead = True
+        self._headRaw = 0
+        self._sinceBody = 0
+        self._fields = FieldBudget(limits.maxHeaderBytes, limits.maxHeaders)
 
     def on_status(self, reason):
         self._reason += reason
 
     def on_header(self, name, value):
-        if self._inBody:
-            if self._trailers is None:
-                self._trailers = []
-            self._trailers.append((name, value))
-        else:
+        budget = self._fields
+        if budget is None:
+            # The first trailer field.
+            limits = self.pool.limits
+            budget = self._fields = FieldBudget(limits.maxHeaderBytes, limits.maxHeaders)
+        if not budget.add(name, value):
+            if budget.tooMany:
+                raise _ResponseRefused("more than %d header fields" % (budget.maxFields,))
+            raise _ResponseRefused("response head larger than %d bytes" % (budget.maxBytes,))
+        if not self._inBody:
             self._headers.append((name, value))
+        elif forbiddenTrailer(name):
+            # Never forwarded from a trailer (see forbiddenTrailer).
+            if self.exchange is not None:
+                self.exchange.router.countError("trailer-dropped")
+        elif self._trailers is None:
+            self._trailers = [(name, value)]
+        else:
+            self._trailers.append((name, value))
 
     def on_headers_complete(self):
         exchange = self.exchange
         status = self.parser.get_status_code()
+        self._inHead = False
+        self._fields = None
         if status < 200 and status != 101:
             # Interim responses: 100 was already answered by meshproxy
             # itself; others (103) are passed on to HTTP/1.1 clients.
+            self._interim += 1
+            limit = self.pool.limits.maxInformational
+            if self._interim > limit:
+                raise _ResponseRefused("more than %d interim (1xx) responses" % (limit,))
             self._informational = True
             if exchange is not None and status != 100 and exchange.request.version == "1.1":
                 exchange.server.write(
@@ -184,6 +253,7 @@ class UpstreamProtocol(Protocol):
             exchange.responseComplete(None, self.parser.should_keep_alive())
 
     def on_body(self, data):
+        self._bodyProgress = True
         if self._headDone:
             # Body bytes after a HEAD response: the upstream is broken.
             self._unsolicited = True
@@ -222,6 +292,7 @@ class UpstreamProtocol(Protocol):
         self.exchange = exchange
         self._gotBytes = False
         self._unsolicited = False
+        self._interim = 0
 
     def stopStreaming(self, server):
         """
@@ -337,8 +408,16 @@ class Pool:
     @ivar idle: idle connections, most recently used last.
     """
 
-    def __init__(self, endpoint, *, reactor, maxIdle=64, idleTimeout=60.0, connectTimeout=2.0):
+    def __init__(
+        self, endpoint, *, reactor, limits, maxIdle=64, idleTimeout=60.0, connectTimeout=2.0
+    ):
+        """
+        @param limits: the bounds on responses: C{maxHeaderBytes},
+            C{maxHeaders} and C{maxInformational}, as in the router's
+            L{ClientConfig<meshproxy.config.ClientConfig>}.
+        """
         self.endpoint = endpoint
+        self.limits = limits
         self.reactor = reactor
         self.maxIdle = maxIdle
         self.idleTimeout = idleTimeout

@@ -18,6 +18,8 @@ __all__ = [
     "lastChunk",
     "LAST_CHUNK",
     "reasonPhrase",
+    "FieldBudget",
+    "forbiddenTrailer",
 ]
 
 #: Headers that describe one connection and never cross the proxy
@@ -65,6 +67,87 @@ def findHeader(headers, name):
         if n.lower() == name:
             return v
     return None
+
+
+#: Fields that must never come from a trailer (RFC 9110 6.5.1): framing,
+#: routing, request modifiers, authentication, connection control and how
+#: the content is to be processed. Together with every C{mesh-*} field
+#: (the mesh's own context), they are dropped from trailers both ways.
+TRAILER_FORBIDDEN = HOP_BY_HOP | frozenset(
+    [
+        b"trailer",
+        b"host",
+        b"authorization",
+        b"cookie",
+        b"set-cookie",
+        b"www-authenticate",
+        b"expect",
+        b"max-forwards",
+        b"range",
+        b"if-match",
+        b"if-none-match",
+        b"if-modified-since",
+        b"if-unmodified-since",
+        b"if-range",
+        b"cache-control",
+        b"content-encoding",
+        b"content-type",
+        b"content-range",
+        b"location",
+        b"retry-after",
+        b"vary",
+        b"age",
+        b"expires",
+        b"date",
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"via",
+    ]
+)
+
+
+def forbiddenTrailer(name):
+    """
+    Whether a field called C{name} must be dropped when it comes as a
+    trailer.
+
+    @param name: the field name as received.
+    @rtype: L{bool}
+    """
+    n = name.lower()
+    return n in TRAILER_FORBIDDEN or n[:5] == b"mesh-"
+
+
+class FieldBudget:
+    """
+    Bounds one header or trailer section as its fields arrive: their count
+    and their size (name, value and the four bytes of C{": "} and CRLF).
+
+    @ivar tooMany: whether the last refusal was for the count.
+    """
+
+    __slots__ = ("maxBytes", "maxFields", "size", "count", "tooMany")
+
+    def __init__(self, maxBytes, maxFields):
+        self.maxBytes = maxBytes
+        self.maxFields = maxFields
+        self.size = 0
+        self.count = 0
+        self.tooMany = False
+
+    def add(self, name, value):
+        """
+        Count one field.
+
+        @return: whether the section is still within both bounds.
+        """
+        self.count += 1
+        self.size += len(name) + len(value) + 4
+        if self.count > self.maxFields:
+            self.tooMany = True
+            return False
+        return self.size <= self.maxBytes
 
 
 def lastChunk(trailers):

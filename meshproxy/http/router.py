@@ -64,6 +64,13 @@ class RulesError(ValueError):
         return "%s at line %d, column %d" % (self.message, self.line, self.column)
 
 
+class InetNotAllowed(RulesError):
+    """
+    Rules that lead to a C{/$/} name (an address) where only names owned
+    by the configured namers are allowed.
+    """
+
+
 class _FakeRequest:
     """
     Just enough of a request for an identifier (used by explain).
@@ -105,6 +112,7 @@ class BoundClient(BoundEndpoints):
             maxIdle=router.clientSettings.maxIdlePerEndpoint,
             idleTimeout=router.clientSettings.idleTimeout,
             connectTimeout=router.connectTimeout,
+            limits=router.clientSettings,
         )
 
     def closePayload(self, pool):
@@ -145,7 +153,17 @@ class HttpRouter:
     @ivar dtab: the current rules, an immutable L{Dtab}.
     """
 
-    def __init__(self, config, namers, *, reactor, metrics, balancerFactory, random=None):
+    def __init__(
+        self,
+        config,
+        namers,
+        *,
+        reactor,
+        metrics,
+        balancerFactory,
+        random=None,
+        rulesAllowInet=True,
+    ):
         """
         @param config: the router's L{RouterConfig<meshproxy.config.RouterConfig>}.
         @param namers: the namers by prefix (L{Path} → L{INamer}).
@@ -155,6 +173,9 @@ class HttpRouter:
             C{onRemove} keyword arguments.
         @param random: a callable returning floats in [0, 1), for weighted
             routes.
+        @param rulesAllowInet: whether rules replaced at run time (through
+            L{validateRules}) may lead to C{/$/inet} addresses
+            (C{admin.rulesAllowInet}).
         """
         self.config = config
         self.name = config.name
@@ -201,6 +222,8 @@ class HttpRouter:
         self._trusted = tuple(ipaddress.ip_network(c, strict=False) for c in trust.callers)
         self.trustDeadline = trust.deadline
         self._dtabPrefixes = tuple(Path.read(p) for p in trust.dtabPrefixes)
+        self._overrideInet = trust.allowInet
+        self._rulesInet = rulesAllowInet
         self._overrides = {}
 
     # -- lifecycle --------------------------------------------------------
@@ -266,9 +289,10 @@ class HttpRouter:
         @param text: dtab text.
         @return: the parsed L{Dtab}.
         @raise DtabSyntaxError: on a syntax error (with line and column).
-        @raise RulesError: when a rule names a C{/#/} prefix no namer owns.
+        @raise RulesError: when a rule names a C{/#/} prefix no namer owns,
+            or leads to an address while C{rulesAllowInet} is false.
         """
-        return checkRules(text, self._prefixes)
+        return checkRules(text, self._prefixes, allowInet=self._rulesInet)
 
     def recentNames(self):
         """
@@ -462,12 +486,18 @@ class HttpRouter:
         dtab = self._overrides.get(text)
         if dtab is None:
             try:
-                dtab = checkRules(text, self._prefixes)
+                dtab = checkRules(text, self._prefixes, allowInet=self._overrideInet)
+            except InetNotAllowed as e:
+                # Else a trusted caller could reach any address the host
+                # can (server-side request forgery).
+                self.countError("dtab-override-inet")
+                raise ProxyError(400, "bad-dtab", "Bad mesh-dtab override: %s." % (e,))
             except ValueError as e:
                 raise ProxyError(400, "bad-dtab", "Bad mesh-dtab override: %s." % (e,))
             if self._dtabPrefixes:
                 for dentry in dtab.dentries:
                     if not any(dentry.prefix.startswith(p) for p in self._dtabPrefixes):
+                        self.countError("dtab-override-prefix")
                         raise ProxyError(
                             400,
                             "bad-dtab",
@@ -583,14 +613,9 @@ class HttpRouter:
         dropped; the C{X-Forwarded-*}, C{Forwarded} and C{Via} headers are
         added to or appended to; framing is written by meshproxy.
         """
-        target = request.target
-        if target[0] != 0x2F and target != b"*":
-            # absolute-form: send origin-form upstream.
-            rest = target.split(b"://", 1)[1]
-            slash = rest.find(b"/")
-            target = rest[slash:] if slash >= 0 else b"/"
         server = exchange.server
-        lines = [b"%s %s HTTP/1.1\r\n" % (request.method, target)]
+        # The server side made an absolute-form target origin-form.
+        lines = [b"%s %s HTTP/1.1\r\n" % (request.method, request.target)]
         append = lines.append
         tokens = request.connectionTokens
         mesh = request.meshHeaders
@@ -692,21 +717,34 @@ class HttpRouter:
         }
 
 
-def checkRules(text, prefixes):
+def checkRules(text, prefixes, allowInet=True):
     """
     Parse rules and check that every C{/#/} name they lead to belongs to
     one of C{prefixes}.
 
     @param text: dtab text.
     @param prefixes: the namer prefixes (L{Path}s) the rules may use.
+    @param allowInet: whether the rules may lead to C{/$/} names
+        (C{/$/inet/host/port}: any address). Rules from the config and, by
+        default, the admin API may; overrides sent by callers may not,
+        unless C{trust.allowInet} says so.
     @return: the parsed L{Dtab}.
     @raise DtabSyntaxError: on a syntax error.
     @raise RulesError: on an unknown namer prefix.
+    @raise InetNotAllowed: on a C{/$/} name when C{allowInet} is false.
     """
     dtab = Dtab.read(text)
     known = tuple(prefixes)
     for dentry in dtab.dentries:
         for path in leaves(dentry.dst):
+            if not allowInet and len(path) >= 1 and path.segments[0] == "$":
+                line, column = _locate(text, str(path))
+                raise InetNotAllowed(
+                    "%s leads to an address, not to a namer's name (allowed: %s)"
+                    % (path, ", ".join(sorted(str(p) for p in known)) or "none"),
+                    line,
+                    column,
+                )
             if len(path) >= 2 and path.segments[0] == "#":
                 if not any(path.startswith(p) for p in known):
                     line, column = _locate(text, str(path))

@@ -18,12 +18,21 @@ from zope.interface import implementer
 
 from meshproxy.http.exchange import Exchange
 from meshproxy.http.fastwrite import writerFor
-from meshproxy.http.message import ProxyError, Request, errorResponse
+from meshproxy.http.message import (
+    FieldBudget,
+    ProxyError,
+    Request,
+    errorResponse,
+    forbiddenTrailer,
+)
 from meshproxy.lifecycle import DrainingFactoryMixin
+from meshproxy.routing.identifiers import splitAbsoluteForm
 
 _log = Logger()
 
 _HEAD, _BODY, _IDLE = range(3)
+
+_VERSIONS = frozenset(["1.0", "1.1"])
 
 # Characters allowed in a request-target (RFC 3986 plus '%' escapes); llhttp
 # lets some others through.
@@ -109,10 +118,23 @@ class ServerProtocol(Protocol):
         self._out = []
         self._state = _IDLE
         self._headRaw = 0
-        self._headSize = 0
         self._url = b""
         self._headers = None
         self._trailers = None
+        # The bounds of the header (then trailer) section being read.
+        self._fields = None
+        # Bytes read since the last piece of request body: chunk framing and
+        # trailers, bounded like a head (they are buffered by the parser).
+        self._sinceBody = 0
+        self._bodyProgress = False
+        # When the first byte of the request head (or of a preamble of empty
+        # lines before it) arrived, for the header timeout.
+        self._headSince = None
+        self._preamble = 0
+        self._preambleSince = 0.0
+        # An exchange whose head was parsed in the read being parsed: it
+        # starts once the whole read is known to be well-formed.
+        self._toStart = None
         self._current = None  # the Exchange whose request bytes are arriving
         self._deadline = None
         self._timer = None
@@ -174,6 +196,7 @@ class ServerProtocol(Protocol):
             return
         if self.closing or self._broken:
             return
+        self._bodyProgress = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -193,18 +216,59 @@ class ServerProtocol(Protocol):
         except httptools.HttpParserError as e:
             self._framingError(_parserError(e))
         else:
-            if self._state == _HEAD:
-                self._headRaw += len(data)
-                if self._headRaw > self.settings.maxHeaderBytes:
-                    self._framingError(
-                        ProxyError(431, "header-too-large", "Request header too large.")
-                    )
-                elif self._headRaw == len(data):
-                    # The head arrived in pieces: bound the wait for the rest.
-                    self._setDeadline(self.clock.seconds() + self.settings.headerTimeout)
-            elif self._current is not None and self._state == _BODY:
-                self._setDeadline(self.clock.seconds() + self.settings.bodyTimeout)
+            self._bound(data)
+        toStart, self._toStart = self._toStart, None
+        if toStart is not None and toStart is self.active and not toStart.done:
+            # Started only now: a request whose framing fails later in the
+            # same read never has its head sent upstream.
+            toStart.start()
         self.flush()
+
+    def _bound(self, data):
+        """
+        Apply the size limits and timeouts to what the last read left
+        unfinished: a head, a preamble of empty lines, or chunk framing and
+        trailers (which the parser buffers, like a head).
+        """
+        state = self._state
+        settings = self.settings
+        if state == _HEAD:
+            self._headRaw += len(data)
+            if self._headRaw > settings.maxHeaderBytes:
+                self._framingError(
+                    ProxyError(431, "header-too-large", "Request header too large.")
+                )
+            elif self._headSince is None:
+                # The head arrived in pieces: bound the wait for the rest.
+                self._startHeadTimer()
+        elif state == _BODY:
+            if self._current is None:
+                return
+            if self._bodyProgress:
+                self._sinceBody = 0
+            else:
+                self._sinceBody += len(data)
+                if self._sinceBody > settings.maxHeaderBytes:
+                    self._framingError(
+                        ProxyError(431, "header-too-large", "Request trailers too large.")
+                    )
+                    return
+            self._setDeadline(self.clock.seconds() + settings.bodyTimeout)
+        elif self._headSince is None and data:
+            # Bytes before a request line: one empty line is tolerated
+            # (RFC 9112 2.2); more start the header timeout, counted from
+            # the first of them.
+            if not self._preamble:
+                self._preambleSince = self.clock.seconds()
+            self._preamble += len(data)
+            if self._preamble > 2:
+                self._startHeadTimer(self._preambleSince)
+
+    def _startHeadTimer(self, since=None):
+        if since is None:
+            since = self.clock.seconds()
+        self._headSince = since
+        self._setDeadline(since + self.settings.headerTimeout)
 
     # httptools callbacks --------------------------------------------------
 
@@ -212,10 +276,11 @@ class ServerProtocol(Protocol):
         self._state = _HEAD
         self._bodySize = 0
         self._headRaw = 0
-        self._headSize = 0
         self._url = b""
         self._headers = []
         self._trailers = None
+        self._fields = FieldBudget(self.settings.maxHeaderBytes, self.settings.maxHeaders)
+        self._sinceBody = 0
 
     def on_url(self, url):
         self._url += url
@@ -223,20 +288,35 @@ class ServerProtocol(Protocol):
             raise ProxyError(414, "uri-too-long", "Request-target too long.")
 
     def on_header(self, name, value):
-        if self._state == _HEAD:
-            headers = self._headers
-            headers.append((name, value))
-            self._headSize += len(name) + len(value) + 4
-            if len(headers) > self.settings.maxHeaders:
-                raise ProxyError(431, "too-many-headers", "Too many request headers.")
-            if self._headSize > self.settings.maxHeaderBytes:
-                raise ProxyError(431, "header-too-large", "Request header too large.")
+        budget = self._fields
+        head = self._state == _HEAD
+        if budget is None:
+            # The first trailer field.
+            budget = self._fields = FieldBudget(
+                self.settings.maxHeaderBytes, self.settings.maxHeaders
+            )
+        if not budget.add(name, value):
+            if budget.tooMany:
+                raise ProxyError(
+                    431,
+                    "too-many-headers",
+                    "Too many request headers." if head else "Too many trailer fields.",
+                )
+            raise ProxyError(
+                431,
+                "header-too-large",
+                "Request header too large." if head else "Request trailers too large.",
+            )
+        if head:
+            self._headers.append((name, value))
+        elif forbiddenTrailer(name):
+            # Framing, routing, authentication and mesh context are never
+            # taken from a trailer (RFC 9110 6.5.1): dropped, not forwarded.
+            self.router.countError("trailer-dropped")
+        elif self._trailers is None:
+            self._trailers = [(name, value)]
         else:
-            if self._trailers is None:
-                self._trailers = []
             self._trailers.append((name, value))
-            if len(self._trailers) > self.settings.maxHeaders:
-                raise ProxyError(431, "too-many-headers", "Too many trailer fields.")
 
     def on_headers_complete(self):
         parser = self.parser
@@ -244,21 +324,25 @@ class ServerProtocol(Protocol):
             parser.get_method(), self._url, parser.get_http_version(), self._headers
         )
         self._headers = None
+        self._fields = None
         request.keepAlive = parser.should_keep_alive()
         _checkRequest(request, self.settings)
         exchange = Exchange(self, request, self.router)
         self._current = exchange
         self._state = _BODY
+        self._headSince = None
+        self._preamble = 0
         if self.draining:
             exchange.keepAlive = False
         if self.active is None:
             self.active = exchange
-            exchange.start()
+            self._toStart = exchange
         else:
             self.queue.append(exchange)
             self.gate.pause("pipeline")
 
     def on_body(self, data):
+        self._bodyProgress = True
         current = self._current
         if current is not None:
             limit = self.settings.maxBodyBytes
@@ -471,6 +555,10 @@ class ServerProtocol(Protocol):
             else:
                 self._timedOut("Timed out reading the request body.")
         elif self.active is None and not self.queue:
+            if self._headSince is not None:
+                # Empty lines dribbled before a request line that never came.
+                self._timedOut("Timed out reading the request header.")
+                return
             # Idle keep-alive connection.
             self.closing = True
             self.transport.loseConnection()
@@ -532,11 +620,42 @@ def _parserError(e):
     Map an httptools parse error to the answer meshproxy gives.
     """
     message = str(e) or e.__class__.__name__
+    if message.startswith("Pause on PRI"):
+        # The HTTP/2 connection preface.
+        return ProxyError(
+            505, "version-not-supported", "Only HTTP/1.0 and HTTP/1.1 are supported here."
+        )
     if isinstance(e, httptools.HttpParserInvalidMethodError):
         return ProxyError(400, "bad-request", "Invalid method.")
     if isinstance(e, httptools.HttpParserInvalidURLError):
         return ProxyError(400, "bad-request", "Invalid request-target.")
     return ProxyError(400, "bad-request", "Malformed request: %s." % (message,))
+
+
+def _absoluteForm(request):
+    """
+    Turn an absolute-form request (C{GET http://users/x HTTP/1.1}) into
+    origin-form: the target's authority replaces the C{Host} header, and
+    is what the router identifies the request by (RFC 9112 3.2.2).
+
+    @return: the authority, the request's host from now on.
+    @raise ProxyError: for a target with userinfo (C{http://a@b/}, which
+        reads as one host and routes to another) or without a host.
+    """
+    authority, path = splitAbsoluteForm(request.target)
+    if b"@" in authority:
+        raise ProxyError(400, "bad-request", "Userinfo is not allowed in a request-target.")
+    if not authority:
+        raise ProxyError(400, "bad-request", "No host in an absolute request-target.")
+    if not path.startswith(b"/"):
+        path = b"/" + path
+    request.target = path
+    headers = request.headers
+    for i in range(len(headers) - 1, -1, -1):
+        if headers[i][0].lower() == b"host":
+            del headers[i]
+    headers.insert(0, (b"Host", authority))
+    return authority
 
 
 def _checkRequest(request, settings):
@@ -546,12 +665,17 @@ def _checkRequest(request, settings):
     Sets the framing fields of C{request}; raises L{ProxyError} for a
     request that must be refused.
     """
+    if request.version not in _VERSIONS:
+        raise ProxyError(
+            505, "version-not-supported", "Only HTTP/1.0 and HTTP/1.1 are supported here."
+        )
     method = request.method
     if method == b"CONNECT":
         raise ProxyError(405, "method-not-allowed", "CONNECT is not supported.")
     target = request.target
     if not target:
         raise ProxyError(400, "bad-request", "Empty request-target.")
+    authority = None
     first = target[0]
     if first == 0x2F:  # "/"
         pass
@@ -559,7 +683,7 @@ def _checkRequest(request, settings):
         if method != b"OPTIONS":
             raise ProxyError(400, "bad-request", "Asterisk-form is only for OPTIONS.")
     elif target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
-        pass
+        authority = target
     else:
         raise ProxyError(400, "bad-request", "Invalid request-target.")
     for c in target:
@@ -607,6 +731,8 @@ def _checkRequest(request, settings):
             )
     elif hostCount > 1:
         raise ProxyError(400, "bad-host", "More than one Host header.")
+    if authority is not None:
+        host = _absoluteForm(request)
     if host is not None:
         if not host:
             raise ProxyError(400, "bad-host", "Empty Host header.")

@@ -110,6 +110,21 @@ def _authorityEnd(target: bytes, start: int) -> int:
     return end
 
 
+def splitAbsoluteForm(target: bytes) -> tuple[bytes, bytes] | None:
+    """
+    Split an absolute-form request-target (C{http://users:8080/x?y}) into
+    its authority (C{users:8080}) and the rest (C{/x?y}, maybe empty).
+
+    @return: the two parts, or L{None} when C{target} is not in absolute
+        form.
+    """
+    start = _absoluteForm(target)
+    if start < 0:
+        return None
+    end = _authorityEnd(target, start)
+    return target[start:end], target[end:]
+
+
 @implementer(IIdentifier)
 @attrs.frozen
 class HostIdentifier:
