@@ -207,6 +207,25 @@ class RequestTrailerTests(SynchronousTestCase):
         self.assertEqual(h.reactor.tcpClients, [])
 
 
+class RefusedUpgradeTests(SynchronousTestCase):
+    def test_refusedUpgradeClosesTheConnection(self):
+        """
+        An upgrade request answered without switching protocols ends its
+        connection after the answer: the parser stopped at the request's
+        head, so the connection could not be read on correctly.
+        """
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(
+            b"GET /ws HTTP/1.1\r\nHost: hello\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nX"
+        )
+        up, upTransport = h.upstream()
+        up.dataReceived(OK)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK"))
+        self.assertIn(b"Connection: close\r\n", transport.value())
+        self.assertTrue(closed(transport))
+
+
 class FramingBeforeForwardingTests(SynchronousTestCase):
     def test_framingCheckedBeforeForwarding(self):
         """

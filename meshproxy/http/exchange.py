@@ -519,10 +519,12 @@ class Exchange:
         self.responseStarted = True
         self.progress = self.router.clock.seconds()
         server = self.server
-        if status == 101 or not self.bodyDone:
+        if status == 101 or not self.bodyDone or request.upgrade:
             # After a 101 the connection is a tunnel; an answer that comes
             # before the whole request body leaves the connection out of
-            # step: either way no further request follows on it.
+            # step; after an upgrade request the parser stopped at its head
+            # (what follows may be the other protocol): in every case no
+            # further request is read on it.
             self.keepAlive = False
         bodyless = self.bodyless or status in _BODYLESS_STATUS or status < 200
         self.bodyless = bodyless
