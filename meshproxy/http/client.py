@@ -10,10 +10,11 @@ the connection gets a fresh parser for the next response.
 
 import httptools
 from twisted.internet.error import ConnectionDone
-from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
-from meshproxy.http.fastwrite import writerFor
+from meshproxy.transport.connector import describeConnectFailure
+from meshproxy.transport.fastwrite import writerFor
 from meshproxy.http.message import FieldBudget, forbiddenTrailer
 
 _log = Logger()
@@ -78,11 +79,6 @@ class UpstreamProtocol(Protocol):
         except Exception:
             pass
         self.write = writerFor(self.transport)
-        exchange = self.exchange
-        if exchange is None:
-            self.pool.release(self)
-        else:
-            exchange.connected(self)
 
     def write(self, data):
         """
@@ -355,49 +351,75 @@ class UpstreamProtocol(Protocol):
         exchange.server.flush()
 
 
-class _ConnectFactory(ClientFactory):
+class _UpstreamFactory(Factory):
     """
-    Makes one L{UpstreamProtocol} for one exchange, and tells the exchange
-    when the connection attempt fails.
+    Builds the L{UpstreamProtocol} of one connection attempt.
     """
 
-    protocol = UpstreamProtocol
     noisy = False
+
+    def __init__(self, pool):
+        self.pool = pool
+
+    def buildProtocol(self, addr):
+        p = UpstreamProtocol(self.pool, None)
+        p.factory = self
+        return p
+
+
+class _Attempt:
+    """
+    One connection attempt of a pool, made for one exchange: the exchange
+    gets the connection, or hears why there is none; an exchange that gave
+    up (L{abandon}) hears nothing and the attempt is called off.
+    """
+
+    __slots__ = ("pool", "exchange", "_deferred")
 
     def __init__(self, pool, exchange):
         self.pool = pool
         self.exchange = exchange
-        self.connector = None
+        self._deferred = None
+
+    def start(self):
+        d = self._deferred = self.pool.connector.connect(
+            self.pool.endpoint, _UpstreamFactory(self.pool)
+        )
+        d.addCallbacks(self._connected, self._failed)
 
     def abandon(self):
         """
-        The exchange gave up on this connection attempt (its try timed out or
-        it ended): stop connecting, and never call it back.
+        The exchange gave up on this attempt (its try timed out, or it
+        ended): stop connecting, and never call it back.
         """
         self.exchange = None
-        connector = self.connector
-        if connector is not None and connector.state == "connecting":
-            connector.stopConnecting()
+        d, self._deferred = self._deferred, None
+        if d is not None:
+            d.cancel()
 
-    def buildProtocol(self, addr):
+    def _connected(self, conn):
+        self._deferred = None
+        pool = self.pool
+        pool.opened(conn)
         exchange, self.exchange = self.exchange, None
-        if exchange is not None:
-            exchange.connecting = None
-        p = UpstreamProtocol(self.pool, exchange)
-        p.factory = self
-        self.pool.opened(p)
-        return p
+        if exchange is None:
+            pool.release(conn)
+            return
+        exchange.connecting = None
+        conn.attach(exchange)
+        exchange.connected(conn)
+        exchange.server.flush()
 
-    def clientConnectionFailed(self, connector, reason):
+    def _failed(self, failure):
+        self._deferred = None
         self.pool.connecting -= 1
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
             exchange.connecting = None
-            exchange.connectFailed(reason.getErrorMessage(), True)
+            exchange.connectFailed(
+                describeConnectFailure(failure, self.pool.connector.timeout), True
+            )
             exchange.server.flush()
-
-    def clientConnectionLost(self, connector, reason):
-        pass
 
 
 class Pool:
@@ -408,20 +430,21 @@ class Pool:
     @ivar idle: idle connections, most recently used last.
     """
 
-    def __init__(
-        self, endpoint, *, reactor, limits, maxIdle=64, idleTimeout=60.0, connectTimeout=2.0
-    ):
+    def __init__(self, endpoint, *, clock, connector, limits, maxIdle=64, idleTimeout=60.0):
         """
+        @param clock: gives the time, for idle expiry.
+        @param connector: the L{IConnector<meshproxy.transport.connector.IConnector>}
+            making new connections.
         @param limits: the bounds on responses: C{maxHeaderBytes},
             C{maxHeaders} and C{maxInformational}, as in the router's
             L{ClientConfig<meshproxy.config.ClientConfig>}.
         """
         self.endpoint = endpoint
         self.limits = limits
-        self.reactor = reactor
+        self.clock = clock
+        self.connector = connector
         self.maxIdle = maxIdle
         self.idleTimeout = idleTimeout
-        self.connectTimeout = connectTimeout
         self.idle = []
         self.all = set()
         self.connecting = 0
@@ -439,14 +462,8 @@ class Pool:
                 exchange.connected(conn)
                 return
         self.connecting += 1
-        factory = _ConnectFactory(self, exchange)
-        exchange.connecting = factory
-        factory.connector = self.reactor.connectTCP(
-            self.endpoint.host,
-            self.endpoint.port,
-            factory,
-            timeout=self.connectTimeout,
-        )
+        attempt = exchange.connecting = _Attempt(self, exchange)
+        attempt.start()
 
     def opened(self, conn):
         """
@@ -463,7 +480,7 @@ class Pool:
             self.discard(conn)
             conn.transport.loseConnection()
             return
-        conn.idleSince = self.reactor.seconds()
+        conn.idleSince = self.clock.seconds()
         self.idle.append(conn)
 
     def discard(self, conn):

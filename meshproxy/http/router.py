@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from meshproxy.balancing.bound import BoundEndpoints
 from meshproxy.discovery.endpoints import inetObservable
 from meshproxy.http.client import Pool
+from meshproxy.transport.connector import TCPConnector
 from meshproxy.http.message import HOP_BY_HOP, ProxyError, findHeader
 from meshproxy.routing.delegate import DelegationError, delegate, explain, showBound
 from meshproxy.routing.dtab import Dtab
@@ -108,10 +109,10 @@ class BoundClient(BoundEndpoints):
         router = self.router
         return Pool(
             node.endpoint,
-            reactor=router.reactor,
+            clock=router.reactor,
+            connector=router.connector,
             maxIdle=router.clientSettings.maxIdlePerEndpoint,
             idleTimeout=router.clientSettings.idleTimeout,
-            connectTimeout=router.connectTimeout,
             limits=router.clientSettings,
         )
 
@@ -191,6 +192,7 @@ class HttpRouter:
         self.clientSettings = config.client
         self.totalTimeout = config.timeouts.total
         self.connectTimeout = config.timeouts.connect
+        self.connector = TCPConnector(reactor, self.connectTimeout)
         self.forwarded = config.forwarded
         self.identifier = _makeIdentifier(config.identifier)
         self.dtab = checkRules(config.rules, self._prefixes)

@@ -11,13 +11,14 @@ L{Exchange<meshproxy.http.exchange.Exchange>} that forwards it upstream.
 from collections import deque
 
 import httptools
-from twisted.internet.interfaces import IProtocolNegotiationFactory, IPushProducer
+from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from meshproxy.http.exchange import Exchange
-from meshproxy.http.fastwrite import writerFor
+from meshproxy.transport.fastwrite import writerFor
+from meshproxy.transport.gate import PauseGate
 from meshproxy.http.message import (
     FieldBudget,
     ProxyError,
@@ -44,58 +45,6 @@ _HOST_OK = frozenset(
     b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~:[]"
     b"!$&'()*+,;=%"
 )
-
-
-@implementer(IPushProducer)
-class _PauseGate:
-    """
-    Pauses a transport's reading for several independent reasons at once
-    (pipelining, upstream back-pressure, a full pre-connect buffer) and
-    resumes it only when none is left.
-
-    An instance, bound to one reason, is also the L{IPushProducer} registered
-    on the upstream transport while a request body streams to it.
-    """
-
-    __slots__ = ("_transport", "_reasons")
-
-    def __init__(self, transport):
-        self._transport = transport
-        self._reasons = set()
-
-    @property
-    def paused(self):
-        """
-        Whether reading is paused, for any reason.
-        """
-        return bool(self._reasons)
-
-    def pause(self, reason):
-        """
-        Stop reading for C{reason}.
-        """
-        if not self._reasons:
-            self._transport.pauseProducing()
-        self._reasons.add(reason)
-
-    def resume(self, reason):
-        """
-        Withdraw C{reason}; read again if no other reason remains.
-        """
-        if reason in self._reasons:
-            self._reasons.discard(reason)
-            if not self._reasons:
-                self._transport.resumeProducing()
-
-    # IPushProducer, for upstream back-pressure on the request body.
-    def pauseProducing(self):
-        self.pause("upstream")
-
-    def resumeProducing(self):
-        self.resume("upstream")
-
-    def stopProducing(self):
-        self.resume("upstream")
 
 
 class ServerProtocol(Protocol):
@@ -165,7 +114,7 @@ class ServerProtocol(Protocol):
         self.trusted = self.router.isTrusted(host)
         self._send = writerFor(transport)
         self.parser = httptools.HttpRequestParser(self)
-        self.gate = _PauseGate(transport)
+        self.gate = PauseGate(transport, producerReason="upstream")
         if self.connStats is not None:
             self.connStats.opened += 1
         self._setDeadline(self.clock.seconds() + self.settings.idleTimeout)

@@ -9,7 +9,7 @@ both ways, each side is the other's streaming producer (so a slow reader
 slows the writer down instead of filling memory), and a half-close on one
 side is passed on to the other.
 
-    client ──► TcpServerFactory ──► _Splice ──► balancer.pick() ──► connectTCP
+    client ──► TcpServerFactory ──► _Splice ──► balancer.pick() ──► connector
                                        │         (retry another endpoint on
                                        │          a connect failure)
                _Downstream ◄── bytes, back-pressure, half-close ──► _Upstream
@@ -25,20 +25,22 @@ says more about its client than about the endpoint.
 import random as _random
 
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
-from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from meshproxy.balancing.bound import BoundEndpoints
 from meshproxy.discovery.endpoints import inetObservable
-from meshproxy.http.fastwrite import writerFor
 from meshproxy.lifecycle import DrainingFactoryMixin
 from meshproxy.resilience.accrual import accrualFromConfig
 from meshproxy.routing.delegate import INET_PREFIX, delegate
 from meshproxy.routing.dtab import Dtab
 from meshproxy.routing.nametree import Leaf
 from meshproxy.routing.path import Path
+from meshproxy.transport.connector import TCPConnector
+from meshproxy.transport.fastwrite import writerFor
+from meshproxy.transport.gate import PauseGate
 
 __all__ = ["TcpRouter", "TcpServerFactory"]
 
@@ -127,6 +129,7 @@ class TcpRouter:
         self.idleTimeout = config.idleTimeout
         self.maxConnections = config.maxConnections
         self.connStats = metrics.connections(self.name)
+        self.connector = TCPConnector(reactor, self.connectTimeout)
         tree = delegate(Dtab(()), Path.read(config.destination), tuple(self.namers))
         if type(tree) is not Leaf:
             raise ValueError(
@@ -167,16 +170,6 @@ class TcpRouter:
         return client
 
     # -- what the splices use -----------------------------------------------
-
-    def connect(self, endpoint, factory):
-        """
-        Start connecting to C{endpoint} with the connect timeout.
-
-        @return: the L{IConnector}.
-        """
-        return self.reactor.connectTCP(
-            endpoint.host, endpoint.port, factory, timeout=self.connectTimeout
-        )
 
     def makeAccrual(self, balancer):
         """
@@ -263,62 +256,13 @@ class TcpRouter:
 # -- the connections ------------------------------------------------------------
 
 
-@implementer(IPushProducer)
-class _ReadGate:
-    """
-    Pauses a transport's reading for several reasons at once (waiting for
-    the upstream connection, back-pressure from the other side) and resumes
-    it when none is left; never again once the peer ended its writing.
-
-    It is the producer registered on the other side's transport.
-    """
-
-    __slots__ = ("transport", "reasons", "ended")
-
-    def __init__(self, transport):
-        self.transport = transport
-        self.reasons = set()
-        self.ended = False
-
-    def pause(self, reason):
-        """
-        Stop reading for C{reason}.
-        """
-        if not self.reasons:
-            self.transport.pauseProducing()
-        self.reasons.add(reason)
-
-    def resume(self, reason):
-        """
-        Withdraw C{reason}; read again if no other reason remains.
-        """
-        reasons = self.reasons
-        if reason in reasons:
-            reasons.discard(reason)
-            if not reasons and not self.ended:
-                # Twisted would read the end of file again (and report it
-                # again) if a half-closed transport were resumed.
-                self.transport.resumeProducing()
-
-    def pauseProducing(self):
-        self.pause("peer")
-
-    def resumeProducing(self):
-        self.resume("peer")
-
-    def stopProducing(self):
-        # The transport calls this when it is lost; the splice closes the
-        # other side itself, cleanly or not depending on why.
-        pass
-
-
 @implementer(IHalfCloseableProtocol)
 class _End(Protocol):
     """
     One side of a spliced pair.
 
     @ivar splice: the L{_Splice}.
-    @ivar gate: the L{_ReadGate} of this side's transport.
+    @ivar gate: the L{PauseGate} of this side's transport.
     @ivar forward: writes the bytes this side receives to the other side.
     @ivar ended: whether this side's peer ended its writing.
     @ivar lost: whether this side's connection is lost.
@@ -387,9 +331,9 @@ class _Upstream(_End):
         self.splice.connected(self)
 
 
-class _ConnectFactory(ClientFactory):
+class _UpstreamFactory(Factory):
     """
-    Reports one connection attempt to its splice.
+    Builds the upstream side of one splice's connection attempt.
     """
 
     noisy = False
@@ -399,9 +343,6 @@ class _ConnectFactory(ClientFactory):
 
     def buildProtocol(self, addr):
         return _Upstream(self.splice)
-
-    def clientConnectionFailed(self, connector, reason):
-        self.splice.connectFailed(reason)
 
 
 class _Splice:
@@ -427,7 +368,7 @@ class _Splice:
         "connectSeconds",
         "tried",
         "tries",
-        "connector",
+        "attempt",
         "early",
         "closing",
         "finished",
@@ -447,7 +388,7 @@ class _Splice:
         self.connectSeconds = 0.0
         self.tried = None
         self.tries = 0
-        self.connector = None
+        self.attempt = None
         self.early = []
         self.closing = False
         self.finished = False
@@ -464,7 +405,7 @@ class _Splice:
         make the first attempt.
         """
         client = self.client
-        client.gate = _ReadGate(client.transport)
+        client.gate = PauseGate(client.transport)
         client.gate.pause("connect")
         # Reading is paused, so at most what was already read (such as what
         # a TLS layer decrypted with its handshake) is kept here.
@@ -486,7 +427,10 @@ class _Splice:
             destination.accrual.picked(node)
         self.started = balancer.start(node)
         node.payload.connecting += 1
-        self.connector = self.router.connect(node.endpoint, _ConnectFactory(self))
+        attempt = self.attempt = self.router.connector.connect(
+            node.endpoint, _UpstreamFactory(self)
+        )
+        attempt.addErrback(self.connectFailed)
 
     def connectFailed(self, reason):
         """
@@ -497,7 +441,7 @@ class _Splice:
             # Called off (and accounted for) when the client went away.
             return
         node, self.node = self.node, None
-        self.connector = None
+        self.attempt = None
         node.payload.connecting -= 1
         destination = self.destination
         accrual = destination.accrual
@@ -526,7 +470,7 @@ class _Splice:
         if self.closing:
             upstream.transport.abortConnection()
             return
-        self.connector = None
+        self.attempt = None
         node = self.node
         conns = node.payload
         conns.connecting -= 1
@@ -540,7 +484,7 @@ class _Splice:
         client = self.client
         up = upstream.transport
         down = client.transport
-        upstream.gate = _ReadGate(up)
+        upstream.gate = PauseGate(up)
         upstream.forward = writerFor(down)
         # Each side's transport pauses the other side's reading when its
         # write buffer is full, and resumes it when the buffer drains.
@@ -591,9 +535,9 @@ class _Splice:
         client = self.client
         upstream = self.upstream
         if end is client:
-            connector, self.connector = self.connector, None
-            if connector is not None:
-                self._callOff(connector)
+            attempt, self.attempt = self.attempt, None
+            if attempt is not None:
+                self._callOff(attempt)
             other = upstream
         else:
             other = client
@@ -604,7 +548,7 @@ class _Splice:
                 other.transport.abortConnection()
         self._finishIfClosed()
 
-    def _callOff(self, connector):
+    def _callOff(self, attempt):
         """
         Stop the connection attempt in progress; it says nothing of the
         endpoint.
@@ -616,15 +560,12 @@ class _Splice:
         accrual = self.destination.accrual
         if accrual is not None:
             accrual.abandon(node)
-        try:
-            connector.stopConnecting()
-        except RuntimeError:
-            # Not connecting any more: what it reports is ignored.
-            pass
+        # What the cancelled attempt reports is ignored (closing is set).
+        attempt.cancel()
 
     def _finishIfClosed(self):
         upstream = self.upstream
-        if self.client.lost and self.connector is None and (upstream is None or upstream.lost):
+        if self.client.lost and self.attempt is None and (upstream is None or upstream.lost):
             self._finish()
 
     def _finish(self):
