@@ -1059,7 +1059,9 @@ class DrainTests(AdminIntegrationTestCase):
             self.assertEqual(response.code, code, change)
             self.assertIsInstance(response.json()["error"], str)
         for raw in (b"", b"not json", b"[]", json.dumps({"router": "web"}).encode()):
-            response = yield self.admin.post("/admin/endpoints/drain", raw)
+            response = yield self.admin.post(
+                "/admin/endpoints/drain", raw, headers={"Content-Type": "application/json"}
+            )
             self.assertEqual(response.code, 400, raw)
         states = yield self.endpointStates()
         self.assertEqual({ep["state"] for ep in states.values()}, {"live"})

@@ -250,6 +250,7 @@ class TcpRouterServiceTests(SynchronousTestCase):
             data=json.dumps(
                 {"router": "db", "name": "/#/static/pg", "address": "127.0.0.1:5432"}
             ).encode(),
+            headers={"Content-Type": "application/json"},
         )
         self.assertEqual((code, body), (200, {"draining": True}))
         [endpoint] = runtime.routers["db"].state()["boundNames"]["/#/static/pg"]["endpoints"]
