@@ -82,7 +82,7 @@ _TRUE = frozenset({b"1", b"true", b"yes"})
 
 # Methods that only read. With a token configured, everything else needs it;
 # these need it only when protectReads is set. Everything else is also
-# origin-checked and, with a body, type-checked.
+# origin-checked and type-checked (AdminAPI._admit).
 _READ_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 
 JSON_TYPE = "application/json"
