@@ -325,6 +325,7 @@ def buildServices(config, *, reactor, configPath=None):
         registry,
         token=config.admin.token,
         protectReads=config.admin.protectReads,
+        allowedHosts=config.admin.allowedHosts,
         rulesStores=stores,
         clock=reactor,
     )

@@ -161,7 +161,9 @@ class AdminClient:
         Send one request and read the whole answer.
 
         @param path: the path and query, starting with C{/}.
-        @param body: bytes, text, a JSON-ready dict, or L{None}.
+        @param body: bytes, text, a JSON-ready dict, or L{None}. A dict is
+            sent as C{application/json}, text (rules) as C{text/plain;
+            charset=utf-8}, bytes with the type C{headers} give, if any.
         @param headers: a dict of extra headers.
         @param token: overrides the client's token (L{None} for none).
         @return: a Deferred firing with an L{AdminResponse}.
@@ -173,11 +175,15 @@ class AdminClient:
             h.addRawHeader(name, value)
         if token is not None:
             h.addRawHeader("Authorization", "Bearer " + token)
+        typed = h.hasHeader("Content-Type")
         if isinstance(body, dict):
             body = json.dumps(body).encode("utf-8")
-            h.addRawHeader("Content-Type", "application/json")
+            if not typed:
+                h.addRawHeader("Content-Type", "application/json")
         elif isinstance(body, str):
             body = body.encode("utf-8")
+            if not typed:
+                h.addRawHeader("Content-Type", "text/plain; charset=utf-8")
         response = yield self._http.request(
             method, self.base + path, headers=h, data=body
         )

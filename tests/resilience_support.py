@@ -196,7 +196,7 @@ def adminGet(testCase, adminPort, path):
     """
     client = yield connectClient(testCase, adminPort)
     client.transport.write(
-        b"GET %s HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n" % (path,)
+        b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n" % (path,)
     )
     yield client.closed
     [response] = client.responses

@@ -23,7 +23,8 @@ from meshproxy.telemetry.metrics import MeshMetrics
 from tests.test_admin_rules import CONFIG_RULES, USERS_V2, FakeRulesRouter
 
 TOKEN = "s3cret-t0ken"
-BASE = "http://admin.invalid"
+# As a client of the default listener sees it: the Host is an IP literal.
+BASE = "http://127.0.0.1:9990"
 
 
 class FakeRouter:
@@ -70,6 +71,7 @@ class _APITestMixin:
 
     token: str | None = None
     protectReads = False
+    allowedHosts: tuple[str, ...] = ()
 
     def setUp(self) -> None:
         self.runtime = FakeRuntime()
@@ -78,7 +80,7 @@ class _APITestMixin:
         self.clock = Clock()
         self.api = AdminAPI(
             self.runtime, self.registry, token=self.token, protectReads=self.protectReads,
-            rulesStores=self.makeStores(), clock=self.clock,
+            allowedHosts=self.allowedHosts, rulesStores=self.makeStores(), clock=self.clock,
         )
         self.client = StubTreq(self.api.app.resource())
 
@@ -506,7 +508,7 @@ class _RulesMixin(_APITestMixin):
 
     def put(self, text: str | bytes, ifMatch: str | None = quoted(CONFIG_VERSION),
             headers: dict[str, str] | None = None, router: str = "web") -> tuple[Any, bytes]:
-        headers = dict(headers or {})
+        headers = {"Content-Type": "text/plain; charset=utf-8", **(headers or {})}
         if ifMatch is not None:
             headers["If-Match"] = ifMatch
         data = text.encode("utf-8") if isinstance(text, str) else text
@@ -517,7 +519,8 @@ class _RulesMixin(_APITestMixin):
     def postJSON(self, path: str, body: Any, headers: dict[str, str] | None = None
                  ) -> tuple[Any, bytes]:
         data = body if isinstance(body, bytes) else json.dumps(body).encode("utf-8")
-        return self.request("POST", path, data=data, headers=headers or {})
+        headers = {"Content-Type": "application/json", **(headers or {})}
+        return self.request("POST", path, data=data, headers=headers)
 
 
 class GetRulesTests(_RulesMixin, SynchronousTestCase):
@@ -693,7 +696,8 @@ class TokenRulesTests(_RulesMixin, SynchronousTestCase):
         calls = [
             lambda h: self.put(USERS_V2, headers=h),
             lambda h: self.request("POST", "/admin/routers/web/rules?dryRun=1",
-                                   data=USERS_V2.encode(), headers=h),
+                                   data=USERS_V2.encode(),
+                                   headers={**h, "Content-Type": "text/plain"}),
             lambda h: self.postJSON("/admin/routers/web/rules/rollback",
                                     {"version": CONFIG_VERSION},
                                     {**h, "If-Match": quoted(CONFIG_VERSION)}),
@@ -754,7 +758,8 @@ class DryRunTests(_RulesMixin, SynchronousTestCase):
 
     def dryRun(self, text: str | bytes, query: str = "?dryRun=1") -> tuple[Any, bytes]:
         data = text.encode("utf-8") if isinstance(text, str) else text
-        return self.request("POST", "/admin/routers/web/rules" + query, data=data)
+        return self.request("POST", "/admin/routers/web/rules" + query, data=data,
+                            headers={"Content-Type": "text/plain"})
 
     def test_showsChangesForRecentNamesWithoutApplying(self) -> None:
         response, body = self.dryRun(USERS_V2)

@@ -10,9 +10,11 @@ clock.
 import itertools
 import json
 import os
+import shutil
 
 from twisted.internet import defer
-from twisted.trial.unittest import TestCase
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import SkipTest, TestCase
 
 from meshproxy.admin.rules import rulesVersion
 from tests.admin_support import AdminClient, runProxy
@@ -1059,7 +1061,9 @@ class DrainTests(AdminIntegrationTestCase):
             self.assertEqual(response.code, code, change)
             self.assertIsInstance(response.json()["error"], str)
         for raw in (b"", b"not json", b"[]", json.dumps({"router": "web"}).encode()):
-            response = yield self.admin.post("/admin/endpoints/drain", raw)
+            response = yield self.admin.post(
+                "/admin/endpoints/drain", raw, headers={"Content-Type": "application/json"}
+            )
             self.assertEqual(response.code, 400, raw)
         states = yield self.endpointStates()
         self.assertEqual({ep["state"] for ep in states.values()}, {"live"})
@@ -1279,3 +1283,187 @@ class ShutdownTests(AdminIntegrationTestCase):
         response = yield admin.get("/live")
         self.assertEqual(response.code, 200)
         self.assertEqual(calls, [])
+
+
+class BrowserRefusalTests(AdminIntegrationTestCase):
+    """
+    On a real admin port, what a web page can make a browser send is
+    refused and changes nothing; what a script or curl sends still works.
+    """
+
+    @defer.inlineCallbacks
+    def startDrainable(self):
+        """
+        Two endpoints behind C{/#/static/hello}, the name bound, and
+        C{runtime.shutdown} recorded instead of run.
+        """
+        backends = yield self.backends("A", "B")
+        self.addresses = {
+            label: "127.0.0.1:%d" % (port,) for label, (_, port) in backends.items()
+        }
+        self.proxy, self.admin = yield self.start(
+            makeConfig(
+                {"hello": [backends["A"][1], backends["B"][1]]},
+                rules="/svc => /#/static;\n",
+                balancer="roundRobin",
+            )
+        )
+        yield self.upstreamsOf(self.proxy.proxyPort, b"hello", 2)
+        self.shutdowns = []
+        self.proxy.runtime.shutdown = lambda: self.shutdowns.append(True)
+        self.adminHost = b"127.0.0.1:%d" % (self.proxy.adminPort,)
+
+    @defer.inlineCallbacks
+    def send(self, head, body=b""):
+        """
+        Send one raw request to the admin port, its head given without the
+        blank line; a C{Content-Length} is added when C{body} is not empty.
+
+        @return: a Deferred firing with the response.
+        """
+        client = yield connectClient(self, self.proxy.adminPort)
+        if body:
+            head += b"\r\nContent-Length: %d" % (len(body),)
+        client.transport.write(head + b"\r\nConnection: close\r\n\r\n" + body)
+        [response] = yield client.waitFor(1)
+        yield client.closed
+        return response
+
+    @defer.inlineCallbacks
+    def assertNothingChanged(self):
+        """
+        Both endpoints are live and no shutdown was asked, even after the
+        reactor turned (a shutdown is scheduled after its answer is out).
+        """
+        response = yield self.admin.get("/live")
+        self.assertEqual(response.code, 200)
+        states = yield self.admin.get("/admin/state")
+        endpoints = states.json()["routers"]["web"]["boundNames"]["/#/static/hello"][
+            "endpoints"
+        ]
+        self.assertEqual({ep["state"] for ep in endpoints}, {"live"})
+        self.assertEqual(self.shutdowns, [])
+        ups = yield self.upstreamsOf(self.proxy.proxyPort, b"hello", 4)
+        self.assertEqual(sorted(ups), ["A", "A", "B", "B"])
+
+    def assertError(self, response, status, start):
+        self.assertEqual(response.status, status, response.body)
+        self.assertEqual(response.header(b"content-type"), b"application/json")
+        self.assertTrue(response.body.endswith(b"\n"))
+        error = json.loads(response.body)["error"]
+        self.assertTrue(error.startswith(start), error)
+
+    @defer.inlineCallbacks
+    def test_browserRequestsRefusedAndChangeNothing(self):
+        """
+        A cross-site POST to C{/admin/shutdown} (as a browser sends an
+        empty form's) is a 403, a form POST to C{/admin/endpoints/drain} a
+        415, and a request naming a foreign C{Host} (a rebound name) a 421,
+        reads and changes alike. The proxy neither stops nor drains.
+        """
+        yield self.startDrainable()
+        response = yield self.send(
+            b"POST /admin/shutdown HTTP/1.1\r\nHost: %s\r\n"
+            b"Origin: http://evil.example\r\nSec-Fetch-Site: cross-site\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 0"
+            % (self.adminHost,)
+        )
+        self.assertError(response, 403, "cross-origin request refused: ")
+        response = yield self.send(
+            b"POST /admin/shutdown HTTP/1.1\r\nHost: %s\r\nOrigin: null" % (self.adminHost,)
+        )
+        self.assertError(response, 403, "cross-origin request refused: ")
+
+        form = b"router=web&name=%%2F%%23%%2Fstatic%%2Fhello&address=127.0.0.1%%3A%d" % (
+            int(self.addresses["B"].split(":")[1]),
+        )
+        response = yield self.send(
+            b"POST /admin/endpoints/drain HTTP/1.1\r\nHost: %s\r\n"
+            b"Content-Type: application/x-www-form-urlencoded" % (self.adminHost,),
+            form,
+        )
+        self.assertError(response, 415, "unsupported Content-Type ")
+        self.assertEqual(json.loads(response.body)["expected"], "application/json")
+
+        evil = b"evil.example:%d" % (self.proxy.adminPort,)
+        response = yield self.send(b"GET /admin/state HTTP/1.1\r\nHost: %s" % (evil,))
+        self.assertError(response, 421, "misdirected request: ")
+        self.assertEqual(response.reason, b"Misdirected Request")
+        response = yield self.send(
+            b"POST /admin/endpoints/drain HTTP/1.1\r\nHost: %s\r\n"
+            b"Origin: http://%s\r\nSec-Fetch-Site: same-origin\r\n"
+            b"Content-Type: application/json" % (evil, evil),
+            json.dumps(
+                {"router": "web", "name": "/#/static/hello", "address": self.addresses["B"]}
+            ).encode("utf-8"),
+        )
+        self.assertError(response, 421, "misdirected request: ")
+        yield self.assertNothingChanged()
+
+    @defer.inlineCallbacks
+    def test_scriptRequestsStillWork(self):
+        """
+        A POST as curl sends it (IP literal C{Host}, no C{Origin}, a JSON
+        body with its type) drains; a body-less one shuts down.
+        """
+        yield self.startDrainable()
+        response = yield self.send(
+            b"POST /admin/endpoints/drain HTTP/1.1\r\nHost: %s\r\n"
+            b"User-Agent: curl/8.5.0\r\nAccept: */*\r\nContent-Type: application/json"
+            % (self.adminHost,),
+            json.dumps(
+                {"router": "web", "name": "/#/static/hello", "address": self.addresses["B"]}
+            ).encode("utf-8"),
+        )
+        self.assertEqual((response.status, json.loads(response.body)), (200, {"draining": True}))
+        ups = yield self.upstreamsOf(self.proxy.proxyPort, b"hello", 4)
+        self.assertEqual(ups, ["A"] * 4)
+
+        called = defer.Deferred()
+        self.proxy.runtime.shutdown = lambda: called.callback(None)
+        response = yield self.send(
+            b"POST /admin/shutdown HTTP/1.1\r\nHost: %s\r\n"
+            b"User-Agent: curl/8.5.0\r\nAccept: */*" % (self.adminHost,)
+        )
+        self.assertEqual(response.status, 202, response.body)
+        yield called
+
+    @defer.inlineCallbacks
+    def test_curl(self):
+        """
+        curl itself: C{-X POST} with no body and a JSON body with its type
+        pass; C{-d} alone sends a form type and is a 415.
+        """
+        curl = shutil.which("curl")
+        if curl is None:
+            raise SkipTest("curl is not installed")
+        yield self.startDrainable()
+        base = "http://127.0.0.1:%d" % (self.proxy.adminPort,)
+        body = json.dumps(
+            {"router": "web", "name": "/#/static/hello", "address": self.addresses["B"]}
+        )
+
+        @defer.inlineCallbacks
+        def run(*args):
+            out, err, code = yield getProcessOutputAndValue(
+                curl,
+                ["-sS", "--noproxy", "*", "--max-time", "10", "-o", "/dev/null",
+                 "-w", "%{http_code}", *args],
+                env={},
+            )
+            self.assertEqual((code, err), (0, b""))
+            return int(out)
+
+        status = yield run("-d", body, base + "/admin/endpoints/drain")
+        self.assertEqual(status, 415)
+        yield self.assertNothingChanged()
+        status = yield run(
+            "-H", "Content-Type: application/json", "--data-binary", body,
+            base + "/admin/endpoints/drain",
+        )
+        self.assertEqual(status, 200)
+        status = yield run("-X", "POST", base + "/admin/shutdown")
+        self.assertEqual(status, 202)
+        response = yield self.admin.get("/live")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(self.shutdowns, [True])

@@ -1,5 +1,6 @@
 """
-The admin site refuses request bodies over its limit before reading them.
+The admin site refuses request bodies over its limit before reading them,
+and leaves form bodies unparsed.
 """
 
 from twisted.internet import defer
@@ -14,7 +15,8 @@ class _Echo(Resource):
     isLeaf = True
 
     def render_POST(self, request):
-        return b"%d" % (len(request.content.read()),)
+        args = b",".join(sorted(request.args))
+        return b"%d %s" % (len(request.content.read()), args)
 
 
 class LimitTests(TestCase):
@@ -65,4 +67,26 @@ class LimitTests(TestCase):
         client = yield connectClient(self, port)
         client.transport.write(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
         yield client.waitFor(1)
-        self.assertEqual(client.responses[0].body, b"5")
+        self.assertEqual(client.responses[0].body, b"5 ")
+
+    @defer.inlineCallbacks
+    def test_formBodiesNotParsed(self):
+        """
+        A form body stays a body: its fields are not mixed into the query
+        arguments, and a malformed multipart body reaches the resource
+        (which answers for it) instead of getting twisted.web's 400.
+        """
+        port = self.listen()
+        client = yield connectClient(self, port)
+        client.transport.write(
+            b"POST /?q=1 HTTP/1.1\r\nHost: a\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: 8\r\n\r\ndryRun=1"
+            b"POST / HTTP/1.1\r\nHost: a\r\n"
+            b"Content-Type: multipart/form-data; boundary=x\r\n"
+            b"Content-Length: 5\r\n\r\nhello"
+        )
+        yield client.waitFor(2)
+        self.assertEqual(
+            [(r.status, r.body) for r in client.responses], [(200, b"8 q"), (200, b"5 ")]
+        )

@@ -119,6 +119,33 @@ class OptionsTests(SynchronousTestCase):
 
 
 class ServiceTests(SynchronousTestCase):
+    def test_adminAllowedHostsFromConfig(self):
+        """
+        The admin API answers as the C{admin.allowedHosts} names, and as no
+        other name.
+        """
+        from treq.testing import StubTreq
+
+        from meshproxy.config import parseConfig
+
+        for allowed, answered in (
+            ("[mesh.example]", {"mesh.example:9991": 200, "evil.example": 421}),
+            ("[]", {"mesh.example:9991": 421, "127.0.0.1:9991": 200}),
+            ('["*"]', {"evil.example": 200}),
+        ):
+            config = GOOD.replace(
+                'admin: {listen: "tcp:9991:interface=127.0.0.1"}',
+                'admin: {listen: "tcp:9991:interface=127.0.0.1", allowedHosts: %s}' % allowed,
+            )
+            _, services = buildServices(parseConfig(config), reactor=MemoryReactorClock())
+            [admin] = [s for s in services if getattr(s, "description", "").startswith("admin")]
+            client = StubTreq(admin.factory.resource)
+            for host, code in answered.items():
+                response = self.successResultOf(client.get(
+                    "http://127.0.0.1:9991/live", headers={"Host": host}
+                ))
+                self.assertEqual(response.code, code, (allowed, host))
+
     def test_listenersBindOnStartAndReadiness(self):
         """
         Every router and the admin API get a listener; the runtime is ready
@@ -283,6 +310,7 @@ class TcpRouterServiceTests(SynchronousTestCase):
             data=json.dumps(
                 {"router": "db", "name": "/#/static/pg", "address": "127.0.0.1:5432"}
             ).encode(),
+            headers={"Content-Type": "application/json"},
         )
         self.assertEqual((code, body), (200, {"draining": True}))
         [endpoint] = runtime.routers["db"].state()["boundNames"]["/#/static/pg"]["endpoints"]

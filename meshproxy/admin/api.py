@@ -35,14 +35,22 @@ and the runtime C{shutdown() -> Deferred} and C{shutdownGrace} (seconds).
 
 Every JSON answer has C{Content-Type: application/json} and ends in a
 newline, errors included (C{{"error": "not found"}}).
+
+No web page may drive the API: every request passes L{AdminAPI._admit}
+before its handler runs (see L{AdminAPI} for the rules): its C{Host} must be
+one the API answers as (against DNS rebinding), and a mutating call must
+come from no browser or from the API's own page, with a body of the type
+its route takes (a cross-site HTML form can send neither JSON nor an
+C{Origin} that passes).
 """
 
 from __future__ import annotations
 
 import functools
 import hmac
+import ipaddress
 import json
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -73,8 +81,19 @@ JSON_LIMIT = 64 * 1024
 _TRUE = frozenset({b"1", b"true", b"yes"})
 
 # Methods that only read. With a token configured, everything else needs it;
-# these need it only when protectReads is set.
+# these need it only when protectReads is set. Everything else is also
+# origin-checked and type-checked (AdminAPI._admit).
 _READ_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+
+JSON_TYPE = "application/json"
+"""The body type of every mutating route unless it declares another."""
+
+TEXT_TYPE = "text/plain"
+"""The body type of the routes that take rules text."""
+
+# What a browser says of a request's initiator that still lets a mutating
+# call through: the API's own page, or the user typing or bookmarking.
+_SAME_ORIGIN_FETCHES = frozenset({b"same-origin", b"none"})
 
 
 def _json(request: IRequest, body: Any, code: int = 200) -> bytes:
@@ -222,6 +241,211 @@ def _reason(error: BaseException) -> str:
     return str(error)
 
 
+def _answer(request: IRequest, refusal: _Refusal) -> bytes:
+    """
+    Answer C{request} with C{refusal}: its status, headers and JSON body.
+    """
+    for header, value in refusal.headers:
+        request.setHeader(header, value)
+    return _json(request, refusal.body, refusal.code)
+
+
+def _show(value: bytes, limit: int = 100) -> str:
+    """
+    A header value as text for an error message, cut at C{limit} characters.
+    """
+    text = value.decode("latin-1")
+    return text if len(text) <= limit else text[:limit] + "\u2026"
+
+
+def _oneHeader(request: IRequest, name: str) -> bytes | None:
+    """
+    The value of the request header C{name}, or L{None} without one.
+
+    @raise _Refusal: 400 when the header is sent more than once: a request
+        that says two things about where it comes from is not believed.
+    """
+    values = request.requestHeaders.getRawHeaders(name.lower().encode("ascii"))
+    if not values:
+        return None
+    if len(values) > 1:
+        raise _Refusal(400, {"error": f"more than one {name} header"})
+    return values[0]
+
+
+def _isPort(text: str) -> bool:
+    """
+    Whether C{text} is the port of a C{Host} value: ASCII digits, maybe none
+    (C{localhost:} is valid, RFC 3986 section 3.2.3).
+    """
+    return all("0" <= c <= "9" for c in text)
+
+
+def _hostAnswered(host: bytes, allowedHosts: frozenset[str]) -> bool:
+    """
+    Whether a C{Host} header value names this admin API.
+
+    It does when it is an IP literal (C{127.0.0.1}, C{[::1]}), C{localhost}
+    or one of C{allowedHosts}, each with or without a port; the name is
+    compared without case and without one trailing dot. An IP literal is
+    always safe: a page whose origin is an address cannot have reached this
+    one by a DNS answer it controls. Names are what DNS rebinding forges.
+
+    @param host: the raw header value.
+    @param allowedHosts: the other names answered, lowercase, without port
+        or trailing dot.
+    """
+    try:
+        text = host.decode("ascii").lower()
+    except UnicodeDecodeError:
+        return False
+    if text.startswith("["):
+        literal, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not (rest[0] == ":" and _isPort(rest[1:]))):
+            return False
+        try:
+            ipaddress.IPv6Address(literal)
+        except ValueError:
+            return False
+        return True
+    name, _, port = text.partition(":")
+    if not _isPort(port):
+        return False
+    if name.endswith("."):
+        name = name[:-1]
+    if not name:
+        return False
+    if name == "localhost" or name in allowedHosts:
+        return True
+    try:
+        ipaddress.IPv4Address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _checkOrigin(request: IRequest, host: bytes | None) -> None:
+    """
+    Refuse a mutating request a web page made on another site.
+
+    C{Sec-Fetch-Site} must be absent, C{same-origin} or C{none}; C{Origin}
+    must be absent or the API's own origin: the request's scheme and
+    C{host}, compared without case. C{Origin: null} (sandboxed pages,
+    C{file:} pages, some redirects) is never the API's own.
+
+    @param host: the request's C{Host} value, if any.
+    @raise _Refusal: 403 naming the header that gave the request away.
+    """
+    site = _oneHeader(request, "Sec-Fetch-Site")
+    if site is not None and site.lower() not in _SAME_ORIGIN_FETCHES:
+        raise _Refusal(403, {
+            "error": f"cross-origin request refused: Sec-Fetch-Site is {_show(site)!r}, "
+                     "the call was made by a page of another site",
+        })
+    origin = _oneHeader(request, "Origin")
+    if origin is None:
+        return
+    if origin.lower() == b"null":
+        raise _Refusal(403, {
+            "error": "cross-origin request refused: Origin is null (an opaque origin "
+                     "is never this admin API's own)",
+        })
+    if host is None:
+        raise _Refusal(403, {
+            "error": "cross-origin request refused: an Origin without a Host header "
+                     "cannot be this admin API's own",
+        })
+    own = (b"https://" if request.isSecure() else b"http://") + host
+    if origin.lower() != own.lower():
+        raise _Refusal(403, {
+            "error": f"cross-origin request refused: Origin {_show(origin)!r} is not "
+                     f"this admin API's own origin {_show(own)!r}",
+        })
+
+
+def _hasBody(request: IRequest) -> bool:
+    """
+    Whether a request comes with a body, as its head declares it: a
+    C{Transfer-Encoding} header (whatever its value, even if the chunked
+    body turns out empty) or a C{Content-Length} other than 0. Without
+    either, twisted.web reads no body.
+    """
+    headers = request.requestHeaders
+    if headers.hasHeader(b"transfer-encoding"):
+        return True
+    for value in headers.getRawHeaders(b"content-length", []):
+        if not value.strip().isdigit() or int(value) > 0:
+            return True
+    return False
+
+
+def _checkBodyType(request: IRequest, expected: str) -> None:
+    """
+    Refuse a request body that is not of the type C{expected}.
+
+    A request with a body (L{_hasBody}) needs a C{Content-Type}; one
+    without needs none, but a type it declares must still be C{expected}:
+    an HTML form with no fields posts an empty body typed as a form.
+    Parameters (C{; charset=utf-8}) are allowed and ignored: bodies are read
+    as UTF-8 whatever they say.
+
+    @raise _Refusal: 415 with C{{"error", "expected"}}.
+    """
+    value = _oneHeader(request, "Content-Type")
+    if value is None:
+        if not _hasBody(request):
+            return
+        raise _Refusal(415, {
+            "error": f"a request body needs Content-Type: {expected}",
+            "expected": expected,
+        })
+    mediaType = value.split(b";", 1)[0].strip().lower()
+    if mediaType != expected.encode("ascii"):
+        raise _Refusal(415, {
+            "error": f"unsupported Content-Type {_show(mediaType)!r}: this call takes {expected}",
+            "expected": expected,
+        })
+
+
+def _takes(mediaType: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """
+    Declare the type of the body an L{AdminAPI} route takes, when it is not
+    L{JSON_TYPE}. Put it under C{@app.route}; L{AdminAPI._admit} refuses
+    bodies of any other type with 415 before the handler runs::
+
+        @app.route("/admin/routers/<name>/rules", methods=["PUT"])
+        @_takes(TEXT_TYPE)
+        def putRules(self, request, name): ...
+
+    @param mediaType: a lowercase media type without parameters.
+    @return: a decorator returning the handler, marked.
+    """
+
+    def declare(handler: Callable[..., Any]) -> Callable[..., Any]:
+        handler.bodyType = mediaType  # type: ignore[attr-defined]
+        return handler
+
+    return declare
+
+
+class _AdmittingKlein(Klein):
+    """
+    A Klein app that runs its instance's C{_admit(request, bodyType)} before
+    the handler of every route it matches, so that no route can be added
+    without the checks. A refusal is raised as L{_Refusal} and answered by
+    the app's error handlers.
+    """
+
+    def execute_endpoint(
+        self, endpoint: str, request: IRequest, *args: Any, **kwargs: Any
+    ) -> Any:
+        handler = self.endpoints[endpoint]
+        # Klein's route wrapper copies the attributes of the handler it
+        # wraps, _takes' included.
+        self._instance._admit(request, getattr(handler, "bodyType", JSON_TYPE))
+        return super().execute_endpoint(endpoint, request, *args, **kwargs)
+
+
 def _requireToken(handler: Callable[..., Any]) -> Callable[..., Any]:
     """
     Guard an L{AdminAPI} route handler with the bearer token.
@@ -254,7 +478,7 @@ def _requireToken(handler: Callable[..., Any]) -> Callable[..., Any]:
 
 
 # Phrases twisted.web does not know (it would say "Unknown Status").
-_PHRASES = {428: b"Precondition Required"}
+_PHRASES = {421: b"Misdirected Request", 428: b"Precondition Required"}
 
 
 class AdminAPI:
@@ -275,13 +499,36 @@ class AdminAPI:
     @param token: the bearer token mutating calls need, or L{None} for no
         check. Must not be empty.
     @param protectReads: also require the token on reads of data.
+    @param allowedHosts: the host names, besides IP literals and
+        C{localhost}, that requests may name in C{Host}; C{"*"} among them
+        turns the C{Host} check off.
     @param rulesStores: the L{RulesStore} of each router by name (built and
         loaded by the caller, with persistence); a router without one gets
         a store without persistence on first use.
     @param clock: the C{IReactorTime} for the rules history and for
         scheduling the shutdown; the global reactor when L{None}.
-    @raise ValueError: C{token} is empty, or C{protectReads} is set without
-        a token.
+    @raise ValueError: C{token} is empty, C{protectReads} is set without
+        a token, or a name in C{allowedHosts} has a port or a scheme.
+
+    Before its handler runs (and before a 404 or 405), every request passes
+    L{_admit}, whatever the token settings:
+
+     - C{Host} (DNS rebinding): absent, or an IP literal (C{127.0.0.1},
+       C{[::1]:9990}), C{localhost} or a name of C{allowedHosts}, each with
+       or without a port and a trailing dot; else 421 Misdirected Request.
+       A C{Host} sent twice is a 400.
+     - Then for every method but GET, HEAD and OPTIONS: C{Sec-Fetch-Site}
+       absent, C{same-origin} or C{none}, and C{Origin} absent or the API's
+       own (scheme and C{Host}); else 403 C{{"error": "cross-origin request
+       refused: ..."}}. Scripts and curl send neither header.
+     - Then for those methods: a C{Content-Type} of the route's type,
+       L{JSON_TYPE} unless the route declares another with L{_takes}
+       (L{TEXT_TYPE} for the rules), parameters allowed; else 415
+       C{{"error", "expected"}}. It may be left out only when the request
+       has no body (no C{Transfer-Encoding}, and no C{Content-Length} or
+       0), as curl sends a body-less C{POST}.
+
+    The token (L{_requireToken}) is checked after these.
 
     Routes added for routing rules and operations (JSON unless said):
 
@@ -312,7 +559,7 @@ class AdminAPI:
     bytes (413).
     """
 
-    app = Klein()
+    app = _AdmittingKlein()
 
     def __init__(
         self,
@@ -321,6 +568,7 @@ class AdminAPI:
         *,
         token: str | None = None,
         protectReads: bool = False,
+        allowedHosts: Iterable[str] = (),
         rulesStores: dict[str, RulesStore] | None = None,
         clock: Any = None,
     ) -> None:
@@ -332,6 +580,14 @@ class AdminAPI:
         self._registry = registry
         self._token = None if token is None else token.encode("utf-8")
         self._protectReads = protectReads
+        hosts = frozenset(host.lower().rstrip(".") for host in allowedHosts)
+        for host in hosts:
+            if not host or any(c in host for c in ":/[]@ "):
+                raise ValueError(
+                    f"allowedHosts: {host!r} is not a host name (no port, no scheme)"
+                )
+        # None: any Host is answered.
+        self._allowedHosts = None if "*" in hosts else hosts
         if clock is None:
             from twisted.internet import reactor as clock
         self._clock = clock
@@ -382,6 +638,34 @@ class AdminAPI:
                 name = name.decode("utf-8", "replace")
             return "unix:" + str(name)
         return "unknown"
+
+    def _admit(self, request: IRequest, bodyType: str | None) -> None:
+        """
+        The checks every request passes before its route's handler runs (see
+        the class docstring): C{Host}, then for mutating methods the origin,
+        then the body type.
+
+        @param bodyType: the media type the matched route takes its body
+            in, or L{None} when no route matched (the answer is a 404 or a
+            405 anyway, and the body is not looked at).
+        @raise _Refusal: 400 for a repeated header, 421 for a foreign
+            C{Host}, 403 for a cross-origin call, 415 for a body of the
+            wrong type.
+        """
+        host = _oneHeader(request, "Host")
+        if host is not None and self._allowedHosts is not None and not _hostAnswered(
+            host, self._allowedHosts
+        ):
+            raise _Refusal(421, {
+                "error": f"misdirected request: this admin API does not answer as host "
+                         f"{_show(host)!r} (use an IP address or localhost, or add the "
+                         "name to admin.allowedHosts)",
+            })
+        if request.method in _READ_METHODS:
+            return
+        _checkOrigin(request, host)
+        if bodyType is not None:
+            _checkBodyType(request, bodyType)
 
     def _authorized(self, request: IRequest) -> bool:
         """
@@ -454,6 +738,7 @@ class AdminAPI:
         return text.encode("utf-8")
 
     @app.route("/admin/routers/<name>/rules", methods=["PUT"])
+    @_takes(TEXT_TYPE)
     @_requireToken
     def putRules(self, request: IRequest, name: str) -> bytes:
         """
@@ -472,6 +757,7 @@ class AdminAPI:
         return self._change(request, name, store.replace, text, ifMatch, self._who(request))
 
     @app.route("/admin/routers/<name>/rules", methods=["POST"])
+    @_takes(TEXT_TYPE)
     @_requireToken
     def dryRunRules(self, request: IRequest, name: str) -> bytes:
         """
@@ -631,22 +917,37 @@ class AdminAPI:
         )
         return _DASHBOARD
 
+    def _admitUnrouted(self, request: IRequest) -> bytes | None:
+        """
+        Run L{_admit} for a request no route took.
+
+        @return: the refusal's answer, or L{None} when admitted.
+        """
+        try:
+            self._admit(request, None)
+        except _Refusal as refusal:
+            return _answer(request, refusal)
+        return None
+
     @app.handle_errors(NotFound)
     def _notFound(self, request: IRequest, failure: Failure) -> bytes:
+        refused = self._admitUnrouted(request)
+        if refused is not None:
+            return refused
         return _json(request, {"error": "not found"}, 404)
 
     @app.handle_errors(MethodNotAllowed)
     def _methodNotAllowed(self, request: IRequest, failure: Failure) -> bytes:
+        refused = self._admitUnrouted(request)
+        if refused is not None:
+            return refused
         allowed = sorted(failure.value.valid_methods or ())
         request.setHeader(b"allow", ", ".join(allowed).encode("ascii"))
         return _json(request, {"error": "method not allowed", "allowed": allowed}, 405)
 
     @app.handle_errors(_Refusal)
     def _refused(self, request: IRequest, failure: Failure) -> bytes:
-        refusal = failure.value
-        for header, value in refusal.headers:
-            request.setHeader(header, value)
-        return _json(request, refusal.body, refusal.code)
+        return _answer(request, failure.value)
 
     @app.handle_errors(Exception)
     def _internalError(self, request: IRequest, failure: Failure) -> bytes:

@@ -6,6 +6,12 @@ twisted.web reads a whole request body before the resource sees it; the
 admin routes take at most a few hundred KiB. A body announced larger than
 L{MAX_BODY}, or one that grows past it, gets 413 and the connection closes
 before the rest is read.
+
+Nor does it parse HTML form bodies: by default twisted.web parses the body
+of a form C{POST} into C{request.args}, before any resource can refuse it
+(answering 400 itself to a malformed multipart body), and the API's query
+flags (C{?dryRun=1}) would then be read from the body as well. The API
+takes no forms: it refuses them with 415.
 """
 
 from io import BytesIO
@@ -57,11 +63,18 @@ class LimitedRequest(Request):
 
 class AdminSite(Site):
     """
-    The admin API's site: quiet, no access log, bounded request bodies.
+    The admin API's site: quiet, no access log, bounded request bodies,
+    form bodies left unparsed.
+
+    @param resource: the root resource.
     """
 
     requestFactory = LimitedRequest
     noisy = False
+
+    def __init__(self, resource, *args, **kwargs):
+        kwargs.setdefault("parsePOSTFormSubmission", False)
+        super().__init__(resource, *args, **kwargs)
 
     def log(self, request):
         pass
