@@ -630,7 +630,9 @@ class AccrualTests(ResilienceTestCase):
         self.assertEqual(state()["state"], "live")
         self.assertGreater(len(victim.factory.requests), arrived)
         admin = yield adminState(self, self.adminPort)
-        endpoints = admin["routers"]["web"]["boundNames"][HELLO]["endpoints"]
+        bound = admin["routers"]["web"]["boundNames"][HELLO]
+        self.assertEqual(bound["resolution"], "bound")
+        endpoints = bound["endpoints"]
         self.assertEqual([e["state"] for e in endpoints], ["live"] * 3)
         samples = yield scrape(self, self.adminPort)
         self.assertGreaterEqual(

@@ -892,5 +892,9 @@ class TimingTests(SynchronousTestCase):
         )
         router.start()
         self.assertEqual(list(router.state()["boundNames"]), ["/#/static/svc"])
+        bound = router.state()["boundNames"]["/#/static/svc"]
+        # "namer" is the former name of "resolution", kept for one release.
+        self.assertEqual((bound["resolution"], bound["namer"]), ("bound", "bound"))
+        self.assertEqual(bound["panicking"], False)
         router.stop()
         self.assertEqual(router.state()["boundNames"], {})

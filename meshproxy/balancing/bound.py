@@ -126,6 +126,21 @@ class BoundEndpoints:
                 node.state = "live"
         self.balancer.refresh()
 
+    def state(self):
+        """
+        A JSON-ready view for C{GET /admin/state}: what the namer says of
+        the name (C{resolution}: C{pending}, C{bound}, C{neg} or C{failed};
+        also as C{namer}, its former name, for one release), whether the
+        balancer panics, and every endpoint (L{endpointStates}).
+        """
+        resolution = self.addr.kind
+        return {
+            "resolution": resolution,
+            "namer": resolution,
+            "panicking": self.balancer.panicking,
+            "endpoints": self.endpointStates(),
+        }
+
     def endpointStates(self):
         """
         A JSON-ready view of each endpoint, for C{GET /admin/state}.

@@ -135,15 +135,14 @@ class BoundClient(BoundEndpoints):
         A JSON-ready view for C{GET /admin/state}.
         """
         limiter = self.limiter
-        return {
-            "namer": self.addr.kind,
-            "panicking": bool(getattr(self.balancer, "panicking", False)),
-            "limits": None
+        state = BoundEndpoints.state(self)
+        state["limits"] = (
+            None
             if limiter is None
-            else {"active": limiter.active, "pending": limiter.pending, "rejected": limiter.rejected},
-            "requests": self.stats.requests if self.stats is not None else 0,
-            "endpoints": self.endpointStates(),
-        }
+            else {"active": limiter.active, "pending": limiter.pending, "rejected": limiter.rejected}
+        )
+        state["requests"] = self.stats.requests if self.stats is not None else 0
+        return state
 
 
 class HttpRouter:

@@ -79,18 +79,6 @@ class _Destination(BoundEndpoints):
             return {"open": 0, "connecting": 0}
         return {"open": conns.open, "connecting": conns.connecting}
 
-    def state(self):
-        """
-        A JSON-ready view for C{GET /admin/state}, with the same endpoint
-        fields as the HTTP router's (C{connections} counts the connections
-        being opened and the spliced pairs open).
-        """
-        return {
-            "namer": self.addr.kind,
-            "panicking": bool(getattr(self.balancer, "panicking", False)),
-            "endpoints": self.endpointStates(),
-        }
-
 
 class TcpRouter:
     """
