@@ -144,6 +144,19 @@ class Balancer:
                 node = others[int(self._random.random() * len(others))]
         return node
 
+    def hasEligible(self) -> bool:
+        """
+        See L{IBalancer.hasEligible}.
+        """
+        return bool(self._eligible)
+
+    def load(self, node: Node, now: float) -> float:
+        """
+        See L{IBalancer.load}: requests in flight per unit of weight, for
+        the balancers that do not score by latency.
+        """
+        return node.pending / node.weight
+
     def refresh(self) -> None:
         """
         See L{IBalancer.refresh}; also enters or leaves panic (see

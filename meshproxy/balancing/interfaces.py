@@ -4,7 +4,7 @@ The interface between the router and a load balancer.
 
 from __future__ import annotations
 
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 __all__ = ["IBalancer"]
 
@@ -47,6 +47,31 @@ class IBalancer(Interface):
         C{"live"} or C{"probing"}).
 
         @return: the node, or C{None} if no node is eligible.
+        """
+
+    panicking = Attribute(
+        "Whether the balancer is in panic: too few endpoints are eligible, so"
+        " it uses every endpoint that is not draining (see the panic floor)."
+    )
+
+    def pickAvoiding(avoid: "set | None") -> "meshproxy.balancing.node.Node | None":  # noqa: F821
+        """
+        L{pick}, but a node not in C{avoid} when one is eligible: for a
+        retry after failures on the nodes in C{avoid}.
+
+        @return: the node, or C{None} if no node is eligible.
+        """
+
+    def hasEligible() -> bool:
+        """
+        Whether L{pick} would find a node. A query: it changes nothing (a
+        round-robin cursor does not move).
+        """
+
+    def load(node: "meshproxy.balancing.node.Node", now: float) -> float:  # noqa: F821
+        """
+        The score the balancer compares when it picks, smaller being
+        better, as of C{now} (for the admin API's explain).
         """
 
     def nodes() -> tuple:

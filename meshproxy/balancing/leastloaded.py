@@ -32,4 +32,5 @@ class LeastLoaded(Balancer):
             j += 1
         a = nodes[i]
         b = nodes[j]
+        # Inline Balancer.load: pick runs on every request.
         return a if a.pending / a.weight <= b.pending / b.weight else b

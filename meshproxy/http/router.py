@@ -128,7 +128,7 @@ class BoundClient(BoundEndpoints):
         """
         Whether no endpoint can take a request (for C{|} fall-through).
         """
-        return self.balancer.pick() is None
+        return not self.balancer.hasEligible()
 
     def state(self):
         """
@@ -372,9 +372,9 @@ class HttpRouter:
                 client = self._bind(leaf)
             entry = client.state()
             entry["name"] = client.name
-            load = getattr(client.balancer, "load", None)
+            load = client.balancer.load
             for node, ep in zip(client.balancer.nodes(), entry["endpoints"]):
-                ep["score"] = round(load(node, now), 3) if load is not None else node.pending
+                ep["score"] = round(load(node, now), 3)
             bound.append(entry)
         result["boundNames"] = bound
         result["endpoints"] = {entry["name"]: entry["endpoints"] for entry in bound}

@@ -1,0 +1,73 @@
+"""
+Tests for the HTTP router's routing decisions, without connections.
+"""
+
+from prometheus_client import CollectorRegistry
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from meshproxy.balancing.interfaces import IBalancer
+from meshproxy.config import parseConfig
+from meshproxy.discovery.endpoints import Endpoint
+from meshproxy.discovery.static import StaticNamer
+from meshproxy.http.message import Request
+from meshproxy.http.router import HttpRouter
+from meshproxy.routing.path import Path
+from meshproxy.tap import balancerFactory
+from meshproxy.telemetry.metrics import MeshMetrics
+
+ALTERNATION = """\
+routers:
+  - name: web
+    listen: "tcp:4140"
+    rules: "/svc => /#/static | /#/other;"
+    loadBalancer: {kind: roundRobin}
+"""
+
+
+def makeRouter(config):
+    reactor = MemoryReactorClock()
+    routerConfig = parseConfig(config).routers[0]
+    namers = {
+        Path.read("/#/static"): StaticNamer(
+            Path.read("/#/static"),
+            {"hello": [Endpoint("127.0.0.1", 9001), Endpoint("127.0.0.1", 9002)]},
+        ),
+        Path.read("/#/other"): StaticNamer(Path.read("/#/other"), {}),
+    }
+    return HttpRouter(
+        routerConfig,
+        namers,
+        reactor=reactor,
+        metrics=MeshMetrics(CollectorRegistry()),
+        balancerFactory=balancerFactory(routerConfig.loadBalancer, reactor),
+    )
+
+
+def request(host):
+    r = Request(b"GET", b"/", "1.1", [(b"Host", host)])
+    r.host = host
+    return r
+
+
+class AlternationTests(SynchronousTestCase):
+    def test_roundRobinThroughAlternationSplitsEvenly(self):
+        """
+        Asking whether the first alternative has endpoints does not move
+        the round-robin cursor: two endpoints share requests 50/50.
+        """
+        router = makeRouter(ALTERNATION)
+        ports = []
+        for i in range(10):
+            client = router.route(request(b"hello"))
+            node = client.balancer.pickAvoiding(None)
+            ports.append(node.endpoint.port)
+        self.assertEqual(sorted(ports), [9001] * 5 + [9002] * 5)
+
+    def test_balancersProvideTheInterface(self):
+        for kind in ("roundRobin", "leastLoaded", "ewma"):
+            router = makeRouter(ALTERNATION.replace("roundRobin", kind))
+            client = router.route(request(b"hello"))
+            self.assertTrue(verifyObject(IBalancer, client.balancer))
+            self.assertTrue(client.balancer.hasEligible())
