@@ -313,10 +313,10 @@ def buildServices(config, *, reactor, configPath=None):
         stateDir = os.path.dirname(os.path.abspath(configPath))
     stores = {}
     for name, router in runtime.routers.items():
-        if not callable(getattr(router, "validateRules", None)):
+        if router.rules is None:
             # A TCP router has no rules: the admin API answers 404 for them.
             continue
-        store = stores[name] = RulesStore(router, stateDir=stateDir, clock=reactor)
+        store = stores[name] = RulesStore(router.rules, stateDir=stateDir, clock=reactor)
         # Rules accepted through the admin API survive a restart.
         store.load()
     runtime.rulesStores = stores

@@ -29,8 +29,11 @@ BASE = "http://127.0.0.1:9990"
 
 class FakeRouter:
     """
-    A router as the admin API sees it: something with C{state()}.
+    A router as the admin API sees it: something with C{state()}, and
+    without rules (as a TCP router).
     """
+
+    rules = None
 
     def __init__(self, state: dict[str, Any]) -> None:
         self._state = state

@@ -68,6 +68,8 @@ class FakeRulesRouter:
         self.drained: set[tuple[str, str]] = set()
         self.explained: list[dict[str, Any]] = []
         self.explanation: dict[str, Any] = {"name": "/svc/users"}
+        # The admin API edits a router's rule table: this fake is both.
+        self.rules = self
 
     def state(self) -> dict[str, Any]:
         return {"protocol": "http", "boundNames": {}}

@@ -502,7 +502,7 @@ class OverrideDestinationTests(SynchronousTestCase):
         admin API may not lead to addresses.
         """
         h = Harness()
-        h.router.validateRules("/svc => /$/inet/127.0.0.1/80;")
+        h.router.rules.validateRules("/svc => /$/inet/127.0.0.1/80;")
         from meshproxy.config import parseConfig
         from meshproxy.http.router import HttpRouter
         from meshproxy.tap import balancerFactory
@@ -516,8 +516,8 @@ class OverrideDestinationTests(SynchronousTestCase):
             balancerFactory=balancerFactory(config.loadBalancer, h.reactor),
             rulesAllowInet=False,
         )
-        self.assertRaises(InetNotAllowed, router.validateRules, "/svc => /$/inet/127.0.0.1/80;")
-        router.validateRules("/svc => /#/static;")
+        self.assertRaises(InetNotAllowed, router.rules.validateRules, "/svc => /$/inet/127.0.0.1/80;")
+        router.rules.validateRules("/svc => /#/static;")
 
 
 class PreambleTests(SynchronousTestCase):

@@ -60,7 +60,7 @@ class AlternationTests(SynchronousTestCase):
         router = makeRouter(ALTERNATION)
         ports = []
         for i in range(10):
-            client = router.route(request(b"hello"))
+            client, override = router.route(request(b"hello"), False)
             node = client.balancer.pickAvoiding(None)
             ports.append(node.endpoint.port)
         self.assertEqual(sorted(ports), [9001] * 5 + [9002] * 5)
@@ -68,6 +68,6 @@ class AlternationTests(SynchronousTestCase):
     def test_balancersProvideTheInterface(self):
         for kind in ("roundRobin", "leastLoaded", "ewma"):
             router = makeRouter(ALTERNATION.replace("roundRobin", kind))
-            client = router.route(request(b"hello"))
+            client, override = router.route(request(b"hello"), False)
             self.assertTrue(verifyObject(IBalancer, client.balancer))
             self.assertTrue(client.balancer.hasEligible())

@@ -946,7 +946,7 @@ class ConnectTimeoutTests(ResilienceTestCase):
         """
         The proxy's connection pool to 127.0.0.1:C{port} of "hello".
         """
-        client = [c for c in self.router._clients.values() if c.name == HELLO][0]
+        client = [c for c in self.router.clients if c.name == HELLO][0]
         [node] = [n for n in client.balancer.nodes() if n.endpoint.port == port]
         return node.payload
 
@@ -961,7 +961,7 @@ class ConnectTimeoutTests(ResilienceTestCase):
         def connecting():
             return sum(
                 node.payload.connecting
-                for client in self.router._clients.values()
+                for client in self.router.clients
                 for node in client.balancer.nodes()
                 if node.payload is not None
             )

@@ -23,9 +23,9 @@ What the API needs from its collaborators:
              "consecutiveFailures": 0}]}}}
 
 For the rules, explain, drain and shutdown routes (see L{AdminAPI}), a
-router also offers what L{meshproxy.admin.rules.RulesStore} needs
-(C{rulesText}, C{validateRules}, C{setRules}, C{recentNames},
-C{describe}) and::
+router also offers C{router.rules}: its
+L{IRuleTable<meshproxy.routing.table.IRuleTable>} (what the rules store
+edits), or L{None} for a router without rules; and::
 
     router.explain(*, name=None, host=None, path=None) -> dict  # ValueError(reason)
     router.drain(boundName, address) -> None      # KeyError(reason) if unknown
@@ -614,10 +614,12 @@ class AdminAPI:
         The rules store of router C{name}, made on first use if the caller
         gave none.
         """
-        router = self._router(name, "validateRules")
+        router = self._router(name)
+        if router.rules is None:
+            raise _Refusal(404, {"error": f"router {name!r} does not support rules"})
         store = self._stores.get(name)
         if store is None:
-            store = self._stores[name] = RulesStore(router, stateDir=None, clock=self._clock)
+            store = self._stores[name] = RulesStore(router.rules, stateDir=None, clock=self._clock)
         return store
 
     def _who(self, request: IRequest) -> str:

@@ -2,14 +2,15 @@
 Versioned routing rules for the admin API: read, replace with optimistic
 concurrency, dry-run, history, rollback and persistence.
 
-A L{RulesStore} sits in front of one HTTP router. The router stays the
-owner of the rules in force (C{router.rulesText}); the store adds a version
+A L{RulesStore} sits in front of the rule table of one HTTP router
+(L{IRuleTable<meshproxy.routing.table.IRuleTable>}). The table stays the
+owner of the rules in force (C{rulesText}); the store adds a version
 to them (the first 16 hex digits of the SHA-256 of the text, sent as the
 C{ETag}), checks C{If-Match} and swaps the rules in one synchronous step,
 keeps the last accepted texts, writes every accepted change to its state
 file before it is applied, and records each change in the audit log.
 
-What the store needs from the router::
+What the store needs from the table (named C{router} below)::
 
     router.name: str
     router.rulesText: str                       # the rules currently applied

@@ -206,11 +206,10 @@ class Balancer:
         node.requests += 1
         return self._clock.seconds()
 
-    def finish(self, node: Node, startTime: float, success: bool) -> None:
+    def finish(self, node: Node, startTime: float | None, success: bool) -> None:
         """
         See L{IBalancer.finish}.
         """
-        now = self._clock.seconds()
         node.pending -= 1
         if success:
             node.successes += 1
@@ -218,6 +217,14 @@ class Balancer:
         else:
             node.failures += 1
             node.consecutiveFailures += 1
+        if startTime is not None:
+            self.measured(node, startTime)
+
+    def measured(self, node: Node, startTime: float) -> None:
+        """
+        See L{IBalancer.measured}.
+        """
+        now = self._clock.seconds()
         rtt = (now - startTime) * 1000.0
         cost = node.cost
         if rtt > cost:

@@ -93,12 +93,22 @@ class IBalancer(Interface):
             L{finish}.
         """
 
-    def finish(node: "meshproxy.balancing.node.Node", startTime: float, success: bool) -> None:  # noqa: F821
+    def finish(node: "meshproxy.balancing.node.Node", startTime: "float | None", success: bool) -> None:  # noqa: F821
         """
         Record that a request started with L{start} ended, and how long it
         took.
 
-        @param startTime: what L{start} returned.
+        @param startTime: what L{start} returned, to take the time until
+            now as a latency sample; or L{None} when the latency was
+            already taken with L{measured}.
         @param success: whether the request succeeded, as the classifier
             says; it updates the success and failure counters.
+        """
+
+    def measured(node: "meshproxy.balancing.node.Node", startTime: float) -> None:  # noqa: F821
+        """
+        Take the time from C{startTime} until now as a latency sample of
+        C{node}, before the request is finished: an HTTP response's latency
+        is taken when its head arrives, not after a body whose pace the
+        client sets.
         """

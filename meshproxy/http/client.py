@@ -12,10 +12,12 @@ import httptools
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
+from meshproxy.http.interfaces import IUpstreamConnection
+from meshproxy.http.message import FieldBudget, forbiddenTrailer
 from meshproxy.transport.connector import describeConnectFailure
 from meshproxy.transport.fastwrite import writerFor
-from meshproxy.http.message import FieldBudget, forbiddenTrailer
 
 _log = Logger()
 
@@ -27,9 +29,12 @@ class _ResponseRefused(Exception):
     """
 
 
+@implementer(IUpstreamConnection)
 class UpstreamProtocol(Protocol):
     """
     One connection to an upstream endpoint, carrying one exchange at a time.
+    It reports what the upstream sends to its exchange only (never to the
+    client connection).
 
     @ivar pool: the L{Pool} that owns this connection.
     @ivar exchange: the exchange being served, or L{None} while idle.
@@ -38,9 +43,9 @@ class UpstreamProtocol(Protocol):
         safe to retry).
     """
 
-    def __init__(self, pool, exchange):
+    def __init__(self, pool):
         self.pool = pool
-        self.exchange = exchange
+        self.exchange = None
         self.parser = httptools.HttpResponseParser(self)
         self.reused = False
         self.idleSince = 0.0
@@ -74,10 +79,10 @@ class UpstreamProtocol(Protocol):
 
     def connectionMade(self):
         self.connected = True
-        try:
-            self.transport.setTcpNoDelay(True)
-        except Exception:
-            pass
+        # Not every transport is TCP (a UNIX socket has no Nagle to turn off).
+        setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
+        if setNoDelay is not None:
+            setNoDelay(True)
         self.write = writerFor(self.transport)
 
     def write(self, data):
@@ -132,8 +137,8 @@ class UpstreamProtocol(Protocol):
             # The response continues past this read: from now on a client
             # that reads slowly pauses this upstream connection.
             self._producing = True
-            exchange.server.transport.registerProducer(self.transport, True)
-        exchange.server.flush()
+            exchange.responseStreaming(self)
+        exchange.flush()
 
     def _refuse(self, reason):
         """
@@ -214,15 +219,8 @@ class UpstreamProtocol(Protocol):
             if self._interim > limit:
                 raise _ResponseRefused("more than %d interim (1xx) responses" % (limit,))
             self._informational = True
-            if exchange is not None and status != 100 and exchange.request.version == "1.1":
-                exchange.server.write(
-                    b"HTTP/1.1 %d %s\r\n%s\r\n"
-                    % (
-                        status,
-                        self._reason,
-                        b"".join(b"%s: %s\r\n" % h for h in self._headers),
-                    )
-                )
+            if exchange is not None:
+                exchange.interimResponse(status, self._reason, self._headers)
             return
         self._informational = False
         self._inBody = True
@@ -290,15 +288,34 @@ class UpstreamProtocol(Protocol):
         self._unsolicited = False
         self._interim = 0
 
-    def stopStreaming(self, server):
+    def stopStreaming(self):
         """
-        Stop being the producer of C{server}'s transport.
+        The response is over: if a slow client paused this connection, read
+        again.
         """
         if self._producing:
             self._producing = False
-            server.transport.unregisterProducer()
-            # It may have been paused by a slow client: read again.
             self.transport.resumeProducing()
+
+    def sendBodyFrom(self, producer):
+        """
+        Let C{producer} (the client's reading) be paused while this
+        connection's transport is full.
+        """
+        self.transport.registerProducer(producer, True)
+
+    def bodySent(self):
+        """
+        The request body is written: undo L{sendBodyFrom}.
+        """
+        self.transport.unregisterProducer()
+
+    def abort(self):
+        """
+        The exchange drops this connection: forget it, and reset it.
+        """
+        self.exchange = None
+        self.transport.abortConnection()
 
     def responseDone(self, reusable):
         """
@@ -321,11 +338,12 @@ class UpstreamProtocol(Protocol):
             return
         exchange.upgraded(self, rest)
 
-    def startTunnel(self, server):
+    def startTunnel(self, peer):
         """
-        After a 101, relay raw bytes to the client connection.
+        After a 101, relay raw bytes to the client's transport C{peer}.
         """
-        self._tunnel = server.transport
+        self.exchange = None
+        self._tunnel = peer
         self.pool.discard(self)
 
     def connectionLost(self, reason):
@@ -335,20 +353,18 @@ class UpstreamProtocol(Protocol):
             tunnel, self._tunnel = self._tunnel, None
             tunnel.loseConnection()
             return
-        exchange, self.exchange = self.exchange, None
+        exchange = self.exchange
         if exchange is None:
             return
         if self._inBody and self._untilClose and reason.check(ConnectionDone):
             # A response without a length ends when the connection does.
             self._inBody = False
-            exchange.upstream = self
             exchange.responseComplete(None, False)
-            exchange.server.flush()
-            return
-        why = reason.getErrorMessage()
-        retryable = not self._gotBytes and self.reused
-        exchange.upstreamLost(why, retryable)
-        exchange.server.flush()
+        else:
+            self.exchange = None
+            why = reason.getErrorMessage()
+            exchange.upstreamLost(why, not self._gotBytes and self.reused)
+        exchange.flush()
 
 
 class _UpstreamFactory(Factory):
@@ -362,7 +378,7 @@ class _UpstreamFactory(Factory):
         self.pool = pool
 
     def buildProtocol(self, addr):
-        p = UpstreamProtocol(self.pool, None)
+        p = UpstreamProtocol(self.pool)
         p.factory = self
         return p
 
@@ -408,7 +424,7 @@ class _Attempt:
         exchange.connecting = None
         conn.attach(exchange)
         exchange.connected(conn)
-        exchange.server.flush()
+        exchange.flush()
 
     def _failed(self, failure):
         self._deferred = None
@@ -419,7 +435,7 @@ class _Attempt:
             exchange.connectFailed(
                 describeConnectFailure(failure, self.pool.connector.timeout), True
             )
-            exchange.server.flush()
+            exchange.flush()
 
 
 class Pool:

@@ -1,44 +1,64 @@
 """
-One request/response exchange through the HTTP router: it joins the client
-connection (L{ServerProtocol<meshproxy.http.server.ServerProtocol>}) to one
-upstream connection at a time
-(L{UpstreamProtocol<meshproxy.http.client.UpstreamProtocol>}), carries the
-body both ways with back-pressure, and decides, try by try, whether a
-failure is answered or retried on another endpoint.
+One request/response exchange through the HTTP router.
 
-A try ends in one of these ways:
-  - a response head arrives: it is classified (success, retryable failure,
-    failure); a retryable one is dropped and retried if the request can be
-    replayed, the retry budget allows it and time remains; anything else
-    streams to the client, after which nothing is retried;
-  - the connection cannot be made (refused, connect timeout): retried for
-    any method, under the connection budget, since the request never left;
+An exchange joins the client connection (L{IClientConnection}) to one
+upstream connection at a time (L{IUpstreamConnection}), carries the body
+both ways with back-pressure, and runs the request through the router's
+filter stack, in this order:
+
+  1. limits: the destination's L{Limiter} admits the request or answers
+     503 C{overloaded};
+  2. deadline: the L{DeadlinePolicy} gives the time the request may take
+     (shortened by a trusted caller's deadline, 504 if already passed);
+  3. retries and budget: the L{RetryPolicy} is credited, and decides after
+     each failed try whether and when to try again;
+  4. classification: the destination's L{IClassifier} judges each
+     response head (success, retryable failure, failure);
+  5. balancer: the destination picks an endpoint for each try, avoiding
+     those that failed this request, and learns how each try ended.
+
+Its life is one explicit state (L{Exchange.state})::
+
+    NEW ──start──► WAITING ──connected──► SENDING ──body sent──► AWAITING
+                     ▲                      │                      │
+                     └──── retry ◄──────────┴──── try failed ◄─────┤
+                                            │                      │
+                                            └──── response head ───┴──► STREAMING ──► DONE
+
+(any state goes to DONE when the exchange is answered with an error, or the
+client goes away.) A try ends in one of these ways:
+
+  - a response head arrives: it is classified; a retryable one is dropped
+    and retried if the request can be replayed, the budget allows it and
+    time remains; anything else streams to the client, after which nothing
+    is retried;
+  - the connection cannot be made: retried for any method, under the
+    connection budget, since the request never left;
   - the connection fails after the request was written but before any
-    response byte (reset, or a pooled connection the upstream had closed):
-    retried only for idempotent requests, since the upstream may have acted
-    on it;
+    response byte: retried only for idempotent requests, since the
+    upstream may have acted on it;
   - the per-try timeout passes before the response head: retried when the
     method is idempotent;
-  - the total timeout passes before the response head: answered 504, never
-    retried. Once the head is sent on, the body streams for as long as it
-    makes progress: it is cut only when no byte came for a whole C{total}
-    (and the client was not the one holding it back).
+  - the total timeout passes before the response head: answered 504,
+    never retried. Once the head is sent on, the body streams for as long
+    as it makes progress: it is cut only when no byte came for a whole
+    C{total} (and the client was not the one holding it back).
 """
 
-import time
+from __future__ import annotations
 
-from twisted.logger import Logger
+from typing import Any
 
-from meshproxy.http.message import (
-    HOP_BY_HOP,
-    ProxyError,
-    encodeChunk,
-    findHeader,
-    lastChunk,
-)
+from zope.interface import implementer
+
+from meshproxy.http.interfaces import IExchange
+from meshproxy.http.message import ProxyError, encodeChunk, findHeader, lastChunk
+from meshproxy.http.rewrite import ResponseFraming, interimHead, requestHead, responseHead
 from meshproxy.resilience.classifiers import RETRYABLE, SUCCESS
+from meshproxy.resilience.deadline import DeadlineExpired
+from meshproxy.resilience.retries import CONNECT, RESET, STATUS, TIMEOUT
 
-_log = Logger()
+__all__ = ["Exchange", "PRECONNECT_BUFFER", "MAX_STALE_TRIES"]
 
 #: Request body bytes kept while no upstream connection is ready yet; past
 #: this the client is paused.
@@ -50,16 +70,103 @@ MAX_STALE_TRIES = 3
 
 _BODYLESS_STATUS = frozenset([204, 304])
 
+# The states of an exchange.
+NEW = "new"
+WAITING = "waiting"  # for a connection: connecting, pooled, or backing off
+SENDING = "sending"  # the request head is out, its body is streaming
+AWAITING = "awaiting"  # the whole request is out, waiting for the head
+STREAMING = "streaming"  # the response is streaming to the client
+DONE = "done"
 
+_TRANSITIONS = {
+    NEW: frozenset([WAITING, DONE]),
+    WAITING: frozenset([SENDING, AWAITING, DONE]),
+    SENDING: frozenset([AWAITING, STREAMING, WAITING, DONE]),
+    AWAITING: frozenset([STREAMING, WAITING, DONE]),
+    STREAMING: frozenset([DONE]),
+    DONE: frozenset(),
+}
+
+
+class _RequestBody:
+    """
+    A request body on its way upstream: what arrived before a connection
+    was ready, and a copy kept for a retry while it fits.
+
+    @ivar pending: body pieces not sent yet (before a connection is ready,
+        or to send again on a retry), or L{None} when the body streams.
+    @ivar done: whether the client sent the whole body.
+    @ivar sent: whether any of it went upstream on the current try.
+    @ivar sentAll: whether all of it (and its end) went upstream.
+    @ivar trailers: the trailer fields of a chunked body.
+    """
+
+    __slots__ = ("pending", "pendingSize", "done", "sent", "sentAll", "trailers", "replay", "replaySize", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.pending: list[bytes] | None = None
+        self.pendingSize = 0
+        self.done = False
+        self.sent = False
+        self.sentAll = False
+        self.trailers = None
+        self.replay: list[bytes] | None = [] if limit else None
+        self.replaySize = 0
+        self.limit = limit
+
+    def keep(self, data: bytes) -> None:
+        """
+        Keep a copy of C{data} for a retry, while the body fits the limit.
+        """
+        replay = self.replay
+        if replay is not None:
+            self.replaySize += len(data)
+            if self.replaySize > self.limit:
+                self.replay = None
+            else:
+                replay.append(data)
+
+    def hold(self, data: bytes) -> bool:
+        """
+        Hold C{data} until a connection is ready.
+
+        @return: whether the held bytes went past L{PRECONNECT_BUFFER}.
+        """
+        if self.pending is None:
+            self.pending = []
+        self.pending.append(data)
+        self.pendingSize += len(data)
+        return self.pendingSize > PRECONNECT_BUFFER
+
+    def replayable(self) -> bool:
+        """
+        Whether the body can be sent again: none of it went upstream yet,
+        or all of it is kept.
+        """
+        return not self.sent or (self.replay is not None and self.done)
+
+    def rewind(self) -> None:
+        """
+        Make the kept copy the bytes to send on the next try.
+        """
+        if self.sent:
+            self.pending = list(self.replay or ())
+            self.pendingSize = self.replaySize
+            self.sent = False
+            self.sentAll = False
+
+
+@implementer(IExchange)
 class Exchange:
     """
     The life of one request.
 
-    @ivar server: the client connection.
+    @ivar server: the client connection (L{IClientConnection}).
     @ivar request: the L{Request<meshproxy.http.message.Request>}.
-    @ivar router: the router that chose the destination.
-    @ivar responseStarted: whether any response byte went to the client (no
-        retry and no error answer is possible after that).
+    @ivar router: the L{IRouter}.
+    @ivar client: the destination (L{IDestination}) once routed.
+    @ivar state: one of C{new}, C{waiting}, C{sending}, C{awaiting},
+        C{streaming}, C{done}.
     """
 
     __slots__ = (
@@ -67,95 +174,104 @@ class Exchange:
         "request",
         "router",
         "client",
+        "state",
+        "body",
         "node",
         "startTime",
         "tryStart",
         "upstream",
-        "pending",
-        "pendingSize",
-        "bodyDone",
-        "bodySentAll",
-        "trailers",
-        "responseStarted",
+        "connecting",
         "status",
-        "done",
         "tries",
         "retries",
         "stale",
-        "chunkedOut",
-        "closeDelimited",
+        "framing",
         "keepAlive",
         "timer",
         "tryTimer",
-        "retryTimer",
         "deadline",
         "upgradeRest",
-        "bodyless",
         "triedNodes",
-        "sentBody",
-        "replay",
-        "replaySize",
         "classification",
-        "limited",
+        "limiter",
         "waiting",
-        "connecting",
         "override",
         "progress",
         "continued",
     )
 
-    def __init__(self, server, request, router):
+    def __init__(self, server: Any, request: Any, router: Any) -> None:
         self.server = server
         self.request = request
         self.router = router
-        self.client = None
-        self.node = None
+        self.client: Any = None
+        self.state = NEW
+        self.body = _RequestBody(router.bufferBytes) if request.hasBody else None
+        self.node: Any = None
         self.startTime = 0.0
         self.tryStart = 0.0
-        self.upstream = None
-        self.pending = None
-        self.pendingSize = 0
-        self.bodyDone = not request.hasBody
-        self.bodySentAll = False
-        self.trailers = None
-        self.responseStarted = False
+        self.upstream: Any = None
+        self.connecting: Any = None
         self.status = 0
-        self.done = False
         self.tries = 0
         self.retries = 0
         self.stale = 0
-        self.chunkedOut = False
-        self.closeDelimited = False
+        self.framing: ResponseFraming | None = None
         self.keepAlive = request.keepAlive
-        self.timer = None
-        self.tryTimer = None
-        self.retryTimer = None
+        self.timer: Any = None
+        # The per-try timeout, or the wait before a retry.
+        self.tryTimer: Any = None
         self.deadline = 0.0
         self.upgradeRest = b""
-        self.bodyless = request.method == b"HEAD"
-        self.triedNodes = None
-        self.sentBody = False
-        # The request body kept for a replay, while it fits.
-        self.replay = [] if request.hasBody and router.bufferBytes else None
-        self.replaySize = 0
+        self.triedNodes: set | None = None
         self.classification = SUCCESS
-        self.limited = False
+        # The limiter holding a place for this request, once admitted.
+        self.limiter: Any = None
+        # Whether it holds a place among the requests waiting for a
+        # connection (limits.maxPending).
         self.waiting = False
-        self.connecting = None
-        self.override = None
+        self.override: bytes | None = None
         self.progress = 0.0
         self.continued = False
 
-    # -- start and routing -----------------------------------------------
+    # -- state ---------------------------------------------------------------
 
-    def start(self):
+    def _enter(self, state: str) -> None:
         """
-        Route the request and send it to the chosen endpoint.
+        Move to C{state}; a move the diagram does not have is a bug.
+        """
+        if state not in _TRANSITIONS[self.state]:
+            raise RuntimeError("exchange cannot go from %s to %s" % (self.state, state))
+        self.state = state
+
+    @property
+    def done(self) -> bool:
+        """
+        Whether the exchange is over.
+        """
+        return self.state is DONE
+
+    @property
+    def responseStarted(self) -> bool:
+        """
+        Whether any response byte went to the client (no retry and no error
+        answer is possible after that).
+        """
+        return self.state is STREAMING or self.state is DONE
+
+    # -- the filter stack -----------------------------------------------------
+
+    def start(self) -> None:
+        """
+        Run the request through limits, deadline and retry budget, then
+        make the first try.
         """
         router = self.router
         now = self.startTime = router.clock.seconds()
+        request = self.request
+        server = self.server
         try:
-            self.client = router.route(self.request, self)
+            self.client, self.override = router.route(request, server.trusted)
         except ProxyError as e:
             self.fail(e)
             return
@@ -166,43 +282,41 @@ class Exchange:
                     ProxyError(503, "overloaded", "Too many requests in flight to %s." % (self.client.name,))
                 )
                 return
-            self.limited = True
-        total = router.totalTimeout
-        if self.server.trusted and router.trustDeadline:
-            remaining = router.incomingDeadline(self.request)
-            if remaining is not None:
-                if remaining <= 0:
-                    self.fail(ProxyError(504, "deadline-expired", "The caller's deadline has passed."))
-                    return
-                total = min(total, remaining)
+            self.limiter = limiter
+        try:
+            total = router.deadlines.budget(
+                request.header(b"mesh-ctx-deadline") if request.meshHeaders else None,
+                server.trusted,
+            )
+        except DeadlineExpired:
+            self.fail(ProxyError(504, "deadline-expired", "The caller's deadline has passed."))
+            return
         self.deadline = now + total
         self.timer = router.clock.callLater(total, self._timedOut)
-        router.budget.deposit()
-        router.connectBudget.deposit()
+        router.retries.admit()
+        self._enter(WAITING)
         self._attempt()
 
-    def _attempt(self):
-        self.retryTimer = None
-        if self.done:
+    def _attempt(self) -> None:
+        """
+        One try: pick an endpoint, and ask its pool for a connection.
+        """
+        self.tryTimer = None
+        if self.state is DONE:
             return
         client = self.client
-        balancer = client.balancer
         # Prefer an endpoint that has not failed this request already.
-        node = balancer.pickAvoiding(self.triedNodes)
+        node = client.balancer.pickAvoiding(self.triedNodes)
         if node is None:
             self.fail(ProxyError(503, "no-endpoint", "No live endpoint for %s." % (client.name,)))
             return
         self.node = node
         self.tries += 1
-        accrual = client.accrual
-        if accrual is not None:
-            accrual.picked(node)
-        self.tryStart = balancer.start(node)
-        perTry = self.router.perTryTimeout
-        if perTry:
-            remaining = self.deadline - self.router.clock.seconds()
-            if perTry < remaining:
-                self.tryTimer = self.router.clock.callLater(perTry, self._tryTimedOut)
+        self.tryStart = client.beginTry(node)
+        router = self.router
+        perTry = router.perTryTimeout
+        if perTry and perTry < self.deadline - router.clock.seconds():
+            self.tryTimer = router.clock.callLater(perTry, self._tryTimedOut)
         pool = node.payload
         limiter = client.limiter
         if limiter is not None and limiter.maxPending is not None and not pool.idle:
@@ -216,165 +330,56 @@ class Exchange:
             self.waiting = True
         pool.acquire(self)
 
-    def _stopWaiting(self):
-        if self.waiting:
-            self.waiting = False
-            self.client.limiter.pendingRelease()
-
-    # -- request body from the client --------------------------------------
-
-    def bodyReceived(self, data):
-        """
-        A piece of the request body arrived from the client.
-        """
-        replay = self.replay
-        if replay is not None:
-            self.replaySize += len(data)
-            if self.replaySize > self.router.bufferBytes:
-                self.replay = None
-            else:
-                replay.append(data)
-        upstream = self.upstream
-        if upstream is not None and self.pending is None:
-            if self.request.chunked:
-                upstream.write(encodeChunk(data))
-            else:
-                upstream.write(data)
-            return
-        if self.done:
-            return
-        if self.pending is None:
-            self.pending = []
-        self.pending.append(data)
-        self.pendingSize += len(data)
-        if self.pendingSize > PRECONNECT_BUFFER:
-            self.server.gate.pause("preconnect")
-
-    def bodyComplete(self, trailers):
-        """
-        The request body (and its trailers, for chunked bodies) is complete.
-        """
-        self.bodyDone = True
-        self.trailers = trailers
-        upstream = self.upstream
-        if upstream is not None and self.pending is None:
-            self._finishRequestBody(upstream)
-
-    def _finishRequestBody(self, upstream):
-        if self.bodySentAll:
-            return
-        self.bodySentAll = True
-        if self.request.chunked:
-            upstream.write(lastChunk(self.trailers))
-        if self.request.hasBody:
-            upstream.transport.unregisterProducer()
-
-    # -- upstream connection ---------------------------------------------
-
-    def connected(self, upstream):
-        """
-        The pool has a connection for this exchange: send the request.
-        """
-        self._stopWaiting()
-        if self.done:
-            upstream.exchange = None
-            upstream.pool.release(upstream)
-            return
-        self.upstream = upstream
-        upstream.exchange = self
-        # Latency is measured from here: the time to open a connection is
-        # not the endpoint's answer time, and must not make a fresh endpoint
-        # look slow to the balancer.
-        self.tryStart = self.router.clock.seconds()
+    def _isIdempotent(self) -> bool:
         request = self.request
-        head = self.router.requestHead(request, self)
-        pending, self.pending = self.pending, None
-        if request.hasBody:
-            self.sentBody = True
-            upstream.transport.registerProducer(self.server.gate, True)
-            if pending:
-                if request.chunked:
-                    body = b"".join(encodeChunk(p) for p in pending)
-                else:
-                    body = b"".join(pending)
-                upstream.write(head + body)
-                if self.pendingSize > PRECONNECT_BUFFER:
-                    self.server.gate.resume("preconnect")
-            else:
-                upstream.write(head)
-            if request.expectContinue and not self.bodyDone and not pending and not self.continued:
-                # Once, on the first connection actually made (a refused
-                # first try must not leave the client waiting).
-                self.continued = True
-                self.server.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                self.server.flush()
-            if self.bodyDone:
-                self._finishRequestBody(upstream)
-        else:
-            upstream.write(head)
+        return self.client.classifier.isIdempotent(
+            request.method, request.header(b"idempotency-key") is not None
+        )
 
-    def _replayable(self):
-        """
-        Whether the request can be sent again: it has no body, or none of it
-        went upstream yet, or all of it is kept.
-        """
-        if not self.request.hasBody or not self.sentBody:
-            return True
-        return self.replay is not None and self.bodyDone
-
-    def _rewind(self):
-        """
-        Prepare the kept body to be sent again from the start.
-        """
-        if self.request.hasBody and self.sentBody:
-            self.pending = list(self.replay)
-            self.pendingSize = self.replaySize
-            self.sentBody = False
-            self.bodySentAll = False
-        self.upstream = None
-
-    def _tryFailed(self, reason, anyMethod, budgetKind):
+    def _retry(self, reason: str, anyMethod: bool) -> bool:
         """
         The current try failed before any response byte reached the client:
-        retry it or answer.
+        ask the retry policy whether to try again.
 
-        @param reason: the retry reason for metrics (C{"connect"},
-            C{"status"}, C{"timeout"}, C{"reset"}).
+        @param reason: why (L{CONNECT}, L{RESET}, L{STATUS}, L{TIMEOUT}).
         @param anyMethod: whether the failure proves the upstream never
             processed the request (so any method may be retried).
-        @param budgetKind: C{"connect"} or C{"request"}: which budget pays.
         @return: whether a retry was scheduled.
         """
-        router = self.router
-        if self.done or self.responseStarted:
+        state = self.state
+        if state is DONE or state is STREAMING:
             return False
-        if not anyMethod and not self.client.classifier.isIdempotent(
-            self.request.method, self._hasIdempotencyKey()
-        ):
-            return False
-        if self.retries >= router.maxRetries or not self._replayable():
-            return False
-        now = router.clock.seconds()
-        delay = router.backoff.delay(self.retries + 1)
-        if now + delay >= self.deadline:
-            return False
-        budget = router.connectBudget if budgetKind == "connect" else router.budget
-        if not budget.tryWithdraw():
-            router.countRetry("budget-exhausted")
+        body = self.body
+        delay = self.router.retries.retryDelay(
+            reason,
+            allowed=anyMethod or self._isIdempotent(),
+            retries=self.retries,
+            replayable=body is None or body.replayable(),
+            deadline=self.deadline,
+        )
+        if delay is None:
             return False
         self.retries += 1
-        router.countRetry(reason)
         self._rewind()
         if delay > 0:
-            self.retryTimer = router.clock.callLater(delay, self._attempt)
+            self.tryTimer = self.router.clock.callLater(delay, self._attempt)
         else:
             self._attempt()
         return True
 
-    def _hasIdempotencyKey(self):
-        return self.request.header(b"idempotency-key") is not None
+    def _rewind(self) -> None:
+        """
+        Back to waiting for a connection, with the kept body to send again.
+        """
+        if self.body is not None:
+            self.body.rewind()
+        self.upstream = None
+        if self.state is not WAITING:
+            self._enter(WAITING)
 
-    def _closeTry(self):
+    # -- the tries' accounting -------------------------------------------------
+
+    def _closeTry(self) -> Any:
         """
         Stop the current try's timer and waiting; return its node (or
         L{None} when no try is under way), which is no longer current.
@@ -387,62 +392,156 @@ class Exchange:
         timer = self.tryTimer
         if timer is not None:
             self.tryTimer = None
-            timer.cancel()
+            if timer.active():
+                timer.cancel()
         return node
 
-    def _endTry(self, success):
+    def _endTry(self, success: bool, measured: bool = False) -> None:
         """
-        Account the end of the current try on its node.
+        The current try ended with a verdict on its endpoint.
+
+        @param measured: whether its latency was taken already (at the
+            response head).
         """
         node = self._closeTry()
         if node is None:
             return
-        client = self.client
-        client.balancer.finish(node, self.tryStart, success)
-        accrual = client.accrual
-        if accrual is not None:
-            if success:
-                accrual.success(node)
-            else:
-                accrual.failure(node)
+        self.client.endTry(node, None if measured else self.tryStart, success)
         if not success:
             # A retry goes elsewhere when it can.
             if self.triedNodes is None:
                 self.triedNodes = set()
             self.triedNodes.add(node)
 
-    def _abandonTry(self):
+    def _abandonTry(self) -> None:
         """
-        The current try ends without a verdict on its node.
+        The current try ends without a verdict on its endpoint.
         """
         node = self._closeTry()
-        if node is None:
-            return
-        # No verdict: neither a success nor a failure of the endpoint.
-        node.pending -= 1
-        if self.client.accrual is not None:
-            self.client.accrual.abandon(node)
+        if node is not None:
+            self.client.abandonTry(node)
 
-    def connectFailed(self, reason, retryable):
+    def _stopWaiting(self) -> None:
+        if self.waiting:
+            self.waiting = False
+            self.client.limiter.pendingRelease()
+
+    # -- request body from the client --------------------------------------
+
+    def bodyReceived(self, data: bytes) -> None:
         """
-        The try failed before the upstream could have seen the request.
+        See L{IExchange.bodyReceived}.
+        """
+        body = self.body
+        body.keep(data)
+        upstream = self.upstream
+        if upstream is not None and body.pending is None:
+            upstream.write(encodeChunk(data) if self.request.chunked else data)
+            return
+        if self.state is DONE:
+            return
+        if body.hold(data):
+            self.server.gate.pause("preconnect")
 
-        @param reason: a short description for logs and the answer.
+    def bodyComplete(self, trailers: Any) -> None:
+        """
+        See L{IExchange.bodyComplete}.
+        """
+        body = self.body
+        if body is None:
+            return
+        body.done = True
+        body.trailers = trailers
+        upstream = self.upstream
+        if upstream is not None and body.pending is None:
+            self._finishRequestBody(upstream)
+
+    def _finishRequestBody(self, upstream: Any) -> None:
+        body = self.body
+        if body.sentAll:
+            return
+        body.sentAll = True
+        if self.request.chunked:
+            upstream.write(lastChunk(body.trailers))
+        upstream.bodySent()
+        if self.state is SENDING:
+            self._enter(AWAITING)
+
+    # -- upstream connection ---------------------------------------------
+
+    def connected(self, upstream: Any) -> None:
+        """
+        See L{IExchange.connected}: send the request.
+        """
+        self._stopWaiting()
+        if self.state is not WAITING:
+            upstream.responseDone(True)
+            return
+        self.upstream = upstream
+        router = self.router
+        # Latency is measured from here: the time to open a connection is
+        # not the endpoint's answer time, and must not make a fresh endpoint
+        # look slow to the balancer.
+        self.tryStart = router.clock.seconds()
+        request = self.request
+        server = self.server
+        head = requestHead(
+            request,
+            peer=server.forwardedFor,
+            scheme=server.scheme,
+            forwarded=router.forwarded,
+            deadline=router.deadlines.header(self.deadline),
+            override=self.override,
+        )
+        body = self.body
+        if body is None:
+            self._enter(AWAITING)
+            upstream.write(head)
+            return
+        self._enter(SENDING)
+        body.sent = True
+        pending, body.pending = body.pending, None
+        upstream.sendBodyFrom(server.gate)
+        if pending:
+            if request.chunked:
+                data = b"".join(encodeChunk(p) for p in pending)
+            else:
+                data = b"".join(pending)
+            upstream.write(head + data)
+            if body.pendingSize > PRECONNECT_BUFFER:
+                server.gate.resume("preconnect")
+        else:
+            upstream.write(head)
+        body.pendingSize = 0
+        if request.expectContinue and not body.done and not pending and not self.continued:
+            # Once, on the first connection actually made (a refused first
+            # try must not leave the client waiting).
+            self.continued = True
+            server.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            server.flush()
+        if body.done:
+            self._finishRequestBody(upstream)
+
+    def connectFailed(self, reason: str, retryable: bool) -> None:
+        """
+        See L{IExchange.connectFailed}.
+
+        @param reason: why, in words (C{"refused the connection"}).
         @param retryable: whether sending it again is safe (no byte of it
             was processed).
         """
         self.upstream = None
         self._stopWaiting()
-        if self.done:
+        if self.state is DONE:
             self._abandonTry()
             return
         address = _address(self.node)
         self._endTry(False)
-        if retryable and self._tryFailed("connect", True, "connect"):
+        if retryable and self._retry(CONNECT, True):
             return
-        self.fail(ProxyError(502, "upstream-connect", "Upstream %s: %s." % (address, reason)))
+        self.fail(ProxyError(502, "upstream-connect", "Upstream %s %s." % (address, reason)))
 
-    def staleConnection(self, reason):
+    def staleConnection(self, reason: str) -> None:
         """
         A pooled connection was closed by the upstream before it answered:
         a keep-alive race, not a failure of the endpoint. Send again on a
@@ -450,13 +549,14 @@ class Exchange:
         """
         self.upstream = None
         node = self.node
-        if self.done:
+        if self.state is DONE:
             self._abandonTry()
             return
+        body = self.body
         if (
             self.stale < MAX_STALE_TRIES
-            and self._replayable()
-            and self.client.classifier.isIdempotent(self.request.method, self._hasIdempotencyKey())
+            and (body is None or body.replayable())
+            and self._isIdempotent()
         ):
             # Only idempotent requests: the upstream may have read this one
             # before it closed.
@@ -467,25 +567,32 @@ class Exchange:
                 return
         address = _address(node)
         self._abandonTry()
-        self.fail(ProxyError(502, "upstream-reset", "Upstream %s closed the connection: %s." % (address, reason)))
+        self.fail(ProxyError(502, "upstream-reset", "Upstream %s closed the connection before answering." % (address,)))
 
     # -- response from upstream -------------------------------------------
 
-    def responseHead(self, status, reason, headers, contentLength, chunked):
+    def interimResponse(self, status: int, reason: bytes, headers: list) -> None:
         """
-        The upstream's response head arrived.
+        See L{IExchange.interimResponse}: 100 was answered by meshproxy
+        itself; others (103) go on to HTTP/1.1 clients.
+        """
+        if status != 100 and self.request.version == "1.1" and self.state is not DONE:
+            self.server.write(interimHead(status, reason, headers))
 
-        @param status: the status code.
-        @param reason: the reason phrase, as received.
-        @param headers: C{(name, value)} pairs as received.
+    def responseHead(
+        self, status: int, reason: bytes, headers: list, contentLength: Any, chunked: bool
+    ) -> bool:
+        """
+        See L{IExchange.responseHead}.
+
         @param contentLength: the declared length (bytes, as received) or
             L{None}.
-        @param chunked: whether the upstream body is chunked.
-        @return: C{False} when the response is dropped for a retry (the
-            upstream connection is then closed), C{True} otherwise.
         """
-        if self.done:
-            return True
+        state = self.state
+        if state is not SENDING and state is not AWAITING:
+            if state is DONE:
+                return True
+            raise RuntimeError("a response head while %s" % (state,))
         timer = self.tryTimer
         if timer is not None:
             # The per-try timeout bounds the wait for the head, not the
@@ -501,137 +608,120 @@ class Exchange:
             request.method,
             status,
             retryableHeader,
-            status >= 400 and self._hasIdempotencyKey(),
+            status >= 400 and request.header(b"idempotency-key") is not None,
         )
         self.classification = classification
         if classification == RETRYABLE and status != 101:
             upstream = self.upstream
             self._endTry(False)
-            if self._tryFailed("status", retryableHeader, "request"):
+            if self._retry(STATUS, retryableHeader):
                 # The rest of this response is not wanted: drop the
                 # connection rather than read a body nobody will see.
                 if upstream is not None:
-                    upstream.exchange = None
-                    upstream.transport.abortConnection()
+                    upstream.abort()
                 return False
             # Not retried: the failure itself is the answer.
+        elif self.node is not None:
+            # The endpoint's latency is the time to its answer's head: a
+            # body the client reads slowly must not make it look slow.
+            self.client.balancer.measured(self.node, self.tryStart)
+        self._enter(STREAMING)
         self.status = status
-        self.responseStarted = True
         self.progress = self.router.clock.seconds()
-        server = self.server
-        if status == 101 or not self.bodyDone or request.upgrade:
+        body = self.body
+        if status == 101 or (body is not None and not body.done) or request.upgrade:
             # After a 101 the connection is a tunnel; an answer that comes
             # before the whole request body leaves the connection out of
             # step; after an upgrade request the parser stopped at its head
             # (what follows may be the other protocol): in every case no
             # further request is read on it.
             self.keepAlive = False
-        bodyless = self.bodyless or status in _BODYLESS_STATUS or status < 200
-        self.bodyless = bodyless
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-        append = lines.append
-        tokens = None
-        for name, value in headers:
-            n = name.lower()
-            if n in HOP_BY_HOP:
-                if n == b"connection":
-                    tokens = value
-                    continue
-                if n == b"content-length" and bodyless:
-                    append(b"%s: %s\r\n" % (name, value))
-                continue
-            append(b"%s: %s\r\n" % (name, value))
-        if tokens is not None:
-            lines = _dropNamed(lines, tokens)
-            append = lines.append
-        append(b"Via: 1.1 meshproxy\r\n")
-        if status == 101:
-            upgrade = findHeader(headers, b"upgrade")
-            append(b"Connection: Upgrade\r\n")
-            if upgrade is not None:
-                append(b"Upgrade: %s\r\n" % (upgrade,))
-        elif not bodyless:
-            if contentLength is not None and not chunked:
-                append(b"Content-Length: %s\r\n" % (contentLength,))
-            elif request.version == "1.1":
-                append(b"Transfer-Encoding: chunked\r\n")
-                self.chunkedOut = True
-            else:
-                self.closeDelimited = True
-                self.keepAlive = False
-        if not self.keepAlive and status != 101:
-            append(b"Connection: close\r\n")
-        elif request.version == "1.0":
-            append(b"Connection: keep-alive\r\n")
-        append(b"\r\n")
-        server.write(b"".join(lines))
+        framing = self.framing = ResponseFraming(
+            request.method == b"HEAD" or status in _BODYLESS_STATUS or status < 200
+        )
+        self.server.write(
+            responseHead(
+                status,
+                reason,
+                headers,
+                contentLength=contentLength,
+                chunked=chunked,
+                framing=framing,
+                version=request.version,
+                keepAlive=self.keepAlive,
+            )
+        )
+        if framing.closeDelimited:
+            self.keepAlive = False
         return True
 
-    def responseBody(self, data):
+    def responseBody(self, data: bytes) -> None:
         """
-        A piece of the response body arrived from upstream.
+        See L{IExchange.responseBody}.
         """
-        if self.done or self.bodyless:
+        if self.state is not STREAMING or self.framing.bodyless:
             return
         self.progress = self.router.clock.seconds()
-        if self.chunkedOut:
-            self.server.write(encodeChunk(data))
-        else:
-            self.server.write(data)
+        self.server.write(encodeChunk(data) if self.framing.chunked else data)
 
-    def responseComplete(self, trailers, reusable):
+    def responseStreaming(self, upstream: Any) -> None:
         """
-        The upstream response ended.
+        See L{IExchange.responseStreaming}.
+        """
+        self.server.streamFrom(upstream.transport)
+
+    def responseComplete(self, trailers: Any, reusable: bool) -> None:
+        """
+        See L{IExchange.responseComplete}.
 
         @param trailers: trailer fields of a chunked response, or L{None}.
-        @param reusable: whether the upstream connection can serve another
-            request.
         """
-        if self.done:
+        if self.state is not STREAMING:
             return
         server = self.server
-        if self.chunkedOut:
+        if self.framing.chunked:
             server.write(lastChunk(trailers))
-        upstream = self.upstream
-        self.upstream = None
+        upstream, self.upstream = self.upstream, None
         if upstream is not None:
-            upstream.exchange = None
-            upstream.stopStreaming(server)
-            if not self.bodySentAll and self.request.hasBody:
+            server.stopStreaming()
+            upstream.stopStreaming()
+            body = self.body
+            if body is not None and not body.sentAll:
                 # The upstream answered before reading the whole body: the
                 # connection is out of step, never reuse it.
                 reusable = False
-                upstream.transport.unregisterProducer()
+                upstream.bodySent()
             upstream.responseDone(reusable)
-        self._endTry(self.classification == SUCCESS)
+        self._endTry(self.classification == SUCCESS, measured=self.classification != RETRYABLE)
         self._end()
         server.flush()
         server.exchangeDone(self, self.keepAlive)
 
-    def upgraded(self, upstream, rest):
+    def upgraded(self, upstream: Any, rest: bytes) -> None:
         """
-        The upstream switched protocols (101): splice the two connections.
+        See L{IExchange.upgraded}: splice the two connections.
         """
-        self._endTry(True)
+        self._endTry(True, measured=True)
         self._end()
         self.upstream = None
-        upstream.exchange = None
-        upstream.startTunnel(self.server)
+        server = self.server
+        upstream.startTunnel(server.transport)
         if rest:
-            self.server.write(rest)
-        self.server.startTunnel(upstream.transport, self.upgradeRest)
+            server.write(rest)
+        server.startTunnel(upstream.transport, self.upgradeRest)
 
-    def upstreamLost(self, reason, stale):
+    def upstreamLost(self, reason: str, stale: bool) -> None:
         """
-        The upstream connection failed while this exchange used it.
+        See L{IExchange.upstreamLost}.
 
         @param stale: whether it was a pooled connection that closed before
             sending any byte (likely closed by the upstream while idle).
         """
-        if self.done:
+        state = self.state
+        if state is DONE:
             return
         self.upstream = None
-        if not self.responseStarted:
+        if state is not STREAMING:
             if stale:
                 self.staleConnection(reason)
                 return
@@ -639,35 +729,42 @@ class Exchange:
             self._endTry(False)
             # The request was written: the upstream may have acted on it, so
             # only an idempotent one is sent again.
-            if self._tryFailed("reset", False, "connect"):
+            if self._retry(RESET, False):
                 return
-            self.fail(ProxyError(502, "upstream-reset", "Upstream %s failed: %s." % (address, reason)))
+            self.fail(ProxyError(502, "upstream-reset", "Upstream %s closed the connection before answering." % (address,)))
             return
         # Mid-response: the client cannot be told anything more than that
         # the message is cut short.
-        self._endTry(False)
+        self._endTry(False, measured=True)
         self._abortClient()
 
-    def upstreamError(self, reason):
+    def upstreamError(self, reason: str) -> None:
         """
-        The upstream sent something that is not HTTP.
+        See L{IExchange.upstreamError}.
         """
-        if self.done:
+        state = self.state
+        if state is DONE:
             return
         upstream, self.upstream = self.upstream, None
         if upstream is not None:
-            upstream.exchange = None
-            upstream.transport.abortConnection()
-        if not self.responseStarted:
+            upstream.abort()
+        if state is not STREAMING:
+            address = _address(self.node)
             self._endTry(False)
-            self.fail(ProxyError(502, "upstream-protocol", "Upstream sent an invalid response: %s." % (reason,)))
+            self.fail(ProxyError(502, "upstream-protocol", "Upstream %s sent an invalid response: %s." % (address, reason)))
         else:
-            self._endTry(False)
+            self._endTry(False, measured=True)
             self._abortClient()
+
+    def flush(self) -> None:
+        """
+        See L{IExchange.flush}.
+        """
+        self.server.flush()
 
     # -- ends --------------------------------------------------------------
 
-    def _dropUpstream(self):
+    def _dropUpstream(self) -> None:
         """
         Let go of the current try's connection, or of its connection
         attempt.
@@ -678,77 +775,79 @@ class Exchange:
             connecting.abandon()
         upstream, self.upstream = self.upstream, None
         if upstream is not None:
-            upstream.exchange = None
-            upstream.transport.abortConnection()
+            upstream.abort()
 
-    def _tryTimedOut(self):
+    def _tryTimedOut(self) -> None:
         self.tryTimer = None
-        if self.done or self.responseStarted:
+        state = self.state
+        if state is DONE or state is STREAMING:
             return
         self._dropUpstream()
         self.router.countError("try-timeout")
         self._endTry(False)
-        if self._tryFailed("timeout", False, "request"):
+        if self._retry(TIMEOUT, False):
             return
         self.fail(ProxyError(504, "timeout", "Timed out after %gs." % (self.router.perTryTimeout,)))
 
-    def _timedOut(self):
+    def _timedOut(self) -> None:
         self.timer = None
-        if self.done:
+        state = self.state
+        if state is DONE:
             return
-        if self.responseStarted:
+        clock = self.router.clock
+        if state is STREAMING:
             # The total timeout bounds the wait for the response head; a
             # body then streams as long as it makes progress (a slow client
             # pausing it counts as progress: that is back-pressure).
-            clock = self.router.clock
             now = clock.seconds()
             idle = now - self.progress
-            limit = self.router.totalTimeout
-            if idle < limit or getattr(self.server.transport, "producerPaused", False):
-                self.timer = clock.callLater(max(limit - idle, 0.001) if idle < limit else limit, self._timedOut)
+            limit = self.router.deadlines.total
+            if idle < limit:
+                self.timer = clock.callLater(max(limit - idle, 0.001), self._timedOut)
+                return
+            if self.server.readingPaused():
+                self.timer = clock.callLater(limit, self._timedOut)
                 return
             self.router.countError("body-stalled")
-        self._dropUpstream()
-        if self.node is not None:
-            self._endTry(False)
-        if self.responseStarted:
+            self._dropUpstream()
+            self._endTry(False, measured=True)
             self._abortClient()
             return
+        self._dropUpstream()
+        self._endTry(False)
         self.fail(ProxyError(504, "timeout", "Timed out after %gs." % (self.deadline - self.startTime,)))
 
-    def _abortClient(self):
+    def _abortClient(self) -> None:
         self._end()
-        server = self.server
-        server.closing = True
-        server.flush()
-        server.transport.abortConnection()
+        self.server.abort()
 
-    def fail(self, error):
+    def fail(self, error: ProxyError) -> None:
         """
         Answer the client with an error made by meshproxy.
         """
-        if self.done:
+        if self.state is DONE:
             return
         self._dropUpstream()
         self._abandonTry()
         self.status = error.status
-        router = self.router
-        router.countError(error.reason)
+        self.router.countError(error.reason)
         self._end()
         server = self.server
-        if self.pending is not None and self.pendingSize > PRECONNECT_BUFFER:
-            server.gate.resume("preconnect")
-        self.pending = None
-        keepAlive = self.keepAlive and self.bodyDone
+        body = self.body
+        if body is not None:
+            if body.pending is not None and body.pendingSize > PRECONNECT_BUFFER:
+                server.gate.resume("preconnect")
+            body.pending = None
+        keepAlive = self.keepAlive and (body is None or body.done)
         server.sendError(error, close=not keepAlive)
         server.flush()
         server.exchangeDone(self, keepAlive)
 
-    def clientLost(self):
+    def clientLost(self) -> None:
         """
-        The client went away: drop the upstream side too.
+        See L{IExchange.clientLost}.
         """
-        if self.done:
+        if self.state is DONE:
             return
         self._dropUpstream()
         self._abandonTry()
@@ -756,54 +855,29 @@ class Exchange:
             self.router.countError("client-gone")
         self._end()
 
-    def _end(self):
+    def _end(self) -> None:
         """
         The exchange is over: timers, limits and statistics.
         """
-        self.done = True
-        for name in ("timer", "tryTimer", "retryTimer"):
-            timer = getattr(self, name)
-            if timer is not None:
-                setattr(self, name, None)
-                if timer.active():
-                    timer.cancel()
-        if self.limited:
-            self.limited = False
-            self.client.limiter.release()
+        self.state = DONE
+        for timer in (self.timer, self.tryTimer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self.timer = self.tryTimer = None
+        limiter, self.limiter = self.limiter, None
+        if limiter is not None:
+            limiter.release()
         self._stopWaiting()
         client = self.client
         if client is not None:
             router = self.router
             router.record(client, self.status or 502, router.clock.seconds() - self.startTime)
 
-    def deadlineHeader(self):
-        """
-        The remaining deadline as C{mesh-ctx-deadline} (epoch milliseconds).
-        """
-        remaining = self.deadline - self.router.clock.seconds()
-        return b"%d" % (int((time.time() + max(0.0, remaining)) * 1000),)
 
-
-def _address(node):
+def _address(node: Any) -> str:
     if node is None:
         return "?"
     endpoint = node.endpoint
     if ":" in endpoint.host:
         return "[%s]:%d" % (endpoint.host, endpoint.port)
     return "%s:%d" % (endpoint.host, endpoint.port)
-
-
-def _dropNamed(lines, connectionValue):
-    """
-    Remove header lines named in a C{Connection} header value (RFC 9110
-    7.6.1): they too are hop-by-hop.
-    """
-    names = {t.strip().lower() for t in connectionValue.split(b",") if t.strip()}
-    if not names:
-        return lines
-    kept = [lines[0]]
-    for line in lines[1:]:
-        name = line.split(b":", 1)[0].lower()
-        if name not in names:
-            kept.append(line)
-    return kept

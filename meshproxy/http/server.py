@@ -16,7 +16,9 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from meshproxy.http.checks import checkRequest, parserError
 from meshproxy.http.exchange import Exchange
+from meshproxy.http.interfaces import IClientConnection
 from meshproxy.transport.fastwrite import writerFor
 from meshproxy.transport.gate import PauseGate
 from meshproxy.http.message import (
@@ -27,26 +29,13 @@ from meshproxy.http.message import (
     forbiddenTrailer,
 )
 from meshproxy.lifecycle import DrainingFactoryMixin
-from meshproxy.routing.identifiers import splitAbsoluteForm
 
 _log = Logger()
 
 _HEAD, _BODY, _IDLE = range(3)
 
-_VERSIONS = frozenset(["1.0", "1.1"])
 
-# Characters allowed in a request-target (RFC 3986 plus '%' escapes); llhttp
-# lets some others through.
-_TARGET_OK = frozenset(
-    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-    b"-._~:/?#[]@!$&'()*+,;=%"
-)
-_HOST_OK = frozenset(
-    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~:[]"
-    b"!$&'()*+,;=%"
-)
-
-
+@implementer(IClientConnection)
 class ServerProtocol(Protocol):
     """
     One client connection to an HTTP router.
@@ -95,6 +84,7 @@ class ServerProtocol(Protocol):
         self.forwardedFor = b""
         self.parser = None
         self.gate = None
+        self._streamingFrom = None
 
     # -- connection lifecycle -------------------------------------------
 
@@ -163,7 +153,7 @@ class ServerProtocol(Protocol):
                     ProxyError(500, "internal-error", "meshproxy failed handling this request.")
                 )
         except httptools.HttpParserError as e:
-            self._framingError(_parserError(e))
+            self._framingError(parserError(e))
         else:
             self._bound(data)
         toStart, self._toStart = self._toStart, None
@@ -275,7 +265,7 @@ class ServerProtocol(Protocol):
         self._headers = None
         self._fields = None
         request.keepAlive = parser.should_keep_alive()
-        _checkRequest(request, self.settings)
+        checkRequest(request, self.settings)
         exchange = Exchange(self, request, self.router)
         self._current = exchange
         self._state = _BODY
@@ -373,6 +363,38 @@ class ServerProtocol(Protocol):
                 data = b"".join(out)
             out.clear()
             self._send(data)
+
+    def streamFrom(self, producer):
+        """
+        See L{IClientConnection.streamFrom}.
+        """
+        self._streamingFrom = producer
+        self.transport.registerProducer(producer, True)
+
+    def stopStreaming(self):
+        """
+        See L{IClientConnection.stopStreaming}.
+        """
+        if self._streamingFrom is not None:
+            self._streamingFrom = None
+            self.transport.unregisterProducer()
+
+    def readingPaused(self):
+        """
+        See L{IClientConnection.readingPaused}: the transport paused the
+        upstream it streams from (its write buffer is full).
+        """
+        # FileDescriptor transports say so; others (TLS, test transports)
+        # are taken as never paused.
+        return getattr(self.transport, "producerPaused", False)
+
+    def abort(self):
+        """
+        See L{IClientConnection.abort}.
+        """
+        self.closing = True
+        self.flush()
+        self.transport.abortConnection()
 
     def exchangeDone(self, exchange, keepAlive):
         """
@@ -562,168 +584,6 @@ class _ErrorAnswer:
 
     def clientLost(self):
         pass
-
-
-def _parserError(e):
-    """
-    Map an httptools parse error to the answer meshproxy gives.
-    """
-    message = str(e) or e.__class__.__name__
-    if message.startswith("Pause on PRI"):
-        # The HTTP/2 connection preface.
-        return ProxyError(
-            505, "version-not-supported", "Only HTTP/1.0 and HTTP/1.1 are supported here."
-        )
-    if isinstance(e, httptools.HttpParserInvalidMethodError):
-        return ProxyError(400, "bad-request", "Invalid method.")
-    if isinstance(e, httptools.HttpParserInvalidURLError):
-        return ProxyError(400, "bad-request", "Invalid request-target.")
-    return ProxyError(400, "bad-request", "Malformed request: %s." % (message,))
-
-
-def _absoluteForm(request):
-    """
-    Turn an absolute-form request (C{GET http://users/x HTTP/1.1}) into
-    origin-form: the target's authority replaces the C{Host} header, and
-    is what the router identifies the request by (RFC 9112 3.2.2).
-
-    @return: the authority, the request's host from now on.
-    @raise ProxyError: for a target with userinfo (C{http://a@b/}, which
-        reads as one host and routes to another) or without a host.
-    """
-    authority, path = splitAbsoluteForm(request.target)
-    if b"@" in authority:
-        raise ProxyError(400, "bad-request", "Userinfo is not allowed in a request-target.")
-    if not authority:
-        raise ProxyError(400, "bad-request", "No host in an absolute request-target.")
-    if not path.startswith(b"/"):
-        path = b"/" + path
-    request.target = path
-    headers = request.headers
-    for i in range(len(headers) - 1, -1, -1):
-        if headers[i][0].lower() == b"host":
-            del headers[i]
-    headers.insert(0, (b"Host", authority))
-    return authority
-
-
-def _checkRequest(request, settings):
-    """
-    The checks RFC 9112 asks of a proxy that llhttp does not make.
-
-    Sets the framing fields of C{request}; raises L{ProxyError} for a
-    request that must be refused.
-    """
-    if request.version not in _VERSIONS:
-        raise ProxyError(
-            505, "version-not-supported", "Only HTTP/1.0 and HTTP/1.1 are supported here."
-        )
-    method = request.method
-    if method == b"CONNECT":
-        raise ProxyError(405, "method-not-allowed", "CONNECT is not supported.")
-    target = request.target
-    if not target:
-        raise ProxyError(400, "bad-request", "Empty request-target.")
-    authority = None
-    first = target[0]
-    if first == 0x2F:  # "/"
-        pass
-    elif target == b"*":
-        if method != b"OPTIONS":
-            raise ProxyError(400, "bad-request", "Asterisk-form is only for OPTIONS.")
-    elif target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
-        authority = target
-    else:
-        raise ProxyError(400, "bad-request", "Invalid request-target.")
-    for c in target:
-        if c not in _TARGET_OK:
-            raise ProxyError(400, "bad-request", "Invalid character in request-target.")
-
-    host = None
-    hostCount = 0
-    contentLength = None
-    transferEncoding = None
-    connection = None
-    upgrade = None
-    for name, value in request.headers:
-        n = name.lower()
-        if n == b"host":
-            hostCount += 1
-            host = value
-        elif n == b"content-length":
-            if contentLength is not None and contentLength != value:
-                raise ProxyError(400, "bad-framing", "Conflicting Content-Length.")
-            contentLength = value
-        elif n == b"transfer-encoding":
-            if transferEncoding is not None:
-                transferEncoding += b"," + value
-            else:
-                transferEncoding = value
-        elif n == b"connection":
-            connection = value if connection is None else connection + b"," + value
-        elif n == b"upgrade":
-            upgrade = value
-        elif n == b"expect":
-            if value.strip().lower() == b"100-continue":
-                request.expectContinue = True
-            else:
-                raise ProxyError(417, "expectation-failed", "Unsupported expectation.")
-        elif n[:5] == b"mesh-":
-            request.meshHeaders = True
-        if b"\r" in value or b"\n" in value or b"\x00" in value:
-            raise ProxyError(400, "bad-header", "Invalid character in a header value.")
-
-    if request.version == "1.1":
-        if hostCount != 1:
-            raise ProxyError(
-                400, "bad-host", "HTTP/1.1 needs exactly one Host header."
-            )
-    elif hostCount > 1:
-        raise ProxyError(400, "bad-host", "More than one Host header.")
-    if authority is not None:
-        host = _absoluteForm(request)
-    if host is not None:
-        if not host:
-            raise ProxyError(400, "bad-host", "Empty Host header.")
-        for c in host:
-            if c not in _HOST_OK:
-                raise ProxyError(400, "bad-host", "Invalid Host header.")
-    request.host = host
-
-    if transferEncoding is not None:
-        if contentLength is not None:
-            raise ProxyError(
-                400, "bad-framing", "Both Content-Length and Transfer-Encoding."
-            )
-        if request.version != "1.1":
-            raise ProxyError(
-                400, "bad-framing", "Transfer-Encoding in an HTTP/1.0 request."
-            )
-        codings = [c.strip().lower() for c in transferEncoding.split(b",")]
-        if codings != [b"chunked"]:
-            if codings[-1] != b"chunked":
-                raise ProxyError(400, "bad-framing", "Body length cannot be determined.")
-            raise ProxyError(
-                501, "unsupported-transfer-coding", "Only chunked transfer coding is supported."
-            )
-        request.chunked = True
-    elif contentLength is not None:
-        # llhttp has checked the digits; this only turns them into a number.
-        length = int(contentLength)
-        request.contentLength = length
-        if settings.maxBodyBytes is not None and length > settings.maxBodyBytes:
-            raise ProxyError(413, "body-too-large", "Request body too large.")
-
-    if connection is not None:
-        tokens = tuple(
-            t.strip().lower() for t in connection.split(b",") if t.strip()
-        )
-        request.connectionTokens = tokens
-        if upgrade is not None and b"upgrade" in tokens:
-            request.upgrade = True
-    elif upgrade is not None:
-        # Upgrade without "Connection: upgrade" is not an upgrade request.
-        request.upgrade = False
 
 
 @implementer(IProtocolNegotiationFactory)

@@ -9,9 +9,13 @@ ASCII digits (C{1700000000123}).
 
 from __future__ import annotations
 
+import time
 from math import isfinite
+from typing import Callable
 
-__all__ = ["DeadlineHeader", "parseDeadline", "formatDeadline"]
+from twisted.internet.interfaces import IReactorTime
+
+__all__ = ["DeadlineExpired", "DeadlineHeader", "DeadlinePolicy", "parseDeadline", "formatDeadline"]
 
 #: The header's name, lowercase.
 DeadlineHeader = b"mesh-ctx-deadline"
@@ -53,3 +57,74 @@ def formatDeadline(seconds: float) -> bytes:
     if seconds <= 0.0:
         return b"0"
     return b"%d" % int(seconds * 1000.0)
+
+
+class DeadlineExpired(Exception):
+    """
+    A trusted caller's deadline has already passed: the request is not
+    sent anywhere.
+    """
+
+
+class DeadlinePolicy:
+    """
+    How long one request may take, and the deadline passed on to the next
+    hop.
+
+    A request gets the router's total timeout, shortened by a trusted
+    caller's C{mesh-ctx-deadline} when that is sooner. Deadlines on the
+    wire are wall-clock times (the hops share no reactor); inside, the
+    deadline is a time of the reactor's clock.
+
+    @ivar total: the router's total timeout, in seconds.
+    @ivar honourCallers: whether a trusted caller's deadline counts
+        (C{trust.deadline}).
+    """
+
+    def __init__(
+        self,
+        total: float,
+        *,
+        clock: IReactorTime,
+        wallClock: Callable[[], float] = time.time,
+        honourCallers: bool = True,
+    ) -> None:
+        """
+        @param total: the router's total timeout, in seconds.
+        @param clock: the reactor's clock, which the request's timers use.
+        @param wallClock: the time since the Unix epoch, for the header.
+        @param honourCallers: see L{honourCallers}.
+        """
+        self.total = total
+        self.honourCallers = honourCallers
+        self._clock = clock
+        self._wall = wallClock
+
+    def budget(self, callerDeadline: bytes | None, trusted: bool) -> float:
+        """
+        The seconds one request may take.
+
+        @param callerDeadline: the request's C{mesh-ctx-deadline} value, or
+            L{None}; ignored unless C{trusted} and L{honourCallers}, or when
+            it does not parse.
+        @param trusted: whether the caller is trusted.
+        @raise DeadlineExpired: the caller's deadline has passed.
+        """
+        total = self.total
+        if callerDeadline is None or not trusted or not self.honourCallers:
+            return total
+        deadline = parseDeadline(callerDeadline)
+        if deadline is None:
+            return total
+        remaining = deadline - self._wall()
+        if remaining <= 0:
+            raise DeadlineExpired()
+        return remaining if remaining < total else total
+
+    def header(self, deadline: float) -> bytes:
+        """
+        The C{mesh-ctx-deadline} value for a request whose deadline is
+        C{deadline} on the reactor's clock.
+        """
+        remaining = deadline - self._clock.seconds()
+        return formatDeadline(self._wall() + (remaining if remaining > 0.0 else 0.0))

@@ -24,6 +24,8 @@ __all__ = [
     "HostIdentifier",
     "PathIdentifier",
     "HeaderIdentifier",
+    "makeIdentifier",
+    "splitAbsoluteForm",
 ]
 
 DEFAULT_PREFIX = Path(("svc",))
@@ -294,3 +296,18 @@ class HeaderIdentifier:
         return Path._unchecked(
             self.prefix.segments + tuple(s.decode("ascii") for s in segments)
         )
+
+
+def makeIdentifier(config: Any) -> IIdentifier:
+    """
+    The identifier an C{identifier} config section describes.
+
+    @param config: an L{IdentifierConfig<meshproxy.config.IdentifierConfig>}
+        (C{kind}, C{prefix}, and C{segments} or C{name}).
+    """
+    prefix = Path.read(config.prefix)
+    if config.kind == "host":
+        return HostIdentifier(prefix)
+    if config.kind == "path":
+        return PathIdentifier(prefix, config.segments)
+    return HeaderIdentifier(prefix, config.name.encode("ascii"))

@@ -92,6 +92,9 @@ class TcpRouter:
     @ivar connStats: the router's L{ConnectionStats<meshproxy.telemetry.metrics.ConnectionStats>}.
     """
 
+    #: A TCP router has no rules (the admin API answers 404 for them).
+    rules = None
+
     def __init__(self, config, namers, *, reactor, metrics, balancerFactory):
         """
         @param config: the router's L{RouterConfig<meshproxy.config.RouterConfig>}

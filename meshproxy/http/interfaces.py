@@ -1,0 +1,316 @@
+"""
+The seams of the HTTP request path, as interfaces.
+
+A request travels through three objects, each seeing the next only through
+the interface it needs::
+
+    client ──► IClientConnection ──► IRouter.route ──► IExchange ──► IUpstreamConnection ──► upstream
+    (server.ServerProtocol)          (router.HttpRouter) (exchange.Exchange) (client.UpstreamProtocol)
+
+  - the client connection (L{IClientConnection}) parses requests, hands each
+    head to a new exchange, feeds it the body, and writes what the exchange
+    gives it back;
+  - the router (L{IRouter}) turns a request head into a destination (an
+    L{IDestination}: the endpoints, balancer and policies of one bound
+    name);
+  - the exchange (L{IExchange}) runs one request through the filter stack
+    (limits, deadline, retries and budget, classification, balancer),
+    makes tries on upstream connections, and streams the answer back;
+  - an upstream connection (L{IUpstreamConnection}) sends what the exchange
+    writes and reports what the upstream answers to the exchange, never to
+    the client.
+
+Back-pressure goes both ways through the same objects: the upstream
+transport pauses the client's reading (the client connection's gate is
+the producer of the request body), and the client transport pauses the
+upstream's reading (the upstream transport is the producer of the response
+body, registered through the exchange).
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+__all__ = [
+    "IClientConnection",
+    "IDestination",
+    "IExchange",
+    "IRouter",
+    "IUpstreamConnection",
+]
+
+
+class IRouter(Interface):
+    """
+    The HTTP router, as a client connection and its exchanges see it.
+    """
+
+    clock = Attribute("The reactor's clock (IReactorTime).")
+    retries = Attribute("The router's RetryPolicy.")
+    deadlines = Attribute("The router's DeadlinePolicy.")
+    perTryTimeout = Attribute("Seconds a try may wait for its response head, or None.")
+    bufferBytes = Attribute("Request body bytes kept for a retry.")
+    forwarded = Attribute("Whether X-Forwarded-* and Forwarded are added.")
+
+    def route(request: object, trusted: bool) -> tuple:
+        """
+        Choose the destination of a request.
+
+        @param request: the L{Request<meshproxy.http.message.Request>}.
+        @param trusted: whether the caller may override the rules.
+        @return: C{(destination, override)}: the L{IDestination}, and the
+            per-request rules to pass on as C{mesh-ctx-dtab} (bytes) or
+            L{None}.
+        @raise ProxyError: when there is no destination.
+        """
+
+    def isTrusted(host: object) -> bool:
+        """
+        Whether a caller at C{host} (an IP address as text, or L{None}) may
+        send rules overrides and deadlines.
+        """
+
+    def countError(reason: str) -> None:
+        """
+        Count an error answered (or a connection refused) by meshproxy.
+        """
+
+    def record(destination: object, status: int, seconds: float) -> None:
+        """
+        Count one finished request of C{destination}.
+        """
+
+
+class IDestination(Interface):
+    """
+    One bound name, as an exchange uses it: endpoints, balancer, policies.
+    """
+
+    name = Attribute("The bound name, as text.")
+    balancer = Attribute("The IBalancer over the name's endpoints.")
+    classifier = Attribute("The IClassifier of the name's responses.")
+    limiter = Attribute("The Limiter of requests in flight, or None.")
+
+    def beginTry(node: object) -> float:
+        """
+        A try starts on C{node}: count it (pending, accrual).
+
+        @return: its start time.
+        """
+
+    def endTry(node: object, started: float, success: bool) -> None:
+        """
+        A try on C{node} ended with a verdict: balancer statistics and
+        failure accrual.
+        """
+
+    def abandonTry(node: object) -> None:
+        """
+        A try on C{node} ended without a verdict on the endpoint.
+        """
+
+
+class IClientConnection(Interface):
+    """
+    A client connection, as its exchanges see it.
+    """
+
+    trusted = Attribute("Whether the peer may override rules and deadlines.")
+    forwardedFor = Attribute("The peer address for X-Forwarded-For (bytes).")
+    scheme = Attribute("b'http' or b'https'.")
+    gate = Attribute("The PauseGate of the client's reading.")
+
+    def write(data: bytes) -> None:
+        """
+        Queue response bytes; they go out at the next L{flush}.
+        """
+
+    def flush() -> None:
+        """
+        Send what L{write} queued, in one write.
+        """
+
+    def sendError(error: object, close: bool) -> None:
+        """
+        Queue an error answer made by meshproxy for the active request.
+        """
+
+    def exchangeDone(exchange: IExchange, keepAlive: bool) -> None:
+        """
+        The response to C{exchange} is complete: read the next request, or
+        close when C{keepAlive} is false.
+        """
+
+    def streamFrom(producer: object) -> None:
+        """
+        Let C{producer} (an upstream transport) be paused while the
+        client's transport is full.
+        """
+
+    def stopStreaming() -> None:
+        """
+        Undo L{streamFrom}.
+        """
+
+    def readingPaused() -> bool:
+        """
+        Whether the client is holding the response back (its transport
+        paused its producer): a stalled body is then not the upstream's
+        fault.
+        """
+
+    def abort() -> None:
+        """
+        Cut the connection (a response that cannot be completed).
+        """
+
+    def startTunnel(upstreamTransport: object, rest: bytes) -> None:
+        """
+        After a 101 answer: relay raw bytes to C{upstreamTransport}.
+        """
+
+
+class IExchange(Interface):
+    """
+    One request and its response, as the client connection and the
+    upstream connection see it.
+
+    From the client connection: L{start}, then the request body
+    (L{bodyReceived}, L{bodyComplete}); L{clientLost} if the client goes.
+    From the upstream connection: L{connected}, then the response
+    (L{interimResponse}, L{responseHead}, L{responseBody},
+    L{responseComplete}), or why there is none (L{connectFailed},
+    L{upstreamLost}, L{upstreamError}).
+    """
+
+    request = Attribute("The Request.")
+    keepAlive = Attribute("Whether the client connection may carry another request.")
+    responseStarted = Attribute("Whether any response byte went to the client.")
+    done = Attribute("Whether the exchange is over.")
+
+    def start() -> None:
+        """
+        Route the request and make the first try.
+        """
+
+    def bodyReceived(data: bytes) -> None:
+        """
+        A piece of the request body arrived.
+        """
+
+    def bodyComplete(trailers: object) -> None:
+        """
+        The request body ended (with its trailer fields, or L{None}).
+        """
+
+    def clientLost() -> None:
+        """
+        The client went away: drop the upstream side too.
+        """
+
+    def connected(upstream: IUpstreamConnection) -> None:
+        """
+        A connection is ready for this exchange's try: send the request.
+        """
+
+    def connectFailed(reason: str, retryable: bool) -> None:
+        """
+        No connection could be made for the try.
+        """
+
+    def interimResponse(status: int, reason: bytes, headers: list) -> None:
+        """
+        An interim (1xx) response arrived.
+        """
+
+    def responseHead(status: int, reason: bytes, headers: list, contentLength: object, chunked: bool) -> bool:
+        """
+        The response head arrived.
+
+        @return: C{False} when the response is dropped for a retry (the
+            upstream connection is then being aborted).
+        """
+
+    def responseBody(data: bytes) -> None:
+        """
+        A piece of the response body arrived.
+        """
+
+    def responseComplete(trailers: object, reusable: bool) -> None:
+        """
+        The response ended.
+
+        @param reusable: whether the upstream connection can serve another
+            request.
+        """
+
+    def responseStreaming(upstream: IUpstreamConnection) -> None:
+        """
+        The response body continues past the read being parsed: from now on
+        a slow client pauses the upstream.
+        """
+
+    def upgraded(upstream: IUpstreamConnection, rest: bytes) -> None:
+        """
+        The upstream switched protocols (101).
+        """
+
+    def upstreamLost(reason: str, stale: bool) -> None:
+        """
+        The upstream connection failed during the try.
+        """
+
+    def upstreamError(reason: str) -> None:
+        """
+        The upstream sent something that is not an acceptable response.
+        """
+
+    def flush() -> None:
+        """
+        The upstream connection finished parsing a read: send what was
+        queued for the client.
+        """
+
+
+class IUpstreamConnection(Interface):
+    """
+    A connection to an upstream endpoint, as the exchange sees it.
+    """
+
+    reused = Attribute("Whether the connection already served a response.")
+
+    def write(data: bytes) -> None:
+        """
+        Send request bytes.
+        """
+
+    def sendBodyFrom(producer: object) -> None:
+        """
+        Let the request body's producer be paused while the upstream's
+        transport is full.
+        """
+
+    def bodySent() -> None:
+        """
+        The whole request body was written: undo L{sendBodyFrom}.
+        """
+
+    def responseDone(reusable: bool) -> None:
+        """
+        The exchange has what it needs: back to the pool, or closed.
+        """
+
+    def stopStreaming() -> None:
+        """
+        The response is over: read again at full speed.
+        """
+
+    def abort() -> None:
+        """
+        Drop the connection (the try is over and its answer is not wanted).
+        """
+
+    def startTunnel(peer: object) -> None:
+        """
+        After a 101: relay raw bytes to the client's transport C{peer}.
+        """

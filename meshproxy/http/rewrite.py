@@ -1,0 +1,213 @@
+"""
+The heads meshproxy sends: a request head rewritten for the upstream, and a
+response head rewritten for the client.
+
+Both drop hop-by-hop fields (and those named in C{Connection}), add C{Via},
+and write the framing themselves. Requests also get the forwarding fields
+and this hop's mesh context (C{mesh-ctx-deadline}, C{mesh-ctx-dtab}) in
+place of whatever context the client sent.
+"""
+
+from __future__ import annotations
+
+from meshproxy.http.message import HOP_BY_HOP, Request, findHeader
+
+__all__ = ["MESH_CONTEXT", "ResponseFraming", "interimHead", "requestHead", "responseHead"]
+
+#: Context headers a hop replaces with its own (never forwarded as received).
+MESH_CONTEXT = frozenset([b"mesh-ctx-deadline", b"mesh-ctx-dtab", b"mesh-dtab"])
+
+_VIA = b"1.1 meshproxy"
+
+
+def requestHead(
+    request: Request,
+    *,
+    peer: bytes,
+    scheme: bytes,
+    forwarded: bool,
+    deadline: bytes,
+    override: bytes | None,
+) -> bytes:
+    """
+    The request line and header block sent upstream.
+
+    @param request: the request as received (origin-form target).
+    @param peer: the client's address, for C{X-Forwarded-For} and
+        C{Forwarded}.
+    @param scheme: C{b"http"} or C{b"https"}.
+    @param forwarded: whether to add the forwarding fields.
+    @param deadline: the C{mesh-ctx-deadline} value.
+    @param override: the C{mesh-ctx-dtab} value, or L{None}.
+    """
+    lines = [b"%s %s HTTP/1.1\r\n" % (request.method, request.target)]
+    append = lines.append
+    tokens = request.connectionTokens
+    mesh = request.meshHeaders
+    seenXff = seenFwd = seenVia = seenProto = False
+    for name, value in request.headers:
+        n = name.lower()
+        if n in HOP_BY_HOP or (tokens and n in tokens):
+            continue
+        if mesh and n in MESH_CONTEXT:
+            # Replaced below by this hop's own context.
+            continue
+        if forwarded:
+            if n == b"x-forwarded-for":
+                value = value + b", " + peer
+                seenXff = True
+            elif n == b"forwarded":
+                value = value + b", " + _forwardedElement(peer, scheme)
+                seenFwd = True
+            elif n == b"x-forwarded-proto":
+                seenProto = True
+        if n == b"via":
+            value = value + b", " + _VIA
+            seenVia = True
+        elif n == b"expect":
+            # meshproxy answers 100-continue itself.
+            continue
+        append(b"%s: %s\r\n" % (name, value))
+    if forwarded:
+        if not seenXff:
+            append(b"X-Forwarded-For: %s\r\n" % (peer,))
+        if not seenProto:
+            append(b"X-Forwarded-Proto: %s\r\n" % (scheme,))
+        if not seenFwd:
+            append(b"Forwarded: %s\r\n" % (_forwardedElement(peer, scheme),))
+    if not seenVia:
+        append(b"Via: " + _VIA + b"\r\n")
+    append(b"mesh-ctx-deadline: %s\r\n" % (deadline,))
+    if override is not None:
+        append(b"mesh-ctx-dtab: %s\r\n" % (override,))
+    if request.upgrade:
+        append(b"Connection: Upgrade\r\n")
+        upgrade = findHeader(request.headers, b"upgrade")
+        if upgrade is not None:
+            append(b"Upgrade: %s\r\n" % (upgrade,))
+    if request.chunked:
+        append(b"Transfer-Encoding: chunked\r\n")
+    elif request.contentLength is not None:
+        append(b"Content-Length: %d\r\n" % (request.contentLength,))
+    append(b"\r\n")
+    return b"".join(lines)
+
+
+class ResponseFraming:
+    """
+    How the response body goes to the client, decided with its head.
+
+    @ivar bodyless: no body follows (HEAD, 1xx, 204, 304).
+    @ivar chunked: the body is re-framed as chunks.
+    @ivar closeDelimited: the body ends when the connection closes (an
+        HTTP/1.0 client and a response without a length).
+    """
+
+    __slots__ = ("bodyless", "chunked", "closeDelimited")
+
+    def __init__(self, bodyless: bool) -> None:
+        self.bodyless = bodyless
+        self.chunked = False
+        self.closeDelimited = False
+
+
+def responseHead(
+    status: int,
+    reason: bytes,
+    headers: list,
+    *,
+    contentLength: bytes | None,
+    chunked: bool,
+    framing: ResponseFraming,
+    version: str,
+    keepAlive: bool,
+) -> bytes:
+    """
+    The status line and header block sent to the client.
+
+    @param status: the upstream's status.
+    @param reason: its reason phrase, as received.
+    @param headers: its C{(name, value)} fields, as received.
+    @param contentLength: the declared length (bytes, as received) or
+        L{None}.
+    @param chunked: whether the upstream body is chunked.
+    @param framing: set here to how the body is framed; C{bodyless} is
+        given.
+    @param version: the client's HTTP version, C{"1.0"} or C{"1.1"}.
+    @param keepAlive: whether the client connection stays open after; an
+        HTTP/1.0 client without a length makes it false
+        (C{framing.closeDelimited}).
+    """
+    bodyless = framing.bodyless
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+    append = lines.append
+    tokens = None
+    for name, value in headers:
+        n = name.lower()
+        if n in HOP_BY_HOP:
+            if n == b"connection":
+                tokens = value
+                continue
+            if n == b"content-length" and bodyless:
+                append(b"%s: %s\r\n" % (name, value))
+            continue
+        append(b"%s: %s\r\n" % (name, value))
+    if tokens is not None:
+        lines = _dropNamed(lines, tokens)
+        append = lines.append
+    append(b"Via: " + _VIA + b"\r\n")
+    if status == 101:
+        upgrade = findHeader(headers, b"upgrade")
+        append(b"Connection: Upgrade\r\n")
+        if upgrade is not None:
+            append(b"Upgrade: %s\r\n" % (upgrade,))
+    elif not bodyless:
+        if contentLength is not None and not chunked:
+            append(b"Content-Length: %s\r\n" % (contentLength,))
+        elif version == "1.1":
+            append(b"Transfer-Encoding: chunked\r\n")
+            framing.chunked = True
+        else:
+            framing.closeDelimited = True
+            keepAlive = False
+    if not keepAlive and status != 101:
+        append(b"Connection: close\r\n")
+    elif version == "1.0":
+        append(b"Connection: keep-alive\r\n")
+    append(b"\r\n")
+    return b"".join(lines)
+
+
+def interimHead(status: int, reason: bytes, headers: list) -> bytes:
+    """
+    An interim (1xx) response passed on to an HTTP/1.1 client, as
+    received but for hop-by-hop fields.
+    """
+    kept = [(n, v) for n, v in headers if n.lower() not in HOP_BY_HOP]
+    return b"HTTP/1.1 %d %s\r\n%s\r\n" % (
+        status,
+        reason,
+        b"".join(b"%s: %s\r\n" % h for h in kept),
+    )
+
+
+def _forwardedElement(peer: bytes, scheme: bytes) -> bytes:
+    if b":" in peer:
+        peer = b'"[' + peer + b']"'
+    return b"for=%s;proto=%s" % (peer, scheme)
+
+
+def _dropNamed(lines: list, connectionValue: bytes) -> list:
+    """
+    Remove header lines named in a C{Connection} header value (RFC 9110
+    7.6.1): they too are hop-by-hop.
+    """
+    names = {t.strip().lower() for t in connectionValue.split(b",") if t.strip()}
+    if not names:
+        return lines
+    kept = [lines[0]]
+    for line in lines[1:]:
+        name = line.split(b":", 1)[0].lower()
+        if name not in names:
+            kept.append(line)
+    return kept
