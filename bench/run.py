@@ -323,13 +323,15 @@ def http_get(port, path="/", host=HOST_HEADER, timeout=2.0):
         conn.close()
 
 
-def wait_ready(proc, port, path, timeout, what):
+def wait_ready(proc, port, path, timeout, what, host=HOST_HEADER):
     """
     Poll C{GET path} on C{port} every 0.1 s until it answers 200.
 
     @param proc: the L{Proc} serving it; if it exits, waiting stops at once.
     @param timeout: seconds to wait in all (each try is bounded too).
     @param what: name used in the error message.
+    @param host: the C{Host} header (the admin API answers only to
+        addresses and names it knows).
     @raise HarnessError: if it exits or does not answer 200 in time.
     """
     deadline = time.monotonic() + timeout
@@ -345,7 +347,7 @@ def wait_ready(proc, port, path, timeout, what):
                 [proc],
             )
         try:
-            status, _ = http_get(port, path, timeout=min(1.0, max(remaining, 0.05)))
+            status, _ = http_get(port, path, host=host, timeout=min(1.0, max(remaining, 0.05)))
         except (OSError, http.client.HTTPException) as e:
             last = f"{type(e).__name__}: {e}"
         else:
@@ -519,7 +521,7 @@ class Bench:
         proc = self.spawn("meshproxy", self.pinned(PROXY_CPU, argv),
                           cwd=REPO_ROOT, env=env, extra_logs=[log])
         wait_ready(proc, admin_port, "/ready", self.args.ready_timeout,
-                   "meshproxy (admin /ready)")
+                   "meshproxy (admin /ready)", host=f"{LOOPBACK}:{admin_port}")
         return proc
 
     def check_alive(self):

@@ -10,7 +10,7 @@ from twisted.internet.error import ConnectionLost
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from meshproxy.http.message import FieldBudget, forbiddenTrailer
+from meshproxy.http.message import forbiddenTrailer
 from meshproxy.http.router import InetNotAllowed, RulesError, checkRules
 from meshproxy.routing.path import Path
 from tests.test_http_server import CONFIG, Harness
@@ -30,18 +30,7 @@ def closed(transport):
     return transport.disconnecting or transport.disconnected
 
 
-class FieldBudgetTests(SynchronousTestCase):
-    def test_countsSizeAndFields(self):
-        budget = FieldBudget(20, 2)
-        self.assertTrue(budget.add(b"a", b"12345678"))  # 13 bytes
-        self.assertFalse(budget.add(b"b", b"123"))  # 21 bytes
-        self.assertFalse(budget.tooMany)
-        budget = FieldBudget(1000, 2)
-        self.assertTrue(budget.add(b"a", b"1"))
-        self.assertTrue(budget.add(b"b", b"2"))
-        self.assertFalse(budget.add(b"c", b"3"))
-        self.assertTrue(budget.tooMany)
-
+class ForbiddenTrailerTests(SynchronousTestCase):
     def test_forbiddenTrailers(self):
         for name in (
             b"Content-Length",
@@ -546,6 +535,24 @@ class PreambleTests(SynchronousTestCase):
         proto.dataReceived(b"GET / HTTP/1.1\r\n")
         h.reactor.advance(1.1)
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 "))
+
+    def test_servedRequestIsNoPreamble(self):
+        """
+        The bytes of a request read whole are not a preamble: the kept-alive
+        connection after its answer waits the idle timeout (30 s here),
+        not the header timeout (5 s), and then closes without an answer.
+        """
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
+        up, upTransport = h.upstream()
+        up.dataReceived(OK)
+        transport.clear()
+        h.reactor.advance(10)
+        self.assertFalse(closed(transport))
+        h.reactor.advance(21)
+        self.assertTrue(closed(transport))
+        self.assertEqual(transport.value(), b"")
 
     def test_oneEmptyLineTolerated(self):
         """

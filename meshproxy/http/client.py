@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from meshproxy.http.interfaces import IUpstreamConnection
-from meshproxy.http.message import FieldBudget, forbiddenTrailer
+from meshproxy.http.message import forbiddenTrailer
 from meshproxy.transport.connector import describeConnectFailure
 from meshproxy.transport.fastwrite import writerFor
 
@@ -58,7 +58,8 @@ class UpstreamProtocol(Protocol):
         # The bounds of the response head (then trailers) being read, raw
         # bytes of an unfinished head, bytes since the last body piece
         # (chunk framing and trailers) and interim responses so far.
-        self._fields = None
+        self._fieldCount = 0
+        self._fieldBytes = 0
         self._inHead = False
         self._headRaw = 0
         self._sinceBody = 0
@@ -180,21 +181,22 @@ class UpstreamProtocol(Protocol):
         self._inHead = True
         self._headRaw = 0
         self._sinceBody = 0
-        self._fields = FieldBudget(limits.maxHeaderBytes, limits.maxHeaders)
+        self._fieldCount = 0
+        self._fieldBytes = 0
 
     def on_status(self, reason):
         self._reason += reason
 
     def on_header(self, name, value):
-        budget = self._fields
-        if budget is None:
-            # The first trailer field.
-            limits = self.pool.limits
-            budget = self._fields = FieldBudget(limits.maxHeaderBytes, limits.maxHeaders)
-        if not budget.add(name, value):
-            if budget.tooMany:
-                raise _ResponseRefused("more than %d header fields" % (budget.maxFields,))
-            raise _ResponseRefused("response head larger than %d bytes" % (budget.maxBytes,))
+        # The head's fields, then (separately) the trailers', bounded as
+        # they arrive.
+        count = self._fieldCount = self._fieldCount + 1
+        size = self._fieldBytes = self._fieldBytes + len(name) + len(value) + 4
+        limits = self.pool.limits
+        if count > limits.maxHeaders:
+            raise _ResponseRefused("more than %d header fields" % (limits.maxHeaders,))
+        if size > limits.maxHeaderBytes:
+            raise _ResponseRefused("response head larger than %d bytes" % (limits.maxHeaderBytes,))
         if not self._inBody:
             self._headers.append((name, value))
         elif forbiddenTrailer(name):
@@ -210,7 +212,8 @@ class UpstreamProtocol(Protocol):
         exchange = self.exchange
         status = self.parser.get_status_code()
         self._inHead = False
-        self._fields = None
+        self._fieldCount = 0
+        self._fieldBytes = 0
         if status < 200 and status != 101:
             # Interim responses: 100 was already answered by meshproxy
             # itself; others (103) are passed on to HTTP/1.1 clients.

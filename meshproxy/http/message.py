@@ -18,7 +18,6 @@ __all__ = [
     "lastChunk",
     "LAST_CHUNK",
     "reasonPhrase",
-    "FieldBudget",
     "forbiddenTrailer",
 ]
 
@@ -117,37 +116,6 @@ def forbiddenTrailer(name):
     """
     n = name.lower()
     return n in TRAILER_FORBIDDEN or n[:5] == b"mesh-"
-
-
-class FieldBudget:
-    """
-    Bounds one header or trailer section as its fields arrive: their count
-    and their size (name, value and the four bytes of C{": "} and CRLF).
-
-    @ivar tooMany: whether the last refusal was for the count.
-    """
-
-    __slots__ = ("maxBytes", "maxFields", "size", "count", "tooMany")
-
-    def __init__(self, maxBytes, maxFields):
-        self.maxBytes = maxBytes
-        self.maxFields = maxFields
-        self.size = 0
-        self.count = 0
-        self.tooMany = False
-
-    def add(self, name, value):
-        """
-        Count one field.
-
-        @return: whether the section is still within both bounds.
-        """
-        self.count += 1
-        self.size += len(name) + len(value) + 4
-        if self.count > self.maxFields:
-            self.tooMany = True
-            return False
-        return self.size <= self.maxBytes
 
 
 def lastChunk(trailers):

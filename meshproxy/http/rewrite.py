@@ -19,6 +19,9 @@ MESH_CONTEXT = frozenset([b"mesh-ctx-deadline", b"mesh-ctx-dtab", b"mesh-dtab"])
 
 _VIA = b"1.1 meshproxy"
 
+#: Connection tokens that name no field meshproxy would forward.
+_NOT_NAMED = HOP_BY_HOP | frozenset([b"close"])
+
 
 def requestHead(
     request: Request,
@@ -203,7 +206,8 @@ def _dropNamed(lines: list, connectionValue: bytes) -> list:
     7.6.1): they too are hop-by-hop.
     """
     names = {t.strip().lower() for t in connectionValue.split(b",") if t.strip()}
-    if not names:
+    if names <= _NOT_NAMED:
+        # "keep-alive", "close": nothing else to drop (the usual case).
         return lines
     kept = [lines[0]]
     for line in lines[1:]:

@@ -22,7 +22,6 @@ from meshproxy.http.interfaces import IClientConnection
 from meshproxy.transport.fastwrite import writerFor
 from meshproxy.transport.gate import PauseGate
 from meshproxy.http.message import (
-    FieldBudget,
     ProxyError,
     Request,
     errorResponse,
@@ -60,7 +59,8 @@ class ServerProtocol(Protocol):
         self._headers = None
         self._trailers = None
         # The bounds of the header (then trailer) section being read.
-        self._fields = None
+        self._fieldCount = 0
+        self._fieldBytes = 0
         # Bytes read since the last piece of request body: chunk framing and
         # trailers, bounded like a head (they are buffered by the parser).
         self._sinceBody = 0
@@ -70,6 +70,9 @@ class ServerProtocol(Protocol):
         self._headSince = None
         self._preamble = 0
         self._preambleSince = 0.0
+        # Whether a request began in the read being parsed (its bytes are
+        # not a preamble).
+        self._began = False
         # An exchange whose head was parsed in the read being parsed: it
         # starts once the whole read is known to be well-formed.
         self._toStart = None
@@ -136,6 +139,7 @@ class ServerProtocol(Protocol):
         if self.closing or self._broken:
             return
         self._bodyProgress = False
+        self._began = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -193,7 +197,7 @@ class ServerProtocol(Protocol):
                     )
                     return
             self._setDeadline(self.clock.seconds() + settings.bodyTimeout)
-        elif self._headSince is None and data:
+        elif self._headSince is None and not self._began and data:
             # Bytes before a request line: one empty line is tolerated
             # (RFC 9112 2.2); more start the header timeout, counted from
             # the first of them.
@@ -212,13 +216,15 @@ class ServerProtocol(Protocol):
     # httptools callbacks --------------------------------------------------
 
     def on_message_begin(self):
+        self._began = True
         self._state = _HEAD
         self._bodySize = 0
         self._headRaw = 0
         self._url = b""
         self._headers = []
         self._trailers = None
-        self._fields = FieldBudget(self.settings.maxHeaderBytes, self.settings.maxHeaders)
+        self._fieldCount = 0
+        self._fieldBytes = 0
         self._sinceBody = 0
 
     def on_url(self, url):
@@ -227,20 +233,19 @@ class ServerProtocol(Protocol):
             raise ProxyError(414, "uri-too-long", "Request-target too long.")
 
     def on_header(self, name, value):
-        budget = self._fields
+        # The head's fields, then (separately) the trailers', bounded as
+        # they arrive.
+        count = self._fieldCount = self._fieldCount + 1
+        size = self._fieldBytes = self._fieldBytes + len(name) + len(value) + 4
+        settings = self.settings
         head = self._state == _HEAD
-        if budget is None:
-            # The first trailer field.
-            budget = self._fields = FieldBudget(
-                self.settings.maxHeaderBytes, self.settings.maxHeaders
+        if count > settings.maxHeaders:
+            raise ProxyError(
+                431,
+                "too-many-headers",
+                "Too many request headers." if head else "Too many trailer fields.",
             )
-        if not budget.add(name, value):
-            if budget.tooMany:
-                raise ProxyError(
-                    431,
-                    "too-many-headers",
-                    "Too many request headers." if head else "Too many trailer fields.",
-                )
+        if size > settings.maxHeaderBytes:
             raise ProxyError(
                 431,
                 "header-too-large",
@@ -263,7 +268,8 @@ class ServerProtocol(Protocol):
             parser.get_method(), self._url, parser.get_http_version(), self._headers
         )
         self._headers = None
-        self._fields = None
+        self._fieldCount = 0
+        self._fieldBytes = 0
         request.keepAlive = parser.should_keep_alive()
         checkRequest(request, self.settings)
         exchange = Exchange(self, request, self.router)
