@@ -46,6 +46,9 @@ class UpstreamProtocol(Protocol):
     def __init__(self, pool):
         self.pool = pool
         self.exchange = None
+        limits = pool.limits
+        self._maxHeaders = limits.maxHeaders
+        self._maxHeaderBytes = limits.maxHeaderBytes
         self.parser = httptools.HttpResponseParser(self)
         self.reused = False
         self.idleSince = 0.0
@@ -192,11 +195,10 @@ class UpstreamProtocol(Protocol):
         # they arrive.
         count = self._fieldCount = self._fieldCount + 1
         size = self._fieldBytes = self._fieldBytes + len(name) + len(value) + 4
-        limits = self.pool.limits
-        if count > limits.maxHeaders:
-            raise _ResponseRefused("more than %d header fields" % (limits.maxHeaders,))
-        if size > limits.maxHeaderBytes:
-            raise _ResponseRefused("response head larger than %d bytes" % (limits.maxHeaderBytes,))
+        if count > self._maxHeaders:
+            raise _ResponseRefused("more than %d header fields" % (self._maxHeaders,))
+        if size > self._maxHeaderBytes:
+            raise _ResponseRefused("response head larger than %d bytes" % (self._maxHeaderBytes,))
         if not self._inBody:
             self._headers.append((name, value))
         elif forbiddenTrailer(name):
