@@ -41,6 +41,16 @@ class Options(usage.Options):
         ["check", None, "Validate the config, print the result and exit (0 when valid)."],
     ]
 
+    def opt_version(self):
+        """
+        Print the meshproxy version and exit.
+        """
+        from meshproxy import __version__
+
+        sys.stdout.write("meshproxy %s\n" % (__version__,))
+        sys.stdout.flush()
+        raise SystemExit(0)
+
     def postOptions(self):
         """
         Load and validate the config now, before twistd binds anything.

@@ -13,6 +13,7 @@ import twisted.test
 from pydantic import ValidationError
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from meshproxy.config import checks
 from meshproxy.config import (
     AdminConfig,
     BoundNameConfig,
@@ -2038,3 +2039,115 @@ class PythonValuesTests(SynchronousTestCase):
             name="web", listen="tcp:1", boundNames=(("/#/fs/a", BoundNameConfig()),)
         )
         self.assertEqual(router.boundNames, (("/#/fs/a", BoundNameConfig()),))
+
+
+class JSONSchemaTests(SynchronousTestCase):
+    """
+    The JSON Schema (C{meshproxy schema}) accepts the sample configs and
+    refuses what the loader refuses, as far as a schema can say it.
+    """
+
+    def setUp(self) -> None:
+        try:
+            import jsonschema
+        except ImportError:
+            raise SkipTest("jsonschema is a test dependency (tox.ini)")
+        import yaml
+
+        from meshproxy.config import jsonSchema
+
+        self.schema = jsonSchema()
+        # Draft-07, which YAML editors support.
+        self.assertEqual(self.schema["$schema"], "http://json-schema.org/draft-07/schema#")
+        jsonschema.Draft7Validator.check_schema(self.schema)
+        self.validator = jsonschema.Draft7Validator(self.schema)
+        self.load = yaml.safe_load
+
+    def valid(self, text: str) -> bool:
+        return self.validator.is_valid(self.load(yamlText(text)))
+
+    def test_sampleAndDemoConfigs(self) -> None:
+        from meshproxy.demo import demoConfigText
+
+        sample = os.path.join(os.path.dirname(os.path.dirname(__file__)), "etc", "meshproxy.yaml")
+        with open(sample) as f:
+            self.validator.validate(self.load(f.read()))
+        self.validator.validate(self.load(demoConfigText()))
+
+    def test_knownBadDocument(self) -> None:
+        """
+        A document with a bad duration, an unknown key and a key of another
+        kind fails, and the schema says where.
+        """
+        document = self.load(
+            yamlText(
+                """
+                routers:
+                  - name: web
+                    listen: "tcp:4140"
+                    timeouts: {total: fast}
+                    loadBalancer: {kind: roundRobin, decay: 1s}
+                    frobnicate: 1
+                """
+            )
+        )
+        self.assertFalse(self.validator.is_valid(document))
+
+    def test_durationsAreStringsWithAPattern(self) -> None:
+        total = self.schema["definitions"]["TimeoutsConfig"]["properties"]["total"]
+        self.assertEqual(
+            (total["type"], total["pattern"], total["default"]),
+            ("string", checks.DURATION_PATTERN, "10s"),
+        )
+        self.assertTrue(self.valid(MINIMAL + "    timeouts: {total: 250ms, perTry: 1.5s}\n"))
+        for bad in ["fast", "10", "-1s", "1d"]:
+            self.assertFalse(self.valid(MINIMAL + f"    timeouts: {{total: '{bad}'}}\n"), bad)
+
+    def test_unknownKeysForbidden(self) -> None:
+        for name, definition in self.schema["definitions"].items():
+            self.assertIs(definition["additionalProperties"], False, name)
+        self.assertIs(self.schema["additionalProperties"], False)
+        self.assertNotIn("source", self.schema["properties"])
+        self.assertFalse(self.valid(MINIMAL + "namer: []\n"))
+        self.assertFalse(self.valid(MINIMAL + "    timeots: {}\n"))
+
+    def test_agreesWithTheLoader(self) -> None:
+        """
+        Documents the loader accepts or refuses for their keys, their
+        kinds or their types, the schema judges alike.
+        """
+        for text in [
+            MINIMAL,
+            MINIMAL + "    timeouts:\n    boundNames:\nadmin:\nnamers:\n",
+            MINIMAL + "    failureAccrual: {kind: none}\n",
+            MINIMAL + "    identifier: {kind: header, name: x-svc}\n",
+            MINIMAL + "    failureAccrual: {latency: {factor: 2, for: 1s}}\n",
+            MINIMAL + "namers: [{kind: static, services: {a: ['127.0.0.1:1'], b: }}]\n",
+            "routers: [{name: db, protocol: tcp, listen: 'tcp:1', destination: /$/inet/h/1,"
+            " timeouts: {connect: 1s}}]",
+        ]:
+            parseConfig(yamlText(text))
+            self.assertTrue(self.valid(text), text)
+        for text in [
+            "admin: {}",
+            "routers: []",
+            "routers: [{name: web}]",
+            "routers: [{name: 'a b', listen: 'tcp:1'}]",
+            MINIMAL + "    loadBalancer: {kind: roundRobin, decay: 1s}\n",
+            MINIMAL + "    identifier: {kind: header}\n",
+            MINIMAL + "    identifier: {kind: host, segments: 2}\n",
+            MINIMAL + "    failureAccrual: {latency: {factor: 2, duration: 1s}}\n",
+            MINIMAL + "    server: {maxHeaders: 0}\n",
+            MINIMAL + "    forwarded: 'yes'\n",
+            MINIMAL + "    classifier: {kind: retryableread5xx}\n",
+            MINIMAL + "namers: [{root: /x}]\n",
+            MINIMAL + "namers: [{kind: static, root: /x}]\n",
+            "routers: [{name: db, protocol: tcp, listen: 'tcp:1'}]",
+            "routers: [{name: db, protocol: tcp, listen: 'tcp:1', destination: /$/inet/h/1,"
+            " timeouts: {total: 1s}}]",
+            "routers: [{name: db, protocol: tcp, listen: 'tcp:1', destination: /$/inet/h/1,"
+            " rules: ''}]",
+            MINIMAL + "source: x\n",
+        ]:
+            self.assertRaises(ConfigError, parseConfig, yamlText(text))
+            self.assertFalse(self.valid(text), text)

@@ -52,6 +52,36 @@ class OptionsTests(SynchronousTestCase):
             f.write(text)
         return path
 
+    def capture(self):
+        """
+        Capture standard output and standard error.
+        """
+        out, err = io.StringIO(), io.StringIO()
+        self.patch(sys, "stdout", out)
+        self.patch(sys, "stderr", err)
+        return out, err
+
+    def test_badOptionIsStillAUsageError(self):
+        self.assertRaises(usage.UsageError, Options().parseOptions, ["--conifg", "x"])
+
+    def test_version(self):
+        """
+        --version prints meshproxy's version (not Twisted's) and exits 0.
+        """
+        import meshproxy
+
+        out, err = self.capture()
+        e = self.assertRaises(SystemExit, Options().parseOptions, ["--version"])
+        self.assertEqual((e.code, out.getvalue(), err.getvalue()),
+                         (0, "meshproxy %s\n" % (meshproxy.__version__,), ""))
+
+    def test_help(self):
+        out, err = self.capture()
+        e = self.assertRaises(SystemExit, Options().parseOptions, ["--help"])
+        self.assertIn(e.code, (None, 0))
+        self.assertIn("--config", out.getvalue())
+        self.assertEqual(err.getvalue(), "")
+
     def test_badConfigIsUsageErrorWithEveryKeyPath(self):
         """
         A bad config stops twistd before any service exists, naming each bad
@@ -318,3 +348,36 @@ class TcpRouterServiceTests(SynchronousTestCase):
         self.successResultOf(d)
         self.assertEqual(aborted, [True])
         self.assertEqual(runtime.routers["db"].state()["boundNames"], {})
+
+
+class TwistdProcessTests(SynchronousTestCase):
+    """
+    The real C{twistd meshproxy} command in a child process, run from this
+    source tree: what a user sees on the terminal. None of these gets as
+    far as binding a port.
+    """
+
+    def twistd(self, *args):
+        import os
+        import subprocess
+
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        result = subprocess.run(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", *args],
+            cwd=here,
+            env={**os.environ, "PYTHONPATH": here},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return result.returncode, result.stdout, result.stderr
+
+    def test_versionAndHelp(self):
+        import meshproxy
+
+        self.assertEqual(
+            self.twistd("meshproxy", "--version"), (0, "meshproxy %s\n" % (meshproxy.__version__,), "")
+        )
+        code, out, err = self.twistd("meshproxy", "--help")
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("--config=", out)

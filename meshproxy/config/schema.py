@@ -396,7 +396,15 @@ def _checkBoundNames(
 def jsonSchema() -> dict[str, Any]:
     """
     The JSON Schema of a configuration file, for editors and other tools.
+
+    It is written for draft-07, which YAML editors support (the YAML
+    language server of VS Code and others does not support later drafts):
+    pydantic's output uses no later keyword, only C{$defs} where draft-07
+    says C{definitions}.
     """
-    schema = MeshConfig.model_json_schema(mode="validation")
+    schema = MeshConfig.model_json_schema(
+        mode="validation", ref_template="#/definitions/{model}"
+    )
+    definitions = schema.pop("$defs")
     schema["title"] = "meshproxy configuration"
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+    return {"$schema": "http://json-schema.org/draft-07/schema#", **schema, "definitions": definitions}
