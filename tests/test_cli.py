@@ -314,6 +314,37 @@ class CheckTests(SynchronousTestCase):
         )
         self.assertNotIn("literal", self.stderr.getvalue())
 
+    def test_interfaceNotOnThisHost(self) -> None:
+        """
+        A listener on an address this host does not have is refused without
+        binding anything (192.0.2.0/24 is reserved for documentation).
+        """
+        path = self.write(
+            "routers:\n"
+            "  - {name: web, listen: 'tcp:4140:interface=192.0.2.7'}\n"
+            "  - {name: api, listen: 'tcp:4141:interface=0.0.0.0'}\n"
+            "  - {name: db, listen: 'tcp:4142:interface=127.0.0.1'}\n"
+        )
+        self.assertEqual(main(["check", path]), 1)
+        self.assertEqual(
+            self.stderr.getvalue(),
+            path + ": invalid\n"
+            'routers[0].listen: interface "192.0.2.7" is not an address of this host\n',
+        )
+
+    def test_missingNamerDirectoryIsAWarning(self) -> None:
+        path = self.write(
+            "namers: [{kind: file, root: /nonexistent/endpoints}]\n"
+            "routers: [{name: web, listen: 'tcp:4140:interface=127.0.0.1'}]\n"
+        )
+        self.assertEqual(main(["check", path]), 0)
+        self.assertEqual(self.stdout.getvalue(), path + ": ok\n")
+        self.assertEqual(
+            self.stderr.getvalue(),
+            path + ': warning: namers[0].root: "/nonexistent/endpoints" does not exist:'
+            " this namer knows no service until it is created\n",
+        )
+
     def test_rootRelativeToTheConfigFile(self) -> None:
         """
         C{root: endpoints} is the C{endpoints} directory next to the config

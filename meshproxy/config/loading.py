@@ -164,7 +164,7 @@ def configWarnings(config: MeshConfig) -> list[str]:
         if namer.kind == "file" and not os.path.isdir(namer.root):
             what = "is not a directory" if os.path.exists(namer.root) else "does not exist"
             warnings.append(
-                f"{formatPath(('namers', i, 'root'))}: {show(namer.root)} {what}:"
+                f"{formatPath(('namers', i, 'root'))}: {json.dumps(namer.root)} {what}:"
                 " this namer knows no service until it is created"
             )
     return warnings
