@@ -155,11 +155,14 @@ def choice(value: Any, options: Iterable[str]) -> str:
 
 # -- durations ----------------------------------------------------------------
 
-DURATION_PATTERN = r"^[0-9]+(\.[0-9]+)?(ms|s|m|h)$"
+_NUMBER = r"[0-9]+(?:\.[0-9]+)?"
+_UNITS = "ms|s|m|h"
+
+DURATION_PATTERN = f"^{_NUMBER}({_UNITS})$"
 """What a duration looks like, for the JSON Schema."""
 
-_DURATION = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]+)?)(?P<unit>ms|s|m|h)")
-_BARE_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+_DURATION = re.compile(f"(?P<number>{_NUMBER})(?P<unit>{_UNITS})")
+_BARE_NUMBER = re.compile(_NUMBER)
 _SECONDS_PER_UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
 
