@@ -5,7 +5,8 @@ The C{meshproxy} command:
    meshproxy} would, without binding anything;
  - C{meshproxy explain ROUTER --name /svc/x} (or C{--host}, C{--path}) asks
    a running proxy's admin API how it routes a name, and prints the
-   delegation steps and the endpoints they end at.
+   delegation steps and the endpoints they end at;
+ - C{meshproxy schema} prints the JSON Schema of config files, for editors.
 
 Running the proxy itself is C{twistd -n meshproxy --config CONFIG}.
 
@@ -22,12 +23,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-USAGE = """\
-usage: meshproxy check CONFIG     validate a config file (exit 0 when valid)
-       meshproxy explain [--admin URL] [--token T] ROUTER (--name /svc/x | --host H | --path /p)
-                                  show how a running proxy routes a name
-run the proxy with: twistd -n meshproxy [--config CONFIG]
-"""
+from meshproxy import __version__
 
 DEFAULT_ADMIN = "http://127.0.0.1:9990"
 """The admin API C{explain} asks when given no C{--admin}."""
@@ -40,38 +36,91 @@ TIMEOUT = 10.0
 """Seconds C{explain} waits for the admin API."""
 
 
+def _parser():
+    """
+    The parser of the whole command line, one subcommand per action.
+    """
+    parser = argparse.ArgumentParser(
+        prog="meshproxy",
+        description="Check meshproxy configs and ask a running meshproxy how it routes.",
+        epilog="Run the proxy itself with: twistd -n meshproxy [--config CONFIG]",
+    )
+    parser.add_argument(
+        "--version", action="version", version="meshproxy %s" % (__version__,)
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    check = commands.add_parser(
+        "check",
+        help="validate a config file without running it",
+        description="Validate a config file as twistd meshproxy would, without binding"
+        " anything: print CONFIG: ok and exit 0, or every error and exit 1.",
+    )
+    check.add_argument("config", metavar="CONFIG", help="the YAML config file")
+    explain = commands.add_parser(
+        "explain",
+        help="show how a running proxy routes a name",
+        description=_EXPLAIN_DESCRIPTION,
+    )
+    _addExplainArguments(explain)
+    commands.add_parser(
+        "schema",
+        help="print the JSON Schema of config files",
+        description="Print the JSON Schema of meshproxy config files, for editors"
+        " (see docs/configuration.md).",
+    )
+    return parser
+
+
 def main(argv=None):
     """
     Entry point of the C{meshproxy} console script.
 
     @param argv: the arguments after the program name.
-    @return: the exit status.
+    @return: the exit status: 0 on success (and for C{--help} and
+        C{--version}), 1 when the command failed, 2 on a bad command line.
     """
     args = sys.argv[1:] if argv is None else argv
-    if args and args[0] == "explain":
-        return explainMain(args[1:])
-    if len(args) != 2 or args[0] != "check":
-        sys.stderr.write(USAGE)
-        return 2
-    return check(args[1])
+    try:
+        options = _parser().parse_args(args)
+    except SystemExit as e:
+        # argparse has printed the help, the version, or the usage and the
+        # mistake.
+        return e.code
+    if options.command == "check":
+        return check(options.config)
+    if options.command == "schema":
+        return schema()
+    return _explain(options, sys.stdout, sys.stderr, os.environ)
 
 
 def check(path):
     """
-    C{meshproxy check CONFIG}.
+    C{meshproxy check CONFIG}: the checks of C{twistd meshproxy --config
+    CONFIG --check}, which print C{CONFIG: ok} or the errors.
 
     @param path: the config file.
     @return: the exit status: 0 when valid, 1 otherwise.
     """
-    from meshproxy.config import ConfigError, loadConfig
-    from meshproxy.tap import _checkSupported
+    from meshproxy.tap import Options
 
     try:
-        _checkSupported(loadConfig(path))
-    except ConfigError as e:
-        sys.stderr.write("%s: invalid\n%s\n" % (path, e))
-        return 1
-    sys.stdout.write("%s: ok\n" % (path,))
+        Options().parseOptions(["--config=" + path, "--check"])
+    except SystemExit as e:
+        return e.code
+    raise AssertionError("--check always exits")
+
+
+def schema(out=None):
+    """
+    C{meshproxy schema}: print the JSON Schema of config files.
+
+    @param out: where it goes (default: standard output).
+    @return: the exit status, 0.
+    """
+    from meshproxy.config import jsonSchema
+
+    out = sys.stdout if out is None else out
+    out.write(json.dumps(jsonSchema(), indent=2) + "\n")
     return 0
 
 
@@ -81,12 +130,13 @@ class ExplainError(Exception):
     """
 
 
-def _explainParser():
-    parser = argparse.ArgumentParser(
-        prog="meshproxy explain",
-        description="Show how a running meshproxy routes a logical name, a "
-        "Host or a path: the delegation steps and the endpoints.",
-    )
+_EXPLAIN_DESCRIPTION = (
+    "Show how a running meshproxy routes a logical name, a Host or a path:"
+    " the delegation steps and the endpoints."
+)
+
+
+def _addExplainArguments(parser):
     parser.add_argument(
         "--admin", default=DEFAULT_ADMIN, metavar="URL",
         help="the admin API (default: %(default)s)",
@@ -101,7 +151,6 @@ def _explainParser():
     what.add_argument("--name", help="a logical name, e.g. /svc/users")
     what.add_argument("--host", help="a Host header value, identified as the router does")
     what.add_argument("--path", help="a request path, identified as the router does")
-    return parser
 
 
 def explainMain(argv, out=None, err=None, environ=None):
@@ -115,15 +164,22 @@ def explainMain(argv, out=None, err=None, environ=None):
     @return: the exit status: 0 on success, 1 when the admin API could not
         explain, 2 on bad arguments.
     """
-    out = sys.stdout if out is None else out
-    err = sys.stderr if err is None else err
-    environ = os.environ if environ is None else environ
-    parser = _explainParser()
+    parser = argparse.ArgumentParser(prog="meshproxy explain", description=_EXPLAIN_DESCRIPTION)
+    _addExplainArguments(parser)
     try:
         options = parser.parse_args(argv)
     except SystemExit as e:
         # argparse has printed the usage or the help.
-        return 0 if e.code == 0 else 2
+        return e.code
+    return _explain(
+        options,
+        sys.stdout if out is None else out,
+        sys.stderr if err is None else err,
+        os.environ if environ is None else environ,
+    )
+
+
+def _explain(options, out, err, environ):
     token = options.token if options.token is not None else environ.get(TOKEN_ENVIRONMENT)
     if options.name is not None:
         query = ("name", options.name)

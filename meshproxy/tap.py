@@ -41,40 +41,65 @@ class Options(usage.Options):
         ["check", None, "Validate the config, print the result and exit (0 when valid)."],
     ]
 
+    def opt_version(self):
+        """
+        Print the meshproxy version and exit.
+        """
+        from meshproxy import __version__
+
+        sys.stdout.write("meshproxy %s\n" % (__version__,))
+        sys.stdout.flush()
+        raise SystemExit(0)
+
     def postOptions(self):
         """
         Load and validate the config now, before twistd binds anything.
 
-        @raise usage.UsageError: with every config error, one per line.
+        A bad config is not a usage error: twistd would print its whole
+        usage text before the errors. The errors are printed alone on
+        standard error, one per line, and the process exits 1. Warnings
+        (a file namer directory that does not exist yet) go to standard
+        error too; with C{--check}, C{CONFIG: ok} goes to standard output
+        and the process exits 0.
+
+        @raise SystemExit: with 1 for a bad config, with 0 after C{--check}.
         """
+        from meshproxy.config import configWarnings
+
         path = self["config"]
+        label = path or "<embedded demo>"
         try:
             if path is None:
                 from meshproxy.demo import demoConfigText
 
                 self.demo = True
-                self.meshConfig = parseConfig(demoConfigText(), "<embedded demo>")
+                self.meshConfig = parseConfig(demoConfigText(), label)
             else:
                 self.demo = False
                 self.meshConfig = loadConfig(path)
             _checkSupported(self.meshConfig)
         except ConfigError as e:
-            if self["check"]:
-                sys.stderr.write("%s: invalid\n%s\n" % (path or "<embedded demo>", e))
-                sys.stderr.flush()
-                raise SystemExit(1)
-            raise usage.UsageError("invalid config %s\n%s" % (path or "<embedded demo>", e))
+            sys.stderr.write("%s: invalid\n%s\n" % (label, e))
+            sys.stderr.flush()
+            raise SystemExit(1)
+        for warning in configWarnings(self.meshConfig):
+            sys.stderr.write("%s: warning: %s\n" % (label, warning))
+        sys.stderr.flush()
         if self["check"]:
-            sys.stdout.write("%s: ok\n" % (path or "<embedded demo>",))
+            sys.stdout.write("%s: ok\n" % (label,))
             sys.stdout.flush()
             raise SystemExit(0)
 
 
 def _checkSupported(config):
     """
-    Refuse the parts of the config schema this version does not run yet:
-    HTTP rules that name a namer prefix no namer owns.
+    Refuse what this version or this host cannot run, without binding
+    anything: HTTP rules that name a namer prefix no namer owns, and
+    listeners on an C{interface=} address that is not one of this host's.
+
+    @raise ConfigError: naming each problem by its key path.
     """
+    from meshproxy.config import hostProblems
     from meshproxy.http.router import RulesError, checkRules
     from meshproxy.routing.dtab import DtabSyntaxError
     from meshproxy.routing.path import Path
@@ -93,8 +118,9 @@ def _checkSupported(config):
             errors.append("routers[%d].rules: %s%s" % (i, where, e.message))
         except DtabSyntaxError:
             pass  # reported by the config loader already
+    errors.extend(hostProblems(config))
     if errors:
-        raise ConfigError(errors)
+        raise ConfigError(errors, config.source)
 
 
 class _ListenerService(StreamServerEndpointService):

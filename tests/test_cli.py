@@ -1,7 +1,8 @@
 """
-Tests for L{meshproxy.cli}: C{check}, the formatting of C{explain} on a
-recorded answer, and C{explain} against a real admin API on a loopback
-port (the command's blocking urllib call runs in a thread).
+Tests for L{meshproxy.cli}: the command line (help, version, usage
+errors), C{check}, C{schema}, the formatting of C{explain} on a recorded
+answer, and C{explain} against a real admin API on a loopback port (the
+command's blocking urllib call runs in a thread).
 """
 
 from __future__ import annotations
@@ -134,19 +135,39 @@ class ArgumentTests(SynchronousTestCase):
         self.patch(cli, "fetchExplain", lambda *a, **k: self.fetched.append((a, k)) or {})
 
     def test_badCommandLines(self) -> None:
+        """
+        An unknown command, a missing argument or an unknown option gets a
+        short usage and the mistake on standard error, and exit status 2.
+        """
         for argv in (
             [],
             ["nope"],
             ["check"],
+            ["check", "a.yaml", "b.yaml"],
+            ["schema", "extra"],
+            ["--frobnicate"],
             ["explain"],
             ["explain", "web"],
             ["explain", "web", "--name", "/a", "--host", "b"],
             ["explain", "--name", "/a"],
             ["explain", "web", "--name"],
         ):
+            self.stderr.seek(0)
+            self.stderr.truncate()
             self.assertEqual(main(argv), 2, argv)
-        self.assertIn("usage", self.stderr.getvalue())
+            lines = self.stderr.getvalue().splitlines()
+            self.assertTrue(lines[0].startswith("usage: meshproxy"), lines)
+            self.assertIn("error: ", lines[-1])
+            self.assertLessEqual(len(lines), 4, lines)
+        self.assertIn("invalid choice: 'nope'", self.errorOf(["nope"]))
+        self.assertIn("required: CONFIG", self.errorOf(["check"]))
         self.assertEqual(self.fetched, [])
+
+    def errorOf(self, argv: list[str]) -> str:
+        self.stderr.seek(0)
+        self.stderr.truncate()
+        main(argv)
+        return self.stderr.getvalue()
 
     def test_queryKindsAndDefaults(self) -> None:
         out = io.StringIO()
@@ -180,9 +201,9 @@ class BadAdminURLTests(SynchronousTestCase):
         self.assertIn("--admin must be an http:// or https:// URL", err.getvalue())
 
 
-class CheckTests(SynchronousTestCase):
+class HelpAndVersionTests(SynchronousTestCase):
     """
-    C{meshproxy check CONFIG} is unchanged.
+    C{--help} and C{--version} answer on standard output and exit 0.
     """
 
     def setUp(self) -> None:
@@ -190,16 +211,179 @@ class CheckTests(SynchronousTestCase):
         self.patch(sys, "stdout", self.stdout)
         self.patch(sys, "stderr", self.stderr)
 
+    def test_help(self) -> None:
+        for argv, usage in (
+            (["--help"], "usage: meshproxy [-h] [--version] COMMAND ..."),
+            (["-h"], "usage: meshproxy [-h] [--version] COMMAND ..."),
+            (["check", "--help"], "usage: meshproxy check [-h] CONFIG"),
+            (["explain", "--help"], "usage: meshproxy explain [-h] [--admin URL]"),
+            (["schema", "--help"], "usage: meshproxy schema [-h]"),
+        ):
+            self.stdout.seek(0)
+            self.stdout.truncate()
+            self.assertEqual(main(argv), 0, argv)
+            self.assertTrue(self.stdout.getvalue().startswith(usage), self.stdout.getvalue())
+        self.assertIn("check     validate a config file", self.helpOf(["--help"]))
+        self.assertIn("schema    print the JSON Schema", self.helpOf(["--help"]))
+        self.assertIn("--name NAME", self.helpOf(["explain", "--help"]))
+        self.assertEqual(self.stderr.getvalue(), "")
+
+    def helpOf(self, argv: list[str]) -> str:
+        self.stdout.seek(0)
+        self.stdout.truncate()
+        main(argv)
+        return self.stdout.getvalue()
+
+    def test_version(self) -> None:
+        """
+        The version is meshproxy.__version__, which setup.cfg reads too.
+        """
+        import meshproxy
+
+        self.assertEqual(main(["--version"]), 0)
+        self.assertEqual(self.stdout.getvalue(), "meshproxy %s\n" % (meshproxy.__version__,))
+        self.assertEqual(self.stderr.getvalue(), "")
+        setup = os.path.join(os.path.dirname(SAMPLE_CONFIG), os.pardir, "setup.cfg")
+        with open(setup) as f:
+            self.assertIn("\nversion = attr: meshproxy.__version__\n", f.read())
+
+
+class SchemaTests(SynchronousTestCase):
+    """
+    C{meshproxy schema} prints the JSON Schema of config files.
+    """
+
+    def test_printsTheSchema(self) -> None:
+        from meshproxy.config import jsonSchema
+
+        out, err = io.StringIO(), io.StringIO()
+        self.patch(sys, "stdout", out)
+        self.patch(sys, "stderr", err)
+        self.assertEqual(main(["schema"]), 0)
+        printed = json.loads(out.getvalue())
+        self.assertEqual(printed, jsonSchema())
+        self.assertEqual(printed["$schema"], "http://json-schema.org/draft-07/schema#")
+        self.assertEqual(err.getvalue(), "")
+
+
+class CheckTests(SynchronousTestCase):
+    """
+    C{meshproxy check CONFIG}: C{CONFIG: ok} on standard output and exit 0,
+    or the errors on standard error and exit 1; warnings on standard error.
+    """
+
+    def setUp(self) -> None:
+        self.stdout, self.stderr = io.StringIO(), io.StringIO()
+        self.patch(sys, "stdout", self.stdout)
+        self.patch(sys, "stderr", self.stderr)
+
+    def write(self, text: str, directory: str | None = None) -> str:
+        if directory is None:
+            path = self.mktemp()
+        else:
+            os.makedirs(directory, exist_ok=True)
+            path = os.path.join(directory, "mesh.yaml")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
     def test_validConfig(self) -> None:
         self.assertEqual(main(["check", SAMPLE_CONFIG]), 0)
         self.assertEqual(self.stdout.getvalue(), SAMPLE_CONFIG + ": ok\n")
+        self.assertEqual(self.stderr.getvalue(), "")
 
     def test_invalidConfig(self) -> None:
-        path = self.mktemp()
-        with open(path, "w") as f:
-            f.write("routers: 3\n")
+        path = self.write("routers: 3\n")
         self.assertEqual(main(["check", path]), 1)
-        self.assertIn(path + ": invalid", self.stderr.getvalue())
+        self.assertEqual(
+            self.stderr.getvalue(), path + ": invalid\nrouters: expected a list, got 3\n"
+        )
+        self.assertEqual(self.stdout.getvalue(), "")
+
+    def test_malformedEndpointInTheProxysWords(self) -> None:
+        path = self.write(
+            "admin: {listen: 'tcp:x'}\nrouters: [{name: web, listen: 'tcp:1:interface=1.2.3.4.5'}]\n"
+        )
+        self.assertEqual(main(["check", path]), 1)
+        self.assertEqual(
+            self.stderr.getvalue(),
+            path + ": invalid\n"
+            'admin.listen: not a valid endpoint description: port "x" is not a number\n'
+            "routers[0].listen: not a valid endpoint description:"
+            ' interface "1.2.3.4.5" is not an IP address or a host name\n',
+        )
+        self.assertNotIn("literal", self.stderr.getvalue())
+
+    def test_interfaceNotOnThisHost(self) -> None:
+        """
+        A listener on an address this host does not have is refused without
+        binding anything (192.0.2.0/24 is reserved for documentation).
+        """
+        path = self.write(
+            "routers:\n"
+            "  - {name: web, listen: 'tcp:4140:interface=192.0.2.7'}\n"
+            "  - {name: api, listen: 'tcp:4141:interface=0.0.0.0'}\n"
+            "  - {name: db, listen: 'tcp:4142:interface=127.0.0.1'}\n"
+        )
+        self.assertEqual(main(["check", path]), 1)
+        self.assertEqual(
+            self.stderr.getvalue(),
+            path + ": invalid\n"
+            'routers[0].listen: interface "192.0.2.7" is not an address of this host\n',
+        )
+
+    def test_missingNamerDirectoryIsAWarning(self) -> None:
+        path = self.write(
+            "namers: [{kind: file, root: /nonexistent/endpoints}]\n"
+            "routers: [{name: web, listen: 'tcp:4140:interface=127.0.0.1'}]\n"
+        )
+        self.assertEqual(main(["check", path]), 0)
+        self.assertEqual(self.stdout.getvalue(), path + ": ok\n")
+        self.assertEqual(
+            self.stderr.getvalue(),
+            path + ': warning: namers[0].root: "/nonexistent/endpoints" does not exist:'
+            " this namer knows no service until it is created\n",
+        )
+
+    def test_rootRelativeToTheConfigFile(self) -> None:
+        """
+        C{root: endpoints} is the C{endpoints} directory next to the config
+        file, wherever the command runs: it exists, so there is no warning.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(directory, "endpoints"))
+        path = self.write(
+            "namers: [{kind: file, root: endpoints}]\n"
+            "routers: [{name: web, listen: 'tcp:4140:interface=127.0.0.1'}]\n",
+            directory,
+        )
+        self.assertNotEqual(os.getcwd(), directory)
+        self.assertEqual(main(["check", path]), 0)
+        self.assertEqual((self.stdout.getvalue(), self.stderr.getvalue()), (path + ": ok\n", ""))
+
+
+class CommandProcessTests(SynchronousTestCase):
+    """
+    The command in a child process: its exit statuses are real.
+    """
+
+    def command(self, *args: str) -> tuple[int, str, str]:
+        import subprocess
+
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        result = subprocess.run(
+            [sys.executable, "-m", "meshproxy.cli", *args],
+            cwd=here, capture_output=True, text=True, timeout=60,
+        )
+        return result.returncode, result.stdout, result.stderr
+
+    def test_exitStatuses(self) -> None:
+        code, out, err = self.command()
+        self.assertEqual((code, out), (2, ""))
+        self.assertIn("error: the following arguments are required: COMMAND", err)
+        code, out, err = self.command("check", "--help")
+        self.assertEqual((code, err), (0, ""))
+        self.assertTrue(out.startswith("usage: meshproxy check"))
 
 
 class _Tracking(WrappingFactory):

@@ -9,10 +9,11 @@ import sys
 import textwrap
 import types
 
-import attrs
 import twisted.test
+from pydantic import ValidationError
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from meshproxy.config import checks
 from meshproxy.config import (
     AdminConfig,
     BoundNameConfig,
@@ -236,10 +237,8 @@ class DefaultsTests(SynchronousTestCase):
         Config values cannot be changed in place.
         """
         config = parseConfig(MINIMAL)
-        self.assertRaises(attrs.exceptions.FrozenInstanceError, setattr, config, "routers", ())
-        self.assertRaises(
-            attrs.exceptions.FrozenInstanceError, setattr, config.routers[0].timeouts, "total", 1.0
-        )
+        self.assertRaises(ValidationError, setattr, config, "routers", ())
+        self.assertRaises(ValidationError, setattr, config.routers[0].timeouts, "total", 1.0)
         self.assertEqual(hash(config), hash(parseConfig(MINIMAL)))
 
 
@@ -685,8 +684,7 @@ class ErrorFormTests(SynchronousTestCase, ErrorAssertions):
               - {name: api, listen: "tcp:2"}
               - {name: web, listen: "tcp:bad"}
             """,
-            "routers[2].listen: not a valid endpoint description"
-            " (invalid literal for int() with base 10: 'bad')",
+            'routers[2].listen: not a valid endpoint description: port "bad" is not a number',
             'routers[2].name: "web" is already used by routers[0]',
         )
 
@@ -711,26 +709,46 @@ class ErrorFormTests(SynchronousTestCase, ErrorAssertions):
         )
 
     def test_badEndpoints(self) -> None:
+        """
+        Mistakes in endpoint descriptions are told in the proxy's words,
+        never in the words of the Python code that parses them.
+        """
         for listen, reason in [
-            ("tcp:abc", "invalid literal for int() with base 10: 'abc'"),
-            ("bogus:1", "Unknown endpoint type: 'bogus'"),
+            ("tcp:abc", 'port "abc" is not a number'),
+            ("bogus:1", 'unknown endpoint type "bogus" (known: ssl, systemd, tcp, tcp6, tls, unix)'),
+            ("tpc:1", 'unknown endpoint type "tpc" (did you mean "tcp"?)'),
             ("tcp:70000", "port must be between 0 and 65535, got 70000"),
-            ("ssl:443:privateKey=/nonexistent/key.pem", "No such file or directory: /nonexistent/key.pem"),
-            ("tls:443:privateKey=/nonexistent/key.pem", "No such file or directory: /nonexistent/key.pem"),
+            ("tcp", "tcp needs a port"),
+            ("tcp:80:interfce=127.0.0.1", 'unknown argument "interfce" (did you mean "interface"?)'),
+            ("tcp:80:colour=blue", 'unknown argument "colour" (tcp takes port, interface, backlog)'),
+            ("tcp:80:127.0.0.1:5:6", 'tcp takes no more values, got "6"'),
+            ("tcp:80:backlog=many", 'backlog "many" is not a number'),
+            ("tcp:80:interface=a b", 'interface "a b" is not an IP address or a host name'),
+            ("tcp:80\\", "ends with a lone backslash"),
+            ("unix:/tmp/m.sock:mode=rw", 'mode "rw" is not an octal number like 660'),
+            ("unix:/tmp/m.sock:lockfile=yes", 'lockfile must be 0 or 1, got "yes"'),
+            ("ssl:443:privateKey=/nonexistent/key.pem",
+             'cannot read privateKey file "/nonexistent/key.pem": No such file or directory'),
+            ("tls:443:privateKey=/nonexistent/key.pem",
+             'cannot read privateKey file "/nonexistent/key.pem": No such file or directory'),
+            (f"ssl:443:privateKey={SERVER_PEM}:certKey=/nonexistent/cert.pem",
+             'cannot read certKey file "/nonexistent/cert.pem": No such file or directory'),
+            (f"ssl:443:privateKey={os.path.abspath(__file__)}",
+             "cannot load the TLS certificate and private key"
+             " (certKey and privateKey must hold them in PEM form)"),
             # "tls:" means "ssl:" to meshproxy.tap, not Twisted's PEM-directory parser.
-            ("tls:/etc/certs:port=443", "_parseSSL() got multiple values for argument 'port'"),
+            ("tls:/etc/certs:port=443", 'port is given twice ("/etc/certs" and "443")'),
             ("systemd:domain=INET", "systemd: give exactly one of index= and name="),
             ("systemd:domain=INET:index=x", 'systemd: index must be a non-negative integer, got "x"'),
             ("systemd:domain=IPX:index=0", 'systemd: domain must be "INET", "INET6" or "UNIX", got "IPX"'),
         ]:
             self.assertErrors(
                 f"routers: [{{name: web, listen: '{listen}'}}]",
-                f"routers[0].listen: not a valid endpoint description ({reason})",
+                f"routers[0].listen: not a valid endpoint description: {reason}",
             )
         self.assertErrors(
             MINIMAL + "admin: {listen: 'tcp:x'}",
-            "admin.listen: not a valid endpoint description"
-            " (invalid literal for int() with base 10: 'x')",
+            'admin.listen: not a valid endpoint description: port "x" is not a number',
         )
         self.assertErrors(
             "routers: [{name: web, listen: ''}]", "routers[0].listen: must not be empty"
@@ -1768,8 +1786,7 @@ class CollectedErrorsTests(SynchronousTestCase, ErrorAssertions):
             )
         error = caught.exception
         expected = [
-            "admin.listen: not a valid endpoint description"
-            " (invalid literal for int() with base 10: 'nope')",
+            'admin.listen: not a valid endpoint description: port "nope" is not a number',
             "namers[0].root: required",
             'routers[0].loadBalancr: unknown key (did you mean "loadBalancer"?)',
             'routers[0].timeouts.total: expected a duration like "2s", got "fast"',
@@ -1895,3 +1912,242 @@ class LoadConfigTests(SynchronousTestCase):
         self.assertEqual(
             caught.exception.errors, [f"{path}: not UTF-8 text (invalid start byte at byte 9)"]
         )
+
+
+class RelativePathTests(SynchronousTestCase):
+    """
+    Relative paths in config keys are relative to the config file's
+    directory; those inside endpoint strings are Twisted's and stay as
+    written.
+    """
+
+    def configIn(self, directory: str, text: str) -> str:
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, "mesh.yaml")
+        with open(path, "w") as f:
+            f.write(yamlText(text))
+        return path
+
+    def test_relativeToTheConfigFile(self) -> None:
+        """
+        A file namer's C{root: endpoints} and C{admin.stateDir: state} in
+        C{DIR/mesh.yaml} are C{DIR/endpoints} and C{DIR/state}, whatever
+        the working directory.
+        """
+        directory = os.path.abspath(self.mktemp())
+        path = self.configIn(
+            directory,
+            """
+            admin: {stateDir: state}
+            namers: [{kind: file, root: endpoints}, {kind: file, prefix: /#/up, root: ../up}]
+            routers: [{name: web, listen: "unix:web.sock"}]
+            """,
+        )
+        config = loadConfig(path)
+        self.assertEqual(config.namers[0].root, os.path.join(directory, "endpoints"))
+        self.assertEqual(config.namers[1].root, os.path.join(os.path.dirname(directory), "up"))
+        self.assertEqual(config.admin.stateDir, os.path.join(directory, "state"))
+        self.assertEqual(config.routers[0].listen, "unix:web.sock")
+        # A relative path to the file itself makes no difference.
+        relative = os.path.relpath(path)
+        self.assertEqual(loadConfig(relative).namers[0].root, os.path.join(directory, "endpoints"))
+
+    def test_absolutePathsKept(self) -> None:
+        path = self.configIn(
+            os.path.abspath(self.mktemp()), "namers: [{kind: file, root: /srv/e}]\n" + MINIMAL
+        )
+        self.assertEqual(loadConfig(path).namers[0].root, "/srv/e")
+
+    def test_parseConfigBaseDirectory(self) -> None:
+        """
+        Text without a file is relative to the working directory, or to the
+        directory given.
+        """
+        text = MINIMAL + "namers: [{kind: file, root: endpoints}]\n"
+        self.assertEqual(parseConfig(text).namers[0].root, os.path.join(os.getcwd(), "endpoints"))
+        self.assertEqual(
+            parseConfig(text, baseDirectory="/etc/mesh").namers[0].root, "/etc/mesh/endpoints"
+        )
+
+
+class EveryErrorAtOnceTests(SynchronousTestCase, ErrorAssertions):
+    """
+    The checks across sections still run on the valid parts of a config
+    that has other errors.
+    """
+
+    def test_crossSectionChecksSeeTheValidRouters(self) -> None:
+        self.assertErrors(
+            """
+            namers: [{kind: static, services: {pg: ["127.0.0.1:5432"]}}]
+            routers:
+              - {name: web, listen: "tcp:1", timeouts: {total: fast}}
+              - {name: api, listen: "tcp:1"}
+              - {name: db, protocol: tcp, listen: "tcp:2", destination: /#/fs/pg}
+            """,
+            'routers[0].timeouts.total: expected a duration like "2s", got "fast"',
+            'routers[2].destination: no namer owns "/#/fs/pg" (namer prefixes: "/#/static")',
+        )
+
+    def test_sectionChecksSeeTheValidKeys(self) -> None:
+        """
+        A check across two keys of a section runs when another key of the
+        section is wrong.
+        """
+        self.assertEqual(
+            self.routerErrors("timeouts: {total: 1s, perTry: 2s, connect: soon}"),
+            [
+                'routers[0].timeouts.connect: expected a duration like "2s", got "soon"',
+                'routers[0].timeouts.perTry: must not be longer than total (1s), got "2s"',
+            ],
+        )
+
+
+class PythonValuesTests(SynchronousTestCase):
+    """
+    The classes can be built in Python, where durations are seconds; each
+    value is checked as in a file, and the classes stay frozen.
+    """
+
+    def test_secondsAndDefaults(self) -> None:
+        timeouts = TimeoutsConfig(total=60, perTry=2.5)
+        self.assertEqual((timeouts.total, timeouts.perTry, timeouts.connect), (60.0, 2.5, 2.0))
+        self.assertIsInstance(timeouts.total, float)
+        self.assertEqual(TimeoutsConfig(total="1m").total, 60.0)
+        self.assertEqual(LatencyEjectionConfig(duration=1.0), LatencyEjectionConfig(**{"for": "1s"}))
+
+    def test_badValuesNameTheAttribute(self) -> None:
+        with self.assertRaises(ValidationError) as caught:
+            ServerConfig(maxHeaders=0, headerTimeout=-1)
+        self.assertEqual(
+            [(e["loc"], e["ctx"]["message"]) for e in caught.exception.errors()],
+            [
+                (("maxHeaders",), "must be at least 1, got 0"),
+                (("headerTimeout",), "expected a duration in seconds, got -1"),
+            ],
+        )
+        self.assertRaises(ValidationError, AdminConfig, listen="tcp:x")
+        self.assertRaises(ValidationError, AdminConfig, frobnicate=True)
+
+    def test_pairsAndAddresses(self) -> None:
+        """
+        Static services and bound names are given as pairs, as stored.
+        """
+        namer = StaticNamerConfig(services=(("a", (("::1", 80, 2.0), ("b.example", 81, 1.0))),))
+        self.assertEqual(dict(namer.services)["a"], (("::1", 80, 2.0), ("b.example", 81, 1.0)))
+        router = RouterConfig(
+            name="web", listen="tcp:1", boundNames=(("/#/fs/a", BoundNameConfig()),)
+        )
+        self.assertEqual(router.boundNames, (("/#/fs/a", BoundNameConfig()),))
+
+
+class JSONSchemaTests(SynchronousTestCase):
+    """
+    The JSON Schema (C{meshproxy schema}) accepts the sample configs and
+    refuses what the loader refuses, as far as a schema can say it.
+    """
+
+    def setUp(self) -> None:
+        try:
+            import jsonschema
+        except ImportError:
+            raise SkipTest("jsonschema is a test dependency (tox.ini)")
+        import yaml
+
+        from meshproxy.config import jsonSchema
+
+        self.schema = jsonSchema()
+        # Draft-07, which YAML editors support.
+        self.assertEqual(self.schema["$schema"], "http://json-schema.org/draft-07/schema#")
+        jsonschema.Draft7Validator.check_schema(self.schema)
+        self.validator = jsonschema.Draft7Validator(self.schema)
+        self.load = yaml.safe_load
+
+    def valid(self, text: str) -> bool:
+        return self.validator.is_valid(self.load(yamlText(text)))
+
+    def test_sampleAndDemoConfigs(self) -> None:
+        from meshproxy.demo import demoConfigText
+
+        sample = os.path.join(os.path.dirname(os.path.dirname(__file__)), "etc", "meshproxy.yaml")
+        with open(sample) as f:
+            self.validator.validate(self.load(f.read()))
+        self.validator.validate(self.load(demoConfigText()))
+
+    def test_knownBadDocument(self) -> None:
+        """
+        A document with a bad duration, an unknown key and a key of another
+        kind fails, and the schema says where.
+        """
+        document = self.load(
+            yamlText(
+                """
+                routers:
+                  - name: web
+                    listen: "tcp:4140"
+                    timeouts: {total: fast}
+                    loadBalancer: {kind: roundRobin, decay: 1s}
+                    frobnicate: 1
+                """
+            )
+        )
+        self.assertFalse(self.validator.is_valid(document))
+
+    def test_durationsAreStringsWithAPattern(self) -> None:
+        total = self.schema["definitions"]["TimeoutsConfig"]["properties"]["total"]
+        self.assertEqual(
+            (total["type"], total["pattern"], total["default"]),
+            ("string", checks.DURATION_PATTERN, "10s"),
+        )
+        self.assertTrue(self.valid(MINIMAL + "    timeouts: {total: 250ms, perTry: 1.5s}\n"))
+        for bad in ["fast", "10", "-1s", "1d"]:
+            self.assertFalse(self.valid(MINIMAL + f"    timeouts: {{total: '{bad}'}}\n"), bad)
+
+    def test_unknownKeysForbidden(self) -> None:
+        for name, definition in self.schema["definitions"].items():
+            self.assertIs(definition["additionalProperties"], False, name)
+        self.assertIs(self.schema["additionalProperties"], False)
+        self.assertNotIn("source", self.schema["properties"])
+        self.assertFalse(self.valid(MINIMAL + "namer: []\n"))
+        self.assertFalse(self.valid(MINIMAL + "    timeots: {}\n"))
+
+    def test_agreesWithTheLoader(self) -> None:
+        """
+        Documents the loader accepts or refuses for their keys, their
+        kinds or their types, the schema judges alike.
+        """
+        for text in [
+            MINIMAL,
+            MINIMAL + "    timeouts:\n    boundNames:\nadmin:\nnamers:\n",
+            MINIMAL + "    failureAccrual: {kind: none}\n",
+            MINIMAL + "    identifier: {kind: header, name: x-svc}\n",
+            MINIMAL + "    failureAccrual: {latency: {factor: 2, for: 1s}}\n",
+            MINIMAL + "namers: [{kind: static, services: {a: ['127.0.0.1:1'], b: }}]\n",
+            "routers: [{name: db, protocol: tcp, listen: 'tcp:1', destination: /$/inet/h/1,"
+            " timeouts: {connect: 1s}}]",
+        ]:
+            parseConfig(yamlText(text))
+            self.assertTrue(self.valid(text), text)
+        for text in [
+            "admin: {}",
+            "routers: []",
+            "routers: [{name: web}]",
+            "routers: [{name: 'a b', listen: 'tcp:1'}]",
+            MINIMAL + "    loadBalancer: {kind: roundRobin, decay: 1s}\n",
+            MINIMAL + "    identifier: {kind: header}\n",
+            MINIMAL + "    identifier: {kind: host, segments: 2}\n",
+            MINIMAL + "    failureAccrual: {latency: {factor: 2, duration: 1s}}\n",
+            MINIMAL + "    server: {maxHeaders: 0}\n",
+            MINIMAL + "    forwarded: 'yes'\n",
+            MINIMAL + "    classifier: {kind: retryableread5xx}\n",
+            MINIMAL + "namers: [{root: /x}]\n",
+            MINIMAL + "namers: [{kind: static, root: /x}]\n",
+            "routers: [{name: db, protocol: tcp, listen: 'tcp:1'}]",
+            "routers: [{name: db, protocol: tcp, listen: 'tcp:1', destination: /$/inet/h/1,"
+            " timeouts: {total: 1s}}]",
+            "routers: [{name: db, protocol: tcp, listen: 'tcp:1', destination: /$/inet/h/1,"
+            " rules: ''}]",
+            MINIMAL + "source: x\n",
+        ]:
+            self.assertRaises(ConfigError, parseConfig, yamlText(text))
+            self.assertFalse(self.valid(text), text)

@@ -52,15 +52,101 @@ class OptionsTests(SynchronousTestCase):
             f.write(text)
         return path
 
-    def test_badConfigIsUsageErrorWithEveryKeyPath(self):
+    def capture(self):
         """
-        A bad config stops twistd before any service exists, naming each bad
-        key.
+        Capture standard output and standard error.
         """
-        options = Options()
-        e = self.assertRaises(usage.UsageError, options.parseOptions, ["--config", self.write(BAD)])
-        self.assertIn('routers[0].timeouts.total: expected a duration like "2s", got "fast"', str(e))
-        self.assertIn('routers[0].timeots: unknown key (did you mean "timeouts"?)', str(e))
+        out, err = io.StringIO(), io.StringIO()
+        self.patch(sys, "stdout", out)
+        self.patch(sys, "stderr", err)
+        return out, err
+
+    def test_badConfigExitsOneWithTheErrorsAlone(self):
+        """
+        A bad config stops twistd before any service exists: every bad key
+        is named on standard error, with nothing else (twistd prints its
+        whole usage text before a UsageError), and the process exits 1.
+        """
+        out, err = self.capture()
+        path = self.write(BAD)
+        e = self.assertRaises(SystemExit, Options().parseOptions, ["--config", path])
+        self.assertEqual(e.code, 1)
+        self.assertEqual(
+            err.getvalue(),
+            path + ": invalid\n"
+            'routers[0].timeots: unknown key (did you mean "timeouts"?)\n'
+            'routers[0].timeouts.total: expected a duration like "2s", got "fast"\n',
+        )
+        self.assertEqual(out.getvalue(), "")
+
+    def test_badOptionIsStillAUsageError(self):
+        self.assertRaises(usage.UsageError, Options().parseOptions, ["--conifg", "x"])
+
+    def test_version(self):
+        """
+        --version prints meshproxy's version (not Twisted's) and exits 0.
+        """
+        import meshproxy
+
+        out, err = self.capture()
+        e = self.assertRaises(SystemExit, Options().parseOptions, ["--version"])
+        self.assertEqual((e.code, out.getvalue(), err.getvalue()),
+                         (0, "meshproxy %s\n" % (meshproxy.__version__,), ""))
+
+    def test_help(self):
+        out, err = self.capture()
+        e = self.assertRaises(SystemExit, Options().parseOptions, ["--help"])
+        self.assertIn(e.code, (None, 0))
+        self.assertIn("--config", out.getvalue())
+        self.assertEqual(err.getvalue(), "")
+
+    def test_interfaceNotOnThisHost(self):
+        """
+        A listener on an address this host does not have is refused before
+        anything binds; loopback and the unspecified addresses always pass.
+        """
+        out, err = self.capture()
+        text = GOOD.replace("interface=127.0.0.1", "interface=192.0.2.123", 1)
+        e = self.assertRaises(
+            SystemExit, Options().parseOptions, ["--config", self.write(text), "--check"]
+        )
+        self.assertEqual(e.code, 1)
+        self.assertIn(
+            'admin.listen: interface "192.0.2.123" is not an address of this host\n',
+            err.getvalue(),
+        )
+        for interface in ("0.0.0.0", "127.0.0.2", "\\\\:\\\\:", "\\\\:\\\\:1"):
+            text = GOOD.replace("interface=127.0.0.1", "interface=" + interface, 1)
+            e = self.assertRaises(
+                SystemExit, Options().parseOptions, ["--config", self.write(text), "--check"]
+            )
+            self.assertEqual(e.code, 0, interface)
+
+    def test_checkWarnsOfAMissingNamerDirectory(self):
+        """
+        A file namer whose directory does not exist yet is valid (it may be
+        created later), but --check says so, on standard error.
+        """
+        import os
+
+        out, err = self.capture()
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        path = os.path.join(directory, "mesh.yaml")
+        with open(path, "w") as f:
+            f.write(GOOD.replace("namers:\n", "namers:\n  - {kind: file, root: endpoints}\n"))
+        e = self.assertRaises(SystemExit, Options().parseOptions, ["--config", path, "--check"])
+        self.assertEqual(e.code, 0)
+        self.assertEqual(out.getvalue(), path + ": ok\n")
+        self.assertEqual(
+            err.getvalue(),
+            '%s: warning: namers[0].root: "%s" does not exist: this namer knows no service'
+            " until it is created\n" % (path, os.path.join(directory, "endpoints")),
+        )
+        os.mkdir(os.path.join(directory, "endpoints"))
+        out, err = self.capture()
+        e = self.assertRaises(SystemExit, Options().parseOptions, ["--config", path, "--check"])
+        self.assertEqual((e.code, err.getvalue()), (0, ""))
 
     def test_checkGoodConfigExitsZero(self):
         """
@@ -88,12 +174,19 @@ class OptionsTests(SynchronousTestCase):
 
     def test_missingFile(self):
         """
-        A config file that does not exist is a usage error naming it.
+        A config file that does not exist is named on standard error, and
+        the process exits 1.
         """
+        out, err = self.capture()
         e = self.assertRaises(
-            usage.UsageError, Options().parseOptions, ["--config", "/nonexistent/mesh.yaml"]
+            SystemExit, Options().parseOptions, ["--config", "/nonexistent/mesh.yaml"]
         )
-        self.assertIn("/nonexistent/mesh.yaml", str(e))
+        self.assertEqual(e.code, 1)
+        self.assertEqual(
+            err.getvalue(),
+            "/nonexistent/mesh.yaml: invalid\n"
+            "/nonexistent/mesh.yaml: cannot read the file: No such file or directory\n",
+        )
 
     def test_defaultIsEmbeddedDemo(self):
         """
@@ -114,8 +207,11 @@ class OptionsTests(SynchronousTestCase):
         """
         import os
 
+        out, err = self.capture()
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        self.assertEqual(cli.main(["check", os.path.join(here, "etc", "meshproxy.yaml")]), 0)
+        path = os.path.join(here, "etc", "meshproxy.yaml")
+        self.assertEqual(cli.main(["check", path]), 0)
+        self.assertEqual((out.getvalue(), err.getvalue()), (path + ": ok\n", ""))
 
 
 class ServiceTests(SynchronousTestCase):
@@ -346,3 +442,57 @@ class TcpRouterServiceTests(SynchronousTestCase):
         self.successResultOf(d)
         self.assertEqual(aborted, [True])
         self.assertEqual(runtime.routers["db"].state()["boundNames"], {})
+
+
+class TwistdProcessTests(SynchronousTestCase):
+    """
+    The real C{twistd meshproxy} command in a child process, run from this
+    source tree: what a user sees on the terminal. None of these gets as
+    far as binding a port.
+    """
+
+    def twistd(self, *args):
+        import os
+        import subprocess
+
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        result = subprocess.run(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", *args],
+            cwd=here,
+            env={**os.environ, "PYTHONPATH": here},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return result.returncode, result.stdout, result.stderr
+
+    def test_badConfigErrorsFirstAndAlone(self):
+        """
+        twistd does not print its usage text before the errors of a bad
+        config: they are all there is, and the exit status is 1.
+        """
+        import os
+
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(BAD)
+        self.assertEqual(
+            self.twistd("--nodaemon", "meshproxy", "--config", path),
+            (
+                1,
+                "",
+                path + ": invalid\n"
+                'routers[0].timeots: unknown key (did you mean "timeouts"?)\n'
+                'routers[0].timeouts.total: expected a duration like "2s", got "fast"\n',
+            ),
+        )
+
+    def test_versionAndHelp(self):
+        import meshproxy
+
+        self.assertEqual(
+            self.twistd("meshproxy", "--version"), (0, "meshproxy %s\n" % (meshproxy.__version__,), "")
+        )
+        code, out, err = self.twistd("meshproxy", "--help")
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("--config=", out)

@@ -1,0 +1,87 @@
+"""
+Load and validate the meshproxy YAML configuration.
+
+L{loadConfig} and L{parseConfig} turn YAML into a tree of frozen pydantic
+models rooted at L{MeshConfig}. Validation finds every problem in one pass
+and raises one L{ConfigError} listing them all, each message starting with
+the path of the offending key (C{routers[0].timeouts.total: ...}), so that a
+user fixes a config in one round trip and the process exits before binding
+any port.
+
+Keys are camelCase in YAML and attributes carry the same names. Durations are
+strings with a unit (C{"250ms"}, C{"10s"}, C{"5m"}, C{"1h"}) and are stored as
+float seconds. Relative paths (a file namer's C{root}, C{admin.stateDir}) are
+relative to the directory of the config file.
+
+The modules:
+ - L{schema} and L{policies}: the classes (the top of the tree, and a
+   router's sections);
+ - L{loading}: YAML in, L{ConfigError} out, and the checks that depend on
+   the host;
+ - L{checks} and L{endpoints}: the checks of single values (durations,
+   names, addresses, endpoint descriptions), which know nothing of pydantic;
+ - L{fields}, L{section} and L{problems}: how those checks, the proxy's
+   wording and its order of messages fit into pydantic.
+"""
+
+from meshproxy.config.checks import parseDuration
+from meshproxy.config.loading import (
+    ConfigError,
+    configWarnings,
+    hostProblems,
+    loadConfig,
+    parseConfig,
+)
+from meshproxy.config.policies import (
+    BoundNameConfig,
+    BudgetConfig,
+    ClassifierConfig,
+    ClientConfig,
+    FailureAccrualConfig,
+    IdentifierConfig,
+    LatencyEjectionConfig,
+    LimitsConfig,
+    LoadBalancerConfig,
+    RetriesConfig,
+    ServerConfig,
+    TimeoutsConfig,
+    TrustConfig,
+)
+from meshproxy.config.schema import (
+    AdminConfig,
+    FileNamerConfig,
+    MeshConfig,
+    NamerConfig,
+    RouterConfig,
+    StaticNamerConfig,
+    jsonSchema,
+)
+
+__all__ = [
+    "AdminConfig",
+    "BoundNameConfig",
+    "BudgetConfig",
+    "ClassifierConfig",
+    "ClientConfig",
+    "ConfigError",
+    "FailureAccrualConfig",
+    "FileNamerConfig",
+    "IdentifierConfig",
+    "LatencyEjectionConfig",
+    "LimitsConfig",
+    "LoadBalancerConfig",
+    "MeshConfig",
+    "NamerConfig",
+    "RetriesConfig",
+    "RouterConfig",
+    "ServerConfig",
+    "StaticNamerConfig",
+    "TimeoutsConfig",
+    "TrustConfig",
+    "configWarnings",
+    "hostProblems",
+    "jsonSchema",
+    "loadConfig",
+    "parseConfig",
+    "parseDuration",
+]

@@ -1,0 +1,358 @@
+"""
+The sections of a router's configuration: how it identifies requests,
+balances, ejects, retries, times out, limits and trusts; each a frozen
+L{Section} whose attributes carry the YAML keys' names.
+"""
+
+from typing import Any, Iterable, Literal, Optional
+
+from pydantic import Field
+
+from meshproxy.config.checks import show, showSeconds
+from meshproxy.config.fields import (
+    Bool, Defaulted, Duration, HeaderName, Integer, ListOf, NamePath, Network, Number,
+)
+from meshproxy.config.problems import Problem
+from meshproxy.config.section import Section, View
+
+__all__ = [
+    "BoundNameConfig",
+    "BudgetConfig",
+    "ClassifierConfig",
+    "ClientConfig",
+    "FailureAccrualConfig",
+    "IdentifierConfig",
+    "LatencyEjectionConfig",
+    "LimitsConfig",
+    "LoadBalancerConfig",
+    "RetriesConfig",
+    "ServerConfig",
+    "TimeoutsConfig",
+    "TrustConfig",
+]
+
+
+class IdentifierConfig(Section):
+    """
+    How an HTTP router turns a request into a logical name.
+
+    @ivar kind: C{"host"} (the Host header), C{"path"} (the first C{segments}
+        path segments) or C{"header"} (the value of header C{name}).
+    @ivar prefix: the path the identified name is put under, such as C{/svc}.
+    @ivar segments: for C{"path"}: how many path segments name the service.
+    @ivar name: for C{"header"}: the header name, lowercased; else L{None}.
+    """
+
+    _selector = "kind"
+    _kinds = {"host": (), "path": ("segments",), "header": ("name",)}
+    _common = ("prefix",)
+    _requiredFor = {"header": ("name",)}
+
+    kind: Literal["host", "path", "header"] = "host"
+    prefix: NamePath = "/svc"
+    segments: Integer(1) = 1
+    name: Optional[HeaderName] = None
+
+
+class LoadBalancerConfig(Section):
+    """
+    How a router picks one endpoint of a service.
+
+    @ivar kind: C{"ewma"} (power of two choices over peak EWMA latency),
+        C{"roundRobin"} or C{"leastLoaded"}.
+    @ivar decay: for C{"ewma"}: the EWMA decay time in seconds.
+    """
+
+    _selector = "kind"
+    _kinds = {"ewma": ("decay",), "roundRobin": (), "leastLoaded": ()}
+
+    kind: Literal["ewma", "roundRobin", "leastLoaded"] = "ewma"
+    decay: Duration() = "10s"
+
+
+class LatencyEjectionConfig(Section):
+    """
+    Ejection of an endpoint that is much slower than its peers.
+
+    @ivar factor: an endpoint whose latency is above this many times the
+        median latency of its service's endpoints is slow; more than 1.
+    @ivar duration: seconds an endpoint must stay slow before it is ejected.
+        The YAML key is C{for}, a Python keyword, hence the attribute's
+        other name.
+    """
+
+    factor: Number(1, exclusiveMinimum=True) = 5.0
+    duration: Duration() = Field("30s", alias="for")
+
+
+def _order(view: View, low: str, high: str) -> Iterable[Problem]:
+    """
+    Report C{<low>} being more than C{<high>}, against the key that was
+    written (a default is not the user's mistake).
+    """
+    values = view.values(low, high)
+    if values is None or values[0] <= values[1]:
+        return
+    if view.given(high):
+        yield Problem((high,), f"must not be shorter than {low} ({showSeconds(values[0])})")
+    else:
+        yield Problem(
+            (low,), f"must not be longer than {high} ({showSeconds(values[1])}, the default)"
+        )
+
+
+_EJECTING = ("backoffMin", "backoffMax", "panicShare", "latency")
+
+
+class FailureAccrualConfig(Section):
+    """
+    When an endpoint is ejected from balancing.
+
+    @ivar kind: C{"consecutiveFailures"}, C{"successRate"} or C{"none"}.
+    @ivar failures: for C{"consecutiveFailures"}: consecutive failures that
+        eject an endpoint.
+    @ivar backoffMin: seconds of the first ejection.
+    @ivar backoffMax: ceiling, in seconds, of the doubling ejection time.
+    @ivar successRate: for C{"successRate"}: an endpoint whose success rate
+        falls below this fraction (more than 0, at most 1) is ejected.
+    @ivar window: for C{"successRate"}: the success rate is measured over
+        this many seconds, or L{None} when it is measured over C{requests}.
+    @ivar requests: for C{"successRate"}: the success rate is measured over
+        the last this many requests, or L{None} when it is measured over
+        C{window}. Never both; when neither is given, 100 (the effective
+        value is stored). L{None} for the other kinds.
+    @ivar minRequests: for C{"successRate"} with a C{window}: requests the
+        window must hold before the rate is judged.
+    @ivar panicShare: the panic floor, a share (0 to 1) of a service's
+        endpoints: when fewer than that would be eligible, the balancer uses
+        them all, so that ejection never leaves a service too few instances;
+        0 turns panic off.
+    @ivar latency: the L{LatencyEjectionConfig}, or L{None} for no ejection
+        on latency.
+    """
+
+    _selector = "kind"
+    _kinds = {
+        "consecutiveFailures": ("failures", *_EJECTING),
+        "successRate": ("successRate", "requests", "window", "minRequests", *_EJECTING),
+        "none": (),
+    }
+
+    kind: Literal["consecutiveFailures", "successRate", "none"] = "consecutiveFailures"
+    failures: Integer(1) = 5
+    backoffMin: Duration(positive=False) = "5s"
+    backoffMax: Duration(positive=False) = "300s"
+    successRate: Number(0, 1, exclusiveMinimum=True) = 0.8
+    window: Optional[Duration()] = None
+    requests: Optional[Integer(1)] = None
+    minRequests: Integer(1) = 10
+    panicShare: Number(0, 1) = 0.5
+    latency: Optional[LatencyEjectionConfig] = None
+
+    @classmethod
+    def _prepare(cls, data: dict, kind: Optional[str], context: Any) -> list[Problem]:
+        # A success rate needs some window: without a time window, the last
+        # 100 requests. A null requests is as good as an absent one.
+        if kind == "successRate" and data.get("window") is None and data.get("requests") is None:
+            data["requests"] = 100
+        return []
+
+    @classmethod
+    def _crossCheck(cls, view: View) -> Iterable[Problem]:
+        given = {key for key in ("requests", "window") if view.raw(key) is not None}
+        if given == {"requests", "window"}:
+            yield Problem(("window",), "give either requests or window, not both")
+        if view.given("minRequests") and "window" not in given:
+            yield Problem(("minRequests",), "only with window")
+        yield from _order(view, "backoffMin", "backoffMax")
+
+
+class BudgetConfig(Section):
+    """
+    The retry budget: retries allowed on top of ordinary requests.
+
+    @ivar percent: retries allowed as a percentage of requests (0 to 1000).
+    @ivar minPerSecond: retries always allowed per second, whatever the rate.
+    @ivar ttl: seconds over which requests are counted.
+    """
+
+    percent: Number(0, 1000) = 20.0
+    minPerSecond: Number(0) = 10.0
+    ttl: Duration() = "10s"
+
+
+class RetriesConfig(Section):
+    """
+    Retry policy of an HTTP router.
+
+    @ivar budget: the L{BudgetConfig}.
+    @ivar backoffMin: seconds of the smallest (jittered) wait before a retry.
+    @ivar backoffMax: seconds of the largest wait before a retry.
+    @ivar bufferBytes: request bodies up to this many bytes are kept so that
+        the request can be replayed; a larger body is not retried once sent.
+    @ivar maxRetries: retries of one request at most, whatever the budget
+        allows.
+    """
+
+    budget: Defaulted(BudgetConfig)
+    backoffMin: Duration(positive=False) = "0s"
+    backoffMax: Duration(positive=False) = "0s"
+    bufferBytes: Integer(0) = 65536
+    maxRetries: Integer(0) = 3
+
+    @classmethod
+    def _crossCheck(cls, view: View) -> Iterable[Problem]:
+        return _order(view, "backoffMin", "backoffMax")
+
+
+class TimeoutsConfig(Section):
+    """
+    Timeouts of an HTTP router, in seconds.
+
+    @ivar total: for the whole request, all tries included.
+    @ivar perTry: for one try, or L{None} for no limit but C{total}; never
+        more than C{total}.
+    @ivar connect: to connect to an upstream endpoint.
+    """
+
+    total: Duration() = "10s"
+    perTry: Optional[Duration()] = None
+    connect: Duration() = "2s"
+
+    @classmethod
+    def _crossCheck(cls, view: View) -> Iterable[Problem]:
+        values = view.values("perTry", "total")
+        if values is not None and values[0] is not None and values[0] > values[1]:
+            yield Problem(
+                ("perTry",),
+                f"must not be longer than total ({showSeconds(values[1])}),"
+                f" got {show(view.raw('perTry'))}",
+            )
+
+
+class ServerConfig(Section):
+    """
+    Limits on the client side of an HTTP router.
+
+    @ivar maxHeaderBytes: size of the request line and headers together.
+    @ivar maxHeaders: number of header fields.
+    @ivar maxUriLength: length of the request target.
+    @ivar maxBodyBytes: request body size, or L{None} for no limit.
+    @ivar headerTimeout: seconds to receive the request head.
+    @ivar idleTimeout: seconds a kept-alive connection may sit idle.
+    @ivar bodyTimeout: seconds without progress while receiving a body.
+    @ivar maxConnections: open client connections, or L{None} for no limit.
+    """
+
+    maxHeaderBytes: Integer(1) = 65536
+    maxHeaders: Integer(1) = 100
+    maxUriLength: Integer(1) = 8192
+    maxBodyBytes: Optional[Integer(0)] = None
+    headerTimeout: Duration() = "10s"
+    idleTimeout: Duration() = "60s"
+    bodyTimeout: Duration() = "30s"
+    maxConnections: Optional[Integer(1)] = None
+
+
+class ClientConfig(Section):
+    """
+    The upstream connection pool of an HTTP router.
+
+    @ivar maxIdlePerEndpoint: idle kept-alive connections kept per endpoint.
+    @ivar idleTimeout: seconds before an idle upstream connection is closed.
+    @ivar maxHeaderBytes: size of an upstream response's status line and
+        headers together (and of its trailers).
+    @ivar maxHeaders: number of header fields of an upstream response (and,
+        separately, of its trailer fields).
+    @ivar maxInformational: interim (1xx) responses accepted per request.
+    """
+
+    maxIdlePerEndpoint: Integer(0) = 64
+    idleTimeout: Duration() = "60s"
+    maxHeaderBytes: Integer(256) = 65536
+    maxHeaders: Integer(1) = 100
+    maxInformational: Integer(0) = 10
+
+
+class ClassifierConfig(Section):
+    """
+    How an HTTP router judges each attempt: success, retryable failure or
+    non-retryable failure.
+
+    @ivar kind: C{"nonRetryable5XX"} (5XX responses are failures, never
+        retried), C{"retryableRead5XX"} (5XX responses are failures,
+        retryable for GET, HEAD, OPTIONS and TRACE),
+        C{"retryableIdempotent5XX"} (the same for every idempotent method:
+        those and PUT and DELETE) or C{"allSuccessful"} (every response is a
+        success).
+    @ivar retryableStatusCodes: response statuses (100 to 599, each once),
+        in the order written, that are failures whatever C{kind} says,
+        retryable when the request is idempotent.
+    @ivar idempotencyKey: whether a POST with an C{Idempotency-Key} header
+        counts as idempotent.
+    """
+
+    _selector = "kind"
+    _kinds = {
+        "nonRetryable5XX": (),
+        "retryableRead5XX": (),
+        "retryableIdempotent5XX": (),
+        "allSuccessful": (),
+    }
+    _common = ("retryableStatusCodes", "idempotencyKey")
+
+    kind: Literal[
+        "nonRetryable5XX", "retryableRead5XX", "retryableIdempotent5XX", "allSuccessful"
+    ] = "nonRetryable5XX"
+    retryableStatusCodes: ListOf(Integer(100, 599), unique=True) = ()
+    idempotencyKey: Bool = False
+
+
+class LimitsConfig(Section):
+    """
+    Limits on the requests an HTTP router sends to one bound name; each
+    bound name has its own count.
+
+    @ivar maxConcurrent: requests in flight at once, or L{None} for no
+        limit.
+    @ivar maxPending: requests waiting for one of the C{maxConcurrent}
+        places, or L{None} for no limit; beyond it requests are refused.
+    """
+
+    maxConcurrent: Optional[Integer(1)] = None
+    maxPending: Optional[Integer(0)] = None
+
+
+class TrustConfig(Section):
+    """
+    What an HTTP router takes from its callers.
+
+    @ivar callers: the networks whose requests may override the rules with
+        a C{mesh-dtab} header, as normalised strings (C{"127.0.0.0/8"}, a
+        single address as C{"10.0.0.1/32"}), in the order written; empty
+        trusts nobody.
+    @ivar dtabPrefixes: the paths (C{/svc}) a trusted override may rewrite;
+        empty allows any.
+    @ivar deadline: whether the remaining deadline a caller sends in
+        C{mesh-ctx-deadline} is honoured.
+    @ivar allowInet: whether an override may lead to C{/$/inet} addresses
+        (or any other C{/$/} name) rather than only to names owned by
+        configured namers.
+    """
+
+    callers: ListOf(Network) = ()
+    dtabPrefixes: ListOf(NamePath) = ()
+    deadline: Bool = True
+    allowInet: Bool = False
+
+
+class BoundNameConfig(Section):
+    """
+    Settings of an HTTP router for one bound name, overriding the router's.
+
+    @ivar classifier: the L{ClassifierConfig}, or L{None} for the router's.
+    @ivar limits: the L{LimitsConfig}, or L{None} for the router's.
+    """
+
+    classifier: Optional[ClassifierConfig] = None
+    limits: Optional[LimitsConfig] = None

@@ -1,0 +1,410 @@
+"""
+The configuration classes: frozen pydantic models, one per YAML mapping,
+whose attributes carry the YAML keys' names. This module holds the top of
+the tree (L{MeshConfig}, the admin API, the namers, the routers) and the
+checks across sections; a router's own sections are in
+L{meshproxy.config.policies}.
+
+Each attribute's type says how its value is checked (see
+L{meshproxy.config.fields}); each class's C{_crossCheck} holds the checks
+across several of its values. Durations are stored as float seconds and
+lists as tuples; their defaults are written as in YAML.
+"""
+
+from typing import Any, Iterable, Literal, Mapping, Optional
+
+from pydantic.json_schema import SkipJsonSchema
+
+from meshproxy.config import checks
+from meshproxy.config.checks import Invalid, show
+from meshproxy.config.fields import (
+    AllowedHost, Bool, BoundName, Defaulted, Directory, Duration, EmptyIsDefaults, Endpoint,
+    Integer, KindOf, ListOf, NamerPrefix, NonEmptyText, PairsOf, Address, RouterName, Rules,
+)
+from meshproxy.config.policies import (
+    BoundNameConfig, ClassifierConfig, ClientConfig, FailureAccrualConfig,
+    IdentifierConfig, LimitsConfig, LoadBalancerConfig, RetriesConfig, ServerConfig,
+    TimeoutsConfig, TrustConfig,
+)
+from meshproxy.config.problems import Problem
+from meshproxy.config.section import Section, View
+
+
+class AdminConfig(Section):
+    """
+    The admin API listener.
+
+    @ivar listen: a Twisted server endpoint description.
+    @ivar token: when set, mutating calls need C{Authorization: Bearer <token>}.
+    @ivar protectReads: when true, reads need the token too (needs a token).
+    @ivar shutdownGrace: seconds a graceful shutdown lets in-flight requests
+        finish before the process exits.
+    @ivar stateDir: the absolute path of the directory where state changed
+        at run time (rules replaced through the admin API) is persisted, or
+        L{None} for the directory of the config file (the embedded demo,
+        which has none, keeps such changes in memory only). A relative path
+        in the YAML is relative to the directory of the config file; the
+        directory is not checked or created here.
+    @ivar allowedHosts: the host names (lowercase, without port) the admin
+        API answers to besides IP literals and C{localhost}; C{("*",)} turns
+        the C{Host} check off. Other names get 421 (DNS rebinding).
+    @ivar rulesAllowInet: whether rules changed through the admin API may
+        lead to C{/$/inet} addresses (the operator writes them).
+    """
+
+    listen: Endpoint = "tcp:9990:interface=127.0.0.1"
+    token: Optional[NonEmptyText] = None
+    protectReads: Bool = False
+    shutdownGrace: Duration(positive=False) = "10s"
+    stateDir: Optional[Directory()] = None
+    allowedHosts: ListOf(AllowedHost, unique=True) = ()
+    rulesAllowInet: Bool = True
+
+    @classmethod
+    def _crossCheck(cls, view: View) -> Iterable[Problem]:
+        values = view.values("protectReads", "token")
+        if values is not None and values[0] and values[1] is None:
+            yield Problem(("protectReads",), "needs a token")
+
+
+class _Namer(Section):
+    """
+    What namers have in common: each owns a prefix, and its C{kind} says
+    which other keys it has.
+    """
+
+    _selector = "kind"
+    _selectorRequired = True
+    _kinds = {"file": ("root", "interval"), "static": ("services",)}
+    _common = ("prefix",)
+
+
+class FileNamerConfig(_Namer):
+    """
+    A namer reading one file per service from a directory, re-read every
+    C{interval} seconds. Each file holds C{host:port [weight]} lines.
+
+    @ivar kind: always C{"file"}.
+    @ivar prefix: the bound-name prefix this namer owns, such as C{/#/fs}.
+    @ivar root: the absolute path of the directory (a relative path in the
+        YAML is relative to the directory of the config file).
+    @ivar interval: seconds between scans.
+    """
+
+    kind: Literal["file"] = "file"
+    prefix: NamerPrefix = "/#/fs"
+    root: Directory()
+    interval: Duration() = "1s"
+
+
+Services = PairsOf(
+    checks.serviceName,
+    ListOf(Address),
+    keyPattern=f"^{checks.SEGMENT_PATTERN}$",
+    notMapping="expected a mapping of service name to addresses",
+    keyProblemsAtKey=False,
+)
+
+
+class StaticNamerConfig(_Namer):
+    """
+    A namer whose services are listed in the configuration itself.
+
+    @ivar kind: always C{"static"}.
+    @ivar prefix: the bound-name prefix this namer owns, such as C{/#/static}.
+    @ivar services: C{(serviceName, endpoints)} pairs in the order written,
+        where C{endpoints} is a tuple of C{(host, port, weight)}; C{host} is
+        an IPv6 address without brackets, an IPv4 address or a host name.
+        C{dict(services)} gives a mapping. In YAML, a mapping of service
+        name to a list of C{"host:port"} or C{"host:port weight"}.
+    """
+
+    kind: Literal["static"] = "static"
+    prefix: NamerPrefix = "/#/static"
+    services: Services = ()
+
+
+NamerConfig = FileNamerConfig | StaticNamerConfig
+
+
+BoundNames = PairsOf(
+    checks.boundName,
+    EmptyIsDefaults(BoundNameConfig),
+    keyPattern="^/[#$]/",
+    notMapping="expected a mapping of bound name to settings",
+    keyProblemsAtKey=True,
+)
+
+_HTTP_KEYS = (
+    "identifier", "rules", "retries", "server", "client", "forwarded", "classifier",
+    "limits", "trust", "boundNames",
+)
+_TCP_KEYS = ("destination", "connectRetries", "idleTimeout", "maxConnections")
+#: The timeouts about requests, which a TCP router does not see.
+_REQUEST_TIMEOUTS = ("total", "perTry")
+
+
+class RouterConfig(Section):
+    """
+    One listener and how it routes.
+
+    The HTTP-only attributes keep their defaults on a TCP router, and the
+    TCP-only ones (C{destination}, C{connectRetries}, C{idleTimeout},
+    C{maxConnections}) keep theirs on an HTTP router.
+
+    @ivar name: unique among routers, C{[A-Za-z0-9_-]+}.
+    @ivar protocol: C{"http"} or C{"tcp"}.
+    @ivar listen: a Twisted server endpoint description.
+    @ivar identifier: (HTTP) the L{IdentifierConfig}.
+    @ivar rules: (HTTP) the dtab text.
+    @ivar loadBalancer: the L{LoadBalancerConfig}.
+    @ivar failureAccrual: the L{FailureAccrualConfig}.
+    @ivar retries: (HTTP) the L{RetriesConfig}.
+    @ivar timeouts: the L{TimeoutsConfig} (TCP: C{connect} only).
+    @ivar server: (HTTP) the L{ServerConfig}.
+    @ivar client: (HTTP) the L{ClientConfig}.
+    @ivar forwarded: (HTTP) whether to add C{X-Forwarded-For},
+        C{X-Forwarded-Proto}, C{Forwarded} and C{Via} to requests.
+    @ivar classifier: (HTTP) the L{ClassifierConfig}.
+    @ivar limits: (HTTP) the L{LimitsConfig}, applied to each bound name.
+    @ivar trust: (HTTP) the L{TrustConfig}.
+    @ivar boundNames: (HTTP) C{(boundName, BoundNameConfig)} pairs in the
+        order written, where C{boundName} is a namer prefix and one service
+        name (C{/#/fs/users}) or C{/$/inet/<host>/<port>}.
+        C{dict(boundNames)} gives a mapping.
+    @ivar destination: (TCP) the bound name connections go to, such as
+        C{/#/fs/postgres}.
+    @ivar connectRetries: (TCP) after a failed connection attempt, how many
+        more attempts (on other endpoints when there are any) a client
+        connection gets before it is closed.
+    @ivar idleTimeout: (TCP) seconds without a byte in either direction
+        after which both sides of a spliced connection are closed, or
+        L{None} for no limit.
+    @ivar maxConnections: (TCP) open client connections, or L{None} for no
+        limit; extra connections are closed at once.
+
+    C{loadBalancer}, C{failureAccrual} and C{timeouts.connect} apply to TCP
+    routers too (their C{timeouts.total} and C{timeouts.perTry} keep their
+    defaults, unused).
+    """
+
+    _selector = "protocol"
+    _kinds = {"http": _HTTP_KEYS, "tcp": _TCP_KEYS}
+    _common = ("name", "listen", "loadBalancer", "failureAccrual", "timeouts")
+    _requiredFor = {"tcp": ("destination",)}
+
+    name: RouterName
+    protocol: Literal["http", "tcp"] = "http"
+    listen: Endpoint
+    identifier: Defaulted(IdentifierConfig)
+    rules: Rules = ""
+    loadBalancer: Defaulted(LoadBalancerConfig)
+    failureAccrual: Defaulted(FailureAccrualConfig)
+    retries: Defaulted(RetriesConfig)
+    timeouts: Defaulted(TimeoutsConfig)
+    server: Defaulted(ServerConfig)
+    client: Defaulted(ClientConfig)
+    forwarded: Bool = True
+    classifier: Defaulted(ClassifierConfig)
+    limits: Defaulted(LimitsConfig)
+    trust: Defaulted(TrustConfig)
+    boundNames: BoundNames = ()
+    destination: Optional[BoundName] = None
+    connectRetries: Integer(0) = 2
+    idleTimeout: Optional[Duration()] = None
+    maxConnections: Optional[Integer(1)] = None
+
+    @classmethod
+    def _prepare(cls, data: dict, kind: Optional[str], context: Any) -> list[Problem]:
+        timeouts = data.get("timeouts")
+        if kind != "tcp" or not isinstance(timeouts, Mapping):
+            return []
+        problems = []
+        data["timeouts"] = timeouts = dict(timeouts)
+        for key in _REQUEST_TIMEOUTS:
+            if key in timeouts:
+                del timeouts[key]
+                problems.append(Problem(("timeouts", key), 'only for protocol "http"'))
+        return problems
+
+    @classmethod
+    def _kindSchema(cls, kind: str) -> Optional[dict]:
+        schema = super()._kindSchema(kind)
+        if kind == "tcp" and schema is not None:
+            refused = {key: False for key in _REQUEST_TIMEOUTS}
+            schema["then"]["properties"]["timeouts"] = {"properties": refused}
+        return schema
+
+
+def _routerName(raw: Any, router: Optional[RouterConfig]) -> Optional[str]:
+    # A router's name counts among the names in use even when something
+    # else in the router is wrong.
+    if router is not None:
+        return router.name
+    try:
+        return checks.routerName(raw.get("name") if isinstance(raw, Mapping) else None)
+    except Invalid:
+        return None
+
+
+def _namerPrefix(raw: Any, namer: Optional[NamerConfig]) -> Optional[str]:
+    return None if namer is None else namer.prefix
+
+
+Namers = ListOf(
+    KindOf(FileNamerConfig, StaticNamerConfig),
+    uniqueBy=_namerPrefix,
+    uniqueAt=("prefix",),
+    duplicate="{shown} is already used by {ref}",
+)
+Routers = ListOf(
+    RouterConfig,
+    uniqueBy=_routerName,
+    uniqueAt=("name",),
+    duplicate="{shown} is already used by {ref}",
+    nonEmpty="at least one router is required",
+)
+
+
+class MeshConfig(Section):
+    """
+    The whole configuration of one meshproxy process.
+
+    @ivar admin: the L{AdminConfig}.
+    @ivar namers: L{FileNamerConfig} and L{StaticNamerConfig} values, in the
+        order written.
+    @ivar routers: the L{RouterConfig} values, in the order written; at least
+        one.
+    @ivar source: the file (or label) the configuration was read from.
+    """
+
+    _notInDocument = ("source",)
+
+    admin: Defaulted(AdminConfig)
+    namers: Namers = ()
+    routers: Routers
+    source: SkipJsonSchema[str] = "<config>"
+
+    def router(self, name: str) -> RouterConfig:
+        """
+        Find a router by name.
+
+        @param name: the router's C{name}.
+        @return: the L{RouterConfig} named C{name}.
+        @raise KeyError: if no router has that name.
+        """
+        for router in self.routers:
+            if router.name == name:
+                return router
+        raise KeyError(name)
+
+    @classmethod
+    def _prepare(cls, data: dict, kind: Optional[str], context: Any) -> list[Problem]:
+        if context and "source" in context:
+            data["source"] = context["source"]
+        return []
+
+    @classmethod
+    def _crossCheck(cls, view: View) -> Iterable[Problem]:
+        admin = view.values("admin")
+        routers = view.items("routers", RouterConfig)
+        yield from _checkListeners(None if admin is None else admin[0].listen, routers)
+        namers = view.values("namers") if view.ok("namers") else None
+        if namers is not None:
+            prefixes = [namer.prefix for namer in namers[0]]
+            yield from _checkDestinations(prefixes, routers)
+            yield from _checkBoundNames(prefixes, routers)
+
+
+def _checkListeners(
+    adminListen: Optional[str], routers: list[tuple[int, RouterConfig]]
+) -> Iterable[Problem]:
+    """
+    Report routers listening where another router or the admin API does.
+
+    @param adminListen: the admin listener, or L{None} if it was invalid.
+    """
+    users: dict[str, tuple] = {} if adminListen is None else {adminListen: ("admin", "listen")}
+    for i, router in routers:
+        where = ("routers", i, "listen")
+        if router.listen in users:
+            yield Problem(
+                where, f"{show(router.listen)} is already used by {{ref}}",
+                (len(where), users[router.listen]),
+            )
+        users.setdefault(router.listen, where)
+
+
+def _unowned(where: tuple, name: str, prefixes: list[str]) -> Problem:
+    if name in prefixes:
+        return Problem(where, f"names no service under namer {show(name)}")
+    known = ", ".join(show(p) for p in prefixes) or "none"
+    return Problem(where, f"no namer owns {show(name)} (namer prefixes: {known})")
+
+
+def _checkDestinations(
+    prefixes: list[str], routers: list[tuple[int, RouterConfig]]
+) -> Iterable[Problem]:
+    """
+    Report TCP routers whose destination no namer owns: a TCP router has no
+    rules, so a namer must bind its destination directly.
+    """
+    for i, router in routers:
+        destination = router.destination
+        if destination is None or destination.startswith("/$/"):
+            continue
+        if not any(destination.startswith(prefix + "/") for prefix in prefixes):
+            yield _unowned(("routers", i, "destination"), destination, prefixes)
+
+
+def _checkBoundNames(
+    prefixes: list[str], routers: list[tuple[int, RouterConfig]]
+) -> Iterable[Problem]:
+    """
+    Report bound names in C{boundNames} that delegation can never produce,
+    so that their settings would silently apply to nothing: names no namer
+    owns, and paths below a bound name. As in
+    L{meshproxy.routing.delegate}, the longest matching namer prefix owns a
+    name, and the bound name is that prefix and one more segment.
+    """
+    bySegments = sorted(
+        ((prefix.split("/")[1:], prefix) for prefix in prefixes),
+        key=lambda item: len(item[0]),
+        reverse=True,
+    )
+    for i, router in routers:
+        for name, _ in router.boundNames:
+            if name.startswith("/$/"):
+                continue
+            where = ("routers", i, "boundNames", name)
+            segments = name.split("/")[1:]
+            for prefixSegments, prefix in bySegments:
+                n = len(prefixSegments)
+                if len(segments) > n and segments[:n] == prefixSegments:
+                    if len(segments) > n + 1:
+                        bound = "/" + "/".join(segments[: n + 1])
+                        yield Problem(
+                            where,
+                            f"names a path below the bound name {show(bound)}"
+                            f" (namer {show(prefix)} and one service name)",
+                        )
+                    break
+            else:
+                yield _unowned(where, name, prefixes)
+
+
+def jsonSchema() -> dict[str, Any]:
+    """
+    The JSON Schema of a configuration file, for editors and other tools.
+
+    It is written for draft-07, which YAML editors support (the YAML
+    language server of VS Code and others does not support later drafts):
+    pydantic's output uses no later keyword, only C{$defs} where draft-07
+    says C{definitions}.
+    """
+    schema = MeshConfig.model_json_schema(
+        mode="validation", ref_template="#/definitions/{model}"
+    )
+    definitions = schema.pop("$defs")
+    schema["title"] = "meshproxy configuration"
+    return {"$schema": "http://json-schema.org/draft-07/schema#", **schema, "definitions": definitions}
