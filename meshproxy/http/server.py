@@ -93,10 +93,10 @@ class ServerProtocol(Protocol):
 
     def connectionMade(self):
         transport = self.transport
-        try:
-            transport.setTcpNoDelay(True)
-        except Exception:
-            pass
+        # Not every transport is TCP (a UNIX socket has no Nagle to turn off).
+        setNoDelay = getattr(transport, "setTcpNoDelay", None)
+        if setNoDelay is not None:
+            setNoDelay(True)
         peer = transport.getPeer()
         host = getattr(peer, "host", None)
         self.peerHost = host
