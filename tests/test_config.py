@@ -13,7 +13,6 @@ import twisted.test
 from pydantic import ValidationError
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from meshproxy.config import checks
 from meshproxy.config import (
     AdminConfig,
     BoundNameConfig,
@@ -34,6 +33,7 @@ from meshproxy.config import (
     StaticNamerConfig,
     TimeoutsConfig,
     TrustConfig,
+    checks,
     loadConfig,
     parseConfig,
     parseDuration,
@@ -1701,7 +1701,7 @@ class RulesTests(SynchronousTestCase, ErrorAssertions):
 
         class Dtab:
             @staticmethod
-            def read(text: str) -> "Dtab":
+            def read(text: str) -> Dtab:
                 read.append(text)
                 if "bad" in text:
                     raise DtabSyntaxError("expected a path", 2, 5)

@@ -100,9 +100,7 @@ class LatencyTests(SynchronousTestCase):
         A try that fails before any answer (a per-try timeout) is sampled
         over its whole time.
         """
-        from tests.test_http_server import Harness
-
-        from tests.test_http_server import CONFIG
+        from tests.test_http_server import CONFIG, Harness
 
         h = Harness(CONFIG.replace("timeouts: {total: 60s}", "timeouts: {total: 60s, perTry: 2s}"))
         proto, transport = h.client()

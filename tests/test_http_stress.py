@@ -24,10 +24,10 @@ from meshproxy.http.client import UpstreamProtocol
 from meshproxy.http.exchange import Exchange
 from meshproxy.http.server import ServerProtocol
 from tests.stress_support import (
-    MiB,
     CountingBackend,
     CountingClient,
     MemoryProbe,
+    MiB,
     Progress,
     ShortConnections,
     StreamProducer,

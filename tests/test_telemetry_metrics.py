@@ -14,12 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from meshproxy.telemetry.metrics import (
-    BUCKETS,
-    ConnectionStats,
-    MeshMetrics,
-    RouteStats,
-)
+from meshproxy.telemetry.metrics import BUCKETS, ConnectionStats, MeshMetrics, RouteStats
 
 
 @attrs.frozen

@@ -4,7 +4,12 @@ The interface between the router and a load balancer.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from meshproxy.balancing.node import Node
 
 __all__ = ["IBalancer"]
 
@@ -41,7 +46,7 @@ class IBalancer(Interface):
             L{meshproxy.discovery.endpoints.Endpoint}.
         """
 
-    def pick() -> "meshproxy.balancing.node.Node | None":  # noqa: F821
+    def pick() -> Node | None:
         """
         Choose the node for one request among the eligible ones (state
         C{"live"} or C{"probing"}).
@@ -54,7 +59,7 @@ class IBalancer(Interface):
         " it uses every endpoint that is not draining (see the panic floor)."
     )
 
-    def pickAvoiding(avoid: "set | None") -> "meshproxy.balancing.node.Node | None":  # noqa: F821
+    def pickAvoiding(avoid: set | None) -> Node | None:
         """
         L{pick}, but a node not in C{avoid} when one is eligible: for a
         retry after failures on the nodes in C{avoid}.
@@ -68,7 +73,7 @@ class IBalancer(Interface):
         round-robin cursor does not move).
         """
 
-    def load(node: "meshproxy.balancing.node.Node", now: float) -> float:  # noqa: F821
+    def load(node: Node, now: float) -> float:
         """
         The score the balancer compares when it picks, smaller being
         better, as of C{now} (for the admin API's explain).
@@ -85,7 +90,7 @@ class IBalancer(Interface):
         the C{state} of a node.
         """
 
-    def start(node: "meshproxy.balancing.node.Node") -> float:  # noqa: F821
+    def start(node: Node) -> float:
         """
         Record that a request was sent to C{node}.
 
@@ -93,7 +98,7 @@ class IBalancer(Interface):
             L{finish}.
         """
 
-    def finish(node: "meshproxy.balancing.node.Node", startTime: "float | None", success: bool) -> None:  # noqa: F821
+    def finish(node: Node, startTime: float | None, success: bool) -> None:
         """
         Record that a request started with L{start} ended, and how long it
         took.
@@ -105,7 +110,7 @@ class IBalancer(Interface):
             says; it updates the success and failure counters.
         """
 
-    def measured(node: "meshproxy.balancing.node.Node", startTime: float) -> None:  # noqa: F821
+    def measured(node: Node, startTime: float) -> None:
         """
         Take the time from C{startTime} until now as a latency sample of
         C{node}, before the request is finished: an HTTP response's latency

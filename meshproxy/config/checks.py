@@ -16,7 +16,8 @@ import json
 import math
 import os
 import re
-from typing import Any, Iterable, Mapping, Optional
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 __all__ = [
     "Invalid",
@@ -116,8 +117,8 @@ def nonEmptyString(value: Any) -> str:
 
 def checkRange(
     value: float,
-    minimum: Optional[float] = None,
-    maximum: Optional[float] = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
     exclusiveMinimum: bool = False,
 ) -> None:
     """
@@ -232,7 +233,7 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _INET_FORM = '"/$/inet/<host>/<port>"'
 
 
-def _checkSegments(text: str, segments: Optional[list[str]]) -> None:
+def _checkSegments(text: str, segments: list[str] | None) -> None:
     if segments is None:
         raise Invalid(f'expected a path starting with "/", got {show(text)}')
     for segment in segments:

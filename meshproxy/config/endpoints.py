@@ -8,7 +8,8 @@ import errno
 import ipaddress
 import re
 import socket
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from meshproxy.config.checks import Invalid, hostName, nonEmptyString, show, suggest
 

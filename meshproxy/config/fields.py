@@ -5,19 +5,32 @@ its problems as the proxy does, and says what it accepts in the JSON Schema.
 """
 
 import os
-from typing import (
-    TYPE_CHECKING, Annotated, Any, Callable, Hashable, Iterable, Mapping, Optional, Union,
-)
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Union
 
 from pydantic import (
-    AfterValidator, AllowInfNan, BeforeValidator, Field, PlainValidator, Strict,
-    ValidationError, ValidationInfo, WithJsonSchema, WrapValidator,
+    AfterValidator,
+    AllowInfNan,
+    BeforeValidator,
+    Field,
+    PlainValidator,
+    Strict,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    WrapValidator,
 )
 
 from meshproxy.config import checks, endpoints
 from meshproxy.config.checks import Invalid, show, suggest
 from meshproxy.config.problems import (
-    LazyAdapter, Loc, Problem, fail, failOne, isDocument, problemsOf,
+    LazyAdapter,
+    Loc,
+    Problem,
+    fail,
+    failOne,
+    isDocument,
+    problemsOf,
 )
 
 if TYPE_CHECKING:
@@ -37,7 +50,7 @@ def _raising(check: Callable[..., Any]) -> Callable[[Any], Any]:
 Bool = Annotated[bool, Strict()]
 """C{true} or C{false}."""
 
-def _bounds(minimum: Optional[float], maximum: Optional[float], exclusive: bool) -> dict:
+def _bounds(minimum: float | None, maximum: float | None, exclusive: bool) -> dict:
     schema: dict[str, Any] = {}
     if minimum is not None:
         schema["exclusiveMinimum" if exclusive else "minimum"] = minimum
@@ -46,7 +59,7 @@ def _bounds(minimum: Optional[float], maximum: Optional[float], exclusive: bool)
     return schema
 
 
-def Integer(minimum: Optional[int] = None, maximum: Optional[int] = None) -> Any:
+def Integer(minimum: int | None = None, maximum: int | None = None) -> Any:
     """
     An integer (not a boolean, not C{1.0}) within bounds.
     """
@@ -60,8 +73,8 @@ def Integer(minimum: Optional[int] = None, maximum: Optional[int] = None) -> Any
 
 
 def Number(
-    minimum: Optional[float] = None,
-    maximum: Optional[float] = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
     exclusiveMinimum: bool = False,
 ) -> Any:
     """
@@ -144,7 +157,7 @@ def EmptyIsDefaults(section: type) -> Any:
     A section whose empty value (all of it commented out) means its
     defaults.
     """
-    return Annotated[section, BeforeValidator(_emptyIfNone, json_schema_input_type=Optional[section])]
+    return Annotated[section, BeforeValidator(_emptyIfNone, json_schema_input_type=section | None)]
 
 
 def Defaulted(section: type) -> Any:
@@ -164,10 +177,10 @@ def ListOf(
     item: Any,
     *,
     unique: bool = False,
-    uniqueBy: Optional[Callable[[Any, Any], Optional[Hashable]]] = None,
+    uniqueBy: Callable[[Any, Any], Hashable | None] | None = None,
     uniqueAt: Loc = (),
     duplicate: str = "{shown} is already listed at {ref}",
-    nonEmpty: Optional[str] = None,
+    nonEmpty: str | None = None,
 ) -> Any:
     """
     A list, kept as a tuple of its items. An empty value is an empty list;
@@ -215,7 +228,7 @@ def ListOf(
             fail("list", problems)
         return tuple(items)
 
-    written = Optional[list[item]]
+    written = list[item] | None
     if nonEmpty is not None:
         written = Annotated[list[item], Field(min_length=1)]
     return Annotated[tuple[item, ...], PlainValidator(validate, json_schema_input_type=written)]
@@ -272,7 +285,7 @@ def PairsOf(
     keyType = Annotated[str, Field(pattern=keyPattern)]
     return Annotated[
         tuple[tuple[str, value], ...],
-        PlainValidator(validate, json_schema_input_type=Optional[dict[keyType, value]]),
+        PlainValidator(validate, json_schema_input_type=dict[keyType, value] | None),
     ]
 
 
@@ -305,11 +318,11 @@ def KindOf(*classes: type["Section"]) -> Any:
         except ValidationError as e:
             fail("kind", problemsOf(e))
 
+    # A union of classes given at run time, which has no "A | B" spelling.
+    anyOf = Union[classes]  # noqa: UP007
     return Annotated[
-        Union[classes],
-        PlainValidator(
-            validate, json_schema_input_type=Annotated[Union[classes], Field(discriminator="kind")]
-        ),
+        anyOf,
+        PlainValidator(validate, json_schema_input_type=Annotated[anyOf, Field(discriminator="kind")]),
     ]
 
 

@@ -10,15 +10,15 @@ Also the checks that depend on the host rather than on the text
 import json
 import os
 import re
-from typing import Iterable, Mapping, Optional
+from collections.abc import Iterable, Mapping
 
 import yaml
 from pydantic import ValidationError
 
 from meshproxy.config import endpoints
 from meshproxy.config.checks import Invalid, show
-from meshproxy.config.schema import MeshConfig
 from meshproxy.config.problems import Loc, Problem, documentContext, problemsOf
+from meshproxy.config.schema import MeshConfig
 
 __all__ = [
     "ConfigError",
@@ -76,7 +76,7 @@ def loadConfig(path: str) -> MeshConfig:
 
 
 def parseConfig(
-    data: str, source: str = "<config>", *, baseDirectory: Optional[str] = None
+    data: str, source: str = "<config>", *, baseDirectory: str | None = None
 ) -> MeshConfig:
     """
     Validate a configuration given as YAML text.

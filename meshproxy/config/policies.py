@@ -4,13 +4,22 @@ balances, ejects, retries, times out, limits and trusts; each a frozen
 L{Section} whose attributes carry the YAML keys' names.
 """
 
-from typing import Any, Iterable, Literal, Optional
+from collections.abc import Iterable
+from typing import Any, Literal
 
 from pydantic import Field
 
 from meshproxy.config.checks import show, showSeconds
 from meshproxy.config.fields import (
-    Bool, Defaulted, Duration, HeaderName, Integer, ListOf, NamePath, Network, Number,
+    Bool,
+    Defaulted,
+    Duration,
+    HeaderName,
+    Integer,
+    ListOf,
+    NamePath,
+    Network,
+    Number,
 )
 from meshproxy.config.problems import Problem
 from meshproxy.config.section import Section, View
@@ -51,7 +60,7 @@ class IdentifierConfig(Section):
     kind: Literal["host", "path", "header"] = "host"
     prefix: NamePath = "/svc"
     segments: Integer(1) = 1
-    name: Optional[HeaderName] = None
+    name: HeaderName | None = None
 
 
 class LoadBalancerConfig(Section):
@@ -143,14 +152,14 @@ class FailureAccrualConfig(Section):
     backoffMin: Duration(positive=False) = "5s"
     backoffMax: Duration(positive=False) = "300s"
     successRate: Number(0, 1, exclusiveMinimum=True) = 0.8
-    window: Optional[Duration()] = None
-    requests: Optional[Integer(1)] = None
+    window: Duration() | None = None
+    requests: Integer(1) | None = None
     minRequests: Integer(1) = 10
     panicShare: Number(0, 1) = 0.5
-    latency: Optional[LatencyEjectionConfig] = None
+    latency: LatencyEjectionConfig | None = None
 
     @classmethod
-    def _prepare(cls, data: dict, kind: Optional[str], context: Any) -> list[Problem]:
+    def _prepare(cls, data: dict, kind: str | None, context: Any) -> list[Problem]:
         # A success rate needs some window: without a time window, the last
         # 100 requests. A null requests is as good as an absent one.
         if kind == "successRate" and data.get("window") is None and data.get("requests") is None:
@@ -216,7 +225,7 @@ class TimeoutsConfig(Section):
     """
 
     total: Duration() = "10s"
-    perTry: Optional[Duration()] = None
+    perTry: Duration() | None = None
     connect: Duration() = "2s"
 
     @classmethod
@@ -247,11 +256,11 @@ class ServerConfig(Section):
     maxHeaderBytes: Integer(1) = 65536
     maxHeaders: Integer(1) = 100
     maxUriLength: Integer(1) = 8192
-    maxBodyBytes: Optional[Integer(0)] = None
+    maxBodyBytes: Integer(0) | None = None
     headerTimeout: Duration() = "10s"
     idleTimeout: Duration() = "60s"
     bodyTimeout: Duration() = "30s"
-    maxConnections: Optional[Integer(1)] = None
+    maxConnections: Integer(1) | None = None
 
 
 class ClientConfig(Section):
@@ -319,8 +328,8 @@ class LimitsConfig(Section):
         places, or L{None} for no limit; beyond it requests are refused.
     """
 
-    maxConcurrent: Optional[Integer(1)] = None
-    maxPending: Optional[Integer(0)] = None
+    maxConcurrent: Integer(1) | None = None
+    maxPending: Integer(0) | None = None
 
 
 class TrustConfig(Section):
@@ -354,5 +363,5 @@ class BoundNameConfig(Section):
     @ivar limits: the L{LimitsConfig}, or L{None} for the router's.
     """
 
-    classifier: Optional[ClassifierConfig] = None
-    limits: Optional[LimitsConfig] = None
+    classifier: ClassifierConfig | None = None
+    limits: LimitsConfig | None = None

@@ -12,7 +12,8 @@ L{documentContext}; values built in Python (C{TimeoutsConfig(total=2.0)})
 have none.
 """
 
-from typing import Any, Iterable, Mapping, NamedTuple, NoReturn, Optional, Union
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple, NoReturn
 
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import PydanticCustomError
@@ -22,7 +23,7 @@ from meshproxy.config.checks import show
 ERROR_TYPE = "meshproxy"
 """The pydantic error type of the proxy's own messages."""
 
-Loc = tuple[Union[str, int], ...]
+Loc = tuple[str | int, ...]
 
 
 class Problem(NamedTuple):
@@ -39,8 +40,8 @@ class Problem(NamedTuple):
 
     loc: Loc
     message: str
-    ref: Optional[tuple[int, Loc]] = None
-    native: Optional[str] = None
+    ref: tuple[int, Loc] | None = None
+    native: str | None = None
 
 
 def fail(title: str, problems: Iterable[Problem]) -> NoReturn:
@@ -122,7 +123,7 @@ def documentContext(baseDirectory: str, source: str) -> dict[str, Any]:
     return {"document": True, "baseDirectory": baseDirectory, "source": source, "validated": {}}
 
 
-def isDocument(context: Optional[Mapping[str, Any]]) -> bool:
+def isDocument(context: Mapping[str, Any] | None) -> bool:
     """
     Whether values are being read from a file (rather than built in Python).
     """
@@ -137,9 +138,9 @@ class LazyAdapter:
 
     def __init__(self, type: Any) -> None:
         self.type = type
-        self._adapter: Optional[TypeAdapter] = None
+        self._adapter: TypeAdapter | None = None
 
-    def validate(self, value: Any, context: Optional[Mapping[str, Any]]) -> Any:
+    def validate(self, value: Any, context: Mapping[str, Any] | None) -> Any:
         """
         Validate C{value}.
 

@@ -11,20 +11,44 @@ across several of its values. Durations are stored as float seconds and
 lists as tuples; their defaults are written as in YAML.
 """
 
-from typing import Any, Iterable, Literal, Mapping, Optional
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
 
 from pydantic.json_schema import SkipJsonSchema
 
 from meshproxy.config import checks
 from meshproxy.config.checks import Invalid, show
 from meshproxy.config.fields import (
-    AllowedHost, Bool, BoundName, Defaulted, Directory, Duration, EmptyIsDefaults, Endpoint,
-    Integer, KindOf, ListOf, NamerPrefix, NonEmptyText, PairsOf, Address, RouterName, Rules,
+    Address,
+    AllowedHost,
+    Bool,
+    BoundName,
+    Defaulted,
+    Directory,
+    Duration,
+    EmptyIsDefaults,
+    Endpoint,
+    Integer,
+    KindOf,
+    ListOf,
+    NamerPrefix,
+    NonEmptyText,
+    PairsOf,
+    RouterName,
+    Rules,
 )
 from meshproxy.config.policies import (
-    BoundNameConfig, ClassifierConfig, ClientConfig, FailureAccrualConfig,
-    IdentifierConfig, LimitsConfig, LoadBalancerConfig, RetriesConfig, ServerConfig,
-    TimeoutsConfig, TrustConfig,
+    BoundNameConfig,
+    ClassifierConfig,
+    ClientConfig,
+    FailureAccrualConfig,
+    IdentifierConfig,
+    LimitsConfig,
+    LoadBalancerConfig,
+    RetriesConfig,
+    ServerConfig,
+    TimeoutsConfig,
+    TrustConfig,
 )
 from meshproxy.config.problems import Problem
 from meshproxy.config.section import Section, View
@@ -53,10 +77,10 @@ class AdminConfig(Section):
     """
 
     listen: Endpoint = "tcp:9990:interface=127.0.0.1"
-    token: Optional[NonEmptyText] = None
+    token: NonEmptyText | None = None
     protectReads: Bool = False
     shutdownGrace: Duration(positive=False) = "10s"
-    stateDir: Optional[Directory()] = None
+    stateDir: Directory() | None = None
     allowedHosts: ListOf(AllowedHost, unique=True) = ()
     rulesAllowInet: Bool = True
 
@@ -209,13 +233,13 @@ class RouterConfig(Section):
     limits: Defaulted(LimitsConfig)
     trust: Defaulted(TrustConfig)
     boundNames: BoundNames = ()
-    destination: Optional[BoundName] = None
+    destination: BoundName | None = None
     connectRetries: Integer(0) = 2
-    idleTimeout: Optional[Duration()] = None
-    maxConnections: Optional[Integer(1)] = None
+    idleTimeout: Duration() | None = None
+    maxConnections: Integer(1) | None = None
 
     @classmethod
-    def _prepare(cls, data: dict, kind: Optional[str], context: Any) -> list[Problem]:
+    def _prepare(cls, data: dict, kind: str | None, context: Any) -> list[Problem]:
         timeouts = data.get("timeouts")
         if kind != "tcp" or not isinstance(timeouts, Mapping):
             return []
@@ -228,7 +252,7 @@ class RouterConfig(Section):
         return problems
 
     @classmethod
-    def _kindSchema(cls, kind: str) -> Optional[dict]:
+    def _kindSchema(cls, kind: str) -> dict | None:
         schema = super()._kindSchema(kind)
         if kind == "tcp" and schema is not None:
             refused = {key: False for key in _REQUEST_TIMEOUTS}
@@ -236,7 +260,7 @@ class RouterConfig(Section):
         return schema
 
 
-def _routerName(raw: Any, router: Optional[RouterConfig]) -> Optional[str]:
+def _routerName(raw: Any, router: RouterConfig | None) -> str | None:
     # A router's name counts among the names in use even when something
     # else in the router is wrong.
     if router is not None:
@@ -247,7 +271,7 @@ def _routerName(raw: Any, router: Optional[RouterConfig]) -> Optional[str]:
         return None
 
 
-def _namerPrefix(raw: Any, namer: Optional[NamerConfig]) -> Optional[str]:
+def _namerPrefix(raw: Any, namer: NamerConfig | None) -> str | None:
     return None if namer is None else namer.prefix
 
 
@@ -299,7 +323,7 @@ class MeshConfig(Section):
         raise KeyError(name)
 
     @classmethod
-    def _prepare(cls, data: dict, kind: Optional[str], context: Any) -> list[Problem]:
+    def _prepare(cls, data: dict, kind: str | None, context: Any) -> list[Problem]:
         if context and "source" in context:
             data["source"] = context["source"]
         return []
@@ -317,7 +341,7 @@ class MeshConfig(Section):
 
 
 def _checkListeners(
-    adminListen: Optional[str], routers: list[tuple[int, RouterConfig]]
+    adminListen: str | None, routers: list[tuple[int, RouterConfig]]
 ) -> Iterable[Problem]:
     """
     Report routers listening where another router or the admin API does.

@@ -12,13 +12,14 @@ mapping through a L{View}).
 
 import inspect
 import re
-from typing import Annotated, Any, Callable, ClassVar, Iterable, Mapping, Optional, get_args
+from collections.abc import Callable, Iterable, Mapping
+from typing import Annotated, Any, ClassVar, Optional, get_args
 
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, model_validator
 
 from meshproxy.config import checks
 from meshproxy.config.checks import Invalid, show, suggest
-from meshproxy.config.problems import Problem, LazyAdapter, fail, isDocument, problemsOf
+from meshproxy.config.problems import LazyAdapter, Problem, fail, isDocument, problemsOf
 
 _fieldAdapters: dict[tuple[type, str], LazyAdapter] = {}
 
@@ -35,7 +36,7 @@ class View:
         data: Mapping[str, Any],
         config: Optional["Section"],
         failed: set,
-        context: Optional[Mapping[str, Any]],
+        context: Mapping[str, Any] | None,
     ) -> None:
         """
         @param section: the class.
@@ -68,7 +69,7 @@ class View:
         """
         return self._failed.isdisjoint(keys)
 
-    def values(self, *names: str) -> Optional[tuple]:
+    def values(self, *names: str) -> tuple | None:
         """
         The validated values of the attributes C{names} (their defaults when
         not written), or L{None} if any of them had a problem.
@@ -130,7 +131,7 @@ class Section(BaseModel):
         validate_default=True,
     )
 
-    _selector: ClassVar[Optional[str]] = None
+    _selector: ClassVar[str | None] = None
     _kinds: ClassVar[Mapping[str, tuple[str, ...]]] = {}
     _common: ClassVar[tuple[str, ...]] = ()
     _requiredFor: ClassVar[Mapping[str, tuple[str, ...]]] = {}
@@ -162,7 +163,7 @@ class Section(BaseModel):
         return reasons
 
     @classmethod
-    def _prepare(cls, data: dict, kind: Optional[str], context: Any) -> list[Problem]:
+    def _prepare(cls, data: dict, kind: str | None, context: Any) -> list[Problem]:
         """
         Adjust the keys as written before the values are validated.
 
@@ -267,7 +268,7 @@ class Section(BaseModel):
         return config
 
     @classmethod
-    def _readKind(cls, data: Mapping, problems: list[Problem]) -> tuple[Optional[str], bool]:
+    def _readKind(cls, data: Mapping, problems: list[Problem]) -> tuple[str | None, bool]:
         """
         @return: the kind, and whether it is valid.
         """
@@ -305,7 +306,7 @@ class Section(BaseModel):
         return schema
 
     @classmethod
-    def _kindSchema(cls, kind: str) -> Optional[dict]:
+    def _kindSchema(cls, kind: str) -> dict | None:
         """
         The JSON Schema rule for one kind: the keys it refuses and needs.
         """

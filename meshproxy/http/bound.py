@@ -6,7 +6,8 @@ under C{boundNames} or the router's).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from zope.interface import implementer
 

@@ -10,7 +10,7 @@ place of whatever context the client sent.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from meshproxy.http.message import HOP_BY_HOP, Request, encodeChunk, findHeader, lastChunk
 

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import random as _random
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -41,7 +42,7 @@ from meshproxy.routing.delegate import BoundName, DelegationError
 from meshproxy.routing.identifiers import IdentificationError, makeIdentifier
 from meshproxy.routing.nametree import Leaf, NameTree, RoutingFailure, evaluate
 from meshproxy.routing.path import Path
-from meshproxy.routing.table import InetNotAllowed, RuleTable, RulesError, checkRules
+from meshproxy.routing.table import InetNotAllowed, RulesError, RuleTable, checkRules
 from meshproxy.transport.connector import TCPConnector
 
 __all__ = ["HttpRouter", "InetNotAllowed", "RulesError", "checkRules"]

@@ -19,15 +19,10 @@ from zope.interface import implementer
 from meshproxy.http.checks import checkRequest, parserError
 from meshproxy.http.exchange import Exchange
 from meshproxy.http.interfaces import IClientConnection
+from meshproxy.http.message import ProxyError, Request, errorResponse, forbiddenTrailer
+from meshproxy.lifecycle import DrainingFactoryMixin
 from meshproxy.transport.fastwrite import writerFor
 from meshproxy.transport.gate import PauseGate
-from meshproxy.http.message import (
-    ProxyError,
-    Request,
-    errorResponse,
-    forbiddenTrailer,
-)
-from meshproxy.lifecycle import DrainingFactoryMixin
 
 _log = Logger()
 

@@ -8,7 +8,8 @@ C{trust.allowInet} says so.
 from __future__ import annotations
 
 import ipaddress
-from typing import TYPE_CHECKING, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from meshproxy.http.message import ProxyError, Request
 from meshproxy.routing.dtab import Dtab

@@ -10,8 +10,8 @@ ASCII digits (C{1700000000123}).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from math import isfinite
-from typing import Callable
 
 from twisted.internet.interfaces import IReactorTime
 

@@ -5,7 +5,7 @@ the request path, on its own so that it can be tested on a fake clock.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.internet.interfaces import IReactorTime
 

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, ClassVar, Iterator
+from collections.abc import Iterator
+from typing import Any, ClassVar
 
 import attrs
 

@@ -20,7 +20,8 @@ tree, L{show} the text form, and L{evaluate} picks one leaf for a request.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Generic, Iterator, TypeVar, Union as _TypingUnion
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar, Union as _TypingUnion
 
 import attrs
 

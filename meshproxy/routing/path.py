@@ -6,7 +6,8 @@ produce, dtabs rewrite and namers bind.
 from __future__ import annotations
 
 import re
-from typing import ClassVar, Iterator
+from collections.abc import Iterator
+from typing import ClassVar
 
 import attrs
 

@@ -10,7 +10,7 @@ the cache goes with the rules it was computed for.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from zope.interface import Attribute, Interface, implementer
 
