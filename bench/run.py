@@ -399,7 +399,7 @@ def parse_wrk(output):
         r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
     )
     if sock:
-        for key, value in zip(("connect", "read", "write", "timeout"), sock.groups()):
+        for key, value in zip(("connect", "read", "write", "timeout"), sock.groups(), strict=True):
             errors[key] = int(value)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     if non2xx:
@@ -509,7 +509,7 @@ class Bench:
             text = string.Template(template).substitute(
                 port=port, adminport=admin_port, nginxport=backend_port, loopback=LOOPBACK)
         except (KeyError, ValueError) as e:
-            raise HarnessError(f"bad meshproxy config template: {e!r}")
+            raise HarnessError(f"bad meshproxy config template: {e!r}") from e
         conf = self.tmp / "meshproxy.yaml"
         conf.write_text(text)
         log = self.tmp / "meshproxy.log"
@@ -538,7 +538,7 @@ class Bench:
             status, body = http_get(port, timeout=5.0)
         except (OSError, http.client.HTTPException) as e:
             raise HarnessError(f"sanity request to {target} failed: {type(e).__name__}: {e}",
-                               self.procs)
+                               self.procs) from e
         if status != 200 or body != EXPECTED_BODY:
             raise HarnessError(
                 f"sanity request to {target} (GET / with Host: {HOST_HEADER}) got HTTP "
@@ -577,7 +577,7 @@ class Bench:
         try:
             result = parse_wrk(out)
         except ValueError as e:
-            raise HarnessError(f"cannot parse wrk output for {target}: {e}\n{out}{err}")
+            raise HarnessError(f"cannot parse wrk output for {target}: {e}\n{out}{err}") from e
         result["wrk_argv"] = argv
         if pid:
             cpu = cpu_after - cpu_before
@@ -607,7 +607,7 @@ class Bench:
         args = self.args
         self.results["meta"] = self.meta()
         names = ["nginx", "haproxy", "meshproxy", "admin"]
-        self.ports = dict(zip(names, free_ports(len(names))))
+        self.ports = dict(zip(names, free_ports(len(names)), strict=True))
         self.ports["direct"] = self.ports["nginx"]
         meta = self.results["meta"]
         meta["ports"] = dict(self.ports)
@@ -832,8 +832,9 @@ def print_report(results, args, out=sys.stdout):
         if churn:
             before = churn["before"]["rss_kib"]
             after = churn["after"]["rss_kib"]
+            growth = (after - before) / before * 100
             p(f"connection churn: {churn['connections']} connections, {churn['failed']} failed; "
-              f"RSS {mib(before)} before, {mib(after)} after ({(after - before) / before * 100:+.1f}%)")
+              f"RSS {mib(before)} before, {mib(after)} after ({growth:+.1f}%)")
 
     p()
     p("individual runs:")
@@ -881,7 +882,8 @@ def parse_args(argv):
     parser.add_argument("--json", metavar="FILE", help="also write all results as JSON")
     parser.add_argument("--churn", type=int, default=10000, metavar="N",
                         help="after the load runs, open and close N connections to meshproxy "
-                             "(one GET each) and report its RSS before and after (default 10000; 0 skips)")
+                             "(one GET each) and report its RSS before and after "
+                             "(default 10000; 0 skips)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary directory (configs, logs)")
     parser.add_argument("--python", default=sys.executable,

@@ -256,7 +256,7 @@ class RawClient(protocol.Protocol):
             self._current.complete = True
             self.responses.append(self._current)
         waiters, self._waiters = self._waiters, []
-        for n, d in waiters:
+        for _n, d in waiters:
             d.callback(self.responses)
         self.closed.callback(None)
 
@@ -355,7 +355,7 @@ def startProxy(testCase, services, total="5s", server="", config=None):
 
     @defer.inlineCallbacks
     def stop():
-        for router in runtime.routers.values():
+        for _router in runtime.routers.values():
             factory = None
             for listener in runtime.listeners:
                 factory = listener.factory

@@ -158,7 +158,9 @@ class P2CPeakEwmaTests(SynchronousTestCase):
         slow, fast = self.nodes(A, B)
         self.observe(slow, 0.1)
         self.assertAlmostEqual(self.balancer.load(slow, self.clock.seconds()), 100.0)
-        self.assertAlmostEqual(self.balancer.load(slow, self.clock.seconds() + 10.0), 100.0 / math.e)
+        self.assertAlmostEqual(
+            self.balancer.load(slow, self.clock.seconds() + 10.0), 100.0 / math.e
+        )
         self.assertAlmostEqual(slow.cost, 100.0)
         for _ in range(600):
             self.clock.advance(0.1)

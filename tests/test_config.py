@@ -159,7 +159,9 @@ class DefaultsTests(SynchronousTestCase):
         """
         router = parseConfig(MINIMAL).router("web")
         self.assertEqual(router.protocol, "http")
-        self.assertEqual(router.identifier, IdentifierConfig(kind="host", prefix="/svc", segments=1, name=None))
+        self.assertEqual(
+            router.identifier, IdentifierConfig(kind="host", prefix="/svc", segments=1, name=None)
+        )
         self.assertEqual(router.rules, "")
         self.assertEqual(router.loadBalancer, LoadBalancerConfig(kind="ewma", decay=10.0))
         self.assertEqual(
@@ -206,7 +208,9 @@ class DefaultsTests(SynchronousTestCase):
             ),
         )
         self.assertEqual(StaticNamerConfig().prefix, "/#/static")
-        self.assertEqual(FileNamerConfig(root="/x"), FileNamerConfig(prefix="/#/fs", root="/x", interval=1.0))
+        self.assertEqual(
+            FileNamerConfig(root="/x"), FileNamerConfig(prefix="/#/fs", root="/x", interval=1.0)
+        )
 
     def test_emptySectionsReadAsDefaults(self) -> None:
         """
@@ -296,7 +300,10 @@ class FullConfigTests(SynchronousTestCase):
                   maxConnections: 1000
                 client: {{maxIdlePerEndpoint: 8, idleTimeout: 30s}}
                 forwarded: false
-                classifier: {{kind: retryableIdempotent5XX, retryableStatusCodes: [429, 503], idempotencyKey: true}}
+                classifier:
+                  kind: retryableIdempotent5XX
+                  retryableStatusCodes: [429, 503]
+                  idempotencyKey: true
                 limits: {{maxConcurrent: 100, maxPending: 0}}
                 trust:
                   callers: ["127.0.0.1/8", "10.1.2.3", "2001:db8::/32"]
@@ -398,7 +405,10 @@ class FullConfigTests(SynchronousTestCase):
                                 limits=LimitsConfig(maxConcurrent=5),
                             ),
                         ),
-                        ("/$/inet/127.0.0.1/8080", BoundNameConfig(limits=LimitsConfig(maxPending=10))),
+                        (
+                            "/$/inet/127.0.0.1/8080",
+                            BoundNameConfig(limits=LimitsConfig(maxPending=10)),
+                        ),
                         ("/#/static/users", BoundNameConfig()),
                     ),
                 ),
@@ -432,7 +442,8 @@ class FullConfigTests(SynchronousTestCase):
         self.assertIsInstance(config.routers[0].failureAccrual.latency.factor, float)
         self.assertIsInstance(config.routers[2].failureAccrual.panicShare, float)
         self.assertEqual(
-            dict(config.routers[0].boundNames)["/#/disk/users"].limits, LimitsConfig(maxConcurrent=5)
+            dict(config.routers[0].boundNames)["/#/disk/users"].limits,
+            LimitsConfig(maxConcurrent=5),
         )
         self.assertEqual(dict(config.namers[1].services)["empty"], ())
 
@@ -450,7 +461,9 @@ class FullConfigTests(SynchronousTestCase):
                   token: null
                 namers:
                   - {kind: file, prefix: /#/fs, root: etc/endpoints}
-                  - {kind: static, prefix: /#/static, services: {users: ["127.0.0.1:8081", "127.0.0.1:8082"]}}
+                  - kind: static
+                    prefix: /#/static
+                    services: {users: ["127.0.0.1:8081", "127.0.0.1:8082"]}
                 routers:
                   - name: web
                     protocol: http
@@ -715,12 +728,21 @@ class ErrorFormTests(SynchronousTestCase, ErrorAssertions):
         """
         for listen, reason in [
             ("tcp:abc", 'port "abc" is not a number'),
-            ("bogus:1", 'unknown endpoint type "bogus" (known: ssl, systemd, tcp, tcp6, tls, unix)'),
+            (
+                "bogus:1",
+                'unknown endpoint type "bogus" (known: ssl, systemd, tcp, tcp6, tls, unix)',
+            ),
             ("tpc:1", 'unknown endpoint type "tpc" (did you mean "tcp"?)'),
             ("tcp:70000", "port must be between 0 and 65535, got 70000"),
             ("tcp", "tcp needs a port"),
-            ("tcp:80:interfce=127.0.0.1", 'unknown argument "interfce" (did you mean "interface"?)'),
-            ("tcp:80:colour=blue", 'unknown argument "colour" (tcp takes port, interface, backlog)'),
+            (
+                "tcp:80:interfce=127.0.0.1",
+                'unknown argument "interfce" (did you mean "interface"?)',
+            ),
+            (
+                "tcp:80:colour=blue",
+                'unknown argument "colour" (tcp takes port, interface, backlog)',
+            ),
             ("tcp:80:127.0.0.1:5:6", 'tcp takes no more values, got "6"'),
             ("tcp:80:backlog=many", 'backlog "many" is not a number'),
             ("tcp:80:interface=a b", 'interface "a b" is not an IP address or a host name'),
@@ -739,8 +761,14 @@ class ErrorFormTests(SynchronousTestCase, ErrorAssertions):
             # "tls:" means "ssl:" to meshproxy.tap, not Twisted's PEM-directory parser.
             ("tls:/etc/certs:port=443", 'port is given twice ("/etc/certs" and "443")'),
             ("systemd:domain=INET", "systemd: give exactly one of index= and name="),
-            ("systemd:domain=INET:index=x", 'systemd: index must be a non-negative integer, got "x"'),
-            ("systemd:domain=IPX:index=0", 'systemd: domain must be "INET", "INET6" or "UNIX", got "IPX"'),
+            (
+                "systemd:domain=INET:index=x",
+                'systemd: index must be a non-negative integer, got "x"',
+            ),
+            (
+                "systemd:domain=IPX:index=0",
+                'systemd: domain must be "INET", "INET6" or "UNIX", got "IPX"',
+            ),
         ]:
             self.assertErrors(
                 f"routers: [{{name: web, listen: '{listen}'}}]",
@@ -765,11 +793,14 @@ class ErrorFormTests(SynchronousTestCase, ErrorAssertions):
 
     def test_adminHardening(self) -> None:
         config = parseConfig(
-            MINIMAL + "admin: {allowedHosts: [Mesh.Example., admin-1.internal], rulesAllowInet: false}"
+            MINIMAL
+            + "admin: {allowedHosts: [Mesh.Example., admin-1.internal], rulesAllowInet: false}"
         )
         self.assertEqual(config.admin.allowedHosts, ("mesh.example", "admin-1.internal"))
         self.assertFalse(config.admin.rulesAllowInet)
-        self.assertEqual(parseConfig(MINIMAL + "admin: {allowedHosts: ['*']}").admin.allowedHosts, ("*",))
+        self.assertEqual(
+            parseConfig(MINIMAL + "admin: {allowedHosts: ['*']}").admin.allowedHosts, ("*",)
+        )
         defaults = parseConfig(MINIMAL).admin
         self.assertEqual((defaults.allowedHosts, defaults.rulesAllowInet), ((), True))
 
@@ -996,7 +1027,12 @@ class ClassifierTests(SynchronousTestCase, ErrorAssertions):
     """
 
     def test_kinds(self) -> None:
-        for kind in ["nonRetryable5XX", "retryableRead5XX", "retryableIdempotent5XX", "allSuccessful"]:
+        for kind in [
+            "nonRetryable5XX",
+            "retryableRead5XX",
+            "retryableIdempotent5XX",
+            "allSuccessful",
+        ]:
             config = parseConfig(MINIMAL + f"    classifier: {{kind: {kind}}}\n")
             self.assertEqual(config.routers[0].classifier, ClassifierConfig(kind=kind))
 
@@ -1012,7 +1048,8 @@ class ClassifierTests(SynchronousTestCase, ErrorAssertions):
 
     def test_retryableStatusCodesKeepOrder(self) -> None:
         config = parseConfig(
-            MINIMAL + "    classifier: {retryableStatusCodes: [503, 100, 599, 429], idempotencyKey: true}\n"
+            MINIMAL
+            + "    classifier: {retryableStatusCodes: [503, 100, 599, 429], idempotencyKey: true}\n"
         )
         self.assertEqual(
             config.routers[0].classifier,
@@ -1029,8 +1066,10 @@ class ClassifierTests(SynchronousTestCase, ErrorAssertions):
                 "classifier: {retryableStatusCodes: [503, 99, 600, true, '502', 502.0, 503]}"
             ),
             [
-                "routers[0].classifier.retryableStatusCodes[1]: must be between 100 and 599, got 99",
-                "routers[0].classifier.retryableStatusCodes[2]: must be between 100 and 599, got 600",
+                "routers[0].classifier.retryableStatusCodes[1]:"
+                " must be between 100 and 599, got 99",
+                "routers[0].classifier.retryableStatusCodes[2]:"
+                " must be between 100 and 599, got 600",
                 "routers[0].classifier.retryableStatusCodes[3]: expected an integer, got true",
                 'routers[0].classifier.retryableStatusCodes[4]: expected an integer, got "502"',
                 "routers[0].classifier.retryableStatusCodes[5]: expected an integer, got 502.0",
@@ -1049,7 +1088,10 @@ class ClassifierTests(SynchronousTestCase, ErrorAssertions):
     def test_unknownKey(self) -> None:
         self.assertEqual(
             self.routerErrors("classifier: {retryableCodes: [503]}"),
-            ['routers[0].classifier.retryableCodes: unknown key (did you mean "retryableStatusCodes"?)'],
+            [
+                "routers[0].classifier.retryableCodes:"
+                ' unknown key (did you mean "retryableStatusCodes"?)'
+            ],
         )
 
     def test_httpOnly(self) -> None:
@@ -1115,7 +1157,9 @@ class SuccessRateAccrualTests(SynchronousTestCase, ErrorAssertions):
             self.assertEqual(config.panicShare, 0.0)
             self.assertEqual(config.latency, LatencyEjectionConfig(factor=1.5, duration=0.25))
             self.assertIsNone(self.accrual(f"{{kind: {kind}, latency: null}}").latency)
-            self.assertEqual(self.accrual(f"{{kind: {kind}, latency: {{}}}}").latency, LatencyEjectionConfig())
+            self.assertEqual(
+                self.accrual(f"{{kind: {kind}, latency: {{}}}}").latency, LatencyEjectionConfig()
+            )
 
     def test_ranges(self) -> None:
         self.assertEqual(
@@ -1143,7 +1187,8 @@ class SuccessRateAccrualTests(SynchronousTestCase, ErrorAssertions):
                 " panicShare: 1.5, latency: {factor: 0.5}}"
             ),
             [
-                "routers[0].failureAccrual.successRate: must be more than 0 and at most 1, got 1.01",
+                "routers[0].failureAccrual.successRate:"
+                " must be more than 0 and at most 1, got 1.01",
                 "routers[0].failureAccrual.requests: must be at least 1, got 0",
                 "routers[0].failureAccrual.panicShare: must be between 0 and 1, got 1.5",
                 "routers[0].failureAccrual.latency.factor: must be more than 1, got 0.5",
@@ -1215,12 +1260,16 @@ class SuccessRateAccrualTests(SynchronousTestCase, ErrorAssertions):
         )
         self.assertEqual(
             self.routerErrors(
-                "failureAccrual: {kind: none, backoffMin: 1s, panicShare: 0.5, latency: {}, window: 1s}"
+                "failureAccrual:"
+                " {kind: none, backoffMin: 1s, panicShare: 0.5, latency: {}, window: 1s}"
             ),
             [
-                'routers[0].failureAccrual.backoffMin: only for kind "consecutiveFailures" or kind "successRate"',
-                'routers[0].failureAccrual.panicShare: only for kind "consecutiveFailures" or kind "successRate"',
-                'routers[0].failureAccrual.latency: only for kind "consecutiveFailures" or kind "successRate"',
+                'routers[0].failureAccrual.backoffMin:'
+                ' only for kind "consecutiveFailures" or kind "successRate"',
+                'routers[0].failureAccrual.panicShare:'
+                ' only for kind "consecutiveFailures" or kind "successRate"',
+                'routers[0].failureAccrual.latency:'
+                ' only for kind "consecutiveFailures" or kind "successRate"',
                 'routers[0].failureAccrual.window: only for kind "successRate"',
             ],
         )
@@ -1235,7 +1284,10 @@ class SuccessRateAccrualTests(SynchronousTestCase, ErrorAssertions):
     def test_backoffOrder(self) -> None:
         self.assertEqual(
             self.routerErrors("failureAccrual: {kind: successRate, backoffMin: 10m}"),
-            ["routers[0].failureAccrual.backoffMin: must not be longer than backoffMax (300s, the default)"],
+            [
+                "routers[0].failureAccrual.backoffMin:"
+                " must not be longer than backoffMax (300s, the default)"
+            ],
         )
 
 
@@ -1245,7 +1297,8 @@ class RetriesTests(SynchronousTestCase, ErrorAssertions):
     """
 
     def test_goodValues(self) -> None:
-        retries = parseConfig(MINIMAL + "    retries: {bufferBytes: 0, maxRetries: 0}\n").routers[0].retries
+        config = parseConfig(MINIMAL + "    retries: {bufferBytes: 0, maxRetries: 0}\n")
+        retries = config.routers[0].retries
         self.assertEqual(retries, RetriesConfig(bufferBytes=0, maxRetries=0))
 
     def test_badValues(self) -> None:
@@ -1319,7 +1372,9 @@ class TrustTests(SynchronousTestCase, ErrorAssertions):
         )
 
     def test_dtabPrefixesAndDeadline(self) -> None:
-        config = parseConfig(MINIMAL + "    trust: {dtabPrefixes: [/svc, /svc/users, /], deadline: false}\n")
+        config = parseConfig(
+            MINIMAL + "    trust: {dtabPrefixes: [/svc, /svc/users, /], deadline: false}\n"
+        )
         self.assertEqual(
             config.routers[0].trust,
             TrustConfig(dtabPrefixes=("/svc", "/svc/users", "/"), deadline=False),
@@ -1340,18 +1395,25 @@ class TrustTests(SynchronousTestCase, ErrorAssertions):
                 "    - ' 10.0.0.1'\n"
             ),
             [
-                'routers[0].trust.callers[0]: not a valid prefix length or netmask: "33" in "10.0.0.0/33"',
-                'routers[0].trust.callers[1]: not a valid prefix length or netmask: "" in "10.0.0.0/"',
+                'routers[0].trust.callers[0]: not a valid prefix length or netmask: "33"'
+                ' in "10.0.0.0/33"',
+                'routers[0].trust.callers[1]: not a valid prefix length or netmask: ""'
+                ' in "10.0.0.0/"',
                 'routers[0].trust.callers[2]: not a valid prefix length or netmask: "0.255.0.0"'
                 ' in "10.0.0.0/0.255.0.0"',
-                'routers[0].trust.callers[3]: expected an IP address or a network like "10.0.0.0/8",'
+                'routers[0].trust.callers[3]:'
+                ' expected an IP address or a network like "10.0.0.0/8",'
                 ' got "10.1/8"',
-                'routers[0].trust.callers[4]: expected an IP address or a network like "10.0.0.0/8",'
+                'routers[0].trust.callers[4]:'
+                ' expected an IP address or a network like "10.0.0.0/8",'
                 ' got "localhost"',
-                'routers[0].trust.callers[5]: expected an IP address or a network like "10.0.0.0/8",'
+                'routers[0].trust.callers[5]:'
+                ' expected an IP address or a network like "10.0.0.0/8",'
                 " got 167772161",
-                'routers[0].trust.callers[6]: an address with a scope cannot name callers, got "fe80::1%eth0"',
-                'routers[0].trust.callers[7]: expected an IP address or a network like "10.0.0.0/8",'
+                "routers[0].trust.callers[6]:"
+                ' an address with a scope cannot name callers, got "fe80::1%eth0"',
+                'routers[0].trust.callers[7]:'
+                ' expected an IP address or a network like "10.0.0.0/8",'
                 ' got " 10.0.0.1"',
             ],
         )
@@ -1417,7 +1479,9 @@ class BoundNamesTests(SynchronousTestCase, ErrorAssertions):
                 (
                     "/#/fs/users",
                     BoundNameConfig(
-                        classifier=ClassifierConfig(kind="retryableRead5XX", retryableStatusCodes=(503,)),
+                        classifier=ClassifierConfig(
+                            kind="retryableRead5XX", retryableStatusCodes=(503,)
+                        ),
                         limits=LimitsConfig(maxConcurrent=10, maxPending=5),
                     ),
                 ),
@@ -1442,8 +1506,10 @@ class BoundNamesTests(SynchronousTestCase, ErrorAssertions):
                 'routers[0].boundNames["/#/fs/users"].limit: unknown key (did you mean "limits"?)',
                 'routers[0].boundNames["/#/fs/users"].classifier.retryableStatusCodes[0]:'
                 " must be between 100 and 599, got 600",
-                'routers[0].boundNames["/#/fs/users"].limits.maxConcurrent: must be at least 1, got 0',
-                'routers[0].boundNames["/#/fs/users"].limits.maxPending: must be at least 0, got -1',
+                'routers[0].boundNames["/#/fs/users"].limits.maxConcurrent:'
+                " must be at least 1, got 0",
+                'routers[0].boundNames["/#/fs/users"].limits.maxPending:'
+                " must be at least 0, got -1",
                 'routers[0].boundNames["/#/fs/api"]: expected a mapping, got 5',
             ],
         )
@@ -1474,7 +1540,8 @@ class BoundNamesTests(SynchronousTestCase, ErrorAssertions):
                 'routers[0].boundNames["/#/fs//users"]: empty path segment in "/#/fs//users"',
                 'routers[0].boundNames["/$/inet/127.0.0.1"]: expected "/$/inet/<host>/<port>",'
                 ' got "/$/inet/127.0.0.1"',
-                'routers[0].boundNames["/$/inet/127.0.0.1/0"]: port must be between 1 and 65535, got "0"',
+                'routers[0].boundNames["/$/inet/127.0.0.1/0"]:'
+                ' port must be between 1 and 65535, got "0"',
                 'routers[0].boundNames["/$/inet/127.0.0.1/http"]: port must be between 1 and 65535,'
                 ' got "http"',
                 'routers[0].boundNames["/$/inet/127.0.0.1/80/x"]: expected "/$/inet/<host>/<port>",'
@@ -1515,7 +1582,8 @@ class BoundNamesTests(SynchronousTestCase, ErrorAssertions):
         )
         self.assertErrors(
             MINIMAL + "    boundNames: {/#/fs/users: {}}\n",
-            'routers[0].boundNames["/#/fs/users"]: no namer owns "/#/fs/users" (namer prefixes: none)',
+            'routers[0].boundNames["/#/fs/users"]:'
+            ' no namer owns "/#/fs/users" (namer prefixes: none)',
         )
 
     def test_ownershipNotCheckedAgainstBadNamers(self) -> None:
@@ -1584,7 +1652,8 @@ class NamerTests(SynchronousTestCase, ErrorAssertions):
             'namers[2].prefix: must start with "/#/", got "/static"',
             'namers[3].prefix: empty path segment in "/#/a//b"',
             'namers[4].prefix: empty path segment in "/#/"',
-            'namers[5].prefix: path segment "a b" in "/#/a b" may only hold letters, digits and _ . : -',
+            'namers[5].prefix:'
+            ' path segment "a b" in "/#/a b" may only hold letters, digits and _ . : -',
         )
 
     def test_fileRootResolvedAgainstWorkingDirectory(self) -> None:
@@ -1606,7 +1675,11 @@ class NamerTests(SynchronousTestCase, ErrorAssertions):
                 namers:
                   - kind: static
                     services:
-                      a: ["10.0.0.1:80", "[2001:db8::1]:443 3", "db-1.example.com.:5432 .5", "my_host:1"]
+                      a:
+                        - "10.0.0.1:80"
+                        - "[2001:db8::1]:443 3"
+                        - "db-1.example.com.:5432 .5"
+                        - "my_host:1"
                 """
             )
         )
@@ -1656,11 +1729,13 @@ class NamerTests(SynchronousTestCase, ErrorAssertions):
         self.assertEqual(
             errors,
             [
-                'namers[0].services.a[0]: expected "host:port" or "host:port weight", got "10.0.0.1" (no port)',
+                "namers[0].services.a[0]:"
+                ' expected "host:port" or "host:port weight", got "10.0.0.1" (no port)',
                 'namers[0].services.a[1]: port must be between 1 and 65535, got "0"',
                 'namers[0].services.a[2]: port must be between 1 and 65535, got "65536"',
                 'namers[0].services.a[3]: port must be between 1 and 65535, got "http"',
-                'namers[0].services.a[4]: an IPv6 address goes in brackets, like "[::1]:80", got "::1:80"',
+                "namers[0].services.a[4]:"
+                ' an IPv6 address goes in brackets, like "[::1]:80", got "::1:80"',
                 'namers[0].services.a[5]: not an IPv6 address: "::g"',
                 'namers[0].services.a[6]: expected "[IPv6 address]:port", got "[::1]80"',
                 'namers[0].services.a[7]: not an IPv4 address: "10.1"',
@@ -1668,10 +1743,12 @@ class NamerTests(SynchronousTestCase, ErrorAssertions):
                 'namers[0].services.a[9]: weight must be a positive number, got "0"',
                 'namers[0].services.a[10]: weight must be a positive number, got "-1"',
                 'namers[0].services.a[11]: weight must be a positive number, got "heavy"',
-                'namers[0].services.a[12]: expected "host:port" or "host:port weight", got "10.0.0.1:80 1 2"',
+                "namers[0].services.a[12]:"
+                ' expected "host:port" or "host:port weight", got "10.0.0.1:80 1 2"',
                 'namers[0].services.a[13]: expected "host:port" or "host:port weight", got 8080',
                 'namers[0].services.b: expected a list, got "10.0.0.1:80"',
-                'namers[0].services: a service name may only hold letters, digits and _ . : -, got "c d"',
+                "namers[0].services:"
+                ' a service name may only hold letters, digits and _ . : -, got "c d"',
             ],
         )
 
@@ -1752,7 +1829,9 @@ class RulesTests(SynchronousTestCase, ErrorAssertions):
         e = caught.exception
         self.assertEqual(
             self.errorsOf(
-                "routers: [{name: web, listen: 'tcp:1', rules: " + repr(text).replace("'", '"') + "}]"
+                "routers: [{name: web, listen: 'tcp:1', rules: "
+                + repr(text).replace("'", '"')
+                + "}]"
             ),
             [f"routers[0].rules: line {e.line}, column {e.column}: {e.message}"],
         )
@@ -2012,7 +2091,9 @@ class PythonValuesTests(SynchronousTestCase):
         self.assertEqual((timeouts.total, timeouts.perTry, timeouts.connect), (60.0, 2.5, 2.0))
         self.assertIsInstance(timeouts.total, float)
         self.assertEqual(TimeoutsConfig(total="1m").total, 60.0)
-        self.assertEqual(LatencyEjectionConfig(duration=1.0), LatencyEjectionConfig(**{"for": "1s"}))
+        self.assertEqual(
+            LatencyEjectionConfig(duration=1.0), LatencyEjectionConfig(**{"for": "1s"})
+        )
 
     def test_badValuesNameTheAttribute(self) -> None:
         with self.assertRaises(ValidationError) as caught:
@@ -2048,8 +2129,8 @@ class JSONSchemaTests(SynchronousTestCase):
     def setUp(self) -> None:
         try:
             import jsonschema
-        except ImportError:
-            raise SkipTest("jsonschema is a test dependency (tox.ini)")
+        except ImportError as e:
+            raise SkipTest("jsonschema is a test dependency (tox.ini)") from e
         import yaml
 
         from meshproxy.config import jsonSchema

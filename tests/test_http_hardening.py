@@ -57,7 +57,8 @@ class RequestTrailerTests(SynchronousTestCase):
     """
 
     config = CONFIG.replace(
-        "server: {headerTimeout: 5s,", "server: {maxHeaderBytes: 4096, maxHeaders: 10, headerTimeout: 5s,"
+        "server: {headerTimeout: 5s,",
+        "server: {maxHeaderBytes: 4096, maxHeaders: 10, headerTimeout: 5s,",
     )
 
     def test_longTrailerRefusedAsBytesArrive(self):
@@ -114,7 +115,7 @@ class RequestTrailerTests(SynchronousTestCase):
         proto, transport = h.client()
         proto.dataReceived(CHUNKED_HEAD)
         up, upTransport = h.upstream()
-        for i in range(3000):
+        for _ in range(3000):
             proto.dataReceived(b"1;e=1\r\nx\r\n")
         proto.dataReceived(b"0\r\n\r\n")
         self.assertTrue(upTransport.value().endswith(b"0\r\n\r\n"))
@@ -176,7 +177,7 @@ class RequestTrailerTests(SynchronousTestCase):
         up, upTransport = h.upstream()
         up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234")
         proto.dataReceived(b"0\r\nX-Big: ")
-        for i in range(10):
+        for _ in range(10):
             proto.dataReceived(b"v" * 1000)
         self.assertTrue(transport.disconnected)
         self.assertTrue(closed(upTransport))
@@ -288,7 +289,7 @@ class ResponseHeadLimitTests(SynchronousTestCase):
         proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
         up, upTransport = h.upstream()
         up.dataReceived(b"HTTP/1.1 200 ")
-        for i in range(10):
+        for _ in range(10):
             up.dataReceived(b"O" * 1000)
         self.assertProtocolError(h, transport, upTransport)
 
@@ -364,8 +365,10 @@ class ResponseHeadLimitTests(SynchronousTestCase):
         self.assertEqual(errors(h, "trailer-dropped"), 3)
 
         proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
-        up.dataReceived(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-Big: ")
-        for i in range(10):
+        up.dataReceived(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-Big: "
+        )
+        for _ in range(10):
             up.dataReceived(b"v" * 1000)
         # The response had started: the client connection is cut.
         self.assertTrue(transport.disconnected)
@@ -465,13 +468,21 @@ class OverrideDestinationTests(SynchronousTestCase):
         self.assertEqual(len(h.reactor.tcpClients), 1)
 
     def test_allowInet(self):
-        h = Harness(TRUSTING.replace("trust: {callers: [10.0.0.0/8]}", "trust: {callers: [10.0.0.0/8], allowInet: true}"))
+        h = Harness(
+            TRUSTING.replace(
+                "trust: {callers: [10.0.0.0/8]}", "trust: {callers: [10.0.0.0/8], allowInet: true}"
+            )
+        )
         self.send(h, b"/svc/hello => /$/inet/127.0.0.1/9009")
         [(host, port, _, _, _)] = h.reactor.tcpClients
         self.assertEqual((host, port), ("127.0.0.1", 9009))
 
     def test_prefixRefusalCounted(self):
-        h = Harness(TRUSTING.replace("callers: [10.0.0.0/8]", "callers: [10.0.0.0/8], dtabPrefixes: [/svc/a]"))
+        h = Harness(
+            TRUSTING.replace(
+                "callers: [10.0.0.0/8]", "callers: [10.0.0.0/8], dtabPrefixes: [/svc/a]"
+            )
+        )
         transport = self.send(h, b"/svc/hello => /#/static/hello")
         self.assertIn(b"mesh-err: bad-dtab", transport.value())
         self.assertEqual(errors(h, "dtab-override-prefix"), 1)
@@ -505,7 +516,9 @@ class OverrideDestinationTests(SynchronousTestCase):
             balancerFactory=balancerFactory(config.loadBalancer, h.reactor),
             rulesAllowInet=False,
         )
-        self.assertRaises(InetNotAllowed, router.rules.validateRules, "/svc => /$/inet/127.0.0.1/80;")
+        self.assertRaises(
+            InetNotAllowed, router.rules.validateRules, "/svc => /$/inet/127.0.0.1/80;"
+        )
         router.rules.validateRules("/svc => /#/static;")
 
 
@@ -517,7 +530,7 @@ class PreambleTests(SynchronousTestCase):
         """
         h = Harness()
         proto, transport = h.client()
-        for i in range(4):
+        for _ in range(4):
             proto.dataReceived(b"\r\n")
             h.reactor.advance(1)
         h.reactor.advance(1.1)

@@ -59,7 +59,7 @@ class AlternationTests(SynchronousTestCase):
         """
         router = makeRouter(ALTERNATION)
         ports = []
-        for i in range(10):
+        for _ in range(10):
             client, override = router.route(request(b"hello"), False)
             node = client.balancer.pickAvoiding(None)
             ports.append(node.endpoint.port)

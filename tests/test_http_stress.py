@@ -120,7 +120,9 @@ class LargeBodyTests(StressTestCase):
             else b"Content-Length: %d\r\n" % (LARGE,)
         )
         client.transport.write(b"POST /upload HTTP/1.1\r\nHost: hello\r\n" + framing + b"\r\n")
-        producer = StreamProducer(client.transport, LARGE, chunked=chunked, progress=Progress(probe))
+        producer = StreamProducer(
+            client.transport, LARGE, chunked=chunked, progress=Progress(probe)
+        )
         producer.start()
         yield producer.done
         [response] = yield client.waitFor(1)
@@ -274,7 +276,9 @@ class BackPressureTests(StressTestCase):
             else b"Content-Length: %d\r\n" % (total,)
         )
         client.transport.write(b"PUT /slow HTTP/1.1\r\nHost: hello\r\n" + framing + b"\r\n")
-        producer = StreamProducer(client.transport, total, chunked=chunked, progress=Progress(probe))
+        producer = StreamProducer(
+            client.transport, total, chunked=chunked, progress=Progress(probe)
+        )
         producer.start()
         upstream = yield backend.readPaused
         runtime = self.runtime
@@ -408,7 +412,10 @@ class ManyConnectionsTests(StressTestCase):
         self.assertEqual(connections.open, set())
         self.assertEqual(serverConnections(self.runtime), set())
         routers = list(self.runtime.routers.values())
-        ours = lambda o: o.router in routers
+
+        def ours(o):
+            return o.router in routers
+
         self.assertEqual(liveInstances(ServerProtocol, ours), 0)
         self.assertEqual(liveInstances(Exchange, ours), 0)
         upstreamPools = pools(self.runtime)

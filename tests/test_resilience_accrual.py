@@ -224,7 +224,8 @@ class ConsecutiveFailuresTests(AccrualTestsMixin, SynchronousTestCase):
         self.assertEqual(node.state, "live")
         accrual.failure(node)
         self.assertEqual(node.state, "ejected")
-        self.assertTrue(self.clock.seconds() + 5.0 <= node.ejectedUntil <= self.clock.seconds() + 6.0)
+        now = self.clock.seconds()
+        self.assertTrue(now + 5.0 <= node.ejectedUntil <= now + 6.0)
 
     def test_restoreAfterDrainKeepsEjection(self):
         """
@@ -266,7 +267,7 @@ class ConsecutiveFailuresTests(AccrualTestsMixin, SynchronousTestCase):
             self.assertEqual(node.state, "ejected")
             self.assertEqual(node.backoffStep, step + 1)
             delays.append(node.ejectedUntil - self.clock.seconds())
-        for before, after in zip(delays[:6], delays[1:7]):
+        for before, after in zip(delays[:6], delays[1:7], strict=True):
             self.assertLess(before, after)
         self.assertEqual(delays[7:], [300.0] * 3)
         self.assertEqual(self.events, [("ejected", A)] + [("probe-failed", A)] * 9)

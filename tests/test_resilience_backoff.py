@@ -143,7 +143,7 @@ class EjectionBackoffTests(SynchronousTestCase):
         """
         backoff = EjectionBackoff(5.0, 300.0, random=random.Random(3))
         delays = [backoff.delay(step) for step in range(12)]
-        for before, after in zip(delays[:6], delays[1:7]):
+        for before, after in zip(delays[:6], delays[1:7], strict=True):
             self.assertLess(before, after)
         self.assertEqual(delays[7:], [300.0] * 5)
         self.assertEqual(backoff.delay(10**6), 300.0)

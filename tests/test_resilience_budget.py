@@ -176,7 +176,12 @@ class RetryBudgetTests(SynchronousTestCase):
         """
         Out-of-range settings are refused.
         """
-        for args in ((-1.0, 10.0, 10.0), (1001.0, 10.0, 10.0), (20.0, -1.0, 10.0), (20.0, 10.0, 0.0)):
+        for args in (
+            (-1.0, 10.0, 10.0),
+            (1001.0, 10.0, 10.0),
+            (20.0, -1.0, 10.0),
+            (20.0, 10.0, 0.0),
+        ):
             self.assertRaises(ValueError, RetryBudget, *args, clock=self.clock)
 
     def test_repr(self):
@@ -184,7 +189,8 @@ class RetryBudgetTests(SynchronousTestCase):
         The repr shows the settings and the balance.
         """
         self.assertEqual(
-            repr(RetryBudget(clock=self.clock)), "<RetryBudget 20.0% + 10.0/s over 10.0s, balance=100>"
+            repr(RetryBudget(clock=self.clock)),
+            "<RetryBudget 20.0% + 10.0/s over 10.0s, balance=100>",
         )
 
 

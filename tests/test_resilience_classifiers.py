@@ -194,10 +194,11 @@ class ClassifierTests(SynchronousTestCase):
                         for status in STATUSES:
                             for header in (False, True):
                                 for hasKey in (False, True):
+                                    case = (kind, codes, keyOn, method, status, header, hasKey)
                                     self.assertEqual(
                                         c.classify(method, status, header, hasKey),
-                                        reference(kind, codes, keyOn, method, status, header, hasKey),
-                                        (kind, codes, keyOn, method, status, header, hasKey),
+                                        reference(*case),
+                                        case,
                                     )
 
     def test_defaultsOfClassify(self):

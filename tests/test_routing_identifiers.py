@@ -80,7 +80,9 @@ class HostIdentifierTests(SynchronousTestCase):
         self.assertEqual(self.identify(host(b"users")), Path.read("/svc/users"))
 
     def test_lowercased(self):
-        self.assertEqual(self.identify(host(b"Users.Example.COM")), Path.read("/svc/users.example.com"))
+        self.assertEqual(
+            self.identify(host(b"Users.Example.COM")), Path.read("/svc/users.example.com")
+        )
 
     def test_portStripped(self):
         self.assertEqual(self.identify(host(b"users:8080")), Path.read("/svc/users"))

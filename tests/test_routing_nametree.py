@@ -173,7 +173,9 @@ class SimplifyTests(SynchronousTestCase):
         self.assertEqual(simplify(tree), Alt((p("/a"), p("/b"), p("/c"))))
 
     def test_unionDropsNegAndEmpty(self):
-        tree = Union((Weighted(1, Neg), Weighted(2, p("/a")), Weighted(3, Empty), Weighted(4, p("/b"))))
+        tree = Union(
+            (Weighted(1, Neg), Weighted(2, p("/a")), Weighted(3, Empty), Weighted(4, p("/b")))
+        )
         self.assertEqual(simplify(tree), Union((Weighted(2, p("/a")), Weighted(4, p("/b")))))
 
     def test_unionOfOneIsTheBranch(self):
@@ -197,7 +199,9 @@ class SimplifyTests(SynchronousTestCase):
         self.assertEqual(simplify(tree), p("/a"))
 
     def test_fixpoint(self):
-        tree = Alt((p("/a"), Union((Weighted(1, p("/b")), Weighted(2, Alt((p("/c"), Empty))))), Fail))
+        tree = Alt(
+            (p("/a"), Union((Weighted(1, p("/b")), Weighted(2, Alt((p("/c"), Empty))))), Fail)
+        )
         once = simplify(tree)
         self.assertEqual(simplify(once), once)
 
@@ -270,7 +274,10 @@ class EvaluateTests(SynchronousTestCase):
 
     def test_unionRenormalisesOverLiveBranches(self):
         tree = Union((Weighted(1, Leaf("a")), Weighted(2, Leaf("b")), Weighted(1, Leaf("c"))))
-        isEmpty = lambda v: v == "b"
+
+        def isEmpty(v):
+            return v == "b"
+
         self.assertEqual(evaluate(tree, isEmpty, FakeRandom(0.49)), "a")
         self.assertEqual(evaluate(tree, isEmpty, FakeRandom(0.5)), "c")
 
@@ -307,7 +314,10 @@ class EvaluateTests(SynchronousTestCase):
             Union((Weighted(1, Leaf("a")), Weighted(1, Alt((Leaf("b"), Leaf("c")))))),
             Leaf("d"),
         ))
-        isEmpty = lambda v: v in ("a", "b")
+
+        def isEmpty(v):
+            return v in ("a", "b")
+
         self.assertEqual(evaluate(tree, isEmpty, noRandom), "c")
         self.assertEqual(evaluate(tree, lambda v: v != "d", noRandom), "d")
         random = FakeRandom(0.75)

@@ -462,7 +462,7 @@ class MeshMetricsTests(SynchronousTestCase):
             from meshproxy.balancing.node import Node
             from meshproxy.discovery.endpoints import Endpoint
         except ImportError as e:
-            raise SkipTest(f"balancing or discovery not there yet: {e}")
+            raise SkipTest(f"balancing or discovery not there yet: {e}") from e
         node = Node(Endpoint("::1", 8080, 2.0))
         node.pending = 1
         node.requests = 3

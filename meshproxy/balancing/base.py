@@ -121,7 +121,11 @@ class Balancer:
                 try:
                     callback(node)
                 except Exception:
-                    _log.failure("balancer callback {callback!r} failed on {node!r}", callback=callback, node=node)
+                    _log.failure(
+                        "balancer callback {callback!r} failed on {node!r}",
+                        callback=callback,
+                        node=node,
+                    )
 
     def nodes(self) -> tuple[Node, ...]:
         """

@@ -342,7 +342,7 @@ def rules(value: Any) -> str:
     except DtabSyntaxError as e:
         # str(e) repeats the position at its end; .message is the bare text.
         message = getattr(e, "message", None) or str(e)
-        raise Invalid(f"line {e.line}, column {e.column}: {message}")
+        raise Invalid(f"line {e.line}, column {e.column}: {message}") from e
     return text
 
 
@@ -390,8 +390,8 @@ def address(value: Any) -> tuple[str, int, float]:
         host, portText = hostPort[1:end], hostPort[end + 2 :]
         try:
             ipaddress.IPv6Address(host)
-        except ValueError:
-            raise Invalid(f"not an IPv6 address: {show(host)}")
+        except ValueError as e:
+            raise Invalid(f"not an IPv6 address: {show(host)}") from e
     else:
         host, colon, portText = hostPort.rpartition(":")
         if not colon:
@@ -412,8 +412,8 @@ def hostName(host: str) -> str:
         # The resolver reads "10.1" as 10.0.0.1: demand four parts.
         try:
             ipaddress.IPv4Address(host)
-        except ValueError:
-            raise Invalid(f"not an IPv4 address: {show(host)}")
+        except ValueError as e:
+            raise Invalid(f"not an IPv4 address: {show(host)}") from e
         return host
     labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
     if (
@@ -435,17 +435,17 @@ def network(value: Any) -> str:
     addressText, _, length = value.partition("/")
     try:
         ipaddress.ip_address(addressText)
-    except ValueError:
-        raise Invalid(f"{_NETWORK_FORM}, got {show(value)}")
+    except ValueError as e:
+        raise Invalid(f"{_NETWORK_FORM}, got {show(value)}") from e
     if "%" in addressText:
         # A scope ("fe80::1%eth0") names an interface, not callers.
         raise Invalid(f"an address with a scope cannot name callers, got {show(value)}")
     try:
         return str(ipaddress.ip_network(value, strict=False))
-    except ValueError:
+    except ValueError as e:
         raise Invalid(
             f"not a valid prefix length or netmask: {show(length)} in {show(value)}"
-        )
+        ) from e
 
 
 def allowedHost(value: Any) -> str:

@@ -102,7 +102,7 @@ def endpoint(value: Any) -> str:
         if kind not in ("tcp", "tcp6", "unix", "systemd"):
             _parseWithTwisted(kind, text)
     except Invalid as e:
-        raise Invalid(f"not a valid endpoint description: {e}")
+        raise Invalid(f"not a valid endpoint description: {e}") from e
     return text
 
 
@@ -126,10 +126,10 @@ def _checkArguments(kind: str, arguments: Mapping[str, str]) -> None:
         except ValueError:
             try:
                 hostName(interface)
-            except Invalid:
+            except Invalid as e:
                 raise Invalid(
                     f"interface {show(interface)} is not an IP address or a host name"
-                )
+                ) from e
     if "mode" in arguments and not re.fullmatch(r"[0-7]+", arguments["mode"]):
         raise Invalid(f"mode {show(arguments['mode'])} is not an octal number like 660")
     if arguments.get("lockfile", "0") not in ("0", "1"):
@@ -148,7 +148,7 @@ def _checkReadable(name: str, file: str) -> None:
         with open(file, "rb"):
             pass
     except OSError as e:
-        raise Invalid(f"cannot read {name} file {show(file)}: {e.strerror}")
+        raise Invalid(f"cannot read {name} file {show(file)}: {e.strerror}") from e
 
 
 def _checkSystemd(arguments: Mapping[str, str]) -> None:
@@ -187,12 +187,12 @@ def _parseWithTwisted(kind: str, text: str) -> None:
             raise Invalid(
                 "cannot load the TLS certificate and private key"
                 " (certKey and privateKey must hold them in PEM form)"
-            )
+            ) from e
         if isinstance(e, ValueError) and str(e).startswith("Unknown endpoint type"):
             known = sorted(_ENDPOINT_ARGUMENTS)
             hint = suggest(kind, known) or f" (known: {', '.join(known)})"
-            raise Invalid(f"unknown endpoint type {show(kind)}{hint}")
-        raise Invalid(f"{kind}: {e}")
+            raise Invalid(f"unknown endpoint type {show(kind)}{hint}") from e
+        raise Invalid(f"{kind}: {e}") from e
 
 
 def checkInterface(description: str) -> None:
@@ -220,8 +220,8 @@ def checkInterface(description: str) -> None:
         with socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET) as s:
             s.bind((interface, 0))
     except socket.gaierror as e:
-        raise Invalid(f"interface {show(interface)} cannot be resolved ({e.strerror})")
+        raise Invalid(f"interface {show(interface)} cannot be resolved ({e.strerror})") from e
     except OSError as e:
         if e.errno == errno.EADDRNOTAVAIL:
-            raise Invalid(f"interface {show(interface)} is not an address of this host")
-        raise Invalid(f"interface {show(interface)} cannot be bound ({e.strerror})")
+            raise Invalid(f"interface {show(interface)} is not an address of this host") from e
+        raise Invalid(f"interface {show(interface)} cannot be bound ({e.strerror})") from e

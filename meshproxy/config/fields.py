@@ -145,7 +145,9 @@ def Directory() -> Any:
         except Invalid as e:
             failOne(str(e))
 
-    return Annotated[str, PlainValidator(validate), WithJsonSchema({"type": "string", "minLength": 1})]
+    return Annotated[
+        str, PlainValidator(validate), WithJsonSchema({"type": "string", "minLength": 1})
+    ]
 
 
 def _emptyIfNone(value: Any) -> Any:
@@ -322,7 +324,9 @@ def KindOf(*classes: type["Section"]) -> Any:
     anyOf = Union[classes]  # noqa: UP007
     return Annotated[
         anyOf,
-        PlainValidator(validate, json_schema_input_type=Annotated[anyOf, Field(discriminator="kind")]),
+        PlainValidator(
+            validate, json_schema_input_type=Annotated[anyOf, Field(discriminator="kind")]
+        ),
     ]
 
 
@@ -345,8 +349,13 @@ _SEGMENTS = f"(/{checks.SEGMENT_PATTERN})+"
 
 Endpoint = Checked(
     endpoints.endpoint,
-    {"type": "string", "minLength": 1,
-     "description": 'a Twisted server endpoint description, such as "tcp:4140:interface=127.0.0.1"'},
+    {
+        "type": "string",
+        "minLength": 1,
+        "description": (
+            'a Twisted server endpoint description, such as "tcp:4140:interface=127.0.0.1"'
+        ),
+    },
 )
 NonEmptyText = Checked(checks.nonEmptyString, {"type": "string", "minLength": 1})
 NamePath = Checked(checks.path, {"type": "string", "pattern": f"^(/|{_SEGMENTS})$"})

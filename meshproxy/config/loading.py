@@ -69,9 +69,9 @@ def loadConfig(path: str) -> MeshConfig:
         with open(path, encoding="utf-8") as f:
             data = f.read()
     except OSError as e:
-        raise ConfigError([f"{path}: cannot read the file: {e.strerror}"], path)
+        raise ConfigError([f"{path}: cannot read the file: {e.strerror}"], path) from e
     except UnicodeDecodeError as e:
-        raise ConfigError([f"{path}: not UTF-8 text ({e.reason} at byte {e.start})"], path)
+        raise ConfigError([f"{path}: not UTF-8 text ({e.reason} at byte {e.start})"], path) from e
     return parseConfig(data, source=path, baseDirectory=os.path.dirname(os.path.abspath(path)))
 
 
@@ -92,7 +92,7 @@ def parseConfig(
     try:
         document = yaml.load(data, Loader=_Loader)
     except yaml.YAMLError as e:
-        raise ConfigError([f"{source}: {_describeYAMLError(e)}"], source)
+        raise ConfigError([f"{source}: {_describeYAMLError(e)}"], source) from e
     if document is None:
         raise ConfigError(
             [f'{source}: the config is empty (expected a mapping with a "routers" list)'],
@@ -104,7 +104,7 @@ def parseConfig(
     try:
         return MeshConfig.model_validate(document, context=context)
     except ValidationError as e:
-        raise ConfigError([_format(problem, source) for problem in problemsOf(e)], source)
+        raise ConfigError([_format(problem, source) for problem in problemsOf(e)], source) from e
 
 
 _KEY = re.compile(r"[A-Za-z0-9_-]+")

@@ -431,4 +431,8 @@ def jsonSchema() -> dict[str, Any]:
     )
     definitions = schema.pop("$defs")
     schema["title"] = "meshproxy configuration"
-    return {"$schema": "http://json-schema.org/draft-07/schema#", **schema, "definitions": definitions}
+    return {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        **schema,
+        "definitions": definitions,
+    }

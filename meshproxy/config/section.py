@@ -82,7 +82,11 @@ class View:
             key = field.alias or name
             if key in self._failed:
                 return None
-            raw = self._data[key] if key in self._data else field.get_default(call_default_factory=True)
+            raw = (
+                self._data[key]
+                if key in self._data
+                else field.get_default(call_default_factory=True)
+            )
             adapter = _fieldAdapters.get((self._section, name))
             if adapter is None:
                 annotation = field.annotation

@@ -72,7 +72,11 @@ def demoUpstreamServices(reactor):
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return (
                 "%s: %s %s\n"
-                % (self.label, request.method.decode("ascii"), request.uri.decode("ascii", "replace"))
+                % (
+                    self.label,
+                    request.method.decode("ascii"),
+                    request.uri.decode("ascii", "replace"),
+                )
             ).encode("utf-8")
 
     services = []

@@ -168,7 +168,11 @@ class BoundClient(BoundEndpoints):
         state["limits"] = (
             None
             if limiter is None
-            else {"active": limiter.active, "pending": limiter.pending, "rejected": limiter.rejected}
+            else {
+                "active": limiter.active,
+                "pending": limiter.pending,
+                "rejected": limiter.rejected,
+            }
         )
         state["requests"] = self.stats.requests if self.stats is not None else 0
         return state

@@ -177,7 +177,6 @@ class UpstreamProtocol(Protocol):
     def on_message_begin(self):
         if self.exchange is None:
             self._unsolicited = True
-        limits = self.pool.limits
         self._headers = []
         self._trailers = None
         self._reason = b""

@@ -143,7 +143,11 @@ class Exchange(ExchangeState):
         if limiter is not None:
             if not limiter.tryAcquire():
                 self.fail(
-                    ProxyError(503, "overloaded", "Too many requests in flight to %s." % (self.client.name,))
+                    ProxyError(
+                        503,
+                        "overloaded",
+                        "Too many requests in flight to %s." % (self.client.name,),
+                    )
                 )
                 return
             self.limiter = limiter
@@ -189,7 +193,9 @@ class Exchange(ExchangeState):
             if not limiter.pendingAcquire():
                 self._abandonTry()
                 self.fail(
-                    ProxyError(503, "overloaded", "Too many requests waiting for %s." % (client.name,))
+                    ProxyError(
+                        503, "overloaded", "Too many requests waiting for %s." % (client.name,)
+                    )
                 )
                 return
             self.waiting = True
@@ -401,7 +407,13 @@ class Exchange(ExchangeState):
                 return
         address = _address(node)
         self._abandonTry()
-        self.fail(ProxyError(502, "upstream-reset", "Upstream %s closed the connection before answering." % (address,)))
+        self.fail(
+            ProxyError(
+                502,
+                "upstream-reset",
+                "Upstream %s closed the connection before answering." % (address,),
+            )
+        )
 
     # -- response from upstream -------------------------------------------
 
@@ -550,7 +562,13 @@ class Exchange(ExchangeState):
             # only an idempotent one is sent again.
             if self._retry(RESET, False):
                 return
-            self.fail(ProxyError(502, "upstream-reset", "Upstream %s closed the connection before answering." % (address,)))
+            self.fail(
+                ProxyError(
+                    502,
+                    "upstream-reset",
+                    "Upstream %s closed the connection before answering." % (address,),
+                )
+            )
             return
         # Mid-response: the client cannot be told anything more than that
         # the message is cut short.
@@ -570,7 +588,13 @@ class Exchange(ExchangeState):
         if state is not STREAMING:
             address = _address(self.node)
             self._endTry(False)
-            self.fail(ProxyError(502, "upstream-protocol", "Upstream %s sent an invalid response: %s." % (address, reason)))
+            self.fail(
+                ProxyError(
+                    502,
+                    "upstream-protocol",
+                    "Upstream %s sent an invalid response: %s." % (address, reason),
+                )
+            )
         else:
             self._endTry(False, measured=True)
             self._abortClient()
@@ -634,7 +658,9 @@ class Exchange(ExchangeState):
             return
         self._dropUpstream()
         self._endTry(False)
-        self.fail(ProxyError(504, "timeout", "Timed out after %gs." % (self.deadline - self.startTime,)))
+        self.fail(
+            ProxyError(504, "timeout", "Timed out after %gs." % (self.deadline - self.startTime,))
+        )
 
     def _abortClient(self) -> None:
         self._end()

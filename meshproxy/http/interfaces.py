@@ -4,8 +4,12 @@ The seams of the HTTP request path, as interfaces.
 A request travels through three objects, each seeing the next only through
 the interface it needs::
 
-    client ──► IClientConnection ──► IRouter.route ──► IExchange ──► IUpstreamConnection ──► upstream
-    (server.ServerProtocol)          (router.HttpRouter) (exchange.Exchange) (client.UpstreamProtocol)
+    client
+      ──► IClientConnection    (server.ServerProtocol)
+      ──► IRouter.route        (router.HttpRouter)
+      ──► IExchange            (exchange.Exchange)
+      ──► IUpstreamConnection  (client.UpstreamProtocol)
+      ──► upstream
 
   - the client connection (L{IClientConnection}) parses requests, hands each
     head to a new exchange, feeds it the body, and writes what the exchange
@@ -238,7 +242,9 @@ class IExchange(Interface):
         An interim (1xx) response arrived.
         """
 
-    def responseHead(status: int, reason: bytes, headers: list, contentLength: object, chunked: bool) -> bool:
+    def responseHead(
+        status: int, reason: bytes, headers: list, contentLength: object, chunked: bool
+    ) -> bool:
         """
         The response head arrived.
 

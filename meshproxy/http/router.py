@@ -164,7 +164,7 @@ class HttpRouter:
         try:
             path = self.identifier.identify(request)
         except IdentificationError as e:
-            raise ProxyError(400, "no-identity", "Cannot identify the request: %s." % (e,))
+            raise ProxyError(400, "no-identity", "Cannot identify the request: %s." % (e,)) from e
         override = None
         try:
             if request.meshHeaders:
@@ -174,7 +174,7 @@ class HttpRouter:
             else:
                 tree = self.rules.resolveWith(override[0], path)
         except DelegationError as e:
-            raise ProxyError(502, "delegation-failed", str(e))
+            raise ProxyError(502, "delegation-failed", str(e)) from e
         return self._choose(tree, path), (None if override is None else override[1])
 
     def isTrusted(self, host: str | None) -> bool:
@@ -190,13 +190,15 @@ class HttpRouter:
             try:
                 bound = evaluate(tree, self._isEmpty, self.random)
             except RoutingFailure as e:
-                raise ProxyError(503, "route-failed", "Route for %s failed: %s" % (path, e))
+                raise ProxyError(503, "route-failed", "Route for %s failed: %s" % (path, e)) from e
         if bound is None:
             raise ProxyError(503, "no-route", "No route for %s." % (path,))
         client = self.clients.get(bound)
         if client.addr.kind == "neg":
             raise ProxyError(
-                503, "no-route", "No route for %s: %s is unknown to its namer." % (path, client.name)
+                503,
+                "no-route",
+                "No route for %s: %s is unknown to its namer." % (path, client.name),
             )
         return client
 

@@ -109,9 +109,9 @@ class TrustPolicy:
             # Else a trusted caller could make the proxy connect to any
             # address the host can reach (server-side request forgery).
             self._count("dtab-override-inet")
-            raise ProxyError(400, "bad-dtab", "Bad mesh-dtab override: %s." % (e,))
+            raise ProxyError(400, "bad-dtab", "Bad mesh-dtab override: %s." % (e,)) from e
         except ValueError as e:
-            raise ProxyError(400, "bad-dtab", "Bad mesh-dtab override: %s." % (e,))
+            raise ProxyError(400, "bad-dtab", "Bad mesh-dtab override: %s." % (e,)) from e
         allowed = self._dtabPrefixes
         if allowed:
             for dentry in dtab.dentries:

@@ -88,7 +88,7 @@ def explainRoute(
         entry = client.state()
         entry["name"] = client.name
         load = client.balancer.load
-        for node, ep in zip(client.balancer.nodes(), entry["endpoints"]):
+        for node, ep in zip(client.balancer.nodes(), entry["endpoints"], strict=False):
             ep["score"] = round(load(node, now), 3)
         bound.append(entry)
     result["boundNames"] = bound

@@ -84,11 +84,15 @@ class Classifier:
             integer between 100 and 599.
         """
         if kind not in Kinds:
-            raise ValueError(f"unknown classifier kind {kind!r}: expected one of {', '.join(Kinds)}")
+            raise ValueError(
+                f"unknown classifier kind {kind!r}: expected one of {', '.join(Kinds)}"
+            )
         codes = frozenset(retryableStatusCodes)
         for code in codes:
             if type(code) is not int or not 100 <= code <= 599:
-                raise ValueError(f"retryable status codes are integers from 100 to 599, got {code!r}")
+                raise ValueError(
+                    f"retryable status codes are integers from 100 to 599, got {code!r}"
+                )
         self.kind = kind
         self.retryableStatusCodes = codes
         self.idempotencyKey = bool(idempotencyKey)
@@ -103,7 +107,11 @@ class Classifier:
         self._retry5xxPost = self.idempotencyKey and kind == "retryableIdempotent5XX"
 
     def classify(
-        self, method: bytes, status: int, retryableHeader: bool = False, hasIdempotencyKey: bool = False
+        self,
+        method: bytes,
+        status: int,
+        retryableHeader: bool = False,
+        hasIdempotencyKey: bool = False,
     ) -> int:
         """
         See L{IClassifier.classify}.
@@ -136,6 +144,7 @@ class Classifier:
 
     def __repr__(self) -> str:
         return (
-            f"Classifier({self.kind!r}, retryableStatusCodes={sorted(self.retryableStatusCodes)!r}, "
+            f"Classifier({self.kind!r}, "
+            f"retryableStatusCodes={sorted(self.retryableStatusCodes)!r}, "
             f"idempotencyKey={self.idempotencyKey!r})"
         )

@@ -128,7 +128,8 @@ class Dentry:
         if len(segments) < n:
             return None
         if "*" in prefix:
-            for want, got in zip(prefix, segments):
+            # Only the prefix's length of the path is compared.
+            for want, got in zip(prefix, segments, strict=False):
                 if want != "*" and want != got:
                     return None
         elif segments[:n] != prefix:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from typing import Any, Generic, TypeVar, Union as _TypingUnion
+from typing import Any, Generic, TypeVar
 
 import attrs
 
@@ -153,7 +153,7 @@ class Union(Generic[T]):
     weighted: tuple = attrs.field(converter=tuple, validator=_checkWeighted)
 
 
-NameTree = _TypingUnion[Leaf, Alt, Union, _Special]
+NameTree = Leaf | Alt | Union | _Special
 """The type of any name tree (for annotations)."""
 
 

@@ -238,8 +238,8 @@ class TcpRouter:
     def _bound(self, boundName):
         try:
             key = Path.read(boundName)
-        except ValueError:
-            raise KeyError("bad bound name %r" % (boundName,))
+        except ValueError as e:
+            raise KeyError("bad bound name %r" % (boundName,)) from e
         client = self._client
         if client is None or key != client.boundName.id:
             raise KeyError("no bound name %s in router %s" % (boundName, self.name))
