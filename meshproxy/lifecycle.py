@@ -2,7 +2,14 @@
 Graceful shutdown shared by the routers' listening factories.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from twisted.internet.defer import Deferred, succeed
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
 
 __all__ = ["DrainingFactoryMixin"]
 
@@ -18,7 +25,11 @@ class DrainingFactoryMixin:
     gracefully) and a C{transport}.
     """
 
-    def drain(self, grace, clock):
+    connections: set[Any]
+    draining: bool
+    _drained: Deferred[None] | None
+
+    def drain(self, grace: float, clock: IReactorTime) -> Deferred[None]:
         """
         Refuse new connections, ask each open one to end, and abort whatever
         is left after C{grace} seconds.
@@ -36,18 +47,18 @@ class DrainingFactoryMixin:
             self._drained = Deferred()
         timer = clock.callLater(grace, self._abortAll)
 
-        def done(result):
+        def done(result: Any) -> Any:
             if timer.active():
                 timer.cancel()
             return result
 
         return self._drained.addBoth(done)
 
-    def _abortAll(self):
+    def _abortAll(self) -> None:
         for conn in list(self.connections):
             conn.transport.abortConnection()
 
-    def _lost(self, conn):
+    def _lost(self, conn: Any) -> None:
         """
         C{conn} closed.
         """

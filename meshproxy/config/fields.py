@@ -207,7 +207,9 @@ def ListOf(
             value = []
         if not isinstance(value, (list, tuple)):
             fail("list", [Problem((), f"expected a list, got {show(value)}")])
-        items, problems, seen = [], [], {}
+        items: list[Any] = []
+        problems: list[Problem] = []
+        seen: dict[Hashable, int] = {}
         for i, raw in enumerate(value):
             validated = None
             try:
@@ -230,7 +232,7 @@ def ListOf(
             fail("list", problems)
         return tuple(items)
 
-    written = list[item] | None
+    written: Any = list[item] | None
     if nonEmpty is not None:
         written = Annotated[list[item], Field(min_length=1)]
     return Annotated[tuple[item, ...], PlainValidator(validate, json_schema_input_type=written)]
@@ -259,6 +261,7 @@ def PairsOf(
     def validate(raw: Any, info: ValidationInfo) -> tuple:
         if raw is None:
             return ()
+        pairs: Iterable[Any]
         if isinstance(raw, Mapping):
             pairs = raw.items()
         elif isinstance(raw, tuple) or (isinstance(raw, list) and not isDocument(info.context)):
@@ -321,7 +324,7 @@ def KindOf(*classes: type["Section"]) -> Any:
             fail("kind", problemsOf(e))
 
     # A union of classes given at run time, which has no "A | B" spelling.
-    anyOf = Union[classes]  # noqa: UP007
+    anyOf = Union[classes]  # type: ignore[valid-type]  # noqa: UP007
     return Annotated[
         anyOf,
         PlainValidator(

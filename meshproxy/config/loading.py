@@ -141,7 +141,7 @@ def hostProblems(config: MeshConfig) -> list[str]:
 
     @return: messages starting with the key path, as in L{ConfigError}.
     """
-    listeners = [(("admin", "listen"), config.admin.listen)]
+    listeners: list[tuple[Loc, str]] = [(("admin", "listen"), config.admin.listen)]
     listeners += [(("routers", i, "listen"), r.listen) for i, r in enumerate(config.routers)]
     problems = []
     for loc, listen in listeners:
@@ -196,7 +196,8 @@ class _Loader(yaml.SafeLoader):
                         keyNode.start_mark,
                     )
                 seen.add(identity)
-        return super().construct_mapping(node, deep=deep)
+        # PyYAML refuses a node that is no mapping itself.
+        return super().construct_mapping(node, deep=deep)  # type: ignore[arg-type]
 
 
 def _describeYAMLError(error: yaml.YAMLError) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple, NoReturn
 
 from pydantic import TypeAdapter, ValidationError
-from pydantic_core import PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from meshproxy.config.checks import show
 
@@ -48,7 +48,7 @@ def fail(title: str, problems: Iterable[Problem]) -> NoReturn:
     """
     Raise problems as one L{ValidationError}.
     """
-    lineErrors = []
+    lineErrors: list[InitErrorDetails] = []
     for problem in problems:
         context: dict[str, Any] = {"message": problem.message}
         if problem.ref is not None:

@@ -12,7 +12,7 @@ lists as tuples; their defaults are written as in YAML.
 """
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic.json_schema import SkipJsonSchema
 
@@ -151,13 +151,18 @@ class StaticNamerConfig(_Namer):
 NamerConfig = FileNamerConfig | StaticNamerConfig
 
 
-BoundNames = PairsOf(
-    checks.boundName,
-    EmptyIsDefaults(BoundNameConfig),
-    keyPattern="^/[#$]/",
-    notMapping="expected a mapping of bound name to settings",
-    keyProblemsAtKey=True,
-)
+if TYPE_CHECKING:
+    # What the pydantic types built by calls are, for mypy (which cannot
+    # read a call as a type).
+    BoundNames = tuple[tuple[str, BoundNameConfig], ...]
+else:
+    BoundNames = PairsOf(
+        checks.boundName,
+        EmptyIsDefaults(BoundNameConfig),
+        keyPattern="^/[#$]/",
+        notMapping="expected a mapping of bound name to settings",
+        keyProblemsAtKey=True,
+    )
 
 _HTTP_KEYS = (
     "identifier", "rules", "retries", "server", "client", "forwarded", "classifier",
@@ -275,19 +280,23 @@ def _namerPrefix(raw: Any, namer: NamerConfig | None) -> str | None:
     return None if namer is None else namer.prefix
 
 
-Namers = ListOf(
-    KindOf(FileNamerConfig, StaticNamerConfig),
-    uniqueBy=_namerPrefix,
-    uniqueAt=("prefix",),
-    duplicate="{shown} is already used by {ref}",
-)
-Routers = ListOf(
-    RouterConfig,
-    uniqueBy=_routerName,
-    uniqueAt=("name",),
-    duplicate="{shown} is already used by {ref}",
-    nonEmpty="at least one router is required",
-)
+if TYPE_CHECKING:
+    Namers = tuple[NamerConfig, ...]
+    Routers = tuple[RouterConfig, ...]
+else:
+    Namers = ListOf(
+        KindOf(FileNamerConfig, StaticNamerConfig),
+        uniqueBy=_namerPrefix,
+        uniqueAt=("prefix",),
+        duplicate="{shown} is already used by {ref}",
+    )
+    Routers = ListOf(
+        RouterConfig,
+        uniqueBy=_routerName,
+        uniqueAt=("name",),
+        duplicate="{shown} is already used by {ref}",
+        nonEmpty="at least one router is required",
+    )
 
 
 class MeshConfig(Section):

@@ -89,9 +89,12 @@ class View:
             )
             adapter = _fieldAdapters.get((self._section, name))
             if adapter is None:
-                annotation = field.annotation
+                annotation: Any = field.annotation
                 if field.metadata:
-                    annotation = Annotated[(annotation, *field.metadata)]
+                    # The tuple is built apart: mypy reads X[(a, *b)] as the
+                    # star index of Python 3.11.
+                    parameters = (annotation, *field.metadata)
+                    annotation = Annotated[parameters]
                 adapter = _fieldAdapters[self._section, name] = LazyAdapter(annotation)
             try:
                 result.append(adapter.validate(raw, self._context))
@@ -138,7 +141,8 @@ class Section(BaseModel):
     _selector: ClassVar[str | None] = None
     _kinds: ClassVar[Mapping[str, tuple[str, ...]]] = {}
     _common: ClassVar[tuple[str, ...]] = ()
-    _requiredFor: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+    # Looked up by kind, None for a section without kinds (which needs nothing).
+    _requiredFor: ClassVar[Mapping[str | None, tuple[str, ...]]] = {}
     _notInDocument: ClassVar[tuple[str, ...]] = ()
     _selectorRequired: ClassVar[bool] = False
 
@@ -200,7 +204,8 @@ class Section(BaseModel):
             # The checks across sections look again at the valid parts of a
             # section that had problems: each mapping is validated once.
             # Keeping the mapping keeps its id from being reused.
-            memo = info.context["validated"]
+            # A document's context is a dict (isDocument).
+            memo = info.context["validated"]  # type: ignore[index]
             seen = memo.get((cls, id(data)))
             if seen is None or seen[0] is not data:
                 try:
@@ -218,7 +223,8 @@ class Section(BaseModel):
         document = isDocument(info.context)
         data = dict(data)
         position = {key: i for i, key in enumerate(data)}
-        selector, keyed = [], []
+        selector: list[Problem] = []
+        keyed: list[tuple[int, Problem]] = []
         for key in [key for key in data if not isinstance(key, str)]:
             keyed.append((position[key], Problem((), f"keys must be strings, got {show(key)}")))
             del data[key]

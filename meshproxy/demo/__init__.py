@@ -85,7 +85,7 @@ def demoUpstreamServices(reactor):
             label = "%s-%d (127.0.0.1:%d)" % (name, i, port)
             site = Site(Hello(label))
             site.noisy = False
-            site.log = lambda request: None
+            site.log = lambda request: None  # type: ignore[method-assign]
             endpoint = TCP4ServerEndpoint(reactor, port, interface="127.0.0.1")
             services.append(StreamServerEndpointService(endpoint, site))
     return services

@@ -538,7 +538,8 @@ class FailureAccrual:
     # Latency ejection.
 
     def _checkLatency(self, node: Node, now: float) -> None:
-        factor, duration = self.latency
+        # Called only with latency ejection configured.
+        factor, duration = self.latency  # type: ignore[misc]
         if now - self._medianStamp >= self._medianInterval:
             self._median = self._liveMedian()
             self._medianStamp = now
@@ -589,6 +590,7 @@ def accrualFromConfig(config, balancer, *, clock, random, onEvent=None):
     """
     if config.kind == "none":
         return None
+    policy: IAccrualPolicy
     if config.kind == "consecutiveFailures":
         policy = ConsecutiveFailures(config.failures)
     elif config.window is not None:

@@ -5,7 +5,12 @@ classifiers and failure accrual policies.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from meshproxy.balancing.node import Node
 
 __all__ = ["IClassifier", "IAccrualPolicy"]
 
@@ -51,7 +56,7 @@ class IAccrualPolicy(Interface):
 
     description = Attribute("A short text for logs, e.g. C{'5 consecutive failures'}.")
 
-    def recordSuccess(node: object, now: float) -> None:
+    def recordSuccess(node: Node, now: float) -> None:
         """
         Record a successful request on a live node.
 
@@ -59,7 +64,7 @@ class IAccrualPolicy(Interface):
         @param now: the clock time.
         """
 
-    def recordFailure(node: object, now: float) -> bool:
+    def recordFailure(node: Node, now: float) -> bool:
         """
         Record a failed request on a live node.
 
@@ -68,7 +73,7 @@ class IAccrualPolicy(Interface):
         @return: whether the node is to be ejected.
         """
 
-    def reset(node: object) -> None:
+    def reset(node: Node) -> None:
         """
         Forget what was recorded of C{node} (it was revived, or the policy
         is new to it).

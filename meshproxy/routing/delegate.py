@@ -229,7 +229,7 @@ class _Delegation:
         return None
 
     def path(self, path: Path, dentry: Dentry | None, children: list | None) -> Any:
-        node = None
+        node: dict[str, Any] | None = None
         if children is not None:
             node = {
                 "path": str(path),
@@ -287,7 +287,7 @@ class _Delegation:
                 raise DelegationError(
                     f"delegation exceeded {self.maxDepth} rewrites: loop? "
                     f"resolving {self.root}: {_showChain(self.chain)}",
-                    self.root,
+                    self.root,  # type: ignore[arg-type]  # set by run()
                     tuple(self.chain),
                 )
             result = self.tree(rewritten, dentry, children)

@@ -199,7 +199,8 @@ class Dtab:
         """
         if type(text) is not str:
             raise TypeError(f"Dtab.read expects a str, got {text!r}")
-        return cls(_Parser(text).dtab())
+        # (attrs' mypy plugin cannot type the converter tuple's argument)
+        return cls(_Parser(text).dtab())  # type: ignore[arg-type]
 
     def show(self) -> str:
         """
@@ -344,7 +345,8 @@ class _Parser:
         if len(branches) == 1:
             # A lone weight means nothing: "0.5*/a" is just "/a".
             return branches[0].tree
-        return Union(tuple(branches))
+        # (attrs' mypy plugin cannot type the converter tuple's argument)
+        return Union(tuple(branches))  # type: ignore[arg-type]
 
     def weighted(self) -> Weighted:
         self.skipSpace()

@@ -55,6 +55,9 @@ class _Special:
 
     __slots__ = ("name", "symbol")
 
+    name: str
+    symbol: str
+
     def __init__(self, name: str, symbol: str) -> None:
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "symbol", symbol)
@@ -183,8 +186,9 @@ def mapTree(tree: Any, fn: Callable[[Any], Any]) -> Any:
     if cls is Alt:
         return Alt(tuple(mapTree(t, fn) for t in tree.trees))
     if cls is Union:
+        # (attrs' mypy plugin cannot type the converter tuple's argument)
         return Union(
-            tuple(Weighted(w.weight, mapTree(w.tree, fn)) for w in tree.weighted)
+            tuple(Weighted(w.weight, mapTree(w.tree, fn)) for w in tree.weighted)  # type: ignore[misc]
         )
     return tree
 
@@ -267,7 +271,8 @@ def simplifyUnion(weighted: Any) -> Any:
         return Empty if sawEmpty else Neg
     if len(kept) == 1:
         return next(iter(kept))
-    return Union(tuple(Weighted(w, t) for t, w in kept.items()))
+    # (attrs' mypy plugin cannot type the converter tuple's argument)
+    return Union(tuple(Weighted(w, t) for t, w in kept.items()))  # type: ignore[misc]
 
 
 def simplify(tree: Any) -> Any:

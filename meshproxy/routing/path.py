@@ -65,6 +65,7 @@ class Path:
     __slots__ = ("segments", "_hash")
 
     segments: tuple[str, ...]
+    _hash: int
     empty: ClassVar[Path]
     """The empty path, written C{/}."""
 

@@ -53,7 +53,8 @@ class RulesError(ValueError):
     def __str__(self) -> str:
         if self.line is None:
             return self.message
-        return "%s at line %d, column %d" % (self.message, self.line, self.column)
+        # A position is a line and a column, given together.
+        return "%s at line %d, column %d" % (self.message, self.line, self.column)  # type: ignore[str-format]
 
 
 class InetNotAllowed(RulesError):
@@ -259,7 +260,7 @@ class RuleTable:
         except (DelegationError, ValueError) as e:
             return "error: %s" % (e,)
 
-    def explainSteps(self, path: Path) -> list:
+    def explainSteps(self, path: Path) -> dict:
         """
         Every delegation step for C{path} under the rules in force.
         """
