@@ -6,9 +6,13 @@ framing of what is sent (chunks, the last chunk and trailers).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from meshproxy.http.message import encodeChunk, lastChunk
+
+if TYPE_CHECKING:
+    from meshproxy.http.interfaces import IUpstreamConnection
+    from meshproxy.http.message import Headers
 
 __all__ = ["PRECONNECT_BUFFER", "RequestBody"]
 
@@ -53,12 +57,12 @@ class RequestBody:
         self.done = False
         self.sent = False
         self.sentAll = False
-        self.trailers: Any = None
+        self.trailers: Headers | None = None
         self.replay: list[bytes] | None = [] if limit else None
         self.replaySize = 0
         self.limit = limit
 
-    def receive(self, data: bytes, upstream: Any) -> bool:
+    def receive(self, data: bytes, upstream: IUpstreamConnection | None) -> bool:
         """
         A piece of body arrived: keep a copy while it fits, and send it on
         C{upstream} if the body streams there, else hold it.
@@ -83,7 +87,7 @@ class RequestBody:
         self.pendingSize += len(data)
         return self.pendingSize > PRECONNECT_BUFFER
 
-    def start(self, head: bytes, upstream: Any) -> bool:
+    def start(self, head: bytes, upstream: IUpstreamConnection) -> bool:
         """
         Send the request head with the body held so far on a new try's
         connection; from now on the body streams there.
@@ -105,7 +109,7 @@ class RequestBody:
         upstream.write(head + data)
         return held > PRECONNECT_BUFFER
 
-    def finish(self, upstream: Any) -> bool:
+    def finish(self, upstream: IUpstreamConnection | None) -> bool:
         """
         Send the end of the body (the last chunk and trailers) once it is
         all there and streaming to C{upstream}.

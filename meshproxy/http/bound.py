@@ -7,7 +7,7 @@ under C{boundNames} or the router's).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zope.interface import implementer
 
@@ -21,6 +21,15 @@ from meshproxy.resilience.classifiers import Classifier
 from meshproxy.resilience.limits import Limiter
 from meshproxy.routing.delegate import INET_PREFIX, BoundName
 from meshproxy.routing.path import Path
+
+if TYPE_CHECKING:
+    from meshproxy.balancing.interfaces import IBalancer
+    from meshproxy.config import ClassifierConfig, RouterConfig
+    from meshproxy.discovery.endpoints import Endpoint, Observable
+    from meshproxy.discovery.interfaces import INamer
+    from meshproxy.http.message import Headers, Request
+    from meshproxy.resilience.accrual import FailureAccrual
+    from meshproxy.telemetry.metrics import RouteStats
 
 __all__ = ["BoundClient", "BoundClients", "NamePolicies", "MAX_BOUND_NAMES"]
 
@@ -36,7 +45,7 @@ class NamePolicies:
     C{boundNames}, else the router's.
     """
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: RouterConfig) -> None:
         """
         @param config: the router's L{RouterConfig<meshproxy.config.RouterConfig>}.
         """
@@ -62,7 +71,7 @@ class NamePolicies:
         return classifier, limiter
 
 
-def makeClassifier(config: Any) -> Classifier:
+def makeClassifier(config: ClassifierConfig) -> Classifier:
     """
     The classifier a C{classifier} config section describes.
     """
@@ -85,13 +94,13 @@ class BoundClient(BoundEndpoints):
         (unknown names, from arbitrary Host headers, make no series).
     """
 
-    def __init__(self, owner: Any, boundName: BoundName, observable: Any) -> None:
+    def __init__(self, owner: BoundClients, boundName: BoundName, observable: Observable) -> None:
         """
         @param owner: the L{BoundClients} (gives the pool settings, the
             balancer and the accrual).
         """
         self._owner = owner
-        self.stats = None
+        self.stats: RouteStats | None = None
         self.classifier, self.limiter = owner.policies.policyFor(str(boundName.id))
         BoundEndpoints.__init__(self, owner, boundName, observable)
 
@@ -106,7 +115,7 @@ class BoundClient(BoundEndpoints):
             return {"open": 0, "idle": 0}
         return {"open": len(pool.all), "idle": len(pool.idle)}
 
-    def classify(self, request: Any, status: int, headers: list) -> tuple[int, bool]:
+    def classify(self, request: Request, status: int, headers: Headers) -> tuple[int, bool]:
         """
         See L{IDestination.classify}.
         """
@@ -122,7 +131,7 @@ class BoundClient(BoundEndpoints):
         )
         return classification, retryableHeader
 
-    def isIdempotent(self, request: Any) -> bool:
+    def isIdempotent(self, request: Request) -> bool:
         """
         See L{IDestination.isIdempotent}.
         """
@@ -144,7 +153,7 @@ class BoundClient(BoundEndpoints):
             accrual.picked(node)
         return self.balancer.start(node)
 
-    def endTry(self, node: Node, started: float, success: bool) -> None:
+    def endTry(self, node: Node, started: float | None, success: bool) -> None:
         self.balancer.finish(node, started, success)
         accrual = self.accrual
         if accrual is not None:
@@ -185,12 +194,12 @@ class BoundClients:
 
     def __init__(
         self,
-        namers: dict[Path, Any],
+        namers: dict[Path, INamer],
         policies: NamePolicies,
         *,
-        makeBalancer: Callable[..., Any],
-        makeAccrual: Callable[[Any], Any],
-        makePool: Callable[[Any], Pool],
+        makeBalancer: Callable[..., IBalancer],
+        makeAccrual: Callable[[IBalancer], FailureAccrual | None],
+        makePool: Callable[[Endpoint], Pool],
         onEvict: Callable[[], None],
     ) -> None:
         """

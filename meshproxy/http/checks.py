@@ -6,12 +6,15 @@ to the parser's own refusals.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import httptools
 
 from meshproxy.http.message import ProxyError, Request
 from meshproxy.routing.identifiers import splitAbsoluteForm
+
+if TYPE_CHECKING:
+    from meshproxy.config import ServerConfig
 
 __all__ = ["checkRequest", "parserError"]
 
@@ -56,7 +59,8 @@ def _absoluteForm(request: Request) -> bytes:
     @raise ProxyError: for a target with userinfo (C{http://a@b/}, which
         reads as one host and routes to another) or without a host.
     """
-    authority, path = splitAbsoluteForm(request.target)
+    # checkRequest saw an "http://" or "https://" target: never None.
+    authority, path = splitAbsoluteForm(request.target)  # type: ignore[misc]
     if b"@" in authority:
         raise ProxyError(400, "bad-request", "Userinfo is not allowed in a request-target.")
     if not authority:
@@ -72,7 +76,7 @@ def _absoluteForm(request: Request) -> bytes:
     return authority
 
 
-def checkRequest(request: Request, settings: Any) -> None:
+def checkRequest(request: Request, settings: ServerConfig) -> None:
     """
     The checks RFC 9112 asks of a proxy that llhttp does not make.
 

@@ -8,9 +8,13 @@ meshproxy frames those itself: the response ends with its header block, and
 the connection gets a fresh parser for the next response.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 import httptools
 from twisted.internet.error import ConnectionDone
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -18,6 +22,18 @@ from meshproxy.http.interfaces import IUpstreamConnection
 from meshproxy.http.message import forbiddenTrailer
 from meshproxy.transport.connector import describeConnectFailure
 from meshproxy.transport.fastwrite import writerFor
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+    from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime
+    from twisted.python.failure import Failure
+
+    from meshproxy.config import ClientConfig
+    from meshproxy.discovery.endpoints import Endpoint
+    from meshproxy.http.interfaces import IExchange
+    from meshproxy.http.message import Headers
+    from meshproxy.transport.connector import IConnector
+    from meshproxy.transport.interfaces import IStreamTransport
 
 _log = Logger()
 
@@ -43,9 +59,11 @@ class UpstreamProtocol(Protocol):
         safe to retry).
     """
 
-    def __init__(self, pool):
+    transport: IStreamTransport
+
+    def __init__(self, pool: Pool) -> None:
         self.pool = pool
-        self.exchange = None
+        self.exchange: IExchange | None = None
         limits = pool.limits
         self._maxHeaders = limits.maxHeaders
         self._maxHeaderBytes = limits.maxHeaderBytes
@@ -54,8 +72,8 @@ class UpstreamProtocol(Protocol):
         self.idleSince = 0.0
         self.connected = False
         self._gotBytes = False
-        self._headers = None
-        self._trailers = None
+        self._headers: Headers | None = None
+        self._trailers: Headers | None = None
         self._reason = b""
         self._inBody = False
         # The bounds of the response head (then trailers) being read, raw
@@ -70,7 +88,7 @@ class UpstreamProtocol(Protocol):
         self._interim = 0
         self._complete = False
         self._headDone = False
-        self._tunnel = None
+        self._tunnel: IStreamTransport | None = None
         self._informational = False
         self._producing = False
         self._untilClose = False
@@ -81,15 +99,16 @@ class UpstreamProtocol(Protocol):
         self._releaseAfterFeed = False
         self._unsolicited = False
 
-    def connectionMade(self):
+    def connectionMade(self) -> None:
         self.connected = True
         # Not every transport is TCP (a UNIX socket has no Nagle to turn off).
         setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
         if setNoDelay is not None:
             setNoDelay(True)
-        self.write = writerFor(self.transport)
+        # The fast writer replaces the method for this connection.
+        self.write = writerFor(self.transport)  # type: ignore[method-assign, assignment]
 
-    def write(self, data):
+    def write(self, data: bytes) -> None:
         """
         Send request bytes.
         """
@@ -97,7 +116,7 @@ class UpstreamProtocol(Protocol):
 
     # -- input ------------------------------------------------------------
 
-    def dataReceived(self, data):
+    def dataReceived(self, data: bytes) -> None:
         if self._tunnel is not None:
             self._tunnel.write(data)
             return
@@ -145,7 +164,7 @@ class UpstreamProtocol(Protocol):
             exchange.responseStreaming(self)
         exchange.flush()
 
-    def _refuse(self, reason):
+    def _refuse(self, reason: str) -> None:
         """
         The upstream sent something that is not an acceptable response: the
         try fails (or, with nobody waiting, the connection is dropped).
@@ -156,7 +175,7 @@ class UpstreamProtocol(Protocol):
         else:
             self.transport.abortConnection()
 
-    def _bound(self, data):
+    def _bound(self, data: bytes) -> None:
         """
         After a read: bound what the parser holds unfinished, an incomplete
         head or the chunk framing and trailers since the last body piece.
@@ -174,7 +193,7 @@ class UpstreamProtocol(Protocol):
                 if self._sinceBody > limit:
                     self._refuse("response trailers larger than %d bytes" % (limit,))
 
-    def on_message_begin(self):
+    def on_message_begin(self) -> None:
         if self.exchange is None:
             self._unsolicited = True
         self._headers = []
@@ -187,10 +206,10 @@ class UpstreamProtocol(Protocol):
         self._fieldCount = 0
         self._fieldBytes = 0
 
-    def on_status(self, reason):
+    def on_status(self, reason: bytes) -> None:
         self._reason += reason
 
-    def on_header(self, name, value):
+    def on_header(self, name: bytes, value: bytes) -> None:
         # The head's fields, then (separately) the trailers', bounded as
         # they arrive.
         count = self._fieldCount = self._fieldCount + 1
@@ -200,7 +219,8 @@ class UpstreamProtocol(Protocol):
         if size > self._maxHeaderBytes:
             raise _ResponseRefused("response head larger than %d bytes" % (self._maxHeaderBytes,))
         if not self._inBody:
-            self._headers.append((name, value))
+            # (a list since on_message_begin)
+            self._headers.append((name, value))  # type: ignore[union-attr]
         elif forbiddenTrailer(name):
             # Never forwarded from a trailer (see forbiddenTrailer).
             if self.exchange is not None:
@@ -210,7 +230,7 @@ class UpstreamProtocol(Protocol):
         else:
             self._trailers.append((name, value))
 
-    def on_headers_complete(self):
+    def on_headers_complete(self) -> None:
         exchange = self.exchange
         status = self.parser.get_status_code()
         self._inHead = False
@@ -225,13 +245,14 @@ class UpstreamProtocol(Protocol):
                 raise _ResponseRefused("more than %d interim (1xx) responses" % (limit,))
             self._informational = True
             if exchange is not None:
-                exchange.interimResponse(status, self._reason, self._headers)
+                # (_headers: a list since on_message_begin, here and below)
+                exchange.interimResponse(status, self._reason, self._headers)  # type: ignore[arg-type]
             return
         self._informational = False
         self._inBody = True
         contentLength = None
         chunked = False
-        for name, value in self._headers:
+        for name, value in self._headers:  # type: ignore[union-attr]
             n = name.lower()
             if n == b"content-length":
                 contentLength = value
@@ -240,7 +261,9 @@ class UpstreamProtocol(Protocol):
         self._untilClose = contentLength is None and not chunked
         if exchange is None:
             return
-        if not exchange.responseHead(status, self._reason, self._headers, contentLength, chunked):
+        if not exchange.responseHead(
+            status, self._reason, self._headers, contentLength, chunked  # type: ignore[arg-type]
+        ):
             # Dropped for a retry; this connection is being aborted.
             return
         if exchange.request.method == b"HEAD" and status != 101:
@@ -251,7 +274,7 @@ class UpstreamProtocol(Protocol):
             self.reused = True
             exchange.responseComplete(None, self.parser.should_keep_alive())
 
-    def on_body(self, data):
+    def on_body(self, data: bytes) -> None:
         self._bodyProgress = True
         if self._headDone:
             # Body bytes after a HEAD response: the upstream is broken.
@@ -261,7 +284,7 @@ class UpstreamProtocol(Protocol):
         if exchange is not None and data:
             exchange.responseBody(data)
 
-    def on_message_complete(self):
+    def on_message_complete(self) -> None:
         if self._informational:
             self._informational = False
             return
@@ -276,15 +299,15 @@ class UpstreamProtocol(Protocol):
         if exchange is not None:
             exchange.responseComplete(self._trailers, self.parser.should_keep_alive())
 
-    def on_chunk_header(self):
+    def on_chunk_header(self) -> None:
         pass
 
-    def on_chunk_complete(self):
+    def on_chunk_complete(self) -> None:
         pass
 
     # -- hand-back and teardown -------------------------------------------
 
-    def attach(self, exchange):
+    def attach(self, exchange: IExchange) -> None:
         """
         Serve C{exchange} next (a pooled connection being reused).
         """
@@ -293,7 +316,7 @@ class UpstreamProtocol(Protocol):
         self._unsolicited = False
         self._interim = 0
 
-    def stopStreaming(self):
+    def stopStreaming(self) -> None:
         """
         The response is over: if a slow client paused this connection, read
         again.
@@ -302,27 +325,27 @@ class UpstreamProtocol(Protocol):
             self._producing = False
             self.transport.resumeProducing()
 
-    def sendBodyFrom(self, producer):
+    def sendBodyFrom(self, producer: IPushProducer) -> None:
         """
         Let C{producer} (the client's reading) be paused while this
         connection's transport is full.
         """
         self.transport.registerProducer(producer, True)
 
-    def bodySent(self):
+    def bodySent(self) -> None:
         """
         The request body is written: undo L{sendBodyFrom}.
         """
         self.transport.unregisterProducer()
 
-    def abort(self):
+    def abort(self) -> None:
         """
         The exchange drops this connection: forget it, and reset it.
         """
         self.exchange = None
         self.transport.abortConnection()
 
-    def responseDone(self, reusable):
+    def responseDone(self, reusable: bool) -> None:
         """
         The exchange has what it needs: return to the pool or close.
         """
@@ -336,14 +359,14 @@ class UpstreamProtocol(Protocol):
             self.pool.discard(self)
             self.transport.loseConnection()
 
-    def _switch(self, rest):
+    def _switch(self, rest: bytes) -> None:
         exchange = self.exchange
         if exchange is None or self.parser.get_status_code() != 101:
             self.transport.abortConnection()
             return
         exchange.upgraded(self, rest)
 
-    def startTunnel(self, peer):
+    def startTunnel(self, peer: IStreamTransport) -> None:
         """
         After a 101, relay raw bytes to the client's transport C{peer}.
         """
@@ -351,7 +374,7 @@ class UpstreamProtocol(Protocol):
         self._tunnel = peer
         self.pool.discard(self)
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected = False
         self.pool.discard(self)
         if self._tunnel is not None:
@@ -379,10 +402,10 @@ class _UpstreamFactory(Factory):
 
     noisy = False
 
-    def __init__(self, pool):
+    def __init__(self, pool: Pool) -> None:
         self.pool = pool
 
-    def buildProtocol(self, addr):
+    def buildProtocol(self, addr: IAddress | None) -> UpstreamProtocol:
         p = UpstreamProtocol(self.pool)
         p.factory = self
         return p
@@ -397,18 +420,18 @@ class _Attempt:
 
     __slots__ = ("pool", "exchange", "_deferred")
 
-    def __init__(self, pool, exchange):
+    def __init__(self, pool: Pool, exchange: IExchange) -> None:
         self.pool = pool
-        self.exchange = exchange
-        self._deferred = None
+        self.exchange: IExchange | None = exchange
+        self._deferred: Deferred[Any] | None = None
 
-    def start(self):
+    def start(self) -> None:
         d = self._deferred = self.pool.connector.connect(
             self.pool.endpoint, _UpstreamFactory(self.pool)
         )
         d.addCallbacks(self._connected, self._failed)
 
-    def abandon(self):
+    def abandon(self) -> None:
         """
         The exchange gave up on this attempt (its try timed out, or it
         ended): stop connecting, and never call it back.
@@ -418,7 +441,7 @@ class _Attempt:
         if d is not None:
             d.cancel()
 
-    def _connected(self, conn):
+    def _connected(self, conn: UpstreamProtocol) -> None:
         self._deferred = None
         pool = self.pool
         pool.opened(conn)
@@ -431,7 +454,7 @@ class _Attempt:
         exchange.connected(conn)
         exchange.flush()
 
-    def _failed(self, failure):
+    def _failed(self, failure: Failure) -> None:
         self._deferred = None
         self.pool.connecting -= 1
         exchange, self.exchange = self.exchange, None
@@ -451,7 +474,16 @@ class Pool:
     @ivar idle: idle connections, most recently used last.
     """
 
-    def __init__(self, endpoint, *, clock, connector, limits, maxIdle=64, idleTimeout=60.0):
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        clock: IReactorTime,
+        connector: IConnector,
+        limits: ClientConfig,
+        maxIdle: int = 64,
+        idleTimeout: float = 60.0,
+    ) -> None:
         """
         @param clock: gives the time, for idle expiry.
         @param connector: the L{IConnector<meshproxy.transport.connector.IConnector>}
@@ -466,12 +498,12 @@ class Pool:
         self.connector = connector
         self.maxIdle = maxIdle
         self.idleTimeout = idleTimeout
-        self.idle = []
-        self.all = set()
+        self.idle: list[UpstreamProtocol] = []
+        self.all: set[UpstreamProtocol] = set()
         self.connecting = 0
         self.closed = False
 
-    def acquire(self, exchange):
+    def acquire(self, exchange: IExchange) -> None:
         """
         Give C{exchange} a connection: an idle one, or a new one.
         """
@@ -486,14 +518,14 @@ class Pool:
         attempt = exchange.connecting = _Attempt(self, exchange)
         attempt.start()
 
-    def opened(self, conn):
+    def opened(self, conn: UpstreamProtocol) -> None:
         """
         A new connection was made.
         """
         self.connecting -= 1
         self.all.add(conn)
 
-    def release(self, conn):
+    def release(self, conn: UpstreamProtocol) -> None:
         """
         C{conn} finished a response and can serve another.
         """
@@ -504,7 +536,7 @@ class Pool:
         conn.idleSince = self.clock.seconds()
         self.idle.append(conn)
 
-    def discard(self, conn):
+    def discard(self, conn: UpstreamProtocol) -> None:
         """
         Forget C{conn} (it is closing).
         """
@@ -514,7 +546,7 @@ class Pool:
         except ValueError:
             pass
 
-    def expire(self, now):
+    def expire(self, now: float) -> None:
         """
         Close idle connections unused for longer than the idle timeout.
         """
@@ -524,7 +556,7 @@ class Pool:
             self.discard(conn)
             conn.transport.loseConnection()
 
-    def close(self):
+    def close(self) -> None:
         """
         The endpoint left the set: close idle connections now, busy ones
         when their exchange ends.

@@ -24,7 +24,7 @@ a try fails".
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from zope.interface import implementer
 
@@ -37,6 +37,20 @@ from meshproxy.http.states import AWAITING, DONE, NEW, SENDING, STREAMING, WAITI
 from meshproxy.resilience.classifiers import RETRYABLE, SUCCESS
 from meshproxy.resilience.deadline import DeadlineExpired
 from meshproxy.resilience.retries import CONNECT, RESET, STATUS, TIMEOUT
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall
+
+    from meshproxy.balancing.node import Node
+    from meshproxy.http.client import _Attempt
+    from meshproxy.http.interfaces import (
+        IClientConnection,
+        IDestination,
+        IRouter,
+        IUpstreamConnection,
+    )
+    from meshproxy.http.message import Headers, Request
+    from meshproxy.resilience.limits import Limiter
 
 __all__ = ["Exchange", "MAX_STALE_TRIES"]
 
@@ -57,6 +71,12 @@ class Exchange(ExchangeState):
     @ivar client: the destination (L{IDestination}) once routed.
     @ivar state: one of C{new}, C{waiting}, C{sending}, C{awaiting},
         C{streaming}, C{done}.
+
+    Some attributes are L{None} until the state that sets them: C{client}
+    until L{start} routes the request, C{node} while no try is under way,
+    C{writer} until the response head (L{STREAMING}), and C{body} for a
+    request without one. The steps after rely on it, which mypy cannot
+    see: their lines say C{type: ignore[union-attr]}.
     """
 
     __slots__ = (
@@ -89,33 +109,33 @@ class Exchange(ExchangeState):
         "continued",
     )
 
-    def __init__(self, server: Any, request: Any, router: Any) -> None:
+    def __init__(self, server: IClientConnection, request: Request, router: IRouter) -> None:
         self.state = NEW
         self.server = server
         self.request = request
         self.router = router
-        self.client: Any = None
+        self.client: IDestination | None = None
         self.body = RequestBody(request.chunked, router.bufferBytes) if request.hasBody else None
-        self.node: Any = None
+        self.node: Node | None = None
         self.startTime = 0.0
         self.tryStart = 0.0
-        self.upstream: Any = None
-        self.connecting: Any = None
+        self.upstream: IUpstreamConnection | None = None
+        self.connecting: _Attempt | None = None
         self.status = 0
         self.tries = 0
         self.retries = 0
         self.stale = 0
         self.writer: ResponseWriter | None = None
         self.keepAlive = request.keepAlive
-        self.timer: Any = None
+        self.timer: IDelayedCall | None = None
         # The per-try timeout, or the wait before a retry.
-        self.tryTimer: Any = None
+        self.tryTimer: IDelayedCall | None = None
         self.deadline = 0.0
         self.upgradeRest = b""
-        self.triedNodes: set | None = None
+        self.triedNodes: set[Node] | None = None
         self.classification = SUCCESS
         # The limiter holding a place for this request, once admitted.
-        self.limiter: Any = None
+        self.limiter: Limiter | None = None
         # Whether it holds a place among the requests waiting for a
         # connection (limits.maxPending).
         self.waiting = False
@@ -173,7 +193,7 @@ class Exchange(ExchangeState):
         self.tryTimer = None
         if self.state is DONE:
             return
-        client = self.client
+        client: IDestination = self.client  # type: ignore[assignment]
         # Prefer an endpoint that has not failed this request already.
         node = client.balancer.pickAvoiding(self.triedNodes)
         if node is None:
@@ -217,7 +237,7 @@ class Exchange(ExchangeState):
         body = self.body
         delay = self.router.retries.retryDelay(
             reason,
-            allowed=anyMethod or self.client.isIdempotent(self.request),
+            allowed=anyMethod or self.client.isIdempotent(self.request),  # type: ignore[union-attr]
             retries=self.retries,
             replayable=body is None or body.replayable(),
             deadline=self.deadline,
@@ -244,7 +264,7 @@ class Exchange(ExchangeState):
 
     # -- the tries' accounting -------------------------------------------------
 
-    def _closeTry(self) -> Any:
+    def _closeTry(self) -> Node | None:
         """
         Stop the current try's timer and waiting; return its node (or
         L{None} when no try is under way), which is no longer current.
@@ -271,7 +291,7 @@ class Exchange(ExchangeState):
         node = self._closeTry()
         if node is None:
             return
-        self.client.endTry(node, None if measured else self.tryStart, success)
+        self.client.endTry(node, None if measured else self.tryStart, success)  # type: ignore[union-attr]
         if not success:
             # A retry goes elsewhere when it can.
             if self.triedNodes is None:
@@ -284,12 +304,12 @@ class Exchange(ExchangeState):
         """
         node = self._closeTry()
         if node is not None:
-            self.client.abandonTry(node)
+            self.client.abandonTry(node)  # type: ignore[union-attr]
 
     def _stopWaiting(self) -> None:
         if self.waiting:
             self.waiting = False
-            self.client.limiter.pendingRelease()
+            self.client.limiter.pendingRelease()  # type: ignore[union-attr]
 
     # -- request body from the client --------------------------------------
 
@@ -300,10 +320,10 @@ class Exchange(ExchangeState):
         if self.state is DONE:
             # Answered already: the rest of the body is read and dropped.
             return
-        if self.body.receive(data, self.upstream):
+        if self.body.receive(data, self.upstream):  # type: ignore[union-attr]
             self.server.gate.pause("preconnect")
 
-    def bodyComplete(self, trailers: Any) -> None:
+    def bodyComplete(self, trailers: Headers | None) -> None:
         """
         See L{IExchange.bodyComplete}.
         """
@@ -315,12 +335,12 @@ class Exchange(ExchangeState):
         self._finishRequestBody()
 
     def _finishRequestBody(self) -> None:
-        if self.body.finish(self.upstream) and self.state is SENDING:
+        if self.body.finish(self.upstream) and self.state is SENDING:  # type: ignore[union-attr]
             self._enter(AWAITING)
 
     # -- upstream connection ---------------------------------------------
 
-    def connected(self, upstream: Any) -> None:
+    def connected(self, upstream: IUpstreamConnection) -> None:
         """
         See L{IExchange.connected}: send the request.
         """
@@ -396,14 +416,14 @@ class Exchange(ExchangeState):
         if (
             self.stale < MAX_STALE_TRIES
             and (body is None or body.replayable())
-            and self.client.isIdempotent(self.request)
+            and self.client.isIdempotent(self.request)  # type: ignore[union-attr]
         ):
             # Only idempotent requests: the upstream may have read this one
             # before it closed.
             self.stale += 1
             self._rewind()
             if self.tryTimer is None or self.tryTimer.active():
-                node.payload.acquire(self)
+                node.payload.acquire(self)  # type: ignore[union-attr]
                 return
         address = _address(node)
         self._abandonTry()
@@ -417,7 +437,7 @@ class Exchange(ExchangeState):
 
     # -- response from upstream -------------------------------------------
 
-    def interimResponse(self, status: int, reason: bytes, headers: list) -> None:
+    def interimResponse(self, status: int, reason: bytes, headers: Headers) -> None:
         """
         See L{IExchange.interimResponse}: 100 was answered by meshproxy
         itself; others (103) go on to HTTP/1.1 clients.
@@ -426,7 +446,12 @@ class Exchange(ExchangeState):
             self.server.write(interimHead(status, reason, headers))
 
     def responseHead(
-        self, status: int, reason: bytes, headers: list, contentLength: Any, chunked: bool
+        self,
+        status: int,
+        reason: bytes,
+        headers: Headers,
+        contentLength: bytes | None,
+        chunked: bool,
     ) -> bool:
         """
         See L{IExchange.responseHead}.
@@ -446,7 +471,7 @@ class Exchange(ExchangeState):
             self.tryTimer = None
             timer.cancel()
         request = self.request
-        classification, anyMethod = self.client.classify(request, status, headers)
+        classification, anyMethod = self.client.classify(request, status, headers)  # type: ignore[union-attr]
         self.classification = classification
         if classification == RETRYABLE and status != 101:
             upstream = self.upstream
@@ -461,7 +486,7 @@ class Exchange(ExchangeState):
         elif self.node is not None:
             # The endpoint's latency is the time to its answer's head: a
             # body the client reads slowly must not make it look slow.
-            self.client.balancer.measured(self.node, self.tryStart)
+            self.client.balancer.measured(self.node, self.tryStart)  # type: ignore[union-attr]
         self._enter(STREAMING)
         self.status = status
         self.progress = self.router.clock.seconds()
@@ -494,15 +519,15 @@ class Exchange(ExchangeState):
         """
         if self.state is STREAMING:
             self.progress = self.router.clock.seconds()
-            self.writer.body(data)
+            self.writer.body(data)  # type: ignore[union-attr]
 
-    def responseStreaming(self, upstream: Any) -> None:
+    def responseStreaming(self, upstream: IUpstreamConnection) -> None:
         """
         See L{IExchange.responseStreaming}.
         """
         self.server.streamFrom(upstream.transport)
 
-    def responseComplete(self, trailers: Any, reusable: bool) -> None:
+    def responseComplete(self, trailers: Headers | None, reusable: bool) -> None:
         """
         See L{IExchange.responseComplete}.
 
@@ -511,7 +536,7 @@ class Exchange(ExchangeState):
         if self.state is not STREAMING:
             return
         server = self.server
-        self.writer.end(trailers)
+        self.writer.end(trailers)  # type: ignore[union-attr]
         upstream, self.upstream = self.upstream, None
         if upstream is not None:
             server.stopStreaming()
@@ -528,7 +553,7 @@ class Exchange(ExchangeState):
         server.flush()
         server.exchangeDone(self, self.keepAlive)
 
-    def upgraded(self, upstream: Any, rest: bytes) -> None:
+    def upgraded(self, upstream: IUpstreamConnection, rest: bytes) -> None:
         """
         See L{IExchange.upgraded}: splice the two connections.
         """
@@ -717,5 +742,5 @@ class Exchange(ExchangeState):
             router.record(client, self.status or 502, router.clock.seconds() - self.startTime)
 
 
-def _address(node: Any) -> str:
+def _address(node: Node | None) -> str:
     return "?" if node is None else formatAddress(node.endpoint)

@@ -33,7 +33,16 @@ body, registered through the exchange).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IPushProducer
+
+    from meshproxy.balancing.node import Node
+    from meshproxy.http.message import Headers, ProxyError, Request
+    from meshproxy.transport.interfaces import IStreamTransport
 
 __all__ = [
     "IClientConnection",
@@ -56,7 +65,7 @@ class IRouter(Interface):
     bufferBytes = Attribute("Request body bytes kept for a retry.")
     forwarded = Attribute("Whether X-Forwarded-* and Forwarded are added.")
 
-    def route(request: object, trusted: bool) -> tuple:
+    def route(request: Request, trusted: bool) -> tuple[IDestination, bytes | None]:
         """
         Choose the destination of a request.
 
@@ -68,7 +77,7 @@ class IRouter(Interface):
         @raise ProxyError: when there is no destination.
         """
 
-    def isTrusted(host: object) -> bool:
+    def isTrusted(host: str | None) -> bool:
         """
         Whether a caller at C{host} (an IP address as text, or L{None}) may
         send rules overrides and deadlines.
@@ -79,7 +88,7 @@ class IRouter(Interface):
         Count an error answered (or a connection refused) by meshproxy.
         """
 
-    def record(destination: object, status: int, seconds: float) -> None:
+    def record(destination: IDestination, status: int, seconds: float) -> None:
         """
         Count one finished request of C{destination}.
         """
@@ -95,7 +104,7 @@ class IDestination(Interface):
     classifier = Attribute("The IClassifier of the name's responses.")
     limiter = Attribute("The Limiter of requests in flight, or None.")
 
-    def classify(request: object, status: int, headers: list) -> tuple:
+    def classify(request: Request, status: int, headers: Headers) -> tuple[int, bool]:
         """
         Judge a response head to C{request}.
 
@@ -104,26 +113,29 @@ class IDestination(Interface):
             retried whatever its method (C{mesh-retryable: true}).
         """
 
-    def isIdempotent(request: object) -> bool:
+    def isIdempotent(request: Request) -> bool:
         """
         Whether C{request} may be sent twice (by its method, or a POST with
         an C{Idempotency-Key} where the classifier allows it).
         """
 
-    def beginTry(node: object) -> float:
+    def beginTry(node: Node) -> float:
         """
         A try starts on C{node}: count it (pending, accrual).
 
         @return: its start time.
         """
 
-    def endTry(node: object, started: float, success: bool) -> None:
+    def endTry(node: Node, started: float | None, success: bool) -> None:
         """
         A try on C{node} ended with a verdict: balancer statistics and
         failure accrual.
+
+        @param started: what L{beginTry} returned, or L{None} when the
+            try's latency was taken already (L{IBalancer.measured}).
         """
 
-    def abandonTry(node: object) -> None:
+    def abandonTry(node: Node) -> None:
         """
         A try on C{node} ended without a verdict on the endpoint.
         """
@@ -138,6 +150,7 @@ class IClientConnection(Interface):
     forwardedFor = Attribute("The peer address for X-Forwarded-For (bytes).")
     scheme = Attribute("b'http' or b'https'.")
     gate = Attribute("The PauseGate of the client's reading.")
+    transport = Attribute("The client's IStreamTransport (a tunnel's other end).")
 
     def write(data: bytes) -> None:
         """
@@ -149,7 +162,7 @@ class IClientConnection(Interface):
         Send what L{write} queued, in one write.
         """
 
-    def sendError(error: object, close: bool) -> None:
+    def sendError(error: ProxyError, close: bool) -> None:
         """
         Queue an error answer made by meshproxy for the active request.
         """
@@ -160,7 +173,7 @@ class IClientConnection(Interface):
         close when C{keepAlive} is false.
         """
 
-    def streamFrom(producer: object) -> None:
+    def streamFrom(producer: IPushProducer) -> None:
         """
         Let C{producer} (an upstream transport) be paused while the
         client's transport is full.
@@ -183,7 +196,7 @@ class IClientConnection(Interface):
         Cut the connection (a response that cannot be completed).
         """
 
-    def startTunnel(upstreamTransport: object, rest: bytes) -> None:
+    def startTunnel(upstreamTransport: IStreamTransport, rest: bytes) -> None:
         """
         After a 101 answer: relay raw bytes to C{upstreamTransport}.
         """
@@ -203,6 +216,8 @@ class IExchange(Interface):
     """
 
     request = Attribute("The Request.")
+    router = Attribute("The IRouter (its counters).")
+    connecting = Attribute("The pool's connection attempt for the current try, or None.")
     keepAlive = Attribute("Whether the client connection may carry another request.")
     responseStarted = Attribute("Whether any response byte went to the client.")
     done = Attribute("Whether the exchange is over.")
@@ -217,7 +232,7 @@ class IExchange(Interface):
         A piece of the request body arrived.
         """
 
-    def bodyComplete(trailers: object) -> None:
+    def bodyComplete(trailers: Headers | None) -> None:
         """
         The request body ended (with its trailer fields, or L{None}).
         """
@@ -237,13 +252,13 @@ class IExchange(Interface):
         No connection could be made for the try.
         """
 
-    def interimResponse(status: int, reason: bytes, headers: list) -> None:
+    def interimResponse(status: int, reason: bytes, headers: Headers) -> None:
         """
         An interim (1xx) response arrived.
         """
 
     def responseHead(
-        status: int, reason: bytes, headers: list, contentLength: object, chunked: bool
+        status: int, reason: bytes, headers: Headers, contentLength: bytes | None, chunked: bool
     ) -> bool:
         """
         The response head arrived.
@@ -257,7 +272,7 @@ class IExchange(Interface):
         A piece of the response body arrived.
         """
 
-    def responseComplete(trailers: object, reusable: bool) -> None:
+    def responseComplete(trailers: Headers | None, reusable: bool) -> None:
         """
         The response ended.
 
@@ -299,13 +314,14 @@ class IUpstreamConnection(Interface):
     """
 
     reused = Attribute("Whether the connection already served a response.")
+    transport = Attribute("The upstream's IStreamTransport (streamed from, tunnelled to).")
 
     def write(data: bytes) -> None:
         """
         Send request bytes.
         """
 
-    def sendBodyFrom(producer: object) -> None:
+    def sendBodyFrom(producer: IPushProducer) -> None:
         """
         Let the request body's producer be paused while the upstream's
         transport is full.
@@ -331,7 +347,7 @@ class IUpstreamConnection(Interface):
         Drop the connection (the try is over and its answer is not wanted).
         """
 
-    def startTunnel(peer: object) -> None:
+    def startTunnel(peer: IStreamTransport) -> None:
         """
         After a 101: relay raw bytes to the client's transport C{peer}.
         """

@@ -6,9 +6,13 @@ Everything here runs per request, so it favours plain loops over bytes and
 small allocations over abstraction.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable
 from http import HTTPStatus
 
 __all__ = [
+    "Headers",
     "Request",
     "HOP_BY_HOP",
     "ProxyError",
@@ -39,10 +43,13 @@ HOP_BY_HOP = frozenset(
 
 LAST_CHUNK = b"0\r\n\r\n"
 
+Headers = list[tuple[bytes, bytes]]
+"""Header (or trailer) fields as received: C{(name, value)} pairs, in order."""
+
 _REASONS = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
 
 
-def reasonPhrase(code):
+def reasonPhrase(code: int) -> bytes:
     """
     The standard reason phrase for a status code.
 
@@ -54,7 +61,7 @@ def reasonPhrase(code):
     return _REASONS.get(code, b"Unknown")
 
 
-def findHeader(headers, name):
+def findHeader(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
     """
     The value of the first header called C{name} in C{headers}.
 
@@ -106,7 +113,7 @@ TRAILER_FORBIDDEN = HOP_BY_HOP | frozenset(
 )
 
 
-def forbiddenTrailer(name):
+def forbiddenTrailer(name: bytes) -> bool:
     """
     Whether a field called C{name} must be dropped when it comes as a
     trailer.
@@ -118,7 +125,7 @@ def forbiddenTrailer(name):
     return n in TRAILER_FORBIDDEN or n[:5] == b"mesh-"
 
 
-def lastChunk(trailers):
+def lastChunk(trailers: Headers | None) -> bytes:
     """
     The end of a chunked body: the last chunk and the trailer fields.
 
@@ -130,7 +137,7 @@ def lastChunk(trailers):
     return b"0\r\n" + b"".join(b"%s: %s\r\n" % (n, v) for n, v in trailers) + b"\r\n"
 
 
-def encodeChunk(data):
+def encodeChunk(data: bytes) -> bytes:
     """
     Frame C{data} as one chunk of a chunked body.
 
@@ -172,28 +179,28 @@ class Request:
         "meshHeaders",
     )
 
-    def __init__(self, method, target, version, headers):
+    def __init__(self, method: bytes, target: bytes, version: str, headers: Headers) -> None:
         self.method = method
         self.target = target
         self.version = version
         self.headers = headers
         self.keepAlive = True
         self.chunked = False
-        self.contentLength = None
+        self.contentLength: int | None = None
         self.upgrade = False
         self.expectContinue = False
-        self.connectionTokens = ()
-        self.host = None
+        self.connectionTokens: tuple[bytes, ...] = ()
+        self.host: bytes | None = None
         self.meshHeaders = False
 
     @property
-    def hasBody(self):
+    def hasBody(self) -> bool:
         """
         Whether a body follows the head.
         """
         return self.chunked or bool(self.contentLength)
 
-    def header(self, name):
+    def header(self, name: bytes) -> bytes | None:
         """
         The value of the first header called C{name}.
 
@@ -216,14 +223,16 @@ class ProxyError(Exception):
     @ivar detail: a human-readable sentence for the body.
     """
 
-    def __init__(self, status, reason, detail=""):
+    def __init__(self, status: int, reason: str, detail: str = "") -> None:
         Exception.__init__(self, status, reason, detail)
         self.status = status
         self.reason = reason
         self.detail = detail
 
 
-def errorResponse(status, reason, detail, close=False, head=False):
+def errorResponse(
+    status: int, reason: str, detail: str, close: bool = False, head: bool = False
+) -> bytes:
     """
     Render an answer made by meshproxy itself.
 

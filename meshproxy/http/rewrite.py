@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from meshproxy.http.message import HOP_BY_HOP, Request, encodeChunk, findHeader, lastChunk
+from meshproxy.http.message import HOP_BY_HOP, Headers, Request, encodeChunk, findHeader, lastChunk
 
 __all__ = ["MESH_CONTEXT", "ResponseWriter", "interimHead", "requestHead"]
 
@@ -126,7 +126,7 @@ class ResponseWriter:
         self,
         status: int,
         reason: bytes,
-        headers: list,
+        headers: Headers,
         *,
         contentLength: bytes | None,
         chunked: bool,
@@ -194,7 +194,7 @@ class ResponseWriter:
         if not self.bodyless:
             self._write(encodeChunk(data) if self.chunked else data)
 
-    def end(self, trailers: list | None) -> None:
+    def end(self, trailers: Headers | None) -> None:
         """
         Write the end of the body (the last chunk and the trailers).
         """
@@ -202,7 +202,7 @@ class ResponseWriter:
             self._write(lastChunk(trailers))
 
 
-def interimHead(status: int, reason: bytes, headers: list) -> bytes:
+def interimHead(status: int, reason: bytes, headers: Headers) -> bytes:
     """
     An interim (1xx) response passed on to an HTTP/1.1 client, as
     received but for hop-by-hop fields.
@@ -221,7 +221,7 @@ def _forwardedElement(peer: bytes, scheme: bytes) -> bytes:
     return b"for=%s;proto=%s" % (peer, scheme)
 
 
-def _dropNamed(lines: list, connectionValue: bytes) -> list:
+def _dropNamed(lines: list[bytes], connectionValue: bytes) -> list[bytes]:
     """
     Remove header lines named in a C{Connection} header value (RFC 9110
     7.6.1): they too are hop-by-hop.

@@ -20,7 +20,7 @@ from __future__ import annotations
 import random as _random
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -45,6 +45,14 @@ from meshproxy.routing.path import Path
 from meshproxy.routing.table import InetNotAllowed, RulesError, RuleTable, checkRules
 from meshproxy.transport.connector import TCPConnector
 
+if TYPE_CHECKING:
+    from meshproxy.balancing.interfaces import IBalancer
+    from meshproxy.config import RouterConfig
+    from meshproxy.discovery.endpoints import Endpoint
+    from meshproxy.discovery.interfaces import INamer
+    from meshproxy.resilience.accrual import FailureAccrual
+    from meshproxy.telemetry.metrics import MeshMetrics
+
 __all__ = ["HttpRouter", "InetNotAllowed", "RulesError", "checkRules"]
 
 _log = Logger()
@@ -62,12 +70,13 @@ class HttpRouter:
 
     def __init__(
         self,
-        config: Any,
-        namers: dict[Path, Any],
+        config: RouterConfig,
+        namers: dict[Path, INamer],
         *,
+        # IReactorTCP and IReactorTime, which no one type says.
         reactor: Any,
-        metrics: Any,
-        balancerFactory: Callable[..., Any],
+        metrics: MeshMetrics,
+        balancerFactory: Callable[..., IBalancer],
         random: Callable[[], float] | None = None,
         rng: _random.Random | None = None,
         wallClock: Callable[[], float] = time.time,
@@ -207,7 +216,7 @@ class HttpRouter:
 
     # -- what the bound names are made of ----------------------------------
 
-    def _makePool(self, endpoint: Any) -> Pool:
+    def _makePool(self, endpoint: Endpoint) -> Pool:
         settings = self.clientSettings
         return Pool(
             endpoint,
@@ -218,7 +227,7 @@ class HttpRouter:
             limits=settings,
         )
 
-    def _makeAccrual(self, balancer: Any) -> Any:
+    def _makeAccrual(self, balancer: IBalancer) -> FailureAccrual | None:
         name = self.name
         metrics = self.metrics
         return accrualFromConfig(
@@ -231,7 +240,8 @@ class HttpRouter:
 
     # -- statistics ------------------------------------------------------
 
-    def record(self, client: BoundClient, status: int, seconds: float) -> None:
+    # Given back the destination its route() returned.
+    def record(self, client: BoundClient, status: int, seconds: float) -> None:  # type: ignore[override]
         """
         See L{IRouter.record}.
         """

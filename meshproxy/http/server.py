@@ -8,11 +8,14 @@ the header, idle and body-progress timeouts, and hands each request to an
 L{Exchange<meshproxy.http.exchange.Exchange>} that forwards it upstream.
 """
 
+from __future__ import annotations
+
 from collections import deque
+from typing import TYPE_CHECKING
 
 import httptools
 from twisted.internet.interfaces import IProtocolNegotiationFactory
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -23,6 +26,23 @@ from meshproxy.http.message import ProxyError, Request, errorResponse, forbidden
 from meshproxy.lifecycle import DrainingFactoryMixin
 from meshproxy.transport.fastwrite import writerFor
 from meshproxy.transport.gate import PauseGate
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+    from twisted.internet.interfaces import (
+        IAddress,
+        IDelayedCall,
+        IPushProducer,
+        IReactorTime,
+        ITransport,
+    )
+    from twisted.python.failure import Failure
+
+    from meshproxy.config import ServerConfig
+    from meshproxy.http.interfaces import IExchange, IRouter
+    from meshproxy.http.message import Headers
+    from meshproxy.telemetry.metrics import ConnectionStats
+    from meshproxy.transport.interfaces import IStreamTransport
 
 _log = Logger()
 
@@ -38,21 +58,30 @@ class ServerProtocol(Protocol):
     @ivar settings: the router's C{server} settings (limits, timeouts).
     """
 
-    def __init__(self, router, settings, clock, connStats=None, scheme=b"http"):
+    transport: IStreamTransport
+
+    def __init__(
+        self,
+        router: IRouter,
+        settings: ServerConfig,
+        clock: IReactorTime,
+        connStats: ConnectionStats | None = None,
+        scheme: bytes = b"http",
+    ) -> None:
         self.router = router
         self.settings = settings
         self.clock = clock
         self.connStats = connStats
         self.scheme = scheme
-        self.active = None
-        self.queue = deque()
+        self.active: Exchange | None = None
+        self.queue: deque[Exchange | _ErrorAnswer] = deque()
         self.closing = False
-        self._out = []
+        self._out: list[bytes] = []
         self._state = _IDLE
         self._headRaw = 0
         self._url = b""
-        self._headers = None
-        self._trailers = None
+        self._headers: Headers | None = None
+        self._trailers: Headers | None = None
         # The bounds of the header (then trailer) section being read.
         self._fieldCount = 0
         self._fieldBytes = 0
@@ -62,7 +91,7 @@ class ServerProtocol(Protocol):
         self._bodyProgress = False
         # When the first byte of the request head (or of a preamble of empty
         # lines before it) arrived, for the header timeout.
-        self._headSince = None
+        self._headSince: float | None = None
         self._preamble = 0
         self._preambleSince = 0.0
         # Whether a request began in the read being parsed (its bytes are
@@ -70,30 +99,31 @@ class ServerProtocol(Protocol):
         self._began = False
         # An exchange whose head was parsed in the read being parsed: it
         # starts once the whole read is known to be well-formed.
-        self._toStart = None
-        self._current = None  # the Exchange whose request bytes are arriving
-        self._deadline = None
-        self._timer = None
-        self._tunnel = None
+        self._toStart: Exchange | None = None
+        self._current: Exchange | None = None  # the Exchange whose request bytes are arriving
+        self._deadline: float | None = None
+        self._timer: IDelayedCall | None = None
+        self._tunnel: IStreamTransport | None = None
         self._broken = False
         self.trusted = False
         self._bodySize = 0
         self.draining = False
         self.forwardedFor = b""
-        self.parser = None
-        self.gate = None
-        self._streamingFrom = None
+        # Both made in connectionMade, before any other event.
+        self.parser: httptools.HttpRequestParser = None  # type: ignore[assignment]
+        self.gate: PauseGate = None  # type: ignore[assignment]
+        self._streamingFrom: IPushProducer | None = None
 
     # -- connection lifecycle -------------------------------------------
 
-    def connectionMade(self):
+    def connectionMade(self) -> None:
         transport = self.transport
         # Not every transport is TCP (a UNIX socket has no Nagle to turn off).
         setNoDelay = getattr(transport, "setTcpNoDelay", None)
         if setNoDelay is not None:
             setNoDelay(True)
         peer = transport.getPeer()
-        host = getattr(peer, "host", None)
+        host: str | None = getattr(peer, "host", None)
         self.peerHost = host
         if host is None:
             self.forwardedFor = b"unknown"
@@ -107,7 +137,7 @@ class ServerProtocol(Protocol):
             self.connStats.opened += 1
         self._setDeadline(self.clock.seconds() + self.settings.idleTimeout)
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closing = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
@@ -127,7 +157,7 @@ class ServerProtocol(Protocol):
 
     # -- input ----------------------------------------------------------
 
-    def dataReceived(self, data):
+    def dataReceived(self, data: bytes) -> None:
         if self._tunnel is not None:
             self._tunnel.write(data)
             return
@@ -165,7 +195,7 @@ class ServerProtocol(Protocol):
             toStart.start()
         self.flush()
 
-    def _bound(self, data):
+    def _bound(self, data: bytes) -> None:
         """
         Apply the size limits and timeouts to what the last read left
         unfinished: a head, a preamble of empty lines, or chunk framing and
@@ -205,7 +235,7 @@ class ServerProtocol(Protocol):
             if self._preamble > 2:
                 self._startHeadTimer(self._preambleSince)
 
-    def _startHeadTimer(self, since=None):
+    def _startHeadTimer(self, since: float | None = None) -> None:
         if since is None:
             since = self.clock.seconds()
         self._headSince = since
@@ -213,7 +243,7 @@ class ServerProtocol(Protocol):
 
     # httptools callbacks --------------------------------------------------
 
-    def on_message_begin(self):
+    def on_message_begin(self) -> None:
         self._began = True
         self._state = _HEAD
         self._bodySize = 0
@@ -225,12 +255,12 @@ class ServerProtocol(Protocol):
         self._fieldBytes = 0
         self._sinceBody = 0
 
-    def on_url(self, url):
+    def on_url(self, url: bytes) -> None:
         self._url += url
         if len(self._url) > self.settings.maxUriLength:
             raise ProxyError(414, "uri-too-long", "Request-target too long.")
 
-    def on_header(self, name, value):
+    def on_header(self, name: bytes, value: bytes) -> None:
         # The head's fields, then (separately) the trailers', bounded as
         # they arrive.
         count = self._fieldCount = self._fieldCount + 1
@@ -250,7 +280,8 @@ class ServerProtocol(Protocol):
                 "Request header too large." if head else "Request trailers too large.",
             )
         if head:
-            self._headers.append((name, value))
+            # (a list since on_message_begin)
+            self._headers.append((name, value))  # type: ignore[union-attr]
         elif forbiddenTrailer(name):
             # Framing, routing, authentication and mesh context are never
             # taken from a trailer (RFC 9110 6.5.1): dropped, not forwarded.
@@ -260,10 +291,13 @@ class ServerProtocol(Protocol):
         else:
             self._trailers.append((name, value))
 
-    def on_headers_complete(self):
+    def on_headers_complete(self) -> None:
         parser = self.parser
         request = Request(
-            parser.get_method(), self._url, parser.get_http_version(), self._headers
+            parser.get_method(),
+            self._url,
+            parser.get_http_version(),
+            self._headers,  # type: ignore[arg-type]  # a list since on_message_begin
         )
         self._headers = None
         self._fieldCount = 0
@@ -284,7 +318,7 @@ class ServerProtocol(Protocol):
             self.queue.append(exchange)
             self.gate.pause("pipeline")
 
-    def on_body(self, data):
+    def on_body(self, data: bytes) -> None:
         self._bodyProgress = True
         current = self._current
         if current is not None:
@@ -295,7 +329,7 @@ class ServerProtocol(Protocol):
                     raise ProxyError(413, "body-too-large", "Request body too large.")
             current.bodyReceived(data)
 
-    def on_message_complete(self):
+    def on_message_complete(self) -> None:
         current, self._current = self._current, None
         self._state = _IDLE
         if current is not None:
@@ -304,15 +338,15 @@ class ServerProtocol(Protocol):
         if not self.closing and self.active is None and self._deadline is None:
             self._setDeadline(self.clock.seconds() + self.settings.idleTimeout)
 
-    def on_chunk_header(self):
+    def on_chunk_header(self) -> None:
         pass
 
-    def on_chunk_complete(self):
+    def on_chunk_complete(self) -> None:
         pass
 
     # -- upgrade (WebSocket and friends) --------------------------------
 
-    def _upgraded(self, rest):
+    def _upgraded(self, rest: bytes) -> None:
         """
         The parser saw a complete upgrade request; bytes after it belong to
         the new protocol and wait until the upstream agrees to switch.
@@ -324,7 +358,7 @@ class ServerProtocol(Protocol):
         else:
             self._framingError(ProxyError(400, "bad-request", "Unexpected upgrade."))
 
-    def startTunnel(self, upstreamTransport, rest):
+    def startTunnel(self, upstreamTransport: IStreamTransport, rest: bytes) -> None:
         """
         Turn this connection into a byte tunnel to C{upstreamTransport}.
 
@@ -340,7 +374,7 @@ class ServerProtocol(Protocol):
         self.gate.resume("upgrade")
         self._clearDeadline()
 
-    def tunnelClosed(self):
+    def tunnelClosed(self) -> None:
         """
         The upstream side of a tunnel went away.
         """
@@ -349,13 +383,13 @@ class ServerProtocol(Protocol):
 
     # -- output ---------------------------------------------------------
 
-    def write(self, data):
+    def write(self, data: bytes) -> None:
         """
         Queue bytes for the client; L{flush} sends them in one write.
         """
         self._out.append(data)
 
-    def flush(self):
+    def flush(self) -> None:
         """
         Send everything queued by L{write}.
         """
@@ -368,14 +402,14 @@ class ServerProtocol(Protocol):
             out.clear()
             self._send(data)
 
-    def streamFrom(self, producer):
+    def streamFrom(self, producer: IPushProducer) -> None:
         """
         See L{IClientConnection.streamFrom}.
         """
         self._streamingFrom = producer
         self.transport.registerProducer(producer, True)
 
-    def stopStreaming(self):
+    def stopStreaming(self) -> None:
         """
         See L{IClientConnection.stopStreaming}.
         """
@@ -383,7 +417,7 @@ class ServerProtocol(Protocol):
             self._streamingFrom = None
             self.transport.unregisterProducer()
 
-    def readingPaused(self):
+    def readingPaused(self) -> bool:
         """
         See L{IClientConnection.readingPaused}: the transport paused the
         upstream it streams from (its write buffer is full).
@@ -392,7 +426,7 @@ class ServerProtocol(Protocol):
         # are taken as never paused.
         return getattr(self.transport, "producerPaused", False)
 
-    def abort(self):
+    def abort(self) -> None:
         """
         See L{IClientConnection.abort}.
         """
@@ -400,7 +434,7 @@ class ServerProtocol(Protocol):
         self.flush()
         self.transport.abortConnection()
 
-    def exchangeDone(self, exchange, keepAlive):
+    def exchangeDone(self, exchange: IExchange, keepAlive: bool) -> None:
         """
         The response to the active request has been written.
 
@@ -420,7 +454,9 @@ class ServerProtocol(Protocol):
             return
         if self.queue:
             nxt = self.queue.popleft()
-            self.active = nxt
+            # An _ErrorAnswer is active only within its start(), which ends
+            # the connection.
+            self.active = nxt  # type: ignore[assignment]
             if not self.queue:
                 self.gate.resume("pipeline")
             nxt.start()
@@ -428,7 +464,7 @@ class ServerProtocol(Protocol):
             if self._state == _IDLE:
                 self._setDeadline(self.clock.seconds() + self.settings.idleTimeout)
 
-    def drain(self):
+    def drain(self) -> None:
         """
         The process is shutting down: close now if idle, otherwise after
         the response being written.
@@ -440,7 +476,7 @@ class ServerProtocol(Protocol):
         elif self.active is not None and not self.active.responseStarted:
             self.active.keepAlive = False
 
-    def sendError(self, error, close=False):
+    def sendError(self, error: ProxyError, close: bool = False) -> None:
         """
         Answer with an error made by meshproxy (for the active request).
         """
@@ -449,7 +485,7 @@ class ServerProtocol(Protocol):
             errorResponse(error.status, error.reason, error.detail, close=close, head=head)
         )
 
-    def _framingError(self, error):
+    def _framingError(self, error: ProxyError) -> None:
         """
         The request stream is broken: answer (after any request still being
         answered) and close the connection.
@@ -493,7 +529,7 @@ class ServerProtocol(Protocol):
 
     # -- timeouts -------------------------------------------------------
 
-    def _setDeadline(self, when):
+    def _setDeadline(self, when: float) -> None:
         self._deadline = when
         timer = self._timer
         if timer is None:
@@ -503,10 +539,10 @@ class ServerProtocol(Protocol):
         elif timer.getTime() > when:
             timer.reset(max(0, when - self.clock.seconds()))
 
-    def _clearDeadline(self):
+    def _clearDeadline(self) -> None:
         self._deadline = None
 
-    def _checkDeadline(self):
+    def _checkDeadline(self) -> None:
         self._timer = None
         deadline = self._deadline
         if deadline is None or self.closing:
@@ -540,7 +576,7 @@ class ServerProtocol(Protocol):
         else:
             self._deadline = None
 
-    def _timedOut(self, detail):
+    def _timedOut(self, detail: str) -> None:
         self.router.countError("client-timeout")
         self.closing = True
         active, self.active = self.active, None
@@ -556,10 +592,12 @@ class _Refuse(Protocol):
     Answers one canned response and closes: for connections over the limit.
     """
 
-    def __init__(self, answer):
+    transport: ITransport
+
+    def __init__(self, answer: bytes) -> None:
         self.answer = answer
 
-    def connectionMade(self):
+    def connectionMade(self) -> None:
         self.transport.write(self.answer)
         self.transport.loseConnection()
 
@@ -570,11 +608,11 @@ class _ErrorAnswer:
     connection closes.
     """
 
-    def __init__(self, server, error):
+    def __init__(self, server: ServerProtocol, error: ProxyError) -> None:
         self.server = server
         self.error = error
 
-    def start(self):
+    def start(self) -> None:
         server = self.server
         server.write(
             errorResponse(
@@ -586,7 +624,7 @@ class _ErrorAnswer:
         server.closing = True
         server.transport.loseConnection()
 
-    def clientLost(self):
+    def clientLost(self) -> None:
         pass
 
 
@@ -600,23 +638,31 @@ class ServerFactory(DrainingFactoryMixin, Factory):
     protocols (curl, browsers) with an "internal error" alert.
     """
 
-    def acceptableProtocols(self):
+    def acceptableProtocols(self) -> list[bytes]:
         """
         The protocols offered by ALPN on TLS listeners.
         """
         return [b"http/1.1"]
 
-    def __init__(self, router, settings, clock, connStats=None, scheme=b"http"):
+    def __init__(
+        self,
+        router: IRouter,
+        settings: ServerConfig,
+        clock: IReactorTime,
+        connStats: ConnectionStats | None = None,
+        scheme: bytes = b"http",
+    ) -> None:
         self.router = router
         self.settings = settings
         self.clock = clock
         self.connStats = connStats
         self.scheme = scheme
-        self.connections = set()
+        self.connections: set[ServerProtocol] = set()
         self.draining = False
         self._drained = None
 
-    def drain(self, grace):
+    # The factory gives the mixin its clock.
+    def drain(self, grace: float) -> Deferred[None]:  # type: ignore[override]
         """
         Close idle connections now, the others after their current
         response, and abort whatever is left after C{grace} seconds.
@@ -625,7 +671,7 @@ class ServerFactory(DrainingFactoryMixin, Factory):
         """
         return DrainingFactoryMixin.drain(self, grace, self.clock)
 
-    def buildProtocol(self, addr):
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         if self.draining:
             return None
         limit = self.settings.maxConnections
@@ -646,10 +692,12 @@ class _TrackedServerProtocol(ServerProtocol):
     A L{ServerProtocol} its factory can count and close at shutdown.
     """
 
-    def connectionMade(self):
+    factory: ServerFactory
+
+    def connectionMade(self) -> None:
         self.factory.connections.add(self)
         ServerProtocol.connectionMade(self)
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         ServerProtocol.connectionLost(self, reason)
         self.factory._lost(self)

@@ -13,9 +13,9 @@ from twisted.internet import error
 from twisted.internet.abstract import isIPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocolFactory, IReactorTCP, IStreamClientEndpoint
 from twisted.python.failure import Failure
-from zope.interface import Interface, implementer
+from zope.interface import Attribute, Interface, implementer
 
 from meshproxy.discovery.endpoints import Endpoint
 
@@ -27,18 +27,20 @@ class IConnector(Interface):
     Makes connections to upstream endpoints.
     """
 
+    timeout = Attribute("Seconds a connection attempt may take (for error messages), or None.")
+
     def endpointFor(endpoint: Endpoint) -> IStreamClientEndpoint:
         """
         The client endpoint that connects to C{endpoint}.
         """
 
-    def connect(endpoint: Endpoint, factory: IProtocolFactory) -> Deferred:
+    def connect(endpoint: Endpoint, factory: IProtocolFactory) -> Deferred[Any]:
         """
         Connect to C{endpoint}.
 
         @param factory: builds the connection's protocol.
-        @return: a Deferred firing with the protocol once connected (after
-            its C{connectionMade}), or failing (refused, timed out, or
+        @return: a Deferred firing with the protocol C{factory} built once
+            connected (after its C{connectionMade}), or failing (refused, timed out, or
             L{error.ConnectingCancelledError} when cancelled).
         """
 
@@ -55,7 +57,7 @@ class TCPConnector:
     #: so the cache is bounded and simply cleared when full.
     MAX_CACHED = 4096
 
-    def __init__(self, reactor: Any, timeout: float) -> None:
+    def __init__(self, reactor: IReactorTCP, timeout: float) -> None:
         """
         @param reactor: provides L{IReactorTCP}.
         @param timeout: the connect timeout, in seconds.
@@ -78,7 +80,7 @@ class TCPConnector:
             self._endpoints[key] = client
         return client
 
-    def connect(self, endpoint: Endpoint, factory: IProtocolFactory) -> Deferred:
+    def connect(self, endpoint: Endpoint, factory: IProtocolFactory) -> Deferred[Any]:
         """
         See L{IConnector.connect}.
         """

@@ -13,12 +13,17 @@ Transports that are not plain TCP connections (TLS, UNIX sockets in tests,
 L{StringTransport}) get their ordinary C{write}.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+
 from twisted.internet import tcp
+from twisted.internet.interfaces import ITransport
 
 __all__ = ["writerFor"]
 
 
-def writerFor(transport):
+def writerFor(transport: ITransport) -> Callable[[bytes], None]:
     """
     A function writing bytes to C{transport}, as fast as it safely can.
 
@@ -28,16 +33,18 @@ def writerFor(transport):
     """
     if type(transport) not in (tcp.Server, tcp.Client) or getattr(transport, "TLS", False):
         return transport.write
-    send = transport.socket.send
-    slowWrite = transport.write
+    # A TCP connection, as just checked: its buffers are read directly.
+    conn: tcp.Connection = transport  # type: ignore[assignment]
+    send = conn.socket.send
+    slowWrite = conn.write
 
-    def write(data):
+    def write(data: bytes) -> None:
         if (
-            transport._tempDataBuffer
-            or transport.offset < len(transport.dataBuffer)
-            or not transport.connected
-            or transport.disconnecting
-            or transport._writeDisconnected
+            conn._tempDataBuffer
+            or conn.offset < len(conn.dataBuffer)
+            or not conn.connected
+            or conn.disconnecting
+            or conn._writeDisconnected
         ):
             slowWrite(data)
             return

@@ -4,7 +4,7 @@ A transport's reading, paused for several independent reasons at once.
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IPushProducer, ITransport
+from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 __all__ = ["PauseGate"]
@@ -28,7 +28,7 @@ class PauseGate:
 
     __slots__ = ("transport", "_reasons", "_producerReason", "ended")
 
-    def __init__(self, transport: ITransport, producerReason: str = "peer") -> None:
+    def __init__(self, transport: IPushProducer, producerReason: str = "peer") -> None:
         """
         @param transport: the transport whose reading is gated.
         @param producerReason: the reason used when the gate is paused as a
