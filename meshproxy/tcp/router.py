@@ -22,11 +22,15 @@ a balancer measures is the time to connect: the lifetime of a connection
 says more about its client than about the endpoint.
 """
 
+from __future__ import annotations
+
 import random as _random
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -41,6 +45,19 @@ from meshproxy.routing.path import Path
 from meshproxy.transport.connector import TCPConnector
 from meshproxy.transport.fastwrite import writerFor
 from meshproxy.transport.gate import PauseGate
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+    from twisted.internet.interfaces import IAddress, IDelayedCall
+    from twisted.python.failure import Failure
+
+    from meshproxy.balancing.interfaces import IBalancer
+    from meshproxy.balancing.node import Node
+    from meshproxy.config import RouterConfig
+    from meshproxy.discovery.interfaces import INamer
+    from meshproxy.resilience.accrual import FailureAccrual
+    from meshproxy.telemetry.metrics import MeshMetrics
+    from meshproxy.transport.interfaces import IStreamTransport
 
 __all__ = ["TcpRouter", "TcpServerFactory"]
 
@@ -57,7 +74,7 @@ class _Connections:
 
     __slots__ = ("connecting", "open")
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.connecting = 0
         self.open = 0
 
@@ -68,13 +85,13 @@ class _Destination(BoundEndpoints):
     carrying the counts of its connections.
     """
 
-    def newPayload(self, node):
+    def newPayload(self, node: Node) -> _Connections:
         return _Connections()
 
     # Connections open to a removed endpoint are left to finish: no
     # closePayload.
 
-    def connectionCounts(self, conns):
+    def connectionCounts(self, conns: _Connections | None) -> dict[str, int]:
         if conns is None:
             return {"open": 0, "connecting": 0}
         return {"open": conns.open, "connecting": conns.connecting}
@@ -95,7 +112,17 @@ class TcpRouter:
     #: A TCP router has no rules (the admin API answers 404 for them).
     rules = None
 
-    def __init__(self, config, namers, *, reactor, metrics, balancerFactory, rng=None):
+    def __init__(
+        self,
+        config: RouterConfig,
+        namers: dict[Path, INamer],
+        *,
+        # IReactorTCP and IReactorTime, which no one type says.
+        reactor: Any,
+        metrics: MeshMetrics,
+        balancerFactory: Callable[..., IBalancer],
+        rng: _random.Random | None = None,
+    ) -> None:
         """
         @param config: the router's L{RouterConfig<meshproxy.config.RouterConfig>}
             (C{protocol: tcp}).
@@ -123,23 +150,24 @@ class TcpRouter:
         self.maxConnections = config.maxConnections
         self.connStats = metrics.connections(self.name)
         self.connector = TCPConnector(reactor, self.connectTimeout)
-        tree = delegate(Dtab(()), Path.read(config.destination), tuple(self.namers))
+        # (a TCP router's destination is required by the config)
+        tree = delegate(Dtab(()), Path.read(config.destination), tuple(self.namers))  # type: ignore[arg-type]
         if type(tree) is not Leaf:
             raise ValueError(
                 "router %s: no namer binds the destination %s" % (self.name, config.destination)
             )
         self.boundName = tree.value
-        self._client = None
+        self._client: _Destination | None = None
 
     # -- lifecycle ----------------------------------------------------------
 
-    def start(self):
+    def start(self) -> None:
         """
         Bind the destination, so that its endpoints show from the start.
         """
         self.destinationClient()
 
-    def stop(self):
+    def stop(self) -> None:
         """
         Stop following the namer. Connections still open are not touched
         (the server factory's L{drain<TcpServerFactory.drain>} ends them).
@@ -148,7 +176,7 @@ class TcpRouter:
         if client is not None:
             client.close()
 
-    def destinationClient(self):
+    def destinationClient(self) -> _Destination:
         """
         The destination's L{_Destination}, bound on first use.
         """
@@ -164,7 +192,7 @@ class TcpRouter:
 
     # -- what the splices use -----------------------------------------------
 
-    def makeAccrual(self, balancer):
+    def makeAccrual(self, balancer: IBalancer) -> FailureAccrual | None:
         """
         The failure accrual for the destination's balancer, or L{None}.
         """
@@ -178,13 +206,13 @@ class TcpRouter:
             onEvent=lambda kind, node: metrics.event(name, kind),
         )
 
-    def countError(self, reason):
+    def countError(self, reason: str) -> None:
         """
         Count a connection meshproxy closed itself, by reason.
         """
         self.metrics.error(self.name, reason)
 
-    def countRetry(self, reason):
+    def countRetry(self, reason: str) -> None:
         """
         Count a connection attempt made again on another endpoint.
         """
@@ -192,7 +220,7 @@ class TcpRouter:
 
     # -- admin ----------------------------------------------------------------
 
-    def nodes(self):
+    def nodes(self) -> Iterator[tuple[str, Node]]:
         """
         Every (bound name, node) pair, for metrics at scrape time.
         """
@@ -202,7 +230,7 @@ class TcpRouter:
         for node in client.balancer.nodes():
             yield client.name, node
 
-    def state(self):
+    def state(self) -> dict[str, Any]:
         """
         A JSON-ready view of the router for C{GET /admin/state}.
         """
@@ -218,7 +246,7 @@ class TcpRouter:
             "boundNames": {} if client is None else {client.name: client.state()},
         }
 
-    def drain(self, boundName, address):
+    def drain(self, boundName: str, address: str) -> None:
         """
         Send no new connections to one endpoint; open ones carry on.
 
@@ -226,7 +254,7 @@ class TcpRouter:
         """
         self._bound(boundName).drain(address)
 
-    def undrain(self, boundName, address):
+    def undrain(self, boundName: str, address: str) -> None:
         """
         Send new connections to a drained endpoint again (see
         L{BoundEndpoints.undrain}).
@@ -235,7 +263,7 @@ class TcpRouter:
         """
         self._bound(boundName).undrain(address)
 
-    def _bound(self, boundName):
+    def _bound(self, boundName: str) -> _Destination:
         try:
             key = Path.read(boundName)
         except ValueError as e:
@@ -261,25 +289,29 @@ class _End(Protocol):
     @ivar lost: whether this side's connection is lost.
     """
 
-    def __init__(self, splice):
-        self.splice = splice
-        self.gate = None
-        self.forward = None
+    transport: IStreamTransport
+
+    def __init__(self, splice: _Splice | None) -> None:
+        # A client connection's splice is made in its connectionMade.
+        self.splice: _Splice = splice  # type: ignore[assignment]
+        self.gate: PauseGate | None = None
+        # Set by the splice before any byte is read.
+        self.forward: Callable[[bytes], None] = None  # type: ignore[assignment]
         self.ended = False
         self.lost = False
 
-    def dataReceived(self, data):
+    def dataReceived(self, data: bytes) -> None:
         splice = self.splice
         splice.lastActivity = splice.seconds()
         self.forward(data)
 
-    def readConnectionLost(self):
+    def readConnectionLost(self) -> None:
         self.splice.ended(self)
 
-    def writeConnectionLost(self):
+    def writeConnectionLost(self) -> None:
         pass
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.lost = True
         self.splice.lost(self, reason)
 
@@ -289,24 +321,24 @@ class _Downstream(_End):
     The accepted client connection.
     """
 
-    def drain(self):
+    def drain(self) -> None:
         """
         At shutdown a spliced connection ends by itself (or is aborted when
         the grace period is over): nothing to do now.
         """
 
-    def __init__(self, factory):
+    def __init__(self, factory: TcpServerFactory) -> None:
         _End.__init__(self, None)
         self.factory = factory
 
-    def connectionMade(self):
+    def connectionMade(self) -> None:
         factory = self.factory
         factory.connections.add(self)
         factory.router.connStats.opened += 1
         self.splice = _Splice(factory.router, self)
         self.splice.begin()
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         factory = self.factory
         factory.router.connStats.closed += 1
         try:
@@ -320,7 +352,7 @@ class _Upstream(_End):
     The connection to the endpoint.
     """
 
-    def connectionMade(self):
+    def connectionMade(self) -> None:
         self.splice.connected(self)
 
 
@@ -331,10 +363,10 @@ class _UpstreamFactory(Factory):
 
     noisy = False
 
-    def __init__(self, splice):
+    def __init__(self, splice: _Splice) -> None:
         self.splice = splice
 
-    def buildProtocol(self, addr):
+    def buildProtocol(self, addr: IAddress | None) -> _Upstream:
         return _Upstream(self.splice)
 
 
@@ -371,28 +403,28 @@ class _Splice:
         "seconds",
     )
 
-    def __init__(self, router, client):
+    def __init__(self, router: TcpRouter, client: _Downstream) -> None:
         self.router = router
         self.client = client
-        self.upstream = None
+        self.upstream: _Upstream | None = None
         self.destination = router.destinationClient()
-        self.node = None
+        self.node: Node | None = None
         self.started = 0.0
         self.connectSeconds = 0.0
-        self.tried = None
+        self.tried: set[Node] | None = None
         self.tries = 0
-        self.attempt = None
-        self.early = []
+        self.attempt: Deferred[Any] | None = None
+        self.early: list[bytes] | None = []
         self.closing = False
         self.finished = False
-        self.timer = None
+        self.timer: IDelayedCall | None = None
         self.idleClosed = False
         self.seconds = router.reactor.seconds
         self.lastActivity = 0.0
 
     # -- connecting -------------------------------------------------------
 
-    def begin(self):
+    def begin(self) -> None:
         """
         Stop reading the client until the upstream connection is made, and
         make the first attempt.
@@ -402,10 +434,10 @@ class _Splice:
         client.gate.pause("connect")
         # Reading is paused, so at most what was already read (such as what
         # a TLS layer decrypted with its handshake) is kept here.
-        client.forward = self.early.append
+        client.forward = self.early.append  # type: ignore[union-attr]  # a list until connected
         self._attempt()
 
-    def _attempt(self):
+    def _attempt(self) -> None:
         destination = self.destination
         balancer = destination.balancer
         # Prefer an endpoint this connection has not failed on already.
@@ -425,7 +457,7 @@ class _Splice:
         )
         attempt.addErrback(self.connectFailed)
 
-    def connectFailed(self, reason):
+    def connectFailed(self, reason: Failure) -> None:
         """
         The attempt on C{self.node} failed (refused, timed out, or stopped
         because the client went away).
@@ -433,7 +465,8 @@ class _Splice:
         if self.closing:
             # Called off (and accounted for) when the client went away.
             return
-        node, self.node = self.node, None
+        node: Node
+        node, self.node = self.node, None  # type: ignore[assignment]  # the attempt's node
         self.attempt = None
         node.payload.connecting -= 1
         destination = self.destination
@@ -451,12 +484,12 @@ class _Splice:
             self.router.countError("upstream-connect")
             self._giveUp()
 
-    def _giveUp(self):
+    def _giveUp(self) -> None:
         self.closing = True
         self.early = None
         self.client.transport.loseConnection()
 
-    def connected(self, upstream):
+    def connected(self, upstream: _Upstream) -> None:
         """
         The upstream connection is made: splice it to the client.
         """
@@ -464,7 +497,7 @@ class _Splice:
             upstream.transport.abortConnection()
             return
         self.attempt = None
-        node = self.node
+        node: Node = self.node  # type: ignore[assignment]  # the attempt's node
         conns = node.payload
         conns.connecting -= 1
         conns.open += 1
@@ -482,9 +515,9 @@ class _Splice:
         # Each side's transport pauses the other side's reading when its
         # write buffer is full, and resumes it when the buffer drains.
         down.registerProducer(upstream.gate, True)
-        up.registerProducer(client.gate, True)
+        up.registerProducer(client.gate, True)  # type: ignore[arg-type]  # made in begin()
         early, self.early = self.early, None
-        for data in early:
+        for data in early:  # type: ignore[union-attr]  # a list until now
             up.write(data)
         client.forward = writerFor(up)
         self.lastActivity = now
@@ -494,11 +527,11 @@ class _Splice:
         if client.ended:
             _halfClose(up)
         else:
-            client.gate.resume("connect")
+            client.gate.resume("connect")  # type: ignore[union-attr]  # made in begin()
 
     # -- splicing -------------------------------------------------------------
 
-    def ended(self, end):
+    def ended(self, end: _End) -> None:
         """
         C{end}'s peer ended its writing: end ours on the other side, and
         close both once both directions are over.
@@ -520,13 +553,14 @@ class _Splice:
         else:
             _halfClose(other.transport)
 
-    def lost(self, end, reason):
+    def lost(self, end: _End, reason: Failure) -> None:
         """
         C{end}'s connection is lost: close the other side, cleanly after a
         clean close, at once (with a reset) otherwise.
         """
         client = self.client
         upstream = self.upstream
+        other: _End | None
         if end is client:
             attempt, self.attempt = self.attempt, None
             if attempt is not None:
@@ -541,13 +575,14 @@ class _Splice:
                 other.transport.abortConnection()
         self._finishIfClosed()
 
-    def _callOff(self, attempt):
+    def _callOff(self, attempt: Deferred[Any]) -> None:
         """
         Stop the connection attempt in progress; it says nothing of the
         endpoint.
         """
         self.closing = True
-        node, self.node = self.node, None
+        node: Node
+        node, self.node = self.node, None  # type: ignore[assignment]  # the attempt's node
         node.payload.connecting -= 1
         node.pending -= 1
         accrual = self.destination.accrual
@@ -556,12 +591,12 @@ class _Splice:
         # What the cancelled attempt reports is ignored (closing is set).
         attempt.cancel()
 
-    def _finishIfClosed(self):
+    def _finishIfClosed(self) -> None:
         upstream = self.upstream
         if self.client.lost and self.attempt is None and (upstream is None or upstream.lost):
             self._finish()
 
-    def _finish(self):
+    def _finish(self) -> None:
         if self.finished:
             return
         self.finished = True
@@ -575,7 +610,7 @@ class _Splice:
             # connect, not how long the client kept the connection.
             self.destination.balancer.finish(node, self.seconds() - self.connectSeconds, True)
 
-    def _checkIdle(self):
+    def _checkIdle(self) -> None:
         self.timer = None
         if self.finished:
             return
@@ -600,7 +635,7 @@ class _Splice:
                 end.transport.abortConnection()
 
 
-def _halfClose(transport):
+def _halfClose(transport: IStreamTransport) -> None:
     """
     End our writing on C{transport} once what is buffered is sent; close it
     whole if it cannot be half-closed (TLS).
@@ -624,13 +659,13 @@ class TcpServerFactory(DrainingFactoryMixin, Factory):
 
     noisy = False
 
-    def __init__(self, router):
+    def __init__(self, router: TcpRouter) -> None:
         self.router = router
-        self.connections = set()
+        self.connections: set[_Downstream] = set()
         self.draining = False
         self._drained = None
 
-    def buildProtocol(self, addr):
+    def buildProtocol(self, addr: IAddress | None) -> _Downstream | None:
         if self.draining:
             return None
         limit = self.router.maxConnections
@@ -639,7 +674,8 @@ class TcpServerFactory(DrainingFactoryMixin, Factory):
             return None
         return _Downstream(self)
 
-    def drain(self, grace):
+    # The factory gives the mixin its clock.
+    def drain(self, grace: float) -> Deferred[None]:  # type: ignore[override]
         """
         Refuse new connections, let the open ones end by themselves, and
         abort whatever is left (both sides) after C{grace} seconds.
