@@ -22,6 +22,12 @@ What the API needs from its collaborators:
              "pending": 0, "requests": 1200, "successRate": 0.998,
              "consecutiveFailures": 0}]}}}
 
+For C{GET /admin/stats}, a router may have C{metrics} (the
+L{MeshMetrics<meshproxy.telemetry.metrics.MeshMetrics>} it records in,
+read with C{metrics.routes(name)}) and C{connStats} (its
+L{ConnectionStats<meshproxy.telemetry.metrics.ConnectionStats>}); both
+routers keep them under these names.
+
 For the rules, explain, drain and shutdown routes (see L{AdminAPI}), a
 router also offers what L{meshproxy.admin.rules.RulesStore} needs
 (C{rulesText}, C{validateRules}, C{setRules}, C{recentNames},
@@ -49,6 +55,7 @@ from __future__ import annotations
 import functools
 import hmac
 import ipaddress
+import itertools
 import json
 from typing import Any, Callable, Iterable
 
@@ -68,6 +75,7 @@ from meshproxy.admin.rules import (
     StaleVersion,
     UnknownVersion,
 )
+from meshproxy.telemetry.metrics import BUCKETS
 
 _log = Logger()
 _audit = Logger(namespace="meshproxy.admin.audit")
@@ -477,6 +485,44 @@ def _requireToken(handler: Callable[..., Any]) -> Callable[..., Any]:
     return guarded
 
 
+def _routeStats(stats: Any) -> dict[str, Any]:
+    """
+    The counters of one L{RouteStats<meshproxy.telemetry.metrics.RouteStats>}
+    as JSON-ready values: the bucket counts made cumulative, as
+    Prometheus' C{le} buckets are (the last one, past C{bounds}, counts
+    every request: C{+Inf}).
+    """
+    return {
+        "requests": stats.requests,
+        "responses": {
+            f"{cls}xx": stats.responses[cls] for cls in range(1, 6)
+        },
+        "duration": {
+            "bounds": list(BUCKETS),
+            "buckets": list(itertools.accumulate(stats.buckets)),
+            "sum": stats.seconds,
+        },
+    }
+
+
+def _routerStats(name: str, router: Any) -> dict[str, Any]:
+    """
+    One router's part of C{GET /admin/stats}: its client connections
+    (C{router.connStats}) and the counters of each bound name it recorded
+    in C{router.metrics}. A router without them (a TCP router counts no
+    requests) has C{null} connections or no bound names.
+    """
+    conns = getattr(router, "connStats", None)
+    metrics = getattr(router, "metrics", None)
+    records = metrics.routes(name) if metrics is not None else []
+    return {
+        "connections": None if conns is None else {
+            "opened": conns.opened, "closed": conns.closed,
+        },
+        "boundNames": {stats.name: _routeStats(stats) for stats in records},
+    }
+
+
 # Phrases twisted.web does not know (it would say "Unknown Status").
 _PHRASES = {421: b"Misdirected Request", 428: b"Precondition Required"}
 
@@ -488,8 +534,9 @@ class AdminAPI:
     Health probes (C{/live}, C{/ready}) and the dashboard page (C{/}) are
     never guarded by the token: probes from kubelet or systemd carry none,
     and the page holds no data (its script asks for the token when
-    C{/admin/state} answers 401). C{/metrics}, C{/admin/state} and the
-    other reads (rules, history, explain) are guarded when C{protectReads}
+    C{/admin/state} answers 401). C{/metrics}, C{/admin/state},
+    C{/admin/stats} and the other reads (rules, history, explain) are
+    guarded when C{protectReads}
     is set; every mutating route (PUT, POST) uses L{_requireToken} and is
     guarded whenever a token is set, dry runs included.
 
@@ -532,6 +579,10 @@ class AdminAPI:
 
     Routes added for routing rules and operations (JSON unless said):
 
+     - C{GET /admin/stats}: C{{"time", "routers": {name: {"connections",
+       "boundNames": {boundName: {"requests", "responses", "duration"}}}}}},
+       the cumulative counters the dashboard turns into rates and
+       percentiles (see L{stats}).
      - C{GET /admin/routers/{name}/rules}: the rules as C{text/plain}, with
        their version as a quoted C{ETag}.
      - C{PUT /admin/routers/{name}/rules}: replace them (body: the rules,
@@ -723,6 +774,30 @@ class AdminAPI:
             name: router.state() for name, router in self._runtime.routers.items()
         }
         return _json(request, {"routers": routers})
+
+    @app.route("/admin/stats", methods=["GET"])
+    @_requireToken
+    def stats(self, request: IRequest) -> bytes:
+        """
+        The cumulative traffic counters of every router, for the dashboard
+        to turn into rates and percentiles (see L{_routerStats})::
+
+            {"time": 1733040000.25, "routers": {"web": {
+                "connections": {"opened": 8, "closed": 7},
+                "boundNames": {"/#/fs/users": {
+                    "requests": 6,
+                    "responses": {"1xx": 0, "2xx": 6, "3xx": 0, "4xx": 0, "5xx": 0},
+                    "duration": {"bounds": [0.001, ..., 10.0],
+                                 "buckets": [5, 6, ..., 6], "sum": 0.0042}}}}}}
+
+        C{time} is the API's clock (seconds since the epoch) when the
+        counters were read: the rates are deltas over it.
+        """
+        routers = {
+            name: _routerStats(name, router)
+            for name, router in sorted(self._runtime.routers.items())
+        }
+        return _json(request, {"time": self._clock.seconds(), "routers": routers})
 
     @app.route("/admin/routers/<name>/rules", methods=["GET"])
     @_requireToken
