@@ -348,53 +348,6 @@ class StatsTests(_APITestMixin, SynchronousTestCase):
         self.assertEqual(response.code, 421, body)
 
 
-class DashboardTests(_APITestMixin, SynchronousTestCase):
-    """
-    C{/}: the dashboard page.
-    """
-
-    def test_dashboardIsHTMLWithTableAndScript(self) -> None:
-        response, body = self.request("GET", "/")
-        self.assertEqual(response.code, 200)
-        self.assertEqual(
-            self.header(response, "content-type"), "text/html; charset=utf-8"
-        )
-        page = body.decode("utf-8")
-        self.assertTrue(page.startswith("<!doctype html>"))
-        self.assertIn("<script>", page)
-        self.assertIn('el("table")', page)
-        self.assertIn("admin/state", page)
-        self.assertIn("setInterval(refresh, 2000)", page)
-        for column in ("bound name", "endpoint", "state", "EWMA ms", "pending",
-                       "requests", "success rate"):
-            self.assertIn(f'"{column}"', page)
-
-    def test_dashboardLoadsNothingExternal(self) -> None:
-        """
-        No external URL, no src= or href= attribute at all, and a CSP that
-        forbids loading anything but calls back to the admin API.
-        """
-        response, body = self.request("GET", "/")
-        page = body.decode("utf-8")
-        self.assertIsNone(re.search(r"https?:|//[a-z0-9]", page, re.I), page)
-        self.assertNotIn("src=", page)
-        self.assertNotIn("href=", page)
-        self.assertNotIn("@import", page)
-        csp = self.header(response, "content-security-policy")
-        self.assertIn("default-src 'none'", csp)
-        self.assertIn("connect-src 'self'", csp)
-
-    def test_dashboardNeverUsesInnerHTML(self) -> None:
-        """
-        Names and addresses come from namers; the page must insert them as
-        text, never as markup.
-        """
-        _, body = self.request("GET", "/")
-        self.assertNotIn(b"innerHTML", body)
-        self.assertNotIn(b"insertAdjacentHTML", body)
-        self.assertIn(b"textContent", body)
-
-
 class ErrorTests(_APITestMixin, SynchronousTestCase):
     """
     Unknown paths and wrong methods get JSON errors.
@@ -1094,19 +1047,3 @@ class ShutdownTests(_RulesMixin, SynchronousTestCase):
         self.assertEqual(response.code, 405)
         self.clock.advance(0)
         self.assertEqual(self.runtime.shutdowns, [])
-
-
-class DashboardExplainTests(_APITestMixin, SynchronousTestCase):
-    """
-    The dashboard's explain form.
-    """
-
-    def test_pageHasTheExplainForm(self) -> None:
-        _, body = self.request("GET", "/")
-        page = body.decode("utf-8")
-        for fragment in ('id="explain-router"', 'id="explain-name"', 'id="explain-go"',
-                         '"admin/routers/"', '"/explain?name="', "encodeURIComponent(name)",
-                         "encodeURIComponent(router)"):
-            self.assertIn(fragment, page)
-        # No <form>: the CSP forbids form submission (form-action 'none').
-        self.assertNotIn("<form", page)
