@@ -237,10 +237,8 @@ class DashboardInBrowserTests(TestCase):
         nope.transport.write(b"GET / HTTP/1.1\r\nHost: nope\r\n\r\n")
         [answer] = yield nope.waitFor(1)
         self.assertEqual(answer.status, 503)
-        drained = yield admin.post("/admin/endpoints/drain", {
-            "router": "web", "name": "/#/static/hello", "address": "127.0.0.1:%d" % hello[2],
-        })
-        self.assertEqual(drained.code, 404, drained)  # not bound before its first request
+        # (A name is bound, and its endpoints can be drained, from its first
+        # request on.)
         first = yield connectClient(self, webPort)
         first.transport.write(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
         yield first.waitFor(1)
@@ -364,6 +362,29 @@ class DashboardInBrowserTests(TestCase):
             " quantile(0.5, [1, 2], [0, 0, 0])]"
         )
         self.assertEqual(quantiles, [1.5, 3.8, 4, 0.001, None])
+
+        # Every resolution and endpoint state is marked as such.
+        kinds = yield page.evaluate(
+            "[['bound', 'pending', 'neg', 'failed'].map(r =>"
+            "   resolutionCell({resolution: r}).firstChild.className),"
+            " ['live', 'probing', 'draining', 'ejected'].map(state =>"
+            "   endpointRows('/#/x', {endpoints: [{address: 'a', state: state}]})[0]"
+            "     .querySelector('td.state .badge').className)]"
+        )
+        self.assertEqual(kinds, [
+            ["badge ok", "badge warn", "badge bad", "badge bad"],
+            ["badge ok", "badge warn", "badge warn", "badge bad"],
+        ])
+        # Names are shown as text, never parsed as HTML.
+        hostile = "<img src=x onerror=\"window.__xss=1\">"
+        shown = yield page.evaluate(
+            "(name => { const rows = [trafficRow('web', name, {resolution: 'neg'}, 'http', [], 0),"
+            " ...endpointRows(name, {resolution: 'bound', endpoints: [{address: name}]})];"
+            " return [rows.some(r => r.querySelector('img')),"
+            " rows.map(r => r.querySelector('td.name').textContent)]; })(%s)"
+            % (json.dumps(hostile),)
+        )
+        self.assertEqual(shown, [False, [hostile, hostile]])
 
         # Nothing went wrong: no exception, no error logged, no refusal by
         # the policy. The only errors allowed are the 401s of the reads
