@@ -25,8 +25,9 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 __all__ = ["Decision", "Policy", "PolicyError", "Rule"]
 
@@ -139,7 +140,9 @@ class Policy:
         protected: list[tuple[str, ...]] = []
         for i, rule in enumerate(self.rules):
             if rule.action not in (ALLOW, DENY):
-                raise PolicyError(f'rules[{i}].action must be "allow" or "deny", got {rule.action!r}')
+                raise PolicyError(
+                    f'rules[{i}].action must be "allow" or "deny", got {rule.action!r}'
+                )
             try:
                 callers = tuple(_Caller(c) for c in rule.callers)
                 names = tuple(_namePrefix(n) for n in rule.names)

@@ -18,8 +18,9 @@ TLS with pyOpenSSL and service_identity, both ways.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -276,7 +277,8 @@ class ServerTLS:
         if clientCAs is not None:
             store = ctx.get_cert_store()
             for ca in clientCAs:
-                store.add_cert(ca)
+                # (a new context has a store: None is for contexts without one)
+                store.add_cert(ca)  # type: ignore[union-attr]
                 ctx.add_client_ca(ca)
             mode = SSL.VERIFY_PEER
             if self._verify == "required":
@@ -324,7 +326,9 @@ class ServerTLS:
             _log.error("TLS files not reloaded, keeping the previous ones: {why}", why=str(e))
             return False
         self._default, self._byName = built
-        _log.info("TLS certificates reloaded: {files}", files=", ".join(c.cert for c in self._files))
+        _log.info(
+            "TLS certificates reloaded: {files}", files=", ".join(c.cert for c in self._files)
+        )
         return True
 
 
@@ -369,7 +373,8 @@ class ClientTLS:
         ctx.set_cipher_list(CIPHERS)
         store = ctx.get_cert_store()
         for certificate in _loadCertificates(ca):
-            store.add_cert(certificate)
+            # (a new context has a store: None is for contexts without one)
+            store.add_cert(certificate)  # type: ignore[union-attr]
         if cert is not None:
             chain = _loadCertificates(cert)
             try:
@@ -379,7 +384,9 @@ class ClientTLS:
                 ctx.use_privatekey(_loadKey(key or cert))
                 ctx.check_privatekey()
             except SSL.Error:
-                raise TLSFileError(f"the key {key} does not belong to the certificate {cert}") from None
+                raise TLSFileError(
+                    f"the key {key} does not belong to the certificate {cert}"
+                ) from None
         ctx.set_alpn_protos(list(protocols))
         self._context = ctx
 
@@ -415,7 +422,8 @@ def _identityCheck(tlsProtocol: Any, expected: str) -> Callable[..., bool]:
         try:
             if "://" in expected:
                 if expected not in identityOf(cert).uris:
-                    raise VerificationError(errors=[f"no URI SAN {expected}"])
+                    # (caught just below: the errors' type does not matter)
+                    raise VerificationError(errors=[f"no URI SAN {expected}"])  # type: ignore[list-item]
             else:
                 verify_service_identity(extract_patterns(cert), [DNS_ID(expected)], [])
         except VerificationError:

@@ -16,7 +16,8 @@ import itertools
 import json
 import os
 import shutil
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from twisted.internet import defer, protocol, task

@@ -43,7 +43,9 @@ class SecurityConfigTests(SynchronousTestCase):
                     tls:
                       certificates:
                         - {cert: tls/web.pem, key: tls/web.key}
-                        - {cert: tls/api.pem, key: tls/api.key, sni: [API.example., "*.api.example"]}
+                        - cert: tls/api.pem
+                          key: tls/api.key
+                          sni: [API.example., "*.api.example"]
                       clientCertificates: {ca: tls/ca.pem, verify: optional}
                       minVersion: TLSv1.3
                     upstreamTls: {ca: tls/ca.pem, serverName: "{service}.mesh.local"}
@@ -66,7 +68,8 @@ class SecurityConfigTests(SynchronousTestCase):
                 routerWith(
                     """
                     tls:
-                      certificates: [{cert: a.pem}, {cert: b.pem, key: b.key, sni: ["a b", "*.*.x"]}]
+                      certificates:
+                        [{cert: a.pem}, {cert: b.pem, key: b.key, sni: ["a b", "*.*.x"]}]
                       clientCertificates: {verify: sometimes}
                       minVersion: TLSv1.1
                     """
@@ -86,7 +89,10 @@ class SecurityConfigTests(SynchronousTestCase):
         )
 
     def test_tlsWithAnSSLListenString(self):
-        text = BASE.replace('"tcp:4143', '"tls:4143:privateKey=x') + "    tls: {certificates: [{cert: a, key: b}]}\n"
+        text = (
+            BASE.replace('"tcp:4143', '"tls:4143:privateKey=x')
+            + "    tls: {certificates: [{cert: a, key: b}]}\n"
+        )
         errors = self.errors(text)
         self.assertIn(
             "routers[0].tls: cannot be used with an ssl: or tls: listen string (give one or the"
@@ -105,13 +111,18 @@ class SecurityConfigTests(SynchronousTestCase):
         )
         self.assertEqual(
             self.errors(routerWith("upstreamTls: {ca: ca.pem, serverName: '{host}.x'}\n")),
-            ['routers[0].upstreamTls.serverName: only {service} may stand in braces, got "{host}.x"'],
+            [
+                "routers[0].upstreamTls.serverName:"
+                ' only {service} may stand in braces, got "{host}.x"'
+            ],
         )
 
     def test_upstreamTlsPerBoundName(self):
         text = BASE.replace(
             "routers:",
-            "namers:\n  - {kind: static, prefix: /#/s, services: {users: ['127.0.0.1:1']}}\nrouters:",
+            "namers:\n"
+            "  - {kind: static, prefix: /#/s, services: {users: ['127.0.0.1:1']}}\n"
+            "routers:",
         ) + routerWith(
             "boundNames:\n  /#/s/users: {upstreamTls: {ca: ca.pem, serverName: 'spiffe://m/{service}'}}\n"
         ).split("\n", 4)[4]
@@ -126,7 +137,9 @@ class SecurityConfigTests(SynchronousTestCase):
                 policy:
                   default: deny
                   rules:
-                    - {callers: ["spiffe://mesh.local/web", 10.0.0.0/8], names: [/svc/users], methods: [get]}
+                    - callers: ["spiffe://mesh.local/web", 10.0.0.0/8]
+                      names: [/svc/users]
+                      methods: [get]
                     - {callers: [unauthenticated], action: deny}
                 """
             )
@@ -141,8 +154,8 @@ class SecurityConfigTests(SynchronousTestCase):
         self.assertEqual(
             self.errors(
                 routerWith(
-                    "policy: {default: maybe, rules: [{callers: [''], names: [svc], methods: ['G ET'],"
-                    " action: block, who: x}]}\n"
+                    "policy: {default: maybe, rules: [{callers: [''], names: [svc],"
+                    " methods: ['G ET'], action: block, who: x}]}\n"
                 )
             ),
             [
@@ -150,7 +163,8 @@ class SecurityConfigTests(SynchronousTestCase):
                 "routers[0].policy.rules[0].who: unknown key",
                 "routers[0].policy.rules[0].callers[0]: must not be empty",
                 'routers[0].policy.rules[0].names[0]: expected a path starting with "/", got "svc"',
-                'routers[0].policy.rules[0].methods[0]: expected an HTTP method such as GET, got "G ET"',
+                "routers[0].policy.rules[0].methods[0]:"
+                ' expected an HTTP method such as GET, got "G ET"',
                 'routers[0].policy.rules[0].action: expected one of "allow", "deny", got "block"',
             ],
         )

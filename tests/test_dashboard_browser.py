@@ -194,7 +194,7 @@ class DashboardInBrowserTests(TestCase):
             finally:
                 if cut.active():
                     cut.cancel()
-            _log.info("traffic sent: {counts}", counts=dict(zip(hosts, counts)))
+            _log.info("traffic sent: {counts}", counts=dict(zip(hosts, counts, strict=True)))
 
         return stop
 

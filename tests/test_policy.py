@@ -80,7 +80,12 @@ class PolicyTests(SynchronousTestCase):
             {
                 "default": "deny",
                 "rules": [
-                    {"callers": [WEB], "names": ["/svc/users"], "methods": ["GET"], "action": "allow"}
+                    {
+                        "callers": [WEB],
+                        "names": ["/svc/users"],
+                        "methods": ["GET"],
+                        "action": "allow",
+                    }
                 ],
             },
         )

@@ -195,7 +195,9 @@ class TLSTests(SynchronousTestCase):
             TLSFileError, ServerTLS, [CertificateFile(self.web.cert, self.api.key)]
         )
         self.assertIn("does not belong", str(e))
-        e = self.assertRaises(TLSFileError, ServerTLS, [CertificateFile("/nonexistent.pem", self.web.key)])
+        e = self.assertRaises(
+            TLSFileError, ServerTLS, [CertificateFile("/nonexistent.pem", self.web.key)]
+        )
         self.assertIn("cannot read certificate file /nonexistent.pem", str(e))
 
     def test_expiries(self):

@@ -47,14 +47,6 @@ from meshproxy.config.policies import (
     TimeoutsConfig,
     TrustConfig,
 )
-from meshproxy.config.security import (
-    CertificateConfig,
-    ClientCertificatesConfig,
-    PolicyConfig,
-    PolicyRuleConfig,
-    TLSConfig,
-    UpstreamTLSConfig,
-)
 from meshproxy.config.schema import (
     AdminConfig,
     FileNamerConfig,
@@ -63,6 +55,14 @@ from meshproxy.config.schema import (
     RouterConfig,
     StaticNamerConfig,
     jsonSchema,
+)
+from meshproxy.config.security import (
+    CertificateConfig,
+    ClientCertificatesConfig,
+    PolicyConfig,
+    PolicyRuleConfig,
+    TLSConfig,
+    UpstreamTLSConfig,
 )
 
 __all__ = [

@@ -22,8 +22,8 @@ from meshproxy.config.fields import (
     Number,
 )
 from meshproxy.config.problems import Problem
-from meshproxy.config.security import UpstreamTLSConfig
 from meshproxy.config.section import Section, View
+from meshproxy.config.security import UpstreamTLSConfig
 
 __all__ = [
     "BoundNameConfig",

@@ -9,12 +9,19 @@ C{meshproxy check}) builds the TLS contexts.
 """
 
 import re
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 from meshproxy.config import checks
 from meshproxy.config.checks import Invalid, show
 from meshproxy.config.fields import (
-    Checked, Choice, Defaulted, Directory, ListOf, NamePath, NonEmptyText,
+    Checked,
+    Choice,
+    Defaulted,
+    Directory,
+    ListOf,
+    NamePath,
+    NonEmptyText,
 )
 from meshproxy.config.problems import Problem
 from meshproxy.config.section import Section, View
@@ -44,7 +51,9 @@ def _serverName(value: Any) -> str:
     name = value.lower().rstrip(".")
     labels = name[2:].split(".") if name.startswith("*.") else name.split(".")
     if not name or not all(_LABEL.match(label) for label in labels):
-        raise Invalid(f'expected a DNS name such as "api.example" or "*.api.example", got {show(value)}')
+        raise Invalid(
+            f'expected a DNS name such as "api.example" or "*.api.example", got {show(value)}'
+        )
     return name
 
 
@@ -129,7 +138,7 @@ class TLSConfig(Section):
     """
 
     certificates: ListOf(CertificateConfig, nonEmpty="at least one certificate is required")
-    clientCertificates: Optional[ClientCertificatesConfig] = None
+    clientCertificates: ClientCertificatesConfig | None = None
     minVersion: MinVersion = "TLSv1.2"
 
 
@@ -149,8 +158,8 @@ class UpstreamTLSConfig(Section):
 
     ca: File()
     serverName: ServerNameTemplate = "{service}"
-    cert: Optional[File()] = None
-    key: Optional[File()] = None
+    cert: File() | None = None
+    key: File() | None = None
     minVersion: MinVersion = "TLSv1.2"
 
     @classmethod
