@@ -82,6 +82,8 @@ def demoUpstreamServices(reactor):
             site = Site(Hello(label))
             site.noisy = False
             site.log = lambda request: None
+            # Twisted's "... starting on 8081" then names the upstream.
+            site.logPrefix = lambda instance="%s-%d" % (name, i): "demo upstream " + instance
             endpoint = TCP4ServerEndpoint(reactor, port, interface="127.0.0.1")
             services.append(StreamServerEndpointService(endpoint, site))
     return services
