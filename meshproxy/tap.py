@@ -571,9 +571,7 @@ def buildServices(config, *, reactor, configPath=None):
 
     from meshproxy.admin.rules import RulesStore
 
-    stateDir = config.admin.stateDir
-    if stateDir is None and configPath is not None:
-        stateDir = os.path.dirname(os.path.abspath(configPath))
+    stateDir = stateDirectory(config, configPath)
     stores = {}
     for name, router in runtime.routers.items():
         if router.rules is None:
@@ -581,7 +579,7 @@ def buildServices(config, *, reactor, configPath=None):
             continue
         store = stores[name] = RulesStore(router.rules, stateDir=stateDir, clock=reactor)
         # Rules accepted through the admin API survive a restart.
-        store.load()
+        _logSavedRules(name, store.path, store.load(), configPath)
     runtime.rulesStores = stores
     admin = AdminAPI(
         runtime,
@@ -606,6 +604,61 @@ def buildServices(config, *, reactor, configPath=None):
         )
     )
     return runtime, services
+
+
+def stateDirectory(config, configPath):
+    """
+    Where the rules changed through the admin API are saved.
+
+    @param config: a L{MeshConfig<meshproxy.config.MeshConfig>}.
+    @param configPath: its file, or L{None} (the embedded demo).
+    @return: C{admin.stateDir} when set, else the config file's directory;
+        L{None} (memory only) for a config without a file or C{stateDir}.
+    """
+    if config.admin.stateDir is not None:
+        return config.admin.stateDir
+    if configPath is not None:
+        return os.path.dirname(os.path.abspath(configPath))
+    return None
+
+
+def _logSavedRules(router, path, restored, configPath):
+    """
+    Say at start where the rules changed through the admin API are kept, and
+    how to go back to the config's rules.
+
+    @param router: the router's name.
+    @param path: its state file, or L{None} when kept in memory only.
+    @param restored: whether the rules in force came from that file.
+    @param configPath: the config file, for the command to show.
+    """
+    import shlex
+
+    if path is None:
+        _log.info(
+            "router {router}: rules changed through the admin API are kept in memory"
+            " only (lost when meshproxy stops)",
+            router=router,
+        )
+        return
+    command = "meshproxy rules reset %s --config %s" % (
+        shlex.quote(router),
+        shlex.quote(os.path.abspath(configPath)) if configPath else "CONFIG",
+    )
+    if restored:
+        _log.warn(
+            "router {router}: using the rules saved through the admin API in {path},"
+            " not the config's; to go back to the config's rules, run \"{command}\""
+            " (or delete that file) and restart",
+            router=router, path=path, command=command,
+        )
+    else:
+        _log.info(
+            "router {router}: rules changed through the admin API will be saved in"
+            " {path} and win over the config's at the next start (undo: \"{command}\","
+            " or delete that file, then restart)",
+            router=router, path=path, command=command,
+        )
 
 
 #: The listen backlog of meshproxy's listeners unless their endpoint string

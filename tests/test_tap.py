@@ -991,3 +991,48 @@ class ListenerTests(SynchronousTestCase):
         self.assertEqual(_actualPort("tcp:0:interface=127.0.0.1", Port()), " (port 43210)")
         self.assertEqual(_actualPort("tcp:4140", Port()), "")
         self.assertEqual(_actualPort("unix:/run/m.sock", Port()), "")
+
+
+class SavedRulesLineTests(SynchronousTestCase):
+    """
+    At start, each HTTP router says where rules changed through the admin
+    API are kept and how to go back to the config's.
+    """
+
+    def test_whereAndHowBack(self):
+        import os
+
+        from meshproxy.config import loadConfig
+
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        path = os.path.join(directory, "mesh.yaml")
+        with open(path, "w") as f:
+            f.write(TCP)
+        state = os.path.join(directory, "rules-web.json")
+        command = "meshproxy rules reset web --config " + path
+        logged = _capture(self)
+        _, services = buildServices(loadConfig(path), reactor=MemoryReactorClock(), configPath=path)
+        self.assertEqual(logged(), [
+            "router web: rules changed through the admin API will be saved in %s and win"
+            " over the config's at the next start (undo: \"%s\", or delete that file,"
+            " then restart)" % (state, command),
+        ])
+        runtime = services[0]
+        runtime.rulesStores["web"].replace("/svc => /#/static;\n/x => /#/static;\n", "*", "test")
+        buildServices(loadConfig(path), reactor=MemoryReactorClock(), configPath=path)
+        self.assertEqual(logged(), [
+            "router web: using the rules saved through the admin API in %s, not the"
+            " config's; to go back to the config's rules, run \"%s\" (or delete that"
+            " file) and restart" % (state, command),
+        ])
+
+    def test_demoKeepsThemInMemory(self):
+        logged = _capture(self)
+        options = Options()
+        options.parseOptions([])
+        makeService(options, reactor=MemoryReactorClock())
+        self.assertEqual(logged(), [
+            "router web: rules changed through the admin API are kept in memory only"
+            " (lost when meshproxy stops)",
+        ])
