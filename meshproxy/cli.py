@@ -343,7 +343,7 @@ def fetchExplain(admin, router, query, *, token=None, timeout=TIMEOUT):
     except urllib.error.HTTPError as e:
         raise ExplainError(_httpError(e)) from None
     except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
+        reason = _reachReason(getattr(e, "reason", e), timeout)
         raise ExplainError("cannot reach the admin API at %s: %s" % (admin, reason)) from None
     try:
         answer = json.loads(body.decode("utf-8"))
@@ -353,6 +353,32 @@ def fetchExplain(admin, router, query, *, token=None, timeout=TIMEOUT):
         raise ExplainError("the admin API at %s answered an unexpected %s"
                            % (admin, type(answer).__name__))
     return answer
+
+
+def _reachReason(reason, timeout):
+    """
+    Why the admin API could not be reached, in the proxy's words.
+
+    @param reason: what urllib raised or gave as the reason: an
+        L{OSError}, or text.
+    @param timeout: the seconds waited.
+    """
+    import socket
+    import ssl
+
+    if isinstance(reason, (TimeoutError, socket.timeout)):
+        return "no answer within %g s" % (timeout,)
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused (is meshproxy running, with its admin API there?)"
+    if isinstance(reason, socket.gaierror):
+        return "unknown host"
+    if isinstance(reason, ssl.SSLCertVerificationError):
+        return "its TLS certificate is not trusted (%s)" % (reason.verify_message,)
+    if isinstance(reason, ssl.SSLError):
+        return "TLS failed (%s)" % (reason.reason or "handshake",)
+    if isinstance(reason, OSError):
+        return _osReason(reason)
+    return str(reason)
 
 
 def _httpError(error):

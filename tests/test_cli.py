@@ -205,6 +205,30 @@ class BadAdminURLTests(SynchronousTestCase):
         self.assertIn("--admin must be an http:// or https:// URL", err.getvalue())
 
 
+class ReachReasonTests(SynchronousTestCase):
+    """
+    Why the admin API could not be reached, in the proxy's words rather
+    than Python's exception text.
+    """
+
+    def test_words(self) -> None:
+        import errno
+        import socket
+
+        from meshproxy.cli import _reachReason
+
+        for reason, words in (
+            (ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"),
+             "connection refused (is meshproxy running, with its admin API there?)"),
+            (TimeoutError("timed out"), "no answer within 10 s"),
+            (socket.gaierror(-2, "Name or service not known"), "unknown host"),
+            (OSError(errno.ENETUNREACH, "Network is unreachable"), "network is unreachable"),
+            ("something else", "something else"),
+        ):
+            self.assertEqual(_reachReason(reason, 10.0), words)
+            self.assertNotIn("Errno", _reachReason(reason, 10.0))
+
+
 class HelpAndVersionTests(SynchronousTestCase):
     """
     C{--help} and C{--version} answer on standard output and exit 0.
@@ -507,7 +531,11 @@ class ExplainAgainstAdminAPITests(TestCase):
             environ={},
         )
         self.assertEqual(status, 1)
-        self.assertIn("cannot reach the admin API at " + closed, err.getvalue())
+        self.assertEqual(
+            err.getvalue(),
+            "meshproxy explain: cannot reach the admin API at %s: connection refused"
+            " (is meshproxy running, with its admin API there?)\n" % (closed,),
+        )
 
 
 RULES_CONFIG = """\
