@@ -16,6 +16,7 @@ import sys
 
 from twisted.internet import defer, reactor
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.protocols.policies import WrappingFactory
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
@@ -314,6 +315,9 @@ class ReadmeCommandsTests(TestCase):
             ("curl -H 'Host: greet' http://127.0.0.1:4140/", hello),
             ("meshproxy explain web --host greet", r"router web: /svc/greet\n.*/#/fs/hello.*"),
         ]
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         commands = [c for c in readmeCommands() if c.startswith(("curl ", "seq ", "meshproxy "))]
         tour = [
             c for c in commands
@@ -324,3 +328,11 @@ class ReadmeCommandsTests(TestCase):
             self.assertTrue(command.startswith(start), (command, start))
             out = yield self.shell(command, ports)
             self.assertRegex(out, re.compile("^" + pattern + "$", re.S), command)
+        # Some 215 requests over pooled connections, and not a line per
+        # connection at the default level.
+        noise = [
+            formatEvent(event) for event in events
+            if re.search(r"(Starting|Stopping) factory|Timing out client|is gone",
+                         formatEvent(event) or "")
+        ]
+        self.assertEqual(noise, [])
