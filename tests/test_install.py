@@ -140,6 +140,9 @@ class InstallPageTests(SynchronousTestCase):
             )
         ran, skipped = [], []
         for command in installCommands():
+            if command in ran:
+                # The upgrade repeats steps of the install: once is enough.
+                continue
             words = _words(command)
             why = self.notRun(words)
             if why is not None:
