@@ -122,7 +122,9 @@ class InstallPageTests(SynchronousTestCase):
         elif words[0] == os.path.join(sys.prefix, "bin", "python"):
             words = [sys.executable] + words[1:]
         env = {**os.environ, "PYTHONPATH": HERE}
-        result = subprocess.run(words, cwd=HERE, env=env, capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            words, cwd=HERE, env=env, capture_output=True, text=True, timeout=60
+        )
         return result
 
     def test_followThePage(self):
@@ -132,7 +134,9 @@ class InstallPageTests(SynchronousTestCase):
         expects.
         """
         if not self.inVenv:
-            raise SkipTest("the tests do not run in a virtual environment: no venv to stand for /opt/meshproxy")
+            raise SkipTest(
+                "the tests do not run in a virtual environment: no venv to stand for /opt/meshproxy"
+            )
         for program in ("twistd", "meshproxy", "python"):
             self.assertTrue(
                 os.path.isfile(os.path.join(sys.prefix, "bin", program)),
@@ -163,9 +167,11 @@ class InstallPageTests(SynchronousTestCase):
         self.assertIn("meshproxy check /etc/meshproxy/meshproxy.yaml", ran)
         self.assertTrue(skipped)
         # The layout the unit expects.
-        with open(os.path.join(self.root, "etc/meshproxy/meshproxy.yaml")) as f, open(SERVICE_CONFIG) as g:
+        installed = os.path.join(self.root, "etc/meshproxy/meshproxy.yaml")
+        with open(installed) as f, open(SERVICE_CONFIG) as g:
             self.assertEqual(f.read(), g.read())
-        with open(os.path.join(self.root, "etc/systemd/system/meshproxy.service")) as f, open(UNIT) as g:
+        installed = os.path.join(self.root, "etc/systemd/system/meshproxy.service")
+        with open(installed) as f, open(UNIT) as g:
             self.assertEqual(f.read(), g.read())
         self.assertTrue(os.path.isdir(os.path.join(self.root, "etc/meshproxy/endpoints")))
         with open(UNIT) as f:
@@ -196,9 +202,13 @@ class InstallPageTests(SynchronousTestCase):
         probe = os.path.join(self.root, "probe.service")
         with open(probe, "w") as f:
             f.write("[Service]\nExecStart=%s\n" % (sys.executable,))
-        result = subprocess.run([analyze, "verify", probe], capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [analyze, "verify", probe], capture_output=True, text=True, timeout=60
+        )
         if result.returncode != 0:
-            raise SkipTest("systemd-analyze verify does not work here: %s" % (result.stderr.strip(),))
+            raise SkipTest(
+                "systemd-analyze verify does not work here: %s" % (result.stderr.strip(),)
+            )
         with open(UNIT) as f:
             text = f.read()
         # The unit as installed on a host where the page ran: its twistd is
@@ -208,7 +218,9 @@ class InstallPageTests(SynchronousTestCase):
         path = os.path.join(self.root, "meshproxy.service")
         with open(path, "w") as f:
             f.write(text)
-        result = subprocess.run([analyze, "verify", path], capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [analyze, "verify", path], capture_output=True, text=True, timeout=60
+        )
         self.assertEqual((result.returncode, result.stdout, result.stderr), (0, "", ""))
 
 
@@ -269,8 +281,9 @@ class UnitAndLayoutTests(SynchronousTestCase):
         The shipped config listens above 1023, so the unit grants no
         capability.
         """
-        from meshproxy.config import loadConfig
         from twisted.internet.endpoints import _parse
+
+        from meshproxy.config import loadConfig
 
         config = loadConfig(SERVICE_CONFIG)
         ports = []
@@ -282,9 +295,9 @@ class UnitAndLayoutTests(SynchronousTestCase):
         self.assertEqual(self.service["CapabilityBoundingSet"], [""])
 
     def test_serviceConfigIsValid(self):
-        from meshproxy.cli import main
-
         import io
+
+        from meshproxy.cli import main
 
         out, err = io.StringIO(), io.StringIO()
         self.patch(sys, "stdout", out)

@@ -297,13 +297,17 @@ class ReadmeCommandsTests(TestCase):
         """
         base = self.endpointsCopy(endpointsRoot(), "demo")
         text = demoConfigText().replace(
-            '"%s"' % (endpointsRoot().replace("\\", "/"),), '"%s"' % (os.path.join(base, "endpoints"),)
+            '"%s"' % (endpointsRoot().replace("\\", "/"),),
+            '"%s"' % (os.path.join(base, "endpoints"),),
         )
         ports = yield self.start(text, base, DEMO_PORTS)
         hello = r"hello-[12]: GET /\n"
         expected = [
             ("curl -H 'Host: hello' http://127.0.0.1:4140/", hello),
-            ("seq 200 | xargs -P 20 -I{} curl -s -H 'Host: hello'", r"(\s*\d+ hello-[12]: GET /\n){1,2}"),
+            (
+                "seq 200 | xargs -P 20 -I{} curl -s -H 'Host: hello'",
+                r"(\s*\d+ hello-[12]: GET /\n){1,2}",
+            ),
             ("curl -H 'Host: world' http://127.0.0.1:4140/x", r"world-1: GET /x\n"),
             ("curl -i -H 'Host: nope'", r"HTTP/1.1 503 .*mesh-err: no-route\r\n.*"),
             ("curl http://127.0.0.1:9990/admin/state", r'\{"routers": .*\n'),
@@ -324,7 +328,7 @@ class ReadmeCommandsTests(TestCase):
             if {int(p) for p in _LOCAL.findall(c)} & set(DEMO_PORTS) or c.startswith("meshproxy ")
         ]
         self.assertEqual(len(tour), len(expected), tour)
-        for command, (start, pattern) in zip(tour, expected):
+        for command, (start, pattern) in zip(tour, expected, strict=True):
             self.assertTrue(command.startswith(start), (command, start))
             out = yield self.shell(command, ports)
             self.assertRegex(out, re.compile("^" + pattern + "$", re.S), command)

@@ -69,9 +69,9 @@ def demoUpstreamSite(label):
 
     site = Site(Hello())
     site.noisy = False
-    site.log = lambda request: None
+    site.log = lambda request: None  # type: ignore[method-assign]
     # Twisted's "... starting on 8081" then names the upstream.
-    site.logPrefix = lambda: "demo upstream " + label.split(" ", 1)[0]
+    site.logPrefix = lambda: "demo upstream " + label.split(" ", 1)[0]  # type: ignore[method-assign]
     return site
 
 
