@@ -99,7 +99,9 @@ class FormatExplainTests(SynchronousTestCase):
         router = makeRouter(ALTERNATION)
         text = formatExplain("web", router.explain(name="/svc/hello"))
         self.assertIn("destination: /#/static/hello | /#/other/hello\n", text)
-        self.assertIn("  /#/static/hello\n    127.0.0.1:9001  live", text)
+        endpoints = text.split("  /#/static/hello\n", 1)[1]
+        self.assertIn("    127.0.0.1:9001  live  ewma 0 ms  pending 0  score 0  weight 1\n", endpoints)
+        self.assertIn("    127.0.0.1:9002  live", endpoints)
 
     def test_loop(self) -> None:
         answer = {
