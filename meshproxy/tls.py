@@ -29,17 +29,30 @@ from OpenSSL import SSL, crypto
 from service_identity import VerificationError
 from service_identity.hazmat import DNS_ID, verify_service_identity
 from service_identity.pyopenssl import extract_patterns
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
+    IProtocolFactory,
+    IStreamClientEndpoint,
 )
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from meshproxy.discovery.endpoints import Endpoint
+from meshproxy.transport.connector import IConnector
+
 __all__ = [
     "CertificateFile",
     "ClientTLS",
+    "FileWatcher",
+    "TLSConnector",
+    "expectedIdentity",
+    "forwardedClientCert",
+    "serverTLS",
     "PeerIdentity",
     "ServerTLS",
     "TLSFileError",
@@ -367,14 +380,30 @@ class ClientTLS:
         else:
             DNS_ID(expected)  # refuses a name that cannot be a DNS-ID
             self._serverName = expected.encode("idna")
+        self._ca = ca
+        self._cert = cert
+        self._key = key
+        self._minVersion = _VERSIONS[minVersion]
+        self._protocols = list(protocols)
+        self.reloadFailures = 0
+        self._context = self._build()
+
+    def files(self) -> list[str]:
+        """
+        Every file this reads (for watching).
+        """
+        return [p for p in (self._ca, self._cert, self._key) if p is not None]
+
+    def _build(self) -> SSL.Context:
         ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
-        ctx.set_min_proto_version(_VERSIONS[minVersion])
+        ctx.set_min_proto_version(self._minVersion)
         ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
         ctx.set_cipher_list(CIPHERS)
         store = ctx.get_cert_store()
-        for certificate in _loadCertificates(ca):
-            # (a new context has a store: None is for contexts without one)
-            store.add_cert(certificate)  # type: ignore[union-attr]
+        assert store is not None
+        for certificate in _loadCertificates(self._ca):
+            store.add_cert(certificate)
+        cert, key = self._cert, self._key
         if cert is not None:
             chain = _loadCertificates(cert)
             try:
@@ -387,8 +416,23 @@ class ClientTLS:
                 raise TLSFileError(
                     f"the key {key} does not belong to the certificate {cert}"
                 ) from None
-        ctx.set_alpn_protos(list(protocols))
-        self._context = ctx
+        ctx.set_alpn_protos(self._protocols)
+        return ctx
+
+    def reload(self) -> bool:
+        """
+        Read the files again; new connections use them. A broken file keeps
+        the previous ones.
+
+        @return: whether the new files are in use.
+        """
+        try:
+            self._context = self._build()
+        except (TLSFileError, SSL.Error, crypto.Error) as e:
+            self.reloadFailures += 1
+            _log.error("upstream TLS files not reloaded, keeping the previous ones: {why}", why=str(e))
+            return False
+        return True
 
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         """
@@ -438,3 +482,156 @@ def _identityCheck(tlsProtocol: Any, expected: str) -> Callable[..., bool]:
         return True
 
     return verify
+
+
+@implementer(IConnector)
+class TLSConnector:
+    """
+    Upstream connections over TLS: the connections of an inner connector
+    (TCP), each wrapped in TLS verified by a L{ClientTLS}.
+
+    The protocol a connection gets is told about the end of the handshake
+    (Twisted's L{IHandshakeListener}); until then nothing it sends is
+    known to reach a verified upstream.
+    """
+
+    #: Whether connections are TLS (the HTTP pool waits for the handshake).
+    secure = True
+
+    def __init__(self, inner: IConnector, creator: ClientTLS) -> None:
+        """
+        @param inner: makes the plain connections.
+        @param creator: the TLS settings and expected identity.
+        """
+        self._inner = inner
+        self.creator = creator
+        self.timeout = inner.timeout
+
+    def endpointFor(self, endpoint: Endpoint) -> IStreamClientEndpoint:
+        """
+        See L{IConnector.endpointFor}.
+        """
+        return wrapClientTLS(self.creator, self._inner.endpointFor(endpoint))
+
+    def connect(self, endpoint: Endpoint, factory: IProtocolFactory) -> Deferred[Any]:
+        """
+        See L{IConnector.connect}: fires once the TCP connection is made
+        (the handshake then runs).
+        """
+        return self.endpointFor(endpoint).connect(factory)
+
+
+def serverTLS(config: Any, *, protocols: Sequence[bytes], session: str) -> ServerTLS:
+    """
+    The L{ServerTLS} a router's C{tls} config section describes.
+
+    @param protocols: the ALPN protocols to answer.
+    @param session: names the listener's TLS sessions.
+    @raise TLSFileError: when a file cannot be used.
+    """
+    client = config.clientCertificates
+    return ServerTLS(
+        [CertificateFile(c.cert, c.key, tuple(c.sni)) for c in config.certificates],
+        protocols=protocols,
+        clientCA=None if client is None else client.ca,
+        verify=None if client is None else client.verify,
+        minVersion=config.minVersion,
+        sessionContext=session.encode("utf-8"),
+    )
+
+
+def expectedIdentity(template: str, service: str) -> str:
+    """
+    The identity an upstream's certificate must name, from a C{serverName}
+    template: C{{service}} is the service (for an address C{host:port},
+    the host).
+    """
+    host = service.rsplit(":", 1)[0] if service.count(":") == 1 else service
+    return template.replace("{service}", host.strip("[]"))
+
+
+def forwardedClientCert(by: str | None, identity: PeerIdentity) -> bytes:
+    """
+    The C{x-forwarded-client-cert} value for a verified caller (Envoy's
+    format: C{By=…;Hash=…;URI=…} or C{DNS=…}).
+
+    @param by: this listener's own identity, or L{None}.
+    """
+    parts = []
+    if by:
+        parts.append("By=" + _xfccValue(by))
+    parts.append("Hash=" + identity.sha256)
+    if identity.commonName:
+        parts.append('Subject="CN=%s"' % (identity.commonName.replace('"', "'"),))
+    for uri in identity.uris:
+        parts.append("URI=" + _xfccValue(uri))
+    for name in identity.dnsNames:
+        parts.append("DNS=" + _xfccValue(name))
+    return ";".join(parts).encode("utf-8", "replace")
+
+
+def _xfccValue(text: str) -> str:
+    if any(c in text for c in ',;="'):
+        return '"%s"' % (text.replace('"', "'"),)
+    return text
+
+
+class FileWatcher:
+    """
+    Calls C{onChange} when any of some files changes (its size, time or
+    inode): polling once a C{interval}, off the request path.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        onChange: Callable[[], object],
+        *,
+        clock: Any,
+        interval: float = 1.0,
+    ) -> None:
+        self._paths = tuple(paths)
+        self._onChange = onChange
+        self._clock = clock
+        self._interval = interval
+        self._seen = self._stat()
+        self._loop: LoopingCall | None = None
+
+    def _stat(self) -> tuple:
+        seen = []
+        for path in self._paths:
+            try:
+                st = os.stat(path)
+            except OSError:
+                seen.append(None)
+            else:
+                seen.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(seen)
+
+    def check(self) -> bool:
+        """
+        Look at the files now.
+
+        @return: whether they changed (and C{onChange} was called).
+        """
+        seen = self._stat()
+        if seen == self._seen:
+            return False
+        self._seen = seen
+        self._onChange()
+        return True
+
+    def start(self) -> None:
+        """
+        Check every C{interval} seconds.
+        """
+        self._loop = LoopingCall(self.check)
+        self._loop.clock = self._clock
+        self._loop.start(self._interval, now=False)
+
+    def stop(self) -> None:
+        """
+        Stop checking.
+        """
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()

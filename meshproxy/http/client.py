@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHandshakeListener, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from meshproxy.http.interfaces import IUpstreamConnection
 from meshproxy.http.message import forbiddenTrailer
-from meshproxy.transport.connector import describeConnectFailure
+from meshproxy.transport.connector import describeConnectFailure, describeHandshakeFailure
 from meshproxy.transport.fastwrite import writerFor
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ class _ResponseRefused(Exception):
     """
 
 
-@implementer(IUpstreamConnection)
+@implementer(IUpstreamConnection, IHandshakeListener)
 class UpstreamProtocol(Protocol):
     """
     One connection to an upstream endpoint, carrying one exchange at a time.
@@ -98,9 +99,14 @@ class UpstreamProtocol(Protocol):
         self._feeding = False
         self._releaseAfterFeed = False
         self._unsolicited = False
+        # Over TLS: the attempt waiting for the handshake to end, which
+        # hears of a failed one.
+        self.handshaking = False
+        self.attempt: _Attempt | None = None
 
     def connectionMade(self) -> None:
         self.connected = True
+        self.handshaking = ISSLTransport.providedBy(self.transport)
         # Not every transport is TCP (a UNIX socket has no Nagle to turn off).
         setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
         if setNoDelay is not None:
@@ -374,9 +380,24 @@ class UpstreamProtocol(Protocol):
         self._tunnel = peer
         self.pool.discard(self)
 
+    def handshakeCompleted(self) -> None:
+        """
+        See L{IHandshakeListener}: the upstream's certificate was verified;
+        the connection can carry requests.
+        """
+        self.handshaking = False
+        attempt, self.attempt = self.attempt, None
+        if attempt is not None:
+            attempt.ready(self)
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.connected = False
         self.pool.discard(self)
+        attempt, self.attempt = self.attempt, None
+        if attempt is not None:
+            # The TLS handshake failed (or the upstream closed during it).
+            attempt.handshakeFailed(reason)
+            return
         if self._tunnel is not None:
             tunnel, self._tunnel = self._tunnel, None
             tunnel.loseConnection()
@@ -434,7 +455,8 @@ class _Attempt:
     def abandon(self) -> None:
         """
         The exchange gave up on this attempt (its try timed out, or it
-        ended): stop connecting, and never call it back.
+        ended): stop connecting, and never call it back. (A connection in
+        its TLS handshake finishes it, and goes to the pool.)
         """
         self.exchange = None
         d, self._deferred = self._deferred, None
@@ -443,6 +465,18 @@ class _Attempt:
 
     def _connected(self, conn: UpstreamProtocol) -> None:
         self._deferred = None
+        if conn.handshaking:
+            # Over TLS, a connection is made when its handshake verified
+            # the upstream (or it fails: handshakeFailed).
+            conn.attempt = self
+            return
+        self.ready(conn)
+
+    def ready(self, conn: UpstreamProtocol) -> None:
+        """
+        The connection can carry requests: to the exchange, or to the pool
+        when the exchange gave up.
+        """
         pool = self.pool
         pool.opened(conn)
         exchange, self.exchange = self.exchange, None
@@ -456,13 +490,20 @@ class _Attempt:
 
     def _failed(self, failure: Failure) -> None:
         self._deferred = None
+        self._fail(describeConnectFailure(failure, self.pool.connector.timeout), False)
+
+    def handshakeFailed(self, reason: Failure) -> None:
+        """
+        The TLS handshake did not verify the upstream.
+        """
+        self._fail(describeHandshakeFailure(reason), True)
+
+    def _fail(self, why: str, tls: bool) -> None:
         self.pool.connecting -= 1
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
             exchange.connecting = None
-            exchange.connectFailed(
-                describeConnectFailure(failure, self.pool.connector.timeout), True
-            )
+            exchange.connectFailed(why, True, tls)
             exchange.flush()
 
 

@@ -382,13 +382,15 @@ class Exchange(ExchangeState):
             server.flush()
         self._finishRequestBody()
 
-    def connectFailed(self, reason: str, retryable: bool) -> None:
+    def connectFailed(self, reason: str, retryable: bool, tls: bool = False) -> None:
         """
         See L{IExchange.connectFailed}.
 
         @param reason: why, in words (C{"refused the connection"}).
         @param retryable: whether sending it again is safe (no byte of it
             was processed).
+        @param tls: whether the TLS handshake failed (the upstream's
+            certificate was not verified): answered C{upstream-tls}.
         """
         self.upstream = None
         self._stopWaiting()
@@ -397,9 +399,17 @@ class Exchange(ExchangeState):
             return
         address = _address(self.node)
         self._endTry(False)
+        if tls:
+            # Every failed verification, retried or not (the answer, when
+            # there is one, is counted as upstream-tls too).
+            self.router.countError("tls-handshake-failed")
         if retryable and self._retry(CONNECT, True):
             return
-        self.fail(ProxyError(502, "upstream-connect", "Upstream %s %s." % (address, reason)))
+        self.fail(
+            ProxyError(
+                502, "upstream-tls" if tls else "upstream-connect", "Upstream %s %s." % (address, reason)
+            )
+        )
 
     def staleConnection(self, reason: str) -> None:
         """

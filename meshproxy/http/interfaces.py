@@ -247,9 +247,10 @@ class IExchange(Interface):
         A connection is ready for this exchange's try: send the request.
         """
 
-    def connectFailed(reason: str, retryable: bool) -> None:
+    def connectFailed(reason: str, retryable: bool, tls: bool = False) -> None:
         """
-        No connection could be made for the try.
+        No connection could be made for the try (C{tls}: its TLS handshake
+        did not verify the upstream).
         """
 
     def interimResponse(status: int, reason: bytes, headers: Headers) -> None:

@@ -19,7 +19,7 @@ from zope.interface import Attribute, Interface, implementer
 
 from meshproxy.discovery.endpoints import Endpoint
 
-__all__ = ["IConnector", "TCPConnector", "describeConnectFailure"]
+__all__ = ["IConnector", "TCPConnector", "describeConnectFailure", "describeHandshakeFailure"]
 
 
 class IConnector(Interface):
@@ -110,3 +110,21 @@ def describeConnectFailure(failure: Failure, timeout: float | None = None) -> st
         return "connection attempt cancelled"
     message = failure.getErrorMessage()
     return "could not be connected to (%s)" % (message,)
+
+
+def describeHandshakeFailure(failure: Failure) -> str:
+    """
+    Why a TLS handshake with an upstream failed, in the proxy's words.
+
+    @param failure: why the connection was lost during the handshake.
+    """
+    from service_identity import VerificationError
+
+    if failure.check(VerificationError):
+        return "presented a certificate for another identity"
+    text = failure.getErrorMessage()
+    if "certificate verify failed" in text:
+        return "presented a certificate not signed by the trusted CA"
+    if failure.check(error.ConnectionDone, error.ConnectionLost):
+        return "closed the connection during the TLS handshake"
+    return "failed the TLS handshake (%s)" % (text,)
