@@ -60,6 +60,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
+from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 from tests.resilience_support import requestBytes
@@ -800,6 +801,31 @@ class _ClientEndpoint:
         return succeed(proto)
 
 
+@implementer(IBodyProducer)
+class _BytesProducer:
+    """
+    A request body for treq that is written at once (treq's own producer
+    writes through the global cooperator, on the global reactor).
+    """
+
+    def __init__(self, body):
+        self.body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer):
+        consumer.write(self.body)
+        return succeed(None)
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+    def stopProducing(self):
+        pass
+
+
 class _EndpointFactory:
     def __init__(self, network):
         self.network = network
@@ -827,7 +853,8 @@ class MemoryAdminClient:
         self.pool = HTTPConnectionPool(network, persistent=True)
         self.pool.retryAutomatically = False
         self._http = HTTPClient(
-            Agent.usingEndpointFactory(network, _EndpointFactory(network), pool=self.pool)
+            Agent.usingEndpointFactory(network, _EndpointFactory(network), pool=self.pool),
+            data_to_body_producer=_BytesProducer,
         )
 
     def send(self, method, path, body=None, headers=None, token=Ellipsis):
