@@ -77,6 +77,7 @@ __all__ = [
     "delayedHandler",
     "resultOf",
     "sample",
+    "seedRandomness",
 ]
 
 #: The wall clock of a L{MemoryProxy} at fake time 0, in seconds since the
@@ -305,7 +306,11 @@ class MemoryTransport:
             self.reading = False
             halfCloseable = IHalfCloseableProtocol(self.protocol, None)
             if halfCloseable is None:
+                # Twisted closes the connection of a protocol that cannot
+                # be half-closed: the peer sees its end too.
                 self._lost(error.ConnectionDone())
+                if not other.disconnected:
+                    other._eofPending = True
             else:
                 halfCloseable.readConnectionLost()
             return True
@@ -937,6 +942,18 @@ class _SeededRandom(_Random):
         _Random.__init__(self, next(self.seeds) if x is None else x)
 
 
+def seedRandomness(testCase, seed=0):
+    """
+    For the rest of the test, make every C{random.Random()} created without
+    a seed (balancers, jitter) take the next of the seeds C{seed},
+    C{seed + 1}, ...: the same test then makes the same random choices
+    every time (given the same C{PYTHONHASHSEED}: endpoint sets are
+    frozensets, whose order follows the hashes of their hosts).
+    """
+    testCase.patch(_SeededRandom, "seeds", count(seed))
+    testCase.patch(random, "Random", _SeededRandom)
+
+
 class MemoryProxy:
     """
     meshproxy's services built from a config text by C{buildServices} on a
@@ -966,9 +983,7 @@ class MemoryProxy:
 
         self.testCase = testCase
         self.network = network if network is not None else MemoryNetwork()
-        seeds = count(seed)
-        testCase.patch(_SeededRandom, "seeds", seeds)
-        testCase.patch(random, "Random", _SeededRandom)
+        seedRandomness(testCase, seed)
         self.runtime, self.services = buildServices(
             parseConfig(config), reactor=self.network, configPath=configPath
         )
