@@ -93,7 +93,9 @@ $temp_paths
 """
 )
 
-# As in /work/shared/MEASURED.md, with the two addresses filled in.
+# HAProxy in http mode on one thread, keeping upstream connections (the
+# baseline every meshproxy figure is a ratio to), with the two addresses
+# filled in.
 HAPROXY_CONF = string.Template(
     """\
 global

@@ -100,7 +100,7 @@ def _checkSupported(config):
     @raise ConfigError: naming each problem by its key path.
     """
     from meshproxy.config import hostProblems
-    from meshproxy.http.router import RulesError, checkRules
+    from meshproxy.routing.table import RulesError, checkRules
     from meshproxy.routing.dtab import DtabSyntaxError
     from meshproxy.routing.path import Path
 

@@ -14,6 +14,7 @@ malformed multipart body: the form bodies sent here are well formed.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry
@@ -653,20 +654,27 @@ class DashboardRequestsTests(_GuardMixin, SynchronousTestCase):
 
     def test_pageOnlyReadsItsOwnOrigin(self) -> None:
         """
-        Its fetches name no method (so they are GETs) and relative paths.
+        Its script calls C{fetch} in one place, naming no method (so every
+        call is a GET), and every path it asks for is relative to the page.
         A page that starts to POST or PUT must send C{Content-Type} (JSON,
         or C{text/plain} for rules): update this test with it.
         """
-        _, body = self.request("GET", "/", headers={"Host": "localhost:9990"})
-        page = body.decode("utf-8")
-        self.assertNotIn("method:", page)
-        self.assertNotIn("method :", page)
-        self.assertEqual(page.count("fetch("), 2)
-        self.assertIn('fetch("admin/state"', page)
-        self.assertIn('fetch("admin/routers/"', page)
+        _, body = self.request("GET", "/static/dashboard.js", headers={"Host": "localhost:9990"})
+        script = body.decode("utf-8")
+        self.assertIsNone(re.search(r"method\s*:", script), "the script names a method")
+        self.assertEqual(script.count("fetch("), 1)
+        self.assertIn("fetch(path, {headers: headers, cache: \"no-store\"})", script)
+        calls = re.findall(r"(?<![.\w])get(?:JSON)?\(([^)]*)\)", script)
+        paths = [path for path in calls if path != "path"]
+        # The state, the stats, the rules and explain.
+        self.assertEqual(len(paths), 4, calls)
+        for path in paths:
+            self.assertTrue(path.startswith('"admin/'), path)
 
     def test_pageReadsPassAsABrowserSendsThem(self) -> None:
         browser = {"Host": "localhost:9990", "Sec-Fetch-Site": "same-origin"}
-        for path in ("/", "/admin/state", "/admin/routers/web/explain?name=/svc/users"):
+        for path in ("/", "/static/dashboard.js", "/static/dashboard.css", "/admin/state",
+                     "/admin/stats", "/admin/routers/web/rules",
+                     "/admin/routers/web/explain?name=/svc/users"):
             response, _ = self.request("GET", path, headers=browser)
             self.assertEqual(response.code, 200, path)

@@ -1744,10 +1744,8 @@ class RulesTests(SynchronousTestCase, ErrorAssertions):
         With the real dtab parser, a bad rule is reported at the position
         the parser gives.
         """
-        try:
-            from meshproxy.routing.dtab import Dtab, DtabSyntaxError
-        except ImportError:
-            raise SkipTest("meshproxy.routing.dtab is not written yet")
+        from meshproxy.routing.dtab import Dtab, DtabSyntaxError
+
         text = "/svc => /#/fs;\n/svc =>> ;\n"
         with self.assertRaises(DtabSyntaxError) as caught:
             Dtab.read(text)

@@ -71,3 +71,45 @@ class AlternationTests(SynchronousTestCase):
             client, override = router.route(request(b"hello"), False)
             self.assertTrue(verifyObject(IBalancer, client.balancer))
             self.assertTrue(client.balancer.hasEligible())
+
+
+class LatencyTests(SynchronousTestCase):
+    def test_latencyIsTakenAtTheResponseHead(self):
+        """
+        The balancer's latency sample is the time to the response head: a
+        body that takes 5 s to stream (a slow client) does not make the
+        endpoint look slow.
+        """
+        from tests.test_http_server import Harness
+
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
+        up, upTransport = h.upstream()
+        h.reactor.advance(0.01)
+        up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234")
+        h.reactor.advance(5)
+        up.dataReceived(b"56789")
+        self.assertTrue(transport.value().endswith(b"0123456789"))
+        [(name, node)] = list(h.router.nodes())
+        self.assertAlmostEqual(node.cost, 10.0, delta=0.5)
+        self.assertEqual((node.pending, node.successes), (0, 1))
+
+    def test_failedTryLatencyIsItsWholeTime(self):
+        """
+        A try that fails before any answer (a per-try timeout) is sampled
+        over its whole time.
+        """
+        from tests.test_http_server import Harness
+
+        from tests.test_http_server import CONFIG
+
+        h = Harness(CONFIG.replace("timeouts: {total: 60s}", "timeouts: {total: 60s, perTry: 2s}"))
+        proto, transport = h.client()
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
+        up, upTransport = h.upstream()
+        h.reactor.advance(2)
+        [(name, node)] = list(h.router.nodes())
+        self.assertAlmostEqual(node.cost, 2000.0, delta=1)
+        # The timed-out try is a failure; its retry is in flight.
+        self.assertEqual((node.failures, node.pending), (1, 1))

@@ -170,6 +170,22 @@ class MeshMetricsTests(SynchronousTestCase):
         self.assertIsNot(self.metrics.route("web", "/#/fs/orders"), first)
         self.assertIsNot(self.metrics.route("api", "/#/fs/users"), first)
 
+    def test_routesListsOneRoutersRecordsByName(self) -> None:
+        orders = self.metrics.route("web", "/#/fs/orders")
+        users = self.metrics.route("web", "/#/fs/users")
+        self.metrics.route("api", "/#/fs/users")
+        self.assertEqual(self.metrics.routes("web"), [orders, users])
+        self.assertEqual(self.metrics.routes("nope"), [])
+
+    def test_routesAreTheLiveRecords(self) -> None:
+        users = self.metrics.route("web", "/#/fs/users")
+        users.record(200, 0.002)
+        [read] = self.metrics.routes("web")
+        self.assertIs(read, users)
+        self.assertEqual((read.requests, read.responses[2]), (1, 1))
+        users.record(503, 0.004)
+        self.assertEqual(self.metrics.routes("web")[0].responses[5], 1)
+
     def test_connectionsIsCached(self) -> None:
         conns = self.metrics.connections("web")
         self.assertIsInstance(conns, ConnectionStats)

@@ -1,6 +1,10 @@
 """
 The admin HTTP API: health, Prometheus metrics, live state and the dashboard.
 
+The dashboard is package data: C{static/index.html}, its script and its
+stylesheet, served as files (L{loadStatic}) under a strict
+C{Content-Security-Policy} (L{PAGE_POLICY}).
+
 Served by C{makeService} as C{Site(AdminAPI(runtime, registry).app.resource())}
 on the C{admin.listen} endpoint. Importing this module imports klein, which
 installs the global reactor: only C{makeService} (or what it loads) may
@@ -21,6 +25,12 @@ What the API needs from its collaborators:
             {"address": "127.0.0.1:8081", "state": "live", "ewmaMs": 1.8,
              "pending": 0, "requests": 1200, "successRate": 0.998,
              "consecutiveFailures": 0}]}}}
+
+For C{GET /admin/stats}, a router may have C{metrics} (the
+L{MeshMetrics<meshproxy.telemetry.metrics.MeshMetrics>} it records in,
+read with C{metrics.routes(name)}) and C{connStats} (its
+L{ConnectionStats<meshproxy.telemetry.metrics.ConnectionStats>}); both
+routers keep them under these names.
 
 For the rules, explain, drain and shutdown routes (see L{AdminAPI}), a
 router also offers C{router.rules}: its
@@ -48,8 +58,11 @@ from __future__ import annotations
 
 import functools
 import hmac
+import importlib.resources
 import ipaddress
+import itertools
 import json
+import posixpath
 from typing import Any, Callable, Iterable
 
 from klein import Klein
@@ -68,6 +81,7 @@ from meshproxy.admin.rules import (
     StaleVersion,
     UnknownVersion,
 )
+from meshproxy.telemetry.metrics import BUCKETS
 
 _log = Logger()
 _audit = Logger(namespace="meshproxy.admin.audit")
@@ -477,6 +491,83 @@ def _requireToken(handler: Callable[..., Any]) -> Callable[..., Any]:
     return guarded
 
 
+STATIC_TYPES = {
+    ".html": b"text/html; charset=utf-8",
+    ".js": b"text/javascript; charset=utf-8",
+    ".css": b"text/css; charset=utf-8",
+    ".svg": b"image/svg+xml",
+}
+"""The content type of each kind of file the dashboard is made of."""
+
+PAGE_POLICY = (
+    b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
+"""
+The C{Content-Security-Policy} of the dashboard's files: its script and
+styles come from its own files only (nothing inline, nothing from
+elsewhere), it may only call back home, and no page may frame it.
+"""
+
+
+def loadStatic(package: str = "meshproxy.admin") -> dict[str, tuple[bytes, bytes]]:
+    """
+    Read the dashboard's files: those directly in the C{static} folder of
+    C{package} (package data, so this works from a wheel or a zip) whose
+    extension is one of L{STATIC_TYPES}. Nothing else can be served:
+    subfolders, hidden files and other extensions are left out.
+
+    @param package: the package holding the C{static} folder.
+    @return: file name to C{(content type, bytes)}.
+    """
+    files = {}
+    for entry in importlib.resources.files(package).joinpath("static").iterdir():
+        name = entry.name
+        contentType = STATIC_TYPES.get(posixpath.splitext(name)[1])
+        if contentType is None or name.startswith(".") or not entry.is_file():
+            continue
+        files[name] = (contentType, entry.read_bytes())
+    return files
+
+
+def _routeStats(stats: Any) -> dict[str, Any]:
+    """
+    The counters of one L{RouteStats<meshproxy.telemetry.metrics.RouteStats>}
+    as JSON-ready values: the bucket counts made cumulative, as
+    Prometheus' C{le} buckets are (the last one, past C{bounds}, counts
+    every request: C{+Inf}).
+    """
+    return {
+        "requests": stats.requests,
+        "responses": {
+            f"{cls}xx": stats.responses[cls] for cls in range(1, 6)
+        },
+        "duration": {
+            "bounds": list(BUCKETS),
+            "buckets": list(itertools.accumulate(stats.buckets)),
+            "sum": stats.seconds,
+        },
+    }
+
+
+def _routerStats(name: str, router: Any) -> dict[str, Any]:
+    """
+    One router's part of C{GET /admin/stats}: its client connections
+    (C{router.connStats}) and the counters of each bound name it recorded
+    in C{router.metrics}. A router without them (a TCP router counts no
+    requests) has C{null} connections or no bound names.
+    """
+    conns = getattr(router, "connStats", None)
+    metrics = getattr(router, "metrics", None)
+    records = metrics.routes(name) if metrics is not None else []
+    return {
+        "connections": None if conns is None else {
+            "opened": conns.opened, "closed": conns.closed,
+        },
+        "boundNames": {stats.name: _routeStats(stats) for stats in records},
+    }
+
+
 # Phrases twisted.web does not know (it would say "Unknown Status").
 _PHRASES = {421: b"Misdirected Request", 428: b"Precondition Required"}
 
@@ -485,11 +576,12 @@ class AdminAPI:
     """
     The admin API as a class-bound Klein app.
 
-    Health probes (C{/live}, C{/ready}) and the dashboard page (C{/}) are
-    never guarded by the token: probes from kubelet or systemd carry none,
-    and the page holds no data (its script asks for the token when
-    C{/admin/state} answers 401). C{/metrics}, C{/admin/state} and the
-    other reads (rules, history, explain) are guarded when C{protectReads}
+    Health probes (C{/live}, C{/ready}), the dashboard page (C{/}) and its
+    files (C{/static/<name>}) are never guarded by the token: probes from
+    kubelet or systemd carry none, and the page holds no data (its script
+    asks for the token when the API answers 401). C{/metrics}, C{/admin/state},
+    C{/admin/stats} and the other reads (rules, history, explain) are
+    guarded when C{protectReads}
     is set; every mutating route (PUT, POST) uses L{_requireToken} and is
     guarded whenever a token is set, dry runs included.
 
@@ -532,6 +624,10 @@ class AdminAPI:
 
     Routes added for routing rules and operations (JSON unless said):
 
+     - C{GET /admin/stats}: C{{"time", "routers": {name: {"connections",
+       "boundNames": {boundName: {"requests", "responses", "duration"}}}}}},
+       the cumulative counters the dashboard turns into rates and
+       percentiles (see L{stats}).
      - C{GET /admin/routers/{name}/rules}: the rules as C{text/plain}, with
        their version as a quoted C{ETag}.
      - C{PUT /admin/routers/{name}/rules}: replace them (body: the rules,
@@ -593,6 +689,8 @@ class AdminAPI:
         self._clock = clock
         self._stores: dict[str, RulesStore] = dict(rulesStores or {})
         self._shuttingDown = False
+        # Read once: they are part of the installed package.
+        self._files = loadStatic()
 
     def _router(self, name: str, capability: str | None = None) -> Any:
         """
@@ -725,6 +823,30 @@ class AdminAPI:
             name: router.state() for name, router in self._runtime.routers.items()
         }
         return _json(request, {"routers": routers})
+
+    @app.route("/admin/stats", methods=["GET"])
+    @_requireToken
+    def stats(self, request: IRequest) -> bytes:
+        """
+        The cumulative traffic counters of every router, for the dashboard
+        to turn into rates and percentiles (see L{_routerStats})::
+
+            {"time": 1733040000.25, "routers": {"web": {
+                "connections": {"opened": 8, "closed": 7},
+                "boundNames": {"/#/fs/users": {
+                    "requests": 6,
+                    "responses": {"1xx": 0, "2xx": 6, "3xx": 0, "4xx": 0, "5xx": 0},
+                    "duration": {"bounds": [0.001, ..., 10.0],
+                                 "buckets": [5, 6, ..., 6], "sum": 0.0042}}}}}}
+
+        C{time} is the API's clock (seconds since the epoch) when the
+        counters were read: the rates are deltas over it.
+        """
+        routers = {
+            name: _routerStats(name, router)
+            for name, router in sorted(self._runtime.routers.items())
+        }
+        return _json(request, {"time": self._clock.seconds(), "routers": routers})
 
     @app.route("/admin/routers/<name>/rules", methods=["GET"])
     @_requireToken
@@ -904,20 +1026,30 @@ class AdminAPI:
     @app.route("/", methods=["GET"])
     def dashboard(self, request: IRequest) -> bytes:
         """
-        The dashboard: a self-contained HTML page polling C{/admin/state}.
+        The dashboard page, C{static/index.html}: it loads its script and
+        stylesheet from C{/static/} and polls the reads of this API.
         """
-        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        return self._static(request, "index.html")
+
+    @app.route("/static/<name>", methods=["GET"])
+    def staticFile(self, request: IRequest, name: str) -> bytes:
+        """
+        One of the dashboard's files (see L{loadStatic}); 404 for any other
+        name. The name is looked up among the files found at startup,
+        never joined to a path, so no request can reach another file.
+        """
+        return self._static(request, name)
+
+    def _static(self, request: IRequest, name: str) -> bytes:
+        found = self._files.get(name)
+        if found is None:
+            raise _Refusal(404, {"error": "not found"})
+        contentType, body = found
+        request.setHeader(b"content-type", contentType)
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-content-type-options", b"nosniff")
-        # The page loads nothing from anywhere and may only call back home;
-        # the policy enforces that and blocks framing.
-        request.setHeader(
-            b"content-security-policy",
-            b"default-src 'none'; script-src 'unsafe-inline'; "
-            b"style-src 'unsafe-inline'; connect-src 'self'; "
-            b"frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
-        )
-        return _DASHBOARD
+        request.setHeader(b"content-security-policy", PAGE_POLICY)
+        return body
 
     def _admitUnrouted(self, request: IRequest) -> bytes | None:
         """
@@ -956,260 +1088,3 @@ class AdminAPI:
         _log.failure("admin API request {method} {uri} failed", failure,
                      method=request.method, uri=request.uri)
         return _json(request, {"error": "internal error"}, 500)
-
-
-# Self-contained on purpose: no external scripts, styles or fonts, so the
-# page works on an air-gapped host and the CSP above can forbid them all.
-# Data is inserted with textContent only: names and addresses come from
-# namers (files, etcd) and must never be parsed as HTML.
-_DASHBOARD = b"""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>meshproxy</title>
-<style>
-body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
-h1 { font-size: 1.3em; margin: 0 0 .2em; }
-h2 { font-size: 1.1em; margin: 1.5em 0 .4em; }
-#status { color: #666; }
-#status.bad { color: #b00; }
-table { border-collapse: collapse; width: 100%; }
-th, td { text-align: left; padding: .25em .7em; border-bottom: 1px solid #ddd; }
-th { background: #f4f4f4; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.live { color: #080; } .ejected { color: #b00; }
-.probing, .draining { color: #a60; }
-#auth { display: none; margin: 1em 0; }
-#explain label { margin-right: 1em; }
-#explain-status.bad, .bad { color: #b00; }
-#explain-tree ul { list-style: none; padding-left: 1.2em; margin: 0; }
-#explain-tree > ul { padding-left: 0; }
-.rule { color: #666; }
-pre { background: #f4f4f4; padding: .5em; overflow: auto; }
-</style>
-</head>
-<body>
-<h1>meshproxy</h1>
-<div id="status">loading&hellip;</div>
-<div id="auth"><label>Admin token <input id="token" type="password"></label>
-<button id="save">Use</button></div>
-<div id="routers"></div>
-<section id="explain">
-<h2>Explain</h2>
-<label>Router <select id="explain-router"></select></label>
-<label>Name <input id="explain-name" size="32" placeholder="/svc/users"></label>
-<button id="explain-go" type="button">Explain</button>
-<div id="explain-status"></div>
-<div id="explain-tree"></div>
-<div id="explain-endpoints"></div>
-<details><summary>raw answer</summary><pre id="explain-raw"></pre></details>
-</section>
-<script>
-"use strict";
-const COLUMNS = ["bound name", "endpoint", "state", "EWMA ms", "pending",
-                 "requests", "success rate"];
-
-function el(tag, text, cls) {
-  const e = document.createElement(tag);
-  if (text !== undefined) e.textContent = text;
-  if (cls) e.className = cls;
-  return e;
-}
-
-function num(v, digits) {
-  return typeof v === "number" ? v.toFixed(digits) : "";
-}
-
-function routerTable(name, router) {
-  const section = el("section");
-  section.appendChild(el("h2", name + (router.protocol ? " (" + router.protocol + ")" : "")));
-  const table = el("table"), head = el("tr");
-  COLUMNS.forEach(c => head.appendChild(el("th", c)));
-  table.appendChild(head);
-  const names = router.boundNames || {};
-  Object.keys(names).sort().forEach(bound => {
-    const b = names[bound];
-    const endpoints = Array.isArray(b) ? b : (b && b.endpoints) || [];
-    endpoints.forEach(ep => {
-      const tr = el("tr");
-      tr.appendChild(el("td", bound));
-      tr.appendChild(el("td", ep.address || ""));
-      tr.appendChild(el("td", ep.state || "", ep.state));
-      tr.appendChild(el("td", num(ep.ewmaMs, 1), "num"));
-      tr.appendChild(el("td", num(ep.pending, 0), "num"));
-      tr.appendChild(el("td", num(ep.requests, 0), "num"));
-      tr.appendChild(el("td", typeof ep.successRate === "number" ?
-                        (100 * ep.successRate).toFixed(1) + " %" : "", "num"));
-      table.appendChild(tr);
-    });
-  });
-  section.appendChild(table);
-  return section;
-}
-
-function show(text, bad) {
-  const s = document.getElementById("status");
-  s.textContent = text;
-  s.className = bad ? "bad" : "";
-}
-
-function authHeaders() {
-  const headers = {};
-  const token = sessionStorage.getItem("meshproxy-token");
-  if (token) headers["Authorization"] = "Bearer " + token;
-  return headers;
-}
-
-function routerChoices(names) {
-  const select = document.getElementById("explain-router");
-  const current = Array.from(select.options).map(o => o.value);
-  if (JSON.stringify(current) === JSON.stringify(names)) return;
-  const chosen = select.value;
-  select.replaceChildren(...names.map(n => {
-    const o = el("option", n);
-    o.value = n;
-    return o;
-  }));
-  if (names.includes(chosen)) select.value = chosen;
-}
-
-function stepItem(node) {
-  const li = el("li");
-  const path = node.path === null || node.path === undefined ? "" : String(node.path);
-  li.appendChild(el("code", path));
-  if (node.dentry) li.appendChild(el("span", "  by " + node.dentry, "rule"));
-  if (node.result !== null && node.result !== undefined && node.result !== node.path) {
-    li.appendChild(el("span", "  \u2192 " + node.result));
-  }
-  if (node.bound && typeof node.bound === "object") {
-    li.appendChild(el("span", "  bound: " + (node.bound.id || ""), "live"));
-  }
-  ["neg", "fail", "empty", "error"].forEach(k => {
-    if (node[k]) li.appendChild(el("span", "  " + k + ": " + node[k], "bad"));
-  });
-  if (node.repeated) li.appendChild(el("span", "  (repeated, see above)", "rule"));
-  if (Array.isArray(node.children) && node.children.length) {
-    const ul = el("ul");
-    node.children.forEach(c => ul.appendChild(stepItem(c)));
-    li.appendChild(ul);
-  }
-  return li;
-}
-
-function explainTree(answer) {
-  if (answer && Array.isArray(answer.children)) return answer;
-  for (const key of ["delegation", "tree", "explain", "steps"]) {
-    const v = answer && answer[key];
-    if (v && typeof v === "object" && !Array.isArray(v)) return v;
-  }
-  return null;
-}
-
-function explainEndpoints(answer) {
-  const groups = [];
-  const add = (bound, eps) => { if (Array.isArray(eps)) groups.push([bound, eps]); };
-  const eps = answer && answer.endpoints;
-  if (Array.isArray(eps)) add(answer.boundName || answer.bound || "", eps);
-  else if (eps && typeof eps === "object") {
-    Object.keys(eps).sort().forEach(b =>
-      add(b, Array.isArray(eps[b]) ? eps[b] : (eps[b] || {}).endpoints));
-  }
-  const bound = answer && answer.bound;
-  if (Array.isArray(bound)) bound.forEach(b => b && add(b.id || b.name || "", b.endpoints));
-  return groups;
-}
-
-function endpointTable(groups) {
-  const table = el("table"), head = el("tr");
-  ["bound name", "endpoint", "state", "EWMA ms", "pending", "score"]
-    .forEach(c => head.appendChild(el("th", c)));
-  table.appendChild(head);
-  groups.forEach(([bound, eps]) => eps.forEach(ep => {
-    const tr = el("tr");
-    tr.appendChild(el("td", String(ep.boundName || bound)));
-    tr.appendChild(el("td", ep.address || ""));
-    tr.appendChild(el("td", ep.state || "", ep.state));
-    tr.appendChild(el("td", num(ep.ewmaMs, 1), "num"));
-    tr.appendChild(el("td", num(ep.pending, 0), "num"));
-    tr.appendChild(el("td", num(ep.score, 3), "num"));
-    table.appendChild(tr);
-  }));
-  return table;
-}
-
-async function explain() {
-  const router = document.getElementById("explain-router").value;
-  const name = document.getElementById("explain-name").value.trim();
-  const status = document.getElementById("explain-status");
-  const tree = document.getElementById("explain-tree");
-  const endpoints = document.getElementById("explain-endpoints");
-  const raw = document.getElementById("explain-raw");
-  [tree, endpoints, raw].forEach(e => e.replaceChildren());
-  status.className = "";
-  if (!router || !name) { status.textContent = "choose a router and a name"; return; }
-  status.textContent = "asking\u2026";
-  try {
-    const r = await fetch("admin/routers/" + encodeURIComponent(router) +
-                          "/explain?name=" + encodeURIComponent(name),
-                          {headers: authHeaders(), cache: "no-store"});
-    const answer = await r.json().catch(() => null);
-    if (!r.ok) {
-      status.textContent = "explain answered " + r.status +
-        (answer && answer.error ? ": " + answer.error : "");
-      status.className = "bad";
-      if (r.status === 401) document.getElementById("auth").style.display = "block";
-      return;
-    }
-    status.textContent = router + ": " + name;
-    raw.textContent = JSON.stringify(answer, null, 2);
-    const root = explainTree(answer);
-    if (root) {
-      const ul = el("ul");
-      ul.appendChild(stepItem(root));
-      tree.appendChild(ul);
-    }
-    const groups = explainEndpoints(answer);
-    if (groups.length) endpoints.appendChild(endpointTable(groups));
-  } catch (e) {
-    status.textContent = "cannot reach the admin API: " + e;
-    status.className = "bad";
-  }
-}
-
-async function refresh() {
-  const headers = authHeaders();
-  try {
-    const r = await fetch("admin/state", {headers: headers, cache: "no-store"});
-    if (r.status === 401) {
-      document.getElementById("auth").style.display = "block";
-      show("this admin API needs a token", true);
-      return;
-    }
-    if (!r.ok) { show("admin/state answered " + r.status, true); return; }
-    const state = await r.json();
-    const box = document.getElementById("routers");
-    const names = Object.keys(state.routers || {}).sort();
-    box.replaceChildren(...names.map(n => routerTable(n, state.routers[n])));
-    routerChoices(names);
-    show("updated " + new Date().toLocaleTimeString());
-  } catch (e) {
-    show("cannot reach the admin API: " + e, true);
-  }
-}
-
-document.getElementById("save").addEventListener("click", () => {
-  sessionStorage.setItem("meshproxy-token", document.getElementById("token").value);
-  document.getElementById("auth").style.display = "none";
-  refresh();
-});
-document.getElementById("explain-go").addEventListener("click", explain);
-document.getElementById("explain-name").addEventListener("keydown", e => {
-  if (e.key === "Enter") explain();
-});
-refresh();
-setInterval(refresh, 2000);
-</script>
-</body>
-</html>
-"""

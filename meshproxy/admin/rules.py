@@ -39,6 +39,8 @@ from urllib.parse import quote
 
 from twisted.logger import Logger
 
+from meshproxy.routing.table import RulesError
+
 __all__ = [
     "InvalidRules",
     "PersistError",
@@ -91,26 +93,12 @@ class StaleVersion(Exception):
         return f"stale version: the rules in force are version {self.current}"
 
 
-class InvalidRules(ValueError):
+class InvalidRules(RulesError):
     """
     Rules the router refuses: a syntax error or a reference it cannot
-    resolve (an unknown namer prefix).
-
-    @ivar message: what is wrong.
-    @ivar line: the 1-based line of the problem, or L{None}.
-    @ivar column: the 1-based column of the problem, or L{None}.
+    resolve (an unknown namer prefix), with the message, line and column of
+    L{RulesError}.
     """
-
-    def __init__(self, message: str, line: int | None, column: int | None) -> None:
-        super().__init__(message, line, column)
-        self.message = message
-        self.line = line
-        self.column = column
-
-    def __str__(self) -> str:
-        if self.line is None:
-            return self.message
-        return f"{self.message} at line {self.line}, column {self.column}"
 
 
 class UnknownVersion(KeyError):

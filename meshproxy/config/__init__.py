@@ -47,6 +47,14 @@ from meshproxy.config.policies import (
     TimeoutsConfig,
     TrustConfig,
 )
+from meshproxy.config.security import (
+    CertificateConfig,
+    ClientCertificatesConfig,
+    PolicyConfig,
+    PolicyRuleConfig,
+    TLSConfig,
+    UpstreamTLSConfig,
+)
 from meshproxy.config.schema import (
     AdminConfig,
     FileNamerConfig,
@@ -59,6 +67,12 @@ from meshproxy.config.schema import (
 
 __all__ = [
     "AdminConfig",
+    "CertificateConfig",
+    "ClientCertificatesConfig",
+    "PolicyConfig",
+    "PolicyRuleConfig",
+    "TLSConfig",
+    "UpstreamTLSConfig",
     "BoundNameConfig",
     "BudgetConfig",
     "ClassifierConfig",

@@ -94,6 +94,17 @@ def Checked(check: Callable[[Any], Any], schema: Mapping[str, Any], type: Any = 
     return Annotated[type, PlainValidator(_raising(check)), WithJsonSchema(dict(schema))]
 
 
+def Choice(*options: str) -> Any:
+    """
+    One of a few fixed words, spelt exactly (a wrong one gets a suggestion).
+    """
+
+    def choose(value: Any) -> str:
+        return checks.choice(value, options)
+
+    return Checked(choose, {"type": "string", "enum": list(options)})
+
+
 def Duration(positive: bool = True) -> Any:
     """
     A duration, kept as float seconds: in a file, a string with a unit

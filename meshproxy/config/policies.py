@@ -13,6 +13,7 @@ from meshproxy.config.fields import (
     Bool, Defaulted, Duration, HeaderName, Integer, ListOf, NamePath, Network, Number,
 )
 from meshproxy.config.problems import Problem
+from meshproxy.config.security import UpstreamTLSConfig
 from meshproxy.config.section import Section, View
 
 __all__ = [
@@ -37,18 +38,21 @@ class IdentifierConfig(Section):
     How an HTTP router turns a request into a logical name.
 
     @ivar kind: C{"host"} (the Host header), C{"path"} (the first C{segments}
-        path segments) or C{"header"} (the value of header C{name}).
+        path segments), C{"header"} (the value of header C{name}) or
+        C{"clientIdentity"} (the caller's verified certificate identity:
+        C{spiffe://td/a/b} is C{/id/spiffe/td/a/b}, a DNS name C{web.example}
+        is C{/id/dns/web.example}; C{prefix} does not apply).
     @ivar prefix: the path the identified name is put under, such as C{/svc}.
     @ivar segments: for C{"path"}: how many path segments name the service.
     @ivar name: for C{"header"}: the header name, lowercased; else L{None}.
     """
 
     _selector = "kind"
-    _kinds = {"host": (), "path": ("segments",), "header": ("name",)}
+    _kinds = {"host": (), "path": ("segments",), "header": ("name",), "clientIdentity": ()}
     _common = ("prefix",)
     _requiredFor = {"header": ("name",)}
 
-    kind: Literal["host", "path", "header"] = "host"
+    kind: Literal["host", "path", "header", "clientIdentity"] = "host"
     prefix: NamePath = "/svc"
     segments: Integer(1) = 1
     name: Optional[HeaderName] = None
@@ -352,7 +356,10 @@ class BoundNameConfig(Section):
 
     @ivar classifier: the L{ClassifierConfig}, or L{None} for the router's.
     @ivar limits: the L{LimitsConfig}, or L{None} for the router's.
+    @ivar upstreamTls: the L{UpstreamTLSConfig<meshproxy.config.security.UpstreamTLSConfig>}
+        of this name's connections, or L{None} for the router's.
     """
 
     classifier: Optional[ClassifierConfig] = None
     limits: Optional[LimitsConfig] = None
+    upstreamTls: Optional[UpstreamTLSConfig] = None

@@ -28,6 +28,7 @@ from meshproxy.config.policies import (
 )
 from meshproxy.config.problems import Problem
 from meshproxy.config.section import Section, View
+from meshproxy.config.security import DefaultPolicy, TLSConfig, UpstreamTLSConfig
 
 
 class AdminConfig(Section):
@@ -137,7 +138,7 @@ BoundNames = PairsOf(
 
 _HTTP_KEYS = (
     "identifier", "rules", "retries", "server", "client", "forwarded", "classifier",
-    "limits", "trust", "boundNames",
+    "limits", "trust", "boundNames", "upstreamTls",
 )
 _TCP_KEYS = ("destination", "connectRetries", "idleTimeout", "maxConnections")
 #: The timeouts about requests, which a TCP router does not see.
@@ -182,6 +183,11 @@ class RouterConfig(Section):
         L{None} for no limit.
     @ivar maxConnections: (TCP) open client connections, or L{None} for no
         limit; extra connections are closed at once.
+    @ivar tls: the L{TLSConfig} of TLS terminated on the listener (a
+        C{tcp:} one), or L{None}.
+    @ivar upstreamTls: (HTTP) the L{UpstreamTLSConfig} of TLS to the
+        upstreams, or L{None} for plain connections.
+    @ivar policy: the L{PolicyConfig}: who may call what.
 
     C{loadBalancer}, C{failureAccrual} and C{timeouts.connect} apply to TCP
     routers too (their C{timeouts.total} and C{timeouts.perTry} keep their
@@ -190,7 +196,7 @@ class RouterConfig(Section):
 
     _selector = "protocol"
     _kinds = {"http": _HTTP_KEYS, "tcp": _TCP_KEYS}
-    _common = ("name", "listen", "loadBalancer", "failureAccrual", "timeouts")
+    _common = ("name", "listen", "loadBalancer", "failureAccrual", "timeouts", "tls", "policy")
     _requiredFor = {"tcp": ("destination",)}
 
     name: RouterName
@@ -213,6 +219,9 @@ class RouterConfig(Section):
     connectRetries: Integer(0) = 2
     idleTimeout: Optional[Duration()] = None
     maxConnections: Optional[Integer(1)] = None
+    tls: Optional[TLSConfig] = None
+    upstreamTls: Optional[UpstreamTLSConfig] = None
+    policy: DefaultPolicy
 
     @classmethod
     def _prepare(cls, data: dict, kind: Optional[str], context: Any) -> list[Problem]:
@@ -226,6 +235,20 @@ class RouterConfig(Section):
                 del timeouts[key]
                 problems.append(Problem(("timeouts", key), 'only for protocol "http"'))
         return problems
+
+    @classmethod
+    def _crossCheck(cls, view: View) -> Iterable[Problem]:
+        listen = view.raw("listen")
+        if (
+            view.raw("tls") is not None
+            and isinstance(listen, str)
+            and listen.startswith(("ssl:", "tls:"))
+        ):
+            yield Problem(
+                ("tls",),
+                "cannot be used with an ssl: or tls: listen string (give one or the other: "
+                "tls with a tcp: listener)",
+            )
 
     @classmethod
     def _kindSchema(cls, kind: str) -> Optional[dict]:

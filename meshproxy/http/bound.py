@@ -15,6 +15,7 @@ from meshproxy.balancing.node import Node
 from meshproxy.discovery.endpoints import inetObservable
 from meshproxy.http.client import Pool
 from meshproxy.http.interfaces import IDestination
+from meshproxy.http.message import findHeader
 from meshproxy.resilience.classifiers import Classifier
 from meshproxy.resilience.limits import Limiter
 from meshproxy.routing.delegate import INET_PREFIX, BoundName
@@ -103,6 +104,30 @@ class BoundClient(BoundEndpoints):
         if pool is None:
             return {"open": 0, "idle": 0}
         return {"open": len(pool.all), "idle": len(pool.idle)}
+
+    def classify(self, request: Any, status: int, headers: list) -> tuple[int, bool]:
+        """
+        See L{IDestination.classify}.
+        """
+        retryableHeader = False
+        if status >= 400:
+            value = findHeader(headers, b"mesh-retryable")
+            retryableHeader = value is not None and value.strip().lower() == b"true"
+        classification = self.classifier.classify(
+            request.method,
+            status,
+            retryableHeader,
+            status >= 400 and request.header(b"idempotency-key") is not None,
+        )
+        return classification, retryableHeader
+
+    def isIdempotent(self, request: Any) -> bool:
+        """
+        See L{IDestination.isIdempotent}.
+        """
+        return self.classifier.isIdempotent(
+            request.method, request.header(b"idempotency-key") is not None
+        )
 
     def isEmpty(self) -> bool:
         """

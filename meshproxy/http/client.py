@@ -122,7 +122,8 @@ class UpstreamProtocol(Protocol):
         except httptools.HttpParserError as e:
             self._refuse(str(e) or e.__class__.__name__)
         else:
-            self._bound(data)
+            if self._inHead or self._inBody:
+                self._bound(data)
         self._feeding = False
         if self._headDone:
             self._headDone = False

@@ -17,32 +17,9 @@ filter stack, in this order:
   5. balancer: the destination picks an endpoint for each try, avoiding
      those that failed this request, and learns how each try ended.
 
-Its life is one explicit state (L{Exchange.state})::
-
-    NEW ──start──► WAITING ──connected──► SENDING ──body sent──► AWAITING
-                     ▲                      │                      │
-                     └──── retry ◄──────────┴──── try failed ◄─────┤
-                                            │                      │
-                                            └──── response head ───┴──► STREAMING ──► DONE
-
-(any state goes to DONE when the exchange is answered with an error, or the
-client goes away.) A try ends in one of these ways:
-
-  - a response head arrives: it is classified; a retryable one is dropped
-    and retried if the request can be replayed, the budget allows it and
-    time remains; anything else streams to the client, after which nothing
-    is retried;
-  - the connection cannot be made: retried for any method, under the
-    connection budget, since the request never left;
-  - the connection fails after the request was written but before any
-    response byte: retried only for idempotent requests, since the
-    upstream may have acted on it;
-  - the per-try timeout passes before the response head: retried when the
-    method is idempotent;
-  - the total timeout passes before the response head: answered 504,
-    never retried. Once the head is sent on, the body streams for as long
-    as it makes progress: it is cut only when no byte came for a whole
-    C{total} (and the client was not the one holding it back).
+Its life is one explicit state (see L{meshproxy.http.states}). How each way
+a try can end is retried or answered is told in docs/architecture.md, "When
+a try fails".
 """
 
 from __future__ import annotations
@@ -51,18 +28,17 @@ from typing import Any
 
 from zope.interface import implementer
 
+from meshproxy.discovery.endpoints import formatAddress
+from meshproxy.http.body import RequestBody
 from meshproxy.http.interfaces import IExchange
-from meshproxy.http.message import ProxyError, encodeChunk, findHeader, lastChunk
-from meshproxy.http.rewrite import ResponseFraming, interimHead, requestHead, responseHead
+from meshproxy.http.message import ProxyError
+from meshproxy.http.rewrite import ResponseWriter, interimHead, requestHead
+from meshproxy.http.states import AWAITING, DONE, NEW, SENDING, STREAMING, WAITING, ExchangeState
 from meshproxy.resilience.classifiers import RETRYABLE, SUCCESS
 from meshproxy.resilience.deadline import DeadlineExpired
 from meshproxy.resilience.retries import CONNECT, RESET, STATUS, TIMEOUT
 
-__all__ = ["Exchange", "PRECONNECT_BUFFER", "MAX_STALE_TRIES"]
-
-#: Request body bytes kept while no upstream connection is ready yet; past
-#: this the client is paused.
-PRECONNECT_BUFFER = 64 * 1024
+__all__ = ["Exchange", "MAX_STALE_TRIES"]
 
 #: Tries on pooled connections that turn out to be closed (a keep-alive
 #: race, not a failure of the endpoint) before giving up.
@@ -70,94 +46,8 @@ MAX_STALE_TRIES = 3
 
 _BODYLESS_STATUS = frozenset([204, 304])
 
-# The states of an exchange.
-NEW = "new"
-WAITING = "waiting"  # for a connection: connecting, pooled, or backing off
-SENDING = "sending"  # the request head is out, its body is streaming
-AWAITING = "awaiting"  # the whole request is out, waiting for the head
-STREAMING = "streaming"  # the response is streaming to the client
-DONE = "done"
-
-_TRANSITIONS = {
-    NEW: frozenset([WAITING, DONE]),
-    WAITING: frozenset([SENDING, AWAITING, DONE]),
-    SENDING: frozenset([AWAITING, STREAMING, WAITING, DONE]),
-    AWAITING: frozenset([STREAMING, WAITING, DONE]),
-    STREAMING: frozenset([DONE]),
-    DONE: frozenset(),
-}
-
-
-class _RequestBody:
-    """
-    A request body on its way upstream: what arrived before a connection
-    was ready, and a copy kept for a retry while it fits.
-
-    @ivar pending: body pieces not sent yet (before a connection is ready,
-        or to send again on a retry), or L{None} when the body streams.
-    @ivar done: whether the client sent the whole body.
-    @ivar sent: whether any of it went upstream on the current try.
-    @ivar sentAll: whether all of it (and its end) went upstream.
-    @ivar trailers: the trailer fields of a chunked body.
-    """
-
-    __slots__ = ("pending", "pendingSize", "done", "sent", "sentAll", "trailers", "replay", "replaySize", "limit")
-
-    def __init__(self, limit: int) -> None:
-        self.pending: list[bytes] | None = None
-        self.pendingSize = 0
-        self.done = False
-        self.sent = False
-        self.sentAll = False
-        self.trailers = None
-        self.replay: list[bytes] | None = [] if limit else None
-        self.replaySize = 0
-        self.limit = limit
-
-    def keep(self, data: bytes) -> None:
-        """
-        Keep a copy of C{data} for a retry, while the body fits the limit.
-        """
-        replay = self.replay
-        if replay is not None:
-            self.replaySize += len(data)
-            if self.replaySize > self.limit:
-                self.replay = None
-            else:
-                replay.append(data)
-
-    def hold(self, data: bytes) -> bool:
-        """
-        Hold C{data} until a connection is ready.
-
-        @return: whether the held bytes went past L{PRECONNECT_BUFFER}.
-        """
-        if self.pending is None:
-            self.pending = []
-        self.pending.append(data)
-        self.pendingSize += len(data)
-        return self.pendingSize > PRECONNECT_BUFFER
-
-    def replayable(self) -> bool:
-        """
-        Whether the body can be sent again: none of it went upstream yet,
-        or all of it is kept.
-        """
-        return not self.sent or (self.replay is not None and self.done)
-
-    def rewind(self) -> None:
-        """
-        Make the kept copy the bytes to send on the next try.
-        """
-        if self.sent:
-            self.pending = list(self.replay or ())
-            self.pendingSize = self.replaySize
-            self.sent = False
-            self.sentAll = False
-
-
 @implementer(IExchange)
-class Exchange:
+class Exchange(ExchangeState):
     """
     The life of one request.
 
@@ -174,7 +64,6 @@ class Exchange:
         "request",
         "router",
         "client",
-        "state",
         "body",
         "node",
         "startTime",
@@ -185,7 +74,7 @@ class Exchange:
         "tries",
         "retries",
         "stale",
-        "framing",
+        "writer",
         "keepAlive",
         "timer",
         "tryTimer",
@@ -201,12 +90,12 @@ class Exchange:
     )
 
     def __init__(self, server: Any, request: Any, router: Any) -> None:
+        self.state = NEW
         self.server = server
         self.request = request
         self.router = router
         self.client: Any = None
-        self.state = NEW
-        self.body = _RequestBody(router.bufferBytes) if request.hasBody else None
+        self.body = RequestBody(request.chunked, router.bufferBytes) if request.hasBody else None
         self.node: Any = None
         self.startTime = 0.0
         self.tryStart = 0.0
@@ -216,7 +105,7 @@ class Exchange:
         self.tries = 0
         self.retries = 0
         self.stale = 0
-        self.framing: ResponseFraming | None = None
+        self.writer: ResponseWriter | None = None
         self.keepAlive = request.keepAlive
         self.timer: Any = None
         # The per-try timeout, or the wait before a retry.
@@ -233,31 +122,6 @@ class Exchange:
         self.override: bytes | None = None
         self.progress = 0.0
         self.continued = False
-
-    # -- state ---------------------------------------------------------------
-
-    def _enter(self, state: str) -> None:
-        """
-        Move to C{state}; a move the diagram does not have is a bug.
-        """
-        if state not in _TRANSITIONS[self.state]:
-            raise RuntimeError("exchange cannot go from %s to %s" % (self.state, state))
-        self.state = state
-
-    @property
-    def done(self) -> bool:
-        """
-        Whether the exchange is over.
-        """
-        return self.state is DONE
-
-    @property
-    def responseStarted(self) -> bool:
-        """
-        Whether any response byte went to the client (no retry and no error
-        answer is possible after that).
-        """
-        return self.state is STREAMING or self.state is DONE
 
     # -- the filter stack -----------------------------------------------------
 
@@ -283,14 +147,15 @@ class Exchange:
                 )
                 return
             self.limiter = limiter
-        try:
-            total = router.deadlines.budget(
-                request.header(b"mesh-ctx-deadline") if request.meshHeaders else None,
-                server.trusted,
-            )
-        except DeadlineExpired:
-            self.fail(ProxyError(504, "deadline-expired", "The caller's deadline has passed."))
-            return
+        deadlines = router.deadlines
+        if request.meshHeaders:
+            try:
+                total = deadlines.budget(request.header(b"mesh-ctx-deadline"), server.trusted)
+            except DeadlineExpired:
+                self.fail(ProxyError(504, "deadline-expired", "The caller's deadline has passed."))
+                return
+        else:
+            total = deadlines.total
         self.deadline = now + total
         self.timer = router.clock.callLater(total, self._timedOut)
         router.retries.admit()
@@ -330,12 +195,6 @@ class Exchange:
             self.waiting = True
         pool.acquire(self)
 
-    def _isIdempotent(self) -> bool:
-        request = self.request
-        return self.client.classifier.isIdempotent(
-            request.method, request.header(b"idempotency-key") is not None
-        )
-
     def _retry(self, reason: str, anyMethod: bool) -> bool:
         """
         The current try failed before any response byte reached the client:
@@ -352,7 +211,7 @@ class Exchange:
         body = self.body
         delay = self.router.retries.retryDelay(
             reason,
-            allowed=anyMethod or self._isIdempotent(),
+            allowed=anyMethod or self.client.isIdempotent(self.request),
             retries=self.retries,
             replayable=body is None or body.replayable(),
             deadline=self.deadline,
@@ -432,15 +291,10 @@ class Exchange:
         """
         See L{IExchange.bodyReceived}.
         """
-        body = self.body
-        body.keep(data)
-        upstream = self.upstream
-        if upstream is not None and body.pending is None:
-            upstream.write(encodeChunk(data) if self.request.chunked else data)
-            return
         if self.state is DONE:
+            # Answered already: the rest of the body is read and dropped.
             return
-        if body.hold(data):
+        if self.body.receive(data, self.upstream):
             self.server.gate.pause("preconnect")
 
     def bodyComplete(self, trailers: Any) -> None:
@@ -452,19 +306,10 @@ class Exchange:
             return
         body.done = True
         body.trailers = trailers
-        upstream = self.upstream
-        if upstream is not None and body.pending is None:
-            self._finishRequestBody(upstream)
+        self._finishRequestBody()
 
-    def _finishRequestBody(self, upstream: Any) -> None:
-        body = self.body
-        if body.sentAll:
-            return
-        body.sentAll = True
-        if self.request.chunked:
-            upstream.write(lastChunk(body.trailers))
-        upstream.bodySent()
-        if self.state is SENDING:
+    def _finishRequestBody(self) -> None:
+        if self.body.finish(self.upstream) and self.state is SENDING:
             self._enter(AWAITING)
 
     # -- upstream connection ---------------------------------------------
@@ -499,28 +344,17 @@ class Exchange:
             upstream.write(head)
             return
         self._enter(SENDING)
-        body.sent = True
-        pending, body.pending = body.pending, None
         upstream.sendBodyFrom(server.gate)
-        if pending:
-            if request.chunked:
-                data = b"".join(encodeChunk(p) for p in pending)
-            else:
-                data = b"".join(pending)
-            upstream.write(head + data)
-            if body.pendingSize > PRECONNECT_BUFFER:
-                server.gate.resume("preconnect")
-        else:
-            upstream.write(head)
-        body.pendingSize = 0
-        if request.expectContinue and not body.done and not pending and not self.continued:
+        held = bool(body.pending)
+        if body.start(head, upstream):
+            server.gate.resume("preconnect")
+        if request.expectContinue and not body.done and not held and not self.continued:
             # Once, on the first connection actually made (a refused first
             # try must not leave the client waiting).
             self.continued = True
             server.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             server.flush()
-        if body.done:
-            self._finishRequestBody(upstream)
+        self._finishRequestBody()
 
     def connectFailed(self, reason: str, retryable: bool) -> None:
         """
@@ -556,7 +390,7 @@ class Exchange:
         if (
             self.stale < MAX_STALE_TRIES
             and (body is None or body.replayable())
-            and self._isIdempotent()
+            and self.client.isIdempotent(self.request)
         ):
             # Only idempotent requests: the upstream may have read this one
             # before it closed.
@@ -600,21 +434,12 @@ class Exchange:
             self.tryTimer = None
             timer.cancel()
         request = self.request
-        retryableHeader = False
-        if status >= 400:
-            value = findHeader(headers, b"mesh-retryable")
-            retryableHeader = value is not None and value.strip().lower() == b"true"
-        classification = self.client.classifier.classify(
-            request.method,
-            status,
-            retryableHeader,
-            status >= 400 and request.header(b"idempotency-key") is not None,
-        )
+        classification, anyMethod = self.client.classify(request, status, headers)
         self.classification = classification
         if classification == RETRYABLE and status != 101:
             upstream = self.upstream
             self._endTry(False)
-            if self._retry(STATUS, retryableHeader):
+            if self._retry(STATUS, anyMethod):
                 # The rest of this response is not wanted: drop the
                 # connection rather than read a body nobody will see.
                 if upstream is not None:
@@ -636,33 +461,28 @@ class Exchange:
             # (what follows may be the other protocol): in every case no
             # further request is read on it.
             self.keepAlive = False
-        framing = self.framing = ResponseFraming(
-            request.method == b"HEAD" or status in _BODYLESS_STATUS or status < 200
+        writer = self.writer = ResponseWriter(
+            self.server.write,
+            request.method == b"HEAD" or status in _BODYLESS_STATUS or status < 200,
         )
-        self.server.write(
-            responseHead(
-                status,
-                reason,
-                headers,
-                contentLength=contentLength,
-                chunked=chunked,
-                framing=framing,
-                version=request.version,
-                keepAlive=self.keepAlive,
-            )
+        self.keepAlive = writer.head(
+            status,
+            reason,
+            headers,
+            contentLength=contentLength,
+            chunked=chunked,
+            version=request.version,
+            keepAlive=self.keepAlive,
         )
-        if framing.closeDelimited:
-            self.keepAlive = False
         return True
 
     def responseBody(self, data: bytes) -> None:
         """
         See L{IExchange.responseBody}.
         """
-        if self.state is not STREAMING or self.framing.bodyless:
-            return
-        self.progress = self.router.clock.seconds()
-        self.server.write(encodeChunk(data) if self.framing.chunked else data)
+        if self.state is STREAMING:
+            self.progress = self.router.clock.seconds()
+            self.writer.body(data)
 
     def responseStreaming(self, upstream: Any) -> None:
         """
@@ -679,8 +499,7 @@ class Exchange:
         if self.state is not STREAMING:
             return
         server = self.server
-        if self.framing.chunked:
-            server.write(lastChunk(trailers))
+        self.writer.end(trailers)
         upstream, self.upstream = self.upstream, None
         if upstream is not None:
             server.stopStreaming()
@@ -834,10 +653,8 @@ class Exchange:
         self._end()
         server = self.server
         body = self.body
-        if body is not None:
-            if body.pending is not None and body.pendingSize > PRECONNECT_BUFFER:
-                server.gate.resume("preconnect")
-            body.pending = None
+        if body is not None and body.drop():
+            server.gate.resume("preconnect")
         keepAlive = self.keepAlive and (body is None or body.done)
         server.sendError(error, close=not keepAlive)
         server.flush()
@@ -875,9 +692,4 @@ class Exchange:
 
 
 def _address(node: Any) -> str:
-    if node is None:
-        return "?"
-    endpoint = node.endpoint
-    if ":" in endpoint.host:
-        return "[%s]:%d" % (endpoint.host, endpoint.port)
-    return "%s:%d" % (endpoint.host, endpoint.port)
+    return "?" if node is None else formatAddress(node.endpoint)

@@ -91,6 +91,21 @@ class IDestination(Interface):
     classifier = Attribute("The IClassifier of the name's responses.")
     limiter = Attribute("The Limiter of requests in flight, or None.")
 
+    def classify(request: object, status: int, headers: list) -> tuple:
+        """
+        Judge a response head to C{request}.
+
+        @return: C{(classification, anyMethod)}: C{SUCCESS}, C{RETRYABLE}
+            or C{FAILURE}, and whether the upstream said the request may be
+            retried whatever its method (C{mesh-retryable: true}).
+        """
+
+    def isIdempotent(request: object) -> bool:
+        """
+        Whether C{request} may be sent twice (by its method, or a POST with
+        an C{Idempotency-Key} where the classifier allows it).
+        """
+
     def beginTry(node: object) -> float:
         """
         A try starts on C{node}: count it (pending, accrual).

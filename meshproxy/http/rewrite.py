@@ -1,6 +1,6 @@
 """
-The heads meshproxy sends: a request head rewritten for the upstream, and a
-response head rewritten for the client.
+What meshproxy sends: a request head rewritten for the upstream, and a
+response rewritten for the client (L{ResponseWriter}).
 
 Both drop hop-by-hop fields (and those named in C{Connection}), add C{Via},
 and write the framing themselves. Requests also get the forwarding fields
@@ -10,9 +10,11 @@ place of whatever context the client sent.
 
 from __future__ import annotations
 
-from meshproxy.http.message import HOP_BY_HOP, Request, findHeader
+from typing import Callable
 
-__all__ = ["MESH_CONTEXT", "ResponseFraming", "interimHead", "requestHead", "responseHead"]
+from meshproxy.http.message import HOP_BY_HOP, Request, encodeChunk, findHeader, lastChunk
+
+__all__ = ["MESH_CONTEXT", "ResponseWriter", "interimHead", "requestHead"]
 
 #: Context headers a hop replaces with its own (never forwarded as received).
 MESH_CONTEXT = frozenset([b"mesh-ctx-deadline", b"mesh-ctx-dtab", b"mesh-dtab"])
@@ -96,9 +98,11 @@ def requestHead(
     return b"".join(lines)
 
 
-class ResponseFraming:
+class ResponseWriter:
     """
-    How the response body goes to the client, decided with its head.
+    Writes one response to the client: its head rewritten (hop-by-hop
+    fields dropped, C{Via} added, framing written by meshproxy), then its
+    body framed as the head said.
 
     @ivar bodyless: no body follows (HEAD, 1xx, 204, 304).
     @ivar chunked: the body is re-framed as chunks.
@@ -106,79 +110,96 @@ class ResponseFraming:
         HTTP/1.0 client and a response without a length).
     """
 
-    __slots__ = ("bodyless", "chunked", "closeDelimited")
+    __slots__ = ("_write", "bodyless", "chunked", "closeDelimited")
 
-    def __init__(self, bodyless: bool) -> None:
+    def __init__(self, write: Callable[[bytes], None], bodyless: bool) -> None:
+        """
+        @param write: queues bytes for the client.
+        @param bodyless: whether no body may follow the head.
+        """
+        self._write = write
         self.bodyless = bodyless
         self.chunked = False
         self.closeDelimited = False
 
+    def head(
+        self,
+        status: int,
+        reason: bytes,
+        headers: list,
+        *,
+        contentLength: bytes | None,
+        chunked: bool,
+        version: str,
+        keepAlive: bool,
+    ) -> bool:
+        """
+        Write the status line and header block.
 
-def responseHead(
-    status: int,
-    reason: bytes,
-    headers: list,
-    *,
-    contentLength: bytes | None,
-    chunked: bool,
-    framing: ResponseFraming,
-    version: str,
-    keepAlive: bool,
-) -> bytes:
-    """
-    The status line and header block sent to the client.
-
-    @param status: the upstream's status.
-    @param reason: its reason phrase, as received.
-    @param headers: its C{(name, value)} fields, as received.
-    @param contentLength: the declared length (bytes, as received) or
-        L{None}.
-    @param chunked: whether the upstream body is chunked.
-    @param framing: set here to how the body is framed; C{bodyless} is
-        given.
-    @param version: the client's HTTP version, C{"1.0"} or C{"1.1"}.
-    @param keepAlive: whether the client connection stays open after; an
-        HTTP/1.0 client without a length makes it false
-        (C{framing.closeDelimited}).
-    """
-    bodyless = framing.bodyless
-    lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-    append = lines.append
-    tokens = None
-    for name, value in headers:
-        n = name.lower()
-        if n in HOP_BY_HOP:
-            if n == b"connection":
-                tokens = value
-                continue
-            if n == b"content-length" and bodyless:
-                append(b"%s: %s\r\n" % (name, value))
-            continue
-        append(b"%s: %s\r\n" % (name, value))
-    if tokens is not None:
-        lines = _dropNamed(lines, tokens)
+        @param status: the upstream's status.
+        @param reason: its reason phrase, as received.
+        @param headers: its C{(name, value)} fields, as received.
+        @param contentLength: the declared length (bytes, as received) or
+            L{None}.
+        @param chunked: whether the upstream body is chunked.
+        @param version: the client's HTTP version, C{"1.0"} or C{"1.1"}.
+        @param keepAlive: whether the client connection may stay open.
+        @return: whether it may still stay open: an HTTP/1.0 client and a
+            body without a length end with the connection.
+        """
+        bodyless = self.bodyless
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
         append = lines.append
-    append(b"Via: " + _VIA + b"\r\n")
-    if status == 101:
-        upgrade = findHeader(headers, b"upgrade")
-        append(b"Connection: Upgrade\r\n")
-        if upgrade is not None:
-            append(b"Upgrade: %s\r\n" % (upgrade,))
-    elif not bodyless:
-        if contentLength is not None and not chunked:
-            append(b"Content-Length: %s\r\n" % (contentLength,))
-        elif version == "1.1":
-            append(b"Transfer-Encoding: chunked\r\n")
-            framing.chunked = True
-        else:
-            framing.closeDelimited = True
-            keepAlive = False
-    if not keepAlive and status != 101:
-        append(b"Connection: close\r\n")
-    elif version == "1.0":
-        append(b"Connection: keep-alive\r\n")
-    append(b"\r\n")
-    return b"".join(lines)
+        tokens = None
+        for name, value in headers:
+            n = name.lower()
+            if n in HOP_BY_HOP:
+                if n == b"connection":
+                    tokens = value
+                    continue
+                if n == b"content-length" and bodyless:
+                    append(b"%s: %s\r\n" % (name, value))
+                continue
+            append(b"%s: %s\r\n" % (name, value))
+        if tokens is not None:
+            lines = _dropNamed(lines, tokens)
+            append = lines.append
+        append(b"Via: " + _VIA + b"\r\n")
+        if status == 101:
+            upgrade = findHeader(headers, b"upgrade")
+            append(b"Connection: Upgrade\r\n")
+            if upgrade is not None:
+                append(b"Upgrade: %s\r\n" % (upgrade,))
+        elif not bodyless:
+            if contentLength is not None and not chunked:
+                append(b"Content-Length: %s\r\n" % (contentLength,))
+            elif version == "1.1":
+                append(b"Transfer-Encoding: chunked\r\n")
+                self.chunked = True
+            else:
+                self.closeDelimited = True
+                keepAlive = False
+        if not keepAlive and status != 101:
+            append(b"Connection: close\r\n")
+        elif version == "1.0":
+            append(b"Connection: keep-alive\r\n")
+        append(b"\r\n")
+        self._write(b"".join(lines))
+        return keepAlive
+
+    def body(self, data: bytes) -> None:
+        """
+        Write a piece of the body.
+        """
+        if not self.bodyless:
+            self._write(encodeChunk(data) if self.chunked else data)
+
+    def end(self, trailers: list | None) -> None:
+        """
+        Write the end of the body (the last chunk and the trailers).
+        """
+        if self.chunked:
+            self._write(lastChunk(trailers))
 
 
 def interimHead(status: int, reason: bytes, headers: list) -> bytes:

@@ -39,7 +39,7 @@ from meshproxy.resilience.deadline import DeadlinePolicy
 from meshproxy.resilience.retries import RetryPolicy
 from meshproxy.routing.delegate import BoundName, DelegationError
 from meshproxy.routing.identifiers import IdentificationError, makeIdentifier
-from meshproxy.routing.nametree import Leaf, NameTree, evaluate
+from meshproxy.routing.nametree import Leaf, NameTree, RoutingFailure, evaluate
 from meshproxy.routing.path import Path
 from meshproxy.routing.table import InetNotAllowed, RuleTable, RulesError, checkRules
 from meshproxy.transport.connector import TCPConnector
@@ -188,7 +188,7 @@ class HttpRouter:
         else:
             try:
                 bound = evaluate(tree, self._isEmpty, self.random)
-            except Exception as e:
+            except RoutingFailure as e:
                 raise ProxyError(503, "route-failed", "Route for %s failed: %s" % (path, e))
         if bound is None:
             raise ProxyError(503, "no-route", "No route for %s." % (path,))

@@ -93,10 +93,10 @@ class ServerProtocol(Protocol):
 
     def connectionMade(self):
         transport = self.transport
-        try:
-            transport.setTcpNoDelay(True)
-        except Exception:
-            pass
+        # Not every transport is TCP (a UNIX socket has no Nagle to turn off).
+        setNoDelay = getattr(transport, "setTcpNoDelay", None)
+        if setNoDelay is not None:
+            setNoDelay(True)
         peer = transport.getPeer()
         host = getattr(peer, "host", None)
         self.peerHost = host
@@ -159,7 +159,10 @@ class ServerProtocol(Protocol):
         except httptools.HttpParserError as e:
             self._framingError(parserError(e))
         else:
-            self._bound(data)
+            if self._state != _IDLE or not self._began:
+                # Something is left unfinished (a head, a body, a preamble):
+                # bound it.
+                self._bound(data)
         toStart, self._toStart = self._toStart, None
         if toStart is not None and toStart is self.active and not toStart.done:
             # Started only now: a request whose framing fails later in the

@@ -95,7 +95,7 @@ class TcpRouter:
     #: A TCP router has no rules (the admin API answers 404 for them).
     rules = None
 
-    def __init__(self, config, namers, *, reactor, metrics, balancerFactory):
+    def __init__(self, config, namers, *, reactor, metrics, balancerFactory, rng=None):
         """
         @param config: the router's L{RouterConfig<meshproxy.config.RouterConfig>}
             (C{protocol: tcp}).
@@ -104,6 +104,8 @@ class TcpRouter:
         @param metrics: the process's L{MeshMetrics}.
         @param balancerFactory: makes a balancer, given C{onAdd} and
             C{onRemove} keyword arguments.
+        @param rng: the source of randomness of ejection jitter; a new
+            C{random.Random()} when not given.
         @raise ValueError: if no namer owns the destination (the config
             loader refuses such a config already).
         """
@@ -112,7 +114,7 @@ class TcpRouter:
         self.reactor = reactor
         self.metrics = metrics
         self.makeBalancer = balancerFactory
-        self._rng = _random.Random()
+        self._rng = _random.Random() if rng is None else rng
         self.namers = dict(namers)
         self.destination = config.destination
         self.connectTimeout = config.timeouts.connect

@@ -198,6 +198,22 @@ class MeshMetrics:
             stats = self._routes[key] = RouteStats(router, name)
         return stats
 
+    def routes(self, router: str) -> list[RouteStats]:
+        """
+        The records of one router, for reads outside a scrape (the admin
+        API's C{GET /admin/stats}). Reading changes nothing: the records
+        are the live objects, to be read on the reactor thread and not
+        kept or changed.
+
+        @param router: the router's name.
+        @return: its L{RouteStats}, one per bound name that has answered a
+            request, sorted by bound name.
+        """
+        return sorted(
+            (stats for (name, _), stats in self._routes.items() if name == router),
+            key=lambda stats: stats.name,
+        )
+
     def error(self, router: str, reason: str) -> None:
         """
         Count one error answer made by the proxy itself.

@@ -1,0 +1,432 @@
+"""
+TLS with pyOpenSSL and service_identity, both ways.
+
+  - L{ServerTLS} terminates TLS on a listener: the certificate chosen by SNI
+    (exact and wildcard names, the first certificate being the default),
+    ALPN answered, TLS 1.2 or later, optional or required client
+    certificates verified against a CA bundle. L{ServerTLS.reload} reads
+    the files again: new connections get the new certificates, open ones
+    keep theirs, and a broken file keeps the old ones.
+  - L{ClientTLS} originates TLS to an upstream: the server certificate is
+    verified against a CA bundle and the expected identity (a DNS name or a
+    URI such as C{spiffe://mesh.local/users}), with an optional client
+    certificate (mTLS).
+  - L{identityOf} reads a peer certificate's identity: its URI SAN, else
+    its DNS SAN, else its subject common name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+from OpenSSL import SSL, crypto
+from service_identity import VerificationError
+from service_identity.hazmat import DNS_ID, verify_service_identity
+from service_identity.pyopenssl import extract_patterns
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+)
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+__all__ = [
+    "CertificateFile",
+    "ClientTLS",
+    "PeerIdentity",
+    "ServerTLS",
+    "TLSFileError",
+    "identityOf",
+]
+
+_log = Logger()
+
+#: Mozilla's "intermediate" cipher list for TLS 1.2 (TLS 1.3 suites are
+#: always on): forward secrecy and AEAD only.
+CIPHERS = (
+    b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    b"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    b"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    b"DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384"
+)
+
+_VERSIONS = {"TLSv1.2": SSL.TLS1_2_VERSION, "TLSv1.3": SSL.TLS1_3_VERSION}
+
+_OPTIONS = SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_RENEGOTIATION
+
+
+class TLSFileError(Exception):
+    """
+    A certificate, key or CA file cannot be used; the message says which
+    and why.
+    """
+
+
+@dataclass(frozen=True)
+class PeerIdentity:
+    """
+    Who a peer certificate names.
+
+    @ivar uris: its URI SANs (C{spiffe://…}).
+    @ivar dnsNames: its DNS SANs.
+    @ivar commonName: its subject CN, or L{None}.
+    @ivar sha256: the hex SHA-256 of the certificate (DER).
+    """
+
+    uris: tuple[str, ...] = ()
+    dnsNames: tuple[str, ...] = ()
+    commonName: str | None = None
+    sha256: str = ""
+
+    @property
+    def name(self) -> str | None:
+        """
+        The identity that counts: the first URI SAN, else the first DNS SAN,
+        else the common name.
+        """
+        if self.uris:
+            return self.uris[0]
+        if self.dnsNames:
+            return self.dnsNames[0]
+        return self.commonName
+
+
+def identityOf(certificate: crypto.X509 | x509.Certificate) -> PeerIdentity:
+    """
+    The identity a certificate names.
+    """
+    cert = certificate.to_cryptography() if isinstance(certificate, crypto.X509) else certificate
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = tuple(san.get_values_for_type(x509.UniformResourceIdentifier))
+        dnsNames = tuple(san.get_values_for_type(x509.DNSName))
+    except x509.ExtensionNotFound:
+        uris = dnsNames = ()
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    commonName = str(names[0].value) if names else None
+    digest = hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+    return PeerIdentity(uris, dnsNames, commonName, digest)
+
+
+@dataclass(frozen=True)
+class CertificateFile:
+    """
+    One certificate a listener serves.
+
+    @ivar cert: the PEM file of the certificate (and its chain).
+    @ivar key: the PEM file of its private key.
+    @ivar sni: the server names it is chosen for (C{api.example},
+        C{*.api.example}); empty for the default.
+    """
+
+    cert: str
+    key: str
+    sni: tuple[str, ...] = ()
+
+
+def _readFile(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise TLSFileError(f"cannot read {what} {path}: {e.strerror or e}") from None
+
+
+def _loadCertificates(path: str) -> list[crypto.X509]:
+    data = _readFile(path, "certificate file")
+    try:
+        certs = [
+            crypto.X509.from_cryptography(c) for c in x509.load_pem_x509_certificates(data)
+        ]
+    except ValueError as e:
+        raise TLSFileError(f"{path} holds no PEM certificate: {e}") from None
+    return certs
+
+
+def _loadKey(path: str) -> crypto.PKey:
+    data = _readFile(path, "key file")
+    try:
+        return crypto.load_privatekey(crypto.FILETYPE_PEM, data)
+    except crypto.Error:
+        raise TLSFileError(f"{path} holds no PEM private key (or it is encrypted)") from None
+
+
+def expiryOf(certificate: crypto.X509) -> float:
+    """
+    When a certificate expires, as a Unix time.
+    """
+    return certificate.to_cryptography().not_valid_after_utc.timestamp()
+
+
+def _matches(pattern: str, name: str) -> bool:
+    """
+    Whether a server name matches an SNI pattern: exactly, or one leftmost
+    label for a C{*.} wildcard.
+    """
+    if pattern.startswith("*."):
+        suffix = pattern[1:]
+        return name.endswith(suffix) and "." not in name[: -len(suffix)] and len(name) > len(suffix)
+    return name == pattern
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ServerTLS:
+    """
+    The TLS side of one listener.
+
+    @ivar expiries: each loaded certificate's expiry (Unix time), by its
+        file, for the metrics.
+    @ivar reloadFailures: how many reloads failed (and kept the old files).
+    """
+
+    def __init__(
+        self,
+        certificates: Sequence[CertificateFile],
+        *,
+        protocols: Sequence[bytes] = (b"http/1.1",),
+        clientCA: str | None = None,
+        verify: str | None = None,
+        minVersion: str = "TLSv1.2",
+        sessionContext: bytes = b"meshproxy",
+    ) -> None:
+        """
+        @param certificates: the certificates; the first is the default.
+        @param protocols: the ALPN protocols offered, in preference order;
+            a client offering none of them gets no ALPN answer (never an
+            aborted handshake).
+        @param clientCA: the CA bundle client certificates are checked
+            against, or L{None} for no client certificates.
+        @param verify: C{"required"} or C{"optional"} with C{clientCA}.
+        @param minVersion: C{"TLSv1.2"} or C{"TLSv1.3"}.
+        @param sessionContext: distinguishes this listener's sessions
+            (resumption with client certificates needs one).
+        @raise TLSFileError: when a file cannot be used.
+        """
+        if not certificates:
+            raise ValueError("a TLS listener needs at least one certificate")
+        if minVersion not in _VERSIONS:
+            raise ValueError(f"minVersion must be one of {sorted(_VERSIONS)}, got {minVersion!r}")
+        self._files = tuple(certificates)
+        self._protocols = tuple(protocols)
+        self._clientCA = clientCA
+        self._verify = verify
+        self._minVersion = _VERSIONS[minVersion]
+        self._session = hashlib.sha256(sessionContext).digest()[:32]
+        self.expiries: dict[str, float] = {}
+        self.reloadFailures = 0
+        self._default, self._byName = self._build()
+
+    def files(self) -> list[str]:
+        """
+        Every file this listener reads (for watching).
+        """
+        paths = []
+        for c in self._files:
+            paths += [c.cert, c.key]
+        if self._clientCA is not None:
+            paths.append(self._clientCA)
+        return paths
+
+    def _build(self) -> tuple[SSL.Context, list[tuple[str, SSL.Context]]]:
+        clientCAs = None
+        if self._clientCA is not None:
+            clientCAs = _loadCertificates(self._clientCA)
+        expiries = {}
+        contexts = []
+        for c in self._files:
+            chain = _loadCertificates(c.cert)
+            key = _loadKey(c.key)
+            ctx = self._context(chain, key, c, clientCAs)
+            contexts.append((c, ctx))
+            expiries[c.cert] = expiryOf(chain[0])
+        default = contexts[0][1]
+        byName = [(pattern.lower(), ctx) for c, ctx in contexts for pattern in c.sni]
+        default.set_tlsext_servername_callback(self._chooseBySNI)
+        self.expiries = expiries
+        return default, byName
+
+    def _context(
+        self,
+        chain: list[crypto.X509],
+        key: crypto.PKey,
+        files: CertificateFile,
+        clientCAs: list[crypto.X509] | None,
+    ) -> SSL.Context:
+        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+        ctx.set_min_proto_version(self._minVersion)
+        ctx.set_options(_OPTIONS)
+        ctx.set_cipher_list(CIPHERS)
+        ctx.set_session_id(self._session)
+        try:
+            ctx.use_certificate(chain[0])
+            for extra in chain[1:]:
+                ctx.add_extra_chain_cert(extra)
+            ctx.use_privatekey(key)
+            ctx.check_privatekey()
+        except SSL.Error:
+            raise TLSFileError(
+                f"the key {files.key} does not belong to the certificate {files.cert}"
+            ) from None
+        if clientCAs is not None:
+            store = ctx.get_cert_store()
+            for ca in clientCAs:
+                store.add_cert(ca)
+                ctx.add_client_ca(ca)
+            mode = SSL.VERIFY_PEER
+            if self._verify == "required":
+                mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+            ctx.set_verify(mode, lambda conn, cert, err, depth, ok: bool(ok))
+        ctx.set_alpn_select_callback(self._selectProtocol)
+        return ctx
+
+    def _selectProtocol(self, connection: SSL.Connection, offered: list[bytes]) -> bytes:
+        for protocol in self._protocols:
+            if protocol in offered:
+                return protocol
+        # No ALPN answer, and the handshake goes on (an empty answer would
+        # abort it).
+        return SSL.NO_OVERLAPPING_PROTOCOLS  # type: ignore[return-value]
+
+    def _chooseBySNI(self, connection: SSL.Connection) -> None:
+        name = connection.get_servername()
+        if not name:
+            return
+        host = name.decode("ascii", "replace").lower().rstrip(".")
+        for pattern, ctx in self._byName:
+            if _matches(pattern, host):
+                connection.set_context(ctx)
+                return
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        """
+        See L{IOpenSSLServerConnectionCreator}: a connection with the
+        default certificate, switched by SNI during the handshake.
+        """
+        return SSL.Connection(self._default, None)
+
+    def reload(self) -> bool:
+        """
+        Read every file again. New connections get what was read; if a file
+        is broken, everything stays as it was.
+
+        @return: whether the new files are in use.
+        """
+        try:
+            built = self._build()
+        except (TLSFileError, SSL.Error, crypto.Error) as e:
+            self.reloadFailures += 1
+            _log.error("TLS files not reloaded, keeping the previous ones: {why}", why=str(e))
+            return False
+        self._default, self._byName = built
+        _log.info("TLS certificates reloaded: {files}", files=", ".join(c.cert for c in self._files))
+        return True
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class ClientTLS:
+    """
+    TLS to upstreams whose certificates must name one identity.
+
+    @ivar expected: the identity (a DNS name, or a URI with C{://}).
+    """
+
+    def __init__(
+        self,
+        expected: str,
+        *,
+        ca: str,
+        cert: str | None = None,
+        key: str | None = None,
+        minVersion: str = "TLSv1.2",
+        protocols: Sequence[bytes] = (b"http/1.1",),
+    ) -> None:
+        """
+        @param expected: the identity the upstream's certificate must name.
+        @param ca: the CA bundle upstream certificates are checked against.
+        @param cert: a client certificate to present (mTLS), or L{None}.
+        @param key: its key.
+        @param minVersion: C{"TLSv1.2"} or C{"TLSv1.3"}.
+        @param protocols: the ALPN protocols offered.
+        @raise TLSFileError: when a file cannot be used.
+        """
+        self.expected = expected
+        if "://" in expected:
+            # A URI (a SPIFFE ID) names a workload by its whole text:
+            # service_identity's URI-IDs compare only scheme and host.
+            self._serverName = None
+        else:
+            DNS_ID(expected)  # refuses a name that cannot be a DNS-ID
+            self._serverName = expected.encode("idna")
+        ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        ctx.set_min_proto_version(_VERSIONS[minVersion])
+        ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
+        ctx.set_cipher_list(CIPHERS)
+        store = ctx.get_cert_store()
+        for certificate in _loadCertificates(ca):
+            store.add_cert(certificate)
+        if cert is not None:
+            chain = _loadCertificates(cert)
+            try:
+                ctx.use_certificate(chain[0])
+                for extra in chain[1:]:
+                    ctx.add_extra_chain_cert(extra)
+                ctx.use_privatekey(_loadKey(key or cert))
+                ctx.check_privatekey()
+            except SSL.Error:
+                raise TLSFileError(f"the key {key} does not belong to the certificate {cert}") from None
+        ctx.set_alpn_protos(list(protocols))
+        self._context = ctx
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        """
+        See L{IOpenSSLClientConnectionCreator}: a connection that fails its
+        handshake unless the upstream's certificate chains to the CA and
+        names the expected identity.
+        """
+        connection = SSL.Connection(self._context, None)
+        if self._serverName is not None:
+            connection.set_tlsext_host_name(self._serverName)
+        connection.set_verify(
+            SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
+            _identityCheck(tlsProtocol, self.expected),
+        )
+        connection.set_connect_state()
+        return connection
+
+
+def _identityCheck(tlsProtocol: Any, expected: str) -> Callable[..., bool]:
+    """
+    An OpenSSL verify callback that also checks that the leaf certificate
+    names C{expected} (a URI SAN equal to it, or a DNS name matching it by
+    RFC 6125 with service_identity), failing the connection (through
+    C{tlsProtocol.failVerification}) when it does not.
+    """
+    protocol = [tlsProtocol]
+
+    def verify(conn: SSL.Connection, cert: crypto.X509, err: int, depth: int, ok: int) -> bool:
+        if not ok or depth != 0:
+            return bool(ok)
+        try:
+            if "://" in expected:
+                if expected not in identityOf(cert).uris:
+                    raise VerificationError(errors=[f"no URI SAN {expected}"])
+            else:
+                verify_service_identity(extract_patterns(cert), [DNS_ID(expected)], [])
+        except VerificationError:
+            if protocol:
+                protocol.pop().failVerification(Failure())
+            return False
+        except Exception:
+            # An exception raised inside an OpenSSL callback is lost: log it
+            # and refuse.
+            _log.failure("while checking an upstream certificate")
+            return False
+        return True
+
+    return verify
