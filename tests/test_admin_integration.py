@@ -85,54 +85,6 @@ class AdminIntegrationTestCase(TestCase):
         return [r.header(b"x-upstream").decode("ascii") for r in responses]
 
 
-class StatsTests(AdminIntegrationTestCase):
-    """
-    C{/admin/stats} reads the counters the real routers record.
-    """
-
-    @defer.inlineCallbacks
-    def test_countersOfHttpAndTcpRouters(self):
-        """
-        After three GETs for C{hello} and one for an unknown name, the HTTP
-        router's stats count three 2xx answers for the bound name (the
-        unknown one makes no record) and the connections; the TCP router is
-        listed with its connections and no bound names.
-        """
-        backends = yield self.backends("A")
-        port = backends["A"][1]
-        config = makeConfig({"a": [port]}, rules="/svc => /#/static;\n") + (
-            "  - name: db\n"
-            "    protocol: tcp\n"
-            # Listen strings are compared as text: this one differs from web's.
-            '    listen: "tcp:0:interface=127.0.0.1:backlog=50"\n'
-            "    destination: /#/static/a\n"
-        )
-        proxy, admin = yield self.start(config)
-        yield self.upstreamsOf(proxy.proxyPort, b"a", 3)
-        [missing] = yield self.fetch(proxy.proxyPort, b"nope")
-        self.assertEqual(missing.status, 503)
-        response = yield admin.get("/admin/stats")
-        self.assertEqual(response.code, 200, response)
-        self.assertEqual(response.header("content-type"), "application/json")
-        body = response.json()
-        self.assertIsInstance(body["time"], float)
-        self.assertEqual(sorted(body["routers"]), ["db", "web"])
-        web = body["routers"]["web"]
-        self.assertEqual(web["connections"]["opened"], 2)
-        # The proxy may not have seen the last close yet.
-        self.assertIn(web["connections"]["closed"], (1, 2))
-        self.assertEqual(list(web["boundNames"]), ["/#/static/a"])
-        a = web["boundNames"]["/#/static/a"]
-        self.assertEqual(a["requests"], 3)
-        self.assertEqual(a["responses"]["2xx"], 3)
-        self.assertEqual(a["duration"]["buckets"][-1], 3)
-        self.assertEqual(len(a["duration"]["buckets"]), len(a["duration"]["bounds"]) + 1)
-        self.assertGreater(a["duration"]["sum"], 0)
-        self.assertEqual(
-            body["routers"]["db"], {"connections": {"opened": 0, "closed": 0}, "boundNames": {}}
-        )
-
-
 class ShutdownTests(AdminIntegrationTestCase):
     """
     POST /admin/shutdown answers first, then asks the runtime to stop.

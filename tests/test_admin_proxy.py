@@ -28,7 +28,14 @@ from tests.admin_support import (
     etagOf,
     makeConfig,
 )
-from tests.memory_support import Instance, MemoryAdminClient, MemoryNetwork, MemoryProxy, resultOf
+from tests.memory_support import (
+    Instance,
+    MemoryAdminClient,
+    MemoryNetwork,
+    MemoryProxy,
+    delayedHandler,
+    resultOf,
+)
 from tests.support import BackendFactory, RawClient, okHandler
 
 
@@ -77,8 +84,10 @@ class AdminTestCase(SynchronousTestCase):
         self.network.connectClient(port, client)
         for i in range(count):
             client.transport.write(b"GET /%d HTTP/1.1\r\nHost: %s\r\n\r\n" % (i, host))
-            self.network.flush()
-            self.assertEqual(len(client.responses), i + 1, "no answer, or closed early")
+            self.network.runUntil(
+                lambda: len(client.responses) > i or client.closed.called, 30, "an answer"
+            )
+            self.assertEqual(len(client.responses), i + 1, "connection closed early")
         client.transport.loseConnection()
         self.network.flush()
         self.assertTrue(client.closed.called)
@@ -695,6 +704,53 @@ class DryRunTests(AdminTestCase):
             response = admin.post(RULES + query, HELLO_B)
             self.assertEqual(response.code, 400, query)
         self.assertRules(admin, HELLO_A)
+
+
+class StatsTests(AdminTestCase):
+    """
+    C{/admin/stats} reads the counters the real routers record.
+    """
+
+    def test_countersOfHttpAndTcpRouters(self):
+        """
+        After three GETs for C{hello} (each answered 5ms after it arrived)
+        and one for an unknown name, the HTTP router's stats count three
+        2xx answers for the bound name and their 15ms (the unknown one
+        makes no record) and the connections; the TCP router is listed
+        with its connections and no bound names.
+        """
+        backends = self.backends("A", handler=delayedHandler(self.network, 0.005, b"A"))
+        port = backends["A"][1]
+        config = makeConfig({"a": [port]}, rules="/svc => /#/static;\n") + (
+            "  - name: db\n"
+            "    protocol: tcp\n"
+            # Listen strings are compared as text: this one differs from web's.
+            '    listen: "tcp:0:interface=127.0.0.1:backlog=50"\n'
+            "    destination: /#/static/a\n"
+        )
+        proxy, admin = self.start(config)
+        self.upstreamsOf(proxy.proxyPort, b"a", 3)
+        [missing] = self.fetch(proxy.proxyPort, b"nope")
+        self.assertEqual(missing.status, 503)
+        response = admin.get("/admin/stats")
+        self.assertEqual(response.code, 200, response)
+        self.assertEqual(response.header("content-type"), "application/json")
+        body = response.json()
+        self.assertIsInstance(body["time"], float)
+        self.assertEqual(body["time"], self.network.seconds())
+        self.assertEqual(sorted(body["routers"]), ["db", "web"])
+        web = body["routers"]["web"]
+        self.assertEqual(web["connections"], {"opened": 2, "closed": 2})
+        self.assertEqual(list(web["boundNames"]), ["/#/static/a"])
+        a = web["boundNames"]["/#/static/a"]
+        self.assertEqual(a["requests"], 3)
+        self.assertEqual(a["responses"]["2xx"], 3)
+        self.assertEqual(a["duration"]["buckets"][-1], 3)
+        self.assertEqual(len(a["duration"]["buckets"]), len(a["duration"]["bounds"]) + 1)
+        self.assertAlmostEqual(a["duration"]["sum"], 0.015, places=9)
+        self.assertEqual(
+            body["routers"]["db"], {"connections": {"opened": 0, "closed": 0}, "boundNames": {}}
+        )
 
 
 class ExplainTests(AdminTestCase):
