@@ -34,7 +34,9 @@ On top of it, L{MemoryProxy} runs meshproxy's services from a config text
 (L{buildServices<meshproxy.tap.buildServices>}, the same wiring as
 C{twistd meshproxy}), with scripted upstreams (L{tests.support.BackendFactory}
 and its handlers), raw clients (L{tests.support.RawClient}) and an admin
-client (treq) that all live on the same network.
+client (treq) that all live on the same network. At the end of a test the
+proxy is stopped, and no connection may be left open
+(L{MemoryNetwork.assertNothingOpen}).
 """
 
 from __future__ import annotations
@@ -512,6 +514,8 @@ class MemoryNetwork(MemoryReactorClock):
         self._listeners = {}
         self._blackholes = set()
         self._transports = []
+        self._connecting = []
+        self.watched = False
         self._ports = count(40000)
         self._ephemeral = count(50000)
         self.attempts = []
@@ -533,6 +537,10 @@ class MemoryNetwork(MemoryReactorClock):
         self.tcpClients.append((host, port, factory, timeout, bindAddress))
         self.connectors.append(attempt)
         self.attempts.append(attempt)
+        if port not in self._blackholes:
+            # Settled at the next flush; to a blackhole, it times out (or
+            # the test settles it).
+            self._connecting.append(attempt)
         factory.startedConnecting(attempt)
         return attempt
 
@@ -609,8 +617,9 @@ class MemoryNetwork(MemoryReactorClock):
             if due is not None and due <= self.seconds():
                 Clock.advance(self, 0)
                 moved = True
-            for attempt in self.attempts:
-                if attempt.state != "connecting" or attempt.port in self._blackholes:
+            connecting, self._connecting = self._connecting, []
+            for attempt in connecting:
+                if attempt.state != "connecting":
                     continue
                 listening = self._listeners.get(attempt.port)
                 if listening is None:
@@ -670,18 +679,22 @@ class MemoryNetwork(MemoryReactorClock):
         self._sortCalls()
         return self.calls[0].getTime() if self.calls else None
 
-    def pump(self, amounts):
-        """
-        Advance by each of C{amounts} in turn.
-        """
-        for amount in amounts:
-            self.advance(amount)
-
     def transports(self):
         """
         The ends of the connections still open.
         """
         return [t for t in self._transports if not t.disconnected]
+
+    def assertNothingOpen(self):
+        """
+        Settle the network and check that no connection is left open.
+
+        @raise AssertionError: naming the ends still open.
+        """
+        self.flush()
+        left = self.transports()
+        if left:
+            raise AssertionError("connections left open: %r" % (left,))
 
 
 # -- upstreams ----------------------------------------------------------------------------------
@@ -1013,7 +1026,11 @@ class MemoryProxy:
         self.adminPort = ports[-1]
         self.admin = MemoryAdminClient(net, self.adminPort)
         self._stopped = None
-        self.clients = []
+        if not self.network.watched:
+            # Registered first, so checked last: once every proxy on the
+            # network has stopped and every admin client has closed.
+            self.network.watched = True
+            testCase.addCleanup(self.network.assertNothingOpen)
         testCase.addCleanup(self._cleanUp)
         net.flush()
 
@@ -1080,10 +1097,9 @@ class MemoryProxy:
         """
         client = RawClient(heads)
         self.network.connectClient(self.proxyPort if port is None else port, client, peerHost)
-        self.clients.append(client)
         return client
 
-    def exchange(self, data, count=1, heads=(), port=None):
+    def exchange(self, data, heads=(), port=None):
         """
         Send raw C{data} on a new connection and settle the network.
 

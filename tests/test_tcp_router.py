@@ -273,7 +273,7 @@ class MemoryTestCase(SynchronousTestCase):
             self.network.flush()
             self.successResultOf(drained)
             router.stop()
-            self.network.flush()
+            self.network.assertNothingOpen()
 
         self.addCleanup(cleanup)
         return port.getHost().port, router, factory, registry
