@@ -6,7 +6,10 @@ The C{meshproxy} command:
  - C{meshproxy explain ROUTER --name /svc/x} (or C{--host}, C{--path}) asks
    a running proxy's admin API how it routes a name, and prints the
    delegation steps and the endpoints they end at;
- - C{meshproxy schema} prints the JSON Schema of config files, for editors.
+ - C{meshproxy schema} prints the JSON Schema of config files, for editors;
+ - C{meshproxy rules reset ROUTER --config CONFIG} deletes the rules saved
+   through the admin API for a router, so that it starts again with the
+   config's rules.
 
 Running the proxy itself is C{twistd -n meshproxy --config CONFIG}.
 
@@ -42,7 +45,8 @@ def _parser():
     """
     parser = argparse.ArgumentParser(
         prog="meshproxy",
-        description="Check meshproxy configs and ask a running meshproxy how it routes.",
+        description="Check meshproxy configs, ask a running meshproxy how it routes,"
+        " and go back to a config's rules.",
         epilog="Run the proxy itself with: twistd -n meshproxy [--config CONFIG]",
     )
     parser.add_argument(
@@ -68,6 +72,26 @@ def _parser():
         description="Print the JSON Schema of meshproxy config files, for editors"
         " (see docs/configuration.md).",
     )
+    rules = commands.add_parser(
+        "rules",
+        help="manage the rules saved through the admin API",
+        description="Manage the rules that the admin API saved for a router"
+        " (rules-ROUTER.json in admin.stateDir, by default next to the config file).",
+    )
+    rulesCommands = rules.add_subparsers(dest="rulesCommand", metavar="COMMAND", required=True)
+    reset = rulesCommands.add_parser(
+        "reset",
+        help="go back to the config's rules at the next start",
+        description="Delete the rules saved through the admin API for ROUTER, so that"
+        " meshproxy uses the config's rules again from its next start (a running"
+        " meshproxy keeps its rules until it restarts).",
+    )
+    reset.add_argument("router", metavar="ROUTER", help="the router's name")
+    reset.add_argument(
+        "--config", metavar="CONFIG", default=None,
+        help="the config file meshproxy runs with (without it: the embedded demo,"
+        " which saves nothing)",
+    )
     return parser
 
 
@@ -90,6 +114,8 @@ def main(argv=None):
         return check(options.config)
     if options.command == "schema":
         return schema()
+    if options.command == "rules":
+        return resetRules(options.router, options.config, sys.stdout, sys.stderr)
     return _explain(options, sys.stdout, sys.stderr, os.environ)
 
 
@@ -122,6 +148,86 @@ def schema(out=None):
     out = sys.stdout if out is None else out
     out.write(json.dumps(jsonSchema(), indent=2) + "\n")
     return 0
+
+
+def rulesStatePath(stateDir, router):
+    """
+    The file where the admin API saves a router's rules (as
+    L{meshproxy.admin.rules.RulesStore.path} names it).
+
+    @param stateDir: the state directory.
+    @param router: the router's name.
+    """
+    return os.path.join(stateDir, "rules-%s.json" % (urllib.parse.quote(router, safe=""),))
+
+
+def resetRules(router, configPath, out, err):
+    """
+    C{meshproxy rules reset ROUTER [--config CONFIG]}: delete the rules
+    saved through the admin API for C{router}, so that it uses the config's
+    rules from the next start.
+
+    @param router: the router's name.
+    @param configPath: the config file, or L{None} for the embedded demo.
+    @param out: where the outcome is said.
+    @param err: where errors go.
+    @return: the exit status: 0 when the router has no saved rules any
+        more, 1 otherwise.
+    """
+    from meshproxy.config import ConfigError, loadConfig
+    from meshproxy.tap import stateDirectory
+
+    if configPath is None:
+        out.write(
+            "nothing to reset: the embedded demo keeps rules changed through the admin"
+            " API in memory only (give --config CONFIG for a config file's)\n"
+        )
+        return 0
+    try:
+        config = loadConfig(configPath)
+    except ConfigError as e:
+        err.write("%s: invalid\n%s\n" % (configPath, e))
+        return 1
+    routers = {r.name: r for r in config.routers}
+    found = routers.get(router)
+    if found is None:
+        err.write(
+            "meshproxy rules reset: %s has no router %s (its routers: %s)\n"
+            % (configPath, router, ", ".join(routers) or "none")
+        )
+        return 1
+    if found.protocol != "http":
+        err.write(
+            "meshproxy rules reset: router %s is a %s router: it has no rules\n"
+            % (router, found.protocol.upper())
+        )
+        return 1
+    path = rulesStatePath(stateDirectory(config, configPath), router)
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        out.write(
+            "router %s has no saved rules (%s does not exist): it uses the config's\n"
+            % (router, path)
+        )
+        return 0
+    except OSError as e:
+        err.write(
+            "meshproxy rules reset: cannot delete %s: %s\n" % (path, _osReason(e))
+        )
+        return 1
+    out.write(
+        "deleted %s: router %s uses the config's rules from the next start of"
+        " meshproxy (a running one keeps its rules until it restarts)\n" % (path, router)
+    )
+    return 0
+
+
+def _osReason(error):
+    """
+    An operating system error in a few lowercase words, without errno.
+    """
+    return (error.strerror or str(error)).lower()
 
 
 class ExplainError(Exception):
@@ -237,7 +343,7 @@ def fetchExplain(admin, router, query, *, token=None, timeout=TIMEOUT):
     except urllib.error.HTTPError as e:
         raise ExplainError(_httpError(e)) from None
     except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
+        reason = _reachReason(getattr(e, "reason", e), timeout)
         raise ExplainError("cannot reach the admin API at %s: %s" % (admin, reason)) from None
     try:
         answer = json.loads(body.decode("utf-8"))
@@ -247,6 +353,32 @@ def fetchExplain(admin, router, query, *, token=None, timeout=TIMEOUT):
         raise ExplainError("the admin API at %s answered an unexpected %s"
                            % (admin, type(answer).__name__))
     return answer
+
+
+def _reachReason(reason, timeout):
+    """
+    Why the admin API could not be reached, in the proxy's words.
+
+    @param reason: what urllib raised or gave as the reason: an
+        L{OSError}, or text.
+    @param timeout: the seconds waited.
+    """
+    import socket
+    import ssl
+
+    if isinstance(reason, (TimeoutError, socket.timeout)):
+        return "no answer within %g s" % (timeout,)
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused (is meshproxy running, with its admin API there?)"
+    if isinstance(reason, socket.gaierror):
+        return "unknown host"
+    if isinstance(reason, ssl.SSLCertVerificationError):
+        return "its TLS certificate is not trusted (%s)" % (reason.verify_message,)
+    if isinstance(reason, ssl.SSLError):
+        return "TLS failed (%s)" % (reason.reason or "handshake",)
+    if isinstance(reason, OSError):
+        return _osReason(reason)
+    return str(reason)
 
 
 def _httpError(error):

@@ -7,12 +7,22 @@ L{MultiService} of namers, routers and the admin API, each listener a
 L{StreamServerEndpointService} built from a Twisted endpoint string, so
 privileged ports bind before privileges drop and systemd socket activation
 works.
+
+A listener that cannot be bound ends the process with one line naming its
+owner and its endpoint (C{router web: cannot listen on tcp:4140: address
+already in use}) and exit status 1. L{Runtime} tells the admin API when the
+process is ready: every listener bound and every namer loaded once, or 10
+seconds after the start with the namers still loading named.
 """
 
+import errno
+import os
+import socket
 import sys
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -123,28 +133,122 @@ def _checkSupported(config):
         raise ConfigError(errors, config.source)
 
 
+class CannotListen(Exception):
+    """
+    A listener could not be bound.
+
+    @ivar owner: what listens, C{"router web"} or C{"admin"}.
+    @ivar listen: the endpoint as the config gives it.
+    @ivar reason: why, in the proxy's words (L{listenProblem}).
+    """
+
+    def __init__(self, owner, listen, reason):
+        Exception.__init__(self, owner, listen, reason)
+        self.owner = owner
+        self.listen = listen
+        self.reason = reason
+
+    def __str__(self):
+        return "%s: cannot listen on %s: %s" % (self.owner, self.listen, self.reason)
+
+
+#: What the errors of C{bind} and C{listen} mean, in the proxy's words.
+_LISTEN_ERRORS = {
+    errno.EADDRINUSE: "address already in use",
+    errno.EADDRNOTAVAIL: "no such address on this host",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENOENT: "no such file or directory",
+}
+
+
+def listenProblem(error):
+    """
+    Say why a listener could not be bound, without Python's exception text.
+
+    @param error: what C{listen} raised or failed with: a
+        L{CannotListenError<twisted.internet.error.CannotListenError>}
+        (whose C{socketError} says why), an L{OSError}, or anything else.
+    @return: a short lowercase phrase, such as C{"address already in use"}.
+    """
+    cause = getattr(error, "socketError", error)
+    if isinstance(cause, socket.gaierror):
+        return "unknown interface address"
+    if isinstance(cause, OSError) and cause.errno is not None:
+        known = _LISTEN_ERRORS.get(cause.errno)
+        if known is not None:
+            if cause.errno in (errno.EACCES, errno.EPERM):
+                known += " (a port below 1024 needs root or CAP_NET_BIND_SERVICE)"
+            return known
+        return (cause.strerror or errno.errorcode.get(cause.errno, str(cause.errno))).lower()
+    text = str(cause).strip()
+    return text or type(cause).__name__
+
+
 class _ListenerService(StreamServerEndpointService):
     """
-    A listener that fails the start of the process when it cannot bind, and
-    says when it is bound (for C{/ready}).
+    A listener that fails the start of the process with L{CannotListen}
+    when it cannot bind, says so in the log when it is bound, and tells
+    L{Runtime} (for C{/ready}).
+
+    @ivar owner: what listens, C{"router web"} or C{"admin"}.
+    @ivar listen: the endpoint as the config gives it.
+    @ivar description: C{"web (tcp:4140)"}, as C{/ready} names a listener
+        it waits for.
+    @ivar bound: whether the port is bound.
+    @ivar port: the L{IListeningPort} once bound, else L{None}.
     """
 
-    _raiseSynchronously = True
-
-    def __init__(self, endpoint, factory, description):
+    def __init__(self, endpoint, factory, *, owner, listen, name, reactor):
         StreamServerEndpointService.__init__(self, endpoint, factory)
-        self.description = description
+        self._reactor = reactor
+        self.owner = owner
+        self.listen = listen
+        self.description = "%s (%s)" % (name, listen)
         self.bound = False
         self.port = None
         self._boundWaiters = []
+        # One line per listener, ours, rather than Twisted's "Starting
+        # factory <...ServerFactory object at 0x...>"; and Twisted's own
+        # "... starting on 4140" says whose port it is.
+        factory.noisy = False
+        factory.logPrefix = lambda: owner
 
     def privilegedStartService(self):
-        StreamServerEndpointService.privilegedStartService(self)
-        self._waitingForPort.addCallback(self._bound)
+        """
+        Bind now (as root, if the process starts as root).
+
+        @raise CannotListen: if the endpoint cannot be bound.
+        """
+        Service.privilegedStartService(self)
+        failed = []
+        self._synchronous = True
+        self._waitingForPort = self.endpoint.listen(self.factory)
+        self._waitingForPort.addCallbacks(self._bound, self._cannotListen, errbackArgs=(failed,))
+        self._synchronous = False
+        if failed:
+            raise failed[0]
+
+    def _cannotListen(self, failure, failed):
+        if failure.check(CancelledError):
+            # stopService before the port was bound.
+            return None
+        error = CannotListen(self.owner, self.listen, listenProblem(failure.value))
+        if self._synchronous:
+            failed.append(error)
+        else:
+            # No endpoint Twisted ships binds later than listen() returns;
+            # one that does cannot stop twistd's start any more: say why
+            # and stop.
+            _log.critical("{problem}", problem=str(error))
+            self._reactor.callLater(0, self._reactor.stop)
+        return None
 
     def _bound(self, port):
         self.bound = True
         self.port = port
+        _log.info("{owner} listening on {listen}{actual}", owner=self.owner,
+                  listen=self.listen, actual=_actualPort(self.listen, port))
         waiters, self._boundWaiters = self._boundWaiters, []
         for d in waiters:
             d.callback(port)
@@ -154,13 +258,58 @@ class _ListenerService(StreamServerEndpointService):
         """
         A Deferred firing with the listening port once it is bound.
         """
-        from twisted.internet.defer import Deferred, succeed
-
         if self.port is not None:
             return succeed(self.port)
         d = Deferred()
         self._boundWaiters.append(d)
         return d
+
+
+def _actualPort(listen, port):
+    """
+    C{" (port N)"} when the endpoint let the system choose the port
+    (C{tcp:0}), else nothing.
+    """
+    from twisted.internet.endpoints import _parse
+
+    try:
+        args, _ = _parse(listen)
+        if len(args) >= 2 and args[0] in ("tcp", "tcp6", "ssl", "tls") and int(args[1]) == 0:
+            return " (port %d)" % (port.getHost().port,)
+    except (ValueError, AttributeError, TypeError):
+        pass
+    return ""
+
+
+class _ProcessService(MultiService):
+    """
+    The top service under twistd: a listener that cannot be bound ends the
+    process with its one line and exit status 1, without a traceback.
+    """
+
+    def privilegedStartService(self):
+        try:
+            MultiService.privilegedStartService(self)
+        except CannotListen as e:
+            _log.critical("{problem}", problem=str(e))
+            _quietExit(e)
+            # twistd removes its pid file, tells the parent of a daemon
+            # (which prints the line) and lets the exception end the process.
+            raise
+
+
+def _quietExit(error):
+    """
+    Let C{error}, once it ends the process, print nothing more: it was
+    logged already. Python exits with status 1 after C{sys.excepthook}.
+    """
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        if value is not error:
+            previous(kind, value, tb)
+
+    sys.excepthook = hook
 
 
 class _RouterService(Service):
@@ -189,18 +338,82 @@ class _RouterService(Service):
         return d
 
 
-class Runtime:
+#: Seconds after the start past which the process is ready even with namers
+#: still loading (C{/ready} names them).
+READY_FALLBACK = 10.0
+
+
+class Runtime(Service):
     """
-    What the admin API sees of the running process.
+    What the admin API sees of the running process, and its readiness: a
+    service that starts first, so that the readiness clock starts with the
+    process.
 
     @ivar routers: the routers by name, in config order.
+    @ivar listeners: the routers' listeners (the admin API's own is not
+        waited for: it answers C{/ready}).
+    @ivar namers: the namers (L{INamer<meshproxy.discovery.interfaces.INamer>}),
+        in config order.
+    @ivar readyFallback: seconds after the start past which namers still
+        loading no longer hold readiness back.
+    @ivar startedAt: the reactor's time at the start, or L{None} before.
     """
 
-    def __init__(self, *, reactor=None, shutdownGrace=10.0):
+    def __init__(self, *, reactor=None, shutdownGrace=10.0, readyFallback=READY_FALLBACK):
         self.routers = {}
         self.listeners = []
+        self.namers = []
         self.reactor = reactor
         self.shutdownGrace = shutdownGrace
+        self.readyFallback = readyFallback
+        self.startedAt = None
+        self._fallbackCall = None
+
+    def startService(self):
+        """
+        Start the readiness clock; log once the process is ready, or at the
+        fallback what it still waits for.
+        """
+        Service.startService(self)
+        self.startedAt = self.reactor.seconds()
+        self._fallbackCall = self.reactor.callLater(self.readyFallback, self._fallback)
+        waits = [listener.whenBound() for listener in self.listeners]
+        waits += [namer.whenLoaded() for namer in self.namers]
+        gatherResults(waits).addCallback(self._allReady)
+
+    def stopService(self):
+        if self._fallbackCall is not None and self._fallbackCall.active():
+            self._fallbackCall.cancel()
+        self._fallbackCall = None
+        return Service.stopService(self)
+
+    def _allReady(self, _):
+        if not self.running:
+            return
+        if self._fallbackCall is not None and self._fallbackCall.active():
+            self._fallbackCall.cancel()
+        _log.info(
+            "ready: {listeners} bound, {namers} loaded",
+            listeners=_count(len(self.listeners), "listener"),
+            namers=_count(len(self.namers), "namer"),
+        )
+
+    def _fallback(self):
+        self._fallbackCall = None
+        loading = self._loading()
+        if not loading:
+            return
+        if self._unbound():
+            # A listener that cannot bind ends the process: this is one
+            # bound later than its start, which should not happen.
+            _log.warn("not ready after {seconds:g} s: waiting for {what}",
+                      seconds=self.readyFallback, what=", ".join(self.waitingFor()))
+            return
+        _log.warn(
+            "ready after {seconds:g} s without waiting any longer for {namers}",
+            seconds=self.readyFallback,
+            namers=", ".join("namer %s" % (namer.prefix,) for namer in loading),
+        )
 
     def shutdown(self):
         """
@@ -216,19 +429,35 @@ class Runtime:
 
     def isReady(self):
         """
-        Whether every listener is bound.
+        Whether the process is ready: every listener bound, and every namer
+        loaded or L{readyFallback} seconds passed since the start.
         """
-        return not self.waitingFor()
+        if self._unbound():
+            return False
+        return not self._loading() or self._pastFallback()
 
     def waitingFor(self):
         """
-        What readiness still waits for, as human-readable strings.
+        What readiness waits for (or, past the fallback, went on without),
+        in words: C{["listener web (tcp:4140)", "namer /#/etcd"]}; empty
+        once everything is bound and loaded.
         """
-        return [
-            "listener %s" % (listener.description,)
-            for listener in self.listeners
-            if not listener.bound
-        ]
+        waiting = ["listener %s" % (listener.description,) for listener in self._unbound()]
+        late = " (still loading after %g s)" % (self.readyFallback,) if self._pastFallback() else ""
+        waiting.extend("namer %s%s" % (namer.prefix, late) for namer in self._loading())
+        return waiting
+
+    def _unbound(self):
+        return [listener for listener in self.listeners if not listener.bound]
+
+    def _loading(self):
+        return [namer for namer in self.namers if not namer.loaded]
+
+    def _pastFallback(self):
+        return (
+            self.startedAt is not None
+            and self.reactor.seconds() - self.startedAt >= self.readyFallback
+        )
 
     def nodes(self):
         """
@@ -237,6 +466,10 @@ class Runtime:
         for name, router in list(self.routers.items()):
             for boundName, node in router.nodes():
                 yield name, boundName, node
+
+
+def _count(n, word):
+    return "1 %s" % (word,) if n == 1 else "%d %ss" % (n, word)
 
 
 def makeService(options, reactor=None):
@@ -250,7 +483,7 @@ def makeService(options, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
     config = options.meshConfig
-    top = MultiService()
+    top = _ProcessService()
     runtime, services = buildServices(config, reactor=reactor, configPath=options["config"])
     for service in services:
         service.setServiceParent(top)
@@ -274,7 +507,6 @@ def buildServices(config, *, reactor, configPath=None):
         L{None} (the embedded demo) keeps them in memory only.
     @return: C{(runtime, services)}.
     """
-    import os
     # Imported here: klein installs the global reactor when imported.
     from prometheus_client import CollectorRegistry
     from twisted.internet.endpoints import serverFromString
@@ -290,12 +522,14 @@ def buildServices(config, *, reactor, configPath=None):
     )
     registry = CollectorRegistry()
     metrics = MeshMetrics(registry, runtime.nodes, costScale=0.001)
-    services = []
+    # The runtime first: the readiness clock starts before the namers load.
+    services = [runtime]
 
     namers = {}
     for namerConfig in config.namers:
         namer = makeNamer(namerConfig, reactor=reactor)
         namers[Path.read(namerConfig.prefix)] = namer
+        runtime.namers.append(namer)
         services.append(namer)
 
     for routerConfig in config.routers:
@@ -327,16 +561,17 @@ def buildServices(config, *, reactor, configPath=None):
         listener = _ListenerService(
             serverFromString(reactor, _endpointString(routerConfig.listen)),
             factory,
-            "%s (%s)" % (router.name, routerConfig.listen),
+            owner="router %s" % (router.name,),
+            listen=routerConfig.listen,
+            name=router.name,
+            reactor=reactor,
         )
         runtime.listeners.append(listener)
         services.append(listener)
 
     from meshproxy.admin.rules import RulesStore
 
-    stateDir = config.admin.stateDir
-    if stateDir is None and configPath is not None:
-        stateDir = os.path.dirname(os.path.abspath(configPath))
+    stateDir = stateDirectory(config, configPath)
     stores = {}
     for name, router in runtime.routers.items():
         if router.rules is None:
@@ -344,7 +579,7 @@ def buildServices(config, *, reactor, configPath=None):
             continue
         store = stores[name] = RulesStore(router.rules, stateDir=stateDir, clock=reactor)
         # Rules accepted through the admin API survive a restart.
-        store.load()
+        _logSavedRules(name, store.path, store.load(), configPath)
     runtime.rulesStores = stores
     admin = AdminAPI(
         runtime,
@@ -362,10 +597,68 @@ def buildServices(config, *, reactor, configPath=None):
         _ListenerService(
             serverFromString(reactor, _endpointString(config.admin.listen)),
             site,
-            "admin (%s)" % (config.admin.listen,),
+            owner="admin",
+            listen=config.admin.listen,
+            name="admin",
+            reactor=reactor,
         )
     )
     return runtime, services
+
+
+def stateDirectory(config, configPath):
+    """
+    Where the rules changed through the admin API are saved.
+
+    @param config: a L{MeshConfig<meshproxy.config.MeshConfig>}.
+    @param configPath: its file, or L{None} (the embedded demo).
+    @return: C{admin.stateDir} when set, else the config file's directory;
+        L{None} (memory only) for a config without a file or C{stateDir}.
+    """
+    if config.admin.stateDir is not None:
+        return config.admin.stateDir
+    if configPath is not None:
+        return os.path.dirname(os.path.abspath(configPath))
+    return None
+
+
+def _logSavedRules(router, path, restored, configPath):
+    """
+    Say at start where the rules changed through the admin API are kept, and
+    how to go back to the config's rules.
+
+    @param router: the router's name.
+    @param path: its state file, or L{None} when kept in memory only.
+    @param restored: whether the rules in force came from that file.
+    @param configPath: the config file, for the command to show.
+    """
+    import shlex
+
+    if path is None:
+        _log.info(
+            "router {router}: rules changed through the admin API are kept in memory"
+            " only (lost when meshproxy stops)",
+            router=router,
+        )
+        return
+    command = "meshproxy rules reset %s --config %s" % (
+        shlex.quote(router),
+        shlex.quote(os.path.abspath(configPath)) if configPath else "CONFIG",
+    )
+    if restored:
+        _log.warn(
+            "router {router}: using the rules saved through the admin API in {path},"
+            " not the config's; to go back to the config's rules, run \"{command}\""
+            " (or delete that file) and restart",
+            router=router, path=path, command=command,
+        )
+    else:
+        _log.info(
+            "router {router}: rules changed through the admin API will be saved in"
+            " {path} and win over the config's at the next start (undo: \"{command}\","
+            " or delete that file, then restart)",
+            router=router, path=path, command=command,
+        )
 
 
 #: The listen backlog of meshproxy's listeners unless their endpoint string

@@ -139,6 +139,17 @@ class HealthTests(_APITestMixin, SynchronousTestCase):
         response, body = self.request("GET", "/ready")
         self.assertJSON(response, body, 200, {"ready": True})
 
+    def test_readyNamingNamersStillLoading(self) -> None:
+        """
+        Ready after the wait for slow namers ran out: 200, naming them.
+        """
+        self.runtime.waiting = ["namer /#/x (still loading after 10 s)"]
+        response, body = self.request("GET", "/ready")
+        self.assertJSON(
+            response, body, 200,
+            {"ready": True, "waiting": ["namer /#/x (still loading after 10 s)"]},
+        )
+
     def test_notReadyIs503WithWhatItWaitsFor(self) -> None:
         self.runtime.ready = False
         self.runtime.waiting = ["listener web", "namer /#/fs"]

@@ -151,6 +151,10 @@ class ArgumentTests(SynchronousTestCase):
             ["explain", "web", "--name", "/a", "--host", "b"],
             ["explain", "--name", "/a"],
             ["explain", "web", "--name"],
+            ["rules"],
+            ["rules", "nope"],
+            ["rules", "reset"],
+            ["rules", "reset", "web", "--config"],
         ):
             self.stderr.seek(0)
             self.stderr.truncate()
@@ -201,6 +205,30 @@ class BadAdminURLTests(SynchronousTestCase):
         self.assertIn("--admin must be an http:// or https:// URL", err.getvalue())
 
 
+class ReachReasonTests(SynchronousTestCase):
+    """
+    Why the admin API could not be reached, in the proxy's words rather
+    than Python's exception text.
+    """
+
+    def test_words(self) -> None:
+        import errno
+        import socket
+
+        from meshproxy.cli import _reachReason
+
+        for reason, words in (
+            (ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"),
+             "connection refused (is meshproxy running, with its admin API there?)"),
+            (TimeoutError("timed out"), "no answer within 10 s"),
+            (socket.gaierror(-2, "Name or service not known"), "unknown host"),
+            (OSError(errno.ENETUNREACH, "Network is unreachable"), "network is unreachable"),
+            ("something else", "something else"),
+        ):
+            self.assertEqual(_reachReason(reason, 10.0), words)
+            self.assertNotIn("Errno", _reachReason(reason, 10.0))
+
+
 class HelpAndVersionTests(SynchronousTestCase):
     """
     C{--help} and C{--version} answer on standard output and exit 0.
@@ -218,6 +246,9 @@ class HelpAndVersionTests(SynchronousTestCase):
             (["check", "--help"], "usage: meshproxy check [-h] CONFIG"),
             (["explain", "--help"], "usage: meshproxy explain [-h] [--admin URL]"),
             (["schema", "--help"], "usage: meshproxy schema [-h]"),
+            (["rules", "--help"], "usage: meshproxy rules [-h] COMMAND ..."),
+            (["rules", "reset", "--help"],
+             "usage: meshproxy rules reset [-h] [--config CONFIG] ROUTER"),
         ):
             self.stdout.seek(0)
             self.stdout.truncate()
@@ -226,6 +257,9 @@ class HelpAndVersionTests(SynchronousTestCase):
         self.assertIn("check     validate a config file", self.helpOf(["--help"]))
         self.assertIn("schema    print the JSON Schema", self.helpOf(["--help"]))
         self.assertIn("--name NAME", self.helpOf(["explain", "--help"]))
+        self.assertIn("rules     manage the rules saved through the admin API",
+                      self.helpOf(["--help"]))
+        self.assertIn("reset     go back to the config's rules", self.helpOf(["rules", "--help"]))
         self.assertEqual(self.stderr.getvalue(), "")
 
     def helpOf(self, argv: list[str]) -> str:
@@ -497,4 +531,161 @@ class ExplainAgainstAdminAPITests(TestCase):
             environ={},
         )
         self.assertEqual(status, 1)
-        self.assertIn("cannot reach the admin API at " + closed, err.getvalue())
+        self.assertEqual(
+            err.getvalue(),
+            "meshproxy explain: cannot reach the admin API at %s: connection refused"
+            " (is meshproxy running, with its admin API there?)\n" % (closed,),
+        )
+
+
+RULES_CONFIG = """\
+admin: {listen: "tcp:9991:interface=127.0.0.1"%(admin)s}
+namers:
+  - {kind: static, prefix: /#/static, services: {hello: ["127.0.0.1:9001"], pg: ["127.0.0.1:5432"]}}
+routers:
+  - name: web
+    listen: "tcp:4141:interface=127.0.0.1"
+    rules: "/svc => /#/static;"
+  - name: db
+    protocol: tcp
+    listen: "tcp:5433:interface=127.0.0.1"
+    destination: /#/static/pg
+"""
+
+
+class RulesResetTests(SynchronousTestCase):
+    """
+    C{meshproxy rules reset ROUTER --config CONFIG} deletes the rules the
+    admin API saved for the router, found where the proxy keeps them.
+    """
+
+    def setUp(self) -> None:
+        self.out, self.err = io.StringIO(), io.StringIO()
+        self.patch(sys, "stdout", self.out)
+        self.patch(sys, "stderr", self.err)
+        self.directory = os.path.abspath(self.mktemp())
+        os.mkdir(self.directory)
+
+    def config(self, admin: str = "") -> str:
+        path = os.path.join(self.directory, "mesh.yaml")
+        with open(path, "w") as f:
+            f.write(RULES_CONFIG % {"admin": admin})
+        return path
+
+    def saveRules(self, path: str, stateDir: str) -> str:
+        """
+        Save rules as the admin API does, through the proxy's own store.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from meshproxy.config import loadConfig
+        from meshproxy.tap import buildServices
+
+        runtime, _ = buildServices(loadConfig(path), reactor=MemoryReactorClock(), configPath=path)
+        store = runtime.rulesStores["web"]
+        store.replace("/svc => /#/static;\n/x => /#/static;\n", "*", "test")
+        self.assertTrue(os.path.isfile(store.path))
+        self.assertEqual(os.path.dirname(store.path), stateDir)
+        return store.path
+
+    def test_deletesTheSavedRules(self) -> None:
+        """
+        The state file next to the config is deleted; at the next start the
+        router has the config's rules; a second reset has nothing to do.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from meshproxy.config import loadConfig
+        from meshproxy.tap import buildServices
+
+        path = self.config()
+        state = self.saveRules(path, self.directory)
+        self.assertEqual(main(["rules", "reset", "web", "--config", path]), 0)
+        self.assertFalse(os.path.exists(state))
+        self.assertEqual(
+            self.out.getvalue(),
+            "deleted %s: router web uses the config's rules from the next start of meshproxy"
+            " (a running one keeps its rules until it restarts)\n" % (state,),
+        )
+        runtime, _ = buildServices(loadConfig(path), reactor=MemoryReactorClock(), configPath=path)
+        self.assertEqual(runtime.routers["web"].rules.rulesText, "/svc => /#/static;")
+        self.out.truncate(0)
+        self.out.seek(0)
+        self.assertEqual(main(["rules", "reset", "web", "--config", path]), 0)
+        self.assertEqual(
+            self.out.getvalue(),
+            "router web has no saved rules (%s does not exist): it uses the config's\n"
+            % (state,),
+        )
+        self.assertEqual(self.err.getvalue(), "")
+
+    def test_stateDirFromTheConfig(self) -> None:
+        """
+        With C{admin.stateDir} (relative to the config file), the file is
+        looked for there.
+        """
+        path = self.config(", stateDir: state")
+        stateDir = os.path.join(self.directory, "state")
+        state = self.saveRules(path, stateDir)
+        self.assertEqual(main(["rules", "reset", "web", "--config", path]), 0)
+        self.assertFalse(os.path.exists(state))
+
+    def test_pathAsTheStoreNamesIt(self) -> None:
+        """
+        The command's file name is the rules store's, even for names that
+        need quoting.
+        """
+        from meshproxy.admin.rules import RulesStore
+        from meshproxy.cli import rulesStatePath
+
+        class Router:
+            name = "a b/c%"
+            rulesText = ""
+
+        class Clock:
+            def seconds(self) -> float:
+                return 0.0
+
+        store = RulesStore(Router(), stateDir="/var/lib/meshproxy", clock=Clock())
+        self.assertEqual(rulesStatePath("/var/lib/meshproxy", Router.name), store.path)
+
+    def test_unknownRouterAndTcpRouter(self) -> None:
+        path = self.config()
+        self.assertEqual(main(["rules", "reset", "nope", "--config", path]), 1)
+        self.assertEqual(main(["rules", "reset", "db", "--config", path]), 1)
+        self.assertEqual(self.err.getvalue(), (
+            "meshproxy rules reset: %s has no router nope (its routers: web, db)\n"
+            "meshproxy rules reset: router db is a TCP router: it has no rules\n" % (path,)
+        ))
+        self.assertEqual(self.out.getvalue(), "")
+
+    def test_invalidConfig(self) -> None:
+        path = os.path.join(self.directory, "bad.yaml")
+        with open(path, "w") as f:
+            f.write("routers: [{name: web, listen: 'tcp:4140', timeouts: {total: fast}}]\n")
+        self.assertEqual(main(["rules", "reset", "web", "--config", path]), 1)
+        self.assertTrue(self.err.getvalue().startswith(path + ": invalid\n"), self.err.getvalue())
+        self.assertIn("routers[0].timeouts.total", self.err.getvalue())
+
+    def test_cannotDelete(self) -> None:
+        """
+        A file that cannot be deleted is named with the reason in words.
+        """
+        import errno
+
+        path = self.config()
+        state = self.saveRules(path, self.directory)
+
+        def refuse(name: str) -> None:
+            raise PermissionError(errno.EACCES, "Permission denied", name)
+
+        self.patch(os, "remove", refuse)
+        self.assertEqual(main(["rules", "reset", "web", "--config", path]), 1)
+        self.assertEqual(
+            self.err.getvalue(),
+            "meshproxy rules reset: cannot delete %s: permission denied\n" % (state,),
+        )
+
+    def test_embeddedDemoSavesNothing(self) -> None:
+        self.assertEqual(main(["rules", "reset", "web"]), 0)
+        self.assertIn("nothing to reset: the embedded demo", self.out.getvalue())

@@ -182,7 +182,7 @@ class FileNamerTests(SynchronousTestCase):
         file again.
         """
         self.write("users", "10.0.0.1:80\n")
-        namer = self.namer()
+        namer = self.namer(start=False)
         reads = self.countReads()
         observable = namer.bind("users")
         self.assertIs(namer.bind("users"), observable)
@@ -239,7 +239,7 @@ class FileNamerTests(SynchronousTestCase):
         """
         self.write("users", "\ufeff10.0.0.1:80\n".encode("utf-8"))
         self.assertEqual(self.namer().bind("users").current, bound("10.0.0.1:80"))
-        self.assertEqual(self.logged(), ["users: 1 endpoints"])
+        self.assertEqual(self.logged(), ["namer /#/fs: 1 service in %s: users" % (self.root,)])
 
     def test_reloadOnChange(self):
         """
@@ -667,6 +667,149 @@ class FileNamerTests(SynchronousTestCase):
         self.clock.advance(1)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 2)
         self.assertEqual((a.current, b.current), (bound("10.0.0.2:80"),) * 2)
+
+
+class FirstLoadTests(SynchronousTestCase):
+    """
+    The first load of a file namer (L{INamer.loaded}, L{INamer.whenLoaded}):
+    one scan of the directory at start.
+    """
+
+    def setUp(self):
+        self.root = self.mktemp()
+        os.mkdir(self.root)
+        self.clock = Clock()
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def write(self, name, content):
+        with open(os.path.join(self.root, name), "w") as f:
+            f.write(content)
+
+    def logged(self):
+        texts = [
+            formatEvent(event)
+            for event in self.events
+            if event.get("log_namespace") == fileModule.__name__
+        ]
+        del self.events[:]
+        return texts
+
+    def start(self, namer):
+        namer.startService()
+        self.addCleanup(lambda: namer.running and namer.stopService())
+
+    def test_loadedOnceStartHasScanned(self):
+        """
+        A namer is not loaded before it starts; starting it scans the
+        directory, which is its first load: L{whenLoaded} fires then, and at
+        once afterwards.
+        """
+        self.write("users", "10.0.0.1:80\n")
+        namer = FileNamer("/#/fs", self.root, reactor=self.clock)
+        d = namer.whenLoaded()
+        self.assertFalse(namer.loaded)
+        self.assertNoResult(d)
+        self.start(namer)
+        self.assertTrue(namer.loaded)
+        self.assertIsNone(self.successResultOf(d))
+        self.assertIsNone(self.successResultOf(namer.whenLoaded()))
+        namer.stopService()
+        self.assertTrue(namer.loaded)
+
+    def test_scanReadsEveryServiceFile(self):
+        """
+        The scan reads every service file (not dotfiles, temporary files or
+        subdirectories) before any request, and says what it found in one
+        line; the first bind then reads nothing.
+        """
+        self.write("users", "10.0.0.1:80\n")
+        self.write("orders", "10.0.0.2:80\n10.0.0.3:80\n")
+        self.write(".hidden", "10.0.0.4:80\n")
+        self.write("orders.tmp", "10.0.0.4:80\n")
+        os.mkdir(os.path.join(self.root, "sub"))
+        reads = []
+        original = fileModule._readFile
+        self.patch(
+            fileModule, "_readFile", lambda path, size: reads.append(path) or original(path, size)
+        )
+        namer = FileNamer("/#/fs", self.root, reactor=self.clock)
+        self.start(namer)
+        self.assertEqual(
+            sorted(reads), [os.path.join(self.root, n) for n in ("orders", "users")]
+        )
+        self.assertEqual(
+            self.logged(), ["namer /#/fs: 2 services in %s: orders, users" % (self.root,)]
+        )
+        self.assertEqual(
+            namer.bind("orders").current,
+            Addr.bound(frozenset([Endpoint("10.0.0.2", 80), Endpoint("10.0.0.3", 80)])),
+        )
+        self.assertEqual(len(reads), 2)
+
+    def test_scanOfAMissingDirectoryIsALoad(self):
+        """
+        A directory that does not exist is an answer (no service): the
+        namer is loaded, and says why it knows nothing.
+        """
+        os.rmdir(self.root)
+        namer = FileNamer("/#/fs", self.root, reactor=self.clock)
+        self.start(namer)
+        self.assertTrue(namer.loaded)
+        [message] = self.logged()
+        self.assertIn("does not exist", message)
+
+    def test_scanFailureIsStillALoad(self):
+        """
+        An unexpected error during the scan is logged and does not keep the
+        namer from being loaded (readiness would wait for nothing).
+        """
+        self.write("users", "10.0.0.1:80\n")
+        namer = FileNamer("/#/fs", self.root, reactor=self.clock)
+        self.patch(namer, "_check", lambda watch: 1 / 0)
+        self.start(namer)
+        self.assertTrue(namer.loaded)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_cancelledWaitIsForgotten(self):
+        """
+        A cancelled L{whenLoaded} fails with L{CancelledError}; the others
+        still fire.
+        """
+        from twisted.internet.defer import CancelledError
+
+        namer = FileNamer("/#/fs", self.root, reactor=self.clock)
+        cancelled, kept = namer.whenLoaded(), namer.whenLoaded()
+        cancelled.cancel()
+        self.failureResultOf(cancelled, CancelledError)
+        self.start(namer)
+        self.successResultOf(kept)
+
+    def test_noGoneLineForAFileThatNeverExisted(self):
+        """
+        A name asked for that never had a file is unknown without a word
+        (Host headers and typos would fill the log with "is gone"); a file
+        that existed and was removed is logged once.
+        """
+        path = os.path.join(self.root, "users")
+        self.write("users", "10.0.0.1:80\n")
+        namer = _FollowedFileNamer("/#/fs", self.root, reactor=self.clock)
+        self.start(namer)
+        ghost = namer.bind("ghost")
+        users = namer.bind("users")
+        self.clock.pump([1] * 3)
+        self.logged()
+        os.remove(path)
+        self.clock.pump([1] * 3)
+        self.assertEqual((ghost.current, users.current), (Addr.neg(), Addr.neg()))
+        self.assertEqual(self.logged(), ["%s is gone; users is unknown" % (path,)])
+        self.write("users", "10.0.0.1:80\n")
+        self.clock.advance(1)
+        self.assertEqual(self.logged(), ["%s: 1 endpoints" % (path,)])
+        os.remove(path)
+        self.clock.advance(1)
+        self.assertEqual(self.logged(), ["%s is gone; users is unknown" % (path,)])
 
 
 class _FollowedFileNamer(FileNamer):

@@ -25,6 +25,14 @@ class StaticNamerTests(SynchronousTestCase):
         self.assertTrue(IService.providedBy(namer))
         self.assertEqual(str(namer.prefix), "/#/static")
 
+    def test_loadedFromTheStart(self):
+        """
+        A static namer has nothing to load: it is loaded before it starts.
+        """
+        namer = StaticNamer("/#/static", {"users": ["127.0.0.1:8081"]})
+        self.assertTrue(namer.loaded)
+        self.assertIsNone(self.successResultOf(namer.whenLoaded()))
+
     def test_bindKnownService(self):
         """
         A service in the mapping is bound to its endpoints, given as

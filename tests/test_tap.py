@@ -6,7 +6,7 @@ service tree.
 import io
 import sys
 
-from twisted.application.service import IServiceMaker
+from twisted.application.service import IServiceMaker, Service
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.python import usage
@@ -451,14 +451,14 @@ class TwistdProcessTests(SynchronousTestCase):
     far as binding a port.
     """
 
-    def twistd(self, *args):
+    def twistd(self, *args, cwd=None):
         import os
         import subprocess
 
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         result = subprocess.run(
             [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", *args],
-            cwd=here,
+            cwd=cwd or here,
             env={**os.environ, "PYTHONPATH": here},
             capture_output=True,
             text=True,
@@ -487,6 +487,62 @@ class TwistdProcessTests(SynchronousTestCase):
             ),
         )
 
+    def portInUse(self):
+        """
+        A port bound and listened on by this test on 127.0.0.1.
+        """
+        import socket
+
+        sock = socket.socket()
+        self.addCleanup(sock.close)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        return sock.getsockname()[1]
+
+    def assertEndsWithTheLine(self, config, line):
+        """
+        twistd with C{config}, run in a directory of its own (where twistd
+        writes its pid file), exits 1 with C{line} once, and no traceback.
+        """
+        import os
+
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        path = os.path.join(directory, "mesh.yaml")
+        with open(path, "w") as f:
+            f.write(config)
+        code, out, err = self.twistd("--nodaemon", "meshproxy", "--config", path, cwd=directory)
+        both = out + err
+        self.assertEqual(code, 1, both)
+        self.assertNotIn("Traceback", both)
+        self.assertEqual(
+            [l.split("] ", 1)[-1] for l in both.splitlines() if "cannot listen" in l], [line], both
+        )
+        # twistd removed its pid file, as after a clean stop.
+        self.assertNotIn("twistd.pid", os.listdir(directory))
+
+    def test_routerPortInUse(self):
+        """
+        A router port in use ends the process with one line naming the
+        router and the endpoint, exit status 1 and no traceback.
+        """
+        port = self.portInUse()
+        config = GOOD.replace("tcp:9991:", "tcp:0:").replace("tcp:4141:", "tcp:%d:" % port)
+        self.assertEndsWithTheLine(
+            config,
+            "router web: cannot listen on tcp:%d:interface=127.0.0.1: address already in use"
+            % (port,),
+        )
+
+    def test_adminPortInUse(self):
+        port = self.portInUse()
+        config = GOOD.replace("tcp:9991:", "tcp:%d:" % port).replace("tcp:4141:", "tcp:0:")
+        self.assertEndsWithTheLine(
+            config,
+            "admin: cannot listen on tcp:%d:interface=127.0.0.1: address already in use"
+            % (port,),
+        )
+
     def test_versionAndHelp(self):
         import meshproxy
 
@@ -496,3 +552,487 @@ class TwistdProcessTests(SynchronousTestCase):
         code, out, err = self.twistd("meshproxy", "--help")
         self.assertEqual((code, err), (0, ""))
         self.assertIn("--config=", out)
+
+
+class _SlowNamer:
+    """
+    A namer whose first load ends when the test says so.
+    """
+
+    def __init__(self, prefix):
+        from meshproxy.discovery.interfaces import FirstLoad
+
+        self.prefix = prefix
+        self._load = FirstLoad()
+
+    @property
+    def loaded(self):
+        return self._load.done
+
+    def whenLoaded(self):
+        return self._load.wait()
+
+    def finish(self):
+        self._load.finish()
+
+
+class _FakeListener:
+    """
+    A listener bound when the test says so.
+    """
+
+    def __init__(self, description):
+        self.description = description
+        self.bound = False
+        self._waiting = []
+
+    def whenBound(self):
+        from twisted.internet.defer import Deferred, succeed
+
+        if self.bound:
+            return succeed(self)
+        d = Deferred()
+        self._waiting.append(d)
+        return d
+
+    def bind(self):
+        self.bound = True
+        for d in self._waiting:
+            d.callback(self)
+
+
+def _capture(testCase, namespace="meshproxy.tap"):
+    """
+    Collect the text of the events logged in C{namespace} from now on.
+    """
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    events = []
+
+    def observer(event):
+        if event.get("log_namespace") == namespace:
+            events.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    testCase.addCleanup(globalLogPublisher.removeObserver, observer)
+
+    def texts():
+        found = [formatEvent(event) for event in events]
+        del events[:]
+        return found
+
+    return texts
+
+
+class ReadinessTests(SynchronousTestCase):
+    """
+    L{Runtime.isReady} and L{Runtime.waitingFor}: every listener bound and
+    every namer loaded once, or 10 s after the start with the namers still
+    loading named. On a fake clock.
+    """
+
+    def setUp(self):
+        from twisted.internet.task import Clock
+
+        from meshproxy.tap import Runtime
+
+        self.clock = Clock()
+        self.runtime = Runtime(reactor=self.clock)
+        self.listener = _FakeListener("web (tcp:4140)")
+        self.namer = _SlowNamer("/#/slow")
+        self.runtime.listeners.append(self.listener)
+        self.runtime.namers.append(self.namer)
+        self.logged = _capture(self)
+
+    def start(self):
+        self.runtime.startService()
+        self.addCleanup(lambda: self.runtime.running and self.runtime.stopService())
+
+    def test_readyOnceBoundAndLoaded(self):
+        """
+        Ready once the listener is bound and the namer loaded, whatever the
+        order; then the one "ready" line is logged and no timer is left.
+        """
+        self.start()
+        self.assertFalse(self.runtime.isReady())
+        self.assertEqual(self.runtime.waitingFor(), ["listener web (tcp:4140)", "namer /#/slow"])
+        self.namer.finish()
+        self.assertFalse(self.runtime.isReady())
+        self.assertEqual(self.runtime.waitingFor(), ["listener web (tcp:4140)"])
+        self.listener.bind()
+        self.assertTrue(self.runtime.isReady())
+        self.assertEqual(self.runtime.waitingFor(), [])
+        self.assertEqual(self.logged(), ["ready: 1 listener bound, 1 namer loaded"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_readyAfterTenSecondsNamingTheLaggards(self):
+        """
+        A namer still loading 10 s after the start no longer holds readiness
+        back: the process is ready, and both C{waitingFor} and the log name
+        the namer.
+        """
+        self.start()
+        self.listener.bind()
+        self.clock.advance(9.9)
+        self.assertFalse(self.runtime.isReady())
+        self.assertEqual(self.runtime.waitingFor(), ["namer /#/slow"])
+        self.assertEqual(self.logged(), [])
+        self.clock.advance(0.1)
+        self.assertTrue(self.runtime.isReady())
+        self.assertEqual(
+            self.runtime.waitingFor(), ["namer /#/slow (still loading after 10 s)"]
+        )
+        self.assertEqual(
+            self.logged(), ["ready after 10 s without waiting any longer for namer /#/slow"]
+        )
+        self.namer.finish()
+        self.assertEqual(self.runtime.waitingFor(), [])
+        self.assertTrue(self.runtime.isReady())
+
+    def test_listenersAreNeverWaived(self):
+        """
+        The fallback is for namers only: an unbound listener keeps the
+        process unready after 10 s.
+        """
+        self.start()
+        self.namer.finish()
+        self.clock.advance(60)
+        self.assertFalse(self.runtime.isReady())
+        self.assertEqual(self.runtime.waitingFor(), ["listener web (tcp:4140)"])
+
+    def test_notReadyBeforeTheStart(self):
+        """
+        Before the start the clock does not run: however late it is, loading
+        namers hold readiness back.
+        """
+        self.listener.bind()
+        self.clock.advance(100)
+        self.assertFalse(self.runtime.isReady())
+
+    def test_stopCancelsTheTimer(self):
+        self.start()
+        self.runtime.stopService()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+SLOW = """\
+admin: {listen: "tcp:9991:interface=127.0.0.1"}
+namers:
+  - {kind: static, prefix: /#/static, services: {hello: ["127.0.0.1:9001"]}}
+  - {kind: file, prefix: /#/fs, root: %(root)s}
+routers:
+  - name: web
+    listen: "tcp:4141:interface=127.0.0.1"
+    rules: "/svc => /#/static;"
+"""
+
+
+class ReadyRouteTests(SynchronousTestCase):
+    """
+    C{GET /ready} of a process built from a config, on a memory reactor.
+    """
+
+    def build(self, slowPrefix=None):
+        import os
+
+        from twisted.internet.testing import MemoryReactorClock
+
+        from meshproxy import tap
+        from meshproxy.config import parseConfig
+
+        root = os.path.abspath(self.mktemp())
+        os.mkdir(root)
+        with open(os.path.join(root, "users"), "w") as f:
+            f.write("127.0.0.1:9002\n")
+        slow = []
+        if slowPrefix is not None:
+            original = tap.makeNamer
+
+            def makeNamer(config, *, reactor):
+                namer = original(config, reactor=reactor)
+                if config.prefix == slowPrefix:
+                    # The file namer, with a first load that does not end.
+                    from meshproxy.discovery.interfaces import FirstLoad
+
+                    namer._firstLoad = FirstLoad()
+                    namer.scan = lambda: None
+                    slow.append(namer)
+                return namer
+
+            self.patch(tap, "makeNamer", makeNamer)
+        self.reactor = MemoryReactorClock()
+        runtime, services = buildServices(
+            parseConfig(SLOW % {"root": root}), reactor=self.reactor
+        )
+        [admin] = [s for s in services if getattr(s, "description", "").startswith("admin")]
+        return runtime, services, admin, slow
+
+    def ready(self, admin):
+        import json
+
+        from treq.testing import StubTreq
+
+        client = StubTreq(admin.factory.resource)
+        response = self.successResultOf(client.get("http://127.0.0.1:9991/ready"))
+        return response.code, json.loads(self.successResultOf(client.content(response)))
+
+    def start(self, services):
+        for s in services:
+            s.privilegedStartService()
+        for s in services:
+            s.startService()
+        self.addCleanup(lambda: [s.stopService() for s in reversed(services)])
+
+    def test_readyWhenStartedWithAFileNamer(self):
+        """
+        A file namer's first load is the scan of its directory at start: the
+        process is ready as soon as it has started.
+        """
+        runtime, services, admin, _ = self.build()
+        self.assertEqual(
+            self.ready(admin),
+            (503, {"ready": False, "waiting": [
+                "listener web (tcp:4141:interface=127.0.0.1)", "namer /#/fs"]}),
+        )
+        self.start(services)
+        self.assertEqual(self.ready(admin), (200, {"ready": True}))
+
+    def test_slowNamerNamedThenWaived(self):
+        """
+        A namer whose first load does not end is named by C{/ready} (503)
+        until 10 s after the start, then the process is ready.
+        """
+        runtime, services, admin, [slow] = self.build(slowPrefix="/#/fs")
+        self.start(services)
+        self.assertEqual(
+            self.ready(admin), (503, {"ready": False, "waiting": ["namer /#/fs"]})
+        )
+        self.reactor.advance(10)
+        code, body = self.ready(admin)
+        self.assertEqual((code, body["ready"]), (200, True))
+        self.assertEqual(runtime.waitingFor(), ["namer /#/fs (still loading after 10 s)"])
+
+
+class _RefusingReactor(MemoryReactorClock):
+    """
+    A memory reactor on which some ports cannot be bound.
+    """
+
+    def __init__(self, refused):
+        MemoryReactorClock.__init__(self)
+        self.refused = refused
+
+    def listenTCP(self, port, factory, backlog=50, interface=""):
+        from twisted.internet.error import CannotListenError
+
+        if port in self.refused:
+            raise CannotListenError(interface, port, self.refused[port])
+        return MemoryReactorClock.listenTCP(self, port, factory, backlog, interface)
+
+
+class ListenerTests(SynchronousTestCase):
+    """
+    Listeners: bind errors in the proxy's words, naming the router and the
+    endpoint; one log line per listener naming the same.
+    """
+
+    def test_listenProblemWords(self):
+        import errno
+        import socket
+
+        from twisted.internet.error import CannotListenError
+
+        from meshproxy.tap import listenProblem
+
+        def refused(code, text):
+            return CannotListenError("127.0.0.1", 4140, OSError(code, text))
+
+        for error, words in (
+            (refused(errno.EADDRINUSE, "Address already in use"), "address already in use"),
+            (refused(errno.EADDRNOTAVAIL, "Cannot assign requested address"),
+             "no such address on this host"),
+            (refused(errno.EACCES, "Permission denied"),
+             "permission denied (a port below 1024 needs root or CAP_NET_BIND_SERVICE)"),
+            (CannotListenError("nowhere", 4140, socket.gaierror(-2, "Name or service not known")),
+             "unknown interface address"),
+            (OSError(errno.ENOENT, "No such file or directory"), "no such file or directory"),
+            (OSError(errno.EMFILE, "Too many open files"), "too many open files"),
+            (ValueError("bad endpoint"), "bad endpoint"),
+            (RuntimeError(), "RuntimeError"),
+        ):
+            self.assertEqual(listenProblem(error), words)
+
+    def test_bindErrorNamesRouterAndEndpoint(self):
+        """
+        A router's or the admin API's listener that cannot be bound raises
+        L{CannotListen}, whose text names the owner, the endpoint as the
+        config gives it, and the reason.
+        """
+        import errno
+
+        from meshproxy.config import parseConfig
+        from meshproxy.tap import CannotListen
+
+        busy = OSError(errno.EADDRINUSE, "Address already in use")
+        for port, line in (
+            (4141, "router web: cannot listen on tcp:4141:interface=127.0.0.1:"
+                   " address already in use"),
+            (9991, "admin: cannot listen on tcp:9991:interface=127.0.0.1:"
+                   " address already in use"),
+        ):
+            reactor = _RefusingReactor({port: busy})
+            _, services = buildServices(parseConfig(GOOD), reactor=reactor)
+            listener = [s for s in services if getattr(s, "listen", "").startswith("tcp:%d" % port)][0]
+            e = self.assertRaises(CannotListen, listener.privilegedStartService)
+            self.assertEqual(str(e), line)
+            self.assertFalse(listener.bound)
+            self.successResultOf(listener.stopService())
+
+    def test_lateBindErrorStopsTheProcess(self):
+        """
+        An endpoint that fails after C{listen} returned (none that Twisted
+        ships does) cannot stop the start any more: the line is logged and
+        the reactor stopped.
+        """
+        import errno
+
+        from twisted.internet.defer import Deferred
+        from twisted.internet.error import CannotListenError
+        from twisted.internet.protocol import Factory
+
+        from meshproxy.tap import _ListenerService
+
+        class LateEndpoint:
+            def listen(self, factory):
+                self.waiting = Deferred()
+                return self.waiting
+
+        endpoint = LateEndpoint()
+        reactor = MemoryReactorClock()
+        listener = _ListenerService(
+            endpoint, Factory(), owner="router web", listen="systemd:domain=INET:index=0",
+            name="web", reactor=reactor,
+        )
+        logged = _capture(self)
+        listener.privilegedStartService()
+        endpoint.waiting.errback(
+            CannotListenError("", 0, OSError(errno.EBADF, "Bad file descriptor"))
+        )
+        self.assertEqual(logged(), [
+            "router web: cannot listen on systemd:domain=INET:index=0: bad file descriptor"
+        ])
+        self.assertFalse(listener.bound)
+        reactor.advance(0)
+        self.assertTrue(reactor.hasStopped)
+
+    def test_processEndsWithTheLineAlone(self):
+        """
+        Under twistd, the top service logs the line, and the exception then
+        ends the process (status 1) without a traceback: the hook Python
+        calls prints nothing for it, and still prints other errors.
+        """
+        from meshproxy.tap import CannotListen, _ProcessService
+
+        class Failing(Service):
+            def privilegedStartService(self):
+                raise CannotListen("router web", "tcp:4140", "address already in use")
+
+        printed = []
+        self.patch(sys, "excepthook", lambda *args: printed.append(args))
+        top = _ProcessService()
+        Failing().setServiceParent(top)
+        logged = _capture(self)
+        e = self.assertRaises(CannotListen, top.privilegedStartService)
+        self.assertEqual(
+            logged(), ["router web: cannot listen on tcp:4140: address already in use"]
+        )
+        sys.excepthook(CannotListen, e, None)
+        self.assertEqual(printed, [])
+        other = ValueError("unexpected")
+        sys.excepthook(ValueError, other, None)
+        self.assertEqual(printed, [(ValueError, other, None)])
+
+    def test_listeningLines(self):
+        """
+        Each bound listener says so in one line naming its owner and its
+        endpoint; the factories say nothing more (not "Starting factory").
+        """
+        from meshproxy.config import parseConfig
+
+        reactor = MemoryReactorClock()
+        runtime, services = buildServices(parseConfig(TCP), reactor=reactor)
+        logged = _capture(self)
+        for s in services:
+            s.privilegedStartService()
+        self.assertEqual(logged(), [
+            "router web listening on tcp:4141:interface=127.0.0.1",
+            "router db listening on tcp:5433:interface=127.0.0.1",
+            "admin listening on tcp:9991:interface=127.0.0.1",
+        ])
+        for _, factory, _, _ in reactor.tcpServers:
+            self.assertFalse(factory.noisy)
+        self.assertEqual(
+            sorted(factory.logPrefix() for _, factory, _, _ in reactor.tcpServers),
+            ["admin", "router db", "router web"],
+        )
+
+    def test_chosenPortShown(self):
+        """
+        For C{tcp:0} the line adds the port the system chose.
+        """
+        from meshproxy.tap import _actualPort
+
+        class Port:
+            def getHost(self):
+                from twisted.internet.address import IPv4Address
+
+                return IPv4Address("TCP", "127.0.0.1", 43210)
+
+        self.assertEqual(_actualPort("tcp:0:interface=127.0.0.1", Port()), " (port 43210)")
+        self.assertEqual(_actualPort("tcp:4140", Port()), "")
+        self.assertEqual(_actualPort("unix:/run/m.sock", Port()), "")
+
+
+class SavedRulesLineTests(SynchronousTestCase):
+    """
+    At start, each HTTP router says where rules changed through the admin
+    API are kept and how to go back to the config's.
+    """
+
+    def test_whereAndHowBack(self):
+        import os
+
+        from meshproxy.config import loadConfig
+
+        directory = os.path.abspath(self.mktemp())
+        os.mkdir(directory)
+        path = os.path.join(directory, "mesh.yaml")
+        with open(path, "w") as f:
+            f.write(TCP)
+        state = os.path.join(directory, "rules-web.json")
+        command = "meshproxy rules reset web --config " + path
+        logged = _capture(self)
+        _, services = buildServices(loadConfig(path), reactor=MemoryReactorClock(), configPath=path)
+        self.assertEqual(logged(), [
+            "router web: rules changed through the admin API will be saved in %s and win"
+            " over the config's at the next start (undo: \"%s\", or delete that file,"
+            " then restart)" % (state, command),
+        ])
+        runtime = services[0]
+        runtime.rulesStores["web"].replace("/svc => /#/static;\n/x => /#/static;\n", "*", "test")
+        buildServices(loadConfig(path), reactor=MemoryReactorClock(), configPath=path)
+        self.assertEqual(logged(), [
+            "router web: using the rules saved through the admin API in %s, not the"
+            " config's; to go back to the config's rules, run \"%s\" (or delete that"
+            " file) and restart" % (state, command),
+        ])
+
+    def test_demoKeepsThemInMemory(self):
+        logged = _capture(self)
+        options = Options()
+        options.parseOptions([])
+        makeService(options, reactor=MemoryReactorClock())
+        self.assertEqual(logged(), [
+            "router web: rules changed through the admin API are kept in memory only"
+            " (lost when meshproxy stops)",
+        ])

@@ -796,10 +796,16 @@ class AdminAPI:
         """
         Readiness: 200 C{{"ready": true}} once C{runtime.isReady()}, else
         503 C{{"ready": false, "waiting": [...]}} listing what it waits for.
+        Ready with namers still loading (after the runtime stopped waiting
+        for them), the 200 lists them too: C{{"ready": true, "waiting":
+        ["namer /#/x (still loading after 10 s)"]}}.
         """
-        if self._runtime.isReady():
-            return _json(request, {"ready": True})
         waiting = [str(what) for what in self._runtime.waitingFor()]
+        if self._runtime.isReady():
+            body: dict[str, Any] = {"ready": True}
+            if waiting:
+                body["waiting"] = waiting
+            return _json(request, body)
         return _json(request, {"ready": False, "waiting": waiting}, 503)
 
     @app.route("/metrics", methods=["GET"])

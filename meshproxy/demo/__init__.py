@@ -46,42 +46,52 @@ def demoConfigText():
     return DEMO_CONFIG % {"root": endpointsRoot().replace("\\", "/")}
 
 
-def demoUpstreamServices(reactor):
+def demoUpstreamSite(label):
     """
-    The demo upstream servers, as services to add to the process.
+    The site of one demo upstream: it answers every request with
+    C{"<label>: <method> <path>"}, so that balancing is visible.
 
-    Each answers every request with C{"<service>-<n> (127.0.0.1:<port>)"}
-    and echoes the method and path, so that balancing is visible.
-
-    @param reactor: the reactor to listen with.
-    @return: a list of L{IService}.
+    @param label: how the upstream names itself, C{"hello-1 (127.0.0.1:8081)"}.
+    @return: a quiet L{twisted.web.server.Site} (no access log).
     """
-    from twisted.application.internet import StreamServerEndpointService
-    from twisted.internet.endpoints import TCP4ServerEndpoint
     from twisted.web.resource import Resource
     from twisted.web.server import Site
 
     class Hello(Resource):
         isLeaf = True
 
-        def __init__(self, label):
-            Resource.__init__(self)
-            self.label = label
-
         def render(self, request):
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return (
                 "%s: %s %s\n"
-                % (self.label, request.method.decode("ascii"), request.uri.decode("ascii", "replace"))
+                % (label, request.method.decode("ascii"), request.uri.decode("ascii", "replace"))
             ).encode("utf-8")
+
+    site = Site(Hello())
+    site.noisy = False
+    site.log = lambda request: None
+    # Twisted's "... starting on 8081" then names the upstream.
+    site.logPrefix = lambda: "demo upstream " + label.split(" ", 1)[0]
+    return site
+
+
+def demoUpstreamServices(reactor):
+    """
+    The demo upstream servers, as services to add to the process.
+
+    Each answers every request with C{"<service>-<n> (127.0.0.1:<port>)"}
+    and echoes the method and path (see L{demoUpstreamSite}).
+
+    @param reactor: the reactor to listen with.
+    @return: a list of L{IService}.
+    """
+    from twisted.application.internet import StreamServerEndpointService
+    from twisted.internet.endpoints import TCP4ServerEndpoint
 
     services = []
     for name, ports in sorted(DEMO_UPSTREAMS.items()):
         for i, port in enumerate(ports, 1):
-            label = "%s-%d (127.0.0.1:%d)" % (name, i, port)
-            site = Site(Hello(label))
-            site.noisy = False
-            site.log = lambda request: None
+            site = demoUpstreamSite("%s-%d (127.0.0.1:%d)" % (name, i, port))
             endpoint = TCP4ServerEndpoint(reactor, port, interface="127.0.0.1")
             services.append(StreamServerEndpointService(endpoint, site))
     return services

@@ -22,6 +22,11 @@ How changes map to what the router sees:
   - a file that cannot be read or has no valid line at all: the last good set
     is kept and the reason logged once (L{Addr.failed} if there never was a
     good set).
+
+At start the namer scans the directory once and reads every service file in
+it, so that the first requests find their services loaded and a bad file is
+reported at once; that scan is its first load (L{INamer.whenLoaded}). A
+service whose file appears later is read when it is first asked for.
 """
 
 from __future__ import annotations
@@ -31,13 +36,14 @@ import stat
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from meshproxy.discovery.endpoints import Addr, Endpoint, Observable
-from meshproxy.discovery.interfaces import INamer, _asPrefix
+from meshproxy.discovery.interfaces import FirstLoad, INamer, _asPrefix
 
 __all__ = ["FileNamer", "parseEndpoints", "isServiceName"]
 
@@ -49,6 +55,9 @@ MaxFileBytes = 1 << 20
 
 # How many bad lines of one file are logged one by one.
 _maxLoggedLines = 10
+
+# How many service names the line logged after the first scan lists.
+_maxListedServices = 10
 
 _ignoredSuffixes = ("~", ".swp", ".tmp")
 
@@ -154,9 +163,11 @@ class _Watch:
         rejected as invalid); C{None} forces a read at the next poll.
     @ivar good: whether C{observable} holds a set read from the file.
     @ivar problem: the last problem logged, so that it is logged once.
+    @ivar seen: whether the file was there at the last look, so that only
+        the removal of a file that existed is logged.
     """
 
-    __slots__ = ("name", "path", "observable", "key", "good", "problem")
+    __slots__ = ("name", "path", "observable", "key", "good", "problem", "seen")
 
     def __init__(self, name: str, path: str) -> None:
         self.name = name
@@ -165,6 +176,7 @@ class _Watch:
         self.key: tuple[int, int, int, int] | None = None
         self.good = False
         self.problem: str | None = None
+        self.seen = False
 
 
 @implementer(INamer)
@@ -179,8 +191,9 @@ class FileNamer(Service):
     File I/O happens on the reactor thread: the files are small, and are read
     only when they change.
 
-    The namer remembers every service it was asked to bind, for as long as it
-    lives (a name with no file costs one failed C{stat} per poll).
+    The namer remembers every service it was asked to bind or found at its
+    first scan, for as long as it lives (a name with no file costs one
+    failed C{stat} per poll; unknown names nobody follows are forgotten).
     """
 
     def __init__(
@@ -209,6 +222,22 @@ class FileNamer(Service):
         self._unknown = Observable(Addr.neg())
         self._rootProblem: str | None = None
         self._loop: LoopingCall | None = None
+        self._firstLoad = FirstLoad()
+        self._scanning = False
+
+    @property
+    def loaded(self) -> bool:
+        """
+        See L{INamer.loaded}: whether the directory was scanned once.
+        """
+        return self._firstLoad.done
+
+    def whenLoaded(self) -> Deferred:
+        """
+        See L{INamer.whenLoaded}: fires once the directory was scanned once,
+        which L{startService} does.
+        """
+        return self._firstLoad.wait()
 
     def bind(self, service: str) -> Observable:
         """
@@ -230,9 +259,10 @@ class FileNamer(Service):
 
     def startService(self) -> None:
         """
-        Start polling the directory.
+        Scan the directory (the first load), then poll it.
         """
         super().startService()
+        self.scan()
         self._loop = LoopingCall(self.poll)
         self._loop.clock = self._reactor
         self._loop.start(self.interval, now=False)
@@ -245,6 +275,54 @@ class FileNamer(Service):
             self._loop.stop()
         self._loop = None
         return super().stopService()
+
+    def scan(self) -> None:
+        """
+        Read every service file of the directory not bound yet, log what was
+        found in one line, and mark the first load as done. Never raises.
+        """
+        self._scanning = True
+        try:
+            if not self._checkRoot():
+                return
+            try:
+                with os.scandir(self.root) as entries:
+                    names = sorted(
+                        entry.name
+                        for entry in entries
+                        if isServiceName(entry.name) and entry.is_file()
+                    )
+            except OSError as e:
+                _log.warn(
+                    "endpoint directory {root} cannot be listed: {problem}",
+                    root=self.root,
+                    problem=e.strerror or e,
+                )
+                return
+            for name in names:
+                if name not in self._watches:
+                    watch = self._watches[name] = _Watch(name, os.path.join(self.root, name))
+                    self._check(watch)
+            known = [
+                name for name in names
+                if self._watches.get(name) is not None
+                and self._watches[name].observable.current.kind == "bound"
+            ]
+            listed = ", ".join(known[:_maxListedServices])
+            if len(known) > _maxListedServices:
+                listed += ", ..."
+            _log.info(
+                "namer {prefix}: {services} in {root}{listed}",
+                prefix=str(self.prefix),
+                services="1 service" if len(known) == 1 else f"{len(known)} services",
+                root=self.root,
+                listed=": " + listed if listed else "",
+            )
+        except Exception:
+            _log.failure("scanning {root} failed", root=self.root)
+        finally:
+            self._scanning = False
+            self._firstLoad.finish()
 
     def poll(self) -> None:
         """
@@ -299,6 +377,7 @@ class FileNamer(Service):
                 watch.key = None
                 watch.good = False
                 watch.problem = None
+                watch.seen = False
                 watch.observable.set(Addr.neg())
             elif not watch.good:
                 watch.observable.set(Addr.failed(f"endpoint directory {self.root} {problem}"))
@@ -316,6 +395,7 @@ class FileNamer(Service):
         if not stat.S_ISREG(st.st_mode):
             self._notRegular(watch)
             return
+        watch.seen = True
         if _statKey(st) == watch.key:
             return
         try:
@@ -369,23 +449,29 @@ class FileNamer(Service):
         watch.good = True
         addr = Addr.bound(endpoints)
         if addr != watch.observable.current:
-            _log.info(
-                "{service}: {count} endpoints{empty}",
-                service=watch.name,
-                count=len(endpoints),
-                empty=" (the file has no entry)" if not entries else "",
-            )
+            if not self._scanning:
+                # The first scan sums up what it found in one line.
+                _log.info(
+                    "{path}: {count} endpoints{empty}",
+                    path=watch.path,
+                    count=len(endpoints),
+                    empty=" (the file has no entry)" if not entries else "",
+                )
             watch.observable.set(addr)
 
     def _removed(self, watch: _Watch) -> None:
-        if watch.observable.current.kind != "neg":
+        if watch.seen:
+            # Only a file that was there goes: a name asked for that never
+            # had a file (a Host header, a typo) is simply unknown.
             _log.info("{path} is gone; {service} is unknown", path=watch.path, service=watch.name)
+        watch.seen = False
         watch.key = None
         watch.good = False
         watch.problem = None
         watch.observable.set(Addr.neg())
 
     def _notRegular(self, watch: _Watch) -> None:
+        watch.seen = False
         if watch.problem != "not a regular file":
             _log.warn("{path} is not a regular file; {service} is unknown", path=watch.path, service=watch.name)
         watch.key = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
 from meshproxy.discovery.endpoints import Addr, Endpoint, Observable
@@ -34,8 +35,11 @@ class StaticNamer(Service):
     A namer over a fixed mapping of service names to endpoints.
 
     Every service in the mapping is bound (an empty list binds to an empty set
-    of endpoints); any other service is L{Addr.neg}.
+    of endpoints); any other service is L{Addr.neg}. It has nothing to load:
+    it is L{loaded<INamer.loaded>} from the start.
     """
+
+    loaded = True
 
     def __init__(
         self,
@@ -69,6 +73,12 @@ class StaticNamer(Service):
         See L{INamer.bind}.
         """
         return self._observables.get(service, self._unknown)
+
+    def whenLoaded(self) -> Deferred:
+        """
+        See L{INamer.whenLoaded}: already fired.
+        """
+        return succeed(None)
 
     def __repr__(self) -> str:
         return f"<StaticNamer {self.prefix} services={sorted(self._observables)}>"
