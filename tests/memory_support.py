@@ -1014,7 +1014,11 @@ class MemoryProxy:
                 )
         # The admin site schedules its channels' timeouts on its own
         # reactor, the global one unless told.
-        self.site = self.services[-1].factory
+        from meshproxy.admin.site import AdminSite
+
+        [self.site] = [
+            s.factory for s in self.services if isinstance(getattr(s, "factory", None), AdminSite)
+        ]
         self.site.reactor = net
         for service in self.services:
             if hasattr(service, "privilegedStartService"):
