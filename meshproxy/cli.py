@@ -298,7 +298,12 @@ def _explain(options, out, err, environ):
     except ExplainError as e:
         err.write("meshproxy explain: %s\n" % (e,))
         return 1
-    out.write(formatExplain(options.router, answer))
+    try:
+        text = formatExplain(options.router, answer)
+    except ExplainError as e:
+        err.write("meshproxy explain: %s\n" % (e,))
+        return 1
+    out.write(text)
     return 0
 
 
@@ -398,64 +403,49 @@ def _httpError(error):
 
 # -- formatting ---------------------------------------------------------------
 
-_TREE_KEYS = ("delegation", "tree", "explain", "steps")
-_NODE_KEYS = ("path", "dentry", "result", "children", "neg", "fail", "empty", "error", "repeated")
-
-
 def formatExplain(router, answer):
     """
     Format an explanation for a terminal.
 
-    Understands the delegation tree of L{meshproxy.routing.delegate.explain}
-    (nodes with C{path}, C{dentry}, C{result}, C{children}, C{bound},
-    C{neg}/C{fail}/C{empty}/C{error}, C{repeated}), found at the top level
-    or under C{delegation} (or C{tree}, C{explain}, C{steps}), and the
-    endpoints under C{endpoints} (a list, or a mapping of bound name to a
-    list or to C{{"endpoints": [...]}}) or C{bound} (a list of C{{"id",
-    "endpoints"}}), each endpoint with C{address}, C{state}, C{ewmaMs},
-    C{pending}, C{score} where known. Any other top-level text or number is
-    shown as C{key: value}.
+    C{answer} has the one shape of C{GET /admin/routers/{name}/explain}
+    (docs/admin.md): C{name}, C{rules}, C{delegation} (the tree of
+    L{meshproxy.routing.delegate.explain}: nodes with C{path}, C{dentry},
+    C{result}, C{children}, C{bound}, C{neg}/C{fail}/C{empty}/C{error},
+    C{repeated}), C{destination}, C{error} on a rules loop, and
+    C{endpoints} (bound name to its endpoints, each with C{address},
+    C{state}, C{ewmaMs}, C{pending}, C{score}, C{weight}).
 
     @param router: the router's name.
     @param answer: the decoded answer of the explain route.
     @return: the text, ending in a newline.
+    @raise ExplainError: when the answer does not have that shape (an
+        admin API of another version).
     """
-    lines = []
-    logical = answer.get("name")
-    lines.append("router %s%s" % (router, ": %s" % (logical,) if isinstance(logical, str) else ""))
-    root = _findTree(answer)
-    shown = {"name", "router", "endpoints", "bound"}
-    shown.update(_TREE_KEYS)
-    if root is answer:
-        shown.update(_NODE_KEYS)
-    for key in sorted(answer):
-        value = answer[key]
-        if key in shown or isinstance(value, (dict, list)) or value is None:
-            continue
-        if key == "dtab" or (isinstance(value, str) and "\n" in value):
-            lines.append("%s:" % (key,))
-            lines.extend("  " + line for line in str(value).splitlines())
-        else:
-            lines.append("%s: %s" % (key, _scalar(value)))
-    if root is not None:
-        lines.append("delegation:")
-        _formatNode(root, 1, lines)
-    elif isinstance(answer.get("steps"), list):
-        lines.append("steps:")
-        for step in answer["steps"]:
-            lines.append("  " + (_formatStep(step) if isinstance(step, dict) else str(step)))
-    groups = _endpointGroups(answer)
-    if groups:
+    missing = [key for key in ("name", "rules", "delegation", "destination", "endpoints")
+               if key not in answer]
+    if missing or not isinstance(answer.get("endpoints"), dict):
+        raise ExplainError(
+            "the admin API's answer is not an explanation (missing %s)"
+            % (", ".join(missing) or "endpoints")
+        )
+    lines = ["router %s: %s" % (router, answer["name"])]
+    lines.append("destination: %s" % (answer["destination"] or "none"))
+    if answer.get("error"):
+        lines.append("error: %s" % (answer["error"],))
+    lines.append("rules:")
+    lines.extend("  " + line for line in str(answer["rules"]).splitlines())
+    lines.append("delegation:")
+    _formatNode(answer["delegation"], 1, lines)
+    endpoints = answer["endpoints"]
+    if endpoints:
         lines.append("endpoints:")
-        for bound, endpoints in groups:
-            if bound:
-                lines.append("  %s" % (bound,))
-            if not endpoints:
+        for bound in sorted(endpoints):
+            lines.append("  %s" % (bound,))
+            listed = endpoints[bound] or []
+            if not listed:
                 lines.append("    (none)")
-            for endpoint in endpoints:
+            for endpoint in listed:
                 lines.append("    " + _formatEndpoint(endpoint))
-    elif root is None:
-        lines.append(json.dumps(answer, indent=2, sort_keys=True))
     return "\n".join(lines) + "\n"
 
 
@@ -465,16 +455,6 @@ def _scalar(value):
     if isinstance(value, float):
         return "%g" % (value,)
     return str(value)
-
-
-def _findTree(answer):
-    if isinstance(answer.get("children"), list):
-        return answer
-    for key in _TREE_KEYS:
-        value = answer.get(key)
-        if isinstance(value, dict):
-            return value
-    return None
 
 
 def _formatNode(node, depth, lines):
@@ -501,31 +481,6 @@ def _formatNode(node, depth, lines):
     lines.append(indent + text.strip())
     for child in node.get("children") or ():
         _formatNode(child, depth + 1, lines)
-
-
-def _formatStep(step):
-    return ", ".join("%s=%s" % (key, _scalar(step[key])) for key in sorted(step))
-
-
-def _endpointGroups(answer):
-    groups = []
-    endpoints = answer.get("endpoints")
-    if isinstance(endpoints, list):
-        groups.append(("", endpoints))
-    elif isinstance(endpoints, dict):
-        for bound in sorted(endpoints):
-            value = endpoints[bound]
-            if isinstance(value, dict):
-                value = value.get("endpoints")
-            groups.append((bound, value if isinstance(value, list) else []))
-    bound = answer.get("bound")
-    if isinstance(bound, list):
-        for entry in bound:
-            if isinstance(entry, dict):
-                listed = entry.get("endpoints")
-                groups.append((entry.get("id") or entry.get("name") or "",
-                               listed if isinstance(listed, list) else []))
-    return groups
 
 
 def _formatEndpoint(endpoint):

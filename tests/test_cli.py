@@ -34,7 +34,7 @@ RECORDED = json.loads("""
 {
  "router": "web",
  "name": "/svc/users",
- "dtab": "/svc => /#/fs;\\n/svc/users => /#/fs/users-v2 | /#/fs/users;\\n",
+ "rules": "/svc => /#/fs;\\n/svc/users => /#/fs/users-v2 | /#/fs/users;\\n",
  "delegation": {
   "path": "/svc/users", "dentry": null, "result": "/#/fs/users-v2 | /#/fs/users",
   "children": [
@@ -49,20 +49,23 @@ RECORDED = json.loads("""
     "children": [], "repeated": true}
   ]
  },
+ "destination": "/#/fs/users-v2 | /#/fs/users",
+ "boundNames": [],
  "endpoints": {
   "/#/fs/users": [
    {"address": "127.0.0.1:8081", "state": "live", "ewmaMs": 1.25, "pending": 0,
     "score": 1.25},
    {"address": "127.0.0.1:8082", "state": "draining", "ewmaMs": 0.0, "pending": 2}
   ],
-  "/#/fs/users-v2": {"endpoints": []}
+  "/#/fs/users-v2": []
  }
 }
 """)
 
 RECORDED_TEXT = """\
 router web: /svc/users
-dtab:
+destination: /#/fs/users-v2 | /#/fs/users
+rules:
   /svc => /#/fs;
   /svc/users => /#/fs/users-v2 | /#/fs/users;
 delegation:
@@ -81,46 +84,43 @@ endpoints:
 
 class FormatExplainTests(SynchronousTestCase):
     """
-    L{formatExplain}.
+    L{formatExplain}, for the one shape of the explain route's answer.
     """
 
     def test_recordedAnswer(self) -> None:
         self.assertEqual(formatExplain("web", RECORDED), RECORDED_TEXT)
 
-    def test_treeAtTheTopLevel(self) -> None:
-        answer = {"path": "/svc/x", "result": "~", "children": [], "neg": "no rule matches",
-                  "name": "/svc/x"}
-        self.assertEqual(
-            formatExplain("web", answer),
-            "router web: /svc/x\ndelegation:\n  /svc/x  -> ~  [neg: no rule matches]\n",
-        )
+    def test_realAnswerShape(self) -> None:
+        """
+        What the router's explain gives is what the formatter reads.
+        """
+        from tests.test_http_router import ALTERNATION, makeRouter
 
-    def test_endpointsAsAListAndBoundNames(self) -> None:
+        router = makeRouter(ALTERNATION)
+        text = formatExplain("web", router.explain(name="/svc/hello"))
+        self.assertIn("destination: /#/static/hello | /#/other/hello\n", text)
+        endpoints = text.split("  /#/static/hello\n", 1)[1]
+        self.assertIn("    127.0.0.1:9001  live  ewma 0 ms  pending 0  score 0  weight 1\n", endpoints)
+        self.assertIn("    127.0.0.1:9002  live", endpoints)
+
+    def test_loop(self) -> None:
         answer = {
-            "name": "/svc/a",
-            "identified": True,
-            "endpoints": [{"address": "10.0.0.1:80", "weight": 2}],
-            "bound": [{"id": "/#/fs/a", "endpoints": [{"address": "10.0.0.2:80"}]}],
+            "name": "/svc/loop", "rules": "/svc => /svc;", "destination": None,
+            "error": "too many rewrites", "boundNames": [], "endpoints": {},
+            "delegation": {"path": "/svc/loop", "dentry": None, "result": None,
+                           "error": "too many rewrites", "children": []},
         }
-        self.assertEqual(formatExplain("web", answer), (
-            "router web: /svc/a\n"
-            "identified: yes\n"
-            "endpoints:\n"
-            "    10.0.0.1:80  weight 2\n"
-            "  /#/fs/a\n"
-            "    10.0.0.2:80\n"
-        ))
+        text = formatExplain("web", answer)
+        self.assertIn("destination: none\nerror: too many rewrites\n", text)
+        self.assertIn("/svc/loop  [error: too many rewrites]", text)
+        self.assertNotIn("endpoints:", text)
 
-    def test_unknownShapeIsShownAsJSON(self) -> None:
-        text = formatExplain("web", {"surprise": [1, 2]})
-        self.assertEqual(text.splitlines()[0], "router web")
-        self.assertEqual(json.loads(text.split("\n", 1)[1]), {"surprise": [1, 2]})
+    def test_otherShapesRefused(self) -> None:
+        from meshproxy.cli import ExplainError
 
-    def test_delegationErrorIsShown(self) -> None:
-        answer = {"name": "/svc/loop", "delegation": {
-            "path": "/svc/loop", "dentry": None, "result": None,
-            "error": "too many rewrites", "children": []}}
-        self.assertIn("/svc/loop  [error: too many rewrites]", formatExplain("web", answer))
+        e = self.assertRaises(ExplainError, formatExplain, "web", {"surprise": [1, 2]})
+        self.assertIn("not an explanation", str(e))
+        self.assertRaises(ExplainError, formatExplain, "web", dict(RECORDED, endpoints=[]))
 
 
 class ArgumentTests(SynchronousTestCase):
@@ -132,7 +132,7 @@ class ArgumentTests(SynchronousTestCase):
         self.stderr = io.StringIO()
         self.patch(sys, "stderr", self.stderr)
         self.fetched: list[Any] = []
-        self.patch(cli, "fetchExplain", lambda *a, **k: self.fetched.append((a, k)) or {})
+        self.patch(cli, "fetchExplain", lambda *a, **k: self.fetched.append((a, k)) or RECORDED)
 
     def test_badCommandLines(self) -> None:
         """

@@ -702,6 +702,20 @@ class ErrorFormTests(SynchronousTestCase, ErrorAssertions):
             'routers[2].listen: "tcp:3" is already used by admin.listen',
         )
 
+    def test_anyPortListenersDoNotClash(self) -> None:
+        """
+        Port 0 asks the kernel for a free port: several listeners may.
+        """
+        config = parseConfig(
+            """
+            admin: {listen: "tcp:0:interface=127.0.0.1"}
+            routers:
+              - {name: web, listen: "tcp:0:interface=127.0.0.1"}
+              - {name: api, listen: "tcp:0:interface=127.0.0.1"}
+            """
+        )
+        self.assertEqual([r.listen for r in config.routers], ["tcp:0:interface=127.0.0.1"] * 2)
+
     def test_routerNames(self) -> None:
         self.assertErrors(
             "routers: [{name: 'web 1', listen: 'tcp:1'}]",

@@ -350,12 +350,26 @@ def _checkListeners(
     users: dict[str, tuple] = {} if adminListen is None else {adminListen: ("admin", "listen")}
     for i, router in routers:
         where = ("routers", i, "listen")
+        if _anyPort(router.listen):
+            # Port 0: the kernel picks a free port for each listener.
+            continue
         if router.listen in users:
             yield Problem(
                 where, f"{show(router.listen)} is already used by {{ref}}",
                 (len(where), users[router.listen]),
             )
         users.setdefault(router.listen, where)
+
+
+def _anyPort(listen: str) -> bool:
+    """
+    Whether a listen string asks for any free port (C{tcp:0…}).
+    """
+    kind, _, rest = listen.partition(":")
+    if kind not in ("tcp", "tcp6", "ssl", "tls"):
+        return False
+    port = rest.split(":", 1)[0]
+    return port == "0" or port == "port=0"
 
 
 def _unowned(where: tuple, name: str, prefixes: list[str]) -> Problem:
