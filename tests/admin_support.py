@@ -1,7 +1,8 @@
 """
-Helpers for the admin API integration tests: a proxy run in this process
-that can be stopped and started again (for restarts), and an HTTP client
-for its admin port (treq over a connection pool the test owns).
+Helpers for the admin API tests against a running proxy: the config they
+share, a proxy run in this process that can be stopped and started again
+(for restarts), and an HTTP client for its admin port (treq over a
+connection pool the test owns).
 """
 
 import json
@@ -11,6 +12,62 @@ from treq.client import HTTPClient
 from twisted.internet import defer
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
+
+from meshproxy.admin.rules import rulesVersion
+
+RULES = "/admin/routers/web/rules"
+HELLO_A = "/svc/hello => /#/static/a;\n"
+HELLO_B = "/svc/hello => /#/static/b;\n"
+HELLO_A_WORLD_B = "/svc/hello => /#/static/a;\n/svc/world => /#/static/b;\n"
+TOKEN = "s3cret-integration-t0ken"
+
+CONFIG = """\
+admin:
+  listen: "tcp:port=0:interface=127.0.0.1"
+%(admin)s
+namers:
+  - kind: static
+    prefix: /#/static
+    services: {%(services)s}
+routers:
+  - name: web
+    listen: "tcp:0:interface=127.0.0.1"
+    identifier: {kind: host}
+    loadBalancer: {kind: %(balancer)s}
+    rules: %(rules)s
+"""
+
+
+def makeConfig(services, rules=HELLO_A, admin=None, balancer="ewma"):
+    """
+    A config with one static namer at C{/#/static}, one HTTP router C{web}
+    identifying by host, and the admin API, all on free loopback ports.
+
+    @param services: service name to a list of ports on 127.0.0.1.
+    @param rules: the router's rules.
+    @param admin: extra keys of the C{admin} section, as a dict.
+    @param balancer: the load balancer kind.
+    """
+    svc = ", ".join(
+        "%s: [%s]" % (name, ", ".join('"127.0.0.1:%d"' % p for p in ports))
+        for name, ports in sorted(services.items())
+    )
+    extra = "".join(
+        "  %s: %s\n" % (key, json.dumps(value)) for key, value in (admin or {}).items()
+    )
+    return CONFIG % {
+        "admin": extra.rstrip("\n"),
+        "services": svc,
+        "rules": json.dumps(rules),
+        "balancer": balancer,
+    }
+
+
+def etagOf(text):
+    """
+    The C{ETag} the admin API gives rules C{text}.
+    """
+    return '"%s"' % (rulesVersion(text),)
 
 
 class RunningProxy:

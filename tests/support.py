@@ -328,6 +328,21 @@ routers:
 """
 
 
+def proxyConfig(services, total="5s", server=""):
+    """
+    The config text of L{PROXY_CONFIG}.
+
+    @param services: service name → list of ports on 127.0.0.1.
+    @param total: the router's total timeout.
+    @param server: the keys of its C{server} section, as YAML flow text.
+    """
+    svc = ", ".join(
+        "%s: [%s]" % (name, ", ".join('"127.0.0.1:%d"' % p for p in ports))
+        for name, ports in services.items()
+    )
+    return PROXY_CONFIG % {"services": svc, "total": total, "server": server}
+
+
 @defer.inlineCallbacks
 def startProxy(testCase, services, total="5s", server="", config=None):
     """
@@ -342,11 +357,7 @@ def startProxy(testCase, services, total="5s", server="", config=None):
     from meshproxy.tap import buildServices
 
     if config is None:
-        svc = ", ".join(
-            "%s: [%s]" % (name, ", ".join('"127.0.0.1:%d"' % p for p in ports))
-            for name, ports in services.items()
-        )
-        config = PROXY_CONFIG % {"services": svc, "total": total, "server": server}
+        config = proxyConfig(services, total, server)
     runtime, services = buildServices(parseConfig(config), reactor=reactor)
     for s in services:
         s.privilegedStartService() if hasattr(s, "privilegedStartService") else None

@@ -1,7 +1,10 @@
 """
-The TCP router: on real loopback sockets (echo and scripted backends, raw
-clients) for splicing, back-pressure, half-close, retries, balancing, idle
-timeout and drain; with a fake reactor where only time matters.
+The TCP router: on a memory network and a fake clock
+(L{tests.memory_support}) for splicing, connect retries, balancing, failure
+accrual, idle timeout, drain and limits; with a fake reactor and string
+transports for timers and connection attempts alone; and on real loopback
+sockets for what only sockets show: back-pressure from a reader that stops
+reading, a half-close, a reset, and a connection refused by the kernel.
 """
 
 import hashlib
@@ -20,6 +23,7 @@ from meshproxy.routing.path import Path
 from meshproxy.tap import balancerFactory, makeNamer
 from meshproxy.tcp.router import TcpRouter, TcpServerFactory
 from meshproxy.telemetry.metrics import MeshMetrics
+from tests.memory_support import MemoryNetwork, seedRandomness
 
 MiB = 1024 * 1024
 
@@ -222,6 +226,398 @@ def waitUntil(reactor, condition, interval=0.005):
     return d
 
 
+class MemoryTestCase(SynchronousTestCase):
+    """
+    A TCP router listening on a memory network, with backends built by the
+    test.
+    """
+
+    def setUp(self):
+        self.network = MemoryNetwork()
+        seedRandomness(self)
+
+    def backend(self, protocolClass, **attributes):
+        """
+        Listen on a free port of the network with a factory of
+        C{protocolClass}.
+
+        @return: C{(port number, factory)}; the factory keeps its
+            C{connections}.
+        """
+        factory = protocol.Factory.forProtocol(protocolClass)
+        factory.noisy = False
+        factory.connections = []
+        factory.reactor = self.network
+        for key, value in attributes.items():
+            setattr(factory, key, value)
+        port = self.network.listenTCP(0, factory, interface="127.0.0.1")
+        return port.getHost().port, factory
+
+    def router(self, ports, extra="", destination="/#/static/svc"):
+        """
+        Run the router C{db} to the given backend ports.
+
+        @return: C{(listening port number, router, factory, registry)}.
+        """
+        services = "[%s]" % ", ".join('"127.0.0.1:%d"' % p for p in ports)
+        router, registry = buildRouter(
+            routerConfig(services, extra, destination=destination), self.network
+        )
+        router.start()
+        factory = TcpServerFactory(router)
+        port = self.network.listenTCP(0, factory, interface="127.0.0.1")
+
+        def cleanup():
+            port.stopListening()
+            drained = factory.drain(0)
+            self.network.flush()
+            self.successResultOf(drained)
+            router.stop()
+            self.network.assertNothingOpen()
+
+        self.addCleanup(cleanup)
+        return port.getHost().port, router, factory, registry
+
+    def connect(self, port, client=None):
+        """
+        Connect a L{Client} (or C{client}) to the proxy.
+        """
+        return self.network.connectClient(port, client or Client())
+
+    def send(self, client, data):
+        """
+        Write C{data} on C{client}'s connection and settle the network.
+        """
+        client.transport.write(data)
+        self.network.flush()
+
+    def errors(self, registry, reason):
+        return registry.get_sample_value(
+            "meshproxy_errors_total", {"router": "db", "reason": reason}
+        )
+
+    def endpoints(self, router):
+        """
+        The endpoints of C{/#/static/svc} in the router's state, by address.
+        """
+        return {
+            e["address"]: e for e in router.state()["boundNames"]["/#/static/svc"]["endpoints"]
+        }
+
+
+class SpliceTests(MemoryTestCase):
+    def test_inetDestination(self):
+        """
+        A destination C{/$/inet/<host>/<port>} splices to that address
+        without a namer.
+        """
+        backendPort, backend = self.backend(Echo)
+        port, router, factory, registry = self.router(
+            [], destination="/$/inet/127.0.0.1/%d" % (backendPort,)
+        )
+        client = self.connect(port)
+        self.send(client, b"ping")
+        self.assertEqual(client.received, b"ping")
+        self.assertEqual(
+            [(a.host, a.port) for a in self.network.attempts], [("127.0.0.1", backendPort)]
+        )
+
+    def test_bytesFlowBothWays(self):
+        """
+        What the client sends reaches the backend and the backend's answer
+        comes back, on one upstream connection per client connection; the
+        connection and endpoint counters follow.
+        """
+        backendPort, backend = self.backend(Echo)
+        port, router, factory, registry = self.router([backendPort])
+        client = self.connect(port)
+        self.send(client, b"hello")
+        self.assertEqual(client.received, b"hello")
+        self.send(client, b", world")
+        self.assertEqual(client.received, b"hello, world")
+        self.assertEqual(len(backend.connections), 1)
+        state = router.state()
+        self.assertEqual(state["protocol"], "tcp")
+        self.assertEqual(state["destination"], "/#/static/svc")
+        [endpoint] = state["boundNames"]["/#/static/svc"]["endpoints"]
+        self.assertEqual(endpoint["address"], "127.0.0.1:%d" % (backendPort,))
+        self.assertEqual(endpoint["pending"], 1)
+        self.assertEqual(endpoint["connections"], {"open": 1, "connecting": 0})
+        client.transport.loseConnection()
+        self.network.flush()
+        self.assertIsInstance(self.successResultOf(client.lost), ConnectionDone)
+        self.assertEqual(factory.connections, set())
+        state = router.state()
+        self.assertEqual(state["connections"], {"opened": 1, "closed": 1})
+        [endpoint] = state["boundNames"]["/#/static/svc"]["endpoints"]
+        self.assertEqual(
+            (endpoint["pending"], endpoint["requests"], endpoint["successes"]), (0, 1, 1)
+        )
+        self.assertEqual(endpoint["connections"], {"open": 0, "connecting": 0})
+        self.assertEqual(
+            registry.get_sample_value(
+                "meshproxy_server_connections_opened_total", {"router": "db"}
+            ),
+            1,
+        )
+
+
+class ConnectTests(MemoryTestCase):
+    def test_connectFailureRetriedOnAnotherEndpoint(self):
+        """
+        A refused connection is retried on the other endpoint: every client
+        connection is served, the dead endpoint's failures and the retries
+        are counted.
+        """
+        backendPort, backend = self.backend(Echo)
+        dead = self.network.unusedPort()
+        port, router, factory, registry = self.router(
+            [dead, backendPort],
+            "    loadBalancer: {kind: roundRobin}\n    failureAccrual: {kind: none}\n",
+        )
+        # Round robin: of two connections in a row, at least one starts on
+        # the dead endpoint.
+        for i in range(2):
+            client = self.connect(port)
+            self.send(client, b"n%d" % (i,))
+            self.assertEqual(client.received, b"n%d" % (i,))
+        self.assertEqual(len(backend.connections), 2)
+        endpoints = self.endpoints(router)
+        failures = endpoints["127.0.0.1:%d" % (dead,)]["failures"]
+        self.assertIn(failures, (1, 2))
+        refused = [a for a in self.network.attempts if a.port == dead]
+        self.assertEqual([a.state for a in refused], ["refused"] * failures)
+        self.assertEqual(endpoints["127.0.0.1:%d" % (dead,)]["pending"], 0)
+        self.assertEqual(endpoints["127.0.0.1:%d" % (backendPort,)]["failures"], 0)
+        self.assertEqual(
+            registry.get_sample_value("meshproxy_retries_total", {"router": "db", "reason": "connect"}),
+            failures,
+        )
+        self.assertIsNone(self.errors(registry, "upstream-connect"))
+
+    def test_allEndpointsDownClosesTheClient(self):
+        """
+        When every attempt fails (the first and C{connectRetries} more), the
+        client connection is closed without a byte and counted as
+        C{upstream-connect}.
+        """
+        dead = [self.network.unusedPort(), self.network.unusedPort()]
+        port, router, factory, registry = self.router(
+            dead, "    connectRetries: 2\n    failureAccrual: {kind: none}\n"
+        )
+        client = self.connect(port)
+        self.successResultOf(client.lost)
+        self.assertEqual(client.received, b"")
+        self.assertEqual(self.errors(registry, "upstream-connect"), 1)
+        endpoints = list(self.endpoints(router).values())
+        self.assertEqual(sum(e["failures"] for e in endpoints), 3)
+        # Both endpoints were tried before one was tried again.
+        self.assertEqual(sorted(e["failures"] for e in endpoints), [1, 2])
+        self.assertEqual(sum(e["pending"] for e in endpoints), 0)
+        self.assertEqual(
+            registry.get_sample_value("meshproxy_retries_total", {"router": "db", "reason": "connect"}),
+            2,
+        )
+        self.assertEqual(len(self.network.attempts), 3)
+
+    def test_emptySetClosesTheClient(self):
+        """
+        A destination without endpoints closes each client at once, counted
+        as C{no-endpoint}.
+        """
+        port, router, factory, registry = self.router([])
+        client = self.connect(port)
+        self.successResultOf(client.lost)
+        self.assertEqual(client.received, b"")
+        self.assertEqual(self.errors(registry, "no-endpoint"), 1)
+        self.assertEqual(router.state()["connections"], {"opened": 1, "closed": 1})
+        self.assertEqual(self.network.attempts, [])
+
+    def test_failuresEjectAnEndpoint(self):
+        """
+        Connect failures count into failure accrual: after the configured
+        number, the endpoint is ejected and not tried any more.
+        """
+        backendPort, backend = self.backend(Echo)
+        dead = self.network.unusedPort()
+        port, router, factory, registry = self.router(
+            [dead, backendPort],
+            "    loadBalancer: {kind: roundRobin}\n"
+            "    failureAccrual: {kind: consecutiveFailures, failures: 1, panicShare: 0}\n",
+        )
+        for i in range(4):
+            client = self.connect(port)
+            self.send(client, b"x")
+            self.assertEqual(client.received, b"x")
+        deadState = self.endpoints(router)["127.0.0.1:%d" % (dead,)]
+        self.assertEqual(deadState["state"], "ejected")
+        self.assertEqual(deadState["failures"], 1)
+        self.assertEqual(len([a for a in self.network.attempts if a.port == dead]), 1)
+        self.assertEqual(
+            registry.get_sample_value(
+                "meshproxy_endpoint_events_total", {"router": "db", "event": "ejected"}
+            ),
+            1,
+        )
+
+
+class BalancingTests(MemoryTestCase):
+    def test_connectionsSpreadOverEndpoints(self):
+        """
+        With the default balancer, connections held open spread evenly over
+        two endpoints (the pending count is the open connections).
+        """
+        portA, backendA = self.backend(Echo)
+        portB, backendB = self.backend(Echo)
+        port, router, factory, registry = self.router([portA, portB])
+        for i in range(10):
+            client = self.connect(port)
+            self.send(client, b"x")
+            self.assertEqual(client.received, b"x")
+        self.assertEqual((len(backendA.connections), len(backendB.connections)), (5, 5))
+        endpoints = router.state()["boundNames"]["/#/static/svc"]["endpoints"]
+        self.assertEqual([e["pending"] for e in endpoints], [5, 5])
+        self.assertEqual(
+            sorted(
+                registry.get_sample_value(
+                    "meshproxy_endpoint_pending",
+                    {"router": "db", "name": "/#/static/svc", "endpoint": "127.0.0.1:%d" % p},
+                )
+                for p in (portA, portB)
+            ),
+            [5, 5],
+        )
+
+    def test_drainedEndpointGetsNoNewConnections(self):
+        """
+        A drained endpoint keeps its open connections and gets no new ones;
+        undrained, it gets them again.
+        """
+        portA, backendA = self.backend(Echo)
+        portB, backendB = self.backend(Echo)
+        port, router, factory, registry = self.router(
+            [portA, portB], "    loadBalancer: {kind: roundRobin}\n"
+        )
+        first = self.connect(port)
+        self.send(first, b"1")
+        self.assertEqual(first.received, b"1")
+        [(used, backend)] = [
+            (p, b) for p, b in ((portA, backendA), (portB, backendB)) if b.connections
+        ]
+        router.drain("/#/static/svc", "127.0.0.1:%d" % (used,))
+        for i in range(3):
+            client = self.connect(port)
+            self.send(client, b"x")
+            self.assertEqual(client.received, b"x")
+        self.assertEqual(len(backend.connections), 1)
+        self.send(first, b"2")
+        self.assertEqual(first.received, b"12")
+        router.undrain("/#/static/svc", "127.0.0.1:%d" % (used,))
+        for i in range(2):
+            client = self.connect(port)
+            self.send(client, b"x")
+            self.assertEqual(client.received, b"x")
+        self.assertEqual(len(backend.connections), 2)
+
+    def test_drainUnknown(self):
+        """
+        Draining an unknown bound name or address is a KeyError.
+        """
+        port, router, factory, registry = self.router([1234])
+        self.assertRaises(KeyError, router.drain, "/#/static/other", "127.0.0.1:1234")
+        self.assertRaises(KeyError, router.drain, "/#/static/svc", "127.0.0.1:1")
+        self.assertRaises(KeyError, router.undrain, "not a path", "127.0.0.1:1234")
+
+
+class IdleAndDrainTests(MemoryTestCase):
+    def test_idleTimeoutClosesAQuietPair(self):
+        """
+        With C{idleTimeout}, a pair with no bytes either way for that long
+        is closed on both sides, not before, and counted as
+        C{idle-timeout}.
+        """
+        backendPort, backend = self.backend(Echo)
+        port, router, factory, registry = self.router([backendPort], "    idleTimeout: 200ms\n")
+        client = self.connect(port)
+        self.send(client, b"x")
+        self.assertEqual(client.received, b"x")
+        [echo] = backend.connections
+        lost = []
+        echo.connectionLost = lambda reason: lost.append(reason.value)
+        self.network.advance(0.199)
+        self.assertNoResult(client.lost)
+        self.assertEqual(lost, [])
+        self.network.advance(0.001)
+        self.assertIsInstance(self.successResultOf(client.lost), ConnectionDone)
+        self.assertEqual(len(lost), 1)
+        self.assertEqual(self.errors(registry, "idle-timeout"), 1)
+
+    def test_drainLetsPairsFinish(self):
+        """
+        The factory's drain refuses new connections and fires once the open
+        pairs have ended by themselves.
+        """
+        backendPort, backend = self.backend(Echo)
+        port, router, factory, registry = self.router([backendPort])
+        client = self.connect(port)
+        self.send(client, b"a")
+        self.assertEqual(client.received, b"a")
+        drained = factory.drain(60)
+        self.assertNoResult(drained)
+        # New connections are refused...
+        late = self.connect(port)
+        self.successResultOf(late.lost)
+        self.assertEqual(late.received, b"")
+        # ...while the open pair still works.
+        self.send(client, b"b")
+        self.assertNoResult(drained)
+        client.transport.loseConnection()
+        self.network.flush()
+        self.successResultOf(drained)
+        self.assertEqual(client.received, b"ab")
+
+    def test_drainAbortsAfterGrace(self):
+        """
+        Pairs still open when the grace period is over are aborted, both
+        sides.
+        """
+        backendPort, backend = self.backend(Echo)
+        port, router, factory, registry = self.router([backendPort])
+        client = self.connect(port)
+        self.send(client, b"a")
+        self.assertEqual(client.received, b"a")
+        [echo] = backend.connections
+        lost = []
+        echo.connectionLost = lambda reason: lost.append(reason.value)
+        drained = factory.drain(0.05)
+        self.network.advance(0.049)
+        self.assertNoResult(drained)
+        self.assertNoResult(client.lost)
+        self.network.advance(0.001)
+        self.successResultOf(drained)
+        reason = self.successResultOf(client.lost)
+        self.assertNotIsInstance(reason, ConnectionDone)
+        self.assertEqual(len(lost), 1)
+        self.assertNotIsInstance(lost[0], ConnectionDone)
+
+    def test_maxConnections(self):
+        """
+        Beyond C{maxConnections}, connections are closed at once and
+        counted as C{overloaded}.
+        """
+        backendPort, backend = self.backend(Echo)
+        port, router, factory, registry = self.router([backendPort], "    maxConnections: 1\n")
+        client = self.connect(port)
+        self.send(client, b"a")
+        self.assertEqual(client.received, b"a")
+        extra = self.connect(port)
+        self.successResultOf(extra.lost)
+        self.assertEqual(extra.received, b"")
+        self.assertEqual(self.errors(registry, "overloaded"), 1)
+        self.send(client, b"b")
+        self.assertEqual(client.received, b"ab")
+
+
 class LoopbackTestCase(TestCase):
     """
     A TCP router listening on loopback, with backends built by the test.
@@ -301,71 +697,7 @@ class LoopbackTestCase(TestCase):
         )
 
 
-class SpliceTests(LoopbackTestCase):
-    @defer.inlineCallbacks
-    def test_inetDestination(self):
-        """
-        A destination C{/$/inet/<host>/<port>} splices to that address
-        without a namer.
-        """
-        backendPort, backend = self.backend(Echo)
-        config = routerConfig("[]", destination="/$/inet/127.0.0.1/%d" % (backendPort,))
-        router, registry = buildRouter(config, self.reactor)
-        router.start()
-        factory = TcpServerFactory(router)
-        port = self.reactor.listenTCP(0, factory, interface="127.0.0.1")
-
-        @defer.inlineCallbacks
-        def cleanup():
-            yield port.stopListening()
-            yield factory.drain(0)
-            router.stop()
-
-        self.addCleanup(cleanup)
-        client = yield self.connect(port.getHost().port)
-        client.transport.write(b"ping")
-        yield client.waitFor(4)
-        self.assertEqual(client.received, b"ping")
-
-    @defer.inlineCallbacks
-    def test_bytesFlowBothWays(self):
-        """
-        What the client sends reaches the backend and the backend's answer
-        comes back, on one upstream connection per client connection; the
-        connection and endpoint counters follow.
-        """
-        backendPort, backend = self.backend(Echo)
-        port, router, factory, registry = self.router([backendPort])
-        client = yield self.connect(port)
-        client.transport.write(b"hello")
-        yield client.waitFor(5)
-        client.transport.write(b", world")
-        yield client.waitFor(12)
-        self.assertEqual(client.received, b"hello, world")
-        self.assertEqual(len(backend.connections), 1)
-        state = router.state()
-        self.assertEqual(state["protocol"], "tcp")
-        self.assertEqual(state["destination"], "/#/static/svc")
-        [endpoint] = state["boundNames"]["/#/static/svc"]["endpoints"]
-        self.assertEqual(endpoint["address"], "127.0.0.1:%d" % (backendPort,))
-        self.assertEqual(endpoint["pending"], 1)
-        self.assertEqual(endpoint["connections"], {"open": 1, "connecting": 0})
-        client.transport.loseConnection()
-        yield client.lost
-        yield waitUntil(self.reactor, lambda: not factory.connections)
-        state = router.state()
-        self.assertEqual(state["connections"], {"opened": 1, "closed": 1})
-        [endpoint] = state["boundNames"]["/#/static/svc"]["endpoints"]
-        self.assertEqual(
-            (endpoint["pending"], endpoint["requests"], endpoint["successes"]), (0, 1, 1)
-        )
-        self.assertEqual(
-            registry.get_sample_value(
-                "meshproxy_server_connections_opened_total", {"router": "db"}
-            ),
-            1,
-        )
-
+class LoopbackSpliceTests(LoopbackTestCase):
     @defer.inlineCallbacks
     def test_largeTransferToAPausedReaderPausesTheUpstream(self):
         """
@@ -446,70 +778,12 @@ class SpliceTests(LoopbackTestCase):
         self.assertNotIsInstance(reason, ConnectionDone)
 
 
-class ConnectTests(LoopbackTestCase):
-    @defer.inlineCallbacks
-    def test_connectFailureRetriedOnAnotherEndpoint(self):
-        """
-        A refused connection is retried on the other endpoint: every client
-        connection is served, the dead endpoint's failures and the retries
-        are counted.
-        """
-        backendPort, backend = self.backend(Echo)
-        dead = deadPort()
-        port, router, factory, registry = self.router(
-            [dead, backendPort],
-            "    loadBalancer: {kind: roundRobin}\n    failureAccrual: {kind: none}\n",
-        )
-        # Round robin: of two connections in a row, at least one starts on
-        # the dead endpoint.
-        for i in range(2):
-            client = yield self.connect(port)
-            client.transport.write(b"n%d" % (i,))
-            yield client.waitFor(2)
-            self.assertEqual(client.received, b"n%d" % (i,))
-        self.assertEqual(len(backend.connections), 2)
-        endpoints = {
-            e["address"]: e for e in router.state()["boundNames"]["/#/static/svc"]["endpoints"]
-        }
-        failures = endpoints["127.0.0.1:%d" % (dead,)]["failures"]
-        self.assertIn(failures, (1, 2))
-        self.assertEqual(endpoints["127.0.0.1:%d" % (dead,)]["pending"], 0)
-        self.assertEqual(endpoints["127.0.0.1:%d" % (backendPort,)]["failures"], 0)
-        self.assertEqual(
-            registry.get_sample_value("meshproxy_retries_total", {"router": "db", "reason": "connect"}),
-            failures,
-        )
-        self.assertIsNone(self.errors(registry, "upstream-connect"))
-
-    @defer.inlineCallbacks
-    def test_allEndpointsDownClosesTheClient(self):
-        """
-        When every attempt fails (the first and C{connectRetries} more), the
-        client connection is closed without a byte and counted as
-        C{upstream-connect}.
-        """
-        dead = [deadPort(), deadPort()]
-        port, router, factory, registry = self.router(
-            dead, "    connectRetries: 2\n    failureAccrual: {kind: none}\n"
-        )
-        client = yield self.connect(port)
-        yield client.lost
-        self.assertEqual(client.received, b"")
-        self.assertEqual(self.errors(registry, "upstream-connect"), 1)
-        endpoints = router.state()["boundNames"]["/#/static/svc"]["endpoints"]
-        self.assertEqual(sum(e["failures"] for e in endpoints), 3)
-        # Both endpoints were tried before one was tried again.
-        self.assertEqual(sorted(e["failures"] for e in endpoints), [1, 2])
-        self.assertEqual(sum(e["pending"] for e in endpoints), 0)
-        self.assertEqual(
-            registry.get_sample_value("meshproxy_retries_total", {"router": "db", "reason": "connect"}),
-            2,
-        )
-
+class LoopbackConnectTests(LoopbackTestCase):
     @defer.inlineCallbacks
     def test_noRetries(self):
         """
-        With C{connectRetries: 0}, one failed attempt closes the client.
+        With C{connectRetries: 0}, one attempt refused by the kernel closes
+        the client.
         """
         port, router, factory, registry = self.router(
             [deadPort()], "    connectRetries: 0\n"
@@ -519,205 +793,6 @@ class ConnectTests(LoopbackTestCase):
         [endpoint] = router.state()["boundNames"]["/#/static/svc"]["endpoints"]
         self.assertEqual(endpoint["failures"], 1)
         self.assertEqual(self.errors(registry, "upstream-connect"), 1)
-
-    @defer.inlineCallbacks
-    def test_emptySetClosesTheClient(self):
-        """
-        A destination without endpoints closes each client at once, counted
-        as C{no-endpoint}.
-        """
-        port, router, factory, registry = self.router([])
-        client = yield self.connect(port)
-        yield client.lost
-        self.assertEqual(client.received, b"")
-        self.assertEqual(self.errors(registry, "no-endpoint"), 1)
-        self.assertEqual(router.state()["connections"], {"opened": 1, "closed": 1})
-
-    @defer.inlineCallbacks
-    def test_failuresEjectAnEndpoint(self):
-        """
-        Connect failures count into failure accrual: after the configured
-        number, the endpoint is ejected and not tried any more.
-        """
-        backendPort, backend = self.backend(Echo)
-        dead = deadPort()
-        port, router, factory, registry = self.router(
-            [dead, backendPort],
-            "    loadBalancer: {kind: roundRobin}\n"
-            "    failureAccrual: {kind: consecutiveFailures, failures: 1, panicShare: 0}\n",
-        )
-        for i in range(4):
-            client = yield self.connect(port)
-            client.transport.write(b"x")
-            yield client.waitFor(1)
-        endpoints = {
-            e["address"]: e for e in router.state()["boundNames"]["/#/static/svc"]["endpoints"]
-        }
-        deadState = endpoints["127.0.0.1:%d" % (dead,)]
-        self.assertEqual(deadState["state"], "ejected")
-        self.assertEqual(deadState["failures"], 1)
-        self.assertEqual(
-            registry.get_sample_value(
-                "meshproxy_endpoint_events_total", {"router": "db", "event": "ejected"}
-            ),
-            1,
-        )
-
-
-class BalancingTests(LoopbackTestCase):
-    @defer.inlineCallbacks
-    def test_connectionsSpreadOverEndpoints(self):
-        """
-        With the default balancer, connections held open spread evenly over
-        two endpoints (the pending count is the open connections).
-        """
-        portA, backendA = self.backend(Echo)
-        portB, backendB = self.backend(Echo)
-        port, router, factory, registry = self.router([portA, portB])
-        for i in range(10):
-            client = yield self.connect(port)
-            client.transport.write(b"x")
-            yield client.waitFor(1)
-        self.assertEqual((len(backendA.connections), len(backendB.connections)), (5, 5))
-        endpoints = router.state()["boundNames"]["/#/static/svc"]["endpoints"]
-        self.assertEqual([e["pending"] for e in endpoints], [5, 5])
-        self.assertEqual(
-            sorted(
-                registry.get_sample_value(
-                    "meshproxy_endpoint_pending",
-                    {"router": "db", "name": "/#/static/svc", "endpoint": "127.0.0.1:%d" % p},
-                )
-                for p in (portA, portB)
-            ),
-            [5, 5],
-        )
-
-    @defer.inlineCallbacks
-    def test_drainedEndpointGetsNoNewConnections(self):
-        """
-        A drained endpoint keeps its open connections and gets no new ones;
-        undrained, it gets them again.
-        """
-        portA, backendA = self.backend(Echo)
-        portB, backendB = self.backend(Echo)
-        port, router, factory, registry = self.router(
-            [portA, portB], "    loadBalancer: {kind: roundRobin}\n"
-        )
-        first = yield self.connect(port)
-        first.transport.write(b"1")
-        yield first.waitFor(1)
-        [(used, backend)] = [
-            (p, b) for p, b in ((portA, backendA), (portB, backendB)) if b.connections
-        ]
-        router.drain("/#/static/svc", "127.0.0.1:%d" % (used,))
-        for i in range(3):
-            client = yield self.connect(port)
-            client.transport.write(b"x")
-            yield client.waitFor(1)
-        self.assertEqual(len(backend.connections), 1)
-        first.transport.write(b"2")
-        yield first.waitFor(2)
-        self.assertEqual(first.received, b"12")
-        router.undrain("/#/static/svc", "127.0.0.1:%d" % (used,))
-        for i in range(2):
-            client = yield self.connect(port)
-            client.transport.write(b"x")
-            yield client.waitFor(1)
-        self.assertEqual(len(backend.connections), 2)
-
-    def test_drainUnknown(self):
-        """
-        Draining an unknown bound name or address is a KeyError.
-        """
-        port, router, factory, registry = self.router([1234])
-        self.assertRaises(KeyError, router.drain, "/#/static/other", "127.0.0.1:1234")
-        self.assertRaises(KeyError, router.drain, "/#/static/svc", "127.0.0.1:1")
-        self.assertRaises(KeyError, router.undrain, "not a path", "127.0.0.1:1234")
-
-
-class IdleAndDrainTests(LoopbackTestCase):
-    @defer.inlineCallbacks
-    def test_idleTimeoutClosesAQuietPair(self):
-        """
-        With C{idleTimeout}, a pair with no bytes either way for that long
-        is closed on both sides and counted as C{idle-timeout}.
-        """
-        backendPort, backend = self.backend(Echo)
-        port, router, factory, registry = self.router([backendPort], "    idleTimeout: 200ms\n")
-        client = yield self.connect(port)
-        started = self.reactor.seconds()
-        client.transport.write(b"x")
-        yield client.waitFor(1)
-        [echo] = backend.connections
-        lost = defer.Deferred()
-        echo.connectionLost = lambda reason: lost.callback(reason.value)
-        yield client.lost
-        self.assertGreaterEqual(self.reactor.seconds() - started, 0.2)
-        yield lost
-        self.assertEqual(self.errors(registry, "idle-timeout"), 1)
-
-    @defer.inlineCallbacks
-    def test_drainLetsPairsFinish(self):
-        """
-        The factory's drain refuses new connections and fires once the open
-        pairs have ended by themselves.
-        """
-        backendPort, backend = self.backend(Echo)
-        port, router, factory, registry = self.router([backendPort])
-        client = yield self.connect(port)
-        client.transport.write(b"a")
-        yield client.waitFor(1)
-        drained = factory.drain(60)
-        self.assertNoResult(drained)
-        # New connections are refused...
-        late = yield self.connect(port)
-        yield late.lost
-        self.assertEqual(late.received, b"")
-        # ...while the open pair still works.
-        client.transport.write(b"b")
-        yield client.waitFor(2)
-        self.assertNoResult(drained)
-        client.transport.loseConnection()
-        yield drained
-        self.assertEqual(client.received, b"ab")
-
-    @defer.inlineCallbacks
-    def test_drainAbortsAfterGrace(self):
-        """
-        Pairs still open when the grace period is over are aborted, both
-        sides.
-        """
-        backendPort, backend = self.backend(Echo)
-        port, router, factory, registry = self.router([backendPort])
-        client = yield self.connect(port)
-        client.transport.write(b"a")
-        yield client.waitFor(1)
-        [echo] = backend.connections
-        lost = defer.Deferred()
-        echo.connectionLost = lambda reason: lost.callback(reason.value)
-        yield factory.drain(0.05)
-        reason = yield client.lost
-        self.assertNotIsInstance(reason, ConnectionDone)
-        yield lost
-
-    @defer.inlineCallbacks
-    def test_maxConnections(self):
-        """
-        Beyond C{maxConnections}, connections are closed at once and
-        counted as C{overloaded}.
-        """
-        backendPort, backend = self.backend(Echo)
-        port, router, factory, registry = self.router([backendPort], "    maxConnections: 1\n")
-        client = yield self.connect(port)
-        client.transport.write(b"a")
-        yield client.waitFor(1)
-        extra = yield self.connect(port)
-        yield extra.lost
-        self.assertEqual(extra.received, b"")
-        self.assertEqual(self.errors(registry, "overloaded"), 1)
-        client.transport.write(b"b")
-        yield client.waitFor(2)
-
 
 class FakeTransport(StringTransport):
     """
