@@ -496,7 +496,7 @@ def makeService(options, reactor=None):
     return top
 
 
-def buildServices(config, *, reactor, configPath=None):
+def buildServices(config, *, reactor, configPath=None, wallClock=None):
     """
     Build the runtime and the services of a validated config.
 
@@ -505,6 +505,8 @@ def buildServices(config, *, reactor, configPath=None):
     @param configPath: the config file, whose directory keeps the rules
         changed through the admin API when C{admin.stateDir} is not set;
         L{None} (the embedded demo) keeps them in memory only.
+    @param wallClock: the time since the epoch, for deadlines passed
+        between hops (tests give a fake one); C{time.time} when L{None}.
     @return: C{(runtime, services)}.
     """
     # Imported here: klein installs the global reactor when imported.
@@ -552,6 +554,7 @@ def buildServices(config, *, reactor, configPath=None):
                 metrics=metrics,
                 balancerFactory=balancerFactory(routerConfig.loadBalancer, reactor),
                 rulesAllowInet=config.admin.rulesAllowInet,
+                **({} if wallClock is None else {"wallClock": wallClock}),
             )
             factory = ServerFactory(
                 router, routerConfig.server, reactor, router.connStats, scheme=_scheme(routerConfig.listen)
@@ -592,7 +595,7 @@ def buildServices(config, *, reactor, configPath=None):
     )
     from meshproxy.admin.site import AdminSite
 
-    site = AdminSite(admin.app.resource())
+    site = AdminSite(admin.app.resource(), reactor=reactor)
     services.append(
         _ListenerService(
             serverFromString(reactor, _endpointString(config.admin.listen)),

@@ -990,36 +990,22 @@ class MemoryProxy:
         @param seed: the first seed of the generators the proxy creates.
         @param configPath: passed to C{buildServices}.
         """
+        from meshproxy.admin.site import AdminSite
         from meshproxy.config import parseConfig
-        from meshproxy.resilience.deadline import DeadlinePolicy
         from meshproxy.tap import buildServices
 
         self.testCase = testCase
         self.network = network if network is not None else MemoryNetwork()
         seedRandomness(testCase, seed)
         self.runtime, self.services = buildServices(
-            parseConfig(config), reactor=self.network, configPath=configPath
+            parseConfig(config),
+            reactor=self.network,
+            configPath=configPath,
+            wallClock=self.wallClock,
         )
-        net = self.network
-        for router in self.runtime.routers.values():
-            deadlines = getattr(router, "deadlines", None)
-            if deadlines is not None:
-                # buildServices does not take a wall clock: the router's
-                # deadline policy is rebuilt on the fake one.
-                router.deadlines = DeadlinePolicy(
-                    deadlines.total,
-                    clock=net,
-                    wallClock=self.wallClock,
-                    honourCallers=deadlines.honourCallers,
-                )
-        # The admin site schedules its channels' timeouts on its own
-        # reactor, the global one unless told.
-        from meshproxy.admin.site import AdminSite
-
         [self.site] = [
             s.factory for s in self.services if isinstance(getattr(s, "factory", None), AdminSite)
         ]
-        self.site.reactor = net
         for service in self.services:
             if hasattr(service, "privilegedStartService"):
                 service.privilegedStartService()
@@ -1028,7 +1014,7 @@ class MemoryProxy:
         ports = [s.port.getHost().port for s in self.services if hasattr(s, "whenBound")]
         self.proxyPort = ports[0]
         self.adminPort = ports[-1]
-        self.admin = MemoryAdminClient(net, self.adminPort)
+        self.admin = MemoryAdminClient(self.network, self.adminPort)
         self._stopped = None
         if not self.network.watched:
             # Registered first, so checked last: once every proxy on the
@@ -1036,7 +1022,7 @@ class MemoryProxy:
             self.network.watched = True
             testCase.addCleanup(self.network.assertNothingOpen)
         testCase.addCleanup(self._cleanUp)
-        net.flush()
+        self.network.flush()
 
     def _cleanUp(self):
         """

@@ -98,7 +98,9 @@ class Balancer:
         old = self._byAddress
         new: dict[tuple[str, int], Node] = {}
         added = []
-        for endpoint in endpoints:
+        # In address order: the nodes' order (round robin's turn, the
+        # admin API's lists) must not depend on set iteration.
+        for endpoint in sorted(endpoints, key=_byAddress):
             address = endpoint.address
             node = old.get(address)
             if node is None:
@@ -242,3 +244,7 @@ class Balancer:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} nodes={len(self._nodes)} eligible={len(self._eligible)}>"
+
+
+def _byAddress(endpoint: Endpoint) -> tuple[str, int]:
+    return endpoint.address
