@@ -156,6 +156,17 @@ class Policy:
         self._protected = tuple(protected)
 
     @classmethod
+    def active(cls, config: Any) -> Policy | None:
+        """
+        The policy a router checks, or L{None} when its C{policy} section
+        allows everything (no rules, default allow): nothing to check per
+        request.
+        """
+        if config.default == ALLOW and not config.rules:
+            return None
+        return cls.fromConfig(config)
+
+    @classmethod
     def fromConfig(cls, config: Any) -> Policy:
         """
         The policy a C{policy} config section (or its JSON) describes.

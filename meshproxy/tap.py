@@ -129,8 +129,40 @@ def _checkSupported(config):
         except DtabSyntaxError:
             pass  # reported by the config loader already
     errors.extend(hostProblems(config))
+    errors.extend(tlsProblems(config))
     if errors:
         raise ConfigError(errors, config.source)
+
+
+def tlsProblems(config):
+    """
+    The certificate, key and CA files of the C{tls} and C{upstreamTls}
+    sections that cannot be used (read and checked, without binding).
+
+    @return: messages naming the key path.
+    """
+    from meshproxy.tls import ClientTLS, TLSFileError, serverTLS
+
+    problems = []
+    for i, router in enumerate(config.routers):
+        if router.tls is not None:
+            try:
+                serverTLS(router.tls, protocols=(), session=router.name)
+            except TLSFileError as e:
+                problems.append("routers[%d].tls: %s" % (i, e))
+        sections = [("routers[%d].upstreamTls" % (i,), router.upstreamTls)]
+        sections += [
+            ("routers[%d].boundNames[%s].upstreamTls" % (i, name), settings.upstreamTls)
+            for name, settings in router.boundNames
+        ]
+        for where, section in sections:
+            if section is None:
+                continue
+            try:
+                ClientTLS("check.invalid", ca=section.ca, cert=section.cert, key=section.key)
+            except TLSFileError as e:
+                problems.append("%s: %s" % (where, e))
+    return problems
 
 
 class CannotListen(Exception):
@@ -546,6 +578,7 @@ def buildServices(config, *, reactor, configPath=None, wallClock=None):
                 balancerFactory=balancerFactory(routerConfig.loadBalancer, reactor),
             )
             factory = TcpServerFactory(router)
+            protocols = ()
         else:
             router = HttpRouter(
                 routerConfig,
@@ -557,13 +590,28 @@ def buildServices(config, *, reactor, configPath=None, wallClock=None):
                 **({} if wallClock is None else {"wallClock": wallClock}),
             )
             factory = ServerFactory(
-                router, routerConfig.server, reactor, router.connStats, scheme=_scheme(routerConfig.listen)
+                router,
+                routerConfig.server,
+                reactor,
+                router.connStats,
+                scheme=b"https" if routerConfig.tls is not None else _scheme(routerConfig.listen),
             )
+            protocols = (b"http/1.1",)
         runtime.routers[router.name] = router
         services.append(_RouterService(router, factory, runtime.shutdownGrace))
+        upstreamFiles = router.tlsFiles()
+        if upstreamFiles:
+            from meshproxy.tls import FileWatcher
+
+            services.append(
+                _WatchService(FileWatcher(upstreamFiles, router.reloadTLS, clock=reactor))
+            )
+        listening = factory
+        if routerConfig.tls is not None:
+            listening = _terminateTLS(router, routerConfig.tls, factory, protocols, reactor, services)
         listener = _ListenerService(
             serverFromString(reactor, _endpointString(routerConfig.listen)),
-            factory,
+            listening,
             owner="router %s" % (router.name,),
             listen=routerConfig.listen,
             name=router.name,
@@ -607,6 +655,41 @@ def buildServices(config, *, reactor, configPath=None, wallClock=None):
         )
     )
     return runtime, services
+
+
+def _terminateTLS(router, tlsConfig, factory, protocols, reactor, services):
+    """
+    Put TLS in front of a router's listening factory, its files watched for
+    rotation.
+
+    @return: the factory to listen with.
+    """
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    from meshproxy.tls import FileWatcher, serverTLS
+
+    server = serverTLS(tlsConfig, protocols=protocols, session=router.name)
+    router.tlsName = server.identity.name
+    services.append(_WatchService(FileWatcher(server.files(), server.reload, clock=reactor)))
+    return TLSMemoryBIOFactory(server, False, factory, clock=reactor)
+
+
+class _WatchService(Service):
+    """
+    Runs a L{FileWatcher<meshproxy.tls.FileWatcher>} while the process
+    runs.
+    """
+
+    def __init__(self, watcher):
+        self.watcher = watcher
+
+    def startService(self):
+        Service.startService(self)
+        self.watcher.start()
+
+    def stopService(self):
+        Service.stopService(self)
+        self.watcher.stop()
 
 
 def stateDirectory(config, configPath):

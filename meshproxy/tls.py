@@ -18,6 +18,7 @@ TLS with pyOpenSSL and service_identity, both ways.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -197,6 +198,7 @@ class ServerTLS:
     @ivar expiries: each loaded certificate's expiry (Unix time), by its
         file, for the metrics.
     @ivar reloadFailures: how many reloads failed (and kept the old files).
+    @ivar identity: the L{PeerIdentity} of the default certificate.
     """
 
     def __init__(
@@ -259,6 +261,8 @@ class ServerTLS:
             ctx = self._context(chain, key, c, clientCAs)
             contexts.append((c, ctx))
             expiries[c.cert] = expiryOf(chain[0])
+            if len(contexts) == 1:
+                self.identity = identityOf(chain[0])
         default = contexts[0][1]
         byName = [(pattern.lower(), ctx) for c, ctx in contexts for pattern in c.sni]
         default.set_tlsext_servername_callback(self._chooseBySNI)

@@ -221,7 +221,28 @@ class MeshMetricsTests(SynchronousTestCase):
                 "meshproxy_endpoint_failures": "counter",
                 "meshproxy_retries": "counter",
                 "meshproxy_endpoint_events": "counter",
+                "meshproxy_policy_denied": "counter",
             },
+        )
+
+    def test_policyDenied(self) -> None:
+        self.metrics.denied("web", 2, "spiffe://mesh.local/x")
+        self.metrics.denied("web", None, None)
+        self.metrics.denied("web", None, None)
+        samples = scrape(self.registry)
+        self.assertEqual(
+            samples[
+                ("meshproxy_policy_denied_total",
+                 frozenset({"identity": "spiffe://mesh.local/x", "router": "web", "rule": "2"}.items()))
+            ],
+            1,
+        )
+        self.assertEqual(
+            samples[
+                ("meshproxy_policy_denied_total",
+                 frozenset({"identity": "unauthenticated", "router": "web", "rule": "default"}.items()))
+            ],
+            2,
         )
 
     def test_requestsAndResponseClasses(self) -> None:

@@ -105,7 +105,7 @@ class BoundClient(BoundEndpoints):
         BoundEndpoints.__init__(self, owner, boundName, observable)
 
     def newPayload(self, node: Node) -> Pool:
-        return self._owner.makePool(node.endpoint)
+        return self._owner.makePool(node.endpoint, self.boundName)
 
     def closePayload(self, pool: Pool) -> None:
         pool.close()
@@ -199,7 +199,7 @@ class BoundClients:
         *,
         makeBalancer: Callable[..., IBalancer],
         makeAccrual: Callable[[IBalancer], FailureAccrual | None],
-        makePool: Callable[[Endpoint], Pool],
+        makePool: Callable[[Endpoint, BoundName], Pool],
         onEvict: Callable[[], None],
     ) -> None:
         """
@@ -207,7 +207,8 @@ class BoundClients:
         @param policies: the per-name policies.
         @param makeBalancer: makes a balancer (C{onAdd=}, C{onRemove=}).
         @param makeAccrual: makes the failure accrual of a balancer.
-        @param makePool: makes the connection pool of an endpoint.
+        @param makePool: makes the connection pool of an endpoint of a bound
+            name.
         @param onEvict: called after unknown names were dropped (cached
             routes may name them).
         """

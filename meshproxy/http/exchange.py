@@ -363,6 +363,7 @@ class Exchange(ExchangeState):
             forwarded=router.forwarded,
             deadline=router.deadlines.header(self.deadline),
             override=self.override,
+            clientCert=server.clientCert,
         )
         body = self.body
         if body is None:

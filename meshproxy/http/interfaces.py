@@ -150,6 +150,9 @@ class IClientConnection(Interface):
     forwardedFor = Attribute("The peer address for X-Forwarded-For (bytes).")
     scheme = Attribute("b'http' or b'https'.")
     gate = Attribute("The PauseGate of the client's reading.")
+    clientCert = Attribute(
+        "The x-forwarded-client-cert value for a caller with a verified certificate, or None."
+    )
     transport = Attribute("The client's IStreamTransport (a tunnel's other end).")
 
     def write(data: bytes) -> None:

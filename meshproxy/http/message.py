@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from http import HTTPStatus
+from typing import Any
 
 __all__ = [
     "Headers",
@@ -162,6 +163,9 @@ class Request:
     @ivar contentLength: the declared body length, or L{None}.
     @ivar upgrade: whether the client asked to switch protocols.
     @ivar expectContinue: whether the client sent C{Expect: 100-continue}.
+    @ivar identity: the caller's verified certificate identity
+        (L{PeerIdentity<meshproxy.tls.PeerIdentity>}), or L{None}.
+    @ivar peer: the caller's IP address as text, or L{None}.
     """
 
     __slots__ = (
@@ -177,6 +181,8 @@ class Request:
         "connectionTokens",
         "host",
         "meshHeaders",
+        "identity",
+        "peer",
     )
 
     def __init__(self, method: bytes, target: bytes, version: str, headers: Headers) -> None:
@@ -192,6 +198,10 @@ class Request:
         self.connectionTokens: tuple[bytes, ...] = ()
         self.host: bytes | None = None
         self.meshHeaders = False
+        # The caller: its verified certificate's identity (a PeerIdentity,
+        # over TLS with client certificates) and its address.
+        self.identity: Any = None
+        self.peer: str | None = None
 
     @property
     def hasBody(self) -> bool:

@@ -21,6 +21,10 @@ MESH_CONTEXT = frozenset([b"mesh-ctx-deadline", b"mesh-ctx-dtab", b"mesh-dtab"])
 
 _VIA = b"1.1 meshproxy"
 
+#: Request fields never forwarded as received: hop-by-hop ones, and the
+#: client certificate header (only meshproxy says who a caller is).
+_NEVER_FORWARDED = HOP_BY_HOP | frozenset([b"x-forwarded-client-cert"])
+
 #: Connection tokens that name no field meshproxy would forward.
 _NOT_NAMED = HOP_BY_HOP | frozenset([b"close"])
 
@@ -33,6 +37,7 @@ def requestHead(
     forwarded: bool,
     deadline: bytes,
     override: bytes | None,
+    clientCert: bytes | None = None,
 ) -> bytes:
     """
     The request line and header block sent upstream.
@@ -44,6 +49,9 @@ def requestHead(
     @param forwarded: whether to add the forwarding fields.
     @param deadline: the C{mesh-ctx-deadline} value.
     @param override: the C{mesh-ctx-dtab} value, or L{None}.
+    @param clientCert: the C{x-forwarded-client-cert} value for a caller
+        with a verified certificate, or L{None}. Whatever a client sends in
+        that header is never forwarded.
     """
     lines = [b"%s %s HTTP/1.1\r\n" % (request.method, request.target)]
     append = lines.append
@@ -52,7 +60,7 @@ def requestHead(
     seenXff = seenFwd = seenVia = seenProto = False
     for name, value in request.headers:
         n = name.lower()
-        if n in HOP_BY_HOP or (tokens and n in tokens):
+        if n in _NEVER_FORWARDED or (tokens and n in tokens):
             continue
         if mesh and n in MESH_CONTEXT:
             # Replaced below by this hop's own context.
@@ -85,6 +93,8 @@ def requestHead(
     append(b"mesh-ctx-deadline: %s\r\n" % (deadline,))
     if override is not None:
         append(b"mesh-ctx-dtab: %s\r\n" % (override,))
+    if clientCert is not None:
+        append(b"x-forwarded-client-cert: %s\r\n" % (clientCert,))
     if request.upgrade:
         append(b"Connection: Upgrade\r\n")
         upgrade = findHeader(request.headers, b"upgrade")

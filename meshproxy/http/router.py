@@ -33,6 +33,7 @@ from meshproxy.http.interfaces import IRouter
 from meshproxy.http.message import ProxyError, Request
 from meshproxy.http.trust import TrustPolicy
 from meshproxy.http.views import explainRoute, routerState
+from meshproxy.policy import Policy
 from meshproxy.resilience.accrual import accrualFromConfig
 from meshproxy.resilience.backoff import Backoff
 from meshproxy.resilience.budget import RetryBudget
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     from meshproxy.discovery.interfaces import INamer
     from meshproxy.resilience.accrual import FailureAccrual
     from meshproxy.telemetry.metrics import MeshMetrics
+    from meshproxy.transport.connector import IConnector
 
 __all__ = ["HttpRouter", "InetNotAllowed", "RulesError", "checkRules"]
 
@@ -114,6 +116,18 @@ class HttpRouter:
         self.forwarded = config.forwarded
         self.connStats = metrics.connections(self.name)
         self.connector = TCPConnector(reactor, config.timeouts.connect)
+        # TLS to upstreams: the connector of each expected identity, made on
+        # first use, and their files watched by the process (tlsFiles).
+        self._upstreamTls = {
+            name: settings.upstreamTls
+            for name, settings in config.boundNames
+            if settings.upstreamTls is not None
+        }
+        self._tlsConnectors: dict[tuple[Any, str], Any] = {}
+        # The listener's own identity when it terminates TLS (tap sets it),
+        # named in x-forwarded-client-cert.
+        self.tlsName: str | None = None
+        self.policy = Policy.active(config.policy)
         self.clients = BoundClients(
             self.namers,
             NamePolicies(config),
@@ -184,7 +198,33 @@ class HttpRouter:
                 tree = self.rules.resolveWith(override[0], path)
         except DelegationError as e:
             raise ProxyError(502, "delegation-failed", str(e)) from e
-        return self._choose(tree, path), (None if override is None else override[1])
+        client = self._choose(tree, path)
+        policy = self.policy
+        if policy is not None:
+            self._authorize(policy, request, path, client)
+        return client, (None if override is None else override[1])
+
+    def _authorize(self, policy: Policy, request: Request, path: Path, client: BoundClient) -> None:
+        """
+        Apply the access policy to a routed request.
+
+        @raise ProxyError: 403 C{forbidden} when it is denied.
+        """
+        identity = request.identity
+        name = identity.name if identity is not None else None
+        decision = policy.decide(
+            name,
+            request.peer,
+            (path.segments, client.boundName.id.segments),
+            request.method.decode("latin-1"),
+        )
+        if not decision.allowed:
+            self.metrics.denied(self.name, decision.rule, name)
+            raise ProxyError(
+                403,
+                "forbidden",
+                "%s may not call %s (%s)." % (name or "an unauthenticated caller", path, decision.reason),
+            )
 
     def isTrusted(self, host: str | None) -> bool:
         """
@@ -216,16 +256,58 @@ class HttpRouter:
 
     # -- what the bound names are made of ----------------------------------
 
-    def _makePool(self, endpoint: Endpoint) -> Pool:
+    def _makePool(self, endpoint: Endpoint, bound: BoundName) -> Pool:
         settings = self.clientSettings
         return Pool(
             endpoint,
             clock=self.reactor,
-            connector=self.connector,
+            connector=self.connectorFor(bound),
             maxIdle=settings.maxIdlePerEndpoint,
             idleTimeout=settings.idleTimeout,
             limits=settings,
         )
+
+    def connectorFor(self, bound: BoundName) -> IConnector:
+        """
+        How connections to a bound name's endpoints are made: plain TCP, or
+        TLS verified against the identity its C{upstreamTls} names.
+        """
+        section = self._upstreamTls.get(str(bound.id), self.config.upstreamTls)
+        if section is None:
+            return self.connector
+        from meshproxy.tls import ClientTLS, TLSConnector, expectedIdentity
+
+        expected = expectedIdentity(section.serverName, bound.service)
+        key = (section, expected)
+        connector = self._tlsConnectors.get(key)
+        if connector is None:
+            creator = ClientTLS(
+                expected,
+                ca=section.ca,
+                cert=section.cert,
+                key=section.key,
+                minVersion=section.minVersion,
+            )
+            connector = self._tlsConnectors[key] = TLSConnector(self.connector, creator)
+        return connector
+
+    def reloadTLS(self) -> None:
+        """
+        Read the upstream TLS files again (they changed on disk).
+        """
+        for connector in self._tlsConnectors.values():
+            connector.creator.reload()
+
+    def tlsFiles(self) -> list[str]:
+        """
+        The upstream TLS files the router reads, to watch for rotation.
+        """
+        sections = [self.config.upstreamTls, *self._upstreamTls.values()]
+        files = []
+        for section in sections:
+            if section is not None:
+                files += [p for p in (section.ca, section.cert, section.key) if p is not None]
+        return sorted(set(files))
 
     def _makeAccrual(self, balancer: IBalancer) -> FailureAccrual | None:
         name = self.name

@@ -11,10 +11,10 @@ L{Exchange<meshproxy.http.exchange.Exchange>} that forwards it upstream.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httptools
-from twisted.internet.interfaces import IProtocolNegotiationFactory
+from twisted.internet.interfaces import IProtocolNegotiationFactory, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -24,6 +24,7 @@ from meshproxy.http.exchange import Exchange
 from meshproxy.http.interfaces import IClientConnection
 from meshproxy.http.message import ProxyError, Request, errorResponse, forbiddenTrailer
 from meshproxy.lifecycle import DrainingFactoryMixin
+from meshproxy.tls import forwardedClientCert, identityOf
 from meshproxy.transport.fastwrite import writerFor
 from meshproxy.transport.gate import PauseGate
 
@@ -106,6 +107,10 @@ class ServerProtocol(Protocol):
         self._tunnel: IStreamTransport | None = None
         self._broken = False
         self.trusted = False
+        self._tls = False
+        self.identity: Any = None
+        # The x-forwarded-client-cert value sent upstream for it, or None.
+        self.clientCert: bytes | None = None
         self._bodySize = 0
         self.draining = False
         self.forwardedFor = b""
@@ -130,6 +135,9 @@ class ServerProtocol(Protocol):
         else:
             self.forwardedFor = host.encode("ascii")
         self.trusted = self.router.isTrusted(host)
+        # Over TLS, the caller's identity is read from its certificate at
+        # the first request (the handshake is over by then).
+        self._tls = ISSLTransport.providedBy(transport)
         self._send = writerFor(transport)
         self.parser = httptools.HttpRequestParser(self)
         self.gate = PauseGate(transport, producerReason="upstream")
@@ -255,6 +263,16 @@ class ServerProtocol(Protocol):
         self._fieldBytes = 0
         self._sinceBody = 0
 
+    def _readIdentity(self) -> None:
+        """
+        Read the identity of the client's verified certificate, once.
+        """
+        self._tls = False
+        certificate = self.transport.getPeerCertificate()  # type: ignore[attr-defined]
+        if certificate is not None:
+            identity = self.identity = identityOf(certificate)
+            self.clientCert = forwardedClientCert(self.router.tlsName, identity)
+
     def on_url(self, url: bytes) -> None:
         self._url += url
         if len(self._url) > self.settings.maxUriLength:
@@ -303,6 +321,10 @@ class ServerProtocol(Protocol):
         self._fieldCount = 0
         self._fieldBytes = 0
         request.keepAlive = parser.should_keep_alive()
+        request.peer = self.peerHost
+        if self._tls:
+            self._readIdentity()
+        request.identity = self.identity
         checkRequest(request, self.settings)
         exchange = Exchange(self, request, self.router)
         self._current = exchange

@@ -24,6 +24,7 @@ __all__ = [
     "HostIdentifier",
     "PathIdentifier",
     "HeaderIdentifier",
+    "ClientIdentityIdentifier",
     "makeIdentifier",
     "splitAbsoluteForm",
 ]
@@ -298,6 +299,53 @@ class HeaderIdentifier:
         )
 
 
+_URI = re.compile(r"([a-z][a-z0-9+.-]*)://([^/?#]*)([^?#]*)\Z")
+
+
+@implementer(IIdentifier)
+@attrs.frozen
+class ClientIdentityIdentifier:
+    """
+    Names a request by its caller's verified certificate identity (over TLS
+    with client certificates): a URI SAN C{spiffe://mesh.local/ns/web}
+    becomes C{/id/spiffe/mesh.local/ns/web}, a DNS SAN C{web.example}
+    C{/id/dns/web.example}, a common name C{web} C{/id/cn/web}.
+
+    A request reads the identity from C{.identity} (a
+    L{PeerIdentity<meshproxy.tls.PeerIdentity>} or L{None}).
+    """
+
+    def identify(self, request: Any) -> Path:
+        """
+        Name a request by its caller's identity.
+
+        @raise IdentificationError: without a verified certificate, or when
+            its identity cannot be a name (characters outside the name
+            alphabet).
+        """
+        identity = getattr(request, "identity", None)
+        if identity is None:
+            raise IdentificationError("no verified client certificate")
+        if identity.uris:
+            match = _URI.match(identity.uris[0])
+            if match is None:
+                raise IdentificationError(f"URI {identity.uris[0]!r} cannot be a name")
+            scheme, authority, path = match.groups()
+            segments = [scheme, authority, *[s for s in path.split("/") if s]]
+        elif identity.dnsNames:
+            segments = ["dns", identity.dnsNames[0].lower()]
+        elif identity.commonName:
+            segments = ["cn", identity.commonName]
+        else:
+            raise IdentificationError("the client certificate names no one")
+        try:
+            return Path(("id", *segments))
+        except (TypeError, ValueError):
+            raise IdentificationError(
+                f"identity {identity.name!r} cannot be a name (letters, digits, _ . : - only)"
+            ) from None
+
+
 def makeIdentifier(config: Any) -> IIdentifier:
     """
     The identifier an C{identifier} config section describes.
@@ -305,6 +353,8 @@ def makeIdentifier(config: Any) -> IIdentifier:
     @param config: an L{IdentifierConfig<meshproxy.config.IdentifierConfig>}
         (C{kind}, C{prefix}, and C{segments} or C{name}).
     """
+    if config.kind == "clientIdentity":
+        return ClientIdentityIdentifier()
     prefix = Path.read(config.prefix)
     if config.kind == "host":
         return HostIdentifier(prefix)

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -37,6 +37,7 @@ from zope.interface import implementer
 from meshproxy.balancing.bound import BoundEndpoints
 from meshproxy.discovery.endpoints import inetObservable
 from meshproxy.lifecycle import DrainingFactoryMixin
+from meshproxy.policy import Policy
 from meshproxy.resilience.accrual import accrualFromConfig
 from meshproxy.routing.delegate import INET_PREFIX, delegate
 from meshproxy.routing.dtab import Dtab
@@ -112,6 +113,9 @@ class TcpRouter:
     #: A TCP router has no rules (the admin API answers 404 for them).
     rules = None
 
+    #: The listener's own identity when it terminates TLS (tap sets it).
+    tlsName: str | None = None
+
     def __init__(
         self,
         config: RouterConfig,
@@ -150,6 +154,7 @@ class TcpRouter:
         self.maxConnections = config.maxConnections
         self.connStats = metrics.connections(self.name)
         self.connector = TCPConnector(reactor, self.connectTimeout)
+        self.policy = Policy.active(config.policy)
         # (a TCP router's destination is required by the config)
         tree = delegate(Dtab(()), Path.read(config.destination), tuple(self.namers))  # type: ignore[arg-type]
         if type(tree) is not Leaf:
@@ -205,6 +210,17 @@ class TcpRouter:
             random=self._rng,
             onEvent=lambda kind, node: metrics.event(name, kind),
         )
+
+    def tlsFiles(self) -> list[str]:
+        """
+        A TCP router originates no TLS: no files to watch.
+        """
+        return []
+
+    def reloadTLS(self) -> None:
+        """
+        Nothing to reload (see L{tlsFiles}).
+        """
 
     def countError(self, reason: str) -> None:
         """
@@ -316,6 +332,7 @@ class _End(Protocol):
         self.splice.lost(self, reason)
 
 
+@implementer(IHandshakeListener)
 class _Downstream(_End):
     """
     The accepted client connection.
@@ -337,6 +354,14 @@ class _Downstream(_End):
         factory.router.connStats.opened += 1
         self.splice = _Splice(factory.router, self)
         self.splice.begin()
+
+    def handshakeCompleted(self) -> None:
+        """
+        See L{IHandshakeListener}: over TLS, the client's certificate (if
+        any) is verified now.
+        """
+        if self.splice is not None:
+            self.splice.handshaken()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         factory = self.factory
@@ -401,6 +426,7 @@ class _Splice:
         "idleClosed",
         "lastActivity",
         "seconds",
+        "awaitingHandshake",
     )
 
     def __init__(self, router: TcpRouter, client: _Downstream) -> None:
@@ -421,6 +447,7 @@ class _Splice:
         self.idleClosed = False
         self.seconds = router.reactor.seconds
         self.lastActivity = 0.0
+        self.awaitingHandshake = False
 
     # -- connecting -------------------------------------------------------
 
@@ -431,11 +458,54 @@ class _Splice:
         """
         client = self.client
         client.gate = PauseGate(client.transport)
-        client.gate.pause("connect")
-        # Reading is paused, so at most what was already read (such as what
-        # a TLS layer decrypted with its handshake) is kept here.
+        # At most what was already read (such as what a TLS layer decrypted
+        # with its handshake) is kept here: reading is paused.
         client.forward = self.early.append  # type: ignore[union-attr]  # a list until connected
+        if self.router.policy is not None and ISSLTransport.providedBy(client.transport):
+            # The policy needs the caller's certificate: the handshake must
+            # finish first (pausing now would stall it).
+            self.awaitingHandshake = True
+            return
+        client.gate.pause("connect")
+        if self.router.policy is not None and not self._authorized():
+            return
         self._attempt()
+
+    def handshaken(self) -> None:
+        """
+        The client's TLS handshake is over: decide, then connect.
+        """
+        if not self.awaitingHandshake or self.closing:
+            return
+        self.awaitingHandshake = False
+        self.client.gate.pause("connect")  # type: ignore[union-attr]
+        if self._authorized():
+            self._attempt()
+
+    def _authorized(self) -> bool:
+        """
+        Apply the router's access policy to this connection; a denied one is
+        counted and closed.
+        """
+        router = self.router
+        client = self.client
+        identity = None
+        if ISSLTransport.providedBy(client.transport):
+            from meshproxy.tls import identityOf
+
+            certificate = client.transport.getPeerCertificate()  # type: ignore[attr-defined]
+            if certificate is not None:
+                identity = identityOf(certificate).name
+        peer = getattr(client.transport.getPeer(), "host", None)
+        decision = router.policy.decide(  # type: ignore[union-attr]
+            identity, peer, (router.boundName.id.segments,), "CONNECT"
+        )
+        if decision.allowed:
+            return True
+        router.metrics.denied(router.name, decision.rule, identity)
+        router.countError("forbidden")
+        self._giveUp()
+        return False
 
     def _attempt(self) -> None:
         destination = self.destination

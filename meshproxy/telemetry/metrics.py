@@ -17,6 +17,7 @@ Exported families::
     meshproxy_responses_total{router,name,code_class}        code_class="1xx".."5xx"
     meshproxy_request_duration_seconds{router,name}           histogram
     meshproxy_errors_total{router,reason}                     reason = the mesh-err value
+    meshproxy_policy_denied_total{router,rule,identity}       rule = index or "default"
     meshproxy_server_connections_opened_total{router}
     meshproxy_server_connections_closed_total{router}
     meshproxy_endpoint_pending{router,name,endpoint}          gauge
@@ -177,6 +178,7 @@ class MeshMetrics:
         self._routes: dict[tuple[str, str], RouteStats] = {}
         self._errors: dict[tuple[str, str], int] = {}
         self._retries: dict[tuple[str, str], int] = {}
+        self._denied: dict[tuple[str, str, str], int] = {}
         self._events: dict[tuple[str, str], int] = {}
         self._connections: dict[str, ConnectionStats] = {}
         registry.register(_MeshCollector(self))
@@ -225,6 +227,18 @@ class MeshMetrics:
         """
         key = (router, reason)
         self._errors[key] = self._errors.get(key, 0) + 1
+
+    def denied(self, router: str, rule: int | None, identity: str | None) -> None:
+        """
+        Count one request (or TCP connection) the access policy denied.
+
+        @param rule: the index of the rule that denied it, or L{None} for
+            the default (or a name only its allow rules may call).
+        @param identity: the caller's verified identity, or L{None}. The
+            identities come from certificates the configured CA signed.
+        """
+        key = (router, "default" if rule is None else str(rule), identity or "unauthenticated")
+        self._denied[key] = self._denied.get(key, 0) + 1
 
     def retry(self, router: str, reason: str) -> None:
         """
@@ -321,6 +335,15 @@ class _MeshCollector(Collector):
         for (router, reason), count in metrics._retries.items():
             retries.add_metric([router, reason], count)
         yield retries
+        denied = CounterMetricFamily(
+            "meshproxy_policy_denied",
+            "Requests (HTTP) or connections (TCP) the access policy denied, by the rule that"
+            " decided (its index, or default) and the caller's identity.",
+            labels=["router", "rule", "identity"],
+        )
+        for (router, rule, identity), count in metrics._denied.items():
+            denied.add_metric([router, rule, identity], count)
+        yield denied
         events = CounterMetricFamily(
             "meshproxy_endpoint_events_total",
             "Failure accrual events per router: ejected, revived, probe-failed, panic.",
