@@ -57,6 +57,8 @@ class LimitedRequest(Request):
     def _refuse(self):
         self._refused = True
         transport = self.channel.transport
+        # A body arrives only on a connected channel.
+        assert transport is not None
         transport.write(_TOO_LARGE)
         transport.loseConnection()
 
