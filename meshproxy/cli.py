@@ -25,6 +25,9 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping, Sequence
+from http.client import HTTPMessage
+from typing import IO, Any, TextIO
 
 from meshproxy import __version__
 
@@ -39,7 +42,7 @@ TIMEOUT = 10.0
 """Seconds C{explain} waits for the admin API."""
 
 
-def _parser():
+def _parser() -> argparse.ArgumentParser:
     """
     The parser of the whole command line, one subcommand per action.
     """
@@ -95,7 +98,7 @@ def _parser():
     return parser
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     """
     Entry point of the C{meshproxy} console script.
 
@@ -108,8 +111,9 @@ def main(argv=None):
         options = _parser().parse_args(args)
     except SystemExit as e:
         # argparse has printed the help, the version, or the usage and the
-        # mistake.
-        return e.code
+        # mistake. It exits with an int status (SystemExit.code is typed
+        # str | int | None).
+        return e.code  # type: ignore[return-value]
     if options.command == "check":
         return check(options.config)
     if options.command == "schema":
@@ -119,7 +123,7 @@ def main(argv=None):
     return _explain(options, sys.stdout, sys.stderr, os.environ)
 
 
-def check(path):
+def check(path: str) -> int:
     """
     C{meshproxy check CONFIG}: the checks of C{twistd meshproxy --config
     CONFIG --check}, which print C{CONFIG: ok} or the errors.
@@ -132,11 +136,13 @@ def check(path):
     try:
         Options().parseOptions(["--config=" + path, "--check"])
     except SystemExit as e:
-        return e.code
+        # Options exits with 0 or 1 (SystemExit.code is typed
+        # str | int | None).
+        return e.code  # type: ignore[return-value]
     raise AssertionError("--check always exits")
 
 
-def schema(out=None):
+def schema(out: TextIO | None = None) -> int:
     """
     C{meshproxy schema}: print the JSON Schema of config files.
 
@@ -150,7 +156,7 @@ def schema(out=None):
     return 0
 
 
-def rulesStatePath(stateDir, router):
+def rulesStatePath(stateDir: str, router: str) -> str:
     """
     The file where the admin API saves a router's rules (as
     L{meshproxy.admin.rules.RulesStore.path} names it).
@@ -161,7 +167,7 @@ def rulesStatePath(stateDir, router):
     return os.path.join(stateDir, "rules-%s.json" % (urllib.parse.quote(router, safe=""),))
 
 
-def resetRules(router, configPath, out, err):
+def resetRules(router: str, configPath: str | None, out: TextIO, err: TextIO) -> int:
     """
     C{meshproxy rules reset ROUTER [--config CONFIG]}: delete the rules
     saved through the admin API for C{router}, so that it uses the config's
@@ -223,7 +229,7 @@ def resetRules(router, configPath, out, err):
     return 0
 
 
-def _osReason(error):
+def _osReason(error: OSError) -> str:
     """
     An operating system error in a few lowercase words, without errno.
     """
@@ -242,7 +248,7 @@ _EXPLAIN_DESCRIPTION = (
 )
 
 
-def _addExplainArguments(parser):
+def _addExplainArguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--admin", default=DEFAULT_ADMIN, metavar="URL",
         help="the admin API (default: %(default)s)",
@@ -259,7 +265,12 @@ def _addExplainArguments(parser):
     what.add_argument("--path", help="a request path, identified as the router does")
 
 
-def explainMain(argv, out=None, err=None, environ=None):
+def explainMain(
+    argv: Sequence[str],
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> int:
     """
     C{meshproxy explain ...}.
 
@@ -275,8 +286,9 @@ def explainMain(argv, out=None, err=None, environ=None):
     try:
         options = parser.parse_args(argv)
     except SystemExit as e:
-        # argparse has printed the usage or the help.
-        return e.code
+        # argparse has printed the usage or the help. It exits with an int
+        # status (SystemExit.code is typed str | int | None).
+        return e.code  # type: ignore[return-value]
     return _explain(
         options,
         sys.stdout if out is None else out,
@@ -285,7 +297,9 @@ def explainMain(argv, out=None, err=None, environ=None):
     )
 
 
-def _explain(options, out, err, environ):
+def _explain(
+    options: argparse.Namespace, out: TextIO, err: TextIO, environ: Mapping[str, str]
+) -> int:
     token = options.token if options.token is not None else environ.get(TOKEN_ENVIRONMENT)
     if options.name is not None:
         query = ("name", options.name)
@@ -310,11 +324,26 @@ def _explain(options, out, err, environ):
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     # The admin API never redirects; following one could carry the token
     # to another host.
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
         return None
 
 
-def fetchExplain(admin, router, query, *, token=None, timeout=TIMEOUT):
+def fetchExplain(
+    admin: str,
+    router: str,
+    query: tuple[str, str],
+    *,
+    token: str | None = None,
+    timeout: float = TIMEOUT,
+) -> dict[str, Any]:
     """
     Ask the admin API for an explanation.
 
@@ -360,7 +389,7 @@ def fetchExplain(admin, router, query, *, token=None, timeout=TIMEOUT):
     return answer
 
 
-def _reachReason(reason, timeout):
+def _reachReason(reason: OSError | str, timeout: float) -> str:
     """
     Why the admin API could not be reached, in the proxy's words.
 
@@ -386,7 +415,7 @@ def _reachReason(reason, timeout):
     return str(reason)
 
 
-def _httpError(error):
+def _httpError(error: urllib.error.HTTPError) -> str:
     """
     A readable reason for an error answer of the admin API.
     """
@@ -403,7 +432,7 @@ def _httpError(error):
 
 # -- formatting ---------------------------------------------------------------
 
-def formatExplain(router, answer):
+def formatExplain(router: str, answer: Mapping[str, Any]) -> str:
     """
     Format an explanation for a terminal.
 
@@ -449,7 +478,7 @@ def formatExplain(router, answer):
     return "\n".join(lines) + "\n"
 
 
-def _scalar(value):
+def _scalar(value: object) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
@@ -457,7 +486,7 @@ def _scalar(value):
     return str(value)
 
 
-def _formatNode(node, depth, lines):
+def _formatNode(node: object, depth: int, lines: list[str]) -> None:
     indent = "  " * depth
     if not isinstance(node, dict):
         lines.append(indent + str(node))
@@ -483,7 +512,7 @@ def _formatNode(node, depth, lines):
         _formatNode(child, depth + 1, lines)
 
 
-def _formatEndpoint(endpoint):
+def _formatEndpoint(endpoint: object) -> str:
     if not isinstance(endpoint, dict):
         return str(endpoint)
     parts = [str(endpoint.get("address", "?"))]

@@ -562,7 +562,7 @@ class RequireTokenTests(SynchronousTestCase):
         request = self.makeRequest(b"POST", b"Bearer \xff\xfe")
         handler(api, request)
         self.assertEqual(request.responseCode, 401)
-        request = self.makeRequest(b"POST", b"Bearer " + "jeton-é".encode("utf-8"))
+        request = self.makeRequest(b"POST", b"Bearer " + "jeton-é".encode())
         self.assertEqual(handler(api, request), b"done")
 
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from treq.testing import StubTreq
@@ -27,14 +28,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from meshproxy.admin.api import AdminAPI
 from meshproxy.admin.site import AdminSite
-from tests.test_admin_api import (
-    AUTH,
-    BASE,
-    CONFIG_VERSION,
-    TOKEN,
-    FakeRuntime,
-    _RulesMixin,
-)
+from tests.test_admin_api import AUTH, BASE, CONFIG_VERSION, TOKEN, FakeRuntime, _RulesMixin
 from tests.test_admin_rules import USERS_V2
 
 JSON = "application/json"

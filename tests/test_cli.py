@@ -100,7 +100,9 @@ class FormatExplainTests(SynchronousTestCase):
         text = formatExplain("web", router.explain(name="/svc/hello"))
         self.assertIn("destination: /#/static/hello | /#/other/hello\n", text)
         endpoints = text.split("  /#/static/hello\n", 1)[1]
-        self.assertIn("    127.0.0.1:9001  live  ewma 0 ms  pending 0  score 0  weight 1\n", endpoints)
+        self.assertIn(
+            "    127.0.0.1:9001  live  ewma 0 ms  pending 0  score 0  weight 1\n", endpoints
+        )
         self.assertIn("    127.0.0.1:9002  live", endpoints)
 
     def test_loop(self) -> None:
@@ -336,7 +338,8 @@ class CheckTests(SynchronousTestCase):
 
     def test_malformedEndpointInTheProxysWords(self) -> None:
         path = self.write(
-            "admin: {listen: 'tcp:x'}\nrouters: [{name: web, listen: 'tcp:1:interface=1.2.3.4.5'}]\n"
+            "admin: {listen: 'tcp:x'}\n"
+            "routers: [{name: web, listen: 'tcp:1:interface=1.2.3.4.5'}]\n"
         )
         self.assertEqual(main(["check", path]), 1)
         self.assertEqual(

@@ -84,7 +84,10 @@ class IsServiceNameTests(SynchronousTestCase):
         """
         for name in ["users", "users.v2", "a-b_c", "x.swpx"]:
             self.assertTrue(isServiceName(name), name)
-        for name in ["", ".", "..", ".users", "users~", "users.swp", "users.tmp", "a/b", "../x", "a\0b"]:
+        for name in [
+            "", ".", "..", ".users", "users~", "users.swp", "users.tmp",
+            "a/b", "../x", "a\0b",
+        ]:
             self.assertFalse(isServiceName(name), name)
 
 
@@ -205,7 +208,10 @@ class FileNamerTests(SynchronousTestCase):
         os.mkdir(inside)
         self.write("users", "10.0.0.1:80\n", root=inside)
         namer = self.namer()
-        for name in [".users", "users~", "users.swp", "users.tmp", "..", ".", "", "sub/users", "../x"]:
+        for name in [
+            ".users", "users~", "users.swp", "users.tmp",
+            "..", ".", "", "sub/users", "../x",
+        ]:
             self.assertEqual(namer.bind(name).current, Addr.neg(), name)
 
     def test_emptyFileIsBoundToNothing(self):

@@ -63,7 +63,8 @@ import ipaddress
 import itertools
 import json
 import posixpath
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any, cast
 
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -456,7 +457,10 @@ class _AdmittingKlein(Klein):
         handler = self.endpoints[endpoint]
         # Klein's route wrapper copies the attributes of the handler it
         # wraps, _takes' included.
-        self._instance._admit(request, getattr(handler, "bodyType", JSON_TYPE))
+        bodyType = getattr(handler, "bodyType", JSON_TYPE)
+        # Klein types _instance as Klein | None; it is the object the app
+        # was read from, and this app is only used as AdminAPI.app.
+        cast("AdminAPI", self._instance)._admit(request, bodyType)
         return super().execute_endpoint(endpoint, request, *args, **kwargs)
 
 
@@ -1081,13 +1085,15 @@ class AdminAPI:
         refused = self._admitUnrouted(request)
         if refused is not None:
             return refused
-        allowed = sorted(failure.value.valid_methods or ())
+        # handle_errors(X) hands a handler only failures of X.
+        error = cast(MethodNotAllowed, failure.value)
+        allowed = sorted(error.valid_methods or ())
         request.setHeader(b"allow", ", ".join(allowed).encode("ascii"))
         return _json(request, {"error": "method not allowed", "allowed": allowed}, 405)
 
     @app.handle_errors(_Refusal)
     def _refused(self, request: IRequest, failure: Failure) -> bytes:
-        return _answer(request, failure.value)
+        return _answer(request, cast(_Refusal, failure.value))
 
     @app.handle_errors(Exception)
     def _internalError(self, request: IRequest, failure: Failure) -> bytes:

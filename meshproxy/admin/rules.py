@@ -34,7 +34,8 @@ import hashlib
 import json
 import os
 import tempfile
-from typing import Any, Collection
+from collections.abc import Collection
+from typing import Any
 from urllib.parse import quote
 
 from twisted.logger import Logger
@@ -506,8 +507,10 @@ def _parseState(state: Any, router: str) -> tuple[str, list[dict[str, str]], str
     for entry in entries if isinstance(entries, list) else ():
         if not isinstance(entry, dict):
             continue
-        fields = {key: entry.get(key) for key in ("version", "time", "who", "text")}
-        if not all(isinstance(value, str) for value in fields.values()):
+        keys = ("version", "time", "who", "text")
+        fields = {key: value for key in keys if isinstance(value := entry.get(key), str)}
+        if len(fields) != len(keys):
+            # One is missing or not a string.
             continue
         if fields["version"] != rulesVersion(fields["text"]):
             continue

@@ -15,7 +15,10 @@ takes no forms: it refuses them with 415.
 """
 
 from io import BytesIO
+from typing import Any
 
+from twisted.web.http import Request as HTTPRequest
+from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 #: The largest request body the admin API reads (the rules limit plus room).
@@ -38,14 +41,14 @@ class LimitedRequest(Request):
     _seen = 0
     _refused = False
 
-    def gotLength(self, length):
+    def gotLength(self, length: int | None) -> None:
         if length is not None and length > MAX_BODY:
             self._refuse()
             self.content = BytesIO()
             return
         Request.gotLength(self, length)
 
-    def handleContentChunk(self, data):
+    def handleContentChunk(self, data: bytes) -> None:
         if self._refused:
             return
         self._seen += len(data)
@@ -54,9 +57,11 @@ class LimitedRequest(Request):
             return
         Request.handleContentChunk(self, data)
 
-    def _refuse(self):
+    def _refuse(self) -> None:
         self._refused = True
         transport = self.channel.transport
+        # A body arrives only on a connected channel.
+        assert transport is not None
         transport.write(_TOO_LARGE)
         transport.loseConnection()
 
@@ -72,9 +77,9 @@ class AdminSite(Site):
     requestFactory = LimitedRequest
     noisy = False
 
-    def __init__(self, resource, *args, **kwargs):
+    def __init__(self, resource: IResource, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("parsePOSTFormSubmission", False)
         super().__init__(resource, *args, **kwargs)
 
-    def log(self, request):
+    def log(self, request: HTTPRequest) -> None:
         pass

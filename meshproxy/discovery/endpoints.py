@@ -12,7 +12,8 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from typing import Callable, ClassVar
+from collections.abc import Callable
+from typing import ClassVar
 
 import attrs
 from twisted.logger import Logger
@@ -258,7 +259,9 @@ class Observable:
             try:
                 fn(addr)
             except Exception:
-                _log.failure("subscriber {subscriber!r} failed on {addr!r}", subscriber=fn, addr=addr)
+                _log.failure(
+                    "subscriber {subscriber!r} failed on {addr!r}", subscriber=fn, addr=addr
+                )
 
     def __repr__(self) -> str:
         return f"<Observable {self.current!r} subscribers={len(self._subscribers)}>"

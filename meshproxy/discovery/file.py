@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -417,7 +416,7 @@ class FileNamer(Service):
             return
         self._parsed(watch, key, content)
 
-    def _parsed(self, watch: _Watch, key: Any, content: bytes) -> None:
+    def _parsed(self, watch: _Watch, key: tuple[int, int, int, int], content: bytes) -> None:
         text = content.decode("utf-8", errors="replace").removeprefix("\ufeff")
         endpoints, errors, entries = parseEndpoints(text)
         if errors and not endpoints:
@@ -473,13 +472,24 @@ class FileNamer(Service):
     def _notRegular(self, watch: _Watch) -> None:
         watch.seen = False
         if watch.problem != "not a regular file":
-            _log.warn("{path} is not a regular file; {service} is unknown", path=watch.path, service=watch.name)
+            _log.warn(
+                "{path} is not a regular file; {service} is unknown",
+                path=watch.path,
+                service=watch.name,
+            )
         watch.key = None
         watch.good = False
         watch.problem = "not a regular file"
         watch.observable.set(Addr.neg())
 
-    def _problem(self, watch: _Watch, problem: str, *, retry: bool = False, key: Any = None) -> None:
+    def _problem(
+        self,
+        watch: _Watch,
+        problem: str,
+        *,
+        retry: bool = False,
+        key: tuple[int, int, int, int] | None = None,
+    ) -> None:
         """
         Keep the last good set (or fail the service if there never was one)
         and log why.

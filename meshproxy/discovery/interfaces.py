@@ -4,9 +4,14 @@ The interface between the router and the namers.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from twisted.application.service import IService
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import Attribute
+
+if TYPE_CHECKING:
+    from meshproxy.discovery.endpoints import Observable
 
 __all__ = ["INamer", "FirstLoad"]
 
@@ -56,7 +61,7 @@ class INamer(IService):
         """
     )
 
-    def bind(service: str) -> "meshproxy.discovery.endpoints.Observable":  # noqa: F821
+    def bind(service: str) -> Observable:
         """
         Look up one service.
 

@@ -30,7 +30,8 @@ Exported families::
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -304,7 +305,7 @@ class _MeshCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         metrics = self._metrics
-        requests, responses, duration = families = self._routeFamilies()
+        requests, responses, duration = routeFamilies = self._routeFamilies()
         for stats in metrics._routes.values():
             labels = [stats.router, stats.name]
             requests.add_metric(labels, stats.requests)
@@ -313,19 +314,20 @@ class _MeshCollector(Collector):
                 responses.add_metric([stats.router, stats.name, codeClass], counts[cls])
             cumulative = 0
             buckets = []
-            for le, count in zip(_LE, stats.buckets):
+            # Both have one entry per bound plus +Inf.
+            for le, count in zip(_LE, stats.buckets, strict=True):
                 cumulative += count
                 buckets.append((le, cumulative))
             duration.add_metric(labels, buckets, stats.seconds)
-        yield from families
+        yield from routeFamilies
 
-        errors, opened, closed = families = self._errorFamilies()
+        errors, opened, closed = errorFamilies = self._errorFamilies()
         for (router, reason), count in metrics._errors.items():
             errors.add_metric([router, reason], count)
         for router, conns in metrics._connections.items():
             opened.add_metric([router], conns.opened)
             closed.add_metric([router], conns.closed)
-        yield from families
+        yield from errorFamilies
 
         retries = CounterMetricFamily(
             "meshproxy_retries_total",
@@ -353,8 +355,8 @@ class _MeshCollector(Collector):
             events.add_metric([router, kind], count)
         yield events
 
-        families = self._endpointFamilies()
-        pending, ewma, up, epRequests, epFailures = families
+        endpointFamilies = self._endpointFamilies()
+        pending, ewma, up, epRequests, epFailures = endpointFamilies
         seen = set()
         try:
             for router, name, node in metrics._nodes():
@@ -376,7 +378,7 @@ class _MeshCollector(Collector):
             # with it: export the rest and drop the endpoint families.
             _log.failure("reading endpoint nodes for metrics")
             return
-        yield from families
+        yield from endpointFamilies
 
     @staticmethod
     def _routeFamilies() -> tuple[CounterMetricFamily, CounterMetricFamily, HistogramMetricFamily]:
