@@ -434,7 +434,9 @@ class ClientTLS:
             self._context = self._build()
         except (TLSFileError, SSL.Error, crypto.Error) as e:
             self.reloadFailures += 1
-            _log.error("upstream TLS files not reloaded, keeping the previous ones: {why}", why=str(e))
+            _log.error(
+                "upstream TLS files not reloaded, keeping the previous ones: {why}", why=str(e)
+            )
             return False
         return True
 
@@ -602,7 +604,7 @@ class FileWatcher:
         self._loop: LoopingCall | None = None
 
     def _stat(self) -> tuple:
-        seen = []
+        seen: list[tuple[int, int, int] | None] = []
         for path in self._paths:
             try:
                 st = os.stat(path)

@@ -1108,7 +1108,8 @@ class MemoryProxy:
         @return: the L{RawClient}.
         """
         heads = [method] if method == b"HEAD" else []
-        return self.exchange(requestBytes(method, path, host, headers, body), heads=heads, port=port)
+        request = requestBytes(method, path, host, headers, body)
+        return self.exchange(request, heads=heads, port=port)
 
     # -- the admin API --------------------------------------------------------------------------
 

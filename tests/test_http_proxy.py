@@ -256,7 +256,8 @@ class ErrorTests(ProxyTestCase):
 # reaches an upstream (and the connection closed).
 SMUGGLING = {
     "bothLengths": (
-        b"POST / HTTP/1.1\r\nHost: hello\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: hello\r\nContent-Length: 4\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         400,
     ),
     "differingLengths": (
@@ -276,7 +277,8 @@ SMUGGLING = {
         400,
     ),
     "badChunkSize": (
-        b"POST / HTTP/1.1\r\nHost: hello\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: hello\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"zz\r\nabc\r\n0\r\n\r\n",
         400,
     ),
     "obsFold": (b"GET / HTTP/1.1\r\nHost: hello\r\nX-A: a\r\n b\r\n\r\n", 400),
@@ -423,7 +425,11 @@ class DrainTests(ProxyTestCase):
         client.transport.write(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
         self.network.flush()
         self.assertEqual(len(held), 1)
-        [factory] = [l.factory for l in proxy.runtime.listeners if hasattr(l.factory, "drain")]
+        [factory] = [
+            listener.factory
+            for listener in proxy.runtime.listeners
+            if hasattr(listener.factory, "drain")
+        ]
         drained = factory.drain(5.0)
         self.assertNoResult(drained)
         late = proxy.exchange(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")

@@ -25,12 +25,7 @@ from tests.memory_support import (
     delayedHandler,
     sample,
 )
-from tests.resilience_support import (
-    holdHandler,
-    resetHandler,
-    resilienceConfig,
-    statusHandler,
-)
+from tests.resilience_support import holdHandler, resetHandler, resilienceConfig, statusHandler
 from tests.support import okHandler
 
 #: Round robin: a retry goes to the next instance, deterministically.
@@ -340,7 +335,9 @@ class RefusedTests(ResilienceTestCase):
         """
         dead = self.network.unusedPort()
         [(live, pl)] = self.backends(okHandler(b"live"))
-        proxy = self.proxy({"hello": [dead, pl]}, loadBalancer=ROUND_ROBIN, failureAccrual=NO_ACCRUAL)
+        proxy = self.proxy(
+            {"hello": [dead, pl]}, loadBalancer=ROUND_ROBIN, failureAccrual=NO_ACCRUAL
+        )
         clients = [proxy.send(method=b"POST", body=b"post %d" % (i,)) for i in range(20)]
         self.assertAllOk(clients, b"live")
         self.assertEqual(
@@ -487,7 +484,7 @@ class BudgetTests(ResilienceTestCase):
             loadBalancer=ROUND_ROBIN,
             failureAccrual=NO_ACCRUAL,
         )
-        for i in range(10):
+        for _ in range(10):
             self.assertEqual(proxy.send().responses[0].status, 200)
         retries = proxy.retries()
         self.assertEqual(retries["budget-exhausted"], 0)
@@ -515,7 +512,7 @@ class AccrualTests(ResilienceTestCase):
             " backoffMin: 200ms, backoffMax: 400ms}",
             loadBalancer=ROUND_ROBIN,
         )
-        for i in range(10):
+        for _ in range(10):
             self.assertEqual(proxy.send().responses[0].status, 200)
         victim = instances[2]
         before = proxy.endpointState(HELLO, victim.port)
@@ -544,7 +541,7 @@ class AccrualTests(ResilienceTestCase):
         self.assertLessEqual(ejected["ejectedUntil"] - ejectedAt, 0.24)
 
         # While the ejection lasts, the instance is not tried at all.
-        for i in range(10):
+        for _ in range(10):
             s1 = state()
             self.assertEqual(proxy.send().responses[0].status, 200)
             s2 = state()
@@ -560,7 +557,7 @@ class AccrualTests(ResilienceTestCase):
         # Back on the same port: the probe after the backoff revives it.
         victim.start()
         arrived = len(victim.requests)
-        for i in range(400):
+        for _ in range(400):
             self.assertEqual(proxy.send().responses[0].status, 200)
             if state()["state"] == "live":
                 break

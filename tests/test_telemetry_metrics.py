@@ -232,15 +232,23 @@ class MeshMetricsTests(SynchronousTestCase):
         samples = scrape(self.registry)
         self.assertEqual(
             samples[
-                ("meshproxy_policy_denied_total",
-                 frozenset({"identity": "spiffe://mesh.local/x", "router": "web", "rule": "2"}.items()))
+                (
+                    "meshproxy_policy_denied_total",
+                    frozenset(
+                        {"identity": "spiffe://mesh.local/x", "router": "web", "rule": "2"}.items()
+                    ),
+                )
             ],
             1,
         )
         self.assertEqual(
             samples[
-                ("meshproxy_policy_denied_total",
-                 frozenset({"identity": "unauthenticated", "router": "web", "rule": "default"}.items()))
+                (
+                    "meshproxy_policy_denied_total",
+                    frozenset(
+                        {"identity": "unauthenticated", "router": "web", "rule": "default"}.items()
+                    ),
+                )
             ],
             2,
         )

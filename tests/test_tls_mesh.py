@@ -34,7 +34,9 @@ class TLSMeshTestCase(TestCase):
         self.ca = self.mktemp()
         certs.initAuthority(self.ca)
         self.caFile = os.path.join(self.ca, "ca.pem")
-        self.web = certs.issue(self.ca, "web", uris=("spiffe://mesh.local/web",), dnsNames=("web.mesh.local",))
+        self.web = certs.issue(
+            self.ca, "web", uris=("spiffe://mesh.local/web",), dnsNames=("web.mesh.local",)
+        )
         self.api = certs.issue(self.ca, "api", dnsNames=("api.example",))
         self.users = certs.issue(
             self.ca, "users", uris=("spiffe://mesh.local/users",), dnsNames=("users.mesh.local",)
@@ -173,7 +175,6 @@ routers:
         other = certs.issue(self.ca, "other", dnsNames=("other.mesh.local",))
         shutil.copy(other.cert, certFile)
         shutil.copy(other.key, keyFile)
-        from tests.resilience_support import waitUntil
 
         results = []
 
@@ -203,7 +204,14 @@ class MeshTests(TLSMeshTestCase):
     """
 
     @defer.inlineCallbacks
-    def pair(self, policy, *, inboundCert=None, outboundServerName="spiffe://mesh.local/{service}", ca=None):
+    def pair(
+        self,
+        policy,
+        *,
+        inboundCert=None,
+        outboundServerName="spiffe://mesh.local/{service}",
+        ca=None,
+    ):
         backend = yield self.backend()
         inboundCert = inboundCert or self.users
         inPort, _, self.inbound = yield startProxy(
@@ -375,7 +383,9 @@ routers:
         )
         code, out, err = yield self.curl(port, "--cert", self.caller.cert, "--key", self.caller.key)
         self.assertEqual(code, 0, err)
-        code, out, err = yield self.curl(port, "--cert", self.stranger.cert, "--key", self.stranger.key)
+        code, out, err = yield self.curl(
+            port, "--cert", self.stranger.cert, "--key", self.stranger.key
+        )
         self.assertNotEqual(code, 0, out)
         self.assertEqual(len(self.backendFactory.requests), 1)
         metrics = runtime.routers["tcp"].metrics

@@ -408,7 +408,9 @@ class Exchange(ExchangeState):
             return
         self.fail(
             ProxyError(
-                502, "upstream-tls" if tls else "upstream-connect", "Upstream %s %s." % (address, reason)
+                502,
+                "upstream-tls" if tls else "upstream-connect",
+                "Upstream %s %s." % (address, reason),
             )
         )
 

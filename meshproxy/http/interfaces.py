@@ -63,6 +63,9 @@ class IRouter(Interface):
     deadlines = Attribute("The router's DeadlinePolicy.")
     perTryTimeout = Attribute("Seconds a try may wait for its response head, or None.")
     bufferBytes = Attribute("Request body bytes kept for a retry.")
+    tlsName = Attribute(
+        "The identity of the listener's own certificate when it terminates TLS, or None."
+    )
     forwarded = Attribute("Whether X-Forwarded-* and Forwarded are added.")
 
     def route(request: Request, trusted: bool) -> tuple[IDestination, bytes | None]:

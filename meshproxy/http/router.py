@@ -223,7 +223,8 @@ class HttpRouter:
             raise ProxyError(
                 403,
                 "forbidden",
-                "%s may not call %s (%s)." % (name or "an unauthenticated caller", path, decision.reason),
+                "%s may not call %s (%s)."
+                % (name or "an unauthenticated caller", path, decision.reason),
             )
 
     def isTrusted(self, host: str | None) -> bool:

@@ -313,7 +313,11 @@ class ClientIdentityIdentifier:
 
     A request reads the identity from C{.identity} (a
     L{PeerIdentity<meshproxy.tls.PeerIdentity>} or L{None}).
+
+    @ivar prefix: C{/id}, always.
     """
+
+    prefix: Path = attrs.field(default=Path(("id",)), init=False)
 
     def identify(self, request: Any) -> Path:
         """

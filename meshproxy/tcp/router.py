@@ -493,7 +493,7 @@ class _Splice:
         if ISSLTransport.providedBy(client.transport):
             from meshproxy.tls import identityOf
 
-            certificate = client.transport.getPeerCertificate()  # type: ignore[attr-defined]
+            certificate: Any = client.transport.getPeerCertificate()
             if certificate is not None:
                 identity = identityOf(certificate).name
         peer = getattr(client.transport.getPeer(), "host", None)
