@@ -355,6 +355,9 @@ class ClientTLS:
     TLS to upstreams whose certificates must name one identity.
 
     @ivar expected: the identity (a DNS name, or a URI with C{://}).
+    @ivar expiries: the client certificate's expiry (Unix time), by its
+        file, for the metrics; empty without a client certificate.
+    @ivar reloadFailures: how many reloads failed (and kept the old files).
     """
 
     def __init__(
@@ -389,6 +392,7 @@ class ClientTLS:
         self._key = key
         self._minVersion = _VERSIONS[minVersion]
         self._protocols = list(protocols)
+        self.expiries: dict[str, float] = {}
         self.reloadFailures = 0
         self._context = self._build()
 
@@ -408,6 +412,7 @@ class ClientTLS:
         for certificate in _loadCertificates(self._ca):
             store.add_cert(certificate)
         cert, key = self._cert, self._key
+        expiries = {}
         if cert is not None:
             chain = _loadCertificates(cert)
             try:
@@ -420,7 +425,10 @@ class ClientTLS:
                 raise TLSFileError(
                     f"the key {key} does not belong to the certificate {cert}"
                 ) from None
+            expiries[cert] = expiryOf(chain[0])
         ctx.set_alpn_protos(self._protocols)
+        # Only once every file was read: a failed reload keeps the old ones.
+        self.expiries = expiries
         return ctx
 
     def reload(self) -> bool:

@@ -222,6 +222,8 @@ class MeshMetricsTests(SynchronousTestCase):
                 "meshproxy_retries": "counter",
                 "meshproxy_endpoint_events": "counter",
                 "meshproxy_policy_denied": "counter",
+                "meshproxy_tls_certificate_expiry_timestamp_seconds": "gauge",
+                "meshproxy_tls_reload_failures": "counter",
             },
         )
 
@@ -538,3 +540,107 @@ class MeshMetricsTests(SynchronousTestCase):
         self.metrics.route("web", name).record(200, 0.01)
         samples = scrape(self.registry)
         self.assertEqual(samples[key("meshproxy_requests_total", router="web", name=name)], 1)
+
+
+@attrs.define
+class FakeTLS:
+    """
+    Stands for L{meshproxy.tls.ServerTLS} and L{meshproxy.tls.ClientTLS}:
+    the attributes the collector reads.
+    """
+
+    expiries: dict[str, float] = attrs.Factory(dict)
+    reloadFailures: int = 0
+
+
+class TLSMetricsTests(SynchronousTestCase):
+    """
+    Certificate expiries and reload failures are read from the TLS contexts
+    at scrape time.
+    """
+
+    def setUp(self) -> None:
+        self.registry = CollectorRegistry()
+        self.tls: list[tuple[str, list[FakeTLS]]] = []
+        MeshMetrics(self.registry, tls=lambda: self.tls)
+
+    def test_expiryPerRouterAndFile(self) -> None:
+        server = FakeTLS({"/etc/mesh/web.pem": 1_900_000_000.0, "/etc/mesh/api.pem": 1.8e9})
+        client = FakeTLS({"/etc/mesh/caller.pem": 1_850_000_000.0})
+        self.tls = [("web", [server, client]), ("tcp", [FakeTLS({"/etc/mesh/web.pem": 1e9})])]
+        samples = scrape(self.registry)
+        name = "meshproxy_tls_certificate_expiry_timestamp_seconds"
+        self.assertEqual(
+            {labels: value for (sample, labels), value in samples.items() if sample == name},
+            {
+                frozenset({"router": "web", "certificate": "/etc/mesh/web.pem"}.items()):
+                    1_900_000_000.0,
+                frozenset({"router": "web", "certificate": "/etc/mesh/api.pem"}.items()): 1.8e9,
+                frozenset({"router": "web", "certificate": "/etc/mesh/caller.pem"}.items()):
+                    1_850_000_000.0,
+                frozenset({"router": "tcp", "certificate": "/etc/mesh/web.pem"}.items()): 1e9,
+            },
+        )
+        self.assertEqual(families(self.registry)[name], "gauge")
+
+    def test_oneSeriesPerFileTheSoonest(self) -> None:
+        """
+        Several upstream connectors presenting one file (one per expected
+        identity) make one series, the soonest expiry: a connector made
+        just before a rotation still presents the old certificate.
+        """
+        self.tls = [(
+            "web",
+            [FakeTLS({"/c.pem": 2e9}), FakeTLS({"/c.pem": 1.5e9}), FakeTLS({"/c.pem": 2e9})],
+        )]
+        samples = scrape(self.registry)  # asserts no duplicate series
+        self.assertEqual(
+            samples[key("meshproxy_tls_certificate_expiry_timestamp_seconds",
+                        router="web", certificate="/c.pem")],
+            1.5e9,
+        )
+
+    def test_reloadFailuresSummedPerRouter(self) -> None:
+        """
+        A router's reload failures are those of its listener and of every
+        upstream connector; a router with TLS and no context yet (upstream
+        TLS not used so far) reads 0 rather than nothing.
+        """
+        self.tls = [
+            ("web", [FakeTLS(reloadFailures=2), FakeTLS(reloadFailures=1)]),
+            ("out", []),
+        ]
+        samples = scrape(self.registry)
+        self.assertEqual(samples[key("meshproxy_tls_reload_failures_total", router="web")], 3)
+        self.assertEqual(samples[key("meshproxy_tls_reload_failures_total", router="out")], 0)
+        self.assertEqual(families(self.registry)["meshproxy_tls_reload_failures"], "counter")
+        self.tls[0][1][0].reloadFailures += 1
+        samples = scrape(self.registry)
+        self.assertEqual(samples[key("meshproxy_tls_reload_failures_total", router="web")], 4)
+
+    def test_noTLSNoFamilySamples(self) -> None:
+        samples = scrape(self.registry)
+        self.assertFalse(any(name.startswith("meshproxy_tls") for name, _ in samples))
+
+    def test_brokenTLSSourceKeepsTheRest(self) -> None:
+        """
+        If reading the TLS contexts raises, the failure is logged and the
+        other families are still exported.
+        """
+        def broken() -> list[tuple[str, list[FakeTLS]]]:
+            raise RuntimeError("context gone")
+
+        registry = CollectorRegistry()
+        node = FakeNode(FakeEndpoint("10.0.0.1", 80))
+        metrics = MeshMetrics(registry, lambda: [("web", "/#/fs/users", node)], tls=broken)
+        metrics.route("web", "/#/fs/users").record(200, 0.01)
+        samples = scrape(registry)
+        self.assertEqual(
+            samples[key("meshproxy_requests_total", router="web", name="/#/fs/users")], 1
+        )
+        self.assertIn(
+            key("meshproxy_endpoint_up", router="web", name="/#/fs/users", endpoint="10.0.0.1:80"),
+            samples,
+        )
+        self.assertFalse(any(name.startswith("meshproxy_tls") for name, _ in samples))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

@@ -207,3 +207,33 @@ class TLSTests(SynchronousTestCase):
         import time
 
         self.assertGreater(expiry, time.time() + 300 * 86400)
+
+    def test_clientExpiriesFollowReloads(self):
+        """
+        A L{ClientTLS} knows when its client certificate expires, by file:
+        a reload that reads a new certificate updates it, a failed reload
+        keeps the previous one (and is counted).
+        """
+        import time
+
+        self.assertEqual(ClientTLS("web", ca=self.caFile).expiries, {})
+        directory = self.mktemp()
+        os.makedirs(directory)
+        certFile, keyFile = os.path.join(directory, "c.pem"), os.path.join(directory, "c.key")
+        shutil.copy(self.caller.cert, certFile)
+        shutil.copy(self.caller.key, keyFile)
+        client = ClientTLS("web", ca=self.caFile, cert=certFile, key=keyFile)
+        [(path, expiry)] = client.expiries.items()
+        self.assertEqual(path, certFile)
+        self.assertGreater(expiry, time.time() + 300 * 86400)
+        self.patch(certs, "LEAF_DAYS", 30)
+        shorter = certs.issue(self.ca, "shorter", uris=("spiffe://mesh.local/caller",))
+        shutil.copy(shorter.cert, certFile)
+        shutil.copy(shorter.key, keyFile)
+        self.assertTrue(client.reload())
+        rotated = client.expiries[certFile]
+        self.assertLess(rotated, time.time() + 31 * 86400)
+        with open(certFile, "wb") as f:
+            f.write(b"garbage")
+        self.assertFalse(client.reload())
+        self.assertEqual((client.expiries, client.reloadFailures), ({certFile: rotated}, 1))

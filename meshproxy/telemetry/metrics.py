@@ -25,6 +25,9 @@ Exported families::
     meshproxy_endpoint_up{router,name,endpoint}               gauge, 1 when state is "live"
     meshproxy_endpoint_requests_total{router,name,endpoint}
     meshproxy_endpoint_failures_total{router,name,endpoint}
+    meshproxy_tls_certificate_expiry_timestamp_seconds{router,certificate}
+                                                              gauge, Unix time; certificate = file
+    meshproxy_tls_reload_failures_total{router}
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ _LE = tuple(floatToGoString(b) for b in BUCKETS) + ("+Inf",)
 _CODE_CLASSES = ((1, "1xx"), (2, "2xx"), (3, "3xx"), (4, "4xx"), (5, "5xx"))
 
 NodesSource = Callable[[], Iterable[tuple[str, str, Any]]]
+TLSSource = Callable[[], Iterable[tuple[str, Iterable[Any]]]]
 
 
 class RouteStats:
@@ -147,6 +151,10 @@ def _noNodes() -> Iterable[tuple[str, str, Any]]:
     return ()
 
 
+def _noTLS() -> Iterable[tuple[str, Iterable[Any]]]:
+    return ()
+
+
 class MeshMetrics:
     """
     The process's metrics: owns the per-route records and exports them,
@@ -165,6 +173,15 @@ class MeshMetrics:
     @param costScale: what C{node.cost} is multiplied by to give seconds:
         1.0 when the balancer keeps it in seconds, 0.001 when in
         milliseconds.
+    @param tls: called at each scrape; returns an iterable of
+        C{(routerName, contexts)} for every router with TLS (terminated or
+        to upstreams), where each context (a
+        L{ServerTLS<meshproxy.tls.ServerTLS>} or
+        L{ClientTLS<meshproxy.tls.ClientTLS>}) has C{expiries} (the Unix
+        time each loaded certificate expires, by its file) and
+        C{reloadFailures}. A router with no context yet (upstream TLS not
+        used so far) still gets its reload failures, at 0. Defaults to no
+        TLS.
     """
 
     def __init__(
@@ -173,8 +190,10 @@ class MeshMetrics:
         nodes: NodesSource = _noNodes,
         *,
         costScale: float = 1.0,
+        tls: TLSSource = _noTLS,
     ) -> None:
         self._nodes = nodes
+        self._tls = tls
         self._costScale = costScale
         self._routes: dict[tuple[str, str], RouteStats] = {}
         self._errors: dict[tuple[str, str], int] = {}
@@ -301,6 +320,7 @@ class _MeshCollector(Collector):
         # register() time without walking the nodes.
         yield from self._routeFamilies()
         yield from self._errorFamilies()
+        yield from self._tlsFamilies()
         yield from self._endpointFamilies()
 
     def collect(self) -> Iterator[Metric]:
@@ -354,6 +374,7 @@ class _MeshCollector(Collector):
         for (router, kind), count in metrics._events.items():
             events.add_metric([router, kind], count)
         yield events
+        yield from self._collectTLS()
 
         endpointFamilies = self._endpointFamilies()
         pending, ewma, up, epRequests, epFailures = endpointFamilies
@@ -379,6 +400,55 @@ class _MeshCollector(Collector):
             _log.failure("reading endpoint nodes for metrics")
             return
         yield from endpointFamilies
+
+    def _collectTLS(self) -> Iterator[Metric]:
+        """
+        The TLS families: each router's certificate expiries and reload
+        failures, read from its TLS contexts.
+        """
+        failures: dict[str, int] = {}
+        expiries: dict[tuple[str, str], float] = {}
+        try:
+            for router, contexts in self._metrics._tls():
+                failures.setdefault(router, 0)
+                for context in contexts:
+                    failures[router] += context.reloadFailures
+                    for path, when in context.expiries.items():
+                        # Several upstream connectors can present one file
+                        # (one per expected identity): one series, the
+                        # soonest expiry (a connector made just before a
+                        # rotation is reloaded within a second).
+                        key = (router, path)
+                        if key not in expiries or when < expiries[key]:
+                            expiries[key] = when
+        except Exception:
+            # As for the nodes: the rest of the scrape goes on without them.
+            _log.failure("reading TLS contexts for metrics")
+            return
+        expiry, reloads = self._tlsFamilies()
+        for (router, path), when in sorted(expiries.items()):
+            expiry.add_metric([router, path], when)
+        for router, count in failures.items():
+            reloads.add_metric([router], count)
+        yield expiry
+        yield reloads
+
+    @staticmethod
+    def _tlsFamilies() -> tuple[GaugeMetricFamily, CounterMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "meshproxy_tls_certificate_expiry_timestamp_seconds",
+                "When each certificate a router presents expires (its listener's, and its"
+                " client certificates to upstreams once used), as a Unix time, by file.",
+                labels=["router", "certificate"],
+            ),
+            CounterMetricFamily(
+                "meshproxy_tls_reload_failures",
+                "Reloads of rotated TLS files that failed (the previous files stay in use),"
+                " per router.",
+                labels=["router"],
+            ),
+        )
 
     @staticmethod
     def _routeFamilies() -> tuple[CounterMetricFamily, CounterMetricFamily, HistogramMetricFamily]:
