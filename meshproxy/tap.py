@@ -389,12 +389,17 @@ class Runtime(Service):
     @ivar readyFallback: seconds after the start past which namers still
         loading no longer hold readiness back.
     @ivar startedAt: the reactor's time at the start, or L{None} before.
+    @ivar serverTLS: the L{ServerTLS<meshproxy.tls.ServerTLS>} of each
+        router that terminates TLS, by name.
+    @ivar upstreamTLS: the names of the routers with TLS to upstreams.
     """
 
     def __init__(self, *, reactor=None, shutdownGrace=10.0, readyFallback=READY_FALLBACK):
         self.routers = {}
         self.listeners = []
         self.namers = []
+        self.serverTLS = {}
+        self.upstreamTLS = set()
         self.reactor = reactor
         self.shutdownGrace = shutdownGrace
         self.readyFallback = readyFallback
@@ -499,6 +504,23 @@ class Runtime(Service):
             for boundName, node in router.nodes():
                 yield name, boundName, node
 
+    def tlsContexts(self):
+        """
+        Every router with TLS and its TLS contexts (its listener's, then
+        one per upstream connector made so far), for metrics at scrape
+        time.
+        """
+        for name, router in list(self.routers.items()):
+            server = self.serverTLS.get(name)
+            if server is None and name not in self.upstreamTLS:
+                continue
+            contexts = [] if server is None else [server]
+            # An HTTP router makes a connector per expected identity on
+            # first use and keeps it; it has no public view of them yet.
+            connectors = getattr(router, "_tlsConnectors", {})
+            contexts.extend(connector.creator for connector in list(connectors.values()))
+            yield name, contexts
+
 
 def _count(n, word):
     return "1 %s" % (word,) if n == 1 else "%d %ss" % (n, word)
@@ -555,7 +577,7 @@ def buildServices(config, *, reactor, configPath=None, wallClock=None):
         reactor=reactor, shutdownGrace=getattr(config.admin, "shutdownGrace", 10.0)
     )
     registry = CollectorRegistry()
-    metrics = MeshMetrics(registry, runtime.nodes, costScale=0.001)
+    metrics = MeshMetrics(registry, runtime.nodes, costScale=0.001, tls=runtime.tlsContexts)
     # The runtime first: the readiness clock starts before the namers load.
     services = [runtime]
 
@@ -603,12 +625,15 @@ def buildServices(config, *, reactor, configPath=None, wallClock=None):
         if upstreamFiles:
             from meshproxy.tls import FileWatcher
 
+            runtime.upstreamTLS.add(router.name)
             services.append(
                 _WatchService(FileWatcher(upstreamFiles, router.reloadTLS, clock=reactor))
             )
         listening = factory
         if routerConfig.tls is not None:
-            listening = _terminateTLS(router, routerConfig.tls, factory, protocols, reactor, services)
+            listening, runtime.serverTLS[router.name] = _terminateTLS(
+                router, routerConfig.tls, factory, protocols, reactor, services
+            )
         listener = _ListenerService(
             serverFromString(reactor, _endpointString(routerConfig.listen)),
             listening,
@@ -662,7 +687,8 @@ def _terminateTLS(router, tlsConfig, factory, protocols, reactor, services):
     Put TLS in front of a router's listening factory, its files watched for
     rotation.
 
-    @return: the factory to listen with.
+    @return: the factory to listen with, and the
+        L{ServerTLS<meshproxy.tls.ServerTLS>} (for the metrics).
     """
     from twisted.protocols.tls import TLSMemoryBIOFactory
 
@@ -671,7 +697,7 @@ def _terminateTLS(router, tlsConfig, factory, protocols, reactor, services):
     server = serverTLS(tlsConfig, protocols=protocols, session=router.name)
     router.tlsName = server.identity.name
     services.append(_WatchService(FileWatcher(server.files(), server.reload, clock=reactor)))
-    return TLSMemoryBIOFactory(server, False, factory, clock=reactor)
+    return TLSMemoryBIOFactory(server, False, factory, clock=reactor), server
 
 
 class _WatchService(Service):

@@ -233,10 +233,10 @@ routers:
 """
             ),
         )
-        self.outboundPorts = {}
+        self.outboundAdmins = {}
         ports = {}
         for name, identity in (("caller", self.caller), ("stranger", self.stranger)):
-            port, _, runtime = yield startProxy(
+            port, admin, runtime = yield startProxy(
                 self,
                 None,
                 config=_config(
@@ -256,6 +256,7 @@ routers:
                 ),
             )
             ports[name] = port
+            self.outboundAdmins[name] = admin
         return ports
 
     @defer.inlineCallbacks
@@ -285,6 +286,41 @@ routers:
         metrics = self.inbound.routers["inbound"].metrics
         self.assertEqual(
             metrics._denied, {("inbound", "default", "spiffe://mesh.local/stranger"): 1}
+        )
+
+    @defer.inlineCallbacks
+    def test_clientCertificateExpiryScraped(self):
+        """
+        Once the outbound proxy made its first mTLS connection, its
+        /metrics tell when the client certificate it presents expires.
+        """
+        _need("curl")
+        ports = yield self.pair(self.POLICY)
+        response = yield self.get(ports["caller"])
+        self.assertEqual(response.status, 200, response.body)
+        out, err, code = yield getProcessOutputAndValue(
+            "curl",
+            ("-sS", "--max-time", "10", f"http://127.0.0.1:{self.outboundAdmins['caller']}/metrics"),
+        )
+        self.assertEqual(code, 0, err)
+        from prometheus_client.parser import text_string_to_metric_families
+
+        from tests.test_tls_metrics import expiryOf
+
+        samples = [
+            (sample.labels, sample.value)
+            for family in text_string_to_metric_families(out.decode("utf-8"))
+            for sample in family.samples
+            if sample.name.startswith("meshproxy_tls_")
+        ]
+        self.assertEqual(
+            sorted(samples, key=lambda s: sorted(s[0].items())),
+            [
+                # (the config made the path absolute)
+                ({"router": "outbound", "certificate": os.path.abspath(self.caller.cert)},
+                 expiryOf(self.caller.cert)),
+                ({"router": "outbound"}, 0.0),
+            ],
         )
 
     @defer.inlineCallbacks
