@@ -1,7 +1,9 @@
 """
 The README's commands hold: the sample config (C{etc/meshproxy.yaml}) runs
 as it stands beside the demo, and every router in it answers the curl the
-README shows for it; the demo's tour answers as the README says.
+README shows for it; the demo's tour answers as the README says; the mutual
+TLS tour (C{etc/mtls-inbound.yaml}, C{etc/mtls-outbound.yaml}, certificates
+from C{meshproxy certs}) answers as the README says.
 
 The proxies run in this process on free loopback ports, with demo upstreams
 on free ports too: the configs are the shipped ones, with only their ports
@@ -25,11 +27,16 @@ from meshproxy.demo import DEMO_UPSTREAMS, demoConfigText, demoUpstreamSite, end
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(HERE, "README.md")
 SAMPLE = os.path.join(HERE, "etc", "meshproxy.yaml")
+MTLS_INBOUND = os.path.join(HERE, "etc", "mtls-inbound.yaml")
+MTLS_OUTBOUND = os.path.join(HERE, "etc", "mtls-outbound.yaml")
 
 #: The sample's ports, as the README shows them: router or "admin" by port.
 SAMPLE_PORTS = {4150: "web", 4151: "tcp", 9991: "admin"}
 #: The demo's ports.
 DEMO_PORTS = {4140: "web", 9990: "admin"}
+#: The mutual TLS tour's ports: each proxy's.
+INBOUND_PORTS = {4161: "inbound", 9993: "admin"}
+OUTBOUND_PORTS = {4160: "outbound", 9992: "admin"}
 
 _LISTEN = re.compile(r'"tcp:(\d+):interface=127\.0\.0\.1"')
 _LOCAL = re.compile(r"127\.0\.0\.1:(\d+)")
@@ -76,6 +83,36 @@ class SampleBesideTheDemoTests(SynchronousTestCase):
         self.assertEqual(sample, set(SAMPLE_PORTS))
         self.assertEqual(demo, set(DEMO_PORTS))
         self.assertEqual(sample & (demo | upstreams), set())
+
+    def test_mtlsPortsDoNotClash(self):
+        """
+        The mutual TLS tour's two proxies run beside the demo and the
+        sample: no port of theirs is one of those, or the other's.
+        """
+        with open(MTLS_INBOUND) as f:
+            inbound = _listenPorts(f.read())
+        with open(MTLS_OUTBOUND) as f:
+            outbound = _listenPorts(f.read())
+        self.assertEqual(inbound, set(INBOUND_PORTS))
+        self.assertEqual(outbound, set(OUTBOUND_PORTS))
+        taken = set(SAMPLE_PORTS) | set(DEMO_PORTS) | {4141}
+        taken |= {port for ports in DEMO_UPSTREAMS.values() for port in ports}
+        self.assertEqual((inbound | outbound) & taken, set())
+        self.assertEqual(inbound & outbound, set())
+
+    def test_mtlsInboundServesTheDemosHello(self):
+        """
+        The inbound proxy of the mutual TLS tour routes to the demo's hello
+        upstreams; the outbound one, to the inbound proxy.
+        """
+        from meshproxy.demo import DEMO_UPSTREAMS
+
+        with open(MTLS_INBOUND) as f:
+            inbound = {int(port) for port in _LOCAL.findall(f.read())}
+        with open(MTLS_OUTBOUND) as f:
+            outbound = {int(port) for port in _LOCAL.findall(f.read())}
+        self.assertEqual(inbound - set(INBOUND_PORTS), set(DEMO_UPSTREAMS["hello"]))
+        self.assertEqual(outbound - set(OUTBOUND_PORTS), {4161})
 
     def test_upstreamsAreTheDemos(self):
         """
@@ -236,10 +273,11 @@ class ReadmeCommandsTests(TestCase):
         return ports
 
     @defer.inlineCallbacks
-    def shell(self, command, ports):
+    def shell(self, command, ports, cwd=HERE):
         """
         Run a README command line in bash, its ports moved.
 
+        @param cwd: the directory it runs in.
         @return: its standard output as text.
         """
         moved = _LOCAL.sub(
@@ -256,7 +294,7 @@ class ReadmeCommandsTests(TestCase):
             "LANG": "C.UTF-8",
         }
         out, err, code = yield getProcessOutputAndValue(
-            self.bash, ["-c", "set -o pipefail; " + moved], env=env, path=HERE
+            self.bash, ["-c", "set -o pipefail; " + moved], env=env, path=cwd
         )
         self.assertEqual(code, 0, (command, out, err))
         return out.decode("utf-8")
@@ -325,7 +363,8 @@ class ReadmeCommandsTests(TestCase):
         commands = [c for c in readmeCommands() if c.startswith(("curl ", "seq ", "meshproxy "))]
         tour = [
             c for c in commands
-            if {int(p) for p in _LOCAL.findall(c)} & set(DEMO_PORTS) or c.startswith("meshproxy ")
+            if {int(p) for p in _LOCAL.findall(c)} & set(DEMO_PORTS)
+            or c.startswith("meshproxy explain ")
         ]
         self.assertEqual(len(tour), len(expected), tour)
         for command, (start, pattern) in zip(tour, expected, strict=True):
@@ -340,3 +379,116 @@ class ReadmeCommandsTests(TestCase):
                          formatEvent(event) or "")
         ]
         self.assertEqual(noise, [])
+
+    @defer.inlineCallbacks
+    def cliHasCerts(self):
+        """
+        Whether this checkout's C{meshproxy} command has C{certs}.
+        """
+        out, err, code = yield getProcessOutputAndValue(
+            sys.executable, ["-m", "meshproxy.cli", "certs", "--help"],
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": HERE},
+            path=HERE,
+        )
+        return code == 0
+
+    @defer.inlineCallbacks
+    def test_mtlsTour(self):
+        """
+        The mutual TLS tour, in a copy of etc/: the README's three certs
+        commands make the CA and the two certificates (with C{meshproxy
+        certs}, or with L{meshproxy.certs} and the same arguments where the
+        command has no C{certs} yet); the two configs as they stand (only
+        their ports moved) run; the README's curls get the allowed answer,
+        the 403, and the TLS metrics.
+        """
+        base = os.path.join(self.directory, "mtls")
+        etc = os.path.join(base, "etc")
+        os.makedirs(etc)
+        for path in (MTLS_INBOUND, MTLS_OUTBOUND):
+            shutil.copy(path, etc)
+        commands = readmeCommands()
+        certsCommands = [c for c in commands if c.startswith("meshproxy certs ")]
+        self.assertEqual([c.split()[2] for c in certsCommands], ["init", "issue", "issue"])
+        useCommand = yield self.cliHasCerts()
+        for command in certsCommands:
+            if useCommand:
+                yield self.shell(command, {}, cwd=base)
+            else:
+                _certsWithoutTheCommand(command, base)
+        for name in ("ca", "hello", "web"):
+            self.assertTrue(os.path.exists(os.path.join(etc, "certs", name + ".pem")), name)
+        twistd = [c for c in commands if c.startswith("twistd ") and "mtls-" in c]
+        self.assertEqual(
+            [c.split("#", 1)[0].split()[-1] for c in twistd],
+            ["etc/mtls-inbound.yaml", "etc/mtls-outbound.yaml"],
+        )
+
+        with open(MTLS_INBOUND) as f:
+            inboundPorts = yield self.start(f.read(), etc, INBOUND_PORTS)
+        with open(MTLS_OUTBOUND) as f:
+            # The outbound proxy reaches the inbound one where it listens.
+            text = f.read().replace("127.0.0.1:4161", "127.0.0.1:%d" % (inboundPorts[4161],))
+        outboundPorts = yield self.start(text, etc, OUTBOUND_PORTS)
+        ports = {**inboundPorts, **outboundPorts}
+
+        certificate = re.escape(os.path.join(etc, "certs", "hello.pem"))
+        expected = {
+            "curl -H 'Host: hello' http://127.0.0.1:4160/": r"hello-[12]: GET /\n",
+            "curl -i -X DELETE -H 'Host: hello' http://127.0.0.1:4160/": (
+                r"HTTP/1.1 403 .*\r\nmesh-err: forbidden\r\n.*"
+                r"spiffe://mesh\.local/web may not call /svc/hello .*"
+            ),
+            "curl -s http://127.0.0.1:9993/metrics | grep '^meshproxy_tls_'": (
+                r"meshproxy_tls_certificate_expiry_timestamp_seconds\{certificate=\""
+                + certificate
+                + r"\",router=\"inbound\"\} \d\.\d+e\+09\n"
+                r"meshproxy_tls_reload_failures_total\{router=\"inbound\"\} 0\.0\n"
+            ),
+        }
+        tour = [
+            c.split("#", 1)[0].strip() for c in commands
+            if {int(p) for p in _LOCAL.findall(c)} & (set(INBOUND_PORTS) | set(OUTBOUND_PORTS))
+        ]
+        self.assertEqual(tour, list(expected))
+        for command in tour:
+            out = yield self.shell(command, ports)
+            self.assertRegex(out, re.compile("^" + expected[command] + "$", re.S), command)
+
+
+def _certsWithoutTheCommand(command, cwd):
+    """
+    Do what a README line C{meshproxy certs init DIR} or C{meshproxy certs
+    issue DIR NAME [--uri URI]... [--dns NAME]... [--ip ADDR]...} does, with
+    L{meshproxy.certs}: for a checkout whose C{meshproxy} command has no
+    C{certs} yet.
+
+    @param cwd: the directory the command runs in.
+    """
+    import argparse
+    import shlex
+
+    from meshproxy import certs
+
+    parser = argparse.ArgumentParser(prog="meshproxy certs")
+    actions = parser.add_subparsers(dest="action", required=True)
+    init = actions.add_parser("init")
+    init.add_argument("directory")
+    issue = actions.add_parser("issue")
+    issue.add_argument("directory")
+    issue.add_argument("name")
+    for option in ("--uri", "--dns", "--ip"):
+        issue.add_argument(option, action="append", default=[])
+    words = shlex.split(command, comments=True)
+    args = parser.parse_args(words[2:])
+    directory = os.path.join(cwd, args.directory)
+    if args.action == "init":
+        certs.initAuthority(directory)
+    else:
+        certs.issue(
+            directory,
+            args.name,
+            uris=tuple(args.uri),
+            dnsNames=tuple(args.dns),
+            ips=tuple(args.ip),
+        )
