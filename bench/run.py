@@ -14,8 +14,22 @@ out, and reports medians and the ratios meshproxy/direct and meshproxy/haproxy
 measured in this one invocation. Absolute figures depend on the machine; the
 ratios are what to quote (see bench/README.md).
 
+With C{--tls}, TLS targets join the same runs, each meshproxy beside an HAProxy
+doing the same job with the same certificate (made by C{meshproxy.certs} in
+the temp dir, with the interpreter that runs meshproxy):
+
+  - C{haproxy-tls}, C{meshproxy-tls}: TLS terminated on keep-alive connections
+    (HAProxy C{bind ... ssl crt}, meshproxy's C{tls:} section), plain to nginx;
+  - C{haproxy-tls-hs}, C{meshproxy-tls-hs}: the same servers, driven by wrk
+    with C{Connection: close}: one full TLS handshake per request;
+  - C{haproxy-mtls}, C{meshproxy-mtls}: a pair, an outbound proxy originating
+    mutual TLS (client certificate, server certificate verified) to an inbound
+    one terminating it (client certificate required, the caller checked) in
+    front of nginx; wrk speaks plain HTTP to the outbound one.
+
 With two or more CPUs the proxy under test runs on CPU 1 and nginx and wrk on
-CPU 0 (C{taskset}), so that "one proxy core" is compared with "one proxy core".
+CPU 0 (C{taskset}), so that "one proxy core" is compared with "one proxy core";
+both proxies of a pair share CPU 1.
 
 This is a benchmark, not a test: it never fails on a figure. It exits 0 when
 the measurements ran (runs with HTTP or socket errors are flagged, not fatal),
@@ -30,6 +44,7 @@ Usage::
 
     python bench/run.py                       # 3 runs x 10 s, c=50, pinned
     python bench/run.py --only direct,haproxy --runs 1 --duration 3
+    python bench/run.py --tls --runs 3 --duration 5 --c1-runs 0
     python bench/run.py --json bench/results/today.json
 """
 
@@ -43,6 +58,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import string
 import subprocess
@@ -54,9 +70,60 @@ from pathlib import Path
 #: Every socket this harness opens or asks a server to open is on this address.
 LOOPBACK = "127.0.0.1"
 
-#: Targets in the order they are measured within a run.
+#: Targets in the order they are measured within a run: the plain ones (the
+#: default), then those --tls adds.
 TARGETS = ("direct", "haproxy", "meshproxy")
-PROXIES = ("haproxy", "meshproxy")
+TLS_TARGETS = (
+    "haproxy-tls", "meshproxy-tls",
+    "haproxy-tls-hs", "meshproxy-tls-hs",
+    "haproxy-mtls", "meshproxy-mtls",
+)
+ALL_TARGETS = TARGETS + TLS_TARGETS
+
+
+class Target:
+    """
+    How one target is driven and what it is charged.
+
+    @ivar server: the server wrk talks to (a key of L{Bench.ports}).
+    @ivar scheme: C{"http"} or C{"https"}.
+    @ivar servers: the proxy servers whose CPU time counts for it (a pair
+        counts both); empty for nginx alone.
+    @ivar close: whether wrk sends C{Connection: close}, so that every
+        request opens a new connection (a new TLS handshake over https).
+    """
+
+    def __init__(self, server, scheme="http", servers=(), close=False):
+        self.server = server
+        self.scheme = scheme
+        self.servers = tuple(servers)
+        self.close = close
+
+
+SPECS = {
+    "direct": Target("nginx"),
+    "haproxy": Target("haproxy", servers=["haproxy"]),
+    "meshproxy": Target("meshproxy", servers=["meshproxy"]),
+    "haproxy-tls": Target("haproxy-tls", "https", ["haproxy-tls"]),
+    "meshproxy-tls": Target("meshproxy-tls", "https", ["meshproxy-tls"]),
+    "haproxy-tls-hs": Target("haproxy-tls", "https", ["haproxy-tls"], close=True),
+    "meshproxy-tls-hs": Target("meshproxy-tls", "https", ["meshproxy-tls"], close=True),
+    "haproxy-mtls": Target("haproxy-out", servers=["haproxy-out", "haproxy-in"]),
+    "meshproxy-mtls": Target("meshproxy-out", servers=["meshproxy-out", "meshproxy-in"]),
+}
+
+#: The ratios reported (a/b), when both targets were measured.
+RATIOS = (
+    ("meshproxy", "direct"),
+    ("meshproxy", "haproxy"),
+    ("haproxy", "direct"),
+    ("meshproxy-tls", "meshproxy"),
+    ("meshproxy-tls", "haproxy-tls"),
+    ("haproxy-tls", "haproxy"),
+    ("meshproxy-tls-hs", "haproxy-tls-hs"),
+    ("meshproxy-mtls", "haproxy-mtls"),
+    ("meshproxy-mtls", "meshproxy"),
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 APT_HINT = "apt-get install -y wrk haproxy nginx-light"
@@ -128,6 +195,129 @@ routers:
     listen: "tcp:$port:interface=$loopback:backlog=1024"
     identifier: {kind: host}
     rules: "/svc => /#/static;"
+"""
+
+
+# TLS targets: HAProxy terminating TLS with the certificate meshproxy serves.
+HAPROXY_TLS_CONF = string.Template(
+    """\
+global
+    nbthread 1
+    maxconn 4000
+    ssl-default-bind-options ssl-min-ver TLSv1.2
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend fe
+    bind $listen ssl crt $crt alpn http/1.1
+    default_backend be
+backend be
+    server s1 $backend maxconn 1000
+"""
+)
+
+# The outbound HAProxy of the mTLS pair: plain in, TLS out with a client
+# certificate, the inbound one's certificate verified against the CA and its
+# name. (HAProxy checks a DNS name; meshproxy checks the URI SAN.)
+HAPROXY_OUT_CONF = string.Template(
+    """\
+global
+    nbthread 1
+    maxconn 4000
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend fe
+    bind $listen
+    default_backend be
+backend be
+    default-server ssl verify required ca-file $ca crt $crt
+    server s1 $backend maxconn 1000 verifyhost localhost alpn http/1.1
+"""
+)
+
+# The inbound HAProxy of the mTLS pair: client certificates required, the
+# caller checked by name and told upstream, as meshproxy's policy and
+# x-forwarded-client-cert do.
+HAPROXY_IN_CONF = string.Template(
+    """\
+global
+    nbthread 1
+    maxconn 4000
+    ssl-default-bind-options ssl-min-ver TLSv1.2
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend fe
+    bind $listen ssl crt $crt ca-file $ca verify required alpn http/1.1
+    http-request deny deny_status 403 unless { ssl_c_s_dn(CN) -m str web }
+    http-request set-var(txn.hash) ssl_c_der,sha2(256),hex
+    http-request set-header x-forwarded-client-cert "Hash=%[var(txn.hash)];Subject=%[ssl_c_s_dn]"
+    default_backend be
+backend be
+    server s1 $backend maxconn 1000
+"""
+)
+
+# meshproxy terminating TLS: the plain config with a tls section.
+MESHPROXY_TLS_CONF = MESHPROXY_CONF + """\
+    tls:
+      certificates: [{cert: "$certs/server.pem", key: "$certs/server.key"}]
+"""
+
+# The inbound meshproxy of the mTLS pair: client certificates required and a
+# policy letting the caller's identity reach hello.
+MESHPROXY_IN_CONF = MESHPROXY_CONF + """\
+    tls:
+      certificates: [{cert: "$certs/server.pem", key: "$certs/server.key"}]
+      clientCertificates: {ca: "$certs/ca.pem", verify: required}
+    policy:
+      default: deny
+      rules: [{callers: ["spiffe://bench.local/web"], names: [/svc/hello]}]
+"""
+
+# The outbound meshproxy of the mTLS pair: hello is the inbound one, reached
+# over mutual TLS as spiffe://bench.local/web.
+MESHPROXY_OUT_CONF = """\
+admin: {listen: "tcp:$adminport:interface=$loopback"}
+namers:
+  - {kind: static, prefix: /#/static, services: {hello: ["$loopback:$inport"]}}
+routers:
+  - name: bench
+    protocol: http
+    listen: "tcp:$port:interface=$loopback:backlog=1024"
+    identifier: {kind: host}
+    rules: "/svc => /#/static;"
+    upstreamTls:
+      ca: "$certs/ca.pem"
+      serverName: "spiffe://bench.local/{service}"
+      cert: "$certs/web.pem"
+      key: "$certs/web.key"
+"""
+
+# Run with the interpreter that runs meshproxy, the checkout first on its
+# path: the CA, the servers' certificate (for 127.0.0.1, localhost and
+# spiffe://bench.local/hello) and the caller's (spiffe://bench.local/web).
+MAKE_CERTS = """\
+import sys
+from meshproxy import certs
+directory = sys.argv[1]
+certs.initAuthority(directory, "meshproxy bench CA")
+certs.issue(directory, "server", uris=("spiffe://bench.local/hello",),
+            dnsNames=("localhost",), ips=("127.0.0.1",))
+certs.issue(directory, "web", uris=("spiffe://bench.local/web",))
 """
 
 
@@ -310,13 +500,18 @@ def free_ports(n):
             s.close()
 
 
-def http_get(port, path="/", host=HOST_HEADER, timeout=2.0):
+def http_get(port, path="/", host=HOST_HEADER, timeout=2.0, tls=None):
     """
     Send one GET to C{127.0.0.1:port} and return C{(status, body)}.
 
+    @param tls: an L{ssl.SSLContext} for https (which verifies the server's
+        certificate), or L{None} for http.
     @raise OSError: or L{http.client.HTTPException} if no answer came.
     """
-    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+    if tls is None:
+        conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+    else:
+        conn = http.client.HTTPSConnection(LOOPBACK, port, timeout=timeout, context=tls)
     try:
         conn.request("GET", path, headers={"Host": host})
         response = conn.getresponse()
@@ -325,7 +520,7 @@ def http_get(port, path="/", host=HOST_HEADER, timeout=2.0):
         conn.close()
 
 
-def wait_ready(proc, port, path, timeout, what, host=HOST_HEADER):
+def wait_ready(proc, port, path, timeout, what, host=HOST_HEADER, tls=None):
     """
     Poll C{GET path} on C{port} every 0.1 s until it answers 200.
 
@@ -334,6 +529,7 @@ def wait_ready(proc, port, path, timeout, what, host=HOST_HEADER):
     @param what: name used in the error message.
     @param host: the C{Host} header (the admin API answers only to
         addresses and names it knows).
+    @param tls: an L{ssl.SSLContext} when it speaks https.
     @raise HarnessError: if it exits or does not answer 200 in time.
     """
     deadline = time.monotonic() + timeout
@@ -349,7 +545,8 @@ def wait_ready(proc, port, path, timeout, what, host=HOST_HEADER):
                 [proc],
             )
         try:
-            status, _ = http_get(port, path, host=host, timeout=min(1.0, max(remaining, 0.05)))
+            status, _ = http_get(port, path, host=host, timeout=min(1.0, max(remaining, 0.05)),
+                                 tls=tls)
         except (OSError, http.client.HTTPException) as e:
             last = f"{type(e).__name__}: {e}"
         else:
@@ -439,7 +636,10 @@ class Bench:
         self.tmp = tmp
         self.procs = []
         self.ports = {}
+        # Server name to pid, for the proxies (whose CPU time is measured).
         self.pids = {}
+        # Client contexts for https sanity requests (made with the certificates).
+        self.tls = self.mtls = None
         self.results = {
             "meta": {},
             "targets": {name: {"runs": [], "c1_runs": []} for name in args.only},
@@ -490,29 +690,41 @@ class Bench:
         wait_ready(proc, port, "/", self.args.ready_timeout, "nginx")
         return proc
 
-    def start_haproxy(self, port, backend_port):
-        conf = self.tmp / "haproxy.cfg"
-        conf.write_text(HAPROXY_CONF.substitute(
-            listen=f"{LOOPBACK}:{port}", backend=f"{LOOPBACK}:{backend_port}"))
+    def start_haproxy(self, name, template, port, backend_port, tls=None, **values):
+        """
+        Start one HAProxy, on the proxy CPU, and wait until it answers.
+
+        @param template: its config, with C{$listen} and C{$backend}.
+        @param tls: the L{ssl.SSLContext} its listener is reached with, or
+            L{None} for plain HTTP.
+        @param values: more of the template's placeholders.
+        """
+        conf = self.tmp / f"{name}.cfg"
+        conf.write_text(template.substitute(
+            listen=f"{LOOPBACK}:{port}", backend=f"{LOOPBACK}:{backend_port}", **values))
         proc = self.spawn(
-            "haproxy",
+            name,
             self.pinned(PROXY_CPU, [self.tools["haproxy"], "-db", "-f", str(conf)]),
         )
-        wait_ready(proc, port, "/", self.args.ready_timeout, "haproxy")
+        wait_ready(proc, port, "/", self.args.ready_timeout, name, tls=tls)
         return proc
 
-    def start_meshproxy(self, port, admin_port, backend_port):
-        template = MESHPROXY_CONF
-        if self.args.meshproxy_config:
-            template = Path(self.args.meshproxy_config).read_text()
+    def start_meshproxy(self, name, template, port, admin_port, **values):
+        """
+        Start one meshproxy under twistd, on the proxy CPU, and wait until
+        its admin API says it is ready.
+
+        @param template: its config, with C{$port}, C{$adminport} and
+            C{$loopback} (and the placeholders of C{values}).
+        """
         try:
             text = string.Template(template).substitute(
-                port=port, adminport=admin_port, nginxport=backend_port, loopback=LOOPBACK)
+                port=port, adminport=admin_port, loopback=LOOPBACK, **values)
         except (KeyError, ValueError) as e:
             raise HarnessError(f"bad meshproxy config template: {e!r}") from e
-        conf = self.tmp / "meshproxy.yaml"
+        conf = self.tmp / f"{name}.yaml"
         conf.write_text(text)
-        log = self.tmp / "meshproxy.log"
+        log = self.tmp / f"{name}.log"
         env = dict(os.environ)
         # Benchmark this checkout, whether or not (and however) it is installed.
         env["PYTHONPATH"] = os.pathsep.join(
@@ -520,11 +732,99 @@ class Bench:
         env["PYTHONUNBUFFERED"] = "1"
         argv = [self.args.python, "-c", TWISTD_BOOT, "-n", "--pidfile=",
                 f"--logfile={log}", "meshproxy", "--config", str(conf)]
-        proc = self.spawn("meshproxy", self.pinned(PROXY_CPU, argv),
+        proc = self.spawn(name, self.pinned(PROXY_CPU, argv),
                           cwd=REPO_ROOT, env=env, extra_logs=[log])
         wait_ready(proc, admin_port, "/ready", self.args.ready_timeout,
-                   "meshproxy (admin /ready)", host=f"{LOOPBACK}:{admin_port}")
+                   f"{name} (admin /ready)", host=f"{LOOPBACK}:{admin_port}")
         return proc
+
+    def make_certs(self):
+        """
+        Make the TLS targets' CA and certificates with meshproxy.certs (run
+        by the interpreter that runs meshproxy: the harness imports nothing
+        of meshproxy), HAProxy's PEM files (certificate then key), and the
+        harness's own client contexts.
+
+        @return: the directory of the files.
+        """
+        directory = self.tmp / "certs"
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+        made = subprocess.run([self.args.python, "-c", MAKE_CERTS, str(directory)],
+                              capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+        if made.returncode != 0:
+            raise HarnessError(f"meshproxy.certs could not make the certificates:\n"
+                               f"{made.stdout}{made.stderr}")
+        for name in ("server", "web"):
+            pem = (directory / f"{name}.pem").read_text() + (directory / f"{name}.key").read_text()
+            (directory / f"{name}-haproxy.pem").write_text(pem)
+        # The sanity requests verify the servers' certificate (for 127.0.0.1).
+        self.tls = ssl.create_default_context(cafile=str(directory / "ca.pem"))
+        self.mtls = ssl.create_default_context(cafile=str(directory / "ca.pem"))
+        self.mtls.load_cert_chain(str(directory / "web.pem"), str(directory / "web.key"))
+        return directory
+
+    def start_servers(self):
+        """
+        Start nginx and the proxies the selected targets need, on free
+        ports; the inbound proxy of a pair before its outbound one.
+        """
+        args = self.args
+        meta = self.results["meta"]
+        needed = set()
+        for target in args.only:
+            needed.update(SPECS[target].servers)
+        meshproxies = [n for n in ("meshproxy", "meshproxy-tls", "meshproxy-in", "meshproxy-out")
+                       if n in needed]
+        names = ["nginx", *sorted(needed), *(f"{n}-admin" for n in meshproxies)]
+        self.ports = dict(zip(names, free_ports(len(names)), strict=True))
+        # The plain meshproxy's admin port keeps its name (JSON of earlier runs).
+        if "meshproxy-admin" in self.ports:
+            self.ports["admin"] = self.ports.pop("meshproxy-admin")
+        meta["ports"] = dict(self.ports)
+        ports = self.ports
+        nginx = ports["nginx"]
+
+        say(f"starting servers in {self.tmp} ...")
+        proc = self.start_nginx(nginx)
+        meta["affinity"] = {"nginx": allowed_cpus(proc.pid)}
+        certs = None
+        if needed & {"haproxy-tls", "meshproxy-tls", "haproxy-in", "meshproxy-in"}:
+            certs = self.make_certs()
+            say(f"certificates made with meshproxy.certs in {certs}")
+        plain = MESHPROXY_CONF
+        if args.meshproxy_config:
+            plain = Path(args.meshproxy_config).read_text()
+        starts = {
+            "haproxy": lambda: self.start_haproxy(
+                "haproxy", HAPROXY_CONF, ports["haproxy"], nginx),
+            "meshproxy": lambda: self.start_meshproxy(
+                "meshproxy", plain, ports["meshproxy"], ports["admin"], nginxport=nginx),
+            "haproxy-tls": lambda: self.start_haproxy(
+                "haproxy-tls", HAPROXY_TLS_CONF, ports["haproxy-tls"], nginx, tls=self.tls,
+                crt=certs / "server-haproxy.pem"),
+            "meshproxy-tls": lambda: self.start_meshproxy(
+                "meshproxy-tls", MESHPROXY_TLS_CONF, ports["meshproxy-tls"],
+                ports["meshproxy-tls-admin"], nginxport=nginx, certs=certs),
+            "haproxy-in": lambda: self.start_haproxy(
+                "haproxy-in", HAPROXY_IN_CONF, ports["haproxy-in"], nginx, tls=self.mtls,
+                crt=certs / "server-haproxy.pem", ca=certs / "ca.pem"),
+            "haproxy-out": lambda: self.start_haproxy(
+                "haproxy-out", HAPROXY_OUT_CONF, ports["haproxy-out"], ports["haproxy-in"],
+                crt=certs / "web-haproxy.pem", ca=certs / "ca.pem"),
+            "meshproxy-in": lambda: self.start_meshproxy(
+                "meshproxy-in", MESHPROXY_IN_CONF, ports["meshproxy-in"],
+                ports["meshproxy-in-admin"], nginxport=nginx, certs=certs),
+            "meshproxy-out": lambda: self.start_meshproxy(
+                "meshproxy-out", MESHPROXY_OUT_CONF, ports["meshproxy-out"],
+                ports["meshproxy-out-admin"], inport=ports["meshproxy-in"], certs=certs),
+        }
+        for name, start in starts.items():
+            if name in needed:
+                proc = start()
+                self.pids[name] = proc.pid
+                meta["affinity"][name] = allowed_cpus(proc.pid)
 
     def check_alive(self):
         for proc in self.procs:
@@ -533,9 +833,11 @@ class Bench:
                                    [proc])
 
     def sanity_check(self, target):
-        port = self.ports[target]
+        spec = SPECS[target]
+        port = self.ports[spec.server]
         try:
-            status, body = http_get(port, timeout=5.0)
+            status, body = http_get(port, timeout=5.0,
+                                    tls=self.tls if spec.scheme == "https" else None)
         except (OSError, http.client.HTTPException) as e:
             raise HarnessError(f"sanity request to {target} failed: {type(e).__name__}: {e}",
                                self.procs) from e
@@ -552,13 +854,18 @@ class Bench:
 
         @return: the parsed result (see L{parse_wrk}) plus CPU figures.
         """
-        url = f"http://{LOOPBACK}:{self.ports[target]}/"
-        assert url.startswith(f"http://{LOOPBACK}:"), url  # never off loopback
+        spec = SPECS[target]
+        url = f"{spec.scheme}://{LOOPBACK}:{self.ports[spec.server]}/"
+        assert url.startswith((f"http://{LOOPBACK}:", f"https://{LOOPBACK}:")), url
+        # Connection: close makes every request a new connection (over https,
+        # a full handshake: wrk resumes no TLS session).
+        close = ["-H", "Connection: close"] if spec.close else []
         argv = self.pinned(LOAD_CPU, [
             self.tools["wrk"], f"-t{threads}", f"-c{connections}", f"-d{duration}s",
-            "--latency", "-H", f"Host: {HOST_HEADER}", url])
-        pid = self.pids.get(target)
-        cpu_before = cpu_seconds(pid) if pid else None
+            "--latency", "-H", f"Host: {HOST_HEADER}", *close, url])
+        pids = [self.pids[server] for server in spec.servers]
+        pid = bool(pids)
+        cpu_before = sum(cpu_seconds(p) for p in pids) if pid else None
         wall_before = time.monotonic()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -570,7 +877,7 @@ class Bench:
             proc.wait()
             raise
         wall = time.monotonic() - wall_before
-        cpu_after = cpu_seconds(pid) if pid else None
+        cpu_after = sum(cpu_seconds(p) for p in pids) if pid else None
         if proc.returncode != 0:
             raise HarnessError(f"wrk against {target} exited with status {proc.returncode}:"
                                f"\n{out}{err}")
@@ -597,7 +904,7 @@ class Bench:
         result = self.wrk(target, threads, connections, self.args.duration)
         self.check_alive()
         cpu = result["cpu_us_per_req"]
-        say(f"  {label} {target:<9} {result['rps']:>10,.0f} rps  p50 {fmt_ms(result['p50_ms'])} ms"
+        say(f"  {label} {target:<16} {result['rps']:>10,.0f} rps  p50 {fmt_ms(result['p50_ms'])} ms"
             f"  p99 {fmt_ms(result['p99_ms'])} ms"
             + (f"  {cpu:.1f} CPU us/req" if cpu is not None else "")
             + (f"  ERRORS {result['errors']}" if result["flagged"] else ""))
@@ -606,24 +913,8 @@ class Bench:
     def run(self):
         args = self.args
         self.results["meta"] = self.meta()
-        names = ["nginx", "haproxy", "meshproxy", "admin"]
-        self.ports = dict(zip(names, free_ports(len(names)), strict=True))
-        self.ports["direct"] = self.ports["nginx"]
         meta = self.results["meta"]
-        meta["ports"] = dict(self.ports)
-
-        say(f"starting servers in {self.tmp} ...")
-        nginx = self.start_nginx(self.ports["nginx"])
-        meta["affinity"] = {"nginx": allowed_cpus(nginx.pid)}
-        if "haproxy" in args.only:
-            proc = self.start_haproxy(self.ports["haproxy"], self.ports["nginx"])
-            self.pids["haproxy"] = proc.pid
-            meta["affinity"]["haproxy"] = allowed_cpus(proc.pid)
-        if "meshproxy" in args.only:
-            proc = self.start_meshproxy(self.ports["meshproxy"], self.ports["admin"],
-                                        self.ports["nginx"])
-            self.pids["meshproxy"] = proc.pid
-            meta["affinity"]["meshproxy"] = allowed_cpus(proc.pid)
+        self.start_servers()
         for target in args.only:
             self.sanity_check(target)
         say("servers up, sanity requests answered 200 'hello\\n'; CPU affinity: "
@@ -693,7 +984,7 @@ class Bench:
             "wrk": first_line([self.tools["wrk"], "-v"]),
             "harness_python": sys.version.split()[0],
         }
-        if "meshproxy" in self.args.only:
+        if any(SPECS[t].server.startswith("meshproxy") for t in self.args.only):
             versions["meshproxy_python"] = first_line([
                 self.args.python, "-c",
                 "import sys, platform, twisted; print(platform.python_implementation(),"
@@ -721,14 +1012,14 @@ class Bench:
                     "runs": len(runs),
                 }
         summary = res["summary"]
-        for a, b in (("meshproxy", "direct"), ("meshproxy", "haproxy"), ("haproxy", "direct")):
+        for a, b in RATIOS:
             if a in summary and b in summary:
                 res["ratios"][f"{a}/{b}"] = {
                     key: ratio(summary[a][key], summary[b][key])
                     for key in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req")
                 }
         c1 = res["c1_summary"]
-        for a, b in (("meshproxy", "direct"), ("meshproxy", "haproxy"), ("haproxy", "direct")):
+        for a, b in RATIOS:
             if a in c1 and b in c1 and c1[a]["p50_ms"] is not None and c1[b]["p50_ms"] is not None:
                 res["c1_added_p50_us"][f"{a} over {b}"] = (c1[a]["p50_ms"] - c1[b]["p50_ms"]) * 1e3
 
@@ -775,7 +1066,7 @@ def print_report(results, args, out=sys.stdout):
       f"{meta['cpus']} CPUs, load average at start {meta['loadavg_at_start'][0]:.2f}")
     p("medians over runs; only ratios from the same invocation are comparable across machines")
     p()
-    header = (f"{'target':<10} {'median rps':>11} {'p50 ms':>8} {'p99 ms':>8} "
+    header = (f"{'target':<16} {'median rps':>11} {'p50 ms':>8} {'p99 ms':>8} "
               f"{'CPU µs/req':>11} {'errors':>8}")
     p(header)
     p("-" * len(header))
@@ -785,7 +1076,7 @@ def print_report(results, args, out=sys.stdout):
             continue
         errors = str(s["errors"]) + (f" ({s['flagged_runs']} run(s) flagged)"
                                      if s["flagged_runs"] else "")
-        p(f"{target:<10} {fmt_num(s['rps'], ',.0f'):>11} {fmt_ms(s['p50_ms']):>8} "
+        p(f"{target:<16} {fmt_num(s['rps'], ',.0f'):>11} {fmt_ms(s['p50_ms']):>8} "
           f"{fmt_ms(s['p99_ms']):>8} {fmt_num(s['cpu_us_per_req'], '.1f'):>11} {errors:>8}")
 
     for target in args.only:
@@ -797,9 +1088,9 @@ def print_report(results, args, out=sys.stdout):
 
     if results["ratios"]:
         p()
-        p(f"{'ratio of medians':<20} {'rps':>7} {'p50':>7} {'p99':>7} {'CPU/req':>8}")
+        p(f"{'ratio of medians':<32} {'rps':>7} {'p50':>7} {'p99':>7} {'CPU/req':>8}")
         for name, r in results["ratios"].items():
-            p(f"{name:<20} {fmt_ratio(r['rps']):>7} {fmt_ratio(r['p50_ms']):>7} "
+            p(f"{name:<32} {fmt_ratio(r['rps']):>7} {fmt_ratio(r['p50_ms']):>7} "
               f"{fmt_ratio(r['p99_ms']):>7} {fmt_ratio(r['cpu_us_per_req']):>8}")
         p("(rps below 1x = fewer requests/s than the baseline; latency and CPU above 1x = worse)")
 
@@ -810,7 +1101,7 @@ def print_report(results, args, out=sys.stdout):
             s = results["c1_summary"].get(target)
             if s:
                 flag = f"  errors {s['errors']}" if s["errors"] else ""
-                p(f"  {target:<10} p50 {fmt_num(s['p50_ms'] and s['p50_ms'] * 1e3, '.0f'):>6} µs"
+                p(f"  {target:<16} p50 {fmt_num(s['p50_ms'] and s['p50_ms'] * 1e3, '.0f'):>6} µs"
                   f"  p99 {fmt_num(s['p99_ms'] and s['p99_ms'] * 1e3, '.0f'):>6} µs"
                   f"  {fmt_num(s['rps'], ',.0f'):>8} rps{flag}")
         for name, added in results["c1_added_p50_us"].items():
@@ -838,7 +1129,7 @@ def print_report(results, args, out=sys.stdout):
 
     p()
     p("individual runs:")
-    header = (f"{'run':<6} {'target':<10} {'rps':>9} {'p50 ms':>7} {'p99 ms':>7} "
+    header = (f"{'run':<6} {'target':<16} {'rps':>9} {'p50 ms':>7} {'p99 ms':>7} "
               f"{'requests':>10} {'proxy CPU':>9} {'µs/req':>7}  errors")
     p(header)
     for kind, label in (("runs", ""), ("c1_runs", "c1 ")):
@@ -850,7 +1141,7 @@ def print_report(results, args, out=sys.stdout):
                           "! " + ", ".join(f"{k} {v}" for k, v in r["errors"].items() if v))
                 if not r["requests"]:
                     errors = "! no requests completed"
-                p(f"{label + str(r['run']):<6} {target:<10} {r['rps']:>9,.0f} "
+                p(f"{label + str(r['run']):<6} {target:<16} {r['rps']:>9,.0f} "
                   f"{fmt_ms(r['p50_ms']):>7} {fmt_ms(r['p99_ms']):>7} "
                   f"{fmt_num(r['requests'], ','):>10} {util:>9} "
                   f"{fmt_num(r['cpu_us_per_req'], '.1f'):>7}  {errors}")
@@ -878,7 +1169,10 @@ def parse_args(argv):
                         help=f"proxy on CPU {PROXY_CPU}, nginx and wrk on CPU {LOAD_CPU} "
                              "(default: on with 2 or more CPUs)")
     parser.add_argument("--only", default=",".join(TARGETS),
-                        help="comma-separated subset of " + ",".join(TARGETS))
+                        help="comma-separated subset of " + ",".join(ALL_TARGETS)
+                             + " (default: " + ",".join(TARGETS) + ")")
+    parser.add_argument("--tls", action="store_true",
+                        help="also measure the TLS targets: " + ",".join(TLS_TARGETS))
     parser.add_argument("--json", metavar="FILE", help="also write all results as JSON")
     parser.add_argument("--churn", type=int, default=10000, metavar="N",
                         help="after the load runs, open and close N connections to meshproxy "
@@ -897,11 +1191,13 @@ def parse_args(argv):
     args = parser.parse_args(argv)
 
     only = [t.strip() for t in args.only.split(",") if t.strip()]
-    unknown = sorted(set(only) - set(TARGETS))
+    unknown = sorted(set(only) - set(ALL_TARGETS))
     if unknown or not only:
-        parser.error(f"--only takes a comma-separated subset of {','.join(TARGETS)}"
+        parser.error(f"--only takes a comma-separated subset of {','.join(ALL_TARGETS)}"
                      + (f"; unknown: {','.join(unknown)}" if unknown else ""))
-    args.only = [t for t in TARGETS if t in only]
+    if args.tls:
+        only += TLS_TARGETS
+    args.only = [t for t in ALL_TARGETS if t in only]
     for name in ("runs", "duration", "connections", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
