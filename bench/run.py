@@ -21,7 +21,11 @@ the temp dir, with the interpreter that runs meshproxy):
   - C{haproxy-tls}, C{meshproxy-tls}: TLS terminated on keep-alive connections
     (HAProxy C{bind ... ssl crt}, meshproxy's C{tls:} section), plain to nginx;
   - C{haproxy-tls-hs}, C{meshproxy-tls-hs}: the same servers, driven by wrk
-    with C{Connection: close}: one full TLS handshake per request;
+    with C{Connection: close}: a new connection and TLS handshake per
+    request, which wrk resumes (it keeps each connection's TLS session);
+  - C{haproxy-tls-full}, C{meshproxy-tls-full}: the same servers, driven by
+    parallel C{openssl s_time -new} loops: connect, a full TLS handshake (no
+    session resumed), close; no HTTP request;
   - C{haproxy-mtls}, C{meshproxy-mtls}: a pair, an outbound proxy originating
     mutual TLS (client certificate, server certificate verified) to an inbound
     one terminating it (client certificate required, the caller checked) in
@@ -76,6 +80,7 @@ TARGETS = ("direct", "haproxy", "meshproxy")
 TLS_TARGETS = (
     "haproxy-tls", "meshproxy-tls",
     "haproxy-tls-hs", "meshproxy-tls-hs",
+    "haproxy-tls-full", "meshproxy-tls-full",
     "haproxy-mtls", "meshproxy-mtls",
 )
 ALL_TARGETS = TARGETS + TLS_TARGETS
@@ -91,13 +96,16 @@ class Target:
         counts both); empty for nginx alone.
     @ivar close: whether wrk sends C{Connection: close}, so that every
         request opens a new connection (a new TLS handshake over https).
+    @ivar handshakes: whether it is driven by C{openssl s_time -new} loops
+        (full TLS handshakes, no request) instead of wrk.
     """
 
-    def __init__(self, server, scheme="http", servers=(), close=False):
+    def __init__(self, server, scheme="http", servers=(), close=False, handshakes=False):
         self.server = server
         self.scheme = scheme
         self.servers = tuple(servers)
         self.close = close
+        self.handshakes = handshakes
 
 
 SPECS = {
@@ -108,6 +116,8 @@ SPECS = {
     "meshproxy-tls": Target("meshproxy-tls", "https", ["meshproxy-tls"]),
     "haproxy-tls-hs": Target("haproxy-tls", "https", ["haproxy-tls"], close=True),
     "meshproxy-tls-hs": Target("meshproxy-tls", "https", ["meshproxy-tls"], close=True),
+    "haproxy-tls-full": Target("haproxy-tls", "https", ["haproxy-tls"], handshakes=True),
+    "meshproxy-tls-full": Target("meshproxy-tls", "https", ["meshproxy-tls"], handshakes=True),
     "haproxy-mtls": Target("haproxy-out", servers=["haproxy-out", "haproxy-in"]),
     "meshproxy-mtls": Target("meshproxy-out", servers=["meshproxy-out", "meshproxy-in"]),
 }
@@ -121,6 +131,7 @@ RATIOS = (
     ("meshproxy-tls", "haproxy-tls"),
     ("haproxy-tls", "haproxy"),
     ("meshproxy-tls-hs", "haproxy-tls-hs"),
+    ("meshproxy-tls-full", "haproxy-tls-full"),
     ("meshproxy-mtls", "haproxy-mtls"),
     ("meshproxy-mtls", "meshproxy"),
 )
@@ -782,6 +793,7 @@ class Bench:
         # The plain meshproxy's admin port keeps its name (JSON of earlier runs).
         if "meshproxy-admin" in self.ports:
             self.ports["admin"] = self.ports.pop("meshproxy-admin")
+        self.ports["direct"] = self.ports["nginx"]
         meta["ports"] = dict(self.ports)
         ports = self.ports
         nginx = ports["nginx"]
@@ -857,8 +869,9 @@ class Bench:
         spec = SPECS[target]
         url = f"{spec.scheme}://{LOOPBACK}:{self.ports[spec.server]}/"
         assert url.startswith((f"http://{LOOPBACK}:", f"https://{LOOPBACK}:")), url
-        # Connection: close makes every request a new connection (over https,
-        # a full handshake: wrk resumes no TLS session).
+        # Connection: close makes every request a new connection; over https
+        # wrk resumes the slot's previous TLS session (it keeps it across
+        # SSL_clear), so these are resumed handshakes.
         close = ["-H", "Connection: close"] if spec.close else []
         argv = self.pinned(LOAD_CPU, [
             self.tools["wrk"], f"-t{threads}", f"-c{connections}", f"-d{duration}s",
@@ -897,14 +910,76 @@ class Bench:
         result["flagged"] = result["error_total"] > 0 or not result["requests"]
         return result
 
+    def handshakes(self, target, duration):
+        """
+        Run C{--handshake-clients} C{openssl s_time -new} loops at once
+        against C{target} for C{duration} seconds: each connects, makes a
+        full TLS handshake (no session resumed, no certificate verified),
+        closes, and again. Measures the proxy's CPU time around them.
+
+        @return: a result shaped like L{wrk}'s: C{rps} is handshakes per
+            second (all loops' connections over the wall time), no latency.
+        """
+        spec = SPECS[target]
+        address = f"{LOOPBACK}:{self.ports[spec.server]}"
+        argv = self.pinned(LOAD_CPU, [self.tools["openssl"], "s_time", "-connect", address,
+                                      "-new", "-time", str(duration)])
+        pids = [self.pids[server] for server in spec.servers]
+        cpu_before = sum(cpu_seconds(p) for p in pids)
+        wall_before = time.monotonic()
+        procs = [subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                 for _ in range(self.args.handshake_clients)]
+        outputs = []
+        try:
+            for proc in procs:
+                out, _ = proc.communicate(timeout=duration + 30)
+                outputs.append((proc.returncode, out))
+        except BaseException:
+            for proc in procs:
+                proc.kill()
+                proc.wait()
+            raise
+        wall = time.monotonic() - wall_before
+        cpu = sum(cpu_seconds(p) for p in pids) - cpu_before
+        connections = 0
+        for rc, out in outputs:
+            # "2295 connections in 3 real seconds, 0 bytes read per connection"
+            done = re.search(r"^(\d+) connections in \d+ real seconds", out, re.M)
+            if rc != 0 or done is None:
+                raise HarnessError(f"openssl s_time against {target} exited with status {rc}:"
+                                   f"\n{out[-2000:]}")
+            connections += int(done.group(1))
+        result = {
+            "rps": connections / wall,
+            "requests": connections,
+            "elapsed_s": round(wall, 3),
+            "p50_ms": None, "p75_ms": None, "p90_ms": None, "p99_ms": None,
+            "errors": {}, "error_total": 0,
+            "s_time_argv": argv, "s_time_clients": len(procs),
+            "proxy_cpu_s": round(cpu, 3),
+            "proxy_cpu_util": round(cpu / wall, 3),
+            "cpu_us_per_req": cpu * 1e6 / connections if connections else None,
+        }
+        result["flagged"] = not connections
+        return result
+
     def measure(self, target, threads, connections, label):
         """Warm up, then measure; print a progress line."""
+        if SPECS[target].handshakes:
+            if self.args.warmup > 0:
+                self.handshakes(target, self.args.warmup)
+            result = self.handshakes(target, self.args.duration)
+            self.check_alive()
+            say(f"  {label} {target:<18} {result['rps']:>10,.0f} handshakes/s"
+                f"  {result['cpu_us_per_req']:.1f} CPU us/handshake")
+            return result
         if self.args.warmup > 0:
             self.wrk(target, threads, connections, self.args.warmup)
         result = self.wrk(target, threads, connections, self.args.duration)
         self.check_alive()
         cpu = result["cpu_us_per_req"]
-        say(f"  {label} {target:<16} {result['rps']:>10,.0f} rps  p50 {fmt_ms(result['p50_ms'])} ms"
+        say(f"  {label} {target:<18} {result['rps']:>10,.0f} rps  p50 {fmt_ms(result['p50_ms'])} ms"
             f"  p99 {fmt_ms(result['p99_ms'])} ms"
             + (f"  {cpu:.1f} CPU us/req" if cpu is not None else "")
             + (f"  ERRORS {result['errors']}" if result["flagged"] else ""))
@@ -938,6 +1013,8 @@ class Bench:
         for run in range(1, args.c1_runs + 1):
             say(f"concurrency 1, run {run}/{args.c1_runs}: wrk -t1 -c1 -d{args.duration}s")
             for target in args.only:
+                if SPECS[target].handshakes:
+                    continue  # no request, no latency: nothing to measure one at a time
                 result = self.measure(target, 1, 1, f"[c1 {run}]")
                 result["run"] = run
                 self.results["targets"][target]["c1_runs"].append(result)
@@ -1066,7 +1143,7 @@ def print_report(results, args, out=sys.stdout):
       f"{meta['cpus']} CPUs, load average at start {meta['loadavg_at_start'][0]:.2f}")
     p("medians over runs; only ratios from the same invocation are comparable across machines")
     p()
-    header = (f"{'target':<16} {'median rps':>11} {'p50 ms':>8} {'p99 ms':>8} "
+    header = (f"{'target':<18} {'median rps':>11} {'p50 ms':>8} {'p99 ms':>8} "
               f"{'CPU µs/req':>11} {'errors':>8}")
     p(header)
     p("-" * len(header))
@@ -1076,9 +1153,15 @@ def print_report(results, args, out=sys.stdout):
             continue
         errors = str(s["errors"]) + (f" ({s['flagged_runs']} run(s) flagged)"
                                      if s["flagged_runs"] else "")
-        p(f"{target:<16} {fmt_num(s['rps'], ',.0f'):>11} {fmt_ms(s['p50_ms']):>8} "
+        p(f"{target:<18} {fmt_num(s['rps'], ',.0f'):>11} {fmt_ms(s['p50_ms']):>8} "
           f"{fmt_ms(s['p99_ms']):>8} {fmt_num(s['cpu_us_per_req'], '.1f'):>11} {errors:>8}")
 
+    if any(t in TLS_TARGETS for t in args.only):
+        p("(-tls: TLS terminated on keep-alive connections; -tls-hs: Connection: close, a new"
+          " connection per request, its TLS session resumed by wrk; -tls-full: full TLS"
+          f" handshakes/s from {args.handshake_clients} openssl s_time -new loops, no request,"
+          " CPU per handshake; -mtls: an outbound proxy originating mTLS to an inbound one,"
+          " both on the proxy CPU, CPU of both)")
     for target in args.only:
         s = results["summary"].get(target)
         if s and s["runs"] > 1 and s["rps_spread"] is not None and s["rps_spread"] > 0.10:
@@ -1101,7 +1184,7 @@ def print_report(results, args, out=sys.stdout):
             s = results["c1_summary"].get(target)
             if s:
                 flag = f"  errors {s['errors']}" if s["errors"] else ""
-                p(f"  {target:<16} p50 {fmt_num(s['p50_ms'] and s['p50_ms'] * 1e3, '.0f'):>6} µs"
+                p(f"  {target:<18} p50 {fmt_num(s['p50_ms'] and s['p50_ms'] * 1e3, '.0f'):>6} µs"
                   f"  p99 {fmt_num(s['p99_ms'] and s['p99_ms'] * 1e3, '.0f'):>6} µs"
                   f"  {fmt_num(s['rps'], ',.0f'):>8} rps{flag}")
         for name, added in results["c1_added_p50_us"].items():
@@ -1129,7 +1212,7 @@ def print_report(results, args, out=sys.stdout):
 
     p()
     p("individual runs:")
-    header = (f"{'run':<6} {'target':<16} {'rps':>9} {'p50 ms':>7} {'p99 ms':>7} "
+    header = (f"{'run':<6} {'target':<18} {'rps':>9} {'p50 ms':>7} {'p99 ms':>7} "
               f"{'requests':>10} {'proxy CPU':>9} {'µs/req':>7}  errors")
     p(header)
     for kind, label in (("runs", ""), ("c1_runs", "c1 ")):
@@ -1141,7 +1224,7 @@ def print_report(results, args, out=sys.stdout):
                           "! " + ", ".join(f"{k} {v}" for k, v in r["errors"].items() if v))
                 if not r["requests"]:
                     errors = "! no requests completed"
-                p(f"{label + str(r['run']):<6} {target:<16} {r['rps']:>9,.0f} "
+                p(f"{label + str(r['run']):<6} {target:<18} {r['rps']:>9,.0f} "
                   f"{fmt_ms(r['p50_ms']):>7} {fmt_ms(r['p99_ms']):>7} "
                   f"{fmt_num(r['requests'], ','):>10} {util:>9} "
                   f"{fmt_num(r['cpu_us_per_req'], '.1f'):>7}  {errors}")
@@ -1173,6 +1256,9 @@ def parse_args(argv):
                              + " (default: " + ",".join(TARGETS) + ")")
     parser.add_argument("--tls", action="store_true",
                         help="also measure the TLS targets: " + ",".join(TLS_TARGETS))
+    parser.add_argument("--handshake-clients", type=int, default=8, metavar="K",
+                        help="parallel openssl s_time loops of the *-tls-full targets "
+                             "(default 8)")
     parser.add_argument("--json", metavar="FILE", help="also write all results as JSON")
     parser.add_argument("--churn", type=int, default=10000, metavar="N",
                         help="after the load runs, open and close N connections to meshproxy "
@@ -1201,6 +1287,8 @@ def parse_args(argv):
     for name in ("runs", "duration", "connections", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
+    if args.handshake_clients < 1:
+        parser.error("--handshake-clients must be at least 1")
     if args.warmup < 0 or args.c1_runs < 0:
         parser.error("--warmup and --c1-runs cannot be negative")
     if args.connections < args.threads:
@@ -1229,6 +1317,12 @@ def find_tools(args):
         if tools["taskset"] is None:
             print("bench/run.py: taskset not found (package util-linux); "
                   "install it or pass --no-pin", file=sys.stderr)
+            return None
+    if any(SPECS[t].handshakes for t in args.only):
+        tools["openssl"] = shutil.which("openssl")
+        if tools["openssl"] is None:
+            print("bench/run.py: openssl not found (package openssl); the *-tls-full "
+                  "targets need its s_time", file=sys.stderr)
             return None
     return tools
 
