@@ -75,12 +75,13 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from meshproxy.admin.rules import (
-    InvalidRules,
+from meshproxy.admin.rules import InvalidRules, RulesStore
+from meshproxy.admin.versioned import (
+    InvalidValue,
     PersistError,
-    RulesStore,
     StaleVersion,
     UnknownVersion,
+    VersionedStore,
 )
 from meshproxy.telemetry.metrics import BUCKETS
 
@@ -198,20 +199,22 @@ def _readJSON(request: IRequest, *fields: str) -> dict[str, str]:
     return value
 
 
-def _ifMatch(request: IRequest) -> str | frozenset[str]:
+def _ifMatch(request: IRequest, kind: str) -> str | frozenset[str]:
     """
     The versions an C{If-Match} header accepts: C{"*"} or a set of versions.
 
     Weak tags (C{W/"..."}) never match (RFC 9110, section 13.1.1); an
     unquoted version is taken as if it were quoted, for hand-made calls.
 
+    @param kind: what the change is of (C{"rules"}, C{"policy"}), for the
+        message.
     @raise _Refusal: 428 without the header.
     """
     raw = request.getHeader(b"if-match")
     if raw is None or not raw.strip():
         raise _Refusal(428, {
-            "error": "If-Match required: send the ETag of the rules your change "
-                     "is based on (GET the rules to read it)",
+            "error": f"If-Match required: send the ETag of the {kind} your change "
+                     f"is based on (GET the {kind} to read it)",
         })
     try:
         value = raw.decode("ascii").strip()
@@ -879,7 +882,7 @@ class AdminAPI:
         Replace the rules (see the class docstring).
         """
         store = self._store(name)
-        ifMatch = _ifMatch(request)
+        ifMatch = _ifMatch(request, store.kind)
         text = _readText(request)
         if not text.strip():
             # Most likely a forgotten body, and it would route nothing.
@@ -888,7 +891,9 @@ class AdminAPI:
                          "nothing on purpose, send a comment)",
                 "line": None, "column": None,
             })
-        return self._change(request, name, store.replace, text, ifMatch, self._who(request))
+        return self._change(
+            request, name, store, store.replace, text, ifMatch, self._who(request)
+        )
 
     @app.route("/admin/routers/<name>/rules", methods=["POST"])
     @_takes(TEXT_TYPE)
@@ -927,34 +932,52 @@ class AdminAPI:
         """
         Apply a version from the history again, as a new change.
         """
-        store = self._store(name)
-        ifMatch = _ifMatch(request)
+        return self._rollback(request, name, self._store(name))
+
+    def _rollback(self, request: IRequest, name: str, store: VersionedStore) -> bytes:
+        """
+        Apply the version a C{{"version"}} body names again, from
+        C{store}'s history.
+        """
+        ifMatch = _ifMatch(request, store.kind)
         version = _readJSON(request, "version")["version"]
         try:
             return self._change(
-                request, name, store.rollback, version, ifMatch, self._who(request)
+                request, name, store, store.rollback, version, ifMatch, self._who(request)
             )
         except UnknownVersion as e:
             raise _Refusal(404, {"error": str(e)}) from None
 
     def _change(
-        self, request: IRequest, name: str, change: Callable[..., Any], *args: Any
+        self,
+        request: IRequest,
+        name: str,
+        store: VersionedStore,
+        change: Callable[..., Any],
+        *args: Any,
     ) -> bytes:
         """
-        Run a change of the rules and answer with its outcome.
+        Run a change of a versioned value (C{store.replace} or
+        C{store.rollback}) and answer with its outcome: 200 C{{"version",
+        "previous"}} with the new C{ETag}, 412 when stale (with the current
+        C{ETag}), 400 with the value's own details when invalid, 500 when
+        the state file could not be written.
         """
         try:
             previous, version = change(*args)
         except StaleVersion as e:
             request.setHeader(b"etag", _etag(e.current))
             return _json(request, {
-                "error": "stale version: the rules changed since you read them",
+                "error": f"stale version: the {store.kind} changed after the version you named",
                 "current": e.current,
             }, 412)
-        except InvalidRules as e:
-            return _json(request, {"error": e.message, "line": e.line, "column": e.column}, 400)
+        except InvalidValue as e:
+            return _json(request, e.details(), 400)
         except PersistError as e:
-            _log.error("rules of router {router} not changed: {error}", router=name, error=str(e))
+            _log.error(
+                "{kind} of router {router} not changed: {error}",
+                kind=store.kind, router=name, error=str(e),
+            )
             return _json(request, {"error": str(e)}, 500)
         request.setHeader(b"etag", _etag(version))
         return _json(request, {"version": version, "previous": previous})
