@@ -620,11 +620,23 @@ def buildServices(config, *, reactor, configPath=None, wallClock=None):
         runtime.listeners.append(listener)
         services.append(listener)
 
+    from meshproxy.admin.policy import PolicyStore
     from meshproxy.admin.rules import RulesStore
 
     stateDir = stateDirectory(config, configPath)
     stores = {}
+    policyStores = {}
     for name, router in runtime.routers.items():
+        # Every router, TCP ones too, has an access policy; one accepted
+        # through the admin API survives a restart and wins over the config's.
+        policyStore = policyStores[name] = PolicyStore(router, stateDir=stateDir, clock=reactor)
+        if policyStore.load():
+            _log.warn(
+                "router {router}: using the access policy saved through the admin API in"
+                " {path}, not the config's; to go back to the config's policy, delete that"
+                " file and restart",
+                router=name, path=policyStore.path,
+            )
         if router.rules is None:
             # A TCP router has no rules: the admin API answers 404 for them.
             continue
@@ -632,6 +644,7 @@ def buildServices(config, *, reactor, configPath=None, wallClock=None):
         # Rules accepted through the admin API survive a restart.
         _logSavedRules(name, store.path, store.load(), configPath)
     runtime.rulesStores = stores
+    runtime.policyStores = policyStores
     admin = AdminAPI(
         runtime,
         registry,
@@ -639,6 +652,7 @@ def buildServices(config, *, reactor, configPath=None, wallClock=None):
         protectReads=config.admin.protectReads,
         allowedHosts=config.admin.allowedHosts,
         rulesStores=stores,
+        policyStores=policyStores,
         clock=reactor,
     )
     from meshproxy.admin.site import AdminSite
@@ -694,7 +708,7 @@ class _WatchService(Service):
 
 def stateDirectory(config, configPath):
     """
-    Where the rules changed through the admin API are saved.
+    Where the rules and access policies changed through the admin API are saved.
 
     @param config: a L{MeshConfig<meshproxy.config.MeshConfig>}.
     @param configPath: its file, or L{None} (the embedded demo).

@@ -116,6 +116,12 @@ class TcpRouter:
     #: The listener's own identity when it terminates TLS (tap sets it).
     tlsName: str | None = None
 
+    #: The access policy each new connection is checked against (with
+    #: method C{CONNECT}), or L{None} to let every caller in. Replaced whole
+    #: by assignment (the admin API's policy store does): connections
+    #: already spliced are not checked again.
+    policy: Policy | None
+
     def __init__(
         self,
         config: RouterConfig,
@@ -461,13 +467,14 @@ class _Splice:
         # At most what was already read (such as what a TLS layer decrypted
         # with its handshake) is kept here: reading is paused.
         client.forward = self.early.append  # type: ignore[union-attr]  # a list until connected
-        if self.router.policy is not None and ISSLTransport.providedBy(client.transport):
+        policy = self.router.policy
+        if policy is not None and ISSLTransport.providedBy(client.transport):
             # The policy needs the caller's certificate: the handshake must
             # finish first (pausing now would stall it).
             self.awaitingHandshake = True
             return
         client.gate.pause("connect")
-        if self.router.policy is not None and not self._authorized():
+        if policy is not None and not self._authorized():
             return
         self._attempt()
 
@@ -485,9 +492,13 @@ class _Splice:
     def _authorized(self) -> bool:
         """
         Apply the router's access policy to this connection; a denied one is
-        counted and closed.
+        counted and closed. The policy is read now: the admin API may have
+        replaced it (or removed it) while the handshake went on.
         """
         router = self.router
+        policy = router.policy
+        if policy is None:
+            return True
         client = self.client
         identity = None
         if ISSLTransport.providedBy(client.transport):
@@ -497,9 +508,7 @@ class _Splice:
             if certificate is not None:
                 identity = identityOf(certificate).name
         peer = getattr(client.transport.getPeer(), "host", None)
-        decision = router.policy.decide(  # type: ignore[union-attr]
-            identity, peer, (router.boundName.id.segments,), "CONNECT"
-        )
+        decision = policy.decide(identity, peer, (router.boundName.id.segments,), "CONNECT")
         if decision.allowed:
             return True
         router.metrics.denied(router.name, decision.rule, identity)
