@@ -5,7 +5,8 @@ The C{meshproxy} command:
    meshproxy} would, without binding anything;
  - C{meshproxy explain ROUTER --name /svc/x} (or C{--host}, C{--path}) asks
    a running proxy's admin API how it routes a name, and prints the
-   delegation steps and the endpoints they end at;
+   delegation steps, the endpoints they end at, and what the access policy
+   says of a caller (C{--caller}, C{--peer}, C{--method});
  - C{meshproxy schema} prints the JSON Schema of config files, for editors;
  - C{meshproxy rules reset ROUTER --config CONFIG} deletes the rules saved
    through the admin API for a router, so that it starts again with the
@@ -263,6 +264,16 @@ def _addExplainArguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--name", help="a logical name, e.g. /svc/users")
     what.add_argument("--host", help="a Host header value, identified as the router does")
     what.add_argument("--path", help="a request path, identified as the router does")
+    who = parser.add_argument_group(
+        "the caller", "whom the access policy's decision is for (default: an"
+        " unauthenticated GET from no known address)",
+    )
+    who.add_argument(
+        "--caller", metavar="IDENTITY",
+        help="the caller's verified identity, e.g. spiffe://mesh.local/web",
+    )
+    who.add_argument("--peer", metavar="ADDR", help="the caller's IP address")
+    who.add_argument("--method", metavar="METHOD", help="the request's method (default: GET)")
 
 
 def explainMain(
@@ -307,13 +318,18 @@ def _explain(
         query = ("host", options.host)
     else:
         query = ("path", options.path)
+    caller = {
+        key: value
+        for key in ("caller", "peer", "method")
+        if (value := getattr(options, key)) is not None
+    }
     try:
-        answer = fetchExplain(options.admin, options.router, query, token=token)
+        answer = fetchExplain(options.admin, options.router, query, token=token, caller=caller)
     except ExplainError as e:
         err.write("meshproxy explain: %s\n" % (e,))
         return 1
     try:
-        text = formatExplain(options.router, answer)
+        text = formatExplain(options.router, answer, **caller)
     except ExplainError as e:
         err.write("meshproxy explain: %s\n" % (e,))
         return 1
@@ -342,6 +358,7 @@ def fetchExplain(
     query: tuple[str, str],
     *,
     token: str | None = None,
+    caller: Mapping[str, str] | None = None,
     timeout: float = TIMEOUT,
 ) -> dict[str, Any]:
     """
@@ -352,6 +369,9 @@ def fetchExplain(
     @param query: C{(kind, value)}, C{kind} one of C{"name"}, C{"host"},
         C{"path"}.
     @param token: the bearer token, or L{None}.
+    @param caller: whom the policy's decision is for: any of C{"caller"}
+        (an identity), C{"peer"} (an IP address) and C{"method"}; the
+        API's defaults for those left out.
     @param timeout: seconds to wait for the answer.
     @return: the decoded JSON answer.
     @raise ExplainError: with a readable reason when the API cannot be
@@ -363,7 +383,7 @@ def fetchExplain(
     url = "%s/admin/routers/%s/explain?%s" % (
         admin.rstrip("/"),
         urllib.parse.quote(router, safe=""),
-        urllib.parse.urlencode([query]),
+        urllib.parse.urlencode([query, *sorted((caller or {}).items())]),
     )
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
     if token:
@@ -432,7 +452,14 @@ def _httpError(error: urllib.error.HTTPError) -> str:
 
 # -- formatting ---------------------------------------------------------------
 
-def formatExplain(router: str, answer: Mapping[str, Any]) -> str:
+def formatExplain(
+    router: str,
+    answer: Mapping[str, Any],
+    *,
+    caller: str | None = None,
+    peer: str | None = None,
+    method: str = "GET",
+) -> str:
     """
     Format an explanation for a terminal.
 
@@ -440,27 +467,38 @@ def formatExplain(router: str, answer: Mapping[str, Any]) -> str:
     (docs/admin.md): C{name}, C{rules}, C{delegation} (the tree of
     L{meshproxy.routing.delegate.explain}: nodes with C{path}, C{dentry},
     C{result}, C{children}, C{bound}, C{neg}/C{fail}/C{empty}/C{error},
-    C{repeated}), C{destination}, C{error} on a rules loop, and
-    C{endpoints} (bound name to its endpoints, each with C{address},
-    C{state}, C{ewmaMs}, C{pending}, C{score}, C{weight}).
+    C{repeated}), C{destination}, C{error} on a rules loop, C{endpoints}
+    (bound name to its endpoints, each with C{address}, C{state},
+    C{ewmaMs}, C{pending}, C{score}, C{weight}), and C{policy} (C{null}
+    without a policy, else C{{"allowed", "rule", "reason"}}).
 
     @param router: the router's name.
     @param answer: the decoded answer of the explain route.
+    @param caller: the identity the policy's decision was asked for, or
+        L{None} for an unauthenticated caller (to say whom it is about).
+    @param peer: the address it was asked for, or L{None}.
+    @param method: the method it was asked for.
     @return: the text, ending in a newline.
     @raise ExplainError: when the answer does not have that shape (an
         admin API of another version).
     """
-    missing = [key for key in ("name", "rules", "delegation", "destination", "endpoints")
-               if key not in answer]
-    if missing or not isinstance(answer.get("endpoints"), dict):
+    keys = ("name", "rules", "delegation", "destination", "endpoints", "policy")
+    missing = [key for key in keys if key not in answer]
+    policy = answer.get("policy")
+    if (
+        missing
+        or not isinstance(answer.get("endpoints"), dict)
+        or not (policy is None or isinstance(policy, dict))
+    ):
         raise ExplainError(
             "the admin API's answer is not an explanation (missing %s)"
-            % (", ".join(missing) or "endpoints")
+            % (", ".join(missing) or "endpoints or policy")
         )
     lines = ["router %s: %s" % (router, answer["name"])]
     lines.append("destination: %s" % (answer["destination"] or "none"))
     if answer.get("error"):
         lines.append("error: %s" % (answer["error"],))
+    lines.append(_formatPolicy(policy, caller, peer, method))
     lines.append("rules:")
     lines.extend("  " + line for line in str(answer["rules"]).splitlines())
     lines.append("delegation:")
@@ -476,6 +514,22 @@ def formatExplain(router: str, answer: Mapping[str, Any]) -> str:
             for endpoint in listed:
                 lines.append("    " + _formatEndpoint(endpoint))
     return "\n".join(lines) + "\n"
+
+
+def _formatPolicy(
+    policy: Mapping[str, Any] | None, caller: str | None, peer: str | None, method: str
+) -> str:
+    """
+    The policy's decision in one line: C{policy: allowed (rule 0 allows)
+    for spiffe://mesh.local/web from 10.0.0.1, GET}.
+    """
+    if policy is None:
+        return "policy: none (every caller is allowed)"
+    who = caller or "an unauthenticated caller"
+    if peer:
+        who += " from %s" % (peer,)
+    verdict = "allowed" if policy.get("allowed") else "denied"
+    return "policy: %s (%s) for %s, %s" % (verdict, policy.get("reason", "?"), who, method)
 
 
 def _scalar(value: object) -> str:

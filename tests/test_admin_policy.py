@@ -894,6 +894,11 @@ class LivePolicyTests(AdminTestCase):
         [refused] = self.fetch(proxy.proxyPort, b"hello")
         self.assertEqual(refused.status, 403)
         self.assertEqual(refused.header(b"mesh-err"), b"forbidden")
+
+        explained = admin.get("/admin/routers/web/explain?name=/svc/hello&peer=10.9.8.7")
+        self.assertEqual(
+            explained.json()["policy"], {"allowed": True, "rule": 0, "reason": "rule 0 allows"}
+        )
         proxy.stop()
 
         second, admin = self.start(config)
@@ -905,3 +910,139 @@ class LivePolicyTests(AdminTestCase):
         )
         self.assertEqual(response.code, 200)
         self.assertEqual(self.upstreamsOf(second.proxyPort, b"hello"), ["A"])
+
+
+POLICED = """\
+routers:
+  - name: web
+    listen: "tcp:4140"
+    rules: "/svc => /#/static | /#/other; /svc/loop => /svc/loop;"
+    loadBalancer: {kind: roundRobin}
+    policy:
+      default: deny
+      rules:
+        - {callers: ["spiffe://mesh.local/web"], names: [/svc/hello], methods: [GET]}
+        - {callers: ["10.0.0.0/8"], names: ["/#/static"]}
+        - {callers: [unauthenticated], names: [/svc/open]}
+"""
+
+
+class ExplainPolicyTests(SynchronousTestCase):
+    """
+    The C{policy} of an explanation: what the router's policy says of a
+    caller, for the logical name and the bound names it reaches.
+    """
+
+    def setUp(self) -> None:
+        from tests.test_http_router import makeRouter
+
+        self.router = makeRouter(POLICED)
+
+    def decide(self, **kwargs: Any) -> Any:
+        kwargs.setdefault("name", "/svc/hello")
+        return self.router.explain(**kwargs)["policy"]
+
+    def test_noPolicyIsNull(self) -> None:
+        from tests.test_http_router import ALTERNATION, makeRouter
+
+        self.assertIsNone(makeRouter(ALTERNATION).explain(name="/svc/hello")["policy"])
+
+    def test_byCallerAndMethod(self) -> None:
+        self.assertEqual(
+            self.decide(caller=WEB), {"allowed": True, "rule": 0, "reason": "rule 0 allows"}
+        )
+        closed = {"allowed": False, "rule": None,
+                  "reason": "no rule allows this caller for this name"}
+        self.assertEqual(self.decide(caller=WEB, method="POST"), closed)
+        self.assertEqual(self.decide(), closed)
+        self.assertEqual(
+            self.decide(name="/svc/open"), {"allowed": True, "rule": 2, "reason": "rule 2 allows"}
+        )
+        self.assertEqual(
+            self.decide(name="/svc/open", caller=WEB),
+            {"allowed": False, "rule": None, "reason": "no rule allows this caller for this name"},
+        )
+
+    def test_hostAndPathAreDecidedAlike(self) -> None:
+        self.assertEqual(self.decide(name=None, host="hello", caller=WEB)["rule"], 0)
+
+    def test_boundNamesDecidedOneByOne(self) -> None:
+        """
+        Rule 1 names only the first alternative's bound name: the decision
+        depends on the bound name the request goes to, and says so.
+        """
+        self.assertEqual(self.decide(name="/svc/other", peer="10.1.2.3"), {
+            "allowed": False, "rule": None,
+            "reason": "default deny (when it goes to /#/other/other; the destination's other"
+                      " bound names allow it)",
+        })
+        self.router.policy = policyOf({"default": "deny", "rules": [
+            {"callers": ["10.0.0.0/8"], "names": ["/#"]},
+        ]})
+        self.assertEqual(
+            self.decide(name="/svc/other", peer="10.1.2.3"),
+            {"allowed": True, "rule": 0, "reason": "rule 0 allows"},
+        )
+
+    def test_aRulesLoopDecidesOnTheLogicalName(self) -> None:
+        answer = self.router.explain(name="/svc/loop", peer="10.1.2.3")
+        self.assertIsNone(answer["destination"])
+        self.assertEqual(answer["policy"], {"allowed": False, "rule": None,
+                                            "reason": "default deny"})
+
+    def test_theNewPolicyIsTheOneExplained(self) -> None:
+        store = PolicyStore(self.router, stateDir=None, clock=Clock())
+        store.replace(OPEN, "*", "a")
+        self.assertIsNone(self.decide())
+
+    def test_badCallers(self) -> None:
+        for kwargs, reason in (
+            ({"peer": "mesh.local"}, "peer must be an IP address, got 'mesh.local'"),
+            ({"peer": "10.0.0.0/8"}, "peer must be an IP address"),
+            ({"method": "G T"}, "method must be an HTTP method such as GET, got 'G T'"),
+            ({"caller": ""}, "an empty caller identity"),
+        ):
+            e = self.assertRaises(ValueError, self.decide, **kwargs)
+            self.assertIn(reason, str(e))
+
+
+class ExplainPolicyAPITests(_PolicyAPIMixin, SynchronousTestCase):
+    """
+    C{caller=}, C{peer=} and C{method=} of C{GET …/explain}: passed on
+    when given, refused when empty or repeated.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        from tests.test_http_router import makeRouter
+
+        self.rules = FakeRulesRouter()
+        self.runtime.routers.update(rules=self.rules, real=makeRouter(POLICED))
+
+    def explain(self, router: str, query: str) -> tuple[Any, bytes]:
+        return self.request("GET", "/admin/routers/%s/explain?%s" % (router, query))
+
+    def test_passedOnOnlyWhenGiven(self) -> None:
+        self.explain("rules", "name=/svc/users")
+        self.explain("rules", "name=/svc/users&caller=spiffe%3A//mesh.local/web&peer=10.0.0.1"
+                              "&method=DELETE")
+        self.assertEqual(self.rules.explained, [
+            {"name": "/svc/users", "host": None, "path": None},
+            {"name": "/svc/users", "host": None, "path": None, "caller": WEB,
+             "peer": "10.0.0.1", "method": "DELETE"},
+        ])
+
+    def test_emptyOrRepeatedIs400(self) -> None:
+        for query in ("caller=", "peer=", "method=", "caller=a&caller=b"):
+            response, body = self.explain("rules", "name=/svc/users&" + query)
+            self.assertEqual(response.code, 400, query)
+            self.assertTrue(json.loads(body)["error"], query)
+        self.assertEqual(self.rules.explained, [])
+
+    def test_theRoutersDecision(self) -> None:
+        response, body = self.explain("real", "host=hello&caller=spiffe%3A//mesh.local/web")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(json.loads(body)["policy"],
+                         {"allowed": True, "rule": 0, "reason": "rule 0 allows"})
+        response, body = self.explain("real", "host=hello&peer=nope")
+        self.assertJSON(response, body, 400, {"error": "peer must be an IP address, got 'nope'"})

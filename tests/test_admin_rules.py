@@ -99,8 +99,9 @@ class FakeRulesRouter:
             return f"error: {e}"
 
     def explain(self, *, name: str | None = None, host: str | None = None,
-                path: str | None = None) -> dict[str, Any]:
-        self.explained.append({"name": name, "host": host, "path": path})
+                path: str | None = None, **caller: str) -> dict[str, Any]:
+        # caller, peer and method only when the API was given them.
+        self.explained.append({"name": name, "host": host, "path": path, **caller})
         if name is not None and not name.startswith("/"):
             raise ValueError(f"a name starts with /, got {name!r}")
         return self.explanation

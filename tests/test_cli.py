@@ -51,6 +51,7 @@ RECORDED = json.loads("""
  },
  "destination": "/#/fs/users-v2 | /#/fs/users",
  "boundNames": [],
+ "policy": null,
  "endpoints": {
   "/#/fs/users": [
    {"address": "127.0.0.1:8081", "state": "live", "ewmaMs": 1.25, "pending": 0,
@@ -65,6 +66,7 @@ RECORDED = json.loads("""
 RECORDED_TEXT = """\
 router web: /svc/users
 destination: /#/fs/users-v2 | /#/fs/users
+policy: none (every caller is allowed)
 rules:
   /svc => /#/fs;
   /svc/users => /#/fs/users-v2 | /#/fs/users;
@@ -108,7 +110,7 @@ class FormatExplainTests(SynchronousTestCase):
     def test_loop(self) -> None:
         answer = {
             "name": "/svc/loop", "rules": "/svc => /svc;", "destination": None,
-            "error": "too many rewrites", "boundNames": [], "endpoints": {},
+            "error": "too many rewrites", "boundNames": [], "endpoints": {}, "policy": None,
             "delegation": {"path": "/svc/loop", "dentry": None, "result": None,
                            "error": "too many rewrites", "children": []},
         }
@@ -123,6 +125,42 @@ class FormatExplainTests(SynchronousTestCase):
         e = self.assertRaises(ExplainError, formatExplain, "web", {"surprise": [1, 2]})
         self.assertIn("not an explanation", str(e))
         self.assertRaises(ExplainError, formatExplain, "web", dict(RECORDED, endpoints=[]))
+        self.assertRaises(ExplainError, formatExplain, "web", dict(RECORDED, policy=[]))
+        withoutPolicy = {key: value for key, value in RECORDED.items() if key != "policy"}
+        e = self.assertRaises(ExplainError, formatExplain, "web", withoutPolicy)
+        self.assertIn("missing policy", str(e))
+
+    def test_policyDecisions(self) -> None:
+        """
+        The policy's decision is one line under the destination, saying
+        for whom it was asked.
+        """
+        allowed = {"allowed": True, "rule": 0, "reason": "rule 0 allows"}
+        denied = {"allowed": False, "rule": None, "reason": "default deny"}
+        for policy, kwargs, line in (
+            (None, {}, "policy: none (every caller is allowed)"),
+            (denied, {}, "policy: denied (default deny) for an unauthenticated caller, GET"),
+            (allowed, {"caller": "spiffe://mesh.local/web", "peer": "10.0.0.1",
+                       "method": "DELETE"},
+             "policy: allowed (rule 0 allows) for spiffe://mesh.local/web from 10.0.0.1,"
+             " DELETE"),
+            (denied, {"peer": "::1"},
+             "policy: denied (default deny) for an unauthenticated caller from ::1, GET"),
+        ):
+            text = formatExplain("web", dict(RECORDED, policy=policy), **kwargs)
+            self.assertIn("\ndestination: /#/fs/users-v2 | /#/fs/users\n%s\nrules:\n" % (line,),
+                          text)
+
+    def test_realAnswerWithAPolicy(self) -> None:
+        from tests.test_admin_policy import POLICED
+        from tests.test_http_router import makeRouter
+
+        router = makeRouter(POLICED)
+        answer = router.explain(name="/svc/hello", caller="spiffe://mesh.local/web")
+        text = formatExplain("web", answer, caller="spiffe://mesh.local/web")
+        self.assertIn(
+            "\npolicy: allowed (rule 0 allows) for spiffe://mesh.local/web, GET\n", text
+        )
 
 
 class ArgumentTests(SynchronousTestCase):
@@ -157,6 +195,7 @@ class ArgumentTests(SynchronousTestCase):
             ["rules", "nope"],
             ["rules", "reset"],
             ["rules", "reset", "web", "--config"],
+            ["explain", "web", "--name", "/a", "--peer"],
         ):
             self.stderr.seek(0)
             self.stderr.truncate()
@@ -164,7 +203,7 @@ class ArgumentTests(SynchronousTestCase):
             lines = self.stderr.getvalue().splitlines()
             self.assertTrue(lines[0].startswith("usage: meshproxy"), lines)
             self.assertIn("error: ", lines[-1])
-            self.assertLessEqual(len(lines), 4, lines)
+            self.assertLessEqual(len(lines), 5, lines)
         self.assertIn("invalid choice: 'nope'", self.errorOf(["nope"]))
         self.assertIn("required: CONFIG", self.errorOf(["check"]))
         self.assertEqual(self.fetched, [])
@@ -180,16 +219,31 @@ class ArgumentTests(SynchronousTestCase):
         for flag, kind in (("--name", "name"), ("--host", "host"), ("--path", "path")):
             self.assertEqual(explainMain(["web", flag, "v"], out=out, environ={}), 0)
             self.assertEqual(
-                self.fetched[-1], (("http://127.0.0.1:9990", "web", (kind, "v")), {"token": None})
+                self.fetched[-1],
+                (("http://127.0.0.1:9990", "web", (kind, "v")), {"token": None, "caller": {}}),
             )
+
+    def test_callerPeerAndMethodArePassedOn(self) -> None:
+        out = io.StringIO()
+        argv = ["web", "--name", "/a", "--caller", "spiffe://mesh.local/web", "--peer",
+                "10.0.0.1", "--method", "DELETE"]
+        self.assertEqual(explainMain(argv, out=out, environ={}), 0)
+        self.assertEqual(self.fetched[-1][1]["caller"], {
+            "caller": "spiffe://mesh.local/web", "peer": "10.0.0.1", "method": "DELETE",
+        })
+        self.assertIn(
+            "policy: none (every caller is allowed)\n", out.getvalue()
+        )
+        explainMain(["web", "--name", "/a", "--method", "POST"], out=out, environ={})
+        self.assertEqual(self.fetched[-1][1]["caller"], {"method": "POST"})
 
     def test_tokenFromTheEnvironmentUnlessGiven(self) -> None:
         out = io.StringIO()
         environ = {"MESHPROXY_ADMIN_TOKEN": "from-env"}
         explainMain(["web", "--name", "/a"], out=out, environ=environ)
-        self.assertEqual(self.fetched[-1][1], {"token": "from-env"})
+        self.assertEqual(self.fetched[-1][1]["token"], "from-env")
         explainMain(["--token", "given", "web", "--name", "/a"], out=out, environ=environ)
-        self.assertEqual(self.fetched[-1][1], {"token": "given"})
+        self.assertEqual(self.fetched[-1][1]["token"], "given")
 
 
 
@@ -262,6 +316,8 @@ class HelpAndVersionTests(SynchronousTestCase):
         self.assertIn("rules     manage the rules saved through the admin API",
                       self.helpOf(["--help"]))
         self.assertIn("reset     go back to the config's rules", self.helpOf(["rules", "--help"]))
+        self.assertIn("--caller IDENTITY", self.helpOf(["explain", "--help"]))
+
         self.assertEqual(self.stderr.getvalue(), "")
 
     def helpOf(self, argv: list[str]) -> str:
@@ -497,6 +553,25 @@ class ExplainAgainstAdminAPITests(TestCase):
         )
 
     @inlineCallbacks
+    def test_callerIsSentAndTheDecisionPrinted(self) -> Any:
+        self.router.explanation = dict(
+            RECORDED, policy={"allowed": False, "rule": 1, "reason": "rule 1 denies"}
+        )
+        status, out, err = yield self.explain(
+            "--token", TOKEN, "web", "--name", "/svc/users", "--caller",
+            "spiffe://mesh.local/a b&c", "--peer", "10.0.0.1", "--method", "PUT",
+        )
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(self.router.explained, [{
+            "name": "/svc/users", "host": None, "path": None,
+            "caller": "spiffe://mesh.local/a b&c", "peer": "10.0.0.1", "method": "PUT",
+        }])
+        self.assertIn(
+            "\npolicy: denied (rule 1 denies) for spiffe://mesh.local/a b&c from 10.0.0.1,"
+            " PUT\n", out,
+        )
+
+    @inlineCallbacks
     def test_hostAndPathAreQuoted(self) -> Any:
         yield self.explain("--token", TOKEN, "web", "--host", "users.example:8080")
         yield self.explain("--token", TOKEN, "web", "--path", "/a b/c?d=e&f")
@@ -692,3 +767,4 @@ class RulesResetTests(SynchronousTestCase):
     def test_embeddedDemoSavesNothing(self) -> None:
         self.assertEqual(main(["rules", "reset", "web"]), 0)
         self.assertIn("nothing to reset: the embedded demo", self.out.getvalue())
+

@@ -694,8 +694,10 @@ class AdminAPI:
      - C{GET /admin/routers/{name}/policy/history} and C{POST
        .../policy/rollback}: as for the rules, entries carrying C{"policy"}
        instead of C{"text"}.
-     - C{GET /admin/routers/{name}/explain?name=} (or C{host=}, C{path=}):
-       the router's explanation; 400 with the reason on a bad parameter.
+     - C{GET /admin/routers/{name}/explain?name=} (or C{host=}, C{path=}),
+       with C{caller=}, C{peer=} and C{method=} optional: the router's
+       explanation, with the policy's decision for that caller; 400 with
+       the reason on a bad parameter.
      - C{POST /admin/endpoints/drain} and C{/undrain} C{{"router", "name",
        "address"}}: 200 C{{"draining": bool}}; 404 for an unknown router,
        bound name or address.
@@ -1088,7 +1090,9 @@ class AdminAPI:
     @_requireToken
     def explain(self, request: IRequest, name: str) -> bytes:
         """
-        How the router routes a logical name, a host or a path.
+        How the router routes a logical name, a host or a path, and what its
+        access policy says of a request from C{caller=} (an identity),
+        C{peer=} (an IP address) with C{method=} (C{GET} unless given).
         """
         router = self._router(name, "explain")
         given = {}
@@ -1101,6 +1105,14 @@ class AdminAPI:
         [(key, value)] = given.items()
         if not value:
             raise _Refusal(400, {"error": f"{key}= is empty"})
+        # Who asks, for the policy's decision: passed on only when given, so
+        # that the router's defaults (an unauthenticated GET) apply.
+        for key in ("caller", "peer", "method"):
+            value = _queryValue(request, key)
+            if value is not None:
+                if not value:
+                    raise _Refusal(400, {"error": f"{key}= is empty"})
+                given[key] = value
         try:
             result = router.explain(**given)
         except ValueError as e:

@@ -368,12 +368,21 @@ class HttpRouter:
         return routerState(self)
 
     def explain(
-        self, *, name: str | None = None, host: str | None = None, path: str | None = None
+        self,
+        *,
+        name: str | None = None,
+        host: str | None = None,
+        path: str | None = None,
+        caller: str | None = None,
+        peer: str | None = None,
+        method: str = "GET",
     ) -> dict[str, Any]:
         """
         See L{explainRoute}.
         """
-        return explainRoute(self, name=name, host=host, path=path)
+        return explainRoute(
+            self, name=name, host=host, path=path, caller=caller, peer=peer, method=method
+        )
 
     def drain(self, boundName: str, address: str) -> None:
         """
