@@ -10,7 +10,10 @@ The C{meshproxy} command:
  - C{meshproxy schema} prints the JSON Schema of config files, for editors;
  - C{meshproxy rules reset ROUTER --config CONFIG} deletes the rules saved
    through the admin API for a router, so that it starts again with the
-   config's rules.
+   config's rules;
+ - C{meshproxy certs init DIR} and C{meshproxy certs issue DIR NAME} make a
+   development CA and certificates signed by it, for trying TLS and mTLS
+   (not for production).
 
 Running the proxy itself is C{twistd -n meshproxy --config CONFIG}.
 
@@ -42,6 +45,12 @@ token on the command line shows in C{ps})."""
 TIMEOUT = 10.0
 """Seconds C{explain} waits for the admin API."""
 
+DEVELOPMENT_ONLY = (
+    "For development only, not for production: the CA key is an unencrypted file"
+    " (use your organisation's CA, SPIRE or cert-manager for real deployments)."
+)
+"""What C{meshproxy certs} says of what it makes."""
+
 
 def _parser() -> argparse.ArgumentParser:
     """
@@ -50,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meshproxy",
         description="Check meshproxy configs, ask a running meshproxy how it routes,"
-        " and go back to a config's rules.",
+        " go back to a config's rules, and make development certificates.",
         epilog="Run the proxy itself with: twistd -n meshproxy [--config CONFIG]",
     )
     parser.add_argument(
@@ -96,6 +105,47 @@ def _parser() -> argparse.ArgumentParser:
         help="the config file meshproxy runs with (without it: the embedded demo,"
         " which saves nothing)",
     )
+    certsParser = commands.add_parser(
+        "certs",
+        help="make a development CA and certificates (not for production)",
+        description="Make a development certificate authority and certificates signed"
+        " by it, to try TLS and mTLS between meshproxies. " + DEVELOPMENT_ONLY,
+    )
+    certsCommands = certsParser.add_subparsers(
+        dest="certsCommand", metavar="COMMAND", required=True
+    )
+    init = certsCommands.add_parser(
+        "init",
+        help="make a development CA in DIR",
+        description="Make a development CA in DIR (created if missing): ca.pem, its"
+        " certificate (what clientCertificates.ca and upstreamTls.ca name), and ca.key,"
+        " its key. An existing CA is never overwritten. " + DEVELOPMENT_ONLY,
+    )
+    init.add_argument("directory", metavar="DIR", help="where the CA's files go")
+    issue = certsCommands.add_parser(
+        "issue",
+        help="issue a certificate signed by the CA in DIR",
+        description="Issue a certificate for NAME, signed by the CA in DIR, good for"
+        " TLS servers and clients: DIR/NAME.pem and DIR/NAME.key (replaced if they"
+        " exist). Without --dns, NAME is its DNS name. " + DEVELOPMENT_ONLY,
+    )
+    issue.add_argument("directory", metavar="DIR", help="the CA's directory (certs init)")
+    issue.add_argument(
+        "name", metavar="NAME",
+        help="the files' name and the certificate's common name (letters, digits, . _ -)",
+    )
+    issue.add_argument(
+        "--uri", action="append", default=[], metavar="URI",
+        help="a URI name, the identity policies match (spiffe://mesh.local/web); repeatable",
+    )
+    issue.add_argument(
+        "--dns", action="append", default=[], metavar="NAME",
+        help="a DNS name (default: NAME); repeatable",
+    )
+    issue.add_argument(
+        "--ip", action="append", default=[], metavar="ADDR",
+        help="an IP address (127.0.0.1); repeatable",
+    )
     return parser
 
 
@@ -121,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return schema()
     if options.command == "rules":
         return resetRules(options.router, options.config, sys.stdout, sys.stderr)
+    if options.command == "certs":
+        return certs(options, sys.stdout, sys.stderr)
     return _explain(options, sys.stdout, sys.stderr, os.environ)
 
 
@@ -227,6 +279,58 @@ def resetRules(router: str, configPath: str | None, out: TextIO, err: TextIO) ->
         "deleted %s: router %s uses the config's rules from the next start of"
         " meshproxy (a running one keeps its rules until it restarts)\n" % (path, router)
     )
+    return 0
+
+
+def certs(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """
+    C{meshproxy certs init DIR} and C{meshproxy certs issue DIR NAME [--uri
+    URI]... [--dns NAME]... [--ip ADDR]...}: make a development CA, or a
+    certificate signed by it, and say which files were written.
+
+    @param options: the parsed command line (C{certsCommand},
+        C{directory}, and for C{issue} C{name}, C{uri}, C{dns}, C{ip}).
+    @param out: where the files written are listed.
+    @param err: where errors go.
+    @return: the exit status: 0 when written, 1 otherwise (nothing is
+        half-written: the CA is made whole or not at all).
+    """
+    from meshproxy.certs import CertsError, initAuthority, issue
+
+    command = options.certsCommand
+    try:
+        if command == "init":
+            made = initAuthority(options.directory)
+            lines = [
+                "wrote %s (the CA certificate: give it as tls.clientCertificates.ca and"
+                " upstreamTls.ca)" % (made.cert,),
+                "wrote %s (the CA key, readable by you only: keep it for certs issue)"
+                % (made.key,),
+            ]
+        else:
+            made = issue(
+                options.directory,
+                options.name,
+                uris=tuple(options.uri),
+                dnsNames=tuple(options.dns),
+                ips=tuple(options.ip),
+            )
+            names = ["URI %s" % (u,) for u in options.uri]
+            names += ["DNS %s" % (d,) for d in options.dns or [options.name]]
+            names += ["IP %s" % (a,) for a in options.ip]
+            lines = [
+                "wrote %s (the certificate of %s: %s)"
+                % (made.cert, options.name, ", ".join(names)),
+                "wrote %s (its key, readable by you only)" % (made.key,),
+            ]
+    except CertsError as e:
+        err.write("meshproxy certs %s: %s\n" % (command, e))
+        return 1
+    except OSError as e:
+        where = e.filename if e.filename is not None else options.directory
+        err.write("meshproxy certs %s: cannot write %s: %s\n" % (command, where, _osReason(e)))
+        return 1
+    out.write("\n".join(lines) + "\n" + DEVELOPMENT_ONLY + "\n")
     return 0
 
 

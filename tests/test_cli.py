@@ -196,6 +196,11 @@ class ArgumentTests(SynchronousTestCase):
             ["rules", "reset"],
             ["rules", "reset", "web", "--config"],
             ["explain", "web", "--name", "/a", "--peer"],
+            ["certs"],
+            ["certs", "init"],
+            ["certs", "init", "a", "b"],
+            ["certs", "issue", "dir"],
+            ["certs", "issue", "dir", "web", "--uri"],
         ):
             self.stderr.seek(0)
             self.stderr.truncate()
@@ -305,6 +310,10 @@ class HelpAndVersionTests(SynchronousTestCase):
             (["rules", "--help"], "usage: meshproxy rules [-h] COMMAND ..."),
             (["rules", "reset", "--help"],
              "usage: meshproxy rules reset [-h] [--config CONFIG] ROUTER"),
+            (["certs", "--help"], "usage: meshproxy certs [-h] COMMAND ..."),
+            (["certs", "init", "--help"], "usage: meshproxy certs init [-h] DIR"),
+            (["certs", "issue", "--help"],
+             "usage: meshproxy certs issue [-h] [--uri URI] [--dns NAME] [--ip ADDR]"),
         ):
             self.stdout.seek(0)
             self.stdout.truncate()
@@ -317,7 +326,9 @@ class HelpAndVersionTests(SynchronousTestCase):
                       self.helpOf(["--help"]))
         self.assertIn("reset     go back to the config's rules", self.helpOf(["rules", "--help"]))
         self.assertIn("--caller IDENTITY", self.helpOf(["explain", "--help"]))
-
+        self.assertIn("certs     make a development CA and certificates (not for production)",
+                      self.helpOf(["--help"]))
+        self.assertIn("not for production", self.helpOf(["certs", "issue", "--help"]))
         self.assertEqual(self.stderr.getvalue(), "")
 
     def helpOf(self, argv: list[str]) -> str:
@@ -768,3 +779,128 @@ class RulesResetTests(SynchronousTestCase):
         self.assertEqual(main(["rules", "reset", "web"]), 0)
         self.assertIn("nothing to reset: the embedded demo", self.out.getvalue())
 
+
+class CertsTests(SynchronousTestCase):
+    """
+    C{meshproxy certs init} and C{issue}: the files written, said on
+    standard output with a line saying it is for development; errors in a
+    line on standard error, exit status 1.
+    """
+
+    def setUp(self) -> None:
+        self.out, self.err = io.StringIO(), io.StringIO()
+        self.patch(sys, "stdout", self.out)
+        self.patch(sys, "stderr", self.err)
+        self.directory = os.path.abspath(self.mktemp())
+
+    def certs(self, *argv: str) -> int:
+        self.out.seek(0)
+        self.out.truncate()
+        self.err.seek(0)
+        self.err.truncate()
+        return main(["certs", *argv])
+
+    def test_initThenIssue(self) -> None:
+        from cryptography import x509
+
+        d = self.directory
+        self.assertEqual(self.certs("init", d), 0)
+        self.assertEqual(self.out.getvalue(), (
+            "wrote {d}/ca.pem (the CA certificate: give it as tls.clientCertificates.ca and"
+            " upstreamTls.ca)\n"
+            "wrote {d}/ca.key (the CA key, readable by you only: keep it for certs issue)\n"
+            + cli.DEVELOPMENT_ONLY + "\n"
+        ).format(d=d))
+        self.assertEqual(self.err.getvalue(), "")
+        self.assertEqual(os.stat(os.path.join(d, "ca.key")).st_mode & 0o777, 0o600)
+
+        self.assertEqual(
+            self.certs("issue", d, "web", "--uri", "spiffe://mesh.local/web", "--dns", "web.local",
+                     "--dns", "*.web.local", "--ip", "127.0.0.1", "--ip", "::1"),
+            0,
+        )
+        lines = self.out.getvalue().splitlines()
+        self.assertEqual(lines, [
+            "wrote %s/web.pem (the certificate of web: URI spiffe://mesh.local/web,"
+            " DNS web.local, DNS *.web.local, IP 127.0.0.1, IP ::1)" % (d,),
+            "wrote %s/web.key (its key, readable by you only)" % (d,),
+            cli.DEVELOPMENT_ONLY,
+        ])
+        self.assertIn("development only, not for production", lines[-1])
+        with open(os.path.join(d, "web.pem"), "rb") as f:
+            cert = x509.load_pem_x509_certificate(f.read())
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        self.assertEqual(
+            names.get_values_for_type(x509.UniformResourceIdentifier), ["spiffe://mesh.local/web"]
+        )
+        self.assertEqual(names.get_values_for_type(x509.DNSName), ["web.local", "*.web.local"])
+
+        self.assertEqual(self.certs("issue", d, "api"), 0)
+        self.assertIn("(the certificate of api: DNS api)", self.out.getvalue())
+
+    def test_errorsInOneLineWithoutATraceback(self) -> None:
+        d = self.directory
+        missing = os.path.join(d, "none")
+        self.assertEqual(self.certs("issue", missing, "web"), 1)
+        self.assertEqual(
+            self.err.getvalue(),
+            "meshproxy certs issue: no CA in %s: run `meshproxy certs init %s` first\n"
+            % (missing, missing),
+        )
+        self.assertEqual(self.certs("init", d), 0)
+        for argv, error in (
+            (["init", d], "meshproxy certs init: %s already holds a CA (ca.pem, ca.key):"
+                          " not overwritten" % (d,)),
+            (["init", os.path.join(d, "ca.pem")],
+             "meshproxy certs init: %s/ca.pem is not a directory" % (d,)),
+            (["issue", d, "../web"], 'meshproxy certs issue: "../web" cannot name a'
+                                    ' certificate: use letters, digits, ".", "_" and "-"'
+                                    ' (not "ca")'),
+            (["issue", d, "ca"], 'meshproxy certs issue: "ca" cannot name a certificate'),
+            (["issue", d, "web", "--uri", "web"],
+             'meshproxy certs issue: "web" is not a URI such as spiffe://mesh.local/web'),
+            (["issue", d, "web", "--dns", "a b"], 'meshproxy certs issue: "a b" is not a DNS'
+                                                  " name such as web.mesh.local"),
+            (["issue", d, "web", "--dns", "\u00e9.example"],
+             'meshproxy certs issue: "\u00e9.example" is not a DNS name'),
+            (["issue", d, "web", "--ip", "1.2.3"],
+             "meshproxy certs issue: '1.2.3' does not appear to be an IPv4 or IPv6 address"),
+        ):
+            self.assertEqual(self.certs(*argv), 1, argv)
+            self.assertTrue(self.err.getvalue().startswith(error), self.err.getvalue())
+            self.assertEqual(len(self.err.getvalue().splitlines()), 1, self.err.getvalue())
+            self.assertEqual(self.out.getvalue(), "")
+        self.assertEqual(sorted(os.listdir(d)), ["ca.key", "ca.pem"])
+
+    def test_cannotWrite(self) -> None:
+        """
+        An operating system error is one line naming the path and the
+        reason in words.
+        """
+        import errno
+
+        def refuse(path: str, *args: Any, **kwargs: Any) -> None:
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+
+        self.patch(os, "makedirs", refuse)
+        self.assertEqual(self.certs("init", self.directory), 1)
+        self.assertEqual(
+            self.err.getvalue(),
+            "meshproxy certs init: cannot write %s: permission denied\n" % (self.directory,),
+        )
+
+    def test_certificatesServeTheMesh(self) -> None:
+        """
+        What C{issue} writes is what the TLS code reads: the identity of a
+        certificate with a URI name is that URI.
+        """
+        from OpenSSL import crypto
+
+        from meshproxy.tls import identityOf
+
+        d = self.directory
+        self.certs("init", d)
+        self.certs("issue", d, "web", "--uri", "spiffe://mesh.local/web")
+        with open(os.path.join(d, "web.pem"), "rb") as f:
+            certificate = crypto.load_certificate(crypto.FILETYPE_PEM, f.read())
+        self.assertEqual(identityOf(certificate).name, "spiffe://mesh.local/web")
