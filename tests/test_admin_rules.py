@@ -70,6 +70,8 @@ class FakeRulesRouter:
         self.explanation: dict[str, Any] = {"name": "/svc/users"}
         # The admin API edits a router's rule table: this fake is both.
         self.rules = self
+        # Its access policy (a Policy, or None to let every caller in).
+        self.policy: Any = None
 
     def state(self) -> dict[str, Any]:
         return {"protocol": "http", "boundNames": {}}
