@@ -390,3 +390,30 @@ routers:
         self.assertEqual(len(self.backendFactory.requests), 1)
         metrics = runtime.routers["tcp"].metrics
         self.assertEqual(metrics._denied, {("tcp", "default", "spiffe://mesh.local/stranger"): 1})
+
+    @defer.inlineCallbacks
+    def test_sslListenStringOnATcpRouter(self):
+        """
+        An C{ssl:} listen string (as before the tls section existed) gets
+        meshproxy's TLS too: a client offering ALPN completes its
+        handshake on a TCP router (Twisted's own listener aborted it).
+        """
+        backend = yield self.backend()
+        port, _, runtime = yield startProxy(
+            self,
+            None,
+            config=_config(
+                f"""
+namers:
+  - {{kind: static, prefix: /#/s, services: {{web: ["127.0.0.1:{backend}"]}}}}
+routers:
+  - name: tcp
+    protocol: tcp
+    listen: "ssl:0:interface=127.0.0.1:privateKey={self.web.key}:certKey={self.web.cert}"
+    destination: /#/s/web
+"""
+            ),
+        )
+        code, out, err = yield self.curl(port)
+        self.assertEqual(code, 0, err)
+        self.assertTrue(out.endswith("\n200 1.1"), out)
