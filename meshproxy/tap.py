@@ -547,7 +547,7 @@ def buildServices(config, *, reactor, configPath=None, wallClock=None):
 
     from meshproxy.admin.api import AdminAPI
     from meshproxy.http.router import HttpRouter
-    from meshproxy.http.server import ServerFactory
+    from meshproxy.http.listener import ServerFactory
     from meshproxy.routing.path import Path
     from meshproxy.telemetry.metrics import MeshMetrics
 
