@@ -547,7 +547,7 @@ def buildServices(config, *, reactor, configPath=None, wallClock=None):
 
     from meshproxy.admin.api import AdminAPI
     from meshproxy.http.router import HttpRouter
-    from meshproxy.http.server import ServerFactory
+    from meshproxy.http.listener import ServerFactory
     from meshproxy.routing.path import Path
     from meshproxy.telemetry.metrics import MeshMetrics
 
@@ -607,10 +607,14 @@ def buildServices(config, *, reactor, configPath=None, wallClock=None):
                 _WatchService(FileWatcher(upstreamFiles, router.reloadTLS, clock=reactor))
             )
         listening = factory
-        if routerConfig.tls is not None:
-            listening = _terminateTLS(router, routerConfig.tls, factory, protocols, reactor, services)
+        listen = routerConfig.listen
+        tlsConfig = routerConfig.tls
+        if tlsConfig is None:
+            listen, tlsConfig = _sslListen(listen)
+        if tlsConfig is not None:
+            listening = _terminateTLS(router, tlsConfig, factory, protocols, reactor, services)
         listener = _ListenerService(
-            serverFromString(reactor, _endpointString(routerConfig.listen)),
+            serverFromString(reactor, _endpointString(listen)),
             listening,
             owner="router %s" % (router.name,),
             listen=routerConfig.listen,
@@ -669,6 +673,38 @@ def buildServices(config, *, reactor, configPath=None, wallClock=None):
         )
     )
     return runtime, services
+
+
+def _sslListen(listen):
+    """
+    An C{ssl:}/C{tls:} listen string with a certificate and a key, as a
+    C{tcp:} one and the C{tls} section it means: such listeners get
+    meshproxy's TLS (ALPN answered or left unanswered, never an aborted
+    handshake; TLS 1.2+; rotation) rather than Twisted's defaults. Strings
+    with other TLS arguments (C{extraCertChain}, C{dhParameters}, ...) are
+    left to Twisted.
+
+    @return: C{(listen, tlsConfig)}, C{tlsConfig} being L{None} when the
+        string is left as it is.
+    """
+    from twisted.internet.endpoints import _parse
+
+    from meshproxy.config import CertificateConfig, TLSConfig
+
+    if not listen.startswith(("ssl:", "tls:")):
+        return listen, None
+    args, kwargs = _parse(listen)
+    if set(kwargs) - {"port", "privateKey", "certKey", "interface", "backlog"} or len(args) > 2:
+        return listen, None
+    port = args[1] if len(args) == 2 else kwargs.get("port", "443")
+    key = kwargs.get("privateKey", "server.pem")
+    cert = kwargs.get("certKey", key)
+    tcp = "tcp:%s" % (port,)
+    for name in ("interface", "backlog"):
+        if name in kwargs:
+            tcp += ":%s=%s" % (name, kwargs[name].replace(":", "\\:"))
+    certificate = CertificateConfig(cert=os.path.abspath(cert), key=os.path.abspath(key))
+    return tcp, TLSConfig(certificates=(certificate,))
 
 
 def _terminateTLS(router, tlsConfig, factory, protocols, reactor, services):
