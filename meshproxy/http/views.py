@@ -153,7 +153,7 @@ def _decide(
     union) and they are not all decided alike, the request may be allowed or
     not depending on the bound name picked: the answer is the first denial,
     its reason naming that bound name. Without a bound name (the rules
-    loop, or give none), the decision on the logical name alone.
+    loop, or lead to none), the decision on the logical name alone.
 
     @return: C{{"allowed", "rule", "reason"}}, or L{None} without a policy.
     """
