@@ -163,7 +163,8 @@ def issue(
         certificate's common name; also a DNS name of it unless C{dnsNames}
         are given.
     @param uris: URI names (C{spiffe://mesh.local/web}).
-    @param dnsNames: DNS names; C{(name,)} when empty.
+    @param dnsNames: DNS names; C{(name,)} when empty and C{name} can be
+        one.
     @param ips: IP addresses (C{127.0.0.1}).
     @return: the certificate (followed by nothing: the chain is one level)
         and key files.
@@ -191,7 +192,10 @@ def issue(
     caCert, caKey = _loadAuthority(directory)
     key = _newKey()
     names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uris]
-    names += [x509.DNSName(d) for d in (dnsNames or (name,))]
+    if not dnsNames and all(_LABEL.match(label) for label in name.split(".")):
+        # The name is a DNS name too, unless it cannot be one ("my_svc").
+        dnsNames = (name,)
+    names += [x509.DNSName(d) for d in dnsNames]
     names += [x509.IPAddress(a) for a in addresses]
     now = _now()
     cert = (
