@@ -34,6 +34,10 @@ LEAF_DAYS = 365
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")
 
+# A DNS name as certificates hold it (ASCII letters, digits and hyphens per
+# label), its first label possibly a wildcard.
+_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+
 
 class CertsError(Exception):
     """
@@ -83,6 +87,8 @@ def initAuthority(directory: str, name: str = "meshproxy development CA") -> Iss
     @raise CertsError: when a CA already exists there (it is never
         overwritten: certificates signed by it would stop being trusted).
     """
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise CertsError(f"{directory} is not a directory")
     os.makedirs(directory, exist_ok=True)
     certPath = os.path.join(directory, CA_CERT)
     keyPath = os.path.join(directory, CA_KEY)
@@ -157,7 +163,8 @@ def issue(
         certificate's common name; also a DNS name of it unless C{dnsNames}
         are given.
     @param uris: URI names (C{spiffe://mesh.local/web}).
-    @param dnsNames: DNS names; C{(name,)} when empty.
+    @param dnsNames: DNS names; C{(name,)} when empty and C{name} can be
+        one.
     @param ips: IP addresses (C{127.0.0.1}).
     @return: the certificate (followed by nothing: the chain is one level)
         and key files.
@@ -168,8 +175,16 @@ def issue(
             f'"{name}" cannot name a certificate: use letters, digits, ".", "_" and "-" (not "ca")'
         )
     for uri in uris:
-        if "://" not in uri or any(c.isspace() for c in uri):
+        if "://" not in uri or any(c.isspace() for c in uri) or not uri.isascii():
             raise CertsError(f'"{uri}" is not a URI such as spiffe://mesh.local/web')
+    for dnsName in dnsNames:
+        labels = dnsName.removeprefix("*.").split(".")
+        if not all(_LABEL.match(label) for label in labels):
+            raise CertsError(
+                f'"{dnsName}" is not a DNS name such as web.mesh.local (ASCII letters,'
+                " digits and hyphens; a name with other letters in its A-label form,"
+                ' xn--…)'
+            )
     try:
         addresses = [ipaddress.ip_address(ip) for ip in ips]
     except ValueError as e:
@@ -177,7 +192,10 @@ def issue(
     caCert, caKey = _loadAuthority(directory)
     key = _newKey()
     names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in uris]
-    names += [x509.DNSName(d) for d in (dnsNames or (name,))]
+    if not dnsNames and all(_LABEL.match(label) for label in name.split(".")):
+        # The name is a DNS name too, unless it cannot be one ("my_svc").
+        dnsNames = (name,)
+    names += [x509.DNSName(d) for d in dnsNames]
     names += [x509.IPAddress(a) for a in addresses]
     now = _now()
     cert = (

@@ -5,11 +5,15 @@ The C{meshproxy} command:
    meshproxy} would, without binding anything;
  - C{meshproxy explain ROUTER --name /svc/x} (or C{--host}, C{--path}) asks
    a running proxy's admin API how it routes a name, and prints the
-   delegation steps and the endpoints they end at;
+   delegation steps, the endpoints they end at, and what the access policy
+   says of a caller (C{--caller}, C{--peer}, C{--method});
  - C{meshproxy schema} prints the JSON Schema of config files, for editors;
  - C{meshproxy rules reset ROUTER --config CONFIG} deletes the rules saved
    through the admin API for a router, so that it starts again with the
-   config's rules.
+   config's rules;
+ - C{meshproxy certs init DIR} and C{meshproxy certs issue DIR NAME} make a
+   development CA and certificates signed by it, for trying TLS and mTLS
+   (not for production).
 
 Running the proxy itself is C{twistd -n meshproxy --config CONFIG}.
 
@@ -41,6 +45,12 @@ token on the command line shows in C{ps})."""
 TIMEOUT = 10.0
 """Seconds C{explain} waits for the admin API."""
 
+DEVELOPMENT_ONLY = (
+    "For development only, not for production: the CA key is an unencrypted file"
+    " (use your organisation's CA, SPIRE or cert-manager for real deployments)."
+)
+"""What C{meshproxy certs} says of what it makes."""
+
 
 def _parser() -> argparse.ArgumentParser:
     """
@@ -49,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meshproxy",
         description="Check meshproxy configs, ask a running meshproxy how it routes,"
-        " and go back to a config's rules.",
+        " go back to a config's rules, and make development certificates.",
         epilog="Run the proxy itself with: twistd -n meshproxy [--config CONFIG]",
     )
     parser.add_argument(
@@ -95,6 +105,47 @@ def _parser() -> argparse.ArgumentParser:
         help="the config file meshproxy runs with (without it: the embedded demo,"
         " which saves nothing)",
     )
+    certsParser = commands.add_parser(
+        "certs",
+        help="make a development CA and certificates (not for production)",
+        description="Make a development certificate authority and certificates signed"
+        " by it, to try TLS and mTLS between meshproxies. " + DEVELOPMENT_ONLY,
+    )
+    certsCommands = certsParser.add_subparsers(
+        dest="certsCommand", metavar="COMMAND", required=True
+    )
+    init = certsCommands.add_parser(
+        "init",
+        help="make a development CA in DIR",
+        description="Make a development CA in DIR (created if missing): ca.pem, its"
+        " certificate (what clientCertificates.ca and upstreamTls.ca name), and ca.key,"
+        " its key. An existing CA is never overwritten. " + DEVELOPMENT_ONLY,
+    )
+    init.add_argument("directory", metavar="DIR", help="where the CA's files go")
+    issue = certsCommands.add_parser(
+        "issue",
+        help="issue a certificate signed by the CA in DIR",
+        description="Issue a certificate for NAME, signed by the CA in DIR, good for"
+        " TLS servers and clients: DIR/NAME.pem and DIR/NAME.key (replaced if they"
+        " exist). Without --dns, NAME is its DNS name. " + DEVELOPMENT_ONLY,
+    )
+    issue.add_argument("directory", metavar="DIR", help="the CA's directory (certs init)")
+    issue.add_argument(
+        "name", metavar="NAME",
+        help="the files' name and the certificate's common name (letters, digits, . _ -)",
+    )
+    issue.add_argument(
+        "--uri", action="append", default=[], metavar="URI",
+        help="a URI name, the identity policies match (spiffe://mesh.local/web); repeatable",
+    )
+    issue.add_argument(
+        "--dns", action="append", default=[], metavar="NAME",
+        help="a DNS name (default: NAME); repeatable",
+    )
+    issue.add_argument(
+        "--ip", action="append", default=[], metavar="ADDR",
+        help="an IP address (127.0.0.1); repeatable",
+    )
     return parser
 
 
@@ -120,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return schema()
     if options.command == "rules":
         return resetRules(options.router, options.config, sys.stdout, sys.stderr)
+    if options.command == "certs":
+        return certs(options, sys.stdout, sys.stderr)
     return _explain(options, sys.stdout, sys.stderr, os.environ)
 
 
@@ -229,6 +282,58 @@ def resetRules(router: str, configPath: str | None, out: TextIO, err: TextIO) ->
     return 0
 
 
+def certs(options: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """
+    C{meshproxy certs init DIR} and C{meshproxy certs issue DIR NAME [--uri
+    URI]... [--dns NAME]... [--ip ADDR]...}: make a development CA, or a
+    certificate signed by it, and say which files were written.
+
+    @param options: the parsed command line (C{certsCommand},
+        C{directory}, and for C{issue} C{name}, C{uri}, C{dns}, C{ip}).
+    @param out: where the files written are listed.
+    @param err: where errors go.
+    @return: the exit status: 0 when written, 1 otherwise (nothing is
+        half-written: the CA is made whole or not at all).
+    """
+    from meshproxy.certs import CertsError, initAuthority, issue
+
+    command = options.certsCommand
+    try:
+        if command == "init":
+            made = initAuthority(options.directory)
+            lines = [
+                "wrote %s (the CA certificate: give it as tls.clientCertificates.ca and"
+                " upstreamTls.ca)" % (made.cert,),
+                "wrote %s (the CA key, readable by you only: keep it for certs issue)"
+                % (made.key,),
+            ]
+        else:
+            made = issue(
+                options.directory,
+                options.name,
+                uris=tuple(options.uri),
+                dnsNames=tuple(options.dns),
+                ips=tuple(options.ip),
+            )
+            names = ["URI %s" % (u,) for u in options.uri]
+            names += ["DNS %s" % (d,) for d in options.dns or [options.name]]
+            names += ["IP %s" % (a,) for a in options.ip]
+            lines = [
+                "wrote %s (the certificate of %s: %s)"
+                % (made.cert, options.name, ", ".join(names)),
+                "wrote %s (its key, readable by you only)" % (made.key,),
+            ]
+    except CertsError as e:
+        err.write("meshproxy certs %s: %s\n" % (command, e))
+        return 1
+    except OSError as e:
+        where = e.filename if e.filename is not None else options.directory
+        err.write("meshproxy certs %s: cannot write %s: %s\n" % (command, where, _osReason(e)))
+        return 1
+    out.write("\n".join(lines) + "\n" + DEVELOPMENT_ONLY + "\n")
+    return 0
+
+
 def _osReason(error: OSError) -> str:
     """
     An operating system error in a few lowercase words, without errno.
@@ -263,6 +368,16 @@ def _addExplainArguments(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--name", help="a logical name, e.g. /svc/users")
     what.add_argument("--host", help="a Host header value, identified as the router does")
     what.add_argument("--path", help="a request path, identified as the router does")
+    who = parser.add_argument_group(
+        "the caller", "whom the access policy's decision is for (default: an"
+        " unauthenticated GET from no known address)",
+    )
+    who.add_argument(
+        "--caller", metavar="IDENTITY",
+        help="the caller's verified identity, e.g. spiffe://mesh.local/web",
+    )
+    who.add_argument("--peer", metavar="ADDR", help="the caller's IP address")
+    who.add_argument("--method", metavar="METHOD", help="the request's method (default: GET)")
 
 
 def explainMain(
@@ -307,13 +422,18 @@ def _explain(
         query = ("host", options.host)
     else:
         query = ("path", options.path)
+    caller = {
+        key: value
+        for key in ("caller", "peer", "method")
+        if (value := getattr(options, key)) is not None
+    }
     try:
-        answer = fetchExplain(options.admin, options.router, query, token=token)
+        answer = fetchExplain(options.admin, options.router, query, token=token, caller=caller)
     except ExplainError as e:
         err.write("meshproxy explain: %s\n" % (e,))
         return 1
     try:
-        text = formatExplain(options.router, answer)
+        text = formatExplain(options.router, answer, **caller)
     except ExplainError as e:
         err.write("meshproxy explain: %s\n" % (e,))
         return 1
@@ -342,6 +462,7 @@ def fetchExplain(
     query: tuple[str, str],
     *,
     token: str | None = None,
+    caller: Mapping[str, str] | None = None,
     timeout: float = TIMEOUT,
 ) -> dict[str, Any]:
     """
@@ -352,6 +473,9 @@ def fetchExplain(
     @param query: C{(kind, value)}, C{kind} one of C{"name"}, C{"host"},
         C{"path"}.
     @param token: the bearer token, or L{None}.
+    @param caller: whom the policy's decision is for: any of C{"caller"}
+        (an identity), C{"peer"} (an IP address) and C{"method"}; the
+        API's defaults for those left out.
     @param timeout: seconds to wait for the answer.
     @return: the decoded JSON answer.
     @raise ExplainError: with a readable reason when the API cannot be
@@ -363,7 +487,7 @@ def fetchExplain(
     url = "%s/admin/routers/%s/explain?%s" % (
         admin.rstrip("/"),
         urllib.parse.quote(router, safe=""),
-        urllib.parse.urlencode([query]),
+        urllib.parse.urlencode([query, *sorted((caller or {}).items())]),
     )
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
     if token:
@@ -432,7 +556,14 @@ def _httpError(error: urllib.error.HTTPError) -> str:
 
 # -- formatting ---------------------------------------------------------------
 
-def formatExplain(router: str, answer: Mapping[str, Any]) -> str:
+def formatExplain(
+    router: str,
+    answer: Mapping[str, Any],
+    *,
+    caller: str | None = None,
+    peer: str | None = None,
+    method: str = "GET",
+) -> str:
     """
     Format an explanation for a terminal.
 
@@ -440,27 +571,38 @@ def formatExplain(router: str, answer: Mapping[str, Any]) -> str:
     (docs/admin.md): C{name}, C{rules}, C{delegation} (the tree of
     L{meshproxy.routing.delegate.explain}: nodes with C{path}, C{dentry},
     C{result}, C{children}, C{bound}, C{neg}/C{fail}/C{empty}/C{error},
-    C{repeated}), C{destination}, C{error} on a rules loop, and
-    C{endpoints} (bound name to its endpoints, each with C{address},
-    C{state}, C{ewmaMs}, C{pending}, C{score}, C{weight}).
+    C{repeated}), C{destination}, C{error} on a rules loop, C{endpoints}
+    (bound name to its endpoints, each with C{address}, C{state},
+    C{ewmaMs}, C{pending}, C{score}, C{weight}), and C{policy} (C{null}
+    without a policy, else C{{"allowed", "rule", "reason"}}).
 
     @param router: the router's name.
     @param answer: the decoded answer of the explain route.
+    @param caller: the identity the policy's decision was asked for, or
+        L{None} for an unauthenticated caller (to say whom it is about).
+    @param peer: the address it was asked for, or L{None}.
+    @param method: the method it was asked for.
     @return: the text, ending in a newline.
     @raise ExplainError: when the answer does not have that shape (an
         admin API of another version).
     """
-    missing = [key for key in ("name", "rules", "delegation", "destination", "endpoints")
-               if key not in answer]
-    if missing or not isinstance(answer.get("endpoints"), dict):
+    keys = ("name", "rules", "delegation", "destination", "endpoints", "policy")
+    missing = [key for key in keys if key not in answer]
+    policy = answer.get("policy")
+    if (
+        missing
+        or not isinstance(answer.get("endpoints"), dict)
+        or not (policy is None or isinstance(policy, dict))
+    ):
         raise ExplainError(
             "the admin API's answer is not an explanation (missing %s)"
-            % (", ".join(missing) or "endpoints")
+            % (", ".join(missing) or "endpoints or policy")
         )
     lines = ["router %s: %s" % (router, answer["name"])]
     lines.append("destination: %s" % (answer["destination"] or "none"))
     if answer.get("error"):
         lines.append("error: %s" % (answer["error"],))
+    lines.append(_formatPolicy(policy, caller, peer, method))
     lines.append("rules:")
     lines.extend("  " + line for line in str(answer["rules"]).splitlines())
     lines.append("delegation:")
@@ -476,6 +618,22 @@ def formatExplain(router: str, answer: Mapping[str, Any]) -> str:
             for endpoint in listed:
                 lines.append("    " + _formatEndpoint(endpoint))
     return "\n".join(lines) + "\n"
+
+
+def _formatPolicy(
+    policy: Mapping[str, Any] | None, caller: str | None, peer: str | None, method: str
+) -> str:
+    """
+    The policy's decision in one line: C{policy: allowed (rule 0 allows)
+    for spiffe://mesh.local/web from 10.0.0.1, GET}.
+    """
+    if policy is None:
+        return "policy: none (every caller is allowed)"
+    who = caller or "an unauthenticated caller"
+    if peer:
+        who += " from %s" % (peer,)
+    verdict = "allowed" if policy.get("allowed") else "denied"
+    return "policy: %s (%s) for %s, %s" % (verdict, policy.get("reason", "?"), who, method)
 
 
 def _scalar(value: object) -> str:

@@ -569,7 +569,7 @@ def buildServices(config, *, reactor, configPath=None, wallClock=None):
 
     from meshproxy.admin.api import AdminAPI
     from meshproxy.http.router import HttpRouter
-    from meshproxy.http.server import ServerFactory
+    from meshproxy.http.listener import ServerFactory
     from meshproxy.routing.path import Path
     from meshproxy.telemetry.metrics import MeshMetrics
 
@@ -630,12 +630,16 @@ def buildServices(config, *, reactor, configPath=None, wallClock=None):
                 _WatchService(FileWatcher(upstreamFiles, router.reloadTLS, clock=reactor))
             )
         listening = factory
-        if routerConfig.tls is not None:
+        listen = routerConfig.listen
+        tlsConfig = routerConfig.tls
+        if tlsConfig is None:
+            listen, tlsConfig = _sslListen(listen)
+        if tlsConfig is not None:
             listening, runtime.serverTLS[router.name] = _terminateTLS(
-                router, routerConfig.tls, factory, protocols, reactor, services
+                router, tlsConfig, factory, protocols, reactor, services
             )
         listener = _ListenerService(
-            serverFromString(reactor, _endpointString(routerConfig.listen)),
+            serverFromString(reactor, _endpointString(listen)),
             listening,
             owner="router %s" % (router.name,),
             listen=routerConfig.listen,
@@ -645,11 +649,23 @@ def buildServices(config, *, reactor, configPath=None, wallClock=None):
         runtime.listeners.append(listener)
         services.append(listener)
 
+    from meshproxy.admin.policy import PolicyStore
     from meshproxy.admin.rules import RulesStore
 
     stateDir = stateDirectory(config, configPath)
     stores = {}
+    policyStores = {}
     for name, router in runtime.routers.items():
+        # Every router, TCP ones too, has an access policy; one accepted
+        # through the admin API survives a restart and wins over the config's.
+        policyStore = policyStores[name] = PolicyStore(router, stateDir=stateDir, clock=reactor)
+        if policyStore.load():
+            _log.warn(
+                "router {router}: using the access policy saved through the admin API in"
+                " {path}, not the config's; to go back to the config's policy, delete that"
+                " file and restart",
+                router=name, path=policyStore.path,
+            )
         if router.rules is None:
             # A TCP router has no rules: the admin API answers 404 for them.
             continue
@@ -657,6 +673,7 @@ def buildServices(config, *, reactor, configPath=None, wallClock=None):
         # Rules accepted through the admin API survive a restart.
         _logSavedRules(name, store.path, store.load(), configPath)
     runtime.rulesStores = stores
+    runtime.policyStores = policyStores
     admin = AdminAPI(
         runtime,
         registry,
@@ -664,6 +681,7 @@ def buildServices(config, *, reactor, configPath=None, wallClock=None):
         protectReads=config.admin.protectReads,
         allowedHosts=config.admin.allowedHosts,
         rulesStores=stores,
+        policyStores=policyStores,
         clock=reactor,
     )
     from meshproxy.admin.site import AdminSite
@@ -680,6 +698,38 @@ def buildServices(config, *, reactor, configPath=None, wallClock=None):
         )
     )
     return runtime, services
+
+
+def _sslListen(listen):
+    """
+    An C{ssl:}/C{tls:} listen string with a certificate and a key, as a
+    C{tcp:} one and the C{tls} section it means: such listeners get
+    meshproxy's TLS (ALPN answered or left unanswered, never an aborted
+    handshake; TLS 1.2+; rotation) rather than Twisted's defaults. Strings
+    with other TLS arguments (C{extraCertChain}, C{dhParameters}, ...) are
+    left to Twisted.
+
+    @return: C{(listen, tlsConfig)}, C{tlsConfig} being L{None} when the
+        string is left as it is.
+    """
+    from twisted.internet.endpoints import _parse
+
+    from meshproxy.config import CertificateConfig, TLSConfig
+
+    if not listen.startswith(("ssl:", "tls:")):
+        return listen, None
+    args, kwargs = _parse(listen)
+    if set(kwargs) - {"port", "privateKey", "certKey", "interface", "backlog"} or len(args) > 2:
+        return listen, None
+    port = args[1] if len(args) == 2 else kwargs.get("port", "443")
+    key = kwargs.get("privateKey", "server.pem")
+    cert = kwargs.get("certKey", key)
+    tcp = "tcp:%s" % (port,)
+    for name in ("interface", "backlog"):
+        if name in kwargs:
+            tcp += ":%s=%s" % (name, kwargs[name].replace(":", "\\:"))
+    certificate = CertificateConfig(cert=os.path.abspath(cert), key=os.path.abspath(key))
+    return tcp, TLSConfig(certificates=(certificate,))
 
 
 def _terminateTLS(router, tlsConfig, factory, protocols, reactor, services):
@@ -720,7 +770,7 @@ class _WatchService(Service):
 
 def stateDirectory(config, configPath):
     """
-    Where the rules changed through the admin API are saved.
+    Where the rules and access policies changed through the admin API are saved.
 
     @param config: a L{MeshConfig<meshproxy.config.MeshConfig>}.
     @param configPath: its file, or L{None} (the embedded demo).

@@ -27,11 +27,14 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from meshproxy.admin.api import AdminAPI
+from meshproxy.admin.policy import policyVersion
 from meshproxy.admin.site import AdminSite
 from tests.test_admin_api import AUTH, BASE, CONFIG_VERSION, TOKEN, FakeRuntime, _RulesMixin
 from tests.test_admin_rules import USERS_V2
 
 JSON = "application/json"
+# The version of the policy of a router without one: every caller allowed.
+OPEN_POLICY_VERSION = policyVersion({"default": "allow", "rules": []})
 TEXT = "text/plain; charset=utf-8"
 ENDPOINT = {"router": "web", "name": "/#/fs/users", "address": "127.0.0.1:8081"}
 OWN_ORIGIN = BASE
@@ -98,6 +101,12 @@ class _GuardMixin(_RulesMixin):
             ("POST", "/admin/routers/web/rules/rollback",
              json.dumps({"version": CONFIG_VERSION}).encode("utf-8"),
              {"Content-Type": JSON, "If-Match": "*"}),
+            ("PUT", "/admin/routers/web/policy",
+             json.dumps({"default": "deny", "rules": [{"callers": ["10.0.0.0/8"]}]}).encode(),
+             {"Content-Type": JSON, "If-Match": "*"}),
+            ("POST", "/admin/routers/web/policy/rollback",
+             json.dumps({"version": OPEN_POLICY_VERSION}).encode("utf-8"),
+             {"Content-Type": JSON, "If-Match": "*"}),
             ("POST", "/admin/endpoints/drain", endpoint, {"Content-Type": JSON}),
             ("POST", "/admin/endpoints/undrain", endpoint, {"Content-Type": JSON}),
             ("POST", "/admin/shutdown", None, {}),
@@ -129,6 +138,7 @@ class _GuardMixin(_RulesMixin):
         """
         self.assertEqual(self.calls, [])
         self.assertEqual(self.web.setCalls, [])
+        self.assertIsNone(self.web.policy)
         self.assertEqual(self.web.drained, set())
         self.clock.advance(1)
         self.assertEqual(self.runtime.shutdowns, [])
@@ -181,6 +191,8 @@ class MutationsSanityTests(_GuardMixin, SynchronousTestCase):
             response, answer = self.call(method, path, body, headers)
             self.assertIn(response.code, (200, 202), (path, answer))
         self.assertIn("drain", self.calls)
+        # The policy was replaced, then rolled back to the router's own.
+        self.assertEqual(len(self.api._policyStore("web").history()), 3)
         self.clock.advance(0)
         self.assertEqual(len(self.runtime.shutdowns), 1)
 

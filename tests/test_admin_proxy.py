@@ -19,15 +19,7 @@ from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
 from meshproxy.admin.rules import rulesVersion
-from tests.admin_support import (
-    HELLO_A,
-    HELLO_A_WORLD_B,
-    HELLO_B,
-    RULES,
-    TOKEN,
-    etagOf,
-    makeConfig,
-)
+from tests.admin_support import HELLO_A, HELLO_A_WORLD_B, HELLO_B, RULES, TOKEN, etagOf, makeConfig
 from tests.memory_support import (
     Instance,
     MemoryAdminClient,
@@ -85,7 +77,7 @@ class AdminTestCase(SynchronousTestCase):
         for i in range(count):
             client.transport.write(b"GET /%d HTTP/1.1\r\nHost: %s\r\n\r\n" % (i, host))
             self.network.runUntil(
-                lambda: len(client.responses) > i or client.closed.called, 30, "an answer"
+                lambda i=i: len(client.responses) > i or client.closed.called, 30, "an answer"
             )
             self.assertEqual(len(client.responses), i + 1, "connection closed early")
         client.transport.loseConnection()

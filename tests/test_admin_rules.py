@@ -11,10 +11,10 @@ import os
 from typing import Any
 
 from twisted.internet.task import Clock
-from twisted.logger import Logger
+from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from meshproxy.admin import rules
+from meshproxy.admin import versioned
 from meshproxy.admin.rules import (
     InvalidRules,
     PersistError,
@@ -70,6 +70,8 @@ class FakeRulesRouter:
         self.explanation: dict[str, Any] = {"name": "/svc/users"}
         # The admin API edits a router's rule table: this fake is both.
         self.rules = self
+        # Its access policy (a Policy, or None to let every caller in).
+        self.policy: Any = None
 
     def state(self) -> dict[str, Any]:
         return {"protocol": "http", "boundNames": {}}
@@ -99,8 +101,9 @@ class FakeRulesRouter:
             return f"error: {e}"
 
     def explain(self, *, name: str | None = None, host: str | None = None,
-                path: str | None = None) -> dict[str, Any]:
-        self.explained.append({"name": name, "host": host, "path": path})
+                path: str | None = None, **caller: str) -> dict[str, Any]:
+        # caller, peer and method only when the API was given them.
+        self.explained.append({"name": name, "host": host, "path": path, **caller})
         if name is not None and not name.startswith("/"):
             raise ValueError(f"a name starts with /, got {name!r}")
         return self.explanation
@@ -118,12 +121,12 @@ class FakeRulesRouter:
 
 def capture(testCase: SynchronousTestCase, name: str) -> list[dict[str, Any]]:
     """
-    Collect the events of one of L{rules}' loggers (C{"_log"} or
-    C{"_audit"}) during a test.
+    Collect the events of one of the versioned store's loggers (C{"_log"}
+    or C{"_audit"}) during a test.
     """
     events: list[dict[str, Any]] = []
-    original = getattr(rules, name)
-    testCase.patch(rules, name, Logger(namespace=original.namespace, observer=events.append))
+    original = getattr(versioned, name)
+    testCase.patch(versioned, name, Logger(namespace=original.namespace, observer=events.append))
     return events
 
 
@@ -434,8 +437,8 @@ class PersistenceTests(_StoreMixin, SynchronousTestCase):
             self.assertEqual(len(synced), 1)
             realReplace(src, dst)
 
-        self.patch(rules.os, "fsync", fsync)
-        self.patch(rules.os, "replace", replace)
+        self.patch(versioned.os, "fsync", fsync)
+        self.patch(versioned.os, "replace", replace)
         self.store.replace(USERS_V2, "*", "token")
         [(src, dst)] = renamed
         self.assertEqual(os.path.dirname(src), os.path.abspath(self.stateDir))
@@ -450,7 +453,7 @@ class PersistenceTests(_StoreMixin, SynchronousTestCase):
         def replace(src: str, dst: str) -> None:
             raise OSError(28, "No space left on device")
 
-        self.patch(rules.os, "replace", replace)
+        self.patch(versioned.os, "replace", replace)
         e = self.assertRaises(PersistError, self.store.replace, CONFIG_RULES, "*", "token")
         self.assertIn("No space left on device", str(e))
         self.assertEqual(self.router.rulesText, USERS_V2)
@@ -485,7 +488,7 @@ class PersistenceTests(_StoreMixin, SynchronousTestCase):
         self.assertFalse(restored)
         self.assertEqual(router.setCalls, [])
         self.assertEqual(router.rulesText, CONFIG_RULES)
-        self.assertIn("no saved rules", log[-1]["log_format"])
+        self.assertIn("no saved rules", formatEvent(log[-1]))
 
     def assertKeepsConfig(self, reason: str) -> tuple[FakeRulesRouter, RulesStore]:
         log = capture(self, "_log")
@@ -494,7 +497,7 @@ class PersistenceTests(_StoreMixin, SynchronousTestCase):
         self.assertEqual(router.setCalls, [])
         self.assertEqual(router.rulesText, CONFIG_RULES)
         self.assertEqual(store.history()[0]["text"], CONFIG_RULES)
-        self.assertIn(reason, log[-1]["log_format"])
+        self.assertIn(reason, formatEvent(log[-1]))
         return router, store
 
     def test_corruptFileKeepsTheConfig(self) -> None:
@@ -548,7 +551,7 @@ class PersistenceTests(_StoreMixin, SynchronousTestCase):
         router, _, restored = self.restart(configRules="/svc => /#/static;\n")
         self.assertTrue(restored)
         self.assertEqual(router.rulesText, USERS_V2)
-        self.assertTrue(any("config's rules" in e["log_format"] and "changed" in e["log_format"]
+        self.assertTrue(any("config's rules" in formatEvent(e) and "changed" in formatEvent(e)
                             for e in log))
 
     def test_restoredStoreKeepsRecording(self) -> None:

@@ -51,6 +51,7 @@ RECORDED = json.loads("""
  },
  "destination": "/#/fs/users-v2 | /#/fs/users",
  "boundNames": [],
+ "policy": null,
  "endpoints": {
   "/#/fs/users": [
    {"address": "127.0.0.1:8081", "state": "live", "ewmaMs": 1.25, "pending": 0,
@@ -65,6 +66,7 @@ RECORDED = json.loads("""
 RECORDED_TEXT = """\
 router web: /svc/users
 destination: /#/fs/users-v2 | /#/fs/users
+policy: none (every caller is allowed)
 rules:
   /svc => /#/fs;
   /svc/users => /#/fs/users-v2 | /#/fs/users;
@@ -108,7 +110,7 @@ class FormatExplainTests(SynchronousTestCase):
     def test_loop(self) -> None:
         answer = {
             "name": "/svc/loop", "rules": "/svc => /svc;", "destination": None,
-            "error": "too many rewrites", "boundNames": [], "endpoints": {},
+            "error": "too many rewrites", "boundNames": [], "endpoints": {}, "policy": None,
             "delegation": {"path": "/svc/loop", "dentry": None, "result": None,
                            "error": "too many rewrites", "children": []},
         }
@@ -123,6 +125,42 @@ class FormatExplainTests(SynchronousTestCase):
         e = self.assertRaises(ExplainError, formatExplain, "web", {"surprise": [1, 2]})
         self.assertIn("not an explanation", str(e))
         self.assertRaises(ExplainError, formatExplain, "web", dict(RECORDED, endpoints=[]))
+        self.assertRaises(ExplainError, formatExplain, "web", dict(RECORDED, policy=[]))
+        withoutPolicy = {key: value for key, value in RECORDED.items() if key != "policy"}
+        e = self.assertRaises(ExplainError, formatExplain, "web", withoutPolicy)
+        self.assertIn("missing policy", str(e))
+
+    def test_policyDecisions(self) -> None:
+        """
+        The policy's decision is one line under the destination, saying
+        for whom it was asked.
+        """
+        allowed = {"allowed": True, "rule": 0, "reason": "rule 0 allows"}
+        denied = {"allowed": False, "rule": None, "reason": "default deny"}
+        for policy, kwargs, line in (
+            (None, {}, "policy: none (every caller is allowed)"),
+            (denied, {}, "policy: denied (default deny) for an unauthenticated caller, GET"),
+            (allowed, {"caller": "spiffe://mesh.local/web", "peer": "10.0.0.1",
+                       "method": "DELETE"},
+             "policy: allowed (rule 0 allows) for spiffe://mesh.local/web from 10.0.0.1,"
+             " DELETE"),
+            (denied, {"peer": "::1"},
+             "policy: denied (default deny) for an unauthenticated caller from ::1, GET"),
+        ):
+            text = formatExplain("web", dict(RECORDED, policy=policy), **kwargs)
+            self.assertIn("\ndestination: /#/fs/users-v2 | /#/fs/users\n%s\nrules:\n" % (line,),
+                          text)
+
+    def test_realAnswerWithAPolicy(self) -> None:
+        from tests.test_admin_policy import POLICED
+        from tests.test_http_router import makeRouter
+
+        router = makeRouter(POLICED)
+        answer = router.explain(name="/svc/hello", caller="spiffe://mesh.local/web")
+        text = formatExplain("web", answer, caller="spiffe://mesh.local/web")
+        self.assertIn(
+            "\npolicy: allowed (rule 0 allows) for spiffe://mesh.local/web, GET\n", text
+        )
 
 
 class ArgumentTests(SynchronousTestCase):
@@ -157,6 +195,12 @@ class ArgumentTests(SynchronousTestCase):
             ["rules", "nope"],
             ["rules", "reset"],
             ["rules", "reset", "web", "--config"],
+            ["explain", "web", "--name", "/a", "--peer"],
+            ["certs"],
+            ["certs", "init"],
+            ["certs", "init", "a", "b"],
+            ["certs", "issue", "dir"],
+            ["certs", "issue", "dir", "web", "--uri"],
         ):
             self.stderr.seek(0)
             self.stderr.truncate()
@@ -164,7 +208,7 @@ class ArgumentTests(SynchronousTestCase):
             lines = self.stderr.getvalue().splitlines()
             self.assertTrue(lines[0].startswith("usage: meshproxy"), lines)
             self.assertIn("error: ", lines[-1])
-            self.assertLessEqual(len(lines), 4, lines)
+            self.assertLessEqual(len(lines), 5, lines)
         self.assertIn("invalid choice: 'nope'", self.errorOf(["nope"]))
         self.assertIn("required: CONFIG", self.errorOf(["check"]))
         self.assertEqual(self.fetched, [])
@@ -180,16 +224,31 @@ class ArgumentTests(SynchronousTestCase):
         for flag, kind in (("--name", "name"), ("--host", "host"), ("--path", "path")):
             self.assertEqual(explainMain(["web", flag, "v"], out=out, environ={}), 0)
             self.assertEqual(
-                self.fetched[-1], (("http://127.0.0.1:9990", "web", (kind, "v")), {"token": None})
+                self.fetched[-1],
+                (("http://127.0.0.1:9990", "web", (kind, "v")), {"token": None, "caller": {}}),
             )
+
+    def test_callerPeerAndMethodArePassedOn(self) -> None:
+        out = io.StringIO()
+        argv = ["web", "--name", "/a", "--caller", "spiffe://mesh.local/web", "--peer",
+                "10.0.0.1", "--method", "DELETE"]
+        self.assertEqual(explainMain(argv, out=out, environ={}), 0)
+        self.assertEqual(self.fetched[-1][1]["caller"], {
+            "caller": "spiffe://mesh.local/web", "peer": "10.0.0.1", "method": "DELETE",
+        })
+        self.assertIn(
+            "policy: none (every caller is allowed)\n", out.getvalue()
+        )
+        explainMain(["web", "--name", "/a", "--method", "POST"], out=out, environ={})
+        self.assertEqual(self.fetched[-1][1]["caller"], {"method": "POST"})
 
     def test_tokenFromTheEnvironmentUnlessGiven(self) -> None:
         out = io.StringIO()
         environ = {"MESHPROXY_ADMIN_TOKEN": "from-env"}
         explainMain(["web", "--name", "/a"], out=out, environ=environ)
-        self.assertEqual(self.fetched[-1][1], {"token": "from-env"})
+        self.assertEqual(self.fetched[-1][1]["token"], "from-env")
         explainMain(["--token", "given", "web", "--name", "/a"], out=out, environ=environ)
-        self.assertEqual(self.fetched[-1][1], {"token": "given"})
+        self.assertEqual(self.fetched[-1][1]["token"], "given")
 
 
 
@@ -251,6 +310,10 @@ class HelpAndVersionTests(SynchronousTestCase):
             (["rules", "--help"], "usage: meshproxy rules [-h] COMMAND ..."),
             (["rules", "reset", "--help"],
              "usage: meshproxy rules reset [-h] [--config CONFIG] ROUTER"),
+            (["certs", "--help"], "usage: meshproxy certs [-h] COMMAND ..."),
+            (["certs", "init", "--help"], "usage: meshproxy certs init [-h] DIR"),
+            (["certs", "issue", "--help"],
+             "usage: meshproxy certs issue [-h] [--uri URI] [--dns NAME] [--ip ADDR]"),
         ):
             self.stdout.seek(0)
             self.stdout.truncate()
@@ -262,6 +325,10 @@ class HelpAndVersionTests(SynchronousTestCase):
         self.assertIn("rules     manage the rules saved through the admin API",
                       self.helpOf(["--help"]))
         self.assertIn("reset     go back to the config's rules", self.helpOf(["rules", "--help"]))
+        self.assertIn("--caller IDENTITY", self.helpOf(["explain", "--help"]))
+        self.assertIn("certs     make a development CA and certificates (not for production)",
+                      self.helpOf(["--help"]))
+        self.assertIn("not for production", self.helpOf(["certs", "issue", "--help"]))
         self.assertEqual(self.stderr.getvalue(), "")
 
     def helpOf(self, argv: list[str]) -> str:
@@ -497,6 +564,25 @@ class ExplainAgainstAdminAPITests(TestCase):
         )
 
     @inlineCallbacks
+    def test_callerIsSentAndTheDecisionPrinted(self) -> Any:
+        self.router.explanation = dict(
+            RECORDED, policy={"allowed": False, "rule": 1, "reason": "rule 1 denies"}
+        )
+        status, out, err = yield self.explain(
+            "--token", TOKEN, "web", "--name", "/svc/users", "--caller",
+            "spiffe://mesh.local/a b&c", "--peer", "10.0.0.1", "--method", "PUT",
+        )
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(self.router.explained, [{
+            "name": "/svc/users", "host": None, "path": None,
+            "caller": "spiffe://mesh.local/a b&c", "peer": "10.0.0.1", "method": "PUT",
+        }])
+        self.assertIn(
+            "\npolicy: denied (rule 1 denies) for spiffe://mesh.local/a b&c from 10.0.0.1,"
+            " PUT\n", out,
+        )
+
+    @inlineCallbacks
     def test_hostAndPathAreQuoted(self) -> Any:
         yield self.explain("--token", TOKEN, "web", "--host", "users.example:8080")
         yield self.explain("--token", TOKEN, "web", "--path", "/a b/c?d=e&f")
@@ -692,3 +778,129 @@ class RulesResetTests(SynchronousTestCase):
     def test_embeddedDemoSavesNothing(self) -> None:
         self.assertEqual(main(["rules", "reset", "web"]), 0)
         self.assertIn("nothing to reset: the embedded demo", self.out.getvalue())
+
+
+class CertsTests(SynchronousTestCase):
+    """
+    C{meshproxy certs init} and C{issue}: the files written, said on
+    standard output with a line saying it is for development; errors in a
+    line on standard error, exit status 1.
+    """
+
+    def setUp(self) -> None:
+        self.out, self.err = io.StringIO(), io.StringIO()
+        self.patch(sys, "stdout", self.out)
+        self.patch(sys, "stderr", self.err)
+        self.directory = os.path.abspath(self.mktemp())
+
+    def certs(self, *argv: str) -> int:
+        self.out.seek(0)
+        self.out.truncate()
+        self.err.seek(0)
+        self.err.truncate()
+        return main(["certs", *argv])
+
+    def test_initThenIssue(self) -> None:
+        from cryptography import x509
+
+        d = self.directory
+        self.assertEqual(self.certs("init", d), 0)
+        self.assertEqual(self.out.getvalue(), (
+            "wrote {d}/ca.pem (the CA certificate: give it as tls.clientCertificates.ca and"
+            " upstreamTls.ca)\n"
+            "wrote {d}/ca.key (the CA key, readable by you only: keep it for certs issue)\n"
+            + cli.DEVELOPMENT_ONLY + "\n"
+        ).format(d=d))
+        self.assertEqual(self.err.getvalue(), "")
+        self.assertEqual(os.stat(os.path.join(d, "ca.key")).st_mode & 0o777, 0o600)
+
+        self.assertEqual(
+            self.certs("issue", d, "web", "--uri", "spiffe://mesh.local/web", "--dns", "web.local",
+                     "--dns", "*.web.local", "--ip", "127.0.0.1", "--ip", "::1"),
+            0,
+        )
+        lines = self.out.getvalue().splitlines()
+        self.assertEqual(lines, [
+            "wrote %s/web.pem (the certificate of web: URI spiffe://mesh.local/web,"
+            " DNS web.local, DNS *.web.local, IP 127.0.0.1, IP ::1)" % (d,),
+            "wrote %s/web.key (its key, readable by you only)" % (d,),
+            cli.DEVELOPMENT_ONLY,
+        ])
+        self.assertIn("development only, not for production", lines[-1])
+        with open(os.path.join(d, "web.pem"), "rb") as f:
+            cert = x509.load_pem_x509_certificate(f.read())
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        self.assertEqual(
+            names.get_values_for_type(x509.UniformResourceIdentifier), ["spiffe://mesh.local/web"]
+        )
+        self.assertEqual(names.get_values_for_type(x509.DNSName), ["web.local", "*.web.local"])
+
+        self.assertEqual(self.certs("issue", d, "api"), 0)
+        self.assertIn("(the certificate of api: DNS api)", self.out.getvalue())
+
+    def test_errorsInOneLineWithoutATraceback(self) -> None:
+        d = self.directory
+        missing = os.path.join(d, "none")
+        self.assertEqual(self.certs("issue", missing, "web"), 1)
+        self.assertEqual(
+            self.err.getvalue(),
+            "meshproxy certs issue: no CA in %s: run `meshproxy certs init %s` first\n"
+            % (missing, missing),
+        )
+        self.assertEqual(self.certs("init", d), 0)
+        for argv, error in (
+            (["init", d], "meshproxy certs init: %s already holds a CA (ca.pem, ca.key):"
+                          " not overwritten" % (d,)),
+            (["init", os.path.join(d, "ca.pem")],
+             "meshproxy certs init: %s/ca.pem is not a directory" % (d,)),
+            (["issue", d, "../web"], 'meshproxy certs issue: "../web" cannot name a'
+                                    ' certificate: use letters, digits, ".", "_" and "-"'
+                                    ' (not "ca")'),
+            (["issue", d, "ca"], 'meshproxy certs issue: "ca" cannot name a certificate'),
+            (["issue", d, "web", "--uri", "web"],
+             'meshproxy certs issue: "web" is not a URI such as spiffe://mesh.local/web'),
+            (["issue", d, "web", "--dns", "a b"], 'meshproxy certs issue: "a b" is not a DNS'
+                                                  " name such as web.mesh.local"),
+            (["issue", d, "web", "--dns", "\u00e9.example"],
+             'meshproxy certs issue: "\u00e9.example" is not a DNS name'),
+            (["issue", d, "web", "--ip", "1.2.3"],
+             "meshproxy certs issue: '1.2.3' does not appear to be an IPv4 or IPv6 address"),
+        ):
+            self.assertEqual(self.certs(*argv), 1, argv)
+            self.assertTrue(self.err.getvalue().startswith(error), self.err.getvalue())
+            self.assertEqual(len(self.err.getvalue().splitlines()), 1, self.err.getvalue())
+            self.assertEqual(self.out.getvalue(), "")
+        self.assertEqual(sorted(os.listdir(d)), ["ca.key", "ca.pem"])
+
+    def test_cannotWrite(self) -> None:
+        """
+        An operating system error is one line naming the path and the
+        reason in words.
+        """
+        import errno
+
+        def refuse(path: str, *args: Any, **kwargs: Any) -> None:
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+
+        self.patch(os, "makedirs", refuse)
+        self.assertEqual(self.certs("init", self.directory), 1)
+        self.assertEqual(
+            self.err.getvalue(),
+            "meshproxy certs init: cannot write %s: permission denied\n" % (self.directory,),
+        )
+
+    def test_certificatesServeTheMesh(self) -> None:
+        """
+        What C{issue} writes is what the TLS code reads: the identity of a
+        certificate with a URI name is that URI.
+        """
+        from OpenSSL import crypto
+
+        from meshproxy.tls import identityOf
+
+        d = self.directory
+        self.certs("init", d)
+        self.certs("issue", d, "web", "--uri", "spiffe://mesh.local/web")
+        with open(os.path.join(d, "web.pem"), "rb") as f:
+            certificate = crypto.load_certificate(crypto.FILETYPE_PEM, f.read())
+        self.assertEqual(identityOf(certificate).name, "spiffe://mesh.local/web")

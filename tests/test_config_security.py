@@ -3,6 +3,7 @@ Tests for the security sections of the config: tls, upstreamTls, policy,
 and the clientIdentity identifier.
 """
 
+import json
 import os
 import textwrap
 
@@ -166,6 +167,25 @@ class SecurityConfigTests(SynchronousTestCase):
                 "routers[0].policy.rules[0].methods[0]:"
                 ' expected an HTTP method such as GET, got "G ET"',
                 'routers[0].policy.rules[0].action: expected one of "allow", "deny", got "block"',
+            ],
+        )
+
+    def test_policyNamesLogicalOrBound(self):
+        """
+        A rule names logical names or bound ones (or prefixes of them, down
+        to the namers' C{/#}), as the policy matches both.
+        """
+        names = ["/svc/users", "/", "/#", "/#/fs", "/#/fs/users", "/$/inet/127.0.0.1/8080"]
+        policy = parseConfig(
+            routerWith("policy: {rules: [{names: %s}]}\n" % (json.dumps(names),))
+        ).routers[0].policy
+        self.assertEqual(policy.rules[0].names, tuple(names))
+        self.assertEqual(
+            self.errors(routerWith("policy: {rules: [{names: ['/#/f s', '/#/', '/$//x']}]}\n")),
+            [
+                "routers[0].policy.rules[0].names[%d]: expected a logical name such as"
+                ' "/svc/users" or a bound one such as "/#/fs/users", got %s' % (i, json.dumps(n))
+                for i, n in enumerate(["/#/f s", "/#/", "/$//x"])
             ],
         )
 

@@ -16,7 +16,7 @@ from twisted.internet import defer
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, TestCase
 
-from tests.stress_support import MiB, MemoryProbe, StreamProducer, connectTo
+from tests.stress_support import MemoryProbe, MiB, StreamProducer, connectTo
 from tests.support import (
     BackendFactory,
     RawClient,
@@ -39,7 +39,8 @@ GROWTH_LIMIT = 8 * MiB
 CONFIG = """\
 admin: {listen: "tcp:port=0:interface=127.0.0.1"}
 namers:
-  - {kind: static, prefix: /#/static, services: {hello: ["127.0.0.1:%(good)d"], evil: ["127.0.0.1:%(evil)d"]}}
+  - {kind: static, prefix: /#/static, services: {hello: ["127.0.0.1:%(good)d"],
+                                                  evil: ["127.0.0.1:%(evil)d"]}}
 routers:
   - name: web
     listen: "tcp:0:interface=127.0.0.1"
@@ -102,7 +103,7 @@ class TrailerAttackTests(AttackTestCase):
         port = yield self.proxy()
         probe = MemoryProbe()
         attackers = []
-        for i in range(ATTACKERS):
+        for _i in range(ATTACKERS):
             client = yield connectTo(self, port, _Attacker())
             client.transport.write(
                 b"POST /up HTTP/1.1\r\nHost: hello\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -159,7 +160,7 @@ class UpstreamHeadAttackTests(AttackTestCase):
         port = yield self.proxy(answer)
         probe = MemoryProbe()
         clients = []
-        for i in range(ATTACKERS):
+        for _i in range(ATTACKERS):
             client = yield connectClient(self, port)
             client.transport.write(b"GET /x HTTP/1.1\r\nHost: evil\r\n\r\n")
             clients.append(client)
@@ -206,8 +207,8 @@ class DestinationTests(AttackTestCase):
         client = yield exchange(
             self,
             port,
-            b"GET / HTTP/1.1\r\nHost: hello\r\nmesh-dtab: /svc/hello => /$/inet/127.0.0.1/%d\r\n\r\n"
-            % (secret,),
+            b"GET / HTTP/1.1\r\nHost: hello\r\n"
+            b"mesh-dtab: /svc/hello => /$/inet/127.0.0.1/%d\r\n\r\n" % (secret,),
         )
         self.assertEqual(client.responses[0].status, 400)
         self.assertEqual(client.responses[0].header(b"mesh-err"), b"bad-dtab")
@@ -230,7 +231,9 @@ class DestinationTests(AttackTestCase):
     @defer.inlineCallbacks
     def test_userinfoRefused(self):
         port = yield self.proxy()
-        client = yield exchange(self, port, b"GET http://hello@evil/ HTTP/1.1\r\nHost: hello\r\n\r\n")
+        client = yield exchange(
+            self, port, b"GET http://hello@evil/ HTTP/1.1\r\nHost: hello\r\n\r\n"
+        )
         self.assertEqual(client.responses[0].status, 400)
         self.assertEqual(self.good.requests, [])
         self.assertEqual(self.evil.connections, [])
@@ -238,7 +241,10 @@ class DestinationTests(AttackTestCase):
     @defer.inlineCallbacks
     def test_http2RequestLine(self):
         port = yield self.proxy()
-        for request in (b"GET / HTTP/2.0\r\nHost: hello\r\n\r\n", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"):
+        for request in (
+            b"GET / HTTP/2.0\r\nHost: hello\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        ):
             client = yield exchange(self, port, request)
             self.assertEqual(client.responses[0].status, 505)
         self.assertEqual(self.good.requests, [])

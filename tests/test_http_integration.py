@@ -12,13 +12,7 @@ L{tests.test_http_proxy}.
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
-from tests.support import (
-    BackendFactory,
-    connectClient,
-    exchange,
-    listenBackend,
-    startProxy,
-)
+from tests.support import BackendFactory, connectClient, exchange, listenBackend, startProxy
 
 
 class ProxyTestCase(TestCase):
@@ -70,7 +64,8 @@ class ForwardingTests(ProxyTestCase):
             if not getattr(proto, "switched", False):
                 proto.switched = True
                 proto.transport.write(
-                    b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+                    b"HTTP/1.1 101 Switching Protocols\r\n"
+                    b"Connection: Upgrade\r\nUpgrade: echo\r\n\r\n"
                 )
                 rest = data.split(b"\r\n\r\n", 1)[1]
                 if rest:

@@ -10,11 +10,11 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from meshproxy.config import parseConfig
+from meshproxy.discovery.endpoints import Endpoint
+from meshproxy.discovery.static import StaticNamer
 from meshproxy.http.router import HttpRouter
 from meshproxy.http.server import ServerProtocol
 from meshproxy.routing.path import Path
-from meshproxy.discovery.static import StaticNamer
-from meshproxy.discovery.endpoints import Endpoint
 from meshproxy.tap import balancerFactory
 from meshproxy.telemetry.metrics import MeshMetrics
 
@@ -324,7 +324,9 @@ class RetryTests(SynchronousTestCase):
         When the total timeout passes, the answer is 504 and nothing more
         is tried.
         """
-        h = Harness(CONFIG.replace("timeouts: {total: 60s}", "timeouts: {total: 2s}"), ports=(9001, 9002))
+        h = Harness(
+            CONFIG.replace("timeouts: {total: 60s}", "timeouts: {total: 2s}"), ports=(9001, 9002)
+        )
         proto, transport = h.client()
         proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
         h.upstream(0)
@@ -347,7 +349,7 @@ class StreamingTimeoutTests(SynchronousTestCase):
         proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
         up, upTransport = h.upstream()
         up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
-        for i in range(10):
+        for _i in range(10):
             h.reactor.advance(1.5)
             up.dataReceived(b"x")
         self.assertFalse(transport.disconnecting)

@@ -390,7 +390,9 @@ class ConnectTests(MemoryTestCase):
         self.assertEqual(endpoints["127.0.0.1:%d" % (dead,)]["pending"], 0)
         self.assertEqual(endpoints["127.0.0.1:%d" % (backendPort,)]["failures"], 0)
         self.assertEqual(
-            registry.get_sample_value("meshproxy_retries_total", {"router": "db", "reason": "connect"}),
+            registry.get_sample_value(
+                "meshproxy_retries_total", {"router": "db", "reason": "connect"}
+            ),
             failures,
         )
         self.assertIsNone(self.errors(registry, "upstream-connect"))
@@ -415,7 +417,9 @@ class ConnectTests(MemoryTestCase):
         self.assertEqual(sorted(e["failures"] for e in endpoints), [1, 2])
         self.assertEqual(sum(e["pending"] for e in endpoints), 0)
         self.assertEqual(
-            registry.get_sample_value("meshproxy_retries_total", {"router": "db", "reason": "connect"}),
+            registry.get_sample_value(
+                "meshproxy_retries_total", {"router": "db", "reason": "connect"}
+            ),
             2,
         )
         self.assertEqual(len(self.network.attempts), 3)
@@ -445,7 +449,7 @@ class ConnectTests(MemoryTestCase):
             "    loadBalancer: {kind: roundRobin}\n"
             "    failureAccrual: {kind: consecutiveFailures, failures: 1, panicShare: 0}\n",
         )
-        for i in range(4):
+        for _i in range(4):
             client = self.connect(port)
             self.send(client, b"x")
             self.assertEqual(client.received, b"x")
@@ -470,7 +474,7 @@ class BalancingTests(MemoryTestCase):
         portA, backendA = self.backend(Echo)
         portB, backendB = self.backend(Echo)
         port, router, factory, registry = self.router([portA, portB])
-        for i in range(10):
+        for _i in range(10):
             client = self.connect(port)
             self.send(client, b"x")
             self.assertEqual(client.received, b"x")
@@ -505,7 +509,7 @@ class BalancingTests(MemoryTestCase):
             (p, b) for p, b in ((portA, backendA), (portB, backendB)) if b.connections
         ]
         router.drain("/#/static/svc", "127.0.0.1:%d" % (used,))
-        for i in range(3):
+        for _i in range(3):
             client = self.connect(port)
             self.send(client, b"x")
             self.assertEqual(client.received, b"x")
@@ -513,7 +517,7 @@ class BalancingTests(MemoryTestCase):
         self.send(first, b"2")
         self.assertEqual(first.received, b"12")
         router.undrain("/#/static/svc", "127.0.0.1:%d" % (used,))
-        for i in range(2):
+        for _i in range(2):
             client = self.connect(port)
             self.send(client, b"x")
             self.assertEqual(client.received, b"x")

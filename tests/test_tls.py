@@ -76,6 +76,15 @@ class CertsTests(SynchronousTestCase):
         self.assertEqual(identity.name, "spiffe://mesh.local/web")
         self.assertEqual(os.stat(issued.key).st_mode & 0o777, 0o600)
 
+    def test_nameNotADNSNameGetsNoDNSName(self):
+        ca = makeCA(self)
+        issued = certs.issue(ca, "my_svc", uris=("spiffe://mesh.local/my_svc",))
+        with open(issued.cert, "rb") as f:
+            from cryptography import x509
+
+            identity = identityOf(x509.load_pem_x509_certificate(f.read()))
+        self.assertEqual((identity.dnsNames, identity.commonName), ((), "my_svc"))
+
     def test_caNeverOverwritten(self):
         ca = makeCA(self)
         self.assertRaises(certs.CertsError, certs.initAuthority, ca)

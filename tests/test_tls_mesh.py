@@ -365,11 +365,12 @@ routers:
 
 class TcpTLSTests(TLSMeshTestCase):
     @defer.inlineCallbacks
-    def test_tcpRouterTLSListenerWithALPNClient(self):
+    def tcpRouter(self, listen="tcp:0:interface=127.0.0.1", more=""):
         """
-        A TCP router terminating TLS answers no ALPN protocol (it carries
-        bytes, not HTTP) and the handshake of a client offering h2 and
-        http/1.1 goes on: curl gets the backend's answer.
+        A TCP router to a backend, listening on C{listen}, with C{more}
+        config lines (its tls section and policy).
+
+        @return: the port and the runtime.
         """
         backend = yield self.backend()
         port, _, runtime = yield startProxy(
@@ -382,12 +383,24 @@ namers:
 routers:
   - name: tcp
     protocol: tcp
-    listen: "tcp:0:interface=127.0.0.1"
+    listen: "{listen}"
     destination: /#/s/web
-    tls:
+{more}"""
+            ),
+        )
+        return port, runtime
+
+    @defer.inlineCallbacks
+    def test_tcpRouterTLSListenerWithALPNClient(self):
+        """
+        A TCP router terminating TLS answers no ALPN protocol (it carries
+        bytes, not HTTP) and the handshake of a client offering h2 and
+        http/1.1 goes on: curl gets the backend's answer.
+        """
+        port, runtime = yield self.tcpRouter(
+            more=f"""    tls:
       certificates: [{{cert: {self.web.cert}, key: {self.web.key}}}]
 """
-            ),
         )
         code, out, err = yield self.curl(port)
         self.assertEqual(code, 0, err)
@@ -395,27 +408,14 @@ routers:
 
     @defer.inlineCallbacks
     def test_tcpPolicyDeniesByIdentity(self):
-        backend = yield self.backend()
-        port, _, runtime = yield startProxy(
-            self,
-            None,
-            config=_config(
-                f"""
-namers:
-  - {{kind: static, prefix: /#/s, services: {{web: ["127.0.0.1:{backend}"]}}}}
-routers:
-  - name: tcp
-    protocol: tcp
-    listen: "tcp:0:interface=127.0.0.1"
-    destination: /#/s/web
-    tls:
+        port, runtime = yield self.tcpRouter(
+            more=f"""    tls:
       certificates: [{{cert: {self.web.cert}, key: {self.web.key}}}]
       clientCertificates: {{ca: {self.caFile}, verify: required}}
     policy:
       default: deny
       rules: [{{callers: ["spiffe://mesh.local/caller"]}}]
 """
-            ),
         )
         code, out, err = yield self.curl(port, "--cert", self.caller.cert, "--key", self.caller.key)
         self.assertEqual(code, 0, err)
@@ -426,3 +426,17 @@ routers:
         self.assertEqual(len(self.backendFactory.requests), 1)
         metrics = runtime.routers["tcp"].metrics
         self.assertEqual(metrics._denied, {("tcp", "default", "spiffe://mesh.local/stranger"): 1})
+
+    @defer.inlineCallbacks
+    def test_sslListenStringOnATcpRouter(self):
+        """
+        An C{ssl:} listen string (as before the tls section existed) gets
+        meshproxy's TLS too: a client offering ALPN completes its
+        handshake on a TCP router (Twisted's own listener aborted it).
+        """
+        port, runtime = yield self.tcpRouter(
+            listen=f"ssl:0:interface=127.0.0.1:privateKey={self.web.key}:certKey={self.web.cert}"
+        )
+        code, out, err = yield self.curl(port)
+        self.assertEqual(code, 0, err)
+        self.assertTrue(out.endswith("\n200 1.1"), out)

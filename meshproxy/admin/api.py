@@ -42,6 +42,9 @@ edits), or L{None} for a router without rules; and::
     router.undrain(boundName, address) -> None    # KeyError(reason) if unknown
 
 and the runtime C{shutdown() -> Deferred} and C{shutdownGrace} (seconds).
+For the policy routes, a router has C{router.policy}: its
+L{Policy<meshproxy.policy.Policy>} or L{None}, which the policy store
+replaces by assignment (HTTP and TCP routers alike).
 
 Every JSON answer has C{Content-Type: application/json} and ends in a
 newline, errors included (C{{"error": "not found"}}).
@@ -75,12 +78,14 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
-from meshproxy.admin.rules import (
-    InvalidRules,
+from meshproxy.admin.policy import PolicyStore
+from meshproxy.admin.rules import InvalidRules, RulesStore
+from meshproxy.admin.versioned import (
+    InvalidValue,
     PersistError,
-    RulesStore,
     StaleVersion,
     UnknownVersion,
+    VersionedStore,
 )
 from meshproxy.telemetry.metrics import BUCKETS
 
@@ -198,20 +203,51 @@ def _readJSON(request: IRequest, *fields: str) -> dict[str, str]:
     return value
 
 
-def _ifMatch(request: IRequest) -> str | frozenset[str]:
+def _rejectDuplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """
+    A JSON object's members as a dict, refusing a key given twice (which
+    C{json} would otherwise resolve silently, keeping the last).
+    """
+    value = {}
+    for key, item in pairs:
+        if key in value:
+            raise ValueError(f"duplicate key {json.dumps(key)}")
+        value[key] = item
+    return value
+
+
+def _readPolicy(request: IRequest) -> Any:
+    """
+    A policy from the request body: JSON (at most L{JSON_LIMIT} bytes),
+    without a key given twice. Its shape is checked by the policy store.
+
+    @raise _Refusal: 413 when too large, 400 C{{"error", "problems"}} when
+        not JSON.
+    """
+    body = _readBody(request, JSON_LIMIT)
+    try:
+        return json.loads(body.decode("utf-8"), object_pairs_hook=_rejectDuplicates)
+    except (UnicodeDecodeError, ValueError) as e:
+        message = f"the body is not JSON: {e}"
+        raise _Refusal(400, {"error": message, "problems": [message]}) from None
+
+
+def _ifMatch(request: IRequest, kind: str) -> str | frozenset[str]:
     """
     The versions an C{If-Match} header accepts: C{"*"} or a set of versions.
 
     Weak tags (C{W/"..."}) never match (RFC 9110, section 13.1.1); an
     unquoted version is taken as if it were quoted, for hand-made calls.
 
+    @param kind: what the change is of (C{"rules"}, C{"policy"}), for the
+        message.
     @raise _Refusal: 428 without the header.
     """
     raw = request.getHeader(b"if-match")
     if raw is None or not raw.strip():
         raise _Refusal(428, {
-            "error": "If-Match required: send the ETag of the rules your change "
-                     "is based on (GET the rules to read it)",
+            "error": f"If-Match required: send the ETag of the {kind} your change "
+                     f"is based on (GET the {kind} to read it)",
         })
     try:
         value = raw.decode("ascii").strip()
@@ -584,7 +620,7 @@ class AdminAPI:
     files (C{/static/<name>}) are never guarded by the token: probes from
     kubelet or systemd carry none, and the page holds no data (its script
     asks for the token when the API answers 401). C{/metrics}, C{/admin/state},
-    C{/admin/stats} and the other reads (rules, history, explain) are
+    C{/admin/stats} and the other reads (rules, policy, history, explain) are
     guarded when C{protectReads}
     is set; every mutating route (PUT, POST) uses L{_requireToken} and is
     guarded whenever a token is set, dry runs included.
@@ -601,6 +637,8 @@ class AdminAPI:
     @param rulesStores: the L{RulesStore} of each router by name (built and
         loaded by the caller, with persistence); a router without one gets
         a store without persistence on first use.
+    @param policyStores: the L{PolicyStore} of each router by name, the
+        same way.
     @param clock: the C{IReactorTime} for the rules history and for
         scheduling the shutdown; the global reactor when L{None}.
     @raise ValueError: C{token} is empty, C{protectReads} is set without
@@ -647,8 +685,19 @@ class AdminAPI:
      - C{POST /admin/routers/{name}/rules/rollback} C{{"version"}}: apply a
        version of the history again, as a new change (C{If-Match} as for
        PUT; 404 for a version not in the history).
-     - C{GET /admin/routers/{name}/explain?name=} (or C{host=}, C{path=}):
-       the router's explanation; 400 with the reason on a bad parameter.
+     - C{GET /admin/routers/{name}/policy}: the access policy as JSON in
+       the config's C{policy} shape, with its version as a quoted C{ETag}.
+     - C{PUT /admin/routers/{name}/policy}: replace it (body: JSON, at most
+       L{JSON_LIMIT} bytes). C{If-Match} as for the rules; 400
+       C{{"error", "problems"}} on a body that is not JSON or a policy the
+       config's checks refuse. Then 200 C{{"version", "previous"}}.
+     - C{GET /admin/routers/{name}/policy/history} and C{POST
+       .../policy/rollback}: as for the rules, entries carrying C{"policy"}
+       instead of C{"text"}.
+     - C{GET /admin/routers/{name}/explain?name=} (or C{host=}, C{path=}),
+       with C{caller=}, C{peer=} and C{method=} optional: the router's
+       explanation, with the policy's decision for that caller; 400 with
+       the reason on a bad parameter.
      - C{POST /admin/endpoints/drain} and C{/undrain} C{{"router", "name",
        "address"}}: 200 C{{"draining": bool}}; 404 for an unknown router,
        bound name or address.
@@ -670,6 +719,7 @@ class AdminAPI:
         protectReads: bool = False,
         allowedHosts: Iterable[str] = (),
         rulesStores: dict[str, RulesStore] | None = None,
+        policyStores: dict[str, PolicyStore] | None = None,
         clock: Any = None,
     ) -> None:
         if token is not None and not token:
@@ -692,6 +742,7 @@ class AdminAPI:
             from twisted.internet import reactor as clock
         self._clock = clock
         self._stores: dict[str, RulesStore] = dict(rulesStores or {})
+        self._policyStores: dict[str, PolicyStore] = dict(policyStores or {})
         self._shuttingDown = False
         # Read once: they are part of the installed package.
         self._files = loadStatic()
@@ -722,6 +773,21 @@ class AdminAPI:
         store = self._stores.get(name)
         if store is None:
             store = self._stores[name] = RulesStore(router.rules, stateDir=None, clock=self._clock)
+        return store
+
+    def _policyStore(self, name: str) -> PolicyStore:
+        """
+        The policy store of router C{name}, made on first use if the caller
+        gave none.
+        """
+        router = self._router(name)
+        if not hasattr(router, "policy"):
+            raise _Refusal(404, {"error": f"router {name!r} does not support policy"})
+        store = self._policyStores.get(name)
+        if store is None:
+            store = self._policyStores[name] = PolicyStore(
+                router, stateDir=None, clock=self._clock
+            )
         return store
 
     def _who(self, request: IRequest) -> str:
@@ -879,7 +945,7 @@ class AdminAPI:
         Replace the rules (see the class docstring).
         """
         store = self._store(name)
-        ifMatch = _ifMatch(request)
+        ifMatch = _ifMatch(request, store.kind)
         text = _readText(request)
         if not text.strip():
             # Most likely a forgotten body, and it would route nothing.
@@ -888,7 +954,9 @@ class AdminAPI:
                          "nothing on purpose, send a comment)",
                 "line": None, "column": None,
             })
-        return self._change(request, name, store.replace, text, ifMatch, self._who(request))
+        return self._change(
+            request, name, store, store.replace, text, ifMatch, self._who(request)
+        )
 
     @app.route("/admin/routers/<name>/rules", methods=["POST"])
     @_takes(TEXT_TYPE)
@@ -927,34 +995,93 @@ class AdminAPI:
         """
         Apply a version from the history again, as a new change.
         """
-        store = self._store(name)
-        ifMatch = _ifMatch(request)
+        return self._rollback(request, name, self._store(name))
+
+    @app.route("/admin/routers/<name>/policy", methods=["GET"])
+    @_requireToken
+    def getPolicy(self, request: IRequest, name: str) -> bytes:
+        """
+        The access policy in force, as JSON in the config's shape, with its
+        version in C{ETag}.
+        """
+        policy, version = self._policyStore(name).current()
+        request.setHeader(b"etag", _etag(version))
+        return _json(request, policy)
+
+    @app.route("/admin/routers/<name>/policy", methods=["PUT"])
+    @_requireToken
+    def putPolicy(self, request: IRequest, name: str) -> bytes:
+        """
+        Replace the access policy (see the class docstring).
+        """
+        store = self._policyStore(name)
+        ifMatch = _ifMatch(request, store.kind)
+        policy = _readPolicy(request)
+        return self._change(
+            request, name, store, store.replace, policy, ifMatch, self._who(request)
+        )
+
+    @app.route("/admin/routers/<name>/policy/history", methods=["GET"])
+    @_requireToken
+    def policyHistory(self, request: IRequest, name: str) -> bytes:
+        """
+        The accepted versions of the policy, newest first.
+        """
+        return _json(request, self._policyStore(name).history())
+
+    @app.route("/admin/routers/<name>/policy/rollback", methods=["POST"])
+    @_requireToken
+    def rollbackPolicy(self, request: IRequest, name: str) -> bytes:
+        """
+        Apply a version of the policy from the history again, as a new
+        change.
+        """
+        return self._rollback(request, name, self._policyStore(name))
+
+    def _rollback(self, request: IRequest, name: str, store: VersionedStore) -> bytes:
+        """
+        Apply the version a C{{"version"}} body names again, from
+        C{store}'s history.
+        """
+        ifMatch = _ifMatch(request, store.kind)
         version = _readJSON(request, "version")["version"]
         try:
             return self._change(
-                request, name, store.rollback, version, ifMatch, self._who(request)
+                request, name, store, store.rollback, version, ifMatch, self._who(request)
             )
         except UnknownVersion as e:
             raise _Refusal(404, {"error": str(e)}) from None
 
     def _change(
-        self, request: IRequest, name: str, change: Callable[..., Any], *args: Any
+        self,
+        request: IRequest,
+        name: str,
+        store: VersionedStore,
+        change: Callable[..., Any],
+        *args: Any,
     ) -> bytes:
         """
-        Run a change of the rules and answer with its outcome.
+        Run a change of a versioned value (C{store.replace} or
+        C{store.rollback}) and answer with its outcome: 200 C{{"version",
+        "previous"}} with the new C{ETag}, 412 when stale (with the current
+        C{ETag}), 400 with the value's own details when invalid, 500 when
+        the state file could not be written.
         """
         try:
             previous, version = change(*args)
         except StaleVersion as e:
             request.setHeader(b"etag", _etag(e.current))
             return _json(request, {
-                "error": "stale version: the rules changed since you read them",
+                "error": f"stale version: the {store.kind} changed after the version you named",
                 "current": e.current,
             }, 412)
-        except InvalidRules as e:
-            return _json(request, {"error": e.message, "line": e.line, "column": e.column}, 400)
+        except InvalidValue as e:
+            return _json(request, e.details(), 400)
         except PersistError as e:
-            _log.error("rules of router {router} not changed: {error}", router=name, error=str(e))
+            _log.error(
+                "{kind} of router {router} not changed: {error}",
+                kind=store.kind, router=name, error=str(e),
+            )
             return _json(request, {"error": str(e)}, 500)
         request.setHeader(b"etag", _etag(version))
         return _json(request, {"version": version, "previous": previous})
@@ -963,7 +1090,9 @@ class AdminAPI:
     @_requireToken
     def explain(self, request: IRequest, name: str) -> bytes:
         """
-        How the router routes a logical name, a host or a path.
+        How the router routes a logical name, a host or a path, and what its
+        access policy says of a request from C{caller=} (an identity),
+        C{peer=} (an IP address) with C{method=} (C{GET} unless given).
         """
         router = self._router(name, "explain")
         given = {}
@@ -976,6 +1105,14 @@ class AdminAPI:
         [(key, value)] = given.items()
         if not value:
             raise _Refusal(400, {"error": f"{key}= is empty"})
+        # Who asks, for the policy's decision: passed on only when given, so
+        # that the router's defaults (an unauthenticated GET) apply.
+        for key in ("caller", "peer", "method"):
+            value = _queryValue(request, key)
+            if value is not None:
+                if not value:
+                    raise _Refusal(400, {"error": f"{key}= is empty"})
+                given[key] = value
         try:
             result = router.explain(**given)
         except ValueError as e:

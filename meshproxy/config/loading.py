@@ -11,6 +11,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import ValidationError
@@ -19,6 +20,7 @@ from meshproxy.config import endpoints
 from meshproxy.config.checks import Invalid, show
 from meshproxy.config.problems import Loc, Problem, documentContext, problemsOf
 from meshproxy.config.schema import MeshConfig
+from meshproxy.config.section import Section
 
 __all__ = [
     "ConfigError",
@@ -27,7 +29,10 @@ __all__ = [
     "hostProblems",
     "loadConfig",
     "parseConfig",
+    "parseSection",
 ]
+
+_Section = TypeVar("_Section", bound=Section)
 
 
 class ConfigError(Exception):
@@ -103,6 +108,32 @@ def parseConfig(
     context = documentContext(baseDirectory or os.getcwd(), source)
     try:
         return MeshConfig.model_validate(document, context=context)
+    except ValidationError as e:
+        raise ConfigError([_format(problem, source) for problem in problemsOf(e)], source) from e
+
+
+def parseSection(
+    section: type[_Section], data: Any, source: str, *, baseDirectory: str | None = None
+) -> _Section:
+    """
+    Validate one section of a config given as data rather than in a file
+    (the JSON body of an admin API call, say), with the checks and the
+    messages the same section gets in a config file: unknown keys, types
+    and values, each problem named by its key path inside the section.
+
+    @param section: the section's class (L{PolicyConfig<meshproxy.config.PolicyConfig>}).
+    @param data: the decoded JSON (or YAML) value.
+    @param source: names the value as a whole, in a message about it (a
+        value that is not a mapping).
+    @param baseDirectory: what relative paths in it are relative to; the
+        working directory by default.
+    @return: the validated section.
+    @raise ConfigError: listing every problem found, each message starting
+        with its key path (C{rules[0].action: ...}), or with C{source}.
+    """
+    context = documentContext(baseDirectory or os.getcwd(), source)
+    try:
+        return section.model_validate(data, context=context)
     except ValidationError as e:
         raise ConfigError([_format(problem, source) for problem in problemsOf(e)], source) from e
 

@@ -14,15 +14,7 @@ from typing import Any
 
 from meshproxy.config import checks
 from meshproxy.config.checks import Invalid, show
-from meshproxy.config.fields import (
-    Checked,
-    Choice,
-    Defaulted,
-    Directory,
-    ListOf,
-    NamePath,
-    NonEmptyText,
-)
+from meshproxy.config.fields import Checked, Choice, Defaulted, Directory, ListOf, NonEmptyText
 from meshproxy.config.problems import Problem
 from meshproxy.config.section import Section, View
 
@@ -89,10 +81,38 @@ def _minVersion(value: Any) -> str:
     return checks.choice(value, ("TLSv1.2", "TLSv1.3"))
 
 
+def _policyName(value: Any) -> str:
+    """
+    A name prefix a policy rule matches: a logical name (C{/svc/users}), or
+    a bound one (C{/#/fs/users}, C{/$/inet/127.0.0.1/8080}) or a prefix of
+    one (C{/#/fs}, C{/#}).
+    """
+    text = checks.string(value)
+    if text in ("/#", "/$"):
+        return text
+    if text.startswith(("/#/", "/$/")):
+        try:
+            checks.path(text[2:], allowRoot=False)
+        except Invalid:
+            raise Invalid(
+                f'expected a logical name such as "/svc/users" or a bound one such as'
+                f' "/#/fs/users", got {show(text)}'
+            ) from None
+        return text
+    return checks.path(value)
+
+
 ServerName = Checked(_serverName, {"type": "string", "minLength": 1})
 MinVersion = Checked(_minVersion, {"type": "string", "enum": ["TLSv1.2", "TLSv1.3"]})
 Method = Checked(_method, {"type": "string", "minLength": 1})
 ServerNameTemplate = Checked(_serverNameTemplate, {"type": "string", "minLength": 1})
+PolicyName = Checked(
+    _policyName,
+    {
+        "type": "string",
+        "pattern": f"^(/|/[#$]|(/[#$])?(/{checks.SEGMENT_PATTERN})+)$",
+    },
+)
 
 
 class CertificateConfig(Section):
@@ -186,7 +206,7 @@ class PolicyRuleConfig(Section):
     """
 
     callers: ListOf(NonEmptyText) = ()
-    names: ListOf(NamePath) = ()
+    names: ListOf(PolicyName) = ()
     methods: ListOf(Method, unique=True) = ()
     action: Choice("allow", "deny") = "allow"
 

@@ -33,7 +33,8 @@ from meshproxy.http.body import RequestBody
 from meshproxy.http.interfaces import IExchange
 from meshproxy.http.message import ProxyError
 from meshproxy.http.rewrite import ResponseWriter, interimHead, requestHead
-from meshproxy.http.states import AWAITING, DONE, NEW, SENDING, STREAMING, WAITING, ExchangeState
+from meshproxy.http.states import AWAITING, DONE, NEW, SENDING, STREAMING, WAITING
+from meshproxy.http.tries import TryAccounting
 from meshproxy.resilience.classifiers import RETRYABLE, SUCCESS
 from meshproxy.resilience.deadline import DeadlineExpired
 from meshproxy.resilience.retries import CONNECT, RESET, STATUS, TIMEOUT
@@ -61,7 +62,7 @@ MAX_STALE_TRIES = 3
 _BODYLESS_STATUS = frozenset([204, 304])
 
 @implementer(IExchange)
-class Exchange(ExchangeState):
+class Exchange(TryAccounting):
     """
     The life of one request.
 
@@ -83,13 +84,8 @@ class Exchange(ExchangeState):
         "server",
         "request",
         "router",
-        "client",
         "body",
-        "node",
         "startTime",
-        "tryStart",
-        "upstream",
-        "connecting",
         "status",
         "tries",
         "retries",
@@ -97,13 +93,10 @@ class Exchange(ExchangeState):
         "writer",
         "keepAlive",
         "timer",
-        "tryTimer",
         "deadline",
         "upgradeRest",
-        "triedNodes",
         "classification",
         "limiter",
-        "waiting",
         "override",
         "progress",
         "continued",
@@ -261,55 +254,6 @@ class Exchange(ExchangeState):
         self.upstream = None
         if self.state is not WAITING:
             self._enter(WAITING)
-
-    # -- the tries' accounting -------------------------------------------------
-
-    def _closeTry(self) -> Node | None:
-        """
-        Stop the current try's timer and waiting; return its node (or
-        L{None} when no try is under way), which is no longer current.
-        """
-        node = self.node
-        if node is None:
-            return None
-        self.node = None
-        self._stopWaiting()
-        timer = self.tryTimer
-        if timer is not None:
-            self.tryTimer = None
-            if timer.active():
-                timer.cancel()
-        return node
-
-    def _endTry(self, success: bool, measured: bool = False) -> None:
-        """
-        The current try ended with a verdict on its endpoint.
-
-        @param measured: whether its latency was taken already (at the
-            response head).
-        """
-        node = self._closeTry()
-        if node is None:
-            return
-        self.client.endTry(node, None if measured else self.tryStart, success)  # type: ignore[union-attr]
-        if not success:
-            # A retry goes elsewhere when it can.
-            if self.triedNodes is None:
-                self.triedNodes = set()
-            self.triedNodes.add(node)
-
-    def _abandonTry(self) -> None:
-        """
-        The current try ends without a verdict on its endpoint.
-        """
-        node = self._closeTry()
-        if node is not None:
-            self.client.abandonTry(node)  # type: ignore[union-attr]
-
-    def _stopWaiting(self) -> None:
-        if self.waiting:
-            self.waiting = False
-            self.client.limiter.pendingRelease()  # type: ignore[union-attr]
 
     # -- request body from the client --------------------------------------
 
@@ -644,19 +588,6 @@ class Exchange(ExchangeState):
         self.server.flush()
 
     # -- ends --------------------------------------------------------------
-
-    def _dropUpstream(self) -> None:
-        """
-        Let go of the current try's connection, or of its connection
-        attempt.
-        """
-        self._stopWaiting()
-        connecting, self.connecting = self.connecting, None
-        if connecting is not None:
-            connecting.abandon()
-        upstream, self.upstream = self.upstream, None
-        if upstream is not None:
-            upstream.abort()
 
     def _tryTimedOut(self) -> None:
         self.tryTimer = None

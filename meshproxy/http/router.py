@@ -67,6 +67,10 @@ class HttpRouter:
 
     @ivar name: the router's name.
     @ivar rules: its L{RuleTable} (what the admin API's rules store edits).
+    @ivar policy: the access L{Policy} every routed request is checked
+        against, or L{None} to let every caller in. Read once per request
+        and replaced whole by assignment (what the admin API's policy store
+        does).
     @ivar clients: its L{BoundClients}.
     """
 
@@ -127,7 +131,7 @@ class HttpRouter:
         # The listener's own identity when it terminates TLS (tap sets it),
         # named in x-forwarded-client-cert.
         self.tlsName: str | None = None
-        self.policy = Policy.active(config.policy)
+        self.policy: Policy | None = Policy.active(config.policy)
         self.clients = BoundClients(
             self.namers,
             NamePolicies(config),
@@ -364,12 +368,21 @@ class HttpRouter:
         return routerState(self)
 
     def explain(
-        self, *, name: str | None = None, host: str | None = None, path: str | None = None
+        self,
+        *,
+        name: str | None = None,
+        host: str | None = None,
+        path: str | None = None,
+        caller: str | None = None,
+        peer: str | None = None,
+        method: str = "GET",
     ) -> dict[str, Any]:
         """
         See L{explainRoute}.
         """
-        return explainRoute(self, name=name, host=host, path=path)
+        return explainRoute(
+            self, name=name, host=host, path=path, caller=caller, peer=peer, method=method
+        )
 
     def drain(self, boundName: str, address: str) -> None:
         """

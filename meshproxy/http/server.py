@@ -14,8 +14,8 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import httptools
-from twisted.internet.interfaces import IProtocolNegotiationFactory, ISSLTransport
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -23,20 +23,12 @@ from meshproxy.http.checks import checkRequest, parserError
 from meshproxy.http.exchange import Exchange
 from meshproxy.http.interfaces import IClientConnection
 from meshproxy.http.message import ProxyError, Request, errorResponse, forbiddenTrailer
-from meshproxy.lifecycle import DrainingFactoryMixin
 from meshproxy.tls import forwardedClientCert, identityOf
 from meshproxy.transport.fastwrite import writerFor
 from meshproxy.transport.gate import PauseGate
 
 if TYPE_CHECKING:
-    from twisted.internet.defer import Deferred
-    from twisted.internet.interfaces import (
-        IAddress,
-        IDelayedCall,
-        IPushProducer,
-        IReactorTime,
-        ITransport,
-    )
+    from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
     from twisted.python.failure import Failure
 
     from meshproxy.config import ServerConfig
@@ -609,21 +601,6 @@ class ServerProtocol(Protocol):
         self.transport.loseConnection()
 
 
-class _Refuse(Protocol):
-    """
-    Answers one canned response and closes: for connections over the limit.
-    """
-
-    transport: ITransport
-
-    def __init__(self, answer: bytes) -> None:
-        self.answer = answer
-
-    def connectionMade(self) -> None:
-        self.transport.write(self.answer)
-        self.transport.loseConnection()
-
-
 class _ErrorAnswer:
     """
     A queued answer to a broken pipelined request: sent in turn, then the
@@ -648,78 +625,3 @@ class _ErrorAnswer:
 
     def clientLost(self) -> None:
         pass
-
-
-@implementer(IProtocolNegotiationFactory)
-class ServerFactory(DrainingFactoryMixin, Factory):
-    """
-    Builds a L{ServerProtocol} per accepted connection of one router.
-
-    Behind a TLS listener it offers C{http/1.1} by ALPN: without an ALPN
-    answer, pyOpenSSL aborts the handshake of every client that offers
-    protocols (curl, browsers) with an "internal error" alert.
-    """
-
-    def acceptableProtocols(self) -> list[bytes]:
-        """
-        The protocols offered by ALPN on TLS listeners.
-        """
-        return [b"http/1.1"]
-
-    def __init__(
-        self,
-        router: IRouter,
-        settings: ServerConfig,
-        clock: IReactorTime,
-        connStats: ConnectionStats | None = None,
-        scheme: bytes = b"http",
-    ) -> None:
-        self.router = router
-        self.settings = settings
-        self.clock = clock
-        self.connStats = connStats
-        self.scheme = scheme
-        self.connections: set[ServerProtocol] = set()
-        self.draining = False
-        self._drained = None
-
-    # The factory gives the mixin its clock.
-    def drain(self, grace: float) -> Deferred[None]:  # type: ignore[override]
-        """
-        Close idle connections now, the others after their current
-        response, and abort whatever is left after C{grace} seconds.
-
-        @return: a Deferred that fires when no connection is left.
-        """
-        return DrainingFactoryMixin.drain(self, grace, self.clock)
-
-    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
-        if self.draining:
-            return None
-        limit = self.settings.maxConnections
-        if limit is not None and len(self.connections) >= limit:
-            self.router.countError("overloaded")
-            return _Refuse(
-                errorResponse(503, "overloaded", "Too many connections.", close=True)
-            )
-        p = _TrackedServerProtocol(
-            self.router, self.settings, self.clock, self.connStats, self.scheme
-        )
-        p.factory = self
-        return p
-
-
-class _TrackedServerProtocol(ServerProtocol):
-    """
-    A L{ServerProtocol} its factory can count and close at shutdown.
-    """
-
-    factory: ServerFactory
-
-    def connectionMade(self) -> None:
-        self.factory.connections.add(self)
-        ServerProtocol.connectionMade(self)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        ServerProtocol.connectionLost(self, reason)
-        self.factory._lost(self)

@@ -1,0 +1,118 @@
+"""
+The listening side of an HTTP router: the factory that makes a
+L{ServerProtocol} per accepted connection, refuses connections over the
+limit, and drains them at shutdown.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twisted.internet.interfaces import IProtocolNegotiationFactory
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from zope.interface import implementer
+
+from meshproxy.http.message import errorResponse
+from meshproxy.http.server import ServerProtocol
+from meshproxy.lifecycle import DrainingFactoryMixin
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+    from twisted.internet.interfaces import IAddress, IReactorTime, ITransport
+    from twisted.python.failure import Failure
+
+    from meshproxy.config import ServerConfig
+    from meshproxy.http.interfaces import IRouter
+    from meshproxy.telemetry.metrics import ConnectionStats
+
+__all__ = ["ServerFactory"]
+
+
+class _Refuse(Protocol):
+    """
+    Answers one canned response and closes: for connections over the limit.
+    """
+
+    transport: ITransport
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.answer)
+        self.transport.loseConnection()
+
+
+@implementer(IProtocolNegotiationFactory)
+class ServerFactory(DrainingFactoryMixin, Factory):
+    """
+    Builds a L{ServerProtocol} per accepted connection of one router.
+
+    Behind a TLS listener it offers C{http/1.1} by ALPN: without an ALPN
+    answer, pyOpenSSL aborts the handshake of every client that offers
+    protocols (curl, browsers) with an "internal error" alert.
+    """
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """
+        The protocols offered by ALPN on TLS listeners.
+        """
+        return [b"http/1.1"]
+
+    def __init__(
+        self,
+        router: IRouter,
+        settings: ServerConfig,
+        clock: IReactorTime,
+        connStats: ConnectionStats | None = None,
+        scheme: bytes = b"http",
+    ) -> None:
+        self.router = router
+        self.settings = settings
+        self.clock = clock
+        self.connStats = connStats
+        self.scheme = scheme
+        self.connections: set[ServerProtocol] = set()
+        self.draining = False
+        self._drained = None
+
+    # The factory gives the mixin its clock.
+    def drain(self, grace: float) -> Deferred[None]:  # type: ignore[override]
+        """
+        Close idle connections now, the others after their current
+        response, and abort whatever is left after C{grace} seconds.
+
+        @return: a Deferred that fires when no connection is left.
+        """
+        return DrainingFactoryMixin.drain(self, grace, self.clock)
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
+        if self.draining:
+            return None
+        limit = self.settings.maxConnections
+        if limit is not None and len(self.connections) >= limit:
+            self.router.countError("overloaded")
+            return _Refuse(
+                errorResponse(503, "overloaded", "Too many connections.", close=True)
+            )
+        p = _TrackedServerProtocol(
+            self.router, self.settings, self.clock, self.connStats, self.scheme
+        )
+        p.factory = self
+        return p
+
+
+class _TrackedServerProtocol(ServerProtocol):
+    """
+    A L{ServerProtocol} its factory can count and close at shutdown.
+    """
+
+    factory: ServerFactory
+
+    def connectionMade(self) -> None:
+        self.factory.connections.add(self)
+        ServerProtocol.connectionMade(self)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        ServerProtocol.connectionLost(self, reason)
+        self.factory._lost(self)
