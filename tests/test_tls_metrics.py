@@ -81,10 +81,16 @@ class TLSMetricsTests(SynchronousTestCase):
         shutil.copy(os.path.join(ca, "ca.pem"), self.directory)
         for name in self.issued:
             self.install(name, self.issued[name])
+        self.client = self.build(CONFIG.format(d=self.directory))
+
+    def build(self, text):
+        """
+        Build and start the services of a config on a memory reactor.
+
+        @return: a client of its admin API.
+        """
         self.reactor = MemoryReactorClock()
-        self.runtime, services = buildServices(
-            parseConfig(CONFIG.format(d=self.directory)), reactor=self.reactor
-        )
+        self.runtime, services = buildServices(parseConfig(text), reactor=self.reactor)
         for service in services:
             service.privilegedStartService()
         for service in services:
@@ -92,7 +98,8 @@ class TLSMetricsTests(SynchronousTestCase):
         for service in reversed(services):
             self.addCleanup(service.stopService)
         [admin] = [s for s in services if getattr(s, "description", "").startswith("admin")]
-        self.client = StubTreq(admin.factory.resource)
+        self.adminURL = "http://127.0.0.1:%d" % (admin.port.getHost().port,)
+        return StubTreq(admin.factory.resource)
 
     def install(self, name, issued):
         """
@@ -110,7 +117,7 @@ class TLSMetricsTests(SynchronousTestCase):
 
         @return: the TLS samples, by (name, frozenset of label pairs).
         """
-        response = self.successResultOf(self.client.get("http://127.0.0.1:9991/metrics"))
+        response = self.successResultOf(self.client.get(self.adminURL + "/metrics"))
         self.assertEqual(response.code, 200)
         text = self.successResultOf(self.client.text_content(response))
         samples = {}
@@ -217,3 +224,23 @@ class TLSMetricsTests(SynchronousTestCase):
             f.write(b"not a key either")
         self.reactor.advance(1.0)
         self.assertEqual(self.failures(), {"web": 2, "tcp": 0})
+
+    def test_sslListenString(self):
+        """
+        A router listening with an C{ssl:} string (meshproxy's TLS with that
+        one certificate) has its certificate's expiry and reload failures
+        too.
+        """
+        self.client = self.build(
+            'admin: {listen: "tcp:9992:interface=127.0.0.1"}\n'
+            'namers: [{kind: static, prefix: /#/s, services: {users: ["127.0.0.1:8080"]}}]\n'
+            "routers:\n"
+            "  - name: legacy\n"
+            f'    listen: "ssl:4443:interface=127.0.0.1:privateKey={self.path("db.key")}'
+            f':certKey={self.path("db.pem")}"\n'
+            '    rules: "/svc => /#/s;"\n'
+        )
+        self.assertEqual(
+            self.expiries(), {("legacy", self.path("db.pem")): expiryOf(self.path("db.pem"))}
+        )
+        self.assertEqual(self.failures(), {"legacy": 0})
