@@ -255,18 +255,21 @@ class ServerTLS:
             clientCAs = _loadCertificates(self._clientCA)
         expiries = {}
         contexts = []
+        identity = None
         for c in self._files:
             chain = _loadCertificates(c.cert)
             key = _loadKey(c.key)
             ctx = self._context(chain, key, c, clientCAs)
             contexts.append((c, ctx))
             expiries[c.cert] = expiryOf(chain[0])
-            if len(contexts) == 1:
-                self.identity = identityOf(chain[0])
+            if identity is None:
+                identity = identityOf(chain[0])
         default = contexts[0][1]
         byName = [(pattern.lower(), ctx) for c, ctx in contexts for pattern in c.sni]
         default.set_tlsext_servername_callback(self._chooseBySNI)
+        # Only once every file was read: a failed reload keeps the old ones.
         self.expiries = expiries
+        self.identity = identity
         return default, byName
 
     def _context(

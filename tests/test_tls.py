@@ -246,3 +246,27 @@ class TLSTests(SynchronousTestCase):
             f.write(b"garbage")
         self.assertFalse(client.reload())
         self.assertEqual((client.expiries, client.reloadFailures), ({certFile: rotated}, 1))
+
+    def test_failedReloadKeepsIdentityAndExpiries(self):
+        """
+        A reload that reads the first certificate and fails on the second
+        leaves the listener's identity and expiries as they were.
+        """
+        directory = self.mktemp()
+        os.makedirs(directory)
+        paths = {}
+        for name, issued in (("first", self.web), ("second", self.api)):
+            paths[name] = (os.path.join(directory, name + ".pem"),
+                           os.path.join(directory, name + ".key"))
+            shutil.copy(issued.cert, paths[name][0])
+            shutil.copy(issued.key, paths[name][1])
+        server = ServerTLS([CertificateFile(*paths["first"]),
+                            CertificateFile(*paths["second"], sni=("api.example",))])
+        before = (server.identity, dict(server.expiries))
+        shutil.copy(self.caller.cert, paths["first"][0])
+        shutil.copy(self.caller.key, paths["first"][1])
+        with open(paths["second"][1], "wb") as f:
+            f.write(b"garbage")
+        self.assertFalse(server.reload())
+        self.assertEqual((server.identity, server.expiries), before)
+        self.assertEqual(server.identity.name, "spiffe://mesh.local/web")
