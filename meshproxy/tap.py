@@ -141,7 +141,7 @@ def tlsProblems(config):
 
     @return: messages naming the key path.
     """
-    from meshproxy.tls import ClientTLS, TLSFileError, serverTLS
+    from meshproxy.tls import ClientContext, TLSFileError, serverTLS
 
     problems = []
     for i, router in enumerate(config.routers):
@@ -159,7 +159,7 @@ def tlsProblems(config):
             if section is None:
                 continue
             try:
-                ClientTLS("check.invalid", ca=section.ca, cert=section.cert, key=section.key)
+                ClientContext(ca=section.ca, cert=section.cert, key=section.key)
             except TLSFileError as e:
                 problems.append("%s: %s" % (where, e))
     return problems
@@ -515,10 +515,7 @@ class Runtime(Service):
             if server is None and name not in self.upstreamTLS:
                 continue
             contexts = [] if server is None else [server]
-            # An HTTP router makes a connector per expected identity on
-            # first use and keeps it; it has no public view of them yet.
-            connectors = getattr(router, "_tlsConnectors", {})
-            contexts.extend(connector.creator for connector in list(connectors.values()))
+            contexts.extend(router.upstreamTLS())
             yield name, contexts
 
 

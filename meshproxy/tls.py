@@ -48,6 +48,7 @@ from meshproxy.transport.connector import IConnector
 
 __all__ = [
     "CertificateFile",
+    "ClientContext",
     "ClientTLS",
     "FileWatcher",
     "TLSConnector",
@@ -352,12 +353,15 @@ class ServerTLS:
         return True
 
 
-@implementer(IOpenSSLClientConnectionCreator)
-class ClientTLS:
+class ClientContext:
     """
-    TLS to upstreams whose certificates must name one identity.
+    The TLS settings of connections to upstreams, from one C{upstreamTls}
+    section: the CA bundle they are checked against, a client certificate
+    (mTLS), the minimum version. The files are read when it is made and by
+    L{reload}, never per connection; connections to every service the
+    section covers share it.
 
-    @ivar expected: the identity (a DNS name, or a URI with C{://}).
+    @ivar context: the current C{SSL.Context}.
     @ivar expiries: the client certificate's expiry (Unix time), by its
         file, for the metrics; empty without a client certificate.
     @ivar reloadFailures: how many reloads failed (and kept the old files).
@@ -365,7 +369,6 @@ class ClientTLS:
 
     def __init__(
         self,
-        expected: str,
         *,
         ca: str,
         cert: str | None = None,
@@ -374,7 +377,6 @@ class ClientTLS:
         protocols: Sequence[bytes] = (b"http/1.1",),
     ) -> None:
         """
-        @param expected: the identity the upstream's certificate must name.
         @param ca: the CA bundle upstream certificates are checked against.
         @param cert: a client certificate to present (mTLS), or L{None}.
         @param key: its key.
@@ -382,14 +384,6 @@ class ClientTLS:
         @param protocols: the ALPN protocols offered.
         @raise TLSFileError: when a file cannot be used.
         """
-        self.expected = expected
-        if "://" in expected:
-            # A URI (a SPIFFE ID) names a workload by its whole text:
-            # service_identity's URI-IDs compare only scheme and host.
-            self._serverName = None
-        else:
-            DNS_ID(expected)  # refuses a name that cannot be a DNS-ID
-            self._serverName = expected.encode("idna")
         self._ca = ca
         self._cert = cert
         self._key = key
@@ -397,7 +391,7 @@ class ClientTLS:
         self._protocols = list(protocols)
         self.expiries: dict[str, float] = {}
         self.reloadFailures = 0
-        self._context = self._build()
+        self.context = self._build()
 
     def files(self) -> list[str]:
         """
@@ -442,7 +436,7 @@ class ClientTLS:
         @return: whether the new files are in use.
         """
         try:
-            self._context = self._build()
+            self.context = self._build()
         except (TLSFileError, SSL.Error, crypto.Error) as e:
             self.reloadFailures += 1
             _log.error(
@@ -451,13 +445,61 @@ class ClientTLS:
             return False
         return True
 
+
+@implementer(IOpenSSLClientConnectionCreator)
+class ClientTLS:
+    """
+    TLS to upstreams whose certificates must name one identity.
+
+    @ivar expected: the identity (a DNS name, or a URI with C{://}).
+    @ivar settings: the L{ClientContext} (CA, client certificate).
+    """
+
+    def __init__(
+        self,
+        expected: str,
+        *,
+        settings: ClientContext | None = None,
+        ca: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+        minVersion: str = "TLSv1.2",
+        protocols: Sequence[bytes] = (b"http/1.1",),
+    ) -> None:
+        """
+        @param expected: the identity the upstream's certificate must name.
+        @param settings: the shared L{ClientContext}; or, to make one,
+        @param ca: the CA bundle upstream certificates are checked against,
+        @param cert: a client certificate to present (mTLS), or L{None},
+        @param key: its key,
+        @param minVersion: C{"TLSv1.2"} or C{"TLSv1.3"},
+        @param protocols: the ALPN protocols offered.
+        @raise TLSFileError: when a file cannot be used.
+        @raise ValueError: when C{expected} cannot be a DNS name or URI.
+        """
+        self.expected = expected
+        if "://" in expected:
+            # A URI (a SPIFFE ID) names a workload by its whole text:
+            # service_identity's URI-IDs compare only scheme and host.
+            self._serverName = None
+        else:
+            DNS_ID(expected)  # refuses a name that cannot be a DNS-ID
+            self._serverName = expected.encode("idna")
+        if settings is None:
+            if ca is None:
+                raise ValueError("give settings, or a ca")
+            settings = ClientContext(
+                ca=ca, cert=cert, key=key, minVersion=minVersion, protocols=protocols
+            )
+        self.settings = settings
+
     def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         """
         See L{IOpenSSLClientConnectionCreator}: a connection that fails its
         handshake unless the upstream's certificate chains to the CA and
         names the expected identity.
         """
-        connection = SSL.Connection(self._context, None)
+        connection = SSL.Connection(self.settings.context, None)
         if self._serverName is not None:
             connection.set_tlsext_host_name(self._serverName)
         connection.set_verify(

@@ -192,3 +192,7 @@ class SecurityConfigTests(SynchronousTestCase):
     def test_clientIdentityIdentifier(self):
         router = parseConfig(routerWith("identifier: {kind: clientIdentity}\n")).routers[0]
         self.assertEqual(router.identifier.kind, "clientIdentity")
+        self.assertEqual(
+            self.errors(routerWith("identifier: {kind: clientIdentity, prefix: /svc}\n")),
+            ['routers[0].identifier.prefix: only for kind "host" or kind "path" or kind "header"'],
+        )

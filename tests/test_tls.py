@@ -14,7 +14,14 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from meshproxy import certs
-from meshproxy.tls import CertificateFile, ClientTLS, ServerTLS, TLSFileError, identityOf
+from meshproxy.tls import (
+    CertificateFile,
+    ClientContext,
+    ClientTLS,
+    ServerTLS,
+    TLSFileError,
+    identityOf,
+)
 
 
 class _Peer(Protocol):
@@ -175,8 +182,8 @@ class TLSTests(SynchronousTestCase):
 
     def test_oldVersionsRefused(self):
         client = ClientTLS("web", ca=self.caFile)
-        client._context.set_max_proto_version(SSL.TLS1_1_VERSION)
-        client._context.set_min_proto_version(SSL.TLS1_VERSION)
+        client.settings.context.set_max_proto_version(SSL.TLS1_1_VERSION)
+        client.settings.context.set_min_proto_version(SSL.TLS1_VERSION)
         serverApp, clientApp, _, _ = pair(self.server(), client)
         self.assertEqual(serverApp.data, b"")
 
@@ -219,19 +226,19 @@ class TLSTests(SynchronousTestCase):
 
     def test_clientExpiriesFollowReloads(self):
         """
-        A L{ClientTLS} knows when its client certificate expires, by file:
+        A L{ClientContext} knows when its client certificate expires, by file:
         a reload that reads a new certificate updates it, a failed reload
         keeps the previous one (and is counted).
         """
         import time
 
-        self.assertEqual(ClientTLS("web", ca=self.caFile).expiries, {})
+        self.assertEqual(ClientContext(ca=self.caFile).expiries, {})
         directory = self.mktemp()
         os.makedirs(directory)
         certFile, keyFile = os.path.join(directory, "c.pem"), os.path.join(directory, "c.key")
         shutil.copy(self.caller.cert, certFile)
         shutil.copy(self.caller.key, keyFile)
-        client = ClientTLS("web", ca=self.caFile, cert=certFile, key=keyFile)
+        client = ClientContext(ca=self.caFile, cert=certFile, key=keyFile)
         [(path, expiry)] = client.expiries.items()
         self.assertEqual(path, certFile)
         self.assertGreater(expiry, time.time() + 300 * 86400)

@@ -169,22 +169,27 @@ class TLSMetricsTests(SynchronousTestCase):
             {
                 ("web", self.path("web.pem")): expiryOf(self.path("web.pem")),
                 ("web", self.path("api.pem")): expiryOf(self.path("api.pem")),
+                # The client certificate web presents to its upstreams.
+                ("web", self.path("caller.pem")): expiryOf(self.path("caller.pem")),
                 ("tcp", self.path("db.pem")): expiryOf(self.path("db.pem")),
             },
         )
         self.assertEqual(self.failures(), {"web": 0, "tcp": 0})
 
-    def test_upstreamClientCertificateOnceUsed(self):
+    def test_upstreamClientCertificateFromTheStart(self):
         """
         The client certificate a router presents to upstreams counts from
-        its first upstream TLS connection: one series for the file, however
-        many upstream identities it is presented to.
+        the start (its files are read once, at start): one series for the
+        file, however many upstream identities it is presented to.
         """
-        self.assertNotIn(("web", self.path("caller.pem")), self.expiries())
+        expected = {("web", self.path("caller.pem")): expiryOf(self.path("caller.pem"))}
+        self.assertEqual(
+            {k: v for k, v in self.expiries().items() if k[1].endswith("caller.pem")}, expected
+        )
         self.useUpstreamTLS("users")
         self.useUpstreamTLS("orders")
         self.assertEqual(
-            self.expiries()[("web", self.path("caller.pem"))], expiryOf(self.path("caller.pem"))
+            {k: v for k, v in self.expiries().items() if k[1].endswith("caller.pem")}, expected
         )
 
     def test_brokenListenerFileCountedAndOldKept(self):
@@ -224,6 +229,18 @@ class TLSMetricsTests(SynchronousTestCase):
             f.write(b"not a key either")
         self.reactor.advance(1.0)
         self.assertEqual(self.failures(), {"web": 2, "tcp": 0})
+
+    def test_newServiceReadsNoFile(self):
+        """
+        The first request to a service makes its connector from the
+        settings read at start: a file broken (or half rotated) on disk at
+        that moment changes nothing.
+        """
+        with open(self.path("caller.key"), "wb") as f:
+            f.write(b"not a key")
+        connector = self.useUpstreamTLS("users")
+        self.assertEqual(connector.creator.expected, "spiffe://mesh.local/users")
+        self.assertEqual(self.failures(), {"web": 0, "tcp": 0})
 
     def test_sslListenString(self):
         """

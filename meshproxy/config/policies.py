@@ -50,15 +50,20 @@ class IdentifierConfig(Section):
         path segments), C{"header"} (the value of header C{name}) or
         C{"clientIdentity"} (the caller's verified certificate identity:
         C{spiffe://td/a/b} is C{/id/spiffe/td/a/b}, a DNS name C{web.example}
-        is C{/id/dns/web.example}; C{prefix} does not apply).
+        is C{/id/dns/web.example}; it takes no C{prefix}).
     @ivar prefix: the path the identified name is put under, such as C{/svc}.
     @ivar segments: for C{"path"}: how many path segments name the service.
     @ivar name: for C{"header"}: the header name, lowercased; else L{None}.
     """
 
     _selector = "kind"
-    _kinds = {"host": (), "path": ("segments",), "header": ("name",), "clientIdentity": ()}
-    _common = ("prefix",)
+    _kinds = {
+        "host": ("prefix",),
+        "path": ("prefix", "segments"),
+        "header": ("prefix", "name"),
+        # Its names are always under /id.
+        "clientIdentity": (),
+    }
     _requiredFor = {"header": ("name",)}
 
     kind: Literal["host", "path", "header", "clientIdentity"] = "host"

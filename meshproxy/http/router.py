@@ -44,6 +44,7 @@ from meshproxy.routing.identifiers import IdentificationError, makeIdentifier
 from meshproxy.routing.nametree import Leaf, NameTree, RoutingFailure, evaluate
 from meshproxy.routing.path import Path
 from meshproxy.routing.table import InetNotAllowed, RulesError, RuleTable, checkRules
+from meshproxy.tls import ClientContext, ClientTLS, TLSConnector, expectedIdentity
 from meshproxy.transport.connector import TCPConnector
 
 if TYPE_CHECKING:
@@ -120,14 +121,24 @@ class HttpRouter:
         self.forwarded = config.forwarded
         self.connStats = metrics.connections(self.name)
         self.connector = TCPConnector(reactor, config.timeouts.connect)
-        # TLS to upstreams: the connector of each expected identity, made on
-        # first use, and their files watched by the process (tlsFiles).
+        # TLS to upstreams: the settings of each upstreamTls section, their
+        # files read here once (then on rotation: reloadTLS), and the
+        # connector of each expected identity, made on first use.
         self._upstreamTls = {
             name: settings.upstreamTls
             for name, settings in config.boundNames
             if settings.upstreamTls is not None
         }
-        self._tlsConnectors: dict[tuple[Any, str], Any] = {}
+        self._tlsSettings: dict[Any, ClientContext] = {}
+        for section in (config.upstreamTls, *self._upstreamTls.values()):
+            if section is not None and section not in self._tlsSettings:
+                self._tlsSettings[section] = ClientContext(
+                    ca=section.ca,
+                    cert=section.cert,
+                    key=section.key,
+                    minVersion=section.minVersion,
+                )
+        self._tlsConnectors: dict[tuple[Any, str], TLSConnector] = {}
         # The listener's own identity when it terminates TLS (tap sets it),
         # named in x-forwarded-client-cert.
         self.tlsName: str | None = None
@@ -280,38 +291,36 @@ class HttpRouter:
         section = self._upstreamTls.get(str(bound.id), self.config.upstreamTls)
         if section is None:
             return self.connector
-        from meshproxy.tls import ClientTLS, TLSConnector, expectedIdentity
-
         expected = expectedIdentity(section.serverName, bound.service)
         key = (section, expected)
         connector = self._tlsConnectors.get(key)
         if connector is None:
-            creator = ClientTLS(
-                expected,
-                ca=section.ca,
-                cert=section.cert,
-                key=section.key,
-                minVersion=section.minVersion,
-            )
+            # No file is read here: the section's settings were loaded once.
+            creator = ClientTLS(expected, settings=self._tlsSettings[section])
             connector = self._tlsConnectors[key] = TLSConnector(self.connector, creator)
         return connector
+
+    def upstreamTLS(self) -> list[ClientContext]:
+        """
+        The settings of TLS to this router's upstreams, one per
+        C{upstreamTls} section (for the metrics).
+        """
+        return list(self._tlsSettings.values())
 
     def reloadTLS(self) -> None:
         """
         Read the upstream TLS files again (they changed on disk).
         """
-        for connector in self._tlsConnectors.values():
-            connector.creator.reload()
+        for settings in self._tlsSettings.values():
+            settings.reload()
 
     def tlsFiles(self) -> list[str]:
         """
         The upstream TLS files the router reads, to watch for rotation.
         """
-        sections = [self.config.upstreamTls, *self._upstreamTls.values()]
         files = []
-        for section in sections:
-            if section is not None:
-                files += [p for p in (section.ca, section.cert, section.key) if p is not None]
+        for settings in self._tlsSettings.values():
+            files += settings.files()
         return sorted(set(files))
 
     def _makeAccrual(self, balancer: IBalancer) -> FailureAccrual | None:

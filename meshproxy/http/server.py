@@ -14,6 +14,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import httptools
+from OpenSSL import SSL
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
@@ -144,6 +145,10 @@ class ServerProtocol(Protocol):
         self._timer = None
         if self.connStats is not None:
             self.connStats.closed += 1
+        if reason.check(SSL.Error):
+            # The TLS layer failed: most often a handshake (no or a bad
+            # client certificate, no common version or cipher).
+            self.router.countError("client-tls-failed")
         if self._tunnel is not None:
             tunnel, self._tunnel = self._tunnel, None
             tunnel.loseConnection()

@@ -219,6 +219,12 @@ class TcpRouter:
         """
         return []
 
+    def upstreamTLS(self) -> list[Any]:
+        """
+        A TCP router originates no TLS (see L{tlsFiles}).
+        """
+        return []
+
     def reloadTLS(self) -> None:
         """
         Nothing to reload (see L{tlsFiles}).

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from OpenSSL import SSL
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -104,6 +105,9 @@ class Downstream(End):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         factory = self.factory
         factory.router.connStats.closed += 1
+        if reason.check(SSL.Error):
+            # The TLS layer failed: most often a handshake.
+            factory.router.countError("client-tls-failed")
         try:
             End.connectionLost(self, reason)
         finally:
