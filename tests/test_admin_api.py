@@ -17,7 +17,9 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from meshproxy.admin import api as apiModule
-from meshproxy.admin.api import JSON_LIMIT, RULES_LIMIT, AdminAPI, _requireToken
+from meshproxy.admin.api import AdminAPI
+from meshproxy.admin.guard import _requireToken
+from meshproxy.admin.requests import JSON_LIMIT, RULES_LIMIT
 from meshproxy.admin.rules import RulesStore, rulesVersion
 from meshproxy.telemetry.metrics import MeshMetrics
 from tests.test_admin_rules import CONFIG_RULES, USERS_V2, FakeRulesRouter

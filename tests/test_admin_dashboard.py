@@ -1,5 +1,5 @@
 """
-Tests for the dashboard's files (L{meshproxy.admin.api.loadStatic}, C{GET /}
+Tests for the dashboard's files (L{meshproxy.admin.static.loadStatic}, C{GET /}
 and C{GET /static/<name>}), through L{treq.testing.StubTreq}: the content
 types and headers they are served with, that nothing but those files can be
 reached, and what the page may and may not contain under its policy.
@@ -21,8 +21,8 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from meshproxy.admin.api import PAGE_POLICY, STATIC_TYPES, loadStatic
 from meshproxy.admin.site import AdminSite
+from meshproxy.admin.static import PAGE_POLICY, STATIC_TYPES, loadStatic
 from tests.test_admin_api import TOKEN, _APITestMixin
 
 FILES = {

@@ -21,8 +21,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from meshproxy.admin import versioned
-from meshproxy.admin.api import JSON_LIMIT, AdminAPI
+from meshproxy.admin.api import AdminAPI
 from meshproxy.admin.policy import InvalidPolicy, PolicyStore, _Policy, policyVersion
+from meshproxy.admin.requests import JSON_LIMIT
 from meshproxy.admin.rules import _Rules
 from meshproxy.admin.versioned import (
     IVersioned,

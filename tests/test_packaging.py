@@ -84,7 +84,7 @@ class WheelTests(TestCase):
         script = (
             "import json, sys\n"
             "sys.path.insert(0, sys.argv[1])\n"
-            "from meshproxy.admin.api import loadStatic\n"
+            "from meshproxy.admin.static import loadStatic\n"
             "import meshproxy\n"
             "files = loadStatic()\n"
             "print(json.dumps({'from': meshproxy.__file__,\n"
