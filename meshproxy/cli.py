@@ -234,7 +234,7 @@ def resetRules(router: str, configPath: str | None, out: TextIO, err: TextIO) ->
         more, 1 otherwise.
     """
     from meshproxy.config import ConfigError, loadConfig
-    from meshproxy.tap import stateDirectory
+    from meshproxy.runtime import stateDirectory
 
     if configPath is None:
         out.write(

@@ -74,7 +74,7 @@ class RunningProxy:
     """
     A proxy built by C{buildServices} from a config text and started.
 
-    @ivar runtime: the L{meshproxy.tap.Runtime}.
+    @ivar runtime: the L{meshproxy.runtime.Runtime}.
     @ivar proxyPort: the port of the first router.
     @ivar adminPort: the port of the admin API.
     @ivar serviceStops: once stopping, each service's C{stopService} result.
@@ -134,7 +134,7 @@ def runProxy(testCase, configText, *, configPath=None):
     from twisted.internet import reactor
 
     from meshproxy.config import parseConfig
-    from meshproxy.tap import buildServices
+    from meshproxy.runtime import buildServices
 
     runtime, services = buildServices(
         parseConfig(configText), reactor=reactor, configPath=configPath

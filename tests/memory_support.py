@@ -31,7 +31,7 @@ anything a real socket does that a test should see on one (those tests stay
 in the integration modules).
 
 On top of it, L{MemoryProxy} runs meshproxy's services from a config text
-(L{buildServices<meshproxy.tap.buildServices>}, the same wiring as
+(L{buildServices<meshproxy.runtime.buildServices>}, the same wiring as
 C{twistd meshproxy}), with scripted upstreams (L{tests.support.BackendFactory}
 and its handlers), raw clients (L{tests.support.RawClient}) and an admin
 client (treq) that all live on the same network. At the end of a test the
@@ -977,7 +977,7 @@ class MemoryProxy:
     fake time, so that a test runs the same way every time.
 
     @ivar network: the L{MemoryNetwork}.
-    @ivar runtime: the L{Runtime<meshproxy.tap.Runtime>}.
+    @ivar runtime: the L{Runtime<meshproxy.runtime.Runtime>}.
     @ivar services: the services, in start order.
     @ivar proxyPort: the port of the first router.
     @ivar adminPort: the port of the admin API.
@@ -992,7 +992,7 @@ class MemoryProxy:
         """
         from meshproxy.admin.site import AdminSite
         from meshproxy.config import parseConfig
-        from meshproxy.tap import buildServices
+        from meshproxy.runtime import buildServices
 
         self.testCase = testCase
         self.network = network if network is not None else MemoryNetwork()

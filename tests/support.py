@@ -354,7 +354,7 @@ def startProxy(testCase, services, total="5s", server="", config=None):
     from twisted.internet import reactor
 
     from meshproxy.config import parseConfig
-    from meshproxy.tap import buildServices
+    from meshproxy.runtime import buildServices
 
     if config is None:
         config = proxyConfig(services, total, server)

@@ -465,7 +465,7 @@ def tcpRouter(policy: str = "") -> Any:
     A real TCP router C{db} to C{/#/static/pg}, on a memory reactor.
     """
     from meshproxy.routing.path import Path
-    from meshproxy.tap import balancerFactory, makeNamer
+    from meshproxy.runtime import balancerFactory, makeNamer
     from meshproxy.tcp.router import TcpRouter
     from meshproxy.telemetry.metrics import MeshMetrics
 
@@ -793,12 +793,12 @@ class TokenPolicyTests(_PolicyAPIMixin, SynchronousTestCase):
 
 def _captureTap(testCase: SynchronousTestCase) -> list[str]:
     """
-    The text of what C{meshproxy.tap} logs from now on.
+    The text of what the process's own modules log from now on.
     """
     events: list[str] = []
 
     def observer(event: dict[str, Any]) -> None:
-        if event.get("log_namespace") == "meshproxy.tap":
+        if event.get("log_namespace") in ("meshproxy.tap", "meshproxy.runtime"):
             events.append(formatEvent(event))
 
     globalLogPublisher.addObserver(observer)
@@ -829,7 +829,7 @@ routers:
 
     def build(self, path: str) -> Any:
         from meshproxy.config import loadConfig
-        from meshproxy.tap import buildServices
+        from meshproxy.runtime import buildServices
 
         runtime, _ = buildServices(
             loadConfig(path), reactor=MemoryReactorClock(), configPath=path

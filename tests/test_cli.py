@@ -668,7 +668,7 @@ class RulesResetTests(SynchronousTestCase):
         from twisted.internet.testing import MemoryReactorClock
 
         from meshproxy.config import loadConfig
-        from meshproxy.tap import buildServices
+        from meshproxy.runtime import buildServices
 
         runtime, _ = buildServices(loadConfig(path), reactor=MemoryReactorClock(), configPath=path)
         store = runtime.rulesStores["web"]
@@ -685,7 +685,7 @@ class RulesResetTests(SynchronousTestCase):
         from twisted.internet.testing import MemoryReactorClock
 
         from meshproxy.config import loadConfig
-        from meshproxy.tap import buildServices
+        from meshproxy.runtime import buildServices
 
         path = self.config()
         state = self.saveRules(path, self.directory)

@@ -505,7 +505,7 @@ class OverrideDestinationTests(SynchronousTestCase):
         h.router.rules.validateRules("/svc => /$/inet/127.0.0.1/80;")
         from meshproxy.config import parseConfig
         from meshproxy.http.router import HttpRouter
-        from meshproxy.tap import balancerFactory
+        from meshproxy.runtime import balancerFactory
 
         config = parseConfig(CONFIG).routers[0]
         router = HttpRouter(

@@ -14,7 +14,7 @@ from meshproxy.discovery.static import StaticNamer
 from meshproxy.http.message import Request
 from meshproxy.http.router import HttpRouter
 from meshproxy.routing.path import Path
-from meshproxy.tap import balancerFactory
+from meshproxy.runtime import balancerFactory
 from meshproxy.telemetry.metrics import MeshMetrics
 
 ALTERNATION = """\

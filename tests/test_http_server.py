@@ -15,7 +15,7 @@ from meshproxy.discovery.static import StaticNamer
 from meshproxy.http.router import HttpRouter
 from meshproxy.http.server import ServerProtocol
 from meshproxy.routing.path import Path
-from meshproxy.tap import balancerFactory
+from meshproxy.runtime import balancerFactory
 from meshproxy.telemetry.metrics import MeshMetrics
 
 CONFIG = """\

@@ -239,7 +239,7 @@ class ReadmeCommandsTests(TestCase):
         @return: a mapping of the config's port to the port listened on.
         """
         from meshproxy.config import parseConfig
-        from meshproxy.tap import buildServices
+        from meshproxy.runtime import buildServices
         from tests.admin_support import RunningProxy
 
         original = [int(port) for port in _LISTEN.findall(text)]

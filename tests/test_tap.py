@@ -13,7 +13,8 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from meshproxy import cli
-from meshproxy.tap import Options, buildServices, makeService
+from meshproxy.tap import Options, makeService
+from meshproxy.runtime import buildServices
 
 GOOD = """\
 admin: {listen: "tcp:9991:interface=127.0.0.1"}
@@ -292,7 +293,7 @@ class EndpointStringTests(SynchronousTestCase):
     """
 
     def test_backlogDefault(self):
-        from meshproxy.tap import _endpointString
+        from meshproxy.listeners import _endpointString
 
         self.assertEqual(
             _endpointString("tcp:4140:interface=127.0.0.1"),
@@ -306,7 +307,7 @@ class EndpointStringTests(SynchronousTestCase):
         )
 
     def test_backlogKept(self):
-        from meshproxy.tap import _endpointString
+        from meshproxy.listeners import _endpointString
 
         self.assertEqual(
             _endpointString("tcp:4140:backlog=7:interface=127.0.0.1"),
@@ -601,16 +602,20 @@ class _FakeListener:
             d.callback(self)
 
 
-def _capture(testCase, namespace="meshproxy.tap"):
+#: The modules of the process's own lines (options, runtime, listeners).
+PROCESS_LOGS = frozenset(["meshproxy.tap", "meshproxy.runtime", "meshproxy.listeners"])
+
+
+def _capture(testCase, namespaces=PROCESS_LOGS):
     """
-    Collect the text of the events logged in C{namespace} from now on.
+    Collect the text of the events logged in C{namespaces} from now on.
     """
     from twisted.logger import formatEvent, globalLogPublisher
 
     events = []
 
     def observer(event):
-        if event.get("log_namespace") == namespace:
+        if event.get("log_namespace") in namespaces:
             events.append(event)
 
     globalLogPublisher.addObserver(observer)
@@ -634,7 +639,7 @@ class ReadinessTests(SynchronousTestCase):
     def setUp(self):
         from twisted.internet.task import Clock
 
-        from meshproxy.tap import Runtime
+        from meshproxy.runtime import Runtime
 
         self.clock = Clock()
         self.runtime = Runtime(reactor=self.clock)
@@ -737,7 +742,7 @@ class ReadyRouteTests(SynchronousTestCase):
 
         from twisted.internet.testing import MemoryReactorClock
 
-        from meshproxy import tap
+        from meshproxy import runtime as tap
         from meshproxy.config import parseConfig
 
         root = os.path.abspath(self.mktemp())
@@ -842,7 +847,7 @@ class ListenerTests(SynchronousTestCase):
 
         from twisted.internet.error import CannotListenError
 
-        from meshproxy.tap import listenProblem
+        from meshproxy.listeners import listenProblem
 
         def refused(code, text):
             return CannotListenError("127.0.0.1", 4140, OSError(code, text))
@@ -871,7 +876,7 @@ class ListenerTests(SynchronousTestCase):
         import errno
 
         from meshproxy.config import parseConfig
-        from meshproxy.tap import CannotListen
+        from meshproxy.listeners import CannotListen
 
         busy = OSError(errno.EADDRINUSE, "Address already in use")
         for port, line in (
@@ -900,7 +905,7 @@ class ListenerTests(SynchronousTestCase):
         from twisted.internet.error import CannotListenError
         from twisted.internet.protocol import Factory
 
-        from meshproxy.tap import _ListenerService
+        from meshproxy.listeners import _ListenerService
 
         class LateEndpoint:
             def listen(self, factory):
@@ -931,7 +936,8 @@ class ListenerTests(SynchronousTestCase):
         ends the process (status 1) without a traceback: the hook Python
         calls prints nothing for it, and still prints other errors.
         """
-        from meshproxy.tap import CannotListen, _ProcessService
+        from meshproxy.listeners import CannotListen
+        from meshproxy.tap import _ProcessService
 
         class Failing(Service):
             def privilegedStartService(self):
@@ -980,7 +986,7 @@ class ListenerTests(SynchronousTestCase):
         """
         For C{tcp:0} the line adds the port the system chose.
         """
-        from meshproxy.tap import _actualPort
+        from meshproxy.listeners import _actualPort
 
         class Port:
             def getHost(self):

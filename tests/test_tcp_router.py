@@ -20,7 +20,7 @@ from zope.interface import implementer
 
 from meshproxy.config import parseConfig
 from meshproxy.routing.path import Path
-from meshproxy.tap import balancerFactory, makeNamer
+from meshproxy.runtime import balancerFactory, makeNamer
 from meshproxy.tcp.router import TcpRouter, TcpServerFactory
 from meshproxy.telemetry.metrics import MeshMetrics
 from tests.memory_support import MemoryNetwork, seedRandomness

@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from meshproxy import certs
 from meshproxy.config import parseConfig
 from meshproxy.routing.path import Path
-from meshproxy.tap import buildServices
+from meshproxy.runtime import buildServices
 
 EXPIRY = "meshproxy_tls_certificate_expiry_timestamp_seconds"
 FAILURES = "meshproxy_tls_reload_failures_total"

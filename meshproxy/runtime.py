@@ -1,0 +1,454 @@
+"""
+The running process: L{buildServices} makes the namers, the routers, their
+listeners and the admin API from a validated config; L{Runtime} is what the
+admin API sees of them, and tells it when the process is ready (every
+listener bound and every namer loaded once, or 10 seconds after the start
+with the namers still loading named).
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.application.service import Service
+from twisted.internet.defer import gatherResults, succeed
+from twisted.logger import Logger
+
+from meshproxy.listeners import (
+    _endpointString,
+    _ListenerService,
+    _scheme,
+    _sslListen,
+    _terminateTLS,
+    _WatchService,
+)
+
+_log = Logger()
+
+
+class _RouterService(Service):
+    """
+    Starts and stops one router's timers and upstream connections (for a
+    TCP router: its destination, and the spliced connections).
+    """
+
+    def __init__(self, router, factory, grace):
+        self.router = router
+        self.factory = factory
+        self.grace = grace
+
+    def startService(self):
+        Service.startService(self)
+        self.router.start()
+
+    def stopService(self):
+        """
+        Let requests in flight finish (up to the grace period), then close
+        upstream connections.
+        """
+        Service.stopService(self)
+        d = self.factory.drain(self.grace)
+        d.addBoth(lambda _: self.router.stop())
+        return d
+
+
+#: Seconds after the start past which the process is ready even with namers
+#: still loading (C{/ready} names them).
+READY_FALLBACK = 10.0
+
+
+class Runtime(Service):
+    """
+    What the admin API sees of the running process, and its readiness: a
+    service that starts first, so that the readiness clock starts with the
+    process.
+
+    @ivar routers: the routers by name, in config order.
+    @ivar listeners: the routers' listeners (the admin API's own is not
+        waited for: it answers C{/ready}).
+    @ivar namers: the namers (L{INamer<meshproxy.discovery.interfaces.INamer>}),
+        in config order.
+    @ivar readyFallback: seconds after the start past which namers still
+        loading no longer hold readiness back.
+    @ivar startedAt: the reactor's time at the start, or L{None} before.
+    @ivar serverTLS: the L{ServerTLS<meshproxy.tls.ServerTLS>} of each
+        router that terminates TLS, by name.
+    @ivar upstreamTLS: the names of the routers with TLS to upstreams.
+    """
+
+    def __init__(self, *, reactor=None, shutdownGrace=10.0, readyFallback=READY_FALLBACK):
+        self.routers = {}
+        self.listeners = []
+        self.namers = []
+        self.serverTLS = {}
+        self.upstreamTLS = set()
+        self.reactor = reactor
+        self.shutdownGrace = shutdownGrace
+        self.readyFallback = readyFallback
+        self.startedAt = None
+        self._fallbackCall = None
+
+    def startService(self):
+        """
+        Start the readiness clock; log once the process is ready, or at the
+        fallback what it still waits for.
+        """
+        Service.startService(self)
+        self.startedAt = self.reactor.seconds()
+        self._fallbackCall = self.reactor.callLater(self.readyFallback, self._fallback)
+        waits = [listener.whenBound() for listener in self.listeners]
+        waits += [namer.whenLoaded() for namer in self.namers]
+        gatherResults(waits).addCallback(self._allReady)
+
+    def stopService(self):
+        if self._fallbackCall is not None and self._fallbackCall.active():
+            self._fallbackCall.cancel()
+        self._fallbackCall = None
+        return Service.stopService(self)
+
+    def _allReady(self, _):
+        if not self.running:
+            return
+        if self._fallbackCall is not None and self._fallbackCall.active():
+            self._fallbackCall.cancel()
+        _log.info(
+            "ready: {listeners} bound, {namers} loaded",
+            listeners=_count(len(self.listeners), "listener"),
+            namers=_count(len(self.namers), "namer"),
+        )
+
+    def _fallback(self):
+        self._fallbackCall = None
+        loading = self._loading()
+        if not loading:
+            return
+        if self._unbound():
+            # A listener that cannot bind ends the process: this is one
+            # bound later than its start, which should not happen.
+            _log.warn("not ready after {seconds:g} s: waiting for {what}",
+                      seconds=self.readyFallback, what=", ".join(self.waitingFor()))
+            return
+        _log.warn(
+            "ready after {seconds:g} s without waiting any longer for {namers}",
+            seconds=self.readyFallback,
+            namers=", ".join("namer %s" % (namer.prefix,) for namer in loading),
+        )
+
+    def shutdown(self):
+        """
+        Stop the process gracefully: listeners close, requests in flight
+        finish within the grace period, then the process exits 0.
+
+        @return: a Deferred that fires once the stop is under way.
+        """
+
+        self.reactor.callLater(0, self.reactor.stop)
+        return succeed(None)
+
+    def isReady(self):
+        """
+        Whether the process is ready: every listener bound, and every namer
+        loaded or L{readyFallback} seconds passed since the start.
+        """
+        if self._unbound():
+            return False
+        return not self._loading() or self._pastFallback()
+
+    def waitingFor(self):
+        """
+        What readiness waits for (or, past the fallback, went on without),
+        in words: C{["listener web (tcp:4140)", "namer /#/etcd"]}; empty
+        once everything is bound and loaded.
+        """
+        waiting = ["listener %s" % (listener.description,) for listener in self._unbound()]
+        late = " (still loading after %g s)" % (self.readyFallback,) if self._pastFallback() else ""
+        waiting.extend("namer %s%s" % (namer.prefix, late) for namer in self._loading())
+        return waiting
+
+    def _unbound(self):
+        return [listener for listener in self.listeners if not listener.bound]
+
+    def _loading(self):
+        return [namer for namer in self.namers if not namer.loaded]
+
+    def _pastFallback(self):
+        return (
+            self.startedAt is not None
+            and self.reactor.seconds() - self.startedAt >= self.readyFallback
+        )
+
+    def nodes(self):
+        """
+        Every (router, bound name, node), for metrics at scrape time.
+        """
+        for name, router in list(self.routers.items()):
+            for boundName, node in router.nodes():
+                yield name, boundName, node
+
+    def tlsContexts(self):
+        """
+        Every router with TLS and its TLS contexts (its listener's, then
+        one per upstream connector made so far), for metrics at scrape
+        time.
+        """
+        for name, router in list(self.routers.items()):
+            server = self.serverTLS.get(name)
+            if server is None and name not in self.upstreamTLS:
+                continue
+            contexts = [] if server is None else [server]
+            contexts.extend(router.upstreamTLS())
+            yield name, contexts
+
+
+def _count(n, word):
+    return "1 %s" % (word,) if n == 1 else "%d %ss" % (n, word)
+
+
+def buildServices(config, *, reactor, configPath=None, wallClock=None):
+    """
+    Build the runtime and the services of a validated config.
+
+    @param config: a L{MeshConfig<meshproxy.config.MeshConfig>}.
+    @param reactor: the reactor to listen and connect with.
+    @param configPath: the config file, whose directory keeps the rules
+        changed through the admin API when C{admin.stateDir} is not set;
+        L{None} (the embedded demo) keeps them in memory only.
+    @param wallClock: the time since the epoch, for deadlines passed
+        between hops (tests give a fake one); C{time.time} when L{None}.
+    @return: C{(runtime, services)}.
+    """
+    # Imported here: klein installs the global reactor when imported.
+    from prometheus_client import CollectorRegistry
+    from twisted.internet.endpoints import serverFromString
+
+    from meshproxy.admin.api import AdminAPI
+    from meshproxy.http.listener import ServerFactory
+    from meshproxy.http.router import HttpRouter
+    from meshproxy.routing.path import Path
+    from meshproxy.telemetry.metrics import MeshMetrics
+
+    runtime = Runtime(
+        reactor=reactor, shutdownGrace=getattr(config.admin, "shutdownGrace", 10.0)
+    )
+    registry = CollectorRegistry()
+    metrics = MeshMetrics(registry, runtime.nodes, costScale=0.001, tls=runtime.tlsContexts)
+    # The runtime first: the readiness clock starts before the namers load.
+    services = [runtime]
+
+    namers = {}
+    for namerConfig in config.namers:
+        namer = makeNamer(namerConfig, reactor=reactor)
+        namers[Path.read(namerConfig.prefix)] = namer
+        runtime.namers.append(namer)
+        services.append(namer)
+
+    for routerConfig in config.routers:
+        if routerConfig.protocol == "tcp":
+            from meshproxy.tcp.router import TcpRouter, TcpServerFactory
+
+            router = TcpRouter(
+                routerConfig,
+                namers,
+                reactor=reactor,
+                metrics=metrics,
+                balancerFactory=balancerFactory(routerConfig.loadBalancer, reactor),
+            )
+            factory = TcpServerFactory(router)
+            protocols = ()
+        else:
+            router = HttpRouter(
+                routerConfig,
+                namers,
+                reactor=reactor,
+                metrics=metrics,
+                balancerFactory=balancerFactory(routerConfig.loadBalancer, reactor),
+                rulesAllowInet=config.admin.rulesAllowInet,
+                **({} if wallClock is None else {"wallClock": wallClock}),
+            )
+            factory = ServerFactory(
+                router,
+                routerConfig.server,
+                reactor,
+                router.connStats,
+                scheme=b"https" if routerConfig.tls is not None else _scheme(routerConfig.listen),
+            )
+            protocols = (b"http/1.1",)
+        runtime.routers[router.name] = router
+        services.append(_RouterService(router, factory, runtime.shutdownGrace))
+        upstreamFiles = router.tlsFiles()
+        if upstreamFiles:
+            from meshproxy.tls import FileWatcher
+
+            runtime.upstreamTLS.add(router.name)
+            services.append(
+                _WatchService(FileWatcher(upstreamFiles, router.reloadTLS, clock=reactor))
+            )
+        listening = factory
+        listen = routerConfig.listen
+        tlsConfig = routerConfig.tls
+        if tlsConfig is None:
+            listen, tlsConfig = _sslListen(listen)
+        if tlsConfig is not None:
+            listening, runtime.serverTLS[router.name] = _terminateTLS(
+                router, tlsConfig, factory, protocols, reactor, services
+            )
+        listener = _ListenerService(
+            serverFromString(reactor, _endpointString(listen)),
+            listening,
+            owner="router %s" % (router.name,),
+            listen=routerConfig.listen,
+            name=router.name,
+            reactor=reactor,
+        )
+        runtime.listeners.append(listener)
+        services.append(listener)
+
+    from meshproxy.admin.policy import PolicyStore
+    from meshproxy.admin.rules import RulesStore
+
+    stateDir = stateDirectory(config, configPath)
+    stores = {}
+    policyStores = {}
+    for name, router in runtime.routers.items():
+        # Every router, TCP ones too, has an access policy; one accepted
+        # through the admin API survives a restart and wins over the config's.
+        policyStore = policyStores[name] = PolicyStore(router, stateDir=stateDir, clock=reactor)
+        if policyStore.load():
+            _log.warn(
+                "router {router}: using the access policy saved through the admin API in"
+                " {path}, not the config's; to go back to the config's policy, delete that"
+                " file and restart",
+                router=name, path=policyStore.path,
+            )
+        if router.rules is None:
+            # A TCP router has no rules: the admin API answers 404 for them.
+            continue
+        store = stores[name] = RulesStore(router.rules, stateDir=stateDir, clock=reactor)
+        # Rules accepted through the admin API survive a restart.
+        _logSavedRules(name, store.path, store.load(), configPath)
+    runtime.rulesStores = stores
+    runtime.policyStores = policyStores
+    admin = AdminAPI(
+        runtime,
+        registry,
+        token=config.admin.token,
+        protectReads=config.admin.protectReads,
+        allowedHosts=config.admin.allowedHosts,
+        rulesStores=stores,
+        policyStores=policyStores,
+        clock=reactor,
+    )
+    from meshproxy.admin.site import AdminSite
+
+    site = AdminSite(admin.app.resource(), reactor=reactor)
+    services.append(
+        _ListenerService(
+            serverFromString(reactor, _endpointString(config.admin.listen)),
+            site,
+            owner="admin",
+            listen=config.admin.listen,
+            name="admin",
+            reactor=reactor,
+        )
+    )
+    return runtime, services
+
+
+def stateDirectory(config, configPath):
+    """
+    Where the rules and access policies changed through the admin API are saved.
+
+    @param config: a L{MeshConfig<meshproxy.config.MeshConfig>}.
+    @param configPath: its file, or L{None} (the embedded demo).
+    @return: C{admin.stateDir} when set, else the config file's directory;
+        L{None} (memory only) for a config without a file or C{stateDir}.
+    """
+    if config.admin.stateDir is not None:
+        return config.admin.stateDir
+    if configPath is not None:
+        return os.path.dirname(os.path.abspath(configPath))
+    return None
+
+
+def _logSavedRules(router, path, restored, configPath):
+    """
+    Say at start where the rules changed through the admin API are kept, and
+    how to go back to the config's rules.
+
+    @param router: the router's name.
+    @param path: its state file, or L{None} when kept in memory only.
+    @param restored: whether the rules in force came from that file.
+    @param configPath: the config file, for the command to show.
+    """
+    import shlex
+
+    if path is None:
+        _log.info(
+            "router {router}: rules changed through the admin API are kept in memory"
+            " only (lost when meshproxy stops)",
+            router=router,
+        )
+        return
+    command = "meshproxy rules reset %s --config %s" % (
+        shlex.quote(router),
+        shlex.quote(os.path.abspath(configPath)) if configPath else "CONFIG",
+    )
+    if restored:
+        _log.warn(
+            "router {router}: using the rules saved through the admin API in {path},"
+            " not the config's; to go back to the config's rules, run \"{command}\""
+            " (or delete that file) and restart",
+            router=router, path=path, command=command,
+        )
+    else:
+        _log.info(
+            "router {router}: rules changed through the admin API will be saved in"
+            " {path} and win over the config's at the next start (undo: \"{command}\","
+            " or delete that file, then restart)",
+            router=router, path=path, command=command,
+        )
+
+
+def makeNamer(config, *, reactor):
+    """
+    Build the namer a namer config describes.
+    """
+    from meshproxy.discovery.endpoints import Endpoint
+    from meshproxy.routing.path import Path
+
+    if config.kind == "file":
+        from meshproxy.discovery.file import FileNamer
+
+        return FileNamer(
+            Path.read(config.prefix), config.root, reactor=reactor, interval=config.interval
+        )
+    from meshproxy.discovery.static import StaticNamer
+
+    services = {
+        name: [Endpoint(host, port, weight) for host, port, weight in endpoints]
+        for name, endpoints in config.services
+    }
+    return StaticNamer(Path.read(config.prefix), services)
+
+
+def balancerFactory(config, reactor):
+    """
+    A function making balancers of the configured kind.
+    """
+    if config.kind == "roundRobin":
+        from meshproxy.balancing.roundrobin import RoundRobin as cls
+
+        kwargs = {}
+    elif config.kind == "leastLoaded":
+        from meshproxy.balancing.leastloaded import LeastLoaded as cls
+
+        kwargs = {}
+    else:
+        from meshproxy.balancing.p2c import P2CPeakEwma as cls
+
+        kwargs = {"decay": config.decay}
+
+    def make(onAdd=None, onRemove=None):
+        return cls(clock=reactor, onAdd=onAdd, onRemove=onRemove, **kwargs)
+
+    return make
