@@ -13,6 +13,7 @@ so their own unsent bytes never pile up in this process either.
 import time
 
 from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, TestCase
 
@@ -25,6 +26,8 @@ from tests.support import (
     listenBackend,
     startProxy,
 )
+
+_log = Logger()
 
 #: Attackers sent at once.
 ATTACKERS = 20
@@ -114,6 +117,7 @@ class TrailerAttackTests(AttackTestCase):
             attackers.append((client, producer))
         yield defer.DeferredList([client.closed for client, _ in attackers])
         growth = probe.growth
+        _log.info("{test}: {memory}", test=self.id(), memory=probe.describe())
         for client, producer in attackers:
             self.assertEqual(client.responses[0].status, 431, client.raw[:200])
             self.assertEqual(client.responses[0].header(b"mesh-err"), b"header-too-large")
@@ -166,6 +170,7 @@ class UpstreamHeadAttackTests(AttackTestCase):
             clients.append(client)
         yield defer.DeferredList([c.waitFor(1) for c in clients])
         growth = probe.growth
+        _log.info("{test}: {memory}", test=self.id(), memory=probe.describe())
         for client in clients:
             [response] = client.responses
             self.assertEqual(response.status, 502, client.raw[:200])
