@@ -208,14 +208,13 @@ def _terminateTLS(router, tlsConfig, factory, protocols, reactor, services):
     @return: the factory to listen with, and the
         L{ServerTLS<meshproxy.tls.ServerTLS>} (for the metrics).
     """
-    from twisted.protocols.tls import TLSMemoryBIOFactory
-
     from meshproxy.tls import FileWatcher, serverTLS
+    from meshproxy.transport.tls import TLSServerFactory
 
-    server = serverTLS(tlsConfig, protocols=protocols, session=router.name)
+    server = serverTLS(tlsConfig, protocols=protocols)
     router.tlsName = server.identity.name
     services.append(_WatchService(FileWatcher(server.files(), server.reload, clock=reactor)))
-    return TLSMemoryBIOFactory(server, False, factory, clock=reactor), server
+    return TLSServerFactory(factory, server), server
 
 
 class _WatchService(Service):

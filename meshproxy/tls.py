@@ -1,7 +1,9 @@
 """
-TLS with pyOpenSSL and service_identity, both ways.
+TLS both ways: the standard library's C{ssl} on listeners, pyOpenSSL and
+service_identity to upstreams.
 
-  - L{ServerTLS} terminates TLS on a listener: the certificate chosen by SNI
+  - L{ServerTLS} terminates TLS on a listener (its connections carried by
+    L{meshproxy.transport.tls}): the certificate chosen by SNI
     (exact and wildcard names, the first certificate being the default),
     ALPN answered, TLS 1.2 or later, optional or required client
     certificates verified against a CA bundle. L{ServerTLS.reload} reads
@@ -19,12 +21,18 @@ from __future__ import annotations
 
 import hashlib
 import os
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_private_key,
+)
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 from service_identity import VerificationError
@@ -34,7 +42,6 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
-    IOpenSSLServerConnectionCreator,
     IProtocolFactory,
     IStreamClientEndpoint,
 )
@@ -45,6 +52,7 @@ from zope.interface import implementer
 
 from meshproxy.discovery.endpoints import Endpoint
 from meshproxy.transport.connector import IConnector
+from meshproxy.transport.tls import ITLSServerContexts
 
 __all__ = [
     "CertificateFile",
@@ -75,6 +83,10 @@ CIPHERS = (
 _VERSIONS = {"TLSv1.2": SSL.TLS1_2_VERSION, "TLSv1.3": SSL.TLS1_3_VERSION}
 
 _OPTIONS = SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_RENEGOTIATION
+
+_SSL_VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
+
+_SSL_OPTIONS = ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
 
 
 class TLSFileError(Exception):
@@ -154,15 +166,21 @@ def _readFile(path: str, what: str) -> bytes:
         raise TLSFileError(f"cannot read {what} {path}: {e.strerror or e}") from None
 
 
-def _loadCertificates(path: str) -> list[crypto.X509]:
+def _readCertificates(path: str) -> tuple[bytes, list[x509.Certificate]]:
+    """
+    The PEM certificates in a file.
+
+    @return: the file's bytes, and its certificates.
+    """
     data = _readFile(path, "certificate file")
     try:
-        certs = [
-            crypto.X509.from_cryptography(c) for c in x509.load_pem_x509_certificates(data)
-        ]
+        return data, x509.load_pem_x509_certificates(data)
     except ValueError as e:
         raise TLSFileError(f"{path} holds no PEM certificate: {e}") from None
-    return certs
+
+
+def _loadCertificates(path: str) -> list[crypto.X509]:
+    return [crypto.X509.from_cryptography(c) for c in _readCertificates(path)[1]]
 
 
 def _loadKey(path: str) -> crypto.PKey:
@@ -173,11 +191,39 @@ def _loadKey(path: str) -> crypto.PKey:
         raise TLSFileError(f"{path} holds no PEM private key (or it is encrypted)") from None
 
 
-def expiryOf(certificate: crypto.X509) -> float:
+def _checkKey(path: str, certificate: x509.Certificate, certPath: str) -> None:
+    """
+    Check that a key file holds the (unencrypted) PEM private key of
+    C{certificate}.
+
+    @raise TLSFileError: if it does not.
+    """
+    data = _readFile(path, "key file")
+    try:
+        key = load_pem_private_key(data, None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise TLSFileError(f"{path} holds no PEM private key (or it is encrypted)") from None
+    if _publicBytes(key.public_key()) != _publicBytes(certificate.public_key()):
+        raise TLSFileError(f"the key {path} does not belong to the certificate {certPath}")
+
+
+def _publicBytes(key: Any) -> bytes:
+    return bytes(key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
+
+
+def _noPassword() -> bytes:
+    # A key that became encrypted since it was checked fails to load,
+    # rather than OpenSSL asking for its password on the terminal.
+    return b""
+
+
+def expiryOf(certificate: crypto.X509 | x509.Certificate) -> float:
     """
     When a certificate expires, as a Unix time.
     """
-    return certificate.to_cryptography().not_valid_after_utc.timestamp()
+    if isinstance(certificate, crypto.X509):
+        certificate = certificate.to_cryptography()
+    return certificate.not_valid_after_utc.timestamp()
 
 
 def _matches(pattern: str, name: str) -> bool:
@@ -191,10 +237,17 @@ def _matches(pattern: str, name: str) -> bool:
     return name == pattern
 
 
-@implementer(IOpenSSLServerConnectionCreator)
+@implementer(ITLSServerContexts)
 class ServerTLS:
     """
-    The TLS side of one listener.
+    The TLS side of one listener, with the standard library's C{ssl} (each
+    connection's L{ssl.SSLObject} made by L{serverObject}, carried by
+    L{TLSProtocol<meshproxy.transport.tls.TLSProtocol>}).
+
+    Sessions are resumed (TLS 1.3 tickets, TLS 1.2 session IDs) from the
+    session cache and ticket keys of the listener's own default context:
+    one listener's sessions are never resumed on another's, nor after its
+    files are reloaded.
 
     @ivar expiries: each loaded certificate's expiry (Unix time), by its
         file, for the metrics.
@@ -210,7 +263,6 @@ class ServerTLS:
         clientCA: str | None = None,
         verify: str | None = None,
         minVersion: str = "TLSv1.2",
-        sessionContext: bytes = b"meshproxy",
     ) -> None:
         """
         @param certificates: the certificates; the first is the default.
@@ -221,20 +273,19 @@ class ServerTLS:
             against, or L{None} for no client certificates.
         @param verify: C{"required"} or C{"optional"} with C{clientCA}.
         @param minVersion: C{"TLSv1.2"} or C{"TLSv1.3"}.
-        @param sessionContext: distinguishes this listener's sessions
-            (resumption with client certificates needs one).
         @raise TLSFileError: when a file cannot be used.
         """
         if not certificates:
             raise ValueError("a TLS listener needs at least one certificate")
-        if minVersion not in _VERSIONS:
-            raise ValueError(f"minVersion must be one of {sorted(_VERSIONS)}, got {minVersion!r}")
+        if minVersion not in _SSL_VERSIONS:
+            raise ValueError(
+                f"minVersion must be one of {sorted(_SSL_VERSIONS)}, got {minVersion!r}"
+            )
         self._files = tuple(certificates)
-        self._protocols = tuple(protocols)
+        self._protocols = [p.decode("ascii") for p in protocols]
         self._clientCA = clientCA
         self._verify = verify
-        self._minVersion = _VERSIONS[minVersion]
-        self._session = hashlib.sha256(sessionContext).digest()[:32]
+        self._minVersion = _SSL_VERSIONS[minVersion]
         self.expiries: dict[str, float] = {}
         self.reloadFailures = 0
         self._default, self._byName = self._build()
@@ -250,88 +301,72 @@ class ServerTLS:
             paths.append(self._clientCA)
         return paths
 
-    def _build(self) -> tuple[SSL.Context, list[tuple[str, SSL.Context]]]:
+    def _build(self) -> tuple[ssl.SSLContext, list[tuple[str, ssl.SSLContext]]]:
         clientCAs = None
         if self._clientCA is not None:
-            clientCAs = _loadCertificates(self._clientCA)
+            data, _ = _readCertificates(self._clientCA)
+            clientCAs = data.decode("ascii", "replace")
         expiries = {}
         contexts = []
         identity = None
         for c in self._files:
-            chain = _loadCertificates(c.cert)
-            key = _loadKey(c.key)
-            ctx = self._context(chain, key, c, clientCAs)
+            _, chain = _readCertificates(c.cert)
+            _checkKey(c.key, chain[0], c.cert)
+            ctx = self._context(c, clientCAs)
             contexts.append((c, ctx))
             expiries[c.cert] = expiryOf(chain[0])
             if identity is None:
                 identity = identityOf(chain[0])
         default = contexts[0][1]
         byName = [(pattern.lower(), ctx) for c, ctx in contexts for pattern in c.sni]
-        default.set_tlsext_servername_callback(self._chooseBySNI)
+        if byName:
+            default.sni_callback = self._chooseBySNI
         # Only once every file was read: a failed reload keeps the old ones.
         self.expiries = expiries
         self.identity = identity
         return default, byName
 
-    def _context(
-        self,
-        chain: list[crypto.X509],
-        key: crypto.PKey,
-        files: CertificateFile,
-        clientCAs: list[crypto.X509] | None,
-    ) -> SSL.Context:
-        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-        ctx.set_min_proto_version(self._minVersion)
-        ctx.set_options(_OPTIONS)
-        ctx.set_cipher_list(CIPHERS)
-        ctx.set_session_id(self._session)
+    def _context(self, files: CertificateFile, clientCAs: str | None) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = self._minVersion
+        ctx.options |= _SSL_OPTIONS
+        ctx.set_ciphers(CIPHERS.decode("ascii"))
         try:
-            ctx.use_certificate(chain[0])
-            for extra in chain[1:]:
-                ctx.add_extra_chain_cert(extra)
-            ctx.use_privatekey(key)
-            ctx.check_privatekey()
-        except SSL.Error:
+            ctx.load_cert_chain(files.cert, files.key, password=_noPassword)
+        except OSError as e:
+            # (the files were read a moment ago: changed since)
             raise TLSFileError(
-                f"the key {files.key} does not belong to the certificate {files.cert}"
+                f"cannot load the certificate {files.cert} with the key {files.key}: {e}"
             ) from None
         if clientCAs is not None:
-            store = ctx.get_cert_store()
-            for ca in clientCAs:
-                # (a new context has a store: None is for contexts without one)
-                store.add_cert(ca)  # type: ignore[union-attr]
-                ctx.add_client_ca(ca)
-            mode = SSL.VERIFY_PEER
-            if self._verify == "required":
-                mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
-            ctx.set_verify(mode, lambda conn, cert, err, depth, ok: bool(ok))
-        ctx.set_alpn_select_callback(self._selectProtocol)
+            try:
+                ctx.load_verify_locations(cadata=clientCAs)
+            except ssl.SSLError as e:
+                raise TLSFileError(f"cannot use the CA file {self._clientCA}: {e}") from None
+            ctx.verify_mode = ssl.CERT_REQUIRED if self._verify == "required" else ssl.CERT_OPTIONAL
+        if self._protocols:
+            # The first of ours the client offers; none answered (and the
+            # handshake goes on) when it offers none of them.
+            ctx.set_alpn_protocols(self._protocols)
         return ctx
 
-    def _selectProtocol(self, connection: SSL.Connection, offered: list[bytes]) -> bytes:
-        for protocol in self._protocols:
-            if protocol in offered:
-                return protocol
-        # No ALPN answer, and the handshake goes on (an empty answer would
-        # abort it).
-        return SSL.NO_OVERLAPPING_PROTOCOLS  # type: ignore[return-value]
-
-    def _chooseBySNI(self, connection: SSL.Connection) -> None:
-        name = connection.get_servername()
+    def _chooseBySNI(
+        self, connection: ssl.SSLObject, name: str | None, context: ssl.SSLContext
+    ) -> None:
         if not name:
             return
-        host = name.decode("ascii", "replace").lower().rstrip(".")
+        host = name.lower().rstrip(".")
         for pattern, ctx in self._byName:
             if _matches(pattern, host):
-                connection.set_context(ctx)
+                connection.context = ctx
                 return
 
-    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+    def serverObject(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO) -> ssl.SSLObject:
         """
-        See L{IOpenSSLServerConnectionCreator}: a connection with the
-        default certificate, switched by SNI during the handshake.
+        See L{ITLSServerContexts.serverObject}: a connection with the default
+        certificate, switched by SNI during the handshake.
         """
-        return SSL.Connection(self._default, None)
+        return self._default.wrap_bio(incoming, outgoing, server_side=True)
 
     def reload(self) -> bool:
         """
@@ -342,7 +377,7 @@ class ServerTLS:
         """
         try:
             built = self._build()
-        except (TLSFileError, SSL.Error, crypto.Error) as e:
+        except (TLSFileError, ssl.SSLError) as e:
             self.reloadFailures += 1
             _log.error("TLS files not reloaded, keeping the previous ones: {why}", why=str(e))
             return False
@@ -580,12 +615,11 @@ class TLSConnector:
         return self.endpointFor(endpoint).connect(factory)
 
 
-def serverTLS(config: Any, *, protocols: Sequence[bytes], session: str) -> ServerTLS:
+def serverTLS(config: Any, *, protocols: Sequence[bytes]) -> ServerTLS:
     """
     The L{ServerTLS} a router's C{tls} config section describes.
 
     @param protocols: the ALPN protocols to answer.
-    @param session: names the listener's TLS sessions.
     @raise TLSFileError: when a file cannot be used.
     """
     client = config.clientCertificates
@@ -595,7 +629,6 @@ def serverTLS(config: Any, *, protocols: Sequence[bytes], session: str) -> Serve
         clientCA=None if client is None else client.ca,
         verify=None if client is None else client.verify,
         minVersion=config.minVersion,
-        sessionContext=session.encode("utf-8"),
     )
 
 

@@ -22,6 +22,7 @@ from meshproxy.tls import (
     TLSFileError,
     identityOf,
 )
+from meshproxy.transport.tls import TLSServerFactory
 
 
 class _Peer(Protocol):
@@ -48,16 +49,15 @@ def makeCA(testCase):
 
 def pair(server, client):
     """
-    Connect a TLS server and client in memory and run the handshake.
+    Connect a TLS server (meshproxy's, on the standard library's ssl) and
+    client (Twisted's, on pyOpenSSL) in memory and run the handshake.
 
     @return: the server and client application protocols, and the pump.
     """
     serverApp, clientApp = _Peer(), _Peer()
     # The TLS transport batches writes with its clock: a fake one here.
     clock = Clock()
-    serverFactory = TLSMemoryBIOFactory(
-        server, False, Factory.forProtocol(lambda: serverApp), clock=clock
-    )
+    serverFactory = TLSServerFactory(Factory.forProtocol(lambda: serverApp), server)
     clientFactory = TLSMemoryBIOFactory(
         client, True, Factory.forProtocol(lambda: clientApp), clock=clock
     )
