@@ -1,9 +1,8 @@
 """
-TLS both ways: the standard library's C{ssl} on listeners, pyOpenSSL and
-service_identity to upstreams.
+TLS both ways, with the standard library's C{ssl} (the connections carried
+by L{meshproxy.transport.tls}) and service_identity.
 
-  - L{ServerTLS} terminates TLS on a listener (its connections carried by
-    L{meshproxy.transport.tls}): the certificate chosen by SNI
+  - L{ServerTLS} terminates TLS on a listener: the certificate chosen by SNI
     (exact and wildcard names, the first certificate being the default),
     ALPN answered, TLS 1.2 or later, optional or required client
     certificates verified against a CA bundle. L{ServerTLS.reload} reads
@@ -34,25 +33,19 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 from cryptography.x509.oid import NameOID
-from OpenSSL import SSL, crypto
+from OpenSSL import crypto
 from service_identity import VerificationError
+from service_identity.cryptography import extract_patterns
 from service_identity.hazmat import DNS_ID, verify_service_identity
-from service_identity.pyopenssl import extract_patterns
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import wrapClientTLS
-from twisted.internet.interfaces import (
-    IOpenSSLClientConnectionCreator,
-    IProtocolFactory,
-    IStreamClientEndpoint,
-)
+from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from meshproxy.discovery.endpoints import Endpoint
 from meshproxy.transport.connector import IConnector
-from meshproxy.transport.tls import ITLSServerContexts
+from meshproxy.transport.tls import ITLSClientContexts, ITLSServerContexts, TLSClientEndpoint
 
 __all__ = [
     "CertificateFile",
@@ -80,13 +73,9 @@ CIPHERS = (
     b"DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384"
 )
 
-_VERSIONS = {"TLSv1.2": SSL.TLS1_2_VERSION, "TLSv1.3": SSL.TLS1_3_VERSION}
+_VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 
-_OPTIONS = SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_RENEGOTIATION
-
-_SSL_VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
-
-_SSL_OPTIONS = ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
+_OPTIONS = ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
 
 
 class TLSFileError(Exception):
@@ -128,6 +117,9 @@ class PeerIdentity:
 def identityOf(certificate: crypto.X509 | x509.Certificate) -> PeerIdentity:
     """
     The identity a certificate names.
+
+    @param certificate: as meshproxy's TLS gives it, or as pyOpenSSL does
+        (Twisted's TLS, on C{ssl:} listen strings meshproxy leaves to it).
     """
     cert = certificate.to_cryptography() if isinstance(certificate, crypto.X509) else certificate
     try:
@@ -179,18 +171,6 @@ def _readCertificates(path: str) -> tuple[bytes, list[x509.Certificate]]:
         raise TLSFileError(f"{path} holds no PEM certificate: {e}") from None
 
 
-def _loadCertificates(path: str) -> list[crypto.X509]:
-    return [crypto.X509.from_cryptography(c) for c in _readCertificates(path)[1]]
-
-
-def _loadKey(path: str) -> crypto.PKey:
-    data = _readFile(path, "key file")
-    try:
-        return crypto.load_privatekey(crypto.FILETYPE_PEM, data)
-    except crypto.Error:
-        raise TLSFileError(f"{path} holds no PEM private key (or it is encrypted)") from None
-
-
 def _checkKey(path: str, certificate: x509.Certificate, certPath: str) -> None:
     """
     Check that a key file holds the (unencrypted) PEM private key of
@@ -217,12 +197,10 @@ def _noPassword() -> bytes:
     return b""
 
 
-def expiryOf(certificate: crypto.X509 | x509.Certificate) -> float:
+def expiryOf(certificate: x509.Certificate) -> float:
     """
     When a certificate expires, as a Unix time.
     """
-    if isinstance(certificate, crypto.X509):
-        certificate = certificate.to_cryptography()
     return certificate.not_valid_after_utc.timestamp()
 
 
@@ -277,15 +255,15 @@ class ServerTLS:
         """
         if not certificates:
             raise ValueError("a TLS listener needs at least one certificate")
-        if minVersion not in _SSL_VERSIONS:
+        if minVersion not in _VERSIONS:
             raise ValueError(
-                f"minVersion must be one of {sorted(_SSL_VERSIONS)}, got {minVersion!r}"
+                f"minVersion must be one of {sorted(_VERSIONS)}, got {minVersion!r}"
             )
         self._files = tuple(certificates)
         self._protocols = [p.decode("ascii") for p in protocols]
         self._clientCA = clientCA
         self._verify = verify
-        self._minVersion = _SSL_VERSIONS[minVersion]
+        self._minVersion = _VERSIONS[minVersion]
         self.expiries: dict[str, float] = {}
         self.reloadFailures = 0
         self._default, self._byName = self._build()
@@ -329,7 +307,7 @@ class ServerTLS:
     def _context(self, files: CertificateFile, clientCAs: str | None) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = self._minVersion
-        ctx.options |= _SSL_OPTIONS
+        ctx.options |= _OPTIONS
         ctx.set_ciphers(CIPHERS.decode("ascii"))
         try:
             ctx.load_cert_chain(files.cert, files.key, password=_noPassword)
@@ -396,7 +374,8 @@ class ClientContext:
     L{reload}, never per connection; connections to every service the
     section covers share it.
 
-    @ivar context: the current C{SSL.Context}.
+    @ivar context: the current L{ssl.SSLContext}. It verifies the chain;
+        the name is L{ClientTLS}'s to check.
     @ivar expiries: the client certificate's expiry (Unix time), by its
         file, for the metrics; empty without a client certificate.
     @ivar reloadFailures: how many reloads failed (and kept the old files).
@@ -423,7 +402,7 @@ class ClientContext:
         self._cert = cert
         self._key = key
         self._minVersion = _VERSIONS[minVersion]
-        self._protocols = list(protocols)
+        self._protocols = [p.decode("ascii") for p in protocols]
         self.expiries: dict[str, float] = {}
         self.reloadFailures = 0
         self.context = self._build()
@@ -434,31 +413,36 @@ class ClientContext:
         """
         return [p for p in (self._ca, self._cert, self._key) if p is not None]
 
-    def _build(self) -> SSL.Context:
-        ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
-        ctx.set_min_proto_version(self._minVersion)
-        ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
-        ctx.set_cipher_list(CIPHERS)
-        store = ctx.get_cert_store()
-        assert store is not None
-        for certificate in _loadCertificates(self._ca):
-            store.add_cert(certificate)
-        cert, key = self._cert, self._key
+    def _build(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        # The chain is verified by OpenSSL; the name, by ClientTLS.verify
+        # (a DNS name by RFC 6125, or a URI SAN exactly).
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.minimum_version = self._minVersion
+        ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+        ctx.set_ciphers(CIPHERS.decode("ascii"))
+        data, _ = _readCertificates(self._ca)
+        try:
+            ctx.load_verify_locations(cadata=data.decode("ascii", "replace"))
+        except ssl.SSLError as e:
+            raise TLSFileError(f"cannot use the CA file {self._ca}: {e}") from None
+        cert = self._cert
         expiries = {}
         if cert is not None:
-            chain = _loadCertificates(cert)
+            key = self._key or cert
+            _, chain = _readCertificates(cert)
+            _checkKey(key, chain[0], cert)
             try:
-                ctx.use_certificate(chain[0])
-                for extra in chain[1:]:
-                    ctx.add_extra_chain_cert(extra)
-                ctx.use_privatekey(_loadKey(key or cert))
-                ctx.check_privatekey()
-            except SSL.Error:
+                ctx.load_cert_chain(cert, key, password=_noPassword)
+            except OSError as e:
+                # (the files were read a moment ago: changed since)
                 raise TLSFileError(
-                    f"the key {key} does not belong to the certificate {cert}"
+                    f"cannot load the certificate {cert} with the key {key}: {e}"
                 ) from None
             expiries[cert] = expiryOf(chain[0])
-        ctx.set_alpn_protos(self._protocols)
+        if self._protocols:
+            ctx.set_alpn_protocols(self._protocols)
         # Only once every file was read: a failed reload keeps the old ones.
         self.expiries = expiries
         return ctx
@@ -472,7 +456,7 @@ class ClientContext:
         """
         try:
             self.context = self._build()
-        except (TLSFileError, SSL.Error, crypto.Error) as e:
+        except (TLSFileError, ssl.SSLError) as e:
             self.reloadFailures += 1
             _log.error(
                 "upstream TLS files not reloaded, keeping the previous ones: {why}", why=str(e)
@@ -481,7 +465,7 @@ class ClientContext:
         return True
 
 
-@implementer(IOpenSSLClientConnectionCreator)
+@implementer(ITLSClientContexts)
 class ClientTLS:
     """
     TLS to upstreams whose certificates must name one identity.
@@ -513,13 +497,16 @@ class ClientTLS:
         @raise ValueError: when C{expected} cannot be a DNS name or URI.
         """
         self.expected = expected
+        self._dnsID: DNS_ID | None
         if "://" in expected:
             # A URI (a SPIFFE ID) names a workload by its whole text:
             # service_identity's URI-IDs compare only scheme and host.
             self._serverName = None
+            self._dnsID = None
         else:
-            DNS_ID(expected)  # refuses a name that cannot be a DNS-ID
-            self._serverName = expected.encode("idna")
+            # (refuses a name that cannot be a DNS-ID)
+            self._dnsID = DNS_ID(expected)
+            self._serverName = expected
         if settings is None:
             if ca is None:
                 raise ValueError("give settings, or a ca")
@@ -528,54 +515,34 @@ class ClientTLS:
             )
         self.settings = settings
 
-    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+    def clientObject(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO) -> ssl.SSLObject:
         """
-        See L{IOpenSSLClientConnectionCreator}: a connection that fails its
-        handshake unless the upstream's certificate chains to the CA and
-        names the expected identity.
+        See L{ITLSClientContexts.clientObject}: the settings' current
+        context, sending the expected DNS name by SNI.
         """
-        connection = SSL.Connection(self.settings.context, None)
-        if self._serverName is not None:
-            connection.set_tlsext_host_name(self._serverName)
-        connection.set_verify(
-            SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
-            _identityCheck(tlsProtocol, self.expected),
+        return self.settings.context.wrap_bio(
+            incoming, outgoing, server_side=False, server_hostname=self._serverName
         )
-        connection.set_connect_state()
-        return connection
 
+    def verify(self, tls: ssl.SSLObject) -> None:
+        """
+        See L{ITLSClientContexts.verify}: the upstream's certificate (its
+        chain verified against the CA) must have a URI SAN equal to the
+        expected URI, or name the expected DNS name (RFC 6125, by
+        service_identity).
 
-def _identityCheck(tlsProtocol: Any, expected: str) -> Callable[..., bool]:
-    """
-    An OpenSSL verify callback that also checks that the leaf certificate
-    names C{expected} (a URI SAN equal to it, or a DNS name matching it by
-    RFC 6125 with service_identity), failing the connection (through
-    C{tlsProtocol.failVerification}) when it does not.
-    """
-    protocol = [tlsProtocol]
-
-    def verify(conn: SSL.Connection, cert: crypto.X509, err: int, depth: int, ok: int) -> bool:
-        if not ok or depth != 0:
-            return bool(ok)
-        try:
-            if "://" in expected:
-                if expected not in identityOf(cert).uris:
-                    # (caught just below: the errors' type does not matter)
-                    raise VerificationError(errors=[f"no URI SAN {expected}"])  # type: ignore[list-item]
-            else:
-                verify_service_identity(extract_patterns(cert), [DNS_ID(expected)], [])
-        except VerificationError:
-            if protocol:
-                protocol.pop().failVerification(Failure())
-            return False
-        except Exception:
-            # An exception raised inside an OpenSSL callback is lost: log it
-            # and refuse.
-            _log.failure("while checking an upstream certificate")
-            return False
-        return True
-
-    return verify
+        @raise VerificationError: when it does not.
+        """
+        der = tls.getpeercert(binary_form=True)
+        if der is None:
+            # (not with CERT_REQUIRED; the errors' type does not matter)
+            raise VerificationError(errors=["no certificate"])  # type: ignore[list-item]
+        certificate = x509.load_der_x509_certificate(der)
+        if self._dnsID is None:
+            if self.expected not in identityOf(certificate).uris:
+                raise VerificationError(errors=[f"no URI SAN {self.expected}"])  # type: ignore[list-item]
+        else:
+            verify_service_identity(extract_patterns(certificate), [self._dnsID], [])
 
 
 @implementer(IConnector)
@@ -605,7 +572,7 @@ class TLSConnector:
         """
         See L{IConnector.endpointFor}.
         """
-        return wrapClientTLS(self.creator, self._inner.endpointFor(endpoint))
+        return TLSClientEndpoint(self._inner.endpointFor(endpoint), self.creator)
 
     def connect(self, endpoint: Endpoint, factory: IProtocolFactory) -> Deferred[Any]:
         """

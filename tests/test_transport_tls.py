@@ -510,3 +510,60 @@ class ProxyOverTLSTests(SynchronousTestCase):
             self.assertEqual(client.raw, b"")
             self.assertEqual(self.errors(router), 1)
         self.assertEqual(self.backend.requests, [])
+
+    def outbound(self, serverName):
+        """
+        A second proxy, originating mTLS (the caller's certificate) to the
+        HTTP router, expecting it to be C{serverName}.
+
+        @return: the proxy.
+        """
+        return MemoryProxy(
+            self,
+            'admin: {listen: "tcp:port=0:interface=127.0.0.1"}\n'
+            "namers: [{kind: static, prefix: /#/mesh, services: "
+            f'{{hello: ["127.0.0.1:{self.ports[0]}"]}}}}]\n'
+            "routers:\n"
+            "  - name: out\n"
+            '    listen: "tcp:0:interface=127.0.0.1"\n'
+            '    rules: "/svc => /#/mesh;"\n'
+            "    upstreamTls:\n"
+            f"      ca: {self.caFile}\n"
+            f'      serverName: "{serverName}"\n'
+            f"      cert: {self.caller.cert}\n"
+            f"      key: {self.caller.key}\n",
+            network=self.network,
+        )
+
+    def test_originatedMutualTLS(self):
+        """
+        A proxy originating TLS with a client certificate reaches the TLS
+        listener, which reads the caller's identity; its connection is kept
+        and reused.
+        """
+        out = self.outbound("spiffe://mesh.local/web")
+        for _ in range(2):
+            client = out.exchange(b"GET /x HTTP/1.1\r\nHost: hello\r\n\r\n")
+            self.assertEqual(client.responses[0].status, 200, client.responses[0].body)
+        self.assertEqual(len(self.backend.requests), 2)
+        self.assertIn(
+            b"URI=spiffe://mesh.local/caller",
+            self.backend.requests[0].header(b"x-forwarded-client-cert"),
+        )
+        self.assertEqual(self.proxy.router("web").connStats.opened, 1)
+
+    def test_originatedTLSToAnotherIdentityRefused(self):
+        """
+        An upstream whose certificate names another identity (a URI, or a
+        DNS name) is refused after the handshake: 502 C{upstream-tls}, and
+        no request is sent.
+        """
+        for serverName in ("spiffe://mesh.local/other", "other.mesh.local"):
+            out = self.outbound(serverName)
+            client = out.exchange(b"GET /x HTTP/1.1\r\nHost: hello\r\n\r\n")
+            [response] = client.responses
+            self.assertEqual(response.status, 502)
+            self.assertEqual(response.header(b"mesh-err"), b"upstream-tls")
+            self.assertIn(b"certificate for another identity", response.body)
+        self.assertEqual(self.backend.requests, [])
+

@@ -49,6 +49,7 @@ from twisted.internet.interfaces import (
     INegotiated,
     IProtocol,
     IProtocolFactory,
+    IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.python.failure import Failure
@@ -59,9 +60,17 @@ from meshproxy.transport.interfaces import IStreamTransport
 
 if TYPE_CHECKING:
     from twisted.internet.address import IPv4Address, IPv6Address
+    from twisted.internet.defer import Deferred
     from twisted.internet.interfaces import IAddress, IProducer
 
-__all__ = ["ITLSServerContexts", "TLSProtocol", "TLSServerFactory"]
+__all__ = [
+    "ITLSClientContexts",
+    "ITLSServerContexts",
+    "TLSClientEndpoint",
+    "TLSClientFactory",
+    "TLSProtocol",
+    "TLSServerFactory",
+]
 
 #: The most plaintext one TLS record holds: what one C{read} can return.
 _RECORD = 16384
@@ -84,6 +93,30 @@ class ITLSServerContexts(Interface):
 
         @param incoming: the BIO the peer's bytes are written to.
         @param outgoing: the BIO the bytes for the peer are read from.
+        """
+
+
+class ITLSClientContexts(Interface):
+    """
+    Makes the TLS side of connections to an upstream, and checks who the
+    upstream is (L{meshproxy.tls.ClientTLS}).
+    """
+
+    def clientObject(incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO) -> ssl.SSLObject:
+        """
+        The client side of a new connection's TLS.
+
+        @param incoming: the BIO the peer's bytes are written to.
+        @param outgoing: the BIO the bytes for the peer are read from.
+        """
+
+    def verify(tls: ssl.SSLObject) -> None:
+        """
+        Check the identity of the server, once its certificate chain is
+        verified (at the end of the handshake).
+
+        @raise Exception: when it is not the expected server
+            (L{VerificationError<service_identity.VerificationError>}).
         """
 
 
@@ -560,24 +593,17 @@ def _truncated() -> Failure:
     return Failure(ConnectionLost("the peer closed without a TLS close_notify"))
 
 
-class TLSServerFactory(Factory):
+class _TLSFactory(Factory):
     """
-    Wraps the connections of a listening factory in TLS.
+    Wraps the protocols of a factory in TLS.
 
     @ivar wrappedFactory: the factory whose protocols are wrapped.
-    @ivar contexts: makes each connection's TLS.
     """
 
     noisy = False
 
-    def __init__(self, wrappedFactory: IProtocolFactory, contexts: ITLSServerContexts) -> None:
-        """
-        @param wrappedFactory: builds the protocols to wrap.
-        @param contexts: makes each connection's TLS (the certificates, the
-            settings), asked once per connection.
-        """
+    def __init__(self, wrappedFactory: IProtocolFactory) -> None:
         self.wrappedFactory = wrappedFactory
-        self.contexts = contexts
 
     def buildProtocol(self, addr: IAddress) -> TLSProtocol | None:  # type: ignore[override]
         """
@@ -587,10 +613,10 @@ class TLSServerFactory(Factory):
         wrapped = self.wrappedFactory.buildProtocol(addr)
         if wrapped is None:
             return None
-        incoming = ssl.MemoryBIO()
-        outgoing = ssl.MemoryBIO()
-        return TLSProtocol(wrapped, self.contexts.serverObject(incoming, outgoing),
-                           incoming, outgoing)
+        return self._wrap(wrapped)
+
+    def _wrap(self, wrapped: IProtocol) -> TLSProtocol:
+        raise NotImplementedError()
 
     def doStart(self) -> None:
         """
@@ -614,3 +640,78 @@ class TLSServerFactory(Factory):
         if ILoggingContext.providedBy(wrapped):
             return str(wrapped.logPrefix()) + " (TLS)"
         return wrapped.__class__.__name__ + " (TLS)"
+
+
+class TLSServerFactory(_TLSFactory):
+    """
+    Wraps the connections of a listening factory in TLS.
+
+    @ivar contexts: makes each connection's TLS.
+    """
+
+    def __init__(self, wrappedFactory: IProtocolFactory, contexts: ITLSServerContexts) -> None:
+        """
+        @param wrappedFactory: builds the protocols to wrap.
+        @param contexts: makes each connection's TLS (the certificates, the
+            settings), asked once per connection.
+        """
+        _TLSFactory.__init__(self, wrappedFactory)
+        self.contexts = contexts
+
+    def _wrap(self, wrapped: IProtocol) -> TLSProtocol:
+        incoming = ssl.MemoryBIO()
+        outgoing = ssl.MemoryBIO()
+        tls = self.contexts.serverObject(incoming, outgoing)
+        return TLSProtocol(wrapped, tls, incoming, outgoing)
+
+
+class TLSClientFactory(_TLSFactory):
+    """
+    Wraps the connections of a client factory in TLS.
+
+    @ivar contexts: makes each connection's TLS, and checks the server.
+    """
+
+    def __init__(self, wrappedFactory: IProtocolFactory, contexts: ITLSClientContexts) -> None:
+        """
+        @param wrappedFactory: builds the protocols to wrap.
+        @param contexts: makes each connection's TLS and checks the server's
+            identity at the end of its handshake.
+        """
+        _TLSFactory.__init__(self, wrappedFactory)
+        self.contexts = contexts
+
+    def _wrap(self, wrapped: IProtocol) -> TLSProtocol:
+        incoming = ssl.MemoryBIO()
+        outgoing = ssl.MemoryBIO()
+        contexts = self.contexts
+        tls = contexts.clientObject(incoming, outgoing)
+        return TLSProtocol(wrapped, tls, incoming, outgoing, verify=contexts.verify)
+
+
+@implementer(IStreamClientEndpoint)
+class TLSClientEndpoint:
+    """
+    Connections of another endpoint (TCP), in TLS.
+    """
+
+    def __init__(self, inner: IStreamClientEndpoint, contexts: ITLSClientContexts) -> None:
+        """
+        @param inner: makes the connections.
+        @param contexts: makes each connection's TLS, and checks the server.
+        """
+        self._inner = inner
+        self._contexts = contexts
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        """
+        See L{IStreamClientEndpoint.connect}: fires with the protocol
+        C{protocolFactory} built, once the TCP connection is made (its
+        handshake then runs: an L{IHandshakeListener} hears of its end).
+        """
+        d = self._inner.connect(TLSClientFactory(protocolFactory, self._contexts))
+        return d.addCallback(_wrapped)
+
+
+def _wrapped(tls: Any) -> IProtocol:
+    return tls.wrappedProtocol
