@@ -23,7 +23,7 @@ import os
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -33,7 +33,6 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 from cryptography.x509.oid import NameOID
-from OpenSSL import crypto
 from service_identity import VerificationError
 from service_identity.cryptography import extract_patterns
 from service_identity.hazmat import DNS_ID, verify_service_identity
@@ -46,6 +45,9 @@ from zope.interface import implementer
 from meshproxy.discovery.endpoints import Endpoint
 from meshproxy.transport.connector import IConnector
 from meshproxy.transport.tls import ITLSClientContexts, ITLSServerContexts, TLSClientEndpoint
+
+if TYPE_CHECKING:
+    from OpenSSL import crypto
 
 __all__ = [
     "CertificateFile",
@@ -121,7 +123,8 @@ def identityOf(certificate: crypto.X509 | x509.Certificate) -> PeerIdentity:
     @param certificate: as meshproxy's TLS gives it, or as pyOpenSSL does
         (Twisted's TLS, on C{ssl:} listen strings meshproxy leaves to it).
     """
-    cert = certificate.to_cryptography() if isinstance(certificate, crypto.X509) else certificate
+    # (duck-typed: pyOpenSSL is not imported for it)
+    cert = certificate.to_cryptography() if hasattr(certificate, "to_cryptography") else certificate
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         uris = tuple(san.get_values_for_type(x509.UniformResourceIdentifier))

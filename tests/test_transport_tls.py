@@ -230,6 +230,19 @@ class TLSProtocolTests(SynchronousTestCase):
         serverApp.lost.trap(error.ConnectionDone)
         self.network.assertNothingOpen()
 
+    def test_stopProducingClosesCleanly(self):
+        """
+        A consumer that stops the TLS transport as its producer (the other
+        side of a tunnel went away) closes it as C{loseConnection} does.
+        """
+        serverApp, clientApp = _App(), _App()
+        serverTLS, clientTLS = self.connect(serverApp, clientApp)
+        serverTLS.stopProducing()
+        self.network.flush()
+        self.assertTrue(clientTLS._readEnded)
+        clientApp.lost.trap(error.ConnectionDone)
+        serverApp.lost.trap(error.ConnectionDone)
+
     def test_truncationIsConnectionLost(self):
         """
         A TCP connection that ends without a close_notify is reported as

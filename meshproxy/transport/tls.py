@@ -544,9 +544,10 @@ class TLSProtocol:
 
     def stopProducing(self) -> None:
         """
-        See L{IProducer.stopProducing}.
+        See L{IProducer.stopProducing}: the connection is closed (with a
+        close_notify, as by L{loseConnection}).
         """
-        self.transport.stopProducing()
+        self.loseConnection()
 
     @property
     def producerPaused(self) -> bool:
