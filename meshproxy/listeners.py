@@ -11,11 +11,25 @@ from __future__ import annotations
 import errno
 import os
 import socket
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.logger import Logger
+
+if TYPE_CHECKING:
+    from twisted.application.service import IService
+    from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
+    from twisted.internet.protocol import Factory
+    from twisted.python.failure import Failure
+
+    from meshproxy.config import TLSConfig
+    from meshproxy.http.router import HttpRouter
+    from meshproxy.tcp.router import TcpRouter
+    from meshproxy.tls import FileWatcher, ServerTLS
+    from meshproxy.transport.tls import TLSServerFactory
 
 _log = Logger()
 
@@ -29,13 +43,13 @@ class CannotListen(Exception):
     @ivar reason: why, in the proxy's words (L{listenProblem}).
     """
 
-    def __init__(self, owner, listen, reason):
+    def __init__(self, owner: str, listen: str, reason: str) -> None:
         Exception.__init__(self, owner, listen, reason)
         self.owner = owner
         self.listen = listen
         self.reason = reason
 
-    def __str__(self):
+    def __str__(self) -> str:
         return "%s: cannot listen on %s: %s" % (self.owner, self.listen, self.reason)
 
 
@@ -49,7 +63,7 @@ _LISTEN_ERRORS = {
 }
 
 
-def listenProblem(error):
+def listenProblem(error: object) -> str:
     """
     Say why a listener could not be bound, without Python's exception text.
 
@@ -86,29 +100,39 @@ class _ListenerService(StreamServerEndpointService):
     @ivar port: the L{IListeningPort} once bound, else L{None}.
     """
 
-    def __init__(self, endpoint, factory, *, owner, listen, name, reactor):
+    def __init__(
+        self,
+        endpoint: IStreamServerEndpoint,
+        factory: Factory[Any],
+        *,
+        owner: str,
+        listen: str,
+        name: str,
+        # IReactorTime and IReactorCore, which no one type says.
+        reactor: Any,
+    ) -> None:
         StreamServerEndpointService.__init__(self, endpoint, factory)
         self._reactor = reactor
         self.owner = owner
         self.listen = listen
         self.description = "%s (%s)" % (name, listen)
         self.bound = False
-        self.port = None
-        self._boundWaiters = []
+        self.port: IListeningPort | None = None
+        self._boundWaiters: list[Deferred[IListeningPort]] = []
         # One line per listener, ours, rather than Twisted's "Starting
         # factory <...ServerFactory object at 0x...>"; and Twisted's own
         # "... starting on 4140" says whose port it is.
         factory.noisy = False
-        factory.logPrefix = lambda: owner
+        factory.logPrefix = lambda: owner  # type: ignore[method-assign]
 
-    def privilegedStartService(self):
+    def privilegedStartService(self) -> None:
         """
         Bind now (as root, if the process starts as root).
 
         @raise CannotListen: if the endpoint cannot be bound.
         """
         Service.privilegedStartService(self)
-        failed = []
+        failed: list[CannotListen] = []
         self._synchronous = True
         self._waitingForPort = self.endpoint.listen(self.factory)
         self._waitingForPort.addCallbacks(self._bound, self._cannotListen, errbackArgs=(failed,))
@@ -116,7 +140,7 @@ class _ListenerService(StreamServerEndpointService):
         if failed:
             raise failed[0]
 
-    def _cannotListen(self, failure, failed):
+    def _cannotListen(self, failure: Failure, failed: list[CannotListen]) -> None:
         if failure.check(CancelledError):
             # stopService before the port was bound.
             return None
@@ -131,7 +155,7 @@ class _ListenerService(StreamServerEndpointService):
             self._reactor.callLater(0, self._reactor.stop)
         return None
 
-    def _bound(self, port):
+    def _bound(self, port: IListeningPort) -> IListeningPort:
         self.bound = True
         self.port = port
         _log.info("{owner} listening on {listen}{actual}", owner=self.owner,
@@ -141,18 +165,18 @@ class _ListenerService(StreamServerEndpointService):
             d.callback(port)
         return port
 
-    def whenBound(self):
+    def whenBound(self) -> Deferred[IListeningPort]:
         """
         A Deferred firing with the listening port once it is bound.
         """
         if self.port is not None:
             return succeed(self.port)
-        d = Deferred()
+        d: Deferred[IListeningPort] = Deferred()
         self._boundWaiters.append(d)
         return d
 
 
-def _actualPort(listen, port):
+def _actualPort(listen: str, port: IListeningPort) -> str:
     """
     C{" (port N)"} when the endpoint let the system choose the port
     (C{tcp:0}), else nothing.
@@ -162,13 +186,14 @@ def _actualPort(listen, port):
     try:
         args, _ = _parse(listen)
         if len(args) >= 2 and args[0] in ("tcp", "tcp6", "ssl", "tls") and int(args[1]) == 0:
-            return " (port %d)" % (port.getHost().port,)
+            # (an IPv4Address or IPv6Address for these kinds)
+            return " (port %d)" % (port.getHost().port,)  # type: ignore[attr-defined]
     except (ValueError, AttributeError, TypeError):
         pass
     return ""
 
 
-def _sslListen(listen):
+def _sslListen(listen: str) -> tuple[str, TLSConfig | None]:
     """
     An C{ssl:}/C{tls:} listen string with a certificate and a key, as a
     C{tcp:} one and the C{tls} section it means: such listeners get
@@ -200,7 +225,14 @@ def _sslListen(listen):
     return tcp, TLSConfig(certificates=(certificate,))
 
 
-def _terminateTLS(router, tlsConfig, factory, protocols, reactor, services):
+def _terminateTLS(
+    router: HttpRouter | TcpRouter,
+    tlsConfig: TLSConfig,
+    factory: Factory[Any],
+    protocols: Sequence[bytes],
+    reactor: IReactorTime,
+    services: list[IService],
+) -> tuple[TLSServerFactory, ServerTLS]:
     """
     Put TLS in front of a router's listening factory, its files watched for
     rotation.
@@ -212,6 +244,9 @@ def _terminateTLS(router, tlsConfig, factory, protocols, reactor, services):
     from meshproxy.transport.tls import TLSServerFactory
 
     server = serverTLS(tlsConfig, protocols=protocols)
+    # ServerTLS refuses a listener without certificates: the first one's
+    # identity is always there.
+    assert server.identity is not None
     router.tlsName = server.identity.name
     services.append(_WatchService(FileWatcher(server.files(), server.reload, clock=reactor)))
     return TLSServerFactory(factory, server), server
@@ -223,14 +258,14 @@ class _WatchService(Service):
     runs.
     """
 
-    def __init__(self, watcher):
+    def __init__(self, watcher: FileWatcher) -> None:
         self.watcher = watcher
 
-    def startService(self):
+    def startService(self) -> None:
         Service.startService(self)
         self.watcher.start()
 
-    def stopService(self):
+    def stopService(self) -> None:
         Service.stopService(self)
         self.watcher.stop()
 
@@ -245,7 +280,7 @@ DEFAULT_BACKLOG = 1024
 _BACKLOG_KINDS = frozenset(["tcp", "tcp6", "ssl", "unix"])
 
 
-def _endpointString(description):
+def _endpointString(description: str) -> str:
     """
     The Twisted server endpoint string for a C{listen} value: C{tls:} is the
     name users expect for a TLS listener (Twisted's parser says C{ssl:}),
@@ -261,5 +296,5 @@ def _endpointString(description):
     return description
 
 
-def _scheme(description):
+def _scheme(description: str) -> bytes:
     return b"https" if description.startswith(("ssl:", "tls:")) else b"http"

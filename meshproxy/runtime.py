@@ -9,9 +9,11 @@ with the namers still loading named).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, overload
 
 from twisted.application.service import Service
-from twisted.internet.defer import gatherResults, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.logger import Logger
 
 from meshproxy.listeners import (
@@ -23,6 +25,25 @@ from meshproxy.listeners import (
     _WatchService,
 )
 
+if TYPE_CHECKING:
+    from twisted.application.service import IService
+    from twisted.internet.interfaces import IDelayedCall, IReactorTime
+    from twisted.internet.protocol import Factory
+
+    from meshproxy.admin.policy import PolicyStore
+    from meshproxy.admin.rules import RulesStore
+    from meshproxy.balancing.base import Balancer
+    from meshproxy.balancing.node import Node
+    from meshproxy.config import LoadBalancerConfig, MeshConfig, NamerConfig
+    from meshproxy.discovery.interfaces import INamer
+    from meshproxy.http.listener import ServerFactory
+    from meshproxy.http.router import HttpRouter
+    from meshproxy.tcp.router import TcpRouter, TcpServerFactory
+    from meshproxy.tls import ClientContext, ServerTLS
+
+    #: A router of the config, of either protocol.
+    Router = HttpRouter | TcpRouter
+
 _log = Logger()
 
 
@@ -32,16 +53,18 @@ class _RouterService(Service):
     TCP router: its destination, and the spliced connections).
     """
 
-    def __init__(self, router, factory, grace):
+    def __init__(
+        self, router: Router, factory: ServerFactory | TcpServerFactory, grace: float
+    ) -> None:
         self.router = router
         self.factory = factory
         self.grace = grace
 
-    def startService(self):
+    def startService(self) -> None:
         Service.startService(self)
         self.router.start()
 
-    def stopService(self):
+    def stopService(self) -> Deferred[None]:
         """
         Let requests in flight finish (up to the grace period), then close
         upstream connections.
@@ -74,21 +97,35 @@ class Runtime(Service):
     @ivar serverTLS: the L{ServerTLS<meshproxy.tls.ServerTLS>} of each
         router that terminates TLS, by name.
     @ivar upstreamTLS: the names of the routers with TLS to upstreams.
+    @ivar rulesStores: the L{RulesStore<meshproxy.admin.rules.RulesStore>}
+        of each HTTP router, by name (set by L{buildServices}).
+    @ivar policyStores: the L{PolicyStore<meshproxy.admin.policy.PolicyStore>}
+        of each router, by name (set by L{buildServices}).
     """
 
-    def __init__(self, *, reactor=None, shutdownGrace=10.0, readyFallback=READY_FALLBACK):
-        self.routers = {}
-        self.listeners = []
-        self.namers = []
-        self.serverTLS = {}
-        self.upstreamTLS = set()
+    rulesStores: dict[str, RulesStore]
+    policyStores: dict[str, PolicyStore]
+
+    def __init__(
+        self,
+        *,
+        # IReactorTime and IReactorCore, which no one type says.
+        reactor: Any = None,
+        shutdownGrace: float = 10.0,
+        readyFallback: float = READY_FALLBACK,
+    ) -> None:
+        self.routers: dict[str, Router] = {}
+        self.listeners: list[_ListenerService] = []
+        self.namers: list[INamer] = []
+        self.serverTLS: dict[str, ServerTLS] = {}
+        self.upstreamTLS: set[str] = set()
         self.reactor = reactor
         self.shutdownGrace = shutdownGrace
         self.readyFallback = readyFallback
-        self.startedAt = None
-        self._fallbackCall = None
+        self.startedAt: float | None = None
+        self._fallbackCall: IDelayedCall | None = None
 
-    def startService(self):
+    def startService(self) -> None:
         """
         Start the readiness clock; log once the process is ready, or at the
         fallback what it still waits for.
@@ -96,17 +133,17 @@ class Runtime(Service):
         Service.startService(self)
         self.startedAt = self.reactor.seconds()
         self._fallbackCall = self.reactor.callLater(self.readyFallback, self._fallback)
-        waits = [listener.whenBound() for listener in self.listeners]
+        waits: list[Deferred[Any]] = [listener.whenBound() for listener in self.listeners]
         waits += [namer.whenLoaded() for namer in self.namers]
         gatherResults(waits).addCallback(self._allReady)
 
-    def stopService(self):
+    def stopService(self) -> None:
         if self._fallbackCall is not None and self._fallbackCall.active():
             self._fallbackCall.cancel()
         self._fallbackCall = None
         return Service.stopService(self)
 
-    def _allReady(self, _):
+    def _allReady(self, _: object) -> None:
         if not self.running:
             return
         if self._fallbackCall is not None and self._fallbackCall.active():
@@ -117,7 +154,7 @@ class Runtime(Service):
             namers=_count(len(self.namers), "namer"),
         )
 
-    def _fallback(self):
+    def _fallback(self) -> None:
         self._fallbackCall = None
         loading = self._loading()
         if not loading:
@@ -134,7 +171,7 @@ class Runtime(Service):
             namers=", ".join("namer %s" % (namer.prefix,) for namer in loading),
         )
 
-    def shutdown(self):
+    def shutdown(self) -> Deferred[None]:
         """
         Stop the process gracefully: listeners close, requests in flight
         finish within the grace period, then the process exits 0.
@@ -145,7 +182,7 @@ class Runtime(Service):
         self.reactor.callLater(0, self.reactor.stop)
         return succeed(None)
 
-    def isReady(self):
+    def isReady(self) -> bool:
         """
         Whether the process is ready: every listener bound, and every namer
         loaded or L{readyFallback} seconds passed since the start.
@@ -154,7 +191,7 @@ class Runtime(Service):
             return False
         return not self._loading() or self._pastFallback()
 
-    def waitingFor(self):
+    def waitingFor(self) -> list[str]:
         """
         What readiness waits for (or, past the fallback, went on without),
         in words: C{["listener web (tcp:4140)", "namer /#/etcd"]}; empty
@@ -165,19 +202,19 @@ class Runtime(Service):
         waiting.extend("namer %s%s" % (namer.prefix, late) for namer in self._loading())
         return waiting
 
-    def _unbound(self):
+    def _unbound(self) -> list[_ListenerService]:
         return [listener for listener in self.listeners if not listener.bound]
 
-    def _loading(self):
+    def _loading(self) -> list[INamer]:
         return [namer for namer in self.namers if not namer.loaded]
 
-    def _pastFallback(self):
+    def _pastFallback(self) -> bool:
         return (
             self.startedAt is not None
             and self.reactor.seconds() - self.startedAt >= self.readyFallback
         )
 
-    def nodes(self):
+    def nodes(self) -> Iterator[tuple[str, str, Node]]:
         """
         Every (router, bound name, node), for metrics at scrape time.
         """
@@ -185,7 +222,7 @@ class Runtime(Service):
             for boundName, node in router.nodes():
                 yield name, boundName, node
 
-    def tlsContexts(self):
+    def tlsContexts(self) -> Iterator[tuple[str, list[ServerTLS | ClientContext]]]:
         """
         Every router with TLS and its TLS contexts (its listener's, then
         one per upstream connector made so far), for metrics at scrape
@@ -195,16 +232,23 @@ class Runtime(Service):
             server = self.serverTLS.get(name)
             if server is None and name not in self.upstreamTLS:
                 continue
-            contexts = [] if server is None else [server]
+            contexts: list[ServerTLS | ClientContext] = [] if server is None else [server]
             contexts.extend(router.upstreamTLS())
             yield name, contexts
 
 
-def _count(n, word):
+def _count(n: int, word: str) -> str:
     return "1 %s" % (word,) if n == 1 else "%d %ss" % (n, word)
 
 
-def buildServices(config, *, reactor, configPath=None, wallClock=None):
+def buildServices(
+    config: MeshConfig,
+    *,
+    # IReactorTCP, IReactorTime and IReactorCore, which no one type says.
+    reactor: Any,
+    configPath: str | None = None,
+    wallClock: Callable[[], float] | None = None,
+) -> tuple[Runtime, list[IService]]:
     """
     Build the runtime and the services of a validated config.
 
@@ -233,9 +277,9 @@ def buildServices(config, *, reactor, configPath=None, wallClock=None):
     registry = CollectorRegistry()
     metrics = MeshMetrics(registry, runtime.nodes, costScale=0.001, tls=runtime.tlsContexts)
     # The runtime first: the readiness clock starts before the namers load.
-    services = [runtime]
+    services: list[IService] = [runtime]
 
-    namers = {}
+    namers: dict[Path, INamer] = {}
     for namerConfig in config.namers:
         namer = makeNamer(namerConfig, reactor=reactor)
         namers[Path.read(namerConfig.prefix)] = namer
@@ -243,6 +287,9 @@ def buildServices(config, *, reactor, configPath=None, wallClock=None):
         services.append(namer)
 
     for routerConfig in config.routers:
+        router: Router
+        factory: ServerFactory | TcpServerFactory
+        protocols: tuple[bytes, ...]
         if routerConfig.protocol == "tcp":
             from meshproxy.tcp.router import TcpRouter, TcpServerFactory
 
@@ -256,6 +303,9 @@ def buildServices(config, *, reactor, configPath=None, wallClock=None):
             factory = TcpServerFactory(router)
             protocols = ()
         else:
+            # (a mapping, as mypy cannot match a ** argument to the
+            # parameters it fills)
+            clockArgs: dict[str, Any] = {} if wallClock is None else {"wallClock": wallClock}
             router = HttpRouter(
                 routerConfig,
                 namers,
@@ -263,7 +313,7 @@ def buildServices(config, *, reactor, configPath=None, wallClock=None):
                 metrics=metrics,
                 balancerFactory=balancerFactory(routerConfig.loadBalancer, reactor),
                 rulesAllowInet=config.admin.rulesAllowInet,
-                **({} if wallClock is None else {"wallClock": wallClock}),
+                **clockArgs,
             )
             factory = ServerFactory(
                 router,
@@ -283,7 +333,7 @@ def buildServices(config, *, reactor, configPath=None, wallClock=None):
             services.append(
                 _WatchService(FileWatcher(upstreamFiles, router.reloadTLS, clock=reactor))
             )
-        listening = factory
+        listening: Factory[Any] = factory
         listen = routerConfig.listen
         tlsConfig = routerConfig.tls
         if tlsConfig is None:
@@ -307,8 +357,8 @@ def buildServices(config, *, reactor, configPath=None, wallClock=None):
     from meshproxy.admin.rules import RulesStore
 
     stateDir = stateDirectory(config, configPath)
-    stores = {}
-    policyStores = {}
+    stores: dict[str, RulesStore] = {}
+    policyStores: dict[str, PolicyStore] = {}
     for name, router in runtime.routers.items():
         # Every router, TCP ones too, has an access policy; one accepted
         # through the admin API survives a restart and wins over the config's.
@@ -354,7 +404,15 @@ def buildServices(config, *, reactor, configPath=None, wallClock=None):
     return runtime, services
 
 
-def stateDirectory(config, configPath):
+@overload
+def stateDirectory(config: MeshConfig, configPath: str) -> str: ...
+
+
+@overload
+def stateDirectory(config: MeshConfig, configPath: None) -> str | None: ...
+
+
+def stateDirectory(config: MeshConfig, configPath: str | None) -> str | None:
     """
     Where the rules and access policies changed through the admin API are saved.
 
@@ -370,7 +428,9 @@ def stateDirectory(config, configPath):
     return None
 
 
-def _logSavedRules(router, path, restored, configPath):
+def _logSavedRules(
+    router: str, path: str | None, restored: bool, configPath: str | None
+) -> None:
     """
     Say at start where the rules changed through the admin API are kept, and
     how to go back to the config's rules.
@@ -409,7 +469,7 @@ def _logSavedRules(router, path, restored, configPath):
         )
 
 
-def makeNamer(config, *, reactor):
+def makeNamer(config: NamerConfig, *, reactor: IReactorTime) -> INamer:
     """
     Build the namer a namer config describes.
     """
@@ -424,17 +484,23 @@ def makeNamer(config, *, reactor):
         )
     from meshproxy.discovery.static import StaticNamer
 
+    # (C{services} has a type built by a call, which mypy cannot read)
+    pairs: tuple[tuple[str, tuple[tuple[str, int, float], ...]], ...] = config.services
     services = {
         name: [Endpoint(host, port, weight) for host, port, weight in endpoints]
-        for name, endpoints in config.services
+        for name, endpoints in pairs
     }
     return StaticNamer(Path.read(config.prefix), services)
 
 
-def balancerFactory(config, reactor):
+def balancerFactory(config: LoadBalancerConfig, reactor: IReactorTime) -> Callable[..., Balancer]:
     """
     A function making balancers of the configured kind.
     """
+    cls: type[Balancer]
+    # (keyword arguments of the balancer's class, which mypy cannot match
+    # to its parameters)
+    kwargs: dict[str, Any]
     if config.kind == "roundRobin":
         from meshproxy.balancing.roundrobin import RoundRobin as cls
 
@@ -448,7 +514,10 @@ def balancerFactory(config, reactor):
 
         kwargs = {"decay": config.decay}
 
-    def make(onAdd=None, onRemove=None):
+    def make(
+        onAdd: Callable[[Node], object] | None = None,
+        onRemove: Callable[[Node], object] | None = None,
+    ) -> Balancer:
         return cls(clock=reactor, onAdd=onAdd, onRemove=onRemove, **kwargs)
 
     return make

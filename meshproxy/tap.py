@@ -16,21 +16,22 @@ already in use}) and exit status 1.
 
 from __future__ import annotations
 
-import errno
-import os
-import socket
 import sys
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService, Service
-from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
+from twisted.application.service import MultiService
 from twisted.logger import Logger
 from twisted.python import usage
 
 from meshproxy.config import ConfigError, loadConfig, parseConfig
-
 from meshproxy.listeners import CannotListen
 from meshproxy.runtime import buildServices
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from meshproxy.config import MeshConfig
+    from meshproxy.runtime import Runtime
 
 _log = Logger()
 
@@ -55,7 +56,7 @@ class Options(usage.Options):
         ["check", None, "Validate the config, print the result and exit (0 when valid)."],
     ]
 
-    def opt_version(self):
+    def opt_version(self) -> NoReturn:
         """
         Print the meshproxy version and exit.
         """
@@ -65,7 +66,7 @@ class Options(usage.Options):
         sys.stdout.flush()
         raise SystemExit(0)
 
-    def postOptions(self):
+    def postOptions(self) -> None:
         """
         Load and validate the config now, before twistd binds anything.
 
@@ -95,7 +96,7 @@ class Options(usage.Options):
         except ConfigError as e:
             sys.stderr.write("%s: invalid\n%s\n" % (label, e))
             sys.stderr.flush()
-            raise SystemExit(1)
+            raise SystemExit(1) from None
         for warning in configWarnings(self.meshConfig):
             sys.stderr.write("%s: warning: %s\n" % (label, warning))
         sys.stderr.flush()
@@ -105,7 +106,7 @@ class Options(usage.Options):
             raise SystemExit(0)
 
 
-def _checkSupported(config):
+def _checkSupported(config: MeshConfig) -> None:
     """
     Refuse what this version or this host cannot run, without binding
     anything: HTTP rules that name a namer prefix no namer owns, and
@@ -114,11 +115,11 @@ def _checkSupported(config):
     @raise ConfigError: naming each problem by its key path.
     """
     from meshproxy.config import hostProblems
-    from meshproxy.routing.table import RulesError, checkRules
     from meshproxy.routing.dtab import DtabSyntaxError
     from meshproxy.routing.path import Path
+    from meshproxy.routing.table import RulesError, checkRules
 
-    errors = []
+    errors: list[str] = []
     prefixes = [Path.read(n.prefix) for n in config.namers]
     for i, router in enumerate(config.routers):
         if router.protocol != "http":
@@ -128,7 +129,8 @@ def _checkSupported(config):
         try:
             checkRules(router.rules, prefixes)
         except RulesError as e:
-            where = "" if e.line is None else "line %d, column %d: " % (e.line, e.column)
+            # A position is a line and a column, given together.
+            where = "" if e.line is None else "line %d, column %d: " % (e.line, e.column)  # type: ignore[str-format]
             errors.append("routers[%d].rules: %s%s" % (i, where, e.message))
         except DtabSyntaxError:
             pass  # reported by the config loader already
@@ -138,7 +140,7 @@ def _checkSupported(config):
         raise ConfigError(errors, config.source)
 
 
-def tlsProblems(config):
+def tlsProblems(config: MeshConfig) -> list[str]:
     """
     The certificate, key and CA files of the C{tls} and C{upstreamTls}
     sections that cannot be used (read and checked, without binding).
@@ -147,7 +149,7 @@ def tlsProblems(config):
     """
     from meshproxy.tls import ClientContext, TLSFileError, serverTLS
 
-    problems = []
+    problems: list[str] = []
     for i, router in enumerate(config.routers):
         if router.tls is not None:
             try:
@@ -173,9 +175,14 @@ class _ProcessService(MultiService):
     """
     The top service under twistd: a listener that cannot be bound ends the
     process with its one line and exit status 1, without a traceback.
+
+    @ivar runtime: the process's L{Runtime<meshproxy.runtime.Runtime>} (set
+        by L{makeService}).
     """
 
-    def privilegedStartService(self):
+    runtime: Runtime
+
+    def privilegedStartService(self) -> None:
         try:
             MultiService.privilegedStartService(self)
         except CannotListen as e:
@@ -186,21 +193,27 @@ class _ProcessService(MultiService):
             raise
 
 
-def _quietExit(error):
+def _quietExit(error: BaseException) -> None:
     """
     Let C{error}, once it ends the process, print nothing more: it was
     logged already. Python exits with status 1 after C{sys.excepthook}.
     """
     previous = sys.excepthook
 
-    def hook(kind, value, tb):
+    def hook(
+        kind: type[BaseException], value: BaseException, tb: TracebackType | None
+    ) -> None:
         if value is not error:
             previous(kind, value, tb)
 
     sys.excepthook = hook
 
 
-def makeService(options, reactor=None):
+def makeService(
+    options: Options,
+    # IReactorTCP, IReactorTime and IReactorCore, which no one type says.
+    reactor: Any = None,
+) -> MultiService:
     """
     Build the process's services from validated options.
 

@@ -13,8 +13,8 @@ so their own unsent bytes never pile up in this process either.
 import time
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import Logger
 from twisted.trial.unittest import SkipTest, TestCase
 
 from tests.stress_support import MemoryProbe, MiB, StreamProducer, connectTo

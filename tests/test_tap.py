@@ -13,8 +13,8 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from meshproxy import cli
-from meshproxy.tap import Options, makeService
 from meshproxy.runtime import buildServices
+from meshproxy.tap import Options, makeService
 
 GOOD = """\
 admin: {listen: "tcp:9991:interface=127.0.0.1"}
@@ -314,7 +314,9 @@ class EndpointStringTests(SynchronousTestCase):
             "tcp:4140:backlog=7:interface=127.0.0.1",
         )
         # systemd sockets are bound by systemd: no backlog argument there.
-        self.assertEqual(_endpointString("systemd:domain=INET:index=0"), "systemd:domain=INET:index=0")
+        self.assertEqual(
+            _endpointString("systemd:domain=INET:index=0"), "systemd:domain=INET:index=0"
+        )
 
 
 class TcpRouterServiceTests(SynchronousTestCase):
@@ -517,7 +519,9 @@ class TwistdProcessTests(SynchronousTestCase):
         self.assertEqual(code, 1, both)
         self.assertNotIn("Traceback", both)
         self.assertEqual(
-            [l.split("] ", 1)[-1] for l in both.splitlines() if "cannot listen" in l], [line], both
+            [text.split("] ", 1)[-1] for text in both.splitlines() if "cannot listen" in text],
+            [line],
+            both,
         )
         # twistd removed its pid file, as after a clean stop.
         self.assertNotIn("twistd.pid", os.listdir(directory))
@@ -548,7 +552,8 @@ class TwistdProcessTests(SynchronousTestCase):
         import meshproxy
 
         self.assertEqual(
-            self.twistd("meshproxy", "--version"), (0, "meshproxy %s\n" % (meshproxy.__version__,), "")
+            self.twistd("meshproxy", "--version"),
+            (0, "meshproxy %s\n" % (meshproxy.__version__,), ""),
         )
         code, out, err = self.twistd("meshproxy", "--help")
         self.assertEqual((code, err), (0, ""))
@@ -887,7 +892,9 @@ class ListenerTests(SynchronousTestCase):
         ):
             reactor = _RefusingReactor({port: busy})
             _, services = buildServices(parseConfig(GOOD), reactor=reactor)
-            listener = [s for s in services if getattr(s, "listen", "").startswith("tcp:%d" % port)][0]
+            listener = [
+                s for s in services if getattr(s, "listen", "").startswith("tcp:%d" % port)
+            ][0]
             e = self.assertRaises(CannotListen, listener.privilegedStartService)
             self.assertEqual(str(e), line)
             self.assertFalse(listener.bound)
