@@ -23,13 +23,13 @@ if TYPE_CHECKING:
     from twisted.application.service import IService
     from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamServerEndpoint
     from twisted.internet.protocol import Factory
-    from twisted.protocols.tls import TLSMemoryBIOFactory
     from twisted.python.failure import Failure
 
     from meshproxy.config import TLSConfig
     from meshproxy.http.router import HttpRouter
     from meshproxy.tcp.router import TcpRouter
     from meshproxy.tls import FileWatcher, ServerTLS
+    from meshproxy.transport.tls import TLSServerFactory
 
 _log = Logger()
 
@@ -232,7 +232,7 @@ def _terminateTLS(
     protocols: Sequence[bytes],
     reactor: IReactorTime,
     services: list[IService],
-) -> tuple[TLSMemoryBIOFactory, ServerTLS]:
+) -> tuple[TLSServerFactory, ServerTLS]:
     """
     Put TLS in front of a router's listening factory, its files watched for
     rotation.
@@ -240,17 +240,16 @@ def _terminateTLS(
     @return: the factory to listen with, and the
         L{ServerTLS<meshproxy.tls.ServerTLS>} (for the metrics).
     """
-    from twisted.protocols.tls import TLSMemoryBIOFactory
-
     from meshproxy.tls import FileWatcher, serverTLS
+    from meshproxy.transport.tls import TLSServerFactory
 
-    server = serverTLS(tlsConfig, protocols=protocols, session=router.name)
+    server = serverTLS(tlsConfig, protocols=protocols)
     # ServerTLS refuses a listener without certificates: the first one's
     # identity is always there.
     assert server.identity is not None
     router.tlsName = server.identity.name
     services.append(_WatchService(FileWatcher(server.files(), server.reload, clock=reactor)))
-    return TLSMemoryBIOFactory(server, False, factory, clock=reactor), server
+    return TLSServerFactory(factory, server), server
 
 
 class _WatchService(Service):

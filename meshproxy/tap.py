@@ -153,7 +153,7 @@ def tlsProblems(config: MeshConfig) -> list[str]:
     for i, router in enumerate(config.routers):
         if router.tls is not None:
             try:
-                serverTLS(router.tls, protocols=(), session=router.name)
+                serverTLS(router.tls, protocols=())
             except TLSFileError as e:
                 problems.append("routers[%d].tls: %s" % (i, e))
         sections = [("routers[%d].upstreamTls" % (i,), router.upstreamTls)]

@@ -1,5 +1,6 @@
 """
-TLS with pyOpenSSL and service_identity, both ways.
+TLS both ways, with the standard library's C{ssl} (the connections carried
+by L{meshproxy.transport.tls}) and service_identity.
 
   - L{ServerTLS} terminates TLS on a listener: the certificate chosen by SNI
     (exact and wildcard names, the first certificate being the default),
@@ -19,32 +20,34 @@ from __future__ import annotations
 
 import hashlib
 import os
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
-from OpenSSL import SSL, crypto
-from service_identity import VerificationError
-from service_identity.hazmat import DNS_ID, verify_service_identity
-from service_identity.pyopenssl import extract_patterns
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import wrapClientTLS
-from twisted.internet.interfaces import (
-    IOpenSSLClientConnectionCreator,
-    IOpenSSLServerConnectionCreator,
-    IProtocolFactory,
-    IStreamClientEndpoint,
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_pem_private_key,
 )
+from cryptography.x509.oid import NameOID
+from service_identity import VerificationError
+from service_identity.cryptography import extract_patterns
+from service_identity.hazmat import DNS_ID, verify_service_identity
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from meshproxy.discovery.endpoints import Endpoint
 from meshproxy.transport.connector import IConnector
+from meshproxy.transport.tls import ITLSClientContexts, ITLSServerContexts, TLSClientEndpoint
+
+if TYPE_CHECKING:
+    from OpenSSL import crypto
 
 __all__ = [
     "CertificateFile",
@@ -72,9 +75,9 @@ CIPHERS = (
     b"DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384"
 )
 
-_VERSIONS = {"TLSv1.2": SSL.TLS1_2_VERSION, "TLSv1.3": SSL.TLS1_3_VERSION}
+_VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 
-_OPTIONS = SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_RENEGOTIATION
+_OPTIONS = ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
 
 
 class TLSFileError(Exception):
@@ -116,8 +119,12 @@ class PeerIdentity:
 def identityOf(certificate: crypto.X509 | x509.Certificate) -> PeerIdentity:
     """
     The identity a certificate names.
+
+    @param certificate: as meshproxy's TLS gives it, or as pyOpenSSL does
+        (Twisted's TLS, on C{ssl:} listen strings meshproxy leaves to it).
     """
-    cert = certificate.to_cryptography() if isinstance(certificate, crypto.X509) else certificate
+    # (duck-typed: pyOpenSSL is not imported for it)
+    cert = certificate.to_cryptography() if hasattr(certificate, "to_cryptography") else certificate
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         uris = tuple(san.get_values_for_type(x509.UniformResourceIdentifier))
@@ -154,30 +161,50 @@ def _readFile(path: str, what: str) -> bytes:
         raise TLSFileError(f"cannot read {what} {path}: {e.strerror or e}") from None
 
 
-def _loadCertificates(path: str) -> list[crypto.X509]:
+def _readCertificates(path: str) -> tuple[bytes, list[x509.Certificate]]:
+    """
+    The PEM certificates in a file.
+
+    @return: the file's bytes, and its certificates.
+    """
     data = _readFile(path, "certificate file")
     try:
-        certs = [
-            crypto.X509.from_cryptography(c) for c in x509.load_pem_x509_certificates(data)
-        ]
+        return data, x509.load_pem_x509_certificates(data)
     except ValueError as e:
         raise TLSFileError(f"{path} holds no PEM certificate: {e}") from None
-    return certs
 
 
-def _loadKey(path: str) -> crypto.PKey:
+def _checkKey(path: str, certificate: x509.Certificate, certPath: str) -> None:
+    """
+    Check that a key file holds the (unencrypted) PEM private key of
+    C{certificate}.
+
+    @raise TLSFileError: if it does not.
+    """
     data = _readFile(path, "key file")
     try:
-        return crypto.load_privatekey(crypto.FILETYPE_PEM, data)
-    except crypto.Error:
+        key = load_pem_private_key(data, None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise TLSFileError(f"{path} holds no PEM private key (or it is encrypted)") from None
+    if _publicBytes(key.public_key()) != _publicBytes(certificate.public_key()):
+        raise TLSFileError(f"the key {path} does not belong to the certificate {certPath}")
 
 
-def expiryOf(certificate: crypto.X509) -> float:
+def _publicBytes(key: Any) -> bytes:
+    return bytes(key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
+
+
+def _noPassword() -> bytes:
+    # A key that became encrypted since it was checked fails to load,
+    # rather than OpenSSL asking for its password on the terminal.
+    return b""
+
+
+def expiryOf(certificate: x509.Certificate) -> float:
     """
     When a certificate expires, as a Unix time.
     """
-    return certificate.to_cryptography().not_valid_after_utc.timestamp()
+    return certificate.not_valid_after_utc.timestamp()
 
 
 def _matches(pattern: str, name: str) -> bool:
@@ -191,10 +218,17 @@ def _matches(pattern: str, name: str) -> bool:
     return name == pattern
 
 
-@implementer(IOpenSSLServerConnectionCreator)
+@implementer(ITLSServerContexts)
 class ServerTLS:
     """
-    The TLS side of one listener.
+    The TLS side of one listener, with the standard library's C{ssl} (each
+    connection's L{ssl.SSLObject} made by L{serverObject}, carried by
+    L{TLSProtocol<meshproxy.transport.tls.TLSProtocol>}).
+
+    Sessions are resumed (TLS 1.3 tickets, TLS 1.2 session IDs) from the
+    session cache and ticket keys of the listener's own default context:
+    one listener's sessions are never resumed on another's, nor after its
+    files are reloaded.
 
     @ivar expiries: each loaded certificate's expiry (Unix time), by its
         file, for the metrics.
@@ -210,7 +244,6 @@ class ServerTLS:
         clientCA: str | None = None,
         verify: str | None = None,
         minVersion: str = "TLSv1.2",
-        sessionContext: bytes = b"meshproxy",
     ) -> None:
         """
         @param certificates: the certificates; the first is the default.
@@ -221,20 +254,19 @@ class ServerTLS:
             against, or L{None} for no client certificates.
         @param verify: C{"required"} or C{"optional"} with C{clientCA}.
         @param minVersion: C{"TLSv1.2"} or C{"TLSv1.3"}.
-        @param sessionContext: distinguishes this listener's sessions
-            (resumption with client certificates needs one).
         @raise TLSFileError: when a file cannot be used.
         """
         if not certificates:
             raise ValueError("a TLS listener needs at least one certificate")
         if minVersion not in _VERSIONS:
-            raise ValueError(f"minVersion must be one of {sorted(_VERSIONS)}, got {minVersion!r}")
+            raise ValueError(
+                f"minVersion must be one of {sorted(_VERSIONS)}, got {minVersion!r}"
+            )
         self._files = tuple(certificates)
-        self._protocols = tuple(protocols)
+        self._protocols = [p.decode("ascii") for p in protocols]
         self._clientCA = clientCA
         self._verify = verify
         self._minVersion = _VERSIONS[minVersion]
-        self._session = hashlib.sha256(sessionContext).digest()[:32]
         self.expiries: dict[str, float] = {}
         self.reloadFailures = 0
         self._default, self._byName = self._build()
@@ -250,88 +282,72 @@ class ServerTLS:
             paths.append(self._clientCA)
         return paths
 
-    def _build(self) -> tuple[SSL.Context, list[tuple[str, SSL.Context]]]:
+    def _build(self) -> tuple[ssl.SSLContext, list[tuple[str, ssl.SSLContext]]]:
         clientCAs = None
         if self._clientCA is not None:
-            clientCAs = _loadCertificates(self._clientCA)
+            data, _ = _readCertificates(self._clientCA)
+            clientCAs = data.decode("ascii", "replace")
         expiries = {}
         contexts = []
         identity = None
         for c in self._files:
-            chain = _loadCertificates(c.cert)
-            key = _loadKey(c.key)
-            ctx = self._context(chain, key, c, clientCAs)
+            _, chain = _readCertificates(c.cert)
+            _checkKey(c.key, chain[0], c.cert)
+            ctx = self._context(c, clientCAs)
             contexts.append((c, ctx))
             expiries[c.cert] = expiryOf(chain[0])
             if identity is None:
                 identity = identityOf(chain[0])
         default = contexts[0][1]
         byName = [(pattern.lower(), ctx) for c, ctx in contexts for pattern in c.sni]
-        default.set_tlsext_servername_callback(self._chooseBySNI)
+        if byName:
+            default.sni_callback = self._chooseBySNI
         # Only once every file was read: a failed reload keeps the old ones.
         self.expiries = expiries
         self.identity = identity
         return default, byName
 
-    def _context(
-        self,
-        chain: list[crypto.X509],
-        key: crypto.PKey,
-        files: CertificateFile,
-        clientCAs: list[crypto.X509] | None,
-    ) -> SSL.Context:
-        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-        ctx.set_min_proto_version(self._minVersion)
-        ctx.set_options(_OPTIONS)
-        ctx.set_cipher_list(CIPHERS)
-        ctx.set_session_id(self._session)
+    def _context(self, files: CertificateFile, clientCAs: str | None) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = self._minVersion
+        ctx.options |= _OPTIONS
+        ctx.set_ciphers(CIPHERS.decode("ascii"))
         try:
-            ctx.use_certificate(chain[0])
-            for extra in chain[1:]:
-                ctx.add_extra_chain_cert(extra)
-            ctx.use_privatekey(key)
-            ctx.check_privatekey()
-        except SSL.Error:
+            ctx.load_cert_chain(files.cert, files.key, password=_noPassword)
+        except OSError as e:
+            # (the files were read a moment ago: changed since)
             raise TLSFileError(
-                f"the key {files.key} does not belong to the certificate {files.cert}"
+                f"cannot load the certificate {files.cert} with the key {files.key}: {e}"
             ) from None
         if clientCAs is not None:
-            store = ctx.get_cert_store()
-            for ca in clientCAs:
-                # (a new context has a store: None is for contexts without one)
-                store.add_cert(ca)  # type: ignore[union-attr]
-                ctx.add_client_ca(ca)
-            mode = SSL.VERIFY_PEER
-            if self._verify == "required":
-                mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
-            ctx.set_verify(mode, lambda conn, cert, err, depth, ok: bool(ok))
-        ctx.set_alpn_select_callback(self._selectProtocol)
+            try:
+                ctx.load_verify_locations(cadata=clientCAs)
+            except ssl.SSLError as e:
+                raise TLSFileError(f"cannot use the CA file {self._clientCA}: {e}") from None
+            ctx.verify_mode = ssl.CERT_REQUIRED if self._verify == "required" else ssl.CERT_OPTIONAL
+        if self._protocols:
+            # The first of ours the client offers; none answered (and the
+            # handshake goes on) when it offers none of them.
+            ctx.set_alpn_protocols(self._protocols)
         return ctx
 
-    def _selectProtocol(self, connection: SSL.Connection, offered: list[bytes]) -> bytes:
-        for protocol in self._protocols:
-            if protocol in offered:
-                return protocol
-        # No ALPN answer, and the handshake goes on (an empty answer would
-        # abort it).
-        return SSL.NO_OVERLAPPING_PROTOCOLS  # type: ignore[return-value]
-
-    def _chooseBySNI(self, connection: SSL.Connection) -> None:
-        name = connection.get_servername()
+    def _chooseBySNI(
+        self, connection: ssl.SSLObject, name: str | None, context: ssl.SSLContext
+    ) -> None:
         if not name:
             return
-        host = name.decode("ascii", "replace").lower().rstrip(".")
+        host = name.lower().rstrip(".")
         for pattern, ctx in self._byName:
             if _matches(pattern, host):
-                connection.set_context(ctx)
+                connection.context = ctx
                 return
 
-    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+    def serverObject(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO) -> ssl.SSLObject:
         """
-        See L{IOpenSSLServerConnectionCreator}: a connection with the
-        default certificate, switched by SNI during the handshake.
+        See L{ITLSServerContexts.serverObject}: a connection with the default
+        certificate, switched by SNI during the handshake.
         """
-        return SSL.Connection(self._default, None)
+        return self._default.wrap_bio(incoming, outgoing, server_side=True)
 
     def reload(self) -> bool:
         """
@@ -342,7 +358,7 @@ class ServerTLS:
         """
         try:
             built = self._build()
-        except (TLSFileError, SSL.Error, crypto.Error) as e:
+        except (TLSFileError, ssl.SSLError) as e:
             self.reloadFailures += 1
             _log.error("TLS files not reloaded, keeping the previous ones: {why}", why=str(e))
             return False
@@ -361,7 +377,8 @@ class ClientContext:
     L{reload}, never per connection; connections to every service the
     section covers share it.
 
-    @ivar context: the current C{SSL.Context}.
+    @ivar context: the current L{ssl.SSLContext}. It verifies the chain;
+        the name is L{ClientTLS}'s to check.
     @ivar expiries: the client certificate's expiry (Unix time), by its
         file, for the metrics; empty without a client certificate.
     @ivar reloadFailures: how many reloads failed (and kept the old files).
@@ -388,7 +405,7 @@ class ClientContext:
         self._cert = cert
         self._key = key
         self._minVersion = _VERSIONS[minVersion]
-        self._protocols = list(protocols)
+        self._protocols = [p.decode("ascii") for p in protocols]
         self.expiries: dict[str, float] = {}
         self.reloadFailures = 0
         self.context = self._build()
@@ -399,31 +416,36 @@ class ClientContext:
         """
         return [p for p in (self._ca, self._cert, self._key) if p is not None]
 
-    def _build(self) -> SSL.Context:
-        ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
-        ctx.set_min_proto_version(self._minVersion)
-        ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
-        ctx.set_cipher_list(CIPHERS)
-        store = ctx.get_cert_store()
-        assert store is not None
-        for certificate in _loadCertificates(self._ca):
-            store.add_cert(certificate)
-        cert, key = self._cert, self._key
+    def _build(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        # The chain is verified by OpenSSL; the name, by ClientTLS.verify
+        # (a DNS name by RFC 6125, or a URI SAN exactly).
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.minimum_version = self._minVersion
+        ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+        ctx.set_ciphers(CIPHERS.decode("ascii"))
+        data, _ = _readCertificates(self._ca)
+        try:
+            ctx.load_verify_locations(cadata=data.decode("ascii", "replace"))
+        except ssl.SSLError as e:
+            raise TLSFileError(f"cannot use the CA file {self._ca}: {e}") from None
+        cert = self._cert
         expiries = {}
         if cert is not None:
-            chain = _loadCertificates(cert)
+            key = self._key or cert
+            _, chain = _readCertificates(cert)
+            _checkKey(key, chain[0], cert)
             try:
-                ctx.use_certificate(chain[0])
-                for extra in chain[1:]:
-                    ctx.add_extra_chain_cert(extra)
-                ctx.use_privatekey(_loadKey(key or cert))
-                ctx.check_privatekey()
-            except SSL.Error:
+                ctx.load_cert_chain(cert, key, password=_noPassword)
+            except OSError as e:
+                # (the files were read a moment ago: changed since)
                 raise TLSFileError(
-                    f"the key {key} does not belong to the certificate {cert}"
+                    f"cannot load the certificate {cert} with the key {key}: {e}"
                 ) from None
             expiries[cert] = expiryOf(chain[0])
-        ctx.set_alpn_protos(self._protocols)
+        if self._protocols:
+            ctx.set_alpn_protocols(self._protocols)
         # Only once every file was read: a failed reload keeps the old ones.
         self.expiries = expiries
         return ctx
@@ -437,7 +459,7 @@ class ClientContext:
         """
         try:
             self.context = self._build()
-        except (TLSFileError, SSL.Error, crypto.Error) as e:
+        except (TLSFileError, ssl.SSLError) as e:
             self.reloadFailures += 1
             _log.error(
                 "upstream TLS files not reloaded, keeping the previous ones: {why}", why=str(e)
@@ -446,7 +468,7 @@ class ClientContext:
         return True
 
 
-@implementer(IOpenSSLClientConnectionCreator)
+@implementer(ITLSClientContexts)
 class ClientTLS:
     """
     TLS to upstreams whose certificates must name one identity.
@@ -478,13 +500,16 @@ class ClientTLS:
         @raise ValueError: when C{expected} cannot be a DNS name or URI.
         """
         self.expected = expected
+        self._dnsID: DNS_ID | None
         if "://" in expected:
             # A URI (a SPIFFE ID) names a workload by its whole text:
             # service_identity's URI-IDs compare only scheme and host.
             self._serverName = None
+            self._dnsID = None
         else:
-            DNS_ID(expected)  # refuses a name that cannot be a DNS-ID
-            self._serverName = expected.encode("idna")
+            # (refuses a name that cannot be a DNS-ID)
+            self._dnsID = DNS_ID(expected)
+            self._serverName = expected
         if settings is None:
             if ca is None:
                 raise ValueError("give settings, or a ca")
@@ -493,54 +518,34 @@ class ClientTLS:
             )
         self.settings = settings
 
-    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+    def clientObject(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO) -> ssl.SSLObject:
         """
-        See L{IOpenSSLClientConnectionCreator}: a connection that fails its
-        handshake unless the upstream's certificate chains to the CA and
-        names the expected identity.
+        See L{ITLSClientContexts.clientObject}: the settings' current
+        context, sending the expected DNS name by SNI.
         """
-        connection = SSL.Connection(self.settings.context, None)
-        if self._serverName is not None:
-            connection.set_tlsext_host_name(self._serverName)
-        connection.set_verify(
-            SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
-            _identityCheck(tlsProtocol, self.expected),
+        return self.settings.context.wrap_bio(
+            incoming, outgoing, server_side=False, server_hostname=self._serverName
         )
-        connection.set_connect_state()
-        return connection
 
+    def verify(self, tls: ssl.SSLObject) -> None:
+        """
+        See L{ITLSClientContexts.verify}: the upstream's certificate (its
+        chain verified against the CA) must have a URI SAN equal to the
+        expected URI, or name the expected DNS name (RFC 6125, by
+        service_identity).
 
-def _identityCheck(tlsProtocol: Any, expected: str) -> Callable[..., bool]:
-    """
-    An OpenSSL verify callback that also checks that the leaf certificate
-    names C{expected} (a URI SAN equal to it, or a DNS name matching it by
-    RFC 6125 with service_identity), failing the connection (through
-    C{tlsProtocol.failVerification}) when it does not.
-    """
-    protocol = [tlsProtocol]
-
-    def verify(conn: SSL.Connection, cert: crypto.X509, err: int, depth: int, ok: int) -> bool:
-        if not ok or depth != 0:
-            return bool(ok)
-        try:
-            if "://" in expected:
-                if expected not in identityOf(cert).uris:
-                    # (caught just below: the errors' type does not matter)
-                    raise VerificationError(errors=[f"no URI SAN {expected}"])  # type: ignore[list-item]
-            else:
-                verify_service_identity(extract_patterns(cert), [DNS_ID(expected)], [])
-        except VerificationError:
-            if protocol:
-                protocol.pop().failVerification(Failure())
-            return False
-        except Exception:
-            # An exception raised inside an OpenSSL callback is lost: log it
-            # and refuse.
-            _log.failure("while checking an upstream certificate")
-            return False
-        return True
-
-    return verify
+        @raise VerificationError: when it does not.
+        """
+        der = tls.getpeercert(binary_form=True)
+        if der is None:
+            # (not with CERT_REQUIRED; the errors' type does not matter)
+            raise VerificationError(errors=["no certificate"])  # type: ignore[list-item]
+        certificate = x509.load_der_x509_certificate(der)
+        if self._dnsID is None:
+            if self.expected not in identityOf(certificate).uris:
+                raise VerificationError(errors=[f"no URI SAN {self.expected}"])  # type: ignore[list-item]
+        else:
+            verify_service_identity(extract_patterns(certificate), [self._dnsID], [])
 
 
 @implementer(IConnector)
@@ -570,7 +575,7 @@ class TLSConnector:
         """
         See L{IConnector.endpointFor}.
         """
-        return wrapClientTLS(self.creator, self._inner.endpointFor(endpoint))
+        return TLSClientEndpoint(self._inner.endpointFor(endpoint), self.creator)
 
     def connect(self, endpoint: Endpoint, factory: IProtocolFactory) -> Deferred[Any]:
         """
@@ -580,12 +585,11 @@ class TLSConnector:
         return self.endpointFor(endpoint).connect(factory)
 
 
-def serverTLS(config: Any, *, protocols: Sequence[bytes], session: str) -> ServerTLS:
+def serverTLS(config: Any, *, protocols: Sequence[bytes]) -> ServerTLS:
     """
     The L{ServerTLS} a router's C{tls} config section describes.
 
     @param protocols: the ALPN protocols to answer.
-    @param session: names the listener's TLS sessions.
     @raise TLSFileError: when a file cannot be used.
     """
     client = config.clientCertificates
@@ -595,7 +599,6 @@ def serverTLS(config: Any, *, protocols: Sequence[bytes], session: str) -> Serve
         clientCA=None if client is None else client.ca,
         verify=None if client is None else client.verify,
         minVersion=config.minVersion,
-        sessionContext=session.encode("utf-8"),
     )
 
 

@@ -10,6 +10,7 @@ L{Exchange<meshproxy.http.exchange.Exchange>} that forwards it upstream.
 
 from __future__ import annotations
 
+import ssl
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -145,9 +146,11 @@ class ServerProtocol(Protocol):
         self._timer = None
         if self.connStats is not None:
             self.connStats.closed += 1
-        if reason.check(SSL.Error):
+        if reason.check(ssl.SSLError, SSL.Error):
             # The TLS layer failed: most often a handshake (no or a bad
-            # client certificate, no common version or cipher).
+            # client certificate, no common version or cipher). (ssl is
+            # meshproxy's TLS; pyOpenSSL is Twisted's, on ssl: listen
+            # strings with arguments meshproxy leaves to it.)
             self.router.countError("client-tls-failed")
         if self._tunnel is not None:
             tunnel, self._tunnel = self._tunnel, None

@@ -8,6 +8,7 @@ ways with back-pressure and half-close until both sides are closed.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -105,8 +106,10 @@ class Downstream(End):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         factory = self.factory
         factory.router.connStats.closed += 1
-        if reason.check(SSL.Error):
-            # The TLS layer failed: most often a handshake.
+        if reason.check(ssl.SSLError, SSL.Error):
+            # The TLS layer failed: most often a handshake. (ssl is
+            # meshproxy's TLS; pyOpenSSL is Twisted's, on ssl: listen
+            # strings with arguments meshproxy leaves to it.)
             factory.router.countError("client-tls-failed")
         try:
             End.connectionLost(self, reason)
