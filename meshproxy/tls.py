@@ -44,7 +44,8 @@ from zope.interface import implementer
 
 from meshproxy.discovery.endpoints import Endpoint
 from meshproxy.transport.connector import IConnector
-from meshproxy.transport.tls import ITLSClientContexts, ITLSServerContexts, TLSClientEndpoint
+from meshproxy.transport.interfaces import ITLSClientContexts, ITLSServerContexts
+from meshproxy.transport.tls import TLSClientEndpoint
 
 if TYPE_CHECKING:
     from OpenSSL import crypto
@@ -259,9 +260,7 @@ class ServerTLS:
         if not certificates:
             raise ValueError("a TLS listener needs at least one certificate")
         if minVersion not in _VERSIONS:
-            raise ValueError(
-                f"minVersion must be one of {sorted(_VERSIONS)}, got {minVersion!r}"
-            )
+            raise ValueError(f"minVersion must be one of {sorted(_VERSIONS)}, got {minVersion!r}")
         self._files = tuple(certificates)
         self._protocols = [p.decode("ascii") for p in protocols]
         self._clientCA = clientCA

@@ -53,10 +53,10 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.python.failure import Failure
-from zope.interface import Interface, implementer
+from zope.interface import implementer
 
 from meshproxy.transport.fastwrite import writerFor
-from meshproxy.transport.interfaces import IStreamTransport
+from meshproxy.transport.interfaces import IStreamTransport, ITLSClientContexts, ITLSServerContexts
 
 if TYPE_CHECKING:
     from twisted.internet.address import IPv4Address, IPv6Address
@@ -64,8 +64,6 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress, IProducer
 
 __all__ = [
-    "ITLSClientContexts",
-    "ITLSServerContexts",
     "TLSClientEndpoint",
     "TLSClientFactory",
     "TLSProtocol",
@@ -80,44 +78,6 @@ _HANDSHAKING = "HANDSHAKING"
 _OPEN = "OPEN"
 # Aborted, or failed: nothing more is read or written.
 _CLOSED = "CLOSED"
-
-
-class ITLSServerContexts(Interface):
-    """
-    Makes the TLS side of accepted connections (L{meshproxy.tls.ServerTLS}).
-    """
-
-    def serverObject(incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO) -> ssl.SSLObject:
-        """
-        The server side of a new connection's TLS.
-
-        @param incoming: the BIO the peer's bytes are written to.
-        @param outgoing: the BIO the bytes for the peer are read from.
-        """
-
-
-class ITLSClientContexts(Interface):
-    """
-    Makes the TLS side of connections to an upstream, and checks who the
-    upstream is (L{meshproxy.tls.ClientTLS}).
-    """
-
-    def clientObject(incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO) -> ssl.SSLObject:
-        """
-        The client side of a new connection's TLS.
-
-        @param incoming: the BIO the peer's bytes are written to.
-        @param outgoing: the BIO the bytes for the peer are read from.
-        """
-
-    def verify(tls: ssl.SSLObject) -> None:
-        """
-        Check the identity of the server, once its certificate chain is
-        verified (at the end of the handshake).
-
-        @raise Exception: when it is not the expected server
-            (L{VerificationError<service_identity.VerificationError>}).
-        """
 
 
 @implementer(IStreamTransport, INegotiated, IProtocol, IHalfCloseableProtocol, ILoggingContext)
