@@ -193,6 +193,35 @@ class AdminResponse:
         return "<AdminResponse %d %r>" % (self.code, self.body[:200])
 
 
+def requestParts(body, headers, token):
+    """
+    The headers and the bytes of an admin request, as L{AdminClient} and the
+    memory harness's client send them.
+
+    @param body: bytes, text, a JSON-ready dict, or L{None}. A dict is sent
+        as C{application/json}, text (rules) as C{text/plain;
+        charset=utf-8}, bytes with the type C{headers} give, if any.
+    @param headers: a dict of extra headers, or L{None}.
+    @param token: sent as C{Authorization: Bearer <token>}, unless L{None}.
+    @return: C{(Headers, body bytes or None)}.
+    """
+    h = Headers()
+    for name, value in (headers or {}).items():
+        h.addRawHeader(name, value)
+    if token is not None:
+        h.addRawHeader("Authorization", "Bearer " + token)
+    typed = h.hasHeader("Content-Type")
+    if isinstance(body, dict):
+        body = json.dumps(body).encode("utf-8")
+        if not typed:
+            h.addRawHeader("Content-Type", "application/json")
+    elif isinstance(body, str):
+        body = body.encode("utf-8")
+        if not typed:
+            h.addRawHeader("Content-Type", "text/plain; charset=utf-8")
+    return h, body
+
+
 class AdminClient:
     """
     treq against one admin port on 127.0.0.1. Its pooled connections are
@@ -227,20 +256,7 @@ class AdminClient:
         """
         if token is Ellipsis:
             token = self.token
-        h = Headers()
-        for name, value in (headers or {}).items():
-            h.addRawHeader(name, value)
-        if token is not None:
-            h.addRawHeader("Authorization", "Bearer " + token)
-        typed = h.hasHeader("Content-Type")
-        if isinstance(body, dict):
-            body = json.dumps(body).encode("utf-8")
-            if not typed:
-                h.addRawHeader("Content-Type", "application/json")
-        elif isinstance(body, str):
-            body = body.encode("utf-8")
-            if not typed:
-                h.addRawHeader("Content-Type", "text/plain; charset=utf-8")
+        h, body = requestParts(body, headers, token)
         response = yield self._http.request(
             method, self.base + path, headers=h, data=body
         )

@@ -884,26 +884,12 @@ class MemoryAdminClient:
             network has carried it.
         """
         import treq
-        from twisted.web.http_headers import Headers
 
-        from tests.admin_support import AdminResponse
+        from tests.admin_support import AdminResponse, requestParts
 
         if token is Ellipsis:
             token = self.token
-        h = Headers()
-        for name, value in (headers or {}).items():
-            h.addRawHeader(name, value)
-        if token is not None:
-            h.addRawHeader("Authorization", "Bearer " + token)
-        typed = h.hasHeader("Content-Type")
-        if isinstance(body, dict):
-            body = json.dumps(body).encode("utf-8")
-            if not typed:
-                h.addRawHeader("Content-Type", "application/json")
-        elif isinstance(body, str):
-            body = body.encode("utf-8")
-            if not typed:
-                h.addRawHeader("Content-Type", "text/plain; charset=utf-8")
+        h, body = requestParts(body, headers, token)
         d = self._http.request(method, self.base + path, headers=h, data=body)
 
         def read(response):
