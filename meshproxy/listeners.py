@@ -244,9 +244,6 @@ def _terminateTLS(
     from meshproxy.transport.tls import TLSServerFactory
 
     server = serverTLS(tlsConfig, protocols=protocols)
-    # ServerTLS refuses a listener without certificates: the first one's
-    # identity is always there.
-    assert server.identity is not None
     router.tlsName = server.identity.name
     services.append(_WatchService(FileWatcher(server.files(), server.reload, clock=reactor)))
     return TLSServerFactory(factory, server), server

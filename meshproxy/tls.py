@@ -288,22 +288,21 @@ class ServerTLS:
             clientCAs = data.decode("ascii", "replace")
         expiries = {}
         contexts = []
-        identity = None
+        leaves = []
         for c in self._files:
             _, chain = _readCertificates(c.cert)
             _checkKey(c.key, chain[0], c.cert)
             ctx = self._context(c, clientCAs)
             contexts.append((c, ctx))
+            leaves.append(chain[0])
             expiries[c.cert] = expiryOf(chain[0])
-            if identity is None:
-                identity = identityOf(chain[0])
         default = contexts[0][1]
         byName = [(pattern.lower(), ctx) for c, ctx in contexts for pattern in c.sni]
         if byName:
             default.sni_callback = self._chooseBySNI
         # Only once every file was read: a failed reload keeps the old ones.
         self.expiries = expiries
-        self.identity = identity
+        self.identity = identityOf(leaves[0])
         return default, byName
 
     def _context(self, files: CertificateFile, clientCAs: str | None) -> ssl.SSLContext:
