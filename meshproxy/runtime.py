@@ -484,11 +484,9 @@ def makeNamer(config: NamerConfig, *, reactor: IReactorTime) -> INamer:
         )
     from meshproxy.discovery.static import StaticNamer
 
-    # (C{services} has a type built by a call, which mypy cannot read)
-    pairs: tuple[tuple[str, tuple[tuple[str, int, float], ...]], ...] = config.services
     services = {
         name: [Endpoint(host, port, weight) for host, port, weight in endpoints]
-        for name, endpoints in pairs
+        for name, endpoints in config.services
     }
     return StaticNamer(Path.read(config.prefix), services)
 

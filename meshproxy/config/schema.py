@@ -122,13 +122,18 @@ class FileNamerConfig(_Namer):
     interval: Duration() = "1s"
 
 
-Services = PairsOf(
-    checks.serviceName,
-    ListOf(Address),
-    keyPattern=f"^{checks.SEGMENT_PATTERN}$",
-    notMapping="expected a mapping of service name to addresses",
-    keyProblemsAtKey=False,
-)
+if TYPE_CHECKING:
+    # (as BoundNames below: mypy cannot read a call as a type) Each service
+    # name with its (host, port, weight) addresses.
+    Services = tuple[tuple[str, tuple[tuple[str, int, float], ...]], ...]
+else:
+    Services = PairsOf(
+        checks.serviceName,
+        ListOf(Address),
+        keyPattern=f"^{checks.SEGMENT_PATTERN}$",
+        notMapping="expected a mapping of service name to addresses",
+        keyProblemsAtKey=False,
+    )
 
 
 class StaticNamerConfig(_Namer):
