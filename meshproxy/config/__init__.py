@@ -64,8 +64,20 @@ from meshproxy.config.security import (
     TLSConfig,
     UpstreamTLSConfig,
 )
+from meshproxy.config.telemetry import (
+    AccessLogConfig,
+    BatchConfig,
+    ExporterConfig,
+    TelemetryConfig,
+    TracingConfig,
+)
 
 __all__ = [
+    "AccessLogConfig",
+    "BatchConfig",
+    "ExporterConfig",
+    "TelemetryConfig",
+    "TracingConfig",
     "AdminConfig",
     "CertificateConfig",
     "ClientCertificatesConfig",

@@ -53,6 +53,7 @@ from meshproxy.config.policies import (
 from meshproxy.config.problems import Problem
 from meshproxy.config.section import Section, View
 from meshproxy.config.security import DefaultPolicy, TLSConfig, UpstreamTLSConfig
+from meshproxy.config.telemetry import TelemetryConfig
 
 
 class AdminConfig(Section):
@@ -336,6 +337,7 @@ class MeshConfig(Section):
         order written.
     @ivar routers: the L{RouterConfig} values, in the order written; at least
         one.
+    @ivar telemetry: the L{TelemetryConfig} (tracing, access log).
     @ivar source: the file (or label) the configuration was read from.
     """
 
@@ -344,6 +346,7 @@ class MeshConfig(Section):
     admin: Defaulted(AdminConfig)
     namers: Namers = ()
     routers: Routers
+    telemetry: Defaulted(TelemetryConfig)
     source: SkipJsonSchema[str] = "<config>"
 
     def router(self, name: str) -> RouterConfig:
