@@ -12,6 +12,7 @@ import httptools
 
 from meshproxy.http.message import ProxyError, Request
 from meshproxy.routing.identifiers import splitAbsoluteForm
+from meshproxy.telemetry.tracecontext import TRACE_HEADERS
 
 if TYPE_CHECKING:
     from meshproxy.config import ServerConfig
@@ -139,6 +140,8 @@ def checkRequest(request: Request, settings: ServerConfig) -> None:
                 raise ProxyError(417, "expectation-failed", "Unsupported expectation.")
         elif n[:5] == b"mesh-":
             request.meshHeaders = True
+        elif n in TRACE_HEADERS:
+            request.traceHeaders = True
         if b"\r" in value or b"\n" in value or b"\x00" in value:
             raise ProxyError(400, "bad-header", "Invalid character in a header value.")
 

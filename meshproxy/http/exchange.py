@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     )
     from meshproxy.http.message import Headers, Request
     from meshproxy.resilience.limits import Limiter
+    from meshproxy.telemetry.observe import RequestTrace
 
 __all__ = ["Exchange", "MAX_STALE_TRIES"]
 
@@ -100,6 +101,14 @@ class Exchange(TryAccounting):
         "override",
         "progress",
         "continued",
+        "trace",
+        "headTime",
+        "bytesIn",
+        "bytesOut",
+        "meshErr",
+        "lastNode",
+        "tryStatus",
+        "tryError",
     )
 
     def __init__(self, server: IClientConnection, request: Request, router: IRouter) -> None:
@@ -135,6 +144,17 @@ class Exchange(TryAccounting):
         self.override: bytes | None = None
         self.progress = 0.0
         self.continued = False
+        # What telemetry reads at the end: the trace, when the response
+        # head came, the body bytes both ways, the reason of an answer made
+        # here, the last try's endpoint, and the current try's outcome.
+        self.trace: RequestTrace | None = None
+        self.headTime = 0.0
+        self.bytesIn = 0
+        self.bytesOut = 0
+        self.meshErr: str | None = None
+        self.lastNode: Node | None = None
+        self.tryStatus = 0
+        self.tryError: str | None = None
 
     # -- the filter stack -----------------------------------------------------
 
@@ -147,6 +167,7 @@ class Exchange(TryAccounting):
         now = self.startTime = router.clock.seconds()
         request = self.request
         server = self.server
+        self.trace = router.tracer.begin(request, server.trusted)
         try:
             self.client, self.override = router.route(request, server.trusted)
         except ProxyError as e:
@@ -195,6 +216,7 @@ class Exchange(TryAccounting):
         self.node = node
         self.tries += 1
         self.tryStart = client.beginTry(node)
+        self.trace.startTry(self.tryStart)  # type: ignore[union-attr]  # set by start()
         router = self.router
         perTry = router.perTryTimeout
         if perTry and perTry < self.deadline - router.clock.seconds():
@@ -261,6 +283,7 @@ class Exchange(TryAccounting):
         """
         See L{IExchange.bodyReceived}.
         """
+        self.bytesIn += len(data)
         if self.state is DONE:
             # Answered already: the rest of the body is read and dropped.
             return
@@ -308,6 +331,7 @@ class Exchange(TryAccounting):
             deadline=router.deadlines.header(self.deadline),
             override=self.override,
             clientCert=server.clientCert,
+            trace=self.trace.headers(),  # type: ignore[union-attr]  # set by start()
         )
         body = self.body
         if body is None:
@@ -343,6 +367,7 @@ class Exchange(TryAccounting):
             self._abandonTry()
             return
         address = _address(self.node)
+        self.tryError = "upstream-tls" if tls else "upstream-connect"
         self._endTry(False)
         if tls:
             # Every failed verification, retried or not (the answer, when
@@ -383,6 +408,7 @@ class Exchange(TryAccounting):
                 node.payload.acquire(self)  # type: ignore[union-attr]
                 return
         address = _address(node)
+        self.tryError = "upstream-reset"
         self._abandonTry()
         self.fail(
             ProxyError(
@@ -428,6 +454,7 @@ class Exchange(TryAccounting):
             self.tryTimer = None
             timer.cancel()
         request = self.request
+        self.tryStatus = status
         classification, anyMethod = self.client.classify(request, status, headers)  # type: ignore[union-attr]
         self.classification = classification
         if classification == RETRYABLE and status != 101:
@@ -446,7 +473,7 @@ class Exchange(TryAccounting):
             self.client.balancer.measured(self.node, self.tryStart)  # type: ignore[union-attr]
         self._enter(STREAMING)
         self.status = status
-        self.progress = self.router.clock.seconds()
+        self.progress = self.headTime = self.router.clock.seconds()
         body = self.body
         if status == 101 or (body is not None and not body.done) or request.upgrade:
             # After a 101 the connection is a tunnel; an answer that comes
@@ -476,6 +503,7 @@ class Exchange(TryAccounting):
         """
         if self.state is STREAMING:
             self.progress = self.router.clock.seconds()
+            self.bytesOut += len(data)
             self.writer.body(data)  # type: ignore[union-attr]
 
     def responseStreaming(self, upstream: IUpstreamConnection) -> None:
@@ -539,6 +567,7 @@ class Exchange(TryAccounting):
                 self.staleConnection(reason)
                 return
             address = _address(self.node)
+            self.tryError = "upstream-reset"
             self._endTry(False)
             # The request was written: the upstream may have acted on it, so
             # only an idempotent one is sent again.
@@ -554,6 +583,7 @@ class Exchange(TryAccounting):
             return
         # Mid-response: the client cannot be told anything more than that
         # the message is cut short.
+        self.tryError = self.meshErr = "upstream-reset"
         self._endTry(False, measured=True)
         self._abortClient()
 
@@ -567,6 +597,7 @@ class Exchange(TryAccounting):
         upstream, self.upstream = self.upstream, None
         if upstream is not None:
             upstream.abort()
+        self.tryError = "upstream-protocol"
         if state is not STREAMING:
             address = _address(self.node)
             self._endTry(False)
@@ -578,6 +609,7 @@ class Exchange(TryAccounting):
                 )
             )
         else:
+            self.meshErr = "upstream-protocol"
             self._endTry(False, measured=True)
             self._abortClient()
 
@@ -596,6 +628,7 @@ class Exchange(TryAccounting):
             return
         self._dropUpstream()
         self.router.countError("try-timeout")
+        self.tryError = "try-timeout"
         self._endTry(False)
         if self._retry(TIMEOUT, False):
             return
@@ -621,11 +654,13 @@ class Exchange(TryAccounting):
                 self.timer = clock.callLater(limit, self._timedOut)
                 return
             self.router.countError("body-stalled")
+            self.tryError = self.meshErr = "body-stalled"
             self._dropUpstream()
             self._endTry(False, measured=True)
             self._abortClient()
             return
         self._dropUpstream()
+        self.tryError = "timeout"
         self._endTry(False)
         self.fail(
             ProxyError(504, "timeout", "Timed out after %gs." % (self.deadline - self.startTime,))
@@ -644,6 +679,7 @@ class Exchange(TryAccounting):
         self._dropUpstream()
         self._abandonTry()
         self.status = error.status
+        self.meshErr = error.reason
         self.router.countError(error.reason)
         self._end()
         server = self.server
@@ -662,7 +698,9 @@ class Exchange(TryAccounting):
         if self.state is DONE:
             return
         self._dropUpstream()
+        self.tryError = "client-gone"
         self._abandonTry()
+        self.meshErr = "client-gone"
         if self.client is not None:
             self.router.countError("client-gone")
         self._end()
@@ -680,10 +718,12 @@ class Exchange(TryAccounting):
         if limiter is not None:
             limiter.release()
         self._stopWaiting()
+        router = self.router
+        now = router.clock.seconds()
         client = self.client
         if client is not None:
-            router = self.router
-            router.record(client, self.status or 502, router.clock.seconds() - self.startTime)
+            router.record(client, self.status or 502, now - self.startTime)
+        router.observer.finished(self, now)
 
 
 def _address(node: Node | None) -> str:

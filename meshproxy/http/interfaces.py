@@ -67,6 +67,12 @@ class IRouter(Interface):
         "The identity of the listener's own certificate when it terminates TLS, or None."
     )
     forwarded = Attribute("Whether X-Forwarded-* and Forwarded are added.")
+    tracer = Attribute(
+        "The Tracer that starts or continues each request's trace (meshproxy.telemetry.observe)."
+    )
+    observer = Attribute(
+        "The RequestObserver each finished exchange is given to (spans, access log, tap)."
+    )
 
     def route(request: Request, trusted: bool) -> tuple[IDestination, bytes | None]:
         """

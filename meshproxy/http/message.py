@@ -166,6 +166,9 @@ class Request:
     @ivar identity: the caller's verified certificate identity
         (L{PeerIdentity<meshproxy.tls.PeerIdentity>}), or L{None}.
     @ivar peer: the caller's IP address as text, or L{None}.
+    @ivar meshHeaders: whether any C{mesh-*} field came.
+    @ivar traceHeaders: whether any trace context field came (C{traceparent},
+        C{tracestate}, C{b3}, C{x-b3-*}).
     """
 
     __slots__ = (
@@ -181,6 +184,7 @@ class Request:
         "connectionTokens",
         "host",
         "meshHeaders",
+        "traceHeaders",
         "identity",
         "peer",
     )
@@ -198,6 +202,8 @@ class Request:
         self.connectionTokens: tuple[bytes, ...] = ()
         self.host: bytes | None = None
         self.meshHeaders = False
+        # Whether any trace context field (traceparent, b3, ...) came.
+        self.traceHeaders = False
         # The caller: its verified certificate's identity (a PeerIdentity,
         # over TLS with client certificates) and its address.
         self.identity: Any = None

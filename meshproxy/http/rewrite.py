@@ -3,9 +3,10 @@ What meshproxy sends: a request head rewritten for the upstream, and a
 response rewritten for the client (L{ResponseWriter}).
 
 Both drop hop-by-hop fields (and those named in C{Connection}), add C{Via},
-and write the framing themselves. Requests also get the forwarding fields
-and this hop's mesh context (C{mesh-ctx-deadline}, C{mesh-ctx-dtab}) in
-place of whatever context the client sent.
+and write the framing themselves. Requests also get the forwarding fields,
+this hop's mesh context (C{mesh-ctx-deadline}, C{mesh-ctx-dtab},
+C{mesh-reqid}) and trace context (C{traceparent}, C{b3}, ...) in place of
+whatever the client sent.
 """
 
 from __future__ import annotations
@@ -13,17 +14,19 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from meshproxy.http.message import HOP_BY_HOP, Headers, Request, encodeChunk, findHeader, lastChunk
+from meshproxy.telemetry.tracecontext import TRACE_HEADERS
 
 __all__ = ["MESH_CONTEXT", "ResponseWriter", "interimHead", "requestHead"]
 
 #: Context headers a hop replaces with its own (never forwarded as received).
-MESH_CONTEXT = frozenset([b"mesh-ctx-deadline", b"mesh-ctx-dtab", b"mesh-dtab"])
+MESH_CONTEXT = frozenset([b"mesh-ctx-deadline", b"mesh-ctx-dtab", b"mesh-dtab", b"mesh-reqid"])
 
 _VIA = b"1.1 meshproxy"
 
-#: Request fields never forwarded as received: hop-by-hop ones, and the
-#: client certificate header (only meshproxy says who a caller is).
-_NEVER_FORWARDED = HOP_BY_HOP | frozenset([b"x-forwarded-client-cert"])
+#: Request fields never forwarded as received: hop-by-hop ones, the client
+#: certificate header (only meshproxy says who a caller is), and the trace
+#: context (this hop sends its own, continuing the caller's).
+_NEVER_FORWARDED = HOP_BY_HOP | TRACE_HEADERS | frozenset([b"x-forwarded-client-cert"])
 
 #: Connection tokens that name no field meshproxy would forward.
 _NOT_NAMED = HOP_BY_HOP | frozenset([b"close"])
@@ -38,6 +41,7 @@ def requestHead(
     deadline: bytes,
     override: bytes | None,
     clientCert: bytes | None = None,
+    trace: bytes = b"",
 ) -> bytes:
     """
     The request line and header block sent upstream.
@@ -52,6 +56,8 @@ def requestHead(
     @param clientCert: the C{x-forwarded-client-cert} value for a caller
         with a verified certificate, or L{None}. Whatever a client sends in
         that header is never forwarded.
+    @param trace: this hop's trace context and C{mesh-reqid} header lines
+        (L{RequestTrace.headers<meshproxy.telemetry.observe.RequestTrace.headers>}).
     """
     lines = [b"%s %s HTTP/1.1\r\n" % (request.method, request.target)]
     append = lines.append
@@ -91,6 +97,8 @@ def requestHead(
     if not seenVia:
         append(b"Via: " + _VIA + b"\r\n")
     append(b"mesh-ctx-deadline: %s\r\n" % (deadline,))
+    if trace:
+        append(trace)
     if override is not None:
         append(b"mesh-ctx-dtab: %s\r\n" % (override,))
     if clientCert is not None:

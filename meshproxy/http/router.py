@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random as _random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.task import LoopingCall
@@ -44,6 +44,7 @@ from meshproxy.routing.identifiers import IdentificationError, makeIdentifier
 from meshproxy.routing.nametree import Leaf, NameTree, RoutingFailure, evaluate
 from meshproxy.routing.path import Path
 from meshproxy.routing.table import InetNotAllowed, RulesError, RuleTable, checkRules
+from meshproxy.telemetry.observe import RequestObserver, Tracer
 from meshproxy.tls import ClientContext, ClientTLS, TLSConnector, expectedIdentity
 from meshproxy.transport.connector import TCPConnector
 
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
     from meshproxy.discovery.interfaces import INamer
     from meshproxy.resilience.accrual import FailureAccrual
     from meshproxy.telemetry.metrics import MeshMetrics
+    from meshproxy.telemetry.spans import ISummarySink
     from meshproxy.transport.connector import IConnector
 
 __all__ = ["HttpRouter", "InetNotAllowed", "RulesError", "checkRules"]
@@ -88,6 +90,9 @@ class HttpRouter:
         rng: _random.Random | None = None,
         wallClock: Callable[[], float] = time.time,
         rulesAllowInet: bool = True,
+        tracer: Tracer | None = None,
+        summaries: Sequence[ISummarySink] = (),
+        logQuery: bool = False,
     ) -> None:
         """
         @param config: the router's L{RouterConfig<meshproxy.config.RouterConfig>}.
@@ -105,6 +110,11 @@ class HttpRouter:
             between hops.
         @param rulesAllowInet: whether rules replaced at run time may lead
             to C{/$/inet} addresses (C{admin.rulesAllowInet}).
+        @param tracer: the process's L{Tracer}; one that propagates traces
+            and records no span when not given.
+        @param summaries: what takes each request's summary (the access
+            log, the tap).
+        @param logQuery: whether summaries keep the query string.
         """
         self.config = config
         self.name = config.name
@@ -172,6 +182,9 @@ class HttpRouter:
         )
         self.perTryTimeout = config.timeouts.perTry
         self.bufferBytes = retries.bufferBytes
+        # Telemetry besides metrics: traces, and the summaries of requests.
+        self.tracer = Tracer(onRestart=self._traceRestarted) if tracer is None else tracer
+        self.observer = RequestObserver(self.name, self.tracer, summaries, query=logQuery)
         self._expiry: LoopingCall | None = None
 
     # -- lifecycle --------------------------------------------------------
@@ -353,6 +366,9 @@ class HttpRouter:
         See L{IRouter.countError}.
         """
         self.metrics.error(self.name, reason)
+
+    def _traceRestarted(self) -> None:
+        self.countError("trace-restarted")
 
     def countRetry(self, reason: str) -> None:
         """

@@ -16,7 +16,8 @@ if TYPE_CHECKING:
 
     from meshproxy.balancing.node import Node
     from meshproxy.http.client import _Attempt
-    from meshproxy.http.interfaces import IDestination, IUpstreamConnection
+    from meshproxy.http.interfaces import IDestination, IRouter, IUpstreamConnection
+    from meshproxy.telemetry.observe import RequestTrace
 
 __all__ = ["TryAccounting"]
 
@@ -37,6 +38,11 @@ class TryAccounting(ExchangeState):
         retries.
     @ivar upstream: the try's connection, or L{None}.
     @ivar connecting: the try's connection attempt, or L{None}.
+    @ivar lastNode: the endpoint of the last try that ended.
+    @ivar trace: the exchange's L{RequestTrace}, which keeps each try of a
+        recorded trace for its client span, with C{tryStatus} (the status of
+        the try's response head, 0 before one) and C{tryError} (why it
+        failed, or L{None}).
     """
 
     __slots__ = (
@@ -52,6 +58,11 @@ class TryAccounting(ExchangeState):
 
     client: IDestination | None
     node: Node | None
+    lastNode: Node | None
+    router: IRouter
+    trace: RequestTrace | None
+    tryStatus: int
+    tryError: str | None
     tryStart: float
     tryTimer: IDelayedCall | None
     waiting: bool
@@ -68,6 +79,12 @@ class TryAccounting(ExchangeState):
         if node is None:
             return None
         self.node = None
+        self.lastNode = node
+        trace = self.trace
+        if trace is not None and trace.tries is not None:
+            trace.endTry(self.router.clock.seconds(), node, self.tryStatus, self.tryError)
+        self.tryStatus = 0
+        self.tryError = None
         self._stopWaiting()
         timer = self.tryTimer
         if timer is not None:

@@ -1,0 +1,437 @@
+"""
+What every request leaves behind besides metrics: its trace (propagated
+upstream, recorded as spans when sampled) and its summary (the access log
+line, the tap's event).
+
+The request path holds one L{RequestTrace} per exchange, made by the
+process's L{Tracer} when the request starts, and hands the finished exchange
+to its router's L{RequestObserver}. Everything costly (span records, tag
+dictionaries, the summary and its JSON) is made only when something will
+use it: a span when the trace is sampled and an exporter is configured, a
+summary when the access log samples the request or a tap subscriber
+follows its router.
+"""
+
+from __future__ import annotations
+
+import random as _random
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from meshproxy.discovery.endpoints import formatAddress
+from meshproxy.telemetry.spans import CLIENT, SERVER, SUMMARY_FIELDS, ISpanSink, ISummarySink, Span
+from meshproxy.telemetry.tracecontext import extract, newSpanId, newTraceId, outgoing
+
+if TYPE_CHECKING:
+    from meshproxy.balancing.node import Node
+    from meshproxy.http.message import Request
+
+__all__ = ["RequestObserver", "RequestTrace", "Tracer", "formatTime", "requestPath"]
+
+#: The most tries a trace records as client spans (retries are bounded by
+#: C{retries.maxRetries}, stale connections by a few more; this bounds a
+#: trace's memory whatever the settings).
+MAX_TRACED_TRIES = 32
+
+_HEX = frozenset(b"0123456789abcdefABCDEF-_.")
+
+
+class RequestTrace:
+    """
+    One request's trace: the ids it carries upstream, and what its tries
+    were (kept only when the trace is recorded).
+
+    @ivar traceId: 32 lowercase hex digits.
+    @ivar parentId: the caller's span id, or L{None} when the trace starts
+        here.
+    @ivar spanId: this hop's server span id.
+    @ivar sampled: whether the trace is sampled (passed on upstream).
+    @ivar recording: whether this hop records its spans (sampled, and an
+        exporter is configured).
+    @ivar tryId: the current try's client span id (the parent id sent
+        upstream).
+    @ivar tryStart: when the current try started.
+    @ivar tries: the finished tries of a recorded trace: C{(spanId, start,
+        end, endpoint address, status, error)} tuples.
+    @ivar reqId: the C{mesh-reqid} sent upstream (a trusted caller's, or
+        generated here).
+    """
+
+    __slots__ = (
+        "traceId",
+        "parentId",
+        "spanId",
+        "sampled",
+        "debug",
+        "traceState",
+        "b3",
+        "recording",
+        "tryId",
+        "tryStart",
+        "tries",
+        "reqId",
+        "_getrandbits",
+    )
+
+    def __init__(
+        self,
+        traceId: str,
+        parentId: str | None,
+        spanId: str,
+        sampled: bool,
+        recording: bool,
+        reqId: bytes,
+        getrandbits: Callable[[int], int],
+        debug: bool = False,
+        traceState: bytes | None = None,
+        b3: int = 0,
+    ) -> None:
+        self.traceId = traceId
+        self.parentId = parentId
+        self.spanId = spanId
+        self.sampled = sampled
+        self.recording = recording
+        self.debug = debug
+        self.traceState = traceState
+        self.b3 = b3
+        self.reqId = reqId
+        self.tryId = spanId
+        self.tryStart = 0.0
+        self.tries: list[tuple[str, float, float, str, int, str | None]] | None = (
+            [] if recording else None
+        )
+        self._getrandbits = getrandbits
+
+    def startTry(self, now: float) -> None:
+        """
+        A try begins: it gets its own span id.
+        """
+        self.tryId = newSpanId(self._getrandbits)
+        self.tryStart = now
+
+    def headers(self) -> bytes:
+        """
+        The header lines this hop adds to the current try's request: the
+        trace context (with the try's span as the parent) and C{mesh-reqid}.
+        """
+        return outgoing(
+            self.traceId, self.tryId, self.sampled, self.debug, self.traceState, self.b3
+        ) + b"mesh-reqid: " + self.reqId + b"\r\n"
+
+    def endTry(self, now: float, node: Node, status: int, error: str | None) -> None:
+        """
+        Keep the current try for its client span (a recorded trace only).
+        """
+        tries = self.tries
+        if tries is not None and len(tries) < MAX_TRACED_TRIES:
+            tries.append(
+                (self.tryId, self.tryStart, now, formatAddress(node.endpoint), status, error)
+            )
+
+
+class Tracer:
+    """
+    The process's tracing: starts or continues each request's trace, and
+    sends the spans of recorded ones to the exporters.
+
+    @ivar recording: whether any exporter is configured (without one,
+        traces are still propagated, and their ids logged, but no span is
+        made).
+    """
+
+    def __init__(
+        self,
+        *,
+        sampleRate: float = 1.0,
+        sinks: Sequence[ISpanSink] = (),
+        serviceName: str = "meshproxy",
+        rng: _random.Random | None = None,
+        onRestart: Callable[[], None] | None = None,
+    ) -> None:
+        """
+        @param sampleRate: the share of traces started here that are sampled.
+        @param sinks: the exporters (L{ISpanSink}) recorded spans go to.
+        @param serviceName: C{localEndpoint.serviceName} of every span.
+        @param rng: the source of ids and sampling decisions.
+        @param onRestart: called when a caller's trace context was invalid
+            and the trace restarts here (a counter).
+        """
+        self.sampleRate = sampleRate
+        self.sinks = tuple(sinks)
+        self.recording = bool(self.sinks)
+        self.serviceName = serviceName
+        rng = _random.SystemRandom() if rng is None else rng
+        self._getrandbits = rng.getrandbits
+        self._random = rng.random
+        self._onRestart = onRestart
+
+    def begin(self, request: Request, trusted: bool) -> RequestTrace:
+        """
+        The trace of a request: the caller's, when it sent a valid one,
+        else a new one, sampled by C{sampleRate} unless the caller decided.
+        """
+        getrandbits = self._getrandbits
+        reqId = None
+        if request.meshHeaders and trusted:
+            reqId = _reqId(request.header(b"mesh-reqid"))
+        if reqId is None:
+            reqId = b"%016x" % (getrandbits(64),)
+        context = extract(request.headers) if request.traceHeaders else None
+        if context is not None and context.traceId is not None:
+            sampled = context.sampled
+            if sampled is None:
+                sampled = self._decide()
+            return RequestTrace(
+                context.traceId,
+                context.parentId,
+                newSpanId(getrandbits),
+                sampled,
+                sampled and self.recording,
+                reqId,
+                getrandbits,
+                context.debug,
+                context.traceState,
+                context.b3,
+            )
+        if context is not None and context.restarted and self._onRestart is not None:
+            self._onRestart()
+        sampled = self._decide() if context is None or context.sampled is None else context.sampled
+        return RequestTrace(
+            newTraceId(getrandbits),
+            None,
+            newSpanId(getrandbits),
+            sampled,
+            sampled and self.recording,
+            reqId,
+            getrandbits,
+        )
+
+    def _decide(self) -> bool:
+        rate = self.sampleRate
+        return rate >= 1.0 or (rate > 0.0 and self._random() < rate)
+
+    def submit(self, spans: list[Span]) -> None:
+        """
+        Hand finished spans to every exporter.
+        """
+        for sink in self.sinks:
+            for span in spans:
+                sink.submit(span)
+
+
+def _reqId(value: bytes | None) -> bytes | None:
+    """
+    A caller's C{mesh-reqid} when it is a sane token (hex, dashes, dots and
+    underscores; at most 64 characters), else L{None}.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if not value or len(value) > 64:
+        return None
+    for c in value:
+        if c not in _HEX:
+            return None
+    return value
+
+
+def formatTime(seconds: float) -> str:
+    """
+    RFC 3339 UTC with milliseconds: C{2026-12-01T09:00:00.123Z}.
+    """
+    whole = int(seconds)
+    millis = int((seconds - whole) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + ".%03dZ" % (millis,)
+
+
+def requestPath(target: bytes, query: bool) -> str:
+    """
+    The path of a request-target, as text, its query dropped unless asked
+    for.
+    """
+    if not query:
+        cut = target.find(b"?")
+        if cut >= 0:
+            target = target[:cut]
+    return target.decode("utf-8", "replace")
+
+
+class RequestObserver:
+    """
+    What one router does with each finished exchange besides metrics:
+    record its spans, and give its summary to whoever wants it.
+
+    @ivar router: the router's name.
+    @ivar tracer: the process's L{Tracer}.
+    @ivar sinks: the L{ISummarySink}s (access log, tap).
+    """
+
+    def __init__(
+        self,
+        router: str,
+        tracer: Tracer,
+        sinks: Sequence[ISummarySink] = (),
+        *,
+        query: bool = False,
+        encode: Callable[[dict[str, Any]], bytes] | None = None,
+    ) -> None:
+        """
+        @param query: whether summaries keep the query string.
+        @param encode: turns a summary into its line (the access log's
+            format); compact JSON when not given.
+        """
+        self.router = router
+        self.tracer = tracer
+        self.sinks = tuple(sinks)
+        self.query = query
+        if encode is None:
+            import json
+
+            dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+            def encode(summary: dict[str, Any]) -> bytes:
+                return dumps(summary).encode("utf-8")
+
+        self._encode = encode
+
+    def finished(self, exchange: Any, now: float) -> None:
+        """
+        An exchange ended: its spans and its summary.
+
+        @param exchange: the L{Exchange<meshproxy.http.exchange.Exchange>}.
+        @param now: when it ended, on the router's clock.
+        """
+        trace = exchange.trace
+        if trace is not None and trace.recording:
+            self.tracer.submit(self._spans(exchange, trace, now))
+        wanting = [sink for sink in self.sinks if sink.wants(self.router)]
+        if wanting:
+            summary = self.summary(exchange, now)
+            line = self._encode(summary)
+            for sink in wanting:
+                sink.summarize(summary, line)
+
+    def summary(self, exchange: Any, now: float) -> dict[str, Any]:
+        """
+        The summary of a finished exchange (see L{SUMMARY_FIELDS}).
+        """
+        request = exchange.request
+        client = exchange.client
+        trace = exchange.trace
+        start = exchange.startTime
+        head = exchange.headTime
+        identity = request.identity
+        last = exchange.lastNode
+        values = (
+            formatTime(start),
+            self.router,
+            None if client is None else client.name,
+            request.method.decode("latin-1"),
+            None if request.host is None else request.host.decode("latin-1"),
+            requestPath(request.target, self.query),
+            exchange.status,
+            exchange.meshErr,
+            round((now - start) * 1000.0, 3),
+            None if not head else round((head - start) * 1000.0, 3),
+            exchange.bytesIn,
+            exchange.bytesOut,
+            None if last is None else formatAddress(last.endpoint),
+            exchange.tries,
+            None if trace is None else trace.traceId,
+            None if trace is None else trace.reqId.decode("ascii"),
+            request.peer,
+            None if identity is None else identity.name,
+        )
+        return dict(zip(SUMMARY_FIELDS, values))
+
+    def _spans(self, exchange: Any, trace: RequestTrace, now: float) -> list[Span]:
+        """
+        The server span of an exchange, and a client span per try.
+        """
+        request = exchange.request
+        client = exchange.client
+        method = request.method.decode("latin-1")
+        service = self.tracer.serviceName
+        local = (service, None, 0)
+        tags = {
+            "http.method": method,
+            "http.path": requestPath(request.target, False),
+            "http.status_code": str(exchange.status),
+            "mesh.router": self.router,
+        }
+        if request.host is not None:
+            tags["http.host"] = request.host.decode("latin-1")
+        if client is not None:
+            tags["mesh.name"] = client.name
+        if exchange.meshErr is not None:
+            tags["mesh.err"] = exchange.meshErr
+        identity = request.identity
+        if identity is not None:
+            tags["mesh.peer_identity"] = identity.name
+        if exchange.tries:
+            tags["mesh.tries"] = str(exchange.tries)
+        name = "%s %s" % (method, client.name if client is not None else self.router)
+        status = exchange.status
+        spans = [
+            Span(
+                trace.traceId,
+                trace.spanId,
+                trace.parentId,
+                SERVER,
+                name,
+                exchange.startTime,
+                now - exchange.startTime,
+                local,
+                (None, request.peer, 0),
+                tags,
+                error=status == 0 or status >= 500,
+            )
+        ]
+        retryReason = None
+        for spanId, start, end, address, tryStatus, error in trace.tries or ():
+            tryTags = {
+                "mesh.router": self.router,
+                "mesh.endpoint": address,
+                "http.method": method,
+            }
+            if client is not None:
+                tryTags["mesh.name"] = client.name
+            if tryStatus:
+                tryTags["http.status_code"] = str(tryStatus)
+            if error is not None:
+                tryTags["error"] = error
+            if retryReason is not None:
+                tryTags["mesh.retry_reason"] = retryReason
+            retryReason = error if error is not None else (
+                "status %d" % (tryStatus,) if tryStatus >= 500 else None
+            )
+            host, _, port = address.rpartition(":")
+            spans.append(
+                Span(
+                    trace.traceId,
+                    spanId,
+                    trace.spanId,
+                    CLIENT,
+                    name,
+                    start,
+                    end - start,
+                    local,
+                    (
+                        None if client is None else _serviceOf(client.name),
+                        host.strip("[]") or None,
+                        int(port) if port.isdigit() else 0,
+                    ),
+                    tryTags,
+                    error=error is not None or tryStatus >= 500,
+                )
+            )
+        return spans
+
+
+def _serviceOf(name: str) -> str:
+    """
+    A bound name's last segment (C{/#/fs/users} → C{users}), the remote
+    service of a client span.
+    """
+    return name.rstrip("/").rpartition("/")[2] or name

@@ -1,0 +1,406 @@
+"""
+The request path's telemetry: trace context sent upstream per try, the
+spans of a recorded trace, C{mesh-reqid}, and the request summaries given
+to the access log and the tap; on fake transports and a fake clock.
+"""
+
+import json
+import random
+
+from prometheus_client import CollectorRegistry
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from meshproxy.config import parseConfig
+from meshproxy.discovery.endpoints import Endpoint
+from meshproxy.discovery.static import StaticNamer
+from meshproxy.http.router import HttpRouter
+from meshproxy.http.server import ServerProtocol
+from meshproxy.routing.path import Path
+from meshproxy.runtime import balancerFactory
+from meshproxy.telemetry.metrics import MeshMetrics
+from meshproxy.telemetry.observe import Tracer, formatTime, requestPath
+from meshproxy.telemetry.spans import CLIENT, SERVER, SUMMARY_FIELDS, ISpanSink, ISummarySink
+
+CONFIG = """\
+namers:
+  - {kind: static, prefix: /#/static, services: {hello: ["127.0.0.1:9001"]}}
+routers:
+  - name: web
+    listen: "tcp:4140"
+    rules: "/svc => /#/static;"
+    timeouts: {total: 60s, perTry: 1s}
+    classifier: {kind: retryableRead5XX}
+    trust: {callers: ["10.0.0.0/8"]}
+"""
+
+CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
+CALLER_SPAN = "b7ad6b7169203331"
+
+
+@implementer(ISpanSink)
+class SpanList:
+    def __init__(self):
+        self.spans = []
+
+    def submit(self, span):
+        self.spans.append(span)
+
+
+@implementer(ISummarySink)
+class SummaryList:
+    def __init__(self, wanted=True):
+        self.wanted = wanted
+        self.asked = []
+        self.summaries = []
+
+    def wants(self, router):
+        self.asked.append(router)
+        return self.wanted
+
+    def summarize(self, summary, line):
+        self.summaries.append((summary, line))
+
+
+class Harness:
+    def __init__(self, sampleRate=1.0, recording=True, peer="10.0.0.7", ports=(9001, 9002)):
+        self.reactor = MemoryReactorClock()
+        self.reactor.advance(1764579600.0)
+        mesh = parseConfig(CONFIG)
+        routerConfig = mesh.routers[0]
+        namers = {
+            Path.read("/#/static"): StaticNamer(
+                Path.read("/#/static"), {"hello": [Endpoint("127.0.0.1", p) for p in ports]}
+            )
+        }
+        self.spans = SpanList()
+        self.summaries = SummaryList()
+        self.tracer = Tracer(
+            sampleRate=sampleRate,
+            sinks=[self.spans] if recording else [],
+            rng=random.Random(7),
+        )
+        self.router = HttpRouter(
+            routerConfig,
+            namers,
+            reactor=self.reactor,
+            metrics=MeshMetrics(CollectorRegistry()),
+            balancerFactory=balancerFactory(routerConfig.loadBalancer, self.reactor),
+            tracer=self.tracer,
+            summaries=[self.summaries],
+        )
+        self.settings = routerConfig.server
+        self.peer = peer
+
+    def client(self):
+        proto = ServerProtocol(self.router, self.settings, self.reactor)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", self.peer, 5555))
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def upstream(self, index=-1):
+        host, port, factory, timeout, bindAddress = self.reactor.tcpClients[index]
+        proto = factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        return proto, transport, port
+
+
+def headersOf(raw):
+    """
+    The header fields of a request sent upstream, lowercased names.
+    """
+    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]
+    fields = {}
+    for line in head:
+        name, _, value = line.partition(b":")
+        fields.setdefault(name.strip().lower(), []).append(value.strip())
+    return fields
+
+
+class PropagationTests(SynchronousTestCase):
+    def test_newTraceSentUpstream(self):
+        """
+        A request without trace context starts a trace: the upstream gets a
+        version-00 traceparent naming the try's span as parent, sampled,
+        a matching b3 header and a mesh-reqid.
+        """
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
+        up, upTransport, port = h.upstream()
+        fields = headersOf(upTransport.value())
+        [traceparent] = fields[b"traceparent"]
+        version, traceId, parent, flags = traceparent.split(b"-")
+        self.assertEqual((version, flags), (b"00", b"01"))
+        self.assertEqual(len(traceId), 32)
+        self.assertEqual(len(parent), 16)
+        self.assertEqual(fields[b"b3"], [b"%s-%s-1" % (traceId, parent)])
+        [reqId] = fields[b"mesh-reqid"]
+        self.assertTrue(reqId)
+        up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        server, client = h.spans.spans
+        self.assertEqual((server.kind, client.kind), (SERVER, CLIENT))
+        self.assertEqual(server.traceId, traceId.decode())
+        self.assertIsNone(server.parentId)
+        self.assertEqual(client.spanId, parent.decode())
+        self.assertEqual(client.parentId, server.spanId)
+
+    def test_callerTraceContinued(self):
+        """
+        A caller's valid traceparent is continued: same trace id, this hop's
+        try span as the parent sent upstream, the server span a child of
+        the caller's span; the caller's header is not forwarded as is.
+        """
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(
+            b"GET / HTTP/1.1\r\nHost: hello\r\n"
+            b"traceparent: 00-%s-%s-01\r\n\r\n" % (CALLER_TRACE.encode(), CALLER_SPAN.encode())
+        )
+        up, upTransport, port = h.upstream()
+        [traceparent] = headersOf(upTransport.value())[b"traceparent"]
+        self.assertTrue(traceparent.startswith(b"00-" + CALLER_TRACE.encode() + b"-"))
+        self.assertNotIn(CALLER_SPAN.encode(), traceparent)
+        up.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+        server, client = h.spans.spans
+        self.assertEqual(server.traceId, CALLER_TRACE)
+        self.assertEqual(server.parentId, CALLER_SPAN)
+        self.assertEqual(client.parentId, server.spanId)
+        self.assertEqual(traceparent.split(b"-")[2].decode(), client.spanId)
+
+    def test_callerNotSampledHonoured(self):
+        """
+        A caller's unsampled flag is passed on, and no span is recorded.
+        """
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(
+            b"GET / HTTP/1.1\r\nHost: hello\r\n"
+            b"traceparent: 00-%s-%s-00\r\n\r\n" % (CALLER_TRACE.encode(), CALLER_SPAN.encode())
+        )
+        up, upTransport, port = h.upstream()
+        [traceparent] = headersOf(upTransport.value())[b"traceparent"]
+        self.assertTrue(traceparent.endswith(b"-00"))
+        up.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+        self.assertEqual(h.spans.spans, [])
+
+    def test_sampleRateZero(self):
+        """
+        With C{sampleRate: 0}, traces started here are not sampled (and
+        still propagated, unsampled).
+        """
+        h = Harness(sampleRate=0.0)
+        proto, transport = h.client()
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
+        up, upTransport, port = h.upstream()
+        [traceparent] = headersOf(upTransport.value())[b"traceparent"]
+        self.assertTrue(traceparent.endswith(b"-00"))
+        up.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+        self.assertEqual(h.spans.spans, [])
+
+    def test_notRecordingWithoutExporter(self):
+        """
+        Without an exporter no span is made, but the trace is propagated.
+        """
+        h = Harness(recording=False)
+        proto, transport = h.client()
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
+        up, upTransport, port = h.upstream()
+        self.assertIn(b"traceparent", headersOf(upTransport.value()))
+        up.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+        self.assertEqual(h.spans.spans, [])
+
+    def test_reqIdKeptFromTrustedCaller(self):
+        """
+        A trusted caller's mesh-reqid is kept; an untrusted caller's is
+        replaced by one made here.
+        """
+        for peer, kept in (("10.0.0.7", True), ("192.0.2.1", False)):
+            h = Harness(peer=peer)
+            proto, transport = h.client()
+            proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\nmesh-reqid: abc-123\r\n\r\n")
+            up, upTransport, port = h.upstream()
+            reqIds = headersOf(upTransport.value())[b"mesh-reqid"]
+            self.assertEqual(len(reqIds), 1)
+            self.assertEqual(reqIds[0] == b"abc-123", kept, peer)
+
+    def test_badReqIdReplaced(self):
+        """
+        A trusted caller's mesh-reqid that is not a short token is replaced.
+        """
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(
+            b"GET / HTTP/1.1\r\nHost: hello\r\nmesh-reqid: " + b"a" * 65 + b"\r\n\r\n"
+        )
+        up, upTransport, port = h.upstream()
+        [reqId] = headersOf(upTransport.value())[b"mesh-reqid"]
+        self.assertNotEqual(reqId, b"a" * 65)
+
+
+class RetrySpanTests(SynchronousTestCase):
+    def test_retriesAreSiblingClientSpans(self):
+        """
+        Each try is its own client span, children of the server span, each
+        sent upstream as that try's parent; the failed one carries its
+        status, the retry the reason.
+        """
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(b"GET /x?secret=1 HTTP/1.1\r\nHost: hello\r\n\r\n")
+        first, firstTransport, firstPort = h.upstream(0)
+        first.dataReceived(b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbusy")
+        second, secondTransport, secondPort = h.upstream(1)
+        h.reactor.advance(0.25)
+        second.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        server, try1, try2 = h.spans.spans
+        self.assertEqual(try1.parentId, server.spanId)
+        self.assertEqual(try2.parentId, server.spanId)
+        self.assertNotEqual(try1.spanId, try2.spanId)
+        parents = [
+            headersOf(t.value())[b"traceparent"][0].split(b"-")[2].decode()
+            for t in (firstTransport, secondTransport)
+        ]
+        self.assertEqual(parents, [try1.spanId, try2.spanId])
+        self.assertEqual(try1.tags["http.status_code"], "503")
+        self.assertTrue(try1.error)
+        self.assertEqual(try2.tags["mesh.retry_reason"], "status 503")
+        self.assertEqual(try2.tags["mesh.endpoint"], "127.0.0.1:%d" % (secondPort,))
+        self.assertEqual(try2.remote, ("hello", "127.0.0.1", secondPort))
+        self.assertFalse(try2.error)
+        self.assertEqual(server.tags["http.status_code"], "200")
+        self.assertEqual(server.tags["mesh.tries"], "2")
+        self.assertEqual(server.tags["http.path"], "/x")
+        self.assertAlmostEqual(server.duration, 0.25)
+        self.assertEqual(server.start, 1764579600.0)
+
+    def test_connectFailureSpan(self):
+        """
+        A try whose connection failed is a client span in error, tagged with
+        why.
+        """
+        from twisted.internet.error import ConnectionRefusedError
+        from twisted.python.failure import Failure
+
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(b"POST / HTTP/1.1\r\nHost: hello\r\nContent-Length: 1\r\n\r\nx")
+        host, port, factory, timeout, bind = h.reactor.tcpClients[0]
+        factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        second, secondTransport, secondPort = h.upstream(1)
+        second.dataReceived(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+        server, try1, try2 = h.spans.spans
+        self.assertEqual(try1.tags["error"], "upstream-connect")
+        self.assertEqual(try2.tags["mesh.retry_reason"], "upstream-connect")
+
+
+class SummaryTests(SynchronousTestCase):
+    def test_summaryOfProxiedRequest(self):
+        """
+        A proxied request's summary has every field, the query dropped, the
+        body bytes both ways, and the time to the response head.
+        """
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(
+            b"POST /a/b?token=s3cret HTTP/1.1\r\nHost: hello\r\nContent-Length: 5\r\n\r\nhello"
+        )
+        up, upTransport, port = h.upstream()
+        h.reactor.advance(0.010)
+        up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n")
+        h.reactor.advance(0.005)
+        up.dataReceived(b"abc")
+        [(summary, line)] = h.summaries.summaries
+        self.assertEqual(list(summary), list(SUMMARY_FIELDS))
+        self.assertEqual(json.loads(line), summary)
+        self.assertNotIn(b"\n", line)
+        expected = {
+            "time": "2025-12-01T09:00:00.000Z",
+            "router": "web",
+            "name": "/#/static/hello",
+            "method": "POST",
+            "authority": "hello",
+            "path": "/a/b",
+            "status": 200,
+            "meshErr": None,
+            "bytesIn": 5,
+            "bytesOut": 3,
+            "endpoint": "127.0.0.1:%d" % (port,),
+            "tries": 1,
+            "client": "10.0.0.7",
+            "identity": None,
+        }
+        for key, value in expected.items():
+            self.assertEqual(summary[key], value, key)
+        self.assertAlmostEqual(summary["durationMs"], 15.0, places=2)
+        self.assertAlmostEqual(summary["ttfbMs"], 10.0, places=2)
+        self.assertEqual(summary["traceId"], h.spans.spans[0].traceId)
+        [reqId] = headersOf(upTransport.value())[b"mesh-reqid"]
+        self.assertEqual(summary["reqId"], reqId.decode())
+
+    def test_summaryOfAnswerMadeHere(self):
+        """
+        A request meshproxy answers itself (no route) is summarised with
+        its mesh-err and no endpoint, and gets a server span in error.
+        """
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: nowhere\r\n\r\n")
+        [(summary, line)] = h.summaries.summaries
+        self.assertEqual(summary["status"], 503)
+        self.assertEqual(summary["meshErr"], "no-route")
+        self.assertIsNone(summary["endpoint"])
+        self.assertIsNone(summary["name"])
+        self.assertIsNone(summary["ttfbMs"])
+        self.assertEqual(summary["tries"], 0)
+        [server] = h.spans.spans
+        self.assertTrue(server.error)
+        self.assertEqual(server.tags["mesh.err"], "no-route")
+
+    def test_noSummaryUnlessWanted(self):
+        """
+        A sink that does not want the router's requests gets nothing.
+        """
+        h = Harness()
+        h.summaries.wanted = False
+        proto, transport = h.client()
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: nowhere\r\n\r\n")
+        self.assertEqual(h.summaries.asked, ["web"])
+        self.assertEqual(h.summaries.summaries, [])
+
+    def test_clientGone(self):
+        """
+        A client that goes away before the answer is summarised with status
+        0 and C{client-gone}.
+        """
+        from twisted.internet.error import ConnectionLost
+        from twisted.python.failure import Failure
+
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
+        h.upstream()
+        proto.connectionLost(Failure(ConnectionLost()))
+        [(summary, line)] = h.summaries.summaries
+        self.assertEqual((summary["status"], summary["meshErr"]), (0, "client-gone"))
+        server, client = h.spans.spans
+        self.assertEqual(client.tags["error"], "client-gone")
+
+
+class HelperTests(SynchronousTestCase):
+    def test_formatTime(self):
+        self.assertEqual(formatTime(0.0), "1970-01-01T00:00:00.000Z")
+        self.assertEqual(formatTime(1764579600.1234), "2025-12-01T09:00:00.123Z")
+
+    def test_requestPath(self):
+        self.assertEqual(requestPath(b"/a?b=c", False), "/a")
+        self.assertEqual(requestPath(b"/a?b=c", True), "/a?b=c")
+        self.assertEqual(requestPath(b"/caf\xc3\xa9\xff", False), "/caf\xe9\ufffd")
+
+    def test_sinksProvideInterfaces(self):
+        verifyObject(ISpanSink, SpanList())
+        verifyObject(ISummarySink, SummaryList())
