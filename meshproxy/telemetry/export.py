@@ -162,21 +162,38 @@ _OTLP_KINDS = {SERVER: 2, CLIENT: 3}
 _OTLP_ERROR = {"code": 2}
 
 
+#: The attributes L{otlpJSON} adds from a span's addresses.
+_OTLP_ADDRESS_KEYS = frozenset(
+    [
+        "network.local.address",
+        "network.local.port",
+        "peer.service",
+        "network.peer.address",
+        "network.peer.port",
+    ]
+)
+
+
 def _otlpAddress(
-    attributes: list[dict[str, Any]], tags: dict[str, str], side: str, ip: str | None, port: int
-) -> None:
+    side: str, serviceName: str | None, ip: str | None, port: int
+) -> list[dict[str, Any]]:
     """
-    Add C{network.<side>.address} and C{network.<side>.port} (OpenTelemetry
-    semantic conventions) when known and not already given as tags.
+    The attributes of one side's address, as the OpenTelemetry semantic
+    conventions name them: C{network.<side>.address}, C{network.<side>.port}
+    and, for the peer, C{peer.service}; only what is known.
     """
+    attributes: list[dict[str, Any]] = []
+    if serviceName:
+        attributes.append({"key": "peer.service", "value": {"stringValue": serviceName}})
     if ip:
-        key = "network.%s.address" % (side,)
-        if key not in tags:
-            attributes.append({"key": key, "value": {"stringValue": ip}})
+        attributes.append(
+            {"key": "network.%s.address" % (side,), "value": {"stringValue": ip}}
+        )
     if port:
-        key = "network.%s.port" % (side,)
-        if key not in tags:
-            attributes.append({"key": key, "value": {"intValue": str(port)}})
+        attributes.append(
+            {"key": "network.%s.port" % (side,), "value": {"intValue": str(port)}}
+        )
+    return attributes
 
 
 def otlpJSON(spans: Iterable[Span], serviceName: str) -> bytes:
@@ -197,18 +214,40 @@ def otlpJSON(spans: Iterable[Span], serviceName: str) -> bytes:
     @param serviceName: the resource's C{service.name}.
     @return: UTF-8 JSON (ASCII in fact: non-ASCII text is escaped).
     """
+    # Spans of a batch share addresses and tags: their attributes are made
+    # once per batch (json.dumps writes a shared object at each use).
+    addresses: dict[Any, list[dict[str, Any]]] = {}
+    tagAttributes: dict[tuple[str, str], dict[str, Any]] = {}
     out = []
     for span in spans:
         startNanos = round(span.start * 1e6) * 1000
         tags = span.tags
-        attributes = [{"key": k, "value": {"stringValue": v}} for k, v in tags.items()]
+        attributes = []
+        for item in tags.items():
+            attribute = tagAttributes.get(item)
+            if attribute is None:
+                attribute = tagAttributes[item] = {
+                    "key": item[0],
+                    "value": {"stringValue": item[1]},
+                }
+            attributes.append(attribute)
         local = span.local
-        _otlpAddress(attributes, tags, "local", local[1], local[2])
+        localKey = ("local", None, local[1], local[2])
+        localAttributes = addresses.get(localKey)
+        if localAttributes is None:
+            localAttributes = addresses[localKey] = _otlpAddress(*localKey)
+        attributes += localAttributes
         remote = span.remote
         if remote is not None:
-            if remote[0] and "peer.service" not in tags:
-                attributes.append({"key": "peer.service", "value": {"stringValue": remote[0]}})
-            _otlpAddress(attributes, tags, "peer", remote[1], remote[2])
+            remoteAttributes = addresses.get(remote)
+            if remoteAttributes is None:
+                remoteAttributes = addresses[remote] = _otlpAddress("peer", *remote)
+            attributes += remoteAttributes
+        if not _OTLP_ADDRESS_KEYS.isdisjoint(tags):
+            # A tag names an address attribute: the tag is kept, once.
+            attributes = attributes[: len(tags)] + [
+                a for a in attributes[len(tags) :] if a["key"] not in tags
+            ]
         record: dict[str, Any] = {
             "traceId": span.traceId,
             "spanId": span.spanId,
