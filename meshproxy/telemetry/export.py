@@ -1,0 +1,720 @@
+"""
+Export finished spans to a Zipkin v2 collector or an OTLP/HTTP (JSON)
+collector, in batches, through treq.
+
+The request path hands each finished span to L{SpanExporter.submit}, which
+only appends it to a bounded queue: it never blocks, never does I/O and,
+when the queue is full, drops the span and counts it. The exporter posts a
+batch as soon as C{batch.size} spans wait (with at most L{MAX_IN_FLIGHT}
+posts in flight; further spans wait in the queue), and otherwise every
+C{batch.interval} seconds whatever is queued (no timer runs while the
+queue is empty).
+
+A post that fails (refused, timed out, answered with a status that is not
+2xx) drops its spans: they are counted, never retried, so a collector that
+is down costs a counter and one log line a minute, and no memory.
+
+Wire formats:
+
+  - L{zipkinJSON}: a Zipkin v2 C{ListOfSpans} (C{POST /api/v2/spans});
+  - L{otlpJSON}: an OTLP C{ExportTraceServiceRequest} in the OTLP/JSON
+    encoding (C{POST /v1/traces}): ids as hex, enums as integers, 64-bit
+    integers as decimal strings.
+"""
+
+from __future__ import annotations
+
+import gzip as _gzip
+import json
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from typing import Any
+
+from treq.client import HTTPClient
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IConsumer, IDelayedCall
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import IBodyProducer, IResponse
+from zope.interface import implementer
+
+from meshproxy.config.telemetry import BatchConfig, TracingConfig
+from meshproxy.telemetry.spans import CLIENT, SERVER, ISpanSink, Span, TelemetryStats
+
+__all__ = [
+    "MAX_IN_FLIGHT",
+    "LOG_INTERVAL",
+    "SpanExporter",
+    "SpanFanOut",
+    "exportersFor",
+    "otlpJSON",
+    "zipkinJSON",
+]
+
+_log = Logger()
+
+#: Posts one exporter has in flight at most; a full batch waits in the queue
+#: beyond that.
+MAX_IN_FLIGHT = 2
+
+#: Seconds at least between two log lines about failed posts of one exporter.
+LOG_INTERVAL = 60.0
+
+_JSON = b"application/json"
+
+# The lifecycle of an exporter: NEW (spans queue, nothing is posted),
+# RUNNING, STOPPING (the queue is flushed within the post timeout; new
+# spans are dropped), STOPPED.
+NEW = "NEW"
+RUNNING = "RUNNING"
+STOPPING = "STOPPING"
+STOPPED = "STOPPED"
+_CLOSED = (STOPPING, STOPPED)
+
+
+# -- Zipkin v2 ---------------------------------------------------------------
+
+
+def _zipkinEndpoint(serviceName: str | None, ip: str | None, port: int) -> dict[str, Any]:
+    """
+    A Zipkin C{Endpoint}: only the fields that are known (no port 0, no
+    empty name); an IPv4-mapped IPv6 address is written as C{ipv4}, as the
+    Zipkin API prefers, and an IPv6 zone is dropped.
+    """
+    endpoint: dict[str, Any] = {}
+    if serviceName:
+        endpoint["serviceName"] = serviceName
+    if ip:
+        if ":" in ip:
+            if ip.startswith("::ffff:") and "." in ip:
+                endpoint["ipv4"] = ip[7:]
+            else:
+                endpoint["ipv6"] = ip.partition("%")[0]
+        else:
+            endpoint["ipv4"] = ip
+    if port:
+        endpoint["port"] = port
+    return endpoint
+
+
+def zipkinJSON(spans: Iterable[Span], serviceName: str | None = None) -> bytes:
+    """
+    Encode spans as a Zipkin v2 JSON C{ListOfSpans}.
+
+    Times are whole microseconds (C{timestamp} since the epoch, C{duration}
+    at least 1, as the API requires). A span in error without an C{error}
+    tag gets C{"error": "true"} (Zipkin marks a span failed by the presence
+    of that tag). A root span has no C{parentId}; endpoint fields that are
+    unknown are left out.
+
+    @param spans: the finished spans.
+    @param serviceName: the C{localEndpoint.serviceName} of every span;
+        L{None} to use each span's own (C{span.local[0]}).
+    @return: UTF-8 JSON (ASCII in fact: non-ASCII text is escaped).
+    """
+    endpoints: dict[Any, dict[str, Any]] = {}
+    out = []
+    for span in spans:
+        local = span.local
+        localKey = (serviceName or local[0], local[1], local[2])
+        localEndpoint = endpoints.get(localKey)
+        if localEndpoint is None:
+            localEndpoint = endpoints[localKey] = _zipkinEndpoint(*localKey)
+        record: dict[str, Any] = {
+            "traceId": span.traceId,
+            "id": span.spanId,
+            "kind": span.kind,
+            "name": span.name,
+            "timestamp": round(span.start * 1e6),
+            "duration": max(1, round(span.duration * 1e6)),
+            "localEndpoint": localEndpoint,
+        }
+        if span.parentId is not None:
+            record["parentId"] = span.parentId
+        remote = span.remote
+        if remote is not None:
+            remoteEndpoint = endpoints.get(remote)
+            if remoteEndpoint is None:
+                remoteEndpoint = endpoints[remote] = _zipkinEndpoint(*remote)
+            if remoteEndpoint:
+                record["remoteEndpoint"] = remoteEndpoint
+        tags = span.tags
+        if span.error and "error" not in tags:
+            tags = dict(tags)
+            tags["error"] = "true"
+        if tags:
+            record["tags"] = tags
+        out.append(record)
+    return json.dumps(out, separators=(",", ":")).encode("ascii")
+
+
+# -- OTLP/JSON ---------------------------------------------------------------
+
+#: OTLP C{Span.SpanKind} values.
+_OTLP_KINDS = {SERVER: 2, CLIENT: 3}
+
+#: OTLP C{Status.StatusCode.STATUS_CODE_ERROR}.
+_OTLP_ERROR = {"code": 2}
+
+
+#: The attributes L{otlpJSON} adds from a span's addresses.
+_OTLP_ADDRESS_KEYS = frozenset(
+    [
+        "network.local.address",
+        "network.local.port",
+        "peer.service",
+        "network.peer.address",
+        "network.peer.port",
+    ]
+)
+
+
+def _otlpAddress(
+    side: str, serviceName: str | None, ip: str | None, port: int
+) -> list[dict[str, Any]]:
+    """
+    The attributes of one side's address, as the OpenTelemetry semantic
+    conventions name them: C{network.<side>.address}, C{network.<side>.port}
+    and, for the peer, C{peer.service}; only what is known.
+    """
+    attributes: list[dict[str, Any]] = []
+    if serviceName:
+        attributes.append({"key": "peer.service", "value": {"stringValue": serviceName}})
+    if ip:
+        attributes.append(
+            {"key": "network.%s.address" % (side,), "value": {"stringValue": ip}}
+        )
+    if port:
+        attributes.append(
+            {"key": "network.%s.port" % (side,), "value": {"intValue": str(port)}}
+        )
+    return attributes
+
+
+def otlpJSON(spans: Iterable[Span], serviceName: str) -> bytes:
+    """
+    Encode spans as an OTLP/HTTP JSON C{ExportTraceServiceRequest}: one
+    resource (C{service.name}), one scope (C{meshproxy}).
+
+    Following the OTLP/JSON encoding: C{traceId}, C{spanId} and
+    C{parentSpanId} (absent for a root) are hex; C{kind} is the enum's
+    integer (C{SERVER} 2, C{CLIENT} 3); C{startTimeUnixNano} and
+    C{endTimeUnixNano} are decimal strings. Tags become string attributes;
+    the local and remote addresses become C{network.local.*} and
+    C{network.peer.*} attributes and a remote service name
+    C{peer.service}, unless a tag already has that key. A span in error has
+    C{status.code} 2 (C{STATUS_CODE_ERROR}); the others no status (unset).
+
+    @param spans: the finished spans.
+    @param serviceName: the resource's C{service.name}.
+    @return: UTF-8 JSON (ASCII in fact: non-ASCII text is escaped).
+    """
+    # Spans of a batch share addresses and tags: their attributes are made
+    # once per batch (json.dumps writes a shared object at each use).
+    addresses: dict[Any, list[dict[str, Any]]] = {}
+    tagAttributes: dict[tuple[str, str], dict[str, Any]] = {}
+    out = []
+    for span in spans:
+        startNanos = round(span.start * 1e6) * 1000
+        tags = span.tags
+        attributes = []
+        for item in tags.items():
+            attribute = tagAttributes.get(item)
+            if attribute is None:
+                attribute = tagAttributes[item] = {
+                    "key": item[0],
+                    "value": {"stringValue": item[1]},
+                }
+            attributes.append(attribute)
+        local = span.local
+        localKey = ("local", None, local[1], local[2])
+        localAttributes = addresses.get(localKey)
+        if localAttributes is None:
+            localAttributes = addresses[localKey] = _otlpAddress(*localKey)
+        attributes += localAttributes
+        remote = span.remote
+        if remote is not None:
+            remoteAttributes = addresses.get(remote)
+            if remoteAttributes is None:
+                remoteAttributes = addresses[remote] = _otlpAddress("peer", *remote)
+            attributes += remoteAttributes
+        if not _OTLP_ADDRESS_KEYS.isdisjoint(tags):
+            # A tag names an address attribute: the tag is kept, once.
+            attributes = attributes[: len(tags)] + [
+                a for a in attributes[len(tags) :] if a["key"] not in tags
+            ]
+        record: dict[str, Any] = {
+            "traceId": span.traceId,
+            "spanId": span.spanId,
+            "name": span.name,
+            "kind": _OTLP_KINDS.get(span.kind, 0),
+            "startTimeUnixNano": str(startNanos),
+            "endTimeUnixNano": str(startNanos + round(span.duration * 1e9)),
+            "attributes": attributes,
+        }
+        if span.parentId is not None:
+            record["parentSpanId"] = span.parentId
+        if span.error:
+            record["status"] = _OTLP_ERROR
+        out.append(record)
+    request = {
+        "resourceSpans": [
+            {
+                "resource": {
+                    "attributes": [
+                        {"key": "service.name", "value": {"stringValue": serviceName}}
+                    ]
+                },
+                "scopeSpans": [{"scope": {"name": "meshproxy"}, "spans": out}],
+            }
+        ]
+    }
+    return json.dumps(request, separators=(",", ":")).encode("ascii")
+
+
+# -- posting -----------------------------------------------------------------
+
+
+@implementer(IBodyProducer)
+class _BytesProducer:
+    """
+    A request body already in memory, written at once (treq's default
+    producer for bytes goes through the global cooperator).
+    """
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        consumer.write(self._body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class _Discard(Protocol):
+    """
+    Reads a response body to its end and throws it away (so that the
+    connection goes back to the pool); cancelling L{done} closes the
+    connection.
+    """
+
+    def __init__(self) -> None:
+        self.done: Deferred[None] = Deferred(self._cancel)
+
+    def _cancel(self, d: Deferred[None]) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(None)
+        else:
+            self.done.errback(reason)
+
+
+class _BadStatus(Exception):
+    """
+    The collector answered with a status that is not 2xx.
+    """
+
+    def __str__(self) -> str:
+        return "HTTP status %s" % (self.args[0],)
+
+
+def _readResponse(response: IResponse) -> Deferred[None]:
+    """
+    Read the response to a post to its end; fail when its status is not
+    2xx.
+    """
+    discard = _Discard()
+    if response.length == 0:
+        done: Deferred[None] = succeed(None)
+    else:
+        response.deliverBody(discard)
+        done = discard.done
+    code = response.code
+
+    def check(_: None) -> None:
+        if not 200 <= code < 300:
+            raise _BadStatus(code)
+
+    return done.addCallback(check)
+
+
+def _httpClient(
+    reactor: Any, inFlight: int, timeout: float
+) -> tuple[HTTPClient, HTTPConnectionPool]:
+    """
+    A treq client over an L{Agent} with a persistent connection pool.
+
+    @return: the client and its pool (closed when the exporter stops).
+    """
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = inFlight
+    pool.retryAutomatically = False
+    agent = Agent(reactor, connectTimeout=timeout, pool=pool)
+    return HTTPClient(agent, data_to_body_producer=_BytesProducer), pool
+
+
+@implementer(ISpanSink)
+class SpanExporter(Service):
+    """
+    Batches finished spans and posts them to one collector.
+
+    A L{Service}: L{startService} starts posting (spans submitted before are
+    kept, within the queue bound); L{stopService} flushes what is queued,
+    within the post timeout, and drops (counting them as C{shutdown}) the
+    spans it could not post by then and those submitted afterwards.
+
+    @ivar exporter: the exporter's name in the counters and logs
+        (C{"zipkin"}, C{"otlp"}); the service's C{name} is left to the
+        parent.
+    @ivar url: the collector's URL.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        encode: Callable[[list[Span]], bytes],
+        *,
+        batch: BatchConfig,
+        gzip: bool,
+        timeout: float,
+        stats: TelemetryStats,
+        reactor: Any,
+        httpClient: Any = None,
+        maxInFlight: int = MAX_IN_FLIGHT,
+    ) -> None:
+        """
+        @param name: the exporter's name in the counters and logs.
+        @param url: where batches are posted.
+        @param encode: spans → request body (L{zipkinJSON}, L{otlpJSON}).
+        @param batch: the batch size, interval and queue bound.
+        @param gzip: whether bodies are sent gzip-compressed.
+        @param timeout: seconds one post (connect, send, read the answer)
+            may take; also how long L{stopService} waits.
+        @param stats: where exported and dropped spans are counted.
+        @param reactor: the clock and the network (L{IReactorTime}, and
+            L{IReactorTCP} when no C{httpClient} is given).
+        @param httpClient: a C{treq.client.HTTPClient} (or anything with its
+            C{post}); by default one over an L{Agent} with a persistent
+            connection pool, closed when the exporter stops.
+        @param maxInFlight: posts in flight at most.
+        """
+        self.exporter = name
+        self.url = url
+        self._encode = encode
+        self._size: int = batch.size
+        self._interval: float = batch.interval
+        self._bound: int = batch.queue
+        self._gzip = gzip
+        self._timeout = timeout
+        self._stats = stats
+        self._reactor = reactor
+        self._maxInFlight = maxInFlight
+        self._pool: HTTPConnectionPool | None = None
+        if httpClient is None:
+            httpClient, self._pool = _httpClient(reactor, maxInFlight, timeout)
+        self._client = httpClient
+        headers = {b"Content-Type": [_JSON]}
+        if gzip:
+            headers[b"Content-Encoding"] = [b"gzip"]
+        self._headers = headers
+
+        self._state = NEW
+        self._queue: deque[Span] = deque()
+        self._inFlight: set[Deferred[None]] = set()
+        self._timer: IDelayedCall | None = None
+        # Set when the interval has passed for what is queued: post it as
+        # soon as the in-flight cap allows, full batch or not.
+        self._due = False
+        self._drained: Deferred[None] | None = None
+        self._deadline: IDelayedCall | None = None
+        self._stopBy = 0.0
+        # Failed posts and their spans since the last log line.
+        self._lastLog: float | None = None
+        self._failedPosts = 0
+        self._failedSpans = 0
+
+    def __repr__(self) -> str:
+        return "<SpanExporter %s %s %s queued=%d>" % (
+            self.exporter,
+            self.url,
+            self._state,
+            len(self._queue),
+        )
+
+    # -- ISpanSink -------------------------------------------------------------
+
+    def submit(self, span: Span) -> None:
+        """
+        Queue one finished span; drop it (counted) when the queue is full or
+        the exporter is stopping.
+        """
+        queue = self._queue
+        if len(queue) >= self._bound:
+            self._stats.dropped(self.exporter, "queue-full")
+            return
+        if self._state in _CLOSED:
+            self._stats.dropped(self.exporter, "shutdown")
+            return
+        queue.append(span)
+        if len(queue) >= self._size:
+            self._pump()
+        elif self._timer is None and self._state == RUNNING:
+            self._timer = self._reactor.callLater(self._interval, self._tick)
+
+    # -- IService --------------------------------------------------------------
+
+    def startService(self) -> None:
+        """
+        Start posting: what was queued before is posted within one interval
+        (at once if it makes a full batch).
+        """
+        Service.startService(self)
+        self._state = RUNNING
+        self._due = False
+        self._pump()
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Post what is queued (in batches, within the in-flight cap) and wait
+        for the posts in flight, for the post timeout at most; then drop
+        what is left (C{shutdown}), cancel what is still in flight
+        (C{export-failed}) and close the connection pool if it is ours.
+
+        @return: a L{Deferred} that fires when that is done.
+        """
+        Service.stopService(self)
+        self._state = STOPPING
+        self._cancelTimer()
+        self._due = True
+        # A post that ends synchronously can drain the queue inside _pump.
+        drained = self._drained = Deferred()
+        self._stopBy = self._reactor.seconds() + self._timeout
+        self._deadline = self._reactor.callLater(self._timeout, self._abandon)
+        self._pump()
+        self._checkDrained()
+        return drained.addCallback(self._closePool)
+
+    def _abandon(self) -> None:
+        """
+        The flush took too long: drop the rest.
+        """
+        self._deadline = None
+        if self._queue:
+            self._stats.dropped(self.exporter, "shutdown", len(self._queue))
+            self._queue.clear()
+        for d in list(self._inFlight):
+            d.cancel()
+        self._checkDrained()
+
+    def _checkDrained(self) -> None:
+        if self._state != STOPPING or self._queue or self._inFlight:
+            return
+        self._state = STOPPED
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        drained, self._drained = self._drained, None
+        assert drained is not None
+        drained.callback(None)
+
+    def _closePool(self, _: None) -> Deferred[None] | None:
+        if self._pool is None:
+            return None
+        return self._pool.closeCachedConnections()
+
+    # -- batching --------------------------------------------------------------
+
+    def _cancelTimer(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+    def _tick(self) -> None:
+        """
+        The interval passed since the first span now queued: post what is
+        queued.
+        """
+        self._timer = None
+        self._due = True
+        self._pump()
+
+    def _pump(self) -> None:
+        """
+        Post full batches, and whatever is queued when it is due, while the
+        in-flight cap allows; then keep a timer running only while spans
+        wait for one.
+        """
+        if self._state == NEW or self._state == STOPPED:
+            return
+        if self._state == STOPPING and self._reactor.seconds() >= self._stopBy:
+            # Past the deadline (a post that timed out just before it
+            # fired freed a slot): nothing new goes out.
+            return
+        queue = self._queue
+        size = self._size
+        while len(self._inFlight) < self._maxInFlight and (
+            len(queue) >= size or (self._due and queue)
+        ):
+            count = min(size, len(queue))
+            batch = [queue.popleft() for _ in range(count)]
+            if not queue:
+                self._due = False
+            self._post(batch)
+        if not queue:
+            self._cancelTimer()
+        elif self._timer is None and not self._due and self._state == RUNNING:
+            self._timer = self._reactor.callLater(self._interval, self._tick)
+
+    def _post(self, batch: list[Span]) -> None:
+        """
+        Post one batch; count its spans as exported or dropped.
+        """
+        count = len(batch)
+        try:
+            body = self._encode(batch)
+            if self._gzip:
+                body = _gzip.compress(body, compresslevel=6)
+            d: Deferred[Any] = self._client.post(
+                self.url,
+                data=body,
+                headers=self._headers,
+                allow_redirects=False,
+                unbuffered=True,
+                reactor=self._reactor,
+            )
+        except Exception:
+            self._failed(Failure(), count)
+            return
+        d.addCallback(_readResponse)
+        d.addTimeout(self._timeout, self._reactor)
+        d.addCallbacks(self._posted, self._failed, callbackArgs=(count,), errbackArgs=(count,))
+        self._inFlight.add(d)
+        d.addBoth(self._finished, d)
+
+    def _posted(self, _: None, count: int) -> None:
+        self._stats.exported(self.exporter, count)
+
+    def _failed(self, reason: Failure, count: int) -> None:
+        """
+        Count the batch's spans as dropped; log one line per
+        L{LOG_INTERVAL} at most, with the failures since the previous one.
+        """
+        self._stats.dropped(self.exporter, "export-failed", count)
+        self._failedPosts += 1
+        self._failedSpans += count
+        now = self._reactor.seconds()
+        if self._lastLog is not None and now - self._lastLog < LOG_INTERVAL:
+            return
+        self._lastLog = now
+        _log.warn(
+            "{exporter} span export to {url} failed: {reason}"
+            " ({posts} failed posts, {spans} spans dropped since the last report)",
+            exporter=self.exporter,
+            url=self.url,
+            reason=_describe(reason),
+            posts=self._failedPosts,
+            spans=self._failedSpans,
+        )
+        self._failedPosts = 0
+        self._failedSpans = 0
+
+    def _finished(self, _: None, d: Deferred[None]) -> None:
+        self._inFlight.discard(d)
+        self._pump()
+        self._checkDrained()
+
+
+def _describe(reason: Failure) -> str:
+    """
+    A failure in a few words, for a log line (no traceback).
+    """
+    value = reason.value
+    reasons = getattr(value, "reasons", None)
+    if reasons:
+        # ResponseNeverReceived, RequestTransmissionFailed, ResponseFailed:
+        # the first underlying failure says what happened.
+        value = reasons[0].value
+    text = str(value)
+    kind = value.__class__.__name__
+    return "%s: %s" % (kind, text) if text else kind
+
+
+@implementer(ISpanSink)
+class SpanFanOut:
+    """
+    Hands each span to several sinks (the Zipkin and the OTLP exporter), so
+    that the request path holds one L{ISpanSink}.
+    """
+
+    def __init__(self, sinks: Sequence[ISpanSink]) -> None:
+        """
+        @param sinks: where every span goes.
+        """
+        self._sinks = tuple(sinks)
+
+    def submit(self, span: Span) -> None:
+        for sink in self._sinks:
+            sink.submit(span)
+
+
+def exportersFor(
+    tracing: TracingConfig, stats: TelemetryStats, reactor: Any, httpClient: Any = None
+) -> list[SpanExporter]:
+    """
+    The exporters a tracing config asks for: Zipkin first, then OTLP.
+
+    @param tracing: the C{telemetry.tracing} section.
+    @param stats: where exported and dropped spans are counted.
+    @param reactor: the clock and the network.
+    @param httpClient: the treq client to post through; by default each
+        exporter makes its own, with its own connection pool.
+    @return: L{SpanExporter}s, not started (services for the caller to
+        parent); empty when no exporter is configured.
+    """
+    exporters = []
+    serviceName = tracing.serviceName
+    formats: list[tuple[str, Any, Callable[[list[Span]], bytes]]] = [
+        ("zipkin", tracing.zipkin, partial(zipkinJSON, serviceName=serviceName)),
+        ("otlp", tracing.otlp, partial(otlpJSON, serviceName=serviceName)),
+    ]
+    for name, config, encode in formats:
+        if config is None:
+            continue
+        exporters.append(
+            SpanExporter(
+                name,
+                config.url,
+                encode,
+                batch=tracing.batch,
+                gzip=config.gzip,
+                timeout=config.timeout,
+                stats=stats,
+                reactor=reactor,
+                httpClient=httpClient,
+            )
+        )
+    return exporters
