@@ -104,6 +104,7 @@ __all__ = [
     "ConnectionStats",
     "MeshMetrics",
     "RouteStats",
+    "buildInfo",
     "exposition",
 ]
 
@@ -125,8 +126,9 @@ OPENMETRICS_CONTENT_TYPE: str = openmetrics.CONTENT_TYPE_LATEST
 # formats its own buckets; the last one is the +Inf bucket.
 _LE = tuple(floatToGoString(b) for b in BUCKETS) + ("+Inf",)
 
-# Status classes exported for every route, present from the first scrape so
-# that rate() over a class that has not happened yet reads 0, not "no data".
+# Status classes exported for every method a route has answered, all five
+# from its first answer, so that rate() over a class that has not happened
+# yet reads 0, not "no data".
 _CODE_CLASSES = ((1, "1xx"), (2, "2xx"), (3, "3xx"), (4, "4xx"), (5, "5xx"))
 
 # RouteStats.methods holds, per method of METHODS, six slots indexed by the
@@ -134,11 +136,12 @@ _CODE_CLASSES = ((1, "1xx"), (2, "2xx"), (3, "3xx"), (4, "4xx"), (5, "5xx"))
 # slot is its index times six. Both spellings are keys, so that a caller
 # passing text costs nothing more than one passing bytes.
 _CLASSES = 6
-_METHOD_BASE: dict[bytes | str, int] = {}
-for _i, _m in enumerate(METHODS[:-1]):
-    _METHOD_BASE[_m] = _METHOD_BASE[_m.encode("ascii")] = _i * _CLASSES
+_METHOD_BASE: dict[bytes | str, int] = {
+    spelling: index * _CLASSES
+    for index, method in enumerate(METHODS[:-1])
+    for spelling in (method, method.encode("ascii"))
+}
 _OTHER_BASE = (len(METHODS) - 1) * _CLASSES
-del _i, _m
 
 NodesSource = Callable[[], Iterable[tuple[str, str, Any]]]
 TLSSource = Callable[[], Iterable[tuple[str, Iterable[Any]]]]
