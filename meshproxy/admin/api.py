@@ -63,7 +63,6 @@ import hmac
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
@@ -107,6 +106,7 @@ from meshproxy.admin.versioned import (
     UnknownVersion,
     VersionedStore,
 )
+from meshproxy.telemetry.metrics import exposition
 
 _log = Logger()
 _audit = Logger(namespace="meshproxy.admin.audit")
@@ -329,10 +329,13 @@ class AdminAPI:
     @_requireToken
     def metrics(self, request: IRequest) -> bytes:
         """
-        The registry in the Prometheus text exposition format.
+        The registry in the Prometheus text exposition format, or in the
+        OpenMetrics format (with the latency histogram's exemplars) when
+        the C{Accept} header prefers C{application/openmetrics-text}.
         """
-        body = generate_latest(self._registry)
-        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        body, contentType = exposition(self._registry, request.getHeader(b"accept"))
+        request.setHeader(b"content-type", contentType.encode("ascii"))
+        request.setHeader(b"vary", b"Accept")
         request.setHeader(b"cache-control", b"no-store")
         return body
 
