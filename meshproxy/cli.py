@@ -782,13 +782,17 @@ def followTap(
     try:
         try:
             connection.connect()
-            if connection.sock is not None:
-                connection.sock.settimeout(idle)
+        except OSError as e:
+            reason = _reachReason(e, timeout)
+            raise TapError("cannot reach the admin API at %s: %s" % (admin, reason)) from None
+        if connection.sock is not None:
+            connection.sock.settimeout(idle)
+        try:
             connection.request("GET", target, headers=headers)
             response = connection.getresponse()
         except (OSError, http.client.HTTPException) as e:
-            reason = _reachReason(e if isinstance(e, OSError) else str(e), timeout)
-            raise TapError("cannot reach the admin API at %s: %s" % (admin, reason)) from None
+            reason = _reachReason(e if isinstance(e, OSError) else str(e), idle)
+            raise TapError("no answer from the admin API at %s: %s" % (admin, reason)) from None
         if response.status != 200:
             raise TapError(_answerReason(response.status, response.reason, response.read(65536)))
         contentType = (response.getheader("Content-Type") or "").split(";")[0].strip()
@@ -807,6 +811,9 @@ def followTap(
                     "nothing from the admin API at %s for %g s (not even a heartbeat)"
                     % (admin, idle)
                 ) from None
+            except http.client.IncompleteRead:
+                # The connection closed before the stream's last chunk.
+                return
             except (OSError, http.client.HTTPException) as e:
                 reason = _reachReason(e if isinstance(e, OSError) else str(e), timeout)
                 raise TapError("the stream from %s broke: %s" % (admin, reason)) from None
@@ -863,7 +870,7 @@ def formatSummary(data: str) -> str:
     duration = summary.get("durationMs")
     parts = [
         str(summary.get("time") or "-"),
-        "%3s" % (summary.get("status"),),
+        "%3s" % (summary.get("status", "-"),),
         str(summary.get("method") or "-"),
         "%s%s" % (summary.get("authority") or "", summary.get("path") or "") or "-",
         "%.1fms" % (duration,) if isinstance(duration, (int, float)) else "-",
