@@ -17,7 +17,7 @@ and the subscription's own count), and the reader is told how many at the
 place they were dropped, when it catches up::
 
     event: dropped
-    data: {"dropped": 12}
+    data: {"dropped":12}
 
 A comment (C{: heartbeat}) goes to every subscriber every
 L{HEARTBEAT_INTERVAL} seconds, so that a quiet stream still shows it is
@@ -25,7 +25,7 @@ alive (and intermediaries do not close it). L{TapHub.close}, called when
 the proxy drains, ends every stream cleanly: what was queued, then::
 
     event: end
-    data: {"reason": "shutdown"}
+    data: {"reason":"shutdown"}
 
 then the response ends.
 """
@@ -236,6 +236,7 @@ class Subscription:
     @ivar consumer: what the events are written to (an L{IConsumer}).
     @ivar sent: events written or queued for the consumer.
     @ivar dropped: events dropped because the queue was full.
+    @ivar active: whether the hub still sends it events.
     @ivar ended: a Deferred firing with L{None} when the hub ended the
         stream (L{TapHub.close}): the end event is written and the producer
         unregistered; the owner finishes the response. Cancelling it
@@ -487,14 +488,14 @@ class TapHub:
                 "too many tap subscribers (at most %d at once)" % (self._maxSubscribers,)
             )
         subscription = Subscription(self, tapFilter, consumer, self._maxEvents, self._maxBytes)
+        consumer.registerProducer(subscription, True)
+        consumer.write(OPENING)
         self._subscriptions.append(subscription)
         router = tapFilter.router
         if router is None:
             self._anyRouter += (subscription,)
         else:
             self._byRouter[router] = self._byRouter.get(router, ()) + (subscription,)
-        consumer.registerProducer(subscription, True)
-        consumer.write(OPENING)
         if self._beat is None:
             self._beat = self._clock.callLater(self._interval, self._heartbeat)
         return subscription
