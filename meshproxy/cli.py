@@ -7,6 +7,9 @@ The C{meshproxy} command:
    a running proxy's admin API how it routes a name, and prints the
    delegation steps, the endpoints they end at, and what the access policy
    says of a caller (C{--caller}, C{--peer}, C{--method});
+ - C{meshproxy tap ROUTER} follows a running proxy's live tap (C{GET
+   /admin/tap}): one line per request as it finishes, filtered by bound
+   name, path, method, status or duration;
  - C{meshproxy schema} prints the JSON Schema of config files, for editors;
  - C{meshproxy rules reset ROUTER --config CONFIG} deletes the rules saved
    through the admin API for a router, so that it starts again with the
@@ -18,8 +21,8 @@ The C{meshproxy} command:
 Running the proxy itself is C{twistd -n meshproxy --config CONFIG}.
 
 This module imports only the standard library at the top (C{explain} talks
-to the admin API with L{urllib.request}), so the command starts fast and
-never installs a reactor.
+to the admin API with L{urllib.request}, C{tap} with L{http.client}), so
+the command starts fast and never installs a reactor.
 """
 
 import argparse
@@ -29,7 +32,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from http.client import HTTPMessage
 from typing import IO, Any, TextIO
 
@@ -79,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
         description=_EXPLAIN_DESCRIPTION,
     )
     _addExplainArguments(explain)
+    tap = commands.add_parser(
+        "tap",
+        help="follow a running proxy's requests, live",
+        description=_TAP_DESCRIPTION,
+    )
+    _addTapArguments(tap)
     commands.add_parser(
         "schema",
         help="print the JSON Schema of config files",
@@ -173,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return resetRules(options.router, options.config, sys.stdout, sys.stderr)
     if options.command == "certs":
         return certs(options, sys.stdout, sys.stderr)
+    if options.command == "tap":
+        return _tap(options, sys.stdout, sys.stderr, os.environ)
     return _explain(options, sys.stdout, sys.stderr, os.environ)
 
 
@@ -552,6 +563,322 @@ def _httpError(error: urllib.error.HTTPError) -> str:
     if error.code == 401:
         detail = (detail or "unauthorized") + " (give --token or set $%s)" % (TOKEN_ENVIRONMENT,)
     return "%s: %s" % (reason, detail) if detail else "%s %s" % (reason, error.reason)
+
+
+# -- tap ----------------------------------------------------------------------
+
+TAP_IDLE = 45.0
+"""Seconds C{tap} waits for any byte of the stream before giving up (the
+proxy sends a heartbeat every 15 s)."""
+
+_TAP_LINE_LIMIT = 1024 * 1024
+
+_TAP_DESCRIPTION = (
+    "Follow the requests of a running meshproxy's router as they finish, one line"
+    " each (time, status, method, host and path, duration, endpoint, mesh-err), until"
+    " the proxy shuts down or Ctrl-C. Give filters to see only some requests."
+)
+
+
+class TapError(Exception):
+    """
+    C{tap} could not follow the stream; the message says why.
+    """
+
+
+def _addTapArguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--admin", default=DEFAULT_ADMIN, metavar="URL",
+        help="the admin API (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--token", default=None, metavar="T",
+        help="the admin token, if the API protects reads "
+        "(default: $%s)" % (TOKEN_ENVIRONMENT,),
+    )
+    parser.add_argument("router", metavar="ROUTER", help="the router's name")
+    parser.add_argument(
+        "--status", metavar="STATUS",
+        help="only these statuses: a class (5xx), a code (404), or 0 (the client left"
+        " before any answer)",
+    )
+    parser.add_argument(
+        "--name", metavar="BOUND", help="only this bound name, exactly (/#/fs/users)"
+    )
+    parser.add_argument("--path", metavar="PREFIX", help="only paths starting with PREFIX")
+    parser.add_argument("--method", metavar="METHOD", help="only this method (GET)")
+    parser.add_argument(
+        "--min-duration", metavar="DURATION", dest="minDuration",
+        help="only requests that took at least DURATION (100ms, 1.5s)",
+    )
+    parser.add_argument(
+        "--json", action="store_true",
+        help="print each request's JSON summary as the proxy sends it",
+    )
+
+
+def tapMain(
+    argv: Sequence[str],
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> int:
+    """
+    C{meshproxy tap ...}.
+
+    @param argv: the arguments after C{tap}.
+    @param out: where the requests go (default: standard output).
+    @param err: where notices and errors go (default: standard error).
+    @param environ: the environment (default: L{os.environ}), for the token.
+    @return: the exit status: 0 when the proxy ended the stream (or on
+        Ctrl-C), 1 when the stream could not be followed, 2 on bad
+        arguments.
+    """
+    parser = argparse.ArgumentParser(prog="meshproxy tap", description=_TAP_DESCRIPTION)
+    _addTapArguments(parser)
+    try:
+        options = parser.parse_args(argv)
+    except SystemExit as e:
+        # argparse has printed the usage or the help (SystemExit.code is
+        # typed str | int | None).
+        return e.code  # type: ignore[return-value]
+    return _tap(
+        options,
+        sys.stdout if out is None else out,
+        sys.stderr if err is None else err,
+        os.environ if environ is None else environ,
+    )
+
+
+def _tap(
+    options: argparse.Namespace, out: TextIO, err: TextIO, environ: Mapping[str, str]
+) -> int:
+    token = options.token if options.token is not None else environ.get(TOKEN_ENVIRONMENT)
+    query = [("router", options.router)]
+    for key in ("name", "path", "method", "status"):
+        value = getattr(options, key)
+        if value is not None:
+            query.append((key, value))
+    if options.minDuration is not None:
+        from meshproxy.config.checks import parseDuration
+
+        try:
+            seconds = parseDuration(options.minDuration)
+        except ValueError as e:
+            err.write("meshproxy tap: --min-duration: %s\n" % (e,))
+            return 2
+        query.append(("minDurationMs", _decimal(seconds * 1000.0)))
+    stream = followTap(options.admin, query, token=token)
+    try:
+        for kind, data in stream:
+            if kind == "message":
+                out.write((data if options.json else formatSummary(data)) + "\n")
+                out.flush()
+            elif kind == "dropped":
+                err.write(
+                    "meshproxy tap: %s events dropped: this reader was slower than the"
+                    " requests (narrow the filters)\n" % (_field(data, "dropped", "some"),)
+                )
+            elif kind == "end":
+                err.write(
+                    "meshproxy tap: the proxy ended the stream (%s)\n"
+                    % (_field(data, "reason", "no reason given"),)
+                )
+                return 0
+    except TapError as e:
+        err.write("meshproxy tap: %s\n" % (e,))
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:
+        # The reader went away (meshproxy tap web | head): stop quietly.
+        _discardOutput(out)
+        return 0
+    finally:
+        stream.close()
+    err.write("meshproxy tap: the admin API at %s closed the stream\n" % (options.admin,))
+    return 1
+
+
+def _decimal(value: float) -> str:
+    """
+    A number as the tap's C{minDurationMs=} takes it: plain decimals,
+    never an exponent (C{0.1}, C{1500}).
+    """
+    return ("%.3f" % (value,)).rstrip("0").rstrip(".")
+
+
+def _field(data: str, key: str, default: str) -> str:
+    """
+    One field of an event's JSON object, as text, or C{default}.
+    """
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return default
+    if not isinstance(value, dict) or value.get(key) is None:
+        return default
+    return str(value[key])
+
+
+def _discardOutput(out: TextIO) -> None:
+    """
+    Point C{out}'s file descriptor at C{/dev/null}, so that flushing it at
+    exit does not fail again on a closed pipe.
+    """
+    try:
+        fd = out.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def followTap(
+    admin: str,
+    query: Sequence[tuple[str, str]],
+    *,
+    token: str | None = None,
+    timeout: float = TIMEOUT,
+    idle: float = TAP_IDLE,
+) -> Generator[tuple[str, str], None, None]:
+    """
+    Follow C{GET /admin/tap}: the server-sent events of the stream, as they
+    come. Close the iterator to hang up.
+
+    @param admin: the admin API's base URL (C{http://127.0.0.1:9990}).
+    @param query: the tap's query parameters, as C{(key, value)}.
+    @param token: the bearer token, or L{None}.
+    @param timeout: seconds to wait for the connection.
+    @param idle: seconds to wait for any byte of the stream (its head, an
+        event or a heartbeat).
+    @return: an iterator of C{(event, data)}: C{event} is C{"message"} for
+        a request summary (C{data} its JSON object), else the event's name
+        (C{"dropped"}, C{"end"}); it ends when the stream does.
+    @raise TapError: with a readable reason when the API cannot be reached,
+        answers with an error, or the stream breaks or goes quiet.
+    """
+    import http.client
+
+    base = urllib.parse.urlsplit(admin)
+    try:
+        port = base.port
+    except ValueError:
+        port = -1
+    if base.scheme not in ("http", "https") or not base.hostname or port == -1:
+        raise TapError("--admin must be an http:// or https:// URL, got %r" % (admin,))
+    target = "%s/admin/tap?%s" % (base.path.rstrip("/"), urllib.parse.urlencode(list(query)))
+    headers = {"Accept": "text/event-stream"}
+    if token:
+        headers["Authorization"] = "Bearer " + token
+    connection: http.client.HTTPConnection
+    if base.scheme == "https":
+        connection = http.client.HTTPSConnection(base.hostname, port, timeout=timeout)
+    else:
+        connection = http.client.HTTPConnection(base.hostname, port, timeout=timeout)
+    try:
+        try:
+            connection.connect()
+        except OSError as e:
+            reason = _reachReason(e, timeout)
+            raise TapError("cannot reach the admin API at %s: %s" % (admin, reason)) from None
+        if connection.sock is not None:
+            connection.sock.settimeout(idle)
+        try:
+            connection.request("GET", target, headers=headers)
+            response = connection.getresponse()
+        except (OSError, http.client.HTTPException) as e:
+            reason = _reachReason(e if isinstance(e, OSError) else str(e), idle)
+            raise TapError("no answer from the admin API at %s: %s" % (admin, reason)) from None
+        if response.status != 200:
+            raise TapError(_answerReason(response.status, response.reason, response.read(65536)))
+        contentType = (response.getheader("Content-Type") or "").split(";")[0].strip()
+        if contentType.lower() != "text/event-stream":
+            raise TapError(
+                "the admin API at %s did not answer an event stream (Content-Type %r)"
+                % (admin, contentType)
+            )
+        kind = "message"
+        data: list[str] = []
+        while True:
+            try:
+                raw = response.readline(_TAP_LINE_LIMIT)
+            except TimeoutError:
+                raise TapError(
+                    "nothing from the admin API at %s for %g s (not even a heartbeat)"
+                    % (admin, idle)
+                ) from None
+            except http.client.IncompleteRead:
+                # The connection closed before the stream's last chunk.
+                return
+            except (OSError, http.client.HTTPException) as e:
+                reason = _reachReason(e if isinstance(e, OSError) else str(e), timeout)
+                raise TapError("the stream from %s broke: %s" % (admin, reason)) from None
+            if not raw:
+                return
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            if not line:
+                if data:
+                    yield kind, "\n".join(data)
+                kind, data = "message", []
+            elif not line.startswith(":"):
+                field, _, value = line.partition(":")
+                if value.startswith(" "):
+                    value = value[1:]
+                if field == "event":
+                    kind = value
+                elif field == "data":
+                    data.append(value)
+    finally:
+        connection.close()
+
+
+def _answerReason(code: int, phrase: str, body: bytes) -> str:
+    """
+    A readable reason for an error answer of the admin API, from its JSON
+    C{error}.
+    """
+    try:
+        detail = json.loads(body.decode("utf-8")).get("error")
+    except Exception:
+        detail = None
+    reason = "admin API answered %d" % (code,)
+    if code == 401:
+        detail = (detail or "unauthorized") + " (give --token or set $%s)" % (TOKEN_ENVIRONMENT,)
+    return "%s: %s" % (reason, detail) if detail else "%s %s" % (reason, phrase)
+
+
+def formatSummary(data: str) -> str:
+    """
+    A request summary (the tap's JSON object) as one line for a terminal:
+    time, status, method, host and path, duration, endpoint, and the
+    C{mesh-err} reason if any::
+
+        2026-12-01T09:00:00.123Z 503 GET users.example/api 12.3ms - mesh-err=overloaded
+
+    @param data: the JSON object; anything else is shown as it came.
+    """
+    try:
+        summary = json.loads(data)
+    except ValueError:
+        return data
+    if not isinstance(summary, dict):
+        return data
+    duration = summary.get("durationMs")
+    parts = [
+        str(summary.get("time") or "-"),
+        "%3s" % (summary.get("status", "-"),),
+        str(summary.get("method") or "-"),
+        "%s%s" % (summary.get("authority") or "", summary.get("path") or "") or "-",
+        "%.1fms" % (duration,) if isinstance(duration, (int, float)) else "-",
+        str(summary.get("endpoint") or "-"),
+    ]
+    if summary.get("meshErr"):
+        parts.append("mesh-err=%s" % (summary["meshErr"],))
+    return " ".join(parts)
 
 
 # -- formatting ---------------------------------------------------------------

@@ -64,7 +64,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 from prometheus_client.registry import CollectorRegistry
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -107,6 +107,7 @@ from meshproxy.admin.versioned import (
     VersionedStore,
 )
 from meshproxy.telemetry.metrics import exposition
+from meshproxy.telemetry.tap import TAP_PARAMETERS, TapFilter, TapHub, TapUnavailable
 
 _log = Logger()
 _audit = Logger(namespace="meshproxy.admin.audit")
@@ -119,8 +120,8 @@ class AdminAPI:
     files (C{/static/<name>}) are never guarded by the token: probes from
     kubelet or systemd carry none, and the page holds no data (its script
     asks for the token when the API answers 401). C{/metrics}, C{/admin/state},
-    C{/admin/stats} and the other reads (rules, policy, history, explain) are
-    guarded when C{protectReads}
+    C{/admin/stats} and the other reads (rules, policy, history, explain,
+    the tap) are guarded when C{protectReads}
     is set; every mutating route (PUT, POST) uses L{_requireToken} and is
     guarded whenever a token is set, dry runs included.
 
@@ -140,6 +141,9 @@ class AdminAPI:
         same way.
     @param clock: the C{IReactorTime} for the rules history and for
         scheduling the shutdown; the global reactor when L{None}.
+    @param tap: the L{TapHub<meshproxy.telemetry.tap.TapHub>} that
+        C{GET /admin/tap} subscribes to, or L{None} (that route then
+        answers 503).
     @raise ValueError: C{token} is empty, C{protectReads} is set without
         a token, or a name in C{allowedHosts} has a port or a scheme.
 
@@ -168,6 +172,7 @@ class AdminAPI:
         rulesStores: dict[str, RulesStore] | None = None,
         policyStores: dict[str, PolicyStore] | None = None,
         clock: Any = None,
+        tap: TapHub | None = None,
     ) -> None:
         if token is not None and not token:
             raise ValueError("admin token must not be empty (use None for no token)")
@@ -191,6 +196,7 @@ class AdminAPI:
         self._stores: dict[str, RulesStore] = dict(rulesStores or {})
         self._policyStores: dict[str, PolicyStore] = dict(policyStores or {})
         self._shuttingDown = False
+        self._tap = tap
         # Read once: they are part of the installed package.
         self._files = loadStatic()
 
@@ -600,6 +606,52 @@ class AdminAPI:
             action="drained" if draining else "undrained", who=self._who(request),
         )
         return _json(request, {"draining": draining})
+
+    @app.route("/admin/tap", methods=["GET"])
+    @_requireToken
+    def tap(self, request: IRequest) -> bytes | Deferred[bytes]:
+        """
+        The live tap: request summaries as server-sent events, one C{data:}
+        line of JSON per request, filtered by the query (C{router=},
+        C{name=}, C{path=}, C{method=}, C{status=}, C{minDurationMs=}; see
+        L{TapFilter.fromQuery}); 400 for a bad filter, 404 for an unknown
+        router, 503 without a hub, once it closed or when it is full. The
+        stream lasts until the client leaves or the hub closes; a C{HEAD}
+        gets the stream's head and no stream.
+        """
+        hub = self._tap
+        if hub is None:
+            raise _Refusal(503, {"error": "the live tap is not available on this proxy"})
+        values = {}
+        for raw in request.args:
+            key = raw.decode("latin-1")
+            # fromQuery refuses an unknown key before looking at values.
+            values[key] = (_queryValue(request, key) or "") if key in TAP_PARAMETERS else ""
+        try:
+            tapFilter = TapFilter.fromQuery(values)
+        except ValueError as e:
+            raise _Refusal(400, {"error": _reason(e)}) from None
+        if tapFilter.router is not None:
+            self._router(tapFilter.router)
+        request.setHeader(b"content-type", b"text/event-stream")
+        request.setHeader(b"cache-control", b"no-cache")
+        # nginx buffers responses unless told not to.
+        request.setHeader(b"x-accel-buffering", b"no")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        if request.method == b"HEAD":
+            return b""
+        # A twisted.web Request: a consumer, with notifyFinish (which
+        # IRequest does not say).
+        stream = cast(Any, request)
+        try:
+            subscription = hub.subscribe(tapFilter, stream)
+        except TapUnavailable as e:
+            request.responseHeaders.removeHeader(b"x-accel-buffering")
+            raise _Refusal(503, {"error": str(e)}) from None
+        stream.notifyFinish().addErrback(lambda _: hub.unsubscribe(subscription))
+        # Klein finishes the response once the hub ended the stream, and
+        # cancels this (unsubscribing) if the client goes away first.
+        return subscription.ended.addCallback(lambda _: b"")
 
     @app.route("/admin/shutdown", methods=["POST"])
     @_requireToken
