@@ -101,14 +101,10 @@ class Exchange(TryAccounting):
         "override",
         "progress",
         "continued",
-        "trace",
         "headTime",
         "bytesIn",
         "bytesOut",
         "meshErr",
-        "lastNode",
-        "tryStatus",
-        "tryError",
     )
 
     def __init__(self, server: IClientConnection, request: Request, router: IRouter) -> None:
@@ -722,7 +718,19 @@ class Exchange(TryAccounting):
         now = router.clock.seconds()
         client = self.client
         if client is not None:
-            router.record(client, self.status or 502, now - self.startTime)
+            start = self.startTime
+            head = self.headTime
+            trace = self.trace
+            router.record(
+                client,
+                self.status or 502,
+                now - start,
+                self.request.method,
+                head - start if head else None,
+                self.bytesIn,
+                self.bytesOut,
+                trace.traceId if trace is not None and trace.recording else None,
+            )
         router.observer.finished(self, now)
 
 

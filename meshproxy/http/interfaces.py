@@ -97,9 +97,20 @@ class IRouter(Interface):
         Count an error answered (or a connection refused) by meshproxy.
         """
 
-    def record(destination: IDestination, status: int, seconds: float) -> None:
+    def record(
+        destination: IDestination,
+        status: int,
+        seconds: float,
+        method: bytes,
+        ttfb: float | None,
+        bytesIn: int,
+        bytesOut: int,
+        traceId: str | None,
+    ) -> None:
         """
-        Count one finished request of C{destination}.
+        Count one finished request of C{destination}: its status, duration,
+        method, time to the response head (L{None} when none came), body
+        bytes both ways, and the trace id of a recorded trace (an exemplar).
         """
 
 

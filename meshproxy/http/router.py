@@ -350,7 +350,17 @@ class HttpRouter:
     # -- statistics ------------------------------------------------------
 
     # Given back the destination its route() returned.
-    def record(self, client: BoundClient, status: int, seconds: float) -> None:  # type: ignore[override]
+    def record(  # type: ignore[override]
+        self,
+        client: BoundClient,
+        status: int,
+        seconds: float,
+        method: bytes = b"",
+        ttfb: float | None = None,
+        bytesIn: int = 0,
+        bytesOut: int = 0,
+        traceId: str | None = None,
+    ) -> None:
         """
         See L{IRouter.record}.
         """
@@ -359,7 +369,7 @@ class HttpRouter:
             if client.addr.kind != "bound":
                 return
             stats = client.stats = self.metrics.route(self.name, client.name)
-        stats.record(status, seconds)
+        stats.record(status, seconds, method, ttfb, bytesIn, bytesOut, traceId)
 
     def countError(self, reason: str) -> None:
         """

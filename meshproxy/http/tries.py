@@ -54,6 +54,10 @@ class TryAccounting(ExchangeState):
         "triedNodes",
         "upstream",
         "connecting",
+        "lastNode",
+        "trace",
+        "tryStatus",
+        "tryError",
     )
 
     client: IDestination | None

@@ -177,34 +177,32 @@ class Tracer:
             reqId = _reqId(request.header(b"mesh-reqid"))
         if reqId is None:
             reqId = b"%016x" % (getrandbits(64),)
-        context = extract(request.headers) if request.traceHeaders else None
-        if context is not None and context.traceId is not None:
-            sampled = context.sampled
-            if sampled is None:
-                sampled = self._decide()
+        context = extract(request.headers, getrandbits) if request.traceHeaders else None
+        if context is None:
+            sampled = self._decide()
             return RequestTrace(
-                context.traceId,
-                context.parentId,
+                newTraceId(getrandbits),
+                None,
                 newSpanId(getrandbits),
                 sampled,
                 sampled and self.recording,
                 reqId,
                 getrandbits,
-                context.debug,
-                context.traceState,
-                context.b3,
             )
-        if context is not None and context.restarted and self._onRestart is not None:
+        if context.restarted and self._onRestart is not None:
             self._onRestart()
-        sampled = self._decide() if context is None or context.sampled is None else context.sampled
+        sampled = self._decide() if context.sampled is None else context.sampled
         return RequestTrace(
-            newTraceId(getrandbits),
-            None,
+            context.traceId,
+            context.parentId,
             newSpanId(getrandbits),
             sampled,
             sampled and self.recording,
             reqId,
             getrandbits,
+            context.debug,
+            context.traceState,
+            context.b3,
         )
 
     def _decide(self) -> bool:
@@ -343,7 +341,7 @@ class RequestObserver:
             request.peer,
             None if identity is None else identity.name,
         )
-        return dict(zip(SUMMARY_FIELDS, values))
+        return dict(zip(SUMMARY_FIELDS, values, strict=True))
 
     def _spans(self, exchange: Any, trace: RequestTrace, now: float) -> list[Span]:
         """
