@@ -153,7 +153,8 @@ class Tracer:
         @param sampleRate: the share of traces started here that are sampled.
         @param sinks: the exporters (L{ISpanSink}) recorded spans go to.
         @param serviceName: C{localEndpoint.serviceName} of every span.
-        @param rng: the source of ids and sampling decisions.
+        @param rng: the source of ids and sampling decisions; a
+            C{random.Random()} (seeded by the system) when not given.
         @param onRestart: called when a caller's trace context was invalid
             and the trace restarts here (a counter).
         """
@@ -161,7 +162,9 @@ class Tracer:
         self.sinks = tuple(sinks)
         self.recording = bool(self.sinks)
         self.serviceName = serviceName
-        rng = _random.SystemRandom() if rng is None else rng
+        # Ids need to be unique, not secret: a Mersenne Twister seeded from
+        # the system's randomness (os.urandom per id costs a system call).
+        rng = _random.Random() if rng is None else rng
         self._getrandbits = rng.getrandbits
         self._random = rng.random
         self._onRestart = onRestart
@@ -172,18 +175,20 @@ class Tracer:
         else a new one, sampled by C{sampleRate} unless the caller decided.
         """
         getrandbits = self._getrandbits
+        spanId = newSpanId(getrandbits)
         reqId = None
         if request.meshHeaders and trusted:
             reqId = _reqId(request.header(b"mesh-reqid"))
         if reqId is None:
-            reqId = b"%016x" % (getrandbits(64),)
+            # This hop's span id: unique per request, and found in the spans.
+            reqId = spanId.encode("ascii")
         context = extract(request.headers, getrandbits) if request.traceHeaders else None
         if context is None:
             sampled = self._decide()
             return RequestTrace(
                 newTraceId(getrandbits),
                 None,
-                newSpanId(getrandbits),
+                spanId,
                 sampled,
                 sampled and self.recording,
                 reqId,
@@ -195,7 +200,7 @@ class Tracer:
         return RequestTrace(
             context.traceId,
             context.parentId,
-            newSpanId(getrandbits),
+            spanId,
             sampled,
             sampled and self.recording,
             reqId,
@@ -303,6 +308,8 @@ class RequestObserver:
         trace = exchange.trace
         if trace is not None and trace.recording:
             self.tracer.submit(self._spans(exchange, trace, now))
+        if not self.sinks:
+            return
         wanting = [sink for sink in self.sinks if sink.wants(self.router)]
         if wanting:
             summary = self.summary(exchange, now)
