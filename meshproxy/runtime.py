@@ -282,7 +282,8 @@ def buildServices(
     namers: dict[Path, INamer] = {}
     for namerConfig in config.namers:
         namer = makeNamer(namerConfig, reactor=reactor)
-        namers[Path.read(namerConfig.prefix)] = namer
+        # The namer's own prefix: a DNS namer's says how long its names are.
+        namers[namer.prefix] = namer
         runtime.namers.append(namer)
         services.append(namer)
 
@@ -481,6 +482,18 @@ def makeNamer(config: NamerConfig, *, reactor: IReactorTime) -> INamer:
 
         return FileNamer(
             Path.read(config.prefix), config.root, reactor=reactor, interval=config.interval
+        )
+    if config.kind == "dns":
+        from meshproxy.discovery.dns import DnsNamer
+
+        return DnsNamer(
+            Path.read(config.prefix),
+            reactor=reactor,
+            nameservers=config.nameservers,
+            refreshMin=config.refresh.min,
+            refreshMax=config.refresh.max,
+            staleFor=config.staleFor,
+            timeout=config.timeout,
         )
     from meshproxy.discovery.static import StaticNamer
 

@@ -628,8 +628,8 @@ class ErrorFormTests(SynchronousTestCase, ErrorAssertions):
             'routers[0].protocol: expected one of "http", "tcp", got "udp"',
         )
         self.assertErrors(
-            MINIMAL + "namers: [{kind: dns, prefix: /#/dns}]",
-            'namers[0].kind: expected one of "file", "static", got "dns"',
+            MINIMAL + "namers: [{kind: consul, prefix: /#/consul}]",
+            'namers[0].kind: expected one of "file", "static", "dns", got "consul"',
         )
 
     def test_keysOfAnotherKind(self) -> None:

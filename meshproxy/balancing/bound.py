@@ -130,13 +130,16 @@ class BoundEndpoints:
         """
         A JSON-ready view for C{GET /admin/state}: what the namer says of
         the name (C{resolution}: C{pending}, C{bound}, C{neg} or C{failed};
-        also as C{namer}, its former name, for one release), whether the
-        balancer panics, and every endpoint (L{endpointStates}).
+        also as C{namer}, its former name, for one release), why (C{reason}:
+        a failure, or a set kept while the namer cannot refresh it; else
+        C{None}), whether the balancer panics, and every endpoint
+        (L{endpointStates}).
         """
         resolution = self.addr.kind
         return {
             "resolution": resolution,
             "namer": resolution,
+            "reason": self.addr.reason,
             "panicking": self.balancer.panicking,
             "endpoints": self.endpointStates(),
         }

@@ -11,8 +11,9 @@ across several of its values. Durations are stored as float seconds and
 lists as tuples; their defaults are written as in YAML.
 """
 
+import ipaddress
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic.json_schema import SkipJsonSchema
 
@@ -23,6 +24,7 @@ from meshproxy.config.fields import (
     AllowedHost,
     Bool,
     BoundName,
+    Checked,
     Defaulted,
     Directory,
     Duration,
@@ -49,6 +51,7 @@ from meshproxy.config.policies import (
     ServerConfig,
     TimeoutsConfig,
     TrustConfig,
+    _order,
 )
 from meshproxy.config.problems import Problem
 from meshproxy.config.section import Section, View
@@ -101,7 +104,11 @@ class _Namer(Section):
 
     _selector = "kind"
     _selectorRequired = True
-    _kinds = {"file": ("root", "interval"), "static": ("services",)}
+    _kinds = {
+        "file": ("root", "interval"),
+        "static": ("services",),
+        "dns": ("nameservers", "refresh", "staleFor", "timeout"),
+    }
     _common = ("prefix",)
 
 
@@ -155,7 +162,96 @@ class StaticNamerConfig(_Namer):
     services: Services = ()
 
 
-NamerConfig = FileNamerConfig | StaticNamerConfig
+def _nameserver(value: Any) -> tuple[str, int]:
+    """
+    A DNS server: an IP address (the resolver does not look names up to
+    find its servers), with a port or not (53): C{"10.0.0.2"},
+    C{"127.0.0.1:5353"}, C{"[::1]:53"}. The stored C{(address, port)} is
+    checked in its text form.
+    """
+    if isinstance(value, tuple) and len(value) == 2:
+        value = f"[{value[0]}]:{value[1]}" if ":" in str(value[0]) else f"{value[0]}:{value[1]}"
+    text = checks.string(value)
+    form = 'expected an IP address with an optional port, like "127.0.0.1:5353" or "[::1]:53"'
+    if text.startswith("["):
+        host, close, rest = text[1:].partition("]")
+        if not close or (rest and not rest.startswith(":")):
+            raise Invalid(f"{form}, got {show(text)}")
+        portText = rest[1:] if rest else "53"
+        family: Any = ipaddress.IPv6Address
+    elif text.count(":") == 1:
+        host, _, portText = text.partition(":")
+        family = ipaddress.IPv4Address
+    elif ":" in text:
+        raise Invalid(f'an IPv6 address goes in brackets, like "[::1]:53", got {show(text)}')
+    else:
+        host, portText, family = text, "53", ipaddress.IPv4Address
+    try:
+        family(host)
+    except ValueError:
+        raise Invalid(f"{form}, got {show(text)}") from None
+    if not (portText.isascii() and portText.isdigit() and 0 < int(portText) < 65536):
+        raise Invalid(f"port must be between 1 and 65535, got {show(portText)}")
+    return host, int(portText)
+
+
+if TYPE_CHECKING:
+    Nameserver = tuple[str, int]
+else:
+    Nameserver = Checked(
+        _nameserver,
+        {"type": "string", "description": '"address" or "address:port" (IPv6 in brackets)'},
+        tuple[str, int],
+    )
+
+
+class DnsRefreshConfig(Section):
+    """
+    How often a DNS namer looks a name up again: after the answer's TTL,
+    clamped between C{min} and C{max}.
+
+    @ivar min: seconds, the shortest wait (also the first wait after a
+        failed lookup).
+    @ivar max: seconds, the longest wait.
+    """
+
+    min: Duration() = "5s"
+    max: Duration() = "5m"
+
+    @classmethod
+    def _crossCheck(cls, view: View) -> Iterable[Problem]:
+        return _order(view, "min", "max")
+
+
+class DnsNamerConfig(_Namer):
+    """
+    A namer looking names up in DNS: C{<prefix>/srv/<name>} (SRV records)
+    and C{<prefix>/a/<name>/<port>} (A and AAAA records, with that port).
+
+    @ivar kind: always C{"dns"}.
+    @ivar prefix: the bound-name prefix this namer owns, such as C{/#/dns}.
+    @ivar nameservers: C{(address, port)} pairs of the servers to ask, in
+        order; empty for the system's (C{/etc/resolv.conf}).
+    @ivar refresh: the L{DnsRefreshConfig}.
+    @ivar staleFor: seconds a name whose lookups fail keeps its last good
+        set; then the set empties.
+    @ivar timeout: seconds one lookup may take, retries to the next server
+        included.
+    @cvar nameLengths: how many segments below the prefix a name takes,
+        by its first segment (as L{meshproxy.discovery.dns.NAME_LENGTHS}).
+    """
+
+    nameLengths: ClassVar[Mapping[str, int]] = {"srv": 2, "a": 3}
+
+    kind: Literal["dns"] = "dns"
+    prefix: NamerPrefix = "/#/dns"
+    nameservers: ListOf(Nameserver) = ()
+    refresh: Defaulted(DnsRefreshConfig)
+    staleFor: Duration() = "5m"
+    timeout: Duration() = "5s"
+
+
+NamerConfig = FileNamerConfig | StaticNamerConfig | DnsNamerConfig
 
 
 if TYPE_CHECKING:
@@ -314,7 +410,7 @@ if TYPE_CHECKING:
     Routers = tuple[RouterConfig, ...]
 else:
     Namers = ListOf(
-        KindOf(FileNamerConfig, StaticNamerConfig),
+        KindOf(FileNamerConfig, StaticNamerConfig, DnsNamerConfig),
         uniqueBy=_namerPrefix,
         uniqueAt=("prefix",),
         duplicate="{shown} is already used by {ref}",
@@ -333,8 +429,8 @@ class MeshConfig(Section):
     The whole configuration of one meshproxy process.
 
     @ivar admin: the L{AdminConfig}.
-    @ivar namers: L{FileNamerConfig} and L{StaticNamerConfig} values, in the
-        order written.
+    @ivar namers: L{FileNamerConfig}, L{StaticNamerConfig} and
+        L{DnsNamerConfig} values, in the order written.
     @ivar routers: the L{RouterConfig} values, in the order written; at least
         one.
     @ivar telemetry: the L{TelemetryConfig} (tracing, access log).
@@ -376,8 +472,13 @@ class MeshConfig(Section):
         namers = view.values("namers") if view.ok("namers") else None
         if namers is not None:
             prefixes = [namer.prefix for namer in namers[0]]
+            lengths = {
+                namer.prefix: namer.nameLengths
+                for namer in namers[0]
+                if isinstance(namer, DnsNamerConfig)
+            }
             yield from _checkDestinations(prefixes, routers)
-            yield from _checkBoundNames(prefixes, routers)
+            yield from _checkBoundNames(prefixes, routers, lengths)
 
 
 def _checkListeners(
@@ -436,15 +537,19 @@ def _checkDestinations(
 
 
 def _checkBoundNames(
-    prefixes: list[str], routers: list[tuple[int, RouterConfig]]
+    prefixes: list[str],
+    routers: list[tuple[int, RouterConfig]],
+    lengths: Mapping[str, Mapping[str, int]] | None = None,
 ) -> Iterable[Problem]:
     """
     Report bound names in C{boundNames} that delegation can never produce,
     so that their settings would silently apply to nothing: names no namer
     owns, and paths below a bound name. As in
     L{meshproxy.routing.delegate}, the longest matching namer prefix owns a
-    name, and the bound name is that prefix and one more segment.
+    name, and the bound name is that prefix and one more segment, or as
+    many as C{lengths[prefix]} gives for the first one (DNS names).
     """
+    lengths = lengths or {}
     bySegments = sorted(
         ((prefix.split("/")[1:], prefix) for prefix in prefixes),
         key=lambda item: len(item[0]),
@@ -459,8 +564,9 @@ def _checkBoundNames(
             for prefixSegments, prefix in bySegments:
                 n = len(prefixSegments)
                 if len(segments) > n and segments[:n] == prefixSegments:
-                    if len(segments) > n + 1:
-                        bound = "/" + "/".join(segments[: n + 1])
+                    length = lengths.get(prefix, {}).get(segments[n], 1)
+                    if len(segments) > n + length:
+                        bound = "/" + "/".join(segments[: n + length])
                         yield Problem(
                             where,
                             f"names a path below the bound name {show(bound)}"

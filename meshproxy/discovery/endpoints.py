@@ -152,7 +152,8 @@ class Addr:
         instances is C{endpoints}, possibly empty), C{"neg"} (no such
         service) or C{"failed"} (the namer cannot tell; see C{reason}).
     @ivar endpoints: the instances; empty unless C{kind} is C{"bound"}.
-    @ivar reason: why the namer failed, for C{"failed"}; otherwise C{None}.
+    @ivar reason: why the namer failed, for C{"failed"}; for C{"bound"},
+        C{None}, or why the set may be out of date (L{stale}).
     """
 
     kind: str
@@ -177,6 +178,17 @@ class Addr:
         @return: the address of a resolved service.
         """
         return cls("bound", frozenset(endpoints))
+
+    @classmethod
+    def stale(cls, endpoints: frozenset[Endpoint], reason: str) -> Addr:
+        """
+        @param endpoints: the instances last known (possibly none).
+        @param reason: why they may be out of date, e.g. C{"stale: no
+            answer for 40 s (timeout)"}.
+        @return: the address of a resolved service whose namer cannot
+            refresh it: routed as L{bound}, with C{reason} shown beside it.
+        """
+        return cls("bound", frozenset(endpoints), str(reason))
 
     @classmethod
     def neg(cls) -> Addr:

@@ -68,7 +68,10 @@ class INamer(IService):
         Called when the router first meets a bound name (the router caches
         the result): not on every request, but a namer must not block either.
 
-        @param service: the service name, one path segment (e.g. C{"users"}).
+        @param service: the service name, one path segment (e.g.
+            C{"users"}), or several joined by C{/} for a namer whose prefix
+            is a L{meshproxy.routing.delegate.NamerPrefix}
+            (C{"a/users.example/8080"}).
         @return: an L{meshproxy.discovery.endpoints.Observable} of
             L{meshproxy.discovery.endpoints.Addr}; the same object for the
             same service each time. A service the namer does not know is

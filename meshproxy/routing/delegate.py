@@ -6,7 +6,9 @@ Rules, as in Finagle and Linkerd 1:
 
   - a path under a namer prefix (C{/#/fs/users/v2} with a namer at
     C{/#/fs}) is bound, never rewritten: C{BoundName(id=/#/fs/users,
-    prefix=/#/fs, service="users", residual=/v2)};
+    prefix=/#/fs, service="users", residual=/v2)}; the service is one
+    segment, or more under a L{NamerPrefix} that says so
+    (C{/#/dns/a/users.example/8080/v2}: service C{"a/users.example/8080"});
   - C{/$/inet/<host>/<port>} is bound to that fixed address;
   - any other path under C{/#} or C{/$} is negative (L{Neg});
   - otherwise every dentry whose prefix matches is applied, the last one
@@ -22,7 +24,7 @@ bound name per request.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -47,6 +49,7 @@ from meshproxy.routing.path import Path
 __all__ = [
     "BoundName",
     "DelegationError",
+    "NamerPrefix",
     "RoutingFailure",
     "INET_PREFIX",
     "delegate",
@@ -68,7 +71,8 @@ class BoundName:
         endpoint set per id.
     @ivar prefix: the namer's prefix, e.g. C{/#/fs} (or C{/$/inet}).
     @ivar service: the name the namer is asked to bind, e.g. C{"users"}; for
-        C{/$/inet} it is C{"host:port"}.
+        C{/$/inet} it is C{"host:port"}; under a L{NamerPrefix}, its
+        segments joined by C{/} (C{"a/users.example/8080"}).
     @ivar residual: what followed the service in the path, e.g. C{/v2}
         (usually empty).
     """
@@ -118,6 +122,63 @@ class DelegationError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class NamerPrefix(Path):
+    """
+    The prefix of a namer whose service names may take more than one
+    segment: C{/#/dns} owns C{/#/dns/srv/_http._tcp.users.example} (two
+    segments, C{srv} and the name) and C{/#/dns/a/users.example/8080}
+    (three). How many is read from the first segment below the prefix:
+    C{nameLengths} maps it to the length, any other first segment takes one
+    (and the namer then says it does not know the name).
+
+    A namer puts its prefix in this form; delegation binds the service's
+    segments, joined by C{/}, and leaves the rest as the residual. It
+    equals, and hashes as, the plain L{Path} with the same segments.
+
+    @ivar nameLengths: first segment → how many segments a name starting
+        with it takes (at least 1).
+    """
+
+    __slots__ = ("nameLengths",)
+
+    nameLengths: Mapping[str, int]
+
+    def __init__(self, segments: tuple[str, ...], nameLengths: Mapping[str, int]) -> None:
+        """
+        @param segments: the prefix's segments, as for L{Path}.
+        @param nameLengths: see L{nameLengths}.
+        @raise ValueError: if a length is not an integer of at least 1.
+        """
+        super().__init__(segments)
+        for first, length in nameLengths.items():
+            if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+                raise ValueError(f"name length of {first!r} must be an integer >= 1")
+        object.__setattr__(self, "nameLengths", dict(nameLengths))
+
+    def nameLength(self, below: tuple[str, ...]) -> int:
+        """
+        @param below: the segments after the prefix, at least one.
+        @return: how many of them make the service name (maybe more than
+            there are: the name is then incomplete).
+        """
+        return self.nameLengths.get(below[0], 1)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Path):
+            return NotImplemented
+        return self.segments == other.segments
+
+    def __ne__(self, other: object) -> bool:
+        if not isinstance(other, Path):
+            return NotImplemented
+        return self.segments != other.segments
+
+    __hash__ = Path.__hash__
+
+    def __repr__(self) -> str:
+        return f"NamerPrefix({self.segments!r}, {self.nameLengths!r})"
 
 
 def _showPath(path: Path, limit: int = 60) -> str:
@@ -218,11 +279,16 @@ class _Delegation:
         for prefixSegments, prefix in self.prefixes:
             n = len(prefixSegments)
             if len(segments) > n and segments[:n] == prefixSegments:
+                end = n + 1
+                if isinstance(prefix, NamerPrefix):
+                    # An incomplete name keeps what there is: its namer
+                    # does not know it.
+                    end = min(len(segments), n + prefix.nameLength(segments[n:]))
                 return BoundName(
-                    id=Path._unchecked(segments[: n + 1]),
+                    id=Path._unchecked(segments[:end]),
                     prefix=prefix,
-                    service=segments[n],
-                    residual=path.drop(n + 1),
+                    service="/".join(segments[n:end]),
+                    residual=path.drop(end),
                 )
         if segments and segments[0] == "$":
             return _bindInet(path)
