@@ -271,6 +271,43 @@ class FormatTests(SynchronousTestCase):
         self.assertEqual(keeping.pathOf(b"/a?secret=1"), "/a?secret=1")
 
 
+class DocsTests(SynchronousTestCase):
+    """
+    docs/observability.md's access log section says what the code does.
+    """
+
+    def section(self) -> str:
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        with open(os.path.join(here, "docs", "observability.md"), encoding="utf-8") as f:
+            text = f.read()
+        start = text.index("## Access log\n")
+        end = text.find("\n## ", start + 1)
+        return text[start : end if end >= 0 else len(text)]
+
+    def block(self, language: str) -> str:
+        section = self.section()
+        start = section.index("```%s\n" % (language,)) + len(language) + 4
+        return section[start : section.index("```", start)]
+
+    def test_exampleLineIsWhatFormatLineWrites(self) -> None:
+        example = self.block("json").strip()
+        record = json.loads(example)
+        self.assertEqual(list(record), list(SUMMARY_FIELDS))
+        self.assertEqual(formatLine(record).decode("utf-8"), example)
+
+    def test_exampleConfigIsValid(self) -> None:
+        import yaml
+
+        loaded = yaml.safe_load(self.block("yaml"))
+        section = AccessLogConfig.model_validate(loaded["telemetry"]["accessLog"])
+        self.assertEqual(section, AccessLogConfig())
+
+    def test_everyFieldDescribed(self) -> None:
+        section = self.section()
+        for field in SUMMARY_FIELDS:
+            self.assertIn("`%s`" % (field,), section)
+
+
 class StreamCase(SynchronousTestCase):
     """
     Helpers for an L{AccessLog} on standard output, made a pipe or a
@@ -536,6 +573,7 @@ class PipeTests(StreamCase):
             self.pump()
         self.successResultOf(d)
         self.assertEqual(parseLines(bytes(received)), list(range(1001)))
+        self.assertEqual((stats.accessLogLines, stats.accessLogDropped), (1001, 0))
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
     def test_stopGivesUpAfterTimeout(self) -> None:

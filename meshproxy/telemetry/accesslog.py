@@ -108,7 +108,9 @@ def formatLine(summary: dict[str, Any]) -> bytes:
     A request summary as one access-log line.
 
     @param summary: the fields of L{SUMMARY_FIELDS} (a missing one is
-        written as C{null}, other keys are left out), JSON-ready.
+        written as C{null}, other keys are left out), JSON-ready. Built in
+        that order, it is serialised as it is (the fast way); otherwise a
+        copy in that order is.
     @return: a compact JSON object in UTF-8 with the fields in the order of
         L{SUMMARY_FIELDS}, without a newline (none can occur inside: JSON
         escapes control characters, and U+2028, U+2029 and U+0085 are
@@ -117,7 +119,9 @@ def formatLine(summary: dict[str, Any]) -> bytes:
         cannot represent: bytes are decoded (UTF-8, with replacement),
         anything else is written as C{str(value)}.
     """
-    text = _encode({field: summary.get(field) for field in SUMMARY_FIELDS})
+    if tuple(summary) != SUMMARY_FIELDS:
+        summary = {field: summary.get(field) for field in SUMMARY_FIELDS}
+    text = _encode(summary)
     if not text.isascii():
         for raw, escaped in _LINE_BREAKS:
             if raw in text:
@@ -261,8 +265,9 @@ class _Writer:
     @ivar held: lines accepted and not yet written or dropped.
     """
 
-    # Set while the writer waits for its stream to become writable: it
-    # writes what is pending then, no need to try before.
+    # Set while the writer waits (for its stream to become writable, for its
+    # thread to finish a batch): it writes what is pending then, no need to
+    # try before.
     _waiting = False
 
     def __init__(
@@ -272,9 +277,10 @@ class _Writer:
         self._stats = stats
         self._limit = limit
         self._complaints = complaints
-        self._pending: deque[bytes] = deque()
+        # Lines (bytes) in the order they came; the thread writer puts its
+        # markers (reopen, flush, stop) among them.
+        self._pending: deque[Any] = deque()
         self._scheduled: IDelayedCall | None = None
-        self._idle: list[Deferred[None]] = []
         self.held = 0
 
     def add(self, line: bytes) -> None:
@@ -294,6 +300,11 @@ class _Writer:
         self._scheduled = None
         self._write()
 
+    def _unschedule(self) -> None:
+        if self._scheduled is not None:
+            self._scheduled.cancel()
+            self._scheduled = None
+
     def _write(self) -> None:
         """
         Hand on what is pending.
@@ -310,25 +321,13 @@ class _Writer:
             self._stats.accessLogDropped += failed
         if error is not None:
             self._complaints.failed(failed, error)
-        if self.held == 0 and self._idle:
-            idle, self._idle = self._idle, []
-            for d in idle:
-                d.callback(None)
 
     def whenWritten(self) -> Deferred[None]:
         """
         A L{Deferred} that fires once every line held now was written or
         dropped (maybe later ones too).
         """
-        if self._scheduled is not None:
-            self._scheduled.cancel()
-            self._scheduled = None
-            self._write()
-        if self.held == 0:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._idle.append(d)
-        return d
+        raise NotImplementedError()
 
     def reopen(self) -> None:
         """
@@ -344,6 +343,9 @@ class _Writer:
         @return: a L{Deferred} that fires when done (never fails).
         """
         raise NotImplementedError()
+
+
+_NOT_IN_TIME = "not written before the shutdown timeout"
 
 
 @implementer(IWriteDescriptor)
@@ -383,6 +385,7 @@ class _StreamWriter(_Writer):
         # before anything else, so that our lines are never cut.
         self._chunk = b""
         self._chunkLines = 0
+        self._idle: list[Deferred[None]] = []
 
     def fileno(self) -> int:
         return self._fd
@@ -411,6 +414,15 @@ class _StreamWriter(_Writer):
         self._chunkLines = len(lines) - 1
 
     def _write(self) -> None:
+        self._writeSome()
+        # Only now, once the writer's state is whole again: what waits may
+        # well add lines.
+        if self.held == 0 and self._idle:
+            idle, self._idle = self._idle, []
+            for d in idle:
+                d.callback(None)
+
+    def _writeSome(self) -> None:
         while True:
             if not self._chunk:
                 if not self._pending:
@@ -433,7 +445,8 @@ class _StreamWriter(_Writer):
                     self._waiting = True
                     self._reactor.addWriter(self)
                 return
-            lines, self._chunk = self._chunkLines, b""
+            lines = self._chunkLines
+            self._chunk, self._chunkLines = b"", 0
             self._settled(lines, 0, None)
         if self._waiting:
             self._waiting = False
@@ -448,6 +461,16 @@ class _StreamWriter(_Writer):
         self._chunk, self._chunkLines = b"", 0
         self._pending.clear()
         self._settled(0, lost, error)
+
+    def whenWritten(self) -> Deferred[None]:
+        if self._scheduled is not None:
+            self._unschedule()
+            self._write()
+        if self.held == 0:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._idle.append(d)
+        return d
 
     def stop(self, timeout: float) -> Deferred[None]:
         d = self.whenWritten()
@@ -469,9 +492,9 @@ class _StreamWriter(_Writer):
         if lost:
             self._settled(0, lost, _NOT_IN_TIME)
         self._closer()
-
-
-_NOT_IN_TIME = "not written before the shutdown timeout"
+        idle, self._idle = self._idle, []
+        for d in idle:
+            d.callback(None)
 
 
 def _timedOut(failure: Failure) -> None:
@@ -481,16 +504,33 @@ def _timedOut(failure: Failure) -> None:
     failure.trap(TimeoutError)
 
 
-# What the reactor puts in the writer thread's queue besides batches.
-_REOPEN = "reopen"
-_STOP = "stop"
+class _Marker:
+    """
+    What the reactor puts among the lines for the writer thread.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return "<%s>" % (self.name,)
+
+
+_REOPEN = _Marker("reopen")
+_STOP = _Marker("stop")
 
 
 class _ThreadWriter(_Writer):
     """
-    Writes lines to a file from a thread of its own: the reactor hands it
-    the lines of each iteration as one batch through a queue; the thread
-    reports back what it wrote or lost through C{callFromThread}.
+    Writes lines to a file from a thread of its own.
+
+    The reactor hands the thread everything pending (lines, and markers:
+    reopen, flush, stop, in order) as one batch, and hands it the next one
+    only once the thread is done with it: under load, batches grow instead
+    of multiplying, and the thread, which needs the GIL a few times per
+    batch, keeps up even when a busy reactor lets it have the GIL rarely.
+    The thread reports what it did, once per batch, through
+    C{callFromThread}.
     """
 
     def __init__(
@@ -510,38 +550,54 @@ class _ThreadWriter(_Writer):
         super().__init__(reactor, stats, limit, complaints)
         self._opener = opener
         self._reopenable = reopenable
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[Any]] = queue.SimpleQueue()
         # Set (on the reactor thread) when stopping gave up waiting: the
         # thread then drops what it still gets instead of writing it.
         self._abandoned = False
+        # Batches handed to the thread and not done yet.
+        self._inFlight = 0
+        # The thread's own: the file, what it did since its last report,
+        # whether a write failed in the middle of a line (the next write
+        # then starts on a new line, so that the torn one stays alone).
+        self._fd: int | None = None
+        self._outcomes: list[Any] = []
+        self._torn = False
         self._stopped: Deferred[None] = Deferred()
         self._thread = threading.Thread(target=self._run, name="meshproxy-accesslog", daemon=True)
         self._thread.start()
 
-    def _write(self) -> None:
-        if self._pending:
+    def _write(self, now: bool = False) -> None:
+        """
+        Hand on what is pending, if the thread is done with the last batch
+        (or C{now}).
+        """
+        if self._pending and (now or not self._inFlight):
+            self._inFlight += 1
+            self._waiting = True
             batch = list(self._pending)
             self._pending.clear()
             self._queue.put(batch)
 
+    def _mark(self, marker: object) -> None:
+        """
+        Put C{marker} after the lines pending, and hand them on now.
+        """
+        self._unschedule()
+        self._pending.append(marker)
+        self._write(now=True)
+
     def whenWritten(self) -> Deferred[None]:
         """
         A L{Deferred} that fires once the thread has dealt with everything
-        handed to it so far (lines, a reopen).
+        given to the writer so far (lines, a reopen).
         """
-        if self._scheduled is not None:
-            self._scheduled.cancel()
-            self._scheduled = None
-        self._write()
         d: Deferred[None] = Deferred()
-        self._queue.put(d)
+        self._mark(d)
         return d
 
     def reopen(self) -> None:
         if self._reopenable:
-            # Lines logged before the signal go to the file being let go.
-            self._write()
-            self._queue.put(_REOPEN)
+            self._mark(_REOPEN)
 
     def stop(self, timeout: float) -> Deferred[None]:
         """
@@ -549,11 +605,7 @@ class _ThreadWriter(_Writer):
         stuck in a write past C{timeout} is left to finish on its own (it is
         a daemon thread: it does not keep the process alive).
         """
-        if self._scheduled is not None:
-            self._scheduled.cancel()
-            self._scheduled = None
-        self._write()
-        self._queue.put(_STOP)
+        self._mark(_STOP)
         d: Deferred[None] = Deferred()
 
         def done(result: object) -> None:
@@ -574,24 +626,29 @@ class _ThreadWriter(_Writer):
         d.addCallback(lambda _: call.cancel() if call.active() else None)
         return d
 
-    # In the writer thread.
-
-    def _report(self, written: int, failed: int, error: str | None) -> None:
-        self._reactor.callFromThread(self._settledUnlessAbandoned, written, failed, error)
-
-    def _settledUnlessAbandoned(self, written: int, failed: int, error: str | None) -> None:
-        if not self._abandoned:
-            self._settled(written, failed, error)
-
-    def _open(self, lines: int = 0) -> int | None:
+    def _apply(self, outcomes: list[Any]) -> None:
         """
-        Open the file; on failure, report it, with the C{lines} lost.
+        Account for what the thread did, in order: C{(written, failed,
+        error)} for lines, a L{Deferred} for a flush.
         """
-        try:
-            return self._opener()
-        except OSError as e:
-            self._report(0, lines, _describe(e))
-            return None
+        for outcome in outcomes:
+            if isinstance(outcome, Deferred):
+                outcome.callback(None)
+            elif not self._abandoned:
+                self._settled(*outcome)
+
+    def _batchDone(self, outcomes: list[Any]) -> None:
+        self._apply(outcomes)
+        self._inFlight -= 1
+        self._waiting = self._inFlight > 0
+        self._write()
+
+    def _finished(self, outcomes: list[Any]) -> None:
+        self._apply(outcomes)
+        self._stopped.callback(None)
+
+    # In the writer thread. What it did is reported once per batch (one
+    # callFromThread: the thread needs the GIL as few times as it can).
 
     def _run(self) -> None:
         try:
@@ -604,49 +661,71 @@ class _ThreadWriter(_Writer):
             )
 
     def _loop(self) -> None:
-        fd = self._open()
-        # Whether a write failed in the middle of a line: the next write
-        # then starts on a new line, so that the torn one stays alone.
-        torn = False
+        self._fd = self._open(0)
+        if self._outcomes:
+            self._reactor.callFromThread(self._apply, self._outcomes)
+            self._outcomes = []
         while True:
-            item = self._queue.get()
-            if item is _STOP:
-                break
-            if item is _REOPEN:
-                _closeQuietly(fd)
-                fd = self._open()
-                torn = False
-                continue
-            if isinstance(item, Deferred):
-                self._reactor.callFromThread(item.callback, None)
-                continue
-            assert isinstance(item, list)
-            if self._abandoned:
-                continue
-            if fd is None:
-                fd = self._open(len(item))
-                if fd is None:
+            batch = self._queue.get()
+            lines: list[bytes] = []
+            for item in batch:
+                if isinstance(item, bytes):
+                    lines.append(item)
                     continue
-            item.append(b"")
-            data = b"\n".join(item)
-            count = len(item) - 1
-            sent = 0
-            try:
-                if torn:
-                    os.write(fd, b"\n")
-                    torn = False
-                view = memoryview(data)
-                while sent < len(data):
-                    sent += os.write(fd, view[sent:])
-            except OSError as e:
-                written = data.count(b"\n", 0, sent)
-                if sent:
-                    torn = data[sent - 1] != 0x0A
-                self._report(written, count - written, _describe(e))
-                continue
-            self._report(count, 0, None)
-        _closeQuietly(fd)
-        self._reactor.callFromThread(self._stopped.callback, None)
+                if lines:
+                    self._writeLines(lines)
+                    lines = []
+                if item is _STOP:
+                    _closeQuietly(self._fd)
+                    self._reactor.callFromThread(self._finished, self._outcomes)
+                    return
+                if item is _REOPEN:
+                    _closeQuietly(self._fd)
+                    self._fd = self._open(0)
+                    self._torn = False
+                else:
+                    self._outcomes.append(item)
+            if lines:
+                self._writeLines(lines)
+            outcomes, self._outcomes = self._outcomes, []
+            self._reactor.callFromThread(self._batchDone, outcomes)
+
+    def _open(self, lines: int) -> int | None:
+        """
+        Open the file; on failure, report it, with the C{lines} lost.
+        """
+        try:
+            return self._opener()
+        except OSError as e:
+            self._outcomes.append((0, lines, _describe(e)))
+            return None
+
+    def _writeLines(self, lines: list[bytes]) -> None:
+        count = len(lines)
+        if self._abandoned:
+            return
+        if self._fd is None:
+            self._fd = self._open(count)
+            if self._fd is None:
+                return
+        fd = self._fd
+        lines.append(b"")
+        data = b"\n".join(lines)
+        sent = 0
+        try:
+            if self._torn:
+                os.write(fd, b"\n")
+                self._torn = False
+            view = memoryview(data)
+            while sent < len(data):
+                sent += os.write(fd, view[sent:])
+        except OSError as e:
+            written = data.count(b"\n", 0, sent)
+            if sent:
+                self._torn = data[sent - 1] != 0x0A
+            self._outcomes.append((written, count - written, _describe(e)))
+            return
+        self._outcomes.append((count, 0, None))
 
 
 def _closeQuietly(fd: int | None) -> None:
@@ -807,9 +886,8 @@ class AccessLog(Service):
             # A file description of our own, so that O_NONBLOCK does not
             # reach the one twistd's log writes to.
             try:
-                own = os.open(
-                    "/proc/self/fd/%d" % (fd,), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC
-                )
+                openFlags = os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+                own = os.open("/proc/self/fd/%d" % (fd,), openFlags)
             except OSError:
                 pass
             else:
