@@ -83,7 +83,11 @@ TLS_TARGETS = (
     "haproxy-tls-full", "meshproxy-tls-full",
     "haproxy-mtls", "meshproxy-mtls",
 )
-ALL_TARGETS = TARGETS + TLS_TARGETS
+#: What --telemetry adds: the plain meshproxy with tracing exported to a
+#: local receiver at 1% and 100% sampling, and with the access log on (to a
+#: file), each a ratio to the plain meshproxy of the same run.
+TELEMETRY_TARGETS = ("meshproxy-trace1", "meshproxy-trace100", "meshproxy-log")
+ALL_TARGETS = TARGETS + TLS_TARGETS + TELEMETRY_TARGETS
 
 
 class Target:
@@ -120,6 +124,9 @@ SPECS = {
     "meshproxy-tls-full": Target("meshproxy-tls", "https", ["meshproxy-tls"], handshakes=True),
     "haproxy-mtls": Target("haproxy-out", servers=["haproxy-out", "haproxy-in"]),
     "meshproxy-mtls": Target("meshproxy-out", servers=["meshproxy-out", "meshproxy-in"]),
+    "meshproxy-trace1": Target("meshproxy-trace1", servers=["meshproxy-trace1"]),
+    "meshproxy-trace100": Target("meshproxy-trace100", servers=["meshproxy-trace100"]),
+    "meshproxy-log": Target("meshproxy-log", servers=["meshproxy-log"]),
 }
 
 #: The ratios reported (a/b), when both targets were measured.
@@ -134,6 +141,9 @@ RATIOS = (
     ("meshproxy-tls-full", "haproxy-tls-full"),
     ("meshproxy-mtls", "haproxy-mtls"),
     ("meshproxy-mtls", "meshproxy"),
+    ("meshproxy-trace1", "meshproxy"),
+    ("meshproxy-trace100", "meshproxy"),
+    ("meshproxy-log", "meshproxy"),
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -206,6 +216,42 @@ routers:
     listen: "tcp:$port:interface=$loopback:backlog=1024"
     identifier: {kind: host}
     rules: "/svc => /#/static;"
+"""
+
+# The telemetry targets: the plain config plus a telemetry section; spans go
+# to the harness's receiver (a separate process on the load CPU).
+TRACING_CONF = MESHPROXY_CONF + """\
+telemetry:
+  tracing:
+    sampleRate: $rate
+    zipkin: {url: "http://$loopback:$receiverport/api/v2/spans"}
+"""
+ACCESS_LOG_CONF = MESHPROXY_CONF + """\
+telemetry:
+  accessLog: {path: "$logpath"}
+"""
+
+# A span receiver: accepts Zipkin posts, counts spans, answers 202. Standard
+# library only, run by the harness's interpreter.
+SPAN_RECEIVER = """\
+import http.server, json, sys
+class Handler(http.server.BaseHTTPRequestHandler):
+    spans = 0
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        Handler.spans += len(json.loads(body))
+        self.send_response(202)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def do_GET(self):
+        body = str(Handler.spans).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
 """
 
 
@@ -786,9 +832,12 @@ class Bench:
         needed = set()
         for target in args.only:
             needed.update(SPECS[target].servers)
-        meshproxies = [n for n in ("meshproxy", "meshproxy-tls", "meshproxy-in", "meshproxy-out")
+        meshproxies = [n for n in ("meshproxy", "meshproxy-tls", "meshproxy-in", "meshproxy-out",
+                                   *TELEMETRY_TARGETS)
                        if n in needed]
-        names = ["nginx", *sorted(needed), *(f"{n}-admin" for n in meshproxies)]
+        tracing = bool(needed & {"meshproxy-trace1", "meshproxy-trace100"})
+        names = ["nginx", *sorted(needed), *(f"{n}-admin" for n in meshproxies),
+                 *(["receiver"] if tracing else [])]
         self.ports = dict(zip(names, free_ports(len(names)), strict=True))
         # The plain meshproxy's admin port keeps its name (JSON of earlier runs).
         if "meshproxy-admin" in self.ports:
@@ -805,6 +854,10 @@ class Bench:
         if needed & {"haproxy-tls", "meshproxy-tls", "haproxy-in", "meshproxy-in"}:
             certs = self.make_certs()
             say(f"certificates made with meshproxy.certs in {certs}")
+        if tracing:
+            receiver = self.spawn("receiver", self.pinned(LOAD_CPU, [
+                sys.executable, "-c", SPAN_RECEIVER, str(ports["receiver"])]))
+            wait_ready(receiver, ports["receiver"], "/", self.args.ready_timeout, "span receiver")
         plain = MESHPROXY_CONF
         if args.meshproxy_config:
             plain = Path(args.meshproxy_config).read_text()
@@ -831,6 +884,18 @@ class Bench:
             "meshproxy-out": lambda: self.start_meshproxy(
                 "meshproxy-out", MESHPROXY_OUT_CONF, ports["meshproxy-out"],
                 ports["meshproxy-out-admin"], inport=ports["meshproxy-in"], certs=certs),
+            "meshproxy-trace1": lambda: self.start_meshproxy(
+                "meshproxy-trace1", TRACING_CONF, ports["meshproxy-trace1"],
+                ports["meshproxy-trace1-admin"], nginxport=nginx, rate="0.01",
+                receiverport=ports.get("receiver")),
+            "meshproxy-trace100": lambda: self.start_meshproxy(
+                "meshproxy-trace100", TRACING_CONF, ports["meshproxy-trace100"],
+                ports["meshproxy-trace100-admin"], nginxport=nginx, rate="1.0",
+                receiverport=ports.get("receiver")),
+            "meshproxy-log": lambda: self.start_meshproxy(
+                "meshproxy-log", ACCESS_LOG_CONF, ports["meshproxy-log"],
+                ports["meshproxy-log-admin"], nginxport=nginx,
+                logpath=self.tmp / "access.log"),
         }
         for name, start in starts.items():
             if name in needed:
@@ -1027,6 +1092,13 @@ class Bench:
                 churn["before"] = memory_kib(self.pids["meshproxy"])
                 churn["failed"] = connection_churn(self.ports["meshproxy"], args.churn)
                 churn["after"] = memory_kib(self.pids["meshproxy"])
+        if "receiver" in self.ports:
+            status, body = http_get(self.ports["receiver"], "/")
+            self.results["spans_received"] = int(body)
+        if "meshproxy-log" in self.pids:
+            log = self.tmp / "access.log"
+            self.results["access_log_lines"] = (
+                sum(1 for _ in log.open("rb")) if log.exists() else 0)
         self.summarize()
 
     def meta(self):
@@ -1176,6 +1248,10 @@ def print_report(results, args, out=sys.stdout):
             p(f"{name:<32} {fmt_ratio(r['rps']):>7} {fmt_ratio(r['p50_ms']):>7} "
               f"{fmt_ratio(r['p99_ms']):>7} {fmt_ratio(r['cpu_us_per_req']):>8}")
         p("(rps below 1x = fewer requests/s than the baseline; latency and CPU above 1x = worse)")
+    if "spans_received" in results:
+        p(f"spans received by the bench's Zipkin receiver: {results['spans_received']:,}")
+    if "access_log_lines" in results:
+        p(f"access log lines written: {results['access_log_lines']:,}")
 
     if results["c1_summary"]:
         p()
@@ -1256,6 +1332,9 @@ def parse_args(argv):
                              + " (default: " + ",".join(TARGETS) + ")")
     parser.add_argument("--tls", action="store_true",
                         help="also measure the TLS targets: " + ",".join(TLS_TARGETS))
+    parser.add_argument("--telemetry", action="store_true",
+                        help="add meshproxy with tracing at 1%% and 100%% sampling (to a local"
+                             " receiver) and with the access log on, as ratios to meshproxy")
     parser.add_argument("--handshake-clients", type=int, default=8, metavar="K",
                         help="parallel openssl s_time loops of the *-tls-full targets "
                              "(default 8)")
@@ -1283,6 +1362,8 @@ def parse_args(argv):
                      + (f"; unknown: {','.join(unknown)}" if unknown else ""))
     if args.tls:
         only += TLS_TARGETS
+    if args.telemetry:
+        only += ["meshproxy", *TELEMETRY_TARGETS]
     args.only = [t for t in ALL_TARGETS if t in only]
     for name in ("runs", "duration", "connections", "threads"):
         if getattr(args, name) < 1:

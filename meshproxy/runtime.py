@@ -34,11 +34,14 @@ if TYPE_CHECKING:
     from meshproxy.admin.rules import RulesStore
     from meshproxy.balancing.base import Balancer
     from meshproxy.balancing.node import Node
-    from meshproxy.config import LoadBalancerConfig, MeshConfig, NamerConfig
+    from meshproxy.config import LoadBalancerConfig, MeshConfig, NamerConfig, TelemetryConfig
     from meshproxy.discovery.interfaces import INamer
     from meshproxy.http.listener import ServerFactory
     from meshproxy.http.router import HttpRouter
     from meshproxy.tcp.router import TcpRouter, TcpServerFactory
+    from meshproxy.telemetry.accesslog import AccessLog
+    from meshproxy.telemetry.spans import ISummarySink, TelemetryStats
+    from meshproxy.telemetry.tap import TapHub
     from meshproxy.tls import ClientContext, ServerTLS
 
     #: A router of the config, of either protocol.
@@ -101,10 +104,12 @@ class Runtime(Service):
         of each HTTP router, by name (set by L{buildServices}).
     @ivar policyStores: the L{PolicyStore<meshproxy.admin.policy.PolicyStore>}
         of each router, by name (set by L{buildServices}).
+    @ivar telemetry: the process's L{Telemetry} (set by L{buildServices}).
     """
 
     rulesStores: dict[str, RulesStore]
     policyStores: dict[str, PolicyStore]
+    telemetry: Telemetry
 
     def __init__(
         self,
@@ -278,6 +283,11 @@ def buildServices(
     metrics = MeshMetrics(registry, runtime.nodes, costScale=0.001, tls=runtime.tlsContexts)
     # The runtime first: the readiness clock starts before the namers load.
     services: list[IService] = [runtime]
+    # Then telemetry's exporters and access log: stopped after the routers
+    # (in reverse order), so that the last requests' spans and lines go out.
+    telemetry = Telemetry(config.telemetry, metrics.telemetry, reactor=reactor)
+    services += telemetry.services
+    runtime.telemetry = telemetry
 
     namers: dict[Path, INamer] = {}
     for namerConfig in config.namers:
@@ -314,6 +324,9 @@ def buildServices(
                 metrics=metrics,
                 balancerFactory=balancerFactory(routerConfig.loadBalancer, reactor),
                 rulesAllowInet=config.admin.rulesAllowInet,
+                tracer=telemetry.tracer,
+                summaries=telemetry.summaries,
+                logQuery=telemetry.logQuery,
                 **clockArgs,
             )
             factory = ServerFactory(
@@ -388,6 +401,7 @@ def buildServices(
         rulesStores=stores,
         policyStores=policyStores,
         clock=reactor,
+        tap=telemetry.tap,
     )
     from meshproxy.admin.site import AdminSite
 
@@ -402,7 +416,77 @@ def buildServices(
             reactor=reactor,
         )
     )
+    # Last, so that it stops first: a drain ends the tap's streams at once.
+    services.append(_TapService(telemetry.tap))
     return runtime, services
+
+
+class Telemetry:
+    """
+    The process's tracing, access log and tap, made from the C{telemetry}
+    section and shared by every HTTP router.
+
+    @ivar tracer: the L{Tracer<meshproxy.telemetry.observe.Tracer>}.
+    @ivar tap: the L{TapHub<meshproxy.telemetry.tap.TapHub>}.
+    @ivar accessLog: the L{AccessLog<meshproxy.telemetry.accesslog.AccessLog>},
+        or L{None} when off.
+    @ivar summaries: what takes each request's summary (the access log and
+        the tap).
+    @ivar logQuery: whether summaries keep the query string.
+    @ivar services: the exporters and the access log, to start and stop.
+    """
+
+    def __init__(
+        self,
+        config: TelemetryConfig,
+        stats: TelemetryStats,
+        *,
+        # IReactorTCP and IReactorTime, which no one type says.
+        reactor: Any,
+    ) -> None:
+        from meshproxy.telemetry.accesslog import AccessLog
+        from meshproxy.telemetry.export import exportersFor
+        from meshproxy.telemetry.observe import Tracer
+        from meshproxy.telemetry.tap import TapHub
+
+        tracing = config.tracing
+        exporters = exportersFor(tracing, stats, reactor)
+        self.tracer = Tracer(
+            sampleRate=tracing.sampleRate,
+            sinks=exporters,
+            serviceName=tracing.serviceName,
+        )
+        self.tap = TapHub(stats, clock=reactor)
+        self.services: list[IService] = list(exporters)
+        summaries: list[ISummarySink] = [self.tap]
+        self.accessLog: AccessLog | None = None
+        self.logQuery = False
+        if config.accessLog is not None:
+            self.accessLog = AccessLog(config.accessLog, stats, reactor=reactor)
+            self.logQuery = config.accessLog.query
+            summaries.insert(0, self.accessLog)
+            self.services.append(self.accessLog)
+        self.summaries = tuple(summaries)
+
+    def reopenLogs(self) -> None:
+        """
+        Reopen the access log file (SIGUSR1, after logrotate moved it).
+        """
+        if self.accessLog is not None:
+            self.accessLog.reopen()
+
+
+class _TapService(Service):
+    """
+    Ends the tap's streams when the process stops (before the drain).
+    """
+
+    def __init__(self, tap: TapHub) -> None:
+        self.tap = tap
+
+    def stopService(self) -> None:
+        Service.stopService(self)
+        self.tap.close()
 
 
 @overload

@@ -28,6 +28,7 @@ from meshproxy.listeners import CannotListen
 from meshproxy.runtime import buildServices
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import TracebackType
 
     from meshproxy.config import MeshConfig
@@ -181,6 +182,25 @@ class _ProcessService(MultiService):
     """
 
     runtime: Runtime
+    # IReactorCore, which installReopenSignal needs.
+    reactor: Any = None
+    _uninstallReopen: Callable[[], None] | None = None
+
+    def startService(self) -> None:
+        MultiService.startService(self)
+        telemetry = getattr(self.runtime, "telemetry", None)
+        if telemetry is not None and telemetry.accessLog is not None:
+            from meshproxy.telemetry.accesslog import installReopenSignal
+
+            # After twistd's logger started, so that its own SIGUSR1 handler
+            # (rotating a --logfile) is chained.
+            self._uninstallReopen = installReopenSignal(self.reactor, telemetry.reopenLogs)
+
+    def stopService(self) -> Any:
+        uninstall, self._uninstallReopen = self._uninstallReopen, None
+        if uninstall is not None:
+            uninstall()
+        return MultiService.stopService(self)
 
     def privilegedStartService(self) -> None:
         try:
@@ -234,4 +254,5 @@ def makeService(
         for service in demoUpstreamServices(reactor):
             service.setServiceParent(top)
     top.runtime = runtime
+    top.reactor = reactor
     return top

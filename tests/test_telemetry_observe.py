@@ -22,7 +22,7 @@ from meshproxy.http.server import ServerProtocol
 from meshproxy.routing.path import Path
 from meshproxy.runtime import balancerFactory
 from meshproxy.telemetry.metrics import MeshMetrics
-from meshproxy.telemetry.observe import Tracer, formatTime, requestPath
+from meshproxy.telemetry.observe import Tracer
 from meshproxy.telemetry.spans import CLIENT, SERVER, SUMMARY_FIELDS, ISpanSink, ISummarySink
 
 CONFIG = """\
@@ -392,15 +392,6 @@ class SummaryTests(SynchronousTestCase):
 
 
 class HelperTests(SynchronousTestCase):
-    def test_formatTime(self):
-        self.assertEqual(formatTime(0.0), "1970-01-01T00:00:00.000Z")
-        self.assertEqual(formatTime(1764579600.1234), "2025-12-01T09:00:00.123Z")
-
-    def test_requestPath(self):
-        self.assertEqual(requestPath(b"/a?b=c", False), "/a")
-        self.assertEqual(requestPath(b"/a?b=c", True), "/a?b=c")
-        self.assertEqual(requestPath(b"/caf\xc3\xa9\xff", False), "/caf\xe9\ufffd")
-
     def test_sinksProvideInterfaces(self):
         verifyObject(ISpanSink, SpanList())
         verifyObject(ISummarySink, SummaryList())

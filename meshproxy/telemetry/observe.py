@@ -15,11 +15,11 @@ follows its router.
 from __future__ import annotations
 
 import random as _random
-import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from meshproxy.discovery.endpoints import formatAddress
+from meshproxy.telemetry.accesslog import decodeTarget, formatLine, formatTime, stripQuery
 from meshproxy.telemetry.spans import CLIENT, SERVER, SUMMARY_FIELDS, ISpanSink, ISummarySink, Span
 from meshproxy.telemetry.tracecontext import extract, newSpanId, newTraceId, outgoing
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from meshproxy.balancing.node import Node
     from meshproxy.http.message import Request
 
-__all__ = ["RequestObserver", "RequestTrace", "Tracer", "formatTime", "requestPath"]
+__all__ = ["RequestObserver", "RequestTrace", "Tracer"]
 
 #: The most tries a trace records as client spans (retries are bounded by
 #: C{retries.maxRetries}, stale connections by a few more; this bounds a
@@ -239,27 +239,6 @@ def _reqId(value: bytes | None) -> bytes | None:
     return value
 
 
-def formatTime(seconds: float) -> str:
-    """
-    RFC 3339 UTC with milliseconds: C{2026-12-01T09:00:00.123Z}.
-    """
-    whole = int(seconds)
-    millis = int((seconds - whole) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + ".%03dZ" % (millis,)
-
-
-def requestPath(target: bytes, query: bool) -> str:
-    """
-    The path of a request-target, as text, its query dropped unless asked
-    for.
-    """
-    if not query:
-        cut = target.find(b"?")
-        if cut >= 0:
-            target = target[:cut]
-    return target.decode("utf-8", "replace")
-
-
 class RequestObserver:
     """
     What one router does with each finished exchange besides metrics:
@@ -277,26 +256,14 @@ class RequestObserver:
         sinks: Sequence[ISummarySink] = (),
         *,
         query: bool = False,
-        encode: Callable[[dict[str, Any]], bytes] | None = None,
     ) -> None:
         """
         @param query: whether summaries keep the query string.
-        @param encode: turns a summary into its line (the access log's
-            format); compact JSON when not given.
         """
         self.router = router
         self.tracer = tracer
         self.sinks = tuple(sinks)
-        self.query = query
-        if encode is None:
-            import json
-
-            dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-            def encode(summary: dict[str, Any]) -> bytes:
-                return dumps(summary).encode("utf-8")
-
-        self._encode = encode
+        self._path = decodeTarget if query else stripQuery
 
     def finished(self, exchange: Any, now: float) -> None:
         """
@@ -313,7 +280,7 @@ class RequestObserver:
         wanting = [sink for sink in self.sinks if sink.wants(self.router)]
         if wanting:
             summary = self.summary(exchange, now)
-            line = self._encode(summary)
+            line = formatLine(summary)
             for sink in wanting:
                 sink.summarize(summary, line)
 
@@ -334,7 +301,7 @@ class RequestObserver:
             None if client is None else client.name,
             request.method.decode("latin-1"),
             None if request.host is None else request.host.decode("latin-1"),
-            requestPath(request.target, self.query),
+            self._path(request.target),
             exchange.status,
             exchange.meshErr,
             round((now - start) * 1000.0, 3),
@@ -361,7 +328,7 @@ class RequestObserver:
         local = (service, None, 0)
         tags = {
             "http.method": method,
-            "http.path": requestPath(request.target, False),
+            "http.path": stripQuery(request.target),
             "http.status_code": str(exchange.status),
             "mesh.router": self.router,
         }
