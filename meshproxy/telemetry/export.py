@@ -44,7 +44,7 @@ from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
 from meshproxy.config.telemetry import BatchConfig, TracingConfig
-from meshproxy.telemetry.spans import CLIENT, SERVER, ISpanSink, Span, TelemetryStats
+from meshproxy.telemetry.spans import CLIENT, SERVER, ISpanSink, Span, TelemetryStats, jsonString
 
 __all__ = [
     "MAX_IN_FLIGHT",
@@ -115,42 +115,65 @@ def zipkinJSON(spans: Iterable[Span], serviceName: str | None = None) -> bytes:
     @param spans: the finished spans.
     @param serviceName: the C{localEndpoint.serviceName} of every span;
         L{None} to use each span's own (C{span.local[0]}).
-    @return: UTF-8 JSON (ASCII in fact: non-ASCII text is escaped).
+    @return: UTF-8 JSON.
     """
-    endpoints: dict[Any, dict[str, Any]] = {}
-    out = []
+    # Written with templates rather than through json.dumps of a dict per
+    # span: a third of the cost, for the same JSON. Ids, kinds and numbers
+    # need no escaping; text goes through jsonString.
+    endpoints: dict[Any, str] = {}
+    out: list[str] = []
+    append = out.append
     for span in spans:
         local = span.local
         localKey = (serviceName or local[0], local[1], local[2])
         localEndpoint = endpoints.get(localKey)
         if localEndpoint is None:
-            localEndpoint = endpoints[localKey] = _zipkinEndpoint(*localKey)
-        record: dict[str, Any] = {
-            "traceId": span.traceId,
-            "id": span.spanId,
-            "kind": span.kind,
-            "name": span.name,
-            "timestamp": round(span.start * 1e6),
-            "duration": max(1, round(span.duration * 1e6)),
-            "localEndpoint": localEndpoint,
-        }
-        if span.parentId is not None:
-            record["parentId"] = span.parentId
+            localEndpoint = endpoints[localKey] = _compact(_zipkinEndpoint(*localKey))
+        parentId = span.parentId
         remote = span.remote
+        remoteEndpoint = ""
         if remote is not None:
-            remoteEndpoint = endpoints.get(remote)
+            remoteEndpoint = endpoints.get(remote)  # type: ignore[assignment]
             if remoteEndpoint is None:
-                remoteEndpoint = endpoints[remote] = _zipkinEndpoint(*remote)
-            if remoteEndpoint:
-                record["remoteEndpoint"] = remoteEndpoint
+                fields = _zipkinEndpoint(*remote)
+                remoteEndpoint = endpoints[remote] = (
+                    ',"remoteEndpoint":' + _compact(fields) if fields else ""
+                )
         tags = span.tags
         if span.error and "error" not in tags:
             tags = dict(tags)
             tags["error"] = "true"
-        if tags:
-            record["tags"] = tags
-        out.append(record)
-    return json.dumps(out, separators=(",", ":")).encode("ascii")
+        append(
+            _ZIPKIN_SPAN
+            % (
+                span.traceId,
+                span.spanId,
+                "" if parentId is None else ',"parentId":"%s"' % (parentId,),
+                span.kind,
+                jsonString(span.name),
+                round(span.start * 1e6),
+                max(1, round(span.duration * 1e6)),
+                localEndpoint,
+                remoteEndpoint,
+                ""
+                if not tags
+                else ',"tags":{%s}'
+                % ",".join(
+                    "%s:%s" % (jsonString(key), jsonString(value)) for key, value in tags.items()
+                ),
+            )
+        )
+    return ("[" + ",".join(out) + "]").encode("utf-8")
+
+
+_ZIPKIN_SPAN = (
+    '{"traceId":"%s","id":"%s"%s,"kind":"%s","name":%s,"timestamp":%d,"duration":%d,'
+    '"localEndpoint":%s%s%s}'
+)
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 # -- OTLP/JSON ---------------------------------------------------------------

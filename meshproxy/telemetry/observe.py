@@ -14,13 +14,22 @@ follows its router.
 
 from __future__ import annotations
 
+import json
 import random as _random
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from meshproxy.discovery.endpoints import formatAddress
 from meshproxy.telemetry.accesslog import decodeTarget, formatLine, formatTime, stripQuery
-from meshproxy.telemetry.spans import CLIENT, SERVER, SUMMARY_FIELDS, ISpanSink, ISummarySink, Span
+from meshproxy.telemetry.spans import (
+    CLIENT,
+    SERVER,
+    SUMMARY_FIELDS,
+    ISpanSink,
+    ISummarySink,
+    Span,
+    jsonString,
+)
 from meshproxy.telemetry.tracecontext import extract, newSpanId, newTraceId, outgoing
 
 if TYPE_CHECKING:
@@ -264,6 +273,8 @@ class RequestObserver:
         self.tracer = tracer
         self.sinks = tuple(sinks)
         self._path = decodeTarget if query else stripQuery
+        self._second = -1
+        self._secondText = ""
 
     def finished(self, exchange: Any, now: float) -> None:
         """
@@ -279,14 +290,32 @@ class RequestObserver:
             return
         wanting = [sink for sink in self.sinks if sink.wants(self.router)]
         if wanting:
-            summary = self.summary(exchange, now)
-            line = formatLine(summary)
+            values = self._values(exchange, now)
+            summary = dict(zip(SUMMARY_FIELDS, values, strict=True))
+            line = _line(values)
             for sink in wanting:
                 sink.summarize(summary, line)
 
     def summary(self, exchange: Any, now: float) -> dict[str, Any]:
         """
         The summary of a finished exchange (see L{SUMMARY_FIELDS}).
+        """
+        return dict(zip(SUMMARY_FIELDS, self._values(exchange, now), strict=True))
+
+    def _time(self, when: float) -> str:
+        """
+        L{formatTime}, its text up to the second made once per second.
+        """
+        second = int(when)
+        if second != self._second:
+            self._second = second
+            self._secondText = formatTime(second)[:-5]
+        return "%s.%03dZ" % (self._secondText, int((when - second) * 1000))
+
+    def _values(self, exchange: Any, now: float) -> tuple[Any, ...]:
+        """
+        The values of a finished exchange's summary, in the order of
+        L{SUMMARY_FIELDS}.
         """
         request = exchange.request
         client = exchange.client
@@ -295,8 +324,8 @@ class RequestObserver:
         head = exchange.headTime
         identity = request.identity
         last = exchange.lastNode
-        values = (
-            formatTime(start),
+        return (
+            self._time(start),
             self.router,
             None if client is None else client.name,
             request.method.decode("latin-1"),
@@ -315,7 +344,6 @@ class RequestObserver:
             request.peer,
             None if identity is None else identity.name,
         )
-        return dict(zip(SUMMARY_FIELDS, values, strict=True))
 
     def _spans(self, exchange: Any, trace: RequestTrace, now: float) -> list[Span]:
         """
@@ -341,7 +369,7 @@ class RequestObserver:
         identity = request.identity
         if identity is not None:
             tags["mesh.peer_identity"] = identity.name
-        if exchange.tries:
+        if exchange.tries > 1:
             tags["mesh.tries"] = str(exchange.tries)
         name = "%s %s" % (method, client.name if client is not None else self.router)
         status = exchange.status
@@ -362,13 +390,8 @@ class RequestObserver:
         ]
         retryReason = None
         for spanId, start, end, address, tryStatus, error in trace.tries or ():
-            tryTags = {
-                "mesh.router": self.router,
-                "mesh.endpoint": address,
-                "http.method": method,
-            }
-            if client is not None:
-                tryTags["mesh.name"] = client.name
+            # The server span, their parent, has the router, name and method.
+            tryTags = {"mesh.endpoint": address}
             if tryStatus:
                 tryTags["http.status_code"] = str(tryStatus)
             if error is not None:
@@ -399,6 +422,49 @@ class RequestObserver:
                 )
             )
         return spans
+
+
+#: The summary line: L{formatLine}'s output for the values the request path
+#: gives, written without a JSON encoder.
+_LINE = (
+    '{"time":"%s","router":%s,"name":%s,"method":%s,"authority":%s,"path":%s,'
+    '"status":%d,"meshErr":%s,"durationMs":%r,"ttfbMs":%s,"bytesIn":%d,"bytesOut":%d,'
+    '"endpoint":%s,"tries":%d,"traceId":%s,"reqId":%s,"client":%s,"identity":%s}'
+)
+
+
+def _line(values: tuple[Any, ...]) -> bytes:
+    """
+    The access log's line (L{formatLine}) of a summary's values, made
+    directly: the same JSON object, at a fraction of the encoder's cost.
+    """
+    (when, router, name, method, authority, path, status, meshErr, duration, ttfb,
+     bytesIn, bytesOut, endpoint, tries, traceId, reqId, client, identity) = values
+    text = _LINE % (
+        when,
+        jsonString(router),
+        jsonString(name),
+        jsonString(method),
+        jsonString(authority),
+        jsonString(path),
+        status,
+        jsonString(meshErr),
+        duration,
+        "null" if ttfb is None else repr(ttfb),
+        bytesIn,
+        bytesOut,
+        jsonString(endpoint),
+        tries,
+        jsonString(traceId),
+        jsonString(reqId),
+        jsonString(client),
+        jsonString(identity),
+    )
+    if text.isascii():
+        return text.encode("ascii")
+    # Non-ASCII text (a path decoded with replacement characters, an
+    # identity): the line breaks JSON leaves as they are must still go.
+    return formatLine(json.loads(text))
 
 
 def _serviceOf(name: str) -> str:

@@ -11,6 +11,7 @@ log is on (and the request sampled) or a tap has a subscriber.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from zope.interface import Interface
@@ -23,6 +24,7 @@ __all__ = [
     "Span",
     "SUMMARY_FIELDS",
     "TelemetryStats",
+    "jsonString",
 ]
 
 SERVER = "SERVER"
@@ -227,3 +229,20 @@ class TelemetryStats:
         """
         key = (exporter, reason)
         self.spansDropped[key] = self.spansDropped.get(key, 0) + count
+
+
+_dumps = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def jsonString(value: str | None) -> str:
+    """
+    A JSON string (or C{null}) for telemetry written without a JSON encoder:
+    the text as it is when it needs no escape (the usual case: names,
+    tokens, addresses and request-targets meshproxy checked), else through
+    the encoder.
+    """
+    if value is None:
+        return "null"
+    if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+        return '"' + value + '"'
+    return _dumps(value)
