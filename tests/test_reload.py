@@ -639,6 +639,37 @@ class ListenerTests(ReloadTestCase):
         self.assertEqual(upstream(proxy.get(client)), b"a")
         self.assertEqual(proxy.admin.get("/admin/routers/www/rules").code, 200)
 
+    def test_tlsSectionChangedOnAKeptListener(self):
+        """
+        A changed C{tls} section on a kept listener gives new connections
+        the new certificates: a new TLS context and watcher, the same
+        socket.
+        """
+        from meshproxy import certs
+
+        ca = os.path.abspath(self.mktemp())
+        certs.initAuthority(ca)
+        one = certs.issue(ca, "one", uris=("spiffe://mesh.local/one",))
+        two = certs.issue(ca, "two", uris=("spiffe://mesh.local/two",))
+        section = "    tls: {certificates: [{cert: %s, key: %s}]}"
+        proxy = self.proxy(web=section % (one.cert, one.key))
+        parts = proxy.runtime.parts["web"]
+        listener, oldTLS, oldWatch = parts.listener, parts.serverTLS, parts.tlsWatch
+        self.assertEqual(proxy.router().tlsName, "spiffe://mesh.local/one")
+        summary = proxy.reload(self.config(web=section % (two.cert, two.key)))
+        self.assertEqual(summary["routers"]["rebuilt"], ["web"])
+        parts = proxy.runtime.parts["web"]
+        self.assertIs(parts.listener, listener)
+        self.assertIsNot(parts.serverTLS, oldTLS)
+        self.assertIs(parts.listening.contexts, parts.serverTLS)
+        self.assertIs(proxy.runtime.serverTLS["web"], parts.serverTLS)
+        self.assertEqual(proxy.router().tlsName, "spiffe://mesh.local/two")
+        self.assertIsNone(oldWatch.parent)
+        self.assertTrue(parts.tlsWatch.running)
+        # Another change leaves the TLS alone.
+        proxy.reload(self.config(web=section % (two.cert, two.key), total="9s"))
+        self.assertEqual(proxy.router().tlsName, "spiffe://mesh.local/two")
+
     def test_shutdownGraceApplies(self):
         proxy = self.proxy()
         proxy.reload(self.config(admin="  shutdownGrace: 3s"))
@@ -745,7 +776,9 @@ class RefusalTests(ReloadTestCase):
 """
         proxy = self.proxy(routers=tcp)
         error = proxy.refused(
-            self.config(routers=tcp.replace("tcp\n", "http\n").replace("    destination: /#/static/a\n", ""))
+            self.config(
+                routers=tcp.replace("tcp\n", "http\n").replace("    destination: /#/static/a\n", "")
+            )
         )
         self.assertEqual(error.status, 400)
         self.assertIn("cannot change without a restart", error.errors[0])
@@ -805,3 +838,257 @@ class RefusalTests(ReloadTestCase):
              " process already and cannot be again: restart to listen on it with a new"
              " listen string"],
         )
+
+
+class AdminChangesTests(ReloadTestCase):
+    """
+    Rules and policies changed through the admin API since the last load
+    stay, whatever the file says; the others follow the file. The stores
+    (versions, history) stay across a rebuild.
+    """
+
+    def putRules(self, proxy, text, name="web"):
+        path = "/admin/routers/%s/rules" % (name,)
+        etag = proxy.admin.get(path).header("etag")
+        response = proxy.admin.put(path, text, headers={"If-Match": etag})
+        self.assertEqual(response.code, 200, response)
+        return response.header("etag")
+
+    def test_rulesChangedThroughTheAdminAPIStayOnRebuild(self):
+        proxy = self.proxy()
+        etag = self.putRules(proxy, "/svc/hello => /#/static/b;\n")
+        summary = proxy.reload(
+            self.config(total="7s", rules="/svc/hello => /#/static/a;/svc/x => /#/static/a;")
+        )
+        self.assertEqual(summary["routers"]["rebuilt"], ["web"])
+        self.assertTrue(summary["rules"]["web"].startswith("kept: changed through the admin API"))
+        self.assertEqual(upstream(proxy.get(proxy.connect())), b"b")
+        response = proxy.admin.get("/admin/routers/web/rules")
+        self.assertEqual((response.text, response.header("etag")),
+                         ("/svc/hello => /#/static/b;\n", etag))
+        history = json.loads(proxy.admin.get("/admin/routers/web/rules/history").body)
+        self.assertEqual([entry["who"] for entry in history], ["127.0.0.1", "config"])
+
+    def test_rulesChangedThroughTheAdminAPIStayInPlace(self):
+        proxy = self.proxy()
+        self.putRules(proxy, "/svc/hello => /#/static/b;\n")
+        summary = proxy.reload(self.config(rules="/svc/x => /#/static/a;"))
+        self.assertEqual(summary["routers"]["updated"], ["web"])
+        self.assertTrue(summary["rules"]["web"].startswith("kept"))
+        self.assertEqual(upstream(proxy.get(proxy.connect())), b"b")
+
+    def test_theFilesRulesPutBackFollowTheFileAgain(self):
+        proxy = self.proxy()
+        self.putRules(proxy, "/svc/hello => /#/static/b;\n")
+        self.putRules(proxy, "/svc/hello => /#/static/a;")
+        summary = proxy.reload(self.config(rules="/svc/hello => /#/static/b;"))
+        self.assertEqual(summary["rules"], {"web": "from the file"})
+        self.assertEqual(upstream(proxy.get(proxy.connect())), b"b")
+
+    def test_adminRulesInvalidUnderTheNewConfigGiveWayToTheFiles(self):
+        more = "  - {kind: static, prefix: /#/more, services: {}}"
+        proxy = self.proxy(namers=more)
+        self.putRules(proxy, "/svc/hello => /#/more/a;\n")
+        summary = proxy.reload(self.config(namers=""))
+        self.assertTrue(summary["rules"]["web"].startswith(
+            "from the file: the rules changed through the admin API are not valid with it"
+        ), summary["rules"])
+        self.assertEqual(upstream(proxy.get(proxy.connect())), b"a")
+
+    def test_policyChangedThroughTheAdminAPIStays(self):
+        proxy = self.proxy()
+        path = "/admin/routers/web/policy"
+        etag = proxy.admin.get(path).header("etag")
+        response = proxy.admin.put(
+            path, {"default": "deny", "rules": []}, headers={"If-Match": etag}
+        )
+        self.assertEqual(response.code, 200, response)
+        summary = proxy.reload(self.config(total="7s", web="    policy: {default: allow}"))
+        self.assertTrue(summary["policies"]["web"].startswith("kept"))
+        self.assertEqual(proxy.get(proxy.connect()).status, 403)
+
+    def test_storesOfAnAddedRouterRestoreItsSavedRules(self):
+        """
+        A router added by a reload gets its stores as at a start: rules
+        saved through the admin API under its name are restored.
+        """
+        proxy = self.proxy(routers=WEB2)
+        self.putRules(proxy, "/svc/hello => /#/static/a;\n", name="web2")
+        proxy.reload(self.config(routers=""))
+        proxy.reload(self.config(routers=WEB2))
+        self.assertEqual(upstream(proxy.get(proxy.connect("web2"))), b"a")
+
+
+class SlotTests(SynchronousTestCase):
+    """
+    The stores see the router of a name, whichever object it is.
+    """
+
+    def test_rulesSlot(self):
+        from meshproxy.routing.path import Path
+        from meshproxy.routing.table import RuleTable
+
+        class Router:
+            def __init__(self, text):
+                self.rules = RuleTable("web", [Path.read("/#/s")], text)
+
+        class Runtime:
+            routers = {"web": Router("/a => /#/s/a;")}
+
+        runtime = Runtime()
+        slot = RulesSlot(runtime, "web")
+        verifyObject(IRuleTable, slot)
+        self.assertEqual(slot.rulesText, "/a => /#/s/a;")
+        runtime.routers["web"] = Router("/b => /#/s/b;")
+        self.assertEqual(slot.rulesText, "/b => /#/s/b;")
+        slot.setRules(slot.validateRules("/c => /#/s/c;"), "/c => /#/s/c;")
+        self.assertEqual(runtime.routers["web"].rules.rulesText, "/c => /#/s/c;")
+        self.assertEqual(slot.describe(slot.validateRules("/c => /#/s/c;"), "/c"), "/#/s/c")
+        self.assertEqual(slot.recentNames(), [])
+
+    def test_policySlot(self):
+        class Router:
+            policy = None
+
+        class Runtime:
+            routers = {"web": Router()}
+
+        runtime = Runtime()
+        slot = PolicySlot(runtime, "web")
+        self.assertIsNone(slot.policy)
+        marker = object()
+        slot.policy = marker
+        self.assertIs(runtime.routers["web"].policy, marker)
+
+
+class ReloadRouteTests(ReloadTestCase):
+    """
+    C{POST /admin/reload}.
+    """
+
+    def test_answersTheSummary(self):
+        proxy = self.proxy()
+        proxy.write(self.config(routers=WEB2))
+        response = proxy.admin.post("/admin/reload")
+        self.assertEqual(response.code, 200)
+        body = response.json()
+        self.assertEqual((body["changed"], body["routers"]["added"]), (True, ["web2"]))
+        response = proxy.admin.post("/admin/reload")
+        self.assertEqual((response.code, response.json()["message"]), (200, "nothing changed"))
+
+    def test_badFile(self):
+        proxy = self.proxy()
+        proxy.write(self.config(total="fast"))
+        response = proxy.admin.post("/admin/reload")
+        self.assertEqual(response.code, 400)
+        self.assertEqual(
+            response.json(),
+            {
+                "error": "reload refused: nothing changed",
+                "errors": ['routers[0].timeouts.total: expected a duration like "2s", got "fast"'],
+            },
+        )
+
+    def test_needsTheToken(self):
+        proxy = self.proxy(admin='  token: "t0ken"')
+        response = proxy.admin.post("/admin/reload")
+        self.assertEqual(response.code, 401)
+        response = proxy.admin.post("/admin/reload", token="t0ken")
+        self.assertEqual(response.code, 200)
+
+    def test_cannotBind(self):
+        proxy = self.proxy()
+        proxy.write(self.config(routers=WEB2.replace("tcp:0:", "tcp:%d:" % (self.portA,))))
+        response = proxy.admin.post("/admin/reload")
+        self.assertEqual(response.code, 500)
+        self.assertEqual(len(response.json()["errors"]), 1)
+
+    def test_noReloadInTheRuntime(self):
+        from prometheus_client import CollectorRegistry
+
+        from meshproxy.admin.api import AdminAPI
+
+        class Runtime:
+            routers = {}
+
+        api = AdminAPI(Runtime(), CollectorRegistry(), clock=self.network)
+        from treq.testing import StubTreq
+
+        treq = StubTreq(api.app.resource())
+        response = self.successResultOf(treq.post("http://127.0.0.1/admin/reload"))
+        self.assertEqual(response.code, 404)
+
+
+class HangupTests(SynchronousTestCase):
+    """
+    C{SIGHUP} reloads, through the reactor's thread; the previous handler
+    is restored at the stop.
+    """
+
+    def setUp(self):
+        previous = signal.getsignal(signal.SIGHUP)
+        self.addCleanup(signal.signal, signal.SIGHUP, previous)
+        self.reloads = []
+
+        class Runtime:
+            def reload(runtime):
+                d = Deferred()
+                self.reloads.append(d)
+                return d
+
+        class Reactor:
+            def __init__(reactor):
+                reactor.calls = []
+
+            def callFromThread(reactor, f, *args):
+                reactor.calls.append((f, args))
+
+        from meshproxy.tap import _ReloadOnHangup
+
+        self.reactor = Reactor()
+        self.service = _ReloadOnHangup(Runtime(), self.reactor)
+
+    def test_hangupReloadsInTheReactor(self):
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        os.kill(os.getpid(), signal.SIGHUP)
+        [(f, args)] = self.reactor.calls
+        self.assertEqual(self.reloads, [])
+        f(*args)
+        [d] = self.reloads
+        d.errback(ReloadError(["bad"]))
+        # A refused reload is logged by the reloader: nothing left unhandled.
+
+    def test_previousHandlerRestored(self):
+        def mine(signum, frame):
+            pass
+
+        signal.signal(signal.SIGHUP, mine)
+        self.service.startService()
+        self.assertNotEqual(signal.getsignal(signal.SIGHUP), mine)
+        self.service.stopService()
+        self.assertIs(signal.getsignal(signal.SIGHUP), mine)
+
+    def test_defaultBecomesIgnoredAtTheStop(self):
+        """
+        C{SIGHUP}'s default action ends the process: during the drain, it
+        is ignored instead.
+        """
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        self.service.startService()
+        self.service.stopService()
+        self.assertEqual(signal.getsignal(signal.SIGHUP), signal.SIG_IGN)
+
+    def test_makeServiceAddsIt(self):
+        from twisted.internet.testing import MemoryReactorClock
+
+        from meshproxy.tap import Options, _ReloadOnHangup, makeService
+
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(config())
+        options = Options()
+        options.parseOptions(["--config", path])
+        top = makeService(options, reactor=MemoryReactorClock())
+        [service] = [s for s in top if isinstance(s, _ReloadOnHangup)]
+        self.assertIs(service.runtime, top.runtime)
