@@ -620,11 +620,28 @@ class Reloader:
         except Exception as e:
             _log.failure("reload of {path} failed: nothing changed", path=path)
             return fail(ReloadError(["internal error: %s" % (e,)], 500))
-        # The next reload may bind what this one closed: it waits for the
-        # ports to be closed.
+        # Done once the removed listeners' ports are closed: the next
+        # reload may bind what this one closed.
         d: Deferred[Any] = gatherResults(closing, consumeErrors=True)
         d.addErrback(lambda f: _log.failure("closing a listener failed", f))
-        return d.addCallback(lambda _: summary)
+        return d.addCallback(lambda _: self._done(summary))
+
+    def _done(self, summary: dict[str, Any]) -> dict[str, Any]:
+        if summary["changed"]:
+            _log.info(
+                "reloaded {path}: routers {routers}; namers {namers}; listeners"
+                " {listeners}{restart}",
+                path=self.configPath,
+                routers=_describe(summary["routers"]),
+                namers=_describe(summary["namers"]),
+                listeners=_describe(summary["listeners"]),
+                restart=(
+                    "; needs a restart: " + ", ".join(summary["restartNeeded"])
+                    if summary["restartNeeded"]
+                    else ""
+                ),
+            )
+        return summary
 
     # -- the steps ----------------------------------------------------------------------------
 
@@ -681,15 +698,6 @@ class Reloader:
         self._bind(staged, parent)
         closing = self._commit(plan, new, staged, parent)
         summary = _summary(plan, old, new, staged, self.configPath)
-        _log.info(
-            "reloaded {path}: routers {routers}; namers {namers}{restart}",
-            path=self.configPath,
-            routers=_describe(summary["routers"]),
-            namers=_describe(summary["namers"]),
-            restart=(
-                "; needs a restart: " + ", ".join(plan.restart) if plan.restart else ""
-            ),
-        )
         return summary, closing
 
     def _adoptionProblems(self, plan: Plan, new: MeshConfig) -> list[str]:

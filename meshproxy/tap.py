@@ -234,13 +234,23 @@ class _ReloadOnHangup(Service):
         self._previous: Any = None
         self._installed = False
 
+    def privilegedStartService(self) -> None:
+        """
+        Install the handler, before any service starts (the process logs
+        that it is ready as they start); the previous one is restored at
+        the stop.
+        """
+        Service.privilegedStartService(self)
+        self._install()
+
     def startService(self) -> None:
-        """
-        Install the handler (the previous one is restored at the stop).
-        """
         Service.startService(self)
-        self._previous = signal.signal(signal.SIGHUP, self._hangup)
-        self._installed = True
+        self._install()
+
+    def _install(self) -> None:
+        if not self._installed:
+            self._previous = signal.signal(signal.SIGHUP, self._hangup)
+            self._installed = True
 
     def stopService(self) -> None:
         """
