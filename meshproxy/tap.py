@@ -12,6 +12,8 @@ and systemd socket activation works.
 A listener that cannot be bound ends the process with one line naming its
 owner and its endpoint (C{router web: cannot listen on tcp:4140: address
 already in use}) and exit status 1.
+
+C{SIGHUP} reloads the config file (L{meshproxy.reload}); C{SIGTERM} drains.
 """
 
 from __future__ import annotations
