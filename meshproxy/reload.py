@@ -692,7 +692,7 @@ class Reloader:
             _log.info(
                 "reload of {path}: {message}", path=self.configPath, message=summary["message"]
             )
-            self.config = new
+            self.config = _inForce(old, new)
             return summary, []
         staged = self._stage(plan, new)
         self._bind(staged, parent)
@@ -1021,7 +1021,7 @@ class Reloader:
         if gone:
             waits = gatherResults(retiring + draining, consumeErrors=True)
             waits.addBoth(lambda _: _stopNamers(gone))
-        self.config = new
+        self.config = _inForce(self.config, new)
         return closing
 
     def _switch(
@@ -1100,6 +1100,18 @@ class Reloader:
             retiring.setServiceParent(self.parent)
         return retiring.retire(router, factory, _retireLimit(router))
 
+
+
+def _inForce(old: MeshConfig, new: MeshConfig) -> MeshConfig:
+    """
+    The config in force after a reload of C{new}: C{new}, but for the keys
+    that need a restart, still C{old}'s (the next reload lists them again).
+    """
+    admin = old.admin.model_copy(
+        update={key: getattr(new.admin, key) for key in _ADMIN_APPLIED}
+    )
+    kept = {key: getattr(old, key) for key in type(new).model_fields if key not in _COMPARED}
+    return new.model_copy(update={"admin": admin, **kept})
 
 
 def _summary(

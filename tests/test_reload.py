@@ -791,8 +791,15 @@ class RefusalTests(ReloadTestCase):
         self.assertEqual(summary["restartNeeded"], ["admin.token"])
         self.assertEqual(summary["message"], "nothing applied: what changed needs a restart")
         self.assertIs(proxy.router(), router)
-        # Still no token: the admin API is as it was.
-        self.assertEqual(proxy.admin.post("/admin/reload").code, 200)
+        # Still no token: the admin API is as it was; and the change still
+        # needs a restart.
+        response = proxy.admin.post("/admin/reload")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.json()["restartNeeded"], ["admin.token"])
+        # What applies still does.
+        summary = proxy.reload(self.config(admin='  token: "t0ken"\n  shutdownGrace: 4s'))
+        self.assertEqual((summary["changed"], summary["restartNeeded"]), (True, ["admin.token"]))
+        self.assertEqual(proxy.runtime.shutdownGrace, 4.0)
 
     def test_stopping(self):
         proxy = self.proxy()
