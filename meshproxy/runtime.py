@@ -34,12 +34,21 @@ if TYPE_CHECKING:
     from meshproxy.admin.rules import RulesStore
     from meshproxy.balancing.base import Balancer
     from meshproxy.balancing.node import Node
-    from meshproxy.config import LoadBalancerConfig, MeshConfig, NamerConfig, TelemetryConfig
+    from meshproxy.config import (
+        LoadBalancerConfig,
+        MeshConfig,
+        NamerConfig,
+        RouterConfig,
+        TelemetryConfig,
+    )
     from meshproxy.discovery.interfaces import INamer
     from meshproxy.http.listener import ServerFactory
     from meshproxy.http.router import HttpRouter
+    from meshproxy.reload import Reloader
+    from meshproxy.routing.path import Path
     from meshproxy.tcp.router import TcpRouter, TcpServerFactory
     from meshproxy.telemetry.accesslog import AccessLog
+    from meshproxy.telemetry.metrics import MeshMetrics
     from meshproxy.telemetry.spans import ISummarySink, TelemetryStats
     from meshproxy.telemetry.tap import TapHub
     from meshproxy.tls import ClientContext, ServerTLS
@@ -104,11 +113,16 @@ class Runtime(Service):
         of each HTTP router, by name (set by L{buildServices}).
     @ivar policyStores: the L{PolicyStore<meshproxy.admin.policy.PolicyStore>}
         of each router, by name (set by L{buildServices}).
+    @ivar parts: the L{RouterParts} of each router, by name (set by
+        L{buildServices}, changed by a reload).
+    @ivar reloader: the L{Reloader<meshproxy.reload.Reloader>} of the
+        config file (set by L{buildServices}), or L{None}.
     @ivar telemetry: the process's L{Telemetry} (set by L{buildServices}).
     """
 
     rulesStores: dict[str, RulesStore]
     policyStores: dict[str, PolicyStore]
+    reloader: Reloader | None = None
     telemetry: Telemetry
 
     def __init__(
@@ -129,6 +143,7 @@ class Runtime(Service):
         self.readyFallback = readyFallback
         self.startedAt: float | None = None
         self._fallbackCall: IDelayedCall | None = None
+        self.parts: dict[str, RouterParts] = {}
 
     def startService(self) -> None:
         """
@@ -186,6 +201,23 @@ class Runtime(Service):
 
         self.reactor.callLater(0, self.reactor.stop)
         return succeed(None)
+
+    def reload(self) -> Deferred[dict[str, Any]]:
+        """
+        Read the config file again and apply what changed (see
+        L{meshproxy.reload}): C{SIGHUP} and C{POST /admin/reload}.
+
+        @return: a Deferred firing with the summary of what changed, or
+            failing with L{ReloadError<meshproxy.reload.ReloadError>}
+            (nothing changed).
+        """
+        from twisted.internet.defer import fail
+
+        from meshproxy.reload import ReloadError
+
+        if self.reloader is None:
+            return fail(ReloadError(["this process has nothing to reload from"], 409))
+        return self.reloader.reload()
 
     def isReady(self) -> bool:
         """
@@ -271,9 +303,6 @@ def buildServices(
     from twisted.internet.endpoints import serverFromString
 
     from meshproxy.admin.api import AdminAPI
-    from meshproxy.http.listener import ServerFactory
-    from meshproxy.http.router import HttpRouter
-    from meshproxy.routing.path import Path
     from meshproxy.telemetry.metrics import MeshMetrics
 
     runtime = Runtime(
@@ -297,109 +326,46 @@ def buildServices(
         runtime.namers.append(namer)
         services.append(namer)
 
+    # What every router of this process is built with (a reload builds its
+    # new routers with the same).
+    routerArgs: dict[str, Any] = {} if wallClock is None else {"wallClock": wallClock}
+    routerArgs.update(
+        tracer=telemetry.tracer, summaries=telemetry.summaries, logQuery=telemetry.logQuery
+    )
     for routerConfig in config.routers:
-        router: Router
-        factory: ServerFactory | TcpServerFactory
-        protocols: tuple[bytes, ...]
-        if routerConfig.protocol == "tcp":
-            from meshproxy.tcp.router import TcpRouter, TcpServerFactory
-
-            router = TcpRouter(
-                routerConfig,
-                namers,
-                reactor=reactor,
-                metrics=metrics,
-                balancerFactory=balancerFactory(routerConfig.loadBalancer, reactor),
-            )
-            factory = TcpServerFactory(router)
-            protocols = ()
-        else:
-            # (a mapping, as mypy cannot match a ** argument to the
-            # parameters it fills)
-            clockArgs: dict[str, Any] = {} if wallClock is None else {"wallClock": wallClock}
-            router = HttpRouter(
-                routerConfig,
-                namers,
-                reactor=reactor,
-                metrics=metrics,
-                balancerFactory=balancerFactory(routerConfig.loadBalancer, reactor),
-                rulesAllowInet=config.admin.rulesAllowInet,
-                tracer=telemetry.tracer,
-                summaries=telemetry.summaries,
-                logQuery=telemetry.logQuery,
-                **clockArgs,
-            )
-            factory = ServerFactory(
-                router,
-                routerConfig.server,
-                reactor,
-                router.connStats,
-                scheme=b"https" if routerConfig.tls is not None else _scheme(routerConfig.listen),
-            )
-            protocols = (b"http/1.1",)
-        runtime.routers[router.name] = router
-        services.append(_RouterService(router, factory, runtime.shutdownGrace))
-        upstreamFiles = router.tlsFiles()
-        if upstreamFiles:
-            from meshproxy.tls import FileWatcher
-
-            runtime.upstreamTLS.add(router.name)
-            services.append(
-                _WatchService(FileWatcher(upstreamFiles, router.reloadTLS, clock=reactor))
-            )
-        listening: Factory[Any] = factory
-        listen = routerConfig.listen
-        tlsConfig = routerConfig.tls
-        if tlsConfig is None:
-            listen, tlsConfig = _sslListen(listen)
-        if tlsConfig is not None:
-            listening, runtime.serverTLS[router.name] = _terminateTLS(
-                router, tlsConfig, factory, protocols, reactor, services
-            )
-        listener = _ListenerService(
-            serverFromString(reactor, _endpointString(listen)),
-            listening,
-            owner="router %s" % (router.name,),
-            listen=routerConfig.listen,
-            name=router.name,
+        router, factory, protocols = buildRouter(
+            routerConfig,
+            namers,
             reactor=reactor,
+            metrics=metrics,
+            rulesAllowInet=config.admin.rulesAllowInet,
+            **routerArgs,
         )
-        runtime.listeners.append(listener)
-        services.append(listener)
-
-    from meshproxy.admin.policy import PolicyStore
-    from meshproxy.admin.rules import RulesStore
+        parts = routerParts(
+            routerConfig, router, factory, protocols, runtime.shutdownGrace, reactor
+        )
+        runtime.routers[router.name] = router
+        runtime.parts[router.name] = parts
+        runtime.listeners.append(parts.listener)
+        if parts.serverTLS is not None:
+            runtime.serverTLS[router.name] = parts.serverTLS
+        if parts.upstreamWatch is not None:
+            runtime.upstreamTLS.add(router.name)
+        services.extend(parts.services())
 
     stateDir = stateDirectory(config, configPath)
-    stores: dict[str, RulesStore] = {}
-    policyStores: dict[str, PolicyStore] = {}
-    for name, router in runtime.routers.items():
-        # Every router, TCP ones too, has an access policy; one accepted
-        # through the admin API survives a restart and wins over the config's.
-        policyStore = policyStores[name] = PolicyStore(router, stateDir=stateDir, clock=reactor)
-        if policyStore.load():
-            _log.warn(
-                "router {router}: using the access policy saved through the admin API in"
-                " {path}, not the config's; to go back to the config's policy, delete that"
-                " file and restart",
-                router=name, path=policyStore.path,
-            )
-        if router.rules is None:
-            # A TCP router has no rules: the admin API answers 404 for them.
-            continue
-        store = stores[name] = RulesStore(router.rules, stateDir=stateDir, clock=reactor)
-        # Rules accepted through the admin API survive a restart.
-        _logSavedRules(name, store.path, store.load(), configPath)
-    runtime.rulesStores = stores
-    runtime.policyStores = policyStores
+    runtime.rulesStores = {}
+    runtime.policyStores = {}
+    for name in runtime.routers:
+        addStores(runtime, name, stateDir=stateDir, configPath=configPath, clock=reactor)
     admin = AdminAPI(
         runtime,
         registry,
         token=config.admin.token,
         protectReads=config.admin.protectReads,
         allowedHosts=config.admin.allowedHosts,
-        rulesStores=stores,
-        policyStores=policyStores,
+        rulesStores=runtime.rulesStores,
+        policyStores=runtime.policyStores,
         clock=reactor,
         tap=telemetry.tap,
     )
@@ -415,6 +381,16 @@ def buildServices(
             name="admin",
             reactor=reactor,
         )
+    )
+    from meshproxy.reload import Reloader
+
+    runtime.reloader = Reloader(
+        runtime,
+        config,
+        configPath=configPath,
+        reactor=reactor,
+        metrics=metrics,
+        routerArgs=routerArgs,
     )
     # Last, so that it stops first: a drain ends the tap's streams at once.
     services.append(_TapService(telemetry.tap))
@@ -487,6 +463,228 @@ class _TapService(Service):
     def stopService(self) -> None:
         Service.stopService(self)
         self.tap.close()
+
+
+
+
+def buildRouter(
+    routerConfig: RouterConfig,
+    namers: dict[Path, INamer],
+    *,
+    # IReactorTCP and IReactorTime, which no one type says.
+    reactor: Any,
+    metrics: MeshMetrics,
+    rulesAllowInet: bool = True,
+    **extra: Any,
+) -> tuple[Router, ServerFactory | TcpServerFactory, tuple[bytes, ...]]:
+    """
+    Build one router of the config and the factory its listener accepts
+    connections with: at startup (L{buildServices}) and for a reload
+    (L{meshproxy.reload}), the same way.
+
+    @param routerConfig: the router's L{RouterConfig<meshproxy.config.RouterConfig>}.
+    @param namers: the namers by prefix.
+    @param reactor: the reactor to connect with.
+    @param metrics: the process's L{MeshMetrics<meshproxy.telemetry.metrics.MeshMetrics>}.
+    @param rulesAllowInet: C{admin.rulesAllowInet}.
+    @param extra: more keyword arguments of L{HttpRouter<meshproxy.http.router.HttpRouter>}
+        (C{wallClock=}, the telemetry's); a TCP router takes none of them.
+    @return: C{(router, factory, protocols)}, C{protocols} being the ALPN
+        protocols a TLS listener in front of it offers.
+    """
+    from meshproxy.http.listener import ServerFactory
+    from meshproxy.http.router import HttpRouter
+
+    if routerConfig.protocol == "tcp":
+        from meshproxy.tcp.router import TcpRouter, TcpServerFactory
+
+        tcp = TcpRouter(
+            routerConfig,
+            namers,
+            reactor=reactor,
+            metrics=metrics,
+            balancerFactory=balancerFactory(routerConfig.loadBalancer, reactor),
+        )
+        return tcp, TcpServerFactory(tcp), ()
+    router = HttpRouter(
+        routerConfig,
+        namers,
+        reactor=reactor,
+        metrics=metrics,
+        balancerFactory=balancerFactory(routerConfig.loadBalancer, reactor),
+        rulesAllowInet=rulesAllowInet,
+        **extra,
+    )
+    factory = ServerFactory(
+        router,
+        routerConfig.server,
+        reactor,
+        router.connStats,
+        scheme=b"https" if routerConfig.tls is not None else _scheme(routerConfig.listen),
+    )
+    return router, factory, (b"http/1.1",)
+
+
+class RouterParts:
+    """
+    What one router of the config runs as: the router, the factory of its
+    listener, the services that start and stop them, and its TLS. A reload
+    (L{meshproxy.reload}) replaces the parts it changes.
+
+    @ivar config: the router's L{RouterConfig<meshproxy.config.RouterConfig>}.
+    @ivar router: the router.
+    @ivar factory: the factory making its client connections.
+    @ivar protocols: the ALPN protocols its TLS offers.
+    @ivar service: the L{_RouterService} starting and stopping the router.
+    @ivar listener: the L{_ListenerService} of its listen string.
+    @ivar listening: what the listener listens with: C{factory}, or a
+        L{TLSServerFactory<meshproxy.transport.tls.TLSServerFactory>} in
+        front of it.
+    @ivar serverTLS: the listener's L{ServerTLS<meshproxy.tls.ServerTLS>},
+        or L{None}.
+    @ivar tlsWatch: the watcher of the listener's TLS files, or L{None}.
+    @ivar upstreamWatch: the watcher of the router's upstream TLS files, or
+        L{None}.
+    """
+
+    def __init__(
+        self,
+        config: RouterConfig,
+        router: Router,
+        factory: ServerFactory | TcpServerFactory,
+        protocols: tuple[bytes, ...],
+        service: _RouterService,
+        listener: _ListenerService,
+        listening: Factory[Any],
+        serverTLS: ServerTLS | None = None,
+        tlsWatch: _WatchService | None = None,
+        upstreamWatch: _WatchService | None = None,
+    ) -> None:
+        self.config = config
+        self.router = router
+        self.factory = factory
+        self.protocols = protocols
+        self.service = service
+        self.listener = listener
+        self.listening = listening
+        self.serverTLS = serverTLS
+        self.tlsWatch = tlsWatch
+        self.upstreamWatch = upstreamWatch
+
+    def services(self) -> list[IService]:
+        """
+        The services of these parts, in the order they start.
+        """
+        services: list[IService] = [self.service]
+        services += [w for w in (self.upstreamWatch, self.tlsWatch) if w is not None]
+        services.append(self.listener)
+        return services
+
+
+def routerParts(
+    routerConfig: RouterConfig,
+    router: Router,
+    factory: ServerFactory | TcpServerFactory,
+    protocols: tuple[bytes, ...],
+    grace: float,
+    # IReactorTCP and IReactorTime, which no one type says.
+    reactor: Any,
+) -> RouterParts:
+    """
+    The services of a router made by L{buildRouter}: its L{_RouterService},
+    the watchers of its TLS files, and its listener (not bound yet).
+
+    @param grace: the seconds its connections get to end at shutdown.
+
+    @raise TLSFileError: when a file of the listener's TLS cannot be used.
+    @raise ValueError: when the listen string is not one Twisted can use (a
+        C{systemd:} name the process did not inherit, say).
+    """
+    from twisted.internet.endpoints import serverFromString
+
+    service = _RouterService(router, factory, grace)
+    upstreamWatch = None
+    upstreamFiles = router.tlsFiles()
+    if upstreamFiles:
+        from meshproxy.tls import FileWatcher
+
+        upstreamWatch = _WatchService(FileWatcher(upstreamFiles, router.reloadTLS, clock=reactor))
+    listening: Factory[Any] = factory
+    listen = routerConfig.listen
+    tlsConfig = routerConfig.tls
+    if tlsConfig is None:
+        listen, tlsConfig = _sslListen(listen)
+    server = tlsWatch = None
+    if tlsConfig is not None:
+        watches: list[Any] = []
+        listening, server = _terminateTLS(router, tlsConfig, factory, protocols, reactor, watches)
+        # (_terminateTLS adds the _WatchService of the listener's files)
+        [tlsWatch] = watches
+    listener = _ListenerService(
+        serverFromString(reactor, _endpointString(listen)),
+        listening,
+        owner="router %s" % (router.name,),
+        listen=routerConfig.listen,
+        name=router.name,
+        reactor=reactor,
+    )
+    return RouterParts(
+        routerConfig,
+        router,
+        factory,
+        protocols,
+        service,
+        listener,
+        listening,
+        serverTLS=server,
+        tlsWatch=tlsWatch,
+        upstreamWatch=upstreamWatch,
+    )
+
+
+def addStores(
+    runtime: Runtime,
+    name: str,
+    *,
+    stateDir: str | None,
+    configPath: str | None,
+    clock: IReactorTime,
+) -> None:
+    """
+    Give router C{name} its versioned access policy and (an HTTP router)
+    rules, restored from the state files when some were saved through the
+    admin API: at startup, and for a router a reload adds.
+
+    The stores follow the router of that name in C{runtime.routers}
+    (L{RulesSlot<meshproxy.reload.RulesSlot>},
+    L{PolicySlot<meshproxy.reload.PolicySlot>}): a reload that rebuilds the
+    router keeps them, their versions and history.
+    """
+    from meshproxy.admin.policy import PolicyStore
+    from meshproxy.admin.rules import RulesStore
+    from meshproxy.reload import PolicySlot, RulesSlot
+
+    router = runtime.routers[name]
+    # Every router, TCP ones too, has an access policy; one accepted
+    # through the admin API survives a restart and wins over the config's.
+    policyStore = runtime.policyStores[name] = PolicyStore(
+        PolicySlot(runtime, name), stateDir=stateDir, clock=clock
+    )
+    if policyStore.load():
+        _log.warn(
+            "router {router}: using the access policy saved through the admin API in"
+            " {path}, not the config's; to go back to the config's policy, delete that"
+            " file and restart",
+            router=name, path=policyStore.path,
+        )
+    if router.rules is None:
+        # A TCP router has no rules: the admin API answers 404 for them.
+        return
+    store = runtime.rulesStores[name] = RulesStore(
+        RulesSlot(runtime, name), stateDir=stateDir, clock=clock
+    )
+    # Rules accepted through the admin API survive a restart.
+    _logSavedRules(name, store.path, store.load(), configPath)
 
 
 @overload

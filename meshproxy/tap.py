@@ -12,14 +12,17 @@ and systemd socket activation works.
 A listener that cannot be bound ends the process with one line naming its
 owner and its endpoint (C{router web: cannot listen on tcp:4140: address
 already in use}) and exit status 1.
+
+C{SIGHUP} reloads the config file (L{meshproxy.reload}); C{SIGTERM} drains.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -30,6 +33,8 @@ from meshproxy.runtime import buildServices
 if TYPE_CHECKING:
     from collections.abc import Callable
     from types import TracebackType
+
+    from twisted.internet.defer import Deferred
 
     from meshproxy.config import MeshConfig
     from meshproxy.runtime import Runtime
@@ -229,6 +234,79 @@ def _quietExit(error: BaseException) -> None:
     sys.excepthook = hook
 
 
+class _ReloadOnHangup(Service):
+    """
+    Reloads the config file on C{SIGHUP} while the process runs (what the
+    systemd unit's C{ExecReload=} sends): twistd leaves the signal alone,
+    and its default action would end the process.
+
+    The handler only hands the reload to the reactor's thread
+    (C{callFromThread}); the reload logs its outcome (see
+    L{meshproxy.reload}).
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        # IReactorThreads, which callFromThread is part of.
+        reactor: Any,
+    ) -> None:
+        self.runtime = runtime
+        self.reactor = reactor
+        self._previous: Any = None
+        self._installed = False
+
+    def privilegedStartService(self) -> None:
+        """
+        Install the handler, before any service starts (the process logs
+        that it is ready as they start); the previous one is restored at
+        the stop.
+        """
+        Service.privilegedStartService(self)
+        self._install()
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._install()
+
+    def _install(self) -> None:
+        if not self._installed:
+            self._previous = signal.signal(signal.SIGHUP, self._hangup)
+            self._installed = True
+
+    def stopService(self) -> None:
+        """
+        Give C{SIGHUP} back to the handler it had before; a default
+        disposition (which ends the process) becomes "ignore", so that a
+        C{SIGHUP} during the drain cannot cut it short.
+        """
+        Service.stopService(self)
+        if self._installed:
+            self._installed = False
+            previous = self._previous
+            if previous is None or previous == signal.SIG_DFL:
+                previous = signal.SIG_IGN
+            signal.signal(signal.SIGHUP, previous)
+
+    def _hangup(self, signum: int, frame: Any) -> None:
+        # A signal handler runs between two bytecodes of the main thread:
+        # only hand the work to the reactor.
+        self.reactor.callFromThread(self.reload)
+
+    def reload(self) -> Deferred[Any]:
+        """
+        Reload the config file, as C{SIGHUP} asks. Its outcome is logged by
+        the reload itself (a refused one, every problem).
+        """
+        from meshproxy.reload import ReloadError
+
+        _log.info("SIGHUP: reloading the config file")
+        d = self.runtime.reload()
+        d.addErrback(lambda f: f.trap(ReloadError) and None)
+        d.addErrback(lambda f: _log.failure("reload on SIGHUP failed", f))
+        return d
+
+
 def makeService(
     options: Options,
     # IReactorTCP, IReactorTime and IReactorCore, which no one type says.
@@ -255,4 +333,5 @@ def makeService(
             service.setServiceParent(top)
     top.runtime = runtime
     top.reactor = reactor
+    _ReloadOnHangup(runtime, reactor).setServiceParent(top)
     return top

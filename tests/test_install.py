@@ -24,7 +24,13 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTALL = os.path.join(HERE, "docs", "install.md")
 UNIT = os.path.join(HERE, "etc", "meshproxy.service")
+SOCKET_UNIT = os.path.join(HERE, "etc", "meshproxy.socket")
 SERVICE_CONFIG = os.path.join(HERE, "etc", "service.yaml")
+SYSTEMD_CONFIG = os.path.join(HERE, "etc", "meshproxy-systemd.yaml")
+
+#: The section of the page that replaces the config of step 3 (a walk
+#: through the page leaves it out; it has a walk of its own).
+SOCKET_SECTION = "Socket activation"
 
 VENV = "/opt/meshproxy"
 
@@ -61,13 +67,23 @@ def unitSettings(text):
     return settings
 
 
-def installCommands():
+def installCommands(section=None):
     """
     The commands of the page's C{sh} blocks, in order, without C{sudo}
     and without trailing comments.
+
+    @param section: the title of the one section to read, or L{None} for
+        every section but L{SOCKET_SECTION}.
     """
     with open(INSTALL, encoding="utf-8") as f:
         text = f.read()
+    parts = re.split(r"^## (.*)$", text, flags=re.M)
+    # [before the first title, title, body, title, body, ...]
+    sections = [("", parts[0])] + list(zip(parts[1::2], parts[2::2], strict=True))
+    if section is None:
+        text = "".join(body for title, body in sections if title != SOCKET_SECTION)
+    else:
+        [text] = [body for title, body in sections if title == section]
     commands = []
     for block in re.findall(r"```sh\n(.*?)```", text, re.S):
         for line in block.splitlines():
@@ -127,11 +143,12 @@ class InstallPageTests(SynchronousTestCase):
         )
         return result
 
-    def test_followThePage(self):
+    def walk(self, commands):
         """
-        Every command of the page either runs here (and succeeds) or is one
-        this test knows it cannot run; the layout it leaves is what the unit
-        expects.
+        Run the commands of the page that can run here.
+
+        @return: C{(ran, skipped)}: the commands run, and those not run
+            with why.
         """
         if not self.inVenv:
             raise SkipTest(
@@ -143,7 +160,7 @@ class InstallPageTests(SynchronousTestCase):
                 "a virtual environment with meshproxy installed has bin/%s" % (program,),
             )
         ran, skipped = [], []
-        for command in installCommands():
+        for command in commands:
             if command in ran:
                 # The upgrade repeats steps of the install: once is enough.
                 continue
@@ -164,6 +181,15 @@ class InstallPageTests(SynchronousTestCase):
             result = self.run_(expanded)
             self.assertEqual(result.returncode, 0, (command, result.stdout, result.stderr))
             ran.append(command)
+        return ran, skipped
+
+    def test_followThePage(self):
+        """
+        Every command of the page either runs here (and succeeds) or is one
+        this test knows it cannot run; the layout it leaves is what the unit
+        expects.
+        """
+        ran, skipped = self.walk(installCommands())
         self.assertIn("meshproxy check /etc/meshproxy/meshproxy.yaml", ran)
         self.assertTrue(skipped)
         # The layout the unit expects.
@@ -181,11 +207,38 @@ class InstallPageTests(SynchronousTestCase):
         self.assertTrue(os.path.isfile(self.moved(documentation[len("file:"):])), documentation)
         link = os.path.join(self.root, "usr/local/bin/meshproxy")
         self.assertEqual(os.readlink(link), os.path.join(sys.prefix, "bin", "meshproxy"))
+        socketUnit = os.path.join(self.root, "etc/systemd/system/meshproxy.socket")
+        self.assertFalse(os.path.exists(socketUnit))
 
-    def test_unitVerifies(self):
+    def test_followTheSocketActivationSection(self):
         """
-        C{systemd-analyze verify}, as the page runs it, accepts the unit
-        without a warning once its C{ExecStart} exists.
+        After the install, the socket activation section puts the socket
+        unit beside the service and its config in place of step 3's, checked
+        (C{meshproxy check} runs on the installed file).
+        """
+        ran, _ = self.walk(installCommands() + installCommands(SOCKET_SECTION))
+        self.assertIn(
+            "sudo install -m 644 etc/meshproxy.socket /etc/systemd/system/meshproxy.socket", ran
+        )
+        for installed, shipped in [
+            ("etc/meshproxy/meshproxy.yaml", SYSTEMD_CONFIG),
+            ("etc/systemd/system/meshproxy.socket", SOCKET_UNIT),
+            ("etc/systemd/system/meshproxy.service", UNIT),
+        ]:
+            with open(os.path.join(self.root, installed)) as f, open(shipped) as g:
+                self.assertEqual(f.read(), g.read(), installed)
+        # The check ran after the config was replaced.
+        commands = installCommands(SOCKET_SECTION)
+        self.assertLess(
+            commands.index(
+                "sudo install -m 644 etc/meshproxy-systemd.yaml /etc/meshproxy/meshproxy.yaml"
+            ),
+            commands.index("meshproxy check /etc/meshproxy/meshproxy.yaml"),
+        )
+
+    def analyze(self):
+        """
+        C{systemd-analyze}, if it works here.
         """
         analyze = shutil.which("systemd-analyze")
         if analyze is None:
@@ -195,9 +248,6 @@ class InstallPageTests(SynchronousTestCase):
             )
         if not self.inVenv:
             raise SkipTest("the tests do not run in a virtual environment: no twistd for ExecStart")
-        self.assertIn(
-            "sudo systemd-analyze verify /etc/systemd/system/meshproxy.service", installCommands()
-        )
         # Does the tool work here at all (a container may lack parts of systemd)?
         probe = os.path.join(self.root, "probe.service")
         with open(probe, "w") as f:
@@ -209,17 +259,55 @@ class InstallPageTests(SynchronousTestCase):
             raise SkipTest(
                 "systemd-analyze verify does not work here: %s" % (result.stderr.strip(),)
             )
+        return analyze
+
+    def installedUnit(self, config):
+        """
+        The service unit as installed on a host where the page ran: its
+        twistd is this virtual environment's, its config C{config}.
+
+        @return: its path (in the root).
+        """
         with open(UNIT) as f:
             text = f.read()
-        # The unit as installed on a host where the page ran: its twistd is
-        # this virtual environment's, its config the shipped one.
         text = text.replace(VENV + "/bin/", os.path.join(sys.prefix, "bin") + "/")
-        text = text.replace("/etc/meshproxy/meshproxy.yaml", SERVICE_CONFIG)
+        text = text.replace("/etc/meshproxy/meshproxy.yaml", config)
         path = os.path.join(self.root, "meshproxy.service")
         with open(path, "w") as f:
             f.write(text)
+        return path
+
+    def test_unitVerifies(self):
+        """
+        C{systemd-analyze verify}, as the page runs it, accepts the unit
+        without a warning once its C{ExecStart} exists.
+        """
+        analyze = self.analyze()
+        self.assertIn(
+            "sudo systemd-analyze verify /etc/systemd/system/meshproxy.service", installCommands()
+        )
+        path = self.installedUnit(SERVICE_CONFIG)
         result = subprocess.run(
             [analyze, "verify", path], capture_output=True, text=True, timeout=60
+        )
+        self.assertEqual((result.returncode, result.stdout, result.stderr), (0, "", ""))
+
+    def test_socketUnitVerifies(self):
+        """
+        C{systemd-analyze verify}, as the socket activation section runs
+        it, accepts the socket unit and the service beside it.
+        """
+        analyze = self.analyze()
+        self.assertIn(
+            "sudo systemd-analyze verify /etc/systemd/system/meshproxy.socket"
+            " /etc/systemd/system/meshproxy.service",
+            installCommands(SOCKET_SECTION),
+        )
+        service = self.installedUnit(SYSTEMD_CONFIG)
+        socketUnit = os.path.join(self.root, "meshproxy.socket")
+        shutil.copyfile(SOCKET_UNIT, socketUnit)
+        result = subprocess.run(
+            [analyze, "verify", socketUnit, service], capture_output=True, text=True, timeout=60
         )
         self.assertEqual((result.returncode, result.stdout, result.stderr), (0, "", ""))
 
@@ -293,6 +381,44 @@ class UnitAndLayoutTests(SynchronousTestCase):
         self.assertTrue(all(port >= 1024 for port in ports), ports)
         self.assertNotIn("AmbientCapabilities", self.service)
         self.assertEqual(self.service["CapabilityBoundingSet"], [""])
+
+    def test_reloadSendsSighup(self):
+        """
+        C{systemctl reload} sends C{SIGHUP}, which meshproxy takes as a
+        reload of its config.
+        """
+        self.assertEqual(self.service["ExecReload"], ["/bin/kill -HUP $MAINPID"])
+        self.assertNotIn("Sockets", self.service)
+
+    def test_socketUnitAndItsConfig(self):
+        """
+        The socket unit names its socket as the systemd config's listener
+        takes it, at the address of the router of C{etc/service.yaml}; that
+        config is C{etc/service.yaml} with that one listen string changed,
+        and valid.
+        """
+        from meshproxy.config import loadConfig
+
+        with open(SOCKET_UNIT) as f:
+            socketUnit = unitSettings(f.read())["Socket"]
+        systemd, plain = loadConfig(SYSTEMD_CONFIG), loadConfig(SERVICE_CONFIG)
+        [router] = systemd.routers
+        self.assertEqual(router.listen, "systemd:domain=INET:name=%s"
+                         % (socketUnit["FileDescriptorName"][0],))
+        self.assertEqual(socketUnit["ListenStream"], ["127.0.0.1:4140"])
+        self.assertEqual(plain.routers[0].listen, "tcp:4140:interface=127.0.0.1")
+        self.assertEqual(socketUnit["Accept"], ["no"])
+        self.assertEqual(router.model_copy(update={"listen": plain.routers[0].listen}),
+                         plain.routers[0])
+        self.assertEqual((systemd.admin, systemd.namers), (plain.admin, plain.namers))
+        import io
+
+        from meshproxy.cli import main
+
+        out, err = io.StringIO(), io.StringIO()
+        self.patch(sys, "stdout", out)
+        self.patch(sys, "stderr", err)
+        self.assertEqual(main(["check", SYSTEMD_CONFIG]), 0, err.getvalue())
 
     def test_serviceConfigIsValid(self):
         import io

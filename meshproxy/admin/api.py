@@ -135,8 +135,9 @@ class AdminAPI:
         C{localhost}, that requests may name in C{Host}; C{"*"} among them
         turns the C{Host} check off.
     @param rulesStores: the L{RulesStore} of each router by name (built and
-        loaded by the caller, with persistence); a router without one gets
-        a store without persistence on first use.
+        loaded by the caller, with persistence), kept as given (not copied):
+        the caller may add and remove stores later; a router without one
+        gets a store without persistence on first use.
     @param policyStores: the L{PolicyStore} of each router by name, the
         same way.
     @param clock: the C{IReactorTime} for the rules history and for
@@ -193,8 +194,12 @@ class AdminAPI:
         if clock is None:
             from twisted.internet import reactor as clock
         self._clock = clock
-        self._stores: dict[str, RulesStore] = dict(rulesStores or {})
-        self._policyStores: dict[str, PolicyStore] = dict(policyStores or {})
+        # The caller's mappings themselves, not copies: a reload adds (and
+        # removes) the stores of the routers it adds (and removes).
+        self._stores: dict[str, RulesStore] = {} if rulesStores is None else rulesStores
+        self._policyStores: dict[str, PolicyStore] = (
+            {} if policyStores is None else policyStores
+        )
         self._shuttingDown = False
         self._tap = tap
         # Read once: they are part of the installed package.
@@ -671,6 +676,37 @@ class AdminAPI:
     def _shutdown(self) -> None:
         d = maybeDeferred(self._runtime.shutdown)
         d.addErrback(lambda f: _log.failure("shutdown failed", f))
+
+    @app.route("/admin/reload", methods=["POST"])
+    @_requireToken
+    def reloadConfig(self, request: IRequest) -> Any:
+        """
+        Read the config file again and apply what changed, as C{SIGHUP}
+        does (C{runtime.reload()}, see L{meshproxy.reload}): 200 with the
+        summary of what changed (C{"changed": false} when the file says
+        what is in force already); 400 for a bad file, 409 when there is
+        nothing to reload (no config file, or the process is stopping), 500
+        when applying it failed (a new listener that cannot be bound), each
+        with C{{"error", "errors"}} and nothing changed.
+        """
+        from meshproxy.reload import ReloadError
+
+        reload = getattr(self._runtime, "reload", None)
+        if reload is None:
+            raise _Refusal(404, {"error": "this process cannot reload its config"})
+        _audit.info("reload asked by {who}", who=self._who(request))
+
+        def failed(failure: Failure) -> bytes:
+            failure.trap(ReloadError)
+            error = cast(ReloadError, failure.value)
+            return _json(
+                request,
+                {"error": "reload refused: nothing changed", "errors": error.errors},
+                error.status,
+            )
+
+        d = maybeDeferred(reload)
+        return d.addCallbacks(lambda summary: _json(request, summary), failed)
 
     @app.route("/", methods=["GET"])
     def dashboard(self, request: IRequest) -> bytes:
