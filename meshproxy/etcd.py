@@ -496,7 +496,8 @@ class EtcdClient:
         @param maxWatchLineBytes: the largest message of a watch.
         @param random: the randomness of the backoff (C{random()}).
         @raise ValueError: on no endpoint, a URL that is not C{http://} or
-            C{https://}, a user without a password, or unreadable TLS files.
+            C{https://}, a user without a password, or TLS files that cannot
+            be read or are not PEM.
         """
         from treq.client import HTTPClient
         from twisted.web.client import Agent, HTTPConnectionPool
@@ -529,7 +530,15 @@ class EtcdClient:
         self._pool.retryAutomatically = False
         agentArgs: dict[str, Any] = {"pool": self._pool, "connectTimeout": timeout}
         if tls is not None:
-            agentArgs["contextFactory"] = _tlsPolicy(tls)
+            try:
+                agentArgs["contextFactory"] = _tlsPolicy(tls)
+            except OSError as e:
+                raise ValueError(
+                    "etcd TLS: cannot read %s: %s" % (e.filename, e.strerror)
+                ) from None
+            except Exception as e:
+                # pyOpenSSL's errors on a file that is not PEM.
+                raise ValueError("etcd TLS: %s" % (e,)) from None
         self._agent = Agent(reactor, **agentArgs)
         self._http = HTTPClient(self._agent)
 
@@ -1325,14 +1334,11 @@ def clientFor(config: Any, *, reactor: Any) -> EtcdClient:
     tls = None
     if config.tls is not None:
         tls = TLSFiles(ca=config.tls.ca, cert=config.tls.cert, key=config.tls.key)
-    try:
-        return EtcdClient(
-            config.endpoints,
-            reactor=reactor,
-            username=config.username,
-            password=config.password,
-            tls=tls,
-            timeout=config.timeout,
-        )
-    except OSError as e:
-        raise ValueError("etcd TLS: cannot read %s: %s" % (e.filename, e.strerror)) from None
+    return EtcdClient(
+        config.endpoints,
+        reactor=reactor,
+        username=config.username,
+        password=config.password,
+        tls=tls,
+        timeout=config.timeout,
+    )

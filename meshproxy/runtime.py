@@ -482,6 +482,16 @@ def makeNamer(config: NamerConfig, *, reactor: IReactorTime) -> INamer:
         return FileNamer(
             Path.read(config.prefix), config.root, reactor=reactor, interval=config.interval
         )
+    if config.kind == "etcd":
+        from meshproxy.discovery.etcd import EtcdNamer
+        from meshproxy.etcd import clientFor
+
+        return EtcdNamer(
+            Path.read(config.prefix),
+            clientFor(config, reactor=reactor),
+            config.keyPrefix,
+            reactor=reactor,
+        )
     from meshproxy.discovery.static import StaticNamer
 
     services = {

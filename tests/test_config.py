@@ -629,7 +629,7 @@ class ErrorFormTests(SynchronousTestCase, ErrorAssertions):
         )
         self.assertErrors(
             MINIMAL + "namers: [{kind: dns, prefix: /#/dns}]",
-            'namers[0].kind: expected one of "file", "static", got "dns"',
+            'namers[0].kind: expected one of "file", "static", "etcd", got "dns"',
         )
 
     def test_keysOfAnotherKind(self) -> None:

@@ -18,6 +18,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from meshproxy.config import checks
 from meshproxy.config.checks import Invalid, show
+from meshproxy.config.etcd import EtcdEndpoints, EtcdKeyPrefix, EtcdTLSConfig, etcdProblems
 from meshproxy.config.fields import (
     Address,
     AllowedHost,
@@ -101,7 +102,11 @@ class _Namer(Section):
 
     _selector = "kind"
     _selectorRequired = True
-    _kinds = {"file": ("root", "interval"), "static": ("services",)}
+    _kinds = {
+        "file": ("root", "interval"),
+        "static": ("services",),
+        "etcd": ("endpoints", "keyPrefix", "username", "password", "tls", "timeout"),
+    }
     _common = ("prefix",)
 
 
@@ -155,7 +160,37 @@ class StaticNamerConfig(_Namer):
     services: Services = ()
 
 
-NamerConfig = FileNamerConfig | StaticNamerConfig
+class EtcdNamerConfig(_Namer):
+    """
+    A namer following keys in etcd: C{<keyPrefix><service>/<instance>},
+    each value C{"host:port [weight]"} or
+    C{{"address": "host:port", "weight": 1, "meta": {...}}}.
+
+    @ivar kind: always C{"etcd"}.
+    @ivar prefix: the bound-name prefix this namer owns, such as C{/#/etcd}.
+    @ivar endpoints: the etcd members' URLs, tried in turn.
+    @ivar keyPrefix: the prefix of the service keys, kept ending with C{/}.
+    @ivar username: the etcd user, or L{None} without authentication.
+    @ivar password: its password (needed with C{username}).
+    @ivar tls: the L{EtcdTLSConfig} for C{https://} endpoints, or L{None}.
+    @ivar timeout: seconds one request to etcd may take.
+    """
+
+    kind: Literal["etcd"] = "etcd"
+    prefix: NamerPrefix = "/#/etcd"
+    endpoints: EtcdEndpoints = ("http://127.0.0.1:2379",)
+    keyPrefix: EtcdKeyPrefix = "/meshproxy/services/"
+    username: NonEmptyText | None = None
+    password: NonEmptyText | None = None
+    tls: EtcdTLSConfig | None = None
+    timeout: Duration() = "5s"
+
+    @classmethod
+    def _crossCheck(cls, view: View) -> Iterable[Problem]:
+        yield from etcdProblems(view)
+
+
+NamerConfig = FileNamerConfig | StaticNamerConfig | EtcdNamerConfig
 
 
 if TYPE_CHECKING:
@@ -314,7 +349,7 @@ if TYPE_CHECKING:
     Routers = tuple[RouterConfig, ...]
 else:
     Namers = ListOf(
-        KindOf(FileNamerConfig, StaticNamerConfig),
+        KindOf(FileNamerConfig, StaticNamerConfig, EtcdNamerConfig),
         uniqueBy=_namerPrefix,
         uniqueAt=("prefix",),
         duplicate="{shown} is already used by {ref}",
@@ -333,8 +368,8 @@ class MeshConfig(Section):
     The whole configuration of one meshproxy process.
 
     @ivar admin: the L{AdminConfig}.
-    @ivar namers: L{FileNamerConfig} and L{StaticNamerConfig} values, in the
-        order written.
+    @ivar namers: L{FileNamerConfig}, L{StaticNamerConfig} and
+        L{EtcdNamerConfig} values, in the order written.
     @ivar routers: the L{RouterConfig} values, in the order written; at least
         one.
     @ivar telemetry: the L{TelemetryConfig} (tracing, access log).
