@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 
 import attrs
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
-from twisted.internet.error import ConnectError
+from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -426,7 +426,7 @@ def _isTransportFailure(failure: Failure, *, sent: bool) -> bool:
     from twisted.web._newclient import RequestNotSent, ResponseFailed
     from twisted.web.client import RequestTransmissionFailed
 
-    if failure.check(ConnectError, RequestNotSent):
+    if failure.check(ConnectError, DNSLookupError, RequestNotSent):
         return True
     if not sent:
         return False
@@ -447,8 +447,18 @@ def _reason(failure: Failure) -> str:
         return "connection lost (%s)" % (inner.__class__.__name__,)
     if isinstance(error, (TimeoutError, CancelledError)):
         return "no answer in time"
+    if isinstance(error, DNSLookupError):
+        return "unknown host"
     if isinstance(error, ConnectError):
-        return (getattr(error, "osError", None) and str(error.osError)) or error.__class__.__name__
+        from twisted.internet import error as errors
+
+        for kind, words in (
+            (errors.ConnectionRefusedError, "connection refused"),
+            (errors.TimeoutError, "connect timed out"),
+        ):
+            if isinstance(error, kind):
+                return words
+        return str(error).rstrip(".") or error.__class__.__name__
     return str(error) or error.__class__.__name__
 
 

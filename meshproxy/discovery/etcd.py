@@ -655,12 +655,13 @@ class EtcdRegistration:
 
         pending.addCallbacks(done, failed)
 
-    def stop(self) -> Deferred[None]:
+    def stop(self) -> Deferred[bool]:
         """
         Deregister: delete the key and revoke the lease (each within the
         client's timeout; a failure is reported, not raised).
 
-        @return: a L{Deferred} firing once done.
+        @return: a L{Deferred} firing once done, with whether the key was
+            deleted (if not, it goes when its lease expires).
         """
         self._stopped = True
         if self._call is not None and self._call.active():
@@ -670,7 +671,7 @@ class EtcdRegistration:
             pending, self._pending = self._pending, None
             pending.cancel()
 
-        async def stop() -> None:
+        async def stop() -> bool:
             lease, self.lease = self.lease, 0
             try:
                 await self._client.delete(self.key)
@@ -680,7 +681,8 @@ class EtcdRegistration:
                 self._say(
                     "could not deregister %s: %s (it expires with its lease)" % (self.key, e)
                 )
-                return
+                return False
             self._say("deregistered %s" % (self.key,))
+            return True
 
         return Deferred.fromCoroutine(stop())
