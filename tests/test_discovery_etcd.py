@@ -657,6 +657,71 @@ routers:
         self.assertEqual(client.responses[0].status, 503)
 
 
+class AdminStateTests(TestCase):
+    """
+    C{GET /admin/state} shows the etcd namer, stale or not.
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_staleShown(self):
+        """
+        The namer's state is under C{namers}: following etcd, then stale
+        with its age while etcd is down, the last sets still routed.
+        """
+        import json
+
+        requireEtcd()
+        from tests.support import BackendFactory, exchange, listenBackend, okHandler, startProxy
+
+        etcd = EtcdServer(self)
+        yield etcd.start()
+        writer = etcd.client(self)
+        backend = yield listenBackend(self, BackendFactory(okHandler(b"one")))
+        yield writer.put(PREFIX + "users/a", b"127.0.0.1:%d" % (backend,))
+        config = """\
+admin: {listen: "tcp:port=0:interface=127.0.0.1"}
+namers:
+  - {kind: etcd, prefix: /#/etcd, endpoints: ["%s"], keyPrefix: %s}
+  - {kind: static, prefix: /#/static, services: {}}
+routers:
+  - name: web
+    listen: "tcp:0:interface=127.0.0.1"
+    identifier: {kind: host}
+    rules: "/svc => /#/etcd;"
+""" % (etcd.url, PREFIX)
+        port, adminPort, runtime = yield startProxy(self, None, config=config)
+        namer = runtime.namers[0]
+        yield namer.whenLoaded()
+        yield waitUntil(lambda: namer._watch is not None and namer._watch.connected,
+                        what="the watch")
+
+        @defer.inlineCallbacks
+        def state():
+            client = yield exchange(
+                self, adminPort, b"GET /admin/state HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            )
+            return json.loads(client.responses[0].body)["namers"]
+
+        namers = yield state()
+        self.assertEqual(list(namers), ["/#/etcd"])
+        self.assertEqual(
+            {key: namers["/#/etcd"][key] for key in ("kind", "stale", "staleSeconds", "services")},
+            {"kind": "etcd", "stale": False, "staleSeconds": None, "services": 1},
+        )
+        yield etcd.stop()
+        yield waitUntil(lambda: namer.stale, what="the namer to be stale")
+        namers = yield state()
+        shown = namers["/#/etcd"]
+        self.assertTrue(shown["stale"])
+        self.assertGreaterEqual(shown["staleSeconds"], 0)
+        self.assertEqual(shown["disconnects"], 1)
+        self.assertIn(etcd.url, shown["problem"])
+        client = yield exchange(self, port, b"GET /x HTTP/1.1\r\nHost: users\r\n\r\n")
+        self.assertEqual(client.responses[0].status, 200)
+
+
 class ConfigTests(SynchronousTestCase):
     """
     The C{etcd} namer's config.
