@@ -485,3 +485,84 @@ routers:
         yield waitUntil(lambda: users.current == Addr.neg(), what="the deregistration")
         client = yield exchange(self, port, b"GET /hello HTTP/1.1\r\nHost: users\r\n\r\n")
         self.assertEqual(client.responses[0].status, 503)
+
+
+def documentedScript():
+    """
+    The registration script of docs/many-hosts.md, as written there.
+    """
+    import re
+
+    with open(os.path.join(HERE, "docs", "many-hosts.md"), encoding="utf-8") as f:
+        text = f.read()
+    [script] = [
+        block for block in re.findall(r"```sh\n(.*?)```", text, re.S)
+        if block.startswith("#!/bin/sh\n# register-instance")
+    ]
+    return script
+
+
+class DocumentedRecipeTests(TestCase):
+    """
+    The curl recipe of docs/many-hosts.md does what the page says.
+    """
+
+    timeout = 90
+
+    @defer.inlineCallbacks
+    def test_recipe(self):
+        """
+        Run with sh: it registers the key with a lease, keeps the lease
+        alive past its TTL, and on SIGTERM deletes the key, revokes the
+        lease and exits 0.
+        """
+        requireEtcd()
+        import shutil
+
+        if shutil.which("curl") is None:
+            self.skipTest("curl is not installed")
+        etcd = EtcdServer(self)
+        yield etcd.start()
+        client = etcd.client(self)
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(documentedScript())
+        command = _Command()
+        key = PREFIX + "users/127.0.0.1:8080"
+        transport = reactor.spawnProcess(
+            command, "/bin/sh", ["sh", path],
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "ETCD": etcd.url,
+                 "KEY": key, "VALUE": "127.0.0.1:8080 2", "TTL": "2"},
+        )
+
+        def kill():
+            if not command.ended.called:
+                transport.signalProcess("KILL")
+                return command.ended
+
+        self.addCleanup(kill)
+        found = {}
+
+        async def poll():
+            deadline = reactor.seconds() + 20
+            while "kv" not in found:
+                kv = await client.get(key)
+                if kv is not None:
+                    found["kv"] = kv
+                    return
+                self.assertFalse(command.ended.called, command.err)
+                self.assertLess(reactor.seconds(), deadline)
+                await _pause(0.02)
+
+        yield defer.Deferred.fromCoroutine(poll())
+        kv = found["kv"]
+        self.assertEqual(kv.value, b"127.0.0.1:8080 2")
+        self.assertNotEqual(kv.lease, 0)
+        yield defer.Deferred.fromCoroutine(_pause(3.0))
+        self.assertEqual((yield client.get(key)).lease, kv.lease)
+        transport.signalProcess("TERM")
+        self.assertEqual((yield command.ended), 0, command.err)
+        self.assertIsNone((yield client.get(key)))
+        self.assertEqual((yield client.leaseKeepAlive(kv.lease)), 0)
+        self.assertIn(b"registered " + key.encode(), command.out)
+        self.assertIn(b"deregistered " + key.encode(), command.out)
