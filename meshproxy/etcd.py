@@ -1169,7 +1169,11 @@ class Watch:
         create: dict[str, Any] = {
             "key": _b64(self._key),
             "start_revision": str(self.revision),
+            # Big answers in pieces (each under the line bound), and
+            # progress notices while nothing changes (the revision moves
+            # on, so a watch resumed later is less likely to be compacted).
             "fragment": True,
+            "progress_notify": True,
         }
         if self._rangeEnd is not None:
             create["range_end"] = _b64(self._rangeEnd)

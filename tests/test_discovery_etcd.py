@@ -313,13 +313,14 @@ class NamerTests(SynchronousTestCase):
         watch.onStatus(True, None)
         self.assertFalse(self.namer.stale)
         self.clock.advance(5)
-        watch.onStatus(False, "http://etcd:2379: connection refused")
-        watch.onStatus(False, "http://etcd:2379: connection refused")
+        watch.onStatus(False, "http://etcd-a:2379: connection refused")
+        watch.onStatus(False, "http://etcd-b:2379: connection refused")
+        watch.onStatus(False, "http://etcd-a:2379: connection refused")
         self.clock.advance(2.5)
         state = self.namer.state()
         self.assertEqual(
             (state["stale"], state["staleSeconds"], state["disconnects"], state["problem"]),
-            (True, 2.5, 1, "http://etcd:2379: connection refused"),
+            (True, 2.5, 1, "http://etcd-a:2379: connection refused"),
         )
         self.assertEqual(users.current, bound("10.0.0.1:80"))
         watch.onStatus(True, None)

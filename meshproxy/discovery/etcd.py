@@ -429,20 +429,21 @@ class EtcdNamer(Service):
 
     def _lost(self, reason: str) -> None:
         """
-        etcd cannot be followed now: keep every set, and say so once.
+        etcd cannot be followed now: keep every set, and say so once per
+        outage (the attempts that follow, on every endpoint, only update
+        the reason shown).
         """
-        if self._staleSince is None:
-            self._staleSince = self._reactor.seconds()
-            self.disconnects += 1
-        if reason == self._problem:
-            return
         self._problem = reason
+        if self._staleSince is not None:
+            return
+        self._staleSince = self._reactor.seconds()
+        self.disconnects += 1
         if not self._readOnce:
             _log.warn(
                 "namer {prefix}: cannot read {keyPrefix} from etcd: {reason}; retrying",
                 prefix=str(self.prefix), keyPrefix=self.keyPrefix, reason=reason,
             )
-            for name in self._observables:
+            for name in list(self._observables):
                 self._publish(name)
             return
         _log.warn(
