@@ -46,7 +46,7 @@ from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
+from twisted.web.client import ResponseDone, _HTTP11ClientFactory
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
@@ -415,6 +415,15 @@ def _pemCertificates(data: bytes, path: str) -> list[bytes]:
     return found
 
 
+class _QuietFactory(_HTTP11ClientFactory):
+    """
+    The connection factory of the client's pool, without the two log lines
+    Twisted writes for each connection (ten a second while etcd is away).
+    """
+
+    noisy = False
+
+
 def _isTransportFailure(failure: Failure, *, sent: bool) -> bool:
     """
     Whether a request failed because its endpoint could not be reached or
@@ -538,6 +547,7 @@ class EtcdClient:
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = 4
         self._pool.retryAutomatically = False
+        self._pool._factory = _QuietFactory
         agentArgs: dict[str, Any] = {"pool": self._pool, "connectTimeout": timeout}
         if tls is not None:
             try:

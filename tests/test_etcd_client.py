@@ -16,6 +16,7 @@ import random
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import ResponseDone
@@ -677,9 +678,15 @@ class FailoverTests(TestCase):
         [port] = freePorts(1)
         client = EtcdClient(["http://127.0.0.1:%d" % (port,)], reactor=reactor, timeout=2)
         self.addCleanup(client.close)
+        logged = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
         error = yield self.assertFailure(client.put("/k", b"v"), EtcdUnavailable)
-        self.assertIn("127.0.0.1:%d" % (port,), str(error))
+        self.assertIn("127.0.0.1:%d: connection refused" % (port,), str(error))
         self.assertEqual(client.errors, 1)
+        # Each attempt is not logged by Twisted (many a second while etcd
+        # is away).
+        self.assertEqual([e for e in logged if "factory" in formatEvent(e)], [])
 
     @defer.inlineCallbacks
     def test_nextEndpoint(self):
