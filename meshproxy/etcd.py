@@ -424,6 +424,20 @@ class _QuietFactory(_HTTP11ClientFactory):
     noisy = False
 
 
+def _wasCancelled(failure: Failure) -> bool:
+    """
+    Whether a request failed because it was cancelled (perhaps wrapped by
+    the HTTP client in a L{ResponseFailed}).
+    """
+    from twisted.web._newclient import ResponseFailed
+
+    if failure.check(CancelledError):
+        return True
+    if isinstance(failure.value, ResponseFailed):
+        return any(reason.check(CancelledError) for reason in failure.value.reasons)
+    return False
+
+
 def _isTransportFailure(failure: Failure, *, sent: bool) -> bool:
     """
     Whether a request failed because its endpoint could not be reached or
@@ -439,9 +453,7 @@ def _isTransportFailure(failure: Failure, *, sent: bool) -> bool:
         return True
     if not sent:
         return False
-    return bool(
-        failure.check(ResponseFailed, RequestTransmissionFailed, TimeoutError, CancelledError)
-    )
+    return bool(failure.check(ResponseFailed, RequestTransmissionFailed, TimeoutError))
 
 
 def _reason(failure: Failure) -> str:
@@ -599,16 +611,27 @@ class EtcdClient:
         if token is not None:
             headers.setRawHeaders(b"Authorization", [token.encode("utf-8")])
 
+        timedOut: list[bool] = []
+
         async def post() -> tuple[int, Any]:
-            response = await self._http.post(
-                url + path,
-                data=json.dumps(body).encode("utf-8"),
-                headers=headers,
-                unbuffered=True,
-                allow_redirects=False,
-                reactor=self._reactor,
-            )
-            data = await _readBody(response, limit)
+            try:
+                response = await self._http.post(
+                    url + path,
+                    data=json.dumps(body).encode("utf-8"),
+                    headers=headers,
+                    unbuffered=True,
+                    allow_redirects=False,
+                    reactor=self._reactor,
+                )
+                data = await _readBody(response, limit)
+            except Exception:
+                # Cancelled by the timer below, or by the caller: each says
+                # so plainly (treq wraps a cancellation in ResponseFailed).
+                if timedOut:
+                    raise TimeoutError("no answer within %g s" % (self.timeout,)) from None
+                if _wasCancelled(Failure()):
+                    raise CancelledError() from None
+                raise
             try:
                 return response.code, json.loads(data)
             except ValueError:
@@ -617,7 +640,19 @@ class EtcdClient:
                 ) from None
 
         d = Deferred.fromCoroutine(post())
-        d.addTimeout(self.timeout, self._reactor)
+
+        def timeOut() -> None:
+            timedOut.append(True)
+            d.cancel()
+
+        timer = self._reactor.callLater(self.timeout, timeOut)
+
+        def done(result: object) -> object:
+            if timer.active():
+                timer.cancel()
+            return result
+
+        d.addBoth(done)
         return d
 
     async def _call(
@@ -645,6 +680,9 @@ class EtcdClient:
             except EtcdUnavailable as e:
                 lastReason = str(e)
                 continue
+            except CancelledError:
+                # The caller gave up (a timeout here is a TimeoutError).
+                raise
             except Exception:
                 failure = Failure()
                 if _isTransportFailure(failure, sent=idempotent):
@@ -708,6 +746,8 @@ class EtcdClient:
         body = {"name": self._username, "password": self._password}
         try:
             status, answer = await self._post(url, "/v3/auth/authenticate", body, None, 65536)
+        except CancelledError:
+            raise
         except Exception:
             failure = Failure()
             if _isTransportFailure(failure, sent=True):

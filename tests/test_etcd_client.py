@@ -13,7 +13,7 @@ import json
 import os
 import random
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, protocol, reactor
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
@@ -687,6 +687,68 @@ class FailoverTests(TestCase):
         # Each attempt is not logged by Twisted (many a second while etcd
         # is away).
         self.assertEqual([e for e in logged if "factory" in formatEvent(e)], [])
+
+    @defer.inlineCallbacks
+    def silentClient(self, timeout):
+        """
+        A client of two endpoints that accept connections and never answer.
+
+        @return: C{(client, posts, connections)}: the requests it made, the
+            connections the endpoints accepted.
+        """
+        from twisted.internet.endpoints import TCP4ServerEndpoint
+
+        connections = []
+
+        class Silent(protocol.Protocol):
+            def connectionMade(self):
+                connections.append(self)
+
+        silent = protocol.Factory.forProtocol(Silent)
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(silent)
+
+        def close():
+            for connection in connections:
+                connection.transport.abortConnection()
+            return port.stopListening()
+
+        self.addCleanup(close)
+        url = "http://127.0.0.1:%d" % (port.getHost().port,)
+        client = EtcdClient([url, url], reactor=reactor, timeout=timeout)
+        self.addCleanup(client.close)
+        posts = []
+        post = client._post
+        client._post = lambda *args: posts.append(args) or post(*args)
+        return client, posts, connections
+
+    @defer.inlineCallbacks
+    def test_cancelStops(self):
+        """
+        A request its caller cancels is not tried again on another endpoint
+        (or the same): it fails with L{CancelledError}.
+        """
+        client, posts, connections = yield self.silentClient(30)
+        d = client.range("/")
+        yield waitUntil(lambda: connections, what="the connection")
+        d.cancel()
+        yield self.assertFailure(d, defer.CancelledError)
+        self.assertEqual(len(posts), 1)
+
+    @defer.inlineCallbacks
+    def test_timeout(self):
+        """
+        A request without an answer within the timeout is tried on the
+        next endpoint (and once more), then fails as unavailable; a
+        transaction, which may have been applied, is not tried again.
+        """
+        client, posts, _ = yield self.silentClient(0.2)
+        error = yield self.assertFailure(client.range("/"), EtcdUnavailable)
+        self.assertIn("no answer in time", str(error))
+        self.assertEqual(len(posts), 3)
+        del posts[:]
+        error = yield self.assertFailure(client.createIfAbsent("/k", b"v"), EtcdError)
+        self.assertNotIsInstance(error, EtcdUnavailable)
+        self.assertEqual(len(posts), 1)
 
     @defer.inlineCallbacks
     def test_nextEndpoint(self):
