@@ -44,7 +44,6 @@ import attrs
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, _HTTP11ClientFactory
 from twisted.web.http import PotentialDataLoss
@@ -74,8 +73,6 @@ __all__ = [
     "opRange",
     "prefixEnd",
 ]
-
-_log = Logger()
 
 MaxResponseBytes = 64 << 20
 """The largest answer read (a range of a whole prefix)."""
@@ -801,6 +798,24 @@ class EtcdClient:
 
         return self._run(read())
 
+    def count(self, key: str | bytes, *, prefix: bool = True) -> Deferred[tuple[int, int]]:
+        """
+        Count the keys under a prefix, without reading them: a cheap way to
+        check that etcd answers.
+
+        @return: C{(revision, count)}.
+        """
+        keyBytes = _keyBytes(key)
+        body: dict[str, Any] = {"key": _b64(keyBytes), "count_only": True}
+        if prefix:
+            body["range_end"] = _b64(prefixEnd(keyBytes))
+
+        async def count() -> tuple[int, int]:
+            answer = await self._call("/v3/kv/range", body, limit=65536)
+            return _revision(answer), _int(answer.get("count"))
+
+        return self._run(count())
+
     def get(self, key: str | bytes) -> Deferred[KeyValue | None]:
         """
         Read one key.
@@ -1209,6 +1224,15 @@ class Watch:
         if self._lines is not None:
             lines, self._lines = self._lines, None
             lines.abort()
+
+    def reconnect(self, reason: str) -> None:
+        """
+        Drop the stream and connect again (from the same revision), as if
+        it had been lost: for a stream that looks open but may be dead (a
+        network partition sends no reset).
+        """
+        if self._lines is not None:
+            self._streamError(self._lines, reason)
 
     def _connect(self) -> None:
         self._retry = None

@@ -103,9 +103,14 @@ class FakeWatch:
         self.onCompacted = onCompacted
         self.onStatus = onStatus
         self.stopped = False
+        self.connected = False
+        self.reconnected = []
 
     def stop(self):
         self.stopped = True
+
+    def reconnect(self, reason):
+        self.reconnected.append(reason)
 
 
 class FakeEtcd:
@@ -118,6 +123,7 @@ class FakeEtcd:
 
     def __init__(self):
         self.reads = []
+        self.counts = []
         self.watches = []
         self.closed = False
 
@@ -127,6 +133,11 @@ class FakeEtcd:
     def range(self, key):
         d = Deferred()
         self.reads.append((key, d))
+        return d
+
+    def count(self, key):
+        d = Deferred()
+        self.counts.append((key, d))
         return d
 
     def watch(self, key, start, onEvents, onCompacted, *, onStatus):
@@ -370,6 +381,38 @@ class NamerTests(SynchronousTestCase):
         self.assertEqual(users.current, bound("10.0.0.1:81"))
         self.assertFalse(self.namer.stale)
 
+    def test_checksEtcdWhileWatchLooksFine(self):
+        """
+        Every check interval, while the watch looks established, the namer
+        asks etcd for a count of its keys; when etcd does not answer, the
+        watch's stream is dropped (it may be dead without a reset), so that
+        the namer gets stale and the watch tries again.
+        """
+        self.start(kv("users/a", "10.0.0.1:80", 5))
+        watch = self.etcd.watches[-1]
+        self.clock.advance(10)
+        self.assertEqual(self.etcd.counts, [])
+        watch.connected = True
+        self.clock.advance(10)
+        [(key, d)] = self.etcd.counts
+        self.assertEqual(key, PREFIX)
+        d.callback((11, 1))
+        self.assertEqual(watch.reconnected, [])
+        self.clock.advance(10)
+        self.etcd.counts[-1][1].errback(EtcdUnavailable("etcd unreachable (no answer in time)"))
+        self.assertEqual(len(watch.reconnected), 1)
+        self.assertIn("no answer in time", watch.reconnected[0])
+
+    def test_oneCheckAtATime(self):
+        """
+        A check still waiting for its answer is not doubled.
+        """
+        self.start()
+        self.etcd.watches[-1].connected = True
+        self.clock.advance(10)
+        self.clock.advance(10)
+        self.assertEqual(len(self.etcd.counts), 1)
+
     def test_invalidNames(self):
         """
         A name that cannot be a service is unknown, and not remembered.
@@ -455,6 +498,20 @@ class Relay:
         ).listen(factory)
 
     @defer.inlineCallbacks
+    def freeze(self):
+        """
+        A partition: new connections fail, and those open stay open but
+        carry nothing more, either way.
+        """
+        if self.listening is not None:
+            listening, self.listening = self.listening, None
+            yield listening.stopListening()
+        for p in self.factory.connections:
+            for side in (p, getattr(p, "peer", None)):
+                if side is not None and side.transport is not None:
+                    side.transport.pauseProducing()
+
+    @defer.inlineCallbacks
     def cut(self):
         if self.listening is not None:
             listening, self.listening = self.listening, None
@@ -482,9 +539,11 @@ class NamerIntegrationTests(TestCase):
         yield self.etcd.start()
         self.writer = self.etcd.client(self)
 
-    def makeNamer(self, url=None):
+    def makeNamer(self, url=None, checkInterval=10.0):
         client = EtcdClient([url or self.etcd.url], reactor=reactor, timeout=2)
-        namer = EtcdNamer("/#/etcd", client, PREFIX, reactor=reactor)
+        namer = EtcdNamer(
+            "/#/etcd", client, PREFIX, reactor=reactor, checkInterval=checkInterval
+        )
         namer.startService()
         self.addCleanup(namer.stopService)
         return namer
@@ -587,6 +646,31 @@ class NamerIntegrationTests(TestCase):
         yield self.writer.put(PREFIX + "carts/b", b"10.0.0.5:80")
         yield waitUntil(lambda: carts.current == bound("10.0.0.4:80", "10.0.0.5:80"),
                         what="a change after the read again")
+
+    @defer.inlineCallbacks
+    def test_silentPartition(self):
+        """
+        A watch whose connection stays open but carries nothing (a
+        partition) is noticed by the periodic check: the namer gets stale,
+        keeps its sets, and follows etcd again once the partition is over.
+        """
+        yield self.writer.put(PREFIX + "users/a", b"10.0.0.1:80")
+        relay = Relay(self, self.etcd.clientPort)
+        yield relay.open()
+        namer = self.makeNamer(relay.url, checkInterval=0.2)
+        yield namer.whenLoaded()
+        users = namer.bind("users")
+        yield waitUntil(lambda: self.connected(namer), what="the watch")
+        yield relay.freeze()
+        yield waitUntil(lambda: namer.stale, timeout=15, what="the partition to be noticed")
+        self.assertIn("does not answer", namer.state()["problem"])
+        self.assertEqual(users.current, bound("10.0.0.1:80"))
+        yield relay.cut()
+        yield self.writer.put(PREFIX + "users/b", b"10.0.0.2:80")
+        yield relay.open()
+        yield waitUntil(lambda: users.current == bound("10.0.0.1:80", "10.0.0.2:80"),
+                        what="the change made during the partition")
+        yield waitUntil(lambda: not namer.stale, what="the namer following etcd again")
 
     @defer.inlineCallbacks
     def test_unreachableAtStart(self):

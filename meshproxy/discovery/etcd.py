@@ -40,12 +40,13 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from meshproxy.discovery.endpoints import Addr, Endpoint, Observable, formatAddress
 from meshproxy.discovery.interfaces import FirstLoad, INamer, _asPrefix
-from meshproxy.etcd import EtcdClient, EtcdError, KeyValue, Watch, WatchEvent
+from meshproxy.etcd import EtcdClient, EtcdError, EtcdUnavailable, KeyValue, Watch, WatchEvent
 
 __all__ = [
     "EtcdNamer",
@@ -169,6 +170,7 @@ class EtcdNamer(Service):
         keyPrefix: str,
         *,
         reactor: Any,
+        checkInterval: float = 10.0,
     ) -> None:
         """
         @param prefix: the prefix this namer owns, a
@@ -178,6 +180,9 @@ class EtcdNamer(Service):
         @param keyPrefix: the etcd key prefix (C{"/meshproxy/services/"});
             a C{/} is added if it does not end with one.
         @param reactor: the clock of retries and of the stale age.
+        @param checkInterval: seconds between checks that etcd still
+            answers while the watch looks established (a watch on a
+            connection cut without a reset would otherwise wait for ever).
         """
         self.prefix = _asPrefix(prefix)
         self.keyPrefix = keyPrefix if keyPrefix.endswith("/") else keyPrefix + "/"
@@ -203,6 +208,9 @@ class EtcdNamer(Service):
         self._staleSince: float | None = None
         self._problem: str | None = None
         self._ignoredKeys: set[str] = set()
+        self._checkInterval = checkInterval
+        self._checker: LoopingCall | None = None
+        self._checking: Deferred[Any] | None = None
 
     def __repr__(self) -> str:
         return "<EtcdNamer %s %s%s services=%d>" % (
@@ -263,6 +271,9 @@ class EtcdNamer(Service):
         """
         super().startService()
         self._read()
+        self._checker = LoopingCall(self._check)
+        self._checker.clock = self._reactor
+        self._checker.start(self._checkInterval, now=False)
 
     def stopService(self) -> Deferred[None]:
         """
@@ -270,6 +281,12 @@ class EtcdNamer(Service):
         observables keep their last values.
         """
         super().stopService()
+        if self._checker is not None and self._checker.running:
+            self._checker.stop()
+        self._checker = None
+        if self._checking is not None:
+            checking, self._checking = self._checking, None
+            checking.cancel()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
@@ -308,6 +325,31 @@ class EtcdNamer(Service):
             )
 
         reading.addCallbacks(read, failed)
+
+    def _check(self) -> None:
+        """
+        While the watch looks established, ask etcd something cheap: if it
+        does not answer, the watch's connection may be dead without a
+        reset (a partition): drop it, which makes the namer stale and the
+        watch try again.
+        """
+        watch = self._watch
+        if watch is None or not watch.connected or self._checking is not None:
+            return
+        checking = self._checking = self._client.count(self.keyPrefix)
+
+        def answered(_: object) -> None:
+            if self._checking is checking:
+                self._checking = None
+
+        def failed(failure: Any) -> None:
+            if self._checking is not checking:
+                return
+            self._checking = None
+            if failure.check(EtcdUnavailable) and watch is self._watch and watch.connected:
+                watch.reconnect("etcd does not answer (%s)" % (failure.value,))
+
+        checking.addCallbacks(answered, failed)
 
     def _loaded(self, revision: int, kvs: list[KeyValue]) -> None:
         """
