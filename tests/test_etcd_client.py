@@ -391,6 +391,19 @@ class WatchTests(SynchronousTestCase):
         self.assertEqual(len(self.client.opened), 1)
         self.assertEqual(self.status, [(True, None)])
 
+    def test_reconnect(self):
+        """
+        L{Watch.reconnect} drops a stream that looks fine and connects
+        again from the same revision.
+        """
+        response = self.stream(revision=10)
+        response.send({"result": {"created": True}})
+        self.watch.reconnect("etcd does not answer")
+        self.assertTrue(response.stopped)
+        self.assertEqual(self.status[-1], (False, "http://etcd-a:2379: etcd does not answer"))
+        self.client._reactor.advance(1.0)
+        self.stream(revision=10)
+
     def test_stopWhileConnecting(self):
         """
         Stopping while the stream opens cancels it.
@@ -442,6 +455,7 @@ class KeysTests(EtcdTestCase):
         )
         kv = yield client.get("/svc/users/a")
         self.assertEqual(kv.value, b"10.0.0.1:80")
+        self.assertEqual((yield client.count("/svc/users/")), (r2 + 1, 2))
         _, deleted = yield client.delete("/svc/users/", prefix=True)
         self.assertEqual(deleted, 2)
         self.assertIsNone((yield client.get("/svc/users/a")))
