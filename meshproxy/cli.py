@@ -16,13 +16,17 @@ The C{meshproxy} command:
    config's rules;
  - C{meshproxy certs init DIR} and C{meshproxy certs issue DIR NAME} make a
    development CA and certificates signed by it, for trying TLS and mTLS
-   (not for production).
+   (not for production);
+ - C{meshproxy register --etcd URL --service NAME --address HOST:PORT}
+   keeps an instance registered in etcd (a key with a lease kept alive)
+   until it is stopped, for a process that cannot do it itself.
 
 Running the proxy itself is C{twistd -n meshproxy --config CONFIG}.
 
 This module imports only the standard library at the top (C{explain} talks
 to the admin API with L{urllib.request}, C{tap} with L{http.client}), so
-the command starts fast and never installs a reactor.
+the command starts fast and never installs a reactor (but C{register},
+which runs one).
 """
 
 import argparse
@@ -155,6 +159,12 @@ def _parser() -> argparse.ArgumentParser:
         "--ip", action="append", default=[], metavar="ADDR",
         help="an IP address (127.0.0.1); repeatable",
     )
+    registerParser = commands.add_parser(
+        "register",
+        help="keep a service instance registered in etcd until stopped",
+        description=_REGISTER_DESCRIPTION,
+    )
+    _addRegisterArguments(registerParser)
     return parser
 
 
@@ -184,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return certs(options, sys.stdout, sys.stderr)
     if options.command == "tap":
         return _tap(options, sys.stdout, sys.stderr, os.environ)
+    if options.command == "register":
+        return register(options, sys.stdout, sys.stderr, os.environ)
     return _explain(options, sys.stdout, sys.stderr, os.environ)
 
 
@@ -350,6 +362,153 @@ def _osReason(error: OSError) -> str:
     An operating system error in a few lowercase words, without errno.
     """
     return (error.strerror or str(error)).lower()
+
+
+PASSWORD_ENVIRONMENT = "MESHPROXY_ETCD_PASSWORD"
+"""The environment variable C{register} reads the etcd password from by
+default (a password on the command line shows in C{ps})."""
+
+_REGISTER_DESCRIPTION = (
+    "Register an instance of a service in etcd, as the etcd namer reads it (the key"
+    " KEY_PREFIX/SERVICE/ADDRESS, its value ADDRESS [WEIGHT]), attached to a lease kept"
+    " alive every third of its TTL; register again if the lease is lost. On SIGTERM or"
+    " SIGINT, delete the key and revoke the lease, then exit. Exits 1 at once if etcd"
+    " cannot be reached at the start."
+)
+
+
+def _addRegisterArguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--etcd", action="append", required=True, metavar="URL[,URL]",
+        help="etcd's URLs (http://127.0.0.1:2379), comma-separated or repeated",
+    )
+    parser.add_argument("--service", required=True, help="the service's name (users)")
+    parser.add_argument(
+        "--address", required=True, metavar="HOST:PORT",
+        help="the instance's address (10.0.0.5:8080, [fd00::5]:8080)",
+    )
+    parser.add_argument("--weight", type=float, default=None, help="its weight (default 1)")
+    parser.add_argument(
+        "--ttl", default="10s", metavar="DURATION",
+        help="the lease's time to live (default: %(default)s); the key is gone this long"
+        " after the process dies without deregistering",
+    )
+    parser.add_argument(
+        "--key-prefix", default="/meshproxy/services/", metavar="PREFIX",
+        help="the namer's keyPrefix (default: %(default)s)",
+    )
+    parser.add_argument("--username", default=None, help="the etcd user, if auth is on")
+    parser.add_argument(
+        "--password", default=None,
+        help="its password (default: $%s)" % (PASSWORD_ENVIRONMENT,),
+    )
+    parser.add_argument("--ca", default=None, metavar="PEM", help="etcd's CA (https://)")
+    parser.add_argument("--cert", default=None, metavar="PEM", help="a client certificate")
+    parser.add_argument("--key", default=None, metavar="PEM", help="its private key")
+
+
+def register(
+    options: argparse.Namespace, out: TextIO, err: TextIO, environ: Mapping[str, str]
+) -> int:
+    """
+    C{meshproxy register}: register an instance in etcd and keep it
+    registered until SIGTERM or SIGINT, then deregister (see
+    L{meshproxy.discovery.etcd.EtcdRegistration}). Runs the reactor.
+
+    @param options: the parsed command line.
+    @param out: where registrations and their changes are said.
+    @param err: where errors go.
+    @param environ: the environment, for the password.
+    @return: the exit status: 0 after deregistering, 1 when etcd could not
+        be reached at the start (or the key not deleted at the end), 2 on
+        bad arguments.
+    """
+    import math
+
+    from meshproxy.config.checks import Invalid, parseDuration
+    from meshproxy.discovery.endpoints import Endpoint
+
+    def usage(message: str) -> int:
+        err.write("meshproxy register: %s\n" % (message,))
+        return 2
+
+    try:
+        endpoint = Endpoint.parse(options.address)
+        if options.weight is not None:
+            endpoint = Endpoint(endpoint.host, endpoint.port, options.weight)
+    except ValueError as e:
+        return usage("--address/--weight: %s" % (e,))
+    try:
+        seconds = parseDuration(options.ttl)
+    except Invalid as e:
+        return usage("--ttl: %s" % (e,))
+    if seconds < 1:
+        return usage("--ttl: at least 1s, got %s" % (options.ttl,))
+    urls = [url.strip() for urls in options.etcd for url in urls.split(",") if url.strip()]
+    password = options.password
+    if password is None and options.username is not None:
+        password = environ.get(PASSWORD_ENVIRONMENT)
+        if password is None:
+            return usage("--username needs --password (or $%s)" % (PASSWORD_ENVIRONMENT,))
+    if options.key is not None and options.cert is None:
+        return usage("--key needs --cert")
+
+    from twisted.internet import reactor
+
+    from meshproxy.discovery.etcd import EtcdRegistration
+    from meshproxy.etcd import EtcdClient, TLSFiles
+
+    tls = None
+    if options.ca or options.cert:
+        tls = TLSFiles(ca=options.ca, cert=options.cert, key=options.key)
+    try:
+        client = EtcdClient(
+            urls, reactor=reactor, username=options.username, password=password, tls=tls
+        )
+        registration = EtcdRegistration(
+            client,
+            options.key_prefix,
+            options.service,
+            endpoint,
+            ttl=math.ceil(seconds),
+            reactor=reactor,
+            report=lambda line: (out.write(line + "\n"), out.flush()),
+        )
+    except ValueError as e:
+        return usage(str(e))
+    outcome = {"status": 0, "registered": False}
+
+    def started(_: object) -> None:
+        outcome["registered"] = True
+
+    def failed(failure: Any) -> None:
+        err.write(
+            "meshproxy register: cannot register %s: %s\n"
+            % (registration.key, failure.getErrorMessage())
+        )
+        err.flush()
+        outcome["status"] = 1
+        reactor.stop()
+
+    def start() -> None:
+        registration.start().addCallbacks(started, failed)
+
+    def stop() -> Any:
+        if not outcome["registered"]:
+            return client.close()
+        d = registration.stop()
+
+        def stopped(deregistered: bool) -> Any:
+            if not deregistered:
+                outcome["status"] = 1
+            return client.close()
+
+        return d.addCallback(stopped)
+
+    reactor.callWhenRunning(start)
+    reactor.addSystemEventTrigger("before", "shutdown", stop)
+    reactor.run()
+    return outcome["status"]
 
 
 class ExplainError(Exception):

@@ -777,6 +777,16 @@ def makeNamer(config: NamerConfig, *, reactor: IReactorTime) -> INamer:
             staleFor=config.staleFor,
             timeout=config.timeout,
         )
+    if config.kind == "etcd":
+        from meshproxy.discovery.etcd import EtcdNamer
+        from meshproxy.etcd import clientFor
+
+        return EtcdNamer(
+            Path.read(config.prefix),
+            clientFor(config, reactor=reactor),
+            config.keyPrefix,
+            reactor=reactor,
+        )
     from meshproxy.discovery.static import StaticNamer
 
     services = {

@@ -629,7 +629,7 @@ class ErrorFormTests(SynchronousTestCase, ErrorAssertions):
         )
         self.assertErrors(
             MINIMAL + "namers: [{kind: consul, prefix: /#/consul}]",
-            'namers[0].kind: expected one of "file", "static", "dns", got "consul"',
+            'namers[0].kind: expected one of "file", "static", "dns", "etcd", got "consul"',
         )
 
     def test_keysOfAnotherKind(self) -> None:

@@ -17,6 +17,8 @@ What the API needs from its collaborators:
  - C{runtime.waitingFor() -> list[str]}: what readiness still waits for,
    in words (C{["listener web", "namer /#/fs"]}).
  - C{runtime.routers}: a mapping of router name to router.
+ - C{runtime.namers} (optional): the namers; those with a C{state() -> dict}
+   are shown by C{GET /admin/state} under their prefix.
  - C{router.state() -> dict}: a JSON-ready description of the router. The
    dashboard reads this shape (missing keys show as blanks)::
 
@@ -354,12 +356,22 @@ class AdminAPI:
     @_requireToken
     def state(self, request: IRequest) -> bytes:
         """
-        Every router's C{state()}: C{{"routers": {name: state}}}.
+        Every router's C{state()}: C{{"routers": {name: state}}}; and, when
+        some namers have a C{state()} (the etcd namer: whether it is stale,
+        since when), C{"namers": {prefix: state}}.
         """
         routers = {
             name: router.state() for name, router in self._runtime.routers.items()
         }
-        return _json(request, {"routers": routers})
+        answer: dict[str, Any] = {"routers": routers}
+        namers = {
+            str(namer.prefix): namer.state()
+            for namer in getattr(self._runtime, "namers", ())
+            if callable(getattr(namer, "state", None))
+        }
+        if namers:
+            answer["namers"] = namers
+        return _json(request, answer)
 
     @app.route("/admin/stats", methods=["GET"])
     @_requireToken

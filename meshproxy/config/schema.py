@@ -19,6 +19,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from meshproxy.config import checks
 from meshproxy.config.checks import Invalid, show
+from meshproxy.config.etcd import EtcdEndpoints, EtcdKeyPrefix, EtcdTLSConfig, etcdProblems
 from meshproxy.config.fields import (
     Address,
     AllowedHost,
@@ -108,6 +109,7 @@ class _Namer(Section):
         "file": ("root", "interval"),
         "static": ("services",),
         "dns": ("nameservers", "refresh", "staleFor", "timeout"),
+        "etcd": ("endpoints", "keyPrefix", "username", "password", "tls", "timeout"),
     }
     _common = ("prefix",)
 
@@ -251,7 +253,38 @@ class DnsNamerConfig(_Namer):
     timeout: Duration() = "5s"
 
 
-NamerConfig = FileNamerConfig | StaticNamerConfig | DnsNamerConfig
+
+class EtcdNamerConfig(_Namer):
+    """
+    A namer following keys in etcd: C{<keyPrefix><service>/<instance>},
+    each value C{"host:port [weight]"} or
+    C{{"address": "host:port", "weight": 1, "meta": {...}}}.
+
+    @ivar kind: always C{"etcd"}.
+    @ivar prefix: the bound-name prefix this namer owns, such as C{/#/etcd}.
+    @ivar endpoints: the etcd members' URLs, tried in turn.
+    @ivar keyPrefix: the prefix of the service keys, kept ending with C{/}.
+    @ivar username: the etcd user, or L{None} without authentication.
+    @ivar password: its password (needed with C{username}).
+    @ivar tls: the L{EtcdTLSConfig} for C{https://} endpoints, or L{None}.
+    @ivar timeout: seconds one request to etcd may take.
+    """
+
+    kind: Literal["etcd"] = "etcd"
+    prefix: NamerPrefix = "/#/etcd"
+    endpoints: EtcdEndpoints = ("http://127.0.0.1:2379",)
+    keyPrefix: EtcdKeyPrefix = "/meshproxy/services/"
+    username: NonEmptyText | None = None
+    password: NonEmptyText | None = None
+    tls: EtcdTLSConfig | None = None
+    timeout: Duration() = "5s"
+
+    @classmethod
+    def _crossCheck(cls, view: View) -> Iterable[Problem]:
+        yield from etcdProblems(view)
+
+
+NamerConfig = FileNamerConfig | StaticNamerConfig | DnsNamerConfig | EtcdNamerConfig
 
 
 if TYPE_CHECKING:
@@ -410,7 +443,7 @@ if TYPE_CHECKING:
     Routers = tuple[RouterConfig, ...]
 else:
     Namers = ListOf(
-        KindOf(FileNamerConfig, StaticNamerConfig, DnsNamerConfig),
+        KindOf(FileNamerConfig, StaticNamerConfig, DnsNamerConfig, EtcdNamerConfig),
         uniqueBy=_namerPrefix,
         uniqueAt=("prefix",),
         duplicate="{shown} is already used by {ref}",
@@ -430,7 +463,7 @@ class MeshConfig(Section):
 
     @ivar admin: the L{AdminConfig}.
     @ivar namers: L{FileNamerConfig}, L{StaticNamerConfig} and
-        L{DnsNamerConfig} values, in the order written.
+        KindOf(FileNamerConfig, StaticNamerConfig, DnsNamerConfig, EtcdNamerConfig),
     @ivar routers: the L{RouterConfig} values, in the order written; at least
         one.
     @ivar telemetry: the L{TelemetryConfig} (tracing, access log).
