@@ -372,6 +372,35 @@ class SummaryTests(SynchronousTestCase):
         self.assertEqual(h.summaries.asked, ["web"])
         self.assertEqual(h.summaries.summaries, [])
 
+    def test_framingErrorSummarised(self):
+        """
+        A request refused before it became an exchange (its head is
+        malformed) still gets its summary: the status and reason sent, the
+        caller, nothing of the request.
+        """
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\nBad Header: x\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "))
+        [(summary, line)] = h.summaries.summaries
+        self.assertEqual(json.loads(line), summary)
+        self.assertEqual(
+            (summary["status"], summary["meshErr"], summary["client"], summary["method"]),
+            (400, "bad-request", "10.0.0.7", None),
+        )
+        self.assertEqual(h.spans.spans, [])
+
+    def test_headerTimeoutSummarised(self):
+        """
+        A request whose head never came in time is summarised as 408.
+        """
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hel")
+        h.reactor.advance(60)
+        [(summary, line)] = h.summaries.summaries
+        self.assertEqual((summary["status"], summary["meshErr"]), (408, "client-timeout"))
+
     def test_clientGone(self):
         """
         A client that goes away before the answer is summarised with status

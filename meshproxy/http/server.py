@@ -517,6 +517,12 @@ class ServerProtocol(Protocol):
         self.router.countError(error.reason)
         if self.closing or self._broken:
             return
+        if broken is None:
+            # No exchange was made of it: summarised here (an exchange is
+            # when it ends).
+            self.router.observer.refused(
+                error.status, error.reason, self.peerHost, self.clock.seconds()
+            )
         self._broken = True
         self.gate.pause("broken")
         if broken is not None:
@@ -604,6 +610,8 @@ class ServerProtocol(Protocol):
         active, self.active = self.active, None
         if active is not None:
             active.clientLost()
+        else:
+            self.router.observer.refused(408, "client-timeout", self.peerHost, self.clock.seconds())
         self.write(errorResponse(408, "client-timeout", detail, close=True))
         self.flush()
         self.transport.loseConnection()

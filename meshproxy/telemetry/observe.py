@@ -296,6 +296,46 @@ class RequestObserver:
             for sink in wanting:
                 sink.summarize(summary, line)
 
+    def refused(self, status: int, meshErr: str, client: str | None, now: float) -> None:
+        """
+        A request answered before it became an exchange (its head could not
+        be read: a framing error, a header timeout): its summary, with what
+        is known of it (no method, target or trace).
+
+        @param status: the status sent.
+        @param meshErr: its C{mesh-err} reason.
+        @param client: the caller's address.
+        @param now: when, on the router's clock.
+        """
+        if not self.sinks:
+            return
+        wanting = [sink for sink in self.sinks if sink.wants(self.router)]
+        if wanting:
+            values = (
+                self._time(now),
+                self.router,
+                None,
+                None,
+                None,
+                None,
+                status,
+                meshErr,
+                0.0,
+                None,
+                0,
+                0,
+                None,
+                0,
+                None,
+                None,
+                client,
+                None,
+            )
+            summary = dict(zip(SUMMARY_FIELDS, values, strict=True))
+            line = _line(values)
+            for sink in wanting:
+                sink.summarize(summary, line)
+
     def summary(self, exchange: Any, now: float) -> dict[str, Any]:
         """
         The summary of a finished exchange (see L{SUMMARY_FIELDS}).
