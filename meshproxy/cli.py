@@ -36,7 +36,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from http.client import HTTPMessage
 from typing import IO, Any, TextIO
 
@@ -568,13 +568,30 @@ def explainMain(
     """
     parser = argparse.ArgumentParser(prog="meshproxy explain", description=_EXPLAIN_DESCRIPTION)
     _addExplainArguments(parser)
+    return _runCommand(parser, argv, _explain, out, err, environ)
+
+
+def _runCommand(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str],
+    command: Callable[[argparse.Namespace, TextIO, TextIO, Mapping[str, str]], int],
+    out: TextIO | None,
+    err: TextIO | None,
+    environ: Mapping[str, str] | None,
+) -> int:
+    """
+    Parse a subcommand's arguments and run it with the standard streams and
+    environment unless others are given.
+
+    @return: the command's exit status, or argparse's (2) on bad arguments.
+    """
     try:
         options = parser.parse_args(argv)
     except SystemExit as e:
         # argparse has printed the usage or the help. It exits with an int
         # status (SystemExit.code is typed str | int | None).
         return e.code  # type: ignore[return-value]
-    return _explain(
+    return command(
         options,
         sys.stdout if out is None else out,
         sys.stderr if err is None else err,
@@ -795,18 +812,7 @@ def tapMain(
     """
     parser = argparse.ArgumentParser(prog="meshproxy tap", description=_TAP_DESCRIPTION)
     _addTapArguments(parser)
-    try:
-        options = parser.parse_args(argv)
-    except SystemExit as e:
-        # argparse has printed the usage or the help (SystemExit.code is
-        # typed str | int | None).
-        return e.code  # type: ignore[return-value]
-    return _tap(
-        options,
-        sys.stdout if out is None else out,
-        sys.stderr if err is None else err,
-        os.environ if environ is None else environ,
-    )
+    return _runCommand(parser, argv, _tap, out, err, environ)
 
 
 def _tap(

@@ -18,6 +18,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import SplitResult, urlsplit
 
 __all__ = [
     "Invalid",
@@ -470,3 +471,28 @@ def allowedHost(value: Any) -> str:
             f"got {show(value)}"
         )
     return name
+
+
+def httpURL(value: Any, what: str, example: str) -> SplitResult:
+    """
+    An C{http://} or C{https://} URL with a host (and a valid port, when
+    there is one), without user information.
+
+    @param what: what the URL is, for errors (C{"a collector URL"}).
+    @param example: a URL of that kind, for errors.
+    @return: the URL's parts.
+    """
+    expected = f'expected an http:// or https:// URL such as "{example}"'
+    if not isinstance(value, str):
+        raise Invalid(f"{expected}, got {show(value)}")
+    try:
+        parts = urlsplit(value)
+        # (read for its check: a port that is not a number raises)
+        _ = parts.port
+    except ValueError as e:
+        raise Invalid(f"{expected}, got {show(value)}: {e}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Invalid(f"{expected}, got {show(value)}")
+    if parts.username is not None or parts.password is not None:
+        raise Invalid(f"{what} takes no user name or password")
+    return parts

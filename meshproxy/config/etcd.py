@@ -11,7 +11,6 @@ C{_crossCheck}; L{meshproxy.etcd.clientFor} builds the client.
 
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import urlsplit
 
 from meshproxy.config import checks
 from meshproxy.config.checks import Invalid, show
@@ -27,23 +26,9 @@ def _etcdURL(value: Any) -> str:
     The base URL of an etcd member: C{http://} or C{https://}, a host and a
     port, nothing else.
     """
-    if not isinstance(value, str):
-        raise Invalid(f'expected an etcd URL such as "http://127.0.0.1:2379", got {show(value)}')
-    try:
-        parts = urlsplit(value)
-        port = parts.port
-    except ValueError as e:
-        raise Invalid(f"expected an etcd URL, got {show(value)}: {e}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise Invalid(
-            f'expected an http:// or https:// URL such as "http://127.0.0.1:2379",'
-            f" got {show(value)}"
-        )
-    if parts.username is not None or parts.password is not None:
-        raise Invalid("an etcd URL takes no user name or password (give username and password)")
+    parts = checks.httpURL(value, "an etcd URL", "http://127.0.0.1:2379")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise Invalid(f"an etcd URL is a scheme, a host and a port only, got {show(value)}")
-    del port
     return value.rstrip("/")
 
 

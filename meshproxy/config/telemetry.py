@@ -8,14 +8,13 @@ context is still propagated); without C{accessLog} no line is written.
 
 from collections.abc import Iterable
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 from pydantic import ValidationInfo
 from pydantic.functional_validators import PlainValidator
 from pydantic.json_schema import WithJsonSchema
 
 from meshproxy.config import checks
-from meshproxy.config.checks import Invalid, show
+from meshproxy.config.checks import Invalid
 from meshproxy.config.fields import (
     Bool,
     Checked,
@@ -42,18 +41,7 @@ def _httpURL(value: Any) -> str:
     """
     An C{http://} or C{https://} URL with a host (a collector's address).
     """
-    if not isinstance(value, str):
-        raise Invalid(f"expected an http:// or https:// URL, got {show(value)}")
-    try:
-        parts = urlsplit(value)
-        port = parts.port
-    except ValueError as e:
-        raise Invalid(f"expected an http:// or https:// URL, got {show(value)}: {e}") from e
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise Invalid(f"expected an http:// or https:// URL with a host, got {show(value)}")
-    if parts.username is not None or parts.password is not None:
-        raise Invalid("a collector URL takes no user name or password")
-    del port
+    checks.httpURL(value, "a collector URL", "http://127.0.0.1:9411/api/v2/spans")
     return value
 
 
