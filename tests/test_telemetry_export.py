@@ -1016,3 +1016,21 @@ class LoopbackTests(TestCase):
         yield exporter.stopService()
         self.assertEqual(self.stats.spansDropped, {("zipkin", "export-failed"): 1})
         self.assertIn("ConnectionRefusedError", events[0]["reason"])
+
+
+class ZipkinEncoderTests(SynchronousTestCase):
+    def test_localAndRemoteKeptApart(self):
+        """
+        A remote address equal to the local one's key is still written as a
+        remote endpoint (the endpoints of each side are cached apart).
+        """
+        from meshproxy.telemetry.export import ZipkinEncoder
+
+        encoder = ZipkinEncoder()
+        same = ("users", "127.0.0.1", 8080)
+        span = makeSpan(local=same, remote=same)
+        expected = {"serviceName": "users", "ipv4": "127.0.0.1", "port": 8080}
+        for _ in range(2):
+            [decoded] = json.loads(encoder.wrap([encoder.span(span)]))
+            self.assertEqual(decoded["localEndpoint"], expected)
+            self.assertEqual(decoded["remoteEndpoint"], expected)
