@@ -901,6 +901,27 @@ class StoreTests(SynchronousTestCase):
         self.assertTrue(watch.stopped)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_stopWhileCreating(self):
+        """
+        Stopped while a create-only write is pending: it is cancelled, and
+        no retry is left scheduled.
+        """
+        pending = []
+
+        def txn(compares, success, failure=()):
+            d = Deferred()
+            pending.append(d)
+            return d
+
+        self.etcd.txn = txn
+        stores = self.start()
+        self.assertEqual(len(pending), 3)
+        self.assertFalse(stores.loaded)
+        self.successResultOf(stores.stopService())
+        # Cancelled (their failures handled by the stores).
+        self.assertEqual([d.called for d in pending], [True] * 3)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_stopWhileReading(self):
         """
         Stopped while the read is pending: no retry is left scheduled.
@@ -1144,6 +1165,8 @@ class SharedEtcdTests(TestCase):
 
         a = yield self.proxy()
         b = yield self.proxy(self.config(rules="/svc/hello => /#/static/b;\n"))
+        self.assertIsInstance(a.rulesStores["web"], EtcdRulesStore)
+        self.assertIsInstance(b.policyStores["web"], EtcdVersionedStore)
         text, etagA = yield self.rules(a)
         self.assertEqual(text, "/svc/hello => /#/static/a;\n")
         # B's config differs: the store's (A's) won.
@@ -1224,6 +1247,31 @@ class SharedEtcdTests(TestCase):
         self.assertEqual(a.routers["web"].rules.rulesText, "/svc/hello => /#/static/b;\n")
         after, _ = yield self.writer.range("/test/rules/")
         self.assertEqual(after, before)
+
+    @defer.inlineCallbacks
+    def test_reloadRefusedWhenTheStoresRulesDoNotFit(self):
+        """
+        A reload whose namers no longer fit the rules in force (the
+        store's) is refused, and changes nothing; a policy changed in the
+        file is not applied either.
+        """
+        from meshproxy.reload import ReloadError
+
+        a = yield self.proxy()
+        text = self.config().replace(
+            "  - kind: static\n    prefix: /#/static\n",
+            "  - kind: static\n    prefix: /#/other\n",
+        ).replace("/#/static/a", "/#/other/a")
+        with open(a.path, "w") as f:
+            f.write(text)
+        error = yield self.assertFailure(a.reload(), ReloadError)
+        self.assertIn("the rules in force, from the rules store, are not valid", str(error))
+        self.assertEqual(a.routers["web"].rules.rulesText, "/svc/hello => /#/static/a;\n")
+        with open(a.path, "w") as f:
+            f.write(self.config() + "    policy: {default: deny}\n")
+        summary = yield a.reload()
+        self.assertIn("not applied", summary["policies"]["web"])
+        self.assertIsNone(a.routers["web"].policy)
 
     @defer.inlineCallbacks
     def test_readinessWaitsForTheStore(self):
