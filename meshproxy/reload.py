@@ -36,7 +36,9 @@ connection:
     before anything else changes: if one cannot be, nothing changes.
   - B{rules and access policies} changed through the admin API since the
     last load stay, whatever the file says (the log says so); the others
-    follow the file.
+    follow the file. With a C{rulesStore}, the store is their source of
+    truth: a reload keeps the rules and policies in force, ignores the
+    file's (the log says so), and never writes the store.
   - B{settings that need a restart} are logged and listed, not applied:
     the admin API's (C{listen}, C{token}, C{protectReads}, C{allowedHosts},
     C{stateDir}) and C{telemetry}. C{admin.shutdownGrace} and
@@ -794,6 +796,9 @@ class Reloader:
 
         rules = None
         table = router.rules
+        if self.runtime.rulesStore is not None:
+            self._noteStore(router.name, old, new, staged)
+            return None, _UNCHANGED
         if table is not None and _differ(new.rules, old.rules):
             if table.rulesText != old.rules:
                 self._noteKeptRules(router.name, table.rulesText, staged)
@@ -826,6 +831,9 @@ class Reloader:
         previous = self.runtime.routers.get(name)
         if previous is None or old is None:
             return
+        if self.runtime.rulesStore is not None:
+            self._carryFromStore(router, previous, old, new, staged)
+            return
         table, oldTable = router.rules, previous.rules
         if table is not None and oldTable is not None and old.protocol == "http":
             text = oldTable.rulesText
@@ -852,6 +860,66 @@ class Reloader:
             self._noteKeptPolicy(name, previous.policy, staged)
         elif _differ(new.policy, old.policy):
             staged.notes["policies"][name] = "from the file"
+
+    def _noteStore(
+        self, name: str, old: RouterConfig, new: RouterConfig, staged: _Staged
+    ) -> None:
+        """
+        With a rules store: say that the file's rules and policy, where
+        they changed, are not applied.
+        """
+        for key, notes in (("rules", "rules"), ("policy", "policies")):
+            if key == "rules" and new.protocol != "http":
+                continue
+            if _differ(getattr(new, key), getattr(old, key)):
+                _log.warn(
+                    "reload: router {router}: not applying the file's {what}: with a"
+                    " rulesStore, the store is the source of truth (change the {what}"
+                    " through the admin API)",
+                    router=name, what=key,
+                )
+                staged.notes[notes][name] = (
+                    "kept: from the rules store (the file's %s is not applied)" % (key,)
+                )
+
+    def _carryFromStore(
+        self,
+        router: Router,
+        previous: Router,
+        old: RouterConfig,
+        new: RouterConfig,
+        staged: _Staged,
+    ) -> None:
+        """
+        With a rules store: a rebuilt router keeps the rules and policy in
+        force (the store's), whatever the file says.
+
+        @raise ReloadError: when the rules in force are not valid with the
+            new config (it removes a namer they name, say): the store's
+            rules must change first.
+        """
+        from meshproxy.routing.table import checkRules
+
+        table, oldTable = router.rules, previous.rules
+        text = None if oldTable is None else oldTable.rulesText
+        if table is not None and text is not None and text != new.rules:
+            try:
+                # The config's own rules may lead to addresses whatever
+                # admin.rulesAllowInet says (the operator wrote them).
+                if text == old.rules:
+                    dtab = checkRules(text, table.prefixes)
+                else:
+                    dtab = table.validateRules(text)
+            except ValueError as e:
+                raise ReloadError([
+                    "routers (%s): the rules in force, from the rules store, are not valid with"
+                    " the new config (%s): change them through the admin API first" % (
+                        router.name, e,
+                    )
+                ], 400) from None
+            table.setRules(dtab, text)
+        router.policy = previous.policy
+        self._noteStore(router.name, old, new, staged)
 
     def _noteKeptRules(self, name: str, text: str, staged: _Staged) -> None:
         from meshproxy.admin.rules import rulesVersion

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
     from twisted.internet.protocol import Factory
 
+    from meshproxy.admin.etcdstore import EtcdStores
     from meshproxy.admin.policy import PolicyStore
     from meshproxy.admin.rules import RulesStore
     from meshproxy.balancing.base import Balancer
@@ -118,12 +119,16 @@ class Runtime(Service):
     @ivar reloader: the L{Reloader<meshproxy.reload.Reloader>} of the
         config file (set by L{buildServices}), or L{None}.
     @ivar telemetry: the process's L{Telemetry} (set by L{buildServices}).
+    @ivar rulesStore: the L{EtcdStores<meshproxy.admin.etcdstore.EtcdStores>}
+        keeping every router's rules and policy when the config has a
+        C{rulesStore}, else L{None}; readiness waits for its first read.
     """
 
     rulesStores: dict[str, RulesStore]
     policyStores: dict[str, PolicyStore]
     reloader: Reloader | None = None
     telemetry: Telemetry
+    rulesStore: EtcdStores | None = None
 
     def __init__(
         self,
@@ -155,6 +160,8 @@ class Runtime(Service):
         self._fallbackCall = self.reactor.callLater(self.readyFallback, self._fallback)
         waits: list[Deferred[Any]] = [listener.whenBound() for listener in self.listeners]
         waits += [namer.whenLoaded() for namer in self.namers]
+        if self.rulesStore is not None:
+            waits.append(self.rulesStore.whenLoaded())
         gatherResults(waits).addCallback(self._allReady)
 
     def stopService(self) -> None:
@@ -177,7 +184,7 @@ class Runtime(Service):
     def _fallback(self) -> None:
         self._fallbackCall = None
         loading = self._loading()
-        if not loading:
+        if not loading and not self._storeLoading():
             return
         if self._unbound():
             # A listener that cannot bind ends the process: this is one
@@ -188,7 +195,10 @@ class Runtime(Service):
         _log.warn(
             "ready after {seconds:g} s without waiting any longer for {namers}",
             seconds=self.readyFallback,
-            namers=", ".join("namer %s" % (namer.prefix,) for namer in loading),
+            namers=", ".join(
+                ["namer %s" % (namer.prefix,) for namer in loading]
+                + (["rules store"] if self._storeLoading() else [])
+            ),
         )
 
     def shutdown(self) -> Deferred[None]:
@@ -226,7 +236,7 @@ class Runtime(Service):
         """
         if self._unbound():
             return False
-        return not self._loading() or self._pastFallback()
+        return not (self._loading() or self._storeLoading()) or self._pastFallback()
 
     def waitingFor(self) -> list[str]:
         """
@@ -237,6 +247,8 @@ class Runtime(Service):
         waiting = ["listener %s" % (listener.description,) for listener in self._unbound()]
         late = " (still loading after %g s)" % (self.readyFallback,) if self._pastFallback() else ""
         waiting.extend("namer %s%s" % (namer.prefix, late) for namer in self._loading())
+        if self.rulesStore is not None and self._storeLoading():
+            waiting.append("rules store %s%s" % (self.rulesStore.description, late))
         return waiting
 
     def _unbound(self) -> list[_ListenerService]:
@@ -244,6 +256,9 @@ class Runtime(Service):
 
     def _loading(self) -> list[INamer]:
         return [namer for namer in self.namers if not namer.loaded]
+
+    def _storeLoading(self) -> bool:
+        return self.rulesStore is not None and not self.rulesStore.loaded
 
     def _pastFallback(self) -> bool:
         return (
@@ -325,6 +340,12 @@ def buildServices(
         namers[namer.prefix] = namer
         runtime.namers.append(namer)
         services.append(namer)
+    if config.rulesStore is not None:
+        # Started before the routers, stopped after them.
+        from meshproxy.admin.etcdstore import storesFor
+
+        runtime.rulesStore = storesFor(config.rulesStore, reactor=reactor)
+        services.append(runtime.rulesStore)
 
     # What every router of this process is built with (a reload builds its
     # new routers with the same).
@@ -658,8 +679,13 @@ def addStores(
     The stores follow the router of that name in C{runtime.routers}
     (L{RulesSlot<meshproxy.reload.RulesSlot>},
     L{PolicySlot<meshproxy.reload.PolicySlot>}): a reload that rebuilds the
-    router keeps them, their versions and history.
+    router keeps them, their versions and history. With a C{rulesStore}
+    (C{runtime.rulesStore}), they are kept in etcd instead, and the state
+    directory is not used.
     """
+    if runtime.rulesStore is not None:
+        runtime.rulesStore.addRouter(runtime, name, clock=clock)
+        return
     from meshproxy.admin.policy import PolicyStore
     from meshproxy.admin.rules import RulesStore
     from meshproxy.reload import PolicySlot, RulesSlot

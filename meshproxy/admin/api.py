@@ -358,7 +358,8 @@ class AdminAPI:
         """
         Every router's C{state()}: C{{"routers": {name: state}}}; and, when
         some namers have a C{state()} (the etcd namer: whether it is stale,
-        since when), C{"namers": {prefix: state}}.
+        since when), C{"namers": {prefix: state}}; with a rules store kept
+        in etcd (C{runtime.rulesStore}), C{"rulesStore"}: its C{state()}.
         """
         routers = {
             name: router.state() for name, router in self._runtime.routers.items()
@@ -371,6 +372,9 @@ class AdminAPI:
         }
         if namers:
             answer["namers"] = namers
+        rulesStore = getattr(self._runtime, "rulesStore", None)
+        if rulesStore is not None:
+            answer["rulesStore"] = rulesStore.state()
         return _json(request, answer)
 
     @app.route("/admin/stats", methods=["GET"])
@@ -413,7 +417,7 @@ class AdminAPI:
     @app.route("/admin/routers/<name>/rules", methods=["PUT"])
     @_takes(TEXT_TYPE)
     @_requireToken
-    def putRules(self, request: IRequest, name: str) -> bytes:
+    def putRules(self, request: IRequest, name: str) -> bytes | Deferred[bytes]:
         """
         Replace the rules (see the class docstring).
         """
@@ -464,7 +468,7 @@ class AdminAPI:
 
     @app.route("/admin/routers/<name>/rules/rollback", methods=["POST"])
     @_requireToken
-    def rollbackRules(self, request: IRequest, name: str) -> bytes:
+    def rollbackRules(self, request: IRequest, name: str) -> bytes | Deferred[bytes]:
         """
         Apply a version from the history again, as a new change.
         """
@@ -483,7 +487,7 @@ class AdminAPI:
 
     @app.route("/admin/routers/<name>/policy", methods=["PUT"])
     @_requireToken
-    def putPolicy(self, request: IRequest, name: str) -> bytes:
+    def putPolicy(self, request: IRequest, name: str) -> bytes | Deferred[bytes]:
         """
         Replace the access policy (see the class docstring).
         """
@@ -504,14 +508,16 @@ class AdminAPI:
 
     @app.route("/admin/routers/<name>/policy/rollback", methods=["POST"])
     @_requireToken
-    def rollbackPolicy(self, request: IRequest, name: str) -> bytes:
+    def rollbackPolicy(self, request: IRequest, name: str) -> bytes | Deferred[bytes]:
         """
         Apply a version of the policy from the history again, as a new
         change.
         """
         return self._rollback(request, name, self._policyStore(name))
 
-    def _rollback(self, request: IRequest, name: str, store: VersionedStore) -> bytes:
+    def _rollback(
+        self, request: IRequest, name: str, store: VersionedStore
+    ) -> bytes | Deferred[bytes]:
         """
         Apply the version a C{{"version"}} body names again, from
         C{store}'s history.
@@ -532,32 +538,51 @@ class AdminAPI:
         store: VersionedStore,
         change: Callable[..., Any],
         *args: Any,
-    ) -> bytes:
+    ) -> bytes | Deferred[bytes]:
         """
         Run a change of a versioned value (C{store.replace} or
         C{store.rollback}) and answer with its outcome: 200 C{{"version",
         "previous"}} with the new C{ETag}, 412 when stale (with the current
         C{ETag}), 400 with the value's own details when invalid, 500 when
-        the state file could not be written.
+        the state file could not be written (or the status the error
+        names: 503 when a shared store cannot be reached). A store kept
+        elsewhere (L{meshproxy.admin.etcdstore}) answers with a Deferred,
+        and so does this.
         """
         try:
-            previous, version = change(*args)
-        except StaleVersion as e:
-            request.setHeader(b"etag", _etag(e.current))
-            return _json(request, {
-                "error": f"stale version: the {store.kind} changed after the version you named",
-                "current": e.current,
-            }, 412)
-        except InvalidValue as e:
-            return _json(request, e.details(), 400)
-        except PersistError as e:
-            _log.error(
-                "{kind} of router {router} not changed: {error}",
-                kind=store.kind, router=name, error=str(e),
-            )
-            return _json(request, {"error": str(e)}, 500)
+            result = change(*args)
+        except (StaleVersion, InvalidValue, PersistError) as e:
+            return self._refusedChange(request, name, store, e)
+        if isinstance(result, Deferred):
+
+            def refused(failure: Failure) -> bytes:
+                failure.trap(StaleVersion, InvalidValue, PersistError)
+                return self._refusedChange(request, name, store, cast(Exception, failure.value))
+
+            return result.addCallbacks(lambda done: self._changed(request, done), refused)
+        return self._changed(request, result)
+
+    def _changed(self, request: IRequest, result: tuple[str, str]) -> bytes:
+        previous, version = result
         request.setHeader(b"etag", _etag(version))
         return _json(request, {"version": version, "previous": previous})
+
+    def _refusedChange(
+        self, request: IRequest, name: str, store: VersionedStore, error: BaseException
+    ) -> bytes:
+        if isinstance(error, StaleVersion):
+            request.setHeader(b"etag", _etag(error.current))
+            return _json(request, {
+                "error": f"stale version: the {store.kind} changed after the version you named",
+                "current": error.current,
+            }, 412)
+        if isinstance(error, InvalidValue):
+            return _json(request, error.details(), 400)
+        _log.error(
+            "{kind} of router {router} not changed: {error}",
+            kind=store.kind, router=name, error=str(error),
+        )
+        return _json(request, {"error": str(error)}, getattr(error, "status", 500))
 
     @app.route("/admin/routers/<name>/explain", methods=["GET"])
     @_requireToken

@@ -55,6 +55,7 @@ from meshproxy.config.policies import (
     _order,
 )
 from meshproxy.config.problems import Problem
+from meshproxy.config.rulesstore import RulesStoreConfig
 from meshproxy.config.section import Section, View
 from meshproxy.config.security import DefaultPolicy, TLSConfig, UpstreamTLSConfig
 from meshproxy.config.telemetry import TelemetryConfig
@@ -467,6 +468,9 @@ class MeshConfig(Section):
     @ivar routers: the L{RouterConfig} values, in the order written; at least
         one.
     @ivar telemetry: the L{TelemetryConfig} (tracing, access log).
+    @ivar rulesStore: the L{RulesStoreConfig} of a store shared by every
+        proxy (etcd) that keeps the rules and policies, or L{None} to keep
+        them in the config and the local state directory.
     @ivar source: the file (or label) the configuration was read from.
     """
 
@@ -476,6 +480,7 @@ class MeshConfig(Section):
     namers: Namers = ()
     routers: Routers
     telemetry: Defaulted(TelemetryConfig)
+    rulesStore: RulesStoreConfig | None = None
     source: SkipJsonSchema[str] = "<config>"
 
     def router(self, name: str) -> RouterConfig:
