@@ -216,6 +216,23 @@ class RefusedUpgradeTests(SynchronousTestCase):
         self.assertTrue(closed(transport))
 
 
+    def test_unaskedSwitchIsNoTunnel(self):
+        """
+        A 101 answer to a request that asked for no upgrade is an invalid
+        response (RFC 9110 15.2.2): 502, and no tunnel is made.
+        """
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
+        up, upTransport = h.upstream()
+        up.dataReceived(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\nraw")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 502 "), transport.value())
+        self.assertIn(b"mesh-err: upstream-protocol", transport.value())
+        self.assertTrue(upTransport.disconnecting or upTransport.disconnected)
+        self.assertIsNone(proto._tunnel)
+        self.assertNotIn(b"raw", transport.value())
+
+
 class FramingBeforeForwardingTests(SynchronousTestCase):
     def test_framingCheckedBeforeForwarding(self):
         """

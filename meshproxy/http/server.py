@@ -25,6 +25,7 @@ from meshproxy.http.checks import checkRequest, parserError
 from meshproxy.http.exchange import Exchange
 from meshproxy.http.interfaces import IClientConnection
 from meshproxy.http.message import ProxyError, Request, errorResponse, forbiddenTrailer
+from meshproxy.http.rewrite import ResponseWriter, interimHead
 from meshproxy.tls import forwardedClientCert, identityOf
 from meshproxy.transport.fastwrite import writerFor
 from meshproxy.transport.gate import PauseGate
@@ -497,6 +498,22 @@ class ServerProtocol(Protocol):
             self.transport.loseConnection()
         elif self.active is not None and not self.active.responseStarted:
             self.active.keepAlive = False
+
+    def responseWriter(self, bodyless: bool) -> ResponseWriter:
+        """
+        See L{IClientConnection.responseWriter}: HTTP/1.1 bytes, queued by
+        L{write}.
+        """
+        return ResponseWriter(self.write, bodyless)
+
+    def interim(self, status: int, reason: bytes, headers: Headers) -> None:
+        """
+        See L{IClientConnection.interim}.
+        """
+        if status == 100:
+            self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        else:
+            self.write(interimHead(status, reason, headers))
 
     def sendError(self, error: ProxyError, close: bool = False) -> None:
         """
