@@ -428,17 +428,99 @@ class RequestCheckTests(SynchronousTestCase):
         c.pump()
         self.assertEqual(c.response(good)[1], b"ok")
 
-    def test_malformedHeaderListEndsTheConnection(self):
+    def malformed(self, headers, status=400, reason=b"bad-request"):
         """
-        A header list the h2 library refuses (here a connection-specific
-        field) ends the connection with its GOAWAY (PROTOCOL_ERROR); it is
-        counted, and nothing goes upstream.
+        A header list that breaks RFC 9113 (sent raw, past the client
+        library's own checks) is answered on its stream; the connection
+        goes on.
         """
         h = H2Harness()
         c = h.h2()
         c.conn.config.validate_outbound_headers = False
         c.conn.config.normalize_outbound_headers = False
-        c.request(get(extra=[(b"connection", b"close")]))
+        sid = c.request(headers)
+        self.assertIsNone(c.goaway())
+        response = c.response(sid)[0]
+        self.assertEqual((int(response[b":status"]), response[b"mesh-err"]), (status, reason))
+        self.assertEqual(h.reactor.tcpClients, [])
+        self.assertFalse(closed(c.transport))
+        good = c.request(get())
+        self.assertEqual(len(h.reactor.tcpClients), 1)
+        del good
+
+    def test_connectionSpecificField(self):
+        self.malformed(get(extra=[(b"connection", b"close")]))
+        self.malformed(get(extra=[(b"transfer-encoding", b"chunked")]))
+
+    def test_teOtherThanTrailers(self):
+        self.malformed(get(extra=[(b"te", b"gzip")]))
+
+    def test_uppercaseName(self):
+        self.malformed(get(extra=[(b"X-Upper", b"1")]), reason=b"bad-header")
+
+    def test_valueWithSurroundingSpace(self):
+        self.malformed(get(extra=[(b"x-a", b" 1")]), reason=b"bad-header")
+
+    def test_pseudoHeaderAfterARegularField(self):
+        headers = get()
+        self.malformed(headers[:3] + [(b"x-a", b"1")] + headers[3:])
+
+    def test_unknownOrRepeatedPseudoHeader(self):
+        self.malformed(get() + [(b":status", b"200")])
+        self.malformed([(b":path", b"/")] + get())
+        self.malformed(get() + [(b":protocol", b"websocket")])
+
+    def test_missingPseudoHeaders(self):
+        self.malformed([(b":method", b"GET"), (b":authority", b"hello"), (b":scheme", b"http")])
+        self.malformed([(b":path", b"/"), (b":authority", b"hello"), (b":scheme", b"http")])
+
+    def test_authorityAndHostDiffer(self):
+        self.malformed(get(extra=[(b"host", b"other")]), reason=b"bad-host")
+        headers = [h for h in get() if h[0] != b":authority"]
+        self.malformed(headers, reason=b"bad-host")
+
+    def test_hostWithoutAuthority(self):
+        h = H2Harness()
+        c = h.h2()
+        headers = [h for h in get() if h[0] != b":authority"] + [(b"host", b"hello")]
+        c.request(headers)
+        up, upTransport = h.upstream()
+        self.assertIn(b"host: hello\r\n", upTransport.value())
+
+    def test_cookiesGoAsOneField(self):
+        """
+        Cookie crumbs go upstream in one field (RFC 9113 8.2.3).
+        """
+        h = H2Harness()
+        c = h.h2()
+        c.request(get(extra=[(b"cookie", b"a=1"), (b"x-b", b"2"), (b"cookie", b"c=3")]))
+        up, upTransport = h.upstream()
+        self.assertIn(b"cookie: a=1; c=3\r\n", upTransport.value())
+        self.assertEqual(upTransport.value().count(b"cookie"), 1)
+
+    def test_malformedTrailers(self):
+        h = H2Harness()
+        c = h.h2()
+        c.conn.config.validate_outbound_headers = False
+        c.conn.config.normalize_outbound_headers = False
+        sid = c.request(get(method=b"POST"), end=False)
+        up, upTransport = h.upstream()
+        c.conn.send_headers(sid, [(b":path", b"/x")], end_stream=True)
+        c.pump()
+        self.assertEqual(c.response(sid)[0][b":status"], b"400")
+        self.assertTrue(closed(upTransport))
+        self.assertFalse(closed(c.transport))
+
+    def test_frameTheLibraryRefusesEndsTheConnection(self):
+        """
+        A header block the h2 library cannot decode ends the connection
+        with its GOAWAY (COMPRESSION_ERROR is what RFC 9113 asks; h2 says
+        PROTOCOL_ERROR), counted; nothing goes upstream.
+        """
+        h = H2Harness()
+        c = h.h2()
+        frame = HeadersFrame(1, data=b"\xff\xff\xff\xff", flags=["END_HEADERS", "END_STREAM"])
+        c.raw(frame.serialize())
         self.assertEqual(c.goaway().error_code, ErrorCodes.PROTOCOL_ERROR)
         self.assertTrue(closed(c.transport))
         self.assertEqual(errors(h, "h2-protocol-error"), 1)

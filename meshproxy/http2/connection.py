@@ -101,8 +101,11 @@ def _connection(config: Http2Config, maxHeaderList: int) -> H2Connection:
         H2Configuration(
             client_side=False,
             header_encoding=None,
-            # meshproxy writes response fields lowercase and without
-            # connection-specific ones itself (meshproxy.http2.headers).
+            # meshproxy checks request fields itself, in the pass that
+            # makes the request, and writes response fields lowercase and
+            # without connection-specific ones (meshproxy.http2.headers).
+            validate_inbound_headers=False,
+            normalize_inbound_headers=False,
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
         )

@@ -45,7 +45,13 @@ from zope.interface import implementer
 from meshproxy.http.exchange import Exchange
 from meshproxy.http.interfaces import IClientConnection, IResponseWriter
 from meshproxy.http.message import ProxyError, forbiddenTrailer
-from meshproxy.http2.headers import errorFields, interimFields, responseFields, trailerFields
+from meshproxy.http2.headers import (
+    errorFields,
+    interimFields,
+    responseFields,
+    trailerFields,
+    trailersFrom,
+)
 from meshproxy.transport.gate import PauseGate
 
 if TYPE_CHECKING:
@@ -227,6 +233,11 @@ class H2Stream:
         The request's trailer fields (the client ends the stream with
         them).
         """
+        try:
+            trailersFrom(headers)
+        except ProxyError as e:
+            self._bodyRefused(e)
+            return
         kept: Headers = []
         request = self.request
         for pair in headers:
