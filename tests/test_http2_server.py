@@ -511,6 +511,29 @@ class RequestCheckTests(SynchronousTestCase):
         self.assertTrue(closed(upTransport))
         self.assertFalse(closed(c.transport))
 
+    def test_trailersAfterTheAnswerAreDropped(self):
+        """
+        Trailers (even malformed ones) that come while a refused request's
+        answer still waits for the window are dropped: the answer is sent
+        once.
+        """
+        h = H2Harness()
+        c = h.h2(settings={SettingCodes.INITIAL_WINDOW_SIZE: 5})
+        c.conn.config.validate_outbound_headers = False
+        c.conn.config.normalize_outbound_headers = False
+        sid = c.request(get(method=b"POST", extra=[(b"expect", b"magic")]), end=False)
+        c.conn.send_headers(sid, [(b":path", b"/x")], end_stream=True)
+        c.pump()
+        c.conn.increment_flow_control_window(100, sid)
+        c.pump()
+        self.assertEqual(len(c.of(sid, ResponseReceived)), 1)
+        headers, body, trailers, ended = c.response(sid)
+        self.assertEqual(headers[b":status"], b"417")
+        self.assertEqual(body, b"Unsupported expectation.\n")
+        self.assertIsNone(trailers)
+        self.assertTrue(ended)
+        self.assertEqual(c.proto._h2.streams, {})
+
     def test_frameTheLibraryRefusesEndsTheConnection(self):
         """
         A header block the h2 library cannot decode ends the connection

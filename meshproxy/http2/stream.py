@@ -233,6 +233,9 @@ class H2Stream:
         The request's trailer fields (the client ends the stream with
         them).
         """
+        if self.state is not PENDING and self.state is not ACTIVE:
+            # (answered already: the rest of the request is dropped)
+            return
         try:
             trailersFrom(headers)
         except ProxyError as e:
