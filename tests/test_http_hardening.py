@@ -665,6 +665,31 @@ class VersionTests(SynchronousTestCase):
         self.assertEqual(errors(h, "version-not-supported"), 0)
 
 
+    def test_partialPrefaceTimesOut(self):
+        """
+        A preface that stops half way is bounded by the header timeout.
+        """
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(b"PRI * HTTP/2.0\r\n")
+        h.reactor.advance(4.9)
+        self.assertFalse(closed(transport))
+        h.reactor.advance(0.2)
+        self.assertTrue(closed(transport))
+        self.assertEqual(errors(h, "client-timeout"), 1)
+
+    def test_requestLineStartingLikeThePreface(self):
+        """
+        Bytes that start like the preface and then differ are HTTP/1.
+        """
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(b"P")
+        proto.dataReceived(b"OST / HTTP/1.1\r\nHost: hello\r\nContent-Length: 0\r\n\r\n")
+        up, upTransport = h.upstream()
+        self.assertTrue(upTransport.value().startswith(b"POST / HTTP/1.1\r\n"))
+
+
 class UpstreamLostTests(SynchronousTestCase):
     def test_lostAfterHeadLimitErrorIsQuiet(self):
         """

@@ -246,7 +246,11 @@ class ServerProtocol(Protocol):
             self._prefix = b""
             return seen
         if n < len(PREFACE):
+            # The start of a preface (or of a request line starting "P"):
+            # bounded like a head that came in pieces.
             self._prefix = seen
+            if self._headSince is None:
+                self._startHeadTimer()
             return None
         self._fresh = False
         self._prefix = b""
