@@ -675,6 +675,29 @@ class FlowControlTests(SynchronousTestCase):
         self.assertEqual(len(c.response(sid)[1]), 30)
 
 
+class MemoryTests(SynchronousTestCase):
+    def test_closedStreamsRememberedAreBounded(self):
+        """
+        A long-lived connection does not remember every stream it closed.
+        """
+        h = H2Harness()
+        c = h.h2()
+        c.request(get())
+        up, _ = h.upstream()
+        up.dataReceived(OK)
+        c.pump()
+        for _ in range(1500):
+            c.request(get())
+            up.dataReceived(OK)
+        c.pump()
+        h2 = c.proto._h2.h2
+        # (the library forgets closed streams as it counts the open ones)
+        self.assertEqual(h2.open_inbound_streams, 0)
+        self.assertLessEqual(len(h2._closed_streams), 1024)
+        self.assertLessEqual(len(h2.streams), 2)
+        self.assertEqual(c.proto._h2.streams, {})
+
+
 class StreamLimitTests(SynchronousTestCase):
     def test_streamsOverTheLimitRefused(self):
         """

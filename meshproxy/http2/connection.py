@@ -92,12 +92,23 @@ _MAX_WINDOW = 2**31 - 1
 _DEFAULT_WINDOW = 65535
 
 
+class _H2Connection(H2Connection):
+    """
+    The h2 library's server connection, remembering fewer closed streams.
+    """
+
+    #: Closed streams remembered (a late frame on a stream meshproxy reset
+    #: is then a stream error, not a connection error): the library's 65536
+    #: would keep megabytes per long-lived connection.
+    MAX_CLOSED_STREAMS = 1024
+
+
 def _connection(config: Http2Config, maxHeaderList: int) -> H2Connection:
     """
     A server-side h2 connection announcing C{config}'s settings, its
     connection window opened to the sum of its streams' windows.
     """
-    h2 = H2Connection(
+    h2 = _H2Connection(
         H2Configuration(
             client_side=False,
             header_encoding=None,
