@@ -31,6 +31,17 @@ the temp dir, with the interpreter that runs meshproxy):
     one terminating it (client certificate required, the caller checked) in
     front of nginx; wrk speaks plain HTTP to the outbound one.
 
+With C{--h2}, HTTP/2 targets join the same runs, driven by h2load (HTTP/2
+with prior knowledge, h2c) instead of wrk:
+
+  - C{haproxy-h2}, C{meshproxy-h2}: HAProxy with an h2 frontend (C{bind ...
+    proto h2}) and meshproxy's HTTP listener (which takes h2c beside
+    HTTP/1.1), both to nginx over HTTP/1.1, one stream at a time per
+    connection (C{h2load -m 1}, C{--connections} connections);
+  - C{haproxy-h2-m100}, C{meshproxy-h2-m100}: the same servers with 100
+    concurrent streams per connection (C{h2load -m 100},
+    C{--h2-connections} connections).
+
 With two or more CPUs the proxy under test runs on CPU 1 and nginx and wrk on
 CPU 0 (C{taskset}), so that "one proxy core" is compared with "one proxy core";
 both proxies of a pair share CPU 1.
@@ -49,6 +60,7 @@ Usage::
     python bench/run.py                       # 3 runs x 10 s, c=50, pinned
     python bench/run.py --only direct,haproxy --runs 1 --duration 3
     python bench/run.py --tls --runs 3 --duration 5 --c1-runs 0
+    python bench/run.py --h2 --only haproxy,meshproxy --runs 3 --duration 5
     python bench/run.py --json bench/results/today.json
 """
 
@@ -87,7 +99,10 @@ TLS_TARGETS = (
 #: local receiver at 1% and 100% sampling, and with the access log on (to a
 #: file), each a ratio to the plain meshproxy of the same run.
 TELEMETRY_TARGETS = ("meshproxy-trace1", "meshproxy-trace100", "meshproxy-log")
-ALL_TARGETS = TARGETS + TLS_TARGETS + TELEMETRY_TARGETS
+#: What --h2 adds: h2load through HAProxy's h2 frontend and meshproxy, with 1
+#: and 100 concurrent streams per connection.
+H2_TARGETS = ("haproxy-h2", "meshproxy-h2", "haproxy-h2-m100", "meshproxy-h2-m100")
+ALL_TARGETS = TARGETS + TLS_TARGETS + TELEMETRY_TARGETS + H2_TARGETS
 
 
 class Target:
@@ -102,14 +117,18 @@ class Target:
         request opens a new connection (a new TLS handshake over https).
     @ivar handshakes: whether it is driven by C{openssl s_time -new} loops
         (full TLS handshakes, no request) instead of wrk.
+    @ivar streams: for an HTTP/2 target, driven by h2load instead of wrk, the
+        concurrent streams per connection; else L{None}.
     """
 
-    def __init__(self, server, scheme="http", servers=(), close=False, handshakes=False):
+    def __init__(self, server, scheme="http", servers=(), close=False, handshakes=False,
+                 streams=None):
         self.server = server
         self.scheme = scheme
         self.servers = tuple(servers)
         self.close = close
         self.handshakes = handshakes
+        self.streams = streams
 
 
 SPECS = {
@@ -127,6 +146,10 @@ SPECS = {
     "meshproxy-trace1": Target("meshproxy-trace1", servers=["meshproxy-trace1"]),
     "meshproxy-trace100": Target("meshproxy-trace100", servers=["meshproxy-trace100"]),
     "meshproxy-log": Target("meshproxy-log", servers=["meshproxy-log"]),
+    "haproxy-h2": Target("haproxy-h2", servers=["haproxy-h2"], streams=1),
+    "meshproxy-h2": Target("meshproxy", servers=["meshproxy"], streams=1),
+    "haproxy-h2-m100": Target("haproxy-h2", servers=["haproxy-h2"], streams=100),
+    "meshproxy-h2-m100": Target("meshproxy", servers=["meshproxy"], streams=100),
 }
 
 #: The ratios reported (a/b), when both targets were measured.
@@ -144,6 +167,10 @@ RATIOS = (
     ("meshproxy-trace1", "meshproxy"),
     ("meshproxy-trace100", "meshproxy"),
     ("meshproxy-log", "meshproxy"),
+    ("meshproxy-h2", "haproxy-h2"),
+    ("meshproxy-h2-m100", "haproxy-h2-m100"),
+    ("meshproxy-h2", "meshproxy"),
+    ("haproxy-h2", "haproxy"),
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -204,8 +231,15 @@ backend be
 """
 )
 
+# The same HAProxy with an HTTP/2 frontend: h2c with prior knowledge (what
+# h2load speaks), HTTP/1.1 to nginx.
+HAPROXY_H2_CONF = string.Template(
+    HAPROXY_CONF.template.replace("    bind $listen\n", "    bind $listen proto h2\n"))
+
 # $-placeholders, so that YAML's own braces need no escaping. --meshproxy-config
-# replaces this with a file using the same placeholders.
+# replaces this with a file using the same placeholders. Up to 1024 idle
+# connections to nginx are kept (HAProxy may keep 1000): the -h2-m100 targets
+# have hundreds of requests in flight, past the default 64.
 MESHPROXY_CONF = """\
 admin: {listen: "tcp:$adminport:interface=$loopback"}
 namers:
@@ -216,6 +250,7 @@ routers:
     listen: "tcp:$port:interface=$loopback:backlog=1024"
     identifier: {kind: host}
     rules: "/svc => /#/static;"
+    client: {maxIdlePerEndpoint: 1024}
 """
 
 # The telemetry targets: the plain config plus a telemetry section; spans go
@@ -666,6 +701,46 @@ def parse_wrk(output):
 # --- the benchmark --------------------------------------------------------
 
 
+def parse_h2load(output, requestLog=""):
+    """
+    Parse h2load's summary, and the latency percentiles from its per-request
+    log (C{--log-file}: start time, status, microseconds, tab-separated).
+
+    @return: a dict shaped like L{parse_wrk}'s.
+    @raise ValueError: when the summary is not there.
+    """
+    finished = re.search(r"finished in ([\d.]+)s, ([\d.]+) req/s", output)
+    counts = re.search(
+        r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+        r"(\d+) failed, (\d+) errored, (\d+) timeout", output)
+    statuses = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", output)
+    if not (finished and counts and statuses):
+        raise ValueError("no h2load summary")
+    durations = sorted(
+        int(fields[2]) for fields in (line.split("\t") for line in requestLog.splitlines())
+        if len(fields) >= 3 and fields[2].isdigit())
+
+    def percentile(q):
+        if not durations:
+            return None
+        return durations[min(len(durations) - 1, int(q * len(durations)))] / 1000.0
+
+    errors = {
+        "failed": int(counts.group(5)),
+        "errored": int(counts.group(6)),
+        "timeout": int(counts.group(7)),
+        "non2xx": sum(int(statuses.group(i)) for i in (2, 3, 4)),
+    }
+    return {
+        "rps": float(finished.group(2)),
+        "requests": int(counts.group(4)),
+        "elapsed_s": float(finished.group(1)),
+        "p50_ms": percentile(0.50), "p75_ms": percentile(0.75),
+        "p90_ms": percentile(0.90), "p99_ms": percentile(0.99),
+        "errors": errors, "error_total": sum(errors.values()),
+    }
+
+
 def median(values):
     """Median of the values that are not None, or None if there are none."""
     values = [v for v in values if v is not None]
@@ -747,13 +822,14 @@ class Bench:
         wait_ready(proc, port, "/", self.args.ready_timeout, "nginx")
         return proc
 
-    def start_haproxy(self, name, template, port, backend_port, tls=None, **values):
+    def start_haproxy(self, name, template, port, backend_port, tls=None, h2=False, **values):
         """
         Start one HAProxy, on the proxy CPU, and wait until it answers.
 
         @param template: its config, with C{$listen} and C{$backend}.
         @param tls: the L{ssl.SSLContext} its listener is reached with, or
             L{None} for plain HTTP.
+        @param h2: whether its listener speaks HTTP/2 only (h2c).
         @param values: more of the template's placeholders.
         """
         conf = self.tmp / f"{name}.cfg"
@@ -763,8 +839,37 @@ class Bench:
             name,
             self.pinned(PROXY_CPU, [self.tools["haproxy"], "-db", "-f", str(conf)]),
         )
-        wait_ready(proc, port, "/", self.args.ready_timeout, name, tls=tls)
+        if h2:
+            self.wait_ready_h2(proc, port, name)
+        else:
+            wait_ready(proc, port, "/", self.args.ready_timeout, name, tls=tls)
         return proc
+
+    def h2_get(self, port):
+        """
+        One GET / over HTTP/2 with prior knowledge (h2load -n 1).
+
+        @return: whether it was answered 2xx.
+        """
+        try:
+            done = subprocess.run(
+                [self.tools["h2load"], "-n", "1", "-c", "1", "-H", f":authority: {HOST_HEADER}",
+                 f"http://{LOOPBACK}:{port}/"],
+                capture_output=True, text=True, timeout=10)
+        except subprocess.TimeoutExpired:
+            return False
+        return " 1 succeeded" in done.stdout and "status codes: 1 2xx" in done.stdout
+
+    def wait_ready_h2(self, proc, port, what):
+        deadline = time.monotonic() + self.args.ready_timeout
+        while time.monotonic() < deadline:
+            if not proc.alive():
+                raise HarnessError(f"{what} {proc.describe_exit()} before answering", [proc])
+            if self.h2_get(port):
+                return
+            time.sleep(0.1)
+        raise HarnessError(f"{what} did not answer over HTTP/2 within "
+                           f"{self.args.ready_timeout} s", [proc])
 
     def start_meshproxy(self, name, template, port, admin_port, **values):
         """
@@ -864,6 +969,8 @@ class Bench:
         starts = {
             "haproxy": lambda: self.start_haproxy(
                 "haproxy", HAPROXY_CONF, ports["haproxy"], nginx),
+            "haproxy-h2": lambda: self.start_haproxy(
+                "haproxy-h2", HAPROXY_H2_CONF, ports["haproxy-h2"], nginx, h2=True),
             "meshproxy": lambda: self.start_meshproxy(
                 "meshproxy", plain, ports["meshproxy"], ports["admin"], nginxport=nginx),
             "haproxy-tls": lambda: self.start_haproxy(
@@ -912,6 +1019,11 @@ class Bench:
     def sanity_check(self, target):
         spec = SPECS[target]
         port = self.ports[spec.server]
+        if spec.streams is not None:
+            if not self.h2_get(port):
+                raise HarnessError(f"sanity request to {target} (GET / over HTTP/2 with "
+                                   f":authority {HOST_HEADER}) was not answered 2xx", self.procs)
+            return
         try:
             status, body = http_get(port, timeout=5.0,
                                     tls=self.tls if spec.scheme == "https" else None)
@@ -1029,8 +1141,63 @@ class Bench:
         result["flagged"] = not connections
         return result
 
+    def h2load(self, target, duration):
+        """
+        Run h2load once against C{target} (h2c, C{spec.streams} concurrent
+        streams per connection), measuring the proxy's CPU time around it.
+        The latency percentiles come from h2load's per-request log.
+
+        @return: a result shaped like L{wrk}'s.
+        """
+        spec = SPECS[target]
+        args = self.args
+        connections = args.connections if spec.streams == 1 else args.h2_connections
+        url = f"http://{LOOPBACK}:{self.ports[spec.server]}/"
+        log = self.tmp / "h2load-requests.log"
+        argv = self.pinned(LOAD_CPU, [
+            self.tools["h2load"], "-c", str(connections), "-m", str(spec.streams),
+            "-t", str(min(args.threads, connections)), "-D", str(duration),
+            "-H", f":authority: {HOST_HEADER}", f"--log-file={log}", url])
+        pids = [self.pids[server] for server in spec.servers]
+        cpu_before = sum(cpu_seconds(p) for p in pids)
+        wall_before = time.monotonic()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=duration + 30)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        wall = time.monotonic() - wall_before
+        cpu = sum(cpu_seconds(p) for p in pids) - cpu_before
+        if proc.returncode != 0:
+            raise HarnessError(f"h2load against {target} exited with status {proc.returncode}:"
+                               f"\n{out}{err}")
+        try:
+            result = parse_h2load(out, log.read_text() if log.exists() else "")
+        except ValueError as e:
+            raise HarnessError(f"cannot parse h2load output for {target}: {e}\n{out}{err}") from e
+        log.unlink(missing_ok=True)
+        result["h2load_argv"] = argv
+        result["proxy_cpu_s"] = round(cpu, 3)
+        result["proxy_cpu_util"] = round(cpu / wall, 3)
+        result["cpu_us_per_req"] = cpu * 1e6 / result["requests"] if result["requests"] else None
+        result["flagged"] = result["error_total"] > 0 or not result["requests"]
+        return result
+
     def measure(self, target, threads, connections, label):
         """Warm up, then measure; print a progress line."""
+        if SPECS[target].streams is not None:
+            if self.args.warmup > 0:
+                self.h2load(target, self.args.warmup)
+            result = self.h2load(target, self.args.duration)
+            self.check_alive()
+            say(f"  {label} {target:<18} {result['rps']:>10,.0f} rps  p50 "
+                f"{fmt_ms(result['p50_ms'])} ms  p99 {fmt_ms(result['p99_ms'])} ms"
+                f"  {result['cpu_us_per_req']:.1f} CPU us/req"
+                + (f"  ERRORS {result['errors']}" if result["flagged"] else ""))
+            return result
         if SPECS[target].handshakes:
             if self.args.warmup > 0:
                 self.handshakes(target, self.args.warmup)
@@ -1078,8 +1245,10 @@ class Bench:
         for run in range(1, args.c1_runs + 1):
             say(f"concurrency 1, run {run}/{args.c1_runs}: wrk -t1 -c1 -d{args.duration}s")
             for target in args.only:
-                if SPECS[target].handshakes:
-                    continue  # no request, no latency: nothing to measure one at a time
+                if SPECS[target].handshakes or SPECS[target].streams is not None:
+                    # No request, no latency (handshakes); or HTTP/2, whose
+                    # one-at-a-time figure is the -m 1 target's own.
+                    continue
                 result = self.measure(target, 1, 1, f"[c1 {run}]")
                 result["run"] = run
                 self.results["targets"][target]["c1_runs"].append(result)
@@ -1131,6 +1300,8 @@ class Bench:
             "nginx": first_line([self.tools["nginx"], "-v"]),
             "haproxy": first_line([self.tools["haproxy"], "-v"]),
             "wrk": first_line([self.tools["wrk"], "-v"]),
+            **({"h2load": first_line([self.tools["h2load"], "--version"])}
+               if "h2load" in self.tools else {}),
             "harness_python": sys.version.split()[0],
         }
         if any(SPECS[t].server.startswith("meshproxy") for t in self.args.only):
@@ -1228,6 +1399,11 @@ def print_report(results, args, out=sys.stdout):
         p(f"{target:<18} {fmt_num(s['rps'], ',.0f'):>11} {fmt_ms(s['p50_ms']):>8} "
           f"{fmt_ms(s['p99_ms']):>8} {fmt_num(s['cpu_us_per_req'], '.1f'):>11} {errors:>8}")
 
+    if any(t in H2_TARGETS for t in args.only):
+        p("(-h2: h2load with HTTP/2 prior knowledge (h2c), one stream at a time on each of"
+          f" {args.connections} connections; -h2-m100: 100 concurrent streams on each of"
+          f" {args.h2_connections} connections; HAProxy's frontend is `proto h2`, meshproxy's is"
+          " its HTTP listener; both speak HTTP/1.1 to nginx)")
     if any(t in TLS_TARGETS for t in args.only):
         p("(-tls: TLS terminated on keep-alive connections; -tls-hs: Connection: close, a new"
           " connection per request, its TLS session resumed by wrk; -tls-full: full TLS"
@@ -1335,6 +1511,10 @@ def parse_args(argv):
     parser.add_argument("--telemetry", action="store_true",
                         help="add meshproxy with tracing at 1%% and 100%% sampling (to a local"
                              " receiver) and with the access log on, as ratios to meshproxy")
+    parser.add_argument("--h2", action="store_true",
+                        help="also measure the HTTP/2 targets (h2load): " + ",".join(H2_TARGETS))
+    parser.add_argument("--h2-connections", type=int, default=4, metavar="C",
+                        help="h2load -c of the *-h2-m100 targets (default 4)")
     parser.add_argument("--handshake-clients", type=int, default=8, metavar="K",
                         help="parallel openssl s_time loops of the *-tls-full targets "
                              "(default 8)")
@@ -1364,12 +1544,16 @@ def parse_args(argv):
         only += TLS_TARGETS
     if args.telemetry:
         only += ["meshproxy", *TELEMETRY_TARGETS]
+    if args.h2:
+        only += H2_TARGETS
     args.only = [t for t in ALL_TARGETS if t in only]
     for name in ("runs", "duration", "connections", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
     if args.handshake_clients < 1:
         parser.error("--handshake-clients must be at least 1")
+    if args.h2_connections < 1:
+        parser.error("--h2-connections must be at least 1")
     if args.warmup < 0 or args.c1_runs < 0:
         parser.error("--warmup and --c1-runs cannot be negative")
     if args.connections < args.threads:
@@ -1398,6 +1582,12 @@ def find_tools(args):
         if tools["taskset"] is None:
             print("bench/run.py: taskset not found (package util-linux); "
                   "install it or pass --no-pin", file=sys.stderr)
+            return None
+    if any(SPECS[t].streams is not None for t in args.only):
+        tools["h2load"] = shutil.which("h2load")
+        if tools["h2load"] is None:
+            print("bench/run.py: h2load not found (package nghttp2-client); the *-h2 "
+                  "targets need it", file=sys.stderr)
             return None
     if any(SPECS[t].handshakes for t in args.only):
         tools["openssl"] = shutil.which("openssl")

@@ -1124,6 +1124,7 @@ class Reloader:
             # theirs (their timers run on them).
             factory.router = new
             factory.settings = section.server
+            factory.http2 = section.http2
             factory.connStats = router.connStats
             for conn in list(factory.connections):
                 conn.router = new

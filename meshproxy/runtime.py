@@ -542,8 +542,9 @@ def buildRouter(
         reactor,
         router.connStats,
         scheme=b"https" if routerConfig.tls is not None else _scheme(routerConfig.listen),
+        http2=routerConfig.http2,
     )
-    return router, factory, (b"http/1.1",)
+    return router, factory, (b"h2", b"http/1.1")
 
 
 class RouterParts:

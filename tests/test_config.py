@@ -1035,6 +1035,57 @@ class TcpRouterTests(SynchronousTestCase, ErrorAssertions):
         )
 
 
+class Http2Tests(SynchronousTestCase, ErrorAssertions):
+    """
+    Validation of C{routers[].http2}.
+    """
+
+    def test_defaults(self) -> None:
+        http2 = parseConfig(yamlText(MINIMAL)).routers[0].http2
+        self.assertEqual(
+            (
+                http2.maxConcurrentStreams,
+                http2.initialWindowSize,
+                http2.maxFrameSize,
+                http2.maxHeaderListSize,
+            ),
+            (100, 65535, 16384, None),
+        )
+
+    def test_values(self) -> None:
+        [router] = parseConfig(
+            yamlText(MINIMAL)
+            + "    http2: {maxConcurrentStreams: 7, initialWindowSize: 1048576,"
+            " maxFrameSize: 65536, maxHeaderListSize: 8192}\n"
+        ).routers
+        self.assertEqual(router.http2.maxConcurrentStreams, 7)
+        self.assertEqual(router.http2.initialWindowSize, 1048576)
+        self.assertEqual(router.http2.maxFrameSize, 65536)
+        self.assertEqual(router.http2.maxHeaderListSize, 8192)
+
+    def test_errors(self) -> None:
+        self.assertEqual(
+            self.routerErrors(
+                "http2: {maxConcurrentStreams: 0, initialWindowSize: 2147483648,"
+                " maxFrameSize: 100, maxHeaderListSize: x, push: true}"
+            ),
+            [
+                "routers[0].http2.push: unknown key",
+                "routers[0].http2.maxConcurrentStreams: must be between 1 and 2147483647, got 0",
+                "routers[0].http2.initialWindowSize: must be between 1 and 2147483647,"
+                " got 2147483648",
+                "routers[0].http2.maxFrameSize: must be between 16384 and 16777215, got 100",
+                'routers[0].http2.maxHeaderListSize: expected an integer, got "x"',
+            ],
+        )
+
+    def test_httpOnly(self) -> None:
+        self.assertEqual(
+            self.routerErrors("destination: /#/static/pg\nhttp2: {}", protocol="tcp"),
+            ['routers[0].http2: only for protocol "http"'],
+        )
+
+
 class ClassifierTests(SynchronousTestCase, ErrorAssertions):
     """
     Validation of C{routers[].classifier}.

@@ -216,6 +216,23 @@ class RefusedUpgradeTests(SynchronousTestCase):
         self.assertTrue(closed(transport))
 
 
+    def test_unaskedSwitchIsNoTunnel(self):
+        """
+        A 101 answer to a request that asked for no upgrade is an invalid
+        response (RFC 9110 15.2.2): 502, and no tunnel is made.
+        """
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
+        up, upTransport = h.upstream()
+        up.dataReceived(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\nraw")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 502 "), transport.value())
+        self.assertIn(b"mesh-err: upstream-protocol", transport.value())
+        self.assertTrue(upTransport.disconnecting or upTransport.disconnected)
+        self.assertIsNone(proto._tunnel)
+        self.assertNotIn(b"raw", transport.value())
+
+
 class FramingBeforeForwardingTests(SynchronousTestCase):
     def test_framingCheckedBeforeForwarding(self):
         """
@@ -586,9 +603,11 @@ class PreambleTests(SynchronousTestCase):
 
 class VersionTests(SynchronousTestCase):
     def test_unsupportedVersions(self):
+        """
+        An HTTP/2.0 request line in HTTP/1 syntax, and HTTP/0.9, get 505.
+        """
         for request in (
             b"GET / HTTP/2.0\r\nHost: hello\r\n\r\n",
-            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             b"GET / HTTP/0.9\r\n\r\n",
         ):
             h = Harness()
@@ -598,6 +617,77 @@ class VersionTests(SynchronousTestCase):
             self.assertIn(b"mesh-err: version-not-supported", transport.value())
             self.assertTrue(closed(transport))
             self.assertEqual(h.reactor.tcpClients, [])
+
+
+    def test_brokenPrefaceGets400(self):
+        """
+        A PRI line that does not go on as the HTTP/2 preface is a malformed
+        request.
+        """
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "), transport.value())
+        self.assertTrue(closed(transport))
+        self.assertEqual(h.reactor.tcpClients, [])
+
+    def test_prefaceAfterARequestGets505(self):
+        """
+        The HTTP/2 preface is HTTP/2 only at the start of a connection:
+        after an HTTP/1 request it is a request line of an unsupported
+        version.
+        """
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
+        up, upTransport = h.upstream()
+        up.dataReceived(OK)
+        transport.clear()
+        proto.dataReceived(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 505 "), transport.value())
+        self.assertTrue(closed(transport))
+
+    def test_prefaceStartsHTTP2(self):
+        """
+        The HTTP/2 preface at the start of a connection (h2c with prior
+        knowledge), even split between reads, is answered with the server's
+        SETTINGS frame (tests/test_http2_server.py has the rest).
+        """
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(b"PRI * HTTP/2")
+        self.assertEqual(transport.value(), b"")
+        proto.dataReceived(b".0\r\n\r\nSM\r\n\r\n")
+        # A frame header: a SETTINGS frame (type 4) on stream 0.
+        self.assertEqual(transport.value()[3:4], b"\x04")
+        self.assertEqual(transport.value()[5:9], b"\x00\x00\x00\x00")
+        self.assertFalse(closed(transport))
+        self.assertEqual(errors(h, "version-not-supported"), 0)
+
+
+    def test_partialPrefaceTimesOut(self):
+        """
+        A preface that stops half way is bounded by the header timeout.
+        """
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(b"PRI * HTTP/2.0\r\n")
+        h.reactor.advance(4.9)
+        self.assertFalse(closed(transport))
+        h.reactor.advance(0.2)
+        self.assertTrue(closed(transport))
+        self.assertEqual(errors(h, "client-timeout"), 1)
+
+    def test_requestLineStartingLikeThePreface(self):
+        """
+        Bytes that start like the preface and then differ are HTTP/1.
+        """
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(b"P")
+        proto.dataReceived(b"OST / HTTP/1.1\r\nHost: hello\r\nContent-Length: 0\r\n\r\n")
+        up, upTransport = h.upstream()
+        self.assertTrue(upTransport.value().startswith(b"POST / HTTP/1.1\r\n"))
 
 
 class UpstreamLostTests(SynchronousTestCase):

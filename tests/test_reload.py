@@ -452,6 +452,19 @@ class RebuildTests(ReloadTestCase):
         self.assertFalse(old._expiry.running)
         self.assertTrue(new._expiry.running)
 
+    def test_http2SettingsApplyToNewConnections(self):
+        """
+        Changed C{http2} settings rebuild the router; new connections get
+        them.
+        """
+        proxy = self.proxy()
+        parts = proxy.runtime.parts["web"]
+        self.assertEqual(parts.factory.http2.maxConcurrentStreams, 100)
+        summary = proxy.reload(self.config(web="    http2: {maxConcurrentStreams: 7}\n"))
+        self.assertEqual(summary["routers"]["rebuilt"], ["web"])
+        self.assertEqual(parts.factory.http2.maxConcurrentStreams, 7)
+        self.assertEqual(parts.factory.buildProtocol(None).http2.maxConcurrentStreams, 7)
+
     def test_inFlightRequestFinishesOnTheOldRouter(self):
         self.a.handler = delayedHandler(self.network, 1.0, b"a")
         proxy = self.proxy()

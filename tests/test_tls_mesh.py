@@ -1,6 +1,6 @@
 """
 TLS both ways on loopback, with real clients (curl, openssl s_client): the
-listener's certificate chosen by SNI, ALPN answered, TLS 1.1 refused,
+listener's certificate chosen by SNI, ALPN answered (h2 or http/1.1), TLS 1.1 refused,
 client certificates required, two meshproxies talking mTLS with the caller's
 identity checked by policy, a wrong CA or name refused, rotation while a
 connection stays open, and a TCP router's TLS listener with a client that
@@ -99,9 +99,22 @@ routers:
         return port
 
     @defer.inlineCallbacks
-    def test_curlGetsAnAnswerOverHTTP11(self):
+    def test_curlGetsAnAnswerOverHTTP2ByALPN(self):
+        """
+        curl offers h2 and http/1.1 by ALPN: h2 is chosen, and the request
+        goes upstream as HTTP/1.1 with the scheme it came by.
+        """
         port = yield self.proxy()
         code, out, err = yield self.curl(port)
+        self.assertEqual(code, 0, err)
+        self.assertTrue(out.endswith("\n200 2"), out)
+        [request] = self.backendFactory.requests
+        self.assertEqual(request.header(b"x-forwarded-proto"), b"https")
+
+    @defer.inlineCallbacks
+    def test_curlGetsAnAnswerOverHTTP11(self):
+        port = yield self.proxy()
+        code, out, err = yield self.curl(port, "--http1.1")
         self.assertEqual(code, 0, err)
         self.assertTrue(out.endswith("\n200 1.1"), out)
         [request] = self.backendFactory.requests
@@ -113,7 +126,7 @@ routers:
         # curl verifies the name: only the api certificate names api.example.
         code, out, err = yield self.curl(port, host="api.example")
         self.assertEqual(code, 0, err)
-        self.assertTrue(out.endswith("\n200 1.1"), out)
+        self.assertTrue(out.endswith("\n200 2"), out)
 
     @defer.inlineCallbacks
     def test_oldTLSRefused(self):
@@ -128,6 +141,14 @@ routers:
         out, err, code = yield getProcessOutputAndValue(
             "openssl",
             ("s_client", "-connect", f"127.0.0.1:{port}", "-tls1_2", "-alpn", "h2,http/1.1",
+             "-CAfile", self.caFile),
+            stdinBytes=b"",
+        )
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"ALPN protocol: h2", out)
+        out, err, code = yield getProcessOutputAndValue(
+            "openssl",
+            ("s_client", "-connect", f"127.0.0.1:{port}", "-tls1_2", "-alpn", "http/1.1",
              "-CAfile", self.caFile),
             stdinBytes=b"",
         )

@@ -116,6 +116,13 @@ def nonEmptyString(value: Any) -> str:
     return value
 
 
+def _bound(number: float | None) -> str:
+    # An integer bound in full (2147483647, not 2.14748e+09).
+    if isinstance(number, int):
+        return str(number)
+    return f"{number:g}"
+
+
 def checkRange(
     value: float,
     minimum: float | None = None,
@@ -132,15 +139,15 @@ def checkRange(
     if exclusiveMinimum:
         assert minimum is not None
         if value <= minimum or (maximum is not None and value > maximum):
-            upTo = "" if maximum is None else f" and at most {maximum:g}"
-            raise Invalid(f"must be more than {minimum:g}{upTo}, got {shown}")
+            upTo = "" if maximum is None else f" and at most {_bound(maximum)}"
+            raise Invalid(f"must be more than {_bound(minimum)}{upTo}, got {shown}")
     elif minimum is not None and maximum is not None:
         if not minimum <= value <= maximum:
-            raise Invalid(f"must be between {minimum:g} and {maximum:g}, got {shown}")
+            raise Invalid(f"must be between {_bound(minimum)} and {_bound(maximum)}, got {shown}")
     elif minimum is not None and value < minimum:
-        raise Invalid(f"must be at least {minimum:g}, got {shown}")
+        raise Invalid(f"must be at least {_bound(minimum)}, got {shown}")
     elif maximum is not None and value > maximum:
-        raise Invalid(f"must be at most {maximum:g}, got {shown}")
+        raise Invalid(f"must be at most {_bound(maximum)}, got {shown}")
 
 
 def choice(value: Any, options: Iterable[str]) -> str:

@@ -272,6 +272,30 @@ class ServerConfig(Section):
     maxConnections: Integer(1) | None = None
 
 
+class Http2Config(Section):
+    """
+    HTTP/2 on the client side of an HTTP router (h2c with prior knowledge on
+    a plain listener, h2 by ALPN under TLS): the settings meshproxy
+    announces, and enforces.
+
+    @ivar maxConcurrentStreams: streams a client may have open at once
+        (C{SETTINGS_MAX_CONCURRENT_STREAMS}); more are refused with
+        C{REFUSED_STREAM}.
+    @ivar initialWindowSize: each stream's flow-control window
+        (C{SETTINGS_INITIAL_WINDOW_SIZE}): the request body bytes a client
+        may send ahead of the upstream reading them.
+    @ivar maxFrameSize: the largest frame accepted (C{SETTINGS_MAX_FRAME_SIZE}).
+    @ivar maxHeaderListSize: the decoded size of a request's header list
+        (C{SETTINGS_MAX_HEADER_LIST_SIZE}), or L{None} for
+        C{server.maxHeaderBytes}.
+    """
+
+    maxConcurrentStreams: Integer(1, 2**31 - 1) = 100
+    initialWindowSize: Integer(1, 2**31 - 1) = 65535
+    maxFrameSize: Integer(16384, 2**24 - 1) = 16384
+    maxHeaderListSize: Integer(1) | None = None
+
+
 class ClientConfig(Section):
     """
     The upstream connection pool of an HTTP router.

@@ -45,6 +45,7 @@ from meshproxy.config.policies import (
     ClassifierConfig,
     ClientConfig,
     FailureAccrualConfig,
+    Http2Config,
     IdentifierConfig,
     LimitsConfig,
     LoadBalancerConfig,
@@ -303,7 +304,7 @@ else:
 
 _HTTP_KEYS = (
     "identifier", "rules", "retries", "server", "client", "forwarded", "classifier",
-    "limits", "trust", "boundNames", "upstreamTls",
+    "limits", "trust", "boundNames", "upstreamTls", "http2",
 )
 _TCP_KEYS = ("destination", "connectRetries", "idleTimeout", "maxConnections")
 #: The timeouts about requests, which a TCP router does not see.
@@ -328,6 +329,7 @@ class RouterConfig(Section):
     @ivar retries: (HTTP) the L{RetriesConfig}.
     @ivar timeouts: the L{TimeoutsConfig} (TCP: C{connect} only).
     @ivar server: (HTTP) the L{ServerConfig}.
+    @ivar http2: (HTTP) the L{Http2Config}: HTTP/2 from clients.
     @ivar client: (HTTP) the L{ClientConfig}.
     @ivar forwarded: (HTTP) whether to add C{X-Forwarded-For},
         C{X-Forwarded-Proto}, C{Forwarded} and C{Via} to requests.
@@ -374,6 +376,7 @@ class RouterConfig(Section):
     retries: Defaulted(RetriesConfig)
     timeouts: Defaulted(TimeoutsConfig)
     server: Defaulted(ServerConfig)
+    http2: Defaulted(Http2Config)
     client: Defaulted(ClientConfig)
     forwarded: Bool = True
     classifier: Defaulted(ClassifierConfig)

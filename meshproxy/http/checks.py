@@ -17,7 +17,7 @@ from meshproxy.telemetry.tracecontext import TRACE_HEADERS
 if TYPE_CHECKING:
     from meshproxy.config import ServerConfig
 
-__all__ = ["checkRequest", "parserError"]
+__all__ = ["checkHead", "checkRequest", "parserError"]
 
 _VERSIONS = frozenset(["1.0", "1.1"])
 
@@ -39,7 +39,8 @@ def parserError(e: httptools.HttpParserError) -> ProxyError:
     """
     message = str(e) or e.__class__.__name__
     if message.startswith("Pause on PRI"):
-        # The HTTP/2 connection preface.
+        # The HTTP/2 connection preface after the start of a connection (at
+        # the start, it switches the connection to HTTP/2: ServerProtocol).
         return ProxyError(
             505, "version-not-supported", "Only HTTP/1.0 and HTTP/1.1 are supported here."
         )
@@ -88,6 +89,19 @@ def checkRequest(request: Request, settings: ServerConfig) -> None:
         raise ProxyError(
             505, "version-not-supported", "Only HTTP/1.0 and HTTP/1.1 are supported here."
         )
+    checkHead(request, settings)
+
+
+def checkHead(request: Request, settings: ServerConfig) -> None:
+    """
+    The checks of L{checkRequest} but the version's: the method, the
+    target, the fields and the framing they declare. An HTTP/2 stream's
+    request (whose pseudo-header fields the h2 library checked, with its
+    C{:authority} as its C{Host}) goes through these too.
+
+    Sets the framing fields of C{request}; raises L{ProxyError} for a
+    request that must be refused.
+    """
     method = request.method
     if method == b"CONNECT":
         raise ProxyError(405, "method-not-allowed", "CONNECT is not supported.")

@@ -32,7 +32,7 @@ from meshproxy.discovery.endpoints import formatAddress
 from meshproxy.http.body import RequestBody
 from meshproxy.http.interfaces import IExchange
 from meshproxy.http.message import ProxyError
-from meshproxy.http.rewrite import ResponseWriter, interimHead, requestHead
+from meshproxy.http.rewrite import requestHead
 from meshproxy.http.states import AWAITING, DONE, NEW, SENDING, STREAMING, WAITING
 from meshproxy.http.tries import TryAccounting
 from meshproxy.resilience.classifiers import RETRYABLE, SUCCESS
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from meshproxy.http.interfaces import (
         IClientConnection,
         IDestination,
+        IResponseWriter,
         IRouter,
         IUpstreamConnection,
     )
@@ -123,7 +124,7 @@ class Exchange(TryAccounting):
         self.tries = 0
         self.retries = 0
         self.stale = 0
-        self.writer: ResponseWriter | None = None
+        self.writer: IResponseWriter | None = None
         self.keepAlive = request.keepAlive
         self.timer: IDelayedCall | None = None
         # The per-try timeout, or the wait before a retry.
@@ -343,7 +344,7 @@ class Exchange(TryAccounting):
             # Once, on the first connection actually made (a refused first
             # try must not leave the client waiting).
             self.continued = True
-            server.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            server.interim(100, b"Continue", [])
             server.flush()
         self._finishRequestBody()
 
@@ -419,10 +420,10 @@ class Exchange(TryAccounting):
     def interimResponse(self, status: int, reason: bytes, headers: Headers) -> None:
         """
         See L{IExchange.interimResponse}: 100 was answered by meshproxy
-        itself; others (103) go on to HTTP/1.1 clients.
+        itself; others (103) go on to HTTP/1.1 and HTTP/2 clients.
         """
-        if status != 100 and self.request.version == "1.1" and self.state is not DONE:
-            self.server.write(interimHead(status, reason, headers))
+        if status != 100 and self.request.version != "1.0" and self.state is not DONE:
+            self.server.interim(status, reason, headers)
 
     def responseHead(
         self,
@@ -450,6 +451,10 @@ class Exchange(TryAccounting):
             self.tryTimer = None
             timer.cancel()
         request = self.request
+        if status == 101 and not request.upgrade:
+            # A switch nobody asked for (RFC 9110 15.2.2): never a tunnel.
+            self.upstreamError("101 to a request that asked for no upgrade")
+            return False
         self.tryStatus = status
         classification, anyMethod = self.client.classify(request, status, headers)  # type: ignore[union-attr]
         self.classification = classification
@@ -478,8 +483,7 @@ class Exchange(TryAccounting):
             # (what follows may be the other protocol): in every case no
             # further request is read on it.
             self.keepAlive = False
-        writer = self.writer = ResponseWriter(
-            self.server.write,
+        writer = self.writer = self.server.responseWriter(
             request.method == b"HEAD" or status in _BODYLESS_STATUS or status < 200,
         )
         self.keepAlive = writer.head(

@@ -48,6 +48,7 @@ __all__ = [
     "IClientConnection",
     "IDestination",
     "IExchange",
+    "IResponseWriter",
     "IRouter",
     "IUpstreamConnection",
 ]
@@ -185,6 +186,22 @@ class IClientConnection(Interface):
         Send what L{write} queued, in one write.
         """
 
+    def responseWriter(bodyless: bool) -> IResponseWriter:
+        """
+        The writer of the response to the active request, in this
+        connection's protocol (HTTP/1.1 bytes, or HTTP/2 frames).
+
+        @param bodyless: whether no body may follow the head (HEAD, 1xx,
+            204, 304).
+        """
+
+    def interim(status: int, reason: bytes, headers: Headers) -> None:
+        """
+        Queue an interim (1xx) response for the active request: C{100
+        Continue} (made by meshproxy), or one passed on from the upstream
+        (C{103 Early Hints}).
+        """
+
     def sendError(error: ProxyError, close: bool) -> None:
         """
         Queue an error answer made by meshproxy for the active request.
@@ -222,6 +239,48 @@ class IClientConnection(Interface):
     def startTunnel(upstreamTransport: IStreamTransport, rest: bytes) -> None:
         """
         After a 101 answer: relay raw bytes to C{upstreamTransport}.
+        """
+
+
+class IResponseWriter(Interface):
+    """
+    Writes one response to the client, in the client connection's protocol:
+    the head rewritten (hop-by-hop fields dropped, C{Via} added, the framing
+    the connection's own), then the body, then its end and trailers.
+    """
+
+    def head(
+        status: int,
+        reason: bytes,
+        headers: Headers,
+        *,
+        contentLength: bytes | None,
+        chunked: bool,
+        version: str,
+        keepAlive: bool,
+    ) -> bool:
+        """
+        Write the response head.
+
+        @param status: the upstream's status.
+        @param reason: its reason phrase, as received.
+        @param headers: its C{(name, value)} fields, as received.
+        @param contentLength: the declared length (bytes, as received) or
+            L{None}.
+        @param chunked: whether the upstream body is chunked.
+        @param version: the client's HTTP version.
+        @param keepAlive: whether the client connection may stay open.
+        @return: whether it may still stay open after this response.
+        """
+
+    def body(data: bytes) -> None:
+        """
+        Write a piece of the body.
+        """
+
+    def end(trailers: Headers | None) -> None:
+        """
+        Write the end of the response, with its trailer fields (or L{None}).
         """
 
 

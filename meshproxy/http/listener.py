@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress, IReactorTime, ITransport
     from twisted.python.failure import Failure
 
-    from meshproxy.config import ServerConfig
+    from meshproxy.config import Http2Config, ServerConfig
     from meshproxy.http.interfaces import IRouter
     from meshproxy.telemetry.metrics import ConnectionStats
 
@@ -48,16 +48,16 @@ class ServerFactory(DrainingFactoryMixin, Factory):
     """
     Builds a L{ServerProtocol} per accepted connection of one router.
 
-    Behind a TLS listener it offers C{http/1.1} by ALPN: without an ALPN
-    answer, pyOpenSSL aborts the handshake of every client that offers
-    protocols (curl, browsers) with an "internal error" alert.
+    Behind a TLS listener it offers C{h2} and C{http/1.1} by ALPN: without
+    an ALPN answer, pyOpenSSL aborts the handshake of every client that
+    offers protocols (curl, browsers) with an "internal error" alert.
     """
 
     def acceptableProtocols(self) -> list[bytes]:
         """
         The protocols offered by ALPN on TLS listeners.
         """
-        return [b"http/1.1"]
+        return [b"h2", b"http/1.1"]
 
     def __init__(
         self,
@@ -66,12 +66,14 @@ class ServerFactory(DrainingFactoryMixin, Factory):
         clock: IReactorTime,
         connStats: ConnectionStats | None = None,
         scheme: bytes = b"http",
+        http2: Http2Config | None = None,
     ) -> None:
         self.router = router
         self.settings = settings
         self.clock = clock
         self.connStats = connStats
         self.scheme = scheme
+        self.http2 = http2
         self.connections: set[ServerProtocol] = set()
         self.draining = False
         self._drained = None
@@ -96,7 +98,7 @@ class ServerFactory(DrainingFactoryMixin, Factory):
                 errorResponse(503, "overloaded", "Too many connections.", close=True)
             )
         p = _TrackedServerProtocol(
-            self.router, self.settings, self.clock, self.connStats, self.scheme
+            self.router, self.settings, self.clock, self.connStats, self.scheme, self.http2
         )
         p.factory = self
         return p

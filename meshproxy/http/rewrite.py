@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from zope.interface import implementer
+
+from meshproxy.http.interfaces import IResponseWriter
 from meshproxy.http.message import HOP_BY_HOP, Headers, Request, encodeChunk, findHeader, lastChunk
 from meshproxy.telemetry.tracecontext import TRACE_HEADERS
 
@@ -116,9 +119,10 @@ def requestHead(
     return b"".join(lines)
 
 
+@implementer(IResponseWriter)
 class ResponseWriter:
     """
-    Writes one response to the client: its head rewritten (hop-by-hop
+    Writes one response to an HTTP/1 client: its head rewritten (hop-by-hop
     fields dropped, C{Via} added, framing written by meshproxy), then its
     body framed as the head said.
 

@@ -6,6 +6,11 @@ It parses requests with httptools (llhttp), adds the checks RFC 9112 asks of
 a proxy that llhttp leaves out, answers pipelined requests in order, enforces
 the header, idle and body-progress timeouts, and hands each request to an
 L{Exchange<meshproxy.http.exchange.Exchange>} that forwards it upstream.
+
+A connection that starts with the HTTP/2 preface (h2c with prior knowledge,
+or h2 chosen by ALPN under TLS) is handed to an
+L{H2ServerConnection<meshproxy.http2.connection.H2ServerConnection>}, each of
+its streams an exchange.
 """
 
 from __future__ import annotations
@@ -21,10 +26,14 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from meshproxy.config.policies import Http2Config
 from meshproxy.http.checks import checkRequest, parserError
 from meshproxy.http.exchange import Exchange
 from meshproxy.http.interfaces import IClientConnection
 from meshproxy.http.message import ProxyError, Request, errorResponse, forbiddenTrailer
+from meshproxy.http.rewrite import ResponseWriter, interimHead
+from meshproxy.http2.connection import H2ServerConnection
+from meshproxy.http2.frames import PREFACE, FloodLimits
 from meshproxy.tls import forwardedClientCert, identityOf
 from meshproxy.transport.fastwrite import writerFor
 from meshproxy.transport.gate import PauseGate
@@ -54,6 +63,8 @@ class ServerProtocol(Protocol):
     """
 
     transport: IStreamTransport
+    #: The flood limits of the HTTP/2 connections (L{None}: the defaults).
+    h2Limits: FloodLimits | None = None
 
     def __init__(
         self,
@@ -62,12 +73,20 @@ class ServerProtocol(Protocol):
         clock: IReactorTime,
         connStats: ConnectionStats | None = None,
         scheme: bytes = b"http",
+        http2: Http2Config | None = None,
     ) -> None:
         self.router = router
         self.settings = settings
         self.clock = clock
         self.connStats = connStats
         self.scheme = scheme
+        self.http2 = http2 if http2 is not None else Http2Config()
+        # Until the first bytes are known not to be the HTTP/2 preface, and
+        # the start of a preface split between reads.
+        self._fresh = True
+        self._prefix = b""
+        # The HTTP/2 connection it became, or None.
+        self._h2: H2ServerConnection | None = None
         self.active: Exchange | None = None
         self.queue: deque[Exchange | _ErrorAnswer] = deque()
         self.closing = False
@@ -155,6 +174,8 @@ class ServerProtocol(Protocol):
         if self._tunnel is not None:
             tunnel, self._tunnel = self._tunnel, None
             tunnel.loseConnection()
+        if self._h2 is not None:
+            self._h2.connectionLost(reason)
         active, self.active = self.active, None
         if active is not None:
             active.clientLost()
@@ -169,6 +190,13 @@ class ServerProtocol(Protocol):
         if self._tunnel is not None:
             self._tunnel.write(data)
             return
+        if self._h2 is not None:
+            self._h2.dataReceived(data)
+            return
+        if self._fresh:
+            data = self._readPreface(data)  # type: ignore[assignment]
+            if data is None:
+                return
         if self.closing or self._broken:
             return
         self._bodyProgress = False
@@ -202,6 +230,39 @@ class ServerProtocol(Protocol):
             # same read never has its head sent upstream.
             toStart.start()
         self.flush()
+
+    def _readPreface(self, data: bytes) -> bytes | None:
+        """
+        The connection's first bytes: the HTTP/2 preface switches it to
+        HTTP/2 (the bytes are the new connection's); the start of one waits
+        for the rest.
+
+        @return: the bytes to parse as HTTP/1, or L{None}.
+        """
+        seen = self._prefix + data if self._prefix else data
+        n = min(len(seen), len(PREFACE))
+        if seen[:n] != PREFACE[:n]:
+            self._fresh = False
+            self._prefix = b""
+            return seen
+        if n < len(PREFACE):
+            # The start of a preface (or of a request line starting "P"):
+            # bounded like a head that came in pieces.
+            self._prefix = seen
+            if self._headSince is None:
+                self._startHeadTimer()
+            return None
+        self._fresh = False
+        self._prefix = b""
+        self._clearDeadline()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if self._tls:
+            self._readIdentity()
+        self._h2 = H2ServerConnection(self, self.http2, limits=self.h2Limits)
+        self._h2.dataReceived(seen)
+        return None
 
     def _bound(self, data: bytes) -> None:
         """
@@ -492,11 +553,30 @@ class ServerProtocol(Protocol):
         the response being written.
         """
         self.draining = True
+        if self._h2 is not None:
+            self._h2.drain()
+            return
         if self.active is None and not self.queue and self._state == _IDLE:
             self.closing = True
             self.transport.loseConnection()
         elif self.active is not None and not self.active.responseStarted:
             self.active.keepAlive = False
+
+    def responseWriter(self, bodyless: bool) -> ResponseWriter:
+        """
+        See L{IClientConnection.responseWriter}: HTTP/1.1 bytes, queued by
+        L{write}.
+        """
+        return ResponseWriter(self.write, bodyless)
+
+    def interim(self, status: int, reason: bytes, headers: Headers) -> None:
+        """
+        See L{IClientConnection.interim}.
+        """
+        if status == 100:
+            self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        else:
+            self.write(interimHead(status, reason, headers))
 
     def sendError(self, error: ProxyError, close: bool = False) -> None:
         """
