@@ -504,6 +504,7 @@ def buildRouter(
             reactor=reactor,
             metrics=metrics,
             balancerFactory=balancerFactory(routerConfig.loadBalancer, reactor),
+            rulesAllowInet=rulesAllowInet,
         )
         return tcp, TcpServerFactory(tcp), ()
     router = HttpRouter(
@@ -620,9 +621,13 @@ def routerParts(
         listening, server = _terminateTLS(router, tlsConfig, factory, protocols, reactor, watches)
         # (_terminateTLS adds the _WatchService of the listener's files)
         [tlsWatch] = watches
+    from meshproxy.transport.preamble import PreambleFactory
+
     listener = _ListenerService(
         serverFromString(reactor, _endpointString(listen)),
-        listening,
+        # What its router reads first (a PROXY header, a ClientHello), in
+        # front of its TLS; asked of the router in force at each connection.
+        PreambleFactory(factory, listening, clock=reactor),
         owner="router %s" % (router.name,),
         listen=routerConfig.listen,
         name=router.name,

@@ -342,7 +342,9 @@ class SpliceTests(MemoryTestCase):
         [endpoint] = state["boundNames"]["/#/static/svc"]["endpoints"]
         self.assertEqual(endpoint["address"], "127.0.0.1:%d" % (backendPort,))
         self.assertEqual(endpoint["pending"], 1)
-        self.assertEqual(endpoint["connections"], {"open": 1, "connecting": 0})
+        self.assertEqual(
+            endpoint["connections"], {"open": 1, "connecting": 0, "opened": 1, "closed": 0}
+        )
         client.transport.loseConnection()
         self.network.flush()
         self.assertIsInstance(self.successResultOf(client.lost), ConnectionDone)
@@ -353,7 +355,9 @@ class SpliceTests(MemoryTestCase):
         self.assertEqual(
             (endpoint["pending"], endpoint["requests"], endpoint["successes"]), (0, 1, 1)
         )
-        self.assertEqual(endpoint["connections"], {"open": 0, "connecting": 0})
+        self.assertEqual(
+            endpoint["connections"], {"open": 0, "connecting": 0, "opened": 1, "closed": 1}
+        )
         self.assertEqual(
             registry.get_sample_value(
                 "meshproxy_server_connections_opened_total", {"router": "db"}
@@ -965,6 +969,8 @@ class TimingTests(SynchronousTestCase):
                 "protocol": "tcp",
                 "listen": "tcp:0:interface=127.0.0.1",
                 "destination": "/#/static/svc",
+                "identifier": None,
+                "rules": "",
                 "connections": {"opened": 0, "closed": 0},
                 "boundNames": {},
             },

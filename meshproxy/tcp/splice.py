@@ -1,9 +1,11 @@
 """
 The connections of the TCP router: each accepted client connection
 (L{Downstream}) and its upstream connection (L{Upstream}), joined by a
-L{Splice} that chooses the endpoint, connects (trying other endpoints after
-a connect failure), applies the access policy, and then splices bytes both
-ways with back-pressure and half-close until both sides are closed.
+L{Splice} that routes the connection, applies the access policy, chooses
+the endpoint, connects (trying other endpoints after a connect failure,
+after a backoff and within the router's retry budget), sends a PROXY
+header when the bound name wants one, and then splices bytes both ways
+with back-pressure and half-close until both sides are closed.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListen
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from zope.interface import implementer
 
+from meshproxy.tcp.stats import connectFailureReason
 from meshproxy.transport.fastwrite import writerFor
 from meshproxy.transport.gate import PauseGate
+from meshproxy.transport.preamble import IPreambleListener
+from meshproxy.transport.proxyprotocol import formatHeader
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -27,8 +32,10 @@ if TYPE_CHECKING:
     from twisted.python.failure import Failure
 
     from meshproxy.balancing.node import Node
-    from meshproxy.tcp.router import TcpRouter, TcpServerFactory
+    from meshproxy.routing.path import Path
+    from meshproxy.tcp.router import TcpRouter, TcpServerFactory, _Destination
     from meshproxy.transport.interfaces import IStreamTransport
+    from meshproxy.transport.proxyprotocol import ProxyHeader
 
 __all__ = ["Downstream", "Splice", "Upstream"]
 
@@ -43,6 +50,7 @@ class End(Protocol):
     @ivar forward: writes the bytes this side receives to the other side.
     @ivar ended: whether this side's peer ended its writing.
     @ivar lost: whether this side's connection is lost.
+    @ivar received: the bytes received on this side.
     """
 
     transport: IStreamTransport
@@ -55,10 +63,12 @@ class End(Protocol):
         self.forward: Callable[[bytes], None] = None  # type: ignore[assignment]
         self.ended = False
         self.lost = False
+        self.received = 0
 
     def dataReceived(self, data: bytes) -> None:
         splice = self.splice
         splice.lastActivity = splice.seconds()
+        self.received += len(data)
         self.forward(data)
 
     def readConnectionLost(self) -> None:
@@ -72,10 +82,14 @@ class End(Protocol):
         self.splice.lost(self, reason)
 
 
-@implementer(IHandshakeListener)
+@implementer(IHandshakeListener, IPreambleListener)
 class Downstream(End):
     """
     The accepted client connection.
+
+    @ivar proxied: the PROXY header its load balancer sent, or L{None}.
+    @ivar serverName: the server name of its TLS ClientHello, or L{None}
+        (not read, or none sent).
     """
 
     def drain(self) -> None:
@@ -87,6 +101,34 @@ class Downstream(End):
     def __init__(self, factory: TcpServerFactory) -> None:
         End.__init__(self, None)
         self.factory = factory
+        self.proxied: ProxyHeader | None = None
+        self.serverName: str | None = None
+
+    def preambleRead(self, proxied: ProxyHeader | None, serverName: str | None) -> None:
+        """
+        See L{IPreambleListener.preambleRead}.
+        """
+        self.proxied = proxied
+        self.serverName = serverName
+
+    def peerAddress(self) -> Any:
+        """
+        The client's address: the PROXY header's, or the connection's.
+        """
+        proxied = self.proxied
+        if proxied is not None and proxied.source is not None:
+            return proxied.source
+        return self.transport.getPeer()
+
+    def hostAddress(self) -> Any:
+        """
+        The address the client connected to: the PROXY header's, or the
+        connection's.
+        """
+        proxied = self.proxied
+        if proxied is not None and proxied.destination is not None:
+            return proxied.destination
+        return self.transport.getHost()
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -142,11 +184,14 @@ class UpstreamFactory(Factory):
 
 class Splice:
     """
-    One client connection and its upstream connection: endpoint choice,
-    connection attempts, then splicing until both sides are closed.
+    One client connection and its upstream connection: routing, endpoint
+    choice, connection attempts, then splicing until both sides are closed.
 
     @ivar client: the L{Downstream}.
     @ivar upstream: the L{Upstream} once connected, else L{None}.
+    @ivar name: the connection's logical name once routed, else L{None}.
+    @ivar destination: the bound name's L{_Destination<meshproxy.tcp.router._Destination>}
+        once routed, else L{None}.
     @ivar node: the balancer node this splice holds a C{pending} place on
         (connecting or connected), else L{None}.
     @ivar lastActivity: the clock time of the last bytes received from
@@ -157,8 +202,10 @@ class Splice:
         "router",
         "client",
         "upstream",
+        "name",
         "destination",
         "node",
+        "accepted",
         "started",
         "connectSeconds",
         "tried",
@@ -168,6 +215,7 @@ class Splice:
         "closing",
         "finished",
         "timer",
+        "retryTimer",
         "idleClosed",
         "lastActivity",
         "seconds",
@@ -178,8 +226,11 @@ class Splice:
         self.router = router
         self.client = client
         self.upstream: Upstream | None = None
-        self.destination = router.destinationClient()
+        self.name: Path | None = None
+        self.destination: _Destination | None = None
         self.node: Node | None = None
+        self.seconds = router.reactor.seconds
+        self.accepted = self.seconds()
         self.started = 0.0
         self.connectSeconds = 0.0
         self.tried: set[Node] | None = None
@@ -189,8 +240,8 @@ class Splice:
         self.closing = False
         self.finished = False
         self.timer: IDelayedCall | None = None
+        self.retryTimer: IDelayedCall | None = None
         self.idleClosed = False
-        self.seconds = router.reactor.seconds
         self.lastActivity = 0.0
         self.awaitingHandshake = False
 
@@ -198,8 +249,8 @@ class Splice:
 
     def begin(self) -> None:
         """
-        Stop reading the client until the upstream connection is made, and
-        make the first attempt.
+        Stop reading the client until the upstream connection is made,
+        route the connection, and make the first attempt.
         """
         client = self.client
         client.gate = PauseGate(client.transport)
@@ -213,9 +264,7 @@ class Splice:
             self.awaitingHandshake = True
             return
         client.gate.pause("connect")
-        if policy is not None and not self._authorized():
-            return
-        self._attempt()
+        self._start()
 
     def handshaken(self) -> None:
         """
@@ -225,8 +274,27 @@ class Splice:
             return
         self.awaitingHandshake = False
         self.client.gate.pause("connect")  # type: ignore[union-attr]
-        if self._authorized():
-            self._attempt()
+        self._start()
+
+    def _start(self) -> None:
+        """
+        Route the connection, apply the access policy, and make the first
+        attempt.
+        """
+        from meshproxy.tcp.router import RouteRefused
+
+        router = self.router
+        try:
+            self.name, self.destination = router.route(self.client.serverName)
+        except RouteRefused as e:
+            router.countError(e.reason)
+            self._giveUp()
+            return
+        if router.policy is not None and not self._authorized():
+            return
+        # One connection earns its share of retries (as a request does).
+        router.budget.deposit()
+        self._attempt()
 
     def _authorized(self) -> bool:
         """
@@ -246,8 +314,12 @@ class Splice:
             certificate: Any = client.transport.getPeerCertificate()
             if certificate is not None:
                 identity = identityOf(certificate).name
-        peer = getattr(client.transport.getPeer(), "host", None)
-        decision = policy.decide(identity, peer, (router.boundName.id.segments,), "CONNECT")
+        peer = getattr(client.peerAddress(), "host", None)
+        names = (
+            self.name.segments,  # type: ignore[union-attr]  # routed by now
+            self.destination.boundName.id.segments,  # type: ignore[union-attr]
+        )
+        decision = policy.decide(identity, peer, names, "CONNECT")
         if decision.allowed:
             return True
         router.metrics.denied(router.name, decision.rule, identity)
@@ -256,7 +328,10 @@ class Splice:
         return False
 
     def _attempt(self) -> None:
-        destination = self.destination
+        self.retryTimer = None
+        if self.closing:
+            return
+        destination: _Destination = self.destination  # type: ignore[assignment]  # routed
         balancer = destination.balancer
         # Prefer an endpoint this connection has not failed on already.
         node = balancer.pickAvoiding(self.tried)
@@ -286,8 +361,8 @@ class Splice:
         node: Node
         node, self.node = self.node, None  # type: ignore[assignment]  # the attempt's node
         self.attempt = None
-        node.payload.connecting -= 1
-        destination = self.destination
+        node.payload.failed(connectFailureReason(reason))
+        destination: _Destination = self.destination  # type: ignore[assignment]  # routed
         accrual = destination.accrual
         destination.balancer.finish(node, self.started, False)
         if accrual is not None:
@@ -295,12 +370,22 @@ class Splice:
         if self.tried is None:
             self.tried = set()
         self.tried.add(node)
-        if self.tries <= self.router.connectRetries:
-            self.router.countRetry("connect")
-            self._attempt()
-        else:
-            self.router.countError("upstream-connect")
+        router = self.router
+        if self.tries > router.connectRetries:
+            router.countError("upstream-connect")
             self._giveUp()
+            return
+        if not router.budget.tryWithdraw():
+            router.countRetry("budget-exhausted")
+            router.countError("upstream-connect")
+            self._giveUp()
+            return
+        router.countRetry("connect")
+        delay = router.backoff.delay(self.tries)
+        if delay > 0.0:
+            self.retryTimer = router.reactor.callLater(delay, self._attempt)
+        else:
+            self._attempt()
 
     def _giveUp(self) -> None:
         self.closing = True
@@ -316,12 +401,11 @@ class Splice:
             return
         self.attempt = None
         node: Node = self.node  # type: ignore[assignment]  # the attempt's node
-        conns = node.payload
-        conns.connecting -= 1
-        conns.open += 1
+        node.payload.spliced(self)
         now = self.seconds()
         self.connectSeconds = now - self.started
-        accrual = self.destination.accrual
+        destination: _Destination = self.destination  # type: ignore[assignment]  # routed
+        accrual = destination.accrual
         if accrual is not None:
             accrual.success(node)
         self.upstream = upstream
@@ -335,6 +419,9 @@ class Splice:
         down.registerProducer(upstream.gate, True)
         up.registerProducer(client.gate, True)  # type: ignore[arg-type]  # made in begin()
         early, self.early = self.early, None
+        version = destination.proxySend
+        if version:
+            up.write(formatHeader(version, client.peerAddress(), client.hostAddress()))
         for data in early:  # type: ignore[union-attr]  # a list until now
             up.write(data)
         client.forward = writerFor(up)
@@ -383,6 +470,11 @@ class Splice:
             attempt, self.attempt = self.attempt, None
             if attempt is not None:
                 self._callOff(attempt)
+            retry, self.retryTimer = self.retryTimer, None
+            if retry is not None and retry.active():
+                # Waiting to try again: nothing more to try for.
+                self.closing = True
+                retry.cancel()
             other = upstream
         else:
             other = client
@@ -403,7 +495,7 @@ class Splice:
         node, self.node = self.node, None  # type: ignore[assignment]  # the attempt's node
         node.payload.connecting -= 1
         node.pending -= 1
-        accrual = self.destination.accrual
+        accrual = self.destination.accrual  # type: ignore[union-attr]  # routed
         if accrual is not None:
             accrual.abandon(node)
         # What the cancelled attempt reports is ignored (closing is set).
@@ -423,10 +515,19 @@ class Splice:
             timer.cancel()
         node, self.node = self.node, None
         if node is not None:
-            node.payload.open -= 1
+            upstream = self.upstream
+            now = self.seconds()
+            node.payload.ended(
+                self,
+                now - self.accepted,
+                self.client.received,
+                0 if upstream is None else upstream.received,
+            )
             # The latency the balancer learns is the time it took to
             # connect, not how long the client kept the connection.
-            self.destination.balancer.finish(node, self.seconds() - self.connectSeconds, True)
+            self.destination.balancer.finish(  # type: ignore[union-attr]  # routed
+                node, now - self.connectSeconds, True
+            )
 
     def _checkIdle(self) -> None:
         self.timer = None

@@ -22,7 +22,13 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["ClientHelloError", "ClientHelloReader", "MAX_CLIENT_HELLO", "TLS_RECORD_MAX"]
+__all__ = [
+    "ClientHelloError",
+    "ClientHelloReader",
+    "MAX_CLIENT_HELLO",
+    "TLS_RECORD_MAX",
+    "checkServerName",
+]
 
 #: The default bound on the bytes read before the ClientHello is complete.
 MAX_CLIENT_HELLO = 16384
@@ -268,10 +274,18 @@ def _hostName(extension: memoryview) -> str | None:
         if kind == _HOST_NAME:
             if name is not None:
                 raise ClientHelloError("malformed", "two host names")
-            value = data[pos : pos + length]
-            if length > 254 or not _HOST.fullmatch(value) or value == b".":
-                raise ClientHelloError("malformed", "server name %r is not a host name" % (
-                    value[:64],))
-            name = value.decode("ascii").lower().rstrip(".")
+            name = checkServerName(data[pos : pos + length])
         pos += length
     return name
+
+
+def checkServerName(value: bytes) -> str:
+    """
+    A server name as a client sends it by SNI, as the router sees it:
+    lowercased, without a final dot.
+
+    @raise ClientHelloError: C{"malformed"}, when it is not a host name.
+    """
+    if len(value) > 254 or not _HOST.fullmatch(value):
+        raise ClientHelloError("malformed", "server name %r is not a host name" % (value[:64],))
+    return value.decode("ascii").lower().rstrip(".")
