@@ -24,7 +24,6 @@ from meshproxy.config.fields import (
     Address,
     AllowedHost,
     Bool,
-    BoundName,
     Checked,
     Defaulted,
     Directory,
@@ -56,11 +55,11 @@ from meshproxy.config.policies import (
     _order,
 )
 from meshproxy.config.problems import Problem
-
-_PATH_PATTERN = f"(/{checks.SEGMENT_PATTERN})+"
 from meshproxy.config.section import Section, View
 from meshproxy.config.security import DefaultPolicy, TLSConfig, UpstreamTLSConfig
 from meshproxy.config.telemetry import TelemetryConfig
+
+_PATH_PATTERN = f"(/{checks.SEGMENT_PATTERN})+"
 
 
 class AdminConfig(Section):

@@ -340,7 +340,7 @@ def _pair(
 
 def _asV6(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv6Address:
     if address.version == 6:
-        return address  # type: ignore[return-value]
+        return address
     return ipaddress.IPv6Address("::ffff:" + str(address))
 
 
