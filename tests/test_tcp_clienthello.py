@@ -252,5 +252,17 @@ class ClientHelloTests(SynchronousTestCase):
             except ClientHelloError:
                 pass
 
+    def test_emptyReads(self):
+        """
+        Empty reads change nothing, before the first byte or after.
+        """
+        reader = ClientHelloReader()
+        self.assertFalse(reader.feed(b""))
+        flight = realClientHello("a.example")
+        self.assertFalse(reader.feed(flight[:3]))
+        self.assertFalse(reader.feed(b""))
+        self.assertTrue(reader.feed(flight[3:]))
+        self.assertEqual(reader.serverName, "a.example")
+
     def test_tooSmallABound(self):
         self.assertRaises(ValueError, ClientHelloReader, 8)

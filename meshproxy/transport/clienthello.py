@@ -121,7 +121,7 @@ class ClientHelloReader:
             return True
         raw = self._raw
         raw += data
-        if len(raw) <= 5 and self._next == 0:
+        if 0 < len(raw) <= 5 and self._next == 0:
             # Judge the first bytes as soon as they come: a client speaking
             # another protocol is told apart without waiting for more.
             _checkRecordStart(bytes(raw))
