@@ -857,28 +857,34 @@ class TimingTests(SynchronousTestCase):
         upstream = connectFactory.buildProtocol(None)
         transport = FakeTransport(upstream)
         upstream.makeConnection(transport)
-        # The client endpoint wraps the router's protocol.
-        return upstream._wrappedProtocol, transport
+        return upstream, transport
 
-    def test_clientPausedUntilConnected(self):
+    def test_clientReadUpToABoundUntilConnected(self):
         """
-        The client is not read until the upstream connection is made, with
-        the configured connect timeout.
+        While the upstream connection is made (with the configured connect
+        timeout), the client is read up to L{EARLY_BYTES}, then paused
+        until connected; what it sent goes first, in order.
         """
+        from meshproxy.tcp.splice import EARLY_BYTES
+
         router, factory = self.router("    timeouts: {connect: 250ms}\n")
         down, downT = self.accept(factory)
-        self.assertEqual(downT.producerState, "paused")
+        self.assertEqual(downT.producerState, "producing")
         [(host, port, _, timeout, _)] = self.reactor.tcpClients
         self.assertEqual(timeout, 0.25)
+        down.dataReceived(b"a" * EARLY_BYTES)
+        self.assertEqual(downT.producerState, "producing")
+        down.dataReceived(b"b")
+        self.assertEqual(downT.producerState, "paused")
         up, upT = self.connectLast()
         self.assertEqual(downT.producerState, "producing")
+        self.assertEqual(upT.value(), b"a" * EARLY_BYTES + b"b")
         self.assertIs(downT.producer, up.gate)
         self.assertIs(upT.producer, down.gate)
 
     def test_bytesBeforeConnectAreSentFirst(self):
         """
-        Bytes read before the upstream connection (at most one read) are
-        sent first, in order.
+        Bytes read before the upstream connection are sent first, in order.
         """
         router, factory = self.router()
         down, downT = self.accept(factory)

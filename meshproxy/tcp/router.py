@@ -22,7 +22,8 @@ on one side is passed on to the other.
                                               │           endpoint, budget, backoff)
                Downstream ◄── bytes, back-pressure, half-close ──► Upstream
 
-(the connections are in L{meshproxy.tcp.splice})
+(the connections are in L{meshproxy.tcp.splice}; upstream connections are
+the reactor's C{connectTCP}, with the connect timeout of C{timeouts.connect})
 
 Per endpoint, the balancer's C{pending} counts the connections open (or
 being opened) to it: L{start<meshproxy.balancing.interfaces.IBalancer.start>}
@@ -56,7 +57,6 @@ from meshproxy.routing.path import Path
 from meshproxy.routing.table import RuleTable
 from meshproxy.tcp.splice import Downstream
 from meshproxy.tcp.stats import EndpointConnections, TcpCollector
-from meshproxy.transport.connector import TCPConnector
 from meshproxy.transport.preamble import PreambleSettings
 
 if TYPE_CHECKING:
@@ -199,7 +199,6 @@ class TcpRouter:
         self.maxConnections = config.maxConnections
         self.connStats = metrics.connections(self.name)
         metrics.extension("tcp", TcpCollector)
-        self.connector = TCPConnector(reactor, self.connectTimeout)
         self.policy = Policy.active(config.policy)
         self.rules = RuleTable(
             self.name, tuple(self.namers), config.rules, allowInet=rulesAllowInet

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from OpenSSL import SSL
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, ISSLTransport
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from zope.interface import implementer
 
 from meshproxy.tcp.stats import connectFailureReason
@@ -27,8 +27,7 @@ from meshproxy.transport.preamble import IPreambleListener
 from meshproxy.transport.proxyprotocol import formatHeader
 
 if TYPE_CHECKING:
-    from twisted.internet.defer import Deferred
-    from twisted.internet.interfaces import IAddress, IDelayedCall
+    from twisted.internet.interfaces import IAddress, IConnector, IDelayedCall
     from twisted.python.failure import Failure
 
     from meshproxy.balancing.node import Node
@@ -37,7 +36,11 @@ if TYPE_CHECKING:
     from meshproxy.transport.interfaces import IStreamTransport
     from meshproxy.transport.proxyprotocol import ProxyHeader
 
-__all__ = ["Downstream", "Splice", "Upstream"]
+__all__ = ["EARLY_BYTES", "Downstream", "Splice", "Upstream"]
+
+#: What a client may send before its upstream connection is made: held,
+#: then sent first; past it, the client is not read until connected.
+EARLY_BYTES = 65536
 
 
 @implementer(IHalfCloseableProtocol)
@@ -168,9 +171,14 @@ class Upstream(End):
         self.splice.connected(self)
 
 
-class UpstreamFactory(Factory):
+class UpstreamFactory(ClientFactory):
     """
-    Builds the upstream side of one splice's connection attempt.
+    Builds the upstream side of one splice's connection attempt, and tells
+    the splice when it fails.
+
+    The attempt is the reactor's own C{connectTCP}: no client endpoint, so
+    that no wrapping protocol stands in the spliced bytes' path and no
+    Deferred is made per connection.
     """
 
     noisy = False
@@ -180,6 +188,9 @@ class UpstreamFactory(Factory):
 
     def buildProtocol(self, addr: IAddress | None) -> Upstream:
         return Upstream(self.splice)
+
+    def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
+        self.splice.connectFailed(reason)
 
 
 class Splice:
@@ -212,6 +223,7 @@ class Splice:
         "tries",
         "attempt",
         "early",
+        "earlyBytes",
         "closing",
         "finished",
         "timer",
@@ -235,8 +247,9 @@ class Splice:
         self.connectSeconds = 0.0
         self.tried: set[Node] | None = None
         self.tries = 0
-        self.attempt: Deferred[Any] | None = None
+        self.attempt: IConnector | None = None
         self.early: list[bytes] | None = []
+        self.earlyBytes = 0
         self.closing = False
         self.finished = False
         self.timer: IDelayedCall | None = None
@@ -249,22 +262,35 @@ class Splice:
 
     def begin(self) -> None:
         """
-        Stop reading the client until the upstream connection is made,
-        route the connection, and make the first attempt.
+        Route the connection and make the first attempt. The client is read
+        on meanwhile: what it sends is held (up to L{EARLY_BYTES}; then its
+        reading pauses until the upstream connection is made), so that a
+        connection costs no pause and resume of its reading, and a client
+        that goes away while its upstream is being connected is seen to.
         """
         client = self.client
         client.gate = PauseGate(client.transport)
-        # At most what was already read (such as what a TLS layer decrypted
-        # with its handshake) is kept here: reading is paused.
-        client.forward = self.early.append  # type: ignore[union-attr]  # a list until connected
+        client.forward = self._hold
         policy = self.router.policy
         if policy is not None and ISSLTransport.providedBy(client.transport):
             # The policy needs the caller's certificate: the handshake must
-            # finish first (pausing now would stall it).
+            # finish first.
             self.awaitingHandshake = True
             return
-        client.gate.pause("connect")
         self._start()
+
+    def _hold(self, data: bytes) -> None:
+        """
+        Keep what the client sent before its upstream connection is made.
+        """
+        early = self.early
+        if early is None:
+            # Closing: nothing will be sent.
+            return
+        early.append(data)
+        self.earlyBytes += len(data)
+        if self.earlyBytes > EARLY_BYTES:
+            self.client.gate.pause("connect")  # type: ignore[union-attr]  # made in begin()
 
     def handshaken(self) -> None:
         """
@@ -273,7 +299,6 @@ class Splice:
         if not self.awaitingHandshake or self.closing:
             return
         self.awaitingHandshake = False
-        self.client.gate.pause("connect")  # type: ignore[union-attr]
         self._start()
 
     def _start(self) -> None:
@@ -345,10 +370,11 @@ class Splice:
             destination.accrual.picked(node)
         self.started = balancer.start(node)
         node.payload.connecting += 1
-        attempt = self.attempt = self.router.connector.connect(
-            node.endpoint, UpstreamFactory(self)
+        endpoint = node.endpoint
+        router = self.router
+        self.attempt = router.reactor.connectTCP(
+            endpoint.host, endpoint.port, UpstreamFactory(self), router.connectTimeout
         )
-        attempt.addErrback(self.connectFailed)
 
     def connectFailed(self, reason: Failure) -> None:
         """
@@ -485,7 +511,7 @@ class Splice:
                 other.transport.abortConnection()
         self._finishIfClosed()
 
-    def _callOff(self, attempt: Deferred[Any]) -> None:
+    def _callOff(self, attempt: IConnector) -> None:
         """
         Stop the connection attempt in progress; it says nothing of the
         endpoint.
@@ -498,8 +524,8 @@ class Splice:
         accrual = self.destination.accrual  # type: ignore[union-attr]  # routed
         if accrual is not None:
             accrual.abandon(node)
-        # What the cancelled attempt reports is ignored (closing is set).
-        attempt.cancel()
+        # What the stopped attempt reports is ignored (closing is set).
+        attempt.stopConnecting()
 
     def _finishIfClosed(self) -> None:
         upstream = self.upstream
