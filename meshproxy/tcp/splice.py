@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from OpenSSL import SSL
+from twisted.internet import tcp
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, ISSLTransport
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
@@ -151,7 +152,9 @@ class Downstream(End):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         factory = self.factory
         factory.router.connStats.closed += 1
-        if reason.check(ssl.SSLError, SSL.Error):
+        # (isinstance, not Failure.check, which names every class of the
+        # exception's hierarchy each time: this runs for every connection)
+        if isinstance(reason.value, (ssl.SSLError, SSL.Error)):
             # The TLS layer failed: most often a handshake. (ssl is
             # meshproxy's TLS; pyOpenSSL is Twisted's, on ssl: listen
             # strings with arguments meshproxy leaves to it.)
@@ -505,7 +508,7 @@ class Splice:
         else:
             other = client
         if other is not None and not other.lost:
-            if reason.check(ConnectionDone):
+            if isinstance(reason.value, ConnectionDone):
                 other.transport.loseConnection()
             else:
                 other.transport.abortConnection()
@@ -585,9 +588,29 @@ def _halfClose(transport: IStreamTransport) -> None:
     End our writing on C{transport} once what is buffered is sent; close it
     whole if it cannot be half-closed (TLS).
     """
+    kind = type(transport)
+    if kind is tcp.Server or kind is tcp.Client:
+        # A plain TCP connection with nothing buffered ends its writing now,
+        # as Twisted's would once its buffer is sent (the same steps as the
+        # end of its doWrite), without a turn of the reactor to learn that
+        # the socket is writable: two epoll changes, an event and an empty
+        # send fewer per connection.
+        conn: tcp.Connection = transport  # type: ignore[assignment]
+        if (
+            conn.connected
+            and not conn.TLS
+            and not conn.disconnecting
+            and not conn._writeDisconnected
+            and not conn._tempDataBuffer
+            and conn.offset >= len(conn.dataBuffer)
+        ):
+            conn._writeDisconnecting = True
+            conn._writeDisconnected = True
+            conn._closeWriteConnection()
+            return
     # Looked up on the class: a TLS transport passes unknown attributes on
     # to the TCP connection beneath it, whose half-close would skip TLS.
-    if getattr(type(transport), "loseWriteConnection", None) is not None:
+    if getattr(kind, "loseWriteConnection", None) is not None:
         transport.loseWriteConnection()
     else:
         transport.loseConnection()
