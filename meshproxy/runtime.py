@@ -683,7 +683,7 @@ def addStores(
             router=name, path=policyStore.path,
         )
     if router.rules is None:
-        # A TCP router has no rules: the admin API answers 404 for them.
+        # A router without rules: the admin API answers 404 for them.
         return
     store = runtime.rulesStores[name] = RulesStore(
         RulesSlot(runtime, name), stateDir=stateDir, clock=clock
