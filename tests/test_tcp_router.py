@@ -768,6 +768,24 @@ class LoopbackSpliceTests(LoopbackTestCase):
         self.assertEqual(endpoint["pending"], 0)
 
     @defer.inlineCallbacks
+    def test_largerReadsOnceSpliced(self):
+        """
+        Both TCP connections of a spliced pair read (and buffer before
+        pausing the other side) L{SPLICE_BUFFER} bytes at a time.
+        """
+        from meshproxy.tcp.splice import SPLICE_BUFFER
+
+        backendPort, backend = self.backend(Echo)
+        port, router, factory, registry = self.router([backendPort])
+        client = yield self.connect(port)
+        client.transport.write(b"ping")
+        yield client.waitFor(4)
+        [down] = factory.connections
+        self.assertEqual(down.transport.bufferSize, SPLICE_BUFFER)
+        self.assertEqual(down.splice.upstream.transport.bufferSize, SPLICE_BUFFER)
+        self.assertEqual(client.transport.bufferSize, 65536)
+
+    @defer.inlineCallbacks
     def test_resetAbortsTheOtherSide(self):
         """
         A client that resets its connection gets the upstream connection

@@ -43,6 +43,11 @@ __all__ = ["EARLY_BYTES", "Downstream", "Splice", "Upstream"]
 #: then sent first; past it, the client is not read until connected.
 EARLY_BYTES = 65536
 
+#: The most a spliced TCP connection reads at once, and buffers before it
+#: pauses the other side: four times Twisted's default, so that a large
+#: transfer takes a quarter of the reads, sends and pauses.
+SPLICE_BUFFER = 262144
+
 
 @implementer(IHalfCloseableProtocol)
 class End(Protocol):
@@ -441,6 +446,10 @@ class Splice:
         client = self.client
         up = upstream.transport
         down = client.transport
+        if type(up) is tcp.Client:
+            up.bufferSize = SPLICE_BUFFER
+        if type(down) is tcp.Server:
+            down.bufferSize = SPLICE_BUFFER
         upstream.gate = PauseGate(up)
         upstream.forward = writerFor(down)
         # Each side's transport pauses the other side's reading when its
