@@ -15,7 +15,8 @@ the proxy running in this process (as C{buildServices} wires it):
   - the PROXY protocol both ways against HAProxy: HAProxy sending a version
     2 header to the router, and the router sending one to an HAProxy
     accepting it (which tells an HTTP router, accepting it too, who the
-    client was).
+    client was); and curl's own header (C{--haproxy-protocol}) read
+    before the TLS handshake of an HTTPS router.
 
 Each test is skipped, saying why, when its programs are not installed;
 C{.ci/run} installs them. Every process started is stopped at the end of
@@ -617,6 +618,46 @@ class HAProxyTests(RealTestCase):
         forwarded = request.header(b"x-forwarded-for")
         self.assertEqual(forwarded.split(b",")[0].strip(), b"203.0.113.7", request.headers)
         self.assertNotIn(b"127.0.0.1", forwarded)
+
+
+class CurlTests(RealTestCase):
+    @defer.inlineCallbacks
+    def test_headerBeforeTLS(self):
+        """
+        curl's PROXY header (C{--haproxy-protocol}) comes before its TLS
+        handshake: an HTTPS router requiring one reads it first and
+        answers; without it, the connection is closed, counted.
+        """
+        from meshproxy.certs import initAuthority, issue
+
+        tools = need("curl")
+        directory = self.mktemp()
+        os.makedirs(directory)
+        initAuthority(directory)
+        server = issue(directory, "localhost", ips=("127.0.0.1",))
+        backend = BackendFactory()
+        bport = yield listenBackend(self, backend)
+        [listen] = yield self.proxy(
+            "  - name: web\n"
+            '    listen: "tcp:0:interface=127.0.0.1"\n'
+            "    rules: /svc => /#/static;\n"
+            "    tls: {certificates: [{cert: %s, key: %s}]}\n"
+            "    proxyProtocol: {accept: true, from: [127.0.0.1/32], required: true}\n"
+            % (server.cert, server.key),
+            {"hello": [bport]},
+        )
+        curl = [tools["curl"], "-sS", "--noproxy", "*", "--cacert",
+                os.path.join(directory, "ca.pem"), "-H", "Host: hello",
+                "https://127.0.0.1:%d/through" % (listen,)]
+        out, err, code = yield self.runClient(curl[:1] + ["--haproxy-protocol"] + curl[1:])
+        self.assertEqual((code, out), (0, b"ok /through"), err)
+        [request] = backend.requests
+        self.assertEqual(request.header(b"x-forwarded-for"), b"127.0.0.1")
+        out, err, code = yield self.runClient(curl)
+        self.assertNotEqual(code, 0)
+        self.assertEqual(len(backend.requests), 1)
+        errors = self.runtime.routers["web"].metrics._errors
+        self.assertEqual(errors[("web", "proxy-protocol-missing")], 1)
 
 
 class _Collect(protocol.Protocol):
