@@ -42,6 +42,20 @@ with prior knowledge, h2c) instead of wrk:
     concurrent streams per connection (C{h2load -m 100},
     C{--h2-connections} connections).
 
+With C{--l4}, layer-4 targets join the same runs, each meshproxy TCP router
+beside an HAProxy in C{mode tcp} doing the same job:
+
+  - C{haproxy-l4-big1}, C{meshproxy-l4-big1}: large transfers, one stream
+    (wrk -t1 -c1 fetching a 16 MiB file from nginx through the proxy; MB/s);
+  - C{haproxy-l4-big8}, C{meshproxy-l4-big8}: the same, eight streams;
+  - C{haproxy-l4-cps}, C{meshproxy-l4-cps}: short connections (wrk with
+    C{Connection: close}: a new connection per request), meshproxy routing
+    by rules (a destination C{/svc/hello} the rules rewrite);
+  - C{haproxy-l4-sni}, C{meshproxy-l4-sni}: short TLS connections routed by
+    the ClientHello's server name (HAProxy C{req_ssl_sni}, meshproxy's
+    C{identifier: {kind: sni}} and rules), passed through to nginx, which
+    terminates TLS (wrk resumes each slot's session).
+
 With two or more CPUs the proxy under test runs on CPU 1 and nginx and wrk on
 CPU 0 (C{taskset}), so that "one proxy core" is compared with "one proxy core";
 both proxies of a pair share CPU 1.
@@ -61,6 +75,7 @@ Usage::
     python bench/run.py --only direct,haproxy --runs 1 --duration 3
     python bench/run.py --tls --runs 3 --duration 5 --c1-runs 0
     python bench/run.py --h2 --only haproxy,meshproxy --runs 3 --duration 5
+    python bench/run.py --l4 --only haproxy,meshproxy --runs 3 --duration 5
     python bench/run.py --json bench/results/today.json
 """
 
@@ -95,6 +110,13 @@ TLS_TARGETS = (
     "haproxy-tls-full", "meshproxy-tls-full",
     "haproxy-mtls", "meshproxy-mtls",
 )
+#: What --l4 adds (see the module docstring).
+L4_TARGETS = (
+    "haproxy-l4-big1", "meshproxy-l4-big1",
+    "haproxy-l4-big8", "meshproxy-l4-big8",
+    "haproxy-l4-cps", "meshproxy-l4-cps",
+    "haproxy-l4-sni", "meshproxy-l4-sni",
+)
 #: What --telemetry adds: the plain meshproxy with tracing exported to a
 #: local receiver at 1% and 100% sampling, and with the access log on (to a
 #: file), each a ratio to the plain meshproxy of the same run.
@@ -102,7 +124,7 @@ TELEMETRY_TARGETS = ("meshproxy-trace1", "meshproxy-trace100", "meshproxy-log")
 #: What --h2 adds: h2load through HAProxy's h2 frontend and meshproxy, with 1
 #: and 100 concurrent streams per connection.
 H2_TARGETS = ("haproxy-h2", "meshproxy-h2", "haproxy-h2-m100", "meshproxy-h2-m100")
-ALL_TARGETS = TARGETS + TLS_TARGETS + TELEMETRY_TARGETS + H2_TARGETS
+ALL_TARGETS = TARGETS + TLS_TARGETS + TELEMETRY_TARGETS + H2_TARGETS + L4_TARGETS
 
 
 class Target:
@@ -119,9 +141,17 @@ class Target:
         (full TLS handshakes, no request) instead of wrk.
     @ivar streams: for an HTTP/2 target, driven by h2load instead of wrk, the
         concurrent streams per connection; else L{None}.
+    @ivar path: the path wrk fetches.
+    @ivar connections: wrk's C{-c} for this target, or L{None} for
+        C{--connections}; C{threads} likewise.
+    @ivar transfer: whether its figure is bytes per second (large
+        transfers) rather than requests.
+    @ivar hostname: the host name of its URL (a TLS target routed by the
+        server name wrk sends), or L{None} for 127.0.0.1.
     """
 
     def __init__(self, server, scheme="http", servers=(), close=False, handshakes=False,
+                 path="/", connections=None, threads=None, transfer=False, hostname=None,
                  streams=None):
         self.server = server
         self.scheme = scheme
@@ -129,6 +159,11 @@ class Target:
         self.close = close
         self.handshakes = handshakes
         self.streams = streams
+        self.path = path
+        self.connections = connections
+        self.threads = threads
+        self.transfer = transfer
+        self.hostname = hostname
 
 
 SPECS = {
@@ -150,6 +185,20 @@ SPECS = {
     "meshproxy-h2": Target("meshproxy", servers=["meshproxy"], streams=1),
     "haproxy-h2-m100": Target("haproxy-h2", servers=["haproxy-h2"], streams=100),
     "meshproxy-h2-m100": Target("meshproxy", servers=["meshproxy"], streams=100),
+    "haproxy-l4-big1": Target("haproxy-l4", servers=["haproxy-l4"], path="/big",
+                              connections=1, threads=1, transfer=True),
+    "meshproxy-l4-big1": Target("meshproxy-l4", servers=["meshproxy-l4"], path="/big",
+                                connections=1, threads=1, transfer=True),
+    "haproxy-l4-big8": Target("haproxy-l4", servers=["haproxy-l4"], path="/big",
+                              connections=8, threads=2, transfer=True),
+    "meshproxy-l4-big8": Target("meshproxy-l4", servers=["meshproxy-l4"], path="/big",
+                                connections=8, threads=2, transfer=True),
+    "haproxy-l4-cps": Target("haproxy-l4", servers=["haproxy-l4"], close=True),
+    "meshproxy-l4-cps": Target("meshproxy-l4", servers=["meshproxy-l4"], close=True),
+    "haproxy-l4-sni": Target("haproxy-l4-sni", "https", ["haproxy-l4-sni"], close=True,
+                             hostname="localhost"),
+    "meshproxy-l4-sni": Target("meshproxy-l4-sni", "https", ["meshproxy-l4-sni"], close=True,
+                               hostname="localhost"),
 }
 
 #: The ratios reported (a/b), when both targets were measured.
@@ -171,6 +220,10 @@ RATIOS = (
     ("meshproxy-h2-m100", "haproxy-h2-m100"),
     ("meshproxy-h2", "meshproxy"),
     ("haproxy-h2", "haproxy"),
+    ("meshproxy-l4-big1", "haproxy-l4-big1"),
+    ("meshproxy-l4-big8", "haproxy-l4-big8"),
+    ("meshproxy-l4-cps", "haproxy-l4-cps"),
+    ("meshproxy-l4-sni", "haproxy-l4-sni"),
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -199,14 +252,97 @@ events { worker_connections 4096; }
 http {
     access_log off;
     keepalive_requests 1000000;
+    sendfile on;
 $temp_paths
     server {
         listen $listen;
         location / { return 200 "hello\\n"; }
+        location = /big { alias $tmp/www/big.bin; default_type application/octet-stream; }
     }
+$servers
 }
 """
 )
+
+# With --l4: nginx terminating TLS for the SNI targets, the bench's server
+# certificate (for localhost), sessions resumed as wrk asks.
+NGINX_TLS_SERVER = string.Template(
+    """    server {
+        listen $listen ssl;
+        ssl_certificate $certs/server.pem;
+        ssl_certificate_key $certs/server.key;
+        ssl_session_cache shared:bench:1m;
+        location / { return 200 "hello\\n"; }
+    }
+"""
+)
+
+#: The size of the file the large-transfer targets fetch.
+BIG_FILE_BYTES = 16 * 1024 * 1024
+
+# HAProxy in tcp mode on one thread: the layer-4 baseline.
+HAPROXY_L4_CONF = string.Template(
+    """global
+    nbthread 1
+    maxconn 8000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend fe
+    bind $listen
+    default_backend be
+backend be
+    server s1 $backend
+"""
+)
+
+# HAProxy routing TLS connections by the ClientHello's server name.
+HAPROXY_L4_SNI_CONF = string.Template(
+    """global
+    nbthread 1
+    maxconn 8000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend fe
+    bind $listen
+    tcp-request inspect-delay 5s
+    tcp-request content accept if { req_ssl_hello_type 1 }
+    use_backend be if { req_ssl_sni -i localhost }
+backend be
+    server s1 $backend
+"""
+)
+
+# meshproxy's TCP router: a destination the rules rewrite.
+MESHPROXY_L4_CONF = """\
+admin: {listen: "tcp:$adminport:interface=$loopback"}
+namers:
+  - {kind: static, prefix: /#/static, services: {hello: ["$loopback:$nginxport"]}}
+routers:
+  - name: bench
+    protocol: tcp
+    listen: "tcp:$port:interface=$loopback:backlog=1024"
+    destination: /svc/hello
+    rules: "/svc => /#/static;"
+"""
+
+# meshproxy's TCP router routing by SNI, passing TLS through to nginx.
+MESHPROXY_L4_SNI_CONF = """\
+admin: {listen: "tcp:$adminport:interface=$loopback"}
+namers:
+  - {kind: static, prefix: /#/static, services: {tls: ["$loopback:$nginxport"]}}
+routers:
+  - name: bench
+    protocol: tcp
+    listen: "tcp:$port:interface=$loopback:backlog=1024"
+    identifier: {kind: sni}
+    rules: "/svc/localhost => /#/static/tls;"
+"""
 
 # HAProxy in http mode on one thread, keeping upstream connections (the
 # baseline every meshproxy figure is a ratio to), with the two addresses
@@ -592,18 +728,21 @@ def free_ports(n):
             s.close()
 
 
-def http_get(port, path="/", host=HOST_HEADER, timeout=2.0, tls=None):
+def http_get(port, path="/", host=HOST_HEADER, timeout=2.0, tls=None, hostname=None):
     """
     Send one GET to C{127.0.0.1:port} and return C{(status, body)}.
 
     @param tls: an L{ssl.SSLContext} for https (which verifies the server's
         certificate), or L{None} for http.
+    @param hostname: the name to connect to instead of 127.0.0.1 (sent by
+        SNI over https: C{localhost}, which /etc/hosts maps to 127.0.0.1).
     @raise OSError: or L{http.client.HTTPException} if no answer came.
     """
+    address = hostname or LOOPBACK
     if tls is None:
-        conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+        conn = http.client.HTTPConnection(address, port, timeout=timeout)
     else:
-        conn = http.client.HTTPSConnection(LOOPBACK, port, timeout=timeout, context=tls)
+        conn = http.client.HTTPSConnection(address, port, timeout=timeout, context=tls)
     try:
         conn.request("GET", path, headers={"Host": host})
         response = conn.getresponse()
@@ -612,7 +751,7 @@ def http_get(port, path="/", host=HOST_HEADER, timeout=2.0, tls=None):
         conn.close()
 
 
-def wait_ready(proc, port, path, timeout, what, host=HOST_HEADER, tls=None):
+def wait_ready(proc, port, path, timeout, what, host=HOST_HEADER, tls=None, hostname=None):
     """
     Poll C{GET path} on C{port} every 0.1 s until it answers 200.
 
@@ -638,7 +777,7 @@ def wait_ready(proc, port, path, timeout, what, host=HOST_HEADER, tls=None):
             )
         try:
             status, _ = http_get(port, path, host=host, timeout=min(1.0, max(remaining, 0.05)),
-                                 tls=tls)
+                                 tls=tls, hostname=hostname)
         except (OSError, http.client.HTTPException) as e:
             last = f"{type(e).__name__}: {e}"
         else:
@@ -651,6 +790,7 @@ def wait_ready(proc, port, path, timeout, what, host=HOST_HEADER, tls=None):
 # --- wrk ------------------------------------------------------------------
 
 _TIME_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_BYTE_UNITS = {"B": 1, "KB": 1024, "MB": 1024 ** 2, "GB": 1024 ** 3}
 _TIME = r"[0-9.]+(?:us|ms|s|m|h)"
 
 
@@ -695,6 +835,9 @@ def parse_wrk(output):
         errors["non_2xx_3xx"] = int(non2xx.group(1))
     result["errors"] = errors
     result["error_total"] = sum(errors.values())
+    transfer = re.search(r"^Transfer/sec:\s+([0-9.]+)([KMG]?B)", output, re.M)
+    result["bytes_per_s"] = (
+        float(transfer.group(1)) * _BYTE_UNITS[transfer.group(2)] if transfer else None)
     return result
 
 
@@ -800,8 +943,24 @@ class Bench:
         for proc in reversed(self.procs):
             proc.stop()
 
-    def start_nginx(self, port):
+    def start_nginx(self, port, tls_port=None, certs=None):
+        """
+        Start nginx on the load CPU: plain on C{port} (and the large file
+        at C{/big}), and with TLS on C{tls_port} when given.
+        """
         nginx = self.tools["nginx"]
+        # nginx's workers run as nobody when started as root: the large file
+        # is in a directory they can reach (the temp dir itself is 0700).
+        www = self.tmp / "www"
+        www.mkdir(mode=0o755, exist_ok=True)
+        os.chmod(self.tmp, 0o711)
+        big = www / "big.bin"
+        with open(big, "wb") as f:
+            f.write(os.urandom(1024 * 1024) * (BIG_FILE_BYTES // (1024 * 1024)))
+        os.chmod(big, 0o644)
+        servers = ""
+        if tls_port is not None:
+            servers = NGINX_TLS_SERVER.substitute(listen=f"{LOOPBACK}:{tls_port}", certs=certs)
         built = subprocess.run([nginx, "-V"], capture_output=True, text=True).stderr
         temp_paths = [f"    client_body_temp_path {self.tmp}/nginx-body;",
                       f"    proxy_temp_path {self.tmp}/nginx-proxy;"]
@@ -811,7 +970,8 @@ class Bench:
                 temp_paths.append(f"    {module}_temp_path {self.tmp}/nginx-{module};")
         conf = self.tmp / "nginx.conf"
         conf.write_text(NGINX_CONF.substitute(
-            tmp=self.tmp, listen=f"{LOOPBACK}:{port}", temp_paths="\n".join(temp_paths)))
+            tmp=self.tmp, listen=f"{LOOPBACK}:{port}", temp_paths="\n".join(temp_paths),
+            servers=servers))
         proc = self.spawn(
             "nginx",
             # -e: the error log to use before the config is read (else stderr/var/log).
@@ -820,9 +980,13 @@ class Bench:
             extra_logs=[self.tmp / "nginx-error.log"],
         )
         wait_ready(proc, port, "/", self.args.ready_timeout, "nginx")
+        if tls_port is not None:
+            wait_ready(proc, tls_port, "/", self.args.ready_timeout, "nginx (TLS)",
+                       tls=self.tls, hostname="localhost")
         return proc
 
-    def start_haproxy(self, name, template, port, backend_port, tls=None, h2=False, **values):
+    def start_haproxy(self, name, template, port, backend_port, tls=None, h2=False,
+                      hostname=None, **values):
         """
         Start one HAProxy, on the proxy CPU, and wait until it answers.
 
@@ -842,7 +1006,8 @@ class Bench:
         if h2:
             self.wait_ready_h2(proc, port, name)
         else:
-            wait_ready(proc, port, "/", self.args.ready_timeout, name, tls=tls)
+            wait_ready(proc, port, "/", self.args.ready_timeout, name, tls=tls,
+                       hostname=hostname)
         return proc
 
     def h2_get(self, port):
@@ -938,11 +1103,12 @@ class Bench:
         for target in args.only:
             needed.update(SPECS[target].servers)
         meshproxies = [n for n in ("meshproxy", "meshproxy-tls", "meshproxy-in", "meshproxy-out",
-                                   *TELEMETRY_TARGETS)
+                                   *TELEMETRY_TARGETS, "meshproxy-l4", "meshproxy-l4-sni")
                        if n in needed]
         tracing = bool(needed & {"meshproxy-trace1", "meshproxy-trace100"})
+        sni = bool(needed & {"haproxy-l4-sni", "meshproxy-l4-sni"})
         names = ["nginx", *sorted(needed), *(f"{n}-admin" for n in meshproxies),
-                 *(["receiver"] if tracing else [])]
+                 *(["receiver"] if tracing else []), *(["nginx-tls"] if sni else [])]
         self.ports = dict(zip(names, free_ports(len(names)), strict=True))
         # The plain meshproxy's admin port keeps its name (JSON of earlier runs).
         if "meshproxy-admin" in self.ports:
@@ -953,12 +1119,12 @@ class Bench:
         nginx = ports["nginx"]
 
         say(f"starting servers in {self.tmp} ...")
-        proc = self.start_nginx(nginx)
-        meta["affinity"] = {"nginx": allowed_cpus(proc.pid)}
         certs = None
-        if needed & {"haproxy-tls", "meshproxy-tls", "haproxy-in", "meshproxy-in"}:
+        if needed & {"haproxy-tls", "meshproxy-tls", "haproxy-in", "meshproxy-in"} or sni:
             certs = self.make_certs()
             say(f"certificates made with meshproxy.certs in {certs}")
+        proc = self.start_nginx(nginx, ports.get("nginx-tls"), certs)
+        meta["affinity"] = {"nginx": allowed_cpus(proc.pid)}
         if tracing:
             receiver = self.spawn("receiver", self.pinned(LOAD_CPU, [
                 sys.executable, "-c", SPAN_RECEIVER, str(ports["receiver"])]))
@@ -1003,6 +1169,17 @@ class Bench:
                 "meshproxy-log", ACCESS_LOG_CONF, ports["meshproxy-log"],
                 ports["meshproxy-log-admin"], nginxport=nginx,
                 logpath=self.tmp / "access.log"),
+            "haproxy-l4": lambda: self.start_haproxy(
+                "haproxy-l4", HAPROXY_L4_CONF, ports["haproxy-l4"], nginx),
+            "meshproxy-l4": lambda: self.start_meshproxy(
+                "meshproxy-l4", MESHPROXY_L4_CONF, ports["meshproxy-l4"],
+                ports["meshproxy-l4-admin"], nginxport=nginx),
+            "haproxy-l4-sni": lambda: self.start_haproxy(
+                "haproxy-l4-sni", HAPROXY_L4_SNI_CONF, ports["haproxy-l4-sni"],
+                ports["nginx-tls"], tls=self.tls, hostname="localhost"),
+            "meshproxy-l4-sni": lambda: self.start_meshproxy(
+                "meshproxy-l4-sni", MESHPROXY_L4_SNI_CONF, ports["meshproxy-l4-sni"],
+                ports["meshproxy-l4-sni-admin"], nginxport=ports.get("nginx-tls")),
         }
         for name, start in starts.items():
             if name in needed:
@@ -1026,7 +1203,8 @@ class Bench:
             return
         try:
             status, body = http_get(port, timeout=5.0,
-                                    tls=self.tls if spec.scheme == "https" else None)
+                                    tls=self.tls if spec.scheme == "https" else None,
+                                    hostname=spec.hostname)
         except (OSError, http.client.HTTPException) as e:
             raise HarnessError(f"sanity request to {target} failed: {type(e).__name__}: {e}",
                                self.procs) from e
@@ -1044,8 +1222,9 @@ class Bench:
         @return: the parsed result (see L{parse_wrk}) plus CPU figures.
         """
         spec = SPECS[target]
-        url = f"{spec.scheme}://{LOOPBACK}:{self.ports[spec.server]}/"
-        assert url.startswith((f"http://{LOOPBACK}:", f"https://{LOOPBACK}:")), url
+        host = spec.hostname or LOOPBACK
+        url = f"{spec.scheme}://{host}:{self.ports[spec.server]}{spec.path}"
+        assert url.startswith((f"http://{host}:", f"https://{host}:")), url
         # Connection: close makes every request a new connection; over https
         # wrk resumes the slot's previous TLS session (it keeps it across
         # SSL_clear), so these are resumed handshakes.
@@ -1198,6 +1377,9 @@ class Bench:
                 f"  {result['cpu_us_per_req']:.1f} CPU us/req"
                 + (f"  ERRORS {result['errors']}" if result["flagged"] else ""))
             return result
+        spec = SPECS[target]
+        threads = spec.threads or threads
+        connections = spec.connections or connections
         if SPECS[target].handshakes:
             if self.args.warmup > 0:
                 self.handshakes(target, self.args.warmup)
@@ -1211,6 +1393,11 @@ class Bench:
         result = self.wrk(target, threads, connections, self.args.duration)
         self.check_alive()
         cpu = result["cpu_us_per_req"]
+        if spec.transfer:
+            say(f"  {label} {target:<18} {fmt_mb(result['bytes_per_s']):>10} MB/s"
+                f"  {result['proxy_cpu_util'] * 100:.0f}% proxy CPU"
+                + (f"  ERRORS {result['errors']}" if result["flagged"] else ""))
+            return result
         say(f"  {label} {target:<18} {result['rps']:>10,.0f} rps  p50 {fmt_ms(result['p50_ms'])} ms"
             f"  p99 {fmt_ms(result['p99_ms'])} ms"
             + (f"  {cpu:.1f} CPU us/req" if cpu is not None else "")
@@ -1245,9 +1432,11 @@ class Bench:
         for run in range(1, args.c1_runs + 1):
             say(f"concurrency 1, run {run}/{args.c1_runs}: wrk -t1 -c1 -d{args.duration}s")
             for target in args.only:
-                if SPECS[target].handshakes or SPECS[target].streams is not None:
-                    # No request, no latency (handshakes); or HTTP/2, whose
-                    # one-at-a-time figure is the -m 1 target's own.
+                if (SPECS[target].handshakes or SPECS[target].streams is not None
+                        or SPECS[target].transfer):
+                    # No request, no latency (handshakes); HTTP/2, whose
+                    # one-at-a-time figure is the -m 1 target's own; or a
+                    # transfer's throughput.
                     continue
                 result = self.measure(target, 1, 1, f"[c1 {run}]")
                 result["run"] = run
@@ -1323,6 +1512,7 @@ class Bench:
                     "p50_ms": median(r["p50_ms"] for r in runs),
                     "p99_ms": median(r["p99_ms"] for r in runs),
                     "cpu_us_per_req": median(r["cpu_us_per_req"] for r in runs),
+                    "bytes_per_s": median(r.get("bytes_per_s") for r in runs),
                     "rps_spread": (
                         (max(r["rps"] for r in runs) - min(r["rps"] for r in runs))
                         / median(r["rps"] for r in runs)
@@ -1336,7 +1526,7 @@ class Bench:
             if a in summary and b in summary:
                 res["ratios"][f"{a}/{b}"] = {
                     key: ratio(summary[a][key], summary[b][key])
-                    for key in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req")
+                    for key in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "bytes_per_s")
                 }
         c1 = res["c1_summary"]
         for a, b in RATIOS:
@@ -1366,6 +1556,10 @@ def fmt_ms(value):
 
 def fmt_num(value, spec):
     return "–" if value is None else format(value, spec)
+
+
+def fmt_mb(value):
+    return "–" if value is None else f"{value / 1e6:,.0f}"
 
 
 def fmt_ratio(value):
@@ -1404,6 +1598,21 @@ def print_report(results, args, out=sys.stdout):
           f" {args.connections} connections; -h2-m100: 100 concurrent streams on each of"
           f" {args.h2_connections} connections; HAProxy's frontend is `proto h2`, meshproxy's is"
           " its HTTP listener; both speak HTTP/1.1 to nginx)")
+    transfers = [t for t in args.only if SPECS[t].transfer and results["summary"].get(t)]
+    if transfers:
+        p()
+        p(f"{'large transfers':<18} {'median MB/s':>11} {'proxy CPU':>10}")
+        for target in transfers:
+            runs = results["targets"][target]["runs"]
+            util = median(r["proxy_cpu_util"] for r in runs)
+            p(f"{target:<18} {fmt_mb(results['summary'][target]['bytes_per_s']):>11} "
+              f"{fmt_num(util and util * 100, '.0f'):>9}%")
+        p(f"(a {BIG_FILE_BYTES // 2 ** 20} MiB file from nginx: big1 one stream, wrk -t1 -c1;"
+          " big8 eight, wrk -t2 -c8; MB = 10^6 bytes)")
+    if any(t in L4_TARGETS for t in args.only):
+        p("(-l4-cps: new connection per request through a TCP router, meshproxy routing by"
+          " rules; -l4-sni: the same over TLS, routed by the ClientHello's server name and"
+          " passed through to nginx)")
     if any(t in TLS_TARGETS for t in args.only):
         p("(-tls: TLS terminated on keep-alive connections; -tls-hs: Connection: close, a new"
           " connection per request, its TLS session resumed by wrk; -tls-full: full TLS"
@@ -1419,10 +1628,11 @@ def print_report(results, args, out=sys.stdout):
 
     if results["ratios"]:
         p()
-        p(f"{'ratio of medians':<32} {'rps':>7} {'p50':>7} {'p99':>7} {'CPU/req':>8}")
+        p(f"{'ratio of medians':<36} {'rps':>7} {'p50':>7} {'p99':>7} {'CPU/req':>8} {'MB/s':>7}")
         for name, r in results["ratios"].items():
-            p(f"{name:<32} {fmt_ratio(r['rps']):>7} {fmt_ratio(r['p50_ms']):>7} "
-              f"{fmt_ratio(r['p99_ms']):>7} {fmt_ratio(r['cpu_us_per_req']):>8}")
+            p(f"{name:<36} {fmt_ratio(r['rps']):>7} {fmt_ratio(r['p50_ms']):>7} "
+              f"{fmt_ratio(r['p99_ms']):>7} {fmt_ratio(r['cpu_us_per_req']):>8} "
+              f"{fmt_ratio(r.get('bytes_per_s')):>7}")
         p("(rps below 1x = fewer requests/s than the baseline; latency and CPU above 1x = worse)")
     if "spans_received" in results:
         p(f"spans received by the bench's Zipkin receiver: {results['spans_received']:,}")
@@ -1508,6 +1718,9 @@ def parse_args(argv):
                              + " (default: " + ",".join(TARGETS) + ")")
     parser.add_argument("--tls", action="store_true",
                         help="also measure the TLS targets: " + ",".join(TLS_TARGETS))
+    parser.add_argument("--l4", action="store_true",
+                        help="also measure the layer-4 targets (TCP routers against HAProxy"
+                             " mode tcp): " + ",".join(L4_TARGETS))
     parser.add_argument("--telemetry", action="store_true",
                         help="add meshproxy with tracing at 1%% and 100%% sampling (to a local"
                              " receiver) and with the access log on, as ratios to meshproxy")
@@ -1546,6 +1759,8 @@ def parse_args(argv):
         only += ["meshproxy", *TELEMETRY_TARGETS]
     if args.h2:
         only += H2_TARGETS
+    if args.l4:
+        only += L4_TARGETS
     args.only = [t for t in ALL_TARGETS if t in only]
     for name in ("runs", "duration", "connections", "threads"):
         if getattr(args, name) < 1:

@@ -278,12 +278,7 @@ def resetRules(router: str, configPath: str | None, out: TextIO, err: TextIO) ->
             % (configPath, router, ", ".join(routers) or "none")
         )
         return 1
-    if found.protocol != "http":
-        err.write(
-            "meshproxy rules reset: router %s is a %s router: it has no rules\n"
-            % (router, found.protocol.upper())
-        )
-        return 1
+    # (HTTP and TCP routers alike have rules the admin API may have saved)
     path = rulesStatePath(stateDirectory(config, configPath), router)
     try:
         os.remove(path)

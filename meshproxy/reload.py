@@ -429,7 +429,7 @@ class _Retiring(Service):
 
         @return: a Deferred firing once the router is stopped.
         """
-        busy = _tcpBusy if router.rules is None else _httpBusy
+        busy = _tcpBusy if router.config.protocol == "tcp" else _httpBusy
         deadline = self._clock.seconds() + limit
         done: Deferred[None] = Deferred()
 
@@ -1025,7 +1025,7 @@ class Reloader:
             if action == UPDATED:
                 rules, policy = staged.inPlace[name]
                 if rules is not None:
-                    parts.router.rules.setRules(*rules)  # type: ignore[union-attr]
+                    parts.router.rules.setRules(*rules)
                 if policy is not _UNCHANGED:
                     parts.router.policy = policy
             elif action == REBUILT:

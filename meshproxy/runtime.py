@@ -525,6 +525,7 @@ def buildRouter(
             reactor=reactor,
             metrics=metrics,
             balancerFactory=balancerFactory(routerConfig.loadBalancer, reactor),
+            rulesAllowInet=rulesAllowInet,
         )
         return tcp, TcpServerFactory(tcp), ()
     router = HttpRouter(
@@ -642,9 +643,13 @@ def routerParts(
         listening, server = _terminateTLS(router, tlsConfig, factory, protocols, reactor, watches)
         # (_terminateTLS adds the _WatchService of the listener's files)
         [tlsWatch] = watches
+    from meshproxy.transport.preamble import PreambleFactory
+
     listener = _ListenerService(
         serverFromString(reactor, _endpointString(listen)),
-        listening,
+        # What its router reads first (a PROXY header, a ClientHello), in
+        # front of its TLS; asked of the router in force at each connection.
+        PreambleFactory(factory, listening, clock=reactor),
         owner="router %s" % (router.name,),
         listen=routerConfig.listen,
         name=router.name,
@@ -705,7 +710,7 @@ def addStores(
             router=name, path=policyStore.path,
         )
     if router.rules is None:
-        # A TCP router has no rules: the admin API answers 404 for them.
+        # A router without rules: the admin API answers 404 for them.
         return
     store = runtime.rulesStores[name] = RulesStore(
         RulesSlot(runtime, name), stateDir=stateDir, clock=clock

@@ -129,7 +129,7 @@ def _checkSupported(config: MeshConfig) -> None:
     prefixes = [Path.read(n.prefix) for n in config.namers]
     for i, router in enumerate(config.routers):
         if router.protocol != "http":
-            # A TCP router has no rules; the loader checked its destination
+            # The loader checked a TCP router's rules and destination
             # against the namers.
             continue
         try:

@@ -844,7 +844,7 @@ routers:
             f.write(self.CONFIG)
         runtime = self.build(path)
         self.assertEqual(sorted(runtime.policyStores), ["db", "web"])
-        self.assertEqual(sorted(runtime.rulesStores), ["web"])
+        self.assertEqual(sorted(runtime.rulesStores), ["db", "web"])
         self.assertEqual(
             runtime.policyStores["web"].current()[0],
             {"default": "deny", "rules": [{"callers": ["authenticated"], "names": [],

@@ -637,10 +637,10 @@ class ErrorFormTests(SynchronousTestCase, ErrorAssertions):
         A key meant for another kind or protocol is named as such.
         """
         self.assertEqual(
-            self.routerErrors("rules: '/a => /b;'\nretries: {}", protocol="tcp")[:2],
+            self.routerErrors("server: {}\nforwarded: true", protocol="tcp")[:2],
             [
-                'routers[0].rules: only for protocol "http"',
-                'routers[0].retries: only for protocol "http"',
+                'routers[0].server: only for protocol "http"',
+                'routers[0].forwarded: only for protocol "http"',
             ],
         )
         self.assertEqual(
@@ -890,7 +890,7 @@ class ErrorFormTests(SynchronousTestCase, ErrorAssertions):
             self.routerErrors("destination: /svc/pg", protocol="tcp"),
             [
                 'routers[0].destination: expected a bound name like "/#/fs/users"'
-                ' or "/$/inet/<host>/<port>", got "/svc/pg"'
+                ' or "/$/inet/<host>/<port>", got "/svc/pg" (or give rules that rewrite it)'
             ],
         )
 
@@ -1022,12 +1022,11 @@ class TcpRouterTests(SynchronousTestCase, ErrorAssertions):
     def test_httpKeysStillRefused(self) -> None:
         self.assertEqual(
             self.routerErrors(
-                "destination: /#/static/pg\nidentifier: {}\nserver: {}\nclient: {}\n"
+                "destination: /#/static/pg\nserver: {}\nclient: {}\n"
                 "forwarded: true",
                 protocol="tcp",
             ),
             [
-                'routers[0].identifier: only for protocol "http"',
                 'routers[0].server: only for protocol "http"',
                 'routers[0].client: only for protocol "http"',
                 'routers[0].forwarded: only for protocol "http"',
@@ -1169,7 +1168,6 @@ class ClassifierTests(SynchronousTestCase, ErrorAssertions):
                 'routers[0].classifier: only for protocol "http"',
                 'routers[0].limits: only for protocol "http"',
                 'routers[0].trust: only for protocol "http"',
-                'routers[0].boundNames: only for protocol "http"',
             ],
         )
 
@@ -2269,6 +2267,8 @@ class JSONSchemaTests(SynchronousTestCase):
             MINIMAL + "namers: [{kind: static, services: {a: ['127.0.0.1:1'], b: }}]\n",
             "routers: [{name: db, protocol: tcp, listen: 'tcp:1', destination: /$/inet/h/1,"
             " timeouts: {connect: 1s}}]",
+            "routers: [{name: db, protocol: tcp, listen: 'tcp:1', identifier: {kind: sni},"
+            " rules: '/svc => /$/inet/h/1;', retries: {backoffMax: 1s}}]",
         ]:
             parseConfig(yamlText(text))
             self.assertTrue(self.valid(text), text)
@@ -2290,7 +2290,11 @@ class JSONSchemaTests(SynchronousTestCase):
             "routers: [{name: db, protocol: tcp, listen: 'tcp:1', destination: /$/inet/h/1,"
             " timeouts: {total: 1s}}]",
             "routers: [{name: db, protocol: tcp, listen: 'tcp:1', destination: /$/inet/h/1,"
-            " rules: ''}]",
+            " retries: {maxRetries: 1}}]",
+            "routers: [{name: db, protocol: tcp, listen: 'tcp:1', destination: /$/inet/h/1,"
+            " identifier: {kind: sni}}]",
+            "routers: [{name: db, protocol: tcp, listen: 'tcp:1', identifier: {kind: host}}]",
+            MINIMAL + "    identifier: {kind: sni}\n",
             MINIMAL + "source: x\n",
         ]:
             self.assertRaises(ConfigError, parseConfig, yamlText(text))

@@ -194,5 +194,8 @@ class SecurityConfigTests(SynchronousTestCase):
         self.assertEqual(router.identifier.kind, "clientIdentity")
         self.assertEqual(
             self.errors(routerWith("identifier: {kind: clientIdentity, prefix: /svc}\n")),
-            ['routers[0].identifier.prefix: only for kind "host" or kind "path" or kind "header"'],
+            [
+                'routers[0].identifier.prefix: only for kind "host" or kind "path" or kind "header"'
+                ' or kind "sni"'
+            ],
         )

@@ -317,7 +317,7 @@ class DashboardInBrowserTests(TestCase):
             " rows: s.querySelectorAll('table.traffic tbody tr').length}; })()"
         )
         self.assertEqual(db, {
-            "pill": "tcp", "rulesShown": False, "destination": "Destination/#/static/world",
+            "pill": "tcp", "rulesShown": True, "destination": "Destination/#/static/world",
             "rows": 1,
         })
         # Every table has the same column widths.
@@ -328,12 +328,13 @@ class DashboardInBrowserTests(TestCase):
         self.assertGreaterEqual(len(widths), 4)
         self.assertEqual(len(set(widths)), 1, widths)
 
-        # Explain defaults to the HTTP router, though "db" sorts first.
+        # Explain defaults to the HTTP router, though "db" sorts first; the
+        # TCP router explains too.
         choices = yield page.evaluate(
             "(() => { const s = document.getElementById('explain-router');"
             " return {value: s.value, options: Array.from(s.options).map(o => o.value)}; })()"
         )
-        self.assertEqual(choices, {"value": "web", "options": ["web"]})
+        self.assertEqual(choices, {"value": "web", "options": ["web", "db"]})
         yield page.evaluate(
             'document.getElementById("explain-name").value = "/svc/greet";'
             'document.getElementById("explain-go").click(); true'

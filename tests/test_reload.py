@@ -535,7 +535,7 @@ class RebuildTests(ReloadTestCase):
         # the new destination.
         self.assertEqual(upstream(proxy.get(spliced)), b"a")
         self.assertEqual(upstream(proxy.get(proxy.connect("db"))), b"b")
-        self.assertIsNone(old._client)
+        self.assertEqual(old.destinations(), [])
 
     def test_replacedNamerStoppedOnceTheOldRouterIs(self):
         self.a.handler = delayedHandler(self.network, 1.0, b"a")

@@ -352,15 +352,19 @@ class TcpRouterServiceTests(SynchronousTestCase):
 
     def test_builtWithListener(self):
         """
-        The TCP router listens on its own port, is in the runtime's routers,
-        and gets no rules store.
+        The TCP router listens on its own port (behind what reads a
+        connection's preamble), is in the runtime's routers, and gets a
+        rules store as an HTTP router does.
         """
         from meshproxy.tcp.router import TcpRouter, TcpServerFactory
+        from meshproxy.transport.preamble import PreambleFactory
 
         reactor, runtime, services = self.build()
         ports = sorted(port for port, factory, backlog, interface in reactor.tcpServers)
         self.assertEqual(ports, [4141, 5433, 9991])
-        [factory] = [f for port, f, _, _ in reactor.tcpServers if port == 5433]
+        [front] = [f for port, f, _, _ in reactor.tcpServers if port == 5433]
+        self.assertIsInstance(front, PreambleFactory)
+        factory = front.routerFactory
         self.assertIsInstance(factory, TcpServerFactory)
         router = runtime.routers["db"]
         self.assertIsInstance(router, TcpRouter)
@@ -368,7 +372,7 @@ class TcpRouterServiceTests(SynchronousTestCase):
         self.assertEqual(
             (router.connectTimeout, router.connectRetries, router.idleTimeout), (1.0, 1, 600.0)
         )
-        self.assertEqual(sorted(runtime.rulesStores), ["web"])
+        self.assertEqual(sorted(runtime.rulesStores), ["db", "web"])
         self.assertTrue(runtime.isReady())
         state = router.state()
         self.assertEqual(state["protocol"], "tcp")
@@ -381,8 +385,8 @@ class TcpRouterServiceTests(SynchronousTestCase):
 
     def test_adminApi(self):
         """
-        The admin API shows the TCP router's state, drains its endpoints,
-        and answers 404 for the rules it does not have.
+        The admin API shows the TCP router's state and rules, and drains
+        its endpoints.
         """
         import json
 
@@ -400,9 +404,9 @@ class TcpRouterServiceTests(SynchronousTestCase):
         code, body = request("GET", "/admin/state")
         self.assertEqual(code, 200)
         self.assertEqual(body["routers"]["db"]["destination"], "/#/static/pg")
-        code, body = request("GET", "/admin/routers/db/rules")
-        self.assertEqual(code, 404)
-        self.assertIn("does not support", body["error"])
+        response = self.successResultOf(client.get(base + "/admin/routers/db/rules"))
+        self.assertEqual(response.code, 200)
+        self.assertEqual(self.successResultOf(client.content(response)), b"")
         code, body = request(
             "POST",
             "/admin/endpoints/drain",
@@ -425,7 +429,8 @@ class TcpRouterServiceTests(SynchronousTestCase):
         from twisted.python.failure import Failure
 
         reactor, runtime, services = self.build()
-        [factory] = [f for port, f, _, _ in reactor.tcpServers if port == 5433]
+        [front] = [f for port, f, _, _ in reactor.tcpServers if port == 5433]
+        factory = front.routerFactory
         conn = factory.buildProtocol(None)
         transport = StringTransport()
         aborted = []
@@ -1008,8 +1013,8 @@ class ListenerTests(SynchronousTestCase):
 
 class SavedRulesLineTests(SynchronousTestCase):
     """
-    At start, each HTTP router says where rules changed through the admin
-    API are kept and how to go back to the config's.
+    At start, each router (HTTP and TCP) says where rules changed through
+    the admin API are kept and how to go back to the config's.
     """
 
     def test_whereAndHowBack(self):
@@ -1027,18 +1032,20 @@ class SavedRulesLineTests(SynchronousTestCase):
         logged = _capture(self)
         _, services = buildServices(loadConfig(path), reactor=MemoryReactorClock(), configPath=path)
         self.assertEqual(logged(), [
-            "router web: rules changed through the admin API will be saved in %s and win"
+            "router %s: rules changed through the admin API will be saved in %s and win"
             " over the config's at the next start (undo: \"%s\", or delete that file,"
-            " then restart)" % (state, command),
+            " then restart)" % (name, os.path.join(directory, "rules-%s.json" % (name,)),
+                                "meshproxy rules reset %s --config %s" % (name, path))
+            for name in ("web", "db")
         ])
         runtime = services[0]
         runtime.rulesStores["web"].replace("/svc => /#/static;\n/x => /#/static;\n", "*", "test")
         buildServices(loadConfig(path), reactor=MemoryReactorClock(), configPath=path)
-        self.assertEqual(logged(), [
+        self.assertEqual(logged()[0], (
             "router web: using the rules saved through the admin API in %s, not the"
             " config's; to go back to the config's rules, run \"%s\" (or delete that"
-            " file) and restart" % (state, command),
-        ])
+            " file) and restart" % (state, command)
+        ))
 
     def test_demoKeepsThemInMemory(self):
         logged = _capture(self)

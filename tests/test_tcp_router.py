@@ -342,7 +342,9 @@ class SpliceTests(MemoryTestCase):
         [endpoint] = state["boundNames"]["/#/static/svc"]["endpoints"]
         self.assertEqual(endpoint["address"], "127.0.0.1:%d" % (backendPort,))
         self.assertEqual(endpoint["pending"], 1)
-        self.assertEqual(endpoint["connections"], {"open": 1, "connecting": 0})
+        self.assertEqual(
+            endpoint["connections"], {"open": 1, "connecting": 0, "opened": 1, "closed": 0}
+        )
         client.transport.loseConnection()
         self.network.flush()
         self.assertIsInstance(self.successResultOf(client.lost), ConnectionDone)
@@ -353,7 +355,9 @@ class SpliceTests(MemoryTestCase):
         self.assertEqual(
             (endpoint["pending"], endpoint["requests"], endpoint["successes"]), (0, 1, 1)
         )
-        self.assertEqual(endpoint["connections"], {"open": 0, "connecting": 0})
+        self.assertEqual(
+            endpoint["connections"], {"open": 0, "connecting": 0, "opened": 1, "closed": 1}
+        )
         self.assertEqual(
             registry.get_sample_value(
                 "meshproxy_server_connections_opened_total", {"router": "db"}
@@ -764,6 +768,24 @@ class LoopbackSpliceTests(LoopbackTestCase):
         self.assertEqual(endpoint["pending"], 0)
 
     @defer.inlineCallbacks
+    def test_largerReadsOnceSpliced(self):
+        """
+        Both TCP connections of a spliced pair read (and buffer before
+        pausing the other side) L{SPLICE_BUFFER} bytes at a time.
+        """
+        from meshproxy.tcp.splice import SPLICE_BUFFER
+
+        backendPort, backend = self.backend(Echo)
+        port, router, factory, registry = self.router([backendPort])
+        client = yield self.connect(port)
+        client.transport.write(b"ping")
+        yield client.waitFor(4)
+        [down] = factory.connections
+        self.assertEqual(down.transport.bufferSize, SPLICE_BUFFER)
+        self.assertEqual(down.splice.upstream.transport.bufferSize, SPLICE_BUFFER)
+        self.assertEqual(client.transport.bufferSize, 65536)
+
+    @defer.inlineCallbacks
     def test_resetAbortsTheOtherSide(self):
         """
         A client that resets its connection gets the upstream connection
@@ -853,28 +875,34 @@ class TimingTests(SynchronousTestCase):
         upstream = connectFactory.buildProtocol(None)
         transport = FakeTransport(upstream)
         upstream.makeConnection(transport)
-        # The client endpoint wraps the router's protocol.
-        return upstream._wrappedProtocol, transport
+        return upstream, transport
 
-    def test_clientPausedUntilConnected(self):
+    def test_clientReadUpToABoundUntilConnected(self):
         """
-        The client is not read until the upstream connection is made, with
-        the configured connect timeout.
+        While the upstream connection is made (with the configured connect
+        timeout), the client is read up to L{EARLY_BYTES}, then paused
+        until connected; what it sent goes first, in order.
         """
+        from meshproxy.tcp.splice import EARLY_BYTES
+
         router, factory = self.router("    timeouts: {connect: 250ms}\n")
         down, downT = self.accept(factory)
-        self.assertEqual(downT.producerState, "paused")
+        self.assertEqual(downT.producerState, "producing")
         [(host, port, _, timeout, _)] = self.reactor.tcpClients
         self.assertEqual(timeout, 0.25)
+        down.dataReceived(b"a" * EARLY_BYTES)
+        self.assertEqual(downT.producerState, "producing")
+        down.dataReceived(b"b")
+        self.assertEqual(downT.producerState, "paused")
         up, upT = self.connectLast()
         self.assertEqual(downT.producerState, "producing")
+        self.assertEqual(upT.value(), b"a" * EARLY_BYTES + b"b")
         self.assertIs(downT.producer, up.gate)
         self.assertIs(upT.producer, down.gate)
 
     def test_bytesBeforeConnectAreSentFirst(self):
         """
-        Bytes read before the upstream connection (at most one read) are
-        sent first, in order.
+        Bytes read before the upstream connection are sent first, in order.
         """
         router, factory = self.router()
         down, downT = self.accept(factory)
@@ -965,6 +993,8 @@ class TimingTests(SynchronousTestCase):
                 "protocol": "tcp",
                 "listen": "tcp:0:interface=127.0.0.1",
                 "destination": "/#/static/svc",
+                "identifier": None,
+                "rules": "",
                 "connections": {"opened": 0, "closed": 0},
                 "boundNames": {},
             },

@@ -33,7 +33,8 @@ from meshproxy.http.message import Request
 from meshproxy.http.router import HttpRouter
 from meshproxy.routing.path import Path
 from meshproxy.runtime import balancerFactory
-from meshproxy.tcp.router import TcpRouter, _Connections
+from meshproxy.tcp.router import TcpRouter
+from meshproxy.tcp.stats import EndpointConnections
 from meshproxy.telemetry.metrics import (
     BUCKETS,
     METHODS,
@@ -1001,7 +1002,7 @@ class ConnectionGaugeTests(SynchronousTestCase):
         A TCP endpoint's counts give its spliced connections; it has no
         idle ones.
         """
-        conns = _Connections()
+        conns = EndpointConnections()
         conns.open = 4
         conns.connecting = 1
         node = FakeNode(FakeEndpoint("10.0.0.1", 5432))
@@ -1290,4 +1291,8 @@ class EndpointSeriesRemovalTests(SynchronousTestCase):
         self.staticNamer.bind("pg").set(Addr.bound(frozenset({Endpoint("10.0.1.2", 5432)})))
         series = self.endpointSeries("db")
         self.assertEqual(set(map(frozenset, series.values())), {frozenset({"10.0.1.2:5432"})})
-        self.assertEqual(len(series), 6)
+        # The six endpoint families, and the TCP router's own per-endpoint
+        # ones (meshproxy.tcp.stats: opened, closed, active, bytes, and the
+        # duration histogram's bucket, count and sum).
+        self.assertEqual(len(series), 13)
+        self.assertEqual(len([name for name in series if name.startswith("meshproxy_tcp_")]), 7)

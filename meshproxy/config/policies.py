@@ -12,6 +12,7 @@ from pydantic import Field
 from meshproxy.config.checks import show, showSeconds
 from meshproxy.config.fields import (
     Bool,
+    Choice,
     Defaulted,
     Duration,
     HeaderName,
@@ -35,6 +36,8 @@ __all__ = [
     "LatencyEjectionConfig",
     "LimitsConfig",
     "LoadBalancerConfig",
+    "ProxyProtocolConfig",
+    "ProxyProtocolSendConfig",
     "RetriesConfig",
     "ServerConfig",
     "TimeoutsConfig",
@@ -44,16 +47,26 @@ __all__ = [
 
 class IdentifierConfig(Section):
     """
-    How an HTTP router turns a request into a logical name.
+    How a router turns a request (HTTP) or a connection (TCP) into a
+    logical name.
 
-    @ivar kind: C{"host"} (the Host header), C{"path"} (the first C{segments}
-        path segments), C{"header"} (the value of header C{name}) or
-        C{"clientIdentity"} (the caller's verified certificate identity:
-        C{spiffe://td/a/b} is C{/id/spiffe/td/a/b}, a DNS name C{web.example}
-        is C{/id/dns/web.example}; it takes no C{prefix}).
+    @ivar kind: (HTTP) C{"host"} (the Host header), C{"path"} (the first
+        C{segments} path segments), C{"header"} (the value of header
+        C{name}) or C{"clientIdentity"} (the caller's verified certificate
+        identity: C{spiffe://td/a/b} is C{/id/spiffe/td/a/b}, a DNS name
+        C{web.example} is C{/id/dns/web.example}; it takes no C{prefix});
+        (TCP) C{"sni"}: the server name of the client's TLS ClientHello,
+        read without terminating TLS (C{a.example} is C{/svc/a.example}).
     @ivar prefix: the path the identified name is put under, such as C{/svc}.
     @ivar segments: for C{"path"}: how many path segments name the service.
     @ivar name: for C{"header"}: the header name, lowercased; else L{None}.
+    @ivar default: for C{"sni"}: the logical name (a path such as
+        C{/svc/default}) of a client that sends no server name, or L{None}
+        to close such connections.
+    @ivar maxClientHelloBytes: for C{"sni"}: the bytes read at most before
+        the ClientHello is complete (a longer one closes the connection).
+    @ivar clientHelloTimeout: for C{"sni"}: seconds a client has to send
+        its whole ClientHello.
     """
 
     _selector = "kind"
@@ -63,13 +76,17 @@ class IdentifierConfig(Section):
         "header": ("prefix", "name"),
         # Its names are always under /id.
         "clientIdentity": (),
+        "sni": ("prefix", "default", "maxClientHelloBytes", "clientHelloTimeout"),
     }
     _requiredFor = {"header": ("name",)}
 
-    kind: Literal["host", "path", "header", "clientIdentity"] = "host"
+    kind: Literal["host", "path", "header", "clientIdentity", "sni"] = "host"
     prefix: NamePath = "/svc"
     segments: Integer(1) = 1
     name: HeaderName | None = None
+    default: NamePath | None = None
+    maxClientHelloBytes: Integer(512, 65536) = 16384
+    clientHelloTimeout: Duration() = "5s"
 
 
 class LoadBalancerConfig(Section):
@@ -201,15 +218,17 @@ class BudgetConfig(Section):
 
 class RetriesConfig(Section):
     """
-    Retry policy of an HTTP router.
+    Retry policy of a router (of a TCP router: its connection attempts,
+    whose number C{connectRetries} gives).
 
     @ivar budget: the L{BudgetConfig}.
     @ivar backoffMin: seconds of the smallest (jittered) wait before a retry.
     @ivar backoffMax: seconds of the largest wait before a retry.
-    @ivar bufferBytes: request bodies up to this many bytes are kept so that
-        the request can be replayed; a larger body is not retried once sent.
-    @ivar maxRetries: retries of one request at most, whatever the budget
-        allows.
+    @ivar bufferBytes: (HTTP) request bodies up to this many bytes are kept
+        so that the request can be replayed; a larger body is not retried
+        once sent.
+    @ivar maxRetries: (HTTP) retries of one request at most, whatever the
+        budget allows.
     """
 
     budget: Defaulted(BudgetConfig)
@@ -388,16 +407,74 @@ class TrustConfig(Section):
     allowInet: Bool = False
 
 
+class ProxyProtocolConfig(Section):
+    """
+    The PROXY protocol (versions 1 and 2) on a router's connections.
+
+    @ivar accept: whether a PROXY header is read from the peers in
+        C{from} (load balancers in front), so that the client address seen
+        by the metrics, the access log, C{trust}, the policy and
+        C{X-Forwarded-For} is the real client's. A header from any other
+        peer is refused.
+    @ivar from_: (YAML C{from}) the networks of the peers whose headers are
+        read, normalised as in C{trust.callers}; needed with C{accept}.
+    @ivar required: whether those peers must send a header (else a
+        connection from them without one is the peer's own).
+    @ivar timeout: seconds a peer in C{from} has to send its header.
+    @ivar send: (TCP) C{"v1"}, C{"v2"} or C{"none"}: the header sent first
+        on each upstream connection, with the client's address.
+    """
+
+    accept: Bool = False
+    from_: ListOf(Network) = Field((), alias="from")
+    required: Bool = False
+    timeout: Duration() = "5s"
+    send: Choice("none", "v1", "v2") = "none"
+
+    @classmethod
+    def _crossCheck(cls, view: View) -> Iterable[Problem]:
+        values = view.values("accept")
+        if values is None:
+            return
+        if values[0]:
+            if view.ok("from") and not view.raw("from"):
+                yield Problem(
+                    ("from",),
+                    "required with accept: the networks of the load balancers that send"
+                    " PROXY headers",
+                )
+            return
+        for key in ("from", "required", "timeout"):
+            if view.given(key):
+                yield Problem((key,), "only with accept: true")
+
+
+class ProxyProtocolSendConfig(Section):
+    """
+    The PROXY protocol header a TCP router sends to one bound name's
+    upstreams.
+
+    @ivar send: C{"v1"}, C{"v2"} or C{"none"}.
+    """
+
+    send: Choice("none", "v1", "v2") = "none"
+
+
 class BoundNameConfig(Section):
     """
-    Settings of an HTTP router for one bound name, overriding the router's.
+    Settings of a router for one bound name, overriding the router's.
 
-    @ivar classifier: the L{ClassifierConfig}, or L{None} for the router's.
-    @ivar limits: the L{LimitsConfig}, or L{None} for the router's.
-    @ivar upstreamTls: the L{UpstreamTLSConfig<meshproxy.config.security.UpstreamTLSConfig>}
+    @ivar classifier: (HTTP) the L{ClassifierConfig}, or L{None} for the
+        router's.
+    @ivar limits: (HTTP) the L{LimitsConfig}, or L{None} for the router's.
+    @ivar upstreamTls: (HTTP) the L{UpstreamTLSConfig<meshproxy.config.security.UpstreamTLSConfig>}
         of this name's connections, or L{None} for the router's.
+    @ivar proxyProtocol: (TCP) the L{ProxyProtocolSendConfig} of this
+        name's upstream connections, or L{None} for the router's
+        C{proxyProtocol.send}.
     """
 
     classifier: ClassifierConfig | None = None
     limits: LimitsConfig | None = None
     upstreamTls: UpstreamTLSConfig | None = None
+    proxyProtocol: ProxyProtocolSendConfig | None = None

@@ -24,7 +24,6 @@ from meshproxy.config.fields import (
     Address,
     AllowedHost,
     Bool,
-    BoundName,
     Checked,
     Defaulted,
     Directory,
@@ -49,6 +48,7 @@ from meshproxy.config.policies import (
     IdentifierConfig,
     LimitsConfig,
     LoadBalancerConfig,
+    ProxyProtocolConfig,
     RetriesConfig,
     ServerConfig,
     TimeoutsConfig,
@@ -60,6 +60,8 @@ from meshproxy.config.rulesstore import RulesStoreConfig
 from meshproxy.config.section import Section, View
 from meshproxy.config.security import DefaultPolicy, TLSConfig, UpstreamTLSConfig
 from meshproxy.config.telemetry import TelemetryConfig
+
+_PATH_PATTERN = f"(/{checks.SEGMENT_PATTERN})+"
 
 
 class AdminConfig(Section):
@@ -302,13 +304,38 @@ else:
         keyProblemsAtKey=True,
     )
 
+def _destination(value: Any) -> str:
+    """
+    A TCP router's destination: a bound name (C{/#/fs/pg},
+    C{/$/inet/<host>/<port>}) or a logical name the rules rewrite
+    (C{/svc/pg}).
+    """
+    text = checks.string(value)
+    if text.startswith(("/#/", "/$/")):
+        return checks.boundName(text)
+    return checks.path(text, allowRoot=False)
+
+
+Destination = Checked(
+    _destination,
+    {
+        "type": "string",
+        "pattern": f"^(/#{_PATH_PATTERN}|/\\$/inet/{checks.SEGMENT_PATTERN}/[0-9]+"
+        f"|{_PATH_PATTERN})$",
+        "description": "a bound name, or a logical name the rules rewrite",
+    },
+)
+
 _HTTP_KEYS = (
-    "identifier", "rules", "retries", "server", "client", "forwarded", "classifier",
-    "limits", "trust", "boundNames", "upstreamTls", "http2",
+    "server", "client", "forwarded", "classifier", "limits", "trust", "upstreamTls", "http2",
 )
 _TCP_KEYS = ("destination", "connectRetries", "idleTimeout", "maxConnections")
 #: The timeouts about requests, which a TCP router does not see.
 _REQUEST_TIMEOUTS = ("total", "perTry")
+#: The retry keys about requests, which a TCP router does not see.
+_REQUEST_RETRIES = ("bufferBytes", "maxRetries")
+#: The keys of a bound name's settings each protocol reads.
+_BOUND_NAME_KEYS = {"http": ("classifier", "limits", "upstreamTls"), "tcp": ("proxyProtocol",)}
 
 
 class RouterConfig(Section):
@@ -322,11 +349,14 @@ class RouterConfig(Section):
     @ivar name: unique among routers, C{[A-Za-z0-9_-]+}.
     @ivar protocol: C{"http"} or C{"tcp"}.
     @ivar listen: a Twisted server endpoint description.
-    @ivar identifier: (HTTP) the L{IdentifierConfig}.
-    @ivar rules: (HTTP) the dtab text.
+    @ivar identifier: the L{IdentifierConfig} (TCP: C{kind: sni} only,
+        instead of a C{destination}).
+    @ivar rules: the dtab text (TCP: rewriting the destination or the SNI
+        name).
     @ivar loadBalancer: the L{LoadBalancerConfig}.
     @ivar failureAccrual: the L{FailureAccrualConfig}.
-    @ivar retries: (HTTP) the L{RetriesConfig}.
+    @ivar retries: the L{RetriesConfig} (TCP: its C{budget}, C{backoffMin}
+        and C{backoffMax}, for connection attempts).
     @ivar timeouts: the L{TimeoutsConfig} (TCP: C{connect} only).
     @ivar server: (HTTP) the L{ServerConfig}.
     @ivar http2: (HTTP) the L{Http2Config}: HTTP/2 from clients.
@@ -336,15 +366,16 @@ class RouterConfig(Section):
     @ivar classifier: (HTTP) the L{ClassifierConfig}.
     @ivar limits: (HTTP) the L{LimitsConfig}, applied to each bound name.
     @ivar trust: (HTTP) the L{TrustConfig}.
-    @ivar boundNames: (HTTP) C{(boundName, BoundNameConfig)} pairs in the
-        order written, where C{boundName} is a namer prefix and one service
-        name (C{/#/fs/users}) or C{/$/inet/<host>/<port>}.
+    @ivar boundNames: C{(boundName, BoundNameConfig)} pairs in the order
+        written, where C{boundName} is a namer prefix and one service name
+        (C{/#/fs/users}) or C{/$/inet/<host>/<port>}.
         C{dict(boundNames)} gives a mapping.
-    @ivar destination: (TCP) the bound name connections go to, such as
-        C{/#/fs/postgres}.
+    @ivar destination: (TCP) the logical name connections go to, such as
+        C{/#/fs/postgres} (a bound name, without rules) or C{/svc/postgres}
+        (rewritten by the rules); not with an C{identifier}.
     @ivar connectRetries: (TCP) after a failed connection attempt, how many
         more attempts (on other endpoints when there are any) a client
-        connection gets before it is closed.
+        connection gets before it is closed, within the retry budget.
     @ivar idleTimeout: (TCP) seconds without a byte in either direction
         after which both sides of a spliced connection are closed, or
         L{None} for no limit.
@@ -355,6 +386,8 @@ class RouterConfig(Section):
     @ivar upstreamTls: (HTTP) the L{UpstreamTLSConfig} of TLS to the
         upstreams, or L{None} for plain connections.
     @ivar policy: the L{PolicyConfig}: who may call what.
+    @ivar proxyProtocol: the L{ProxyProtocolConfig} (PROXY headers
+        accepted from load balancers; TCP: sent to upstreams), or L{None}.
 
     C{loadBalancer}, C{failureAccrual} and C{timeouts.connect} apply to TCP
     routers too (their C{timeouts.total} and C{timeouts.perTry} keep their
@@ -363,8 +396,10 @@ class RouterConfig(Section):
 
     _selector = "protocol"
     _kinds = {"http": _HTTP_KEYS, "tcp": _TCP_KEYS}
-    _common = ("name", "listen", "loadBalancer", "failureAccrual", "timeouts", "tls", "policy")
-    _requiredFor = {"tcp": ("destination",)}
+    _common = (
+        "name", "listen", "identifier", "rules", "loadBalancer", "failureAccrual", "retries",
+        "timeouts", "boundNames", "tls", "policy", "proxyProtocol",
+    )
 
     name: RouterName
     protocol: Literal["http", "tcp"] = "http"
@@ -383,25 +418,29 @@ class RouterConfig(Section):
     limits: Defaulted(LimitsConfig)
     trust: Defaulted(TrustConfig)
     boundNames: BoundNames = ()
-    destination: BoundName | None = None
+    destination: Destination | None = None
     connectRetries: Integer(0) = 2
     idleTimeout: Duration() | None = None
     maxConnections: Integer(1) | None = None
     tls: TLSConfig | None = None
     upstreamTls: UpstreamTLSConfig | None = None
     policy: DefaultPolicy
+    proxyProtocol: ProxyProtocolConfig | None = None
 
     @classmethod
     def _prepare(cls, data: dict, kind: str | None, context: Any) -> list[Problem]:
-        timeouts = data.get("timeouts")
-        if kind != "tcp" or not isinstance(timeouts, Mapping):
+        if kind != "tcp":
             return []
         problems = []
-        data["timeouts"] = timeouts = dict(timeouts)
-        for key in _REQUEST_TIMEOUTS:
-            if key in timeouts:
-                del timeouts[key]
-                problems.append(Problem(("timeouts", key), 'only for protocol "http"'))
+        for section, keys in (("timeouts", _REQUEST_TIMEOUTS), ("retries", _REQUEST_RETRIES)):
+            values = data.get(section)
+            if not isinstance(values, Mapping):
+                continue
+            data[section] = values = dict(values)
+            for key in keys:
+                if key in values:
+                    del values[key]
+                    problems.append(Problem((section, key), 'only for protocol "http"'))
         return problems
 
     @classmethod
@@ -417,14 +456,60 @@ class RouterConfig(Section):
                 "cannot be used with an ssl: or tls: listen string (give one or the other: "
                 "tls with a tcp: listener)",
             )
+        protocol = view.values("protocol")
+        if protocol is not None:
+            yield from _protocolProblems(view, protocol[0])
 
     @classmethod
     def _kindSchema(cls, kind: str) -> dict | None:
         schema = super()._kindSchema(kind)
         if kind == "tcp" and schema is not None:
-            refused = {key: False for key in _REQUEST_TIMEOUTS}
-            schema["then"]["properties"]["timeouts"] = {"properties": refused}
+            then = schema["then"]
+            for section, keys in (("timeouts", _REQUEST_TIMEOUTS), ("retries", _REQUEST_RETRIES)):
+                then["properties"][section] = {"properties": {key: False for key in keys}}
+            # A destination, or an identifier (SNI), not both.
+            then["oneOf"] = [{"required": ["destination"]}, {"required": ["identifier"]}]
+            then["properties"]["identifier"] = {"properties": {"kind": {"const": "sni"}}}
+        elif kind == "http" and schema is not None:
+            then = schema["then"]
+            then["properties"]["identifier"] = {"properties": {"kind": {"not": {"const": "sni"}}}}
         return schema
+
+
+def _protocolProblems(view: View, protocol: str) -> Iterable[Problem]:
+    """
+    What a router of C{protocol} may not hold in the sections both
+    protocols have: an identifier of the other protocol's kind, the keys of
+    the other protocol's bound-name settings, PROXY headers sent by an
+    HTTP router; and a TCP router's destination or identifier (one of the
+    two).
+    """
+    identifier = view.raw("identifier")
+    kind = identifier.get("kind") if isinstance(identifier, Mapping) else None
+    if protocol == "tcp":
+        if kind is not None and kind != "sni" and view.ok("identifier"):
+            yield Problem(("identifier", "kind"), 'a tcp router identifies by "sni" only')
+        hasIdentifier = isinstance(identifier, Mapping)
+        if hasIdentifier and view.raw("destination") is not None:
+            yield Problem(
+                ("destination",), "give either a destination or an identifier, not both"
+            )
+        elif not hasIdentifier and view.raw("destination") is None and view.ok("destination"):
+            yield Problem(("destination",), "required")
+    elif kind == "sni":
+        yield Problem(("identifier", "kind"), '"sni" is only for protocol "tcp"')
+    proxy = view.raw("proxyProtocol")
+    if protocol == "http" and isinstance(proxy, Mapping) and proxy.get("send", "none") != "none":
+        yield Problem(("proxyProtocol", "send"), 'only for protocol "tcp"')
+    names = view.raw("boundNames")
+    if isinstance(names, Mapping):
+        other = "http" if protocol == "tcp" else "tcp"
+        for name, settings in names.items():
+            if not isinstance(settings, Mapping):
+                continue
+            for key in _BOUND_NAME_KEYS[other]:
+                if key in settings:
+                    yield Problem(("boundNames", name, key), f'only for protocol "{other}"')
 
 
 def _routerName(raw: Any, router: RouterConfig | None) -> str | None:
@@ -566,15 +651,64 @@ def _checkDestinations(
     prefixes: list[str], routers: list[tuple[int, RouterConfig]]
 ) -> Iterable[Problem]:
     """
-    Report TCP routers whose destination no namer owns: a TCP router has no
-    rules, so a namer must bind its destination directly.
+    Report TCP routers whose routing leads nowhere: rules naming an unknown
+    namer, or a destination that no namer binds (directly, without rules;
+    through the rules, with them).
     """
+    from meshproxy.routing.dtab import Dtab, DtabSyntaxError
+    from meshproxy.routing.path import Path
+    from meshproxy.routing.table import RulesError, checkRules
+
+    paths = [Path.read(prefix) for prefix in prefixes]
     for i, router in routers:
+        if router.protocol != "tcp":
+            continue
+        if router.rules:
+            try:
+                checkRules(router.rules, paths)
+            except RulesError as e:
+                where = "" if e.line is None else f"line {e.line}, column {e.column}: "
+                yield Problem(("routers", i, "rules"), where + e.message)
+                continue
+            except DtabSyntaxError:
+                continue
         destination = router.destination
         if destination is None or destination.startswith("/$/"):
+            if destination is not None and not router.rules:
+                try:
+                    checks.boundName(destination)
+                except Invalid as e:
+                    yield Problem(("routers", i, "destination"), str(e))
             continue
-        if not any(destination.startswith(prefix + "/") for prefix in prefixes):
-            yield _unowned(("routers", i, "destination"), destination, prefixes)
+        if not router.rules:
+            if not destination.startswith("/#/"):
+                yield Problem(
+                    ("routers", i, "destination"),
+                    f'expected a bound name like "/#/fs/users" or "/$/inet/<host>/<port>",'
+                    f" got {show(destination)} (or give rules that rewrite it)",
+                )
+            elif not any(destination.startswith(prefix + "/") for prefix in prefixes):
+                yield _unowned(("routers", i, "destination"), destination, prefixes)
+            continue
+        problem = _delegationProblem(Dtab.read(router.rules), Path.read(destination), paths)
+        if problem is not None:
+            yield Problem(("routers", i, "destination"), problem)
+
+
+def _delegationProblem(dtab: Any, path: Any, prefixes: list[Any]) -> str | None:
+    """
+    Why C{path} reaches no namer's name under C{dtab}, or L{None}.
+    """
+    from meshproxy.routing.delegate import DelegationError, delegate, showBound
+    from meshproxy.routing.nametree import leaves
+
+    try:
+        tree = delegate(dtab, path, prefixes)
+    except DelegationError as e:
+        return f"the rules cannot route {show(str(path))}: {e}"
+    if not list(leaves(tree)):
+        return f"the rules route {show(str(path))} nowhere ({showBound(tree)})"
+    return None
 
 
 def _checkBoundNames(

@@ -15,6 +15,7 @@ from zope.interface import implementer
 from meshproxy.http.message import errorResponse
 from meshproxy.http.server import ServerProtocol
 from meshproxy.lifecycle import DrainingFactoryMixin
+from meshproxy.transport.preamble import IPreambleListener, PreambleSettings
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from meshproxy.config import Http2Config, ServerConfig
     from meshproxy.http.interfaces import IRouter
     from meshproxy.telemetry.metrics import ConnectionStats
+    from meshproxy.transport.proxyprotocol import ProxyHeader
 
 __all__ = ["ServerFactory"]
 
@@ -77,6 +79,22 @@ class ServerFactory(DrainingFactoryMixin, Factory):
         self.connections: set[ServerProtocol] = set()
         self.draining = False
         self._drained = None
+        self._preamble: tuple[object, PreambleSettings | None] = (None, None)
+
+    def preamble(self) -> PreambleSettings | None:
+        """
+        What the listener reads of a new connection before it starts (a
+        PROXY header from a load balancer: see
+        L{PreambleFactory<meshproxy.transport.preamble.PreambleFactory>}),
+        as the router in force says.
+        """
+        router = self.router
+        made, settings = self._preamble
+        if made is not router:
+            config = getattr(router, "config", None)
+            settings = None if config is None else PreambleSettings.fromConfig(config)
+            self._preamble = (router, settings)
+        return settings
 
     # The factory gives the mixin its clock.
     def drain(self, grace: float) -> Deferred[None]:  # type: ignore[override]
@@ -104,16 +122,34 @@ class ServerFactory(DrainingFactoryMixin, Factory):
         return p
 
 
+@implementer(IPreambleListener)
 class _TrackedServerProtocol(ServerProtocol):
     """
     A L{ServerProtocol} its factory can count and close at shutdown.
+
+    @ivar proxied: the PROXY header its load balancer sent, or L{None}:
+        its client's address is the caller's for trust, the policy,
+        C{X-Forwarded-For} and the access log.
     """
 
     factory: ServerFactory
+    proxied: ProxyHeader | None = None
+
+    def preambleRead(self, proxied: ProxyHeader | None, serverName: str | None) -> None:
+        """
+        See L{IPreambleListener.preambleRead}.
+        """
+        self.proxied = proxied
 
     def connectionMade(self) -> None:
         self.factory.connections.add(self)
         ServerProtocol.connectionMade(self)
+        proxied = self.proxied
+        if proxied is not None and proxied.source is not None:
+            host = proxied.source.host
+            self.peerHost = host
+            self.forwardedFor = host.encode("ascii")
+            self.trusted = self.router.isTrusted(host)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         ServerProtocol.connectionLost(self, reason)

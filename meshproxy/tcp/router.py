@@ -1,27 +1,38 @@
 """
-The TCP router: layer 4 proxying to one fixed destination.
+The TCP router: layer 4 proxying, routed like HTTP.
 
-For each accepted connection the router stops reading the client, picks an
-endpoint of its destination (a bound name such as C{/#/fs/postgres}, whose
-endpoints a namer keeps up to date), connects to it, trying other endpoints
-after a connect failure, and then splices the two connections: bytes go
-both ways, each side is the other's streaming producer (so a slow reader
-slows the writer down instead of filling memory), and a half-close on one
-side is passed on to the other.
+Each accepted connection gets a logical name, either the router's fixed
+C{destination} or, with C{identifier: {kind: sni}}, the server name of the
+client's TLS ClientHello under a prefix (C{a.example} is
+C{/svc/a.example}; read without terminating TLS, by the listener's
+L{Preamble<meshproxy.transport.preamble.Preamble>}). The router's rules
+(a dtab, replaced live through the admin API like an HTTP router's) turn
+it into a bound name, whose endpoints a namer keeps up to date. The
+connection then stops being read while the router picks an endpoint,
+connects to it (trying other endpoints after a connect failure, after a
+jittered backoff and within a retry budget), optionally sends a PROXY
+header with the client's address, and splices the two connections: bytes
+go both ways, each side is the other's streaming producer (so a slow
+reader slows the writer down instead of filling memory), and a half-close
+on one side is passed on to the other.
 
-    client ──► TcpServerFactory ──► Splice ──► balancer.pick() ──► connector
-                                       │         (retry another endpoint on
-                                       │          a connect failure)
+    client ──► Preamble ──► Downstream ──► Splice ──► route: name → rules → bound name
+               (PROXY header,                 │         → balancer.pickAvoiding()
+                ClientHello)                  │       ──► connector (retry another
+                                              │           endpoint, budget, backoff)
                Downstream ◄── bytes, back-pressure, half-close ──► Upstream
 
-(the connections are in L{meshproxy.tcp.splice})
+(the connections are in L{meshproxy.tcp.splice}; upstream connections are
+the reactor's C{connectTCP}, with the connect timeout of C{timeouts.connect})
 
 Per endpoint, the balancer's C{pending} counts the connections open (or
 being opened) to it: L{start<meshproxy.balancing.interfaces.IBalancer.start>}
 at the connection attempt, L{finish<meshproxy.balancing.interfaces.IBalancer.finish>}
 when it fails or, once connected, when the spliced pair closes. The latency
 a balancer measures is the time to connect: the lifetime of a connection
-says more about its client than about the endpoint.
+says more about its client than about the endpoint. Each endpoint also
+counts its connections, bytes, durations and connect failures
+(L{meshproxy.tcp.stats}).
 """
 
 from __future__ import annotations
@@ -38,12 +49,15 @@ from meshproxy.discovery.endpoints import inetObservable
 from meshproxy.lifecycle import DrainingFactoryMixin
 from meshproxy.policy import Policy
 from meshproxy.resilience.accrual import accrualFromConfig
-from meshproxy.routing.delegate import INET_PREFIX, delegate
-from meshproxy.routing.dtab import Dtab
-from meshproxy.routing.nametree import Leaf
+from meshproxy.resilience.backoff import Backoff
+from meshproxy.resilience.budget import RetryBudget
+from meshproxy.routing.delegate import INET_PREFIX, BoundName, DelegationError
+from meshproxy.routing.nametree import Leaf, RoutingFailure, evaluate
 from meshproxy.routing.path import Path
+from meshproxy.routing.table import RuleTable
 from meshproxy.tcp.splice import Downstream
-from meshproxy.transport.connector import TCPConnector
+from meshproxy.tcp.stats import EndpointConnections, TcpCollector
+from meshproxy.transport.preamble import PreambleSettings
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -52,62 +66,86 @@ if TYPE_CHECKING:
     from meshproxy.balancing.interfaces import IBalancer
     from meshproxy.balancing.node import Node
     from meshproxy.config import RouterConfig
+    from meshproxy.discovery.endpoints import Observable
     from meshproxy.discovery.interfaces import INamer
     from meshproxy.resilience.accrual import FailureAccrual
     from meshproxy.telemetry.metrics import MeshMetrics
 
-__all__ = ["TcpRouter", "TcpServerFactory"]
+__all__ = ["MAX_DESTINATIONS", "RouteRefused", "TcpRouter", "TcpServerFactory"]
 
 _log = Logger()
 
+#: Bound on the bound names a router keeps: with routing by SNI, names come
+#: from clients, so unknown ones (without endpoints) are dropped first.
+MAX_DESTINATIONS = 1000
 
-class _Connections:
+#: The PROXY protocol versions by their config word (0: none sent).
+_SEND = {"none": 0, "v1": 1, "v2": 2}
+
+
+class RouteRefused(Exception):
     """
-    What a destination keeps per endpoint (in its node's C{payload}).
+    A connection the router cannot route.
 
-    @ivar connecting: connection attempts in progress.
-    @ivar open: spliced pairs open.
+    @ivar reason: the error counted (C{no-sni}, C{no-route},
+        C{route-failed}, C{delegation-failed}).
     """
 
-    __slots__ = ("connecting", "open")
-
-    def __init__(self) -> None:
-        self.connecting = 0
-        self.open = 0
+    def __init__(self, reason: str, detail: str) -> None:
+        Exception.__init__(self, reason, detail)
+        self.reason = reason
+        self.detail = detail
 
 
 class _Destination(BoundEndpoints):
     """
-    The router's destination: its endpoints (see L{BoundEndpoints}), each
-    carrying the counts of its connections.
+    One bound name of the router: its endpoints (see L{BoundEndpoints}),
+    each carrying the counts of its connections (L{EndpointConnections}).
+
+    @ivar proxySend: the PROXY protocol version sent first to its
+        endpoints (0 for none).
     """
 
-    def newPayload(self, node: Node) -> _Connections:
-        return _Connections()
+    def __init__(
+        self, router: TcpRouter, boundName: BoundName, observable: Observable, proxySend: int
+    ) -> None:
+        self.proxySend = proxySend
+        BoundEndpoints.__init__(self, router, boundName, observable)
+
+    def newPayload(self, node: Node) -> EndpointConnections:
+        return EndpointConnections()
 
     # Connections open to a removed endpoint are left to finish: no
     # closePayload.
 
-    def connectionCounts(self, conns: _Connections | None) -> dict[str, int]:
+    def connectionCounts(self, conns: EndpointConnections | None) -> dict[str, int]:
         if conns is None:
-            return {"open": 0, "connecting": 0}
-        return {"open": conns.open, "connecting": conns.connecting}
+            return {"open": 0, "connecting": 0, "opened": 0, "closed": 0}
+        return conns.counts()
+
+    def isEmpty(self) -> bool:
+        """
+        Whether no endpoint can take a connection (for C{|} fall-through).
+        """
+        return not self.balancer.hasEligible()
 
 
 class TcpRouter:
     """
-    One TCP router of the config: its destination, balancer and accrual,
-    counters, and the connection attempts of its spliced pairs.
+    One TCP router of the config: how it names connections, its rules,
+    its bound names (their endpoints, balancers and accrual), its retry
+    policy, counters, and the admin API's views.
 
     @ivar name: the router's name.
-    @ivar destination: the destination as configured.
-    @ivar boundName: the L{BoundName<meshproxy.routing.delegate.BoundName>}
-        the destination binds to.
+    @ivar destination: the destination as configured, or L{None} (routing
+        by SNI).
+    @ivar rules: its L{RuleTable} (what the admin API's rules store edits).
     @ivar connStats: the router's L{ConnectionStats<meshproxy.telemetry.metrics.ConnectionStats>}.
+    @ivar budget: the L{RetryBudget} of connection attempts.
+    @ivar backoff: the L{Backoff} before another attempt.
+    @ivar preambleSettings: what its listener reads before a connection
+        starts (L{PreambleSettings}), or L{None}.
     """
-
-    #: A TCP router has no rules (the admin API answers 404 for them).
-    rules = None
 
     #: The listener's own identity when it terminates TLS (tap sets it).
     tlsName: str | None = None
@@ -128,6 +166,7 @@ class TcpRouter:
         metrics: MeshMetrics,
         balancerFactory: Callable[..., IBalancer],
         rng: _random.Random | None = None,
+        rulesAllowInet: bool = True,
     ) -> None:
         """
         @param config: the router's L{RouterConfig<meshproxy.config.RouterConfig>}
@@ -137,10 +176,13 @@ class TcpRouter:
         @param metrics: the process's L{MeshMetrics}.
         @param balancerFactory: makes a balancer, given C{onAdd} and
             C{onRemove} keyword arguments.
-        @param rng: the source of randomness of ejection jitter; a new
-            C{random.Random()} when not given.
-        @raise ValueError: if no namer owns the destination (the config
-            loader refuses such a config already).
+        @param rng: the source of randomness of ejection and backoff jitter
+            and weighted routes; a new C{random.Random()} when not given.
+        @param rulesAllowInet: whether rules replaced at run time may lead
+            to C{/$/inet} addresses (C{admin.rulesAllowInet}).
+        @raise DtabSyntaxError: on bad rules (the config loader refuses
+            them already).
+        @raise RulesError: on rules naming an unknown namer (likewise).
         """
         self.config = config
         self.name = config.name
@@ -148,6 +190,7 @@ class TcpRouter:
         self.metrics = metrics
         self.makeBalancer = balancerFactory
         self._rng = _random.Random() if rng is None else rng
+        self.random = self._rng.random
         self.namers = dict(namers)
         self.destination = config.destination
         self.connectTimeout = config.timeouts.connect
@@ -155,53 +198,155 @@ class TcpRouter:
         self.idleTimeout = config.idleTimeout
         self.maxConnections = config.maxConnections
         self.connStats = metrics.connections(self.name)
-        self.connector = TCPConnector(reactor, self.connectTimeout)
+        metrics.extension("tcp", TcpCollector)
         self.policy = Policy.active(config.policy)
-        # (a TCP router's destination is required by the config)
-        tree = delegate(Dtab(()), Path.read(config.destination), tuple(self.namers))  # type: ignore[arg-type]
-        if type(tree) is not Leaf:
-            raise ValueError(
-                "router %s: no namer binds the destination %s" % (self.name, config.destination)
-            )
-        self.boundName = tree.value
-        self._client: _Destination | None = None
+        self.rules = RuleTable(
+            self.name, tuple(self.namers), config.rules, allowInet=rulesAllowInet
+        )
+        identifier = config.identifier
+        self.bySNI = config.destination is None
+        self._fixed = None if self.bySNI else Path.read(config.destination)  # type: ignore[arg-type]
+        self._prefix = Path.read(identifier.prefix).segments
+        self._default = None if identifier.default is None else Path.read(identifier.default)
+        retries = config.retries
+        budget = retries.budget
+        self.budget = RetryBudget(budget.percent, budget.minPerSecond, budget.ttl, clock=reactor)
+        self.backoff = Backoff(retries.backoffMin, retries.backoffMax, random=self._rng)
+        proxy = config.proxyProtocol
+        self._send = _SEND[proxy.send] if proxy is not None else 0
+        self._sendByName = {
+            name: _SEND[settings.proxyProtocol.send]
+            for name, settings in config.boundNames
+            if settings.proxyProtocol is not None
+        }
+        self.preambleSettings = PreambleSettings.fromConfig(config)
+        self._destinations: dict[Path, _Destination] = {}
 
     # -- lifecycle ----------------------------------------------------------
 
     def start(self) -> None:
         """
-        Bind the destination, so that its endpoints show from the start.
+        Route the fixed destination now, so that its endpoints show from
+        the start.
         """
-        self.destinationClient()
+        if self._fixed is None:
+            return
+        try:
+            self.route(None)
+        except RouteRefused as e:
+            _log.warn(
+                "router {router}: the destination {destination} routes nowhere yet: {why}",
+                router=self.name, destination=self.destination, why=e.detail,
+            )
 
     def stop(self) -> None:
         """
-        Stop following the namer. Connections still open are not touched
+        Stop following the namers. Connections still open are not touched
         (the server factory's L{drain<TcpServerFactory.drain>} ends them).
         """
-        client, self._client = self._client, None
-        if client is not None:
-            client.close()
+        destinations, self._destinations = self._destinations, {}
+        for destination in destinations.values():
+            destination.close()
+        self.rules.forget()
 
-    def destinationClient(self) -> _Destination:
+    # -- routing --------------------------------------------------------------
+
+    def identify(self, serverName: str | None) -> Path:
         """
-        The destination's L{_Destination}, bound on first use.
+        The logical name of a connection.
+
+        @param serverName: the ClientHello's server name, or L{None}.
+        @raise RouteRefused: C{no-sni}, when the router routes by SNI, none
+            came and the identifier has no C{default}.
         """
-        client = self._client
-        if client is None:
-            bound = self.boundName
+        fixed = self._fixed
+        if fixed is not None:
+            return fixed
+        if serverName is not None:
+            # A host name (the ClientHello reader checked it): a segment.
+            return Path._unchecked(self._prefix + (serverName,))
+        if self._default is not None:
+            return self._default
+        raise RouteRefused("no-sni", "the client sent no server name")
+
+    def route(self, serverName: str | None) -> tuple[Path, _Destination]:
+        """
+        Where a connection goes: its logical name and the bound name the
+        rules lead it to.
+
+        @param serverName: the ClientHello's server name, or L{None}.
+        @raise RouteRefused: when it goes nowhere.
+        """
+        path = self.identify(serverName)
+        try:
+            tree = self.rules.resolve(path)
+        except DelegationError as e:
+            raise RouteRefused("delegation-failed", str(e)) from None
+        if type(tree) is Leaf:
+            bound = tree.value
+        else:
+            try:
+                bound = evaluate(tree, self._isEmpty, self.random)
+            except RoutingFailure as e:
+                raise RouteRefused("route-failed", "route for %s failed: %s" % (path, e)) from None
+            if bound is None:
+                raise RouteRefused("no-route", "no route for %s" % (path,))
+        destination = self.destinationFor(bound)
+        if destination.addr.kind == "neg":
+            raise RouteRefused(
+                "no-route", "%s is unknown to its namer" % (destination.name,)
+            )
+        return path, destination
+
+    def _isEmpty(self, bound: BoundName) -> bool:
+        return self.destinationFor(bound).isEmpty()
+
+    def destinationFor(self, bound: BoundName) -> _Destination:
+        """
+        The L{_Destination} of a bound name, bound to its namer on first
+        use.
+        """
+        destinations = self._destinations
+        destination = destinations.get(bound.id)
+        if destination is None:
             if bound.prefix == INET_PREFIX:
                 observable = inetObservable(bound.service)
             else:
                 observable = self.namers[bound.prefix].bind(bound.service)
-            client = self._client = _Destination(self, bound, observable)
-        return client
+            if len(destinations) >= MAX_DESTINATIONS:
+                self._evictUnknown()
+            name = str(bound.id)
+            destination = _Destination(
+                self, bound, observable, self._sendByName.get(name, self._send)
+            )
+            destinations[bound.id] = destination
+        return destination
+
+    def _evictUnknown(self) -> None:
+        """
+        Drop the bound names their namer does not know, which have no
+        endpoints and so no connection.
+        """
+        for key, destination in list(self._destinations.items()):
+            if destination.addr.kind in ("neg", "pending", "failed") and not (
+                destination.balancer.nodes()
+            ):
+                destination.close()
+                del self._destinations[key]
+        # Cached routes may name the dropped ones.
+        self.rules.forget()
+
+    def destinations(self) -> list[_Destination]:
+        """
+        The bound names in use, sorted by name.
+        """
+        return sorted(self._destinations.values(), key=lambda d: d.name)
 
     # -- what the splices use -----------------------------------------------
 
     def makeAccrual(self, balancer: IBalancer) -> FailureAccrual | None:
         """
-        The failure accrual for the destination's balancer, or L{None}.
+        The failure accrual for a bound name's balancer, or L{None}.
         """
         name = self.name
         metrics = self.metrics
@@ -238,7 +383,8 @@ class TcpRouter:
 
     def countRetry(self, reason: str) -> None:
         """
-        Count a connection attempt made again on another endpoint.
+        Count a connection attempt made again (or refused by the budget:
+        C{budget-exhausted}).
         """
         self.metrics.retry(self.name, reason)
 
@@ -248,27 +394,38 @@ class TcpRouter:
         """
         Every (bound name, node) pair, for metrics at scrape time.
         """
-        client = self._client
-        if client is None:
-            return
-        for node in client.balancer.nodes():
-            yield client.name, node
+        for destination in list(self._destinations.values()):
+            for node in destination.balancer.nodes():
+                yield destination.name, node
 
     def state(self) -> dict[str, Any]:
         """
         A JSON-ready view of the router for C{GET /admin/state}.
         """
-        client = self._client
-        return {
-            "protocol": "tcp",
-            "listen": self.config.listen,
-            "destination": self.destination,
-            "connections": {
-                "opened": self.connStats.opened,
-                "closed": self.connStats.closed,
-            },
-            "boundNames": {} if client is None else {client.name: client.state()},
-        }
+        from meshproxy.tcp.views import routerState
+
+        return routerState(self)
+
+    def explain(
+        self,
+        *,
+        name: str | None = None,
+        host: str | None = None,
+        path: str | None = None,
+        caller: str | None = None,
+        peer: str | None = None,
+        method: str = "CONNECT",
+    ) -> dict[str, Any]:
+        """
+        How a connection would be routed (see
+        L{explainRoute<meshproxy.tcp.views.explainRoute>}): C{host} is the
+        server name a client sends.
+        """
+        from meshproxy.tcp.views import explainRoute
+
+        return explainRoute(
+            self, name=name, host=host, path=path, caller=caller, peer=peer, method=method
+        )
 
     def drain(self, boundName: str, address: str) -> None:
         """
@@ -276,7 +433,7 @@ class TcpRouter:
 
         @raise KeyError: for an unknown bound name or address.
         """
-        self._bound(boundName).drain(address)
+        self._find(boundName).drain(address)
 
     def undrain(self, boundName: str, address: str) -> None:
         """
@@ -285,17 +442,17 @@ class TcpRouter:
 
         @raise KeyError: for an unknown bound name or address.
         """
-        self._bound(boundName).undrain(address)
+        self._find(boundName).undrain(address)
 
-    def _bound(self, boundName: str) -> _Destination:
+    def _find(self, boundName: str) -> _Destination:
         try:
             key = Path.read(boundName)
         except ValueError as e:
             raise KeyError("bad bound name %r" % (boundName,)) from e
-        client = self._client
-        if client is None or key != client.boundName.id:
+        destination = self._destinations.get(key)
+        if destination is None:
             raise KeyError("no bound name %s in router %s" % (boundName, self.name))
-        return client
+        return destination
 
 
 class TcpServerFactory(DrainingFactoryMixin, Factory):
@@ -323,6 +480,14 @@ class TcpServerFactory(DrainingFactoryMixin, Factory):
             self.router.countError("overloaded")
             return None
         return Downstream(self)
+
+    def preamble(self) -> PreambleSettings | None:
+        """
+        What the listener reads of a new connection before it starts (see
+        L{PreambleFactory<meshproxy.transport.preamble.PreambleFactory>}):
+        the router's in force.
+        """
+        return self.router.preambleSettings
 
     # The factory gives the mixin its clock.
     def drain(self, grace: float) -> Deferred[None]:  # type: ignore[override]

@@ -1,9 +1,11 @@
 """
 The connections of the TCP router: each accepted client connection
 (L{Downstream}) and its upstream connection (L{Upstream}), joined by a
-L{Splice} that chooses the endpoint, connects (trying other endpoints after
-a connect failure), applies the access policy, and then splices bytes both
-ways with back-pressure and half-close until both sides are closed.
+L{Splice} that routes the connection, applies the access policy, chooses
+the endpoint, connects (trying other endpoints after a connect failure,
+after a backoff and within the router's retry budget), sends a PROXY
+header when the bound name wants one, and then splices bytes both ways
+with back-pressure and half-close until both sides are closed.
 """
 
 from __future__ import annotations
@@ -13,24 +15,38 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from OpenSSL import SSL
+from twisted.internet import tcp
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, ISSLTransport
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from zope.interface import implementer
 
+from meshproxy.tcp.stats import connectFailureReason
 from meshproxy.transport.fastwrite import writerFor
 from meshproxy.transport.gate import PauseGate
+from meshproxy.transport.preamble import IPreambleListener
+from meshproxy.transport.proxyprotocol import formatHeader
 
 if TYPE_CHECKING:
-    from twisted.internet.defer import Deferred
-    from twisted.internet.interfaces import IAddress, IDelayedCall
+    from twisted.internet.interfaces import IAddress, IConnector, IDelayedCall
     from twisted.python.failure import Failure
 
     from meshproxy.balancing.node import Node
-    from meshproxy.tcp.router import TcpRouter, TcpServerFactory
+    from meshproxy.routing.path import Path
+    from meshproxy.tcp.router import TcpRouter, TcpServerFactory, _Destination
     from meshproxy.transport.interfaces import IStreamTransport
+    from meshproxy.transport.proxyprotocol import ProxyHeader
 
-__all__ = ["Downstream", "Splice", "Upstream"]
+__all__ = ["EARLY_BYTES", "Downstream", "Splice", "Upstream"]
+
+#: What a client may send before its upstream connection is made: held,
+#: then sent first; past it, the client is not read until connected.
+EARLY_BYTES = 65536
+
+#: The most a spliced TCP connection reads at once, and buffers before it
+#: pauses the other side: four times Twisted's default, so that a large
+#: transfer takes a quarter of the reads, sends and pauses.
+SPLICE_BUFFER = 262144
 
 
 @implementer(IHalfCloseableProtocol)
@@ -43,6 +59,7 @@ class End(Protocol):
     @ivar forward: writes the bytes this side receives to the other side.
     @ivar ended: whether this side's peer ended its writing.
     @ivar lost: whether this side's connection is lost.
+    @ivar received: the bytes received on this side.
     """
 
     transport: IStreamTransport
@@ -55,10 +72,12 @@ class End(Protocol):
         self.forward: Callable[[bytes], None] = None  # type: ignore[assignment]
         self.ended = False
         self.lost = False
+        self.received = 0
 
     def dataReceived(self, data: bytes) -> None:
         splice = self.splice
         splice.lastActivity = splice.seconds()
+        self.received += len(data)
         self.forward(data)
 
     def readConnectionLost(self) -> None:
@@ -72,10 +91,14 @@ class End(Protocol):
         self.splice.lost(self, reason)
 
 
-@implementer(IHandshakeListener)
+@implementer(IHandshakeListener, IPreambleListener)
 class Downstream(End):
     """
     The accepted client connection.
+
+    @ivar proxied: the PROXY header its load balancer sent, or L{None}.
+    @ivar serverName: the server name of its TLS ClientHello, or L{None}
+        (not read, or none sent).
     """
 
     def drain(self) -> None:
@@ -87,6 +110,34 @@ class Downstream(End):
     def __init__(self, factory: TcpServerFactory) -> None:
         End.__init__(self, None)
         self.factory = factory
+        self.proxied: ProxyHeader | None = None
+        self.serverName: str | None = None
+
+    def preambleRead(self, proxied: ProxyHeader | None, serverName: str | None) -> None:
+        """
+        See L{IPreambleListener.preambleRead}.
+        """
+        self.proxied = proxied
+        self.serverName = serverName
+
+    def peerAddress(self) -> Any:
+        """
+        The client's address: the PROXY header's, or the connection's.
+        """
+        proxied = self.proxied
+        if proxied is not None and proxied.source is not None:
+            return proxied.source
+        return self.transport.getPeer()
+
+    def hostAddress(self) -> Any:
+        """
+        The address the client connected to: the PROXY header's, or the
+        connection's.
+        """
+        proxied = self.proxied
+        if proxied is not None and proxied.destination is not None:
+            return proxied.destination
+        return self.transport.getHost()
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -106,7 +157,9 @@ class Downstream(End):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         factory = self.factory
         factory.router.connStats.closed += 1
-        if reason.check(ssl.SSLError, SSL.Error):
+        # (isinstance, not Failure.check, which names every class of the
+        # exception's hierarchy each time: this runs for every connection)
+        if isinstance(reason.value, (ssl.SSLError, SSL.Error)):
             # The TLS layer failed: most often a handshake. (ssl is
             # meshproxy's TLS; pyOpenSSL is Twisted's, on ssl: listen
             # strings with arguments meshproxy leaves to it.)
@@ -126,9 +179,14 @@ class Upstream(End):
         self.splice.connected(self)
 
 
-class UpstreamFactory(Factory):
+class UpstreamFactory(ClientFactory):
     """
-    Builds the upstream side of one splice's connection attempt.
+    Builds the upstream side of one splice's connection attempt, and tells
+    the splice when it fails.
+
+    The attempt is the reactor's own C{connectTCP}: no client endpoint, so
+    that no wrapping protocol stands in the spliced bytes' path and no
+    Deferred is made per connection.
     """
 
     noisy = False
@@ -139,14 +197,20 @@ class UpstreamFactory(Factory):
     def buildProtocol(self, addr: IAddress | None) -> Upstream:
         return Upstream(self.splice)
 
+    def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
+        self.splice.connectFailed(reason)
+
 
 class Splice:
     """
-    One client connection and its upstream connection: endpoint choice,
-    connection attempts, then splicing until both sides are closed.
+    One client connection and its upstream connection: routing, endpoint
+    choice, connection attempts, then splicing until both sides are closed.
 
     @ivar client: the L{Downstream}.
     @ivar upstream: the L{Upstream} once connected, else L{None}.
+    @ivar name: the connection's logical name once routed, else L{None}.
+    @ivar destination: the bound name's L{_Destination<meshproxy.tcp.router._Destination>}
+        once routed, else L{None}.
     @ivar node: the balancer node this splice holds a C{pending} place on
         (connecting or connected), else L{None}.
     @ivar lastActivity: the clock time of the last bytes received from
@@ -157,17 +221,21 @@ class Splice:
         "router",
         "client",
         "upstream",
+        "name",
         "destination",
         "node",
+        "accepted",
         "started",
         "connectSeconds",
         "tried",
         "tries",
         "attempt",
         "early",
+        "earlyBytes",
         "closing",
         "finished",
         "timer",
+        "retryTimer",
         "idleClosed",
         "lastActivity",
         "seconds",
@@ -178,19 +246,23 @@ class Splice:
         self.router = router
         self.client = client
         self.upstream: Upstream | None = None
-        self.destination = router.destinationClient()
+        self.name: Path | None = None
+        self.destination: _Destination | None = None
         self.node: Node | None = None
+        self.seconds = router.reactor.seconds
+        self.accepted = self.seconds()
         self.started = 0.0
         self.connectSeconds = 0.0
         self.tried: set[Node] | None = None
         self.tries = 0
-        self.attempt: Deferred[Any] | None = None
+        self.attempt: IConnector | None = None
         self.early: list[bytes] | None = []
+        self.earlyBytes = 0
         self.closing = False
         self.finished = False
         self.timer: IDelayedCall | None = None
+        self.retryTimer: IDelayedCall | None = None
         self.idleClosed = False
-        self.seconds = router.reactor.seconds
         self.lastActivity = 0.0
         self.awaitingHandshake = False
 
@@ -198,24 +270,35 @@ class Splice:
 
     def begin(self) -> None:
         """
-        Stop reading the client until the upstream connection is made, and
-        make the first attempt.
+        Route the connection and make the first attempt. The client is read
+        on meanwhile: what it sends is held (up to L{EARLY_BYTES}; then its
+        reading pauses until the upstream connection is made), so that a
+        connection costs no pause and resume of its reading, and a client
+        that goes away while its upstream is being connected is seen to.
         """
         client = self.client
         client.gate = PauseGate(client.transport)
-        # At most what was already read (such as what a TLS layer decrypted
-        # with its handshake) is kept here: reading is paused.
-        client.forward = self.early.append  # type: ignore[union-attr]  # a list until connected
+        client.forward = self._hold
         policy = self.router.policy
         if policy is not None and ISSLTransport.providedBy(client.transport):
             # The policy needs the caller's certificate: the handshake must
-            # finish first (pausing now would stall it).
+            # finish first.
             self.awaitingHandshake = True
             return
-        client.gate.pause("connect")
-        if policy is not None and not self._authorized():
+        self._start()
+
+    def _hold(self, data: bytes) -> None:
+        """
+        Keep what the client sent before its upstream connection is made.
+        """
+        early = self.early
+        if early is None:
+            # Closing: nothing will be sent.
             return
-        self._attempt()
+        early.append(data)
+        self.earlyBytes += len(data)
+        if self.earlyBytes > EARLY_BYTES:
+            self.client.gate.pause("connect")  # type: ignore[union-attr]  # made in begin()
 
     def handshaken(self) -> None:
         """
@@ -224,9 +307,27 @@ class Splice:
         if not self.awaitingHandshake or self.closing:
             return
         self.awaitingHandshake = False
-        self.client.gate.pause("connect")  # type: ignore[union-attr]
-        if self._authorized():
-            self._attempt()
+        self._start()
+
+    def _start(self) -> None:
+        """
+        Route the connection, apply the access policy, and make the first
+        attempt.
+        """
+        from meshproxy.tcp.router import RouteRefused
+
+        router = self.router
+        try:
+            self.name, self.destination = router.route(self.client.serverName)
+        except RouteRefused as e:
+            router.countError(e.reason)
+            self._giveUp()
+            return
+        if router.policy is not None and not self._authorized():
+            return
+        # One connection earns its share of retries (as a request does).
+        router.budget.deposit()
+        self._attempt()
 
     def _authorized(self) -> bool:
         """
@@ -246,8 +347,12 @@ class Splice:
             certificate: Any = client.transport.getPeerCertificate()
             if certificate is not None:
                 identity = identityOf(certificate).name
-        peer = getattr(client.transport.getPeer(), "host", None)
-        decision = policy.decide(identity, peer, (router.boundName.id.segments,), "CONNECT")
+        peer = getattr(client.peerAddress(), "host", None)
+        names = (
+            self.name.segments,  # type: ignore[union-attr]  # routed by now
+            self.destination.boundName.id.segments,  # type: ignore[union-attr]
+        )
+        decision = policy.decide(identity, peer, names, "CONNECT")
         if decision.allowed:
             return True
         router.metrics.denied(router.name, decision.rule, identity)
@@ -256,7 +361,10 @@ class Splice:
         return False
 
     def _attempt(self) -> None:
-        destination = self.destination
+        self.retryTimer = None
+        if self.closing:
+            return
+        destination: _Destination = self.destination  # type: ignore[assignment]  # routed
         balancer = destination.balancer
         # Prefer an endpoint this connection has not failed on already.
         node = balancer.pickAvoiding(self.tried)
@@ -270,10 +378,11 @@ class Splice:
             destination.accrual.picked(node)
         self.started = balancer.start(node)
         node.payload.connecting += 1
-        attempt = self.attempt = self.router.connector.connect(
-            node.endpoint, UpstreamFactory(self)
+        endpoint = node.endpoint
+        router = self.router
+        self.attempt = router.reactor.connectTCP(
+            endpoint.host, endpoint.port, UpstreamFactory(self), router.connectTimeout
         )
-        attempt.addErrback(self.connectFailed)
 
     def connectFailed(self, reason: Failure) -> None:
         """
@@ -286,8 +395,8 @@ class Splice:
         node: Node
         node, self.node = self.node, None  # type: ignore[assignment]  # the attempt's node
         self.attempt = None
-        node.payload.connecting -= 1
-        destination = self.destination
+        node.payload.failed(connectFailureReason(reason))
+        destination: _Destination = self.destination  # type: ignore[assignment]  # routed
         accrual = destination.accrual
         destination.balancer.finish(node, self.started, False)
         if accrual is not None:
@@ -295,12 +404,22 @@ class Splice:
         if self.tried is None:
             self.tried = set()
         self.tried.add(node)
-        if self.tries <= self.router.connectRetries:
-            self.router.countRetry("connect")
-            self._attempt()
-        else:
-            self.router.countError("upstream-connect")
+        router = self.router
+        if self.tries > router.connectRetries:
+            router.countError("upstream-connect")
             self._giveUp()
+            return
+        if not router.budget.tryWithdraw():
+            router.countRetry("budget-exhausted")
+            router.countError("upstream-connect")
+            self._giveUp()
+            return
+        router.countRetry("connect")
+        delay = router.backoff.delay(self.tries)
+        if delay > 0.0:
+            self.retryTimer = router.reactor.callLater(delay, self._attempt)
+        else:
+            self._attempt()
 
     def _giveUp(self) -> None:
         self.closing = True
@@ -316,18 +435,21 @@ class Splice:
             return
         self.attempt = None
         node: Node = self.node  # type: ignore[assignment]  # the attempt's node
-        conns = node.payload
-        conns.connecting -= 1
-        conns.open += 1
+        node.payload.spliced(self)
         now = self.seconds()
         self.connectSeconds = now - self.started
-        accrual = self.destination.accrual
+        destination: _Destination = self.destination  # type: ignore[assignment]  # routed
+        accrual = destination.accrual
         if accrual is not None:
             accrual.success(node)
         self.upstream = upstream
         client = self.client
         up = upstream.transport
         down = client.transport
+        if type(up) is tcp.Client:
+            up.bufferSize = SPLICE_BUFFER
+        if type(down) is tcp.Server:
+            down.bufferSize = SPLICE_BUFFER
         upstream.gate = PauseGate(up)
         upstream.forward = writerFor(down)
         # Each side's transport pauses the other side's reading when its
@@ -335,6 +457,9 @@ class Splice:
         down.registerProducer(upstream.gate, True)
         up.registerProducer(client.gate, True)  # type: ignore[arg-type]  # made in begin()
         early, self.early = self.early, None
+        version = destination.proxySend
+        if version:
+            up.write(formatHeader(version, client.peerAddress(), client.hostAddress()))
         for data in early:  # type: ignore[union-attr]  # a list until now
             up.write(data)
         client.forward = writerFor(up)
@@ -383,17 +508,22 @@ class Splice:
             attempt, self.attempt = self.attempt, None
             if attempt is not None:
                 self._callOff(attempt)
+            retry, self.retryTimer = self.retryTimer, None
+            if retry is not None and retry.active():
+                # Waiting to try again: nothing more to try for.
+                self.closing = True
+                retry.cancel()
             other = upstream
         else:
             other = client
         if other is not None and not other.lost:
-            if reason.check(ConnectionDone):
+            if isinstance(reason.value, ConnectionDone):
                 other.transport.loseConnection()
             else:
                 other.transport.abortConnection()
         self._finishIfClosed()
 
-    def _callOff(self, attempt: Deferred[Any]) -> None:
+    def _callOff(self, attempt: IConnector) -> None:
         """
         Stop the connection attempt in progress; it says nothing of the
         endpoint.
@@ -403,11 +533,11 @@ class Splice:
         node, self.node = self.node, None  # type: ignore[assignment]  # the attempt's node
         node.payload.connecting -= 1
         node.pending -= 1
-        accrual = self.destination.accrual
+        accrual = self.destination.accrual  # type: ignore[union-attr]  # routed
         if accrual is not None:
             accrual.abandon(node)
-        # What the cancelled attempt reports is ignored (closing is set).
-        attempt.cancel()
+        # What the stopped attempt reports is ignored (closing is set).
+        attempt.stopConnecting()
 
     def _finishIfClosed(self) -> None:
         upstream = self.upstream
@@ -423,10 +553,19 @@ class Splice:
             timer.cancel()
         node, self.node = self.node, None
         if node is not None:
-            node.payload.open -= 1
+            upstream = self.upstream
+            now = self.seconds()
+            node.payload.ended(
+                self,
+                now - self.accepted,
+                self.client.received,
+                0 if upstream is None else upstream.received,
+            )
             # The latency the balancer learns is the time it took to
             # connect, not how long the client kept the connection.
-            self.destination.balancer.finish(node, self.seconds() - self.connectSeconds, True)
+            self.destination.balancer.finish(  # type: ignore[union-attr]  # routed
+                node, now - self.connectSeconds, True
+            )
 
     def _checkIdle(self) -> None:
         self.timer = None
@@ -458,9 +597,29 @@ def _halfClose(transport: IStreamTransport) -> None:
     End our writing on C{transport} once what is buffered is sent; close it
     whole if it cannot be half-closed (TLS).
     """
+    kind = type(transport)
+    if kind is tcp.Server or kind is tcp.Client:
+        # A plain TCP connection with nothing buffered ends its writing now,
+        # as Twisted's would once its buffer is sent (the same steps as the
+        # end of its doWrite), without a turn of the reactor to learn that
+        # the socket is writable: two epoll changes, an event and an empty
+        # send fewer per connection.
+        conn: tcp.Connection = transport  # type: ignore[assignment]
+        if (
+            conn.connected
+            and not conn.TLS
+            and not conn.disconnecting
+            and not conn._writeDisconnected
+            and not conn._tempDataBuffer
+            and conn.offset >= len(conn.dataBuffer)
+        ):
+            conn._writeDisconnecting = True
+            conn._writeDisconnected = True
+            conn._closeWriteConnection()
+            return
     # Looked up on the class: a TLS transport passes unknown attributes on
     # to the TCP connection beneath it, whose half-close would skip TLS.
-    if getattr(type(transport), "loseWriteConnection", None) is not None:
+    if getattr(kind, "loseWriteConnection", None) is not None:
         transport.loseWriteConnection()
     else:
         transport.loseConnection()

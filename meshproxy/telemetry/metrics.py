@@ -386,6 +386,8 @@ class MeshMetrics:
         self._denied: dict[tuple[str, str, str], int] = {}
         self._events: dict[tuple[str, str], int] = {}
         self._connections: dict[str, ConnectionStats] = {}
+        self._registry = registry
+        self._extensions: dict[str, Collector] = {}
         self.telemetry = TelemetryStats()
         # meshproxy's own collector first: a second MeshMetrics on the same
         # registry is refused on it, before anything else is registered.
@@ -393,6 +395,25 @@ class MeshMetrics:
         if process:
             ProcessCollector(registry=registry)
             PlatformCollector(registry=registry)
+
+    def extension(
+        self, name: str, make: Callable[[NodesSource], Collector]
+    ) -> Collector:
+        """
+        The collector of another part of the proxy (the TCP routers' per
+        connection families), made and registered on this registry the
+        first time it is asked for.
+
+        @param name: the extension's name.
+        @param make: makes the collector, given the node source (see the
+            class docstring).
+        @return: the same collector for the same name.
+        """
+        collector = self._extensions.get(name)
+        if collector is None:
+            collector = self._extensions[name] = make(self._nodes)
+            self._registry.register(collector)
+        return collector
 
     def route(self, router: str, name: str) -> RouteStats:
         """

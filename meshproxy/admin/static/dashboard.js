@@ -434,13 +434,18 @@ function renderRouter(name, state, stats, now, seen) {
     s.protocol = protocol;
     setHeaders(s.traffic.head, HEADERS[protocol].traffic, NUMERIC_FROM.traffic);
     setHeaders(s.endpoints.head, HEADERS[protocol].endpoints, NUMERIC_FROM.endpoints);
-    s.rulesBox.hidden = protocol === "tcp";
     s.destinationBox.hidden = protocol !== "tcp";
   }
   s.pill.textContent = protocol;
   s.listen.textContent = state.listen || "";
   s.listen.title = "listens on " + (state.listen || "?");
-  if (protocol === "tcp") s.destination.textContent = state.destination || "";
+  if (protocol === "tcp") {
+    // A fixed destination, or the server name of each ClientHello.
+    const id = state.identifier;
+    s.destination.textContent = state.destination ||
+      (id ? "by SNI: " + id.prefix + "/<server name>" +
+            (id["default"] ? " (none: " + id["default"] + ")" : "") : "");
+  }
 
   const conns = (stats && stats.connections) || state.connections;
   if (conns) {
@@ -557,7 +562,10 @@ async function refresh() {
     box.replaceChildren(...names.map(n => sections.get(n).root));
     if (!names.length) box.appendChild(el("p", "no routers", "muted"));
   }
-  const explainable = names.filter(n => routers[n].protocol !== "tcp");
+  // Every router has rules and explains (a TCP router's names: its
+  // destination, or /svc/<server name>); HTTP routers first, the default.
+  const explainable = names.filter(n => routers[n].protocol !== "tcp")
+    .concat(names.filter(n => routers[n].protocol === "tcp"));
   routerChoices(explainable);
   try {
     await Promise.all(explainable.map(loadRules));
@@ -590,7 +598,7 @@ async function tick() {
 
 // -- explain ---------------------------------------------------------------------
 
-// The routers that can explain (HTTP ones), the first chosen by default.
+// The routers that can explain, the first chosen by default.
 function routerChoices(names) {
   const select = document.getElementById("explain-router");
   const current = Array.from(select.options).map(o => o.value);
