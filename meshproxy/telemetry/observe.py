@@ -46,6 +46,10 @@ MAX_TRACED_TRIES = 32
 _HEX = frozenset(b"0123456789abcdefABCDEF-_.")
 
 
+_ZERO_SPAN = "0" * 16
+_ZERO_TRACE = "0" * 32
+
+
 class RequestTrace:
     """
     One request's trace: the ids it carries upstream, and what its tries
@@ -184,7 +188,12 @@ class Tracer:
         else a new one, sampled by C{sampleRate} unless the caller decided.
         """
         getrandbits = self._getrandbits
-        spanId = newSpanId(getrandbits)
+        # One draw for this hop's span id and a new trace's id (all zeros,
+        # which neither may be, has odds of one in 2**64).
+        ids = "%048x" % (getrandbits(192),)
+        spanId = ids[32:]
+        if spanId == _ZERO_SPAN:
+            spanId = newSpanId(getrandbits)
         reqId = None
         if request.meshHeaders and trusted:
             reqId = _reqId(request.header(b"mesh-reqid"))
@@ -194,8 +203,11 @@ class Tracer:
         context = extract(request.headers, getrandbits) if request.traceHeaders else None
         if context is None:
             sampled = self._decide()
+            traceId = ids[:32]
+            if traceId == _ZERO_TRACE:
+                traceId = newTraceId(getrandbits)
             return RequestTrace(
-                newTraceId(getrandbits),
+                traceId,
                 None,
                 spanId,
                 sampled,
@@ -286,14 +298,13 @@ class RequestObserver:
         trace = exchange.trace
         if trace is not None and trace.recording:
             self.tracer.submit(self._spans(exchange, trace, now))
-        if not self.sinks:
-            return
-        wanting = [sink for sink in self.sinks if sink.wants(self.router)]
-        if wanting:
-            values = self._values(exchange, now)
-            summary = dict(zip(SUMMARY_FIELDS, values, strict=True))
-            line = _line(values)
-            for sink in wanting:
+        summary: dict[str, Any] | None = None
+        for sink in self.sinks:
+            if sink.wants(self.router):
+                if summary is None:
+                    values = self._values(exchange, now)
+                    summary = dict(zip(SUMMARY_FIELDS, values, strict=True))
+                    line = _line(values)
                 sink.summarize(summary, line)
 
     def refused(self, status: int, meshErr: str, client: str | None, now: float) -> None:
