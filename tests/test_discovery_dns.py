@@ -1242,3 +1242,35 @@ routers:
         response = yield exchange(self, proxyPort, b"GET /z HTTP/1.1\r\nHost: hello\r\n\r\n")
         [answer] = response.responses
         self.assertEqual((answer.status, answer.header(b"mesh-err")), (503, b"no-endpoint"))
+
+    @defer.inlineCallbacks
+    def test_firstRequestWaitsForTheFirstLookup(self):
+        """
+        The first request for a DNS name nobody looked up yet waits for the
+        namer's first answer, then goes to its endpoints (not 503).
+        """
+        dnsServer = DnsServer(self)
+        dnsServer.zone.set("users.example", a(b"users.example", "127.0.0.1", 1))
+        backend = BackendFactory()
+        port = yield listenBackend(self, backend)
+        config = f"""\
+admin: {{listen: "tcp:port=0:interface=127.0.0.1"}}
+namers:
+  - {{kind: dns, nameservers: ["127.0.0.1:{dnsServer.port}"],
+      refresh: {{min: 50ms, max: 50ms}}, timeout: 1s}}
+routers:
+  - name: web
+    listen: "tcp:0:interface=127.0.0.1"
+    identifier: {{kind: host}}
+    rules: "/svc => /#/dns/a/users.example/{port};"
+    timeouts: {{total: 10s}}
+"""
+        proxyPort, _, runtime = yield startProxy(self, None, config=config)
+        name = f"/#/dns/a/users.example/{port}"
+        self.assertNotIn(name, runtime.routers["web"].state()["boundNames"])
+
+        response = yield exchange(self, proxyPort, b"GET /x HTTP/1.1\r\nHost: hello\r\n\r\n")
+        [answer] = response.responses
+        self.assertEqual((answer.status, answer.body), (200, b"ok /x"))
+        state = runtime.routers["web"].state()["boundNames"][name]
+        self.assertEqual(state["resolution"], "bound")

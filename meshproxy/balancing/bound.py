@@ -5,9 +5,17 @@ endpoints, and a per-endpoint payload the protocol owns (HTTP: a connection
 pool; TCP: counts of its spliced connections).
 """
 
+from twisted.logger import Logger
+
 from meshproxy.discovery.endpoints import Addr, formatAddress
 
-__all__ = ["BoundEndpoints"]
+__all__ = ["BoundEndpoints", "MAX_WAITERS"]
+
+#: Bound on the requests (or connections) waiting for one bound name's
+#: first answer from its namer; more are refused.
+MAX_WAITERS = 1000
+
+_log = Logger()
 
 
 class BoundEndpoints:
@@ -25,6 +33,8 @@ class BoundEndpoints:
         or L{None}.
     @ivar addr: the namer's latest usable answer: a namer that fails after
         a good answer keeps the last good set.
+    @ivar waiters: how many wait for the namer's first answer
+        (L{whenResolved}).
     """
 
     def __init__(self, router, boundName, observable):
@@ -39,6 +49,7 @@ class BoundEndpoints:
         self.balancer = router.makeBalancer(onAdd=self._nodeAdded, onRemove=self._nodeRemoved)
         self.accrual = router.makeAccrual(self.balancer)
         self.addr = Addr.pending()
+        self._waiters = {}
         self._cancel = observable.subscribe(self._update)
         self._update(observable.current)
 
@@ -78,13 +89,57 @@ class BoundEndpoints:
         elif addr.kind == "failed" and self.addr.kind == "pending":
             self.addr = addr
         # "pending", or "failed" after a good answer: keep the last good set.
+        if self._waiters and self.addr.kind != "pending":
+            waiters, self._waiters = self._waiters, {}
+            for fn in waiters.values():
+                try:
+                    fn()
+                except Exception:
+                    _log.failure("waiter {waiter!r} of {name} failed", waiter=fn, name=self.name)
+
+    @property
+    def unresolved(self):
+        """
+        Whether the namer has not answered for the name yet (its L{addr} is
+        C{pending}).
+        """
+        return self.addr.kind == "pending"
+
+    @property
+    def waiters(self):
+        """
+        How many wait for the namer's first answer.
+        """
+        return len(self._waiters)
+
+    def whenResolved(self, fn):
+        """
+        Call C{fn} once, with no argument, when the namer first answers for
+        the name (bound, negative or failed), unless cancelled before.
+
+        @param fn: a no-argument callable.
+        @return: a no-argument callable that cancels the wait (calling it
+            more than once, or after C{fn} ran, is harmless), or L{None}
+            when L{MAX_WAITERS} wait already (C{fn} will not be called).
+        """
+        if len(self._waiters) >= MAX_WAITERS:
+            return None
+        token = object()
+        self._waiters[token] = fn
+
+        def cancel():
+            self._waiters.pop(token, None)
+
+        return cancel
 
     def close(self):
         """
         Stop following the namer, drop every endpoint and cancel the
-        accrual's timers.
+        accrual's timers. Who waits for the first answer (L{whenResolved})
+        is forgotten: it is bounded by its own deadline.
         """
         self._cancel()
+        self._waiters.clear()
         self.balancer.update(frozenset())
         if self.accrual is not None:
             self.accrual.cancel()

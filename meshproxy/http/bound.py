@@ -256,10 +256,15 @@ class BoundClients:
     def _evictUnknown(self) -> None:
         """
         Drop the clients of names their namer does not know, which have no
-        endpoints and so nothing in flight.
+        endpoints and so nothing in flight (nor requests waiting for the
+        namer's first answer).
         """
         for key, client in list(self._clients.items()):
-            if client.addr.kind in ("neg", "pending", "failed") and not client.balancer.nodes():
+            if (
+                client.addr.kind in ("neg", "pending", "failed")
+                and not client.balancer.nodes()
+                and not client.waiters
+            ):
                 client.close()
                 del self._clients[key]
         self._onEvict()

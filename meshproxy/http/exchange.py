@@ -40,6 +40,8 @@ from meshproxy.resilience.deadline import DeadlineExpired
 from meshproxy.resilience.retries import CONNECT, RESET, STATUS, TIMEOUT
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from twisted.internet.interfaces import IDelayedCall
 
     from meshproxy.balancing.node import Node
@@ -106,6 +108,7 @@ class Exchange(TryAccounting):
         "bytesIn",
         "bytesOut",
         "meshErr",
+        "resolution",
     )
 
     def __init__(self, server: IClientConnection, request: Request, router: IRouter) -> None:
@@ -149,6 +152,8 @@ class Exchange(TryAccounting):
         self.bytesIn = 0
         self.bytesOut = 0
         self.meshErr: str | None = None
+        # Cancels the wait for the namer's first answer, while it lasts.
+        self.resolution: Callable[[], None] | None = None
         self.lastNode: Node | None = None
         self.tryStatus = 0
         self.tryError: str | None = None
@@ -158,7 +163,8 @@ class Exchange(TryAccounting):
     def start(self) -> None:
         """
         Run the request through limits, deadline and retry budget, then
-        make the first try.
+        make the first try. A destination whose namer has not answered yet
+        is waited for first (L{_awaitResolution}), within the deadline.
         """
         router = self.router
         now = self.startTime = router.clock.seconds()
@@ -166,22 +172,14 @@ class Exchange(TryAccounting):
         server = self.server
         self.trace = router.tracer.begin(request, server.trusted)
         try:
-            self.client, self.override = router.route(request, server.trusted)
+            client, self.override = router.route(request, server.trusted)
         except ProxyError as e:
             self.fail(e)
             return
-        limiter = self.client.limiter
-        if limiter is not None:
-            if not limiter.tryAcquire():
-                self.fail(
-                    ProxyError(
-                        503,
-                        "overloaded",
-                        "Too many requests in flight to %s." % (self.client.name,),
-                    )
-                )
-                return
-            self.limiter = limiter
+        self.client = client
+        unresolved = client.unresolved
+        if not unresolved and not self._admit(client):
+            return
         deadlines = router.deadlines
         if request.meshHeaders:
             try:
@@ -193,8 +191,74 @@ class Exchange(TryAccounting):
             total = deadlines.total
         self.deadline = now + total
         self.timer = router.clock.callLater(total, self._timedOut)
-        router.retries.admit()
         self._enter(WAITING)
+        if unresolved:
+            self._awaitResolution(client)
+            return
+        router.retries.admit()
+        self._attempt()
+
+    def _admit(self, client: IDestination) -> bool:
+        """
+        Take a place in the destination's limiter, or answer 503
+        C{overloaded}.
+
+        @return: whether the request goes on.
+        """
+        limiter = client.limiter
+        if limiter is not None:
+            if not limiter.tryAcquire():
+                self.fail(
+                    ProxyError(
+                        503,
+                        "overloaded",
+                        "Too many requests in flight to %s." % (client.name,),
+                    )
+                )
+                return False
+            self.limiter = limiter
+        return True
+
+    def _awaitResolution(self, client: IDestination) -> None:
+        """
+        Wait (in L{WAITING}, under the deadline's timer) for the namer's
+        first answer for C{client}'s name, then route again
+        (L{_resolved}); 503 C{overloaded} when too many wait already.
+        """
+        cancel = client.whenResolved(self._resolved)
+        if cancel is None:
+            self.fail(
+                ProxyError(
+                    503,
+                    "overloaded",
+                    "Too many requests waiting for %s to resolve." % (client.name,),
+                )
+            )
+            return
+        self.resolution = cancel
+
+    def _resolved(self) -> None:
+        """
+        The namer answered for the name waited for: route again (the
+        answer may make another branch of the rules the destination, or
+        none), then go on as L{start} does.
+        """
+        self.resolution = None
+        if self.state is DONE:
+            return
+        router = self.router
+        try:
+            client, self.override = router.route(self.request, self.server.trusted)
+        except ProxyError as e:
+            self.fail(e)
+            return
+        self.client = client
+        if client.unresolved:
+            self._awaitResolution(client)
+            return
+        if not self._admit(client):
+            return
+        router.retries.admit()
         self._attempt()
 
     def _attempt(self) -> None:
@@ -662,8 +726,15 @@ class Exchange(TryAccounting):
         self._dropUpstream()
         self.tryError = "timeout"
         self._endTry(False)
+        waited = ""
+        if self.resolution is not None:
+            waited = " waiting for %s to resolve" % (self.client.name,)  # type: ignore[union-attr]
         self.fail(
-            ProxyError(504, "timeout", "Timed out after %gs." % (self.deadline - self.startTime,))
+            ProxyError(
+                504,
+                "timeout",
+                "Timed out after %gs%s." % (self.deadline - self.startTime, waited),
+            )
         )
 
     def _abortClient(self) -> None:
@@ -714,6 +785,9 @@ class Exchange(TryAccounting):
             if timer is not None and timer.active():
                 timer.cancel()
         self.timer = self.tryTimer = None
+        resolution, self.resolution = self.resolution, None
+        if resolution is not None:
+            resolution()
         limiter, self.limiter = self.limiter, None
         if limiter is not None:
             limiter.release()

@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from twisted.internet.interfaces import IPushProducer
 
     from meshproxy.balancing.node import Node
@@ -124,6 +126,17 @@ class IDestination(Interface):
     balancer = Attribute("The IBalancer over the name's endpoints.")
     classifier = Attribute("The IClassifier of the name's responses.")
     limiter = Attribute("The Limiter of requests in flight, or None.")
+    unresolved = Attribute(
+        "Whether the name's namer has not answered yet (a request waits: whenResolved)."
+    )
+
+    def whenResolved(fn: Callable[[], object]) -> Callable[[], None] | None:
+        """
+        Call C{fn} once when the namer first answers for the name.
+
+        @return: a callable cancelling the wait, or L{None} when too many
+            wait already (C{fn} will not be called).
+        """
 
     def classify(request: Request, status: int, headers: Headers) -> tuple[int, bool]:
         """

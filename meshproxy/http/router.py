@@ -281,7 +281,11 @@ class HttpRouter:
         return client
 
     def _isEmpty(self, bound: BoundName) -> bool:
-        return self.clients.get(bound).isEmpty()
+        # A name its namer has not answered for yet is not empty: it is
+        # chosen, and the exchange waits for the answer, then routes again
+        # (where an empty name falls through its alternative).
+        client = self.clients.get(bound)
+        return not client.unresolved and client.isEmpty()
 
     # -- what the bound names are made of ----------------------------------
 
