@@ -65,6 +65,7 @@ __all__ = [
     "EtcdClient",
     "EtcdError",
     "EtcdUnavailable",
+    "FollowsPrefix",
     "IPrefixListener",
     "KeyValue",
     "MaxResponseBytes",
@@ -1712,6 +1713,59 @@ class PrefixFollower:
             "errors": self.errors,
             "resyncs": self.resyncs,
         }
+
+
+class FollowsPrefix:
+    """
+    A mixin for the users of a L{PrefixFollower} (kept in C{_follower}):
+    its counters and its state as the user's own read-only attributes.
+    """
+
+    _follower: PrefixFollower
+
+    @property
+    def revision(self) -> int:
+        """
+        The etcd revision seen up to (0 before the first read).
+        """
+        return self._follower.revision
+
+    @property
+    def disconnects(self) -> int:
+        """
+        How many times etcd was lost (a watch lost or a read failed while
+        following).
+        """
+        return self._follower.disconnects
+
+    @property
+    def errors(self) -> int:
+        """
+        How many reads of the prefix failed.
+        """
+        return self._follower.errors
+
+    @property
+    def resyncs(self) -> int:
+        """
+        How many times the prefix was read again after a compaction.
+        """
+        return self._follower.resyncs
+
+    @property
+    def problem(self) -> str | None:
+        """
+        Why etcd cannot be followed now, or L{None}.
+        """
+        return self._follower.problem
+
+    @property
+    def stale(self) -> bool:
+        """
+        Whether etcd cannot be followed now (what is in force may be
+        behind it).
+        """
+        return self._follower.stale
 
 
 def _reasonOf(failure: Failure) -> str:

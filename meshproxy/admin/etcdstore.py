@@ -82,6 +82,7 @@ from meshproxy.etcd import (
     EtcdClient,
     EtcdError,
     EtcdUnavailable,
+    FollowsPrefix,
     IPrefixListener,
     KeyValue,
     PrefixFollower,
@@ -742,7 +743,7 @@ class EtcdRulesStore(EtcdVersionedStore):
 
 
 @implementer(IPrefixListener)
-class EtcdStores(Service):
+class EtcdStores(FollowsPrefix, Service):
     """
     The rules and policies of every router of this process, kept in etcd
     under one key prefix (see the module docstring): one read of the
@@ -802,41 +803,6 @@ class EtcdStores(Service):
 
     def __repr__(self) -> str:
         return "<EtcdStores %s%s>" % (self.client.endpoint, self.keyPrefix)
-
-    @property
-    def revision(self) -> int:
-        """
-        The etcd revision seen up to (0 before the first read).
-        """
-        return self._follower.revision
-
-    @property
-    def disconnects(self) -> int:
-        """
-        How many times etcd was lost.
-        """
-        return self._follower.disconnects
-
-    @property
-    def errors(self) -> int:
-        """
-        How many reads of the prefix failed.
-        """
-        return self._follower.errors
-
-    @property
-    def resyncs(self) -> int:
-        """
-        How many times the prefix was read again after a compaction.
-        """
-        return self._follower.resyncs
-
-    @property
-    def problem(self) -> str | None:
-        """
-        Why etcd cannot be followed now, or L{None}.
-        """
-        return self._follower.problem
 
     @property
     def description(self) -> str:
@@ -1051,14 +1017,6 @@ class EtcdStores(Service):
         )
 
     # -- what the admin API shows ----------------------------------------------------------------
-
-    @property
-    def stale(self) -> bool:
-        """
-        Whether etcd cannot be followed now (the values in force may be
-        behind the store).
-        """
-        return self._follower.stale
 
     def state(self) -> dict[str, Any]:
         """

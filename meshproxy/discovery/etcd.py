@@ -48,6 +48,7 @@ from meshproxy.discovery.interfaces import FirstLoad, INamer, _asPrefix
 from meshproxy.etcd import (
     EtcdClient,
     EtcdError,
+    FollowsPrefix,
     IPrefixListener,
     KeyValue,
     PrefixFollower,
@@ -147,7 +148,7 @@ class _Instance:
 
 
 @implementer(INamer, IPrefixListener)
-class EtcdNamer(Service):
+class EtcdNamer(FollowsPrefix, Service):
     """
     A namer over the keys under one prefix of etcd: one read of the whole
     prefix, then one watch from the revision after it, by a
@@ -207,36 +208,6 @@ class EtcdNamer(Service):
         return "<EtcdNamer %s %s%s services=%d>" % (
             self.prefix, self._client.endpoint, self.keyPrefix, len(self._services),
         )
-
-    @property
-    def revision(self) -> int:
-        """
-        The etcd revision the namer has seen up to (0 before the first
-        read).
-        """
-        return self._follower.revision
-
-    @property
-    def disconnects(self) -> int:
-        """
-        How many times etcd was lost (a watch lost or a read failed while
-        following).
-        """
-        return self._follower.disconnects
-
-    @property
-    def errors(self) -> int:
-        """
-        How many reads failed.
-        """
-        return self._follower.errors
-
-    @property
-    def resyncs(self) -> int:
-        """
-        How many times the prefix was read again after a compaction.
-        """
-        return self._follower.resyncs
 
     # -- INamer -----------------------------------------------------------
 
@@ -412,14 +383,6 @@ class EtcdNamer(Service):
         )
 
     # -- what the admin API shows -----------------------------------------
-
-    @property
-    def stale(self) -> bool:
-        """
-        Whether the namer cannot follow etcd now (its sets may be out of
-        date).
-        """
-        return self._follower.stale
 
     def state(self) -> dict[str, Any]:
         """
