@@ -8,9 +8,6 @@ users, are tested through it in their own modules.)
 
 from __future__ import annotations
 
-import random
-
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.logger import Logger, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -25,59 +22,9 @@ from meshproxy.etcd import (
     PrefixFollower,
     WatchEvent,
 )
-from meshproxy.resilience.backoff import Backoff
+from tests.test_discovery_etcd import FakeEtcd
 
 PREFIX = "/p/"
-
-
-class FakeWatch:
-    def __init__(self, key, start, onEvents, onCompacted, onStatus):
-        self.key = key
-        self.start = start
-        self.onEvents = onEvents
-        self.onCompacted = onCompacted
-        self.onStatus = onStatus
-        self.connected = False
-        self.stopped = False
-        self.reconnected = []
-
-    def stop(self):
-        self.stopped = True
-
-    def reconnect(self, reason):
-        self.reconnected.append(reason)
-
-
-class FakeEtcd:
-    """
-    What the follower uses of L{EtcdClient}: each read and count a
-    Deferred the test fires, each watch a L{FakeWatch}.
-    """
-
-    endpoint = "http://etcd:2379"
-
-    def __init__(self):
-        self.reads = []
-        self.counts = []
-        self.watches = []
-
-    def backoff(self):
-        return Backoff(0.1, 1.0, random=random.Random(0))
-
-    def range(self, key):
-        d = Deferred()
-        self.reads.append((key, d))
-        return d
-
-    def count(self, key):
-        d = Deferred()
-        self.counts.append((key, d))
-        return d
-
-    def watch(self, key, start, onEvents, onCompacted, *, onStatus):
-        watch = FakeWatch(key, start, onEvents, onCompacted, onStatus)
-        self.watches.append(watch)
-        return watch
 
 
 @implementer(IPrefixListener)
@@ -322,7 +269,6 @@ class UsersTests(SynchronousTestCase):
 
         clock = Clock()
         etcd = FakeEtcd()
-        etcd.close = lambda: succeed(None)
         namer = EtcdNamer("/#/etcd", etcd, PREFIX, reactor=clock)
         stores = EtcdStores(etcd, PREFIX, reactor=clock)
         for user in (namer, stores):
