@@ -15,7 +15,10 @@ What meshproxy needs of etcd, and no more:
   - L{EtcdClient.watch}: a L{Watch} following a key or prefix from a
     revision, which resumes from the last revision it saw when the
     connection drops (jittered backoff from 100 ms to 1 s, across the
-    endpoints), and says when etcd compacted that revision away.
+    endpoints), and says when etcd compacted that revision away;
+  - L{PrefixFollower}: a whole prefix read, then watched, read again when
+    the watch cannot resume, with the outages counted and timed (what the
+    etcd namer and the rules store both follow their keys with).
 
 Every request goes to one endpoint at a time: the client sticks to the one
 that last worked and moves to the next when it cannot be reached.
@@ -44,11 +47,13 @@ import attrs
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, _HTTP11ClientFactory
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 
 from meshproxy.resilience.backoff import Backoff
 
@@ -60,9 +65,12 @@ __all__ = [
     "EtcdClient",
     "EtcdError",
     "EtcdUnavailable",
+    "FollowsPrefix",
+    "IPrefixListener",
     "KeyValue",
     "MaxResponseBytes",
     "MaxWatchLineBytes",
+    "PrefixFollower",
     "TLSFiles",
     "Watch",
     "WatchEvent",
@@ -1400,6 +1408,372 @@ class Watch:
             self._onStatus(False, reason)
         delay = self._backoff.delay(self._attempt)
         self._retry = self._client._reactor.callLater(delay, self._connect)
+
+
+class IPrefixListener(Interface):
+    """
+    What a L{PrefixFollower} tells the one who follows a key prefix.
+    """
+
+    def prefixRead(revision: int, kvs: list[KeyValue], first: bool) -> None:
+        """
+        A whole read of the prefix: what it holds at C{revision} replaces
+        what was known. The watch from C{revision + 1} starts after this
+        returns.
+
+        @param first: whether this is the first read (not a read again
+            after a compaction or a store that went back).
+        """
+
+    def prefixLoaded() -> None:
+        """
+        The first read was taken and its watch started (called once).
+        """
+
+    def prefixEvents(events: list[WatchEvent], revision: int) -> None:
+        """
+        The changes of one or more revisions, in order, up to C{revision}.
+        """
+
+    def prefixLost(reason: str) -> None:
+        """
+        etcd cannot be followed from now on (a read failed or the watch
+        was lost): called once an outage, at its start; what was known
+        stays in use. L{PrefixFollower.readOnce} says whether the prefix
+        was ever read.
+        """
+
+
+class PrefixFollower:
+    """
+    Follow every key under one prefix of etcd: read the whole prefix, then
+    watch it from the revision after that read.
+
+    A read that fails is tried again (jittered backoff from 100 ms to 1 s);
+    a lost watch resumes from the last revision it saw (see L{Watch});
+    when etcd compacted that revision away, or went back in time (another
+    cluster, a restore), the prefix is read again. While the watch looks
+    established, etcd is asked for a count of the prefix every
+    C{checkInterval} seconds: when it does not answer, the watch's
+    connection may be dead without a reset (a partition), and it is
+    dropped and tried again.
+
+    Between a loss and the next read or established watch the follower is
+    I{stale}: L{stale}, L{staleSeconds} and L{problem} say so, and the
+    listener is told once per outage (L{IPrefixListener.prefixLost}).
+
+    @ivar keyPrefix: the key prefix, ending with C{/}.
+    @ivar backoff: the L{Backoff} of the read's retries (the user may
+        share it for its own).
+    @ivar revision: the etcd revision seen up to (0 before the first
+        read).
+    @ivar readOnce: whether the prefix was read once.
+    @ivar watch: the L{Watch}, or L{None} while reading.
+    @ivar problem: why etcd cannot be followed now, or L{None}.
+    @ivar disconnects: how many times etcd was lost (a watch lost or a read
+        failed while following).
+    @ivar errors: how many reads failed.
+    @ivar resyncs: how many times the prefix was read again after a
+        compaction (or a store that went back).
+    """
+
+    def __init__(
+        self,
+        client: EtcdClient,
+        keyPrefix: str,
+        listener: IPrefixListener,
+        *,
+        reactor: Any,
+        label: str,
+        log: Logger,
+        checkInterval: float = 10.0,
+    ) -> None:
+        """
+        @param client: the L{EtcdClient} to read and watch with (its user
+            closes it).
+        @param keyPrefix: the key prefix; a C{/} is added if it does not
+            end with one.
+        @param listener: told what is read and seen.
+        @param reactor: the clock of retries, checks and the stale age.
+        @param label: who follows, at the start of the log lines
+            (C{"namer /#/etcd"}).
+        @param log: the L{Logger} to log with (the user's, so that the
+            lines stay in its namespace).
+        @param checkInterval: seconds between checks that etcd still
+            answers while the watch looks established.
+        """
+        self.keyPrefix = keyPrefix if keyPrefix.endswith("/") else keyPrefix + "/"
+        self.backoff = client.backoff()
+        self.revision = 0
+        self.readOnce = False
+        self.watch: Watch | None = None
+        self.problem: str | None = None
+        self.disconnects = 0
+        self.errors = 0
+        self.resyncs = 0
+        self._client = client
+        self._listener = listener
+        self._reactor = reactor
+        self._label = label
+        self._log = log
+        self._checkInterval = checkInterval
+        self._running = False
+        self._reading: Deferred[Any] | None = None
+        self._retry: Any = None
+        self._attempt = 0
+        self._staleSince: float | None = None
+        self._checker: LoopingCall | None = None
+        self._checking: Deferred[Any] | None = None
+
+    def __repr__(self) -> str:
+        return "<PrefixFollower %s%s at %d%s>" % (
+            self._client.endpoint, self.keyPrefix, self.revision, " stale" if self.stale else "",
+        )
+
+    @property
+    def stale(self) -> bool:
+        """
+        Whether etcd cannot be followed now.
+        """
+        return self._staleSince is not None
+
+    @property
+    def staleSeconds(self) -> float | None:
+        """
+        How long etcd has not been followed (to the millisecond), or
+        L{None} while it is.
+        """
+        if self._staleSince is None:
+            return None
+        return round(self._reactor.seconds() - self._staleSince, 3)
+
+    def start(self) -> None:
+        """
+        Read the prefix, then watch it; start the checks.
+        """
+        self._running = True
+        self._read()
+        checker = self._checker = LoopingCall(self._check)
+        checker.clock = self._reactor
+        checker.start(self._checkInterval, now=False)
+
+    def stop(self) -> None:
+        """
+        Stop reading, watching and checking: nothing is told after this.
+        """
+        self._running = False
+        if self._checker is not None and self._checker.running:
+            self._checker.stop()
+        self._checker = None
+        # Forgotten before cancelled: their errbacks then do nothing.
+        pending = [self._checking, self._reading]
+        self._checking = self._reading = None
+        for d in pending:
+            if d is not None:
+                d.cancel()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        if self.watch is not None:
+            self.watch.stop()
+            self.watch = None
+
+    def _read(self) -> None:
+        self._retry = None
+        if not self._running:
+            return
+        reading = self._reading = self._client.range(self.keyPrefix)
+
+        def read(result: tuple[int, list[KeyValue]]) -> None:
+            if self._reading is not reading:
+                return
+            self._reading = None
+            self._attempt = 0
+            self._loaded(*result)
+
+        def failed(failure: Failure) -> None:
+            if self._reading is not reading:
+                return
+            self._reading = None
+            self.errors += 1
+            self._lost(_reasonOf(failure))
+            self._attempt += 1
+            self._retry = self._reactor.callLater(self.backoff.delay(self._attempt), self._read)
+
+        reading.addCallbacks(read, failed)
+
+    def _loaded(self, revision: int, kvs: list[KeyValue]) -> None:
+        """
+        A whole read: the listener takes it, then the watch starts from
+        the next revision.
+        """
+        first = not self.readOnce
+        self.revision = revision
+        self.readOnce = True
+        self._back()
+        self._listener.prefixRead(revision, kvs, first)
+        if not self._running:
+            return
+        self.watch = self._client.watch(
+            self.keyPrefix, revision + 1, self._events, self._compacted, onStatus=self._status
+        )
+        if first:
+            self._listener.prefixLoaded()
+
+    def _events(self, events: list[WatchEvent], revision: int) -> None:
+        self._listener.prefixEvents(events, revision)
+        self.revision = max(self.revision, revision)
+
+    def _compacted(self, revision: int) -> None:
+        self.watch = None
+        self.resyncs += 1
+        if revision:
+            self._log.info(
+                "{label}: etcd compacted its history up to revision {compacted}, past"
+                " revision {revision}: reading {keyPrefix} again",
+                label=self._label, compacted=revision, revision=self.revision,
+                keyPrefix=self.keyPrefix,
+            )
+        else:
+            self._log.warn(
+                "{label}: etcd is behind revision {revision} (another cluster, or"
+                " restored from a backup?): reading {keyPrefix} again",
+                label=self._label, revision=self.revision, keyPrefix=self.keyPrefix,
+            )
+        self._read()
+
+    def _check(self) -> None:
+        """
+        While the watch looks established, ask etcd something cheap: if it
+        does not answer, drop the watch's connection, which makes the
+        follower stale and the watch try again.
+        """
+        watch = self.watch
+        if watch is None or not watch.connected or self._checking is not None:
+            return
+        checking = self._checking = self._client.count(self.keyPrefix)
+
+        def answered(_: object) -> None:
+            if self._checking is checking:
+                self._checking = None
+
+        def failed(failure: Failure) -> None:
+            if self._checking is not checking:
+                return
+            self._checking = None
+            if failure.check(EtcdUnavailable) and watch is self.watch and watch.connected:
+                watch.reconnect("etcd does not answer (%s)" % (failure.value,))
+
+        checking.addCallbacks(answered, failed)
+
+    def _status(self, connected: bool, reason: str | None) -> None:
+        if connected:
+            self._back()
+        else:
+            self._lost(reason or "watch lost")
+
+    def _lost(self, reason: str) -> None:
+        """
+        etcd cannot be followed now: the listener is told once per outage
+        (the attempts that follow, on every endpoint, only update the
+        reason shown).
+        """
+        self.problem = reason
+        if self._staleSince is not None:
+            return
+        self._staleSince = self._reactor.seconds()
+        self.disconnects += 1
+        self._listener.prefixLost(reason)
+
+    def _back(self) -> None:
+        if self._staleSince is None:
+            return
+        downFor = self._reactor.seconds() - self._staleSince
+        self._staleSince = None
+        self.problem = None
+        self._log.info(
+            "{label}: following etcd again after {seconds:.1f} s (revision {revision})",
+            label=self._label, seconds=downFor, revision=self.revision,
+        )
+
+    def state(self) -> dict[str, Any]:
+        """
+        The part of a follower's user's C{/admin/state} that is the
+        follower's: C{{"endpoint", "keyPrefix", "stale", "staleSeconds",
+        "problem", "revision", "disconnects", "errors", "resyncs"}}.
+        """
+        return {
+            "endpoint": self._client.endpoint,
+            "keyPrefix": self.keyPrefix,
+            "stale": self.stale,
+            "staleSeconds": self.staleSeconds,
+            "problem": self.problem,
+            "revision": self.revision,
+            "disconnects": self.disconnects,
+            "errors": self.errors,
+            "resyncs": self.resyncs,
+        }
+
+
+class FollowsPrefix:
+    """
+    A mixin for the users of a L{PrefixFollower} (kept in C{_follower}):
+    its counters and its state as the user's own read-only attributes.
+    """
+
+    _follower: PrefixFollower
+
+    @property
+    def revision(self) -> int:
+        """
+        The etcd revision seen up to (0 before the first read).
+        """
+        return self._follower.revision
+
+    @property
+    def disconnects(self) -> int:
+        """
+        How many times etcd was lost (a watch lost or a read failed while
+        following).
+        """
+        return self._follower.disconnects
+
+    @property
+    def errors(self) -> int:
+        """
+        How many reads of the prefix failed.
+        """
+        return self._follower.errors
+
+    @property
+    def resyncs(self) -> int:
+        """
+        How many times the prefix was read again after a compaction.
+        """
+        return self._follower.resyncs
+
+    @property
+    def problem(self) -> str | None:
+        """
+        Why etcd cannot be followed now, or L{None}.
+        """
+        return self._follower.problem
+
+    @property
+    def stale(self) -> bool:
+        """
+        Whether etcd cannot be followed now (what is in force may be
+        behind it).
+        """
+        return self._follower.stale
+
+
+def _reasonOf(failure: Failure) -> str:
+    """
+    A failure in words: an L{EtcdError}'s message, else the exception's
+    C{repr}.
+    """
+    return str(failure.value) if failure.check(EtcdError) else repr(failure.value)
 
 
 class _Discard(Protocol):

@@ -549,7 +549,7 @@ class NamerIntegrationTests(TestCase):
         return namer
 
     def connected(self, namer):
-        return namer._watch is not None and namer._watch.connected
+        return namer._follower.watch is not None and namer._follower.watch.connected
 
     @defer.inlineCallbacks
     def test_followsPutsAndDeletes(self):
@@ -779,7 +779,8 @@ routers:
         port, adminPort, runtime = yield startProxy(self, None, config=config)
         namer = runtime.namers[0]
         yield namer.whenLoaded()
-        yield waitUntil(lambda: namer._watch is not None and namer._watch.connected,
+        follower = namer._follower
+        yield waitUntil(lambda: follower.watch is not None and follower.watch.connected,
                         what="the watch")
 
         @defer.inlineCallbacks

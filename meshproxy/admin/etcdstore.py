@@ -63,8 +63,8 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from meshproxy.admin.policy import _Policy
 from meshproxy.admin.rules import RulesStore, _Rules
@@ -82,8 +82,10 @@ from meshproxy.etcd import (
     EtcdClient,
     EtcdError,
     EtcdUnavailable,
+    FollowsPrefix,
+    IPrefixListener,
     KeyValue,
-    Watch,
+    PrefixFollower,
     WatchEvent,
     _rangeResult,
     clientFor,
@@ -740,20 +742,17 @@ class EtcdRulesStore(EtcdVersionedStore):
         return RulesStore(subject.table, stateDir=None, clock=self._clock).dryRun(text)
 
 
-class EtcdStores(Service):
+@implementer(IPrefixListener)
+class EtcdStores(FollowsPrefix, Service):
     """
     The rules and policies of every router of this process, kept in etcd
     under one key prefix (see the module docstring): one read of the
-    prefix, then one watch.
+    prefix, then one watch, by a L{PrefixFollower}.
 
     @ivar client: the L{EtcdClient}.
     @ivar keyPrefix: the key prefix, ending with C{/}.
     @ivar historySize: how many accepted values of each kept in etcd.
-    @ivar revision: the etcd revision seen up to (0 before the first read).
-    @ivar disconnects: how many times etcd was lost.
-    @ivar errors: how many reads of the prefix failed.
-    @ivar resyncs: how many times the prefix was read again after a
-        compaction.
+    @ivar backoff: the L{Backoff} of retries (the follower's).
     @ivar writes: the changes (and creations) etcd took from this proxy.
     @ivar conflicts: the changes refused as stale (412).
     @ivar refused: the changes refused because etcd could not be reached
@@ -782,31 +781,25 @@ class EtcdStores(Service):
         if historySize < 1:
             raise ValueError("historySize must be at least 1")
         self.client = client
-        self.keyPrefix = keyPrefix if keyPrefix.endswith("/") else keyPrefix + "/"
+        self._follower = PrefixFollower(
+            client,
+            keyPrefix,
+            self,
+            reactor=reactor,
+            label="rules store",
+            log=_log,
+            checkInterval=checkInterval,
+        )
+        self.keyPrefix = self._follower.keyPrefix
         self.historySize = historySize
-        self.backoff = client.backoff()
-        self.revision = 0
-        self.disconnects = 0
-        self.errors = 0
-        self.resyncs = 0
+        self.backoff = self._follower.backoff
         self.writes = 0
         self.conflicts = 0
         self.refused = 0
-        self.problem: str | None = None
-        self._reactor = reactor
         self._kvs: dict[str, KeyValue] = {}
         self._stores: dict[str, EtcdVersionedStore] = {}
         self._firstLoad = FirstLoad()
-        self._readOnce = False
-        self._watch: Watch | None = None
-        self._reading: Deferred[Any] | None = None
-        self._retry: Any = None
-        self._attempt = 0
-        self._staleSince: float | None = None
         self._ignored: set[str] = set()
-        self._checkInterval = checkInterval
-        self._checker: LoopingCall | None = None
-        self._checking: Deferred[Any] | None = None
 
     def __repr__(self) -> str:
         return "<EtcdStores %s%s>" % (self.client.endpoint, self.keyPrefix)
@@ -895,7 +888,7 @@ class EtcdStores(Service):
             if previous is not None:
                 previous._stop()
             self._stores[store.key] = store
-            if self._readOnce:
+            if self._follower.readOnce:
                 store._sync(self._kvs.get(store.key), self.revision)
 
     # -- readiness -------------------------------------------------------------------------------
@@ -920,10 +913,7 @@ class EtcdStores(Service):
         Read the prefix, then watch it.
         """
         super().startService()
-        self._read()
-        self._checker = LoopingCall(self._check)
-        self._checker.clock = self._reactor
-        self._checker.start(self._checkInterval, now=False)
+        self._follower.start()
 
     def stopService(self) -> Deferred[None]:
         """
@@ -931,65 +921,23 @@ class EtcdStores(Service):
         force stay.
         """
         super().stopService()
-        if self._checker is not None and self._checker.running:
-            self._checker.stop()
-        self._checker = None
-        # Forgotten before cancelled: their errbacks then do nothing.
-        pending = [self._checking, self._reading]
-        self._checking = self._reading = None
-        for d in pending:
-            if d is not None:
-                d.cancel()
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        self._retry = None
-        if self._watch is not None:
-            self._watch.stop()
-            self._watch = None
+        self._follower.stop()
         for store in self._stores.values():
             store._stop()
         return self.client.close()
 
-    def _read(self) -> None:
-        self._retry = None
-        if not self.running:
-            return
-        reading = self._reading = self.client.range(self.keyPrefix)
+    # -- what the follower tells (IPrefixListener) -----------------------------------------------
 
-        def read(result: tuple[int, list[KeyValue]]) -> None:
-            if self._reading is not reading:
-                return
-            self._reading = None
-            self._attempt = 0
-            self._loaded(*result)
-
-        def failed(failure: Any) -> None:
-            if self._reading is not reading:
-                return
-            self._reading = None
-            self.errors += 1
-            reason = str(failure.value) if failure.check(EtcdError) else repr(failure.value)
-            self._lost(reason)
-            self._attempt += 1
-            self._retry = self._reactor.callLater(self.backoff.delay(self._attempt), self._read)
-
-        reading.addCallbacks(read, failed)
-
-    def _loaded(self, revision: int, kvs: list[KeyValue]) -> None:
+    def prefixRead(self, revision: int, kvs: list[KeyValue], first: bool) -> None:
         """
         A whole read of the prefix: it replaces what was seen (but for keys
-        written here after it), every store takes its key, and the watch
-        starts from the next revision.
+        written here after it), and every store takes its key.
         """
         seen = {kv.key: kv for kv in kvs}
         for key, kv in self._kvs.items():
             if kv.modRevision > revision and key not in seen:
                 seen[key] = kv
         self._kvs = seen
-        self.revision = revision
-        first = not self._readOnce
-        self._readOnce = True
-        self._back()
         for kv in kvs:
             self._checkKey(kv.key)
         for key, store in list(self._stores.items()):
@@ -999,18 +947,18 @@ class EtcdStores(Service):
                 "rules store: {count} keys in etcd under {keyPrefix} (revision {revision})",
                 count=len(kvs), keyPrefix=self.keyPrefix, revision=revision,
             )
-        self._watch = self.client.watch(
-            self.keyPrefix, revision + 1, self._events, self._compacted, onStatus=self._status
+
+    def prefixLoaded(self) -> None:
+        """
+        Loaded once every store knows its key's revision: the config's
+        values written where absent (or the attempt failed).
+        """
+        creating = [
+            store._creating for store in self._stores.values() if store._creating is not None
+        ]
+        gatherResults([_follow(d) for d in creating]).addCallback(
+            lambda _: self._firstLoad.finish()
         )
-        if first:
-            # Loaded once every store knows its key's revision: the config's
-            # values written where absent (or the attempt failed).
-            creating = [
-                store._creating for store in self._stores.values() if store._creating is not None
-            ]
-            gatherResults([_follow(d) for d in creating]).addCallback(
-                lambda _: self._firstLoad.finish()
-            )
 
     def _checkKey(self, key: str) -> None:
         """
@@ -1032,7 +980,10 @@ class EtcdStores(Service):
             key=key, keyPrefix=self.keyPrefix,
         )
 
-    def _events(self, events: list[WatchEvent], revision: int) -> None:
+    def prefixEvents(self, events: list[WatchEvent], revision: int) -> None:
+        """
+        Changes the watch saw: each store of a key changed follows it.
+        """
         for event in events:
             kv = event.kv
             store = self._stores.get(kv.key)
@@ -1046,62 +997,13 @@ class EtcdStores(Service):
                 self._forget(kv.key, kv.modRevision)
                 if store is not None:
                     store._follow(None, kv.modRevision)
-        self.revision = max(self.revision, revision)
 
-    def _compacted(self, revision: int) -> None:
-        self._watch = None
-        self.resyncs += 1
-        if revision:
-            _log.info(
-                "rules store: etcd compacted its history up to revision {compacted}, past"
-                " revision {revision}: reading {keyPrefix} again",
-                compacted=revision, revision=self.revision, keyPrefix=self.keyPrefix,
-            )
-        else:
-            _log.warn(
-                "rules store: etcd is behind revision {revision} (another cluster, or"
-                " restored from a backup?): reading {keyPrefix} again",
-                revision=self.revision, keyPrefix=self.keyPrefix,
-            )
-        self._read()
-
-    def _check(self) -> None:
+    def prefixLost(self, reason: str) -> None:
         """
-        While the watch looks established, ask etcd something cheap; a
-        watch on a connection cut without a reset would otherwise wait for
-        ever (as the etcd namer does).
+        etcd cannot be followed now: say what stays in force (once per
+        outage).
         """
-        watch = self._watch
-        if watch is None or not watch.connected or self._checking is not None:
-            return
-        checking = self._checking = self.client.count(self.keyPrefix)
-
-        def answered(_: object) -> None:
-            if self._checking is checking:
-                self._checking = None
-
-        def failed(failure: Any) -> None:
-            if self._checking is not checking:
-                return
-            self._checking = None
-            if failure.check(EtcdUnavailable) and watch is self._watch and watch.connected:
-                watch.reconnect("etcd does not answer (%s)" % (failure.value,))
-
-        checking.addCallbacks(answered, failed)
-
-    def _status(self, connected: bool, reason: str | None) -> None:
-        if connected:
-            self._back()
-        else:
-            self._lost(reason or "watch lost")
-
-    def _lost(self, reason: str) -> None:
-        self.problem = reason
-        if self._staleSince is not None:
-            return
-        self._staleSince = self._reactor.seconds()
-        self.disconnects += 1
-        if not self._readOnce:
+        if not self._follower.readOnce:
             _log.warn(
                 "rules store: cannot read {keyPrefix} from etcd: {reason}; the config's rules"
                 " and policies apply until it answers (retrying)",
@@ -1114,26 +1016,7 @@ class EtcdStores(Service):
             reason=reason, revision=self.revision,
         )
 
-    def _back(self) -> None:
-        if self._staleSince is None:
-            return
-        downFor = self._reactor.seconds() - self._staleSince
-        self._staleSince = None
-        self.problem = None
-        _log.info(
-            "rules store: following etcd again after {seconds:.1f} s (revision {revision})",
-            seconds=downFor, revision=self.revision,
-        )
-
     # -- what the admin API shows ----------------------------------------------------------------
-
-    @property
-    def stale(self) -> bool:
-        """
-        Whether etcd cannot be followed now (the values in force may be
-        behind the store).
-        """
-        return self._staleSince is not None
 
     def state(self) -> dict[str, Any]:
         """
@@ -1149,23 +1032,14 @@ class EtcdStores(Service):
                           "applied": 40, "rejected": null},
                 "policy": {"key": "/meshproxy/rules/policy/web", ...}}}}
         """
-        now = self._reactor.seconds()
         routers: dict[str, dict[str, Any]] = {}
         for store in self._stores.values():
             if store.active():
                 routers.setdefault(store.router, {})[store.kind] = store.state()
         return {
             "kind": "etcd",
-            "endpoint": self.client.endpoint,
-            "keyPrefix": self.keyPrefix,
             "loaded": self.loaded,
-            "stale": self.stale,
-            "staleSeconds": None if self._staleSince is None else round(now - self._staleSince, 3),
-            "problem": self.problem,
-            "revision": self.revision,
-            "disconnects": self.disconnects,
-            "errors": self.errors,
-            "resyncs": self.resyncs,
+            **self._follower.state(),
             "writes": self.writes,
             "conflicts": self.conflicts,
             "refused": self.refused,

@@ -40,13 +40,20 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from meshproxy.discovery.endpoints import Addr, Endpoint, Observable, formatAddress
 from meshproxy.discovery.interfaces import FirstLoad, INamer, _asPrefix
-from meshproxy.etcd import EtcdClient, EtcdError, EtcdUnavailable, KeyValue, Watch, WatchEvent
+from meshproxy.etcd import (
+    EtcdClient,
+    EtcdError,
+    FollowsPrefix,
+    IPrefixListener,
+    KeyValue,
+    PrefixFollower,
+    WatchEvent,
+)
 
 __all__ = [
     "EtcdNamer",
@@ -140,12 +147,13 @@ class _Instance:
         self.endpoint = endpoint
 
 
-@implementer(INamer)
-class EtcdNamer(Service):
+@implementer(INamer, IPrefixListener)
+class EtcdNamer(FollowsPrefix, Service):
     """
     A namer over the keys under one prefix of etcd: one read of the whole
-    prefix, then one watch from the revision after it (see the module
-    docstring for the layout and the rules).
+    prefix, then one watch from the revision after it, by a
+    L{PrefixFollower} (see the module docstring for the layout and the
+    rules).
 
     When the watch is lost, the client resumes it from the last revision it
     saw (jittered backoff from 100 ms to 1 s), so no change is missed; when
@@ -153,13 +161,6 @@ class EtcdNamer(Service):
     applies the difference. Meanwhile the last known sets stay in use.
 
     @ivar keyPrefix: the key prefix, ending with C{/}.
-    @ivar revision: the etcd revision the namer has seen up to (0 before
-        the first read).
-    @ivar disconnects: how many times etcd was lost (a watch lost or a read
-        failed while following).
-    @ivar errors: how many reads failed.
-    @ivar resyncs: how many times the prefix was read again after a
-        compaction.
     @ivar badValues: how many values were ignored as not valid.
     """
 
@@ -185,32 +186,23 @@ class EtcdNamer(Service):
             connection cut without a reset would otherwise wait for ever).
         """
         self.prefix = _asPrefix(prefix)
-        self.keyPrefix = keyPrefix if keyPrefix.endswith("/") else keyPrefix + "/"
-        self.revision = 0
-        self.disconnects = 0
-        self.errors = 0
-        self.resyncs = 0
         self.badValues = 0
         self._client = client
-        self._reactor = reactor
+        self._follower = PrefixFollower(
+            client,
+            keyPrefix,
+            self,
+            reactor=reactor,
+            label="namer %s" % (self.prefix,),
+            log=_log,
+            checkInterval=checkInterval,
+        )
+        self.keyPrefix = self._follower.keyPrefix
         self._services: dict[str, dict[str, _Instance]] = {}
         self._observables: dict[str, Observable] = {}
         self._unknown = Observable(Addr.neg())
         self._firstLoad = FirstLoad()
-        # Whether the prefix was read once (set before the first load is
-        # said to be done, which is last).
-        self._readOnce = False
-        self._watch: Watch | None = None
-        self._reading: Deferred[Any] | None = None
-        self._retry: Any = None
-        self._backoff = client.backoff()
-        self._attempt = 0
-        self._staleSince: float | None = None
-        self._problem: str | None = None
         self._ignoredKeys: set[str] = set()
-        self._checkInterval = checkInterval
-        self._checker: LoopingCall | None = None
-        self._checking: Deferred[Any] | None = None
 
     def __repr__(self) -> str:
         return "<EtcdNamer %s %s%s services=%d>" % (
@@ -257,10 +249,10 @@ class EtcdNamer(Service):
         instances = self._services.get(service)
         if instances is not None:
             return _bound(instances)
-        if self._readOnce:
+        if self._follower.readOnce:
             return Addr.neg()
-        if self._problem is not None:
-            return Addr.failed("etcd: %s" % (self._problem,))
+        if self._follower.problem is not None:
+            return Addr.failed("etcd: %s" % (self._follower.problem,))
         return Addr.pending()
 
     # -- the service ------------------------------------------------------
@@ -270,10 +262,7 @@ class EtcdNamer(Service):
         Read the prefix, then watch it.
         """
         super().startService()
-        self._read()
-        self._checker = LoopingCall(self._check)
-        self._checker.clock = self._reactor
-        self._checker.start(self._checkInterval, now=False)
+        self._follower.start()
 
     def stopService(self) -> Deferred[None]:
         """
@@ -281,90 +270,20 @@ class EtcdNamer(Service):
         observables keep their last values.
         """
         super().stopService()
-        if self._checker is not None and self._checker.running:
-            self._checker.stop()
-        self._checker = None
-        if self._checking is not None:
-            checking, self._checking = self._checking, None
-            checking.cancel()
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        self._retry = None
-        if self._reading is not None:
-            reading, self._reading = self._reading, None
-            reading.cancel()
-        if self._watch is not None:
-            self._watch.stop()
-            self._watch = None
+        self._follower.stop()
         return self._client.close()
 
-    def _read(self) -> None:
-        self._retry = None
-        if not self.running:
-            return
-        reading = self._reading = self._client.range(self.keyPrefix)
+    # -- what the follower tells (IPrefixListener) -------------------------
 
-        def read(result: tuple[int, list[KeyValue]]) -> None:
-            if self._reading is not reading:
-                return
-            self._reading = None
-            self._attempt = 0
-            revision, kvs = result
-            self._loaded(revision, kvs)
-
-        def failed(failure: Any) -> None:
-            if self._reading is not reading:
-                return
-            self._reading = None
-            self.errors += 1
-            reason = str(failure.value) if failure.check(EtcdError) else repr(failure.value)
-            self._lost(reason)
-            self._attempt += 1
-            self._retry = self._reactor.callLater(
-                self._backoff.delay(self._attempt), self._read
-            )
-
-        reading.addCallbacks(read, failed)
-
-    def _check(self) -> None:
+    def prefixRead(self, revision: int, kvs: list[KeyValue], first: bool) -> None:
         """
-        While the watch looks established, ask etcd something cheap: if it
-        does not answer, the watch's connection may be dead without a
-        reset (a partition): drop it, which makes the namer stale and the
-        watch try again.
-        """
-        watch = self._watch
-        if watch is None or not watch.connected or self._checking is not None:
-            return
-        checking = self._checking = self._client.count(self.keyPrefix)
-
-        def answered(_: object) -> None:
-            if self._checking is checking:
-                self._checking = None
-
-        def failed(failure: Any) -> None:
-            if self._checking is not checking:
-                return
-            self._checking = None
-            if failure.check(EtcdUnavailable) and watch is self._watch and watch.connected:
-                watch.reconnect("etcd does not answer (%s)" % (failure.value,))
-
-        checking.addCallbacks(answered, failed)
-
-    def _loaded(self, revision: int, kvs: list[KeyValue]) -> None:
-        """
-        A whole read of the prefix: replace what is known by it, tell every
-        followed service its set (the same set is no change), and watch
-        from the next revision.
+        A whole read of the prefix: replace what is known by it, and tell
+        every followed service its set (the same set is no change).
         """
         services: dict[str, dict[str, _Instance]] = {}
         for kv in kvs:
             self._put(services, kv)
         self._services = services
-        self.revision = revision
-        first = not self._readOnce
-        self._readOnce = True
-        self._back()
         for name in list(self._observables):
             self._publish(name)
         if first:
@@ -375,15 +294,12 @@ class EtcdNamer(Service):
                 keyPrefix=self.keyPrefix,
                 revision=revision,
             )
-        self._watch = self._client.watch(
-            self.keyPrefix,
-            revision + 1,
-            self._events,
-            self._compacted,
-            onStatus=self._status,
-        )
-        # Last: whoever waits for the first load sees the sets, and may
-        # stop the namer at once.
+
+    def prefixLoaded(self) -> None:
+        """
+        The first read was taken: whoever waits for the first load sees the
+        sets (and may stop the namer at once).
+        """
         self._firstLoad.finish()
 
     def _put(self, services: dict[str, dict[str, _Instance]], kv: KeyValue) -> str | None:
@@ -420,7 +336,10 @@ class EtcdNamer(Service):
         instances[kv.key] = _Instance(kv.modRevision, endpoint)
         return service
 
-    def _events(self, events: list[WatchEvent], revision: int) -> None:
+    def prefixEvents(self, events: list[WatchEvent], revision: int) -> None:
+        """
+        Changes the watch saw: tell the services they change.
+        """
         changed = set()
         for event in events:
             kv = event.kv
@@ -436,7 +355,6 @@ class EtcdNamer(Service):
                 if not instances:
                     del self._services[name]
                 changed.add(name)
-        self.revision = revision
         for name in changed:
             self._publish(name)
 
@@ -445,42 +363,12 @@ class EtcdNamer(Service):
         if observable is not None:
             observable.set(self._addrOf(service))
 
-    def _compacted(self, revision: int) -> None:
-        self._watch = None
-        self.resyncs += 1
-        if revision:
-            _log.info(
-                "namer {prefix}: etcd compacted its history up to revision {compacted}, past"
-                " revision {revision}: reading {keyPrefix} again",
-                prefix=str(self.prefix), compacted=revision, revision=self.revision,
-                keyPrefix=self.keyPrefix,
-            )
-        else:
-            _log.warn(
-                "namer {prefix}: etcd is behind revision {revision} (another cluster, or"
-                " restored from a backup?): reading {keyPrefix} again",
-                prefix=str(self.prefix), revision=self.revision, keyPrefix=self.keyPrefix,
-            )
-        self._read()
-
-    def _status(self, connected: bool, reason: str | None) -> None:
-        if connected:
-            self._back()
-        else:
-            self._lost(reason or "watch lost")
-
-    def _lost(self, reason: str) -> None:
+    def prefixLost(self, reason: str) -> None:
         """
-        etcd cannot be followed now: keep every set, and say so once per
-        outage (the attempts that follow, on every endpoint, only update
-        the reason shown).
+        etcd cannot be followed now: keep every set, and say so (once per
+        outage); a service never read is then failed.
         """
-        self._problem = reason
-        if self._staleSince is not None:
-            return
-        self._staleSince = self._reactor.seconds()
-        self.disconnects += 1
-        if not self._readOnce:
+        if not self._follower.readOnce:
             _log.warn(
                 "namer {prefix}: cannot read {keyPrefix} from etcd: {reason}; retrying",
                 prefix=str(self.prefix), keyPrefix=self.keyPrefix, reason=reason,
@@ -494,26 +382,7 @@ class EtcdNamer(Service):
             prefix=str(self.prefix), reason=reason, revision=self.revision,
         )
 
-    def _back(self) -> None:
-        if self._staleSince is None:
-            return
-        downFor = self._reactor.seconds() - self._staleSince
-        self._staleSince = None
-        self._problem = None
-        _log.info(
-            "namer {prefix}: following etcd again after {seconds:.1f} s (revision {revision})",
-            prefix=str(self.prefix), seconds=downFor, revision=self.revision,
-        )
-
     # -- what the admin API shows -----------------------------------------
-
-    @property
-    def stale(self) -> bool:
-        """
-        Whether the namer cannot follow etcd now (its sets may be out of
-        date).
-        """
-        return self._staleSince is not None
 
     def state(self) -> dict[str, Any]:
         """
@@ -528,21 +397,12 @@ class EtcdNamer(Service):
         C{staleSeconds} is how long etcd has not been followed (L{None}
         while it is), C{problem} why.
         """
-        now = self._reactor.seconds()
         return {
             "kind": "etcd",
-            "endpoint": self._client.endpoint,
-            "keyPrefix": self.keyPrefix,
             "loaded": self.loaded,
-            "stale": self.stale,
-            "staleSeconds": None if self._staleSince is None else round(now - self._staleSince, 3),
-            "problem": self._problem,
-            "revision": self.revision,
+            **self._follower.state(),
             "services": len(self._services),
             "keys": sum(len(instances) for instances in self._services.values()),
-            "disconnects": self.disconnects,
-            "errors": self.errors,
-            "resyncs": self.resyncs,
             "badValues": self.badValues,
         }
 
