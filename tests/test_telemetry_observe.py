@@ -76,6 +76,7 @@ class Harness:
                 Path.read("/#/static"), {"hello": [Endpoint("127.0.0.1", p) for p in ports]}
             )
         }
+        self.registry = CollectorRegistry()
         self.spans = SpanList()
         self.summaries = SummaryList()
         self.tracer = Tracer(
@@ -87,7 +88,7 @@ class Harness:
             routerConfig,
             namers,
             reactor=self.reactor,
-            metrics=MeshMetrics(CollectorRegistry()),
+            metrics=MeshMetrics(self.registry),
             balancerFactory=balancerFactory(routerConfig.loadBalancer, self.reactor),
             tracer=self.tracer,
             summaries=[self.summaries],
@@ -107,6 +108,20 @@ class Harness:
         transport = StringTransport()
         proto.makeConnection(transport)
         return proto, transport, port
+
+
+def errorCount(h, reason):
+    """
+    meshproxy_errors_total{router="web", reason=...} as scraped.
+    """
+    for family in h.registry.collect():
+        for sample in family.samples:
+            if sample.name == "meshproxy_errors_total" and sample.labels == {
+                "router": "web",
+                "reason": reason,
+            }:
+                return sample.value
+    return 0
 
 
 def headersOf(raw):
@@ -213,6 +228,27 @@ class PropagationTests(SynchronousTestCase):
         self.assertIn(b"traceparent", headersOf(upTransport.value()))
         up.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
         self.assertEqual(h.spans.spans, [])
+
+    def test_invalidContextRestartedAndCounted(self):
+        """
+        An invalid traceparent restarts the trace here (a new trace id, no
+        parent), counted as trace-restarted in the router's errors, with
+        the shared tracer the process gives every router.
+        """
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(
+            b"GET / HTTP/1.1\r\nHost: hello\r\n"
+            b"traceparent: 00-%s-%s-01\r\n\r\n"
+            % (CALLER_TRACE.upper().encode(), CALLER_SPAN.encode())
+        )
+        up, upTransport, port = h.upstream()
+        [traceparent] = headersOf(upTransport.value())[b"traceparent"]
+        self.assertNotIn(CALLER_TRACE.encode(), traceparent.lower())
+        up.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+        server = h.spans.spans[0]
+        self.assertIsNone(server.parentId)
+        self.assertEqual(errorCount(h, "trace-restarted"), 1)
 
     def test_reqIdKeptFromTrustedCaller(self):
         """

@@ -170,7 +170,7 @@ class Exchange(TryAccounting):
         now = self.startTime = router.clock.seconds()
         request = self.request
         server = self.server
-        self.trace = router.tracer.begin(request, server.trusted)
+        self.trace = router.tracer.begin(request, server.trusted, router.countError)
         try:
             client, self.override = router.route(request, server.trusted)
         except ProxyError as e:

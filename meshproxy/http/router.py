@@ -183,7 +183,7 @@ class HttpRouter:
         self.perTryTimeout = config.timeouts.perTry
         self.bufferBytes = retries.bufferBytes
         # Telemetry besides metrics: traces, and the summaries of requests.
-        self.tracer = Tracer(onRestart=self._traceRestarted) if tracer is None else tracer
+        self.tracer = Tracer() if tracer is None else tracer
         self.observer = RequestObserver(self.name, self.tracer, summaries, query=logQuery)
         self._expiry: LoopingCall | None = None
 
@@ -380,9 +380,6 @@ class HttpRouter:
         See L{IRouter.countError}.
         """
         self.metrics.error(self.name, reason)
-
-    def _traceRestarted(self) -> None:
-        self.countError("trace-restarted")
 
     def countRetry(self, reason: str) -> None:
         """

@@ -160,7 +160,6 @@ class Tracer:
         sinks: Sequence[ISpanSink] = (),
         serviceName: str = "meshproxy",
         rng: _random.Random | None = None,
-        onRestart: Callable[[], None] | None = None,
     ) -> None:
         """
         @param sampleRate: the share of traces started here that are sampled.
@@ -168,8 +167,6 @@ class Tracer:
         @param serviceName: C{localEndpoint.serviceName} of every span.
         @param rng: the source of ids and sampling decisions; a
             C{random.Random()} (seeded by the system) when not given.
-        @param onRestart: called when a caller's trace context was invalid
-            and the trace restarts here (a counter).
         """
         self.sampleRate = sampleRate
         self.sinks = tuple(sinks)
@@ -180,12 +177,20 @@ class Tracer:
         rng = _random.Random() if rng is None else rng
         self._getrandbits = rng.getrandbits
         self._random = rng.random
-        self._onRestart = onRestart
 
-    def begin(self, request: Request, trusted: bool) -> RequestTrace:
+    def begin(
+        self,
+        request: Request,
+        trusted: bool,
+        countError: Callable[[str], None] | None = None,
+    ) -> RequestTrace:
         """
         The trace of a request: the caller's, when it sent a valid one,
         else a new one, sampled by C{sampleRate} unless the caller decided.
+
+        @param countError: the router's error counter, told
+            C{trace-restarted} when the caller's trace context was invalid
+            and the trace restarts here.
         """
         getrandbits = self._getrandbits
         # One draw for this hop's span id and a new trace's id (all zeros,
@@ -215,8 +220,8 @@ class Tracer:
                 reqId,
                 getrandbits,
             )
-        if context.restarted and self._onRestart is not None:
-            self._onRestart()
+        if context.restarted and countError is not None:
+            countError("trace-restarted")
         sampled = self._decide() if context.sampled is None else context.sampled
         return RequestTrace(
             context.traceId,
