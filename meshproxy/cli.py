@@ -518,7 +518,11 @@ _EXPLAIN_DESCRIPTION = (
 )
 
 
-def _addExplainArguments(parser: argparse.ArgumentParser) -> None:
+def _addRouterArguments(parser: argparse.ArgumentParser) -> None:
+    """
+    What every command asking a running meshproxy about one router takes:
+    the admin API, its token, the router.
+    """
     parser.add_argument(
         "--admin", default=DEFAULT_ADMIN, metavar="URL",
         help="the admin API (default: %(default)s)",
@@ -529,6 +533,10 @@ def _addExplainArguments(parser: argparse.ArgumentParser) -> None:
         "(default: $%s)" % (TOKEN_ENVIRONMENT,),
     )
     parser.add_argument("router", metavar="ROUTER", help="the router's name")
+
+
+def _addExplainArguments(parser: argparse.ArgumentParser) -> None:
+    _addRouterArguments(parser)
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--name", help="a logical name, e.g. /svc/users")
     what.add_argument("--host", help="a Host header value, identified as the router does")
@@ -758,16 +766,7 @@ class TapError(Exception):
 
 
 def _addTapArguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--admin", default=DEFAULT_ADMIN, metavar="URL",
-        help="the admin API (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--token", default=None, metavar="T",
-        help="the admin token, if the API protects reads "
-        "(default: $%s)" % (TOKEN_ENVIRONMENT,),
-    )
-    parser.add_argument("router", metavar="ROUTER", help="the router's name")
+    _addRouterArguments(parser)
     parser.add_argument(
         "--status", metavar="STATUS",
         help="only these statuses: a class (5xx), a code (404), or 0 (the client left"
