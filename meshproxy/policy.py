@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Decision", "Policy", "PolicyError", "Rule"]
+__all__ = ["Decision", "Policy", "PolicyError", "Rule", "checkCaller"]
 
 ALLOW = "allow"
 DENY = "deny"
@@ -237,3 +237,22 @@ class Policy:
 
 def _under(name: Sequence[str], prefix: Sequence[str]) -> bool:
     return tuple(name[: len(prefix)]) == tuple(prefix)
+
+
+def checkCaller(caller: str | None, peer: str | None) -> None:
+    """
+    Refuse a caller or peer no request or connection could have (what an
+    explain is asked about).
+
+    @param caller: a verified identity, or L{None} for an unauthenticated
+        caller.
+    @param peer: an IP address, or L{None}.
+    @raise ValueError: saying which.
+    """
+    if caller is not None and not caller:
+        raise ValueError("an empty caller identity (leave it out for an unauthenticated caller)")
+    if peer is not None:
+        try:
+            ipaddress.ip_address(peer)
+        except ValueError:
+            raise ValueError("peer must be an IP address, got %r" % (peer,)) from None

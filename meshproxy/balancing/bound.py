@@ -5,11 +5,14 @@ endpoints, and a per-endpoint payload the protocol owns (HTTP: a connection
 pool; TCP: counts of its spliced connections).
 """
 
+from collections.abc import Callable, Iterable
+from typing import Any
+
 from twisted.logger import Logger
 
 from meshproxy.discovery.endpoints import Addr, formatAddress
 
-__all__ = ["BoundEndpoints", "MAX_WAITERS"]
+__all__ = ["BoundEndpoints", "MAX_WAITERS", "explainBoundNames"]
 
 #: Bound on the requests (or connections) waiting for one bound name's
 #: first answer from its namer; more are refused.
@@ -224,3 +227,36 @@ class BoundEndpoints:
                 }
             )
         return endpoints
+
+
+def explainBoundNames(
+    leaves: Iterable[Any], destinationFor: Callable[[Any], Any], now: float
+) -> tuple[list[dict[str, Any]], list[Any]]:
+    """
+    What an explain shows of the bound names a name tree reaches (HTTP and
+    TCP routers alike): each one's state once, with its endpoints' balancer
+    scores.
+
+    @param leaves: the tree's leaves (L{BoundName}s), maybe repeated.
+    @param destinationFor: a leaf's destination (its C{name}, C{state()}
+        and C{balancer}).
+    @param now: the time the scores are taken at.
+    @return: C{(entries, reached)}: the JSON-ready entries, and the bound
+        names' ids, in order, each once.
+    """
+    bound = []
+    reached = []
+    seen = set()
+    for leaf in leaves:
+        if leaf.id in seen:
+            continue
+        seen.add(leaf.id)
+        reached.append(leaf.id)
+        destination = destinationFor(leaf)
+        entry = destination.state()
+        entry["name"] = destination.name
+        load = destination.balancer.load
+        for node, ep in zip(destination.balancer.nodes(), entry["endpoints"], strict=False):
+            ep["score"] = round(load(node, now), 3)
+        bound.append(entry)
+    return bound, reached

@@ -5,12 +5,12 @@ route a name (explain).
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from typing import TYPE_CHECKING, Any
 
+from meshproxy.balancing.bound import explainBoundNames
 from meshproxy.http.message import Request
-from meshproxy.policy import Decision
+from meshproxy.policy import Decision, checkCaller
 from meshproxy.routing.delegate import DelegationError, delegate, showBound
 from meshproxy.routing.identifiers import IdentificationError
 from meshproxy.routing.nametree import leaves
@@ -97,22 +97,7 @@ def explainRoute(
         result["policy"] = _decide(router, logical, [], caller, peer, method)
         return result
     result["destination"] = showBound(tree)
-    bound = []
-    now = router.clock.seconds()
-    seen = set()
-    reached = []
-    for leaf in leaves(tree):
-        if leaf.id in seen:
-            continue
-        seen.add(leaf.id)
-        reached.append(leaf.id)
-        client = router.clients.get(leaf)
-        entry = client.state()
-        entry["name"] = client.name
-        load = client.balancer.load
-        for node, ep in zip(client.balancer.nodes(), entry["endpoints"], strict=False):
-            ep["score"] = round(load(node, now), 3)
-        bound.append(entry)
+    bound, reached = explainBoundNames(leaves(tree), router.clients.get, router.clock.seconds())
     result["boundNames"] = bound
     result["endpoints"] = {entry["name"]: entry["endpoints"] for entry in bound}
     result["policy"] = _decide(router, logical, reached, caller, peer, method)
@@ -125,13 +110,7 @@ def _checkCaller(caller: str | None, peer: str | None, method: str) -> None:
 
     @raise ValueError: saying which.
     """
-    if caller is not None and not caller:
-        raise ValueError("an empty caller identity (leave it out for an unauthenticated caller)")
-    if peer is not None:
-        try:
-            ipaddress.ip_address(peer)
-        except ValueError:
-            raise ValueError("peer must be an IP address, got %r" % (peer,)) from None
+    checkCaller(caller, peer)
     if not _METHOD.match(method):
         raise ValueError("method must be an HTTP method such as GET, got %r" % (method,))
 

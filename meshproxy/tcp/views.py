@@ -6,9 +6,10 @@ route a connection (explain), in the shapes the HTTP router's views have
 
 from __future__ import annotations
 
-import ipaddress
 from typing import TYPE_CHECKING, Any
 
+from meshproxy.balancing.bound import explainBoundNames
+from meshproxy.policy import checkCaller
 from meshproxy.routing.delegate import DelegationError, delegate, showBound
 from meshproxy.routing.nametree import leaves
 from meshproxy.routing.path import Path
@@ -76,13 +77,7 @@ def explainRoute(
         raise ValueError("give exactly one of name or host")
     if method != "CONNECT":
         raise ValueError("a tcp connection is a CONNECT to the policy, got method %r" % (method,))
-    if caller is not None and not caller:
-        raise ValueError("an empty caller identity (leave it out for an unauthenticated caller)")
-    if peer is not None:
-        try:
-            ipaddress.ip_address(peer)
-        except ValueError:
-            raise ValueError("peer must be an IP address, got %r" % (peer,)) from None
+    checkCaller(caller, peer)
     if name is not None:
         try:
             logical = Path.read(name)
@@ -104,22 +99,9 @@ def explainRoute(
         result["policy"] = _decide(router, logical, [], caller, peer)
         return result
     result["destination"] = showBound(tree)
-    bound = []
-    reached = []
-    now = router.reactor.seconds()
-    seen = set()
-    for leaf in leaves(tree):
-        if leaf.id in seen:
-            continue
-        seen.add(leaf.id)
-        reached.append(leaf.id)
-        destination = router.destinationFor(leaf)
-        entry = destination.state()
-        entry["name"] = destination.name
-        load = destination.balancer.load
-        for node, ep in zip(destination.balancer.nodes(), entry["endpoints"], strict=False):
-            ep["score"] = round(load(node, now), 3)
-        bound.append(entry)
+    bound, reached = explainBoundNames(
+        leaves(tree), router.destinationFor, router.reactor.seconds()
+    )
     result["boundNames"] = bound
     result["endpoints"] = {entry["name"]: entry["endpoints"] for entry in bound}
     result["policy"] = _decide(router, logical, reached, caller, peer)
