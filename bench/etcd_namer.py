@@ -19,7 +19,6 @@ A benchmark, not a test: it never fails on a figure. Usage::
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -28,66 +27,24 @@ import time
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, HERE)
 
-
-def freePorts(n):
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def percentile(values, fraction):
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(fraction * len(ordered) + 0.5) - 1))
-    return ordered[index]
+from etcd_rules import percentile, startEtcd  # noqa: E402  (bench/, beside this file)
 
 
 async def measure(reactor, puts):
-    from twisted.internet import defer, protocol
-    from twisted.internet.task import deferLater
+    from twisted.internet import defer
 
     from meshproxy.discovery.endpoints import Endpoint
     from meshproxy.discovery.etcd import EtcdNamer
-    from meshproxy.etcd import EtcdClient, EtcdUnavailable
+    from meshproxy.etcd import EtcdClient
 
-    etcd = shutil.which("etcd")
-    if etcd is None:
+    if shutil.which("etcd") is None:
         print("etcd is not installed (Debian: apt-get install etcd-server)", file=sys.stderr)
         return 2
     base = tempfile.mkdtemp(prefix="etcd-bench-")
-    clientPort, peerPort = freePorts(2)
-    url, peer = "http://127.0.0.1:%d" % clientPort, "http://127.0.0.1:%d" % peerPort
-    ended = defer.Deferred()
-
-    class Process(protocol.ProcessProtocol):
-        def processEnded(self, reason):
-            ended.callback(None)
-
-    process = reactor.spawnProcess(
-        Process(), etcd,
-        [etcd, "--name", "bench", "--data-dir", os.path.join(base, "data"),
-         "--listen-client-urls", url, "--advertise-client-urls", url,
-         "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-         "--initial-cluster", "bench=" + peer, "--logger", "zap", "--log-outputs",
-         os.path.join(base, "etcd.log")],
-        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-    )
-    writer = EtcdClient([url], reactor=reactor)
+    # The same etcd as bench/etcd_rules.py's, on free loopback ports.
+    url, writer, process, ended = await startEtcd(reactor, base)
     namer = None
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                await writer.range("/")
-                break
-            except EtcdUnavailable:
-                if time.monotonic() > deadline:
-                    raise
-                await deferLater(reactor, 0.05, lambda: None)
         namer = EtcdNamer("/#/etcd", EtcdClient([url], reactor=reactor),
                           "/meshproxy/services/", reactor=reactor)
         namer.startService()
