@@ -1232,31 +1232,13 @@ class Bench:
         argv = self.pinned(LOAD_CPU, [
             self.tools["wrk"], f"-t{threads}", f"-c{connections}", f"-d{duration}s",
             "--latency", "-H", f"Host: {HOST_HEADER}", *close, url])
-        pids = [self.pids[server] for server in spec.servers]
-        pid = bool(pids)
-        cpu_before = sum(cpu_seconds(p) for p in pids) if pid else None
-        wall_before = time.monotonic()
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
-        try:
-            out, err = proc.communicate(timeout=duration + 30)
-        except BaseException:
-            # Timeout or Ctrl-C: wrk is in its own session, so stop it here.
-            proc.kill()
-            proc.wait()
-            raise
-        wall = time.monotonic() - wall_before
-        cpu_after = sum(cpu_seconds(p) for p in pids) if pid else None
-        if proc.returncode != 0:
-            raise HarnessError(f"wrk against {target} exited with status {proc.returncode}:"
-                               f"\n{out}{err}")
+        out, err, wall, cpu = self.load("wrk", argv, spec, duration, target)
         try:
             result = parse_wrk(out)
         except ValueError as e:
             raise HarnessError(f"cannot parse wrk output for {target}: {e}\n{out}{err}") from e
         result["wrk_argv"] = argv
-        if pid:
-            cpu = cpu_after - cpu_before
+        if cpu is not None:
             result["proxy_cpu_s"] = round(cpu, 3)
             result["proxy_cpu_util"] = round(cpu / wall, 3)
             result["cpu_us_per_req"] = (
@@ -1265,6 +1247,35 @@ class Bench:
             result["proxy_cpu_s"] = result["proxy_cpu_util"] = result["cpu_us_per_req"] = None
         result["flagged"] = result["error_total"] > 0 or not result["requests"]
         return result
+
+    def load(self, tool, argv, spec, duration, target):
+        """
+        Run one load generator to its end, and time it.
+
+        @param tool: its name, for errors.
+        @param argv: its command line.
+        @param spec: the target's L{Target}: the servers whose CPU counts.
+        @return: C{(stdout, stderr, wall seconds, the servers' CPU seconds
+            or L{None} for a target without a proxy)}.
+        """
+        pids = [self.pids[server] for server in spec.servers]
+        cpu_before = sum(cpu_seconds(p) for p in pids) if pids else None
+        wall_before = time.monotonic()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=duration + 30)
+        except BaseException:
+            # Timeout or Ctrl-C: the tool is in its own session, so stop it here.
+            proc.kill()
+            proc.wait()
+            raise
+        wall = time.monotonic() - wall_before
+        cpu = sum(cpu_seconds(p) for p in pids) - cpu_before if pids else None
+        if proc.returncode != 0:
+            raise HarnessError(f"{tool} against {target} exited with status {proc.returncode}:"
+                               f"\n{out}{err}")
+        return out, err, wall, cpu
 
     def handshakes(self, target, duration):
         """
@@ -1337,22 +1348,7 @@ class Bench:
             self.tools["h2load"], "-c", str(connections), "-m", str(spec.streams),
             "-t", str(min(args.threads, connections)), "-D", str(duration),
             "-H", f":authority: {HOST_HEADER}", f"--log-file={log}", url])
-        pids = [self.pids[server] for server in spec.servers]
-        cpu_before = sum(cpu_seconds(p) for p in pids)
-        wall_before = time.monotonic()
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
-        try:
-            out, err = proc.communicate(timeout=duration + 30)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        wall = time.monotonic() - wall_before
-        cpu = sum(cpu_seconds(p) for p in pids) - cpu_before
-        if proc.returncode != 0:
-            raise HarnessError(f"h2load against {target} exited with status {proc.returncode}:"
-                               f"\n{out}{err}")
+        out, err, wall, cpu = self.load("h2load", argv, spec, duration, target)
         try:
             result = parse_h2load(out, log.read_text() if log.exists() else "")
         except ValueError as e:
