@@ -36,7 +36,7 @@ from meshproxy.telemetry.export import (
     otlpJSON,
     zipkinJSON,
 )
-from meshproxy.telemetry.spans import CLIENT, SERVER, ISpanSink, Span, TelemetryStats
+from meshproxy.telemetry.spans import CLIENT, SERVER, ISpanSink, RequestSpans, Span, TelemetryStats
 from tests.telemetry_support import OTLP_PATH, ZIPKIN_PATH, ReceiverSite, SpanReceiver, receiverURL
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -1034,3 +1034,198 @@ class ZipkinEncoderTests(SynchronousTestCase):
             [decoded] = json.loads(encoder.wrap([encoder.span(span)]))
             self.assertEqual(decoded["localEndpoint"], expected)
             self.assertEqual(decoded["remoteEndpoint"], expected)
+
+
+def makeRequest(**kw):
+    """
+    A finished request's spans (L{RequestSpans}); keywords override the
+    defaults: a routed GET answered 200 at its first try.
+    """
+    values = dict(
+        traceId=TRACE,
+        spanId="b7ad6b7169203331",
+        parentId=None,
+        start=1700000000.123456,
+        end=1700000000.126,
+        method=b"GET",
+        target=b"/users/1?secret=1",
+        host=b"users",
+        status=200,
+        meshErr=None,
+        router="web",
+        name="/#/fs/users",
+        peer="10.0.0.7",
+        identity=None,
+        tries=1,
+        tryRecords=[
+            ("00f067aa0ba902b7", 1700000000.1236, 1700000000.1259, "10.0.0.2:8080", 200, None)
+        ],
+        serviceName="meshproxy",
+    )
+    values.update(kw)
+    return RequestSpans(**values)
+
+
+#: Requests whose spans differ in every way the request path can make them.
+VARIED_REQUESTS = [
+    makeRequest(),
+    makeRequest(parentId="00f067aa0ba902b7", peer=None, host=None),
+    makeRequest(
+        tries=3,
+        status=200,
+        tryRecords=[
+            ("1000000000000001", 1700000000.2, 1700000000.21, "10.0.0.2:8080", 503, None),
+            ("1000000000000002", 1700000000.22, 1700000000.23, "10.0.0.3:8080", 0,
+             "upstream-connect"),
+            ("1000000000000003", 1700000000.24, 1700000000.25, "[2001:db8::2]:8443", 200, None),
+        ],
+    ),
+    makeRequest(status=502, meshErr="upstream-reset", identity="spiffe://mesh/caller",
+                tryRecords=[("2000000000000001", 1.0, 0.5, "10.0.0.2:8080", 0, "upstream-reset")]),
+    makeRequest(status=0, end=1700000000.0, tryRecords=[]),
+    makeRequest(name=None, status=503, meshErr="no-route", tryRecords=[]),
+    makeRequest(target=b'/caf\xc3\xa9/"q"\\/\xff%d?x', method=b"P%sT", router="r%s",
+                name="/#/fs/50%", host=b"h\xe9%s", peer="fe80::1%eth0"),
+    makeRequest(tryRecords=[("3000000000000001", 1.0, 2.0, "::ffff:10.0.0.9:0", 504, None)],
+                status=504),
+]
+
+
+class RequestSpansTests(SynchronousTestCase):
+    def setUp(self):
+        self.validator = zipkinValidator()
+
+    def test_zipkinAsTheirSpans(self):
+        """
+        A request's spans are written as the JSON of the spans
+        L{RequestSpans.spans} makes, byte for byte, by a new encoder and by
+        one that kept its templates from the requests before; the body
+        validates.
+        """
+        from meshproxy.telemetry.export import ZipkinEncoder
+
+        kept = ZipkinEncoder("edge")
+        for _ in range(2):
+            for record in VARIED_REQUESTS:
+                expected = zipkinJSON(record.spans(), serviceName="edge")
+                self.assertEqual(zipkinJSON([record], serviceName="edge"), expected)
+                self.assertEqual(kept.encode([record]), expected)
+                self.validator.validate(json.loads(expected))
+        mixed = [makeSpan(), VARIED_REQUESTS[2], makeSpan(name="x")]
+        self.assertEqual(
+            zipkinJSON(mixed),
+            zipkinJSON([mixed[0], *VARIED_REQUESTS[2].spans(), mixed[2]]),
+        )
+
+    def test_spans(self):
+        """
+        The server span has the request's tags, the client spans those of
+        their tries, the retry reason of the try before, and the bound
+        name's last segment as their remote service.
+        """
+        server, first, second, third = VARIED_REQUESTS[2].spans()
+        self.assertEqual(
+            (server.kind, server.parentId, server.name, server.remote),
+            (SERVER, None, "GET /#/fs/users", (None, "10.0.0.7", 0)),
+        )
+        self.assertEqual(
+            server.tags,
+            {
+                "http.method": "GET",
+                "http.path": "/users/1",
+                "http.status_code": "200",
+                "mesh.router": "web",
+                "http.host": "users",
+                "mesh.name": "/#/fs/users",
+                "mesh.tries": "3",
+            },
+        )
+        self.assertEqual([s.parentId for s in (first, second, third)], [server.spanId] * 3)
+        self.assertEqual(first.tags, {"mesh.endpoint": "10.0.0.2:8080", "http.status_code": "503"})
+        self.assertTrue(first.error)
+        self.assertEqual(
+            second.tags,
+            {"mesh.endpoint": "10.0.0.3:8080", "error": "upstream-connect",
+             "mesh.retry_reason": "status 503"},
+        )
+        self.assertEqual(third.remote, ("users", "2001:db8::2", 8443))
+        self.assertEqual(third.tags["mesh.retry_reason"], "upstream-connect")
+        self.assertFalse(third.error)
+        [unrouted] = VARIED_REQUESTS[5].spans()
+        self.assertEqual((unrouted.name, unrouted.error), ("GET web", True))
+
+    def test_otlpAsTheirSpans(self):
+        """
+        OTLP writes a request's spans as those L{RequestSpans.spans} makes.
+        """
+        for record in VARIED_REQUESTS:
+            self.assertEqual(otlpJSON([record], "edge"), otlpJSON(record.spans(), "edge"))
+
+
+class RequestSpansExportTests(SynchronousTestCase):
+    def record(self, tries):
+        return makeRequest(
+            tryRecords=[("%016x" % (i + 1), 1.0, 2.0, "10.0.0.2:8080", 200, None)
+                        for i in range(tries)]
+        )
+
+    def test_countedAsTheirSpans(self):
+        """
+        A request's spans count as that many spans in the batch size, the
+        queue bound and the counters; a request whose spans do not fit in
+        the queue is dropped whole.
+        """
+        encoded = []
+
+        def encode(batch):
+            encoded.append(batch)
+            return b"x"
+
+        f = Fixture(size=4, queue=5, maxInFlight=1)
+        f.exporter._encode = encode
+        f.exporter.startService()
+        f.exporter.submitRequest(self.record(1))
+        f.exporter.submitRequest(self.record(1))
+        self.assertEqual(len(f.client.posts), 1)
+        self.assertEqual([len(b) for b in encoded], [2])
+        f.exporter.submitRequest(self.record(2))
+        f.exporter.submitRequest(self.record(2))
+        self.assertEqual(f.stats.spansDropped, {("zipkin", "queue-full"): 3})
+        f.client.posts[0].respond()
+        self.assertEqual(f.stats.spansExported, {"zipkin": 4})
+        f.clock.advance(1.0)
+        self.assertEqual([len(b) for b in encoded], [2, 1])
+        f.client.posts[1].respond()
+        self.assertEqual(f.stats.spansExported, {"zipkin": 7})
+
+    def test_largerThanABatchSplit(self):
+        """
+        A request with more spans than a batch holds is posted as its spans,
+        a batch at a time.
+        """
+        f = Fixture(size=2, queue=10, maxInFlight=5)
+        f.exporter._encode = lambda batch: ",".join(
+            "%s/%s" % (s.kind, s.spanId) for s in batch
+        ).encode("ascii")
+        f.exporter.startService()
+        f.exporter.submitRequest(self.record(3))
+        f.clock.advance(1.0)
+        self.assertEqual(
+            f.bodies(),
+            [
+                b"SERVER/b7ad6b7169203331,CLIENT/0000000000000001",
+                b"CLIENT/0000000000000002,CLIENT/0000000000000003",
+            ],
+        )
+        for post in f.client.posts:
+            post.respond()
+        self.assertEqual(f.stats.spansExported, {"zipkin": 4})
+
+    def test_fanOut(self):
+        """
+        L{SpanFanOut} hands a request's spans to every sink.
+        """
+        a, b = Fixture(), Fixture()
+        record = self.record(1)
+        SpanFanOut([a.exporter, b.exporter]).submitRequest(record)
+        self.assertEqual([list(a.exporter._queue), list(b.exporter._queue)], [[record], [record]])

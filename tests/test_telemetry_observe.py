@@ -45,9 +45,15 @@ CALLER_SPAN = "b7ad6b7169203331"
 class SpanList:
     def __init__(self):
         self.spans = []
+        self.records = []
 
     def submit(self, span):
         self.spans.append(span)
+
+    def submitRequest(self, spans):
+        # The spans an exporter makes of a request's record.
+        self.records.append(spans)
+        self.spans.extend(spans.spans())
 
 
 @implementer(ISummarySink)

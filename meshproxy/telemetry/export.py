@@ -44,7 +44,17 @@ from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
 from meshproxy.config.telemetry import BatchConfig, TracingConfig
-from meshproxy.telemetry.spans import CLIENT, SERVER, ISpanSink, Span, TelemetryStats, jsonString
+from meshproxy.telemetry.spans import (
+    CLIENT,
+    SERVER,
+    ISpanSink,
+    RequestSpans,
+    Span,
+    TelemetryStats,
+    jsonString,
+    serviceOf,
+    splitAddress,
+)
 
 __all__ = [
     "MAX_IN_FLIGHT",
@@ -103,7 +113,9 @@ def _zipkinEndpoint(serviceName: str | None, ip: str | None, port: int) -> dict[
     return endpoint
 
 
-def zipkinJSON(spans: Iterable[Span], serviceName: str | None = None) -> bytes:
+def zipkinJSON(
+    spans: Iterable[Span | RequestSpans], serviceName: str | None = None
+) -> bytes:
     """
     Encode spans as a Zipkin v2 JSON C{ListOfSpans}.
 
@@ -113,25 +125,38 @@ def zipkinJSON(spans: Iterable[Span], serviceName: str | None = None) -> bytes:
     of that tag). A root span has no C{parentId}; endpoint fields that are
     unknown are left out.
 
-    @param spans: the finished spans.
+    @param spans: the finished spans, and requests' spans (each written as
+        the spans L{RequestSpans.spans} makes).
     @param serviceName: the C{localEndpoint.serviceName} of every span;
         L{None} to use each span's own (C{span.local[0]}).
     @return: UTF-8 JSON.
     """
-    encoder = ZipkinEncoder(serviceName)
-    return encoder.wrap([encoder.span(span) for span in spans])
+    return ZipkinEncoder(serviceName).encode(spans)
+
+
+# Request-target bytes that a JSON string holds as they are: printable
+# ASCII but the quote and the backslash (what jsonString lets through).
+_JSON_PLAIN = bytes(c for c in range(0x20, 0x7F) if c not in b'"\\')
 
 
 class ZipkinEncoder:
     """
-    Writes spans as Zipkin v2 JSON, one at a time: with templates rather
-    than through C{json.dumps} of a dict per span (a third of the cost, for
-    the same JSON). Ids, kinds and numbers need no escaping; text goes
-    through L{jsonString}. The endpoints' JSON is made once per address
-    (at most L{MAX_ENDPOINTS} kept).
+    Writes spans as Zipkin v2 JSON: with templates rather than through
+    C{json.dumps} of a dict per span (a third of the cost, for the same
+    JSON). Ids, kinds and numbers need no escaping; text goes through
+    L{jsonString}. The endpoints' JSON is made once per address (at most
+    L{MAX_ENDPOINTS} kept).
+
+    A request's spans (L{RequestSpans}) are written straight from the
+    record, without making L{Span}s: what every request of a route shares
+    (the name, the local endpoint, the method, router, Host and bound name
+    tags) is written once into a template per route (at most L{MAX_ROUTES}
+    kept), and each span is one formatting of that template. An encoder
+    kept across batches (an exporter's) keeps these.
     """
 
     MAX_ENDPOINTS = 1024
+    MAX_ROUTES = 1024
 
     def __init__(self, serviceName: str | None = None) -> None:
         """
@@ -141,32 +166,30 @@ class ZipkinEncoder:
         self.serviceName = serviceName
         self._locals: dict[Any, str] = {}
         self._remotes: dict[Any, str] = {}
+        self._routes: dict[Any, tuple[str, str]] = {}
+        self._upstreams: dict[tuple[str | None, str], tuple[str, str]] = {}
+
+    def encode(self, items: Iterable[Span | RequestSpans]) -> bytes:
+        """
+        A request body: the C{ListOfSpans} of spans and requests' spans.
+        """
+        out = []
+        for item in items:
+            if type(item) is RequestSpans:
+                out.append(self.request(item))
+            else:
+                out.append(self.span(item))  # type: ignore[arg-type]
+        return self.wrap(out)
 
     def span(self, span: Span) -> str:
         """
         One span's JSON object.
         """
         local = span.local
-        localKey = (self.serviceName or local[0], local[1], local[2])
-        locals_ = self._locals
-        localEndpoint = locals_.get(localKey)
-        if localEndpoint is None:
-            if len(locals_) >= self.MAX_ENDPOINTS:
-                locals_.clear()
-            localEndpoint = locals_[localKey] = _compact(_zipkinEndpoint(*localKey))
+        localEndpoint = self._local(self.serviceName or local[0], local[1], local[2])
         parentId = span.parentId
         remote = span.remote
-        remoteEndpoint = ""
-        if remote is not None:
-            remotes = self._remotes
-            remoteEndpoint = remotes.get(remote)  # type: ignore[assignment]
-            if remoteEndpoint is None:
-                if len(remotes) >= self.MAX_ENDPOINTS:
-                    remotes.clear()
-                fields = _zipkinEndpoint(*remote)
-                remoteEndpoint = remotes[remote] = (
-                    ',"remoteEndpoint":' + _compact(fields) if fields else ""
-                )
+        remoteEndpoint = "" if remote is None else self._remote(remote)
         tags = span.tags
         if span.error and "error" not in tags:
             tags = dict(tags)
@@ -189,12 +212,179 @@ class ZipkinEncoder:
             ),
         )
 
+    def request(self, record: RequestSpans) -> str:
+        """
+        A request's spans as JSON objects, comma-separated: the JSON
+        L{span} writes for each of C{record.spans()}.
+        """
+        key = (record.method, record.host, record.name, record.router, record.serviceName)
+        route = self._routes.get(key)
+        if route is None:
+            route = self._route(record, key)
+        server, client = route
+        traceId = record.traceId
+        spanId = record.spanId
+        parentId = record.parentId
+        start = record.start
+        status = record.status
+        target = record.target
+        query = target.find(b"?")
+        if query >= 0:
+            target = target[:query]
+        if target.translate(None, _JSON_PLAIN):
+            path = jsonString(target.decode("utf-8", "replace"))
+        else:
+            path = '"' + target.decode("ascii") + '"'
+        extra = ""
+        if record.meshErr is not None:
+            extra = ',"mesh.err":' + jsonString(record.meshErr)
+        if record.identity is not None:
+            extra += ',"mesh.peer_identity":' + jsonString(record.identity)
+        if record.tries > 1:
+            extra += ',"mesh.tries":"%d"' % (record.tries,)
+        if status == 0 or status >= 500:
+            extra += ',"error":"true"'
+        peer = record.peer
+        written = server % (
+            traceId,
+            spanId,
+            "" if parentId is None else ',"parentId":"%s"' % (parentId,),
+            round(start * 1e6),
+            max(1, round((record.end - start) * 1e6)),
+            "" if peer is None else self._remote((None, peer, 0)),
+            path,
+            status,
+            extra,
+        )
+        tryRecords = record.tryRecords
+        if not tryRecords:
+            return written
+        out = [written]
+        upstreams = self._upstreams
+        retryReason = None
+        for trySpanId, tryStart, tryEnd, address, tryStatus, error in tryRecords:
+            upstream = upstreams.get((record.name, address))
+            if upstream is None:
+                upstream = self._upstream(record.name, address)
+            tags = ""
+            if tryStatus:
+                tags = ',"http.status_code":"%d"' % (tryStatus,)
+            if error is not None:
+                tags += ',"error":' + jsonString(error)
+            if retryReason is not None:
+                tags += ',"mesh.retry_reason":' + jsonString(retryReason)
+            if error is None:
+                if tryStatus >= 500:
+                    tags += ',"error":"true"'
+                    retryReason = "status %d" % (tryStatus,)
+                else:
+                    retryReason = None
+            else:
+                retryReason = error
+            out.append(
+                client
+                % (
+                    traceId,
+                    trySpanId,
+                    spanId,
+                    round(tryStart * 1e6),
+                    max(1, round((tryEnd - tryStart) * 1e6)),
+                    upstream[0],
+                    upstream[1],
+                    tags,
+                )
+            )
+        return ",".join(out)
+
+    def _route(self, record: RequestSpans, key: Any) -> tuple[str, str]:
+        """
+        The templates of a route's server and client spans, made and kept.
+        """
+        routes = self._routes
+        if len(routes) >= self.MAX_ROUTES:
+            routes.clear()
+        name = jsonString(record.operation())
+        local = self._local(self.serviceName or record.serviceName, None, 0)
+        shared = '"mesh.router":' + jsonString(record.router)
+        if record.host is not None:
+            shared += ',"http.host":' + jsonString(record.host.decode("latin-1"))
+        if record.name is not None:
+            shared += ',"mesh.name":' + jsonString(record.name)
+        server = (
+            '{"traceId":"%s","id":"%s"%s,"kind":"SERVER","name":' + _percent(name)
+            + ',"timestamp":%d,"duration":%d,"localEndpoint":' + _percent(local)
+            + '%s,"tags":{"http.method":'
+            + _percent(jsonString(record.method.decode("latin-1")))
+            + ',"http.path":%s,"http.status_code":"%d",'
+            + _percent(shared)
+            + "%s}}"
+        )
+        client = (
+            '{"traceId":"%s","id":"%s","parentId":"%s","kind":"CLIENT","name":'
+            + _percent(name)
+            + ',"timestamp":%d,"duration":%d,"localEndpoint":'
+            + _percent(local)
+            + '%s,"tags":{"mesh.endpoint":%s%s}}'
+        )
+        route = routes[key] = (server, client)
+        return route
+
+    def _upstream(self, name: str | None, address: str) -> tuple[str, str]:
+        """
+        A client span's remote endpoint (as L{_remote} writes it) and its
+        C{mesh.endpoint} tag's value, for an endpoint of a bound name.
+        """
+        upstreams = self._upstreams
+        if len(upstreams) >= self.MAX_ENDPOINTS:
+            upstreams.clear()
+        host, port = splitAddress(address)
+        remote = (None if name is None else serviceOf(name), host, port)
+        upstream = upstreams[(name, address)] = (self._remote(remote), jsonString(address))
+        return upstream
+
+    def _local(self, serviceName: str | None, ip: str | None, port: int) -> str:
+        """
+        A local endpoint's JSON object, made once.
+        """
+        key = (serviceName, ip, port)
+        locals_ = self._locals
+        localEndpoint = locals_.get(key)
+        if localEndpoint is None:
+            if len(locals_) >= self.MAX_ENDPOINTS:
+                locals_.clear()
+            localEndpoint = locals_[key] = _compact(_zipkinEndpoint(*key))
+        return localEndpoint
+
+    def _remote(self, remote: tuple[str | None, str | None, int]) -> str:
+        """
+        A remote endpoint as the members it adds to a span
+        (C{,"remoteEndpoint":{…}}, or nothing when nothing is known),
+        made once.
+        """
+        remotes = self._remotes
+        remoteEndpoint = remotes.get(remote)
+        if remoteEndpoint is None:
+            if len(remotes) >= self.MAX_ENDPOINTS:
+                remotes.clear()
+            fields = _zipkinEndpoint(*remote)
+            remoteEndpoint = remotes[remote] = (
+                ',"remoteEndpoint":' + _compact(fields) if fields else ""
+            )
+        return remoteEndpoint
+
     @staticmethod
     def wrap(spans: list[str]) -> bytes:
         """
         The request body of spans written by L{span}: a C{ListOfSpans}.
         """
         return ("[" + ",".join(spans) + "]").encode("utf-8")
+
+
+def _percent(text: str) -> str:
+    """
+    Text to put in a C{%} template as it is.
+    """
+    return text.replace("%", "%%")
 
 
 _ZIPKIN_SPAN = (
@@ -250,7 +440,7 @@ def _otlpAddress(
     return attributes
 
 
-def otlpJSON(spans: Iterable[Span], serviceName: str) -> bytes:
+def otlpJSON(spans: Iterable[Span | RequestSpans], serviceName: str) -> bytes:
     """
     Encode spans as an OTLP/HTTP JSON C{ExportTraceServiceRequest}: one
     resource (C{service.name}), one scope (C{meshproxy}).
@@ -264,7 +454,8 @@ def otlpJSON(spans: Iterable[Span], serviceName: str) -> bytes:
     C{peer.service}, unless a tag already has that key. A span in error has
     C{status.code} 2 (C{STATUS_CODE_ERROR}); the others no status (unset).
 
-    @param spans: the finished spans.
+    @param spans: the finished spans, and requests' spans (made into
+        their L{Span}s).
     @param serviceName: the resource's C{service.name}.
     @return: UTF-8 JSON (ASCII in fact: non-ASCII text is escaped).
     """
@@ -273,7 +464,7 @@ def otlpJSON(spans: Iterable[Span], serviceName: str) -> bytes:
     addresses: dict[Any, list[dict[str, Any]]] = {}
     tagAttributes: dict[tuple[str, str], dict[str, Any]] = {}
     out = []
-    for span in spans:
+    for span in _expand(spans):
         startNanos = round(span.start * 1e6) * 1000
         tags = span.tags
         attributes = []
@@ -329,6 +520,17 @@ def otlpJSON(spans: Iterable[Span], serviceName: str) -> bytes:
         ]
     }
     return json.dumps(request, separators=(",", ":")).encode("ascii")
+
+
+def _expand(items: Iterable[Span | RequestSpans]) -> Iterable[Span]:
+    """
+    The spans of a batch, requests' spans made into theirs.
+    """
+    for item in items:
+        if type(item) is RequestSpans:
+            yield from item.spans()
+        else:
+            yield item  # type: ignore[misc]
 
 
 # -- posting -----------------------------------------------------------------
@@ -449,7 +651,7 @@ class SpanExporter(Service):
         self,
         name: str,
         url: str,
-        encode: Callable[[list[Span]], bytes],
+        encode: Callable[[list[Span | RequestSpans]], bytes],
         *,
         batch: BatchConfig,
         gzip: bool,
@@ -462,7 +664,8 @@ class SpanExporter(Service):
         """
         @param name: the exporter's name in the counters and logs.
         @param url: where batches are posted.
-        @param encode: spans → request body (L{zipkinJSON}, L{otlpJSON}).
+        @param encode: a batch (L{Span}s and L{RequestSpans}) → request
+            body (L{zipkinJSON}, L{otlpJSON}, L{ZipkinEncoder.encode}).
         @param batch: the batch size, interval and queue bound.
         @param gzip: whether bodies are sent gzip-compressed.
         @param timeout: seconds one post (connect, send, read the answer)
@@ -496,7 +699,10 @@ class SpanExporter(Service):
         self._headers = headers
 
         self._state = NEW
-        self._queue: deque[Span] = deque()
+        # Spans and requests' spans (RequestSpans) in the order they came,
+        # and how many spans they make (what the bound and batches count).
+        self._queue: deque[Span | RequestSpans] = deque()
+        self._queued = 0
         self._inFlight: set[Deferred[None]] = set()
         self._timer: IDelayedCall | None = None
         # Set when the interval has passed for what is queued: post it as
@@ -515,7 +721,7 @@ class SpanExporter(Service):
             self.exporter,
             self.url,
             self._state,
-            len(self._queue),
+            self._queued,
         )
 
     # -- ISpanSink -------------------------------------------------------------
@@ -525,15 +731,28 @@ class SpanExporter(Service):
         Queue one finished span; drop it (counted) when the queue is full or
         the exporter is stopping.
         """
-        queue = self._queue
-        if len(queue) >= self._bound:
-            self._stats.dropped(self.exporter, "queue-full")
+        self._add(span, 1)
+
+    def submitRequest(self, spans: RequestSpans) -> None:
+        """
+        Queue a finished request's spans, as one record (made into spans,
+        or their JSON, when their batch is encoded); drop them all
+        (counted) when they do not fit in the queue or the exporter is
+        stopping.
+        """
+        self._add(spans, spans.count)
+
+    def _add(self, item: Span | RequestSpans, count: int) -> None:
+        queued = self._queued + count
+        if queued > self._bound:
+            self._stats.dropped(self.exporter, "queue-full", count)
             return
         if self._state in _CLOSED:
-            self._stats.dropped(self.exporter, "shutdown")
+            self._stats.dropped(self.exporter, "shutdown", count)
             return
-        queue.append(span)
-        if len(queue) >= self._size:
+        self._queue.append(item)
+        self._queued = queued
+        if queued >= self._size:
             self._pump()
         elif self._timer is None and self._state == RUNNING:
             self._timer = self._reactor.callLater(self._interval, self._tick)
@@ -577,8 +796,9 @@ class SpanExporter(Service):
         """
         self._deadline = None
         if self._queue:
-            self._stats.dropped(self.exporter, "shutdown", len(self._queue))
+            self._stats.dropped(self.exporter, "shutdown", self._queued)
             self._queue.clear()
+            self._queued = 0
         for d in list(self._inFlight):
             d.cancel()
         self._checkDrained()
@@ -631,10 +851,9 @@ class SpanExporter(Service):
         queue = self._queue
         size = self._size
         while len(self._inFlight) < self._maxInFlight and (
-            len(queue) >= size or (self._due and queue)
+            self._queued >= size or (self._due and queue)
         ):
-            count = min(size, len(queue))
-            batch = [queue.popleft() for _ in range(count)]
+            batch = self._batch()
             if not queue:
                 self._due = False
             self._post(batch)
@@ -643,11 +862,38 @@ class SpanExporter(Service):
         elif self._timer is None and not self._due and self._state == RUNNING:
             self._timer = self._reactor.callLater(self._interval, self._tick)
 
-    def _post(self, batch: list[Span]) -> None:
+    def _batch(self) -> list[Span | RequestSpans]:
+        """
+        Take the next batch from the queue: C{batch.size} spans at most. A
+        request with more spans than that (more tries than a batch holds)
+        is split into its spans.
+        """
+        queue = self._queue
+        size = self._size
+        batch: list[Span | RequestSpans] = []
+        count = 0
+        while queue:
+            item = queue[0]
+            n = item.count
+            if count + n > size:
+                if count == 0 and isinstance(item, RequestSpans):
+                    queue.popleft()
+                    queue.extendleft(reversed(item.spans()))
+                    continue
+                break
+            queue.popleft()
+            batch.append(item)
+            count += n
+        self._queued -= count
+        return batch
+
+    def _post(self, batch: list[Span | RequestSpans]) -> None:
         """
         Post one batch; count its spans as exported or dropped.
         """
-        count = len(batch)
+        count = 0
+        for item in batch:
+            count += item.count
         try:
             body = self._encode(batch)
             if self._gzip:
@@ -734,6 +980,10 @@ class SpanFanOut:
         for sink in self._sinks:
             sink.submit(span)
 
+    def submitRequest(self, spans: RequestSpans) -> None:
+        for sink in self._sinks:
+            sink.submitRequest(spans)
+
 
 def exportersFor(
     tracing: TracingConfig, stats: TelemetryStats, reactor: Any, httpClient: Any = None
@@ -751,8 +1001,9 @@ def exportersFor(
     """
     exporters = []
     serviceName = tracing.serviceName
-    formats: list[tuple[str, Any, Callable[[list[Span]], bytes]]] = [
-        ("zipkin", tracing.zipkin, partial(zipkinJSON, serviceName=serviceName)),
+    formats: list[tuple[str, Any, Callable[[list[Span | RequestSpans]], bytes]]] = [
+        # One encoder per exporter, which keeps what routes share.
+        ("zipkin", tracing.zipkin, ZipkinEncoder(serviceName).encode),
         ("otlp", tracing.otlp, partial(otlpJSON, serviceName=serviceName)),
     ]
     for name, config, encode in formats:

@@ -22,12 +22,11 @@ from typing import TYPE_CHECKING, Any
 from meshproxy.discovery.endpoints import formatAddress
 from meshproxy.telemetry.accesslog import decodeTarget, formatLine, formatTime, stripQuery
 from meshproxy.telemetry.spans import (
-    CLIENT,
-    SERVER,
     SUMMARY_FIELDS,
     ISpanSink,
     ISummarySink,
-    Span,
+    RequestSpans,
+    TryRecord,
     jsonString,
 )
 from meshproxy.telemetry.tracecontext import extract, newSpanId, newTraceId, outgoing
@@ -111,9 +110,7 @@ class RequestTrace:
         self.reqId = reqId
         self.tryId = spanId
         self.tryStart = 0.0
-        self.tries: list[tuple[str, float, float, str, int, str | None]] | None = (
-            [] if recording else None
-        )
+        self.tries: list[TryRecord] | None = [] if recording else None
         self._getrandbits = getrandbits
 
     def startTry(self, now: float) -> None:
@@ -240,13 +237,12 @@ class Tracer:
         rate = self.sampleRate
         return rate >= 1.0 or (rate > 0.0 and self._random() < rate)
 
-    def submit(self, spans: list[Span]) -> None:
+    def submit(self, spans: RequestSpans) -> None:
         """
-        Hand finished spans to every exporter.
+        Hand a finished request's spans to every exporter.
         """
         for sink in self.sinks:
-            for span in spans:
-                sink.submit(span)
+            sink.submitRequest(spans)
 
 
 def _reqId(value: bytes | None) -> bytes | None:
@@ -302,7 +298,7 @@ class RequestObserver:
         """
         trace = exchange.trace
         if trace is not None and trace.recording:
-            self.tracer.submit(self._spans(exchange, trace, now))
+            self.tracer.submit(self.spans(exchange, trace, now))
         summary: dict[str, Any] | None = None
         for sink in self.sinks:
             if sink.wants(self.router):
@@ -401,83 +397,33 @@ class RequestObserver:
             None if identity is None else identity.name,
         )
 
-    def _spans(self, exchange: Any, trace: RequestTrace, now: float) -> list[Span]:
+    def spans(self, exchange: Any, trace: RequestTrace, now: float) -> RequestSpans:
         """
-        The server span of an exchange, and a client span per try.
+        The spans of a finished exchange of a recorded trace (made when
+        exported: see L{RequestSpans}).
         """
         request = exchange.request
         client = exchange.client
-        method = request.method.decode("latin-1")
-        service = self.tracer.serviceName
-        local = (service, None, 0)
-        tags = {
-            "http.method": method,
-            "http.path": stripQuery(request.target),
-            "http.status_code": str(exchange.status),
-            "mesh.router": self.router,
-        }
-        if request.host is not None:
-            tags["http.host"] = request.host.decode("latin-1")
-        if client is not None:
-            tags["mesh.name"] = client.name
-        if exchange.meshErr is not None:
-            tags["mesh.err"] = exchange.meshErr
         identity = request.identity
-        if identity is not None:
-            tags["mesh.peer_identity"] = identity.name
-        if exchange.tries > 1:
-            tags["mesh.tries"] = str(exchange.tries)
-        name = "%s %s" % (method, client.name if client is not None else self.router)
-        status = exchange.status
-        spans = [
-            Span(
-                trace.traceId,
-                trace.spanId,
-                trace.parentId,
-                SERVER,
-                name,
-                exchange.startTime,
-                now - exchange.startTime,
-                local,
-                (None, request.peer, 0),
-                tags,
-                error=status == 0 or status >= 500,
-            )
-        ]
-        retryReason = None
-        for spanId, start, end, address, tryStatus, error in trace.tries or ():
-            # The server span, their parent, has the router, name and method.
-            tryTags = {"mesh.endpoint": address}
-            if tryStatus:
-                tryTags["http.status_code"] = str(tryStatus)
-            if error is not None:
-                tryTags["error"] = error
-            if retryReason is not None:
-                tryTags["mesh.retry_reason"] = retryReason
-            retryReason = error if error is not None else (
-                "status %d" % (tryStatus,) if tryStatus >= 500 else None
-            )
-            host, _, port = address.rpartition(":")
-            spans.append(
-                Span(
-                    trace.traceId,
-                    spanId,
-                    trace.spanId,
-                    CLIENT,
-                    name,
-                    start,
-                    end - start,
-                    local,
-                    (
-                        None if client is None else _serviceOf(client.name),
-                        host.strip("[]") or None,
-                        int(port) if port.isdigit() else 0,
-                    ),
-                    tryTags,
-                    error=error is not None or tryStatus >= 500,
-                )
-            )
-        return spans
+        return RequestSpans(
+            trace.traceId,
+            trace.spanId,
+            trace.parentId,
+            exchange.startTime,
+            now,
+            request.method,
+            request.target,
+            request.host,
+            exchange.status,
+            exchange.meshErr,
+            self.router,
+            None if client is None else client.name,
+            request.peer,
+            None if identity is None else identity.name,
+            exchange.tries,
+            trace.tries or [],
+            self.tracer.serviceName,
+        )
 
 
 #: The summary line: L{formatLine}'s output for the values the request path
@@ -521,11 +467,3 @@ def _line(values: tuple[Any, ...]) -> bytes:
     # Non-ASCII text (a path decoded with replacement characters, an
     # identity): the line breaks JSON leaves as they are must still go.
     return formatLine(json.loads(text))
-
-
-def _serviceOf(name: str) -> str:
-    """
-    A bound name's last segment (C{/#/fs/users} → C{users}), the remote
-    service of a client span.
-    """
-    return name.rstrip("/").rpartition("/")[2] or name

@@ -4,9 +4,16 @@ trace exporters, request summaries (L{summary}) for the access log and the
 live tap, and the plain counters (L{TelemetryStats}) the metrics collector
 reads at scrape time.
 
-These records are made only when something consumes them: a span when the
-trace is sampled and an exporter is configured, a summary when the access
-log is on (and the request sampled) or a tap has a subscriber.
+These records are made only when something consumes them: a request's
+spans when the trace is sampled and an exporter is configured, a summary
+when the access log is on (and the request sampled) or a tap has a
+subscriber.
+
+The request path hands the exporters one L{RequestSpans} per recorded
+request: what it knows, as it is, in one object. The spans themselves
+(L{Span}s, or their JSON straight away) are made from it when a batch is
+encoded, off the request, where what a route's spans share (names, tags,
+endpoints) is written once and reused.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from zope.interface import Interface
 __all__ = [
     "ISpanSink",
     "ISummarySink",
+    "RequestSpans",
     "SERVER",
     "CLIENT",
     "Span",
@@ -68,6 +76,9 @@ class Span:
         "error",
     )
 
+    #: How many spans it is (queues count spans and L{RequestSpans} alike).
+    count = 1
+
     def __init__(
         self,
         traceId: str,
@@ -102,6 +113,236 @@ class Span:
             self.parentId,
             self.name,
         )
+
+
+# A finished try of a recorded request: (its span id, start, end, the
+# endpoint's address as "host:port", the status it answered (0 for none),
+# why it failed (a reason such as "upstream-connect") or None).
+TryRecord = tuple[str, float, float, str, int, str | None]
+
+
+class RequestSpans:
+    """
+    The spans of one finished request, not yet made: its server span and
+    one client span per try, children of the server span.
+
+    Made by the request path for a recorded trace (a few attribute stores);
+    expanded into L{Span}s by L{spans}, or written as Zipkin JSON directly
+    by the exporter's encoder, which gives the same spans.
+
+    @ivar traceId: 32 lowercase hex digits.
+    @ivar spanId: the server span's id.
+    @ivar parentId: the caller's span id, or L{None} for a root.
+    @ivar start: when the request started, seconds since the epoch.
+    @ivar end: when it ended, on the same clock.
+    @ivar method: the request's method (C{b"GET"}).
+    @ivar target: the request target as received (the query is not kept in
+        the spans).
+    @ivar host: the Host, or L{None}.
+    @ivar status: the status sent to the client (0 when none was).
+    @ivar meshErr: the C{mesh-err} reason of an answer made here, or
+        L{None}.
+    @ivar router: the router's name.
+    @ivar name: the bound name the request went to, or L{None} when it was
+        not routed.
+    @ivar peer: the client's address, or L{None}.
+    @ivar identity: the client's verified identity, or L{None}.
+    @ivar tries: tries made (the server span is tagged when more than 1).
+    @ivar tryRecords: the finished tries kept (see C{TryRecord}), in order.
+    @ivar serviceName: C{localEndpoint.serviceName} of its spans.
+    @ivar count: how many spans it makes: 1 + C{len(tryRecords)}.
+    """
+
+    __slots__ = (
+        "traceId",
+        "spanId",
+        "parentId",
+        "start",
+        "end",
+        "method",
+        "target",
+        "host",
+        "status",
+        "meshErr",
+        "router",
+        "name",
+        "peer",
+        "identity",
+        "tries",
+        "tryRecords",
+        "serviceName",
+        "count",
+    )
+
+    def __init__(
+        self,
+        traceId: str,
+        spanId: str,
+        parentId: str | None,
+        start: float,
+        end: float,
+        method: bytes,
+        target: bytes,
+        host: bytes | None,
+        status: int,
+        meshErr: str | None,
+        router: str,
+        name: str | None,
+        peer: str | None,
+        identity: str | None,
+        tries: int,
+        tryRecords: list[TryRecord],
+        serviceName: str,
+    ) -> None:
+        self.traceId = traceId
+        self.spanId = spanId
+        self.parentId = parentId
+        self.start = start
+        self.end = end
+        self.method = method
+        self.target = target
+        self.host = host
+        self.status = status
+        self.meshErr = meshErr
+        self.router = router
+        self.name = name
+        self.peer = peer
+        self.identity = identity
+        self.tries = tries
+        self.tryRecords = tryRecords
+        self.serviceName = serviceName
+        self.count = 1 + len(tryRecords)
+
+    def __repr__(self) -> str:
+        return "<RequestSpans %s/%s parent=%s spans=%d>" % (
+            self.traceId,
+            self.spanId,
+            self.parentId,
+            self.count,
+        )
+
+    def operation(self) -> str:
+        """
+        The name of its spans: the method and the bound name (or the
+        router's name when the request was not routed).
+        """
+        return "%s %s" % (
+            self.method.decode("latin-1"),
+            self.router if self.name is None else self.name,
+        )
+
+    def spans(self) -> list[Span]:
+        """
+        Its spans: the server span, then a client span per try.
+
+        The server span is tagged with the method, the path (without the
+        query), the status, the router, the Host, the bound name, and when
+        they apply the C{mesh-err} reason, the peer identity and the number
+        of tries; it is in error when no status was sent or the status was
+        5xx. Each client span is tagged with its endpoint, its status (when
+        one came), why it failed (C{error}) and why it was made
+        (C{mesh.retry_reason}: the previous try's failure); it is in error
+        when it failed or answered 5xx. Its remote endpoint is the bound
+        name's last segment, the host and the port of the endpoint.
+        """
+        method = self.method.decode("latin-1")
+        target = self.target
+        query = target.find(b"?")
+        if query >= 0:
+            target = target[:query]
+        tags = {
+            "http.method": method,
+            "http.path": target.decode("utf-8", "replace"),
+            "http.status_code": str(self.status),
+            "mesh.router": self.router,
+        }
+        if self.host is not None:
+            tags["http.host"] = self.host.decode("latin-1")
+        if self.name is not None:
+            tags["mesh.name"] = self.name
+        if self.meshErr is not None:
+            tags["mesh.err"] = self.meshErr
+        if self.identity is not None:
+            tags["mesh.peer_identity"] = self.identity
+        if self.tries > 1:
+            tags["mesh.tries"] = str(self.tries)
+        name = self.operation()
+        local = (self.serviceName, None, 0)
+        status = self.status
+        spans = [
+            Span(
+                self.traceId,
+                self.spanId,
+                self.parentId,
+                SERVER,
+                name,
+                self.start,
+                self.end - self.start,
+                local,
+                (None, self.peer, 0),
+                tags,
+                error=status == 0 or status >= 500,
+            )
+        ]
+        service = None if self.name is None else serviceOf(self.name)
+        retryReason = None
+        for spanId, start, end, address, tryStatus, error in self.tryRecords:
+            # The server span, their parent, has the router, name and method.
+            tryTags = {"mesh.endpoint": address}
+            if tryStatus:
+                tryTags["http.status_code"] = str(tryStatus)
+            if error is not None:
+                tryTags["error"] = error
+            if retryReason is not None:
+                tryTags["mesh.retry_reason"] = retryReason
+            retryReason = retryReasonOf(tryStatus, error)
+            host, port = splitAddress(address)
+            spans.append(
+                Span(
+                    self.traceId,
+                    spanId,
+                    self.spanId,
+                    CLIENT,
+                    name,
+                    start,
+                    end - start,
+                    local,
+                    (service, host, port),
+                    tryTags,
+                    error=error is not None or tryStatus >= 500,
+                )
+            )
+        return spans
+
+
+def retryReasonOf(status: int, error: str | None) -> str | None:
+    """
+    Why a try after one that ended so was made (its C{mesh.retry_reason}
+    tag): the failure's reason, or C{"status 503"} for a 5xx answer;
+    L{None} after a try that did neither.
+    """
+    if error is not None:
+        return error
+    if status >= 500:
+        return "status %d" % (status,)
+    return None
+
+
+def splitAddress(address: str) -> tuple[str | None, int]:
+    """
+    An endpoint's C{"host:port"} (C{"[::1]:80"} for IPv6) as its host
+    (without brackets; L{None} when empty) and port (0 when not a number).
+    """
+    host, _, port = address.rpartition(":")
+    return host.strip("[]") or None, int(port) if port.isdigit() else 0
+
+
+def serviceOf(name: str) -> str:
+    """
+    A bound name's last segment (C{/#/fs/users} → C{users}), the remote
+    service of a client span.
+    """
+    return name.rstrip("/").rpartition("/")[2] or name
 
 
 #: The fields of a request summary (the access log's JSON object, one per
@@ -159,6 +400,12 @@ class ISpanSink(Interface):
     def submit(span: Span) -> None:
         """
         Queue one finished span.
+        """
+
+    def submitRequest(spans: RequestSpans) -> None:
+        """
+        Queue the spans of one finished request (what the request path
+        hands on), counted as C{spans.count} spans.
         """
 
 
