@@ -22,7 +22,7 @@ from meshproxy.http.server import ServerProtocol
 from meshproxy.routing.path import Path
 from meshproxy.runtime import balancerFactory
 from meshproxy.telemetry.metrics import MeshMetrics
-from meshproxy.telemetry.observe import Tracer
+from meshproxy.telemetry.observe import RequestObserver, Tracer
 from meshproxy.telemetry.spans import CLIENT, SERVER, SUMMARY_FIELDS, ISpanSink, ISummarySink
 
 CONFIG = """\
@@ -528,3 +528,113 @@ def formatLine_(values):
     from meshproxy.telemetry.accesslog import formatLine
 
     return formatLine(dict(zip(SUMMARY_FIELDS, values, strict=True)))
+
+
+class _Fake:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def fakeExchange(**kw):
+    """
+    What L{RequestObserver} reads of a finished exchange; keywords override
+    the request's (C{method}, C{target}, C{host}, C{peer}, C{identity}) and
+    the exchange's fields.
+    """
+    request = _Fake(
+        method=kw.pop("method", b"GET"),
+        target=kw.pop("target", b"/a/b?q=1"),
+        host=kw.pop("host", b"users"),
+        peer=kw.pop("peer", "10.0.0.7"),
+        identity=kw.pop("identity", None),
+    )
+    values = dict(
+        request=request,
+        client=_Fake(name="/#/fs/users"),
+        trace=_Fake(traceId=CALLER_TRACE, reqId=b"b7ad6b7169203331"),
+        startTime=1764579600.25,
+        headTime=1764579600.2625,
+        lastNode=_Fake(endpoint=Endpoint("10.0.0.2", 8080)),
+        status=200,
+        meshErr=None,
+        bytesIn=3,
+        bytesOut=5,
+        tries=1,
+    )
+    values.update(kw)
+    return _Fake(**values)
+
+
+class SummaryLineTests(SynchronousTestCase):
+    """
+    The observer makes each summary and its line together, keeping the JSON
+    of what repeats: the line is L{formatLine}'s, byte for byte, whatever
+    the text.
+    """
+
+    EXCHANGES = [
+        {},
+        {"target": b"/plain"},
+        {"target": b'/q"uote\\/100%?x=%s', "method": b"P%sT"},
+        {"target": b"/caf\xc3\xa9/\xff?x", "host": b"h\xe9te"},
+        {"host": None, "client": None, "lastNode": None, "headTime": 0.0, "status": 503,
+         "meshErr": "no-route", "tries": 0},
+        {"identity": _Fake(name='spiffe://td/"q"\u2028x'), "peer": None, "trace": None},
+        {"lastNode": _Fake(endpoint=Endpoint("::1", 80))},
+    ]
+
+    def check(self, observer):
+        from meshproxy.telemetry.accesslog import formatLine
+
+        for _ in range(2):  # made, then from what was kept
+            for changes in self.EXCHANGES:
+                exchange = fakeExchange(**changes)
+                summary, line = observer._summary(exchange, 1764579600.5)
+                self.assertEqual(list(summary), list(SUMMARY_FIELDS))
+                self.assertEqual(line, formatLine(dict(summary)), changes)
+                self.assertEqual(json.loads(line), dict(summary))
+                self.assertEqual(observer.summary(exchange, 1764579600.5), dict(summary))
+        return observer
+
+    def test_line(self):
+        observer = self.check(RequestObserver('w"e%sb', Tracer()))
+        summary, line = observer._summary(fakeExchange(), 1764579600.5)
+        self.assertEqual(summary["path"], "/a/b")
+        self.assertEqual(summary["router"], 'w"e%sb')
+        self.assertEqual(summary["durationMs"], 250.0)
+        self.assertEqual(summary["ttfbMs"], 12.5)
+        self.assertEqual(summary["endpoint"], "10.0.0.2:8080")
+
+    def test_lineWithQuery(self):
+        observer = self.check(RequestObserver("web", Tracer(), query=True))
+        summary, line = observer._summary(fakeExchange(), 1764579600.5)
+        self.assertEqual(summary["path"], "/a/b?q=1")
+
+    def test_keptBounded(self):
+        """
+        The JSON kept of names, methods, Hosts and endpoints is bounded.
+        """
+        from meshproxy.telemetry.observe import MAX_KEPT
+
+        observer = RequestObserver("web", Tracer())
+        for i in range(MAX_KEPT * 2):
+            observer._summary(fakeExchange(host=b"h%d" % (i,)), 1764579600.5)
+            self.assertLessEqual(len(observer._texts), MAX_KEPT)
+
+
+class SummaryMappingTests(SynchronousTestCase):
+    def test_mapping(self):
+        """
+        L{Summary} is a read-only mapping of the summary fields, in order,
+        equal to the dict of the same.
+        """
+        from meshproxy.telemetry.spans import Summary
+
+        values = tuple(range(len(SUMMARY_FIELDS)))
+        summary = Summary(values)
+        self.assertEqual(list(summary), list(SUMMARY_FIELDS))
+        self.assertEqual(summary, dict(zip(SUMMARY_FIELDS, values, strict=True)))
+        self.assertEqual(summary["status"], SUMMARY_FIELDS.index("status"))
+        self.assertEqual(summary.get("nope", "x"), "x")
+        self.assertRaises(KeyError, summary.__getitem__, "nope")
+        self.assertRaises(ValueError, Summary, values[:-1])

@@ -46,7 +46,7 @@ import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -811,7 +811,7 @@ class AccessLog(Service):
         rate = self._rate
         return rate >= 1.0 or (rate > 0.0 and self._random() < rate)
 
-    def summarize(self, summary: dict[str, Any], line: bytes) -> None:
+    def summarize(self, summary: Mapping[str, Any], line: bytes) -> None:
         """
         Queue C{line} to be written; when the buffer is full (or the service
         is not running), drop it and count it.

@@ -46,6 +46,7 @@ from zope.interface import implementer
 from meshproxy.config.telemetry import BatchConfig, TracingConfig
 from meshproxy.telemetry.spans import (
     CLIENT,
+    JSON_PLAIN,
     SERVER,
     ISpanSink,
     RequestSpans,
@@ -132,11 +133,6 @@ def zipkinJSON(
     @return: UTF-8 JSON.
     """
     return ZipkinEncoder(serviceName).encode(spans)
-
-
-# Request-target bytes that a JSON string holds as they are: printable
-# ASCII but the quote and the backslash (what jsonString lets through).
-_JSON_PLAIN = bytes(c for c in range(0x20, 0x7F) if c not in b'"\\')
 
 
 class ZipkinEncoder:
@@ -231,7 +227,7 @@ class ZipkinEncoder:
         query = target.find(b"?")
         if query >= 0:
             target = target[:query]
-        if target.translate(None, _JSON_PLAIN):
+        if target.translate(None, JSON_PLAIN):
             path = jsonString(target.decode("utf-8", "replace"))
         else:
             path = '"' + target.decode("ascii") + '"'

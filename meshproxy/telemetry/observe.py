@@ -20,12 +20,13 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from meshproxy.discovery.endpoints import formatAddress
-from meshproxy.telemetry.accesslog import decodeTarget, formatLine, formatTime, stripQuery
+from meshproxy.telemetry.accesslog import formatLine, formatTime
 from meshproxy.telemetry.spans import (
-    SUMMARY_FIELDS,
+    JSON_PLAIN,
     ISpanSink,
     ISummarySink,
     RequestSpans,
+    Summary,
     TryRecord,
     jsonString,
 )
@@ -41,6 +42,10 @@ __all__ = ["RequestObserver", "RequestTrace", "Tracer"]
 #: C{retries.maxRetries}, stale connections by a few more; this bounds a
 #: trace's memory whatever the settings).
 MAX_TRACED_TRIES = 32
+
+#: The most names, methods, Hosts and endpoints an observer keeps the JSON
+#: of.
+MAX_KEPT = 1024
 
 _HEX = frozenset(b"0123456789abcdefABCDEF-_.")
 
@@ -285,9 +290,15 @@ class RequestObserver:
         self.router = router
         self.tracer = tracer
         self.sinks = tuple(sinks)
-        self._path = decodeTarget if query else stripQuery
+        self._query = query
         self._second = -1
         self._secondText = ""
+        # The JSON of names, methods, Hosts and endpoints met (at most
+        # MAX_KEPT: past that, forgotten all at once).
+        self._texts: dict[Any, Any] = {}
+        # The summary line's template, the router's name written in.
+        routerJSON = jsonString(router).replace("%", "%%")
+        self._line = _LINE.replace('"router":%s', '"router":' + routerJSON)
 
     def finished(self, exchange: Any, now: float) -> None:
         """
@@ -299,13 +310,11 @@ class RequestObserver:
         trace = exchange.trace
         if trace is not None and trace.recording:
             self.tracer.submit(self.spans(exchange, trace, now))
-        summary: dict[str, Any] | None = None
+        summary: Summary | None = None
         for sink in self.sinks:
             if sink.wants(self.router):
                 if summary is None:
-                    values = self._values(exchange, now)
-                    summary = dict(zip(SUMMARY_FIELDS, values, strict=True))
-                    line = _line(values)
+                    summary, line = self._summary(exchange, now)
                 sink.summarize(summary, line)
 
     def refused(self, status: int, meshErr: str, client: str | None, now: float) -> None:
@@ -343,7 +352,7 @@ class RequestObserver:
                 client,
                 None,
             )
-            summary = dict(zip(SUMMARY_FIELDS, values, strict=True))
+            summary = Summary(values)
             line = _line(values)
             for sink in wanting:
                 sink.summarize(summary, line)
@@ -352,7 +361,129 @@ class RequestObserver:
         """
         The summary of a finished exchange (see L{SUMMARY_FIELDS}).
         """
-        return dict(zip(SUMMARY_FIELDS, self._values(exchange, now), strict=True))
+        return dict(self._summary(exchange, now)[0])
+
+    def _summary(self, exchange: Any, now: float) -> tuple[Summary, bytes]:
+        """
+        The summary of a finished exchange and its line (L{_line}'s), made
+        together: the JSON of what repeats from request to request (the
+        router, the bound name, the method, the Host, the endpoint) is kept
+        rather than made again, and a request target that needs no escape
+        (the usual one) is written as it is.
+        """
+        request = exchange.request
+        client = exchange.client
+        trace = exchange.trace
+        start = exchange.startTime
+        head = exchange.headTime
+        identity = request.identity
+        last = exchange.lastNode
+        texts = self._texts
+        if len(texts) >= MAX_KEPT:
+            texts.clear()
+        if client is None:
+            name = None
+            nameJSON = "null"
+        else:
+            name = client.name
+            nameJSON = texts.get(name)  # type: ignore[assignment]
+            if nameJSON is None:
+                nameJSON = texts[name] = jsonString(name)
+        method, methodJSON = texts.get(request.method) or self._decoded(request.method)
+        host = request.host
+        if host is None:
+            authority = None
+            authorityJSON = "null"
+        else:
+            authority, authorityJSON = texts.get(host) or self._decoded(host)
+        target = request.target
+        if self._query:
+            path = target.decode("utf-8", "replace")
+        else:
+            end = target.find(b"?")
+            if end >= 0:
+                target = target[:end]
+            path = target.decode("utf-8", "replace")
+        pathJSON = jsonString(path) if target.translate(None, JSON_PLAIN) else '"' + path + '"'
+        if last is None:
+            endpoint = None
+            endpointJSON = "null"
+        else:
+            endpoint, endpointJSON = texts.get(last) or self._address(last)
+        meshErr = exchange.meshErr
+        duration = round((now - start) * 1000.0, 3)
+        ttfb = None if not head else round((head - start) * 1000.0, 3)
+        if trace is None:
+            traceId = reqId = None
+        else:
+            traceId = trace.traceId
+            reqId = trace.reqId.decode("ascii")
+        peer = request.peer
+        identityName = None if identity is None else identity.name
+        when = self._time(start)
+        status = exchange.status
+        bytesIn = exchange.bytesIn
+        bytesOut = exchange.bytesOut
+        tries = exchange.tries
+        values = (
+            when,
+            self.router,
+            name,
+            method,
+            authority,
+            path,
+            status,
+            meshErr,
+            duration,
+            ttfb,
+            bytesIn,
+            bytesOut,
+            endpoint,
+            tries,
+            traceId,
+            reqId,
+            peer,
+            identityName,
+        )
+        text = self._line % (
+            when,
+            nameJSON,
+            methodJSON,
+            authorityJSON,
+            pathJSON,
+            status,
+            "null" if meshErr is None else jsonString(meshErr),
+            duration,
+            "null" if ttfb is None else repr(ttfb),
+            bytesIn,
+            bytesOut,
+            endpointJSON,
+            tries,
+            "null" if traceId is None else '"' + traceId + '"',
+            # A token of hex digits, dashes, dots and underscores (_reqId).
+            "null" if reqId is None else '"' + reqId + '"',
+            jsonString(peer),
+            "null" if identityName is None else jsonString(identityName),
+        )
+        if text.isascii():
+            return Summary(values), text.encode("ascii")
+        return Summary(values), formatLine(json.loads(text))
+
+    def _decoded(self, value: bytes) -> tuple[str, str]:
+        """
+        A method or a Host as text and as JSON, kept.
+        """
+        text = value.decode("latin-1")
+        decoded = self._texts[value] = (text, jsonString(text))
+        return decoded
+
+    def _address(self, node: Node) -> tuple[str, str]:
+        """
+        An endpoint's address as text and as JSON, kept.
+        """
+        text = formatAddress(node.endpoint)
+        address = self._texts[node] = (text, jsonString(text))
+        return address
 
     def _time(self, when: float) -> str:
         """
@@ -363,39 +494,6 @@ class RequestObserver:
             self._second = second
             self._secondText = formatTime(second)[:-5]
         return "%s.%03dZ" % (self._secondText, int((when - second) * 1000))
-
-    def _values(self, exchange: Any, now: float) -> tuple[Any, ...]:
-        """
-        The values of a finished exchange's summary, in the order of
-        L{SUMMARY_FIELDS}.
-        """
-        request = exchange.request
-        client = exchange.client
-        trace = exchange.trace
-        start = exchange.startTime
-        head = exchange.headTime
-        identity = request.identity
-        last = exchange.lastNode
-        return (
-            self._time(start),
-            self.router,
-            None if client is None else client.name,
-            request.method.decode("latin-1"),
-            None if request.host is None else request.host.decode("latin-1"),
-            self._path(request.target),
-            exchange.status,
-            exchange.meshErr,
-            round((now - start) * 1000.0, 3),
-            None if not head else round((head - start) * 1000.0, 3),
-            exchange.bytesIn,
-            exchange.bytesOut,
-            None if last is None else formatAddress(last.endpoint),
-            exchange.tries,
-            None if trace is None else trace.traceId,
-            None if trace is None else trace.reqId.decode("ascii"),
-            request.peer,
-            None if identity is None else identity.name,
-        )
 
     def spans(self, exchange: Any, trace: RequestTrace, now: float) -> RequestSpans:
         """

@@ -446,7 +446,7 @@ class TapHub:
         """
         return bool(self._anyRouter) or router in self._byRouter
 
-    def summarize(self, summary: dict[str, Any], line: bytes) -> None:
+    def summarize(self, summary: Mapping[str, Any], line: bytes) -> None:
         """
         Send one request's summary to every subscriber whose filter matches
         it. Never blocks: a slow subscriber's event is queued or dropped.
