@@ -551,7 +551,7 @@ def fakeExchange(**kw):
     values = dict(
         request=request,
         client=_Fake(name="/#/fs/users"),
-        trace=_Fake(traceId=CALLER_TRACE, reqId=b"b7ad6b7169203331"),
+        trace=_Fake(traceId=CALLER_TRACE, reqId="b7ad6b7169203331"),
         startTime=1764579600.25,
         headTime=1764579600.2625,
         lastNode=_Fake(endpoint=Endpoint("10.0.0.2", 8080)),

@@ -46,7 +46,6 @@ from zope.interface import implementer
 from meshproxy.config.telemetry import BatchConfig, TracingConfig
 from meshproxy.telemetry.spans import (
     CLIENT,
-    JSON_PLAIN,
     SERVER,
     ISpanSink,
     RequestSpans,
@@ -162,7 +161,7 @@ class ZipkinEncoder:
         self.serviceName = serviceName
         self._locals: dict[Any, str] = {}
         self._remotes: dict[Any, str] = {}
-        self._routes: dict[Any, tuple[str, str]] = {}
+        self._routes: dict[Any, tuple[str, str, str, str, str, str]] = {}
         self._upstreams: dict[tuple[str | None, str], tuple[str, str]] = {}
 
     def encode(self, items: Iterable[Span | RequestSpans]) -> bytes:
@@ -217,7 +216,8 @@ class ZipkinEncoder:
         route = self._routes.get(key)
         if route is None:
             route = self._route(record, key)
-        server, client = route
+        # What the route's spans share, written once (see _route).
+        serverKind, serverLocal, serverTags, serverShared, clientKind, clientLocal = route
         traceId = record.traceId
         spanId = record.spanId
         parentId = record.parentId
@@ -227,10 +227,11 @@ class ZipkinEncoder:
         query = target.find(b"?")
         if query >= 0:
             target = target[:query]
-        if target.translate(None, JSON_PLAIN):
-            path = jsonString(target.decode("utf-8", "replace"))
+        path = target.decode("latin-1")
+        if path.isascii() and path.isprintable() and '"' not in path and "\\" not in path:
+            path = f'"{path}"'
         else:
-            path = '"' + target.decode("ascii") + '"'
+            path = jsonString(target.decode("utf-8", "replace"))
         extra = ""
         if record.meshErr is not None:
             extra = ',"mesh.err":' + jsonString(record.meshErr)
@@ -241,30 +242,25 @@ class ZipkinEncoder:
         if status == 0 or status >= 500:
             extra += ',"error":"true"'
         peer = record.peer
-        written = server % (
-            traceId,
-            spanId,
-            "" if parentId is None else ',"parentId":"%s"' % (parentId,),
-            round(start * 1e6),
-            max(1, round((record.end - start) * 1e6)),
-            "" if peer is None else self._remote((None, peer, 0)),
-            path,
-            status,
-            extra,
+        parent = "" if parentId is None else f',"parentId":"{parentId}"'
+        remote = "" if peer is None else self._remote((None, peer, 0))
+        written = (
+            f'{{"traceId":"{traceId}","id":"{spanId}"{parent}{serverKind}'
+            f"{round(start * 1e6)},\"duration\":{max(1, round((record.end - start) * 1e6))}"
+            f'{serverLocal}{remote}{serverTags}{path},"http.status_code":"{status}"'
+            f"{serverShared}{extra}}}}}"
         )
         tryRecords = record.tryRecords
         if not tryRecords:
             return written
-        out = [written]
         upstreams = self._upstreams
         retryReason = None
+        name = record.name
         for trySpanId, tryStart, tryEnd, address, tryStatus, error in tryRecords:
-            upstream = upstreams.get((record.name, address))
+            upstream = upstreams.get((name, address))
             if upstream is None:
-                upstream = self._upstream(record.name, address)
-            tags = ""
-            if tryStatus:
-                tags = ',"http.status_code":"%d"' % (tryStatus,)
+                upstream = self._upstream(name, address)
+            tags = f',"http.status_code":"{tryStatus}"' if tryStatus else ""
             if error is not None:
                 tags += ',"error":' + jsonString(error)
             if retryReason is not None:
@@ -277,52 +273,39 @@ class ZipkinEncoder:
                     retryReason = None
             else:
                 retryReason = error
-            out.append(
-                client
-                % (
-                    traceId,
-                    trySpanId,
-                    spanId,
-                    round(tryStart * 1e6),
-                    max(1, round((tryEnd - tryStart) * 1e6)),
-                    upstream[0],
-                    upstream[1],
-                    tags,
-                )
+            written += (
+                f',{{"traceId":"{traceId}","id":"{trySpanId}","parentId":"{spanId}"'
+                f"{clientKind}{round(tryStart * 1e6)},"
+                f'"duration":{max(1, round((tryEnd - tryStart) * 1e6))}{clientLocal}'
+                f'{upstream[0]},"tags":{{"mesh.endpoint":{upstream[1]}{tags}}}}}'
             )
-        return ",".join(out)
+        return written
 
-    def _route(self, record: RequestSpans, key: Any) -> tuple[str, str]:
+    def _route(self, record: RequestSpans, key: Any) -> tuple[str, str, str, str, str, str]:
         """
-        The templates of a route's server and client spans, made and kept.
+        What the spans of a route share, written once and kept: the parts
+        of the server and client spans' JSON around what changes from
+        request to request.
         """
         routes = self._routes
         if len(routes) >= self.MAX_ROUTES:
             routes.clear()
         name = jsonString(record.operation())
-        local = self._local(self.serviceName or record.serviceName, None, 0)
-        shared = '"mesh.router":' + jsonString(record.router)
+        local = ',"localEndpoint":' + self._local(self.serviceName or record.serviceName, None, 0)
+        method = jsonString(record.method.decode("latin-1"))
+        shared = ',"mesh.router":' + jsonString(record.router)
         if record.host is not None:
             shared += ',"http.host":' + jsonString(record.host.decode("latin-1"))
         if record.name is not None:
             shared += ',"mesh.name":' + jsonString(record.name)
-        server = (
-            '{"traceId":"%s","id":"%s"%s,"kind":"SERVER","name":' + _percent(name)
-            + ',"timestamp":%d,"duration":%d,"localEndpoint":' + _percent(local)
-            + '%s,"tags":{"http.method":'
-            + _percent(jsonString(record.method.decode("latin-1")))
-            + ',"http.path":%s,"http.status_code":"%d",'
-            + _percent(shared)
-            + "%s}}"
+        route = routes[key] = (
+            ',"kind":"SERVER","name":' + name + ',"timestamp":',
+            local,
+            ',"tags":{"http.method":' + method + ',"http.path":',
+            shared,
+            ',"kind":"CLIENT","name":' + name + ',"timestamp":',
+            local,
         )
-        client = (
-            '{"traceId":"%s","id":"%s","parentId":"%s","kind":"CLIENT","name":'
-            + _percent(name)
-            + ',"timestamp":%d,"duration":%d,"localEndpoint":'
-            + _percent(local)
-            + '%s,"tags":{"mesh.endpoint":%s%s}}'
-        )
-        route = routes[key] = (server, client)
         return route
 
     def _upstream(self, name: str | None, address: str) -> tuple[str, str]:
@@ -374,13 +357,6 @@ class ZipkinEncoder:
         The request body of spans written by L{span}: a C{ListOfSpans}.
         """
         return ("[" + ",".join(spans) + "]").encode("utf-8")
-
-
-def _percent(text: str) -> str:
-    """
-    Text to put in a C{%} template as it is.
-    """
-    return text.replace("%", "%%")
 
 
 _ZIPKIN_SPAN = (

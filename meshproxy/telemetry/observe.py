@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 from meshproxy.discovery.endpoints import formatAddress
 from meshproxy.telemetry.accesslog import formatLine, formatTime
 from meshproxy.telemetry.spans import (
-    JSON_PLAIN,
     ISpanSink,
     ISummarySink,
     RequestSpans,
@@ -72,7 +71,8 @@ class RequestTrace:
     @ivar tries: the finished tries of a recorded trace: C{(spanId, start,
         end, endpoint address, status, error)} tuples.
     @ivar reqId: the C{mesh-reqid} sent upstream (a trusted caller's, or
-        generated here).
+        generated here), a token of ASCII letters, digits, dashes, dots and
+        underscores.
     """
 
     __slots__ = (
@@ -89,6 +89,7 @@ class RequestTrace:
         "tries",
         "reqId",
         "_getrandbits",
+        "_nextTry",
     )
 
     def __init__(
@@ -98,12 +99,17 @@ class RequestTrace:
         spanId: str,
         sampled: bool,
         recording: bool,
-        reqId: bytes,
+        reqId: str,
         getrandbits: Callable[[int], int],
         debug: bool = False,
         traceState: bytes | None = None,
         b3: int = 0,
+        firstTry: str | None = None,
     ) -> None:
+        """
+        @param firstTry: the first try's span id, drawn with the others
+            (L{None}: drawn when the try starts).
+        """
         self.traceId = traceId
         self.parentId = parentId
         self.spanId = spanId
@@ -117,12 +123,18 @@ class RequestTrace:
         self.tryStart = 0.0
         self.tries: list[TryRecord] | None = [] if recording else None
         self._getrandbits = getrandbits
+        self._nextTry = firstTry
 
     def startTry(self, now: float) -> None:
         """
         A try begins: it gets its own span id.
         """
-        self.tryId = newSpanId(self._getrandbits)
+        tryId = self._nextTry
+        if tryId is None:
+            tryId = newSpanId(self._getrandbits)
+        else:
+            self._nextTry = None
+        self.tryId = tryId
         self.tryStart = now
 
     def headers(self) -> bytes:
@@ -131,8 +143,14 @@ class RequestTrace:
         trace context (with the try's span as the parent) and C{mesh-reqid}.
         """
         return outgoing(
-            self.traceId, self.tryId, self.sampled, self.debug, self.traceState, self.b3
-        ) + b"mesh-reqid: " + self.reqId + b"\r\n"
+            self.traceId,
+            self.tryId,
+            self.sampled,
+            self.debug,
+            self.traceState,
+            self.b3,
+            "mesh-reqid: " + self.reqId + "\r\n",
+        )
 
     def endTry(self, now: float, node: Node, status: int, error: str | None) -> None:
         """
@@ -195,19 +213,41 @@ class Tracer:
             and the trace restarts here.
         """
         getrandbits = self._getrandbits
-        # One draw for this hop's span id and a new trace's id (all zeros,
-        # which neither may be, has odds of one in 2**64).
-        ids = "%048x" % (getrandbits(192),)
-        spanId = ids[32:]
+        # One draw for a new trace's id, this hop's span id and its first
+        # try's (all zeros, which none may be, has odds of one in 2**64).
+        ids = "%064x" % (getrandbits(256),)
+        spanId = ids[32:48]
         if spanId == _ZERO_SPAN:
             spanId = newSpanId(getrandbits)
+        firstTry: str | None = ids[48:]
+        if firstTry == _ZERO_SPAN:
+            firstTry = None
         reqId = None
         if request.meshHeaders and trusted:
             reqId = _reqId(request.header(b"mesh-reqid"))
         if reqId is None:
             # This hop's span id: unique per request, and found in the spans.
-            reqId = spanId.encode("ascii")
-        context = extract(request.headers, getrandbits) if request.traceHeaders else None
+            reqId = spanId
+        if not request.traceHeaders:
+            rate = self.sampleRate
+            sampled = rate >= 1.0 or (rate > 0.0 and self._random() < rate)
+            traceId = ids[:32]
+            if traceId == _ZERO_TRACE:
+                traceId = newTraceId(getrandbits)
+            return RequestTrace(
+                traceId,
+                None,
+                spanId,
+                sampled,
+                sampled and self.recording,
+                reqId,
+                getrandbits,
+                False,
+                None,
+                0,
+                firstTry,
+            )
+        context = extract(request.headers, getrandbits)
         if context is None:
             sampled = self._decide()
             traceId = ids[:32]
@@ -221,6 +261,10 @@ class Tracer:
                 sampled and self.recording,
                 reqId,
                 getrandbits,
+                False,
+                None,
+                0,
+                firstTry,
             )
         if context.restarted and countError is not None:
             countError("trace-restarted")
@@ -236,6 +280,7 @@ class Tracer:
             context.debug,
             context.traceState,
             context.b3,
+            firstTry,
         )
 
     def _decide(self) -> bool:
@@ -250,7 +295,7 @@ class Tracer:
             sink.submitRequest(spans)
 
 
-def _reqId(value: bytes | None) -> bytes | None:
+def _reqId(value: bytes | None) -> str | None:
     """
     A caller's C{mesh-reqid} when it is a sane token (hex, dashes, dots and
     underscores; at most 64 characters), else L{None}.
@@ -263,7 +308,7 @@ def _reqId(value: bytes | None) -> bytes | None:
     for c in value:
         if c not in _HEX:
             return None
-    return value
+    return value.decode("ascii")
 
 
 class RequestObserver:
@@ -368,8 +413,7 @@ class RequestObserver:
         The summary of a finished exchange and its line (L{_line}'s), made
         together: the JSON of what repeats from request to request (the
         router, the bound name, the method, the Host, the endpoint) is kept
-        rather than made again, and a request target that needs no escape
-        (the usual one) is written as it is.
+        rather than made again.
         """
         request = exchange.request
         client = exchange.client
@@ -404,7 +448,7 @@ class RequestObserver:
             if end >= 0:
                 target = target[:end]
             path = target.decode("utf-8", "replace")
-        pathJSON = jsonString(path) if target.translate(None, JSON_PLAIN) else '"' + path + '"'
+        pathJSON = jsonString(path)
         if last is None:
             endpoint = None
             endpointJSON = "null"
@@ -417,7 +461,7 @@ class RequestObserver:
             traceId = reqId = None
         else:
             traceId = trace.traceId
-            reqId = trace.reqId.decode("ascii")
+            reqId = trace.reqId
         peer = request.peer
         identityName = None if identity is None else identity.name
         when = self._time(start)

@@ -34,7 +34,6 @@ __all__ = [
     "SUMMARY_FIELDS",
     "Summary",
     "TelemetryStats",
-    "JSON_PLAIN",
     "jsonString",
 ]
 
@@ -522,11 +521,6 @@ class TelemetryStats:
 
 _dumps = json.JSONEncoder(ensure_ascii=False).encode
 
-#: The bytes a JSON string holds as they are (printable ASCII but the quote
-#: and the backslash): text made only of these is written by L{jsonString}
-#: between quotes, unchanged; C{not data.translate(None, JSON_PLAIN)} says
-#: so of bytes at C speed.
-JSON_PLAIN = bytes(c for c in range(0x20, 0x7F) if c not in b'"\\')
 
 
 def jsonString(value: str | None) -> str:

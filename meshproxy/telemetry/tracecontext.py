@@ -628,6 +628,7 @@ def outgoing(
     debug: bool,
     traceState: bytes | None,
     b3: int,
+    more: str = "",
 ) -> bytes:
     """
     The trace headers of one try sent upstream.
@@ -659,6 +660,8 @@ def outgoing(
     @param traceState: the C{tracestate} to send (L{TraceContext.traceState})
         or L{None}.
     @param b3: L{TraceContext.b3}: 2 sends the C{x-b3-*} headers too.
+    @param more: header lines (ASCII) to send after these (the caller's
+        own, made in the same string).
     @return: the header lines, each C{b"name: value\\r\\n"}.
     """
     if debug:
@@ -671,13 +674,14 @@ def outgoing(
         flags = "00"
         state = "0"
     b3Trace = traceId[16:] if traceId.startswith(_PAD64) else traceId
-    lines = "traceparent: 00-%s-%s-%s\r\nb3: %s-%s-%s\r\n" % (
+    lines = "traceparent: 00-%s-%s-%s\r\nb3: %s-%s-%s\r\n%s" % (
         traceId,
         spanId,
         flags,
         b3Trace,
         spanId,
         state,
+        more,
     )
     if b3 == 2:
         lines += "x-b3-traceid: %s\r\nx-b3-spanid: %s\r\n%s" % (
