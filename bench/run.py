@@ -403,10 +403,15 @@ telemetry:
 """
 
 # A span receiver: accepts Zipkin posts, counts spans, answers 202. Standard
-# library only, run by the harness's interpreter.
+# library only, run by the harness's interpreter. It keeps connections alive
+# (HTTP/1.1), as Zipkin and OpenTelemetry collectors do: an HTTP/1.0 receiver
+# closes each connection after its answer, so every post paid a new
+# connection and posts raced the close (about 40% failed, counted
+# export-failed).
 SPAN_RECEIVER = """\
 import http.server, json, sys
 class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
     spans = 0
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
