@@ -149,13 +149,25 @@ def _checkSupported(config: MeshConfig) -> None:
 def tlsProblems(config: MeshConfig) -> list[str]:
     """
     The certificate, key and CA files of the C{tls} and C{upstreamTls}
-    sections that cannot be used (read and checked, without binding).
+    sections, and of the etcd namers' and rules store's C{tls}, that cannot
+    be used (read and checked, without binding).
 
     @return: messages naming the key path.
     """
+    from meshproxy.etcd import tlsProblem
     from meshproxy.tls import ClientContext, TLSFileError, serverTLS
 
     problems: list[str] = []
+    etcdSections = [
+        ("namers[%d].tls" % (i,), namer) for i, namer in enumerate(config.namers)
+        if namer.kind == "etcd"
+    ]
+    if config.rulesStore is not None:
+        etcdSections.append(("rulesStore.tls", config.rulesStore))
+    for where, section in etcdSections:
+        problem = tlsProblem(section)
+        if problem is not None:
+            problems.append("%s: %s" % (where, problem))
     for i, router in enumerate(config.routers):
         if router.tls is not None:
             try:
