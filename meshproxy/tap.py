@@ -158,16 +158,16 @@ def tlsProblems(config: MeshConfig) -> list[str]:
     from meshproxy.tls import ClientContext, TLSFileError, serverTLS
 
     problems: list[str] = []
-    etcdSections = [
+    etcdSections: list[tuple[str, object]] = [
         ("namers[%d].tls" % (i,), namer) for i, namer in enumerate(config.namers)
         if namer.kind == "etcd"
     ]
     if config.rulesStore is not None:
         etcdSections.append(("rulesStore.tls", config.rulesStore))
-    for where, section in etcdSections:
-        problem = tlsProblem(section)
+    for place, etcd in etcdSections:
+        problem = tlsProblem(etcd)
         if problem is not None:
-            problems.append("%s: %s" % (where, problem))
+            problems.append("%s: %s" % (place, problem))
     for i, router in enumerate(config.routers):
         if router.tls is not None:
             try:
