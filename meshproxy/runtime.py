@@ -325,6 +325,9 @@ def buildServices(
     )
     registry = CollectorRegistry()
     metrics = MeshMetrics(registry, runtime.nodes, costScale=0.001, tls=runtime.tlsContexts)
+    from meshproxy.telemetry.namers import NamerCollector
+
+    registry.register(NamerCollector(lambda: runtime.namers))
     # The runtime first: the readiness clock starts before the namers load.
     services: list[IService] = [runtime]
     # Then telemetry's exporters and access log: stopped after the routers
