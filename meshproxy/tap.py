@@ -403,6 +403,16 @@ def _addWorkers(top: MultiService, runtime: Runtime, count: int, reactor: Any) -
         runtime, count, spawner, clock=reactor, aggregator=LocalAggregator(runtime.registry)
     )
     runtime.workers = pool
+    telemetry = getattr(runtime, "telemetry", None)
+    if telemetry is not None:
+        reopenHere = telemetry.reopenLogs
+
+        def reopenLogs() -> None:
+            # SIGUSR1 (after logrotate): the workers write the access log.
+            reopenHere()
+            pool.reopenLogs()
+
+        telemetry.reopenLogs = reopenLogs
     # First among the services: started first, stopped last.
     pool.setServiceParent(top)
     top.services.remove(pool)

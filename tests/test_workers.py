@@ -771,3 +771,32 @@ class RuntimeWithWorkersTests(SynchronousTestCase):
         runtime = Runtime(reactor=Clock())
         self.successResultOf(runtime.whenApplied())
         runtime.valuesChanged()
+
+
+class ReopenLogsTests(SynchronousTestCase):
+    """
+    C{SIGUSR1}'s reopen of the access log reaches every worker.
+    """
+
+    def test_reopenReachesTheWorkers(self) -> None:
+        from meshproxy.workers.protocol import ReopenLogs
+
+        clock = Clock()
+        spawner = FakeSpawner(clock)
+        pool = WorkerPool(
+            FakeRuntime(),  # type: ignore[arg-type]
+            2, spawner, clock=clock,
+            snapshot=lambda runtime, generation: Snapshot(generation, None, (), {}, {}),
+        )
+        pool.startService()
+        spawner.flush()
+        reopened: list[int] = []
+        for worker in spawner.workers:
+            worker.telemetry = type(  # type: ignore[attr-defined]
+                "T", (), {"reopenLogs": lambda self, pid=worker.pid: reopened.append(pid)}
+            )()
+        pool.reopenLogs()
+        spawner.flush()
+        self.assertEqual(sorted(reopened), [1000, 1001])
+        self.assertIsNotNone(WorkerLocator(spawner.workers[0], lambda: None)  # type: ignore[arg-type]
+                             .locateResponder(ReopenLogs.commandName))

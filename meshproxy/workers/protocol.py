@@ -25,6 +25,7 @@ __all__ = [
     "Drain",
     "Endpoints",
     "Pickled",
+    "ReopenLogs",
     "Shutdown",
     "Snapshot",
 ]
@@ -151,6 +152,16 @@ class Shutdown(amp.Command):
     """
     Supervisor to worker: stop accepting, let requests in flight finish
     within the worker's grace period, then exit.
+    """
+
+    arguments = []
+    response = []
+
+
+class ReopenLogs(amp.Command):
+    """
+    Supervisor to worker: reopen the access log file (the supervisor got
+    C{SIGUSR1}, after logrotate moved the file).
     """
 
     arguments = []

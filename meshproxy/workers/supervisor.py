@@ -30,6 +30,7 @@ from meshproxy.workers.protocol import (
     Drain,
     Endpoints,
     QuietAMP,
+    ReopenLogs,
     Shutdown,
     Snapshot,
 )
@@ -501,6 +502,14 @@ class WorkerPool(Service):
             if slot.protocol is not None and slot.state == "running"
         ]
         return gatherResults(calls).addCallback(any)
+
+    def reopenLogs(self) -> None:
+        """
+        Have every running worker reopen its access log (C{SIGUSR1}).
+        """
+        for slot in self.slots:
+            if slot.protocol is not None and slot.state == "running":
+                slot.protocol.callRemote(ReopenLogs).addErrback(lambda _: None)
 
     # -- versions -----------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from meshproxy.workers.protocol import (
     Drain,
     Endpoints,
     QuietAMP,
+    ReopenLogs,
     Shutdown,
     Snapshot,
 )
@@ -369,6 +370,13 @@ class WorkerLocator(amp.CommandLocator):
     @Drain.responder
     def drain(self, router: str, name: str, address: str, draining: bool) -> dict[str, bool]:
         return {"known": self.worker.drain(router, name, address, draining)}
+
+    @ReopenLogs.responder
+    def reopenLogs(self) -> dict[str, Any]:
+        telemetry = getattr(self.worker, "telemetry", None)
+        if telemetry is not None:
+            telemetry.reopenLogs()
+        return {}
 
     @Shutdown.responder
     def shutdown(self) -> dict[str, Any]:
