@@ -252,6 +252,10 @@ class _ProcessService(MultiService):
             # twistd removes its pid file, tells the parent of a daemon
             # (which prints the line) and lets the exception end the process.
             raise
+        workers = getattr(getattr(self, "runtime", None), "workers", None)
+        if workers is not None and workers.listeners is not None:
+            # The workers' sockets, bound while privileged ports may be.
+            workers.listeners.prepare()
 
 
 def _quietExit(error: BaseException) -> None:
@@ -381,26 +385,31 @@ def _addWorkers(top: MultiService, runtime: Runtime, count: int, reactor: Any) -
     Run the data path in C{count} worker processes: the pool starts first,
     so that its zygote is forked before any namer or store connects.
     """
+    from meshproxy.workers.sockets import ListenerGroups
     from meshproxy.workers.supervisor import (
         LocalAggregator,
         WorkerPool,
         ZygoteSpawner,
         quietListeners,
-        routerListeners,
     )
     from meshproxy.workers.worker import workerMain
     from meshproxy.workers.zygote import Zygote
+
+    groups = ListenerGroups(runtime, count, reactor=reactor)
 
     def spawner() -> ZygoteSpawner:
         # After the listeners were bound (privilegedStartService), before
         # the reactor runs; the supervisor stops accepting on them.
         quietListeners(runtime)
-        return ZygoteSpawner(
-            Zygote.fork(workerMain), lambda: routerListeners(runtime), reactor=reactor
-        )
+        return ZygoteSpawner(Zygote.fork(workerMain), groups.sockets, reactor=reactor)
 
     pool = WorkerPool(
-        runtime, count, spawner, clock=reactor, aggregator=LocalAggregator(runtime.registry)
+        runtime,
+        count,
+        spawner,
+        clock=reactor,
+        aggregator=LocalAggregator(runtime.registry),
+        listeners=groups,
     )
     runtime.workers = pool
     telemetry = getattr(runtime, "telemetry", None)

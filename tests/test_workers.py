@@ -7,6 +7,7 @@ driven over memory connections on a fake clock.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -800,3 +801,198 @@ class ReopenLogsTests(SynchronousTestCase):
         self.assertEqual(sorted(reopened), [1000, 1001])
         self.assertIsNotNone(WorkerLocator(spawner.workers[0], lambda: None)  # type: ignore[arg-type]
                              .locateResponder(ReopenLogs.commandName))
+
+
+# -- the listening sockets ----------------------------------------------------------------------
+
+
+class _AdoptedPort:
+    """
+    What the supervisor's reactor gives for an adopted socket.
+    """
+
+    def __init__(self, fd: int, family: int, factory: Any) -> None:
+        import socket
+
+        self.socket = socket.socket(family, socket.SOCK_STREAM, fileno=os.dup(fd))
+        self.factory = factory
+        self.reading = True
+        self.listening = True
+
+    def startReading(self) -> None:
+        self.reading = True
+
+    def stopReading(self) -> None:
+        self.reading = False
+
+    def stopListening(self) -> None:
+        self.listening = False
+        self.socket.close()
+
+
+class _AdoptingReactor:
+    def __init__(self) -> None:
+        self.ports: list[_AdoptedPort] = []
+
+    def adoptStreamPort(self, fd: int, family: int, factory: Any) -> _AdoptedPort:
+        port = _AdoptedPort(fd, family, factory)
+        self.ports.append(port)
+        return port
+
+
+class _Listener:
+    def __init__(self, port: Any) -> None:
+        self.port = port
+        self.factory = object()
+
+
+class _Parts:
+    def __init__(self, listen: str, port: Any) -> None:
+        self.config = type("RouterConfig", (), {"listen": listen})()
+        self.listener = _Listener(port)
+
+
+class _BoundPort:
+    """
+    The supervisor's own listener of a router (a Twisted port's view).
+    """
+
+    backlog = 50
+
+    def __init__(self, sock: Any) -> None:
+        self.socket = sock
+
+
+class ListenerGroupsTests(SynchronousTestCase):
+    """
+    L{ListenerGroups}: one C{SO_REUSEPORT} socket per worker slot for the
+    TCP listeners the supervisor bound.
+    """
+
+    def bound(self) -> Any:
+        import socket
+
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(50)
+        self.addCleanup(sock.close)
+        return sock
+
+    def groups(self, parts: dict[str, Any], count: int = 2) -> Any:
+        from meshproxy.workers.sockets import ListenerGroups
+
+        runtime = type("Runtime", (), {"parts": parts})()
+        self.reactor = _AdoptingReactor()
+        groups = ListenerGroups(runtime, count, reactor=self.reactor)  # type: ignore[arg-type]
+        groups.prepare()
+        for port in self.reactor.ports:
+            self.addCleanup(port.socket.close)
+        return groups
+
+    def accepted(self, sock: Any) -> int:
+        sock.setblocking(False)
+        n = 0
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except BlockingIOError:
+                return n
+            conn.close()
+            n += 1
+
+    def test_kernelSpreadsConnectionsOverTheSlots(self) -> None:
+        """
+        Each slot gets its own socket on the listener's address; the
+        kernel gives each some of 40 connections, and the supervisor's own
+        socket none.
+        """
+        import socket
+
+        own = self.bound()
+        groups = self.groups({"web": _Parts("tcp:0", _BoundPort(own))})
+        [(name0, sock0)] = groups.sockets(0)
+        [(name1, sock1)] = groups.sockets(1)
+        self.assertEqual((name0, name1), ("web", "web"))
+        self.assertNotEqual(sock0.fileno(), sock1.fileno())
+        self.assertEqual(sock0.getsockname(), own.getsockname())
+        # Not read by the supervisor while workers run.
+        self.assertEqual([p.reading for p in self.reactor.ports], [False, False])
+        clients = [socket.create_connection(own.getsockname()) for _ in range(40)]
+        for client in clients:
+            self.addCleanup(client.close)
+        counts = [self.accepted(sock0), self.accepted(sock1)]
+        self.assertEqual(sum(counts), 40, counts)
+        self.assertTrue(counts[0] > 0 and counts[1] > 0, counts)
+        # The supervisor's own socket is still bound, but listens no more.
+        self.assertEqual(own.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN), 0)
+        self.assertEqual(own.getsockname(), sock0.getsockname())
+
+    def test_sharedSocketOtherwise(self) -> None:
+        """
+        A systemd listener and a UNIX one stay one socket shared by every
+        slot.
+        """
+        import socket
+
+        systemd = self.bound()
+        unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(unix.close)
+        groups = self.groups({
+            "a": _Parts("systemd:domain=INET:index=0", _BoundPort(systemd)),
+            "b": _Parts("unix:/tmp/x.sock", _BoundPort(unix)),
+        })
+        self.assertEqual(groups.groups, {})
+        self.assertEqual(groups.sockets(1), [("a", systemd), ("b", unix)])
+
+    def test_slotDownTheSupervisorAccepts(self) -> None:
+        groups = self.groups({"web": _Parts("tcp:0", _BoundPort(self.bound()))})
+        groups.slotDown(1)
+        self.assertEqual([p.reading for p in self.reactor.ports], [False, True])
+        groups.slotUp(1)
+        self.assertEqual([p.reading for p in self.reactor.ports], [False, False])
+        groups.slotDown(0)
+        groups.close()
+        self.assertEqual([p.reading for p in self.reactor.ports], [False, False])
+
+    def test_groupOfAReplacedListenerIsClosed(self) -> None:
+        parts = {"web": _Parts("tcp:0", _BoundPort(self.bound()))}
+        groups = self.groups(parts)
+        parts["web"] = _Parts("tcp:0", _BoundPort(self.bound()))
+        self.assertEqual(groups.sockets(0), [("web", parts["web"].listener.port.socket)])
+        self.assertEqual([p.listening for p in self.reactor.ports], [False, False])
+
+    def test_poolTellsTheGroups(self) -> None:
+        """
+        The pool says when a slot's worker runs, when it died, and stops
+        the groups' reading at its stop.
+        """
+        events: list[tuple[str, int]] = []
+
+        class Listeners:
+            def slotUp(self, workerId: int) -> None:
+                events.append(("up", workerId))
+
+            def slotDown(self, workerId: int) -> None:
+                events.append(("down", workerId))
+
+            def close(self) -> None:
+                events.append(("close", -1))
+
+        clock = Clock()
+        spawner = FakeSpawner(clock)
+        pool = WorkerPool(
+            FakeRuntime(),  # type: ignore[arg-type]
+            2, spawner, clock=clock, listeners=Listeners(),
+            backoff=Backoff(1.0, 1.0, random=_Random()),
+            snapshot=lambda runtime, generation: Snapshot(generation, None, (), {}, {}),
+        )
+        pool.startService()
+        spawner.flush()
+        self.assertEqual(events, [("up", 0), ("up", 1)])
+        spawner.kill(1)
+        self.assertEqual(events[-1], ("down", 1))
+        clock.advance(1.0)
+        spawner.flush()
+        self.assertEqual(events[-1], ("up", 1))
+        pool.stopService()
+        self.assertEqual(events[-1], ("close", -1))

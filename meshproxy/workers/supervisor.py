@@ -216,14 +216,14 @@ class ZygoteSpawner:
     def __init__(
         self,
         zygote: Zygote,
-        listeners: Callable[[], list[tuple[str, socket.socket]]],
+        listeners: Callable[[int], list[tuple[str, socket.socket]]],
         *,
         reactor: Any,
     ) -> None:
         """
         @param zygote: the zygote.
-        @param listeners: the listening socket of each router, by name
-            (asked at each spawn: a reload changes them).
+        @param listeners: the listening socket of each router, by name, for
+            a worker slot (asked at each spawn: a reload changes them).
         @param reactor: an C{IReactorSocket}.
         """
         self.zygote = zygote
@@ -241,7 +241,7 @@ class ZygoteSpawner:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             names, sockets = [], []
-            for name, sock in self.listeners():
+            for name, sock in self.listeners(workerId):
                 names.append(name)
                 sockets.append(sock)
             self.zygote.spawn({"worker": workerId, "routers": names}, [theirs, *sockets])
@@ -258,20 +258,6 @@ class ZygoteSpawner:
 
     def close(self) -> None:
         self.zygote.close()
-
-
-def routerListeners(runtime: Runtime) -> list[tuple[str, socket.socket]]:
-    """
-    The listening socket of each router of the runtime, bound by the
-    supervisor: what the workers accept on.
-    """
-    found = []
-    for name, parts in runtime.parts.items():
-        port = parts.listener.port
-        sock = getattr(port, "socket", None)
-        if sock is not None:
-            found.append((name, sock))
-    return found
 
 
 def quietListeners(runtime: Runtime) -> None:
@@ -323,6 +309,7 @@ class WorkerPool(Service):
         stopTimeout: float = 5.0,
         snapshot: Callable[[Runtime, int], Snapshot] = snapshotOf,
         kill: Callable[[int, int], None] = os.kill,
+        listeners: Any = None,
     ) -> None:
         """
         @param runtime: the supervisor's runtime (config, namers, routers).
@@ -337,6 +324,10 @@ class WorkerPool(Service):
             (0.1 s doubling to 30 s, jittered, when L{None}).
         @param snapshot: makes a snapshot of the runtime (tests give one).
         @param kill: C{os.kill}, for workers that outlive the stop.
+        @param listeners: told when a slot has no running worker and when
+            it has one again (C{slotDown(workerId)}, C{slotUp(workerId)};
+            L{ListenerGroups<meshproxy.workers.sockets.ListenerGroups>}),
+            and C{close()} at the stop; or L{None}.
         """
         if count < 1:
             raise ValueError("a worker pool needs at least one worker")
@@ -350,6 +341,7 @@ class WorkerPool(Service):
         self.stopTimeout = stopTimeout
         self._snapshotOf = snapshot
         self._kill = kill
+        self.listeners = listeners
         self.version = 0
         self.configGeneration = 1
         self._snapshot: Snapshot | None = None
@@ -408,6 +400,8 @@ class WorkerPool(Service):
             slot.runningSince = self.clock.seconds()
             _log.info("{worker} running version {version}", worker=slot.describe(),
                       version=slot.version)
+            if self.listeners is not None:
+                self.listeners.slotUp(slot.workerId)
             self.aggregator.workerStarted(slot.workerId, slot.generation, protocol.callRemote)
         self._checkWaiters()
 
@@ -602,6 +596,10 @@ class WorkerPool(Service):
         if self._stopping or not self.running:
             slot.state = "stopped"
             return
+        if wasRunning and self.listeners is not None:
+            # The connections the kernel gives this slot meanwhile are
+            # taken by the supervisor.
+            self.listeners.slotDown(slot.workerId)
         now = self.clock.seconds()
         if slot.runningSince is not None and now - slot.runningSince >= self.stableAfter:
             slot.failures = 0
@@ -626,6 +624,8 @@ class WorkerPool(Service):
         """
         Service.stopService(self)
         self._stopping = True
+        if self.listeners is not None:
+            self.listeners.close()
         protocols: list[SupervisorAMP] = list(self._retiring)
         for slot in self.slots:
             if slot.restartCall is not None and slot.restartCall.active():
