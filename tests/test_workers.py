@@ -996,3 +996,15 @@ class ListenerGroupsTests(SynchronousTestCase):
         self.assertEqual(events[-1], ("up", 1))
         pool.stopService()
         self.assertEqual(events[-1], ("close", -1))
+
+    def test_groupFollowsItsListenerToARenamedRouter(self) -> None:
+        """
+        A reload that hands a listener to a router of another name keeps
+        the listener's group.
+        """
+        parts = {"web": _Parts("tcp:0", _BoundPort(self.bound()))}
+        groups = self.groups(parts)
+        [(_, before)] = groups.sockets(1)
+        parts["www"] = parts.pop("web")
+        self.assertEqual(groups.sockets(1), [("www", before)])
+        self.assertEqual([p.listening for p in self.reactor.ports], [True, True])

@@ -49,7 +49,9 @@ class ListenerGroups:
     """
     Which socket each worker slot accepts on, for each router.
 
-    @ivar groups: the C{SO_REUSEPORT} groups by router name.
+    @ivar groups: the C{SO_REUSEPORT} groups by the supervisor's listening
+        port they stand beside (a reload that hands a listener to a renamed
+        router keeps its group).
     """
 
     def __init__(self, runtime: Runtime, count: int, *, reactor: Any) -> None:
@@ -61,7 +63,7 @@ class ListenerGroups:
         self.runtime = runtime
         self.count = count
         self.reactor = reactor
-        self.groups: dict[str, _Group] = {}
+        self.groups: dict[Any, _Group] = {}
 
     def prepare(self) -> None:
         """
@@ -70,7 +72,7 @@ class ListenerGroups:
         """
         for name, parts in self.runtime.parts.items():
             port = parts.listener.port
-            if name in self.groups or port is None:
+            if port is None or port in self.groups:
                 continue
             if str(parts.config.listen).startswith("systemd:"):
                 continue
@@ -94,7 +96,7 @@ class ListenerGroups:
                 slotSocket.close()
                 adopted.stopReading()
                 ports.append(adopted)
-            self.groups[name] = _Group(port, ports)
+            self.groups[port] = _Group(port, ports)
             # The process's own socket stays bound but takes no connection
             # any more: the group's do.
             try:
@@ -110,7 +112,7 @@ class ListenerGroups:
         found = []
         self._forgetGone()
         for name, parts in self.runtime.parts.items():
-            group = self.groups.get(name)
+            group = self.groups.get(parts.listener.port)
             if group is not None:
                 found.append((name, group.ports[workerId].socket))
                 continue
@@ -123,10 +125,10 @@ class ListenerGroups:
         """
         Close the groups of listeners a reload closed or replaced.
         """
-        for name, group in list(self.groups.items()):
-            parts = self.runtime.parts.get(name)
-            if parts is None or parts.listener.port is not group.listenerPort:
-                del self.groups[name]
+        current = {id(parts.listener.port) for parts in self.runtime.parts.values()}
+        for listenerPort, group in list(self.groups.items()):
+            if id(listenerPort) not in current:
+                del self.groups[listenerPort]
                 for port in group.ports:
                     port.stopListening()
 
