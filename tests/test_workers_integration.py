@@ -16,6 +16,7 @@ import re
 from typing import Any
 
 from twisted.internet import defer
+from twisted.trial.unittest import SynchronousTestCase
 
 from tests.admin_support import AdminClient
 from tests.support import exchange
@@ -244,3 +245,41 @@ class WorkersProcessTests(ProcessTestCase):
         # Each worker exits (its pidfd becomes readable), within 10 s.
         for fd in pidfds:
             self.assertEqual(select.select([fd], [], [], 10)[0], [fd])
+
+
+class FreshReactorTests(SynchronousTestCase):
+    """
+    What a worker does first, in a child Python (it replaces the global
+    reactor, which this process's tests run on).
+    """
+
+    def test_noMeshproxyModuleKeepsTheForkedReactor(self) -> None:
+        """
+        After everything C{makeService} imports, L{installFreshReactor}
+        makes a new global reactor of the same kind, and no meshproxy,
+        treq or Twisted module holds the old one (only klein's app module
+        does, for C{Klein.run}, which workers never call).
+        """
+        import subprocess
+        import sys
+
+        script = (
+            "import sys\n"
+            "from meshproxy.tap import Options, makeService\n"
+            "o = Options(); o.parseOptions([])\n"
+            "from twisted.internet import reactor as old\n"
+            "makeService(o)\n"
+            "from meshproxy.workers.worker import installFreshReactor\n"
+            "new = installFreshReactor()\n"
+            "from twisted.internet import reactor\n"
+            "assert reactor is new and new is not old and type(new) is type(old)\n"
+            "print(sorted(n for n, m in list(sys.modules.items())\n"
+            "             if m is not None and getattr(m, 'reactor', None) is old))\n"
+        )
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        result = subprocess.run(
+            [sys.executable, "-c", script], cwd=here,
+            env={**os.environ, "PYTHONPATH": here}, capture_output=True, text=True, timeout=60,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout.strip().splitlines()[-1], "['klein._app']")
