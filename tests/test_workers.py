@@ -675,6 +675,28 @@ class SupervisorAPITests(_RulesMixin, SynchronousTestCase):
         self.assertEqual(response.code, 200)
         self.assertEqual(json.loads(body)["workers"], {"version": 3, "workers": self.pool.state()})
 
+    def test_stateMergedByTheAggregator(self) -> None:
+        """
+        The aggregation's state (the routers merged over the workers, per
+        worker when asked) replaces the supervisor's own routers; the
+        workers list stays the supervisor's.
+        """
+        from twisted.internet.defer import succeed
+
+        asked: list[bool] = []
+
+        def state(perWorker: bool) -> Deferred[dict[str, Any]]:
+            asked.append(perWorker)
+            return succeed({"routers": {"web": {"merged": True}}, "workers": "not this"})
+
+        self.pool.aggregator.state = state  # type: ignore[method-assign]
+        response, body = self.request("GET", "/admin/state?perWorker=1")
+        answer = json.loads(body)
+        self.assertEqual(answer["routers"], {"web": {"merged": True}})
+        self.assertEqual(answer["workers"], {"version": 3, "workers": self.pool.state()})
+        self.request("GET", "/admin/state")
+        self.assertEqual(asked, [True, False])
+
     def test_metricsFromTheAggregator(self) -> None:
         from prometheus_client import Counter
 

@@ -392,12 +392,14 @@ class AdminAPI:
             return _json(request, answer)
         # With worker processes: each worker, and the routers' state merged
         # over them by the aggregation (per worker with ?perWorker=1).
-        answer["workers"] = {"version": workers.version, "workers": workers.state()}
         flag = request.args.get(b"perWorker", [])
         perWorker = bool(flag) and flag[0].lower() in _TRUE
 
         def merged(state: dict[str, Any]) -> bytes:
             answer.update(state)
+            # (the supervisor's own list of its workers, whatever the
+            # aggregation says)
+            answer["workers"] = {"version": workers.version, "workers": workers.state()}
             return _json(request, answer)
 
         return workers.aggregator.state(perWorker).addCallback(merged)
