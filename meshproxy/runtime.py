@@ -128,6 +128,8 @@ class Runtime(Service):
         L{None} (the routers here serve the listeners).
     @ivar registry: the process's C{CollectorRegistry} (set by
         L{buildServices}).
+    @ivar metrics: the process's L{MeshMetrics<meshproxy.telemetry.metrics.MeshMetrics>}
+        (set by L{buildServices}).
     """
 
     rulesStores: dict[str, RulesStore]
@@ -137,6 +139,7 @@ class Runtime(Service):
     rulesStore: EtcdStores | None = None
     workers: WorkerPool | None = None
     registry: Any = None
+    metrics: MeshMetrics | None = None
 
     def __init__(
         self,
@@ -372,7 +375,9 @@ def buildServices(
         reactor=reactor, shutdownGrace=getattr(config.admin, "shutdownGrace", 10.0)
     )
     registry = runtime.registry = CollectorRegistry()
-    metrics = MeshMetrics(registry, runtime.nodes, costScale=0.001, tls=runtime.tlsContexts)
+    metrics = runtime.metrics = MeshMetrics(
+        registry, runtime.nodes, costScale=0.001, tls=runtime.tlsContexts
+    )
     # The runtime first: the readiness clock starts before the namers load.
     services: list[IService] = [runtime]
     # Then telemetry's exporters and access log: stopped after the routers

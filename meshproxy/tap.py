@@ -380,18 +380,33 @@ def makeService(
     return top
 
 
+def _aggregator(runtime: Runtime, reactor: Any) -> Any:
+    """
+    The aggregation of the workers' metrics, state and tap
+    (L{meshproxy.workers.merge.Aggregator}), or, while that module is not
+    there, the supervisor's own registry and nothing merged.
+    """
+    from meshproxy.workers.supervisor import LocalAggregator
+
+    try:
+        from meshproxy.workers.merge import Aggregator  # type: ignore[import-not-found]
+    except ImportError:
+        return LocalAggregator(runtime.registry)
+    metrics = getattr(runtime, "metrics", None)
+    return Aggregator(
+        runtime.registry,
+        clock=reactor,
+        tapStats=None if metrics is None else metrics.telemetry,
+    )
+
+
 def _addWorkers(top: MultiService, runtime: Runtime, count: int, reactor: Any) -> None:
     """
     Run the data path in C{count} worker processes: the pool starts first,
     so that its zygote is forked before any namer or store connects.
     """
     from meshproxy.workers.sockets import ListenerGroups
-    from meshproxy.workers.supervisor import (
-        LocalAggregator,
-        WorkerPool,
-        ZygoteSpawner,
-        quietListeners,
-    )
+    from meshproxy.workers.supervisor import WorkerPool, ZygoteSpawner, quietListeners
     from meshproxy.workers.worker import workerMain
     from meshproxy.workers.zygote import Zygote
 
@@ -408,7 +423,7 @@ def _addWorkers(top: MultiService, runtime: Runtime, count: int, reactor: Any) -
         count,
         spawner,
         clock=reactor,
-        aggregator=LocalAggregator(runtime.registry),
+        aggregator=_aggregator(runtime, reactor),
         listeners=groups,
     )
     runtime.workers = pool

@@ -697,6 +697,22 @@ class SupervisorAPITests(_RulesMixin, SynchronousTestCase):
         self.request("GET", "/admin/state")
         self.assertEqual(asked, [True, False])
 
+    def test_tapFromTheAggregator(self) -> None:
+        """
+        C{/admin/tap} subscribes to the aggregation's hub (fed by every
+        worker), not to the supervisor's own.
+        """
+        from meshproxy.telemetry.tap import TapUnavailable
+
+        class Hub:
+            def subscribe(self, tapFilter: Any, stream: Any) -> Any:
+                raise TapUnavailable("the aggregation's hub")
+
+        self.pool.aggregator.tap = Hub()  # type: ignore[attr-defined]
+        response, body = self.request("GET", "/admin/tap")
+        self.assertEqual(response.code, 503)
+        self.assertEqual(json.loads(body), {"error": "the aggregation's hub"})
+
     def test_metricsFromTheAggregator(self) -> None:
         from prometheus_client import Counter
 

@@ -726,6 +726,10 @@ class AdminAPI:
         gets the stream's head and no stream.
         """
         hub = self._tap
+        workers = getattr(self._runtime, "workers", None)
+        if workers is not None:
+            # The workers' requests, merged by the aggregation's hub.
+            hub = getattr(workers.aggregator, "tap", hub)
         if hub is None:
             raise _Refusal(503, {"error": "the live tap is not available on this proxy"})
         values = {}

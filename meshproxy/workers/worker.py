@@ -160,6 +160,7 @@ class WorkerProcess:
     @ivar version: the version of the snapshot it runs (0 before the first).
     @ivar runtime: the worker's L{Runtime<meshproxy.runtime.Runtime>} (its
         routers), once built.
+    @ivar registry: its C{CollectorRegistry}, once built.
     @ivar metrics: its L{MeshMetrics<meshproxy.telemetry.metrics.MeshMetrics>}.
     @ivar telemetry: its L{Telemetry<meshproxy.runtime.Telemetry>} (tracing,
         access log, tap hub).
@@ -167,6 +168,7 @@ class WorkerProcess:
     """
 
     runtime: Runtime | None = None
+    registry: Any = None
     metrics: MeshMetrics | None = None
     telemetry: Telemetry | None = None
 
@@ -230,7 +232,7 @@ class WorkerProcess:
         runtime = self.runtime = Runtime(
             reactor=reactor, shutdownGrace=getattr(config.admin, "shutdownGrace", 10.0)
         )
-        registry = CollectorRegistry()
+        registry = self.registry = CollectorRegistry()
         metrics = self.metrics = MeshMetrics(
             registry, runtime.nodes, costScale=0.001, tls=runtime.tlsContexts
         )
@@ -397,7 +399,10 @@ def aggregationLocator(worker: WorkerProcess) -> Any:
         return None
     telemetry = worker.telemetry
     return WorkerResponder(
-        worker.metrics, worker.runtime, None if telemetry is None else telemetry.tap
+        worker.registry,
+        worker.runtime,
+        None if telemetry is None else telemetry.tap,
+        clock=worker.reactor,
     )
 
 
