@@ -605,6 +605,29 @@ class WorkerLocatorTests(SynchronousTestCase):
         pump.flush()
         self.assertEqual(self.successResultOf(d), {"version": 3, "pid": 7})
 
+    def test_extraMadeOnceTheWorkerIsBuilt(self) -> None:
+        """
+        C{makeExtra} makes the extra locator from the worker after its
+        first snapshot, once.
+        """
+        made: list[Any] = []
+
+        def makeExtra(worker: Any) -> Any:
+            made.append(worker)
+            return _EchoLocator()
+
+        worker = FakeWorker(7, Clock())
+        locator = WorkerLocator(worker, lambda: None, makeExtra=makeExtra)  # type: ignore[arg-type]
+        self.assertIsNone(locator.locateResponder(b"_Echo"))
+        server = amp.AMP(locator=locator)
+        client = amp.AMP()
+        pump = _pair(server, client)
+        for version in (1, 2):
+            client.callRemote(Configure, version=version, snapshot=Snapshot(1, None, (), {}, {}))
+            pump.flush()
+        self.assertEqual(made, [worker])
+        self.assertIsNotNone(locator.locateResponder(b"_Echo"))
+
     def test_withoutExtraUnknownCommandsAreUnknown(self) -> None:
         locator = WorkerLocator(FakeWorker(7, Clock()), lambda: None)  # type: ignore[arg-type]
         self.assertIsNone(locator.locateResponder(b"_Echo"))

@@ -340,16 +340,22 @@ class WorkerLocator(amp.CommandLocator):
     locator (the aggregation's, L{meshproxy.workers.collect}), when given.
     """
 
-    def __init__(self, worker: WorkerProcess, stop: Any, extra: Any = None) -> None:
+    def __init__(
+        self, worker: WorkerProcess, stop: Any, extra: Any = None, makeExtra: Any = None
+    ) -> None:
         """
         @param worker: the worker.
         @param stop: called (no argument) to stop the worker's reactor.
         @param extra: an C{IResponderLocator} for the other commands, or
             L{None}.
+        @param makeExtra: makes C{extra} from the worker once it is built
+            (its first snapshot), when C{extra} is L{None}: L{aggregationLocator}
+            in a real worker.
         """
         self.worker = worker
         self.stop = stop
         self.extra = extra
+        self.makeExtra = makeExtra
 
     def locateResponder(self, name: bytes) -> Any:
         responder = amp.CommandLocator.locateResponder(self, name)
@@ -360,8 +366,8 @@ class WorkerLocator(amp.CommandLocator):
     @Configure.responder
     def configure(self, version: int, snapshot: Snapshot) -> dict[str, int]:
         answer = self.worker.configure(version, snapshot)
-        if self.extra is None:
-            self.extra = aggregationLocator(self.worker)
+        if self.extra is None and self.makeExtra is not None:
+            self.extra = self.makeExtra(self.worker)
         return answer
 
     @Endpoints.responder
@@ -452,7 +458,7 @@ def workerMain(request: dict[str, Any], sockets: list[socket.socket]) -> NoRetur
             except ReactorNotRunning:
                 pass  # (stopping already, after a SIGTERM)
 
-    locator = WorkerLocator(worker, stop)
+    locator = WorkerLocator(worker, stop, makeExtra=aggregationLocator)
     protocol = _WorkerAMP(locator, lambda: reactor.callLater(0, stop))
 
     def ask(prefix: str, service: str) -> None:
