@@ -243,8 +243,12 @@ class Runtime(Service):
         if workers is not None:
             from meshproxy.workers.supervisor import quietListeners
 
-            # The listeners the reload bound are the workers' to accept on.
+            # The listeners the reload bound are the workers' to accept on
+            # (through SO_REUSEPORT sockets where they can be made), made
+            # before the reactor's next turn.
             quietListeners(self)
+            if workers.listeners is not None:
+                workers.listeners.prepare()
 
             def replaced(summary: dict[str, Any]) -> dict[str, Any]:
                 quietListeners(self)

@@ -1069,3 +1069,21 @@ class ListenerGroupsTests(SynchronousTestCase):
         parts["www"] = parts.pop("web")
         self.assertEqual(groups.sockets(1), [("www", before)])
         self.assertEqual([p.listening for p in self.reactor.ports], [True, True])
+
+    def test_prepareAgainAddsOnlyNewListeners(self) -> None:
+        """
+        After a reload, C{prepare} makes the group of a listener it added,
+        and leaves the others' groups alone.
+        """
+        parts = {"web": _Parts("tcp:0", _BoundPort(self.bound()))}
+        groups = self.groups(parts)
+        [(_, before)] = groups.sockets(0)
+        parts["api"] = _Parts("tcp:0", _BoundPort(self.bound()))
+        groups.prepare()
+        for port in self.reactor.ports[2:]:
+            self.addCleanup(port.socket.close)
+        self.assertEqual(len(self.reactor.ports), 4)
+        [(web, same), (api, new)] = groups.sockets(0)
+        self.assertEqual((web, api), ("web", "api"))
+        self.assertIs(same, before)
+        self.assertIs(new, self.reactor.ports[2].socket)

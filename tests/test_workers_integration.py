@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.admin_support import AdminClient
 from tests.support import exchange
-from tests.test_reload_integration import ProcessTestCase
+from tests.test_reload_integration import WEB2, ProcessTestCase
 
 
 def _socketInodes(pid: int) -> set[int]:
@@ -214,6 +214,27 @@ class WorkersProcessTests(ProcessTestCase):
         self.assertFalse(set(w["pid"] for w in workers["workers"]) & set(old))
         bodies = yield self.requests(proxy, 10)
         self.assertEqual(bodies, [b"b /%d" % (i,) for i in range(10)])
+
+    @defer.inlineCallbacks
+    def test_routerAddedByAReloadServedByTheWorkers(self) -> Any:
+        """
+        A router a reload adds: the supervisor binds its listener, the new
+        workers accept on it (through their own SO_REUSEPORT sockets).
+        """
+        proxy = yield self.startWorkers()
+        since = len(proxy.lines)
+        yield self.reload(proxy, "workers: 2\n" + self.config(more=WEB2 % ("b",)))
+        match = yield proxy.waitFor(r"router web2 listening on \S+ \(port (\d+)\)", since)
+        for worker in (0, 1):
+            yield proxy.waitFor(r"worker %d \(pid \d+\) running version 2" % (worker,), since)
+        clients = yield defer.gatherResults([
+            exchange(self, int(match.group(1)), REQUEST % (i,)) for i in range(10)
+        ])
+        self.assertEqual(
+            [client.responses[0].body for client in clients],
+            [b"b /%d" % (i,) for i in range(10)],
+        )
+        self.assertFalse([line for line in proxy.lines if "SO_REUSEPORT" in line])
 
     @defer.inlineCallbacks
     def test_sigtermDrainsEveryWorker(self) -> Any:

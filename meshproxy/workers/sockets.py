@@ -14,8 +14,9 @@ A slot's socket outlives its worker: while the slot has no running worker
 (a restart's backoff), the supervisor accepts on it with its own routers,
 so that the connections the kernel gives that slot are not left waiting.
 
-Listeners passed by systemd, UNIX sockets, those a reload adds, and any
-whose group cannot be made stay one socket shared by every worker.
+Listeners passed by systemd, UNIX sockets, and any whose group cannot be
+made (a privileged port a reload adds, after the privileges were dropped)
+stay one socket shared by every worker.
 """
 
 from __future__ import annotations
@@ -67,8 +68,10 @@ class ListenerGroups:
 
     def prepare(self) -> None:
         """
-        Make the groups of the listeners bound now (after the listeners'
-        bind, while the process may still bind privileged ports).
+        Make the groups of the listeners bound now that have none: at the
+        start (after the listeners' bind, while the process may still bind
+        privileged ports), and after a reload (before the reactor's next
+        turn, so that no connection waits on the listener's own socket).
         """
         for name, parts in self.runtime.parts.items():
             port = parts.listener.port
