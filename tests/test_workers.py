@@ -571,6 +571,26 @@ class PoolTests(SynchronousTestCase):
         self.spawner.kill(0)
         self.assertFalse(self.runtime.namers[0].observables["a"].subscribed)
 
+    def test_drainsReachWorkersStartedLater(self) -> None:
+        """
+        A worker started after a drain gets it in its snapshot; an undrain
+        takes it out.
+        """
+        self.start()
+        self.pool.drain("web", "/#/static/a", "127.0.0.1:8081", True)
+        self.spawner.flush()
+        self.spawner.kill(0)
+        self.clock.advance(1.0)
+        self.spawner.flush()
+        restarted = self.spawner.workers[-1]
+        self.assertEqual(
+            restarted.snapshots[0][1].drains, {("web", "/#/static/a", "127.0.0.1:8081")}
+        )
+        self.pool.drain("web", "/#/static/a", "127.0.0.1:8081", False)
+        self.pool.publish()
+        self.spawner.flush()
+        self.assertEqual(restarted.snapshots[-1][1].drains, frozenset())
+
     def test_drainReachesEveryWorker(self) -> None:
         self.start()
         self.spawner.workers[0].known = False
@@ -1087,3 +1107,49 @@ class ListenerGroupsTests(SynchronousTestCase):
         self.assertEqual((web, api), ("web", "api"))
         self.assertIs(same, before)
         self.assertIs(new, self.reactor.ports[2].socket)
+
+
+class WorkerDrainTests(SynchronousTestCase):
+    """
+    A worker drains the endpoints of its snapshot once its routers have
+    bound their names.
+    """
+
+    def test_pendingUntilBound(self) -> None:
+        from meshproxy.workers.worker import WorkerProcess
+
+        class Router:
+            rules = None
+            policy = None
+
+            def __init__(self) -> None:
+                self.bound = False
+                self.drained: list[tuple[str, str]] = []
+
+            def drain(self, name: str, address: str) -> None:
+                if not self.bound:
+                    raise KeyError(name)
+                self.drained.append((name, address))
+
+            def undrain(self, name: str, address: str) -> None:
+                raise KeyError(name)
+
+        router = Router()
+        worker = WorkerProcess(0, {}, reactor=Clock())
+        worker.runtime = type("Runtime", (), {"routers": {"web": router}})()  # type: ignore[assignment]
+        drain = ("web", "/#/static/a", "127.0.0.1:8081")
+        worker._apply(Snapshot(1, None, (), {}, {}, frozenset([drain])))
+        self.assertEqual(worker.pendingDrains, {drain})
+        # The name gets bound; its endpoints come from the supervisor.
+        router.bound = True
+        worker.endpoints("/#/static", "a", Addr.neg())
+        self.assertEqual(router.drained, [("/#/static/a", "127.0.0.1:8081")])
+        self.assertEqual(worker.pendingDrains, set())
+
+    def test_undrainForgetsAPendingDrain(self) -> None:
+        from meshproxy.workers.worker import WorkerProcess
+
+        worker = WorkerProcess(0, {}, reactor=Clock())
+        worker.pendingDrains.add(("web", "n", "a:1"))
+        self.assertFalse(worker.drain("web", "n", "a:1", False))
+        self.assertEqual(worker.pendingDrains, set())

@@ -91,6 +91,9 @@ class Snapshot:
         several segments).
     @ivar rules: the rules text in force of each router that has rules.
     @ivar policies: the access policy of each router (L{None}: allow all).
+    @ivar drains: the endpoints drained through the admin API, as
+        C{(router, bound name, address)}: a worker started after the drain
+        drains them too, once its router has bound the name.
     """
 
     configGeneration: int
@@ -98,6 +101,7 @@ class Snapshot:
     namerPrefixes: tuple[Any, ...]
     rules: dict[str, str]
     policies: dict[str, Any]
+    drains: frozenset[tuple[str, str, str]] = frozenset()
 
 
 class Configure(amp.Command):

@@ -15,6 +15,7 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.protocol import connectionDone
@@ -345,6 +346,7 @@ class WorkerPool(Service):
         self.version = 0
         self.configGeneration = 1
         self._snapshot: Snapshot | None = None
+        self.drains: set[tuple[str, str, str]] = set()
         self._waiters: list[tuple[Deferred[None], int, IDelayedCall]] = []
         self._retiring: list[SupervisorAMP] = []
         self._stopping = False
@@ -359,9 +361,13 @@ class WorkerPool(Service):
         if not hasattr(self._spawner, "spawn"):
             self._spawner = self._spawner()
         self.version += 1
-        self._snapshot = self._snapshotOf(self.runtime, self.configGeneration)
+        self._snapshot = self._takeSnapshot()
         for slot in self.slots:
             self._start(slot)
+
+    def _takeSnapshot(self) -> Snapshot:
+        snapshot = self._snapshotOf(self.runtime, self.configGeneration)
+        return attrs.evolve(snapshot, drains=frozenset(self.drains))
 
     def _start(self, slot: WorkerSlot) -> None:
         from meshproxy.workers.zygote import ZygoteGone
@@ -428,7 +434,7 @@ class WorkerPool(Service):
         if not self.running:
             return self.version
         self.version += 1
-        self._snapshot = self._snapshotOf(self.runtime, self.configGeneration)
+        self._snapshot = self._takeSnapshot()
         for slot in self.slots:
             if slot.protocol is not None and slot.state in ("starting", "running"):
                 self._configure(slot, slot.protocol)
@@ -443,7 +449,7 @@ class WorkerPool(Service):
             return
         self.configGeneration += 1
         self.version += 1
-        self._snapshot = self._snapshotOf(self.runtime, self.configGeneration)
+        self._snapshot = self._takeSnapshot()
         for slot in self.slots:
             old = slot.protocol
             if slot.restartCall is not None and slot.restartCall.active():
@@ -488,6 +494,14 @@ class WorkerPool(Service):
 
         @return: a Deferred firing with whether some worker knew it.
         """
+        key = (router, name, address)
+        if draining:
+            self.drains.add(key)
+        else:
+            self.drains.discard(key)
+        if self._snapshot is not None:
+            # (workers started from now on drain it too)
+            self._snapshot = attrs.evolve(self._snapshot, drains=frozenset(self.drains))
         calls = [
             slot.protocol.callRemote(
                 Drain, router=router, name=name, address=address, draining=draining

@@ -195,6 +195,8 @@ class WorkerProcess:
         self.configGeneration = 0
         self.service = MultiService()
         self.namers: dict[str, PushedNamer] = {}
+        # Drains of names this worker's routers have not bound yet.
+        self.pendingDrains: set[tuple[str, str, str]] = set()
 
     def configure(self, version: int, snapshot: Snapshot) -> dict[str, int]:
         """
@@ -302,6 +304,9 @@ class WorkerProcess:
                 table.setRules(table.validateRules(text), text)
             if name in snapshot.policies:
                 router.policy = snapshot.policies[name]
+        for drain in snapshot.drains:
+            if drain not in self.pendingDrains and not self.drain(*drain, True):
+                self.pendingDrains.add(drain)
 
     def _ask(self, prefix: str, service: str) -> None:
         if self.ask is not None:
@@ -314,6 +319,10 @@ class WorkerProcess:
         namer = self.namers.get(prefix)
         if namer is not None:
             namer.update(service, addr)
+        for drain in list(self.pendingDrains):
+            # A name bound since: its endpoints are there now.
+            if self.drain(*drain, True):
+                self.pendingDrains.discard(drain)
 
     def drain(self, router: str, name: str, address: str, draining: bool) -> bool:
         """
@@ -321,6 +330,8 @@ class WorkerProcess:
 
         @return: whether this worker knew that endpoint.
         """
+        if not draining:
+            self.pendingDrains.discard((router, name, address))
         if self.runtime is None or router not in self.runtime.routers:
             return False
         target = self.runtime.routers[router]
