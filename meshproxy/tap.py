@@ -47,7 +47,7 @@ class Options(usage.Options):
     Command-line options of C{twistd meshproxy}.
     """
 
-    synopsis = "[--config FILE] [--check]"
+    synopsis = "[--config FILE] [--workers N|auto] [--check]"
     longdesc = (
         "Run the meshproxy service-mesh proxy. Without --config, runs the "
         "embedded demo: the sample config, the file namer over the demo's "
@@ -57,6 +57,13 @@ class Options(usage.Options):
     )
     optParameters = [
         ["config", "c", None, "The YAML config file (default: the embedded demo)."],
+        [
+            "workers",
+            "w",
+            None,
+            "Worker processes running the data path: a number (1 to 64) or auto (the"
+            " CPUs available); wins over the config's workers key.",
+        ],
     ]
     optFlags = [
         ["check", None, "Validate the config, print the result and exit (0 when valid)."],
@@ -71,6 +78,35 @@ class Options(usage.Options):
         sys.stdout.write("meshproxy %s\n" % (__version__,))
         sys.stdout.flush()
         raise SystemExit(0)
+
+    def opt_workers(self, value: str) -> None:
+        """
+        Check C{--workers} at once: a number from 1 to 64, or C{auto}.
+        """
+        from meshproxy.config.checks import Invalid
+        from meshproxy.config.schema import workersValue
+
+        try:
+            self["workers"] = workersValue(value if value == "auto" else int(value))
+        except (ValueError, Invalid):
+            raise usage.UsageError(
+                "--workers: expected a number of worker processes (1 to 64) or auto,"
+                " got %r" % (value,)
+            ) from None
+
+    opt_w = opt_workers
+
+    def workerCount(self) -> int:
+        """
+        How many worker processes to run: C{--workers}, else the config's
+        C{workers}; C{auto} resolved to the CPUs available.
+        """
+        from meshproxy.workers.count import resolveWorkers
+
+        value = self["workers"]
+        if value is None:
+            value = getattr(self.meshConfig, "workers", 1)
+        return resolveWorkers(value)
 
     def postOptions(self) -> None:
         """
@@ -228,6 +264,10 @@ class _ProcessService(MultiService):
             # twistd removes its pid file, tells the parent of a daemon
             # (which prints the line) and lets the exception end the process.
             raise
+        workers = getattr(getattr(self, "runtime", None), "workers", None)
+        if workers is not None and workers.listeners is not None:
+            # The workers' sockets, bound while privileged ports may be.
+            workers.listeners.prepare()
 
 
 def _quietExit(error: BaseException) -> None:
@@ -346,4 +386,70 @@ def makeService(
     top.runtime = runtime
     top.reactor = reactor
     _ReloadOnHangup(runtime, reactor).setServiceParent(top)
+    count = options.workerCount() if hasattr(options, "workerCount") else 1
+    if count > 1:
+        _addWorkers(top, runtime, count, reactor)
     return top
+
+
+def _aggregator(runtime: Runtime, reactor: Any) -> Any:
+    """
+    The aggregation of the workers' metrics, state and tap
+    (L{meshproxy.workers.merge.Aggregator}), or, while that module is not
+    there, the supervisor's own registry and nothing merged.
+    """
+    from meshproxy.workers.supervisor import LocalAggregator
+
+    try:
+        from meshproxy.workers.merge import Aggregator  # type: ignore[import-not-found]
+    except ImportError:
+        return LocalAggregator(runtime.registry)
+    metrics = getattr(runtime, "metrics", None)
+    return Aggregator(
+        runtime.registry,
+        clock=reactor,
+        tapStats=None if metrics is None else metrics.telemetry,
+    )
+
+
+def _addWorkers(top: MultiService, runtime: Runtime, count: int, reactor: Any) -> None:
+    """
+    Run the data path in C{count} worker processes: the pool starts first,
+    so that its zygote is forked before any namer or store connects.
+    """
+    from meshproxy.workers.sockets import ListenerGroups
+    from meshproxy.workers.supervisor import WorkerPool, ZygoteSpawner, quietListeners
+    from meshproxy.workers.worker import workerMain
+    from meshproxy.workers.zygote import Zygote
+
+    groups = ListenerGroups(runtime, count, reactor=reactor)
+
+    def spawner() -> ZygoteSpawner:
+        # After the listeners were bound (privilegedStartService), before
+        # the reactor runs; the supervisor stops accepting on them.
+        quietListeners(runtime)
+        return ZygoteSpawner(Zygote.fork(workerMain), groups.sockets, reactor=reactor)
+
+    pool = WorkerPool(
+        runtime,
+        count,
+        spawner,
+        clock=reactor,
+        aggregator=_aggregator(runtime, reactor),
+        listeners=groups,
+    )
+    runtime.workers = pool
+    telemetry = getattr(runtime, "telemetry", None)
+    if telemetry is not None:
+        reopenHere = telemetry.reopenLogs
+
+        def reopenLogs() -> None:
+            # SIGUSR1 (after logrotate): the workers write the access log.
+            reopenHere()
+            pool.reopenLogs()
+
+        telemetry.reopenLogs = reopenLogs
+    # First among the services: started first, stopped last.
+    pool.setServiceParent(top)
+    top.services.remove(pool)
+    top.services.insert(0, pool)

@@ -546,6 +546,38 @@ else:
     )
 
 
+#: The most worker processes C{workers} may ask for.
+MAX_WORKERS = 64
+
+
+def workersValue(value: Any) -> int | str:
+    """
+    Check a C{workers} value: a whole number from 1 to L{MAX_WORKERS}, or
+    C{"auto"}.
+
+    @raise Invalid: for anything else.
+    """
+    if value == "auto" and isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Invalid(
+            f'expected a number of worker processes (1 to {MAX_WORKERS}) or "auto",'
+            f" got {show(value)}"
+        )
+    checks.checkRange(value, 1, MAX_WORKERS)
+    return value
+
+
+Workers = Checked(
+    workersValue,
+    {"oneOf": [
+        {"type": "integer", "minimum": 1, "maximum": MAX_WORKERS},
+        {"const": "auto"},
+    ]},
+    type=int | str,
+)
+
+
 class MeshConfig(Section):
     """
     The whole configuration of one meshproxy process.
@@ -559,6 +591,10 @@ class MeshConfig(Section):
     @ivar rulesStore: the L{RulesStoreConfig} of a store shared by every
         proxy (etcd) that keeps the rules and policies, or L{None} to keep
         them in the config and the local state directory.
+    @ivar workers: how many worker processes run the data path: C{1} (the
+        default: one process, as without the key), a number up to
+        L{MAX_WORKERS}, or C{"auto"} (the CPUs available to the process; see
+        L{meshproxy.workers.count}). C{twistd meshproxy --workers} wins.
     @ivar source: the file (or label) the configuration was read from.
     """
 
@@ -569,6 +605,7 @@ class MeshConfig(Section):
     routers: Routers
     telemetry: Defaulted(TelemetryConfig)
     rulesStore: RulesStoreConfig | None = None
+    workers: Workers = 1
     source: SkipJsonSchema[str] = "<config>"
 
     def router(self, name: str) -> RouterConfig:
