@@ -8,14 +8,17 @@ fake clock; and the merged C{/metrics} checked by C{promtool}.
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer
+from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.protocols import amp
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from meshproxy.telemetry.metrics import OPENMETRICS_CONTENT_TYPE, MeshMetrics
@@ -584,6 +587,61 @@ class TapTests(SynchronousTestCase):
         group.settle()
         self.assertIn(b"event: end", reader.value())
         self.assertEqual(group.workers[0].hub.subscriptions, ())
+
+
+class _Channel(amp.AMP):
+    """
+    An AMP end that says when its connection is gone.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.lost: defer.Deferred[None] = defer.Deferred()
+
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)
+        self.lost.callback(None)
+
+
+class SocketPairTests(TestCase):
+    """
+    The aggregator and workers over real socket pairs on the reactor, as the
+    supervisor runs them: answers of hundreds of KiB arrive whole.
+    """
+
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_scrapeOverSocketPairs(self) -> Any:
+        from twisted.internet import reactor
+
+        aggregator = Aggregator(clock=reactor)
+        channels: list[_Channel] = []
+        for workerId in range(2):
+            worker = Worker(Clock())
+            worker.record(3 + workerId)
+            worker.nodes = [("web", "/#/fs/users", FakeNode(port, pending=1))
+                            for port in range(1000, 1600)]
+            ours, theirs = socket.socketpair()
+            supervisorSide = _Channel()
+            workerSide = _Channel(locator=worker.responder)
+            for sock, proto in ((ours, supervisorSide), (theirs, workerSide)):
+                factory = Factory.forProtocol(lambda proto=proto: proto)
+                reactor.adoptStreamConnection(sock.fileno(), socket.AF_UNIX, factory)
+                sock.close()
+                channels.append(proto)
+            aggregator.workerStarted(workerId, 0, supervisorSide.callRemote)
+        try:
+            body, _ = yield aggregator.exposition(None)
+        finally:
+            for proto in channels:
+                proto.transport.loseConnection()
+            yield defer.gatherResults([proto.lost for proto in channels])
+        self.assertGreater(len(body), 65535)
+        self.assertEqual(value(body, "meshproxy_requests_total", **USERS), 7)
+        self.assertEqual(value(body, "meshproxy_endpoint_pending", endpoint="10.0.6.99:1599",
+                               **USERS), 2)
+        self.assertEqual(value(body, "meshproxy_worker_scrape_up", worker="1"), 1)
 
 
 class PromtoolTests(PromtoolTestCase):

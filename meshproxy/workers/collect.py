@@ -80,6 +80,7 @@ __all__ = [
     "WorkerResponder",
     "dumpFamilies",
     "dumpFilter",
+    "familiesOf",
     "loadFamilies",
     "loadFilter",
 ]
@@ -180,16 +181,15 @@ class TapEvents(amp.Command):
     response = [(b"events", BigBytes()), (b"ended", amp.Boolean())]
 
 
-def dumpFamilies(collector: Collector | CollectorRegistry) -> bytes:
+def familiesOf(collector: Collector | CollectorRegistry) -> list[list[Any]]:
     """
-    Serialise what a registry (or any collector) collects now.
-
-    @return: JSON bytes of C{[[name, type, help, unit, samples], ...]}, each
-        sample C{[name, labels, value, exemplar]} and each exemplar C{null} or
-        C{[labels, value, timestamp]}. Sample timestamps are not kept (no
-        meshproxy family has any).
+    What a registry (or any collector) collects now, as plain lists:
+    C{[[name, type, help, unit, samples], ...]}, each sample
+    C{[name, labels, value, exemplar]} and each exemplar L{None} or
+    C{[labels, value, timestamp]}. Sample timestamps are not kept (no
+    meshproxy family has any).
     """
-    families = []
+    families: list[list[Any]] = []
     for metric in collector.collect():
         samples = []
         for sample in metric.samples:
@@ -205,7 +205,16 @@ def dumpFamilies(collector: Collector | CollectorRegistry) -> bytes:
                 ],
             ])
         families.append([metric.name, metric.type, metric.documentation, metric.unit, samples])
-    return json.dumps(families, separators=(",", ":")).encode("utf-8")
+    return families
+
+
+def dumpFamilies(collector: Collector | CollectorRegistry) -> bytes:
+    """
+    Serialise what a registry (or any collector) collects now.
+
+    @return: JSON bytes of what L{familiesOf} returns.
+    """
+    return json.dumps(familiesOf(collector), separators=(",", ":")).encode("utf-8")
 
 
 def loadFamilies(data: bytes) -> list[tuple[str, str, str, str, list[list[Any]]]]:

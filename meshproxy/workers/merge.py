@@ -87,7 +87,7 @@ counts (see L{meshproxy.workers.collect}).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, cast
 
 import attrs
@@ -109,8 +109,8 @@ from meshproxy.workers.collect import (
     TapEvents,
     TapSubscribe,
     TapUnsubscribe,
-    dumpFamilies,
     dumpFilter,
+    familiesOf,
     loadFamilies,
 )
 from meshproxy.workers.interfaces import CallRemote, IWorkerAggregator
@@ -195,7 +195,7 @@ def ruleFor(name: str, typ: str) -> str:
     return WORKER
 
 
-# A series: (sample name, sorted label items).
+# A series: (sample name, label items in the family's order).
 _Key = tuple[str, tuple[tuple[str, str], ...]]
 
 
@@ -221,7 +221,7 @@ class _Family:
 _Snapshot = dict[str, _Family]
 
 
-def _snapshot(families: Iterable[tuple[str, str, str, str, list[list[Any]]]]) -> _Snapshot:
+def _snapshot(families: Iterable[Sequence[Any]]) -> _Snapshot:
     """
     Index the families of one process by name and series. C{_created}
     samples are left out.
@@ -699,7 +699,7 @@ class Aggregator:
     def _mergeMetrics(self, answers: list[tuple[_Worker, Any]]) -> list[Metric]:
         merge = _MetricsMerge()
         if self._registry is not None:
-            own = _snapshot(loadFamilies(dumpFamilies(self._registry)))
+            own = _snapshot(familiesOf(self._registry))
             merge.add(own, _SUPERVISOR_LABEL, True)
         up = _Family(
             "meshproxy_worker_scrape_up", "gauge",
