@@ -371,6 +371,28 @@ class MissingWorkerTests(SynchronousTestCase):
         state = group.result(d)
         self.assertEqual(state["missing"], [{"worker": 1, "error": "no answer within 2 s"}])
 
+    def test_garbledAnswerIsMissing(self) -> None:
+        """
+        A worker answering something that is not metric families is named
+        missing; the scrape goes on with the others.
+        """
+        group = Group(1)
+        group.workers[0].record(2)
+        group.aggregator.workerStarted(
+            1, 0, lambda command, **kw: defer.succeed({"families": b'[["x"]]'}))
+        body = group.scrape()
+        self.assertEqual(value(body, "meshproxy_worker_scrape_up", worker="1"), 0)
+        self.assertEqual(value(body, "meshproxy_requests_total", **USERS), 2)
+        self.flushLoggedErrors()
+
+    def test_startedAgainWithoutStopRetiresTheOldGeneration(self) -> None:
+        group = Group(1)
+        group.workers[0].record(4)
+        group.scrape()
+        group.workers[0].die()
+        group.start(0).record(1)
+        self.assertEqual(value(group.scrape(), "meshproxy_requests_total", **USERS), 5)
+
     def test_brokenChannelIsMissing(self) -> None:
         group = Group(2)
         group.workers[1].die()
