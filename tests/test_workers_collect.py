@@ -245,6 +245,24 @@ class CollectTests(SynchronousTestCase):
                          {"routers": {"web": {"protocol": "http", "boundNames": {}}}})
 
 
+    def test_stateOfARuntime(self) -> None:
+        """
+        Given a runtime rather than a callable, the responder answers its
+        routers' C{state()}.
+        """
+
+        class Router:
+            def state(self) -> dict[str, Any]:
+                return {"protocol": "tcp"}
+
+        class Runtime:
+            routers = {"db": Router()}
+
+        responder = WorkerResponder(CollectorRegistry(), Runtime(), None, clock=Clock())
+        self.assertEqual(json.loads(responder.collectState()["state"]),
+                         {"routers": {"db": {"protocol": "tcp"}}})
+
+
 class TapTests(SynchronousTestCase):
     """
     The tap commands: subscriptions on the worker's hub, long polls,

@@ -48,7 +48,6 @@ When the channel is lost, call L{WorkerResponder.stop}.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any, cast
 
 import attrs
@@ -380,8 +379,11 @@ class WorkerResponder(amp.CommandLocator):
     @param registry: the worker's C{CollectorRegistry}, where its
         L{MeshMetrics<meshproxy.telemetry.metrics.MeshMetrics>} is
         registered (with the process collectors).
-    @param state: returns the worker's routers' state, JSON-ready:
-        C{{"routers": {name: router.state() for each router}}}.
+    @param state: the worker's L{Runtime<meshproxy.runtime.Runtime>} (or
+        anything with C{routers}, a mapping of name to router with a
+        C{state()}), whose routers' states are answered as
+        C{{"routers": {name: router.state()}}}; or a callable returning
+        that JSON-ready C{dict} itself.
     @param tap: the worker's L{TapHub}, the sink its request path hands
         summaries to; L{None} when it has none (tap subscriptions are then
         refused with L{TapUnavailable}).
@@ -393,7 +395,7 @@ class WorkerResponder(amp.CommandLocator):
     def __init__(
         self,
         registry: CollectorRegistry,
-        state: Callable[[], dict[str, Any]],
+        state: Any,
         tap: TapHub | None = None,
         *,
         clock: IReactorTime | None = None,
@@ -423,7 +425,12 @@ class WorkerResponder(amp.CommandLocator):
 
     @CollectState.responder
     def collectState(self) -> dict[str, bytes]:
-        return {"state": json.dumps(self._state(), separators=(",", ":")).encode("utf-8")}
+        source = self._state
+        if callable(source):
+            state = source()
+        else:
+            state = {"routers": {name: router.state() for name, router in source.routers.items()}}
+        return {"state": json.dumps(state, separators=(",", ":")).encode("utf-8")}
 
     @TapSubscribe.responder
     def tapSubscribe(self, key: int, filter: bytes) -> dict[str, Any]:
