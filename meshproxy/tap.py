@@ -395,15 +395,10 @@ def makeService(
 def _aggregator(runtime: Runtime, reactor: Any) -> Any:
     """
     The aggregation of the workers' metrics, state and tap
-    (L{meshproxy.workers.merge.Aggregator}), or, while that module is not
-    there, the supervisor's own registry and nothing merged.
+    (L{meshproxy.workers.merge.Aggregator}).
     """
-    from meshproxy.workers.supervisor import LocalAggregator
+    from meshproxy.workers.merge import Aggregator
 
-    try:
-        from meshproxy.workers.merge import Aggregator  # type: ignore[import-not-found]
-    except ImportError:
-        return LocalAggregator(runtime.registry)
     metrics = getattr(runtime, "metrics", None)
     return Aggregator(
         runtime.registry,

@@ -406,14 +406,12 @@ class WorkerLocator(amp.CommandLocator):
 def aggregationLocator(worker: WorkerProcess) -> Any:
     """
     The aggregation's responders on this worker (C{CollectMetrics},
-    C{CollectState}, the tap), or L{None} while that library is not there.
+    C{CollectState}, the tap).
 
     @param worker: the built worker (its metrics, runtime and tap hub).
     """
-    try:
-        from meshproxy.workers.collect import WorkerResponder  # type: ignore[import-not-found]
-    except ImportError:
-        return None
+    from meshproxy.workers.collect import WorkerResponder
+
     telemetry = worker.telemetry
     return WorkerResponder(
         worker.registry,
