@@ -32,7 +32,6 @@ from meshproxy.discovery.endpoints import formatAddress
 from meshproxy.http.body import RequestBody
 from meshproxy.http.interfaces import IExchange
 from meshproxy.http.message import ProxyError
-from meshproxy.http.rewrite import requestHead
 from meshproxy.http.states import AWAITING, DONE, NEW, SENDING, STREAMING, WAITING
 from meshproxy.http.tries import TryAccounting
 from meshproxy.resilience.classifiers import RETRYABLE, SUCCESS
@@ -384,7 +383,17 @@ class Exchange(TryAccounting):
         self.tryStart = router.clock.seconds()
         request = self.request
         server = self.server
-        head = requestHead(
+        body = self.body
+        if body is None:
+            self._enter(AWAITING)
+            held = None
+            resume = False
+        else:
+            self._enter(SENDING)
+            upstream.sendBodyFrom(server.gate)
+            wasHeld = bool(body.pending)
+            held, resume = body.start()
+        upstream.writeHead(
             request,
             peer=server.forwardedFor,
             scheme=server.scheme,
@@ -393,18 +402,13 @@ class Exchange(TryAccounting):
             override=self.override,
             clientCert=server.clientCert,
             trace=self.trace.headers(),  # type: ignore[union-attr]  # set by start()
+            body=held,
         )
-        body = self.body
         if body is None:
-            self._enter(AWAITING)
-            upstream.write(head)
             return
-        self._enter(SENDING)
-        upstream.sendBodyFrom(server.gate)
-        held = bool(body.pending)
-        if body.start(head, upstream):
+        if resume:
             server.gate.resume("preconnect")
-        if request.expectContinue and not body.done and not held and not self.continued:
+        if request.expectContinue and not body.done and not wasHeld and not self.continued:
             # Once, on the first connection actually made (a refused first
             # try must not leave the client waiting).
             self.continued = True
@@ -574,7 +578,7 @@ class Exchange(TryAccounting):
         """
         See L{IExchange.responseStreaming}.
         """
-        self.server.streamFrom(upstream.transport)
+        self.server.streamFrom(upstream.producer)
 
     def responseComplete(self, trailers: Headers | None, reusable: bool) -> None:
         """
