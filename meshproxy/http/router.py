@@ -33,6 +33,7 @@ from meshproxy.http.interfaces import IRouter
 from meshproxy.http.message import ProxyError, Request
 from meshproxy.http.trust import TrustPolicy
 from meshproxy.http.views import explainRoute, routerState
+from meshproxy.http2.client import H2Pool
 from meshproxy.policy import Policy
 from meshproxy.resilience.accrual import accrualFromConfig
 from meshproxy.resilience.backoff import Backoff
@@ -149,6 +150,11 @@ class HttpRouter:
                     minVersion=section.minVersion,
                 )
         self._tlsConnectors: dict[tuple[Any, str], TLSConnector] = {}
+        self._upstreamProtocols = {
+            name: settings.upstreamProtocol
+            for name, settings in config.boundNames
+            if settings.upstreamProtocol is not None
+        }
         # The listener's own identity when it terminates TLS (tap sets it),
         # named in x-forwarded-client-cert.
         self.tlsName: str | None = None
@@ -289,8 +295,24 @@ class HttpRouter:
 
     # -- what the bound names are made of ----------------------------------
 
+    def upstreamProtocol(self, bound: BoundName) -> str:
+        """
+        How requests go to a bound name's endpoints: C{"http/1.1"} or
+        C{"h2"} (its C{boundNames} entry, else C{client.upstreamProtocol}).
+        """
+        own = self._upstreamProtocols.get(str(bound.id))
+        return self.clientSettings.upstreamProtocol if own is None else own
+
     def _makePool(self, endpoint: Endpoint, bound: BoundName) -> Pool:
         settings = self.clientSettings
+        if self.upstreamProtocol(bound) == "h2":
+            return H2Pool(  # type: ignore[return-value]  # (the same face)
+                endpoint,
+                clock=self.reactor,
+                connector=self.connectorFor(bound),
+                idleTimeout=settings.idleTimeout,
+                limits=settings,
+            )
         return Pool(
             endpoint,
             clock=self.reactor,
