@@ -21,6 +21,7 @@ from h2.events import (
 from h2.exceptions import H2Error
 from h2.settings import Settings
 from hyperframe.frame import GoAwayFrame
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 
 __all__ = ["H2Backend", "H2BackendFactory", "H2ClientProtocol", "H2Request", "okH2"]
@@ -205,6 +206,18 @@ class H2ClientProtocol(Protocol):
     def __init__(self):
         self.conn = H2Connection(H2Configuration(client_side=True, header_encoding=None))
         self.events = []
+        self._waiting = {}
+
+    def whenEnded(self, sid):
+        """
+        A Deferred firing once stream C{sid} ends (or is reset).
+        """
+        d = Deferred()
+        if self.of(sid, StreamEnded) or self.of(sid, StreamReset):
+            d.callback(None)
+        else:
+            self._waiting.setdefault(sid, []).append(d)
+        return d
 
     def connectionMade(self):
         self.conn.initiate_connection()
@@ -226,6 +239,10 @@ class H2ClientProtocol(Protocol):
             if isinstance(event, DataReceived):
                 self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
         self.flush()
+        for event in events:
+            if isinstance(event, (StreamEnded, StreamReset)):
+                for d in self._waiting.pop(event.stream_id, ()):
+                    d.callback(None)
 
     def request(self, headers, body=None, trailers=None, end=True):
         sid = self.conn.get_next_available_stream_id()
