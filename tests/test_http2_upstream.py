@@ -571,3 +571,33 @@ class LifecycleTests(UpstreamTestCase):
         verifyObject(IUpstreamConnection, stream)
         self.backend.requests[0].respond(200, [], b"")
         self.network.flush()
+
+
+class ALPNTests(SynchronousTestCase):
+    def test_h2UpstreamMustChooseH2(self):
+        """
+        Over TLS, an HTTP/2 upstream that did not choose C{h2} by ALPN
+        fails the handshake (before any certificate check).
+        """
+        import ssl
+
+        from meshproxy.tls import ClientTLS
+
+        class FakeTLS:
+            def __init__(self, chosen):
+                self.chosen = chosen
+
+            def selected_alpn_protocol(self):
+                return self.chosen
+
+            def getpeercert(self, binary_form=False):
+                raise AssertionError("not reached")
+
+        creator = ClientTLS.__new__(ClientTLS)
+        creator.h2 = True
+        with self.assertRaises(ssl.SSLError):
+            creator.verify(FakeTLS("http/1.1"))
+        with self.assertRaises(ssl.SSLError):
+            creator.verify(FakeTLS(None))
+        with self.assertRaises(AssertionError):
+            creator.verify(FakeTLS("h2"))

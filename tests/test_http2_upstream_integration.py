@@ -165,3 +165,67 @@ class UpstreamH2Tests(TestCase):
         self.assertEqual(trailers, [(b"grpc-status", b"0"), (b"x-echo-trailers", b"1")])
         [request] = self.backend.requests
         self.assertEqual(request.trailers, [(b"x-req", b"1")])
+
+
+class UpstreamH2OverTLSTests(TestCase):
+    """
+    meshproxy to meshproxy over HTTP/2 and TLS: the outbound proxy offers
+    h2 by ALPN to the inbound proxy's TLS listener, which forwards to an
+    HTTP/1.1 backend.
+    """
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_h2ByALPNToATLSUpstream(self):
+        import os
+
+        from meshproxy import certs
+        from meshproxy.http2.client import H2Pool
+        from tests.support import BackendFactory, connectClient
+
+        ca = self.mktemp()
+        certs.initAuthority(ca)
+        caFile = os.path.join(ca, "ca.pem")
+        users = certs.issue(ca, "users", dnsNames=("users.mesh.local",))
+        backend = BackendFactory()
+        backendPort = yield listenBackend(self, backend)
+        inPort, _, _ = yield startProxy(
+            self,
+            None,
+            config=f"""\
+admin: {{listen: "tcp:port=0:interface=127.0.0.1"}}
+namers:
+  - {{kind: static, prefix: /#/s, services: {{users: ["127.0.0.1:{backendPort}"]}}}}
+routers:
+  - name: inbound
+    listen: "tcp:0:interface=127.0.0.1"
+    rules: "/svc => /#/s;"
+    tls: {{certificates: [{{cert: {users.cert}, key: {users.key}}}]}}
+""",
+        )
+        outPort, _, runtime = yield startProxy(
+            self,
+            None,
+            config=f"""\
+admin: {{listen: "tcp:port=0:interface=127.0.0.1"}}
+namers:
+  - {{kind: static, prefix: /#/mesh, services: {{users: ["127.0.0.1:{inPort}"]}}}}
+routers:
+  - name: outbound
+    listen: "tcp:0:interface=127.0.0.1"
+    rules: "/svc => /#/mesh;"
+    upstreamTls: {{ca: {caFile}, serverName: "{{service}}.mesh.local"}}
+    client: {{upstreamProtocol: h2}}
+""",
+        )
+        client = yield connectClient(self, outPort)
+        client.transport.write(b"GET /x HTTP/1.1\r\nHost: users\r\n\r\n")
+        [response] = yield client.waitFor(1)
+        self.assertEqual(response.status, 200, response.body)
+        [request] = backend.requests
+        self.assertEqual(request.header(b"host"), b"users")
+        [node] = runtime.routers["outbound"].clients.find("/#/mesh/users").balancer.nodes()
+        self.assertIsInstance(node.payload, H2Pool)
+        self.assertEqual(len(node.payload.all), 1)
+        self.assertEqual(node.payload.scheme, b"https")

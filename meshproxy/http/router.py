@@ -149,7 +149,7 @@ class HttpRouter:
                     key=section.key,
                     minVersion=section.minVersion,
                 )
-        self._tlsConnectors: dict[tuple[Any, str], TLSConnector] = {}
+        self._tlsConnectors: dict[tuple[Any, str, bool], TLSConnector] = {}
         self._upstreamProtocols = {
             name: settings.upstreamProtocol
             for name, settings in config.boundNames
@@ -331,11 +331,12 @@ class HttpRouter:
         if section is None:
             return self.connector
         expected = expectedIdentity(section.serverName, bound.service)
-        key = (section, expected)
+        h2 = self.upstreamProtocol(bound) == "h2"
+        key = (section, expected, h2)
         connector = self._tlsConnectors.get(key)
         if connector is None:
             # No file is read here: the section's settings were loaded once.
-            creator = ClientTLS(expected, settings=self._tlsSettings[section])
+            creator = ClientTLS(expected, settings=self._tlsSettings[section], h2=h2)
             connector = self._tlsConnectors[key] = TLSConnector(self.connector, creator)
         return connector
 
