@@ -601,3 +601,106 @@ class ALPNTests(SynchronousTestCase):
             creator.verify(FakeTLS(None))
         with self.assertRaises(AssertionError):
             creator.verify(FakeTLS("h2"))
+
+
+class TryTests(UpstreamTestCase):
+    def test_perTryTimeoutResetsTheStreamAndRetries(self):
+        """
+        A try that times out resets its stream (CANCEL), not the
+        connection; the retry goes on another stream.
+        """
+        calls = []
+
+        def handler(request):
+            calls.append(request)
+            if len(calls) > 1:
+                okH2(request)
+
+        proxy = self.proxy(handler, total="5s, perTry: 1s")
+        client = proxy.connect()
+        client.transport.write(b"GET /slow HTTP/1.1\r\nHost: hello\r\n\r\n")
+        self.network.flush()
+        self.network.advance(1.5)
+        [response] = client.responses
+        self.assertEqual(response.status, 200)
+        self.assertEqual(calls[0].reset, ErrorCodes.CANCEL)
+        self.assertEqual(len(self.backend.connections), 1)
+        self.assertEqual(self.errors("try-timeout"), 1)
+
+    def test_clientGoneResetsTheStream(self):
+        """
+        A client that goes away resets its stream upstream.
+        """
+        proxy = self.proxy(held)
+        client = proxy.connect()
+        client.transport.write(b"GET /bye HTTP/1.1\r\nHost: hello\r\n\r\n")
+        self.network.flush()
+        client.transport.loseConnection()
+        self.network.flush()
+        [request] = self.backend.requests
+        self.assertEqual(request.reset, ErrorCodes.CANCEL)
+        [node] = proxy.router().clients.find("/#/static/hello").balancer.nodes()
+        self.assertEqual(node.pending, 0)
+        [conn] = node.payload.all
+        self.assertEqual(conn.streams, {})
+
+    def test_earlyHintsPassedOn(self):
+        """
+        An interim 103 goes on to the HTTP/1.1 client before the answer.
+        """
+
+        def handler(request):
+            if request.ended:
+                request.proto.conn.send_headers(
+                    request.streamId, [(b":status", b"103"), (b"link", b"</a.css>")]
+                )
+                okH2(request)
+
+        proxy = self.proxy(handler)
+        client = proxy.exchange(b"GET /hint HTTP/1.1\r\nHost: hello\r\n\r\n")
+        self.assertTrue(client.raw.startswith(b"HTTP/1.1 103 Early Hints\r\n"), client.raw)
+        self.assertEqual(client.responses[-1].status, 200)
+
+    def test_drainedEndpointClosesAfterItsStreams(self):
+        """
+        An endpoint leaving the set (the router stops) closes its idle
+        connections at once and a busy one after its last stream.
+        """
+        proxy = self.proxy(held)
+        client = proxy.connect()
+        client.transport.write(b"GET /last HTTP/1.1\r\nHost: hello\r\n\r\n")
+        self.network.flush()
+        [node] = proxy.router().clients.find("/#/static/hello").balancer.nodes()
+        pool = node.payload
+        pool.close()
+        self.network.flush()
+        self.assertEqual(self.backend.lost, 0)
+        self.backend.requests[0].respond(200, [], b"done")
+        self.network.flush()
+        self.assertEqual(client.responses[0].body, b"done")
+        self.assertEqual(self.backend.lost, 1)
+        self.assertEqual(pool.all, [])
+
+    def test_staleConnectionRetriedOnAFreshOne(self):
+        """
+        A used connection lost before a GET's answer: a keep-alive race,
+        retried on a fresh connection.
+        """
+        calls = []
+
+        def handler(request):
+            if not request.ended:
+                return
+            calls.append(request)
+            if len(calls) == 2:
+                request.proto.transport.loseConnection()
+                return
+            okH2(request)
+
+        proxy = self.proxy(handler)
+        proxy.exchange(b"GET /1 HTTP/1.1\r\nHost: hello\r\n\r\n")
+        client = proxy.exchange(b"GET /2 HTTP/1.1\r\nHost: hello\r\n\r\n")
+        [response] = client.responses
+        self.assertEqual(response.status, 200)
+        self.assertEqual(len(calls), 3)
+        self.assertEqual(len(self.backend.connections), 2)
