@@ -91,7 +91,9 @@ class SeamTests(SynchronousTestCase):
         self.assertEqual(config.routers[0].client.upstreamProtocol, "http/1.1")
         with self.assertRaises(ConfigError) as e:
             parseConfig(base.replace("upstreamProtocol: h2", "upstreamProtocol: h3"))
-        self.assertIn('upstreamProtocol: expected one of "http/1.1", "h2"', str(e.exception))
+        self.assertIn(
+            'upstreamProtocol: expected one of "http/1.1", "h2", "auto"', str(e.exception)
+        )
         routerWide = base.replace(
             "boundNames: {/#/static/hello: {upstreamProtocol: h2}}",
             "client: {upstreamProtocol: h2}",
@@ -704,3 +706,23 @@ class TryTests(UpstreamTestCase):
         self.assertEqual(response.status, 200)
         self.assertEqual(len(calls), 3)
         self.assertEqual(len(self.backend.connections), 2)
+
+
+class AutoTests(UpstreamTestCase):
+    def test_autoOnAPlainUpstreamIsHTTP1(self):
+        """
+        C{auto} learns by ALPN, so only over TLS: a plain upstream is never
+        guessed at, and gets HTTP/1.1.
+        """
+        from meshproxy.http.client import Pool
+        from tests.memory_support import Instance
+
+        backend = Instance(self.network)
+        port = backend.start()
+        text = CONFIG % {"ports": '"127.0.0.1:%d"' % (port,), "total": "5s", "extra": ""}
+        text = text.replace("upstreamProtocol: h2", "upstreamProtocol: auto")
+        mesh = MemoryProxy(self, text, network=self.network)
+        client = mesh.exchange(b"GET /p HTTP/1.1\r\nHost: hello\r\n\r\n")
+        self.assertEqual(client.responses[0].status, 200)
+        [node] = mesh.router().clients.find("/#/static/hello").balancer.nodes()
+        self.assertIs(type(node.payload), Pool)

@@ -171,25 +171,32 @@ class UpstreamH2OverTLSTests(TestCase):
     """
     meshproxy to meshproxy over HTTP/2 and TLS: the outbound proxy offers
     h2 by ALPN to the inbound proxy's TLS listener, which forwards to an
-    HTTP/1.1 backend.
+    HTTP/1.1 backend; and C{auto}, which learns the protocol by ALPN.
     """
 
     timeout = 60
 
-    @defer.inlineCallbacks
-    def test_h2ByALPNToATLSUpstream(self):
+    def setUp(self):
         import os
 
         from meshproxy import certs
-        from meshproxy.http2.client import H2Pool
-        from tests.support import BackendFactory, connectClient
 
         ca = self.mktemp()
         certs.initAuthority(ca)
-        caFile = os.path.join(ca, "ca.pem")
-        users = certs.issue(ca, "users", dnsNames=("users.mesh.local",))
-        backend = BackendFactory()
-        backendPort = yield listenBackend(self, backend)
+        self.caFile = os.path.join(ca, "ca.pem")
+        self.users = certs.issue(ca, "users", dnsNames=("users.mesh.local",))
+
+    @defer.inlineCallbacks
+    def inbound(self):
+        """
+        A meshproxy with a TLS listener (ALPN: h2, http/1.1) in front of an
+        HTTP/1.1 backend.
+        """
+        from tests.support import BackendFactory
+
+        self.backend = BackendFactory()
+        backendPort = yield listenBackend(self, self.backend)
+        users = self.users
         inPort, _, _ = yield startProxy(
             self,
             None,
@@ -204,28 +211,119 @@ routers:
     tls: {{certificates: [{{cert: {users.cert}, key: {users.key}}}]}}
 """,
         )
+        return inPort
+
+    @defer.inlineCallbacks
+    def http1Only(self):
+        """
+        A TLS backend answering HTTP/1.1 only (ALPN: http/1.1).
+        """
+        from meshproxy.tls import CertificateFile, ServerTLS
+        from meshproxy.transport.tls import TLSServerFactory
+        from tests.support import BackendFactory
+
+        self.backend = BackendFactory()
+        contexts = ServerTLS(
+            [CertificateFile(self.users.cert, self.users.key)], protocols=[b"http/1.1"]
+        )
+        factory = TLSServerFactory(self.backend, contexts)
+        factory.connections = self.backend.connections
+        port = yield listenBackend(self, factory)
+        return port
+
+    @defer.inlineCallbacks
+    def outbound(self, upstreamPort, protocol):
         outPort, _, runtime = yield startProxy(
             self,
             None,
             config=f"""\
 admin: {{listen: "tcp:port=0:interface=127.0.0.1"}}
 namers:
-  - {{kind: static, prefix: /#/mesh, services: {{users: ["127.0.0.1:{inPort}"]}}}}
+  - {{kind: static, prefix: /#/mesh, services: {{users: ["127.0.0.1:{upstreamPort}"]}}}}
 routers:
   - name: outbound
     listen: "tcp:0:interface=127.0.0.1"
     rules: "/svc => /#/mesh;"
-    upstreamTls: {{ca: {caFile}, serverName: "{{service}}.mesh.local"}}
-    client: {{upstreamProtocol: h2}}
+    upstreamTls: {{ca: {self.caFile}, serverName: "{{service}}.mesh.local"}}
+    client: {{upstreamProtocol: {protocol}}}
 """,
         )
-        client = yield connectClient(self, outPort)
-        client.transport.write(b"GET /x HTTP/1.1\r\nHost: users\r\n\r\n")
-        [response] = yield client.waitFor(1)
+        self.runtime = runtime
+        return outPort
+
+    @defer.inlineCallbacks
+    def get(self, port, count=1):
+        from tests.support import connectClient
+
+        client = yield connectClient(self, port)
+        for i in range(count):
+            client.transport.write(b"GET /%d HTTP/1.1\r\nHost: users\r\n\r\n" % (i,))
+        responses = yield client.waitFor(count)
+        return responses
+
+    def pool(self):
+        [node] = self.runtime.routers["outbound"].clients.find("/#/mesh/users").balancer.nodes()
+        return node.payload
+
+    @defer.inlineCallbacks
+    def test_h2ByALPNToATLSUpstream(self):
+        """
+        C{h2} over TLS: one HTTP/2 connection, C{:scheme} https.
+        """
+        from meshproxy.http2.client import H2Pool
+
+        inPort = yield self.inbound()
+        outPort = yield self.outbound(inPort, "h2")
+        [response] = yield self.get(outPort)
         self.assertEqual(response.status, 200, response.body)
-        [request] = backend.requests
+        [request] = self.backend.requests
         self.assertEqual(request.header(b"host"), b"users")
-        [node] = runtime.routers["outbound"].clients.find("/#/mesh/users").balancer.nodes()
-        self.assertIsInstance(node.payload, H2Pool)
-        self.assertEqual(len(node.payload.all), 1)
-        self.assertEqual(node.payload.scheme, b"https")
+        pool = self.pool()
+        self.assertIsInstance(pool, H2Pool)
+        self.assertEqual(len(pool.all), 1)
+        self.assertEqual(pool.scheme, b"https")
+
+    @defer.inlineCallbacks
+    def test_h2RefusedByAnHTTP1Upstream(self):
+        """
+        C{h2} to a TLS upstream that does not choose it: 502
+        C{upstream-tls}.
+        """
+        port = yield self.http1Only()
+        outPort = yield self.outbound(port, "h2")
+        [response] = yield self.get(outPort)
+        self.assertEqual(response.status, 502, response.body)
+        self.assertEqual(response.header(b"mesh-err"), b"upstream-tls")
+        self.assertEqual(self.backend.requests, [])
+
+    @defer.inlineCallbacks
+    def test_autoLearnsH2(self):
+        """
+        C{auto} offers h2 and http/1.1; an upstream choosing h2 gets every
+        request over HTTP/2.
+        """
+        inPort = yield self.inbound()
+        outPort = yield self.outbound(inPort, "auto")
+        responses = yield self.get(outPort, 3)
+        self.assertEqual([r.status for r in responses], [200, 200, 200])
+        pool = self.pool()
+        self.assertEqual(pool.learnt, "h2")
+        self.assertEqual(len(pool.h2.all), 1)
+        self.assertEqual(pool.h1.all, set())
+
+    @defer.inlineCallbacks
+    def test_autoLearnsHTTP1(self):
+        """
+        C{auto} to an upstream choosing http/1.1: HTTP/1.1, its connection
+        pooled.
+        """
+        port = yield self.http1Only()
+        outPort = yield self.outbound(port, "auto")
+        for _ in range(3):
+            [response] = yield self.get(outPort)
+            self.assertEqual(response.status, 200)
+        pool = self.pool()
+        self.assertEqual(pool.learnt, "http/1.1")
+        self.assertEqual(len(pool.h1.all), 1)
+        self.assertEqual(pool.h2.all, [])
+        self.assertEqual(len(self.backend.requests), 3)

@@ -1175,3 +1175,189 @@ class H2UpstreamStream:
             except H2Error:
                 pass
         connection.streamDone(self)
+
+
+class AutoPool:
+    """
+    Connections to one TLS endpoint whose protocol is learnt by ALPN
+    (C{upstreamProtocol: auto}): the first connection offers C{h2} and
+    C{http/1.1}, and what the upstream chooses is used for the endpoint
+    from then on, through an L{H2Pool} or an HTTP/1.1
+    L{Pool<meshproxy.http.client.Pool>} (which then offers both too, and
+    is answered the same). It has the same face as those pools.
+
+    @ivar learnt: C{"h2"}, C{"http/1.1"}, or L{None} before the first
+        handshake.
+    """
+
+    def __init__(self, h1: Any, h2: H2Pool) -> None:
+        """
+        @param h1: the endpoint's HTTP/1.1 L{Pool<meshproxy.http.client.Pool>}.
+        @param h2: its L{H2Pool}, with the same connector.
+        """
+        self.h1 = h1
+        self.h2 = h2
+        self.endpoint = h2.endpoint
+        self.learnt: str | None = None
+        self.waiting: deque[_Waiter] = deque()
+        self._probing = False
+
+    @property
+    def all(self) -> list[Any]:
+        """
+        The open connections, of either protocol.
+        """
+        return [*self.h1.all, *self.h2.all]
+
+    @property
+    def idle(self) -> list[Any]:
+        """
+        The connections that can take a request now.
+        """
+        return [*self.h1.idle, *self.h2.idle]
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.h2.closed)
+
+    def acquire(self, exchange: IExchange) -> None:
+        """
+        Give C{exchange} a connection of the learnt protocol; before it is
+        known, wait for the first handshake.
+        """
+        learnt = self.learnt
+        if learnt == "h2":
+            self.h2.acquire(exchange)
+            return
+        if learnt is not None:
+            self.h1.acquire(exchange)
+            return
+        if len(self.waiting) >= self.h2.maxWaiting:
+            exchange.connectFailed("has too many requests waiting for a stream", True)
+            return
+        waiter = _Waiter(self, exchange)  # type: ignore[arg-type]  # (its waiting queue)
+        exchange.connecting = waiter
+        self.waiting.append(waiter)
+        if not self._probing:
+            self._probing = True
+            d: Deferred[Any] = self.h2.connector.connect(self.endpoint, _AutoFactory(self))
+            d.addErrback(self._probeFailed)
+
+    def _probeFailed(self, failure: Failure) -> None:
+        self._probing = False
+        self._failWaiting(describeConnectFailure(failure, self.h2.connector.timeout), False)
+
+    def handshakeFailed(self, reason: Failure) -> None:
+        """
+        The first connection's TLS handshake failed.
+        """
+        self._probing = False
+        self._failWaiting(describeHandshakeFailure(reason), True)
+
+    def _failWaiting(self, why: str, tls: bool) -> None:
+        while self.waiting:
+            waiter = self.waiting.popleft()
+            exchange, waiter.exchange = waiter.exchange, None
+            if exchange is not None:
+                exchange.connecting = None
+                exchange.connectFailed(why, True, tls)
+                exchange.flush()
+
+    def chosen(self, probe: _AutoProtocol, protocol: bytes | None) -> Protocol:
+        """
+        The first handshake is over: learn the protocol, and make the
+        connection's protocol of it.
+
+        @return: the protocol that now carries the connection.
+        """
+        self._probing = False
+        waiting, self.waiting = self.waiting, deque()
+        transport = probe.transport
+        if protocol == b"h2":
+            self.learnt = "h2"
+            h2pool = self.h2
+            conn: Any = H2UpstreamConnection(h2pool)
+            conn.makeConnection(transport)
+            h2pool.connecting += 1
+            conn.handshaking = False
+            h2pool.ready(conn)
+        else:
+            from meshproxy.http.client import UpstreamProtocol
+
+            self.learnt = "http/1.1"
+            h1pool = self.h1
+            conn = UpstreamProtocol(h1pool)
+            conn.makeConnection(transport)
+            conn.handshaking = False
+            h1pool.connecting += 1
+            h1pool.opened(conn)
+            h1pool.release(conn)
+        for waiter in waiting:
+            exchange, waiter.exchange = waiter.exchange, None
+            if exchange is not None:
+                exchange.connecting = None
+                self.acquire(exchange)
+                exchange.flush()
+        return conn
+
+    def discard(self, conn: Any) -> None:
+        self.h1.discard(conn)
+        self.h2.discard(conn)
+
+    def expire(self, now: float) -> None:
+        """
+        Close idle connections of either protocol.
+        """
+        self.h1.expire(now)
+        self.h2.expire(now)
+
+    def close(self) -> None:
+        """
+        The endpoint left the set: close both pools.
+        """
+        self.h1.close()
+        self.h2.close()
+        self._failWaiting("left the endpoint set", False)
+
+
+class _AutoFactory(Factory):
+    noisy = False
+
+    def __init__(self, pool: AutoPool) -> None:
+        self.pool = pool
+
+    def buildProtocol(self, addr: IAddress | None) -> _AutoProtocol:
+        p = _AutoProtocol(self.pool)
+        p.factory = self
+        return p
+
+
+@implementer(IHandshakeListener)
+class _AutoProtocol(Protocol):
+    """
+    The first TLS connection of an L{AutoPool}: once its handshake tells
+    which protocol the upstream chose, it carries the bytes of that
+    protocol's connection.
+    """
+
+    transport: IStreamTransport
+
+    def __init__(self, pool: AutoPool) -> None:
+        self.pool = pool
+        self.real: Protocol | None = None
+
+    def handshakeCompleted(self) -> None:
+        negotiated = getattr(self.transport, "negotiatedProtocol", None)
+        self.real = self.pool.chosen(self, negotiated)
+
+    def dataReceived(self, data: bytes) -> None:
+        real = self.real
+        if real is not None:
+            real.dataReceived(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        real = self.real
+        if real is not None:
+            real.connectionLost(reason)
+        else:
+            self.pool.handshakeFailed(reason)
