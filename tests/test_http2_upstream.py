@@ -726,3 +726,60 @@ class AutoTests(UpstreamTestCase):
         self.assertEqual(client.responses[0].status, 200)
         [node] = mesh.router().clients.find("/#/static/hello").balancer.nodes()
         self.assertIs(type(node.payload), Pool)
+
+
+class PoolTests(SynchronousTestCase):
+    def test_connectFailureFailsOnlyWhatNoConnectionCarries(self):
+        """
+        A connection attempt failing fails the requests waiting for it,
+        retryably, unless an open connection will carry them.
+        """
+        from twisted.internet.defer import fail
+        from twisted.internet.error import ConnectionRefusedError
+        from twisted.internet.task import Clock
+
+        from meshproxy.config import ClientConfig
+        from meshproxy.discovery.endpoints import Endpoint
+
+        class Connector:
+            timeout = 1.0
+
+            def connect(self, endpoint, factory):
+                return fail(ConnectionRefusedError())
+
+        class Exchange:
+            def __init__(self):
+                self.request = type("R", (), {"upgrade": False, "method": b"GET"})()
+                self.failed = []
+                self.connecting = None
+
+            def connectFailed(self, why, retryable, tls=False):
+                self.failed.append((why, retryable, tls))
+
+            def flush(self):
+                pass
+
+        pool = H2Pool(
+            Endpoint("127.0.0.1", 1), clock=Clock(), connector=Connector(), limits=ClientConfig()
+        )
+        exchange = Exchange()
+        pool.acquire(exchange)
+        self.assertEqual(exchange.failed, [("refused the connection", True, False)])
+        self.assertEqual(list(pool.waiting), [])
+        self.assertEqual(pool.connecting, 0)
+
+        class Open:
+            goingAway = False
+            closed = False
+            settled = True
+
+            def available(self):
+                return False
+
+        pool.all.append(Open())
+        waiting = Exchange()
+        pool.acquire(waiting)
+        self.assertEqual(waiting.failed, [])
+        self.assertEqual(len(pool.waiting), 1)
+        pool.waiting[0].abandon()
+        self.assertEqual(list(pool.waiting), [])

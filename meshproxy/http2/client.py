@@ -314,8 +314,13 @@ class H2Pool:
     def _failWaiting(self, why: str, tls: bool) -> None:
         """
         A connection could not be made: the requests waiting that no other
-        connection will carry fail (a connection failure, retried).
+        connection will carry fail (a connection failure, retried). While a
+        connection is open, they wait for its streams (within their
+        timeouts).
         """
+        for conn in self.all:
+            if not conn.goingAway and not conn.closed:
+                return
         capacity = self.connecting * _ASSUMED_STREAMS
         waiting = self.waiting
         while len(waiting) > capacity:
