@@ -131,7 +131,6 @@ class UpstreamProtocol(Protocol):
     def writeHead(
         self,
         request: Request,
-        *,
         peer: bytes,
         scheme: bytes,
         forwarded: bool,
@@ -147,14 +146,7 @@ class UpstreamProtocol(Protocol):
         body pieces in the same write.
         """
         head = requestHead(
-            request,
-            peer=peer,
-            scheme=scheme,
-            forwarded=forwarded,
-            deadline=deadline,
-            override=override,
-            clientCert=clientCert,
-            trace=trace,
+            request, peer, scheme, forwarded, deadline, override, clientCert, trace
         )
         chunked = self._chunked = request.chunked
         if body:

@@ -393,16 +393,18 @@ class Exchange(TryAccounting):
             upstream.sendBodyFrom(server.gate)
             wasHeld = bool(body.pending)
             held, resume = body.start()
+        # (by position: peer, scheme, forwarded, deadline, override,
+        # clientCert, trace, body)
         upstream.writeHead(
             request,
-            peer=server.forwardedFor,
-            scheme=server.scheme,
-            forwarded=router.forwarded,
-            deadline=router.deadlines.header(self.deadline),
-            override=self.override,
-            clientCert=server.clientCert,
-            trace=self.trace.headers(),  # type: ignore[union-attr]  # set by start()
-            body=held,
+            server.forwardedFor,
+            server.scheme,
+            router.forwarded,
+            router.deadlines.header(self.deadline),
+            self.override,
+            server.clientCert,
+            self.trace.headers(),  # type: ignore[union-attr]  # set by start()
+            held,
         )
         if body is None:
             return

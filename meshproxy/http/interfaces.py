@@ -426,7 +426,6 @@ class IRequestWriter(Interface):
 
     def writeHead(
         request: Request,
-        *,
         peer: bytes,
         scheme: bytes,
         forwarded: bool,
@@ -437,7 +436,9 @@ class IRequestWriter(Interface):
         body: list[bytes] | None,
     ) -> None:
         """
-        Send the request head, and the body pieces held so far.
+        Send the request head, and the body pieces held so far. (The
+        exchange gives the arguments by position: this runs for every
+        request.)
 
         @param request: the request as received.
         @param peer: the client's address (C{X-Forwarded-For}, C{Forwarded}).

@@ -782,7 +782,6 @@ class H2UpstreamStream:
     def writeHead(
         self,
         request: Request,
-        *,
         peer: bytes,
         scheme: bytes,
         forwarded: bool,
