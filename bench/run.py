@@ -1413,9 +1413,14 @@ class Bench:
             raise HarnessError(f"cannot parse h2load output for {target}: {e}\n{out}{err}") from e
         log.unlink(missing_ok=True)
         result["h2load_argv"] = argv
-        result["proxy_cpu_s"] = round(cpu, 3)
-        result["proxy_cpu_util"] = round(cpu / wall, 3)
-        result["cpu_us_per_req"] = cpu * 1e6 / result["requests"] if result["requests"] else None
+        if cpu is not None:
+            result["proxy_cpu_s"] = round(cpu, 3)
+            result["proxy_cpu_util"] = round(cpu / wall, 3)
+            result["cpu_us_per_req"] = (
+                cpu * 1e6 / result["requests"] if result["requests"] else None)
+        else:
+            # (direct-h2up: no proxy)
+            result["proxy_cpu_s"] = result["proxy_cpu_util"] = result["cpu_us_per_req"] = None
         result["flagged"] = result["error_total"] > 0 or not result["requests"]
         return result
 
@@ -1428,7 +1433,7 @@ class Bench:
             self.check_alive()
             say(f"  {label} {target:<18} {result['rps']:>10,.0f} rps  p50 "
                 f"{fmt_ms(result['p50_ms'])} ms  p99 {fmt_ms(result['p99_ms'])} ms"
-                f"  {result['cpu_us_per_req']:.1f} CPU us/req"
+                f"  {fmt_num(result['cpu_us_per_req'], '.1f')} CPU us/req"
                 + (f"  ERRORS {result['errors']}" if result["flagged"] else ""))
             return result
         spec = SPECS[target]

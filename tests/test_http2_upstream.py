@@ -9,6 +9,7 @@ retries, resets, malformed answers, trailers.
 
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
+from hpack import NeverIndexedHeaderTuple
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -148,6 +149,12 @@ class TranslationTests(UpstreamTestCase):
         self.assertIsNotNone(seen.header(b"traceparent"))
         self.assertIsNotNone(seen.header(b"mesh-reqid"))
         self.assertEqual([n for n in names if n != n.lower()], [])
+        # Values new on every request stay out of the HPACK table.
+        unique = [h for h in seen.headers if isinstance(h, NeverIndexedHeaderTuple)]
+        self.assertEqual(
+            sorted(n for n, _ in unique),
+            [b"b3", b"mesh-ctx-deadline", b"mesh-reqid", b"traceparent"],
+        )
 
     def test_responseWithoutLengthIsChunkedWithTrailers(self):
         """

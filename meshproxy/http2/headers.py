@@ -23,6 +23,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from hpack import NeverIndexedHeaderTuple
+
 from meshproxy.http.checks import checkHead
 from meshproxy.http.message import HOP_BY_HOP, ProxyError, Request, forbiddenTrailer
 from meshproxy.http.rewrite import MESH_CONTEXT
@@ -352,12 +354,14 @@ def requestFields(
             append((b"forwarded", _forwardedElement(peer, clientScheme)))
     if not seenVia:
         append(_VIA)
-    append((b"mesh-ctx-deadline", deadline))
+    # Values new on every request are not added to the HPACK table (they
+    # would push out the ones that repeat, and make every lookup longer).
+    append(NeverIndexedHeaderTuple(b"mesh-ctx-deadline", deadline))
     if trace:
         for line in trace.split(b"\r\n"):
             name, sep, value = line.partition(b":")
             if sep:
-                append((name.strip().lower(), value.strip()))
+                append(NeverIndexedHeaderTuple(name.strip().lower(), value.strip()))
     if override is not None:
         append((b"mesh-ctx-dtab", override))
     if clientCert is not None:
