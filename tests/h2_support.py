@@ -98,6 +98,7 @@ class H2Backend(Protocol):
         self.pending = {}
         self.holdWindow = False
         self.events = []
+        self.raw = b""
 
     def connectionMade(self):
         self.factory.connections.append(self)
@@ -144,6 +145,7 @@ class H2Backend(Protocol):
         self.flush()
 
     def dataReceived(self, data):
+        self.raw += data
         events = self.conn.receive_data(data)
         self.events += events
         for event in events:

@@ -149,6 +149,8 @@ class TranslationTests(UpstreamTestCase):
         self.assertIsNotNone(seen.header(b"traceparent"))
         self.assertIsNotNone(seen.header(b"mesh-reqid"))
         self.assertEqual([n for n in names if n != n.lower()], [])
+        # Literals are not Huffman-coded (CPU over bytes, between proxies).
+        self.assertIn(b"mesh-ctx-deadline", self.backend.connections[0].raw)
         # Values new on every request stay out of the HPACK table.
         unique = [h for h in seen.headers if isinstance(h, NeverIndexedHeaderTuple)]
         self.assertEqual(
