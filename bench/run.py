@@ -42,6 +42,16 @@ with prior knowledge, h2c) instead of wrk:
     concurrent streams per connection (C{h2load -m 100},
     C{--h2-connections} connections).
 
+With C{--h2up}, HTTP/2 to upstreams: h2load (h2c) in front, and nginx
+serving h2c (C{listen ... http2}) behind, HTTP/2 end to end:
+
+  - C{direct-h2up}, C{haproxy-h2up}, C{meshproxy-h2up}: nginx's h2c server
+    directly, HAProxy (h2 frontend, C{proto h2} server) and meshproxy
+    (C{client: {upstreamProtocol: h2}}) in front of it, one stream at a time
+    per connection (C{h2load -m 1}, C{--connections} connections);
+  - C{direct-h2up-m100}, C{haproxy-h2up-m100}, C{meshproxy-h2up-m100}: the
+    same with 100 concurrent streams per connection (C{--h2-connections}).
+
 With C{--l4}, layer-4 targets join the same runs, each meshproxy TCP router
 beside an HAProxy in C{mode tcp} doing the same job:
 
@@ -124,7 +134,12 @@ TELEMETRY_TARGETS = ("meshproxy-trace1", "meshproxy-trace100", "meshproxy-log")
 #: What --h2 adds: h2load through HAProxy's h2 frontend and meshproxy, with 1
 #: and 100 concurrent streams per connection.
 H2_TARGETS = ("haproxy-h2", "meshproxy-h2", "haproxy-h2-m100", "meshproxy-h2-m100")
-ALL_TARGETS = TARGETS + TLS_TARGETS + TELEMETRY_TARGETS + H2_TARGETS + L4_TARGETS
+#: What --h2up adds: HTTP/2 end to end, to nginx's h2c server.
+H2UP_TARGETS = (
+    "direct-h2up", "haproxy-h2up", "meshproxy-h2up",
+    "direct-h2up-m100", "haproxy-h2up-m100", "meshproxy-h2up-m100",
+)
+ALL_TARGETS = TARGETS + TLS_TARGETS + TELEMETRY_TARGETS + H2_TARGETS + H2UP_TARGETS + L4_TARGETS
 
 
 class Target:
@@ -185,6 +200,12 @@ SPECS = {
     "meshproxy-h2": Target("meshproxy", servers=["meshproxy"], streams=1),
     "haproxy-h2-m100": Target("haproxy-h2", servers=["haproxy-h2"], streams=100),
     "meshproxy-h2-m100": Target("meshproxy", servers=["meshproxy"], streams=100),
+    "direct-h2up": Target("nginx-h2", streams=1),
+    "haproxy-h2up": Target("haproxy-h2up", servers=["haproxy-h2up"], streams=1),
+    "meshproxy-h2up": Target("meshproxy-h2up", servers=["meshproxy-h2up"], streams=1),
+    "direct-h2up-m100": Target("nginx-h2", streams=100),
+    "haproxy-h2up-m100": Target("haproxy-h2up", servers=["haproxy-h2up"], streams=100),
+    "meshproxy-h2up-m100": Target("meshproxy-h2up", servers=["meshproxy-h2up"], streams=100),
     "haproxy-l4-big1": Target("haproxy-l4", servers=["haproxy-l4"], path="/big",
                               connections=1, threads=1, transfer=True),
     "meshproxy-l4-big1": Target("meshproxy-l4", servers=["meshproxy-l4"], path="/big",
@@ -220,6 +241,12 @@ RATIOS = (
     ("meshproxy-h2-m100", "haproxy-h2-m100"),
     ("meshproxy-h2", "meshproxy"),
     ("haproxy-h2", "haproxy"),
+    ("meshproxy-h2up", "direct-h2up"),
+    ("meshproxy-h2up", "haproxy-h2up"),
+    ("haproxy-h2up", "direct-h2up"),
+    ("meshproxy-h2up-m100", "direct-h2up-m100"),
+    ("meshproxy-h2up-m100", "haproxy-h2up-m100"),
+    ("meshproxy-h2up", "meshproxy-h2"),
     ("meshproxy-l4-big1", "haproxy-l4-big1"),
     ("meshproxy-l4-big8", "haproxy-l4-big8"),
     ("meshproxy-l4-cps", "haproxy-l4-cps"),
@@ -272,6 +299,15 @@ NGINX_TLS_SERVER = string.Template(
         ssl_certificate $certs/server.pem;
         ssl_certificate_key $certs/server.key;
         ssl_session_cache shared:bench:1m;
+        location / { return 200 "hello\\n"; }
+    }
+"""
+)
+
+# With --h2up: nginx serving h2c (HTTP/2 with prior knowledge) on its own port.
+NGINX_H2_SERVER = string.Template(
+    """    server {
+        listen $listen http2;
         location / { return 200 "hello\\n"; }
     }
 """
@@ -372,6 +408,10 @@ backend be
 HAPROXY_H2_CONF = string.Template(
     HAPROXY_CONF.template.replace("    bind $listen\n", "    bind $listen proto h2\n"))
 
+# The same HAProxy speaking HTTP/2 to nginx's h2c server too.
+HAPROXY_H2UP_CONF = string.Template(
+    HAPROXY_H2_CONF.template.replace(" maxconn 1000\n", " proto h2 maxconn 1000\n"))
+
 # $-placeholders, so that YAML's own braces need no escaping. --meshproxy-config
 # replaces this with a file using the same placeholders. Up to 1024 idle
 # connections to nginx are kept (HAProxy may keep 1000): the -h2-m100 targets
@@ -388,6 +428,10 @@ routers:
     rules: "/svc => /#/static;"
     client: {maxIdlePerEndpoint: 1024}
 """
+
+# --h2up: the plain config, HTTP/2 to nginx's h2c server.
+MESHPROXY_H2UP_CONF = MESHPROXY_CONF.replace(
+    "client: {maxIdlePerEndpoint: 1024}", "client: {upstreamProtocol: h2}")
 
 # The telemetry targets: the plain config plus a telemetry section; spans go
 # to the harness's receiver (a separate process on the load CPU).
@@ -943,10 +987,11 @@ class Bench:
         for proc in reversed(self.procs):
             proc.stop()
 
-    def start_nginx(self, port, tls_port=None, certs=None):
+    def start_nginx(self, port, tls_port=None, certs=None, h2_port=None):
         """
         Start nginx on the load CPU: plain on C{port} (and the large file
-        at C{/big}), and with TLS on C{tls_port} when given.
+        at C{/big}), with TLS on C{tls_port} when given, and h2c on
+        C{h2_port} when given.
         """
         nginx = self.tools["nginx"]
         # nginx's workers run as nobody when started as root: the large file
@@ -961,6 +1006,8 @@ class Bench:
         servers = ""
         if tls_port is not None:
             servers = NGINX_TLS_SERVER.substitute(listen=f"{LOOPBACK}:{tls_port}", certs=certs)
+        if h2_port is not None:
+            servers += NGINX_H2_SERVER.substitute(listen=f"{LOOPBACK}:{h2_port}")
         built = subprocess.run([nginx, "-V"], capture_output=True, text=True).stderr
         temp_paths = [f"    client_body_temp_path {self.tmp}/nginx-body;",
                       f"    proxy_temp_path {self.tmp}/nginx-proxy;"]
@@ -983,6 +1030,8 @@ class Bench:
         if tls_port is not None:
             wait_ready(proc, tls_port, "/", self.args.ready_timeout, "nginx (TLS)",
                        tls=self.tls, hostname="localhost")
+        if h2_port is not None:
+            self.wait_ready_h2(proc, h2_port, "nginx (h2c)")
         return proc
 
     def start_haproxy(self, name, template, port, backend_port, tls=None, h2=False,
@@ -1103,12 +1152,15 @@ class Bench:
         for target in args.only:
             needed.update(SPECS[target].servers)
         meshproxies = [n for n in ("meshproxy", "meshproxy-tls", "meshproxy-in", "meshproxy-out",
-                                   *TELEMETRY_TARGETS, "meshproxy-l4", "meshproxy-l4-sni")
+                                   *TELEMETRY_TARGETS, "meshproxy-l4", "meshproxy-l4-sni",
+                                   "meshproxy-h2up")
                        if n in needed]
         tracing = bool(needed & {"meshproxy-trace1", "meshproxy-trace100"})
         sni = bool(needed & {"haproxy-l4-sni", "meshproxy-l4-sni"})
+        h2up = any(t in H2UP_TARGETS for t in args.only)
         names = ["nginx", *sorted(needed), *(f"{n}-admin" for n in meshproxies),
-                 *(["receiver"] if tracing else []), *(["nginx-tls"] if sni else [])]
+                 *(["receiver"] if tracing else []), *(["nginx-tls"] if sni else []),
+                 *(["nginx-h2"] if h2up else [])]
         self.ports = dict(zip(names, free_ports(len(names)), strict=True))
         # The plain meshproxy's admin port keeps its name (JSON of earlier runs).
         if "meshproxy-admin" in self.ports:
@@ -1123,7 +1175,7 @@ class Bench:
         if needed & {"haproxy-tls", "meshproxy-tls", "haproxy-in", "meshproxy-in"} or sni:
             certs = self.make_certs()
             say(f"certificates made with meshproxy.certs in {certs}")
-        proc = self.start_nginx(nginx, ports.get("nginx-tls"), certs)
+        proc = self.start_nginx(nginx, ports.get("nginx-tls"), certs, ports.get("nginx-h2"))
         meta["affinity"] = {"nginx": allowed_cpus(proc.pid)}
         if tracing:
             receiver = self.spawn("receiver", self.pinned(LOAD_CPU, [
@@ -1169,6 +1221,12 @@ class Bench:
                 "meshproxy-log", ACCESS_LOG_CONF, ports["meshproxy-log"],
                 ports["meshproxy-log-admin"], nginxport=nginx,
                 logpath=self.tmp / "access.log"),
+            "haproxy-h2up": lambda: self.start_haproxy(
+                "haproxy-h2up", HAPROXY_H2UP_CONF, ports["haproxy-h2up"], ports["nginx-h2"],
+                h2=True),
+            "meshproxy-h2up": lambda: self.start_meshproxy(
+                "meshproxy-h2up", MESHPROXY_H2UP_CONF, ports["meshproxy-h2up"],
+                ports["meshproxy-h2up-admin"], nginxport=ports["nginx-h2"]),
             "haproxy-l4": lambda: self.start_haproxy(
                 "haproxy-l4", HAPROXY_L4_CONF, ports["haproxy-l4"], nginx),
             "meshproxy-l4": lambda: self.start_meshproxy(
@@ -1355,9 +1413,14 @@ class Bench:
             raise HarnessError(f"cannot parse h2load output for {target}: {e}\n{out}{err}") from e
         log.unlink(missing_ok=True)
         result["h2load_argv"] = argv
-        result["proxy_cpu_s"] = round(cpu, 3)
-        result["proxy_cpu_util"] = round(cpu / wall, 3)
-        result["cpu_us_per_req"] = cpu * 1e6 / result["requests"] if result["requests"] else None
+        if cpu is not None:
+            result["proxy_cpu_s"] = round(cpu, 3)
+            result["proxy_cpu_util"] = round(cpu / wall, 3)
+            result["cpu_us_per_req"] = (
+                cpu * 1e6 / result["requests"] if result["requests"] else None)
+        else:
+            # (direct-h2up: no proxy)
+            result["proxy_cpu_s"] = result["proxy_cpu_util"] = result["cpu_us_per_req"] = None
         result["flagged"] = result["error_total"] > 0 or not result["requests"]
         return result
 
@@ -1370,7 +1433,7 @@ class Bench:
             self.check_alive()
             say(f"  {label} {target:<18} {result['rps']:>10,.0f} rps  p50 "
                 f"{fmt_ms(result['p50_ms'])} ms  p99 {fmt_ms(result['p99_ms'])} ms"
-                f"  {result['cpu_us_per_req']:.1f} CPU us/req"
+                f"  {fmt_num(result['cpu_us_per_req'], '.1f')} CPU us/req"
                 + (f"  ERRORS {result['errors']}" if result["flagged"] else ""))
             return result
         spec = SPECS[target]
@@ -1594,6 +1657,11 @@ def print_report(results, args, out=sys.stdout):
           f" {args.connections} connections; -h2-m100: 100 concurrent streams on each of"
           f" {args.h2_connections} connections; HAProxy's frontend is `proto h2`, meshproxy's is"
           " its HTTP listener; both speak HTTP/1.1 to nginx)")
+    if any(t in H2UP_TARGETS for t in args.only):
+        p("(-h2up: HTTP/2 end to end, h2load (h2c) to nginx's h2c server: directly, through"
+          " HAProxy (`proto h2` both sides) and through meshproxy (`upstreamProtocol: h2`); one"
+          f" stream at a time on each of {args.connections} connections, -m100: 100 concurrent"
+          f" streams on each of {args.h2_connections})")
     transfers = [t for t in args.only if SPECS[t].transfer and results["summary"].get(t)]
     if transfers:
         p()
@@ -1722,6 +1790,9 @@ def parse_args(argv):
                              " receiver) and with the access log on, as ratios to meshproxy")
     parser.add_argument("--h2", action="store_true",
                         help="also measure the HTTP/2 targets (h2load): " + ",".join(H2_TARGETS))
+    parser.add_argument("--h2up", action="store_true",
+                        help="also measure HTTP/2 to upstreams (h2load to nginx h2c): "
+                             + ",".join(H2UP_TARGETS))
     parser.add_argument("--h2-connections", type=int, default=4, metavar="C",
                         help="h2load -c of the *-h2-m100 targets (default 4)")
     parser.add_argument("--handshake-clients", type=int, default=8, metavar="K",
@@ -1755,6 +1826,8 @@ def parse_args(argv):
         only += ["meshproxy", *TELEMETRY_TARGETS]
     if args.h2:
         only += H2_TARGETS
+    if args.h2up:
+        only += H2UP_TARGETS
     if args.l4:
         only += L4_TARGETS
     args.only = [t for t in ALL_TARGETS if t in only]

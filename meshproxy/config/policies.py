@@ -326,6 +326,11 @@ class ClientConfig(Section):
     @ivar maxHeaders: number of header fields of an upstream response (and,
         separately, of its trailer fields).
     @ivar maxInformational: interim (1xx) responses accepted per request.
+    @ivar upstreamProtocol: how requests go to upstreams, unless a bound
+        name says otherwise: C{"http/1.1"}; C{"h2"} (HTTP/2: cleartext with
+        prior knowledge, or by ALPN over C{upstreamTls}); or C{"auto"}
+        (over C{upstreamTls}, what the upstream chooses by ALPN among
+        C{h2} and C{http/1.1}; plain upstreams get HTTP/1.1).
     """
 
     maxIdlePerEndpoint: Integer(0) = 64
@@ -333,6 +338,7 @@ class ClientConfig(Section):
     maxHeaderBytes: Integer(256) = 65536
     maxHeaders: Integer(1) = 100
     maxInformational: Integer(0) = 10
+    upstreamProtocol: Choice("http/1.1", "h2", "auto") = "http/1.1"
 
 
 class ClassifierConfig(Section):
@@ -472,9 +478,13 @@ class BoundNameConfig(Section):
     @ivar proxyProtocol: (TCP) the L{ProxyProtocolSendConfig} of this
         name's upstream connections, or L{None} for the router's
         C{proxyProtocol.send}.
+    @ivar upstreamProtocol: (HTTP) C{"http/1.1"}, C{"h2"} or C{"auto"}: how requests
+        go to this name's upstreams, or L{None} for the router's
+        C{client.upstreamProtocol}.
     """
 
     classifier: ClassifierConfig | None = None
     limits: LimitsConfig | None = None
     upstreamTls: UpstreamTLSConfig | None = None
     proxyProtocol: ProxyProtocolSendConfig | None = None
+    upstreamProtocol: Choice("http/1.1", "h2", "auto") | None = None

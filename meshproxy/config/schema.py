@@ -335,7 +335,10 @@ _REQUEST_TIMEOUTS = ("total", "perTry")
 #: The retry keys about requests, which a TCP router does not see.
 _REQUEST_RETRIES = ("bufferBytes", "maxRetries")
 #: The keys of a bound name's settings each protocol reads.
-_BOUND_NAME_KEYS = {"http": ("classifier", "limits", "upstreamTls"), "tcp": ("proxyProtocol",)}
+_BOUND_NAME_KEYS = {
+    "http": ("classifier", "limits", "upstreamTls", "upstreamProtocol"),
+    "tcp": ("proxyProtocol",),
+}
 
 
 class RouterConfig(Section):

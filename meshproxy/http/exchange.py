@@ -32,7 +32,6 @@ from meshproxy.discovery.endpoints import formatAddress
 from meshproxy.http.body import RequestBody
 from meshproxy.http.interfaces import IExchange
 from meshproxy.http.message import ProxyError
-from meshproxy.http.rewrite import requestHead
 from meshproxy.http.states import AWAITING, DONE, NEW, SENDING, STREAMING, WAITING
 from meshproxy.http.tries import TryAccounting
 from meshproxy.resilience.classifiers import RETRYABLE, SUCCESS
@@ -384,27 +383,34 @@ class Exchange(TryAccounting):
         self.tryStart = router.clock.seconds()
         request = self.request
         server = self.server
-        head = requestHead(
-            request,
-            peer=server.forwardedFor,
-            scheme=server.scheme,
-            forwarded=router.forwarded,
-            deadline=router.deadlines.header(self.deadline),
-            override=self.override,
-            clientCert=server.clientCert,
-            trace=self.trace.headers(),  # type: ignore[union-attr]  # set by start()
-        )
         body = self.body
         if body is None:
             self._enter(AWAITING)
-            upstream.write(head)
+            held = None
+            resume = False
+        else:
+            self._enter(SENDING)
+            upstream.sendBodyFrom(server.gate)
+            wasHeld = bool(body.pending)
+            held, resume = body.start()
+        # (by position: peer, scheme, forwarded, deadline, override,
+        # clientCert, trace, body)
+        upstream.writeHead(
+            request,
+            server.forwardedFor,
+            server.scheme,
+            router.forwarded,
+            router.deadlines.header(self.deadline),
+            self.override,
+            server.clientCert,
+            self.trace.headers(),  # type: ignore[union-attr]  # set by start()
+            held,
+        )
+        if body is None:
             return
-        self._enter(SENDING)
-        upstream.sendBodyFrom(server.gate)
-        held = bool(body.pending)
-        if body.start(head, upstream):
+        if resume:
             server.gate.resume("preconnect")
-        if request.expectContinue and not body.done and not held and not self.continued:
+        if request.expectContinue and not body.done and not wasHeld and not self.continued:
             # Once, on the first connection actually made (a refused first
             # try must not leave the client waiting).
             self.continued = True
@@ -574,7 +580,7 @@ class Exchange(TryAccounting):
         """
         See L{IExchange.responseStreaming}.
         """
-        self.server.streamFrom(upstream.transport)
+        self.server.streamFrom(upstream.producer)
 
     def responseComplete(self, trailers: Headers | None, reusable: bool) -> None:
         """
