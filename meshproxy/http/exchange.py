@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from zope.interface import implementer
 
+from meshproxy import grpc
 from meshproxy.discovery.endpoints import formatAddress
 from meshproxy.http.body import RequestBody
 from meshproxy.http.interfaces import IExchange
@@ -35,7 +36,7 @@ from meshproxy.http.message import ProxyError
 from meshproxy.http.rewrite import requestHead
 from meshproxy.http.states import AWAITING, DONE, NEW, SENDING, STREAMING, WAITING
 from meshproxy.http.tries import TryAccounting
-from meshproxy.resilience.classifiers import RETRYABLE, SUCCESS
+from meshproxy.resilience.classifiers import FAILURE, RETRYABLE, SUCCESS
 from meshproxy.resilience.deadline import DeadlineExpired
 from meshproxy.resilience.retries import CONNECT, RESET, STATUS, TIMEOUT
 
@@ -109,6 +110,9 @@ class Exchange(TryAccounting):
         "bytesOut",
         "meshErr",
         "resolution",
+        "grpc",
+        "grpcStatus",
+        "grpcResponse",
     )
 
     def __init__(self, server: IClientConnection, request: Request, router: IRouter) -> None:
@@ -157,6 +161,11 @@ class Exchange(TryAccounting):
         self.lastNode: Node | None = None
         self.tryStatus = 0
         self.tryError: str | None = None
+        # A gRPC call (meshproxy.grpc): its status code once known, and
+        # whether the response is gRPC (its code then comes at the end).
+        self.grpc = request.method == b"POST" and grpc.isGrpcRequest(request)
+        self.grpcStatus: int | None = None
+        self.grpcResponse = False
 
     # -- the filter stack -----------------------------------------------------
 
@@ -520,7 +529,11 @@ class Exchange(TryAccounting):
             self.upstreamError("101 to a request that asked for no upgrade")
             return False
         self.tryStatus = status
-        classification, anyMethod = self.client.classify(request, status, headers)  # type: ignore[union-attr]
+        client: IDestination = self.client  # type: ignore[assignment]  # routed
+        if self.grpc:
+            classification, anyMethod = self._grpcHead(client, status, headers)
+        else:
+            classification, anyMethod = client.classify(request, status, headers)
         self.classification = classification
         if classification == RETRYABLE and status != 101:
             upstream = self.upstream
@@ -584,6 +597,8 @@ class Exchange(TryAccounting):
         """
         if self.state is not STREAMING:
             return
+        if self.grpcResponse and self.grpcStatus is None:
+            self._grpcEnd(trailers)
         server = self.server
         self.writer.end(trailers)  # type: ignore[union-attr]
         upstream, self.upstream = self.upstream, None
@@ -601,6 +616,33 @@ class Exchange(TryAccounting):
         self._end()
         server.flush()
         server.exchangeDone(self, self.keepAlive)
+
+    def _grpcHead(self, client: IDestination, status: int, headers: Headers) -> tuple[int, bool]:
+        """
+        Judge the head of a response to a gRPC call: by its C{grpc-status}
+        when it has one (a trailers-only response) and the classifier is
+        C{grpc}, any method being retryable then; otherwise as any response
+        (a gRPC response's verdict then waits for its trailers:
+        L{_grpcEnd}).
+        """
+        code, self.grpcResponse = grpc.responseStatus(status, headers)
+        self.grpcStatus = code
+        classifier = client.classifier
+        if classifier.grpc and self.grpcResponse and code is not None and status == 200:
+            return classifier.classifyGrpc(code), True
+        return client.classify(self.request, status, headers)
+
+    def _grpcEnd(self, trailers: Headers | None) -> None:
+        """
+        A gRPC response ended: its code is in its trailers (UNKNOWN when
+        they have none). Too late for a retry, a failing code still counts
+        against the endpoint.
+        """
+        code = self.grpcStatus = grpc.trailerStatus(trailers)
+        classifier = self.client.classifier  # type: ignore[union-attr]  # routed
+        if classifier.grpc and self.classification == SUCCESS:
+            if classifier.classifyGrpc(code) != SUCCESS:
+                self.classification = FAILURE
 
     def upgraded(self, upstream: IUpstreamConnection, rest: bytes) -> None:
         """

@@ -1,0 +1,344 @@
+"""
+gRPC semantics on memory transports: an h2 client (the h2 library) calls
+through the router to HTTP/1.1 upstreams that answer as a gRPC server
+would over HTTP/1 (the status in chunked trailers, or in the head of a
+trailers-only answer): classification by C{grpc-status} and its retries,
+the answers meshproxy makes to gRPC callers, C{grpc-timeout}, and what the
+metrics and the access log say of gRPC calls.
+"""
+
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from meshproxy import grpc
+from meshproxy.resilience.classifiers import FAILURE, RETRYABLE, SUCCESS, Classifier
+from meshproxy.resilience.interfaces import IClassifier
+from tests.test_http2_server import H2Harness
+
+CONFIG = """\
+namers:
+  - {kind: static, prefix: /#/static, services: {hello: ["127.0.0.1:9001", "127.0.0.1:9002"]}}
+routers:
+  - name: web
+    listen: "tcp:4140"
+    rules: "/svc => /#/static;"
+    timeouts: {total: 10s}
+    loadBalancer: {kind: roundRobin}
+    failureAccrual: {kind: none}
+    classifier: %(classifier)s
+%(extra)s"""
+
+GRPC = "{kind: grpc}"
+
+
+def config(classifier=GRPC, extra=""):
+    return CONFIG % {"classifier": classifier, "extra": extra}
+
+
+def call(path=b"/pkg.Greeter/Hello", extra=(), contentType=b"application/grpc"):
+    """
+    The header list of a gRPC call.
+    """
+    return [
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":authority", b"hello"),
+        (b":path", path),
+        (b"content-type", contentType),
+        (b"te", b"trailers"),
+        *extra,
+    ]
+
+
+# A unary call's request body: one message of 3 bytes.
+MESSAGE = b"\x00\x00\x00\x00\x03abc"
+
+# What an upstream sends: a trailers-only answer (the status in the head),
+# and a whole answer with its status in the trailers.
+def trailersOnly(code, message=b""):
+    extra = b"grpc-message: %s\r\n" % (message,) if message else b""
+    return (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ngrpc-status: %d\r\n%s"
+        b"Content-Length: 0\r\n\r\n" % (code, extra)
+    )
+
+
+def answer(code, body=MESSAGE):
+    return (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\ngrpc-status: %d\r\n\r\n"
+        % (len(body), body, code)
+    )
+
+
+class Proxy:
+    """
+    An h2 client and the router, with the upstream connections the router
+    made, in order.
+    """
+
+    def __init__(self, text):
+        self.harness = H2Harness(text, ports=(9001, 9002))
+        self.client = self.harness.h2()
+        self.made = 0
+
+    def upstream(self):
+        """
+        The next upstream connection the router asked for, connected: its
+        protocol, transport and port.
+        """
+        clients = self.harness.reactor.tcpClients
+        assert len(clients) > self.made, "no new upstream connection"
+        port = clients[self.made][1]
+        proto, transport = self.harness.upstream(self.made)
+        self.made += 1
+        return proto, transport, port
+
+    def call(self, headers=None, body=MESSAGE):
+        return self.client.request(call() if headers is None else headers, body=body)
+
+    def node(self, port):
+        [client] = [c for c in self.harness.router.clients if c.name == "/#/static/hello"]
+        [node] = [n for n in client.balancer.nodes() if n.endpoint.port == port]
+        return node
+
+    def retries(self):
+        return {
+            reason: count
+            for (router, reason), count in self.harness.metrics._retries.items()
+            if router == "web"
+        }
+
+    def response(self, sid):
+        self.client.pump()
+        return self.client.response(sid)
+
+
+class ClassifierTests(SynchronousTestCase):
+    """
+    The C{grpc} kind of L{Classifier}.
+    """
+
+    def test_interface(self):
+        for kind in ("grpc", "nonRetryable5XX"):
+            self.assertTrue(verifyObject(IClassifier, Classifier(kind)))
+        self.assertTrue(Classifier("grpc").grpc)
+        self.assertFalse(Classifier("allSuccessful").grpc)
+
+    def test_verdicts(self):
+        """
+        OK is a success, UNAVAILABLE (by default) retryable, the codes that
+        say the endpoint failed failures, the application's answers
+        successes.
+        """
+        c = Classifier("grpc")
+        self.assertEqual(c.retryableCodes, frozenset([grpc.UNAVAILABLE]))
+        self.assertEqual(c.classifyGrpc(0), SUCCESS)
+        self.assertEqual(c.classifyGrpc(14), RETRYABLE)
+        for code in (2, 4, 13, 15, 99):
+            self.assertEqual(c.classifyGrpc(code), FAILURE, code)
+        for code in (1, 3, 5, 6, 7, 8, 9, 10, 11, 12, 16):
+            self.assertEqual(c.classifyGrpc(code), SUCCESS, code)
+
+    def test_retryableCodesByNameOrNumber(self):
+        c = Classifier("grpc", retryableCodes=["RESOURCE_EXHAUSTED", 13])
+        self.assertEqual(c.retryableCodes, frozenset([8, 13]))
+        self.assertEqual(c.classifyGrpc(8), RETRYABLE)
+        self.assertEqual(c.classifyGrpc(13), RETRYABLE)
+        self.assertEqual(c.classifyGrpc(14), FAILURE)
+        self.assertEqual(Classifier("grpc", retryableCodes=[]).classifyGrpc(14), FAILURE)
+
+    def test_badCodes(self):
+        for bad in (["unavailable"], [17], [True], ["14"]):
+            self.assertRaises(ValueError, Classifier, "grpc", retryableCodes=bad)
+        self.assertRaises(ValueError, Classifier, "nonRetryable5XX", retryableCodes=[14])
+
+    def test_httpStatusAsNonRetryable5XX(self):
+        c = Classifier("grpc", retryableStatusCodes=[503])
+        self.assertEqual(c.classify(b"POST", 500, False, False), FAILURE)
+        self.assertEqual(c.classify(b"POST", 503, False, False), FAILURE)
+        self.assertEqual(c.classify(b"GET", 503, False, False), RETRYABLE)
+        self.assertEqual(c.classify(b"GET", 502, False, False), FAILURE)
+        self.assertEqual(c.classify(b"POST", 404, False, False), SUCCESS)
+
+
+class GrpcHelperTests(SynchronousTestCase):
+    def test_contentTypes(self):
+        for value in (b"application/grpc", b"application/grpc+proto", b"Application/GRPC+json",
+                      b"application/grpc;charset=utf-8"):
+            self.assertTrue(grpc.isGrpc(value), value)
+        for value in (None, b"", b"application/grpc-web", b"application/grpc-web+proto",
+                      b"application/grpcx", b"text/plain", b"application/json"):
+            self.assertFalse(grpc.isGrpc(value), value)
+
+    def test_status(self):
+        self.assertEqual(grpc.parseStatus(b"14"), 14)
+        self.assertEqual(grpc.parseStatus(b" 0 "), 0)
+        for bad in (b"", b"x", b"-1", b"1234", b"\xd9\xa1"):
+            self.assertEqual(grpc.parseStatus(bad), grpc.UNKNOWN, bad)
+        self.assertEqual(grpc.trailerStatus([(b"Grpc-Status", b"5")]), 5)
+        self.assertEqual(grpc.trailerStatus(None), grpc.UNKNOWN)
+        self.assertEqual(grpc.trailerStatus([(b"x", b"1")]), grpc.UNKNOWN)
+
+    def test_responseStatus(self):
+        g = [(b"content-type", b"application/grpc")]
+        self.assertEqual(grpc.responseStatus(200, g), (None, True))
+        self.assertEqual(grpc.responseStatus(200, [*g, (b"grpc-status", b"7")]), (7, True))
+        self.assertEqual(grpc.responseStatus(503, g), (14, True))
+        self.assertEqual(grpc.responseStatus(503, [(b"content-type", b"text/plain")]), (14, False))
+        self.assertEqual(grpc.responseStatus(404, []), (12, False))
+        self.assertEqual(grpc.responseStatus(200, []), (grpc.UNKNOWN, False))
+
+
+class ClassificationTests(SynchronousTestCase):
+    """
+    Responses to gRPC calls judged by their C{grpc-status}.
+    """
+
+    def test_trailersOnlyUnavailableRetriedElsewhere(self):
+        """
+        A trailers-only UNAVAILABLE is retried on the other endpoint,
+        although every gRPC call is a POST; the endpoint that answered it
+        failed; the client sees only the second answer.
+        """
+        p = Proxy(config())
+        sid = p.call()
+        up1, t1, port1 = p.upstream()
+        self.assertTrue(t1.value().startswith(b"POST /pkg.Greeter/Hello HTTP/1.1\r\n"))
+        self.assertTrue(t1.value().endswith(MESSAGE))
+        up1.dataReceived(trailersOnly(14, b"draining"))
+        up2, t2, port2 = p.upstream()
+        self.assertNotEqual(port1, port2)
+        self.assertTrue(t2.value().endswith(MESSAGE))
+        up2.dataReceived(answer(0))
+        headers, body, trailers, ended = p.response(sid)
+        self.assertEqual(headers[b":status"], b"200")
+        self.assertEqual(body, MESSAGE)
+        self.assertEqual(trailers, [(b"grpc-status", b"0")])
+        self.assertTrue(ended)
+        self.assertEqual(p.retries(), {"status": 1})
+        self.assertEqual(p.node(port1).failures, 1)
+        self.assertEqual(p.node(port2).successes, 1)
+
+    def test_retryableCodesConfigured(self):
+        """
+        Only the codes configured are retried: RESOURCE_EXHAUSTED here, not
+        UNAVAILABLE.
+        """
+        p = Proxy(config("{kind: grpc, retryableCodes: [RESOURCE_EXHAUSTED]}"))
+        sid = p.call()
+        up1, _, _ = p.upstream()
+        up1.dataReceived(trailersOnly(8))
+        up2, _, _ = p.upstream()
+        up2.dataReceived(trailersOnly(14))
+        headers, body, trailers, ended = p.response(sid)
+        self.assertEqual(headers[b"grpc-status"], b"14")
+        self.assertTrue(ended)
+        self.assertEqual(p.retries(), {"status": 1})
+
+    def test_notRetriedPastTheBudget(self):
+        """
+        The retry budget bounds gRPC retries as any other: with none left,
+        the UNAVAILABLE answer itself goes to the client.
+        """
+        p = Proxy(config(extra="    retries: {budget: {percent: 0, minPerSecond: 0}}\n"))
+        sid = p.call()
+        up, _, port = p.upstream()
+        up.dataReceived(trailersOnly(14, b"try%20later"))
+        headers, _, trailers, ended = p.response(sid)
+        self.assertEqual(headers[b"grpc-status"], b"14")
+        self.assertEqual(headers[b"grpc-message"], b"try%20later")
+        self.assertTrue(ended)
+        self.assertEqual(p.retries(), {"budget-exhausted": 1})
+        self.assertEqual(p.node(port).failures, 1)
+
+    def test_statusInTrailersIsCountedNotRetried(self):
+        """
+        A status in the trailers comes after a body the client has: a
+        failing code counts against the endpoint, nothing is retried.
+        """
+        p = Proxy(config())
+        sid = p.call()
+        up, _, port = p.upstream()
+        up.dataReceived(answer(14))
+        headers, body, trailers, ended = p.response(sid)
+        self.assertEqual(body, MESSAGE)
+        self.assertEqual(trailers, [(b"grpc-status", b"14")])
+        self.assertEqual(p.retries(), {})
+        self.assertEqual(p.node(port).failures, 1)
+        self.assertEqual(len(p.harness.reactor.tcpClients), 1)
+
+    def test_applicationCodesAreSuccesses(self):
+        """
+        NOT_FOUND, in the head or the trailers, is the application's answer:
+        the endpoint worked.
+        """
+        p = Proxy(config())
+        sid = p.call()
+        up, _, port = p.upstream()
+        up.dataReceived(trailersOnly(5))
+        self.assertEqual(p.response(sid)[0][b"grpc-status"], b"5")
+        sid = p.call()
+        up2, _, port2 = p.upstream()
+        up2.dataReceived(answer(5))
+        self.assertEqual(p.response(sid)[2], [(b"grpc-status", b"5")])
+        for each in (port, port2):
+            self.assertEqual((p.node(each).successes, p.node(each).failures), (1, 0))
+        self.assertEqual(p.retries(), {})
+
+    def test_missingStatusIsAFailure(self):
+        """
+        A gRPC response that ends without a status is UNKNOWN: a failure.
+        """
+        p = Proxy(config())
+        sid = p.call()
+        up, _, port = p.upstream()
+        up.dataReceived(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\nContent-Length: 8\r\n\r\n"
+            + MESSAGE
+        )
+        self.assertTrue(p.response(sid)[3])
+        self.assertEqual(p.node(port).failures, 1)
+
+    def test_notGrpcResponseByHttpStatus(self):
+        """
+        An answer that is not gRPC (a 503 from something in between) is
+        judged by its status: a failure, not retried (a POST).
+        """
+        p = Proxy(config())
+        sid = p.call()
+        up, _, port = p.upstream()
+        up.dataReceived(
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n"
+            b"Content-Length: 4\r\n\r\nbusy"
+        )
+        headers, body, _, _ = p.response(sid)
+        self.assertEqual(headers[b":status"], b"503")
+        self.assertEqual(body, b"busy")
+        self.assertEqual(p.retries(), {})
+        self.assertEqual(p.node(port).failures, 1)
+
+    def test_otherClassifiersSeeHttpStatus(self):
+        """
+        Without the grpc classifier, a gRPC call's answer is judged by its
+        HTTP status: a trailers-only UNAVAILABLE is a 200, a success, and
+        never retried.
+        """
+        p = Proxy(config("{kind: retryableIdempotent5XX}"))
+        sid = p.call()
+        up, _, port = p.upstream()
+        up.dataReceived(trailersOnly(14))
+        self.assertEqual(p.response(sid)[0][b"grpc-status"], b"14")
+        self.assertEqual(p.retries(), {})
+        self.assertEqual(p.node(port).successes, 1)
+
+    def test_notGrpcRequestIgnoresGrpcStatus(self):
+        """
+        A POST that is not a gRPC call is not retried on a grpc-status.
+        """
+        p = Proxy(config())
+        sid = p.call(call(contentType=b"application/json"))
+        up, _, _ = p.upstream()
+        up.dataReceived(trailersOnly(14))
+        self.assertEqual(p.response(sid)[0][b"grpc-status"], b"14")
+        self.assertEqual(p.retries(), {})
