@@ -7,6 +7,9 @@ the answers meshproxy makes to gRPC callers, C{grpc-timeout}, and what the
 metrics and the access log say of gRPC calls.
 """
 
+from h2.events import DataReceived, ResponseReceived, TrailersReceived
+from twisted.internet.error import ConnectionRefusedError
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -342,3 +345,129 @@ class ClassificationTests(SynchronousTestCase):
         up.dataReceived(trailersOnly(14))
         self.assertEqual(p.response(sid)[0][b"grpc-status"], b"14")
         self.assertEqual(p.retries(), {})
+
+
+class ErrorAnswerTests(SynchronousTestCase):
+    """
+    Answers meshproxy makes itself are gRPC answers to gRPC callers:
+    HTTP 200, trailers-only, the code in C{grpc-status}, the detail in
+    C{grpc-message}, the C{mesh-err} reason kept.
+    """
+
+    def assertTrailersOnly(self, p, sid, code, reason):
+        c = p.client
+        c.pump()
+        [head] = c.of(sid, ResponseReceived)
+        headers = dict(head.headers)
+        self.assertEqual(headers[b":status"], b"200")
+        self.assertEqual(headers[b"content-type"], b"application/grpc")
+        self.assertEqual(headers[b"grpc-status"], b"%d" % (code,))
+        self.assertEqual(headers[b"mesh-err"], reason.encode("ascii"))
+        # One HEADERS frame that ends the stream: no DATA, no trailers.
+        self.assertEqual(c.of(sid, DataReceived), [])
+        self.assertEqual(c.of(sid, TrailersReceived), [])
+        self.assertIsNotNone(head.stream_ended)
+        return headers
+
+    def test_noRouteIsUnavailable(self):
+        p = Proxy(config())
+        headers = call()
+        headers[2] = (b":authority", b"nowhere")
+        sid = p.call(headers)
+        headers = self.assertTrailersOnly(p, sid, grpc.UNAVAILABLE, "no-route")
+        self.assertEqual(
+            headers[b"grpc-message"],
+            b"No route for /svc/nowhere: /#/static/nowhere is unknown to its namer.",
+        )
+        self.assertEqual(p.harness.metrics._errors[("web", "no-route")], 1)
+
+    def test_timeoutIsDeadlineExceeded(self):
+        p = Proxy(config())
+        sid = p.call()
+        p.upstream()
+        p.harness.reactor.advance(11)
+        headers = self.assertTrailersOnly(p, sid, grpc.DEADLINE_EXCEEDED, "timeout")
+        self.assertEqual(headers[b"grpc-message"], b"Timed out after 10s.")
+
+    def test_refusedConnectionIsUnavailable(self):
+        """
+        Every connection is refused: retried (the call never left), then
+        UNAVAILABLE.
+        """
+        p = Proxy(config())
+        sid = p.call()
+        clients = p.harness.reactor.tcpClients
+        index = 0
+        while index < len(clients):
+            clients[index][2].clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+            index += 1
+        self.assertEqual(index, 4)
+        self.assertEqual(p.retries(), {"connect": 3})
+        self.assertTrailersOnly(p, sid, grpc.UNAVAILABLE, "upstream-connect")
+
+    def test_forbiddenIsPermissionDenied(self):
+        p = Proxy(config(extra="    policy: {default: deny}\n"))
+        sid = p.call()
+        self.assertTrailersOnly(p, sid, grpc.PERMISSION_DENIED, "forbidden")
+
+    def test_tooLargeIsResourceExhausted(self):
+        p = Proxy(config(extra="    server: {maxBodyBytes: 4}\n"))
+        sid = p.call()
+        self.assertTrailersOnly(p, sid, grpc.RESOURCE_EXHAUSTED, "body-too-large")
+
+    def test_notGrpcCallsGetHttpAnswers(self):
+        p = Proxy(config())
+        sid = p.call(
+            [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"nowhere"),
+             (b":path", b"/x"), (b"content-type", b"application/grpc-web")]
+        )
+        headers, body, _, _ = p.response(sid)
+        self.assertEqual(headers[b":status"], b"503")
+        self.assertNotIn(b"grpc-status", headers)
+        self.assertTrue(body.startswith(b"No route for /svc/nowhere: "), body)
+
+    def test_http1GrpcCall(self):
+        """
+        Over HTTP/1 the answer is a 200 with the gRPC fields in its head and
+        no body.
+        """
+        h = H2Harness(config(), ports=(9001, 9002))
+        proto, transport = h.client()
+        proto.dataReceived(
+            b"POST /pkg.Greeter/Hello HTTP/1.1\r\nHost: nowhere\r\n"
+            b"Content-Type: application/grpc+proto\r\nContent-Length: 8\r\n\r\n" + MESSAGE
+        )
+        answer = transport.value()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer)
+        self.assertIn(b"\r\nmesh-err: no-route\r\n", answer)
+        self.assertIn(b"\r\ncontent-type: application/grpc\r\n", answer)
+        self.assertIn(b"\r\ngrpc-status: 14\r\n", answer)
+        self.assertIn(b"\r\ngrpc-message: No route for /svc/nowhere: ", answer)
+        self.assertTrue(answer.endswith(b"\r\nContent-Length: 0\r\n\r\n"), answer)
+        self.assertFalse(transport.disconnecting)
+
+    def test_codes(self):
+        """
+        The code of each reason meshproxy answers with.
+        """
+        cases = {
+            (503, "no-route"): 14, (503, "route-failed"): 14, (503, "no-endpoint"): 14,
+            (503, "overloaded"): 14, (502, "upstream-connect"): 14,
+            (502, "upstream-reset"): 14, (502, "upstream-protocol"): 14,
+            (502, "upstream-tls"): 14, (502, "delegation-failed"): 14,
+            (504, "timeout"): 4, (504, "deadline-expired"): 4,
+            (403, "forbidden"): 7, (413, "body-too-large"): 8, (431, "header-too-large"): 8,
+            (400, "bad-request"): 13, (400, "bad-dtab"): 13, (500, "internal-error"): 13,
+            (408, "client-timeout"): 13, (503, "something-new"): 14,
+        }
+        for (status, reason), code in cases.items():
+            self.assertEqual(grpc.errorCode(status, reason), code, reason)
+
+    def test_percentEncoding(self):
+        """
+        grpc-message is UTF-8, percent-encoded but for space and printable
+        ASCII other than %.
+        """
+        self.assertEqual(grpc.percentEncode("a b~"), b"a b~")
+        self.assertEqual(grpc.percentEncode("100%\r\n\u00e9\u2603"),
+                         b"100%25%0D%0A%C3%A9%E2%98%83")

@@ -791,8 +791,14 @@ class Exchange(TryAccounting):
             return
         self._dropUpstream()
         self._abandonTry()
-        self.status = error.status
         self.meshErr = error.reason
+        if self.grpc:
+            # A gRPC answer (the client connection makes it): 200, the
+            # code in grpc-status.
+            self.status = 200
+            self.grpcStatus = grpc.errorCode(error.status, error.reason)
+        else:
+            self.status = error.status
         self.router.countError(error.reason)
         self._end()
         server = self.server
