@@ -471,3 +471,125 @@ class ErrorAnswerTests(SynchronousTestCase):
         self.assertEqual(grpc.percentEncode("a b~"), b"a b~")
         self.assertEqual(grpc.percentEncode("100%\r\n\u00e9\u2603"),
                          b"100%25%0D%0A%C3%A9%E2%98%83")
+
+
+def sentTimeout(transport):
+    """
+    The grpc-timeout values of the request head an upstream got.
+    """
+    head = transport.value().split(b"\r\n\r\n", 1)[0]
+    return [
+        line.split(b": ", 1)[1]
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"grpc-timeout:")
+    ]
+
+
+class TimeoutTests(SynchronousTestCase):
+    """
+    C{grpc-timeout}: the call's deadline, rewritten for each try as the
+    time left.
+    """
+
+    def test_parse(self):
+        cases = {
+            b"1H": 3600.0, b"2M": 120.0, b"3S": 3.0, b"250m": 0.25, b"7u": 7e-6,
+            b"9n": 9e-9, b"99999999S": 99999999.0, b"0m": 0.0,
+        }
+        for value, seconds in cases.items():
+            self.assertAlmostEqual(grpc.parseTimeout(value), seconds, msg=value)
+        for bad in (b"", b"S", b"1", b"123456789S", b"1s", b"1x", b"-1S", b"1.5S", b" 1S",
+                    b"\xd9\xa1S"):
+            self.assertIsNone(grpc.parseTimeout(bad), bad)
+
+    def test_format(self):
+        """
+        The finest unit that fits 8 digits, rounded down.
+        """
+        cases = {
+            0.05: b"50000000n", 0.1: b"100000u", 2.0: b"2000000u", 99.9999999: b"99999999u",
+            100.0: b"100000m", 5000.0: b"5000000m", 100000.0: b"100000S",
+            1e9: b"16666666M", 1e10: b"2777777H", 1e13: b"99999999H", 0.0: b"0n",
+            -1.0: b"0n",
+        }
+        for seconds, value in cases.items():
+            self.assertEqual(grpc.formatTimeout(seconds), value, seconds)
+        for seconds in (0.0012345, 3.3, 777.7, 123456.7):
+            self.assertLessEqual(grpc.parseTimeout(grpc.formatTimeout(seconds)), seconds + 1e-12)
+
+    def call(self, p, timeout):
+        return p.call(call(extra=[(b"grpc-timeout", timeout)]))
+
+    def test_rewrittenAsTimeLeft(self):
+        """
+        A call with 2 s left gets an upstream 1.5 s later with 0.5 s left,
+        and DEADLINE_EXCEEDED once they are gone (not the router's 10 s).
+        """
+        p = Proxy(config())
+        sid = self.call(p, b"2S")
+        p.harness.reactor.advance(1.5)
+        _, transport, _ = p.upstream()
+        self.assertEqual(sentTimeout(transport), [b"500000u"])
+        p.harness.reactor.advance(0.5)
+        self.assertEqual(p.response(sid)[0][b"grpc-status"], b"4")
+        self.assertEqual(p.response(sid)[0][b"mesh-err"], b"timeout")
+
+    def test_eachTryGetsLess(self):
+        p = Proxy(config())
+        self.call(p, b"3000m")
+        first, transport, _ = p.upstream()
+        self.assertEqual(sentTimeout(transport), [b"3000000u"])
+        p.harness.reactor.advance(1)
+        first.dataReceived(trailersOnly(14))
+        _, transport, _ = p.upstream()
+        self.assertEqual(sentTimeout(transport), [b"2000000u"])
+
+    def test_routerTimeoutWhenShorter(self):
+        """
+        A caller's longer timeout: the router's total is the call's, and
+        what goes upstream.
+        """
+        p = Proxy(config())
+        self.call(p, b"1H")
+        _, transport, _ = p.upstream()
+        self.assertEqual(sentTimeout(transport), [b"10000000u"])
+
+    def test_expired(self):
+        """
+        A call with no time left is answered at once.
+        """
+        p = Proxy(config())
+        sid = self.call(p, b"0n")
+        headers = p.response(sid)[0]
+        self.assertEqual(headers[b"grpc-status"], b"4")
+        self.assertEqual(headers[b"mesh-err"], b"deadline-expired")
+        self.assertEqual(p.harness.reactor.tcpClients, [])
+
+    def test_malformedIsIgnored(self):
+        """
+        A malformed grpc-timeout is treated as absent: not sent on, the
+        router's timeout applies, counted.
+        """
+        for bad in (b"123456789S", b"1s", b"soon"):
+            p = Proxy(config())
+            sid = self.call(p, bad)
+            _, transport, _ = p.upstream()
+            self.assertEqual(sentTimeout(transport), [])
+            self.assertEqual(p.harness.metrics._errors[("web", "bad-grpc-timeout")], 1)
+            p.harness.reactor.advance(9.9)
+            self.assertIsNone(p.response(sid)[0])
+            p.harness.reactor.advance(0.2)
+            self.assertEqual(p.response(sid)[0][b"grpc-status"], b"4")
+
+    def test_repeatsDropped(self):
+        p = Proxy(config())
+        p.call(call(extra=[(b"grpc-timeout", b"2S"), (b"x", b"1"), (b"grpc-timeout", b"1H")]))
+        _, transport, _ = p.upstream()
+        self.assertEqual(sentTimeout(transport), [b"2000000u"])
+
+    def test_notGrpcCallsUntouched(self):
+        p = Proxy(config())
+        p.call(call(extra=[(b"grpc-timeout", b"1S")], contentType=b"application/json"))
+        p.harness.reactor.advance(2)
+        _, transport, _ = p.upstream()
+        self.assertEqual(sentTimeout(transport), [b"1S"])

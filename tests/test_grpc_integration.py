@@ -25,6 +25,7 @@ from twisted.internet.protocol import Factory
 from twisted.trial.unittest import SkipTest, TestCase
 
 from meshproxy.config import ConfigError, parseConfig
+from meshproxy.grpc import parseTimeout
 from tests.support import BackendFactory, listenBackend, startProxy
 
 try:
@@ -220,6 +221,22 @@ class Http1BackendTests(GrpcTestCase):
         self.assertGreaterEqual(len(down.requests), 1)
         retries = self.runtime.routers["web"].metrics._retries.get(("web", "status"), 0)
         self.assertEqual(retries, len(down.requests))
+
+    @defer.inlineCallbacks
+    def test_deadlinePassedOnAsTimeLeft(self):
+        """
+        grpcio's deadline (5 s) shortened by the router's total (3 s): the
+        backend is told the time left, no more than 3 s.
+        """
+        factory, backendPort = yield self.backend(grpcAnswer())
+        port = yield self.proxy({"hello": [backendPort]}, total="3s")
+        unary = self.channel(port, "hello").unary_unary("/pkg.Greeter/Hello")
+        reply = yield self.inThread(unary, b"ping", timeout=5)
+        self.assertEqual(reply, b"pong")
+        [request] = factory.requests
+        left = parseTimeout(request.header(b"grpc-timeout"))
+        self.assertLessEqual(left, 3.0)
+        self.assertGreater(left, 1.0)
 
     @defer.inlineCallbacks
     def test_applicationErrorPassesThrough(self):

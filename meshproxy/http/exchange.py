@@ -113,6 +113,7 @@ class Exchange(TryAccounting):
         "grpc",
         "grpcStatus",
         "grpcResponse",
+        "grpcTimeout",
     )
 
     def __init__(self, server: IClientConnection, request: Request, router: IRouter) -> None:
@@ -166,6 +167,9 @@ class Exchange(TryAccounting):
         self.grpc = request.method == b"POST" and grpc.isGrpcRequest(request)
         self.grpcStatus: int | None = None
         self.grpcResponse = False
+        # The index of its grpc-timeout field in the request's headers,
+        # rewritten for each try.
+        self.grpcTimeout: int | None = None
 
     # -- the filter stack -----------------------------------------------------
 
@@ -198,6 +202,11 @@ class Exchange(TryAccounting):
                 return
         else:
             total = deadlines.total
+        if self.grpc:
+            total = self._grpcDeadline(total)
+            if total <= 0.0:
+                self.fail(ProxyError(504, "deadline-expired", "The caller's deadline has passed."))
+                return
         self.deadline = now + total
         self.timer = router.clock.callLater(total, self._timedOut)
         self._enter(WAITING)
@@ -206,6 +215,34 @@ class Exchange(TryAccounting):
             return
         router.retries.admit()
         self._attempt()
+
+    def _grpcDeadline(self, total: float) -> float:
+        """
+        A gRPC call's C{grpc-timeout}: the time it may take, when shorter
+        than C{total}, from any caller (it can only shorten it). Its field
+        is kept to be rewritten for each try (L{connected}); a malformed
+        one is dropped (treated as absent, as grpc/grpc's C core does) and
+        counted as C{bad-grpc-timeout}; repeats are dropped.
+
+        @return: the seconds the call may take (0 or less: its deadline has
+            passed).
+        """
+        headers = self.request.headers
+        found = []
+        for index, (name, _) in enumerate(headers):
+            if len(name) == 12 and name.lower() == b"grpc-timeout":
+                found.append(index)
+        if not found:
+            return total
+        seconds = grpc.parseTimeout(headers[found[0]][1])
+        drop = found if seconds is None else found[1:]
+        for index in reversed(drop):
+            del headers[index]
+        if seconds is None:
+            self.router.countError("bad-grpc-timeout")
+            return total
+        self.grpcTimeout = found[0]
+        return seconds if seconds < total else total
 
     def _admit(self, client: IDestination) -> bool:
         """
@@ -390,9 +427,14 @@ class Exchange(TryAccounting):
         # Latency is measured from here: the time to open a connection is
         # not the endpoint's answer time, and must not make a fresh endpoint
         # look slow to the balancer.
-        self.tryStart = router.clock.seconds()
+        now = self.tryStart = router.clock.seconds()
         request = self.request
         server = self.server
+        index = self.grpcTimeout
+        if index is not None:
+            # The time left, so that each hop sees less.
+            headers = request.headers
+            headers[index] = (headers[index][0], grpc.formatTimeout(self.deadline - now))
         head = requestHead(
             request,
             peer=server.forwardedFor,
