@@ -7,8 +7,11 @@ the answers meshproxy makes to gRPC callers, C{grpc-timeout}, and what the
 metrics and the access log say of gRPC calls.
 """
 
+import json
+
 from h2.events import DataReceived, ResponseReceived, TrailersReceived
-from twisted.internet.error import ConnectionRefusedError
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -16,6 +19,9 @@ from zope.interface.verify import verifyObject
 from meshproxy import grpc
 from meshproxy.resilience.classifiers import FAILURE, RETRYABLE, SUCCESS, Classifier
 from meshproxy.resilience.interfaces import IClassifier
+from meshproxy.telemetry.accesslog import formatLine
+from meshproxy.telemetry.metrics import RouteStats, exposition
+from meshproxy.telemetry.observe import Tracer
 from tests.test_http2_server import H2Harness
 
 CONFIG = """\
@@ -84,6 +90,7 @@ class Proxy:
         self.harness = H2Harness(text, ports=(9001, 9002))
         self.client = self.harness.h2()
         self.made = 0
+        self.connections = []
 
     def upstream(self):
         """
@@ -95,7 +102,22 @@ class Proxy:
         port = clients[self.made][1]
         proto, transport = self.harness.upstream(self.made)
         self.made += 1
+        self.connections.append((proto, transport))
         return proto, transport, port
+
+    def answer(self, data):
+        """
+        Answer the request waiting on an upstream connection, new or
+        pooled, with C{data}.
+        """
+        while len(self.harness.reactor.tcpClients) > self.made:
+            self.upstream()
+        for proto, transport in self.connections:
+            if transport.value():
+                transport.clear()
+                proto.dataReceived(data)
+                return
+        raise AssertionError("no request waits upstream")
 
     def call(self, headers=None, body=MESSAGE):
         return self.client.request(call() if headers is None else headers, body=body)
@@ -593,3 +615,199 @@ class TimeoutTests(SynchronousTestCase):
         p.harness.reactor.advance(2)
         _, transport, _ = p.upstream()
         self.assertEqual(sentTimeout(transport), [b"1S"])
+
+
+class _Sink:
+    """
+    Takes every summary and span.
+    """
+
+    def __init__(self):
+        self.summaries = []
+        self.spans = []
+
+    def wants(self, router):
+        return True
+
+    def summarize(self, summary, line):
+        self.summaries.append((summary, line))
+
+    def submit(self, span):
+        self.spans.append(span)
+
+
+METHODS = "    grpc: {methods: [/pkg.Greeter/Hello, /pkg.Other/*]}\n"
+
+
+class TelemetryTests(SynchronousTestCase):
+    """
+    The gRPC status and the service and method of each call, in the
+    metrics (bounded labels), the access log and the spans.
+    """
+
+    def proxy(self, extra=METHODS):
+        p = Proxy(config(extra=extra))
+        sink = p.sink = _Sink()
+        router = p.harness.router
+        router.observer.sinks = (sink,)
+        router.tracer = router.observer.tracer = Tracer(sinks=[sink])
+        return p
+
+    def grpcSamples(self, p):
+        body, _ = exposition(p.harness.metrics._registry, None)
+        samples = {}
+        for family in text_string_to_metric_families(body.decode("utf-8")):
+            for sample in family.samples:
+                if sample.name == "meshproxy_grpc_responses_total":
+                    labels = sample.labels
+                    self.assertEqual(
+                        (labels["router"], labels["name"]), ("web", "/#/static/hello")
+                    )
+                    key = (labels["service"], labels["method"], labels["code"])
+                    samples[key] = sample.value
+        return samples
+
+    def test_metricsLabelsBounded(self):
+        """
+        Methods named in grpc.methods have their own labels; a service
+        named whole has its methods as other; any other call is
+        other/other, whatever its path.
+        """
+        p = self.proxy()
+        for path, code in [
+            (b"/pkg.Greeter/Hello", 0), (b"/pkg.Greeter/Hello", 0), (b"/pkg.Greeter/Bye", 5),
+            (b"/pkg.Other/Anything", 14), (b"/secret.Svc/Xyz", 13), (b"/not-grpc", 0),
+        ]:
+            sid = p.call(call(path=path))
+            p.answer(answer(code))
+            self.assertTrue(p.response(sid)[3])
+        self.assertEqual(
+            self.grpcSamples(p),
+            {
+                ("pkg.Greeter", "Hello", "OK"): 2.0,
+                ("other", "other", "NOT_FOUND"): 1.0,
+                ("pkg.Other", "other", "UNAVAILABLE"): 1.0,
+                ("other", "other", "INTERNAL"): 1.0,
+                ("other", "other", "OK"): 1.0,
+            },
+        )
+
+    def test_metricsOfAnswersMadeHere(self):
+        """
+        An answer meshproxy made (a timeout) counts under its gRPC code,
+        and as the 200 it was on the wire; a call the client cancels as
+        CANCELLED; one cut mid-answer as INTERNAL.
+        """
+        p = self.proxy()
+        sid = p.call(call(extra=[(b"grpc-timeout", b"1S")]))
+        p.upstream()
+        p.harness.reactor.advance(1)
+        self.assertEqual(p.response(sid)[0][b"grpc-status"], b"4")
+        sid = p.call()
+        p.upstream()
+        p.client.conn.reset_stream(sid)
+        p.client.pump()
+        sid = p.call()
+        up, transport, _ = p.upstream()
+        up.dataReceived(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\nContent-Length: 100\r\n\r\nab"
+        )
+        up.connectionLost(Failure(ConnectionDone()))
+        p.client.pump()
+        self.assertEqual(
+            self.grpcSamples(p),
+            {
+                ("pkg.Greeter", "Hello", "DEADLINE_EXCEEDED"): 1.0,
+                ("pkg.Greeter", "Hello", "CANCELLED"): 1.0,
+                ("pkg.Greeter", "Hello", "INTERNAL"): 1.0,
+            },
+        )
+        stats = p.harness.metrics.route("web", "/#/static/hello")
+        self.assertEqual(stats.responses[2], 2)  # the timeout's 200, and the cut one's
+
+    def test_httpCallsNotCounted(self):
+        p = self.proxy()
+        sid = p.call(call(contentType=b"application/json"))
+        up, _, _ = p.upstream()
+        up.dataReceived(answer(0))
+        self.assertTrue(p.response(sid)[3])
+        self.assertEqual(self.grpcSamples(p), {})
+        [(summary, line)] = p.sink.summaries
+        self.assertNotIn("grpcStatus", summary)
+        self.assertNotIn(b"grpc", line)
+
+    def test_accessLog(self):
+        """
+        A gRPC call's summary and line have its status, service and method
+        (from its path: the log is not bounded as the labels are).
+        """
+        p = self.proxy()
+        sid = p.call(call(path=b"/pkg.v1.Shop/Buy"))
+        up, _, _ = p.upstream()
+        up.dataReceived(answer(9))
+        self.assertTrue(p.response(sid)[3])
+        [(summary, line)] = p.sink.summaries
+        record = json.loads(line)
+        self.assertEqual(list(record)[-3:], ["grpcStatus", "grpcService", "grpcMethod"])
+        self.assertEqual(
+            (record["grpcStatus"], record["grpcService"], record["grpcMethod"]),
+            (9, "pkg.v1.Shop", "Buy"),
+        )
+        self.assertEqual(record, summary)
+        self.assertEqual(formatLine(summary), line)
+        self.assertEqual(record["status"], 200)
+
+    def test_accessLogOfAnswerMadeHere(self):
+        p = self.proxy()
+        headers = call(path=b"/odd")
+        headers[2] = (b":authority", b"nowhere")
+        p.call(headers)
+        [(summary, line)] = p.sink.summaries
+        record = json.loads(line)
+        self.assertEqual(
+            (record["status"], record["meshErr"], record["grpcStatus"]), (200, "no-route", 14)
+        )
+        self.assertIsNone(record["grpcService"])
+        self.assertEqual(record, summary)
+
+    def test_spans(self):
+        """
+        The server span carries the gRPC verdict: a 200 with a failing
+        code is an error.
+        """
+        p = self.proxy()
+        for code in (0, 14, 5):
+            sid = p.call(call(path=b"/pkg.Greeter/Hello"))
+            p.answer(answer(code))
+            self.assertTrue(p.response(sid)[3])
+        servers = [span for span in p.sink.spans if span.kind == "SERVER"]
+        self.assertEqual(
+            [(s.tags["rpc.grpc.status_code"], s.error) for s in servers],
+            [("0", False), ("14", True), ("5", False)],
+        )
+        self.assertEqual(servers[0].tags["rpc.service"], "pkg.Greeter")
+        self.assertEqual(servers[0].tags["rpc.method"], "Hello")
+        self.assertEqual(servers[0].tags["rpc.system"], "grpc")
+
+    def test_codeLabels(self):
+        stats = RouteStats("web", "/#/static/hello")
+        self.assertIsNone(stats.grpc)
+        for code in (0, 0, 16, 99, None):
+            stats.recordGrpc("s", "m", code)
+        self.assertEqual(
+            stats.grpc,
+            {("s", "m", "OK"): 2, ("s", "m", "UNAUTHENTICATED"): 1, ("s", "m", "other"): 1,
+             ("s", "m", "UNKNOWN"): 1},
+        )
+
+    def test_methodLabels(self):
+        methods = grpc.GrpcMethods(["/a.B/C", "/a.D/*"])
+        self.assertEqual(methods.labels(b"/a.B/C"), ("a.B", "C"))
+        self.assertEqual(methods.labels(b"/a.B/X"), ("other", "other"))
+        self.assertEqual(methods.labels(b"/a.D/X"), ("a.D", "other"))
+        self.assertEqual(methods.labels(b"/a.D"), ("other", "other"))
+        self.assertEqual(methods.labels(b"/a.DD/X"), ("other", "other"))
+        self.assertEqual(methods.labels(b"*"), ("other", "other"))
+        self.assertEqual(grpc.callName(b"/a.B/C"), ("a.B", "C"))
+        for path in (b"/a.B", b"/a.B/C/D", b"//C", b"/a.B/", b"x/y"):
+            self.assertEqual(grpc.callName(path), (None, None), path)

@@ -822,6 +822,9 @@ class Exchange(TryAccounting):
         )
 
     def _abortClient(self) -> None:
+        if self.grpc:
+            # The stream is reset (INTERNAL_ERROR): INTERNAL to its caller.
+            self.grpcStatus = grpc.INTERNAL
         self._end()
         self.server.abort()
 
@@ -862,6 +865,8 @@ class Exchange(TryAccounting):
         self.tryError = "client-gone"
         self._abandonTry()
         self.meshErr = "client-gone"
+        if self.grpc:
+            self.grpcStatus = grpc.CANCELLED
         if self.client is not None:
             self.router.countError("client-gone")
         self._end()
@@ -899,6 +904,8 @@ class Exchange(TryAccounting):
                 self.bytesOut,
                 trace.traceId if trace is not None and trace.recording else None,
             )
+            if self.grpc:
+                router.recordGrpc(client, self.request.target, self.grpcStatus)
         router.observer.finished(self, now)
 
 
