@@ -8,6 +8,7 @@ metrics and the access log say of gRPC calls.
 """
 
 import json
+import os
 
 from h2.events import DataReceived, ResponseReceived, TrailersReceived
 from prometheus_client.parser import text_string_to_metric_families
@@ -17,11 +18,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from meshproxy import grpc
+from meshproxy.config import parseConfig
 from meshproxy.resilience.classifiers import FAILURE, RETRYABLE, SUCCESS, Classifier
 from meshproxy.resilience.interfaces import IClassifier
-from meshproxy.telemetry.accesslog import formatLine
+from meshproxy.telemetry.accesslog import GRPC_FIELDS, formatLine
 from meshproxy.telemetry.metrics import RouteStats, exposition
 from meshproxy.telemetry.observe import Tracer
+from meshproxy.telemetry.spans import SUMMARY_FIELDS
 from tests.test_http2_server import H2Harness
 
 CONFIG = """\
@@ -811,3 +814,38 @@ class TelemetryTests(SynchronousTestCase):
         self.assertEqual(grpc.callName(b"/a.B/C"), ("a.B", "C"))
         for path in (b"/a.B", b"/a.B/C/D", b"//C", b"/a.B/", b"x/y"):
             self.assertEqual(grpc.callName(path), (None, None), path)
+
+
+class DocsTests(SynchronousTestCase):
+    """
+    The gRPC sections of docs/observability.md and docs/configuration.md
+    say what the code does.
+    """
+
+    def section(self, page, title):
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        with open(os.path.join(here, "docs", page), encoding="utf-8") as f:
+            text = f.read()
+        start = text.index(title + "\n")
+        end = text.find("\n## ", start + 1)
+        return text[start : end if end >= 0 else len(text)]
+
+    def block(self, section, language):
+        start = section.index("```%s\n" % (language,)) + len(language) + 4
+        return section[start : section.index("```", start)]
+
+    def test_exampleLine(self):
+        section = self.section("observability.md", "## gRPC")
+        example = self.block(section, "json").strip()
+        record = json.loads(example)
+        self.assertEqual(tuple(record), SUMMARY_FIELDS + GRPC_FIELDS)
+        self.assertEqual(formatLine(record).decode("utf-8"), example)
+        for field in GRPC_FIELDS:
+            self.assertIn("`%s`" % (field,), section)
+
+    def test_exampleConfig(self):
+        section = self.section("configuration.md", "### gRPC")
+        router = self.block(section, "yaml")
+        config = parseConfig("routers:\n" + router)
+        self.assertEqual(config.routers[0].classifier.kind, "grpc")
+        self.assertEqual(len(config.routers[0].grpc.methods), 2)
