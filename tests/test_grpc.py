@@ -360,6 +360,22 @@ class ClassificationTests(SynchronousTestCase):
         self.assertEqual(p.retries(), {})
         self.assertEqual(p.node(port).successes, 1)
 
+    def test_perBoundName(self):
+        """
+        A bound name's own classifier may be the grpc one.
+        """
+        p = Proxy(config(
+            "{kind: nonRetryable5XX}",
+            "    boundNames: {/#/static/hello: {classifier: {kind: grpc}}}\n",
+        ))
+        sid = p.call()
+        first, _, _ = p.upstream()
+        first.dataReceived(trailersOnly(14))
+        second, _, _ = p.upstream()
+        second.dataReceived(answer(0))
+        self.assertEqual(p.response(sid)[2], [(b"grpc-status", b"0")])
+        self.assertEqual(p.retries(), {"status": 1})
+
     def test_notGrpcRequestIgnoresGrpcStatus(self):
         """
         A POST that is not a gRPC call is not retried on a grpc-status.
