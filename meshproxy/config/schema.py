@@ -44,6 +44,7 @@ from meshproxy.config.policies import (
     ClassifierConfig,
     ClientConfig,
     FailureAccrualConfig,
+    GrpcConfig,
     Http2Config,
     IdentifierConfig,
     LimitsConfig,
@@ -328,6 +329,7 @@ Destination = Checked(
 
 _HTTP_KEYS = (
     "server", "client", "forwarded", "classifier", "limits", "trust", "upstreamTls", "http2",
+    "grpc",
 )
 _TCP_KEYS = ("destination", "connectRetries", "idleTimeout", "maxConnections")
 #: The timeouts about requests, which a TCP router does not see.
@@ -367,6 +369,7 @@ class RouterConfig(Section):
     @ivar forwarded: (HTTP) whether to add C{X-Forwarded-For},
         C{X-Forwarded-Proto}, C{Forwarded} and C{Via} to requests.
     @ivar classifier: (HTTP) the L{ClassifierConfig}.
+    @ivar grpc: (HTTP) the L{GrpcConfig}: the gRPC methods its metrics name.
     @ivar limits: (HTTP) the L{LimitsConfig}, applied to each bound name.
     @ivar trust: (HTTP) the L{TrustConfig}.
     @ivar boundNames: C{(boundName, BoundNameConfig)} pairs in the order
@@ -418,6 +421,7 @@ class RouterConfig(Section):
     client: Defaulted(ClientConfig)
     forwarded: Bool = True
     classifier: Defaulted(ClassifierConfig)
+    grpc: Defaulted(GrpcConfig)
     limits: Defaulted(LimitsConfig)
     trust: Defaulted(TrustConfig)
     boundNames: BoundNames = ()

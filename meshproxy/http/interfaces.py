@@ -117,6 +117,13 @@ class IRouter(Interface):
         bytes both ways, and the trace id of a recorded trace (an exemplar).
         """
 
+    def recordGrpc(destination: IDestination, path: bytes, code: int | None) -> None:
+        """
+        Count one finished gRPC call of C{destination} (after L{record}):
+        its path (the service and method, C{/pkg.Service/Method}) and its
+        status code (L{None}: unknown).
+        """
+
 
 class IDestination(Interface):
     """

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from meshproxy.balancing.node import Node
+from meshproxy.grpc import GrpcMethods
 from meshproxy.http.bound import BoundClient, BoundClients, NamePolicies
 from meshproxy.http.client import Pool
 from meshproxy.http.interfaces import IRouter
@@ -191,6 +192,7 @@ class HttpRouter:
         # Telemetry besides metrics: traces, and the summaries of requests.
         self.tracer = Tracer() if tracer is None else tracer
         self.observer = RequestObserver(self.name, self.tracer, summaries, query=logQuery)
+        self.grpcMethods = GrpcMethods(config.grpc.methods)
         self._expiry: LoopingCall | None = None
 
     # -- lifecycle --------------------------------------------------------
@@ -413,6 +415,19 @@ class HttpRouter:
                 return
             stats = client.stats = self.metrics.route(self.name, client.name)
         stats.record(status, seconds, method, ttfb, bytesIn, bytesOut, traceId)
+
+    # Given back the destination its route() returned.
+    def recordGrpc(  # type: ignore[override]
+        self, client: BoundClient, path: bytes, code: int | None
+    ) -> None:
+        """
+        See L{IRouter.recordGrpc}: counted under the labels of C{grpc.methods}
+        (L{GrpcMethods}), for a name its namer knows (as L{record}).
+        """
+        stats = client.stats
+        if stats is not None:
+            service, method = self.grpcMethods.labels(path)
+            stats.recordGrpc(service, method, code)
 
     def countError(self, reason: str) -> None:
         """

@@ -26,6 +26,7 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from meshproxy import grpc
 from meshproxy.config.policies import Http2Config
 from meshproxy.http.checks import checkRequest, parserError
 from meshproxy.http.exchange import Exchange
@@ -580,9 +581,14 @@ class ServerProtocol(Protocol):
 
     def sendError(self, error: ProxyError, close: bool = False) -> None:
         """
-        Answer with an error made by meshproxy (for the active request).
+        Answer with an error made by meshproxy (for the active request): a
+        gRPC answer to a gRPC call (L{grpc.errorHead}).
         """
-        head = self.active is not None and self.active.request.method == b"HEAD"
+        request = None if self.active is None else self.active.request
+        if request is not None and grpc.isGrpcRequest(request):
+            self.write(grpc.errorHead(error.status, error.reason, error.detail, close=close))
+            return
+        head = request is not None and request.method == b"HEAD"
         self.write(
             errorResponse(error.status, error.reason, error.detail, close=close, head=head)
         )

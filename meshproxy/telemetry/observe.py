@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from meshproxy.discovery.endpoints import formatAddress
+from meshproxy.grpc import FAILURE_CODES, UNKNOWN, callName
 from meshproxy.telemetry.accesslog import decodeTarget, formatLine, formatTime, stripQuery
 from meshproxy.telemetry.spans import (
     CLIENT,
@@ -310,6 +311,8 @@ class RequestObserver:
                     values = self._values(exchange, now)
                     summary = dict(zip(SUMMARY_FIELDS, values, strict=True))
                     line = _line(values)
+                    if exchange.grpc:
+                        line = _grpcLine(summary, exchange, line)
                 sink.summarize(summary, line)
 
     def refused(self, status: int, meshErr: str, client: str | None, now: float) -> None:
@@ -354,9 +357,13 @@ class RequestObserver:
 
     def summary(self, exchange: Any, now: float) -> dict[str, Any]:
         """
-        The summary of a finished exchange (see L{SUMMARY_FIELDS}).
+        The summary of a finished exchange (see L{SUMMARY_FIELDS}; a gRPC
+        call's has the L{GRPC_FIELDS<meshproxy.telemetry.accesslog.GRPC_FIELDS>} too).
         """
-        return dict(zip(SUMMARY_FIELDS, self._values(exchange, now), strict=True))
+        summary = dict(zip(SUMMARY_FIELDS, self._values(exchange, now), strict=True))
+        if exchange.grpc:
+            _grpcLine(summary, exchange, b"")
+        return summary
 
     def _time(self, when: float) -> str:
         """
@@ -429,6 +436,19 @@ class RequestObserver:
             tags["mesh.tries"] = str(exchange.tries)
         name = "%s %s" % (method, client.name if client is not None else self.router)
         status = exchange.status
+        error = status == 0 or status >= 500
+        if exchange.grpc:
+            # The gRPC verdict (OpenTelemetry's names for its attributes).
+            code = exchange.grpcStatus
+            if code is None:
+                code = UNKNOWN
+            tags["rpc.system"] = "grpc"
+            tags["rpc.grpc.status_code"] = str(code)
+            rpcService, rpcMethod = callName(request.target)
+            if rpcService is not None and rpcMethod is not None:
+                tags["rpc.service"] = rpcService
+                tags["rpc.method"] = rpcMethod
+            error = error or code in FAILURE_CODES or code > 16
         spans = [
             Span(
                 trace.traceId,
@@ -441,7 +461,7 @@ class RequestObserver:
                 local,
                 (None, request.peer, 0),
                 tags,
-                error=status == 0 or status >= 500,
+                error=error,
             )
         ]
         retryReason = None
@@ -521,6 +541,29 @@ def _line(values: tuple[Any, ...]) -> bytes:
     # Non-ASCII text (a path decoded with replacement characters, an
     # identity): the line breaks JSON leaves as they are must still go.
     return formatLine(json.loads(text))
+
+
+def _grpcLine(summary: dict[str, Any], exchange: Any, line: bytes) -> bytes:
+    """
+    Add a gRPC call's fields (its status code, and the service and method
+    its path names: L{GRPC_FIELDS<meshproxy.telemetry.accesslog.GRPC_FIELDS>})
+    to its summary, and to its line (unless C{line} is empty).
+    """
+    service, method = callName(exchange.request.target)
+    code = exchange.grpcStatus
+    summary["grpcStatus"] = code
+    summary["grpcService"] = service
+    summary["grpcMethod"] = method
+    if not line:
+        return line
+    extra = ',"grpcStatus":%s,"grpcService":%s,"grpcMethod":%s}' % (
+        "null" if code is None else "%d" % (code,),
+        jsonString(service),
+        jsonString(method),
+    )
+    if extra.isascii():
+        return line[:-1] + extra.encode("ascii")
+    return formatLine(summary)
 
 
 def _serviceOf(name: str) -> str:
