@@ -396,6 +396,39 @@ class FailureTests(UpstreamTestCase):
         self.assertEqual(response.body, b"ok /once")
         self.assertEqual(len(self.backend.connections), 2)
         self.assertEqual(self.backend.requests[-1].body, b"z")
+        # Not a failure of the endpoint.
+        [node] = proxy.router().clients.find("/#/static/hello").balancer.nodes()
+        self.assertEqual(node.consecutiveFailures, 0)
+
+    def test_goAwayUnderManyStreamsRetriesThemAll(self):
+        """
+        Every stream above the GOAWAY's last stream id goes again, on one new
+        connection, and the endpoint is not charged for them.
+        """
+        first = []
+
+        def handler(request):
+            if request.proto is self.backend.connections[0]:
+                first.append(request)
+                if len(first) == 5:
+                    request.proto.goAway(first[0].streamId)
+                    first[0].respond(200, [], b"first")
+                return
+            okH2(request)
+
+        proxy = self.proxy(handler)
+        clients = [proxy.connect() for _ in range(5)]
+        for i, client in enumerate(clients):
+            client.transport.write(
+                b"POST /%d HTTP/1.1\r\nHost: hello\r\nContent-Length: 0\r\n\r\n" % (i,)
+            )
+            self.network.flush()
+        self.assertEqual([c.responses[0].status for c in clients], [200] * 5)
+        self.assertEqual(clients[0].responses[0].body, b"first")
+        self.assertEqual(len(self.backend.connections), 2)
+        [node] = proxy.router().clients.find("/#/static/hello").balancer.nodes()
+        self.assertEqual(node.consecutiveFailures, 0)
+        self.assertEqual(node.pending, 0)
 
     def test_gracefulGoAwayLetsStreamsBelowFinish(self):
         """
@@ -438,6 +471,25 @@ class FailureTests(UpstreamTestCase):
         [response] = client.responses
         self.assertEqual(response.status, 200)
         self.assertEqual(len(seen), 2)
+        [node] = proxy.router().clients.find("/#/static/hello").balancer.nodes()
+        self.assertEqual(node.consecutiveFailures, 0)
+
+    def test_refusedEveryTimeGivesUp(self):
+        """
+        A request refused again and again is answered 502 after a few
+        tries (not a loop).
+        """
+
+        def handler(request):
+            request.proto.conn.reset_stream(request.streamId, ErrorCodes.REFUSED_STREAM)
+            request.proto.flush()
+
+        proxy = self.proxy(handler)
+        client = proxy.exchange(b"POST /r HTTP/1.1\r\nHost: hello\r\nContent-Length: 0\r\n\r\n")
+        [response] = client.responses
+        self.assertEqual(response.status, 502)
+        self.assertEqual(response.header(b"mesh-err"), b"upstream-reset")
+        self.assertEqual(len(self.backend.requests), 4)
 
     def test_otherResetIsUpstreamReset(self):
         """

@@ -1115,12 +1115,13 @@ class H2UpstreamStream:
     def notProcessed(self, why: str) -> None:
         """
         The upstream did not process the request (a GOAWAY below it, or
-        REFUSED_STREAM): a connection failure, retried whatever the method.
+        REFUSED_STREAM): sent again on a fresh stream, whatever the method
+        (L{IExchange.notProcessed}).
         """
         exchange = self.exchange
         self._dropped()
         if exchange is not None:
-            exchange.connectFailed(why, True)
+            exchange.notProcessed(why)
 
     def lost(self, why: str, stale: bool = False) -> None:
         """
