@@ -844,3 +844,36 @@ class PoolTests(SynchronousTestCase):
         self.assertEqual(len(pool.waiting), 1)
         pool.waiting[0].abandon()
         self.assertEqual(list(pool.waiting), [])
+
+
+class SendFailureTests(UpstreamTestCase):
+    def test_headersTheLibraryRefusesAreSentAgain(self):
+        """
+        A request the h2 library refuses to send (its connection closing)
+        was not processed: it goes again (from a call later: never inside
+        the exchange's own write).
+        """
+        from h2.exceptions import ProtocolError
+
+        proxy = self.proxy()
+        proxy.exchange(b"GET /warm HTTP/1.1\r\nHost: hello\r\n\r\n")
+        [node] = proxy.router().clients.find("/#/static/hello").balancer.nodes()
+        [conn] = node.payload.all
+        real = conn.h2.send_headers
+        calls = []
+
+        def refuseOnce(*args, **kwargs):
+            calls.append(args[0])
+            if len(calls) == 1:
+                raise ProtocolError("closing")
+            return real(*args, **kwargs)
+
+        conn.h2.send_headers = refuseOnce
+        client = proxy.connect()
+        client.transport.write(b"POST /p HTTP/1.1\r\nHost: hello\r\nContent-Length: 1\r\n\r\nx")
+        self.network.flush()
+        [response] = client.responses
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.body, b"ok /p")
+        self.assertEqual(len(calls), 2)
+        self.assertEqual(self.backend.requests[-1].body, b"x")

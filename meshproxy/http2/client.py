@@ -1146,7 +1146,8 @@ class H2UpstreamStream:
     def _sendFailed(self) -> None:
         """
         The h2 library refused to send on this stream (the connection is
-        closing): the request was not processed.
+        closing): the request was not processed, and goes again
+        (L{IExchange.notProcessed}).
         """
         exchange = self.exchange
         self.exchange = None
@@ -1157,7 +1158,7 @@ class H2UpstreamStream:
 
     def _notSent(self, exchange: IExchange) -> None:
         if exchange.upstream is self:  # type: ignore[attr-defined]  # (still this try)
-            exchange.connectFailed("closed the connection before the request", True)
+            exchange.notProcessed("closed the connection before the request")
             exchange.flush()
 
     def _dropped(self) -> None:
