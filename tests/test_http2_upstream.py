@@ -877,3 +877,19 @@ class SendFailureTests(UpstreamTestCase):
         self.assertEqual(response.body, b"ok /p")
         self.assertEqual(len(calls), 2)
         self.assertEqual(self.backend.requests[-1].body, b"x")
+
+    def test_streamIdsExhaustedMeansANewConnection(self):
+        """
+        A connection whose stream ids are all used takes no more requests:
+        the next goes on a new connection, and the old one closes.
+        """
+        proxy = self.proxy()
+        proxy.exchange(b"GET /a HTTP/1.1\r\nHost: hello\r\n\r\n")
+        [node] = proxy.router().clients.find("/#/static/hello").balancer.nodes()
+        [conn] = node.payload.all
+        conn.h2.highest_outbound_stream_id = 2**31 - 1
+        client = proxy.exchange(b"GET /b HTTP/1.1\r\nHost: hello\r\n\r\n")
+        self.assertEqual(client.responses[0].body, b"ok /b")
+        self.assertEqual(len(self.backend.connections), 2)
+        self.assertEqual(self.backend.lost, 1)
+        self.assertNotIn(conn, node.payload.all)

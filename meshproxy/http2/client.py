@@ -68,7 +68,7 @@ from h2.events import (
     TrailersReceived,
     WindowUpdated,
 )
-from h2.exceptions import H2Error, ProtocolError
+from h2.exceptions import H2Error, NoAvailableStreamIDError, ProtocolError
 from h2.settings import SettingCodes
 from hpack import Encoder
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
@@ -500,7 +500,18 @@ class H2UpstreamConnection(Protocol):
         Carry C{exchange}'s try on a new stream: the exchange writes its
         request there.
         """
-        sid = self.h2.get_next_available_stream_id()
+        try:
+            sid = self.h2.get_next_available_stream_id()
+        except NoAvailableStreamIDError:
+            # Every stream id was used (2**31 streams): the connection takes
+            # no more, and closes once its streams are over.
+            self.goingAway = True
+            pool = self.pool
+            pool.discard(self)
+            if not self.streams:
+                self.close()
+            pool.acquire(exchange)
+            return
         stream = H2UpstreamStream(self, sid, exchange)
         self.streams[sid] = stream
         exchange.connected(stream)
