@@ -893,3 +893,49 @@ class SendFailureTests(UpstreamTestCase):
         self.assertEqual(len(self.backend.connections), 2)
         self.assertEqual(self.backend.lost, 1)
         self.assertNotIn(conn, node.payload.all)
+
+
+class DeclaredLengthTrailerTests(UpstreamTestCase):
+    def request(self, client, sid=None):
+        return client.request(
+            [(b":method", b"PUT"), (b":scheme", b"http"), (b":authority", b"hello"),
+             (b":path", b"/len"), (b"content-length", b"4")],
+            body=b"data",
+            trailers=[(b"x-sum", b"9")],
+        )
+
+    def test_h2UpstreamGetsTrailersOfADeclaredLength(self):
+        """
+        An HTTP/2 client's body with a declared length and trailers reaches
+        an HTTP/2 upstream with both.
+        """
+        self.proxy()
+        client = self.h2client()
+        sid = self.request(client)
+        self.network.flush()
+        self.assertEqual(client.response(sid)[0][b":status"], b"200")
+        [seen] = self.backend.requests
+        self.assertEqual(seen.header(b"content-length"), b"4")
+        self.assertEqual(seen.body, b"data")
+        self.assertEqual(seen.trailers, [(b"x-sum", b"9")])
+        self.assertEqual(self.errors("trailer-dropped"), 0)
+
+    def test_http1UpstreamDropsThemCounted(self):
+        """
+        Over HTTP/1.1 such a body has no way to carry trailers: they are
+        dropped, and counted.
+        """
+        from tests.memory_support import Instance
+
+        backend = Instance(self.network)
+        port = backend.start()
+        text = CONFIG % {"ports": '"127.0.0.1:%d"' % (port,), "total": "5s", "extra": ""}
+        text = text.replace("upstreamProtocol: h2", "upstreamProtocol: http/1.1")
+        self.mesh = MemoryProxy(self, text, network=self.network)
+        client = self.h2client()
+        sid = self.request(client)
+        self.network.flush()
+        self.assertEqual(client.response(sid)[0][b":status"], b"200")
+        [seen] = backend.factory.requests
+        self.assertEqual(seen.body, b"data")
+        self.assertEqual(self.errors("trailer-dropped"), 1)
