@@ -396,6 +396,39 @@ class FailureTests(UpstreamTestCase):
         self.assertEqual(response.body, b"ok /once")
         self.assertEqual(len(self.backend.connections), 2)
         self.assertEqual(self.backend.requests[-1].body, b"z")
+        # Not a failure of the endpoint.
+        [node] = proxy.router().clients.find("/#/static/hello").balancer.nodes()
+        self.assertEqual(node.consecutiveFailures, 0)
+
+    def test_goAwayUnderManyStreamsRetriesThemAll(self):
+        """
+        Every stream above the GOAWAY's last stream id goes again, on one new
+        connection, and the endpoint is not charged for them.
+        """
+        first = []
+
+        def handler(request):
+            if request.proto is self.backend.connections[0]:
+                first.append(request)
+                if len(first) == 5:
+                    request.proto.goAway(first[0].streamId)
+                    first[0].respond(200, [], b"first")
+                return
+            okH2(request)
+
+        proxy = self.proxy(handler)
+        clients = [proxy.connect() for _ in range(5)]
+        for i, client in enumerate(clients):
+            client.transport.write(
+                b"POST /%d HTTP/1.1\r\nHost: hello\r\nContent-Length: 0\r\n\r\n" % (i,)
+            )
+            self.network.flush()
+        self.assertEqual([c.responses[0].status for c in clients], [200] * 5)
+        self.assertEqual(clients[0].responses[0].body, b"first")
+        self.assertEqual(len(self.backend.connections), 2)
+        [node] = proxy.router().clients.find("/#/static/hello").balancer.nodes()
+        self.assertEqual(node.consecutiveFailures, 0)
+        self.assertEqual(node.pending, 0)
 
     def test_gracefulGoAwayLetsStreamsBelowFinish(self):
         """
@@ -438,6 +471,25 @@ class FailureTests(UpstreamTestCase):
         [response] = client.responses
         self.assertEqual(response.status, 200)
         self.assertEqual(len(seen), 2)
+        [node] = proxy.router().clients.find("/#/static/hello").balancer.nodes()
+        self.assertEqual(node.consecutiveFailures, 0)
+
+    def test_refusedEveryTimeGivesUp(self):
+        """
+        A request refused again and again is answered 502 after a few
+        tries (not a loop).
+        """
+
+        def handler(request):
+            request.proto.conn.reset_stream(request.streamId, ErrorCodes.REFUSED_STREAM)
+            request.proto.flush()
+
+        proxy = self.proxy(handler)
+        client = proxy.exchange(b"POST /r HTTP/1.1\r\nHost: hello\r\nContent-Length: 0\r\n\r\n")
+        [response] = client.responses
+        self.assertEqual(response.status, 502)
+        self.assertEqual(response.header(b"mesh-err"), b"upstream-reset")
+        self.assertEqual(len(self.backend.requests), 4)
 
     def test_otherResetIsUpstreamReset(self):
         """
@@ -792,3 +844,98 @@ class PoolTests(SynchronousTestCase):
         self.assertEqual(len(pool.waiting), 1)
         pool.waiting[0].abandon()
         self.assertEqual(list(pool.waiting), [])
+
+
+class SendFailureTests(UpstreamTestCase):
+    def test_headersTheLibraryRefusesAreSentAgain(self):
+        """
+        A request the h2 library refuses to send (its connection closing)
+        was not processed: it goes again (from a call later: never inside
+        the exchange's own write).
+        """
+        from h2.exceptions import ProtocolError
+
+        proxy = self.proxy()
+        proxy.exchange(b"GET /warm HTTP/1.1\r\nHost: hello\r\n\r\n")
+        [node] = proxy.router().clients.find("/#/static/hello").balancer.nodes()
+        [conn] = node.payload.all
+        real = conn.h2.send_headers
+        calls = []
+
+        def refuseOnce(*args, **kwargs):
+            calls.append(args[0])
+            if len(calls) == 1:
+                raise ProtocolError("closing")
+            return real(*args, **kwargs)
+
+        conn.h2.send_headers = refuseOnce
+        client = proxy.connect()
+        client.transport.write(b"POST /p HTTP/1.1\r\nHost: hello\r\nContent-Length: 1\r\n\r\nx")
+        self.network.flush()
+        [response] = client.responses
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.body, b"ok /p")
+        self.assertEqual(len(calls), 2)
+        self.assertEqual(self.backend.requests[-1].body, b"x")
+
+    def test_streamIdsExhaustedMeansANewConnection(self):
+        """
+        A connection whose stream ids are all used takes no more requests:
+        the next goes on a new connection, and the old one closes.
+        """
+        proxy = self.proxy()
+        proxy.exchange(b"GET /a HTTP/1.1\r\nHost: hello\r\n\r\n")
+        [node] = proxy.router().clients.find("/#/static/hello").balancer.nodes()
+        [conn] = node.payload.all
+        conn.h2.highest_outbound_stream_id = 2**31 - 1
+        client = proxy.exchange(b"GET /b HTTP/1.1\r\nHost: hello\r\n\r\n")
+        self.assertEqual(client.responses[0].body, b"ok /b")
+        self.assertEqual(len(self.backend.connections), 2)
+        self.assertEqual(self.backend.lost, 1)
+        self.assertNotIn(conn, node.payload.all)
+
+
+class DeclaredLengthTrailerTests(UpstreamTestCase):
+    def request(self, client, sid=None):
+        return client.request(
+            [(b":method", b"PUT"), (b":scheme", b"http"), (b":authority", b"hello"),
+             (b":path", b"/len"), (b"content-length", b"4")],
+            body=b"data",
+            trailers=[(b"x-sum", b"9")],
+        )
+
+    def test_h2UpstreamGetsTrailersOfADeclaredLength(self):
+        """
+        An HTTP/2 client's body with a declared length and trailers reaches
+        an HTTP/2 upstream with both.
+        """
+        self.proxy()
+        client = self.h2client()
+        sid = self.request(client)
+        self.network.flush()
+        self.assertEqual(client.response(sid)[0][b":status"], b"200")
+        [seen] = self.backend.requests
+        self.assertEqual(seen.header(b"content-length"), b"4")
+        self.assertEqual(seen.body, b"data")
+        self.assertEqual(seen.trailers, [(b"x-sum", b"9")])
+        self.assertEqual(self.errors("trailer-dropped"), 0)
+
+    def test_http1UpstreamDropsThemCounted(self):
+        """
+        Over HTTP/1.1 such a body has no way to carry trailers: they are
+        dropped, and counted.
+        """
+        from tests.memory_support import Instance
+
+        backend = Instance(self.network)
+        port = backend.start()
+        text = CONFIG % {"ports": '"127.0.0.1:%d"' % (port,), "total": "5s", "extra": ""}
+        text = text.replace("upstreamProtocol: h2", "upstreamProtocol: http/1.1")
+        self.mesh = MemoryProxy(self, text, network=self.network)
+        client = self.h2client()
+        sid = self.request(client)
+        self.network.flush()
+        self.assertEqual(client.response(sid)[0][b":status"], b"200")
+        [seen] = backend.factory.requests
+        self.assertEqual(seen.body, b"data")
+        self.assertEqual(self.errors("trailer-dropped"), 1)

@@ -165,10 +165,17 @@ class UpstreamProtocol(Protocol):
     def writeEnd(self, trailers: Headers | None) -> None:
         """
         See L{IRequestWriter.writeEnd}: the last chunk and the trailers of
-        a chunked request (a body with a declared length ends by itself).
+        a chunked request (a body with a declared length ends by itself,
+        and has no way to carry trailers: those of an HTTP/2 client's
+        request are dropped, and counted).
         """
         if self._chunked:
             self.write(lastChunk(trailers))
+        elif trailers:
+            exchange = self.exchange
+            if exchange is not None:
+                for _ in trailers:
+                    exchange.router.countError("trailer-dropped")
 
     # -- input ------------------------------------------------------------
 

@@ -501,11 +501,14 @@ class Exchange(TryAccounting):
             )
         )
 
-    def staleConnection(self, reason: str) -> None:
+    def staleConnection(self, reason: str, anyMethod: bool = False) -> None:
         """
         A pooled connection was closed by the upstream before it answered:
         a keep-alive race, not a failure of the endpoint. Send again on a
         fresh connection.
+
+        @param anyMethod: whether the upstream said it did not process the
+            request (so that any method may be sent again).
         """
         self.upstream = None
         node = self.node
@@ -516,10 +519,11 @@ class Exchange(TryAccounting):
         if (
             self.stale < MAX_STALE_TRIES
             and (body is None or body.replayable())
-            and self.client.isIdempotent(self.request)  # type: ignore[union-attr]
+            and (anyMethod or self.client.isIdempotent(self.request))  # type: ignore[union-attr]
         ):
-            # Only idempotent requests: the upstream may have read this one
-            # before it closed.
+            # Only idempotent requests (unless the upstream said it did not
+            # process it): the upstream may have read this one before it
+            # closed.
             self.stale += 1
             self._rewind()
             if self.tryTimer is None or self.tryTimer.active():
@@ -535,6 +539,12 @@ class Exchange(TryAccounting):
                 "Upstream %s closed the connection before answering." % (address,),
             )
         )
+
+    def notProcessed(self, reason: str) -> None:
+        """
+        See L{IExchange.notProcessed}.
+        """
+        self.staleConnection(reason, True)
 
     # -- response from upstream -------------------------------------------
 

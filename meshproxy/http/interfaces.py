@@ -356,6 +356,14 @@ class IExchange(Interface):
         did not verify the upstream).
         """
 
+    def notProcessed(reason: str) -> None:
+        """
+        The upstream said it did not process the request (an HTTP/2 GOAWAY
+        below its stream, or C{REFUSED_STREAM}): send it again on a fresh
+        connection to the same endpoint, whatever its method, a few times
+        at most; not a failure of the endpoint, nor a retry of the budget.
+        """
+
     def interimResponse(status: int, reason: bytes, headers: Headers) -> None:
         """
         An interim (1xx) response arrived.

@@ -68,7 +68,7 @@ from h2.events import (
     TrailersReceived,
     WindowUpdated,
 )
-from h2.exceptions import H2Error, ProtocolError
+from h2.exceptions import H2Error, NoAvailableStreamIDError, ProtocolError
 from h2.settings import SettingCodes
 from hpack import Encoder
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
@@ -500,7 +500,18 @@ class H2UpstreamConnection(Protocol):
         Carry C{exchange}'s try on a new stream: the exchange writes its
         request there.
         """
-        sid = self.h2.get_next_available_stream_id()
+        try:
+            sid = self.h2.get_next_available_stream_id()
+        except NoAvailableStreamIDError:
+            # Every stream id was used (2**31 streams): the connection takes
+            # no more, and closes once its streams are over.
+            self.goingAway = True
+            pool = self.pool
+            pool.discard(self)
+            if not self.streams:
+                self.close()
+            pool.acquire(exchange)
+            return
         stream = H2UpstreamStream(self, sid, exchange)
         self.streams[sid] = stream
         exchange.connected(stream)
@@ -1115,12 +1126,13 @@ class H2UpstreamStream:
     def notProcessed(self, why: str) -> None:
         """
         The upstream did not process the request (a GOAWAY below it, or
-        REFUSED_STREAM): a connection failure, retried whatever the method.
+        REFUSED_STREAM): sent again on a fresh stream, whatever the method
+        (L{IExchange.notProcessed}).
         """
         exchange = self.exchange
         self._dropped()
         if exchange is not None:
-            exchange.connectFailed(why, True)
+            exchange.notProcessed(why)
 
     def lost(self, why: str, stale: bool = False) -> None:
         """
@@ -1145,7 +1157,8 @@ class H2UpstreamStream:
     def _sendFailed(self) -> None:
         """
         The h2 library refused to send on this stream (the connection is
-        closing): the request was not processed.
+        closing): the request was not processed, and goes again
+        (L{IExchange.notProcessed}).
         """
         exchange = self.exchange
         self.exchange = None
@@ -1156,7 +1169,7 @@ class H2UpstreamStream:
 
     def _notSent(self, exchange: IExchange) -> None:
         if exchange.upstream is self:  # type: ignore[attr-defined]  # (still this try)
-            exchange.connectFailed("closed the connection before the request", True)
+            exchange.notProcessed("closed the connection before the request")
             exchange.flush()
 
     def _dropped(self) -> None:

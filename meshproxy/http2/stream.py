@@ -243,11 +243,9 @@ class H2Stream:
             self._bodyRefused(e)
             return
         kept: Headers = []
-        request = self.request
         for pair in headers:
-            if forbiddenTrailer(pair[0]) or (request is not None and not request.chunked):
-                # Never taken from a trailer; and a body with a declared
-                # length has no way to carry trailers upstream.
+            if forbiddenTrailer(pair[0]):
+                # Never taken from a trailer.
                 self.connection.countError("trailer-dropped")
             else:
                 kept.append(pair)
