@@ -63,9 +63,27 @@ FIXED = """\
 """
 
 SNI = """\
-    identifier: {kind: sni, default: /svc/hello}
+    identifier: {kind: sni, prefix: /svc}
     rules: "/svc => /#/static;"
 """
+
+
+def clientHello(serverName: str) -> bytes:
+    """
+    The first flight of a TLS client asking for C{serverName}: what the
+    clients send with C{--sni} (the backend answers it with its HTTP
+    response all the same).
+    """
+    import ssl
+
+    context = ssl.create_default_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=serverName)
+    try:
+        tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
 
 
 def freePort() -> int:
@@ -105,12 +123,14 @@ def load(args: argparse.Namespace, backendPort: int, target: int, report: int) -
     from twisted.internet import reactor
     from twisted.internet.protocol import ClientFactory, Factory, Protocol
 
+    request = clientHello("hello") if args.sni else REQUEST
+
     class Backend(Protocol):
         buffer = b""
 
         def dataReceived(self, data: bytes) -> None:
             self.buffer += data
-            if b"\r\n\r\n" in self.buffer:
+            if len(self.buffer) >= len(request):
                 self.transport.write(RESPONSE)
                 self.transport.loseConnection()
 
@@ -125,7 +145,7 @@ def load(args: argparse.Namespace, backendPort: int, target: int, report: int) -
 
     class Client(Protocol):
         def connectionMade(self) -> None:
-            self.transport.write(REQUEST)
+            self.transport.write(request)
 
         def dataReceived(self, data: bytes) -> None:
             state["bytes"] += len(data)
@@ -181,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--direct", action="store_true", help="no router")
     parser.add_argument("--sni", action="store_true",
-                        help="route by SNI (identifier kind sni; the clients send none:"
-                             " the default name)")
+                        help="route by SNI (identifier kind sni): the clients send a TLS"
+                             " ClientHello for the name hello, which the backend answers")
     parser.add_argument("--profile", metavar="FILE")
     parser.add_argument("--gc-freeze", action="store_true")
     parser.add_argument("--gc-threshold", type=int, default=0)
@@ -201,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = [sys.executable, os.path.abspath(__file__),
             "--load", str(backendPort), str(target), str(writeEnd),
             "--connections", str(args.connections), "--warmup", str(args.warmup),
-            "--concurrency", str(args.concurrency)]
+            "--concurrency", str(args.concurrency)] + (["--sni"] if args.sni else [])
     child = subprocess.Popen(argv, pass_fds=(writeEnd,))
     os.close(writeEnd)
     if args.direct:
