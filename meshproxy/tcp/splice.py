@@ -575,6 +575,12 @@ class Splice:
             self.destination.balancer.finish(  # type: ignore[union-attr]  # routed
                 node, now - self.connectSeconds, True
             )
+        # Both connections are lost: nothing calls on the splice any more.
+        # The ends let go of it, so that the pair is freed when the last
+        # reference goes rather than by the garbage collector.
+        self.client.splice = None  # type: ignore[assignment]
+        if self.upstream is not None:
+            self.upstream.splice = None  # type: ignore[assignment]
 
     def _checkIdle(self) -> None:
         self.timer = None

@@ -135,7 +135,12 @@ class Dial:
         The connection, once made, is lost.
         """
         self.state = "disconnected"
-        self.factory.clientConnectionLost(self, reason)
+        factory = self.factory
+        # The transport keeps its connector: let go of the rest, so that
+        # nothing here waits for the garbage collector.
+        self.transport = None
+        self.factory = None  # type: ignore[assignment]
+        factory.clientConnectionLost(self, reason)
 
     # -- IConnector -------------------------------------------------------------
 
