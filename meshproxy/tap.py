@@ -101,11 +101,14 @@ class Options(usage.Options):
         How many worker processes to run: C{--workers}, else the config's
         C{workers}; C{auto} resolved to the CPUs available.
         """
-        from meshproxy.workers.count import resolveWorkers
-
         value = self["workers"]
         if value is None:
             value = getattr(self.meshConfig, "workers", 1)
+        if value != "auto":
+            # A number: the workers package is imported only when used.
+            return int(value)
+        from meshproxy.workers.count import resolveWorkers
+
         return resolveWorkers(value)
 
     def postOptions(self) -> None:
@@ -190,7 +193,6 @@ def tlsProblems(config: MeshConfig) -> list[str]:
 
     @return: messages naming the key path.
     """
-    from meshproxy.etcd import tlsProblem
     from meshproxy.tls import ClientContext, TLSFileError, serverTLS
 
     problems: list[str] = []
@@ -201,6 +203,8 @@ def tlsProblems(config: MeshConfig) -> list[str]:
     if config.rulesStore is not None:
         etcdSections.append(("rulesStore.tls", config.rulesStore))
     for place, etcd in etcdSections:
+        from meshproxy.etcd import tlsProblem
+
         problem = tlsProblem(etcd)
         if problem is not None:
             problems.append("%s: %s" % (place, problem))
@@ -416,6 +420,12 @@ def _addWorkers(top: MultiService, runtime: Runtime, count: int, reactor: Any) -
     from meshproxy.workers.supervisor import WorkerPool, ZygoteSpawner, quietListeners
     from meshproxy.workers.worker import workerMain
     from meshproxy.workers.zygote import Zygote
+
+    # The routers import the HTTP/2 code at their first HTTP/2 connection or
+    # h2 upstream: imported here, before the zygote forks, the workers share
+    # its pages instead of each importing it.
+    import meshproxy.http2.client  # noqa: F401
+    import meshproxy.http2.connection  # noqa: F401
 
     groups = ListenerGroups(runtime, count, reactor=reactor)
 
