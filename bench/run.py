@@ -139,7 +139,12 @@ H2UP_TARGETS = (
     "direct-h2up", "haproxy-h2up", "meshproxy-h2up",
     "direct-h2up-m100", "haproxy-h2up-m100", "meshproxy-h2up-m100",
 )
-ALL_TARGETS = TARGETS + TLS_TARGETS + TELEMETRY_TARGETS + H2_TARGETS + H2UP_TARGETS + L4_TARGETS
+#: What --workers adds: meshproxy with 2 worker processes beside HAProxy
+#: with 2 threads, both on every CPU (see "Worker processes" in
+#: bench/README.md); their ratio is compared with meshproxy/haproxy's.
+WORKER_TARGETS = ("haproxy-t2", "meshproxy-w2")
+ALL_TARGETS = (TARGETS + TLS_TARGETS + TELEMETRY_TARGETS + H2_TARGETS + H2UP_TARGETS
+               + L4_TARGETS + WORKER_TARGETS)
 
 
 class Target:
@@ -216,6 +221,8 @@ SPECS = {
                                 connections=8, threads=2, transfer=True),
     "haproxy-l4-cps": Target("haproxy-l4", servers=["haproxy-l4"], close=True),
     "meshproxy-l4-cps": Target("meshproxy-l4", servers=["meshproxy-l4"], close=True),
+    "haproxy-t2": Target("haproxy-t2", servers=["haproxy-t2"]),
+    "meshproxy-w2": Target("meshproxy-w2", servers=["meshproxy-w2"]),
     "haproxy-l4-sni": Target("haproxy-l4-sni", "https", ["haproxy-l4-sni"], close=True,
                              hostname="localhost"),
     "meshproxy-l4-sni": Target("meshproxy-l4-sni", "https", ["meshproxy-l4-sni"], close=True,
@@ -251,6 +258,9 @@ RATIOS = (
     ("meshproxy-l4-big8", "haproxy-l4-big8"),
     ("meshproxy-l4-cps", "haproxy-l4-cps"),
     ("meshproxy-l4-sni", "haproxy-l4-sni"),
+    ("meshproxy-w2", "haproxy-t2"),
+    ("meshproxy-w2", "meshproxy"),
+    ("haproxy-t2", "haproxy"),
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -261,6 +271,8 @@ EXPECTED_BODY = b"hello\n"
 # CPU layout when pinned: the proxy alone on one core, everything else on the other.
 PROXY_CPU = "1"
 LOAD_CPU = "0"
+# The 2-worker and 2-thread proxies: on both cores, shared with nginx and wrk.
+WIDE_CPUS = "0,1"
 
 # `python -m twisted.scripts.twistd` imports the module and exits 0 without
 # doing anything (the module has no __main__ block), so call its run() instead.
@@ -403,6 +415,10 @@ backend be
 """
 )
 
+# The same HAProxy on two threads (--workers).
+HAPROXY_T2_CONF = string.Template(
+    HAPROXY_CONF.template.replace("    nbthread 1\n", "    nbthread 2\n"))
+
 # The same HAProxy with an HTTP/2 frontend: h2c with prior knowledge (what
 # h2load speaks), HTTP/1.1 to nginx.
 HAPROXY_H2_CONF = string.Template(
@@ -428,6 +444,9 @@ routers:
     rules: "/svc => /#/static;"
     client: {maxIdlePerEndpoint: 1024}
 """
+
+# --workers: the plain config with 2 worker processes.
+MESHPROXY_W2_CONF = "workers: 2\n" + MESHPROXY_CONF
 
 # --h2up: the plain config, HTTP/2 to nginx's h2c server.
 MESHPROXY_H2UP_CONF = MESHPROXY_CONF.replace(
@@ -723,6 +742,53 @@ def cpu_seconds(pid):
     fields = stat.rpartition(")")[2].split()
     utime, stime = int(fields[11]), int(fields[12])
     return (utime + stime) / CLOCK_TICKS
+
+
+def process_tree(pid):
+    """
+    Return C{pid} and its descendants (meshproxy's zygote and workers), from
+    C{/proc/PID/task/PID/children}.
+    """
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except OSError:
+        children = []
+    found = [pid]
+    for child in children:
+        found += process_tree(child)
+    return found
+
+
+def tree_cpu_seconds(pid):
+    """
+    Return the CPU seconds used so far by C{pid} and its living descendants
+    (a worker that exited takes its CPU time with it: the figure is for a
+    run in which none did).
+    """
+    total = 0.0
+    for p in process_tree(pid):
+        try:
+            total += cpu_seconds(p)
+        except OSError:
+            pass  # (gone between the listing and the read)
+    return total
+
+
+def smaps_kib(pid):
+    """
+    Return C{{"rss_kib", "uss_kib"}} of C{pid} from C{/proc/PID/smaps_rollup}
+    (USS: C{Private_Clean + Private_Dirty}, the memory only it holds).
+    """
+    rss = uss = 0
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key == "Rss":
+                rss = int(value.split()[0])
+            elif key in ("Private_Clean", "Private_Dirty"):
+                uss += int(value.split()[0])
+    return {"rss_kib": rss, "uss_kib": uss}
 
 
 def proc_status(pid):
@@ -1035,7 +1101,7 @@ class Bench:
         return proc
 
     def start_haproxy(self, name, template, port, backend_port, tls=None, h2=False,
-                      hostname=None, **values):
+                      hostname=None, cpu=PROXY_CPU, **values):
         """
         Start one HAProxy, on the proxy CPU, and wait until it answers.
 
@@ -1043,6 +1109,7 @@ class Bench:
         @param tls: the L{ssl.SSLContext} its listener is reached with, or
             L{None} for plain HTTP.
         @param h2: whether its listener speaks HTTP/2 only (h2c).
+        @param cpu: the CPUs it runs on when pinning.
         @param values: more of the template's placeholders.
         """
         conf = self.tmp / f"{name}.cfg"
@@ -1050,7 +1117,7 @@ class Bench:
             listen=f"{LOOPBACK}:{port}", backend=f"{LOOPBACK}:{backend_port}", **values))
         proc = self.spawn(
             name,
-            self.pinned(PROXY_CPU, [self.tools["haproxy"], "-db", "-f", str(conf)]),
+            self.pinned(cpu, [self.tools["haproxy"], "-db", "-f", str(conf)]),
         )
         if h2:
             self.wait_ready_h2(proc, port, name)
@@ -1085,13 +1152,14 @@ class Bench:
         raise HarnessError(f"{what} did not answer over HTTP/2 within "
                            f"{self.args.ready_timeout} s", [proc])
 
-    def start_meshproxy(self, name, template, port, admin_port, **values):
+    def start_meshproxy(self, name, template, port, admin_port, cpu=PROXY_CPU, **values):
         """
         Start one meshproxy under twistd, on the proxy CPU, and wait until
         its admin API says it is ready.
 
         @param template: its config, with C{$port}, C{$adminport} and
             C{$loopback} (and the placeholders of C{values}).
+        @param cpu: the CPUs it (and its workers) run on when pinning.
         """
         try:
             text = string.Template(template).substitute(
@@ -1108,7 +1176,7 @@ class Bench:
         env["PYTHONUNBUFFERED"] = "1"
         argv = [self.args.python, "-c", TWISTD_BOOT, "-n", "--pidfile=",
                 f"--logfile={log}", "meshproxy", "--config", str(conf)]
-        proc = self.spawn(name, self.pinned(PROXY_CPU, argv),
+        proc = self.spawn(name, self.pinned(cpu, argv),
                           cwd=REPO_ROOT, env=env, extra_logs=[log])
         wait_ready(proc, admin_port, "/ready", self.args.ready_timeout,
                    f"{name} (admin /ready)", host=f"{LOOPBACK}:{admin_port}")
@@ -1153,7 +1221,7 @@ class Bench:
             needed.update(SPECS[target].servers)
         meshproxies = [n for n in ("meshproxy", "meshproxy-tls", "meshproxy-in", "meshproxy-out",
                                    *TELEMETRY_TARGETS, "meshproxy-l4", "meshproxy-l4-sni",
-                                   "meshproxy-h2up")
+                                   "meshproxy-h2up", "meshproxy-w2")
                        if n in needed]
         tracing = bool(needed & {"meshproxy-trace1", "meshproxy-trace100"})
         sni = bool(needed & {"haproxy-l4-sni", "meshproxy-l4-sni"})
@@ -1227,6 +1295,11 @@ class Bench:
             "meshproxy-h2up": lambda: self.start_meshproxy(
                 "meshproxy-h2up", MESHPROXY_H2UP_CONF, ports["meshproxy-h2up"],
                 ports["meshproxy-h2up-admin"], nginxport=ports["nginx-h2"]),
+            "haproxy-t2": lambda: self.start_haproxy(
+                "haproxy-t2", HAPROXY_T2_CONF, ports["haproxy-t2"], nginx, cpu=WIDE_CPUS),
+            "meshproxy-w2": lambda: self.start_meshproxy(
+                "meshproxy-w2", MESHPROXY_W2_CONF, ports["meshproxy-w2"],
+                ports["meshproxy-w2-admin"], nginxport=nginx, cpu=WIDE_CPUS),
             "haproxy-l4": lambda: self.start_haproxy(
                 "haproxy-l4", HAPROXY_L4_CONF, ports["haproxy-l4"], nginx),
             "meshproxy-l4": lambda: self.start_meshproxy(
@@ -1317,7 +1390,7 @@ class Bench:
             or L{None} for a target without a proxy)}.
         """
         pids = [self.pids[server] for server in spec.servers]
-        cpu_before = sum(cpu_seconds(p) for p in pids) if pids else None
+        cpu_before = sum(tree_cpu_seconds(p) for p in pids) if pids else None
         wall_before = time.monotonic()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -1329,7 +1402,7 @@ class Bench:
             proc.wait()
             raise
         wall = time.monotonic() - wall_before
-        cpu = sum(cpu_seconds(p) for p in pids) - cpu_before if pids else None
+        cpu = sum(tree_cpu_seconds(p) for p in pids) - cpu_before if pids else None
         if proc.returncode != 0:
             raise HarnessError(f"{tool} against {target} exited with status {proc.returncode}:"
                                f"\n{out}{err}")
@@ -1467,6 +1540,12 @@ class Bench:
         args = self.args
         self.results["meta"] = self.meta()
         meta = self.results["meta"]
+        if args.hold:
+            # Before the servers start: they inherit the limit.
+            limit = raise_nofile(args.hold + 1024)
+            if limit < args.hold + 64:
+                say(f"note: only {limit} open files allowed (RLIMIT_NOFILE); --hold"
+                    f" {args.hold} will fail to open some connections")
         self.start_servers()
         for target in args.only:
             self.sanity_check(target)
@@ -1476,6 +1555,9 @@ class Bench:
         memory = self.results["meshproxy_memory"]
         if "meshproxy" in self.pids:
             memory["before"] = memory_kib(self.pids["meshproxy"])
+            memory["before"].update(smaps_kib(self.pids["meshproxy"]))
+        if "meshproxy-w2" in self.pids:
+            self.results["workers_memory"] = {"idle": self.tree_memory("meshproxy-w2")}
 
         for run in range(1, args.runs + 1):
             say(f"run {run}/{args.runs}: wrk -t{args.threads} -c{args.connections} "
@@ -1509,6 +1591,10 @@ class Bench:
                 churn["before"] = memory_kib(self.pids["meshproxy"])
                 churn["failed"] = connection_churn(self.ports["meshproxy"], args.churn)
                 churn["after"] = memory_kib(self.pids["meshproxy"])
+        if "meshproxy-w2" in self.pids:
+            self.results["workers_memory"]["after_load"] = self.tree_memory("meshproxy-w2")
+        if args.hold:
+            self.hold()
         if "receiver" in self.ports:
             status, body = http_get(self.ports["receiver"], "/")
             self.results["spans_received"] = int(body)
@@ -1517,6 +1603,37 @@ class Bench:
             self.results["access_log_lines"] = (
                 sum(1 for _ in log.open("rb")) if log.exists() else 0)
         self.summarize()
+
+    def tree_memory(self, server):
+        """
+        The RSS and USS of each process of C{server}'s tree: the supervisor,
+        the zygote, the workers.
+        """
+        return [{"pid": p, **smaps_kib(p)} for p in process_tree(self.pids[server])]
+
+    def hold(self):
+        """
+        Hold C{--hold} connections to each meshproxy (one worker, and two
+        when measured), from the load CPU: memory per idle connection, then
+        a steady request rate through them (L{hold_connections}).
+        """
+        args = self.args
+        held = self.results["hold"] = {}
+        affinity = os.sched_getaffinity(0)
+        if args.pin:
+            os.sched_setaffinity(0, {int(LOAD_CPU)})
+        try:
+            for target in ("meshproxy", "meshproxy-w2"):
+                if target not in self.pids:
+                    continue
+                say(f"holding {args.hold} connections to {target}: one request every "
+                    f"{args.hold_interval:g} s on each for {args.hold_duration:g} s")
+                held[target] = hold_connections(
+                    self.ports[target], self.pids[target], args.hold, args.hold_interval,
+                    args.hold_duration)
+                self.check_alive()
+        finally:
+            os.sched_setaffinity(0, affinity)
 
     def meta(self):
         args = self.args
@@ -1698,6 +1815,13 @@ def print_report(results, args, out=sys.stdout):
               f"{fmt_ratio(r['p99_ms']):>7} {fmt_ratio(r['cpu_us_per_req']):>8} "
               f"{fmt_ratio(r.get('bytes_per_s')):>7}")
         p("(rps below 1x = fewer requests/s than the baseline; latency and CPU above 1x = worse)")
+    w2 = results["ratios"].get("meshproxy-w2/haproxy-t2")
+    w1 = results["ratios"].get("meshproxy/haproxy")
+    if w1 and w2 and w1["rps"] and w2["rps"]:
+        p(f"workers: (meshproxy-w2/haproxy-t2) / (meshproxy/haproxy) = "
+          f"{w2['rps'] / w1['rps']:.2f} in rps, "
+          f"{fmt_ratio(ratio(w2['cpu_us_per_req'], w1['cpu_us_per_req']))} in CPU/req"
+          " (goal: within 10% of 1.00; -w2 and -t2 share both CPUs with nginx and wrk)")
     if "spans_received" in results:
         p(f"spans received by the bench's Zipkin receiver: {results['spans_received']:,}")
     if "access_log_lines" in results:
@@ -1736,6 +1860,27 @@ def print_report(results, args, out=sys.stdout):
             p(f"connection churn: {churn['connections']} connections, {churn['failed']} failed; "
               f"RSS {mib(before)} before, {mib(after)} after ({growth:+.1f}%)")
 
+    for target, h in results.get("hold", {}).items():
+        p()
+        connected = max(1, h["connected"])
+        p(f"{target}: {h['opened']:,} of {h['connections']:,} keep-alive connections held:"
+          f" RSS {h['rss_before_kib'] / 1024:.1f} MiB before, "
+          f"{h['rss_connected_kib'] / 1024:.1f} connected"
+          f" ({(h['rss_connected_kib'] - h['rss_before_kib']) / connected:.2f} KiB each),"
+          f" {h['rss_held_kib'] / 1024:.1f} after one request on each"
+          f" ({h['kib_per_connection']:.2f} KiB each; goal: <= 4)")
+        p(f"  then one request per connection every {h['interval_s']:g} s for"
+          f" {h['duration_s']:g} s: {h['requests']:,} requests ({h['rps']:,.0f}/s), p50"
+          f" {fmt_ms(h['p50_ms'])} p90 {fmt_ms(h['p90_ms'])} p99 {fmt_ms(h['p99_ms'])}"
+          f" p99.9 {fmt_ms(h['p999_ms'])} max {fmt_ms(h['max_ms'])} ms, errors"
+          f" {h['errors'] or 0}")
+    if memory.get("before", {}).get("uss_kib"):
+        p(f"meshproxy idle (before load): RSS {memory['before']['rss_kib'] / 1024:.1f} MiB,"
+          f" USS {memory['before']['uss_kib'] / 1024:.1f} MiB")
+    for when, processes in results.get("workers_memory", {}).items():
+        p(f"meshproxy-w2 {when.replace('_', ' ')}, RSS / USS of supervisor, zygote, workers: "
+          + ", ".join(f"{m['rss_kib'] / 1024:.1f} / {m['uss_kib'] / 1024:.1f}"
+                      for m in processes) + " MiB")
     p()
     p("individual runs:")
     header = (f"{'run':<6} {'target':<18} {'rps':>9} {'p50 ms':>7} {'p99 ms':>7} "
@@ -1803,6 +1948,19 @@ def parse_args(argv):
                         help="after the load runs, open and close N connections to meshproxy "
                              "(one GET each) and report its RSS before and after "
                              "(default 10000; 0 skips)")
+    parser.add_argument("--workers", action="store_true",
+                        help="also measure meshproxy with 2 worker processes against HAProxy with"
+                             " nbthread 2 (and meshproxy/haproxy, the 1-worker pair): "
+                             + ",".join(WORKER_TARGETS))
+    parser.add_argument("--hold", type=int, default=0, metavar="N",
+                        help="after the load runs, hold N keep-alive connections to meshproxy"
+                             " (and meshproxy-w2): RSS per idle connection, then one request"
+                             " per connection every --hold-interval s for --hold-duration s"
+                             " (default 0: skip)")
+    parser.add_argument("--hold-interval", type=float, default=5.0, metavar="S",
+                        help="seconds between two requests on one held connection (default 5)")
+    parser.add_argument("--hold-duration", type=float, default=20.0, metavar="S",
+                        help="seconds of the steady phase of --hold (default 20)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary directory (configs, logs)")
     parser.add_argument("--python", default=sys.executable,
@@ -1830,10 +1988,17 @@ def parse_args(argv):
         only += H2UP_TARGETS
     if args.l4:
         only += L4_TARGETS
+    if args.workers:
+        only += ["haproxy", "meshproxy", *WORKER_TARGETS]
+    if args.hold and not {"meshproxy", "meshproxy-w2"} & set(only):
+        only.append("meshproxy")
     args.only = [t for t in ALL_TARGETS if t in only]
     for name in ("runs", "duration", "connections", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
+    if args.hold < 0 or args.hold_interval <= 0 or args.hold_duration <= 0:
+        parser.error("--hold cannot be negative, --hold-interval and --hold-duration must be"
+                     " positive")
     if args.handshake_clients < 1:
         parser.error("--handshake-clients must be at least 1")
     if args.h2_connections < 1:
@@ -1936,6 +2101,155 @@ def connection_churn(port, count, batch=100):
             s.close()
         done += n
     return failed
+
+
+HOLD_REQUEST = b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n"
+
+
+def raise_nofile(wanted):
+    """
+    Raise this process's soft limit of open files towards C{wanted} (the
+    servers it starts inherit it), up to the hard limit.
+
+    @return: the soft limit now.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
+
+
+async def _hold_one(index, port, count, interval, duration, stages, latencies, errors):
+    """
+    One held connection: opened from one of 8 loopback source addresses
+    (so that 10,000 connections do not run out of ports); once
+    C{stages["request"]} is set, one request answered; then idle until the
+    steady phase (C{stages["steady"]} is set, to its start time), in which
+    it sends one request every C{interval} seconds, at its own offset.
+    C{stages["connected"]} and C{stages["answered"]} count those done (or
+    failed: with an error counted); C{stages["first"]} bounds the first
+    requests in flight.
+    """
+    import asyncio
+
+    source = f"127.0.0.{2 + index % 8}"
+    try:
+        reader, writer = await asyncio.open_connection(LOOPBACK, port, local_addr=(source, 0))
+    except OSError as e:
+        errors[f"connect: {type(e).__name__}"] = errors.get(f"connect: {type(e).__name__}", 0) + 1
+        stages["connected"].append(False)
+        stages["answered"].append(False)
+        return
+    stages["connected"].append(True)
+
+    async def exchange():
+        writer.write(HOLD_REQUEST)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = re.search(rb"(?i)content-length: *(\d+)", head)
+        await reader.readexactly(int(length.group(1)) if length else 0)
+        if head.startswith(b"HTTP/1.1 200"):
+            return True
+        status = head.split(b"\r\n", 1)[0].decode("latin-1")
+        reason = re.search(rb"(?i)\r\nmesh-err: *([^\r]*)", head)
+        if reason:
+            status += " " + reason.group(1).decode("latin-1")
+        errors[status] = errors.get(status, 0) + 1
+        return False
+
+    loop = asyncio.get_running_loop()
+    try:
+        ok = False
+        try:
+            await stages["request"]
+            # A few at a time: a burst of 10,000 would meet the router's
+            # concurrency limit (503) and leave a pool of upstream
+            # connections and a high-water mark behind.
+            async with stages["first"]:
+                ok = await exchange()
+        finally:
+            stages["answered"].append(ok)
+        phase = await stages["steady"]
+        start = phase + interval * index / count
+        while start < phase + duration:
+            await asyncio.sleep(max(0.0, start - loop.time()))
+            sent = loop.time()
+            if await exchange():
+                latencies.append(loop.time() - sent)
+            start += interval
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
+        errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+    finally:
+        writer.close()
+
+
+def hold_connections(port, pid, count, interval, duration):
+    """
+    Open C{count} keep-alive connections to the proxy on C{port}, one
+    request on each, and read the RSS of the proxy's process tree (C{pid}
+    and its workers) before and after; then, through the same connections,
+    one request per connection every C{interval} seconds for C{duration}
+    seconds, and the latency of each.
+
+    @return: a dict: C{connections}, C{opened} (answered 200),
+        C{rss_before_kib}, C{rss_connected_kib} (all open, no request yet),
+        C{rss_held_kib} (one request answered on each),
+        C{kib_per_connection} (from before to held), the
+        steady phase's C{requests}, C{rps}, C{p50_ms} ... C{p999_ms},
+        C{max_ms} and C{errors}.
+    """
+    import asyncio
+
+    def rss():
+        return sum(smaps_kib(p)["rss_kib"] for p in process_tree(pid))
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        stages = {"request": loop.create_future(), "steady": loop.create_future(),
+                  "first": asyncio.Semaphore(50), "connected": [], "answered": []}
+        latencies, errors = [], {}
+        before = rss()
+        tasks = []
+        for i in range(count):
+            tasks.append(asyncio.ensure_future(_hold_one(
+                i, port, count, interval, duration, stages, latencies, errors)))
+            if i % 200 == 199:
+                await asyncio.sleep(0)  # (let them connect in batches)
+        while len(stages["connected"]) < count:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)  # (the proxy accepted them all: a benchmark)
+        connected = rss()
+        stages["request"].set_result(None)
+        while len(stages["answered"]) < count:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)
+        held = rss()
+        stages["steady"].set_result(loop.time())
+        await asyncio.gather(*tasks)
+        return (before, connected, held, latencies, errors, sum(stages["connected"]),
+                sum(stages["answered"]))
+
+    before, connected, held, latencies, errors, connections, opened = asyncio.run(main())
+    latencies.sort()
+
+    def pct(q):
+        if not latencies:
+            return None
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e3
+
+    return {
+        "connections": count, "connected": connections, "opened": opened,
+        "rss_before_kib": before, "rss_connected_kib": connected, "rss_held_kib": held,
+        "kib_per_connection": (held - before) / max(1, opened),
+        "interval_s": interval, "duration_s": duration,
+        "requests": len(latencies), "rps": len(latencies) / duration,
+        "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99),
+        "p999_ms": pct(0.999), "max_ms": latencies[-1] * 1e3 if latencies else None,
+        "errors": errors,
+    }
 
 
 def main(argv=None):
