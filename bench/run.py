@@ -1037,10 +1037,14 @@ class Bench:
 
     # -- processes
 
-    def pinned(self, cpu, argv):
-        """Prefix C{argv} with C{taskset -c cpu} when pinning."""
+    def pinned(self, role, argv):
+        """
+        Prefix C{argv} with C{taskset -c CPUS} when pinning: the CPUs of
+        C{role}, C{"load"} (nginx and the load generators), C{"proxy"} (a
+        proxy under test) or C{"wide"} (the 2-worker and 2-thread proxies).
+        """
         if self.args.pin:
-            return [self.tools["taskset"], "-c", cpu, *argv]
+            return [self.tools["taskset"], "-c", self.args.cpus[role], *argv]
         return list(argv)
 
     def spawn(self, name, argv, **kwargs):
@@ -1088,7 +1092,7 @@ class Bench:
         proc = self.spawn(
             "nginx",
             # -e: the error log to use before the config is read (else stderr/var/log).
-            self.pinned(LOAD_CPU, [nginx, "-p", str(self.tmp), "-e",
+            self.pinned("load", [nginx, "-p", str(self.tmp), "-e",
                                    str(self.tmp / "nginx-error.log"), "-c", str(conf)]),
             extra_logs=[self.tmp / "nginx-error.log"],
         )
@@ -1101,7 +1105,7 @@ class Bench:
         return proc
 
     def start_haproxy(self, name, template, port, backend_port, tls=None, h2=False,
-                      hostname=None, cpu=PROXY_CPU, **values):
+                      hostname=None, cpu="proxy", **values):
         """
         Start one HAProxy, on the proxy CPU, and wait until it answers.
 
@@ -1152,7 +1156,7 @@ class Bench:
         raise HarnessError(f"{what} did not answer over HTTP/2 within "
                            f"{self.args.ready_timeout} s", [proc])
 
-    def start_meshproxy(self, name, template, port, admin_port, cpu=PROXY_CPU, **values):
+    def start_meshproxy(self, name, template, port, admin_port, cpu="proxy", **values):
         """
         Start one meshproxy under twistd, on the proxy CPU, and wait until
         its admin API says it is ready.
@@ -1246,7 +1250,7 @@ class Bench:
         proc = self.start_nginx(nginx, ports.get("nginx-tls"), certs, ports.get("nginx-h2"))
         meta["affinity"] = {"nginx": allowed_cpus(proc.pid)}
         if tracing:
-            receiver = self.spawn("receiver", self.pinned(LOAD_CPU, [
+            receiver = self.spawn("receiver", self.pinned("load", [
                 sys.executable, "-c", SPAN_RECEIVER, str(ports["receiver"])]))
             wait_ready(receiver, ports["receiver"], "/", self.args.ready_timeout, "span receiver")
         plain = MESHPROXY_CONF
@@ -1296,10 +1300,10 @@ class Bench:
                 "meshproxy-h2up", MESHPROXY_H2UP_CONF, ports["meshproxy-h2up"],
                 ports["meshproxy-h2up-admin"], nginxport=ports["nginx-h2"]),
             "haproxy-t2": lambda: self.start_haproxy(
-                "haproxy-t2", HAPROXY_T2_CONF, ports["haproxy-t2"], nginx, cpu=WIDE_CPUS),
+                "haproxy-t2", HAPROXY_T2_CONF, ports["haproxy-t2"], nginx, cpu="wide"),
             "meshproxy-w2": lambda: self.start_meshproxy(
                 "meshproxy-w2", MESHPROXY_W2_CONF, ports["meshproxy-w2"],
-                ports["meshproxy-w2-admin"], nginxport=nginx, cpu=WIDE_CPUS),
+                ports["meshproxy-w2-admin"], nginxport=nginx, cpu="wide"),
             "haproxy-l4": lambda: self.start_haproxy(
                 "haproxy-l4", HAPROXY_L4_CONF, ports["haproxy-l4"], nginx),
             "meshproxy-l4": lambda: self.start_meshproxy(
@@ -1360,7 +1364,7 @@ class Bench:
         # wrk resumes the slot's previous TLS session (it keeps it across
         # SSL_clear), so these are resumed handshakes.
         close = ["-H", "Connection: close"] if spec.close else []
-        argv = self.pinned(LOAD_CPU, [
+        argv = self.pinned("load", [
             self.tools["wrk"], f"-t{threads}", f"-c{connections}", f"-d{duration}s",
             "--latency", "-H", f"Host: {HOST_HEADER}", *close, url])
         out, err, wall, cpu = self.load("wrk", argv, spec, duration, target)
@@ -1420,7 +1424,7 @@ class Bench:
         """
         spec = SPECS[target]
         address = f"{LOOPBACK}:{self.ports[spec.server]}"
-        argv = self.pinned(LOAD_CPU, [self.tools["openssl"], "s_time", "-connect", address,
+        argv = self.pinned("load", [self.tools["openssl"], "s_time", "-connect", address,
                                       "-new", "-time", str(duration)])
         pids = [self.pids[server] for server in spec.servers]
         cpu_before = sum(cpu_seconds(p) for p in pids)
@@ -1475,7 +1479,7 @@ class Bench:
         connections = args.connections if spec.streams == 1 else args.h2_connections
         url = f"http://{LOOPBACK}:{self.ports[spec.server]}/"
         log = self.tmp / "h2load-requests.log"
-        argv = self.pinned(LOAD_CPU, [
+        argv = self.pinned("load", [
             self.tools["h2load"], "-c", str(connections), "-m", str(spec.streams),
             "-t", str(min(args.threads, connections)), "-D", str(duration),
             "-H", f":authority: {HOST_HEADER}", f"--log-file={log}", url])
@@ -1621,7 +1625,7 @@ class Bench:
         held = self.results["hold"] = {}
         affinity = os.sched_getaffinity(0)
         if args.pin:
-            os.sched_setaffinity(0, {int(LOAD_CPU)})
+            os.sched_setaffinity(0, cpu_list(args.cpus["load"]))
         try:
             for target in ("meshproxy", "meshproxy-w2"):
                 if target not in self.pids:
@@ -1644,7 +1648,10 @@ class Bench:
             "cpus": os.cpu_count(),
             "loadavg_at_start": os.getloadavg(),
             "pinned": args.pin,
-            "layout": (f"proxy on CPU {PROXY_CPU}; nginx and wrk on CPU {LOAD_CPU}"
+            "layout": (f"proxy on CPU {args.cpus['proxy']}; nginx and wrk on CPU"
+                       f" {args.cpus['load']}"
+                       + (f"; -w2 and -t2 on CPUs {args.cpus['wide']}"
+                          if set(WORKER_TARGETS) & set(args.only) else "")
                        if args.pin else "unpinned"),
             "args": {k: v for k, v in vars(args).items()},
             "versions": self.versions(),
@@ -1920,8 +1927,16 @@ def parse_args(argv):
     parser.add_argument("--c1-runs", type=int, default=1,
                         help="concurrency-1 runs per target, 0 for none (default 1)")
     parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=None,
-                        help=f"proxy on CPU {PROXY_CPU}, nginx and wrk on CPU {LOAD_CPU} "
+                        help="proxy on --proxy-cpus, nginx and wrk on --load-cpus "
                              "(default: on with 2 or more CPUs)")
+    parser.add_argument("--load-cpus", default=LOAD_CPU, metavar="LIST",
+                        help=f"CPUs of nginx and the load generators (default {LOAD_CPU})")
+    parser.add_argument("--proxy-cpus", default=PROXY_CPU, metavar="LIST",
+                        help=f"CPUs of a proxy under test (default {PROXY_CPU})")
+    parser.add_argument("--wide-cpus", default=WIDE_CPUS, metavar="LIST",
+                        help="CPUs of meshproxy-w2 and haproxy-t2 (default "
+                             f"{WIDE_CPUS}; on a larger machine, two CPUs apart from"
+                             " --load-cpus)")
     parser.add_argument("--only", default=",".join(TARGETS),
                         help="comma-separated subset of " + ",".join(ALL_TARGETS)
                              + " (default: " + ",".join(TARGETS) + ")")
@@ -1993,6 +2008,10 @@ def parse_args(argv):
     if args.hold and not {"meshproxy", "meshproxy-w2"} & set(only):
         only.append("meshproxy")
     args.only = [t for t in ALL_TARGETS if t in only]
+    for name in ("load_cpus", "proxy_cpus", "wide_cpus"):
+        if not re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", getattr(args, name)):
+            parser.error(f"--{name.replace('_', '-')} takes a CPU list such as 0 or 2,3 or 2-5")
+    args.cpus = {"load": args.load_cpus, "proxy": args.proxy_cpus, "wide": args.wide_cpus}
     for name in ("runs", "duration", "connections", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
@@ -2047,19 +2066,29 @@ def find_tools(args):
     return tools
 
 
+def cpu_list(text):
+    """The set of CPUs of a C{taskset -c} list such as C{"0,2-3"}."""
+    cpus = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
 def decide_pinning(args):
     """Resolve --pin/--no-pin/auto; return False if an explicit --pin is impossible."""
     try:
         usable = os.sched_getaffinity(0)
     except (AttributeError, OSError):
         usable = set(range(os.cpu_count() or 1))
-    possible = {int(PROXY_CPU), int(LOAD_CPU)} <= usable
+    wanted = set().union(*(cpu_list(c) for c in args.cpus.values()))
+    possible = wanted <= usable
     if args.pin is None:
         args.pin = possible
         if not possible:
-            say(f"note: CPUs {LOAD_CPU} and {PROXY_CPU} not both available; running unpinned")
+            say(f"note: CPUs {sorted(wanted)} not all available; running unpinned")
     elif args.pin and not possible:
-        print(f"bench/run.py: --pin needs CPUs {LOAD_CPU} and {PROXY_CPU}; this process may use "
+        print(f"bench/run.py: --pin needs CPUs {sorted(wanted)}; this process may use "
               f"{sorted(usable)}. Pass --no-pin.", file=sys.stderr)
         return False
     return True

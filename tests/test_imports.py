@@ -7,17 +7,24 @@ comes in only with the config that needs it.
 Each check runs in a fresh interpreter (a child process), since this one has
 imported everything already; it looks at C{sys.modules}, not at memory
 figures, which are too noisy to test.
+
+Once the reactor runs, the objects made at start are frozen out of the
+garbage collector's sight (L{meshproxy.tap.freezeStartupObjects}).
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
 import sys
 import tempfile
 
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
+
+from meshproxy.tap import Options, freezeStartupObjects, makeService
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -129,3 +136,42 @@ class LazyImportsTests(SynchronousTestCase):
         C{--workers 1} is one process, without the workers package.
         """
         self.assertNotIn("meshproxy.workers", importedBy(PLAIN, "--workers", "1", start=False))
+
+
+class FreezeTests(SynchronousTestCase):
+    """
+    The objects made at start are frozen once the reactor runs.
+    """
+
+    def test_freezesOnceTheReactorRuns(self) -> None:
+        """
+        The process's service freezes the start's objects when the reactor
+        starts running, not before.
+        """
+        directory = self.mktemp()
+        os.makedirs(directory)
+        path = os.path.join(directory, "mesh.yaml")
+        with open(path, "w") as f:
+            f.write(PLAIN)
+        options = Options()
+        options.parseOptions(["--config", path])
+        reactor = MemoryReactorClock()
+        top = makeService(options, reactor=reactor)
+        calls: list[bool] = []
+        top.freeze = lambda: calls.append(True)  # type: ignore[attr-defined]
+        top.privilegedStartService()
+        top.startService()
+        self.addCleanup(top.stopService)
+        self.assertEqual(calls, [])
+        reactor.run()
+        self.assertEqual(calls, [True])
+
+    def test_freezeStartupObjects(self) -> None:
+        """
+        L{freezeStartupObjects} moves the objects there are to the
+        collector's permanent generation.
+        """
+        self.addCleanup(gc.unfreeze)
+        gc.unfreeze()
+        freezeStartupObjects()
+        self.assertGreater(gc.get_freeze_count(), 0)

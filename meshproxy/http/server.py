@@ -42,11 +42,10 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
     from twisted.python.failure import Failure
 
-    from meshproxy.http2.connection import H2ServerConnection
-
     from meshproxy.config import ServerConfig
     from meshproxy.http.interfaces import IExchange, IRouter
     from meshproxy.http.message import Headers
+    from meshproxy.http2.connection import H2ServerConnection
     from meshproxy.telemetry.metrics import ConnectionStats
     from meshproxy.transport.interfaces import IStreamTransport
 
