@@ -66,9 +66,19 @@ beside an HAProxy in C{mode tcp} doing the same job:
     C{identifier: {kind: sni}} and rules), passed through to nginx, which
     terminates TLS (wrk resumes each slot's session).
 
+With C{--workers}, meshproxy with 2 worker processes (C{meshproxy-w2}) and
+HAProxy with C{nbthread 2} (C{haproxy-t2}) join the runs, on both CPUs; the
+report compares their ratio with meshproxy/haproxy's (1 worker, 1 thread),
+counting the CPU time of meshproxy's whole process group.
+
+With C{--hold N}, after the load runs, N keep-alive connections are held to
+meshproxy (and meshproxy-w2): its RSS per connection, then the latency of a
+steady request rate through them.
+
 With two or more CPUs the proxy under test runs on CPU 1 and nginx and wrk on
-CPU 0 (C{taskset}), so that "one proxy core" is compared with "one proxy core";
-both proxies of a pair share CPU 1.
+CPU 0 (C{taskset}; C{--proxy-cpus}, C{--load-cpus}, C{--wide-cpus} change
+that), so that "one proxy core" is compared with "one proxy core"; both
+proxies of a pair share CPU 1.
 
 This is a benchmark, not a test: it never fails on a figure. It exits 0 when
 the measurements ran (runs with HTTP or socket errors are flagged, not fatal),
@@ -86,6 +96,7 @@ Usage::
     python bench/run.py --tls --runs 3 --duration 5 --c1-runs 0
     python bench/run.py --h2 --only haproxy,meshproxy --runs 3 --duration 5
     python bench/run.py --l4 --only haproxy,meshproxy --runs 3 --duration 5
+    python bench/run.py --workers --hold 10000 --c1-runs 0 --churn 0
     python bench/run.py --json bench/results/today.json
 """
 
