@@ -433,7 +433,7 @@ def _aggregator(runtime: Runtime, reactor: Any) -> Any:
     )
 
 
-def _addWorkers(top: MultiService, runtime: Runtime, count: int, reactor: Any) -> None:
+def _addWorkers(top: _ProcessService, runtime: Runtime, count: int, reactor: Any) -> None:
     """
     Run the data path in C{count} worker processes: the pool starts first,
     so that its zygote is forked before any namer or store connects.
@@ -454,6 +454,10 @@ def _addWorkers(top: MultiService, runtime: Runtime, count: int, reactor: Any) -
         # After the listeners were bound (privilegedStartService), before
         # the reactor runs; the supervisor stops accepting on them.
         quietListeners(runtime)
+        # Frozen before the fork: the zygote and the workers inherit them
+        # frozen, and no process's collector writes to (and so copies) the
+        # pages they share; a collection after the fork would.
+        top.freeze()
         return ZygoteSpawner(Zygote.fork(workerMain), groups.sockets, reactor=reactor)
 
     pool = WorkerPool(
