@@ -1888,7 +1888,8 @@ def print_report(results, args, out=sys.stdout):
           f" {h['rss_held_kib'] / 1024:.1f} after one request on each"
           f" ({h['kib_per_connection']:.2f} KiB each; goal: <= 4)")
         p(f"  then one request per connection every {h['interval_s']:g} s for"
-          f" {h['duration_s']:g} s: {h['requests']:,} requests ({h['rps']:,.0f}/s), p50"
+          f" {h['duration_s']:g} s: {h['requests']:,} requests ({h['rps']:,.0f}/s, proxy CPU"
+          f" {h['proxy_cpu_util'] * 100:.0f}%), p50"
           f" {fmt_ms(h['p50_ms'])} p90 {fmt_ms(h['p90_ms'])} p99 {fmt_ms(h['p99_ms'])}"
           f" p99.9 {fmt_ms(h['p999_ms'])} max {fmt_ms(h['max_ms'])} ms, errors"
           f" {h['errors'] or 0}")
@@ -2238,8 +2239,9 @@ def hold_connections(port, pid, count, interval, duration):
         C{rss_before_kib}, C{rss_connected_kib} (all open, no request yet),
         C{rss_held_kib} (one request answered on each),
         C{kib_per_connection} (from before to held), the
-        steady phase's C{requests}, C{rps}, C{p50_ms} ... C{p999_ms},
-        C{max_ms} and C{errors}.
+        steady phase's C{requests}, C{rps}, C{proxy_cpu_util} (the proxy's
+        CPU time over the phase), C{p50_ms} ... C{p999_ms}, C{max_ms} and
+        C{errors}.
     """
     import asyncio
 
@@ -2267,12 +2269,15 @@ def hold_connections(port, pid, count, interval, duration):
             await asyncio.sleep(0.1)
         await asyncio.sleep(1.0)
         held = rss()
+        cpu = tree_cpu_seconds(pid)
         stages["steady"].set_result(loop.time())
         await asyncio.gather(*tasks)
+        cpu = tree_cpu_seconds(pid) - cpu
         return (before, connected, held, latencies, errors, sum(stages["connected"]),
-                sum(stages["answered"]))
+                sum(stages["answered"]), cpu)
 
-    before, connected, held, latencies, errors, connections, opened = asyncio.run(main())
+    (before, connected, held, latencies, errors, connections, opened,
+     cpu) = asyncio.run(main())
     latencies.sort()
 
     def pct(q):
@@ -2286,6 +2291,7 @@ def hold_connections(port, pid, count, interval, duration):
         "kib_per_connection": (held - before) / max(1, opened),
         "interval_s": interval, "duration_s": duration,
         "requests": len(latencies), "rps": len(latencies) / duration,
+        "proxy_cpu_util": cpu / duration,
         "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99),
         "p999_ms": pct(0.999), "max_ms": latencies[-1] * 1e3 if latencies else None,
         "errors": errors,
