@@ -204,8 +204,10 @@ class AdminAPI:
         )
         self._shuttingDown = False
         self._tap = tap
-        # Read once: they are part of the installed package.
-        self._files = loadStatic()
+        # Read once, at the first request for one of them: they are part of
+        # the installed package, and a proxy whose dashboard is never opened
+        # does not keep them.
+        self._files: dict[str, tuple[bytes, bytes]] | None = None
 
     def _router(self, name: str, capability: str | None = None) -> Any:
         """
@@ -825,12 +827,14 @@ class AdminAPI:
     def staticFile(self, request: IRequest, name: str) -> bytes:
         """
         One of the dashboard's files (see L{loadStatic}); 404 for any other
-        name. The name is looked up among the files found at startup,
-        never joined to a path, so no request can reach another file.
+        name. The name is looked up among the files found at the first
+        such request, never joined to a path, so no request can reach another file.
         """
         return self._static(request, name)
 
     def _static(self, request: IRequest, name: str) -> bytes:
+        if self._files is None:
+            self._files = loadStatic()
         found = self._files.get(name)
         if found is None:
             raise _Refusal(404, {"error": "not found"})

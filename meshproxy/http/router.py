@@ -34,7 +34,6 @@ from meshproxy.http.interfaces import IRouter
 from meshproxy.http.message import ProxyError, Request
 from meshproxy.http.trust import TrustPolicy
 from meshproxy.http.views import explainRoute, routerState
-from meshproxy.http2.client import AutoPool, H2Pool
 from meshproxy.policy import Policy
 from meshproxy.resilience.accrual import accrualFromConfig
 from meshproxy.resilience.backoff import Backoff
@@ -315,6 +314,8 @@ class HttpRouter:
         settings = self.clientSettings
         protocol = self.upstreamProtocol(bound)
         if protocol != "http/1.1":
+            from meshproxy.http2.client import AutoPool, H2Pool
+
             h2 = H2Pool(
                 endpoint,
                 clock=self.reactor,

@@ -33,7 +33,6 @@ from meshproxy.http.exchange import Exchange
 from meshproxy.http.interfaces import IClientConnection
 from meshproxy.http.message import ProxyError, Request, errorResponse, forbiddenTrailer
 from meshproxy.http.rewrite import ResponseWriter, interimHead
-from meshproxy.http2.connection import H2ServerConnection
 from meshproxy.http2.frames import PREFACE, FloodLimits
 from meshproxy.tls import forwardedClientCert, identityOf
 from meshproxy.transport.fastwrite import writerFor
@@ -46,6 +45,7 @@ if TYPE_CHECKING:
     from meshproxy.config import ServerConfig
     from meshproxy.http.interfaces import IExchange, IRouter
     from meshproxy.http.message import Headers
+    from meshproxy.http2.connection import H2ServerConnection
     from meshproxy.telemetry.metrics import ConnectionStats
     from meshproxy.transport.interfaces import IStreamTransport
 
@@ -261,6 +261,8 @@ class ServerProtocol(Protocol):
         self._timer = None
         if self._tls:
             self._readIdentity()
+        from meshproxy.http2.connection import H2ServerConnection
+
         self._h2 = H2ServerConnection(self, self.http2, limits=self.h2Limits)
         self._h2.dataReceived(seen)
         return None

@@ -29,22 +29,24 @@ import json
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from treq.client import HTTPClient
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IConsumer, IDelayedCall
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
 from meshproxy.config.telemetry import BatchConfig, TracingConfig
 from meshproxy.telemetry.spans import CLIENT, SERVER, ISpanSink, Span, TelemetryStats, jsonString
+
+if TYPE_CHECKING:
+    from treq.client import HTTPClient
+    from twisted.web.client import HTTPConnectionPool
 
 __all__ = [
     "MAX_IN_FLIGHT",
@@ -379,6 +381,8 @@ class _Discard(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.done.called:
             return
+        from twisted.web.client import ResponseDone
+
         if reason.check(ResponseDone, PotentialDataLoss):
             self.done.callback(None)
         else:
@@ -422,6 +426,9 @@ def _httpClient(
 
     @return: the client and its pool (closed when the exporter stops).
     """
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = inFlight
     pool.retryAutomatically = False
