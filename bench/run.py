@@ -42,6 +42,16 @@ with prior knowledge, h2c) instead of wrk:
     concurrent streams per connection (C{h2load -m 100},
     C{--h2-connections} connections).
 
+With C{--h2up}, HTTP/2 to upstreams: h2load (h2c) in front, and nginx
+serving h2c (C{listen ... http2}) behind, HTTP/2 end to end:
+
+  - C{direct-h2up}, C{haproxy-h2up}, C{meshproxy-h2up}: nginx's h2c server
+    directly, HAProxy (h2 frontend, C{proto h2} server) and meshproxy
+    (C{client: {upstreamProtocol: h2}}) in front of it, one stream at a time
+    per connection (C{h2load -m 1}, C{--connections} connections);
+  - C{direct-h2up-m100}, C{haproxy-h2up-m100}, C{meshproxy-h2up-m100}: the
+    same with 100 concurrent streams per connection (C{--h2-connections}).
+
 With C{--l4}, layer-4 targets join the same runs, each meshproxy TCP router
 beside an HAProxy in C{mode tcp} doing the same job:
 
@@ -56,9 +66,19 @@ beside an HAProxy in C{mode tcp} doing the same job:
     C{identifier: {kind: sni}} and rules), passed through to nginx, which
     terminates TLS (wrk resumes each slot's session).
 
+With C{--workers}, meshproxy with 2 worker processes (C{meshproxy-w2}) and
+HAProxy with C{nbthread 2} (C{haproxy-t2}) join the runs, on both CPUs; the
+report compares their ratio with meshproxy/haproxy's (1 worker, 1 thread),
+counting the CPU time of meshproxy's whole process group.
+
+With C{--hold N}, after the load runs, N keep-alive connections are held to
+meshproxy (and meshproxy-w2): its RSS per connection, then the latency of a
+steady request rate through them.
+
 With two or more CPUs the proxy under test runs on CPU 1 and nginx and wrk on
-CPU 0 (C{taskset}), so that "one proxy core" is compared with "one proxy core";
-both proxies of a pair share CPU 1.
+CPU 0 (C{taskset}; C{--proxy-cpus}, C{--load-cpus}, C{--wide-cpus} change
+that), so that "one proxy core" is compared with "one proxy core"; both
+proxies of a pair share CPU 1.
 
 This is a benchmark, not a test: it never fails on a figure. It exits 0 when
 the measurements ran (runs with HTTP or socket errors are flagged, not fatal),
@@ -76,6 +96,7 @@ Usage::
     python bench/run.py --tls --runs 3 --duration 5 --c1-runs 0
     python bench/run.py --h2 --only haproxy,meshproxy --runs 3 --duration 5
     python bench/run.py --l4 --only haproxy,meshproxy --runs 3 --duration 5
+    python bench/run.py --workers --hold 10000 --c1-runs 0 --churn 0
     python bench/run.py --json bench/results/today.json
 """
 
@@ -124,7 +145,17 @@ TELEMETRY_TARGETS = ("meshproxy-trace1", "meshproxy-trace100", "meshproxy-log")
 #: What --h2 adds: h2load through HAProxy's h2 frontend and meshproxy, with 1
 #: and 100 concurrent streams per connection.
 H2_TARGETS = ("haproxy-h2", "meshproxy-h2", "haproxy-h2-m100", "meshproxy-h2-m100")
-ALL_TARGETS = TARGETS + TLS_TARGETS + TELEMETRY_TARGETS + H2_TARGETS + L4_TARGETS
+#: What --h2up adds: HTTP/2 end to end, to nginx's h2c server.
+H2UP_TARGETS = (
+    "direct-h2up", "haproxy-h2up", "meshproxy-h2up",
+    "direct-h2up-m100", "haproxy-h2up-m100", "meshproxy-h2up-m100",
+)
+#: What --workers adds: meshproxy with 2 worker processes beside HAProxy
+#: with 2 threads, both on every CPU (see "Worker processes" in
+#: bench/README.md); their ratio is compared with meshproxy/haproxy's.
+WORKER_TARGETS = ("haproxy-t2", "meshproxy-w2")
+ALL_TARGETS = (TARGETS + TLS_TARGETS + TELEMETRY_TARGETS + H2_TARGETS + H2UP_TARGETS
+               + L4_TARGETS + WORKER_TARGETS)
 
 
 class Target:
@@ -185,6 +216,12 @@ SPECS = {
     "meshproxy-h2": Target("meshproxy", servers=["meshproxy"], streams=1),
     "haproxy-h2-m100": Target("haproxy-h2", servers=["haproxy-h2"], streams=100),
     "meshproxy-h2-m100": Target("meshproxy", servers=["meshproxy"], streams=100),
+    "direct-h2up": Target("nginx-h2", streams=1),
+    "haproxy-h2up": Target("haproxy-h2up", servers=["haproxy-h2up"], streams=1),
+    "meshproxy-h2up": Target("meshproxy-h2up", servers=["meshproxy-h2up"], streams=1),
+    "direct-h2up-m100": Target("nginx-h2", streams=100),
+    "haproxy-h2up-m100": Target("haproxy-h2up", servers=["haproxy-h2up"], streams=100),
+    "meshproxy-h2up-m100": Target("meshproxy-h2up", servers=["meshproxy-h2up"], streams=100),
     "haproxy-l4-big1": Target("haproxy-l4", servers=["haproxy-l4"], path="/big",
                               connections=1, threads=1, transfer=True),
     "meshproxy-l4-big1": Target("meshproxy-l4", servers=["meshproxy-l4"], path="/big",
@@ -195,6 +232,8 @@ SPECS = {
                                 connections=8, threads=2, transfer=True),
     "haproxy-l4-cps": Target("haproxy-l4", servers=["haproxy-l4"], close=True),
     "meshproxy-l4-cps": Target("meshproxy-l4", servers=["meshproxy-l4"], close=True),
+    "haproxy-t2": Target("haproxy-t2", servers=["haproxy-t2"]),
+    "meshproxy-w2": Target("meshproxy-w2", servers=["meshproxy-w2"]),
     "haproxy-l4-sni": Target("haproxy-l4-sni", "https", ["haproxy-l4-sni"], close=True,
                              hostname="localhost"),
     "meshproxy-l4-sni": Target("meshproxy-l4-sni", "https", ["meshproxy-l4-sni"], close=True,
@@ -220,10 +259,19 @@ RATIOS = (
     ("meshproxy-h2-m100", "haproxy-h2-m100"),
     ("meshproxy-h2", "meshproxy"),
     ("haproxy-h2", "haproxy"),
+    ("meshproxy-h2up", "direct-h2up"),
+    ("meshproxy-h2up", "haproxy-h2up"),
+    ("haproxy-h2up", "direct-h2up"),
+    ("meshproxy-h2up-m100", "direct-h2up-m100"),
+    ("meshproxy-h2up-m100", "haproxy-h2up-m100"),
+    ("meshproxy-h2up", "meshproxy-h2"),
     ("meshproxy-l4-big1", "haproxy-l4-big1"),
     ("meshproxy-l4-big8", "haproxy-l4-big8"),
     ("meshproxy-l4-cps", "haproxy-l4-cps"),
     ("meshproxy-l4-sni", "haproxy-l4-sni"),
+    ("meshproxy-w2", "haproxy-t2"),
+    ("meshproxy-w2", "meshproxy"),
+    ("haproxy-t2", "haproxy"),
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -234,6 +282,8 @@ EXPECTED_BODY = b"hello\n"
 # CPU layout when pinned: the proxy alone on one core, everything else on the other.
 PROXY_CPU = "1"
 LOAD_CPU = "0"
+# The 2-worker and 2-thread proxies: on both cores, shared with nginx and wrk.
+WIDE_CPUS = "0,1"
 
 # `python -m twisted.scripts.twistd` imports the module and exits 0 without
 # doing anything (the module has no __main__ block), so call its run() instead.
@@ -272,6 +322,15 @@ NGINX_TLS_SERVER = string.Template(
         ssl_certificate $certs/server.pem;
         ssl_certificate_key $certs/server.key;
         ssl_session_cache shared:bench:1m;
+        location / { return 200 "hello\\n"; }
+    }
+"""
+)
+
+# With --h2up: nginx serving h2c (HTTP/2 with prior knowledge) on its own port.
+NGINX_H2_SERVER = string.Template(
+    """    server {
+        listen $listen http2;
         location / { return 200 "hello\\n"; }
     }
 """
@@ -367,10 +426,18 @@ backend be
 """
 )
 
+# The same HAProxy on two threads (--workers).
+HAPROXY_T2_CONF = string.Template(
+    HAPROXY_CONF.template.replace("    nbthread 1\n", "    nbthread 2\n"))
+
 # The same HAProxy with an HTTP/2 frontend: h2c with prior knowledge (what
 # h2load speaks), HTTP/1.1 to nginx.
 HAPROXY_H2_CONF = string.Template(
     HAPROXY_CONF.template.replace("    bind $listen\n", "    bind $listen proto h2\n"))
+
+# The same HAProxy speaking HTTP/2 to nginx's h2c server too.
+HAPROXY_H2UP_CONF = string.Template(
+    HAPROXY_H2_CONF.template.replace(" maxconn 1000\n", " proto h2 maxconn 1000\n"))
 
 # $-placeholders, so that YAML's own braces need no escaping. --meshproxy-config
 # replaces this with a file using the same placeholders. Up to 1024 idle
@@ -388,6 +455,13 @@ routers:
     rules: "/svc => /#/static;"
     client: {maxIdlePerEndpoint: 1024}
 """
+
+# --workers: the plain config with 2 worker processes.
+MESHPROXY_W2_CONF = "workers: 2\n" + MESHPROXY_CONF
+
+# --h2up: the plain config, HTTP/2 to nginx's h2c server.
+MESHPROXY_H2UP_CONF = MESHPROXY_CONF.replace(
+    "client: {maxIdlePerEndpoint: 1024}", "client: {upstreamProtocol: h2}")
 
 # The telemetry targets: the plain config plus a telemetry section; spans go
 # to the harness's receiver (a separate process on the load CPU).
@@ -686,6 +760,53 @@ def cpu_seconds(pid):
     return (utime + stime) / CLOCK_TICKS
 
 
+def process_tree(pid):
+    """
+    Return C{pid} and its descendants (meshproxy's zygote and workers), from
+    C{/proc/PID/task/PID/children}.
+    """
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except OSError:
+        children = []
+    found = [pid]
+    for child in children:
+        found += process_tree(child)
+    return found
+
+
+def tree_cpu_seconds(pid):
+    """
+    Return the CPU seconds used so far by C{pid} and its living descendants
+    (a worker that exited takes its CPU time with it: the figure is for a
+    run in which none did).
+    """
+    total = 0.0
+    for p in process_tree(pid):
+        try:
+            total += cpu_seconds(p)
+        except OSError:
+            pass  # (gone between the listing and the read)
+    return total
+
+
+def smaps_kib(pid):
+    """
+    Return C{{"rss_kib", "uss_kib"}} of C{pid} from C{/proc/PID/smaps_rollup}
+    (USS: C{Private_Clean + Private_Dirty}, the memory only it holds).
+    """
+    rss = uss = 0
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key == "Rss":
+                rss = int(value.split()[0])
+            elif key in ("Private_Clean", "Private_Dirty"):
+                uss += int(value.split()[0])
+    return {"rss_kib": rss, "uss_kib": uss}
+
+
 def proc_status(pid):
     """Return /proc/pid/status as a dict of strings."""
     result = {}
@@ -932,10 +1053,14 @@ class Bench:
 
     # -- processes
 
-    def pinned(self, cpu, argv):
-        """Prefix C{argv} with C{taskset -c cpu} when pinning."""
+    def pinned(self, role, argv):
+        """
+        Prefix C{argv} with C{taskset -c CPUS} when pinning: the CPUs of
+        C{role}, C{"load"} (nginx and the load generators), C{"proxy"} (a
+        proxy under test) or C{"wide"} (the 2-worker and 2-thread proxies).
+        """
         if self.args.pin:
-            return [self.tools["taskset"], "-c", cpu, *argv]
+            return [self.tools["taskset"], "-c", self.args.cpus[role], *argv]
         return list(argv)
 
     def spawn(self, name, argv, **kwargs):
@@ -948,10 +1073,11 @@ class Bench:
         for proc in reversed(self.procs):
             proc.stop()
 
-    def start_nginx(self, port, tls_port=None, certs=None):
+    def start_nginx(self, port, tls_port=None, certs=None, h2_port=None):
         """
         Start nginx on the load CPU: plain on C{port} (and the large file
-        at C{/big}), and with TLS on C{tls_port} when given.
+        at C{/big}), with TLS on C{tls_port} when given, and h2c on
+        C{h2_port} when given.
         """
         nginx = self.tools["nginx"]
         # nginx's workers run as nobody when started as root: the large file
@@ -966,6 +1092,8 @@ class Bench:
         servers = ""
         if tls_port is not None:
             servers = NGINX_TLS_SERVER.substitute(listen=f"{LOOPBACK}:{tls_port}", certs=certs)
+        if h2_port is not None:
+            servers += NGINX_H2_SERVER.substitute(listen=f"{LOOPBACK}:{h2_port}")
         built = subprocess.run([nginx, "-V"], capture_output=True, text=True).stderr
         temp_paths = [f"    client_body_temp_path {self.tmp}/nginx-body;",
                       f"    proxy_temp_path {self.tmp}/nginx-proxy;"]
@@ -980,7 +1108,7 @@ class Bench:
         proc = self.spawn(
             "nginx",
             # -e: the error log to use before the config is read (else stderr/var/log).
-            self.pinned(LOAD_CPU, [nginx, "-p", str(self.tmp), "-e",
+            self.pinned("load", [nginx, "-p", str(self.tmp), "-e",
                                    str(self.tmp / "nginx-error.log"), "-c", str(conf)]),
             extra_logs=[self.tmp / "nginx-error.log"],
         )
@@ -988,10 +1116,12 @@ class Bench:
         if tls_port is not None:
             wait_ready(proc, tls_port, "/", self.args.ready_timeout, "nginx (TLS)",
                        tls=self.tls, hostname="localhost")
+        if h2_port is not None:
+            self.wait_ready_h2(proc, h2_port, "nginx (h2c)")
         return proc
 
     def start_haproxy(self, name, template, port, backend_port, tls=None, h2=False,
-                      hostname=None, **values):
+                      hostname=None, cpu="proxy", **values):
         """
         Start one HAProxy, on the proxy CPU, and wait until it answers.
 
@@ -999,6 +1129,7 @@ class Bench:
         @param tls: the L{ssl.SSLContext} its listener is reached with, or
             L{None} for plain HTTP.
         @param h2: whether its listener speaks HTTP/2 only (h2c).
+        @param cpu: the CPUs it runs on when pinning.
         @param values: more of the template's placeholders.
         """
         conf = self.tmp / f"{name}.cfg"
@@ -1006,7 +1137,7 @@ class Bench:
             listen=f"{LOOPBACK}:{port}", backend=f"{LOOPBACK}:{backend_port}", **values))
         proc = self.spawn(
             name,
-            self.pinned(PROXY_CPU, [self.tools["haproxy"], "-db", "-f", str(conf)]),
+            self.pinned(cpu, [self.tools["haproxy"], "-db", "-f", str(conf)]),
         )
         if h2:
             self.wait_ready_h2(proc, port, name)
@@ -1041,13 +1172,14 @@ class Bench:
         raise HarnessError(f"{what} did not answer over HTTP/2 within "
                            f"{self.args.ready_timeout} s", [proc])
 
-    def start_meshproxy(self, name, template, port, admin_port, **values):
+    def start_meshproxy(self, name, template, port, admin_port, cpu="proxy", **values):
         """
         Start one meshproxy under twistd, on the proxy CPU, and wait until
         its admin API says it is ready.
 
         @param template: its config, with C{$port}, C{$adminport} and
             C{$loopback} (and the placeholders of C{values}).
+        @param cpu: the CPUs it (and its workers) run on when pinning.
         """
         try:
             text = string.Template(template).substitute(
@@ -1064,7 +1196,7 @@ class Bench:
         env["PYTHONUNBUFFERED"] = "1"
         argv = [self.args.python, "-c", TWISTD_BOOT, "-n", "--pidfile=",
                 f"--logfile={log}", "meshproxy", "--config", str(conf)]
-        proc = self.spawn(name, self.pinned(PROXY_CPU, argv),
+        proc = self.spawn(name, self.pinned(cpu, argv),
                           cwd=REPO_ROOT, env=env, extra_logs=[log])
         wait_ready(proc, admin_port, "/ready", self.args.ready_timeout,
                    f"{name} (admin /ready)", host=f"{LOOPBACK}:{admin_port}")
@@ -1108,12 +1240,15 @@ class Bench:
         for target in args.only:
             needed.update(SPECS[target].servers)
         meshproxies = [n for n in ("meshproxy", "meshproxy-tls", "meshproxy-in", "meshproxy-out",
-                                   *TELEMETRY_TARGETS, "meshproxy-l4", "meshproxy-l4-sni")
+                                   *TELEMETRY_TARGETS, "meshproxy-l4", "meshproxy-l4-sni",
+                                   "meshproxy-h2up", "meshproxy-w2")
                        if n in needed]
         tracing = bool(needed & {"meshproxy-trace1", "meshproxy-trace100"})
         sni = bool(needed & {"haproxy-l4-sni", "meshproxy-l4-sni"})
+        h2up = any(t in H2UP_TARGETS for t in args.only)
         names = ["nginx", *sorted(needed), *(f"{n}-admin" for n in meshproxies),
-                 *(["receiver"] if tracing else []), *(["nginx-tls"] if sni else [])]
+                 *(["receiver"] if tracing else []), *(["nginx-tls"] if sni else []),
+                 *(["nginx-h2"] if h2up else [])]
         self.ports = dict(zip(names, free_ports(len(names)), strict=True))
         # The plain meshproxy's admin port keeps its name (JSON of earlier runs).
         if "meshproxy-admin" in self.ports:
@@ -1128,10 +1263,10 @@ class Bench:
         if needed & {"haproxy-tls", "meshproxy-tls", "haproxy-in", "meshproxy-in"} or sni:
             certs = self.make_certs()
             say(f"certificates made with meshproxy.certs in {certs}")
-        proc = self.start_nginx(nginx, ports.get("nginx-tls"), certs)
+        proc = self.start_nginx(nginx, ports.get("nginx-tls"), certs, ports.get("nginx-h2"))
         meta["affinity"] = {"nginx": allowed_cpus(proc.pid)}
         if tracing:
-            receiver = self.spawn("receiver", self.pinned(LOAD_CPU, [
+            receiver = self.spawn("receiver", self.pinned("load", [
                 sys.executable, "-c", SPAN_RECEIVER, str(ports["receiver"])]))
             wait_ready(receiver, ports["receiver"], "/", self.args.ready_timeout, "span receiver")
         plain = MESHPROXY_CONF
@@ -1174,6 +1309,17 @@ class Bench:
                 "meshproxy-log", ACCESS_LOG_CONF, ports["meshproxy-log"],
                 ports["meshproxy-log-admin"], nginxport=nginx,
                 logpath=self.tmp / "access.log"),
+            "haproxy-h2up": lambda: self.start_haproxy(
+                "haproxy-h2up", HAPROXY_H2UP_CONF, ports["haproxy-h2up"], ports["nginx-h2"],
+                h2=True),
+            "meshproxy-h2up": lambda: self.start_meshproxy(
+                "meshproxy-h2up", MESHPROXY_H2UP_CONF, ports["meshproxy-h2up"],
+                ports["meshproxy-h2up-admin"], nginxport=ports["nginx-h2"]),
+            "haproxy-t2": lambda: self.start_haproxy(
+                "haproxy-t2", HAPROXY_T2_CONF, ports["haproxy-t2"], nginx, cpu="wide"),
+            "meshproxy-w2": lambda: self.start_meshproxy(
+                "meshproxy-w2", MESHPROXY_W2_CONF, ports["meshproxy-w2"],
+                ports["meshproxy-w2-admin"], nginxport=nginx, cpu="wide"),
             "haproxy-l4": lambda: self.start_haproxy(
                 "haproxy-l4", HAPROXY_L4_CONF, ports["haproxy-l4"], nginx),
             "meshproxy-l4": lambda: self.start_meshproxy(
@@ -1234,7 +1380,7 @@ class Bench:
         # wrk resumes the slot's previous TLS session (it keeps it across
         # SSL_clear), so these are resumed handshakes.
         close = ["-H", "Connection: close"] if spec.close else []
-        argv = self.pinned(LOAD_CPU, [
+        argv = self.pinned("load", [
             self.tools["wrk"], f"-t{threads}", f"-c{connections}", f"-d{duration}s",
             "--latency", "-H", f"Host: {HOST_HEADER}", *close, url])
         out, err, wall, cpu = self.load("wrk", argv, spec, duration, target)
@@ -1264,7 +1410,7 @@ class Bench:
             or L{None} for a target without a proxy)}.
         """
         pids = [self.pids[server] for server in spec.servers]
-        cpu_before = sum(cpu_seconds(p) for p in pids) if pids else None
+        cpu_before = sum(tree_cpu_seconds(p) for p in pids) if pids else None
         wall_before = time.monotonic()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -1276,7 +1422,7 @@ class Bench:
             proc.wait()
             raise
         wall = time.monotonic() - wall_before
-        cpu = sum(cpu_seconds(p) for p in pids) - cpu_before if pids else None
+        cpu = sum(tree_cpu_seconds(p) for p in pids) - cpu_before if pids else None
         if proc.returncode != 0:
             raise HarnessError(f"{tool} against {target} exited with status {proc.returncode}:"
                                f"\n{out}{err}")
@@ -1294,7 +1440,7 @@ class Bench:
         """
         spec = SPECS[target]
         address = f"{LOOPBACK}:{self.ports[spec.server]}"
-        argv = self.pinned(LOAD_CPU, [self.tools["openssl"], "s_time", "-connect", address,
+        argv = self.pinned("load", [self.tools["openssl"], "s_time", "-connect", address,
                                       "-new", "-time", str(duration)])
         pids = [self.pids[server] for server in spec.servers]
         cpu_before = sum(cpu_seconds(p) for p in pids)
@@ -1349,7 +1495,7 @@ class Bench:
         connections = args.connections if spec.streams == 1 else args.h2_connections
         url = f"http://{LOOPBACK}:{self.ports[spec.server]}/"
         log = self.tmp / "h2load-requests.log"
-        argv = self.pinned(LOAD_CPU, [
+        argv = self.pinned("load", [
             self.tools["h2load"], "-c", str(connections), "-m", str(spec.streams),
             "-t", str(min(args.threads, connections)), "-D", str(duration),
             "-H", f":authority: {HOST_HEADER}", f"--log-file={log}", url])
@@ -1360,9 +1506,14 @@ class Bench:
             raise HarnessError(f"cannot parse h2load output for {target}: {e}\n{out}{err}") from e
         log.unlink(missing_ok=True)
         result["h2load_argv"] = argv
-        result["proxy_cpu_s"] = round(cpu, 3)
-        result["proxy_cpu_util"] = round(cpu / wall, 3)
-        result["cpu_us_per_req"] = cpu * 1e6 / result["requests"] if result["requests"] else None
+        if cpu is not None:
+            result["proxy_cpu_s"] = round(cpu, 3)
+            result["proxy_cpu_util"] = round(cpu / wall, 3)
+            result["cpu_us_per_req"] = (
+                cpu * 1e6 / result["requests"] if result["requests"] else None)
+        else:
+            # (direct-h2up: no proxy)
+            result["proxy_cpu_s"] = result["proxy_cpu_util"] = result["cpu_us_per_req"] = None
         result["flagged"] = result["error_total"] > 0 or not result["requests"]
         return result
 
@@ -1375,7 +1526,7 @@ class Bench:
             self.check_alive()
             say(f"  {label} {target:<18} {result['rps']:>10,.0f} rps  p50 "
                 f"{fmt_ms(result['p50_ms'])} ms  p99 {fmt_ms(result['p99_ms'])} ms"
-                f"  {result['cpu_us_per_req']:.1f} CPU us/req"
+                f"  {fmt_num(result['cpu_us_per_req'], '.1f')} CPU us/req"
                 + (f"  ERRORS {result['errors']}" if result["flagged"] else ""))
             return result
         spec = SPECS[target]
@@ -1409,6 +1560,12 @@ class Bench:
         args = self.args
         self.results["meta"] = self.meta()
         meta = self.results["meta"]
+        if args.hold:
+            # Before the servers start: they inherit the limit.
+            limit = raise_nofile(args.hold + 1024)
+            if limit < args.hold + 64:
+                say(f"note: only {limit} open files allowed (RLIMIT_NOFILE); --hold"
+                    f" {args.hold} will fail to open some connections")
         self.start_servers()
         for target in args.only:
             self.sanity_check(target)
@@ -1418,6 +1575,9 @@ class Bench:
         memory = self.results["meshproxy_memory"]
         if "meshproxy" in self.pids:
             memory["before"] = memory_kib(self.pids["meshproxy"])
+            memory["before"].update(smaps_kib(self.pids["meshproxy"]))
+        if "meshproxy-w2" in self.pids:
+            self.results["workers_memory"] = {"idle": self.tree_memory("meshproxy-w2")}
 
         for run in range(1, args.runs + 1):
             say(f"run {run}/{args.runs}: wrk -t{args.threads} -c{args.connections} "
@@ -1451,6 +1611,10 @@ class Bench:
                 churn["before"] = memory_kib(self.pids["meshproxy"])
                 churn["failed"] = connection_churn(self.ports["meshproxy"], args.churn)
                 churn["after"] = memory_kib(self.pids["meshproxy"])
+        if "meshproxy-w2" in self.pids:
+            self.results["workers_memory"]["after_load"] = self.tree_memory("meshproxy-w2")
+        if args.hold:
+            self.hold()
         if "receiver" in self.ports:
             status, body = http_get(self.ports["receiver"], "/")
             self.results["spans_received"] = int(body)
@@ -1459,6 +1623,37 @@ class Bench:
             self.results["access_log_lines"] = (
                 sum(1 for _ in log.open("rb")) if log.exists() else 0)
         self.summarize()
+
+    def tree_memory(self, server):
+        """
+        The RSS and USS of each process of C{server}'s tree: the supervisor,
+        the zygote, the workers.
+        """
+        return [{"pid": p, **smaps_kib(p)} for p in process_tree(self.pids[server])]
+
+    def hold(self):
+        """
+        Hold C{--hold} connections to each meshproxy (one worker, and two
+        when measured), from the load CPU: memory per idle connection, then
+        a steady request rate through them (L{hold_connections}).
+        """
+        args = self.args
+        held = self.results["hold"] = {}
+        affinity = os.sched_getaffinity(0)
+        if args.pin:
+            os.sched_setaffinity(0, cpu_list(args.cpus["load"]))
+        try:
+            for target in ("meshproxy", "meshproxy-w2"):
+                if target not in self.pids:
+                    continue
+                say(f"holding {args.hold} connections to {target}: one request every "
+                    f"{args.hold_interval:g} s on each for {args.hold_duration:g} s")
+                held[target] = hold_connections(
+                    self.ports[target], self.pids[target], args.hold, args.hold_interval,
+                    args.hold_duration)
+                self.check_alive()
+        finally:
+            os.sched_setaffinity(0, affinity)
 
     def meta(self):
         args = self.args
@@ -1469,7 +1664,10 @@ class Bench:
             "cpus": os.cpu_count(),
             "loadavg_at_start": os.getloadavg(),
             "pinned": args.pin,
-            "layout": (f"proxy on CPU {PROXY_CPU}; nginx and wrk on CPU {LOAD_CPU}"
+            "layout": (f"proxy on CPU {args.cpus['proxy']}; nginx and wrk on CPU"
+                       f" {args.cpus['load']}"
+                       + (f"; -w2 and -t2 on CPUs {args.cpus['wide']}"
+                          if set(WORKER_TARGETS) & set(args.only) else "")
                        if args.pin else "unpinned"),
             "args": {k: v for k, v in vars(args).items()},
             "versions": self.versions(),
@@ -1599,6 +1797,11 @@ def print_report(results, args, out=sys.stdout):
           f" {args.connections} connections; -h2-m100: 100 concurrent streams on each of"
           f" {args.h2_connections} connections; HAProxy's frontend is `proto h2`, meshproxy's is"
           " its HTTP listener; both speak HTTP/1.1 to nginx)")
+    if any(t in H2UP_TARGETS for t in args.only):
+        p("(-h2up: HTTP/2 end to end, h2load (h2c) to nginx's h2c server: directly, through"
+          " HAProxy (`proto h2` both sides) and through meshproxy (`upstreamProtocol: h2`); one"
+          f" stream at a time on each of {args.connections} connections, -m100: 100 concurrent"
+          f" streams on each of {args.h2_connections})")
     transfers = [t for t in args.only if SPECS[t].transfer and results["summary"].get(t)]
     if transfers:
         p()
@@ -1635,6 +1838,13 @@ def print_report(results, args, out=sys.stdout):
               f"{fmt_ratio(r['p99_ms']):>7} {fmt_ratio(r['cpu_us_per_req']):>8} "
               f"{fmt_ratio(r.get('bytes_per_s')):>7}")
         p("(rps below 1x = fewer requests/s than the baseline; latency and CPU above 1x = worse)")
+    w2 = results["ratios"].get("meshproxy-w2/haproxy-t2")
+    w1 = results["ratios"].get("meshproxy/haproxy")
+    if w1 and w2 and w1["rps"] and w2["rps"]:
+        p(f"workers: (meshproxy-w2/haproxy-t2) / (meshproxy/haproxy) = "
+          f"{w2['rps'] / w1['rps']:.2f} in rps, "
+          f"{fmt_ratio(ratio(w2['cpu_us_per_req'], w1['cpu_us_per_req']))} in CPU/req"
+          " (goal: within 10% of 1.00; -w2 and -t2 share both CPUs with nginx and wrk)")
     if "spans_received" in results:
         p(f"spans received by the bench's Zipkin receiver: {results['spans_received']:,}")
     if "access_log_lines" in results:
@@ -1673,6 +1883,28 @@ def print_report(results, args, out=sys.stdout):
             p(f"connection churn: {churn['connections']} connections, {churn['failed']} failed; "
               f"RSS {mib(before)} before, {mib(after)} after ({growth:+.1f}%)")
 
+    for target, h in results.get("hold", {}).items():
+        p()
+        connected = max(1, h["connected"])
+        p(f"{target}: {h['opened']:,} of {h['connections']:,} keep-alive connections held:"
+          f" RSS {h['rss_before_kib'] / 1024:.1f} MiB before, "
+          f"{h['rss_connected_kib'] / 1024:.1f} connected"
+          f" ({(h['rss_connected_kib'] - h['rss_before_kib']) / connected:.2f} KiB each),"
+          f" {h['rss_held_kib'] / 1024:.1f} after one request on each"
+          f" ({h['kib_per_connection']:.2f} KiB each; goal: <= 4)")
+        p(f"  then one request per connection every {h['interval_s']:g} s for"
+          f" {h['duration_s']:g} s: {h['requests']:,} requests ({h['rps']:,.0f}/s, proxy CPU"
+          f" {h['proxy_cpu_util'] * 100:.0f}%), p50"
+          f" {fmt_ms(h['p50_ms'])} p90 {fmt_ms(h['p90_ms'])} p99 {fmt_ms(h['p99_ms'])}"
+          f" p99.9 {fmt_ms(h['p999_ms'])} max {fmt_ms(h['max_ms'])} ms, errors"
+          f" {h['errors'] or 0}")
+    if memory.get("before", {}).get("uss_kib"):
+        p(f"meshproxy idle (before load): RSS {memory['before']['rss_kib'] / 1024:.1f} MiB,"
+          f" USS {memory['before']['uss_kib'] / 1024:.1f} MiB")
+    for when, processes in results.get("workers_memory", {}).items():
+        p(f"meshproxy-w2 {when.replace('_', ' ')}, RSS / USS of supervisor, zygote, workers: "
+          + ", ".join(f"{m['rss_kib'] / 1024:.1f} / {m['uss_kib'] / 1024:.1f}"
+                      for m in processes) + " MiB")
     p()
     p("individual runs:")
     header = (f"{'run':<6} {'target':<18} {'rps':>9} {'p50 ms':>7} {'p99 ms':>7} "
@@ -1712,8 +1944,16 @@ def parse_args(argv):
     parser.add_argument("--c1-runs", type=int, default=1,
                         help="concurrency-1 runs per target, 0 for none (default 1)")
     parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=None,
-                        help=f"proxy on CPU {PROXY_CPU}, nginx and wrk on CPU {LOAD_CPU} "
+                        help="proxy on --proxy-cpus, nginx and wrk on --load-cpus "
                              "(default: on with 2 or more CPUs)")
+    parser.add_argument("--load-cpus", default=LOAD_CPU, metavar="LIST",
+                        help=f"CPUs of nginx and the load generators (default {LOAD_CPU})")
+    parser.add_argument("--proxy-cpus", default=PROXY_CPU, metavar="LIST",
+                        help=f"CPUs of a proxy under test (default {PROXY_CPU})")
+    parser.add_argument("--wide-cpus", default=WIDE_CPUS, metavar="LIST",
+                        help="CPUs of meshproxy-w2 and haproxy-t2 (default "
+                             f"{WIDE_CPUS}; on a larger machine, two CPUs apart from"
+                             " --load-cpus)")
     parser.add_argument("--only", default=",".join(TARGETS),
                         help="comma-separated subset of " + ",".join(ALL_TARGETS)
                              + " (default: " + ",".join(TARGETS) + ")")
@@ -1727,6 +1967,9 @@ def parse_args(argv):
                              " receiver) and with the access log on, as ratios to meshproxy")
     parser.add_argument("--h2", action="store_true",
                         help="also measure the HTTP/2 targets (h2load): " + ",".join(H2_TARGETS))
+    parser.add_argument("--h2up", action="store_true",
+                        help="also measure HTTP/2 to upstreams (h2load to nginx h2c): "
+                             + ",".join(H2UP_TARGETS))
     parser.add_argument("--h2-connections", type=int, default=4, metavar="C",
                         help="h2load -c of the *-h2-m100 targets (default 4)")
     parser.add_argument("--handshake-clients", type=int, default=8, metavar="K",
@@ -1737,6 +1980,19 @@ def parse_args(argv):
                         help="after the load runs, open and close N connections to meshproxy "
                              "(one GET each) and report its RSS before and after "
                              "(default 10000; 0 skips)")
+    parser.add_argument("--workers", action="store_true",
+                        help="also measure meshproxy with 2 worker processes against HAProxy with"
+                             " nbthread 2 (and meshproxy/haproxy, the 1-worker pair): "
+                             + ",".join(WORKER_TARGETS))
+    parser.add_argument("--hold", type=int, default=0, metavar="N",
+                        help="after the load runs, hold N keep-alive connections to meshproxy"
+                             " (and meshproxy-w2): RSS per idle connection, then one request"
+                             " per connection every --hold-interval s for --hold-duration s"
+                             " (default 0: skip)")
+    parser.add_argument("--hold-interval", type=float, default=5.0, metavar="S",
+                        help="seconds between two requests on one held connection (default 5)")
+    parser.add_argument("--hold-duration", type=float, default=20.0, metavar="S",
+                        help="seconds of the steady phase of --hold (default 20)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary directory (configs, logs)")
     parser.add_argument("--python", default=sys.executable,
@@ -1760,12 +2016,25 @@ def parse_args(argv):
         only += ["meshproxy", *TELEMETRY_TARGETS]
     if args.h2:
         only += H2_TARGETS
+    if args.h2up:
+        only += H2UP_TARGETS
     if args.l4:
         only += L4_TARGETS
+    if args.workers:
+        only += ["haproxy", "meshproxy", *WORKER_TARGETS]
+    if args.hold and not {"meshproxy", "meshproxy-w2"} & set(only):
+        only.append("meshproxy")
     args.only = [t for t in ALL_TARGETS if t in only]
+    for name in ("load_cpus", "proxy_cpus", "wide_cpus"):
+        if not re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", getattr(args, name)):
+            parser.error(f"--{name.replace('_', '-')} takes a CPU list such as 0 or 2,3 or 2-5")
+    args.cpus = {"load": args.load_cpus, "proxy": args.proxy_cpus, "wide": args.wide_cpus}
     for name in ("runs", "duration", "connections", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
+    if args.hold < 0 or args.hold_interval <= 0 or args.hold_duration <= 0:
+        parser.error("--hold cannot be negative, --hold-interval and --hold-duration must be"
+                     " positive")
     if args.handshake_clients < 1:
         parser.error("--handshake-clients must be at least 1")
     if args.h2_connections < 1:
@@ -1814,19 +2083,29 @@ def find_tools(args):
     return tools
 
 
+def cpu_list(text):
+    """The set of CPUs of a C{taskset -c} list such as C{"0,2-3"}."""
+    cpus = set()
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
 def decide_pinning(args):
     """Resolve --pin/--no-pin/auto; return False if an explicit --pin is impossible."""
     try:
         usable = os.sched_getaffinity(0)
     except (AttributeError, OSError):
         usable = set(range(os.cpu_count() or 1))
-    possible = {int(PROXY_CPU), int(LOAD_CPU)} <= usable
+    wanted = set().union(*(cpu_list(c) for c in args.cpus.values()))
+    possible = wanted <= usable
     if args.pin is None:
         args.pin = possible
         if not possible:
-            say(f"note: CPUs {LOAD_CPU} and {PROXY_CPU} not both available; running unpinned")
+            say(f"note: CPUs {sorted(wanted)} not all available; running unpinned")
     elif args.pin and not possible:
-        print(f"bench/run.py: --pin needs CPUs {LOAD_CPU} and {PROXY_CPU}; this process may use "
+        print(f"bench/run.py: --pin needs CPUs {sorted(wanted)}; this process may use "
               f"{sorted(usable)}. Pass --no-pin.", file=sys.stderr)
         return False
     return True
@@ -1868,6 +2147,160 @@ def connection_churn(port, count, batch=100):
             s.close()
         done += n
     return failed
+
+
+HOLD_REQUEST = b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n"
+
+
+def raise_nofile(wanted):
+    """
+    Raise this process's soft limit of open files towards C{wanted} (the
+    servers it starts inherit it), up to the hard limit.
+
+    @return: the soft limit now.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
+
+
+async def _hold_one(index, port, count, interval, duration, stages, latencies, errors):
+    """
+    One held connection: opened from one of 8 loopback source addresses
+    (so that 10,000 connections do not run out of ports); once
+    C{stages["request"]} is set, one request answered; then idle until the
+    steady phase (C{stages["steady"]} is set, to its start time), in which
+    it sends one request every C{interval} seconds, at its own offset.
+    C{stages["connected"]} and C{stages["answered"]} count those done (or
+    failed: with an error counted); C{stages["first"]} bounds the first
+    requests in flight.
+    """
+    import asyncio
+
+    source = f"127.0.0.{2 + index % 8}"
+    try:
+        reader, writer = await asyncio.open_connection(LOOPBACK, port, local_addr=(source, 0))
+    except OSError as e:
+        errors[f"connect: {type(e).__name__}"] = errors.get(f"connect: {type(e).__name__}", 0) + 1
+        stages["connected"].append(False)
+        stages["answered"].append(False)
+        return
+    stages["connected"].append(True)
+
+    async def exchange():
+        writer.write(HOLD_REQUEST)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = re.search(rb"(?i)content-length: *(\d+)", head)
+        await reader.readexactly(int(length.group(1)) if length else 0)
+        if head.startswith(b"HTTP/1.1 200"):
+            return True
+        status = head.split(b"\r\n", 1)[0].decode("latin-1")
+        reason = re.search(rb"(?i)\r\nmesh-err: *([^\r]*)", head)
+        if reason:
+            status += " " + reason.group(1).decode("latin-1")
+        errors[status] = errors.get(status, 0) + 1
+        return False
+
+    loop = asyncio.get_running_loop()
+    try:
+        ok = False
+        try:
+            await stages["request"]
+            # A few at a time: a burst of 10,000 would meet the router's
+            # concurrency limit (503) and leave a pool of upstream
+            # connections and a high-water mark behind.
+            async with stages["first"]:
+                ok = await exchange()
+        finally:
+            stages["answered"].append(ok)
+        phase = await stages["steady"]
+        start = phase + interval * index / count
+        while start < phase + duration:
+            await asyncio.sleep(max(0.0, start - loop.time()))
+            sent = loop.time()
+            if await exchange():
+                latencies.append(loop.time() - sent)
+            start += interval
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
+        errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+    finally:
+        writer.close()
+
+
+def hold_connections(port, pid, count, interval, duration):
+    """
+    Open C{count} keep-alive connections to the proxy on C{port}, one
+    request on each, and read the RSS of the proxy's process tree (C{pid}
+    and its workers) before and after; then, through the same connections,
+    one request per connection every C{interval} seconds for C{duration}
+    seconds, and the latency of each.
+
+    @return: a dict: C{connections}, C{opened} (answered 200),
+        C{rss_before_kib}, C{rss_connected_kib} (all open, no request yet),
+        C{rss_held_kib} (one request answered on each),
+        C{kib_per_connection} (from before to held), the
+        steady phase's C{requests}, C{rps}, C{proxy_cpu_util} (the proxy's
+        CPU time over the phase), C{p50_ms} ... C{p999_ms}, C{max_ms} and
+        C{errors}.
+    """
+    import asyncio
+
+    def rss():
+        return sum(smaps_kib(p)["rss_kib"] for p in process_tree(pid))
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        stages = {"request": loop.create_future(), "steady": loop.create_future(),
+                  "first": asyncio.Semaphore(50), "connected": [], "answered": []}
+        latencies, errors = [], {}
+        before = rss()
+        tasks = []
+        for i in range(count):
+            tasks.append(asyncio.ensure_future(_hold_one(
+                i, port, count, interval, duration, stages, latencies, errors)))
+            if i % 200 == 199:
+                await asyncio.sleep(0)  # (let them connect in batches)
+        while len(stages["connected"]) < count:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)  # (the proxy accepted them all: a benchmark)
+        connected = rss()
+        stages["request"].set_result(None)
+        while len(stages["answered"]) < count:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)
+        held = rss()
+        cpu = tree_cpu_seconds(pid)
+        stages["steady"].set_result(loop.time())
+        await asyncio.gather(*tasks)
+        cpu = tree_cpu_seconds(pid) - cpu
+        return (before, connected, held, latencies, errors, sum(stages["connected"]),
+                sum(stages["answered"]), cpu)
+
+    (before, connected, held, latencies, errors, connections, opened,
+     cpu) = asyncio.run(main())
+    latencies.sort()
+
+    def pct(q):
+        if not latencies:
+            return None
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e3
+
+    return {
+        "connections": count, "connected": connections, "opened": opened,
+        "rss_before_kib": before, "rss_connected_kib": connected, "rss_held_kib": held,
+        "kib_per_connection": (held - before) / max(1, opened),
+        "interval_s": interval, "duration_s": duration,
+        "requests": len(latencies), "rps": len(latencies) / duration,
+        "proxy_cpu_util": cpu / duration,
+        "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99),
+        "p999_ms": pct(0.999), "max_ms": latencies[-1] * 1e3 if latencies else None,
+        "errors": errors,
+    }
 
 
 def main(argv=None):

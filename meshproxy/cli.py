@@ -26,7 +26,7 @@ Running the proxy itself is C{twistd -n meshproxy --config CONFIG}.
 This module imports only the standard library at the top (C{explain} talks
 to the admin API with L{urllib.request}, C{tap} with L{http.client}), so
 the command starts fast and never installs a reactor (but C{register},
-which runs one).
+and C{rules reset} with a C{rulesStore}, which run one).
 """
 
 import argparse
@@ -110,7 +110,9 @@ def _parser() -> argparse.ArgumentParser:
         help="go back to the config's rules at the next start",
         description="Delete the rules saved through the admin API for ROUTER, so that"
         " meshproxy uses the config's rules again from its next start (a running"
-        " meshproxy keeps its rules until it restarts).",
+        " meshproxy keeps its rules until it restarts). With a rulesStore in the"
+        " config, delete the router's key in etcd instead: every meshproxy following"
+        " the store goes back to the config's rules at once.",
     )
     reset.add_argument("router", metavar="ROUTER", help="the router's name")
     reset.add_argument(
@@ -243,11 +245,68 @@ def rulesStatePath(stateDir: str, router: str) -> str:
     return os.path.join(stateDir, "rules-%s.json" % (urllib.parse.quote(router, safe=""),))
 
 
+def _resetInStore(router: str, store: Any, out: TextIO, err: TextIO) -> int:
+    """
+    Reset a router's rules kept in an etcd C{rulesStore}: delete its key.
+    Every meshproxy following the store sees the delete, the first one
+    writes its config's rules back, and all apply them (see
+    docs/many-hosts.md). Runs the reactor.
+
+    @param store: the config's C{rulesStore} section.
+    @return: the exit status: 0 when the key is gone, 1 when etcd could not
+        be asked.
+    """
+    from twisted.internet import reactor
+
+    from meshproxy.etcd import clientFor
+
+    key = store.keyPrefix + router
+    try:
+        client = clientFor(store, reactor=reactor)
+    except ValueError as e:
+        err.write("meshproxy rules reset: rulesStore: %s\n" % (e,))
+        return 1
+    outcome = {"status": 1}
+
+    def deleted(result: tuple[int, int]) -> None:
+        _, count = result
+        outcome["status"] = 0
+        if count:
+            out.write(
+                "deleted etcd key %s: every meshproxy following this rules store"
+                " applies router %s's config rules now (the first to see the delete"
+                " writes them back)\n" % (key, router)
+            )
+        else:
+            out.write(
+                "router %s has no rules in the store (etcd key %s does not exist):"
+                " the config's are written there at the next start\n" % (router, key)
+            )
+
+    def failed(failure: Any) -> None:
+        err.write(
+            "meshproxy rules reset: cannot delete etcd key %s: %s\n"
+            % (key, failure.getErrorMessage())
+        )
+
+    def start() -> None:
+        d = client.delete(key)
+        d.addCallbacks(deleted, failed)
+        d.addBoth(lambda _: client.close())
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(start)
+    reactor.run()
+    return outcome["status"]
+
+
 def resetRules(router: str, configPath: str | None, out: TextIO, err: TextIO) -> int:
     """
     C{meshproxy rules reset ROUTER [--config CONFIG]}: delete the rules
     saved through the admin API for C{router}, so that it uses the config's
-    rules from the next start.
+    rules from the next start; with a C{rulesStore}, delete its key in etcd
+    (every proxy following the store goes back to the config's rules at
+    once).
 
     @param router: the router's name.
     @param configPath: the config file, or L{None} for the embedded demo.
@@ -278,6 +337,8 @@ def resetRules(router: str, configPath: str | None, out: TextIO, err: TextIO) ->
             % (configPath, router, ", ".join(routers) or "none")
         )
         return 1
+    if config.rulesStore is not None:
+        return _resetInStore(router, config.rulesStore, out, err)
     # (HTTP and TCP routers alike have rules the admin API may have saved)
     path = rulesStatePath(stateDirectory(config, configPath), router)
     try:

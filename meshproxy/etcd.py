@@ -1785,6 +1785,24 @@ class _Discard(Protocol):
 
 
 
+def tlsProblem(config: Any) -> str | None:
+    """
+    Why the TLS files of a config section's etcd keys cannot be used, or
+    L{None} when they can (or there are none): what L{clientFor} would
+    raise, found before anything starts.
+    """
+    if config.tls is None:
+        return None
+    try:
+        _tlsPolicy(TLSFiles(ca=config.tls.ca, cert=config.tls.cert, key=config.tls.key))
+    except OSError as e:
+        return "cannot read %s: %s" % (e.filename, e.strerror)
+    except Exception as e:
+        # pyOpenSSL's errors on a file that is not PEM, and ours.
+        return str(e) or e.__class__.__name__
+    return None
+
+
 def clientFor(config: Any, *, reactor: Any) -> EtcdClient:
     """
     The client a config section's etcd keys describe (the C{etcd} namer's,

@@ -321,6 +321,7 @@ class RulesSlot:
         See L{IRuleTable.setRules}.
         """
         self.table.setRules(dtab, text)
+        _changed(self._runtime)
 
     def recentNames(self) -> list[str]:
         """
@@ -360,6 +361,17 @@ class PolicySlot:
     @policy.setter
     def policy(self, policy: Policy | None) -> None:
         self._runtime.routers[self.name].policy = policy
+        _changed(self._runtime)
+
+
+def _changed(runtime: Any) -> None:
+    """
+    Tell the runtime a router's rules or policy changed (its workers, if
+    any, get them: L{Runtime.valuesChanged<meshproxy.runtime.Runtime.valuesChanged>}).
+    """
+    changed = getattr(runtime, "valuesChanged", None)
+    if changed is not None:
+        changed()
 
 
 def _policyShape(policy: Policy | None) -> dict[str, Any]:

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from meshproxy.telemetry.spans import ISummarySink, TelemetryStats
     from meshproxy.telemetry.tap import TapHub
     from meshproxy.tls import ClientContext, ServerTLS
+    from meshproxy.workers.supervisor import WorkerPool
 
     #: A router of the config, of either protocol.
     Router = HttpRouter | TcpRouter
@@ -122,6 +123,13 @@ class Runtime(Service):
     @ivar rulesStore: the L{EtcdStores<meshproxy.admin.etcdstore.EtcdStores>}
         keeping every router's rules and policy when the config has a
         C{rulesStore}, else L{None}; readiness waits for its first read.
+    @ivar workers: the L{WorkerPool<meshproxy.workers.supervisor.WorkerPool>}
+        running the data path when the process has worker processes, else
+        L{None} (the routers here serve the listeners).
+    @ivar registry: the process's C{CollectorRegistry} (set by
+        L{buildServices}).
+    @ivar metrics: the process's L{MeshMetrics<meshproxy.telemetry.metrics.MeshMetrics>}
+        (set by L{buildServices}).
     """
 
     rulesStores: dict[str, RulesStore]
@@ -129,6 +137,9 @@ class Runtime(Service):
     reloader: Reloader | None = None
     telemetry: Telemetry
     rulesStore: EtcdStores | None = None
+    workers: WorkerPool | None = None
+    registry: Any = None
+    metrics: MeshMetrics | None = None
 
     def __init__(
         self,
@@ -227,7 +238,47 @@ class Runtime(Service):
 
         if self.reloader is None:
             return fail(ReloadError(["this process has nothing to reload from"], 409))
-        return self.reloader.reload()
+        d = self.reloader.reload()
+        workers = self.workers
+        if workers is not None:
+            from meshproxy.workers.supervisor import quietListeners
+
+            # The listeners the reload bound are the workers' to accept on
+            # (through SO_REUSEPORT sockets where they can be made), made
+            # before the reactor's next turn.
+            quietListeners(self)
+            if workers.listeners is not None:
+                workers.listeners.prepare()
+
+            def replaced(summary: dict[str, Any]) -> dict[str, Any]:
+                quietListeners(self)
+                if summary.get("changed"):
+                    workers.configChanged()
+                return summary
+
+            d.addCallback(replaced)
+        return d
+
+    def valuesChanged(self) -> None:
+        """
+        A router's rules or access policy changed (the stores' slots say
+        so): the workers, if any, get them as a new version.
+        """
+        if self.workers is not None:
+            self.workers.publish()
+
+    def whenApplied(self) -> Deferred[None]:
+        """
+        Wait until every worker runs the rules and policies in force (at
+        once without workers).
+
+        @return: a Deferred firing with L{None}, or failing with
+            L{WorkersBehind<meshproxy.workers.supervisor.WorkersBehind>}
+            naming the workers that did not within their time.
+        """
+        if self.workers is None:
+            return succeed(None)
+        return self.workers.whenApplied()
 
     def isReady(self) -> bool:
         """
@@ -235,6 +286,8 @@ class Runtime(Service):
         loaded or L{readyFallback} seconds passed since the start.
         """
         if self._unbound():
+            return False
+        if self.workers is not None and not self.workers.isCurrent():
             return False
         return not (self._loading() or self._storeLoading()) or self._pastFallback()
 
@@ -249,6 +302,8 @@ class Runtime(Service):
         waiting.extend("namer %s%s" % (namer.prefix, late) for namer in self._loading())
         if self.rulesStore is not None and self._storeLoading():
             waiting.append("rules store %s%s" % (self.rulesStore.description, late))
+        if self.workers is not None:
+            waiting.extend(self.workers.behind())
         return waiting
 
     def _unbound(self) -> list[_ListenerService]:
@@ -323,8 +378,13 @@ def buildServices(
     runtime = Runtime(
         reactor=reactor, shutdownGrace=getattr(config.admin, "shutdownGrace", 10.0)
     )
-    registry = CollectorRegistry()
-    metrics = MeshMetrics(registry, runtime.nodes, costScale=0.001, tls=runtime.tlsContexts)
+    registry = runtime.registry = CollectorRegistry()
+    metrics = runtime.metrics = MeshMetrics(
+        registry, runtime.nodes, costScale=0.001, tls=runtime.tlsContexts
+    )
+    from meshproxy.telemetry.namers import NamerCollector
+
+    registry.register(NamerCollector(lambda: runtime.namers))
     # The runtime first: the readiness clock starts before the namers load.
     services: list[IService] = [runtime]
     # Then telemetry's exporters and access log: stopped after the routers

@@ -377,6 +377,10 @@ class ClientContext:
 
     @ivar context: the current L{ssl.SSLContext}. It verifies the chain;
         the name is L{ClientTLS}'s to check.
+    @ivar h2Context: the same, offering only C{h2} by ALPN (for upstreams
+        reached over HTTP/2).
+    @ivar autoContext: the same, offering C{h2} then C{http/1.1} (for
+        upstreams whose protocol is learnt by ALPN).
     @ivar expiries: the client certificate's expiry (Unix time), by its
         file, for the metrics; empty without a client certificate.
     @ivar reloadFailures: how many reloads failed (and kept the old files).
@@ -406,7 +410,7 @@ class ClientContext:
         self._protocols = [p.decode("ascii") for p in protocols]
         self.expiries: dict[str, float] = {}
         self.reloadFailures = 0
-        self.context = self._build()
+        self.context, self.h2Context, self.autoContext = self._buildAll()
 
     def files(self) -> list[str]:
         """
@@ -414,7 +418,15 @@ class ClientContext:
         """
         return [p for p in (self._ca, self._cert, self._key) if p is not None]
 
-    def _build(self) -> ssl.SSLContext:
+    def _buildAll(self) -> tuple[ssl.SSLContext, ssl.SSLContext, ssl.SSLContext]:
+        """
+        The context offering the configured ALPN protocols, the one
+        offering C{h2}, and the one offering both, from the same files.
+        """
+        context = self._build(self._protocols)
+        return context, self._build(["h2"]), self._build(["h2", "http/1.1"])
+
+    def _build(self, protocols: list[str]) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         # The chain is verified by OpenSSL; the name, by ClientTLS.verify
         # (a DNS name by RFC 6125, or a URI SAN exactly).
@@ -442,8 +454,8 @@ class ClientContext:
                     f"cannot load the certificate {cert} with the key {key}: {e}"
                 ) from None
             expiries[cert] = expiryOf(chain[0])
-        if self._protocols:
-            ctx.set_alpn_protocols(self._protocols)
+        if protocols:
+            ctx.set_alpn_protocols(protocols)
         # Only once every file was read: a failed reload keeps the old ones.
         self.expiries = expiries
         return ctx
@@ -456,7 +468,7 @@ class ClientContext:
         @return: whether the new files are in use.
         """
         try:
-            self.context = self._build()
+            self.context, self.h2Context, self.autoContext = self._buildAll()
         except (TLSFileError, ssl.SSLError) as e:
             self.reloadFailures += 1
             _log.error(
@@ -485,9 +497,14 @@ class ClientTLS:
         key: str | None = None,
         minVersion: str = "TLSv1.2",
         protocols: Sequence[bytes] = (b"http/1.1",),
+        upstreamProtocol: str = "http/1.1",
     ) -> None:
         """
         @param expected: the identity the upstream's certificate must name.
+        @param upstreamProtocol: C{"http/1.1"} (the settings' protocols
+            offered by ALPN); C{"h2"}: only C{h2} is offered, and an upstream
+            that does not choose it fails the handshake; C{"auto"}: C{h2}
+            and C{http/1.1} are offered, the upstream chooses.
         @param settings: the shared L{ClientContext}; or, to make one,
         @param ca: the CA bundle upstream certificates are checked against,
         @param cert: a client certificate to present (mTLS), or L{None},
@@ -515,13 +532,24 @@ class ClientTLS:
                 ca=ca, cert=cert, key=key, minVersion=minVersion, protocols=protocols
             )
         self.settings = settings
+        self.h2 = upstreamProtocol == "h2"
+        self.auto = upstreamProtocol == "auto"
 
     def clientObject(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO) -> ssl.SSLObject:
         """
         See L{ITLSClientContexts.clientObject}: the settings' current
-        context, sending the expected DNS name by SNI.
+        context (offering C{h2} for an HTTP/2 upstream, C{h2} and
+        C{http/1.1} for one learnt by ALPN), sending the
+        expected DNS name by SNI.
         """
-        return self.settings.context.wrap_bio(
+        settings = self.settings
+        if self.h2:
+            context = settings.h2Context
+        elif self.auto:
+            context = settings.autoContext
+        else:
+            context = settings.context
+        return context.wrap_bio(
             incoming, outgoing, server_side=False, server_hostname=self._serverName
         )
 
@@ -533,7 +561,11 @@ class ClientTLS:
         service_identity).
 
         @raise VerificationError: when it does not.
+        @raise ssl.SSLError: when an HTTP/2 upstream did not choose C{h2}
+            by ALPN.
         """
+        if self.h2 and tls.selected_alpn_protocol() != "h2":
+            raise ssl.SSLError("the upstream did not choose h2 by ALPN")
         der = tls.getpeercert(binary_form=True)
         if der is None:
             # (not with CERT_REQUIRED; the errors' type does not matter)

@@ -1105,7 +1105,7 @@ class ClassifierTests(SynchronousTestCase, ErrorAssertions):
             self.routerErrors("classifier: {kind: retryableread5xx}"),
             [
                 'routers[0].classifier.kind: expected one of "nonRetryable5XX",'
-                ' "retryableRead5XX", "retryableIdempotent5XX", "allSuccessful",'
+                ' "retryableRead5XX", "retryableIdempotent5XX", "allSuccessful", "grpc",'
                 ' got "retryableread5xx" (did you mean "retryableRead5XX"?)'
             ],
         )
@@ -1151,10 +1151,73 @@ class ClassifierTests(SynchronousTestCase, ErrorAssertions):
 
     def test_unknownKey(self) -> None:
         self.assertEqual(
-            self.routerErrors("classifier: {retryableCodes: [503]}"),
+            self.routerErrors("classifier: {retryableStatus: [503]}"),
             [
-                "routers[0].classifier.retryableCodes:"
+                "routers[0].classifier.retryableStatus:"
                 ' unknown key (did you mean "retryableStatusCodes"?)'
+            ],
+        )
+        self.assertEqual(
+            self.routerErrors("classifier: {retryableCodes: [UNAVAILABLE]}"),
+            ['routers[0].classifier.retryableCodes: only for kind "grpc"'],
+        )
+
+    def test_grpc(self) -> None:
+        """
+        The grpc kind retries UNAVAILABLE by default; its codes are the
+        spec's names (case-sensitive) or numbers, kept as names, each once.
+        """
+        config = parseConfig(MINIMAL + "    classifier: {kind: grpc}\n")
+        self.assertEqual(config.routers[0].classifier.retryableCodes, ("UNAVAILABLE",))
+        config = parseConfig(
+            MINIMAL + "    classifier: {kind: grpc, retryableCodes: [8, DEADLINE_EXCEEDED]}\n"
+        )
+        self.assertEqual(
+            config.routers[0].classifier.retryableCodes,
+            ("RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"),
+        )
+        self.assertEqual(
+            self.routerErrors(
+                "classifier: {kind: grpc, retryableCodes: [unavailable, 17, UNAVAILBLE, true,"
+                " 14, UNAVAILABLE]}"
+            ),
+            [
+                "routers[0].classifier.retryableCodes[0]: expected a gRPC status code name or"
+                ' number, got "unavailable" (did you mean "UNAVAILABLE"? names are'
+                " case-sensitive)",
+                "routers[0].classifier.retryableCodes[1]: gRPC status codes are 0 to 16, got 17",
+                "routers[0].classifier.retryableCodes[2]: expected a gRPC status code name or"
+                ' number, got "UNAVAILBLE" (did you mean "UNAVAILABLE"?)',
+                "routers[0].classifier.retryableCodes[3]: expected a gRPC status code name or"
+                " number, got true",
+                'routers[0].classifier.retryableCodes[5]: "UNAVAILABLE" is already listed at'
+                " routers[0].classifier.retryableCodes[4]",
+            ],
+        )
+
+    def test_grpcMethods(self) -> None:
+        config = parseConfig(
+            MINIMAL + "    grpc: {methods: [/pkg.v1.Greeter/Hello, /pkg.Other/*]}\n"
+        )
+        self.assertEqual(
+            config.routers[0].grpc.methods, ("/pkg.v1.Greeter/Hello", "/pkg.Other/*")
+        )
+        self.assertEqual(parseConfig(MINIMAL).routers[0].grpc.methods, ())
+        self.assertEqual(
+            self.routerErrors(
+                "grpc: {methods: [pkg.A/B, /pkg.A/B/C, /pkg.A/*x, /A/B, /A/B, 7]}"
+            ),
+            [
+                'routers[0].grpc.methods[0]: expected "/package.Service/Method" or'
+                ' "/package.Service/*", got "pkg.A/B"',
+                'routers[0].grpc.methods[1]: expected "/package.Service/Method" or'
+                ' "/package.Service/*", got "/pkg.A/B/C"',
+                'routers[0].grpc.methods[2]: expected "/package.Service/Method" or'
+                ' "/package.Service/*", got "/pkg.A/*x"',
+                'routers[0].grpc.methods[4]: "/A/B" is already listed at'
+                " routers[0].grpc.methods[3]",
+                'routers[0].grpc.methods[5]: expected "/package.Service/Method" or'
+                ' "/package.Service/*", got 7',
             ],
         )
 

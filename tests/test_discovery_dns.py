@@ -673,6 +673,31 @@ class FailureTests(SynchronousTestCase):
             " 30s ago",
         )
 
+    def test_state(self):
+        """
+        L{DnsNamer.state} counts answers and failures, and names a failing
+        name as stale until it answers again.
+        """
+        self.assertEqual(
+            self.n.namer.state(),
+            {"kind": "dns", "loaded": True, "names": 1, "failing": 0, "stale": False,
+             "answers": 1, "failures": 0},
+        )
+        self.n.clock.advance(30)
+        self.fail()
+        state = self.n.namer.state()
+        self.assertEqual(
+            (state["failing"], state["stale"], state["answers"], state["failures"]),
+            (1, True, 1, 1),
+        )
+        self.n.clock.advance(5)
+        self.answer()
+        state = self.n.namer.state()
+        self.assertEqual(
+            (state["failing"], state["stale"], state["answers"], state["failures"]),
+            (0, False, 2, 1),
+        )
+
     def test_timeoutKeepsTheSet(self):
         self.n.clock.advance(30)
         self.fail(defer.TimeoutError())

@@ -60,6 +60,7 @@ routers:
     rules: "/svc => /#/static;"
     classifier: {kind: retryableRead5XX}
     timeouts: {total: 5s}
+    grpc: {methods: [/pkg.Greeter/Hello]}
   - name: db
     protocol: tcp
     listen: "tcp:0:interface=127.0.0.1"
@@ -243,6 +244,16 @@ class UnderTrafficTests(PromtoolTestCase):
         self.assertEqual(statuses, [503, 503])
         statuses = yield self.send(web, [request(b"GET", b"down")])
         self.assertEqual(statuses, [502])
+        # gRPC calls (over HTTP/1) answered by meshproxy: UNAVAILABLE, as
+        # a 200; a method the config names, and one it does not.
+        grpcCall = (
+            b"POST %s HTTP/1.1\r\nHost: down\r\ncontent-type: application/grpc\r\n"
+            b"Content-Length: 5\r\n\r\n\x00\x00\x00\x00\x00"
+        )
+        statuses = yield self.send(
+            web, [grpcCall % (b"/pkg.Greeter/Hello",), grpcCall % (_SECRET_PATH,)]
+        )
+        self.assertEqual(statuses, [200, 200])
         statuses = yield self.send(web, [request(b"GET", b"nobody")])
         self.assertEqual(len(statuses), 1)
         self.assertGreaterEqual(statuses[0], 400)
@@ -290,7 +301,8 @@ class UnderTrafficTests(PromtoolTestCase):
             for sample in family.samples:
                 for name, value in sample.labels.items():
                     labels.setdefault(name, set()).add(value)
-        self.assertLessEqual(labels["method"], set(METHODS))
+        self.assertLessEqual(labels["method"], set(METHODS) | {"Hello", "other"})
+        self.assertEqual(labels["service"], {"pkg.Greeter", "other"})
         self.assertLessEqual(labels["code_class"], {"1xx", "2xx", "3xx", "4xx", "5xx"})
         self.assertEqual(labels["router"], {"web", "db"})
         self.assertLessEqual(
@@ -328,6 +340,11 @@ class UnderTrafficTests(PromtoolTestCase):
         self.assertGreater(value("meshproxy_errors_total", router="web",
                                  reason="upstream-connect"), 0)
         self.assertEqual(value("meshproxy_request_duration_seconds_count", **hello), 10)
+        down = dict(router="web", name="/#/static/down", code="UNAVAILABLE")
+        self.assertEqual(value("meshproxy_grpc_responses_total", service="pkg.Greeter",
+                               method="Hello", **down), 1)
+        self.assertEqual(value("meshproxy_grpc_responses_total", service="other",
+                               method="other", **down), 1)
         self.assertGreaterEqual(value("meshproxy_server_connections_open", router="db"), 1)
         self.assertGreaterEqual(
             total("meshproxy_upstream_connections_open", router="web", name="/#/static/hello"), 1
@@ -353,6 +370,9 @@ class ExemplarTests(PromtoolTestCase):
         for i, seconds in enumerate((0.0004, 0.003, 0.07, 0.9, 30.0)):
             stats.record(200, seconds, b"GET", seconds / 2, 10, 20, "%032x" % (i + 1,))
         stats.record(503, 0.2, b"BREW", None)
+        stats.recordGrpc("pkg.Greeter", "Hello", 0)
+        stats.recordGrpc("other", "other", 14)
+        stats.recordGrpc("other", "other", 99)
         metrics.connections("web").opened += 1
         metrics.error("web", "no-endpoint")
         metrics.retry("web", "status")

@@ -349,6 +349,7 @@ class ReadmeCommandsTests(TestCase):
                 r"(\s*\d+ hello-[12]: GET /\n){1,2}",
             ),
             ("curl -H 'Host: world' http://127.0.0.1:4140/x", r"world-1: GET /x\n"),
+            ("curl --http2-prior-knowledge -H 'Host: hello'", hello),
             ("curl -i -H 'Host: nope'", r"HTTP/1.1 503 .*mesh-err: no-route\r\n.*"),
             ("curl http://127.0.0.1:9990/admin/state", r'\{"routers": .*\n'),
             ("curl http://127.0.0.1:9990/metrics", r"# HELP .*"),

@@ -37,7 +37,8 @@ def reference(kind, codes, keyOn, method, status, header, hasKey):
         if kind == "allSuccessful":
             return SUCCESS
         failure = True
-        if kind == "nonRetryable5XX":
+        if kind in ("nonRetryable5XX", "grpc"):
+            # (grpc judges other responses as nonRetryable5XX)
             retryable = False
         elif kind == "retryableRead5XX":
             retryable = method in READS

@@ -123,6 +123,43 @@ class OptionsTests(SynchronousTestCase):
             )
             self.assertEqual(e.code, 0, interface)
 
+    def test_unusableEtcdTLSFiles(self):
+        """
+        The TLS files of an etcd namer and of the rules store are read by
+        C{--check}, before anything starts: a missing file or one that is
+        not PEM is named by its key path (it was a traceback at the start).
+        """
+        import os
+
+        directory = self.mktemp()
+        os.mkdir(directory)
+        with open(os.path.join(directory, "garbage.pem"), "w") as f:
+            f.write("not a certificate\n")
+        config = os.path.join(directory, "mesh.yaml")
+        with open(config, "w") as f:
+            f.write(
+                "namers:\n"
+                "  - {kind: etcd, prefix: /#/etcd, endpoints: ['https://127.0.0.1:2379'],\n"
+                "     tls: {ca: missing.pem}}\n"
+                "rulesStore: {kind: etcd, endpoints: ['https://127.0.0.1:2379'],\n"
+                "             tls: {ca: garbage.pem}}\n"
+                "routers:\n"
+                "  - {name: web, listen: 'tcp:0:interface=127.0.0.1', rules: '/svc => /#/etcd;'}\n"
+            )
+        out, err = self.capture()
+        e = self.assertRaises(SystemExit, Options().parseOptions, ["--config", config, "--check"])
+        self.assertEqual(e.code, 1)
+        self.assertEqual(
+            err.getvalue().splitlines()[1:],
+            [
+                "namers[0].tls: cannot read %s: No such file or directory"
+                % (os.path.abspath(os.path.join(directory, "missing.pem")),),
+                "rulesStore.tls: %s: no PEM certificate in it"
+                % (os.path.abspath(os.path.join(directory, "garbage.pem")),),
+            ],
+        )
+        self.assertEqual(out.getvalue(), "")
+
     def test_checkWarnsOfAMissingNamerDirectory(self):
         """
         A file namer whose directory does not exist yet is valid (it may be

@@ -768,6 +768,32 @@ class LoopbackSpliceTests(LoopbackTestCase):
         self.assertEqual(endpoint["pending"], 0)
 
     @defer.inlineCallbacks
+    def test_pairFreedWithoutTheCollector(self):
+        """
+        Once both connections of a pair are closed, the splice, its ends and
+        its upstream attempt hold no reference cycle: the last reference
+        gone, they are freed at once, not by the garbage collector.
+        """
+        import gc
+        import weakref
+
+        backendPort, backend = self.backend(Answerer)
+        port, router, factory, registry = self.router([backendPort])
+        client = yield self.connect(port)
+        [down] = factory.connections
+        upstream = down.splice.upstream
+        refs = [weakref.ref(o) for o in (down, upstream, upstream.transport)]
+        del down, upstream
+        gc.disable()
+        self.addCleanup(gc.enable)
+        client.transport.loseWriteConnection()
+        yield client.lost
+        yield waitUntil(self.reactor, lambda: not factory.connections)
+        # (the reactor's current call may hold the last transport a moment)
+        yield waitUntil(self.reactor, lambda: all(ref() is None for ref in refs))
+        self.assertEqual([ref() for ref in refs], [None, None, None])
+
+    @defer.inlineCallbacks
     def test_largerReadsOnceSpliced(self):
         """
         Both TCP connections of a spliced pair read (and buffer before

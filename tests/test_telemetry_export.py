@@ -1088,6 +1088,12 @@ VARIED_REQUESTS = [
                 name="/#/fs/50%", host=b"h\xe9%s", peer="fe80::1%eth0"),
     makeRequest(tryRecords=[("3000000000000001", 1.0, 2.0, "::ffff:10.0.0.9:0", 504, None)],
                 status=504),
+    # gRPC calls: a failing code on a 200, a success, a path naming no method.
+    makeRequest(method=b"POST", target=b"/pkg.Greeter/Hello", tries=2,
+                grpc=(14, "pkg.Greeter", "Hello", True)),
+    makeRequest(method=b"POST", target=b"/pkg.Greeter/Hello",
+                grpc=(0, "pkg.Greeter", "Hello", False)),
+    makeRequest(method=b"POST", target=b"/odd", status=503, grpc=(2, None, None, True)),
 ]
 
 

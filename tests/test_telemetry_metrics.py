@@ -339,6 +339,7 @@ class MeshMetricsTests(SynchronousTestCase):
                 "meshproxy_request_duration_seconds": "histogram",
                 "meshproxy_request_ttfb_seconds": "histogram",
                 "meshproxy_request_bytes": "counter",
+                "meshproxy_grpc_responses": "counter",
                 "meshproxy_errors": "counter",
                 "meshproxy_server_connections_opened": "counter",
                 "meshproxy_server_connections_closed": "counter",

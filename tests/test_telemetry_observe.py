@@ -555,6 +555,7 @@ def fakeExchange(**kw):
         startTime=1764579600.25,
         headTime=1764579600.2625,
         lastNode=_Fake(endpoint=Endpoint("10.0.0.2", 8080)),
+        grpc=False,
         status=200,
         meshErr=None,
         bytesIn=3,

@@ -204,8 +204,10 @@ class AdminAPI:
         )
         self._shuttingDown = False
         self._tap = tap
-        # Read once: they are part of the installed package.
-        self._files = loadStatic()
+        # Read once, at the first request for one of them: they are part of
+        # the installed package, and a proxy whose dashboard is never opened
+        # does not keep them.
+        self._files: dict[str, tuple[bytes, bytes]] | None = None
 
     def _router(self, name: str, capability: str | None = None) -> Any:
         """
@@ -340,13 +342,21 @@ class AdminAPI:
 
     @app.route("/metrics", methods=["GET"])
     @_requireToken
-    def metrics(self, request: IRequest) -> bytes:
+    def metrics(self, request: IRequest) -> bytes | Deferred[bytes]:
         """
         The registry in the Prometheus text exposition format, or in the
         OpenMetrics format (with the latency histogram's exemplars) when
         the C{Accept} header prefers C{application/openmetrics-text}.
         """
+        workers = getattr(self._runtime, "workers", None)
+        if workers is not None:
+            # The whole process group's series, merged by the aggregation.
+            d = workers.aggregator.exposition(request.getHeader(b"accept"))
+            return d.addCallback(lambda found: self._metricsBody(request, *found))
         body, contentType = exposition(self._registry, request.getHeader(b"accept"))
+        return self._metricsBody(request, body, contentType)
+
+    def _metricsBody(self, request: IRequest, body: bytes, contentType: str) -> bytes:
         request.setHeader(b"content-type", contentType.encode("ascii"))
         request.setHeader(b"vary", b"Accept")
         request.setHeader(b"cache-control", b"no-store")
@@ -354,12 +364,16 @@ class AdminAPI:
 
     @app.route("/admin/state", methods=["GET"])
     @_requireToken
-    def state(self, request: IRequest) -> bytes:
+    def state(self, request: IRequest) -> bytes | Deferred[bytes]:
         """
         Every router's C{state()}: C{{"routers": {name: state}}}; and, when
         some namers have a C{state()} (the etcd namer: whether it is stale,
         since when), C{"namers": {prefix: state}}; with a rules store kept
-        in etcd (C{runtime.rulesStore}), C{"rulesStore"}: its C{state()}.
+        in etcd (C{runtime.rulesStore}), C{"rulesStore"}: its C{state()};
+        with worker processes (C{runtime.workers}), C{"workers"}: the
+        version pushed last and each worker (C{id}, C{pid}, C{state},
+        C{version}, C{generation}, C{started}, C{restarts}), and what the
+        aggregation merges over them (per worker with C{?perWorker=1}).
         """
         routers = {
             name: router.state() for name, router in self._runtime.routers.items()
@@ -375,7 +389,22 @@ class AdminAPI:
         rulesStore = getattr(self._runtime, "rulesStore", None)
         if rulesStore is not None:
             answer["rulesStore"] = rulesStore.state()
-        return _json(request, answer)
+        workers = getattr(self._runtime, "workers", None)
+        if workers is None:
+            return _json(request, answer)
+        # With worker processes: each worker, and the routers' state merged
+        # over them by the aggregation (per worker with ?perWorker=1).
+        flag = request.args.get(b"perWorker", [])
+        perWorker = bool(flag) and flag[0].lower() in _TRUE
+
+        def merged(state: dict[str, Any]) -> bytes:
+            answer.update(state)
+            # (the supervisor's own list of its workers, whatever the
+            # aggregation says)
+            answer["workers"] = {"version": workers.version, "workers": workers.state()}
+            return _json(request, answer)
+
+        return workers.aggregator.state(perWorker).addCallback(merged)
 
     @app.route("/admin/stats", methods=["GET"])
     @_requireToken
@@ -562,10 +591,29 @@ class AdminAPI:
             return result.addCallbacks(lambda done: self._changed(request, done), refused)
         return self._changed(request, result)
 
-    def _changed(self, request: IRequest, result: tuple[str, str]) -> bytes:
+    def _changed(self, request: IRequest, result: tuple[str, str]) -> bytes | Deferred[bytes]:
         previous, version = result
         request.setHeader(b"etag", _etag(version))
-        return _json(request, {"version": version, "previous": previous})
+        if getattr(self._runtime, "workers", None) is None:
+            return _json(request, {"version": version, "previous": previous})
+        # With worker processes, answered once every one of them runs it.
+        from meshproxy.workers.supervisor import WorkersBehind
+
+        def late(failure: Failure) -> bytes:
+            failure.trap(WorkersBehind)
+            error = cast(WorkersBehind, failure.value)
+            _log.error("version {version} accepted, but not running in every worker: {behind}",
+                       version=version, behind=str(error))
+            return _json(request, {
+                "error": "version %s was accepted but is not running in every worker: %s"
+                         % (version, error),
+                "version": version, "previous": previous, "behind": error.behind,
+            }, 503)
+
+        d = self._runtime.whenApplied()
+        return d.addCallbacks(
+            lambda _: _json(request, {"version": version, "previous": previous}), late
+        )
 
     def _refusedChange(
         self, request: IRequest, name: str, store: VersionedStore, error: BaseException
@@ -619,7 +667,7 @@ class AdminAPI:
 
     @app.route("/admin/endpoints/drain", methods=["POST"])
     @_requireToken
-    def drain(self, request: IRequest) -> bytes:
+    def drain(self, request: IRequest) -> bytes | Deferred[bytes]:
         """
         Stop sending new requests to one endpoint; those in flight finish.
         """
@@ -627,21 +675,39 @@ class AdminAPI:
 
     @app.route("/admin/endpoints/undrain", methods=["POST"])
     @_requireToken
-    def undrain(self, request: IRequest) -> bytes:
+    def undrain(self, request: IRequest) -> bytes | Deferred[bytes]:
         """
         Send requests to a drained endpoint again.
         """
         return self._drain(request, False)
 
-    def _drain(self, request: IRequest, draining: bool) -> bytes:
+    def _drain(self, request: IRequest, draining: bool) -> bytes | Deferred[bytes]:
         body = _readJSON(request, "router", "name", "address")
         routerName, boundName, address = body["router"], body["name"], body["address"]
         capability = "drain" if draining else "undrain"
         router = self._router(routerName, capability)
+        workers = getattr(self._runtime, "workers", None)
+        if workers is not None:
+            # The endpoints are the workers' (each binds names as requests
+            # come): drained in every worker that has it.
+            def known(found: bool) -> bytes:
+                if not found:
+                    return _json(request, {
+                        "error": "no endpoint %s in %s in any worker" % (address, boundName),
+                    }, 404)
+                return self._drained(request, routerName, boundName, address, draining)
+
+            d = workers.drain(routerName, boundName, address, draining)
+            return d.addCallback(known)
         try:
             getattr(router, capability)(boundName, address)
         except KeyError as e:
             raise _Refusal(404, {"error": _reason(e)}) from None
+        return self._drained(request, routerName, boundName, address, draining)
+
+    def _drained(
+        self, request: IRequest, routerName: str, boundName: str, address: str, draining: bool
+    ) -> bytes:
         _audit.info(
             "endpoint {address} of {name} on router {router} {action} by {who}",
             address=address, name=boundName, router=routerName,
@@ -662,6 +728,10 @@ class AdminAPI:
         gets the stream's head and no stream.
         """
         hub = self._tap
+        workers = getattr(self._runtime, "workers", None)
+        if workers is not None:
+            # The workers' requests, merged by the aggregation's hub.
+            hub = getattr(workers.aggregator, "tap", hub)
         if hub is None:
             raise _Refusal(503, {"error": "the live tap is not available on this proxy"})
         values = {}
@@ -757,12 +827,14 @@ class AdminAPI:
     def staticFile(self, request: IRequest, name: str) -> bytes:
         """
         One of the dashboard's files (see L{loadStatic}); 404 for any other
-        name. The name is looked up among the files found at startup,
-        never joined to a path, so no request can reach another file.
+        name. The name is looked up among the files found at the first
+        such request, never joined to a path, so no request can reach another file.
         """
         return self._static(request, name)
 
     def _static(self, request: IRequest, name: str) -> bytes:
+        if self._files is None:
+            self._files = loadStatic()
         found = self._files.get(name)
         if found is None:
             raise _Refusal(404, {"error": "not found"})

@@ -4,14 +4,17 @@ balances, ejects, retries, times out, limits and trusts; each a frozen
 L{Section} whose attributes carry the YAML keys' names.
 """
 
+import re
 from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import Field
 
-from meshproxy.config.checks import show, showSeconds
+from meshproxy import grpc
+from meshproxy.config.checks import Invalid, show, showSeconds, suggest
 from meshproxy.config.fields import (
     Bool,
+    Checked,
     Choice,
     Defaulted,
     Duration,
@@ -32,6 +35,7 @@ __all__ = [
     "ClassifierConfig",
     "ClientConfig",
     "FailureAccrualConfig",
+    "GrpcConfig",
     "IdentifierConfig",
     "LatencyEjectionConfig",
     "LimitsConfig",
@@ -326,6 +330,11 @@ class ClientConfig(Section):
     @ivar maxHeaders: number of header fields of an upstream response (and,
         separately, of its trailer fields).
     @ivar maxInformational: interim (1xx) responses accepted per request.
+    @ivar upstreamProtocol: how requests go to upstreams, unless a bound
+        name says otherwise: C{"http/1.1"}; C{"h2"} (HTTP/2: cleartext with
+        prior knowledge, or by ALPN over C{upstreamTls}); or C{"auto"}
+        (over C{upstreamTls}, what the upstream chooses by ALPN among
+        C{h2} and C{http/1.1}; plain upstreams get HTTP/1.1).
     """
 
     maxIdlePerEndpoint: Integer(0) = 64
@@ -333,6 +342,37 @@ class ClientConfig(Section):
     maxHeaderBytes: Integer(256) = 65536
     maxHeaders: Integer(1) = 100
     maxInformational: Integer(0) = 10
+    upstreamProtocol: Choice("http/1.1", "h2", "auto") = "http/1.1"
+
+
+def _grpcCode(value: Any) -> str:
+    """
+    A gRPC status code: its name, spelt as the spec does (C{UNAVAILABLE}),
+    or its number (0 to 16); kept as its name.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        name = grpc.CODE_NAMES.get(value)
+        if name is None:
+            raise Invalid(f"gRPC status codes are 0 to 16, got {show(value)}")
+        return name
+    if not isinstance(value, str) or value not in grpc.CODES:
+        hint = suggest(value, grpc.CODES) if isinstance(value, str) else ""
+        if isinstance(value, str) and value.upper() in grpc.CODES:
+            hint = f' (did you mean "{value.upper()}"? names are case-sensitive)'
+        raise Invalid(f"expected a gRPC status code name or number, got {show(value)}{hint}")
+    return value
+
+
+GrpcCode = Checked(
+    _grpcCode,
+    {
+        "oneOf": [
+            {"type": "string", "enum": list(grpc.CODES)},
+            {"type": "integer", "minimum": 0, "maximum": 16},
+        ],
+        "description": "a gRPC status code: its name (UNAVAILABLE) or its number",
+    },
+)
 
 
 class ClassifierConfig(Section):
@@ -344,13 +384,19 @@ class ClassifierConfig(Section):
         retried), C{"retryableRead5XX"} (5XX responses are failures,
         retryable for GET, HEAD, OPTIONS and TRACE),
         C{"retryableIdempotent5XX"} (the same for every idempotent method:
-        those and PUT and DELETE) or C{"allSuccessful"} (every response is a
-        success).
+        those and PUT and DELETE), C{"allSuccessful"} (every response is a
+        success) or C{"grpc"} (gRPC responses by their C{grpc-status}, see
+        L{meshproxy.resilience.classifiers}; others as
+        C{"nonRetryable5XX"}).
     @ivar retryableStatusCodes: response statuses (100 to 599, each once),
         in the order written, that are failures whatever C{kind} says,
         retryable when the request is idempotent.
     @ivar idempotencyKey: whether a POST with an C{Idempotency-Key} header
         counts as idempotent.
+    @ivar retryableCodes: for C{"grpc"}: the gRPC status codes (names as the
+        spec spells them, each once; a number written is kept as its name)
+        that are retryable failures whatever the method; C{("UNAVAILABLE",)}
+        by default.
     """
 
     _selector = "kind"
@@ -359,14 +405,56 @@ class ClassifierConfig(Section):
         "retryableRead5XX": (),
         "retryableIdempotent5XX": (),
         "allSuccessful": (),
+        "grpc": ("retryableCodes",),
     }
     _common = ("retryableStatusCodes", "idempotencyKey")
 
     kind: Literal[
-        "nonRetryable5XX", "retryableRead5XX", "retryableIdempotent5XX", "allSuccessful"
+        "nonRetryable5XX", "retryableRead5XX", "retryableIdempotent5XX", "allSuccessful", "grpc"
     ] = "nonRetryable5XX"
     retryableStatusCodes: ListOf(Integer(100, 599), unique=True) = ()
     idempotencyKey: Bool = False
+    retryableCodes: ListOf(GrpcCode, unique=True) = ("UNAVAILABLE",)
+
+
+_SERVICE = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+_METHOD_PATTERN = re.compile(rf"^/{_SERVICE}/([A-Za-z_][A-Za-z0-9_]*|\*)$")
+
+
+def _grpcMethod(value: Any) -> str:
+    """
+    A gRPC method named in the metrics: C{/pkg.Service/Method}, or a whole
+    service as C{/pkg.Service/*}.
+    """
+    if not isinstance(value, str) or _METHOD_PATTERN.match(value) is None:
+        raise Invalid(
+            f'expected "/package.Service/Method" or "/package.Service/*", got {show(value)}'
+        )
+    return value
+
+
+GrpcMethod = Checked(
+    _grpcMethod,
+    {
+        "type": "string",
+        "pattern": _METHOD_PATTERN.pattern,
+        "description": 'a gRPC method, "/package.Service/Method", or "/package.Service/*"',
+    },
+)
+
+
+class GrpcConfig(Section):
+    """
+    What an HTTP router tells apart of gRPC calls in its metrics.
+
+    @ivar methods: the methods (C{/pkg.Service/Method}) and services
+        (C{/pkg.Service/*}) whose calls the gRPC metrics count under their
+        own C{service} and C{method} labels, each once, in the order
+        written; the calls of a service named whole have the method
+        C{other}, every other call the service and method C{other}.
+    """
+
+    methods: ListOf(GrpcMethod, unique=True) = ()
 
 
 class LimitsConfig(Section):
@@ -472,9 +560,13 @@ class BoundNameConfig(Section):
     @ivar proxyProtocol: (TCP) the L{ProxyProtocolSendConfig} of this
         name's upstream connections, or L{None} for the router's
         C{proxyProtocol.send}.
+    @ivar upstreamProtocol: (HTTP) C{"http/1.1"}, C{"h2"} or C{"auto"}: how requests
+        go to this name's upstreams, or L{None} for the router's
+        C{client.upstreamProtocol}.
     """
 
     classifier: ClassifierConfig | None = None
     limits: LimitsConfig | None = None
     upstreamTls: UpstreamTLSConfig | None = None
     proxyProtocol: ProxyProtocolSendConfig | None = None
+    upstreamProtocol: Choice("http/1.1", "h2", "auto") | None = None

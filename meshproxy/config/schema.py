@@ -44,6 +44,7 @@ from meshproxy.config.policies import (
     ClassifierConfig,
     ClientConfig,
     FailureAccrualConfig,
+    GrpcConfig,
     Http2Config,
     IdentifierConfig,
     LimitsConfig,
@@ -328,6 +329,7 @@ Destination = Checked(
 
 _HTTP_KEYS = (
     "server", "client", "forwarded", "classifier", "limits", "trust", "upstreamTls", "http2",
+    "grpc",
 )
 _TCP_KEYS = ("destination", "connectRetries", "idleTimeout", "maxConnections")
 #: The timeouts about requests, which a TCP router does not see.
@@ -335,7 +337,10 @@ _REQUEST_TIMEOUTS = ("total", "perTry")
 #: The retry keys about requests, which a TCP router does not see.
 _REQUEST_RETRIES = ("bufferBytes", "maxRetries")
 #: The keys of a bound name's settings each protocol reads.
-_BOUND_NAME_KEYS = {"http": ("classifier", "limits", "upstreamTls"), "tcp": ("proxyProtocol",)}
+_BOUND_NAME_KEYS = {
+    "http": ("classifier", "limits", "upstreamTls", "upstreamProtocol"),
+    "tcp": ("proxyProtocol",),
+}
 
 
 class RouterConfig(Section):
@@ -364,6 +369,7 @@ class RouterConfig(Section):
     @ivar forwarded: (HTTP) whether to add C{X-Forwarded-For},
         C{X-Forwarded-Proto}, C{Forwarded} and C{Via} to requests.
     @ivar classifier: (HTTP) the L{ClassifierConfig}.
+    @ivar grpc: (HTTP) the L{GrpcConfig}: the gRPC methods its metrics name.
     @ivar limits: (HTTP) the L{LimitsConfig}, applied to each bound name.
     @ivar trust: (HTTP) the L{TrustConfig}.
     @ivar boundNames: C{(boundName, BoundNameConfig)} pairs in the order
@@ -415,6 +421,7 @@ class RouterConfig(Section):
     client: Defaulted(ClientConfig)
     forwarded: Bool = True
     classifier: Defaulted(ClassifierConfig)
+    grpc: Defaulted(GrpcConfig)
     limits: Defaulted(LimitsConfig)
     trust: Defaulted(TrustConfig)
     boundNames: BoundNames = ()
@@ -546,6 +553,38 @@ else:
     )
 
 
+#: The most worker processes C{workers} may ask for.
+MAX_WORKERS = 64
+
+
+def workersValue(value: Any) -> int | str:
+    """
+    Check a C{workers} value: a whole number from 1 to L{MAX_WORKERS}, or
+    C{"auto"}.
+
+    @raise Invalid: for anything else.
+    """
+    if value == "auto" and isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Invalid(
+            f'expected a number of worker processes (1 to {MAX_WORKERS}) or "auto",'
+            f" got {show(value)}"
+        )
+    checks.checkRange(value, 1, MAX_WORKERS)
+    return value
+
+
+Workers = Checked(
+    workersValue,
+    {"oneOf": [
+        {"type": "integer", "minimum": 1, "maximum": MAX_WORKERS},
+        {"const": "auto"},
+    ]},
+    type=int | str,
+)
+
+
 class MeshConfig(Section):
     """
     The whole configuration of one meshproxy process.
@@ -559,6 +598,10 @@ class MeshConfig(Section):
     @ivar rulesStore: the L{RulesStoreConfig} of a store shared by every
         proxy (etcd) that keeps the rules and policies, or L{None} to keep
         them in the config and the local state directory.
+    @ivar workers: how many worker processes run the data path: C{1} (the
+        default: one process, as without the key), a number up to
+        L{MAX_WORKERS}, or C{"auto"} (the CPUs available to the process; see
+        L{meshproxy.workers.count}). C{twistd meshproxy --workers} wins.
     @ivar source: the file (or label) the configuration was read from.
     """
 
@@ -569,6 +612,7 @@ class MeshConfig(Section):
     routers: Routers
     telemetry: Defaulted(TelemetryConfig)
     rulesStore: RulesStoreConfig | None = None
+    workers: Workers = 1
     source: SkipJsonSchema[str] = "<config>"
 
     def router(self, name: str) -> RouterConfig:

@@ -574,6 +574,10 @@ class DnsNamer(Service):
         self._firstLoad = FirstLoad()
         self._awaited: set[_Watch] = set()
         self._starting: IDelayedCall | None = None
+        #: Lookups answered (an empty answer included) and failed, since the
+        #: namer was made.
+        self.answers = 0
+        self.failures = 0
 
     # -- INamer ----------------------------------------------------------
 
@@ -710,6 +714,7 @@ class DnsNamer(Service):
     def _answered(self, answer: Answer, watch: _Watch, token: object) -> None:
         if not self._finish(watch, token):
             return
+        self.answers += 1
         now = self._reactor.seconds()
         previous = watch.state
         watch.good = answer.endpoints
@@ -737,6 +742,7 @@ class DnsNamer(Service):
     def _failed(self, reason: Failure, watch: _Watch, token: object) -> None:
         if not self._finish(watch, token):
             return
+        self.failures += 1
         now = self._reactor.seconds()
         why = describe(reason)
         if watch.failingSince is None:
@@ -784,6 +790,32 @@ class DnsNamer(Service):
         self._schedule(watch, delay)
         watch.observable.set(addr)
         self._loadedOne(watch)
+
+    # -- what the admin API shows -----------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """
+        A JSON-ready view for C{GET /admin/state} (and the namer metrics)::
+
+            {"kind": "dns", "loaded": true, "names": 3, "failing": 1,
+             "stale": true, "answers": 41, "failures": 2}
+
+        C{names} is how many names are followed, C{failing} how many of them
+        have no answer now (kept stale, dropped, or never answered), and
+        C{stale} whether any has.
+        """
+        failing = sum(
+            1 for watch in self._watches.values() if watch.state in ("failing", "expired")
+        )
+        return {
+            "kind": "dns",
+            "loaded": self.loaded,
+            "names": len(self._watches),
+            "failing": failing,
+            "stale": failing > 0,
+            "answers": self.answers,
+            "failures": self.failures,
+        }
 
     # -- bookkeeping -----------------------------------------------------
 

@@ -1,14 +1,14 @@
 """
 A request body on its way upstream: the bytes that arrive before a
-connection is ready, the copy kept for a retry while it fits, and the
-framing of what is sent (chunks, the last chunk and trailers).
+connection is ready, the copy kept for a retry while it fits, and when its
+pieces and its end go to the upstream connection's L{IRequestWriter}
+(which frames them: chunks and trailers over HTTP/1.1, DATA frames over
+HTTP/2).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
-
-from meshproxy.http.message import encodeChunk, lastChunk
 
 if TYPE_CHECKING:
     from meshproxy.http.interfaces import IUpstreamConnection
@@ -48,7 +48,8 @@ class RequestBody:
 
     def __init__(self, chunked: bool, limit: int) -> None:
         """
-        @param chunked: whether the body goes upstream as chunks.
+        @param chunked: whether the body's length is unknown (it goes
+            upstream as chunks over HTTP/1.1).
         @param limit: the bytes kept for a retry (C{retries.bufferBytes}).
         """
         self.chunked = chunked
@@ -79,7 +80,7 @@ class RequestBody:
             else:
                 replay.append(data)
         if upstream is not None and self.pending is None:
-            upstream.write(encodeChunk(data) if self.chunked else data)
+            upstream.writeBody(data)
             return False
         if self.pending is None:
             self.pending = []
@@ -87,27 +88,19 @@ class RequestBody:
         self.pendingSize += len(data)
         return self.pendingSize > PRECONNECT_BUFFER
 
-    def start(self, head: bytes, upstream: IUpstreamConnection) -> bool:
+    def start(self) -> tuple[list[bytes] | None, bool]:
         """
-        Send the request head with the body held so far on a new try's
-        connection; from now on the body streams there.
+        A new try's connection is ready: from now on the body streams there.
 
-        @return: whether the client was paused for the held bytes and can
-            be resumed.
+        @return: C{(held, resume)}: the body pieces held so far, to send
+            with the request head (or L{None}), and whether the client was
+            paused for them and can be resumed.
         """
         self.sent = True
         pending, self.pending = self.pending, None
         held = self.pendingSize
         self.pendingSize = 0
-        if not pending:
-            upstream.write(head)
-            return False
-        if self.chunked:
-            data = b"".join(encodeChunk(p) for p in pending)
-        else:
-            data = b"".join(pending)
-        upstream.write(head + data)
-        return held > PRECONNECT_BUFFER
+        return pending, held > PRECONNECT_BUFFER
 
     def finish(self, upstream: IUpstreamConnection | None) -> bool:
         """
@@ -119,8 +112,7 @@ class RequestBody:
         if self.sentAll or not self.done or self.pending is not None or upstream is None:
             return False
         self.sentAll = True
-        if self.chunked:
-            upstream.write(lastChunk(self.trailers))
+        upstream.writeEnd(self.trailers)
         upstream.bodySent()
         return True
 

@@ -79,6 +79,7 @@ def makeClassifier(config: ClassifierConfig) -> Classifier:
         config.kind,
         retryableStatusCodes=config.retryableStatusCodes,
         idempotencyKey=config.idempotencyKey,
+        retryableCodes=config.retryableCodes if config.kind == "grpc" else None,
     )
 
 

@@ -20,7 +20,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from meshproxy.http.interfaces import IUpstreamConnection
-from meshproxy.http.message import forbiddenTrailer
+from meshproxy.http.message import encodeChunk, forbiddenTrailer, lastChunk
+from meshproxy.http.rewrite import requestHead
 from meshproxy.transport.connector import describeConnectFailure, describeHandshakeFailure
 from meshproxy.transport.fastwrite import writerFor
 
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from meshproxy.config import ClientConfig
     from meshproxy.discovery.endpoints import Endpoint
     from meshproxy.http.interfaces import IExchange
-    from meshproxy.http.message import Headers
+    from meshproxy.http.message import Headers, Request
     from meshproxy.transport.connector import IConnector
     from meshproxy.transport.interfaces import IStreamTransport
 
@@ -61,6 +62,8 @@ class UpstreamProtocol(Protocol):
     """
 
     transport: IStreamTransport
+    #: (IUpstreamConnection.producer: the transport, once connected)
+    producer: IStreamTransport
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
@@ -103,9 +106,12 @@ class UpstreamProtocol(Protocol):
         # hears of a failed one.
         self.handshaking = False
         self.attempt: _Attempt | None = None
+        # Whether the request being written is chunked.
+        self._chunked = False
 
     def connectionMade(self) -> None:
         self.connected = True
+        self.producer = self.transport
         self.handshaking = ISSLTransport.providedBy(self.transport)
         # Not every transport is TCP (a UNIX socket has no Nagle to turn off).
         setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
@@ -119,6 +125,57 @@ class UpstreamProtocol(Protocol):
         Send request bytes.
         """
         self.transport.write(data)
+
+    # -- the request (IRequestWriter) ---------------------------------------
+
+    def writeHead(
+        self,
+        request: Request,
+        peer: bytes,
+        scheme: bytes,
+        forwarded: bool,
+        deadline: bytes,
+        override: bytes | None,
+        clientCert: bytes | None,
+        trace: bytes,
+        body: list[bytes] | None,
+    ) -> None:
+        """
+        See L{IRequestWriter.writeHead}: the bytes of
+        L{requestHead<meshproxy.http.rewrite.requestHead>}, with the held
+        body pieces in the same write.
+        """
+        head = requestHead(
+            request, peer, scheme, forwarded, deadline, override, clientCert, trace
+        )
+        chunked = self._chunked = request.chunked
+        if body:
+            if chunked:
+                head += b"".join([encodeChunk(p) for p in body])
+            else:
+                head += b"".join(body)
+        self.write(head)
+
+    def writeBody(self, data: bytes) -> None:
+        """
+        See L{IRequestWriter.writeBody}: a chunk of a chunked request.
+        """
+        self.write(encodeChunk(data) if self._chunked else data)
+
+    def writeEnd(self, trailers: Headers | None) -> None:
+        """
+        See L{IRequestWriter.writeEnd}: the last chunk and the trailers of
+        a chunked request (a body with a declared length ends by itself,
+        and has no way to carry trailers: those of an HTTP/2 client's
+        request are dropped, and counted).
+        """
+        if self._chunked:
+            self.write(lastChunk(trailers))
+        elif trailers:
+            exchange = self.exchange
+            if exchange is not None:
+                for _ in trailers:
+                    exchange.router.countError("trailer-dropped")
 
     # -- input ------------------------------------------------------------
 

@@ -28,14 +28,14 @@ from typing import TYPE_CHECKING
 
 from zope.interface import implementer
 
+from meshproxy import grpc
 from meshproxy.discovery.endpoints import formatAddress
 from meshproxy.http.body import RequestBody
 from meshproxy.http.interfaces import IExchange
 from meshproxy.http.message import ProxyError
-from meshproxy.http.rewrite import requestHead
 from meshproxy.http.states import AWAITING, DONE, NEW, SENDING, STREAMING, WAITING
 from meshproxy.http.tries import TryAccounting
-from meshproxy.resilience.classifiers import RETRYABLE, SUCCESS
+from meshproxy.resilience.classifiers import FAILURE, RETRYABLE, SUCCESS
 from meshproxy.resilience.deadline import DeadlineExpired
 from meshproxy.resilience.retries import CONNECT, RESET, STATUS, TIMEOUT
 
@@ -109,6 +109,10 @@ class Exchange(TryAccounting):
         "bytesOut",
         "meshErr",
         "resolution",
+        "grpc",
+        "grpcStatus",
+        "grpcResponse",
+        "grpcTimeout",
     )
 
     def __init__(self, server: IClientConnection, request: Request, router: IRouter) -> None:
@@ -157,6 +161,14 @@ class Exchange(TryAccounting):
         self.lastNode: Node | None = None
         self.tryStatus = 0
         self.tryError: str | None = None
+        # A gRPC call (meshproxy.grpc): its status code once known, and
+        # whether the response is gRPC (its code then comes at the end).
+        self.grpc = request.method == b"POST" and grpc.isGrpcRequest(request)
+        self.grpcStatus: int | None = None
+        self.grpcResponse = False
+        # The index of its grpc-timeout field in the request's headers,
+        # rewritten for each try.
+        self.grpcTimeout: int | None = None
 
     # -- the filter stack -----------------------------------------------------
 
@@ -189,6 +201,11 @@ class Exchange(TryAccounting):
                 return
         else:
             total = deadlines.total
+        if self.grpc:
+            total = self._grpcDeadline(total)
+            if total <= 0.0:
+                self.fail(ProxyError(504, "deadline-expired", "The caller's deadline has passed."))
+                return
         self.deadline = now + total
         self.timer = router.clock.callLater(total, self._timedOut)
         self._enter(WAITING)
@@ -197,6 +214,34 @@ class Exchange(TryAccounting):
             return
         router.retries.admit()
         self._attempt()
+
+    def _grpcDeadline(self, total: float) -> float:
+        """
+        A gRPC call's C{grpc-timeout}: the time it may take, when shorter
+        than C{total}, from any caller (it can only shorten it). Its field
+        is kept to be rewritten for each try (L{connected}); a malformed
+        one is dropped (treated as absent, as grpc/grpc's C core does) and
+        counted as C{bad-grpc-timeout}; repeats are dropped.
+
+        @return: the seconds the call may take (0 or less: its deadline has
+            passed).
+        """
+        headers = self.request.headers
+        found = []
+        for index, (name, _) in enumerate(headers):
+            if len(name) == 12 and name.lower() == b"grpc-timeout":
+                found.append(index)
+        if not found:
+            return total
+        seconds = grpc.parseTimeout(headers[found[0]][1])
+        drop = found if seconds is None else found[1:]
+        for index in reversed(drop):
+            del headers[index]
+        if seconds is None:
+            self.router.countError("bad-grpc-timeout")
+            return total
+        self.grpcTimeout = found[0]
+        return seconds if seconds < total else total
 
     def _admit(self, client: IDestination) -> bool:
         """
@@ -381,30 +426,42 @@ class Exchange(TryAccounting):
         # Latency is measured from here: the time to open a connection is
         # not the endpoint's answer time, and must not make a fresh endpoint
         # look slow to the balancer.
-        self.tryStart = router.clock.seconds()
+        now = self.tryStart = router.clock.seconds()
         request = self.request
         server = self.server
-        head = requestHead(
-            request,
-            peer=server.forwardedFor,
-            scheme=server.scheme,
-            forwarded=router.forwarded,
-            deadline=router.deadlines.header(self.deadline),
-            override=self.override,
-            clientCert=server.clientCert,
-            trace=self.trace.headers(),  # type: ignore[union-attr]  # set by start()
-        )
+        index = self.grpcTimeout
+        if index is not None:
+            # The time left, so that each hop sees less.
+            headers = request.headers
+            headers[index] = (headers[index][0], grpc.formatTimeout(self.deadline - now))
         body = self.body
         if body is None:
             self._enter(AWAITING)
-            upstream.write(head)
+            held = None
+            resume = False
+        else:
+            self._enter(SENDING)
+            upstream.sendBodyFrom(server.gate)
+            wasHeld = bool(body.pending)
+            held, resume = body.start()
+        # (by position: peer, scheme, forwarded, deadline, override,
+        # clientCert, trace, body)
+        upstream.writeHead(
+            request,
+            server.forwardedFor,
+            server.scheme,
+            router.forwarded,
+            router.deadlines.header(self.deadline),
+            self.override,
+            server.clientCert,
+            self.trace.headers(),  # type: ignore[union-attr]  # set by start()
+            held,
+        )
+        if body is None:
             return
-        self._enter(SENDING)
-        upstream.sendBodyFrom(server.gate)
-        held = bool(body.pending)
-        if body.start(head, upstream):
+        if resume:
             server.gate.resume("preconnect")
-        if request.expectContinue and not body.done and not held and not self.continued:
+        if request.expectContinue and not body.done and not wasHeld and not self.continued:
             # Once, on the first connection actually made (a refused first
             # try must not leave the client waiting).
             self.continued = True
@@ -444,11 +501,14 @@ class Exchange(TryAccounting):
             )
         )
 
-    def staleConnection(self, reason: str) -> None:
+    def staleConnection(self, reason: str, anyMethod: bool = False) -> None:
         """
         A pooled connection was closed by the upstream before it answered:
         a keep-alive race, not a failure of the endpoint. Send again on a
         fresh connection.
+
+        @param anyMethod: whether the upstream said it did not process the
+            request (so that any method may be sent again).
         """
         self.upstream = None
         node = self.node
@@ -459,10 +519,11 @@ class Exchange(TryAccounting):
         if (
             self.stale < MAX_STALE_TRIES
             and (body is None or body.replayable())
-            and self.client.isIdempotent(self.request)  # type: ignore[union-attr]
+            and (anyMethod or self.client.isIdempotent(self.request))  # type: ignore[union-attr]
         ):
-            # Only idempotent requests: the upstream may have read this one
-            # before it closed.
+            # Only idempotent requests (unless the upstream said it did not
+            # process it): the upstream may have read this one before it
+            # closed.
             self.stale += 1
             self._rewind()
             if self.tryTimer is None or self.tryTimer.active():
@@ -478,6 +539,12 @@ class Exchange(TryAccounting):
                 "Upstream %s closed the connection before answering." % (address,),
             )
         )
+
+    def notProcessed(self, reason: str) -> None:
+        """
+        See L{IExchange.notProcessed}.
+        """
+        self.staleConnection(reason, True)
 
     # -- response from upstream -------------------------------------------
 
@@ -520,7 +587,11 @@ class Exchange(TryAccounting):
             self.upstreamError("101 to a request that asked for no upgrade")
             return False
         self.tryStatus = status
-        classification, anyMethod = self.client.classify(request, status, headers)  # type: ignore[union-attr]
+        client: IDestination = self.client  # type: ignore[assignment]  # routed
+        if self.grpc:
+            classification, anyMethod = self._grpcHead(client, status, headers)
+        else:
+            classification, anyMethod = client.classify(request, status, headers)
         self.classification = classification
         if classification == RETRYABLE and status != 101:
             upstream = self.upstream
@@ -574,7 +645,7 @@ class Exchange(TryAccounting):
         """
         See L{IExchange.responseStreaming}.
         """
-        self.server.streamFrom(upstream.transport)
+        self.server.streamFrom(upstream.producer)
 
     def responseComplete(self, trailers: Headers | None, reusable: bool) -> None:
         """
@@ -584,6 +655,8 @@ class Exchange(TryAccounting):
         """
         if self.state is not STREAMING:
             return
+        if self.grpcResponse and self.grpcStatus is None:
+            self._grpcEnd(trailers)
         server = self.server
         self.writer.end(trailers)  # type: ignore[union-attr]
         upstream, self.upstream = self.upstream, None
@@ -601,6 +674,33 @@ class Exchange(TryAccounting):
         self._end()
         server.flush()
         server.exchangeDone(self, self.keepAlive)
+
+    def _grpcHead(self, client: IDestination, status: int, headers: Headers) -> tuple[int, bool]:
+        """
+        Judge the head of a response to a gRPC call: by its C{grpc-status}
+        when it has one (a trailers-only response) and the classifier is
+        C{grpc}, any method being retryable then; otherwise as any response
+        (a gRPC response's verdict then waits for its trailers:
+        L{_grpcEnd}).
+        """
+        code, self.grpcResponse = grpc.responseStatus(status, headers)
+        self.grpcStatus = code
+        classifier = client.classifier
+        if classifier.grpc and self.grpcResponse and code is not None and status == 200:
+            return classifier.classifyGrpc(code), True
+        return client.classify(self.request, status, headers)
+
+    def _grpcEnd(self, trailers: Headers | None) -> None:
+        """
+        A gRPC response ended: its code is in its trailers (UNKNOWN when
+        they have none). Too late for a retry, a failing code still counts
+        against the endpoint.
+        """
+        code = self.grpcStatus = grpc.trailerStatus(trailers)
+        classifier = self.client.classifier  # type: ignore[union-attr]  # routed
+        if classifier.grpc and self.classification == SUCCESS:
+            if classifier.classifyGrpc(code) != SUCCESS:
+                self.classification = FAILURE
 
     def upgraded(self, upstream: IUpstreamConnection, rest: bytes) -> None:
         """
@@ -738,6 +838,9 @@ class Exchange(TryAccounting):
         )
 
     def _abortClient(self) -> None:
+        if self.grpc:
+            # The stream is reset (INTERNAL_ERROR): INTERNAL to its caller.
+            self.grpcStatus = grpc.INTERNAL
         self._end()
         self.server.abort()
 
@@ -749,8 +852,14 @@ class Exchange(TryAccounting):
             return
         self._dropUpstream()
         self._abandonTry()
-        self.status = error.status
         self.meshErr = error.reason
+        if self.grpc:
+            # A gRPC answer (the client connection makes it): 200, the
+            # code in grpc-status.
+            self.status = 200
+            self.grpcStatus = grpc.errorCode(error.status, error.reason)
+        else:
+            self.status = error.status
         self.router.countError(error.reason)
         self._end()
         server = self.server
@@ -772,6 +881,8 @@ class Exchange(TryAccounting):
         self.tryError = "client-gone"
         self._abandonTry()
         self.meshErr = "client-gone"
+        if self.grpc:
+            self.grpcStatus = grpc.CANCELLED
         if self.client is not None:
             self.router.countError("client-gone")
         self._end()
@@ -809,6 +920,8 @@ class Exchange(TryAccounting):
                 self.bytesOut,
                 trace.traceId if trace is not None and trace.recording else None,
             )
+            if self.grpc:
+                router.recordGrpc(client, self.request.target, self.grpcStatus)
         router.observer.finished(self, now)
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "IClientConnection",
     "IDestination",
     "IExchange",
+    "IRequestWriter",
     "IResponseWriter",
     "IRouter",
     "IUpstreamConnection",
@@ -114,6 +115,13 @@ class IRouter(Interface):
         Count one finished request of C{destination}: its status, duration,
         method, time to the response head (L{None} when none came), body
         bytes both ways, and the trace id of a recorded trace (an exemplar).
+        """
+
+    def recordGrpc(destination: IDestination, path: bytes, code: int | None) -> None:
+        """
+        Count one finished gRPC call of C{destination} (after L{record}):
+        its path (the service and method, C{/pkg.Service/Method}) and its
+        status code (L{None}: unknown).
         """
 
 
@@ -348,6 +356,14 @@ class IExchange(Interface):
         did not verify the upstream).
         """
 
+    def notProcessed(reason: str) -> None:
+        """
+        The upstream said it did not process the request (an HTTP/2 GOAWAY
+        below its stream, or C{REFUSED_STREAM}): send it again on a fresh
+        connection to the same endpoint, whatever its method, a few times
+        at most; not a failure of the endpoint, nor a retry of the budget.
+        """
+
     def interimResponse(status: int, reason: bytes, headers: Headers) -> None:
         """
         An interim (1xx) response arrived.
@@ -397,6 +413,12 @@ class IExchange(Interface):
         The upstream sent something that is not an acceptable response.
         """
 
+    def fail(error: ProxyError) -> None:
+        """
+        Answer the client with an error made by meshproxy (the try ends
+        without a verdict on its endpoint).
+        """
+
     def flush() -> None:
         """
         The upstream connection finished parsing a read: send what was
@@ -404,18 +426,75 @@ class IExchange(Interface):
         """
 
 
-class IUpstreamConnection(Interface):
+class IRequestWriter(Interface):
     """
-    A connection to an upstream endpoint, as the exchange sees it.
+    Writes one request upstream, in the upstream connection's protocol: the
+    head rewritten for the upstream (hop-by-hop fields dropped, this hop's
+    forwarding, mesh and trace context added, the framing the connection's
+    own), then the body, then its end and trailers.
+
+    HTTP/1.1 (L{UpstreamProtocol<meshproxy.http.client.UpstreamProtocol>})
+    writes the bytes L{requestHead<meshproxy.http.rewrite.requestHead>}
+    makes and chunks when the request is chunked; an HTTP/2 stream
+    (L{meshproxy.http2.client}) writes HEADERS, DATA and trailers frames.
+    """
+
+    def writeHead(
+        request: Request,
+        peer: bytes,
+        scheme: bytes,
+        forwarded: bool,
+        deadline: bytes,
+        override: bytes | None,
+        clientCert: bytes | None,
+        trace: bytes,
+        body: list[bytes] | None,
+    ) -> None:
+        """
+        Send the request head, and the body pieces held so far. (The
+        exchange gives the arguments by position: this runs for every
+        request.)
+
+        @param request: the request as received.
+        @param peer: the client's address (C{X-Forwarded-For}, C{Forwarded}).
+        @param scheme: the client connection's scheme, C{b"http"} or
+            C{b"https"}.
+        @param forwarded: whether to add the forwarding fields.
+        @param deadline: the C{mesh-ctx-deadline} value.
+        @param override: the C{mesh-ctx-dtab} value, or L{None}.
+        @param clientCert: the C{x-forwarded-client-cert} value, or L{None}.
+        @param trace: this hop's trace context and C{mesh-reqid}, as
+            HTTP/1 header lines.
+        @param body: body pieces to send right after the head, or L{None}.
+            A request without a body (L{Request.hasBody}) ends with its
+            head; one with a body ends at L{writeEnd}.
+        """
+
+    def writeBody(data: bytes) -> None:
+        """
+        Send a piece of the request body.
+        """
+
+    def writeEnd(trailers: Headers | None) -> None:
+        """
+        Send the end of the request body, with its trailer fields (or
+        L{None}).
+        """
+
+
+class IUpstreamConnection(IRequestWriter):
+    """
+    A connection to an upstream endpoint, as the exchange sees it: it
+    writes the request (L{IRequestWriter}) and reports the response to
+    the exchange.
     """
 
     reused = Attribute("Whether the connection already served a response.")
-    transport = Attribute("The upstream's IStreamTransport (streamed from, tunnelled to).")
-
-    def write(data: bytes) -> None:
-        """
-        Send request bytes.
-        """
+    transport = Attribute("The upstream's IStreamTransport (tunnelled to).")
+    producer = Attribute(
+        "The IPushProducer a slow client pauses while the response streams: the"
+        " transport, or an HTTP/2 stream's flow control."
+    )
 
     def sendBodyFrom(producer: IPushProducer) -> None:
         """

@@ -37,7 +37,6 @@ _NOT_NAMED = HOP_BY_HOP | frozenset([b"close"])
 
 def requestHead(
     request: Request,
-    *,
     peer: bytes,
     scheme: bytes,
     forwarded: bool,
@@ -47,7 +46,8 @@ def requestHead(
     trace: bytes = b"",
 ) -> bytes:
     """
-    The request line and header block sent upstream.
+    The request line and header block sent upstream. (Its arguments may be
+    given by position: this runs for every request.)
 
     @param request: the request as received (origin-form target).
     @param peer: the client's address, for C{X-Forwarded-For} and

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from meshproxy.balancing.node import Node
+from meshproxy.grpc import GrpcMethods
 from meshproxy.http.bound import BoundClient, BoundClients, NamePolicies
 from meshproxy.http.client import Pool
 from meshproxy.http.interfaces import IRouter
@@ -148,7 +149,12 @@ class HttpRouter:
                     key=section.key,
                     minVersion=section.minVersion,
                 )
-        self._tlsConnectors: dict[tuple[Any, str], TLSConnector] = {}
+        self._tlsConnectors: dict[tuple[Any, str, str], TLSConnector] = {}
+        self._upstreamProtocols = {
+            name: settings.upstreamProtocol
+            for name, settings in config.boundNames
+            if settings.upstreamProtocol is not None
+        }
         # The listener's own identity when it terminates TLS (tap sets it),
         # named in x-forwarded-client-cert.
         self.tlsName: str | None = None
@@ -185,6 +191,7 @@ class HttpRouter:
         # Telemetry besides metrics: traces, and the summaries of requests.
         self.tracer = Tracer() if tracer is None else tracer
         self.observer = RequestObserver(self.name, self.tracer, summaries, query=logQuery)
+        self.grpcMethods = GrpcMethods(config.grpc.methods)
         self._expiry: LoopingCall | None = None
 
     # -- lifecycle --------------------------------------------------------
@@ -289,7 +296,39 @@ class HttpRouter:
 
     # -- what the bound names are made of ----------------------------------
 
+    def upstreamProtocol(self, bound: BoundName) -> str:
+        """
+        How requests go to a bound name's endpoints: C{"http/1.1"}, C{"h2"},
+        or C{"auto"} (learnt by ALPN, over TLS only: a plain upstream is
+        never guessed at, C{"http/1.1"}); its C{boundNames} entry, else
+        C{client.upstreamProtocol}.
+        """
+        own = self._upstreamProtocols.get(str(bound.id))
+        protocol = self.clientSettings.upstreamProtocol if own is None else own
+        if protocol == "auto":
+            if self._upstreamTls.get(str(bound.id), self.config.upstreamTls) is None:
+                return "http/1.1"
+        return protocol
+
     def _makePool(self, endpoint: Endpoint, bound: BoundName) -> Pool:
+        settings = self.clientSettings
+        protocol = self.upstreamProtocol(bound)
+        if protocol != "http/1.1":
+            from meshproxy.http2.client import AutoPool, H2Pool
+
+            h2 = H2Pool(
+                endpoint,
+                clock=self.reactor,
+                connector=self.connectorFor(bound),
+                idleTimeout=settings.idleTimeout,
+                limits=settings,
+            )
+            if protocol == "h2":
+                return h2  # type: ignore[return-value]  # (the same face)
+            return AutoPool(self._makeH1Pool(endpoint, bound), h2)  # type: ignore[return-value]
+        return self._makeH1Pool(endpoint, bound)
+
+    def _makeH1Pool(self, endpoint: Endpoint, bound: BoundName) -> Pool:
         settings = self.clientSettings
         return Pool(
             endpoint,
@@ -309,11 +348,14 @@ class HttpRouter:
         if section is None:
             return self.connector
         expected = expectedIdentity(section.serverName, bound.service)
-        key = (section, expected)
+        protocol = self.upstreamProtocol(bound)
+        key = (section, expected, protocol)
         connector = self._tlsConnectors.get(key)
         if connector is None:
             # No file is read here: the section's settings were loaded once.
-            creator = ClientTLS(expected, settings=self._tlsSettings[section])
+            creator = ClientTLS(
+                expected, settings=self._tlsSettings[section], upstreamProtocol=protocol
+            )
             connector = self._tlsConnectors[key] = TLSConnector(self.connector, creator)
         return connector
 
@@ -374,6 +416,19 @@ class HttpRouter:
                 return
             stats = client.stats = self.metrics.route(self.name, client.name)
         stats.record(status, seconds, method, ttfb, bytesIn, bytesOut, traceId)
+
+    # Given back the destination its route() returned.
+    def recordGrpc(  # type: ignore[override]
+        self, client: BoundClient, path: bytes, code: int | None
+    ) -> None:
+        """
+        See L{IRouter.recordGrpc}: counted under the labels of C{grpc.methods}
+        (L{GrpcMethods}), for a name its namer knows (as L{record}).
+        """
+        stats = client.stats
+        if stats is not None:
+            service, method = self.grpcMethods.labels(path)
+            stats.recordGrpc(service, method, code)
 
     def countError(self, reason: str) -> None:
         """

@@ -26,13 +26,13 @@ from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from meshproxy import grpc
 from meshproxy.config.policies import Http2Config
 from meshproxy.http.checks import checkRequest, parserError
 from meshproxy.http.exchange import Exchange
 from meshproxy.http.interfaces import IClientConnection
 from meshproxy.http.message import ProxyError, Request, errorResponse, forbiddenTrailer
 from meshproxy.http.rewrite import ResponseWriter, interimHead
-from meshproxy.http2.connection import H2ServerConnection
 from meshproxy.http2.frames import PREFACE, FloodLimits
 from meshproxy.tls import forwardedClientCert, identityOf
 from meshproxy.transport.fastwrite import writerFor
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from meshproxy.config import ServerConfig
     from meshproxy.http.interfaces import IExchange, IRouter
     from meshproxy.http.message import Headers
+    from meshproxy.http2.connection import H2ServerConnection
     from meshproxy.telemetry.metrics import ConnectionStats
     from meshproxy.transport.interfaces import IStreamTransport
 
@@ -260,6 +261,8 @@ class ServerProtocol(Protocol):
         self._timer = None
         if self._tls:
             self._readIdentity()
+        from meshproxy.http2.connection import H2ServerConnection
+
         self._h2 = H2ServerConnection(self, self.http2, limits=self.h2Limits)
         self._h2.dataReceived(seen)
         return None
@@ -580,9 +583,14 @@ class ServerProtocol(Protocol):
 
     def sendError(self, error: ProxyError, close: bool = False) -> None:
         """
-        Answer with an error made by meshproxy (for the active request).
+        Answer with an error made by meshproxy (for the active request): a
+        gRPC answer to a gRPC call (L{grpc.errorHead}).
         """
-        head = self.active is not None and self.active.request.method == b"HEAD"
+        request = None if self.active is None else self.active.request
+        if request is not None and grpc.isGrpcRequest(request):
+            self.write(grpc.errorHead(error.status, error.reason, error.detail, close=close))
+            return
+        head = request is not None and request.method == b"HEAD"
         self.write(
             errorResponse(error.status, error.reason, error.detail, close=close, head=head)
         )

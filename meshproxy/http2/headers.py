@@ -1,7 +1,9 @@
 """
 Header fields across HTTP/2: a stream's request made from its header list,
 and the fields of a response (and its trailers) an HTTP/2 client may be
-sent.
+sent; on the upstream side, the header list of a request sent to an HTTP/2
+upstream (L{requestFields}) and the response read from one
+(L{responseFrom}, L{upstreamTrailers}).
 
 L{requestFrom} checks what RFC 9113 asks of a request's header list (8.2,
 8.3: field names lowercase and valid, values without surrounding
@@ -21,8 +23,12 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from hpack import NeverIndexedHeaderTuple
+
 from meshproxy.http.checks import checkHead
-from meshproxy.http.message import HOP_BY_HOP, ProxyError, Request
+from meshproxy.http.message import HOP_BY_HOP, ProxyError, Request, forbiddenTrailer
+from meshproxy.http.rewrite import MESH_CONTEXT
+from meshproxy.telemetry.tracecontext import TRACE_HEADERS
 
 if TYPE_CHECKING:
     from meshproxy.config import ServerConfig
@@ -32,8 +38,12 @@ __all__ = [
     "VERSION",
     "errorFields",
     "interimFields",
+    "UpstreamResponseError",
+    "requestFields",
     "requestFrom",
     "responseFields",
+    "responseFrom",
+    "upstreamTrailers",
     "trailerFields",
     "trailersFrom",
 ]
@@ -227,3 +237,223 @@ def errorFields(error: ProxyError, length: int) -> Headers:
         (b"content-type", b"text/plain; charset=utf-8"),
         (b"content-length", b"%d" % (length,)),
     ]
+
+
+# -- the upstream side ------------------------------------------------------
+
+#: Request fields never sent to an HTTP/2 upstream as received: the
+#: connection-specific ones (RFC 9113 8.2.2; C{te} is sent again as
+#: C{trailers} when the client asked for it), C{host} (the C{:authority}),
+#: C{expect} (meshproxy answers 100-continue itself), the client
+#: certificate and trace context (this hop sends its own).
+_NOT_SENT_UPSTREAM = (
+    HOP_BY_HOP
+    | TRACE_HEADERS
+    | frozenset([b"host", b"expect", b"x-forwarded-client-cert", b"http2-settings"])
+)
+_VIA_VALUE = b"1.1 meshproxy"
+
+
+class UpstreamResponseError(Exception):
+    """
+    A response (or trailers) from an HTTP/2 upstream that breaks RFC 9113
+    8.3.2 or the client limits: the try fails as C{upstream-protocol}.
+    """
+
+
+def requestFields(
+    request: Request,
+    *,
+    scheme: bytes,
+    peer: bytes,
+    clientScheme: bytes,
+    forwarded: bool,
+    deadline: bytes,
+    override: bytes | None,
+    clientCert: bytes | None,
+    trace: bytes,
+) -> Headers:
+    """
+    The header list of a request sent to an HTTP/2 upstream: what
+    L{requestHead<meshproxy.http.rewrite.requestHead>} sends an HTTP/1.1
+    upstream, as HTTP/2 fields.
+
+    @param request: the request as received (HTTP/1 or HTTP/2).
+    @param scheme: the C{:scheme}: the upstream connection's (C{b"https"}
+        over TLS).
+    @param peer: the client's address, for the forwarding fields.
+    @param clientScheme: the client connection's scheme, for the
+        forwarding fields.
+    @param forwarded: whether to add the forwarding fields.
+    @param deadline: the C{mesh-ctx-deadline} value.
+    @param override: the C{mesh-ctx-dtab} value, or L{None}.
+    @param clientCert: the C{x-forwarded-client-cert} value, or L{None}.
+    @param trace: this hop's trace context lines (HTTP/1 syntax).
+    @return: the pseudo-header fields (C{:method}, C{:scheme},
+        C{:authority} from C{Host}, C{:path}), then the fields with
+        lowercase names, hop-by-hop ones and those named in C{Connection}
+        dropped, C{te: trailers} kept, the forwarding, C{via}, mesh and
+        trace fields added, and the C{content-length} of a body of known
+        length.
+    """
+    target = request.target
+    authority = request.host
+    if authority is None:
+        for name, value in request.headers:
+            if name.lower() == b"host":
+                authority = value
+                break
+    if target[:1] != b"/" and target != b"*":
+        # absolute-form (a request to a proxy): its path, and its authority
+        # when there was no Host.
+        rest = target.split(b"://", 1)[-1]
+        slash = rest.find(b"/")
+        if authority is None:
+            authority = rest if slash < 0 else rest[:slash]
+        target = b"/" if slash < 0 else rest[slash:]
+    fields: Headers = [
+        (b":method", request.method),
+        (b":scheme", scheme),
+        (b":authority", authority or b""),
+        (b":path", target),
+    ]
+    append = fields.append
+    tokens = request.connectionTokens
+    mesh = request.meshHeaders
+    trailersAsked = False
+    seenXff = seenFwd = seenVia = seenProto = False
+    for name, value in request.headers:
+        n = name.lower()
+        if n in _NOT_SENT_UPSTREAM or (tokens and n in tokens):
+            if n == b"te" and b"trailers" in value.lower():
+                trailersAsked = True
+            continue
+        if mesh and n in MESH_CONTEXT:
+            continue
+        if forwarded:
+            if n == b"x-forwarded-for":
+                value = value + b", " + peer
+                seenXff = True
+            elif n == b"forwarded":
+                value = value + b", " + _forwardedElement(peer, clientScheme)
+                seenFwd = True
+            elif n == b"x-forwarded-proto":
+                seenProto = True
+        if n == b"via":
+            value = value + b", " + _VIA_VALUE
+            seenVia = True
+        append((n, value))
+    if trailersAsked:
+        append((b"te", b"trailers"))
+    if forwarded:
+        if not seenXff:
+            append((b"x-forwarded-for", peer))
+        if not seenProto:
+            append((b"x-forwarded-proto", clientScheme))
+        if not seenFwd:
+            append((b"forwarded", _forwardedElement(peer, clientScheme)))
+    if not seenVia:
+        append(_VIA)
+    # Values new on every request are not added to the HPACK table (they
+    # would push out the ones that repeat, and make every lookup longer).
+    append(NeverIndexedHeaderTuple(b"mesh-ctx-deadline", deadline))
+    if trace:
+        for line in trace.split(b"\r\n"):
+            name, sep, value = line.partition(b":")
+            if sep:
+                append(NeverIndexedHeaderTuple(name.strip().lower(), value.strip()))
+    if override is not None:
+        append((b"mesh-ctx-dtab", override))
+    if clientCert is not None:
+        append((b"x-forwarded-client-cert", clientCert))
+    if not request.chunked and request.contentLength is not None:
+        append((b"content-length", b"%d" % (request.contentLength,)))
+    return fields
+
+
+def _forwardedElement(peer: bytes, scheme: bytes) -> bytes:
+    if b":" in peer:
+        peer = b'"[' + peer + b']"'
+    return b"for=%s;proto=%s" % (peer, scheme)
+
+
+#: A character a field value may not have (RFC 9113 8.2.1).
+_BAD_VALUE = re.compile(rb"[\x00\r\n]")
+
+
+def _checkField(name: bytes, value: bytes) -> None:
+    if not name or _BAD_NAME.search(name) is not None:
+        raise UpstreamResponseError("invalid field name %r" % (name[:64],))
+    if _BAD_VALUE.search(value) is not None or (
+        value and (value[0] in _SPACE or value[-1] in _SPACE)
+    ):
+        raise UpstreamResponseError("invalid value of field %r" % (name[:64],))
+    if name in _CONNECTION_SPECIFIC or name == b"te":
+        raise UpstreamResponseError("connection-specific field %r" % (name[:64],))
+
+
+def responseFrom(headers: Headers, maxHeaders: int) -> tuple[int, Headers, bytes | None]:
+    """
+    A response head from an HTTP/2 upstream, checked strictly (RFC 9113
+    8.3.2: one C{:status} and no other pseudo-header field, first; names
+    lowercase and valid; values without CR, LF, NUL or surrounding
+    whitespace; no connection-specific field; one C{content-length} value).
+
+    @param headers: the C{(name, value)} pairs the h2 library decoded
+        (its size bounded by the announced maximum header list size).
+    @param maxHeaders: the number of fields allowed (C{client.maxHeaders}).
+    @return: C{(status, fields, contentLength)}: the fields without the
+        pseudo-header one (as an HTTP/1.1 upstream's would be), the declared
+        length or L{None}.
+    @raise UpstreamResponseError: for a malformed response.
+    """
+    status = None
+    fields: Headers = []
+    contentLength = None
+    for pair in headers:
+        name, value = pair
+        if name[:1] == b":":
+            if name != b":status" or status is not None or fields:
+                raise UpstreamResponseError("unexpected pseudo-header field %r" % (name[:64],))
+            if len(value) != 3 or not value.isdigit():
+                raise UpstreamResponseError("invalid :status")
+            status = int(value)
+            continue
+        _checkField(name, value)
+        if name == b"content-length":
+            if not value.isdigit() or (contentLength is not None and contentLength != value):
+                raise UpstreamResponseError("invalid content-length")
+            contentLength = value
+        fields.append(pair)
+        if len(fields) > maxHeaders:
+            raise UpstreamResponseError("more than %d header fields" % (maxHeaders,))
+    if status is None or status < 100 or status == 101:
+        raise UpstreamResponseError("no valid :status")
+    return status, fields, contentLength
+
+
+def upstreamTrailers(
+    headers: Headers, maxHeaders: int, dropped: list[bytes] | None = None
+) -> Headers:
+    """
+    The trailer fields of a response from an HTTP/2 upstream, checked as
+    its head is (no pseudo-header field), those that may not be trailers
+    dropped (L{forbiddenTrailer<meshproxy.http.message.forbiddenTrailer>}).
+
+    @param dropped: collects the names dropped, when given.
+    @raise UpstreamResponseError: for malformed trailers.
+    """
+    kept: Headers = []
+    for pair in headers:
+        name, value = pair
+        if name[:1] == b":":
+            raise UpstreamResponseError("a pseudo-header field in trailers")
+        _checkField(name, value)
+        if forbiddenTrailer(name):
+            if dropped is not None:
+                dropped.append(name)
+            continue
+        kept.append(pair)
+        if len(kept) > maxHeaders:
+            raise UpstreamResponseError("more than %d trailer fields" % (maxHeaders,))
+    return kept

@@ -42,6 +42,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from meshproxy import grpc
 from meshproxy.http.exchange import Exchange
 from meshproxy.http.interfaces import IClientConnection, IResponseWriter
 from meshproxy.http.message import ProxyError, forbiddenTrailer
@@ -242,11 +243,9 @@ class H2Stream:
             self._bodyRefused(e)
             return
         kept: Headers = []
-        request = self.request
         for pair in headers:
-            if forbiddenTrailer(pair[0]) or (request is not None and not request.chunked):
-                # Never taken from a trailer; and a body with a declared
-                # length has no way to carry trailers upstream.
+            if forbiddenTrailer(pair[0]):
+                # Never taken from a trailer.
                 self.connection.countError("trailer-dropped")
             else:
                 kept.append(pair)
@@ -442,11 +441,17 @@ class H2Stream:
 
     def sendError(self, error: ProxyError, close: bool = False) -> None:
         """
-        See L{IClientConnection.sendError}.
+        See L{IClientConnection.sendError}: to a gRPC call, a gRPC answer
+        (trailers-only: one HEADERS frame ending the stream,
+        L{grpc.errorFields}).
         """
+        request = self.request
+        if request is not None and grpc.isGrpcRequest(request):
+            self._head = grpc.errorFields(error.status, error.reason, error.detail)
+            self.queueEnd(None)
+            return
         body = ("%s\n" % (error.detail or error.reason,)).encode("utf-8", "replace")
         self._head = errorFields(error, len(body))
-        request = self.request
         if request is None or request.method != b"HEAD":
             self.queueData(body)
         self.queueEnd(None)

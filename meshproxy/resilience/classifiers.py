@@ -17,6 +17,13 @@ C{"retryableRead5XX"} makes them retryable for GET HEAD OPTIONS TRACE,
 C{"retryableIdempotent5XX"} for every idempotent request, and
 C{"allSuccessful"} counts them as successes.
 
+C{"grpc"} judges a gRPC response by its C{grpc-status} (L{classifyGrpc}):
+OK is a success, a code in C{retryableCodes} a failure retryable whatever
+the method (every gRPC call is a POST; UNAVAILABLE says the call was not
+processed), a code of L{FAILURE_CODES<meshproxy.grpc.FAILURE_CODES>} a
+failure, any other code a success (the application's answer). Other
+responses it judges by their status as C{"nonRetryable5XX"} does.
+
 Errors without a response (connection refused or reset, timeouts) are not
 classified here: the exchange decides those.
 """
@@ -27,6 +34,7 @@ from collections.abc import Iterable
 
 from zope.interface import implementer
 
+from meshproxy.grpc import FAILURE_CODES, UNAVAILABLE, codeOf
 from meshproxy.resilience.interfaces import IClassifier
 
 __all__ = [
@@ -46,7 +54,9 @@ FAILURE = 2
 ReadMethods = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 IdempotentMethods = ReadMethods | {b"PUT", b"DELETE"}
 
-Kinds = ("nonRetryable5XX", "retryableRead5XX", "retryableIdempotent5XX", "allSuccessful")
+Kinds = (
+    "nonRetryable5XX", "retryableRead5XX", "retryableIdempotent5XX", "allSuccessful", "grpc",
+)
 
 
 @implementer(IClassifier)
@@ -59,12 +69,19 @@ class Classifier:
         retryable failures for idempotent requests.
     @ivar idempotencyKey: whether a POST with an C{Idempotency-Key} counts as
         idempotent.
+    @ivar grpc: whether gRPC responses are judged by their C{grpc-status}
+        (the C{"grpc"} kind).
+    @ivar retryableCodes: a frozenset of the gRPC status codes (numbers)
+        that are retryable failures, for the C{"grpc"} kind (empty for the
+        others).
     """
 
     __slots__ = (
         "kind",
         "retryableStatusCodes",
         "idempotencyKey",
+        "grpc",
+        "retryableCodes",
         "_idempotent",
         "_fail5xx",
         "_retry5xx",
@@ -72,7 +89,11 @@ class Classifier:
     )
 
     def __init__(
-        self, kind: str, retryableStatusCodes: Iterable[int] = (), idempotencyKey: bool = False
+        self,
+        kind: str,
+        retryableStatusCodes: Iterable[int] = (),
+        idempotencyKey: bool = False,
+        retryableCodes: Iterable[str | int] | None = None,
     ) -> None:
         """
         @param kind: one of L{Kinds}.
@@ -80,8 +101,12 @@ class Classifier:
             retryable failures for idempotent requests.
         @param idempotencyKey: whether a POST with an C{Idempotency-Key}
             header counts as idempotent.
-        @raise ValueError: on an unknown kind or a status code that is not an
-            integer between 100 and 599.
+        @param retryableCodes: for the C{"grpc"} kind, the gRPC status codes
+            (names as the spec spells them, or numbers) that are retryable
+            failures; L{None} for UNAVAILABLE alone.
+        @raise ValueError: on an unknown kind, a status code that is not an
+            integer between 100 and 599, a gRPC code that is none of the 17,
+            or gRPC codes given to another kind.
         """
         if kind not in Kinds:
             raise ValueError(
@@ -93,6 +118,14 @@ class Classifier:
                 raise ValueError(
                     f"retryable status codes are integers from 100 to 599, got {code!r}"
                 )
+        self.grpc = kind == "grpc"
+        if retryableCodes is None:
+            grpcCodes = frozenset([UNAVAILABLE]) if self.grpc else frozenset()
+        elif not self.grpc:
+            raise ValueError("retryable gRPC codes are only for the grpc kind")
+        else:
+            grpcCodes = frozenset(codeOf(code) for code in retryableCodes)
+        self.retryableCodes = grpcCodes
         self.kind = kind
         self.retryableStatusCodes = codes
         self.idempotencyKey = bool(idempotencyKey)
@@ -134,6 +167,18 @@ class Classifier:
             return FAILURE
         return SUCCESS
 
+    def classifyGrpc(self, code: int) -> int:
+        """
+        See L{IClassifier.classifyGrpc}.
+        """
+        if code == 0:
+            return SUCCESS
+        if code in self.retryableCodes:
+            return RETRYABLE
+        if code in FAILURE_CODES or code > 16:
+            return FAILURE
+        return SUCCESS
+
     def isIdempotent(self, method: bytes, hasIdempotencyKey: bool = False) -> bool:
         """
         See L{IClassifier.isIdempotent}.
@@ -146,5 +191,6 @@ class Classifier:
         return (
             f"Classifier({self.kind!r}, "
             f"retryableStatusCodes={sorted(self.retryableStatusCodes)!r}, "
-            f"idempotencyKey={self.idempotencyKey!r})"
+            f"idempotencyKey={self.idempotencyKey!r}"
+            + (f", retryableCodes={sorted(self.retryableCodes)!r})" if self.grpc else ")")
         )

@@ -21,6 +21,11 @@ class IClassifier(Interface):
     success, a failure that may be retried, or a failure that may not.
     """
 
+    grpc = Attribute(
+        "Whether gRPC responses are judged by their grpc-status (classifyGrpc) rather than"
+        " by their HTTP status."
+    )
+
     def classify(method: bytes, status: int, retryableHeader: bool, hasIdempotencyKey: bool) -> int:
         """
         Judge one response.
@@ -33,6 +38,17 @@ class IClassifier(Interface):
             C{Idempotency-Key} header.
         @return: one of L{meshproxy.resilience.classifiers.SUCCESS},
             C{RETRYABLE} or C{FAILURE}.
+        """
+
+    def classifyGrpc(code: int) -> int:
+        """
+        Judge a gRPC response by its status code (from a trailers-only
+        response's head, or from the trailers), when L{grpc} is true.
+
+        @param code: the C{grpc-status} code.
+        @return: C{SUCCESS}, C{RETRYABLE} (retryable whatever the method:
+            the codes configured say the call was not processed) or
+            C{FAILURE}.
         """
 
     def isIdempotent(method: bytes, hasIdempotencyKey: bool) -> bool:

@@ -23,7 +23,8 @@ on one side is passed on to the other.
                Downstream ◄── bytes, back-pressure, half-close ──► Upstream
 
 (the connections are in L{meshproxy.tcp.splice}; upstream connections are
-the reactor's C{connectTCP}, with the connect timeout of C{timeouts.connect})
+made by L{dial<meshproxy.transport.dial.dial>}, with the connect timeout of
+C{timeouts.connect})
 
 Per endpoint, the balancer's C{pending} counts the connections open (or
 being opened) to it: L{start<meshproxy.balancing.interfaces.IBalancer.start>}

@@ -15,20 +15,21 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from OpenSSL import SSL
-from twisted.internet import tcp
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, ISSLTransport
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from zope.interface import implementer
 
 from meshproxy.tcp.stats import connectFailureReason
-from meshproxy.transport.fastwrite import writerFor
+from meshproxy.transport.dial import dial
+from meshproxy.transport.fastwrite import PLAIN_TCP, writerFor
 from meshproxy.transport.gate import PauseGate
 from meshproxy.transport.preamble import IPreambleListener
 from meshproxy.transport.proxyprotocol import formatHeader
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress, IConnector, IDelayedCall
+    from twisted.internet.tcp import Connection
     from twisted.python.failure import Failure
 
     from meshproxy.balancing.node import Node
@@ -184,7 +185,8 @@ class UpstreamFactory(ClientFactory):
     Builds the upstream side of one splice's connection attempt, and tells
     the splice when it fails.
 
-    The attempt is the reactor's own C{connectTCP}: no client endpoint, so
+    The attempt is L{dial<meshproxy.transport.dial.dial>}'s (the reactor's
+    own TCP connection, made with one C{connect}): no client endpoint, so
     that no wrapping protocol stands in the spliced bytes' path and no
     Deferred is made per connection.
     """
@@ -380,9 +382,14 @@ class Splice:
         node.payload.connecting += 1
         endpoint = node.endpoint
         router = self.router
-        self.attempt = router.reactor.connectTCP(
-            endpoint.host, endpoint.port, UpstreamFactory(self), router.connectTimeout
+        attempt = dial(
+            router.reactor, endpoint.host, endpoint.port, UpstreamFactory(self),
+            router.connectTimeout,
         )
+        if self.upstream is None:
+            # Not connected within dial (on loopback it mostly is): a
+            # failure is always reported later.
+            self.attempt = attempt
 
     def connectFailed(self, reason: Failure) -> None:
         """
@@ -446,23 +453,25 @@ class Splice:
         client = self.client
         up = upstream.transport
         down = client.transport
-        if type(up) is tcp.Client:
-            up.bufferSize = SPLICE_BUFFER
-        if type(down) is tcp.Server:
-            down.bufferSize = SPLICE_BUFFER
+        if type(up) in PLAIN_TCP:
+            up.bufferSize = SPLICE_BUFFER  # type: ignore[attr-defined]
+        if type(down) in PLAIN_TCP:
+            down.bufferSize = SPLICE_BUFFER  # type: ignore[attr-defined]
         upstream.gate = PauseGate(up)
         upstream.forward = writerFor(down)
         # Each side's transport pauses the other side's reading when its
         # write buffer is full, and resumes it when the buffer drains.
         down.registerProducer(upstream.gate, True)
         up.registerProducer(client.gate, True)  # type: ignore[arg-type]  # made in begin()
-        early, self.early = self.early, None
+        client.forward = forward = writerFor(up)
+        early: list[bytes] = self.early  # type: ignore[assignment]  # a list until now
+        self.early = None
         version = destination.proxySend
         if version:
-            up.write(formatHeader(version, client.peerAddress(), client.hostAddress()))
-        for data in early:  # type: ignore[union-attr]  # a list until now
-            up.write(data)
-        client.forward = writerFor(up)
+            early.insert(0, formatHeader(version, client.peerAddress(), client.hostAddress()))
+        if early:
+            # Sent at once, in one piece, where the kernel takes it.
+            forward(early[0] if len(early) == 1 else b"".join(early))
         self.lastActivity = now
         idle = self.router.idleTimeout
         if idle is not None:
@@ -489,10 +498,10 @@ class Splice:
         if other.lost:
             return
         if other.ended:
-            # Both directions are over. loseConnection sends what is still
+            # Both directions are over. A close sends what is still
             # buffered first.
-            end.transport.loseConnection()
-            other.transport.loseConnection()
+            _close(end.transport)
+            _close(other.transport)
         else:
             _halfClose(other.transport)
 
@@ -518,7 +527,7 @@ class Splice:
             other = client
         if other is not None and not other.lost:
             if isinstance(reason.value, ConnectionDone):
-                other.transport.loseConnection()
+                _close(other.transport)
             else:
                 other.transport.abortConnection()
         self._finishIfClosed()
@@ -566,6 +575,12 @@ class Splice:
             self.destination.balancer.finish(  # type: ignore[union-attr]  # routed
                 node, now - self.connectSeconds, True
             )
+        # Both connections are lost: nothing calls on the splice any more.
+        # The ends let go of it, so that the pair is freed when the last
+        # reference goes rather than by the garbage collector.
+        self.client.splice = None  # type: ignore[assignment]
+        if self.upstream is not None:
+            self.upstream.splice = None  # type: ignore[assignment]
 
     def _checkIdle(self) -> None:
         self.timer = None
@@ -598,13 +613,13 @@ def _halfClose(transport: IStreamTransport) -> None:
     whole if it cannot be half-closed (TLS).
     """
     kind = type(transport)
-    if kind is tcp.Server or kind is tcp.Client:
+    if kind in PLAIN_TCP:
         # A plain TCP connection with nothing buffered ends its writing now,
         # as Twisted's would once its buffer is sent (the same steps as the
         # end of its doWrite), without a turn of the reactor to learn that
         # the socket is writable: two epoll changes, an event and an empty
         # send fewer per connection.
-        conn: tcp.Connection = transport  # type: ignore[assignment]
+        conn: Connection = transport  # type: ignore[assignment]
         if (
             conn.connected
             and not conn.TLS
@@ -623,3 +638,30 @@ def _halfClose(transport: IStreamTransport) -> None:
         transport.loseWriteConnection()
     else:
         transport.loseConnection()
+
+
+def _close(transport: IStreamTransport) -> None:
+    """
+    Close C{transport} once what is buffered is sent (its
+    C{loseConnection}); a plain TCP connection with nothing buffered is
+    closed now, as Twisted's would be on the next turn of the reactor once
+    it found nothing to send (the same steps as C{doWrite} then takes):
+    two epoll changes and an event fewer per connection.
+    """
+    if type(transport) in PLAIN_TCP:
+        conn: Connection = transport  # type: ignore[assignment]
+        producer = conn.producer
+        if (
+            conn.connected
+            and not conn.disconnecting
+            and not conn.TLS
+            and not conn._tempDataBuffer
+            and conn.offset >= len(conn.dataBuffer)
+            and (producer is None or (conn.streamingProducer and not conn.producerPaused))
+        ):
+            conn.disconnecting = True
+            conn.stopReading()
+            conn.stopWriting()
+            conn.connectionLost(connectionDone)
+            return
+    transport.loseConnection()

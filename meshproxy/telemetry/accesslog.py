@@ -61,6 +61,7 @@ from meshproxy.config.telemetry import AccessLogConfig
 from meshproxy.telemetry.spans import SUMMARY_FIELDS, ISummarySink, TelemetryStats
 
 __all__ = [
+    "GRPC_FIELDS",
     "AccessLog",
     "decodeTarget",
     "formatLine",
@@ -111,14 +112,23 @@ _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_f
 WRITE_INTERVAL = 0.05
 
 
+#: The fields a gRPC call's summary has after those of L{SUMMARY_FIELDS}:
+#: C{grpcStatus}, its status code (a number; L{None} when not known);
+#: C{grpcService} and C{grpcMethod}, what its path names
+#: (C{/pkg.Service/Method}), or L{None} for a path not of that form.
+GRPC_FIELDS = ("grpcStatus", "grpcService", "grpcMethod")
+_GRPC_SUMMARY_FIELDS = SUMMARY_FIELDS + GRPC_FIELDS
+
+
 def formatLine(summary: dict[str, Any]) -> bytes:
     """
     A request summary as one access-log line.
 
-    @param summary: the fields of L{SUMMARY_FIELDS} (a missing one is
-        written as C{null}, other keys are left out), JSON-ready. Built in
-        that order, it is serialised as it is (the fast way); otherwise a
-        copy in that order is.
+    @param summary: the fields of L{SUMMARY_FIELDS}, and those of
+        L{GRPC_FIELDS} for a gRPC call (one with C{grpcStatus}); a missing
+        one is written as C{null}, other keys are left out; JSON-ready.
+        Built in that order, it is serialised as it is (the fast way);
+        otherwise a copy in that order is.
     @return: a compact JSON object in UTF-8 with the fields in the order of
         L{SUMMARY_FIELDS}, without a newline (none can occur inside: JSON
         escapes control characters, and U+2028, U+2029 and U+0085 are
@@ -127,8 +137,9 @@ def formatLine(summary: dict[str, Any]) -> bytes:
         cannot represent: bytes are decoded (UTF-8, with replacement),
         anything else is written as C{str(value)}.
     """
-    if tuple(summary) != SUMMARY_FIELDS:
-        summary = {field: summary.get(field) for field in SUMMARY_FIELDS}
+    fields = _GRPC_SUMMARY_FIELDS if "grpcStatus" in summary else SUMMARY_FIELDS
+    if tuple(summary) != fields:
+        summary = {field: summary.get(field) for field in fields}
     text = _encode(summary)
     if not text.isascii():
         for raw, escaped in _LINE_BREAKS:

@@ -29,16 +29,14 @@ import json
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from treq.client import HTTPClient
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IConsumer, IDelayedCall
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
@@ -55,6 +53,10 @@ from meshproxy.telemetry.spans import (
     serviceOf,
     splitAddress,
 )
+
+if TYPE_CHECKING:
+    from treq.client import HTTPClient
+    from twisted.web.client import HTTPConnectionPool
 
 __all__ = [
     "MAX_IN_FLIGHT",
@@ -239,7 +241,16 @@ class ZipkinEncoder:
             extra += ',"mesh.peer_identity":' + jsonString(record.identity)
         if record.tries > 1:
             extra += ',"mesh.tries":"%d"' % (record.tries,)
-        if status == 0 or status >= 500:
+        inError = status == 0 or status >= 500
+        if record.grpc is not None:
+            code, rpcService, rpcMethod, failed = record.grpc
+            extra += ',"rpc.system":"grpc","rpc.grpc.status_code":"%d"' % (code,)
+            if rpcService is not None and rpcMethod is not None:
+                extra += ',"rpc.service":%s,"rpc.method":%s' % (
+                    jsonString(rpcService), jsonString(rpcMethod)
+                )
+            inError = inError or failed
+        if inError:
             extra += ',"error":"true"'
         peer = record.peer
         parent = "" if parentId is None else f',"parentId":"{parentId}"'
@@ -553,6 +564,8 @@ class _Discard(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.done.called:
             return
+        from twisted.web.client import ResponseDone
+
         if reason.check(ResponseDone, PotentialDataLoss):
             self.done.callback(None)
         else:
@@ -596,6 +609,9 @@ def _httpClient(
 
     @return: the client and its pool (closed when the exporter stops).
     """
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = inFlight
     pool.retryAutomatically = False

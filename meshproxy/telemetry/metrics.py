@@ -35,6 +35,11 @@ Exported families::
                                         response head (requests that got one)
     meshproxy_request_bytes_total{router,name,direction}      body bytes,
                                         direction="in" (from the client) or "out"
+    meshproxy_grpc_responses_total{router,name,service,method,code}
+                                        gRPC calls answered; service and method as
+                                        named in the router's grpc.methods, else
+                                        "other"; code = the status code's name (OK,
+                                        UNAVAILABLE, ...), "other" outside the 17
     meshproxy_errors_total{router,reason}                     reason = the mesh-err value
     meshproxy_retries_total{router,reason}
     meshproxy_policy_denied_total{router,rule,identity}       rule = index or "default"
@@ -93,6 +98,7 @@ from twisted.copyright import version as twistedVersion
 from twisted.logger import Logger
 
 from meshproxy import __version__
+from meshproxy.grpc import CODE_NAMES
 from meshproxy.telemetry.spans import TelemetryStats
 
 _log = Logger()
@@ -170,6 +176,8 @@ class RouteStats:
     @ivar bytesOut: response body bytes sent to clients.
     @ivar exemplars: per slot of L{buckets}, C{(traceId, seconds)} of the
         latest sampled request that fell in it, or L{None}.
+    @ivar grpc: gRPC calls answered, by C{(service, method, code)} labels,
+        or L{None} before the first.
     """
 
     __slots__ = (
@@ -183,6 +191,7 @@ class RouteStats:
         "bytesIn",
         "bytesOut",
         "exemplars",
+        "grpc",
     )
 
     def __init__(self, router: str, name: str) -> None:
@@ -200,6 +209,7 @@ class RouteStats:
         self.bytesIn = 0
         self.bytesOut = 0
         self.exemplars: list[tuple[str, float] | None] = [None] * (len(BUCKETS) + 1)
+        self.grpc: dict[tuple[str, str, str], int] | None = None
 
     def record(
         self,
@@ -249,6 +259,23 @@ class RouteStats:
         self.bytesOut += bytesOut
         if traceId is not None:
             self.exemplars[slot] = (traceId, seconds)
+
+    def recordGrpc(self, service: str, method: str, code: int | None) -> None:
+        """
+        Count one gRPC call answered (besides L{record}).
+
+        @param service: its service label (from a bounded set: the
+            router's C{grpc.methods}, or C{"other"}).
+        @param method: its method label (likewise).
+        @param code: its status code; one outside the 17 counts as
+            C{"other"}, L{None} (not known) as C{"UNKNOWN"}.
+        """
+        label = "UNKNOWN" if code is None else CODE_NAMES.get(code, "other")
+        counts = self.grpc
+        if counts is None:
+            counts = self.grpc = {}
+        key = (service, method, label)
+        counts[key] = counts.get(key, 0) + 1
 
     # The totals are read (by a scrape, by the admin API) far less often
     # than record() runs: they are summed when read rather than counted
@@ -598,7 +625,7 @@ class _MeshCollector(Collector):
         metrics = self._metrics
         now: float | None = None
         routeFamilies = self._routeFamilies()
-        requests, responses, duration, ttfb, transferred = routeFamilies
+        requests, responses, duration, ttfb, transferred, grpcResponses = routeFamilies
         for stats in metrics._routes.values():
             router, name = stats.router, stats.name
             labels = [router, name]
@@ -620,6 +647,9 @@ class _MeshCollector(Collector):
             ttfb.add_metric(labels, _cumulative(stats.ttfbBuckets), stats.ttfbSeconds)
             transferred.add_metric([router, name, "in"], stats.bytesIn)
             transferred.add_metric([router, name, "out"], stats.bytesOut)
+            if stats.grpc is not None:
+                for (service, method, code), count in stats.grpc.items():
+                    grpcResponses.add_metric([router, name, service, method, code], count)
         yield from routeFamilies
 
     def _exemplars(self, stats: RouteStats, now: float) -> list[Exemplar | None]:
@@ -788,7 +818,7 @@ class _MeshCollector(Collector):
     @staticmethod
     def _routeFamilies() -> tuple[
         CounterMetricFamily, CounterMetricFamily, HistogramMetricFamily,
-        HistogramMetricFamily, CounterMetricFamily,
+        HistogramMetricFamily, CounterMetricFamily, CounterMetricFamily,
     ]:
         return (
             CounterMetricFamily(
@@ -818,6 +848,12 @@ class _MeshCollector(Collector):
                 "Body bytes per router and bound name: in, of requests received from clients;"
                 " out, of responses sent to them.",
                 labels=["router", "name", "direction"],
+            ),
+            CounterMetricFamily(
+                "meshproxy_grpc_responses_total",
+                "gRPC calls answered, per router, bound name, service and method (those the"
+                " router's grpc.methods names, the rest as other) and status code.",
+                labels=["router", "name", "service", "method", "code"],
             ),
         )
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import json
 import random as _random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from meshproxy.discovery.endpoints import formatAddress
+from meshproxy.grpc import FAILURE_CODES, UNKNOWN, callName
 from meshproxy.telemetry.accesslog import formatLine, formatTime
 from meshproxy.telemetry.spans import (
     ISpanSink,
@@ -355,11 +356,14 @@ class RequestObserver:
         trace = exchange.trace
         if trace is not None and trace.recording:
             self.tracer.submit(self.spans(exchange, trace, now))
-        summary: Summary | None = None
+        summary: Mapping[str, Any] | None = None
         for sink in self.sinks:
             if sink.wants(self.router):
                 if summary is None:
                     summary, line = self._summary(exchange, now)
+                    if exchange.grpc:
+                        summary = dict(summary)
+                        line = _grpcLine(summary, exchange, line)
                 sink.summarize(summary, line)
 
     def refused(self, status: int, meshErr: str, client: str | None, now: float) -> None:
@@ -404,9 +408,13 @@ class RequestObserver:
 
     def summary(self, exchange: Any, now: float) -> dict[str, Any]:
         """
-        The summary of a finished exchange (see L{SUMMARY_FIELDS}).
+        The summary of a finished exchange (see L{SUMMARY_FIELDS}; a gRPC
+        call's has the L{GRPC_FIELDS<meshproxy.telemetry.accesslog.GRPC_FIELDS>} too).
         """
-        return dict(self._summary(exchange, now)[0])
+        summary = dict(self._summary(exchange, now)[0])
+        if exchange.grpc:
+            _grpcLine(summary, exchange, b"")
+        return summary
 
     def _summary(self, exchange: Any, now: float) -> tuple[Summary, bytes]:
         """
@@ -547,6 +555,14 @@ class RequestObserver:
         request = exchange.request
         client = exchange.client
         identity = request.identity
+        grpcCall = None
+        if exchange.grpc:
+            # The gRPC verdict (OpenTelemetry's names for its attributes).
+            code = exchange.grpcStatus
+            if code is None:
+                code = UNKNOWN
+            rpcService, rpcMethod = callName(request.target)
+            grpcCall = (code, rpcService, rpcMethod, code in FAILURE_CODES or code > 16)
         return RequestSpans(
             trace.traceId,
             trace.spanId,
@@ -565,6 +581,7 @@ class RequestObserver:
             exchange.tries,
             trace.tries or [],
             self.tracer.serviceName,
+            grpcCall,
         )
 
 
@@ -609,3 +626,27 @@ def _line(values: tuple[Any, ...]) -> bytes:
     # Non-ASCII text (a path decoded with replacement characters, an
     # identity): the line breaks JSON leaves as they are must still go.
     return formatLine(json.loads(text))
+
+
+def _grpcLine(summary: dict[str, Any], exchange: Any, line: bytes) -> bytes:
+    """
+    Add a gRPC call's fields (its status code, and the service and method
+    its path names: L{GRPC_FIELDS<meshproxy.telemetry.accesslog.GRPC_FIELDS>})
+    to its summary, and to its line (unless C{line} is empty).
+    """
+    service, method = callName(exchange.request.target)
+    code = exchange.grpcStatus
+    summary["grpcStatus"] = code
+    summary["grpcService"] = service
+    summary["grpcMethod"] = method
+    if not line:
+        return line
+    extra = ',"grpcStatus":%s,"grpcService":%s,"grpcMethod":%s}' % (
+        "null" if code is None else "%d" % (code,),
+        jsonString(service),
+        jsonString(method),
+    )
+    if extra.isascii():
+        return line[:-1] + extra.encode("ascii")
+    return formatLine(summary)
+

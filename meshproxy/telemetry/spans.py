@@ -152,6 +152,11 @@ class RequestSpans:
     @ivar tries: tries made (the server span is tagged when more than 1).
     @ivar tryRecords: the finished tries kept (see C{TryRecord}), in order.
     @ivar serviceName: C{localEndpoint.serviceName} of its spans.
+    @ivar grpc: for a gRPC call, C{(code, service, method, failed)}: its
+        status code (a number), the service and method its path names
+        (L{None} for a path not of that form), and whether the code is a
+        failure (the server span is then in error whatever its HTTP
+        status); L{None} for another request.
     @ivar count: how many spans it makes: 1 + C{len(tryRecords)}.
     """
 
@@ -173,6 +178,7 @@ class RequestSpans:
         "tries",
         "tryRecords",
         "serviceName",
+        "grpc",
         "count",
     )
 
@@ -195,6 +201,7 @@ class RequestSpans:
         tries: int,
         tryRecords: list[TryRecord],
         serviceName: str,
+        grpc: tuple[int, str | None, str | None, bool] | None = None,
     ) -> None:
         self.traceId = traceId
         self.spanId = spanId
@@ -213,6 +220,7 @@ class RequestSpans:
         self.tries = tries
         self.tryRecords = tryRecords
         self.serviceName = serviceName
+        self.grpc = grpc
         self.count = 1 + len(tryRecords)
 
     def __repr__(self) -> str:
@@ -240,8 +248,10 @@ class RequestSpans:
         The server span is tagged with the method, the path (without the
         query), the status, the router, the Host, the bound name, and when
         they apply the C{mesh-err} reason, the peer identity and the number
-        of tries; it is in error when no status was sent or the status was
-        5xx. Each client span is tagged with its endpoint, its status (when
+        of tries, and for a gRPC call its verdict (C{rpc.system},
+        C{rpc.grpc.status_code}, C{rpc.service}, C{rpc.method}); it is in
+        error when no status was sent, the status was 5xx, or a gRPC call's
+        code is a failure. Each client span is tagged with its endpoint, its status (when
         one came), why it failed (C{error}) and why it was made
         (C{mesh.retry_reason}: the previous try's failure); it is in error
         when it failed or answered 5xx. Its remote endpoint is the bound
@@ -268,9 +278,18 @@ class RequestSpans:
             tags["mesh.peer_identity"] = self.identity
         if self.tries > 1:
             tags["mesh.tries"] = str(self.tries)
+        status = self.status
+        inError = status == 0 or status >= 500
+        if self.grpc is not None:
+            code, rpcService, rpcMethod, failed = self.grpc
+            tags["rpc.system"] = "grpc"
+            tags["rpc.grpc.status_code"] = str(code)
+            if rpcService is not None and rpcMethod is not None:
+                tags["rpc.service"] = rpcService
+                tags["rpc.method"] = rpcMethod
+            inError = inError or failed
         name = self.operation()
         local = (self.serviceName, None, 0)
-        status = self.status
         spans = [
             Span(
                 self.traceId,
@@ -283,7 +302,7 @@ class RequestSpans:
                 local,
                 (None, self.peer, 0),
                 tags,
-                error=status == 0 or status >= 500,
+                error=inError,
             )
         ]
         service = None if self.name is None else serviceOf(self.name)

@@ -20,7 +20,13 @@ from collections.abc import Callable
 from twisted.internet import tcp
 from twisted.internet.interfaces import ITransport
 
-__all__ = ["writerFor"]
+from meshproxy.transport.dial import DialedClient
+
+__all__ = ["PLAIN_TCP", "writerFor"]
+
+#: The transports that are plain TCP connections, whose buffers the fast
+#: paths read (their subclasses, UNIX and TLS ones, are not).
+PLAIN_TCP: tuple[type[tcp.Connection], ...] = (tcp.Server, tcp.Client, DialedClient)
 
 
 def writerFor(transport: ITransport) -> Callable[[bytes], None]:
@@ -31,7 +37,7 @@ def writerFor(transport: ITransport) -> Callable[[bytes], None]:
     @return: a one-argument callable with the meaning of
         C{transport.write}.
     """
-    if type(transport) not in (tcp.Server, tcp.Client) or getattr(transport, "TLS", False):
+    if type(transport) not in PLAIN_TCP or getattr(transport, "TLS", False):
         return transport.write
     # A TCP connection, as just checked: its buffers are read directly.
     conn: tcp.Connection = transport  # type: ignore[assignment]
