@@ -235,6 +235,39 @@ class PropagationTests(SynchronousTestCase):
         up.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
         self.assertEqual(h.spans.spans, [])
 
+    def test_callerSpanPassedOnWhenNotRecording(self):
+        """
+        A trace this hop does not record (no exporter; or the caller's
+        unsampled one) keeps the caller's span as the parent sent upstream,
+        on every try, B3 too: no span id of a span no one will see.
+        """
+        for recording, flags in ((False, b"01"), (False, b"00"), (True, b"00")):
+            h = Harness(recording=recording)
+            proto, transport = h.client()
+            proto.dataReceived(
+                b"GET / HTTP/1.1\r\nHost: hello\r\n"
+                b"traceparent: 00-%s-%s-%s\r\n\r\n"
+                % (CALLER_TRACE.encode(), CALLER_SPAN.encode(), flags)
+            )
+            up, upTransport, port = h.upstream()
+            fields = headersOf(upTransport.value())
+            self.assertEqual(
+                fields[b"traceparent"],
+                [b"00-%s-%s-%s" % (CALLER_TRACE.encode(), CALLER_SPAN.encode(), flags)],
+            )
+            self.assertEqual(
+                fields[b"b3"],
+                [b"%s-%s-%s" % (CALLER_TRACE.encode(), CALLER_SPAN.encode(), flags[1:])],
+            )
+            # A retry (503 from the first endpoint) passes it on too.
+            up.dataReceived(b"HTTP/1.1 503 Unavailable\r\nContent-Length: 0\r\n\r\n")
+            h.reactor.advance(1)
+            up2, upTransport2, port2 = h.upstream()
+            self.assertEqual(
+                headersOf(upTransport2.value())[b"traceparent"], fields[b"traceparent"]
+            )
+            self.assertEqual(h.spans.spans, [])
+
     def test_invalidContextRestartedAndCounted(self):
         """
         An invalid traceparent restarts the trace here (a new trace id, no

@@ -91,6 +91,7 @@ class RequestTrace:
         "reqId",
         "_getrandbits",
         "_nextTry",
+        "_passOn",
     )
 
     def __init__(
@@ -106,10 +107,16 @@ class RequestTrace:
         traceState: bytes | None = None,
         b3: int = 0,
         firstTry: str | None = None,
+        passOn: str | None = None,
     ) -> None:
         """
         @param firstTry: the first try's span id, drawn with the others
             (L{None}: drawn when the try starts).
+        @param passOn: the caller's span id, sent upstream as the parent id
+            of every try instead of a span id of this hop's: for a trace
+            this hop does not record, whose spans no one would see (the
+            upstream's spans then name the caller's as their parent, as if
+            this hop were not there). L{None} when this hop's own ids go.
         """
         self.traceId = traceId
         self.parentId = parentId
@@ -120,16 +127,20 @@ class RequestTrace:
         self.traceState = traceState
         self.b3 = b3
         self.reqId = reqId
-        self.tryId = spanId
+        self.tryId = spanId if passOn is None else passOn
         self.tryStart = 0.0
         self.tries: list[TryRecord] | None = [] if recording else None
         self._getrandbits = getrandbits
         self._nextTry = firstTry
+        self._passOn = passOn
 
     def startTry(self, now: float) -> None:
         """
-        A try begins: it gets its own span id.
+        A try begins: it gets its own span id (or passes the caller's on).
         """
+        if self._passOn is not None:
+            self.tryStart = now
+            return
         tryId = self._nextTry
         if tryId is None:
             tryId = newSpanId(self._getrandbits)
@@ -270,18 +281,21 @@ class Tracer:
         if context.restarted and countError is not None:
             countError("trace-restarted")
         sampled = self._decide() if context.sampled is None else context.sampled
+        recording = sampled and self.recording
         return RequestTrace(
             context.traceId,
             context.parentId,
             spanId,
             sampled,
-            sampled and self.recording,
+            recording,
             reqId,
             getrandbits,
             context.debug,
             context.traceState,
             context.b3,
             firstTry,
+            # Not recorded here: the caller's span stays the parent.
+            None if recording else context.parentId,
         )
 
     def _decide(self) -> bool:
