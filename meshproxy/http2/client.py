@@ -78,6 +78,7 @@ from zope.interface import implementer
 
 from meshproxy.http.interfaces import IUpstreamConnection
 from meshproxy.http.message import ProxyError, reasonPhrase
+from meshproxy.http2.fast import CountedStreams, FastDecoder
 from meshproxy.http2.headers import (
     UpstreamResponseError,
     requestFields,
@@ -116,11 +117,12 @@ _MAX_WINDOW = 2**31 - 1
 _DEFAULT_WINDOW = 65535
 
 
-class _ClientH2(H2Connection):
+class _ClientH2(CountedStreams, H2Connection):
     """
     The h2 library's client connection, which goes on carrying the streams
     a graceful GOAWAY lets finish (the library closes the whole connection
-    on any GOAWAY), and remembers fewer closed streams.
+    on any GOAWAY), remembers fewer closed streams, and counts its open
+    streams only when it matters (L{meshproxy.http2.fast}).
     """
 
     MAX_CLOSED_STREAMS = 1024
@@ -162,6 +164,7 @@ def _connection(limits: ClientConfig) -> _ClientH2:
         )
     )
     h2.encoder = _PlainEncoder()
+    h2.decoder = FastDecoder()
     h2.local_settings.update(
         {
             SettingCodes.ENABLE_PUSH: 0,
@@ -525,6 +528,8 @@ class H2UpstreamConnection(Protocol):
         if self.streams.pop(stream.streamId, None) is None:
             return
         if not self.streams:
+            # (what the h2 library remembers of the streams, while idle)
+            self.h2.pruneClosed()
             self.idleSince = self.pool.clock.seconds()
             if self.goingAway:
                 self.close()
