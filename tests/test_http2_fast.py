@@ -184,6 +184,15 @@ class PlainEncoderTests(SynchronousTestCase):
         self.assertEqual(len(decoder.header_table.dynamic_entries), 0)
         self.assertEqual(len(encoder.header_table.dynamic_entries), 0)
 
+    def test_longValues(self):
+        """
+        Values of 127 bytes or more have their length on several bytes.
+        """
+        encoder = PlainEncoder()
+        for size in (126, 127, 128, 300, 20000):
+            fields = [(b"x-v", b"v" * size), NeverIndexedHeaderTuple(b"x-n", b"n" * size)]
+            self.assertEqual(Decoder().decode(encoder.encode(fields), raw=True), fields)
+
     def test_representations(self):
         """
         A static table match is one indexed byte; a static name is a
@@ -232,6 +241,9 @@ class PlainEncoderTests(SynchronousTestCase):
         for i in range(fast.CACHE_SIZE * 2 + 1):
             encoder.encode([(b"x-n", b"%d" % (i,))])
         self.assertLessEqual(len(encoder._cache), fast.CACHE_SIZE)
+        for i in range(fast.CACHE_SIZE * 2 + 1):
+            encoder.encode([NeverIndexedHeaderTuple(b"x-%d" % (i,), b"v")])
+        self.assertLessEqual(len(encoder._heads), fast.CACHE_SIZE)
         encoder._cache.clear()
         long = b"v" * (fast.CACHE_VALUE + 1)
         self.assertEqual(Decoder().decode(encoder.encode([(b"x-l", long)]), raw=True),

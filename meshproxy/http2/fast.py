@@ -34,10 +34,11 @@ from hpack.table import HeaderTable
 
 __all__ = ["CountedStreams", "FastDecoder", "PlainEncoder"]
 
-#: Field representations an L{PlainEncoder} keeps (it starts over past it).
-CACHE_SIZE = 512
+#: Field representations an L{PlainEncoder} keeps (it starts over past it),
+#: and the name heads of its literals.
+CACHE_SIZE = 128
 #: Values longer than this are encoded each time, not kept.
-CACHE_VALUE = 128
+CACHE_VALUE = 64
 
 _STATIC_FULL: dict[tuple[bytes, bytes], int] = {}
 _STATIC_NAME: dict[bytes, int] = {}
@@ -108,6 +109,7 @@ class PlainEncoder(Encoder):
     def __init__(self) -> None:
         Encoder.__init__(self)
         self._cache: dict[tuple[bytes, bytes], bytes] = {}
+        self._heads: dict[tuple[bytes, int], bytes] = {}
 
     def encode(self, headers: Any, huffman: bool = False) -> bytes:
         """
@@ -146,18 +148,26 @@ class PlainEncoder(Encoder):
             block.append(encoded)
         return b"".join(block)
 
-    @staticmethod
-    def _literal(name: bytes, value: bytes, flags: int) -> bytes:
+    def _literal(self, name: bytes, value: bytes, flags: int) -> bytes:
         """
         A literal field without indexing (C{flags} 0) or never indexed
         (C{0x10}), its name by index when the static table has it.
         """
-        index = _STATIC_NAME.get(name)
-        if index is not None:
-            head = _integer(index, 4, flags)
-        else:
-            head = bytearray((flags,)) + _integer(len(name), 7, 0) + name
-        return bytes(head + _integer(len(value), 7, 0)) + value
+        heads = self._heads
+        head = heads.get((name, flags))
+        if head is None:
+            index = _STATIC_NAME.get(name)
+            if index is not None:
+                head = bytes(_integer(index, 4, flags))
+            else:
+                head = bytes((flags,)) + bytes(_integer(len(name), 7, 0)) + name
+            if len(heads) >= CACHE_SIZE:
+                heads.clear()
+            heads[(name, flags)] = head
+        length = len(value)
+        if length < 0x7F:
+            return head + bytes((length,)) + value
+        return head + bytes(_integer(length, 7, 0)) + value
 
 
 def _integer(value: int, prefix: int, flags: int) -> bytearray:
