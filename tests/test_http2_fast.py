@@ -184,6 +184,24 @@ class PlainEncoderTests(SynchronousTestCase):
         self.assertEqual(len(decoder.header_table.dynamic_entries), 0)
         self.assertEqual(len(encoder.header_table.dynamic_entries), 0)
 
+    def test_otherShapes(self):
+        """
+        Fields as lists, as triples, or as text are written as the library's
+        encoder takes them.
+        """
+        encoder = PlainEncoder()
+        fields = [
+            [b"x-list", b"1"],
+            (b"x-triple", b"2", False),
+            ("x-text", "3"),
+            HeaderTuple(b"x-tuple", b"4"),
+        ]
+        for _ in range(2):
+            self.assertEqual(
+                Decoder().decode(encoder.encode(fields), raw=True),
+                [(b"x-list", b"1"), (b"x-triple", b"2"), (b"x-text", b"3"), (b"x-tuple", b"4")],
+            )
+
     def test_longValues(self):
         """
         Values of 127 bytes or more have their length on several bytes.

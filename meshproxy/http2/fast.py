@@ -124,18 +124,23 @@ class PlainEncoder(Encoder):
             table.resized = False
         cache = self._cache
         for field in headers:
-            if len(field) != 2:
-                # (a (name, value, sensitive) triple)
-                name, value, sensitive = field
-                field = (
-                    NeverIndexedHeaderTuple(name, value) if sensitive else HeaderTuple(name, value)
-                )
-            if isinstance(field, HeaderTuple) and not field.indexable:
-                block.append(self._literal(field[0], field[1], 0x10))
-                continue
+            if field.__class__ is not tuple or len(field) != 2:
+                if len(field) != 2:
+                    # (a (name, value, sensitive) triple)
+                    name, value, sensitive = field
+                    kind = NeverIndexedHeaderTuple if sensitive else HeaderTuple
+                    field = kind(_bytes(name), _bytes(value))
+                if isinstance(field, HeaderTuple):
+                    if not field.indexable:
+                        block.append(self._literal(_bytes(field[0]), _bytes(field[1]), 0x10))
+                        continue
+                else:
+                    # (a list, say)
+                    field = tuple(field)
             encoded = cache.get(field)
             if encoded is None:
                 name, value = field
+                name, value = _bytes(name), _bytes(value)
                 index = _STATIC_FULL.get((name, value))
                 if index is not None:
                     encoded = bytes(_integer(index, 7, 0x80))
@@ -168,6 +173,14 @@ class PlainEncoder(Encoder):
         if length < 0x7F:
             return head + bytes((length,)) + value
         return head + bytes(_integer(length, 7, 0)) + value
+
+
+def _bytes(value: bytes | str) -> bytes:
+    """
+    A field's name or value as bytes (text is UTF-8, as the h2 library has
+    it).
+    """
+    return value if isinstance(value, bytes) else value.encode("utf-8")
 
 
 def _integer(value: int, prefix: int, flags: int) -> bytearray:
