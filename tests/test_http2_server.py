@@ -691,7 +691,7 @@ class MemoryTests(SynchronousTestCase):
             up.dataReceived(OK)
         c.pump()
         h2 = c.proto._h2.h2
-        # (the library forgets closed streams as it counts the open ones)
+        # (what the library remembers is pruned once the connection is idle)
         self.assertEqual(h2.open_inbound_streams, 0)
         self.assertLessEqual(len(h2._closed_streams), 1024)
         self.assertLessEqual(len(h2.streams), 2)

@@ -70,7 +70,6 @@ from h2.events import (
 )
 from h2.exceptions import H2Error, NoAvailableStreamIDError, ProtocolError
 from h2.settings import SettingCodes
-from hpack import Encoder
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
@@ -78,6 +77,7 @@ from zope.interface import implementer
 
 from meshproxy.http.interfaces import IUpstreamConnection
 from meshproxy.http.message import ProxyError, reasonPhrase
+from meshproxy.http2.fast import CountedStreams, FastDecoder, PlainEncoder
 from meshproxy.http2.headers import (
     UpstreamResponseError,
     requestFields,
@@ -116,11 +116,12 @@ _MAX_WINDOW = 2**31 - 1
 _DEFAULT_WINDOW = 65535
 
 
-class _ClientH2(H2Connection):
+class _ClientH2(CountedStreams, H2Connection):
     """
     The h2 library's client connection, which goes on carrying the streams
     a graceful GOAWAY lets finish (the library closes the whole connection
-    on any GOAWAY), and remembers fewer closed streams.
+    on any GOAWAY), remembers fewer closed streams, and counts its open
+    streams only when it matters (L{meshproxy.http2.fast}).
     """
 
     MAX_CLOSED_STREAMS = 1024
@@ -133,18 +134,6 @@ class _ClientH2(H2Connection):
             # meshproxy itself opens no new stream on this connection.
             self.state_machine.state = state
         return result
-
-
-class _PlainEncoder(Encoder):
-    """
-    An HPACK encoder that writes string literals as they are, without
-    Huffman coding: between proxies and services the bytes saved do not
-    pay for the CPU (Huffman coding is the largest cost of encoding a
-    request in the h2 library's pure-Python HPACK).
-    """
-
-    def encode(self, headers: Any, huffman: bool = False) -> bytes:
-        return Encoder.encode(self, headers, huffman=False)
 
 
 def _connection(limits: ClientConfig) -> _ClientH2:
@@ -161,7 +150,8 @@ def _connection(limits: ClientConfig) -> _ClientH2:
             normalize_outbound_headers=False,
         )
     )
-    h2.encoder = _PlainEncoder()
+    h2.encoder = PlainEncoder()
+    h2.decoder = FastDecoder()
     h2.local_settings.update(
         {
             SettingCodes.ENABLE_PUSH: 0,
@@ -451,7 +441,7 @@ class H2UpstreamConnection(Protocol):
         # at most (its limit may be lower than a burst of requests).
         self.settled = False
         self._gotBytes = False
-        self._touched: list[H2UpstreamStream] | None = None
+        self._touched: dict[H2UpstreamStream, None] | None = None
         self._handlers: dict[type, Callable[[Any], None]] = {
             ResponseReceived: self._responseReceived,
             InformationalResponseReceived: self._informational,
@@ -525,6 +515,8 @@ class H2UpstreamConnection(Protocol):
         if self.streams.pop(stream.streamId, None) is None:
             return
         if not self.streams:
+            # (what the h2 library remembers of the streams, while idle)
+            self.h2.pruneClosed()
             self.idleSince = self.pool.clock.seconds()
             if self.goingAway:
                 self.close()
@@ -557,7 +549,7 @@ class H2UpstreamConnection(Protocol):
             _log.failure("unexpected error reading an HTTP/2 upstream")
             self._failed("sent something meshproxy could not read")
             return
-        touched = self._touched = []
+        touched = self._touched = {}
         handlers = self._handlers
         for event in events:
             handler = handlers.get(type(event))
@@ -574,8 +566,8 @@ class H2UpstreamConnection(Protocol):
 
     def _touch(self, stream: H2UpstreamStream) -> None:
         touched = self._touched
-        if touched is not None and stream not in touched:
-            touched.append(stream)
+        if touched is not None:
+            touched[stream] = None
 
     def _responseReceived(self, event: ResponseReceived) -> None:
         stream = self.streams.get(event.stream_id)

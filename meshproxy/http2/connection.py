@@ -69,6 +69,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from meshproxy.http.message import ProxyError
+from meshproxy.http2.fast import CountedStreams, FastDecoder, PlainEncoder
 from meshproxy.http2.frames import FLOOD_REFUSED, FLOOD_RESET, FloodGuard, FloodLimits, FrameScanner
 from meshproxy.http2.headers import requestFrom
 from meshproxy.http2.stream import PENDING, H2Stream
@@ -92,9 +93,11 @@ _MAX_WINDOW = 2**31 - 1
 _DEFAULT_WINDOW = 65535
 
 
-class _H2Connection(H2Connection):
+class _H2Connection(CountedStreams, H2Connection):
     """
-    The h2 library's server connection, remembering fewer closed streams.
+    The h2 library's server connection, remembering fewer closed streams,
+    counting its open streams only when it matters, with meshproxy's HPACK
+    coding (L{meshproxy.http2.fast}).
     """
 
     #: Closed streams remembered (a late frame on a stream meshproxy reset
@@ -103,7 +106,7 @@ class _H2Connection(H2Connection):
     MAX_CLOSED_STREAMS = 1024
 
 
-def _connection(config: Http2Config, maxHeaderList: int) -> H2Connection:
+def _connection(config: Http2Config, maxHeaderList: int) -> _H2Connection:
     """
     A server-side h2 connection announcing C{config}'s settings, its
     connection window opened to the sum of its streams' windows.
@@ -127,6 +130,8 @@ def _connection(config: Http2Config, maxHeaderList: int) -> H2Connection:
         SettingCodes.MAX_FRAME_SIZE: config.maxFrameSize,
         SettingCodes.MAX_HEADER_LIST_SIZE: maxHeaderList,
     }
+    h2.encoder = PlainEncoder()
+    h2.decoder = FastDecoder()
     h2.local_settings = Settings(client=False, initial_values=values)
     h2.max_inbound_frame_size = config.maxFrameSize
     h2.decoder.max_header_list_size = maxHeaderList
@@ -288,6 +293,8 @@ class H2ServerConnection:
         if self.draining and not self.closed:
             self._close()
             return
+        # (what the h2 library remembers of the streams, while idle)
+        self.h2.pruneClosed()
         now = self.clock.seconds()
         self._idleSince = now
         self._setDeadline(now + self.settings.idleTimeout)

@@ -1,0 +1,231 @@
+"""
+The parts of the C{h2} and C{hpack} libraries that cost the most per
+request, made cheaper without changing what goes on the wire or what is
+checked.
+
+  - L{CountedStreams}: the h2 library counts the open streams by walking
+    every stream it knows, on every new stream (and prunes the closed ones
+    in the same walk): at 100 concurrent streams a connection, that walk
+    was the largest single cost of a request. The count is now taken
+    only when the library's check could fail (or the streams it remembers
+    pass a bound): below, the number of streams it knows is an upper bound
+    of the open ones, under the limit, so the check passes as it would
+    have.
+  - L{PlainEncoder}: HPACK header blocks written without Huffman coding and
+    without the dynamic table (the fields a proxy forwards are mostly new
+    values: date, lengths, ids), each field's representation kept in a
+    bounded cache; names from the static table by index, full matches
+    (C{:status: 200}) as one byte. Fields marked never-indexed stay so.
+  - L{FastDecoder}: a header block made only of one-byte indexed fields
+    (what h2load, curl and grpcio send for every request after the first,
+    and nginx for most responses) is read by table look-ups alone; any
+    other block goes through the library's decoder, unchanged, with the
+    same checks (header list size, table size).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hpack import Decoder, Encoder, HeaderTuple, NeverIndexedHeaderTuple
+from hpack.exceptions import InvalidTableIndex, OversizedHeaderListError
+from hpack.hpack import encode_integer
+from hpack.table import HeaderTable
+
+__all__ = ["CountedStreams", "FastDecoder", "PlainEncoder"]
+
+#: Field representations an L{PlainEncoder} keeps (it starts over past it),
+#: and the name heads of its literals.
+CACHE_SIZE = 128
+#: Values longer than this are encoded each time, not kept.
+CACHE_VALUE = 64
+
+_STATIC_FULL: dict[tuple[bytes, bytes], int] = {}
+_STATIC_NAME: dict[bytes, int] = {}
+for _i, _entry in enumerate(HeaderTable.STATIC_TABLE, 1):
+    _STATIC_FULL.setdefault(_entry, _i)
+    _STATIC_NAME.setdefault(_entry[0], _i)
+del _i, _entry
+
+#: The bytes of a block of one-byte indexed fields only (0x81 to 0xfe: an
+#: index from 1 to 126), deleted by C{bytes.translate}.
+_ONE_BYTE_INDEXED = bytes(range(0x81, 0xFF))
+
+
+class CountedStreams:
+    """
+    A mixin for C{h2.connection.H2Connection} that counts open streams
+    only when the count matters (see the module docstring).
+
+    The library asks for the count before each new stream, and compares
+    count + 1 with the limit (the local C{SETTINGS_MAX_CONCURRENT_STREAMS}
+    for streams the peer opens, the peer's for those this side opens).
+    C{open_inbound_streams} and C{open_outbound_streams} are therefore an
+    upper bound (the streams the library knows, closed ones not yet
+    forgotten), exact whenever it reaches the limit. The walk that counts
+    also forgets closed streams: it is made anyway once the streams known
+    double (amortised: one walk per as many new streams as it walked), or
+    at once with L{pruneClosed}.
+    """
+
+    #: The fewest streams known before a walk is made to forget the closed.
+    PRUNE_AT = 64
+
+    streams: dict[int, Any]
+    config: Any
+    local_settings: Any
+    remote_settings: Any
+    _pruneAt: int = PRUNE_AT
+
+    def _open_streams(self, remainder: int) -> int:
+        known = len(self.streams)
+        if known < self._pruneAt:
+            if remainder == int(self.config.client_side):
+                limit = self.remote_settings.max_concurrent_streams
+            else:
+                limit = self.local_settings.max_concurrent_streams
+            if known + 1 < limit:
+                # (an upper bound of the open streams, and under the limit)
+                return known
+        count: int = super()._open_streams(remainder)  # type: ignore[misc]
+        self._pruneAt = max(self.PRUNE_AT, 2 * len(self.streams))
+        return count
+
+    def pruneClosed(self) -> None:
+        """
+        Forget the closed streams now (as the library's count would).
+        """
+        # (no stream id has remainder -1: the walk only prunes)
+        super()._open_streams(-1)  # type: ignore[misc]
+        self._pruneAt = max(self.PRUNE_AT, 2 * len(self.streams))
+
+
+class PlainEncoder(Encoder):
+    """
+    An HPACK encoder writing literals without indexing and without Huffman
+    coding (see the module docstring).
+    """
+
+    def __init__(self) -> None:
+        Encoder.__init__(self)
+        self._cache: dict[tuple[bytes, bytes], bytes] = {}
+        self._heads: dict[tuple[bytes, int], bytes] = {}
+
+    def encode(self, headers: Any, huffman: bool = False) -> bytes:
+        """
+        The header block of C{headers}: an iterable of C{(name, value)}
+        pairs of bytes, those meant never to be indexed as
+        L{NeverIndexedHeaderTuple}s.
+        """
+        block = []
+        table = self.header_table
+        if table.resized:
+            block.append(self._encode_table_size_change())
+            table.resized = False
+        cache = self._cache
+        for field in headers:
+            if field.__class__ is not tuple or len(field) != 2:
+                if len(field) != 2:
+                    # (a (name, value, sensitive) triple)
+                    name, value, sensitive = field
+                    kind = NeverIndexedHeaderTuple if sensitive else HeaderTuple
+                    field = kind(_bytes(name), _bytes(value))
+                if isinstance(field, HeaderTuple):
+                    if not field.indexable:
+                        block.append(self._literal(_bytes(field[0]), _bytes(field[1]), 0x10))
+                        continue
+                else:
+                    # (a list, say)
+                    field = tuple(field)
+            encoded = cache.get(field)
+            if encoded is None:
+                name, value = field
+                name, value = _bytes(name), _bytes(value)
+                index = _STATIC_FULL.get((name, value))
+                if index is not None:
+                    encoded = bytes(_integer(index, 7, 0x80))
+                else:
+                    encoded = self._literal(name, value, 0x00)
+                if len(value) <= CACHE_VALUE:
+                    if len(cache) >= CACHE_SIZE:
+                        cache.clear()
+                    cache[(name, value)] = encoded
+            block.append(encoded)
+        return b"".join(block)
+
+    def _literal(self, name: bytes, value: bytes, flags: int) -> bytes:
+        """
+        A literal field without indexing (C{flags} 0) or never indexed
+        (C{0x10}), its name by index when the static table has it.
+        """
+        heads = self._heads
+        head = heads.get((name, flags))
+        if head is None:
+            index = _STATIC_NAME.get(name)
+            if index is not None:
+                head = bytes(_integer(index, 4, flags))
+            else:
+                head = bytes((flags,)) + bytes(_integer(len(name), 7, 0)) + name
+            if len(heads) >= CACHE_SIZE:
+                heads.clear()
+            heads[(name, flags)] = head
+        length = len(value)
+        if length < 0x7F:
+            return head + bytes((length,)) + value
+        return head + bytes(_integer(length, 7, 0)) + value
+
+
+def _bytes(value: bytes | str) -> bytes:
+    """
+    A field's name or value as bytes (text is UTF-8, as the h2 library has
+    it).
+    """
+    return value if isinstance(value, bytes) else value.encode("utf-8")
+
+
+def _integer(value: int, prefix: int, flags: int) -> bytearray:
+    """
+    An HPACK integer on C{prefix} bits, the first byte's other bits
+    C{flags}.
+    """
+    encoded = encode_integer(value, prefix)
+    encoded[0] |= flags
+    return encoded
+
+
+class FastDecoder(Decoder):
+    """
+    An HPACK decoder that reads blocks of one-byte indexed fields by table
+    look-ups alone (see the module docstring).
+    """
+
+    def decode(self, data: bytes, raw: bool = False) -> Any:
+        """
+        See C{hpack.Decoder.decode}.
+        """
+        if not raw or not data or data.translate(None, _ONE_BYTE_INDEXED):
+            return Decoder.decode(self, data, raw)
+        table = self.header_table
+        static = HeaderTable.STATIC_TABLE
+        staticLength = len(static)
+        dynamic = table.dynamic_entries
+        headers = []
+        size = 0
+        limit = self.max_header_list_size
+        for byte in data:
+            index = (byte & 0x7F) - 1
+            if index < staticLength:
+                name, value = static[index]
+            else:
+                index -= staticLength
+                if index >= len(dynamic):
+                    raise InvalidTableIndex("Invalid table index %d" % ((byte & 0x7F),))
+                name, value = dynamic[index]
+            headers.append(HeaderTuple(name, value))
+            size += 32 + len(name) + len(value)
+            if size > limit:
+                raise OversizedHeaderListError(
+                    f"A header list larger than {limit} has been received"
+                )
+        self._assert_valid_table_size()
+        return headers
