@@ -432,13 +432,14 @@ class _QuietFactory(_HTTP11ClientFactory):
 def _wasCancelled(failure: Failure) -> bool:
     """
     Whether a request failed because it was cancelled (perhaps wrapped by
-    the HTTP client in a L{ResponseFailed}).
+    the HTTP client: in a L{ResponseFailed} once the request was sent, in a
+    L{RequestTransmissionFailed} while it was being sent).
     """
-    from twisted.web._newclient import ResponseFailed
+    from twisted.web._newclient import _WrapperException
 
     if failure.check(CancelledError):
         return True
-    if isinstance(failure.value, ResponseFailed):
+    if isinstance(failure.value, _WrapperException):
         return any(reason.check(CancelledError) for reason in failure.value.reasons)
     return False
 

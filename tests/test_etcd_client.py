@@ -78,6 +78,30 @@ class PrefixEndTests(SynchronousTestCase):
         self.assertEqual(opRange("/k"), {"request_range": {"key": b64("/k")}})
 
 
+class CancelledTests(SynchronousTestCase):
+    """
+    A request its caller cancelled is told apart from a failure, however
+    the HTTP client wrapped the cancellation.
+    """
+
+    def test_wrapped(self):
+        from twisted.python.failure import Failure
+        from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
+        from twisted.web.client import RequestTransmissionFailed
+
+        from meshproxy.etcd import _wasCancelled
+
+        cancelled = Failure(defer.CancelledError())
+        lost = Failure(ConnectionError("lost"))
+        self.assertTrue(_wasCancelled(cancelled))
+        for wrapper in (ResponseFailed, ResponseNeverReceived, RequestTransmissionFailed):
+            # While the request was still being sent (under load, the
+            # cancellation can come then): RequestTransmissionFailed.
+            self.assertTrue(_wasCancelled(Failure(wrapper([cancelled]))), wrapper)
+            self.assertFalse(_wasCancelled(Failure(wrapper([lost]))), wrapper)
+        self.assertFalse(_wasCancelled(lost))
+
+
 class ClientArgumentTests(SynchronousTestCase):
     """
     Tests for L{EtcdClient}'s checks of its arguments.
