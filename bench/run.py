@@ -142,6 +142,13 @@ L4_TARGETS = (
 #: local receiver at 1% and 100% sampling, and with the access log on (to a
 #: file), each a ratio to the plain meshproxy of the same run.
 TELEMETRY_TARGETS = ("meshproxy-trace1", "meshproxy-trace100", "meshproxy-log")
+#: What --features adds: the plain meshproxy with one default feature that has
+#: a config key turned off (round robin in place of the peak-EWMA balancer;
+#: no failure accrual), each beside the plain meshproxy of the same run: the
+#: CPU per request of that feature is the difference. (Features without a
+#: key, metrics and the retry budget, are measured in process by
+#: bench/hotpath.py.)
+FEATURE_TARGETS = ("meshproxy-rr", "meshproxy-noaccrual")
 #: What --h2 adds: h2load through HAProxy's h2 frontend and meshproxy, with 1
 #: and 100 concurrent streams per connection.
 H2_TARGETS = ("haproxy-h2", "meshproxy-h2", "haproxy-h2-m100", "meshproxy-h2-m100")
@@ -154,8 +161,8 @@ H2UP_TARGETS = (
 #: with 2 threads, both on every CPU (see "Worker processes" in
 #: bench/README.md); their ratio is compared with meshproxy/haproxy's.
 WORKER_TARGETS = ("haproxy-t2", "meshproxy-w2")
-ALL_TARGETS = (TARGETS + TLS_TARGETS + TELEMETRY_TARGETS + H2_TARGETS + H2UP_TARGETS
-               + L4_TARGETS + WORKER_TARGETS)
+ALL_TARGETS = (TARGETS + TLS_TARGETS + TELEMETRY_TARGETS + FEATURE_TARGETS + H2_TARGETS
+               + H2UP_TARGETS + L4_TARGETS + WORKER_TARGETS)
 
 
 class Target:
@@ -212,6 +219,8 @@ SPECS = {
     "meshproxy-trace1": Target("meshproxy-trace1", servers=["meshproxy-trace1"]),
     "meshproxy-trace100": Target("meshproxy-trace100", servers=["meshproxy-trace100"]),
     "meshproxy-log": Target("meshproxy-log", servers=["meshproxy-log"]),
+    "meshproxy-rr": Target("meshproxy-rr", servers=["meshproxy-rr"]),
+    "meshproxy-noaccrual": Target("meshproxy-noaccrual", servers=["meshproxy-noaccrual"]),
     "haproxy-h2": Target("haproxy-h2", servers=["haproxy-h2"], streams=1),
     "meshproxy-h2": Target("meshproxy", servers=["meshproxy"], streams=1),
     "haproxy-h2-m100": Target("haproxy-h2", servers=["haproxy-h2"], streams=100),
@@ -255,6 +264,8 @@ RATIOS = (
     ("meshproxy-trace1", "meshproxy"),
     ("meshproxy-trace100", "meshproxy"),
     ("meshproxy-log", "meshproxy"),
+    ("meshproxy-rr", "meshproxy"),
+    ("meshproxy-noaccrual", "meshproxy"),
     ("meshproxy-h2", "haproxy-h2"),
     ("meshproxy-h2-m100", "haproxy-h2-m100"),
     ("meshproxy-h2", "meshproxy"),
@@ -462,6 +473,11 @@ MESHPROXY_W2_CONF = "workers: 2\n" + MESHPROXY_CONF
 # --h2up: the plain config, HTTP/2 to nginx's h2c server.
 MESHPROXY_H2UP_CONF = MESHPROXY_CONF.replace(
     "client: {maxIdlePerEndpoint: 1024}", "client: {upstreamProtocol: h2}")
+
+# --features: the plain config with one feature off (both keys belong to the
+# router, after its client section).
+RR_CONF = MESHPROXY_CONF + "    loadBalancer: {kind: roundRobin}\n"
+NO_ACCRUAL_CONF = MESHPROXY_CONF + "    failureAccrual: {kind: none}\n"
 
 # The telemetry targets: the plain config plus a telemetry section; spans go
 # to the harness's receiver (a separate process on the load CPU).
@@ -1240,7 +1256,8 @@ class Bench:
         for target in args.only:
             needed.update(SPECS[target].servers)
         meshproxies = [n for n in ("meshproxy", "meshproxy-tls", "meshproxy-in", "meshproxy-out",
-                                   *TELEMETRY_TARGETS, "meshproxy-l4", "meshproxy-l4-sni",
+                                   *TELEMETRY_TARGETS, *FEATURE_TARGETS,
+                                   "meshproxy-l4", "meshproxy-l4-sni",
                                    "meshproxy-h2up", "meshproxy-w2")
                        if n in needed]
         tracing = bool(needed & {"meshproxy-trace1", "meshproxy-trace100"})
@@ -1309,6 +1326,12 @@ class Bench:
                 "meshproxy-log", ACCESS_LOG_CONF, ports["meshproxy-log"],
                 ports["meshproxy-log-admin"], nginxport=nginx,
                 logpath=self.tmp / "access.log"),
+            "meshproxy-rr": lambda: self.start_meshproxy(
+                "meshproxy-rr", RR_CONF, ports["meshproxy-rr"],
+                ports["meshproxy-rr-admin"], nginxport=nginx),
+            "meshproxy-noaccrual": lambda: self.start_meshproxy(
+                "meshproxy-noaccrual", NO_ACCRUAL_CONF, ports["meshproxy-noaccrual"],
+                ports["meshproxy-noaccrual-admin"], nginxport=nginx),
             "haproxy-h2up": lambda: self.start_haproxy(
                 "haproxy-h2up", HAPROXY_H2UP_CONF, ports["haproxy-h2up"], ports["nginx-h2"],
                 h2=True),
@@ -1965,6 +1988,9 @@ def parse_args(argv):
     parser.add_argument("--telemetry", action="store_true",
                         help="add meshproxy with tracing at 1%% and 100%% sampling (to a local"
                              " receiver) and with the access log on, as ratios to meshproxy")
+    parser.add_argument("--features", action="store_true",
+                        help="add meshproxy with round robin in place of peak EWMA and with"
+                             " no failure accrual, beside meshproxy: " + ",".join(FEATURE_TARGETS))
     parser.add_argument("--h2", action="store_true",
                         help="also measure the HTTP/2 targets (h2load): " + ",".join(H2_TARGETS))
     parser.add_argument("--h2up", action="store_true",
@@ -2014,6 +2040,8 @@ def parse_args(argv):
         only += TLS_TARGETS
     if args.telemetry:
         only += ["meshproxy", *TELEMETRY_TARGETS]
+    if args.features:
+        only += ["meshproxy", *FEATURE_TARGETS]
     if args.h2:
         only += H2_TARGETS
     if args.h2up:

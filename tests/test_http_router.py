@@ -11,8 +11,8 @@ from meshproxy.balancing.interfaces import IBalancer
 from meshproxy.config import parseConfig
 from meshproxy.discovery.endpoints import Endpoint
 from meshproxy.discovery.static import StaticNamer
-from meshproxy.http.message import Request
-from meshproxy.http.router import HttpRouter
+from meshproxy.http.message import ProxyError, Request
+from meshproxy.http.router import _HOSTS_KEPT, HttpRouter
 from meshproxy.routing.path import Path
 from meshproxy.runtime import balancerFactory
 from meshproxy.telemetry.metrics import MeshMetrics
@@ -111,3 +111,76 @@ class LatencyTests(SynchronousTestCase):
         self.assertAlmostEqual(node.cost, 2000.0, delta=1)
         # The timed-out try is a failure; its retry is in flight.
         self.assertEqual((node.failures, node.pending), (1, 1))
+
+
+class HostNameTests(SynchronousTestCase):
+    """
+    A router whose identifier names requests by host keeps the name of
+    each Host value it has seen (bounded), with the same answers as the
+    identifier gives.
+    """
+
+    def test_sameNameAsTheIdentifier(self):
+        """
+        A Host value seen before routes as the identifier names it; a
+        different spelling of the same host gets the same name.
+        """
+        router = makeRouter(ALTERNATION)
+        for host in (b"hello", b"hello", b"Hello:80", b"Hello:80"):
+            client, override = router.route(request(host), False)
+            self.assertEqual(str(client.boundName.id), "/#/static/hello")
+        self.assertEqual(
+            router._byHost,
+            {b"hello": Path.read("/svc/hello"), b"Hello:80": Path.read("/svc/hello")},
+        )
+
+    def test_badHostNotKept(self):
+        """
+        A Host value the identifier refuses is refused every time, and not
+        kept.
+        """
+        router = makeRouter(ALTERNATION)
+        for _ in range(2):
+            with self.assertRaises(ProxyError) as caught:
+                router.route(request(b"bad host"), False)
+            self.assertEqual(caught.exception.reason, "no-identity")
+        self.assertEqual(router._byHost, {})
+
+    def test_absoluteFormNotKept(self):
+        """
+        An absolute-form request is named by its target's authority, not
+        by the names kept for Host values.
+        """
+        router = makeRouter(ALTERNATION)
+        router.route(request(b"hello"), False)
+        r = Request(b"GET", b"http://other/x", "1.1", [(b"Host", b"hello")])
+        r.host = b"hello"
+        with self.assertRaises(ProxyError) as caught:
+            router.route(r, False)
+        # (No namer knows "other": the name tried was the target's.)
+        self.assertEqual(caught.exception.detail, "No route for /svc/other.")
+
+    def test_bounded(self):
+        """
+        At most C{_HOSTS_KEPT} Host values are kept: when full, the kept
+        names are forgotten.
+        """
+        router = makeRouter(ALTERNATION)
+        for i in range(_HOSTS_KEPT + 1):
+            try:
+                router.route(request(b"h%d" % (i,)), False)
+            except ProxyError:
+                pass
+        self.assertLessEqual(len(router._byHost), _HOSTS_KEPT)
+        self.assertIn(b"h%d" % (_HOSTS_KEPT,), router._byHost)
+
+    def test_otherIdentifiersNotKept(self):
+        """
+        With an identifier that reads more than the Host value (here the
+        path), nothing is kept.
+        """
+        config = ALTERNATION.replace(
+            "    loadBalancer", "    identifier: {kind: path}\n    loadBalancer"
+        )
+        router = makeRouter(config)
+        self.assertIsNone(router._byHost)

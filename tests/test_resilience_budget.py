@@ -82,6 +82,22 @@ class RetryBudgetTests(SynchronousTestCase):
             tenth.deposit()
         self.assertEqual(withdrawAll(tenth), 1)
 
+    def test_depositAtAGivenTime(self):
+        """
+        A deposit made at a time the caller gives counts from that time,
+        not from the clock's: it expires C{ttl} seconds after it.
+        """
+        budget = RetryBudget(20.0, 0.0, 10.0, clock=self.clock)
+        self.clock.advance(5.0)
+        for _ in range(100):
+            budget.deposit(1.0)
+        self.clock.advance(5.5)
+        self.assertEqual(budget.balance, 20)
+        # 10 s after the given time (deposits made at the clock's time, 5,
+        # would still count until 15).
+        self.clock.advance(0.5)
+        self.assertEqual(budget.balance, 0)
+
     def test_depositsExpire(self):
         """
         Requests stop earning retries once C{ttl} seconds old.

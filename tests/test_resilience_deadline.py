@@ -2,9 +2,15 @@
 Tests for L{meshproxy.resilience.deadline}.
 """
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from meshproxy.resilience.deadline import DeadlineHeader, formatDeadline, parseDeadline
+from meshproxy.resilience.deadline import (
+    DeadlineHeader,
+    DeadlinePolicy,
+    formatDeadline,
+    parseDeadline,
+)
 
 
 class ParseDeadlineTests(SynchronousTestCase):
@@ -92,3 +98,35 @@ class FormatDeadlineTests(SynchronousTestCase):
         """
         for bad in (float("inf"), float("-inf"), float("nan")):
             self.assertRaises(ValueError, formatDeadline, bad)
+
+
+class DeadlinePolicyHeaderTests(SynchronousTestCase):
+    """
+    Tests for L{DeadlinePolicy.header}: the value sent upstream is the wall
+    time plus what is left of the deadline on the reactor's clock.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(100.0)
+        self.policy = DeadlinePolicy(10.0, clock=self.clock, wallClock=lambda: 1_700_000_000.0)
+
+    def test_remainingFromTheClock(self):
+        """
+        Without C{now}, what is left is measured from the clock's time.
+        """
+        self.assertEqual(self.policy.header(103.5), b"1700000003500")
+
+    def test_remainingFromNow(self):
+        """
+        A C{now} given by a caller that has just read the clock is used in
+        its place (the clock is not read again).
+        """
+        self.clock.advance(50.0)
+        self.assertEqual(self.policy.header(103.5, 101.0), b"1700000002500")
+
+    def test_passed(self):
+        """
+        A deadline already passed is sent as the wall time itself.
+        """
+        self.assertEqual(self.policy.header(90.0, 101.0), b"1700000000000")

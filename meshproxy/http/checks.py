@@ -23,13 +23,33 @@ _VERSIONS = frozenset(["1.0", "1.1"])
 
 # Characters allowed in a request-target (RFC 3986 plus '%' escapes); llhttp
 # lets some others through.
-_TARGET_OK = frozenset(
+# (As bytes: C{value.translate(None, ok)} deletes the allowed ones, in C,
+# leaving any that are not.)
+_TARGET_OK = (
     b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
     b"-._~:/?#[]@!$&'()*+,;=%"
 )
-_HOST_OK = frozenset(
+_HOST_OK = (
     b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~:[]"
     b"!$&'()*+,;=%"
+)
+
+
+# The fields checkHead reads, by lowercased name: one dictionary lookup per
+# field (a C{mesh-*} name is not here: it is known by its prefix).
+_HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _CONNECTION, _UPGRADE, _EXPECT, _TRACE = range(7)
+_FIELDS: dict[bytes, int] = dict.fromkeys(
+    [n for n in TRACE_HEADERS if n[:5] != b"mesh-"], _TRACE
+)
+_FIELDS.update(
+    {
+        b"host": _HOST,
+        b"content-length": _CONTENT_LENGTH,
+        b"transfer-encoding": _TRANSFER_ENCODING,
+        b"connection": _CONNECTION,
+        b"upgrade": _UPGRADE,
+        b"expect": _EXPECT,
+    }
 )
 
 
@@ -119,9 +139,8 @@ def checkHead(request: Request, settings: ServerConfig) -> None:
         authority = target
     else:
         raise ProxyError(400, "bad-request", "Invalid request-target.")
-    for c in target:
-        if c not in _TARGET_OK:
-            raise ProxyError(400, "bad-request", "Invalid character in request-target.")
+    if target.translate(None, _TARGET_OK):
+        raise ProxyError(400, "bad-request", "Invalid character in request-target.")
 
     host = None
     hostCount = 0
@@ -129,32 +148,35 @@ def checkHead(request: Request, settings: ServerConfig) -> None:
     transferEncoding = None
     connection = None
     upgrade = None
+    kindOf = _FIELDS.get
     for name, value in request.headers:
         n = name.lower()
-        if n == b"host":
+        kind = kindOf(n)
+        if kind is None:
+            if n[:5] == b"mesh-":
+                request.meshHeaders = True
+        elif kind == _HOST:
             hostCount += 1
             host = value
-        elif n == b"content-length":
+        elif kind == _CONTENT_LENGTH:
             if contentLength is not None and contentLength != value:
                 raise ProxyError(400, "bad-framing", "Conflicting Content-Length.")
             contentLength = value
-        elif n == b"transfer-encoding":
+        elif kind == _TRANSFER_ENCODING:
             if transferEncoding is not None:
                 transferEncoding += b"," + value
             else:
                 transferEncoding = value
-        elif n == b"connection":
+        elif kind == _CONNECTION:
             connection = value if connection is None else connection + b"," + value
-        elif n == b"upgrade":
+        elif kind == _UPGRADE:
             upgrade = value
-        elif n == b"expect":
+        elif kind == _EXPECT:
             if value.strip().lower() == b"100-continue":
                 request.expectContinue = True
             else:
                 raise ProxyError(417, "expectation-failed", "Unsupported expectation.")
-        elif n[:5] == b"mesh-":
-            request.meshHeaders = True
-        elif n in TRACE_HEADERS:
+        else:
             request.traceHeaders = True
         if b"\r" in value or b"\n" in value or b"\x00" in value:
             raise ProxyError(400, "bad-header", "Invalid character in a header value.")
@@ -171,9 +193,8 @@ def checkHead(request: Request, settings: ServerConfig) -> None:
     if host is not None:
         if not host:
             raise ProxyError(400, "bad-host", "Empty Host header.")
-        for c in host:
-            if c not in _HOST_OK:
-                raise ProxyError(400, "bad-host", "Invalid Host header.")
+        if host.translate(None, _HOST_OK):
+            raise ProxyError(400, "bad-host", "Invalid Host header.")
     request.host = host
 
     if transferEncoding is not None:

@@ -121,7 +121,12 @@ class Exchange(TryAccounting):
         self.request = request
         self.router = router
         self.client: IDestination | None = None
-        self.body = RequestBody(request.chunked, router.bufferBytes) if request.hasBody else None
+        # (request.hasBody, without the call)
+        self.body = (
+            RequestBody(request.chunked, router.bufferBytes)
+            if request.chunked or request.contentLength
+            else None
+        )
         self.node: Node | None = None
         self.startTime = 0.0
         self.tryStart = 0.0
@@ -417,7 +422,8 @@ class Exchange(TryAccounting):
         """
         See L{IExchange.connected}: send the request.
         """
-        self._stopWaiting()
+        if self.waiting:
+            self._stopWaiting()
         if self.state is not WAITING:
             upstream.responseDone(True)
             return
@@ -451,7 +457,7 @@ class Exchange(TryAccounting):
             server.forwardedFor,
             server.scheme,
             router.forwarded,
-            router.deadlines.header(self.deadline),
+            router.deadlines.header(self.deadline, now),
             self.override,
             server.clientCert,
             self.trace.headers(),  # type: ignore[union-attr]  # set by start()
@@ -892,17 +898,24 @@ class Exchange(TryAccounting):
         The exchange is over: timers, limits and statistics.
         """
         self.state = DONE
-        for timer in (self.timer, self.tryTimer):
-            if timer is not None and timer.active():
+        timer = self.timer
+        if timer is not None:
+            self.timer = None
+            if timer.active():
                 timer.cancel()
-        self.timer = self.tryTimer = None
+        timer = self.tryTimer
+        if timer is not None:
+            self.tryTimer = None
+            if timer.active():
+                timer.cancel()
         resolution, self.resolution = self.resolution, None
         if resolution is not None:
             resolution()
         limiter, self.limiter = self.limiter, None
         if limiter is not None:
             limiter.release()
-        self._stopWaiting()
+        if self.waiting:
+            self._stopWaiting()
         router = self.router
         now = router.clock.seconds()
         client = self.client

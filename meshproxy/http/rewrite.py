@@ -31,6 +31,20 @@ _VIA = b"1.1 meshproxy"
 #: context (this hop sends its own, continuing the caller's).
 _NEVER_FORWARDED = HOP_BY_HOP | TRACE_HEADERS | frozenset([b"x-forwarded-client-cert"])
 
+# What requestHead does with a field, by lowercased name (a name not here is
+# forwarded as it is): one dictionary lookup per field.
+_DROP, _MESH, _XFF, _FORWARDED, _PROTO, _VIA_FIELD, _EXPECT = range(7)
+_REQUEST_FIELDS: dict[bytes, int] = {
+    b"x-forwarded-for": _XFF,
+    b"forwarded": _FORWARDED,
+    b"x-forwarded-proto": _PROTO,
+    b"via": _VIA_FIELD,
+    b"expect": _EXPECT,
+}
+_REQUEST_FIELDS.update(dict.fromkeys(MESH_CONTEXT, _MESH))
+# (Never forwarded wins over any other meaning.)
+_REQUEST_FIELDS.update(dict.fromkeys(_NEVER_FORWARDED, _DROP))
+
 #: Connection tokens that name no field meshproxy would forward.
 _NOT_NAMED = HOP_BY_HOP | frozenset([b"close"])
 
@@ -67,28 +81,37 @@ def requestHead(
     tokens = request.connectionTokens
     mesh = request.meshHeaders
     seenXff = seenFwd = seenVia = seenProto = False
+    special = _REQUEST_FIELDS.get
     for name, value in request.headers:
         n = name.lower()
-        if n in _NEVER_FORWARDED or (tokens and n in tokens):
+        kind = special(n)
+        if kind is None:
+            # Most fields: forwarded as they are (unless Connection names
+            # them).
+            if not (tokens and n in tokens):
+                append(b"%s: %s\r\n" % (name, value))
             continue
-        if mesh and n in MESH_CONTEXT:
-            # Replaced below by this hop's own context.
+        if kind == _DROP or (tokens and n in tokens):
             continue
-        if forwarded:
-            if n == b"x-forwarded-for":
-                value = value + b", " + peer
-                seenXff = True
-            elif n == b"forwarded":
-                value = value + b", " + _forwardedElement(peer, scheme)
-                seenFwd = True
-            elif n == b"x-forwarded-proto":
-                seenProto = True
-        if n == b"via":
+        if kind == _MESH:
+            if mesh:
+                # Replaced below by this hop's own context.
+                continue
+        elif kind == _VIA_FIELD:
             value = value + b", " + _VIA
             seenVia = True
-        elif n == b"expect":
+        elif kind == _EXPECT:
             # meshproxy answers 100-continue itself.
             continue
+        elif forwarded:
+            if kind == _XFF:
+                value = value + b", " + peer
+                seenXff = True
+            elif kind == _FORWARDED:
+                value = value + b", " + _forwardedElement(peer, scheme)
+                seenFwd = True
+            else:
+                seenProto = True
         append(b"%s: %s\r\n" % (name, value))
     if forwarded:
         if not seenXff:

@@ -41,7 +41,7 @@ from meshproxy.resilience.budget import RetryBudget
 from meshproxy.resilience.deadline import DeadlinePolicy
 from meshproxy.resilience.retries import RetryPolicy
 from meshproxy.routing.delegate import BoundName, DelegationError
-from meshproxy.routing.identifiers import IdentificationError, makeIdentifier
+from meshproxy.routing.identifiers import HostIdentifier, IdentificationError, makeIdentifier
 from meshproxy.routing.nametree import Leaf, NameTree, RoutingFailure, evaluate
 from meshproxy.routing.path import Path
 from meshproxy.routing.table import InetNotAllowed, RulesError, RuleTable, checkRules
@@ -62,6 +62,9 @@ if TYPE_CHECKING:
 __all__ = ["HttpRouter", "InetNotAllowed", "RulesError", "checkRules"]
 
 _log = Logger()
+
+#: Host values whose names an HTTP router keeps (see HttpRouter.route).
+_HOSTS_KEPT = 1024
 
 
 @implementer(IRouter)
@@ -126,6 +129,12 @@ class HttpRouter:
         self._rng = _random.Random() if rng is None else rng
         self.random = self._rng.random if random is None else random
         self.identifier = makeIdentifier(config.identifier)
+        # Names of origin-form requests by Host value, when the identifier
+        # names requests by their host alone (what it does is then a pure
+        # function of the value): bounded, emptied when full.
+        self._byHost: dict[bytes, Path] | None = (
+            {} if type(self.identifier) is HostIdentifier else None
+        )
         self.rules = RuleTable(self.name, prefixes, config.rules, allowInet=rulesAllowInet)
         self.trust = TrustPolicy(config.trust, prefixes, countError=self.countError)
         self.clientSettings = config.client
@@ -219,10 +228,22 @@ class HttpRouter:
         """
         See L{IRouter.route}.
         """
-        try:
-            path = self.identifier.identify(request)
-        except IdentificationError as e:
-            raise ProxyError(400, "no-identity", "Cannot identify the request: %s." % (e,)) from e
+        byHost = self._byHost
+        host = request.host
+        path = None
+        if byHost is not None and host is not None and request.target[:1] == b"/":
+            path = byHost.get(host)
+        if path is None:
+            try:
+                path = self.identifier.identify(request)
+            except IdentificationError as e:
+                raise ProxyError(
+                    400, "no-identity", "Cannot identify the request: %s." % (e,)
+                ) from e
+            if byHost is not None and host is not None and request.target[:1] == b"/":
+                if len(byHost) >= _HOSTS_KEPT:
+                    byHost.clear()
+                byHost[host] = path
         override = None
         try:
             if request.meshHeaders:

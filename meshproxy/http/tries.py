@@ -89,7 +89,8 @@ class TryAccounting(ExchangeState):
             trace.endTry(self.router.clock.seconds(), node, self.tryStatus, self.tryError)
         self.tryStatus = 0
         self.tryError = None
-        self._stopWaiting()
+        if self.waiting:
+            self._stopWaiting()
         timer = self.tryTimer
         if timer is not None:
             self.tryTimer = None

@@ -64,11 +64,13 @@ class RetryBudget:
         # a: deposits (requests), b: withdrawals (retries).
         self._counts = SlidingCounts(ttl, 10, clock.seconds())
 
-    def deposit(self) -> None:
+    def deposit(self, now: float | None = None) -> None:
         """
         Count one request (an original one, not a retry).
+
+        @param now: the clock's time, when the caller has just read it.
         """
-        self._counts.addA(self._clock.seconds())
+        self._counts.addA(self._clock.seconds() if now is None else now)
 
     def tryWithdraw(self) -> bool:
         """

@@ -121,10 +121,14 @@ class DeadlinePolicy:
             raise DeadlineExpired()
         return remaining if remaining < total else total
 
-    def header(self, deadline: float) -> bytes:
+    def header(self, deadline: float, now: float | None = None) -> bytes:
         """
         The C{mesh-ctx-deadline} value for a request whose deadline is
         C{deadline} on the reactor's clock.
+
+        @param now: the reactor's time, when the caller has just read it.
         """
-        remaining = deadline - self._clock.seconds()
+        if now is None:
+            now = self._clock.seconds()
+        remaining = deadline - now
         return formatDeadline(self._wall() + (remaining if remaining > 0.0 else 0.0))

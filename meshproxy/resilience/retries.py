@@ -70,10 +70,11 @@ class RetryPolicy:
 
     def admit(self) -> None:
         """
-        A request starts: credit both budgets.
+        A request starts: credit both budgets (at one reading of the clock).
         """
-        self._budget.deposit()
-        self._connectBudget.deposit()
+        now = self._clock.seconds()
+        self._budget.deposit(now)
+        self._connectBudget.deposit(now)
 
     def retryDelay(
         self, reason: str, *, allowed: bool, retries: int, replayable: bool, deadline: float
