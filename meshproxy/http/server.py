@@ -63,6 +63,19 @@ class ServerProtocol(Protocol):
     @ivar settings: the router's C{server} settings (limits, timeouts).
     """
 
+    # Its own attributes in slots: a connection kept open costs about 2 KiB
+    # less than with them in an instance dictionary (what Twisted's bases
+    # set, such as transport and factory, still goes in one).
+    __slots__ = (
+        "_began", "_h2", "http2", "_bodyProgress", "_bodySize", "_broken", "_current", "_deadline",
+        "_fieldBytes", "_fieldCount", "_fresh", "_headRaw", "_headSince", "_headers", "_out",
+        "_preamble", "_preambleSince", "_prefix", "_send", "_sinceBody", "_state",
+        "_streamingFrom", "_timer", "_tls", "_toStart", "_trailers", "_tunnel", "_url",
+        "active", "clientCert", "clock", "closing", "connStats", "draining", "error",
+        "forwardedFor", "gate", "identity", "parser", "peerHost", "queue", "router", "scheme",
+        "server", "settings", "trusted",
+    )
+
     transport: IStreamTransport
     #: The flood limits of the HTTP/2 connections (L{None}: the defaults).
     h2Limits: FloodLimits | None = None
