@@ -80,7 +80,9 @@ counters of C{GET /admin/stats} and sums them per router and bound name
 opened and closed). As for the metrics, a stopped generation's last answer
 goes into a retired total that every later answer adds, so that no counter
 goes back when a worker restarts (the dashboard's rates are deltas), and a
-worker that did not answer in time counts with its last answer.
+worker that did not answer in time counts with its last answer. What a
+worker counted after its last answer is lost when it stops (an answer that
+comes after it stopped counts only if it is its first).
 
 L{Aggregator.explain} completes an explain the supervisor computed (the
 rules, the delegation, the policy: they do not depend on traffic): each
