@@ -30,6 +30,9 @@ from meshproxy.workers.collect import (
 from meshproxy.workers.interfaces import IWorkerAggregator
 from meshproxy.workers.merge import Aggregator, mergeStats
 from meshproxy.workers.supervisor import LocalAggregator
+from tests.test_admin_api import _RulesMixin
+from tests.test_admin_rules import USERS_V2
+from tests.test_workers import FakePool
 
 USERS = "/#/fs/users"
 
@@ -396,3 +399,78 @@ class RecentNamesTests(SynchronousTestCase):
         self.assertEqual(result, {
             "names": ["/svc/a", "/svc/x", "/svc/b", "/svc/c"], "missing": [],
         })
+
+
+class SupervisorReadsAPITests(_RulesMixin, SynchronousTestCase):
+    """
+    The admin API of a supervisor (C{runtime.workers} set) asks its
+    aggregation for C{/admin/stats}, the explain's endpoints and the names
+    a dry run checks.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.pool = FakePool()
+        self.runtime.workers = self.pool  # type: ignore[attr-defined]
+        self.asked: list[Any] = []
+
+    def test_statsFromTheAggregation(self) -> None:
+        def stats(own: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:
+            self.asked.append(own)
+            return defer.succeed({"routers": {"web": "merged"}, "missing": [{"worker": 1}]})
+
+        self.pool.aggregator.stats = stats  # type: ignore[method-assign]
+        response, body = self.request("GET", "/admin/stats")
+        self.assertEqual(response.code, 200)
+        answer = json.loads(body)
+        self.assertEqual(answer["routers"], {"web": "merged"})
+        self.assertEqual(answer["missing"], [{"worker": 1}])
+        self.assertIsInstance(answer["time"], float)
+        # The supervisor's own counters are given to be summed in.
+        [own] = self.asked
+        self.assertEqual(sorted(own["routers"]), ["db", "web"])
+
+    def test_explainCompletedByTheAggregation(self) -> None:
+        def explain(router: str, explained: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:
+            self.asked.append((router, explained))
+            return defer.succeed(dict(explained, merged=True))
+
+        self.pool.aggregator.explain = explain  # type: ignore[method-assign]
+        response, body = self.request("GET", "/admin/routers/web/explain?name=/svc/users")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(json.loads(body), {"name": "/svc/users", "merged": True})
+        self.assertEqual(self.asked, [("web", {"name": "/svc/users"})])
+
+    def test_dryRunChecksTheWorkersNames(self) -> None:
+        """
+        The names checked are the supervisor's own and the workers', each
+        once.
+        """
+        def recentNames(router: str) -> defer.Deferred[dict[str, Any]]:
+            self.asked.append(router)
+            return defer.succeed({"names": ["/svc/users", "/svc/other"], "missing": []})
+
+        self.pool.aggregator.recentNames = recentNames  # type: ignore[method-assign]
+        self.web.names = ["/svc/search"]
+        response, body = self.request(
+            "POST", "/admin/routers/web/rules?dryRun=1", data=USERS_V2.encode(),
+            headers={"Content-Type": "text/plain"},
+        )
+        self.assertEqual(response.code, 200, body)
+        self.assertEqual(json.loads(body), {
+            "valid": True, "checked": 3, "changes": [{
+                "name": "/svc/users", "old": "/#/fs/users", "new": "/#/fs/users-v2 | /#/fs/users",
+            }],
+        })
+        self.assertEqual(self.asked, ["web"])
+
+    def test_badRulesStill400(self) -> None:
+        self.pool.aggregator.recentNames = (  # type: ignore[method-assign]
+            lambda router: defer.succeed({"names": ["/svc/users"], "missing": []})
+        )
+        response, body = self.request(
+            "POST", "/admin/routers/web/rules?dryRun=1", data=b"/svc =>\n  /#/fs/x |;",
+            headers={"Content-Type": "text/plain"},
+        )
+        self.assertEqual(response.code, 400)
+        self.assertFalse(json.loads(body)["valid"])
