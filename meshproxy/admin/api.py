@@ -408,7 +408,7 @@ class AdminAPI:
 
     @app.route("/admin/stats", methods=["GET"])
     @_requireToken
-    def stats(self, request: IRequest) -> bytes:
+    def stats(self, request: IRequest) -> bytes | Deferred[bytes]:
         """
         The cumulative traffic counters of every router, for the dashboard
         to turn into rates and percentiles (see L{_routerStats})::
@@ -422,13 +422,23 @@ class AdminAPI:
                                  "buckets": [5, 6, ..., 6], "sum": 0.0042}}}}}}
 
         C{time} is the API's clock (seconds since the epoch) when the
-        counters were read: the rates are deltas over it.
+        counters were read: the rates are deltas over it. With worker
+        processes the counters are summed over them (see
+        L{meshproxy.workers.merge}), and C{missing} lists the workers that
+        did not answer in time (counted with their last answer).
         """
         routers = {
             name: _routerStats(name, router)
             for name, router in sorted(self._runtime.routers.items())
         }
-        return _json(request, {"time": self._clock.seconds(), "routers": routers})
+        workers = getattr(self._runtime, "workers", None)
+        if workers is None:
+            return _json(request, {"time": self._clock.seconds(), "routers": routers})
+        # With worker processes: summed over them (and the supervisor's own,
+        # which serves while a worker restarts); "missing" names the late.
+        now = self._clock.seconds()
+        d = workers.aggregator.stats({"routers": routers})
+        return d.addCallback(lambda merged: _json(request, {"time": now, **merged}))
 
     @app.route("/admin/routers/<name>/rules", methods=["GET"])
     @_requireToken
@@ -467,9 +477,11 @@ class AdminAPI:
     @app.route("/admin/routers/<name>/rules", methods=["POST"])
     @_takes(TEXT_TYPE)
     @_requireToken
-    def dryRunRules(self, request: IRequest, name: str) -> bytes:
+    def dryRunRules(self, request: IRequest, name: str) -> bytes | Deferred[bytes]:
         """
-        Validate rules and show what they would change, without applying.
+        Validate rules and show what they would change, without applying:
+        for the names routed recently (with worker processes, by any of
+        them).
         """
         store = self._store(name)
         flag = request.args.get(b"dryRun", [])
@@ -479,8 +491,33 @@ class AdminAPI:
                          "(PUT replaces the rules)",
             })
         text = _readText(request)
+        workers = getattr(self._runtime, "workers", None)
+        if workers is None:
+            return self._dryRun(request, store, text, None)
+        # With worker processes the traffic is theirs: check the names they
+        # routed recently (the supervisor's own first: it serves while a
+        # worker restarts).
+        own = list(self._router(name).rules.recentNames())
+
+        def run(recent: dict[str, Any]) -> bytes:
+            names = list(dict.fromkeys(own + list(recent["names"])))
+            answer = self._dryRun(request, store, text, names)
+            if recent["missing"]:
+                _log.warn("rules dry run of router {router}: workers missing: {missing}",
+                          router=name, missing=recent["missing"])
+            return answer
+
+        return workers.aggregator.recentNames(name).addCallback(run)
+
+    def _dryRun(
+        self, request: IRequest, store: Any, text: str, names: list[str] | None
+    ) -> bytes:
+        """
+        The answer to a dry run of C{text} on C{store}, checking C{names}
+        (L{None}: the router's own recent names).
+        """
         try:
-            result = store.dryRun(text)
+            result = store.dryRun(text) if names is None else store.dryRun(text, names=names)
         except InvalidRules as e:
             return _json(request, {
                 "valid": False, "error": e.message, "line": e.line, "column": e.column,
@@ -634,11 +671,13 @@ class AdminAPI:
 
     @app.route("/admin/routers/<name>/explain", methods=["GET"])
     @_requireToken
-    def explain(self, request: IRequest, name: str) -> bytes:
+    def explain(self, request: IRequest, name: str) -> bytes | Deferred[bytes]:
         """
         How the router routes a logical name, a host or a path, and what its
         access policy says of a request from C{caller=} (an identity),
         C{peer=} (an IP address) with C{method=} (C{GET} unless given).
+        With worker processes, the endpoints' figures are merged over them
+        (and C{missing} names the workers that did not answer in time).
         """
         router = self._router(name, "explain")
         given = {}
@@ -663,7 +702,15 @@ class AdminAPI:
             result = router.explain(**given)
         except ValueError as e:
             raise _Refusal(400, {"error": _reason(e)}) from None
-        return _json(request, result)
+        workers = getattr(self._runtime, "workers", None)
+        if workers is None:
+            return _json(request, result)
+        # With worker processes the rules and the policy are the same here,
+        # but the endpoints' live figures (EWMA, pending, state, score) are
+        # the workers': merged over them.
+        return workers.aggregator.explain(name, result).addCallback(
+            lambda merged: _json(request, merged)
+        )
 
     @app.route("/admin/endpoints/drain", methods=["POST"])
     @_requireToken

@@ -730,16 +730,16 @@ class EtcdRulesStore(EtcdVersionedStore):
     The rules of one HTTP router kept in etcd, and their dry run.
     """
 
-    def dryRun(self, text: str) -> dict[str, Any]:
+    def dryRun(self, text: str, names: list[str] | None = None) -> dict[str, Any]:
         """
         Validate rules and show where the names seen in recent traffic
-        would go under them, without applying them (as
+        (or C{names}) would go under them, without applying them (as
         L{RulesStore.dryRun<meshproxy.admin.rules.RulesStore.dryRun>}).
 
         @raise InvalidRules: if the router refuses C{text}.
         """
         subject: Any = self._subject
-        return RulesStore(subject.table, stateDir=None, clock=self._clock).dryRun(text)
+        return RulesStore(subject.table, stateDir=None, clock=self._clock).dryRun(text, names)
 
 
 @implementer(IPrefixListener)

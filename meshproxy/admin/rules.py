@@ -151,12 +151,15 @@ class RulesStore(VersionedStore):
         self._router = router
         super().__init__(_Rules(router), stateDir=stateDir, clock=clock, historySize=historySize)
 
-    def dryRun(self, text: str) -> dict[str, Any]:
+    def dryRun(self, text: str, names: list[str] | None = None) -> dict[str, Any]:
         """
         Validate rules and show where the names seen in recent traffic would
         go under them, without applying them.
 
         @param text: the proposed rules.
+        @param names: the names to check, most recent first; L{None}: the
+            router's own C{recentNames()} (with worker processes, the
+            admin API gives those of the workers).
         @return: C{{"valid": True, "checked": n, "changes": [{"name",
             "old", "new"}…]}}: the names (of the C{n} recently seen) whose
             destination would change, most recently seen first.
@@ -168,7 +171,8 @@ class RulesStore(VersionedStore):
             inForce = self._router.validateRules(currentText)
         except ValueError:
             inForce = None
-        names = list(self._router.recentNames())
+        if names is None:
+            names = list(self._router.recentNames())
         changes = []
         for name in names:
             old = "invalid rules" if inForce is None else self._describe(inForce, name)

@@ -730,21 +730,32 @@ class _ThreadWriter(_Writer):
         fd = self._fd
         lines.append(b"")
         data = b"\n".join(lines)
+        # One write() of whole lines: on a regular file opened O_APPEND the
+        # kernel appends it whole, after whatever another process (another
+        # worker) appended, never inside it. A short write (a full disk, a
+        # file size limit) tears one line: the rest of that line is dropped,
+        # not written later, where it would follow another process's lines
+        # as a headless fragment; the next write starts on a new line.
         sent = 0
+        lost = 0
         try:
-            if self._torn:
-                os.write(fd, b"\n")
-                self._torn = False
             view = memoryview(data)
             while sent < len(data):
+                if self._torn:
+                    os.write(fd, b"\n")
+                    self._torn = False
                 sent += os.write(fd, view[sent:])
+                if sent < len(data) and data[sent - 1] != 0x0A:
+                    self._torn = True
+                    sent = data.index(b"\n", sent) + 1
+                    lost += 1
         except OSError as e:
-            written = data.count(b"\n", 0, sent)
-            if sent:
-                self._torn = data[sent - 1] != 0x0A
+            written = data.count(b"\n", 0, sent) - lost
             self._outcomes.append((written, count - written, _describe(e)))
             return
-        self._outcomes.append((count, 0, None))
+        self._outcomes.append(
+            (count - lost, lost, "a short write tore a line" if lost else None)
+        )
 
 
 def _closeQuietly(fd: int | None) -> None:

@@ -13,6 +13,14 @@ worker's channel:
    an exemplar being C{null} or C{[labels, value, timestamp]}.
  - L{CollectState}: the worker's routers as C{GET /admin/state} shows them
    (C{{"routers": {name: router.state()}}}), as JSON bytes.
+ - L{CollectStats}: the traffic counters of C{GET /admin/stats} of the
+   worker's routers (C{{"routers": {name: counters}}}), as JSON bytes.
+ - L{CollectExplain} C{(router, names)}: for the bound names (JSON list
+   of text) the worker's router has already bound, what an explain shows
+   of each (its endpoints with their balancer scores); names it never
+   bound are left out (asking does not bind them).
+ - L{CollectRecentNames} C{(router)}: the logical names the worker's
+   router routed recently (for the rules dry run), most recent first.
  - L{TapSubscribe} C{(key, filter)} / L{TapUnsubscribe} C{(key)}: start
    and stop a subscription to the worker's L{TapHub}, for one distinct
    L{TapFilter} of the supervisor's tap subscribers, under a key the
@@ -71,8 +79,11 @@ __all__ = [
     "MAX_CHUNKS",
     "MAX_TAP_BYTES",
     "BigBytes",
+    "CollectExplain",
     "CollectMetrics",
+    "CollectRecentNames",
     "CollectState",
+    "CollectStats",
     "TapEvents",
     "TapSubscribe",
     "TapUnsubscribe",
@@ -145,6 +156,40 @@ class CollectState(amp.Command):
     """
 
     response = [(b"state", BigBytes())]
+
+
+class CollectStats(amp.Command):
+    """
+    Supervisor to worker: its routers' traffic counters, as JSON bytes of
+    C{{"routers": {name: counters}}} (the shape of C{GET /admin/stats}'s
+    routers, see L{meshproxy.admin.stats}).
+    """
+
+    response = [(b"stats", BigBytes())]
+
+
+class CollectExplain(amp.Command):
+    """
+    Supervisor to worker: what an explain shows of some bound names of one
+    router (C{names}: JSON bytes of a list of text), as JSON bytes of
+    C{{name: entry}}, each entry the bound name's state with its endpoints'
+    C{score}; only the names the router has bound already (an unknown
+    router answers C{{}}).
+    """
+
+    arguments = [(b"router", amp.Unicode()), (b"names", BigBytes())]
+    response = [(b"entries", BigBytes())]
+
+
+class CollectRecentNames(amp.Command):
+    """
+    Supervisor to worker: the logical names one router routed recently,
+    most recent first, as JSON bytes of a list of text (C{[]} for an
+    unknown router or one without rules).
+    """
+
+    arguments = [(b"router", amp.Unicode())]
+    response = [(b"names", BigBytes())]
 
 
 class TapSubscribe(amp.Command):
@@ -432,6 +477,43 @@ class WorkerResponder(amp.CommandLocator):
             state = {"routers": {name: router.state() for name, router in source.routers.items()}}
         return {"state": json.dumps(state, separators=(",", ":")).encode("utf-8")}
 
+    def _routers(self) -> dict[str, Any]:
+        """
+        The worker's routers by name (none when it was given a callable
+        C{state}).
+        """
+        routers = getattr(self._state, "routers", None)
+        return {} if routers is None else dict(routers)
+
+    @CollectStats.responder
+    def collectStats(self) -> dict[str, bytes]:
+        from meshproxy.admin.stats import _routerStats
+
+        stats = {name: _routerStats(name, router) for name, router in self._routers().items()}
+        return {"stats": json.dumps({"routers": stats}, separators=(",", ":")).encode("utf-8")}
+
+    @CollectExplain.responder
+    def collectExplain(self, router: str, names: bytes) -> dict[str, bytes]:
+        wanted = json.loads(names)
+        if not isinstance(wanted, list):
+            raise ValueError("names: expected a list")
+        found = self._routers().get(router)
+        entries: dict[str, Any] = {}
+        if found is not None:
+            wantedNames = {str(name) for name in wanted}
+            for destination in _destinations(found):
+                name = str(destination.name)
+                if name in wantedNames:
+                    entries[name] = _explainEntry(destination, found)
+        return {"entries": json.dumps(entries, separators=(",", ":")).encode("utf-8")}
+
+    @CollectRecentNames.responder
+    def collectRecentNames(self, router: str) -> dict[str, bytes]:
+        found = self._routers().get(router)
+        table = getattr(found, "rules", None)
+        names = [] if table is None else [str(name) for name in table.recentNames()]
+        return {"names": json.dumps(names, separators=(",", ":")).encode("utf-8")}
+
     @TapSubscribe.responder
     def tapSubscribe(self, key: int, filter: bytes) -> dict[str, Any]:
         if self._tap is None:
@@ -480,3 +562,34 @@ class WorkerResponder(amp.CommandLocator):
                 self._tap.unsubscribe(pipe.subscription)
             pipe.stop()
         self._pipes.clear()
+
+
+def _destinations(router: Any) -> list[Any]:
+    """
+    The bound names a router has bound (each with C{name}, C{state()} and
+    C{balancer}), without binding any: an HTTP router's C{clients}, a TCP
+    router's C{destinations()}.
+    """
+    clients = getattr(router, "clients", None)
+    if clients is not None:
+        return list(clients)
+    destinations = getattr(router, "destinations", None)
+    if callable(destinations):
+        return list(destinations())
+    return []
+
+
+def _explainEntry(destination: Any, router: Any) -> dict[str, Any]:
+    """
+    What an explain shows of one bound name (as
+    L{explainBoundNames<meshproxy.balancing.bound.explainBoundNames>}): its
+    state, with each endpoint's balancer C{score} now.
+    """
+    clock = getattr(router, "clock", None) or getattr(router, "reactor", None)
+    now = clock.seconds() if clock is not None else 0.0
+    entry: dict[str, Any] = destination.state()
+    entry["name"] = str(destination.name)
+    load = destination.balancer.load
+    for node, ep in zip(destination.balancer.nodes(), entry["endpoints"], strict=False):
+        ep["score"] = round(load(node, now), 3)
+    return entry

@@ -4,7 +4,8 @@ workers report (metrics, state, tap streams).
 
 The supervisor tells an L{IWorkerAggregator} when a worker's AMP channel
 comes up and when it goes away; the admin API asks the aggregator for the
-merged C{/metrics} exposition and the merged C{/admin/state}.
+merged C{/metrics} exposition, the merged C{/admin/state} and
+C{/admin/stats}, the workers' part of an explain and of a rules dry run.
 """
 
 from __future__ import annotations
@@ -68,4 +69,35 @@ class IWorkerAggregator(Interface):
 
         @param perWorker: also give each worker's own state.
         @return: a L{Deferred} firing with a JSON-ready C{dict}.
+        """
+
+    def stats(own: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        """
+        The traffic counters of C{GET /admin/stats} summed over the
+        workers and the supervisor.
+
+        @param own: the supervisor's own counters, C{{"routers": {name:
+            counters}}} (it serves connections while a worker restarts).
+        @return: a L{Deferred} firing with C{{"routers": {name: counters},
+            "missing": [{"worker", "error"}]}}.
+        """
+
+    def explain(router: str, explained: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        """
+        Complete an explain the supervisor made of router C{router} with
+        the live figures of the workers.
+
+        @param explained: the supervisor's explain (its C{boundNames}
+            entries, each with a C{name} and C{endpoints}).
+        @return: a L{Deferred} firing with the explain, its C{boundNames}
+            and C{endpoints} merged over the workers that bound them, and
+            C{missing}.
+        """
+
+    def recentNames(router: str) -> Deferred[dict[str, Any]]:
+        """
+        The logical names router C{router} routed recently in any worker.
+
+        @return: a L{Deferred} firing with C{{"names": [...], "missing":
+            [...]}}.
         """

@@ -71,6 +71,32 @@ answering worker's. Workers that did not answer in time are listed under
 C{missing} (C{[{"worker": 1, "error": "..."}]}); with C{perWorker}, each
 answering worker's own view is under C{byWorker} (by slot, as text).
 
+Stats, explain, the rules dry run
+=================================
+
+L{Aggregator.stats} asks every live worker (L{CollectStats}) for the
+counters of C{GET /admin/stats} and sums them per router and bound name
+(requests, responses per class, the duration buckets and sum, connections
+opened and closed). As for the metrics, a stopped generation's last answer
+goes into a retired total that every later answer adds, so that no counter
+goes back when a worker restarts (the dashboard's rates are deltas), and a
+worker that did not answer in time counts with its last answer. What a
+worker counted after its last answer is lost when it stops (an answer that
+comes after it stopped counts only if it is its first).
+
+L{Aggregator.explain} completes an explain the supervisor computed (the
+rules, the delegation, the policy: they do not depend on traffic): each
+bound name it reaches gets the endpoints of the workers that bound it
+(L{CollectExplain}), merged as the state's are, each endpoint's C{score}
+being the request-weighted mean of the workers' and C{scoreMax} the
+highest. A bound name no worker bound keeps the supervisor's entry.
+
+L{Aggregator.recentNames} is the union of the logical names the workers'
+router routed recently (L{CollectRecentNames}), most recent first in each
+worker, the workers taken in turn: the names the rules dry run checks.
+
+Each of them has C{missing}: the workers that did not answer in time.
+
 Tap
 ===
 
@@ -94,7 +120,7 @@ import attrs
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.samples import Exemplar
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -104,8 +130,11 @@ from meshproxy.telemetry.metrics import exposition as render
 from meshproxy.telemetry.spans import TelemetryStats
 from meshproxy.telemetry.tap import Subscription, TapFilter, TapHub
 from meshproxy.workers.collect import (
+    CollectExplain,
     CollectMetrics,
+    CollectRecentNames,
     CollectState,
+    CollectStats,
     TapEvents,
     TapSubscribe,
     TapUnsubscribe,
@@ -125,6 +154,7 @@ __all__ = [
     "Aggregator",
     "WorkerTapHub",
     "mergeStates",
+    "mergeStats",
     "ruleFor",
 ]
 
@@ -279,6 +309,7 @@ class _Worker:
         self.generation = generation
         self.callRemote = callRemote
         self.last: _Snapshot | None = None
+        self.lastStats: dict[str, Any] | None = None
         self.stopped = False
         self.tapKeys: set[int] = set()
 
@@ -403,6 +434,16 @@ class _MetricsMerge:
                     kept[2] = exemplar
 
 
+def _missing(answers: Iterable[tuple[Any, Any]]) -> list[dict[str, Any]]:
+    """
+    The workers that did not answer, and why: C{[{"worker", "error"}]}.
+    """
+    return [
+        {"worker": worker.workerId, "error": str(answer)}
+        for worker, answer in answers if isinstance(answer, _Missing)
+    ]
+
+
 def _worstState(states: list[str]) -> str:
     def rank(state: str) -> int:
         try:
@@ -522,6 +563,90 @@ def mergeStates(states: list[dict[str, Any]]) -> dict[str, Any]:
     return {name: _mergeRouter(views, len(states)) for name, views in byRouter.items()}
 
 
+def _addCounts(into: dict[str, Any], more: dict[str, Any]) -> None:
+    """
+    Add the counts of one C{/admin/stats} entry to another, key by key:
+    numbers summed, lists of numbers summed place by place (but
+    C{bounds}, which are kept), dicts recursively; C{null} takes the other
+    side's value.
+    """
+    for key, value in more.items():
+        mine = into.get(key)
+        if mine is None:
+            into[key] = json.loads(json.dumps(value))
+        elif key == "bounds":
+            continue
+        elif isinstance(mine, dict) and isinstance(value, dict):
+            _addCounts(mine, value)
+        elif isinstance(mine, list) and isinstance(value, list):
+            if len(mine) == len(value):
+                into[key] = [a + b for a, b in zip(mine, value, strict=True)]
+        elif isinstance(mine, (int, float)) and isinstance(value, (int, float)):
+            into[key] = mine + value
+
+
+def mergeStats(answers: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """
+    The routers of several C{{"routers": ...}} answers to L{CollectStats}
+    summed into one (see the module docstring).
+
+    @return: C{{name: {"connections": ..., "boundNames": {...}}}}, the
+        routers and their bound names sorted by name.
+    """
+    merged: dict[str, Any] = {}
+    for answer in answers:
+        for name, router in (answer.get("routers") or {}).items():
+            into = merged.setdefault(name, {"connections": None, "boundNames": {}})
+            if router.get("connections") is not None:
+                if into["connections"] is None:
+                    into["connections"] = dict(router["connections"])
+                else:
+                    _addCounts(into["connections"], router["connections"])
+            for bound, counts in (router.get("boundNames") or {}).items():
+                kept = into["boundNames"].get(bound)
+                if kept is None:
+                    into["boundNames"][bound] = json.loads(json.dumps(counts))
+                else:
+                    _addCounts(kept, counts)
+    return {
+        name: {
+            "connections": router["connections"],
+            "boundNames": dict(sorted(router["boundNames"].items())),
+        }
+        for name, router in sorted(merged.items())
+    }
+
+
+def _mergeExplained(views: list[dict[str, Any]], workers: int) -> dict[str, Any]:
+    """
+    One bound name of an explain from the workers' entries for it: as the
+    state merges it, each endpoint's C{score} the request-weighted mean
+    (the plain mean before any request) and C{scoreMax} the highest.
+    """
+    merged = _mergeBoundName(views, workers)
+    scores: dict[str, list[tuple[float, int]]] = {}
+    for view in views:
+        for endpoint in view.get("endpoints") or ():
+            score = endpoint.get("score")
+            if isinstance(score, (int, float)):
+                scores.setdefault(str(endpoint.get("address")), []).append(
+                    (score, endpoint.get("requests") or 0)
+                )
+    for endpoint in merged["endpoints"]:
+        found = scores.get(str(endpoint.get("address")))
+        if not found:
+            continue
+        weight = sum(requests for _, requests in found)
+        if weight:
+            mean = sum(score * requests for score, requests in found) / weight
+        else:
+            mean = sum(score for score, _ in found) / len(found)
+        endpoint["score"] = round(mean, 3)
+        endpoint["scoreMax"] = max(score for score, _ in found)
+    merged["name"] = views[0].get("name")
+    return merged
+
+
 class WorkerTapHub(TapHub):
     """
     The supervisor's L{TapHub}: its subscribers' events come from the
@@ -586,6 +711,7 @@ class Aggregator:
         self._timeout = timeout
         self._workers: dict[int, _Worker] = {}
         self._retired: _Snapshot = {}
+        self._retiredStats: dict[str, Any] = {"routers": {}}
         self._tapKeys: dict[TapFilter, int] = {}
         self._nextTapKey = 1
         self.tap = WorkerTapHub(
@@ -614,6 +740,8 @@ class Aggregator:
         worker.tapKeys.clear()
         if worker.last is not None:
             _fold(self._retired, worker.last, None)
+        if worker.lastStats is not None:
+            self._retiredStats = {"routers": mergeStats([self._retiredStats, worker.lastStats])}
 
     def exposition(self, accept: bytes | str | None) -> Deferred[tuple[bytes, str]]:
         d = self._askAll(CollectMetrics, self._readMetrics)
@@ -639,6 +767,80 @@ class Aggregator:
 
         return d.addCallback(merge)
 
+    def stats(self, own: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        d = self._askAll(CollectStats, self._readStats)
+
+        def merge(answers: list[tuple[_Worker, Any]]) -> dict[str, Any]:
+            counted: list[dict[str, Any]] = [own, self._retiredStats]
+            for worker, _ in answers:
+                if worker.stopped:
+                    continue
+                # A worker that did not answer counts with its last answer:
+                # no rate goes negative because it was slow once.
+                if worker.lastStats is not None:
+                    counted.append(worker.lastStats)
+            return {"routers": mergeStats(counted), "missing": _missing(answers)}
+
+        return d.addCallback(merge)
+
+    def _readStats(self, worker: _Worker, answer: dict[str, Any]) -> dict[str, Any]:
+        stats = json.loads(answer["stats"])
+        if not isinstance(stats, dict):
+            raise ValueError("stats: expected an object")
+        if worker.stopped and worker.lastStats is None:
+            # Answered after it was stopped, never before: its counts go to
+            # the retired total now.
+            self._retiredStats = {"routers": mergeStats([self._retiredStats, stats])}
+        elif not worker.stopped:
+            worker.lastStats = stats
+        return stats
+
+    def explain(self, router: str, explained: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        names = [str(entry.get("name")) for entry in explained.get("boundNames") or ()]
+        if not names:
+            return succeed(dict(explained, missing=[]))
+        d = self._askAll(
+            lambda: (CollectExplain, {
+                "router": router,
+                "names": json.dumps(names, separators=(",", ":")).encode("utf-8"),
+            }),
+            lambda worker, answer: json.loads(answer["entries"]),
+        )
+
+        def merge(answers: list[tuple[_Worker, Any]]) -> dict[str, Any]:
+            live = [a for _, a in answers if not isinstance(a, _Missing) and isinstance(a, dict)]
+            result = dict(explained)
+            bound = []
+            for entry in explained.get("boundNames") or ():
+                views = [a[entry["name"]] for a in live if isinstance(a.get(entry["name"]), dict)]
+                bound.append(_mergeExplained(views, len(live)) if views else entry)
+            result["boundNames"] = bound
+            result["endpoints"] = {entry["name"]: entry["endpoints"] for entry in bound}
+            result["missing"] = _missing(answers)
+            return result
+
+        return d.addCallback(merge)
+
+    def recentNames(self, router: str) -> Deferred[dict[str, Any]]:
+        d = self._askAll(
+            lambda: (CollectRecentNames, {"router": router}),
+            lambda worker, answer: json.loads(answer["names"]),
+        )
+
+        def merge(answers: list[tuple[_Worker, Any]]) -> dict[str, Any]:
+            lists = [
+                [str(n) for n in a] for _, a in answers
+                if not isinstance(a, _Missing) and isinstance(a, list)
+            ]
+            names: dict[str, None] = {}
+            for position in range(max((len(each) for each in lists), default=0)):
+                for each in lists:
+                    if position < len(each):
+                        names.setdefault(each[position])
+            return {"names": list(names), "missing": _missing(answers)}
+
+        return d.addCallback(merge)
+
     # Asking the workers
 
     @property
@@ -654,6 +856,10 @@ class Aggregator:
         """
         Ask every live worker C{command}, each within the timeout.
 
+        @param command: an C{amp.Command} without arguments, or a callable
+            returning C{(commandType, arguments)}.
+        @param read: turns a worker's answer into what is returned for it;
+            an exception it raises makes the worker missing.
         @return: a Deferred firing with C{(worker, answer read)} per worker,
             in slot order, the answer being a L{_Missing} for a worker that
             failed or did not answer in time. It never fails.
@@ -668,7 +874,12 @@ class Aggregator:
         self, worker: _Worker, command: Any, read: Callable[[_Worker, dict[str, Any]], Any]
     ) -> Deferred[tuple[_Worker, Any]]:
         try:
-            d = worker.callRemote(command)
+            if isinstance(command, type):
+                d = worker.callRemote(command)
+            else:
+                # A command with arguments: a callable giving both.
+                commandType, arguments = command()
+                d = worker.callRemote(commandType, **arguments)
         except Exception as e:
             d = Deferred()
             d.errback(Failure(e))

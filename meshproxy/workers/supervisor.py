@@ -101,6 +101,15 @@ class LocalAggregator:
     def state(self, perWorker: bool) -> Deferred[dict[str, Any]]:
         return succeed({})
 
+    def stats(self, own: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        return succeed({"routers": own.get("routers", {}), "missing": []})
+
+    def explain(self, router: str, explained: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        return succeed(explained)
+
+    def recentNames(self, router: str) -> Deferred[dict[str, Any]]:
+        return succeed({"names": [], "missing": []})
+
 
 def snapshotOf(runtime: Runtime, configGeneration: int) -> Snapshot:
     """
