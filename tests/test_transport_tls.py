@@ -177,6 +177,43 @@ class TLSProtocolTests(SynchronousTestCase):
         self.network.flush()
         self.assertEqual(clientApp.data, body)
 
+    def _records(self, clientTLS, *writes):
+        """
+        What the client's TLS sends for C{writes}, one record (or more) a
+        write, without sending it.
+        """
+        for data in writes:
+            clientTLS._tls.write(data)
+        return clientTLS._outgoing.read()
+
+    def test_smallRecordsInOneRead(self):
+        """
+        Several small records read at once (fewer bytes than a record
+        holds) arrive whole and in order.
+        """
+        serverApp, clientApp = _App(), _App()
+        serverTLS, clientTLS = self.connect(serverApp, clientApp)
+        records = self._records(clientTLS, b"a" * 50, b"b" * 60, b"c" * 70)
+        self.assertLess(len(records), 512)
+        serverTLS.dataReceived(records)
+        self.assertEqual(serverApp.data, b"a" * 50 + b"b" * 60 + b"c" * 70)
+
+    def test_recordEndingInASmallRead(self):
+        """
+        A record whose last few bytes come in a read of their own arrives
+        whole, and not in pieces the size of that read: the plaintext of a
+        record begun earlier may be larger than the bytes that complete it.
+        """
+        serverApp, clientApp = _App(), _App()
+        serverTLS, clientTLS = self.connect(serverApp, clientApp)
+        body = os.urandom(4000)
+        record = self._records(clientTLS, body)
+        serverTLS.dataReceived(record[:-100])
+        self.assertEqual(serverApp.data, b"")
+        serverTLS.dataReceived(record[-100:])
+        self.assertEqual(serverApp.data, body)
+        self.assertLessEqual(len(serverApp.events), 3)
+
     def test_noALPNForProtocolsNotOffered(self):
         """
         A listener that offers no ALPN protocol (a TCP router's) answers

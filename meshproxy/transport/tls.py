@@ -73,6 +73,9 @@ __all__ = [
 #: The most plaintext one TLS record holds: what one C{read} can return.
 _RECORD = 16384
 
+#: Reads of fewer bytes than this are served by Python's small-object pool.
+_SMALL = 512
+
 # The states of a connection's TLS layer.
 _HANDSHAKING = "HANDSHAKING"
 _OPEN = "OPEN"
@@ -110,6 +113,10 @@ class TLSProtocol:
         "_halfCloseable",
         "_peerCertificate",
         "_verify",
+        "_sslRead",
+        "_sslWrite",
+        "_sslPending",
+        "_readOut",
     )
 
     def __init__(
@@ -150,6 +157,14 @@ class TLSProtocol:
         self._halfCloseable: Any = IHalfCloseableProtocol(wrappedProtocol, None)
         self._peerCertificate: Any = _UNREAD
         self._verify = verify
+        # The C object under the SSLObject, whose methods its own only call
+        # through (a Python frame each, three per request); the SSLObject
+        # where there is none. SNI switching its context keeps it.
+        ssl_ = getattr(tls, "_sslobj", tls)
+        self._sslRead: Callable[[int], bytes] = ssl_.read
+        self._sslWrite: Callable[[bytes], int] = ssl_.write
+        self._sslPending: Callable[[], int] = ssl_.pending
+        self._readOut = outgoing.read
 
     # -- as the TCP transport's protocol ----------------------------------
 
@@ -178,7 +193,15 @@ class TLSProtocol:
         """
         state = self._state
         if state is _OPEN:
-            self._incoming.write(data)
+            incoming = self._incoming
+            incoming.write(data)
+            size = len(data)
+            if size < _SMALL and size == incoming.pending:
+                # The common case, a request in one small record: read at
+                # most what came, which Python allocates from its own pool
+                # rather than 16 KiB from malloc, then shrinks.
+                self._readRecords(size)
+                return
         elif state is _HANDSHAKING:
             self._incoming.write(data)
             self._handshake()
@@ -186,7 +209,7 @@ class TLSProtocol:
                 return
         else:
             return
-        self._readRecords()
+        self._readRecords(_RECORD)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """
@@ -283,16 +306,21 @@ class TLSProtocol:
         elif self._endWrite:
             self.loseWriteConnection()
 
-    def _readRecords(self) -> None:
+    def _readRecords(self, size: int) -> None:
         """
         Decrypt what the incoming BIO holds and pass it on.
+
+        @param size: the most plaintext to read first: a record's, or the
+            bytes just received when they are all the BIO holds (whole
+            records hold less plaintext than that; the rest of a record
+            begun before them is read next, a record at a time).
         """
-        read = self._tls.read
+        read = self._sslRead
         incoming = self._incoming
-        pending = self._tls.pending
+        pending = self._sslPending
         while True:
             try:
-                data = read(_RECORD)
+                data = read(size)
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:
@@ -308,6 +336,8 @@ class TLSProtocol:
             self.wrappedProtocol.dataReceived(data)
             if self._state is not _OPEN:
                 return
+            # (the first record may have begun in an earlier read)
+            size = _RECORD
             if not incoming.pending and not pending():
                 # Nothing left to decrypt: asking again would only raise
                 # SSLWantReadError.
@@ -378,11 +408,11 @@ class TLSProtocol:
             if self._writeEnded:
                 return
             try:
-                self._tls.write(data)
+                self._sslWrite(data)
             except ssl.SSLError:
                 self._fail(Failure())
                 return
-            self._send(self._outgoing.read())
+            self._send(self._readOut())
         elif self._state is _HANDSHAKING and not self.disconnecting:
             self._pending.append(data)
 
