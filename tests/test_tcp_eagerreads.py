@@ -213,3 +213,27 @@ class UpstreamEndTests(LoopbackTestCase):
         self.assertEqual(forwarded, [b"first", b"second"])
         self.assertEqual(splice.ended_, [])
         self.assertIsNotNone(transport.doRead())
+
+    def test_notWhenPaused(self):
+        """
+        When forwarding the first bytes paused the upstream (the client's
+        buffer is full), nothing more is read until it is resumed.
+        """
+        from meshproxy.transport.gate import PauseGate
+
+        backend, accepted, address = self.pair()
+        reactor, splice, upstream, forwarded, transport = self.connect(accepted, address)
+        upstream.gate = PauseGate(transport)
+
+        def forward(data):
+            forwarded.append(data)
+            upstream.gate.pause("peer")
+
+        upstream.forward = forward
+        backend.sendall(b"answer")
+        backend.shutdown(socket.SHUT_WR)
+        self.waitReadable(accepted)
+        self.assertIsNone(transport.doRead())
+        self.assertEqual(forwarded, [b"answer"])
+        self.assertEqual(splice.ended_, [])
+        self.assertNotIn(transport, reactor.getReaders())

@@ -186,8 +186,11 @@ class Upstream(End):
             # (an HTTP response with "Connection: close") has often sent
             # its end with them, read now rather than on another turn of
             # the reactor. Only once per connection, so that a long stream
-            # pays one empty read at most.
-            _readOnce(self.transport, len(data))
+            # pays one empty read at most; not when the client's writing
+            # paused this side.
+            gate = self.gate
+            if gate is None or not gate.paused:
+                _readOnce(self.transport, len(data))
 
 
 class UpstreamFactory(ClientFactory):
