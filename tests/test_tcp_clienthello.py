@@ -266,3 +266,96 @@ class ClientHelloTests(SynchronousTestCase):
 
     def test_tooSmallABound(self):
         self.assertRaises(ValueError, ClientHelloReader, 8)
+
+
+class ReferenceComparisonTests(SynchronousTestCase):
+    """
+    The reader judges every input as the reader it replaced did
+    (L{tests.clienthello_reference}): the same verdict (complete, waiting,
+    or refused with the same reason) and the same server name, on real,
+    hand-made, mutated, truncated and randomly split ClientHellos.
+    """
+
+    def verdict(self, cls, errorClass, pieces, maxBytes):
+        reader = cls(maxBytes)
+        results = []
+        try:
+            for piece in pieces:
+                results.append(reader.feed(piece))
+        except errorClass as e:
+            return ("refused", e.reason, len(results))
+        return ("read", results, reader.serverName, reader.received)
+
+    def compare(self, data, rng, maxBytes=16384):
+        from tests import clienthello_reference as reference
+
+        cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randint(0, 4))))
+        pieces = [data[a:b] for a, b in zip([0] + cuts, cuts + [len(data)], strict=True)]
+        for split in ([data], pieces):
+            old = self.verdict(reference.ClientHelloReader, reference.ClientHelloError, split,
+                               maxBytes)
+            new = self.verdict(ClientHelloReader, ClientHelloError, split, maxBytes)
+            self.assertEqual(new, old, (data, split))
+        return old
+
+    def corpus(self):
+        yield realClientHello("fuzz.example")
+        yield realClientHello(None)
+        yield realClientHello("Alpn.Example", alpn=["h2", "http/1.1"])
+        yield record(hello(sni(b"a.example") + extension(16, b"\x00\x03\x02h2")))
+        yield record(hello(extension(43, b"\x02\x03\x04") + sni(b"b.example")))
+        yield record(hello(None))
+        yield record(hello(b""))
+        message = handshakeOf(realClientHello("split.example"))
+        yield record(message[:50]) + record(message[50:])
+
+    def test_mutatedHellosJudgedAsBefore(self):
+        """
+        Hellos with bytes changed, inserted, removed or cut short, and
+        bounds around their size.
+        """
+        import random
+
+        rng = random.Random(1313)
+        seen = set()
+        for base in self.corpus():
+            for _ in range(1500):
+                data = bytearray(base)
+                for _ in range(rng.randint(1, 4)):
+                    how = rng.randrange(4)
+                    where = rng.randrange(len(data))
+                    if how == 0:
+                        data[where] = rng.randrange(256)
+                    elif how == 1:
+                        # A length byte made slightly off.
+                        data[where] = (data[where] + rng.choice((-2, -1, 1, 2))) % 256
+                    elif how == 2:
+                        del data[where : where + rng.randint(1, 4)]
+                    else:
+                        data[where:where] = bytes(rng.randrange(256) for _ in range(3))
+                    if not data:
+                        break
+                if rng.random() < 0.1:
+                    data = data[: rng.randrange(1, len(data) + 1)]
+                if not data:
+                    continue
+                maxBytes = rng.choice((16384, len(base), len(base) - 1, 9, 600))
+                outcome = self.compare(bytes(data), rng, maxBytes)
+                seen.add(outcome[1] if outcome[0] == "refused" else outcome[0])
+        # Every kind of verdict came up.
+        self.assertEqual(seen, {"read", "malformed", "not-tls", "oversized"})
+
+    def test_randomBytesJudgedAsBefore(self):
+        """
+        Random bytes behind a handshake record header, or none.
+        """
+        import random
+
+        rng = random.Random(7)
+        for _ in range(3000):
+            body = bytes(rng.randrange(256) for _ in range(rng.randint(0, 80)))
+            if rng.random() < 0.5:
+                body = b"\x01" + len(body).to_bytes(3, "big") + body
+            data = record(body) if rng.random() < 0.8 else body
+            if data:
+                self.compare(data, rng)

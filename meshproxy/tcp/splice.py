@@ -179,6 +179,19 @@ class Upstream(End):
     def connectionMade(self) -> None:
         self.splice.connected(self)
 
+    def dataReceived(self, data: bytes) -> None:
+        End.dataReceived(self, data)
+        if self.received == len(data):
+            # The first bytes of the answer: a short connection's upstream
+            # (an HTTP response with "Connection: close") has often sent
+            # its end with them, read now rather than on another turn of
+            # the reactor. Only once per connection, so that a long stream
+            # pays one empty read at most; not when the client's writing
+            # paused this side.
+            gate = self.gate
+            if gate is None or not gate.paused:
+                _readOnce(self.transport, len(data))
+
 
 class UpstreamFactory(ClientFactory):
     """
@@ -638,6 +651,31 @@ def _halfClose(transport: IStreamTransport) -> None:
         transport.loseWriteConnection()
     else:
         transport.loseConnection()
+
+
+def _readOnce(transport: IStreamTransport, got: int) -> None:
+    """
+    After a read of C{got} bytes, read C{transport} once more at once, as
+    the reactor would on its next turn (see L{Upstream.dataReceived}): the
+    bytes go to its protocol, and an end or an error is reported as the
+    reactor reports it (a half-close of a clean end). Only a plain TCP
+    connection with nothing to write, after a read that did not fill its
+    buffer (a full one is read again on the next turn anyway).
+    """
+    if type(transport) not in PLAIN_TCP:
+        return
+    conn: Connection = transport  # type: ignore[assignment]
+    if (
+        got >= conn.bufferSize
+        or not conn.connected
+        or conn.disconnecting
+        or conn._tempDataBuffer
+        or conn.offset < len(conn.dataBuffer)
+    ):
+        return
+    why = conn.doRead()
+    if why:
+        conn.reactor._disconnectSelectable(conn, why, True)  # type: ignore[attr-defined]
 
 
 def _close(transport: IStreamTransport) -> None:

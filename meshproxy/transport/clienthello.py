@@ -21,6 +21,7 @@ business.
 from __future__ import annotations
 
 import re
+import struct
 
 __all__ = [
     "ClientHelloError",
@@ -73,6 +74,10 @@ class ClientHelloReader:
     """
     Reads a ClientHello incrementally (see the module docstring).
 
+    The common case, a first read holding one record with the whole
+    ClientHello, is parsed where it lies: no byte is copied, and the bytes
+    read are handed on as they came.
+
     @ivar maxBytes: the bytes read at most before the ClientHello is
         complete.
     @ivar done: whether the ClientHello is complete.
@@ -92,8 +97,9 @@ class ClientHelloReader:
         self.maxBytes = maxBytes
         self.done = False
         self.serverName: str | None = None
-        # Every byte read, to be handed on as it came.
-        self._raw = bytearray()
+        # Every byte read, to be handed on as it came: the first read
+        # itself when the ClientHello was all in it.
+        self._raw: bytes | bytearray = bytearray()
         # The offset in _raw of the next record header.
         self._next = 0
         # The handshake bytes of the records parsed so far.
@@ -104,7 +110,8 @@ class ClientHelloReader:
         """
         Every byte fed so far, in order.
         """
-        return bytes(self._raw)
+        raw = self._raw
+        return raw if type(raw) is bytes else bytes(raw)
 
     def feed(self, data: bytes) -> bool:
         """
@@ -120,7 +127,9 @@ class ClientHelloReader:
             self._raw += data
             return True
         raw = self._raw
-        raw += data
+        if not raw and len(data) >= 9 and self._quick(data):
+            return True
+        raw += data  # (a bytearray until done)
         if 0 < len(raw) <= 5 and self._next == 0:
             # Judge the first bytes as soon as they come: a client speaking
             # another protocol is told apart without waiting for more.
@@ -129,20 +138,8 @@ class ClientHelloReader:
             start = self._next
             if len(raw) - start < 5:
                 break
-            if raw[start] != _HANDSHAKE:
-                raise ClientHelloError(
-                    "not-tls" if start == 0 else "malformed",
-                    "record of content type %d, not a handshake" % (raw[start],),
-                )
-            if raw[start + 1] != 3:
-                raise ClientHelloError(
-                    "not-tls" if start == 0 else "malformed",
-                    "record version %d.%d" % (raw[start + 1], raw[start + 2]),
-                )
-            length = (raw[start + 3] << 8) | raw[start + 4]
-            if length == 0 or length > TLS_RECORD_MAX:
-                raise ClientHelloError("malformed", "record length %d" % (length,))
-            end = start + 5 + length
+            _checkRecordHeader(raw, start)
+            end = start + 5 + ((raw[start + 3] << 8) | raw[start + 4])
             if len(raw) < end:
                 break
             self._message += raw[start + 5 : end]
@@ -155,6 +152,31 @@ class ClientHelloReader:
             )
         return False
 
+    def _quick(self, data: bytes) -> bool:
+        """
+        Parse a first read that holds a whole record with the whole
+        ClientHello in place.
+
+        @return: whether it did (else the read is taken the long way,
+            which judges it the same).
+        """
+        if data[0] != _HANDSHAKE or data[1] != 3 or data[5] != _CLIENT_HELLO:
+            return False
+        record = (data[3] << 8) | data[4]
+        length = (data[6] << 16) | (data[7] << 8) | data[8]
+        if (
+            record == 0
+            or record > TLS_RECORD_MAX
+            or len(data) < 5 + record
+            or 4 + length > record
+            or 4 + length > self.maxBytes
+        ):
+            return False
+        self.serverName = _serverName(data, 9, 9 + length)
+        self._raw = data
+        self.done = True
+        return True
+
     def _complete(self) -> bool:
         """
         Parse the handshake message once it is all there.
@@ -165,14 +187,15 @@ class ClientHelloReader:
         if message[0] != _CLIENT_HELLO:
             raise ClientHelloError("malformed", "handshake message %d, not a ClientHello" % (
                 message[0],))
-        length = int.from_bytes(message[1:4], "big")
+        length = (message[1] << 16) | (message[2] << 8) | message[3]
         if 4 + length > self.maxBytes:
             raise ClientHelloError(
                 "oversized", "a ClientHello of %d bytes (at most %d)" % (length, self.maxBytes)
             )
         if len(message) < 4 + length:
             return False
-        self.serverName = _serverName(bytes(message[4 : 4 + length]))
+        self.serverName = _serverName(bytes(message), 4, 4 + length)
+        self._raw = bytes(self._raw)
         self.done = True
         return True
 
@@ -187,32 +210,58 @@ def _checkRecordStart(first: bytes) -> None:
         raise ClientHelloError("not-tls", "record version %d" % (first[1],))
 
 
-def _serverName(hello: bytes) -> str | None:
+def _checkRecordHeader(raw: bytes | bytearray, start: int) -> None:
+    """
+    Refuse a record header that is not a handshake record's.
+    """
+    if raw[start] != _HANDSHAKE:
+        raise ClientHelloError(
+            "not-tls" if start == 0 else "malformed",
+            "record of content type %d, not a handshake" % (raw[start],),
+        )
+    if raw[start + 1] != 3:
+        raise ClientHelloError(
+            "not-tls" if start == 0 else "malformed",
+            "record version %d.%d" % (raw[start + 1], raw[start + 2]),
+        )
+    length = (raw[start + 3] << 8) | raw[start + 4]
+    if length == 0 or length > TLS_RECORD_MAX:
+        raise ClientHelloError("malformed", "record length %d" % (length,))
+
+
+_unpackPair = struct.Struct(">HH").unpack_from
+
+
+def _serverName(data: bytes, pos: int, size: int) -> str | None:
     """
     The host name of a ClientHello's C{server_name} extension.
 
-    @param hello: the ClientHello's body (after its 4-byte header).
+    Only the lengths are walked: each extension is skipped by its length,
+    and only the server name's body is looked into.
+
+    @param data: bytes holding the ClientHello's body (after its 4-byte
+        header) from C{pos} to C{size}.
+    @param pos: where the body starts.
+    @param size: where it ends.
     @return: the name, lowercased, without a final dot; L{None} without
         the extension.
     @raise ClientHelloError: C{"malformed"}.
     """
-    view = memoryview(hello)
-    size = len(hello)
     # legacy_version (2), random (32), legacy_session_id (1 + up to 32)
-    pos = 34
+    pos += 34
     if size < pos + 1:
         raise ClientHelloError("malformed", "ClientHello too short")
-    sessionLength = hello[pos]
+    sessionLength = data[pos]
     if sessionLength > 32:
         raise ClientHelloError("malformed", "session id of %d bytes" % (sessionLength,))
     pos += 1 + sessionLength
-    suites = _length16(hello, pos, size, "cipher suites")
+    suites = _length16(data, pos, size, "cipher suites")
     if suites == 0 or suites % 2:
         raise ClientHelloError("malformed", "cipher suites of %d bytes" % (suites,))
     pos += 2 + suites
     if pos >= size:
         raise ClientHelloError("malformed", "no compression methods")
-    methods = hello[pos]
+    methods = data[pos]
     if methods == 0:
         raise ClientHelloError("malformed", "no compression methods")
     pos += 1 + methods
@@ -221,27 +270,30 @@ def _serverName(hello: bytes) -> str | None:
     if pos == size:
         # No extensions at all (TLS 1.2 and before allow it).
         return None
-    extensions = _length16(hello, pos, size, "extensions")
+    extensions = _length16(data, pos, size, "extensions")
     pos += 2
     if pos + extensions != size:
         raise ClientHelloError("malformed", "extensions do not fill the ClientHello")
-    seen: set[int] = set()
-    name = None
-    while pos < size:
-        if size - pos < 4:
-            raise ClientHelloError("malformed", "truncated extension")
-        kind = (hello[pos] << 8) | hello[pos + 1]
-        length = (hello[pos + 2] << 8) | hello[pos + 3]
-        pos += 4
-        if pos + length > size:
-            raise ClientHelloError("malformed", "extension %d past the end" % (kind,))
-        if kind in seen:
-            raise ClientHelloError("malformed", "extension %d twice" % (kind,))
-        seen.add(kind)
+    kinds = []
+    found = -1
+    # Checked once, before the loop: from there on each extension header
+    # has its 4 bytes or is the last one, truncated (found after it).
+    last = size - 4
+    while pos <= last:
+        kind, length = _unpackPair(data, pos)
+        pos += 4 + length
         if kind == _SERVER_NAME:
-            name = _hostName(view[pos : pos + length])
-        pos += length
-    return name
+            found = pos - length
+        kinds.append(kind)
+    if pos != size:
+        if pos < size:
+            raise ClientHelloError("malformed", "truncated extension")
+        raise ClientHelloError("malformed", "extension %d past the end" % (kinds[-1],))
+    if len(kinds) != len(set(kinds)):
+        raise ClientHelloError("malformed", "an extension twice")
+    if found < 0:
+        return None
+    return _hostName(data, found, found + ((data[found - 2] << 8) | data[found - 1]))
 
 
 def _length16(data: bytes, pos: int, size: int, what: str) -> int:
@@ -253,15 +305,14 @@ def _length16(data: bytes, pos: int, size: int, what: str) -> int:
     return length
 
 
-def _hostName(extension: memoryview) -> str | None:
+def _hostName(data: bytes, start: int, size: int) -> str | None:
     """
-    The host name of a C{server_name} extension's body (RFC 6066, 3).
+    The host name of a C{server_name} extension's body (RFC 6066, 3),
+    from C{start} to C{size} in C{data}.
     """
-    data = bytes(extension)
-    size = len(data)
-    if size < 2 or (data[0] << 8) | data[1] != size - 2:
+    if size - start < 2 or (data[start] << 8) | data[start + 1] != size - start - 2:
         raise ClientHelloError("malformed", "server_name list length")
-    pos = 2
+    pos = start + 2
     name = None
     while pos < size:
         if size - pos < 3:

@@ -29,6 +29,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import attrs
+from twisted.internet import tcp
 from twisted.internet.interfaces import IHalfCloseableProtocol, ILoggingContext, IProtocol
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
@@ -193,14 +194,29 @@ class Preamble:
         self.connected = True
         settings = self._settings
         senders = settings.senders
-        host = getattr(transport.getPeer(), "host", None)
-        if senders is not None and senders.trusts(host):
+        if senders is not None and senders.trusts(getattr(transport.getPeer(), "host", None)):
             self._state = _PROXY
             self._arm(settings.proxyTimeout)
             return
         self._watch = senders is not None
         if settings.clientHello:
-            self._readHello(b"")
+            # A TLS client speaks first, and has mostly spoken by the time
+            # its connection is accepted: its ClientHello is read now, which
+            # saves a turn of the reactor and the time bound's timer.
+            first = _readNow(transport)
+            if first is None:
+                # Reset before it spoke: lost, as the reactor's read would
+                # have found (nothing to count).
+                self._state = _CLOSED
+                transport.abortConnection()
+            elif first:
+                self._hello = ClientHelloReader(settings.maxClientHelloBytes)
+                self._state = _HELLO
+                self._readHello(first)
+                if self._state is _HELLO:
+                    self._arm(settings.clientHelloTimeout)
+            else:
+                self._readHello(b"")
         elif self._watch:
             self._state = _CHECK
             self._arm(settings.proxyTimeout)
@@ -438,6 +454,26 @@ class Preamble:
             # not a header.
             self._state = _DONE
             self._release()
+
+
+def _readNow(transport: Any) -> bytes | None:
+    """
+    The bytes a plain TCP connection has already received, read at once
+    (as the reactor would on its next turn).
+
+    @return: the bytes; C{b""} when there are none yet, at the end (which
+        the reactor's own read meets again), or for another kind of
+        transport; L{None} when the connection failed.
+    """
+    if type(transport) not in (tcp.Server, tcp.Client) or transport.disconnecting:
+        return b""
+    try:
+        data: bytes = transport.socket.recv(transport.bufferSize)
+    except BlockingIOError:
+        return b""
+    except OSError:
+        return None
+    return data
 
 
 def _listenerOf(protocol: Any) -> Any:
