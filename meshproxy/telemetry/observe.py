@@ -240,28 +240,11 @@ class Tracer:
         if reqId is None:
             # This hop's span id: unique per request, and found in the spans.
             reqId = spanId
-        if not request.traceHeaders:
+        # No trace context, or none valid: the trace starts here.
+        context = extract(request.headers, getrandbits) if request.traceHeaders else None
+        if context is None:
             rate = self.sampleRate
             sampled = rate >= 1.0 or (rate > 0.0 and self._random() < rate)
-            traceId = ids[:32]
-            if traceId == _ZERO_TRACE:
-                traceId = newTraceId(getrandbits)
-            return RequestTrace(
-                traceId,
-                None,
-                spanId,
-                sampled,
-                sampled and self.recording,
-                reqId,
-                getrandbits,
-                False,
-                None,
-                0,
-                firstTry,
-            )
-        context = extract(request.headers, getrandbits)
-        if context is None:
-            sampled = self._decide()
             traceId = ids[:32]
             if traceId == _ZERO_TRACE:
                 traceId = newTraceId(getrandbits)
