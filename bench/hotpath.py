@@ -54,6 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 from twisted.internet.address import IPv4Address
@@ -203,31 +204,44 @@ def phases(variants: list[str], n: int) -> None:
     os.getppid()
 
 
-def countInstructions(variants: list[str], n: int, valgrind: str) -> int:
+def callgrindPerRequest(
+    script: str, variants: list[str], n: int, valgrind: str, dumpOf: Callable[[int], int]
+) -> dict[str, float]:
     """
-    Print each variant's instructions per request, counted by callgrind in
-    one process (see L{phases}), and the deltas against C{all-on}.
+    Run C{script --phases --only VARIANTS --requests N} under callgrind in
+    one process, dumping before each C{os.getppid} call, and read each
+    variant's instructions per request from its dump.
+
+    @param dumpOf: the number of the dump holding variant C{i}'s requests.
     """
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "callgrind.out")
         argv = [valgrind, "--tool=callgrind", "--dump-before=os_getppid",
-                "--callgrind-out-file=" + out, sys.executable, __file__, "--phases",
+                "--callgrind-out-file=" + out, sys.executable, script, "--phases",
                 "--only", ",".join(variants), "--requests", str(n)]
         # A fixed hash seed: the same dictionary layouts in every run.
         env = dict(os.environ, PYTHONHASHSEED="0")
         done = subprocess.run(argv, capture_output=True, text=True, env=env)
         if done.returncode != 0:
             raise SystemExit("callgrind run failed:\n" + done.stderr[-2000:])
-        # Dump k (k >= 1) is what ran before the k-th os.getppid: dump 1 is
-        # the start-up, dump 1 + i the requests of variant i.
         counts = []
         for i in range(len(variants)):
-            with open("%s.%d" % (out, i + 2)) as f:
+            with open("%s.%d" % (out, dumpOf(i))) as f:
                 found = re.search(r"^summary: (\d+)", f.read(), re.M)
             if found is None:
-                raise SystemExit("no summary in callgrind dump %d" % (i + 2,))
+                raise SystemExit("no summary in callgrind dump %d" % (dumpOf(i),))
             counts.append(int(found.group(1)) / n)
-    perRequest = dict(zip(variants, counts, strict=True))
+    return dict(zip(variants, counts, strict=True))
+
+
+def countInstructions(variants: list[str], n: int, valgrind: str) -> int:
+    """
+    Print each variant's instructions per request, counted by callgrind in
+    one process (see L{phases}), and the deltas against C{all-on}.
+    """
+    # Dump k (k >= 1) is what ran before the k-th os.getppid: dump 1 is
+    # the start-up, dump 1 + i the requests of variant i.
+    perRequest = callgrindPerRequest(__file__, variants, n, valgrind, lambda i: i + 2)
     print("instructions/request (callgrind, %d requests each):" % (n,))
     base = perRequest.get("all-on")
     for v in variants:

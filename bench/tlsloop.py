@@ -24,10 +24,8 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import re
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -219,25 +217,11 @@ def countInstructions(variants: list[str], n: int, valgrind: str) -> int:
     Print each variant's instructions per request, counted by callgrind in
     one process, and the ratio of C{tls} to C{plain}.
     """
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "callgrind.out")
-        argv = [valgrind, "--tool=callgrind", "--dump-before=os_getppid",
-                "--callgrind-out-file=" + out, sys.executable, __file__, "--phases",
-                "--only", ",".join(variants), "--requests", str(n)]
-        env = dict(os.environ, PYTHONHASHSEED="0")
-        done = subprocess.run(argv, capture_output=True, text=True, env=env)
-        if done.returncode != 0:
-            raise SystemExit("callgrind run failed:\n" + done.stderr[-2000:])
-        # Dump 1 is the start-up; variant i's requests are dump 2 + 2i
-        # (between the os.getppid before and after them).
-        counts = []
-        for i in range(len(variants)):
-            with open("%s.%d" % (out, 2 + 2 * i)) as f:
-                found = re.search(r"^summary: (\d+)", f.read(), re.M)
-            if found is None:
-                raise SystemExit("no summary in callgrind dump %d" % (2 + 2 * i,))
-            counts.append(int(found.group(1)) / n)
-    perRequest = dict(zip(variants, counts, strict=True))
+    from hotpath import callgrindPerRequest  # bench/, beside this file
+
+    # Dump 1 is the start-up; variant i's requests are dump 2 + 2i
+    # (between the os.getppid before and after them).
+    perRequest = callgrindPerRequest(__file__, variants, n, valgrind, lambda i: 2 + 2 * i)
     print("instructions/request (callgrind, %d requests each):" % (n,))
     for v in variants:
         print("  %-8s %9.0f" % (v, perRequest[v]))
