@@ -78,6 +78,7 @@ from zope.interface import implementer
 from meshproxy.http.interfaces import IUpstreamConnection
 from meshproxy.http.message import ProxyError, reasonPhrase
 from meshproxy.http2.fast import CountedStreams, FastDecoder, PlainEncoder
+from meshproxy.http2.frames import sendQueuedData
 from meshproxy.http2.headers import (
     UpstreamResponseError,
     requestFields,
@@ -874,29 +875,13 @@ class H2UpstreamStream:
         sid = self.streamId
         out = self._out
         try:
-            while out:
-                window = h2.local_flow_control_window(sid)
-                if window <= 0:
-                    break
-                frame = h2.max_outbound_frame_size
-                if window > frame:
-                    window = frame
-                piece = out[0]
-                size = len(piece)
-                if size <= window:
-                    out.popleft()
-                    self._outSize -= size
-                    last = not out and self._ending and self._endTrailers is None
-                    h2.send_data(sid, piece, end_stream=last)
-                    if last:
-                        self._localEnded = True
-                        break
-                else:
-                    view = piece if isinstance(piece, memoryview) else memoryview(piece)
-                    out[0] = view[window:]
-                    self._outSize -= window
-                    h2.send_data(sid, view[:window].tobytes())
-            if not out and self._ending and not self._localEnded:
+            sent, ended = sendQueuedData(
+                h2, sid, out, self._ending and self._endTrailers is None
+            )
+            self._outSize -= sent
+            if ended:
+                self._localEnded = True
+            elif not out and self._ending:
                 trailers = self._endTrailers
                 if trailers is not None:
                     h2.send_headers(sid, trailers, end_stream=True)

@@ -46,6 +46,7 @@ from meshproxy import grpc
 from meshproxy.http.exchange import Exchange
 from meshproxy.http.interfaces import IClientConnection, IResponseWriter
 from meshproxy.http.message import ProxyError, forbiddenTrailer
+from meshproxy.http2.frames import sendQueuedData
 from meshproxy.http2.headers import (
     errorFields,
     interimFields,
@@ -556,30 +557,13 @@ class H2Stream:
                     return
                 h2.send_headers(sid, head)
             out = self._out
-            sent = False
-            while out:
-                window = h2.local_flow_control_window(sid)
-                if window <= 0:
-                    break
-                frame = h2.max_outbound_frame_size
-                if window > frame:
-                    window = frame
-                piece = out[0]
-                size = len(piece)
-                if size <= window:
-                    out.popleft()
-                    self._outSize -= size
-                    last = not out and self._ending and self._endTrailers is None
-                    h2.send_data(sid, piece, end_stream=last)
-                    if last:
-                        self._localEnd()
-                        return
-                else:
-                    view = piece if isinstance(piece, memoryview) else memoryview(piece)
-                    out[0] = view[window:]
-                    self._outSize -= window
-                    h2.send_data(sid, view[:window])
-                sent = True
+            sent, ended = sendQueuedData(
+                h2, sid, out, self._ending and self._endTrailers is None
+            )
+            self._outSize -= sent
+            if ended:
+                self._localEnd()
+                return
             if out:
                 if sent or self.blockedSince is None:
                     self.blockedSince = connection.now()
