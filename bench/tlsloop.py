@@ -30,6 +30,9 @@ import sys
 import tempfile
 import time
 
+# The same router, request and answer as bench/hotpath.py's (beside this
+# file), and its callgrind driver.
+from hotpath import CONFIG, REQUEST, RESPONSE, callgrindPerRequest  # noqa: E402
 from prometheus_client import CollectorRegistry
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -45,18 +48,6 @@ from meshproxy.runtime import balancerFactory
 from meshproxy.telemetry.metrics import MeshMetrics
 from meshproxy.tls import CertificateFile, ServerTLS
 from meshproxy.transport.tls import TLSProtocol
-
-CONFIG = """\
-namers:
-  - {kind: static, prefix: /#/static, services: {hello: ["127.0.0.1:9001"]}}
-routers:
-  - name: web
-    listen: "tcp:4140"
-    rules: "/svc => /#/static;"
-"""
-
-REQUEST = b"GET /users/1 HTTP/1.1\r\nHost: hello\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"
-RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nContent-Type: text/plain\r\n\r\nhello\n"
 
 VARIANTS = ("plain", "tls")
 
@@ -217,8 +208,6 @@ def countInstructions(variants: list[str], n: int, valgrind: str) -> int:
     Print each variant's instructions per request, counted by callgrind in
     one process, and the ratio of C{tls} to C{plain}.
     """
-    from hotpath import callgrindPerRequest  # bench/, beside this file
-
     # Dump 1 is the start-up; variant i's requests are dump 2 + 2i
     # (between the os.getppid before and after them).
     perRequest = callgrindPerRequest(__file__, variants, n, valgrind, lambda i: 2 + 2 * i)
