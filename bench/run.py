@@ -1039,6 +1039,23 @@ def ratio(a, b):
     return a / b
 
 
+def _withCpu(result, cpu, wall):
+    """
+    Add the proxy's CPU figures of a load run to its parsed result (all
+    None without a proxy, as for direct-h2up), and whether it is flagged
+    (errors, or no request at all).
+    """
+    if cpu is not None:
+        result["proxy_cpu_s"] = round(cpu, 3)
+        result["proxy_cpu_util"] = round(cpu / wall, 3)
+        result["cpu_us_per_req"] = (
+            cpu * 1e6 / result["requests"] if result["requests"] else None)
+    else:
+        result["proxy_cpu_s"] = result["proxy_cpu_util"] = result["cpu_us_per_req"] = None
+    result["flagged"] = result["error_total"] > 0 or not result["requests"]
+    return result
+
+
 class Bench:
     """
     One invocation: the servers it started, the results so far.
@@ -1412,15 +1429,7 @@ class Bench:
         except ValueError as e:
             raise HarnessError(f"cannot parse wrk output for {target}: {e}\n{out}{err}") from e
         result["wrk_argv"] = argv
-        if cpu is not None:
-            result["proxy_cpu_s"] = round(cpu, 3)
-            result["proxy_cpu_util"] = round(cpu / wall, 3)
-            result["cpu_us_per_req"] = (
-                cpu * 1e6 / result["requests"] if result["requests"] else None)
-        else:
-            result["proxy_cpu_s"] = result["proxy_cpu_util"] = result["cpu_us_per_req"] = None
-        result["flagged"] = result["error_total"] > 0 or not result["requests"]
-        return result
+        return _withCpu(result, cpu, wall)
 
     def load(self, tool, argv, spec, duration, target):
         """
@@ -1529,16 +1538,7 @@ class Bench:
             raise HarnessError(f"cannot parse h2load output for {target}: {e}\n{out}{err}") from e
         log.unlink(missing_ok=True)
         result["h2load_argv"] = argv
-        if cpu is not None:
-            result["proxy_cpu_s"] = round(cpu, 3)
-            result["proxy_cpu_util"] = round(cpu / wall, 3)
-            result["cpu_us_per_req"] = (
-                cpu * 1e6 / result["requests"] if result["requests"] else None)
-        else:
-            # (direct-h2up: no proxy)
-            result["proxy_cpu_s"] = result["proxy_cpu_util"] = result["cpu_us_per_req"] = None
-        result["flagged"] = result["error_total"] > 0 or not result["requests"]
-        return result
+        return _withCpu(result, cpu, wall)
 
     def measure(self, target, threads, connections, label):
         """Warm up, then measure; print a progress line."""
