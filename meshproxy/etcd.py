@@ -50,12 +50,13 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone, _HTTP11ClientFactory
+from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from zope.interface import Interface, implementer
 
 from meshproxy.resilience.backoff import Backoff
+from meshproxy.transport.webpool import quietPool
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
@@ -420,15 +421,6 @@ def _pemCertificates(data: bytes, path: str) -> list[bytes]:
     return found
 
 
-class _QuietFactory(_HTTP11ClientFactory):
-    """
-    The connection factory of the client's pool, without the two log lines
-    Twisted writes for each connection (ten a second while etcd is away).
-    """
-
-    noisy = False
-
-
 def _wasCancelled(failure: Failure) -> bool:
     """
     Whether a request failed because it was cancelled (perhaps wrapped by
@@ -537,7 +529,7 @@ class EtcdClient:
             be read or are not PEM.
         """
         from treq.client import HTTPClient
-        from twisted.web.client import Agent, HTTPConnectionPool
+        from twisted.web.client import Agent
 
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
@@ -562,10 +554,7 @@ class EtcdClient:
         self._token: str | None = None
         self._authWaiters: list[Deferred[str]] = []
         self._watches: set[Watch] = set()
-        self._pool = HTTPConnectionPool(reactor, persistent=True)
-        self._pool.maxPersistentPerHost = 4
-        self._pool.retryAutomatically = False
-        self._pool._factory = _QuietFactory
+        self._pool = quietPool(reactor, 4)
         agentArgs: dict[str, Any] = {"pool": self._pool, "connectTimeout": timeout}
         if tls is not None:
             try:

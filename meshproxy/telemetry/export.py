@@ -610,11 +610,11 @@ def _httpClient(
     @return: the client and its pool (closed when the exporter stops).
     """
     from treq.client import HTTPClient
-    from twisted.web.client import Agent, HTTPConnectionPool
+    from twisted.web.client import Agent
 
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = inFlight
-    pool.retryAutomatically = False
+    from meshproxy.transport.webpool import quietPool
+
+    pool = quietPool(reactor, inFlight)
     agent = Agent(reactor, connectTimeout=timeout, pool=pool)
     return HTTPClient(agent, data_to_body_producer=_BytesProducer), pool
 
