@@ -1019,6 +1019,24 @@ class ListenerTests(SynchronousTestCase):
         logged = _capture(self)
         for s in services:
             s.privilegedStartService()
+        # A real port starts its factory as it listens, and stops it after:
+        # neither the factory listened with nor the router's behind it says
+        # so, whatever its logger's namespace.
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        said: list[str] = []
+
+        def sayings(event):
+            said.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(sayings)
+        try:
+            for _, factory, _, _ in reactor.tcpServers:
+                factory.doStart()
+                factory.doStop()
+        finally:
+            globalLogPublisher.removeObserver(sayings)
+        self.assertEqual([line for line in said if "factory" in line], [])
         self.assertEqual(logged(), [
             "router web listening on tcp:4141:interface=127.0.0.1",
             "router db listening on tcp:5433:interface=127.0.0.1",

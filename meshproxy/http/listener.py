@@ -55,6 +55,10 @@ class ServerFactory(DrainingFactoryMixin, Factory):
     offers protocols (curl, browsers) with an "internal error" alert.
     """
 
+    # Its listener says it is listening, once, in its own words (and the
+    # factory is started behind a preamble's, which Twisted does not quiet).
+    noisy = False
+
     def acceptableProtocols(self) -> list[bytes]:
         """
         The protocols offered by ALPN on TLS listeners.
