@@ -15,12 +15,10 @@ its streams an exchange.
 
 from __future__ import annotations
 
-import ssl
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import httptools
-from OpenSSL import SSL
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
@@ -34,9 +32,9 @@ from meshproxy.http.interfaces import IClientConnection
 from meshproxy.http.message import ProxyError, Request, errorResponse, forbiddenTrailer
 from meshproxy.http.rewrite import ResponseWriter, interimHead
 from meshproxy.http2.frames import PREFACE, FloodLimits
-from meshproxy.tls import forwardedClientCert, identityOf
 from meshproxy.transport.fastwrite import writerFor
 from meshproxy.transport.gate import PauseGate
+from meshproxy.transport.tlsfailure import isTLSFailure
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
@@ -179,11 +177,7 @@ class ServerProtocol(Protocol):
         self._timer = None
         if self.connStats is not None:
             self.connStats.closed += 1
-        if reason.check(ssl.SSLError, SSL.Error):
-            # The TLS layer failed: most often a handshake (no or a bad
-            # client certificate, no common version or cipher). (ssl is
-            # meshproxy's TLS; pyOpenSSL is Twisted's, on ssl: listen
-            # strings with arguments meshproxy leaves to it.)
+        if isTLSFailure(reason.value):
             self.router.countError("client-tls-failed")
         if self._tunnel is not None:
             tunnel, self._tunnel = self._tunnel, None
@@ -344,6 +338,11 @@ class ServerProtocol(Protocol):
         """
         Read the identity of the client's verified certificate, once.
         """
+        # Imported here, on TLS connections only: meshproxy.tls brings
+        # cryptography and service_identity, which a plain process does not
+        # import.
+        from meshproxy.tls import forwardedClientCert, identityOf
+
         self._tls = False
         certificate = self.transport.getPeerCertificate()  # type: ignore[attr-defined]
         if certificate is not None:
