@@ -451,6 +451,12 @@ def _addWorkers(top: _ProcessService, runtime: Runtime, count: int, reactor: Any
     # its pages instead of each importing it.
     import meshproxy.http2.client  # noqa: F401
     import meshproxy.http2.connection  # noqa: F401
+    from meshproxy.twistedtls import withoutPyOpenSSL
+
+    with withoutPyOpenSSL():
+        # The workers' control channel: AMP imports Twisted's TLS for its
+        # STARTTLS, which it does not use over a socketpair.
+        import twisted.protocols.amp  # noqa: F401
     from meshproxy.workers.sockets import ListenerGroups
     from meshproxy.workers.supervisor import WorkerPool, ZygoteSpawner, quietListeners
     from meshproxy.workers.worker import workerMain

@@ -25,6 +25,10 @@ left out, at the first use of Twisted's TLS:
     whose HTTPS wraps its connections with C{endpoints.wrapClientTLS}:
     L{attachTLS} runs when C{twisted.web.client} is first imported.
 
+L{withoutPyOpenSSL} imports other modules the same way, for good: those
+that import pyOpenSSL only for a feature meshproxy does not use (AMP, the
+workers' control channel, for its STARTTLS).
+
 What a reactor installed this way does not have, even once TLS is attached:
 C{startTLS} on its TCP connections (C{ITLSTransport}; the classes are made
 when C{twisted.internet.tcp} is imported), which meshproxy does not use.
@@ -35,12 +39,13 @@ with Twisted's TLS in full.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from importlib.machinery import ModuleSpec
 from types import ModuleType
 from typing import Any
 
-__all__ = ["attachTLS", "installReactor", "tlsAttached"]
+__all__ = ["attachTLS", "installReactor", "tlsAttached", "withoutPyOpenSSL"]
 
 #: The package hidden while the reactor is imported: each of Twisted's
 #: modules that tries to import its TLS imports this first.
@@ -84,6 +89,27 @@ def _removeFinder(finder: object) -> None:
         sys.meta_path.remove(finder)
 
 
+@contextmanager
+def withoutPyOpenSSL() -> Iterator[None]:
+    """
+    Import, within it, modules that import pyOpenSSL only for a feature
+    meshproxy does not use, as on a Python without pyOpenSSL (unless it is
+    imported already, when there is nothing to save).
+
+    The modules keep that for the life of the process; those whose TLS
+    meshproxy uses get it back from L{attachTLS}.
+    """
+    if _HIDDEN in sys.modules:
+        yield
+        return
+    hide = _HidePyOpenSSL()
+    sys.meta_path.insert(0, hide)
+    try:
+        yield
+    finally:
+        _removeFinder(hide)
+
+
 def installReactor() -> Any:
     """
     Install Twisted's default reactor without Twisted's TLS, unless a
@@ -93,17 +119,13 @@ def installReactor() -> Any:
     @return: C{twisted.internet.reactor}.
     """
     if "twisted.internet.reactor" not in sys.modules and _HIDDEN not in sys.modules:
-        hide = _HidePyOpenSSL()
-        sys.meta_path.insert(0, hide)
-        try:
+        with withoutPyOpenSSL():
             from twisted.internet import default
 
             default.install()
             # meshproxy imports it for every listener and connection; it
             # decides at its import whether TLS exists, as posixbase does.
             import twisted.internet.endpoints  # noqa: F401
-        finally:
-            _removeFinder(hide)
         if not tlsAttached() and _HTTPS_CLIENT not in sys.modules:
             sys.meta_path.insert(0, _AttachBeforeHTTPSClient())
     from twisted.internet import reactor

@@ -185,6 +185,8 @@ class LazyImportsTests(SynchronousTestCase):
         self.assertIn("meshproxy.workers", imported)
         self.assertIn("meshproxy.http2.client", imported)
         self.assertIn("meshproxy.http2.connection", imported)
+        # AMP, the workers' control channel, is imported without its TLS.
+        self.assertNotIn("OpenSSL", imported)
 
     def test_oneWorkerByNumber(self) -> None:
         """

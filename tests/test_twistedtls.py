@@ -116,6 +116,48 @@ print(json.dumps(state(installReactor())))
         self.assertEqual(result["reactorSSL"], True)
 
 
+class WithoutPyOpenSSLTests(SynchronousTestCase):
+    """
+    L{withoutPyOpenSSL} imports modules as on a Python without pyOpenSSL.
+    """
+
+    def test_hiddenWithinOnly(self) -> None:
+        """
+        Within it, importing pyOpenSSL fails (so AMP imports without its
+        STARTTLS); after it, pyOpenSSL imports again.
+        """
+        result = runChild("""
+import json
+from meshproxy.twistedtls import withoutPyOpenSSL
+with withoutPyOpenSSL():
+    try:
+        import OpenSSL
+    except ImportError:
+        hidden = True
+    else:
+        hidden = False
+    from twisted.protocols import amp
+import OpenSSL.SSL
+print(json.dumps([hidden, amp.ssl is None, OpenSSL.SSL.__name__]))
+""")
+        self.assertEqual(result, [True, True, "OpenSSL.SSL"])
+
+    def test_nothingHiddenOnceImported(self) -> None:
+        """
+        Once pyOpenSSL is imported, there is nothing to save: modules
+        imported within it get their TLS.
+        """
+        result = runChild("""
+import json
+import OpenSSL
+from meshproxy.twistedtls import withoutPyOpenSSL
+with withoutPyOpenSSL():
+    from twisted.protocols import amp
+print(json.dumps(amp.ssl is not None))
+""")
+        self.assertEqual(result, True)
+
+
 # The names of posixbase and endpoints (what each is: its module and
 # qualified name), after the reactor's installation, lean (and TLS attached)
 # or as Twisted's own import makes it.
