@@ -282,11 +282,18 @@ def _endpointString(description: str) -> str:
     The Twisted server endpoint string for a C{listen} value: C{tls:} is the
     name users expect for a TLS listener (Twisted's parser says C{ssl:}),
     and the backlog defaults to L{DEFAULT_BACKLOG}.
+
+    An C{ssl:} string is Twisted's TLS, which is attached now if the process
+    runs without it (L{meshproxy.twistedtls}).
     """
     from twisted.internet.endpoints import _parse
 
     if description.startswith("tls:"):
         description = "ssl:" + description[4:]
+    if description.startswith("ssl:"):
+        from meshproxy.twistedtls import attachTLS
+
+        attachTLS()
     args, kwargs = _parse(description)
     if args and args[0] in _BACKLOG_KINDS and "backlog" not in kwargs:
         description += ":backlog=%d" % (DEFAULT_BACKLOG,)

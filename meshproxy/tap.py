@@ -194,8 +194,6 @@ def tlsProblems(config: MeshConfig) -> list[str]:
 
     @return: messages naming the key path.
     """
-    from meshproxy.tls import ClientContext, TLSFileError, serverTLS
-
     problems: list[str] = []
     etcdSections: list[tuple[str, object]] = [
         ("namers[%d].tls" % (i,), namer) for i, namer in enumerate(config.namers)
@@ -210,7 +208,11 @@ def tlsProblems(config: MeshConfig) -> list[str]:
         if problem is not None:
             problems.append("%s: %s" % (place, problem))
     for i, router in enumerate(config.routers):
+        # meshproxy.tls (with cryptography and service_identity) is imported
+        # only for a config that has a TLS section.
         if router.tls is not None:
+            from meshproxy.tls import TLSFileError, serverTLS
+
             try:
                 serverTLS(router.tls, protocols=())
             except TLSFileError as e:
@@ -223,6 +225,8 @@ def tlsProblems(config: MeshConfig) -> list[str]:
         for where, section in sections:
             if section is None:
                 continue
+            from meshproxy.tls import ClientContext, TLSFileError
+
             try:
                 ClientContext(ca=section.ca, cert=section.cert, key=section.key)
             except TLSFileError as e:
@@ -394,11 +398,15 @@ def makeService(
     Build the process's services from validated options.
 
     @param options: parsed L{Options} (their C{meshConfig}).
-    @param reactor: the reactor; the global one when L{None}.
+    @param reactor: the reactor; when L{None}, the global one, installed
+        without Twisted's TLS unless a reactor is installed already
+        (L{meshproxy.twistedtls}).
     @rtype: L{MultiService}
     """
     if reactor is None:
-        from twisted.internet import reactor
+        from meshproxy.twistedtls import installReactor
+
+        reactor = installReactor()
     config = options.meshConfig
     top = _ProcessService()
     runtime, services = buildServices(config, reactor=reactor, configPath=options["config"])
@@ -443,6 +451,12 @@ def _addWorkers(top: _ProcessService, runtime: Runtime, count: int, reactor: Any
     # its pages instead of each importing it.
     import meshproxy.http2.client  # noqa: F401
     import meshproxy.http2.connection  # noqa: F401
+    from meshproxy.twistedtls import withoutPyOpenSSL
+
+    with withoutPyOpenSSL():
+        # The workers' control channel: AMP imports Twisted's TLS for its
+        # STARTTLS, which it does not use over a socketpair.
+        import twisted.protocols.amp  # noqa: F401
     from meshproxy.workers.sockets import ListenerGroups
     from meshproxy.workers.supervisor import WorkerPool, ZygoteSpawner, quietListeners
     from meshproxy.workers.worker import workerMain

@@ -25,17 +25,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.serialization import (
-    Encoding,
-    PublicFormat,
-    load_pem_private_key,
-)
-from cryptography.x509.oid import NameOID
-from service_identity import VerificationError
-from service_identity.cryptography import extract_patterns
-from service_identity.hazmat import DNS_ID, verify_service_identity
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.task import LoopingCall
@@ -45,10 +34,15 @@ from zope.interface import implementer
 from meshproxy.discovery.endpoints import Endpoint
 from meshproxy.transport.connector import IConnector
 from meshproxy.transport.interfaces import ITLSClientContexts, ITLSServerContexts
-from meshproxy.transport.tls import TLSClientEndpoint
 
+# cryptography, service_identity and meshproxy.transport.tls are imported by
+# the functions that use them, not here: the HTTP router imports this module
+# for its upstream TLS, and a process whose config has no TLS section does
+# not import them (tests/test_imports.py).
 if TYPE_CHECKING:
+    from cryptography import x509
     from OpenSSL import crypto
+    from service_identity.hazmat import DNS_ID
 
 __all__ = [
     "CertificateFile",
@@ -124,6 +118,10 @@ def identityOf(certificate: crypto.X509 | x509.Certificate) -> PeerIdentity:
     @param certificate: as meshproxy's TLS gives it, or as pyOpenSSL does
         (Twisted's TLS, on C{ssl:} listen strings meshproxy leaves to it).
     """
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from cryptography.x509.oid import NameOID
+
     # (duck-typed: pyOpenSSL is not imported for it)
     cert = certificate.to_cryptography() if hasattr(certificate, "to_cryptography") else certificate
     try:
@@ -168,6 +166,8 @@ def _readCertificates(path: str) -> tuple[bytes, list[x509.Certificate]]:
 
     @return: the file's bytes, and its certificates.
     """
+    from cryptography import x509
+
     data = _readFile(path, "certificate file")
     try:
         return data, x509.load_pem_x509_certificates(data)
@@ -182,6 +182,9 @@ def _checkKey(path: str, certificate: x509.Certificate, certPath: str) -> None:
 
     @raise TLSFileError: if it does not.
     """
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
     data = _readFile(path, "key file")
     try:
         key = load_pem_private_key(data, None)
@@ -192,6 +195,8 @@ def _checkKey(path: str, certificate: x509.Certificate, certPath: str) -> None:
 
 
 def _publicBytes(key: Any) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
     return bytes(key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
 
 
@@ -514,6 +519,8 @@ class ClientTLS:
         @raise TLSFileError: when a file cannot be used.
         @raise ValueError: when C{expected} cannot be a DNS name or URI.
         """
+        from service_identity.hazmat import DNS_ID
+
         self.expected = expected
         self._dnsID: DNS_ID | None
         if "://" in expected:
@@ -564,6 +571,11 @@ class ClientTLS:
         @raise ssl.SSLError: when an HTTP/2 upstream did not choose C{h2}
             by ALPN.
         """
+        from cryptography import x509
+        from service_identity import VerificationError
+        from service_identity.cryptography import extract_patterns
+        from service_identity.hazmat import verify_service_identity
+
         if self.h2 and tls.selected_alpn_protocol() != "h2":
             raise ssl.SSLError("the upstream did not choose h2 by ALPN")
         der = tls.getpeercert(binary_form=True)
@@ -605,6 +617,8 @@ class TLSConnector:
         """
         See L{IConnector.endpointFor}.
         """
+        from meshproxy.transport.tls import TLSClientEndpoint
+
         return TLSClientEndpoint(self._inner.endpointFor(endpoint), self.creator)
 
     def connect(self, endpoint: Endpoint, factory: IProtocolFactory) -> Deferred[Any]:

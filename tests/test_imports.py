@@ -1,8 +1,9 @@
 """
 A process imports only what its config uses: the services of a plain config
 (an HTTP router, a static namer, no exporter, one process) are built without
-treq, the HTTP/2 code, the etcd client or the workers package, each of which
-comes in only with the config that needs it.
+treq, the HTTP/2 code, the etcd client, the workers package or TLS (Twisted's:
+pyOpenSSL; meshproxy's certificate reading: cryptography and
+service_identity), each of which comes in only with the config that needs it.
 
 Each check runs in a fresh interpreter (a child process), since this one has
 imported everything already; it looks at C{sys.modules}, not at memory
@@ -36,6 +37,10 @@ LAZY = (
     "meshproxy.http2.client",
     "meshproxy.http2.connection",
     "meshproxy.workers",
+    # Twisted's TLS (meshproxy.twistedtls), and what reads certificates.
+    "OpenSSL",
+    "cryptography",
+    "service_identity",
 )
 
 PLAIN = """\
@@ -57,14 +62,18 @@ telemetry:
 
 # Builds the services of the config file argv[1] (with the command-line
 # arguments after it) on a memory reactor, starts them unless told not to,
-# and prints which of the modules named in argv[2] are imported.
+# and prints which of the modules named in argv[2] are imported. The global
+# reactor is installed as twistd meshproxy installs it (makeService without
+# a reactor), after the options are parsed.
 _CHILD = """\
 import json, sys
 from twisted.internet.testing import MemoryReactorClock
 from meshproxy.tap import Options, makeService
+from meshproxy.twistedtls import installReactor
 path, names, start = sys.argv[1], sys.argv[2].split(","), sys.argv[3] == "start"
 options = Options()
 options.parseOptions(["--config", path] + sys.argv[4:])
+installReactor()
 service = makeService(options, reactor=MemoryReactorClock())
 if start:
     service.privilegedStartService()
@@ -106,7 +115,8 @@ class LazyImportsTests(SynchronousTestCase):
         """
         A plain config, built and started, imports neither treq, nor
         Twisted's HTTP client, nor the etcd client, the HTTP/2 client and
-        server connections or the workers package.
+        server connections or the workers package, nor pyOpenSSL,
+        cryptography or service_identity.
         """
         self.assertEqual(importedBy(PLAIN), [])
 
@@ -119,6 +129,51 @@ class LazyImportsTests(SynchronousTestCase):
         self.assertIn("treq", imported)
         self.assertIn("twisted.web.client", imported)
         self.assertNotIn("meshproxy.workers", imported)
+        # Twisted's HTTPS, attached with its HTTP client.
+        self.assertIn("OpenSSL", imported)
+
+    def certificate(self) -> tuple[str, str, str]:
+        """
+        A CA and a certificate for 127.0.0.1 it signed.
+
+        @return: the paths of the certificate, its key and the CA's
+            certificate.
+        """
+        from meshproxy.certs import initAuthority, issue
+
+        directory = os.path.abspath(self.mktemp())
+        authority = initAuthority(directory)
+        issued = issue(directory, "local", ips=("127.0.0.1",))
+        return issued.cert, issued.key, authority.cert
+
+    def test_tlsSectionsImportCryptography(self) -> None:
+        """
+        A C{tls} section (meshproxy's TLS, the standard library's) and an
+        C{upstreamTls} one import cryptography and service_identity, to read
+        and verify certificates (service_identity imports pyOpenSSL, for
+        its docstrings).
+        """
+        cert, key, ca = self.certificate()
+        config = PLAIN + (
+            "    tls: {certificates: [{cert: %s, key: %s}]}\n"
+            "    upstreamTls: {ca: %s, serverName: local}\n"
+        ) % (cert, key, ca)
+        imported = importedBy(config)
+        self.assertIn("cryptography", imported)
+        self.assertIn("service_identity", imported)
+
+    def test_twistedsTLSListenerImportsPyOpenSSL(self) -> None:
+        """
+        An C{ssl:} listen string meshproxy leaves to Twisted (one with an
+        argument meshproxy's TLS does not take) brings Twisted's TLS in.
+        """
+        cert, key, ca = self.certificate()
+        listen = "ssl:0:interface=127.0.0.1:privateKey=%s:certKey=%s:extraCertChain=%s" % (
+            key, cert, ca)
+        config = PLAIN.replace('listen: "tcp:0:interface=127.0.0.1"\n    identifier',
+                               'listen: "%s"\n    identifier' % (listen,))
+        self.assertNotEqual(config, PLAIN)
+        self.assertIn("OpenSSL", importedBy(config))
 
     def test_workersImportTheirPackageAndHTTP2(self) -> None:
         """
@@ -130,6 +185,8 @@ class LazyImportsTests(SynchronousTestCase):
         self.assertIn("meshproxy.workers", imported)
         self.assertIn("meshproxy.http2.client", imported)
         self.assertIn("meshproxy.http2.connection", imported)
+        # AMP, the workers' control channel, is imported without its TLS.
+        self.assertNotIn("OpenSSL", imported)
 
     def test_oneWorkerByNumber(self) -> None:
         """

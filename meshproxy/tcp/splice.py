@@ -10,11 +10,9 @@ with back-pressure and half-close until both sides are closed.
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from OpenSSL import SSL
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, ISSLTransport
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
@@ -26,6 +24,7 @@ from meshproxy.transport.fastwrite import PLAIN_TCP, writerFor
 from meshproxy.transport.gate import PauseGate
 from meshproxy.transport.preamble import IPreambleListener
 from meshproxy.transport.proxyprotocol import formatHeader
+from meshproxy.transport.tlsfailure import isTLSFailure
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress, IConnector, IDelayedCall
@@ -160,10 +159,7 @@ class Downstream(End):
         factory.router.connStats.closed += 1
         # (isinstance, not Failure.check, which names every class of the
         # exception's hierarchy each time: this runs for every connection)
-        if isinstance(reason.value, (ssl.SSLError, SSL.Error)):
-            # The TLS layer failed: most often a handshake. (ssl is
-            # meshproxy's TLS; pyOpenSSL is Twisted's, on ssl: listen
-            # strings with arguments meshproxy leaves to it.)
+        if isTLSFailure(reason.value):
             factory.router.countError("client-tls-failed")
         try:
             End.connectionLost(self, reason)

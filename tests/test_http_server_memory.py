@@ -1,0 +1,100 @@
+"""
+What an idle client connection of the HTTP router holds: no request
+parser until its first bytes (none at all over HTTP/2), and small
+containers.
+"""
+
+import sys
+
+import httptools
+from twisted.trial.unittest import SynchronousTestCase
+
+from meshproxy.http2.frames import PREFACE
+from tests.test_http_server import Harness
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n"
+
+
+class LazyParserTests(SynchronousTestCase):
+    """
+    The HTTP/1 parser (about 1 KiB with the callbacks it binds) is made
+    with the first bytes that are not HTTP/2's preface.
+    """
+
+    def test_noParserUntilTheFirstBytes(self) -> None:
+        """
+        A connection that has sent nothing has no parser; its first request
+        makes one, and is forwarded upstream.
+        """
+        h = Harness()
+        proto, transport = h.client()
+        self.assertIsNone(proto.parser)
+        proto.dataReceived(REQUEST)
+        self.assertIsInstance(proto.parser, httptools.HttpRequestParser)
+        up, upTransport = h.upstream()
+        self.assertTrue(upTransport.value().startswith(b"GET / HTTP/1.1\r\n"))
+        up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertTrue(transport.value().endswith(b"ok"))
+
+    def test_oneParserForTheConnection(self) -> None:
+        """
+        The parser made by the first request parses the next ones on the
+        connection.
+        """
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(REQUEST)
+        parser = proto.parser
+        up, upTransport = h.upstream()
+        up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        proto.dataReceived(REQUEST)
+        self.assertIs(proto.parser, parser)
+        self.assertEqual(upTransport.value().count(b"GET / HTTP/1.1\r\n"), 2)
+
+    def test_startSharedWithThePreface(self) -> None:
+        """
+        Bytes that could start HTTP/2's preface (C{P}, as in C{POST}) wait,
+        without a parser, for the rest; a request line then gets one.
+        """
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(b"P")
+        self.assertIsNone(proto.parser)
+        proto.dataReceived(b"OST / HTTP/1.1\r\nHost: hello\r\nContent-Length: 0\r\n\r\n")
+        self.assertIsInstance(proto.parser, httptools.HttpRequestParser)
+        up, upTransport = h.upstream()
+        self.assertTrue(upTransport.value().startswith(b"POST / HTTP/1.1\r\n"))
+
+    def test_noParserOverHTTP2(self) -> None:
+        """
+        A connection that starts with HTTP/2's preface (h2c with prior
+        knowledge) never makes an HTTP/1 parser.
+        """
+        h = Harness()
+        proto, transport = h.client()
+        # The preface, then an empty SETTINGS frame.
+        proto.dataReceived(PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        self.assertIsNotNone(proto._h2)
+        self.assertIsNone(proto.parser)
+        self.assertGreater(len(transport.value()), 0)
+
+    def test_pipelineQueueCostsAnEmptyList(self) -> None:
+        """
+        The queue of pipelined requests of a connection costs no more than
+        an empty list (an empty deque costs 760 bytes) and keeps them in
+        order.
+        """
+        h = Harness()
+        proto, transport = h.client()
+        self.assertLessEqual(sys.getsizeof(proto.queue), sys.getsizeof([]))
+        proto.dataReceived(REQUEST + REQUEST.replace(b"GET / ", b"GET /2 "))
+        self.assertEqual(len(proto.queue), 1)
+        up, upTransport = h.upstream()
+        up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertEqual(proto.queue, [])
+        # (on the same upstream connection, or on a new one)
+        sent = upTransport.value()
+        if len(h.reactor.tcpClients) > 1:
+            sent = h.upstream()[1].value()
+        self.assertIn(b"GET /2 HTTP/1.1\r\n", sent)
