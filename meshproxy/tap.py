@@ -394,11 +394,15 @@ def makeService(
     Build the process's services from validated options.
 
     @param options: parsed L{Options} (their C{meshConfig}).
-    @param reactor: the reactor; the global one when L{None}.
+    @param reactor: the reactor; the global one when L{None} (a
+        L{MeshReactor<meshproxy.reactor.MeshReactor>} unless one was
+        installed already).
     @rtype: L{MultiService}
     """
     if reactor is None:
-        from twisted.internet import reactor
+        from meshproxy.reactor import install
+
+        reactor = install()
     config = options.meshConfig
     top = _ProcessService()
     runtime, services = buildServices(config, reactor=reactor, configPath=options["config"])
