@@ -398,9 +398,10 @@ def makeService(
     Build the process's services from validated options.
 
     @param options: parsed L{Options} (their C{meshConfig}).
-    @param reactor: the reactor; when L{None}, the global one, installed
-        without Twisted's TLS unless a reactor is installed already
-        (L{meshproxy.twistedtls}).
+    @param reactor: the reactor; when L{None}, the global one: a
+        L{MeshReactor<meshproxy.reactor.MeshReactor>} installed without
+        Twisted's TLS (L{meshproxy.twistedtls}), unless a reactor is
+        installed already.
     @rtype: L{MultiService}
     """
     if reactor is None:

@@ -15,7 +15,7 @@ certificates (L{meshproxy.tls}).
 L{installReactor}, called by C{twistd meshproxy} before anything imports the
 reactor, imports those three Twisted modules with pyOpenSSL hidden, so that
 they take the branch Twisted has for a Python without pyOpenSSL, then
-installs the default reactor. L{attachTLS} later gives them what that branch
+installs meshproxy's reactor (L{meshproxy.reactor.MeshReactor}). L{attachTLS} later gives them what that branch
 left out, at the first use of Twisted's TLS:
 
   - a listen string Twisted terminates TLS for (C{ssl:} with arguments
@@ -112,25 +112,28 @@ def withoutPyOpenSSL() -> Iterator[None]:
 
 def installReactor() -> Any:
     """
-    Install Twisted's default reactor without Twisted's TLS, unless a
-    reactor is installed already or pyOpenSSL was imported (then there is
-    nothing to save), and return the global reactor.
+    Install meshproxy's reactor (L{meshproxy.reactor.MeshReactor}) without
+    Twisted's TLS, unless a reactor is installed already (then it is left
+    as it is); with Twisted's TLS if pyOpenSSL was imported already (then
+    there is nothing to save). Return the global reactor.
 
     @return: C{twisted.internet.reactor}.
     """
     if "twisted.internet.reactor" not in sys.modules and _HIDDEN not in sys.modules:
         with withoutPyOpenSSL():
-            from twisted.internet import default
+            # (meshproxy's reactor module imports Twisted's epoll reactor,
+            # and with it posixbase and tcp)
+            from meshproxy.reactor import install
 
-            default.install()
+            install()
             # meshproxy imports it for every listener and connection; it
             # decides at its import whether TLS exists, as posixbase does.
             import twisted.internet.endpoints  # noqa: F401
         if not tlsAttached() and _HTTPS_CLIENT not in sys.modules:
             sys.meta_path.insert(0, _AttachBeforeHTTPSClient())
-    from twisted.internet import reactor
+    from meshproxy.reactor import install
 
-    return reactor
+    return install()
 
 
 def tlsAttached() -> bool:

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
         IUpstreamConnection,
     )
     from meshproxy.http.message import Headers, Request
+    from meshproxy.http.timeouts import Timeout
     from meshproxy.resilience.limits import Limiter
     from meshproxy.telemetry.observe import RequestTrace
 
@@ -138,9 +139,9 @@ class Exchange(TryAccounting):
         self.stale = 0
         self.writer: IResponseWriter | None = None
         self.keepAlive = request.keepAlive
-        self.timer: IDelayedCall | None = None
+        self.timer: IDelayedCall | Timeout | None = None
         # The per-try timeout, or the wait before a retry.
-        self.tryTimer: IDelayedCall | None = None
+        self.tryTimer: IDelayedCall | Timeout | None = None
         self.deadline = 0.0
         self.upgradeRest = b""
         self.triedNodes: set[Node] | None = None
@@ -212,7 +213,12 @@ class Exchange(TryAccounting):
                 self.fail(ProxyError(504, "deadline-expired", "The caller's deadline has passed."))
                 return
         self.deadline = now + total
-        self.timer = router.clock.callLater(total, self._timedOut)
+        timeouts = router.timeouts
+        if total == timeouts.duration:
+            self.timer = timeouts.add(self._timedOut)
+        else:
+            # A caller's shorter deadline, or a gRPC timeout.
+            self.timer = router.clock.callLater(total, self._timedOut)
         self._enter(WAITING)
         if unresolved:
             self._awaitResolution(client)
@@ -331,7 +337,11 @@ class Exchange(TryAccounting):
         router = self.router
         perTry = router.perTryTimeout
         if perTry and perTry < self.deadline - router.clock.seconds():
-            self.tryTimer = router.clock.callLater(perTry, self._tryTimedOut)
+            tryTimeouts = router.tryTimeouts
+            if tryTimeouts is not None and tryTimeouts.duration == perTry:
+                self.tryTimer = tryTimeouts.add(self._tryTimedOut)
+            else:
+                self.tryTimer = router.clock.callLater(perTry, self._tryTimedOut)
         pool = node.payload
         limiter = client.limiter
         if limiter is not None and limiter.maxPending is not None and not pool.idle:

@@ -66,6 +66,11 @@ class IRouter(Interface):
     retries = Attribute("The router's RetryPolicy.")
     deadlines = Attribute("The router's DeadlinePolicy.")
     perTryTimeout = Attribute("Seconds a try may wait for its response head, or None.")
+    timeouts = Attribute(
+        "The TimeoutQueue (meshproxy.http.timeouts) of total timeouts as long as the"
+        " deadline policy's total."
+    )
+    tryTimeouts = Attribute("The TimeoutQueue of per-try timeouts (perTryTimeout), or None.")
     bufferBytes = Attribute("Request body bytes kept for a retry.")
     tlsName = Attribute(
         "The identity of the listener's own certificate when it terminates TLS, or None."

@@ -32,6 +32,7 @@ from meshproxy.http.bound import BoundClient, BoundClients, NamePolicies
 from meshproxy.http.client import Pool
 from meshproxy.http.interfaces import IRouter
 from meshproxy.http.message import ProxyError, Request
+from meshproxy.http.timeouts import TimeoutQueue
 from meshproxy.http.trust import TrustPolicy
 from meshproxy.http.views import explainRoute, routerState
 from meshproxy.policy import Policy
@@ -196,6 +197,12 @@ class HttpRouter:
             honourCallers=config.trust.deadline,
         )
         self.perTryTimeout = config.timeouts.perTry
+        # One reactor timer for all the requests' total (and per-try)
+        # timeouts of the configured lengths.
+        self.timeouts = TimeoutQueue(reactor, config.timeouts.total)
+        self.tryTimeouts = (
+            None if self.perTryTimeout is None else TimeoutQueue(reactor, self.perTryTimeout)
+        )
         self.bufferBytes = retries.bufferBytes
         # Telemetry besides metrics: traces, and the summaries of requests.
         self.tracer = Tracer() if tracer is None else tracer

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from meshproxy.balancing.node import Node
     from meshproxy.http.client import _Attempt
     from meshproxy.http.interfaces import IDestination, IRouter, IUpstreamConnection
+    from meshproxy.http.timeouts import Timeout
     from meshproxy.telemetry.observe import RequestTrace
 
 __all__ = ["TryAccounting"]
@@ -68,7 +69,7 @@ class TryAccounting(ExchangeState):
     tryStatus: int
     tryError: str | None
     tryStart: float
-    tryTimer: IDelayedCall | None
+    tryTimer: IDelayedCall | Timeout | None
     waiting: bool
     triedNodes: set[Node] | None
     upstream: IUpstreamConnection | None

@@ -69,9 +69,9 @@ def installFreshReactor() -> Any:
         del twisted.internet.reactor
     kind: Any
     if old is None:
-        from twisted.internet.epollreactor import EPollReactor
+        from meshproxy.reactor import MeshReactor
 
-        kind = EPollReactor
+        kind = MeshReactor
     else:
         kind = type(old)
     reactor = kind()

@@ -1,0 +1,166 @@
+"""
+Timeouts of one duration, served by one reactor timer.
+
+Every proxied request has a total timeout, nearly always the router's
+C{timeouts.total}, and nearly always cancelled: the response comes first. A
+C{callLater} per request is a L{DelayedCall<twisted.internet.base.DelayedCall>}
+built in Python, pushed on the reactor's heap (its comparisons are Python
+calls too) and filtered out of it again once cancelled. Timeouts of one
+duration, added as time goes on, expire in the order they were added: a
+L{TimeoutQueue} keeps them in that order (adding and cancelling are a
+dictionary insertion and deletion) and keeps one reactor timer, for the
+oldest.
+
+Each timeout fires at the time a C{callLater} of the same delay would have
+fired it (its deadline is C{clock.seconds() + duration}, and the reactor
+timer is always due at or before the oldest deadline); those due at the same
+time fire in the order they were added.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twisted.internet.error import AlreadyCalled, AlreadyCancelled
+from twisted.logger import Logger
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+__all__ = ["Timeout", "TimeoutQueue"]
+
+_log = Logger()
+
+
+class Timeout:
+    """
+    One timeout in a L{TimeoutQueue}: the part of L{IDelayedCall} the
+    request path uses (C{getTime}, C{active}, C{cancel}).
+
+    @ivar time: when it fires, in the clock's seconds.
+    """
+
+    __slots__ = ("queue", "time", "callback", "state")
+
+    def __init__(self, queue: TimeoutQueue, time: float, callback: Callable[[], object]) -> None:
+        self.queue = queue
+        self.time = time
+        self.callback = callback
+        #: 0 pending, 1 called, 2 cancelled.
+        self.state = 0
+
+    def getTime(self) -> float:
+        """
+        @return: when it fires (or would have), in the clock's seconds.
+        """
+        return self.time
+
+    def active(self) -> bool:
+        """
+        @return: whether it has neither fired nor been cancelled.
+        """
+        return self.state == 0
+
+    def cancel(self) -> None:
+        """
+        Forget it: its callback will not be called.
+
+        @raise AlreadyCalled: if it fired already.
+        @raise AlreadyCancelled: if it was cancelled already.
+        """
+        state = self.state
+        if state:
+            raise AlreadyCalled() if state == 1 else AlreadyCancelled()
+        self.state = 2
+        self.queue._cancelled(self)
+
+
+class TimeoutQueue:
+    """
+    Timeouts of one duration on one clock, each calling its callback once
+    its deadline comes unless cancelled first.
+
+    @ivar clock: the L{IReactorTime} it runs on.
+    @ivar duration: the delay of every timeout, in seconds.
+    """
+
+    def __init__(self, clock: IReactorTime, duration: float) -> None:
+        """
+        @param clock: an L{IReactorTime}.
+        @param duration: the delay of every timeout, in seconds (C{>= 0}).
+        @raise ValueError: for a negative duration.
+        """
+        if duration < 0:
+            raise ValueError("a timeout queue's duration must be >= 0, not %r" % (duration,))
+        self.clock = clock
+        self.duration = duration
+        # Insertion-ordered, so deadline-ordered: a Python dict keeps the
+        # order keys were added in, and deleting any of them is O(1).
+        self._pending: dict[Timeout, None] = {}
+        # The reactor timer, due at or before the oldest deadline; None
+        # when nothing is pending, or while _expire runs (which arms the
+        # next one itself).
+        self._timer: IDelayedCall | None = None
+        self._expiring = False
+
+    def __len__(self) -> int:
+        """
+        @return: how many timeouts are pending.
+        """
+        return len(self._pending)
+
+    def add(self, callback: Callable[[], object]) -> Timeout:
+        """
+        Call C{callback()} after C{duration} seconds, unless cancelled.
+
+        @return: the L{Timeout}, to cancel it.
+        """
+        clock = self.clock
+        timeout = Timeout(self, clock.seconds() + self.duration, callback)
+        self._pending[timeout] = None
+        if self._timer is None and not self._expiring:
+            self._timer = clock.callLater(self.duration, self._expire)
+        return timeout
+
+    def _cancelled(self, timeout: Timeout) -> None:
+        pending = self._pending
+        del pending[timeout]
+        if not pending and not self._expiring:
+            # Nothing left to wait for: no reactor timer is left behind
+            # (the reactor of a test must end clean). While others are
+            # pending the timer stays: if it is due early, it re-arms.
+            timer, self._timer = self._timer, None
+            if timer is not None:
+                timer.cancel()
+
+    def _expire(self) -> None:
+        """
+        The reactor timer fired: fire what is due, then re-arm for the
+        oldest deadline left.
+        """
+        self._timer = None
+        clock = self.clock
+        pending = self._pending
+        now = clock.seconds()
+        # Callbacks may add and cancel timeouts meanwhile.
+        self._expiring = True
+        try:
+            while pending:
+                timeout = next(iter(pending))
+                if timeout.time > now:
+                    break
+                del pending[timeout]
+                timeout.state = 1
+                try:
+                    timeout.callback()
+                except Exception:
+                    _log.failure("a timeout's callback failed")
+        finally:
+            self._expiring = False
+        if pending:
+            # Due exactly at the oldest deadline: timeout.time - now is
+            # exact, since now >= duration puts the deadline within twice
+            # now (Sterbenz), so now + (timeout.time - now) == timeout.time.
+            self._timer = clock.callLater(next(iter(pending)).time - now, self._expire)

@@ -1,0 +1,138 @@
+"""
+meshproxy's reactor: Twisted's epoll reactor without a log context per event.
+
+Twisted's L{EPollReactor.doPoll} hands every ready descriptor to
+C{log.callWithLogger(selectable, ...)}: it asks the selectable for its
+C{logPrefix()} and pushes a copy of the legacy log context with it as
+C{system} around the read or write, so that legacy C{log.msg} lines written
+meanwhile carry the connection's name. A proxied HTTP/1.1 request is two
+such events (the client's request, the upstream's response), and the
+context costs more than the dispatch itself. meshproxy logs with
+L{twisted.logger.Logger}, whose events never read that context.
+
+L{MeshReactor} dispatches each event directly, and reaches for the
+selectable's C{logPrefix()} only when something raised: those tracebacks
+are logged with the same C{system} as Twisted's. Legacy C{log.msg} lines
+written by a protocol during an event (none of meshproxy's own) show
+C{system} C{-} instead of the connection's name.
+
+L{install} installs it as the global reactor unless one is installed
+already (C{twistd --reactor NAME} wins); C{meshproxy.tap.makeService} calls
+it, and each worker process builds a fresh one
+(L{meshproxy.workers.worker.installFreshReactor}).
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+from typing import Any
+
+from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
+from twisted.internet.posixbase import _NO_FILEDESC
+from twisted.python import log
+
+__all__ = ["MeshReactor", "install"]
+
+
+def _logPrefixOf(selectable: Any) -> str:
+    """
+    The C{system} of a failure raised handling C{selectable}'s event, as
+    L{log.callWithLogger} would have set it.
+    """
+    try:
+        return str(selectable.logPrefix())
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        log.err(system="(buggy logPrefix method)")
+        return "(buggy logPrefix method)"
+
+
+class MeshReactor(EPollReactor):
+    """
+    An L{EPollReactor} whose per-event dispatch pushes no log context (see
+    the module's docstring); everything else is Twisted's.
+    """
+
+    def doPoll(self, timeout: float | None) -> None:
+        """
+        Poll for ready descriptors (at most C{timeout} seconds, forever when
+        L{None}) and handle each event.
+        """
+        if timeout is None:
+            timeout = -1
+        try:
+            events = self._poller.poll(timeout, len(self._selectables))
+        except OSError as err:
+            if err.errno == errno.EINTR:
+                return
+            raise
+        selectables = self._selectables
+        handle = self._doReadOrWrite
+        for fd, event in events:
+            selectable = selectables.get(fd)
+            if selectable is None:
+                continue
+            try:
+                handle(selectable, fd, event)
+            except KeyboardInterrupt:
+                raise
+            except BaseException:
+                # What log.callWithLogger does with what escapes.
+                log.err(system=_logPrefixOf(selectable))
+
+    doIteration = doPoll
+
+    def _doReadOrWrite(self, selectable: Any, fd: int, event: int) -> None:
+        """
+        Twisted's L{_PollLikeMixin._doReadOrWrite}: read or write as the
+        event says, disconnect on a hang-up or an error; an exception from
+        C{doRead} or C{doWrite} is logged (under the selectable's
+        C{logPrefix()}, as Twisted's log context would name it) and
+        disconnects the selectable.
+        """
+        why: Any = None
+        inRead = False
+        if event & self._POLL_DISCONNECTED and not (event & self._POLL_IN):
+            # Hang-up with no input pending: clean if we were reading (it
+            # may be a half-close), an error otherwise.
+            if fd in self._reads:
+                inRead = True
+                why = CONNECTION_DONE
+            else:
+                why = CONNECTION_LOST
+        else:
+            try:
+                if selectable.fileno() == -1:
+                    why = _NO_FILEDESC
+                else:
+                    if event & self._POLL_IN:
+                        why = selectable.doRead()
+                        inRead = True
+                    if not why and event & self._POLL_OUT:
+                        why = selectable.doWrite()
+                        inRead = False
+            except BaseException:
+                why = sys.exc_info()[1]
+                log.err(system=_logPrefixOf(selectable))
+        if why:
+            self._disconnectSelectable(selectable, why, inRead)
+
+
+def install() -> Any:
+    """
+    Install a L{MeshReactor} as the global reactor, unless a reactor is
+    installed already (C{twistd --reactor NAME}, or a test's).
+
+    @return: the global reactor: the new L{MeshReactor}, or the one that
+        was there.
+    """
+    if "twisted.internet.reactor" not in sys.modules:
+        from twisted.internet.main import installReactor
+
+        installReactor(MeshReactor())
+    from twisted.internet import reactor
+
+    return reactor
