@@ -70,6 +70,7 @@ from zope.interface import implementer
 
 from meshproxy.http.message import ProxyError
 from meshproxy.http2.fast import CountedStreams, FastDecoder, PlainEncoder
+from meshproxy.http2.fastpath import FastData, FastEnded, FastReader, FastRequest, FastWindow
 from meshproxy.http2.frames import FLOOD_REFUSED, FLOOD_RESET, FloodGuard, FloodLimits, FrameScanner
 from meshproxy.http2.headers import requestFrom
 from meshproxy.http2.stream import PENDING, H2Stream
@@ -174,6 +175,8 @@ class H2ServerConnection:
     @ivar transport: the client's transport.
     @ivar settings: the router's C{server} settings.
     @ivar h2: the h2 library's connection.
+    @ivar reader: reads the client's frames, the commonest by the fast path
+        (L{meshproxy.http2.fastpath}).
     @ivar streams: the open streams, by id.
     @ivar writePaused: whether the client's transport is full.
     @ivar draining: whether a GOAWAY was sent for a drain.
@@ -199,6 +202,7 @@ class H2ServerConnection:
         self.maxStreams = config.maxConcurrentStreams
         maxHeaderList = config.maxHeaderListSize or settings.maxHeaderBytes
         self.h2 = _connection(config, maxHeaderList)
+        self.reader = FastReader(self.h2)
         self.guard = FloodGuard(limits or FloodLimits(), config.maxConcurrentStreams, self.clock)
         self.scanner = FrameScanner(self.guard, maxHeaderList)
         self.streams: dict[int, H2Stream] = {}
@@ -218,6 +222,10 @@ class H2ServerConnection:
         self._timer: IDelayedCall | None = None
         self._send: Callable[[bytes], None] = server._send
         self._handlers: dict[type, Callable[[Any], None]] = {
+            FastRequest: self._fastRequest,
+            FastData: self._dataReceived,
+            FastEnded: self._streamEnded,
+            FastWindow: self._windowUpdated,
             RequestReceived: self._requestReceived,
             DataReceived: self._dataReceived,
             TrailersReceived: self._trailersReceived,
@@ -313,7 +321,7 @@ class H2ServerConnection:
             self._flooded(flood)
             return
         try:
-            events = self.h2.receive_data(data)
+            events = self.reader.receive(data)
         except ProtocolError as e:
             # The h2 library queued its GOAWAY with the error's code.
             self.countError(_protocolReason(e))
@@ -345,8 +353,17 @@ class H2ServerConnection:
             self._headerSince = None
         self.flush()
 
+    def _fastRequest(self, event: FastRequest) -> None:
+        self._request(event.stream_id, event.headers, event.ended)
+
     def _requestReceived(self, event: RequestReceived) -> None:
-        sid: int = event.stream_id
+        self._request(event.stream_id, event.headers, event.stream_ended is not None)
+
+    def _request(self, sid: int, headers: Any, ended: bool) -> None:
+        """
+        A client opened stream C{sid} with a request's C{headers} (and
+        ended it: C{ended}).
+        """
         if self._lastStreamId is not None and sid > self._lastStreamId:
             # After the GOAWAY: the client retries it elsewhere.
             self._refuseStream(sid)
@@ -359,11 +376,7 @@ class H2ServerConnection:
         self.streams[sid] = stream
         self._idleSince = None
         try:
-            request = requestFrom(
-                event.headers,
-                event.stream_ended is not None,
-                self.settings,
-            )
+            request = requestFrom(headers, ended, self.settings)
         except ProxyError as e:
             stream.refuse(e)
             return
@@ -371,7 +384,7 @@ class H2ServerConnection:
         request.identity = server.identity
         stream.request = request
         self._toStart.append(stream)
-        if event.stream_ended is None:
+        if not ended:
             self._setDeadline(self._readTime + self.settings.bodyTimeout)
 
     def _refuseStream(self, sid: int) -> None:
@@ -383,7 +396,7 @@ class H2ServerConnection:
         if not self.guard.allows(self.guard.refusals):
             self._flooded(FLOOD_REFUSED)
 
-    def _dataReceived(self, event: DataReceived) -> None:
+    def _dataReceived(self, event: DataReceived | FastData) -> None:
         sid: int = event.stream_id
         length: int = event.flow_controlled_length
         stream = self.streams.get(sid)
@@ -399,7 +412,7 @@ class H2ServerConnection:
         if stream is not None:
             stream.trailersReceived(event.headers)
 
-    def _streamEnded(self, event: StreamEnded) -> None:
+    def _streamEnded(self, event: StreamEnded | FastEnded) -> None:
         stream = self.streams.get(event.stream_id)
         if stream is not None:
             stream.remoteEnd()
@@ -410,7 +423,7 @@ class H2ServerConnection:
             if not self.guard.allows(self.guard.resets):
                 self._flooded(FLOOD_RESET)
 
-    def _windowUpdated(self, event: WindowUpdated) -> None:
+    def _windowUpdated(self, event: WindowUpdated | FastWindow) -> None:
         if event.stream_id:
             stream = self.streams.get(event.stream_id)
             if stream is not None and stream in self._blocked:

@@ -18,7 +18,8 @@ checked.
     (C{:status: 200}) as one byte. Fields marked never-indexed stay so.
   - L{FastDecoder}: a header block made only of one-byte indexed fields
     (what h2load, curl and grpcio send for every request after the first,
-    and nginx for most responses) is read by table look-ups alone; any
+    and nginx for most responses) is read by table look-ups alone (its
+    fields plain C{(name, value)} tuples, not C{HeaderTuple}s); any
     other block goes through the library's decoder, unchanged, with the
     same checks (header list size, table size).
 """
@@ -215,14 +216,16 @@ class FastDecoder(Decoder):
         for byte in data:
             index = (byte & 0x7F) - 1
             if index < staticLength:
-                name, value = static[index]
+                field = static[index]
             else:
                 index -= staticLength
                 if index >= len(dynamic):
                     raise InvalidTableIndex("Invalid table index %d" % ((byte & 0x7F),))
-                name, value = dynamic[index]
-            headers.append(HeaderTuple(name, value))
-            size += 32 + len(name) + len(value)
+                field = dynamic[index]
+            # (the table's own pair, a plain tuple: every field of such a
+            # block is indexable)
+            headers.append(field)
+            size += 32 + len(field[0]) + len(field[1])
             if size > limit:
                 raise OversizedHeaderListError(
                     f"A header list larger than {limit} has been received"

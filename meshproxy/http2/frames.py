@@ -20,10 +20,9 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-if TYPE_CHECKING:
-    from collections import deque
+from meshproxy.http2.fastpath import sendQueuedData  # (here for its older users)
 
-    from h2.connection import H2Connection
+if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
 __all__ = [
@@ -285,47 +284,3 @@ class FrameScanner:
             self._block = 0
             self._blockFrames = 0
         return None
-
-
-def sendQueuedData(
-    h2: H2Connection, streamId: int, out: deque[bytes | memoryview], endStream: bool
-) -> tuple[int, bool]:
-    """
-    Send the pieces waiting in C{out} as DATA frames on a stream, as far as
-    its and its connection's flow-control windows allow (each frame at most
-    the peer's maximum frame size): the queue of a response's body to a
-    client and of a request's body to an upstream alike.
-
-    A piece larger than the window is sent in part: its rest stays first in
-    C{out}, as a C{memoryview} (no copy).
-
-    @param out: the pieces, none empty; what is sent is removed.
-    @param endStream: whether the last piece ends the stream (the end is
-        wanted and no trailers follow).
-    @return: C{(size, ended)}: the bytes sent, and whether the last piece
-        was sent with END_STREAM.
-    @raise H2Error: what the h2 library raises (a closed stream).
-    """
-    sent = 0
-    while out:
-        window = h2.local_flow_control_window(streamId)
-        if window <= 0:
-            break
-        frame = h2.max_outbound_frame_size
-        if window > frame:
-            window = frame
-        piece = out[0]
-        size = len(piece)
-        if size <= window:
-            out.popleft()
-            sent += size
-            if endStream and not out:
-                h2.send_data(streamId, piece, end_stream=True)
-                return sent, True
-            h2.send_data(streamId, piece)
-        else:
-            view = piece if isinstance(piece, memoryview) else memoryview(piece)
-            out[0] = view[window:]
-            sent += window
-            h2.send_data(streamId, view[:window])
-    return sent, False

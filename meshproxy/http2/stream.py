@@ -46,7 +46,7 @@ from meshproxy import grpc
 from meshproxy.http.exchange import Exchange
 from meshproxy.http.interfaces import IClientConnection, IResponseWriter
 from meshproxy.http.message import ProxyError, forbiddenTrailer
-from meshproxy.http2.frames import sendQueuedData
+from meshproxy.http2.fastpath import endStream, sendHeaders, sendQueuedData
 from meshproxy.http2.headers import (
     errorFields,
     interimFields,
@@ -552,10 +552,10 @@ class H2Stream:
             if head is not None:
                 self._head = None
                 if self._ending and not self._outSize and self._endTrailers is None:
-                    h2.send_headers(sid, head, end_stream=True)
+                    sendHeaders(h2, sid, head, True)
                     self._localEnd()
                     return
-                h2.send_headers(sid, head)
+                sendHeaders(h2, sid, head)
             out = self._out
             sent, ended = sendQueuedData(
                 h2, sid, out, self._ending and self._endTrailers is None
@@ -571,9 +571,9 @@ class H2Stream:
             elif self._ending:
                 trailers = self._endTrailers
                 if trailers is not None:
-                    h2.send_headers(sid, trailers, end_stream=True)
+                    sendHeaders(h2, sid, trailers, True)
                 else:
-                    h2.end_stream(sid)
+                    endStream(h2, sid)
                 self._localEnd()
                 return
             elif self.blockedSince is not None:
