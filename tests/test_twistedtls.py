@@ -64,15 +64,15 @@ def state(reactor):
 
 class InstallTests(SynchronousTestCase):
     """
-    L{installReactor} installs the default reactor without Twisted's TLS,
+    L{installReactor} installs meshproxy's reactor without Twisted's TLS,
     unless there is nothing to save.
     """
 
     def test_installedWithoutPyOpenSSL(self) -> None:
         """
         The reactor (and C{twisted.internet.endpoints}) is imported without
-        pyOpenSSL, cryptography or service_identity; the reactor is the
-        default one (epoll), without C{IReactorSSL} until TLS is attached.
+        pyOpenSSL, cryptography or service_identity; the reactor is
+        meshproxy's (epoll), without C{IReactorSSL} until TLS is attached.
         """
         result = runChild(_STATE + """
 import json
@@ -82,7 +82,7 @@ import twisted.internet.endpoints, twisted.internet.reactor
 print(json.dumps([state(reactor), reactor is twisted.internet.reactor]))
 """)
         self.assertEqual(result, [
-            {"imported": [], "attached": False, "reactorSSL": False, "reactor": "EPollReactor"},
+            {"imported": [], "attached": False, "reactorSSL": False, "reactor": "MeshReactor"},
             True,
         ])
 
@@ -104,7 +104,7 @@ print(json.dumps([state(installReactor()), installReactor() is before]))
     def test_pyOpenSSLImportedAlready(self) -> None:
         """
         When pyOpenSSL is imported already, there is nothing to save: the
-        reactor is imported with Twisted's TLS.
+        reactor (meshproxy's still) is imported with Twisted's TLS.
         """
         result = runChild(_STATE + """
 import json
@@ -114,6 +114,7 @@ print(json.dumps(state(installReactor())))
 """)
         self.assertEqual(result["attached"], True)
         self.assertEqual(result["reactorSSL"], True)
+        self.assertEqual(result["reactor"], "MeshReactor")
 
 
 class WithoutPyOpenSSLTests(SynchronousTestCase):
