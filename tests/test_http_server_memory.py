@@ -9,6 +9,7 @@ import sys
 import httptools
 from twisted.trial.unittest import SynchronousTestCase
 
+from meshproxy.http.server import ServerProtocol
 from meshproxy.http2.frames import PREFACE
 from tests.test_http_server import Harness
 
@@ -98,3 +99,31 @@ class LazyParserTests(SynchronousTestCase):
         if len(h.reactor.tcpClients) > 1:
             sent = h.upstream()[1].value()
         self.assertIn(b"GET /2 HTTP/1.1\r\n", sent)
+
+
+class ParserCallbackTests(SynchronousTestCase):
+    """
+    The parser binds only the callbacks the connection uses.
+    """
+
+    def test_noChunkCallbacks(self) -> None:
+        """
+        A connection has no chunk callbacks (the parser would bind each, a
+        bound method per connection, and call it for every chunk), and a
+        chunked request body, with its trailers, still reaches the upstream.
+        """
+        self.assertFalse(hasattr(ServerProtocol, "on_chunk_header"))
+        self.assertFalse(hasattr(ServerProtocol, "on_chunk_complete"))
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(
+            b"POST / HTTP/1.1\r\nHost: hello\r\nTransfer-Encoding: chunked\r\n"
+            b"TE: trailers\r\n\r\n"
+            b"5\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 11\r\n\r\n"
+        )
+        up, upTransport = h.upstream()
+        sent = upTransport.value()
+        self.assertTrue(sent.startswith(b"POST / HTTP/1.1\r\n"))
+        self.assertIn(b"hello", sent)
+        self.assertIn(b" world", sent)
+        self.assertIn(b"x-sum: 11", sent)

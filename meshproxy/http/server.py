@@ -327,6 +327,10 @@ class ServerProtocol(Protocol):
 
     # httptools callbacks --------------------------------------------------
 
+    # (No on_chunk_header or on_chunk_complete: httptools calls neither
+    # when they are missing, and each would cost a bound method per
+    # connection and a call per chunk.)
+
     def on_message_begin(self) -> None:
         self._began = True
         self._state = _HEAD
@@ -440,12 +444,6 @@ class ServerProtocol(Protocol):
             current.bodyComplete(trailers)
         if not self.closing and self.active is None and self._deadline is None:
             self._setDeadline(self.clock.seconds() + self.settings.idleTimeout)
-
-    def on_chunk_header(self) -> None:
-        pass
-
-    def on_chunk_complete(self) -> None:
-        pass
 
     # -- upgrade (WebSocket and friends) --------------------------------
 
