@@ -261,7 +261,8 @@ def interimHead(status: int, reason: bytes, headers: Headers) -> bytes:
 
 
 def _forwardedElement(peer: bytes, scheme: bytes) -> bytes:
-    if b":" in peer:
+    # (find: "in" would format and discard a TypeError first.)
+    if peer.find(b":") >= 0:
         peer = b'"[' + peer + b']"'
     return b"for=%s;proto=%s" % (peer, scheme)
 
