@@ -993,3 +993,63 @@ class ClientReaderTests(SynchronousTestCase):
         """
         h2 = H2Connection(H2Configuration(client_side=True))
         self.assertRaises(ValueError, FastReader, h2)
+
+
+class ServerConnectionTests(SynchronousTestCase):
+    """
+    An HTTP/2 client connection reads through its L{FastReader}: streams
+    after the first are opened by the fast path, and handled as the
+    library's events would be, in the order of the frames.
+    """
+
+    def _opened(self):
+        from tests.test_http2_server import H2Harness, get
+
+        h = H2Harness()
+        c = h.h2()
+        sid = c.request(get(b"/first"))
+        up, upTransport = h.upstream()
+        up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        c.pump()
+        self.assertEqual(c.response(sid)[1], b"ok")
+        upTransport.clear()
+        return h, c, up, upTransport, get
+
+    def test_secondStreamByTheFastPath(self):
+        """
+        A second stream's request (HEADERS and DATA) is read by the fast
+        path and goes upstream with its body.
+        """
+        h, c, up, upTransport, get = self._opened()
+        events = []
+
+        class Recording(FastReader):
+            __slots__ = ()
+
+            def receive(self, data):
+                result = FastReader.receive(self, data)
+                events.extend(type(e) for e in result)
+                return result
+
+        connection = c.proto._h2
+        connection.reader = Recording(connection.h2)
+        sid = c.request(get(b"/second", method=b"POST"), body=b"abc")
+        self.assertEqual(events, [FastRequest, FastData, FastEnded])
+        self.assertIn(b"POST /second HTTP/1.1", upTransport.value())
+        self.assertTrue(upTransport.value().endswith(b"abc"))
+        up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nyes")
+        c.pump()
+        self.assertEqual(c.response(sid)[1], b"yes")
+
+    def test_resetInTheSameReadNeverStarts(self):
+        """
+        A stream opened by the fast path and reset (by the library) in the
+        same read never reaches an upstream.
+        """
+        h, c, up, upTransport, get = self._opened()
+        sid = c.conn.get_next_available_stream_id()
+        c.conn.send_headers(sid, get(), end_stream=True)
+        c.conn.reset_stream(sid, ErrorCodes.CANCEL)
+        c.pump()
+        self.assertEqual(upTransport.value(), b"")
+        self.assertNotIn(sid, c.proto._h2.streams)

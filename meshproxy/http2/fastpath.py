@@ -46,7 +46,6 @@ from typing import TYPE_CHECKING, Any
 from h2.connection import ConnectionState, _decode_headers
 from h2.exceptions import ProtocolError
 from h2.stream import H2Stream as _LibraryStream, StreamClosedBy, StreamState
-from h2.utilities import is_informational_response
 
 if TYPE_CHECKING:
     from collections import deque
@@ -370,17 +369,16 @@ class FastReader:
 def _informational(fields: Any) -> bool:
     """
     Whether C{fields} are an informational response's, as the library
-    tells (C{is_informational_response}), at once for the usual shapes: a
-    response's C{:status} first, or no pseudo-header field.
+    tells (C{is_informational_response}, for fields of bytes): its
+    C{:status} among the pseudo-header fields (which come first) starts
+    with 1.
     """
-    if not fields:
-        return False
-    name, value = fields[0]
-    if name == b":status":
-        return value[:1] == b"1"
-    if name[:1] != b":":
-        return False
-    return is_informational_response(fields)
+    for name, value in fields:
+        if name[:1] != b":":
+            return False
+        if name == b":status":
+            return value[:1] == b"1"
+    return False
 
 
 def _sending(h2: H2Connection, streamId: int) -> Any:
