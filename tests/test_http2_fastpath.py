@@ -42,6 +42,7 @@ from meshproxy.http2.fastpath import (
     FastReader,
     FastRequest,
     FastWindow,
+    acknowledge,
     endStream,
     sendHeaders,
     sendQueuedData,
@@ -784,3 +785,271 @@ class SendTests(SynchronousTestCase):
         self.assertEqual(
             library.streams[1].state_machine.state, fast.streams[1].state_machine.state
         )
+
+
+class AcknowledgeTests(SynchronousTestCase):
+    """
+    L{acknowledge} gives back the window as C{acknowledge_received_data}
+    does: the same WINDOW_UPDATE frames at the same points.
+    """
+
+    def _both(self, config, body, steps):
+        pair = Pair(config)
+        pair.feed(pair.request(3, POST, 0x4))
+        pair.feed(*[data(3, piece) for piece in body])
+        for size, sid in steps:
+            pair.library.acknowledge_received_data(size, sid)
+            acknowledge(pair.fast, size, sid)
+            self.assertEqual(_state(pair.library), _state(pair.fast))
+        return pair.sent()
+
+    def test_windowUpdatesWhenDue(self):
+        """
+        Small acknowledgements add up; a WINDOW_UPDATE for the stream (and
+        the connection) goes once half the window was taken.
+        """
+        config = Http2Config(maxConcurrentStreams=1, initialWindowSize=1000)
+        out = self._both(config, [b"x" * 300, b"x" * 300], [(300, 3), (300, 3)])
+        self.assertIn(windowUpdate(3, 600), out)
+
+    def test_closedStreamOnlyTheConnection(self):
+        """
+        Bytes of a stream closed since count for the connection's window
+        only.
+        """
+        config = Http2Config(maxConcurrentStreams=1, initialWindowSize=1000)
+        pair = Pair(config)
+        pair.feed(pair.request(3, POST, 0x4), data(3, b"x" * 600))
+        for h2 in (pair.library, pair.fast):
+            h2.reset_stream(3, ErrorCodes.CANCEL)
+        pair.sent()
+        pair.library.acknowledge_received_data(600, 3)
+        acknowledge(pair.fast, 600, 3)
+        self.assertEqual(_state(pair.library), _state(pair.fast))
+        self.assertEqual(pair.sent(), b"")
+        self.assertEqual(pair.fast._inbound_flow_control_window_manager._bytes_processed, 600)
+
+    def test_unknownStreamByTheLibrary(self):
+        """
+        A stream the library never knew is the library's (its error).
+        """
+        pair = Pair()
+        self.assertRaises(ProtocolError, pair.library.acknowledge_received_data, 5, 99)
+        self.assertRaises(ProtocolError, acknowledge, pair.fast, 5, 99)
+
+
+class InformationalTests(SynchronousTestCase):
+    """
+    L{fastpath._informational} tells what the library's
+    C{is_informational_response} tells.
+    """
+
+    def test_sameAsTheLibrary(self):
+        from h2.utilities import is_informational_response
+
+        cases = [
+            [],
+            [(b":status", b"100")],
+            [(b":status", b"200")],
+            [(b":status", b"103"), (b"link", b"</a>")],
+            REQUEST,
+            [(b":method", b"GET"), (b":status", b"101")],
+            [(b":method", b"GET"), (b":status", b"204")],
+            [(b"grpc-status", b"0")],
+            [(b"x", b"1"), (b":status", b"100")],
+        ]
+        for fields in cases:
+            self.assertEqual(
+                fastpath._informational(fields), is_informational_response(fields), fields
+            )
+
+
+class ClientPair(Pair):
+    """
+    Two identical client connections (to an upstream) with streams 1 and
+    3 open (3 still sending its body), one read by the library alone, one
+    by a L{FastReader}.
+    """
+
+    def __init__(self):
+        from meshproxy.config import ClientConfig
+        from meshproxy.http2.client import _connection as clientConnection
+
+        self.library = clientConnection(ClientConfig())
+        self.fast = clientConnection(ClientConfig())
+        for h2 in (self.library, self.fast):
+            h2.send_headers(1, REQUEST, end_stream=True)
+            h2.send_headers(3, POST)
+            h2.data_to_send()
+        self.reader = FastReader(self.fast)
+        self.encoder = Encoder()
+        self.lastEvents = []
+        self.feed(_raw(SettingsFrame(0)) + _raw(SettingsFrame(0), 0x1))
+
+
+class ClientReaderTests(SynchronousTestCase):
+    """
+    On a client connection, L{FastReader} takes the response HEADERS (to
+    the library's stream), DATA and WINDOW_UPDATE frames, as the library
+    would; the rest is the library's.
+    """
+
+    def test_responseFast(self):
+        """
+        A response head and body on a stream meshproxy opened.
+        """
+        pair = ClientPair()
+        response = [(b":status", b"200"), (b"content-length", b"5")]
+        events = pair.feed(
+            pair.request(1, response, 0x4) + data(1, b"hel") + data(1, b"lo", 0x1)
+            + windowUpdate(0, 10) + windowUpdate(3, 10)
+        )
+        self.assertEqual(
+            [type(e).__name__ for e in events],
+            ["ResponseReceived", "FastData", "FastData", "FastEnded", "FastWindow", "FastWindow"],
+        )
+        self.assertEqual(pair.fast.streams[1].state_machine.state, fastpath.StreamState.CLOSED)
+
+    def test_interimAndTrailers(self):
+        """
+        Interim responses and trailers go to the library's stream as the
+        library gives them.
+        """
+        pair = ClientPair()
+        events = pair.feed(
+            pair.request(3, [(b":status", b"103"), (b"link", b"</a>")], 0x4)
+            + pair.request(3, [(b":status", b"200")], 0x4)
+            + data(3, b"x")
+            + pair.request(3, [(b"grpc-status", b"0")], 0x5)
+        )
+        self.assertEqual(
+            [type(e).__name__ for e in events],
+            ["InformationalResponseReceived", "ResponseReceived", "FastData",
+             "TrailersReceived", "StreamEnded"],
+        )
+
+    def test_trailersWithoutEnd(self):
+        """
+        Trailers that do not end the stream are the library's connection
+        error.
+        """
+        pair = ClientPair()
+        pair.feed(pair.request(1, [(b":status", b"200")], 0x4))
+        error = pair.feed(pair.request(1, [(b"x", b"1")], 0x4))
+        self.assertEqual(error.error_code, ErrorCodes.PROTOCOL_ERROR)
+
+    def test_headersOnAnUnknownStream(self):
+        """
+        HEADERS on a stream meshproxy never opened are the library's.
+        """
+        pair = ClientPair()
+        error = pair.feed(pair.request(5, [(b":status", b"200")]))
+        self.assertIsInstance(error, ProtocolError)
+
+    def test_headersOnAClosedStream(self):
+        """
+        HEADERS on a stream ended both ways are the library's error.
+        """
+        pair = ClientPair()
+        pair.feed(pair.request(1, [(b":status", b"200")], 0x5))
+        events = pair.feed(pair.request(1, [(b":status", b"200")], 0x5))
+        self.assertIsInstance(events, ProtocolError)
+
+    def test_headResponseLength(self):
+        """
+        A C{content-length} on the response to HEAD declares no body, as
+        the library reads it.
+        """
+        pair = ClientPair()
+        for h2 in (pair.library, pair.fast):
+            h2.send_headers(5, [(b":method", b"HEAD")] + REQUEST[1:], end_stream=True)
+            h2.data_to_send()
+        events = pair.feed(
+            pair.request(5, [(b":status", b"200"), (b"content-length", b"9")], 0x5)
+        )
+        self.assertEqual(_kinds(events)[0].__name__, "ResponseReceived")
+
+    def test_upstreamConnectionReadsThroughIt(self):
+        """
+        An upstream connection reads through a L{FastReader} on its own
+        library connection.
+        """
+        from meshproxy.config import ClientConfig
+        from meshproxy.http2.client import H2UpstreamConnection
+
+        class Pool:
+            limits = ClientConfig()
+
+        connection = H2UpstreamConnection(Pool())
+        self.assertIsInstance(connection.reader, FastReader)
+        self.assertIs(connection.reader.h2, connection.h2)
+        self.assertIs(connection._handlers[FastData].__func__,
+                      H2UpstreamConnection._dataReceived)
+
+    def test_refusesValidatingConnections(self):
+        """
+        A library connection that validates or decodes header fields is
+        not one the fast path can read.
+        """
+        h2 = H2Connection(H2Configuration(client_side=True))
+        self.assertRaises(ValueError, FastReader, h2)
+
+
+class ServerConnectionTests(SynchronousTestCase):
+    """
+    An HTTP/2 client connection reads through its L{FastReader}: streams
+    after the first are opened by the fast path, and handled as the
+    library's events would be, in the order of the frames.
+    """
+
+    def _opened(self):
+        from tests.test_http2_server import H2Harness, get
+
+        h = H2Harness()
+        c = h.h2()
+        sid = c.request(get(b"/first"))
+        up, upTransport = h.upstream()
+        up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        c.pump()
+        self.assertEqual(c.response(sid)[1], b"ok")
+        upTransport.clear()
+        return h, c, up, upTransport, get
+
+    def test_secondStreamByTheFastPath(self):
+        """
+        A second stream's request (HEADERS and DATA) is read by the fast
+        path and goes upstream with its body.
+        """
+        h, c, up, upTransport, get = self._opened()
+        events = []
+
+        class Recording(FastReader):
+            __slots__ = ()
+
+            def receive(self, data):
+                result = FastReader.receive(self, data)
+                events.extend(type(e) for e in result)
+                return result
+
+        connection = c.proto._h2
+        connection.reader = Recording(connection.h2)
+        sid = c.request(get(b"/second", method=b"POST"), body=b"abc")
+        self.assertEqual(events, [FastRequest, FastData, FastEnded])
+        self.assertIn(b"POST /second HTTP/1.1", upTransport.value())
+        self.assertTrue(upTransport.value().endswith(b"abc"))
+        up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nyes")
+        c.pump()
+        self.assertEqual(c.response(sid)[1], b"yes")
+
+    def test_resetInTheSameReadNeverStarts(self):
+        """
+        A stream opened by the fast path and reset (by the library) in the
+        same read never reaches an upstream.
+        """
+        h, c, up, upTransport, get = self._opened()
+        sid = c.conn.get_next_available_stream_id()
+        c.conn.send_headers(sid, get(), end_stream=True)
+        c.conn.reset_stream(sid, ErrorCodes.CANCEL)
+        c.pump()
+        self.assertEqual(upTransport.value(), b"")
+        self.assertNotIn(sid, c.proto._h2.streams)

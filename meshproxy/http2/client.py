@@ -78,6 +78,7 @@ from zope.interface import implementer
 from meshproxy.http.interfaces import IUpstreamConnection
 from meshproxy.http.message import ProxyError, reasonPhrase
 from meshproxy.http2.fast import CountedStreams, FastDecoder, PlainEncoder
+from meshproxy.http2.fastpath import FastData, FastEnded, FastReader, FastWindow
 from meshproxy.http2.frames import sendQueuedData
 from meshproxy.http2.headers import (
     UpstreamResponseError,
@@ -420,6 +421,8 @@ class H2UpstreamConnection(Protocol):
 
     @ivar pool: the L{H2Pool}.
     @ivar h2: the h2 library's connection.
+    @ivar reader: reads the upstream's frames, the commonest by the fast
+        path (L{meshproxy.http2.fastpath}).
     @ivar streams: the streams under way, by id.
     @ivar goingAway: whether it takes no new stream (a GOAWAY came, the
         pool closes, or it failed).
@@ -431,6 +434,7 @@ class H2UpstreamConnection(Protocol):
     def __init__(self, pool: H2Pool) -> None:
         self.pool = pool
         self.h2 = _connection(pool.limits)
+        self.reader = FastReader(self.h2)
         self.streams: dict[int, H2UpstreamStream] = {}
         self.goingAway = False
         self.closed = False
@@ -444,6 +448,9 @@ class H2UpstreamConnection(Protocol):
         self._gotBytes = False
         self._touched: dict[H2UpstreamStream, None] | None = None
         self._handlers: dict[type, Callable[[Any], None]] = {
+            FastData: self._dataReceived,
+            FastEnded: self._streamEnded,
+            FastWindow: self._windowUpdated,
             ResponseReceived: self._responseReceived,
             InformationalResponseReceived: self._informational,
             DataReceived: self._dataReceived,
@@ -542,7 +549,7 @@ class H2UpstreamConnection(Protocol):
             return
         self._gotBytes = True
         try:
-            events = self.h2.receive_data(data)
+            events = self.reader.receive(data)
         except ProtocolError as e:
             self._failed("sent an invalid HTTP/2 frame (%s)" % (type(e).__name__,))
             return
@@ -582,7 +589,7 @@ class H2UpstreamConnection(Protocol):
             self._touch(stream)
             stream.interimReceived(event.headers)
 
-    def _dataReceived(self, event: DataReceived) -> None:
+    def _dataReceived(self, event: DataReceived | FastData) -> None:
         length: int = event.flow_controlled_length
         stream = self.streams.get(event.stream_id)
         if stream is None:
@@ -598,7 +605,7 @@ class H2UpstreamConnection(Protocol):
             self._touch(stream)
             stream.trailersReceived(event.headers)
 
-    def _streamEnded(self, event: StreamEnded) -> None:
+    def _streamEnded(self, event: StreamEnded | FastEnded) -> None:
         stream = self.streams.get(event.stream_id)
         if stream is not None:
             self._touch(stream)
@@ -610,7 +617,7 @@ class H2UpstreamConnection(Protocol):
             self._touch(stream)
             stream.resetByPeer(event.error_code)
 
-    def _windowUpdated(self, event: WindowUpdated) -> None:
+    def _windowUpdated(self, event: WindowUpdated | FastWindow) -> None:
         if event.stream_id:
             stream = self.streams.get(event.stream_id)
             if stream is not None:

@@ -70,7 +70,14 @@ from zope.interface import implementer
 
 from meshproxy.http.message import ProxyError
 from meshproxy.http2.fast import CountedStreams, FastDecoder, PlainEncoder
-from meshproxy.http2.fastpath import FastData, FastEnded, FastReader, FastRequest, FastWindow
+from meshproxy.http2.fastpath import (
+    FastData,
+    FastEnded,
+    FastReader,
+    FastRequest,
+    FastWindow,
+    acknowledge,
+)
 from meshproxy.http2.frames import FLOOD_REFUSED, FLOOD_RESET, FloodGuard, FloodLimits, FrameScanner
 from meshproxy.http2.headers import requestFrom
 from meshproxy.http2.stream import PENDING, H2Stream
@@ -403,7 +410,7 @@ class H2ServerConnection:
         if stream is None:
             # (a stream meshproxy already forgot: the connection's window
             # only)
-            self.h2.acknowledge_received_data(length, sid)
+            acknowledge(self.h2, length, sid)
             return
         stream.dataReceived(event.data, length, self._readTime)
 

@@ -10,9 +10,12 @@ library would make, with the same checks, and gives every other frame to
 the library (and everything after it in the same read, so that the
 frames are taken in order):
 
-  - L{FastReader}, for a server connection: a HEADERS frame with
+  - L{FastReader}: on a server connection, a HEADERS frame with
     END_HEADERS (neither PADDED nor PRIORITY) opening a new client stream;
-    a DATA frame (not PADDED) on a stream the client may send on; a
+    on a client connection (to an upstream), such a HEADERS frame on a
+    stream meshproxy opened (its response head or trailers: the library's
+    stream takes the decoded fields, C{H2Stream.receive_headers}); on both,
+    a DATA frame (not PADDED) on a stream the peer may send on, and a
     WINDOW_UPDATE frame on the connection or an open stream. It reads the
     9-byte frame headers itself and gives back light events
     (L{FastRequest}, L{FastData}, L{FastEnded}, L{FastWindow}) in the
@@ -21,7 +24,9 @@ frames are taken in order):
     trailers, on a stream open on the server side.
   - L{sendQueuedData}: a stream's queued body as DATA frames, as far as the
     windows allow (both sides of meshproxy); L{endStream}: an empty DATA
-    frame ending a stream.
+    frame ending a stream; L{acknowledge}: the window of the bytes taken
+    given back (WINDOW_UPDATE frames when the library's window managers
+    make one).
 
 A frame the fast path does not take, because of its kind, its flags, its
 stream's state, or a value the library would refuse (a window past
@@ -41,7 +46,6 @@ from typing import TYPE_CHECKING, Any
 from h2.connection import ConnectionState, _decode_headers
 from h2.exceptions import ProtocolError
 from h2.stream import H2Stream as _LibraryStream, StreamClosedBy, StreamState
-from h2.utilities import is_informational_response
 
 if TYPE_CHECKING:
     from collections import deque
@@ -54,6 +58,7 @@ __all__ = [
     "FastReader",
     "FastRequest",
     "FastWindow",
+    "acknowledge",
     "endStream",
     "sendHeaders",
     "sendQueuedData",
@@ -76,6 +81,8 @@ _HEAD = struct.Struct(">HBBBL")
 _pack = _HEAD.pack
 _unpackHead = _HEAD.unpack_from
 _unpackIncrement = struct.Struct(">L").unpack_from
+_pack32 = struct.Struct(">L").pack
+_WINDOW_HEAD_0 = _pack(0, 4, _WINDOW_UPDATE, 0, 0)
 
 _OPEN = StreamState.OPEN
 _HALF_CLOSED_REMOTE = StreamState.HALF_CLOSED_REMOTE
@@ -145,23 +152,34 @@ class FastWindow:
 
 class FastReader:
     """
-    Reads what a client sends on a server connection: the commonest frames
-    by the fast path, the rest by the library (see the module docstring).
+    Reads what the peer sends on a connection (a server's or a client's):
+    the commonest frames by the fast path, the rest by the library (see the
+    module docstring).
 
     A frame whose bytes are not all there yet waits here until they are,
     unless the library already holds bytes (a frame begun, a header block
     without its end), in which case everything goes to the library until
     it holds none.
 
-    @ivar h2: the library's server connection (its configuration neither
-        validates nor normalises header fields: meshproxy does, in the
-        pass that makes the request).
+    @ivar h2: the library's connection (its configuration neither
+        validates nor normalises header fields, nor decodes them to text:
+        meshproxy checks them itself, in the pass that reads them).
     """
 
-    __slots__ = ("h2", "_tail")
+    __slots__ = ("h2", "_open", "_client", "_tail")
 
     def __init__(self, h2: H2Connection) -> None:
+        config = h2.config
+        if (
+            config.validate_inbound_headers
+            or config.normalize_inbound_headers
+            or config.header_encoding
+        ):
+            raise ValueError("the fast path reads header fields as they come")
         self.h2 = h2
+        self._client = client = bool(config.client_side)
+        # The library's state of a connection open both ways.
+        self._open = _CLIENT_OPEN if client else _SERVER_OPEN
         # The bytes of a frame not complete yet (none of them given to the
         # library).
         self._tail = bytearray()
@@ -192,7 +210,7 @@ class FastReader:
             buffer._data
             or buffer._headers_buffer
             or buffer._preamble_len
-            or h2.state_machine.state is not _SERVER_OPEN
+            or h2.state_machine.state is not self._open
         ):
             return h2.receive_data(data)
         events: list[Any] = []
@@ -260,12 +278,25 @@ class FastReader:
                         machine.stream_closed_by = StreamClosedBy.RECV_END_STREAM
                     events.append(FastEnded(sid))
             elif kind == _HEADERS:
-                if (
-                    flags & (_PADDED | _PRIORITY)
-                    or not flags & _END_HEADERS
-                    or not sid & 1
-                    or sid <= h2.highest_inbound_stream_id
-                ):
+                if flags & (_PADDED | _PRIORITY) or not flags & _END_HEADERS:
+                    return i
+                if self._client:
+                    stream = streams.get(sid)
+                    if stream is None:
+                        return i
+                    state = stream.state_machine.state
+                    if state is not _OPEN and state is not _HALF_CLOSED_LOCAL:
+                        return i
+                    block = data[i + 9 : end]
+                    headers = _decode_headers(h2.decoder, block)
+                    # (the library's own stream, from here on as in
+                    # _receive_headers_frame: it sends no frame)
+                    events.extend(
+                        stream.receive_headers(headers, bool(flags & _END_STREAM), None)[1]
+                    )
+                    i = end
+                    continue
+                if not sid & 1 or sid <= h2.highest_inbound_stream_id:
                     return i
                 # The library's own count (cheap with CountedStreams) and
                 # limit: past it, the library refuses the stream.
@@ -320,7 +351,7 @@ class FastReader:
         h2.streams[sid] = stream
         h2.highest_inbound_stream_id = sid
         machine = stream.state_machine
-        if is_informational_response(headers):
+        if _informational(headers):
             # (no stream opens with an informational response)
             if ended:
                 raise ProtocolError("Cannot set END_STREAM on informational responses")
@@ -333,6 +364,21 @@ class FastReader:
         events.append(FastRequest(sid, headers, ended))
         if ended:
             events.append(FastEnded(sid))
+
+
+def _informational(fields: Any) -> bool:
+    """
+    Whether C{fields} are an informational response's, as the library
+    tells (C{is_informational_response}, for fields of bytes): its
+    C{:status} among the pseudo-header fields (which come first) starts
+    with 1.
+    """
+    for name, value in fields:
+        if name[:1] != b":":
+            return False
+        if name == b":status":
+            return value[:1] == b"1"
+    return False
 
 
 def _sending(h2: H2Connection, streamId: int) -> Any:
@@ -377,7 +423,7 @@ def sendHeaders(h2: H2Connection, streamId: int, fields: Any, endStream: bool = 
     if machine is None or machine.client is not False:
         h2.send_headers(streamId, fields, end_stream=endStream)
         return
-    if is_informational_response(fields) or (
+    if _informational(fields) or (
         machine.headers_sent and (not endStream or machine.trailers_sent)
     ):
         # (an interim response; or what the library refuses)
@@ -423,6 +469,30 @@ def endStream(h2: H2Connection, streamId: int) -> None:
         return
     h2._data_to_send += _pack(0, 0, _DATA, _END_STREAM, streamId)
     _sentEnd(stream)
+
+
+def acknowledge(h2: H2Connection, size: int, streamId: int) -> None:
+    """
+    Give the peer back the window of C{size} flow-controlled bytes taken
+    from stream C{streamId}, as C{h2.acknowledge_received_data} would: the
+    connection's window manager and the stream's (if it is open) decide
+    whether a WINDOW_UPDATE is due.
+    """
+    stream = h2.streams.get(streamId)
+    if stream is None or size < 0:
+        # (a stream forgotten, or never opened: the library knows which)
+        h2.acknowledge_received_data(size, streamId)
+        return
+    out = h2._data_to_send
+    increment = h2._inbound_flow_control_window_manager.process_bytes(size)
+    if increment:
+        out += _WINDOW_HEAD_0
+        out += _pack32(increment)
+    if stream.open:
+        increment = stream._inbound_window_manager.process_bytes(size)
+        if increment:
+            out += _pack(0, 4, _WINDOW_UPDATE, 0, streamId)
+            out += _pack32(increment)
 
 
 def sendQueuedData(

@@ -46,7 +46,7 @@ from meshproxy import grpc
 from meshproxy.http.exchange import Exchange
 from meshproxy.http.interfaces import IClientConnection, IResponseWriter
 from meshproxy.http.message import ProxyError, forbiddenTrailer
-from meshproxy.http2.fastpath import endStream, sendHeaders, sendQueuedData
+from meshproxy.http2.fastpath import acknowledge, endStream, sendHeaders, sendQueuedData
 from meshproxy.http2.headers import (
     errorFields,
     interimFields,
@@ -405,7 +405,7 @@ class H2Stream:
 
     def _acknowledge(self, size: int) -> None:
         if size:
-            self.connection.h2.acknowledge_received_data(size, self.streamId)
+            acknowledge(self.connection.h2, size, self.streamId)
 
     # -- IClientConnection --------------------------------------------------
 
@@ -667,7 +667,7 @@ class H2Stream:
         connection = self.connection
         if unacked and not connection.closed:
             # (the stream is closed: only the connection's window grows)
-            connection.h2.acknowledge_received_data(unacked, self.streamId)
+            acknowledge(connection.h2, unacked, self.streamId)
         connection.streamClosed(self)
 
 
