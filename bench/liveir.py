@@ -141,14 +141,14 @@ def readResponse(sock, buffered):
         data += chunk
 
 
-def drive(socks, buffers, n):
+def drive(socks, buffers, n, request=REQUEST):
     """
     Send C{n} requests (rounded up to whole rounds) over C{socks}: in each
     round one request on every connection, then every response.
     """
     for _ in range(-(-n // len(socks))):
         for sock in socks:
-            sock.sendall(REQUEST)
+            sock.sendall(request)
         for i, sock in enumerate(socks):
             buffers[i] = readResponse(sock, buffers[i])
 
@@ -191,11 +191,16 @@ def measure(args, tmp):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         buffers = [b""] * len(socks)
         n = args.requests - args.requests % len(socks)
-        drive(socks, buffers, args.warmup)
+        request = REQUEST
+        if args.hotpath_request:
+            # bench/hotpath.py's request (it imports meshproxy).
+            sys.path.insert(0, str(run.REPO_ROOT))
+            from hotpath import REQUEST as request
+        drive(socks, buffers, args.warmup, request)
         dump(proxy.pid, out, 1)
-        drive(socks, buffers, n)
+        drive(socks, buffers, n, request)
         once = dump(proxy.pid, out, 2)
-        drive(socks, buffers, 2 * n)
+        drive(socks, buffers, 2 * n, request)
         twice = dump(proxy.pid, out, 3)
         for sock in socks:
             sock.close()
@@ -224,6 +229,9 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=500, help="requests before counting")
     parser.add_argument("--connections", type=int, default=50,
                         help="keep-alive connections (one request in flight on each)")
+    parser.add_argument("--hotpath-request", action="store_true",
+                        help="send bench/hotpath.py's request (GET /users/1 with Host,"
+                             " User-Agent and Accept) instead of wrk's (GET / with Host)")
     parser.add_argument("--runs", type=int, default=1, help="whole measurements (median)")
     parser.add_argument("--annotate", type=int, default=0, metavar="K",
                         help="print the K functions taking the most instructions (self)")

@@ -74,7 +74,16 @@ class Timeout:
         if state:
             raise AlreadyCalled() if state == 1 else AlreadyCancelled()
         self.state = 2
-        self.queue._cancelled(self)
+        queue = self.queue
+        pending = queue._pending
+        del pending[self]
+        if not pending and not queue._expiring:
+            # Nothing left to wait for: no reactor timer is left behind
+            # (the reactor of a test must end clean). While others are
+            # pending the timer stays: if it is due early, it re-arms.
+            timer, queue._timer = queue._timer, None
+            if timer is not None:
+                timer.cancel()
 
 
 class TimeoutQueue:
@@ -123,17 +132,6 @@ class TimeoutQueue:
         if self._timer is None and not self._expiring:
             self._timer = clock.callLater(self.duration, self._expire)
         return timeout
-
-    def _cancelled(self, timeout: Timeout) -> None:
-        pending = self._pending
-        del pending[timeout]
-        if not pending and not self._expiring:
-            # Nothing left to wait for: no reactor timer is left behind
-            # (the reactor of a test must end clean). While others are
-            # pending the timer stays: if it is due early, it re-arms.
-            timer, self._timer = self._timer, None
-            if timer is not None:
-                timer.cancel()
 
     def _expire(self) -> None:
         """
