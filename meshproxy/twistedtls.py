@@ -15,8 +15,9 @@ certificates (L{meshproxy.tls}).
 L{installReactor}, called by C{twistd meshproxy} before anything imports the
 reactor, imports those three Twisted modules with pyOpenSSL hidden, so that
 they take the branch Twisted has for a Python without pyOpenSSL, then
-installs meshproxy's reactor (L{meshproxy.reactor.MeshReactor}). L{attachTLS} later gives them what that branch
-left out, at the first use of Twisted's TLS:
+installs meshproxy's reactor (L{meshproxy.reactor.MeshReactor}).
+L{attachTLS} later gives them what that branch left out, at the first use
+of Twisted's TLS:
 
   - a listen string Twisted terminates TLS for (C{ssl:} with arguments
     meshproxy leaves to Twisted, the admin API's C{ssl:}/C{tls:}):
