@@ -14,9 +14,19 @@ response; not the socket calls nor the reactor's loop (C{bench/run.py}
 measures those, under wrk: its C{meshproxy-tls/meshproxy} ratio is the
 figure to quote).
 
+The C{sock-*} variants run the same router on a real loopback socket and
+its own epoll reactor, driven one iteration per request, with
+C{--connections} clients taking turns (L{SocketStack}): C{sock-plain},
+C{sock-tls} (L{TLSProtocol}, as meshproxy runs), and C{sock-tlsfd} /
+C{sock-tlsfd-ra}, the prototype of C{bench/tlssocket.py} (TLS done by
+OpenSSL on the socket; with read-ahead). Their figures include the
+clients' own work (the same in every TLS variant): compare them with each
+other. See C{bench/README.md}, "TLS on the socket".
+
     PYTHONPATH=. python bench/tlsloop.py                   # CPU time, interleaved rounds
     PYTHONPATH=. python bench/tlsloop.py --instructions    # callgrind, a minute or two
     PYTHONPATH=. python bench/tlsloop.py --profile         # cProfile of the TLS variant
+    PYTHONPATH=. python bench/tlsloop.py --only sock-plain,sock-tls,sock-tlsfd --connections 50
 """
 
 from __future__ import annotations
@@ -473,7 +483,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds")
     parser.add_argument("--instructions", action="store_true",
                         help="count instructions under callgrind instead of timing")
-    parser.add_argument("--profile", action="store_true", help="cProfile the tls variant")
+    parser.add_argument("--profile", action="store_true",
+                        help="cProfile the last variant of --only")
     parser.add_argument("--phases", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--connections", type=int, default=int(os.environ.get(_CONNECTIONS, "1")),
                         help="client connections of the sock-* variants, taking turns")
