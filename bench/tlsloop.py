@@ -14,9 +14,19 @@ response; not the socket calls nor the reactor's loop (C{bench/run.py}
 measures those, under wrk: its C{meshproxy-tls/meshproxy} ratio is the
 figure to quote).
 
+The C{sock-*} variants run the same router on a real loopback socket and
+its own epoll reactor, driven one iteration per request, with
+C{--connections} clients taking turns (L{SocketStack}): C{sock-plain},
+C{sock-tls} (L{TLSProtocol}, as meshproxy runs), and C{sock-tlsfd} /
+C{sock-tlsfd-ra}, the prototype of C{bench/tlssocket.py} (TLS done by
+OpenSSL on the socket; with read-ahead). Their figures include the
+clients' own work (the same in every TLS variant): compare them with each
+other. See C{bench/README.md}, "TLS on the socket".
+
     PYTHONPATH=. python bench/tlsloop.py                   # CPU time, interleaved rounds
     PYTHONPATH=. python bench/tlsloop.py --instructions    # callgrind, a minute or two
     PYTHONPATH=. python bench/tlsloop.py --profile         # cProfile of the TLS variant
+    PYTHONPATH=. python bench/tlsloop.py --only sock-plain,sock-tls,sock-tlsfd --connections 50
 """
 
 from __future__ import annotations
@@ -24,11 +34,13 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import socket
 import ssl
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 # The same router, request and answer as bench/hotpath.py's (beside this
 # file), and its callgrind driver.
@@ -49,7 +61,15 @@ from meshproxy.telemetry.metrics import MeshMetrics
 from meshproxy.tls import CertificateFile, ServerTLS
 from meshproxy.transport.tls import TLSProtocol
 
-VARIANTS = ("plain", "tls")
+VARIANTS = ("plain", "tls", "sock-plain", "sock-tls", "sock-tlsfd", "sock-tlsfd-ra")
+
+#: The environment variable handing --connections to the process under
+#: callgrind.
+_CONNECTIONS = "TLSLOOP_CONNECTIONS"
+
+#: The ratios printed, of the first variant's figure to the second's.
+PAIRS = (("tls", "plain"), ("sock-tls", "sock-plain"), ("sock-tlsfd", "sock-tls"),
+         ("sock-tlsfd-ra", "sock-tls"))
 
 
 class _TCPTransport(StringTransport):
@@ -70,6 +90,10 @@ def makeCertificates(directory: str) -> tuple[str, CertificateFile]:
 
     @return: the CA file, and the server's certificate and key.
     """
+    if os.path.exists(os.path.join(directory, "ca.pem")):
+        # (another variant's, in the same run)
+        return os.path.join(directory, "ca.pem"), CertificateFile(
+            os.path.join(directory, "server.pem"), os.path.join(directory, "server.key"), ())
     ca = certs.initAuthority(directory, "tlsloop CA")
     server = certs.issue(directory, "server", dnsNames=("localhost",))
     return ca.cert, CertificateFile(server.cert, server.key, ())
@@ -164,82 +188,289 @@ class Stack:
         if data.count(b"HTTP/1.1 200 OK\r\n") != n or data.count(b"hello\n") != n:
             raise SystemExit("unexpected answers: %r" % (data[:300],))
 
+    def loop(self, records: list[bytes]) -> None:
+        """
+        Hand each record to the server, and answer it upstream.
+        """
+        upstreamTransport = self.upstreamTransport
+        receive, answer = self.proto.dataReceived, self.upstream.dataReceived
+        for record in records:
+            upstreamTransport.clear()
+            receive(record)
+            answer(RESPONSE)
+
     def run(self, n: int) -> float:
         """
         Run C{n} requests; return the CPU microseconds per request.
         """
         records = self.records([REQUEST] * n)
-        upstreamTransport = self.upstreamTransport
-        receive, answer = self.proto.dataReceived, self.upstream.dataReceived
         start = time.process_time()
-        for record in records:
-            upstreamTransport.clear()
-            receive(record)
-            answer(RESPONSE)
+        self.loop(records)
         spent = time.process_time() - start
         self.check(n)
         return spent * 1e6 / n
 
 
-def phases(variants: list[str], n: int, directory: str) -> None:
+class _Client:
+    """
+    One client connection of a L{SocketStack}: a blocking socket, and its
+    TLS (an C{ssl.SSLObject} between memory BIOs), or none.
+    """
+
+    def __init__(self, port: int, context: ssl.SSLContext | None) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        self.tls: ssl.SSLObject | None = None
+        self.toServer, self.fromServer = ssl.MemoryBIO(), ssl.MemoryBIO()
+        if context is not None:
+            self.tls = context.wrap_bio(self.fromServer, self.toServer,
+                                        server_hostname="localhost")
+
+    def handshake(self, iterate: Callable[[float], object]) -> None:
+        tls = self.tls
+        assert tls is not None
+        for _ in range(20):
+            try:
+                tls.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            else:
+                break
+            finally:
+                out = self.toServer.read()
+                if out:
+                    self.sock.sendall(out)
+            iterate(0.1)
+            self.fromServer.write(self.received())
+        else:
+            raise SystemExit("no handshake")
+        # The server's tickets, sent after its handshake.
+        iterate(0)
+        self.fromServer.write(self.received())
+        try:
+            tls.read(0)
+        except ssl.SSLWantReadError:
+            pass
+
+    def record(self, request: bytes) -> bytes:
+        if self.tls is None:
+            return request
+        self.tls.write(request)
+        return self.toServer.read()
+
+    def received(self) -> bytes:
+        """
+        What the socket holds now.
+        """
+        self.sock.setblocking(False)
+        chunks = []
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except BlockingIOError:
+            pass
+        self.sock.setblocking(True)
+        return b"".join(chunks)
+
+    def answers(self) -> bytes:
+        """
+        What the server sent (all of it is in the socket when asked: the
+        server writes on loopback before this is called), decrypted.
+        """
+        data = self.received()
+        if self.tls is None:
+            return data
+        self.fromServer.write(data)
+        chunks = []
+        while True:
+            try:
+                chunk = self.tls.read(65536)
+            except ssl.SSLWantReadError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+class SocketStack:
+    """
+    One router listening on a real loopback socket of its own epoll reactor
+    (driven here, one iteration per request), C{connections} client
+    connections to it, taking turns (plain, or TLS: an C{ssl.SSLObject}
+    between memory BIOs over a blocking socket), and a pooled upstream
+    connection on a fake reactor.
+
+    The clients' work is measured too (their C{send}, C{recv}, encryption
+    and decryption): the same for every TLS variant, so that their
+    difference is the server's.
+    """
+
+    def __init__(self, variant: str, directory: str, connections: int = 1) -> None:
+        from tlssocket import TLSSocketServerFactory
+        from twisted.internet.epollreactor import EPollReactor
+        from twisted.internet.protocol import Factory
+
+        from meshproxy.transport.tls import TLSServerFactory
+
+        self.reactor = EPollReactor()
+        clock = MemoryReactorClock()
+        rc = parseConfig(CONFIG).routers[0]
+        prefix = Path.read("/#/static")
+        namers = {prefix: StaticNamer(prefix, {"hello": [Endpoint("127.0.0.1", 9001)]})}
+        router = HttpRouter(rc, namers, reactor=clock, metrics=MeshMetrics(CollectorRegistry()),
+                            balancerFactory=balancerFactory(rc.loadBalancer, clock))
+        self.servers: list[ServerProtocol] = []
+
+        def build() -> ServerProtocol:
+            server = ServerProtocol(router, rc.server, clock)
+            self.servers.append(server)
+            return server
+
+        factory: Factory = Factory.forProtocol(build)
+        context = None
+        if variant != "sock-plain":
+            caFile, files = makeCertificates(directory)
+            contexts = ServerTLS([files])
+            if variant == "sock-tls":
+                factory = TLSServerFactory(factory, contexts)
+            else:
+                factory = TLSSocketServerFactory(factory, contexts,
+                                                 readAhead=variant == "sock-tlsfd-ra")
+            context = ssl.create_default_context(cafile=caFile)
+            context.set_alpn_protocols(["http/1.1"])
+        port = self.reactor.listenTCP(0, factory, interface="127.0.0.1").getHost().port
+        iterate = self.reactor.doIteration
+        self.clients = []
+        for i in range(connections):
+            client = _Client(port, context)
+            self.clients.append(client)
+            while len(self.servers) <= i:
+                iterate(0.1)
+            if client.tls is not None:
+                client.handshake(iterate)
+        first = self.clients[0]
+        first.sock.sendall(first.record(REQUEST))
+        while not clock.tcpClients:
+            iterate(0.1)
+        upstreamFactory = clock.tcpClients[0][2]
+        self.upstreamTransport = StringTransport()
+        self.upstream = upstreamFactory.buildProtocol(None)
+        self.upstream.makeConnection(self.upstreamTransport)
+        self.upstream.dataReceived(RESPONSE)
+        data = first.answers()
+        if not data.endswith(b"hello\n"):
+            raise SystemExit("unexpected answer: %r" % (data[:300],))
+
+    def records(self, requests: list[bytes]) -> list[tuple[_Client, bytes]]:
+        """
+        What the clients send, taking turns, for each of C{requests}.
+        """
+        clients = self.clients
+        out = []
+        for i, request in enumerate(requests):
+            client = clients[i % len(clients)]
+            out.append((client, client.record(request)))
+        return out
+
+    def loop(self, records: list[tuple[_Client, bytes]]) -> None:
+        """
+        Send each record, let the server read it, answer it upstream, and
+        read the answer.
+        """
+        iterate = self.reactor.doIteration
+        upstreamTransport = self.upstreamTransport
+        answer = self.upstream.dataReceived
+        for client, record in records:
+            upstreamTransport.clear()
+            client.sock.send(record)
+            iterate(0)
+            answer(RESPONSE)
+            data = client.sock.recv(65536)
+            tls = client.tls
+            if tls is not None:
+                client.fromServer.write(data)
+                data = tls.read(65536)
+            if not data.endswith(b"hello\n"):
+                raise SystemExit("unexpected answer: %r" % (data[:300],))
+
+    def run(self, n: int) -> float:
+        """
+        Run C{n} requests; return the CPU microseconds per request.
+        """
+        records = self.records([REQUEST] * n)
+        start = time.process_time()
+        self.loop(records)
+        spent = time.process_time() - start
+        return spent * 1e6 / n
+
+
+def makeStack(variant: str, directory: str, connections: int = 1) -> Stack | SocketStack:
+    """
+    The stack of a variant.
+
+    @param connections: the client connections of a socket variant.
+    """
+    if variant.startswith("sock-"):
+        return SocketStack(variant, directory, connections)
+    return Stack(variant, directory)
+
+
+def phases(variants: list[str], n: int, directory: str, connections: int = 1) -> None:
     """
     Run C{n} requests of each variant, calling C{os.getppid} before each
     and after the last (callgrind dumps its counters there: see
     C{bench/hotpath.py}). The client's records are made before the call.
     """
-    stacks = [Stack(v, directory) for v in variants]
+    stacks = [makeStack(v, directory, connections) for v in variants]
     for stack in stacks:
         stack.run(50)
     for stack in stacks:
         records = stack.records([REQUEST] * n)
-        receive, answer = stack.proto.dataReceived, stack.upstream.dataReceived
-        upstreamTransport = stack.upstreamTransport
         os.getppid()
-        for record in records:
-            upstreamTransport.clear()
-            receive(record)
-            answer(RESPONSE)
+        stack.loop(records)
         os.getppid()
-        stack.check(n)
+        if isinstance(stack, Stack):
+            stack.check(n)
 
 
-def countInstructions(variants: list[str], n: int, valgrind: str) -> int:
+def countInstructions(variants: list[str], n: int, valgrind: str, connections: int = 1) -> int:
     """
     Print each variant's instructions per request, counted by callgrind in
-    one process, and the ratio of C{tls} to C{plain}.
+    one process, and the ratios of the TLS variants to the plain ones.
     """
+    # (the process under callgrind reads it as its --connections default)
+    os.environ[_CONNECTIONS] = str(connections)
     # Dump 1 is the start-up; variant i's requests are dump 2 + 2i
     # (between the os.getppid before and after them).
     perRequest = callgrindPerRequest(__file__, variants, n, valgrind, lambda i: 2 + 2 * i)
     print("instructions/request (callgrind, %d requests each):" % (n,))
     for v in variants:
-        print("  %-8s %9.0f" % (v, perRequest[v]))
-    if "plain" in perRequest and "tls" in perRequest:
-        print("  tls/plain %.3f (TLS adds %.0f)" % (
-            perRequest["tls"] / perRequest["plain"], perRequest["tls"] - perRequest["plain"]))
+        print("  %-10s %9.0f" % (v, perRequest[v]))
+    for tls, plain in PAIRS:
+        if plain in perRequest and tls in perRequest:
+            print("  %s/%s %.3f (%+.0f)" % (tls, plain, perRequest[tls] / perRequest[plain],
+                                            perRequest[tls] - perRequest[plain]))
     return 0
 
 
-def profile(n: int, directory: str) -> int:
+def profile(variant: str, n: int, directory: str, connections: int = 1) -> int:
     """
     Print a cProfile of C{n} requests of the C{tls} variant.
     """
     import cProfile
     import pstats
 
-    stack = Stack("tls", directory)
+    stack = makeStack(variant, directory, connections)
     stack.run(50)
     records = stack.records([REQUEST] * n)
-    receive, answer = stack.proto.dataReceived, stack.upstream.dataReceived
-    upstreamTransport = stack.upstreamTransport
     profiler = cProfile.Profile()
     profiler.enable()
-    for record in records:
-        upstreamTransport.clear()
-        receive(record)
-        answer(RESPONSE)
+    stack.loop(records)
     profiler.disable()
-    stack.check(n)
     pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
     return 0
 
@@ -252,8 +483,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds")
     parser.add_argument("--instructions", action="store_true",
                         help="count instructions under callgrind instead of timing")
-    parser.add_argument("--profile", action="store_true", help="cProfile the tls variant")
+    parser.add_argument("--profile", action="store_true",
+                        help="cProfile the last variant of --only")
     parser.add_argument("--phases", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--connections", type=int, default=int(os.environ.get(_CONNECTIONS, "1")),
+                        help="client connections of the sock-* variants, taking turns")
     parser.add_argument("--valgrind", default="valgrind")
     args = parser.parse_args(argv)
     variants = args.only.split(",")
@@ -261,14 +495,14 @@ def main(argv: list[str]) -> int:
         if v not in VARIANTS:
             parser.error("unknown variant %r (known: %s)" % (v, ", ".join(VARIANTS)))
     if args.instructions:
-        return countInstructions(variants, args.requests, args.valgrind)
+        return countInstructions(variants, args.requests, args.valgrind, args.connections)
     with tempfile.TemporaryDirectory() as directory:
         if args.phases:
-            phases(variants, args.requests, directory)
+            phases(variants, args.requests, directory, args.connections)
             return 0
         if args.profile:
-            return profile(args.requests, directory)
-        stacks = {v: Stack(v, directory) for v in variants}
+            return profile(variants[-1], args.requests, directory, args.connections)
+        stacks = {v: makeStack(v, directory, args.connections) for v in variants}
         for stack in stacks.values():
             stack.run(500)
         samples: dict[str, list[float]] = {v: [] for v in variants}
@@ -281,9 +515,11 @@ def main(argv: list[str]) -> int:
     print("%d rounds x %d requests, CPU us/request (median, min-max):"
           % (args.rounds, args.requests))
     for v in variants:
-        print("  %-8s %7.2f  (%.2f-%.2f)" % (v, medians[v], min(samples[v]), max(samples[v])))
-    if "plain" in medians and "tls" in medians:
-        print("  tls/plain %.3f" % (medians["tls"] / medians["plain"],))
+        print("  %-10s %7.2f  (%.2f-%.2f)" % (v, medians[v], min(samples[v]), max(samples[v])))
+    for tls, plain in PAIRS:
+        if plain in medians and tls in medians:
+            print("  %s/%s %.3f (%+.2f us)" % (tls, plain, medians[tls] / medians[plain],
+                                               medians[tls] - medians[plain]))
     return 0
 
 
