@@ -1053,3 +1053,90 @@ class ServerConnectionTests(SynchronousTestCase):
         c.pump()
         self.assertEqual(upTransport.value(), b"")
         self.assertNotIn(sid, c.proto._h2.streams)
+
+
+def _clients(limit=100):
+    """
+    Two identical client connections (to an upstream), their first stream
+    sent by the library and the upstream's SETTINGS (C{limit} streams)
+    received.
+    """
+    from meshproxy.config import ClientConfig
+    from meshproxy.http2.client import _connection as clientConnection
+
+    conns = []
+    for _ in range(2):
+        h2 = clientConnection(ClientConfig())
+        h2.send_headers(1, REQUEST, end_stream=True)
+        h2.receive_data(_raw(SettingsFrame(0, settings={
+            SettingCodes.MAX_CONCURRENT_STREAMS: limit,
+        })))
+        h2.data_to_send()
+        conns.append(h2)
+    return conns
+
+
+class RequestHeadersTests(SynchronousTestCase):
+    """
+    L{sendHeaders} opens a stream to an upstream as the library's
+    C{send_headers} does, or lets the library refuse it.
+    """
+
+    def assertSame(self, library, fast):
+        self.assertEqual(_state(library), _state(fast))
+        self.assertEqual(
+            [(s.request_method, s._authority) for s in library.streams.values()],
+            [(s.request_method, s._authority) for s in fast.streams.values()],
+        )
+
+    def test_requestOpensAStream(self):
+        """
+        A request with or without a body, its fields never indexed where
+        marked, in CONTINUATION frames when large.
+        """
+        from hpack import NeverIndexedHeaderTuple
+
+        library, fast = _clients()
+        requests = [
+            (3, POST, False),
+            (5, REQUEST + [NeverIndexedHeaderTuple(b"authorization", b"secret")], True),
+            (7, REQUEST + [(b"x-big", b"y" * 40000)], True),
+        ]
+        for sid, fields, end in requests:
+            library.send_headers(sid, fields, end_stream=end)
+            sendHeaders(fast, sid, fields, end)
+            self.assertSame(library, fast)
+        self.assertEqual(fast.streams[3].state_machine.state, fastpath.StreamState.OPEN)
+        self.assertEqual(fast.streams[3].request_method, b"POST")
+
+    def test_firstStreamByTheLibrary(self):
+        """
+        Until the library opened the connection, requests are its own.
+        """
+        from meshproxy.config import ClientConfig
+        from meshproxy.http2.client import _connection as clientConnection
+
+        library, fast = clientConnection(ClientConfig()), clientConnection(ClientConfig())
+        library.send_headers(1, REQUEST, end_stream=True)
+        sendHeaders(fast, 1, REQUEST, True)
+        self.assertSame(library, fast)
+
+    def test_refusedAsTheLibraryRefuses(self):
+        """
+        A stream id not above the last, an even one, or one past the
+        upstream's limit raise what the library raises.
+        """
+        from h2.exceptions import TooManyStreamsError
+
+        library, fast = _clients(limit=2)
+        # (stream 1 is still open: its response did not come)
+        library.send_headers(3, POST)
+        sendHeaders(fast, 3, POST)
+        self.assertSame(library, fast)
+        self.assertRaises(TooManyStreamsError, library.send_headers, 5, POST)
+        self.assertRaises(TooManyStreamsError, sendHeaders, fast, 5, POST)
+        self.assertSame(library, fast)
+        for sid in (1, 4):
+            self.assertRaises(ProtocolError, library.send_headers, sid, REQUEST)
+            self.assertRaises(ProtocolError, sendHeaders, fast, sid, REQUEST)
+            self.assertSame(library, fast)
