@@ -168,8 +168,9 @@ class Pair:
 
     def feed(self, *chunks):
         """
-        Give each connection C{chunks}, one read each; check that both
-        gave the same events and errors and are in the same state.
+        Give each connection C{chunks}, one read each, until an error;
+        check that both gave the same events and errors and are in the
+        same state.
 
         @return: the fast reader's events (the last read's), or the error
             both raised.
@@ -190,6 +191,9 @@ class Pair:
                 assert type(expected) is type(got), (expected, got)
                 assert expected.error_code == got.error_code, (expected, got)
                 error = got
+                # (meshproxy closes a connection after its error: nothing
+                # more is read)
+                break
             else:
                 assert expected == got, (expected, got)
             assert _state(self.library) == _state(self.fast), (
@@ -249,6 +253,22 @@ class ReaderTests(SynchronousTestCase):
         )
         self.assertEqual(pair.fast.streams[3]._inbound_window_manager.current_window_size,
                          65535 - 5)
+
+    def test_bodyEndsAfterTheAnswer(self):
+        """
+        DATA ending a stream meshproxy already answered (half closed on
+        its side) closes it, as ended by the client.
+        """
+        pair = Pair()
+        pair.feed(pair.request(3, POST, 0x4))
+        for h2 in (pair.library, pair.fast):
+            h2.send_headers(3, [(b":status", b"200")], end_stream=True)
+        pair.sent()
+        events = pair.feed(data(3, b"rest", 0x1))
+        self.assertEqual(_kinds(events), [FastData, FastEnded])
+        machine = pair.fast.streams[3].state_machine
+        self.assertEqual(machine.state, fastpath.StreamState.CLOSED)
+        self.assertEqual(machine.stream_closed_by, fastpath.StreamClosedBy.RECV_END_STREAM)
 
     def test_bodyLongerThanDeclared(self):
         """
@@ -1053,3 +1073,152 @@ class ServerConnectionTests(SynchronousTestCase):
         c.pump()
         self.assertEqual(upTransport.value(), b"")
         self.assertNotIn(sid, c.proto._h2.streams)
+
+
+def _clients(limit=100):
+    """
+    Two identical client connections (to an upstream), their first stream
+    sent by the library and the upstream's SETTINGS (C{limit} streams)
+    received.
+    """
+    from meshproxy.config import ClientConfig
+    from meshproxy.http2.client import _connection as clientConnection
+
+    conns = []
+    for _ in range(2):
+        h2 = clientConnection(ClientConfig())
+        h2.send_headers(1, REQUEST, end_stream=True)
+        h2.receive_data(_raw(SettingsFrame(0, settings={
+            SettingCodes.MAX_CONCURRENT_STREAMS: limit,
+        })))
+        h2.data_to_send()
+        conns.append(h2)
+    return conns
+
+
+class RequestHeadersTests(SynchronousTestCase):
+    """
+    L{sendHeaders} opens a stream to an upstream as the library's
+    C{send_headers} does, or lets the library refuse it.
+    """
+
+    def assertSame(self, library, fast):
+        self.assertEqual(_state(library), _state(fast))
+        self.assertEqual(
+            [(s.request_method, s._authority) for s in library.streams.values()],
+            [(s.request_method, s._authority) for s in fast.streams.values()],
+        )
+
+    def test_requestOpensAStream(self):
+        """
+        A request with or without a body, its fields never indexed where
+        marked, in CONTINUATION frames when large.
+        """
+        from hpack import NeverIndexedHeaderTuple
+
+        library, fast = _clients()
+        requests = [
+            (3, POST, False),
+            (5, REQUEST + [NeverIndexedHeaderTuple(b"authorization", b"secret")], True),
+            (7, REQUEST + [(b"x-big", b"y" * 40000)], True),
+        ]
+        for sid, fields, end in requests:
+            library.send_headers(sid, fields, end_stream=end)
+            sendHeaders(fast, sid, fields, end)
+            self.assertSame(library, fast)
+        self.assertEqual(fast.streams[3].state_machine.state, fastpath.StreamState.OPEN)
+        self.assertEqual(fast.streams[3].request_method, b"POST")
+
+    def test_firstStreamByTheLibrary(self):
+        """
+        Until the library opened the connection, requests are its own.
+        """
+        from meshproxy.config import ClientConfig
+        from meshproxy.http2.client import _connection as clientConnection
+
+        library, fast = clientConnection(ClientConfig()), clientConnection(ClientConfig())
+        library.send_headers(1, REQUEST, end_stream=True)
+        sendHeaders(fast, 1, REQUEST, True)
+        self.assertSame(library, fast)
+
+    def test_refusedAsTheLibraryRefuses(self):
+        """
+        A stream id not above the last, an even one, or one past the
+        upstream's limit raise what the library raises.
+        """
+        from h2.exceptions import TooManyStreamsError
+
+        library, fast = _clients(limit=2)
+        # (stream 1 is still open: its response did not come)
+        library.send_headers(3, POST)
+        sendHeaders(fast, 3, POST)
+        self.assertSame(library, fast)
+        self.assertRaises(TooManyStreamsError, library.send_headers, 5, POST)
+        self.assertRaises(TooManyStreamsError, sendHeaders, fast, 5, POST)
+        self.assertSame(library, fast)
+        for sid in (1, 4):
+            self.assertRaises(ProtocolError, library.send_headers, sid, REQUEST)
+            self.assertRaises(ProtocolError, sendHeaders, fast, sid, REQUEST)
+            self.assertSame(library, fast)
+
+
+class MixedFramesTests(SynchronousTestCase):
+    """
+    Seeded random mixes of frames, the fast path's and the library's, split
+    at random points: both connections stay the same at every read.
+    """
+
+    def _frames(self, rng, pair, nextId):
+        """
+        One frame (or two) of a random kind, and the next stream id.
+        """
+        from hyperframe.frame import PriorityFrame
+
+        open_ = sorted(pair.library.streams)
+        sid = rng.choice(open_) if open_ else 1
+        kind = rng.randrange(16)
+        if kind < 4:
+            fields = rng.choice([REQUEST, POST, POST, POST, POST + [(b"content-length", b"4")]])
+            flags = rng.choice([0x4, 0x5])
+            return pair.request(nextId, fields, flags), nextId + 2
+        if kind < 10:
+            return data(sid, b"x" * rng.randrange(0, 6), rng.choice([0x0, 0x0, 0x1])), nextId
+        if kind == 10:
+            return windowUpdate(rng.choice([0, sid]), rng.choice([0, 1, 100, 2**31 - 1])), nextId
+        if kind == 11:
+            return _raw(RstStreamFrame(sid, error_code=ErrorCodes.CANCEL)), nextId
+        if kind == 12:
+            return _raw(PingFrame(0, opaque_data=b"abcdefgh")), nextId
+        if kind == 13:
+            frame = DataFrame(sid, data=b"yy")
+            frame.flags.add("PADDED")
+            frame.pad_length = 2
+            return frame.serialize(), nextId
+        if kind == 14:
+            return _raw(PriorityFrame(sid, depends_on=0, stream_weight=5)), nextId
+        return pair.request(sid, [(b"x-trailer", b"1")], 0x5), nextId
+
+    def test_mixes(self):
+        import random
+
+        for seed in range(150):
+            rng = random.Random(seed)
+            pair = Pair(Http2Config(maxConcurrentStreams=4, initialWindowSize=40))
+            nextId = 3
+            stream = b""
+            for _ in range(40):
+                frame, nextId = self._frames(rng, pair, nextId)
+                stream += frame
+                if rng.random() < 0.3:
+                    cut = rng.randrange(len(stream) + 1)
+                    result = pair.feed(stream[:cut], stream[cut:])
+                    stream = b""
+                    if isinstance(result, Exception):
+                        break
+                    pair.sent()
+                    # (what meshproxy does with streams the client ended)
+                    for sid, s in list(pair.library.streams.items()):
+                        if s.state_machine.state is fastpath.StreamState.HALF_CLOSED_REMOTE:
+                            for h2 in (pair.library, pair.fast):
+                                h2.send_headers(sid, [(b":status", b"200")], end_stream=True)
+                    pair.sent()

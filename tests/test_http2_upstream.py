@@ -859,16 +859,20 @@ class SendFailureTests(UpstreamTestCase):
         proxy.exchange(b"GET /warm HTTP/1.1\r\nHost: hello\r\n\r\n")
         [node] = proxy.router().clients.find("/#/static/hello").balancer.nodes()
         [conn] = node.payload.all
-        real = conn.h2.send_headers
+        from meshproxy.http2 import client as clientModule
+
+        real = clientModule.sendHeaders
         calls = []
 
-        def refuseOnce(*args, **kwargs):
+        def refuseOnce(h2, *args, **kwargs):
+            self.assertIs(h2, conn.h2)
             calls.append(args[0])
             if len(calls) == 1:
                 raise ProtocolError("closing")
-            return real(*args, **kwargs)
+            return real(h2, *args, **kwargs)
 
-        conn.h2.send_headers = refuseOnce
+        # (what sends a request's head: the fast path, or the library)
+        self.patch(clientModule, "sendHeaders", refuseOnce)
         client = proxy.connect()
         client.transport.write(b"POST /p HTTP/1.1\r\nHost: hello\r\nContent-Length: 1\r\n\r\nx")
         self.network.flush()

@@ -78,7 +78,7 @@ from zope.interface import implementer
 from meshproxy.http.interfaces import IUpstreamConnection
 from meshproxy.http.message import ProxyError, reasonPhrase
 from meshproxy.http2.fast import CountedStreams, FastDecoder, PlainEncoder
-from meshproxy.http2.fastpath import FastData, FastEnded, FastReader, FastWindow
+from meshproxy.http2.fastpath import FastData, FastEnded, FastReader, FastWindow, sendHeaders
 from meshproxy.http2.frames import sendQueuedData
 from meshproxy.http2.headers import (
     UpstreamResponseError,
@@ -833,7 +833,7 @@ class H2UpstreamStream:
         )
         ended = not request.hasBody
         try:
-            self.connection.h2.send_headers(self.streamId, fields, end_stream=ended)
+            sendHeaders(self.connection.h2, self.streamId, fields, ended)
         except H2Error:
             self._sendFailed()
             return

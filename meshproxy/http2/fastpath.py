@@ -21,7 +21,8 @@ frames are taken in order):
     (L{FastRequest}, L{FastData}, L{FastEnded}, L{FastWindow}) in the
     order of the frames, the library's own events after them.
   - L{sendHeaders}: a response's HEADERS (and CONTINUATION) frames, or its
-    trailers, on a stream open on the server side.
+    trailers, on a stream a client opened; a request's, opening a stream
+    to an upstream.
   - L{sendQueuedData}: a stream's queued body as DATA frames, as far as the
     windows allow (both sides of meshproxy); L{endStream}: an empty DATA
     frame ending a stream; L{acknowledge}: the window of the bytes taken
@@ -46,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from h2.connection import ConnectionState, _decode_headers
 from h2.exceptions import ProtocolError
 from h2.stream import H2Stream as _LibraryStream, StreamClosedBy, StreamState
+from h2.utilities import authority_from_headers, extract_method_header
 
 if TYPE_CHECKING:
     from collections import deque
@@ -237,6 +239,10 @@ class FastReader:
         h2 = self.h2
         streams = h2.streams
         maxFrame = h2.max_inbound_frame_size
+        # The settings the library would read for each new stream (none
+        # changes before the library takes a frame: the fast path stops
+        # there), read at the first.
+        settings: tuple[int, int, int] | None = None
         i = 0
         while i < n:
             if n - i < 9:
@@ -300,9 +306,22 @@ class FastReader:
                     return i
                 # The library's own count (cheap with CountedStreams) and
                 # limit: past it, the library refuses the stream.
-                if h2.open_inbound_streams + 1 > h2.local_settings.max_concurrent_streams:
+                if settings is None:
+                    local = h2.local_settings
+                    settings = (
+                        local.max_concurrent_streams,
+                        local.initial_window_size,
+                        h2.remote_settings.initial_window_size,
+                    )
+                # The library's own count (or its bound, as CountedStreams
+                # takes it) against its limit: past it, the library
+                # refuses the stream.
+                known = len(streams)
+                if (known >= getattr(h2, "_pruneAt", 0) or known + 1 >= settings[0]) and (
+                    h2.open_inbound_streams + 1 > settings[0]
+                ):
                     return i
-                self._request(sid, data[i + 9 : end], bool(flags & _END_STREAM), events)
+                self._request(sid, data[i + 9 : end], bool(flags & _END_STREAM), settings, events)
             elif kind == _WINDOW_UPDATE:
                 if length != 4:
                     return i
@@ -334,7 +353,14 @@ class FastReader:
             i = end
         return -1
 
-    def _request(self, sid: int, block: bytes, ended: bool, events: list[Any]) -> None:
+    def _request(
+        self,
+        sid: int,
+        block: bytes,
+        ended: bool,
+        settings: tuple[int, int, int],
+        events: list[Any],
+    ) -> None:
         """
         A HEADERS frame opening stream C{sid}: the library's stream made as
         its C{_begin_new_stream} and C{receive_headers} make it.
@@ -344,8 +370,8 @@ class FastReader:
         stream = _LibraryStream(
             sid,
             config=h2.config,
-            inbound_window_size=h2.local_settings.initial_window_size,
-            outbound_window_size=h2.remote_settings.initial_window_size,
+            inbound_window_size=settings[1],
+            outbound_window_size=settings[2],
         )
         stream.max_outbound_frame_size = h2.max_outbound_frame_size
         h2.streams[sid] = stream
@@ -412,28 +438,86 @@ def _sentEnd(stream: Any) -> None:
 
 def sendHeaders(h2: H2Connection, streamId: int, fields: Any, endStream: bool = False) -> None:
     """
-    Send a response's header list (or its trailers, with C{endStream}) on
-    a stream a client opened, as C{h2.send_headers} would.
+    Send a header list as C{h2.send_headers} would: a response's (or its
+    trailers, with C{endStream}) on a stream a client opened, or a
+    request's opening a new stream to an upstream.
 
     @param fields: C{(name, value)} pairs of bytes.
-    @raise H2Error: what the library raises (a closed stream).
+    @raise H2Error: what the library raises (a closed stream, too many
+        streams).
     """
     stream = _sending(h2, streamId)
-    machine = None if stream is None else stream.state_machine
-    if machine is None or machine.client is not False:
+    if stream is None:
+        if streamId not in h2.streams and _openStream(h2, streamId, fields, endStream):
+            return
         h2.send_headers(streamId, fields, end_stream=endStream)
         return
-    if _informational(fields) or (
-        machine.headers_sent and (not endStream or machine.trailers_sent)
+    machine = stream.state_machine
+    if (
+        machine.client is not False
+        or _informational(fields)
+        or (machine.headers_sent and (not endStream or machine.trailers_sent))
     ):
-        # (an interim response; or what the library refuses)
+        # (a client's trailers; an interim response; or what the library
+        # refuses)
         h2.send_headers(streamId, fields, end_stream=endStream)
         return
     if machine.headers_sent:
         machine.trailers_sent = True
     else:
         machine.headers_sent = True
-    block = h2.encoder.encode(fields)
+    _writeHeaders(h2, streamId, h2.encoder.encode(fields), endStream)
+    if endStream:
+        _sentEnd(stream)
+
+
+def _openStream(h2: H2Connection, streamId: int, fields: Any, endStream: bool) -> bool:
+    """
+    Open stream C{streamId} to an upstream with a request's C{fields}, as
+    the library's C{send_headers} (and C{_begin_new_stream}) would.
+
+    @return: whether it was sent (else the library is to send it, or
+        raise what it raises).
+    """
+    if (
+        not h2.config.client_side
+        or h2.state_machine.state is not _CLIENT_OPEN
+        or not streamId & 1
+        or streamId <= h2.highest_outbound_stream_id
+        or _informational(fields)
+    ):
+        return False
+    remote = h2.remote_settings
+    limit = remote.max_concurrent_streams
+    known = len(h2.streams)
+    if (known >= getattr(h2, "_pruneAt", 0) or known + 1 >= limit) and (
+        h2.open_outbound_streams + 1 > limit
+    ):
+        return False
+    stream = _LibraryStream(
+        streamId,
+        config=h2.config,
+        inbound_window_size=h2.local_settings.initial_window_size,
+        outbound_window_size=remote.initial_window_size,
+    )
+    stream.max_outbound_frame_size = h2.max_outbound_frame_size
+    h2.streams[streamId] = stream
+    h2.highest_outbound_stream_id = streamId
+    machine = stream.state_machine
+    machine.client = True
+    machine.headers_sent = True
+    machine.state = _HALF_CLOSED_LOCAL if endStream else _OPEN
+    _writeHeaders(h2, streamId, h2.encoder.encode(fields), endStream)
+    stream._authority = authority_from_headers(fields)
+    stream.request_method = extract_method_header(fields)
+    return True
+
+
+def _writeHeaders(h2: H2Connection, streamId: int, block: bytes, endStream: bool) -> None:
+    """
+    Write a header block as a HEADERS frame, and CONTINUATION frames past
+    the peer's frame size.
+    """
     size = len(block)
     out = h2._data_to_send
     ending = _END_STREAM if endStream else 0
@@ -441,20 +525,18 @@ def sendHeaders(h2: H2Connection, streamId: int, fields: Any, endStream: bool = 
     if size <= limit:
         out += _pack(size >> 8, size & 0xFF, _HEADERS, _END_HEADERS | ending, streamId)
         out += block
-    else:
-        kind = _HEADERS
-        flags = ending
-        for start in range(0, size, limit):
-            piece = block[start : start + limit]
-            if start + limit >= size:
-                flags |= _END_HEADERS
-            n = len(piece)
-            out += _pack(n >> 8, n & 0xFF, kind, flags, streamId)
-            out += piece
-            kind = _CONTINUATION
-            flags = 0
-    if endStream:
-        _sentEnd(stream)
+        return
+    kind = _HEADERS
+    flags = ending
+    for start in range(0, size, limit):
+        piece = block[start : start + limit]
+        if start + limit >= size:
+            flags |= _END_HEADERS
+        n = len(piece)
+        out += _pack(n >> 8, n & 0xFF, kind, flags, streamId)
+        out += piece
+        kind = _CONTINUATION
+        flags = 0
 
 
 def endStream(h2: H2Connection, streamId: int) -> None:
