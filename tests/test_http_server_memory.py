@@ -9,6 +9,7 @@ import sys
 import httptools
 from twisted.trial.unittest import SynchronousTestCase
 
+from meshproxy.http.client import UpstreamProtocol
 from meshproxy.http.server import ServerProtocol
 from meshproxy.http2.frames import PREFACE
 from tests.test_http_server import Harness
@@ -127,3 +128,24 @@ class ParserCallbackTests(SynchronousTestCase):
         self.assertIn(b"hello", sent)
         self.assertIn(b" world", sent)
         self.assertIn(b"x-sum: 11", sent)
+
+    def test_upstreamNoChunkCallbacks(self) -> None:
+        """
+        An upstream connection has no chunk callbacks either, and a chunked
+        response, with its trailers, still reaches the client whole.
+        """
+        self.assertFalse(hasattr(UpstreamProtocol, "on_chunk_header"))
+        self.assertFalse(hasattr(UpstreamProtocol, "on_chunk_complete"))
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\nTE: trailers\r\n\r\n")
+        up, upTransport = h.upstream()
+        up.dataReceived(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 11\r\n\r\n"
+        )
+        sent = transport.value()
+        self.assertTrue(sent.startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertIn(b"5\r\nhello\r\n", sent)
+        self.assertIn(b"6\r\n world\r\n", sent)
+        self.assertTrue(sent.endswith(b"0\r\nx-sum: 11\r\n\r\n"))

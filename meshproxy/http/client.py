@@ -362,11 +362,8 @@ class UpstreamProtocol(Protocol):
         if exchange is not None:
             exchange.responseComplete(self._trailers, self.parser.should_keep_alive())
 
-    def on_chunk_header(self) -> None:
-        pass
-
-    def on_chunk_complete(self) -> None:
-        pass
+    # No on_chunk_header / on_chunk_complete: httptools binds each callback
+    # the protocol has, per connection, and calls it for every chunk.
 
     # -- hand-back and teardown -------------------------------------------
 
