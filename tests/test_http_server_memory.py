@@ -149,3 +149,72 @@ class ParserCallbackTests(SynchronousTestCase):
         self.assertIn(b"5\r\nhello\r\n", sent)
         self.assertIn(b"6\r\n world\r\n", sent)
         self.assertTrue(sent.endswith(b"0\r\nx-sum: 11\r\n\r\n"))
+
+
+class ClockReadTests(SynchronousTestCase):
+    """
+    The request path's own modules read the clock once per event.
+    """
+
+    def readsPerRequest(self, response: bytes, pieces: int = 1) -> dict[str, int]:
+        """
+        Proxy one request on a pooled connection, its response read in
+        C{pieces} reads, counting the clock readings of the exchange, the
+        client connection and the upstream connection by module.
+        """
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
+        up, upTransport = h.upstream()
+        up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        counts: dict[str, int] = {}
+        seconds = h.reactor.seconds
+
+        def counting() -> float:
+            name = sys._getframe(1).f_globals["__name__"]
+            if name in ("meshproxy.http.exchange", "meshproxy.http.server",
+                        "meshproxy.http.client"):
+                counts[name] = counts.get(name, 0) + 1
+            return seconds()
+
+        h.reactor.seconds = counting  # type: ignore[method-assign]
+        transport.clear()
+        h.reactor.advance(1)
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
+        size = len(response) // pieces + 1
+        for i in range(0, len(response), size):
+            h.reactor.advance(1)
+            up.dataReceived(response[i:i + size])
+        self.assertTrue(transport.value().endswith(b"hello world"), transport.value())
+        # The end's time is the last read's: the upstream connection is idle
+        # since then, the client connection's idle deadline counts from it.
+        now = seconds()
+        self.assertEqual(up._wrappedProtocol.idleSince, now)
+        self.assertEqual(proto._deadline, now + h.settings.idleTimeout)
+        return counts
+
+    def test_oneReadingPerEvent(self) -> None:
+        """
+        A request and its response read at once: one reading as the request
+        starts (its pooled connection is given in the same event), one for
+        the upstream's read (the head's time, the body's progress, the end,
+        the client connection's idle deadline, the connection's idle time).
+        """
+        counts = self.readsPerRequest(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello world"
+        )
+        self.assertEqual(
+            counts, {"meshproxy.http.exchange": 1, "meshproxy.http.client": 1}
+        )
+
+    def test_eachReadItsTime(self) -> None:
+        """
+        A response in three reads: each read is one reading, and the end's
+        time is the last read's.
+        """
+        counts = self.readsPerRequest(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello world", pieces=3
+        )
+        self.assertEqual(
+            counts, {"meshproxy.http.exchange": 1, "meshproxy.http.client": 3}
+        )

@@ -191,6 +191,9 @@ class UpstreamProtocol(Protocol):
         self._gotBytes = True
         self._feeding = True
         self._bodyProgress = False
+        # One reading of the clock for all that this read makes the
+        # exchange do (the head's time, the body's progress, the end).
+        exchange.eventTime = self.pool.clock.seconds()  # type: ignore[attr-defined]
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -206,6 +209,7 @@ class UpstreamProtocol(Protocol):
         else:
             if self._inHead or self._inBody:
                 self._bound(data)
+        exchange.eventTime = None  # type: ignore[attr-defined]
         self._feeding = False
         if self._headDone:
             self._headDone = False
@@ -219,7 +223,9 @@ class UpstreamProtocol(Protocol):
                 self.pool.discard(self)
                 self.transport.abortConnection()
             else:
-                self.pool.release(self)
+                # The response ended in this read, and its exchange with it:
+                # the time it ended is this event's.
+                self.pool.release(self, exchange.endTime)  # type: ignore[attr-defined]
         elif self.exchange is not None and self._inBody and not self._producing:
             # The response continues past this read: from now on a client
             # that reads slowly pauses this upstream connection.
@@ -620,15 +626,18 @@ class Pool:
         self.connecting -= 1
         self.all.add(conn)
 
-    def release(self, conn: UpstreamProtocol) -> None:
+    def release(self, conn: UpstreamProtocol, now: float | None = None) -> None:
         """
         C{conn} finished a response and can serve another.
+
+        @param now: the time, when the caller has it (else the clock is
+            asked).
         """
         if self.closed or len(self.idle) >= self.maxIdle or not conn.connected:
             self.discard(conn)
             conn.transport.loseConnection()
             return
-        conn.idleSince = self.clock.seconds()
+        conn.idleSince = self.clock.seconds() if now is None else now
         self.idle.append(conn)
 
     def discard(self, conn: UpstreamProtocol) -> None:
