@@ -218,3 +218,33 @@ class ClockReadTests(SynchronousTestCase):
         self.assertEqual(
             counts, {"meshproxy.http.exchange": 1, "meshproxy.http.client": 3}
         )
+
+
+class ResponseFramingTests(SynchronousTestCase):
+    """
+    An upstream response's framing fields are found whatever their case.
+    """
+
+    def test_anyCase(self) -> None:
+        for length, encoding in [
+            (b"CONTENT-length", b"Transfer-Encoding"),
+            (b"content-length", b"TRANSFER-encoding"),
+        ]:
+            h = Harness()
+            proto, transport = h.client()
+            proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
+            up, upTransport = h.upstream()
+            up.dataReceived(b"HTTP/1.1 200 OK\r\n" + length + b": 2\r\nX-Long-Name: 1\r\n\r\nok")
+            self.assertTrue(
+                transport.value().endswith(b"Content-Length: 2\r\n\r\nok"), transport.value()
+            )
+            transport.clear()
+            proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
+            up.dataReceived(b"HTTP/1.1 200 OK\r\n" + encoding + b": chunked\r\n\r\n")
+            # Chunked: not a body that ends with the connection.
+            self.assertFalse(up._wrappedProtocol._untilClose)
+            up.dataReceived(b"2\r\nok\r\n0\r\n\r\n")
+            self.assertTrue(
+                transport.value().endswith(b"chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
+                transport.value(),
+            )

@@ -321,11 +321,13 @@ class UpstreamProtocol(Protocol):
         self._inBody = True
         contentLength = None
         chunked = False
+        # (lengths first: a lowered copy of every name costs more)
         for name, value in self._headers:  # type: ignore[union-attr]
-            n = name.lower()
-            if n == b"content-length":
-                contentLength = value
-            elif n == b"transfer-encoding":
+            size = len(name)
+            if size == 14:
+                if name.lower() == b"content-length":
+                    contentLength = value
+            elif size == 17 and name.lower() == b"transfer-encoding":
                 chunked = True
         self._untilClose = contentLength is None and not chunked
         if exchange is None:
