@@ -98,3 +98,39 @@ class ResponseHeadTests(SynchronousTestCase):
             b"HTTP/1.1 404 Whatever\r\nx: y\r\nVia: 1.1 meshproxy\r\n"
             b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
         )
+
+    def test_hopByHopDroppedWhateverTheirCase(self) -> None:
+        """
+        Hop-by-hop fields are dropped whatever their case; others, of the
+        same lengths or not, are kept; a bodyless answer keeps its
+        C{Content-Length}.
+        """
+        fields = [
+            (b"KEEP-ALIVE", b"timeout=5"),
+            (b"x-abcdefgh", b"same length as connection"),
+            (b"Proxy-Connection", b"close"),
+            (b"tE", b"trailers"),
+            (b"UPGRADE", b"h2c"),
+            (b"proxy-AUTHENTICATE", b"Basic"),
+            (b"Proxy-Authorization", b"Basic x"),
+            (b"Server", b"nginx"),
+            (b"content-LENGTH", b"6"),
+        ]
+        self.assertEqual(
+            self.head(200, fields, contentLength=b"6"),
+            b"HTTP/1.1 200 Whatever\r\nx-abcdefgh: same length as connection\r\n"
+            b"Server: nginx\r\nVia: 1.1 meshproxy\r\nContent-Length: 6\r\n\r\n",
+        )
+        written: list[bytes] = []
+        writer = ResponseWriter(written.append, True)
+        writer.head(
+            304, b"Not Modified", fields, contentLength=b"6", chunked=False, version="1.1",
+            keepAlive=True,
+        )
+        self.assertEqual(
+            written,
+            [
+                b"HTTP/1.1 304 Not Modified\r\nx-abcdefgh: same length as connection\r\n"
+                b"Server: nginx\r\ncontent-LENGTH: 6\r\nVia: 1.1 meshproxy\r\n\r\n"
+            ],
+        )
