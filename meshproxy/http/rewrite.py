@@ -56,9 +56,6 @@ _NOT_NAMED = HOP_BY_HOP | frozenset([b"close"])
 _FIELD = b": ".join
 _CRLF = b"\r\n".join
 _END = (b"", b"")
-# The lengths of the hop-by-hop names: most names of a response are
-# another length, and need no lowered copy to be forwarded.
-_HOP_LENGTHS = frozenset([len(name) for name in HOP_BY_HOP])
 _STATUS_LINES = {status: b"HTTP/1.1 %d " % (status,) for status in range(100, 600)}
 
 
@@ -216,17 +213,15 @@ class ResponseWriter:
         append = lines.append
         field = _FIELD
         tokens = None
-        hopLengths = _HOP_LENGTHS
         for name, value in headers:
-            if len(name) in hopLengths:
-                n = name.lower()
-                if n in HOP_BY_HOP:
-                    if n == b"connection":
-                        tokens = value
-                        continue
-                    if n == b"content-length" and bodyless:
-                        append(field((name, value)))
+            n = name.lower()
+            if n in HOP_BY_HOP:
+                if n == b"connection":
+                    tokens = value
                     continue
+                if n == b"content-length" and bodyless:
+                    append(field((name, value)))
+                continue
             append(field((name, value)))
         if tokens is not None:
             lines = _dropNamed(lines, tokens)
