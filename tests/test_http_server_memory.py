@@ -9,6 +9,7 @@ import sys
 import httptools
 from twisted.trial.unittest import SynchronousTestCase
 
+from meshproxy.http.client import UpstreamProtocol
 from meshproxy.http.server import ServerProtocol
 from meshproxy.http2.frames import PREFACE
 from tests.test_http_server import Harness
@@ -127,3 +128,123 @@ class ParserCallbackTests(SynchronousTestCase):
         self.assertIn(b"hello", sent)
         self.assertIn(b" world", sent)
         self.assertIn(b"x-sum: 11", sent)
+
+    def test_upstreamNoChunkCallbacks(self) -> None:
+        """
+        An upstream connection has no chunk callbacks either, and a chunked
+        response, with its trailers, still reaches the client whole.
+        """
+        self.assertFalse(hasattr(UpstreamProtocol, "on_chunk_header"))
+        self.assertFalse(hasattr(UpstreamProtocol, "on_chunk_complete"))
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\nTE: trailers\r\n\r\n")
+        up, upTransport = h.upstream()
+        up.dataReceived(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 11\r\n\r\n"
+        )
+        sent = transport.value()
+        self.assertTrue(sent.startswith(b"HTTP/1.1 200 OK\r\n"))
+        self.assertIn(b"5\r\nhello\r\n", sent)
+        self.assertIn(b"6\r\n world\r\n", sent)
+        self.assertTrue(sent.endswith(b"0\r\nx-sum: 11\r\n\r\n"))
+
+
+class ClockReadTests(SynchronousTestCase):
+    """
+    The request path's own modules read the clock once per event.
+    """
+
+    def readsPerRequest(self, response: bytes, pieces: int = 1) -> dict[str, int]:
+        """
+        Proxy one request on a pooled connection, its response read in
+        C{pieces} reads, counting the clock readings of the exchange, the
+        client connection and the upstream connection by module.
+        """
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
+        up, upTransport = h.upstream()
+        up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        counts: dict[str, int] = {}
+        seconds = h.reactor.seconds
+
+        def counting() -> float:
+            name = sys._getframe(1).f_globals["__name__"]
+            if name in ("meshproxy.http.exchange", "meshproxy.http.server",
+                        "meshproxy.http.client"):
+                counts[name] = counts.get(name, 0) + 1
+            return seconds()
+
+        h.reactor.seconds = counting  # type: ignore[method-assign]
+        transport.clear()
+        h.reactor.advance(1)
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
+        size = len(response) // pieces + 1
+        for i in range(0, len(response), size):
+            h.reactor.advance(1)
+            up.dataReceived(response[i:i + size])
+        self.assertTrue(transport.value().endswith(b"hello world"), transport.value())
+        # The end's time is the last read's: the upstream connection is idle
+        # since then, the client connection's idle deadline counts from it.
+        now = seconds()
+        self.assertEqual(up._wrappedProtocol.idleSince, now)
+        self.assertEqual(proto._deadline, now + h.settings.idleTimeout)
+        return counts
+
+    def test_oneReadingPerEvent(self) -> None:
+        """
+        A request and its response read at once: one reading as the request
+        starts (its pooled connection is given in the same event), one for
+        the upstream's read (the head's time, the body's progress, the end,
+        the client connection's idle deadline, the connection's idle time).
+        """
+        counts = self.readsPerRequest(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello world"
+        )
+        self.assertEqual(
+            counts, {"meshproxy.http.exchange": 1, "meshproxy.http.client": 1}
+        )
+
+    def test_eachReadItsTime(self) -> None:
+        """
+        A response in three reads: each read is one reading, and the end's
+        time is the last read's.
+        """
+        counts = self.readsPerRequest(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello world", pieces=3
+        )
+        self.assertEqual(
+            counts, {"meshproxy.http.exchange": 1, "meshproxy.http.client": 3}
+        )
+
+
+class ResponseFramingTests(SynchronousTestCase):
+    """
+    An upstream response's framing fields are found whatever their case.
+    """
+
+    def test_anyCase(self) -> None:
+        for length, encoding in [
+            (b"CONTENT-length", b"Transfer-Encoding"),
+            (b"content-length", b"TRANSFER-encoding"),
+        ]:
+            h = Harness()
+            proto, transport = h.client()
+            proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
+            up, upTransport = h.upstream()
+            up.dataReceived(b"HTTP/1.1 200 OK\r\n" + length + b": 2\r\nX-Long-Name: 1\r\n\r\nok")
+            self.assertTrue(
+                transport.value().endswith(b"Content-Length: 2\r\n\r\nok"), transport.value()
+            )
+            transport.clear()
+            proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
+            up.dataReceived(b"HTTP/1.1 200 OK\r\n" + encoding + b": chunked\r\n\r\n")
+            # Chunked: not a body that ends with the connection.
+            self.assertFalse(up._wrappedProtocol._untilClose)
+            up.dataReceived(b"2\r\nok\r\n0\r\n\r\n")
+            self.assertTrue(
+                transport.value().endswith(b"chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
+                transport.value(),
+            )

@@ -17,6 +17,7 @@ from zope.interface.verify import verifyObject
 from meshproxy.config import parseConfig
 from meshproxy.discovery.endpoints import Endpoint
 from meshproxy.discovery.static import StaticNamer
+from meshproxy.http.message import Request
 from meshproxy.http.router import HttpRouter
 from meshproxy.http.server import ServerProtocol
 from meshproxy.routing.path import Path
@@ -493,6 +494,32 @@ class SummaryTests(SynchronousTestCase):
         self.assertEqual((summary["status"], summary["meshErr"]), (0, "client-gone"))
         server, client = h.spans.spans
         self.assertEqual(client.tags["error"], "client-gone")
+
+
+class TracerIdTests(SynchronousTestCase):
+    """
+    The ids of a trace started here.
+    """
+
+    def test_idsFromOneDraw(self):
+        """
+        A new trace's id, this hop's span id and its first try's are the
+        256 bits of one draw, as 64 lowercase hex digits with leading zeros.
+        """
+        for bits in [
+            random.Random(7).getrandbits(256),
+            (1 << 255) | (0xAB << 64) | 0xEF,
+            0x0000000000000001_0000000000000002_0000000000000003_0000000000000004,
+        ]:
+            tracer = Tracer(sampleRate=1.0)
+            tracer._getrandbits = lambda n, bits=bits: bits
+            trace = tracer.begin(Request(b"GET", b"/", "1.1", [(b"host", b"a")]), False)
+            text = "%064x" % (bits,)
+            self.assertEqual(trace.traceId, text[:32])
+            self.assertEqual(trace.spanId, text[32:48])
+            self.assertEqual(trace.reqId, text[32:48])
+            trace.startTry(0.0)
+            self.assertEqual(trace.tryId, text[48:])
 
 
 class HelperTests(SynchronousTestCase):

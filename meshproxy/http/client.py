@@ -191,6 +191,9 @@ class UpstreamProtocol(Protocol):
         self._gotBytes = True
         self._feeding = True
         self._bodyProgress = False
+        # One reading of the clock for all that this read makes the
+        # exchange do (the head's time, the body's progress, the end).
+        exchange.eventTime = self.pool.clock.seconds()  # type: ignore[attr-defined]
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -206,6 +209,7 @@ class UpstreamProtocol(Protocol):
         else:
             if self._inHead or self._inBody:
                 self._bound(data)
+        exchange.eventTime = None  # type: ignore[attr-defined]
         self._feeding = False
         if self._headDone:
             self._headDone = False
@@ -219,7 +223,9 @@ class UpstreamProtocol(Protocol):
                 self.pool.discard(self)
                 self.transport.abortConnection()
             else:
-                self.pool.release(self)
+                # The response ended in this read, and its exchange with it:
+                # the time it ended is this event's.
+                self.pool.release(self, exchange.endTime)  # type: ignore[attr-defined]
         elif self.exchange is not None and self._inBody and not self._producing:
             # The response continues past this read: from now on a client
             # that reads slowly pauses this upstream connection.
@@ -315,11 +321,13 @@ class UpstreamProtocol(Protocol):
         self._inBody = True
         contentLength = None
         chunked = False
+        # (lengths first: a lowered copy of every name costs more)
         for name, value in self._headers:  # type: ignore[union-attr]
-            n = name.lower()
-            if n == b"content-length":
-                contentLength = value
-            elif n == b"transfer-encoding":
+            size = len(name)
+            if size == 14:
+                if name.lower() == b"content-length":
+                    contentLength = value
+            elif size == 17 and name.lower() == b"transfer-encoding":
                 chunked = True
         self._untilClose = contentLength is None and not chunked
         if exchange is None:
@@ -362,11 +370,8 @@ class UpstreamProtocol(Protocol):
         if exchange is not None:
             exchange.responseComplete(self._trailers, self.parser.should_keep_alive())
 
-    def on_chunk_header(self) -> None:
-        pass
-
-    def on_chunk_complete(self) -> None:
-        pass
+    # No on_chunk_header / on_chunk_complete: httptools binds each callback
+    # the protocol has, per connection, and calls it for every chunk.
 
     # -- hand-back and teardown -------------------------------------------
 
@@ -623,15 +628,18 @@ class Pool:
         self.connecting -= 1
         self.all.add(conn)
 
-    def release(self, conn: UpstreamProtocol) -> None:
+    def release(self, conn: UpstreamProtocol, now: float | None = None) -> None:
         """
         C{conn} finished a response and can serve another.
+
+        @param now: the time, when the caller has it (else the clock is
+            asked).
         """
         if self.closed or len(self.idle) >= self.maxIdle or not conn.connected:
             self.discard(conn)
             conn.transport.loseConnection()
             return
-        conn.idleSince = self.clock.seconds()
+        conn.idleSince = self.clock.seconds() if now is None else now
         self.idle.append(conn)
 
     def discard(self, conn: UpstreamProtocol) -> None:

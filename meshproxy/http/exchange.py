@@ -114,6 +114,9 @@ class Exchange(TryAccounting):
         "grpcStatus",
         "grpcResponse",
         "grpcTimeout",
+        "acquiring",
+        "endTime",
+        "eventTime",
     )
 
     def __init__(self, server: IClientConnection, request: Request, router: IRouter) -> None:
@@ -130,6 +133,17 @@ class Exchange(TryAccounting):
         )
         self.node: Node | None = None
         self.startTime = 0.0
+        # When it ended (_end), on the router's clock: the client
+        # connection's idle deadline and the upstream connection's idle
+        # time count from it.
+        self.endTime = 0.0
+        # Set while a pool is asked for a connection (_attempt): one given
+        # then comes in the same event as the try's start.
+        self.acquiring = False
+        # The time of the upstream read being parsed, set by an HTTP/1.1
+        # upstream connection around its parsing (None otherwise): what that
+        # read makes happen here takes its time from it.
+        self.eventTime: float | None = None
         self.tryStart = 0.0
         self.upstream: IUpstreamConnection | None = None
         self.connecting: _Attempt | None = None
@@ -355,7 +369,9 @@ class Exchange(TryAccounting):
                 )
                 return
             self.waiting = True
+        self.acquiring = True
         pool.acquire(self)
+        self.acquiring = False
 
     def _retry(self, reason: str, anyMethod: bool) -> bool:
         """
@@ -441,8 +457,13 @@ class Exchange(TryAccounting):
         router = self.router
         # Latency is measured from here: the time to open a connection is
         # not the endpoint's answer time, and must not make a fresh endpoint
-        # look slow to the balancer.
-        now = self.tryStart = router.clock.seconds()
+        # look slow to the balancer. A connection given within _attempt
+        # (idle, or made at once) comes in the event the try started in:
+        # that reading of the clock stands.
+        if self.acquiring:
+            now = self.tryStart
+        else:
+            now = self.tryStart = router.clock.seconds()
         request = self.request
         server = self.server
         index = self.grpcTimeout
@@ -625,7 +646,10 @@ class Exchange(TryAccounting):
             self.client.balancer.measured(self.node, self.tryStart)  # type: ignore[union-attr]
         self._enter(STREAMING)
         self.status = status
-        self.progress = self.headTime = self.router.clock.seconds()
+        now = self.eventTime
+        if now is None:
+            now = self.router.clock.seconds()
+        self.progress = self.headTime = now
         body = self.body
         if status == 101 or (body is not None and not body.done) or request.upgrade:
             # After a 101 the connection is a tunnel; an answer that comes
@@ -653,7 +677,8 @@ class Exchange(TryAccounting):
         See L{IExchange.responseBody}.
         """
         if self.state is STREAMING:
-            self.progress = self.router.clock.seconds()
+            now = self.eventTime
+            self.progress = self.router.clock.seconds() if now is None else now
             self.bytesOut += len(data)
             self.writer.body(data)  # type: ignore[union-attr]
 
@@ -927,7 +952,10 @@ class Exchange(TryAccounting):
         if self.waiting:
             self._stopWaiting()
         router = self.router
-        now = router.clock.seconds()
+        now = self.eventTime
+        if now is None:
+            now = router.clock.seconds()
+        self.endTime = now
         client = self.client
         if client is not None:
             start = self.startTime

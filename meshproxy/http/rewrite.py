@@ -25,6 +25,7 @@ __all__ = ["MESH_CONTEXT", "ResponseWriter", "interimHead", "requestHead"]
 MESH_CONTEXT = frozenset([b"mesh-ctx-deadline", b"mesh-ctx-dtab", b"mesh-dtab", b"mesh-reqid"])
 
 _VIA = b"1.1 meshproxy"
+_VIA_LINE = b"Via: " + _VIA
 
 #: Request fields never forwarded as received: hop-by-hop ones, the client
 #: certificate header (only meshproxy says who a caller is), and the trace
@@ -47,6 +48,15 @@ _REQUEST_FIELDS.update(dict.fromkeys(_NEVER_FORWARDED, _DROP))
 
 #: Connection tokens that name no field meshproxy would forward.
 _NOT_NAMED = HOP_BY_HOP | frozenset([b"close"])
+
+# Both heads are built as a list of lines without their CRLF, joined by
+# CRLF (two empty lines at the end make the blank line): a field's line is
+# one C-level join, where bytes % formatting costs about a third more, and
+# an integer status formatted per response more again.
+_FIELD = b": ".join
+_CRLF = b"\r\n".join
+_END = (b"", b"")
+_STATUS_LINES = {status: b"HTTP/1.1 %d " % (status,) for status in range(100, 600)}
 
 
 def requestHead(
@@ -74,10 +84,12 @@ def requestHead(
         with a verified certificate, or L{None}. Whatever a client sends in
         that header is never forwarded.
     @param trace: this hop's trace context and C{mesh-reqid} header lines
-        (L{RequestTrace.headers<meshproxy.telemetry.observe.RequestTrace.headers>}).
+        (L{RequestTrace.headers<meshproxy.telemetry.observe.RequestTrace.headers>}),
+        each ending in CRLF.
     """
-    lines = [b"%s %s HTTP/1.1\r\n" % (request.method, request.target)]
+    lines = [b" ".join((request.method, request.target, b"HTTP/1.1"))]
     append = lines.append
+    field = _FIELD
     tokens = request.connectionTokens
     mesh = request.meshHeaders
     seenXff = seenFwd = seenVia = seenProto = False
@@ -89,7 +101,7 @@ def requestHead(
             # Most fields: forwarded as they are (unless Connection names
             # them).
             if not (tokens and n in tokens):
-                append(b"%s: %s\r\n" % (name, value))
+                append(field((name, value)))
             continue
         if kind == _DROP or (tokens and n in tokens):
             continue
@@ -112,34 +124,35 @@ def requestHead(
                 seenFwd = True
             else:
                 seenProto = True
-        append(b"%s: %s\r\n" % (name, value))
+        append(field((name, value)))
     if forwarded:
         if not seenXff:
-            append(b"X-Forwarded-For: %s\r\n" % (peer,))
+            append(b"X-Forwarded-For: " + peer)
         if not seenProto:
-            append(b"X-Forwarded-Proto: %s\r\n" % (scheme,))
+            append(b"X-Forwarded-Proto: " + scheme)
         if not seenFwd:
-            append(b"Forwarded: %s\r\n" % (_forwardedElement(peer, scheme),))
+            append(b"Forwarded: " + _forwardedElement(peer, scheme))
     if not seenVia:
-        append(b"Via: " + _VIA + b"\r\n")
-    append(b"mesh-ctx-deadline: %s\r\n" % (deadline,))
+        append(_VIA_LINE)
+    append(b"mesh-ctx-deadline: " + deadline)
     if trace:
-        append(trace)
+        # (whole lines: all but the last one's CRLF)
+        append(trace[:-2])
     if override is not None:
-        append(b"mesh-ctx-dtab: %s\r\n" % (override,))
+        append(b"mesh-ctx-dtab: " + override)
     if clientCert is not None:
-        append(b"x-forwarded-client-cert: %s\r\n" % (clientCert,))
+        append(b"x-forwarded-client-cert: " + clientCert)
     if request.upgrade:
-        append(b"Connection: Upgrade\r\n")
+        append(b"Connection: Upgrade")
         upgrade = findHeader(request.headers, b"upgrade")
         if upgrade is not None:
-            append(b"Upgrade: %s\r\n" % (upgrade,))
+            append(b"Upgrade: " + upgrade)
     if request.chunked:
-        append(b"Transfer-Encoding: chunked\r\n")
+        append(b"Transfer-Encoding: chunked")
     elif request.contentLength is not None:
-        append(b"Content-Length: %d\r\n" % (request.contentLength,))
-    append(b"\r\n")
-    return b"".join(lines)
+        append(b"Content-Length: %d" % (request.contentLength,))
+    lines += _END
+    return _CRLF(lines)
 
 
 @implementer(IResponseWriter)
@@ -193,8 +206,12 @@ class ResponseWriter:
             body without a length end with the connection.
         """
         bodyless = self.bodyless
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        line = _STATUS_LINES.get(status)
+        if line is None:
+            line = b"HTTP/1.1 %d " % (status,)
+        lines = [line + reason]
         append = lines.append
+        field = _FIELD
         tokens = None
         for name, value in headers:
             n = name.lower()
@@ -203,33 +220,33 @@ class ResponseWriter:
                     tokens = value
                     continue
                 if n == b"content-length" and bodyless:
-                    append(b"%s: %s\r\n" % (name, value))
+                    append(field((name, value)))
                 continue
-            append(b"%s: %s\r\n" % (name, value))
+            append(field((name, value)))
         if tokens is not None:
             lines = _dropNamed(lines, tokens)
             append = lines.append
-        append(b"Via: " + _VIA + b"\r\n")
+        append(_VIA_LINE)
         if status == 101:
             upgrade = findHeader(headers, b"upgrade")
-            append(b"Connection: Upgrade\r\n")
+            append(b"Connection: Upgrade")
             if upgrade is not None:
-                append(b"Upgrade: %s\r\n" % (upgrade,))
+                append(b"Upgrade: " + upgrade)
         elif not bodyless:
             if contentLength is not None and not chunked:
-                append(b"Content-Length: %s\r\n" % (contentLength,))
+                append(b"Content-Length: " + contentLength)
             elif version == "1.1":
-                append(b"Transfer-Encoding: chunked\r\n")
+                append(b"Transfer-Encoding: chunked")
                 self.chunked = True
             else:
                 self.closeDelimited = True
                 keepAlive = False
         if not keepAlive and status != 101:
-            append(b"Connection: close\r\n")
+            append(b"Connection: close")
         elif version == "1.0":
-            append(b"Connection: keep-alive\r\n")
-        append(b"\r\n")
-        self._write(b"".join(lines))
+            append(b"Connection: keep-alive")
+        lines += _END
+        self._write(_CRLF(lines))
         return keepAlive
 
     def body(self, data: bytes) -> None:
@@ -264,7 +281,7 @@ def _forwardedElement(peer: bytes, scheme: bytes) -> bytes:
     # (find: "in" would format and discard a TypeError first.)
     if peer.find(b":") >= 0:
         peer = b'"[' + peer + b']"'
-    return b"for=%s;proto=%s" % (peer, scheme)
+    return b"".join((b"for=", peer, b";proto=", scheme))
 
 
 def _dropNamed(lines: list[bytes], connectionValue: bytes) -> list[bytes]:

@@ -563,7 +563,10 @@ class ServerProtocol(Protocol):
             nxt.start()
         else:
             if self._state == _IDLE:
-                self._setDeadline(self.clock.seconds() + self.settings.idleTimeout)
+                # The time the exchange ended, in this event (only an
+                # Exchange, after its _end, calls this).
+                endTime = exchange.endTime  # type: ignore[attr-defined]
+                self._setDeadline(endTime + self.settings.idleTimeout)
 
     def drain(self) -> None:
         """

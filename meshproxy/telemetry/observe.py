@@ -227,7 +227,8 @@ class Tracer:
         getrandbits = self._getrandbits
         # One draw for a new trace's id, this hop's span id and its first
         # try's (all zeros, which none may be, has odds of one in 2**64).
-        ids = "%064x" % (getrandbits(256),)
+        # (the text of "%064x", for less: an integer's %x formatting is dear)
+        ids = getrandbits(256).to_bytes(32, "big").hex()
         spanId = ids[32:48]
         if spanId == _ZERO_SPAN:
             spanId = newSpanId(getrandbits)
