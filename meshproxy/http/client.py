@@ -193,7 +193,7 @@ class UpstreamProtocol(Protocol):
         self._bodyProgress = False
         # One reading of the clock for all that this read makes the
         # exchange do (the head's time, the body's progress, the end).
-        exchange.eventTime = self.pool.clock.seconds()  # type: ignore[attr-defined]
+        exchange.eventTime = self.pool.clock.seconds()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -209,7 +209,7 @@ class UpstreamProtocol(Protocol):
         else:
             if self._inHead or self._inBody:
                 self._bound(data)
-        exchange.eventTime = None  # type: ignore[attr-defined]
+        exchange.eventTime = None
         self._feeding = False
         if self._headDone:
             self._headDone = False
@@ -225,7 +225,7 @@ class UpstreamProtocol(Protocol):
             else:
                 # The response ended in this read, and its exchange with it:
                 # the time it ended is this event's.
-                self.pool.release(self, exchange.endTime)  # type: ignore[attr-defined]
+                self.pool.release(self, exchange.endTime)
         elif self.exchange is not None and self._inBody and not self._producing:
             # The response continues past this read: from now on a client
             # that reads slowly pauses this upstream connection.

@@ -329,6 +329,13 @@ class IExchange(Interface):
     keepAlive = Attribute("Whether the client connection may carry another request.")
     responseStarted = Attribute("Whether any response byte went to the client.")
     done = Attribute("Whether the exchange is over.")
+    endTime = Attribute(
+        "When the response ended (the clock's seconds), for the connections to reuse."
+    )
+    eventTime = Attribute(
+        "The clock's seconds of the upstream read being handled, or None outside one:"
+        " the exchange reads the clock once per read."
+    )
 
     def start() -> None:
         """

@@ -565,7 +565,7 @@ class ServerProtocol(Protocol):
             if self._state == _IDLE:
                 # The time the exchange ended, in this event (only an
                 # Exchange, after its _end, calls this).
-                endTime = exchange.endTime  # type: ignore[attr-defined]
+                endTime = exchange.endTime
                 self._setDeadline(endTime + self.settings.idleTimeout)
 
     def drain(self) -> None:
