@@ -12,19 +12,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import ssl
 import subprocess
 import sys
-import tempfile
-import time
+from collections.abc import Generator
 from typing import Any
 from urllib.request import urlopen
 
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.error import ConnectionDone
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from meshproxy.transport.tlsfailure import isTLSFailure
+from tests.test_reload_integration import ProcessTestCase
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -349,13 +349,14 @@ routers:
 """
 
 
-class TwistdTests(SynchronousTestCase):
+class TwistdTests(ProcessTestCase):
     """
     The real C{twistd meshproxy} with a plain config runs without Twisted's
     TLS.
     """
 
-    def test_plainProcessMapsNoCryptography(self) -> None:
+    @inlineCallbacks
+    def test_plainProcessMapsNoCryptography(self) -> Generator[Any, Any, None]:
         """
         A running C{twistd -n meshproxy} on a plain config, once ready, has
         not loaded cryptography's compiled library (which pyOpenSSL,
@@ -363,50 +364,15 @@ class TwistdTests(SynchronousTestCase):
         """
         if not os.path.exists("/proc/self/maps"):
             raise SkipTest("needs /proc")
-        directory = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, directory, ignore_errors=True)
-        path = os.path.join(directory, "mesh.yaml")
-        with open(path, "w") as f:
-            f.write(_PLAIN)
-        log = os.path.join(directory, "twistd.log")
-        env = dict(os.environ, PYTHONPATH=_ROOT)
-        process = subprocess.Popen(
-            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-             "-n", "--pidfile=", "--logfile=" + log, "meshproxy", "--config", path],
-            cwd=directory, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-
-        def stop() -> None:
-            process.terminate()
-            process.wait(timeout=30)
-
-        self.addCleanup(stop)
-        admin = self.adminPort(log, process)
-        with urlopen("http://127.0.0.1:%d/ready" % (admin,), timeout=10) as response:
+        proxy = yield self.startProxy(_PLAIN)
+        with urlopen("http://127.0.0.1:%d/ready" % (proxy.ports["admin"],), timeout=10) as response:
             self.assertEqual(response.status, 200)
-        with open("/proc/%d/maps" % (process.pid,)) as f:
+        with open("/proc/%d/maps" % (proxy.transport.pid,)) as f:
             maps = f.read()
         # (the maps read are the running proxy's: its Python extensions)
         self.assertIn("httptools", maps)
         self.assertNotIn("cryptography", maps)
         self.assertNotIn("_cffi_backend", maps)
-
-    def adminPort(self, log: str, process: subprocess.Popen[bytes]) -> int:
-        """
-        The admin API's port, read from the log once it listens (within 30
-        seconds).
-        """
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                self.fail("twistd exited with %s" % (process.returncode,))
-            if os.path.exists(log):
-                with open(log) as f:
-                    for line in f:
-                        if "admin listening on" in line and "(port " in line:
-                            return int(line.rsplit("(port ", 1)[1].split(")")[0])
-            time.sleep(0.05)
-        self.fail("the admin API did not listen within 30 s")
 
 
 class TLSFailureTests(SynchronousTestCase):
