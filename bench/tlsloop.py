@@ -99,6 +99,23 @@ def makeCertificates(directory: str) -> tuple[str, CertificateFile]:
     return ca.cert, CertificateFile(server.cert, server.key, ())
 
 
+def _decrypted(tls: ssl.SSLObject) -> bytes:
+    """
+    All the plaintext a client's TLS can read from what its incoming BIO
+    holds.
+    """
+    chunks = []
+    while True:
+        try:
+            chunk = tls.read(65536)
+        except ssl.SSLWantReadError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class Stack:
     """
     One router with a client connection (plain or TLS) and a pooled
@@ -175,16 +192,7 @@ class Stack:
         self.client.clear()
         if self.tls is not None:
             self.fromServer.write(data)
-            chunks = []
-            while True:
-                try:
-                    chunk = self.tls.read(65536)
-                except ssl.SSLWantReadError:
-                    break
-                if not chunk:
-                    break
-                chunks.append(chunk)
-            data = b"".join(chunks)
+            data = _decrypted(self.tls)
         if data.count(b"HTTP/1.1 200 OK\r\n") != n or data.count(b"hello\n") != n:
             raise SystemExit("unexpected answers: %r" % (data[:300],))
 
@@ -284,16 +292,7 @@ class _Client:
         if self.tls is None:
             return data
         self.fromServer.write(data)
-        chunks = []
-        while True:
-            try:
-                chunk = self.tls.read(65536)
-            except ssl.SSLWantReadError:
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return _decrypted(self.tls)
 
 
 class SocketStack:
