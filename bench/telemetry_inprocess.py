@@ -28,6 +28,9 @@ import sys
 import tempfile
 import time
 
+# The same router, request and answer as bench/hotpath.py's (beside this
+# file).
+from hotpath import CONFIG, REQUEST, RESPONSE  # noqa: E402
 from prometheus_client import CollectorRegistry
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import succeed
@@ -49,16 +52,6 @@ from meshproxy.telemetry.spans import TelemetryStats
 
 MODES = ("plain", "trace1", "trace100", "log")
 
-CONFIG = """\
-namers:
-  - {kind: static, prefix: /#/static, services: {hello: ["127.0.0.1:9001"]}}
-routers:
-  - name: web
-    listen: "tcp:4140"
-    rules: "/svc => /#/static;"
-"""
-REQUEST = b"GET /users/1 HTTP/1.1\r\nHost: hello\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"
-RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nContent-Type: text/plain\r\n\r\nhello\n"
 
 
 class _Reactor(MemoryReactorClock):
