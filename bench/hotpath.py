@@ -148,7 +148,7 @@ class Stack:
         if variant in ("metrics-off", "none"):
             router.record = lambda *args: None  # type: ignore[method-assign]
         if variant in ("budget-off", "none"):
-            router.retries.admit = lambda: None  # type: ignore[method-assign]
+            router.retries.admit = lambda now: None  # type: ignore[method-assign]
         self.client = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.7", 5555))
         self.server = ServerProtocol(router, rc.server, reactor)
         self.server.makeConnection(self.client)

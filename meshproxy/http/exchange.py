@@ -237,7 +237,7 @@ class Exchange(TryAccounting):
         if unresolved:
             self._awaitResolution(client)
             return
-        router.retries.admit()
+        router.retries.admit(now)
         self._attempt()
 
     def _grpcDeadline(self, total: float) -> float:
@@ -328,7 +328,7 @@ class Exchange(TryAccounting):
             return
         if not self._admit(client):
             return
-        router.retries.admit()
+        router.retries.admit(router.clock.seconds())
         self._attempt()
 
     def _attempt(self) -> None:

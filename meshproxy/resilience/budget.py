@@ -30,7 +30,16 @@ class RetryBudget:
     before each retry, retrying only if it says so.
     """
 
-    __slots__ = ("percent", "minPerSecond", "ttl", "_clock", "_rate", "_reserve", "_counts")
+    __slots__ = (
+        "percent",
+        "minPerSecond",
+        "ttl",
+        "depositAt",
+        "_clock",
+        "_rate",
+        "_reserve",
+        "_counts",
+    )
 
     def __init__(
         self,
@@ -62,7 +71,10 @@ class RetryBudget:
         self._rate = percent / 100.0
         self._reserve = minPerSecond * ttl
         # a: deposits (requests), b: withdrawals (retries).
-        self._counts = SlidingCounts(ttl, 10, clock.seconds())
+        self._counts = counts = SlidingCounts(ttl, 10, clock.seconds())
+        #: C{depositAt(now)}: L{deposit} at the time C{now} the caller has
+        #: just read, with no call in between (once per request).
+        self.depositAt = counts.addA
 
     def deposit(self, now: float | None = None) -> None:
         """

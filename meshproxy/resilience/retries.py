@@ -67,14 +67,18 @@ class RetryPolicy:
         self.maxRetries = maxRetries
         self._clock = clock
         self._count = count
+        self._depositBudget = budget.depositAt
+        self._depositConnect = connectBudget.depositAt
 
-    def admit(self) -> None:
+    def admit(self, now: float) -> None:
         """
-        A request starts: credit both budgets (at one reading of the clock).
+        A request starts: credit both budgets.
+
+        @param now: the clock's time, as the caller read it for the event
+            the request starts in.
         """
-        now = self._clock.seconds()
-        self._budget.deposit(now)
-        self._connectBudget.deposit(now)
+        self._depositBudget(now)
+        self._depositConnect(now)
 
     def retryDelay(
         self, reason: str, *, allowed: bool, retries: int, replayable: bool, deadline: float
