@@ -6,7 +6,6 @@ to the parser's own refusals.
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
 
 import httptools
@@ -24,8 +23,6 @@ _VERSIONS = frozenset(["1.0", "1.1"])
 
 # Characters allowed in a request-target (RFC 3986 plus '%' escapes); llhttp
 # lets some others through.
-# (As bytes: C{value.translate(None, ok)} deletes the allowed ones, in C,
-# leaving any that are not.)
 _TARGET_OK = (
     b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
     b"-._~:/?#[]@!$&'()*+,;=%"
@@ -35,10 +32,35 @@ _HOST_OK = (
     b"!$&'()*+,;=%"
 )
 
-# Finds a character no field value may hold. (One C call: C{b"\r" in value}
-# first tries the bytes as an integer, and formats and discards a TypeError,
-# for each of the three.)
-_badValueChar = re.compile(rb"[\r\n\x00]").search
+
+def _keeping(allowed: bytes) -> bytes:
+    """
+    A C{bytes.translate} table that maps each byte of C{allowed} to itself
+    and every other byte to another one.
+
+    C{value.translate(table)} is C{value} itself when no byte changed (in
+    CPython, for C{bytes}), so C{value.translate(table) is value} says at
+    once that every byte of C{value} is allowed, and only a value failing
+    that is compared (L{_allowed}): one pass in C over a ready table
+    (translating with C{delete} builds its table on every call, about 1,000
+    instructions more; a regular expression's character class costs about
+    as much).
+    """
+    return bytes(c if c in allowed else (c + 1) % 256 for c in range(256))
+
+
+def _allowed(value: bytes, table: bytes) -> bool:
+    """
+    Whether every byte of C{value} is kept by C{table} (see L{_keeping}):
+    the slow way, for a value whose translation was not C{value} itself.
+    """
+    return value.translate(table) == value
+
+
+_TARGET_TABLE = _keeping(_TARGET_OK)
+_HOST_TABLE = _keeping(_HOST_OK)
+# No field value may hold CR, LF or NUL.
+_VALUE_TABLE = _keeping(bytes(c for c in range(256) if c not in b"\r\n\x00"))
 
 
 # The fields checkHead reads, by lowercased name: one dictionary lookup per
@@ -145,7 +167,7 @@ def checkHead(request: Request, settings: ServerConfig) -> None:
         authority = target
     else:
         raise ProxyError(400, "bad-request", "Invalid request-target.")
-    if target.translate(None, _TARGET_OK):
+    if target.translate(_TARGET_TABLE) is not target and not _allowed(target, _TARGET_TABLE):
         raise ProxyError(400, "bad-request", "Invalid character in request-target.")
 
     host = None
@@ -184,7 +206,7 @@ def checkHead(request: Request, settings: ServerConfig) -> None:
                 raise ProxyError(417, "expectation-failed", "Unsupported expectation.")
         else:
             request.traceHeaders = True
-        if _badValueChar(value) is not None:
+        if value.translate(_VALUE_TABLE) is not value and not _allowed(value, _VALUE_TABLE):
             raise ProxyError(400, "bad-header", "Invalid character in a header value.")
 
     if request.version == "1.1":
@@ -199,7 +221,7 @@ def checkHead(request: Request, settings: ServerConfig) -> None:
     if host is not None:
         if not host:
             raise ProxyError(400, "bad-host", "Empty Host header.")
-        if host.translate(None, _HOST_OK):
+        if host.translate(_HOST_TABLE) is not host and not _allowed(host, _HOST_TABLE):
             raise ProxyError(400, "bad-host", "Invalid Host header.")
     request.host = host
 
