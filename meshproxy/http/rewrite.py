@@ -26,6 +26,7 @@ MESH_CONTEXT = frozenset([b"mesh-ctx-deadline", b"mesh-ctx-dtab", b"mesh-dtab", 
 
 _VIA = b"1.1 meshproxy"
 _VIA_LINE = b"Via: " + _VIA
+_VIA_PIECE = b"\r\n" + _VIA_LINE
 
 #: Request fields never forwarded as received: hop-by-hop ones, the client
 #: certificate header (only meshproxy says who a caller is), and the trace
@@ -49,10 +50,12 @@ _REQUEST_FIELDS.update(dict.fromkeys(_NEVER_FORWARDED, _DROP))
 #: Connection tokens that name no field meshproxy would forward.
 _NOT_NAMED = HOP_BY_HOP | frozenset([b"close"])
 
-# Both heads are built as a list of lines without their CRLF, joined by
+# A response head is built as a list of lines without their CRLF, joined by
 # CRLF (two empty lines at the end make the blank line): a field's line is
 # one C-level join, where bytes % formatting costs about a third more, and
-# an integer status formatted per response more again.
+# an integer status formatted per response more again. (A request head is
+# one list of pieces, each line with its CRLF in front, joined once:
+# cheaper again, about 600 instructions less per field.)
 _FIELD = b": ".join
 _CRLF = b"\r\n".join
 _END = (b"", b"")
@@ -87,9 +90,9 @@ def requestHead(
         (L{RequestTrace.headers<meshproxy.telemetry.observe.RequestTrace.headers>}),
         each ending in CRLF.
     """
-    lines = [b" ".join((request.method, request.target, b"HTTP/1.1"))]
-    append = lines.append
-    field = _FIELD
+    # One list of pieces, each line's CRLF in front of it, joined once at
+    # the end: a field costs a list extension, not a join of its own.
+    pieces = [request.method, b" ", request.target, b" HTTP/1.1"]
     tokens = request.connectionTokens
     mesh = request.meshHeaders
     seenXff = seenFwd = seenVia = seenProto = False
@@ -101,7 +104,7 @@ def requestHead(
             # Most fields: forwarded as they are (unless Connection names
             # them).
             if not (tokens and n in tokens):
-                append(field((name, value)))
+                pieces += (b"\r\n", name, b": ", value)
             continue
         if kind == _DROP or (tokens and n in tokens):
             continue
@@ -110,49 +113,49 @@ def requestHead(
                 # Replaced below by this hop's own context.
                 continue
         elif kind == _VIA_FIELD:
-            value = value + b", " + _VIA
+            pieces += (b"\r\n", name, b": ", value, b", " + _VIA)
             seenVia = True
+            continue
         elif kind == _EXPECT:
             # meshproxy answers 100-continue itself.
             continue
         elif forwarded:
             if kind == _XFF:
-                value = value + b", " + peer
+                pieces += (b"\r\n", name, b": ", value, b", ", peer)
                 seenXff = True
-            elif kind == _FORWARDED:
-                value = value + b", " + _forwardedElement(peer, scheme)
+                continue
+            if kind == _FORWARDED:
+                pieces += (b"\r\n", name, b": ", value, b", ", _forwardedElement(peer, scheme))
                 seenFwd = True
-            else:
-                seenProto = True
-        append(field((name, value)))
+                continue
+            seenProto = True
+        pieces += (b"\r\n", name, b": ", value)
     if forwarded:
         if not seenXff:
-            append(b"X-Forwarded-For: " + peer)
+            pieces += (b"\r\nX-Forwarded-For: ", peer)
         if not seenProto:
-            append(b"X-Forwarded-Proto: " + scheme)
+            pieces += (b"\r\nX-Forwarded-Proto: ", scheme)
         if not seenFwd:
-            append(b"Forwarded: " + _forwardedElement(peer, scheme))
+            pieces += (b"\r\nForwarded: for=", _quotedPeer(peer), b";proto=", scheme)
     if not seenVia:
-        append(_VIA_LINE)
-    append(b"mesh-ctx-deadline: " + deadline)
-    if trace:
-        # (whole lines: all but the last one's CRLF)
-        append(trace[:-2])
+        pieces.append(_VIA_PIECE)
+    # (the trace lines each end in CRLF; so do the lines after them)
+    pieces += (b"\r\nmesh-ctx-deadline: ", deadline, b"\r\n", trace)
     if override is not None:
-        append(b"mesh-ctx-dtab: " + override)
+        pieces += (b"mesh-ctx-dtab: ", override, b"\r\n")
     if clientCert is not None:
-        append(b"x-forwarded-client-cert: " + clientCert)
+        pieces += (b"x-forwarded-client-cert: ", clientCert, b"\r\n")
     if request.upgrade:
-        append(b"Connection: Upgrade")
+        pieces.append(b"Connection: Upgrade\r\n")
         upgrade = findHeader(request.headers, b"upgrade")
         if upgrade is not None:
-            append(b"Upgrade: " + upgrade)
+            pieces += (b"Upgrade: ", upgrade, b"\r\n")
     if request.chunked:
-        append(b"Transfer-Encoding: chunked")
+        pieces.append(b"Transfer-Encoding: chunked\r\n")
     elif request.contentLength is not None:
-        append(b"Content-Length: %d" % (request.contentLength,))
-    lines += _END
-    return _CRLF(lines)
+        pieces.append(b"Content-Length: %d\r\n" % (request.contentLength,))
+    pieces.append(b"\r\n")
+    return b"".join(pieces)
 
 
 @implementer(IResponseWriter)
@@ -277,11 +280,19 @@ def interimHead(status: int, reason: bytes, headers: Headers) -> bytes:
     )
 
 
-def _forwardedElement(peer: bytes, scheme: bytes) -> bytes:
+def _quotedPeer(peer: bytes) -> bytes:
+    """
+    A peer address as C{Forwarded}'s C{for=} gives it: an IPv6 address (it
+    has colons) bracketed and quoted (RFC 7239 6), others as they are.
+    """
     # (find: "in" would format and discard a TypeError first.)
     if peer.find(b":") >= 0:
-        peer = b'"[' + peer + b']"'
-    return b"".join((b"for=", peer, b";proto=", scheme))
+        return b'"[' + peer + b']"'
+    return peer
+
+
+def _forwardedElement(peer: bytes, scheme: bytes) -> bytes:
+    return b"".join((b"for=", _quotedPeer(peer), b";proto=", scheme))
 
 
 def _dropNamed(lines: list[bytes], connectionValue: bytes) -> list[bytes]:
