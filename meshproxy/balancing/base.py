@@ -226,11 +226,12 @@ class Balancer:
         if startTime is not None:
             self.measured(node, startTime)
 
-    def measured(self, node: Node, startTime: float) -> None:
+    def measured(self, node: Node, startTime: float, now: float | None = None) -> None:
         """
         See L{IBalancer.measured}.
         """
-        now = self._clock.seconds()
+        if now is None:
+            now = self._clock.seconds()
         rtt = (now - startTime) * 1000.0
         cost = node.cost
         if rtt > cost:

@@ -110,10 +110,13 @@ class IBalancer(Interface):
             says; it updates the success and failure counters.
         """
 
-    def measured(node: Node, startTime: float) -> None:
+    def measured(node: Node, startTime: float, now: float | None = None) -> None:
         """
         Take the time from C{startTime} until now as a latency sample of
         C{node}, before the request is finished: an HTTP response's latency
         is taken when its head arrives, not after a body whose pace the
         client sets.
+
+        @param now: the balancer's clock's time, when the caller has just
+            read it (for the event the head came in); else it is read.
         """

@@ -229,7 +229,7 @@ class Exchange(TryAccounting):
         self.deadline = now + total
         timeouts = router.timeouts
         if total == timeouts.duration:
-            self.timer = timeouts.add(self._timedOut)
+            self.timer = timeouts.add(self._timedOut, now)
         else:
             # A caller's shorter deadline, or a gRPC timeout.
             self.timer = router.clock.callLater(total, self._timedOut)
@@ -630,6 +630,10 @@ class Exchange(TryAccounting):
         else:
             classification, anyMethod = client.classify(request, status, headers)
         self.classification = classification
+        # (the time of the read the head came in)
+        now = self.eventTime
+        if now is None:
+            now = self.router.clock.seconds()
         if classification == RETRYABLE and status != 101:
             upstream = self.upstream
             self._endTry(False)
@@ -643,12 +647,9 @@ class Exchange(TryAccounting):
         elif self.node is not None:
             # The endpoint's latency is the time to its answer's head: a
             # body the client reads slowly must not make it look slow.
-            self.client.balancer.measured(self.node, self.tryStart)  # type: ignore[union-attr]
+            client.balancer.measured(self.node, self.tryStart, now)
         self._enter(STREAMING)
         self.status = status
-        now = self.eventTime
-        if now is None:
-            now = self.router.clock.seconds()
         self.progress = self.headTime = now
         body = self.body
         if status == 101 or (body is not None and not body.done) or request.upgrade:

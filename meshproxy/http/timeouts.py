@@ -120,17 +120,31 @@ class TimeoutQueue:
         """
         return len(self._pending)
 
-    def add(self, callback: Callable[[], object]) -> Timeout:
+    def add(self, callback: Callable[[], object], now: float | None = None) -> Timeout:
         """
         Call C{callback()} after C{duration} seconds, unless cancelled.
 
+        @param now: the clock's time, when the caller has just read it (in
+            the same event); else the clock is read.
         @return: the L{Timeout}, to cancel it.
         """
         clock = self.clock
-        timeout = Timeout(self, clock.seconds() + self.duration, callback)
+        if now is None:
+            now = clock.seconds()
+            given = False
+        else:
+            given = True
+        timeout = Timeout(self, now + self.duration, callback)
         self._pending[timeout] = None
         if self._timer is None and not self._expiring:
-            self._timer = clock.callLater(self.duration, self._expire)
+            delay = self.duration
+            if given:
+                # Due at the deadline, from the clock's time now (which may
+                # be later than the caller's).
+                delay = timeout.time - clock.seconds()
+                if delay < 0.0:
+                    delay = 0.0
+            self._timer = clock.callLater(delay, self._expire)
         return timeout
 
     def _expire(self) -> None:

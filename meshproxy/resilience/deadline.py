@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from math import isfinite
+from math import floor, inf, isfinite
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -56,7 +56,8 @@ def formatDeadline(seconds: float) -> bytes:
         raise ValueError(f"a deadline must be finite, got {seconds!r}")
     if seconds <= 0.0:
         return b"0"
-    return b"%d" % int(seconds * 1000.0)
+    # (floor: the same as int() for a positive value, at half the cost)
+    return b"%d" % floor(seconds * 1000.0)
 
 
 class DeadlineExpired(Exception):
@@ -99,6 +100,11 @@ class DeadlinePolicy:
         self.honourCallers = honourCallers
         self._clock = clock
         self._wall = wallClock
+        # The last header value written, and its milliseconds: requests
+        # within the same millisecond (most of them, under load) share it
+        # instead of formatting it again.
+        self._lastMs = -1
+        self._lastValue = b"0"
 
     def budget(self, callerDeadline: bytes | None, trusted: bool) -> float:
         """
@@ -131,4 +137,12 @@ class DeadlinePolicy:
         if now is None:
             now = self._clock.seconds()
         remaining = deadline - now
-        return formatDeadline(self._wall() + (remaining if remaining > 0.0 else 0.0))
+        seconds = self._wall() + (remaining if remaining > 0.0 else 0.0)
+        if not 0.0 < seconds < inf:
+            # (0 or less, infinite, not a number: as formatDeadline says)
+            return formatDeadline(seconds)
+        ms = floor(seconds * 1000.0)
+        if ms != self._lastMs:
+            self._lastMs = ms
+            self._lastValue = b"%d" % ms
+        return self._lastValue
