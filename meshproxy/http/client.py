@@ -280,17 +280,31 @@ class UpstreamProtocol(Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # The head's fields, then (separately) the trailers', bounded as
-        # they arrive.
-        count = self._fieldCount = self._fieldCount + 1
+        # they arrive. (Called for every field: the head's are counted by
+        # their list, which a new message starts empty.)
         size = self._fieldBytes = self._fieldBytes + len(name) + len(value) + 4
+        if self._inBody:
+            self._trailer(name, value, size)
+            return
+        headers: Headers = self._headers  # type: ignore[assignment]  # a list since on_message_begin
+        if len(headers) >= self._maxHeaders:
+            raise _ResponseRefused("more than %d header fields" % (self._maxHeaders,))
+        if size > self._maxHeaderBytes:
+            raise _ResponseRefused("response head larger than %d bytes" % (self._maxHeaderBytes,))
+        headers.append((name, value))
+
+    def _trailer(self, name: bytes, value: bytes, size: int) -> None:
+        """
+        A trailer field, bounded as the head's fields are.
+
+        @param size: the bytes of the trailers so far, this one included.
+        """
+        count = self._fieldCount = self._fieldCount + 1
         if count > self._maxHeaders:
             raise _ResponseRefused("more than %d header fields" % (self._maxHeaders,))
         if size > self._maxHeaderBytes:
             raise _ResponseRefused("response head larger than %d bytes" % (self._maxHeaderBytes,))
-        if not self._inBody:
-            # (a list since on_message_begin)
-            self._headers.append((name, value))  # type: ignore[union-attr]
-        elif forbiddenTrailer(name):
+        if forbiddenTrailer(name):
             # Never forwarded from a trailer (see forbiddenTrailer).
             if self.exchange is not None:
                 self.exchange.router.countError("trailer-dropped")

@@ -365,27 +365,33 @@ class ServerProtocol(Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # The head's fields, then (separately) the trailers', bounded as
-        # they arrive.
-        count = self._fieldCount = self._fieldCount + 1
+        # they arrive. (Called for every field: the head's are counted by
+        # their list, which a new message starts empty.)
         size = self._fieldBytes = self._fieldBytes + len(name) + len(value) + 4
+        if self._state != _HEAD:
+            self._trailer(name, value, size)
+            return
+        headers: Headers = self._headers  # type: ignore[assignment]  # a list since on_message_begin
         settings = self.settings
-        head = self._state == _HEAD
-        if count > settings.maxHeaders:
-            raise ProxyError(
-                431,
-                "too-many-headers",
-                "Too many request headers." if head else "Too many trailer fields.",
-            )
+        if len(headers) >= settings.maxHeaders:
+            raise ProxyError(431, "too-many-headers", "Too many request headers.")
         if size > settings.maxHeaderBytes:
-            raise ProxyError(
-                431,
-                "header-too-large",
-                "Request header too large." if head else "Request trailers too large.",
-            )
-        if head:
-            # (a list since on_message_begin)
-            self._headers.append((name, value))  # type: ignore[union-attr]
-        elif forbiddenTrailer(name):
+            raise ProxyError(431, "header-too-large", "Request header too large.")
+        headers.append((name, value))
+
+    def _trailer(self, name: bytes, value: bytes, size: int) -> None:
+        """
+        A trailer field, bounded as the head's fields are.
+
+        @param size: the bytes of the trailers so far, this one included.
+        """
+        count = self._fieldCount = self._fieldCount + 1
+        settings = self.settings
+        if count > settings.maxHeaders:
+            raise ProxyError(431, "too-many-headers", "Too many trailer fields.")
+        if size > settings.maxHeaderBytes:
+            raise ProxyError(431, "header-too-large", "Request trailers too large.")
+        if forbiddenTrailer(name):
             # Framing, routing, authentication and mesh context are never
             # taken from a trailer (RFC 9110 6.5.1): dropped, not forwarded.
             self.router.countError("trailer-dropped")
