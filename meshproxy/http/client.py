@@ -226,7 +226,9 @@ class UpstreamProtocol(Protocol):
                 # The response ended in this read, and its exchange with it:
                 # the time it ended is this event's.
                 self.pool.release(self, exchange.endTime)
-        elif self.exchange is not None and self._inBody and not self._producing:
+            # (The exchange flushed its client's output as it ended.)
+            return
+        if self.exchange is not None and self._inBody and not self._producing:
             # The response continues past this read: from now on a client
             # that reads slowly pauses this upstream connection.
             self._producing = True

@@ -241,7 +241,8 @@ class ServerProtocol(Protocol):
             # Started only now: a request whose framing fails later in the
             # same read never has its head sent upstream.
             toStart.start()
-        self.flush()
+        if self._out:
+            self.flush()
 
     def _readPreface(self, data: bytes) -> bytes | None:
         """
