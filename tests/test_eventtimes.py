@@ -7,6 +7,7 @@ response head came in.
 from __future__ import annotations
 
 import random
+import sys
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -14,6 +15,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from meshproxy.balancing.roundrobin import RoundRobin
 from meshproxy.discovery.endpoints import Endpoint
 from meshproxy.http.timeouts import TimeoutQueue
+
+from .test_http_server import Harness
 
 
 class TimeoutAtGivenTimeTests(SynchronousTestCase):
@@ -60,3 +63,52 @@ class MeasuredAtGivenTimeTests(SynchronousTestCase):
         self.clock.advance(0.03)
         self.balancer.measured(self.node, start)
         self.assertAlmostEqual(self.node.cost, 30.0)
+
+
+class ReadingsPerRequestTests(SynchronousTestCase):
+    def test_noReadingInTheFilters(self) -> None:
+        """
+        A request proxied on a pooled connection, its response in one read:
+        the retry budget's deposit, the total timeout and the balancer's
+        latency sample read no clock of their own (they take the exchange's
+        and the upstream read's times); what is left is the exchange's
+        start, the upstream read, the balancer's start of the try, failure
+        accrual's success and the timeout queue arming its timer again (it
+        emptied when the last request ended).
+        """
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
+        up, upTransport = h.upstream()
+        up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        counts: dict[str, int] = {}
+        seconds = h.reactor.seconds
+
+        def counting() -> float:
+            frame = sys._getframe(1)
+            name = frame.f_globals["__name__"]
+            if name.startswith("twisted."):
+                name = sys._getframe(2).f_globals["__name__"]
+            if name.startswith("meshproxy."):
+                key = "%s.%s" % (name, frame.f_code.co_name)
+                counts[key] = counts.get(key, 0) + 1
+            return seconds()
+
+        h.reactor.seconds = counting  # type: ignore[method-assign]
+        transport.clear()
+        h.reactor.advance(1)
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
+        up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertTrue(transport.value().endswith(b"ok"))
+        self.assertEqual(
+            counts,
+            {
+                "meshproxy.http.exchange.start": 1,
+                "meshproxy.http.client.dataReceived": 1,
+                "meshproxy.balancing.base.start": 1,
+                "meshproxy.resilience.accrual.success": 1,
+                # (the timer's delay, then Twisted's callLater)
+                "meshproxy.http.timeouts.add": 1,
+                "meshproxy.http.timeouts.callLater": 1,
+            },
+        )
