@@ -162,3 +162,32 @@ class AdmitTests(SynchronousTestCase):
         self.assertEqual((budget.balance, connectBudget.balance), (1, 1))
         clock.advance(4.0)
         self.assertEqual((budget.balance, connectBudget.balance), (0, 0))
+
+    def test_admitsExpireAsDeposits(self) -> None:
+        """
+        Requests admitted over more than a window, across slot ends, count
+        in both budgets exactly as deposits at the same times do.
+        """
+        clock = Clock()
+        budget = RetryBudget(100.0, 0.0, 1.0, clock=clock)
+        connectBudget = RetryBudget(100.0, 0.0, 1.0, clock=clock)
+        reference = RetryBudget(100.0, 0.0, 1.0, clock=clock)
+        policy = RetryPolicy(
+            budget=budget,
+            connectBudget=connectBudget,
+            backoff=Backoff(0.0, 0.0, random=random.Random(0).random),
+            maxRetries=5,
+            clock=clock,
+            count=lambda reason: None,
+        )
+        rng = random.Random(3)
+        for _ in range(3000):
+            clock.advance(rng.random() * 0.01)
+            if rng.random() < 0.05:
+                clock.advance(0.1)
+            now = clock.seconds()
+            policy.admit(now)
+            reference.deposit(now)
+            self.assertEqual(budget.counts.a, reference.counts.a)
+            self.assertEqual(connectBudget.counts.a, reference.counts.a)
+        self.assertEqual(budget.balance, reference.balance)

@@ -34,7 +34,7 @@ class RetryBudget:
         "percent",
         "minPerSecond",
         "ttl",
-        "depositAt",
+        "counts",
         "_clock",
         "_rate",
         "_reserve",
@@ -70,11 +70,10 @@ class RetryBudget:
         self._clock = clock
         self._rate = percent / 100.0
         self._reserve = minPerSecond * ttl
-        # a: deposits (requests), b: withdrawals (retries).
-        self._counts = counts = SlidingCounts(ttl, 10, clock.seconds())
-        #: C{depositAt(now)}: L{deposit} at the time C{now} the caller has
-        #: just read, with no call in between (once per request).
-        self.depositAt = counts.addA
+        #: Its requests (C{a}) and retries (C{b}) in the window: what
+        #: L{RetryPolicy<meshproxy.resilience.retries.RetryPolicy>} deposits
+        #: into once per request.
+        self.counts = self._counts = SlidingCounts(ttl, 10, clock.seconds())
 
     def deposit(self, now: float | None = None) -> None:
         """
