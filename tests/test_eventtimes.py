@@ -1,7 +1,8 @@
 """
 Times read once per event and handed on: a timeout added at a time the
 caller read, and a latency sample taken at the time of the read its
-response head came in.
+response head came in; and no time read where none is needed (failure
+accrual's success with consecutive failures).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from meshproxy.balancing.roundrobin import RoundRobin
 from meshproxy.discovery.endpoints import Endpoint
 from meshproxy.http.timeouts import TimeoutQueue
+from meshproxy.resilience.accrual import ConsecutiveFailures, FailureAccrual, SuccessRateWindow
 
 from .test_http_server import Harness
 
@@ -71,10 +73,11 @@ class ReadingsPerRequestTests(SynchronousTestCase):
         A request proxied on a pooled connection, its response in one read:
         the retry budget's deposit, the total timeout and the balancer's
         latency sample read no clock of their own (they take the exchange's
-        and the upstream read's times); what is left is the exchange's
-        start, the upstream read, the balancer's start of the try, failure
-        accrual's success and the timeout queue arming its timer again (it
-        emptied when the last request ended).
+        and the upstream read's times), nor does failure accrual's success
+        (consecutive failures need no time); what is left is the exchange's
+        start, the upstream read, the balancer's start of the try and the
+        timeout queue arming its timer again (it emptied when the last
+        request ended).
         """
         h = Harness()
         proto, transport = h.client()
@@ -106,9 +109,53 @@ class ReadingsPerRequestTests(SynchronousTestCase):
                 "meshproxy.http.exchange.start": 1,
                 "meshproxy.http.client.dataReceived": 1,
                 "meshproxy.balancing.base.start": 1,
-                "meshproxy.resilience.accrual.success": 1,
                 # (the timer's delay, then Twisted's callLater)
                 "meshproxy.http.timeouts.add": 1,
                 "meshproxy.http.timeouts.callLater": 1,
             },
         )
+
+
+class AccrualSuccessTimeTests(SynchronousTestCase):
+    def accrual(self, policy, latency=None):  # type: ignore[no-untyped-def]
+        clock = Clock()
+        balancer = RoundRobin(clock=clock, random=random.Random(1))
+        balancer.update(frozenset([Endpoint("10.0.0.1", 80)]))
+        reads: list[float] = []
+        seconds = clock.seconds
+
+        def counting() -> float:
+            reads.append(seconds())
+            return reads[-1]
+
+        accrual = FailureAccrual(
+            policy, balancer, clock=clock, random=random.Random(2), latency=latency
+        )
+        clock.seconds = counting  # type: ignore[method-assign]
+        [node] = balancer.nodes()
+        return accrual, node, reads
+
+    def test_consecutiveFailuresUntimed(self) -> None:
+        """
+        With consecutive failures and no latency ejection, a success reads
+        no clock, and still starts the count of failures again.
+        """
+        accrual, node, reads = self.accrual(ConsecutiveFailures(2))
+        accrual.failure(node)
+        accrual.success(node)
+        accrual.failure(node)
+        self.assertEqual(node.state, "live")
+        accrual.success(node)
+        self.assertEqual(len(reads), 2)
+
+    def test_othersTimed(self) -> None:
+        """
+        A policy that keeps time, or latency ejection, reads the clock at
+        each success.
+        """
+        accrual, node, reads = self.accrual(SuccessRateWindow(0.5, 10.0, 5))
+        accrual.success(node)
+        self.assertEqual(len(reads), 1)
+        accrual, node, reads = self.accrual(ConsecutiveFailures(2), latency=(2.0, 5.0))
+        accrual.success(node)
+        self.assertEqual(len(reads), 1)

@@ -324,6 +324,10 @@ class FailureAccrual:
         self.policy = policy
         self.balancer = balancer
         self.latency = latency
+        # Whether a success needs the time: not for consecutive failures
+        # (a success only starts the count again) without latency ejection,
+        # the default, where a clock reading per request would be wasted.
+        self._timedSuccess = type(policy) is not ConsecutiveFailures or latency is not None
         self.backoff = EjectionBackoff(
             backoffMin, backoffMax, random=_random.Random() if random is None else random
         )
@@ -381,10 +385,14 @@ class FailureAccrual:
             return
         state = node.state
         if state == "live":
-            now = self._clock.seconds()
-            self.policy.recordSuccess(node, now)
-            if self.latency is not None:
-                self._checkLatency(node, now)
+            if self._timedSuccess:
+                now = self._clock.seconds()
+                self.policy.recordSuccess(node, now)
+                if self.latency is not None:
+                    self._checkLatency(node, now)
+            else:
+                # (ConsecutiveFailures does not read the time)
+                self.policy.recordSuccess(node, 0.0)
         elif state == "probing" and node.probeInFlight:
             self._revive(node)
 
