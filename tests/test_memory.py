@@ -1,6 +1,7 @@
 """
 What a process and an idle connection hold: the C allocator's free memory
-given back once the process has started.
+given back once the process has started, and a connection's pause gate
+that costs nothing while nothing pauses it.
 
 (Which modules a plain config imports: L{tests.test_imports}.)
 """
@@ -9,10 +10,13 @@ from __future__ import annotations
 
 import ctypes
 
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from meshproxy import tap
 from meshproxy.tap import freezeStartupObjects, releaseFreedMemory
+from meshproxy.transport.gate import PauseGate
+from tests.test_http_server import Harness
 
 
 class ReleaseFreedMemoryTests(SynchronousTestCase):
@@ -57,3 +61,53 @@ class ReleaseFreedMemoryTests(SynchronousTestCase):
         self.patch(tap, "releaseFreedMemory", lambda: calls.append(True) or True)
         freezeStartupObjects()
         self.assertEqual(calls, [True])
+
+
+class PauseGateMemoryTests(SynchronousTestCase):
+    """
+    A gate no one paused holds no container of its own.
+    """
+
+    def test_idleGateSharesTheEmptyTuple(self) -> None:
+        """
+        Every idle gate's reasons are the one empty tuple (an empty set
+        would cost each connection 216 bytes).
+        """
+        one, other = PauseGate(StringTransport()), PauseGate(StringTransport())
+        self.assertIs(one._reasons, ())
+        self.assertIs(one._reasons, other._reasons)
+
+    def test_reasonsCountedOnce(self) -> None:
+        """
+        A reason given twice is withdrawn by one resume (as with a set),
+        and reading resumes once the last reason is gone; the gate is then
+        back to the shared empty tuple.
+        """
+        transport = StringTransport()
+        gate = PauseGate(transport)
+        gate.pause("a")
+        gate.pause("a")
+        gate.pause("b")
+        self.assertEqual(transport.producerState, "paused")
+        gate.resume("a")
+        self.assertTrue(gate.paused)
+        self.assertFalse(gate.pausedFor("a"))
+        self.assertEqual(transport.producerState, "paused")
+        gate.resume("c")
+        gate.resume("b")
+        self.assertEqual(transport.producerState, "producing")
+        self.assertFalse(gate.paused)
+        self.assertIs(gate._reasons, ())
+
+    def test_idleConnectionAfterARequest(self) -> None:
+        """
+        A client connection that answered a request and waits for the next
+        has a gate with no set of its own.
+        """
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
+        up, upTransport = h.upstream()
+        up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        self.assertTrue(transport.value().endswith(b"ok"))
+        self.assertIs(proto.gate._reasons, ())
