@@ -196,7 +196,7 @@ def oneRun(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="fresh processes (3)")
     parser.add_argument("--python", default=sys.executable, help="interpreter of meshproxy")
     parser.add_argument("--config", help="config template ($port, $adminport, $upstream)")
