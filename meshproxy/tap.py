@@ -246,9 +246,36 @@ def freezeStartupObjects() -> None:
     The cost: what was made at start and later becomes cyclic garbage (the
     routers a reload replaces) is not collected; that is at most one copy of
     the start's objects, since only those are frozen.
+
+    Then the C allocator's free memory goes back to the system
+    (L{releaseFreedMemory}): what importing, validating the config and
+    building the services freed sits in the heap's holes, about 1.2 MiB.
     """
     gc.collect()
     gc.freeze()
+    releaseFreedMemory()
+
+
+def releaseFreedMemory() -> bool:
+    """
+    Give the C allocator's free pages back to the system: glibc's
+    C{malloc_trim(0)}, which also returns the free pages between the used
+    ones (memory Python freed but glibc kept for later allocations; a
+    process that needs it again faults pages back in, one at a time).
+
+    @return: whether it could (not on a C library without C{malloc_trim},
+        such as musl's).
+    """
+    # (ctypes is imported already: twistd imports it, through
+    # twisted.python.filepath)
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True
 
 
 class _ProcessService(MultiService):

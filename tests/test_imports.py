@@ -36,6 +36,13 @@ LAZY = (
     "meshproxy.etcd",
     "meshproxy.http2.client",
     "meshproxy.http2.connection",
+    # The h2 library (with hpack, hyperframe): meshproxy's HTTP/2 imports it
+    # at its first HTTP/2 connection; Twisted's web server (the admin API)
+    # is imported without its HTTP/2 (meshproxy.twistedtls.installReactor).
+    "meshproxy.http2.fastpath",
+    "h2",
+    "hpack",
+    "twisted.web._http2",
     "meshproxy.workers",
     # Twisted's TLS (meshproxy.twistedtls), and what reads certificates.
     "OpenSSL",
@@ -185,6 +192,7 @@ class LazyImportsTests(SynchronousTestCase):
         self.assertIn("meshproxy.workers", imported)
         self.assertIn("meshproxy.http2.client", imported)
         self.assertIn("meshproxy.http2.connection", imported)
+        self.assertIn("h2", imported)
         # AMP, the workers' control channel, is imported without its TLS.
         self.assertNotIn("OpenSSL", imported)
 

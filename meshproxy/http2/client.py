@@ -78,8 +78,14 @@ from zope.interface import implementer
 from meshproxy.http.interfaces import IUpstreamConnection
 from meshproxy.http.message import ProxyError, reasonPhrase
 from meshproxy.http2.fast import CountedStreams, FastDecoder, PlainEncoder
-from meshproxy.http2.fastpath import FastData, FastEnded, FastReader, FastWindow, sendHeaders
-from meshproxy.http2.frames import sendQueuedData
+from meshproxy.http2.fastpath import (
+    FastData,
+    FastEnded,
+    FastReader,
+    FastWindow,
+    sendHeaders,
+    sendQueuedData,
+)
 from meshproxy.http2.headers import (
     UpstreamResponseError,
     requestFields,

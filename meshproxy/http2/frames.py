@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from meshproxy.http2.fastpath import sendQueuedData  # (here for its older users)
+# (Not the h2 library, nor meshproxy.http2.fastpath, which imports it: the
+# HTTP/1 server imports this module, and a process without HTTP/2 never
+# needs h2.)
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -37,7 +39,6 @@ __all__ = [
     "FloodLimits",
     "FrameScanner",
     "TokenBucket",
-    "sendQueuedData",
 ]
 
 #: What an HTTP/2 client sends first, before its SETTINGS frame (RFC 9113

@@ -35,7 +35,10 @@ class PauseGate:
             producer.
         """
         self.transport = transport
-        self._reasons: set[str] = set()
+        # A tuple, not a set: empty, as on every idle connection, it is the
+        # one shared empty tuple, where an empty set costs each connection
+        # 216 bytes; it rarely holds more than one reason.
+        self._reasons: tuple[str, ...] = ()
         self._producerReason = producerReason
         self.ended = False
 
@@ -56,9 +59,12 @@ class PauseGate:
         """
         Stop reading for C{reason}.
         """
-        if not self._reasons:
+        reasons = self._reasons
+        if not reasons:
             self.transport.pauseProducing()
-        self._reasons.add(reason)
+            self._reasons = (reason,)
+        elif reason not in reasons:
+            self._reasons = reasons + (reason,)
 
     def resume(self, reason: str) -> None:
         """
@@ -66,7 +72,7 @@ class PauseGate:
         """
         reasons = self._reasons
         if reason in reasons:
-            reasons.discard(reason)
+            self._reasons = reasons = tuple(r for r in reasons if r != reason)
             if not reasons and not self.ended:
                 self.transport.resumeProducing()
 
