@@ -21,7 +21,12 @@ checked.
     and nginx for most responses) is read by table look-ups alone (its
     fields plain C{(name, value)} tuples, not C{HeaderTuple}s); any
     other block goes through the library's decoder, unchanged, with the
-    same checks (header list size, table size).
+    same checks (header list size, table size). A block that left the
+    dynamic table as it was is kept with its header list: the same bytes
+    again, while the table and the limits are unchanged, decode to the
+    same list (the very same object, which no caller changes), with no
+    other effect, so the list kept is given at once. Whatever changes the
+    table or the limits forgets every block kept.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from typing import Any
 
 from hpack import Decoder, Encoder, HeaderTuple, NeverIndexedHeaderTuple
 from hpack.exceptions import InvalidTableIndex, OversizedHeaderListError
-from hpack.hpack import encode_integer
+from hpack.hpack import DEFAULT_MAX_HEADER_LIST_SIZE, encode_integer
 from hpack.table import HeaderTable
 
 __all__ = ["CountedStreams", "FastDecoder", "PlainEncoder"]
@@ -197,15 +202,113 @@ def _integer(value: int, prefix: int, flags: int) -> bytearray:
 class FastDecoder(Decoder):
     """
     An HPACK decoder that reads blocks of one-byte indexed fields by table
-    look-ups alone (see the module docstring).
+    look-ups alone, and gives the header list of a block seen before at
+    once while the table and its limits are unchanged (see the module
+    docstring).
+
+    The lists it returns are shared: callers must not change them.
     """
+
+    #: Blocks kept (it starts over past it), and the longest kept.
+    BLOCKS = 32
+    BLOCK_SIZE = 512
+
+    _blocks: dict[bytes, list[Any]]
+
+    def __init__(self, max_header_list_size: int = DEFAULT_MAX_HEADER_LIST_SIZE) -> None:
+        self._blocks = {}
+        Decoder.__init__(self, max_header_list_size)
+
+    # The limits a block was checked against: changing one forgets the
+    # blocks kept (a block within the old ones may not be within the new).
+
+    @property
+    def max_header_list_size(self) -> int:
+        """
+        See C{hpack.Decoder.max_header_list_size}.
+        """
+        return self._maxHeaderList
+
+    @max_header_list_size.setter
+    def max_header_list_size(self, value: int) -> None:
+        self._maxHeaderList = value
+        self._blocks.clear()
+
+    @property
+    def max_allowed_table_size(self) -> int:
+        """
+        See C{hpack.Decoder.max_allowed_table_size}.
+        """
+        return self._maxTable
+
+    @max_allowed_table_size.setter
+    def max_allowed_table_size(self, value: int) -> None:
+        self._maxTable = value
+        self._blocks.clear()
+
+    @property
+    def header_table_size(self) -> int:
+        """
+        See C{hpack.Decoder.header_table_size}.
+        """
+        return self.header_table.maxsize
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        self.header_table.maxsize = value
+        self._blocks.clear()
 
     def decode(self, data: bytes, raw: bool = False) -> Any:
         """
         See C{hpack.Decoder.decode}.
         """
-        if not raw or not data or data.translate(None, _ONE_BYTE_INDEXED):
+        if not raw:
             return Decoder.decode(self, data, raw)
+        blocks = self._blocks
+        headers = blocks.get(data)
+        if headers is not None:
+            return headers
+        if not data or data.translate(None, _ONE_BYTE_INDEXED):
+            headers, kept = self._decodeOther(data)
+        else:
+            headers, kept = self._decodeIndexed(data), True
+        if kept and len(data) <= self.BLOCK_SIZE:
+            if len(blocks) >= self.BLOCKS:
+                blocks.clear()
+            blocks[data] = headers
+        return headers
+
+    def _decodeOther(self, data: bytes) -> tuple[Any, bool]:
+        """
+        A block with more than indexed fields, by the library's decoder:
+        the blocks kept are forgotten if it changed the table.
+
+        @return: the header list, and whether the table is as it was (the
+            block may be kept).
+        """
+        table = self.header_table
+        dynamic = table.dynamic_entries
+        size = len(dynamic)
+        first = dynamic[0] if size else None
+        maxsize = table.maxsize
+        try:
+            headers = Decoder.decode(self, data, True)
+        finally:
+            # (an entry added is a new tuple first in the table; one
+            # evicted changes its length, unless one is added too)
+            changed = (
+                len(dynamic) != size
+                or (size and dynamic[0] is not first)
+                or table.maxsize != maxsize
+            )
+            if changed:
+                self._blocks.clear()
+        return headers, not changed
+
+    def _decodeIndexed(self, data: bytes) -> list[Any]:
+        """
+        A block of one-byte indexed fields, by table look-ups.
+        """
         table = self.header_table
         static = HeaderTable.STATIC_TABLE
         staticLength = len(static)
