@@ -8,6 +8,7 @@ and L{requestFrom} give, with the same errors.
 
 from __future__ import annotations
 
+import gc
 import random
 
 from h2.settings import SettingCodes
@@ -17,6 +18,7 @@ from hyperframe.frame import SettingsFrame
 from twisted.trial.unittest import SynchronousTestCase
 
 from meshproxy.config import ServerConfig
+from meshproxy.http.exchange import Exchange
 from meshproxy.http.message import ProxyError, Request
 from meshproxy.http2.fast import FastDecoder, PlainEncoder
 from meshproxy.http2.fastpath import sendHeaders
@@ -521,3 +523,25 @@ class ConnectionTests(SynchronousTestCase):
         gate = stream.gate
         self.assertIs(stream.gate, gate)
         self.assertIs(gate.transport, stream)
+
+    def test_exchangeFreedWithTheStream(self):
+        """
+        Once its stream is closed, an exchange is freed at once (its
+        stream no longer refers to it), not left to the garbage collector.
+        """
+        h = H2Harness()
+        c = h.h2()
+        sid = c.request(get())
+        [stream] = c.proto._h2.streams.values()
+        up, upTransport = h.upstream()
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+        up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        c.pump()
+        self.assertEqual(c.response(sid)[1], b"ok")
+        self.assertEqual(stream.state, "CLOSED")
+        self.assertIsNone(stream.exchange)
+        self.assertEqual(
+            [o for o in gc.get_objects() if type(o) is Exchange and o.server is stream], []
+        )

@@ -79,7 +79,7 @@ class H2Stream:
     @ivar state: C{PENDING}, C{ACTIVE}, C{ANSWERED} or C{CLOSED}.
     @ivar request: its L{Request}, or L{None} when it was refused before one
         was made.
-    @ivar exchange: its L{Exchange} once started.
+    @ivar exchange: its L{Exchange} once started, until the stream closes.
     @ivar remoteEnded: whether the client ended its side (the whole request
         arrived).
     @ivar localEnded: whether the end of the response was sent.
@@ -669,6 +669,10 @@ class H2Stream:
         if self.state is CLOSED:
             return
         self.state = CLOSED
+        # (the exchange refers to the stream: without this, both, their
+        # request, response writer and trace would wait for the garbage
+        # collector, which would then run more often)
+        self.exchange = None
         unacked = self._unacked
         self._unacked = 0
         self._early = None
