@@ -307,7 +307,11 @@ class H2ServerConnection:
         last stream, and count idle time from the last one.
         """
         self._blocked.pop(stream, None)
-        if self.streams.pop(stream.streamId, None) is None or self.streams:
+        sid = stream.streamId
+        if self.streams.pop(sid, None) is None:
+            return
+        self.h2.forgetClosed(sid)
+        if self.streams:
             return
         if self.draining and not self.closed:
             self._close()

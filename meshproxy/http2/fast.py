@@ -31,8 +31,10 @@ checked.
 
 from __future__ import annotations
 
-from typing import Any
+from collections import OrderedDict
+from typing import Any, cast
 
+from h2.stream import StreamClosedBy, StreamState
 from hpack import Decoder, Encoder, HeaderTuple, NeverIndexedHeaderTuple
 from hpack.exceptions import InvalidTableIndex, OversizedHeaderListError
 from hpack.hpack import DEFAULT_MAX_HEADER_LIST_SIZE, encode_integer
@@ -57,6 +59,8 @@ del _i, _entry
 #: index from 1 to 126), deleted by C{bytes.translate}.
 _ONE_BYTE_INDEXED = bytes(range(0x81, 0xFF))
 
+_CLOSED = StreamState.CLOSED
+
 
 class CountedStreams:
     """
@@ -71,7 +75,11 @@ class CountedStreams:
     forgotten), exact whenever it reaches the limit. The walk that counts
     also forgets closed streams: it is made anyway once the streams known
     double (amortised: one walk per as many new streams as it walked), or
-    at once with L{pruneClosed}.
+    at once with L{pruneClosed}; a stream meshproxy is done with is
+    forgotten at once, if closed, with L{forgetClosed} (then the walks are
+    rare). The closed streams remembered (the library's C{SizeLimitDict},
+    which checks its size in Python on every insert) are an
+    C{OrderedDict}, bounded the same way.
     """
 
     #: The fewest streams known before a walk is made to forget the closed.
@@ -81,7 +89,41 @@ class CountedStreams:
     config: Any
     local_settings: Any
     remote_settings: Any
+    MAX_CLOSED_STREAMS: int
+    _closed_streams: dict[int, StreamClosedBy | None]
     _pruneAt: int = PRUNE_AT
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # (ordered, and its oldest entry taken in constant time: a dict
+        # would walk past the entries deleted before it)
+        self._closed_streams = OrderedDict()
+
+    def _trimClosed(self) -> None:
+        """
+        Forget the oldest closed streams past the number remembered.
+        """
+        closed = cast("OrderedDict[int, Any]", self._closed_streams)
+        limit = self.MAX_CLOSED_STREAMS
+        while len(closed) > limit:
+            closed.popitem(last=False)
+
+    def forgetClosed(self, streamId: int) -> None:
+        """
+        Forget stream C{streamId} now if it is closed, as the count's walk
+        would (remembering how it was closed).
+        """
+        stream = self.streams.get(streamId)
+        if stream is None:
+            return
+        machine = stream.state_machine
+        if machine.state is not _CLOSED:
+            return
+        del self.streams[streamId]
+        closed = cast("OrderedDict[int, Any]", self._closed_streams)
+        closed[streamId] = machine.stream_closed_by
+        if len(closed) > self.MAX_CLOSED_STREAMS:
+            closed.popitem(last=False)
 
     def _open_streams(self, remainder: int) -> int:
         known = len(self.streams)
@@ -94,6 +136,7 @@ class CountedStreams:
                 # (an upper bound of the open streams, and under the limit)
                 return known
         count: int = super()._open_streams(remainder)  # type: ignore[misc]
+        self._trimClosed()
         self._pruneAt = max(self.PRUNE_AT, 2 * len(self.streams))
         return count
 
@@ -103,6 +146,7 @@ class CountedStreams:
         """
         # (no stream id has remainder -1: the walk only prunes)
         super()._open_streams(-1)  # type: ignore[misc]
+        self._trimClosed()
         self._pruneAt = max(self.PRUNE_AT, 2 * len(self.streams))
 
 
