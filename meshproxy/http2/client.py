@@ -526,8 +526,10 @@ class H2UpstreamConnection(Protocol):
         C{stream} is over for meshproxy: forget it; the pool may give its
         place to a waiting request, or close this connection.
         """
-        if self.streams.pop(stream.streamId, None) is None:
+        sid = stream.streamId
+        if self.streams.pop(sid, None) is None:
             return
+        self.h2.forgetClosed(sid)
         if not self.streams:
             # (what the h2 library remembers of the streams, while idle)
             self.h2.pruneClosed()

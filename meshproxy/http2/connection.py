@@ -79,7 +79,7 @@ from meshproxy.http2.fastpath import (
     acknowledge,
 )
 from meshproxy.http2.frames import FLOOD_REFUSED, FLOOD_RESET, FloodGuard, FloodLimits, FrameScanner
-from meshproxy.http2.headers import requestFrom
+from meshproxy.http2.headers import RequestMemo, ResponseMemo
 from meshproxy.http2.stream import PENDING, H2Stream
 
 if TYPE_CHECKING:
@@ -184,6 +184,8 @@ class H2ServerConnection:
     @ivar h2: the h2 library's connection.
     @ivar reader: reads the client's frames, the commonest by the fast path
         (L{meshproxy.http2.fastpath}).
+    @ivar requests: makes the streams' requests from their header lists.
+    @ivar responses: makes the header lists (and blocks) of their responses.
     @ivar streams: the open streams, by id.
     @ivar writePaused: whether the client's transport is full.
     @ivar draining: whether a GOAWAY was sent for a drain.
@@ -212,6 +214,8 @@ class H2ServerConnection:
         self.reader = FastReader(self.h2)
         self.guard = FloodGuard(limits or FloodLimits(), config.maxConcurrentStreams, self.clock)
         self.scanner = FrameScanner(self.guard, maxHeaderList)
+        self.requests = RequestMemo(settings)
+        self.responses = ResponseMemo(self.h2.encoder)
         self.streams: dict[int, H2Stream] = {}
         # Streams whose response waits for the client's window (a dict as
         # an ordered set: the oldest are sent first).
@@ -303,7 +307,11 @@ class H2ServerConnection:
         last stream, and count idle time from the last one.
         """
         self._blocked.pop(stream, None)
-        if self.streams.pop(stream.streamId, None) is None or self.streams:
+        sid = stream.streamId
+        if self.streams.pop(sid, None) is None:
+            return
+        self.h2.forgetClosed(sid)
+        if self.streams:
             return
         if self.draining and not self.closed:
             self._close()
@@ -383,7 +391,7 @@ class H2ServerConnection:
         self.streams[sid] = stream
         self._idleSince = None
         try:
-            request = requestFrom(headers, ended, self.settings)
+            request = self.requests.request(headers, ended)
         except ProxyError as e:
             stream.refuse(e)
             return

@@ -21,16 +21,23 @@ checked.
     and nginx for most responses) is read by table look-ups alone (its
     fields plain C{(name, value)} tuples, not C{HeaderTuple}s); any
     other block goes through the library's decoder, unchanged, with the
-    same checks (header list size, table size).
+    same checks (header list size, table size). A block that left the
+    dynamic table as it was is kept with its header list: the same bytes
+    again, while the table and the limits are unchanged, decode to the
+    same list (the very same object, which no caller changes), with no
+    other effect, so the list kept is given at once. Whatever changes the
+    table or the limits forgets every block kept.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections import OrderedDict
+from typing import Any, cast
 
+from h2.stream import StreamClosedBy, StreamState
 from hpack import Decoder, Encoder, HeaderTuple, NeverIndexedHeaderTuple
 from hpack.exceptions import InvalidTableIndex, OversizedHeaderListError
-from hpack.hpack import encode_integer
+from hpack.hpack import DEFAULT_MAX_HEADER_LIST_SIZE, encode_integer
 from hpack.table import HeaderTable
 
 __all__ = ["CountedStreams", "FastDecoder", "PlainEncoder"]
@@ -52,6 +59,8 @@ del _i, _entry
 #: index from 1 to 126), deleted by C{bytes.translate}.
 _ONE_BYTE_INDEXED = bytes(range(0x81, 0xFF))
 
+_CLOSED = StreamState.CLOSED
+
 
 class CountedStreams:
     """
@@ -66,7 +75,11 @@ class CountedStreams:
     forgotten), exact whenever it reaches the limit. The walk that counts
     also forgets closed streams: it is made anyway once the streams known
     double (amortised: one walk per as many new streams as it walked), or
-    at once with L{pruneClosed}.
+    at once with L{pruneClosed}; a stream meshproxy is done with is
+    forgotten at once, if closed, with L{forgetClosed} (then the walks are
+    rare). The closed streams remembered (the library's C{SizeLimitDict},
+    which checks its size in Python on every insert) are an
+    C{OrderedDict}, bounded the same way.
     """
 
     #: The fewest streams known before a walk is made to forget the closed.
@@ -76,7 +89,41 @@ class CountedStreams:
     config: Any
     local_settings: Any
     remote_settings: Any
+    MAX_CLOSED_STREAMS: int
+    _closed_streams: dict[int, StreamClosedBy | None]
     _pruneAt: int = PRUNE_AT
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # (ordered, and its oldest entry taken in constant time: a dict
+        # would walk past the entries deleted before it)
+        self._closed_streams = OrderedDict()
+
+    def _trimClosed(self) -> None:
+        """
+        Forget the oldest closed streams past the number remembered.
+        """
+        closed = cast("OrderedDict[int, Any]", self._closed_streams)
+        limit = self.MAX_CLOSED_STREAMS
+        while len(closed) > limit:
+            closed.popitem(last=False)
+
+    def forgetClosed(self, streamId: int) -> None:
+        """
+        Forget stream C{streamId} now if it is closed, as the count's walk
+        would (remembering how it was closed).
+        """
+        stream = self.streams.get(streamId)
+        if stream is None:
+            return
+        machine = stream.state_machine
+        if machine.state is not _CLOSED:
+            return
+        del self.streams[streamId]
+        closed = cast("OrderedDict[int, Any]", self._closed_streams)
+        closed[streamId] = machine.stream_closed_by
+        if len(closed) > self.MAX_CLOSED_STREAMS:
+            closed.popitem(last=False)
 
     def _open_streams(self, remainder: int) -> int:
         known = len(self.streams)
@@ -89,6 +136,7 @@ class CountedStreams:
                 # (an upper bound of the open streams, and under the limit)
                 return known
         count: int = super()._open_streams(remainder)  # type: ignore[misc]
+        self._trimClosed()
         self._pruneAt = max(self.PRUNE_AT, 2 * len(self.streams))
         return count
 
@@ -98,6 +146,7 @@ class CountedStreams:
         """
         # (no stream id has remainder -1: the walk only prunes)
         super()._open_streams(-1)  # type: ignore[misc]
+        self._trimClosed()
         self._pruneAt = max(self.PRUNE_AT, 2 * len(self.streams))
 
 
@@ -197,15 +246,113 @@ def _integer(value: int, prefix: int, flags: int) -> bytearray:
 class FastDecoder(Decoder):
     """
     An HPACK decoder that reads blocks of one-byte indexed fields by table
-    look-ups alone (see the module docstring).
+    look-ups alone, and gives the header list of a block seen before at
+    once while the table and its limits are unchanged (see the module
+    docstring).
+
+    The lists it returns are shared: callers must not change them.
     """
+
+    #: Blocks kept (it starts over past it), and the longest kept.
+    BLOCKS = 32
+    BLOCK_SIZE = 512
+
+    _blocks: dict[bytes, list[Any]]
+
+    def __init__(self, max_header_list_size: int = DEFAULT_MAX_HEADER_LIST_SIZE) -> None:
+        self._blocks = {}
+        Decoder.__init__(self, max_header_list_size)
+
+    # The limits a block was checked against: changing one forgets the
+    # blocks kept (a block within the old ones may not be within the new).
+
+    @property
+    def max_header_list_size(self) -> int:
+        """
+        See C{hpack.Decoder.max_header_list_size}.
+        """
+        return self._maxHeaderList
+
+    @max_header_list_size.setter
+    def max_header_list_size(self, value: int) -> None:
+        self._maxHeaderList = value
+        self._blocks.clear()
+
+    @property
+    def max_allowed_table_size(self) -> int:
+        """
+        See C{hpack.Decoder.max_allowed_table_size}.
+        """
+        return self._maxTable
+
+    @max_allowed_table_size.setter
+    def max_allowed_table_size(self, value: int) -> None:
+        self._maxTable = value
+        self._blocks.clear()
+
+    @property
+    def header_table_size(self) -> int:
+        """
+        See C{hpack.Decoder.header_table_size}.
+        """
+        return self.header_table.maxsize
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        self.header_table.maxsize = value
+        self._blocks.clear()
 
     def decode(self, data: bytes, raw: bool = False) -> Any:
         """
         See C{hpack.Decoder.decode}.
         """
-        if not raw or not data or data.translate(None, _ONE_BYTE_INDEXED):
+        if not raw:
             return Decoder.decode(self, data, raw)
+        blocks = self._blocks
+        headers = blocks.get(data)
+        if headers is not None:
+            return headers
+        if not data or data.translate(None, _ONE_BYTE_INDEXED):
+            headers, kept = self._decodeOther(data)
+        else:
+            headers, kept = self._decodeIndexed(data), True
+        if kept and len(data) <= self.BLOCK_SIZE:
+            if len(blocks) >= self.BLOCKS:
+                blocks.clear()
+            blocks[data] = headers
+        return headers
+
+    def _decodeOther(self, data: bytes) -> tuple[Any, bool]:
+        """
+        A block with more than indexed fields, by the library's decoder:
+        the blocks kept are forgotten if it changed the table.
+
+        @return: the header list, and whether the table is as it was (the
+            block may be kept).
+        """
+        table = self.header_table
+        dynamic = table.dynamic_entries
+        size = len(dynamic)
+        first = dynamic[0] if size else None
+        maxsize = table.maxsize
+        try:
+            headers = Decoder.decode(self, data, True)
+        finally:
+            # (an entry added is a new tuple first in the table; one
+            # evicted changes its length, unless one is added too)
+            changed = (
+                len(dynamic) != size
+                or (size and dynamic[0] is not first)
+                or table.maxsize != maxsize
+            )
+            if changed:
+                self._blocks.clear()
+        return headers, not changed
+
+    def _decodeIndexed(self, data: bytes) -> list[Any]:
+        """
+        A block of one-byte indexed fields, by table look-ups.
+        """
         table = self.header_table
         static = HeaderTable.STATIC_TABLE
         staticLength = len(static)

@@ -436,13 +436,21 @@ def _sentEnd(stream: Any) -> None:
         machine.stream_closed_by = StreamClosedBy.SEND_END_STREAM
 
 
-def sendHeaders(h2: H2Connection, streamId: int, fields: Any, endStream: bool = False) -> None:
+def sendHeaders(
+    h2: H2Connection,
+    streamId: int,
+    fields: Any,
+    endStream: bool = False,
+    block: bytes | None = None,
+) -> None:
     """
     Send a header list as C{h2.send_headers} would: a response's (or its
     trailers, with C{endStream}) on a stream a client opened, or a
     request's opening a new stream to an upstream.
 
     @param fields: C{(name, value)} pairs of bytes.
+    @param block: their header block as the connection's encoder writes it
+        (without a table size update), when known.
     @raise H2Error: what the library raises (a closed stream, too many
         streams).
     """
@@ -466,7 +474,10 @@ def sendHeaders(h2: H2Connection, streamId: int, fields: Any, endStream: bool = 
         machine.trailers_sent = True
     else:
         machine.headers_sent = True
-    _writeHeaders(h2, streamId, h2.encoder.encode(fields), endStream)
+    encoder = h2.encoder
+    if block is None or encoder.header_table.resized:
+        block = encoder.encode(fields)
+    _writeHeaders(h2, streamId, block, endStream)
     if endStream:
         _sentEnd(stream)
 

@@ -21,13 +21,14 @@ stream; the connection goes on.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hpack import NeverIndexedHeaderTuple
 
 from meshproxy.http.checks import checkHead
 from meshproxy.http.message import HOP_BY_HOP, ProxyError, Request, forbiddenTrailer
 from meshproxy.http.rewrite import MESH_CONTEXT
+from meshproxy.http2.fast import PlainEncoder
 from meshproxy.telemetry.tracecontext import TRACE_HEADERS
 
 if TYPE_CHECKING:
@@ -39,6 +40,9 @@ __all__ = [
     "errorFields",
     "interimFields",
     "UpstreamResponseError",
+    "RequestMemo",
+    "ResponseMemo",
+    "copyRequest",
     "requestFields",
     "requestFrom",
     "responseFields",
@@ -149,6 +153,82 @@ def requestFrom(headers: Headers, ended: bool, settings: ServerConfig) -> Reques
     return request
 
 
+class RequestMemo:
+    """
+    The requests of a connection's streams, made once per header list: a
+    client that sends the same header block again (h2load, gRPC clients,
+    browsers: every field indexed) gets from the HPACK decoder the very
+    same list (L{FastDecoder<meshproxy.http2.fast.FastDecoder>}), whose
+    request is then a copy of the one L{requestFrom} made of it (its
+    checks passed on those same fields).
+
+    A list is known by its identity, the memo holding it (so that no
+    other list takes its id): it is taken apart the second time it comes,
+    not the first (a list that never comes again costs no copy). A list
+    refused by L{requestFrom} is taken apart again each time (and refused
+    again).
+
+    @ivar settings: the router's C{server} settings (those of the
+        connection: they do not change under it).
+    """
+
+    __slots__ = ("settings", "_seen")
+
+    #: The header lists remembered (it starts over past it).
+    SIZE = 32
+
+    def __init__(self, settings: ServerConfig) -> None:
+        self.settings = settings
+        # id(headers), ended -> (headers, the request made of them, or None
+        # when they were seen once)
+        self._seen: dict[tuple[int, bool], tuple[Headers, Request | None]] = {}
+
+    def request(self, headers: Headers, ended: bool) -> Request:
+        """
+        The request of a stream: see L{requestFrom}.
+
+        @param headers: the header list, as the decoder gave it (not to be
+            changed).
+        @param ended: whether the header block ended the stream.
+        @raise ProxyError: as L{requestFrom}.
+        """
+        key = (id(headers), ended)
+        seen = self._seen
+        entry = seen.get(key)
+        if entry is not None and entry[0] is headers:
+            template = entry[1]
+            if template is not None:
+                return copyRequest(template)
+            request = requestFrom(headers, ended, self.settings)
+            seen[key] = (headers, copyRequest(request))
+            return request
+        request = requestFrom(headers, ended, self.settings)
+        if len(seen) >= self.SIZE:
+            seen.clear()
+        seen[key] = (headers, None)
+        return request
+
+
+def copyRequest(request: Request) -> Request:
+    """
+    A copy of a request as L{requestFrom} made it (before its exchange):
+    its fields a list of their own.
+    """
+    copy = Request(request.method, request.target, request.version, list(request.headers))
+    copy.keepAlive = request.keepAlive
+    copy.chunked = request.chunked
+    copy.contentLength = request.contentLength
+    copy.upgrade = request.upgrade
+    copy.expectContinue = request.expectContinue
+    copy.connectionTokens = request.connectionTokens
+    copy.host = request.host
+    copy.meshHeaders = request.meshHeaders
+    copy.traceHeaders = request.traceHeaders
+    copy.identity = request.identity
+    copy.peer = request.peer
+    return copy
+
+
 def trailersFrom(trailers: Headers) -> Headers:
     """
     A request's trailer fields, checked (RFC 9113 8.1: no pseudo-header
@@ -201,6 +281,57 @@ def responseFields(
     if contentLength is not None and not chunked:
         fields.append((b"content-length", contentLength))
     return fields
+
+
+class ResponseMemo:
+    """
+    The response heads of a connection's streams, made once per upstream
+    head: the same status, fields and framing as a response before (an
+    upstream answers alike until its C{Date} changes) give the same header
+    list (L{responseFields}), and its header block as the connection's
+    encoder writes it.
+
+    @ivar encoder: the connection's HPACK encoder: a block is kept only
+        when it is a L{PlainEncoder<meshproxy.http2.fast.PlainEncoder>}
+        (whose blocks depend on the fields alone).
+    """
+
+    __slots__ = ("encoder", "_heads")
+
+    #: The heads remembered (it starts over past it).
+    SIZE = 32
+
+    def __init__(self, encoder: Any) -> None:
+        self.encoder = encoder
+        self._heads: dict[tuple[Any, ...], tuple[Headers, bytes | None]] = {}
+
+    def head(
+        self, status: int, headers: Headers, contentLength: bytes | None, chunked: bool
+    ) -> tuple[Headers, bytes | None]:
+        """
+        The header list of a response: see L{responseFields}.
+
+        @return: the list (shared: not to be changed), and its header block
+            (without a table size update), or L{None}.
+        """
+        try:
+            key = (status, contentLength, chunked, *headers)
+            heads = self._heads
+            head = heads.get(key)
+        except TypeError:
+            # (fields as lists: not kept)
+            return responseFields(status, headers, contentLength, chunked), None
+        if head is not None:
+            return head
+        fields = responseFields(status, headers, contentLength, chunked)
+        block = None
+        encoder = self.encoder
+        if isinstance(encoder, PlainEncoder) and not encoder.header_table.resized:
+            block = encoder.encode(fields)
+        if len(heads) >= self.SIZE:
+            heads.clear()
+        head = heads[key] = (fields, block)
+        return head
 
 
 def interimFields(status: int, headers: Headers) -> Headers:

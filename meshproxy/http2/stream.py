@@ -47,13 +47,7 @@ from meshproxy.http.exchange import Exchange
 from meshproxy.http.interfaces import IClientConnection, IResponseWriter
 from meshproxy.http.message import ProxyError, forbiddenTrailer
 from meshproxy.http2.fastpath import acknowledge, endStream, sendHeaders, sendQueuedData
-from meshproxy.http2.headers import (
-    errorFields,
-    interimFields,
-    responseFields,
-    trailerFields,
-    trailersFrom,
-)
+from meshproxy.http2.headers import errorFields, interimFields, trailerFields, trailersFrom
 from meshproxy.transport.gate import PauseGate
 
 if TYPE_CHECKING:
@@ -85,7 +79,7 @@ class H2Stream:
     @ivar state: C{PENDING}, C{ACTIVE}, C{ANSWERED} or C{CLOSED}.
     @ivar request: its L{Request}, or L{None} when it was refused before one
         was made.
-    @ivar exchange: its L{Exchange} once started.
+    @ivar exchange: its L{Exchange} once started, until the stream closes.
     @ivar remoteEnded: whether the client ended its side (the whole request
         arrived).
     @ivar localEnded: whether the end of the response was sent.
@@ -106,7 +100,7 @@ class H2Stream:
         "scheme",
         "clientCert",
         "transport",
-        "gate",
+        "_gate",
         "remoteEnded",
         "localEnded",
         "lastData",
@@ -117,6 +111,7 @@ class H2Stream:
         "_holding",
         "_bodySize",
         "_head",
+        "_headBlock",
         "_out",
         "_outSize",
         "_ending",
@@ -142,7 +137,8 @@ class H2Stream:
         self.scheme = server.scheme
         self.clientCert = server.clientCert
         self.transport: IStreamTransport = connection.transport
-        self.gate = PauseGate(self, producerReason="upstream")
+        # (made when a request body needs it: most requests have none)
+        self._gate: PauseGate | None = None
         self.remoteEnded = False
         self.localEnded = False
         self.lastData = now
@@ -158,12 +154,24 @@ class H2Stream:
         # The response waiting to be sent: its head, its body pieces, and
         # its end (with trailers).
         self._head: Headers | None = None
+        self._headBlock: bytes | None = None
         self._out: deque[bytes | memoryview] = deque()
         self._outSize = 0
         self._ending = False
         self._endTrailers: Headers | None = None
         self._producer: IPushProducer | None = None
         self._producerPaused = False
+
+    @property
+    def gate(self) -> PauseGate:
+        """
+        The L{PauseGate} of the stream's request body (made when first
+        asked for).
+        """
+        gate = self._gate
+        if gate is None:
+            gate = self._gate = PauseGate(self, producerReason="upstream")
+        return gate
 
     # -- from the client ----------------------------------------------------
 
@@ -448,11 +456,11 @@ class H2Stream:
         """
         request = self.request
         if request is not None and grpc.isGrpcRequest(request):
-            self._head = grpc.errorFields(error.status, error.reason, error.detail)
+            self.queueHead(grpc.errorFields(error.status, error.reason, error.detail))
             self.queueEnd(None)
             return
         body = ("%s\n" % (error.detail or error.reason,)).encode("utf-8", "replace")
-        self._head = errorFields(error, len(body))
+        self.queueHead(errorFields(error, len(body)))
         if request is None or request.method != b"HEAD":
             self.queueData(body)
         self.queueEnd(None)
@@ -510,12 +518,15 @@ class H2Stream:
 
     # -- the response -----------------------------------------------------
 
-    def queueHead(self, fields: Headers) -> None:
+    def queueHead(self, fields: Headers, block: bytes | None = None) -> None:
         """
         The response head, sent at the next L{flush} (with the end of the
         stream if nothing follows by then).
+
+        @param block: its header block, when known (L{ResponseMemo}).
         """
         self._head = fields
+        self._headBlock = block
 
     def queueData(self, data: bytes) -> None:
         """
@@ -551,11 +562,12 @@ class H2Stream:
             head = self._head
             if head is not None:
                 self._head = None
+                block, self._headBlock = self._headBlock, None
                 if self._ending and not self._outSize and self._endTrailers is None:
-                    sendHeaders(h2, sid, head, True)
+                    sendHeaders(h2, sid, head, True, block)
                     self._localEnd()
                     return
-                sendHeaders(h2, sid, head)
+                sendHeaders(h2, sid, head, False, block)
             out = self._out
             sent, ended = sendQueuedData(
                 h2, sid, out, self._ending and self._endTrailers is None
@@ -657,6 +669,10 @@ class H2Stream:
         if self.state is CLOSED:
             return
         self.state = CLOSED
+        # (the exchange refers to the stream: without this, both, their
+        # request, response writer and trace would wait for the garbage
+        # collector, which would then run more often)
+        self.exchange = None
         unacked = self._unacked
         self._unacked = 0
         self._early = None
@@ -705,7 +721,8 @@ class H2ResponseWriter:
         See L{IResponseWriter.head}: the reason phrase has no place in
         HTTP/2.
         """
-        self.stream.queueHead(responseFields(status, headers, contentLength, chunked))
+        stream = self.stream
+        stream.queueHead(*stream.connection.responses.head(status, headers, contentLength, chunked))
         return keepAlive
 
     def body(self, data: bytes) -> None:
