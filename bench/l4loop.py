@@ -9,12 +9,17 @@ sending a request, reading until the close and starting over, until
 C{--warmup} + C{--connections} connections are done: accept, route,
 connect, splice and close, C{N} times.
 
-It prints the router process's CPU time per measured connection (and the
-load process's, for comparison with C{--direct}, where the clients talk to
-the backend without the router). For figures that do not depend on what
-else runs on the machine, count the router's instructions with callgrind
-(the child is not traced) and take the difference of two sizes, which
-removes the start-up::
+It prints the router process's CPU time per measured connection, and how
+much of it was the kernel's (and the load process's, for comparison with
+C{--direct}, where the clients talk to the backend without the router). The
+router runs on the reactor C{twistd meshproxy} installs
+(L{MeshReactor<meshproxy.reactor.MeshReactor>}); C{--twisted-reactor} runs
+it on Twisted's epoll reactor instead. For figures that do not depend on
+what else runs on the machine, count the router's instructions with
+callgrind (the child is not traced) and take the difference of two sizes,
+which removes the start-up (C{--concurrency 1} makes the figure steadier:
+with more clients, how many connections each accept and each event serve
+depends on timing)::
 
     valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out \\
         python bench/l4loop.py --connections 2000
@@ -28,6 +33,7 @@ Usage::
 
     PYTHONPATH=. python bench/l4loop.py [--connections N] [--concurrency C]
         [--direct] [--sni] [--profile FILE] [--gc-freeze] [--gc-threshold N]
+        [--twisted-reactor]
 """
 
 from __future__ import annotations
@@ -204,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="route by SNI (identifier kind sni): the clients send a TLS"
                              " ClientHello for the name hello, which the backend answers")
     parser.add_argument("--profile", metavar="FILE")
+    parser.add_argument("--twisted-reactor", action="store_true",
+                        help="run the router on Twisted's epoll reactor rather than"
+                             " meshproxy's (what twistd meshproxy installs)")
     parser.add_argument("--gc-freeze", action="store_true")
     parser.add_argument("--gc-threshold", type=int, default=0)
     parser.add_argument("--load", nargs=3, type=int, help=argparse.SUPPRESS)
@@ -229,9 +238,15 @@ def main(argv: list[str] | None = None) -> int:
         child.wait()
         return _print(args, lines, None)
 
-    from twisted.internet import epollreactor
+    if args.twisted_reactor:
+        from twisted.internet import epollreactor
 
-    epollreactor.install()
+        epollreactor.install()
+    else:
+        # The reactor C{twistd meshproxy} runs on (meshproxy.tap's).
+        from meshproxy.twistedtls import installReactor
+
+        installReactor()
     from twisted.application.service import MultiService
     from twisted.internet import reactor
     from twisted.internet.abstract import FileDescriptor
@@ -264,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         profiler = cProfile.Profile()
     lines: list[str] = []
     cpu: list[float] = []
+    # The kernel's share (system time) of the router's CPU time.
+    system: list[float] = []
 
     class Reports(FileDescriptor):
         buffer = b""
@@ -282,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
                 line, self.buffer = self.buffer.split(b"\n", 1)
                 lines.append(line.decode())
                 cpu.append(time.process_time())
+                system.append(os.times().system)
                 if line == b"start" and profiler is not None:
                     profiler.enable()
                 elif line.startswith(b"end"):
@@ -299,10 +317,17 @@ def main(argv: list[str] | None = None) -> int:
     child.wait()
     if profiler is not None:
         profiler.dump_stats(args.profile)
-    return _print(args, lines, cpu[1] - cpu[0] if len(cpu) >= 2 else None)
+    if len(cpu) < 2:
+        return _print(args, lines, None)
+    return _print(args, lines, cpu[1] - cpu[0], system[1] - system[0])
 
 
-def _print(args: argparse.Namespace, lines: list[str], routerCPU: float | None) -> int:
+def _print(
+    args: argparse.Namespace,
+    lines: list[str],
+    routerCPU: float | None,
+    routerSystem: float = 0.0,
+) -> int:
     end = [line for line in lines if line.startswith("end")]
     if not end:
         print("the load process did not finish: %r" % (lines,))
@@ -315,7 +340,8 @@ def _print(args: argparse.Namespace, lines: list[str], routerCPU: float | None) 
               "direct" if args.direct else "router",
               " sni" if args.sni else "",
               n, args.concurrency, wall, n / wall,
-              "" if routerCPU is None else "router %.1f µs, " % (routerCPU / n * 1e6,),
+              "" if routerCPU is None else "router %.1f µs (%.1f in the kernel), " % (
+                  routerCPU / n * 1e6, routerSystem / n * 1e6),
               float(loadCPU) / n * 1e6,
               "" if ok == "1" else " (BYTES MISSING)",
               " (%s FAILED)" % (failed,) if failed != "0" else "",

@@ -202,6 +202,63 @@ class DialTests(TestCase):
         self.assertEqual(len(self.reactor.getDelayedCalls()), before)
         yield defer.succeed(None)
 
+    def countTimers(self):
+        """
+        Record the delays of the reactor's C{callLater} calls from now on.
+        """
+        delays = []
+        callLater = self.reactor.callLater
+
+        def recording(delay, f, *args, **kw):
+            delays.append(delay)
+            return callLater(delay, f, *args, **kw)
+
+        self.patch(self.reactor, "callLater", recording)
+        return delays
+
+    @defer.inlineCallbacks
+    def test_noTimerWhenConnectedWithinDial(self):
+        """
+        A connection made within L{dial} never arms the connect timeout's
+        timer (rather than arming and cancelling it).
+        """
+        port, server = self.listen()
+        delays = self.countTimers()
+        factory = Factory()
+        dial(self.reactor, "127.0.0.1", port, factory, 5.0)
+        self.addCleanup(self.close, factory)
+        self.assertTrue(factory.protocol.made)
+        self.assertEqual(delays, [])
+        yield waitUntil(self.reactor, lambda: factory.protocol.received == b"hello")
+
+    @defer.inlineCallbacks
+    def test_timerArmedWhenPending(self):
+        """
+        A connection still pending when L{dial} returns arms the connect
+        timeout, which the end of the attempt cancels.
+        """
+        listener, fill = self.fullBacklog()
+        delays = self.countTimers()
+        factory = Factory()
+        attempt = dial(self.reactor, "127.0.0.1", listener.getsockname()[1], factory, 5.0)
+        self.assertEqual(delays, [5.0])
+        self.assertTrue(attempt.timer.active())
+        timer = attempt.timer
+        attempt.stopConnecting()
+        yield factory.failures
+        self.assertFalse(timer.active())
+
+    def test_socketMadeNonBlocking(self):
+        """
+        The attempt's socket is non-blocking from the start.
+        """
+        listener, fill = self.fullBacklog()
+        factory = Factory()
+        attempt = dial(self.reactor, "127.0.0.1", listener.getsockname()[1], factory, 5.0)
+        self.addCleanup(lambda: attempt.state == "connecting" and attempt.stopConnecting())
+        self.assertFalse(attempt.transport.socket.getblocking())
+        self.assertIsNone(attempt.transport.protocol)
+
     def fullBacklog(self):
         """
         A listening socket never accepting, whose backlog is full.
@@ -314,3 +371,52 @@ class CloseTests(TestCase):
         yield server.lost
         self.assertEqual(len(server.received), len(data))
         yield waitUntil(reactor, lambda: client.reason is not None)
+
+    @defer.inlineCallbacks
+    def test_closeAfterHalfCloseMakesNoShutdown(self):
+        """
+        L{_close} of a half-closed connection makes no C{shutdown} of its
+        own (it would do nothing on the wire, or fail once the peer has
+        ended too).
+        """
+        from meshproxy.tcp.splice import _halfClose
+
+        server, client = yield self.pair()
+        calls = []
+        client.transport.socket = ShutdownRecorder(client.transport.socket, calls)
+        _halfClose(client.transport)
+        _close(client.transport)
+        self.assertEqual(calls, [socket.SHUT_WR])
+        self.assertTrue(client.reason.check(ConnectionDone))
+        yield server.lost
+        self.assertTrue(server.reason.check(ConnectionDone))
+
+    @defer.inlineCallbacks
+    def test_closeShutsDownOtherwise(self):
+        """
+        A connection not half-closed is shut down before it is closed, as
+        Twisted does.
+        """
+        server, client = yield self.pair()
+        calls = []
+        client.transport.socket = ShutdownRecorder(client.transport.socket, calls)
+        _close(client.transport)
+        self.assertEqual(calls, [socket.SHUT_RDWR])
+        yield server.lost
+
+
+class ShutdownRecorder:
+    """
+    A socket standing in for another, recording its C{shutdown} calls.
+    """
+
+    def __init__(self, skt, calls):
+        self._skt = skt
+        self._calls = calls
+
+    def shutdown(self, how):
+        self._calls.append(how)
+        return self._skt.shutdown(how)
+
+    def __getattr__(self, name):
+        return getattr(self._skt, name)

@@ -153,9 +153,11 @@ class FakeSplice:
     """
 
     lastActivity = 0.0
+    watchIdle = False
 
     def __init__(self):
         self.ended_ = []
+        self.lost_ = []
 
     def seconds(self):
         return 0.0
@@ -165,6 +167,9 @@ class FakeSplice:
 
     def ended(self, end):
         self.ended_.append(end)
+
+    def lost(self, end, reason):
+        self.lost_.append((end, reason))
 
 
 class UpstreamEndTests(LoopbackTestCase):
@@ -193,6 +198,28 @@ class UpstreamEndTests(LoopbackTestCase):
         self.assertEqual(forwarded, [b"answer"])
         self.assertEqual(splice.ended_, [upstream])
         self.assertNotIn(transport, reactor.getReaders())
+
+    def test_resetAfterTheFirstBytes(self):
+        """
+        An upstream that answered and reset the connection: the bytes are
+        forwarded, then the connection is lost (not ended cleanly) in the
+        same event.
+        """
+        from twisted.internet.error import ConnectionLost
+
+        backend, accepted, address = self.pair()
+        reactor, splice, upstream, forwarded, transport = self.connect(accepted, address)
+        backend.sendall(b"answer")
+        backend.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        backend.close()
+        self.waitReadable(accepted)
+        self.assertIsNone(transport.doRead())
+        self.assertEqual(forwarded, [b"answer"])
+        self.assertEqual(splice.ended_, [])
+        [(end, reason)] = splice.lost_
+        self.assertIs(end, upstream)
+        self.assertTrue(reason.check(ConnectionLost))
+        self.assertTrue(transport.disconnected)
 
     def test_onlyAfterTheFirstRead(self):
         """

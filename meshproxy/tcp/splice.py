@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, ISSLTransport
+from twisted.internet.main import CONNECTION_LOST
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from meshproxy.tcp.stats import connectFailureReason
@@ -29,7 +31,6 @@ from meshproxy.transport.tlsfailure import isTLSFailure
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress, IConnector, IDelayedCall
     from twisted.internet.tcp import Connection
-    from twisted.python.failure import Failure
 
     from meshproxy.balancing.node import Node
     from meshproxy.routing.path import Path
@@ -49,6 +50,32 @@ EARLY_BYTES = 65536
 SPLICE_BUFFER = 262144
 
 
+class _CleanClose(Failure):
+    """
+    The reason a connection the splice closes itself is lost: a clean
+    close, whose L{check} asks C{issubclass} where L{Failure.check} names
+    every class asked of and looks the name up among its type's (twice per
+    connection, in Twisted's C{connectionLost}).
+    """
+
+    def check(self, *errorTypes: Any) -> Any:
+        """
+        See L{Failure.check}.
+        """
+        kind = self.type
+        for error in errorTypes:
+            if isinstance(error, type) and issubclass(error, Exception):
+                if issubclass(kind, error):  # type: ignore[arg-type]
+                    return error
+            elif Failure.check(self, error):
+                return error
+        return None
+
+
+_CLEAN_CLOSE = _CleanClose(ConnectionDone())
+_CLEAN_CLOSE.cleanFailure()
+
+
 @implementer(IHalfCloseableProtocol)
 class End(Protocol):
     """
@@ -64,6 +91,13 @@ class End(Protocol):
 
     transport: IStreamTransport
 
+    #: None: no adapter of its own. Twisted adapts a connection's protocol
+    #: to L{IHalfCloseableProtocol} at every end of a direction, and an
+    #: interface's adaptation first looks the object's C{__conform__} up:
+    #: without the attribute, an AttributeError is made (and its message
+    #: formatted) each time, most of the adaptation's cost.
+    __conform__ = None
+
     def __init__(self, splice: Splice | None) -> None:
         # A client connection's splice is made in its connectionMade.
         self.splice: Splice = splice  # type: ignore[assignment]
@@ -76,7 +110,8 @@ class End(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         splice = self.splice
-        splice.lastActivity = splice.seconds()
+        if splice.watchIdle:
+            splice.lastActivity = splice.seconds()
         self.received += len(data)
         self.forward(data)
 
@@ -186,7 +221,7 @@ class Upstream(End):
             # paused this side.
             gate = self.gate
             if gate is None or not gate.paused:
-                _readOnce(self.transport, len(data))
+                _readOnce(self, len(data))
 
 
 class UpstreamFactory(ClientFactory):
@@ -225,7 +260,8 @@ class Splice:
     @ivar node: the balancer node this splice holds a C{pending} place on
         (connecting or connected), else L{None}.
     @ivar lastActivity: the clock time of the last bytes received from
-        either side.
+        either side (kept only when the router has an idle timeout).
+    @ivar watchIdle: whether the router has an idle timeout.
     """
 
     __slots__ = (
@@ -249,6 +285,8 @@ class Splice:
         "retryTimer",
         "idleClosed",
         "lastActivity",
+        "watchIdle",
+        "dialing",
         "seconds",
         "awaitingHandshake",
     )
@@ -275,6 +313,10 @@ class Splice:
         self.retryTimer: IDelayedCall | None = None
         self.idleClosed = False
         self.lastActivity = 0.0
+        self.watchIdle = router.idleTimeout is not None
+        # Whether an attempt is within dial (a connection made there was
+        # made at the attempt's start time).
+        self.dialing = False
         self.awaitingHandshake = False
 
     # -- connecting -------------------------------------------------------
@@ -296,7 +338,7 @@ class Splice:
             # finish first.
             self.awaitingHandshake = True
             return
-        self._start()
+        self._start(self.accepted)
 
     def _hold(self, data: bytes) -> None:
         """
@@ -318,12 +360,14 @@ class Splice:
         if not self.awaitingHandshake or self.closing:
             return
         self.awaitingHandshake = False
-        self._start()
+        self._start(None)
 
-    def _start(self) -> None:
+    def _start(self, now: float | None) -> None:
         """
         Route the connection, apply the access policy, and make the first
         attempt.
+
+        @param now: the clock's time if just read (at accept), else L{None}.
         """
         from meshproxy.tcp.router import RouteRefused
 
@@ -337,7 +381,7 @@ class Splice:
         if router.policy is not None and not self._authorized():
             return
         # One connection earns its share of retries (as a request does).
-        router.budget.deposit()
+        router.budget.deposit(now)
         self._attempt()
 
     def _authorized(self) -> bool:
@@ -391,10 +435,14 @@ class Splice:
         node.payload.connecting += 1
         endpoint = node.endpoint
         router = self.router
-        attempt = dial(
-            router.reactor, endpoint.host, endpoint.port, UpstreamFactory(self),
-            router.connectTimeout,
-        )
+        self.dialing = True
+        try:
+            attempt = dial(
+                router.reactor, endpoint.host, endpoint.port, UpstreamFactory(self),
+                router.connectTimeout,
+            )
+        finally:
+            self.dialing = False
         if self.upstream is None:
             # Not connected within dial (on loopback it mostly is): a
             # failure is always reported later.
@@ -452,7 +500,9 @@ class Splice:
         self.attempt = None
         node: Node = self.node  # type: ignore[assignment]  # the attempt's node
         node.payload.spliced(self)
-        now = self.seconds()
+        # Made within dial (loopback), it took no time worth a clock
+        # reading.
+        now = self.started if self.dialing else self.seconds()
         self.connectSeconds = now - self.started
         destination: _Destination = self.destination  # type: ignore[assignment]  # routed
         accrual = destination.accrual
@@ -488,7 +538,14 @@ class Splice:
         if client.ended:
             _halfClose(up)
         else:
-            client.gate.resume("connect")  # type: ignore[union-attr]  # made in begin()
+            gate: PauseGate = client.gate  # type: ignore[assignment]  # made in begin()
+            gate.resume("connect")
+            if self.dialing and not client.received and not gate.paused:
+                # Connected as the client was accepted (on loopback): a
+                # client that speaks first has mostly spoken by now, and its
+                # bytes go on at once rather than after a turn of the
+                # reactor (one recv that finds nothing otherwise).
+                _readOnce(client, 0)
 
     # -- splicing -------------------------------------------------------------
 
@@ -649,15 +706,18 @@ def _halfClose(transport: IStreamTransport) -> None:
         transport.loseConnection()
 
 
-def _readOnce(transport: IStreamTransport, got: int) -> None:
+def _readOnce(end: End, got: int) -> None:
     """
-    After a read of C{got} bytes, read C{transport} once more at once, as
-    the reactor would on its next turn (see L{Upstream.dataReceived}): the
-    bytes go to its protocol, and an end or an error is reported as the
-    reactor reports it (a half-close of a clean end). Only a plain TCP
-    connection with nothing to write, after a read that did not fill its
-    buffer (a full one is read again on the next turn anyway).
+    After a read of C{got} bytes, read C{end}'s transport once more at once,
+    as the reactor would on its next turn (see L{Upstream.dataReceived}):
+    the bytes go to C{end}, and an end or an error is reported as the
+    reactor reports it (a clean end: the socket is no longer read and
+    C{end} hears of the half-close; an error: the connection is lost).
+    Only a plain TCP connection with nothing to write whose protocol is
+    C{end}, after a read that did not fill its buffer (a full one is read
+    again on the next turn anyway).
     """
+    transport = end.transport
     if type(transport) not in PLAIN_TCP:
         return
     conn: Connection = transport  # type: ignore[assignment]
@@ -667,11 +727,24 @@ def _readOnce(transport: IStreamTransport, got: int) -> None:
         or conn.disconnecting
         or conn._tempDataBuffer
         or conn.offset < len(conn.dataBuffer)
+        or conn.protocol is not end
     ):
         return
-    why = conn.doRead()
-    if why:
-        conn.reactor._disconnectSelectable(conn, why, True)  # type: ignore[attr-defined]
+    try:
+        data = conn.socket.recv(conn.bufferSize)
+    except BlockingIOError:
+        return
+    except OSError:
+        conn.reactor._disconnectSelectable(conn, CONNECTION_LOST, True)  # type: ignore[attr-defined]
+        return
+    if data:
+        end.dataReceived(data)
+    else:
+        # What the reactor does with a clean end of a half-closeable
+        # connection (Connection.readConnectionLost), without its
+        # Failure, lookups and adaptation.
+        conn.stopReading()
+        end.readConnectionLost()
 
 
 def _close(transport: IStreamTransport) -> None:
@@ -694,8 +767,13 @@ def _close(transport: IStreamTransport) -> None:
             and (producer is None or (conn.streamingProducer and not conn.producerPaused))
         ):
             conn.disconnecting = True
-            conn.stopReading()
-            conn.stopWriting()
-            conn.connectionLost(connectionDone)
+            if conn._writeDisconnected:
+                # Our writing ended already (a half-close), and the close
+                # sends nothing more: a shutdown(2) first would do nothing
+                # on the wire (once the peer ended too, it fails, an
+                # exception made and dropped).
+                conn._shouldShutdown = False
+            # (connectionLost stops the reading and writing itself)
+            conn.connectionLost(_CLEAN_CLOSE)
             return
     transport.loseConnection()

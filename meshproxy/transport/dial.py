@@ -43,6 +43,9 @@ __all__ = ["DialedClient", "Dial", "dial"]
 
 _PENDING = (EINPROGRESS, EALREADY, EWOULDBLOCK)
 
+#: Makes a socket non-blocking as it is made, where the system can (Linux).
+_NONBLOCK: int = getattr(socket, "SOCK_NONBLOCK", 0)
+
 
 def dial(
     reactor: Any, host: str, port: int, factory: ClientFactory, timeout: float
@@ -76,8 +79,14 @@ def dial(
         return reactor.connectTCP(host, port, factory, timeout)
     attempt = Dial(factory, host, port, kind)
     attempt.transport = transport = DialedClient(attempt, family, target, kind, reactor)
-    attempt.timer = reactor.callLater(timeout, transport.failIfNotConnected, error.TimeoutError())
     transport.start()
+    if attempt.state == "connecting":
+        # Not connected within start (on loopback it mostly is): the
+        # timeout runs from now. A connection made at once needs no timer,
+        # nor the work of setting and cancelling one.
+        attempt.timer = reactor.callLater(
+            timeout, transport.failIfNotConnected, error.TimeoutError()
+        )
     return attempt
 
 
@@ -198,7 +207,15 @@ class DialedClient(tcp.Client):
         self.addressFamily = family
         self._addressType = kind  # type: ignore[assignment]  # IPv4Address or IPv6Address
         self._requiresResolution = False
-        tcp.Connection.__init__(self, socket.socket(family, socket.SOCK_STREAM), None, reactor)  # type: ignore[arg-type]
+        # tcp.Connection.__init__ without its setblocking(False): the
+        # socket is made non-blocking (one ioctl less per connection).
+        abstract.FileDescriptor.__init__(self, reactor=reactor)
+        skt = socket.socket(family, socket.SOCK_STREAM | _NONBLOCK)
+        if not _NONBLOCK:
+            skt.setblocking(False)
+        self.socket = skt
+        self.fileno = skt.fileno
+        self.protocol = None  # type: ignore[assignment]  # built once connected
 
     def start(self) -> None:
         """
