@@ -28,7 +28,7 @@ import errno
 import sys
 from typing import Any
 
-from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.epollreactor import EPOLLIN, EPOLLOUT, EPollReactor
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.internet.posixbase import _NO_FILEDESC
 from twisted.python import log
@@ -53,7 +53,8 @@ def _logPrefixOf(selectable: Any) -> str:
 class MeshReactor(EPollReactor):
     """
     An L{EPollReactor} whose per-event dispatch pushes no log context (see
-    the module's docstring); everything else is Twisted's.
+    the module's docstring), and whose descriptor removal skips the empty
+    continuous poller; everything else is Twisted's.
     """
 
     def doPoll(self, timeout: float | None) -> None:
@@ -84,6 +85,28 @@ class MeshReactor(EPollReactor):
                 log.err(system=_logPrefixOf(selectable))
 
     doIteration = doPoll
+
+    def removeReader(self, reader: Any) -> None:
+        """
+        Twisted's L{EPollReactor.removeReader}, asking the continuous poller
+        (regular files, which epoll refuses) only when it holds any: a
+        short TCP connection removes its ends several times.
+        """
+        polling = self._continuousPolling
+        if polling._readers and polling.isReading(reader):
+            polling.removeReader(reader)
+            return
+        self._remove(reader, self._reads, self._writes, self._selectables, EPOLLIN, EPOLLOUT)
+
+    def removeWriter(self, writer: Any) -> None:
+        """
+        Twisted's L{EPollReactor.removeWriter}, as L{removeReader}.
+        """
+        polling = self._continuousPolling
+        if polling._writers and polling.isWriting(writer):
+            polling.removeWriter(writer)
+            return
+        self._remove(writer, self._writes, self._reads, self._selectables, EPOLLOUT, EPOLLIN)
 
     def _doReadOrWrite(self, selectable: Any, fd: int, event: int) -> None:
         """

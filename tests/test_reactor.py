@@ -198,6 +198,93 @@ def _python(script: str) -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
+class _FileEnd(FileDescriptor):
+    """
+    A regular file under a reactor: epoll refuses it, so the reactor polls
+    it continuously.
+    """
+
+    def __init__(self, reactor: Any, fd: int) -> None:
+        FileDescriptor.__init__(self, reactor)
+        self.fd = fd
+
+    def fileno(self) -> int:
+        return self.fd
+
+
+class RemovalTests(SynchronousTestCase):
+    """
+    L{MeshReactor.removeReader} and L{MeshReactor.removeWriter} remove from
+    epoll or from the continuous poller, whichever holds the descriptor.
+    """
+
+    def setUp(self) -> None:
+        from meshproxy.reactor import MeshReactor
+
+        self.reactor = MeshReactor()
+        self.addCleanup(self.reactor._poller.close)
+        # The reactor's own waker, a reader from the start.
+        waker = self.reactor.waker
+        self.addCleanup(waker.connectionLost, None)
+        self.base = set(self.reactor.getReaders())
+        fd = os.open(os.devnull, os.O_RDWR)
+        self.addCleanup(os.close, fd)
+        self.file = _FileEnd(self.reactor, fd)
+        left, right = socket.socketpair()
+        self.addCleanup(left.close)
+        self.addCleanup(right.close)
+        self.socket = _FileEnd(self.reactor, left.fileno())
+
+    def test_fileReaderAndWriter(self) -> None:
+        """
+        A regular file is read and written by the continuous poller, and
+        removing it there leaves nothing behind, whatever the order.
+        """
+        r, f = self.reactor, self.file
+        polling = r._continuousPolling
+        r.addReader(f)
+        r.addWriter(f)
+        self.assertEqual((polling.isReading(f), polling.isWriting(f)), (True, True))
+        self.assertEqual(set(r.getReaders()) | set(r.getWriters()), self.base | {f})
+        r.removeReader(f)
+        self.assertEqual((polling.isReading(f), polling.isWriting(f)), (False, True))
+        r.removeWriter(f)
+        self.assertEqual((polling.isReading(f), polling.isWriting(f)), (False, False))
+        self.assertEqual((set(r.getReaders()), r.getWriters()), (self.base, []))
+
+    def test_socketBesideAPolledFile(self) -> None:
+        """
+        With a file in the continuous poller, a socket's reader and writer
+        are still removed from epoll, and the file stays polled.
+        """
+        r, f, s = self.reactor, self.file, self.socket
+        r.addReader(f)
+        r.addWriter(f)
+        r.addReader(s)
+        r.addWriter(s)
+        self.assertIn(s.fileno(), r._selectables)
+        r.removeWriter(s)
+        self.assertEqual((s.fileno() in r._reads, s.fileno() in r._writes), (True, False))
+        r.removeReader(s)
+        self.assertNotIn(s.fileno(), r._selectables)
+        self.assertEqual(set(r.getReaders()), self.base | {f})
+        self.assertEqual(set(r.getWriters()), {f})
+
+    def test_socketAlone(self) -> None:
+        """
+        With the continuous poller empty, a socket's removal goes to epoll.
+        """
+        r, s = self.reactor, self.socket
+        r.addReader(s)
+        r.addWriter(s)
+        r.removeReader(s)
+        self.assertEqual(r.getWriters(), [s])
+        self.assertEqual(set(r.getReaders()), self.base)
+        r.removeWriter(s)
+        self.assertEqual((set(r.getReaders()), r.getWriters()), (self.base, []))
+        self.assertNotIn(s.fileno(), r._selectables)
+
+
 class InstallTests(SynchronousTestCase):
     """
     Which reactor meshproxy's processes run, each checked in a child Python.
