@@ -136,6 +136,41 @@ def zipkinJSON(
     return ZipkinEncoder(serviceName).encode(spans)
 
 
+#: What the spans of a route share (L{ZipkinEncoder._route}): the server
+#: span's kind, name and C{timestamp} key, its local endpoint, its tags up to
+#: the path, its tags after the status; the client spans' kind, name and
+#: C{timestamp} key; and the client spans' endpoints met.
+_Route = tuple[str, str, str, str, str, dict[str, str]]
+
+
+def _serverExtra(record: RequestSpans) -> str:
+    """
+    The tags a request's server span has after the route's when they
+    apply: the C{mesh-err} reason, the peer identity, the tries, the gRPC
+    verdict and C{error}.
+    """
+    extra = ""
+    if record.meshErr is not None:
+        extra = ',"mesh.err":' + jsonString(record.meshErr)
+    if record.identity is not None:
+        extra += ',"mesh.peer_identity":' + jsonString(record.identity)
+    if record.tries > 1:
+        extra += ',"mesh.tries":"%d"' % (record.tries,)
+    status = record.status
+    inError = status == 0 or status >= 500
+    if record.grpc is not None:
+        code, rpcService, rpcMethod, failed = record.grpc
+        extra += ',"rpc.system":"grpc","rpc.grpc.status_code":"%d"' % (code,)
+        if rpcService is not None and rpcMethod is not None:
+            extra += ',"rpc.service":%s,"rpc.method":%s' % (
+                jsonString(rpcService), jsonString(rpcMethod)
+            )
+        inError = inError or failed
+    if inError:
+        extra += ',"error":"true"'
+    return extra
+
+
 class ZipkinEncoder:
     """
     Writes spans as Zipkin v2 JSON: with templates rather than through
@@ -163,8 +198,12 @@ class ZipkinEncoder:
         self.serviceName = serviceName
         self._locals: dict[Any, str] = {}
         self._remotes: dict[Any, str] = {}
-        self._routes: dict[Any, tuple[str, str, str, str, str, str]] = {}
-        self._upstreams: dict[tuple[str | None, str], tuple[str, str]] = {}
+        self._routes: dict[Any, _Route] = {}
+        # (local endpoint, bound name) → endpoint address → what its client
+        # spans share (see _upstream); _upstreamCount addresses in all.
+        self._upstreams: dict[tuple[str, str | None], dict[str, str]] = {}
+        self._upstreamCount = 0
+        self._peers: dict[str, str] = {}
 
     def encode(self, items: Iterable[Span | RequestSpans]) -> bytes:
         """
@@ -213,17 +252,21 @@ class ZipkinEncoder:
         """
         A request's spans as JSON objects, comma-separated: the JSON
         L{span} writes for each of C{record.spans()}.
+
+        The commonest request (answered below 500 at its only try, with
+        nothing else to tag) is written by one formatting; the others
+        by L{_written}.
         """
         key = (record.method, record.host, record.name, record.router, record.serviceName)
         route = self._routes.get(key)
         if route is None:
             route = self._route(record, key)
         # What the route's spans share, written once (see _route).
-        serverKind, serverLocal, serverTags, serverShared, clientKind, clientLocal = route
-        traceId = record.traceId
-        spanId = record.spanId
-        parentId = record.parentId
+        serverKind, serverLocal, serverTags, serverShared, clientKind, upstreams = route
         start = record.start
+        duration = round((record.end - start) * 1e6)
+        if duration < 1:
+            duration = 1
         status = record.status
         target = record.target
         query = target.find(b"?")
@@ -234,43 +277,52 @@ class ZipkinEncoder:
             path = f'"{path}"'
         else:
             path = jsonString(target.decode("utf-8", "replace"))
-        extra = ""
-        if record.meshErr is not None:
-            extra = ',"mesh.err":' + jsonString(record.meshErr)
-        if record.identity is not None:
-            extra += ',"mesh.peer_identity":' + jsonString(record.identity)
-        if record.tries > 1:
-            extra += ',"mesh.tries":"%d"' % (record.tries,)
-        inError = status == 0 or status >= 500
-        if record.grpc is not None:
-            code, rpcService, rpcMethod, failed = record.grpc
-            extra += ',"rpc.system":"grpc","rpc.grpc.status_code":"%d"' % (code,)
-            if rpcService is not None and rpcMethod is not None:
-                extra += ',"rpc.service":%s,"rpc.method":%s' % (
-                    jsonString(rpcService), jsonString(rpcMethod)
-                )
-            inError = inError or failed
-        if inError:
-            extra += ',"error":"true"'
+        if (
+            0 < status < 500
+            and record.meshErr is None
+            and record.identity is None
+            and record.tries <= 1
+            and record.grpc is None
+        ):
+            extra = ""
+        else:
+            extra = _serverExtra(record)
         peer = record.peer
+        if peer is None:
+            remote = ""
+        else:
+            remote = self._peers.get(peer) or self._peer(peer)
+        traceId = record.traceId
+        spanId = record.spanId
+        parentId = record.parentId
         parent = "" if parentId is None else f',"parentId":"{parentId}"'
-        remote = "" if peer is None else self._remote((None, peer, 0))
+        tryRecords = record.tryRecords
+        if len(tryRecords) == 1:
+            trySpanId, tryStart, tryEnd, address, tryStatus, error = tryRecords[0]
+            if error is None and 0 < tryStatus < 500:
+                upstream = upstreams.get(address) or self._upstream(route, record, address)
+                tryDuration = round((tryEnd - tryStart) * 1e6)
+                if tryDuration < 1:
+                    tryDuration = 1
+                return (
+                    f'{{"traceId":"{traceId}","id":"{spanId}"{parent}{serverKind}'
+                    f'{round(start * 1e6)},"duration":{duration}{serverLocal}{remote}'
+                    f'{serverTags}{path},"http.status_code":"{status}"{serverShared}{extra}}}}},'
+                    f'{{"traceId":"{traceId}","id":"{trySpanId}","parentId":"{spanId}"'
+                    f'{clientKind}{round(tryStart * 1e6)},"duration":{tryDuration}{upstream}'
+                    f',"http.status_code":"{tryStatus}"}}}}'
+                )
         written = (
             f'{{"traceId":"{traceId}","id":"{spanId}"{parent}{serverKind}'
-            f"{round(start * 1e6)},\"duration\":{max(1, round((record.end - start) * 1e6))}"
-            f'{serverLocal}{remote}{serverTags}{path},"http.status_code":"{status}"'
-            f"{serverShared}{extra}}}}}"
+            f'{round(start * 1e6)},"duration":{duration}{serverLocal}{remote}'
+            f'{serverTags}{path},"http.status_code":"{status}"{serverShared}{extra}}}}}'
         )
-        tryRecords = record.tryRecords
         if not tryRecords:
             return written
-        upstreams = self._upstreams
+        out = [written]
         retryReason = None
-        name = record.name
         for trySpanId, tryStart, tryEnd, address, tryStatus, error in tryRecords:
-            upstream = upstreams.get((name, address))
-            if upstream is None:
-                upstream = self._upstream(name, address)
+            upstream = upstreams.get(address) or self._upstream(route, record, address)
             tags = f',"http.status_code":"{tryStatus}"' if tryStatus else ""
             if error is not None:
                 tags += ',"error":' + jsonString(error)
@@ -284,23 +336,24 @@ class ZipkinEncoder:
                     retryReason = None
             else:
                 retryReason = error
-            written += (
-                f',{{"traceId":"{traceId}","id":"{trySpanId}","parentId":"{spanId}"'
+            out.append(
+                f'{{"traceId":"{traceId}","id":"{trySpanId}","parentId":"{spanId}"'
                 f"{clientKind}{round(tryStart * 1e6)},"
-                f'"duration":{max(1, round((tryEnd - tryStart) * 1e6))}{clientLocal}'
-                f'{upstream[0]},"tags":{{"mesh.endpoint":{upstream[1]}{tags}}}}}'
+                f'"duration":{max(1, round((tryEnd - tryStart) * 1e6))}{upstream}{tags}}}}}'
             )
-        return written
+        return ",".join(out)
 
-    def _route(self, record: RequestSpans, key: Any) -> tuple[str, str, str, str, str, str]:
+    def _route(self, record: RequestSpans, key: Any) -> _Route:
         """
         What the spans of a route share, written once and kept: the parts
         of the server and client spans' JSON around what changes from
-        request to request.
+        request to request, and the client spans' endpoints met (a dict
+        shared by the routes of a bound name).
         """
         routes = self._routes
         if len(routes) >= self.MAX_ROUTES:
             routes.clear()
+            self._upstreams.clear()
         name = jsonString(record.operation())
         local = ',"localEndpoint":' + self._local(self.serviceName or record.serviceName, None, 0)
         method = jsonString(record.method.decode("latin-1"))
@@ -309,28 +362,50 @@ class ZipkinEncoder:
             shared += ',"http.host":' + jsonString(record.host.decode("latin-1"))
         if record.name is not None:
             shared += ',"mesh.name":' + jsonString(record.name)
+        byName = (local, record.name)
+        upstreams = self._upstreams.get(byName)
+        if upstreams is None:
+            upstreams = self._upstreams[byName] = {}
         route = routes[key] = (
             ',"kind":"SERVER","name":' + name + ',"timestamp":',
             local,
             ',"tags":{"http.method":' + method + ',"http.path":',
             shared,
             ',"kind":"CLIENT","name":' + name + ',"timestamp":',
-            local,
+            upstreams,
         )
         return route
 
-    def _upstream(self, name: str | None, address: str) -> tuple[str, str]:
+    def _upstream(self, route: _Route, record: RequestSpans, address: str) -> str:
         """
-        A client span's remote endpoint (as L{_remote} writes it) and its
-        C{mesh.endpoint} tag's value, for an endpoint of a bound name.
+        What a client span to an endpoint of a route's bound name has after
+        its duration: the local endpoint, the remote one (as L{_remote}
+        writes it) and the start of its tags, up to its C{mesh.endpoint}
+        tag's value; kept (L{MAX_ENDPOINTS} at most, over all names).
         """
-        upstreams = self._upstreams
-        if len(upstreams) >= self.MAX_ENDPOINTS:
-            upstreams.clear()
+        if self._upstreamCount >= self.MAX_ENDPOINTS:
+            for upstreams in self._upstreams.values():
+                upstreams.clear()
+            self._upstreamCount = 0
+        name = record.name
         host, port = splitAddress(address)
         remote = (None if name is None else serviceOf(name), host, port)
-        upstream = upstreams[(name, address)] = (self._remote(remote), jsonString(address))
+        upstream = route[5][address] = (
+            route[1] + self._remote(remote) + ',"tags":{"mesh.endpoint":' + jsonString(address)
+        )
+        self._upstreamCount += 1
         return upstream
+
+    def _peer(self, peer: str) -> str:
+        """
+        A server span's remote endpoint (a client's address), as L{_remote}
+        writes it; kept (L{MAX_ENDPOINTS} at most).
+        """
+        peers = self._peers
+        if len(peers) >= self.MAX_ENDPOINTS:
+            peers.clear()
+        remote = peers[peer] = self._remote((None, peer, 0))
+        return remote
 
     def _local(self, serviceName: str | None, ip: str | None, port: int) -> str:
         """
@@ -602,12 +677,16 @@ def _readResponse(response: IResponse) -> Deferred[None]:
 
 
 def _httpClient(
-    reactor: Any, inFlight: int, timeout: float
-) -> tuple[HTTPClient, HTTPConnectionPool]:
+    reactor: Any, inFlight: int, timeout: float, url: str
+) -> tuple[HTTPClient, HTTPConnectionPool, Any]:
     """
-    A treq client over an L{Agent} with a persistent connection pool.
+    A treq client over one L{Agent} with a persistent connection pool, made
+    for posting to one URL often: the agent's endpoint for the collector is
+    made once (L{_KeptEndpoints}), and so is the URL's URI form
+    (L{_sentURL}).
 
-    @return: the client and its pool (closed when the exporter stops).
+    @return: the client, its pool (closed when the exporter stops) and the
+        URL to give its C{post}.
     """
     from treq.client import HTTPClient
     from twisted.web.client import Agent
@@ -615,8 +694,90 @@ def _httpClient(
     from meshproxy.transport.webpool import quietPool
 
     pool = quietPool(reactor, inFlight)
-    agent = Agent(reactor, connectTimeout=timeout, pool=pool)
-    return HTTPClient(agent, data_to_body_producer=_BytesProducer), pool
+    agent = Agent.usingEndpointFactory(reactor, _KeptEndpoints(reactor, timeout), pool=pool)
+    return HTTPClient(agent, data_to_body_producer=_BytesProducer), pool, _sentURL(url)
+
+
+class _KeptEndpoints:
+    """
+    An agent's endpoints (an L{IAgentEndpointFactory}), as L{Agent} makes
+    them (TCP for C{http}, TLS over TCP verified as a browser would for
+    C{https}, with a connect timeout), made once per collector rather than
+    once per request.
+    """
+
+    #: Endpoints kept at most (an exporter posts to one collector).
+    MAX_KEPT = 8
+
+    def __init__(self, reactor: Any, connectTimeout: float) -> None:
+        self._reactor = reactor
+        self._connectTimeout = connectTimeout
+        self._endpoints: dict[tuple[bytes, bytes, int], Any] = {}
+
+    def endpointForURI(self, uri: Any) -> Any:
+        """
+        The endpoint of a request's URI (a C{twisted.web.client.URI}).
+        """
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            if len(self._endpoints) >= self.MAX_KEPT:
+                self._endpoints.clear()
+            endpoint = self._endpoints[key] = self._make(uri)
+        return endpoint
+
+    def _make(self, uri: Any) -> Any:
+        from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+        from twisted.web.client import BrowserLikePolicyForHTTPS
+        from twisted.web.error import SchemeNotSupported
+
+        endpoint = HostnameEndpoint(
+            self._reactor, uri.host.decode("ascii"), uri.port, timeout=self._connectTimeout
+        )
+        if uri.scheme == b"http":
+            return endpoint
+        if uri.scheme == b"https":
+            creator = BrowserLikePolicyForHTTPS().creatorForNetloc(uri.host, uri.port)
+            return wrapClientTLS(creator, endpoint)
+        raise SchemeNotSupported("Unsupported scheme: %r" % (uri.scheme,))
+
+
+def _sentURL(url: str) -> Any:
+    """
+    A URL as treq sends it, made once: treq's C{request} writes each
+    request's URL as C{url.to_uri().to_text()} (IDNA and percent-encoding
+    every time); the URL returned is already that URI, its text kept
+    (or the text given, when it has no URI form).
+    """
+    from hyperlink import EncodedURL
+
+    class SentURL(EncodedURL):
+        """
+        A URL already in its URI form, its text made once.
+        """
+
+        _text: str | None = None
+
+        def to_uri(self) -> SentURL:
+            return self
+
+        def to_text(self, with_password: bool = False) -> str:
+            if with_password:
+                return super().to_text(with_password)
+            if self._text is None:
+                self._text = super().to_text()
+            return self._text
+
+    try:
+        uri = EncodedURL.from_text(url).to_uri()
+    except Exception:
+        # One treq cannot write either (hyperlink's IDNA refuses an IPv6
+        # literal): given as it is, each post fails as it would have.
+        return url
+    return SentURL(
+        uri.scheme, uri.host, uri.path, uri.query, uri.fragment, uri.port, uri.rooted,
+        uri.userinfo, uri.uses_netloc,
+    )
 
 
 @implementer(ISpanSink)
@@ -678,13 +839,24 @@ class SpanExporter(Service):
         self._reactor = reactor
         self._maxInFlight = maxInFlight
         self._pool: HTTPConnectionPool | None = None
+        # What the client's post is given: the URL, or with a client of our
+        # own its URI form made once.
+        self._target: Any = url
         if httpClient is None:
-            httpClient, self._pool = _httpClient(reactor, maxInFlight, timeout)
+            httpClient, self._pool, self._target = _httpClient(
+                reactor, maxInFlight, timeout, url
+            )
         self._client = httpClient
         headers = {b"Content-Type": [_JSON]}
         if gzip:
             headers[b"Content-Encoding"] = [b"gzip"]
-        self._headers = headers
+        self._headers: Any = headers
+        if self._pool is not None:
+            # treq takes Headers as they are (a dict is made into Headers
+            # per post); the agents copy them before they add theirs.
+            from twisted.web.http_headers import Headers
+
+            self._headers = Headers(headers)
 
         self._state = NEW
         # Spans and requests' spans (RequestSpans) in the order they came,
@@ -887,7 +1059,7 @@ class SpanExporter(Service):
             if self._gzip:
                 body = _gzip.compress(body, compresslevel=6)
             d: Deferred[Any] = self._client.post(
-                self.url,
+                self._target,
                 data=body,
                 headers=self._headers,
                 allow_redirects=False,
