@@ -728,7 +728,8 @@ class ZipkinTests(SynchronousTestCase):
         """
         Unknown endpoint fields are left out (no port 0, no empty name); an
         IPv6 address is C{ipv6} (without a zone); an IPv4-mapped one is
-        C{ipv4}; an endpoint with nothing known is left out.
+        C{ipv4}; a host name, which the schema has no field for, is left
+        out; an endpoint with nothing known is left out.
         """
         spans = self.encode(
             makeSpan(local=("meshproxy", None, 0), remote=(None, "2001:db8::1", 443)),
@@ -736,6 +737,8 @@ class ZipkinTests(SynchronousTestCase):
             makeSpan(remote=(None, "fe80::1%eth0", 80)),
             makeSpan(remote=None),
             makeSpan(remote=(None, None, 0)),
+            makeSpan(remote=(None, "users.internal", 8080)),
+            makeSpan(remote=(None, "::ffff:a00:9", 0)),
         )
         self.assertEqual(spans[0]["localEndpoint"], {"serviceName": "meshproxy"})
         self.assertEqual(spans[0]["remoteEndpoint"], {"ipv6": "2001:db8::1", "port": 443})
@@ -743,6 +746,8 @@ class ZipkinTests(SynchronousTestCase):
         self.assertEqual(spans[2]["remoteEndpoint"], {"ipv6": "fe80::1", "port": 80})
         self.assertNotIn("remoteEndpoint", spans[3])
         self.assertNotIn("remoteEndpoint", spans[4])
+        self.assertEqual(spans[5]["remoteEndpoint"], {"port": 8080})
+        self.assertEqual(spans[6]["remoteEndpoint"], {"ipv4": "10.0.0.9"})
 
     def test_serviceNameOverride(self):
         """

@@ -25,6 +25,7 @@ Wire formats:
 from __future__ import annotations
 
 import gzip as _gzip
+import ipaddress
 import json
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -97,18 +98,26 @@ def _zipkinEndpoint(serviceName: str | None, ip: str | None, port: int) -> dict[
     """
     A Zipkin C{Endpoint}: only the fields that are known (no port 0, no
     empty name); an IPv4-mapped IPv6 address is written as C{ipv4}, as the
-    Zipkin API prefers, and an IPv6 zone is dropped.
+    Zipkin API prefers, and an IPv6 zone is dropped. A host name (an
+    endpoint a namer gave by name) has no field of its own in the schema,
+    whose C{ipv4} and C{ipv6} hold addresses only: it is left out (the
+    span's C{mesh.endpoint} tag still names it).
     """
     endpoint: dict[str, Any] = {}
     if serviceName:
         endpoint["serviceName"] = serviceName
     if ip:
-        if ":" in ip:
-            if ip.startswith("::ffff:") and "." in ip:
-                endpoint["ipv4"] = ip[7:]
+        try:
+            address = ipaddress.ip_address(ip.partition("%")[0])
+        except ValueError:
+            address = None
+        if isinstance(address, ipaddress.IPv6Address):
+            mapped = address.ipv4_mapped
+            if mapped is not None:
+                endpoint["ipv4"] = str(mapped)
             else:
                 endpoint["ipv6"] = ip.partition("%")[0]
-        else:
+        elif address is not None:
             endpoint["ipv4"] = ip
     if port:
         endpoint["port"] = port
