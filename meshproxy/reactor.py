@@ -16,6 +16,10 @@ are logged with the same C{system} as Twisted's. Legacy C{log.msg} lines
 written by a protocol during an event (none of meshproxy's own) show
 C{system} C{-} instead of the connection's name.
 
+It also offers L{MeshReactor.callAfterEvents}: work queued by an event runs
+once every event of that poll was handled (an HTTP/2 connection sends the
+responses several upstream reads finished in one write).
+
 L{install} installs it as the global reactor unless one is installed
 already (C{twistd --reactor NAME} wins); C{meshproxy.tap.makeService} calls
 it, and each worker process builds a fresh one
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import errno
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.epollreactor import EPOLLIN, EPOLLOUT, EPollReactor
@@ -57,10 +62,32 @@ class MeshReactor(EPollReactor):
     continuous poller; everything else is Twisted's.
     """
 
+    def __init__(self) -> None:
+        # What callAfterEvents queued for the end of the events being
+        # handled; whether events are being handled.
+        self._afterEvents: list[Callable[[], object]] = []
+        self._inEvents = False
+        EPollReactor.__init__(self)
+
+    def callAfterEvents(self, f: Callable[[], object]) -> bool:
+        """
+        Call C{f} once the events of this poll have all been handled, when
+        called while handling one: output made by several events (the
+        responses of many upstreams to one HTTP/2 client) goes out in one
+        write.
+
+        @return: whether C{f} was queued; L{False} outside an event, when
+            the caller should do the work at once (the next poll may wait).
+        """
+        if not self._inEvents:
+            return False
+        self._afterEvents.append(f)
+        return True
+
     def doPoll(self, timeout: float | None) -> None:
         """
         Poll for ready descriptors (at most C{timeout} seconds, forever when
-        L{None}) and handle each event.
+        L{None}) and handle each event, then what L{callAfterEvents} queued.
         """
         if timeout is None:
             timeout = -1
@@ -72,17 +99,31 @@ class MeshReactor(EPollReactor):
             raise
         selectables = self._selectables
         handle = self._doReadOrWrite
-        for fd, event in events:
-            selectable = selectables.get(fd)
-            if selectable is None:
-                continue
-            try:
-                handle(selectable, fd, event)
-            except KeyboardInterrupt:
-                raise
-            except BaseException:
-                # What log.callWithLogger does with what escapes.
-                log.err(system=_logPrefixOf(selectable))
+        self._inEvents = True
+        try:
+            for fd, event in events:
+                selectable = selectables.get(fd)
+                if selectable is None:
+                    continue
+                try:
+                    handle(selectable, fd, event)
+                except KeyboardInterrupt:
+                    raise
+                except BaseException:
+                    # What log.callWithLogger does with what escapes.
+                    log.err(system=_logPrefixOf(selectable))
+        finally:
+            self._inEvents = False
+        after = self._afterEvents
+        if after:
+            self._afterEvents = []
+            for f in after:
+                try:
+                    f()
+                except KeyboardInterrupt:
+                    raise
+                except BaseException:
+                    log.err(system="-")
 
     doIteration = doPoll
 

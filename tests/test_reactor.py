@@ -177,6 +177,37 @@ class MeshReactorDispatchTestsBuilder(ReactorBuilder):
         self.assertEqual([e["system"] for e in failures], ["TestReader,7"])
         self.assertEqual(healthy.systems, [("-", 0)])
 
+    def test_callAfterEvents(self) -> None:
+        """
+        What an event queues with C{callAfterEvents} runs once every event
+        of that poll was handled, in the order queued; outside an event the
+        call queues nothing and says so.
+        """
+        reactor = self.buildReactor()
+        a, aPeer = self._pair()
+        b, bPeer = self._pair()
+        order: list[str] = []
+        self.assertFalse(reactor.callAfterEvents(lambda: order.append("outside")))
+
+        def readThen(name: str) -> Any:
+            def onRead() -> None:
+                order.append("read " + name)
+                self.assertTrue(reactor.callAfterEvents(lambda: order.append("after " + name)))
+                if len(order) == 1:
+                    return
+                reactor.callLater(0, reactor.stop)
+
+            return onRead
+
+        reactor.addReader(_Reader(reactor, a, onRead=readThen("a")))
+        reactor.addReader(_Reader(reactor, b, onRead=readThen("b")))
+        # Both ready before the reactor polls: one poll returns both.
+        aPeer.sendall(b"x")
+        bPeer.sendall(b"y")
+        self.runReactor(reactor)
+        self.assertEqual(sorted(order[:2]), ["read a", "read b"])
+        self.assertEqual(order[2:], ["after " + o[5:] for o in order[:2]])
+
 
 globals().update(MeshReactorFDSetTests.makeTestCaseClasses())
 globals().update(MeshReactorSystemEventTests.makeTestCaseClasses())

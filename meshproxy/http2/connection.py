@@ -232,6 +232,11 @@ class H2ServerConnection:
         self._headerSince: float | None = None
         self._timer: IDelayedCall | None = None
         self._send: Callable[[bytes], None] = server._send
+        # The reactor's hook for work after the events of a poll (see
+        # flushSoon), if it has one; whether a flush is queued there.
+        self._afterEvents: Callable[[Callable[[], object]], bool] | None = getattr(
+            self.clock, "callAfterEvents", None)
+        self._flushQueued = False
         self._handlers: dict[type, Callable[[Any], None]] = {
             FastRequest: self._fastRequest,
             FastData: self._dataReceived,
@@ -265,6 +270,26 @@ class H2ServerConnection:
         data = self.h2.data_to_send()
         if data and not self.closed:
             self._send(data)
+
+    def flushSoon(self) -> None:
+        """
+        Send what the h2 library has to send once the reactor has handled
+        the events of this poll (L{MeshReactor.callAfterEvents
+        <meshproxy.reactor.MeshReactor.callAfterEvents>}): the responses
+        that several upstream reads finish for this client go out in one
+        write. At once on other reactors, or outside an event.
+        """
+        if self._flushQueued:
+            return
+        after = self._afterEvents
+        if after is not None and after(self._queuedFlush):
+            self._flushQueued = True
+        else:
+            self.flush()
+
+    def _queuedFlush(self) -> None:
+        self._flushQueued = False
+        self.flush()
 
     def countError(self, reason: str) -> None:
         """

@@ -426,10 +426,11 @@ class H2Stream:
 
     def flush(self) -> None:
         """
-        See L{IClientConnection.flush}: send what the windows let out.
+        See L{IClientConnection.flush}: send what the windows let out (with
+        what other streams of the connection send in the same poll).
         """
         self._push()
-        self.connection.flush()
+        self.connection.flushSoon()
 
     def responseWriter(self, bodyless: bool) -> H2ResponseWriter:
         """
