@@ -38,7 +38,6 @@ class RetryBudget:
         "_clock",
         "_rate",
         "_reserve",
-        "_counts",
     )
 
     def __init__(
@@ -73,7 +72,7 @@ class RetryBudget:
         #: Its requests (C{a}) and retries (C{b}) in the window: what
         #: L{RetryPolicy<meshproxy.resilience.retries.RetryPolicy>} deposits
         #: into once per request.
-        self.counts = self._counts = SlidingCounts(ttl, 10, clock.seconds())
+        self.counts = SlidingCounts(ttl, 10, clock.seconds())
 
     def deposit(self, now: float | None = None) -> None:
         """
@@ -81,7 +80,7 @@ class RetryBudget:
 
         @param now: the clock's time, when the caller has just read it.
         """
-        self._counts.addA(self._clock.seconds() if now is None else now)
+        self.counts.addA(self._clock.seconds() if now is None else now)
 
     def tryWithdraw(self) -> bool:
         """
@@ -90,7 +89,7 @@ class RetryBudget:
         @return: C{True} if the retry may be made (and was counted),
             C{False} if the budget is spent.
         """
-        counts = self._counts
+        counts = self.counts
         now = self._clock.seconds()
         counts.advance(now)
         if counts.b + 1 > self._reserve + self._rate * counts.a + _EPSILON:
@@ -103,7 +102,7 @@ class RetryBudget:
         """
         The retries allowed now: 0 or more.
         """
-        counts = self._counts
+        counts = self.counts
         counts.advance(self._clock.seconds())
         available = int(self._reserve + self._rate * counts.a - counts.b + _EPSILON)
         return available if available > 0 else 0
