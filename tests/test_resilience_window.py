@@ -134,6 +134,20 @@ class SlotEndTests(SynchronousTestCase):
                 self.assertEqual((counts.a, counts.b), (reference.a, reference.b))
 
 
+def _policy(clock: Clock, budget: RetryBudget, connectBudget: RetryBudget) -> RetryPolicy:
+    """
+    A retry policy over two budgets, with no backoff.
+    """
+    return RetryPolicy(
+        budget=budget,
+        connectBudget=connectBudget,
+        backoff=Backoff(0.0, 0.0, random=random.Random(0).random),
+        maxRetries=5,
+        clock=clock,
+        count=lambda reason: None,
+    )
+
+
 class AdmitTests(SynchronousTestCase):
     """
     L{RetryPolicy.admit} credits both budgets at the time it is given.
@@ -147,14 +161,7 @@ class AdmitTests(SynchronousTestCase):
         clock = Clock()
         budget = RetryBudget(100.0, 0.0, 10.0, clock=clock)
         connectBudget = RetryBudget(100.0, 0.0, 10.0, clock=clock)
-        policy = RetryPolicy(
-            budget=budget,
-            connectBudget=connectBudget,
-            backoff=Backoff(0.0, 0.0, random=random.Random(0).random),
-            maxRetries=5,
-            clock=clock,
-            count=lambda reason: None,
-        )
+        policy = _policy(clock, budget, connectBudget)
         clock.advance(3.0)
         policy.admit(7.5)
         # Counted at 3.0, they would have expired by 13.0.
@@ -172,14 +179,7 @@ class AdmitTests(SynchronousTestCase):
         budget = RetryBudget(100.0, 0.0, 1.0, clock=clock)
         connectBudget = RetryBudget(100.0, 0.0, 1.0, clock=clock)
         reference = RetryBudget(100.0, 0.0, 1.0, clock=clock)
-        policy = RetryPolicy(
-            budget=budget,
-            connectBudget=connectBudget,
-            backoff=Backoff(0.0, 0.0, random=random.Random(0).random),
-            maxRetries=5,
-            clock=clock,
-            count=lambda reason: None,
-        )
+        policy = _policy(clock, budget, connectBudget)
         rng = random.Random(3)
         for _ in range(3000):
             clock.advance(rng.random() * 0.01)
