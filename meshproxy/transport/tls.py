@@ -189,27 +189,62 @@ class TLSProtocol:
 
     def dataReceived(self, data: bytes) -> None:
         """
-        See L{IProtocol.dataReceived}: TLS bytes from the peer.
+        See L{IProtocol.dataReceived}: TLS bytes from the peer, decrypted
+        record by record until the incoming BIO is empty and passed on.
         """
+        # (one method: a call more per read is a Python frame more per
+        # request)
         state = self._state
+        incoming = self._incoming
         if state is _OPEN:
-            incoming = self._incoming
             incoming.write(data)
+            # The most plaintext to read first. The common case is a request
+            # in one small record, all the BIO holds: read at most what came,
+            # which Python allocates from its own pool rather than 16 KiB
+            # from malloc, then shrinks (whole records hold less plaintext
+            # than their bytes). Otherwise a record's worth, since the rest
+            # of a record begun in an earlier read may hold more plaintext
+            # than the bytes that complete it.
             size = len(data)
-            if size < _SMALL and size == incoming.pending:
-                # The common case, a request in one small record: read at
-                # most what came, which Python allocates from its own pool
-                # rather than 16 KiB from malloc, then shrinks.
-                self._readRecords(size)
-                return
+            if size >= _SMALL or size != incoming.pending:
+                size = _RECORD
         elif state is _HANDSHAKING:
-            self._incoming.write(data)
+            incoming.write(data)
             self._handshake()
             if self._state is not _OPEN:
                 return
+            size = _RECORD
         else:
             return
-        self._readRecords(_RECORD)
+        read = self._sslRead
+        while True:
+            try:
+                plaintext = read(size)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                self._closeNotified()
+                break
+            except ssl.SSLError:
+                self._fail(Failure())
+                return
+            if not plaintext:
+                # (read returns nothing for a close_notify it reads first)
+                self._closeNotified()
+                break
+            self.wrappedProtocol.dataReceived(plaintext)
+            if self._state is not _OPEN:
+                return
+            if not incoming.pending and (len(plaintext) < size or not self._sslPending()):
+                # Nothing left to decrypt: asking again would only raise
+                # SSLWantReadError. (A read that returned less than asked
+                # for left no plaintext in OpenSSL: SSL_read stops short
+                # only at the end of what it has decrypted.)
+                break
+            size = _RECORD
+        if self._outgoing.pending:
+            # (a reply to a post-handshake message)
+            self._flush()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         """
@@ -305,46 +340,6 @@ class TLSProtocol:
             self.loseConnection()
         elif self._endWrite:
             self.loseWriteConnection()
-
-    def _readRecords(self, size: int) -> None:
-        """
-        Decrypt what the incoming BIO holds and pass it on.
-
-        @param size: the most plaintext to read first: a record's, or the
-            bytes just received when they are all the BIO holds (whole
-            records hold less plaintext than that; the rest of a record
-            begun before them is read next, a record at a time).
-        """
-        read = self._sslRead
-        incoming = self._incoming
-        pending = self._sslPending
-        while True:
-            try:
-                data = read(size)
-            except ssl.SSLWantReadError:
-                break
-            except ssl.SSLZeroReturnError:
-                self._closeNotified()
-                break
-            except ssl.SSLError:
-                self._fail(Failure())
-                return
-            if not data:
-                # (read returns nothing for a close_notify it reads first)
-                self._closeNotified()
-                break
-            self.wrappedProtocol.dataReceived(data)
-            if self._state is not _OPEN:
-                return
-            # (the first record may have begun in an earlier read)
-            size = _RECORD
-            if not incoming.pending and not pending():
-                # Nothing left to decrypt: asking again would only raise
-                # SSLWantReadError.
-                break
-        if self._outgoing.pending:
-            # (a reply to a post-handshake message)
-            self._flush()
 
     def _closeNotified(self) -> None:
         """
