@@ -116,6 +116,20 @@ def _decrypted(tls: ssl.SSLObject) -> bytes:
     return b"".join(chunks)
 
 
+def countRecords(data: bytes) -> int:
+    """
+    The TLS records in C{data}, whole records sent by one side (each a
+    5-byte header whose last two bytes are the length of what follows).
+    """
+    records = offset = 0
+    while offset < len(data):
+        offset += 5 + int.from_bytes(data[offset + 3:offset + 5], "big")
+        records += 1
+    if offset != len(data):
+        raise SystemExit("TLS records cut short")
+    return records
+
+
 class Stack:
     """
     One router with a client connection (plain or TLS) and a pooled
@@ -191,6 +205,9 @@ class Stack:
         data = self.client.value()
         self.client.clear()
         if self.tls is not None:
+            records = countRecords(data)
+            if records != n:
+                raise SystemExit("%d answers in %d TLS records, not one each" % (n, records))
             self.fromServer.write(data)
             data = _decrypted(self.tls)
         if data.count(b"HTTP/1.1 200 OK\r\n") != n or data.count(b"hello\n") != n:
