@@ -29,13 +29,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from twisted.internet import tcp
 from twisted.internet.interfaces import IHalfCloseableProtocol, ILoggingContext, IProtocol
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
 from meshproxy.transport.clienthello import ClientHelloError, ClientHelloReader
+from meshproxy.transport.fastwrite import PLAIN_TCP
 from meshproxy.transport.proxyprotocol import (
     ProxyHeader,
     ProxyProtocolError,
@@ -465,7 +465,7 @@ def _readNow(transport: Any) -> bytes | None:
         the reactor's own read meets again), or for another kind of
         transport; L{None} when the connection failed.
     """
-    if type(transport) not in (tcp.Server, tcp.Client) or transport.disconnecting:
+    if type(transport) not in PLAIN_TCP or transport.disconnecting:
         return b""
     try:
         data: bytes = transport.socket.recv(transport.bufferSize)
