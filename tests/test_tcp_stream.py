@@ -719,52 +719,36 @@ class ReadTests(SynchronousTestCase):
 
 class WatchTests(SynchronousTestCase):
     """
-    L{stopWatching}: an epoll reactor is asked to stop watching only what
-    it watches.
+    A lost connection is no longer watched: an epoll reactor is asked to
+    stop watching only what it watches.
     """
 
-    def reactor(self, reads, writes):
+    def lose(self, reactor):
+        calls = []
+        reactor.addReader = lambda r: None
+        reactor.removeReader = lambda r: calls.append("reader")
+        reactor.removeWriter = lambda w: calls.append("writer")
+        transport = SpliceServer(FakeSocket(), Recorder(), ("127.0.0.1", 1), None, 0, reactor)
+        transport.connectionLost(Failure(ConnectionDone()))
+        return calls
+
+    def epoll(self, reads, writes):
         from twisted.internet.epollreactor import EPollReactor
 
         reactor = EPollReactor.__new__(EPollReactor)
+        # (FakeSocket's descriptor is 7)
         reactor._reads = set(reads)
         reactor._writes = set(writes)
-        reactor.calls = []
-        reactor.removeReader = lambda r: reactor.calls.append("reader")
-        reactor.removeWriter = lambda w: reactor.calls.append("writer")
         return reactor
 
-    def conn(self, reactor):
-        from meshproxy.transport.stream import stopWatching
-
-        class Conn:
-            socket = FakeSocket()
-
-        conn = Conn()
-        conn.reactor = reactor
-        stopWatching(conn)
-        return reactor.calls
-
     def test_onlyWhatIsWatched(self):
-        self.assertEqual(self.conn(self.reactor([], [])), [])
-        self.assertEqual(self.conn(self.reactor([7], [])), ["reader"])
-        self.assertEqual(self.conn(self.reactor([], [7])), ["writer"])
-        self.assertEqual(self.conn(self.reactor([7], [7])), ["reader", "writer"])
+        self.assertEqual(self.lose(self.epoll([], [])), [])
+        self.assertEqual(self.lose(self.epoll([7], [])), ["reader"])
+        self.assertEqual(self.lose(self.epoll([], [7])), ["writer"])
+        self.assertEqual(self.lose(self.epoll([7], [7])), ["reader", "writer"])
 
     def test_otherReactorsAskedForBoth(self):
-        reactor = MemoryReactorClock()
-        calls = []
-        reactor.removeReader = lambda r: calls.append("reader")
-        reactor.removeWriter = lambda w: calls.append("writer")
-        from meshproxy.transport.stream import stopWatching
-
-        class Conn:
-            socket = FakeSocket()
-
-        conn = Conn()
-        conn.reactor = reactor
-        stopWatching(conn)
-        self.assertEqual(calls, ["reader", "writer"])
+        self.assertEqual(self.lose(MemoryReactorClock()), ["reader", "writer"])
 
 
 class AddressTests(SynchronousTestCase):

@@ -379,7 +379,8 @@ class Preamble:
         Tell the router's protocol what was read, connect it, and give it
         C{rest}, the bytes read after the PROXY header.
         """
-        self._disarm()
+        if self._timer is not None:
+            self._disarm()
         if getattr(self._owner, "draining", False):
             self._state = _CLOSED
             self.transport.loseConnection()
@@ -392,7 +393,8 @@ class Preamble:
         self._release()
 
     def _connectWrapped(self) -> None:
-        listener = _listenerOf(self.wrapped)
+        wrapped = self.wrapped
+        listener = wrapped if IPreambleListener.providedBy(wrapped) else _listenerOf(wrapped)
         if listener is not None:
             listener.preambleRead(self.proxied, self.serverName)
         self._handed = True

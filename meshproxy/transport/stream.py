@@ -64,7 +64,6 @@ __all__ = [
     "ipv4Address",
     "readConnection",
     "releaseConnection",
-    "stopWatching",
     "spliceEndpoint",
 ]
 
@@ -124,24 +123,6 @@ def readConnection(conn: tcp.Connection) -> Any:
     return None
 
 
-def stopWatching(conn: tcp.Connection) -> None:
-    """
-    Stop watching C{conn} for reading and writing, asking the reactor only
-    for what it watches: an epoll reactor's sets say (the loss of a short
-    connection finds it watched for neither, most often).
-    """
-    reactor: Any = conn.reactor
-    if isinstance(reactor, EPollReactor):
-        fd = conn.socket.fileno()
-        if fd in reactor._reads:
-            reactor.removeReader(conn)
-        if fd in reactor._writes:
-            reactor.removeWriter(conn)
-        return
-    reactor.removeReader(conn)
-    reactor.removeWriter(conn)
-
-
 def ipv4Address(host: str, port: int) -> address.IPv4Address:
     """
     An L{IPv4Address<twisted.internet.address.IPv4Address>} of TCP, made
@@ -179,7 +160,19 @@ def releaseConnection(conn: tcp.Connection, reason: Failure) -> Any:
     if producer is not None:
         conn.producer = None
         producer.stopProducing()
-    stopWatching(conn)
+    # Stopped watching only for what an epoll reactor's sets say it
+    # watches: the loss of a short connection finds it watched for neither,
+    # most often.
+    reactor: Any = conn.reactor
+    if isinstance(reactor, EPollReactor):
+        fd = sock.fileno()
+        if fd in reactor._reads:
+            reactor.removeReader(conn)
+        if fd in reactor._writes:
+            reactor.removeWriter(conn)
+    else:
+        reactor.removeReader(conn)
+        reactor.removeWriter(conn)
     if isinstance(reason.value, ConnectionAborted):
         # A reset rather than the orderly end.
         try:
