@@ -15,7 +15,7 @@ from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, IStreamServerEndpoint
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -556,6 +556,43 @@ class LoopbackTests(TestCase):
         server.transport.resumeProducing()
         self.assertIn(server.transport, self.reactor.getReaders())
         yield got
+        client.transport.loseConnection()
+        yield client.lost
+
+    @defer.inlineCallbacks
+    def test_ipv6(self):
+        """
+        A C{tcp6:} listener accepts IPv6 connections, its peers' addresses
+        IPv6 ones.
+        """
+        from twisted.internet import reactor
+        from twisted.internet.address import IPv6Address
+
+        try:
+            probe = socket.socket(socket.AF_INET6)
+            probe.bind(("::1", 0))
+            probe.close()
+        except OSError:
+            raise SkipTest("no IPv6 loopback here") from None
+        accepted = defer.Deferred()
+
+        class Accepted(Recorder):
+            def connectionMade(self):
+                accepted.callback(self)
+
+        port = yield spliceEndpoint(TCP6ServerEndpoint(reactor, 0, interface="::1")).listen(
+            protocol.Factory.forProtocol(Accepted)
+        )
+        self.addCleanup(port.stopListening)
+        self.assertIsInstance(port, SplicePort)
+        client = Collector()
+        yield protocol.ClientCreator(reactor, lambda: client).connectTCP(
+            "::1", port.getHost().port
+        )
+        server = yield accepted
+        peer = server.transport.getPeer()
+        self.assertIsInstance(peer, IPv6Address)
+        self.assertEqual(peer.host, "::1")
         client.transport.loseConnection()
         yield client.lost
 
