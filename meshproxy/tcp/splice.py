@@ -20,6 +20,7 @@ from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from meshproxy.tcp.errors import RouteRefused
 from meshproxy.tcp.stats import connectFailureReason
 from meshproxy.transport.dial import dial
 from meshproxy.transport.fastwrite import PLAIN_TCP, writerFor
@@ -392,8 +393,6 @@ class Splice:
 
         @param now: the clock's time if just read (at accept), else L{None}.
         """
-        from meshproxy.tcp.router import RouteRefused
-
         router = self.router
         try:
             self.name, self.destination = router.route(self.client.serverName)
@@ -832,6 +831,11 @@ def _close(transport: IStreamTransport, ended: bool = False) -> None:
                 # nothing is left unread, and the close sends our end as
                 # the shutdown would.
                 conn._shouldShutdown = False
+            # The producer registered on it is the other side's gate: the
+            # pair is ending (this side closes after the other's loss, or
+            # both directions are over), and it has nothing left to resume
+            # (connectionLost would stop it: two calls).
+            conn.producer = None
             # (connectionLost stops the reading and writing itself)
             conn.connectionLost(_CLEAN_CLOSE)
             return
