@@ -1,6 +1,8 @@
 """
 The listeners of the process: Twisted endpoint strings with meshproxy's
-defaults (a deep backlog; C{ssl:}/C{tls:} strings with meshproxy's TLS),
+defaults (a deep backlog; C{ssl:}/C{tls:} strings with meshproxy's TLS;
+TCP routers' C{tcp:} listeners on meshproxy's own port,
+L{meshproxy.transport.stream}),
 TLS in front of a router's factory with its files watched for rotation, and
 a listener that cannot bind reported in one line (C{router web: cannot
 listen on tcp:4140: address already in use}).
@@ -111,6 +113,12 @@ class _ListenerService(StreamServerEndpointService):
         # IReactorTime and IReactorCore, which no one type says.
         reactor: Any,
     ) -> None:
+        if _servesTcpRouter(factory):
+            # A TCP router's connections are spliced: its port and
+            # connections are meshproxy's leaner ones (L{meshproxy.transport.stream}).
+            from meshproxy.transport.stream import spliceEndpoint
+
+            endpoint = spliceEndpoint(endpoint)
         StreamServerEndpointService.__init__(self, endpoint, factory)
         self._reactor = reactor
         self.owner = owner
@@ -174,6 +182,18 @@ class _ListenerService(StreamServerEndpointService):
         d: Deferred[IListeningPort] = Deferred()
         self._boundWaiters.append(d)
         return d
+
+
+def _servesTcpRouter(factory: object) -> bool:
+    """
+    Whether a listener's factory is a TCP router's: its own
+    L{TcpServerFactory<meshproxy.tcp.router.TcpServerFactory>}, or the
+    L{PreambleFactory<meshproxy.transport.preamble.PreambleFactory>} in
+    front of it (and of its TLS, when it terminates TLS).
+    """
+    from meshproxy.tcp.router import TcpServerFactory
+
+    return isinstance(getattr(factory, "routerFactory", factory), TcpServerFactory)
 
 
 def _actualPort(listen: str, port: IListeningPort) -> str:

@@ -16,6 +16,7 @@ from twisted.internet.error import (
 )
 from twisted.internet.interfaces import IConnector
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
@@ -402,6 +403,43 @@ class CloseTests(TestCase):
         client.transport.socket = ShutdownRecorder(client.transport.socket, calls)
         _close(client.transport)
         self.assertEqual(calls, [socket.SHUT_RDWR])
+        yield server.lost
+
+
+    @defer.inlineCallbacks
+    def test_closeAfterThePeersEndMakesNoShutdown(self):
+        """
+        L{_close} of a connection whose peer's end was read makes no
+        C{shutdown}: nothing is left unread, and the close ends the
+        connection the same way.
+        """
+        server, client = yield self.pair()
+        calls = []
+        client.transport.socket = ShutdownRecorder(client.transport.socket, calls)
+        _close(client.transport, True)
+        self.assertEqual(calls, [])
+        self.assertTrue(client.reason.check(ConnectionDone))
+        yield server.lost
+        self.assertTrue(server.reason.check(ConnectionDone))
+
+    @defer.inlineCallbacks
+    def test_lossToldOnce(self):
+        """
+        A dialed connection's loss is told to its protocol, then to its
+        factory (C{clientConnectionLost}), once however often it is
+        reported.
+        """
+        server, client = yield self.pair()
+        transport = client.transport
+        lost = []
+        factory = transport.connector.factory
+        factory.clientConnectionLost = lambda connector, reason: lost.append(reason)
+        reason = Failure(ConnectionDone())
+        transport.connectionLost(reason)
+        transport.connectionLost(reason)
+        self.assertIs(client.reason, reason)
+        self.assertEqual(lost, [reason])
+        self.assertFalse(transport.connected)
         yield server.lost
 
 

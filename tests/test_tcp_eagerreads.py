@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from meshproxy.tcp.splice import Upstream
 from meshproxy.transport.preamble import Preamble, PreambleSettings
+from meshproxy.transport.stream import SpliceServer
 from tests.test_tcp_clienthello import realClientHello
 from tests.test_tcp_preamble import Listener, Owner
 
@@ -55,6 +56,9 @@ class LoopbackTestCase(SynchronousTestCase):
 
 
 class ClientHelloAtAcceptTests(LoopbackTestCase):
+    #: The accepted connection's transport.
+    transportClass = tcp.Server
+
     def accept(self, accepted, address):
         reactor = FDReactor()
         owner = Owner()
@@ -62,7 +66,7 @@ class ClientHelloAtAcceptTests(LoopbackTestCase):
         preamble = Preamble(
             listener, PreambleSettings(clientHello=True), clock=reactor, owner=owner
         )
-        transport = tcp.Server(accepted, preamble, address, None, 0, reactor)
+        transport = self.transportClass(accepted, preamble, address, None, 0, reactor)
         preamble.makeConnection(transport)
         return reactor, owner, listener, transport
 
@@ -170,6 +174,15 @@ class FakeSplice:
 
     def lost(self, end, reason):
         self.lost_.append((end, reason))
+
+
+class SpliceServerHelloAtAcceptTests(ClientHelloAtAcceptTests):
+    """
+    The same with the transport of a TCP router's own port
+    (L{meshproxy.transport.stream.SpliceServer}).
+    """
+
+    transportClass = SpliceServer
 
 
 class UpstreamEndTests(LoopbackTestCase):

@@ -12,6 +12,7 @@ import socket
 
 from prometheus_client import CollectorRegistry
 from twisted.internet import defer, protocol
+from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -23,6 +24,7 @@ from meshproxy.routing.path import Path
 from meshproxy.runtime import balancerFactory, makeNamer
 from meshproxy.tcp.router import TcpRouter, TcpServerFactory
 from meshproxy.telemetry.metrics import MeshMetrics
+from meshproxy.transport.stream import SplicePort, spliceEndpoint
 from tests.memory_support import MemoryNetwork, seedRandomness
 
 MiB = 1024 * 1024
@@ -671,7 +673,13 @@ class LoopbackTestCase(TestCase):
         router, registry = buildRouter(routerConfig(services, extra), self.reactor)
         router.start()
         factory = TcpServerFactory(router)
-        port = self.reactor.listenTCP(0, factory, interface="127.0.0.1")
+        # As the process listens (meshproxy.listeners): on a SplicePort.
+        port = self.successResultOf(
+            spliceEndpoint(TCP4ServerEndpoint(self.reactor, 0, interface="127.0.0.1")).listen(
+                factory
+            )
+        )
+        self.assertIsInstance(port, SplicePort)
 
         @defer.inlineCallbacks
         def cleanup():

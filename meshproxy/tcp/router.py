@@ -56,6 +56,7 @@ from meshproxy.routing.delegate import INET_PREFIX, BoundName, DelegationError
 from meshproxy.routing.nametree import Leaf, RoutingFailure, evaluate
 from meshproxy.routing.path import Path
 from meshproxy.routing.table import RuleTable
+from meshproxy.tcp.errors import RouteRefused
 from meshproxy.tcp.splice import Downstream
 from meshproxy.tcp.stats import EndpointConnections, TcpCollector
 from meshproxy.transport.preamble import PreambleSettings
@@ -82,20 +83,6 @@ MAX_DESTINATIONS = 1000
 
 #: The PROXY protocol versions by their config word (0: none sent).
 _SEND = {"none": 0, "v1": 1, "v2": 2}
-
-
-class RouteRefused(Exception):
-    """
-    A connection the router cannot route.
-
-    @ivar reason: the error counted (C{no-sni}, C{no-route},
-        C{route-failed}, C{delegation-failed}).
-    """
-
-    def __init__(self, reason: str, detail: str) -> None:
-        Exception.__init__(self, reason, detail)
-        self.reason = reason
-        self.detail = detail
 
 
 class _Destination(BoundEndpoints):
@@ -278,7 +265,9 @@ class TcpRouter:
         @param serverName: the ClientHello's server name, or L{None}.
         @raise RouteRefused: when it goes nowhere.
         """
-        path = self.identify(serverName)
+        path = self._fixed
+        if path is None:
+            path = self.identify(serverName)
         try:
             tree = self.rules.resolve(path)
         except DelegationError as e:
@@ -292,7 +281,9 @@ class TcpRouter:
                 raise RouteRefused("route-failed", "route for %s failed: %s" % (path, e)) from None
             if bound is None:
                 raise RouteRefused("no-route", "no route for %s" % (path,))
-        destination = self.destinationFor(bound)
+        destination = self._destinations.get(bound.id)
+        if destination is None:
+            destination = self.destinationFor(bound)
         if destination.addr.kind == "neg":
             raise RouteRefused(
                 "no-route", "%s is unknown to its namer" % (destination.name,)

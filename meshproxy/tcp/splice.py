@@ -20,6 +20,7 @@ from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from meshproxy.tcp.errors import RouteRefused
 from meshproxy.tcp.stats import connectFailureReason
 from meshproxy.transport.dial import dial
 from meshproxy.transport.fastwrite import PLAIN_TCP, writerFor
@@ -143,7 +144,13 @@ class Downstream(End):
         """
 
     def __init__(self, factory: TcpServerFactory) -> None:
-        End.__init__(self, None)
+        # (End.__init__, inline: one per connection)
+        self.splice = None  # type: ignore[assignment]  # made in connectionMade
+        self.gate = None
+        self.forward = None  # type: ignore[assignment]
+        self.ended = False
+        self.lost = False
+        self.received = 0
         self.factory = factory
         self.proxied: ProxyHeader | None = None
         self.serverName: str | None = None
@@ -193,11 +200,14 @@ class Downstream(End):
         factory = self.factory
         factory.router.connStats.closed += 1
         # (isinstance, not Failure.check, which names every class of the
-        # exception's hierarchy each time: this runs for every connection)
-        if isTLSFailure(reason.value):
+        # exception's hierarchy each time: this runs for every connection;
+        # not at all for the splice's own clean close)
+        if reason is not _CLEAN_CLOSE and isTLSFailure(reason.value):
             factory.router.countError("client-tls-failed")
         try:
-            End.connectionLost(self, reason)
+            # (End.connectionLost, inline)
+            self.lost = True
+            self.splice.lost(self, reason)
         finally:
             factory._lost(self)
 
@@ -207,11 +217,25 @@ class Upstream(End):
     The connection to the endpoint.
     """
 
+    def makeConnection(self, transport: Any) -> None:
+        """
+        See L{Protocol.makeConnection}, with L{connectionMade} inline (one
+        call fewer per connection).
+        """
+        self.connected = 1
+        self.transport = transport
+        self.splice.connected(self)
+
     def connectionMade(self) -> None:
         self.splice.connected(self)
 
     def dataReceived(self, data: bytes) -> None:
-        End.dataReceived(self, data)
+        # (End.dataReceived, inline)
+        splice = self.splice
+        if splice.watchIdle:
+            splice.lastActivity = splice.seconds()
+        self.received += len(data)
+        self.forward(data)
         if self.received == len(data):
             # The first bytes of the answer: a short connection's upstream
             # (an HTTP response with "Connection: close") has often sent
@@ -369,8 +393,6 @@ class Splice:
 
         @param now: the clock's time if just read (at accept), else L{None}.
         """
-        from meshproxy.tcp.router import RouteRefused
-
         router = self.router
         try:
             self.name, self.destination = router.route(self.client.serverName)
@@ -512,16 +534,32 @@ class Splice:
         client = self.client
         up = upstream.transport
         down = client.transport
-        if type(up) in PLAIN_TCP:
-            up.bufferSize = SPLICE_BUFFER  # type: ignore[attr-defined]
-        if type(down) in PLAIN_TCP:
-            down.bufferSize = SPLICE_BUFFER  # type: ignore[attr-defined]
-        upstream.gate = PauseGate(up)
-        upstream.forward = writerFor(down)
+        upstream.gate = upGate = PauseGate(up)
+        downGate: PauseGate = client.gate  # type: ignore[assignment]  # made in begin()
         # Each side's transport pauses the other side's reading when its
-        # write buffer is full, and resumes it when the buffer drains.
-        down.registerProducer(upstream.gate, True)
-        up.registerProducer(client.gate, True)  # type: ignore[arg-type]  # made in begin()
+        # write buffer is full, and resumes it when the buffer drains. (For
+        # a plain TCP connection, its registerProducer inline.)
+        if type(up) in PLAIN_TCP:
+            conn: Connection = up  # type: ignore[assignment]
+            conn.bufferSize = SPLICE_BUFFER
+            if conn.producer is None and not conn.disconnected:
+                conn.producer = downGate
+                conn.streamingProducer = True
+            else:
+                up.registerProducer(downGate, True)
+        else:
+            up.registerProducer(downGate, True)
+        if type(down) in PLAIN_TCP:
+            conn = down  # type: ignore[assignment]
+            conn.bufferSize = SPLICE_BUFFER
+            if conn.producer is None and not conn.disconnected:
+                conn.producer = upGate
+                conn.streamingProducer = True
+            else:
+                down.registerProducer(upGate, True)
+        else:
+            down.registerProducer(upGate, True)
+        upstream.forward = writerFor(down)
         client.forward = forward = writerFor(up)
         early: list[bytes] = self.early  # type: ignore[assignment]  # a list until now
         self.early = None
@@ -539,8 +577,11 @@ class Splice:
             _halfClose(up)
         else:
             gate: PauseGate = client.gate  # type: ignore[assignment]  # made in begin()
-            gate.resume("connect")
-            if self.dialing and not client.received and not gate.paused:
+            paused = gate.paused
+            if paused:
+                gate.resume("connect")
+                paused = gate.paused
+            if self.dialing and not client.received and not paused:
                 # Connected as the client was accepted (on loopback): a
                 # client that speaks first has mostly spoken by now, and its
                 # bytes go on at once rather than after a turn of the
@@ -565,9 +606,11 @@ class Splice:
             return
         if other.ended:
             # Both directions are over. A close sends what is still
-            # buffered first.
-            _close(end.transport)
-            _close(other.transport)
+            # buffered first (the other side's too, unless the first close
+            # closed it: a clean loss closes the other side).
+            _close(end.transport, True)
+            if not other.lost:
+                _close(other.transport, True)
         else:
             _halfClose(other.transport)
 
@@ -593,10 +636,11 @@ class Splice:
             other = client
         if other is not None and not other.lost:
             if isinstance(reason.value, ConnectionDone):
-                _close(other.transport)
+                _close(other.transport, other.ended)
             else:
                 other.transport.abortConnection()
-        self._finishIfClosed()
+        if not self.finished:
+            self._finishIfClosed()
 
     def _callOff(self, attempt: IConnector) -> None:
         """
@@ -696,7 +740,15 @@ def _halfClose(transport: IStreamTransport) -> None:
         ):
             conn._writeDisconnecting = True
             conn._writeDisconnected = True
-            conn._closeWriteConnection()
+            if type(conn.protocol) in (Downstream, Upstream):
+                # Twisted's _closeWriteConnection: the shutdown, then the
+                # protocol's writeConnectionLost, which an end's ignores.
+                try:
+                    conn.socket.shutdown(1)
+                except OSError:
+                    pass
+            else:
+                conn._closeWriteConnection()
             return
     # Looked up on the class: a TLS transport passes unknown attributes on
     # to the TCP connection beneath it, whose half-close would skip TLS.
@@ -743,17 +795,21 @@ def _readOnce(end: End, got: int) -> None:
         # What the reactor does with a clean end of a half-closeable
         # connection (Connection.readConnectionLost), without its
         # Failure, lookups and adaptation.
-        conn.stopReading()
+        conn.reactor.removeReader(conn)
         end.readConnectionLost()
 
 
-def _close(transport: IStreamTransport) -> None:
+def _close(transport: IStreamTransport, ended: bool = False) -> None:
     """
     Close C{transport} once what is buffered is sent (its
     C{loseConnection}); a plain TCP connection with nothing buffered is
     closed now, as Twisted's would be on the next turn of the reactor once
     it found nothing to send (the same steps as C{doWrite} then takes):
     two epoll changes and an event fewer per connection.
+
+    @param ended: whether its peer ended its writing (its end was read):
+        nothing is left unread, and the C{close} alone ends the
+        connection as a C{shutdown(2)} first would (one system call fewer).
     """
     if type(transport) in PLAIN_TCP:
         conn: Connection = transport  # type: ignore[assignment]
@@ -767,12 +823,19 @@ def _close(transport: IStreamTransport) -> None:
             and (producer is None or (conn.streamingProducer and not conn.producerPaused))
         ):
             conn.disconnecting = True
-            if conn._writeDisconnected:
+            if ended or conn._writeDisconnected:
                 # Our writing ended already (a half-close), and the close
                 # sends nothing more: a shutdown(2) first would do nothing
                 # on the wire (once the peer ended too, it fails, an
-                # exception made and dropped).
+                # exception made and dropped). Or the peer's end was read:
+                # nothing is left unread, and the close sends our end as
+                # the shutdown would.
                 conn._shouldShutdown = False
+            # The producer registered on it is the other side's gate: the
+            # pair is ending (this side closes after the other's loss, or
+            # both directions are over), and it has nothing left to resume
+            # (connectionLost would stop it: two calls).
+            conn.producer = None
             # (connectionLost stops the reading and writing itself)
             conn.connectionLost(_CLEAN_CLOSE)
             return

@@ -255,7 +255,12 @@ def _serverName(data: bytes, pos: int, size: int) -> str | None:
     if sessionLength > 32:
         raise ClientHelloError("malformed", "session id of %d bytes" % (sessionLength,))
     pos += 1 + sessionLength
-    suites = _length16(data, pos, size, "cipher suites")
+    # (_length16, inline: once per connection routed by SNI)
+    if pos + 2 > size:
+        raise ClientHelloError("malformed", "cipher suites past the end")
+    suites = (data[pos] << 8) | data[pos + 1]
+    if pos + 2 + suites > size:
+        raise ClientHelloError("malformed", "cipher suites past the end")
     if suites == 0 or suites % 2:
         raise ClientHelloError("malformed", "cipher suites of %d bytes" % (suites,))
     pos += 2 + suites
@@ -270,7 +275,12 @@ def _serverName(data: bytes, pos: int, size: int) -> str | None:
     if pos == size:
         # No extensions at all (TLS 1.2 and before allow it).
         return None
-    extensions = _length16(data, pos, size, "extensions")
+    # (_length16, inline)
+    if pos + 2 > size:
+        raise ClientHelloError("malformed", "extensions past the end")
+    extensions = (data[pos] << 8) | data[pos + 1]
+    if pos + 2 + extensions > size:
+        raise ClientHelloError("malformed", "extensions past the end")
     pos += 2
     if pos + extensions != size:
         raise ClientHelloError("malformed", "extensions do not fill the ClientHello")
@@ -294,15 +304,6 @@ def _serverName(data: bytes, pos: int, size: int) -> str | None:
     if found < 0:
         return None
     return _hostName(data, found, found + ((data[found - 2] << 8) | data[found - 1]))
-
-
-def _length16(data: bytes, pos: int, size: int, what: str) -> int:
-    if pos + 2 > size:
-        raise ClientHelloError("malformed", "%s past the end" % (what,))
-    length = (data[pos] << 8) | data[pos + 1]
-    if pos + 2 + length > size:
-        raise ClientHelloError("malformed", "%s past the end" % (what,))
-    return length
 
 
 def _hostName(data: bytes, start: int, size: int) -> str | None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import socket
 from errno import EALREADY, EINPROGRESS, EISCONN, EWOULDBLOCK
+from functools import lru_cache
 from os import strerror
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,8 @@ from twisted.internet import abstract, address, error, tcp
 from twisted.internet.interfaces import IConnector
 from twisted.internet.posixbase import PosixReactorBase
 from zope.interface import implementer
+
+from meshproxy.transport.stream import RawSocket, ipv4Address, readConnection, releaseConnection
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocol
@@ -67,16 +70,14 @@ def dial(
     """
     if not isinstance(reactor, PosixReactorBase):
         return reactor.connectTCP(host, port, factory, timeout)
-    if abstract.isIPAddress(host):
-        family = socket.AF_INET
-        target: tuple[Any, ...] = (host, port)
-        kind: type[address.IPv4Address | address.IPv6Address] = address.IPv4Address
-    elif abstract.isIPv6Address(host):
-        family = socket.AF_INET6
-        target = tcp._resolveIPv6(host, port)
-        kind = address.IPv6Address
-    else:
+    known = _kindOf(host)
+    if known is None:
         return reactor.connectTCP(host, port, factory, timeout)
+    family, kind = known
+    if family == socket.AF_INET6:
+        target: tuple[Any, ...] = tcp._resolveIPv6(host, port)
+    else:
+        target = (host, port)
     attempt = Dial(factory, host, port, kind)
     attempt.transport = transport = DialedClient(attempt, family, target, kind, reactor)
     transport.start()
@@ -88,6 +89,22 @@ def dial(
             timeout, transport.failIfNotConnected, error.TimeoutError()
         )
     return attempt
+
+
+@lru_cache(maxsize=4096)
+def _kindOf(
+    host: str,
+) -> tuple[socket.AddressFamily, type[address.IPv4Address | address.IPv6Address]] | None:
+    """
+    The address family and address type of an IP address (L{None} for a
+    name): asked once per address rather than per connection (the checks
+    are Python code; the endpoints of a process are few).
+    """
+    if abstract.isIPAddress(host):
+        return socket.AF_INET, address.IPv4Address
+    if abstract.isIPv6Address(host):
+        return socket.AF_INET6, address.IPv6Address
+    return None
 
 
 @implementer(IConnector)
@@ -127,7 +144,8 @@ class Dial:
         """
         The connection is made: the factory's protocol for it.
         """
-        self._cancelTimer()
+        if self.timer is not None:
+            self._cancelTimer()
         self.state = "connected"
         return self.factory.buildProtocol(addr)
 
@@ -208,9 +226,13 @@ class DialedClient(tcp.Client):
         self._addressType = kind  # type: ignore[assignment]  # IPv4Address or IPv6Address
         self._requiresResolution = False
         # tcp.Connection.__init__ without its setblocking(False): the
-        # socket is made non-blocking (one ioctl less per connection).
-        abstract.FileDescriptor.__init__(self, reactor=reactor)
-        skt = socket.socket(family, socket.SOCK_STREAM | _NONBLOCK)
+        # socket is made non-blocking (one ioctl less per connection); and
+        # FileDescriptor.__init__, inline.
+        self.reactor = reactor
+        self._tempDataBuffer = []
+        self._tempDataLen = 0
+        # (the bare socket type: see meshproxy.transport.stream.RawSocket)
+        skt: Any = RawSocket(family, socket.SOCK_STREAM | _NONBLOCK)
         if not _NONBLOCK:
             skt.setblocking(False)
         self.socket = skt
@@ -259,7 +281,9 @@ class DialedClient(tcp.Client):
         L{tcp.BaseClient._connectDone}, without asking the kernel for the
         peer's address, which is the one dialed).
         """
-        protocol = self.connector.buildProtocol(self.getPeer())
+        target = self.realAddress
+        peer = ipv4Address(*target) if self.addressFamily == socket.AF_INET else self.getPeer()
+        protocol = self.connector.buildProtocol(peer)
         self.connected = 1
         if protocol is None:
             # (as Twisted does)
@@ -270,19 +294,47 @@ class DialedClient(tcp.Client):
             self.loseConnection()
             return
         self.protocol = protocol
-        self.logstr = "%s,client" % (protocol.__class__.__name__,)
-        self.startReading()
+        self.reactor.addReader(self)
         protocol.makeConnection(self)
+
+    @property
+    def logstr(self) -> str:
+        """
+        The log prefix, made when asked for (C{Protocol,client}, as
+        Twisted's).
+        """
+        logstr = self.__dict__.get("_logstr")
+        if logstr is not None:
+            return logstr
+        protocol = self.__dict__.get("protocol")
+        if protocol is None:
+            return "Uninitialized"
+        return "%s,client" % (protocol.__class__.__name__,)
+
+    @logstr.setter
+    def logstr(self, value: str) -> None:
+        self.__dict__["_logstr"] = value
+
+    #: (L{readConnection<meshproxy.transport.stream.readConnection>}:
+    #: Twisted's C{doRead} in one call rather than two)
+    doRead = readConnection
 
     def connectionLost(self, reason: Failure) -> None:
         """
         See L{tcp.BaseClient.connectionLost}; while connecting (the socket
         reported an error or a hang-up), the kernel's reason is the one
-        given.
+        given. Once connected, the protocol and then the attempt hear of
+        the loss, once.
         """
-        if not self.connected and not self.disconnected and hasattr(self, "socket"):
-            err = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err:
-                self.failIfNotConnected(error.getConnectError((err, strerror(err))))
-                return
-        tcp.Client.connectionLost(self, reason)
+        if not self.connected:
+            if not self.disconnected and hasattr(self, "socket"):
+                err = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    self.failIfNotConnected(error.getConnectError((err, strerror(err))))
+                    return
+            tcp.Client.connectionLost(self, reason)
+            return
+        protocol = releaseConnection(self, reason)
+        if protocol is not None:
+            protocol.connectionLost(reason)
+            self.connector.connectionLost(reason)

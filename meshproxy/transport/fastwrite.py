@@ -21,12 +21,13 @@ from twisted.internet import tcp
 from twisted.internet.interfaces import ITransport
 
 from meshproxy.transport.dial import DialedClient
+from meshproxy.transport.stream import SpliceServer
 
 __all__ = ["PLAIN_TCP", "writerFor"]
 
 #: The transports that are plain TCP connections, whose buffers the fast
 #: paths read (their subclasses, UNIX and TLS ones, are not).
-PLAIN_TCP: tuple[type[tcp.Connection], ...] = (tcp.Server, tcp.Client, DialedClient)
+PLAIN_TCP: tuple[type[tcp.Connection], ...] = (tcp.Server, tcp.Client, DialedClient, SpliceServer)
 
 
 def writerFor(transport: ITransport) -> Callable[[bytes], None]:

@@ -29,13 +29,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from twisted.internet import tcp
 from twisted.internet.interfaces import IHalfCloseableProtocol, ILoggingContext, IProtocol
 from twisted.internet.protocol import Factory, connectionDone
 from twisted.logger import Logger
 from zope.interface import Interface, implementer
 
 from meshproxy.transport.clienthello import ClientHelloError, ClientHelloReader
+from meshproxy.transport.fastwrite import PLAIN_TCP
 from meshproxy.transport.proxyprotocol import (
     ProxyHeader,
     ProxyProtocolError,
@@ -379,7 +379,8 @@ class Preamble:
         Tell the router's protocol what was read, connect it, and give it
         C{rest}, the bytes read after the PROXY header.
         """
-        self._disarm()
+        if self._timer is not None:
+            self._disarm()
         if getattr(self._owner, "draining", False):
             self._state = _CLOSED
             self.transport.loseConnection()
@@ -392,7 +393,8 @@ class Preamble:
         self._release()
 
     def _connectWrapped(self) -> None:
-        listener = _listenerOf(self.wrapped)
+        wrapped = self.wrapped
+        listener = wrapped if IPreambleListener.providedBy(wrapped) else _listenerOf(wrapped)
         if listener is not None:
             listener.preambleRead(self.proxied, self.serverName)
         self._handed = True
@@ -465,7 +467,7 @@ def _readNow(transport: Any) -> bytes | None:
         the reactor's own read meets again), or for another kind of
         transport; L{None} when the connection failed.
     """
-    if type(transport) not in (tcp.Server, tcp.Client) or transport.disconnecting:
+    if type(transport) not in PLAIN_TCP or transport.disconnecting:
         return b""
     try:
         data: bytes = transport.socket.recv(transport.bufferSize)
