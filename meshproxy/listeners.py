@@ -113,7 +113,7 @@ class _ListenerService(StreamServerEndpointService):
         # IReactorTime and IReactorCore, which no one type says.
         reactor: Any,
     ) -> None:
-        if _servesTcpRouter(factory):
+        if servesTcpRouter(factory):
             # A TCP router's connections are spliced: its port and
             # connections are meshproxy's leaner ones (L{meshproxy.transport.stream}).
             from meshproxy.transport.stream import spliceEndpoint
@@ -184,7 +184,7 @@ class _ListenerService(StreamServerEndpointService):
         return d
 
 
-def _servesTcpRouter(factory: object) -> bool:
+def servesTcpRouter(factory: object) -> bool:
     """
     Whether a listener's factory is a TCP router's: its own
     L{TcpServerFactory<meshproxy.tcp.router.TcpServerFactory>}, or the

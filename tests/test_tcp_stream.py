@@ -670,17 +670,43 @@ class ListenerTests(TestCase):
         """
         from twisted.internet.testing import MemoryReactorClock
 
-        from meshproxy.listeners import _servesTcpRouter
+        from meshproxy.listeners import servesTcpRouter
         from meshproxy.tcp.router import TcpServerFactory
         from meshproxy.transport.preamble import PreambleFactory
 
         tcpFactory = TcpServerFactory.__new__(TcpServerFactory)
         other = protocol.Factory()
         clock = MemoryReactorClock()
-        self.assertTrue(_servesTcpRouter(tcpFactory))
-        self.assertTrue(_servesTcpRouter(PreambleFactory(tcpFactory, other, clock=clock)))
-        self.assertFalse(_servesTcpRouter(other))
-        self.assertFalse(_servesTcpRouter(PreambleFactory(other, other, clock=clock)))
+        self.assertTrue(servesTcpRouter(tcpFactory))
+        self.assertTrue(servesTcpRouter(PreambleFactory(tcpFactory, other, clock=clock)))
+        self.assertFalse(servesTcpRouter(other))
+        self.assertFalse(servesTcpRouter(PreambleFactory(other, other, clock=clock)))
+
+    def test_workersAdoptTcpRoutersOnSplicePorts(self):
+        """
+        A worker adopts a TCP router's shared socket on a L{SplicePort}
+        taking one connection per wake-up, and any other listener's on
+        Twisted's port, also one at a time.
+        """
+        from twisted.internet import reactor
+
+        from meshproxy.tcp.router import TcpServerFactory
+        from meshproxy.workers.worker import AdoptedListener, _OneAcceptPort
+
+        def adopted(factory):
+            bound = socket.socket()
+            bound.bind(("127.0.0.1", 0))
+            bound.listen(5)
+            listener = AdoptedListener(bound, factory, reactor=reactor)
+            listener.startService()
+            self.addCleanup(listener.stopService)
+            self.assertEqual(bound.fileno(), -1)
+            return listener.port
+
+        port = adopted(TcpServerFactory.__new__(TcpServerFactory))
+        self.assertIs(type(port), SplicePort)
+        self.assertEqual(port.maxAccepts, 1)
+        self.assertIs(type(adopted(protocol.Factory())), _OneAcceptPort)
 
 
 class ReadTests(SynchronousTestCase):

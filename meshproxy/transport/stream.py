@@ -35,12 +35,13 @@ from __future__ import annotations
 
 import _socket
 import errno
+import os
 import socket
 import struct
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import address, tcp
-from twisted.internet.defer import succeed
+from twisted.internet.defer import fail, succeed
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.error import ConnectionAborted
 from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamServerEndpoint
@@ -430,8 +431,6 @@ class SplicePort(tcp.Port):
 
 
 def _closeDescriptor(fd: int) -> None:
-    import os
-
     try:
         os.close(fd)
     except OSError:
@@ -455,8 +454,6 @@ class SpliceEndpoint:
         already fired with the port, or failed with
         L{CannotListenError<twisted.internet.error.CannotListenError>}).
         """
-        from twisted.internet.defer import fail
-
         endpoint = self.endpoint
         port = SplicePort(
             endpoint._port,

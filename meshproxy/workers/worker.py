@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from twisted.application.service import MultiService, Service
 from twisted.internet import tcp
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols import amp
 
+from meshproxy.listeners import servesTcpRouter
 from meshproxy.workers.namer import PushedNamer
 from meshproxy.workers.protocol import (
     Bind,
@@ -137,9 +139,19 @@ class AdoptedListener(Service):
         self._sock = None
         sock.setblocking(False)
         # The reactor uses its own copy of the descriptor.
-        self.port = self.reactor.adoptStreamPort(sock.fileno(), sock.family, self.factory)
+        if servesTcpRouter(self.factory) and isinstance(self.reactor, PosixReactorBase):
+            # A TCP router's connections are spliced on meshproxy's leaner
+            # port and transports, as in a single process; one accepted
+            # per wake-up, as below.
+            from meshproxy.transport.stream import adoptSplicePort
+
+            self.port = adoptSplicePort(
+                self.reactor, sock.fileno(), sock.family, self.factory, maxAccepts=1
+            )
+        else:
+            self.port = self.reactor.adoptStreamPort(sock.fileno(), sock.family, self.factory)
+            acceptOneAtATime(self.port)
         sock.close()
-        acceptOneAtATime(self.port)
 
     def stopService(self) -> Any:
         Service.stopService(self)
