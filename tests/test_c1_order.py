@@ -21,7 +21,9 @@ REQUEST = b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n"
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
-def _onWrite(obj: Any, attribute: str, snapshot: Callable[[], dict[str, Any]]) -> list[dict[str, Any]]:
+def _onWrite(
+    obj: Any, attribute: str, snapshot: Callable[[], dict[str, Any]]
+) -> list[dict[str, Any]]:
     """
     Wrap the write function C{obj.attribute} to take a snapshot before
     each write.
@@ -210,3 +212,29 @@ class ResponseSendFirstTests(SynchronousTestCase):
         self.assertAlmostEqual(p.node.cost, 250.0)
         self.assertEqual(p.node.pending, 0)
         self.assertEqual(p.node.failures, 1)
+
+    def test_clientLostWhileSendingFindsItDone(self) -> None:
+        """
+        A client connection that fails within the write of the response
+        (as a TLS connection can) finds the exchange done, as it did when
+        the write came after the bookkeeping: the try still counts as a
+        success, the upstream connection goes back to the pool, and the
+        request is recorded once, with its status.
+        """
+        p = Pooled()
+        p.proto.dataReceived(REQUEST)
+        send = p.proto._send
+
+        def failing(data: bytes) -> None:
+            send(data)
+            p.proto.connectionLost()
+
+        p.proto._send = failing
+        p.up.dataReceived(RESPONSE)
+        after = p.state()
+        self.assertEqual(after["successes"], 2)
+        self.assertEqual(after["pending"], 0)
+        self.assertEqual(after["idle"], 1)
+        self.assertEqual(after["recorded"], 2)
+        self.assertEqual(sum(p.client.stats.methods), 2)
+        self.assertEqual(p.h.metrics._errors, {})

@@ -738,7 +738,10 @@ class Exchange(TryAccounting):
         self.writer.end(trailers)  # type: ignore[union-attr]
         # The response is out first: what follows (the connection back to
         # its pool, the balancer, accrual, metrics, telemetry) shapes none
-        # of its bytes.
+        # of its bytes. The exchange is done from here: what the flush may
+        # set off at once (a TLS or HTTP/2 client connection failing
+        # there) finds it done, as when the flush came after _end.
+        self.state = DONE
         server.flush()
         upstream, self.upstream = self.upstream, None
         if upstream is not None:
