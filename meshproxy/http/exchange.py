@@ -264,8 +264,9 @@ class Exchange(TryAccounting):
         """
         Credit the retry budget with this request, at its start time.
         """
-        now, self.credit = self.credit, None
-        self.router.retries.admit(now)  # type: ignore[arg-type]  # (not None)
+        now: float = self.credit  # type: ignore[assignment]  # (set: the callers check)
+        self.credit = None
+        self.router.retries.admit(now)
 
     def _grpcDeadline(self, total: float) -> float:
         """

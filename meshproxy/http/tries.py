@@ -113,7 +113,7 @@ class TryAccounting(ExchangeState):
         head, taken after its bytes were sent.
         """
         self.unmeasured = False
-        self.client.balancer.measured(self.node, self.tryStart, self.headTime)  # type: ignore[union-attr, arg-type]
+        self.client.balancer.measured(self.node, self.tryStart, self.headTime)  # type: ignore[union-attr]
 
     def _endTry(self, success: bool, measured: bool = False) -> None:
         """
