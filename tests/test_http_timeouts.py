@@ -74,7 +74,8 @@ class TimeoutQueueTests(SynchronousTestCase):
     def test_oneReactorTimerForAll(self) -> None:
         """
         However many timeouts are pending, the queue keeps one reactor
-        timer, and none once every timeout is cancelled.
+        timer; once every timeout is cancelled it stays armed until its
+        time, then none is left.
         """
         queue = TimeoutQueue(self.clock, 5.0)
         timeouts = []
@@ -85,10 +86,55 @@ class TimeoutQueueTests(SynchronousTestCase):
         self.assertEqual(len(queue), 100)
         for timeout in timeouts:
             timeout.cancel()
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
         self.assertEqual(len(queue), 0)
         self.clock.advance(10)
         self.assertEqual(self.fired, [])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_emptiedQueueKeepsItsTimer(self) -> None:
+        """
+        One timeout at a time, each cancelled before the next is added (one
+        request at a time): the reactor timer armed for the first serves
+        them all, and still fires each at its own deadline.
+        """
+        queue = TimeoutQueue(self.clock, 5.0)
+        queue.add(self._callback("a")).cancel()
+        [timer] = self.clock.getDelayedCalls()
+        for _ in range(10):
+            self.clock.advance(0.2)
+            queue.add(self._callback("b")).cancel()
+        self.assertEqual(self.clock.getDelayedCalls(), [timer])
+        self.clock.advance(0.2)
+        queue.add(self._callback("c"))
+        self.assertEqual(self.clock.getDelayedCalls(), [timer])
+        self.clock.advance(5.0 - 0.2 * 11)
+        self.assertEqual(self.fired, [])
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(0.2 * 11 - 1e-9)
+        self.assertEqual(self.fired, [])
+        self.clock.advance(1e-9)
+        self.assertEqual(self.fired, [("c", self.clock.seconds())])
+        self.assertAlmostEqual(self.clock.seconds(), 0.2 * 11 + 5.0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_closeCancelsTheKeptTimer(self) -> None:
+        """
+        L{TimeoutQueue.close} cancels the timer kept while the queue is
+        empty; with a timeout pending it changes nothing; a timeout added
+        after it arms a timer again.
+        """
+        queue = TimeoutQueue(self.clock, 5.0)
+        pending = queue.add(self._callback("a"))
+        queue.close()
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        pending.cancel()
+        queue.close()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        queue.close()
+        queue.add(self._callback("b"))
+        self.clock.advance(5.0)
+        self.assertEqual(self.fired, [("b", 5.0)])
 
     def test_sameDeadlineInOrderAdded(self) -> None:
         """
@@ -213,7 +259,8 @@ class ExchangeTimeoutTests(SynchronousTestCase):
         """
         Requests in flight on several connections hold no reactor timer of
         their own for their total timeout: the router's queue holds one,
-        and none is left once they are answered.
+        kept once they are answered, and none is left once the router
+        stops.
         """
         h = Harness()
         clients = []
@@ -231,6 +278,9 @@ class ExchangeTimeoutTests(SynchronousTestCase):
         for transport in clients:
             self.assertTrue(transport.value().endswith(b"\r\n\r\nok"))
         self.assertEqual(len(h.router.timeouts), 0)
+        # Kept for the next requests, until the router stops.
+        self.assertEqual(self._timers(h).count(h.router.timeouts._expire), 1)
+        h.router.stop()
         self.assertNotIn(h.router.timeouts._expire, self._timers(h))
 
     def test_totalTimeoutFiresFromQueueAtDeadline(self) -> None:

@@ -117,6 +117,7 @@ class Exchange(TryAccounting):
         "acquiring",
         "endTime",
         "eventTime",
+        "credit",
     )
 
     def __init__(self, server: IClientConnection, request: Request, router: IRouter) -> None:
@@ -145,6 +146,13 @@ class Exchange(TryAccounting):
         # read makes happen here takes its time from it.
         self.eventTime: float | None = None
         self.tryStart = 0.0
+        # Whether the current try's latency sample (from tryStart to
+        # headTime) is still to be given to the balancer: taken after the
+        # response head is sent (_sample).
+        self.unmeasured = False
+        # The time the retry budget is still to be credited with for this
+        # request (after its first try was sent), or None.
+        self.credit: float | None = None
         self.upstream: IUpstreamConnection | None = None
         self.connecting: _Attempt | None = None
         self.status = 0
@@ -228,17 +236,37 @@ class Exchange(TryAccounting):
                 return
         self.deadline = now + total
         timeouts = router.timeouts
-        if total == timeouts.duration:
-            self.timer = timeouts.add(self._timedOut, now)
-        else:
-            # A caller's shorter deadline, or a gRPC timeout.
-            self.timer = router.clock.callLater(total, self._timedOut)
+        # The router's total timeout (nearly every request) is armed once
+        # the first try is sent: it shapes no byte of it, and its deadline
+        # is counted from now whenever it is added. Any other is armed here.
+        queued = total == timeouts.duration and not unresolved
+        if not queued:
+            if total == timeouts.duration:
+                self.timer = timeouts.add(self._timedOut, now)
+            else:
+                # A caller's shorter deadline, or a gRPC timeout.
+                self.timer = router.clock.callLater(total, self._timedOut)
         self._enter(WAITING)
         if unresolved:
             self._awaitResolution(client)
             return
-        router.retries.admit(now)
+        # The retry budget is credited after the send too, and before any
+        # retry of this request asks it (_retry).
+        self.credit = now
         self._attempt()
+        # What follows shapes no byte sent.
+        if queued and self.state is not DONE:
+            self.timer = timeouts.add(self._timedOut, now)
+        if self.credit is not None:
+            self._credit()
+
+    def _credit(self) -> None:
+        """
+        Credit the retry budget with this request, at its start time.
+        """
+        now: float = self.credit  # type: ignore[assignment]  # (set: the callers check)
+        self.credit = None
+        self.router.retries.admit(now)
 
     def _grpcDeadline(self, total: float) -> float:
         """
@@ -386,6 +414,8 @@ class Exchange(TryAccounting):
         state = self.state
         if state is DONE or state is STREAMING:
             return False
+        if self.credit is not None:
+            self._credit()
         body = self.body
         delay = self.router.retries.retryDelay(
             reason,
@@ -647,7 +677,13 @@ class Exchange(TryAccounting):
         elif self.node is not None:
             # The endpoint's latency is the time to its answer's head: a
             # body the client reads slowly must not make it look slow.
-            client.balancer.measured(self.node, self.tryStart, now)
+            if self.eventTime is None:
+                client.balancer.measured(self.node, self.tryStart, now)
+            else:
+                # An HTTP/1.1 upstream's read, which ends with this
+                # exchange's flush (or its end): the sample is taken there,
+                # after the send (_sample), at the same time.
+                self.unmeasured = True
         self._enter(STREAMING)
         self.status = status
         self.progress = self.headTime = now
@@ -701,6 +737,13 @@ class Exchange(TryAccounting):
             self._grpcEnd(trailers)
         server = self.server
         self.writer.end(trailers)  # type: ignore[union-attr]
+        # The response is out first: what follows (the connection back to
+        # its pool, the balancer, accrual, metrics, telemetry) shapes none
+        # of its bytes. The exchange is done from here: what the flush may
+        # set off at once (a TLS or HTTP/2 client connection failing
+        # there) finds it done, as when the flush came after _end.
+        self.state = DONE
+        server.flush()
         upstream, self.upstream = self.upstream, None
         if upstream is not None:
             server.stopStreaming()
@@ -714,7 +757,6 @@ class Exchange(TryAccounting):
             upstream.responseDone(reusable)
         self._endTry(self.classification == SUCCESS, measured=self.classification != RETRYABLE)
         self._end()
-        server.flush()
         server.exchangeDone(self, self.keepAlive)
 
     def _grpcHead(self, client: IDestination, status: int, headers: Headers) -> tuple[int, bool]:
@@ -821,9 +863,12 @@ class Exchange(TryAccounting):
 
     def flush(self) -> None:
         """
-        See L{IExchange.flush}.
+        See L{IExchange.flush}: then the latency sample of a response head
+        just sent.
         """
         self.server.flush()
+        if self.unmeasured:
+            self._sample()
 
     # -- ends --------------------------------------------------------------
 

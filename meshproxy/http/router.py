@@ -228,6 +228,11 @@ class HttpRouter:
         if self._expiry is not None and self._expiry.running:
             self._expiry.stop()
         self.clients.close()
+        # The timers the queues keep while empty (closing the connections
+        # ended the requests that were pending).
+        self.timeouts.close()
+        if self.tryTimeouts is not None:
+            self.tryTimeouts.close()
 
     # -- routing (IRouter) ------------------------------------------------
 

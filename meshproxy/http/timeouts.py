@@ -15,6 +15,12 @@ Each timeout fires at the time a C{callLater} of the same delay would have
 fired it (its deadline is C{clock.seconds() + duration}, and the reactor
 timer is always due at or before the oldest deadline); those due at the same
 time fire in the order they were added.
+
+The reactor timer stays armed when the last pending timeout is cancelled:
+one request at a time (concurrency 1) would otherwise make and cancel a
+reactor timer per request. It fires at the deadline it was armed for, finds
+nothing due, and arms again only for what is pending then;
+L{TimeoutQueue.close} cancels it (its owner stops, or a test ends).
 """
 
 from __future__ import annotations
@@ -74,16 +80,8 @@ class Timeout:
         if state:
             raise AlreadyCalled() if state == 1 else AlreadyCancelled()
         self.state = 2
-        queue = self.queue
-        pending = queue._pending
-        del pending[self]
-        if not pending and not queue._expiring:
-            # Nothing left to wait for: no reactor timer is left behind
-            # (the reactor of a test must end clean). While others are
-            # pending the timer stays: if it is due early, it re-arms.
-            timer, queue._timer = queue._timer, None
-            if timer is not None:
-                timer.cancel()
+        # The reactor timer stays, due early (see the module's docstring).
+        del self.queue._pending[self]
 
 
 class TimeoutQueue:
@@ -108,9 +106,10 @@ class TimeoutQueue:
         # Insertion-ordered, so deadline-ordered: a Python dict keeps the
         # order keys were added in, and deleting any of them is O(1).
         self._pending: dict[Timeout, None] = {}
-        # The reactor timer, due at or before the oldest deadline; None
-        # when nothing is pending, or while _expire runs (which arms the
-        # next one itself).
+        # The reactor timer, due at or before the oldest deadline (or at
+        # the deadline of a timeout cancelled since); None once it fired
+        # with nothing left pending, after close, or while _expire runs
+        # (which arms the next one itself).
         self._timer: IDelayedCall | None = None
         self._expiring = False
 
@@ -146,6 +145,18 @@ class TimeoutQueue:
                     delay = 0.0
             self._timer = clock.callLater(delay, self._expire)
         return timeout
+
+    def close(self) -> None:
+        """
+        Cancel the reactor timer, when no timeout is pending (it was kept
+        for the next one); with timeouts pending, nothing changes. A
+        timeout added later arms a timer again.
+        """
+        if self._pending or self._expiring:
+            return
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def _expire(self) -> None:
         """

@@ -37,6 +37,9 @@ class TryAccounting(ExchangeState):
         for a connection (C{limits.maxPending}).
     @ivar triedNodes: the endpoints that failed this request, avoided by
         retries.
+    @ivar unmeasured: whether the latency sample of the try's response
+        head (from C{tryStart} to C{headTime}) is still to be given to the
+        balancer (L{_sample}).
     @ivar upstream: the try's connection, or L{None}.
     @ivar connecting: the try's connection attempt, or L{None}.
     @ivar lastNode: the endpoint of the last try that ended.
@@ -59,6 +62,7 @@ class TryAccounting(ExchangeState):
         "trace",
         "tryStatus",
         "tryError",
+        "unmeasured",
     )
 
     client: IDestination | None
@@ -69,6 +73,8 @@ class TryAccounting(ExchangeState):
     tryStatus: int
     tryError: str | None
     tryStart: float
+    headTime: float
+    unmeasured: bool
     tryTimer: IDelayedCall | Timeout | None
     waiting: bool
     triedNodes: set[Node] | None
@@ -83,6 +89,8 @@ class TryAccounting(ExchangeState):
         node = self.node
         if node is None:
             return None
+        if self.unmeasured:
+            self._sample()
         self.node = None
         self.lastNode = node
         trace = self.trace
@@ -98,6 +106,14 @@ class TryAccounting(ExchangeState):
             if timer.active():
                 timer.cancel()
         return node
+
+    def _sample(self) -> None:
+        """
+        Give the balancer the latency sample of the current try's response
+        head, taken after its bytes were sent.
+        """
+        self.unmeasured = False
+        self.client.balancer.measured(self.node, self.tryStart, self.headTime)  # type: ignore[union-attr]
 
     def _endTry(self, success: bool, measured: bool = False) -> None:
         """
