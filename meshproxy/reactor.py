@@ -251,3 +251,15 @@ def install(busyPoll: float = 0.0) -> Any:
     from twisted.internet import reactor
 
     return reactor
+
+
+def setBusyPoll(reactor: object, seconds: float) -> None:
+    """
+    Give a L{MeshReactor} its busy poll (the config's C{busyPoll}); any other
+    reactor (C{twistd --reactor NAME}, a test's) has none and is left as
+    it is.
+
+    @param seconds: see L{MeshReactor.busyPoll}.
+    """
+    if isinstance(reactor, MeshReactor):
+        reactor.busyPoll = seconds

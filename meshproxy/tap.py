@@ -450,7 +450,14 @@ def makeService(
     _ReloadOnHangup(runtime, reactor).setServiceParent(top)
     count = options.workerCount() if hasattr(options, "workerCount") else 1
     if count > 1:
+        # (the workers poll as the config says; this process serves the
+        # admin API only)
         _addWorkers(top, runtime, count, reactor)
+    else:
+        # (imported once the reactor is installed: see meshproxy.twistedtls)
+        from meshproxy.reactor import setBusyPoll
+
+        setBusyPoll(reactor, config.busyPoll)
     return top
 
 

@@ -106,3 +106,64 @@ class BusyPollTests(SynchronousTestCase):
         A negative busy poll is a L{ValueError}.
         """
         self.assertRaises(ValueError, MeshReactor, -1e-6)
+
+
+class BusyPollConfigTests(SynchronousTestCase):
+    """
+    The config's C{busyPoll}: a duration from C{0s} (the default) to
+    C{1ms}, given to the process's L{MeshReactor} when it serves the data
+    path itself.
+    """
+
+    BASE = (
+        "namers: [{kind: static, prefix: /#/x, services: {a: [\"127.0.0.1:1\"]}}]\n"
+        'routers: [{name: web, listen: "tcp:0", rules: "/svc => /#/x;"}]\n'
+    )
+
+    def test_defaultOff(self) -> None:
+        from meshproxy.config import parseConfig
+
+        self.assertEqual(parseConfig(self.BASE, "t").busyPoll, 0.0)
+
+    def test_values(self) -> None:
+        from meshproxy.config import parseConfig
+
+        for text, seconds in [("0s", 0.0), ("0.1ms", 0.0001), ("1ms", 0.001)]:
+            config = parseConfig(self.BASE + "busyPoll: %s\n" % (text,), "t")
+            self.assertEqual(config.busyPoll, seconds)
+
+    def test_badValues(self) -> None:
+        from meshproxy.config import ConfigError, parseConfig
+
+        for text, message in [
+            ("2ms", 'busyPoll: expected a duration of at most 1ms, got "2ms"'),
+            ("100", "busyPoll: expected a duration like"),
+            ("-1ms", "busyPoll: "),
+        ]:
+            with self.assertRaises(ConfigError) as raised:
+                parseConfig(self.BASE + "busyPoll: %s\n" % (text,), "t")
+            self.assertIn(message, str(raised.exception))
+
+    def test_givenToTheReactor(self) -> None:
+        """
+        C{makeService} gives the config's busy poll to a L{MeshReactor};
+        another reactor is left as it is.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from meshproxy.config import parseConfig
+        from meshproxy.tap import Options, makeService
+
+        options = Options()
+        options.parseOptions([])
+        options.meshConfig = parseConfig(
+            'admin: {listen: "tcp:0:interface=127.0.0.1"}\n' + self.BASE + "busyPoll: 0.2ms\n",
+            "t",
+        )
+        reactor = MeshReactor()
+        self.addCleanup(reactor._poller.close)
+        makeService(options, reactor=reactor)
+        self.assertEqual(reactor.busyPoll, 0.0002)
+        other = MemoryReactorClock()
+        makeService(options, reactor=other)
+        self.assertFalse(hasattr(other, "busyPoll"))

@@ -118,19 +118,24 @@ def Choice(*options: str) -> Any:
     return Checked(choose, {"type": "string", "enum": list(options)})
 
 
-def Duration(positive: bool = True) -> Any:
+def Duration(positive: bool = True, maximum: str | None = None) -> Any:
     """
     A duration, kept as float seconds: in a file, a string with a unit
     (C{"250ms"}); in Python, also a number of seconds.
 
     @param positive: whether C{0s} is refused.
+    @param maximum: the longest allowed, written with a unit, or L{None}.
     """
+    longest = None if maximum is None else checks.parseDuration(maximum)
 
     def validate(value: Any, info: ValidationInfo) -> float:
         try:
-            return checks.duration(value, positive, seconds=not isDocument(info.context))
+            seconds = checks.duration(value, positive, seconds=not isDocument(info.context))
         except Invalid as e:
             failOne(str(e))
+        if longest is not None and seconds > longest:
+            failOne(f"expected a duration of at most {maximum}, got {show(value)}")
+        return seconds
 
     schema = {
         "type": "string",

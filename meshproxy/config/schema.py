@@ -602,6 +602,13 @@ class MeshConfig(Section):
         default: one process, as without the key), a number up to
         L{MAX_WORKERS}, or C{"auto"} (the CPUs available to the process; see
         L{meshproxy.workers.count}). C{twistd meshproxy --workers} wins.
+    @ivar busyPoll: how long the process (each worker) polls for events
+        without sleeping before it waits for them: C{0s} (the default)
+        never, else at most C{1ms}. For the latency of one request at a time
+        (a woken process answers later than one awake), at the cost of CPU
+        time when idle (L{MeshReactor.busyPoll<meshproxy.reactor.MeshReactor.busyPoll>});
+        as HAProxy's C{busy-polling}. Applied at start (a reload says a
+        restart is needed).
     @ivar source: the file (or label) the configuration was read from.
     """
 
@@ -613,6 +620,7 @@ class MeshConfig(Section):
     telemetry: Defaulted(TelemetryConfig)
     rulesStore: RulesStoreConfig | None = None
     workers: Workers = 1
+    busyPoll: Duration(positive=False, maximum="1ms") = "0s"
     source: SkipJsonSchema[str] = "<config>"
 
     def router(self, name: str) -> RouterConfig:

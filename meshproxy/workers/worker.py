@@ -236,12 +236,14 @@ class WorkerProcess:
         from prometheus_client import CollectorRegistry
 
         from meshproxy.listeners import _sslListen, _terminateTLS, _WatchService
+        from meshproxy.reactor import setBusyPoll
         from meshproxy.runtime import Runtime, Telemetry, _RouterService, _TapService, buildRouter
         from meshproxy.telemetry.metrics import MeshMetrics
         from meshproxy.transport.preamble import PreambleFactory
 
         config = snapshot.config
         reactor = self.reactor
+        setBusyPoll(reactor, config.busyPoll)
         self.configGeneration = snapshot.configGeneration
         runtime = self.runtime = Runtime(
             reactor=reactor, shutdownGrace=getattr(config.admin, "shutdownGrace", 10.0)
