@@ -214,17 +214,69 @@ class ReferenceTests(SynchronousTestCase):
 
     def test_boundedTemplates(self):
         """
-        Past its bounds, the encoder forgets its routes, endpoints and
-        peers, and writes the same JSON.
+        Past its bounds, the encoder forgets its routes, endpoints, peers
+        and the statuses it kept the JSON of, and writes the same JSON.
         """
         encoder = ZipkinEncoder()
         encoder.MAX_ROUTES = 3
         encoder.MAX_ENDPOINTS = 2
+        encoder.MAX_STATUSES = 2
         for record in self.requests[:200]:
             self.assertEqual(json.loads(encoder.encode([record])), reference([record]))
         self.assertLessEqual(len(encoder._routes), 3)
         self.assertLessEqual(encoder._upstreamCount, 2)
         self.assertLessEqual(len(encoder._peers), 2)
+        self.assertLessEqual(len(encoder._tryStatuses), 2)
+        for route in encoder._routes.values():
+            self.assertLessEqual(len(route[4]), 2)
+
+    def test_statusesOfOneRoute(self):
+        """
+        Requests of one route answered with different statuses (each part
+        kept by status) are each written with their own status, by one
+        encoder; so are their tries.
+        """
+        encoder = ZipkinEncoder()
+        for status in [200, 404, 200, 302, 404, 499, 204, 200]:
+            for tryStatus in [status, 201]:
+                record = makeRequest(
+                    status=status,
+                    tryRecords=[("00f067aa0ba902b7", 1700000000.1236, 1700000000.1259,
+                                 "10.0.0.2:8080", tryStatus, None)],
+                )
+                self.assertEqual(json.loads(encoder.encode([record])), reference([record]))
+        self.assertEqual(len(encoder._routes), 1)
+
+    def test_noPeerKept(self):
+        """
+        A request without a peer address is written without a remote
+        endpoint, also once that is kept.
+        """
+        encoder = ZipkinEncoder()
+        for _ in range(2):
+            record = makeRequest(peer=None)
+            written = json.loads(encoder.encode([record]))
+            self.assertEqual(written, reference([record]))
+            self.assertNotIn("remoteEndpoint", written[0])
+        self.assertEqual(encoder._peers, {None: ""})
+
+    def test_microsecondsRoundedHalfToEven(self):
+        """
+        Times are rounded to whole microseconds as C{round} does, a half to
+        the even neighbour (C{int(x + 0.5)} would write 1 more for half of
+        these).
+        """
+        for start, written in [(1700000000.0000005, 1700000000000000),
+                               (1700000000.0000014, 1700000000000002),
+                               (1700000000.0000024, 1700000000000002)]:
+            record = makeRequest(
+                start=start, end=start + 0.001,
+                tryRecords=[("00f067aa0ba902b7", start, start + 0.001, "10.0.0.2:8080", 200,
+                             None)],
+            )
+            spans = json.loads(ZipkinEncoder().encode([record]))
+            self.assertEqual([span["timestamp"] for span in spans], [written, written])
+            self.assertEqual(spans, reference([record]))
 
     def test_referenceHasTeeth(self):
         """
