@@ -738,7 +738,29 @@ def _httpClient(
 
     pool = quietPool(reactor, inFlight)
     agent = Agent.usingEndpointFactory(reactor, _KeptEndpoints(reactor, timeout), pool=pool)
-    return HTTPClient(agent, data_to_body_producer=_BytesProducer), pool, _sentURL(url)
+    client = HTTPClient(agent, cookiejar=_noCookies(), data_to_body_producer=_BytesProducer)
+    return client, pool, _sentURL(url)
+
+
+def _noCookies() -> Any:
+    """
+    A cookie jar that keeps no cookie and sends none: a collector's answer
+    sets none worth keeping, and a treq client's own jar reads the
+    request's URL and the answer's headers for cookies at every post.
+    """
+    from treq.cookies import IndexableCookieJar
+
+    class NoCookies(IndexableCookieJar):
+        def add_cookie_header(self, request: Any) -> None:
+            pass
+
+        def extract_cookies(self, response: Any, request: Any) -> None:
+            pass
+
+        def set_cookie(self, cookie: Any) -> None:
+            pass
+
+    return NoCookies()
 
 
 class _KeptEndpoints:
@@ -885,10 +907,14 @@ class SpanExporter(Service):
         # What the client's post is given: the URL, or with a client of our
         # own its URI form made once.
         self._target: Any = url
+        # With a client of our own, the cookies its posts are given: an
+        # empty jar made once (treq makes one per post when given none).
+        self._cookies: dict[str, Any] = {}
         if httpClient is None:
             httpClient, self._pool, self._target = _httpClient(
                 reactor, maxInFlight, timeout, url
             )
+            self._cookies = {"cookies": _noCookies()}
         self._client = httpClient
         headers = {b"Content-Type": [_JSON]}
         if gzip:
@@ -943,7 +969,18 @@ class SpanExporter(Service):
         (counted) when they do not fit in the queue or the exporter is
         stopping.
         """
-        self._add(spans, spans.count)
+        # _add's work, without its call (once per recorded request).
+        count = spans.count
+        queued = self._queued + count
+        if queued > self._bound or self._state in _CLOSED:
+            self._add(spans, count)
+            return
+        self._queue.append(spans)
+        self._queued = queued
+        if queued >= self._size:
+            self._pump()
+        elif self._timer is None and self._state == RUNNING:
+            self._timer = self._reactor.callLater(self._interval, self._tick)
 
     def _add(self, item: Span | RequestSpans, count: int) -> None:
         queued = self._queued + count
@@ -1108,6 +1145,7 @@ class SpanExporter(Service):
                 allow_redirects=False,
                 unbuffered=True,
                 reactor=self._reactor,
+                **self._cookies,
             )
         except Exception:
             self._failed(Failure(), count)
