@@ -355,8 +355,8 @@ class RequestObserver:
         if trace is not None and trace.recording:
             # Tracer.submit's work, without its call.
             spans = self.spans(exchange, trace, now)
-            for sink in self.tracer.sinks:
-                sink.submitRequest(spans)
+            for spanSink in self.tracer.sinks:
+                spanSink.submitRequest(spans)
         summary: Mapping[str, Any] | None = None
         for sink in self.sinks:
             if sink.wants(self.router):
