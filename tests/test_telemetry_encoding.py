@@ -7,17 +7,29 @@ fields, retries, gRPC); and for the exporter's own treq client, the URL and
 endpoints it makes once.
 """
 
+import email.message
+import http.cookiejar
 import json
 import random
+import urllib.request
 
 from hyperlink import EncodedURL
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import URI
 
-from meshproxy.telemetry.export import ZipkinEncoder, _KeptEndpoints, _sentURL, zipkinJSON
-from meshproxy.telemetry.spans import RequestSpans, Span
+from meshproxy.config.telemetry import BatchConfig
+from meshproxy.telemetry.export import (
+    SpanExporter,
+    ZipkinEncoder,
+    _KeptEndpoints,
+    _noCookies,
+    _sentURL,
+    zipkinJSON,
+)
+from meshproxy.telemetry.spans import RequestSpans, Span, TelemetryStats
 from tests.test_telemetry_export import VARIED_REQUESTS, makeRequest, makeSpan, zipkinValidator
 
 
@@ -374,3 +386,58 @@ class KeptEndpointsTests(SynchronousTestCase):
 
 # Span is imported for the reference's isinstance dispatch to read plainly.
 __all__ = ["Span", "reference", "referenceSpan"]
+
+
+class _SetCookieAnswer:
+    """
+    What C{http.cookiejar} reads of an answer: its headers, with a cookie.
+    """
+
+    def info(self):
+        message = email.message.Message()
+        message["Set-Cookie"] = "session=1; Path=/"
+        return message
+
+
+class NoCookiesTests(SynchronousTestCase):
+    """
+    L{_noCookies}: the exporter's own client keeps no cookie and sends none.
+    """
+
+    def assertKeepsNone(self, jar):
+        request = urllib.request.Request("http://127.0.0.1:9411/api/v2/spans")
+        jar.extract_cookies(_SetCookieAnswer(), request)
+        self.assertEqual(len(jar), 0)
+        jar.add_cookie_header(request)
+        self.assertFalse(request.has_header("Cookie"))
+
+    def test_keepsNone(self):
+        """
+        A cookie the collector sets is not kept, or sent back (a standard
+        jar keeps it: the test's answer does set one).
+        """
+        self.assertKeepsNone(_noCookies())
+        standard = http.cookiejar.CookieJar()
+        standard.extract_cookies(
+            _SetCookieAnswer(), urllib.request.Request("http://127.0.0.1:9411/api/v2/spans"))
+        self.assertEqual(len(standard), 1)
+
+    def test_exportersOwnClient(self):
+        """
+        An exporter that makes its own treq client gives it such a jar, and
+        gives each post one empty jar made once; with a client given, no
+        cookies argument is added.
+        """
+        exporter = SpanExporter(
+            "zipkin", "http://127.0.0.1:9411/api/v2/spans", ZipkinEncoder().encode,
+            batch=BatchConfig(), gzip=False, timeout=5, stats=TelemetryStats(),
+            reactor=MemoryReactorClock(),
+        )
+        self.assertKeepsNone(exporter._client._cookiejar)
+        self.assertKeepsNone(exporter._cookies["cookies"])
+        given = SpanExporter(
+            "zipkin", "http://127.0.0.1:9411/api/v2/spans", ZipkinEncoder().encode,
+            batch=BatchConfig(), gzip=False, timeout=5, stats=TelemetryStats(),
+            reactor=MemoryReactorClock(), httpClient=object(),
+        )
+        self.assertEqual(given._cookies, {})
