@@ -121,7 +121,7 @@ def startMeshproxy(args, tmp, port, adminPort, nginxPort, receiverPort=None):
     elif args.tracing is not None:
         template = run.TRACING_CONF
     conf = tmp / "meshproxy.yaml"
-    conf.write_text(string.Template(template).safe_substitute(
+    conf.write_text(string.Template(template).substitute(
         port=port, adminport=adminPort, loopback=run.LOOPBACK, nginxport=nginxPort,
         rate=args.tracing, receiverport=receiverPort))
     out = tmp / "callgrind.out"
