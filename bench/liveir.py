@@ -21,6 +21,7 @@ dump itself, the idle wait between phases) cancels out.
 
     python bench/liveir.py                        # N=2000, 50 connections, ~3 min
     python bench/liveir.py --requests 1000 --connections 8 --annotate 25
+    python bench/liveir.py --tracing 1.0          # tracing at 100% to a span receiver
 
 Standard library only (it imports C{bench/run.py} for the configs and
 process handling); needs valgrind and nginx. Runs of one checkout agree to
@@ -85,19 +86,44 @@ def startNginx(nginx, tmp, port):
     return proc
 
 
-def startMeshproxy(args, tmp, port, adminPort, nginxPort):
+def startReceiver(args, tmp, port):
+    """
+    Start C{bench/run.py}'s span receiver (not under callgrind) on
+    C{127.0.0.1:port}, for C{--tracing}.
+
+    @return: its L{run.Proc}, once it answers.
+    """
+    proc = run.Proc("receiver", [sys.executable, "-c", run.SPAN_RECEIVER, str(port)], tmp)
+    run.wait_ready(proc, port, "/", 10, "span receiver")
+    return proc
+
+
+def receivedSpans(port):
+    """
+    How many spans the receiver has counted.
+    """
+    status, body = run.http_get(port, "/")
+    return int(body)
+
+
+def startMeshproxy(args, tmp, port, adminPort, nginxPort, receiverPort=None):
     """
     Start meshproxy under callgrind with the plain config of C{bench/run.py}
-    (or C{--meshproxy-config}) and wait for its C{/ready}.
+    (or C{--meshproxy-config}, or with C{--tracing} C{bench/run.py}'s
+    tracing config, its spans to C{receiverPort}) and wait for its
+    C{/ready}.
 
     @return: its L{run.Proc} and the callgrind output file's path.
     """
     template = run.MESHPROXY_CONF
     if args.meshproxy_config:
         template = Path(args.meshproxy_config).read_text()
+    elif args.tracing is not None:
+        template = run.TRACING_CONF
     conf = tmp / "meshproxy.yaml"
     conf.write_text(string.Template(template).substitute(
-        port=port, adminport=adminPort, loopback=run.LOOPBACK, nginxport=nginxPort))
+        port=port, adminport=adminPort, loopback=run.LOOPBACK, nginxport=nginxPort,
+        rate=args.tracing, receiverport=receiverPort))
     out = tmp / "callgrind.out"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
@@ -178,11 +204,13 @@ def measure(args, tmp):
     """
     Run the whole measurement once; return instructions per request.
     """
-    nginxPort, port, adminPort = run.free_ports(3)
+    nginxPort, port, adminPort, receiverPort = run.free_ports(4)
     procs = []
     try:
         procs.append(startNginx(args.nginx, tmp, nginxPort))
-        proxy, out = startMeshproxy(args, tmp, port, adminPort, nginxPort)
+        if args.tracing is not None:
+            procs.append(startReceiver(args, tmp, receiverPort))
+        proxy, out = startMeshproxy(args, tmp, port, adminPort, nginxPort, receiverPort)
         procs.append(proxy)
         # Port numbers are counted and socket addresses stay the same length
         # in every run; the connections are all made before the warm-up.
@@ -207,6 +235,10 @@ def measure(args, tmp):
         perRequest = (twice - once) / n
         print(f"I(N)={once:,}  I(2N)={twice:,}  N={n}  connections={len(socks)}"
               f"  instructions/request={perRequest:,.0f}", flush=True)
+        if args.tracing is not None:
+            # Not a figure for a tracer that silently dropped its spans.
+            print(f"spans received so far: {receivedSpans(receiverPort):,}"
+                  f" (of at most {2 * (args.warmup + 3 * n):,})", flush=True)
         if args.annotate:
             done = subprocess.run(
                 ["callgrind_annotate", "--threshold=100", f"{out}.3"],
@@ -240,6 +272,9 @@ def main(argv=None):
     parser.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
     parser.add_argument("--meshproxy-config", metavar="FILE",
                         help="config template, as bench/run.py's --meshproxy-config")
+    parser.add_argument("--tracing", metavar="RATE",
+                        help="bench/run.py's tracing config at this sampleRate (0.01, 1.0),"
+                             " its spans posted to bench/run.py's span receiver, started here")
     parser.add_argument("--ready-timeout", type=float, default=300.0,
                         help="seconds meshproxy may take to start under callgrind")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")

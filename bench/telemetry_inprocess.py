@@ -52,6 +52,9 @@ from meshproxy.telemetry.spans import TelemetryStats
 
 MODES = ("plain", "trace1", "trace100", "log")
 
+#: When the fake clock starts (2026-12-01T09:00:00Z).
+EPOCH = 1796115600.0
+
 
 
 class _Reactor(MemoryReactorClock):
@@ -97,6 +100,10 @@ class Harness:
 
     def __init__(self, mode, logDirectory):
         reactor = _Reactor()
+        # The fake clock starts at a time of today, as the real one reads:
+        # a span's timestamp has its 16 digits (at 0 it had a few, cheaper
+        # to write).
+        reactor.advance(EPOCH)
         routerConfig = parseConfig(CONFIG).routers[0]
         prefix = Path.read("/#/static")
         namers = {prefix: StaticNamer(prefix, {"hello": [Endpoint("127.0.0.1", 9001)]})}

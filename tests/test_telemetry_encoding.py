@@ -7,17 +7,29 @@ fields, retries, gRPC); and for the exporter's own treq client, the URL and
 endpoints it makes once.
 """
 
+import email.message
+import http.cookiejar
 import json
 import random
+import urllib.request
 
 from hyperlink import EncodedURL
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import URI
 
-from meshproxy.telemetry.export import ZipkinEncoder, _KeptEndpoints, _sentURL, zipkinJSON
-from meshproxy.telemetry.spans import RequestSpans, Span
+from meshproxy.config.telemetry import BatchConfig
+from meshproxy.telemetry.export import (
+    SpanExporter,
+    ZipkinEncoder,
+    _KeptEndpoints,
+    _noCookies,
+    _sentURL,
+    zipkinJSON,
+)
+from meshproxy.telemetry.spans import RequestSpans, Span, TelemetryStats
 from tests.test_telemetry_export import VARIED_REQUESTS, makeRequest, makeSpan, zipkinValidator
 
 
@@ -214,17 +226,69 @@ class ReferenceTests(SynchronousTestCase):
 
     def test_boundedTemplates(self):
         """
-        Past its bounds, the encoder forgets its routes, endpoints and
-        peers, and writes the same JSON.
+        Past its bounds, the encoder forgets its routes, endpoints, peers
+        and the statuses it kept the JSON of, and writes the same JSON.
         """
         encoder = ZipkinEncoder()
         encoder.MAX_ROUTES = 3
         encoder.MAX_ENDPOINTS = 2
+        encoder.MAX_STATUSES = 2
         for record in self.requests[:200]:
             self.assertEqual(json.loads(encoder.encode([record])), reference([record]))
         self.assertLessEqual(len(encoder._routes), 3)
         self.assertLessEqual(encoder._upstreamCount, 2)
         self.assertLessEqual(len(encoder._peers), 2)
+        self.assertLessEqual(len(encoder._tryStatuses), 2)
+        for route in encoder._routes.values():
+            self.assertLessEqual(len(route[4]), 2)
+
+    def test_statusesOfOneRoute(self):
+        """
+        Requests of one route answered with different statuses (each part
+        kept by status) are each written with their own status, by one
+        encoder; so are their tries.
+        """
+        encoder = ZipkinEncoder()
+        for status in [200, 404, 200, 302, 404, 499, 204, 200]:
+            for tryStatus in [status, 201]:
+                record = makeRequest(
+                    status=status,
+                    tryRecords=[("00f067aa0ba902b7", 1700000000.1236, 1700000000.1259,
+                                 "10.0.0.2:8080", tryStatus, None)],
+                )
+                self.assertEqual(json.loads(encoder.encode([record])), reference([record]))
+        self.assertEqual(len(encoder._routes), 1)
+
+    def test_noPeerKept(self):
+        """
+        A request without a peer address is written without a remote
+        endpoint, also once that is kept.
+        """
+        encoder = ZipkinEncoder()
+        for _ in range(2):
+            record = makeRequest(peer=None)
+            written = json.loads(encoder.encode([record]))
+            self.assertEqual(written, reference([record]))
+            self.assertNotIn("remoteEndpoint", written[0])
+        self.assertEqual(encoder._peers, {None: ""})
+
+    def test_microsecondsRoundedHalfToEven(self):
+        """
+        Times are rounded to whole microseconds as C{round} does, a half to
+        the even neighbour (C{int(x + 0.5)} would write 1 more for half of
+        these).
+        """
+        for start, written in [(1700000000.0000005, 1700000000000000),
+                               (1700000000.0000014, 1700000000000002),
+                               (1700000000.0000024, 1700000000000002)]:
+            record = makeRequest(
+                start=start, end=start + 0.001,
+                tryRecords=[("00f067aa0ba902b7", start, start + 0.001, "10.0.0.2:8080", 200,
+                             None)],
+            )
+            spans = json.loads(ZipkinEncoder().encode([record]))
+            self.assertEqual([span["timestamp"] for span in spans], [written, written])
+            self.assertEqual(spans, reference([record]))
 
     def test_referenceHasTeeth(self):
         """
@@ -322,3 +386,58 @@ class KeptEndpointsTests(SynchronousTestCase):
 
 # Span is imported for the reference's isinstance dispatch to read plainly.
 __all__ = ["Span", "reference", "referenceSpan"]
+
+
+class _SetCookieAnswer:
+    """
+    What C{http.cookiejar} reads of an answer: its headers, with a cookie.
+    """
+
+    def info(self):
+        message = email.message.Message()
+        message["Set-Cookie"] = "session=1; Path=/"
+        return message
+
+
+class NoCookiesTests(SynchronousTestCase):
+    """
+    L{_noCookies}: the exporter's own client keeps no cookie and sends none.
+    """
+
+    def assertKeepsNone(self, jar):
+        request = urllib.request.Request("http://127.0.0.1:9411/api/v2/spans")
+        jar.extract_cookies(_SetCookieAnswer(), request)
+        self.assertEqual(len(jar), 0)
+        jar.add_cookie_header(request)
+        self.assertFalse(request.has_header("Cookie"))
+
+    def test_keepsNone(self):
+        """
+        A cookie the collector sets is not kept, or sent back (a standard
+        jar keeps it: the test's answer does set one).
+        """
+        self.assertKeepsNone(_noCookies())
+        standard = http.cookiejar.CookieJar()
+        standard.extract_cookies(
+            _SetCookieAnswer(), urllib.request.Request("http://127.0.0.1:9411/api/v2/spans"))
+        self.assertEqual(len(standard), 1)
+
+    def test_exportersOwnClient(self):
+        """
+        An exporter that makes its own treq client gives it such a jar, and
+        gives each post one empty jar made once; with a client given, no
+        cookies argument is added.
+        """
+        exporter = SpanExporter(
+            "zipkin", "http://127.0.0.1:9411/api/v2/spans", ZipkinEncoder().encode,
+            batch=BatchConfig(), gzip=False, timeout=5, stats=TelemetryStats(),
+            reactor=MemoryReactorClock(),
+        )
+        self.assertKeepsNone(exporter._client._cookiejar)
+        self.assertKeepsNone(exporter._cookies["cookies"])
+        given = SpanExporter(
+            "zipkin", "http://127.0.0.1:9411/api/v2/spans", ZipkinEncoder().encode,
+            batch=BatchConfig(), gzip=False, timeout=5, stats=TelemetryStats(),
+            reactor=MemoryReactorClock(), httpClient=object(),
+        )
+        self.assertEqual(given._cookies, {})

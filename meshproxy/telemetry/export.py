@@ -146,10 +146,16 @@ def zipkinJSON(
 
 
 #: What the spans of a route share (L{ZipkinEncoder._route}): the server
-#: span's kind, name and C{timestamp} key, its local endpoint, its tags up to
-#: the path, its tags after the status; the client spans' kind, name and
-#: C{timestamp} key; and the client spans' endpoints met.
-_Route = tuple[str, str, str, str, str, dict[str, str]]
+#: and the client spans' kind, name and C{timestamp} key; the local
+#: endpoint; the server span's tags up to its path's value; a status → what
+#: follows the path in a request's JSON that needs no other tag (see
+#: L{ZipkinEncoder._status}); the client spans' endpoints met; and the
+#: server span's tags after the status.
+_Route = tuple[str, str, str, str, dict[int, str], dict[str, str], str]
+
+#: C{round} of a float (a float's own method: C{round()} looks it up at
+#: each call).
+_round = float.__round__
 
 
 def _serverExtra(record: RequestSpans) -> str:
@@ -198,6 +204,7 @@ class ZipkinEncoder:
 
     MAX_ENDPOINTS = 1024
     MAX_ROUTES = 1024
+    MAX_STATUSES = 64
 
     def __init__(self, serviceName: str | None = None) -> None:
         """
@@ -212,7 +219,9 @@ class ZipkinEncoder:
         # spans share (see _upstream); _upstreamCount addresses in all.
         self._upstreams: dict[tuple[str, str | None], dict[str, str]] = {}
         self._upstreamCount = 0
-        self._peers: dict[str, str] = {}
+        self._peers: dict[str | None, str] = {}
+        # A client span's status → the end of its JSON (see _tryStatus).
+        self._tryStatuses: dict[int, str] = {}
 
     def encode(self, items: Iterable[Span | RequestSpans]) -> bytes:
         """
@@ -263,17 +272,18 @@ class ZipkinEncoder:
         L{span} writes for each of C{record.spans()}.
 
         The commonest request (answered below 500 at its only try, with
-        nothing else to tag) is written by one formatting; the others
-        by L{_written}.
+        nothing else to tag) is written by one formatting of few parts,
+        most of them kept from request to request (see L{_route}); the
+        others part by part.
         """
         key = (record.method, record.host, record.name, record.router, record.serviceName)
         route = self._routes.get(key)
         if route is None:
             route = self._route(record, key)
         # What the route's spans share, written once (see _route).
-        serverKind, serverLocal, serverTags, serverShared, clientKind, upstreams = route
+        serverHead, clientHead, local, tagsHead, statuses, upstreams, shared = route
         start = record.start
-        duration = round((record.end - start) * 1e6)
+        duration = _round((record.end - start) * 1e6)
         if duration < 1:
             duration = 1
         status = record.status
@@ -281,50 +291,45 @@ class ZipkinEncoder:
         query = target.find(b"?")
         if query >= 0:
             target = target[:query]
+        # The path's JSON, without its quotes.
         path = target.decode("latin-1")
-        if path.isascii() and path.isprintable() and '"' not in path and "\\" not in path:
-            path = f'"{path}"'
-        else:
-            path = jsonString(target.decode("utf-8", "replace"))
-        if (
-            0 < status < 500
-            and record.meshErr is None
-            and record.identity is None
-            and record.tries <= 1
-            and record.grpc is None
-        ):
-            extra = ""
-        else:
-            extra = _serverExtra(record)
+        if not (path.isascii() and path.isprintable() and '"' not in path and "\\" not in path):
+            path = jsonString(target.decode("utf-8", "replace"))[1:-1]
         peer = record.peer
-        if peer is None:
-            remote = ""
-        else:
-            remote = self._peers.get(peer) or self._peer(peer)
+        remote = self._peers.get(peer)
+        if remote is None:
+            remote = self._peer(peer)
         traceId = record.traceId
         spanId = record.spanId
         parentId = record.parentId
         parent = "" if parentId is None else f',"parentId":"{parentId}"'
         tryRecords = record.tryRecords
-        if len(tryRecords) == 1:
+        if (
+            len(tryRecords) == 1
+            and 0 < status < 500
+            and record.meshErr is None
+            and record.identity is None
+            and record.tries <= 1
+            and record.grpc is None
+        ):
             trySpanId, tryStart, tryEnd, address, tryStatus, error = tryRecords[0]
             if error is None and 0 < tryStatus < 500:
-                upstream = upstreams.get(address) or self._upstream(route, record, address)
-                tryDuration = round((tryEnd - tryStart) * 1e6)
+                tryDuration = _round((tryEnd - tryStart) * 1e6)
                 if tryDuration < 1:
                     tryDuration = 1
                 return (
-                    f'{{"traceId":"{traceId}","id":"{spanId}"{parent}{serverKind}'
-                    f'{round(start * 1e6)},"duration":{duration}{serverLocal}{remote}'
-                    f'{serverTags}{path},"http.status_code":"{status}"{serverShared}{extra}}}}},'
-                    f'{{"traceId":"{traceId}","id":"{trySpanId}","parentId":"{spanId}"'
-                    f'{clientKind}{round(tryStart * 1e6)},"duration":{tryDuration}{upstream}'
-                    f',"http.status_code":"{tryStatus}"}}}}'
+                    f'{{"traceId":"{traceId}","id":"{spanId}"{parent}{serverHead}'
+                    f'{_round(start * 1e6)},"duration":{duration}{local}{remote}{tagsHead}{path}'
+                    f'{statuses.get(status) or self._status(route, status)}'
+                    f'{traceId}","id":"{trySpanId}","parentId":"{spanId}"{clientHead}'
+                    f'{_round(tryStart * 1e6)},"duration":{tryDuration}'
+                    f'{upstreams.get(address) or self._upstream(route, record, address)}'
+                    f'{self._tryStatuses.get(tryStatus) or self._tryStatus(tryStatus)}'
                 )
         written = (
-            f'{{"traceId":"{traceId}","id":"{spanId}"{parent}{serverKind}'
-            f'{round(start * 1e6)},"duration":{duration}{serverLocal}{remote}'
-            f'{serverTags}{path},"http.status_code":"{status}"{serverShared}{extra}}}}}'
+            f'{{"traceId":"{traceId}","id":"{spanId}"{parent}{serverHead}'
+            f'{_round(start * 1e6)},"duration":{duration}{local}{remote}{tagsHead}{path}'
+            f'","http.status_code":"{status}"{shared}{_serverExtra(record)}}}}}'
         )
         if not tryRecords:
             return written
@@ -345,24 +350,27 @@ class ZipkinEncoder:
                     retryReason = None
             else:
                 retryReason = error
+            tryDuration = _round((tryEnd - tryStart) * 1e6)
             out.append(
                 f'{{"traceId":"{traceId}","id":"{trySpanId}","parentId":"{spanId}"'
-                f"{clientKind}{round(tryStart * 1e6)},"
-                f'"duration":{max(1, round((tryEnd - tryStart) * 1e6))}{upstream}{tags}}}}}'
+                f"{clientHead}{_round(tryStart * 1e6)},"
+                f'"duration":{tryDuration if tryDuration > 1 else 1}{upstream}{tags}}}}}'
             )
         return ",".join(out)
 
     def _route(self, record: RequestSpans, key: Any) -> _Route:
         """
-        What the spans of a route share, written once and kept: the parts
-        of the server and client spans' JSON around what changes from
-        request to request, and the client spans' endpoints met (a dict
-        shared by the routes of a bound name).
+        What the spans of a route share, written once and kept (see
+        L{_Route}): the parts of the server and client spans' JSON around
+        what changes from request to request, the part after the path of a
+        server span for each status met, and the client spans' endpoints
+        met (a dict shared by the routes of a bound name).
         """
         routes = self._routes
         if len(routes) >= self.MAX_ROUTES:
             routes.clear()
             self._upstreams.clear()
+            self._upstreamCount = 0
         name = jsonString(record.operation())
         local = ',"localEndpoint":' + self._local(self.serviceName or record.serviceName, None, 0)
         method = jsonString(record.method.decode("latin-1"))
@@ -377,13 +385,39 @@ class ZipkinEncoder:
             upstreams = self._upstreams[byName] = {}
         route = routes[key] = (
             ',"kind":"SERVER","name":' + name + ',"timestamp":',
-            local,
-            ',"tags":{"http.method":' + method + ',"http.path":',
-            shared,
             ',"kind":"CLIENT","name":' + name + ',"timestamp":',
+            local,
+            ',"tags":{"http.method":' + method + ',"http.path":"',
+            {},
             upstreams,
+            shared,
         )
         return route
+
+    def _status(self, route: _Route, status: int) -> str:
+        """
+        What a server span of a route that needs no other tag has after its
+        path, for a status, and the start of the client span after it (up
+        to its C{traceId}'s value); kept (L{MAX_STATUSES} per route).
+        """
+        statuses = route[4]
+        if len(statuses) >= self.MAX_STATUSES:
+            statuses.clear()
+        written = statuses[status] = (
+            f'","http.status_code":"{status}"{route[6]}}}}},{{"traceId":"'
+        )
+        return written
+
+    def _tryStatus(self, status: int) -> str:
+        """
+        The end of a client span that answered C{status} and needs no other
+        tag; kept (L{MAX_STATUSES} at most).
+        """
+        tryStatuses = self._tryStatuses
+        if len(tryStatuses) >= self.MAX_STATUSES:
+            tryStatuses.clear()
+        written = tryStatuses[status] = f',"http.status_code":"{status}"}}}}'
+        return written
 
     def _upstream(self, route: _Route, record: RequestSpans, address: str) -> str:
         """
@@ -400,15 +434,15 @@ class ZipkinEncoder:
         host, port = splitAddress(address)
         remote = (None if name is None else serviceOf(name), host, port)
         upstream = route[5][address] = (
-            route[1] + self._remote(remote) + ',"tags":{"mesh.endpoint":' + jsonString(address)
+            route[2] + self._remote(remote) + ',"tags":{"mesh.endpoint":' + jsonString(address)
         )
         self._upstreamCount += 1
         return upstream
 
-    def _peer(self, peer: str) -> str:
+    def _peer(self, peer: str | None) -> str:
         """
-        A server span's remote endpoint (a client's address), as L{_remote}
-        writes it; kept (L{MAX_ENDPOINTS} at most).
+        A server span's remote endpoint (a client's address, or L{None}),
+        as L{_remote} writes it; kept (L{MAX_ENDPOINTS} at most).
         """
         peers = self._peers
         if len(peers) >= self.MAX_ENDPOINTS:
@@ -704,7 +738,29 @@ def _httpClient(
 
     pool = quietPool(reactor, inFlight)
     agent = Agent.usingEndpointFactory(reactor, _KeptEndpoints(reactor, timeout), pool=pool)
-    return HTTPClient(agent, data_to_body_producer=_BytesProducer), pool, _sentURL(url)
+    client = HTTPClient(agent, cookiejar=_noCookies(), data_to_body_producer=_BytesProducer)
+    return client, pool, _sentURL(url)
+
+
+def _noCookies() -> Any:
+    """
+    A cookie jar that keeps no cookie and sends none: a collector's answer
+    sets none worth keeping, and a treq client's own jar reads the
+    request's URL and the answer's headers for cookies at every post.
+    """
+    from treq.cookies import IndexableCookieJar
+
+    class NoCookies(IndexableCookieJar):
+        def add_cookie_header(self, request: Any) -> None:
+            pass
+
+        def extract_cookies(self, response: Any, request: Any) -> None:
+            pass
+
+        def set_cookie(self, cookie: Any) -> None:
+            pass
+
+    return NoCookies()
 
 
 class _KeptEndpoints:
@@ -851,10 +907,14 @@ class SpanExporter(Service):
         # What the client's post is given: the URL, or with a client of our
         # own its URI form made once.
         self._target: Any = url
+        # With a client of our own, the cookies its posts are given: an
+        # empty jar made once (treq makes one per post when given none).
+        self._cookies: dict[str, Any] = {}
         if httpClient is None:
             httpClient, self._pool, self._target = _httpClient(
                 reactor, maxInFlight, timeout, url
             )
+            self._cookies = {"cookies": _noCookies()}
         self._client = httpClient
         headers = {b"Content-Type": [_JSON]}
         if gzip:
@@ -909,7 +969,18 @@ class SpanExporter(Service):
         (counted) when they do not fit in the queue or the exporter is
         stopping.
         """
-        self._add(spans, spans.count)
+        # _add's work, without its call (once per recorded request).
+        count = spans.count
+        queued = self._queued + count
+        if queued > self._bound or self._state in _CLOSED:
+            self._add(spans, count)
+            return
+        self._queue.append(spans)
+        self._queued = queued
+        if queued >= self._size:
+            self._pump()
+        elif self._timer is None and self._state == RUNNING:
+            self._timer = self._reactor.callLater(self._interval, self._tick)
 
     def _add(self, item: Span | RequestSpans, count: int) -> None:
         queued = self._queued + count
@@ -1074,6 +1145,7 @@ class SpanExporter(Service):
                 allow_redirects=False,
                 unbuffered=True,
                 reactor=self._reactor,
+                **self._cookies,
             )
         except Exception:
             self._failed(Failure(), count)
