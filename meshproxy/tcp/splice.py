@@ -539,26 +539,8 @@ class Splice:
         # Each side's transport pauses the other side's reading when its
         # write buffer is full, and resumes it when the buffer drains. (For
         # a plain TCP connection, its registerProducer inline.)
-        if type(up) in PLAIN_TCP:
-            conn: Connection = up  # type: ignore[assignment]
-            conn.bufferSize = SPLICE_BUFFER
-            if conn.producer is None and not conn.disconnected:
-                conn.producer = downGate
-                conn.streamingProducer = True
-            else:
-                up.registerProducer(downGate, True)
-        else:
-            up.registerProducer(downGate, True)
-        if type(down) in PLAIN_TCP:
-            conn = down  # type: ignore[assignment]
-            conn.bufferSize = SPLICE_BUFFER
-            if conn.producer is None and not conn.disconnected:
-                conn.producer = upGate
-                conn.streamingProducer = True
-            else:
-                down.registerProducer(upGate, True)
-        else:
-            down.registerProducer(upGate, True)
+        _pausedBy(up, downGate)
+        _pausedBy(down, upGate)
         upstream.forward = writerFor(down)
         client.forward = forward = writerFor(up)
         early: list[bytes] = self.early  # type: ignore[assignment]  # a list until now
@@ -840,3 +822,19 @@ def _close(transport: IStreamTransport, ended: bool = False) -> None:
             conn.connectionLost(_CLEAN_CLOSE)
             return
     transport.loseConnection()
+
+
+def _pausedBy(transport: Any, gate: Any) -> None:
+    """
+    Register C{gate} as the streaming producer of C{transport}: a plain TCP
+    connection's C{registerProducer} inline (its read buffer made
+    L{SPLICE_BUFFER} too), any other transport's own.
+    """
+    if type(transport) in PLAIN_TCP:
+        conn: Connection = transport
+        conn.bufferSize = SPLICE_BUFFER
+        if conn.producer is None and not conn.disconnected:
+            conn.producer = gate
+            conn.streamingProducer = True
+            return
+    transport.registerProducer(gate, True)
