@@ -8,7 +8,7 @@ accrual's success with consecutive failures).
 from __future__ import annotations
 
 import random
-import sys
+from typing import Any
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -79,27 +79,16 @@ class ReadingsPerRequestTests(SynchronousTestCase):
         timeout queue's timer, armed for the first request, is still armed
         when the last one ended: it is not armed again.
         """
-        h = Harness()
-        proto, transport = h.client()
-        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
-        up, upTransport = h.upstream()
-        up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        counts: dict[str, int] = {}
-        seconds = h.reactor.seconds
-
-        def counting() -> float:
-            frame = sys._getframe(1)
+        def functionOf(frame: Any) -> str | None:
             name = frame.f_globals["__name__"]
             if name.startswith("twisted."):
-                name = sys._getframe(2).f_globals["__name__"]
+                frame = frame.f_back
+                name = frame.f_globals["__name__"]
             if name.startswith("meshproxy."):
-                key = "%s.%s" % (name, frame.f_code.co_name)
-                counts[key] = counts.get(key, 0) + 1
-            return seconds()
+                return "%s.%s" % (name, frame.f_code.co_name)
+            return None
 
-        h.reactor.seconds = counting  # type: ignore[method-assign]
-        transport.clear()
-        h.reactor.advance(1)
+        proto, transport, up, counts = Harness().pooledClockReadings(functionOf)
         proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
         up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         self.assertTrue(transport.value().endswith(b"ok"))

@@ -4,6 +4,8 @@ client-side timeouts, upstream framing, pooling and back-pressure, without
 sockets.
 """
 
+import sys
+
 from prometheus_client import CollectorRegistry
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -53,6 +55,35 @@ class Harness:
             balancerFactory=balancerFactory(routerConfig.loadBalancer, self.reactor),
         )
         self.settings = routerConfig.server
+
+    def pooledClockReadings(self, keyOf):
+        """
+        A client whose first request was proxied (its upstream connection is
+        pooled), then the reactor's clock replaced by one counting who reads
+        it, and one second passed.
+
+        @param keyOf: called with the frame that read the clock; the key
+            to count the reading under, or L{None} not to count it.
+        @return: the client protocol, its transport (cleared), the upstream
+            protocol and the counts (key to readings).
+        """
+        proto, transport = self.client()
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
+        up, _ = self.upstream()
+        up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        counts = {}
+        seconds = self.reactor.seconds
+
+        def counting():
+            key = keyOf(sys._getframe(1))
+            if key is not None:
+                counts[key] = counts.get(key, 0) + 1
+            return seconds()
+
+        self.reactor.seconds = counting
+        transport.clear()
+        self.reactor.advance(1)
+        return proto, transport, up, counts
 
     def client(self):
         """

@@ -5,6 +5,7 @@ containers.
 """
 
 import sys
+from typing import Any
 
 import httptools
 from twisted.trial.unittest import SynchronousTestCase
@@ -162,24 +163,16 @@ class ClockReadTests(SynchronousTestCase):
         C{pieces} reads, counting the clock readings of the exchange, the
         client connection and the upstream connection by module.
         """
-        h = Harness()
-        proto, transport = h.client()
-        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
-        up, upTransport = h.upstream()
-        up.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        counts: dict[str, int] = {}
-        seconds = h.reactor.seconds
-
-        def counting() -> float:
-            name = sys._getframe(1).f_globals["__name__"]
+        def moduleOf(frame: Any) -> str | None:
+            name = frame.f_globals["__name__"]
             if name in ("meshproxy.http.exchange", "meshproxy.http.server",
                         "meshproxy.http.client"):
-                counts[name] = counts.get(name, 0) + 1
-            return seconds()
+                return name
+            return None
 
-        h.reactor.seconds = counting  # type: ignore[method-assign]
-        transport.clear()
-        h.reactor.advance(1)
+        h = Harness()
+        proto, transport, up, counts = h.pooledClockReadings(moduleOf)
+        seconds = h.reactor.seconds
         proto.dataReceived(b"GET / HTTP/1.1\r\nHost: hello\r\n\r\n")
         size = len(response) // pieces + 1
         for i in range(0, len(response), size):
