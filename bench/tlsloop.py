@@ -14,6 +14,13 @@ response; not the socket calls nor the reactor's loop (C{bench/run.py}
 measures those, under wrk: its C{meshproxy-tls/meshproxy} ratio is the
 figure to quote).
 
+The C{tls-ops} variant is the TLS layer's record work alone, in a tight
+loop: decrypting the request's record and encrypting the answer, as the
+server's C{SSLObject} does in C{tls}, without the HTTP path between them
+(L{OpsStack}): the same instructions as TLS adds to C{tls}, but warm in
+the caches; C{tls} - C{plain} over C{tls-ops} is what running them between
+two HTTP paths costs.
+
 The C{sock-*} variants run the same router on a real loopback socket and
 its own epoll reactor, driven one iteration per request, with
 C{--connections} clients taking turns (L{SocketStack}): C{sock-plain},
@@ -26,6 +33,7 @@ other. See C{bench/README.md}, "TLS on the socket".
     PYTHONPATH=. python bench/tlsloop.py                   # CPU time, interleaved rounds
     PYTHONPATH=. python bench/tlsloop.py --instructions    # callgrind, a minute or two
     PYTHONPATH=. python bench/tlsloop.py --profile         # cProfile of the TLS variant
+    PYTHONPATH=. python bench/tlsloop.py --only plain,tls,tls-ops --rounds 21
     PYTHONPATH=. python bench/tlsloop.py --only sock-plain,sock-tls,sock-tlsfd --connections 50
 """
 
@@ -61,7 +69,7 @@ from meshproxy.telemetry.metrics import MeshMetrics
 from meshproxy.tls import CertificateFile, ServerTLS
 from meshproxy.transport.tls import TLSProtocol
 
-VARIANTS = ("plain", "tls", "sock-plain", "sock-tls", "sock-tlsfd", "sock-tlsfd-ra")
+VARIANTS = ("plain", "tls", "tls-ops", "sock-plain", "sock-tls", "sock-tlsfd", "sock-tlsfd-ra")
 
 #: The environment variable handing --connections to the process under
 #: callgrind.
@@ -234,6 +242,65 @@ class Stack:
         spent = time.process_time() - start
         self.check(n)
         return spent * 1e6 / n
+
+
+class OpsStack:
+    """
+    The TLS layer's own work per request and nothing else, in a tight loop:
+    the server's C{SSLObject} decrypts a request record (written to its
+    incoming BIO, read back as plaintext) and encrypts an answer (the bytes
+    the C{tls} variant's server writes, read out of its outgoing BIO), as
+    L{TLSProtocol} does, without the HTTP path between them. Its
+    instructions are what TLS adds to each request; its time is what they
+    take while their code and data stay in the caches, which the C{tls}
+    variant's HTTP path between two records does not let them.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.stack = stack = Stack("tls", directory)
+        proto = stack.proto
+        self._write = proto._incoming.write
+        self._readOut = proto._outgoing.read
+        self._read = proto._sslRead
+        self._encrypt = proto._sslWrite
+        # What the server writes for one answer, in plaintext: checked.
+        stack.upstreamTransport.clear()
+        stack.proto.dataReceived(stack.records([REQUEST])[0])
+        stack.upstream.dataReceived(RESPONSE)
+        assert stack.tls is not None
+        stack.fromServer.write(stack.client.value())
+        stack.client.clear()
+        if _decrypted(stack.tls) != ANSWER:
+            raise SystemExit("the tls variant's answer is not tlsloop.ANSWER any more")
+        self.answer = ANSWER
+
+    def records(self, requests: list[bytes]) -> list[bytes]:
+        return self.stack.records(requests)
+
+    def loop(self, records: list[bytes]) -> None:
+        write, read, encrypt, readOut = self._write, self._read, self._encrypt, self._readOut
+        answer = self.answer
+        for record in records:
+            write(record)
+            read(len(record))
+            encrypt(answer)
+            readOut()
+
+    def run(self, n: int) -> float:
+        """
+        Run C{n} requests; return the CPU microseconds per request.
+        """
+        records = self.records([REQUEST] * n)
+        start = time.process_time()
+        self.loop(records)
+        spent = time.process_time() - start
+        return spent * 1e6 / n
+
+
+#: The plaintext of the C{tls} variant's answer to L{REQUEST}: what the
+#: server writes to its client through L{TLSProtocol} (checked at start).
+ANSWER = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nVia: 1.1 meshproxy\r\n"
+          b"Content-Length: 6\r\n\r\nhello\n")
 
 
 class _Client:
@@ -424,7 +491,9 @@ class SocketStack:
         return spent * 1e6 / n
 
 
-def makeStack(variant: str, directory: str, connections: int = 1) -> Stack | SocketStack:
+def makeStack(
+    variant: str, directory: str, connections: int = 1
+) -> Stack | SocketStack | OpsStack:
     """
     The stack of a variant.
 
@@ -432,6 +501,8 @@ def makeStack(variant: str, directory: str, connections: int = 1) -> Stack | Soc
     """
     if variant.startswith("sock-"):
         return SocketStack(variant, directory, connections)
+    if variant == "tls-ops":
+        return OpsStack(directory)
     return Stack(variant, directory)
 
 
@@ -470,7 +541,23 @@ def countInstructions(variants: list[str], n: int, valgrind: str, connections: i
         if plain in perRequest and tls in perRequest:
             print("  %s/%s %.3f (%+.0f)" % (tls, plain, perRequest[tls] / perRequest[plain],
                                             perRequest[tls] - perRequest[plain]))
+    _printOps(perRequest, "%.0f", "")
     return 0
+
+
+def _printOps(figures: dict[str, float], number: str, unit: str) -> None:
+    """
+    Print what TLS adds to a request in context (C{tls} - C{plain}) beside
+    its records' own work alone (C{tls-ops}), when all three were run.
+
+    @param number: the format of a figure; C{unit} follows it.
+    """
+    if not {"plain", "tls", "tls-ops"} <= set(figures):
+        return
+    added = figures["tls"] - figures["plain"]
+    ops = figures["tls-ops"]
+    print(("  TLS adds %s%s in context; its records alone take %s%s (%%.2fx in context)"
+           % (number, unit, number, unit)) % (added, ops, added / ops))
 
 
 def profile(variant: str, n: int, directory: str, connections: int = 1) -> int:
@@ -536,6 +623,7 @@ def main(argv: list[str]) -> int:
         if plain in medians and tls in medians:
             print("  %s/%s %.3f (%+.2f us)" % (tls, plain, medians[tls] / medians[plain],
                                                medians[tls] - medians[plain]))
+    _printOps(medians, "%.2f", " us")
     return 0
 
 
