@@ -36,7 +36,16 @@ from meshproxy.telemetry.export import (
     otlpJSON,
     zipkinJSON,
 )
-from meshproxy.telemetry.spans import CLIENT, SERVER, ISpanSink, RequestSpans, Span, TelemetryStats
+from meshproxy.telemetry.spans import (
+    CLIENT,
+    SERVER,
+    SPAN_COUNT,
+    ISpanSink,
+    RequestSpans,
+    Span,
+    TelemetryStats,
+    make,
+)
 from tests.telemetry_support import OTLP_PATH, ZIPKIN_PATH, ReceiverSite, SpanReceiver, receiverURL
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -1105,6 +1114,32 @@ VARIED_REQUESTS = [
 class RequestSpansTests(SynchronousTestCase):
     def setUp(self):
         self.validator = zipkinValidator()
+
+    def test_fieldsAndTuple(self):
+        """
+        A request's spans is a tuple of its fields in their order, the
+        span count last; C{make} of that tuple (the request path's way)
+        gives an equal record; each field is also an attribute.
+        """
+        record = makeRequest()
+        fields = (TRACE, "b7ad6b7169203331", None, 1700000000.123456, 1700000000.126, b"GET",
+                  b"/users/1?secret=1", b"users", 200, None, "web", "/#/fs/users", "10.0.0.7",
+                  None, 1, record.tryRecords, "meshproxy", None, 2)
+        self.assertEqual(tuple(record), fields)
+        made = make(RequestSpans, fields)
+        self.assertIs(type(made), RequestSpans)
+        self.assertEqual(made, record)
+        self.assertEqual(made.spans()[1].tags, record.spans()[1].tags)
+        self.assertEqual(
+            [record.traceId, record.spanId, record.parentId, record.start, record.end,
+             record.method, record.target, record.host, record.status, record.meshErr,
+             record.router, record.name, record.peer, record.identity, record.tries,
+             record.tryRecords, record.serviceName, record.grpc, record.spanCount],
+            list(fields),
+        )
+        self.assertEqual(record[SPAN_COUNT], 2)
+        self.assertEqual(makeRequest(tryRecords=[]).spanCount, 1)
+        self.assertEqual(VARIED_REQUESTS[2].spanCount, 4)
 
     def test_zipkinAsTheirSpans(self):
         """
