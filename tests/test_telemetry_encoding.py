@@ -20,7 +20,9 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import URI
 
+from meshproxy.balancing.node import Node
 from meshproxy.config.telemetry import BatchConfig
+from meshproxy.discovery.endpoints import Endpoint, formatAddress
 from meshproxy.telemetry.export import (
     SpanExporter,
     ZipkinEncoder,
@@ -270,6 +272,34 @@ class ReferenceTests(SynchronousTestCase):
                                  name=name, router=router)
             self.assertEqual(json.loads(encoder.encode([record])), reference([record]))
         self.assertEqual(len(encoder._routes), 7)
+
+    def test_tryEndpointAsNode(self):
+        """
+        A try's endpoint given as its balancer node (as the request path
+        records it) is written as its address would be, by the encoder
+        (which keeps what it wrote by node) and as spans.
+        """
+        encoder = ZipkinEncoder()
+        for host, port in [("10.0.0.2", 8080), ("2001:db8::2", 8443), ("users.internal", 80)]:
+            node = Node(Endpoint(host, port))
+            address = formatAddress(node.endpoint)
+            for _ in range(2):
+                for status in [200, 503]:
+                    byNode, byAddress = [
+                        makeRequest(status=status, tryRecords=[
+                            ("00f067aa0ba902b7", 1700000000.1236, 1700000000.1259, endpoint,
+                             status, None)])
+                        for endpoint in (node, address)
+                    ]
+                    self.assertEqual(json.loads(encoder.encode([byNode])),
+                                     reference([byAddress]))
+                    self.assertEqual(json.loads(ZipkinEncoder().encode([byNode])),
+                                     reference([byAddress]))
+                    self.assertEqual([span.tags for span in byNode.spans()],
+                                     [span.tags for span in byAddress.spans()])
+                    self.assertEqual(byNode.spans()[1].remote, byAddress.spans()[1].remote)
+            self.assertIn(node, encoder._upstreams[(encoder._routes[
+                (b"GET", b"users", "/#/fs/users", "web", "meshproxy")][2], "/#/fs/users")])
 
     def test_pathsKept(self):
         """

@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from meshproxy.balancing.node import Node
 from meshproxy.config import parseConfig
 from meshproxy.discovery.endpoints import Endpoint
 from meshproxy.discovery.static import StaticNamer
@@ -31,6 +32,7 @@ from meshproxy.telemetry.spans import (
     ISpanSink,
     ISummarySink,
     RequestSpans,
+    addressOf,
 )
 
 CONFIG = """\
@@ -377,10 +379,13 @@ class RetrySpanTests(SynchronousTestCase):
         [(tryId, tryStart, tryEnd, address, tryStatus, error)] = record.tryRecords
         traceparent = headersOf(upstreamTransport.value())[b"traceparent"][0].decode()
         self.assertEqual(traceparent, "00-%s-%s-01" % (record.traceId, tryId))
+        # The try's balancer node, its address written with the spans.
+        self.assertIsInstance(address, Node)
         self.assertEqual(
-            (tryStart, tryEnd, address, tryStatus, error),
+            (tryStart, tryEnd, addressOf(address), tryStatus, error),
             (1764579600.0, 1764579600.25, "127.0.0.1:%d" % (port,), 200, None),
         )
+        self.assertEqual(h.spans.spans[1].tags["mesh.endpoint"], "127.0.0.1:%d" % (port,))
         self.assertEqual(
             record[2:],
             (None, 1764579600.0, 1764579600.25, b"GET", b"/x?q=1", b"hello", 200, None, "web",

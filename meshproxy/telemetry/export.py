@@ -51,6 +51,7 @@ from meshproxy.telemetry.spans import (
     RequestSpans,
     Span,
     TelemetryStats,
+    addressOf,
     jsonString,
     serviceOf,
     splitAddress,
@@ -59,6 +60,8 @@ from meshproxy.telemetry.spans import (
 if TYPE_CHECKING:
     from treq.client import HTTPClient
     from twisted.web.client import HTTPConnectionPool
+
+    from meshproxy.balancing.node import Node
 
 __all__ = [
     "MAX_IN_FLIGHT",
@@ -152,7 +155,7 @@ def zipkinJSON(
 #: follows the path in a request's JSON that needs no other tag (see
 #: L{ZipkinEncoder._status}); the client spans' endpoints met; and the
 #: server span's tags after the status.
-_Route = tuple[str, str, str, str, dict[int, str], dict[str, str], str]
+_Route = tuple[str, str, str, str, dict[int, str], dict["Node | str", str], str]
 
 #: C{round} of a float (a float's own method: C{round()} looks it up at
 #: each call).
@@ -222,7 +225,7 @@ class ZipkinEncoder:
         self._last: tuple[Any, ...] = (None, None, 0, None, None, None)
         # (local endpoint, bound name) → endpoint address → what its client
         # spans share (see _upstream); _upstreamCount addresses in all.
-        self._upstreams: dict[tuple[str, str | None], dict[str, str]] = {}
+        self._upstreams: dict[tuple[str, str | None], dict[Node | str, str]] = {}
         self._upstreamCount = 0
         self._peers: dict[str | None, str] = {}
         # A request target → its path's JSON, without the quotes.
@@ -465,7 +468,7 @@ class ZipkinEncoder:
         written = tryStatuses[status] = f',"http.status_code":"{status}"}}}}'
         return written
 
-    def _upstream(self, route: _Route, record: RequestSpans, address: str) -> str:
+    def _upstream(self, route: _Route, record: RequestSpans, endpoint: Node | str) -> str:
         """
         What a client span to an endpoint of a route's bound name has after
         its duration: the local endpoint, the remote one (as L{_remote}
@@ -477,9 +480,10 @@ class ZipkinEncoder:
                 upstreams.clear()
             self._upstreamCount = 0
         name = record.name
+        address = addressOf(endpoint)
         host, port = splitAddress(address)
         remote = (None if name is None else serviceOf(name), host, port)
-        upstream = route[5][address] = (
+        upstream = route[5][endpoint] = (
             route[2] + self._remote(remote) + ',"tags":{"mesh.endpoint":' + jsonString(address)
         )
         self._upstreamCount += 1

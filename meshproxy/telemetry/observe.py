@@ -171,9 +171,8 @@ class RequestTrace:
         """
         tries = self.tries
         if tries is not None and len(tries) < MAX_TRACED_TRIES:
-            tries.append(
-                (self.tryId, self.tryStart, now, formatAddress(node.endpoint), status, error)
-            )
+            # The node, not its address: written when the spans are.
+            tries.append((self.tryId, self.tryStart, now, node, status, error))
 
 
 class Tracer:

@@ -21,9 +21,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from operator import itemgetter
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from zope.interface import Interface
+
+from meshproxy.discovery.endpoints import formatAddress
+
+if TYPE_CHECKING:
+    from meshproxy.balancing.node import Node
 
 __all__ = [
     "ISpanSink",
@@ -36,6 +41,7 @@ __all__ = [
     "SUMMARY_FIELDS",
     "Summary",
     "TelemetryStats",
+    "addressOf",
     "jsonString",
     "make",
 ]
@@ -129,9 +135,21 @@ SPAN_COUNT: Final = 18
 make = tuple.__new__
 
 # A finished try of a recorded request: (its span id, start, end, the
-# endpoint's address as "host:port", the status it answered (0 for none),
-# why it failed (a reason such as "upstream-connect") or None).
-TryRecord = tuple[str, float, float, str, int, str | None]
+# endpoint: its address as "host:port", or the balancer's Node of it (its
+# address written when the spans are, see addressOf), the status it
+# answered (0 for none), why it failed (a reason such as
+# "upstream-connect") or None).
+TryRecord = tuple[str, float, float, "Node | str", int, str | None]
+
+
+def addressOf(endpoint: Node | str) -> str:
+    """
+    The C{"host:port"} of a try's endpoint (see C{TryRecord}): the text as
+    it is, or a balancer node's endpoint's address.
+    """
+    if type(endpoint) is str:
+        return endpoint
+    return formatAddress(endpoint.endpoint)  # type: ignore[union-attr]
 
 
 _RequestFields = tuple[
@@ -355,6 +373,7 @@ class RequestSpans(_RequestFields):
         retryReason = None
         for spanId, start, end, address, tryStatus, error in self.tryRecords:
             # The server span, their parent, has the router, name and method.
+            address = addressOf(address)
             tryTags = {"mesh.endpoint": address}
             if tryStatus:
                 tryTags["http.status_code"] = str(tryStatus)
