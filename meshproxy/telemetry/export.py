@@ -956,6 +956,9 @@ class SpanExporter(Service):
         self._size: int = batch.size
         self._interval: float = batch.interval
         self._bound: int = batch.queue
+        # What submitRequest checks first: the bound, or -1 once stopping
+        # (nothing fits then).
+        self._room = self._bound
         self._gzip = gzip
         self._timeout = timeout
         self._stats = stats
@@ -1030,7 +1033,8 @@ class SpanExporter(Service):
         # _add's work, without its call (once per recorded request).
         count = spans[SPAN_COUNT]
         queued = self._queued + count
-        if queued > self._bound or self._state in _CLOSED:
+        if queued > self._room:
+            # Full, or stopping: dropped and counted by _add.
             self._add(spans, count)
             return
         self._queue.append(spans)
@@ -1078,6 +1082,7 @@ class SpanExporter(Service):
         """
         Service.stopService(self)
         self._state = STOPPING
+        self._room = -1
         self._cancelTimer()
         self._due = True
         # A post that ends synchronously can drain the queue inside _pump.
@@ -1170,7 +1175,15 @@ class SpanExporter(Service):
         """
         queue = self._queue
         size = self._size
-        batch: list[Span | RequestSpans] = []
+        count = self._queued
+        if count <= size:
+            # All of it (the usual batch: the queue reached the batch size
+            # exactly, or the interval passed), taken at once.
+            batch = list(queue)
+            queue.clear()
+            self._queued = 0
+            return batch, count
+        batch = []
         append = batch.append
         popleft = queue.popleft
         count = 0
