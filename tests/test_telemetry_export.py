@@ -1244,6 +1244,41 @@ class RequestSpansExportTests(SynchronousTestCase):
         f.client.posts[1].respond()
         self.assertEqual(f.stats.spansExported, {"zipkin": 7})
 
+    def test_batchesInOrderWhileQueued(self):
+        """
+        While posts are in flight, records wait in the queue; each batch is
+        then the oldest records up to the batch size (the whole queue when
+        it fits, else part of it), in the order they came.
+        """
+        encoded = []
+
+        def encode(batch):
+            encoded.append(batch)
+            return b"x"
+
+        f = Fixture(size=4, queue=20, maxInFlight=1)
+        f.exporter._encode = encode
+        f.exporter.startService()
+        records = [self.record(1) for _ in range(5)] + [self.record(2)]
+        for record in records[:2]:
+            f.exporter.submitRequest(record)
+        for record in records[2:]:
+            f.exporter.submitRequest(record)
+        # 4 spans made a batch (posted); 9 wait behind it.
+        self.assertEqual(len(f.client.posts), 1)
+        f.client.posts[0].respond()
+        self.assertEqual(len(f.client.posts), 2)
+        f.client.posts[1].respond()
+        # The last request's 3 spans would not fit beside the one before.
+        self.assertEqual(len(f.client.posts), 3)
+        f.client.posts[2].respond()
+        self.assertEqual(len(f.client.posts), 3)
+        f.clock.advance(1.0)
+        f.client.posts[3].respond()
+        self.assertEqual(encoded, [records[0:2], records[2:4], records[4:5], records[5:6]])
+        self.assertEqual(f.stats.spansExported, {"zipkin": 13})
+        self.assertEqual(f.exporter._queued, 0)
+
     def test_largerThanABatchSplit(self):
         """
         A request with more spans than a batch holds is posted as its spans,
