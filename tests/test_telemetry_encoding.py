@@ -20,7 +20,9 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import URI
 
+from meshproxy.balancing.node import Node
 from meshproxy.config.telemetry import BatchConfig
+from meshproxy.discovery.endpoints import Endpoint, formatAddress
 from meshproxy.telemetry.export import (
     SpanExporter,
     ZipkinEncoder,
@@ -233,14 +235,83 @@ class ReferenceTests(SynchronousTestCase):
         encoder.MAX_ROUTES = 3
         encoder.MAX_ENDPOINTS = 2
         encoder.MAX_STATUSES = 2
+        encoder.MAX_PATHS = 2
         for record in self.requests[:200]:
             self.assertEqual(json.loads(encoder.encode([record])), reference([record]))
         self.assertLessEqual(len(encoder._routes), 3)
+        self.assertLessEqual(len(encoder._paths), 2)
         self.assertLessEqual(encoder._upstreamCount, 2)
         self.assertLessEqual(len(encoder._peers), 2)
         self.assertLessEqual(len(encoder._tryStatuses), 2)
         for route in encoder._routes.values():
             self.assertLessEqual(len(route[4]), 2)
+
+    def test_routesOneAfterAnother(self):
+        """
+        Requests of different routes one after the other (each compared
+        with the route of the request before it: the method and Host by
+        their bytes, which are new for each request, the names by identity)
+        are each written with their own route, whether the route before
+        matched or not.
+        """
+        encoder = ZipkinEncoder()
+        for method, host, name, router in [
+            (b"GET", b"a", "/#/fs/a", "web"),
+            (b"GET", b"a", "/#/fs/a", "web"),
+            (b"GET", b"b", "/#/fs/a", "web"),
+            (b"POST", b"b", "/#/fs/a", "web"),
+            (b"POST", b"b", "/#/fs/b", "web"),
+            (b"POST", b"b", "".join(["/#/fs/", "b"]), "web"),
+            (b"POST", b"b", "/#/fs/b", "edge"),
+            (b"POST", None, "/#/fs/b", "edge"),
+            (b"POST", None, None, "edge"),
+            (b"GET", b"a", "/#/fs/a", "web"),
+        ]:
+            record = makeRequest(method=bytes(bytearray(method)),
+                                 host=None if host is None else bytes(bytearray(host)),
+                                 name=name, router=router)
+            self.assertEqual(json.loads(encoder.encode([record])), reference([record]))
+        self.assertEqual(len(encoder._routes), 7)
+
+    def test_tryEndpointAsNode(self):
+        """
+        A try's endpoint given as its balancer node (as the request path
+        records it) is written as its address would be, by the encoder
+        (which keeps what it wrote by node) and as spans.
+        """
+        encoder = ZipkinEncoder()
+        for host, port in [("10.0.0.2", 8080), ("2001:db8::2", 8443), ("users.internal", 80)]:
+            node = Node(Endpoint(host, port))
+            address = formatAddress(node.endpoint)
+            for _ in range(2):
+                for status in [200, 503]:
+                    byNode, byAddress = [
+                        makeRequest(status=status, tryRecords=[
+                            ("00f067aa0ba902b7", 1700000000.1236, 1700000000.1259, endpoint,
+                             status, None)])
+                        for endpoint in (node, address)
+                    ]
+                    self.assertEqual(json.loads(encoder.encode([byNode])),
+                                     reference([byAddress]))
+                    self.assertEqual(json.loads(ZipkinEncoder().encode([byNode])),
+                                     reference([byAddress]))
+                    self.assertEqual([span.tags for span in byNode.spans()],
+                                     [span.tags for span in byAddress.spans()])
+                    self.assertEqual(byNode.spans()[1].remote, byAddress.spans()[1].remote)
+            self.assertIn(node, encoder._upstreams[(encoder._routes[
+                (b"GET", b"users", "/#/fs/users", "web", "meshproxy")][2], "/#/fs/users")])
+
+    def test_pathsKept(self):
+        """
+        A target's path is written once and kept by its bytes (the query
+        dropped), also for a path that needs escaping or is not UTF-8.
+        """
+        encoder = ZipkinEncoder()
+        for target in [b"/a?x=1", b"/a?x=2", b'/q"\\\xff?y', b'/q"\\\xff?y', b"/a?x=1"]:
+            record = makeRequest(target=target)
+            self.assertEqual(json.loads(encoder.encode([record])), reference([record]))
+        self.assertEqual(encoder._paths[b"/a?x=1"], "/a")
+        self.assertEqual(encoder._paths[b'/q"\\\xff?y'], '/q\\"\\\\\ufffd')
 
     def test_statusesOfOneRoute(self):
         """

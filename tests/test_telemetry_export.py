@@ -36,7 +36,16 @@ from meshproxy.telemetry.export import (
     otlpJSON,
     zipkinJSON,
 )
-from meshproxy.telemetry.spans import CLIENT, SERVER, ISpanSink, RequestSpans, Span, TelemetryStats
+from meshproxy.telemetry.spans import (
+    CLIENT,
+    SERVER,
+    SPAN_COUNT,
+    ISpanSink,
+    RequestSpans,
+    Span,
+    TelemetryStats,
+    make,
+)
 from tests.telemetry_support import OTLP_PATH, ZIPKIN_PATH, ReceiverSite, SpanReceiver, receiverURL
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -1106,6 +1115,32 @@ class RequestSpansTests(SynchronousTestCase):
     def setUp(self):
         self.validator = zipkinValidator()
 
+    def test_fieldsAndTuple(self):
+        """
+        A request's spans is a tuple of its fields in their order, the
+        span count last; C{make} of that tuple (the request path's way)
+        gives an equal record; each field is also an attribute.
+        """
+        record = makeRequest()
+        fields = (TRACE, "b7ad6b7169203331", None, 1700000000.123456, 1700000000.126, b"GET",
+                  b"/users/1?secret=1", b"users", 200, None, "web", "/#/fs/users", "10.0.0.7",
+                  None, 1, record.tryRecords, "meshproxy", None, 2)
+        self.assertEqual(tuple(record), fields)
+        made = make(RequestSpans, fields)
+        self.assertIs(type(made), RequestSpans)
+        self.assertEqual(made, record)
+        self.assertEqual(made.spans()[1].tags, record.spans()[1].tags)
+        self.assertEqual(
+            [record.traceId, record.spanId, record.parentId, record.start, record.end,
+             record.method, record.target, record.host, record.status, record.meshErr,
+             record.router, record.name, record.peer, record.identity, record.tries,
+             record.tryRecords, record.serviceName, record.grpc, record.spanCount],
+            list(fields),
+        )
+        self.assertEqual(record[SPAN_COUNT], 2)
+        self.assertEqual(makeRequest(tryRecords=[]).spanCount, 1)
+        self.assertEqual(VARIED_REQUESTS[2].spanCount, 4)
+
     def test_zipkinAsTheirSpans(self):
         """
         A request's spans are written as the JSON of the spans
@@ -1208,6 +1243,41 @@ class RequestSpansExportTests(SynchronousTestCase):
         self.assertEqual([len(b) for b in encoded], [2, 1])
         f.client.posts[1].respond()
         self.assertEqual(f.stats.spansExported, {"zipkin": 7})
+
+    def test_batchesInOrderWhileQueued(self):
+        """
+        While posts are in flight, records wait in the queue; each batch is
+        then the oldest records up to the batch size (the whole queue when
+        it fits, else part of it), in the order they came.
+        """
+        encoded = []
+
+        def encode(batch):
+            encoded.append(batch)
+            return b"x"
+
+        f = Fixture(size=4, queue=20, maxInFlight=1)
+        f.exporter._encode = encode
+        f.exporter.startService()
+        records = [self.record(1) for _ in range(5)] + [self.record(2)]
+        for record in records[:2]:
+            f.exporter.submitRequest(record)
+        for record in records[2:]:
+            f.exporter.submitRequest(record)
+        # 4 spans made a batch (posted); 9 wait behind it.
+        self.assertEqual(len(f.client.posts), 1)
+        f.client.posts[0].respond()
+        self.assertEqual(len(f.client.posts), 2)
+        f.client.posts[1].respond()
+        # The last request's 3 spans would not fit beside the one before.
+        self.assertEqual(len(f.client.posts), 3)
+        f.client.posts[2].respond()
+        self.assertEqual(len(f.client.posts), 3)
+        f.clock.advance(1.0)
+        f.client.posts[3].respond()
+        self.assertEqual(encoded, [records[0:2], records[2:4], records[4:5], records[5:6]])
+        self.assertEqual(f.stats.spansExported, {"zipkin": 13})
+        self.assertEqual(f.exporter._queued, 0)
 
     def test_largerThanABatchSplit(self):
         """

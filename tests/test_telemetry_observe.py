@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from meshproxy.balancing.node import Node
 from meshproxy.config import parseConfig
 from meshproxy.discovery.endpoints import Endpoint
 from meshproxy.discovery.static import StaticNamer
@@ -24,7 +25,15 @@ from meshproxy.routing.path import Path
 from meshproxy.runtime import balancerFactory
 from meshproxy.telemetry.metrics import MeshMetrics
 from meshproxy.telemetry.observe import RequestObserver, Tracer
-from meshproxy.telemetry.spans import CLIENT, SERVER, SUMMARY_FIELDS, ISpanSink, ISummarySink
+from meshproxy.telemetry.spans import (
+    CLIENT,
+    SERVER,
+    SUMMARY_FIELDS,
+    ISpanSink,
+    ISummarySink,
+    RequestSpans,
+    addressOf,
+)
 
 CONFIG = """\
 namers:
@@ -353,6 +362,35 @@ class RetrySpanTests(SynchronousTestCase):
         self.assertEqual(server.tags["http.path"], "/x")
         self.assertAlmostEqual(server.duration, 0.25)
         self.assertEqual(server.start, 1764579600.0)
+
+    def test_requestRecord(self):
+        """
+        A recorded request is handed to the exporters as one record holding
+        what the request path knew, field by field.
+        """
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(b"GET /x?q=1 HTTP/1.1\r\nHost: hello\r\n\r\n")
+        upstream, upstreamTransport, port = h.upstream(0)
+        h.reactor.advance(0.25)
+        upstream.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        [record] = h.spans.records
+        self.assertIs(type(record), RequestSpans)
+        [(tryId, tryStart, tryEnd, address, tryStatus, error)] = record.tryRecords
+        traceparent = headersOf(upstreamTransport.value())[b"traceparent"][0].decode()
+        self.assertEqual(traceparent, "00-%s-%s-01" % (record.traceId, tryId))
+        # The try's balancer node, its address written with the spans.
+        self.assertIsInstance(address, Node)
+        self.assertEqual(
+            (tryStart, tryEnd, addressOf(address), tryStatus, error),
+            (1764579600.0, 1764579600.25, "127.0.0.1:%d" % (port,), 200, None),
+        )
+        self.assertEqual(h.spans.spans[1].tags["mesh.endpoint"], "127.0.0.1:%d" % (port,))
+        self.assertEqual(
+            record[2:],
+            (None, 1764579600.0, 1764579600.25, b"GET", b"/x?q=1", b"hello", 200, None, "web",
+             "/#/static/hello", "10.0.0.7", None, 1, record.tryRecords, "meshproxy", None, 2),
+        )
 
     def test_connectFailureSpan(self):
         """

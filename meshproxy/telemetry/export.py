@@ -46,10 +46,12 @@ from meshproxy.config.telemetry import BatchConfig, TracingConfig
 from meshproxy.telemetry.spans import (
     CLIENT,
     SERVER,
+    SPAN_COUNT,
     ISpanSink,
     RequestSpans,
     Span,
     TelemetryStats,
+    addressOf,
     jsonString,
     serviceOf,
     splitAddress,
@@ -58,6 +60,8 @@ from meshproxy.telemetry.spans import (
 if TYPE_CHECKING:
     from treq.client import HTTPClient
     from twisted.web.client import HTTPConnectionPool
+
+    from meshproxy.balancing.node import Node
 
 __all__ = [
     "MAX_IN_FLIGHT",
@@ -151,7 +155,7 @@ def zipkinJSON(
 #: follows the path in a request's JSON that needs no other tag (see
 #: L{ZipkinEncoder._status}); the client spans' endpoints met; and the
 #: server span's tags after the status.
-_Route = tuple[str, str, str, str, dict[int, str], dict[str, str], str]
+_Route = tuple[str, str, str, str, dict[int, str], dict["Node | str", str], str]
 
 #: C{round} of a float (a float's own method: C{round()} looks it up at
 #: each call).
@@ -205,6 +209,7 @@ class ZipkinEncoder:
     MAX_ENDPOINTS = 1024
     MAX_ROUTES = 1024
     MAX_STATUSES = 64
+    MAX_PATHS = 1024
 
     def __init__(self, serviceName: str | None = None) -> None:
         """
@@ -215,11 +220,16 @@ class ZipkinEncoder:
         self._locals: dict[Any, str] = {}
         self._remotes: dict[Any, str] = {}
         self._routes: dict[Any, _Route] = {}
+        # The last route written and its key: (method, Host, name, router,
+        # service name, route); a name that is no string matches none.
+        self._last: tuple[Any, ...] = (None, None, 0, None, None, None)
         # (local endpoint, bound name) → endpoint address → what its client
         # spans share (see _upstream); _upstreamCount addresses in all.
-        self._upstreams: dict[tuple[str, str | None], dict[str, str]] = {}
+        self._upstreams: dict[tuple[str, str | None], dict[Node | str, str]] = {}
         self._upstreamCount = 0
         self._peers: dict[str | None, str] = {}
+        # A request target → its path's JSON, without the quotes.
+        self._paths: dict[bytes, str] = {}
         # A client span's status → the end of its JSON (see _tryStatus).
         self._tryStatuses: dict[int, str] = {}
 
@@ -227,12 +237,14 @@ class ZipkinEncoder:
         """
         A request body: the C{ListOfSpans} of spans and requests' spans.
         """
-        out = []
+        out: list[str] = []
+        append = out.append
+        request = self.request
         for item in items:
             if type(item) is RequestSpans:
-                out.append(self.request(item))
+                append(request(item))
             else:
-                out.append(self.span(item))  # type: ignore[arg-type]
+                append(self.span(item))  # type: ignore[arg-type]
         return self.wrap(out)
 
     def span(self, span: Span) -> str:
@@ -276,41 +288,62 @@ class ZipkinEncoder:
         most of them kept from request to request (see L{_route}); the
         others part by part.
         """
-        key = (record.method, record.host, record.name, record.router, record.serviceName)
-        route = self._routes.get(key)
-        if route is None:
-            route = self._route(record, key)
+        (
+            traceId,
+            spanId,
+            parentId,
+            start,
+            end,
+            method,
+            target,
+            host,
+            status,
+            meshErr,
+            router,
+            name,
+            peer,
+            identity,
+            tries,
+            tryRecords,
+            serviceName,
+            grpc,
+            _,
+        ) = record
+        # The route of the request before, most often this one's too: told
+        # by comparing (the methods and Hosts are bytes of their own).
+        lastMethod, lastHost, lastName, lastRouter, lastService, route = self._last
+        if not (
+            name is lastName
+            and method == lastMethod
+            and host == lastHost
+            and router is lastRouter
+            and serviceName is lastService
+        ):
+            key = (method, host, name, router, serviceName)
+            route = self._routes.get(key)
+            if route is None:
+                route = self._route(record, key)
+            self._last = (method, host, name, router, serviceName, route)
         # What the route's spans share, written once (see _route).
         serverHead, clientHead, local, tagsHead, statuses, upstreams, shared = route
-        start = record.start
-        duration = _round((record.end - start) * 1e6)
+        duration = _round((end - start) * 1e6)
         if duration < 1:
             duration = 1
-        status = record.status
-        target = record.target
-        query = target.find(b"?")
-        if query >= 0:
-            target = target[:query]
         # The path's JSON, without its quotes.
-        path = target.decode("latin-1")
-        if not (path.isascii() and path.isprintable() and '"' not in path and "\\" not in path):
-            path = jsonString(target.decode("utf-8", "replace"))[1:-1]
-        peer = record.peer
+        path = self._paths.get(target)
+        if path is None:
+            path = self._path(target)
         remote = self._peers.get(peer)
         if remote is None:
             remote = self._peer(peer)
-        traceId = record.traceId
-        spanId = record.spanId
-        parentId = record.parentId
         parent = "" if parentId is None else f',"parentId":"{parentId}"'
-        tryRecords = record.tryRecords
         if (
             len(tryRecords) == 1
             and 0 < status < 500
-            and record.meshErr is None
-            and record.identity is None
-            and record.tries <= 1
-            and record.grpc is None
+            and meshErr is None
+            and identity is None
+            and tries <= 1
+            and grpc is None
         ):
             trySpanId, tryStart, tryEnd, address, tryStatus, error = tryRecords[0]
             if error is None and 0 < tryStatus < 500:
@@ -371,6 +404,7 @@ class ZipkinEncoder:
             routes.clear()
             self._upstreams.clear()
             self._upstreamCount = 0
+            self._last = (None, None, 0, None, None, None)
         name = jsonString(record.operation())
         local = ',"localEndpoint":' + self._local(self.serviceName or record.serviceName, None, 0)
         method = jsonString(record.method.decode("latin-1"))
@@ -393,6 +427,21 @@ class ZipkinEncoder:
             shared,
         )
         return route
+
+    def _path(self, target: bytes) -> str:
+        """
+        A request target's path (without the query) as a JSON string
+        without its quotes; kept (L{MAX_PATHS} at most).
+        """
+        paths = self._paths
+        if len(paths) >= self.MAX_PATHS:
+            paths.clear()
+        query = target.find(b"?")
+        path = (target if query < 0 else target[:query]).decode("latin-1")
+        if not (path.isascii() and path.isprintable() and '"' not in path and "\\" not in path):
+            path = jsonString(path.encode("latin-1").decode("utf-8", "replace"))[1:-1]
+        paths[target] = path
+        return path
 
     def _status(self, route: _Route, status: int) -> str:
         """
@@ -419,7 +468,7 @@ class ZipkinEncoder:
         written = tryStatuses[status] = f',"http.status_code":"{status}"}}}}'
         return written
 
-    def _upstream(self, route: _Route, record: RequestSpans, address: str) -> str:
+    def _upstream(self, route: _Route, record: RequestSpans, endpoint: Node | str) -> str:
         """
         What a client span to an endpoint of a route's bound name has after
         its duration: the local endpoint, the remote one (as L{_remote}
@@ -431,9 +480,10 @@ class ZipkinEncoder:
                 upstreams.clear()
             self._upstreamCount = 0
         name = record.name
+        address = addressOf(endpoint)
         host, port = splitAddress(address)
         remote = (None if name is None else serviceOf(name), host, port)
-        upstream = route[5][address] = (
+        upstream = route[5][endpoint] = (
             route[2] + self._remote(remote) + ',"tags":{"mesh.endpoint":' + jsonString(address)
         )
         self._upstreamCount += 1
@@ -485,7 +535,15 @@ class ZipkinEncoder:
         """
         The request body of spans written by L{span}: a C{ListOfSpans}.
         """
-        return ("[" + ",".join(spans) + "]").encode("utf-8")
+        if not spans:
+            return b"[]"
+        # The brackets added to the first and the last span's text: the
+        # batch's text is copied once (joined) rather than once per
+        # concatenation.
+        spans = list(spans)
+        spans[0] = "[" + spans[0]
+        spans[-1] += "]"
+        return ",".join(spans).encode("utf-8")
 
 
 _ZIPKIN_SPAN = (
@@ -898,6 +956,9 @@ class SpanExporter(Service):
         self._size: int = batch.size
         self._interval: float = batch.interval
         self._bound: int = batch.queue
+        # What submitRequest checks first: the bound, or -1 once stopping
+        # (nothing fits then).
+        self._room = self._bound
         self._gzip = gzip
         self._timeout = timeout
         self._stats = stats
@@ -970,9 +1031,10 @@ class SpanExporter(Service):
         stopping.
         """
         # _add's work, without its call (once per recorded request).
-        count = spans.count
+        count = spans[SPAN_COUNT]
         queued = self._queued + count
-        if queued > self._bound or self._state in _CLOSED:
+        if queued > self._room:
+            # Full, or stopping: dropped and counted by _add.
             self._add(spans, count)
             return
         self._queue.append(spans)
@@ -1020,6 +1082,7 @@ class SpanExporter(Service):
         """
         Service.stopService(self)
         self._state = STOPPING
+        self._room = -1
         self._cancelTimer()
         self._due = True
         # A post that ends synchronously can drain the queue inside _pump.
@@ -1093,47 +1156,57 @@ class SpanExporter(Service):
         while len(self._inFlight) < self._maxInFlight and (
             self._queued >= size or (self._due and queue)
         ):
-            batch = self._batch()
+            batch, count = self._batch()
             if not queue:
                 self._due = False
-            self._post(batch)
+            self._post(batch, count)
         if not queue:
             self._cancelTimer()
         elif self._timer is None and not self._due and self._state == RUNNING:
             self._timer = self._reactor.callLater(self._interval, self._tick)
 
-    def _batch(self) -> list[Span | RequestSpans]:
+    def _batch(self) -> tuple[list[Span | RequestSpans], int]:
         """
         Take the next batch from the queue: C{batch.size} spans at most. A
         request with more spans than that (more tries than a batch holds)
         is split into its spans.
+
+        @return: the batch and how many spans it holds.
         """
         queue = self._queue
         size = self._size
-        batch: list[Span | RequestSpans] = []
+        count = self._queued
+        if count <= size:
+            # All of it (the usual batch: the queue reached the batch size
+            # exactly, or the interval passed), taken at once.
+            batch = list(queue)
+            queue.clear()
+            self._queued = 0
+            return batch, count
+        batch = []
+        append = batch.append
+        popleft = queue.popleft
         count = 0
         while queue:
             item = queue[0]
-            n = item.count
+            n = item[SPAN_COUNT] if type(item) is RequestSpans else item.spanCount
             if count + n > size:
-                if count == 0 and isinstance(item, RequestSpans):
-                    queue.popleft()
+                if count == 0 and type(item) is RequestSpans:
+                    popleft()
                     queue.extendleft(reversed(item.spans()))
                     continue
                 break
-            queue.popleft()
-            batch.append(item)
+            popleft()
+            append(item)
             count += n
         self._queued -= count
-        return batch
+        return batch, count
 
-    def _post(self, batch: list[Span | RequestSpans]) -> None:
+    def _post(self, batch: list[Span | RequestSpans], count: int) -> None:
         """
-        Post one batch; count its spans as exported or dropped.
+        Post one batch of C{count} spans; count them as exported or
+        dropped.
         """
-        count = 0
-        for item in batch:
-            count += item.count
         try:
             body = self._encode(batch)
             if self._gzip:

@@ -29,6 +29,7 @@ from meshproxy.telemetry.spans import (
     Summary,
     TryRecord,
     jsonString,
+    make,
 )
 from meshproxy.telemetry.tracecontext import extract, newSpanId, newTraceId, outgoing
 
@@ -170,9 +171,8 @@ class RequestTrace:
         """
         tries = self.tries
         if tries is not None and len(tries) < MAX_TRACED_TRIES:
-            tries.append(
-                (self.tryId, self.tryStart, now, formatAddress(node.endpoint), status, error)
-            )
+            # The node, not its address: written when the spans are.
+            tries.append((self.tryId, self.tryStart, now, node, status, error))
 
 
 class Tracer:
@@ -353,9 +353,40 @@ class RequestObserver:
         """
         trace = exchange.trace
         if trace is not None and trace.recording:
-            # Tracer.submit's work, without its call.
-            spans = self.spans(exchange, trace, now)
-            for spanSink in self.tracer.sinks:
+            # Tracer.submit's and spans()'s work, without their calls.
+            request = exchange.request
+            tracer = self.tracer
+            if exchange.grpc:
+                spans = self.spans(exchange, trace, now)
+            else:
+                client = exchange.client
+                identity = request.identity
+                tries = trace.tries
+                spans = make(
+                    RequestSpans,
+                    (
+                        trace.traceId,
+                        trace.spanId,
+                        trace.parentId,
+                        exchange.startTime,
+                        now,
+                        request.method,
+                        request.target,
+                        request.host,
+                        exchange.status,
+                        exchange.meshErr,
+                        self.router,
+                        None if client is None else client.name,
+                        request.peer,
+                        None if identity is None else identity.name,
+                        exchange.tries,
+                        tries,
+                        tracer.serviceName,
+                        None,
+                        1 + len(tries),
+                    ),
+                )
+            for spanSink in tracer.sinks:
                 spanSink.submitRequest(spans)
         summary: Mapping[str, Any] | None = None
         for sink in self.sinks:
@@ -564,25 +595,30 @@ class RequestObserver:
                 code = UNKNOWN
             rpcService, rpcMethod = callName(request.target)
             grpcCall = (code, rpcService, rpcMethod, code in FAILURE_CODES or code > 16)
-        return RequestSpans(
-            trace.traceId,
-            trace.spanId,
-            trace.parentId,
-            exchange.startTime,
-            now,
-            request.method,
-            request.target,
-            request.host,
-            exchange.status,
-            exchange.meshErr,
-            self.router,
-            None if client is None else client.name,
-            request.peer,
-            None if identity is None else identity.name,
-            exchange.tries,
-            trace.tries or [],
-            self.tracer.serviceName,
-            grpcCall,
+        tries = trace.tries or []
+        return make(
+            RequestSpans,
+            (
+                trace.traceId,
+                trace.spanId,
+                trace.parentId,
+                exchange.startTime,
+                now,
+                request.method,
+                request.target,
+                request.host,
+                exchange.status,
+                exchange.meshErr,
+                self.router,
+                None if client is None else client.name,
+                request.peer,
+                None if identity is None else identity.name,
+                exchange.tries,
+                tries,
+                self.tracer.serviceName,
+                grpcCall,
+                1 + len(tries),
+            ),
         )
 
 

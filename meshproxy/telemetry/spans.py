@@ -20,9 +20,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
-from typing import Any
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any, Final
 
 from zope.interface import Interface
+
+from meshproxy.discovery.endpoints import formatAddress
+
+if TYPE_CHECKING:
+    from meshproxy.balancing.node import Node
 
 __all__ = [
     "ISpanSink",
@@ -30,11 +36,14 @@ __all__ = [
     "RequestSpans",
     "SERVER",
     "CLIENT",
+    "SPAN_COUNT",
     "Span",
     "SUMMARY_FIELDS",
     "Summary",
     "TelemetryStats",
+    "addressOf",
     "jsonString",
+    "make",
 ]
 
 SERVER = "SERVER"
@@ -79,7 +88,7 @@ class Span:
     )
 
     #: How many spans it is (queues count spans and L{RequestSpans} alike).
-    count = 1
+    spanCount = 1
 
     def __init__(
         self,
@@ -117,20 +126,65 @@ class Span:
         )
 
 
+#: The index of a L{RequestSpans}' span count (its last field).
+SPAN_COUNT: Final = 18
+
+#: A L{RequestSpans} made of its fields, the span count last (1 + the
+#: number of try records): C{make(RequestSpans, (traceId, …, grpc,
+#: spanCount))}, C{tuple.__new__} called directly (no Python frame).
+make = tuple.__new__
+
 # A finished try of a recorded request: (its span id, start, end, the
-# endpoint's address as "host:port", the status it answered (0 for none),
-# why it failed (a reason such as "upstream-connect") or None).
-TryRecord = tuple[str, float, float, str, int, str | None]
+# endpoint: its address as "host:port", or the balancer's Node of it (its
+# address written when the spans are, see addressOf), the status it
+# answered (0 for none), why it failed (a reason such as
+# "upstream-connect") or None).
+TryRecord = tuple[str, float, float, "Node | str", int, str | None]
 
 
-class RequestSpans:
+def addressOf(endpoint: Node | str) -> str:
+    """
+    The C{"host:port"} of a try's endpoint (see C{TryRecord}): the text as
+    it is, or a balancer node's endpoint's address.
+    """
+    if type(endpoint) is str:
+        return endpoint
+    return formatAddress(endpoint.endpoint)  # type: ignore[union-attr]
+
+
+_RequestFields = tuple[
+    str,
+    str,
+    str | None,
+    float,
+    float,
+    bytes,
+    bytes,
+    bytes | None,
+    int,
+    str | None,
+    str,
+    str | None,
+    str | None,
+    str | None,
+    int,
+    list[TryRecord],
+    str,
+    tuple[int, str | None, str | None, bool] | None,
+    int,
+]
+
+
+class RequestSpans(_RequestFields):
     """
     The spans of one finished request, not yet made: its server span and
     one client span per try, children of the server span.
 
-    Made by the request path for a recorded trace (a few attribute stores);
-    expanded into L{Span}s by L{spans}, or written as Zipkin JSON directly
-    by the exporter's encoder, which gives the same spans.
+    A tuple, made by the request path for a recorded trace in one step
+    (L{make}: a tuple of what it knows, no Python call); expanded into
+    L{Span}s by L{spans}, or written as Zipkin JSON directly by the
+    exporter's encoder (which unpacks it), giving the same spans. Its
+    fields, in order (each also an attribute):
 
     @ivar traceId: 32 lowercase hex digits.
     @ivar spanId: the server span's id.
@@ -157,33 +211,13 @@ class RequestSpans:
         (L{None} for a path not of that form), and whether the code is a
         failure (the server span is then in error whatever its HTTP
         status); L{None} for another request.
-    @ivar count: how many spans it makes: 1 + C{len(tryRecords)}.
+    @ivar spanCount: how many spans it makes: 1 + C{len(tryRecords)}.
     """
 
-    __slots__ = (
-        "traceId",
-        "spanId",
-        "parentId",
-        "start",
-        "end",
-        "method",
-        "target",
-        "host",
-        "status",
-        "meshErr",
-        "router",
-        "name",
-        "peer",
-        "identity",
-        "tries",
-        "tryRecords",
-        "serviceName",
-        "grpc",
-        "count",
-    )
+    __slots__ = ()
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         traceId: str,
         spanId: str,
         parentId: str | None,
@@ -202,33 +236,63 @@ class RequestSpans:
         tryRecords: list[TryRecord],
         serviceName: str,
         grpc: tuple[int, str | None, str | None, bool] | None = None,
-    ) -> None:
-        self.traceId = traceId
-        self.spanId = spanId
-        self.parentId = parentId
-        self.start = start
-        self.end = end
-        self.method = method
-        self.target = target
-        self.host = host
-        self.status = status
-        self.meshErr = meshErr
-        self.router = router
-        self.name = name
-        self.peer = peer
-        self.identity = identity
-        self.tries = tries
-        self.tryRecords = tryRecords
-        self.serviceName = serviceName
-        self.grpc = grpc
-        self.count = 1 + len(tryRecords)
+    ) -> RequestSpans:
+        """
+        A request's spans from its fields by name (the request path makes
+        them with L{make}, which is cheaper; the span count is worked out
+        here).
+        """
+        return tuple.__new__(
+            cls,
+            (
+                traceId,
+                spanId,
+                parentId,
+                start,
+                end,
+                method,
+                target,
+                host,
+                status,
+                meshErr,
+                router,
+                name,
+                peer,
+                identity,
+                tries,
+                tryRecords,
+                serviceName,
+                grpc,
+                1 + len(tryRecords),
+            ),
+        )
+
+    traceId = property(itemgetter(0))
+    spanId = property(itemgetter(1))
+    parentId = property(itemgetter(2))
+    start = property(itemgetter(3))
+    end = property(itemgetter(4))
+    method = property(itemgetter(5))
+    target = property(itemgetter(6))
+    host = property(itemgetter(7))
+    status = property(itemgetter(8))
+    meshErr = property(itemgetter(9))
+    router = property(itemgetter(10))
+    name = property(itemgetter(11))
+    peer = property(itemgetter(12))
+    identity = property(itemgetter(13))
+    tries = property(itemgetter(14))
+    tryRecords = property(itemgetter(15))
+    serviceName = property(itemgetter(16))
+    grpc = property(itemgetter(17))
+    spanCount = property(itemgetter(SPAN_COUNT))
 
     def __repr__(self) -> str:
         return "<RequestSpans %s/%s parent=%s spans=%d>" % (
             self.traceId,
             self.spanId,
             self.parentId,
-            self.count,
+            self[SPAN_COUNT],
         )
 
     def operation(self) -> str:
@@ -309,6 +373,7 @@ class RequestSpans:
         retryReason = None
         for spanId, start, end, address, tryStatus, error in self.tryRecords:
             # The server span, their parent, has the router, name and method.
+            address = addressOf(address)
             tryTags = {"mesh.endpoint": address}
             if tryStatus:
                 tryTags["http.status_code"] = str(tryStatus)
@@ -464,7 +529,7 @@ class ISpanSink(Interface):
     def submitRequest(spans: RequestSpans) -> None:
         """
         Queue the spans of one finished request (what the request path
-        hands on), counted as C{spans.count} spans.
+        hands on), counted as C{spans.spanCount} spans.
         """
 
 
