@@ -30,6 +30,7 @@ from meshproxy.http.exchange import Exchange
 from meshproxy.http.interfaces import IClientConnection
 from meshproxy.http.message import ProxyError, Request, errorResponse, forbiddenTrailer
 from meshproxy.http.rewrite import ResponseWriter, interimHead
+from meshproxy.http.states import DONE
 from meshproxy.http2.frames import PREFACE, FloodLimits
 from meshproxy.transport.fastwrite import writerFor
 from meshproxy.transport.gate import PauseGate
@@ -65,9 +66,10 @@ class ServerProtocol(Protocol):
     # set, such as transport and factory, still goes in one).
     __slots__ = (
         "_began", "_h2", "http2", "_bodyProgress", "_bodySize", "_broken", "_current", "_deadline",
-        "_fieldBytes", "_fieldCount", "_fresh", "_headRaw", "_headSince", "_headers", "_out",
+        "_fieldBytes", "_fieldCount", "_fresh", "_headRaw", "_headSince", "_headers",
+        "_idleTimeout", "_lineVersion", "_maxHeaderBytes", "_maxHeaders", "_maxUriLength", "_out",
         "_preamble", "_preambleSince", "_prefix", "_send", "_sinceBody", "_state",
-        "_streamingFrom", "_timer", "_tls", "_toStart", "_trailers", "_tunnel", "_url",
+        "_streamingFrom", "_timer", "_tls", "_toStart", "_trailers", "_tunnel", "_url", "_writer",
         "active", "clientCert", "clock", "closing", "connStats", "draining", "error",
         "forwardedFor", "gate", "identity", "parser", "peerHost", "queue", "router", "scheme",
         "server", "settings", "trusted",
@@ -88,6 +90,12 @@ class ServerProtocol(Protocol):
     ) -> None:
         self.router = router
         self.settings = settings
+        # The limits read per request, as plain attributes: an attribute of
+        # a pydantic model costs several times a plain one to read.
+        self._maxHeaders = settings.maxHeaders
+        self._maxHeaderBytes = settings.maxHeaderBytes
+        self._maxUriLength = settings.maxUriLength
+        self._idleTimeout = settings.idleTimeout
         self.clock = clock
         self.connStats = connStats
         self.scheme = scheme
@@ -148,6 +156,11 @@ class ServerProtocol(Protocol):
         # has one).
         self.parser: httptools.HttpRequestParser = None  # type: ignore[assignment]
         self._streamingFrom: IPushProducer | None = None
+        # The response writer, once a response was written (responseWriter).
+        self._writer: ResponseWriter | None = None
+        # The version of the first request of the read being parsed, read
+        # off its request line, or None (dataReceived).
+        self._lineVersion: str | None = None
 
     # -- connection lifecycle -------------------------------------------
 
@@ -213,6 +226,19 @@ class ServerProtocol(Protocol):
             return
         self._bodyProgress = False
         self._began = False
+        # A read that starts between requests starts with a request line
+        # (or empty lines): one ending in " HTTP/1.1" gives its request's
+        # version, which httptools' get_http_version formats anew for each
+        # request (about 2,000 instructions). Any other is asked of it.
+        self._lineVersion = None
+        if self._state == _IDLE:
+            end = data.find(b"\r\n")
+            if (
+                end >= 9
+                and data.startswith(b" HTTP/1.1\r\n", end - 9)
+                and data.find(b"\n") == end + 1
+            ):
+                self._lineVersion = "1.1"
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -237,7 +263,8 @@ class ServerProtocol(Protocol):
                 # bound it.
                 self._bound(data)
         toStart, self._toStart = self._toStart, None
-        if toStart is not None and toStart is self.active and not toStart.done:
+        # (its state read, not its done property: a Python call per read)
+        if toStart is not None and toStart is self.active and toStart.state is not DONE:
             # Started only now: a request whose framing fails later in the
             # same read never has its head sent upstream.
             toStart.start()
@@ -361,7 +388,7 @@ class ServerProtocol(Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        if len(self._url) > self.settings.maxUriLength:
+        if len(self._url) > self._maxUriLength:
             raise ProxyError(414, "uri-too-long", "Request-target too long.")
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -373,10 +400,9 @@ class ServerProtocol(Protocol):
             self._trailer(name, value, size)
             return
         headers: Headers = self._headers  # type: ignore[assignment]  # a list since on_message_begin
-        settings = self.settings
-        if len(headers) >= settings.maxHeaders:
+        if len(headers) >= self._maxHeaders:
             raise ProxyError(431, "too-many-headers", "Too many request headers.")
-        if size > settings.maxHeaderBytes:
+        if size > self._maxHeaderBytes:
             raise ProxyError(431, "header-too-large", "Request header too large.")
         headers.append((name, value))
 
@@ -403,10 +429,16 @@ class ServerProtocol(Protocol):
 
     def on_headers_complete(self) -> None:
         parser = self.parser
+        version = self._lineVersion
+        if version is None:
+            version = parser.get_http_version()
+        else:
+            # (the first request of the read's: any other has its own line)
+            self._lineVersion = None
         request = Request(
             parser.get_method(),
             self._url,
-            parser.get_http_version(),
+            version,
             self._headers,  # type: ignore[arg-type]  # a list since on_message_begin
         )
         self._headers = None
@@ -450,7 +482,7 @@ class ServerProtocol(Protocol):
             trailers, self._trailers = self._trailers, None
             current.bodyComplete(trailers)
         if not self.closing and self.active is None and self._deadline is None:
-            self._setDeadline(self.clock.seconds() + self.settings.idleTimeout)
+            self._setDeadline(self.clock.seconds() + self._idleTimeout)
 
     # -- upgrade (WebSocket and friends) --------------------------------
 
@@ -508,7 +540,10 @@ class ServerProtocol(Protocol):
             else:
                 data = b"".join(out)
             out.clear()
-            self._send(data)
+            # (read, then called: a callable in a slot called as a method
+            # is looked up in full each time by CPython 3.11)
+            send = self._send
+            send(data)
 
     def streamFrom(self, producer: IPushProducer) -> None:
         """
@@ -573,7 +608,7 @@ class ServerProtocol(Protocol):
                 # The time the exchange ended, in this event (only an
                 # Exchange, after its _end, calls this).
                 endTime = exchange.endTime
-                self._setDeadline(endTime + self.settings.idleTimeout)
+                self._setDeadline(endTime + self._idleTimeout)
 
     def drain(self) -> None:
         """
@@ -595,8 +630,18 @@ class ServerProtocol(Protocol):
         See L{IClientConnection.responseWriter}: HTTP/1.1 bytes, queued by
         L{write}.
         """
-        # (The queue's own append: what write does, one call fewer.)
-        return ResponseWriter(self._out.append, bodyless)
+        # One writer per connection, made for its first response: an
+        # HTTP/1.1 connection streams one response at a time, and an
+        # exchange writes only while it streams (never once done).
+        writer = self._writer
+        if writer is None:
+            # (The queue itself: what write appends to, one call fewer.)
+            writer = self._writer = ResponseWriter(self._out, bodyless)
+        else:
+            writer.bodyless = bodyless
+            writer.chunked = False
+            writer.closeDelimited = False
+        return writer
 
     def interim(self, status: int, reason: bytes, headers: Headers) -> None:
         """

@@ -42,6 +42,17 @@ def writerFor(transport: ITransport) -> Callable[[bytes], None]:
         return transport.write
     # A TCP connection, as just checked: its buffers are read directly.
     conn: tcp.Connection = transport  # type: ignore[assignment]
+    # Twisted keeps these as class attributes until a write or a close
+    # sets them; read through the instance, a class attribute is looked up
+    # in full on every read in CPython 3.11 (which never specialises it),
+    # an instance attribute is not. The same values, on the instance: read
+    # below on every write, and bufferSize by every read of the
+    # connection (tcp.Connection.doRead, transport.stream.readConnection).
+    conn.offset = conn.offset
+    conn.dataBuffer = conn.dataBuffer
+    conn.disconnecting = conn.disconnecting
+    conn._writeDisconnected = conn._writeDisconnected
+    conn.bufferSize = conn.bufferSize
     send = conn.socket.send
     slowWrite = conn.write
 
