@@ -67,7 +67,7 @@ class ServerProtocol(Protocol):
     __slots__ = (
         "_began", "_h2", "http2", "_bodyProgress", "_bodySize", "_broken", "_current", "_deadline",
         "_fieldBytes", "_fieldCount", "_fresh", "_headRaw", "_headSince", "_headers",
-        "_idleTimeout", "_lineVersion", "_maxHeaderBytes", "_maxHeaders", "_maxUriLength", "_out",
+        "_idleTimeout", "_lineRead", "_maxHeaderBytes", "_maxHeaders", "_maxUriLength", "_out",
         "_preamble", "_preambleSince", "_prefix", "_send", "_sinceBody", "_state",
         "_streamingFrom", "_timer", "_tls", "_toStart", "_trailers", "_tunnel", "_url", "_writer",
         "active", "clientCert", "clock", "closing", "connStats", "draining", "error",
@@ -158,9 +158,9 @@ class ServerProtocol(Protocol):
         self._streamingFrom: IPushProducer | None = None
         # The response writer, once a response was written (responseWriter).
         self._writer: ResponseWriter | None = None
-        # The version of the first request of the read being parsed, read
-        # off its request line, or None (dataReceived).
-        self._lineVersion: str | None = None
+        # The read being parsed when it started between requests (its
+        # first request's line starts it), or None: on_headers_complete.
+        self._lineRead: bytes | None = None
 
     # -- connection lifecycle -------------------------------------------
 
@@ -226,19 +226,9 @@ class ServerProtocol(Protocol):
             return
         self._bodyProgress = False
         self._began = False
-        # A read that starts between requests starts with a request line
-        # (or empty lines): one ending in " HTTP/1.1" gives its request's
-        # version, which httptools' get_http_version formats anew for each
-        # request (about 2,000 instructions). Any other is asked of it.
-        self._lineVersion = None
-        if self._state == _IDLE:
-            end = data.find(b"\r\n")
-            if (
-                end >= 9
-                and data.startswith(b" HTTP/1.1\r\n", end - 9)
-                and data.find(b"\n") == end + 1
-            ):
-                self._lineVersion = "1.1"
+        # A read that starts between requests starts with its first
+        # request's line (see on_headers_complete).
+        self._lineRead = data if self._state == _IDLE else None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -262,6 +252,7 @@ class ServerProtocol(Protocol):
                 # Something is left unfinished (a head, a body, a preamble):
                 # bound it.
                 self._bound(data)
+        self._lineRead = None
         toStart, self._toStart = self._toStart, None
         # (its state read, not its done property: a Python call per read)
         if toStart is not None and toStart is self.active and toStart.state is not DONE:
@@ -429,15 +420,27 @@ class ServerProtocol(Protocol):
 
     def on_headers_complete(self) -> None:
         parser = self.parser
-        version = self._lineVersion
+        method = parser.get_method()
+        url = self._url
+        version = None
+        read = self._lineRead
+        if read is not None:
+            # The first request of a read that started between requests:
+            # its line is the read's first, "METHOD SP target SP version
+            # CRLF" (after empty lines, if any, which shift it: then the
+            # version's place below holds no space and no CR, and nothing
+            # is found). A version read off the line saves httptools'
+            # get_http_version, which formats a string per call (about
+            # 2,000 instructions); any other is asked of it.
+            self._lineRead = None
+            at = len(method) + len(url) + 1
+            if read[at:at + 11] == b" HTTP/1.1\r\n":
+                version = "1.1"
         if version is None:
             version = parser.get_http_version()
-        else:
-            # (the first request of the read's: any other has its own line)
-            self._lineVersion = None
         request = Request(
-            parser.get_method(),
-            self._url,
+            method,
+            url,
             version,
             self._headers,  # type: ignore[arg-type]  # a list since on_message_begin
         )
