@@ -29,7 +29,7 @@ from meshproxy.http.server import ServerProtocol
 from meshproxy.routing.delegate import BoundName
 from meshproxy.routing.path import Path
 from meshproxy.transport.dial import DialedClient
-from meshproxy.transport.fastwrite import writerFor
+from meshproxy.transport.fastwrite import ownDefaults, writerFor
 
 from .test_http_server import Harness
 
@@ -128,7 +128,7 @@ class SettingsReadPerRequestTests(SynchronousTestCase):
 class FastWriterAttributesTests(SynchronousTestCase):
     def test_sameValuesOnTheInstance(self) -> None:
         """
-        L{writerFor} gives a plain TCP connection, as its own attributes,
+        L{ownDefaults} gives a plain TCP connection, as its own attributes,
         the values of the class attributes the fast paths read; writing
         goes on as before.
         """
@@ -140,6 +140,7 @@ class FastWriterAttributesTests(SynchronousTestCase):
         names = ("offset", "dataBuffer", "disconnecting", "_writeDisconnected", "bufferSize")
         before = [getattr(conn, name) for name in names]
         self.patch(conn, "__class__", tcp.Server)
+        ownDefaults(conn)
         write = writerFor(conn)
         self.assertEqual([vars(conn)[name] for name in names], before)
         write(b"hello")

@@ -24,7 +24,7 @@ from meshproxy.http.interfaces import IUpstreamConnection
 from meshproxy.http.message import encodeChunk, forbiddenTrailer, lastChunk
 from meshproxy.http.rewrite import requestHead
 from meshproxy.transport.connector import describeConnectFailure, describeHandshakeFailure
-from meshproxy.transport.fastwrite import writerFor
+from meshproxy.transport.fastwrite import ownDefaults, writerFor
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -124,6 +124,7 @@ class UpstreamProtocol(Protocol):
         setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
         if setNoDelay is not None:
             setNoDelay(True)
+        ownDefaults(self.transport)
         self._send = writerFor(self.transport)
 
     def _transportWrite(self, data: bytes) -> None:

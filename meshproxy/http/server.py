@@ -32,7 +32,7 @@ from meshproxy.http.message import ProxyError, Request, errorResponse, forbidden
 from meshproxy.http.rewrite import ResponseWriter, interimHead
 from meshproxy.http.states import DONE
 from meshproxy.http2.frames import PREFACE, FloodLimits
-from meshproxy.transport.fastwrite import writerFor
+from meshproxy.transport.fastwrite import ownDefaults, writerFor
 from meshproxy.transport.gate import PauseGate
 from meshproxy.transport.tlsfailure import isTLSFailure
 
@@ -181,6 +181,7 @@ class ServerProtocol(Protocol):
         # Over TLS, the caller's identity is read from its certificate at
         # the first request (the handshake is over by then).
         self._tls = ISSLTransport.providedBy(transport)
+        ownDefaults(transport)
         self._send = writerFor(transport)
         self.gate = PauseGate(transport, producerReason="upstream")
         if self.connStats is not None:
