@@ -88,7 +88,7 @@ class RequestSendFirstTests(SynchronousTestCase):
         p = Pooled()
         before = p.state()
         [conn] = p.pool.idle
-        seen = _onWrite(conn, "write", p.state)
+        seen = _onWrite(conn, "_send", p.state)
         p.h.reactor.advance(1.5)
         p.proto.dataReceived(REQUEST)
         self.assertEqual(len(seen), 1)

@@ -11,7 +11,7 @@ from meshproxy.http.rewrite import ResponseWriter
 class ResponseHeadBranchTests(SynchronousTestCase):
     def head(self, status, bodyless, headers, **options):
         written: list[bytes] = []
-        writer = ResponseWriter(written.append, bodyless)
+        writer = ResponseWriter(written, bodyless)
         keepAlive = writer.head(status, b"Reason", headers, **options)
         [head] = written
         return head, keepAlive, writer.chunked, writer.closeDelimited

@@ -61,7 +61,7 @@ class RequestHeadTests(SynchronousTestCase):
 class ResponseHeadTests(SynchronousTestCase):
     def head(self, status: int, headers: list, **kw: object) -> bytes:
         written: list[bytes] = []
-        writer = ResponseWriter(written.append, False)
+        writer = ResponseWriter(written, False)
         options: dict = {"contentLength": None, "chunked": False, "version": "1.1"}
         options.update(kw)
         options.setdefault("keepAlive", True)
@@ -122,7 +122,7 @@ class ResponseHeadTests(SynchronousTestCase):
             b"Server: nginx\r\nVia: 1.1 meshproxy\r\nContent-Length: 6\r\n\r\n",
         )
         written: list[bytes] = []
-        writer = ResponseWriter(written.append, True)
+        writer = ResponseWriter(written, True)
         writer.head(
             304, b"Not Modified", fields, contentLength=b"6", chunked=False, version="1.1",
             keepAlive=True,

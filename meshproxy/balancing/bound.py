@@ -34,6 +34,8 @@ class BoundEndpoints:
         over the endpoints.
     @ivar accrual: the L{FailureAccrual<meshproxy.resilience.accrual.FailureAccrual>},
         or L{None}.
+    @ivar unresolved: whether the namer has not answered for the name yet
+        (its L{addr} is C{pending}).
     @ivar addr: the namer's latest usable answer: a namer that fails after
         a good answer keeps the last good set.
     @ivar waiters: how many wait for the namer's first answer
@@ -52,6 +54,10 @@ class BoundEndpoints:
         self.balancer = router.makeBalancer(onAdd=self._nodeAdded, onRemove=self._nodeRemoved)
         self.accrual = router.makeAccrual(self.balancer)
         self.addr = Addr.pending()
+        # Whether the namer has not answered for the name yet (its addr is
+        # pending): read for every request, so kept as a plain attribute
+        # (a property costs a Python call per read).
+        self.unresolved = True
         self._waiters = {}
         self._cancel = observable.subscribe(self._update)
         self._update(observable.current)
@@ -92,6 +98,7 @@ class BoundEndpoints:
         elif addr.kind == "failed" and self.addr.kind == "pending":
             self.addr = addr
         # "pending", or "failed" after a good answer: keep the last good set.
+        self.unresolved = self.addr.kind == "pending"
         if self._waiters and self.addr.kind != "pending":
             waiters, self._waiters = self._waiters, {}
             for fn in waiters.values():
@@ -99,14 +106,6 @@ class BoundEndpoints:
                     fn()
                 except Exception:
                     _log.failure("waiter {waiter!r} of {name} failed", waiter=fn, name=self.name)
-
-    @property
-    def unresolved(self):
-        """
-        Whether the namer has not answered for the name yet (its L{addr} is
-        C{pending}).
-        """
-        return self.addr.kind == "pending"
 
     @property
     def waiters(self):

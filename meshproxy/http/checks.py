@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from meshproxy.http.message import ProxyError, Request
+from meshproxy.http.message import PLAIN_REQUEST_FIELDS, ProxyError, Request, spellings
 from meshproxy.routing.identifiers import splitAbsoluteForm
 from meshproxy.telemetry.tracecontext import TRACE_HEADERS
 
@@ -78,6 +78,15 @@ _FIELDS.update(
         b"upgrade": _UPGRADE,
         b"expect": _EXPECT,
     }
+)
+
+# The same by the name as received, for names spelled as usual (no lowered
+# copy of the name), with the fields checkHead does not read but knows to
+# be neither mesh context nor any of these (_PLAIN).
+_PLAIN = -1
+_SPELLED: dict[bytes, int] = dict.fromkeys(spellings(PLAIN_REQUEST_FIELDS), _PLAIN)
+_SPELLED.update(
+    {spelling: kind for name, kind in _FIELDS.items() for spelling in spellings([name])}
 )
 
 
@@ -176,13 +185,20 @@ def checkHead(request: Request, settings: ServerConfig) -> None:
     transferEncoding = None
     connection = None
     upgrade = None
-    kindOf = _FIELDS.get
     for name, value in request.headers:
-        n = name.lower()
-        kind = kindOf(n)
+        # (the dictionaries' method called in place: CPython specialises
+        # that; taking it as a bound method first costs more for the few
+        # fields of a request)
+        kind = _SPELLED.get(name)
         if kind is None:
-            if n[:5] == b"mesh-":
-                request.meshHeaders = True
+            n = name.lower()
+            kind = _FIELDS.get(n)
+            if kind is None:
+                kind = _PLAIN
+                if n[:5] == b"mesh-":
+                    request.meshHeaders = True
+        if kind == _PLAIN:
+            pass
         elif kind == _HOST:
             hostCount += 1
             host = value

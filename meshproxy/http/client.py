@@ -10,6 +10,7 @@ the connection gets a fresh parser for the next response.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import httptools
@@ -23,7 +24,7 @@ from meshproxy.http.interfaces import IUpstreamConnection
 from meshproxy.http.message import encodeChunk, forbiddenTrailer, lastChunk
 from meshproxy.http.rewrite import requestHead
 from meshproxy.transport.connector import describeConnectFailure, describeHandshakeFailure
-from meshproxy.transport.fastwrite import writerFor
+from meshproxy.transport.fastwrite import ownDefaults, writerFor
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -108,6 +109,12 @@ class UpstreamProtocol(Protocol):
         self.attempt: _Attempt | None = None
         # Whether the request being written is chunked.
         self._chunked = False
+        # Sends request bytes: the fast writer once connected. (An instance
+        # attribute no method of the class shares the name of: read, then
+        # called, it is specialised by CPython 3.11; a method's name
+        # shadowed by an instance attribute, or a callable attribute
+        # called as a method, is looked up in full every time.)
+        self._send: Callable[[bytes], None] = self._transportWrite
 
     def connectionMade(self) -> None:
         self.connected = True
@@ -117,14 +124,21 @@ class UpstreamProtocol(Protocol):
         setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
         if setNoDelay is not None:
             setNoDelay(True)
-        # The fast writer replaces the method for this connection.
-        self.write = writerFor(self.transport)  # type: ignore[method-assign, assignment]
+        ownDefaults(self.transport)
+        self._send = writerFor(self.transport)
+
+    def _transportWrite(self, data: bytes) -> None:
+        """
+        Send request bytes through the transport (until connected).
+        """
+        self.transport.write(data)
 
     def write(self, data: bytes) -> None:
         """
         Send request bytes.
         """
-        self.transport.write(data)
+        send = self._send
+        send(data)
 
     # -- the request (IRequestWriter) ---------------------------------------
 
@@ -154,13 +168,15 @@ class UpstreamProtocol(Protocol):
                 head += b"".join([encodeChunk(p) for p in body])
             else:
                 head += b"".join(body)
-        self.write(head)
+        send = self._send
+        send(head)
 
     def writeBody(self, data: bytes) -> None:
         """
         See L{IRequestWriter.writeBody}: a chunk of a chunked request.
         """
-        self.write(encodeChunk(data) if self._chunked else data)
+        send = self._send
+        send(encodeChunk(data) if self._chunked else data)
 
     def writeEnd(self, trailers: Headers | None) -> None:
         """
@@ -170,7 +186,8 @@ class UpstreamProtocol(Protocol):
         request are dropped, and counted).
         """
         if self._chunked:
-            self.write(lastChunk(trailers))
+            send = self._send
+            send(lastChunk(trailers))
         elif trailers:
             exchange = self.exchange
             if exchange is not None:

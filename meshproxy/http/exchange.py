@@ -218,7 +218,8 @@ class Exchange(TryAccounting):
             return
         self.client = client
         unresolved = client.unresolved
-        if not unresolved and not self._admit(client):
+        # (no call without a limiter: most destinations have none)
+        if not unresolved and client.limiter is not None and not self._admit(client):
             return
         deadlines = router.deadlines
         if request.meshHeaders:
@@ -258,7 +259,9 @@ class Exchange(TryAccounting):
         if queued and self.state is not DONE:
             self.timer = timeouts.add(self._timedOut, now)
         if self.credit is not None:
-            self._credit()
+            # (_credit, inline)
+            self.credit = None
+            router.retries.admit(now)
 
     def _credit(self) -> None:
         """
@@ -367,8 +370,11 @@ class Exchange(TryAccounting):
         if self.state is DONE:
             return
         client: IDestination = self.client  # type: ignore[assignment]
-        # Prefer an endpoint that has not failed this request already.
-        node = client.balancer.pickAvoiding(self.triedNodes)
+        # Prefer an endpoint that has not failed this request already (a
+        # first try has none to avoid: pick, one call fewer).
+        avoid = self.triedNodes
+        balancer = client.balancer
+        node = balancer.pick() if avoid is None else balancer.pickAvoiding(avoid)
         if node is None:
             self.fail(ProxyError(503, "no-endpoint", "No live endpoint for %s." % (client.name,)))
             return
@@ -755,7 +761,8 @@ class Exchange(TryAccounting):
                 reusable = False
                 upstream.bodySent()
             upstream.responseDone(reusable)
-        self._endTry(self.classification == SUCCESS, measured=self.classification != RETRYABLE)
+        # (positional: a call with keywords is not specialised by CPython)
+        self._endTry(self.classification == SUCCESS, self.classification != RETRYABLE)
         self._end()
         server.exchangeDone(self, self.keepAlive)
 

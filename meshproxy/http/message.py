@@ -44,6 +44,47 @@ HOP_BY_HOP = frozenset(
 
 LAST_CHUNK = b"0\r\n\r\n"
 
+
+def spellings(names: list[bytes]) -> frozenset[bytes]:
+    """
+    The usual spellings of lowercase field names: as they are, and each
+    word capitalized (C{b"user-agent"}, C{b"User-Agent"}).
+
+    The request path looks a field up by its name as received when it is
+    spelled as usual, rather than by a lowered copy of it (a new bytes
+    object per field, and its hash): these are the spellings it knows.
+    """
+    return frozenset(
+        spelling
+        for name in names
+        for spelling in (name, b"-".join(word.capitalize() for word in name.split(b"-")))
+    )
+
+
+#: Request fields that clients commonly send and that mean nothing to
+#: meshproxy's checks and rewriting (neither framing nor hop-by-hop, nor
+#: trace or mesh context, nor forwarding), lowercase.
+PLAIN_REQUEST_FIELDS = [
+    b"user-agent",
+    b"accept",
+    b"accept-encoding",
+    b"accept-language",
+    b"accept-charset",
+    b"authorization",
+    b"cache-control",
+    b"content-type",
+    b"cookie",
+    b"origin",
+    b"pragma",
+    b"referer",
+    b"if-none-match",
+    b"if-modified-since",
+    b"x-request-id",
+    b"x-requested-with",
+    b"grpc-accept-encoding",
+    b"grpc-encoding",
+]
+
 Headers = list[tuple[bytes, bytes]]
 """Header (or trailer) fields as received: C{(name, value)} pairs, in order."""
 

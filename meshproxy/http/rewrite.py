@@ -11,12 +11,19 @@ whatever the client sent.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from zope.interface import implementer
 
 from meshproxy.http.interfaces import IResponseWriter
-from meshproxy.http.message import HOP_BY_HOP, Headers, Request, encodeChunk, findHeader, lastChunk
+from meshproxy.http.message import (
+    HOP_BY_HOP,
+    PLAIN_REQUEST_FIELDS,
+    Headers,
+    Request,
+    encodeChunk,
+    findHeader,
+    lastChunk,
+    spellings,
+)
 from meshproxy.telemetry.tracecontext import TRACE_HEADERS
 
 __all__ = ["MESH_CONTEXT", "ResponseWriter", "interimHead", "requestHead"]
@@ -46,8 +53,41 @@ _REQUEST_FIELDS.update(dict.fromkeys(MESH_CONTEXT, _MESH))
 # (Never forwarded wins over any other meaning.)
 _REQUEST_FIELDS.update(dict.fromkeys(_NEVER_FORWARDED, _DROP))
 
+#: Request field names, as clients commonly spell them, that are forwarded
+#: as they are (unless Connection names them): found without a lowered copy
+#: of the name.
+_FORWARDED_AS_IS = frozenset(
+    spelling
+    for spelling in spellings([b"host", *PLAIN_REQUEST_FIELDS])
+    if spelling.lower() not in _REQUEST_FIELDS and spelling[:5].lower() != b"mesh-"
+)
+
 #: Connection tokens that name no field meshproxy would forward.
 _NOT_NAMED = HOP_BY_HOP | frozenset([b"close"])
+
+#: Response field names, as servers commonly spell them, that are never
+#: hop-by-hop: passed on as they are without a lowered copy of the name
+#: (which costs a new bytes object and its hash per field). Any other
+#: spelling goes the long way, with the same result.
+_PASSED = spellings(
+    [
+        b"date",
+        b"server",
+        b"content-type",
+        b"cache-control",
+        b"etag",
+        b"last-modified",
+        b"expires",
+        b"vary",
+        b"accept-ranges",
+        b"content-encoding",
+        b"set-cookie",
+        b"location",
+        b"x-content-type-options",
+        b"grpc-status",
+        b"grpc-message",
+    ]
+) | frozenset([b"ETag"])
 
 # Both heads are built as one list of pieces, each line's CRLF in front of
 # it, joined once at the end: a field costs a list extension (about 600
@@ -89,10 +129,13 @@ def requestHead(
     tokens = request.connectionTokens
     mesh = request.meshHeaders
     seenXff = seenFwd = seenVia = seenProto = False
-    special = _REQUEST_FIELDS.get
     for name, value in request.headers:
+        if not tokens and name in _FORWARDED_AS_IS:
+            pieces += (b"\r\n", name, b": ", value)
+            continue
         n = name.lower()
-        kind = special(n)
+        # (called in place: see checks.checkHead)
+        kind = _REQUEST_FIELDS.get(n)
         if kind is None:
             # Most fields: forwarded as they are (unless Connection names
             # them).
@@ -164,14 +207,17 @@ class ResponseWriter:
         HTTP/1.0 client and a response without a length).
     """
 
-    __slots__ = ("_write", "bodyless", "chunked", "closeDelimited")
+    __slots__ = ("_out", "bodyless", "chunked", "closeDelimited")
 
-    def __init__(self, write: Callable[[bytes], None], bodyless: bool) -> None:
+    def __init__(self, out: list[bytes], bodyless: bool) -> None:
         """
-        @param write: queues bytes for the client.
+        @param out: the client connection's queue of bytes to send: the
+            response's bytes are appended to it (the list rather than its
+            C{append}, which would be a new bound method per response, and
+            a call CPython does not specialise).
         @param bodyless: whether no body may follow the head.
         """
-        self._write = write
+        self._out = out
         self.bodyless = bodyless
         self.chunked = False
         self.closeDelimited = False
@@ -209,6 +255,9 @@ class ResponseWriter:
         pieces = [line, reason]
         tokens = None
         for name, value in headers:
+            if name in _PASSED:
+                pieces += (b"\r\n", name, b": ", value)
+                continue
             n = name.lower()
             if n in HOP_BY_HOP:
                 if n == b"connection":
@@ -240,7 +289,7 @@ class ResponseWriter:
         elif version == "1.0":
             pieces.append(b"\r\nConnection: keep-alive")
         pieces.append(b"\r\n\r\n")
-        self._write(b"".join(pieces))
+        self._out.append(b"".join(pieces))
         return keepAlive
 
     def body(self, data: bytes) -> None:
@@ -248,14 +297,14 @@ class ResponseWriter:
         Write a piece of the body.
         """
         if not self.bodyless:
-            self._write(encodeChunk(data) if self.chunked else data)
+            self._out.append(encodeChunk(data) if self.chunked else data)
 
     def end(self, trailers: Headers | None) -> None:
         """
         Write the end of the body (the last chunk and the trailers).
         """
         if self.chunked:
-            self._write(lastChunk(trailers))
+            self._out.append(lastChunk(trailers))
 
 
 def interimHead(status: int, reason: bytes, headers: Headers) -> bytes:

@@ -124,6 +124,9 @@ class HttpRouter:
         self.config = config
         self.name = config.name
         self.reactor = self.clock = reactor
+        # Bound once: every exchange hands it to the tracer, and a method
+        # read as a value is a new bound method each time.
+        self.countError = self.countError  # type: ignore[method-assign]
         self.metrics = metrics
         self.namers = dict(namers)
         prefixes = tuple(self.namers)

@@ -30,8 +30,9 @@ from meshproxy.http.exchange import Exchange
 from meshproxy.http.interfaces import IClientConnection
 from meshproxy.http.message import ProxyError, Request, errorResponse, forbiddenTrailer
 from meshproxy.http.rewrite import ResponseWriter, interimHead
+from meshproxy.http.states import DONE
 from meshproxy.http2.frames import PREFACE, FloodLimits
-from meshproxy.transport.fastwrite import writerFor
+from meshproxy.transport.fastwrite import ownDefaults, writerFor
 from meshproxy.transport.gate import PauseGate
 from meshproxy.transport.tlsfailure import isTLSFailure
 
@@ -65,9 +66,10 @@ class ServerProtocol(Protocol):
     # set, such as transport and factory, still goes in one).
     __slots__ = (
         "_began", "_h2", "http2", "_bodyProgress", "_bodySize", "_broken", "_current", "_deadline",
-        "_fieldBytes", "_fieldCount", "_fresh", "_headRaw", "_headSince", "_headers", "_out",
+        "_fieldBytes", "_fieldCount", "_fresh", "_headRaw", "_headSince", "_headers",
+        "_idleTimeout", "_lineRead", "_maxHeaderBytes", "_maxHeaders", "_maxUriLength", "_out",
         "_preamble", "_preambleSince", "_prefix", "_send", "_sinceBody", "_state",
-        "_streamingFrom", "_timer", "_tls", "_toStart", "_trailers", "_tunnel", "_url",
+        "_streamingFrom", "_timer", "_tls", "_toStart", "_trailers", "_tunnel", "_url", "_writer",
         "active", "clientCert", "clock", "closing", "connStats", "draining", "error",
         "forwardedFor", "gate", "identity", "parser", "peerHost", "queue", "router", "scheme",
         "server", "settings", "trusted",
@@ -88,6 +90,12 @@ class ServerProtocol(Protocol):
     ) -> None:
         self.router = router
         self.settings = settings
+        # The limits read per request, as plain attributes: an attribute of
+        # a pydantic model costs several times a plain one to read.
+        self._maxHeaders = settings.maxHeaders
+        self._maxHeaderBytes = settings.maxHeaderBytes
+        self._maxUriLength = settings.maxUriLength
+        self._idleTimeout = settings.idleTimeout
         self.clock = clock
         self.connStats = connStats
         self.scheme = scheme
@@ -148,6 +156,11 @@ class ServerProtocol(Protocol):
         # has one).
         self.parser: httptools.HttpRequestParser = None  # type: ignore[assignment]
         self._streamingFrom: IPushProducer | None = None
+        # The response writer, once a response was written (responseWriter).
+        self._writer: ResponseWriter | None = None
+        # The read being parsed when it started between requests (its
+        # first request's line starts it), or None: on_headers_complete.
+        self._lineRead: bytes | None = None
 
     # -- connection lifecycle -------------------------------------------
 
@@ -168,6 +181,7 @@ class ServerProtocol(Protocol):
         # Over TLS, the caller's identity is read from its certificate at
         # the first request (the handshake is over by then).
         self._tls = ISSLTransport.providedBy(transport)
+        ownDefaults(transport)
         self._send = writerFor(transport)
         self.gate = PauseGate(transport, producerReason="upstream")
         if self.connStats is not None:
@@ -213,6 +227,9 @@ class ServerProtocol(Protocol):
             return
         self._bodyProgress = False
         self._began = False
+        # A read that starts between requests starts with its first
+        # request's line (see on_headers_complete).
+        self._lineRead = data if self._state == _IDLE else None
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -236,8 +253,10 @@ class ServerProtocol(Protocol):
                 # Something is left unfinished (a head, a body, a preamble):
                 # bound it.
                 self._bound(data)
+        self._lineRead = None
         toStart, self._toStart = self._toStart, None
-        if toStart is not None and toStart is self.active and not toStart.done:
+        # (its state read, not its done property: a Python call per read)
+        if toStart is not None and toStart is self.active and toStart.state is not DONE:
             # Started only now: a request whose framing fails later in the
             # same read never has its head sent upstream.
             toStart.start()
@@ -361,7 +380,7 @@ class ServerProtocol(Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        if len(self._url) > self.settings.maxUriLength:
+        if len(self._url) > self._maxUriLength:
             raise ProxyError(414, "uri-too-long", "Request-target too long.")
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -373,10 +392,9 @@ class ServerProtocol(Protocol):
             self._trailer(name, value, size)
             return
         headers: Headers = self._headers  # type: ignore[assignment]  # a list since on_message_begin
-        settings = self.settings
-        if len(headers) >= settings.maxHeaders:
+        if len(headers) >= self._maxHeaders:
             raise ProxyError(431, "too-many-headers", "Too many request headers.")
-        if size > settings.maxHeaderBytes:
+        if size > self._maxHeaderBytes:
             raise ProxyError(431, "header-too-large", "Request header too large.")
         headers.append((name, value))
 
@@ -403,10 +421,28 @@ class ServerProtocol(Protocol):
 
     def on_headers_complete(self) -> None:
         parser = self.parser
+        method = parser.get_method()
+        url = self._url
+        version = None
+        read = self._lineRead
+        if read is not None:
+            # The first request of a read that started between requests:
+            # its line is the read's first, "METHOD SP target SP version
+            # CRLF" (after empty lines, if any, which shift it: then the
+            # version's place below holds no space and no CR, and nothing
+            # is found). A version read off the line saves httptools'
+            # get_http_version, which formats a string per call (about
+            # 2,000 instructions); any other is asked of it.
+            self._lineRead = None
+            at = len(method) + len(url) + 1
+            if read[at:at + 11] == b" HTTP/1.1\r\n":
+                version = "1.1"
+        if version is None:
+            version = parser.get_http_version()
         request = Request(
-            parser.get_method(),
-            self._url,
-            parser.get_http_version(),
+            method,
+            url,
+            version,
             self._headers,  # type: ignore[arg-type]  # a list since on_message_begin
         )
         self._headers = None
@@ -450,7 +486,7 @@ class ServerProtocol(Protocol):
             trailers, self._trailers = self._trailers, None
             current.bodyComplete(trailers)
         if not self.closing and self.active is None and self._deadline is None:
-            self._setDeadline(self.clock.seconds() + self.settings.idleTimeout)
+            self._setDeadline(self.clock.seconds() + self._idleTimeout)
 
     # -- upgrade (WebSocket and friends) --------------------------------
 
@@ -508,7 +544,10 @@ class ServerProtocol(Protocol):
             else:
                 data = b"".join(out)
             out.clear()
-            self._send(data)
+            # (read, then called: a callable in a slot called as a method
+            # is looked up in full each time by CPython 3.11)
+            send = self._send
+            send(data)
 
     def streamFrom(self, producer: IPushProducer) -> None:
         """
@@ -573,7 +612,7 @@ class ServerProtocol(Protocol):
                 # The time the exchange ended, in this event (only an
                 # Exchange, after its _end, calls this).
                 endTime = exchange.endTime
-                self._setDeadline(endTime + self.settings.idleTimeout)
+                self._setDeadline(endTime + self._idleTimeout)
 
     def drain(self) -> None:
         """
@@ -595,8 +634,18 @@ class ServerProtocol(Protocol):
         See L{IClientConnection.responseWriter}: HTTP/1.1 bytes, queued by
         L{write}.
         """
-        # (The queue's own append: what write does, one call fewer.)
-        return ResponseWriter(self._out.append, bodyless)
+        # One writer per connection, made for its first response: an
+        # HTTP/1.1 connection streams one response at a time, and an
+        # exchange writes only while it streams (never once done).
+        writer = self._writer
+        if writer is None:
+            # (The queue itself: what write appends to, one call fewer.)
+            writer = self._writer = ResponseWriter(self._out, bodyless)
+        else:
+            writer.bodyless = bodyless
+            writer.chunked = False
+            writer.closeDelimited = False
+        return writer
 
     def interim(self, status: int, reason: bytes, headers: Headers) -> None:
         """

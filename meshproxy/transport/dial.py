@@ -297,23 +297,30 @@ class DialedClient(tcp.Client):
         self.reactor.addReader(self)
         protocol.makeConnection(self)
 
+    #: The log prefix given by L{logstr}'s setter, until then L{None}.
+    _logstr: str | None = None
+
     @property
     def logstr(self) -> str:
         """
         The log prefix, made when asked for (C{Protocol,client}, as
-        Twisted's).
+        Twisted's), unless one was given.
         """
-        logstr = self.__dict__.get("_logstr")
+        # (Never through self.__dict__: in CPython 3.11 asking an object
+        # for its __dict__ turns its attribute values into a dictionary for
+        # good, and every later method lookup on it is then a full one.)
+        logstr = self._logstr
         if logstr is not None:
             return logstr
-        protocol = self.__dict__.get("protocol")
+        # (no protocol once the connection was released)
+        protocol = getattr(self, "protocol", None)
         if protocol is None:
             return "Uninitialized"
         return "%s,client" % (protocol.__class__.__name__,)
 
     @logstr.setter
     def logstr(self, value: str) -> None:
-        self.__dict__["_logstr"] = value
+        self._logstr = value
 
     #: (L{readConnection<meshproxy.transport.stream.readConnection>}:
     #: Twisted's C{doRead} in one call rather than two)

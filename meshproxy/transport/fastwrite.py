@@ -23,11 +23,40 @@ from twisted.internet.interfaces import ITransport
 from meshproxy.transport.dial import DialedClient
 from meshproxy.transport.stream import SpliceServer
 
-__all__ = ["PLAIN_TCP", "writerFor"]
+__all__ = ["PLAIN_TCP", "ownDefaults", "writerFor"]
 
 #: The transports that are plain TCP connections, whose buffers the fast
 #: paths read (their subclasses, UNIX and TLS ones, are not).
 PLAIN_TCP: tuple[type[tcp.Connection], ...] = (tcp.Server, tcp.Client, DialedClient, SpliceServer)
+
+
+def ownDefaults(transport: ITransport) -> None:
+    """
+    Give a plain TCP transport that will carry many messages (an HTTP
+    keep-alive connection), as its own attributes, the class attributes its
+    fast writes (L{writerFor}) and its reads (C{tcp.Connection.doRead},
+    L{readConnection<meshproxy.transport.stream.readConnection>}) read on
+    every event: C{offset}, C{dataBuffer}, C{disconnecting},
+    C{_writeDisconnected} and C{bufferSize}, with the same values.
+
+    Twisted keeps them as class attributes until a write or a close sets
+    them; read through the instance, a class attribute is looked up in full
+    on every read in CPython 3.11 (which never specialises it), an
+    instance attribute is not. The stores cost more than they save on a
+    connection that carries one message each way (a short connection of a
+    TCP router): only long-lived ones are given them.
+
+    @param transport: a connected transport; any other than a plain TCP
+        one is left as it is.
+    """
+    if type(transport) not in PLAIN_TCP or getattr(transport, "TLS", False):
+        return
+    conn: tcp.Connection = transport  # type: ignore[assignment]
+    conn.offset = conn.offset
+    conn.dataBuffer = conn.dataBuffer
+    conn.disconnecting = conn.disconnecting
+    conn._writeDisconnected = conn._writeDisconnected
+    conn.bufferSize = conn.bufferSize
 
 
 def writerFor(transport: ITransport) -> Callable[[bytes], None]:
