@@ -67,10 +67,12 @@ $temp_paths
 )
 
 
-def startNginx(nginx, tmp, port):
+def startNginx(nginx, tmp, port, procs):
     """
     Start nginx answering C{200 "hello\\n"} on C{127.0.0.1:port}.
 
+    @param procs: the caller's list of processes to stop, which it joins
+        as soon as it is started (before waiting for it to answer).
     @return: its L{run.Proc}, once it answers.
     """
     built = subprocess.run([nginx, "-V"], capture_output=True, text=True).stderr
@@ -82,18 +84,22 @@ def startNginx(nginx, tmp, port):
         tmp=tmp, listen=f"{run.LOOPBACK}:{port}", temp_paths=temp))
     proc = run.Proc("nginx", [nginx, "-p", str(tmp), "-e", str(tmp / "nginx-error.log"),
                               "-c", str(conf)], tmp, extra_logs=[tmp / "nginx-error.log"])
+    procs.append(proc)
     run.wait_ready(proc, port, "/", 10, "nginx")
     return proc
 
 
-def startReceiver(args, tmp, port):
+def startReceiver(args, tmp, port, procs):
     """
     Start C{bench/run.py}'s span receiver (not under callgrind) on
     C{127.0.0.1:port}, for C{--tracing}.
 
+    @param procs: the caller's list of processes to stop, which it joins
+        as soon as it is started (before waiting for it to answer).
     @return: its L{run.Proc}, once it answers.
     """
     proc = run.Proc("receiver", [sys.executable, "-c", run.SPAN_RECEIVER, str(port)], tmp)
+    procs.append(proc)
     run.wait_ready(proc, port, "/", 10, "span receiver")
     return proc
 
@@ -106,13 +112,15 @@ def receivedSpans(port):
     return int(body)
 
 
-def startMeshproxy(args, tmp, port, adminPort, nginxPort, receiverPort=None):
+def startMeshproxy(args, tmp, port, adminPort, nginxPort, procs, receiverPort=None):
     """
     Start meshproxy under callgrind with the plain config of C{bench/run.py}
     (or C{--meshproxy-config}, or with C{--tracing} C{bench/run.py}'s
     tracing config, its spans to C{receiverPort}) and wait for its
     C{/ready}.
 
+    @param procs: the caller's list of processes to stop, which it joins
+        as soon as it is started (before waiting for it to answer).
     @return: its L{run.Proc} and the callgrind output file's path.
     """
     template = run.MESHPROXY_CONF
@@ -135,6 +143,9 @@ def startMeshproxy(args, tmp, port, adminPort, nginxPort, receiverPort=None):
             f"--logfile={tmp / 'meshproxy.log'}", "meshproxy", "--config", str(conf)]
     proc = run.Proc("meshproxy", argv, tmp, cwd=run.REPO_ROOT, env=env,
                     extra_logs=[tmp / "meshproxy.log"])
+    # Registered before the wait (minutes under callgrind): stopped by the
+    # caller's cleanup if the wait fails or the harness is stopped meanwhile.
+    procs.append(proc)
     run.wait_ready(proc, adminPort, "/ready", args.ready_timeout, "meshproxy (admin /ready)",
                    host=f"{run.LOOPBACK}:{adminPort}")
     return proc, out
@@ -207,11 +218,10 @@ def measure(args, tmp):
     nginxPort, port, adminPort, receiverPort = run.free_ports(4)
     procs = []
     try:
-        procs.append(startNginx(args.nginx, tmp, nginxPort))
+        startNginx(args.nginx, tmp, nginxPort, procs)
         if args.tracing is not None:
-            procs.append(startReceiver(args, tmp, receiverPort))
-        proxy, out = startMeshproxy(args, tmp, port, adminPort, nginxPort, receiverPort)
-        procs.append(proxy)
+            startReceiver(args, tmp, receiverPort, procs)
+        proxy, out = startMeshproxy(args, tmp, port, adminPort, nginxPort, procs, receiverPort)
         # Port numbers are counted and socket addresses stay the same length
         # in every run; the connections are all made before the warm-up.
         socks = [socket.create_connection((run.LOOPBACK, port)) for _ in range(args.connections)]

@@ -66,10 +66,12 @@ def makeCerts(args, tmp):
     return directory
 
 
-def startMeshproxy(args, tmp, variant, port, adminPort, nginxPort):
+def startMeshproxy(args, tmp, variant, port, adminPort, nginxPort, procs):
     """
     Start meshproxy under callgrind with the variant's config.
 
+    @param procs: the caller's list of processes to stop, which it joins
+        as soon as it is started (before waiting for it to answer).
     @return: its L{run.Proc} and the callgrind output file's path.
     """
     template = run.MESHPROXY_CONF
@@ -92,6 +94,8 @@ def startMeshproxy(args, tmp, variant, port, adminPort, nginxPort):
              f"--logfile={tmp / 'meshproxy.log'}", "meshproxy", "--config", str(conf)]
     proc = run.Proc("meshproxy", argv, tmp, cwd=run.REPO_ROOT, env=env,
                     extra_logs=[tmp / "meshproxy.log"])
+    # Registered before the wait (minutes under callgrind): see liveir.
+    procs.append(proc)
     run.wait_ready(proc, adminPort, "/ready", args.ready_timeout, "meshproxy (admin /ready)",
                    host=f"{run.LOOPBACK}:{adminPort}")
     return proc, out
@@ -156,9 +160,8 @@ def measure(args, tmp, variant):
     nginxPort, port, adminPort = run.free_ports(3)
     procs = []
     try:
-        procs.append(liveir.startNginx(args.nginx, tmp, nginxPort))
-        proxy, out = startMeshproxy(args, tmp, variant, port, adminPort, nginxPort)
-        procs.append(proxy)
+        liveir.startNginx(args.nginx, tmp, nginxPort, procs)
+        proxy, out = startMeshproxy(args, tmp, variant, port, adminPort, nginxPort, procs)
         socks = connect(variant, port, args.connections, tmp / "certs" / "ca.pem")
         buffers = [b""] * len(socks)
         n = args.requests - args.requests % len(socks)
