@@ -132,13 +132,34 @@ def startMeshproxy(args, tmp, port, adminPort, nginxPort, procs, receiverPort=No
     conf.write_text(string.Template(template).substitute(
         port=port, adminport=adminPort, loopback=run.LOOPBACK, nginxport=nginxPort,
         rate=args.tracing, receiverport=receiverPort))
-    out = tmp / "callgrind.out"
+    return startUnderCallgrind(args, tmp, conf, adminPort, procs)
+
+
+def meshproxyEnv():
+    """
+    The environment of a process running this checkout's meshproxy.
+    """
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(run.REPO_ROOT), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def startUnderCallgrind(args, tmp, conf, adminPort, procs, options=()):
+    """
+    Start C{twistd -n meshproxy --config conf} under callgrind (with
+    C{options} for valgrind besides the tool and output file) and wait for
+    its C{/ready}.
+
+    @param procs: the caller's list of processes to stop, which it joins
+        as soon as it is started (before waiting for it to answer).
+    @return: its L{run.Proc} and the callgrind output file's path.
+    """
+    out = tmp / "callgrind.out"
+    env = meshproxyEnv()
     # The same dictionary layouts in every run.
     env["PYTHONHASHSEED"] = "0"
-    argv = [args.valgrind, "--tool=callgrind", f"--callgrind-out-file={out}",
+    argv = [args.valgrind, "--tool=callgrind", f"--callgrind-out-file={out}", *options,
             args.python, "-c", run.TWISTD_BOOT, "-n", "--pidfile=",
             f"--logfile={tmp / 'meshproxy.log'}", "meshproxy", "--config", str(conf)]
     proc = run.Proc("meshproxy", argv, tmp, cwd=run.REPO_ROOT, env=env,

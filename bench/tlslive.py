@@ -56,9 +56,7 @@ def makeCerts(args, tmp):
     @return: the directory.
     """
     directory = tmp / "certs"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(run.REPO_ROOT), env.get("PYTHONPATH")) if p)
+    env = liveir.meshproxyEnv()
     done = subprocess.run([args.python, "-c", run.MAKE_CERTS, str(directory)],
                           capture_output=True, text=True, env=env, cwd=run.REPO_ROOT)
     if done.returncode != 0:
@@ -81,24 +79,10 @@ def startMeshproxy(args, tmp, variant, port, adminPort, nginxPort, procs):
     conf = tmp / "meshproxy.yaml"
     conf.write_text(string.Template(template).substitute(
         port=port, adminport=adminPort, loopback=run.LOOPBACK, nginxport=nginxPort))
-    out = tmp / "callgrind.out"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(run.REPO_ROOT), env.get("PYTHONPATH")) if p)
-    env["PYTHONHASHSEED"] = "0"
-    argv = [args.valgrind, "--tool=callgrind", f"--callgrind-out-file={out}",
-            "--compress-strings=no"]
+    options = ["--compress-strings=no"]
     if args.cache_sim:
-        argv += ["--cache-sim=yes", *CACHES]
-    argv += [args.python, "-c", run.TWISTD_BOOT, "-n", "--pidfile=",
-             f"--logfile={tmp / 'meshproxy.log'}", "meshproxy", "--config", str(conf)]
-    proc = run.Proc("meshproxy", argv, tmp, cwd=run.REPO_ROOT, env=env,
-                    extra_logs=[tmp / "meshproxy.log"])
-    # Registered before the wait (minutes under callgrind): see liveir.
-    procs.append(proc)
-    run.wait_ready(proc, adminPort, "/ready", args.ready_timeout, "meshproxy (admin /ready)",
-                   host=f"{run.LOOPBACK}:{adminPort}")
-    return proc, out
+        options += ["--cache-sim=yes", *CACHES]
+    return liveir.startUnderCallgrind(args, tmp, conf, adminPort, procs, options)
 
 
 def connect(variant, port, connections, ca):
