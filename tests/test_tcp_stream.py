@@ -28,6 +28,7 @@ from meshproxy.transport.stream import (
     releaseConnection,
     spliceEndpoint,
 )
+from tests.test_tcp_eagerreads import FDReactor, LoopbackTestCase
 
 
 class Recorder(protocol.Protocol):
@@ -709,22 +710,14 @@ class ListenerTests(TestCase):
         self.assertIs(type(adopted(protocol.Factory())), _OneAcceptPort)
 
 
-class ReadTests(SynchronousTestCase):
+class ReadTests(LoopbackTestCase):
     """
     L{readConnection}, the accepted and dialed connections' C{doRead}, on a
     real socket pair and a memory reactor.
     """
 
     def transport(self, proto):
-        from tests.test_tcp_eagerreads import FDReactor
-
-        listener = socket.socket()
-        self.addCleanup(listener.close)
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        b = socket.create_connection(listener.getsockname(), timeout=5)
-        self.addCleanup(b.close)
-        a, _ = listener.accept()
+        b, a, _ = self.pair()
         reactor = FDReactor()
         transport = SpliceServer(a, proto, ("127.0.0.1", 1), None, 0, reactor)
         proto.makeConnection(transport)
