@@ -1209,6 +1209,23 @@ class RequestSpansTests(SynchronousTestCase):
 
 
 class RequestSpansExportTests(SynchronousTestCase):
+    def capturing(self, queue):
+        """
+        A started exporter of batches of 4 spans, one post in flight at a
+        time, and the list of the batches it encodes (each posted as
+        C{b"x"}).
+        """
+        encoded = []
+
+        def encode(batch):
+            encoded.append(batch)
+            return b"x"
+
+        f = Fixture(size=4, queue=queue, maxInFlight=1)
+        f.exporter._encode = encode
+        f.exporter.startService()
+        return f, encoded
+
     def record(self, tries):
         return makeRequest(
             tryRecords=[("%016x" % (i + 1), 1.0, 2.0, "10.0.0.2:8080", 200, None)
@@ -1221,15 +1238,7 @@ class RequestSpansExportTests(SynchronousTestCase):
         queue bound and the counters; a request whose spans do not fit in
         the queue is dropped whole.
         """
-        encoded = []
-
-        def encode(batch):
-            encoded.append(batch)
-            return b"x"
-
-        f = Fixture(size=4, queue=5, maxInFlight=1)
-        f.exporter._encode = encode
-        f.exporter.startService()
+        f, encoded = self.capturing(queue=5)
         f.exporter.submitRequest(self.record(1))
         f.exporter.submitRequest(self.record(1))
         self.assertEqual(len(f.client.posts), 1)
@@ -1250,15 +1259,7 @@ class RequestSpansExportTests(SynchronousTestCase):
         then the oldest records up to the batch size (the whole queue when
         it fits, else part of it), in the order they came.
         """
-        encoded = []
-
-        def encode(batch):
-            encoded.append(batch)
-            return b"x"
-
-        f = Fixture(size=4, queue=20, maxInFlight=1)
-        f.exporter._encode = encode
-        f.exporter.startService()
+        f, encoded = self.capturing(queue=20)
         records = [self.record(1) for _ in range(5)] + [self.record(2)]
         for record in records[:2]:
             f.exporter.submitRequest(record)
