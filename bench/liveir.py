@@ -285,6 +285,30 @@ def measure(args, tmp):
             proc.stop(grace=30)
 
 
+def inTempDir(prefix, keep, measureIn):
+    """
+    Call C{measureIn} with a new temporary directory, removed after unless
+    C{keep}.
+
+    @return: what it returns, or L{None} if the harness failed (said on
+        standard error, with the tails of the logs of the processes
+        concerned).
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        return measureIn(tmp)
+    except run.HarnessError as e:
+        print(e, file=sys.stderr)
+        for proc in e.procs:
+            print(proc.log_tails(), file=sys.stderr)
+        return None
+    finally:
+        if keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000, metavar="N",
@@ -315,19 +339,10 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(130))
     results = []
     for _ in range(args.runs):
-        tmp = Path(tempfile.mkdtemp(prefix="liveir-"))
-        try:
-            results.append(measure(args, tmp))
-        except run.HarnessError as e:
-            print(e, file=sys.stderr)
-            for proc in e.procs:
-                print(proc.log_tails(), file=sys.stderr)
+        result = inTempDir("liveir-", args.keep, lambda tmp: measure(args, tmp))
+        if result is None:
             return 1
-        finally:
-            if args.keep:
-                print(f"kept {tmp}")
-            else:
-                shutil.rmtree(tmp, ignore_errors=True)
+        results.append(result)
     results.sort()
     print(f"median instructions/request over {len(results)} run(s):"
           f" {results[len(results) // 2]:,.0f}  (all: {', '.join(f'{r:,.0f}' for r in results)})")

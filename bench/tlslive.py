@@ -34,8 +34,6 @@ import ssl
 import string
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -207,16 +205,11 @@ def main(argv=None):
     objects = {}
     for _ in range(args.runs):
         for variant in variants:
-            tmp = Path(tempfile.mkdtemp(prefix="tlslive-"))
-            try:
-                total, perObject = measure(args, tmp, variant)
-            except run.HarnessError as e:
-                print(e, file=sys.stderr)
-                for proc in e.procs:
-                    print(proc.log_tails(), file=sys.stderr)
+            result = liveir.inTempDir(
+                "tlslive-", False, lambda tmp, variant=variant: measure(args, tmp, variant))
+            if result is None:
                 return 1
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+            total, perObject = result
             totals[variant].append(total)
             objects[variant] = perObject
     events = list(totals[variants[0]][0])
