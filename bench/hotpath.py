@@ -25,7 +25,13 @@ Variants (each the default feature set with one thing changed):
     "success" without looking;
   - C{trace1}, C{trace100}: tracing sampled at 1% and 100%, spans handed to
     a Zipkin exporter whose posts never complete;
-  - C{none}: every feature above off at once.
+  - C{none}: every feature above off at once;
+  - C{endpoints-8}, C{endpoints-8-rr}: the service has 8 endpoints (each
+    with its own pooled upstream connection once the warm-up has reached
+    it) instead of 1, balanced by peak-EWMA power of two choices (the
+    default) or round robin. The harness then finds which upstream
+    connection a request went to (an attribute set per write), a few
+    hundred instructions counted with the request.
 
 Rounds are interleaved (every variant once per round, in a shuffled order)
 so that the noise of a shared machine falls on all of them; the figures are
@@ -97,6 +103,8 @@ VARIANTS = (
     "trace1",
     "trace100",
     "none",
+    "endpoints-8",
+    "endpoints-8-rr",
 )
 
 #: The feature each "-off" variant measures (its delta with all-on).
@@ -119,6 +127,21 @@ class _NullPoster:
         return Deferred()
 
 
+class _UpstreamTransport(StringTransport):
+    """
+    An upstream connection's transport that names itself, at each write, as
+    the one the last request went to (C{sent[0]}).
+    """
+
+    def __init__(self, sent: list) -> None:
+        super().__init__()
+        self._sent = sent
+
+    def write(self, data: bytes) -> None:
+        self._sent[0] = self
+        super().write(data)
+
+
 class Stack:
     """
     One router built for a variant, with a client connection and a pooled
@@ -127,7 +150,11 @@ class Stack:
 
     def __init__(self, variant: str) -> None:
         config = CONFIG
-        if variant in ("balancer-rr", "none"):
+        endpoints = 8 if variant.startswith("endpoints-8") else 1
+        if endpoints > 1:
+            addresses = ", ".join(f'"127.0.0.1:{9001 + i}"' for i in range(endpoints))
+            config = config.replace('["127.0.0.1:9001"]', f"[{addresses}]")
+        if variant in ("balancer-rr", "none", "endpoints-8-rr"):
             config += "    loadBalancer: {kind: roundRobin}\n"
         if variant in ("accrual-off", "none"):
             config += "    failureAccrual: {kind: none}\n"
@@ -135,7 +162,8 @@ class Stack:
         mesh = parseConfig(config)
         rc = mesh.routers[0]
         prefix = Path.read("/#/static")
-        namers = {prefix: StaticNamer(prefix, {"hello": [Endpoint("127.0.0.1", 9001)]})}
+        addresses = [Endpoint("127.0.0.1", 9001 + i) for i in range(endpoints)]
+        namers = {prefix: StaticNamer(prefix, {"hello": addresses})}
         kw = {}
         if variant in ("trace1", "trace100"):
             exporter = SpanExporter(
@@ -152,16 +180,30 @@ class Stack:
         self.client = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.7", 5555))
         self.server = ServerProtocol(router, rc.server, reactor)
         self.server.makeConnection(self.client)
+        self.reactor = reactor
+        self.endpoints = endpoints
+        self.sent: list = [None]
+        self.upstreams: dict[StringTransport, object] = {}
         self.server.dataReceived(REQUEST)
-        factory = reactor.tcpClients[0][2]
-        self.upstreamTransport = StringTransport()
-        self.upstream = factory.buildProtocol(None)
-        self.upstream.makeConnection(self.upstreamTransport)
+        self.connectNew()
+        self.upstreamTransport = self.sent[0]
+        self.upstream = self.upstreams[self.upstreamTransport]
         self.upstream.dataReceived(RESPONSE)
         if variant in ("classification-off", "none"):
             for destination in router.clients:
                 destination.classify = lambda request, status, headers: (SUCCESS, False)
         self.check()
+
+    def connectNew(self) -> None:
+        """
+        Connect the upstream connections the router has asked for since the
+        last call.
+        """
+        for _, _, factory, *_ in self.reactor.tcpClients[len(self.upstreams):]:
+            transport = _UpstreamTransport(self.sent)
+            protocol = factory.buildProtocol(None)
+            self.upstreams[transport] = protocol
+            protocol.makeConnection(transport)
 
     def check(self) -> None:
         """
@@ -177,12 +219,35 @@ class Stack:
         """
         client, upstreamTransport = self.client, self.upstreamTransport
         receive, answer = self.server.dataReceived, self.upstream.dataReceived
+        if self.endpoints > 1:
+            return self._runMany(n)
         start = time.process_time()
         for _ in range(n):
             client.clear()
             upstreamTransport.clear()
             receive(REQUEST)
             answer(RESPONSE)
+        spent = time.process_time() - start
+        self.check()
+        return spent * 1e6 / n
+
+    def _runMany(self, n: int) -> float:
+        """
+        L{run} for a service with several endpoints: each request is
+        answered on the upstream connection it went to.
+        """
+        client, sent, upstreams, tcpClients = (
+            self.client, self.sent, self.upstreams, self.reactor.tcpClients)
+        receive = self.server.dataReceived
+        start = time.process_time()
+        for _ in range(n):
+            client.clear()
+            receive(REQUEST)
+            if len(tcpClients) != len(upstreams):
+                self.connectNew()
+            transport = sent[0]
+            transport.clear()
+            upstreams[transport].dataReceived(RESPONSE)
         spent = time.process_time() - start
         self.check()
         return spent * 1e6 / n
