@@ -10,7 +10,6 @@ import textwrap
 import types
 
 import twisted.test
-from pydantic import ValidationError
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from meshproxy.config import (
@@ -38,6 +37,7 @@ from meshproxy.config import (
     parseConfig,
     parseDuration,
 )
+from meshproxy.config.problems import ValidationError, problemsOf
 
 # A key and certificate that Twisted ships for its own tests.
 SERVER_PEM = os.path.join(os.path.dirname(twisted.test.__file__), "server.pem")
@@ -2225,7 +2225,7 @@ class PythonValuesTests(SynchronousTestCase):
         with self.assertRaises(ValidationError) as caught:
             ServerConfig(maxHeaders=0, headerTimeout=-1)
         self.assertEqual(
-            [(e["loc"], e["ctx"]["message"]) for e in caught.exception.errors()],
+            [(p.loc, p.message) for p in problemsOf(caught.exception)],
             [
                 (("maxHeaders",), "must be at least 1, got 0"),
                 (("headerTimeout",), "expected a duration in seconds, got -1"),
