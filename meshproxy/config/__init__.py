@@ -2,11 +2,11 @@
 Load and validate the meshproxy YAML configuration.
 
 L{loadConfig} and L{parseConfig} turn YAML into a tree of frozen values
-(L{Section<meshproxy.config.section.Section>}s) rooted at L{MeshConfig}. Validation finds every problem in one pass
-and raises one L{ConfigError} listing them all, each message starting with
-the path of the offending key (C{routers[0].timeouts.total: ...}), so that a
-user fixes a config in one round trip and the process exits before binding
-any port.
+(L{Section<meshproxy.config.section.Section>}s) rooted at L{MeshConfig}.
+Validation finds every problem in one pass and raises one L{ConfigError}
+listing them all, each message starting with the path of the offending key
+(C{routers[0].timeouts.total: ...}), so that a user fixes a config in one
+round trip and the process exits before binding any port.
 
 Keys are camelCase in YAML and attributes carry the same names. Durations are
 strings with a unit (C{"250ms"}, C{"10s"}, C{"5m"}, C{"1h"}) and are stored as

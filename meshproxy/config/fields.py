@@ -20,14 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
 from meshproxy.config import checks, endpoints
 from meshproxy.config.checks import Invalid, show, suggest
-from meshproxy.config.problems import (
-    Loc,
-    Problem,
-    ValidationError,
-    fail,
-    isDocument,
-    problemsOf,
-)
+from meshproxy.config.problems import Loc, Problem, ValidationError, fail, isDocument, problemsOf
 
 if TYPE_CHECKING:
     from meshproxy.config.section import Section
@@ -534,7 +527,9 @@ class KindOf(Validator):
 
     def jsonSchema(self, definitions: dict[str, Any]) -> dict[str, Any]:
         refs = [cls._jsonSchemaRef(definitions) for cls in self.classes]
-        mapping = {kind: ref["$ref"] for kind, ref in zip(self.byKind, refs)}
+        mapping = {
+            kind: cls._jsonSchemaRef(definitions)["$ref"] for kind, cls in self.byKind.items()
+        }
         return {
             "discriminator": {"mapping": mapping, "propertyName": "kind"},
             "oneOf": refs,

@@ -56,7 +56,7 @@ from meshproxy.config.policies import (
 )
 from meshproxy.config.problems import Problem
 from meshproxy.config.rulesstore import RulesStoreConfig
-from meshproxy.config.section import Section, View
+from meshproxy.config.section import Section, View, jsonSchemaOf
 from meshproxy.config.security import DefaultPolicy, TLSConfig, UpstreamTLSConfig
 from meshproxy.config.telemetry import TelemetryConfig
 
@@ -810,11 +810,4 @@ def jsonSchema() -> dict[str, Any]:
     C{additionalProperties: false}, the descriptions of its docstring, its
     defaults and a rule per kind.
     """
-    definitions: dict[str, Any] = {}
-    schema = MeshConfig._jsonSchema(definitions)
-    schema["title"] = "meshproxy configuration"
-    return {
-        "$schema": "http://json-schema.org/draft-07/schema#",
-        **schema,
-        "definitions": dict(sorted(definitions.items())),
-    }
+    return jsonSchemaOf(MeshConfig, "meshproxy configuration")

@@ -379,11 +379,13 @@ class Section:
                 memo[cls, id(data)] = seen
             if seen[2] is not None:
                 raise seen[2]
-            return seen[1]  # type: ignore[no-any-return]
+            return seen[1]
         return cls._validateMapping(data, context)
 
     @classmethod
-    def _validateMapping(cls: type[_Self], data: Mapping, context: Mapping[str, Any] | None) -> _Self:
+    def _validateMapping(
+        cls: type[_Self], data: Mapping, context: Mapping[str, Any] | None
+    ) -> _Self:
         document = isDocument(context)
         data = dict(data)
         position = {key: i for i, key in enumerate(data)}
@@ -509,7 +511,7 @@ class Section:
         """
         documented = _attributeDocs(cls)
         properties: dict[str, Any] = {}
-        required: list[str] = [cls._selector] if cls._selectorRequired and cls._selector else []
+        required: list[str] = []
         for name, field in cls.model_fields.items():
             if name in cls._notInDocument:
                 continue
@@ -519,8 +521,8 @@ class Section:
                 property["default"] = _jsonValue(field.default)
             elif field.required:
                 required.append(key)
-            described = [documented.get(name), property.get("description")]
-            if any(described):
+            if name in documented:
+                described = [documented[name], property.get("description")]
                 property["description"] = "\n\n".join(filter(None, described))
             properties[key] = property
         schema: dict[str, Any] = {
@@ -532,6 +534,8 @@ class Section:
             schema["required"] = required
         schema["title"] = cls.__name__
         schema["type"] = "object"
+        if cls._selectorRequired:
+            schema["required"] = [cls._selector, *schema.get("required", ())]
         branches = [branch for kind in cls._kinds if (branch := cls._kindSchema(kind))]
         if branches:
             schema["allOf"] = branches
@@ -563,6 +567,37 @@ class Section:
         if kind == field.default:
             test = {"anyOf": [test, {"not": {"required": [cls._selector]}}]}
         return {"if": test, "then": then}
+
+
+def jsonSchemaOf(section: type[Section], title: str) -> dict[str, Any]:
+    """
+    The draft-07 JSON Schema of a document that is one C{section}: the
+    schemas of the classes it holds under C{definitions}.
+
+    @param title: the schema's title.
+    """
+    definitions: dict[str, Any] = {}
+    schema = _sortKeys(section._jsonSchema(definitions))
+    schema["title"] = title
+    return {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        **schema,
+        "definitions": _sortKeys(definitions),
+    }
+
+
+def _sortKeys(value: Any, parent: str | None = None) -> Any:
+    """
+    A JSON Schema with the keys of each mapping sorted, but for the names
+    of properties (in the order of the attributes) and the mappings in
+    defaults: the order pydantic, which made the schema before, gave them.
+    """
+    if isinstance(value, dict):
+        keys = value if parent in ("properties", "default") else sorted(value)
+        return {key: _sortKeys(value[key], key) for key in keys}
+    if isinstance(value, list):
+        return [_sortKeys(item, parent) for item in value]
+    return value
 
 
 def _jsonValue(value: Any) -> Any:
