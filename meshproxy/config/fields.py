@@ -161,6 +161,11 @@ def validatorOf(annotation: Any) -> Validator:
         others = [arg for arg in get_args(annotation) if arg is not type(None)]
         if len(others) == 1:
             return Optional(validatorOf(others[0]))
+    if isinstance(annotation, str):
+        raise TypeError(
+            f"the annotation {annotation!r} is text: a configuration module cannot use"
+            " 'from __future__ import annotations'"
+        )
     raise TypeError(f"not a configuration value type: {annotation!r}")
 
 
