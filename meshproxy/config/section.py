@@ -206,7 +206,9 @@ class Section:
     Built from keywords (C{TimeoutsConfig(total=2.0)}: values built in
     Python, checked one by one) or by L{model_validate} (with a document
     context: a file). Equal to another of the same class with equal
-    attributes; hashable.
+    attributes; hashable. (C{model_validate}, C{model_fields} and
+    C{model_copy} are named as pydantic, the engine before this one, names
+    them.)
 
     Subclasses whose keys depend on a selector (C{kind}, C{protocol}) name
     it in C{_selector} and list in C{_kinds} the keys only some kinds have;
@@ -265,7 +267,7 @@ class Section:
     def model_copy(self: _Self, *, update: Mapping[str, Any] | None = None) -> _Self:
         """
         A copy with the attributes C{update} gives replaced, without
-        validation (as L{pydantic.BaseModel.model_copy}).
+        validation.
         """
         return type(self)._make({**self.__dict__, **(update or {})})
 
