@@ -2380,6 +2380,22 @@ class SectionTests(SynchronousTestCase):
             [Problem(("kind",), 'expected one of "file", got "static"')],
         )
 
+    def test_otherValueErrorsAreProblems(self) -> None:
+        """
+        A L{ValueError} a check did not foresee, from a value built in
+        Python, is a problem at the value's path, not a crash.
+        """
+        with self.assertRaises(ValidationError) as caught:
+            StaticNamerConfig(services=[("a",)])
+        self.assertEqual(
+            problemsOf(caught.exception),
+            [
+                Problem(
+                    ("services",), "Value error, not enough values to unpack (expected 2, got 1)"
+                )
+            ],
+        )
+
     def test_pickled(self) -> None:
         """
         A configuration survives pickling (as the workers receive theirs).

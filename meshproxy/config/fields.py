@@ -25,19 +25,26 @@ from meshproxy.config.problems import Loc, Problem, ValidationError, fail, isDoc
 if TYPE_CHECKING:
     from meshproxy.config.section import Section
 
-#: What a validator raises.
-INVALID = (Invalid, ValidationError)
+#: What a validator raises: L{Invalid}, L{ValidationError}, or another
+#: L{ValueError} of the code it runs (see L{problemsAt}).
+INVALID = ValueError
 
 Context = Mapping[str, Any] | None
 
 
-def problemsAt(error: Invalid | ValidationError, prefix: Loc) -> list[Problem]:
+def problemsAt(error: ValueError, prefix: Loc) -> list[Problem]:
     """
-    The problems of C{error}, raised by a validator, at C{prefix}.
+    The problems of C{error}, raised by a validator, at C{prefix}. A
+    L{ValueError} that is neither L{Invalid} nor L{ValidationError} (a value
+    built in Python that a check did not foresee, such as a pair of three)
+    is reported with its own words, as pydantic, the engine before this
+    one, reported it.
     """
+    if isinstance(error, ValidationError):
+        return problemsOf(error, prefix)
     if isinstance(error, Invalid):
         return [Problem(prefix, str(error))]
-    return problemsOf(error, prefix)
+    return [Problem(prefix, f"Value error, {error}")]
 
 
 class Validator:
