@@ -6,9 +6,10 @@ proxy's order.
 A section's attributes are its annotated class attributes, in the order
 written (C{total: Duration() = "10s"}): the annotation says how the value
 is checked (see L{meshproxy.config.fields}), the value given is the default,
-written as in YAML and validated as a written value would be (once per
-class: defaults are immutable); an attribute without one is required.
-L{Field} gives an attribute a key of another name (C{for}).
+written as in YAML (C{"10s"}) and validated, without a file's context, once
+per class (the validated defaults are immutable, so every instance shares
+them); an attribute without one is required. L{Field} gives an attribute a
+key of another name (C{for}).
 
 Within one mapping, problems come in this order: its C{kind} (or
 C{protocol}), then its keys (unknown, or meant for another kind) in the
