@@ -10,7 +10,6 @@ import textwrap
 import types
 
 import twisted.test
-from pydantic import ValidationError
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from meshproxy.config import (
@@ -38,6 +37,7 @@ from meshproxy.config import (
     parseConfig,
     parseDuration,
 )
+from meshproxy.config.problems import Problem, ValidationError, problemsOf
 
 # A key and certificate that Twisted ships for its own tests.
 SERVER_PEM = os.path.join(os.path.dirname(twisted.test.__file__), "server.pem")
@@ -2225,7 +2225,7 @@ class PythonValuesTests(SynchronousTestCase):
         with self.assertRaises(ValidationError) as caught:
             ServerConfig(maxHeaders=0, headerTimeout=-1)
         self.assertEqual(
-            [(e["loc"], e["ctx"]["message"]) for e in caught.exception.errors()],
+            [(p.loc, p.message) for p in problemsOf(caught.exception)],
             [
                 (("maxHeaders",), "must be at least 1, got 0"),
                 (("headerTimeout",), "expected a duration in seconds, got -1"),
@@ -2244,6 +2244,198 @@ class PythonValuesTests(SynchronousTestCase):
             name="web", listen="tcp:1", boundNames=(("/#/fs/a", BoundNameConfig()),)
         )
         self.assertEqual(router.boundNames, (("/#/fs/a", BoundNameConfig()),))
+
+
+class SectionTests(SynchronousTestCase):
+    """
+    The configuration classes as values (L{meshproxy.config.section.Section}):
+    equal by class and attributes, hashable, frozen, copied without
+    validation, shown with their attributes; their attributes described by
+    C{model_fields}, their defaults validated once per class.
+    """
+
+    def test_equalByClassAndAttributes(self) -> None:
+        """
+        Sections of the same class with equal attributes are equal and hash
+        alike; other attributes, or another class with the same attributes,
+        make them differ.
+        """
+        from meshproxy.config.policies import ProxyProtocolSendConfig
+
+        self.assertEqual(TimeoutsConfig(total=2.0), TimeoutsConfig(total="2s"))
+        self.assertEqual(hash(TimeoutsConfig(total=2.0)), hash(TimeoutsConfig(total="2s")))
+        self.assertNotEqual(TimeoutsConfig(total=2.0), TimeoutsConfig(total=3.0))
+        self.assertNotEqual(TimeoutsConfig(), None)
+        # The same attribute, the same value, another class.
+        self.assertNotEqual(ProxyProtocolSendConfig(), BoundNameConfig())
+
+        class Other(ProxyProtocolSendConfig):
+            pass
+
+        self.assertNotEqual(Other(), ProxyProtocolSendConfig())
+        self.assertEqual({TimeoutsConfig(), TimeoutsConfig()}, {TimeoutsConfig()})
+
+    def test_frozen(self) -> None:
+        """
+        Neither setting nor deleting an attribute is allowed, and the value
+        is left as it was.
+        """
+        timeouts = TimeoutsConfig()
+        self.assertRaises(ValidationError, setattr, timeouts, "total", 1.0)
+        self.assertRaises(ValidationError, setattr, timeouts, "other", 1.0)
+        self.assertRaises(ValidationError, delattr, timeouts, "total")
+        self.assertEqual(timeouts.total, 10.0)
+        self.assertFalse(hasattr(timeouts, "other"))
+
+    def test_repr(self) -> None:
+        """
+        A section shows its class and its attributes in order.
+        """
+        self.assertEqual(
+            repr(TimeoutsConfig(perTry=1)),
+            "TimeoutsConfig(total=10.0, perTry=1.0, connect=2.0)",
+        )
+
+    def test_modelCopy(self) -> None:
+        """
+        C{model_copy} makes a section of the same class with some attributes
+        replaced, as given (without validation); the original is unchanged.
+        """
+        timeouts = TimeoutsConfig()
+        copied = timeouts.model_copy(update={"total": "unchecked"})
+        self.assertIs(type(copied), TimeoutsConfig)
+        self.assertEqual((copied.total, copied.connect), ("unchecked", 2.0))
+        self.assertEqual(timeouts.total, 10.0)
+        self.assertEqual(timeouts.model_copy(), timeouts)
+        self.assertRaises(ValidationError, setattr, copied, "total", 1.0)
+
+    def test_modelValidate(self) -> None:
+        """
+        C{model_validate} takes an instance as it is and validates a
+        mapping; anything else is not a mapping.
+        """
+        timeouts = TimeoutsConfig()
+        self.assertIs(TimeoutsConfig.model_validate(timeouts), timeouts)
+        self.assertEqual(TimeoutsConfig.model_validate({"total": "1s"}).total, 1.0)
+        with self.assertRaises(ValidationError) as caught:
+            TimeoutsConfig.model_validate(["total"])
+        self.assertEqual(
+            problemsOf(caught.exception), [Problem((), "expected a mapping, got a list")]
+        )
+
+    def test_modelFields(self) -> None:
+        """
+        C{model_fields} describes the attributes in the order written: their
+        key, their default as written, whether they are required; the
+        defaults are not left on the class.
+        """
+        fields = LatencyEjectionConfig.model_fields
+        self.assertEqual(list(fields), ["factor", "duration"])
+        self.assertEqual((fields["duration"].alias, fields["duration"].default), ("for", "30s"))
+        self.assertEqual((fields["factor"].alias, fields["factor"].default), (None, 5.0))
+        self.assertFalse(fields["duration"].required)
+        self.assertTrue(RouterConfig.model_fields["name"].required)
+        # A section that is its defaults when absent.
+        self.assertFalse(RouterConfig.model_fields["timeouts"].required)
+        self.assertEqual(
+            RouterConfig.model_fields["timeouts"].get_default(call_default_factory=True),
+            TimeoutsConfig(),
+        )
+        self.assertNotIn("total", vars(TimeoutsConfig))
+        self.assertEqual(list(FileNamerConfig.model_fields), ["kind", "prefix", "root", "interval"])
+
+    def test_defaultsValidatedOncePerClass(self) -> None:
+        """
+        Defaults written as in YAML are validated, once per class: the
+        sections built share them.
+        """
+        self.assertEqual(TimeoutsConfig().total, 10.0)
+        first = RouterConfig(name="a", listen="tcp:1")
+        second = RouterConfig(name="b", listen="tcp:2")
+        self.assertEqual(first.timeouts, TimeoutsConfig())
+        self.assertIs(first.timeouts, second.timeouts)
+        self.assertEqual(first.retries.budget.ttl, 10.0)
+
+    def test_aliases(self) -> None:
+        """
+        In Python an attribute with a key of another name is given by
+        either; given by both, its name is an unknown key.
+        """
+        self.assertEqual(LatencyEjectionConfig(duration=2).duration, 2.0)
+        self.assertEqual(LatencyEjectionConfig(**{"for": "2s"}).duration, 2.0)
+        with self.assertRaises(ValidationError) as caught:
+            LatencyEjectionConfig(**{"for": "2s", "duration": 3.0})
+        self.assertEqual(
+            problemsOf(caught.exception), [Problem(("duration",), "unknown key")]
+        )
+
+    def test_oneKindClass(self) -> None:
+        """
+        A class for one kind refuses another kind in its selector.
+        """
+        with self.assertRaises(ValidationError) as caught:
+            FileNamerConfig(kind="static", root="/")
+        self.assertEqual(
+            problemsOf(caught.exception),
+            [Problem(("kind",), 'expected one of "file", got "static"')],
+        )
+
+    def test_otherValueErrorsAreProblems(self) -> None:
+        """
+        A L{ValueError} a check did not foresee, from a value built in
+        Python, is a problem at the value's path, not a crash.
+        """
+        with self.assertRaises(ValidationError) as caught:
+            StaticNamerConfig(services=[("a",)])
+        self.assertEqual(
+            problemsOf(caught.exception),
+            [
+                Problem(
+                    ("services",), "Value error, not enough values to unpack (expected 2, got 1)"
+                )
+            ],
+        )
+
+    def test_pickled(self) -> None:
+        """
+        A configuration survives pickling (as the workers receive theirs).
+        """
+        import pickle
+
+        config = parseConfig(MINIMAL)
+        self.assertEqual(pickle.loads(pickle.dumps(config)), config)
+
+    def test_subclassesKeepTheirBasesAttributes(self) -> None:
+        """
+        A subclass has its bases' attributes, then its own; an annotation
+        that is no value type is refused when the class is made.
+        """
+        from meshproxy.config.fields import Integer
+        from meshproxy.config.section import Section
+
+        # (Annotations are text in this module: the classes are made as a
+        # class statement would make them in a config module.)
+        Base = type("Base", (Section,), {"__annotations__": {"a": Integer()}, "a": 1})
+        Derived = type("Derived", (Base,), {"__annotations__": {"b": Integer(0)}, "b": 2})
+        self.assertEqual(list(Derived.model_fields), ["a", "b"])
+        self.assertEqual((Derived(b=3).a, Derived(b=3).b), (1, 3))
+        self.assertRaises(TypeError, type, "Bad", (Section,), {"__annotations__": {"a": int}})
+        self.assertRaises(
+            TypeError, type, "Text", (Section,), {"__annotations__": {"a": "Integer()"}}
+        )
+
+    def test_problemsShown(self) -> None:
+        """
+        A L{ValidationError} shows its problems with their paths.
+        """
+        with self.assertRaises(ValidationError) as caught:
+            ServerConfig(maxHeaders=0, headerTimeout=-1)
+        self.assertEqual(
+            str(caught.exception),
+            "2 problems in ServerConfig\n"
+            "  maxHeaders: must be at least 1, got 0\n"
+            "  headerTimeout: expected a duration in seconds, got -1",
+        )
 
 
 class JSONSchemaTests(SynchronousTestCase):

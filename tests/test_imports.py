@@ -50,6 +50,9 @@ LAZY = (
     "service_identity",
 )
 
+#: What no process imports: the config's validation is the project's own.
+NEVER = ("pydantic", "pydantic_core")
+
 PLAIN = """\
 admin: {listen: "tcp:0:interface=127.0.0.1"}
 namers:
@@ -89,13 +92,16 @@ print(json.dumps(sorted(n for n in names if n in sys.modules)))
 """
 
 
-def importedBy(config: str, *extra: str, start: bool = True) -> list[str]:
+def importedBy(
+    config: str, *extra: str, start: bool = True, names: tuple[str, ...] = LAZY
+) -> list[str]:
     """
-    The modules of L{LAZY} that a fresh process imports to build (and
+    The modules of C{names} that a fresh process imports to build (and
     start, on a memory reactor) the services of C{config}.
 
     @param config: the config's YAML text.
     @param extra: more command-line arguments of C{twistd meshproxy}.
+    @param names: the modules looked for; L{LAZY} by default.
     """
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "mesh.yaml")
@@ -103,7 +109,7 @@ def importedBy(config: str, *extra: str, start: bool = True) -> list[str]:
             f.write(config)
         env = dict(os.environ, PYTHONPATH=_ROOT)
         done = subprocess.run(
-            [sys.executable, "-c", _CHILD, path, ",".join(LAZY),
+            [sys.executable, "-c", _CHILD, path, ",".join(names),
              "start" if start else "build", *extra],
             capture_output=True, text=True, env=env, cwd=directory, timeout=120,
         )
@@ -126,6 +132,17 @@ class LazyImportsTests(SynchronousTestCase):
         cryptography or service_identity.
         """
         self.assertEqual(importedBy(PLAIN), [])
+
+    def test_noConfigImportsPydantic(self) -> None:
+        """
+        Neither pydantic nor pydantic_core is imported, by a plain config or
+        one with an exporter, in one process or with workers: the config is
+        validated by meshproxy's own engine (whose import and models cost a
+        fraction of pydantic's memory).
+        """
+        self.assertEqual(importedBy(PLAIN, names=NEVER), [])
+        self.assertEqual(importedBy(ZIPKIN, names=NEVER), [])
+        self.assertEqual(importedBy(PLAIN, "--workers", "2", start=False, names=NEVER), [])
 
     def test_exporterImportsTreq(self) -> None:
         """

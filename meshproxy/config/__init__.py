@@ -1,12 +1,12 @@
 """
 Load and validate the meshproxy YAML configuration.
 
-L{loadConfig} and L{parseConfig} turn YAML into a tree of frozen pydantic
-models rooted at L{MeshConfig}. Validation finds every problem in one pass
-and raises one L{ConfigError} listing them all, each message starting with
-the path of the offending key (C{routers[0].timeouts.total: ...}), so that a
-user fixes a config in one round trip and the process exits before binding
-any port.
+L{loadConfig} and L{parseConfig} turn YAML into a tree of frozen values
+(L{Section<meshproxy.config.section.Section>}s) rooted at L{MeshConfig}.
+Validation finds every problem in one pass and raises one L{ConfigError}
+listing them all, each message starting with the path of the offending key
+(C{routers[0].timeouts.total: ...}), so that a user fixes a config in one
+round trip and the process exits before binding any port.
 
 Keys are camelCase in YAML and attributes carry the same names. Durations are
 strings with a unit (C{"250ms"}, C{"10s"}, C{"5m"}, C{"1h"}) and are stored as
@@ -19,9 +19,10 @@ The modules:
  - L{loading}: YAML in, L{ConfigError} out, and the checks that depend on
    the host;
  - L{checks} and L{endpoints}: the checks of single values (durations,
-   names, addresses, endpoint descriptions), which know nothing of pydantic;
- - L{fields}, L{section} and L{problems}: how those checks, the proxy's
-   wording and its order of messages fit into pydantic.
+   names, addresses, endpoint descriptions), which know nothing of the rest;
+ - L{fields}, L{section} and L{problems}: the small validation engine: the
+   types of values, the sections (frozen, refusing unknown keys, their
+   problems in the proxy's order) and the problems, with their key paths.
 """
 
 from meshproxy.config.checks import parseDuration

@@ -6,8 +6,8 @@ in L{meshproxy.config.endpoints}).
 Each check takes a raw value (as YAML gives it), returns the value to keep
 (sometimes normalised) and raises L{Invalid} with a message in the proxy's
 own words, without the key path: the caller knows where the value was.
-Nothing here knows about pydantic, so the checks can be used (and tested)
-on their own.
+Nothing here knows about sections or key paths, so the checks can be used
+(and tested) on their own.
 """
 
 import difflib

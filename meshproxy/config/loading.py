@@ -14,11 +14,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
 
 from meshproxy.config import endpoints
 from meshproxy.config.checks import Invalid, show
-from meshproxy.config.problems import Loc, Problem, documentContext, problemsOf
+from meshproxy.config.problems import Loc, Problem, ValidationError, documentContext, problemsOf
 from meshproxy.config.schema import MeshConfig
 from meshproxy.config.section import Section
 

@@ -8,8 +8,6 @@ import re
 from collections.abc import Iterable
 from typing import Any, Literal
 
-from pydantic import Field
-
 from meshproxy import grpc
 from meshproxy.config.checks import Invalid, show, showSeconds, suggest
 from meshproxy.config.fields import (
@@ -26,7 +24,7 @@ from meshproxy.config.fields import (
     Number,
 )
 from meshproxy.config.problems import Problem
-from meshproxy.config.section import Section, View
+from meshproxy.config.section import Field, Section, View
 from meshproxy.config.security import UpstreamTLSConfig
 
 __all__ = [

@@ -1,5 +1,5 @@
 """
-The configuration classes: frozen pydantic models, one per YAML mapping,
+The configuration classes: frozen L{Section}s, one per YAML mapping,
 whose attributes carry the YAML keys' names. This module holds the top of
 the tree (L{MeshConfig}, the admin API, the namers, the routers) and the
 checks across sections; a router's own sections are in
@@ -14,8 +14,6 @@ lists as tuples; their defaults are written as in YAML.
 import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
-
-from pydantic.json_schema import SkipJsonSchema
 
 from meshproxy.config import checks
 from meshproxy.config.checks import Invalid, show
@@ -58,7 +56,7 @@ from meshproxy.config.policies import (
 )
 from meshproxy.config.problems import Problem
 from meshproxy.config.rulesstore import RulesStoreConfig
-from meshproxy.config.section import Section, View
+from meshproxy.config.section import Section, View, jsonSchemaOf
 from meshproxy.config.security import DefaultPolicy, TLSConfig, UpstreamTLSConfig
 from meshproxy.config.telemetry import TelemetryConfig
 
@@ -208,7 +206,6 @@ else:
     Nameserver = Checked(
         _nameserver,
         {"type": "string", "description": '"address" or "address:port" (IPv6 in brackets)'},
-        tuple[str, int],
     )
 
 
@@ -293,7 +290,7 @@ NamerConfig = FileNamerConfig | StaticNamerConfig | DnsNamerConfig | EtcdNamerCo
 
 
 if TYPE_CHECKING:
-    # What the pydantic types built by calls are, for mypy (which cannot
+    # What the value types built by calls are, for mypy (which cannot
     # read a call as a type).
     BoundNames = tuple[tuple[str, BoundNameConfig], ...]
 else:
@@ -581,7 +578,6 @@ Workers = Checked(
         {"type": "integer", "minimum": 1, "maximum": MAX_WORKERS},
         {"const": "auto"},
     ]},
-    type=int | str,
 )
 
 
@@ -621,7 +617,7 @@ class MeshConfig(Section):
     rulesStore: RulesStoreConfig | None = None
     workers: Workers = 1
     busyPoll: Duration(positive=False, maximum="1ms") = "0s"
-    source: SkipJsonSchema[str] = "<config>"
+    source: str = "<config>"
 
     def router(self, name: str) -> RouterConfig:
         """
@@ -810,16 +806,8 @@ def jsonSchema() -> dict[str, Any]:
 
     It is written for draft-07, which YAML editors support (the YAML
     language server of VS Code and others does not support later drafts):
-    pydantic's output uses no later keyword, only C{$defs} where draft-07
-    says C{definitions}.
+    the classes' schemas are under C{definitions}, each with
+    C{additionalProperties: false}, the descriptions of its docstring, its
+    defaults and a rule per kind.
     """
-    schema = MeshConfig.model_json_schema(
-        mode="validation", ref_template="#/definitions/{model}"
-    )
-    definitions = schema.pop("$defs")
-    schema["title"] = "meshproxy configuration"
-    return {
-        "$schema": "http://json-schema.org/draft-07/schema#",
-        **schema,
-        "definitions": definitions,
-    }
+    return jsonSchemaOf(MeshConfig, "meshproxy configuration")

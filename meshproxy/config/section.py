@@ -1,7 +1,15 @@
 """
-L{Section}, the base class of the configuration classes: a frozen pydantic
-model refusing unknown keys, whose validator gives the proxy's messages in
-the proxy's order.
+L{Section}, the base class of the configuration classes: a frozen value
+refusing unknown keys, whose validation gives the proxy's messages in the
+proxy's order.
+
+A section's attributes are its annotated class attributes, in the order
+written (C{total: Duration() = "10s"}): the annotation says how the value
+is checked (see L{meshproxy.config.fields}), the value given is the default,
+written as in YAML (C{"10s"}) and validated, without a file's context, once
+per class (the validated defaults are immutable, so every instance shares
+them); an attribute without one is required. L{Field} gives an attribute a
+key of another name (C{for}).
 
 Within one mapping, problems come in this order: its C{kind} (or
 C{protocol}), then its keys (unknown, or meant for another kind) in the
@@ -13,15 +21,92 @@ mapping through a L{View}).
 import inspect
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import Annotated, Any, ClassVar, Optional, get_args
-
-from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, model_validator
+from typing import Any, ClassVar, Optional, TypeVar, get_origin
 
 from meshproxy.config import checks
 from meshproxy.config.checks import Invalid, show, suggest
-from meshproxy.config.problems import LazyAdapter, Problem, fail, isDocument, problemsOf
+from meshproxy.config.fields import INVALID, Constant, Validator, problemsAt, validatorOf
+from meshproxy.config.problems import Problem, ValidationError, fail, isDocument
 
-_fieldAdapters: dict[tuple[type, str], LazyAdapter] = {}
+_Self = TypeVar("_Self", bound="Section")
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Any = _Missing()
+"""The default of an attribute that has none: it is required."""
+
+
+class Field:
+    """
+    One attribute of a section class; written as its class attribute's
+    value, to give it a default and another key (C{Field("30s",
+    alias="for")}).
+
+    @ivar name: the attribute's name.
+    @ivar alias: the key a file gives it by, or L{None} for C{name}.
+    @ivar default: the default as written, or L{MISSING}.
+    @ivar default_factory: makes the default, or L{None}.
+    @ivar annotation: the attribute's annotation.
+    @ivar validator: the L{Validator} the annotation stands for.
+    """
+
+    name: str
+    annotation: Any
+    validator: Validator
+    default_factory: Callable[[], Any] | None
+
+    def __init__(self, default: Any = MISSING, *, alias: str | None = None) -> None:
+        self.default = default
+        self.alias = alias
+        self.default_factory = None
+
+    @property
+    def required(self) -> bool:
+        """
+        Whether the attribute has no default.
+        """
+        return self.default is MISSING and self.default_factory is None
+
+    def get_default(self, call_default_factory: bool = False) -> Any:
+        """
+        The default as written (or made by the factory).
+        """
+        if self.default_factory is not None and call_default_factory:
+            return self.default_factory()
+        return self.default
+
+    def __repr__(self) -> str:
+        return f"Field({self.name!r}, alias={self.alias!r}, default={self.default!r})"
+
+
+def _fields(cls: type) -> dict[str, Field]:
+    """
+    The attributes of a section class, from its (and its bases')
+    annotations, the class attributes taken off the class.
+    """
+    fields: dict[str, Field] = {}
+    for base in reversed(cls.__mro__):
+        if base is cls:
+            continue
+        fields.update(getattr(base, "model_fields", {}))
+    for name, annotation in cls.__dict__.get("__annotations__", {}).items():
+        if name.startswith("_") or annotation is ClassVar or get_origin(annotation) is ClassVar:
+            continue
+        given = cls.__dict__.get(name, MISSING)
+        field = given if isinstance(given, Field) else Field(given)
+        if name in cls.__dict__:
+            delattr(cls, name)
+        field.name = name
+        field.annotation = annotation
+        field.validator = validatorOf(annotation)
+        if field.default is MISSING:
+            field.default_factory = field.validator.factory
+        fields[name] = field
+    return fields
 
 
 class View:
@@ -77,66 +162,65 @@ class View:
         if self._config is not None:
             return tuple(getattr(self._config, name) for name in names)
         result = []
+        defaults = self._section._defaults()
         for name in names:
             field = self._section.model_fields[name]
             key = field.alias or name
             if key in self._failed:
                 return None
-            raw = (
-                self._data[key]
-                if key in self._data
-                else field.get_default(call_default_factory=True)
-            )
-            adapter = _fieldAdapters.get((self._section, name))
-            if adapter is None:
-                annotation: Any = field.annotation
-                if field.metadata:
-                    # The tuple is built apart: mypy reads X[(a, *b)] as the
-                    # star index of Python 3.11.
-                    parameters = (annotation, *field.metadata)
-                    annotation = Annotated[parameters]
-                adapter = _fieldAdapters[self._section, name] = LazyAdapter(annotation)
+            if key not in self._data:
+                if field.required:
+                    return None
+                result.append(defaults[name])
+                continue
             try:
-                result.append(adapter.validate(raw, self._context))
-            except ValidationError:
+                result.append(field.validator.validate(self._data[key], self._context))
+            except INVALID:
                 return None
         return tuple(result)
 
     def items(self, name: str, item: Any) -> list[tuple[int, Any]]:
         """
         The valid items of the list attribute C{name}, with their indexes.
+
+        @param item: the type of the items (as an annotation).
         """
         if self._config is not None:
             return list(enumerate(getattr(self._config, name)))
         raw = self._data.get(name)
         if not isinstance(raw, list):
             return []
-        adapter = LazyAdapter(item)
+        validator = validatorOf(item)
         valid = []
         for i, value in enumerate(raw):
             try:
-                valid.append((i, adapter.validate(value, self._context)))
-            except ValidationError:
+                valid.append((i, validator.validate(value, self._context)))
+            except INVALID:
                 pass
         return valid
 
 
-class Section(BaseModel):
+class Section:
     """
-    A mapping of the configuration: a frozen model refusing unknown keys.
+    A mapping of the configuration: a frozen value refusing unknown keys.
+
+    Built from keywords (C{TimeoutsConfig(total=2.0)}: values built in
+    Python, checked one by one) or by L{model_validate} (with a document
+    context: a file). Equal to another of the same class with equal
+    attributes; hashable. (C{model_validate}, C{model_fields} and
+    C{model_copy} are named as pydantic, the engine before this one, names
+    them.)
 
     Subclasses whose keys depend on a selector (C{kind}, C{protocol}) name
     it in C{_selector} and list in C{_kinds} the keys only some kinds have;
     C{_common} keys belong to every kind.
+
+    @cvar model_fields: the L{Field}s, by attribute name, in order.
     """
 
-    model_config = ConfigDict(
-        frozen=True,
-        extra="forbid",
-        validate_by_name=True,
-        validate_by_alias=True,
-        validate_default=True,
-    )
+    model_fields: ClassVar[dict[str, Field]] = {}
+    # The defaults validated, made on first use (see _defaults).
+    _defaultValues: ClassVar[dict[str, Any] | None] = None
 
     _selector: ClassVar[str | None] = None
     _kinds: ClassVar[Mapping[str, tuple[str, ...]]] = {}
@@ -145,6 +229,93 @@ class Section(BaseModel):
     _requiredFor: ClassVar[Mapping[str | None, tuple[str, ...]]] = {}
     _notInDocument: ClassVar[tuple[str, ...]] = ()
     _selectorRequired: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.model_fields = _fields(cls)
+        cls._defaultValues = None
+
+    def __init__(self, **data: Any) -> None:
+        """
+        Build a section from values given in Python (durations may be
+        numbers of seconds), each checked as in a file.
+
+        @raise ValidationError: listing every problem.
+        """
+        validated = type(self)._validateMapping(data, None)
+        object.__setattr__(self, "__dict__", validated.__dict__)
+
+    # -- the value ------------------------------------------------------------
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        fail(type(self).__name__, [Problem((name,), "a configuration value is frozen")])
+
+    def __delattr__(self, name: str) -> None:
+        fail(type(self).__name__, [Problem((name,), "a configuration value is frozen")])
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Section):
+            return NotImplemented
+        return type(self) is type(other) and self.__dict__ == other.__dict__
+
+    def __hash__(self) -> int:
+        return hash((type(self), *self.__dict__.values()))
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={value!r}" for name, value in self.__dict__.items())
+        return f"{type(self).__name__}({shown})"
+
+    def model_copy(self: _Self, *, update: Mapping[str, Any] | None = None) -> _Self:
+        """
+        A copy with the attributes C{update} gives replaced, without
+        validation.
+        """
+        return type(self)._make({**self.__dict__, **(update or {})})
+
+    @classmethod
+    def _make(cls: type[_Self], values: dict[str, Any]) -> _Self:
+        """
+        An instance holding C{values}, by attribute name, as they are.
+        """
+        instance = object.__new__(cls)
+        object.__setattr__(instance, "__dict__", values)
+        return instance
+
+    @classmethod
+    def _defaults(cls) -> dict[str, Any]:
+        """
+        The defaults of the attributes that have one, validated (as values
+        built in Python: they need no file's context).
+        """
+        if cls._defaultValues is None:
+            values = {}
+            for name, field in cls.model_fields.items():
+                if field.default_factory is not None:
+                    values[name] = field.default_factory()
+                elif field.default is not MISSING:
+                    try:
+                        values[name] = field.validator.validate(field.default, None)
+                    except INVALID as e:
+                        problems = problemsAt(e, (field.alias or name,))
+                        raise TypeError(f"bad default in {cls.__name__}: {problems}") from e
+            cls._defaultValues = values
+        return cls._defaultValues
+
+    # -- validation -------------------------------------------------------------
+
+    @classmethod
+    def model_validate(
+        cls: type[_Self], data: Any, *, context: Mapping[str, Any] | None = None
+    ) -> _Self:
+        """
+        Validate a mapping (or take an instance as it is).
+
+        @param context: a document context (L{documentContext
+            <meshproxy.config.problems.documentContext>}) for a file's
+            values, or L{None} for values built in Python.
+        @raise ValidationError: listing every problem, in order.
+        """
+        return cls._validateSection(data, context)
 
     @classmethod
     def documentKeys(cls) -> dict[str, str]:
@@ -186,41 +357,39 @@ class Section(BaseModel):
         """
         return ()
 
-    @model_validator(mode="wrap")
     @classmethod
-    def _validateSection(cls, data: Any, handler: Callable, info: ValidationInfo) -> Any:
+    def _validateSection(cls: type[_Self], data: Any, context: Mapping[str, Any] | None) -> _Self:
         """
         Validate a mapping (or take an instance as it is), raising every
         problem of the section at once, in the order described above.
-
-        @param handler: pydantic's validation of the fields.
         """
         if isinstance(data, cls):
-            return handler(data)
+            return data
         if not isinstance(data, Mapping):
             fail(cls.__name__, [Problem((), f"expected a mapping, got {show(data)}")])
-        document = isDocument(info.context)
-        if document:
+        if isDocument(context):
             # The checks across sections look again at the valid parts of a
             # section that had problems: each mapping is validated once.
             # Keeping the mapping keeps its id from being reused.
             # A document's context is a dict (isDocument).
-            memo = info.context["validated"]  # type: ignore[index]
+            memo = context["validated"]  # type: ignore[index]
             seen = memo.get((cls, id(data)))
             if seen is None or seen[0] is not data:
                 try:
-                    seen = (data, cls._validateMapping(data, handler, info), None)
+                    seen = (data, cls._validateMapping(data, context), None)
                 except ValidationError as e:
                     seen = (data, None, e)
                 memo[cls, id(data)] = seen
             if seen[2] is not None:
                 raise seen[2]
             return seen[1]
-        return cls._validateMapping(data, handler, info)
+        return cls._validateMapping(data, context)
 
     @classmethod
-    def _validateMapping(cls, data: Mapping, handler: Callable, info: ValidationInfo) -> Any:
-        document = isDocument(info.context)
+    def _validateMapping(
+        cls: type[_Self], data: Mapping, context: Mapping[str, Any] | None
+    ) -> _Self:
+        document = isDocument(context)
         data = dict(data)
         position = {key: i for i, key in enumerate(data)}
         selector: list[Problem] = []
@@ -248,19 +417,13 @@ class Section(BaseModel):
                 for key, value in data.items()
                 if key in cls._common or key not in known
             }
-        for problem in cls._prepare(data, kind, info.context):
+        for problem in cls._prepare(data, kind, context):
             keyed.append((position.get(problem.loc[0], len(position)), problem))
-        config, values = None, []
-        try:
-            config = handler(data)
-        except ValidationError as e:
-            for problem in problemsOf(e):
-                if problem.native == "extra_forbidden" and len(problem.loc) == 1:
-                    key = problem.loc[0]
-                    problem = problem._replace(message="unknown key" + suggest(str(key), known))
-                    keyed.append((position.get(key, len(position)), problem))
-                else:
-                    values.append(problem)
+        attributes, values, unknown = cls._readValues(data, context)
+        for key in unknown:
+            problem = Problem((key,), "unknown key" + suggest(key, known))
+            keyed.append((position.get(key, len(position)), problem))
+        config = None if values or unknown else cls._make(attributes)
         cross: list[Problem] = []
         if kindValid and document:
             # Which keys are written, and how values fit together, are
@@ -270,12 +433,46 @@ class Section(BaseModel):
             for key in cls._requiredFor.get(kind, ()):
                 if data.get(key) is None and key not in failed:
                     cross.append(Problem((key,), "required"))
-            cross.extend(cls._crossCheck(View(cls, data, config, failed, info.context)))
+            cross.extend(cls._crossCheck(View(cls, data, config, failed, context)))
         keyed.sort(key=lambda item: item[0])
         problems = selector + [problem for _, problem in keyed] + values + cross
         if problems:
             fail(cls.__name__, problems)
+        assert config is not None
         return config
+
+    @classmethod
+    def _readValues(
+        cls, data: Mapping[str, Any], context: Mapping[str, Any] | None
+    ) -> tuple[dict[str, Any], list[Problem], list[str]]:
+        """
+        Validate the value of each attribute: the one written (by its key,
+        or in Python by its name), else its default.
+
+        @return: the values by attribute name, their problems in the order
+            of the attributes, and the keys that are no attribute's.
+        """
+        attributes: dict[str, Any] = {}
+        problems: list[Problem] = []
+        used = set()
+        defaults = cls._defaults()
+        for name, field in cls.model_fields.items():
+            key = field.alias or name
+            if key not in data and name in data:
+                key = name
+            elif key not in data:
+                if field.required:
+                    problems.append(Problem((key,), "required"))
+                else:
+                    attributes[name] = defaults[name]
+                continue
+            used.add(key)
+            try:
+                attributes[name] = field.validator.validate(data[key], context)
+            except INVALID as e:
+                problems.extend(problemsAt(e, (key,)))
+        unknown = [key for key in data if key not in used]
+        return attributes, problems, unknown
 
     @classmethod
     def _readKind(cls, data: Mapping, problems: list[Problem]) -> tuple[str | None, bool]:
@@ -292,27 +489,59 @@ class Section(BaseModel):
             problems.append(Problem((cls._selector,), str(e)))
             return None, False
 
+    # -- JSON Schema ----------------------------------------------------------
+
     @classmethod
-    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> Any:
+    def _jsonSchemaRef(cls, definitions: dict[str, Any]) -> dict[str, Any]:
+        """
+        A reference to the class's JSON Schema, added to C{definitions}.
+        """
+        name = cls.__name__
+        if name not in definitions:
+            # Taken before the schema is made: a class may hold itself.
+            definitions[name] = {}
+            definitions[name] = cls._jsonSchema(definitions)
+        return {"$ref": f"#/definitions/{name}"}
+
+    @classmethod
+    def _jsonSchema(cls, definitions: dict[str, Any]) -> dict[str, Any]:
         """
         The class's JSON Schema, with the descriptions of its docstring and
         a rule per kind, so that an editor knows what the loader knows.
+
+        @param definitions: the schemas of the classes referred to, by name,
+            to which those this class holds are added.
         """
-        schema = handler(core_schema)
-        target = handler.resolve_ref_schema(schema)
-        target["description"] = _summary(cls)
         documented = _attributeDocs(cls)
-        keys = cls.documentKeys()
-        for key, property in target.get("properties", {}).items():
-            property.pop("title", None)
-            if keys.get(key) in documented:
-                described = [documented[keys[key]], property.get("description")]
+        properties: dict[str, Any] = {}
+        required: list[str] = []
+        for name, field in cls.model_fields.items():
+            if name in cls._notInDocument:
+                continue
+            key = field.alias or name
+            property = field.validator.jsonSchema(definitions)
+            if field.default is not MISSING:
+                property["default"] = _jsonValue(field.default)
+            elif field.required:
+                required.append(key)
+            if name in documented:
+                described = [documented[name], property.get("description")]
                 property["description"] = "\n\n".join(filter(None, described))
+            properties[key] = property
+        schema: dict[str, Any] = {
+            "additionalProperties": False,
+            "description": _summary(cls),
+            "properties": properties,
+        }
+        if required:
+            schema["required"] = required
+        schema["title"] = cls.__name__
+        schema["type"] = "object"
         if cls._selectorRequired:
-            target["required"] = [cls._selector, *target.get("required", ())]
+            schema["required"] = [cls._selector, *schema.get("required", ())]
         branches = [branch for kind in cls._kinds if (branch := cls._kindSchema(kind))]
         if branches:
-            target["allOf"] = branches
+            schema["allOf"] = branches
         return schema
 
     @classmethod
@@ -321,8 +550,11 @@ class Section(BaseModel):
         The JSON Schema rule for one kind: the keys it refuses and needs.
         """
         then: dict[str, Any] = {}
-        if cls._selector is None or len(get_args(cls.model_fields[cls._selector].annotation)) < 2:
-            # No kinds, or a class for one kind only (the namers).
+        if cls._selector is None:
+            return None
+        field = cls.model_fields[cls._selector]
+        if not isinstance(field.validator, Constant) or len(field.validator.options) < 2:
+            # A class for one kind only (the namers).
             return None
         misplaced = cls.misplaced(kind)
         if misplaced:
@@ -335,9 +567,49 @@ class Section(BaseModel):
             "properties": {cls._selector: {"const": kind}},
             "required": [cls._selector],
         }
-        if kind == cls.model_fields[cls._selector].default:
+        if kind == field.default:
             test = {"anyOf": [test, {"not": {"required": [cls._selector]}}]}
         return {"if": test, "then": then}
+
+
+def jsonSchemaOf(section: type[Section], title: str) -> dict[str, Any]:
+    """
+    The draft-07 JSON Schema of a document that is one C{section}: the
+    schemas of the classes it holds under C{definitions}.
+
+    @param title: the schema's title.
+    """
+    definitions: dict[str, Any] = {}
+    schema = _sortKeys(section._jsonSchema(definitions))
+    schema["title"] = title
+    return {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        **schema,
+        "definitions": _sortKeys(definitions),
+    }
+
+
+def _sortKeys(value: Any, parent: str | None = None) -> Any:
+    """
+    A JSON Schema with the keys of each mapping sorted, but for the names
+    of properties (in the order of the attributes) and the mappings in
+    defaults: the order pydantic, which made the schema before, gave them.
+    """
+    if isinstance(value, dict):
+        keys = value if parent in ("properties", "default") else sorted(value)
+        return {key: _sortKeys(value[key], key) for key in keys}
+    if isinstance(value, list):
+        return [_sortKeys(item, parent) for item in value]
+    return value
+
+
+def _jsonValue(value: Any) -> Any:
+    """
+    A default as JSON has it: tuples as lists.
+    """
+    if isinstance(value, (tuple, list)):
+        return [_jsonValue(item) for item in value]
+    return value
 
 
 _LINK = re.compile(r"L\{([^{}<]*)(?:<[^>]*>)?\}")

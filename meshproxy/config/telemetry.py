@@ -7,25 +7,21 @@ context is still propagated); without C{accessLog} no line is written.
 """
 
 from collections.abc import Iterable
-from typing import Annotated, Any
-
-from pydantic import ValidationInfo
-from pydantic.functional_validators import PlainValidator
-from pydantic.json_schema import WithJsonSchema
+from typing import Any
 
 from meshproxy.config import checks
-from meshproxy.config.checks import Invalid
 from meshproxy.config.fields import (
     Bool,
     Checked,
+    Context,
     Defaulted,
     Duration,
     Integer,
     NonEmptyText,
     Number,
-    _baseDirectory,
+    baseDirectory,
 )
-from meshproxy.config.problems import Problem, failOne
+from meshproxy.config.problems import Problem
 from meshproxy.config.section import Section, View
 
 __all__ = [
@@ -48,24 +44,21 @@ def _httpURL(value: Any) -> str:
 HttpURL = Checked(_httpURL, {"type": "string", "pattern": "^https?://"})
 
 
-def _logPath(value: Any, info: ValidationInfo) -> str:
+def _logPath(value: Any, context: Context) -> str:
     """
     C{-} (standard output), or a file made absolute against the config
     file's directory.
     """
     if value == "-":
         return value
-    try:
-        return checks.directory(value, _baseDirectory(info))
-    except Invalid as e:
-        failOne(str(e))
+    return checks.directory(value, baseDirectory(context))
 
 
-LogPath = Annotated[
-    str,
-    PlainValidator(_logPath),
-    WithJsonSchema({"type": "string", "minLength": 1, "description": '"-" or a file'}),
-]
+LogPath = Checked(
+    _logPath,
+    {"type": "string", "minLength": 1, "description": '"-" or a file'},
+    withContext=True,
+)
 
 
 class ExporterConfig(Section):

@@ -90,8 +90,8 @@ class ServerProtocol(Protocol):
     ) -> None:
         self.router = router
         self.settings = settings
-        # The limits read per request, as plain attributes: an attribute of
-        # a pydantic model costs several times a plain one to read.
+        # The limits read per request, as the connection's own attributes:
+        # one lookup each rather than two.
         self._maxHeaders = settings.maxHeaders
         self._maxHeaderBytes = settings.maxHeaderBytes
         self._maxUriLength = settings.maxUriLength
