@@ -122,6 +122,24 @@ class ParseDurationTests(SynchronousTestCase):
                 parseDuration(value)
             self.assertIn(f'(add a unit: "{value}s")', str(caught.exception))
 
+    def test_tooLong(self) -> None:
+        """
+        A duration of hundreds of digits, which a float reads as infinity,
+        is refused, as is a bare number too large for a float (where the
+        hint about a unit is considered).
+        """
+        with self.assertRaises(ValueError) as caught:
+            parseDuration("1" + "0" * 400 + "ms")
+        self.assertEqual(
+            str(caught.exception),
+            'too long a duration, got "1' + "0" * 56 + '..."',
+        )
+        with self.assertRaises(ValueError) as caught:
+            parseDuration(10**400)
+        self.assertEqual(
+            str(caught.exception), 'expected a duration like "2s", got 1' + "0" * 56 + "..."
+        )
+
     def test_rejects(self) -> None:
         """
         Negative numbers, unknown or misspelt units, spaces, compound
@@ -2051,6 +2069,51 @@ class YAMLTests(SynchronousTestCase, ErrorAssertions):
     def test_notAMapping(self) -> None:
         self.assertErrors("- routers\n", "<config>: expected a mapping, got a list")
         self.assertErrors("routers\n", '<config>: expected a mapping, got "routers"')
+
+    def test_nestedTooDeeply(self) -> None:
+        """
+        YAML nested past Python's recursion limit is a config error, not a
+        crash.
+        """
+        self.assertErrors(
+            "routers: " + "[" * 3000 + "]" * 3000 + "\n",
+            "<config>: the YAML is nested too deeply",
+        )
+
+    def test_integerTooLongToRead(self) -> None:
+        """
+        An integer of more than Python's 4,300 digits, which PyYAML cannot
+        convert, is a config error naming the limit.
+        """
+        [message] = self.errorsOf(MINIMAL + "    server: {maxHeaders: 1" + "0" * 5000 + "}\n")
+        prefix = "<config>: a value the YAML cannot hold (Exceeds"
+        self.assertTrue(message.startswith(prefix), message)
+        self.assertNotIn("set_int_max_str_digits", message)
+
+    def test_numbersPastAFloat(self) -> None:
+        """
+        An integer too large for a float where a number, a duration or a
+        weight is expected is refused with the usual words, shown cut short.
+        """
+        huge = "1" + "0" * 400
+        self.assertEqual(
+            self.routerErrors(f"retries: {{budget: {{percent: {huge}}}}}"),
+            ["routers[0].retries.budget.percent: expected a finite number, got "
+             + huge[:57] + "..."],
+        )
+        self.assertEqual(
+            self.routerErrors(f"timeouts: {{total: {huge}}}"),
+            ['routers[0].timeouts.total: expected a duration like "2s", got ' + huge[:57] + "..."],
+        )
+        self.assertEqual(
+            self.routerErrors(f"timeouts: {{total: {huge}s}}"),
+            ['routers[0].timeouts.total: too long a duration, got "' + huge[:57] + '..."'],
+        )
+        self.assertErrors(
+            f"namers:\n  - {{kind: static, services: {{a: ['127.0.0.1:1 {huge}']}}}}\n" + MINIMAL,
+            'namers[0].services.a[0]: weight must be a positive number, got "'
+            + huge[:57] + '..."',
+        )
 
     def test_nonStringKeys(self) -> None:
         self.assertErrors(MINIMAL + "1: 2\n", "<config>: keys must be strings, got 1")

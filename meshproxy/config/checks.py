@@ -65,7 +65,9 @@ def show(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
-        return repr(value)
+        text = repr(value)
+        # (an integer of hundreds of digits, which YAML reads as it is)
+        return text if len(text) <= 60 else text[:57] + "..."
     if isinstance(value, str):
         if len(value) > 60:
             value = value[:57] + "..."
@@ -190,20 +192,40 @@ def parseDuration(text: str) -> float:
     match = _DURATION.fullmatch(text) if isinstance(text, str) else None
     if match is None:
         message = f'expected a duration like "2s", got {show(text)}'
-        if _isBareNumber(text):
+        if _isBareNumber(text) and len(str(text)) <= 57:
             message += f' (add a unit: "{text}s")'
         raise Invalid(message)
     number = float(match["number"])
     if match["unit"] == "ms":
         # Divide rather than multiply by 0.001, so "250ms" is exactly 0.25.
-        return number / 1000.0
-    return number * _SECONDS_PER_UNIT[match["unit"]]
+        seconds = number / 1000.0
+    else:
+        seconds = number * _SECONDS_PER_UNIT[match["unit"]]
+    if not math.isfinite(seconds):
+        # Hundreds of digits, read as infinity.
+        raise Invalid(f"too long a duration, got {show(text)}")
+    return seconds
+
+
+def finite(value: int | float) -> float | None:
+    """
+    C{value} as a finite float, or L{None} (infinite, not a number, or an
+    integer past a float's range).
+    """
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _isBareNumber(value: object) -> bool:
     if isinstance(value, bool):
         return False
-    if isinstance(value, (int, float)):
+    if isinstance(value, int):
+        # (not math.isfinite, which cannot take an integer past a float's range)
+        return value >= 0
+    if isinstance(value, float):
         return math.isfinite(value) and value >= 0
     return isinstance(value, str) and _BARE_NUMBER.fullmatch(value) is not None
 
@@ -217,9 +239,9 @@ def duration(value: Any, positive: bool, seconds: bool = False) -> float:
     @param positive: whether C{0s} is refused.
     """
     if seconds and isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not math.isfinite(value) or value < 0:
+        result = finite(value)
+        if result is None or result < 0:
             raise Invalid(f"expected a duration in seconds, got {show(value)}")
-        result = float(value)
     else:
         result = parseDuration(value)
     if positive and result <= 0:
@@ -387,7 +409,7 @@ def address(value: Any) -> tuple[str, int, float]:
         raise Invalid(f"{_ADDRESS_FORM}, got {show(value)}")
     weight = 1.0
     if len(parts) == 2:
-        if not _WEIGHT.fullmatch(parts[1]) or float(parts[1]) <= 0:
+        if not _WEIGHT.fullmatch(parts[1]) or not 0 < float(parts[1]) < math.inf:
             raise Invalid(f"weight must be a positive number, got {show(parts[1])}")
         weight = float(parts[1])
     hostPort = parts[0]

@@ -12,7 +12,6 @@ paths inside the value); whoever holds the value puts its key in front.
 C{X | None} is C{X} or C{null}.
 """
 
-import math
 import os
 import types
 from collections.abc import Callable, Hashable, Iterable, Mapping
@@ -236,11 +235,12 @@ class Number(Validator):
     def validate(self, value: Any, context: Context) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise Invalid(f"expected a number, got {show(value)}")
-        if not math.isfinite(value):
+        number = checks.finite(value)
+        if number is None:
             raise Invalid(f"expected a finite number, got {show(value)}")
         # The value as written: 1001, not 1001.0.
         checks.checkRange(value, self.minimum, self.maximum, self.exclusiveMinimum)
-        return float(value)
+        return number
 
     def jsonSchema(self, definitions: dict[str, Any]) -> dict[str, Any]:
         bounds = _bounds(self.minimum, self.maximum, self.exclusiveMinimum)

@@ -97,6 +97,12 @@ def parseConfig(
         document = yaml.load(data, Loader=_Loader)
     except yaml.YAMLError as e:
         raise ConfigError([f"{source}: {_describeYAMLError(e)}"], source) from e
+    except RecursionError as e:
+        raise ConfigError([f"{source}: the YAML is nested too deeply"], source) from e
+    except ValueError as e:
+        # PyYAML's int() of an integer of more than 4,300 digits.
+        reason = str(e).split(";")[0]
+        raise ConfigError([f"{source}: a value the YAML cannot hold ({reason})"], source) from e
     if document is None:
         raise ConfigError(
             [f'{source}: the config is empty (expected a mapping with a "routers" list)'],
