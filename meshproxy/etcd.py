@@ -629,7 +629,7 @@ class EtcdClient:
                 raise
             try:
                 return response.code, json.loads(data)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise EtcdError(
                     "etcd answered HTTP %d without JSON" % (response.code,)
                 ) from None
@@ -1262,7 +1262,7 @@ class Watch:
                 body = await _readBody(response, 65536)
                 try:
                     answer = json.loads(body)
-                except ValueError:
+                except (ValueError, RecursionError):
                     answer = None
                 raise _errorOf(answer, response.code) or EtcdError(
                     "etcd answered HTTP %d" % (response.code,)
@@ -1296,7 +1296,7 @@ class Watch:
             return
         try:
             message = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             self._streamError(lines, "a watch message is not JSON")
             return
         if not isinstance(message, dict):

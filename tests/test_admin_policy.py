@@ -673,6 +673,8 @@ class PolicyRoutesTests(_PolicyAPIMixin, SynchronousTestCase):
             (b"", "Expecting value"),
             (b"\xff", "codec can't decode"),
             (b'{"default": "deny", "default": "allow"}', 'duplicate key "default"'),
+            # Nested past the JSON decoder's recursion limit (in 60 KB).
+            (b"[" * 60000, "maximum recursion depth exceeded"),
         ):
             response, body = self.put(data, "*")
             answer = json.loads(body)

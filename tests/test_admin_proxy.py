@@ -1047,7 +1047,8 @@ class DrainTests(AdminTestCase):
             response = self.admin.post("/admin/endpoints/drain", body)
             self.assertEqual(response.code, code, change)
             self.assertIsInstance(response.json()["error"], str)
-        for raw in (b"", b"not json", b"[]", json.dumps({"router": "web"}).encode()):
+        deep = b'{"router": ' + b"[" * 60000
+        for raw in (b"", b"not json", b"[]", json.dumps({"router": "web"}).encode(), deep):
             response = self.admin.post(
                 "/admin/endpoints/drain", raw, headers={"Content-Type": "application/json"}
             )

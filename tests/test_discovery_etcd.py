@@ -72,6 +72,7 @@ class ValueTests(SynchronousTestCase):
             (b"h:80 x", "weight"),
             (b"\xff", "UTF-8"),
             (b"{", "JSON"),
+            (b'{"a": ' + b"[" * 100000, "JSON"),
             (b'{"weight": 1}', "address"),
             (b'{"address": "h:80 2"}', "weight"),
             (b'{"address": "h:80", "weight": 0}', "positive"),

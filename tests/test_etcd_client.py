@@ -382,6 +382,16 @@ class WatchTests(SynchronousTestCase):
         self.assertTrue(response.stopped)
         self.assertIn("not JSON", self.status[-1][1])
 
+    def test_lineNestedTooDeeply(self):
+        """
+        A line nested past the JSON decoder's recursion limit is a line that
+        is not JSON, not an error escaping the stream.
+        """
+        response = self.stream()
+        response.protocol.dataReceived(b"[" * 990 + b"\n")
+        self.assertTrue(response.stopped)
+        self.assertIn("not JSON", self.status[-1][1])
+
     def test_httpError(self):
         """
         An HTTP error answer is reported with etcd's message, and retried.

@@ -387,6 +387,7 @@ class ValueTests(SynchronousTestCase):
         for kind, raw, reason in [
             ("rules", b"\xff", "UTF-8"),
             ("rules", b"{", "JSON"),
+            ("policy", b'{"a": ' + b"[" * 100000, "JSON"),
             ("rules", b'{"text": "x", "author": "a"}', "'rules'"),
             ("policy", b"allow", "JSON object"),
             ("policy", b"[1]", "JSON"),

@@ -159,7 +159,7 @@ def parseValue(kind: str, raw: bytes) -> tuple[Any, str | None, str | None]:
         raise ValueError("a policy is a JSON object")
     try:
         data = json.loads(text)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise ValueError("not valid JSON: %s" % (e,)) from None
     if not isinstance(data, dict):
         raise ValueError("expected a JSON object")

@@ -104,7 +104,7 @@ def _readJSON(request: IRequest, *fields: str) -> dict[str, str]:
     body = _readBody(request, JSON_LIMIT)
     try:
         value = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise _Refusal(400, {"error": f"the body is not JSON: {e}"}) from None
     if not isinstance(value, dict):
         raise _Refusal(400, {"error": "the body must be a JSON object"})
@@ -140,7 +140,7 @@ def _readPolicy(request: IRequest) -> Any:
     body = _readBody(request, JSON_LIMIT)
     try:
         return json.loads(body.decode("utf-8"), object_pairs_hook=_rejectDuplicates)
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         message = f"the body is not JSON: {e}"
         raise _Refusal(400, {"error": message, "problems": [message]}) from None
 

@@ -90,7 +90,7 @@ def parseValue(value: bytes) -> Endpoint:
         return Endpoint.parse(text)
     try:
         data = json.loads(text)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise ValueError("not valid JSON: %s" % (e,)) from None
     if not isinstance(data, dict):
         raise ValueError("expected a JSON object")
