@@ -148,7 +148,7 @@ TELEMETRY_TARGETS = ("meshproxy-trace1", "meshproxy-trace100", "meshproxy-log")
 #: CPU per request of that feature is the difference. (Features without a
 #: key, metrics and the retry budget, are measured in process by
 #: bench/hotpath.py.)
-FEATURE_TARGETS = ("meshproxy-rr", "meshproxy-noaccrual")
+FEATURE_TARGETS = ("meshproxy-rr", "meshproxy-noaccrual", "meshproxy-busypoll")
 #: What --h2 adds: h2load through HAProxy's h2 frontend and meshproxy, with 1
 #: and 100 concurrent streams per connection.
 H2_TARGETS = ("haproxy-h2", "meshproxy-h2", "haproxy-h2-m100", "meshproxy-h2-m100")
@@ -221,6 +221,7 @@ SPECS = {
     "meshproxy-log": Target("meshproxy-log", servers=["meshproxy-log"]),
     "meshproxy-rr": Target("meshproxy-rr", servers=["meshproxy-rr"]),
     "meshproxy-noaccrual": Target("meshproxy-noaccrual", servers=["meshproxy-noaccrual"]),
+    "meshproxy-busypoll": Target("meshproxy-busypoll", servers=["meshproxy-busypoll"]),
     "haproxy-h2": Target("haproxy-h2", servers=["haproxy-h2"], streams=1),
     "meshproxy-h2": Target("meshproxy", servers=["meshproxy"], streams=1),
     "haproxy-h2-m100": Target("haproxy-h2", servers=["haproxy-h2"], streams=100),
@@ -266,6 +267,7 @@ RATIOS = (
     ("meshproxy-log", "meshproxy"),
     ("meshproxy-rr", "meshproxy"),
     ("meshproxy-noaccrual", "meshproxy"),
+    ("meshproxy-busypoll", "meshproxy"),
     ("meshproxy-h2", "haproxy-h2"),
     ("meshproxy-h2-m100", "haproxy-h2-m100"),
     ("meshproxy-h2", "meshproxy"),
@@ -478,6 +480,9 @@ MESHPROXY_H2UP_CONF = MESHPROXY_CONF.replace(
 # router, after its client section).
 RR_CONF = MESHPROXY_CONF + "    loadBalancer: {kind: roundRobin}\n"
 NO_ACCRUAL_CONF = MESHPROXY_CONF + "    failureAccrual: {kind: none}\n"
+# busyPoll (off by default): the latency it saves at concurrency 1, and the CPU
+# it costs at a light steady rate (bench/paced.py).
+BUSYPOLL_CONF = "busyPoll: 0.1ms\n" + MESHPROXY_CONF
 
 # The telemetry targets: the plain config plus a telemetry section; spans go
 # to the harness's receiver (a separate process on the load CPU).
@@ -1349,6 +1354,9 @@ class Bench:
             "meshproxy-noaccrual": lambda: self.start_meshproxy(
                 "meshproxy-noaccrual", NO_ACCRUAL_CONF, ports["meshproxy-noaccrual"],
                 ports["meshproxy-noaccrual-admin"], nginxport=nginx),
+            "meshproxy-busypoll": lambda: self.start_meshproxy(
+                "meshproxy-busypoll", BUSYPOLL_CONF, ports["meshproxy-busypoll"],
+                ports["meshproxy-busypoll-admin"], nginxport=nginx),
             "haproxy-h2up": lambda: self.start_haproxy(
                 "haproxy-h2up", HAPROXY_H2UP_CONF, ports["haproxy-h2up"], ports["nginx-h2"],
                 h2=True),
@@ -1989,8 +1997,9 @@ def parse_args(argv):
                         help="add meshproxy with tracing at 1%% and 100%% sampling (to a local"
                              " receiver) and with the access log on, as ratios to meshproxy")
     parser.add_argument("--features", action="store_true",
-                        help="add meshproxy with round robin in place of peak EWMA and with"
-                             " no failure accrual, beside meshproxy: " + ",".join(FEATURE_TARGETS))
+                        help="add meshproxy with round robin in place of peak EWMA, with"
+                             " no failure accrual and with busyPoll: 0.1ms, beside meshproxy: "
+                             + ",".join(FEATURE_TARGETS))
     parser.add_argument("--h2", action="store_true",
                         help="also measure the HTTP/2 targets (h2load): " + ",".join(H2_TARGETS))
     parser.add_argument("--h2up", action="store_true",
