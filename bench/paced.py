@@ -26,19 +26,15 @@ HAProxy target, haproxy.
 
 import argparse
 import os
-import shutil
-import signal
 import socket
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import run  # noqa: E402  (bench/run.py)
-from tlsperf import cpuTicks  # noqa: E402
+from tlsperf import cpuTicks, withServers  # noqa: E402
 
 REQUEST = f"GET / HTTP/1.1\r\nHost: {run.HOST_HEADER}\r\n\r\n".encode()
 
@@ -125,58 +121,46 @@ def main(argv=None):
     rates = [float(r) for r in args.rates.split(",")]
     if any(r <= 0 or r > 5000 for r in rates):
         parser.error("--rates: each above 0 and at most 5000 per second")
-    runArgs = run.parse_args(["--only", ",".join(targets)])
-    if not run.decide_pinning(runArgs):
-        return 2
-    tools = run.find_tools(runArgs)
-    if tools is None:
-        return 2
-    signal.signal(signal.SIGTERM, run._raise_interrupt)
-    tmp = Path(tempfile.mkdtemp(prefix="paced-"))
-    bench = run.Bench(runArgs, tools, tmp)
-    affinity = os.sched_getaffinity(0)
-    try:
-        bench.start_servers()
-        for t in targets:
-            bench.sanity_check(t)
-        if runArgs.pin:
+
+    def measure(bench, tmp):
+        affinity = os.sched_getaffinity(0)
+        if bench.args.pin:
             # The client on the load CPU, beside nginx (as wrk).
-            os.sched_setaffinity(0, run.cpu_list(runArgs.cpus["load"]))
-        results = {(t, r): [] for t in targets for r in rates}
-        for n in range(args.rounds):
-            for rate in rates:
-                for t in targets:
-                    results[t, rate].append(paced(bench, t, rate, args.duration))
-            run.say(f"round {n + 1}/{args.rounds} done")
-        print(f"\nmedians of {args.rounds} rounds of {args.duration:g} s, one keep-alive"
-              " connection:")
-        print(f"{'target':<22}{'rate/s':>8}{'core %':>9}{'CPU µs/req':>12}"
-              f"{'p50 µs':>9}{'p99 µs':>9}")
-        for rate in rates:
-            for t in targets:
-                runs = results[t, rate]
+            os.sched_setaffinity(0, run.cpu_list(bench.args.cpus["load"]))
+        try:
+            results = {(t, r): [] for t in targets for r in rates}
+            for n in range(args.rounds):
+                for rate in rates:
+                    for t in targets:
+                        results[t, rate].append(paced(bench, t, rate, args.duration))
+                run.say(f"round {n + 1}/{args.rounds} done")
+        finally:
+            os.sched_setaffinity(0, affinity)
+        report(results, targets, rates, args)
 
-                def med(key, runs=runs):
-                    return statistics.median(r[key] for r in runs)
+    return withServers(targets, "paced-", measure)
 
-                print(f"{t:<22}{rate:>8g}{100 * med('core'):>9.1f}{med('cpu_us'):>12.0f}"
-                      f"{med('p50_us'):>9.0f}{med('p99_us'):>9.0f}")
-        print("each run's core %:")
-        for (t, rate), runs in results.items():
-            print(f"  {t} at {rate:g}/s: " + ", ".join(f"{100 * r['core']:.1f}" for r in runs))
-    except run.HarnessError as e:
-        print(e, file=sys.stderr)
-        for proc in e.procs:
-            print(proc.log_tails(), file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        os.sched_setaffinity(0, affinity)
-        bench.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
-    return 0
 
+def report(results, targets, rates, args):
+    """
+    Print the medians over the rounds, and each run's share of a core.
+    """
+    print(f"\nmedians of {args.rounds} rounds of {args.duration:g} s, one keep-alive"
+          " connection:")
+    print(f"{'target':<22}{'rate/s':>8}{'core %':>9}{'CPU µs/req':>12}"
+          f"{'p50 µs':>9}{'p99 µs':>9}")
+    for rate in rates:
+        for t in targets:
+            runs = results[t, rate]
+
+            def med(key, runs=runs):
+                return statistics.median(r[key] for r in runs)
+
+            print(f"{t:<22}{rate:>8g}{100 * med('core'):>9.1f}{med('cpu_us'):>12.0f}"
+                  f"{med('p50_us'):>9.0f}{med('p99_us'):>9.0f}")
+    print("each run's core %:")
+    for (t, rate), runs in results.items():
+        print(f"  {t} at {rate:g}/s: " + ", ".join(f"{100 * r['core']:.1f}" for r in runs))
 
 if __name__ == "__main__":
     sys.exit(main())

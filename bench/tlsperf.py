@@ -208,19 +208,8 @@ def main(argv=None):
         parser.error("--pair: two different targets of bench/run.py")
     if (args.syscalls or args.objects) and shutil.which("perf") is None:
         parser.error("--syscalls and --objects need perf")
-    runArgs = run.parse_args(["--only", ",".join(dict.fromkeys(pair))])
-    if not run.decide_pinning(runArgs):
-        return 2
-    tools = run.find_tools(runArgs)
-    if tools is None:
-        return 2
-    signal.signal(signal.SIGTERM, run._raise_interrupt)
-    tmp = Path(tempfile.mkdtemp(prefix="tlsperf-"))
-    bench = run.Bench(runArgs, tools, tmp)
-    try:
-        bench.start_servers()
-        for t in pair:
-            bench.sanity_check(t)
+
+    def measure(bench, tmp):
         subprocess.run(["uptime"])
         timed = [round_(bench, pair, args, tmp, objects=args.objects)
                  for _ in range(args.rounds)]
@@ -230,6 +219,35 @@ def main(argv=None):
                        for _ in range(max(1, args.rounds // 2))]
             report(pair, counted, "system calls (perf stat tracepoints; their CPU is inflated)")
         subprocess.run(["uptime"])
+
+    return withServers(pair, "tlsperf-", measure, keep=args.keep)
+
+
+def withServers(targets, prefix, measure, keep=False):
+    """
+    Start the servers of C{bench/run.py}'s C{targets} (pinned as it pins
+    them), check that each answers, call C{measure(bench, tmp)}, and stop
+    them.
+
+    @param prefix: of the temp dir the servers run in.
+    @param keep: keep that dir (and say where it is).
+    @return: the exit status: 0, 1 on a harness error (said, with the
+        servers' log tails), 2 when the machine lacks a tool, 130 on ^C.
+    """
+    runArgs = run.parse_args(["--only", ",".join(dict.fromkeys(targets))])
+    if not run.decide_pinning(runArgs):
+        return 2
+    tools = run.find_tools(runArgs)
+    if tools is None:
+        return 2
+    signal.signal(signal.SIGTERM, run._raise_interrupt)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    bench = run.Bench(runArgs, tools, tmp)
+    try:
+        bench.start_servers()
+        for t in dict.fromkeys(targets):
+            bench.sanity_check(t)
+        measure(bench, tmp)
     except run.HarnessError as e:
         print(e, file=sys.stderr)
         for proc in e.procs:
@@ -239,12 +257,11 @@ def main(argv=None):
         return 130
     finally:
         bench.stop()
-        if args.keep:
+        if keep:
             print(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
