@@ -1621,6 +1621,7 @@ class Bench:
         if "meshproxy" in self.pids:
             memory["after_load"] = memory_kib(self.pids["meshproxy"])
 
+        moved = self.onLoadCPU() if args.c1_one_cpu and args.c1_runs else {}
         for run in range(1, args.c1_runs + 1):
             say(f"concurrency 1, run {run}/{args.c1_runs}: wrk -t1 -c1 -d{args.duration}s")
             for target in args.only:
@@ -1633,6 +1634,11 @@ class Bench:
                 result = self.measure(target, 1, 1, f"[c1 {run}]")
                 result["run"] = run
                 self.results["targets"][target]["c1_runs"].append(result)
+        for pid, cpus in moved.items():
+            try:
+                os.sched_setaffinity(pid, cpus)
+            except OSError:
+                pass
 
         if "meshproxy" in self.pids:
             memory["end"] = memory_kib(self.pids["meshproxy"])
@@ -1654,6 +1660,27 @@ class Bench:
             self.results["access_log_lines"] = (
                 sum(1 for _ in log.open("rb")) if log.exists() else 0)
         self.summarize()
+
+    def onLoadCPU(self):
+        """
+        Move every proxy process (and its workers) onto the load CPU, beside
+        nginx and wrk, for the concurrency-1 runs of C{--c1-one-cpu}.
+
+        @return: each process moved, with the CPUs to give it back.
+        """
+        moved = {}
+        if not self.args.pin:
+            return moved
+        load = cpu_list(self.args.cpus["load"])
+        for pid in self.pids.values():
+            for member in process_tree(pid):
+                try:
+                    moved[member] = os.sched_getaffinity(member)
+                    os.sched_setaffinity(member, load)
+                except OSError:
+                    moved.pop(member, None)
+        self.results["meta"]["c1_layout"] = f"every process on CPU {self.args.cpus['load']}"
+        return moved
 
     def tree_memory(self, server):
         """
@@ -1883,7 +1910,9 @@ def print_report(results, args, out=sys.stdout):
 
     if results["c1_summary"]:
         p()
-        p(f"concurrency 1 (wrk -t1 -c1 -d{args.duration}s, median of {args.c1_runs}):")
+        layout = results["meta"].get("c1_layout")
+        p(f"concurrency 1 (wrk -t1 -c1 -d{args.duration}s, median of {args.c1_runs}"
+          + (f"; {layout}" if layout else "") + "):")
         for target in args.only:
             s = results["c1_summary"].get(target)
             if s:
@@ -1974,6 +2003,10 @@ def parse_args(argv):
     parser.add_argument("--threads", type=int, default=2, help="wrk -t (default 2)")
     parser.add_argument("--c1-runs", type=int, default=1,
                         help="concurrency-1 runs per target, 0 for none (default 1)")
+    parser.add_argument("--c1-one-cpu", action="store_true",
+                        help="for the concurrency-1 runs, move the proxies onto the load CPU"
+                             " beside nginx and wrk: the latency a proxy adds without"
+                             " waking another CPU")
     parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=None,
                         help="proxy on --proxy-cpus, nginx and wrk on --load-cpus "
                              "(default: on with 2 or more CPUs)")
