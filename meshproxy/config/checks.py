@@ -65,19 +65,24 @@ def show(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
-        text = repr(value)
-        # (an integer of hundreds of digits, which YAML reads as it is)
-        return text if len(text) <= 60 else text[:57] + "..."
+        # (cut too: YAML reads an integer of hundreds of digits as it is)
+        return _cut(repr(value))
     if isinstance(value, str):
-        if len(value) > 60:
-            value = value[:57] + "..."
-        return json.dumps(value, ensure_ascii=False)
+        return json.dumps(_cut(value), ensure_ascii=False)
     if isinstance(value, Mapping):
         return "a mapping"
     if isinstance(value, (list, tuple)):
         return "a list"
     # Other YAML 1.1 types: timestamps, binary, sets.
     return f"a {type(value).__name__}"
+
+
+def _cut(text: str) -> str:
+    """
+    C{text} as a message shows it: past 60 characters, its first 57 and
+    C{"..."}.
+    """
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def showSeconds(seconds: float) -> str:
@@ -193,6 +198,7 @@ def parseDuration(text: str) -> float:
     if match is None:
         message = f'expected a duration like "2s", got {show(text)}'
         if _isBareNumber(text) and len(str(text)) <= 57:
+            # (the hint repeats the number whole: only a short one)
             message += f' (add a unit: "{text}s")'
         raise Invalid(message)
     number = float(match["number"])
