@@ -471,9 +471,27 @@ class SummaryTests(SynchronousTestCase):
         self.assertIsNone(summary["name"])
         self.assertIsNone(summary["ttfbMs"])
         self.assertEqual(summary["tries"], 0)
+        # The answer's body bytes, as for a forwarded answer.
+        head, body = transport.value().split(b"\r\n\r\n", 1)
+        self.assertIn(b"\r\nContent-Length: %d" % (len(body),), head)
+        self.assertEqual((summary["bytesOut"], summary["bytesIn"]), (len(body), 0))
+        self.assertGreater(len(body), 0)
         [server] = h.spans.spans
         self.assertTrue(server.error)
         self.assertEqual(server.tags["mesh.err"], "no-route")
+
+    def test_summaryOfHeadAnsweredHere(self):
+        """
+        An answer made here to a HEAD request sends no body, and counts
+        none.
+        """
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(b"HEAD / HTTP/1.1\r\nHost: nowhere\r\n\r\n")
+        [(summary, line)] = h.summaries.summaries
+        self.assertEqual((summary["status"], summary["meshErr"]), (503, "no-route"))
+        self.assertTrue(transport.value().endswith(b"\r\n\r\n"))
+        self.assertEqual(summary["bytesOut"], 0)
 
     def test_noSummaryUnlessWanted(self):
         """

@@ -32,7 +32,7 @@ from meshproxy import grpc
 from meshproxy.discovery.endpoints import formatAddress
 from meshproxy.http.body import RequestBody
 from meshproxy.http.interfaces import IExchange
-from meshproxy.http.message import ProxyError
+from meshproxy.http.message import ProxyError, errorBody
 from meshproxy.http.states import AWAITING, DONE, NEW, SENDING, STREAMING, WAITING
 from meshproxy.http.tries import TryAccounting
 from meshproxy.resilience.classifiers import FAILURE, RETRYABLE, SUCCESS
@@ -954,6 +954,11 @@ class Exchange(TryAccounting):
             self.grpcStatus = grpc.errorCode(error.status, error.reason)
         else:
             self.status = error.status
+        request = self.request
+        if request.method != b"HEAD" and not grpc.isGrpcRequest(request):
+            # The answer's body (see sendError), counted before the
+            # statistics are taken (by _end) as a forwarded one is.
+            self.bytesOut += len(errorBody(error.reason, error.detail))
         self.router.countError(error.reason)
         self._end()
         server = self.server

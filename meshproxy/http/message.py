@@ -287,6 +287,14 @@ class ProxyError(Exception):
         self.detail = detail
 
 
+def errorBody(reason: str, detail: str) -> bytes:
+    """
+    The body of an answer made by meshproxy (not to a gRPC call, nor to a
+    HEAD request): the detail, or the reason, as a line of text.
+    """
+    return ("%s\n" % (detail or reason,)).encode("utf-8", "replace")
+
+
 def errorResponse(
     status: int, reason: str, detail: str, close: bool = False, head: bool = False
 ) -> bytes:
@@ -300,7 +308,7 @@ def errorResponse(
     @param head: whether the request was HEAD (headers only).
     @rtype: L{bytes}
     """
-    body = ("%s\n" % (detail or reason,)).encode("utf-8", "replace")
+    body = errorBody(reason, detail)
     lines = [
         b"HTTP/1.1 %d %s\r\n" % (status, reasonPhrase(status)),
         b"mesh-err: %s\r\n" % (reason.encode("ascii"),),

@@ -45,7 +45,7 @@ from zope.interface import implementer
 from meshproxy import grpc
 from meshproxy.http.exchange import Exchange
 from meshproxy.http.interfaces import IClientConnection, IResponseWriter
-from meshproxy.http.message import ProxyError, forbiddenTrailer
+from meshproxy.http.message import ProxyError, errorBody, forbiddenTrailer
 from meshproxy.http2.fastpath import acknowledge, endStream, sendHeaders, sendQueuedData
 from meshproxy.http2.headers import errorFields, interimFields, trailerFields, trailersFrom
 from meshproxy.transport.gate import PauseGate
@@ -460,7 +460,7 @@ class H2Stream:
             self.queueHead(grpc.errorFields(error.status, error.reason, error.detail))
             self.queueEnd(None)
             return
-        body = ("%s\n" % (error.detail or error.reason,)).encode("utf-8", "replace")
+        body = errorBody(error.reason, error.detail)
         self.queueHead(errorFields(error, len(body)))
         if request is None or request.method != b"HEAD":
             self.queueData(body)
