@@ -131,7 +131,7 @@ def startMeshproxy(args, tmp, port, adminPort, nginxPort, procs, receiverPort=No
     conf = tmp / "meshproxy.yaml"
     conf.write_text(string.Template(template).substitute(
         port=port, adminport=adminPort, loopback=run.LOOPBACK, nginxport=nginxPort,
-        rate=args.tracing, receiverport=receiverPort))
+        rate=args.tracing, receiverport=receiverPort, batchsize=256))
     return startUnderCallgrind(args, tmp, conf, adminPort, procs)
 
 

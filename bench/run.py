@@ -491,6 +491,7 @@ telemetry:
   tracing:
     sampleRate: $rate
     zipkin: {url: "http://$loopback:$receiverport/api/v2/spans"}
+    batch: {size: $batchsize}
 """
 ACCESS_LOG_CONF = MESHPROXY_CONF + """\
 telemetry:
@@ -1339,11 +1340,11 @@ class Bench:
             "meshproxy-trace1": lambda: self.start_meshproxy(
                 "meshproxy-trace1", TRACING_CONF, ports["meshproxy-trace1"],
                 ports["meshproxy-trace1-admin"], nginxport=nginx, rate="0.01",
-                receiverport=ports.get("receiver")),
+                receiverport=ports.get("receiver"), batchsize=self.args.trace_batch),
             "meshproxy-trace100": lambda: self.start_meshproxy(
                 "meshproxy-trace100", TRACING_CONF, ports["meshproxy-trace100"],
                 ports["meshproxy-trace100-admin"], nginxport=nginx, rate="1.0",
-                receiverport=ports.get("receiver")),
+                receiverport=ports.get("receiver"), batchsize=self.args.trace_batch),
             "meshproxy-log": lambda: self.start_meshproxy(
                 "meshproxy-log", ACCESS_LOG_CONF, ports["meshproxy-log"],
                 ports["meshproxy-log-admin"], nginxport=nginx,
@@ -2029,6 +2030,9 @@ def parse_args(argv):
     parser.add_argument("--telemetry", action="store_true",
                         help="add meshproxy with tracing at 1%% and 100%% sampling (to a local"
                              " receiver) and with the access log on, as ratios to meshproxy")
+    parser.add_argument("--trace-batch", type=int, default=256, metavar="SPANS",
+                        help="telemetry.tracing.batch.size of the tracing targets (default 256,"
+                             " the config's default): what a post costs, spread over its spans")
     parser.add_argument("--features", action="store_true",
                         help="add meshproxy with round robin in place of peak EWMA, with"
                              " no failure accrual and with busyPoll: 0.1ms, beside meshproxy: "

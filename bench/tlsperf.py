@@ -202,6 +202,8 @@ def main(argv=None):
     parser.add_argument("--objects", action="store_true",
                         help="CPU per shared object (perf record), in the timed rounds")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
+    parser.add_argument("--trace-batch", type=int, default=256, metavar="SPANS",
+                        help="bench/run.py's --trace-batch: the tracing targets' batch size")
     args = parser.parse_args(argv)
     pair = args.pair.split(",")
     if len(pair) != 2 or pair[0] == pair[1] or any(t not in run.SPECS for t in pair):
@@ -220,10 +222,11 @@ def main(argv=None):
             report(pair, counted, "system calls (perf stat tracepoints; their CPU is inflated)")
         subprocess.run(["uptime"])
 
-    return withServers(pair, "tlsperf-", measure, keep=args.keep)
+    return withServers(pair, "tlsperf-", measure, keep=args.keep,
+                       runOptions=["--trace-batch", str(args.trace_batch)])
 
 
-def withServers(targets, prefix, measure, keep=False):
+def withServers(targets, prefix, measure, keep=False, runOptions=()):
     """
     Start the servers of C{bench/run.py}'s C{targets} (pinned as it pins
     them), check that each answers, call C{measure(bench, tmp)}, and stop
@@ -231,10 +234,11 @@ def withServers(targets, prefix, measure, keep=False):
 
     @param prefix: of the temp dir the servers run in.
     @param keep: keep that dir (and say where it is).
+    @param runOptions: more of C{bench/run.py}'s options (C{--trace-batch}).
     @return: the exit status: 0, 1 on a harness error (said, with the
         servers' log tails), 2 when the machine lacks a tool, 130 on ^C.
     """
-    runArgs = run.parse_args(["--only", ",".join(dict.fromkeys(targets))])
+    runArgs = run.parse_args(["--only", ",".join(dict.fromkeys(targets)), *runOptions])
     if not run.decide_pinning(runArgs):
         return 2
     tools = run.find_tools(runArgs)
