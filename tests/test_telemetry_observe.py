@@ -456,15 +456,23 @@ class SummaryTests(SynchronousTestCase):
         [reqId] = headersOf(upTransport.value())[b"mesh-reqid"]
         self.assertEqual(summary["reqId"], reqId.decode())
 
+    def answeredHere(self, method):
+        """
+        Send a request for a Host no rule routes: its summary, its spans
+        and what the client got.
+        """
+        h = Harness()
+        proto, transport = h.client()
+        proto.dataReceived(method + b" / HTTP/1.1\r\nHost: nowhere\r\n\r\n")
+        [(summary, line)] = h.summaries.summaries
+        return summary, h.spans.spans, transport.value()
+
     def test_summaryOfAnswerMadeHere(self):
         """
         A request meshproxy answers itself (no route) is summarised with
         its mesh-err and no endpoint, and gets a server span in error.
         """
-        h = Harness()
-        proto, transport = h.client()
-        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: nowhere\r\n\r\n")
-        [(summary, line)] = h.summaries.summaries
+        summary, spans, sent = self.answeredHere(b"GET")
         self.assertEqual(summary["status"], 503)
         self.assertEqual(summary["meshErr"], "no-route")
         self.assertIsNone(summary["endpoint"])
@@ -472,11 +480,11 @@ class SummaryTests(SynchronousTestCase):
         self.assertIsNone(summary["ttfbMs"])
         self.assertEqual(summary["tries"], 0)
         # The answer's body bytes, as for a forwarded answer.
-        head, body = transport.value().split(b"\r\n\r\n", 1)
+        head, body = sent.split(b"\r\n\r\n", 1)
         self.assertIn(b"\r\nContent-Length: %d" % (len(body),), head)
         self.assertEqual((summary["bytesOut"], summary["bytesIn"]), (len(body), 0))
         self.assertGreater(len(body), 0)
-        [server] = h.spans.spans
+        [server] = spans
         self.assertTrue(server.error)
         self.assertEqual(server.tags["mesh.err"], "no-route")
 
@@ -485,12 +493,9 @@ class SummaryTests(SynchronousTestCase):
         An answer made here to a HEAD request sends no body, and counts
         none.
         """
-        h = Harness()
-        proto, transport = h.client()
-        proto.dataReceived(b"HEAD / HTTP/1.1\r\nHost: nowhere\r\n\r\n")
-        [(summary, line)] = h.summaries.summaries
+        summary, spans, sent = self.answeredHere(b"HEAD")
         self.assertEqual((summary["status"], summary["meshErr"]), (503, "no-route"))
-        self.assertTrue(transport.value().endswith(b"\r\n\r\n"))
+        self.assertTrue(sent.endswith(b"\r\n\r\n"))
         self.assertEqual(summary["bytesOut"], 0)
 
     def test_noSummaryUnlessWanted(self):
