@@ -51,6 +51,10 @@ MAX_KEPT = 1024
 _HEX = frozenset(b"0123456789abcdefABCDEF-_.")
 
 
+#: C{round} of a float without digits (a float's own method: C{round()}
+#: looks it up at each call).
+_round = float.__round__
+
 _ZERO_SPAN = "0" * 16
 _ZERO_TRACE = "0" * 32
 
@@ -495,8 +499,11 @@ class RequestObserver:
         else:
             endpoint, endpointJSON = texts.get(last) or self._address(last)
         meshErr = exchange.meshErr
-        duration = round((now - start) * 1000.0, 3)
-        ttfb = None if not head else round((head - start) * 1000.0, 3)
+        # Milliseconds to the microsecond: the whole microseconds over 1000
+        # (the float nearest to round(ms, 3), for a tenth of its cost:
+        # round() with digits goes through a decimal conversion).
+        duration = _round((now - start) * 1e6) / 1000.0
+        ttfb = None if not head else _round((head - start) * 1e6) / 1000.0
         if trace is None:
             traceId = reqId = None
         else:
