@@ -734,14 +734,20 @@ class SummaryLineTests(SynchronousTestCase):
 
     def test_keptBounded(self):
         """
-        The JSON kept of names, methods, Hosts and endpoints is bounded.
+        The JSON kept of names, methods, Hosts, endpoints, paths and client
+        addresses is bounded, and what is made after a clearing is right.
         """
         from meshproxy.telemetry.observe import MAX_KEPT
 
         observer = RequestObserver("web", Tracer())
         for i in range(MAX_KEPT * 2):
-            observer._summary(fakeExchange(host=b"h%d" % (i,)), 1764579600.5)
-            self.assertLessEqual(len(observer._texts), MAX_KEPT)
+            peer = "10.0.%d.%d" % (i // 256, i % 256)
+            exchange = fakeExchange(host=b"h%d" % (i,), target=b"/p%d?q" % (i,), peer=peer)
+            summary, line = observer._summary(exchange, 1764579600.5)
+            self.assertEqual((summary["path"], summary["client"]), ("/p%d" % (i,), peer))
+            self.assertEqual(json.loads(line), dict(summary))
+            for kept in (observer._texts, observer._paths, observer._peers):
+                self.assertLessEqual(len(kept), MAX_KEPT)
 
 
 class SummaryMappingTests(SynchronousTestCase):

@@ -344,6 +344,10 @@ class RequestObserver:
         # The JSON of names, methods, Hosts and endpoints met (at most
         # MAX_KEPT: past that, forgotten all at once).
         self._texts: dict[Any, Any] = {}
+        # A request target as received → its path and the path's JSON; a
+        # client's address → its JSON (each at most MAX_KEPT, likewise).
+        self._paths: dict[bytes, tuple[str, str]] = {}
+        self._peers: dict[str | None, str] = {}
         # The summary line's template, the router's name written in.
         routerJSON = jsonString(router).replace("%", "%%")
         self._line = _LINE.replace('"router":%s', '"router":' + routerJSON)
@@ -485,14 +489,7 @@ class RequestObserver:
         else:
             authority, authorityJSON = texts.get(host) or self._decoded(host)
         target = request.target
-        if self._query:
-            path = target.decode("utf-8", "replace")
-        else:
-            end = target.find(b"?")
-            if end >= 0:
-                target = target[:end]
-            path = target.decode("utf-8", "replace")
-        pathJSON = jsonString(path)
+        path, pathJSON = self._paths.get(target) or self._path(target)
         if last is None:
             endpoint = None
             endpointJSON = "null"
@@ -510,6 +507,7 @@ class RequestObserver:
             traceId = trace.traceId
             reqId = trace.reqId
         peer = request.peer
+        peerJSON = self._peers.get(peer) or self._peer(peer)
         identityName = None if identity is None else identity.name
         when = self._time(start)
         status = exchange.status
@@ -553,12 +551,38 @@ class RequestObserver:
             "null" if traceId is None else '"' + traceId + '"',
             # A token of hex digits, dashes, dots and underscores (_reqId).
             "null" if reqId is None else '"' + reqId + '"',
-            jsonString(peer),
+            peerJSON,
             "null" if identityName is None else jsonString(identityName),
         )
         if text.isascii():
             return Summary(values), text.encode("ascii")
         return Summary(values), formatLine(json.loads(text))
+
+    def _path(self, target: bytes) -> tuple[str, str]:
+        """
+        A request target's path (its query dropped unless configured) as
+        text and as JSON, kept.
+        """
+        paths = self._paths
+        if len(paths) >= MAX_KEPT:
+            paths.clear()
+        if self._query:
+            path = target.decode("utf-8", "replace")
+        else:
+            end = target.find(b"?")
+            path = (target if end < 0 else target[:end]).decode("utf-8", "replace")
+        kept = paths[target] = (path, jsonString(path))
+        return kept
+
+    def _peer(self, peer: str | None) -> str:
+        """
+        A client's address as JSON, kept.
+        """
+        peers = self._peers
+        if len(peers) >= MAX_KEPT:
+            peers.clear()
+        peerJSON = peers[peer] = jsonString(peer)
+        return peerJSON
 
     def _decoded(self, value: bytes) -> tuple[str, str]:
         """
