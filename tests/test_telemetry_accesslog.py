@@ -751,6 +751,35 @@ class FileTests(TestCase):
         self.assertEqual(self.read(self.path), [99, 0, 1, 2])
         self.assertEqual((stats.accessLogLines, stats.accessLogDropped), (3, 0))
 
+    async def test_linesMeanwhileWaitAnInterval(self) -> None:
+        """
+        Lines summarized while the thread writes a batch are handed to it
+        one interval after that batch is done, not at once (at once, under
+        load, the thread took the GIL from the reactor every few requests).
+        """
+        log, stats = self.startLog(self.path)
+        writer = log._writer
+        assert writer is not None
+        done: Deferred[None] = Deferred()
+        batchDone = writer._batchDone
+
+        def reported(outcomes: list[Any]) -> None:
+            batchDone(outcomes)
+            if not done.called:
+                done.callback(None)
+
+        writer._batchDone = reported  # type: ignore[method-assign]
+        log.summarize({}, numbered(0))
+        self.clock.advance(accesslog.WRITE_INTERVAL)
+        log.summarize({}, numbered(1))
+        await withTimeout(done, self.real)
+        self.assertEqual((writer._inFlight, list(writer._pending)), (0, [numbered(1)]))
+        self.assertEqual(self.read(self.path), [0])
+        self.clock.advance(accesslog.WRITE_INTERVAL)
+        await self.flush(log)
+        self.assertEqual(self.read(self.path), [0, 1])
+        self.assertEqual((stats.accessLogLines, stats.accessLogDropped), (2, 0))
+
     async def test_reopenAfterRename(self) -> None:
         """
         After logrotate renamed the file, lines go on to the renamed file

@@ -545,9 +545,11 @@ class _ThreadWriter(_Writer):
 
     The reactor hands the thread everything pending (lines, and markers:
     reopen, flush, stop, in order) as one batch, and hands it the next one
-    only once the thread is done with it: under load, batches grow instead
-    of multiplying, and the thread, which needs the GIL a few times per
-    batch, keeps up even when a busy reactor lets it have the GIL rarely.
+    only once the thread is done with it, and then L{WRITE_INTERVAL} later
+    (a marker goes at once): under load, batches grow instead of
+    multiplying, and the thread, which needs the GIL a few times per batch,
+    takes it from the reactor a few times per interval rather than per
+    request.
     The thread reports what it did, once per batch, through
     C{callFromThread}.
     """
@@ -660,7 +662,12 @@ class _ThreadWriter(_Writer):
         self._apply(outcomes)
         self._inFlight -= 1
         self._waiting = self._inFlight > 0
-        self._write()
+        # What came meanwhile goes one interval later, not at once: handed
+        # on at once, under load the thread took a batch of a few lines
+        # every few requests, and took the GIL from the reactor for each
+        # (on one CPU, a switch of threads each time).
+        if self._pending and self._scheduled is None and not self._waiting:
+            self._scheduled = self._reactor.callLater(WRITE_INTERVAL, self._push)
 
     def _finished(self, outcomes: list[Any]) -> None:
         self._apply(outcomes)
