@@ -313,6 +313,23 @@ class ReferenceTests(SynchronousTestCase):
         self.assertEqual(encoder._paths[b"/a?x=1"], "/a")
         self.assertEqual(encoder._paths[b'/q"\\\xff?y'], '/q\\"\\\\\ufffd')
 
+    def test_longTargetsNotKept(self):
+        """
+        A target longer than MAX_KEPT_TARGET is written each time and not
+        kept: a client choosing long targets does not grow what is kept.
+        """
+        from meshproxy.telemetry.spans import MAX_KEPT_TARGET
+
+        encoder = ZipkinEncoder()
+        for n in range(3):
+            target = b"/" + b"x" * MAX_KEPT_TARGET + b"%d?q" % (n,)
+            record = makeRequest(target=target)
+            self.assertEqual(json.loads(encoder.encode([record])), reference([record]))
+        self.assertEqual(encoder._paths, {})
+        short = b"/" + b"y" * (MAX_KEPT_TARGET - 1)
+        encoder.encode([makeRequest(target=short)])
+        self.assertEqual(list(encoder._paths), [short])
+
     def test_statusesOfOneRoute(self):
         """
         Requests of one route answered with different statuses (each part

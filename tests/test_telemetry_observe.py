@@ -749,6 +749,24 @@ class SummaryLineTests(SynchronousTestCase):
             for kept in (observer._texts, observer._paths, observer._peers):
                 self.assertLessEqual(len(kept), MAX_KEPT)
 
+    def test_longTargetsNotKept(self):
+        """
+        A target longer than MAX_KEPT_TARGET is written each time and not
+        kept: a client choosing long targets does not grow what is kept.
+        """
+        from meshproxy.telemetry.spans import MAX_KEPT_TARGET
+
+        observer = RequestObserver("web", Tracer())
+        for n in range(3):
+            target = b"/" + b"x" * MAX_KEPT_TARGET + b"%d?q" % (n,)
+            summary, line = observer._summary(fakeExchange(target=target), 1764579600.5)
+            self.assertEqual(summary["path"], "/" + "x" * MAX_KEPT_TARGET + "%d" % (n,))
+            self.assertEqual(json.loads(line), dict(summary))
+        self.assertEqual(observer._paths, {})
+        short = b"/" + b"y" * (MAX_KEPT_TARGET - 1)
+        observer._summary(fakeExchange(target=short), 1764579600.5)
+        self.assertEqual(list(observer._paths), [short])
+
 
 class SummaryMappingTests(SynchronousTestCase):
     def test_mapping(self):

@@ -45,6 +45,7 @@ from zope.interface import implementer
 from meshproxy.config.telemetry import BatchConfig, TracingConfig
 from meshproxy.telemetry.spans import (
     CLIENT,
+    MAX_KEPT_TARGET,
     SERVER,
     SPAN_COUNT,
     ISpanSink,
@@ -431,16 +432,18 @@ class ZipkinEncoder:
     def _path(self, target: bytes) -> str:
         """
         A request target's path (without the query) as a JSON string
-        without its quotes; kept (L{MAX_PATHS} at most).
+        without its quotes; kept (L{MAX_PATHS} at most) when the target is
+        short (L{MAX_KEPT_TARGET}): what a client sends bounds what is kept.
         """
-        paths = self._paths
-        if len(paths) >= self.MAX_PATHS:
-            paths.clear()
         query = target.find(b"?")
         path = (target if query < 0 else target[:query]).decode("latin-1")
         if not (path.isascii() and path.isprintable() and '"' not in path and "\\" not in path):
             path = jsonString(path.encode("latin-1").decode("utf-8", "replace"))[1:-1]
-        paths[target] = path
+        if len(target) <= MAX_KEPT_TARGET:
+            paths = self._paths
+            if len(paths) >= self.MAX_PATHS:
+                paths.clear()
+            paths[target] = path
         return path
 
     def _status(self, route: _Route, status: int) -> str:

@@ -23,6 +23,7 @@ from meshproxy.discovery.endpoints import formatAddress
 from meshproxy.grpc import FAILURE_CODES, UNKNOWN, callName
 from meshproxy.telemetry.accesslog import formatLine, formatTime
 from meshproxy.telemetry.spans import (
+    MAX_KEPT_TARGET,
     ISpanSink,
     ISummarySink,
     RequestSpans,
@@ -561,18 +562,21 @@ class RequestObserver:
     def _path(self, target: bytes) -> tuple[str, str]:
         """
         A request target's path (its query dropped unless configured) as
-        text and as JSON, kept.
+        text and as JSON, kept when the target is short
+        (L{MAX_KEPT_TARGET}).
         """
-        paths = self._paths
-        if len(paths) >= MAX_KEPT:
-            paths.clear()
         if self._query:
             path = target.decode("utf-8", "replace")
         else:
             end = target.find(b"?")
             path = (target if end < 0 else target[:end]).decode("utf-8", "replace")
-        kept = paths[target] = (path, jsonString(path))
-        return kept
+        written = (path, jsonString(path))
+        if len(target) <= MAX_KEPT_TARGET:
+            paths = self._paths
+            if len(paths) >= MAX_KEPT:
+                paths.clear()
+            paths[target] = written
+        return written
 
     def _peer(self, peer: str | None) -> str:
         """
