@@ -330,6 +330,26 @@ class ReferenceTests(SynchronousTestCase):
         encoder.encode([makeRequest(target=short)])
         self.assertEqual(list(encoder._paths), [short])
 
+    def test_longHostsAndMethodsNotKept(self):
+        """
+        A route whose method and Host are longer than MAX_KEPT_TARGET
+        together is written each time and not kept.
+        """
+        from meshproxy.telemetry.spans import MAX_KEPT_TARGET
+
+        encoder = ZipkinEncoder()
+        long = b"h" * MAX_KEPT_TARGET
+        for record in [
+            makeRequest(host=long),
+            makeRequest(host=long + b"2"),
+            makeRequest(method=b"M" * MAX_KEPT_TARGET),
+        ]:
+            self.assertEqual(json.loads(encoder.encode([record])), reference([record]))
+        self.assertEqual(encoder._routes, {})
+        record = makeRequest(host=b"h" * (MAX_KEPT_TARGET - 3), method=b"GET")
+        self.assertEqual(json.loads(encoder.encode([record])), reference([record]))
+        self.assertEqual(len(encoder._routes), 1)
+
     def test_statusesOfOneRoute(self):
         """
         Requests of one route answered with different statuses (each part

@@ -767,6 +767,22 @@ class SummaryLineTests(SynchronousTestCase):
         observer._summary(fakeExchange(target=short), 1764579600.5)
         self.assertEqual(list(observer._paths), [short])
 
+    def test_longHostsAndMethodsNotKept(self):
+        """
+        A Host or method longer than MAX_KEPT_TARGET is written each time
+        and not kept.
+        """
+        from meshproxy.telemetry.spans import MAX_KEPT_TARGET
+
+        observer = RequestObserver("web", Tracer())
+        host, method = b"h" * (MAX_KEPT_TARGET + 1), b"M" * (MAX_KEPT_TARGET + 1)
+        summary, line = observer._summary(fakeExchange(host=host, method=method), 1764579600.5)
+        self.assertEqual(summary["authority"], host.decode())
+        self.assertEqual(summary["method"], method.decode())
+        self.assertEqual(json.loads(line), dict(summary))
+        self.assertNotIn(host, observer._texts)
+        self.assertNotIn(method, observer._texts)
+
 
 class SummaryMappingTests(SynchronousTestCase):
     def test_mapping(self):

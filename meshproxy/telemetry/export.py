@@ -394,7 +394,8 @@ class ZipkinEncoder:
 
     def _route(self, record: RequestSpans, key: Any) -> _Route:
         """
-        What the spans of a route share, written once and kept (see
+        What the spans of a route share, written once and kept when its
+        method and Host are short (L{MAX_KEPT_TARGET} together; see
         L{_Route}): the parts of the server and client spans' JSON around
         what changes from request to request, the part after the path of a
         server span for each status met, and the client spans' endpoints
@@ -418,7 +419,7 @@ class ZipkinEncoder:
         upstreams = self._upstreams.get(byName)
         if upstreams is None:
             upstreams = self._upstreams[byName] = {}
-        route = routes[key] = (
+        route: _Route = (
             ',"kind":"SERVER","name":' + name + ',"timestamp":',
             ',"kind":"CLIENT","name":' + name + ',"timestamp":',
             local,
@@ -427,6 +428,11 @@ class ZipkinEncoder:
             upstreams,
             shared,
         )
+        # Kept unless the client made it long (its method and Host): what
+        # a client sends bounds what is kept (MAX_ROUTES of these).
+        host = record.host
+        if len(record.method) + (0 if host is None else len(host)) <= MAX_KEPT_TARGET:
+            routes[key] = route
         return route
 
     def _path(self, target: bytes) -> str:

@@ -590,10 +590,13 @@ class RequestObserver:
 
     def _decoded(self, value: bytes) -> tuple[str, str]:
         """
-        A method or a Host as text and as JSON, kept.
+        A method or a Host as text and as JSON, kept when it is short
+        (L{MAX_KEPT_TARGET}: the client chose it).
         """
         text = value.decode("latin-1")
-        decoded = self._texts[value] = (text, jsonString(text))
+        decoded = (text, jsonString(text))
+        if len(value) <= MAX_KEPT_TARGET:
+            self._texts[value] = decoded
         return decoded
 
     def _address(self, node: Node) -> tuple[str, str]:

@@ -603,9 +603,10 @@ class TelemetryStats:
         self.spansDropped[key] = self.spansDropped.get(key, 0) + count
 
 
-#: The longest request target whose path's JSON telemetry keeps from
-#: request to request (a longer one is written each time): the client
-#: chooses the targets, so this and the count kept bound the memory.
+#: The longest request target (or method and Host together) whose JSON
+#: telemetry keeps from request to request (a longer one is written each
+#: time): the client chooses them, so this and the count kept bound the
+#: memory.
 MAX_KEPT_TARGET = 256
 
 _dumps = json.JSONEncoder(ensure_ascii=False).encode
