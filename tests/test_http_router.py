@@ -146,6 +146,28 @@ class HostNameTests(SynchronousTestCase):
             self.assertEqual(caught.exception.reason, "no-identity")
         self.assertEqual(router._byHost, {})
 
+    def test_longNameRefused(self):
+        """
+        A name longer than MAX_NAME_LENGTH (a Host of thousands of valid
+        characters) is refused with no-identity, and nothing of it is
+        kept: not its Host, its delegation or a bound name.
+        """
+        from meshproxy.http.router import MAX_NAME_LENGTH
+
+        router = makeRouter(ALTERNATION)
+        # "/svc/" and the Host: one character over.
+        host = b"h" * (MAX_NAME_LENGTH - len("/svc/") + 1)
+        with self.assertRaises(ProxyError) as caught:
+            router.route(request(host), False)
+        self.assertEqual((caught.exception.status, caught.exception.reason), (400, "no-identity"))
+        self.assertIn("longer than %d" % (MAX_NAME_LENGTH,), caught.exception.detail)
+        self.assertEqual(router._byHost, {})
+        self.assertEqual(list(router.clients), [])
+        # At the bound, the name is routed (no service of that name: 503).
+        with self.assertRaises(ProxyError) as caught:
+            router.route(request(host[:-1]), False)
+        self.assertEqual(caught.exception.reason, "no-route")
+
     def test_absoluteFormNotKept(self):
         """
         An absolute-form request is named by its target's authority, not

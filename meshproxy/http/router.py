@@ -67,6 +67,11 @@ _log = Logger()
 #: Host values whose names an HTTP router keeps (see HttpRouter.route).
 _HOSTS_KEPT = 1024
 
+#: The longest name (its segments' characters and slashes) an identifier
+#: may give a request: the client chose it, and a name is kept, with what
+#: it resolves to, in caches of thousands (a host name has at most 253).
+MAX_NAME_LENGTH = 1024
+
 
 @implementer(IRouter)
 class HttpRouter:
@@ -255,6 +260,14 @@ class HttpRouter:
                 raise ProxyError(
                     400, "no-identity", "Cannot identify the request: %s." % (e,)
                 ) from e
+            segments = path.segments
+            if sum(map(len, segments)) + len(segments) > MAX_NAME_LENGTH:
+                raise ProxyError(
+                    400,
+                    "no-identity",
+                    "Cannot identify the request: its name is longer than %d characters."
+                    % (MAX_NAME_LENGTH,),
+                )
             if byHost is not None and host is not None and request.target[:1] == b"/":
                 if len(byHost) >= _HOSTS_KEPT:
                     byHost.clear()
