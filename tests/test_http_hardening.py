@@ -479,6 +479,23 @@ class OverrideDestinationTests(SynchronousTestCase):
             self.assertEqual(h.reactor.tcpClients, [], override)
             self.assertEqual(errors(h, "dtab-override-inet"), 1)
 
+    def test_longOverrideNotKept(self):
+        """
+        An override text longer than MAX_CACHED_OVERRIDE_LENGTH is applied
+        but not kept parsed: what a caller's headers make the router keep
+        is bounded by length as well as count.
+        """
+        from meshproxy.http.trust import MAX_CACHED_OVERRIDE_LENGTH
+
+        h = Harness(TRUSTING)
+        short = b"/svc/other => /#/static/hello"
+        long = short + b";" + b"/svc/x => /#/static/hello;" * (MAX_CACHED_OVERRIDE_LENGTH // 20)
+        self.send(h, long)
+        self.assertEqual(len(h.reactor.tcpClients), 1)
+        self.assertEqual(h.router.trust._overrides, {})
+        self.send(h, short)
+        self.assertEqual(list(h.router.trust._overrides), [short.decode()])
+
     def test_namerNamesAllowed(self):
         h = Harness(TRUSTING)
         self.send(h, b"/svc/other => /#/static/hello")

@@ -19,10 +19,15 @@ from meshproxy.routing.table import InetNotAllowed, checkRules
 if TYPE_CHECKING:
     from meshproxy.config import TrustConfig
 
-__all__ = ["TrustPolicy", "MAX_CACHED_OVERRIDES"]
+__all__ = ["TrustPolicy", "MAX_CACHED_OVERRIDES", "MAX_CACHED_OVERRIDE_LENGTH"]
 
 #: Bound on the cache of parsed overrides (their texts come from callers).
 MAX_CACHED_OVERRIDES = 1000
+
+#: The longest override text kept parsed (a longer one, up to what the
+#: request head allows, is parsed for each request that sends it): with
+#: the count, what a caller's headers can make the router keep.
+MAX_CACHED_OVERRIDE_LENGTH = 4096
 
 
 class TrustPolicy:
@@ -97,9 +102,12 @@ class TrustPolicy:
         cached = self._overrides.get(text)
         if cached is None:
             dtab = self._check(text)
-            if len(self._overrides) >= MAX_CACHED_OVERRIDES:
-                self._overrides.clear()
-            cached = self._overrides[text] = (dtab, dtab.show().encode("latin-1"))
+            cached = (dtab, dtab.show().encode("latin-1"))
+            # Kept when short: a caller's headers bound what is kept.
+            if len(text) <= MAX_CACHED_OVERRIDE_LENGTH:
+                if len(self._overrides) >= MAX_CACHED_OVERRIDES:
+                    self._overrides.clear()
+                self._overrides[text] = cached
         return cached
 
     def _check(self, text: str) -> Dtab:
