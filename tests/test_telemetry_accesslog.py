@@ -430,6 +430,33 @@ class BufferTests(StreamCase):
         # The pipe took what it could, in whole lines.
         self.assertEqual(len(parseLines(readAvailable(r))), stats.accessLogLines)
 
+    def test_longLinesBoundedInBytes(self) -> None:
+        """
+        Long lines (a client's 60 kB Host) are bounded in bytes as well as
+        in count: with a reader that never reads, the bytes waiting stay
+        under the writer's byte bound (C{MIN_BYTES}, or a kibibyte per line
+        of C{buffer}) while far fewer lines than C{buffer} are held; the
+        rest are dropped and counted.
+        """
+        self.patch(accesslog._Writer, "MIN_BYTES", 1024 * 1024)
+        r, w = nonBlockingPipe(self)
+        log, stats = self.startLog(w, buffer=1000)
+        writer = log._writer
+        assert writer is not None
+        line = numbered(0, 60000)
+        waiting = []
+        for _ in range(200):
+            log.summarize({}, line)
+            waiting.append(writer._pendingBytes)  # type: ignore[attr-defined]
+            self.pump()
+        self.assertLessEqual(max(waiting), 1024 * 1024)
+        self.assertLess(writer.held, 1000 // 2)
+        self.assertGreater(stats.accessLogDropped, 0)
+        self.assertEqual(stats.accessLogLines + stats.accessLogDropped + writer.held, 200)
+        # The pipe took the lines counted written, and maybe the start of
+        # the next (the rest of it goes first when the pipe has room).
+        self.assertEqual(readAvailable(r).count(b"\n"), stats.accessLogLines)
+
     def test_droppedWhenNotRunning(self) -> None:
         """
         A line summarized while the service is not running is counted as

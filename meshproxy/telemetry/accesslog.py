@@ -284,6 +284,13 @@ class _Writer:
     @ivar held: lines accepted and not yet written or dropped.
     """
 
+    #: Bytes of lines waiting to be handed on (to the thread, to a chunk)
+    #: at most, whatever the line limit: at least this, or a kibibyte per
+    #: line of the limit when that is more. Lines are as long as a client
+    #: makes them (a Host of 60 kB), so the count alone does not bound the
+    #: memory; what is handed on is at most as much again.
+    MIN_BYTES = 16 * 1024 * 1024
+
     # Set while the writer waits (for its stream to become writable, for its
     # thread to finish a batch): it writes what is pending then, no need to
     # try before.
@@ -295,10 +302,13 @@ class _Writer:
         self._reactor = reactor
         self._stats = stats
         self._limit = limit
+        self._byteLimit = max(self.MIN_BYTES, limit * 1024)
         self._complaints = complaints
         # Lines (bytes) in the order they came; the thread writer puts its
         # markers (reopen, flush, stop) among them.
         self._pending: deque[Any] = deque()
+        # The bytes of the lines in _pending.
+        self._pendingBytes = 0
         self._scheduled: IDelayedCall | None = None
         self.held = 0
 
@@ -307,10 +317,12 @@ class _Writer:
         Queue one line (without its newline), or drop it when the buffer is
         full.
         """
-        if self.held >= self._limit:
+        size = len(line) + 1
+        if self.held >= self._limit or self._pendingBytes + size > self._byteLimit:
             self._stats.accessLogDropped += 1
             return
         self._pending.append(line)
+        self._pendingBytes += size
         self.held += 1
         if self._scheduled is None and not self._waiting:
             self._scheduled = self._reactor.callLater(WRITE_INTERVAL, self._push)
@@ -431,6 +443,7 @@ class _StreamWriter(_Writer):
         lines.append(b"")
         self._chunk = b"\n".join(lines)
         self._chunkLines = len(lines) - 1
+        self._pendingBytes -= len(self._chunk)
 
     def _write(self) -> None:
         self._writeSome()
@@ -479,6 +492,7 @@ class _StreamWriter(_Writer):
         lost = self._chunkLines + len(self._pending)
         self._chunk, self._chunkLines = b"", 0
         self._pending.clear()
+        self._pendingBytes = 0
         self._settled(0, lost, error)
 
     def whenWritten(self) -> Deferred[None]:
@@ -508,6 +522,7 @@ class _StreamWriter(_Writer):
         lost = self._chunkLines + len(self._pending)
         self._chunk, self._chunkLines = b"", 0
         self._pending.clear()
+        self._pendingBytes = 0
         if lost:
             self._settled(0, lost, _NOT_IN_TIME)
         self._closer()
@@ -597,6 +612,7 @@ class _ThreadWriter(_Writer):
             self._waiting = True
             batch = list(self._pending)
             self._pending.clear()
+            self._pendingBytes = 0
             self._queue.put(batch)
 
     def _mark(self, marker: object) -> None:
