@@ -62,6 +62,16 @@ class CharacterTableTests(SynchronousTestCase):
             for host in (byte, byte + b"h", b"h" + byte, b"a" + byte + b"b"):
                 self.assertEqual(self._verdict(b"/", host, b"v"), expected, host)
 
+    def test_hostLength(self) -> None:
+        """
+        A Host longer than MAX_HOST_LENGTH bytes is a 400 C{bad-host}; one
+        of that length passes.
+        """
+        from meshproxy.http.checks import MAX_HOST_LENGTH
+
+        self.assertIsNone(self._verdict(b"/", b"h" * MAX_HOST_LENGTH, b"v"))
+        self.assertEqual(self._verdict(b"/", b"h" * (MAX_HOST_LENGTH + 1), b"v"), "bad-host")
+
     def test_fieldValue(self) -> None:
         """
         A field value with CR, LF or NUL anywhere is a 400 C{bad-header};

@@ -57,6 +57,12 @@ def _allowed(value: bytes, table: bytes) -> bool:
     return value.translate(table) == value
 
 
+#: The longest Host (or absolute-form authority) taken: a host name has at
+#: most 253 bytes, with a port or as an IPv6 literal a few more; a client's
+#: longer one (up to the 64 KiB head) would be copied into names, logs and
+#: spans.
+MAX_HOST_LENGTH = 1024
+
 _TARGET_TABLE = _keeping(_TARGET_OK)
 _HOST_TABLE = _keeping(_HOST_OK)
 # No field value may hold CR, LF or NUL.
@@ -239,6 +245,10 @@ def checkHead(request: Request, settings: ServerConfig) -> None:
             raise ProxyError(400, "bad-host", "Empty Host header.")
         if host.translate(_HOST_TABLE) is not host and not _allowed(host, _HOST_TABLE):
             raise ProxyError(400, "bad-host", "Invalid Host header.")
+        if len(host) > MAX_HOST_LENGTH:
+            raise ProxyError(
+                400, "bad-host", "Host header longer than %d bytes." % (MAX_HOST_LENGTH,)
+            )
     request.host = host
 
     if transferEncoding is not None:
