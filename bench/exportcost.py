@@ -29,39 +29,19 @@ over that many requests; C{bench/run.py --trace-batch} and C{bench/tlsperf.py
 import argparse
 import os
 import resource
-import socket
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import run  # noqa: E402
+from liveir import inTempDir, startReceiver  # noqa: E402
 from telemetry_inprocess import Encoding  # noqa: E402
 from twisted.internet import defer, reactor  # noqa: E402
 
 from meshproxy.config.telemetry import BatchConfig  # noqa: E402
 from meshproxy.telemetry.export import SpanExporter, ZipkinEncoder  # noqa: E402
 from meshproxy.telemetry.spans import TelemetryStats  # noqa: E402
-
-
-def freePort():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def waitListening(port, seconds=10.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            # Not listening yet: the receiver is starting. Poll again
-            # (bounded by the deadline).
-            time.sleep(0.02)
-    raise SystemExit("span receiver did not start on port %d" % (port,))
 
 
 @defer.inlineCallbacks
@@ -128,24 +108,27 @@ def main(argv):
     args = parser.parse_args(argv)
     if not 1 <= args.requests <= 128:
         parser.error("--requests is from 1 to 128")
-    port = freePort()
-    receiver = subprocess.Popen([sys.executable, "-c", run.SPAN_RECEIVER, str(port)])
-    result = {}
-    try:
-        waitListening(port)
-        stats = TelemetryStats()
-        d = measure(args, "http://127.0.0.1:%d/api/v2/spans" % (port,), stats)
+    [port] = run.free_ports(1)
 
-        def done(outcome):
-            result["outcome"] = outcome
-            reactor.stop()
+    def measureIn(tmp):
+        procs = []
+        result = {}
+        try:
+            startReceiver(args, tmp, port, procs)
+            d = measure(args, "http://127.0.0.1:%d/api/v2/spans" % (port,), TelemetryStats())
 
-        d.addBoth(done)
-        reactor.run()
-    finally:
-        receiver.kill()
-        receiver.wait()
-    outcome = result.get("outcome")
+            def done(outcome):
+                result["outcome"] = outcome
+                reactor.stop()
+
+            d.addBoth(done)
+            reactor.run()
+        finally:
+            for proc in procs:
+                proc.stop()
+        return result.get("outcome")
+
+    outcome = inTempDir("exportcost-", False, measureIn)
     if not isinstance(outcome, tuple):
         raise SystemExit("failed: %s" % (outcome,))
     perBatch, system, encoding, size = outcome
