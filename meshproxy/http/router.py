@@ -67,7 +67,7 @@ _log = Logger()
 #: Host values whose names an HTTP router keeps (see HttpRouter.route).
 _HOSTS_KEPT = 1024
 
-#: The longest name (its segments' characters and slashes) an identifier
+#: The longest name (its text, L{Path.show}) an identifier
 #: may give a request: the client chose it, and a name is kept, with what
 #: it resolves to, in caches of thousands (a host name has at most 253).
 MAX_NAME_LENGTH = 1024
@@ -260,8 +260,7 @@ class HttpRouter:
                 raise ProxyError(
                     400, "no-identity", "Cannot identify the request: %s." % (e,)
                 ) from e
-            segments = path.segments
-            if sum(map(len, segments)) + len(segments) > MAX_NAME_LENGTH:
+            if len(path.show()) > MAX_NAME_LENGTH:
                 raise ProxyError(
                     400,
                     "no-identity",
